@@ -1,0 +1,85 @@
+// Package breaker owns the circuit breaker kept for each upstream instance:
+// a sony/gobreaker two-step breaker fed by the outcome of real traffic, its
+// settings, and its state changes.
+package breaker
+
+import (
+	"errors"
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+)
+
+// ErrOpen is returned by Allow while the breaker refuses traffic.
+var ErrOpen = errors.New("circuit breaker open")
+
+var errUpstreamFailed = errors.New("upstream failed")
+
+// State is a breaker state; String gives the metric and log value.
+type State = gobreaker.State
+
+// The breaker states.
+const (
+	Closed   = gobreaker.StateClosed
+	HalfOpen = gobreaker.StateHalfOpen
+	Open     = gobreaker.StateOpen
+)
+
+// Settings configure one breaker.
+type Settings struct {
+	// ConsecutiveFailures opens the breaker.
+	ConsecutiveFailures uint32
+	// OpenTimeout is how long it stays open before it lets one probe through.
+	OpenTimeout time.Duration
+	// Interval clears the counts while closed; 0 never clears.
+	Interval time.Duration
+}
+
+// Breaker guards one upstream.
+type Breaker struct {
+	cb *gobreaker.TwoStepCircuitBreaker[struct{}]
+}
+
+// New returns a breaker named after its upstream. onChange, if not nil, is
+// called once per transition.
+func New(name string, s Settings, onChange func(name string, from, to State)) *Breaker {
+	threshold := s.ConsecutiveFailures
+	if threshold == 0 {
+		threshold = 3
+	}
+	st := gobreaker.Settings{
+		Name:        name,
+		MaxRequests: 1, // half-open lets exactly one probe through
+		Interval:    s.Interval,
+		Timeout:     s.OpenTimeout,
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= threshold },
+	}
+	if onChange != nil {
+		st.OnStateChange = onChange
+	}
+	return &Breaker{cb: gobreaker.NewTwoStepCircuitBreaker[struct{}](st)}
+}
+
+// Allow asks to send one request. On success the caller must call done
+// exactly once with whether the request failed (connection error, timeout
+// or 5xx). While open, or half-open with its probe out, it returns ErrOpen.
+func (b *Breaker) Allow() (done func(failed bool), err error) {
+	report, err := b.cb.Allow()
+	if err != nil {
+		return nil, ErrOpen
+	}
+	return func(failed bool) {
+		if failed {
+			report(errUpstreamFailed)
+			return
+		}
+		report(nil)
+	}, nil
+}
+
+// State returns the current state; an open breaker whose timeout passed
+// reports half-open.
+func (b *Breaker) State() State { return b.cb.State() }
+
+// Ready reports whether Allow could let a request through now (closed or half-open).
+func (b *Breaker) Ready() bool { return b.cb.State() != Open }

@@ -1,0 +1,347 @@
+// Package config owns comfygate's configuration: the YAML schema with its
+// defaults, the environment overrides of the original plan, and validation
+// that stops start-up with the key, the value and what is allowed.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the whole configuration. Every field is documented with its
+// default in config.yaml at the repository root.
+type Config struct {
+	// Listen is the address comfygate serves clients on. Default 127.0.0.1:8190.
+	Listen string `yaml:"listen"`
+	// Instances are the ComfyUI upstreams. COMFYUI_HOST_1..N replace them.
+	Instances []Instance `yaml:"instances"`
+	// Timeout bounds non-streaming upstream calls (COMFYUI_TIMEOUT, ms). Default 30s.
+	Timeout time.Duration `yaml:"timeout"`
+	// MaxConnectionsPerInstance caps the HTTP connections comfygate opens to
+	// one instance (MAX_CONNECTIONS_PER_INSTANCE). Default 64.
+	MaxConnectionsPerInstance int `yaml:"max_connections_per_instance"`
+
+	HealthCheck HealthCheck `yaml:"health_check"`
+	Breaker     Breaker     `yaml:"breaker"`
+	WebSocket   WebSocket   `yaml:"websocket"`
+	Failover    Failover    `yaml:"failover"`
+	Discovery   Discovery   `yaml:"discovery"`
+	Jobs        Jobs        `yaml:"jobs"`
+	Log         Log         `yaml:"log"`
+
+	// Workflows names the workflows the async job API runs. The two shipped
+	// ones ("remove-background", "upscale-image") are built in and may be
+	// overridden here.
+	Workflows map[string]Workflow `yaml:"workflows"`
+
+	// Dir is the directory relative paths are resolved against (the config
+	// file's directory, or the working directory). Not a YAML key.
+	Dir string `yaml:"-"`
+}
+
+// Instance is one ComfyUI upstream, or with Discover a DNS name whose
+// addresses are each an upstream.
+type Instance struct {
+	// Name labels the instance in logs and metrics. Default: the address.
+	Name string `yaml:"name"`
+	// Address is host:port or an http(s) URL.
+	Address string `yaml:"address"`
+	// Discover re-resolves the host every Discovery.Interval and treats each
+	// address as an instance (a headless Service, docker compose --scale).
+	Discover bool `yaml:"discover"`
+}
+
+// HealthCheck configures the active GET /system_stats probe.
+type HealthCheck struct {
+	Interval           time.Duration `yaml:"interval"`            // HEALTH_CHECK_INTERVAL (ms); default 30s
+	Timeout            time.Duration `yaml:"timeout"`             // default 5s
+	UnhealthyThreshold int           `yaml:"unhealthy_threshold"` // consecutive failures; default 3
+	HealthyThreshold   int           `yaml:"healthy_threshold"`   // consecutive successes; default 1
+}
+
+// Breaker configures the per-instance circuit breaker fed by real traffic.
+type Breaker struct {
+	// ConsecutiveFailures opens the breaker. Default 3.
+	ConsecutiveFailures int `yaml:"consecutive_failures"`
+	// OpenTimeout is how long it stays open before one half-open probe. Default 5s.
+	OpenTimeout time.Duration `yaml:"open_timeout"`
+	// Interval clears the closed-state counts; 0 never clears. Default 60s.
+	Interval time.Duration `yaml:"interval"`
+}
+
+// WebSocket configures both sides of the WebSocket bridge.
+type WebSocket struct {
+	// ClientBuffer is how many frames may wait for one slow client before it
+	// is dropped with close code 1008. Default 1024.
+	ClientBuffer int `yaml:"client_buffer"`
+	// BacklogGrace is how long the events of a disconnected clientId are kept
+	// for its reconnect. 0 disables the backlog. Default 30s.
+	BacklogGrace time.Duration `yaml:"backlog_grace"`
+	// BacklogSize caps the frames kept per disconnected clientId. Default 4096.
+	BacklogSize int `yaml:"backlog_size"`
+	// PingInterval is the keepalive period on client and upstream sockets. Default 20s.
+	PingInterval time.Duration `yaml:"ping_interval"`
+	// ReconnectMin/Max bound the upstream socket's reconnect backoff. Defaults 100ms, 5s.
+	ReconnectMin time.Duration `yaml:"reconnect_min"`
+	ReconnectMax time.Duration `yaml:"reconnect_max"`
+}
+
+// Failover configures the resubmission of accepted prompts.
+type Failover struct {
+	// MaxResubmits is how often one prompt may be resubmitted. Default 2.
+	MaxResubmits int `yaml:"max_resubmits"`
+	// SuspectGrace is how long an instance whose socket dropped may take to
+	// prove itself alive before its prompts move. Default 2s.
+	SuspectGrace time.Duration `yaml:"suspect_grace"`
+}
+
+// Discovery configures DNS re-resolution of Discover instances.
+type Discovery struct {
+	Interval time.Duration `yaml:"interval"` // default 30s
+}
+
+// Jobs configures the async job API.
+type Jobs struct {
+	// Timeout is how long a finished job is kept (JOB_TIMEOUT, ms). Default 5m.
+	Timeout time.Duration `yaml:"timeout"`
+	// MaxConcurrent jobs are at the instances at once (MAX_CONCURRENT_JOBS). Default 10.
+	MaxConcurrent int `yaml:"max_concurrent"`
+	// MaxWaiting caps comfygate's wait line; beyond it: 429. Default 1000.
+	MaxWaiting int `yaml:"max_waiting"`
+	// MaxImageBytes caps an uploaded image. Default 50 MiB.
+	MaxImageBytes int64 `yaml:"max_image_bytes"`
+}
+
+// Log configures logging.
+type Log struct {
+	Level      string `yaml:"level"`     // LOG_LEVEL: debug|info|warn|error; default info
+	Format     string `yaml:"format"`    // LOG_FORMAT: json|text; default json
+	Directory  string `yaml:"directory"` // LOG_DIRECTORY: also write combined.log and error.log there
+	MaxSizeMB  int    `yaml:"max_size_mb"`
+	MaxBackups int    `yaml:"max_backups"`
+	MaxAgeDays int    `yaml:"max_age_days"`
+}
+
+// Workflow is a ComfyUI API-format workflow the job API can run.
+type Workflow struct {
+	// File is the API-format JSON; relative to the config file. Empty: the built-in one of that name.
+	File string `yaml:"file"`
+	// ImageNode and ImageInput receive the uploaded image's file name.
+	ImageNode  string `yaml:"image_node"`
+	ImageInput string `yaml:"image_input"` // default "image"
+	// OutputNode is the node whose images are the result.
+	OutputNode string `yaml:"output_node"`
+	// Overridable lists "node_id.input" keys callers may set through "inputs".
+	Overridable []string `yaml:"overridable"`
+}
+
+// Default returns the configuration with every default filled in.
+func Default() *Config {
+	c := &Config{}
+	c.setDefaults()
+	return c
+}
+
+func (c *Config) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	defInt := func(i *int, v int) {
+		if *i == 0 {
+			*i = v
+		}
+	}
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:8190"
+	}
+	def(&c.Timeout, 30*time.Second)
+	defInt(&c.MaxConnectionsPerInstance, 64)
+	def(&c.HealthCheck.Interval, 30*time.Second)
+	def(&c.HealthCheck.Timeout, 5*time.Second)
+	defInt(&c.HealthCheck.UnhealthyThreshold, 3)
+	defInt(&c.HealthCheck.HealthyThreshold, 1)
+	defInt(&c.Breaker.ConsecutiveFailures, 3)
+	def(&c.Breaker.OpenTimeout, 5*time.Second)
+	def(&c.Breaker.Interval, 60*time.Second)
+	defInt(&c.WebSocket.ClientBuffer, 1024)
+	def(&c.WebSocket.BacklogGrace, 30*time.Second)
+	defInt(&c.WebSocket.BacklogSize, 4096)
+	def(&c.WebSocket.PingInterval, 20*time.Second)
+	def(&c.WebSocket.ReconnectMin, 100*time.Millisecond)
+	def(&c.WebSocket.ReconnectMax, 5*time.Second)
+	defInt(&c.Failover.MaxResubmits, 2)
+	def(&c.Failover.SuspectGrace, 2*time.Second)
+	def(&c.Discovery.Interval, 30*time.Second)
+	def(&c.Jobs.Timeout, 5*time.Minute)
+	defInt(&c.Jobs.MaxConcurrent, 10)
+	defInt(&c.Jobs.MaxWaiting, 1000)
+	if c.Jobs.MaxImageBytes == 0 {
+		c.Jobs.MaxImageBytes = 50 << 20
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "json"
+	}
+	defInt(&c.Log.MaxSizeMB, 100)
+	defInt(&c.Log.MaxBackups, 5)
+	defInt(&c.Log.MaxAgeDays, 30)
+	if len(c.Instances) == 0 {
+		c.Instances = []Instance{{Address: "127.0.0.1:8188"}, {Address: "127.0.0.1:8189"}}
+	}
+	for i := range c.Instances {
+		if c.Instances[i].Name == "" {
+			c.Instances[i].Name = c.Instances[i].HostPort()
+		}
+	}
+	for name, w := range c.Workflows {
+		if w.ImageInput == "" {
+			w.ImageInput = "image"
+			c.Workflows[name] = w
+		}
+	}
+	if c.Dir == "" {
+		c.Dir = "."
+	}
+}
+
+// HostPort returns the instance address as host:port, whatever form it was given in.
+func (i Instance) HostPort() string {
+	a := strings.TrimSpace(i.Address)
+	if strings.Contains(a, "://") {
+		if u, err := url.Parse(a); err == nil {
+			if u.Port() == "" {
+				if u.Scheme == "https" {
+					return net.JoinHostPort(u.Hostname(), "443")
+				}
+				return net.JoinHostPort(u.Hostname(), "80")
+			}
+			return u.Host
+		}
+	}
+	return strings.TrimSuffix(a, "/")
+}
+
+// TLS reports whether the instance is reached over https.
+func (i Instance) TLS() bool { return strings.HasPrefix(strings.TrimSpace(i.Address), "https://") }
+
+// Load reads path (may be empty: defaults only), applies the environment
+// overrides found in environ (KEY=VALUE pairs as os.Environ returns them;
+// nil means the process environment) and validates.
+func Load(path string, environ []string) (*Config, error) {
+	if environ == nil {
+		environ = os.Environ()
+	}
+	c := &Config{}
+	if path != "" {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("read config: %w", err)
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(data))
+		dec.KnownFields(true)
+		if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("config %s: %w", path, err)
+		}
+		c.Dir = filepath.Dir(path)
+	}
+	if err := c.applyEnv(environ); err != nil {
+		return nil, err
+	}
+	c.setDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Config) applyEnv(environ []string) error {
+	env := make(map[string]string, len(environ))
+	for _, kv := range environ {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
+	}
+	var errs []error
+	ms := func(key string, dst *time.Duration) {
+		v := strings.TrimSpace(env[key])
+		if v == "" {
+			return
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n <= 0 {
+			errs = append(errs, fmt.Errorf("%s=%q: want a positive number of milliseconds", key, v))
+			return
+		}
+		*dst = time.Duration(n) * time.Millisecond
+	}
+	num := func(key string, dst *int) {
+		v := strings.TrimSpace(env[key])
+		if v == "" {
+			return
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			errs = append(errs, fmt.Errorf("%s=%q: want a positive whole number", key, v))
+			return
+		}
+		*dst = n
+	}
+	str := func(key string, dst *string) {
+		if v := strings.TrimSpace(env[key]); v != "" {
+			*dst = v
+		}
+	}
+	ms("COMFYUI_TIMEOUT", &c.Timeout)
+	num("MAX_CONNECTIONS_PER_INSTANCE", &c.MaxConnectionsPerInstance)
+	ms("HEALTH_CHECK_INTERVAL", &c.HealthCheck.Interval)
+	ms("JOB_TIMEOUT", &c.Jobs.Timeout)
+	num("MAX_CONCURRENT_JOBS", &c.Jobs.MaxConcurrent)
+	str("LOG_LEVEL", &c.Log.Level)
+	str("LOG_FORMAT", &c.Log.Format)
+	str("LOG_DIRECTORY", &c.Log.Directory)
+	str("COMFYGATE_LISTEN", &c.Listen)
+
+	// COMFYUI_HOST_1..N replace the instance list: any N, in order, gaps allowed.
+	type numbered struct {
+		n    int
+		addr string
+	}
+	var hosts []numbered
+	for key, val := range env {
+		rest, ok := strings.CutPrefix(key, "COMFYUI_HOST_")
+		if !ok {
+			continue
+		}
+		n, err := strconv.Atoi(rest)
+		if err != nil || n < 1 {
+			errs = append(errs, fmt.Errorf("%s: want COMFYUI_HOST_<n> with n = 1, 2, ...", key))
+			continue
+		}
+		if v := strings.TrimSpace(val); v != "" {
+			hosts = append(hosts, numbered{n, v})
+		}
+	}
+	if len(hosts) > 0 {
+		sort.Slice(hosts, func(i, j int) bool { return hosts[i].n < hosts[j].n })
+		c.Instances = nil
+		for _, h := range hosts {
+			c.Instances = append(c.Instances, Instance{Address: h.addr})
+		}
+	}
+	return errors.Join(errs...)
+}

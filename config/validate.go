@@ -1,0 +1,121 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Validate reports every invalid value, each with its key, the value and
+// what is allowed.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key string, val any, allowed string) {
+		errs = append(errs, fmt.Errorf("%s: %v is not allowed: want %s", key, val, allowed))
+	}
+	if _, port, err := net.SplitHostPort(c.Listen); err != nil || !validPort(port, true) {
+		bad("listen", strconv.Quote(c.Listen), "host:port, e.g. 127.0.0.1:8190")
+	}
+	if len(c.Instances) == 0 {
+		bad("instances", "[]", "at least one ComfyUI instance")
+	}
+	names := map[string]bool{}
+	for i, in := range c.Instances {
+		key := fmt.Sprintf("instances[%d]", i)
+		a := strings.TrimSpace(in.Address)
+		if strings.Contains(a, "://") && !strings.HasPrefix(a, "http://") && !strings.HasPrefix(a, "https://") {
+			bad(key+".address", strconv.Quote(in.Address), "host:port or an http(s):// URL")
+			continue
+		}
+		host, port, err := net.SplitHostPort(in.HostPort())
+		if err != nil || host == "" || !validPort(port, false) {
+			bad(key+".address", strconv.Quote(in.Address), "host:port or an http(s):// URL with a host")
+		}
+		if names[in.Name] {
+			bad(key+".name", strconv.Quote(in.Name), "a name no other instance has")
+		}
+		names[in.Name] = true
+	}
+	pos := func(key string, d time.Duration) {
+		if d <= 0 {
+			bad(key, d, "a positive duration such as 30s or 500ms")
+		}
+	}
+	posInt := func(key string, n int) {
+		if n <= 0 {
+			bad(key, n, "a positive whole number")
+		}
+	}
+	pos("timeout", c.Timeout)
+	posInt("max_connections_per_instance", c.MaxConnectionsPerInstance)
+	pos("health_check.interval", c.HealthCheck.Interval)
+	pos("health_check.timeout", c.HealthCheck.Timeout)
+	posInt("health_check.unhealthy_threshold", c.HealthCheck.UnhealthyThreshold)
+	posInt("health_check.healthy_threshold", c.HealthCheck.HealthyThreshold)
+	posInt("breaker.consecutive_failures", c.Breaker.ConsecutiveFailures)
+	pos("breaker.open_timeout", c.Breaker.OpenTimeout)
+	if c.Breaker.Interval < 0 {
+		bad("breaker.interval", c.Breaker.Interval, "0 (never clear) or a positive duration")
+	}
+	posInt("websocket.client_buffer", c.WebSocket.ClientBuffer)
+	if c.WebSocket.BacklogGrace < 0 {
+		bad("websocket.backlog_grace", c.WebSocket.BacklogGrace, "0 (no backlog) or a positive duration")
+	}
+	posInt("websocket.backlog_size", c.WebSocket.BacklogSize)
+	pos("websocket.ping_interval", c.WebSocket.PingInterval)
+	pos("websocket.reconnect_min", c.WebSocket.ReconnectMin)
+	if c.WebSocket.ReconnectMax < c.WebSocket.ReconnectMin {
+		bad("websocket.reconnect_max", c.WebSocket.ReconnectMax, "a duration of at least websocket.reconnect_min")
+	}
+	if c.Failover.MaxResubmits < 0 {
+		bad("failover.max_resubmits", c.Failover.MaxResubmits, "0 (never resubmit) or more")
+	}
+	pos("failover.suspect_grace", c.Failover.SuspectGrace)
+	pos("discovery.interval", c.Discovery.Interval)
+	pos("jobs.timeout", c.Jobs.Timeout)
+	posInt("jobs.max_concurrent", c.Jobs.MaxConcurrent)
+	posInt("jobs.max_waiting", c.Jobs.MaxWaiting)
+	if c.Jobs.MaxImageBytes <= 0 {
+		bad("jobs.max_image_bytes", c.Jobs.MaxImageBytes, "a positive number of bytes")
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level (LOG_LEVEL)", strconv.Quote(c.Log.Level), "debug, info, warn or error")
+	}
+	switch c.Log.Format {
+	case "json", "text":
+	default:
+		bad("log.format (LOG_FORMAT)", strconv.Quote(c.Log.Format), "json or text")
+	}
+	posInt("log.max_size_mb", c.Log.MaxSizeMB)
+	if c.Log.MaxBackups < 0 {
+		bad("log.max_backups", c.Log.MaxBackups, "0 or more")
+	}
+	if c.Log.MaxAgeDays < 0 {
+		bad("log.max_age_days", c.Log.MaxAgeDays, "0 or more")
+	}
+	for name, w := range c.Workflows {
+		key := "workflows." + name
+		if name == "" || strings.ContainsAny(name, "/ ?#") {
+			bad("workflows", strconv.Quote(name), "a name without '/', '?', '#' or spaces")
+		}
+		if w.File != "" && (w.ImageNode == "" || w.OutputNode == "") {
+			bad(key, "file without image_node/output_node", "image_node and output_node set for a custom file")
+		}
+		for _, o := range w.Overridable {
+			if n, in, ok := strings.Cut(o, "."); !ok || n == "" || in == "" {
+				bad(key+".overridable", strconv.Quote(o), `"node_id.input_name"`)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func validPort(p string, zeroOK bool) bool {
+	n, err := strconv.Atoi(p)
+	return err == nil && n <= 65535 && (n > 0 || (zeroOK && n == 0))
+}

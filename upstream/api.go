@@ -1,0 +1,128 @@
+package upstream
+
+import (
+	"encoding/json"
+	"errors"
+	"sync"
+	"time"
+)
+
+// Sentinel errors; proxy maps them to status codes in one place.
+var (
+	// ErrNoUpstream: no healthy instance with a closed (or probing) breaker.
+	ErrNoUpstream = errors.New("no healthy ComfyUI instance")
+	// ErrUnknownPrompt: the prompt id is not in the table and no instance knows it.
+	ErrUnknownPrompt = errors.New("unknown prompt id")
+)
+
+// Event is one message an instance sent on comfygate's socket.
+type Event struct {
+	// Instance that sent it.
+	Instance *Instance
+	// Type is the JSON "type" of a text frame; "" for binary frames.
+	Type string
+	// Binary reports a binary frame (previews, text frames of API nodes).
+	Binary bool
+	// PromptID is the client-facing prompt id the event belongs to, "" if none.
+	PromptID string
+	// Data is the whole frame as it goes to the client: for text frames the
+	// JSON message with any upstream prompt_id rewritten to the client-facing
+	// one; for binary frames the bytes as received.
+	Data []byte
+}
+
+// Sink receives the events of the prompts submitted with it, in the order
+// the instance sent them. It is called from the instance's reader goroutine
+// and must not block.
+type Sink interface {
+	PromptEvent(p *Prompt, ev Event)
+}
+
+// Listener receives what belongs to no single prompt. Must not block.
+type Listener interface {
+	// Broadcast: an event without prompt id (custom nodes' messages, ...)
+	// that ComfyUI would send to every socket.
+	Broadcast(ev Event)
+	// QueueChanged: the fleet-wide queue_remaining (sum over instances of
+	// what they report plus prompts comfygate holds) changed.
+	QueueChanged(queueRemaining int)
+}
+
+// PromptState is where an accepted prompt is in its life.
+type PromptState int
+
+// The prompt states.
+const (
+	PromptQueued  PromptState = iota // accepted by an instance, not started
+	PromptRunning                    // execution_start seen
+	PromptDone                       // success, error or interrupted: terminal
+)
+
+// Prompt is one prompt comfygate forwarded. It stays in the table after it
+// finishes (bounded, oldest evicted) so later calls that name it find its instance.
+type Prompt struct {
+	// ID is the prompt_id the client knows.
+	ID string
+	// ClientID is the client's own client_id ("" when it sent none).
+	ClientID string
+	// Sink receives its events.
+	Sink Sink
+	// Created is when comfygate accepted it.
+	Created time.Time
+
+	mu         sync.Mutex // guards the fields below
+	instance   *Instance
+	upstreamID string // id at the instance; differs from ID for instances < v0.3.45
+	body       []byte // the JSON forwarded upstream (with comfygate's client_id), for resubmission
+	attempts   int
+	state      PromptState
+	outcome    string // "success", "error", "interrupted", "lost" once done
+	started    time.Time
+}
+
+// Instance returns the instance the prompt is pinned to now.
+func (p *Prompt) Instance() *Instance { p.mu.Lock(); defer p.mu.Unlock(); return p.instance }
+
+// UpstreamID returns the prompt's id at its instance.
+func (p *Prompt) UpstreamID() string { p.mu.Lock(); defer p.mu.Unlock(); return p.upstreamID }
+
+// State returns the prompt's state.
+func (p *Prompt) State() PromptState { p.mu.Lock(); defer p.mu.Unlock(); return p.state }
+
+// Attempts returns how many times it was sent to an instance (1 + resubmissions).
+func (p *Prompt) Attempts() int { p.mu.Lock(); defer p.mu.Unlock(); return p.attempts }
+
+// FileRef names a file the way ComfyUI's /view and /upload do.
+type FileRef struct {
+	Filename  string
+	Subfolder string
+	Type      string // "input", "output" or "temp"; "" means output for /view
+}
+
+// SubmitRequest is one POST /prompt as comfygate forwards it.
+type SubmitRequest struct {
+	// Body is the client's JSON body, parsed one level. Submit rewrites
+	// client_id, extra_data.client_id and prompt_id for the instance.
+	Body map[string]json.RawMessage
+	// PromptID is the client-facing id (already chosen by the caller: the
+	// client's valid unused one, or freshly minted).
+	PromptID string
+	// ClientID is the client's own client_id, "" if none.
+	ClientID string
+	// Sink receives the prompt's events.
+	Sink Sink
+	// Header holds request headers to forward (e.g. comfy-user).
+	Header map[string]string
+}
+
+// SubmitResult is the instance's answer, ready to relay to the client.
+type SubmitResult struct {
+	// Prompt is set when the instance accepted it (status 200).
+	Prompt *Prompt
+	// Instance that answered.
+	Instance *Instance
+	// Status and Body of the instance's answer; in Body, prompt_id is the
+	// client-facing id.
+	Status int
+	Body   []byte
+}
