@@ -1,0 +1,38 @@
+package proxy
+
+// This file is the contract between the HTTP side (server.go, router.go,
+// ...) and the WebSocket side (ws*.go) of the package, and with the jobs
+// package. Signatures here change only through the lead.
+
+import (
+	"context"
+
+	"github.com/valyala/fasthttp"
+)
+
+// JobRoutes is what the proxy needs from the async job facade (jobs.Service).
+type JobRoutes interface {
+	// ServeJobs serves the facade's own routes (POST /api/remove-background,
+	// /api/upscale-image, /api/workflows/{name}, GET /api/jobs/{id}/status,
+	// /api/jobs/{id}/result, DELETE /api/jobs/{id}, GET /api/jobs?source=comfygate)
+	// and reports whether the request was one of them.
+	ServeJobs(ctx *fasthttp.RequestCtx) bool
+	// CancelJob cancels a facade job wherever it is (comfygate's wait line,
+	// an instance's queue, running). known=false when id is no facade job.
+	CancelJob(ctx context.Context, id string) (known, cancelled bool)
+	// WaitingJob returns ComfyUI's GET /api/jobs/{id} shape for a facade job
+	// that is still in comfygate's wait line (not yet at an instance).
+	WaitingJob(id string) (body []byte, ok bool)
+}
+
+// The WebSocket side provides, in ws*.go:
+//
+//	type Hub struct{ ... }           // implements upstream.Sink and upstream.Listener
+//	func newHub(cfg *config.Config, pool *upstream.Pool, m *metrics.Metrics, log *slog.Logger) *Hub
+//	func (h *Hub) ServeWS(ctx *fasthttp.RequestCtx)  // GET /ws and /api/ws (upgrade)
+//	func (h *Hub) Close()                            // close every client socket (shutdown)
+//	func (h *Hub) Clients() int
+//
+// The HTTP side creates it in New, calls pool.SetListener(hub), passes the
+// hub as the Sink of every prompt submitted through POST /prompt, and
+// routes /ws and /api/ws to ServeWS.
