@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -256,7 +257,7 @@ func Load(path string, environ []string) (*Config, error) {
 		dec := yaml.NewDecoder(bytes.NewReader(data))
 		dec.KnownFields(true)
 		if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("config %s: %w", path, err)
+			return nil, fmt.Errorf("config %s: %s", path, quoteLines(err.Error(), data))
 		}
 		c.Dir = filepath.Dir(path)
 	}
@@ -344,4 +345,31 @@ func (c *Config) applyEnv(environ []string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Path resolves a path from the configuration against its directory.
+func (c *Config) Path(p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(c.Dir, p)
+}
+
+var yamlLine = regexp.MustCompile(`line (\d+):`)
+
+// quoteLines appends the offending source line to each "line N:" of a YAML
+// error, so the message names the key and the value as written.
+func quoteLines(msg string, src []byte) string {
+	lines := strings.Split(string(src), "\n")
+	out := yamlLine.ReplaceAllStringFunc(msg, func(m string) string {
+		n, _ := strconv.Atoi(yamlLine.FindStringSubmatch(m)[1])
+		if n < 1 || n > len(lines) {
+			return m
+		}
+		return fmt.Sprintf("line %d (%s):", n, strings.TrimSpace(lines[n-1]))
+	})
+	if strings.Contains(msg, "time.Duration") {
+		out += " (durations are written like 500ms, 30s or 5m)"
+	}
+	return out
 }

@@ -1,0 +1,155 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func writeFile(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestDefaultsMatchTheDocumentedOnes(t *testing.T) {
+	t.Parallel()
+	c, err := Load("", []string{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := []struct {
+		desc      string
+		got, want any
+	}{
+		{"listen", c.Listen, "127.0.0.1:8190"},
+		{"timeout", c.Timeout, 30 * time.Second},
+		{"health interval", c.HealthCheck.Interval, 30 * time.Second},
+		{"health timeout", c.HealthCheck.Timeout, 5 * time.Second},
+		{"unhealthy threshold", c.HealthCheck.UnhealthyThreshold, 3},
+		{"job timeout", c.Jobs.Timeout, 5 * time.Minute},
+		{"instances", len(c.Instances), 2},
+		{"first instance name", c.Instances[0].Name, "127.0.0.1:8188"},
+		{"log level", c.Log.Level, "info"},
+	}
+	for _, ck := range checks {
+		if ck.got != ck.want {
+			t.Errorf("%s = %v, want %v", ck.desc, ck.got, ck.want)
+		}
+	}
+}
+
+func TestShippedConfigYAMLLoadsAndEqualsDefaults(t *testing.T) {
+	t.Parallel()
+	c, err := Load("../config.yaml", []string{})
+	if err != nil {
+		t.Fatalf("the shipped config.yaml does not load: %v", err)
+	}
+	d := Default()
+	if c.Listen != d.Listen || c.Timeout != d.Timeout || c.HealthCheck != d.HealthCheck ||
+		c.Breaker != d.Breaker || c.WebSocket != d.WebSocket || c.Failover != d.Failover ||
+		c.Jobs != d.Jobs || c.Log != d.Log || c.MaxConnectionsPerInstance != d.MaxConnectionsPerInstance {
+		t.Fatalf("config.yaml documents values that differ from the defaults:\nfile:    %+v\ndefault: %+v", c, d)
+	}
+}
+
+func TestEnvironmentOverrides(t *testing.T) {
+	t.Parallel()
+	env := []string{
+		"COMFYUI_HOST_2=http://gpu1:8188/",
+		"COMFYUI_HOST_1=gpu0:8188",
+		"COMFYUI_HOST_10=https://gpu9",
+		"COMFYUI_TIMEOUT=1500",
+		"MAX_CONNECTIONS_PER_INSTANCE=7",
+		"HEALTH_CHECK_INTERVAL=250",
+		"JOB_TIMEOUT=60000",
+		"MAX_CONCURRENT_JOBS=6",
+		"LOG_LEVEL=debug",
+		"LOG_DIRECTORY=/tmp/x",
+	}
+	c, err := Load(writeFile(t, "instances:\n  - address: ignored:1\n"), env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, in := range c.Instances {
+		got = append(got, in.HostPort())
+	}
+	if strings.Join(got, ",") != "gpu0:8188,gpu1:8188,gpu9:443" {
+		t.Fatalf("instances = %v, want gpu0, gpu1, gpu9 in numeric order", got)
+	}
+	if !c.Instances[2].TLS() {
+		t.Error("https instance not marked TLS")
+	}
+	if c.Timeout != 1500*time.Millisecond || c.MaxConnectionsPerInstance != 7 ||
+		c.HealthCheck.Interval != 250*time.Millisecond || c.Jobs.Timeout != time.Minute ||
+		c.Jobs.MaxConcurrent != 6 || c.Log.Level != "debug" || c.Log.Directory != "/tmp/x" {
+		t.Fatalf("overrides not applied: %+v", c)
+	}
+}
+
+func TestBadInputStopsStartUpWithKeyValueAndAllowed(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		desc, yaml string
+		env        []string
+		want       []string
+	}{
+		{desc: "unknown key", yaml: "listn: 1.2.3.4:5\n", want: []string{"listn"}},
+		{desc: "bad duration", yaml: "timeout: soon\n", want: []string{"timeout"}},
+		{desc: "negative threshold", yaml: "health_check:\n  unhealthy_threshold: -1\n", want: []string{"health_check.unhealthy_threshold", "-1", "positive"}},
+		{desc: "bad log level", yaml: "log:\n  level: loud\n", want: []string{"log.level", "loud", "debug, info, warn or error"}},
+		{desc: "bad address", yaml: "instances:\n  - address: \"ftp://x:1\"\n", want: []string{"instances[0].address", "ftp://x:1"}},
+		{desc: "duplicate names", yaml: "instances:\n  - {name: a, address: \"x:1\"}\n  - {name: a, address: \"y:1\"}\n", want: []string{"instances[1].name"}},
+		{desc: "env not a number", env: []string{"COMFYUI_TIMEOUT=fast"}, want: []string{"COMFYUI_TIMEOUT", "fast", "milliseconds"}},
+		{desc: "env zero", env: []string{"MAX_CONCURRENT_JOBS=0"}, want: []string{"MAX_CONCURRENT_JOBS", "positive"}},
+		{desc: "bad host index", env: []string{"COMFYUI_HOST_X=a:1"}, want: []string{"COMFYUI_HOST_X"}},
+		{desc: "bad listen", yaml: "listen: nowhere\n", want: []string{"listen", "nowhere", "host:port"}},
+		{desc: "bad overridable", yaml: "workflows:\n  w:\n    overridable: [seed]\n", want: []string{"workflows.w.overridable", "seed"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.desc, func(t *testing.T) {
+			t.Parallel()
+			path := ""
+			if tc.yaml != "" {
+				path = writeFile(t, tc.yaml)
+			}
+			env := tc.env
+			if env == nil {
+				env = []string{}
+			}
+			_, err := Load(path, env)
+			if err == nil {
+				t.Fatal("Load accepted bad input")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestRelativePathsResolveAgainstTheConfigFile(t *testing.T) {
+	t.Parallel()
+	p := writeFile(t, "instances:\n  - address: a:1\n")
+	c, err := Load(p, []string{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Dir != filepath.Dir(p) {
+		t.Fatalf("Dir = %q, want %q", c.Dir, filepath.Dir(p))
+	}
+	if got := c.Path("workflows/x.json"); got != filepath.Join(filepath.Dir(p), "workflows/x.json") {
+		t.Fatalf("Path = %q", got)
+	}
+	if got := c.Path("/abs/x.json"); got != "/abs/x.json" {
+		t.Fatalf("absolute Path changed: %q", got)
+	}
+}
