@@ -1,0 +1,238 @@
+package proxy
+
+import (
+	"encoding/json"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/fasthttp/websocket"
+)
+
+// frame is one message for a client. A binary frame may carry a header
+// written before data (the 8-byte type-1 header of a converted preview), so
+// the image bytes are never copied.
+type frame struct {
+	binary bool
+	head   []byte
+	data   []byte
+}
+
+// wsClient is one client socket: the hijacked connection's goroutine reads
+// it (readLoop), one writer goroutine writes it (writeLoop), and the hub
+// feeds the writer through send without ever blocking.
+type wsClient struct {
+	hub  *Hub
+	id   string // clientId (sid)
+	conn *websocket.Conn
+
+	send       chan frame    // bounded by websocket.client_buffer
+	hello      frame         // the first status message; set before writeLoop starts
+	pending    []frame       // replay, written after hello and before send; set before writeLoop starts
+	quit       chan struct{} // closed by stop
+	quitOnce   sync.Once
+	closeCode  int    // set by stop before quit closes; 0 = no close frame
+	closeText  string // ditto
+	closing    atomic.Bool
+	writerDone chan struct{}
+	unsent     *frame // the frame a failed write did not deliver; read after writerDone
+
+	// metadata: the client negotiated supports_preview_metadata.
+	metadata atomic.Bool
+}
+
+func newClient(h *Hub, conn *websocket.Conn, id string) *wsClient {
+	return &wsClient{
+		hub:        h,
+		id:         id,
+		conn:       conn,
+		send:       make(chan frame, h.ws.ClientBuffer),
+		quit:       make(chan struct{}),
+		writerDone: make(chan struct{}),
+	}
+}
+
+// offer queues f without blocking; false when the queue is full.
+func (c *wsClient) offer(f frame) bool {
+	select {
+	case c.send <- f:
+		return true
+	default:
+		return false
+	}
+}
+
+// drain moves what the writer has not taken yet onto dst.
+func (c *wsClient) drain(dst []frame) []frame {
+	for {
+		select {
+		case f := <-c.send:
+			dst = append(dst, f)
+		default:
+			return dst
+		}
+	}
+}
+
+// stop asks the writer to send a close frame with code (none when 0) and
+// end. Only the first call counts. It never blocks.
+func (c *wsClient) stop(code int, text string) {
+	c.quitOnce.Do(func() {
+		c.closeCode, c.closeText = code, text
+		close(c.quit)
+	})
+}
+
+// writeLoop is the socket's only writer: the first status message, the
+// replay, then the queue, with a ping every ping interval. It ends on stop or a write error.
+func (c *wsClient) writeLoop() {
+	defer close(c.writerDone)
+	ticker := time.NewTicker(c.hub.ws.PingInterval)
+	defer ticker.Stop()
+	if err := c.write(c.hello); err != nil {
+		_ = c.conn.Close()
+		return
+	}
+	for i := range c.pending {
+		if c.stopped() {
+			c.pending = c.pending[i:]
+			c.writeClose()
+			return
+		}
+		if err := c.write(c.pending[i]); err != nil {
+			c.unsent = &c.pending[i]
+			c.pending = c.pending[i+1:] // the rest goes to the backlog too
+			_ = c.conn.Close()
+			return
+		}
+		c.pending[i] = frame{}
+	}
+	c.pending = nil
+	for {
+		// A stop wins over queued frames: select alone picks at random.
+		if c.stopped() {
+			c.writeClose()
+			return
+		}
+		select {
+		case <-c.quit:
+			c.writeClose()
+			return
+		case f := <-c.send:
+			if err := c.write(f); err != nil {
+				c.unsent = &f
+				_ = c.conn.Close() // the reader fails and unregisters
+				return
+			}
+		case <-ticker.C:
+			if err := c.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeWait)); err != nil {
+				_ = c.conn.Close()
+				return
+			}
+		}
+	}
+}
+
+func (c *wsClient) stopped() bool {
+	select {
+	case <-c.quit:
+		return true
+	default:
+		return false
+	}
+}
+
+// write sends one frame within writeWait.
+func (c *wsClient) write(f frame) error {
+	_ = c.conn.SetWriteDeadline(time.Now().Add(writeWait))
+	mt := websocket.TextMessage
+	if f.binary {
+		mt = websocket.BinaryMessage
+	}
+	if f.head == nil {
+		return c.conn.WriteMessage(mt, f.data)
+	}
+	w, err := c.conn.NextWriter(mt)
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(f.head); err != nil {
+		_ = w.Close()
+		return err
+	}
+	if _, err := w.Write(f.data); err != nil {
+		_ = w.Close()
+		return err
+	}
+	return w.Close()
+}
+
+// writeClose sends the close frame stop asked for, then gives the client
+// closeWait to answer it before the reader gives up.
+func (c *wsClient) writeClose() {
+	c.closing.Store(true)
+	if c.closeCode != 0 {
+		_ = c.conn.WriteControl(websocket.CloseMessage,
+			websocket.FormatCloseMessage(c.closeCode, c.closeText), time.Now().Add(closeWait))
+	}
+	_ = c.conn.SetReadDeadline(time.Now().Add(closeWait))
+}
+
+// readLoop reads until the socket fails or closes: the client's first text
+// frame may negotiate feature flags, everything else is ignored (ComfyUI
+// reads nothing more), but reading processes pongs, pings and close.
+func (c *wsClient) readLoop() {
+	wait := pingWaitFactor * c.hub.ws.PingInterval
+	c.conn.SetReadLimit(maxClientFrame)
+	extend := func() {
+		if !c.closing.Load() {
+			_ = c.conn.SetReadDeadline(time.Now().Add(wait))
+		}
+	}
+	extend()
+	c.conn.SetPongHandler(func(string) error { extend(); return nil })
+	first := true
+	for {
+		mt, r, err := c.conn.NextReader()
+		if err != nil {
+			return
+		}
+		extend()
+		if mt != websocket.TextMessage || !first {
+			continue // NextReader discards the unread rest
+		}
+		first = false
+		data, err := io.ReadAll(r)
+		if err != nil {
+			return
+		}
+		if flags, ok := parseFeatureFlags(data); ok {
+			c.hub.featureFlags(c, flags)
+		}
+	}
+}
+
+// parseFeatureFlags reports whether msg is {"type": "feature_flags", ...}
+// and whether its data sets supports_preview_metadata to true (ComfyUI
+// tests the flag with `is True`).
+func parseFeatureFlags(msg []byte) (metadata, ok bool) {
+	var m struct {
+		Type string `json:"type"`
+		Data struct {
+			SupportsPreviewMetadata json.RawMessage `json:"supports_preview_metadata"`
+		} `json:"data"`
+	}
+	if json.Unmarshal(msg, &m) != nil || m.Type != "feature_flags" {
+		// A data that is not an object fails the whole decode; ComfyUI
+		// would still store it and answer, so retry with the type alone.
+		var t struct {
+			Type string `json:"type"`
+		}
+		if json.Unmarshal(msg, &t) != nil || t.Type != "feature_flags" {
+			return false, false
+		}
+		return false, true
+	}
+	return string(m.Data.SupportsPreviewMetadata) == "true", true
+}

@@ -1,0 +1,364 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"strconv"
+	"time"
+
+	"github.com/comfygate/comfygate/upstream"
+	"github.com/fasthttp/websocket"
+)
+
+// Binary frame event types (comfyui-api.md §2).
+const (
+	binPreview         = 1 // 4-byte format (1 JPEG, 2 PNG), image
+	binText            = 3 // 4-byte length N, node id, UTF-8 text
+	binPreviewMetadata = 4 // 4-byte length N, N bytes JSON, image
+)
+
+// Preview formats of a type-1 frame.
+const (
+	formatJPEG = 1
+	formatPNG  = 2
+)
+
+var (
+	_ upstream.Sink     = (*Hub)(nil)
+	_ upstream.Listener = (*Hub)(nil)
+)
+
+// PromptEvent delivers one event of a prompt submitted through comfygate to
+// the socket registered under the prompt's client_id, or to its backlog.
+// Prompts without client_id follow ComfyUI: only progress, progress_state,
+// execution_interrupted, previews (as type 1) and TEXT frames go to every
+// socket; the rest is dropped. It never blocks.
+func (h *Hub) PromptEvent(p *upstream.Prompt, ev upstream.Event) {
+	if p == nil {
+		return
+	}
+	if p.ClientID == "" {
+		h.broadcastUnowned(ev)
+		return
+	}
+	kind := "text"
+	if ev.Binary {
+		kind = "binary"
+	}
+	v := newVariants(ev)
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return
+	}
+	s := h.sessions[p.ClientID]
+	switch {
+	case s != nil && s.client != nil:
+		c := s.client
+		if f, ok := v.forClient(c.metadata.Load()); ok && !c.offer(f) {
+			h.dropSlowLocked(s, f)
+		}
+	case h.ws.BacklogGrace > 0:
+		if s == nil {
+			s = &session{id: p.ClientID, expires: time.Now().Add(h.ws.BacklogGrace)}
+			h.sessions[p.ClientID] = s
+		}
+		if f, ok := v.forClient(s.metadata); ok {
+			h.keepLocked(s, f)
+		}
+	}
+	h.mu.Unlock()
+	h.m.IncEventsRouted(kind)
+}
+
+// broadcastUnowned applies ComfyUI's rule for events whose prompt has no
+// client_id (its server.client_id is None): a few kinds go to every socket.
+func (h *Hub) broadcastUnowned(ev upstream.Event) {
+	var f frame
+	if ev.Binary {
+		switch binaryType(ev.Data) {
+		case binPreview, binText:
+			f = frame{binary: true, data: ev.Data}
+		case binPreviewMetadata:
+			// ComfyUI sends type 1 to sid None: nobody negotiated for it.
+			var ok bool
+			if f, ok = toPreviewType1(ev.Data); !ok {
+				return
+			}
+		default:
+			return
+		}
+	} else {
+		switch ev.Type {
+		case "progress", "progress_state", "execution_interrupted":
+			f = frame{data: ev.Data}
+		default:
+			return
+		}
+	}
+	h.mu.Lock()
+	h.broadcastLocked(variants{meta: f, plain: f, okMeta: true, okPlain: true})
+	h.mu.Unlock()
+	h.m.IncEventsRouted("broadcast")
+}
+
+// Broadcast sends an event that belongs to no prompt to every socket.
+func (h *Hub) Broadcast(ev upstream.Event) {
+	v := newVariants(ev)
+	h.mu.Lock()
+	h.broadcastLocked(v)
+	h.mu.Unlock()
+	h.m.IncEventsRouted("broadcast")
+}
+
+// QueueChanged sends every socket ComfyUI's status message (without sid).
+func (h *Hub) QueueChanged(queueRemaining int) {
+	f := frame{data: statusMessage(queueRemaining, "", false)}
+	h.mu.Lock()
+	h.queueN = queueRemaining
+	h.queueGen++
+	h.broadcastLocked(variants{meta: f, plain: f, okMeta: true, okPlain: true})
+	h.mu.Unlock()
+}
+
+// broadcastLocked offers v to every registered socket; a full queue drops
+// that socket. h.mu is held.
+func (h *Hub) broadcastLocked(v variants) {
+	if h.closed {
+		return
+	}
+	for c := range h.live {
+		f, ok := v.forClient(c.metadata.Load())
+		if ok && !c.offer(f) {
+			if s := h.sessions[c.id]; s != nil && s.client == c {
+				h.dropSlowLocked(s, f)
+			}
+		}
+	}
+}
+
+// dropSlowLocked drops the socket of s, whose queue is full: close code
+// 1008, and what it had queued plus f go to the backlog. h.mu is held.
+func (h *Hub) dropSlowLocked(s *session, f frame) {
+	c := s.client
+	delete(h.live, c)
+	c.stop(websocket.ClosePolicyViolation, "policy violation: client too slow")
+	h.m.IncSlowClientDropped()
+	h.log.Warn("websocket client too slow, dropped", "client_id", c.id, "buffer", h.ws.ClientBuffer)
+	leftover := c.drain(nil)
+	h.disconnectLocked(s, append(leftover, f))
+}
+
+// register makes c the clientId's socket and sets what it writes first:
+// the status message (queue count n, read at generation gen, unless a
+// QueueChanged came since), then the backlog or the frames its replaced
+// predecessor had not written. It returns how many backlog frames it
+// replays; ok=false once the hub is closed.
+func (h *Hub) register(c *wsClient, gen uint64, n int) (replayed int, ok bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return 0, false
+	}
+	if gen != h.queueGen {
+		n = h.queueN
+	}
+	c.hello = frame{data: statusMessage(n, c.id, true)}
+	s := h.sessions[c.id]
+	if s == nil {
+		s = &session{id: c.id}
+		h.sessions[c.id] = s
+	}
+	if old := s.client; old != nil {
+		delete(h.live, old)
+		c.pending = old.drain(nil)
+		now := time.Now()
+		if now.Sub(s.replacedAt) > replaceWindow {
+			s.replaced, s.replacedAt = 0, now
+		}
+		s.replaced++
+		if s.replaced <= replaceLimit {
+			old.stop(closeReplaced, "replaced by a newer connection with the same clientId")
+		} else if s.replaced == replaceLimit+1 {
+			h.log.Warn("websocket clientId keeps reconnecting on two sockets; leaving the older open and silent",
+				"client_id", c.id)
+		}
+	} else if s.backlog.len() > 0 {
+		if d := s.backlog.dropped; d > 0 {
+			h.log.Warn("websocket backlog overflowed; oldest events lost", "client_id", c.id, "dropped", d)
+		}
+		c.pending = s.backlog.take()
+		replayed = len(c.pending)
+	}
+	s.client = c
+	s.expires = time.Time{}
+	h.live[c] = struct{}{}
+	h.conns[c] = struct{}{}
+	h.wg.Add(1)
+	return replayed, true
+}
+
+// unregister forgets c after its writer ended. If c is still its clientId's
+// socket (a newer socket may have replaced it: ComfyUI's close race), the
+// clientId turns into a backlog holding what c did not write.
+func (h *Hub) unregister(c *wsClient) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.conns, c)
+	s := h.sessions[c.id]
+	if s == nil || s.client != c {
+		return
+	}
+	delete(h.live, c)
+	var leftover []frame
+	if c.unsent != nil {
+		leftover = append(leftover, *c.unsent)
+	}
+	leftover = append(leftover, c.pending...)
+	leftover = c.drain(leftover)
+	h.disconnectLocked(s, leftover)
+}
+
+// featureFlags records c's negotiation and answers it, as ComfyUI does.
+func (h *Hub) featureFlags(c *wsClient, metadata bool) {
+	c.metadata.Store(metadata)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	s := h.sessions[c.id]
+	if s == nil || s.client != c {
+		c.offer(frame{data: featureFlagsReply}) // replaced: best effort
+		return
+	}
+	s.metadata = metadata
+	if f := (frame{data: featureFlagsReply}); !c.offer(f) {
+		h.dropSlowLocked(s, f)
+	}
+}
+
+// queueSnapshot returns the QueueChanged generation and count.
+func (h *Hub) queueSnapshot() (gen uint64, n int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.queueGen, h.queueN
+}
+
+// variants holds an event as frames for sockets with and without preview
+// metadata; they differ only for type-4 previews.
+type variants struct {
+	meta, plain     frame
+	okMeta, okPlain bool
+}
+
+func newVariants(ev upstream.Event) variants {
+	f := frame{binary: ev.Binary, data: ev.Data}
+	v := variants{meta: f, plain: f, okMeta: true, okPlain: true}
+	if ev.Binary && binaryType(ev.Data) == binPreviewMetadata {
+		v.plain, v.okPlain = toPreviewType1(ev.Data)
+	}
+	return v
+}
+
+func (v *variants) forClient(metadata bool) (frame, bool) {
+	if metadata {
+		return v.meta, v.okMeta
+	}
+	return v.plain, v.okPlain
+}
+
+// binaryType returns a binary frame's event type, 0 when too short.
+func binaryType(b []byte) uint32 {
+	if len(b) < 4 {
+		return 0
+	}
+	return binary.BigEndian.Uint32(b)
+}
+
+// toPreviewType1 turns a type-4 preview (type, metadata length N, N bytes
+// JSON with image_type, image) into type 1 (type, format, image) without
+// copying the image. ok=false when the frame is malformed.
+func toPreviewType1(b []byte) (frame, bool) {
+	if len(b) < 8 {
+		return frame{}, false
+	}
+	n := binary.BigEndian.Uint32(b[4:8])
+	if uint64(n) > uint64(len(b)-8) {
+		return frame{}, false
+	}
+	meta, img := b[8:8+n], b[8+n:]
+	format := uint32(0)
+	var md struct {
+		ImageType string `json:"image_type"`
+	}
+	if json.Unmarshal(meta, &md) == nil {
+		switch md.ImageType {
+		case "image/png":
+			format = formatPNG
+		case "image/jpeg":
+			format = formatJPEG
+		}
+	}
+	if format == 0 {
+		// Unknown or missing image_type: trust the bytes, PNG by default
+		// (what ComfyUI does with an unknown preview format).
+		format = formatPNG
+		if bytes.HasPrefix(img, []byte{0xff, 0xd8, 0xff}) {
+			format = formatJPEG
+		}
+	}
+	head := make([]byte, 8)
+	binary.BigEndian.PutUint32(head[0:4], binPreview)
+	binary.BigEndian.PutUint32(head[4:8], format)
+	return frame{binary: true, head: head, data: img}, true
+}
+
+// statusMessage is ComfyUI's status message in Python's json.dumps format;
+// withSID adds the sid of the first message on a socket.
+func statusMessage(queueRemaining int, sid string, withSID bool) []byte {
+	b := make([]byte, 0, 96+len(sid))
+	b = append(b, `{"type": "status", "data": {"status": {"exec_info": {"queue_remaining": `...)
+	b = strconv.AppendInt(b, int64(queueRemaining), 10)
+	b = append(b, `}}`...)
+	if withSID {
+		b = append(b, `, "sid": `...)
+		b = appendPyString(b, sid)
+	}
+	return append(b, `}}`...)
+}
+
+// appendPyString appends s as Python's json.dumps writes a str
+// (ensure_ascii: non-ASCII as \uXXXX, surrogate pairs above U+FFFF).
+func appendPyString(b []byte, s string) []byte {
+	const hexd = "0123456789abcdef"
+	u4 := func(b []byte, r rune) []byte {
+		return append(b, '\\', 'u', hexd[r>>12&0xf], hexd[r>>8&0xf], hexd[r>>4&0xf], hexd[r&0xf])
+	}
+	b = append(b, '"')
+	for _, r := range s {
+		switch {
+		case r == '"':
+			b = append(b, '\\', '"')
+		case r == '\\':
+			b = append(b, '\\', '\\')
+		case r == '\n':
+			b = append(b, '\\', 'n')
+		case r == '\r':
+			b = append(b, '\\', 'r')
+		case r == '\t':
+			b = append(b, '\\', 't')
+		case r == '\b':
+			b = append(b, '\\', 'b')
+		case r == '\f':
+			b = append(b, '\\', 'f')
+		case r < 0x20 || (r >= 0x7f && r <= 0xffff):
+			b = u4(b, r)
+		case r > 0xffff:
+			r -= 0x10000
+			b = u4(b, 0xd800+(r>>10))
+			b = u4(b, 0xdc00+(r&0x3ff))
+		default:
+			b = append(b, byte(r))
+		}
+	}
+	return append(b, '"')
+}
