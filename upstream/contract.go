@@ -6,7 +6,6 @@ package upstream
 
 import (
 	"context"
-	"encoding/json"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -40,6 +39,12 @@ type Instance struct {
 	socketUp   atomic.Bool
 	version    atomic.Pointer[string]
 	socketID   string // the client_id comfygate uses for this instance's prompts and socket
+
+	// Added by upstream-core.
+	pool       *Pool                // back-pointer for metrics and drain removal
+	probe      *fasthttp.HostClient // health checks and file probes, apart from traffic
+	successes  atomic.Int32         // consecutive passed health checks
+	confirming atomic.Bool          // a confirmSuspect check is running
 }
 
 // InstanceStatus is a snapshot for /health and /stats.
@@ -88,20 +93,6 @@ func (i *Instance) Allow() (done func(failed bool), err error) {
 	return i.breaker.Allow()
 }
 
-// Status returns a snapshot.
-func (i *Instance) Status() InstanceStatus {
-	panic("TODO upstream-core")
-}
-
-// SupportsClientPromptID reports v0.3.45+ (accepts a client-supplied prompt_id).
-func (i *Instance) SupportsClientPromptID() bool { panic("TODO upstream-core") }
-
-// Call does one non-streaming request (bounded by config timeout and ctx),
-// through the breaker. path includes the query. Headers are set as given.
-func (i *Instance) Call(ctx context.Context, method, path string, header map[string]string, body []byte) (status int, respBody []byte, err error) {
-	panic("TODO upstream-core")
-}
-
 // Pool is the set of instances.
 type Pool struct {
 	cfg *config.Config
@@ -112,20 +103,27 @@ type Pool struct {
 	instances []*Instance
 	listener  Listener
 	rr        atomic.Uint64
-	// prompt table, pins, monitors: added by the upstream engineers.
+
+	// prompts owns the prompt table, the instance sockets and failover
+	// (upstream-prompts). upstream-core creates it in New with
+	// newPromptTable(p), starts it in Start, and tells it about instances
+	// through its methods instanceAdded, instanceRemoved, instanceDown.
+	prompts *promptTable
+	// upstream-core's fields.
+	entries  []*entry // config instances and their discovered addresses; insts guarded by mu
+	resolver Resolver // guarded by mu; for discover entries
+	pins     *pinTable
+
+	copiesMu sync.Mutex // guards copies
+	copies   map[copyKey]chan struct{}
+
+	runMu   sync.Mutex // guards started, closed, ctx, cancel, and wg.Add
+	started bool
+	closed  bool
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup // background goroutines Close waits for
 }
-
-// New builds the pool from the configuration; nothing runs until Start.
-func New(cfg *config.Config, m *metrics.Metrics, log *slog.Logger) (*Pool, error) {
-	panic("TODO upstream-core")
-}
-
-// Start runs health checks, the instance sockets and discovery until ctx
-// ends or Close. It does one health check of every instance before returning.
-func (p *Pool) Start(ctx context.Context) error { panic("TODO upstream-core") }
-
-// Close stops everything Start started and waits for it.
-func (p *Pool) Close() { panic("TODO upstream-core") }
 
 // SetListener sets who receives broadcasts and fleet queue changes.
 func (p *Pool) SetListener(l Listener) {
@@ -139,33 +137,6 @@ func (p *Pool) Instances() []*Instance {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	return append([]*Instance(nil), p.instances...)
-}
-
-// Healthy returns the instances that are Available, in config order.
-func (p *Pool) Healthy() []*Instance { panic("TODO upstream-core") }
-
-// Select picks the instance for new work: Available, least outstanding
-// work (in-flight + reported queue), round-robin among ties, skipping
-// exclude. ErrNoUpstream when none.
-func (p *Pool) Select(exclude ...*Instance) (*Instance, error) { panic("TODO upstream-core") }
-
-// QueueRemaining is the fleet-wide queue_remaining a client should see.
-func (p *Pool) QueueRemaining() int { panic("TODO upstream-core") }
-
-// PinFile records that inst holds ref (learned from outputs and uploads).
-func (p *Pool) PinFile(ref FileRef, inst *Instance) { panic("TODO upstream-core") }
-
-// FileOwner returns the instance that holds ref; on a miss it asks the
-// instances (HEAD/GET /view) and pins the answer. ok=false when none has it.
-func (p *Pool) FileOwner(ctx context.Context, ref FileRef) (inst *Instance, ok bool) {
-	panic("TODO upstream-core")
-}
-
-// EnsureInputs makes every input file the prompt loads that was uploaded
-// through comfygate (pinned with type input on another instance) present
-// on inst, copying it over when needed.
-func (p *Pool) EnsureInputs(ctx context.Context, inst *Instance, prompt json.RawMessage) error {
-	panic("TODO upstream-core")
 }
 
 // Submit forwards one prompt: selects an instance, ensures its inputs,

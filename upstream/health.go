@@ -1,0 +1,212 @@
+package upstream
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// maxStatsBody caps what is read of a /system_stats answer.
+const maxStatsBody = 1 << 20
+
+// checkAll checks every instance in parallel and waits for all.
+func (p *Pool) checkAll(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, inst := range p.Instances() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.safely("health check", func() { p.checkOnce(ctx, inst) })
+		}()
+	}
+	wg.Wait()
+}
+
+// checkOnce runs one active health check of inst (GET /system_stats within
+// health_check.timeout), applies the thresholds and reports whether it passed.
+func (p *Pool) checkOnce(ctx context.Context, inst *Instance) bool {
+	ok, _ := p.check(ctx, inst, p.cfg.HealthCheck.Timeout, false)
+	return ok
+}
+
+// check probes inst and records the outcome. forceUp makes a pass count at
+// once, without waiting for healthy_threshold (the socket reconnected). It
+// returns whether the check passed and whether it ran to an answer (false
+// when ctx ended first: no verdict is recorded then).
+func (p *Pool) check(ctx context.Context, inst *Instance, timeout time.Duration, forceUp bool) (ok, ran bool) {
+	start := time.Now()
+	version, err := p.probeHealth(ctx, inst, timeout)
+	if ctx.Err() != nil {
+		return false, false
+	}
+	d := time.Since(start)
+	ok = err == nil
+	first := inst.lastCheck.Swap(time.Now().UnixNano()) == 0
+	p.m.ObserveHealthCheck(inst.Name, d, ok)
+	if ok && version != "" && version != inst.Version() {
+		inst.version.Store(&version)
+	}
+	if ok {
+		inst.failures.Store(0)
+		n := int(inst.successes.Add(1))
+		// The first check after start counts as enough: the pool must be
+		// usable at once; the threshold guards a comeback.
+		if first || forceUp || n >= p.cfg.HealthCheck.HealthyThreshold {
+			p.setHealth(inst, true, "health check passed", nil)
+		}
+		return true, true
+	}
+	inst.successes.Store(0)
+	n := int(inst.failures.Add(1))
+	switch {
+	case n >= p.cfg.HealthCheck.UnhealthyThreshold:
+		if p.setHealth(inst, false, "health check failed", err) && !inst.socketUp.Load() {
+			p.signalDown(inst)
+		}
+	case first:
+		p.log.Warn("upstream: instance not healthy at start", "instance", inst.Name, "addr", inst.Addr, "error", err)
+	}
+	return false, true
+}
+
+// setHealth flips the verdict with a CAS; only a real change logs a line and
+// sets the metric. It reports whether the verdict changed.
+func (p *Pool) setHealth(inst *Instance, up bool, why string, err error) bool {
+	if !inst.healthy.CompareAndSwap(!up, up) {
+		return false
+	}
+	p.m.SetInstanceUp(inst.Name, up)
+	if up {
+		p.log.Info("upstream: instance healthy", "instance", inst.Name, "addr", inst.Addr,
+			"reason", why, "version", inst.Version())
+		return true
+	}
+	p.log.Warn("upstream: instance unhealthy", "instance", inst.Name, "addr", inst.Addr,
+		"reason", why, "consecutive_failures", inst.failures.Load(), "error", err)
+	return true
+}
+
+// probeHealth does GET /system_stats and returns the comfyui_version it
+// reports ("" if none). Any answer but 200 is a failure.
+func (p *Pool) probeHealth(ctx context.Context, inst *Instance, timeout time.Duration) (version string, err error) {
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	deadline := time.Now().Add(timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	type answer struct {
+		body []byte
+		err  error
+	}
+	ch := make(chan answer, 1)
+	// The request runs in its own goroutine, which owns and releases req and
+	// resp, so a cancelled ctx returns at once; the request ends by its deadline.
+	go func() {
+		req := fasthttp.AcquireRequest()
+		resp := fasthttp.AcquireResponse()
+		defer fasthttp.ReleaseRequest(req)
+		defer fasthttp.ReleaseResponse(resp)
+		req.Header.SetMethod(fasthttp.MethodGet)
+		req.SetRequestURI("/system_stats")
+		req.Header.SetHost(inst.Addr)
+		req.Header.Set("Accept", "application/json")
+		if err := inst.probe.DoDeadline(req, resp, deadline); err != nil {
+			ch <- answer{err: fmt.Errorf("health check %s: %w", inst.Name, err)}
+			return
+		}
+		if code := resp.StatusCode(); code != fasthttp.StatusOK {
+			ch <- answer{err: fmt.Errorf("health check %s: status %d", inst.Name, code)}
+			return
+		}
+		body, err := readBody(resp, maxStatsBody)
+		if err != nil {
+			err = fmt.Errorf("health check %s: read body: %w", inst.Name, err)
+		}
+		ch <- answer{body: body, err: err}
+	}()
+	var a answer
+	select {
+	case a = <-ch:
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+	if a.err != nil {
+		return "", a.err
+	}
+	var stats struct {
+		System struct {
+			Version string `json:"comfyui_version"`
+		} `json:"system"`
+	}
+	// A body that is not the expected JSON still proves the instance answers;
+	// the version just stays unknown.
+	if json.Unmarshal(a.body, &stats) == nil {
+		version = stats.System.Version
+	}
+	return version, nil
+}
+
+// readBody reads at most limit bytes of a (possibly streamed) response body
+// into a new slice and closes the stream.
+func readBody(resp *fasthttp.Response, limit int64) ([]byte, error) {
+	s := resp.BodyStream()
+	if s == nil {
+		return append([]byte(nil), resp.Body()...), nil
+	}
+	b, err := io.ReadAll(io.LimitReader(s, limit))
+	if cerr := resp.CloseBodyStream(); err == nil {
+		err = cerr
+	}
+	return b, err
+}
+
+// confirmSuspect is called (by the socket code) when an instance's socket
+// dropped: one health check runs now, bounded by failover.suspect_grace. If
+// it fails the instance is marked unhealthy at once (socket lost and a
+// failed check confirm it dead, no need to wait for the threshold) and its
+// prompts fail over; if it passes, suspect is cleared.
+func (p *Pool) confirmSuspect(inst *Instance) {
+	inst.suspect.Store(true)
+	if !inst.confirming.CompareAndSwap(false, true) {
+		return // a confirmation is already running
+	}
+	timeout := p.cfg.HealthCheck.Timeout
+	if g := p.cfg.Failover.SuspectGrace; g > 0 && (timeout <= 0 || g < timeout) {
+		timeout = g
+	}
+	started := p.goAsync(func(ctx context.Context) {
+		defer inst.confirming.Store(false)
+		ok, ran := p.check(ctx, inst, timeout, false)
+		if !ran {
+			return
+		}
+		if ok {
+			inst.suspect.Store(false)
+			return
+		}
+		inst.failures.Store(int32(max(p.cfg.HealthCheck.UnhealthyThreshold, 1)))
+		p.setHealth(inst, false, "socket lost and health check failed", nil)
+		p.prompts.instanceDown(inst)
+	})
+	if !started {
+		inst.confirming.Store(false)
+	}
+}
+
+// socketRestored is called (by the socket code) after the instance's socket
+// reconnected: a health check runs now, and on success the instance is
+// healthy again at once.
+func (p *Pool) socketRestored(inst *Instance) {
+	p.goAsync(func(ctx context.Context) {
+		if ok, _ := p.check(ctx, inst, p.cfg.HealthCheck.Timeout, true); ok {
+			inst.suspect.Store(false)
+		}
+	})
+}

@@ -1,0 +1,171 @@
+package upstream
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+func TestHealthThresholdsAndOneLogPerTransition(t *testing.T) {
+	t.Parallel()
+	f := startMini(t, "0.3.65")
+	cfg := coreConfig(f.Addr())
+	cfg.HealthCheck.UnhealthyThreshold = 3
+	cfg.HealthCheck.HealthyThreshold = 2
+	p, rec := newCorePool(t, cfg, true)
+	inst := p.Instances()[0]
+	ctx := context.Background()
+
+	if !inst.Healthy() {
+		t.Fatal("instance not healthy after Start's first check")
+	}
+	if got := inst.Version(); got != "0.3.65" {
+		t.Fatalf("version = %q", got)
+	}
+	f.fail500.Store(true)
+	for k := 1; k <= 2; k++ {
+		if p.checkOnce(ctx, inst) {
+			t.Fatalf("check %d passed against a failing upstream", k)
+		}
+		if !inst.Healthy() {
+			t.Fatalf("unhealthy after %d failures, threshold 3", k)
+		}
+	}
+	for k := 3; k <= 5; k++ {
+		p.checkOnce(ctx, inst)
+		if inst.Healthy() {
+			t.Fatalf("still healthy after %d failures", k)
+		}
+	}
+	if n := rec.count("instance unhealthy", "instance=i1"); n != 1 {
+		t.Fatalf("unhealthy logged %d times, want 1", n)
+	}
+	f.fail500.Store(false)
+	if !p.checkOnce(ctx, inst) || inst.Healthy() {
+		t.Fatalf("healthy after 1 success with healthy_threshold 2 (%v)", inst.Healthy())
+	}
+	// A failure in between resets the success count.
+	f.fail500.Store(true)
+	p.checkOnce(ctx, inst)
+	f.fail500.Store(false)
+	p.checkOnce(ctx, inst)
+	if inst.Healthy() {
+		t.Fatal("healthy although the successes were not consecutive")
+	}
+	p.checkOnce(ctx, inst)
+	p.checkOnce(ctx, inst)
+	if !inst.Healthy() {
+		t.Fatal("not healthy after 2 consecutive successes")
+	}
+	if n := rec.count("instance healthy", "instance=i1"); n != 2 {
+		t.Fatalf("healthy logged %d times, want 2 (start, comeback)", n)
+	}
+	if st := inst.Status(); !st.Healthy || st.LastCheck.IsZero() || st.Version != "0.3.65" || st.Breaker != "closed" {
+		t.Fatalf("status = %+v", st)
+	}
+}
+
+func TestStartChecksAllInstancesBeforeReturning(t *testing.T) {
+	t.Parallel()
+	a, b := startMini(t, "0.3.65"), startMini(t, "0.3.40")
+	p, rec := newCorePool(t, coreConfig(a.Addr(), closedAddr(t), b.Addr()), true)
+	got := p.Healthy()
+	if len(got) != 2 || got[0].Name != "i1" || got[1].Name != "i3" {
+		t.Fatalf("Healthy after Start = %v", got)
+	}
+	if rec.count("not healthy at start", "instance=i2") != 1 {
+		t.Fatal("dead instance at start not logged")
+	}
+	if p.Instances()[2].SupportsClientPromptID() {
+		t.Fatal("0.3.40 reported to support client prompt ids")
+	}
+}
+
+func TestHealthLoopRuns(t *testing.T) {
+	t.Parallel()
+	f := startMini(t, "0.3.65")
+	cfg := coreConfig(f.Addr())
+	cfg.HealthCheck.Interval = 10 * time.Millisecond
+	cfg.HealthCheck.UnhealthyThreshold = 2
+	p, _ := newCorePool(t, cfg, true)
+	inst := p.Instances()[0]
+	f.fail500.Store(true)
+	eventually(t, "unhealthy by the loop", func() bool { return !inst.Healthy() })
+	f.fail500.Store(false)
+	eventually(t, "healthy by the loop", func() bool { return inst.Healthy() })
+}
+
+func TestHungInstanceFailsByTimeout(t *testing.T) {
+	t.Parallel()
+	f := startMini(t, "0.3.65")
+	cfg := coreConfig(f.Addr())
+	cfg.HealthCheck.Timeout = 50 * time.Millisecond
+	p, _ := newCorePool(t, cfg, true)
+	f.hang.Store(true)
+	start := time.Now()
+	if p.checkOnce(context.Background(), p.Instances()[0]) {
+		t.Fatal("check passed against a hung instance")
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("check took %v with a 50ms timeout", d)
+	}
+}
+
+func TestConfirmSuspect(t *testing.T) {
+	t.Parallel()
+	f := startMini(t, "0.3.65")
+	p, rec := newCorePool(t, coreConfig(f.Addr()), true)
+	inst := p.Instances()[0]
+
+	// Socket blip, instance fine: suspect cleared, still healthy.
+	p.confirmSuspect(inst)
+	eventually(t, "suspect cleared", func() bool { return !inst.suspect.Load() && !inst.confirming.Load() })
+	if !inst.Healthy() {
+		t.Fatal("healthy instance marked down")
+	}
+	// Socket lost and the check fails: down at once, not after 3 failures.
+	f.fail500.Store(true)
+	p.confirmSuspect(inst)
+	eventually(t, "confirmed dead", func() bool { return !inst.Healthy() })
+	if rec.count("socket lost and health check failed") != 1 {
+		t.Fatal("confirmation not logged once")
+	}
+	// The socket comes back and the instance answers: healthy at once.
+	f.fail500.Store(false)
+	p.socketRestored(inst)
+	eventually(t, "restored", func() bool { return inst.Healthy() && !inst.suspect.Load() })
+}
+
+func TestParseVersion(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		in       string
+		want     [3]int
+		ok       bool
+		supports bool
+	}{
+		{"0.3.64", [3]int{0, 3, 64}, true, true},
+		{"0.3.45", [3]int{0, 3, 45}, true, true},
+		{"0.3.44", [3]int{0, 3, 44}, true, false},
+		{"0.38.0", [3]int{0, 38, 0}, true, true},
+		{"v0.2.2-50-gabc1234", [3]int{0, 2, 2}, true, false},
+		{"v0.3.10-3-g0123456-dirty", [3]int{0, 3, 10}, true, false},
+		{"1.0", [3]int{1, 0, 0}, true, true},
+		{"0.3.65+local", [3]int{0, 3, 65}, true, true},
+		{"", [3]int{}, false, true},
+		{"unknown", [3]int{}, false, true},
+		{"gabc1234", [3]int{}, false, true},
+	}
+	for _, tc := range tests {
+		got, ok := parseVersion(tc.in)
+		if ok != tc.ok || (ok && got != tc.want) {
+			t.Errorf("parseVersion(%q) = %v, %v; want %v, %v", tc.in, got, ok, tc.want, tc.ok)
+		}
+		inst := &Instance{}
+		v := tc.in
+		inst.version.Store(&v)
+		if s := inst.SupportsClientPromptID(); s != tc.supports {
+			t.Errorf("SupportsClientPromptID(%q) = %v, want %v", tc.in, s, tc.supports)
+		}
+	}
+}

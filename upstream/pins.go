@@ -1,0 +1,254 @@
+package upstream
+
+import (
+	"container/list"
+	"context"
+	"net/url"
+	"path"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// maxPins bounds the file pin table; the least recently pinned file is
+// evicted first. A miss is not fatal: FileOwner asks the instances.
+const maxPins = 100_000
+
+// pinTable maps a file to the names of the instances that hold it. Names,
+// not pointers: an instance that restarts or is rediscovered keeps its name.
+type pinTable struct {
+	max int
+
+	mu    sync.Mutex // guards byRef, order
+	byRef map[FileRef]*list.Element
+	order *list.List // of *pinEntry, least recently pinned first
+}
+
+type pinEntry struct {
+	ref   FileRef
+	names []string // holders, most recently pinned last
+}
+
+func newPinTable(max int) *pinTable {
+	return &pinTable{max: max, byRef: map[FileRef]*list.Element{}, order: list.New()}
+}
+
+// add records that the instance called name holds ref (ref normalized).
+func (t *pinTable) add(ref FileRef, name string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if el, ok := t.byRef[ref]; ok {
+		e := el.Value.(*pinEntry)
+		e.names = append(slicesDelete(e.names, name), name)
+		t.order.MoveToBack(el)
+		return
+	}
+	t.byRef[ref] = t.order.PushBack(&pinEntry{ref: ref, names: []string{name}})
+	for t.max > 0 && t.order.Len() > t.max {
+		oldest := t.order.Front()
+		t.order.Remove(oldest)
+		delete(t.byRef, oldest.Value.(*pinEntry).ref)
+	}
+}
+
+// owners returns the holders of ref, most recently pinned first.
+func (t *pinTable) owners(ref FileRef) []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	el, ok := t.byRef[ref]
+	if !ok {
+		return nil
+	}
+	names := el.Value.(*pinEntry).names
+	out := make([]string, len(names))
+	for k, n := range names {
+		out[len(names)-1-k] = n
+	}
+	return out
+}
+
+// has reports whether the instance called name holds ref.
+func (t *pinTable) has(ref FileRef, name string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	el, ok := t.byRef[ref]
+	return ok && containsString(el.Value.(*pinEntry).names, name)
+}
+
+// len returns the number of pinned files.
+func (t *pinTable) len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.order.Len()
+}
+
+func slicesDelete(s []string, v string) []string {
+	out := s[:0]
+	for _, x := range s {
+		if x != v {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+func containsString(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// normalizeRef makes the ways ComfyUI names one file compare equal: an empty
+// type is "output" (as /view reads it), a " [input]"/" [output]"/" [temp]"
+// suffix on the name sets the type (as /view and LoadImage read it), only the
+// base name counts (/view drops the rest), and the subfolder has no leading
+// or trailing slash.
+func normalizeRef(ref FileRef) FileRef {
+	name := ref.Filename
+	for _, t := range [...]string{"input", "output", "temp"} {
+		if n, ok := strings.CutSuffix(name, " ["+t+"]"); ok {
+			name, ref.Type = n, t
+			break
+		}
+	}
+	if ref.Type == "" {
+		ref.Type = "output"
+	}
+	if i := strings.LastIndexAny(name, `/\`); i >= 0 {
+		name = name[i+1:]
+	}
+	ref.Filename = name
+	ref.Subfolder = cleanSubfolder(ref.Subfolder)
+	return ref
+}
+
+func cleanSubfolder(s string) string {
+	s = strings.ReplaceAll(s, `\`, "/")
+	s = strings.Trim(s, "/")
+	if s == "" {
+		return ""
+	}
+	return path.Clean(s)
+}
+
+// PinFile records that inst holds ref (learned from outputs and uploads).
+// A file may be held by several instances (inputs copied by EnsureInputs);
+// the most recent pin is preferred.
+func (p *Pool) PinFile(ref FileRef, inst *Instance) {
+	if inst == nil {
+		return
+	}
+	ref = normalizeRef(ref)
+	if ref.Filename == "" {
+		return
+	}
+	p.pins.add(ref, inst.Name)
+}
+
+// FileOwner returns the instance that holds ref; on a miss it asks the
+// instances (GET /view with Range: bytes=0-0, so no file is downloaded) and
+// pins the answer. ok=false when none has it.
+//
+// A pinned holder always wins over asking: when two instances both wrote
+// ComfyUI_00001_.png, only the pin learned from the prompt's outputs tells
+// them apart. Among several holders the most recent pin that is available
+// wins; when none is available the most recent holder is returned anyway
+// (never a different instance that merely has a file of that name).
+func (p *Pool) FileOwner(ctx context.Context, ref FileRef) (inst *Instance, ok bool) {
+	ref = normalizeRef(ref)
+	if ref.Filename == "" {
+		return nil, false
+	}
+	var fallback *Instance
+	for _, name := range p.pins.owners(ref) {
+		in := p.instanceByName(name)
+		if in == nil {
+			continue
+		}
+		if in.Available() {
+			return in, true
+		}
+		if fallback == nil {
+			fallback = in
+		}
+	}
+	if fallback != nil {
+		return fallback, true
+	}
+	return p.probeOwner(ctx, ref)
+}
+
+// probeOwner asks every healthy instance in parallel whether it has ref and
+// pins the first that answers 200 or 206.
+func (p *Pool) probeOwner(ctx context.Context, ref FileRef) (*Instance, bool) {
+	cands := p.Healthy()
+	if len(cands) == 0 {
+		return nil, false
+	}
+	timeout := p.cfg.HealthCheck.Timeout
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	deadline := time.Now().Add(timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	uri := viewURI(ref)
+	found := make(chan *Instance, len(cands))
+	for _, inst := range cands {
+		go func() {
+			if hasFile(inst, uri, deadline) {
+				found <- inst
+			} else {
+				found <- nil
+			}
+		}()
+	}
+	for range cands {
+		select {
+		case inst := <-found:
+			if inst != nil {
+				p.PinFile(ref, inst)
+				return inst, true
+			}
+		case <-ctx.Done():
+			return nil, false
+		}
+	}
+	return nil, false
+}
+
+// viewURI is the /view request for ref.
+func viewURI(ref FileRef) string {
+	q := url.Values{}
+	q.Set("filename", ref.Filename)
+	q.Set("subfolder", ref.Subfolder)
+	q.Set("type", ref.Type)
+	return "/view?" + q.Encode()
+}
+
+// hasFile asks inst for the first byte of the file at uri.
+func hasFile(inst *Instance, uri string, deadline time.Time) bool {
+	req := fasthttp.AcquireRequest()
+	resp := fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.Header.SetMethod(fasthttp.MethodGet)
+	req.SetRequestURI(uri)
+	req.Header.SetHost(inst.Addr)
+	// aiohttp's FileResponse honours Range: one byte, not the whole image.
+	req.Header.Set("Range", "bytes=0-0")
+	if err := inst.probe.DoDeadline(req, resp, deadline); err != nil {
+		return false
+	}
+	// Drain a little so a small answer keeps its connection; a server that
+	// ignored Range gets its connection closed instead of a full download.
+	_, _ = readBody(resp, 4096)
+	code := resp.StatusCode()
+	return code == fasthttp.StatusOK || code == fasthttp.StatusPartialContent
+}

@@ -1,0 +1,271 @@
+package upstream
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"runtime/debug"
+	"time"
+
+	"github.com/comfygate/comfygate/breaker"
+	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/metrics"
+)
+
+// entry is one instance of the configuration: a fixed address (one
+// Instance), or with Discover a DNS name whose addresses are each an Instance.
+type entry struct {
+	cfg        config.Instance
+	host, port string // Discover only: the name to resolve and the port to use
+
+	// insts are its instances; for Discover sorted by address. Guarded by Pool.mu.
+	insts []*Instance
+	// lastErr is the last resolution error logged ("" after a success), so a
+	// failing name is logged once per change, not once per interval.
+	// Touched only by the discovery goroutine.
+	lastErr string
+}
+
+// New builds the pool from the configuration; nothing runs until Start.
+// Instances with Discover are resolved by Start.
+func New(cfg *config.Config, m *metrics.Metrics, log *slog.Logger) (*Pool, error) {
+	if cfg == nil {
+		return nil, errors.New("upstream: nil config")
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	p := &Pool{
+		cfg:      cfg,
+		m:        m,
+		log:      log,
+		resolver: net.DefaultResolver,
+		pins:     newPinTable(maxPins),
+		copies:   map[copyKey]chan struct{}{},
+	}
+	for k, ci := range cfg.Instances {
+		e := &entry{cfg: ci}
+		if ci.Name == "" {
+			e.cfg.Name = ci.HostPort()
+		}
+		if ci.Discover {
+			host, port, err := net.SplitHostPort(ci.HostPort())
+			if err != nil || host == "" {
+				return nil, fmt.Errorf("upstream: instances[%d] %q: want host:port to resolve", k, ci.Address)
+			}
+			e.host, e.port = host, port
+		} else {
+			e.insts = []*Instance{p.addInstance(e.cfg.Name, e.cfg.HostPort(), ci.TLS())}
+		}
+		p.entries = append(p.entries, e)
+	}
+	p.mu.Lock()
+	p.rebuildLocked()
+	p.mu.Unlock()
+	p.prompts = newPromptTable(p)
+	return p, nil
+}
+
+// addInstance creates an instance and sets its initial metrics.
+func (p *Pool) addInstance(name, addr string, tls bool) *Instance {
+	inst := newInstance(p, name, addr, tls)
+	p.m.SetInstanceHost(name, addr)
+	p.m.SetInstanceUp(name, false)
+	p.m.SetBreakerState(name, metrics.BreakerClosed)
+	p.m.SetInflight(name, 0)
+	p.m.SetQueueDepth(name, 0)
+	p.m.SetUpstreamSocket(name, false)
+	return inst
+}
+
+// rebuildLocked recomputes p.instances from the entries, in config order.
+// p.mu must be held for writing.
+func (p *Pool) rebuildLocked() {
+	list := make([]*Instance, 0, len(p.instances)+1)
+	for _, e := range p.entries {
+		list = append(list, e.insts...)
+	}
+	p.instances = list
+}
+
+// Start runs health checks, the instance sockets and discovery until ctx
+// ends or Close. It does one health check of every instance before returning
+// (all in parallel, each bounded by health_check.timeout), so the pool can
+// serve at once.
+//
+// Order: resolve Discover names, check every instance, start the prompt
+// table, then announce every instance to it (instanceAdded opens its socket).
+func (p *Pool) Start(ctx context.Context) error {
+	p.runMu.Lock()
+	if p.started || p.closed {
+		p.runMu.Unlock()
+		return errors.New("upstream: pool already started or closed")
+	}
+	p.started = true
+	ctx, cancel := context.WithCancel(ctx)
+	p.ctx, p.cancel = ctx, cancel
+	p.runMu.Unlock()
+
+	hasDiscovery := false
+	for _, e := range p.entries {
+		hasDiscovery = hasDiscovery || e.cfg.Discover
+	}
+	if hasDiscovery {
+		p.resolveAll(ctx) // initial set: announced below with the fixed ones
+	}
+	p.checkAll(ctx)
+	p.prompts.start(ctx)
+	for _, inst := range p.Instances() {
+		p.prompts.instanceAdded(inst)
+	}
+	p.goLoop(ctx, "health check", p.cfg.HealthCheck.Interval, p.checkAll)
+	if hasDiscovery {
+		p.goLoop(ctx, "discovery", p.cfg.Discovery.Interval, p.discoverOnce)
+	}
+	return nil
+}
+
+// Close stops everything Start started and waits for it.
+func (p *Pool) Close() {
+	p.runMu.Lock()
+	if p.closed {
+		p.runMu.Unlock()
+		return
+	}
+	p.closed = true
+	started, cancel := p.started, p.cancel
+	p.runMu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	p.wg.Wait()
+	if started {
+		p.prompts.close()
+	}
+	for _, inst := range p.Instances() {
+		inst.client.CloseIdleConnections()
+		inst.probe.CloseIdleConnections()
+	}
+}
+
+// goLoop runs f every interval until ctx ends, recovering from panics.
+func (p *Pool) goLoop(ctx context.Context, name string, every time.Duration, f func(context.Context)) {
+	if every <= 0 {
+		every = 30 * time.Second
+	}
+	p.goAsync(func(ctx context.Context) {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				p.safely(name, func() { f(ctx) })
+			}
+		}
+	})
+}
+
+// goAsync runs f in a goroutine that Close waits for; f gets the pool's
+// run context. After Close (or before Start) it does nothing and reports false.
+func (p *Pool) goAsync(f func(ctx context.Context)) bool {
+	p.runMu.Lock()
+	defer p.runMu.Unlock()
+	if p.closed || !p.started {
+		return false
+	}
+	ctx := p.ctx
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		p.safely("background task", func() { f(ctx) })
+	}()
+	return true
+}
+
+// safely runs f and logs a panic instead of crashing the process.
+func (p *Pool) safely(what string, f func()) {
+	defer func() {
+		if r := recover(); r != nil {
+			p.log.Error("upstream: panic recovered", "in", what, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+		}
+	}()
+	f()
+}
+
+// instanceByName returns the current instance with that name, or nil.
+func (p *Pool) instanceByName(name string) *Instance {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	for _, inst := range p.instances {
+		if inst.Name == name {
+			return inst
+		}
+	}
+	return nil
+}
+
+// removeIfDrained drops a draining instance with no prompts left from the pool.
+func (p *Pool) removeIfDrained(inst *Instance) {
+	if !inst.draining.Load() || inst.inflight.Load() > 0 {
+		return
+	}
+	removed := false
+	p.mu.Lock()
+	for _, e := range p.entries {
+		for k, x := range e.insts {
+			if x == inst && inst.draining.Load() && inst.inflight.Load() <= 0 {
+				e.insts = append(e.insts[:k:k], e.insts[k+1:]...)
+				removed = true
+				break
+			}
+		}
+	}
+	if removed {
+		p.rebuildLocked()
+	}
+	p.mu.Unlock()
+	if removed {
+		p.m.RemoveInstance(inst.Name)
+		p.log.Info("upstream: instance removed", "instance", inst.Name, "addr", inst.Addr)
+		inst.client.CloseIdleConnections()
+		inst.probe.CloseIdleConnections()
+	}
+}
+
+// breakerChanged is the breaker's OnStateChange. It may run while the
+// breaker holds its lock, so it must not call into the breaker.
+func (p *Pool) breakerChanged(inst *Instance, from, to breaker.State) {
+	level := slog.LevelInfo
+	if to == breaker.Open {
+		level = slog.LevelWarn
+	}
+	p.log.Log(context.Background(), level, "upstream: breaker state changed",
+		"instance", inst.Name, "from", from.String(), "to", to.String())
+	p.m.SetBreakerState(inst.Name, to.String())
+	if to == breaker.Open && !inst.socketUp.Load() {
+		// Real traffic fails and the socket is gone: the instance is dead.
+		p.signalDown(inst)
+	}
+}
+
+// signalDown tells the prompt table an instance is confirmed dead, from a
+// goroutine of its own: failover may take a while and callers hold locks.
+// It may be called more than once per death; instanceDown is idempotent.
+func (p *Pool) signalDown(inst *Instance) {
+	p.goAsync(func(context.Context) { p.prompts.instanceDown(inst) })
+}
+
+// newSocketID returns "comfygate-" and 16 random lowercase hex digits.
+func newSocketID() string {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic("upstream: crypto/rand failed: " + err.Error())
+	}
+	return "comfygate-" + hex.EncodeToString(b[:])
+}

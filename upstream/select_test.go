@@ -1,0 +1,177 @@
+package upstream
+
+import (
+	"errors"
+	"testing"
+)
+
+// selectPool returns a pool of n instances that are healthy without any
+// network (nothing is started).
+func selectPool(t *testing.T, n int) (*Pool, []*Instance) {
+	t.Helper()
+	addrs := make([]string, n)
+	for k := range addrs {
+		addrs[k] = closedAddr(t)
+	}
+	p, _ := newCorePool(t, coreConfig(addrs...), false)
+	insts := p.Instances()
+	for _, inst := range insts {
+		inst.healthy.Store(true)
+	}
+	return p, insts
+}
+
+// openBreaker fails requests until inst's breaker opens.
+func openBreaker(t *testing.T, inst *Instance) {
+	t.Helper()
+	for k := 0; k < 10 && inst.breaker.Ready(); k++ {
+		done, err := inst.Allow()
+		if err != nil {
+			break
+		}
+		done(true)
+	}
+	if inst.breaker.Ready() {
+		t.Fatal("breaker did not open")
+	}
+}
+
+func TestSelectPolicy(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		desc     string
+		n        int
+		setup    func(t *testing.T, in []*Instance)
+		exclude  []int
+		want     []int // instances chosen by successive Selects (indexes)
+		wantNone bool
+	}{
+		{desc: "least work wins", n: 3, setup: func(t *testing.T, in []*Instance) {
+			in[0].inflight.Store(2)
+			in[1].queueDepth.Store(1)
+			in[2].inflight.Store(1)
+			in[2].queueDepth.Store(1)
+		}, want: []int{1, 1, 1}},
+		{desc: "in-flight and reported queue add up", n: 2, setup: func(t *testing.T, in []*Instance) {
+			in[0].inflight.Store(1)
+			in[0].queueDepth.Store(2)
+			in[1].inflight.Store(2)
+		}, want: []int{1}},
+		{desc: "round-robin among ties", n: 3, want: []int{0, 1, 2, 0, 1, 2}},
+		{desc: "round-robin only among the least loaded", n: 3, setup: func(t *testing.T, in []*Instance) {
+			in[1].queueDepth.Store(4)
+		}, want: []int{0, 2, 0, 2}},
+		{desc: "excluded instance skipped", n: 2, exclude: []int{0}, want: []int{1, 1}},
+		{desc: "unhealthy skipped", n: 3, setup: func(t *testing.T, in []*Instance) {
+			in[0].healthy.Store(false)
+			in[1].queueDepth.Store(9)
+		}, want: []int{2, 2, 2}},
+		{desc: "open breaker skipped", n: 2, setup: func(t *testing.T, in []*Instance) {
+			openBreaker(t, in[0])
+		}, want: []int{1, 1}},
+		{desc: "draining skipped", n: 2, setup: func(t *testing.T, in []*Instance) {
+			in[1].draining.Store(true)
+		}, want: []int{0, 0}},
+		{desc: "suspect only as last resort", n: 2, setup: func(t *testing.T, in []*Instance) {
+			in[0].suspect.Store(true)
+			in[1].queueDepth.Store(5)
+		}, want: []int{1, 1}},
+		{desc: "suspect chosen when nothing else", n: 2, setup: func(t *testing.T, in []*Instance) {
+			in[0].suspect.Store(true)
+			in[1].healthy.Store(false)
+		}, want: []int{0}},
+		{desc: "all unhealthy", n: 2, setup: func(t *testing.T, in []*Instance) {
+			in[0].healthy.Store(false)
+			in[1].healthy.Store(false)
+		}, wantNone: true},
+		{desc: "all excluded or open", n: 2, exclude: []int{1}, setup: func(t *testing.T, in []*Instance) {
+			openBreaker(t, in[0])
+		}, wantNone: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.desc, func(t *testing.T) {
+			t.Parallel()
+			p, in := selectPool(t, tc.n)
+			if tc.setup != nil {
+				tc.setup(t, in)
+			}
+			var ex []*Instance
+			for _, k := range tc.exclude {
+				ex = append(ex, in[k])
+			}
+			if tc.wantNone {
+				if got, err := p.Select(ex...); !errors.Is(err, ErrNoUpstream) {
+					t.Fatalf("Select = %v, %v; want ErrNoUpstream", got, err)
+				}
+				if len(p.Healthy()) > 0 && len(ex) == 0 {
+					t.Fatalf("Healthy = %v, want none", p.Healthy())
+				}
+				return
+			}
+			for k, w := range tc.want {
+				got, err := p.Select(ex...)
+				if err != nil {
+					t.Fatalf("Select #%d: %v", k, err)
+				}
+				if got != in[w] {
+					t.Fatalf("Select #%d = %s, want %s", k, got.Name, in[w].Name)
+				}
+			}
+		})
+	}
+}
+
+func TestSelectSpreadsEvenlyAsWorkGrows(t *testing.T) {
+	t.Parallel()
+	p, in := selectPool(t, 3)
+	counts := map[*Instance]int{}
+	for k := 0; k < 30; k++ {
+		inst, err := p.Select()
+		if err != nil {
+			t.Fatal(err)
+		}
+		inst.addInflight(1)
+		counts[inst]++
+	}
+	for _, inst := range in {
+		if counts[inst] != 10 {
+			t.Fatalf("split = %v, want 10 each", counts)
+		}
+	}
+}
+
+func TestHalfOpenIsSelectable(t *testing.T) {
+	t.Parallel()
+	cfg := coreConfig(closedAddr(t))
+	cfg.Breaker.OpenTimeout = 10e6 // 10ms
+	p, _ := newCorePool(t, cfg, false)
+	inst := p.Instances()[0]
+	inst.healthy.Store(true)
+	openBreaker(t, inst)
+	if _, err := p.Select(); !errors.Is(err, ErrNoUpstream) {
+		t.Fatalf("Select with open breaker = %v, want ErrNoUpstream", err)
+	}
+	eventually(t, "half-open", func() bool { return inst.breaker.Ready() })
+	if got, err := p.Select(); err != nil || got != inst {
+		t.Fatalf("Select half-open = %v, %v", got, err)
+	}
+}
+
+func TestQueueRemainingSumsHealthyInstances(t *testing.T) {
+	t.Parallel()
+	p, in := selectPool(t, 3)
+	in[0].setQueueDepth(2)
+	in[1].setQueueDepth(3)
+	in[2].setQueueDepth(7)
+	in[2].healthy.Store(false)
+	if got := p.QueueRemaining(); got != 5 {
+		t.Fatalf("QueueRemaining = %d, want 5", got)
+	}
+}
+
+func TestSelectDoesNotAllocate(t *testing.T) {
+	p, _ := selectPool(t, 4)
+	if n := testing.AllocsPerRun(100, func() { _, _ = p.Select() }); n != 0 {
+		t.Fatalf("Select allocates %v times", n)
+	}
+}
