@@ -78,6 +78,16 @@ type Prompt struct {
 	state      PromptState
 	outcome    string // "success", "error", "interrupted", "lost" once done
 	started    time.Time
+
+	// Added by upstream-prompts (prompts.go, submit.go, failover.go):
+	header      map[string]string // request headers to forward again on resubmission
+	doneAt      time.Time
+	counted     bool // counted in its instance's in-flight gauge
+	accepted    bool // some instance accepted it (its client got a 200)
+	unconfirmed bool // sent to its instance, answer not yet seen
+	moving      bool // a failover of it is under way
+	closed      bool // its sink got a synthesized ending: drop later events
+	adopted     bool // learned from an instance (LocatePrompt), not submitted here
 }
 
 // Instance returns the instance the prompt is pinned to now.

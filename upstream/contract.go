@@ -138,33 +138,3 @@ func (p *Pool) Instances() []*Instance {
 	defer p.mu.RUnlock()
 	return append([]*Instance(nil), p.instances...)
 }
-
-// Submit forwards one prompt: selects an instance, ensures its inputs,
-// pins the prompt before dispatch, injects comfygate's client_id for that
-// instance, and retries on another instance if the connection is refused.
-// A 400 from the instance is returned as-is (nothing pinned).
-func (p *Pool) Submit(ctx context.Context, req SubmitRequest) (SubmitResult, error) {
-	panic("TODO upstream-prompts")
-}
-
-// Prompt looks a prompt up by its client-facing id.
-func (p *Pool) Prompt(id string) (*Prompt, bool) { panic("TODO upstream-prompts") }
-
-// PromptByUpstreamID looks a prompt up by the id it has at inst.
-func (p *Pool) PromptByUpstreamID(inst *Instance, upstreamID string) (*Prompt, bool) {
-	panic("TODO upstream-prompts")
-}
-
-// LocatePrompt returns the instance that has the prompt: the pin, or on a
-// miss the instance whose /history or /queue knows it. ErrUnknownPrompt if none.
-func (p *Pool) LocatePrompt(ctx context.Context, id string) (*Instance, error) {
-	panic("TODO upstream-prompts")
-}
-
-// Cancel cancels one prompt wherever it is: deleted from its instance's
-// queue when pending there, interrupted when running. It reports whether
-// anything was cancelled.
-func (p *Pool) Cancel(ctx context.Context, id string) (bool, error) { panic("TODO upstream-prompts") }
-
-// Outstanding returns the prompts not yet done (for shutdown and stats).
-func (p *Pool) Outstanding() int { panic("TODO upstream-prompts") }

@@ -1,0 +1,432 @@
+package upstream
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/comfygate/comfygate/metrics"
+)
+
+// failoverParallel bounds the resubmissions one dead instance causes at once.
+const failoverParallel = 8
+
+// instanceDown is told that inst is confirmed dead: every prompt pinned to
+// it that is not done moves to another instance under the same
+// client-facing id, or, when it cannot, its sink gets ComfyUI's
+// execution_error saying why. Idempotent; returns when all are settled.
+func (t *promptTable) instanceDown(inst *Instance) {
+	prompts := t.livePinnedTo(inst)
+	if len(prompts) == 0 {
+		return
+	}
+	t.log.Warn("upstream: instance down, failing over its prompts", "instance", inst.Name, "prompts", len(prompts))
+	ctx := t.runCtx()
+	sem := make(chan struct{}, failoverParallel)
+	var wg sync.WaitGroup
+	for _, pr := range prompts {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			t.p.safely("failover", func() {
+				t.failover(ctx, pr, inst, fmt.Sprintf("instance %s died", inst.Name), false)
+			})
+		}()
+	}
+	wg.Wait()
+}
+
+// failover resubmits pr, pinned to from, elsewhere. what says what happened
+// to from (for the error a client sees when it cannot). allowSame lets the
+// prompt go back to from when no other instance can take it (from is alive
+// but lost the prompt in a restart).
+func (t *promptTable) failover(ctx context.Context, pr *Prompt, from *Instance, what string, allowSame bool) {
+	pr.mu.Lock()
+	if pr.state == PromptDone || pr.moving || pr.instance != from || pr.adopted || !pr.accepted {
+		// Done prompts never move. A first submission still waiting for
+		// its answer is settled by its Submit (or confirmLater).
+		pr.mu.Unlock()
+		return
+	}
+	pr.moving = true
+	attempts, body := pr.attempts, pr.body
+	pr.mu.Unlock()
+	defer func() {
+		pr.mu.Lock()
+		pr.moving = false
+		pr.mu.Unlock()
+	}()
+	t.uncount(pr)
+	t.unpinUpstream(pr) // what from still sends about it is stale now
+
+	if attempts > t.cfg.Failover.MaxResubmits {
+		t.lose(pr, from, what, fmt.Sprintf("it was already resubmitted %d times (failover.max_resubmits)", attempts-1))
+		return
+	}
+	base, err := parseBody(body)
+	if err != nil {
+		t.lose(pr, from, what, "its body could not be read back")
+		return
+	}
+	tried := []*Instance{from}
+	for {
+		inst, err := t.p.Select(tried...)
+		if err != nil && allowSame && from.Available() {
+			allowSame = false
+			tried = tried[1:]
+			continue
+		}
+		if err != nil {
+			t.lose(pr, from, what, "no other instance is available")
+			return
+		}
+		tried = append(tried, inst)
+		if err := t.p.EnsureInputs(ctx, inst, base["prompt"]); err != nil {
+			t.log.Warn("upstream: could not copy a prompt's inputs", "instance", inst.Name, "prompt_id", pr.ID, "error", err)
+		}
+		res, outcome, err := t.send(ctx, pr, inst, base, true)
+		switch {
+		case outcome == sentRefused:
+			continue
+		case outcome == sentAmbiguous:
+			// confirmLater settles it (and moves it again if inst never took it).
+			t.m.IncResubmission(from.Name, inst.Name, true)
+			t.log.Warn("upstream: prompt resubmitted, answer pending", "prompt_id", pr.ID, "from", from.Name, "to", inst.Name, "error", err)
+			return
+		case err == nil && res.Status == 200:
+			t.m.IncResubmission(from.Name, inst.Name, true)
+			t.log.Info("upstream: prompt resubmitted", "prompt_id", pr.ID, "from", from.Name, "to", inst.Name, "attempt", attempts+1)
+			return
+		default:
+			t.m.IncResubmission(from.Name, inst.Name, false)
+			why := fmt.Sprintf("instance %s refused it with status %d", inst.Name, res.Status)
+			if err != nil {
+				why = fmt.Sprintf("instance %s refused it", inst.Name)
+			}
+			t.lose(pr, from, what, why)
+			return
+		}
+	}
+}
+
+// lose ends pr as "lost" and tells its sink in ComfyUI's words: an
+// execution_error, then the executing-null that ends every prompt.
+func (t *promptTable) lose(pr *Prompt, from *Instance, what, why string) {
+	if !t.markDone(pr, metrics.OutcomeLost) {
+		return
+	}
+	t.log.Warn("upstream: prompt lost", "prompt_id", pr.ID, "instance", from.Name, "reason", why)
+	msg := fmt.Sprintf("comfygate: %s and the prompt could not be resubmitted: %s", what, why)
+	errEv := struct {
+		Type string          `json:"type"`
+		Data lostErrorFields `json:"data"`
+	}{"execution_error", lostErrorFields{
+		PromptID:         pr.ID,
+		Executed:         []string{},
+		ExceptionMessage: msg,
+		ExceptionType:    "comfygate.InstanceLost",
+		Traceback:        []string{},
+		CurrentInputs:    map[string]any{},
+		CurrentOutputs:   []string{},
+		Timestamp:        time.Now().UnixMilli(),
+	}}
+	data, _ := marshalNoEscape(errEv)
+	t.deliver(pr, Event{Instance: from, Type: "execution_error", PromptID: pr.ID, Data: data})
+	t.deliver(pr, Event{Instance: from, Type: "executing", PromptID: pr.ID, Data: executingNull(pr.ID)})
+	pr.mu.Lock()
+	pr.closed = true
+	pr.mu.Unlock()
+}
+
+// lostErrorFields is execution_error's data, in ComfyUI's field order.
+type lostErrorFields struct {
+	PromptID         string         `json:"prompt_id"`
+	NodeID           *string        `json:"node_id"`
+	NodeType         string         `json:"node_type"`
+	Executed         []string       `json:"executed"`
+	ExceptionMessage string         `json:"exception_message"`
+	ExceptionType    string         `json:"exception_type"`
+	Traceback        []string       `json:"traceback"`
+	CurrentInputs    map[string]any `json:"current_inputs"`
+	CurrentOutputs   []string       `json:"current_outputs"`
+	Timestamp        int64          `json:"timestamp"`
+}
+
+// executingNull is the message that ends a prompt: executing, node null.
+func executingNull(id string) []byte {
+	return fmt.Appendf(nil, `{"type": "executing", "data": {"node": null, "prompt_id": %s}}`, quoteJSON(id))
+}
+
+// reconcile runs after inst's socket came back: events may have been
+// missed. For each of its prompts: finished per /history → its sink gets
+// the completion it missed; in /queue → keep waiting; neither → the
+// instance lost it (restart), so it is resubmitted.
+func (t *promptTable) reconcile(ctx context.Context, inst *Instance) {
+	var running, pending map[string]bool
+	for _, pr := range t.livePinnedTo(inst) {
+		pr.mu.Lock()
+		uid := pr.upstreamID
+		skip := pr.moving || pr.adopted || pr.state == PromptDone || uid == "" || pr.unconfirmed || pr.instance != inst
+		pr.mu.Unlock()
+		if skip {
+			continue
+		}
+		entry, ok := t.historyEntry(ctx, inst, uid)
+		if !ok {
+			return // not answering: the health check decides about it
+		}
+		if entry != nil {
+			t.completeFromHistory(inst, pr, uid, entry)
+			continue
+		}
+		if running == nil {
+			var err error
+			if running, pending, err = t.queueIDs(ctx, inst); err != nil {
+				return
+			}
+		}
+		if running[uid] || pending[uid] {
+			continue
+		}
+		// It may have finished between the two looks.
+		if entry, ok := t.historyEntry(ctx, inst, uid); !ok {
+			return
+		} else if entry != nil {
+			t.completeFromHistory(inst, pr, uid, entry)
+			continue
+		}
+		t.failover(ctx, pr, inst, fmt.Sprintf("instance %s lost the prompt (restarted)", inst.Name), true)
+	}
+}
+
+// historyOf is the part of a /history entry reconciliation reads.
+type historyOf struct {
+	Outputs map[string]map[string]json.RawMessage `json:"outputs"`
+	Status  struct {
+		StatusStr string              `json:"status_str"`
+		Messages  [][]json.RawMessage `json:"messages"`
+	} `json:"status"`
+}
+
+// completeFromHistory delivers the end of a prompt that finished while
+// comfygate's socket was away: the terminal message its history recorded,
+// then executing-null. Nothing is sent if the live stream ended it first.
+func (t *promptTable) completeFromHistory(inst *Instance, pr *Prompt, uid string, entry json.RawMessage) {
+	var h historyOf
+	_ = json.Unmarshal(entry, &h)
+	for _, out := range h.Outputs {
+		t.pinOutputs(inst, out)
+	}
+	f := frame{at: time.Now(), uid: uid}
+	for _, m := range h.Status.Messages {
+		if len(m) < 2 {
+			continue
+		}
+		var typ string
+		if json.Unmarshal(m[0], &typ) != nil {
+			continue
+		}
+		switch typ {
+		case "execution_success", "execution_interrupted", "execution_error":
+		default:
+			continue
+		}
+		var d struct {
+			ExceptionType string `json:"exception_type"`
+		}
+		_ = json.Unmarshal(m[1], &d)
+		if typ == "execution_error" && d.ExceptionType == "ExecutionBlocked" {
+			continue
+		}
+		f.typ, f.excType = typ, d.ExceptionType
+		f.data = fmt.Appendf(nil, `{"type": %s, "data": %s}`, quoteJSON(typ), m[1])
+	}
+	if f.typ == "" {
+		if h.Status.StatusStr == "success" || h.Status.StatusStr == "" {
+			f.typ = "execution_success"
+			f.data = fmt.Appendf(nil, `{"type": "execution_success", "data": {"prompt_id": %s, "timestamp": %d}}`,
+				quoteJSON(uid), time.Now().UnixMilli())
+		} else {
+			f.typ, f.excType = "execution_error", "comfygate.HistoryError"
+			ev := struct {
+				Type string          `json:"type"`
+				Data lostErrorFields `json:"data"`
+			}{"execution_error", lostErrorFields{
+				PromptID: uid, Executed: []string{}, ExceptionType: f.excType,
+				ExceptionMessage: "comfygate: the prompt failed while comfygate's connection to instance " + inst.Name + " was down",
+				Traceback:        []string{}, CurrentInputs: map[string]any{}, CurrentOutputs: []string{},
+				Timestamp: time.Now().UnixMilli(),
+			}}
+			f.data, _ = marshalNoEscape(ev)
+		}
+	}
+	s := t.socketFor(inst)
+	s.routeMu.Lock()
+	defer s.routeMu.Unlock()
+	pr.mu.Lock()
+	stale := pr.state == PromptDone || pr.instance != inst || pr.upstreamID != uid
+	pr.mu.Unlock()
+	if stale {
+		return
+	}
+	t.apply(pr, inst, f)
+	t.apply(pr, inst, frame{typ: "executing", uid: uid, nodeNull: true, data: executingNull(uid), at: time.Now()})
+	pr.mu.Lock()
+	pr.closed = true // the live stream's own ending, if it comes, would repeat it
+	pr.mu.Unlock()
+}
+
+// confirmLater settles a prompt sent to inst without an answer (timeout):
+// accepted if the instance shows it (its events do too, see apply); given
+// up after two looks that do not find it, or after the call timeout. A
+// first submission is then forgotten (its client got the error); a
+// resubmission moves on.
+func (t *promptTable) confirmLater(ctx context.Context, pr *Prompt, inst *Instance, uid string) {
+	deadline := time.Now().Add(max(t.cfg.Timeout, 10*time.Second))
+	misses := 0
+	for delay := 500 * time.Millisecond; ; delay = min(delay*2, 5*time.Second) {
+		if !sleepCtx(ctx, delay) {
+			return
+		}
+		pr.mu.Lock()
+		still := pr.instance == inst && pr.upstreamID == uid && pr.unconfirmed && pr.state != PromptDone
+		pr.mu.Unlock()
+		if !still {
+			return
+		}
+		pctx, cancel := context.WithTimeout(ctx, probeTimeout(t.cfg.HealthCheck.Timeout))
+		st, found, answered := t.probeAt(pctx, inst, uid)
+		cancel()
+		if found {
+			t.confirm(pr)
+			if st == PromptDone {
+				if entry, ok := t.historyEntry(ctx, inst, uid); ok && entry != nil {
+					t.completeFromHistory(inst, pr, uid, entry)
+				}
+			}
+			return
+		}
+		if answered {
+			misses++
+		}
+		if misses < 2 && time.Now().Before(deadline) {
+			continue
+		}
+		pr.mu.Lock()
+		accepted := pr.accepted
+		pr.unconfirmed = false
+		pr.mu.Unlock()
+		if !accepted {
+			t.log.Warn("upstream: unanswered prompt not found at its instance, dropped", "prompt_id", pr.ID, "instance", inst.Name)
+			t.forget(pr)
+			return
+		}
+		t.failover(ctx, pr, inst, fmt.Sprintf("instance %s did not take the prompt", inst.Name), false)
+		return
+	}
+}
+
+// probeAt asks inst whether it has uid: history first, then the queue.
+// answered is false when the instance did not answer.
+func (t *promptTable) probeAt(ctx context.Context, inst *Instance, uid string) (st PromptState, found, answered bool) {
+	entry, ok := t.historyEntry(ctx, inst, uid)
+	if !ok {
+		return 0, false, false
+	}
+	if entry != nil {
+		return PromptDone, true, true
+	}
+	running, pending, err := t.queueIDs(ctx, inst)
+	if err != nil {
+		return 0, false, false
+	}
+	switch {
+	case running[uid]:
+		return PromptRunning, true, true
+	case pending[uid]:
+		return PromptQueued, true, true
+	}
+	return 0, false, true
+}
+
+// checkDeleted looks for prompts deleted from inst's queue behind
+// comfygate's back (POST /queue delete or clear): ComfyUI sends no event
+// for them, so without this they would look pending forever and be
+// resubmitted on a failover. The instance reported n queued+running; if
+// comfygate holds more accepted prompts there, ask its queue.
+func (t *promptTable) checkDeleted(s *instSocket, n int64) {
+	count := int64(0)
+	t.mu.Lock()
+	for pr := range t.live {
+		pr.mu.Lock()
+		if pr.instance == s.inst && pr.accepted && !pr.unconfirmed && !pr.moving && pr.state != PromptDone {
+			count++
+		}
+		pr.mu.Unlock()
+	}
+	t.mu.Unlock()
+	if count <= n || !s.verifying.CompareAndSwap(false, true) {
+		return
+	}
+	if !t.goBackground(func(ctx context.Context) {
+		defer s.verifying.Store(false)
+		t.verifyQueue(ctx, s.inst)
+	}) {
+		s.verifying.Store(false)
+	}
+}
+
+// verifyQueue marks done the queued prompts inst no longer has and never ran.
+func (t *promptTable) verifyQueue(ctx context.Context, inst *Instance) {
+	running, pending, err := t.queueIDs(ctx, inst)
+	if err != nil {
+		return
+	}
+	for _, pr := range t.livePinnedTo(inst) {
+		pr.mu.Lock()
+		uid := pr.upstreamID
+		skip := !pr.accepted || pr.unconfirmed || pr.moving || pr.state != PromptQueued || uid == "" || pr.instance != inst
+		pr.mu.Unlock()
+		if skip || running[uid] || pending[uid] {
+			continue
+		}
+		if entry, ok := t.historyEntry(ctx, inst, uid); !ok || entry != nil {
+			continue // it ran: its events tell the rest
+		}
+		if pr.State() == PromptQueued && t.markDone(pr, metrics.OutcomeInterrupted) {
+			t.log.Info("upstream: prompt deleted from its instance's queue", "prompt_id", pr.ID, "instance", inst.Name)
+		}
+	}
+}
+
+// goBackground runs f on the table's context in a goroutine close waits
+// for. It reports false (and runs nothing) before start or after close.
+func (t *promptTable) goBackground(f func(ctx context.Context)) bool {
+	t.mu.Lock()
+	ctx := t.ctx
+	if ctx == nil || t.closed {
+		t.mu.Unlock()
+		return false
+	}
+	t.wg.Add(1)
+	t.mu.Unlock()
+	go func() {
+		defer t.wg.Done()
+		t.p.safely("prompt table", func() { f(ctx) })
+	}()
+	return true
+}
+
+// runCtx is the table's context (Background before start).
+func (t *promptTable) runCtx() context.Context {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.ctx == nil {
+		return context.Background()
+	}
+	return t.ctx
+}

@@ -1,0 +1,654 @@
+package upstream
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/metrics"
+)
+
+// maxDonePrompts is how many finished prompts the table keeps so that later
+// calls naming them (/history/{id}, /view of their outputs, the final
+// executing-null) still find their instance. ComfyUI's own history holds
+// 10000 entries; the oldest finished prompt is evicted first.
+const maxDonePrompts = 10000
+
+// upKey names a prompt by the id it has at one instance.
+type upKey struct {
+	inst *Instance
+	id   string
+}
+
+// promptTable holds every prompt comfygate forwarded, the one WebSocket per
+// instance that carries their events, and failover. The Pool owns one.
+type promptTable struct {
+	p   *Pool
+	cfg *config.Config
+	m   *metrics.Metrics
+	log *slog.Logger
+
+	mu         sync.Mutex // guards the fields below
+	byID       map[string]*Prompt
+	byUpstream map[upKey]*Prompt
+	live       map[*Prompt]struct{} // submitted by comfygate and not done
+	doneQ      []*Prompt            // finished prompts, oldest first, from doneHead
+	doneHead   int
+	sockets    map[*Instance]*instSocket
+	ctx        context.Context // nil until start
+	closed     bool
+
+	wg sync.WaitGroup // socket loops and background checks
+
+	queueMu   sync.Mutex // guards lastQueue; serialises QueueChanged calls
+	lastQueue int
+}
+
+// newPromptTable returns the prompt table of p; nothing runs until start.
+func newPromptTable(p *Pool) *promptTable {
+	t := &promptTable{
+		p:          p,
+		cfg:        p.cfg,
+		m:          p.m,
+		log:        p.log,
+		byID:       map[string]*Prompt{},
+		byUpstream: map[upKey]*Prompt{},
+		live:       map[*Prompt]struct{}{},
+		sockets:    map[*Instance]*instSocket{},
+		lastQueue:  -1,
+	}
+	if t.cfg == nil {
+		t.cfg = config.Default()
+	}
+	if t.log == nil {
+		t.log = slog.New(slog.DiscardHandler)
+	}
+	return t
+}
+
+// start lets the table run sockets until ctx ends or close: it opens the
+// socket of every instance announced so far.
+func (t *promptTable) start(ctx context.Context) {
+	t.mu.Lock()
+	if t.ctx != nil || t.closed {
+		t.mu.Unlock()
+		return
+	}
+	t.ctx = ctx
+	var toStart []*instSocket
+	for _, s := range t.sockets {
+		toStart = append(toStart, s)
+	}
+	t.mu.Unlock()
+	for _, s := range toStart {
+		t.runSocket(s)
+	}
+}
+
+// close stops every socket and waits for the table's goroutines.
+func (t *promptTable) close() {
+	t.mu.Lock()
+	t.closed = true
+	var all []*instSocket
+	for _, s := range t.sockets {
+		all = append(all, s)
+	}
+	t.mu.Unlock()
+	for _, s := range all {
+		s.stop()
+	}
+	t.wg.Wait()
+}
+
+// instanceAdded opens the socket of inst (at start if the table is not
+// running yet). Calling it twice is harmless.
+func (t *promptTable) instanceAdded(inst *Instance) {
+	s := t.socketFor(inst)
+	t.mu.Lock()
+	run := t.ctx != nil && !t.closed
+	t.mu.Unlock()
+	if run {
+		t.runSocket(s)
+	}
+}
+
+// instanceRemoved stops giving inst new work (the pool's draining flag does
+// that) and closes its socket once its prompts are done.
+func (t *promptTable) instanceRemoved(inst *Instance) {
+	t.mu.Lock()
+	s := t.sockets[inst]
+	t.mu.Unlock()
+	if s == nil {
+		return
+	}
+	s.draining.Store(true)
+	t.maybeCloseDrained(inst)
+}
+
+// maybeCloseDrained closes a draining instance's socket when it has no
+// prompts left.
+func (t *promptTable) maybeCloseDrained(inst *Instance) {
+	t.mu.Lock()
+	s := t.sockets[inst]
+	if s == nil || !s.draining.Load() {
+		t.mu.Unlock()
+		return
+	}
+	for pr := range t.live {
+		if pr.Instance() == inst {
+			t.mu.Unlock()
+			return
+		}
+	}
+	delete(t.sockets, inst)
+	t.mu.Unlock()
+	t.log.Info("upstream: drained instance's socket closed", "instance", inst.Name)
+	s.stop()
+}
+
+// socketFor returns the socket record of inst, creating it (not running) if needed.
+func (t *promptTable) socketFor(inst *Instance) *instSocket {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := t.sockets[inst]
+	if s == nil {
+		s = newInstSocket(t, inst)
+		t.sockets[inst] = s
+	}
+	return s
+}
+
+// get returns the prompt with client-facing id.
+func (t *promptTable) get(id string) (*Prompt, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	pr, ok := t.byID[id]
+	return pr, ok
+}
+
+// getUpstream returns the prompt that has id at inst.
+func (t *promptTable) getUpstream(inst *Instance, id string) *Prompt {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.byUpstream[upKey{inst, id}]
+}
+
+// livePinnedTo returns the prompts submitted by comfygate, not done, pinned to inst.
+func (t *promptTable) livePinnedTo(inst *Instance) []*Prompt {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []*Prompt
+	for pr := range t.live {
+		if pr.Instance() == inst {
+			out = append(out, pr)
+		}
+	}
+	return out
+}
+
+// pin records pr at inst under upstream id uid ("" while unknown) and
+// forgets any previous (instance, id) key of it.
+func (t *promptTable) pin(pr *Prompt, inst *Instance, uid string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	pr.mu.Lock()
+	if pr.instance != nil && pr.upstreamID != "" {
+		k := upKey{pr.instance, pr.upstreamID}
+		if t.byUpstream[k] == pr {
+			delete(t.byUpstream, k)
+		}
+	}
+	pr.instance, pr.upstreamID = inst, uid
+	pr.mu.Unlock()
+	if uid != "" {
+		t.byUpstream[upKey{inst, uid}] = pr
+	}
+	t.byID[pr.ID] = pr
+}
+
+// setUpstreamID records the id inst gave pr (instances without client ids).
+func (t *promptTable) setUpstreamID(pr *Prompt, inst *Instance, uid string) {
+	t.pin(pr, inst, uid)
+}
+
+// unpinUpstream forgets pr's (instance, id) key: late events of it from
+// that instance are dropped.
+func (t *promptTable) unpinUpstream(pr *Prompt) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	pr.mu.Lock()
+	k := upKey{pr.instance, pr.upstreamID}
+	pr.mu.Unlock()
+	if k.id != "" && t.byUpstream[k] == pr {
+		delete(t.byUpstream, k)
+	}
+}
+
+// forget removes pr from the table entirely (a submission nobody accepted).
+func (t *promptTable) forget(pr *Prompt) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	pr.mu.Lock()
+	k := upKey{pr.instance, pr.upstreamID}
+	pr.mu.Unlock()
+	if k.id != "" && t.byUpstream[k] == pr {
+		delete(t.byUpstream, k)
+	}
+	if t.byID[pr.ID] == pr {
+		delete(t.byID, pr.ID)
+	}
+	delete(t.live, pr)
+}
+
+// markLive adds pr to the prompts not done.
+func (t *promptTable) markLive(pr *Prompt) {
+	t.mu.Lock()
+	t.live[pr] = struct{}{}
+	t.mu.Unlock()
+}
+
+// confirm records that pr's instance accepted it: it counts as in flight
+// there until done. Idempotent; a prompt that finished before the HTTP
+// answer arrived is not counted.
+func (t *promptTable) confirm(pr *Prompt) {
+	pr.mu.Lock()
+	if pr.counted {
+		pr.mu.Unlock()
+		return
+	}
+	pr.counted, pr.unconfirmed, pr.accepted = true, false, true
+	done := pr.state == PromptDone
+	inst := pr.instance
+	if done {
+		pr.counted = false // nothing to take back later
+	}
+	pr.mu.Unlock()
+	t.m.PromptSubmitted(inst.Name)
+	if !done {
+		inst.addInflight(1)
+		t.notifyQueue()
+	}
+}
+
+// uncount takes pr out of its instance's in-flight count (before it moves).
+func (t *promptTable) uncount(pr *Prompt) {
+	pr.mu.Lock()
+	counted, inst := pr.counted, pr.instance
+	pr.counted = false
+	pr.mu.Unlock()
+	if counted {
+		inst.addInflight(-1)
+	}
+}
+
+// markDone ends pr with outcome. It reports false if pr was already done.
+func (t *promptTable) markDone(pr *Prompt, outcome string) bool {
+	pr.mu.Lock()
+	if pr.state == PromptDone {
+		pr.mu.Unlock()
+		return false
+	}
+	pr.state, pr.outcome, pr.doneAt = PromptDone, outcome, time.Now()
+	counted, inst, created := pr.counted, pr.instance, pr.Created
+	pr.counted = false
+	pr.mu.Unlock()
+
+	t.mu.Lock()
+	delete(t.live, pr)
+	t.doneQ = append(t.doneQ, pr)
+	t.evictLocked()
+	t.mu.Unlock()
+
+	if inst != nil {
+		if counted {
+			inst.addInflight(-1)
+		}
+		if !pr.adopted {
+			t.m.PromptFinished(inst.Name, outcome, time.Since(created))
+		}
+		t.maybeCloseDrained(inst)
+	}
+	t.notifyQueue()
+	return true
+}
+
+// evictLocked drops the oldest finished prompts beyond maxDonePrompts. t.mu held.
+func (t *promptTable) evictLocked() {
+	for len(t.doneQ)-t.doneHead > maxDonePrompts {
+		old := t.doneQ[t.doneHead]
+		t.doneQ[t.doneHead] = nil
+		t.doneHead++
+		if t.byID[old.ID] == old {
+			delete(t.byID, old.ID)
+		}
+		old.mu.Lock()
+		k := upKey{old.instance, old.upstreamID}
+		old.mu.Unlock()
+		if t.byUpstream[k] == old {
+			delete(t.byUpstream, k)
+		}
+	}
+	// Compact once the dead head is as long as the live part.
+	if t.doneHead > 1024 && t.doneHead*2 > len(t.doneQ) {
+		n := copy(t.doneQ, t.doneQ[t.doneHead:])
+		clear(t.doneQ[n:])
+		t.doneQ = t.doneQ[:n]
+		t.doneHead = 0
+	}
+}
+
+// notifyQueue tells the listener the fleet queue when it changed.
+func (t *promptTable) notifyQueue() {
+	t.queueMu.Lock()
+	defer t.queueMu.Unlock()
+	q := t.p.QueueRemaining()
+	if q == t.lastQueue {
+		return
+	}
+	t.lastQueue = q
+	if l := t.listener(); l != nil {
+		l.QueueChanged(q)
+	}
+}
+
+// listener returns the pool's listener (nil if none).
+func (t *promptTable) listener() Listener {
+	t.p.mu.RLock()
+	defer t.p.mu.RUnlock()
+	return t.p.listener
+}
+
+// outstanding counts the prompts comfygate submitted that are not done.
+func (t *promptTable) outstanding() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.live)
+}
+
+// deliver hands one event of pr to its sink (if it has one and is open).
+func (t *promptTable) deliver(pr *Prompt, ev Event) {
+	pr.mu.Lock()
+	closed := pr.closed
+	pr.mu.Unlock()
+	if closed || pr.Sink == nil {
+		return
+	}
+	pr.Sink.PromptEvent(pr, ev)
+}
+
+// Prompt looks a prompt up by its client-facing id.
+func (p *Pool) Prompt(id string) (*Prompt, bool) { return p.prompts.get(id) }
+
+// PromptByUpstreamID looks a prompt up by the id it has at inst.
+func (p *Pool) PromptByUpstreamID(inst *Instance, upstreamID string) (*Prompt, bool) {
+	pr := p.prompts.getUpstream(inst, upstreamID)
+	return pr, pr != nil
+}
+
+// Outstanding returns the prompts not yet done (for shutdown and stats).
+func (p *Pool) Outstanding() int { return p.prompts.outstanding() }
+
+// LocatePrompt returns the instance that has the prompt: the pin, or on a
+// miss the instance whose /history or /queue knows it. ErrUnknownPrompt if none.
+func (p *Pool) LocatePrompt(ctx context.Context, id string) (*Instance, error) {
+	if pr, ok := p.prompts.get(id); ok {
+		if inst := pr.Instance(); inst != nil {
+			return inst, nil
+		}
+	}
+	return p.prompts.locate(ctx, id)
+}
+
+// locate asks every instance whether it knows id (history first, then
+// queue) and pins the first answer as an adopted prompt: comfygate did not
+// submit it (another replica did, or this process before a restart), so it
+// has no sink and cannot be resubmitted, but calls naming it find its
+// instance.
+func (t *promptTable) locate(ctx context.Context, id string) (*Instance, error) {
+	insts := t.p.Instances()
+	type found struct {
+		inst  *Instance
+		state PromptState
+	}
+	ch := make(chan found, len(insts))
+	var wg sync.WaitGroup
+	for _, inst := range insts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if st, ok := t.lookupAt(ctx, inst, id); ok {
+				ch <- found{inst, st}
+			}
+		}()
+	}
+	wg.Wait()
+	close(ch)
+	var best *found
+	for f := range ch {
+		// Prefer an instance where it is still queued or running over one
+		// that ran it before (a resubmitted prompt's old history).
+		if best == nil || (best.state == PromptDone && f.state != PromptDone) {
+			best = &f
+		}
+	}
+	if best == nil {
+		return nil, ErrUnknownPrompt
+	}
+	t.adopt(id, best.inst, best.state)
+	return best.inst, nil
+}
+
+// adopt pins a prompt comfygate learned of from an instance.
+func (t *promptTable) adopt(id string, inst *Instance, st PromptState) *Prompt {
+	t.mu.Lock()
+	if pr, ok := t.byID[id]; ok && pr.Instance() != nil {
+		t.mu.Unlock()
+		return pr
+	}
+	pr := &Prompt{ID: id, Created: time.Now(), instance: inst, upstreamID: id, state: st, adopted: true, accepted: true}
+	if st == PromptDone {
+		pr.outcome = "success"
+		pr.doneAt = time.Now()
+		t.doneQ = append(t.doneQ, pr)
+	}
+	t.byID[id] = pr
+	t.byUpstream[upKey{inst, id}] = pr
+	t.evictLocked()
+	t.mu.Unlock()
+	return pr
+}
+
+// lookupAt reports whether inst knows upstream id uid, and where it is.
+func (t *promptTable) lookupAt(ctx context.Context, inst *Instance, uid string) (PromptState, bool) {
+	if entry, ok := t.historyEntry(ctx, inst, uid); ok && entry != nil {
+		return PromptDone, true
+	}
+	running, pending, err := t.queueIDs(ctx, inst)
+	if err != nil {
+		return 0, false
+	}
+	if running[uid] {
+		return PromptRunning, true
+	}
+	if pending[uid] {
+		return PromptQueued, true
+	}
+	return 0, false
+}
+
+// historyEntry returns inst's /history/{uid} entry (nil when it has none).
+// ok is false when the instance did not answer.
+func (t *promptTable) historyEntry(ctx context.Context, inst *Instance, uid string) (json.RawMessage, bool) {
+	status, body, err := inst.Call(ctx, "GET", "/history/"+url.PathEscape(uid), nil, nil)
+	if err != nil || status != 200 {
+		return nil, false
+	}
+	var m map[string]json.RawMessage
+	if json.Unmarshal(body, &m) != nil {
+		return nil, false
+	}
+	return m[uid], true
+}
+
+// queueIDs returns the prompt ids inst reports running and pending.
+func (t *promptTable) queueIDs(ctx context.Context, inst *Instance) (running, pending map[string]bool, err error) {
+	status, body, err := inst.Call(ctx, "GET", "/queue", nil, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	if status != 200 {
+		return nil, nil, fmt.Errorf("queue of %s: status %d", inst.Name, status)
+	}
+	var q struct {
+		Running []json.RawMessage `json:"queue_running"`
+		Pending []json.RawMessage `json:"queue_pending"`
+	}
+	if err := json.Unmarshal(body, &q); err != nil {
+		return nil, nil, fmt.Errorf("queue of %s: %w", inst.Name, err)
+	}
+	ids := func(items []json.RawMessage) map[string]bool {
+		out := make(map[string]bool, len(items))
+		for _, it := range items {
+			var tuple []json.RawMessage
+			if json.Unmarshal(it, &tuple) != nil || len(tuple) < 2 {
+				continue
+			}
+			var id string
+			if json.Unmarshal(tuple[1], &id) == nil {
+				out[id] = true
+			}
+		}
+		return out
+	}
+	return ids(q.Running), ids(q.Pending), nil
+}
+
+// Cancel cancels one prompt wherever it is: deleted from its instance's
+// queue when pending there, interrupted when running. It reports whether
+// anything was cancelled. A pending prompt deleted from the queue ends
+// without WS events, as in ComfyUI; it is marked done ("interrupted").
+func (p *Pool) Cancel(ctx context.Context, id string) (bool, error) {
+	t := p.prompts
+	pr, ok := t.get(id)
+	if !ok || pr.Instance() == nil {
+		if _, err := p.LocatePrompt(ctx, id); err != nil {
+			return false, err
+		}
+		if pr, ok = t.get(id); !ok {
+			return false, ErrUnknownPrompt
+		}
+	}
+	pr.mu.Lock()
+	inst, uid, st := pr.instance, pr.upstreamID, pr.state
+	pr.mu.Unlock()
+	if st == PromptDone || inst == nil || uid == "" {
+		return false, nil
+	}
+	hdr := map[string]string{"Content-Type": "application/json"}
+	if st == PromptQueued {
+		body, _ := json.Marshal(map[string][]string{"delete": {uid}})
+		if _, _, err := inst.Call(ctx, "POST", "/queue", hdr, body); err != nil {
+			return false, fmt.Errorf("cancel %s: %w", id, err)
+		}
+		running, pending, err := t.queueIDs(ctx, inst)
+		if err != nil {
+			return false, fmt.Errorf("cancel %s: %w", id, err)
+		}
+		switch {
+		case pending[uid]:
+			return false, nil
+		case !running[uid]:
+			if pr.State() == PromptDone {
+				return false, nil // it finished before the delete
+			}
+			if entry, ok := t.historyEntry(ctx, inst, uid); ok && entry != nil {
+				return false, nil // finished; its events are on the way
+			}
+			t.markDone(pr, metrics.OutcomeInterrupted)
+			return true, nil
+		}
+		// It started between our look and the delete: interrupt it.
+	}
+	body, _ := json.Marshal(map[string]string{"prompt_id": uid})
+	status, _, err := inst.Call(ctx, "POST", "/interrupt", hdr, body)
+	if err != nil {
+		return false, fmt.Errorf("cancel %s: %w", id, err)
+	}
+	return status == 200, nil
+}
+
+// newUUID returns a random lowercase UUIDv4.
+func newUUID() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic("upstream: crypto/rand failed: " + err.Error())
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	var s [36]byte
+	hex.Encode(s[0:8], b[0:4])
+	s[8] = '-'
+	hex.Encode(s[9:13], b[4:6])
+	s[13] = '-'
+	hex.Encode(s[14:18], b[6:8])
+	s[18] = '-'
+	hex.Encode(s[19:23], b[8:10])
+	s[23] = '-'
+	hex.Encode(s[24:], b[10:])
+	return string(s[:])
+}
+
+// isCanonicalUUID reports a lowercase hyphenated UUID, the only form 2026
+// ComfyUI accepts as prompt_id.
+func isCanonicalUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i := 0; i < 36; i++ {
+		c := s[i]
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// quoteJSON returns s as a JSON string.
+func quoteJSON(s string) []byte {
+	b, _ := json.Marshal(s)
+	return b
+}
+
+// replaceID rewrites every JSON string equal to from into to.
+func replaceID(data []byte, from, to string) []byte {
+	if from == to || from == "" {
+		return data
+	}
+	return bytes.ReplaceAll(data, quoteJSON(from), quoteJSON(to))
+}
+
+// errorsIsAny reports whether err is any of targets.
+func errorsIsAny(err error, targets ...error) bool {
+	for _, t := range targets {
+		if errors.Is(err, t) {
+			return true
+		}
+	}
+	return false
+}

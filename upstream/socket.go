@@ -1,0 +1,547 @@
+package upstream
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"math/rand/v2"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/fasthttp/websocket"
+)
+
+// featureFlags is the first frame comfygate sends on an instance socket:
+// with it, v0.3.44+ instances send previews as type-4 frames that name
+// their prompt_id (comfyui-api.md §2, "Binary frames").
+var featureFlags = []byte(`{"type":"feature_flags","data":{"supports_preview_metadata":true}}`)
+
+// Binary frame event types (comfyui-api.md §2).
+const (
+	binPreviewImage             = 1
+	binText                     = 3
+	binPreviewImageWithMetadata = 4
+)
+
+const (
+	// maxEarlyFrames bounds the frames kept per instance for prompts whose
+	// upstream id is not known yet (instances older than v0.3.45 name the id
+	// in the POST /prompt answer, and events can come first).
+	maxEarlyFrames = 1024
+	// earlyFrameTTL is how long such a frame waits for its prompt's id.
+	earlyFrameTTL = 30 * time.Second
+	// closeWait bounds the close handshake with an instance.
+	closeWait = time.Second
+	// writeWait bounds one control or text write to an instance.
+	writeWait = 5 * time.Second
+)
+
+// instSocket is comfygate's one WebSocket to one instance. Every prompt
+// comfygate sends there carries the socket's client_id, so all their events
+// arrive on it; it routes them by prompt_id.
+type instSocket struct {
+	t    *promptTable
+	inst *Instance
+
+	startOnce sync.Once
+	stopOnce  sync.Once
+	stopCh    chan struct{} // closed by stop
+	draining  atomic.Bool   // close once the instance's prompts are done
+	verifying atomic.Bool   // a queue check for deleted prompts is running
+
+	// routeMu serialises the routing of this instance's events with the
+	// pinning of ids learned from POST answers, so a prompt's events reach
+	// its sink in the instance's order. It guards the fields below.
+	routeMu  sync.Mutex
+	running  string  // upstream id of the prompt the instance is executing
+	early    []frame // frames of not yet known upstream ids, oldest first
+	awaiting int     // submits to this instance waiting for their upstream id
+}
+
+func newInstSocket(t *promptTable, inst *Instance) *instSocket {
+	return &instSocket{t: t, inst: inst, stopCh: make(chan struct{})}
+}
+
+// runSocket starts s's loop once.
+func (t *promptTable) runSocket(s *instSocket) {
+	s.startOnce.Do(func() {
+		t.mu.Lock()
+		ctx := t.ctx
+		t.mu.Unlock()
+		t.wg.Add(1)
+		go func() {
+			defer t.wg.Done()
+			t.p.safely("upstream socket", func() { s.run(ctx) })
+		}()
+	})
+}
+
+// stop ends s's loop (closing its connection properly).
+func (s *instSocket) stop() { s.stopOnce.Do(func() { close(s.stopCh) }) }
+
+// run keeps one connection to the instance until ctx ends or stop,
+// reconnecting with jittered exponential backoff.
+func (s *instSocket) run(ctx context.Context) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-s.stopCh:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	cfg := s.t.cfg.WebSocket
+	minB, maxB := max(cfg.ReconnectMin, 10*time.Millisecond), max(cfg.ReconnectMax, cfg.ReconnectMin)
+	backoff := minB
+	everUp, lost := false, false
+	for ctx.Err() == nil {
+		conn, err := s.dial(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			lost = true
+			s.t.log.Debug("upstream: socket dial failed", "instance", s.inst.Name, "error", err, "retry_in", backoff)
+			if !sleepCtx(ctx, jitter(backoff)) {
+				return
+			}
+			backoff = min(backoff*2, maxB)
+			continue
+		}
+		backoff = minB
+		s.up()
+		if lost {
+			if everUp {
+				s.t.m.IncUpstreamReconnect(s.inst.Name)
+				s.t.log.Info("upstream: socket reconnected", "instance", s.inst.Name)
+			}
+			s.t.p.socketRestored(s.inst)
+			s.t.goBackground(func(ctx context.Context) { s.t.reconcile(ctx, s.inst) })
+		}
+		everUp, lost = true, false
+		err = s.serve(ctx, conn)
+		s.inst.socketUp.Store(false)
+		s.t.m.SetUpstreamSocket(s.inst.Name, false)
+		if ctx.Err() != nil {
+			return
+		}
+		lost = true
+		s.t.log.Warn("upstream: socket lost", "instance", s.inst.Name, "error", err)
+		s.inst.suspect.Store(true)
+		s.t.p.confirmSuspect(s.inst)
+		if !sleepCtx(ctx, jitter(minB)) {
+			return
+		}
+	}
+}
+
+// up records a fresh connection. The instance executes at most one prompt;
+// if comfygate believes one of its prompts is running there, the re-sync
+// `executing` (without prompt_id) and previews belong to it.
+func (s *instSocket) up() {
+	s.inst.socketUp.Store(true)
+	s.t.m.SetUpstreamSocket(s.inst.Name, true)
+	running := ""
+	for _, pr := range s.t.livePinnedTo(s.inst) {
+		pr.mu.Lock()
+		if pr.state == PromptRunning {
+			running = pr.upstreamID
+		}
+		pr.mu.Unlock()
+	}
+	s.routeMu.Lock()
+	s.running = running
+	s.routeMu.Unlock()
+}
+
+// dial opens the socket and sends the feature flags.
+func (s *instSocket) dial(ctx context.Context) (*websocket.Conn, error) {
+	scheme := "ws://"
+	if s.inst.TLS {
+		scheme = "wss://"
+	}
+	u := scheme + s.inst.Addr + "/ws?clientId=" + url.QueryEscape(s.inst.SocketClientID())
+	d := websocket.Dialer{HandshakeTimeout: s.t.cfg.HealthCheck.Timeout}
+	if d.HandshakeTimeout <= 0 {
+		d.HandshakeTimeout = 5 * time.Second
+	}
+	conn, resp, err := d.DialContext(ctx, u, nil)
+	if resp != nil && resp.Body != nil {
+		_ = resp.Body.Close()
+	}
+	if err != nil {
+		return nil, err
+	}
+	_ = conn.SetWriteDeadline(time.Now().Add(writeWait))
+	if err := conn.WriteMessage(websocket.TextMessage, featureFlags); err != nil {
+		_ = conn.Close()
+		return nil, err
+	}
+	_ = conn.SetWriteDeadline(time.Time{})
+	return conn, nil
+}
+
+// serve reads conn until it fails or ctx ends, pinging it every
+// ping_interval; the instance must answer (aiohttp does) within two
+// intervals. It closes conn fully before it returns: ComfyUI unregisters
+// whatever socket holds our clientId when an old one finally closes
+// (comfyui-api.md §2, "Close race"), so the next dial must come after.
+func (s *instSocket) serve(ctx context.Context, conn *websocket.Conn) error {
+	interval := s.t.cfg.WebSocket.PingInterval
+	if interval <= 0 {
+		interval = 20 * time.Second
+	}
+	readWait := 2 * interval
+	_ = conn.SetReadDeadline(time.Now().Add(readWait))
+	conn.SetPongHandler(func(string) error {
+		return conn.SetReadDeadline(time.Now().Add(readWait))
+	})
+
+	quit := make(chan struct{})
+	var pinger sync.WaitGroup
+	pinger.Add(1)
+	go func() {
+		defer pinger.Done()
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-quit:
+				return
+			case <-ctx.Done():
+				// Start the close handshake; the reader sees the answer.
+				_ = conn.WriteControl(websocket.CloseMessage,
+					websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(closeWait))
+				_ = conn.SetReadDeadline(time.Now().Add(closeWait))
+				return
+			case <-tick.C:
+				if err := conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeWait)); err != nil {
+					return
+				}
+			}
+		}
+	}()
+
+	var err error
+	for {
+		var mt int
+		var data []byte
+		mt, data, err = conn.ReadMessage()
+		if err != nil {
+			break
+		}
+		if ctx.Err() == nil {
+			_ = conn.SetReadDeadline(time.Now().Add(readWait))
+		}
+		switch mt {
+		case websocket.TextMessage:
+			s.onText(data)
+		case websocket.BinaryMessage:
+			s.onBinary(data)
+		}
+	}
+	close(quit)
+	pinger.Wait()
+	var ce *websocket.CloseError
+	if !errors.As(err, &ce) {
+		// Not closed by a handshake: say goodbye anyway (best effort).
+		_ = conn.WriteControl(websocket.CloseMessage,
+			websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(closeWait))
+	}
+	_ = conn.Close()
+	return err
+}
+
+// frame is one message from an instance, parsed for routing.
+type frame struct {
+	typ      string // JSON type; "" for binary
+	binary   bool
+	binType  uint32
+	uid      string // upstream prompt id it belongs to ("" none)
+	data     []byte
+	nodeNull bool                       // executing with node null
+	excType  string                     // execution_error's exception_type
+	outputs  map[string]json.RawMessage // executed's output
+	metaLen  int                        // type-4 metadata length (at offset 8)
+	at       time.Time
+}
+
+// wsText is the part of a text message routing needs.
+type wsText struct {
+	Type string `json:"type"`
+	Data struct {
+		PromptID      *string                    `json:"prompt_id"`
+		Node          json.RawMessage            `json:"node"`
+		ExceptionType string                     `json:"exception_type"`
+		Output        map[string]json.RawMessage `json:"output"`
+		Status        *struct {
+			ExecInfo struct {
+				QueueRemaining *int64 `json:"queue_remaining"`
+			} `json:"exec_info"`
+		} `json:"status"`
+	} `json:"data"`
+}
+
+// onText routes one text frame.
+func (s *instSocket) onText(data []byte) {
+	var msg wsText
+	// A data that is not an object (a custom node's message) leaves the
+	// fields empty: it is a broadcast.
+	_ = json.Unmarshal(data, &msg)
+	switch msg.Type {
+	case "status":
+		if st := msg.Data.Status; st != nil && st.ExecInfo.QueueRemaining != nil {
+			s.onStatus(*st.ExecInfo.QueueRemaining)
+		}
+		return // the proxy synthesizes the fleet's status for clients
+	case "feature_flags":
+		return // the instance's answer to ours
+	}
+	f := frame{typ: msg.Type, data: data, at: time.Now(), excType: msg.Data.ExceptionType, outputs: msg.Data.Output}
+	if msg.Data.PromptID != nil {
+		f.uid = *msg.Data.PromptID
+	}
+	f.nodeNull = len(msg.Data.Node) == 0 || string(msg.Data.Node) == "null"
+	s.routeMu.Lock()
+	defer s.routeMu.Unlock()
+	switch f.typ {
+	case "execution_start":
+		s.running = f.uid
+	case "executing":
+		if f.uid == "" {
+			f.uid = s.running // the re-sync after a reconnect names no prompt
+		}
+		if f.nodeNull {
+			if s.running == f.uid {
+				s.running = ""
+			}
+		} else if f.uid != "" {
+			s.running = f.uid
+		}
+	case "execution_success", "execution_interrupted":
+		if s.running == f.uid {
+			s.running = ""
+		}
+	case "execution_error":
+		if f.excType != "ExecutionBlocked" && s.running == f.uid {
+			s.running = ""
+		}
+	}
+	if f.uid == "" {
+		s.broadcast(f)
+		return
+	}
+	s.routeLocked(f)
+}
+
+// onBinary routes one binary frame: type 4 by the prompt_id in its
+// metadata, anything else to the prompt the instance is executing.
+func (s *instSocket) onBinary(data []byte) {
+	f := frame{binary: true, data: data, at: time.Now()}
+	if len(data) >= 4 {
+		f.binType = binary.BigEndian.Uint32(data)
+	}
+	if f.binType == binPreviewImageWithMetadata && len(data) >= 8 {
+		n := int(binary.BigEndian.Uint32(data[4:8]))
+		if n >= 0 && 8+n <= len(data) {
+			var meta struct {
+				PromptID string `json:"prompt_id"`
+			}
+			if json.Unmarshal(data[8:8+n], &meta) == nil {
+				f.uid, f.metaLen = meta.PromptID, n
+			}
+		}
+	}
+	s.routeMu.Lock()
+	defer s.routeMu.Unlock()
+	if f.uid == "" {
+		f.uid = s.running
+	}
+	if f.uid == "" {
+		s.broadcast(f)
+		return
+	}
+	s.routeLocked(f)
+}
+
+// broadcast hands a frame that names no prompt to the listener.
+func (s *instSocket) broadcast(f frame) {
+	s.t.m.IncEventsRouted("broadcast")
+	if l := s.t.listener(); l != nil {
+		l.Broadcast(Event{Instance: s.inst, Type: f.typ, Binary: f.binary, Data: f.data})
+	}
+}
+
+// routeLocked delivers f to its prompt, or keeps it while a submit to this
+// instance waits for its upstream id. s.routeMu held.
+func (s *instSocket) routeLocked(f frame) {
+	pr := s.t.getUpstream(s.inst, f.uid)
+	if pr == nil {
+		if s.awaiting > 0 {
+			s.keepEarlyLocked(f)
+			return
+		}
+		// Our client_id, an id we do not know: a prompt of an earlier
+		// comfygate process, or one we already moved elsewhere.
+		return
+	}
+	s.t.apply(pr, s.inst, f)
+}
+
+// keepEarlyLocked buffers f, dropping expired and excess frames. s.routeMu held.
+func (s *instSocket) keepEarlyLocked(f frame) {
+	cut := 0
+	for cut < len(s.early) && (f.at.Sub(s.early[cut].at) > earlyFrameTTL || len(s.early)-cut >= maxEarlyFrames) {
+		cut++
+	}
+	if cut > 0 {
+		n := copy(s.early, s.early[cut:])
+		clear(s.early[n:])
+		s.early = s.early[:n]
+	}
+	s.early = append(s.early, f)
+}
+
+// beginAwait announces a submit to this instance whose upstream id will be
+// known only from the answer.
+func (s *instSocket) beginAwait() {
+	s.routeMu.Lock()
+	s.awaiting++
+	s.routeMu.Unlock()
+}
+
+// endAwait ends a beginAwait: with uid != "", pins pr under it and replays
+// the frames that came first, in order, before any later frame of it.
+func (s *instSocket) endAwait(pr *Prompt, uid string) {
+	s.routeMu.Lock()
+	defer s.routeMu.Unlock()
+	s.awaiting--
+	if uid == "" {
+		return
+	}
+	s.t.pin(pr, s.inst, uid)
+	kept := s.early[:0]
+	var mine []frame
+	for _, f := range s.early {
+		if f.uid == uid {
+			mine = append(mine, f)
+		} else {
+			kept = append(kept, f)
+		}
+	}
+	clear(s.early[len(kept):])
+	s.early = kept
+	if s.awaiting == 0 {
+		clear(s.early)
+		s.early = s.early[:0]
+	}
+	for _, f := range mine {
+		s.t.apply(pr, s.inst, f)
+	}
+}
+
+// onStatus records the queue depth the instance reports.
+func (s *instSocket) onStatus(n int64) {
+	if s.inst.queueDepth.Load() != n {
+		s.inst.setQueueDepth(n)
+		s.t.notifyQueue()
+	}
+	s.t.checkDeleted(s, n)
+}
+
+// apply updates pr's state from f and delivers f to pr's sink, with ids
+// rewritten to the client-facing one. Called with inst's routeMu held (or
+// for synthesized events, on inst's behalf).
+func (t *promptTable) apply(pr *Prompt, inst *Instance, f frame) {
+	pr.mu.Lock()
+	unconfirmed := pr.unconfirmed
+	pr.mu.Unlock()
+	if unconfirmed {
+		t.confirm(pr) // an event proves the instance accepted it
+	}
+	switch f.typ {
+	case "execution_start":
+		pr.mu.Lock()
+		if pr.state == PromptQueued {
+			pr.state, pr.started = PromptRunning, time.Now()
+		}
+		pr.mu.Unlock()
+	case "executed":
+		t.pinOutputs(inst, f.outputs)
+	case "execution_success":
+		t.markDone(pr, "success")
+	case "execution_interrupted":
+		t.markDone(pr, "interrupted")
+	case "execution_error":
+		if f.excType != "ExecutionBlocked" { // a blocker's message: not terminal
+			t.markDone(pr, "error")
+		}
+	}
+	data, kind := f.data, "text"
+	if f.binary {
+		kind = "binary"
+		if f.metaLen > 0 && f.uid != pr.ID {
+			data = rewriteMeta(f.data, f.metaLen, f.uid, pr.ID)
+		}
+	} else if f.uid != pr.ID {
+		data = replaceID(f.data, f.uid, pr.ID)
+	}
+	t.m.IncEventsRouted(kind)
+	t.deliver(pr, Event{Instance: inst, Type: f.typ, Binary: f.binary, PromptID: pr.ID, Data: data})
+}
+
+// pinOutputs records the files an `executed` output names as inst's.
+func (t *promptTable) pinOutputs(inst *Instance, outputs map[string]json.RawMessage) {
+	for _, raw := range outputs {
+		if len(raw) == 0 || raw[0] != '[' {
+			continue
+		}
+		var refs []struct {
+			Filename  *string `json:"filename"`
+			Subfolder string  `json:"subfolder"`
+			Type      string  `json:"type"`
+		}
+		if json.Unmarshal(raw, &refs) != nil {
+			continue
+		}
+		for _, r := range refs {
+			if r.Filename != nil && *r.Filename != "" {
+				t.p.PinFile(FileRef{Filename: *r.Filename, Subfolder: r.Subfolder, Type: r.Type}, inst)
+			}
+		}
+	}
+}
+
+// rewriteMeta returns a type-4 frame whose metadata names to instead of from.
+func rewriteMeta(data []byte, metaLen int, from, to string) []byte {
+	meta := replaceID(data[8:8+metaLen], from, to)
+	out := make([]byte, 0, len(data)-metaLen+len(meta))
+	out = append(out, data[:4]...)
+	out = binary.BigEndian.AppendUint32(out, uint32(len(meta)))
+	out = append(out, meta...)
+	return append(out, data[8+metaLen:]...)
+}
+
+// jitter returns a duration in [d/2, d].
+func jitter(d time.Duration) time.Duration {
+	if d <= 1 {
+		return d
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+// sleepCtx waits d or until ctx ends; false if ctx ended.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-tm.C:
+		return true
+	}
+}

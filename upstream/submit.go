@@ -1,0 +1,332 @@
+package upstream
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"syscall"
+	"time"
+
+	"github.com/comfygate/comfygate/breaker"
+	"github.com/valyala/fasthttp"
+)
+
+// Submit forwards one prompt: selects an instance, ensures its inputs,
+// pins the prompt before dispatch, injects comfygate's client_id for that
+// instance, and retries on another instance if the connection is refused.
+// A 400 from the instance is returned as-is (nothing pinned).
+//
+// When the instance took the request but gave no answer in time, the
+// prompt may have been accepted: Submit returns the error and keeps the
+// prompt pinned while it asks the instance (its events, /queue, /history)
+// whether it did; it never sends it anywhere else on its own.
+func (p *Pool) Submit(ctx context.Context, req SubmitRequest) (SubmitResult, error) {
+	return p.prompts.submit(ctx, req)
+}
+
+// sendOutcome is what one POST /prompt to one instance came to.
+type sendOutcome int
+
+const (
+	sentAnswered  sendOutcome = iota // the instance answered (any status)
+	sentRefused                      // nothing reached the instance: try another
+	sentAmbiguous                    // sent, no answer: it may have been accepted
+)
+
+func (t *promptTable) submit(ctx context.Context, req SubmitRequest) (SubmitResult, error) {
+	id := req.PromptID
+	if id == "" {
+		id = newUUID()
+	}
+	if old, ok := t.get(id); ok && old.State() != PromptDone {
+		return SubmitResult{}, fmt.Errorf("submit prompt %s: id already in use by a prompt that is not done", id)
+	}
+	pr := &Prompt{ID: id, ClientID: req.ClientID, Sink: req.Sink, Created: time.Now(), header: req.Header}
+	var tried []*Instance
+	var lastErr error
+	for {
+		inst, err := t.p.Select(tried...)
+		if err != nil {
+			if lastErr != nil {
+				return SubmitResult{}, fmt.Errorf("%w (last: %w)", ErrNoUpstream, lastErr)
+			}
+			return SubmitResult{}, ErrNoUpstream
+		}
+		tried = append(tried, inst)
+		if err := t.p.EnsureInputs(ctx, inst, req.Body["prompt"]); err != nil {
+			// The instance's own validation answers in ComfyUI's shape if
+			// an input is really missing; if it is down, the POST fails too.
+			t.log.Warn("upstream: could not copy a prompt's inputs", "instance", inst.Name, "prompt_id", id, "error", err)
+		}
+		res, outcome, err := t.send(ctx, pr, inst, req.Body, false)
+		switch outcome {
+		case sentRefused:
+			lastErr = err
+			t.log.Debug("upstream: instance refused a prompt, trying another", "instance", inst.Name, "error", err)
+			continue
+		case sentAmbiguous:
+			return SubmitResult{Instance: inst}, err
+		}
+		return res, err
+	}
+}
+
+// send POSTs pr to inst, pinned there before the request leaves. base is
+// the body the client sent (or the one sent last time); resubmit marks a
+// failover, where pr is already accepted and live.
+func (t *promptTable) send(ctx context.Context, pr *Prompt, inst *Instance, base map[string]json.RawMessage, resubmit bool) (SubmitResult, sendOutcome, error) {
+	known := inst.SupportsClientPromptID()
+	uid := ""
+	if known {
+		uid = pr.ID
+		if !isCanonicalUUID(uid) {
+			uid = newUUID()
+		}
+	}
+	body, err := buildBody(base, inst.SocketClientID(), uid)
+	if err != nil {
+		return SubmitResult{}, sentAnswered, fmt.Errorf("submit prompt %s: %w", pr.ID, err)
+	}
+	s := t.socketFor(inst)
+	pr.mu.Lock()
+	pr.body, pr.attempts = body, pr.attempts+1
+	pr.state, pr.started, pr.unconfirmed = PromptQueued, time.Time{}, true
+	pr.mu.Unlock()
+	t.pin(pr, inst, uid)
+	t.markLive(pr)
+	if !known {
+		s.beginAwait()
+	}
+
+	hdr := make(map[string]string, len(pr.header)+1)
+	for k, v := range pr.header {
+		hdr[k] = v
+	}
+	hdr["Content-Type"] = "application/json"
+	status, resp, err := inst.Call(ctx, "POST", "/prompt", hdr, body)
+	if err != nil {
+		err = fmt.Errorf("submit prompt to %s: %w", inst.Name, err)
+		outcome, number := t.afterSendError(ctx, inst, uid, err)
+		switch {
+		case outcome == sentAnswered:
+			// The instance has it: answer as it would have.
+			status, resp = 200, fmt.Appendf(nil, `{"prompt_id": %s, "number": %s, "node_errors": {}}`, quoteJSON(uid), number)
+		case outcome == sentRefused || !known:
+			// Nothing to wait for: never accepted, or (without an id) not
+			// findable.
+			if !known {
+				s.endAwait(pr, "")
+			}
+			pr.mu.Lock()
+			pr.attempts--
+			pr.mu.Unlock()
+			t.unsend(pr, resubmit)
+			return SubmitResult{}, outcome, err
+		default:
+			t.goBackground(func(ctx context.Context) { t.confirmLater(ctx, pr, inst, uid) })
+			return SubmitResult{}, sentAmbiguous, err
+		}
+	}
+	if status != 200 {
+		if !known {
+			s.endAwait(pr, "")
+		}
+		t.unsend(pr, resubmit)
+		return SubmitResult{Instance: inst, Status: status, Body: resp}, sentAnswered, nil
+	}
+	var ans struct {
+		PromptID json.RawMessage `json:"prompt_id"`
+	}
+	_ = json.Unmarshal(resp, &ans)
+	got := ""
+	if len(ans.PromptID) > 0 {
+		// Any JSON value: Oct-2025 turns whatever id it got into a string.
+		if json.Unmarshal(ans.PromptID, &got) != nil {
+			got = string(ans.PromptID)
+		}
+	}
+	if got == "" {
+		got = uid
+	}
+	if !known {
+		s.endAwait(pr, got)
+	} else if got != uid {
+		// The instance ignored our id (its version claim was wrong).
+		s.routeMu.Lock()
+		t.pin(pr, inst, got)
+		s.routeMu.Unlock()
+	}
+	t.confirm(pr)
+	if got != pr.ID {
+		resp = replaceAnswerID(resp, ans.PromptID, pr.ID)
+	}
+	return SubmitResult{Prompt: pr, Instance: inst, Status: status, Body: resp}, sentAnswered, nil
+}
+
+// unsend undoes the pin of a send nobody accepted. A first submission
+// leaves the table; a resubmission stays live (the caller decides).
+func (t *promptTable) unsend(pr *Prompt, resubmit bool) {
+	pr.mu.Lock()
+	pr.unconfirmed = false
+	pr.mu.Unlock()
+	if resubmit {
+		t.unpinUpstream(pr)
+		return
+	}
+	t.forget(pr)
+}
+
+// replaceAnswerID swaps the prompt_id value raw in a POST /prompt answer for id.
+func replaceAnswerID(resp []byte, raw json.RawMessage, id string) []byte {
+	if len(raw) > 0 {
+		if out := bytes.Replace(resp, raw, quoteJSON(id), 1); !bytes.Equal(out, resp) {
+			return out
+		}
+	}
+	var m map[string]json.RawMessage
+	if json.Unmarshal(resp, &m) != nil {
+		return resp
+	}
+	m["prompt_id"] = quoteJSON(id)
+	out, err := marshalNoEscape(m)
+	if err != nil {
+		return resp
+	}
+	return out
+}
+
+// buildBody returns the JSON forwarded to an instance: the client's body
+// with client_id and extra_data.client_id set to comfygate's socket id (every
+// other extra_data key kept), and prompt_id set to uid (removed when "").
+func buildBody(base map[string]json.RawMessage, clientID, uid string) ([]byte, error) {
+	m := make(map[string]json.RawMessage, len(base)+3)
+	for k, v := range base {
+		m[k] = v
+	}
+	cid := quoteJSON(clientID)
+	m["client_id"] = cid
+	extra := map[string]json.RawMessage{}
+	if raw := bytes.TrimSpace(base["extra_data"]); len(raw) > 0 && raw[0] == '{' {
+		if err := json.Unmarshal(raw, &extra); err != nil {
+			return nil, fmt.Errorf("extra_data: %w", err)
+		}
+	}
+	extra["client_id"] = cid
+	eb, err := marshalNoEscape(extra)
+	if err != nil {
+		return nil, err
+	}
+	m["extra_data"] = eb
+	if uid != "" {
+		m["prompt_id"] = quoteJSON(uid)
+	} else {
+		delete(m, "prompt_id")
+	}
+	return marshalNoEscape(m)
+}
+
+// parseBody reads a body built by buildBody back, one level deep.
+func parseBody(body []byte) (map[string]json.RawMessage, error) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(body, &m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// marshalNoEscape is json.Marshal without HTML escaping (prompts carry
+// text a user wrote; keep it as sent).
+func marshalNoEscape(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
+}
+
+// afterSendError decides what a failed POST /prompt came to. A dial error
+// or an open breaker sent nothing. A timeout may hide an accepted prompt on
+// a hung instance: ambiguous. A connection that broke (a stale keep-alive
+// connection to an instance that just died, a reset) is settled by asking
+// the instance: unreachable now means it died, and a prompt it took died
+// with it, so another instance may run it; reachable, it either has the
+// prompt (answered: number is its queue number) or never took it (refused).
+func (t *promptTable) afterSendError(ctx context.Context, inst *Instance, uid string, err error) (outcome sendOutcome, number []byte) {
+	if isNotSent(err) {
+		return sentRefused, nil
+	}
+	if errorsIsAny(err, context.DeadlineExceeded, context.Canceled) || isTimeout(err) || ctx.Err() != nil {
+		return sentAmbiguous, nil
+	}
+	pctx, cancel := context.WithTimeout(ctx, probeTimeout(t.cfg.HealthCheck.Timeout))
+	defer cancel()
+	status, body, qerr := inst.Call(pctx, "GET", "/queue", nil, nil)
+	if qerr != nil {
+		if isNotSent(qerr) {
+			return sentRefused, nil
+		}
+		return sentAmbiguous, nil
+	}
+	if status != 200 || uid == "" {
+		return sentAmbiguous, nil
+	}
+	if n, ok := queueNumber(body, uid); ok {
+		return sentAnswered, n
+	}
+	if entry, ok := t.historyEntry(pctx, inst, uid); !ok {
+		return sentAmbiguous, nil
+	} else if entry != nil {
+		return sentAnswered, []byte("0")
+	}
+	return sentRefused, nil
+}
+
+// probeTimeout bounds a quick question to an instance.
+func probeTimeout(d time.Duration) time.Duration {
+	if d <= 0 || d > 5*time.Second {
+		return 5 * time.Second
+	}
+	return d
+}
+
+// queueNumber finds uid in a GET /queue answer and returns its number.
+func queueNumber(body []byte, uid string) ([]byte, bool) {
+	var q struct {
+		Running []json.RawMessage `json:"queue_running"`
+		Pending []json.RawMessage `json:"queue_pending"`
+	}
+	if json.Unmarshal(body, &q) != nil {
+		return nil, false
+	}
+	for _, it := range append(q.Running, q.Pending...) {
+		var tuple []json.RawMessage
+		if json.Unmarshal(it, &tuple) != nil || len(tuple) < 2 {
+			continue
+		}
+		var id string
+		if json.Unmarshal(tuple[1], &id) == nil && id == uid {
+			return tuple[0], true
+		}
+	}
+	return nil, false
+}
+
+// isNotSent reports an error that means the request never reached the
+// instance: the breaker refused it, or the connection could not be made.
+func isNotSent(err error) bool {
+	if errorsIsAny(err, breaker.ErrOpen, fasthttp.ErrDialTimeout, fasthttp.ErrNoFreeConns,
+		fasthttp.ErrTLSHandshakeTimeout, syscall.ECONNREFUSED, syscall.EHOSTUNREACH, syscall.ENETUNREACH) {
+		return true
+	}
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return true
+	}
+	var dns *net.DNSError
+	return errors.As(err, &dns)
+}
