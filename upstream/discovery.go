@@ -59,8 +59,9 @@ func (p *Pool) discoverOnce(ctx context.Context) {
 // each address is an instance named "<entry name>/<ip>". New addresses are
 // returned as added; addresses that vanished are marked draining and
 // returned as removed (they leave the list once their prompts finish). An
-// address that comes back while its instance is still draining revives that
-// instance (returned as added again). A failed lookup keeps the current set:
+// address that comes back while its old instance is still draining gets a
+// fresh instance only after the old one left (next round): the old one's
+// socket is closing and its metrics series go with it. A failed lookup keeps the current set:
 // a DNS hiccup must not drain a healthy fleet; health checks judge them.
 func (p *Pool) resolveAll(ctx context.Context) (added, removed []*Instance) {
 	p.mu.RLock()
@@ -119,13 +120,9 @@ func (p *Pool) applyAddrs(e *entry, addrs []string) (added, removed []*Instance)
 	}
 	for _, ip := range want {
 		addr := net.JoinHostPort(ip, e.port)
-		inst, ok := have[addr]
-		switch {
-		case !ok:
-			inst = p.addInstance(e.cfg.Name+"/"+ip, addr, e.cfg.TLS())
+		if _, ok := have[addr]; !ok {
+			inst := p.addInstance(e.cfg.Name+"/"+ip, addr, e.cfg.TLS())
 			e.insts = append(e.insts, inst)
-			added = append(added, inst)
-		case inst.draining.CompareAndSwap(true, false):
 			added = append(added, inst)
 		}
 	}

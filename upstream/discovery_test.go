@@ -85,6 +85,13 @@ func TestDiscoveryAddsAndDrains(t *testing.T) {
 			t.Fatal("draining instance selected")
 		}
 	}
+	// Its address comes back while it drains: it stays draining.
+	res.set(nil, "127.0.0.1", "127.0.0.10", "127.0.0.3", "127.0.0.2")
+	p.discoverOnce(context.Background())
+	if !i2.draining.Load() || p.instanceByName("gpu/127.0.0.2") != i2 {
+		t.Fatal("draining instance revived in place")
+	}
+	res.set(nil, "127.0.0.1", "127.0.0.10", "127.0.0.3")
 	// Its last prompt finishes: it leaves the pool.
 	i2.addInflight(-1)
 	want = []string{"fixed", "gpu/127.0.0.1", "gpu/127.0.0.3", "gpu/127.0.0.10"}
@@ -94,6 +101,14 @@ func TestDiscoveryAddsAndDrains(t *testing.T) {
 	if rec.count("instance removed", "instance=gpu/127.0.0.2") != 1 {
 		t.Fatal("removal not logged")
 	}
+	// Back after it left: a fresh instance.
+	res.set(nil, "127.0.0.1", "127.0.0.10", "127.0.0.3", "127.0.0.2")
+	p.discoverOnce(context.Background())
+	if again := p.instanceByName("gpu/127.0.0.2"); again == nil || again == i2 || again.draining.Load() {
+		t.Fatalf("returning address: %v", again)
+	}
+	res.set(nil, "127.0.0.1", "127.0.0.10", "127.0.0.3")
+	p.discoverOnce(context.Background())
 
 	// A failing lookup keeps the set.
 	res.set(errors.New("SERVFAIL"))
