@@ -1,0 +1,477 @@
+package jobs
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/comfygate/comfygate/workflows"
+	"github.com/valyala/fasthttp"
+)
+
+// Routes of the job API. GET /api/jobs (without source=comfygate),
+// GET /api/jobs/{id} and POST /api/jobs/{id}/cancel are ComfyUI's own and
+// are left to the proxy.
+const (
+	routeRemoveBackground = "/api/remove-background"
+	routeUpscaleImage     = "/api/upscale-image"
+	routeWorkflows        = "/api/workflows/"
+	routeJobs             = "/api/jobs"
+	listSource            = "comfygate"
+)
+
+// ServeJobs serves the job API's routes and reports whether the request
+// was one of them:
+//
+//	POST   /api/remove-background, /api/upscale-image, /api/workflows/{name}
+//	GET    /api/jobs/{id}/status
+//	GET    /api/jobs/{id}/result  (JSON; raw bytes with Accept: image/* or ?format=raw)
+//	DELETE /api/jobs/{id}
+//	GET    /api/jobs?source=comfygate
+func (s *Service) ServeJobs(ctx *fasthttp.RequestCtx) bool {
+	path := string(ctx.Path())
+	switch {
+	case path == routeRemoveBackground:
+		s.serveSubmit(ctx, workflows.RemoveBackground)
+	case path == routeUpscaleImage:
+		s.serveSubmit(ctx, workflows.UpscaleImage)
+	case strings.HasPrefix(path, routeWorkflows):
+		name := path[len(routeWorkflows):]
+		if name == "" || strings.Contains(name, "/") {
+			return false
+		}
+		s.serveSubmit(ctx, name)
+	case path == routeJobs:
+		if !ctx.IsGet() && !ctx.IsHead() || string(ctx.QueryArgs().Peek("source")) != listSource {
+			return false // ComfyUI's job list
+		}
+		s.serveList(ctx)
+	case strings.HasPrefix(path, routeJobs+"/"):
+		id, sub, _ := strings.Cut(path[len(routeJobs)+1:], "/")
+		if id == "" {
+			return false
+		}
+		switch sub {
+		case "status":
+			if !allow(ctx, "GET", "HEAD") {
+				return true
+			}
+			s.serveStatus(ctx, id)
+		case "result":
+			if !allow(ctx, "GET", "HEAD") {
+				return true
+			}
+			s.serveResult(ctx, id)
+		case "":
+			if !ctx.IsDelete() {
+				return false // GET /api/jobs/{id} is ComfyUI's
+			}
+			s.serveDelete(ctx, id)
+		default:
+			return false // POST /api/jobs/{id}/cancel and anything else: ComfyUI's
+		}
+	default:
+		return false
+	}
+	return true
+}
+
+// allow answers 405 unless the method is one of methods.
+func allow(ctx *fasthttp.RequestCtx, methods ...string) bool {
+	if slices.Contains(methods, string(ctx.Method())) {
+		return true
+	}
+	ctx.Response.Header.Set("Allow", strings.Join(methods, ", "))
+	writeError(ctx, &apiError{status: fasthttp.StatusMethodNotAllowed, typ: errMethodNotAllowed,
+		msg: fmt.Sprintf("use %s", strings.Join(methods, " or "))})
+	return false
+}
+
+func writeJSON(ctx *fasthttp.RequestCtx, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status, b = fasthttp.StatusInternalServerError, []byte(`{"error":{"type":"internal","message":"cannot encode the answer"}}`)
+	}
+	ctx.SetStatusCode(status)
+	ctx.SetContentType("application/json; charset=utf-8")
+	ctx.SetBody(b)
+}
+
+func writeError(ctx *fasthttp.RequestCtx, e *apiError) {
+	if e.retryAfter > 0 {
+		ctx.Response.Header.Set("Retry-After", itoa(e.retryAfter))
+	}
+	type body struct {
+		Type    string `json:"type"`
+		Message string `json:"message"`
+	}
+	writeJSON(ctx, e.status, map[string]body{"error": {Type: e.typ, Message: e.msg}})
+}
+
+// acceptedView is the 202 answer to a job submission.
+type acceptedView struct {
+	JobID     string  `json:"job_id"`
+	Status    string  `json:"status"`
+	Workflow  string  `json:"workflow"`
+	Estimated float64 `json:"estimated_completion_seconds"`
+	StatusURL string  `json:"status_url"`
+	ResultURL string  `json:"result_url"`
+}
+
+// serveSubmit accepts a job for the named workflow.
+func (s *Service) serveSubmit(ctx *fasthttp.RequestCtx, name string) {
+	if !allow(ctx, "POST") {
+		return
+	}
+	wf := s.wfs[name]
+	if wf == nil {
+		writeError(ctx, badRequest(errUnknownWorkflow, "unknown workflow %q (known: %s)", name, strings.Join(slices.Sorted(maps.Keys(s.wfs)), ", ")))
+		return
+	}
+	sub, aerr := parseSubmission(ctx, s.cfg.MaxImageBytes, wf.needsImage())
+	if aerr != nil {
+		writeError(ctx, aerr)
+		return
+	}
+	if err := wf.checkOverrides(sub.inputs); err != nil {
+		writeError(ctx, badRequest(errInvalidOverride, "%s", err.Error()))
+		return
+	}
+	j, aerr := s.accept(wf, sub)
+	if aerr != nil {
+		writeError(ctx, aerr)
+		return
+	}
+	parallel := s.parallelism()
+	s.mu.Lock()
+	est := s.estimateLocked(j, parallel)
+	s.mu.Unlock()
+	ctx.Response.Header.Set("Location", routeJobs+"/"+j.id+"/status")
+	writeJSON(ctx, fasthttp.StatusAccepted, acceptedView{
+		JobID:     j.id,
+		Status:    statusPending,
+		Workflow:  wf.name,
+		Estimated: estimateSeconds(est),
+		StatusURL: routeJobs + "/" + j.id + "/status",
+		ResultURL: routeJobs + "/" + j.id + "/result",
+	})
+}
+
+// accept puts a validated submission in the wait line.
+func (s *Service) accept(wf *workflow, sub *submission) (*job, *apiError) {
+	healthy := s.be.Healthy()
+	parallel := max(1, min(len(healthy), s.cfg.MaxConcurrent))
+	j := &job{
+		s:      s,
+		id:     newJobID(),
+		wf:     wf,
+		inputs: sub.inputs,
+		ext:    extension(sub.format),
+		image:  sub.image,
+	}
+	j.imageName = "comfygate-" + j.id + j.ext
+	prompt, err := wf.build(j.imageName, sub.inputs)
+	if err != nil {
+		return nil, badRequest(errInvalidOverride, "cannot apply the inputs: %v", err)
+	}
+	j.prompt = prompt
+	j.prog = newProgress(wf.nodes)
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, &apiError{status: fasthttp.StatusServiceUnavailable, typ: errShuttingDown, msg: "comfygate is shutting down", retryAfter: 1}
+	}
+	if len(healthy) == 0 {
+		return nil, &apiError{status: fasthttp.StatusServiceUnavailable, typ: errNoUpstream,
+			msg: "no ComfyUI instance is available", retryAfter: retryAfterSeconds(noUpstreamBackoff)}
+	}
+	if len(s.line) >= s.cfg.MaxWaiting {
+		// One place frees up when one job at the instances finishes.
+		wait := s.runEstimateLocked(wf.name) / time.Duration(parallel)
+		return nil, &apiError{status: fasthttp.StatusTooManyRequests, typ: errQueueFull,
+			msg:        fmt.Sprintf("the wait line is full (%d jobs); retry later", len(s.line)),
+			retryAfter: retryAfterSeconds(wait)}
+	}
+	s.seq++
+	j.seq = s.seq
+	j.created = s.now()
+	j.state = stWaiting
+	s.jobs[j.id] = j
+	s.line = append(s.line, j)
+	s.m.JobSubmitted(wf.name)
+	s.gaugesLocked()
+	s.kick()
+	s.log.Debug("job accepted", "job_id", j.id, "workflow", wf.name, "bytes", len(sub.image))
+	return j, nil
+}
+
+// statusView is GET /api/jobs/{id}/status.
+type statusView struct {
+	JobID            string        `json:"job_id"`
+	Workflow         string        `json:"workflow"`
+	Status           string        `json:"status"`
+	Progress         int           `json:"progress"`
+	Instance         *string       `json:"comfyui_instance"`
+	ProcessingTimeMS int64         `json:"processing_time_ms"`
+	QueuePosition    *int          `json:"queue_position,omitempty"`
+	Estimated        *float64      `json:"estimated_completion_seconds,omitempty"`
+	Error            *string       `json:"error,omitempty"`
+	ErrorDetails     *errorDetails `json:"error_details,omitempty"`
+	CreatedAt        time.Time     `json:"created_at"`
+	FinishedAt       *time.Time    `json:"finished_at,omitempty"`
+}
+
+// statusLocked renders a job's status.
+func (s *Service) statusLocked(j *job, parallel int) statusView {
+	now := s.now()
+	v := statusView{
+		JobID:     j.id,
+		Workflow:  j.wf.name,
+		Status:    j.state.public(),
+		Progress:  j.prog.percent(),
+		CreatedAt: j.created.UTC(),
+	}
+	if j.instance != "" {
+		inst := j.instance
+		v.Instance = &inst
+	}
+	if !j.dispatched.IsZero() {
+		end := now
+		if j.state.terminal() {
+			end = j.finished
+		}
+		v.ProcessingTimeMS = end.Sub(j.dispatched).Milliseconds()
+	}
+	switch {
+	case j.state.terminal():
+		f := j.finished.UTC()
+		v.FinishedAt = &f
+		if j.state == stFailed {
+			msg := j.errMsg
+			v.Error = &msg
+			v.ErrorDetails = j.errDetail
+		}
+	default:
+		if v.Status == statusPending {
+			pos := s.queuePositionLocked(j)
+			v.QueuePosition = &pos
+		}
+		est := estimateSeconds(s.estimateLocked(j, parallel))
+		v.Estimated = &est
+	}
+	return v
+}
+
+func (s *Service) serveStatus(ctx *fasthttp.RequestCtx, id string) {
+	parallel := s.parallelism()
+	s.mu.Lock()
+	j := s.lookupLocked(id)
+	if j == nil {
+		s.mu.Unlock()
+		notFound(ctx, id)
+		return
+	}
+	v := s.statusLocked(j, parallel)
+	s.mu.Unlock()
+	writeJSON(ctx, fasthttp.StatusOK, v)
+}
+
+func notFound(ctx *fasthttp.RequestCtx, id string) {
+	writeError(ctx, &apiError{status: fasthttp.StatusNotFound, typ: errNotFound, msg: fmt.Sprintf("no job %q (unknown, or expired)", id)})
+}
+
+// resultView is GET /api/jobs/{id}/result as JSON.
+type resultView struct {
+	JobID            string `json:"job_id"`
+	Workflow         string `json:"workflow"`
+	Status           string `json:"status"`
+	ImageBase64      string `json:"image_base64"`
+	ContentType      string `json:"content_type"`
+	ProcessingTimeMS int64  `json:"processing_time_ms"`
+	Instance         string `json:"comfyui_instance"`
+}
+
+func (s *Service) serveResult(ctx *fasthttp.RequestCtx, id string) {
+	parallel := s.parallelism()
+	s.mu.Lock()
+	j := s.lookupLocked(id)
+	if j == nil {
+		s.mu.Unlock()
+		notFound(ctx, id)
+		return
+	}
+	if j.state != stCompleted {
+		v := s.statusLocked(j, parallel)
+		s.mu.Unlock()
+		writeJSON(ctx, fasthttp.StatusConflict, v)
+		return
+	}
+	data, ct := j.result, j.resultType
+	v := resultView{
+		JobID:            j.id,
+		Workflow:         j.wf.name,
+		Status:           statusCompleted,
+		ContentType:      ct,
+		ProcessingTimeMS: j.finished.Sub(j.dispatched).Milliseconds(),
+		Instance:         j.instance,
+	}
+	s.mu.Unlock()
+	if wantsRaw(ctx) {
+		// data is never modified after completion, so it may be shared.
+		ctx.SetStatusCode(fasthttp.StatusOK)
+		ctx.SetContentType(ct)
+		ctx.Response.Header.Set("Content-Disposition", fmt.Sprintf("inline; filename=\"%s%s\"", id, extensionForType(ct)))
+		ctx.SetBody(data)
+		return
+	}
+	v.ImageBase64 = "data:" + ct + ";base64," + base64.StdEncoding.EncodeToString(data)
+	writeJSON(ctx, fasthttp.StatusOK, v)
+}
+
+// wantsRaw reports whether the caller asked for the image bytes:
+// ?format=raw, or an Accept naming an image type and not JSON.
+func wantsRaw(ctx *fasthttp.RequestCtx) bool {
+	switch string(ctx.QueryArgs().Peek("format")) {
+	case "raw":
+		return true
+	case "json":
+		return false
+	}
+	accept := string(ctx.Request.Header.Peek("Accept"))
+	return strings.Contains(accept, "image/") && !strings.Contains(accept, "application/json")
+}
+
+func extensionForType(ct string) string {
+	switch ct {
+	case "image/png":
+		return ".png"
+	case "image/jpeg":
+		return ".jpg"
+	case "image/webp":
+		return ".webp"
+	case "image/gif":
+		return ".gif"
+	}
+	return ""
+}
+
+// deleteView answers DELETE /api/jobs/{id}.
+type deleteView struct {
+	JobID     string `json:"job_id"`
+	Cancelled bool   `json:"cancelled"`
+	Status    string `json:"status"`
+}
+
+func (s *Service) serveDelete(ctx *fasthttp.RequestCtx, id string) {
+	known, cancelled := s.CancelJob(ctx, id)
+	if !known {
+		notFound(ctx, id)
+		return
+	}
+	s.mu.Lock()
+	st := s.jobs[id].state.public()
+	s.mu.Unlock()
+	writeJSON(ctx, fasthttp.StatusOK, deleteView{JobID: id, Cancelled: cancelled, Status: st})
+}
+
+// listItem is one job in GET /api/jobs?source=comfygate.
+type listItem struct {
+	JobID      string  `json:"job_id"`
+	Workflow   string  `json:"workflow"`
+	Status     string  `json:"status"`
+	Progress   int     `json:"progress"`
+	AgeSeconds float64 `json:"age_seconds"`
+	Instance   *string `json:"comfyui_instance"`
+}
+
+// listView is GET /api/jobs?source=comfygate: every facade job, oldest first.
+type listView struct {
+	Jobs     []listItem `json:"jobs"`
+	Total    int        `json:"total"`
+	Waiting  int        `json:"waiting"`
+	InFlight int        `json:"in_flight"`
+}
+
+func (s *Service) serveList(ctx *fasthttp.RequestCtx) {
+	var filter []string
+	if f := string(ctx.QueryArgs().Peek("status")); f != "" {
+		filter = strings.Split(f, ",")
+	}
+	s.mu.Lock()
+	now := s.now()
+	js := make([]*job, 0, len(s.jobs))
+	for _, j := range s.jobs {
+		if !s.expiredLocked(j, now) && (filter == nil || slices.Contains(filter, j.state.public())) {
+			js = append(js, j)
+		}
+	}
+	slices.SortFunc(js, func(a, b *job) int { return int(a.seq) - int(b.seq) })
+	v := listView{Jobs: make([]listItem, 0, len(js)), Total: len(js), Waiting: len(s.line), InFlight: s.inFlight}
+	for _, j := range js {
+		it := listItem{
+			JobID:      j.id,
+			Workflow:   j.wf.name,
+			Status:     j.state.public(),
+			Progress:   j.prog.percent(),
+			AgeSeconds: float64(now.Sub(j.created).Milliseconds()) / 1000,
+		}
+		if j.instance != "" {
+			inst := j.instance
+			it.Instance = &inst
+		}
+		v.Jobs = append(v.Jobs, it)
+	}
+	s.mu.Unlock()
+	writeJSON(ctx, fasthttp.StatusOK, v)
+}
+
+// waitingJobView is ComfyUI's GET /api/jobs/{id} shape for a pending job
+// (comfy_execution/jobs.py normalize_queue_item with include_workflow).
+type waitingJobView struct {
+	ID                      string          `json:"id"`
+	Status                  string          `json:"status"`
+	Priority                uint64          `json:"priority"`
+	CreateTime              int64           `json:"create_time"`
+	OutputsCount            int             `json:"outputs_count"`
+	PreviewableOutputsCount int             `json:"previewable_outputs_count"`
+	Workflow                waitingWorkflow `json:"workflow"`
+}
+
+type waitingWorkflow struct {
+	Prompt    json.RawMessage `json:"prompt"`
+	ExtraData map[string]any  `json:"extra_data"`
+}
+
+// WaitingJob returns ComfyUI's GET /api/jobs/{id} shape for a facade job
+// that has not reached an instance yet (in the wait line, or being
+// uploaded and submitted); ok is false otherwise.
+func (s *Service) WaitingJob(id string) ([]byte, bool) {
+	s.mu.Lock()
+	j := s.lookupLocked(id)
+	if j == nil || !(j.state == stWaiting || (j.state == stSubmitting && !j.submitted)) {
+		s.mu.Unlock()
+		return nil, false
+	}
+	created := j.created.UnixMilli()
+	v := waitingJobView{
+		ID:         j.id,
+		Status:     "pending",
+		Priority:   j.seq,
+		CreateTime: created,
+		Workflow: waitingWorkflow{
+			Prompt:    j.prompt,
+			ExtraData: map[string]any{"create_time": created, "comfygate_job": map[string]string{"workflow": j.wf.name}},
+		},
+	}
+	s.mu.Unlock()
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, false
+	}
+	return b, true
+}

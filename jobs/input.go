@@ -1,0 +1,257 @@
+package jobs
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"image"
+	_ "image/gif" // LoadImage reads GIF (first frames)
+	_ "image/jpeg"
+	_ "image/png"
+	"io"
+	"mime"
+	"net/http"
+	"strings"
+
+	"github.com/valyala/fasthttp"
+)
+
+// apiError is an error answer on the job API's routes:
+// {"error": {"type", "message"}} with status.
+type apiError struct {
+	status     int
+	typ        string
+	msg        string
+	retryAfter int // seconds; 0 = no Retry-After header
+}
+
+func (e *apiError) Error() string { return e.typ + ": " + e.msg }
+
+// The error types the job API answers with.
+const (
+	errInvalidRequest   = "invalid_request"
+	errMissingImage     = "missing_image"
+	errInvalidImage     = "invalid_image"
+	errImageTooLarge    = "image_too_large"
+	errUnknownWorkflow  = "unknown_workflow"
+	errInvalidOverride  = "invalid_override"
+	errQueueFull        = "queue_full"
+	errNoUpstream       = "no_upstream"
+	errNotFound         = "not_found"
+	errMethodNotAllowed = "method_not_allowed"
+	errShuttingDown     = "shutting_down"
+)
+
+func badRequest(typ, format string, args ...any) *apiError {
+	return &apiError{status: fasthttp.StatusBadRequest, typ: typ, msg: fmt.Sprintf(format, args...)}
+}
+
+// submission is what a caller sent to start a job.
+type submission struct {
+	image  []byte
+	format string // png, jpeg, gif or webp; "" without image
+	width  int
+	height int
+	inputs map[string]json.RawMessage
+}
+
+// submitBody is the JSON form of a submission.
+type submitBody struct {
+	ImageBase64 *string                    `json:"image_base64"`
+	Inputs      map[string]json.RawMessage `json:"inputs"`
+}
+
+// parseSubmission reads the image and the overrides from a request:
+// multipart/form-data (file field "image", optional field "inputs" holding
+// JSON), JSON {"image_base64", "inputs"}, or a raw image body with an
+// image/* Content-Type. The image is checked to be a PNG, JPEG, GIF or
+// WebP of at most maxBytes.
+func parseSubmission(ctx *fasthttp.RequestCtx, maxBytes int64, wantImage bool) (*submission, *apiError) {
+	ct := string(ctx.Request.Header.ContentType())
+	mt, _, _ := mime.ParseMediaType(ct)
+	sub := &submission{}
+	var b64 *string
+	switch {
+	case mt == "multipart/form-data":
+		form, err := ctx.MultipartForm()
+		if err != nil {
+			return nil, badRequest(errInvalidRequest, "malformed multipart/form-data body")
+		}
+		if fhs := form.File["image"]; len(fhs) > 0 {
+			fh := fhs[0]
+			if fh.Size > maxBytes {
+				return nil, tooLarge(fh.Size, maxBytes)
+			}
+			f, err := fh.Open()
+			if err != nil {
+				return nil, badRequest(errInvalidRequest, "cannot read the multipart field \"image\"")
+			}
+			sub.image, err = io.ReadAll(io.LimitReader(f, maxBytes+1))
+			_ = f.Close()
+			if err != nil {
+				return nil, badRequest(errInvalidRequest, "cannot read the multipart field \"image\"")
+			}
+		} else if v := firstValue(form.Value, "image_base64", "image"); v != "" {
+			b64 = &v
+		}
+		if v := firstValue(form.Value, "inputs"); v != "" {
+			if err := json.Unmarshal([]byte(v), &sub.inputs); err != nil {
+				return nil, badRequest(errInvalidOverride, "multipart field \"inputs\" is not a JSON object of \"node_id.input\": value")
+			}
+		}
+	case mt == "application/json" || (mt == "" && bytes.HasPrefix(bytes.TrimSpace(ctx.PostBody()), []byte("{"))):
+		var body submitBody
+		if err := json.Unmarshal(ctx.PostBody(), &body); err != nil {
+			return nil, badRequest(errInvalidRequest, "body is not a JSON object {\"image_base64\": ..., \"inputs\": {...}}")
+		}
+		b64, sub.inputs = body.ImageBase64, body.Inputs
+	case strings.HasPrefix(mt, "image/") || mt == "application/octet-stream":
+		sub.image = ctx.PostBody()
+	case len(ctx.PostBody()) == 0:
+	default:
+		return nil, badRequest(errInvalidRequest, "unsupported Content-Type %q: send multipart/form-data with a file field \"image\", or JSON {\"image_base64\": ...}", mt)
+	}
+	if b64 != nil {
+		img, aerr := decodeBase64Image(*b64, maxBytes)
+		if aerr != nil {
+			return nil, aerr
+		}
+		sub.image = img
+	}
+	if !wantImage {
+		if len(sub.image) > 0 {
+			return nil, badRequest(errInvalidRequest, "this workflow takes no image")
+		}
+		return sub, nil
+	}
+	if len(sub.image) == 0 {
+		return nil, badRequest(errMissingImage, "no image: send multipart/form-data with a file field \"image\", or JSON {\"image_base64\": \"...\"}")
+	}
+	if int64(len(sub.image)) > maxBytes {
+		return nil, tooLarge(int64(len(sub.image)), maxBytes)
+	}
+	format, w, h, err := sniffImage(sub.image)
+	if err != nil {
+		return nil, badRequest(errInvalidImage, "not an image: want PNG, JPEG, WebP or GIF")
+	}
+	if w <= 0 || h <= 0 {
+		return nil, badRequest(errInvalidImage, "the image has no pixels (%dx%d)", w, h)
+	}
+	sub.format, sub.width, sub.height = format, w, h
+	if len(sub.image) > 0 && mt != "multipart/form-data" && b64 == nil {
+		// A raw body lives in fasthttp's request buffer, reused after the handler returns.
+		sub.image = bytes.Clone(sub.image)
+	}
+	return sub, nil
+}
+
+func firstValue(v map[string][]string, keys ...string) string {
+	for _, k := range keys {
+		if vs := v[k]; len(vs) > 0 && vs[0] != "" {
+			return vs[0]
+		}
+	}
+	return ""
+}
+
+func tooLarge(size, limit int64) *apiError {
+	return badRequest(errImageTooLarge, "image too large: %d bytes, the limit is %d bytes", size, limit)
+}
+
+// decodeBase64Image decodes standard or URL-safe base64, padded or not,
+// with or without a "data:<type>;base64," prefix and with line breaks.
+func decodeBase64Image(s string, maxBytes int64) ([]byte, *apiError) {
+	s = strings.TrimSpace(s)
+	if rest, ok := strings.CutPrefix(s, "data:"); ok {
+		meta, data, found := strings.Cut(rest, ",")
+		if !found || !strings.HasSuffix(meta, ";base64") {
+			return nil, badRequest(errInvalidImage, "image_base64: a data: URL must be base64 encoded (data:image/png;base64,...)")
+		}
+		s = data
+	}
+	if strings.ContainsAny(s, "\r\n\t ") {
+		s = strings.Map(func(r rune) rune {
+			if r == '\r' || r == '\n' || r == '\t' || r == ' ' {
+				return -1
+			}
+			return r
+		}, s)
+	}
+	if s == "" {
+		return nil, badRequest(errMissingImage, "image_base64 is empty")
+	}
+	if n := int64(base64.RawStdEncoding.DecodedLen(len(strings.TrimRight(s, "=")))); n > maxBytes {
+		return nil, tooLarge(n, maxBytes)
+	}
+	enc := base64.StdEncoding
+	if strings.ContainsAny(s, "-_") {
+		enc = base64.URLEncoding
+	}
+	if !strings.HasSuffix(s, "=") && len(s)%4 != 0 {
+		enc = enc.WithPadding(base64.NoPadding)
+	}
+	out, err := enc.DecodeString(s)
+	if err != nil {
+		return nil, badRequest(errInvalidImage, "image_base64 is not valid base64")
+	}
+	return out, nil
+}
+
+// sniffImage identifies the image format and size from its header. WebP is
+// read here (the standard library has no WebP decoder); the rest through
+// image.DecodeConfig.
+func sniffImage(b []byte) (format string, w, h int, err error) {
+	if w, h, ok := webpSize(b); ok {
+		return "webp", w, h, nil
+	}
+	cfg, format, err := image.DecodeConfig(bytes.NewReader(b))
+	if err != nil {
+		return "", 0, 0, err
+	}
+	return format, cfg.Width, cfg.Height, nil
+}
+
+// webpSize reads the canvas size of a RIFF WebP file (VP8, VP8L or VP8X).
+func webpSize(b []byte) (w, h int, ok bool) {
+	if len(b) < 30 || string(b[0:4]) != "RIFF" || string(b[8:12]) != "WEBP" {
+		return 0, 0, false
+	}
+	switch string(b[12:16]) {
+	case "VP8 ":
+		if b[23] != 0x9d || b[24] != 0x01 || b[25] != 0x2a {
+			return 0, 0, false
+		}
+		return int(binary.LittleEndian.Uint16(b[26:]) & 0x3fff), int(binary.LittleEndian.Uint16(b[28:]) & 0x3fff), true
+	case "VP8L":
+		if b[20] != 0x2f {
+			return 0, 0, false
+		}
+		v := binary.LittleEndian.Uint32(b[21:])
+		return int(v&0x3fff) + 1, int((v>>14)&0x3fff) + 1, true
+	case "VP8X":
+		le24 := func(p []byte) int { return int(p[0]) | int(p[1])<<8 | int(p[2])<<16 }
+		return le24(b[24:]) + 1, le24(b[27:]) + 1, true
+	}
+	return 0, 0, false
+}
+
+// extension returns the file extension for an image format.
+func extension(format string) string {
+	switch format {
+	case "jpeg":
+		return ".jpg"
+	case "":
+		return ".png"
+	}
+	return "." + format
+}
+
+// contentType names the type of result bytes.
+func contentType(b []byte) string {
+	if _, _, ok := webpSize(b); ok {
+		return "image/webp"
+	}
+	return http.DetectContentType(b)
+}

@@ -1,0 +1,904 @@
+// Package jobs is comfygate's async job facade: "upload an image to a named
+// workflow, get a job id at once, poll its status and progress, download
+// the result". It runs ComfyUI API-format workflows on the same instance
+// pool, load balancing and pinning as the proxied API, keeps jobs in
+// memory, and limits how many of them are at the instances at once; the
+// rest wait in comfygate, first come first served.
+//
+// A job's id is the prompt_id it is submitted under, so ComfyUI's own
+// GET /api/jobs/{id} and POST /api/jobs/{id}/cancel work on facade jobs too.
+package jobs
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"mime/multipart"
+	"net/textproto"
+	"net/url"
+	"runtime/debug"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/metrics"
+	"github.com/comfygate/comfygate/upstream"
+)
+
+// Tuning that configuration does not expose.
+const (
+	// noUpstreamBackoff pauses dispatch after the pool had no instance.
+	noUpstreamBackoff = 500 * time.Millisecond
+	// maxSubmitAttempts bounds how often one job's upload or submission
+	// may fail (other than for lack of any instance) before it fails.
+	maxSubmitAttempts = 5
+	// dispatchTick re-runs dispatch when nothing woke it (backoff ended).
+	dispatchTick = 250 * time.Millisecond
+	// fetchAttempts bounds the downloads of a finished job's result.
+	fetchAttempts = 3
+)
+
+// Service runs async jobs. Create it with New, start it with Start.
+type Service struct {
+	cfg config.Jobs
+	be  backend
+	m   *metrics.Metrics
+	log *slog.Logger
+	wfs map[string]*workflow
+
+	now func() time.Time
+	// cancelGrace is how long a cancelled running job keeps its slot
+	// while the interrupt takes effect, if the instance never confirms.
+	cancelGrace time.Duration
+	// staleAfter is how long an active job may go without an event before
+	// the watchdog asks the pool whether its prompt ended unseen.
+	staleAfter time.Duration
+	// sweepEvery is the expiry loop's period.
+	sweepEvery time.Duration
+	// retryDelay spaces download and upload retries.
+	retryDelay time.Duration
+
+	wake    chan struct{}
+	runCtx  context.Context
+	stop    context.CancelFunc
+	wg      sync.WaitGroup
+	started sync.Once
+
+	mu        sync.Mutex // guards the fields below and every job's mutable fields
+	jobs      map[string]*job
+	line      []*job            // the wait line, first come first served
+	active    map[*job]struct{} // taken from the line, not finished
+	inFlight  int               // jobs holding a slot (≤ MaxConcurrent)
+	est       map[string]*ewma  // run time per workflow
+	holdUntil time.Time         // dispatch paused until then (no instance)
+	closed    bool
+	seq       uint64
+}
+
+// New loads and validates the workflows (built-in ones and cfg.Workflows)
+// and returns the service. It fails with an error naming the workflow,
+// the file and the node when a workflow is unusable.
+func New(cfg *config.Config, pool *upstream.Pool, m *metrics.Metrics, log *slog.Logger) (*Service, error) {
+	return newService(cfg, poolBackend{pool}, m, log)
+}
+
+func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Logger) (*Service, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	wfs, err := loadWorkflows(cfg)
+	if err != nil {
+		return nil, err
+	}
+	s := &Service{
+		cfg:         cfg.Jobs,
+		be:          be,
+		m:           m,
+		log:         log,
+		wfs:         wfs,
+		now:         time.Now,
+		cancelGrace: max(cfg.Timeout, time.Second),
+		staleAfter:  30 * time.Second,
+		sweepEvery:  min(max(cfg.Jobs.Timeout/4, 10*time.Millisecond), time.Minute),
+		retryDelay:  200 * time.Millisecond,
+		wake:        make(chan struct{}, 1),
+		jobs:        map[string]*job{},
+		active:      map[*job]struct{}{},
+		est:         map[string]*ewma{},
+	}
+	s.runCtx, s.stop = context.WithCancel(context.Background())
+	return s, nil
+}
+
+// Start runs the dispatcher (moves jobs from the wait line to the
+// instances) and the expiry loop until ctx ends or Close.
+func (s *Service) Start(ctx context.Context) {
+	s.started.Do(func() {
+		context.AfterFunc(ctx, s.stop)
+		s.wg.Add(2)
+		go s.loop("dispatch", dispatchTick, s.dispatch)
+		go s.loop("expiry", s.sweepEvery, s.sweep)
+	})
+}
+
+// Close stops the loops and waits for the goroutines the service started.
+// Jobs still running on instances are left to them.
+func (s *Service) Close() {
+	s.stop()
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	s.wg.Wait()
+}
+
+// loop runs fn every period and whenever the dispatcher is woken.
+func (s *Service) loop(name string, period time.Duration, fn func()) {
+	defer s.wg.Done()
+	t := time.NewTicker(period)
+	defer t.Stop()
+	wake := s.wake
+	if name != "dispatch" {
+		wake = nil
+	}
+	for {
+		select {
+		case <-s.runCtx.Done():
+			return
+		case <-t.C:
+		case <-wake:
+		}
+		s.safely(name, fn)
+	}
+}
+
+// safely runs fn, logging a panic instead of dying with it.
+func (s *Service) safely(what string, fn func()) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("jobs: panic", "in", what, "panic", r, "stack", string(debug.Stack()))
+		}
+	}()
+	fn()
+}
+
+// kick wakes the dispatcher without blocking.
+func (s *Service) kick() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// goLocked starts fn on a goroutine the service waits for in Close. It
+// reports false once the service is closed. s.mu must be held.
+func (s *Service) goLocked(what string, fn func()) bool {
+	if s.closed {
+		return false
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.safely(what, fn)
+	}()
+	return true
+}
+
+// dispatch moves jobs from the head of the wait line to the instances
+// while slots are free.
+func (s *Service) dispatch() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	for s.inFlight < s.cfg.MaxConcurrent && len(s.line) > 0 && !now.Before(s.holdUntil) {
+		j := s.line[0]
+		s.line[0] = nil
+		s.line = s.line[1:]
+		j.state = stSubmitting
+		j.dispatched = now
+		j.holdsSlot = true
+		s.inFlight++
+		s.active[j] = struct{}{}
+		if !s.goLocked("submit", func() { s.submit(j) }) {
+			s.finishLocked(j, stFailed, "comfygate is shutting down")
+			s.releaseLocked(j)
+		}
+	}
+	s.gaugesLocked()
+}
+
+func (s *Service) gaugesLocked() {
+	s.m.SetWaitLine(len(s.line))
+	s.m.SetJobsInFlight(s.inFlight)
+}
+
+// releaseLocked frees the job's slot, if it holds one.
+func (s *Service) releaseLocked(j *job) {
+	if !j.holdsSlot {
+		return
+	}
+	j.holdsSlot = false
+	if j.slotTimer != nil {
+		j.slotTimer.Stop()
+		j.slotTimer = nil
+	}
+	s.inFlight--
+	s.gaugesLocked()
+	s.kick()
+}
+
+// submit places the job's image on an instance and submits its prompt.
+// Runs on its own goroutine, holding the job's slot.
+func (s *Service) submit(j *job) {
+	ctx := s.runCtx
+	if j.wf.needsImage() {
+		if err := s.placeImage(ctx, j); err != nil {
+			s.retryLater(j, err)
+			return
+		}
+	}
+	s.mu.Lock()
+	if j.state != stSubmitting { // cancelled meanwhile
+		s.releaseLocked(j)
+		s.mu.Unlock()
+		return
+	}
+	j.submitted = true
+	prompt := j.prompt
+	s.mu.Unlock()
+
+	extra, _ := json.Marshal(map[string]any{"comfygate_job": map[string]string{"workflow": j.wf.name}})
+	res, err := s.be.Submit(ctx, upstream.SubmitRequest{
+		Body:     map[string]json.RawMessage{"prompt": prompt, "extra_data": extra},
+		PromptID: j.id,
+		Sink:     j,
+	})
+	if err != nil {
+		s.mu.Lock()
+		j.submitted = false
+		s.mu.Unlock()
+		s.retryLater(j, err)
+		return
+	}
+	if res.Status != 200 || res.Prompt == nil {
+		msg := submitError(res.Status, res.Body)
+		s.mu.Lock()
+		s.log.Warn("job rejected by instance", "job_id", j.id, "workflow", j.wf.name, "instance", instName(res.Instance), "status", res.Status, "error", msg)
+		s.finishLocked(j, stFailed, msg)
+		s.releaseLocked(j)
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Lock()
+	if j.instance == "" && res.Instance != nil {
+		j.instance = res.Instance.Name
+	}
+	if j.state == stSubmitting {
+		j.state = stQueued
+	}
+	cancelled := j.state == stCancelled && j.holdsSlot
+	s.mu.Unlock()
+	if cancelled {
+		// Cancelled while the prompt was being submitted: take it back.
+		if _, err := s.be.Cancel(ctx, j.id); err != nil {
+			s.log.Warn("cancel job after submit", "job_id", j.id, "err", err)
+		}
+		s.mu.Lock()
+		s.releaseLocked(j)
+		s.mu.Unlock()
+	}
+}
+
+// retryLater puts a job whose submission failed back at the head of the
+// wait line. Failures other than "no instance" count; past
+// maxSubmitAttempts the job fails.
+func (s *Service) retryLater(j *job, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.releaseLocked(j)
+	if j.state != stSubmitting {
+		return // cancelled meanwhile
+	}
+	noUpstream := errors.Is(err, upstream.ErrNoUpstream)
+	if !noUpstream {
+		j.attempts++
+		if j.attempts >= maxSubmitAttempts || s.runCtx.Err() != nil {
+			s.log.Warn("job submission failed", "job_id", j.id, "workflow", j.wf.name, "attempts", j.attempts, "err", err)
+			s.finishLocked(j, stFailed, "comfygate could not submit the job to any ComfyUI instance")
+			return
+		}
+	}
+	s.log.Debug("job submission deferred", "job_id", j.id, "err", err)
+	j.state = stWaiting
+	delete(s.active, j)
+	s.line = append([]*job{j}, s.line...)
+	backoff := s.retryDelay
+	if noUpstream {
+		backoff = noUpstreamBackoff
+	}
+	s.holdUntil = s.now().Add(backoff)
+	s.gaugesLocked()
+}
+
+// submitError turns an instance's non-200 answer to POST /prompt into a
+// message: ComfyUI's error message plus the first node error.
+func submitError(status int, body []byte) string {
+	var r struct {
+		Error struct {
+			Type    string `json:"type"`
+			Message string `json:"message"`
+			Details string `json:"details"`
+		} `json:"error"`
+		NodeErrors map[string]struct {
+			Errors []struct {
+				Message string `json:"message"`
+				Details string `json:"details"`
+			} `json:"errors"`
+			ClassType string `json:"class_type"`
+		} `json:"node_errors"`
+	}
+	if json.Unmarshal(body, &r) != nil || r.Error.Message == "" {
+		return fmt.Sprintf("ComfyUI rejected the workflow (status %d)", status)
+	}
+	msg := r.Error.Message
+	if r.Error.Details != "" {
+		msg += ": " + r.Error.Details
+	}
+	for id, ne := range r.NodeErrors {
+		for _, e := range ne.Errors {
+			msg += fmt.Sprintf("; node %s (%s): %s", id, ne.ClassType, e.Message)
+			if e.Details != "" {
+				msg += ": " + e.Details
+			}
+			return msg
+		}
+	}
+	return msg
+}
+
+// placeImage uploads the job's image to the instance selection prefers and
+// pins it there, so the pool's Submit finds or copies it; then it copies
+// it to every other available instance, so that a resubmission after the
+// first instance died finds the image where it lands (the pool cannot copy
+// a file from a dead instance).
+func (s *Service) placeImage(ctx context.Context, j *job) error {
+	inst, err := s.be.Select()
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	img, want := j.image, j.imageName
+	s.mu.Unlock()
+	name, err := s.upload(ctx, inst, want, img)
+	if err != nil {
+		return err
+	}
+	s.be.PinFile(upstream.FileRef{Filename: name, Type: "input"}, inst)
+	if name != want {
+		prompt, err := j.wf.build(name, j.inputs)
+		if err != nil {
+			return err
+		}
+		s.mu.Lock()
+		j.imageName, j.prompt = name, prompt
+		s.mu.Unlock()
+	}
+	var wg sync.WaitGroup
+	for _, other := range s.be.Healthy() {
+		if other == inst {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := s.upload(ctx, other, name, img); err != nil {
+				s.log.Debug("job image copy failed", "job_id", j.id, "instance", other.Name, "err", err)
+			}
+		}()
+	}
+	wg.Wait()
+	return nil
+}
+
+// upload sends img to inst's POST /upload/image as name (overwriting) and
+// returns the name the instance stored it under.
+func (s *Service) upload(ctx context.Context, inst *upstream.Instance, name string, img []byte) (string, error) {
+	var buf bytes.Buffer
+	buf.Grow(len(img) + 512)
+	mw := multipart.NewWriter(&buf)
+	h := textproto.MIMEHeader{}
+	h.Set("Content-Disposition", fmt.Sprintf(`form-data; name="image"; filename=%q`, name))
+	h.Set("Content-Type", contentType(img))
+	w, err := mw.CreatePart(h)
+	if err != nil {
+		return "", err
+	}
+	if _, err := w.Write(img); err != nil {
+		return "", err
+	}
+	_ = mw.WriteField("overwrite", "true")
+	_ = mw.WriteField("type", "input")
+	if err := mw.Close(); err != nil {
+		return "", err
+	}
+	status, body, err := s.be.Call(ctx, inst, "POST", "/upload/image", map[string]string{"Content-Type": mw.FormDataContentType()}, buf.Bytes())
+	if err != nil {
+		return "", fmt.Errorf("upload image to %s: %w", inst.Name, err)
+	}
+	if status != 200 {
+		return "", fmt.Errorf("upload image to %s: status %d", inst.Name, status)
+	}
+	var r struct {
+		Name      string `json:"name"`
+		Subfolder string `json:"subfolder"`
+	}
+	if err := json.Unmarshal(body, &r); err != nil || r.Name == "" {
+		return "", fmt.Errorf("upload image to %s: unexpected answer", inst.Name)
+	}
+	if r.Subfolder != "" {
+		return r.Subfolder + "/" + r.Name, nil
+	}
+	return r.Name, nil
+}
+
+// onEvent applies one execution event of the job's prompt.
+func (s *Service) onEvent(j *job, p *upstream.Prompt, ev upstream.Event, d *eventData) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	j.lastEvent = now
+	endOfRun := ev.Type == "execution_success" || ev.Type == "execution_interrupted" ||
+		(ev.Type == "execution_error" && d.ExceptionType != "ExecutionBlocked") ||
+		(ev.Type == "executing" && d.Node == nil)
+	if j.state.terminal() || j.state == stFetching {
+		if endOfRun {
+			s.releaseLocked(j) // a cancelled job's interrupt took effect
+		}
+		return
+	}
+	if ev.Instance != nil {
+		j.instance = ev.Instance.Name
+	}
+	if j.state < stRunning && ev.Type != "execution_error" {
+		j.state = stRunning
+		if j.started.IsZero() {
+			j.started = now
+		}
+	}
+	switch ev.Type {
+	case "execution_start":
+		// A resubmitted prompt starts over: node progress restarts, the
+		// reported number stays where it was.
+		j.prog.restart()
+		j.started = now
+		j.outputs, j.outInst = nil, nil
+	case "execution_cached":
+		var ids []string
+		if json.Unmarshal(d.Nodes, &ids) == nil {
+			j.prog.cached(ids)
+		}
+	case "executing":
+		if d.Node != nil {
+			j.prog.executing(d.node())
+		}
+	case "progress":
+		j.prog.step(d.node(), d.Value, d.Max)
+	case "progress_state":
+		var nodes map[string]nodeState
+		if json.Unmarshal(d.Nodes, &nodes) == nil {
+			for id, ns := range nodes {
+				if ns.DisplayNodeID != "" {
+					id = ns.DisplayNodeID
+				}
+				switch ns.State {
+				case "finished":
+					j.prog.finish(id)
+				case "running":
+					j.prog.step(id, ns.Value, ns.Max)
+				}
+			}
+		}
+	case "executed":
+		id := d.node()
+		j.prog.finish(id)
+		if id == j.wf.cfg.OutputNode {
+			if refs := outputImages(d.Output); len(refs) > 0 {
+				j.outputs, j.outInst = refs, ev.Instance
+			}
+		}
+	case "execution_error":
+		if d.ExceptionType == "ExecutionBlocked" {
+			return // not terminal: the job may still succeed
+		}
+		msg := d.ExceptionMessage
+		if msg == "" {
+			msg = "the workflow failed on ComfyUI"
+		}
+		j.errDetail = &errorDetails{NodeID: d.NodeID, NodeType: d.NodeType, ExceptionType: d.ExceptionType}
+		s.log.Warn("job failed on instance", "job_id", j.id, "workflow", j.wf.name, "instance", j.instance, "node", d.NodeID, "exception_type", d.ExceptionType)
+		s.finishLocked(j, stFailed, msg)
+		s.releaseLocked(j)
+		return
+	case "execution_interrupted":
+		s.finishLocked(j, stCancelled, "")
+		s.releaseLocked(j)
+		return
+	}
+	if ev.Type == "execution_success" || (ev.Type == "executing" && d.Node == nil) {
+		s.succeededLocked(j, p, ev.Instance)
+		return
+	}
+	j.prog.percent()
+}
+
+// succeededLocked handles the end of a successful run: the slot is free,
+// the run time feeds the estimate, and the result is fetched eagerly (so
+// it outlives the instance).
+func (s *Service) succeededLocked(j *job, p *upstream.Prompt, inst *upstream.Instance) {
+	now := s.now()
+	j.state = stFetching
+	j.prog.percent()
+	s.releaseLocked(j)
+	if !j.started.IsZero() {
+		e := s.est[j.wf.name]
+		if e == nil {
+			e = &ewma{}
+			s.est[j.wf.name] = e
+		}
+		e.add(now.Sub(j.started))
+	}
+	refs, from := j.outputs, j.outInst
+	if from == nil {
+		from = inst
+	}
+	upstreamID := j.id
+	if p != nil {
+		upstreamID = p.UpstreamID()
+	}
+	if !s.goLocked("fetch", func() { s.fetch(j, from, refs, upstreamID) }) {
+		s.finishLocked(j, stFailed, "comfygate is shutting down")
+	}
+}
+
+// fetch downloads a finished job's result image and completes the job.
+func (s *Service) fetch(j *job, inst *upstream.Instance, refs []upstream.FileRef, upstreamID string) {
+	ctx := s.runCtx
+	if len(refs) == 0 && inst != nil {
+		// No executed event for the output node (older instances skip it for
+		// cached outputs): the instance's history has the outputs.
+		refs, _ = s.historyOutputs(ctx, inst, upstreamID, j.wf.cfg.OutputNode)
+	}
+	if len(refs) == 0 {
+		s.mu.Lock()
+		s.finishLocked(j, stFailed, fmt.Sprintf("the workflow finished without an image at its output node %q", j.wf.cfg.OutputNode))
+		s.mu.Unlock()
+		return
+	}
+	data, err := s.download(ctx, inst, refs[0])
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		s.log.Warn("job result download failed", "job_id", j.id, "instance", instName(inst), "err", err)
+		s.finishLocked(j, stFailed, "the workflow finished but comfygate could not fetch its result from ComfyUI")
+		return
+	}
+	j.result = data
+	j.resultType = contentType(data)
+	s.finishLocked(j, stCompleted, "")
+}
+
+// historyOutputs reads outputs[node].images of a prompt from /history/{id}.
+// done reports that the instance's history has the prompt.
+func (s *Service) historyOutputs(ctx context.Context, inst *upstream.Instance, upstreamID, node string) (refs []upstream.FileRef, entry *historyEntry) {
+	status, body, err := s.be.Call(ctx, inst, "GET", "/history/"+url.PathEscape(upstreamID), nil, nil)
+	if err != nil || status != 200 {
+		return nil, nil
+	}
+	var h map[string]*historyEntry
+	if json.Unmarshal(body, &h) != nil || h[upstreamID] == nil {
+		return nil, nil
+	}
+	e := h[upstreamID]
+	return outputImages(e.Outputs[node]), e
+}
+
+// historyEntry is the part of a /history entry jobs reads.
+type historyEntry struct {
+	Outputs map[string]json.RawMessage `json:"outputs"`
+	Status  struct {
+		StatusStr string              `json:"status_str"`
+		Completed bool                `json:"completed"`
+		Messages  [][]json.RawMessage `json:"messages"`
+	} `json:"status"`
+}
+
+// download fetches ref from inst's /view, falling back to whichever
+// instance the pool finds holding it.
+func (s *Service) download(ctx context.Context, inst *upstream.Instance, ref upstream.FileRef) ([]byte, error) {
+	q := url.Values{"filename": {ref.Filename}, "subfolder": {ref.Subfolder}, "type": {ref.Type}}
+	if ref.Type == "" {
+		q.Set("type", "output")
+	}
+	path := "/view?" + q.Encode()
+	var lastErr error
+	for attempt := range fetchAttempts {
+		if attempt > 0 {
+			if owner, ok := s.be.FileOwner(ctx, ref); ok {
+				inst = owner
+			}
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(s.retryDelay):
+			}
+		}
+		if inst == nil {
+			lastErr = errors.New("no instance holds the result")
+			continue
+		}
+		status, body, err := s.be.Call(ctx, inst, "GET", path, nil, nil)
+		switch {
+		case err != nil:
+			lastErr = fmt.Errorf("get result from %s: %w", inst.Name, err)
+		case status != 200:
+			lastErr = fmt.Errorf("get result from %s: status %d", inst.Name, status)
+		default:
+			return body, nil
+		}
+	}
+	return nil, lastErr
+}
+
+// finishLocked moves a job to a terminal state and records it.
+func (s *Service) finishLocked(j *job, st state, msg string) {
+	if j.state.terminal() {
+		return
+	}
+	now := s.now()
+	if j.state == stWaiting {
+		s.removeFromLineLocked(j)
+	}
+	j.state = st
+	j.finished = now
+	j.errMsg = msg
+	j.image = nil
+	if st == stCompleted {
+		j.prog.complete()
+	}
+	delete(s.active, j)
+	var run, wait time.Duration
+	if j.dispatched.IsZero() {
+		wait = now.Sub(j.created)
+	} else {
+		wait = j.dispatched.Sub(j.created)
+		run = now.Sub(j.dispatched)
+	}
+	s.m.JobFinished(j.wf.name, st.public(), run, wait)
+	s.gaugesLocked()
+	if s.log.Enabled(context.Background(), slog.LevelInfo) {
+		s.log.Info("job finished", "job_id", j.id, "workflow", j.wf.name, "status", st.public(),
+			"instance", j.instance, "run_ms", run.Milliseconds(), "wait_ms", wait.Milliseconds())
+	}
+}
+
+func (s *Service) removeFromLineLocked(j *job) {
+	for i, x := range s.line {
+		if x == j {
+			copy(s.line[i:], s.line[i+1:])
+			s.line[len(s.line)-1] = nil
+			s.line = s.line[:len(s.line)-1]
+			return
+		}
+	}
+}
+
+// CancelJob cancels a facade job wherever it is: removed from the wait
+// line, deleted from its instance's queue, or interrupted when running.
+// A cancelled job reports "cancelled" at once; a running one keeps its
+// slot until the instance confirms the interrupt (or cancelGrace passes),
+// so MaxConcurrent holds for the GPUs too. known is false when id is no
+// facade job (or it expired).
+func (s *Service) CancelJob(ctx context.Context, id string) (known, cancelled bool) {
+	s.mu.Lock()
+	j := s.lookupLocked(id)
+	if j == nil {
+		s.mu.Unlock()
+		return false, false
+	}
+	switch j.state {
+	case stWaiting, stSubmitting:
+		// In the line: gone. Being submitted: submit() sees the state and
+		// takes the prompt back (and frees the slot) itself.
+		j.cancelAsked = true
+		s.finishLocked(j, stCancelled, "")
+		s.mu.Unlock()
+		return true, true
+	case stQueued, stRunning:
+	default:
+		s.mu.Unlock()
+		return true, false
+	}
+	j.cancelAsked = true
+	s.mu.Unlock()
+
+	ok, err := s.be.Cancel(ctx, id)
+	if err != nil {
+		s.log.Warn("cancel job", "job_id", id, "err", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if j.state.terminal() || j.state == stFetching {
+		return true, j.state == stCancelled
+	}
+	if !ok {
+		return true, false
+	}
+	running := j.state == stRunning
+	s.finishLocked(j, stCancelled, "")
+	if !running {
+		s.releaseLocked(j) // deleted from the instance's queue: it never runs
+	} else if j.holdsSlot {
+		j.slotTimer = time.AfterFunc(s.cancelGrace, func() {
+			s.mu.Lock()
+			s.releaseLocked(j)
+			s.mu.Unlock()
+		})
+	}
+	return true, true
+}
+
+// lookupLocked returns the job, nil when unknown or expired.
+func (s *Service) lookupLocked(id string) *job {
+	j := s.jobs[id]
+	if j == nil || s.expiredLocked(j, s.now()) {
+		return nil
+	}
+	return j
+}
+
+func (s *Service) expiredLocked(j *job, now time.Time) bool {
+	return j.state.terminal() && now.Sub(j.finished) >= s.cfg.Timeout
+}
+
+// sweep removes expired jobs and checks on active jobs that went quiet.
+func (s *Service) sweep() {
+	now := s.now()
+	var quiet []*job
+	s.mu.Lock()
+	for id, j := range s.jobs {
+		if s.expiredLocked(j, now) && !j.holdsSlot {
+			delete(s.jobs, id)
+			continue
+		}
+		if j.submitted && (j.state == stQueued || j.state == stRunning) {
+			last := j.lastEvent
+			if last.IsZero() {
+				last = j.dispatched
+			}
+			if now.Sub(last) >= s.staleAfter {
+				quiet = append(quiet, j)
+				j.lastEvent = now // one check per staleAfter
+			}
+		}
+	}
+	s.mu.Unlock()
+	for _, j := range quiet {
+		s.checkQuiet(j)
+	}
+}
+
+// checkQuiet settles a job whose prompt the pool reports finished although
+// no terminal event reached the job (events lost in a socket reconnect):
+// the instance's history says how it ended.
+func (s *Service) checkQuiet(j *job) {
+	p, ok := s.be.Prompt(j.id)
+	if !ok {
+		s.mu.Lock()
+		s.finishLocked(j, stFailed, "comfygate lost track of the job's prompt")
+		s.releaseLocked(j)
+		s.mu.Unlock()
+		return
+	}
+	if p.State() != upstream.PromptDone {
+		return
+	}
+	inst := p.Instance()
+	if inst == nil {
+		return
+	}
+	refs, entry := s.historyOutputs(s.runCtx, inst, p.UpstreamID(), j.wf.cfg.OutputNode)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if j.state.terminal() || j.state == stFetching || entry == nil {
+		return
+	}
+	if entry.Status.StatusStr == "success" || (entry.Status.StatusStr == "" && len(refs) > 0) {
+		j.outputs, j.outInst = refs, inst
+		s.succeededLocked(j, p, inst)
+		return
+	}
+	msg := "the workflow failed on ComfyUI"
+	for _, m := range entry.Status.Messages {
+		if len(m) != 2 {
+			continue
+		}
+		var typ string
+		_ = json.Unmarshal(m[0], &typ)
+		switch typ {
+		case "execution_interrupted":
+			s.finishLocked(j, stCancelled, "")
+			s.releaseLocked(j)
+			return
+		case "execution_error":
+			var d eventData
+			if json.Unmarshal(m[1], &d) == nil && d.ExceptionMessage != "" {
+				msg = d.ExceptionMessage
+			}
+		}
+	}
+	s.finishLocked(j, stFailed, msg)
+	s.releaseLocked(j)
+}
+
+// runEstimateLocked is the expected run time of one job of the workflow.
+func (s *Service) runEstimateLocked(wf string) time.Duration {
+	return s.est[wf].value(defaultRunEstimate)
+}
+
+// remainingLocked is the expected run time left for j.
+func (s *Service) remainingLocked(j *job) time.Duration {
+	d := s.runEstimateLocked(j.wf.name)
+	return d * time.Duration(100-j.prog.reported) / 100
+}
+
+// estimateLocked is the expected time until j completes: the work of the
+// jobs ahead of it (those at the instances and those before it in the
+// line) spread over the instances that run in parallel, plus its own.
+func (s *Service) estimateLocked(j *job, parallel int) time.Duration {
+	var ahead time.Duration
+	if j.state == stWaiting {
+		for x := range s.active {
+			ahead += s.remainingLocked(x)
+		}
+		for _, x := range s.line {
+			if x == j {
+				break
+			}
+			ahead += s.remainingLocked(x)
+		}
+	}
+	return completionEstimate(ahead, s.remainingLocked(j), parallel)
+}
+
+// parallelism is how many jobs run at once: healthy instances, capped by
+// MaxConcurrent. Never call with s.mu held (it asks the pool).
+func (s *Service) parallelism() int {
+	return max(1, min(len(s.be.Healthy()), s.cfg.MaxConcurrent))
+}
+
+// queuePositionLocked is the 1-based place of a waiting job in the line,
+// 0 when it is no longer waiting.
+func (s *Service) queuePositionLocked(j *job) int {
+	if j.state != stWaiting {
+		return 0
+	}
+	for i, x := range s.line {
+		if x == j {
+			return i + 1
+		}
+	}
+	return 0
+}
+
+func instName(inst *upstream.Instance) string {
+	if inst == nil {
+		return ""
+	}
+	return inst.Name
+}
+
+// itoa is strconv.Itoa, named for brevity in headers.
+func itoa(n int) string { return strconv.Itoa(n) }
