@@ -193,7 +193,6 @@ func (i *Instance) Call(ctx context.Context, method, path string, header map[str
 	req.Header.SetMethod(method)
 	req.SetRequestURI(path)
 	req.Header.SetHost(i.Addr)
-	req.UseHostHeader = false
 	for k, v := range header {
 		req.Header.Set(k, v)
 	}

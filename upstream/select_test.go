@@ -175,3 +175,26 @@ func TestSelectDoesNotAllocate(t *testing.T) {
 		t.Fatalf("Select allocates %v times", n)
 	}
 }
+
+func BenchmarkSelect(b *testing.B) {
+	addrs := make([]string, 8)
+	for k := range addrs {
+		addrs[k] = "127.0.0.1:1"
+	}
+	p, err := New(coreConfig(addrs...), nil, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for k, inst := range p.Instances() {
+		inst.healthy.Store(true)
+		inst.queueDepth.Store(int64(k % 3))
+	}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := p.Select(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
