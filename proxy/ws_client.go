@@ -192,6 +192,20 @@ func (c *wsClient) readLoop() {
 	}
 	extend()
 	c.conn.SetPongHandler(func(string) error { extend(); return nil })
+	// On the client's close frame, stop the writer before answering: every
+	// frame written before the answer reaches a client that reads until it,
+	// and every frame not written goes to the backlog (unregister).
+	c.conn.SetCloseHandler(func(code int, _ string) error {
+		initiated := c.closing.Load() // our close frame went out already
+		c.stop(0, "")
+		<-c.writerDone
+		if initiated {
+			return nil
+		}
+		_ = c.conn.WriteControl(websocket.CloseMessage,
+			websocket.FormatCloseMessage(code, ""), time.Now().Add(closeWait))
+		return nil
+	})
 	first := true
 	for {
 		mt, r, err := c.conn.NextReader()
