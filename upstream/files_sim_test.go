@@ -7,7 +7,10 @@ import (
 	"io"
 	"mime/multipart"
 	"net/http"
+	"os"
+	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/comfygate/comfygate/comfysim"
 )
@@ -76,4 +79,41 @@ func simPNG(t *testing.T, _ *comfysim.Server) []byte {
 		0x05, 0x00, 0x01, 0x0d, 0x0a, 0x2d, 0xb4, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4e, 0x44, 0xae,
 		0x42, 0x60, 0x82,
 	}
+}
+
+func TestFileOwnerProbesSimulators(t *testing.T) {
+	t.Parallel()
+	a := comfysim.StartForTest(t, comfysim.Options{})
+	b := comfysim.StartForTest(t, comfysim.Options{})
+	if err := os.MkdirAll(filepath.Join(b.OutputDir(), "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(b.OutputDir(), "sub", "only_b.png"), simPNG(t, b), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, _ := newCorePool(t, coreConfig(a.Addr(), b.Addr()), true)
+	got, ok := p.FileOwner(context.Background(), FileRef{Filename: "only_b.png", Subfolder: "sub", Type: "output"})
+	if !ok || got != p.Instances()[1] {
+		t.Fatalf("FileOwner = %v %v, want b", got, ok)
+	}
+}
+
+func TestSimulatorKilledIsConfirmedDeadAndComesBack(t *testing.T) {
+	t.Parallel()
+	a := comfysim.StartForTest(t, comfysim.Options{Version: "0.3.40"})
+	p, _ := newCorePool(t, coreConfig(a.Addr()), true)
+	inst := p.Instances()[0]
+	if !inst.Healthy() || inst.Version() != "0.3.40" || inst.SupportsClientPromptID() {
+		t.Fatalf("after start: healthy %v version %q", inst.Healthy(), inst.Version())
+	}
+	a.Kill()
+	start := time.Now()
+	p.confirmSuspect(inst)
+	eventually(t, "confirmed dead", func() bool { return !inst.Healthy() })
+	t.Logf("killed instance confirmed dead in %v", time.Since(start))
+	if err := a.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	p.socketRestored(inst)
+	eventually(t, "healthy again", func() bool { return inst.Healthy() })
 }
