@@ -74,6 +74,7 @@ type job struct {
 	started     time.Time // execution_start (last attempt)
 	finished    time.Time
 	lastEvent   time.Time
+	sawEvent    bool // an event of its prompt arrived (this attempt or an earlier one)
 	prog        progress
 	outputs     []upstream.FileRef
 	outInst     *upstream.Instance

@@ -19,8 +19,10 @@ import (
 	"mime/multipart"
 	"net/textproto"
 	"net/url"
+	"path"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -256,14 +258,20 @@ func (s *Service) submit(j *job) {
 		PromptID: j.id,
 		Sink:     j,
 	})
-	if err != nil {
+	switch {
+	case err != nil && res.Instance != nil:
+		// Sent, but no answer in time: the instance may have taken it. The
+		// pool keeps it pinned and settles it (its events, /queue,
+		// /history); if the instance never took it the pool forgets it and
+		// the watchdog (sweep) puts the job back in line.
+		s.log.Warn("job submission unconfirmed", "job_id", j.id, "instance", res.Instance.Name, "err", err)
+	case err != nil:
 		s.mu.Lock()
 		j.submitted = false
 		s.mu.Unlock()
 		s.retryLater(j, err)
 		return
-	}
-	if res.Status != 200 || res.Prompt == nil {
+	case res.Status != 200 || res.Prompt == nil:
 		msg := submitError(res.Status, res.Body)
 		s.mu.Lock()
 		s.log.Warn("job rejected by instance", "job_id", j.id, "workflow", j.wf.name, "instance", instName(res.Instance), "status", res.Status, "error", msg)
@@ -298,10 +306,17 @@ func (s *Service) submit(j *job) {
 func (s *Service) retryLater(j *job, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.releaseLocked(j)
 	if j.state != stSubmitting {
+		s.releaseLocked(j)
 		return // cancelled meanwhile
 	}
+	s.requeueLocked(j, err)
+}
+
+// requeueLocked takes a job that has not run back to the head of the line.
+func (s *Service) requeueLocked(j *job, err error) {
+	s.releaseLocked(j)
+	j.submitted = false
 	noUpstream := errors.Is(err, upstream.ErrNoUpstream)
 	if !noUpstream {
 		j.attempts++
@@ -359,24 +374,48 @@ func submitError(status int, body []byte) string {
 	return msg
 }
 
-// placeImage uploads the job's image to the instance selection prefers and
-// pins it there, so the pool's Submit finds or copies it; then it copies
-// it to every other available instance, so that a resubmission after the
-// first instance died finds the image where it lands (the pool cannot copy
-// a file from a dead instance).
+// placeImage uploads the job's image to every available instance (in
+// parallel) and pins each copy. Wherever the pool's Submit selects, and
+// wherever it resubmits the prompt after an instance died, the image is
+// already there: the pool can copy a file only from a live instance, and
+// the one that held it may be the one that died. At least one upload must
+// succeed; the pool's EnsureInputs copies to any instance that missed it.
 func (s *Service) placeImage(ctx context.Context, j *job) error {
-	inst, err := s.be.Select()
-	if err != nil {
-		return err
+	targets := s.be.Healthy()
+	if len(targets) == 0 {
+		return upstream.ErrNoUpstream
 	}
 	s.mu.Lock()
 	img, want := j.image, j.imageName
 	s.mu.Unlock()
-	name, err := s.upload(ctx, inst, want, img)
-	if err != nil {
-		return err
+	names := make([]string, len(targets))
+	errs := make([]error, len(targets))
+	var wg sync.WaitGroup
+	for k, inst := range targets {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			names[k], errs[k] = s.upload(ctx, inst, want, img)
+		}()
 	}
-	s.be.PinFile(upstream.FileRef{Filename: name, Type: "input"}, inst)
+	wg.Wait()
+	name := ""
+	for k, inst := range targets {
+		if errs[k] != nil {
+			s.log.Debug("job image upload failed", "job_id", j.id, "instance", inst.Name, "err", errs[k])
+			continue
+		}
+		if name == "" {
+			name = names[k]
+		}
+		if names[k] == name {
+			dir, file := path.Split(name)
+			s.be.PinFile(upstream.FileRef{Filename: file, Subfolder: strings.TrimSuffix(dir, "/"), Type: "input"}, inst)
+		}
+	}
+	if name == "" {
+		return errors.Join(errs...)
+	}
 	if name != want {
 		prompt, err := j.wf.build(name, j.inputs)
 		if err != nil {
@@ -386,20 +425,6 @@ func (s *Service) placeImage(ctx context.Context, j *job) error {
 		j.imageName, j.prompt = name, prompt
 		s.mu.Unlock()
 	}
-	var wg sync.WaitGroup
-	for _, other := range s.be.Healthy() {
-		if other == inst {
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if _, err := s.upload(ctx, other, name, img); err != nil {
-				s.log.Debug("job image copy failed", "job_id", j.id, "instance", other.Name, "err", err)
-			}
-		}()
-	}
-	wg.Wait()
 	return nil
 }
 
@@ -450,6 +475,7 @@ func (s *Service) onEvent(j *job, p *upstream.Prompt, ev upstream.Event, d *even
 	defer s.mu.Unlock()
 	now := s.now()
 	j.lastEvent = now
+	j.sawEvent = true
 	endOfRun := ev.Type == "execution_success" || ev.Type == "execution_interrupted" ||
 		(ev.Type == "execution_error" && d.ExceptionType != "ExecutionBlocked") ||
 		(ev.Type == "executing" && d.Node == nil)
@@ -797,9 +823,17 @@ func (s *Service) checkQuiet(j *job) {
 	p, ok := s.be.Prompt(j.id)
 	if !ok {
 		s.mu.Lock()
-		s.finishLocked(j, stFailed, "comfygate lost track of the job's prompt")
-		s.releaseLocked(j)
-		s.mu.Unlock()
+		defer s.mu.Unlock()
+		switch {
+		case j.state != stQueued && j.state != stRunning:
+		case !j.sawEvent:
+			// An unconfirmed submission the instance never took: the pool
+			// forgot it, so the id is free to submit again.
+			s.requeueLocked(j, errors.New("the instance never confirmed the prompt"))
+		default:
+			s.finishLocked(j, stFailed, "comfygate lost track of the job's prompt")
+			s.releaseLocked(j)
+		}
 		return
 	}
 	if p.State() != upstream.PromptDone {

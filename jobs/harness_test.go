@@ -1,0 +1,246 @@
+package jobs
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"image"
+	"image/color"
+	"image/png"
+	"io"
+	"mime/multipart"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/comfygate/comfygate/comfysim"
+	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/upstream"
+	"github.com/valyala/fasthttp"
+)
+
+// harness is comfygate's job API end to end: n simulated ComfyUI
+// instances, a real upstream.Pool, the Service, and a fasthttp server on a
+// loopback port that serves ServeJobs (404 for anything else).
+type harness struct {
+	tb   testing.TB
+	sims []*comfysim.Server
+	cfg  *config.Config
+	pool *upstream.Pool
+	svc  *Service
+	base string
+	hc   *http.Client
+}
+
+// newHarness starts everything; mod may change the configuration first.
+func newHarness(tb testing.TB, n int, opts comfysim.Options, mod func(*config.Config)) *harness {
+	tb.Helper()
+	h := &harness{tb: tb, hc: &http.Client{Timeout: 30 * time.Second}}
+	cfg := config.Default()
+	cfg.Instances = nil
+	for i := range n {
+		s := comfysim.StartForTest(tb, opts)
+		h.sims = append(h.sims, s)
+		cfg.Instances = append(cfg.Instances, config.Instance{Name: "sim" + itoa(i+1), Address: s.Addr()})
+	}
+	cfg.Timeout = 5 * time.Second
+	cfg.HealthCheck.Interval = 200 * time.Millisecond
+	cfg.HealthCheck.Timeout = 500 * time.Millisecond
+	cfg.HealthCheck.UnhealthyThreshold = 1
+	cfg.Failover.SuspectGrace = 200 * time.Millisecond
+	cfg.WebSocket.ReconnectMin = 20 * time.Millisecond
+	cfg.WebSocket.ReconnectMax = 200 * time.Millisecond
+	if mod != nil {
+		mod(cfg)
+	}
+	if err := cfg.Validate(); err != nil {
+		tb.Fatalf("config: %v", err)
+	}
+	h.cfg = cfg
+	pool, err := upstream.New(cfg, nil, nil)
+	if err != nil {
+		tb.Fatalf("upstream.New: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := pool.Start(ctx); err != nil {
+		tb.Fatalf("pool.Start: %v", err)
+	}
+	h.pool = pool
+	svc, err := New(cfg, pool, nil, nil)
+	if err != nil {
+		tb.Fatalf("jobs.New: %v", err)
+	}
+	svc.Start(ctx)
+	h.svc = svc
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatalf("listen: %v", err)
+	}
+	srv := &fasthttp.Server{
+		Handler: func(ctx *fasthttp.RequestCtx) {
+			if !svc.ServeJobs(ctx) {
+				ctx.Error("not a job route", fasthttp.StatusNotFound)
+			}
+		},
+		MaxRequestBodySize: 64 << 20,
+	}
+	go func() { _ = srv.Serve(ln) }()
+	h.base = "http://" + ln.Addr().String()
+	tb.Cleanup(func() {
+		_ = srv.Shutdown()
+		cancel()
+		svc.Close()
+		pool.Close()
+	})
+	return h
+}
+
+// do sends one request and returns the status, headers and body.
+func (h *harness) do(method, path, contentType string, body []byte, hdr ...string) (int, http.Header, []byte) {
+	h.tb.Helper()
+	req, err := http.NewRequest(method, h.base+path, bytes.NewReader(body))
+	if err != nil {
+		h.tb.Fatalf("request: %v", err)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := h.hc.Do(req)
+	if err != nil {
+		h.tb.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		h.tb.Fatalf("%s %s: read body: %v", method, path, err)
+	}
+	return resp.StatusCode, resp.Header, b
+}
+
+// submit posts img as JSON base64 to route and returns the job id.
+func (h *harness) submit(route string, img []byte, inputs map[string]any) string {
+	h.tb.Helper()
+	body := map[string]any{"image_base64": base64.StdEncoding.EncodeToString(img)}
+	if inputs != nil {
+		body["inputs"] = inputs
+	}
+	b, _ := json.Marshal(body)
+	status, _, resp := h.do("POST", route, "application/json", b)
+	if status != http.StatusAccepted {
+		h.tb.Fatalf("POST %s: status %d: %s", route, status, resp)
+	}
+	var a acceptedView
+	if err := json.Unmarshal(resp, &a); err != nil || a.JobID == "" || a.Status != "pending" || a.Estimated <= 0 {
+		h.tb.Fatalf("POST %s: bad answer %s (%v)", route, resp, err)
+	}
+	return a.JobID
+}
+
+// status returns a job's status view and HTTP status.
+func (h *harness) status(id string) (int, statusView) {
+	h.tb.Helper()
+	code, _, b := h.do("GET", "/api/jobs/"+id+"/status", "", nil)
+	var v statusView
+	if code == 200 {
+		if err := json.Unmarshal(b, &v); err != nil {
+			h.tb.Fatalf("status %s: %v: %s", id, err, b)
+		}
+	}
+	return code, v
+}
+
+// waitStatus polls until the job's status is one of want, or fails.
+func (h *harness) waitStatus(id string, timeout time.Duration, want ...string) statusView {
+	h.tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		code, v := h.status(id)
+		if code != 200 {
+			h.tb.Fatalf("status %s: HTTP %d", id, code)
+		}
+		for _, w := range want {
+			if v.Status == w {
+				return v
+			}
+		}
+		if time.Now().After(deadline) {
+			h.tb.Fatalf("job %s: status %q (progress %d, error %v) after %v, want %v", id, v.Status, v.Progress, deref(v.Error), timeout, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// result fetches a completed job's image through the JSON form.
+func (h *harness) result(id string) []byte {
+	h.tb.Helper()
+	code, _, b := h.do("GET", "/api/jobs/"+id+"/result", "", nil)
+	if code != 200 {
+		h.tb.Fatalf("result %s: HTTP %d: %s", id, code, b)
+	}
+	var r resultView
+	if err := json.Unmarshal(b, &r); err != nil {
+		h.tb.Fatalf("result %s: %v", id, err)
+	}
+	const prefix = "data:image/png;base64,"
+	if len(r.ImageBase64) < len(prefix) || r.ImageBase64[:len(prefix)] != prefix {
+		h.tb.Fatalf("result %s: image_base64 does not start with %q: %.60s", id, prefix, r.ImageBase64)
+	}
+	img, err := base64.StdEncoding.DecodeString(r.ImageBase64[len(prefix):])
+	if err != nil {
+		h.tb.Fatalf("result %s: base64: %v", id, err)
+	}
+	return img
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+// testPNG is a w×h image: a flat light-grey background with a dark
+// square in the middle (the "subject" background removal keeps).
+func testPNG(tb testing.TB, w, h int) []byte {
+	tb.Helper()
+	img := image.NewNRGBA(image.Rect(0, 0, w, h))
+	for y := range h {
+		for x := range w {
+			c := color.NRGBA{230, 230, 230, 255}
+			if x > w/4 && x < 3*w/4 && y > h/4 && y < 3*h/4 {
+				c = color.NRGBA{200, 30, 40, 255}
+			}
+			img.SetNRGBA(x, y, c)
+		}
+	}
+	var buf bytes.Buffer
+	if err := png.Encode(&buf, img); err != nil {
+		tb.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// multipartBody builds a multipart/form-data body with one file field.
+func multipartBody(tb testing.TB, field, filename string, data []byte, values map[string]string) ([]byte, string) {
+	tb.Helper()
+	var buf bytes.Buffer
+	mw := multipart.NewWriter(&buf)
+	if field != "" {
+		w, err := mw.CreateFormFile(field, filename)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		_, _ = w.Write(data)
+	}
+	for k, v := range values {
+		_ = mw.WriteField(k, v)
+	}
+	_ = mw.Close()
+	return buf.Bytes(), mw.FormDataContentType()
+}
