@@ -1,0 +1,548 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/comfygate/comfygate/comfysim"
+	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/upstream"
+	"github.com/fasthttp/websocket"
+)
+
+// Full-stack tests: real comfysim instances, a real upstream.Pool and the
+// proxy's Server, with clients speaking ComfyUI's own websocket example.
+
+const stackTimeout = 30 * time.Second
+
+// stack is comfygate in front of some instances.
+type stack struct {
+	base string // http://127.0.0.1:port
+	pool *upstream.Pool
+	srv  *Server
+}
+
+func (s *stack) wsURL(clientID string) string {
+	return "ws" + strings.TrimPrefix(s.base, "http") + "/ws?clientId=" + url.QueryEscape(clientID)
+}
+
+// startStack starts comfygate in front of addrs; mod adjusts the config.
+func startStack(t testing.TB, addrs []string, mod func(*config.Config)) *stack {
+	t.Helper()
+	cfg := config.Default()
+	cfg.Instances = nil
+	for i, a := range addrs {
+		cfg.Instances = append(cfg.Instances, config.Instance{Name: fmt.Sprintf("sim%d", i), Address: a})
+	}
+	cfg.HealthCheck.Interval = 200 * time.Millisecond
+	cfg.HealthCheck.Timeout = time.Second
+	cfg.HealthCheck.UnhealthyThreshold = 1
+	cfg.Failover.SuspectGrace = 300 * time.Millisecond
+	cfg.Breaker.OpenTimeout = 500 * time.Millisecond
+	cfg.WebSocket.ReconnectMin = 20 * time.Millisecond
+	cfg.WebSocket.ReconnectMax = 200 * time.Millisecond
+	if mod != nil {
+		mod(cfg)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	pool, err := upstream.New(cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := pool.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := New(Options{Config: cfg, Pool: pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = srv.Serve(ln); close(done) }()
+	t.Cleanup(func() {
+		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = srv.Shutdown(sctx)
+		scancel()
+		<-done
+		pool.Close()
+		cancel()
+	})
+	s := &stack{base: "http://" + ln.Addr().String(), pool: pool, srv: srv}
+	// Wait until every instance's socket is up, so tests start from a fleet.
+	waitForStack(t, "upstream sockets", func() bool {
+		for _, inst := range pool.Instances() {
+			if !inst.Status().SocketUp {
+				return false
+			}
+		}
+		return true
+	})
+	return s
+}
+
+func waitForStack(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(stackTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// connCounter is a TCP forwarder in front of one instance that counts the
+// connections comfygate opens: WebSocket upgrades (GET /ws, /api/ws) and
+// plain HTTP, now and at most.
+type connCounter struct {
+	addr                string
+	ws, wsMax, http, hm atomic.Int64
+}
+
+func startConnCounter(t testing.TB, target string) *connCounter {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &connCounter{addr: ln.Addr().String()}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var open []net.Conn
+	t.Cleanup(func() {
+		_ = ln.Close()
+		mu.Lock()
+		for _, cn := range open {
+			_ = cn.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			in, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			out, err := net.Dial("tcp", target)
+			if err != nil {
+				_ = in.Close()
+				continue
+			}
+			mu.Lock()
+			open = append(open, in, out)
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c.pipe(in, out)
+			}()
+		}
+	}()
+	return c
+}
+
+func (c *connCounter) pipe(in, out net.Conn) {
+	defer in.Close()
+	defer out.Close()
+	br := bufio.NewReader(in)
+	line, _ := br.Peek(12)
+	cur, top := &c.http, &c.hm
+	if bytes.HasPrefix(line, []byte("GET /ws")) || bytes.HasPrefix(line, []byte("GET /api/ws")) {
+		cur, top = &c.ws, &c.wsMax
+	}
+	n := cur.Add(1)
+	defer cur.Add(-1)
+	for {
+		m := top.Load()
+		if n <= m || top.CompareAndSwap(m, n) {
+			break
+		}
+	}
+	done := make(chan struct{}, 2)
+	go func() { _, _ = io.Copy(out, br); done <- struct{}{} }()
+	go func() { _, _ = io.Copy(in, out); done <- struct{}{} }()
+	<-done
+}
+
+// exampleWorkflow is EmptyImage -> ImageInvert -> SaveImage; color makes
+// each client's prompt distinct (no cache hits across clients).
+func exampleWorkflow(color int) map[string]any {
+	return map[string]any{
+		"1": map[string]any{"class_type": "EmptyImage", "inputs": map[string]any{"width": 16, "height": 16, "batch_size": 1, "color": color}},
+		"2": map[string]any{"class_type": "ImageInvert", "inputs": map[string]any{"image": []any{"1", 0}}},
+		"3": map[string]any{"class_type": "SaveImage", "inputs": map[string]any{"images": []any{"2", 0}, "filename_prefix": "wsflow"}},
+	}
+}
+
+// flowResult is what one run of ComfyUI's websocket example saw.
+type flowResult struct {
+	promptID string
+	types    []string // text message types on the socket, in order
+}
+
+// comfyExampleFlow is ComfyUI's script_examples/websockets_api_example.py:
+// connect /ws?clientId, queue the prompt with that client_id, read until
+// `executing` with node null for its prompt_id, then GET /history/{id}
+// and GET /view of each output image. It also checks that every event on
+// the socket that names a prompt names this one. started, when not nil,
+// receives once when the socket saw its prompt start.
+func comfyExampleFlow(ctx context.Context, s *stack, clientID string, color int, started chan<- string) (flowResult, error) {
+	var res flowResult
+	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second}
+	conn, resp, err := d.DialContext(ctx, s.wsURL(clientID), nil)
+	if err != nil {
+		return res, fmt.Errorf("dial: %w", err)
+	}
+	_ = resp.Body.Close()
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetReadDeadline(dl)
+	}
+
+	body, _ := json.Marshal(map[string]any{"prompt": exampleWorkflow(color), "client_id": clientID})
+	var queued struct {
+		PromptID string `json:"prompt_id"`
+	}
+	if err := httpJSON(ctx, http.MethodPost, s.base+"/prompt", body, &queued); err != nil {
+		return res, fmt.Errorf("POST /prompt: %w", err)
+	}
+	res.promptID = queued.PromptID
+	if res.promptID == "" {
+		return res, fmt.Errorf("POST /prompt: no prompt_id")
+	}
+
+	for {
+		mt, data, err := conn.ReadMessage()
+		if err != nil {
+			return res, fmt.Errorf("ws read (after %v): %w", res.types, err)
+		}
+		if mt != websocket.TextMessage {
+			continue // previews
+		}
+		var msg struct {
+			Type string `json:"type"`
+			Data struct {
+				Node     *string `json:"node"`
+				PromptID *string `json:"prompt_id"`
+			} `json:"data"`
+		}
+		if err := json.Unmarshal(data, &msg); err != nil {
+			return res, fmt.Errorf("ws message %q: %w", data, err)
+		}
+		res.types = append(res.types, msg.Type)
+		if msg.Data.PromptID != nil && *msg.Data.PromptID != res.promptID {
+			return res, fmt.Errorf("socket of %s got %s for prompt %s (its own is %s)", clientID, msg.Type, *msg.Data.PromptID, res.promptID)
+		}
+		if msg.Type == "execution_start" && started != nil {
+			started <- res.promptID
+			started = nil
+		}
+		if msg.Type == "executing" && msg.Data.Node == nil && msg.Data.PromptID != nil {
+			break // execution is done
+		}
+	}
+
+	var hist map[string]struct {
+		Outputs map[string]struct {
+			Images []struct {
+				Filename, Subfolder, Type string
+			} `json:"images"`
+		} `json:"outputs"`
+	}
+	if err := httpJSON(ctx, http.MethodGet, s.base+"/history/"+res.promptID, nil, &hist); err != nil {
+		return res, fmt.Errorf("GET /history: %w", err)
+	}
+	entry, ok := hist[res.promptID]
+	if !ok || len(entry.Outputs) == 0 {
+		return res, fmt.Errorf("GET /history/%s: no outputs in %v", res.promptID, hist)
+	}
+	for _, out := range entry.Outputs {
+		for _, img := range out.Images {
+			q := url.Values{"filename": {img.Filename}, "subfolder": {img.Subfolder}, "type": {img.Type}}
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.base+"/view?"+q.Encode(), nil)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				return res, fmt.Errorf("GET /view: %w", err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			_ = resp.Body.Close()
+			if resp.StatusCode != http.StatusOK || !bytes.HasPrefix(b, []byte("\x89PNG")) {
+				return res, fmt.Errorf("GET /view %s: %d, %d bytes", img.Filename, resp.StatusCode, len(b))
+			}
+		}
+	}
+	return res, nil
+}
+
+func httpJSON(ctx context.Context, method, u string, body []byte, into any) error {
+	req, err := http.NewRequestWithContext(ctx, method, u, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("status %d: %s", resp.StatusCode, b)
+	}
+	return json.Unmarshal(b, into)
+}
+
+// runClients runs the example flow for n parallel clients.
+func runClients(t *testing.T, s *stack, n int, started chan<- string) []flowResult {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), stackTimeout)
+	defer cancel()
+	results := make([]flowResult, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i], errs[i] = comfyExampleFlow(ctx, s, fmt.Sprintf("client-%d-%d", i, time.Now().UnixNano()), 1000+i, started)
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("client %d: %v", i, err)
+		}
+	}
+	return results
+}
+
+func TestWSStackExampleFlowTenClients(t *testing.T) {
+	t.Parallel()
+	a := comfysim.StartForTest(t, comfysim.Options{Delay: 10 * time.Millisecond})
+	b := comfysim.StartForTest(t, comfysim.Options{Delay: 10 * time.Millisecond})
+	s := startStack(t, []string{a.Addr(), b.Addr()}, nil)
+	results := runClients(t, s, 10, nil)
+	if t.Failed() {
+		return
+	}
+	// Each client saw its prompt in ComfyUI's order.
+	for i, r := range results {
+		got := strings.Join(dedupeStatus(r.types), ",")
+		if !strings.Contains(got, "execution_start,execution_cached") ||
+			!strings.HasSuffix(got, "execution_success,status,executing") {
+			t.Errorf("client %d saw %s", i, got)
+		}
+	}
+	if a.PromptsExecuted() == 0 || b.PromptsExecuted() == 0 {
+		t.Errorf("prompts executed: %d and %d; want both instances used", a.PromptsExecuted(), b.PromptsExecuted())
+	}
+}
+
+// dedupeStatus drops repeated status messages (their count depends on the
+// other clients' timing).
+func dedupeStatus(types []string) []string {
+	var out []string
+	for _, ty := range types {
+		if ty == "status" && len(out) > 0 && out[len(out)-1] == "status" {
+			continue
+		}
+		out = append(out, ty)
+	}
+	return out
+}
+
+func TestWSStackExampleFlowSurvivesKill(t *testing.T) {
+	t.Parallel()
+	a := comfysim.StartForTest(t, comfysim.Options{Delay: 60 * time.Millisecond})
+	b := comfysim.StartForTest(t, comfysim.Options{Delay: 60 * time.Millisecond})
+	s := startStack(t, []string{a.Addr(), b.Addr()}, nil)
+
+	// Kill instance a as soon as some prompts are running (on either).
+	started := make(chan string, 10)
+	killed := make(chan struct{})
+	go func() {
+		defer close(killed)
+		select {
+		case <-started:
+		case <-time.After(stackTimeout):
+			return
+		}
+		a.Kill()
+	}()
+	runClients(t, s, 10, started)
+	<-killed
+	t.Logf("prompts executed: a=%d (killed) b=%d", a.PromptsExecuted(), b.PromptsExecuted())
+	if b.PromptsExecuted() == 0 {
+		t.Error("instance b executed nothing")
+	}
+}
+
+func TestWSStack200ClientsOneUpstreamSocketPerInstance(t *testing.T) {
+	t.Parallel()
+	a := comfysim.StartForTest(t, comfysim.Options{})
+	b := comfysim.StartForTest(t, comfysim.Options{})
+	ca, cb := startConnCounter(t, a.Addr()), startConnCounter(t, b.Addr())
+	const maxConns = 8
+	s := startStack(t, []string{ca.addr, cb.addr}, func(cfg *config.Config) {
+		cfg.MaxConnectionsPerInstance = maxConns
+	})
+
+	const n = 200
+	ctx, cancel := context.WithTimeout(context.Background(), stackTimeout)
+	defer cancel()
+	// All 200 sockets are open at once before any prompt is queued.
+	conns := make([]*websocket.Conn, n)
+	for i := range conns {
+		conn, resp, err := (&websocket.Dialer{}).DialContext(ctx, s.wsURL(fmt.Sprintf("many-%d", i)), nil)
+		if err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+		_ = resp.Body.Close()
+		t.Cleanup(func() { _ = conn.Close() })
+		conns[i] = conn
+	}
+	if got := s.srv.hub.Clients(); got != n {
+		t.Fatalf("hub has %d clients, want %d", got, n)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i, conn := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			id := fmt.Sprintf("many-%d", i)
+			body, _ := json.Marshal(map[string]any{"prompt": exampleWorkflow(i), "client_id": id})
+			var q struct {
+				PromptID string `json:"prompt_id"`
+			}
+			if err := httpJSON(ctx, http.MethodPost, s.base+"/prompt", body, &q); err != nil {
+				errs <- fmt.Errorf("client %d: %w", i, err)
+				return
+			}
+			_ = conn.SetReadDeadline(time.Now().Add(stackTimeout))
+			for {
+				_, data, err := conn.ReadMessage()
+				if err != nil {
+					errs <- fmt.Errorf("client %d: %w", i, err)
+					return
+				}
+				if bytes.Contains(data, []byte(`"node": null`)) && bytes.Contains(data, []byte(q.PromptID)) {
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	for name, c := range map[string]*connCounter{"a": ca, "b": cb} {
+		t.Logf("instance %s: at most %d upstream websockets, %d HTTP connections", name, c.wsMax.Load(), c.hm.Load())
+		if got := c.wsMax.Load(); got != 1 {
+			t.Errorf("instance %s: %d concurrent upstream websockets, want 1", name, got)
+		}
+		if got := c.hm.Load(); got > maxConns+1 { // +1: the health check's own client
+			t.Errorf("instance %s: %d concurrent HTTP connections, want <= %d", name, got, maxConns+1)
+		}
+	}
+}
+
+func TestWSStackBroadcastAndPreviews(t *testing.T) {
+	t.Parallel()
+	a := comfysim.StartForTest(t, comfysim.Options{Delay: 20 * time.Millisecond, Steps: 2})
+	b := comfysim.StartForTest(t, comfysim.Options{Delay: 20 * time.Millisecond, Steps: 2})
+	s := startStack(t, []string{a.Addr(), b.Addr()}, nil)
+	c1 := dialWS(t, s.wsURL("bp-1"))
+	c2 := dialWS(t, s.wsURL("bp-2"))
+	c2.sendFlags(true)
+
+	// A custom node's broadcast on either instance reaches both clients.
+	a.BroadcastCustom("custom.hello", map[string]any{"from": "a"})
+	b.BroadcastCustom("custom.hello", map[string]any{"from": "b"})
+	for _, c := range []*wsTestClient{c1, c2} {
+		seen := map[string]bool{}
+		for len(seen) < 2 {
+			m := c.read()
+			if m.typ() == "custom.hello" {
+				seen[string(m.data)] = true
+			}
+		}
+	}
+
+	// An upscale prompt's previews reach its client only: type 1 for the
+	// plain client, type 4 naming the prompt for the metadata client.
+	upscale := func(color int) map[string]any {
+		return map[string]any{
+			"1": map[string]any{"class_type": "EmptyImage", "inputs": map[string]any{"width": 8, "height": 8, "batch_size": 1, "color": color}},
+			"2": map[string]any{"class_type": "UpscaleModelLoader", "inputs": map[string]any{"model_name": comfysim.DefaultUpscaleModels[0]}},
+			"3": map[string]any{"class_type": "ImageUpscaleWithModel", "inputs": map[string]any{"upscale_model": []any{"2", 0}, "image": []any{"1", 0}}},
+			"4": map[string]any{"class_type": "SaveImage", "inputs": map[string]any{"images": []any{"3", 0}, "filename_prefix": "bp"}},
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), stackTimeout)
+	defer cancel()
+	ids := map[*wsTestClient]string{}
+	for i, c := range []*wsTestClient{c1, c2} {
+		body, _ := json.Marshal(map[string]any{"prompt": upscale(77 + i), "client_id": c.sid})
+		var q struct {
+			PromptID string `json:"prompt_id"`
+		}
+		if err := httpJSON(ctx, http.MethodPost, s.base+"/prompt", body, &q); err != nil {
+			t.Fatal(err)
+		}
+		ids[c] = q.PromptID
+	}
+	for c, id := range ids {
+		previews := 0
+		for {
+			m := c.read()
+			if m.binary {
+				typ := m.typ()
+				switch {
+				case c == c1 && typ != "binary:1", c == c2 && typ != "binary:4":
+					t.Fatalf("%s got preview %s", c.sid, typ)
+				case c == c2 && !bytes.Contains(m.data, []byte(id)):
+					t.Fatalf("%s got a type-4 preview of another prompt", c.sid)
+				}
+				previews++
+				continue
+			}
+			if bytes.Contains(m.data, []byte(`"prompt_id"`)) && !bytes.Contains(m.data, []byte(id)) {
+				t.Fatalf("%s got another prompt's event %s", c.sid, m.data)
+			}
+			if m.typ() == "executing" && bytes.Contains(m.data, []byte(`"node": null`)) {
+				break
+			}
+		}
+		if previews == 0 {
+			t.Errorf("%s got no previews", c.sid)
+		}
+	}
+}
