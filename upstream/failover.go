@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -53,15 +54,13 @@ func (t *promptTable) failover(ctx context.Context, pr *Prompt, from *Instance, 
 		return
 	}
 	pr.moving = true
-	attempts, body := pr.attempts, pr.body
+	attempts, body, uid := pr.attempts, pr.body, pr.upstreamID
 	pr.mu.Unlock()
 	defer func() {
 		pr.mu.Lock()
 		pr.moving = false
 		pr.mu.Unlock()
 	}()
-	t.uncount(pr)
-	t.unpinUpstream(pr) // what from still sends about it is stale now
 
 	if attempts > t.cfg.Failover.MaxResubmits {
 		t.lose(pr, from, what, fmt.Sprintf("it was already resubmitted %d times (failover.max_resubmits)", attempts-1))
@@ -72,19 +71,46 @@ func (t *promptTable) failover(ctx context.Context, pr *Prompt, from *Instance, 
 		t.lose(pr, from, what, "its body could not be read back")
 		return
 	}
+	// With no other instance, wait up to suspect_grace for one (or for from
+	// to come back: a quick restart) before giving up.
+	deadline := time.Now().Add(t.cfg.Failover.SuspectGrace)
 	tried := []*Instance{from}
+	moved := false
 	for {
 		inst, err := t.p.Select(tried...)
-		if err != nil && allowSame && from.Available() {
-			allowSame = false
-			tried = tried[1:]
-			continue
+		if err != nil && from.Available() && !slices.Contains(tried[1:], from) {
+			if !allowSame && uid != "" {
+				// from is back: it may still have the prompt.
+				st, found, answered := t.probeAt(ctx, from, uid)
+				switch {
+				case found && st == PromptDone:
+					if entry, ok := t.historyEntry(ctx, from, uid); ok && entry != nil {
+						t.completeFromHistory(from, pr, uid, entry)
+					}
+					return
+				case found:
+					return // still queued or running there: stay
+				case answered:
+					allowSame = true // it restarted and lost it
+				}
+			}
+			if allowSame {
+				inst, err = from, nil
+			}
 		}
 		if err != nil {
+			if time.Now().Before(deadline) && sleepCtx(ctx, 50*time.Millisecond) {
+				continue
+			}
 			t.lose(pr, from, what, "no other instance is available")
 			return
 		}
 		tried = append(tried, inst)
+		if !moved {
+			moved = true
+			t.uncount(pr)
+			t.unpinUpstream(pr) // what from still sends about it is stale now
+		}
 		if err := t.p.EnsureInputs(ctx, inst, base["prompt"]); err != nil {
 			t.log.Warn("upstream: could not copy a prompt's inputs", "instance", inst.Name, "prompt_id", pr.ID, "error", err)
 		}

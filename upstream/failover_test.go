@@ -1,0 +1,144 @@
+package upstream
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestFailoverMovesPromptOfDeadInstance: the instance running a prompt dies;
+// the prompt is resubmitted to the other under the same id, and the sink
+// sees it start again and finish there.
+func TestFailoverMovesPromptOfDeadInstance(t *testing.T) {
+	t.Parallel()
+	f1, f2 := startFake(t, "0.3.65"), startFake(t, "0.3.65")
+	p, _ := fakePool(t, nil, f1, f2)
+	sink := newRecSink()
+	id := newUUID()
+	res := submit(t, p, id, sink)
+	from := fakeOf(res.Instance, f1, f2)
+	to := f1
+	if from == f1 {
+		to = f2
+	}
+	from.start(id)
+	if ev := sink.next(t); ev.Type != "execution_start" {
+		t.Fatalf("first event %s", ev.Type)
+	}
+	killed := time.Now()
+	from.kill()
+	eventually(t, "resubmitted", func() bool { return to.promptCount() == 1 })
+	t.Logf("resubmitted %v after the kill", time.Since(killed))
+	body := to.lastBody()
+	var pid, cid string
+	_ = json.Unmarshal(body["prompt_id"], &pid)
+	_ = json.Unmarshal(body["client_id"], &cid)
+	newInst := res.Prompt.Instance()
+	if pid != id || newInst.Addr != to.addr || cid != newInst.SocketClientID() {
+		t.Fatalf("resubmitted with prompt_id %q client_id %q to %s", pid, cid, newInst.Addr)
+	}
+	if res.Prompt.Attempts() != 2 {
+		t.Fatalf("attempts %d, want 2", res.Prompt.Attempts())
+	}
+	to.start(id)
+	to.finish(id, "moved.png")
+	evs := sink.until(t, 5*time.Second)
+	got := types(evs)
+	if !strings.HasPrefix(got, "execution_cached,executing,") && !strings.HasPrefix(got, "execution_start") {
+		t.Logf("events: %s", got)
+	}
+	if !strings.Contains(got, "execution_start,execution_cached,executing,progress,executed,execution_success,executing") {
+		t.Fatalf("the sink should see the prompt start again and finish; got %s", got)
+	}
+	if inst, err := p.LocatePrompt(t.Context(), id); err != nil || inst != newInst {
+		t.Fatal("the pin should follow the prompt")
+	}
+	eventually(t, "nothing outstanding", func() bool { return p.Outstanding() == 0 })
+}
+
+// TestFailoverExhaustedTellsTheClient: with max_resubmits 0 the sink gets
+// ComfyUI's execution_error saying why, then executing-null.
+func TestFailoverExhaustedTellsTheClient(t *testing.T) {
+	t.Parallel()
+	f1, f2 := startFake(t, "0.3.65"), startFake(t, "0.3.65")
+	cfg := promptsConfig(f1.addr, f2.addr)
+	cfg.Failover.MaxResubmits = 0
+	p, _ := fakePool(t, cfg, f1, f2)
+	sink := newRecSink()
+	id := newUUID()
+	res := submit(t, p, id, sink)
+	from := fakeOf(res.Instance, f1, f2)
+	from.kill()
+	evs := sink.until(t, 5*time.Second)
+	if got := types(evs); got != "execution_error,executing" {
+		t.Fatalf("got %s, want execution_error,executing", got)
+	}
+	var msg struct {
+		Type string `json:"type"`
+		Data struct {
+			PromptID         string   `json:"prompt_id"`
+			ExceptionType    string   `json:"exception_type"`
+			ExceptionMessage string   `json:"exception_message"`
+			Traceback        []string `json:"traceback"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(evs[0].Data, &msg); err != nil {
+		t.Fatal(err)
+	}
+	if msg.Data.PromptID != id || msg.Data.ExceptionType != "comfygate.InstanceLost" ||
+		!strings.Contains(msg.Data.ExceptionMessage, res.Instance.Name) || msg.Data.Traceback == nil {
+		t.Fatalf("execution_error %s", evs[0].Data)
+	}
+	if res.Prompt.State() != PromptDone || p.Outstanding() != 0 {
+		t.Fatal("a lost prompt is done")
+	}
+	if f1.promptCount()+f2.promptCount() != 1 {
+		t.Fatal("nothing may be resubmitted with max_resubmits 0")
+	}
+}
+
+// TestDonePromptIsNeverResubmitted: an instance dying after a prompt
+// finished moves nothing.
+func TestDonePromptIsNeverResubmitted(t *testing.T) {
+	t.Parallel()
+	f1, f2 := startFake(t, "0.3.65"), startFake(t, "0.3.65")
+	p, _ := fakePool(t, nil, f1, f2)
+	sink := newRecSink()
+	id := newUUID()
+	res := submit(t, p, id, sink)
+	from := fakeOf(res.Instance, f1, f2)
+	from.start(id)
+	from.finish(id, "d.png")
+	sink.until(t, 5*time.Second)
+	from.kill()
+	eventually(t, "instance down", func() bool { return !res.Instance.Healthy() })
+	p.prompts.instanceDown(res.Instance) // again, explicitly: idempotent
+	if n := f1.promptCount() + f2.promptCount(); n != 1 {
+		t.Fatalf("%d submissions, want 1", n)
+	}
+	sink.none(t)
+}
+
+// TestRestartedInstanceLostPromptIsResubmitted: the instance restarts
+// quickly (health never fails long enough); on reconnect the prompt is in
+// neither its history nor its queue, so it is resubmitted.
+func TestRestartedInstanceLostPromptIsResubmitted(t *testing.T) {
+	t.Parallel()
+	f := startFake(t, "0.3.65")
+	p, _ := fakePool(t, nil, f)
+	sink := newRecSink()
+	id := newUUID()
+	submit(t, p, id, sink)
+	f.start(id)
+	sink.next(t)
+	f.restart()
+	eventually(t, "socket back", func() bool { return f.socketCount() == 1 })
+	eventually(t, "resubmitted", func() bool { return f.promptCount() == 2 })
+	f.start(id)
+	f.finish(id, "again.png")
+	evs := sink.until(t, 5*time.Second)
+	if got := types(evs); !strings.HasSuffix(got, "execution_start,execution_cached,executing,progress,executed,execution_success,executing") {
+		t.Fatalf("got %s", got)
+	}
+}
