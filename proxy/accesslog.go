@@ -1,0 +1,38 @@
+package proxy
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// logRequest writes the access log line and the request metric of one
+// request. The duration is until the handler returned: for a streamed
+// answer, until its headers were ready and the body started to flow.
+// The path is logged without its query (which may carry file names and
+// ids); bodies are never logged.
+func (s *Server) logRequest(ctx *fasthttp.RequestCtx, route string, start time.Time) {
+	d := time.Since(start)
+	inst, _ := ctx.UserValue(userValueInstance).(string)
+	code := ctx.Response.StatusCode()
+	method := string(ctx.Method())
+	s.m.ObserveRequest(route, method, code, inst, d)
+	level := slog.LevelInfo
+	if route == routeHealth || route == routeMetrics {
+		level = slog.LevelDebug // probes every few seconds would drown the log
+	}
+	if !s.log.Enabled(context.Background(), level) {
+		return
+	}
+	s.log.LogAttrs(context.Background(), level, "request",
+		slog.String("method", method),
+		slog.String("path", string(splitPath(rawRequestURI(ctx)))),
+		slog.Int("status", code),
+		slog.Float64("duration_ms", float64(d.Microseconds())/1000),
+		slog.String("instance", inst),
+		slog.String("user_agent", string(ctx.UserAgent())),
+		slog.String("route", route),
+	)
+}

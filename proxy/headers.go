@@ -1,0 +1,206 @@
+package proxy
+
+import (
+	"bytes"
+	"net"
+	"net/url"
+	"strings"
+
+	"github.com/comfygate/comfygate/upstream"
+	"github.com/valyala/fasthttp"
+)
+
+// hopHeaders are the hop-by-hop headers of RFC 9110 section 7.6.1 (plus the
+// legacy Proxy-Connection): they describe one connection and are never
+// forwarded, in either direction. Headers named in Connection are dropped too.
+var hopHeaders = [][]byte{
+	[]byte("Connection"),
+	[]byte("Proxy-Connection"),
+	[]byte("Keep-Alive"),
+	[]byte("Proxy-Authenticate"),
+	[]byte("Proxy-Authorization"),
+	[]byte("Te"),
+	[]byte("Trailer"),
+	[]byte("Transfer-Encoding"),
+	[]byte("Upgrade"),
+}
+
+var (
+	hdrHost           = []byte("Host")
+	hdrContentLength  = []byte("Content-Length")
+	hdrOrigin         = []byte("Origin")
+	hdrXFF            = []byte("X-Forwarded-For")
+	hdrXFProto        = []byte("X-Forwarded-Proto")
+	hdrXFHost         = []byte("X-Forwarded-Host")
+	prefixSecFetch    = []byte("Sec-Fetch-")
+	hdrConnection     = []byte("Connection")
+	hdrSecFetchSite   = []byte("Sec-Fetch-Site")
+	hdrUpgrade        = []byte("Upgrade")
+	valueCrossSite    = []byte("cross-site")
+	valueWebSocket    = []byte("websocket")
+	hdrComfyUser      = []byte("Comfy-User")
+	hdrContentType    = []byte("Content-Type")
+	headerHopSentinel = struct{}{}
+)
+
+// isHop reports whether key is hop-by-hop or named in the Connection header
+// (conn holds its lowercased tokens).
+func isHop(key []byte, conn [][]byte) bool {
+	for _, h := range hopHeaders {
+		if bytes.EqualFold(key, h) {
+			return true
+		}
+	}
+	for _, t := range conn {
+		if bytes.EqualFold(key, t) {
+			return true
+		}
+	}
+	return false
+}
+
+// connectionTokens returns the header names listed in a Connection value.
+func connectionTokens(v []byte) [][]byte {
+	if len(v) == 0 {
+		return nil
+	}
+	var out [][]byte
+	for _, t := range bytes.Split(v, []byte{','}) {
+		t = bytes.TrimSpace(t)
+		if len(t) > 0 && !bytes.EqualFold(t, []byte("close")) && !bytes.EqualFold(t, []byte("keep-alive")) {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// copyRequestHeaders fills out with the client's headers as the instance
+// must see them:
+//   - hop-by-hop headers (and those named in Connection) are dropped;
+//   - Host becomes the instance's address and an Origin, when the client
+//     sent one, becomes the instance's own origin: ComfyUI's origin check
+//     compares the two and answers 403 to a loopback Host whose Origin
+//     differs. comfygate applies that check itself first (originAllowed);
+//   - Sec-Fetch-* are dropped: ComfyUI 2026 refuses Sec-Fetch-Site:
+//     cross-site, a judgement comfygate already made about its own origin;
+//   - X-Forwarded-For is set to the client's address, replacing whatever
+//     the client sent: comfygate has no list of trusted proxies, so a
+//     client-supplied chain is not believed. X-Forwarded-Proto and
+//     X-Forwarded-Host describe the client's request to comfygate;
+//   - Content-Length is left to the body (fasthttp sets it, or chunks);
+//   - everything else (Comfy-User, Cookie, Authorization, custom headers)
+//     passes unchanged.
+func copyRequestHeaders(ctx *fasthttp.RequestCtx, out *fasthttp.RequestHeader, inst *upstream.Instance) {
+	in := &ctx.Request.Header
+	conn := connectionTokens(in.Peek("Connection"))
+	hadOrigin := false
+	for k, v := range in.All() {
+		switch {
+		case isHop(k, conn),
+			bytes.EqualFold(k, hdrHost),
+			bytes.EqualFold(k, hdrContentLength),
+			bytes.EqualFold(k, hdrXFF),
+			bytes.EqualFold(k, hdrXFProto),
+			bytes.EqualFold(k, hdrXFHost):
+			continue
+		case bytes.EqualFold(k, hdrOrigin):
+			hadOrigin = true
+			continue
+		case len(k) >= len(prefixSecFetch) && bytes.EqualFold(k[:len(prefixSecFetch)], prefixSecFetch):
+			continue
+		}
+		out.AddBytesKV(k, v)
+	}
+	out.SetHost(inst.Addr)
+	scheme := "http"
+	if inst.TLS {
+		scheme = "https"
+	}
+	if hadOrigin {
+		out.Set("Origin", scheme+"://"+inst.Addr)
+	}
+	out.Set("X-Forwarded-For", ctx.RemoteIP().String())
+	if ctx.IsTLS() {
+		out.Set("X-Forwarded-Proto", "https")
+	} else {
+		out.Set("X-Forwarded-Proto", "http")
+	}
+	if h := in.Host(); len(h) > 0 {
+		out.SetBytesV("X-Forwarded-Host", h)
+	}
+}
+
+// copyResponseHeaders copies the instance's answer headers to the client,
+// without hop-by-hop headers and without Content-Length (set from the
+// body). Server, Content-Type, Set-Cookie, ETag, Cache-Control and the rest
+// pass unchanged.
+func copyResponseHeaders(in *fasthttp.ResponseHeader, out *fasthttp.ResponseHeader) {
+	conn := connectionTokens(in.Peek("Connection"))
+	for k, v := range in.All() {
+		if isHop(k, conn) || bytes.EqualFold(k, hdrContentLength) {
+			continue
+		}
+		out.AddBytesKV(k, v)
+	}
+}
+
+// originAllowed applies comfygate's browser policy, which is ComfyUI's own
+// origin_only_middleware made to fit a proxy. comfygate rewrites Host and
+// Origin towards the instance, which disarms the instance's CSRF check, so
+// it checks the client's request itself first:
+//
+//  1. Sec-Fetch-Site: cross-site is refused on anything that can change
+//     state: a method other than GET/HEAD, or a WebSocket handshake.
+//     (ComfyUI 2026 refuses it on every request, which also breaks plain
+//     links from other sites, issue #16203; a cross-site GET cannot read
+//     the answer without CORS headers, which ComfyUI does not send.)
+//  2. When the client's Host is a loopback name or address and an Origin
+//     is present, their host[:port] must match (a port missing on one side
+//     is ignored, as ComfyUI does). A non-loopback Host is not checked:
+//     comfygate deployed behind a hostname is the operator's choice.
+//
+// It reports false when the request must be refused with an empty 403.
+func originAllowed(h *fasthttp.RequestHeader) bool {
+	if site := h.PeekBytes(hdrSecFetchSite); bytes.Equal(site, valueCrossSite) {
+		if !(h.IsGet() || h.IsHead()) || bytes.EqualFold(h.PeekBytes(hdrUpgrade), valueWebSocket) {
+			return false
+		}
+	}
+	origin := h.PeekBytes(hdrOrigin)
+	host := h.Host()
+	if len(origin) == 0 || len(host) == 0 {
+		return true
+	}
+	hostName, hostPort := splitHostPort(string(host))
+	if !isLoopbackName(hostName) {
+		return true
+	}
+	originHost := ""
+	if u, err := url.Parse(string(origin)); err == nil {
+		originHost = u.Host
+	}
+	oName, oPort := splitHostPort(originHost)
+	if oPort == "" || hostPort == "" {
+		oPort, hostPort = "", ""
+	}
+	return strings.EqualFold(oName, hostName) && oPort == hostPort
+}
+
+// splitHostPort splits "host[:port]" (IPv6 in brackets) without failing on
+// a missing port.
+func splitHostPort(hp string) (host, port string) {
+	if h, p, err := net.SplitHostPort(hp); err == nil {
+		return strings.Trim(h, "[]"), p
+	}
+	return strings.Trim(hp, "[]"), ""
+}
+
+// isLoopbackName reports a loopback IP literal or the localhost name.
+func isLoopbackName(host string) bool {
+	host = strings.ToLower(strings.TrimSuffix(host, "."))
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}

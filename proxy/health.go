@@ -1,0 +1,87 @@
+package proxy
+
+import (
+	"encoding/json"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// healthInstance is one instance in /health: the original plan's fields
+// (host, healthy, active_jobs, last_check) plus comfygate's detail.
+type healthInstance struct {
+	Host       string  `json:"host"`
+	Healthy    bool    `json:"healthy"`
+	ActiveJobs int64   `json:"active_jobs"`
+	LastCheck  *string `json:"last_check"` // RFC 3339; null before the first check
+	Name       string  `json:"name"`
+	Breaker    string  `json:"breaker"`
+	Socket     bool    `json:"socket"`
+	QueueDepth int64   `json:"queue_depth"`
+	Version    string  `json:"version,omitempty"`
+	Draining   bool    `json:"draining,omitempty"`
+}
+
+// healthBody is the /health answer.
+type healthBody struct {
+	Status    string           `json:"status"` // healthy | unhealthy
+	Timestamp string           `json:"timestamp"`
+	Uptime    float64          `json:"uptime"` // seconds since New
+	Version   string           `json:"version,omitempty"`
+	Instances []healthInstance `json:"comfyui_instances"`
+}
+
+// serveHealth answers /health: 200 when at least one instance passes its
+// health check, 503 when none does. It asks no instance anything: it
+// reports the state the health checks and the traffic left.
+func (s *Server) serveHealth(ctx *fasthttp.RequestCtx) {
+	now := time.Now()
+	b := healthBody{
+		Status:    "unhealthy",
+		Timestamp: now.UTC().Format(time.RFC3339),
+		Uptime:    float64(now.Sub(s.started).Milliseconds()) / 1000,
+		Version:   s.version,
+		Instances: []healthInstance{},
+	}
+	for _, inst := range s.pool.Instances() {
+		st := inst.Status()
+		hi := healthInstance{
+			Host:       st.Addr,
+			Healthy:    st.Healthy,
+			ActiveJobs: st.Inflight,
+			Name:       st.Name,
+			Breaker:    st.Breaker,
+			Socket:     st.SocketUp,
+			QueueDepth: st.QueueDepth,
+			Version:    st.Version,
+			Draining:   st.Draining,
+		}
+		if !st.LastCheck.IsZero() {
+			lc := st.LastCheck.UTC().Format(time.RFC3339)
+			hi.LastCheck = &lc
+		}
+		if st.Healthy {
+			b.Status = "healthy"
+		}
+		b.Instances = append(b.Instances, hi)
+	}
+	body, _ := json.Marshal(b) // plain structs: cannot fail
+	ctx.Response.Header.Set("Cache-Control", "no-store")
+	ctx.SetContentType(jsonContentType)
+	if b.Status != "healthy" {
+		ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
+	}
+	ctx.SetBody(body)
+}
+
+// serveMetrics answers /metrics (Prometheus text format).
+func (s *Server) serveMetrics(ctx *fasthttp.RequestCtx) { s.m.Handler()(ctx) }
+
+// serveStats answers /stats (the JSON stats view).
+func (s *Server) serveStats(ctx *fasthttp.RequestCtx) {
+	if s.m == nil {
+		writeJSONError(ctx, fasthttp.StatusNotFound, "not_found", "metrics are disabled")
+		return
+	}
+	s.m.StatsHandler()(ctx)
+}

@@ -1,0 +1,464 @@
+package proxy
+
+// Views of the whole queue, merged over every instance so that the fleet
+// looks like one ComfyUI: GET /queue, GET /history, GET /api/jobs (GET
+// /prompt is in prompt.go). Instances that do not answer are left out; the
+// call fails (503, or the first error) only when none answered.
+
+import (
+	"encoding/json"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/comfygate/comfygate/upstream"
+	"github.com/valyala/fasthttp"
+)
+
+// readable returns the instances a merged view asks: every instance that
+// passes its health check (an open breaker makes its Call fail fast).
+func (s *Server) readable() []*upstream.Instance {
+	var out []*upstream.Instance
+	for _, inst := range s.pool.Instances() {
+		if inst.Healthy() {
+			out = append(out, inst)
+		}
+	}
+	return out
+}
+
+// mergeFailed answers when no instance gave a usable answer.
+func (s *Server) mergeFailed(ctx *fasthttp.RequestCtx, results []callResult) {
+	for _, r := range results {
+		if r.err != nil {
+			s.writeError(ctx, r.err)
+			return
+		}
+	}
+	s.writeError(ctx, upstream.ErrNoUpstream)
+}
+
+// queueItem is one pending item of a merged queue.
+type queueItem struct {
+	raw    json.RawMessage
+	number float64
+	inst   int // the instance's index in configuration order
+}
+
+// getQueue serves GET /queue: queue_running and queue_pending of every
+// instance, each item's prompt_id and extra_data.client_id rewritten to
+// the client's. Running items come in configuration order. Pending items
+// are sorted by their number (item[0], the instance's own priority
+// counter; ComfyUI returns its heap unsorted, and clients sort by it),
+// ties in configuration order: numbers restart at 0 on every instance, so
+// the merged order interleaves instances fairly rather than being a
+// global submission order.
+func (s *Server) getQueue(ctx *fasthttp.RequestCtx) {
+	insts := s.readable()
+	results := s.callAll(insts, "GET", "/queue", nil, nil)
+	var running []json.RawMessage
+	var pending []queueItem
+	answered := false
+	for i, r := range results {
+		if r.err != nil || r.status != fasthttp.StatusOK {
+			continue
+		}
+		var q struct {
+			Running []json.RawMessage `json:"queue_running"`
+			Pending []json.RawMessage `json:"queue_pending"`
+		}
+		if json.Unmarshal(r.body, &q) != nil {
+			continue
+		}
+		answered = true
+		for _, it := range q.Running {
+			running = append(running, s.rewriteQueueItem(r.inst, it))
+		}
+		for _, it := range q.Pending {
+			n, _ := tupleNumber(it)
+			pending = append(pending, queueItem{raw: s.rewriteQueueItem(r.inst, it), number: n, inst: i})
+		}
+	}
+	if !answered {
+		s.mergeFailed(ctx, results)
+		return
+	}
+	sort.SliceStable(pending, func(a, b int) bool {
+		if pending[a].number != pending[b].number {
+			return pending[a].number < pending[b].number
+		}
+		return pending[a].inst < pending[b].inst
+	})
+	b := []byte(`{"queue_running": [`)
+	for i, it := range running {
+		if i > 0 {
+			b = append(b, ", "...)
+		}
+		b = append(b, it...)
+	}
+	b = append(b, `], "queue_pending": [`...)
+	for i, it := range pending {
+		if i > 0 {
+			b = append(b, ", "...)
+		}
+		b = append(b, it.raw...)
+	}
+	b = append(b, "]}"...)
+	writeJSON(ctx, fasthttp.StatusOK, b)
+}
+
+// rewriteQueueItem rewrites one queue tuple of inst for the client.
+func (s *Server) rewriteQueueItem(inst *upstream.Instance, raw json.RawMessage) json.RawMessage {
+	id, ok := tupleID(raw)
+	if !ok {
+		return raw
+	}
+	return s.viewOf(inst, id).rewriteTuple(raw)
+}
+
+// historyItem is one entry of a merged history.
+type historyItem struct {
+	key string
+	val json.RawMessage
+	ts  int64 // completion time (ms), see completionTime
+}
+
+// parseComfyInt parses a query value the way Python's int() does for the
+// forms clients send ("64", " 64 ", "+64", "-1").
+func parseComfyInt(v string) (int, bool) {
+	n, err := strconv.Atoi(strings.TrimPrefix(strings.TrimSpace(v), "+"))
+	return n, err == nil
+}
+
+// getHistory serves GET /history?max_items=&offset=: the entries of every
+// instance, keys and ids rewritten to the client's, ordered oldest to
+// newest by completion (the timestamp of the last status message; an entry
+// without one keeps its place after its instance's previous entry), then
+// max_items and offset applied over the merged list exactly as ComfyUI
+// applies them to its own: offset counts from the oldest entry, max_items
+// alone means the newest N.
+//
+// A max_items or offset that is not an integer gets ComfyUI's own answer,
+// a plain-text 500 (its handler's int() raises), so a client sees what it
+// would see from one ComfyUI.
+//
+// With max_items alone each instance is asked for its newest max_items
+// only (the fleet's newest N are among them); with offset every entry is
+// needed.
+func (s *Server) getHistory(ctx *fasthttp.RequestCtx) {
+	args := ctx.QueryArgs()
+	var maxItems *int
+	offset := -1
+	if args.Has("max_items") {
+		n, ok := parseComfyInt(string(args.Peek("max_items")))
+		if !ok {
+			writeComfyInternalError(ctx)
+			return
+		}
+		maxItems = &n
+	}
+	if args.Has("offset") {
+		n, ok := parseComfyInt(string(args.Peek("offset")))
+		if !ok {
+			writeComfyInternalError(ctx)
+			return
+		}
+		offset = n
+	}
+	path := "/history"
+	if maxItems != nil && offset < 0 {
+		path += "?max_items=" + strconv.Itoa(*maxItems)
+	}
+	insts := s.readable()
+	results := s.callAll(insts, "GET", path, nil, nil)
+	var lists [][]historyItem
+	answered := false
+	for _, r := range results {
+		if r.err != nil || r.status != fasthttp.StatusOK {
+			continue
+		}
+		ms, err := objectMembers(r.body)
+		if err != nil {
+			continue
+		}
+		answered = true
+		list := make([]historyItem, 0, len(ms))
+		var last int64
+		for _, m := range ms {
+			if ts, ok := completionTime(m.Val); ok {
+				last = ts
+			}
+			key, val := s.rewriteHistoryEntry(r.inst, m.Key, m.Val)
+			list = append(list, historyItem{key: key, val: val, ts: last})
+		}
+		lists = append(lists, list)
+	}
+	if !answered {
+		s.mergeFailed(ctx, results)
+		return
+	}
+	merged := mergeByCompletion(lists)
+	merged = applyHistoryWindow(merged, maxItems, offset)
+	b := make([]byte, 0, 1024)
+	b = append(b, '{')
+	for i, it := range merged {
+		if i > 0 {
+			b = append(b, ", "...)
+		}
+		b = append(b, quoteJSON(it.key)...)
+		b = append(b, ": "...)
+		b = append(b, it.val...)
+	}
+	b = append(b, '}')
+	writeJSON(ctx, fasthttp.StatusOK, b)
+}
+
+// mergeByCompletion merges per-instance lists (each oldest first) into one,
+// oldest first, keeping each list's own order; ties go to the earlier
+// instance. A key that appears twice keeps only its newest entry.
+func mergeByCompletion(lists [][]historyItem) []historyItem {
+	total := 0
+	for _, l := range lists {
+		total += len(l)
+	}
+	out := make([]historyItem, 0, total)
+	heads := make([]int, len(lists))
+	for len(out) < total {
+		best := -1
+		for i, l := range lists {
+			if heads[i] >= len(l) {
+				continue
+			}
+			if best < 0 || l[heads[i]].ts < lists[best][heads[best]].ts {
+				best = i
+			}
+		}
+		out = append(out, lists[best][heads[best]])
+		heads[best]++
+	}
+	lastAt := make(map[string]int, len(out))
+	for i, it := range out {
+		lastAt[it.key] = i
+	}
+	if len(lastAt) == len(out) {
+		return out
+	}
+	dedup := out[:0]
+	for i, it := range out {
+		if lastAt[it.key] == i {
+			dedup = append(dedup, it)
+		}
+	}
+	return dedup
+}
+
+// applyHistoryWindow is ComfyUI's PromptQueue.get_history windowing over
+// a list ordered oldest first.
+func applyHistoryWindow(items []historyItem, maxItems *int, offset int) []historyItem {
+	if offset < 0 && maxItems != nil {
+		offset = len(items) - *maxItems
+	}
+	var out []historyItem
+	for i, it := range items {
+		if i >= offset {
+			out = append(out, it)
+			if maxItems != nil && len(out) >= *maxItems {
+				break
+			}
+		}
+	}
+	return out
+}
+
+// completionTime returns the timestamp (ms) of a history entry's last
+// status message that carries one.
+func completionTime(entry json.RawMessage) (int64, bool) {
+	var e struct {
+		Status struct {
+			Messages []json.RawMessage `json:"messages"`
+		} `json:"status"`
+	}
+	if json.Unmarshal(entry, &e) != nil {
+		return 0, false
+	}
+	for i := len(e.Status.Messages) - 1; i >= 0; i-- {
+		var msg []json.RawMessage
+		if json.Unmarshal(e.Status.Messages[i], &msg) != nil || len(msg) < 2 {
+			continue
+		}
+		var data struct {
+			Timestamp *float64 `json:"timestamp"`
+		}
+		if json.Unmarshal(msg[1], &data) == nil && data.Timestamp != nil {
+			return int64(*data.Timestamp), true
+		}
+	}
+	return 0, false
+}
+
+// jobItem is one job of a merged /api/jobs list.
+type jobItem struct {
+	raw  json.RawMessage
+	key  float64
+	inst int
+}
+
+// getJobs serves GET /api/jobs (ComfyUI 2026's job list) over the fleet:
+// every instance is asked for its first offset+limit jobs in the client's
+// filter and order, the answers are merged and re-sorted the same way
+// (sort_by created_at or execution_duration, sort_order desc by default;
+// ties in configuration order), and the page is cut again. total is the
+// sum of the instances' totals. Instances without the jobs API (404) are
+// left out; when none has it the client gets that 404, as from an older
+// ComfyUI. A 400 (bad status, sort_by, ...) is relayed as the instance
+// gave it; limit and offset are checked here with ComfyUI's messages.
+func (s *Server) getJobs(ctx *fasthttp.RequestCtx) {
+	args := ctx.QueryArgs()
+	var limit *int
+	offset := 0
+	if args.Has("limit") {
+		n, ok := parseComfyInt(string(args.Peek("limit")))
+		if !ok {
+			writeJSON(ctx, fasthttp.StatusBadRequest, []byte(`{"error": "limit must be an integer"}`))
+			return
+		}
+		if n <= 0 {
+			writeJSON(ctx, fasthttp.StatusBadRequest, []byte(`{"error": "limit must be a positive integer"}`))
+			return
+		}
+		limit = &n
+	}
+	if args.Has("offset") {
+		n, ok := parseComfyInt(string(args.Peek("offset")))
+		if !ok {
+			writeJSON(ctx, fasthttp.StatusBadRequest, []byte(`{"error": "offset must be an integer"}`))
+			return
+		}
+		offset = max(n, 0)
+	}
+	sortBy := strings.ToLower(string(args.Peek("sort_by")))
+	desc := strings.ToLower(string(args.Peek("sort_order"))) != "asc"
+
+	q := url.Values{}
+	for k, v := range args.All() {
+		switch string(k) {
+		case "limit", "offset":
+		default:
+			q.Add(string(k), string(v))
+		}
+	}
+	if limit != nil {
+		q.Set("limit", strconv.Itoa(offset+*limit))
+	}
+	path := "/api/jobs"
+	if enc := q.Encode(); enc != "" {
+		path += "?" + enc
+	}
+	results := s.callAll(s.readable(), "GET", path, callHeader(ctx), nil)
+	var jobs []jobItem
+	total := 0
+	answered := false
+	var notFound *callResult
+	for i, r := range results {
+		switch {
+		case r.err != nil:
+			continue
+		case r.status == fasthttp.StatusNotFound:
+			if notFound == nil {
+				notFound = &results[i]
+			}
+			continue
+		case r.status == fasthttp.StatusBadRequest:
+			setInstance(ctx, r.inst)
+			writeJSON(ctx, r.status, r.body)
+			return
+		case r.status != fasthttp.StatusOK:
+			continue
+		}
+		var page struct {
+			Jobs       []json.RawMessage `json:"jobs"`
+			Pagination struct {
+				Total int `json:"total"`
+			} `json:"pagination"`
+		}
+		if json.Unmarshal(r.body, &page) != nil {
+			continue
+		}
+		answered = true
+		total += page.Pagination.Total
+		for _, j := range page.Jobs {
+			_, out := s.rewriteJob(r.inst, j)
+			jobs = append(jobs, jobItem{raw: out, key: jobSortKey(j, sortBy), inst: i})
+		}
+	}
+	if !answered {
+		if notFound != nil {
+			setInstance(ctx, notFound.inst)
+			ctx.SetStatusCode(fasthttp.StatusNotFound)
+			ctx.SetContentType("text/plain; charset=utf-8")
+			ctx.SetBody(notFound.body)
+			return
+		}
+		s.mergeFailed(ctx, results)
+		return
+	}
+	sort.SliceStable(jobs, func(a, b int) bool {
+		if jobs[a].key != jobs[b].key {
+			if desc {
+				return jobs[a].key > jobs[b].key
+			}
+			return jobs[a].key < jobs[b].key
+		}
+		return jobs[a].inst < jobs[b].inst
+	})
+	if offset > 0 {
+		jobs = jobs[min(offset, len(jobs)):]
+	}
+	if limit != nil && len(jobs) > *limit {
+		jobs = jobs[:*limit]
+	}
+	b := []byte(`{"jobs": [`)
+	for i, j := range jobs {
+		if i > 0 {
+			b = append(b, ", "...)
+		}
+		b = append(b, j.raw...)
+	}
+	b = append(b, `], "pagination": {"offset": `...)
+	b = strconv.AppendInt(b, int64(offset), 10)
+	b = append(b, `, "limit": `...)
+	if limit != nil {
+		b = strconv.AppendInt(b, int64(*limit), 10)
+	} else {
+		b = append(b, "null"...)
+	}
+	b = append(b, `, "total": `...)
+	b = strconv.AppendInt(b, int64(total), 10)
+	b = append(b, `, "has_more": `...)
+	b = strconv.AppendBool(b, offset+len(jobs) < total)
+	b = append(b, "}}"...)
+	writeJSON(ctx, fasthttp.StatusOK, b)
+}
+
+// jobSortKey is ComfyUI's apply_sorting key of one job.
+func jobSortKey(raw json.RawMessage, sortBy string) float64 {
+	var j struct {
+		CreateTime *float64 `json:"create_time"`
+		Start      *float64 `json:"execution_start_time"`
+		End        *float64 `json:"execution_end_time"`
+	}
+	if json.Unmarshal(raw, &j) != nil {
+		return 0
+	}
+	if sortBy == "execution_duration" {
+		if j.Start != nil && j.End != nil && *j.Start != 0 && *j.End != 0 {
+			return *j.End - *j.Start
+		}
+		return 0
+	}
+	if j.CreateTime != nil {
+		return *j.CreateTime
+	}
+	return 0
+}

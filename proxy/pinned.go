@@ -1,0 +1,419 @@
+package proxy
+
+// Routes that name a prompt go to the instance it is pinned to, with the
+// instance's id for it; without an id they act on the whole fleet, as one
+// ComfyUI would act on its whole queue.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/comfygate/comfygate/upstream"
+	"github.com/valyala/fasthttp"
+)
+
+// locate finds the instance holding prompt id and the id it has there.
+func (s *Server) locate(id string) (*upstream.Instance, string, error) {
+	cctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
+	defer cancel()
+	inst, err := s.pool.LocatePrompt(cctx, id)
+	if err != nil {
+		return nil, "", err
+	}
+	upID := id
+	if p, ok := s.pool.Prompt(id); ok && p.Instance() == inst {
+		if u := p.UpstreamID(); u != "" {
+			upID = u
+		}
+	}
+	return inst, upID, nil
+}
+
+// getHistoryByID serves GET /history/{id} from the prompt's instance,
+// rewritten to the client's ids. Unknown ids get ComfyUI's answer: {}.
+func (s *Server) getHistoryByID(ctx *fasthttp.RequestCtx, id string) {
+	inst, upID, err := s.locate(id)
+	if errors.Is(err, upstream.ErrUnknownPrompt) {
+		ctx.SetContentType(jsonContentType)
+		ctx.SetBodyString("{}")
+		return
+	}
+	if err != nil {
+		s.writeError(ctx, err)
+		return
+	}
+	s.forwardTo(ctx, inst, &forwardOpts{
+		uri: []byte("/history/" + url.PathEscape(upID)),
+		rewrite: func(inst *upstream.Instance, status int, body []byte) []byte {
+			if status != fasthttp.StatusOK {
+				return body
+			}
+			return s.rewriteHistoryObject(inst, body)
+		},
+	})
+}
+
+// callResult is one instance's answer to a fanned-out call.
+type callResult struct {
+	inst   *upstream.Instance
+	status int
+	body   []byte
+	err    error
+}
+
+// callAll sends one non-streaming request to every instance of insts in
+// parallel (each bounded by COMFYUI_TIMEOUT) and returns the answers in
+// the order of insts.
+func (s *Server) callAll(insts []*upstream.Instance, method, path string, header map[string]string, body []byte) []callResult {
+	out := make([]callResult, len(insts))
+	var wg sync.WaitGroup
+	for i, inst := range insts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() {
+				if r := recover(); r != nil {
+					out[i] = callResult{inst: inst, err: errors.New("panic in upstream call")}
+					s.log.Error("panic in upstream call", "instance", inst.Name, "panic", r)
+				}
+			}()
+			st, b, err := inst.Call(context.Background(), method, path, header, body)
+			out[i] = callResult{inst: inst, status: st, body: b, err: err}
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+// callHeader is the header of comfygate's own calls on behalf of a client.
+func callHeader(ctx *fasthttp.RequestCtx) map[string]string {
+	h := map[string]string{"Content-Type": "application/json"}
+	if v := ctx.Request.Header.Peek("Comfy-User"); v != nil {
+		h["Comfy-User"] = string(v)
+	}
+	return h
+}
+
+// relayFirst answers with the first instance's answer that came back (in
+// configuration order); 502/504 when none did.
+func (s *Server) relayFirst(ctx *fasthttp.RequestCtx, results []callResult) {
+	var firstErr error
+	for _, r := range results {
+		if r.err == nil {
+			setInstance(ctx, r.inst)
+			ctx.SetStatusCode(r.status)
+			if len(r.body) > 0 {
+				ctx.SetBody(r.body)
+			}
+			return
+		}
+		if firstErr == nil {
+			firstErr = r.err
+		}
+	}
+	if firstErr == nil {
+		firstErr = upstream.ErrNoUpstream
+	}
+	s.writeError(ctx, firstErr)
+}
+
+// readSmallBody reads a small JSON body; on failure it answers and reports false.
+func (s *Server) readSmallBody(ctx *fasthttp.RequestCtx) ([]byte, bool) {
+	body, err := readClientBody(ctx, maxSmallBody)
+	if err != nil {
+		if errors.Is(err, errBodyTooLarge) {
+			s.writeError(ctx, err)
+		} else {
+			ctx.SetStatusCode(fasthttp.StatusBadRequest)
+		}
+		return nil, false
+	}
+	return body, true
+}
+
+// fanOut sends the client's POST to every available instance (POST /free,
+// and the global /interrupt) and relays the first answer.
+func (s *Server) fanOut(ctx *fasthttp.RequestCtx, path string) {
+	body, ok := s.readSmallBody(ctx)
+	if !ok {
+		return
+	}
+	insts := s.pool.Healthy()
+	if len(insts) == 0 {
+		s.writeError(ctx, upstream.ErrNoUpstream)
+		return
+	}
+	s.relayFirst(ctx, s.callAll(insts, "POST", path, callHeader(ctx), body))
+}
+
+// minTargetedInterrupt is the first ComfyUI release whose /interrupt
+// honours a prompt_id (PR #9607, v0.3.57); older ones interrupt whatever runs.
+var minTargetedInterrupt = [3]int{0, 3, 57}
+
+// postInterrupt serves POST /interrupt. With a prompt_id it goes to that
+// prompt's instance with the instance's id; an instance older than v0.3.57
+// ignores the id and stops whatever runs, so there it is sent only while
+// comfygate knows the prompt to be the one running (otherwise a no-op, as
+// ComfyUI's targeted interrupt of a prompt not running is). Without a
+// prompt_id it interrupts what runs on every instance. As in ComfyUI an
+// empty or non-JSON body counts as {}.
+func (s *Server) postInterrupt(ctx *fasthttp.RequestCtx) {
+	body, ok := s.readSmallBody(ctx)
+	if !ok {
+		return
+	}
+	var q map[string]json.RawMessage
+	_ = json.Unmarshal(body, &q)
+	id, _ := unquoteJSON(q["prompt_id"])
+	if id == "" {
+		insts := s.pool.Healthy()
+		if len(insts) == 0 {
+			s.writeError(ctx, upstream.ErrNoUpstream)
+			return
+		}
+		s.relayFirst(ctx, s.callAll(insts, "POST", "/interrupt", callHeader(ctx), []byte("{}")))
+		return
+	}
+	inst, upID, err := s.locate(id)
+	if errors.Is(err, upstream.ErrUnknownPrompt) {
+		return // 200, empty: nothing of that id runs anywhere
+	}
+	if err != nil {
+		s.writeError(ctx, err)
+		return
+	}
+	if !versionAtLeast(inst.Version(), minTargetedInterrupt) {
+		p, known := s.pool.Prompt(id)
+		if !known || p.State() != upstream.PromptRunning {
+			setInstance(ctx, inst)
+			return
+		}
+	}
+	q["prompt_id"] = quoteJSON(upID)
+	nb, _ := json.Marshal(q)
+	s.forwardTo(ctx, inst, &forwardOpts{uri: []byte("/interrupt"), body: nb, setBody: true})
+}
+
+// postQueue serves POST /queue ({"delete": [ids]} and/or {"clear": true}).
+func (s *Server) postQueue(ctx *fasthttp.RequestCtx) { s.deleteOrClear(ctx, "/queue") }
+
+// postHistory serves POST /history ({"delete": [ids]} and/or {"clear": true}).
+func (s *Server) postHistory(ctx *fasthttp.RequestCtx) { s.deleteOrClear(ctx, "/history") }
+
+// deleteOrClear applies a /queue or /history delete to the instances
+// holding those prompts (grouped, with their ids there) and a clear to
+// every available instance. Unknown ids are skipped, as ComfyUI skips them.
+// A body that is not a JSON object gets ComfyUI's own plain-text 500.
+func (s *Server) deleteOrClear(ctx *fasthttp.RequestCtx, path string) {
+	body, ok := s.readSmallBody(ctx)
+	if !ok {
+		return
+	}
+	var q map[string]json.RawMessage
+	if json.Unmarshal(body, &q) != nil || q == nil {
+		writeComfyInternalError(ctx)
+		return
+	}
+	insts := s.pool.Healthy()
+	if len(insts) == 0 {
+		s.writeError(ctx, upstream.ErrNoUpstream)
+		return
+	}
+	hdr := callHeader(ctx)
+	var results []callResult
+	if truthy(q["clear"]) {
+		results = append(results, s.callAll(insts, "POST", path, hdr, []byte(`{"clear": true}`))...)
+	}
+	if raw, ok := q["delete"]; ok {
+		var ids []json.RawMessage
+		_ = json.Unmarshal(raw, &ids)
+		groups := map[*upstream.Instance][]string{}
+		var order []*upstream.Instance
+		for _, r := range ids {
+			id, ok := unquoteJSON(r)
+			if !ok {
+				continue
+			}
+			inst, upID, err := s.locate(id)
+			if err != nil {
+				continue
+			}
+			if _, seen := groups[inst]; !seen {
+				order = append(order, inst)
+			}
+			groups[inst] = append(groups[inst], upID)
+		}
+		for _, inst := range order {
+			b, _ := json.Marshal(map[string][]string{"delete": groups[inst]})
+			results = append(results, s.callAll([]*upstream.Instance{inst}, "POST", path, hdr, b)...)
+		}
+	}
+	for _, r := range results {
+		if r.err != nil {
+			s.log.Warn("fleet-wide call failed", "path", path, "instance", r.inst.Name, "err", r.err)
+		}
+	}
+	// ComfyUI answers these with an empty 200.
+}
+
+// truthy is Python's truth value of a JSON value.
+func truthy(raw json.RawMessage) bool {
+	v := strings.TrimSpace(string(raw))
+	switch v {
+	case "", "null", "false", "0", `""`, "[]", "{}":
+		return false
+	}
+	if f, err := strconv.ParseFloat(v, 64); err == nil {
+		return f != 0
+	}
+	return true
+}
+
+// versionAtLeast compares a comfyui_version with min; an unknown or
+// unparsable version counts as recent.
+func versionAtLeast(version string, min [3]int) bool {
+	v := strings.TrimPrefix(strings.TrimSpace(version), "v")
+	if v == "" {
+		return true
+	}
+	var got [3]int
+	for i, part := range strings.SplitN(v, ".", 3) {
+		n := 0
+		digits := 0
+		for _, c := range part {
+			if c < '0' || c > '9' {
+				break
+			}
+			n = n*10 + int(c-'0')
+			digits++
+		}
+		if digits == 0 {
+			if i == 0 {
+				return true
+			}
+			break
+		}
+		got[i] = n
+	}
+	for i := range got {
+		if got[i] != min[i] {
+			return got[i] > min[i]
+		}
+	}
+	return true
+}
+
+// writeJSON answers 200 with a JSON body.
+func writeJSON(ctx *fasthttp.RequestCtx, code int, body []byte) {
+	ctx.SetStatusCode(code)
+	ctx.SetContentType(jsonContentType)
+	ctx.SetBody(body)
+}
+
+// getJobByID serves GET /api/jobs/{id}: a facade job still in comfygate's
+// wait line first, else the prompt's instance with the instance's id,
+// rewritten back.
+func (s *Server) getJobByID(ctx *fasthttp.RequestCtx, id string) {
+	if s.jobs != nil {
+		if body, ok := s.jobs.WaitingJob(id); ok {
+			writeJSON(ctx, fasthttp.StatusOK, body)
+			return
+		}
+	}
+	inst, upID, err := s.locate(id)
+	if errors.Is(err, upstream.ErrUnknownPrompt) {
+		writeJSON(ctx, fasthttp.StatusNotFound, []byte(`{"error": "Job not found"}`))
+		return
+	}
+	if err != nil {
+		s.writeError(ctx, err)
+		return
+	}
+	s.forwardTo(ctx, inst, &forwardOpts{
+		uri: []byte("/api/jobs/" + url.PathEscape(upID)),
+		rewrite: func(inst *upstream.Instance, status int, body []byte) []byte {
+			if status != fasthttp.StatusOK {
+				return body
+			}
+			_, out := s.rewriteJob(inst, body)
+			return out
+		},
+	})
+}
+
+// cancelOne cancels a facade job or a prompt, wherever it is.
+func (s *Server) cancelOne(id string) (bool, error) {
+	cctx, cancel := context.WithTimeout(context.Background(), 2*s.cfg.Timeout)
+	defer cancel()
+	if s.jobs != nil {
+		if known, cancelled := s.jobs.CancelJob(cctx, id); known {
+			return cancelled, nil
+		}
+	}
+	ok, err := s.pool.Cancel(cctx, id)
+	if errors.Is(err, upstream.ErrUnknownPrompt) {
+		return false, nil
+	}
+	return ok, err
+}
+
+// cancelJob serves POST /api/jobs/{id}/cancel: {"cancelled": bool}, on any
+// instance version (comfygate dequeues or interrupts itself).
+func (s *Server) cancelJob(ctx *fasthttp.RequestCtx, id string) {
+	ok, err := s.cancelOne(id)
+	if err != nil {
+		s.writeError(ctx, err)
+		return
+	}
+	writeJSON(ctx, fasthttp.StatusOK, []byte(`{"cancelled": `+strconv.FormatBool(ok)+`}`))
+}
+
+// cancelJobs serves POST /api/jobs/cancel {"job_ids": [...]}, with
+// ComfyUI's 400 answers for a bad body. Ids need not be UUIDs here (the
+// client-facing ids comfygate accepts need not be).
+func (s *Server) cancelJobs(ctx *fasthttp.RequestCtx) {
+	body, ok := s.readSmallBody(ctx)
+	if !ok {
+		return
+	}
+	var q any
+	if json.Unmarshal(body, &q) != nil {
+		writeJSON(ctx, fasthttp.StatusBadRequest, []byte(`{"error": "Request body must be valid JSON"}`))
+		return
+	}
+	obj, _ := q.(map[string]any)
+	list, ok := obj["job_ids"].([]any)
+	if !ok {
+		writeJSON(ctx, fasthttp.StatusBadRequest, []byte(`{"error": "job_ids must be a list"}`))
+		return
+	}
+	ids := make([]string, 0, len(list))
+	var invalid []any
+	for _, v := range list {
+		if s, ok := v.(string); ok && s != "" {
+			ids = append(ids, s)
+		} else {
+			b, _ := json.Marshal(v)
+			invalid = append(invalid, string(b))
+		}
+	}
+	if len(invalid) > 0 {
+		b, _ := json.Marshal(map[string]any{"error": "job_ids contains invalid id(s)", "invalid_ids": invalid})
+		writeJSON(ctx, fasthttp.StatusBadRequest, b)
+		return
+	}
+	cancelled := false
+	for _, id := range ids {
+		ok, err := s.cancelOne(id)
+		if err != nil {
+			s.log.Warn("cancel failed", "job_id", id, "err", err)
+		}
+		cancelled = cancelled || ok
+	}
+	writeJSON(ctx, fasthttp.StatusOK, []byte(`{"cancelled": `+strconv.FormatBool(cancelled)+`}`))
+}

@@ -1,0 +1,196 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"strconv"
+
+	"github.com/comfygate/comfygate/upstream"
+	"github.com/valyala/fasthttp"
+)
+
+// maxPromptBody caps a POST /prompt body, which comfygate reads whole to
+// parse it. ComfyUI's own limit is --max-upload-size (100 MB by default);
+// a prompt with an embedded workflow is rarely over a few MB.
+const maxPromptBody = 64 << 20
+
+// maxSmallBody caps the JSON bodies of /queue, /history, /interrupt,
+// /free and /api/jobs/cancel.
+const maxSmallBody = 4 << 20
+
+// readClientBody reads the client's request body whole, up to limit bytes
+// (errBodyTooLarge past it).
+func readClientBody(ctx *fasthttp.RequestCtx, limit int64) ([]byte, error) {
+	cl := ctx.Request.Header.ContentLength()
+	if cl > 0 && int64(cl) > limit {
+		return nil, errBodyTooLarge
+	}
+	bs := ctx.RequestBodyStream()
+	if bs == nil {
+		b := ctx.Request.Body()
+		if int64(len(b)) > limit {
+			return nil, errBodyTooLarge
+		}
+		return b, nil
+	}
+	if cl == 0 {
+		return nil, nil
+	}
+	b, err := io.ReadAll(io.LimitReader(bs, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > limit {
+		return nil, errBodyTooLarge
+	}
+	return b, nil
+}
+
+// writeComfyError answers in ComfyUI's POST /prompt error shape.
+func writeComfyError(ctx *fasthttp.RequestCtx, code int, typ, message, details string) {
+	ctx.Response.Reset()
+	ctx.SetStatusCode(code)
+	ctx.SetContentType(jsonContentType)
+	b := append([]byte(`{"error": {"type": `), quoteJSON(typ)...)
+	b = append(b, `, "message": `...)
+	b = append(b, quoteJSON(message)...)
+	b = append(b, `, "details": `...)
+	b = append(b, quoteJSON(details)...)
+	b = append(b, `, "extra_info": {}}, "node_errors": {}}`...)
+	ctx.SetBody(b)
+}
+
+// postPrompt serves POST /prompt: parse, choose the prompt id, and hand
+// the prompt to the pool, which picks the instance, pins the id before
+// sending, and rewrites ids both ways.
+//
+// Differences from one ComfyUI, on purpose:
+//   - a body that is not JSON, or not a JSON object, gets 400
+//     invalid_prompt in ComfyUI's error shape (ComfyUI answers a plain-text
+//     500 from its exception handler);
+//   - a body over maxPromptBody gets 413 before any instance sees it;
+//   - prompt_id: comfygate keeps the client's id when it is a non-empty
+//     string or a number (stringified, as ComfyUI before 2026 does) and not
+//     already known to comfygate; ids that are not canonical UUIDs are fine
+//     here, the pool maps them to UUIDs it mints for 2026 instances.
+//     Otherwise (absent, null, other types, or in use: ComfyUI itself would
+//     run a duplicate id twice and overwrite its history) comfygate mints a
+//     lowercase UUIDv4, which the answer carries.
+func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
+	body, err := readClientBody(ctx, maxPromptBody)
+	if err != nil {
+		if errors.Is(err, errBodyTooLarge) {
+			s.writeError(ctx, err)
+			return
+		}
+		writeComfyError(ctx, fasthttp.StatusBadRequest, "invalid_prompt", "Invalid prompt: the request body could not be read", "")
+		return
+	}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(body, &fields); err != nil || fields == nil {
+		details := "the request body must be a JSON object"
+		var se *json.SyntaxError
+		if errors.As(err, &se) {
+			details = "invalid JSON at byte " + strconv.FormatInt(se.Offset, 10) + ": " + se.Error()
+		}
+		writeComfyError(ctx, fasthttp.StatusBadRequest, "invalid_prompt", "Invalid prompt: the request body is not a JSON object", details)
+		return
+	}
+	if _, ok := fields["prompt"]; !ok {
+		// ComfyUI's own answer (Oct-2025 and later).
+		writeComfyError(ctx, fasthttp.StatusBadRequest, "no_prompt", "No prompt provided", "No prompt provided")
+		return
+	}
+	clientID, _ := unquoteJSON(fields["client_id"])
+	if clientID == "" {
+		var extra map[string]json.RawMessage
+		if json.Unmarshal(fields["extra_data"], &extra) == nil {
+			clientID, _ = unquoteJSON(extra["client_id"])
+		}
+	}
+	promptID := clientPromptID(fields["prompt_id"])
+	if promptID != "" {
+		if _, used := s.pool.Prompt(promptID); used {
+			promptID = ""
+		}
+	}
+	if promptID == "" {
+		promptID = newUUID()
+	}
+	header := map[string]string{"Content-Type": "application/json"}
+	for _, h := range []string{"Comfy-User", "Comfy-Usage-Source"} {
+		if v := ctx.Request.Header.Peek(h); v != nil {
+			header[h] = string(v)
+		}
+	}
+	res, err := s.pool.Submit(context.Background(), upstream.SubmitRequest{
+		Body:     fields,
+		PromptID: promptID,
+		ClientID: clientID,
+		Sink:     s.hub,
+		Header:   header,
+	})
+	if res.Instance != nil {
+		setInstance(ctx, res.Instance)
+	}
+	if err != nil {
+		s.writeError(ctx, err)
+		return
+	}
+	ctx.SetStatusCode(res.Status)
+	ctx.SetContentType(jsonContentType)
+	ctx.SetBody(res.Body)
+}
+
+// clientPromptID returns the prompt_id a client sent, as ComfyUI (Oct-2025)
+// would stringify it; "" when absent, null, empty or of another type.
+func clientPromptID(raw json.RawMessage) string {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 {
+		return ""
+	}
+	if raw[0] == '"' {
+		s, _ := unquoteJSON(raw)
+		return s
+	}
+	if raw[0] == '-' || ('0' <= raw[0] && raw[0] <= '9') {
+		if _, err := strconv.ParseInt(string(raw), 10, 64); err == nil {
+			return string(raw)
+		}
+	}
+	return ""
+}
+
+// getPrompt serves GET /prompt: the fleet's queue_remaining, which is what
+// one ComfyUI running all of the fleet's work would report.
+func (s *Server) getPrompt(ctx *fasthttp.RequestCtx) {
+	ctx.SetContentType(jsonContentType)
+	b := append([]byte(`{"exec_info": {"queue_remaining": `), strconv.Itoa(s.pool.QueueRemaining())...)
+	ctx.SetBody(append(b, "}}"...))
+}
+
+// newUUID returns a random lowercase UUIDv4.
+func newUUID() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic("proxy: crypto/rand failed: " + err.Error())
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	var out [36]byte
+	hex.Encode(out[0:8], b[0:4])
+	out[8] = '-'
+	hex.Encode(out[9:13], b[4:6])
+	out[13] = '-'
+	hex.Encode(out[14:18], b[6:8])
+	out[18] = '-'
+	hex.Encode(out[19:23], b[8:10])
+	out[23] = '-'
+	hex.Encode(out[24:], b[10:])
+	return string(out[:])
+}

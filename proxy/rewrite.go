@@ -1,0 +1,331 @@
+package proxy
+
+// Rewriting of what instances say about prompts into what the client knows.
+//
+// An instance knows a prompt by its upstream id (the client's id on v0.3.45+
+// instances, one the instance minted on older ones) and by comfygate's own
+// client_id for that instance (every prompt goes upstream with it, so the
+// events come to comfygate's socket). Everything that passes through —
+// history entries, queue items, jobs — is rewritten back: the prompt id to
+// the client-facing one, extra_data.client_id to the client's own (removed
+// when the client sent none, as ComfyUI stores none then). Entries of
+// prompts comfygate did not submit pass unchanged, except that comfygate's
+// own client_id never leaks.
+//
+// JSON objects whose key order matters to clients (history is ordered
+// oldest first by its keys) are decoded and written as ordered entries.
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"strconv"
+
+	"github.com/comfygate/comfygate/upstream"
+)
+
+// member is one key/value of a JSON object, in document order.
+type member struct {
+	Key string
+	Val json.RawMessage
+}
+
+var errNotObject = errors.New("not a JSON object")
+
+// objectMembers decodes a JSON object keeping its members in order.
+func objectMembers(data []byte) ([]member, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	tok, err := dec.Token()
+	if err != nil {
+		return nil, err
+	}
+	if d, ok := tok.(json.Delim); !ok || d != '{' {
+		return nil, errNotObject
+	}
+	var out []member
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, err
+		}
+		key, ok := tok.(string)
+		if !ok {
+			return nil, errNotObject
+		}
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil, err
+		}
+		out = append(out, member{key, v})
+	}
+	if _, err := dec.Token(); err != nil { // the closing brace
+		return nil, err
+	}
+	if dec.More() {
+		return nil, errors.New("trailing data after JSON object")
+	}
+	return out, nil
+}
+
+// appendObject writes members as a JSON object.
+func appendObject(dst []byte, ms []member) []byte {
+	dst = append(dst, '{')
+	for i, m := range ms {
+		if i > 0 {
+			dst = append(dst, ", "...)
+		}
+		dst = append(dst, quoteJSON(m.Key)...)
+		dst = append(dst, ": "...)
+		dst = append(dst, m.Val...)
+	}
+	return append(dst, '}')
+}
+
+// quoteJSON returns s as a JSON string.
+func quoteJSON(s string) []byte {
+	b, _ := json.Marshal(s)
+	return b
+}
+
+// unquoteJSON returns the string a JSON string value holds.
+func unquoteJSON(v json.RawMessage) (string, bool) {
+	var s string
+	if len(v) == 0 || v[0] != '"' || json.Unmarshal(v, &s) != nil {
+		return "", false
+	}
+	return s, true
+}
+
+// promptView is how the client knows one prompt an instance reports.
+type promptView struct {
+	id       string // client-facing prompt id
+	clientID string // the client's client_id; "" = none
+	known    bool   // comfygate submitted it (or adopted it)
+	socketID string // comfygate's client_id at that instance
+}
+
+// viewOf returns the client's view of the prompt inst knows as upID.
+func (s *Server) viewOf(inst *upstream.Instance, upID string) promptView {
+	v := promptView{id: upID, socketID: inst.SocketClientID()}
+	if p, ok := s.pool.PromptByUpstreamID(inst, upID); ok {
+		v.id, v.clientID, v.known = p.ID, p.ClientID, true
+	}
+	return v
+}
+
+// fixExtraData rewrites extra_data.client_id for the client.
+func (v promptView) fixExtraData(raw json.RawMessage) json.RawMessage {
+	ms, err := objectMembers(raw)
+	if err != nil {
+		return raw
+	}
+	out := ms[:0]
+	changed := false
+	for _, m := range ms {
+		if m.Key == "client_id" {
+			cur, _ := unquoteJSON(m.Val)
+			switch {
+			case v.known && v.clientID == "":
+				changed = true
+				continue // the client sent none
+			case v.known && cur != v.clientID:
+				m.Val, changed = quoteJSON(v.clientID), true
+			case !v.known && v.socketID != "" && cur == v.socketID:
+				changed = true
+				continue // comfygate's own id never leaks
+			}
+		}
+		out = append(out, m)
+	}
+	if !changed {
+		return raw
+	}
+	return appendObject(nil, out)
+}
+
+// rewriteTuple rewrites a queue item / history "prompt" tuple
+// [number, prompt_id, prompt, extra_data, outputs_to_execute, ...].
+func (v promptView) rewriteTuple(raw json.RawMessage) json.RawMessage {
+	var items []json.RawMessage
+	if json.Unmarshal(raw, &items) != nil || len(items) < 4 {
+		return raw
+	}
+	items[1] = quoteJSON(v.id)
+	items[3] = v.fixExtraData(items[3])
+	out, err := json.Marshal(items)
+	if err != nil {
+		return raw
+	}
+	return out
+}
+
+// tupleID returns the prompt id of a queue item.
+func tupleID(raw json.RawMessage) (string, bool) {
+	var items []json.RawMessage
+	if json.Unmarshal(raw, &items) != nil || len(items) < 2 {
+		return "", false
+	}
+	return unquoteJSON(items[1])
+}
+
+// tupleNumber returns a queue item's number (its priority; item[0]).
+func tupleNumber(raw json.RawMessage) (float64, bool) {
+	var items []json.RawMessage
+	if json.Unmarshal(raw, &items) != nil || len(items) < 1 {
+		return 0, false
+	}
+	f, err := strconv.ParseFloat(string(bytes.TrimSpace(items[0])), 64)
+	return f, err == nil
+}
+
+// rewriteMessages rewrites the prompt_id inside history status.messages
+// ([[event, {prompt_id, ...}], ...]).
+func (v promptView) rewriteStatus(raw json.RawMessage, upID string) json.RawMessage {
+	if v.id == upID {
+		return raw
+	}
+	ms, err := objectMembers(raw)
+	if err != nil {
+		return raw
+	}
+	for i, m := range ms {
+		if m.Key != "messages" {
+			continue
+		}
+		var msgs [][]json.RawMessage
+		if json.Unmarshal(m.Val, &msgs) != nil {
+			return raw
+		}
+		for _, msg := range msgs {
+			if len(msg) >= 2 {
+				msg[1] = v.fixPromptIDField(msg[1], upID)
+			}
+		}
+		if b, err := json.Marshal(msgs); err == nil {
+			ms[i].Val = b
+		}
+	}
+	return appendObject(nil, ms)
+}
+
+// fixPromptIDField rewrites obj.prompt_id from upID to the client's id.
+func (v promptView) fixPromptIDField(raw json.RawMessage, upID string) json.RawMessage {
+	ms, err := objectMembers(raw)
+	if err != nil {
+		return raw
+	}
+	changed := false
+	for i, m := range ms {
+		if m.Key == "prompt_id" {
+			if cur, ok := unquoteJSON(m.Val); ok && cur == upID {
+				ms[i].Val, changed = quoteJSON(v.id), true
+			}
+		}
+	}
+	if !changed {
+		return raw
+	}
+	return appendObject(nil, ms)
+}
+
+// rewriteHistoryEntry rewrites one history entry of inst known there as
+// upID, and learns where its output files live. It returns the client's
+// key for it.
+func (s *Server) rewriteHistoryEntry(inst *upstream.Instance, upID string, raw json.RawMessage) (string, json.RawMessage) {
+	v := s.viewOf(inst, upID)
+	ms, err := objectMembers(raw)
+	if err != nil {
+		return v.id, raw
+	}
+	for i, m := range ms {
+		switch m.Key {
+		case "prompt":
+			ms[i].Val = v.rewriteTuple(m.Val)
+		case "status":
+			ms[i].Val = v.rewriteStatus(m.Val, upID)
+		case "outputs":
+			s.learnOutputs(inst, m.Val)
+		}
+	}
+	return v.id, appendObject(nil, ms)
+}
+
+// rewriteHistoryObject rewrites a {prompt_id: entry, ...} answer of inst.
+func (s *Server) rewriteHistoryObject(inst *upstream.Instance, body []byte) []byte {
+	ms, err := objectMembers(body)
+	if err != nil {
+		return body
+	}
+	for i, m := range ms {
+		ms[i].Key, ms[i].Val = s.rewriteHistoryEntry(inst, m.Key, m.Val)
+	}
+	return appendObject(make([]byte, 0, len(body)+64), ms)
+}
+
+// learnOutputs pins every file an outputs object names ({node: {kind:
+// [{filename, subfolder, type}, ...]}}) to inst, so /view finds it.
+func (s *Server) learnOutputs(inst *upstream.Instance, raw json.RawMessage) {
+	var outputs map[string]map[string]json.RawMessage
+	if json.Unmarshal(raw, &outputs) != nil {
+		return
+	}
+	for _, kinds := range outputs {
+		for _, items := range kinds {
+			var files []struct {
+				Filename  *string `json:"filename"`
+				Subfolder string  `json:"subfolder"`
+				Type      string  `json:"type"`
+			}
+			if len(items) == 0 || items[0] != '[' || json.Unmarshal(items, &files) != nil {
+				continue
+			}
+			for _, f := range files {
+				if f.Filename != nil && *f.Filename != "" {
+					s.pool.PinFile(upstream.FileRef{Filename: *f.Filename, Subfolder: f.Subfolder, Type: f.Type}, inst)
+				}
+			}
+		}
+	}
+}
+
+// rewriteJob rewrites one /api/jobs job object of inst: its id, the
+// client_id inside workflow.extra_data, and learns its files.
+func (s *Server) rewriteJob(inst *upstream.Instance, raw json.RawMessage) (string, json.RawMessage) {
+	ms, err := objectMembers(raw)
+	if err != nil {
+		return "", raw
+	}
+	upID := ""
+	for _, m := range ms {
+		if m.Key == "id" {
+			upID, _ = unquoteJSON(m.Val)
+		}
+	}
+	v := s.viewOf(inst, upID)
+	for i, m := range ms {
+		switch m.Key {
+		case "id":
+			ms[i].Val = quoteJSON(v.id)
+		case "outputs":
+			s.learnOutputs(inst, m.Val)
+		case "preview_output":
+			s.learnOutputs(inst, append(append([]byte(`{"p":{"p":[`), m.Val...), "]}}"...))
+		case "workflow":
+			wf, err := objectMembers(m.Val)
+			if err != nil {
+				continue
+			}
+			for j, w := range wf {
+				if w.Key == "extra_data" {
+					wf[j].Val = v.fixExtraData(w.Val)
+				}
+			}
+			ms[i].Val = appendObject(nil, wf)
+		case "execution_status":
+			ms[i].Val = v.rewriteStatus(m.Val, upID)
+		case "execution_error":
+			ms[i].Val = v.fixPromptIDField(m.Val, upID)
+		}
+	}
+	return v.id, appendObject(nil, ms)
+}

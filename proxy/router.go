@@ -1,0 +1,352 @@
+package proxy
+
+// Routing of ComfyUI's API over the instances.
+//
+// Every ComfyUI route is served under both /x and /api/x (ComfyUI mirrors
+// its routes; the jobs API exists only as /api/jobs). Routes are matched on
+// the raw, still percent-encoded request path, so a %2F inside a
+// /userdata/{file} segment stays one segment, and ids taken from the path
+// are unescaped only for looking them up.
+//
+// Where a request goes:
+//   - comfygate's own: /health, /metrics, /stats (root only, never forwarded);
+//   - the job facade's routes (JobRoutes.ServeJobs) before anything else under /api/;
+//   - POST /prompt: the pool (upstream.Pool.Submit) picks the instance;
+//   - routes naming a prompt (/history/{id}, /interrupt {prompt_id}, /queue
+//     and /history deletes, /api/jobs/{id}...): the instance the prompt is
+//     pinned to, with the instance's id for it;
+//   - views of the whole queue (GET /queue, /history, /prompt, /api/jobs):
+//     merged over every instance (merge.go);
+//   - fleet-wide actions (POST /free, /interrupt without id, /queue and
+//     /history clear): every instance;
+//   - /view: the instance holding that file; uploads: see files.go;
+//   - instance-neutral catalogue GETs (/object_info, /system_stats,
+//     /embeddings, /models, /features, /experiment/models, /view_metadata,
+//     /i18n, /workflow_templates): any available instance, least busy first
+//     (Pool.Select), another one if the first cannot be reached;
+//   - everything else goes to the "home" instance, the first available one
+//     in configuration order. That covers:
+//       * user data (/settings*, /userdata*, /v2/userdata, /users,
+//         /internal/*): settings and saved workflows live in each instance's
+//         user directory, so they must all go to one place or a workflow
+//         saved now would be missing on the next load;
+//       * the frontend's static files (/, /assets/*, /extensions/*,
+//         /templates/*, /docs/*): one page load must come from one frontend
+//         build. Instances of different ComfyUI versions serve different
+//         builds whose index.html names hashed assets that the others do not
+//         have, and ETags differ per instance so revalidation would miss;
+//       * unknown routes (custom nodes add their own), so a custom node's
+//         state also lives in one place.
+//     When the home instance cannot be reached, the next available one in
+//     configuration order is tried (and becomes home while the first is
+//     out).
+
+import (
+	"bytes"
+	"net/url"
+	"time"
+
+	"github.com/comfygate/comfygate/upstream"
+	"github.com/valyala/fasthttp"
+)
+
+// Route templates: the fixed set that labels metrics and access logs.
+const (
+	routeHealth       = "/health"
+	routeMetrics      = "/metrics"
+	routeStats        = "/stats"
+	routeForbidden    = "forbidden"
+	routeJobsFacade   = "/api/jobs facade"
+	routeWS           = "/ws"
+	routePrompt       = "/prompt"
+	routeQueue        = "/queue"
+	routeHistory      = "/history"
+	routeHistoryID    = "/history/{id}"
+	routeInterrupt    = "/interrupt"
+	routeFree         = "/free"
+	routeView         = "/view"
+	routeUploadImage  = "/upload/image"
+	routeUploadMask   = "/upload/mask"
+	routeJobs         = "/api/jobs"
+	routeJobID        = "/api/jobs/{id}"
+	routeJobCancel    = "/api/jobs/{id}/cancel"
+	routeJobsCancel   = "/api/jobs/cancel"
+	routeObjectInfo   = "/object_info"
+	routeSystemStats  = "/system_stats"
+	routeCatalogue    = "catalogue"
+	routeUserData     = "userdata"
+	routeStatic       = "static"
+	routeOther        = "other"
+	userValueInstance = "comfygate.instance"
+)
+
+var apiPrefix = []byte("/api/")
+
+// handle is the server's request handler.
+func (s *Server) handle(ctx *fasthttp.RequestCtx) {
+	start := time.Now()
+	route := s.dispatch(ctx)
+	s.logRequest(ctx, route, start)
+}
+
+// splitPath returns the raw path of the request URI (before '?').
+func splitPath(uri []byte) []byte {
+	if i := bytes.IndexByte(uri, '?'); i >= 0 {
+		return uri[:i]
+	}
+	return uri
+}
+
+// dispatch serves one request and returns its route template.
+func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
+	raw := splitPath(rawRequestURI(ctx))
+	switch string(raw) {
+	case "/health":
+		s.serveHealth(ctx)
+		return routeHealth
+	case "/metrics":
+		s.serveMetrics(ctx)
+		return routeMetrics
+	case "/stats":
+		s.serveStats(ctx)
+		return routeStats
+	}
+	if !originAllowed(&ctx.Request.Header) {
+		// ComfyUI's own answer to a refused origin: 403, empty body.
+		ctx.SetStatusCode(fasthttp.StatusForbidden)
+		return routeForbidden
+	}
+	api := bytes.HasPrefix(raw, apiPrefix)
+	if api && s.jobs != nil && s.jobs.ServeJobs(ctx) {
+		return routeJobsFacade
+	}
+	p := raw
+	if api {
+		p = raw[len(apiPrefix)-1:]
+	}
+	get := ctx.IsGet() || ctx.IsHead()
+	post := ctx.IsPost()
+
+	switch string(p) {
+	case "/ws":
+		s.hub.ServeWS(ctx)
+		return routeWS
+	case "/prompt":
+		switch {
+		case post:
+			s.postPrompt(ctx)
+			return routePrompt
+		case get:
+			s.getPrompt(ctx)
+			return routePrompt
+		}
+	case "/queue":
+		switch {
+		case get:
+			s.getQueue(ctx)
+			return routeQueue
+		case post:
+			s.postQueue(ctx)
+			return routeQueue
+		}
+	case "/history":
+		switch {
+		case get:
+			s.getHistory(ctx)
+			return routeHistory
+		case post:
+			s.postHistory(ctx)
+			return routeHistory
+		}
+	case "/interrupt":
+		if post {
+			s.postInterrupt(ctx)
+			return routeInterrupt
+		}
+	case "/free":
+		if post {
+			s.fanOut(ctx, "/free")
+			return routeFree
+		}
+	case "/view":
+		if get {
+			s.view(ctx)
+			return routeView
+		}
+	case "/upload/image":
+		if post {
+			s.uploadImage(ctx)
+			return routeUploadImage
+		}
+	case "/upload/mask":
+		if post {
+			s.uploadMask(ctx)
+			return routeUploadMask
+		}
+	}
+	if get {
+		if id, ok := pathParam(p, "/history/"); ok {
+			s.getHistoryByID(ctx, id)
+			return routeHistoryID
+		}
+	}
+	if api {
+		switch {
+		case get && string(p) == "/jobs":
+			s.getJobs(ctx)
+			return routeJobs
+		case post && string(p) == "/jobs/cancel":
+			s.cancelJobs(ctx)
+			return routeJobsCancel
+		}
+		if rest, ok := bytes.CutPrefix(p, []byte("/jobs/")); ok {
+			if id, ok := bytes.CutSuffix(rest, []byte("/cancel")); ok && post {
+				if sid, ok := unescapeSegment(id); ok {
+					s.cancelJob(ctx, sid)
+					return routeJobCancel
+				}
+			}
+			if get {
+				if sid, ok := unescapeSegment(rest); ok {
+					s.getJobByID(ctx, sid)
+					return routeJobID
+				}
+			}
+		}
+	}
+	if get {
+		if tmpl, ok := neutralRoute(p); ok {
+			s.forwardPicked(ctx, s.pool.Select, nil)
+			return tmpl
+		}
+	}
+	s.forwardPicked(ctx, s.home, nil)
+	return homeRoute(p)
+}
+
+// pathParam returns the single unescaped path segment after prefix.
+func pathParam(p []byte, prefix string) (string, bool) {
+	rest, ok := bytes.CutPrefix(p, []byte(prefix))
+	if !ok {
+		return "", false
+	}
+	return unescapeSegment(rest)
+}
+
+// unescapeSegment unescapes one non-empty path segment (no raw '/').
+func unescapeSegment(seg []byte) (string, bool) {
+	if len(seg) == 0 || bytes.IndexByte(seg, '/') >= 0 {
+		return "", false
+	}
+	s, err := url.PathUnescape(string(seg))
+	if err != nil || s == "" {
+		return "", false
+	}
+	return s, true
+}
+
+// neutralRoutes are ComfyUI's catalogue GETs: any instance answers them
+// the same way in a uniform fleet.
+var neutralExact = map[string]string{
+	"/object_info":        routeObjectInfo,
+	"/system_stats":       routeSystemStats,
+	"/embeddings":         routeCatalogue,
+	"/models":             routeCatalogue,
+	"/extensions":         routeCatalogue,
+	"/features":           routeCatalogue,
+	"/experiment/models":  routeCatalogue,
+	"/i18n":               routeCatalogue,
+	"/workflow_templates": routeCatalogue,
+}
+
+var neutralPrefixes = []struct {
+	prefix []byte
+	route  string
+}{
+	{[]byte("/object_info/"), routeObjectInfo},
+	{[]byte("/models/"), routeCatalogue},
+	{[]byte("/experiment/models/"), routeCatalogue},
+	{[]byte("/view_metadata/"), routeCatalogue},
+	{[]byte("/workflow_templates/"), routeCatalogue},
+}
+
+// neutralRoute reports whether p is an instance-neutral route and its template.
+func neutralRoute(p []byte) (string, bool) {
+	if r, ok := neutralExact[string(p)]; ok {
+		return r, true
+	}
+	for _, np := range neutralPrefixes {
+		if bytes.HasPrefix(p, np.prefix) {
+			return np.route, true
+		}
+	}
+	return "", false
+}
+
+// homeRoute is the template of a route served by the home instance.
+func homeRoute(p []byte) string {
+	for _, u := range [][]byte{[]byte("/settings"), []byte("/userdata"), []byte("/v2/userdata"), []byte("/users"), []byte("/internal/")} {
+		if bytes.HasPrefix(p, u) {
+			return routeUserData
+		}
+	}
+	if len(p) <= 1 || bytes.HasPrefix(p, []byte("/assets/")) || bytes.HasPrefix(p, []byte("/extensions/")) ||
+		bytes.HasPrefix(p, []byte("/templates/")) || bytes.HasPrefix(p, []byte("/docs/")) ||
+		bytes.HasSuffix(p, []byte(".js")) || bytes.HasSuffix(p, []byte(".css")) || bytes.HasSuffix(p, []byte(".html")) {
+		return routeStatic
+	}
+	return routeOther
+}
+
+// home picks the home instance: the first available one in configuration
+// order, skipping exclude (instances that could not be reached just now).
+func (s *Server) home(exclude ...*upstream.Instance) (*upstream.Instance, error) {
+next:
+	for _, inst := range s.pool.Healthy() {
+		for _, e := range exclude {
+			if e == inst {
+				continue next
+			}
+		}
+		return inst, nil
+	}
+	return nil, upstream.ErrNoUpstream
+}
+
+// forwardPicked forwards the request to the instance pick chooses. When
+// the instance cannot be reached (nothing was sent), it asks pick again
+// without it; when pick has none left the client gets 503.
+func (s *Server) forwardPicked(ctx *fasthttp.RequestCtx, pick func(exclude ...*upstream.Instance) (*upstream.Instance, error), o *forwardOpts) {
+	var tried []*upstream.Instance
+	for range len(s.pool.Instances()) + 1 {
+		inst, err := pick(tried...)
+		if err != nil {
+			s.writeError(ctx, err)
+			return
+		}
+		err = s.forward(ctx, inst, o)
+		if err == nil {
+			return
+		}
+		if !isDialError(err) {
+			s.writeError(ctx, err)
+			return
+		}
+		s.log.Info("instance unreachable, trying another", "instance", inst.Name, "err", err)
+		tried = append(tried, inst)
+	}
+	s.writeError(ctx, upstream.ErrNoUpstream)
+}
+
+// forwardTo forwards to one given instance (a pinned route): no other
+// instance can answer for it.
+func (s *Server) forwardTo(ctx *fasthttp.RequestCtx, inst *upstream.Instance, o *forwardOpts) {
+	if err := s.forward(ctx, inst, o); err != nil {
+		s.writeError(ctx, err)
+	}
+}
+
+// setInstance records which instance answers the request, for the log.
+func setInstance(ctx *fasthttp.RequestCtx, inst *upstream.Instance) {
+	ctx.SetUserValue(userValueInstance, inst.Name)
+}

@@ -1,0 +1,146 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net"
+	"time"
+
+	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/metrics"
+	"github.com/comfygate/comfygate/upstream"
+	"github.com/valyala/fasthttp"
+)
+
+// Options are what New needs. Config, Pool and Logger are required (Logger
+// may be nil: logs are discarded); Jobs and Metrics may be nil.
+type Options struct {
+	Config  *config.Config
+	Pool    *upstream.Pool
+	Jobs    JobRoutes        // may be nil: the job facade's routes then pass through
+	Metrics *metrics.Metrics // may be nil
+	Logger  *slog.Logger
+	Version string
+}
+
+// Server is comfygate's HTTP front: ComfyUI's API over the instance pool,
+// the WebSocket bridge, and comfygate's own /health, /metrics and /stats.
+type Server struct {
+	cfg     *config.Config
+	pool    *upstream.Pool
+	jobs    JobRoutes
+	m       *metrics.Metrics
+	log     *slog.Logger
+	version string
+	started time.Time
+
+	hub     *Hub
+	clients *forwardClients
+	srv     *fasthttp.Server
+}
+
+// Server limits. With StreamRequestBody fasthttp reads at most 8 KiB of a
+// body before calling the handler, whatever MaxRequestBodySize says, and
+// never enforces it on the stream: bodies are capped by the instance's
+// own --max-upload-size (413 from the instance), or by comfygate on the
+// routes where it must read the body whole (maxPromptBody, maxMaskBody).
+const (
+	// headerReadTimeout bounds the wait for a request's headers on a new
+	// connection (slow-header clients).
+	headerReadTimeout = 60 * time.Second
+	// bodyReadTimeout bounds reading one request body once its headers
+	// arrived; generous, for 500 MB uploads over slow links.
+	bodyReadTimeout = time.Hour
+	// idleTimeout closes keep-alive connections idle for this long.
+	idleTimeout = 2 * time.Minute
+)
+
+// New builds the server (and the WebSocket hub, registered as the pool's
+// listener). Nothing is served until Serve.
+func New(o Options) (*Server, error) {
+	if o.Config == nil {
+		return nil, errors.New("proxy: Options.Config is required")
+	}
+	if o.Pool == nil {
+		return nil, errors.New("proxy: Options.Pool is required")
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	timeout := o.Config.Timeout
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	maxConns := o.Config.MaxConnectionsPerInstance
+	if maxConns <= 0 {
+		maxConns = 64
+	}
+	s := &Server{
+		cfg:     o.Config,
+		pool:    o.Pool,
+		jobs:    o.Jobs,
+		m:       o.Metrics,
+		log:     log,
+		version: o.Version,
+		started: time.Now(),
+		clients: newForwardClients(maxConns, timeout),
+	}
+	if s.cfg.Timeout <= 0 {
+		cfg := *s.cfg
+		cfg.Timeout = timeout
+		s.cfg = &cfg
+	}
+	s.hub = newHub(s.cfg, s.pool, s.m, log.With("component", "ws"))
+	s.pool.SetListener(s.hub)
+	s.srv = &fasthttp.Server{
+		Handler:                      s.handle,
+		Name:                         "comfygate",
+		NoDefaultServerHeader:        true, // the instance's Server header passes through
+		NoDefaultContentType:         true,
+		DisablePreParseMultipartForm: true, // uploads stream through untouched
+		StreamRequestBody:            true,
+		MaxRequestBodySize:           math.MaxInt,
+		// Header names are normalized (Comfy-User, Content-Type, ...): HTTP
+		// header names are case-insensitive and aiohttp treats them so.
+		DisableHeaderNamesNormalizing: false,
+		ReadTimeout:                   headerReadTimeout,
+		IdleTimeout:                   idleTimeout,
+		HeaderReceived: func(*fasthttp.RequestHeader) fasthttp.RequestConfig {
+			return fasthttp.RequestConfig{ReadTimeout: bodyReadTimeout}
+		},
+		ReadBufferSize:  16 << 10, // the web UI's requests carry large headers (cookies, long URLs)
+		WriteBufferSize: 16 << 10,
+		Logger:          fasthttpLogger{log},
+	}
+	return s, nil
+}
+
+// Handler returns the request handler, for tests and for serving on a
+// listener of the caller's own.
+func (s *Server) Handler() fasthttp.RequestHandler { return s.handle }
+
+// Serve serves on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
+
+// Shutdown stops accepting connections, lets in-flight requests finish
+// (streams included) until ctx ends, then closes every client WebSocket.
+// It returns ctx's error when requests were still running at its end.
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.srv.ShutdownWithContext(ctx)
+	s.hub.Close()
+	return err
+}
+
+// fasthttpLogger routes fasthttp's own error messages to slog at debug
+// level (they are mostly clients that went away).
+type fasthttpLogger struct{ log *slog.Logger }
+
+func (l fasthttpLogger) Printf(format string, args ...any) {
+	if l.log.Enabled(context.Background(), slog.LevelDebug) {
+		l.log.Debug("fasthttp", "msg", fmt.Sprintf(format, args...))
+	}
+}
