@@ -205,9 +205,8 @@ type flowResult struct {
 // connect /ws?clientId, queue the prompt with that client_id, read until
 // `executing` with node null for its prompt_id, then GET /history/{id}
 // and GET /view of each output image. It also checks that every event on
-// the socket that names a prompt names this one. started, when not nil,
-// receives once when the socket saw its prompt start.
-func comfyExampleFlow(ctx context.Context, s *stack, clientID string, color int, started chan<- string) (flowResult, error) {
+// the socket that names a prompt names this one.
+func comfyExampleFlow(ctx context.Context, s *stack, clientID string, color int, hooks flowHooks) (flowResult, error) {
 	var res flowResult
 	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second}
 	conn, resp, err := d.DialContext(ctx, s.wsURL(clientID), nil)
@@ -231,6 +230,10 @@ func comfyExampleFlow(ctx context.Context, s *stack, clientID string, color int,
 	if res.promptID == "" {
 		return res, fmt.Errorf("POST /prompt: no prompt_id")
 	}
+	if hooks.queued != nil {
+		hooks.queued <- res.promptID
+	}
+	started := hooks.started
 
 	for {
 		mt, data, err := conn.ReadMessage()
@@ -318,8 +321,14 @@ func httpJSON(ctx context.Context, method, u string, body []byte, into any) erro
 	return json.Unmarshal(b, into)
 }
 
+// flowHooks, when set, receive a client's prompt id once the POST was
+// answered (queued) and once its socket saw the prompt start (started).
+type flowHooks struct {
+	queued, started chan<- string
+}
+
 // runClients runs the example flow for n parallel clients.
-func runClients(t *testing.T, s *stack, n int, started chan<- string) []flowResult {
+func runClients(t *testing.T, s *stack, n int, hooks flowHooks) []flowResult {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), stackTimeout)
 	defer cancel()
@@ -330,7 +339,7 @@ func runClients(t *testing.T, s *stack, n int, started chan<- string) []flowResu
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			results[i], errs[i] = comfyExampleFlow(ctx, s, fmt.Sprintf("client-%d-%d", i, time.Now().UnixNano()), 1000+i, started)
+			results[i], errs[i] = comfyExampleFlow(ctx, s, fmt.Sprintf("client-%d-%d", i, time.Now().UnixNano()), 1000+i, hooks)
 		}()
 	}
 	wg.Wait()
@@ -347,15 +356,16 @@ func TestWSStackExampleFlowTenClients(t *testing.T) {
 	a := comfysim.StartForTest(t, comfysim.Options{Delay: 10 * time.Millisecond})
 	b := comfysim.StartForTest(t, comfysim.Options{Delay: 10 * time.Millisecond})
 	s := startStack(t, []string{a.Addr(), b.Addr()}, nil)
-	results := runClients(t, s, 10, nil)
+	results := runClients(t, s, 10, flowHooks{})
 	if t.Failed() {
 		return
 	}
-	// Each client saw its prompt in ComfyUI's order.
+	// Each client saw its prompt in ComfyUI's order (status messages,
+	// the fleet's queue count, interleave with other clients' prompts).
 	for i, r := range results {
-		got := strings.Join(dedupeStatus(r.types), ",")
-		if !strings.Contains(got, "execution_start,execution_cached") ||
-			!strings.HasSuffix(got, "execution_success,status,executing") {
+		got := strings.Join(withoutStatus(r.types), ",")
+		if !strings.HasPrefix(got, "execution_start,execution_cached,progress_state,executing") ||
+			!strings.HasSuffix(got, "execution_success,executing") {
 			t.Errorf("client %d saw %s", i, got)
 		}
 	}
@@ -364,15 +374,14 @@ func TestWSStackExampleFlowTenClients(t *testing.T) {
 	}
 }
 
-// dedupeStatus drops repeated status messages (their count depends on the
-// other clients' timing).
-func dedupeStatus(types []string) []string {
+// withoutStatus drops status messages (their number and place depend on
+// the other clients' prompts).
+func withoutStatus(types []string) []string {
 	var out []string
 	for _, ty := range types {
-		if ty == "status" && len(out) > 0 && out[len(out)-1] == "status" {
-			continue
+		if ty != "status" {
+			out = append(out, ty)
 		}
-		out = append(out, ty)
 	}
 	return out
 }
@@ -383,23 +392,44 @@ func TestWSStackExampleFlowSurvivesKill(t *testing.T) {
 	b := comfysim.StartForTest(t, comfysim.Options{Delay: 60 * time.Millisecond})
 	s := startStack(t, []string{a.Addr(), b.Addr()}, nil)
 
-	// Kill instance a as soon as some prompts are running (on either).
-	started := make(chan string, 10)
+	// Kill instance a once every prompt was accepted and one is running:
+	// "killed while their prompts run".
+	const n = 10
+	queued, started := make(chan string, n), make(chan string, n)
 	killed := make(chan struct{})
 	go func() {
 		defer close(killed)
-		select {
-		case <-started:
-		case <-time.After(stackTimeout):
-			return
+		timeout := time.After(stackTimeout)
+		for range n {
+			select {
+			case <-queued:
+			case <-timeout:
+				return
+			}
 		}
-		a.Kill()
+		for {
+			select {
+			case id := <-started:
+				if p, ok := s.pool.Prompt(id); ok && p.Instance() != nil && p.Instance().Name == "sim0" {
+					a.Kill()
+					return
+				}
+			case <-timeout:
+				return
+			}
+		}
 	}()
-	runClients(t, s, 10, started)
+	results := runClients(t, s, n, flowHooks{queued: queued, started: started})
 	<-killed
-	t.Logf("prompts executed: a=%d (killed) b=%d", a.PromptsExecuted(), b.PromptsExecuted())
-	if b.PromptsExecuted() == 0 {
-		t.Error("instance b executed nothing")
+	resubmitted := 0
+	for _, r := range results {
+		if p, ok := s.pool.Prompt(r.promptID); ok && p.Attempts() > 1 {
+			resubmitted++
+		}
+	}
+	t.Logf("prompts executed: a=%d (killed) b=%d; resubmitted %d", a.PromptsExecuted(), b.PromptsExecuted(), resubmitted)
+	if resubmitted == 0 {
+		t.Error("no prompt was resubmitted: instance a was not killed mid-run")
 	}
 }
 
@@ -425,6 +455,10 @@ func TestWSStack200ClientsOneUpstreamSocketPerInstance(t *testing.T) {
 		}
 		_ = resp.Body.Close()
 		t.Cleanup(func() { _ = conn.Close() })
+		_ = conn.SetReadDeadline(time.Now().Add(stackTimeout))
+		if _, _, err := conn.ReadMessage(); err != nil { // first status: registered
+			t.Fatalf("client %d: %v", i, err)
+		}
 		conns[i] = conn
 	}
 	if got := s.srv.hub.Clients(); got != n {
