@@ -311,7 +311,12 @@ func readAnswer(resp *fasthttp.Response, limit int64) ([]byte, error) {
 // rawRequestURI is the request URI exactly as the client sent it (path
 // still percent-encoded, query untouched), in origin form.
 func rawRequestURI(ctx *fasthttp.RequestCtx) []byte {
-	u := ctx.Request.Header.RequestURI()
+	return originForm(ctx.Request.Header.RequestURI())
+}
+
+// originForm cuts an absolute-form request target (http://host/path) to
+// its path and query; other forms are returned as they are.
+func originForm(u []byte) []byte {
 	// An absolute-form target (http://host/path) is cut to its path.
 	if len(u) > 0 && u[0] != '/' {
 		for _, p := range [][]byte{[]byte("http://"), []byte("https://")} {

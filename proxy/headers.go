@@ -26,21 +26,17 @@ var hopHeaders = [][]byte{
 }
 
 var (
-	hdrHost           = []byte("Host")
-	hdrContentLength  = []byte("Content-Length")
-	hdrOrigin         = []byte("Origin")
-	hdrXFF            = []byte("X-Forwarded-For")
-	hdrXFProto        = []byte("X-Forwarded-Proto")
-	hdrXFHost         = []byte("X-Forwarded-Host")
-	prefixSecFetch    = []byte("Sec-Fetch-")
-	hdrConnection     = []byte("Connection")
-	hdrSecFetchSite   = []byte("Sec-Fetch-Site")
-	hdrUpgrade        = []byte("Upgrade")
-	valueCrossSite    = []byte("cross-site")
-	valueWebSocket    = []byte("websocket")
-	hdrComfyUser      = []byte("Comfy-User")
-	hdrContentType    = []byte("Content-Type")
-	headerHopSentinel = struct{}{}
+	hdrHost          = []byte("Host")
+	hdrContentLength = []byte("Content-Length")
+	hdrOrigin        = []byte("Origin")
+	hdrXFF           = []byte("X-Forwarded-For")
+	hdrXFProto       = []byte("X-Forwarded-Proto")
+	hdrXFHost        = []byte("X-Forwarded-Host")
+	prefixSecFetch   = []byte("Sec-Fetch-")
+	hdrSecFetchSite  = []byte("Sec-Fetch-Site")
+	hdrUpgrade       = []byte("Upgrade")
+	valueCrossSite   = []byte("cross-site")
+	valueWebSocket   = []byte("websocket")
 )
 
 // isHop reports whether key is hop-by-hop or named in the Connection header
@@ -180,6 +176,9 @@ func originAllowed(h *fasthttp.RequestHeader) bool {
 		originHost = u.Host
 	}
 	oName, oPort := splitHostPort(originHost)
+	if oName == "" {
+		return true // "Origin: null" and the like: ComfyUI lets them through too
+	}
 	if oPort == "" || hostPort == "" {
 		oPort, hostPort = "", ""
 	}

@@ -1,0 +1,196 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/upstream"
+	"github.com/fasthttp/websocket"
+)
+
+// gate is comfygate's HTTP server in front of some instances, for tests.
+type gate struct {
+	base string // http://127.0.0.1:port
+	addr string
+	cfg  *config.Config
+	pool *upstream.Pool
+	srv  *Server
+}
+
+// gateTimeout bounds every wait of these tests.
+const gateTimeout = 15 * time.Second
+
+// startGate starts comfygate in front of addrs (host:port); mod adjusts
+// the configuration before the pool is built.
+func startGate(t testing.TB, addrs []string, mod func(*config.Config)) *gate {
+	t.Helper()
+	cfg := config.Default()
+	cfg.Instances = nil
+	for i, a := range addrs {
+		cfg.Instances = append(cfg.Instances, config.Instance{Name: fmt.Sprintf("i%d", i), Address: a})
+	}
+	cfg.Timeout = 5 * time.Second
+	cfg.HealthCheck.Interval = 100 * time.Millisecond
+	cfg.HealthCheck.Timeout = time.Second
+	cfg.HealthCheck.UnhealthyThreshold = 1
+	cfg.Failover.SuspectGrace = 300 * time.Millisecond
+	cfg.Breaker.OpenTimeout = 500 * time.Millisecond
+	cfg.WebSocket.ReconnectMin = 20 * time.Millisecond
+	cfg.WebSocket.ReconnectMax = 200 * time.Millisecond
+	if mod != nil {
+		mod(cfg)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	pool, err := upstream.New(cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := pool.Start(ctx); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	srv, err := New(Options{Config: cfg, Pool: pool, Version: "test"})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = srv.Serve(ln); close(done) }()
+	t.Cleanup(func() {
+		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = srv.Shutdown(sctx)
+		scancel()
+		<-done
+		pool.Close()
+		cancel()
+	})
+	return &gate{base: "http://" + ln.Addr().String(), addr: ln.Addr().String(), cfg: cfg, pool: pool, srv: srv}
+}
+
+// waitFor polls cond until it holds or gateTimeout passes.
+func gateWait(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(gateTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// gateClient is the tests' client: no keep-alive surprises across tests,
+// bounded so that a hang fails the test instead of blocking it.
+var gateClient = &http.Client{Timeout: 30 * time.Second}
+
+// do sends one request and returns status, headers and body.
+func gateDo(t testing.TB, method, url string, header http.Header, body io.Reader) (int, http.Header, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, vs := range header {
+		for _, v := range vs {
+			req.Header.Add(k, v)
+		}
+	}
+	if h := header.Get("Host"); h != "" {
+		req.Host = h
+	}
+	resp, err := gateClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: read body: %v", method, url, err)
+	}
+	return resp.StatusCode, resp.Header, b
+}
+
+// fakeComfy is a minimal ComfyUI for unit tests: /system_stats (so the pool
+// finds it healthy), a /ws that sends the first status message and stays
+// open, and whatever handler the test gives for the rest. It records every
+// request's raw request-target and headers.
+type fakeComfy struct {
+	*httptest.Server
+	handler http.HandlerFunc
+
+	mu   sync.Mutex // guards seen
+	seen []seenRequest
+}
+
+type seenRequest struct {
+	Method, RequestURI, Host string
+	Header                   http.Header
+}
+
+func newFakeComfy(t testing.TB, h http.HandlerFunc) *fakeComfy {
+	t.Helper()
+	f := &fakeComfy{handler: h}
+	up := websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return true }}
+	f.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/system_stats":
+			w.Header().Set("Content-Type", "application/json; charset=utf-8")
+			_, _ = io.WriteString(w, `{"system": {"comfyui_version": "0.3.65"}, "devices": []}`)
+			return
+		case "/ws":
+			c, err := up.Upgrade(w, r, nil)
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			_ = c.WriteMessage(websocket.TextMessage, []byte(`{"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": "x"}}`))
+			for {
+				if _, _, err := c.ReadMessage(); err != nil {
+					return
+				}
+			}
+		case "/queue":
+			if r.Method == http.MethodGet && h == nil {
+				_, _ = io.WriteString(w, `{"queue_running": [], "queue_pending": []}`)
+				return
+			}
+		}
+		f.mu.Lock()
+		f.seen = append(f.seen, seenRequest{Method: r.Method, RequestURI: r.RequestURI, Host: r.Host, Header: r.Header.Clone()})
+		f.mu.Unlock()
+		if h == nil {
+			http.NotFound(w, r)
+			return
+		}
+		h(w, r)
+	}))
+	t.Cleanup(f.Close)
+	return f
+}
+
+// addr is the fake's host:port.
+func (f *fakeComfy) addr() string { return strings.TrimPrefix(f.URL, "http://") }
+
+// requests returns what the fake saw (except health checks and /ws).
+func (f *fakeComfy) requests() []seenRequest {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]seenRequest(nil), f.seen...)
+}
