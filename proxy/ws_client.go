@@ -21,15 +21,15 @@ type frame struct {
 
 // wsClient is one client socket: the hijacked connection's goroutine reads
 // it (readLoop), one writer goroutine writes it (writeLoop), and the hub
-// feeds the writer through send without ever blocking.
+// feeds the writer through its queue without ever blocking.
 type wsClient struct {
 	hub  *Hub
 	id   string // clientId (sid)
 	conn *websocket.Conn
 
-	send       chan frame    // bounded by websocket.client_buffer
+	q          sendQueue     // bounded by websocket.client_buffer
 	hello      frame         // the first status message; set before writeLoop starts
-	pending    []frame       // replay, written after hello and before send; set before writeLoop starts
+	pending    []frame       // replay, written after hello and before q; set before writeLoop starts
 	quit       chan struct{} // closed by stop
 	quitOnce   sync.Once
 	closeCode  int    // set by stop before quit closes; 0 = no close frame
@@ -47,32 +47,82 @@ func newClient(h *Hub, conn *websocket.Conn, id string) *wsClient {
 		hub:        h,
 		id:         id,
 		conn:       conn,
-		send:       make(chan frame, h.ws.ClientBuffer),
+		q:          sendQueue{limit: h.ws.ClientBuffer, ready: make(chan struct{}, 1)},
 		quit:       make(chan struct{}),
 		writerDone: make(chan struct{}),
 	}
 }
 
 // offer queues f without blocking; false when the queue is full.
-func (c *wsClient) offer(f frame) bool {
-	select {
-	case c.send <- f:
-		return true
-	default:
-		return false
-	}
-}
+func (c *wsClient) offer(f frame) bool { return c.q.push(f) }
 
 // drain moves what the writer has not taken yet onto dst.
-func (c *wsClient) drain(dst []frame) []frame {
-	for {
-		select {
-		case f := <-c.send:
-			dst = append(dst, f)
-		default:
-			return dst
-		}
+func (c *wsClient) drain(dst []frame) []frame { return c.q.drain(dst) }
+
+// sendQueue is a client's bounded FIFO. Unlike a buffered channel it holds
+// memory only while frames wait, so idle clients cost little.
+type sendQueue struct {
+	mu     sync.Mutex // guards frames, head
+	frames []frame    // frames[head:] wait
+	head   int
+	limit  int
+	ready  chan struct{} // 1-buffered: a frame was added
+}
+
+// idleCap is the capacity an empty queue may keep.
+const idleCap = 16
+
+func (q *sendQueue) push(f frame) bool {
+	q.mu.Lock()
+	if len(q.frames)-q.head >= q.limit {
+		q.mu.Unlock()
+		return false
 	}
+	if q.head > 0 && len(q.frames) == cap(q.frames) {
+		n := copy(q.frames, q.frames[q.head:])
+		clear(q.frames[n:])
+		q.frames, q.head = q.frames[:n], 0
+	}
+	q.frames = append(q.frames, f)
+	q.mu.Unlock()
+	select {
+	case q.ready <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+func (q *sendQueue) pop() (frame, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.head == len(q.frames) {
+		q.reset()
+		return frame{}, false
+	}
+	f := q.frames[q.head]
+	q.frames[q.head] = frame{}
+	q.head++
+	return f, true
+}
+
+func (q *sendQueue) drain(dst []frame) []frame {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	dst = append(dst, q.frames[q.head:]...)
+	clear(q.frames[q.head:])
+	q.head = len(q.frames)
+	q.reset()
+	return dst
+}
+
+// reset empties the drained queue, releasing a large array. q.mu is held.
+func (q *sendQueue) reset() {
+	if cap(q.frames) > idleCap {
+		q.frames = nil
+	} else {
+		q.frames = q.frames[:0]
+	}
+	q.head = 0
 }
 
 // stop asks the writer to send a close frame with code (none when 0) and
@@ -109,25 +159,38 @@ func (c *wsClient) writeLoop() {
 		c.pending[i] = frame{}
 	}
 	c.pending = nil
+	ping := func() bool {
+		if err := c.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeWait)); err != nil {
+			_ = c.conn.Close() // the reader fails and unregisters
+			return false
+		}
+		return true
+	}
 	for {
-		// A stop wins over queued frames: select alone picks at random.
-		if c.stopped() {
+		if c.stopped() { // a stop wins over queued frames
 			c.writeClose()
 			return
 		}
-		select {
-		case <-c.quit:
-			c.writeClose()
-			return
-		case f := <-c.send:
-			if err := c.write(f); err != nil {
-				c.unsent = &f
-				_ = c.conn.Close() // the reader fails and unregisters
+		select { // pings go out during a long stream too
+		case <-ticker.C:
+			if !ping() {
 				return
 			}
-		case <-ticker.C:
-			if err := c.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeWait)); err != nil {
+		default:
+		}
+		if f, ok := c.q.pop(); ok {
+			if err := c.write(f); err != nil {
+				c.unsent = &f
 				_ = c.conn.Close()
+				return
+			}
+			continue
+		}
+		select {
+		case <-c.quit:
+		case <-c.q.ready:
+		case <-ticker.C:
+			if !ping() {
 				return
 			}
 		}

@@ -669,7 +669,7 @@ func TestWSReplaceFlapDamping(t *testing.T) {
 
 func TestWSKeepalive(t *testing.T) {
 	t.Parallel()
-	h, base := startHub(t, func(ws *config.WebSocket) { ws.PingInterval = 200 * time.Millisecond })
+	h, base := startHub(t, func(ws *config.WebSocket) { ws.PingInterval = 500 * time.Millisecond })
 	c := dialWS(t, base+"/ws?clientId=k")
 	pings := make(chan struct{}, 100)
 	c.conn.SetPingHandler(func(string) error {
