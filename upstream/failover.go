@@ -387,6 +387,10 @@ func (t *promptTable) probeAt(ctx context.Context, inst *Instance, uid string) (
 func (t *promptTable) checkDeleted(s *instSocket, n int64) {
 	count := int64(0)
 	t.mu.Lock()
+	if int64(len(t.live)) <= n {
+		t.mu.Unlock()
+		return
+	}
 	for pr := range t.live {
 		pr.mu.Lock()
 		if pr.instance == s.inst && pr.accepted && !pr.unconfirmed && !pr.moving && pr.state != PromptDone {

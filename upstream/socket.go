@@ -370,7 +370,6 @@ func (s *instSocket) onBinary(data []byte) {
 
 // broadcast hands a frame that names no prompt to the listener.
 func (s *instSocket) broadcast(f frame) {
-	s.t.m.IncEventsRouted("broadcast")
 	if l := s.t.listener(); l != nil {
 		l.Broadcast(Event{Instance: s.inst, Type: f.typ, Binary: f.binary, Data: f.data})
 	}
@@ -481,16 +480,14 @@ func (t *promptTable) apply(pr *Prompt, inst *Instance, f frame) {
 			t.markDone(pr, "error")
 		}
 	}
-	data, kind := f.data, "text"
+	data := f.data
 	if f.binary {
-		kind = "binary"
 		if f.metaLen > 0 && f.uid != pr.ID {
 			data = rewriteMeta(f.data, f.metaLen, f.uid, pr.ID)
 		}
 	} else if f.uid != pr.ID {
 		data = replaceID(f.data, f.uid, pr.ID)
 	}
-	t.m.IncEventsRouted(kind)
 	t.deliver(pr, Event{Instance: inst, Type: f.typ, Binary: f.binary, PromptID: pr.ID, Data: data})
 }
 

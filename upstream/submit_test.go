@@ -240,3 +240,32 @@ func TestSimRestartReconnectsSocket(t *testing.T) {
 	evs := sink.until(t, 10*time.Second)
 	checkOwnEvents(t, evs, id)
 }
+
+// TestSimTimeoutKeepsPromptPinned: the instance takes the POST but answers
+// too late; Submit fails without resubmitting, and when the instance does
+// run it, its events still reach the sink.
+func TestSimTimeoutKeepsPromptPinned(t *testing.T) {
+	t.Parallel()
+	s1 := comfysim.StartForTest(t, comfysim.Options{Delay: 5 * time.Millisecond})
+	p, _ := simPool(t, func(c *config.Config) { c.Timeout = 300 * time.Millisecond }, s1)
+	s1.SetHang(true)
+	sink, id := newRecSink(), newUUID()
+	_, err := p.Submit(t.Context(), SubmitRequest{
+		Body:     map[string]json.RawMessage{"prompt": simPrompt("late", false)},
+		PromptID: id,
+		Sink:     sink,
+	})
+	if err == nil {
+		t.Fatal("want a timeout error")
+	}
+	if _, ok := p.Prompt(id); !ok {
+		t.Fatal("a prompt that may have been accepted stays pinned")
+	}
+	s1.SetHang(false) // the held POST goes through now
+	evs := sink.until(t, 10*time.Second)
+	checkOwnEvents(t, evs, id)
+	if s1.PromptsExecuted() != 1 {
+		t.Fatalf("executed %d times, want exactly once", s1.PromptsExecuted())
+	}
+	eventually(t, "nothing outstanding", func() bool { return p.Outstanding() == 0 })
+}

@@ -1,0 +1,54 @@
+package upstream
+
+import (
+	"fmt"
+	"testing"
+)
+
+func TestPromptTableKeepsBoundedDonePrompts(t *testing.T) {
+	t.Parallel()
+	p, _ := newCorePool(t, promptsConfig(closedAddr(t)), false)
+	inst := p.Instances()[0]
+	tb := p.prompts
+	first := tb.adopt("first", inst, PromptDone)
+	live := tb.adopt("live", inst, PromptRunning)
+	for k := range maxDonePrompts + 50 {
+		tb.adopt(fmt.Sprintf("p%d", k), inst, PromptDone)
+	}
+	if _, ok := p.Prompt("first"); ok {
+		t.Fatal("the oldest finished prompt should be evicted")
+	}
+	if pr, ok := p.PromptByUpstreamID(inst, "first"); ok || pr == first {
+		t.Fatal("its upstream key too")
+	}
+	if pr, ok := p.Prompt("live"); !ok || pr != live {
+		t.Fatal("a prompt not done is never evicted")
+	}
+	if _, ok := p.Prompt(fmt.Sprintf("p%d", maxDonePrompts+49)); !ok {
+		t.Fatal("the newest finished prompt is kept")
+	}
+	tb.mu.Lock()
+	n := len(tb.byID)
+	tb.mu.Unlock()
+	if n > maxDonePrompts+1 {
+		t.Fatalf("%d prompts kept, want at most %d", n, maxDonePrompts+1)
+	}
+}
+
+func TestLocatePromptFindsQueued(t *testing.T) {
+	t.Parallel()
+	f1, f2 := startFake(t, "0.3.65"), startFake(t, "0.3.65")
+	p, _ := fakePool(t, nil, f1, f2)
+	id := newUUID()
+	f1.mu.Lock()
+	f1.pending = append(f1.pending, id)
+	f1.mu.Unlock()
+	inst, err := p.LocatePrompt(t.Context(), id)
+	if err != nil || inst.Addr != f1.addr {
+		t.Fatalf("LocatePrompt = %v, %v", inst, err)
+	}
+	pr, _ := p.Prompt(id)
+	if pr.State() != PromptQueued || p.Outstanding() != 0 {
+		t.Fatal("an adopted prompt is tracked but not counted as comfygate's own work")
+	}
+}
