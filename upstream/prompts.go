@@ -567,12 +567,11 @@ func (p *Pool) Cancel(ctx context.Context, id string) (bool, error) {
 		case pending[uid]:
 			return false, nil
 		case !running[uid]:
-			if pr.State() == PromptDone {
+			if entry, ok := t.historyEntry(ctx, inst, uid); ok && entry != nil {
 				return false, nil // it finished before the delete
 			}
-			if entry, ok := t.historyEntry(ctx, inst, uid); ok && entry != nil {
-				return false, nil // finished; its events are on the way
-			}
+			// Deleted. The queue check that follows the instance's status
+			// message may have marked it done already: still our delete.
 			t.markDone(pr, metrics.OutcomeInterrupted)
 			return true, nil
 		}
