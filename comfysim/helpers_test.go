@@ -57,6 +57,9 @@ func dialWS(t testing.TB, base, clientID string) *testWS {
 	w := &testWS{t: t, conn: conn, news: make(chan struct{}, 1), done: make(chan struct{})}
 	go w.read()
 	t.Cleanup(w.close)
+	// The server registers the socket just after the handshake; its first
+	// message (status with sid) proves registration, so later events reach it.
+	w.waitFor("status with sid", func(ms []wsMsg) bool { return len(ms) >= 1 })
 	return w
 }
 
