@@ -156,55 +156,27 @@ func Default() *Config {
 }
 
 func (c *Config) setDefaults() {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
-		}
+	*c = Config{
+		Listen:                    "127.0.0.1:8190",
+		Instances:                 []Instance{{Address: "127.0.0.1:8188"}, {Address: "127.0.0.1:8189"}},
+		Timeout:                   30 * time.Second,
+		MaxConnectionsPerInstance: 64,
+		HealthCheck:               HealthCheck{Interval: 30 * time.Second, Timeout: 5 * time.Second, UnhealthyThreshold: 3, HealthyThreshold: 1},
+		Breaker:                   Breaker{ConsecutiveFailures: 3, OpenTimeout: 5 * time.Second, Interval: 60 * time.Second},
+		WebSocket: WebSocket{ClientBuffer: 1024, BacklogGrace: 30 * time.Second, BacklogSize: 4096,
+			PingInterval: 20 * time.Second, ReconnectMin: 100 * time.Millisecond, ReconnectMax: 5 * time.Second},
+		Failover:  Failover{MaxResubmits: 2, SuspectGrace: 2 * time.Second},
+		Discovery: Discovery{Interval: 30 * time.Second},
+		Jobs:      Jobs{Timeout: 5 * time.Minute, MaxConcurrent: 10, MaxWaiting: 1000, MaxImageBytes: 50 << 20},
+		Log:       Log{Level: "info", Format: "json", MaxSizeMB: 100, MaxBackups: 5, MaxAgeDays: 30},
+		Dir:       ".",
 	}
-	defInt := func(i *int, v int) {
-		if *i == 0 {
-			*i = v
-		}
-	}
-	if c.Listen == "" {
-		c.Listen = "127.0.0.1:8190"
-	}
-	def(&c.Timeout, 30*time.Second)
-	defInt(&c.MaxConnectionsPerInstance, 64)
-	def(&c.HealthCheck.Interval, 30*time.Second)
-	def(&c.HealthCheck.Timeout, 5*time.Second)
-	defInt(&c.HealthCheck.UnhealthyThreshold, 3)
-	defInt(&c.HealthCheck.HealthyThreshold, 1)
-	defInt(&c.Breaker.ConsecutiveFailures, 3)
-	def(&c.Breaker.OpenTimeout, 5*time.Second)
-	def(&c.Breaker.Interval, 60*time.Second)
-	defInt(&c.WebSocket.ClientBuffer, 1024)
-	def(&c.WebSocket.BacklogGrace, 30*time.Second)
-	defInt(&c.WebSocket.BacklogSize, 4096)
-	def(&c.WebSocket.PingInterval, 20*time.Second)
-	def(&c.WebSocket.ReconnectMin, 100*time.Millisecond)
-	def(&c.WebSocket.ReconnectMax, 5*time.Second)
-	defInt(&c.Failover.MaxResubmits, 2)
-	def(&c.Failover.SuspectGrace, 2*time.Second)
-	def(&c.Discovery.Interval, 30*time.Second)
-	def(&c.Jobs.Timeout, 5*time.Minute)
-	defInt(&c.Jobs.MaxConcurrent, 10)
-	defInt(&c.Jobs.MaxWaiting, 1000)
-	if c.Jobs.MaxImageBytes == 0 {
-		c.Jobs.MaxImageBytes = 50 << 20
-	}
-	if c.Log.Level == "" {
-		c.Log.Level = "info"
-	}
-	if c.Log.Format == "" {
-		c.Log.Format = "json"
-	}
-	defInt(&c.Log.MaxSizeMB, 100)
-	defInt(&c.Log.MaxBackups, 5)
-	defInt(&c.Log.MaxAgeDays, 30)
-	if len(c.Instances) == 0 {
-		c.Instances = []Instance{{Address: "127.0.0.1:8188"}, {Address: "127.0.0.1:8189"}}
-	}
+	c.complete()
+}
+
+// complete fills the values derived from others: instance names and
+// workflow image inputs. Run it again after changing Instances or Workflows.
+func (c *Config) complete() {
 	for i := range c.Instances {
 		if c.Instances[i].Name == "" {
 			c.Instances[i].Name = c.Instances[i].HostPort()
@@ -248,7 +220,9 @@ func Load(path string, environ []string) (*Config, error) {
 	if environ == nil {
 		environ = os.Environ()
 	}
-	c := &Config{}
+	// Decoding over the defaults keeps them for absent keys and lets an
+	// explicit 0 ("never resubmit", "no backlog") mean 0.
+	c := Default()
 	if path != "" {
 		data, err := os.ReadFile(path)
 		if err != nil {
@@ -264,7 +238,7 @@ func Load(path string, environ []string) (*Config, error) {
 	if err := c.applyEnv(environ); err != nil {
 		return nil, err
 	}
-	c.setDefaults()
+	c.complete()
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}

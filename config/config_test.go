@@ -153,3 +153,29 @@ func TestRelativePathsResolveAgainstTheConfigFile(t *testing.T) {
 		t.Fatalf("absolute Path changed: %q", got)
 	}
 }
+
+func TestExplicitZeroMeansZero(t *testing.T) {
+	t.Parallel()
+	c, err := Load(writeFile(t, "failover:\n  max_resubmits: 0\nwebsocket:\n  backlog_grace: 0s\nbreaker:\n  interval: 0s\n"), []string{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Failover.MaxResubmits != 0 || c.WebSocket.BacklogGrace != 0 || c.Breaker.Interval != 0 {
+		t.Fatalf("explicit zeros replaced by defaults: resubmits=%d grace=%v interval=%v",
+			c.Failover.MaxResubmits, c.WebSocket.BacklogGrace, c.Breaker.Interval)
+	}
+	if c.Failover.SuspectGrace != 2*time.Second {
+		t.Fatalf("absent key lost its default: %v", c.Failover.SuspectGrace)
+	}
+}
+
+func TestInstancesInTheFileReplaceTheDefaultList(t *testing.T) {
+	t.Parallel()
+	c, err := Load(writeFile(t, "instances:\n  - address: gpu:8188\n"), []string{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Instances) != 1 || c.Instances[0].Name != "gpu:8188" {
+		t.Fatalf("instances = %+v, want only gpu:8188", c.Instances)
+	}
+}
