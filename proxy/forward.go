@@ -7,6 +7,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/comfygate/comfygate/upstream"
@@ -75,9 +76,11 @@ func (f *forwardClients) get(inst *upstream.Instance, live func() []*upstream.In
 		MaxIdleConnDuration:           30 * time.Second,
 		ReadBufferSize:                16 << 10,
 		WriteBufferSize:               16 << 10,
-		// One attempt: comfygate decides itself what may go to another
-		// instance (dial errors only), and never replays a streamed body.
-		MaxIdemponentCallAttempts: 1,
+		// A second attempt only for a pooled keep-alive connection the
+		// instance had closed (see staleConn); fasthttp never replays a
+		// streamed body. Other instances are comfygate's own decision.
+		MaxIdemponentCallAttempts: 2,
+		RetryIfErr:                staleConn,
 		DialTimeout: func(addr string, timeout time.Duration) (net.Conn, error) {
 			if timeout <= 0 || timeout > dialTimeout {
 				timeout = dialTimeout
@@ -91,6 +94,20 @@ func (f *forwardClients) get(inst *upstream.Instance, live func() []*upstream.In
 	}
 	f.clients[inst] = c
 	return c
+}
+
+// staleConn is the HostClient's RetryIfErr: retry once, on a new
+// connection, when the instance closed or reset the connection before
+// answering a byte. That is what a keep-alive connection looks like after
+// the instance restarted or dropped it while idle; the request did not run
+// (ComfyUI answers every request it reads). Timeouts and dial errors are
+// never retried here.
+func staleConn(_ *fasthttp.Request, attempts int, err error) (resetTimeout, retry bool) {
+	if attempts > 1 || isTimeout(err) || isDialError(err) {
+		return false, false
+	}
+	return false, errors.Is(err, fasthttp.ErrConnectionClosed) || errors.Is(err, io.EOF) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // idleConn turns the absolute deadlines fasthttp sets into idle timeouts:
