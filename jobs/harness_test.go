@@ -9,6 +9,8 @@ import (
 	"image/color"
 	"image/png"
 	"io"
+	"log/slog"
+	"os"
 	"mime/multipart"
 	"net"
 	"net/http"
@@ -59,7 +61,11 @@ func newHarness(tb testing.TB, n int, opts comfysim.Options, mod func(*config.Co
 		tb.Fatalf("config: %v", err)
 	}
 	h.cfg = cfg
-	pool, err := upstream.New(cfg, nil, nil)
+	var log *slog.Logger
+	if os.Getenv("JOBS_TEST_LOG") != "" {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	pool, err := upstream.New(cfg, nil, log)
 	if err != nil {
 		tb.Fatalf("upstream.New: %v", err)
 	}
@@ -68,7 +74,7 @@ func newHarness(tb testing.TB, n int, opts comfysim.Options, mod func(*config.Co
 		tb.Fatalf("pool.Start: %v", err)
 	}
 	h.pool = pool
-	svc, err := New(cfg, pool, nil, nil)
+	svc, err := New(cfg, pool, nil, log)
 	if err != nil {
 		tb.Fatalf("jobs.New: %v", err)
 	}

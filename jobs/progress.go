@@ -35,20 +35,23 @@ func (p *progress) cached(ids []string) {
 
 // executing notes that node id started; the node before it is done.
 func (p *progress) executing(id string) {
-	if id == p.cur {
-		return
+	if _, ok := p.nodes[id]; !ok || id == p.cur {
+		return // a node expanded at run time, or no news
 	}
 	if p.cur != "" {
 		p.finish(p.cur)
 	}
-	if _, ok := p.nodes[id]; ok && !p.done[id] {
+	if !p.done[id] {
 		p.cur, p.curFrac = id, 0
 	}
 }
 
 // step records value/max of node id's own progress.
 func (p *progress) step(id string, value, max float64) {
-	if id != "" && id != p.cur {
+	if _, ok := p.nodes[id]; !ok {
+		return
+	}
+	if id != p.cur {
 		p.executing(id)
 	}
 	if id != p.cur || p.cur == "" || max <= 0 {

@@ -616,19 +616,28 @@ func (s *Service) fetch(j *job, inst *upstream.Instance, refs []upstream.FileRef
 	s.finishLocked(j, stCompleted, "")
 }
 
-// historyOutputs reads outputs[node].images of a prompt from /history/{id}.
-// done reports that the instance's history has the prompt.
+// historyOutputs reads outputs[node].images of a prompt from
+// /history/{id}; entry is nil when the instance has none (or did not answer).
 func (s *Service) historyOutputs(ctx context.Context, inst *upstream.Instance, upstreamID, node string) (refs []upstream.FileRef, entry *historyEntry) {
+	e, _ := s.historyEntry(ctx, inst, upstreamID)
+	if e == nil {
+		return nil, nil
+	}
+	return outputImages(e.Outputs[node]), e
+}
+
+// historyEntry reads /history/{id} of inst: entry is nil when it has none;
+// answered is false when the instance did not answer.
+func (s *Service) historyEntry(ctx context.Context, inst *upstream.Instance, upstreamID string) (entry *historyEntry, answered bool) {
 	status, body, err := s.be.Call(ctx, inst, "GET", "/history/"+url.PathEscape(upstreamID), nil, nil)
 	if err != nil || status != 200 {
-		return nil, nil
+		return nil, false
 	}
 	var h map[string]*historyEntry
-	if json.Unmarshal(body, &h) != nil || h[upstreamID] == nil {
-		return nil, nil
+	if json.Unmarshal(body, &h) != nil {
+		return nil, false
 	}
-	e := h[upstreamID]
-	return outputImages(e.Outputs[node]), e
+	return h[upstreamID], true
 }
 
 // historyEntry is the part of a /history entry jobs reads.
@@ -753,6 +762,12 @@ func (s *Service) CancelJob(ctx context.Context, id string) (known, cancelled bo
 	ok, err := s.be.Cancel(ctx, id)
 	if err != nil {
 		s.log.Warn("cancel job", "job_id", id, "err", err)
+	} else if !ok && s.deletedUnseen(ctx, j) {
+		// The pool's queue check (after the instance's status broadcast)
+		// marked the prompt done between its delete and its own look, and
+		// Cancel then took "done" for "finished first". The instance has
+		// no history of it: it was deleted, so it is cancelled.
+		ok = true
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -774,6 +789,23 @@ func (s *Service) CancelJob(ctx context.Context, id string) (known, cancelled bo
 		})
 	}
 	return true, true
+}
+
+// deletedUnseen reports whether a job that never started has a prompt the
+// pool reports done although its instance has no history of it.
+func (s *Service) deletedUnseen(ctx context.Context, j *job) bool {
+	s.mu.Lock()
+	queued := j.state == stQueued
+	s.mu.Unlock()
+	if !queued {
+		return false
+	}
+	p, found := s.be.Prompt(j.id)
+	if !found || p.State() != upstream.PromptDone || p.Instance() == nil {
+		return false
+	}
+	entry, answered := s.historyEntry(ctx, p.Instance(), p.UpstreamID())
+	return answered && entry == nil
 }
 
 // lookupLocked returns the job, nil when unknown or expired.
