@@ -221,6 +221,11 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, inst *upstream.Instance, o *f
 	}
 	req.Header.SetRequestURIBytes(uri)
 	copyRequestHeaders(ctx, &req.Header, inst)
+	if o.rewrite != nil {
+		// The answer is parsed and rewritten: ask for it uncompressed
+		// (ComfyUI's --enable-compress-response-body).
+		req.Header.Del("Accept-Encoding")
+	}
 	if inst.TLS {
 		req.URI().SetScheme("https")
 	}
