@@ -10,10 +10,10 @@ import (
 	"image/png"
 	"io"
 	"log/slog"
-	"os"
 	"mime/multipart"
 	"net"
 	"net/http"
+	"os"
 	"testing"
 	"time"
 
@@ -92,6 +92,7 @@ func newHarness(tb testing.TB, n int, opts comfysim.Options, mod func(*config.Co
 			}
 		},
 		MaxRequestBodySize: 64 << 20,
+		StreamRequestBody:  true, // the proxy may stream bodies; parsing must cope
 	}
 	go func() { _ = srv.Serve(ln) }()
 	h.base = "http://" + ln.Addr().String()

@@ -71,8 +71,21 @@ type submitBody struct {
 func parseSubmission(ctx *fasthttp.RequestCtx, maxBytes int64, wantImage bool) (*submission, *apiError) {
 	ct := string(ctx.Request.Header.ContentType())
 	mt, _, _ := mime.ParseMediaType(ct)
+	// A body that cannot hold an image within the limit is refused before
+	// it is read: base64 adds a third, multipart and JSON some framing.
+	bodyLimit := maxBytes + maxBytes/3 + 4 + bodySlack
+	if n := ctx.Request.Header.ContentLength(); n > 0 && int64(n) > bodyLimit {
+		return nil, badRequest(errImageTooLarge, "request body too large: %d bytes (images up to %d bytes)", n, maxBytes)
+	}
 	sub := &submission{}
 	var b64 *string
+	var body []byte
+	if mt != "multipart/form-data" {
+		var aerr *apiError
+		if body, aerr = readBody(ctx, bodyLimit, maxBytes); aerr != nil {
+			return nil, aerr
+		}
+	}
 	switch {
 	case mt == "multipart/form-data":
 		form, err := ctx.MultipartForm()
@@ -101,15 +114,15 @@ func parseSubmission(ctx *fasthttp.RequestCtx, maxBytes int64, wantImage bool) (
 				return nil, badRequest(errInvalidOverride, "multipart field \"inputs\" is not a JSON object of \"node_id.input\": value")
 			}
 		}
-	case mt == "application/json" || (mt == "" && bytes.HasPrefix(bytes.TrimSpace(ctx.PostBody()), []byte("{"))):
-		var body submitBody
-		if err := json.Unmarshal(ctx.PostBody(), &body); err != nil {
+	case mt == "application/json" || (mt == "" && bytes.HasPrefix(bytes.TrimSpace(body), []byte("{"))):
+		var sb submitBody
+		if err := json.Unmarshal(body, &sb); err != nil {
 			return nil, badRequest(errInvalidRequest, "body is not a JSON object {\"image_base64\": ..., \"inputs\": {...}}")
 		}
-		b64, sub.inputs = body.ImageBase64, body.Inputs
+		b64, sub.inputs = sb.ImageBase64, sb.Inputs
 	case strings.HasPrefix(mt, "image/") || mt == "application/octet-stream":
-		sub.image = ctx.PostBody()
-	case len(ctx.PostBody()) == 0:
+		sub.image = body
+	case len(body) == 0:
 	default:
 		return nil, badRequest(errInvalidRequest, "unsupported Content-Type %q: send multipart/form-data with a file field \"image\", or JSON {\"image_base64\": ...}", mt)
 	}
@@ -140,11 +153,36 @@ func parseSubmission(ctx *fasthttp.RequestCtx, maxBytes int64, wantImage bool) (
 		return nil, badRequest(errInvalidImage, "the image has no pixels (%dx%d)", w, h)
 	}
 	sub.format, sub.width, sub.height = format, w, h
-	if len(sub.image) > 0 && mt != "multipart/form-data" && b64 == nil {
+	if mt != "multipart/form-data" && b64 == nil && ctx.RequestBodyStream() == nil {
 		// A raw body lives in fasthttp's request buffer, reused after the handler returns.
 		sub.image = bytes.Clone(sub.image)
 	}
 	return sub, nil
+}
+
+// bodySlack is what a submission body may hold beyond the encoded image
+// (JSON keys, inputs, multipart headers).
+const bodySlack = 1 << 20
+
+// readBody returns the request body, reading at most limit bytes of a
+// streamed one.
+func readBody(ctx *fasthttp.RequestCtx, limit, maxImage int64) ([]byte, *apiError) {
+	r := ctx.RequestBodyStream()
+	if r == nil {
+		b := ctx.PostBody()
+		if int64(len(b)) > limit {
+			return nil, badRequest(errImageTooLarge, "request body too large: %d bytes (images up to %d bytes)", len(b), maxImage)
+		}
+		return b, nil
+	}
+	b, err := io.ReadAll(io.LimitReader(r, limit+1))
+	if err != nil {
+		return nil, badRequest(errInvalidRequest, "cannot read the request body")
+	}
+	if int64(len(b)) > limit {
+		return nil, badRequest(errImageTooLarge, "request body too large (images up to %d bytes)", maxImage)
+	}
+	return b, nil
 }
 
 func firstValue(v map[string][]string, keys ...string) string {

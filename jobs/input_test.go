@@ -92,6 +92,7 @@ func TestParseSubmission(t *testing.T) {
 		{desc: "too large multipart", ct: mpBigct, body: mpBig, wantType: errImageTooLarge},
 		{desc: "too large base64", ct: "application/json", body: jsonBody(map[string]any{"image_base64": base64.StdEncoding.EncodeToString(big)}), wantType: errImageTooLarge},
 		{desc: "too large raw", ct: "image/png", body: big, wantType: errImageTooLarge},
+		{desc: "body too large", ct: "application/json", body: jsonBody(map[string]any{"image_base64": strings.Repeat("A", 1<<20+2000)}), wantType: errImageTooLarge},
 		{desc: "malformed json", ct: "application/json", body: []byte(`{"image_base64": `), wantType: errInvalidRequest},
 		{desc: "image_base64 not a string", ct: "application/json", body: []byte(`{"image_base64": 5}`), wantType: errInvalidRequest},
 		{desc: "inputs not an object", ct: "application/json", body: jsonBody(map[string]any{"image_base64": b64, "inputs": []int{1}}), wantType: errInvalidRequest},
