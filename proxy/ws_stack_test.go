@@ -18,6 +18,7 @@ import (
 
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/metrics"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/fasthttp/websocket"
 )
@@ -32,6 +33,7 @@ type stack struct {
 	base string // http://127.0.0.1:port
 	pool *upstream.Pool
 	srv  *Server
+	m    *metrics.Metrics
 }
 
 func (s *stack) wsURL(clientID string) string {
@@ -59,7 +61,8 @@ func startStack(t testing.TB, addrs []string, mod func(*config.Config)) *stack {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	pool, err := upstream.New(cfg, nil, nil)
+	m := metrics.New("test")
+	pool, err := upstream.New(cfg, m, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +70,7 @@ func startStack(t testing.TB, addrs []string, mod func(*config.Config)) *stack {
 	if err := pool.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := New(Options{Config: cfg, Pool: pool})
+	srv, err := New(Options{Config: cfg, Pool: pool, Metrics: m})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +88,7 @@ func startStack(t testing.TB, addrs []string, mod func(*config.Config)) *stack {
 		pool.Close()
 		cancel()
 	})
-	s := &stack{base: "http://" + ln.Addr().String(), pool: pool, srv: srv}
+	s := &stack{base: "http://" + ln.Addr().String(), pool: pool, srv: srv, m: m}
 	// Wait until every instance's socket is up, so tests start from a fleet.
 	waitForStack(t, "upstream sockets", func() bool {
 		for _, inst := range pool.Instances() {
@@ -424,12 +427,20 @@ func TestWSStackExampleFlowSurvivesKill(t *testing.T) {
 	results := runClients(t, s, n, flowHooks{queued: queued, started: started})
 	<-killed
 	resubmitted := 0
-	for _, r := range results {
-		if p, ok := s.pool.Prompt(r.promptID); ok && p.Attempts() > 1 {
+	for i, r := range results {
+		p, ok := s.pool.Prompt(r.promptID)
+		if ok && p.Attempts() > 1 {
 			resubmitted++
 		}
+		if t.Failed() && ok {
+			inst := "none"
+			if p.Instance() != nil {
+				inst = p.Instance().Name
+			}
+			t.Logf("client %d: prompt %s state %d attempts %d on %s", i, r.promptID, p.State(), p.Attempts(), inst)
+		}
 	}
-	t.Logf("prompts executed: a=%d (killed) b=%d; resubmitted %d", a.PromptsExecuted(), b.PromptsExecuted(), resubmitted)
+	t.Logf("prompts executed: a=%d (killed) b=%d; resubmitted %d; outcomes %v", a.PromptsExecuted(), b.PromptsExecuted(), resubmitted, s.m.Stats().Outcomes)
 	if resubmitted == 0 || a.PromptsExecuted() != 0 {
 		t.Errorf("instance a was not killed mid-run (%d resubmitted, %d done on a)", resubmitted, a.PromptsExecuted())
 	}
@@ -463,8 +474,8 @@ func TestWSStack200ClientsOneUpstreamSocketPerInstance(t *testing.T) {
 		}
 		conns[i] = conn
 	}
-	if got := s.srv.hub.Clients(); got != n {
-		t.Fatalf("hub has %d clients, want %d", got, n)
+	if got, st := s.srv.hub.Clients(), s.m.Stats().WSClients; got != n || st != n {
+		t.Fatalf("hub has %d clients (metric %d), want %d", got, st, n)
 	}
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
