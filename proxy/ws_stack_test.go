@@ -354,26 +354,47 @@ func runClients(t *testing.T, s *stack, n int, hooks flowHooks) []flowResult {
 	return results
 }
 
+// traceASequence is what ComfyUI 0.3.65 sent the submitting client for
+// EmptyImage -> ImageInvert -> SaveImage, status messages left out
+// (shared/comfyui-traces/a-emptyimage-invert-save.json, first run).
+var traceASequence = []string{
+	"execution_start", "execution_cached",
+	"progress_state", "executing", "progress_state",
+	"progress_state", "executing", "progress_state",
+	"progress_state", "executing", "executed", "progress_state",
+	"execution_success", "executing",
+}
+
 func TestWSStackExampleFlowTenClients(t *testing.T) {
 	t.Parallel()
 	a := comfysim.StartForTest(t, comfysim.Options{Delay: 10 * time.Millisecond})
 	b := comfysim.StartForTest(t, comfysim.Options{Delay: 10 * time.Millisecond})
 	s := startStack(t, []string{a.Addr(), b.Addr()}, nil)
+	// An observer that submits nothing sees only status messages, as the
+	// trace's second socket did.
+	observer := dialWS(t, s.wsURL("observer"))
+
 	results := runClients(t, s, 10, flowHooks{})
 	if t.Failed() {
 		return
 	}
-	// Each client saw its prompt in ComfyUI's order (status messages,
-	// the fleet's queue count, interleave with other clients' prompts).
+	// Each client saw exactly its prompt's messages in ComfyUI's order
+	// (status messages, the fleet's queue count, interleave with other
+	// clients' prompts and are left out).
+	want := strings.Join(traceASequence, ",")
 	for i, r := range results {
-		got := strings.Join(withoutStatus(r.types), ",")
-		if !strings.HasPrefix(got, "execution_start,execution_cached,progress_state,executing") ||
-			!strings.HasSuffix(got, "execution_success,executing") {
-			t.Errorf("client %d saw %s", i, got)
+		if got := strings.Join(withoutStatus(r.types), ","); got != want {
+			t.Errorf("client %d saw\n%s\nwant\n%s", i, got, want)
 		}
 	}
 	if a.PromptsExecuted() == 0 || b.PromptsExecuted() == 0 {
 		t.Errorf("prompts executed: %d and %d; want both instances used", a.PromptsExecuted(), b.PromptsExecuted())
+	}
+	s.srv.hub.Broadcast(marker("end"))
+	for _, m := range observer.readUntil(`"m": "end"`) {
+		if m.typ() != "status" {
+			t.Fatalf("observer got %s", m.data)
+		}
 	}
 }
 
