@@ -54,7 +54,7 @@ const (
 	// closeReplaced closes a socket whose clientId reconnected on a newer one.
 	closeReplaced = 4000
 	// replaceWindow and replaceLimit damp two sockets that keep evicting
-	// each other (see the package comment above).
+	// each other (see the comment at the top of this file).
 	replaceWindow = 10 * time.Second
 	replaceLimit  = 3
 	// maxClientFrame bounds what a client may send (ComfyUI allows 4 MB; the
@@ -129,7 +129,7 @@ func newHub(cfg *config.Config, pool *upstream.Pool, m *metrics.Metrics, log *sl
 		// Origin policy is the HTTP side's (it runs before routing here);
 		// the upgrader's default would reject every cross-origin browser.
 		CheckOrigin:       func(*fasthttp.RequestCtx) bool { return true },
-		EnableCompression: false, // see the package comment above
+		EnableCompression: false, // see the comment at the top of this file
 	}
 	if ws.BacklogGrace > 0 {
 		h.wg.Add(1)
