@@ -57,17 +57,17 @@ func runBatch(b *testing.B, h *harness, n int, src []byte) time.Duration {
 	deadline := start.Add(2 * time.Minute)
 	for {
 		done := 0
-		h.svc.mu.Lock()
+		h.svc.jobsMu.Lock()
 		for _, id := range ids {
 			switch h.svc.jobs[id].state {
 			case stCompleted:
 				done++
 			case stFailed, stCancelled:
-				h.svc.mu.Unlock()
+				h.svc.jobsMu.Unlock()
 				b.Fatalf("job %s: %s", id, h.svc.jobs[id].errMsg)
 			}
 		}
-		h.svc.mu.Unlock()
+		h.svc.jobsMu.Unlock()
 		if done == n {
 			return time.Since(start)
 		}

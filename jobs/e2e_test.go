@@ -126,9 +126,9 @@ func TestManyJobsTwoInstances(t *testing.T) {
 	maxSeen := 0
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		h.svc.mu.Lock()
+		h.svc.jobsMu.Lock()
 		maxSeen = max(maxSeen, h.svc.inFlight)
-		h.svc.mu.Unlock()
+		h.svc.jobsMu.Unlock()
 		done := 0
 		for _, id := range ids {
 			if _, v := h.status(id); v.Status == statusCompleted || v.Status == statusFailed {
@@ -216,9 +216,9 @@ func TestCancelEveryState(t *testing.T) {
 	// queued reaches the instance's queue (pending there), waiting stays in comfygate.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		h.svc.mu.Lock()
+		h.svc.jobsMu.Lock()
 		st := h.svc.jobs[queued].state
-		h.svc.mu.Unlock()
+		h.svc.jobsMu.Unlock()
 		if st == stQueued {
 			break
 		}
@@ -260,9 +260,9 @@ func TestCancelEveryState(t *testing.T) {
 	// The slots come back: the interrupt took effect on the instance.
 	deadline = time.Now().Add(5 * time.Second)
 	for {
-		h.svc.mu.Lock()
+		h.svc.jobsMu.Lock()
 		n := h.svc.inFlight
-		h.svc.mu.Unlock()
+		h.svc.jobsMu.Unlock()
 		if n == 0 {
 			break
 		}
@@ -312,9 +312,9 @@ func TestExpiry(t *testing.T) {
 	// The sweeper dropped it from memory, not just from view.
 	deadline = time.Now().Add(5 * time.Second)
 	for {
-		h.svc.mu.Lock()
+		h.svc.jobsMu.Lock()
 		n := len(h.svc.jobs)
-		h.svc.mu.Unlock()
+		h.svc.jobsMu.Unlock()
 		if n == 0 {
 			break
 		}

@@ -234,8 +234,8 @@ func submitFake(tb testing.TB, s *Service, route string) string {
 
 // jobState reads a job's internal state.
 func jobState(s *Service, id string) state {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.jobsMu.Lock()
+	defer s.jobsMu.Unlock()
 	return s.jobs[id].state
 }
 

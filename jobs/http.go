@@ -147,9 +147,9 @@ func (s *Service) serveSubmit(ctx *fasthttp.RequestCtx, name string) {
 		return
 	}
 	parallel := s.parallelism()
-	s.mu.Lock()
+	s.jobsMu.Lock()
 	est := s.estimateLocked(j, parallel)
-	s.mu.Unlock()
+	s.jobsMu.Unlock()
 	ctx.Response.Header.Set("Location", routeJobs+"/"+j.id+"/status")
 	writeJSON(ctx, fasthttp.StatusAccepted, acceptedView{
 		JobID:     j.id,
@@ -181,8 +181,8 @@ func (s *Service) accept(wf *workflow, sub *submission) (*job, *apiError) {
 	j.prompt = prompt
 	j.prog = newProgress(wf.nodes)
 
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.jobsMu.Lock()
+	defer s.jobsMu.Unlock()
 	if s.closed {
 		return nil, &apiError{status: fasthttp.StatusServiceUnavailable, typ: errShuttingDown, msg: "comfygate is shutting down", retryAfter: 1}
 	}
@@ -269,15 +269,15 @@ func (s *Service) statusLocked(j *job, parallel int) statusView {
 
 func (s *Service) serveStatus(ctx *fasthttp.RequestCtx, id string) {
 	parallel := s.parallelism()
-	s.mu.Lock()
+	s.jobsMu.Lock()
 	j := s.lookupLocked(id)
 	if j == nil {
-		s.mu.Unlock()
+		s.jobsMu.Unlock()
 		notFound(ctx, id)
 		return
 	}
 	v := s.statusLocked(j, parallel)
-	s.mu.Unlock()
+	s.jobsMu.Unlock()
 	writeJSON(ctx, fasthttp.StatusOK, v)
 }
 
@@ -298,16 +298,16 @@ type resultView struct {
 
 func (s *Service) serveResult(ctx *fasthttp.RequestCtx, id string) {
 	parallel := s.parallelism()
-	s.mu.Lock()
+	s.jobsMu.Lock()
 	j := s.lookupLocked(id)
 	if j == nil {
-		s.mu.Unlock()
+		s.jobsMu.Unlock()
 		notFound(ctx, id)
 		return
 	}
 	if j.state != stCompleted {
 		v := s.statusLocked(j, parallel)
-		s.mu.Unlock()
+		s.jobsMu.Unlock()
 		writeJSON(ctx, fasthttp.StatusConflict, v)
 		return
 	}
@@ -320,7 +320,7 @@ func (s *Service) serveResult(ctx *fasthttp.RequestCtx, id string) {
 		ProcessingTimeMS: j.finished.Sub(j.dispatched).Milliseconds(),
 		Instance:         j.instance,
 	}
-	s.mu.Unlock()
+	s.jobsMu.Unlock()
 	if wantsRaw(ctx) {
 		// data is never modified after completion, so it may be shared.
 		ctx.SetStatusCode(fasthttp.StatusOK)
@@ -373,9 +373,9 @@ func (s *Service) serveDelete(ctx *fasthttp.RequestCtx, id string) {
 		notFound(ctx, id)
 		return
 	}
-	s.mu.Lock()
+	s.jobsMu.Lock()
 	st := s.jobs[id].state.public()
-	s.mu.Unlock()
+	s.jobsMu.Unlock()
 	writeJSON(ctx, fasthttp.StatusOK, deleteView{JobID: id, Cancelled: cancelled, Status: st})
 }
 
@@ -402,7 +402,7 @@ func (s *Service) serveList(ctx *fasthttp.RequestCtx) {
 	if f := string(ctx.QueryArgs().Peek("status")); f != "" {
 		filter = strings.Split(f, ",")
 	}
-	s.mu.Lock()
+	s.jobsMu.Lock()
 	now := s.now()
 	js := make([]*job, 0, len(s.jobs))
 	for _, j := range s.jobs {
@@ -426,7 +426,7 @@ func (s *Service) serveList(ctx *fasthttp.RequestCtx) {
 		}
 		v.Jobs = append(v.Jobs, it)
 	}
-	s.mu.Unlock()
+	s.jobsMu.Unlock()
 	writeJSON(ctx, fasthttp.StatusOK, v)
 }
 
@@ -451,10 +451,10 @@ type waitingWorkflow struct {
 // that has not reached an instance yet (in the wait line, or being
 // uploaded and submitted); ok is false otherwise.
 func (s *Service) WaitingJob(id string) ([]byte, bool) {
-	s.mu.Lock()
+	s.jobsMu.Lock()
 	j := s.lookupLocked(id)
 	if j == nil || !(j.state == stWaiting || (j.state == stSubmitting && !j.submitted)) {
-		s.mu.Unlock()
+		s.jobsMu.Unlock()
 		return nil, false
 	}
 	created := j.created.UnixMilli()
@@ -468,7 +468,7 @@ func (s *Service) WaitingJob(id string) ([]byte, bool) {
 			ExtraData: map[string]any{"create_time": created, "comfygate_job": map[string]string{"workflow": j.wf.name}},
 		},
 	}
-	s.mu.Unlock()
+	s.jobsMu.Unlock()
 	b, err := json.Marshal(v)
 	if err != nil {
 		return nil, false

@@ -51,7 +51,7 @@ func (s state) public() string {
 }
 
 // job is one async job. Its immutable fields are set at accept time; the
-// rest is guarded by Service.mu.
+// rest is guarded by Service.jobsMu.
 type job struct {
 	s       *Service
 	id      string // also the prompt_id it is submitted under
@@ -61,7 +61,7 @@ type job struct {
 	inputs  map[string]json.RawMessage
 	ext     string // extension of the uploaded image's file name
 
-	// Guarded by Service.mu.
+	// Guarded by Service.jobsMu.
 	state       state
 	image       []byte // the caller's image; dropped once the job finished
 	imageName   string // the name the image has on the instances

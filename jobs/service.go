@@ -59,7 +59,8 @@ type Service struct {
 	// staleAfter is how long an active job may go without an event before
 	// the watchdog asks the pool whether its prompt ended unseen.
 	staleAfter time.Duration
-	// sweepEvery is the expiry loop's period.
+	// sweepEvery is the period of the loop that expires finished jobs and
+	// watches those at the instances.
 	sweepEvery time.Duration
 	// retryDelay spaces download and upload retries.
 	retryDelay time.Duration
@@ -70,7 +71,7 @@ type Service struct {
 	wg      sync.WaitGroup
 	started sync.Once
 
-	mu        sync.Mutex // guards the fields below and every job's mutable fields
+	jobsMu    sync.Mutex // guards the fields below and every job's mutable fields
 	jobs      map[string]*job
 	line      []*job            // the wait line, first come first served
 	active    map[*job]struct{} // taken from the line, not finished
@@ -105,7 +106,7 @@ func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Lo
 		now:         time.Now,
 		cancelGrace: max(cfg.Timeout, time.Second),
 		staleAfter:  30 * time.Second,
-		sweepEvery:  min(max(cfg.Jobs.Timeout/4, 10*time.Millisecond), time.Minute),
+		sweepEvery:  min(max(cfg.Jobs.Timeout/4, 10*time.Millisecond), time.Second),
 		retryDelay:  200 * time.Millisecond,
 		wake:        make(chan struct{}, 1),
 		jobs:        map[string]*job{},
@@ -131,9 +132,9 @@ func (s *Service) Start(ctx context.Context) {
 // Jobs still running on instances are left to them.
 func (s *Service) Close() {
 	s.stop()
-	s.mu.Lock()
+	s.jobsMu.Lock()
 	s.closed = true
-	s.mu.Unlock()
+	s.jobsMu.Unlock()
 	s.wg.Wait()
 }
 
@@ -176,7 +177,7 @@ func (s *Service) kick() {
 }
 
 // goLocked starts fn on a goroutine the service waits for in Close. It
-// reports false once the service is closed. s.mu must be held.
+// reports false once the service is closed. s.jobsMu must be held.
 func (s *Service) goLocked(what string, fn func()) bool {
 	if s.closed {
 		return false
@@ -192,8 +193,8 @@ func (s *Service) goLocked(what string, fn func()) bool {
 // dispatch moves jobs from the head of the wait line to the instances
 // while slots are free.
 func (s *Service) dispatch() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.jobsMu.Lock()
+	defer s.jobsMu.Unlock()
 	now := s.now()
 	for s.inFlight < s.cfg.MaxConcurrent && len(s.line) > 0 && !now.Before(s.holdUntil) {
 		j := s.line[0]
@@ -242,15 +243,15 @@ func (s *Service) submit(j *job) {
 			return
 		}
 	}
-	s.mu.Lock()
+	s.jobsMu.Lock()
 	if j.state != stSubmitting { // cancelled meanwhile
 		s.releaseLocked(j)
-		s.mu.Unlock()
+		s.jobsMu.Unlock()
 		return
 	}
 	j.submitted = true
 	prompt := j.prompt
-	s.mu.Unlock()
+	s.jobsMu.Unlock()
 
 	extra, _ := json.Marshal(map[string]any{"comfygate_job": map[string]string{"workflow": j.wf.name}})
 	res, err := s.be.Submit(ctx, upstream.SubmitRequest{
@@ -266,21 +267,21 @@ func (s *Service) submit(j *job) {
 		// the watchdog (sweep) puts the job back in line.
 		s.log.Warn("job submission unconfirmed", "job_id", j.id, "instance", res.Instance.Name, "err", err)
 	case err != nil:
-		s.mu.Lock()
+		s.jobsMu.Lock()
 		j.submitted = false
-		s.mu.Unlock()
+		s.jobsMu.Unlock()
 		s.retryLater(j, err)
 		return
 	case res.Status != 200 || res.Prompt == nil:
 		msg := submitError(res.Status, res.Body)
-		s.mu.Lock()
+		s.jobsMu.Lock()
 		s.log.Warn("job rejected by instance", "job_id", j.id, "workflow", j.wf.name, "instance", instName(res.Instance), "status", res.Status, "error", msg)
 		s.finishLocked(j, stFailed, msg)
 		s.releaseLocked(j)
-		s.mu.Unlock()
+		s.jobsMu.Unlock()
 		return
 	}
-	s.mu.Lock()
+	s.jobsMu.Lock()
 	if j.instance == "" && res.Instance != nil {
 		j.instance = res.Instance.Name
 	}
@@ -288,15 +289,15 @@ func (s *Service) submit(j *job) {
 		j.state = stQueued
 	}
 	cancelled := j.state == stCancelled && j.holdsSlot
-	s.mu.Unlock()
+	s.jobsMu.Unlock()
 	if cancelled {
 		// Cancelled while the prompt was being submitted: take it back.
 		if _, err := s.be.Cancel(ctx, j.id); err != nil {
 			s.log.Warn("cancel job after submit", "job_id", j.id, "err", err)
 		}
-		s.mu.Lock()
+		s.jobsMu.Lock()
 		s.releaseLocked(j)
-		s.mu.Unlock()
+		s.jobsMu.Unlock()
 	}
 }
 
@@ -304,8 +305,8 @@ func (s *Service) submit(j *job) {
 // wait line. Failures other than "no instance" count; past
 // maxSubmitAttempts the job fails.
 func (s *Service) retryLater(j *job, err error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.jobsMu.Lock()
+	defer s.jobsMu.Unlock()
 	if j.state != stSubmitting {
 		s.releaseLocked(j)
 		return // cancelled meanwhile
@@ -385,9 +386,9 @@ func (s *Service) placeImage(ctx context.Context, j *job) error {
 	if len(targets) == 0 {
 		return upstream.ErrNoUpstream
 	}
-	s.mu.Lock()
+	s.jobsMu.Lock()
 	img, want := j.image, j.imageName
-	s.mu.Unlock()
+	s.jobsMu.Unlock()
 	names := make([]string, len(targets))
 	errs := make([]error, len(targets))
 	var wg sync.WaitGroup
@@ -421,9 +422,9 @@ func (s *Service) placeImage(ctx context.Context, j *job) error {
 		if err != nil {
 			return err
 		}
-		s.mu.Lock()
+		s.jobsMu.Lock()
 		j.imageName, j.prompt = name, prompt
-		s.mu.Unlock()
+		s.jobsMu.Unlock()
 	}
 	return nil
 }
@@ -471,8 +472,8 @@ func (s *Service) upload(ctx context.Context, inst *upstream.Instance, name stri
 
 // onEvent applies one execution event of the job's prompt.
 func (s *Service) onEvent(j *job, p *upstream.Prompt, ev upstream.Event, d *eventData) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.jobsMu.Lock()
+	defer s.jobsMu.Unlock()
 	now := s.now()
 	j.lastEvent = now
 	j.sawEvent = true
@@ -598,14 +599,14 @@ func (s *Service) fetch(j *job, inst *upstream.Instance, refs []upstream.FileRef
 		refs, _ = s.historyOutputs(ctx, inst, upstreamID, j.wf.cfg.OutputNode)
 	}
 	if len(refs) == 0 {
-		s.mu.Lock()
+		s.jobsMu.Lock()
 		s.finishLocked(j, stFailed, fmt.Sprintf("the workflow finished without an image at its output node %q", j.wf.cfg.OutputNode))
-		s.mu.Unlock()
+		s.jobsMu.Unlock()
 		return
 	}
 	data, err := s.download(ctx, inst, refs[0])
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.jobsMu.Lock()
+	defer s.jobsMu.Unlock()
 	if err != nil {
 		s.log.Warn("job result download failed", "job_id", j.id, "instance", instName(inst), "err", err)
 		s.finishLocked(j, stFailed, "the workflow finished but comfygate could not fetch its result from ComfyUI")
@@ -619,16 +620,16 @@ func (s *Service) fetch(j *job, inst *upstream.Instance, refs []upstream.FileRef
 // historyOutputs reads outputs[node].images of a prompt from
 // /history/{id}; entry is nil when the instance has none (or did not answer).
 func (s *Service) historyOutputs(ctx context.Context, inst *upstream.Instance, upstreamID, node string) (refs []upstream.FileRef, entry *historyEntry) {
-	e, _ := s.historyEntry(ctx, inst, upstreamID)
+	e, _ := s.readHistory(ctx, inst, upstreamID)
 	if e == nil {
 		return nil, nil
 	}
 	return outputImages(e.Outputs[node]), e
 }
 
-// historyEntry reads /history/{id} of inst: entry is nil when it has none;
+// readHistory reads /history/{id} of inst: entry is nil when it has none;
 // answered is false when the instance did not answer.
-func (s *Service) historyEntry(ctx context.Context, inst *upstream.Instance, upstreamID string) (entry *historyEntry, answered bool) {
+func (s *Service) readHistory(ctx context.Context, inst *upstream.Instance, upstreamID string) (entry *historyEntry, answered bool) {
 	status, body, err := s.be.Call(ctx, inst, "GET", "/history/"+url.PathEscape(upstreamID), nil, nil)
 	if err != nil || status != 200 {
 		return nil, false
@@ -737,10 +738,10 @@ func (s *Service) removeFromLineLocked(j *job) {
 // so MaxConcurrent holds for the GPUs too. known is false when id is no
 // facade job (or it expired).
 func (s *Service) CancelJob(ctx context.Context, id string) (known, cancelled bool) {
-	s.mu.Lock()
+	s.jobsMu.Lock()
 	j := s.lookupLocked(id)
 	if j == nil {
-		s.mu.Unlock()
+		s.jobsMu.Unlock()
 		return false, false
 	}
 	switch j.state {
@@ -749,15 +750,15 @@ func (s *Service) CancelJob(ctx context.Context, id string) (known, cancelled bo
 		// takes the prompt back (and frees the slot) itself.
 		j.cancelAsked = true
 		s.finishLocked(j, stCancelled, "")
-		s.mu.Unlock()
+		s.jobsMu.Unlock()
 		return true, true
 	case stQueued, stRunning:
 	default:
-		s.mu.Unlock()
+		s.jobsMu.Unlock()
 		return true, false
 	}
 	j.cancelAsked = true
-	s.mu.Unlock()
+	s.jobsMu.Unlock()
 
 	ok, err := s.be.Cancel(ctx, id)
 	if err != nil {
@@ -769,8 +770,8 @@ func (s *Service) CancelJob(ctx context.Context, id string) (known, cancelled bo
 		// no history of it: it was deleted, so it is cancelled.
 		ok = true
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.jobsMu.Lock()
+	defer s.jobsMu.Unlock()
 	if j.state.terminal() || j.state == stFetching {
 		return true, j.state == stCancelled
 	}
@@ -783,9 +784,9 @@ func (s *Service) CancelJob(ctx context.Context, id string) (known, cancelled bo
 		s.releaseLocked(j) // deleted from the instance's queue: it never runs
 	} else if j.holdsSlot {
 		j.slotTimer = time.AfterFunc(s.cancelGrace, func() {
-			s.mu.Lock()
+			s.jobsMu.Lock()
 			s.releaseLocked(j)
-			s.mu.Unlock()
+			s.jobsMu.Unlock()
 		})
 	}
 	return true, true
@@ -794,9 +795,9 @@ func (s *Service) CancelJob(ctx context.Context, id string) (known, cancelled bo
 // deletedUnseen reports whether a job that never started has a prompt the
 // pool reports done although its instance has no history of it.
 func (s *Service) deletedUnseen(ctx context.Context, j *job) bool {
-	s.mu.Lock()
+	s.jobsMu.Lock()
 	queued := j.state == stQueued
-	s.mu.Unlock()
+	s.jobsMu.Unlock()
 	if !queued {
 		return false
 	}
@@ -804,7 +805,7 @@ func (s *Service) deletedUnseen(ctx context.Context, j *job) bool {
 	if !found || p.State() != upstream.PromptDone || p.Instance() == nil {
 		return false
 	}
-	entry, answered := s.historyEntry(ctx, p.Instance(), p.UpstreamID())
+	entry, answered := s.readHistory(ctx, p.Instance(), p.UpstreamID())
 	return answered && entry == nil
 }
 
@@ -821,63 +822,74 @@ func (s *Service) expiredLocked(j *job, now time.Time) bool {
 	return j.state.terminal() && now.Sub(j.finished) >= s.cfg.Timeout
 }
 
-// sweep removes expired jobs and checks on active jobs that went quiet.
+// sweep removes expired jobs and watches the jobs at the instances.
 func (s *Service) sweep() {
 	now := s.now()
-	var quiet []*job
-	s.mu.Lock()
+	var watch []*job
+	s.jobsMu.Lock()
 	for id, j := range s.jobs {
 		if s.expiredLocked(j, now) && !j.holdsSlot {
 			delete(s.jobs, id)
 			continue
 		}
-		if j.submitted && (j.state == stQueued || j.state == stRunning) {
-			last := j.lastEvent
-			if last.IsZero() {
-				last = j.dispatched
-			}
-			if now.Sub(last) >= s.staleAfter {
-				quiet = append(quiet, j)
-				j.lastEvent = now // one check per staleAfter
-			}
+		if atInstance(j) {
+			watch = append(watch, j)
 		}
 	}
-	s.mu.Unlock()
-	for _, j := range quiet {
-		s.checkQuiet(j)
+	s.jobsMu.Unlock()
+	for _, j := range watch {
+		s.watch(j, now)
 	}
 }
 
-// checkQuiet settles a job whose prompt the pool reports finished although
-// no terminal event reached the job (events lost in a socket reconnect):
-// the instance's history says how it ended.
-func (s *Service) checkQuiet(j *job) {
+// atInstance reports whether the pool has the job's prompt: submitted and
+// answered (or seen running). jobsMu must be held.
+func atInstance(j *job) bool {
+	return j.submitted && (j.state == stQueued || j.state == stRunning)
+}
+
+// watch settles a job at an instance that the pool no longer knows (an
+// unconfirmed submission the instance never took is dropped: the job goes
+// back in line) or that the pool reports finished although no terminal
+// event reached the job (events lost in a socket reconnect: the
+// instance's history says how it ended, asked at most once per staleAfter).
+func (s *Service) watch(j *job, now time.Time) {
+	// The pool is asked without jobsMu held: it may hold its own locks
+	// while it delivers events, which take jobsMu.
 	p, ok := s.be.Prompt(j.id)
+	done := ok && p.State() == upstream.PromptDone
+	s.jobsMu.Lock()
+	if !atInstance(j) {
+		s.jobsMu.Unlock()
+		return
+	}
 	if !ok {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		switch {
-		case j.state != stQueued && j.state != stRunning:
-		case !j.sawEvent:
-			// An unconfirmed submission the instance never took: the pool
-			// forgot it, so the id is free to submit again.
+		if !j.sawEvent {
 			s.requeueLocked(j, errors.New("the instance never confirmed the prompt"))
-		default:
+		} else {
 			s.finishLocked(j, stFailed, "comfygate lost track of the job's prompt")
 			s.releaseLocked(j)
 		}
+		s.jobsMu.Unlock()
 		return
 	}
-	if p.State() != upstream.PromptDone {
+	last := j.lastEvent
+	if last.IsZero() {
+		last = j.dispatched
+	}
+	if !done || now.Sub(last) < s.staleAfter {
+		s.jobsMu.Unlock()
 		return
 	}
+	j.lastEvent = now // one look per staleAfter
+	s.jobsMu.Unlock()
 	inst := p.Instance()
 	if inst == nil {
 		return
 	}
 	refs, entry := s.historyOutputs(s.runCtx, inst, p.UpstreamID(), j.wf.cfg.OutputNode)
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.jobsMu.Lock()
+	defer s.jobsMu.Unlock()
 	if j.state.terminal() || j.state == stFetching || entry == nil {
 		return
 	}
@@ -940,7 +952,7 @@ func (s *Service) estimateLocked(j *job, parallel int) time.Duration {
 }
 
 // parallelism is how many jobs run at once: healthy instances, capped by
-// MaxConcurrent. Never call with s.mu held (it asks the pool).
+// MaxConcurrent. Never call with s.jobsMu held (it asks the pool).
 func (s *Service) parallelism() int {
 	return max(1, min(len(s.be.Healthy()), s.cfg.MaxConcurrent))
 }

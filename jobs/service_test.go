@@ -88,9 +88,9 @@ func TestEWMAAndEstimate(t *testing.T) {
 	if third := estimate(); third != 30 { // two ahead, one instance: 20/1 + 10
 		t.Fatalf("third estimate %v, want 30", third)
 	}
-	s.mu.Lock()
+	s.jobsMu.Lock()
 	s.est["upscale-image"] = &ewma{mean: time.Second, n: 1}
-	s.mu.Unlock()
+	s.jobsMu.Unlock()
 	if fourth := estimate(); fourth != 4 { // three ahead at 1s each, one instance
 		t.Fatalf("fourth estimate %v, want 4", fourth)
 	}
@@ -188,10 +188,10 @@ func TestEventsDriveJob(t *testing.T) {
 	if code != 200 || string(hdr.ContentType()) != "image/png" || !bytes.Equal(resp, f.viewBody) {
 		t.Fatalf("raw result: %d %s", code, hdr.ContentType())
 	}
-	s.mu.Lock()
+	s.jobsMu.Lock()
 	measured := s.est["upscale-image"] != nil && s.est["upscale-image"].n == 1
 	inFlight := s.inFlight
-	s.mu.Unlock()
+	s.jobsMu.Unlock()
 	if !measured || inFlight != 0 {
 		t.Fatalf("measured %v inFlight %d", measured, inFlight)
 	}
@@ -236,9 +236,9 @@ func TestFailedJobs(t *testing.T) {
 	id = submitFake(t, s, "/api/upscale-image")
 	f.waitSubmitted()
 	waitFor(t, "rejection", func() bool { return jobState(s, id) == stFailed })
-	s.mu.Lock()
+	s.jobsMu.Lock()
 	msg := s.jobs[id].errMsg
-	s.mu.Unlock()
+	s.jobsMu.Unlock()
 	if !strings.Contains(msg, "Prompt outputs failed validation") || !strings.Contains(msg, "node 2 (UpscaleModelLoader)") || !strings.Contains(msg, "model: 'x'") {
 		t.Fatalf("message %q", msg)
 	}
@@ -269,9 +269,9 @@ func TestNoInstanceJobWaits(t *testing.T) {
 		t.Fatalf("resubmitted %s", got)
 	}
 	waitFor(t, "queued", func() bool { return jobState(s, id) == stQueued })
-	s.mu.Lock()
+	s.jobsMu.Lock()
 	attempts := s.jobs[id].attempts
-	s.mu.Unlock()
+	s.jobsMu.Unlock()
 	if attempts != 0 {
 		t.Fatalf("no-instance counted as a failed attempt: %d", attempts)
 	}
@@ -296,9 +296,9 @@ func TestCancelStates(t *testing.T) {
 	if known, ok := s.CancelJob(ctx, w); !known || !ok || jobState(s, w) != stCancelled {
 		t.Fatalf("waiting: %v %v", known, ok)
 	}
-	s.mu.Lock()
+	s.jobsMu.Lock()
 	lineLen := len(s.line)
-	s.mu.Unlock()
+	s.jobsMu.Unlock()
 	if lineLen != 0 {
 		t.Fatalf("line still holds %d", lineLen)
 	}
@@ -315,7 +315,7 @@ func TestCancelStates(t *testing.T) {
 		t.Fatal("WaitingJob for a cancelled job")
 	}
 	close(release)
-	waitFor(t, "slot freed", func() bool { s.mu.Lock(); defer s.mu.Unlock(); return s.inFlight == 0 })
+	waitFor(t, "slot freed", func() bool { s.jobsMu.Lock(); defer s.jobsMu.Unlock(); return s.inFlight == 0 })
 	f.mu.Lock()
 	cancels := append([]string(nil), f.cancels...)
 	f.mu.Unlock()
@@ -330,7 +330,7 @@ func TestCancelStates(t *testing.T) {
 	if known, ok := s.CancelJob(ctx, q); !known || !ok {
 		t.Fatalf("queued: %v %v", known, ok)
 	}
-	waitFor(t, "slot freed", func() bool { s.mu.Lock(); defer s.mu.Unlock(); return s.inFlight == 0 })
+	waitFor(t, "slot freed", func() bool { s.jobsMu.Lock(); defer s.jobsMu.Unlock(); return s.inFlight == 0 })
 
 	// Running: cancelled at once, the slot held until the interrupt lands.
 	r := submitFake(t, s, "/api/upscale-image")
@@ -341,9 +341,9 @@ func TestCancelStates(t *testing.T) {
 	if known, ok := s.CancelJob(ctx, r); !known || !ok || jobState(s, r) != stCancelled {
 		t.Fatalf("running: %v %v", known, ok)
 	}
-	s.mu.Lock()
+	s.jobsMu.Lock()
 	held := s.jobs[r].holdsSlot
-	s.mu.Unlock()
+	s.jobsMu.Unlock()
 	if !held || jobState(s, next) != stWaiting {
 		t.Fatal("the interrupted job's slot went to the next job before the instance stopped it")
 	}
@@ -387,9 +387,9 @@ func TestExpiryWithClock(t *testing.T) {
 		t.Fatalf("at JOB_TIMEOUT: %d", code)
 	}
 	s.sweep()
-	s.mu.Lock()
+	s.jobsMu.Lock()
 	n := len(s.jobs)
-	s.mu.Unlock()
+	s.jobsMu.Unlock()
 	if n != 0 {
 		t.Fatalf("%d jobs after the sweep", n)
 	}
