@@ -231,13 +231,16 @@ func (s *Server) newInstance(ln net.Listener) *instance {
 
 // shutdown closes everything abruptly, as a dying process would.
 func (in *instance) shutdown() {
-	in.cancel()
+	// A crashed process says nothing more: cut every connection before the
+	// worker is cancelled, so no status or history change of the abandoned
+	// prompt can reach a client in between.
 	_ = in.hs.Close()
 	in.mu.Lock()
 	for c := range in.conns {
 		c.close()
 	}
 	in.mu.Unlock()
+	in.cancel()
 	waitOrTimeout(&in.workers, shutdownTimeout)
 	waitOrTimeout(&in.sockWG, shutdownTimeout)
 }

@@ -412,6 +412,12 @@ func (t *promptTable) checkDeleted(s *instSocket, n int64) {
 
 // verifyQueue marks done the queued prompts inst no longer has and never ran.
 func (t *promptTable) verifyQueue(ctx context.Context, inst *Instance) {
+	// An instance that is dying also loses its queue: that is failover's
+	// business, not a deletion. Checked again after every upstream call below.
+	dying := func() bool { return inst.suspect.Load() || !inst.socketUp.Load() || !inst.healthy.Load() }
+	if dying() {
+		return
+	}
 	running, pending, err := t.queueIDs(ctx, inst)
 	if err != nil {
 		return
@@ -426,6 +432,9 @@ func (t *promptTable) verifyQueue(ctx context.Context, inst *Instance) {
 		}
 		if entry, ok := t.historyEntry(ctx, inst, uid); !ok || entry != nil {
 			continue // it ran: its events tell the rest
+		}
+		if dying() {
+			return
 		}
 		if pr.State() == PromptQueued && t.markDone(pr, metrics.OutcomeInterrupted) {
 			t.log.Info("upstream: prompt deleted from its instance's queue", "prompt_id", pr.ID, "instance", inst.Name)
