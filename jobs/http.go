@@ -1,6 +1,7 @@
 package jobs
 
 import (
+	"cmp"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -373,8 +374,14 @@ func (s *Service) serveDelete(ctx *fasthttp.RequestCtx, id string) {
 		notFound(ctx, id)
 		return
 	}
+	st := statusCompleted // expired the moment it was looked at: it had finished
+	if cancelled {
+		st = statusCancelled
+	}
 	s.jobsMu.Lock()
-	st := s.jobs[id].state.public()
+	if j := s.jobs[id]; j != nil {
+		st = j.state.public()
+	}
 	s.jobsMu.Unlock()
 	writeJSON(ctx, fasthttp.StatusOK, deleteView{JobID: id, Cancelled: cancelled, Status: st})
 }
@@ -410,7 +417,7 @@ func (s *Service) serveList(ctx *fasthttp.RequestCtx) {
 			js = append(js, j)
 		}
 	}
-	slices.SortFunc(js, func(a, b *job) int { return int(a.seq) - int(b.seq) })
+	slices.SortFunc(js, func(a, b *job) int { return cmp.Compare(a.seq, b.seq) })
 	v := listView{Jobs: make([]listItem, 0, len(js)), Total: len(js), Waiting: len(s.line), InFlight: s.inFlight}
 	for _, j := range js {
 		it := listItem{
