@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"image"
 	_ "image/gif" // LoadImage reads GIF (first frames)
@@ -12,6 +13,7 @@ import (
 	_ "image/png"
 	"io"
 	"mime"
+	"mime/multipart"
 	"net/http"
 	"strings"
 
@@ -88,31 +90,8 @@ func parseSubmission(ctx *fasthttp.RequestCtx, maxBytes int64, wantImage bool) (
 	}
 	switch {
 	case mt == "multipart/form-data":
-		form, err := ctx.MultipartForm()
-		if err != nil {
-			return nil, badRequest(errInvalidRequest, "malformed multipart/form-data body")
-		}
-		if fhs := form.File["image"]; len(fhs) > 0 {
-			fh := fhs[0]
-			if fh.Size > maxBytes {
-				return nil, tooLarge(fh.Size, maxBytes)
-			}
-			f, err := fh.Open()
-			if err != nil {
-				return nil, badRequest(errInvalidRequest, "cannot read the multipart field \"image\"")
-			}
-			sub.image, err = io.ReadAll(io.LimitReader(f, maxBytes+1))
-			_ = f.Close()
-			if err != nil {
-				return nil, badRequest(errInvalidRequest, "cannot read the multipart field \"image\"")
-			}
-		} else if v := firstValue(form.Value, "image_base64", "image"); v != "" {
-			b64 = &v
-		}
-		if v := firstValue(form.Value, "inputs"); v != "" {
-			if err := json.Unmarshal([]byte(v), &sub.inputs); err != nil {
-				return nil, badRequest(errInvalidOverride, "multipart field \"inputs\" is not a JSON object of \"node_id.input\": value")
-			}
+		if aerr := readMultipart(ctx, ct, bodyLimit, maxBytes, sub, &b64); aerr != nil {
+			return nil, aerr
 		}
 	case mt == "application/json" || (mt == "" && bytes.HasPrefix(bytes.TrimSpace(body), []byte("{"))):
 		var sb submitBody
@@ -160,6 +139,118 @@ func parseSubmission(ctx *fasthttp.RequestCtx, maxBytes int64, wantImage bool) (
 	return sub, nil
 }
 
+// errBodyTooLarge ends a read that went past the body limit.
+var errBodyTooLarge = errors.New("request body too large")
+
+// limitedReader is io.LimitReader that fails with errBodyTooLarge past
+// the limit instead of ending quietly.
+type limitedReader struct {
+	r io.Reader
+	n int64
+}
+
+func (l *limitedReader) Read(p []byte) (int, error) {
+	if l.n <= 0 {
+		return 0, errBodyTooLarge
+	}
+	if int64(len(p)) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.r.Read(p)
+	l.n -= int64(n)
+	return n, err
+}
+
+// maxFieldBytes caps a multipart text field other than image_base64.
+const maxFieldBytes = 1 << 20
+
+// readMultipart reads a multipart/form-data submission part by part, in
+// bounded memory and without temporary files: the file field "image" (or
+// a text field "image_base64"/"image" with base64) and the text field
+// "inputs"; other parts are skipped.
+func readMultipart(ctx *fasthttp.RequestCtx, ct string, bodyLimit, maxBytes int64, sub *submission, b64 **string) *apiError {
+	_, params, err := mime.ParseMediaType(ct)
+	if err != nil || params["boundary"] == "" {
+		return badRequest(errInvalidRequest, "multipart/form-data without a boundary")
+	}
+	var body io.Reader
+	if r := ctx.RequestBodyStream(); r != nil {
+		body = r
+	} else {
+		body = bytes.NewReader(ctx.PostBody())
+	}
+	lr := &limitedReader{r: body, n: bodyLimit}
+	mr := multipart.NewReader(lr, params["boundary"])
+	parts := 0
+	malformed := badRequest(errInvalidRequest, "malformed multipart/form-data body")
+	read := func(part io.Reader, limit int64, what string) ([]byte, *apiError) {
+		b, err := io.ReadAll(io.LimitReader(part, limit+1))
+		switch {
+		case errors.Is(err, errBodyTooLarge):
+			return nil, badRequest(errImageTooLarge, "request body too large (images up to %d bytes)", maxBytes)
+		case err != nil:
+			return nil, malformed
+		case int64(len(b)) > limit:
+			if what == "image" {
+				return nil, badRequest(errImageTooLarge, "image too large: more than %d bytes, the limit", maxBytes)
+			}
+			return nil, badRequest(errInvalidRequest, "multipart field %q is too large", what)
+		}
+		return b, nil
+	}
+	for {
+		part, err := mr.NextPart()
+		if errors.Is(err, io.EOF) {
+			if parts == 0 && lr.n < bodyLimit {
+				return malformed // bytes, but no part: not multipart
+			}
+			return nil
+		}
+		if errors.Is(err, errBodyTooLarge) {
+			return badRequest(errImageTooLarge, "request body too large (images up to %d bytes)", maxBytes)
+		}
+		if err != nil {
+			return malformed
+		}
+		parts++
+		name := part.FormName()
+		switch {
+		case name == "image" && part.FileName() != "" && sub.image == nil:
+			b, aerr := read(part, maxBytes, "image")
+			if aerr != nil {
+				return aerr
+			}
+			sub.image = b
+		case (name == "image_base64" || name == "image") && *b64 == nil && sub.image == nil:
+			b, aerr := read(part, bodyLimit, name)
+			if aerr != nil {
+				return aerr
+			}
+			if v := string(b); v != "" {
+				*b64 = &v
+			}
+		case name == "inputs":
+			b, aerr := read(part, maxFieldBytes, name)
+			if aerr != nil {
+				return aerr
+			}
+			if len(bytes.TrimSpace(b)) > 0 {
+				if err := json.Unmarshal(b, &sub.inputs); err != nil {
+					return badRequest(errInvalidOverride, "multipart field \"inputs\" is not a JSON object of \"node_id.input\": value")
+				}
+			}
+		default:
+			if _, err := io.Copy(io.Discard, part); err != nil {
+				if errors.Is(err, errBodyTooLarge) {
+					return badRequest(errImageTooLarge, "request body too large (images up to %d bytes)", maxBytes)
+				}
+				return malformed
+			}
+		}
+		_ = part.Close()
+	}
+}
+
 // bodySlack is what a submission body may hold beyond the encoded image
 // (JSON keys, inputs, multipart headers).
 const bodySlack = 1 << 20
@@ -183,15 +274,6 @@ func readBody(ctx *fasthttp.RequestCtx, limit, maxImage int64) ([]byte, *apiErro
 		return nil, badRequest(errImageTooLarge, "request body too large (images up to %d bytes)", maxImage)
 	}
 	return b, nil
-}
-
-func firstValue(v map[string][]string, keys ...string) string {
-	for _, k := range keys {
-		if vs := v[k]; len(vs) > 0 && vs[0] != "" {
-			return vs[0]
-		}
-	}
-	return ""
 }
 
 func tooLarge(size, limit int64) *apiError {

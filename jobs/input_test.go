@@ -179,3 +179,50 @@ func FuzzParseSubmission(f *testing.F) {
 		}
 	})
 }
+
+// endless is a reader that never ends: a multipart file part whose body
+// goes on forever.
+type endless struct{ head []byte }
+
+func (e *endless) Read(p []byte) (int, error) {
+	if len(e.head) > 0 {
+		n := copy(p, e.head)
+		e.head = e.head[n:]
+		return n, nil
+	}
+	for i := range p {
+		p[i] = 'x'
+	}
+	return len(p), nil
+}
+
+func TestStreamedBodiesAreBounded(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		desc, ct string
+		head     string
+	}{
+		{"multipart file", "multipart/form-data; boundary=b", "--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\n"},
+		{"multipart other field", "multipart/form-data; boundary=b", "--b\r\nContent-Disposition: form-data; name=\"junk\"\r\n\r\n"},
+		{"json", "application/json", `{"image_base64": "`},
+		{"raw", "image/png", ""},
+	} {
+		t.Run(tc.desc, func(t *testing.T) {
+			t.Parallel()
+			var req fasthttp.Request
+			req.Header.SetMethod("POST")
+			req.SetRequestURI("/api/upscale-image")
+			req.Header.SetContentType(tc.ct)
+			var ctx fasthttp.RequestCtx
+			ctx.Init(&req, nil, nil)
+			ctx.Request.SetBodyStream(&endless{head: []byte(tc.head)}, -1) // chunked: no Content-Length
+			if ctx.RequestBodyStream() == nil {
+				t.Fatal("no body stream")
+			}
+			_, aerr := parseSubmission(&ctx, 1000, true)
+			if aerr == nil || aerr.typ != errImageTooLarge {
+				t.Fatalf("error %+v, want image_too_large", aerr)
+			}
+		})
+	}
+}
