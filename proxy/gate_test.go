@@ -33,6 +33,13 @@ const gateTimeout = 15 * time.Second
 // the configuration before the pool is built.
 func startGate(t testing.TB, addrs []string, mod func(*config.Config)) *gate {
 	t.Helper()
+	return startGateWith(t, addrs, mod, nil)
+}
+
+// startGateWith is startGate with a hook on the server's Options (logger,
+// metrics, jobs).
+func startGateWith(t testing.TB, addrs []string, mod func(*config.Config), opts func(*Options)) *gate {
+	t.Helper()
 	cfg := config.Default()
 	cfg.Instances = nil
 	for i, a := range addrs {
@@ -61,7 +68,11 @@ func startGate(t testing.TB, addrs []string, mod func(*config.Config)) *gate {
 		cancel()
 		t.Fatal(err)
 	}
-	srv, err := New(Options{Config: cfg, Pool: pool, Version: "test"})
+	o := Options{Config: cfg, Pool: pool, Version: "test"}
+	if opts != nil {
+		opts(&o)
+	}
+	srv, err := New(o)
 	if err != nil {
 		cancel()
 		t.Fatal(err)

@@ -11,6 +11,8 @@ import (
 	"mime/multipart"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -792,12 +794,152 @@ func TestConcurrentClients(t *testing.T) {
 			t.Parallel()
 			for i := range 3 {
 				col := c*16 + i
-				id := submit(t, g, map[string]any{"prompt": emptyImagePrompt(col, "cc"), "client_id": fmt.Sprint("c", c)})
+				// One prefix per client: two prompts finishing at the same
+				// moment on two instances under one file name are told apart
+				// only by which pin came last (see the report on file names).
+				id := submit(t, g, map[string]any{"prompt": emptyImagePrompt(col, fmt.Sprint("cc", c)), "client_id": fmt.Sprint("c", c)})
 				e := waitHistory(t, g, "", id)
 				if got := viewPixel(t, g, "", e.Outputs["2"].Images[0]); got != rgbOf(col) {
 					t.Errorf("prompt %d: pixel %v, want %v", i, got, rgbOf(col))
 				}
 			}
 		})
+	}
+}
+
+// TestMaskUploadGoesToOriginal: /upload/mask reaches the instance that
+// holds the original image.
+func TestMaskUploadGoesToOriginal(t *testing.T) {
+	t.Parallel()
+	ss := sims(t, 2, comfysim.Options{})
+	g := startGate(t, addrsOf(ss), nil)
+	for i := range 2 { // one output on each instance, unique names
+		id := submit(t, g, map[string]any{"prompt": emptyImagePrompt(0x808080, fmt.Sprint("orig", i))})
+		e := waitHistory(t, g, "", id)
+		ref := e.Outputs["2"].Images[0]
+		owner := -1
+		for j, s := range ss {
+			if _, err := os.Stat(filepath.Join(s.OutputDir(), ref.Filename)); err == nil {
+				owner = j
+			}
+		}
+		if owner < 0 {
+			t.Fatalf("no instance wrote %s", ref.Filename)
+		}
+		origRef, _ := json.Marshal(ref)
+		mask := pngOf(t, 8, 8, color.NRGBA{0, 0, 0, 128})
+		a := upload(t, g, "/api/upload/mask", "clipspace-mask.png", mask, map[string]string{
+			"original_ref": string(origRef), "type": "input", "subfolder": "clipspace",
+		})
+		if _, err := os.Stat(filepath.Join(ss[owner].InputDir(), a["subfolder"], a["name"])); err != nil {
+			t.Errorf("mask for %s (instance %d) not written there: %v (answer %v)", ref.Filename, owner, err, a)
+		}
+	}
+}
+
+// TestViewHead: HEAD /view answers the headers of the file.
+func TestViewHead(t *testing.T) {
+	t.Parallel()
+	ss := sims(t, 1, comfysim.Options{})
+	g := startGate(t, addrsOf(ss), nil)
+	e := waitHistory(t, g, "", submit(t, g, map[string]any{"prompt": emptyImagePrompt(1, "head")}))
+	ref := e.Outputs["2"].Images[0]
+	q := url.Values{"filename": {ref.Filename}, "type": {"output"}}.Encode()
+	_, _, body := gateDo(t, "GET", g.base+"/view?"+q, nil, nil)
+	resp, err := gateClient.Head(g.base + "/view?" + q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.ContentLength != int64(len(body)) {
+		t.Errorf("HEAD /view = %d, length %d; want 200 and %d", resp.StatusCode, resp.ContentLength, len(body))
+	}
+	status, h, b := gateDo(t, "GET", g.base+"/view?filename=nobody_has_this.png", nil, nil)
+	if status != 404 || len(b) != 0 || h.Get("Content-Type") != "application/octet-stream" {
+		t.Errorf("missing file = %d %q %q; want ComfyUI's empty 404", status, h.Get("Content-Type"), b)
+	}
+}
+
+// TestDoneWhen is the acceptance run: a client runs 20 prompts
+// (upload + LoadImage -> ImageScaleBy -> SaveImage) against two instances.
+// The first 10 finish one after the other (the split is logged); then 5
+// more are submitted and one instance is killed at once, with some of them
+// still queued or running there, and 5 more follow. Every prompt finishes and every /view gives that
+// prompt's own image.
+func TestDoneWhen(t *testing.T) {
+	t.Parallel()
+	// The instance to be killed is slow, so that none of the prompts sent to
+	// it right before the kill can finish there first (its history would die
+	// with it, as a ComfyUI's does).
+	ss := []*comfysim.Server{
+		comfysim.StartForTest(t, comfysim.Options{Delay: 20 * time.Millisecond}),
+		comfysim.StartForTest(t, comfysim.Options{Delay: 400 * time.Millisecond}),
+	}
+	g := startGate(t, addrsOf(ss), func(c *config.Config) { c.HealthCheck.Interval = time.Second })
+	type job struct {
+		id  string
+		col color.NRGBA
+	}
+	var jobs []job
+	run := func(i int) {
+		col := color.NRGBA{uint8(10 * i), uint8(255 - 10*i), 77, 255}
+		a := upload(t, g, "/upload/image", fmt.Sprintf("done_%02d.png", i), pngOf(t, 3, 2, col), nil)
+		id := submit(t, g, map[string]any{"client_id": "done-when", "prompt": map[string]any{
+			"1": map[string]any{"class_type": "LoadImage", "inputs": map[string]any{"image": a["name"]}},
+			"2": map[string]any{"class_type": "ImageScaleBy", "inputs": map[string]any{"image": []any{"1", 0}, "upscale_method": "nearest-exact", "scale_by": 2.0}},
+			"3": map[string]any{"class_type": "SaveImage", "inputs": map[string]any{"images": []any{"2", 0}, "filename_prefix": "done"}},
+		}})
+		jobs = append(jobs, job{id, col})
+	}
+	check := func(j job) {
+		e := waitHistory(t, g, "", j.id)
+		if e.Status.StatusStr != "success" {
+			t.Fatalf("prompt %s: %s", j.id, e.Status.StatusStr)
+		}
+		ref := e.Outputs["3"].Images[0]
+		q := url.Values{"filename": {ref.Filename}, "subfolder": {ref.Subfolder}, "type": {ref.Type}}
+		_, _, body := gateDo(t, "GET", g.base+"/view?"+q.Encode(), nil, nil)
+		img, err := png.Decode(bytes.NewReader(body))
+		if err != nil {
+			t.Fatalf("prompt %s: /view: %v", j.id, err)
+		}
+		got := color.NRGBAModel.Convert(img.At(5, 3)).(color.NRGBA)
+		if img.Bounds().Dx() != 6 || img.Bounds().Dy() != 4 || got != j.col {
+			t.Errorf("prompt %s: /view gives %v %v, want 6x4 of %v", j.id, img.Bounds(), got, j.col)
+		}
+	}
+	for i := range 10 {
+		run(i)
+		check(jobs[i])
+	}
+	split := [2]int{ss[0].PromptsExecuted(), ss[1].PromptsExecuted()}
+	for i := 10; i < 15; i++ {
+		run(i)
+	}
+	ss[1].Kill()
+	killedAt := time.Now()
+	for i := 15; i < 20; i++ {
+		run(i)
+	}
+	var out time.Duration
+	gateWait(t, "killed instance out of selection", func() bool {
+		out = time.Since(killedAt)
+		return !g.pool.Instances()[1].Available()
+	})
+	// The first 10 were checked before the kill (the killed instance's
+	// history died with it, as a ComfyUI's does).
+	for _, j := range jobs[10:] {
+		check(j)
+	}
+	moved := 0
+	for _, j := range jobs {
+		if p, ok := g.pool.Prompt(j.id); ok && p.Attempts() > 1 {
+			moved++
+		}
+	}
+	t.Logf("split of the first 10 prompts: %d / %d; after the kill %d more on the survivor; %d prompts resubmitted from the killed instance; all 20 finished with their own image; killed instance out of selection %v after the kill",
+		split[0], split[1], ss[0].PromptsExecuted()-split[0], moved, out.Round(time.Millisecond))
+	if split[0] < 3 || split[1] < 3 {
+		t.Errorf("first 10 prompts split %d / %d: not spread", split[0], split[1])
 	}
 }

@@ -47,7 +47,7 @@ func (s *Server) getHistoryByID(ctx *fasthttp.RequestCtx, id string) {
 		s.writeError(ctx, err)
 		return
 	}
-	s.forwardTo(ctx, inst, &forwardOpts{
+	err = s.forward(ctx, inst, &forwardOpts{
 		uri: []byte("/history/" + url.PathEscape(upID)),
 		rewrite: func(inst *upstream.Instance, status int, body []byte) []byte {
 			if status != fasthttp.StatusOK {
@@ -56,6 +56,22 @@ func (s *Server) getHistoryByID(ctx *fasthttp.RequestCtx, id string) {
 			return s.rewriteHistoryObject(inst, body)
 		},
 	})
+	if err == nil {
+		return
+	}
+	// The instance is gone. A prompt comfygate still holds is being moved
+	// to another instance (failover): to the client it is still queued or
+	// running, which ComfyUI answers with {}. A finished prompt's history
+	// went with its instance: {} too, as after ComfyUI evicts an entry.
+	p, known := s.pool.Prompt(id)
+	if isDialError(err) || (known && p.State() != upstream.PromptDone) {
+		s.log.Info("history of a prompt on an unreachable instance", "prompt_id", id, "instance", inst.Name, "err", err)
+		ctx.Response.Reset()
+		ctx.SetContentType(jsonContentType)
+		ctx.SetBodyString("{}")
+		return
+	}
+	s.writeError(ctx, err)
 }
 
 // callResult is one instance's answer to a fanned-out call.
