@@ -28,6 +28,7 @@ var hopHeaders = [][]byte{
 var (
 	hdrHost          = []byte("Host")
 	hdrContentLength = []byte("Content-Length")
+	hdrExpect        = []byte("Expect")
 	hdrOrigin        = []byte("Origin")
 	hdrXFF           = []byte("X-Forwarded-For")
 	hdrXFProto       = []byte("X-Forwarded-Proto")
@@ -95,6 +96,7 @@ func copyRequestHeaders(ctx *fasthttp.RequestCtx, out *fasthttp.RequestHeader, i
 		case isHop(k, conn),
 			bytes.EqualFold(k, hdrHost),
 			bytes.EqualFold(k, hdrContentLength),
+			bytes.EqualFold(k, hdrExpect), // comfygate answered the 100-continue itself
 			bytes.EqualFold(k, hdrXFF),
 			bytes.EqualFold(k, hdrXFProto),
 			bytes.EqualFold(k, hdrXFHost):
