@@ -423,3 +423,21 @@ func TestBadInputEndToEnd(t *testing.T) {
 		t.Errorf("bad input reached the instance: %d prompts", n)
 	}
 }
+
+// TestInstanceVersions runs a job on each ComfyUI generation the simulator
+// emulates: 2024 (server-minted prompt ids, mapped by the pool), Oct-2025,
+// and 2026 (canonical UUID prompt ids required, jobs API).
+func TestInstanceVersions(t *testing.T) {
+	t.Parallel()
+	for _, v := range []string{"0.3.40", "0.3.65", "0.38.0"} {
+		t.Run(v, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, 1, comfysim.Options{Version: v}, nil)
+			id := h.submit("/api/remove-background", testPNG(t, 12, 12), nil)
+			if got := h.waitStatus(id, 10*time.Second, statusCompleted, statusFailed); got.Status != statusCompleted {
+				t.Fatalf("%+v (%s)", got, deref(got.Error))
+			}
+			decodePNG(t, h.result(id))
+		})
+	}
+}
