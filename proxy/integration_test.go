@@ -156,6 +156,12 @@ func TestPromptsSpreadAndOwnResults(t *testing.T) {
 		colors[i] = 0x101010 * (i + 1)
 		ids[i] = submit(t, g, map[string]any{"prompt": emptyImagePrompt(colors[i], "gate"), "client_id": "spread"})
 	}
+	// Let every prompt finish first: then the files are all written and a
+	// client reading a prompt's history and then its image races with no
+	// other prompt writing the same name (see the report on file names).
+	for _, id := range ids {
+		waitHistory(t, g, "", id)
+	}
 	names := map[string]int{}
 	for i, id := range ids {
 		prefix := []string{"", "/api"}[i%2]
