@@ -320,3 +320,39 @@ func TestRawRequestURI(t *testing.T) {
 		}
 	}
 }
+
+// TestForwardStreamsChunks: an answer without Content-Length reaches the
+// client chunk by chunk: the instance sends its second chunk only once the
+// client has read the first, which a buffering proxy would never deliver.
+func TestForwardStreamsChunks(t *testing.T) {
+	t.Parallel()
+	firstRead := make(chan struct{})
+	fake := newFakeComfy(t, func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "first;")
+		w.(http.Flusher).Flush()
+		select {
+		case <-firstRead:
+		case <-time.After(10 * time.Second):
+			return
+		}
+		_, _ = io.WriteString(w, "second")
+	})
+	g := startGate(t, []string{fake.addr()}, nil)
+	resp, err := gateClient.Get(g.base + "/extensions/pack/stream.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	buf := make([]byte, len("first;"))
+	if _, err := io.ReadFull(resp.Body, buf); err != nil || string(buf) != "first;" {
+		t.Fatalf("first chunk: %q %v", buf, err)
+	}
+	close(firstRead)
+	rest, err := io.ReadAll(resp.Body)
+	if err != nil || string(rest) != "second" {
+		t.Fatalf("rest: %q %v", rest, err)
+	}
+	if resp.ContentLength != -1 {
+		t.Errorf("ContentLength = %d, want chunked (-1)", resp.ContentLength)
+	}
+}
