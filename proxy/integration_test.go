@@ -433,6 +433,10 @@ func TestBadRequestsAndUnknownRoutes(t *testing.T) {
 	if status != 400 || !bytes.Contains(body, []byte("NoSuchNode")) {
 		t.Errorf("unknown node: %d %s", status, body)
 	}
+	// No instance has the 2026 jobs API: the client sees an older ComfyUI's 404.
+	if status, _, body := gateDo(t, "GET", g.base+"/api/jobs", nil, nil); status != 404 {
+		t.Errorf("GET /api/jobs on 0.3.65 instances = %d %s, want 404", status, body)
+	}
 	status, _, body = gateDo(t, "GET", g.base+"/no/such/route", nil, nil)
 	if status != 404 || string(body) != "404: Not Found" {
 		t.Errorf("unknown route = %d %q; want the instance's 404", status, body)
