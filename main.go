@@ -1,0 +1,159 @@
+// Command comfygate is a reverse-proxy sidecar for ComfyUI: it spreads
+// prompts over several instances, pins each prompt to the instance that runs
+// it, fails over when an instance dies, and adds an async job API.
+//
+//	comfygate [-config FILE] [-listen ADDR]   run the proxy
+//	comfygate demo                            the proxy in front of two simulated instances
+//	comfygate sim [-listen ADDR] ...          one simulated ComfyUI
+//	comfygate healthcheck [-url URL]          exit 0 when /health says healthy (for containers)
+//	comfygate version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/comfygate/comfygate/comfysim"
+	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/jobs"
+	"github.com/comfygate/comfygate/logging"
+	"github.com/comfygate/comfygate/metrics"
+	"github.com/comfygate/comfygate/proxy"
+	"github.com/comfygate/comfygate/upstream"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// shutdownGrace bounds how long in-flight requests may take to finish.
+const shutdownGrace = 15 * time.Second
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "comfygate:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cmd := ""
+	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "", "serve":
+		return serveCommand(ctx, args, stdout, stderr)
+	case "demo":
+		return demoCommand(ctx, args, stdout, stderr)
+	case "sim":
+		return comfysim.Command(ctx, args, stdout)
+	case "healthcheck":
+		return healthcheckCommand(ctx, args, stdout)
+	case "version":
+		fmt.Fprintln(stdout, "comfygate", version)
+		return nil
+	default:
+		return fmt.Errorf("unknown command %q: want serve, demo, sim, healthcheck or version", cmd)
+	}
+}
+
+func serveCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("comfygate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "configuration file (YAML); default: built-in defaults")
+	listen := fs.String("listen", "", "address to serve clients on (overrides listen:)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := config.Load(*configPath, nil)
+	if err != nil {
+		return err
+	}
+	if *listen != "" {
+		cfg.Listen = *listen
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
+	}
+	return serve(ctx, cfg, ln, stdout, nil)
+}
+
+// serve wires the gateway on ln and runs it until ctx ends, then shuts
+// down gracefully: stop accepting, let in-flight requests finish (bounded),
+// close sockets. ready, if not nil, is called once it accepts requests.
+func serve(ctx context.Context, cfg *config.Config, ln net.Listener, stdout io.Writer, ready func(url string)) error {
+	log, closeLog, err := logging.New(logging.Config{
+		Level:      cfg.Log.Level,
+		Format:     cfg.Log.Format,
+		Directory:  cfg.Log.Directory,
+		MaxSizeMB:  cfg.Log.MaxSizeMB,
+		MaxBackups: cfg.Log.MaxBackups,
+		MaxAgeDays: cfg.Log.MaxAgeDays,
+		Stdout:     stdout,
+	})
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	defer closeLog.Close()
+
+	m := metrics.New(version)
+	pool, err := upstream.New(cfg, m, log)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	svc, err := jobs.New(cfg, pool, m, log)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	srv, err := proxy.New(proxy.Options{Config: cfg, Pool: pool, Jobs: svc, Metrics: m, Logger: log, Version: version})
+	if err != nil {
+		ln.Close()
+		return err
+	}
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if err := pool.Start(runCtx); err != nil {
+		ln.Close()
+		return err
+	}
+	defer pool.Close()
+	svc.Start(runCtx)
+	defer svc.Close()
+
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	url := "http://" + ln.Addr().String()
+	log.Info("comfygate listening", slog.String("url", url), slog.Int("instances", len(pool.Instances())), slog.String("version", version))
+	if ready != nil {
+		ready(url)
+	}
+
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("shutting down", slog.Duration("grace", shutdownGrace))
+	shutdownCtx, done := context.WithTimeout(context.Background(), shutdownGrace)
+	defer done()
+	if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return nil
+}
