@@ -56,7 +56,7 @@ const (
 	routeMetrics      = "/metrics"
 	routeStats        = "/stats"
 	routeForbidden    = "forbidden"
-	routeJobsFacade   = "/api/jobs facade"
+	routeJobsFacade   = "jobs_facade"
 	routeWS           = "/ws"
 	routePrompt       = "/prompt"
 	routeQueue        = "/queue"
