@@ -3,10 +3,13 @@ package proxy
 // Files: /view and the uploads.
 //
 // File names are instance-local: two instances both write
-// ComfyUI_00001_.png, and an upload exists only where it was sent. The pool
-// keeps a pin table of which instance holds which file, fed by the outputs
-// of every /history answer passing through, the WebSocket `executed`
-// events, and the uploads below; on a miss it asks the instances.
+// ComfyUI_00001_.png, and an upload exists only where it was sent. Output
+// and temp references comfygate hands out name their instance in the
+// subfolder ("@<instance>", outputref.go), and /view sends those to that
+// instance. For other references the pool keeps a pin table of which
+// instance holds which file, fed by the outputs of every /history answer
+// passing through, the WebSocket `executed` events, and the uploads below;
+// on a miss it asks the instances.
 //
 // Uploads go to the home instance (the first available in configuration
 // order), not to the least busy one: ComfyUI keeps upload names unique by
@@ -24,6 +27,7 @@ import (
 	"errors"
 	"io"
 	"mime/multipart"
+	"strings"
 
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
@@ -48,6 +52,10 @@ func (s *Server) view(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	ref := upstream.FileRef{Filename: filename, Subfolder: string(args.Peek("subfolder")), Type: typ}
+	if token, orig, ok := decodeSubfolder(ref.Subfolder); ok && encodedType(viewType(filename, typ)) {
+		s.viewEncoded(ctx, token, orig)
+		return
+	}
 	cctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
 	inst, ok := s.pool.FileOwner(cctx, ref)
 	cancel()
@@ -61,6 +69,35 @@ func (s *Server) view(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	s.forwardTo(ctx, inst, nil)
+}
+
+// viewEncoded serves a /view whose subfolder names its instance
+// (outputref.go): that instance, asked for its own subfolder orig. A token
+// that names no single instance gets ComfyUI's answer to a missing file.
+func (s *Server) viewEncoded(ctx *fasthttp.RequestCtx, token, orig string) {
+	inst := instanceByToken(s.pool.Instances(), token)
+	if inst == nil {
+		ctx.SetStatusCode(fasthttp.StatusNotFound)
+		ctx.SetContentType("application/octet-stream")
+		return
+	}
+	var args fasthttp.Args
+	ctx.QueryArgs().CopyTo(&args)
+	args.Set("subfolder", orig)
+	uri := append(append([]byte(nil), splitPath(rawRequestURI(ctx))...), '?')
+	uri = append(uri, args.QueryString()...)
+	s.forwardTo(ctx, inst, &forwardOpts{uri: uri})
+}
+
+// viewType is the type /view serves filename from: a " [input]",
+// " [output]" or " [temp]" suffix of the name overrides the type parameter.
+func viewType(filename, typ string) string {
+	for _, t := range []string{"input", "output", "temp"} {
+		if strings.HasSuffix(filename, " ["+t+"]") {
+			return t
+		}
+	}
+	return typ
 }
 
 // uploadAnswer is ComfyUI's answer to an upload.
@@ -111,7 +148,27 @@ func (s *Server) uploadMask(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	o := &forwardOpts{body: body, setBody: true, rewrite: s.pinUpload}
-	if ref, ok := originalRef(body, ctx.Request.Header.MultipartFormBoundary()); ok {
+	boundary := ctx.Request.Header.MultipartFormBoundary()
+	if ref, ok := originalRef(body, boundary); ok {
+		if token, orig, enc := decodeSubfolder(ref.Subfolder); enc && encodedType(ref.Type) {
+			// An original handed out by comfygate (outputref.go): its
+			// instance, with the instance's own subfolder in original_ref.
+			// A token of no instance goes home unchanged, where the
+			// original is missing: ComfyUI's 200 with nothing written.
+			if inst := instanceByToken(s.pool.Instances(), token); inst != nil {
+				ref.Subfolder = orig
+				nb, ct, err := replaceOriginalRef(body, boundary, ref)
+				if err == nil {
+					o.body = nb
+					ctx.Request.Header.SetContentType(ct)
+					s.forwardTo(ctx, inst, o)
+					return
+				}
+				s.log.Debug("mask upload: original_ref not rewritten", "err", err)
+			}
+			s.forwardPicked(ctx, s.home, o)
+			return
+		}
 		cctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
 		inst, found := s.pool.FileOwner(cctx, ref)
 		cancel()
@@ -121,6 +178,55 @@ func (s *Server) uploadMask(ctx *fasthttp.RequestCtx) {
 		}
 	}
 	s.forwardPicked(ctx, s.home, o)
+}
+
+// replaceOriginalRef returns the multipart body with its original_ref
+// field set to ref, and the Content-Type that goes with it. Every other
+// part is copied unchanged (raw, whatever its transfer encoding); the
+// boundary is kept when the multipart writer accepts it, else a new one
+// is chosen.
+func replaceOriginalRef(body, boundary []byte, ref upstream.FileRef) ([]byte, string, error) {
+	val, err := json.Marshal(map[string]string{"filename": ref.Filename, "subfolder": ref.Subfolder, "type": ref.Type})
+	if err != nil {
+		return nil, "", err
+	}
+	var out bytes.Buffer
+	out.Grow(len(body) + 64)
+	mw := multipart.NewWriter(&out)
+	if mw.SetBoundary(string(boundary)) != nil {
+		mw = multipart.NewWriter(&out) // a fresh random boundary
+	}
+	mr := multipart.NewReader(bytes.NewReader(body), string(boundary))
+	replaced := false
+	for {
+		part, err := mr.NextRawPart()
+		if errors.Is(err, io.EOF) {
+			if !replaced {
+				return nil, "", errors.New("no original_ref field")
+			}
+			break
+		}
+		if err != nil {
+			return nil, "", err
+		}
+		pw, err := mw.CreatePart(part.Header)
+		if err != nil {
+			return nil, "", err
+		}
+		if part.FormName() == "original_ref" {
+			_, err = pw.Write(val)
+			replaced = true
+		} else {
+			_, err = io.Copy(pw, part)
+		}
+		if err != nil {
+			return nil, "", err
+		}
+	}
+	if err := mw.Close(); err != nil {
+		return nil, "", err
+	}
+	return out.Bytes(), mw.FormDataContentType(), nil
 }
 
 // originalRef finds the original_ref field of a mask upload.

@@ -80,7 +80,10 @@ func writeComfyError(ctx *fasthttp.RequestCtx, code int, typ, message, details s
 //     here, the pool maps them to UUIDs it mints for 2026 instances.
 //     Otherwise (absent, null, other types, or in use: ComfyUI itself would
 //     run a duplicate id twice and overwrite its history) comfygate mints a
-//     lowercase UUIDv4, which the answer carries.
+//     lowercase UUIDv4, which the answer carries;
+//   - string inputs "@<instance>/name [output]" (an output reference
+//     comfygate handed out, loaded as an input) lose their "@<instance>/"
+//     (outputref.go).
 func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 	body, err := readClientBody(ctx, maxPromptBody)
 	if err != nil {
@@ -121,6 +124,12 @@ func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 	}
 	if promptID == "" {
 		promptID = newUUID()
+	}
+	// Outputs loaded as inputs by a reference comfygate handed out
+	// ("@<instance>/x.png [output]") go upstream as the instance knows them
+	// (outputref.go).
+	if p, ok := decodePromptRefs(s.pool.Instances(), fields["prompt"]); ok {
+		fields["prompt"] = p
 	}
 	header := map[string]string{"Content-Type": "application/json"}
 	for _, h := range []string{"Comfy-User", "Comfy-Usage-Source"} {

@@ -8,9 +8,10 @@ package proxy
 // events come to comfygate's socket). Everything that passes through —
 // history entries, queue items, jobs — is rewritten back: the prompt id to
 // the client-facing one, extra_data.client_id to the client's own (removed
-// when the client sent none, as ComfyUI stores none then). Entries of
-// prompts comfygate did not submit pass unchanged, except that comfygate's
-// own client_id never leaks.
+// when the client sent none, as ComfyUI stores none then), and output file
+// references to ones that name their instance (outputref.go). Entries of
+// prompts comfygate did not submit keep their ids, except that comfygate's
+// own client_id never leaks; their file references are rewritten too.
 //
 // JSON objects whose key order matters to clients (history is ordered
 // oldest first by its keys) are decoded and written as ordered entries.
@@ -229,8 +230,9 @@ func (v promptView) fixPromptIDField(raw json.RawMessage, upID string) json.RawM
 }
 
 // rewriteHistoryEntry rewrites one history entry of inst known there as
-// upID, and learns where its output files live. It returns the client's
-// key for it.
+// upID, learns where its output files live, and hands the output file
+// references out with the instance in their subfolder (outputref.go). It
+// returns the client's key for it.
 func (s *Server) rewriteHistoryEntry(inst *upstream.Instance, upID string, raw json.RawMessage) (string, json.RawMessage) {
 	v := s.viewOf(inst, upID)
 	ms, err := objectMembers(raw)
@@ -244,7 +246,8 @@ func (s *Server) rewriteHistoryEntry(inst *upstream.Instance, upID string, raw j
 		case "status":
 			ms[i].Val = v.rewriteStatus(m.Val, upID)
 		case "outputs":
-			s.learnOutputs(inst, m.Val)
+			s.learnOutputs(inst, m.Val) // the instance's own refs
+			ms[i].Val = encodeOutputs(outputToken(inst.Name), m.Val)
 		}
 	}
 	return v.id, appendObject(nil, ms)
@@ -289,7 +292,8 @@ func (s *Server) learnOutputs(inst *upstream.Instance, raw json.RawMessage) {
 }
 
 // rewriteJob rewrites one /api/jobs job object of inst: its id, the
-// client_id inside workflow.extra_data, and learns its files.
+// client_id inside workflow.extra_data, and its file references (with the
+// instance in their subfolder, outputref.go); it learns its files.
 func (s *Server) rewriteJob(inst *upstream.Instance, raw json.RawMessage) (string, json.RawMessage) {
 	ms, err := objectMembers(raw)
 	if err != nil {
@@ -307,9 +311,11 @@ func (s *Server) rewriteJob(inst *upstream.Instance, raw json.RawMessage) (strin
 		case "id":
 			ms[i].Val = quoteJSON(v.id)
 		case "outputs":
-			s.learnOutputs(inst, m.Val)
+			s.learnOutputs(inst, m.Val) // the instance's own refs
+			ms[i].Val = encodeOutputs(outputToken(inst.Name), m.Val)
 		case "preview_output":
 			s.learnOutputs(inst, append(append([]byte(`{"p":{"p":[`), m.Val...), "]}}"...))
+			ms[i].Val, _ = encodeFileRef(outputToken(inst.Name), m.Val)
 		case "workflow":
 			wf, err := objectMembers(m.Val)
 			if err != nil {

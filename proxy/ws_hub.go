@@ -31,6 +31,8 @@ var (
 
 // PromptEvent delivers one event of a prompt submitted through comfygate to
 // the socket registered under the prompt's client_id, or to its backlog.
+// The output file references of `executed` events are handed out with
+// their instance in the subfolder (outputref.go).
 // Prompts without client_id follow ComfyUI: only progress, progress_state,
 // execution_interrupted, previews (as type 1) and TEXT frames go to every
 // socket; the rest is dropped. It never blocks.
@@ -45,6 +47,11 @@ func (h *Hub) PromptEvent(p *upstream.Prompt, ev upstream.Event) {
 	kind := "text"
 	if ev.Binary {
 		kind = "binary"
+	}
+	if ev.Type == "executed" && !ev.Binary && ev.Instance != nil {
+		// The client's file references name their instance (outputref.go);
+		// the pool and the jobs package keep the raw ones.
+		ev.Data = encodeExecutedFrame(outputToken(ev.Instance.Name), ev.Data)
 	}
 	v := newVariants(ev)
 	h.mu.Lock()

@@ -1,0 +1,334 @@
+package proxy
+
+// Output file references carry their instance.
+//
+// Why: file names are instance-local. Two instances with separate output
+// folders both write demo_00001_.png, so a /view that names only
+// {filename, subfolder, type} cannot say which of the two files the client
+// means. A pin table (file -> instance) learned from the outputs passing
+// through can only remember one of them, is lost when comfygate restarts,
+// and is not shared between replicas: a client could get the other
+// prompt's image. comfyui-api.md §5 item 6: encode the instance in any URL
+// you hand out.
+//
+// How: every output or temp file reference comfygate hands to a client
+// carries the instance in its subfolder, as a first path segment
+// "@<instance>":
+//
+//	{"filename": "demo_00001_.png", "subfolder": "",      "type": "output"}
+//	  -> {"filename": "demo_00001_.png", "subfolder": "@gpu-1",       "type": "output"}
+//	{"filename": "demo_00001_.png", "subfolder": "faces", "type": "output"}
+//	  -> {"filename": "demo_00001_.png", "subfolder": "@gpu-1/faces", "type": "output"}
+//
+// <instance> is the instance's name (config name, or its address) with
+// every character outside [A-Za-z0-9._-] turned into '-'. The references
+// rewritten are those of /history and /history/{id} outputs (every list of
+// every node's output: images, gifs, video, audio, animated...), of
+// /api/jobs and /api/jobs/{id} (outputs and preview_output), and of the
+// WebSocket `executed` events delivered to clients. Only types "output"
+// and "temp" (and "", which /view reads as output) are rewritten: uploads
+// ("input") are kept fleet-unique in one place (files.go) and their names
+// round-trip unchanged.
+//
+// What a client sees: a subfolder it passes back as it got it, which is
+// all ComfyUI clients do (they build /view?filename=&subfolder=&type= from
+// the reference). GET and HEAD /view decode it and ask that instance for
+// the original subfolder, so the answer is always the file of the client's
+// own prompt, with no table to consult, across comfygate restarts and
+// replicas. A token that names no instance (or, with clashing names, more
+// than one) gets ComfyUI's answer to a missing file: 404, empty body.
+// POST /upload/mask decodes its original_ref the same way, and POST /prompt
+// decodes "@<instance>/name.png [output]" values (the web UI's way of
+// loading an output as an input) before the prompt goes upstream.
+// A subfolder without the "@" mark is served as before: the pin table,
+// then asking the instances.
+//
+// Limitations: a real subfolder whose name starts with "@", named directly
+// by a client (not taken from a reference comfygate handed out), is taken
+// for an encoded one. A prompt loading another instance's output
+// ("@gpu-1/x.png [output]") may land on an instance that does not hold
+// that file: only uploads are copied between instances (Pool.EnsureInputs),
+// so such a prompt fails validation there as it would on a ComfyUI without
+// that file. The history of such a prompt shows the decoded value.
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+
+	"github.com/comfygate/comfygate/upstream"
+)
+
+// outputRefMark starts an encoded subfolder.
+const outputRefMark = '@'
+
+// outputToken returns the token that names an instance in a subfolder: its
+// name with every byte outside [A-Za-z0-9._-] replaced by '-' ("-" for an
+// empty name).
+func outputToken(name string) string {
+	if name == "" {
+		return "-"
+	}
+	b := []byte(name)
+	changed := false
+	for i, c := range b {
+		if !tokenByte(c) {
+			b[i], changed = '-', true
+		}
+	}
+	if !changed {
+		return name
+	}
+	return string(b)
+}
+
+func tokenByte(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-'
+}
+
+// encodeSubfolder returns the subfolder the client sees for sub on the
+// instance of token.
+func encodeSubfolder(token, sub string) string {
+	if sub == "" {
+		return string(outputRefMark) + token
+	}
+	return string(outputRefMark) + token + "/" + sub
+}
+
+// decodeSubfolder splits an encoded subfolder into the instance token and
+// the instance's own subfolder; ok=false when sub is not encoded.
+func decodeSubfolder(sub string) (token, orig string, ok bool) {
+	if len(sub) == 0 || sub[0] != outputRefMark {
+		return "", "", false
+	}
+	token, orig, _ = strings.Cut(sub[1:], "/")
+	return token, orig, true
+}
+
+// encodedType reports whether references of type typ are encoded.
+func encodedType(typ string) bool {
+	return typ == "" || typ == "output" || typ == "temp"
+}
+
+// instanceByToken returns the one instance whose token is token; nil when
+// none or several (names that differ only in replaced characters).
+func instanceByToken(insts []*upstream.Instance, token string) *upstream.Instance {
+	var found *upstream.Instance
+	for _, inst := range insts {
+		if outputToken(inst.Name) != token {
+			continue
+		}
+		if found != nil {
+			return nil
+		}
+		found = inst
+	}
+	return found
+}
+
+// encodeFileRef rewrites the subfolder of one {filename, subfolder, type}
+// object of type output/temp; other values are returned unchanged
+// (changed=false).
+func encodeFileRef(token string, raw json.RawMessage) (json.RawMessage, bool) {
+	if len(raw) == 0 || raw[0] != '{' {
+		return raw, false
+	}
+	ms, err := objectMembers(raw)
+	if err != nil {
+		return raw, false
+	}
+	sub, hasName, hasType := -1, false, false
+	subVal := ""
+	for i, m := range ms {
+		switch m.Key {
+		case "filename":
+			_, hasName = unquoteJSON(m.Val)
+		case "type":
+			t, ok := unquoteJSON(m.Val)
+			hasType = ok && encodedType(t)
+		case "subfolder":
+			s, ok := unquoteJSON(m.Val)
+			if !ok {
+				return raw, false
+			}
+			sub, subVal = i, s
+		}
+	}
+	if sub < 0 || !hasName || !hasType {
+		return raw, false
+	}
+	ms[sub].Val = appendPyString(nil, encodeSubfolder(token, subVal))
+	return appendObject(make([]byte, 0, len(raw)+len(token)+8), ms), true
+}
+
+// encodeRefList rewrites the file references in a JSON array.
+func encodeRefList(token string, raw json.RawMessage) (json.RawMessage, bool) {
+	if len(raw) == 0 || raw[0] != '[' {
+		return raw, false
+	}
+	var items []json.RawMessage
+	if json.Unmarshal(raw, &items) != nil {
+		return raw, false
+	}
+	changed := false
+	for i, it := range items {
+		if out, ok := encodeFileRef(token, it); ok {
+			items[i], changed = out, true
+		}
+	}
+	if !changed {
+		return raw, false
+	}
+	out := make([]byte, 0, len(raw)+len(items)*(len(token)+8))
+	out = append(out, '[')
+	for i, it := range items {
+		if i > 0 {
+			out = append(out, ", "...)
+		}
+		out = append(out, it...)
+	}
+	return append(out, ']'), true
+}
+
+// encodeNodeOutput rewrites one node's output ({kind: [refs], ...}: the
+// `executed` event's output, one value of a history's outputs).
+func encodeNodeOutput(token string, raw json.RawMessage) (json.RawMessage, bool) {
+	if len(raw) == 0 || raw[0] != '{' {
+		return raw, false
+	}
+	ms, err := objectMembers(raw)
+	if err != nil {
+		return raw, false
+	}
+	changed := false
+	for i, m := range ms {
+		if out, ok := encodeRefList(token, m.Val); ok {
+			ms[i].Val, changed = out, true
+		}
+	}
+	if !changed {
+		return raw, false
+	}
+	return appendObject(nil, ms), true
+}
+
+// encodeOutputs rewrites an outputs object ({node: {kind: [refs]}}) of the
+// instance of token.
+func encodeOutputs(token string, raw json.RawMessage) json.RawMessage {
+	if len(raw) == 0 || raw[0] != '{' || !bytes.Contains(raw, []byte(`"subfolder"`)) {
+		return raw
+	}
+	ms, err := objectMembers(raw)
+	if err != nil {
+		return raw
+	}
+	changed := false
+	for i, m := range ms {
+		if out, ok := encodeNodeOutput(token, m.Val); ok {
+			ms[i].Val, changed = out, true
+		}
+	}
+	if !changed {
+		return raw
+	}
+	return appendObject(nil, ms)
+}
+
+// encodeExecutedFrame rewrites the file references of an `executed` text
+// frame ({"type": "executed", "data": {"node", "output": {...}, ...}}) of
+// the instance of token. Anything else comes back unchanged.
+func encodeExecutedFrame(token string, frame []byte) []byte {
+	if !bytes.Contains(frame, []byte(`"subfolder"`)) {
+		return frame
+	}
+	ms, err := objectMembers(frame)
+	if err != nil {
+		return frame
+	}
+	for i, m := range ms {
+		if m.Key != "data" {
+			continue
+		}
+		data, err := objectMembers(m.Val)
+		if err != nil {
+			return frame
+		}
+		for j, d := range data {
+			if d.Key != "output" {
+				continue
+			}
+			out, ok := encodeNodeOutput(token, d.Val)
+			if !ok {
+				return frame
+			}
+			data[j].Val = out
+			ms[i].Val = appendObject(nil, data)
+			return appendObject(make([]byte, 0, len(frame)+64), ms)
+		}
+	}
+	return frame
+}
+
+// encodedOutputPath decodes a prompt input that loads an output or temp
+// file through an encoded subfolder ("@<instance>/sub/x.png [output]"),
+// when the token names exactly one instance of insts.
+func encodedOutputPath(insts []*upstream.Instance, s string) (string, bool) {
+	if len(s) == 0 || s[0] != outputRefMark || !(strings.HasSuffix(s, " [output]") || strings.HasSuffix(s, " [temp]")) {
+		return s, false
+	}
+	token, rest, found := strings.Cut(s[1:], "/")
+	if !found || rest == "" || instanceByToken(insts, token) == nil {
+		return s, false
+	}
+	return rest, true
+}
+
+// decodePromptRefs rewrites, in a prompt graph ({node: {"inputs": {...}}}),
+// the string inputs that name an output through an encoded subfolder back
+// to the instance's own path. The graph is returned unchanged when none does.
+func decodePromptRefs(insts []*upstream.Instance, prompt json.RawMessage) (json.RawMessage, bool) {
+	if !bytes.Contains(prompt, []byte{'"', outputRefMark}) {
+		return prompt, false
+	}
+	graph, err := objectMembers(prompt)
+	if err != nil {
+		return prompt, false
+	}
+	changed := false
+	for i, n := range graph {
+		node, err := objectMembers(n.Val)
+		if err != nil {
+			continue
+		}
+		nodeChanged := false
+		for j, f := range node {
+			if f.Key != "inputs" {
+				continue
+			}
+			inputs, err := objectMembers(f.Val)
+			if err != nil {
+				continue
+			}
+			inChanged := false
+			for k, in := range inputs {
+				s, ok := unquoteJSON(in.Val)
+				if !ok {
+					continue
+				}
+				if d, ok := encodedOutputPath(insts, s); ok {
+					inputs[k].Val, inChanged = quoteJSON(d), true
+				}
+			}
+			if inChanged {
+				node[j].Val, nodeChanged = appendObject(nil, inputs), true
+			}
+		}
+		if nodeChanged {
+			graph[i].Val, changed = appendObject(nil, node), true
+		}
+	}
+	if !changed {
+		return prompt, false
+	}
+	return appendObject(nil, graph), true
+}
