@@ -45,11 +45,13 @@ package proxy
 //
 // Limitations: a real subfolder whose name starts with "@", named directly
 // by a client (not taken from a reference comfygate handed out), is taken
-// for an encoded one. A prompt loading another instance's output
-// ("@gpu-1/x.png [output]") may land on an instance that does not hold
-// that file: only uploads are copied between instances (Pool.EnsureInputs),
-// so such a prompt fails validation there as it would on a ComfyUI without
-// that file. The history of such a prompt shows the decoded value.
+// for an encoded one. A prompt loading an output ("@gpu-1/x.png [output]")
+// is not steered to the instance that wrote it: only uploads are copied
+// between instances (Pool.EnsureInputs). On another instance it fails
+// validation when that instance has no x.png, and loads that instance's own
+// x.png when it has one. Steering it needs a preferred instance in
+// upstream.SubmitRequest. The history of such a prompt shows the decoded
+// value.
 
 import (
 	"bytes"
