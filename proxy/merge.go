@@ -47,13 +47,18 @@ type queueItem struct {
 }
 
 // getQueue serves GET /queue: queue_running and queue_pending of every
-// instance, each item's prompt_id and extra_data.client_id rewritten to
-// the client's. Running items come in configuration order. Pending items
-// are sorted by their number (item[0], the instance's own priority
-// counter; ComfyUI returns its heap unsorted, and clients sort by it),
-// ties in configuration order: numbers restart at 0 on every instance, so
-// the merged order interleaves instances fairly rather than being a
-// global submission order.
+// instance, each item's number, prompt_id and extra_data.client_id
+// rewritten to the client's. Running items come in configuration order.
+// Pending items are sorted by their number (item[0]; ComfyUI returns its
+// heap unsorted, and clients sort by it), ties in configuration order.
+// The number of a prompt comfygate submitted is its fleet number
+// (upstream.Prompt.Number), so the merged pending list is in the order
+// the fleet accepted the prompts, across instances; a resubmitted prompt
+// keeps its place. Limitations: it is the order of submission, not of
+// execution (each instance runs its own queue); a client's "front" or
+// "number" shows ComfyUI's number for it but reorders only the queue of
+// the instance that runs it; and prompts comfygate did not submit keep
+// their instance's own number, which counts from 0 on every instance.
 func (s *Server) getQueue(ctx *fasthttp.RequestCtx) {
 	insts := s.readable()
 	results := s.callAll(insts, "GET", "/queue", nil, nil)
@@ -76,8 +81,9 @@ func (s *Server) getQueue(ctx *fasthttp.RequestCtx) {
 			running = append(running, s.rewriteQueueItem(r.inst, it))
 		}
 		for _, it := range q.Pending {
-			n, _ := tupleNumber(it)
-			pending = append(pending, queueItem{raw: s.rewriteQueueItem(r.inst, it), number: n, inst: i})
+			raw := s.rewriteQueueItem(r.inst, it)
+			n, _ := tupleNumber(raw)
+			pending = append(pending, queueItem{raw: raw, number: n, inst: i})
 		}
 	}
 	if !answered {

@@ -83,7 +83,13 @@ func writeComfyError(ctx *fasthttp.RequestCtx, code int, typ, message, details s
 //     lowercase UUIDv4, which the answer carries;
 //   - string inputs "@<instance>/name [output]" (an output reference
 //     comfygate handed out, loaded as an input) lose their "@<instance>/"
-//     (outputref.go).
+//     (outputref.go);
+//   - "number" in the answer is the fleet's queue number
+//     (upstream.Prompt.Number), not the instance's: every instance counts
+//     from 0 on its own. A client's "front" and "number" still order the
+//     prompt only within the queue of the instance that runs it; the
+//     number shown for them is ComfyUI's (-counter, and the client's own
+//     value).
 func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 	body, err := readClientBody(ctx, maxPromptBody)
 	if err != nil {
@@ -151,9 +157,13 @@ func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 		s.writeError(ctx, err)
 		return
 	}
+	body = res.Body
+	if res.Prompt != nil {
+		body = setAnswerNumber(body, res.Prompt)
+	}
 	ctx.SetStatusCode(res.Status)
 	ctx.SetContentType(jsonContentType)
-	ctx.SetBody(res.Body)
+	ctx.SetBody(body)
 }
 
 // clientPromptID returns the prompt_id a client sent, as ComfyUI (Oct-2025)

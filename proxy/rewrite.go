@@ -7,11 +7,13 @@ package proxy
 // client_id for that instance (every prompt goes upstream with it, so the
 // events come to comfygate's socket). Everything that passes through —
 // history entries, queue items, jobs — is rewritten back: the prompt id to
-// the client-facing one, extra_data.client_id to the client's own (removed
-// when the client sent none, as ComfyUI stores none then), and output file
-// references to ones that name their instance (outputref.go). Entries of
-// prompts comfygate did not submit keep their ids, except that comfygate's
-// own client_id never leaks; their file references are rewritten too.
+// the client-facing one, the queue number (item[0], a job's priority) to
+// the fleet number (upstream.Prompt.Number), extra_data.client_id to the
+// client's own (removed when the client sent none, as ComfyUI stores none
+// then), and output file references to ones that name their instance
+// (outputref.go). Entries of prompts comfygate did not submit keep their
+// ids and numbers, except that comfygate's own client_id never leaks;
+// their file references are rewritten too.
 //
 // JSON objects whose key order matters to clients (history is ordered
 // oldest first by its keys) are decoded and written as ordered entries.
@@ -103,6 +105,7 @@ type promptView struct {
 	clientID string // the client's client_id; "" = none
 	known    bool   // comfygate submitted it (or adopted it)
 	socketID string // comfygate's client_id at that instance
+	number   []byte // the fleet queue number (JSON); nil = keep the instance's
 }
 
 // viewOf returns the client's view of the prompt inst knows as upID.
@@ -110,8 +113,40 @@ func (s *Server) viewOf(inst *upstream.Instance, upID string) promptView {
 	v := promptView{id: upID, socketID: inst.SocketClientID()}
 	if p, ok := s.pool.PromptByUpstreamID(inst, upID); ok {
 		v.id, v.clientID, v.known = p.ID, p.ClientID, true
+		v.number = fleetNumber(p)
 	}
 	return v
+}
+
+// fleetNumber is p's fleet queue number as JSON (upstream.Prompt.Number),
+// nil when it has none and the instance's number stands.
+func fleetNumber(p *upstream.Prompt) []byte {
+	n, ok := p.Number()
+	if !ok {
+		return nil
+	}
+	return strconv.AppendFloat(nil, n, 'f', -1, 64)
+}
+
+// setAnswerNumber sets "number" in a POST /prompt answer to the prompt's
+// fleet number, keeping the answer's key order; the answer is returned
+// unchanged when the prompt has none or the answer is not an object.
+func setAnswerNumber(body []byte, p *upstream.Prompt) []byte {
+	num := fleetNumber(p)
+	if num == nil {
+		return body
+	}
+	ms, err := objectMembers(body)
+	if err != nil {
+		return body
+	}
+	for i, m := range ms {
+		if m.Key == "number" {
+			ms[i].Val = num
+			return appendObject(make([]byte, 0, len(body)+8), ms)
+		}
+	}
+	return body
 }
 
 // fixExtraData rewrites extra_data.client_id for the client.
@@ -145,11 +180,15 @@ func (v promptView) fixExtraData(raw json.RawMessage) json.RawMessage {
 }
 
 // rewriteTuple rewrites a queue item / history "prompt" tuple
-// [number, prompt_id, prompt, extra_data, outputs_to_execute, ...].
+// [number, prompt_id, prompt, extra_data, outputs_to_execute, ...]: the
+// fleet number, the client's prompt id and client_id.
 func (v promptView) rewriteTuple(raw json.RawMessage) json.RawMessage {
 	var items []json.RawMessage
 	if json.Unmarshal(raw, &items) != nil || len(items) < 4 {
 		return raw
+	}
+	if v.number != nil {
+		items[0] = v.number
 	}
 	items[1] = quoteJSON(v.id)
 	items[3] = v.fixExtraData(items[3])
@@ -291,8 +330,9 @@ func (s *Server) learnOutputs(inst *upstream.Instance, raw json.RawMessage) {
 	}
 }
 
-// rewriteJob rewrites one /api/jobs job object of inst: its id, the
-// client_id inside workflow.extra_data, and its file references (with the
+// rewriteJob rewrites one /api/jobs job object of inst: its id, its
+// priority (the fleet number), the client_id inside workflow.extra_data,
+// and its file references (with the
 // instance in their subfolder, outputref.go); it learns its files.
 func (s *Server) rewriteJob(inst *upstream.Instance, raw json.RawMessage) (string, json.RawMessage) {
 	ms, err := objectMembers(raw)
@@ -310,6 +350,10 @@ func (s *Server) rewriteJob(inst *upstream.Instance, raw json.RawMessage) (strin
 		switch m.Key {
 		case "id":
 			ms[i].Val = quoteJSON(v.id)
+		case "priority": // the queue number, as in /queue
+			if v.number != nil {
+				ms[i].Val = v.number
+			}
 		case "outputs":
 			s.learnOutputs(inst, m.Val) // the instance's own refs
 			ms[i].Val = encodeOutputs(outputToken(inst.Name), m.Val)

@@ -88,6 +88,12 @@ type Prompt struct {
 	moving      bool // a failover of it is under way
 	closed      bool // its sink got a synthesized ending: drop later events
 	adopted     bool // learned from an instance (LocatePrompt), not submitted here
+
+	// Fleet queue number (see Number).
+	front     bool  // the client asked for the front of the queue
+	ownNumber bool  // the client sent "number": the instance shows its value
+	numbered  bool  // number is set
+	number    int64 // the fleet number, negated for front
 }
 
 // Instance returns the instance the prompt is pinned to now.
@@ -98,6 +104,30 @@ func (p *Prompt) UpstreamID() string { p.mu.Lock(); defer p.mu.Unlock(); return 
 
 // State returns the prompt's state.
 func (p *Prompt) State() PromptState { p.mu.Lock(); defer p.mu.Unlock(); return p.state }
+
+// Number returns the prompt's queue number in the fleet, the number a
+// client of the fleet sees in the POST /prompt answer and as item[0] of
+// its /queue and /history tuples, and false when comfygate did not number
+// it (then the instance's own number stands).
+//
+// Every instance numbers its prompts from 0 on its own, so through
+// comfygate two prompts would share a number; instead the pool numbers
+// every prompt it accepts from one counter, starting at 0 like ComfyUI and
+// advanced once per accepted prompt (a prompt an instance refused takes
+// none), so the numbers follow the order the fleet accepted them in. A
+// resubmitted prompt keeps its number. A client's "front" gives, as in
+// ComfyUI, the counter's value negated. false: not accepted yet, adopted
+// from an instance (LocatePrompt), or the client sent its own "number",
+// which the instance shows as ComfyUI would (and which takes no fleet
+// number, as it advances no ComfyUI counter).
+func (p *Prompt) Number() (float64, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.numbered || p.ownNumber {
+		return 0, false
+	}
+	return float64(p.number), true
+}
 
 // Attempts returns how many times it was sent to an instance (1 + resubmissions).
 func (p *Prompt) Attempts() int { p.mu.Lock(); defer p.mu.Unlock(); return p.attempts }

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/comfygate/comfygate/config"
@@ -51,6 +52,8 @@ type promptTable struct {
 
 	queueMu   sync.Mutex // guards lastQueue; serialises QueueChanged calls
 	lastQueue int
+
+	numbers atomic.Int64 // the next fleet queue number (Prompt.Number)
 }
 
 // newPromptTable returns the prompt table of p; nothing runs until start.
@@ -257,10 +260,19 @@ func (t *promptTable) markLive(pr *Prompt) {
 }
 
 // confirm records that pr's instance accepted it: it counts as in flight
-// there until done. Idempotent; a prompt that finished before the HTTP
-// answer arrived is not counted.
+// there until done, and it gets its fleet number the first time. Idempotent;
+// a prompt that finished before the HTTP answer arrived is not counted.
 func (t *promptTable) confirm(pr *Prompt) {
 	pr.mu.Lock()
+	if !pr.numbered {
+		pr.numbered = true
+		if !pr.ownNumber {
+			pr.number = t.numbers.Add(1) - 1
+			if pr.front {
+				pr.number = -pr.number // ComfyUI's front: -counter
+			}
+		}
+	}
 	if pr.counted {
 		pr.mu.Unlock()
 		return

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -45,6 +46,13 @@ func (t *promptTable) submit(ctx context.Context, req SubmitRequest) (SubmitResu
 		return SubmitResult{}, fmt.Errorf("submit prompt %s: id already in use by a prompt that is not done", id)
 	}
 	pr := &Prompt{ID: id, ClientID: req.ClientID, Sink: req.Sink, Created: time.Now(), header: req.Header}
+	// ComfyUI: "number" in the body sets the priority and leaves the
+	// counter alone; otherwise a truthy "front" negates the counter.
+	if _, ok := req.Body["number"]; ok {
+		pr.ownNumber = true
+	} else {
+		pr.front = truthy(req.Body["front"])
+	}
 	var tried []*Instance
 	var lastErr error
 	for {
@@ -226,6 +234,27 @@ func buildBody(base map[string]json.RawMessage, clientID, uid string) ([]byte, e
 		delete(m, "prompt_id")
 	}
 	return marshalNoEscape(m)
+}
+
+// truthy reports whether a JSON value is true the way Python's bool()
+// reads it: false, null, 0, "", [] and {} are false (absent is false too).
+func truthy(raw json.RawMessage) bool {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 {
+		return false
+	}
+	switch raw[0] {
+	case 't':
+		return true
+	case 'f', 'n':
+		return false
+	case '"':
+		return len(raw) > 2
+	case '[', '{':
+		return len(bytes.TrimSpace(raw[1:len(raw)-1])) > 0
+	}
+	f, err := strconv.ParseFloat(string(raw), 64)
+	return err != nil || f != 0
 }
 
 // parseBody reads a body built by buildBody back, one level deep.
