@@ -37,21 +37,26 @@ package proxy
 // own prompt, with no table to consult, across comfygate restarts and
 // replicas. A token that names no instance (or, with clashing names, more
 // than one) gets ComfyUI's answer to a missing file: 404, empty body.
-// POST /upload/mask decodes its original_ref the same way, and POST /prompt
-// decodes "@<instance>/name.png [output]" values (the web UI's way of
-// loading an output as an input) before the prompt goes upstream.
-// A subfolder without the "@" mark is served as before: the pin table,
-// then asking the instances.
+// POST /upload/mask decodes its original_ref the same way.
+//
+// POST /prompt: a value "@<instance>/name.png [output]" (the web UI's way
+// of loading an output as an input) names that instance's file. The
+// prompt goes to that instance when it is available
+// (upstream.SubmitRequest.Prefer; with outputs of several instances, the
+// one holding most of them), where the value becomes "name.png [output]".
+// When the prompt runs elsewhere (the instance is down or out of
+// selection, or the prompt loads outputs of two instances), the pool
+// copies the file into the other instance's output folder under
+// "comfygate-copies/<instance>/" and the value names the copy
+// (upstream.SubmitRequest.Files); if the copy fails the prompt fails
+// validation there rather than load that instance's own file of the same
+// name. A subfolder without the "@" mark is served as before: the pin
+// table, then asking the instances.
 //
 // Limitations: a real subfolder whose name starts with "@", named directly
 // by a client (not taken from a reference comfygate handed out), is taken
-// for an encoded one. A prompt loading an output ("@gpu-1/x.png [output]")
-// is not steered to the instance that wrote it: only uploads are copied
-// between instances (Pool.EnsureInputs). On another instance it fails
-// validation when that instance has no x.png, and loads that instance's own
-// x.png when it has one. Steering it needs a preferred instance in
-// upstream.SubmitRequest. The history of such a prompt shows the decoded
-// value.
+// for an encoded one. The history of a prompt that loads an output shows
+// the value its instance got (the decoded name, or the copy's).
 
 import (
 	"bytes"
@@ -273,37 +278,44 @@ func encodeExecutedFrame(token string, frame []byte) []byte {
 
 // encodedOutputPath decodes a prompt input that loads an output or temp
 // file through an encoded subfolder ("@<instance>/sub/x.png [output]"),
-// when the token names exactly one instance of insts.
-func encodedOutputPath(insts []*upstream.Instance, s string) (string, bool) {
+// when the token names exactly one instance of insts: that instance and
+// the value as it names the file ("sub/x.png [output]").
+func encodedOutputPath(insts []*upstream.Instance, s string) (*upstream.Instance, string, bool) {
 	if len(s) == 0 || s[0] != outputRefMark || !(strings.HasSuffix(s, " [output]") || strings.HasSuffix(s, " [temp]")) {
-		return s, false
+		return nil, s, false
 	}
 	token, rest, found := strings.Cut(s[1:], "/")
-	if !found || rest == "" || instanceByToken(insts, token) == nil {
-		return s, false
+	if !found || rest == "" {
+		return nil, s, false
 	}
-	return rest, true
+	inst := instanceByToken(insts, token)
+	if inst == nil {
+		return nil, s, false
+	}
+	return inst, rest, true
 }
 
-// decodePromptRefs rewrites, in a prompt graph ({node: {"inputs": {...}}}),
-// the string inputs that name an output through an encoded subfolder back
-// to the instance's own path. The graph is returned unchanged when none does.
-func decodePromptRefs(insts []*upstream.Instance, prompt json.RawMessage) (json.RawMessage, bool) {
+// promptFiles finds, in a prompt graph ({node: {"inputs": {...}}}), the
+// string inputs that name an output through an encoded subfolder, and
+// returns them mapped to the file they mean, with the instance that holds
+// most of them (ties: the first named), nil when there are none.
+func promptFiles(insts []*upstream.Instance, prompt json.RawMessage) (map[string]upstream.InstanceFile, *upstream.Instance) {
 	if !bytes.Contains(prompt, []byte{'"', outputRefMark}) {
-		return prompt, false
+		return nil, nil
 	}
 	graph, err := objectMembers(prompt)
 	if err != nil {
-		return prompt, false
+		return nil, nil
 	}
-	changed := false
-	for i, n := range graph {
+	var files map[string]upstream.InstanceFile
+	var order []*upstream.Instance
+	count := map[*upstream.Instance]int{}
+	for _, n := range graph {
 		node, err := objectMembers(n.Val)
 		if err != nil {
 			continue
 		}
-		nodeChanged := false
-		for j, f := range node {
+		for _, f := range node {
 			if f.Key != "inputs" {
 				continue
 			}
@@ -311,26 +323,34 @@ func decodePromptRefs(insts []*upstream.Instance, prompt json.RawMessage) (json.
 			if err != nil {
 				continue
 			}
-			inChanged := false
-			for k, in := range inputs {
+			for _, in := range inputs {
 				s, ok := unquoteJSON(in.Val)
 				if !ok {
 					continue
 				}
-				if d, ok := encodedOutputPath(insts, s); ok {
-					inputs[k].Val, inChanged = quoteJSON(d), true
+				if _, seen := files[s]; seen {
+					continue
 				}
-			}
-			if inChanged {
-				node[j].Val, nodeChanged = appendObject(nil, inputs), true
+				inst, d, ok := encodedOutputPath(insts, s)
+				if !ok {
+					continue
+				}
+				if files == nil {
+					files = map[string]upstream.InstanceFile{}
+				}
+				files[s] = upstream.InstanceFile{Instance: inst, Value: d}
+				if count[inst] == 0 {
+					order = append(order, inst)
+				}
+				count[inst]++
 			}
 		}
-		if nodeChanged {
-			graph[i].Val, changed = appendObject(nil, node), true
+	}
+	var prefer *upstream.Instance
+	for _, inst := range order {
+		if prefer == nil || count[inst] > count[prefer] {
+			prefer = inst
 		}
 	}
-	if !changed {
-		return prompt, false
-	}
-	return appendObject(nil, graph), true
+	return files, prefer
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"mime/multipart"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -168,25 +169,45 @@ func TestRewriteJobEncodesRefs(t *testing.T) {
 	}
 }
 
-func TestDecodePromptRefs(t *testing.T) {
+func TestPromptFiles(t *testing.T) {
 	t.Parallel()
-	insts := []*upstream.Instance{{Name: "i0"}, {Name: "i1"}}
-	for _, tc := range []struct{ desc, in, want string }{
+	i0, i1 := &upstream.Instance{Name: "i0"}, &upstream.Instance{Name: "i1"}
+	insts := []*upstream.Instance{i0, i1}
+	for _, tc := range []struct {
+		desc   string
+		in     string
+		want   map[string]upstream.InstanceFile
+		prefer *upstream.Instance
+	}{
 		{
-			"output and temp loaded as inputs",
-			`{"1": {"class_type": "LoadImage", "inputs": {"image": "@i1/sub/x.png [output]"}}, "2": {"inputs": {"image": "@i0/p.png [temp]", "n": 3}}}`,
-			`{"1": {"class_type": "LoadImage", "inputs": {"image": "sub/x.png [output]"}}, "2": {"inputs": {"image": "p.png [temp]", "n": 3}}}`,
+			"outputs and temps of two instances loaded as inputs: the one with most",
+			`{"1": {"class_type": "LoadImage", "inputs": {"image": "@i1/sub/x.png [output]"}}, "2": {"inputs": {"image": "@i0/p.png [temp]", "n": 3, "m": "@i0/q.png [output]"}}, "3": {"inputs": {"image": "@i1/sub/x.png [output]"}}}`,
+			map[string]upstream.InstanceFile{
+				"@i1/sub/x.png [output]": {Instance: i1, Value: "sub/x.png [output]"},
+				"@i0/p.png [temp]":       {Instance: i0, Value: "p.png [temp]"},
+				"@i0/q.png [output]":     {Instance: i0, Value: "q.png [output]"},
+			},
+			i0,
 		},
 		{
-			"unknown token, input annotation, no annotation, text: unchanged",
-			`{"1": {"inputs": {"a": "@i9/x.png [output]", "b": "@i0/x.png [input]", "c": "@i0/x.png", "d": "@i0 [output]", "e": "hello @i0/x [output] world"}}}`,
-			`{"1": {"inputs": {"a": "@i9/x.png [output]", "b": "@i0/x.png [input]", "c": "@i0/x.png", "d": "@i0 [output]", "e": "hello @i0/x [output] world"}}}`,
+			"a tie goes to the first named",
+			`{"1": {"inputs": {"a": "@i1/x.png [output]", "b": "@i0/y.png [output]"}}}`,
+			map[string]upstream.InstanceFile{
+				"@i1/x.png [output]": {Instance: i1, Value: "x.png [output]"},
+				"@i0/y.png [output]": {Instance: i0, Value: "y.png [output]"},
+			},
+			i1,
 		},
-		{"no graph", `null`, `null`},
+		{
+			"unknown token, input annotation, no annotation, text: none",
+			`{"1": {"inputs": {"a": "@i9/x.png [output]", "b": "@i0/x.png [input]", "c": "@i0/x.png", "d": "@i0 [output]", "e": "hello @i0/x [output] world"}}}`,
+			nil, nil,
+		},
+		{"no graph", `null`, nil, nil},
 	} {
-		got, changed := decodePromptRefs(insts, json.RawMessage(tc.in))
-		if string(got) != tc.want || changed != (tc.in != tc.want) {
-			t.Errorf("%s:\n got %s (changed %v)\nwant %s", tc.desc, got, changed, tc.want)
+		got, prefer := promptFiles(insts, json.RawMessage(tc.in))
+		if !reflect.DeepEqual(got, tc.want) || prefer != tc.prefer {
+			t.Errorf("%s:\n got %v (prefer %v)\nwant %v (prefer %v)", tc.desc, got, prefer, tc.want, tc.prefer)
 		}
 	}
 }

@@ -82,8 +82,9 @@ func writeComfyError(ctx *fasthttp.RequestCtx, code int, typ, message, details s
 //     run a duplicate id twice and overwrite its history) comfygate mints a
 //     lowercase UUIDv4, which the answer carries;
 //   - string inputs "@<instance>/name [output]" (an output reference
-//     comfygate handed out, loaded as an input) lose their "@<instance>/"
-//     (outputref.go);
+//     comfygate handed out, loaded as an input) steer the prompt to that
+//     instance and lose their "@<instance>/", or name a copy of the file
+//     where the prompt runs elsewhere (outputref.go);
 //   - "number" in the answer is the fleet's queue number
 //     (upstream.Prompt.Number), not the instance's: every instance counts
 //     from 0 on its own. A client's "front" and "number" still order the
@@ -132,11 +133,9 @@ func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 		promptID = newUUID()
 	}
 	// Outputs loaded as inputs by a reference comfygate handed out
-	// ("@<instance>/x.png [output]") go upstream as the instance knows them
-	// (outputref.go).
-	if p, ok := decodePromptRefs(s.pool.Instances(), fields["prompt"]); ok {
-		fields["prompt"] = p
-	}
+	// ("@<instance>/x.png [output]"): run where they are, or have them
+	// copied (outputref.go).
+	files, prefer := promptFiles(s.pool.Instances(), fields["prompt"])
 	header := map[string]string{"Content-Type": "application/json"}
 	for _, h := range []string{"Comfy-User", "Comfy-Usage-Source"} {
 		if v := ctx.Request.Header.Peek(h); v != nil {
@@ -149,6 +148,8 @@ func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 		ClientID: clientID,
 		Sink:     s.hub,
 		Header:   header,
+		Prefer:   prefer,
+		Files:    files,
 	})
 	if res.Instance != nil {
 		setInstance(ctx, res.Instance)

@@ -89,6 +89,12 @@ type Prompt struct {
 	closed      bool // its sink got a synthesized ending: drop later events
 	adopted     bool // learned from an instance (LocatePrompt), not submitted here
 
+	// Where it prefers to run, and the graph before per-instance values
+	// (SubmitRequest.Prefer, Files); graph is nil without files.
+	prefer *Instance
+	files  map[string]InstanceFile
+	graph  json.RawMessage
+
 	// Fleet queue number (see Number).
 	front     bool  // the client asked for the front of the queue
 	ownNumber bool  // the client sent "number": the instance shows its value
@@ -153,6 +159,29 @@ type SubmitRequest struct {
 	Sink Sink
 	// Header holds request headers to forward (e.g. comfy-user).
 	Header map[string]string
+	// Prefer is the instance to send the prompt to first, when it is
+	// Available and its socket is up; otherwise, or when it refuses the
+	// connection, Submit selects as usual. A failover of the prompt tries
+	// it first too. The proxy sets it to the instance that holds the
+	// files the prompt loads (Files). nil: selection alone.
+	Prefer *Instance
+	// Files maps string input values of the prompt graph (Body["prompt"])
+	// to the file of one instance that they name: the proxy's references
+	// to outputs of earlier prompts, "@<instance>/x.png [output]". Sent to
+	// that instance, such a value becomes the file's own name there
+	// (InstanceFile.Value); sent to another, the file is copied to it
+	// first, into a folder of copies (see Pool.EnsureInputs), and the
+	// value names the copy. Values not in Files go as they are.
+	Files map[string]InstanceFile
+}
+
+// InstanceFile is a file of one instance that a prompt's input names.
+type InstanceFile struct {
+	// Instance holds the file.
+	Instance *Instance
+	// Value names the file as LoadImage on that instance does:
+	// "x.png [output]", "sub/x.png [temp]".
+	Value string
 }
 
 // SubmitResult is the instance's answer, ready to relay to the client.

@@ -77,7 +77,7 @@ func (t *promptTable) failover(ctx context.Context, pr *Prompt, from *Instance, 
 	tried := []*Instance{from}
 	moved := false
 	for {
-		inst, err := t.p.Select(tried...)
+		inst, err := t.pick(pr.prefer, tried)
 		if err != nil && from.Available() && !slices.Contains(tried[1:], from) {
 			if !allowSame && uid != "" {
 				// from is back: it may still have the prompt.
@@ -111,10 +111,7 @@ func (t *promptTable) failover(ctx context.Context, pr *Prompt, from *Instance, 
 			t.uncount(pr)
 			t.unpinUpstream(pr) // what from still sends about it is stale now
 		}
-		if err := t.p.EnsureInputs(ctx, inst, base["prompt"]); err != nil {
-			t.log.Warn("upstream: could not copy a prompt's inputs", "instance", inst.Name, "prompt_id", pr.ID, "error", err)
-		}
-		res, outcome, err := t.send(ctx, pr, inst, base, true)
+		res, outcome, err := t.send(ctx, pr, inst, t.bodyFor(ctx, pr, inst, base), true)
 		switch {
 		case outcome == sentRefused:
 			continue

@@ -10,6 +10,7 @@ import (
 	"mime/multipart"
 	"net/textproto"
 	"path"
+	"strconv"
 	"strings"
 	"time"
 
@@ -27,6 +28,13 @@ type copyKey struct {
 // names; longer ones are prompts' text.
 const maxInputValue = 1024
 
+// copiesDir is the subfolder of an instance's output and temp folders that
+// holds copies of other instances' files: <copiesDir>/<instance>/<subfolder>/<name>.
+// A folder of its own because output names collide across instances (every
+// instance writes ComfyUI_00001_.png): a copy under the original name would
+// overwrite the target's own file, which another client's /view names.
+const copiesDir = "comfygate-copies"
+
 // EnsureInputs makes every input file the prompt loads that was uploaded
 // through comfygate (pinned with type input on another instance) present
 // on inst, copying it over when needed.
@@ -34,10 +42,15 @@ const maxInputValue = 1024
 // Any string input value of any node may name a file: "x.png", "sub/x.png"
 // or "x.png [input]" (LoadImage, LoadImageMask and custom loaders alike).
 // Only values that match an input pin are copied, so text is never taken
-// for a file. Values annotated " [output]" or " [temp]" are left alone:
-// output names collide across instances, and overwriting the target's own
-// file of that name would be wrong. The error lists the files that could
-// not be copied; the prompt would fail validation on inst without them.
+// for a file. Values annotated " [output]" or " [temp]" are not copied by
+// name: output names collide across instances, so a pin does not say whose
+// file the client means, and overwriting the target's own file of that
+// name would be wrong. The outputs of another instance that a prompt loads
+// come named by SubmitRequest.Files instead; Submit copies those into the
+// target's output or temp folder under copiesDir/<instance>/, where no
+// file of the target's own lives, and sends the values naming the copies
+// (prepareGraph). The error lists the files that could not be copied; the
+// prompt would fail validation on inst without them.
 func (p *Pool) EnsureInputs(ctx context.Context, inst *Instance, prompt json.RawMessage) error {
 	if inst == nil || len(prompt) == 0 {
 		return nil
@@ -69,11 +82,69 @@ func (p *Pool) EnsureInputs(ctx context.Context, inst *Instance, prompt json.Raw
 	}
 	var errs []error
 	for _, ref := range refs {
-		if err := p.ensureFile(ctx, inst, ref); err != nil {
+		if len(p.pins.owners(ref)) == 0 {
+			continue // not uploaded through comfygate: the instance may have it itself
+		}
+		err := p.ensureFile(ctx, inst, ref, func() error {
+			owners := p.pins.owners(ref)
+			if len(owners) == 0 {
+				return nil
+			}
+			return p.copyFromOwners(ctx, inst, ref, owners)
+		})
+		if err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// prepareGraph makes the files a prompt graph loads present on inst and
+// returns the graph to send there. Input uploads are copied as
+// EnsureInputs does. Values in files (the outputs of one instance the
+// client loads) become the file's own name when inst holds it; otherwise
+// the file is copied from its instance into inst's copiesDir and the value
+// names the copy: also when the copy failed, so that the prompt fails
+// validation on a missing file rather than load a file of the same name
+// that inst wrote itself.
+func (p *Pool) prepareGraph(ctx context.Context, inst *Instance, graph json.RawMessage, files map[string]InstanceFile) (json.RawMessage, error) {
+	err := p.EnsureInputs(ctx, inst, graph)
+	if len(files) == 0 {
+		return graph, err
+	}
+	errs := []error{err}
+	seen := map[string]string{}
+	out, _ := rewriteInputs(graph, func(v string) (string, bool) {
+		f, ok := files[v]
+		if !ok || f.Instance == nil {
+			return "", false
+		}
+		if f.Instance == inst {
+			return f.Value, true
+		}
+		if w, ok := seen[v]; ok {
+			return w, true
+		}
+		from, ok := annotatedRef(f.Value)
+		if !ok {
+			return f.Value, true // not a file comfygate can copy: as its instance names it
+		}
+		to := copyRef(f.Instance, from)
+		err := p.ensureFile(ctx, inst, to, func() error {
+			if !f.Instance.Healthy() {
+				// Asking a hung instance would hold the prompt for the call timeout.
+				return fmt.Errorf("copy %s %q from %s: the instance is down", from.Type, path.Join(from.Subfolder, from.Filename), f.Instance.Name)
+			}
+			return p.copyFrom(ctx, f.Instance, inst, from, to)
+		})
+		if err != nil {
+			errs = append(errs, err)
+		}
+		w := refValue(to)
+		seen[v] = w
+		return w, true
+	})
+	return out, errors.Join(errs...)
 }
 
 func containsRef(refs []FileRef, r FileRef) bool {
@@ -95,24 +166,70 @@ func inputRef(s string) (FileRef, bool) {
 	if strings.HasSuffix(s, " [output]") || strings.HasSuffix(s, " [temp]") {
 		return FileRef{}, false
 	}
+	return splitRef(s, "input")
+}
+
+// annotatedRef reads a value annotated " [output]" or " [temp]" as the
+// file LoadImage loads from that folder.
+func annotatedRef(s string) (FileRef, bool) {
+	if s == "" || strings.ContainsAny(s, "\n\r\x00") {
+		return FileRef{}, false
+	}
+	for _, typ := range [...]string{"output", "temp"} {
+		if rest, ok := strings.CutSuffix(s, " ["+typ+"]"); ok {
+			return splitRef(rest, typ)
+		}
+	}
+	return FileRef{}, false
+}
+
+// splitRef splits "sub/dir/x.png" into subfolder and name.
+func splitRef(s, typ string) (FileRef, bool) {
 	s = strings.ReplaceAll(s, `\`, "/")
 	dir, name := path.Split(s)
 	if name == "" || name == "." || name == ".." {
 		return FileRef{}, false
 	}
-	return FileRef{Filename: name, Subfolder: cleanSubfolder(dir), Type: "input"}, true
+	return FileRef{Filename: name, Subfolder: cleanSubfolder(dir), Type: typ}, true
 }
 
-// ensureFile copies ref to inst unless inst holds it or nobody pinned it.
-func (p *Pool) ensureFile(ctx context.Context, inst *Instance, ref FileRef) error {
+// copyRef is where a copy of src's file ref lives on another instance.
+func copyRef(src *Instance, ref FileRef) FileRef {
+	return FileRef{Filename: ref.Filename, Subfolder: path.Join(copiesDir, copyToken(src.Name), ref.Subfolder), Type: ref.Type}
+}
+
+// copyToken is an instance's name as a folder name: every byte outside
+// [A-Za-z0-9._-] becomes '-', as in the proxy's output references, and a
+// name of dots only is "-".
+func copyToken(name string) string {
+	b := []byte(name)
+	dots := true
+	for i, c := range b {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+			b[i] = '-'
+		}
+		dots = dots && b[i] == '.'
+	}
+	if dots {
+		return "-"
+	}
+	return string(b)
+}
+
+// refValue names ref as a LoadImage value: "sub/x.png [output]".
+func refValue(ref FileRef) string {
+	return path.Join(ref.Subfolder, ref.Filename) + " [" + ref.Type + "]"
+}
+
+// ensureFile makes inst hold ref, running copy unless it does already
+// (pinned). Concurrent calls for one file on one instance copy it once:
+// the others wait, then look again (the copy may have failed).
+func (p *Pool) ensureFile(ctx context.Context, inst *Instance, ref FileRef, copy func() error) error {
+	ref = normalizeRef(ref)
 	key := copyKey{ref: ref, inst: inst.Name}
 	for {
 		if p.pins.has(ref, inst.Name) {
 			return nil
-		}
-		owners := p.pins.owners(ref)
-		if len(owners) == 0 {
-			return nil // not uploaded through comfygate: the instance may have it itself
 		}
 		p.copiesMu.Lock()
 		wait, busy := p.copies[key]
@@ -129,7 +246,7 @@ func (p *Pool) ensureFile(ctx context.Context, inst *Instance, ref FileRef) erro
 				return ctx.Err()
 			}
 		}
-		err := p.copyFromOwners(ctx, inst, ref, owners)
+		err := copy()
 		p.copiesMu.Lock()
 		delete(p.copies, key)
 		p.copiesMu.Unlock()
@@ -138,7 +255,8 @@ func (p *Pool) ensureFile(ctx context.Context, inst *Instance, ref FileRef) erro
 	}
 }
 
-// copyFromOwners tries the holders, available ones first, most recent first.
+// copyFromOwners copies an input to inst from its holders, available ones
+// first, most recent first.
 func (p *Pool) copyFromOwners(ctx context.Context, inst *Instance, ref FileRef, owners []string) error {
 	var srcs, later []*Instance
 	for _, name := range owners {
@@ -157,12 +275,8 @@ func (p *Pool) copyFromOwners(ctx context.Context, inst *Instance, ref FileRef, 
 	}
 	var errs []error
 	for _, src := range srcs {
-		start := time.Now()
-		n, err := p.copyFile(ctx, src, inst, ref)
+		err := p.copyFrom(ctx, src, inst, ref, ref)
 		if err == nil {
-			p.PinFile(ref, inst)
-			p.log.Info("upstream: input copied", "from", src.Name, "to", inst.Name,
-				"bytes", n, "duration", time.Since(start))
 			return nil
 		}
 		errs = append(errs, err)
@@ -171,6 +285,19 @@ func (p *Pool) copyFromOwners(ctx context.Context, inst *Instance, ref FileRef, 
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// copyFrom copies src's file from to dst's file to and pins it there.
+func (p *Pool) copyFrom(ctx context.Context, src, dst *Instance, from, to FileRef) error {
+	start := time.Now()
+	n, err := p.copyFile(ctx, src, dst, from, to)
+	if err != nil {
+		return err
+	}
+	p.PinFile(to, dst)
+	p.log.Info("upstream: file copied", "type", from.Type, "from", src.Name, "to", dst.Name,
+		"bytes", n, "duration", time.Since(start))
+	return nil
 }
 
 // countingReader counts what it reads and keeps the first read error, so a
@@ -190,11 +317,12 @@ func (c *countingReader) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// copyFile streams ref from src's /view into an /upload/image on dst with
-// overwrite=true, same subfolder and name; the body flows through a pipe
-// and is never held whole. It returns the bytes copied.
-func (p *Pool) copyFile(ctx context.Context, src, dst *Instance, ref FileRef) (int64, error) {
-	what := path.Join(ref.Subfolder, ref.Filename)
+// copyFile streams the file from from src's /view into an /upload/image
+// of to on dst with overwrite=true (same name; to's type and subfolder);
+// the body flows through a pipe and is never held whole. It returns the
+// bytes copied.
+func (p *Pool) copyFile(ctx context.Context, src, dst *Instance, from, to FileRef) (int64, error) {
+	what := from.Type + " " + strconv.Quote(path.Join(from.Subfolder, from.Filename))
 	timeout := p.cfg.Timeout
 	if timeout <= 0 {
 		timeout = 30 * time.Second
@@ -206,23 +334,23 @@ func (p *Pool) copyFile(ctx context.Context, src, dst *Instance, ref FileRef) (i
 
 	srcDone, err := src.Allow()
 	if err != nil {
-		return 0, fmt.Errorf("copy input %q from %s: %w", what, src.Name, err)
+		return 0, fmt.Errorf("copy %s from %s: %w", what, src.Name, err)
 	}
 	get := fasthttp.AcquireRequest()
 	got := fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(get)
 	defer fasthttp.ReleaseResponse(got)
 	get.Header.SetMethod(fasthttp.MethodGet)
-	get.SetRequestURI(viewURI(ref))
+	get.SetRequestURI(viewURI(from))
 	get.Header.SetHost(src.Addr)
 	if err := src.client.DoDeadline(get, got, deadline); err != nil {
 		srcDone(true)
-		return 0, fmt.Errorf("copy input %q from %s: %w", what, src.Name, err)
+		return 0, fmt.Errorf("copy %s from %s: %w", what, src.Name, err)
 	}
 	if code := got.StatusCode(); code != fasthttp.StatusOK {
 		_, _ = readBody(got, 4096)
 		srcDone(code >= 500)
-		return 0, fmt.Errorf("copy input %q from %s: /view answered %d", what, src.Name, code)
+		return 0, fmt.Errorf("copy %s from %s: /view answered %d", what, src.Name, code)
 	}
 	body := got.BodyStream()
 	if body == nil {
@@ -234,13 +362,13 @@ func (p *Pool) copyFile(ctx context.Context, src, dst *Instance, ref FileRef) (i
 	if err != nil {
 		_ = got.CloseBodyStream()
 		srcDone(false)
-		return 0, fmt.Errorf("copy input %q to %s: %w", what, dst.Name, err)
+		return 0, fmt.Errorf("copy %s to %s: %w", what, dst.Name, err)
 	}
 	pr, pw := io.Pipe()
 	mw := multipart.NewWriter(pw)
 	written := make(chan error, 1)
 	go func() {
-		err := writeUpload(mw, ref, cr)
+		err := writeUpload(mw, to, cr)
 		pw.CloseWithError(err)
 		written <- err
 	}()
@@ -263,38 +391,42 @@ func (p *Pool) copyFile(ctx context.Context, src, dst *Instance, ref FileRef) (i
 	if upErr != nil {
 		dstDone(cr.err == nil)
 		if cr.err != nil {
-			return 0, fmt.Errorf("copy input %q from %s: read: %w", what, src.Name, cr.err)
+			return 0, fmt.Errorf("copy %s from %s: read: %w", what, src.Name, cr.err)
 		}
-		return 0, fmt.Errorf("copy input %q to %s: %w", what, dst.Name, upErr)
+		return 0, fmt.Errorf("copy %s to %s: %w", what, dst.Name, upErr)
 	}
 	answer, rerr := readBody(upResp, 64<<10)
 	code := upResp.StatusCode()
 	dstDone(code >= 500 || rerr != nil)
 	switch {
 	case cr.err != nil:
-		return 0, fmt.Errorf("copy input %q from %s: read: %w", what, src.Name, cr.err)
+		return 0, fmt.Errorf("copy %s from %s: read: %w", what, src.Name, cr.err)
 	case werr != nil:
-		return 0, fmt.Errorf("copy input %q to %s: %w", what, dst.Name, werr)
+		return 0, fmt.Errorf("copy %s to %s: %w", what, dst.Name, werr)
 	case rerr != nil:
-		return 0, fmt.Errorf("copy input %q to %s: read answer: %w", what, dst.Name, rerr)
+		return 0, fmt.Errorf("copy %s to %s: read answer: %w", what, dst.Name, rerr)
 	case code != fasthttp.StatusOK:
-		return 0, fmt.Errorf("copy input %q to %s: /upload/image answered %d", what, dst.Name, code)
+		return 0, fmt.Errorf("copy %s to %s: /upload/image answered %d", what, dst.Name, code)
 	}
 	var res struct {
 		Name      string `json:"name"`
 		Subfolder string `json:"subfolder"`
 	}
-	if json.Unmarshal(answer, &res) == nil && res.Name != "" && res.Name != ref.Filename {
+	if json.Unmarshal(answer, &res) == nil && res.Name != "" && res.Name != to.Filename {
 		// overwrite=true keeps the name; another name would not be what the prompt loads.
-		return 0, fmt.Errorf("copy input %q to %s: stored as %q", what, dst.Name, res.Name)
+		return 0, fmt.Errorf("copy %s to %s: stored as %q", what, dst.Name, res.Name)
 	}
 	return cr.n, nil
 }
 
-// writeUpload writes the /upload/image form: overwrite, type and subfolder
-// first, then the file.
+// writeUpload writes the /upload/image form of ref: overwrite, type and
+// subfolder first, then the file.
 func writeUpload(mw *multipart.Writer, ref FileRef, file io.Reader) error {
-	for _, f := range [][2]string{{"overwrite", "true"}, {"type", "input"}, {"subfolder", ref.Subfolder}} {
+	typ := ref.Type
+	if typ == "" {
+		typ = "input"
+	}
+	for _, f := range [][2]string{{"overwrite", "true"}, {"type", typ}, {"subfolder", ref.Subfolder}} {
 		if err := mw.WriteField(f[0], f[1]); err != nil {
 			return err
 		}

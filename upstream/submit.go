@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"syscall"
 	"time"
@@ -53,10 +54,14 @@ func (t *promptTable) submit(ctx context.Context, req SubmitRequest) (SubmitResu
 	} else {
 		pr.front = truthy(req.Body["front"])
 	}
+	pr.prefer = req.Prefer
+	if len(req.Files) > 0 {
+		pr.files, pr.graph = req.Files, req.Body["prompt"]
+	}
 	var tried []*Instance
 	var lastErr error
 	for {
-		inst, err := t.p.Select(tried...)
+		inst, err := t.pick(pr.prefer, tried)
 		if err != nil {
 			if lastErr != nil {
 				return SubmitResult{}, fmt.Errorf("%w (last: %w)", ErrNoUpstream, lastErr)
@@ -64,12 +69,7 @@ func (t *promptTable) submit(ctx context.Context, req SubmitRequest) (SubmitResu
 			return SubmitResult{}, ErrNoUpstream
 		}
 		tried = append(tried, inst)
-		if err := t.p.EnsureInputs(ctx, inst, req.Body["prompt"]); err != nil {
-			// The instance's own validation answers in ComfyUI's shape if
-			// an input is really missing; if it is down, the POST fails too.
-			t.log.Warn("upstream: could not copy a prompt's inputs", "instance", inst.Name, "prompt_id", id, "error", err)
-		}
-		res, outcome, err := t.send(ctx, pr, inst, req.Body, false)
+		res, outcome, err := t.send(ctx, pr, inst, t.bodyFor(ctx, pr, inst, req.Body), false)
 		switch outcome {
 		case sentRefused:
 			lastErr = err
@@ -80,6 +80,40 @@ func (t *promptTable) submit(ctx context.Context, req SubmitRequest) (SubmitResu
 		}
 		return res, err
 	}
+}
+
+// pick returns the instance for pr's next try: prefer when it is
+// Available, its socket up and not tried yet, else Select's choice.
+func (t *promptTable) pick(prefer *Instance, tried []*Instance) (*Instance, error) {
+	if prefer != nil && prefer.Available() && !prefer.suspect.Load() && !slices.Contains(tried, prefer) {
+		return prefer, nil
+	}
+	return t.p.Select(tried...)
+}
+
+// bodyFor returns base made ready for inst: the files its prompt loads
+// copied there (prepareGraph), and the prompt graph with pr's file values
+// for inst. base is not modified.
+func (t *promptTable) bodyFor(ctx context.Context, pr *Prompt, inst *Instance, base map[string]json.RawMessage) map[string]json.RawMessage {
+	graph := base["prompt"]
+	if pr.graph != nil {
+		graph = pr.graph
+	}
+	out, err := t.p.prepareGraph(ctx, inst, graph, pr.files)
+	if err != nil {
+		// The instance's own validation answers in ComfyUI's shape if a
+		// file is really missing; if it is down, the POST fails too.
+		t.log.Warn("upstream: could not copy a prompt's files", "instance", inst.Name, "prompt_id", pr.ID, "error", err)
+	}
+	if bytes.Equal(out, base["prompt"]) {
+		return base
+	}
+	m := make(map[string]json.RawMessage, len(base))
+	for k, v := range base {
+		m[k] = v
+	}
+	m["prompt"] = out
+	return m
 }
 
 // send POSTs pr to inst, pinned there before the request leaves. base is
