@@ -108,7 +108,11 @@ type uploadAnswer struct {
 }
 
 // pinUpload is a forwardOpts.rewrite that learns where an upload landed
-// and passes the answer through unchanged.
+// and passes the answer through unchanged. The file may have replaced an
+// older one of that name (overwrite=true, or a mask written over its
+// original), which other instances hold copies of for earlier prompts:
+// Pool.FileChanged drops those, so the next prompt there copies the new
+// file.
 func (s *Server) pinUpload(inst *upstream.Instance, status int, body []byte) []byte {
 	if status != fasthttp.StatusOK {
 		return body
@@ -120,7 +124,7 @@ func (s *Server) pinUpload(inst *upstream.Instance, status int, body []byte) []b
 	if a.Type == "" {
 		a.Type = "input"
 	}
-	s.pool.PinFile(upstream.FileRef{Filename: a.Name, Subfolder: a.Subfolder, Type: a.Type}, inst)
+	s.pool.FileChanged(upstream.FileRef{Filename: a.Name, Subfolder: a.Subfolder, Type: a.Type}, inst)
 	return body
 }
 

@@ -287,16 +287,19 @@ func (p *Pool) copyFromOwners(ctx context.Context, inst *Instance, ref FileRef, 
 	return errors.Join(errs...)
 }
 
-// copyFrom copies src's file from to dst's file to and pins it there.
+// copyFrom copies src's file from to dst's file to and pins it there,
+// unless the file changed meanwhile (FileChanged): then the copy may be of
+// the old file, and the next prompt copies again.
 func (p *Pool) copyFrom(ctx context.Context, src, dst *Instance, from, to FileRef) error {
 	start := time.Now()
+	since := p.pins.stamp()
 	n, err := p.copyFile(ctx, src, dst, from, to)
 	if err != nil {
 		return err
 	}
-	p.PinFile(to, dst)
+	pinned := p.pins.addSince(normalizeRef(to), dst.Name, since)
 	p.log.Info("upstream: file copied", "type", from.Type, "from", src.Name, "to", dst.Name,
-		"bytes", n, "duration", time.Since(start))
+		"bytes", n, "duration", time.Since(start), "pinned", pinned)
 	return nil
 }
 

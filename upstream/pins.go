@@ -21,14 +21,16 @@ const maxPins = 100_000
 type pinTable struct {
 	max int
 
-	mu    sync.Mutex // guards byRef, order
+	mu    sync.Mutex // guards byRef, order, seq
 	byRef map[FileRef]*list.Element
 	order *list.List // of *pinEntry, least recently pinned first
+	seq   uint64     // counts changes (changed, invalidate)
 }
 
 type pinEntry struct {
-	ref   FileRef
-	names []string // holders, most recently pinned last
+	ref     FileRef
+	names   []string // holders, most recently pinned last
+	changed uint64   // seq of its last change; 0 = never changed
 }
 
 func newPinTable(max int) *pinTable {
@@ -39,18 +41,70 @@ func newPinTable(max int) *pinTable {
 func (t *pinTable) add(ref FileRef, name string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if el, ok := t.byRef[ref]; ok {
-		e := el.Value.(*pinEntry)
-		e.names = append(slicesDelete(e.names, name), name)
-		t.order.MoveToBack(el)
-		return
+	e := t.entryLocked(ref)
+	e.names = append(slicesDelete(e.names, name), name)
+}
+
+// addSince is add unless ref changed after stamp since: a copy that
+// started before the change may hold the old file.
+func (t *pinTable) addSince(ref FileRef, name string, since uint64) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if el, ok := t.byRef[ref]; ok && el.Value.(*pinEntry).changed > since {
+		return false
 	}
-	t.byRef[ref] = t.order.PushBack(&pinEntry{ref: ref, names: []string{name}})
+	e := t.entryLocked(ref)
+	e.names = append(slicesDelete(e.names, name), name)
+	return true
+}
+
+// stamp returns the change count now, for addSince.
+func (t *pinTable) stamp() uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.seq
+}
+
+// changed records that ref was rewritten on the instance called name:
+// name becomes its most recent holder and, unless keepOthers, its only
+// one.
+func (t *pinTable) changed(ref FileRef, name string, keepOthers bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e := t.entryLocked(ref)
+	t.seq++
+	e.changed = t.seq
+	if !keepOthers {
+		e.names = e.names[:0]
+	}
+	e.names = append(slicesDelete(e.names, name), name)
+}
+
+// invalidate forgets every holder of ref (copies of a file that changed).
+func (t *pinTable) invalidate(ref FileRef) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e := t.entryLocked(ref)
+	t.seq++
+	e.changed = t.seq
+	e.names = nil
+}
+
+// entryLocked returns ref's entry, created if needed, as the most recent
+// one; the least recent beyond max are evicted. t.mu held.
+func (t *pinTable) entryLocked(ref FileRef) *pinEntry {
+	if el, ok := t.byRef[ref]; ok {
+		t.order.MoveToBack(el)
+		return el.Value.(*pinEntry)
+	}
+	e := &pinEntry{ref: ref}
+	t.byRef[ref] = t.order.PushBack(e)
 	for t.max > 0 && t.order.Len() > t.max {
 		oldest := t.order.Front()
 		t.order.Remove(oldest)
 		delete(t.byRef, oldest.Value.(*pinEntry).ref)
 	}
+	return e
 }
 
 // owners returns the holders of ref, most recently pinned first.
@@ -148,6 +202,33 @@ func (p *Pool) PinFile(ref FileRef, inst *Instance) {
 		return
 	}
 	p.pins.add(ref, inst.Name)
+}
+
+// FileChanged records that ref was just written on holder (an upload, an
+// overwrite, a mask): holder holds the current file, and the copies of it
+// that other instances got for earlier prompts are stale. Their pins are
+// dropped, so the next prompt that needs ref there copies it again (a
+// copy overwrites); a copy under way now is not pinned when it ends.
+//
+// For inputs every other holder of ref is such a copy (uploads land in one
+// place). For outputs and temp files, another instance's file of that name
+// is its own and keeps its pin; the copies dropped are those of holder's
+// file (comfygate-copies/<holder>/..., see EnsureInputs). Cheap (no I/O)
+// and safe to call after any upload, also when nothing changed.
+func (p *Pool) FileChanged(ref FileRef, holder *Instance) {
+	if holder == nil {
+		return
+	}
+	ref = normalizeRef(ref)
+	if ref.Filename == "" {
+		return
+	}
+	if ref.Type == "input" {
+		p.pins.changed(ref, holder.Name, false)
+		return
+	}
+	p.pins.changed(ref, holder.Name, true)
+	p.pins.invalidate(normalizeRef(copyRef(holder, ref)))
 }
 
 // FileOwner returns the instance that holds ref; on a miss it asks the
