@@ -85,6 +85,7 @@ type Prompt struct {
 	counted     bool // counted in its instance's in-flight gauge
 	accepted    bool // some instance accepted it (its client got a 200)
 	unconfirmed bool // sent to its instance, answer not yet seen
+	sending     bool // its POST /prompt is under way: that send settles it
 	moving      bool // a failover of it is under way
 	closed      bool // its sink got a synthesized ending: drop later events
 	adopted     bool // learned from an instance (LocatePrompt), not submitted here

@@ -17,7 +17,12 @@ const failoverParallel = 8
 // instanceDown is told that inst is confirmed dead: every prompt pinned to
 // it that is not done moves to another instance under the same
 // client-facing id, or, when it cannot, its sink gets ComfyUI's
-// execution_error saying why. Idempotent; returns when all are settled.
+// execution_error saying why. That includes the prompts whose POST
+// /prompt got no answer (confirmLater was waiting to learn whether inst
+// took them): a dead instance cannot run them, so they move at once
+// rather than be dropped when the wait ends. A POST still under way is
+// left to its send, which fails it over when it ends without an answer.
+// Idempotent; returns when all are settled.
 func (t *promptTable) instanceDown(inst *Instance) {
 	prompts := t.livePinnedTo(inst)
 	if len(prompts) == 0 {
@@ -47,9 +52,9 @@ func (t *promptTable) instanceDown(inst *Instance) {
 // but lost the prompt in a restart).
 func (t *promptTable) failover(ctx context.Context, pr *Prompt, from *Instance, what string, allowSame bool) {
 	pr.mu.Lock()
-	if pr.state == PromptDone || pr.moving || pr.instance != from || pr.adopted || !pr.accepted {
-		// Done prompts never move. A first submission still waiting for
-		// its answer is settled by its Submit (or confirmLater).
+	if pr.state == PromptDone || pr.moving || pr.instance != from || pr.adopted || pr.sending {
+		// Done prompts never move. A POST under way is settled by its
+		// send (refused: tried elsewhere; no answer: confirmLater).
 		pr.mu.Unlock()
 		return
 	}
@@ -304,21 +309,33 @@ func (t *promptTable) completeFromHistory(inst *Instance, pr *Prompt, uid string
 }
 
 // confirmLater settles a prompt sent to inst without an answer (timeout):
-// accepted if the instance shows it (its events do too, see apply); given
+// accepted if the instance shows it (its events do too, see apply); moved
+// elsewhere at once if inst is confirmed dead (it cannot run it); given
 // up after two looks that do not find it, or after the call timeout. A
 // first submission is then forgotten (its client got the error); a
 // resubmission moves on.
 func (t *promptTable) confirmLater(ctx context.Context, pr *Prompt, inst *Instance, uid string) {
 	deadline := time.Now().Add(max(t.cfg.Timeout, 10*time.Second))
 	misses := 0
+	still := func() bool {
+		pr.mu.Lock()
+		defer pr.mu.Unlock()
+		return pr.instance == inst && pr.upstreamID == uid && pr.unconfirmed && pr.state != PromptDone
+	}
 	for delay := 500 * time.Millisecond; ; delay = min(delay*2, 5*time.Second) {
+		if inst.confirmedDown() {
+			// instanceDown may have come while the POST was under way.
+			t.failover(ctx, pr, inst, fmt.Sprintf("instance %s died", inst.Name), false)
+			if !still() {
+				return
+			}
+			// The failover that sent it here has not returned yet
+			// (moving): look again after the delay.
+		}
 		if !sleepCtx(ctx, delay) {
 			return
 		}
-		pr.mu.Lock()
-		still := pr.instance == inst && pr.upstreamID == uid && pr.unconfirmed && pr.state != PromptDone
-		pr.mu.Unlock()
-		if !still {
+		if !still() {
 			return
 		}
 		pctx, cancel := context.WithTimeout(ctx, probeTimeout(t.cfg.HealthCheck.Timeout))

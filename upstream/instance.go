@@ -143,6 +143,14 @@ func (i *Instance) URL(path string) string {
 	return scheme + i.Addr + path
 }
 
+// confirmedDown reports what the pool fails prompts over on (signalDown,
+// confirmSuspect): the instance's socket is down and its health check
+// failed or its breaker is open. A hung instance whose socket still
+// answers is not down.
+func (i *Instance) confirmedDown() bool {
+	return !i.socketUp.Load() && (!i.healthy.Load() || (i.breaker != nil && !i.breaker.Ready()))
+}
+
 // addInflight changes the count of prompts sent and not finished and
 // updates its metric. A draining instance leaves the pool when it reaches 0.
 func (i *Instance) addInflight(delta int64) {

@@ -24,7 +24,9 @@ import (
 // When the instance took the request but gave no answer in time, the
 // prompt may have been accepted: Submit returns the error and keeps the
 // prompt pinned while it asks the instance (its events, /queue, /history)
-// whether it did; it never sends it anywhere else on its own.
+// whether it did. It sends it elsewhere (under the same id, events to the
+// same sink) only once the instance is confirmed dead, which cannot run it
+// then, or when the instance shows it never took it.
 func (p *Pool) Submit(ctx context.Context, req SubmitRequest) (SubmitResult, error) {
 	return p.prompts.submit(ctx, req)
 }
@@ -136,7 +138,11 @@ func (t *promptTable) send(ctx context.Context, pr *Prompt, inst *Instance, base
 	pr.mu.Lock()
 	pr.body, pr.attempts = body, pr.attempts+1
 	pr.state, pr.started, pr.unconfirmed = PromptQueued, time.Time{}, true
+	// Until send decides what the POST came to, failover leaves pr alone:
+	// this send's own outcome (refused, answered, ambiguous) settles it.
+	pr.sending = true
 	pr.mu.Unlock()
+	defer t.sent(pr)
 	t.pin(pr, inst, uid)
 	t.markLive(pr)
 	if !known {
@@ -168,6 +174,7 @@ func (t *promptTable) send(ctx context.Context, pr *Prompt, inst *Instance, base
 			t.unsend(pr, resubmit)
 			return SubmitResult{}, outcome, err
 		default:
+			t.sent(pr) // before confirmLater may fail it over
 			t.goBackground(func(ctx context.Context) { t.confirmLater(ctx, pr, inst, uid) })
 			return SubmitResult{}, sentAmbiguous, err
 		}
@@ -206,6 +213,13 @@ func (t *promptTable) send(ctx context.Context, pr *Prompt, inst *Instance, base
 		resp = replaceAnswerID(resp, ans.PromptID, pr.ID)
 	}
 	return SubmitResult{Prompt: pr, Instance: inst, Status: status, Body: resp}, sentAnswered, nil
+}
+
+// sent marks the end of pr's send. Idempotent.
+func (t *promptTable) sent(pr *Prompt) {
+	pr.mu.Lock()
+	pr.sending = false
+	pr.mu.Unlock()
 }
 
 // unsend undoes the pin of a send nobody accepted. A first submission
