@@ -115,6 +115,28 @@ func TestHangAndFail500(t *testing.T) {
 	}
 }
 
+// TestPaused: while paused the running prompt finishes and nothing else
+// starts, so the queue can be looked at without racing the worker.
+func TestPaused(t *testing.T) {
+	t.Parallel()
+	s := StartForTest(t, Options{Delay: 20 * time.Millisecond})
+	ws := dialWS(t, s.URL(), "p")
+	running := queuePrompt(t, s.URL(), map[string]any{"client_id": "p", "prompt": slowPrompt(1)})
+	ws.waitFor("node 2 running", executingNode(running, "2"))
+	s.SetPaused(true)
+	p2 := queuePrompt(t, s.URL(), map[string]any{"client_id": "p", "prompt": slowPrompt(2)})
+	p3 := queuePrompt(t, s.URL(), map[string]any{"client_id": "p", "prompt": slowPrompt(3)})
+	ws.waitDone(running)
+	var q queueResponse
+	getJSON(t, s.URL()+"/queue", &q)
+	if len(q.Running) != 0 || len(q.Pending) != 2 || s.PromptsExecuted() != 1 {
+		t.Fatalf("paused: %d running, %d pending, %d executed; want 0, 2, 1", len(q.Running), len(q.Pending), s.PromptsExecuted())
+	}
+	s.SetPaused(false)
+	ws.waitDone(p2)
+	ws.waitDone(p3)
+}
+
 func TestFailAfter(t *testing.T) {
 	t.Parallel()
 	s := StartForTest(t, Options{FailAfter: 1})

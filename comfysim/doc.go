@@ -9,8 +9,9 @@
 // embeddings, models, extensions, features, free, settings, users, the 2026
 // jobs API, /ws); graph validation with ComfyUI's error shapes; a real
 // single-worker queue; real image execution; per-node output caching; the
-// WebSocket message order and routing rules; and failure injection (Kill,
-// Restart, SetHang, SetFail500, FailAfter) for fault tests.
+// WebSocket message order and routing rules; failure injection (Kill,
+// Restart, SetHang, SetFail500, FailAfter) for fault tests; and SetPaused,
+// which holds the queue so tests can look at it without racing the worker.
 //
 // # Nodes
 //

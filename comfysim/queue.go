@@ -278,6 +278,11 @@ func (in *instance) putLocked(it *queueItem) {
 	it.seq = in.seq
 	in.heapPush(it)
 	in.queueUpdatedLocked()
+	in.nudge()
+}
+
+// nudge wakes the worker without blocking.
+func (in *instance) nudge() {
 	select {
 	case in.wake <- struct{}{}:
 	default:
@@ -312,7 +317,7 @@ func (in *instance) wipeQueueLocked() {
 func (in *instance) worker() {
 	for {
 		in.mu.Lock()
-		for len(in.queue) == 0 {
+		for len(in.queue) == 0 || in.s.paused.Load() {
 			if in.freeMemory {
 				in.cache = map[string]*cacheEntry{}
 				in.freeMemory = false

@@ -68,6 +68,7 @@ type Server struct {
 	steps         int
 
 	fail500  atomic.Bool
+	paused   atomic.Bool // SetPaused: the worker starts no prompt
 	executed atomic.Int64
 
 	mu      sync.Mutex // guards inst, addr, closed, hang
@@ -266,6 +267,23 @@ func (s *Server) SetHang(on bool) {
 	case !on && s.hang != nil:
 		close(s.hang)
 		s.hang = nil
+	}
+}
+
+// SetPaused holds the queue while on: the worker starts no new prompt
+// (the running one, if any, finishes), so POST /prompt keeps queueing and
+// GET /queue shows everything pending. Tests use it to look at a queue
+// without racing the executor. Off resumes; it survives Kill and Restart.
+func (s *Server) SetPaused(on bool) {
+	s.paused.Store(on)
+	if on {
+		return
+	}
+	s.mu.Lock()
+	in := s.inst
+	s.mu.Unlock()
+	if in != nil {
+		in.nudge()
 	}
 }
 
