@@ -567,10 +567,15 @@ func TestBrowserOrigin(t *testing.T) {
 func TestMergedViews(t *testing.T) {
 	t.Parallel()
 	ss := []*comfysim.Server{
-		comfysim.StartForTest(t, comfysim.Options{Delay: 150 * time.Millisecond, Version: "0.38.0"}),
-		comfysim.StartForTest(t, comfysim.Options{Delay: 150 * time.Millisecond, Version: "0.38.0"}),
+		comfysim.StartForTest(t, comfysim.Options{Delay: 20 * time.Millisecond, Version: "0.38.0"}),
+		comfysim.StartForTest(t, comfysim.Options{Delay: 20 * time.Millisecond, Version: "0.38.0"}),
 	}
 	g := startGate(t, addrsOf(ss), nil)
+	// Held queues: all six are pending when /queue is read and the victim
+	// is deleted (slow prompts alone lost that race on a loaded machine).
+	for _, s := range ss {
+		s.SetPaused(true)
+	}
 	slow := func(c int) map[string]any {
 		p := emptyImagePrompt(c, "m")
 		p["3"] = map[string]any{"class_type": "ImageInvert", "inputs": map[string]any{"image": []any{"1", 0}}}
@@ -581,7 +586,7 @@ func TestMergedViews(t *testing.T) {
 	for i := range 6 {
 		ids = append(ids, submit(t, g, map[string]any{"prompt": slow(i), "client_id": "merge"}))
 	}
-	// The queue shows them with the client's ids, running first.
+	// The queue shows them all with the client's ids.
 	_, _, body := gateDo(t, "GET", g.base+"/queue", nil, nil)
 	var q struct {
 		Running [][]json.RawMessage `json:"queue_running"`
@@ -590,8 +595,8 @@ func TestMergedViews(t *testing.T) {
 	if err := json.Unmarshal(body, &q); err != nil {
 		t.Fatalf("GET /queue: %v: %s", err, body)
 	}
-	if len(q.Running)+len(q.Pending) == 0 {
-		t.Fatalf("merged queue empty with 6 slow prompts: %s", body)
+	if len(q.Running)+len(q.Pending) != len(ids) {
+		t.Fatalf("merged queue of paused instances does not hold the %d prompts: %s", len(ids), body)
 	}
 	known := map[string]bool{}
 	for _, id := range ids {
@@ -622,6 +627,9 @@ func TestMergedViews(t *testing.T) {
 	victim := ids[len(ids)-1]
 	if status, b := postJSON(t, g.base+"/queue", nil, map[string]any{"delete": []string{victim}}, nil); status != 200 {
 		t.Fatalf("POST /queue delete = %d %s", status, b)
+	}
+	for _, s := range ss {
+		s.SetPaused(false)
 	}
 	for _, id := range ids[:len(ids)-1] {
 		waitHistory(t, g, "", id)

@@ -40,8 +40,13 @@ func postPromptNumber(t *testing.T, url string, body map[string]any) (string, js
 // shows them; a prompt comfygate did not submit keeps its instance's.
 func TestFleetQueueNumbers(t *testing.T) {
 	t.Parallel()
-	ss := sims(t, 2, comfysim.Options{Delay: 100 * time.Millisecond, Version: "0.38.0"})
+	ss := sims(t, 2, comfysim.Options{Delay: 20 * time.Millisecond, Version: "0.38.0"})
 	g := startGate(t, addrsOf(ss), nil)
+	// Held queues: every prompt is still pending when /queue is read, however
+	// slowly the posts below go (timing alone lost that race under load).
+	for _, s := range ss {
+		s.SetPaused(true)
+	}
 
 	want := map[string]string{} // prompt id -> the number its client was told
 	var ids []string
@@ -77,8 +82,8 @@ func TestFleetQueueNumbers(t *testing.T) {
 	if err := json.Unmarshal(body, &q); err != nil {
 		t.Fatalf("GET /queue: %v: %s", err, body)
 	}
-	if len(q.Pending) < 3 {
-		t.Fatalf("want a pending list to look at: %s", body)
+	if len(q.Pending) != len(want) {
+		t.Fatalf("paused instances: want all %d prompts pending: %s", len(want), body)
 	}
 	var pending []float64
 	for _, it := range append(q.Running, q.Pending...) {
@@ -95,6 +100,9 @@ func TestFleetQueueNumbers(t *testing.T) {
 	}
 	if !sort.Float64sAreSorted(pending) {
 		t.Errorf("pending not sorted by number: %v", pending)
+	}
+	for _, s := range ss {
+		s.SetPaused(false)
 	}
 
 	for _, id := range ids {
