@@ -168,6 +168,9 @@ func TestManyJobsTwoInstances(t *testing.T) {
 func TestProgressMonotonic(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, 1, comfysim.Options{Delay: 400 * time.Millisecond, Steps: 8}, nil)
+	// The instance holds its queue until the first poll: a loaded machine
+	// may otherwise run the first nodes (50%) before that poll comes.
+	h.sims[0].SetPaused(true)
 	id := h.submit("/api/upscale-image", testPNG(t, 16, 16), nil)
 	var seen []int
 	deadline := time.Now().Add(15 * time.Second)
@@ -176,6 +179,7 @@ func TestProgressMonotonic(t *testing.T) {
 		if len(seen) == 0 || seen[len(seen)-1] != v.Progress {
 			seen = append(seen, v.Progress)
 		}
+		h.sims[0].SetPaused(false)
 		if v.Status == statusCompleted {
 			break
 		}
