@@ -147,7 +147,8 @@ func TestPromptUnderWayIsLeftToItsSend(t *testing.T) {
 		t.Fatalf("the other instance got prompt %q, want %q", got, id)
 	}
 	t.Logf("moved %v after its POST timed out", time.Since(ended))
-	if since := time.Since(ended); since > 400*time.Millisecond {
+	// At once: before, it was dropped after a ~10 s wait and never moved.
+	if since := time.Since(ended); since > 2*time.Second {
 		t.Errorf("moved %v after the timeout, want at once", since)
 	}
 	f2.start(id)
