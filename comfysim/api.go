@@ -5,11 +5,12 @@ import (
 	"errors"
 	"net/http"
 	"os"
-	"regexp"
 	"runtime"
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/comfygate/comfygate/internal/ids"
 )
 
 type promptResponse struct {
@@ -22,8 +23,6 @@ type promptErrorResponse struct {
 	Error      *apiError `json:"error"`
 	NodeErrors ordered   `json:"node_errors"`
 }
-
-var canonicalUUID = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
 
 // sensitiveExtraKeys are popped out of extra_data by 2026 servers.
 var sensitiveExtraKeys = []string{"auth_token_comfy_org", "api_key_comfy_org"}
@@ -92,7 +91,7 @@ func (in *instance) postPrompt(w http.ResponseWriter, r *http.Request, _ map[str
 			break
 		}
 		str, isStr := v.(string)
-		if !isStr || !canonicalUUID.MatchString(str) {
+		if !isStr || !ids.IsCanonicalUUID(str) {
 			writeJSON(w, http.StatusBadRequest, promptErrorResponse{
 				Error: &apiError{Type: "invalid_prompt_id", Message: "prompt_id must be a valid UUID",
 					Details:   "prompt_id must be a UUID string in canonical lowercase hyphenated form; omit it to let the server generate one",
@@ -190,10 +189,7 @@ func pyFloatOf(v any) (float64, bool) {
 	return 0, false
 }
 
-func newUUID() string {
-	h := newSID()
-	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
-}
+func newUUID() string { return ids.UUID() }
 
 // getPrompt is GET /prompt.
 func (in *instance) getPrompt(w http.ResponseWriter, _ *http.Request, _ map[string]string) {

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/comfygate/comfygate/internal/ids"
 )
 
 func emptySave(color int, prefix string) map[string]any {
@@ -192,7 +194,7 @@ func TestVersions(t *testing.T) {
 	if code, _, _ := doReq(t, "GET", cur.URL()+"/api/features", nil, nil); code != 200 {
 		t.Errorf("0.3.65 /features: %d", code)
 	}
-	if id := queuePrompt(t, old.URL(), map[string]any{"prompt_id": "mine", "prompt": emptySave(1, "o")}); id == "mine" || !canonicalUUID.MatchString(id) {
+	if id := queuePrompt(t, old.URL(), map[string]any{"prompt_id": "mine", "prompt": emptySave(1, "o")}); id == "mine" || !ids.IsCanonicalUUID(id) {
 		t.Errorf("0.3.40 kept the client prompt_id: %q", id)
 	}
 	if id := queuePrompt(t, cur.URL(), map[string]any{"prompt_id": "mine", "prompt": emptySave(1, "c")}); id != "mine" {

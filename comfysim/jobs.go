@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+
+	"github.com/comfygate/comfygate/internal/ids"
 )
 
 // The 2026 jobs API (comfy_execution/jobs.py), served only in 2026 mode.
@@ -339,10 +341,10 @@ func (in *instance) postJobsCancel(w http.ResponseWriter, r *http.Request, _ map
 		writeJSON(w, http.StatusBadRequest, jobErr{"Request body must be valid JSON"})
 		return
 	}
-	var ids []any
+	var jobIDs []any
 	if err == nil {
 		if raw, has := req.get("job_ids"); has {
-			ids, ok = decodeAny(raw).([]any)
+			jobIDs, ok = decodeAny(raw).([]any)
 		} else {
 			ok = false
 		}
@@ -353,9 +355,9 @@ func (in *instance) postJobsCancel(w http.ResponseWriter, r *http.Request, _ map
 	}
 	var invalid []string
 	var valid []string
-	for _, x := range ids {
+	for _, x := range jobIDs {
 		s, isStr := x.(string)
-		if !isStr || !canonicalUUID.MatchString(s) {
+		if !isStr || !ids.IsCanonicalUUID(s) {
 			if isStr {
 				invalid = append(invalid, s)
 			} else {

@@ -1,12 +1,12 @@
 package comfysim
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/comfygate/comfygate/internal/ids"
 
 	"github.com/fasthttp/websocket"
 )
@@ -115,13 +115,7 @@ func (s *Server) serverFeatures() ordered {
 	return f
 }
 
-func newSID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	return hex.EncodeToString(b[:])
-}
+func newSID() string { return ids.Hex() }
 
 // handleWS is PromptServer.websocket_handler.
 func (in *instance) handleWS(w http.ResponseWriter, r *http.Request, _ map[string]string) {

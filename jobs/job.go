@@ -1,10 +1,10 @@
 package jobs
 
 import (
-	"crypto/rand"
 	"encoding/json"
-	"fmt"
 	"time"
+
+	"github.com/comfygate/comfygate/internal/ids"
 
 	"github.com/comfygate/comfygate/upstream"
 )
@@ -176,10 +176,4 @@ func outputImages(out json.RawMessage) []upstream.FileRef {
 
 // newJobID mints a canonical lowercase UUIDv4, the form ComfyUI 2026
 // requires of a client-chosen prompt_id.
-func newJobID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:]) // never fails (crypto/rand panics instead)
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
-}
+func newJobID() string { return ids.UUID() }

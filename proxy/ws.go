@@ -35,12 +35,12 @@ package proxy
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/comfygate/comfygate/internal/ids"
 
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/metrics"
@@ -243,10 +243,4 @@ func (h *Hub) serveConn(conn *websocket.Conn, clientID, remote string) {
 }
 
 // newClientID mints a uuid4 as 32 hex digits, like ComfyUI's uuid.uuid4().hex.
-func newClientID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	return hex.EncodeToString(b[:])
-}
+func newClientID() string { return ids.Hex() }

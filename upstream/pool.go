@@ -2,14 +2,14 @@ package upstream
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"runtime/debug"
 	"time"
+
+	"github.com/comfygate/comfygate/internal/ids"
 
 	"github.com/comfygate/comfygate/breaker"
 	"github.com/comfygate/comfygate/config"
@@ -262,10 +262,4 @@ func (p *Pool) signalDown(inst *Instance) {
 }
 
 // newSocketID returns "comfygate-" and 16 random lowercase hex digits.
-func newSocketID() string {
-	var b [8]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		panic("upstream: crypto/rand failed: " + err.Error())
-	}
-	return "comfygate-" + hex.EncodeToString(b[:])
-}
+func newSocketID() string { return "comfygate-" + ids.Random(8) }

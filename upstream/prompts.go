@@ -3,8 +3,6 @@ package upstream
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/comfygate/comfygate/internal/ids"
 
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/metrics"
@@ -598,47 +598,11 @@ func (p *Pool) Cancel(ctx context.Context, id string) (bool, error) {
 }
 
 // newUUID returns a random lowercase UUIDv4.
-func newUUID() string {
-	var b [16]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		panic("upstream: crypto/rand failed: " + err.Error())
-	}
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	var s [36]byte
-	hex.Encode(s[0:8], b[0:4])
-	s[8] = '-'
-	hex.Encode(s[9:13], b[4:6])
-	s[13] = '-'
-	hex.Encode(s[14:18], b[6:8])
-	s[18] = '-'
-	hex.Encode(s[19:23], b[8:10])
-	s[23] = '-'
-	hex.Encode(s[24:], b[10:])
-	return string(s[:])
-}
+func newUUID() string { return ids.UUID() }
 
 // isCanonicalUUID reports a lowercase hyphenated UUID, the only form 2026
 // ComfyUI accepts as prompt_id.
-func isCanonicalUUID(s string) bool {
-	if len(s) != 36 {
-		return false
-	}
-	for i := 0; i < 36; i++ {
-		c := s[i]
-		switch i {
-		case 8, 13, 18, 23:
-			if c != '-' {
-				return false
-			}
-		default:
-			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
-				return false
-			}
-		}
-	}
-	return true
-}
+func isCanonicalUUID(s string) bool { return ids.IsCanonicalUUID(s) }
 
 // quoteJSON returns s as a JSON string.
 func quoteJSON(s string) []byte {
