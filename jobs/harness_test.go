@@ -74,6 +74,25 @@ func newHarness(tb testing.TB, n int, opts comfysim.Options, mod func(*config.Co
 		tb.Fatalf("pool.Start: %v", err)
 	}
 	h.pool = pool
+	// Start from a fleet whose event sockets are up, as the proxy's stack
+	// tests do. Start returns after the first health check, before the
+	// sockets connect; a job's prompt that runs at an instance before
+	// comfygate's socket registered there loses its events, and the pool
+	// (upstream) never recovers them, so the job stays pending for good:
+	// "status pending after 10s" in TestExpiry and TestInstanceVersions on
+	// a loaded machine. That is the pool's startup bug to fix; these tests
+	// are about jobs.
+	deadline := time.Now().Add(10 * time.Second)
+	for _, inst := range pool.Instances() {
+		for !inst.Status().SocketUp {
+			if time.Now().After(deadline) {
+				cancel()
+				pool.Close()
+				tb.Fatalf("socket to %s not up after 10s", inst.Name)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
 	svc, err := New(cfg, pool, nil, log)
 	if err != nil {
 		tb.Fatalf("jobs.New: %v", err)
