@@ -92,7 +92,20 @@ func startGateWith(t testing.TB, addrs []string, mod func(*config.Config), opts 
 		pool.Close()
 		cancel()
 	})
-	return &gate{base: "http://" + ln.Addr().String(), addr: ln.Addr().String(), cfg: cfg, pool: pool, srv: srv}
+	g := &gate{base: "http://" + ln.Addr().String(), addr: ln.Addr().String(), cfg: cfg, pool: pool, srv: srv}
+	// Start from a fleet whose event sockets are up (as startStack does):
+	// pool.Start returns after the first health check, before the sockets
+	// connect, and a prompt that runs on an instance before comfygate's
+	// socket registered there loses its events for good (the pool's startup
+	// gap, reported upstream), which left TestSameNamesOwnImage waiting for
+	// executed events and a prompt counted in flight forever. Instances the
+	// first health check found down are the test's business.
+	for _, inst := range pool.Instances() {
+		if inst.Healthy() {
+			gateWait(t, "event socket to "+inst.Name, func() bool { return inst.Status().SocketUp })
+		}
+	}
+	return g
 }
 
 // waitFor polls cond until it holds or gateTimeout passes.
