@@ -122,11 +122,43 @@ func (p *Pool) Start(ctx context.Context) error {
 	for _, inst := range p.Instances() {
 		p.prompts.instanceAdded(inst)
 	}
+	p.awaitSockets(ctx, p.cfg.HealthCheck.Timeout)
 	p.goLoop(ctx, "health check", p.cfg.HealthCheck.Interval, p.checkAll)
 	if hasDiscovery {
 		p.goLoop(ctx, "discovery", p.cfg.Discovery.Interval, p.discoverOnce)
 	}
 	return nil
+}
+
+// awaitSockets waits, at most limit, until every healthy instance's event
+// socket is up: a prompt sent before its instance's socket connects would
+// run with no progress events reaching its client (only its end, rebuilt
+// from history on connect).
+func (p *Pool) awaitSockets(ctx context.Context, limit time.Duration) {
+	deadline := time.NewTimer(limit)
+	defer deadline.Stop()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		waiting := false
+		for _, inst := range p.Instances() {
+			if inst.Healthy() && !inst.socketUp.Load() {
+				waiting = true
+				break
+			}
+		}
+		if !waiting {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-deadline.C:
+			p.log.Warn("upstream: not every healthy instance's socket connected at start-up", "waited", limit)
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 // Close stops everything Start started and waits for it.
