@@ -192,7 +192,7 @@ func (h *Hub) Close() {
 	case <-time.After(closeWait + time.Second):
 	}
 	for _, c := range conns {
-		_ = c.conn.NetConn().Close()
+		c.cut()
 	}
 	<-done
 }

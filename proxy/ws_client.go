@@ -35,6 +35,7 @@ type wsClient struct {
 	closeCode  int    // set by stop before quit closes; 0 = no close frame
 	closeText  string // ditto
 	closing    atomic.Bool
+	deadlineMu sync.Mutex // orders extend's and writeClose's read deadlines
 	writerDone chan struct{}
 	unsent     *frame // the frame a failed write did not deliver; read after writerDone
 
@@ -141,7 +142,7 @@ func (c *wsClient) writeLoop() {
 	ticker := time.NewTicker(c.hub.ws.PingInterval)
 	defer ticker.Stop()
 	if err := c.write(c.hello); err != nil {
-		_ = c.conn.Close()
+		c.cut()
 		return
 	}
 	for i := range c.pending {
@@ -153,7 +154,7 @@ func (c *wsClient) writeLoop() {
 		if err := c.write(c.pending[i]); err != nil {
 			c.unsent = &c.pending[i]
 			c.pending = c.pending[i+1:] // the rest goes to the backlog too
-			_ = c.conn.Close()
+			c.cut()
 			return
 		}
 		c.pending[i] = frame{}
@@ -161,7 +162,7 @@ func (c *wsClient) writeLoop() {
 	c.pending = nil
 	ping := func() bool {
 		if err := c.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeWait)); err != nil {
-			_ = c.conn.Close() // the reader fails and unregisters
+			c.cut() // the reader fails and unregisters
 			return false
 		}
 		return true
@@ -181,7 +182,7 @@ func (c *wsClient) writeLoop() {
 		if f, ok := c.q.pop(); ok {
 			if err := c.write(f); err != nil {
 				c.unsent = &f
-				_ = c.conn.Close()
+				c.cut()
 				return
 			}
 			continue
@@ -231,10 +232,23 @@ func (c *wsClient) write(f frame) error {
 	return w.Close()
 }
 
+// cut ends the connection now. Closing alone is not enough: fasthttp's
+// hijacked conn ignores Close (it closes the socket itself once its handler
+// returns), so an expired deadline is what makes the blocked reader fail.
+func (c *wsClient) cut() {
+	_ = c.conn.NetConn().SetDeadline(time.Now())
+	_ = c.conn.Close()
+}
+
 // writeClose sends the close frame stop asked for, then gives the client
 // closeWait to answer it before the reader gives up.
 func (c *wsClient) writeClose() {
+	// Under deadlineMu: a concurrent extend either ran before (and this
+	// deadline wins) or sees closing and leaves it alone.
+	c.deadlineMu.Lock()
 	c.closing.Store(true)
+	_ = c.conn.SetReadDeadline(time.Now().Add(closeWait))
+	c.deadlineMu.Unlock()
 	if c.closeCode != 0 {
 		_ = c.conn.WriteControl(websocket.CloseMessage,
 			websocket.FormatCloseMessage(c.closeCode, c.closeText), time.Now().Add(closeWait))
@@ -249,6 +263,8 @@ func (c *wsClient) readLoop() {
 	wait := pingWaitFactor * c.hub.ws.PingInterval
 	c.conn.SetReadLimit(maxClientFrame)
 	extend := func() {
+		c.deadlineMu.Lock()
+		defer c.deadlineMu.Unlock()
 		if !c.closing.Load() {
 			_ = c.conn.SetReadDeadline(time.Now().Add(wait))
 		}

@@ -82,13 +82,14 @@ type Prompt struct {
 	// Added by upstream-prompts (prompts.go, submit.go, failover.go):
 	header      map[string]string // request headers to forward again on resubmission
 	doneAt      time.Time
-	counted     bool // counted in its instance's in-flight gauge
-	accepted    bool // some instance accepted it (its client got a 200)
-	unconfirmed bool // sent to its instance, answer not yet seen
-	sending     bool // its POST /prompt is under way: that send settles it
-	moving      bool // a failover of it is under way
-	closed      bool // its sink got a synthesized ending: drop later events
-	adopted     bool // learned from an instance (LocatePrompt), not submitted here
+	counted     bool      // counted in its instance's in-flight gauge
+	accepted    bool      // some instance accepted it (its client got a 200)
+	acceptedAt  time.Time // when confirm last recorded an acceptance (its instance had it by then)
+	unconfirmed bool      // sent to its instance, answer not yet seen
+	sending     bool      // its POST /prompt is under way: that send settles it
+	moving      bool      // a failover of it is under way
+	closed      bool      // its sink got a synthesized ending: drop later events
+	adopted     bool      // learned from an instance (LocatePrompt), not submitted here
 
 	// Where it prefers to run, and the graph before per-instance values
 	// (SubmitRequest.Prefer, Files); graph is nil without files.

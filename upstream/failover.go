@@ -432,6 +432,10 @@ func (t *promptTable) verifyQueue(ctx context.Context, inst *Instance) {
 	if dying() {
 		return
 	}
+	// Only prompts the instance had accepted before it was asked can be
+	// missing from its answer because they were deleted: one accepted while
+	// /queue was on its way is in no snapshot of it.
+	asked := time.Now()
 	running, pending, err := t.queueIDs(ctx, inst)
 	if err != nil {
 		return
@@ -439,7 +443,8 @@ func (t *promptTable) verifyQueue(ctx context.Context, inst *Instance) {
 	for _, pr := range t.livePinnedTo(inst) {
 		pr.mu.Lock()
 		uid := pr.upstreamID
-		skip := !pr.accepted || pr.unconfirmed || pr.moving || pr.state != PromptQueued || uid == "" || pr.instance != inst
+		skip := !pr.accepted || pr.unconfirmed || pr.moving || pr.state != PromptQueued || uid == "" || pr.instance != inst ||
+			!pr.acceptedAt.Before(asked)
 		pr.mu.Unlock()
 		if skip || running[uid] || pending[uid] {
 			continue

@@ -131,7 +131,7 @@ func (p *Pool) Start(ctx context.Context) error {
 }
 
 // awaitSockets waits, at most limit, until every healthy instance's event
-// socket is up: a prompt sent before its instance's socket connects would
+// socket is up (or its first dial failed): a prompt sent before its instance's socket connects would
 // run with no progress events reaching its client (only its end, rebuilt
 // from history on connect).
 func (p *Pool) awaitSockets(ctx context.Context, limit time.Duration) {
@@ -142,7 +142,7 @@ func (p *Pool) awaitSockets(ctx context.Context, limit time.Duration) {
 	for {
 		waiting := false
 		for _, inst := range p.Instances() {
-			if inst.Healthy() && !inst.socketUp.Load() {
+			if inst.Healthy() && !p.prompts.socketSettled(inst) {
 				waiting = true
 				break
 			}

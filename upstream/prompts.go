@@ -124,6 +124,15 @@ func (t *promptTable) instanceAdded(inst *Instance) {
 	}
 }
 
+// socketSettled reports whether inst's socket is up or its first dial
+// failed: either way, waiting longer for it at start-up gains nothing.
+func (t *promptTable) socketSettled(inst *Instance) bool {
+	t.mu.Lock()
+	s := t.sockets[inst]
+	t.mu.Unlock()
+	return inst.socketUp.Load() || s == nil || s.dialed.Load()
+}
+
 // instanceRemoved stops giving inst new work (the pool's draining flag does
 // that) and closes its socket once its prompts are done.
 func (t *promptTable) instanceRemoved(inst *Instance) {
@@ -278,6 +287,7 @@ func (t *promptTable) confirm(pr *Prompt) {
 		return
 	}
 	pr.counted, pr.unconfirmed, pr.accepted = true, false, true
+	pr.acceptedAt = time.Now()
 	done := pr.state == PromptDone
 	inst := pr.instance
 	if done {

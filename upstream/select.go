@@ -56,13 +56,16 @@ func (p *Pool) pickLocked(exclude []*Instance, suspects bool) *Instance {
 	if ties == 0 {
 		return nil
 	}
-	k := int((p.rr.Add(1) - 1) % uint64(ties))
-	for _, inst := range p.instances {
+	// Rotate by position: the first least-loaded candidate at or
+	// after the cursor, in config order; the cursor moves past it.
+	n := len(p.instances)
+	start := int(p.rr.Load() % uint64(n))
+	for k := range n {
+		i := (start + k) % n
+		inst := p.instances[i]
 		if candidate(inst) && inst.work() == best {
-			if k == 0 {
-				return inst
-			}
-			k--
+			p.rr.Store(uint64(i + 1))
+			return inst
 		}
 	}
 	// The work changed between the two passes; any candidate will do.

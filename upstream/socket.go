@@ -51,6 +51,8 @@ type instSocket struct {
 	stopCh    chan struct{} // closed by stop
 	draining  atomic.Bool   // close once the instance's prompts are done
 	verifying atomic.Bool   // a queue check for deleted prompts is running
+	conns     atomic.Uint64 // connections made so far (a send compares it)
+	dialed    atomic.Bool   // a first dial has finished, either way (Start waits for it)
 
 	// routeMu serialises the routing of this instance's events with the
 	// pinning of ids learned from POST answers, so a prompt's events reach
@@ -100,6 +102,10 @@ func (s *instSocket) run(ctx context.Context) {
 	everUp, lost := false, false
 	for ctx.Err() == nil {
 		conn, err := s.dial(ctx)
+		if err == nil {
+			s.up()
+		}
+		s.dialed.Store(true)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -113,15 +119,17 @@ func (s *instSocket) run(ctx context.Context) {
 			continue
 		}
 		backoff = minB
-		s.up()
+		s.conns.Add(1)
 		if lost {
 			if everUp {
 				s.t.m.IncUpstreamReconnect(s.inst.Name)
 				s.t.log.Info("upstream: socket reconnected", "instance", s.inst.Name)
 			}
 			s.t.p.socketRestored(s.inst)
-			s.t.goBackground(func(ctx context.Context) { s.t.reconcile(ctx, s.inst) })
 		}
+		// The first connection too: Start returns before it, and a prompt
+		// sent meanwhile ran with nobody listening for its events.
+		s.t.goBackground(func(ctx context.Context) { s.t.reconcile(ctx, s.inst) })
 		everUp, lost = true, false
 		err = s.serve(ctx, conn)
 		s.inst.socketUp.Store(false)

@@ -154,6 +154,7 @@ func (t *promptTable) send(ctx context.Context, pr *Prompt, inst *Instance, base
 		hdr[k] = v
 	}
 	hdr["Content-Type"] = "application/json"
+	conns, wasUp := s.conns.Load(), inst.socketUp.Load()
 	status, resp, err := inst.Call(ctx, "POST", "/prompt", hdr, body)
 	if err != nil {
 		err = fmt.Errorf("submit prompt to %s: %w", inst.Name, err)
@@ -209,6 +210,11 @@ func (t *promptTable) send(ctx context.Context, pr *Prompt, inst *Instance, base
 		s.routeMu.Unlock()
 	}
 	t.confirm(pr)
+	if !wasUp || s.conns.Load() != conns {
+		// Sent while the socket was down or reconnecting: its events may
+		// have reached nobody, and reconcile skipped it (unconfirmed then).
+		t.goBackground(func(ctx context.Context) { t.settleFromHistory(ctx, pr, inst, got) })
+	}
 	if got != pr.ID {
 		resp = replaceAnswerID(resp, ans.PromptID, pr.ID)
 	}
@@ -406,4 +412,12 @@ func isNotSent(err error) bool {
 	}
 	var dns *net.DNSError
 	return errors.As(err, &dns)
+}
+
+// settleFromHistory ends pr from inst's history if it already finished
+// there (its live events may have gone to no socket).
+func (t *promptTable) settleFromHistory(ctx context.Context, pr *Prompt, inst *Instance, uid string) {
+	if entry, ok := t.historyEntry(ctx, inst, uid); ok && entry != nil {
+		t.completeFromHistory(inst, pr, uid, entry)
+	}
 }
