@@ -126,7 +126,10 @@ func serve(ctx context.Context, cfg *config.Config, ln net.Listener, stdout io.W
 		return err
 	}
 
-	runCtx, cancel := context.WithCancel(ctx)
+	// The pool and the job dispatcher outlive the signal: in-flight requests
+	// and sockets still need them while the server drains. They stop (in
+	// the deferred calls below) only after Shutdown returned.
+	runCtx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if err := pool.Start(runCtx); err != nil {
 		ln.Close()
