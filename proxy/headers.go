@@ -33,6 +33,8 @@ var (
 	hdrXFF           = []byte("X-Forwarded-For")
 	hdrXFProto       = []byte("X-Forwarded-Proto")
 	hdrXFHost        = []byte("X-Forwarded-Host")
+	hdrForwarded     = []byte("Forwarded")
+	hdrXRealIP       = []byte("X-Real-IP")
 	prefixSecFetch   = []byte("Sec-Fetch-")
 	hdrSecFetchSite  = []byte("Sec-Fetch-Site")
 	hdrUpgrade       = []byte("Upgrade")
@@ -83,7 +85,9 @@ func connectionTokens(v []byte) [][]byte {
 //   - X-Forwarded-For is set to the client's address, replacing whatever
 //     the client sent: comfygate has no list of trusted proxies, so a
 //     client-supplied chain is not believed. X-Forwarded-Proto and
-//     X-Forwarded-Host describe the client's request to comfygate;
+//     X-Forwarded-Host describe the client's request to comfygate. The
+//     client's Forwarded and X-Real-IP are dropped for the same reason
+//     (an instance or its plugins could believe them over X-Forwarded-For);
 //   - Content-Length is left to the body (fasthttp sets it, or chunks);
 //   - everything else (Comfy-User, Cookie, Authorization, custom headers)
 //     passes unchanged.
@@ -99,7 +103,9 @@ func copyRequestHeaders(ctx *fasthttp.RequestCtx, out *fasthttp.RequestHeader, i
 			bytes.EqualFold(k, hdrExpect), // comfygate answered the 100-continue itself
 			bytes.EqualFold(k, hdrXFF),
 			bytes.EqualFold(k, hdrXFProto),
-			bytes.EqualFold(k, hdrXFHost):
+			bytes.EqualFold(k, hdrXFHost),
+			bytes.EqualFold(k, hdrForwarded),
+			bytes.EqualFold(k, hdrXRealIP):
 			continue
 		case bytes.EqualFold(k, hdrOrigin):
 			hadOrigin = true

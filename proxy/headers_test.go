@@ -120,3 +120,28 @@ func FuzzCopyRequestHeaders(f *testing.F) {
 }
 
 func bufioReader(s string) *bufio.Reader { return bufio.NewReader(strings.NewReader(s)) }
+
+// TestCopyRequestHeadersDropsClientAddressClaims: a client's Forwarded and
+// X-Real-IP are as unbelievable as its X-Forwarded-For and must not reach
+// the instance, which could take them for the client's address.
+func TestCopyRequestHeadersDropsClientAddressClaims(t *testing.T) {
+	t.Parallel()
+	ctx := requestCtxFrom(t, "GET /queue HTTP/1.1\r\nHost: 127.0.0.1:8190\r\n"+
+		"Forwarded: for=1.2.3.4\r\nX-Real-IP: 1.2.3.4\r\nX-Forwarded-For: 1.2.3.4\r\nX-Keep: yes\r\n\r\n")
+	if ctx == nil {
+		t.Fatal("request not parsed")
+	}
+	var out fasthttp.RequestHeader
+	copyRequestHeaders(ctx, &out, &upstream.Instance{Name: "i", Addr: "127.0.0.1:8188"})
+	for _, h := range []string{"Forwarded", "X-Real-IP"} {
+		if v := out.Peek(h); v != nil {
+			t.Errorf("%s forwarded: %q", h, v)
+		}
+	}
+	if xff := string(out.Peek("X-Forwarded-For")); xff != "10.0.0.7" {
+		t.Errorf("X-Forwarded-For = %q, want 10.0.0.7", xff)
+	}
+	if string(out.Peek("X-Keep")) != "yes" {
+		t.Error("X-Keep not forwarded")
+	}
+}
