@@ -250,6 +250,12 @@ func (i *Instance) Call(ctx context.Context, method, path string, header map[str
 		}
 	}
 	if res.err != nil {
+		if errors.Is(res.err, fasthttp.ErrNoFreeConns) {
+			// comfygate's own connection cap (max_connections_per_instance)
+			// is full: nothing reached the instance, which is not failing.
+			done(false)
+			return 0, nil, fmt.Errorf("call %s %s: %w", i.Name, method, res.err)
+		}
 		timedOut := errors.Is(res.err, fasthttp.ErrTimeout) || isTimeout(res.err)
 		// A deadline the caller chose is the caller's business, not a sign
 		// the instance is failing.

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/breaker"
+	"github.com/valyala/fasthttp"
 )
 
 func TestCallRoundTrip(t *testing.T) {
@@ -125,5 +126,34 @@ func TestCallerDeadlineDoesNotTripBreaker(t *testing.T) {
 	}
 	if inst.breaker.State() != breaker.Closed {
 		t.Fatalf("breaker %v after the caller's own deadline", inst.breaker.State())
+	}
+}
+
+func TestNoFreeConnsDoesNotTripBreaker(t *testing.T) {
+	t.Parallel()
+	f := startMini(t, "0.3.65")
+	cfg := coreConfig(f.Addr())
+	cfg.Timeout = 300 * time.Millisecond
+	cfg.MaxConnectionsPerInstance = 1
+	cfg.Breaker.ConsecutiveFailures = 2
+	p, _ := newCorePool(t, cfg, false)
+	inst := p.Instances()[0]
+	inst.client.MaxConnWaitTimeout = 0 // fail at once when the one connection is busy
+	f.hang.Store(true)
+	first := make(chan error, 1)
+	go func() {
+		_, _, err := inst.Call(context.Background(), "GET", "/queue", nil, nil)
+		first <- err
+	}()
+	eventually(t, "the hung call to hold the connection", func() bool { return inst.client.ConnsCount() == 1 })
+	if _, _, err := inst.Call(context.Background(), "GET", "/queue", nil, nil); !errors.Is(err, fasthttp.ErrNoFreeConns) {
+		t.Fatalf("call over the connection cap = %v, want ErrNoFreeConns", err)
+	}
+	if err := <-first; !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("hung call = %v", err)
+	}
+	// One failure (the timeout) of the two that open it.
+	if st := inst.breaker.State(); st != breaker.Closed {
+		t.Fatalf("breaker %v: the full connection cap counted as a failure", st)
 	}
 }
