@@ -326,7 +326,9 @@ func (t *promptTable) markDone(pr *Prompt, outcome string) bool {
 
 	t.mu.Lock()
 	delete(t.live, pr)
-	t.doneQ = append(t.doneQ, pr)
+	if !pr.adopted { // adopt queued it already
+		t.doneQ = append(t.doneQ, pr)
+	}
 	t.evictLocked()
 	t.mu.Unlock()
 
@@ -343,7 +345,8 @@ func (t *promptTable) markDone(pr *Prompt, outcome string) bool {
 	return true
 }
 
-// evictLocked drops the oldest finished prompts beyond maxDonePrompts. t.mu held.
+// evictLocked drops the oldest finished (or adopted) prompts beyond
+// maxDonePrompts. t.mu held.
 func (t *promptTable) evictLocked() {
 	for len(t.doneQ)-t.doneHead > maxDonePrompts {
 		old := t.doneQ[t.doneHead]
@@ -480,8 +483,11 @@ func (t *promptTable) adopt(id string, inst *Instance, st PromptState) *Prompt {
 	if st == PromptDone {
 		pr.outcome = "success"
 		pr.doneAt = time.Now()
-		t.doneQ = append(t.doneQ, pr)
 	}
+	// Queued or running too: comfygate does not run it, so the entry is
+	// only a cache of where it is, and clients polling ids submitted
+	// elsewhere must not grow the table without bound.
+	t.doneQ = append(t.doneQ, pr)
 	t.byID[id] = pr
 	t.byUpstream[upKey{inst, id}] = pr
 	t.evictLocked()

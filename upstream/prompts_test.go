@@ -11,7 +11,10 @@ func TestPromptTableKeepsBoundedDonePrompts(t *testing.T) {
 	inst := p.Instances()[0]
 	tb := p.prompts
 	first := tb.adopt("first", inst, PromptDone)
-	live := tb.adopt("live", inst, PromptRunning)
+	live := &Prompt{ID: "live"}
+	tb.pin(live, inst, "live")
+	tb.markLive(live)
+	running := tb.adopt("running", inst, PromptRunning)
 	for k := range maxDonePrompts + 50 {
 		tb.adopt(fmt.Sprintf("p%d", k), inst, PromptDone)
 	}
@@ -22,7 +25,13 @@ func TestPromptTableKeepsBoundedDonePrompts(t *testing.T) {
 		t.Fatal("its upstream key too")
 	}
 	if pr, ok := p.Prompt("live"); !ok || pr != live {
-		t.Fatal("a prompt not done is never evicted")
+		t.Fatal("a prompt comfygate submitted is never evicted before it is done")
+	}
+	if pr, ok := p.Prompt("running"); ok || pr == running {
+		t.Fatal("an adopted prompt is a cache entry: evicted whatever its state")
+	}
+	if _, ok := p.PromptByUpstreamID(inst, "running"); ok {
+		t.Fatal("its upstream key too")
 	}
 	if _, ok := p.Prompt(fmt.Sprintf("p%d", maxDonePrompts+49)); !ok {
 		t.Fatal("the newest finished prompt is kept")
