@@ -43,12 +43,13 @@ func isTimeout(err error) bool {
 }
 
 // statusFor is the one place an error becomes a status code: no instance
-// available 503, a deadline 504, anything else from an upstream 502.
+// available (or all of comfygate's connections to it busy) 503, a deadline 504, anything else from an upstream 502.
 func statusFor(err error) int {
 	switch {
 	case err == nil:
 		return fasthttp.StatusOK
-	case errors.Is(err, upstream.ErrNoUpstream), errors.Is(err, breaker.ErrOpen):
+	case errors.Is(err, upstream.ErrNoUpstream), errors.Is(err, breaker.ErrOpen),
+		errors.Is(err, fasthttp.ErrNoFreeConns):
 		return fasthttp.StatusServiceUnavailable
 	case errors.Is(err, errBodyTooLarge):
 		return fasthttp.StatusRequestEntityTooLarge
@@ -72,6 +73,9 @@ func (s *Server) writeError(ctx *fasthttp.RequestCtx, err error) {
 	switch code {
 	case fasthttp.StatusServiceUnavailable:
 		typ, msg = "no_upstream", "no healthy ComfyUI instance: "+s.fleetSummary()
+		if errors.Is(err, fasthttp.ErrNoFreeConns) {
+			typ, msg = "upstream_busy", "comfygate's connection limit to the ComfyUI instance is reached"
+		}
 	case fasthttp.StatusGatewayTimeout:
 		typ, msg = "upstream_timeout", "the ComfyUI instance did not answer in time"
 	case fasthttp.StatusRequestEntityTooLarge:

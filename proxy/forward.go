@@ -64,11 +64,14 @@ func (f *forwardClients) get(inst *upstream.Instance, live func() []*upstream.In
 	}
 	dialTimeout := min(f.timeout, 5*time.Second)
 	c := &fasthttp.HostClient{
-		Addr:                          inst.Addr,
-		Name:                          "comfygate",
-		IsTLS:                         inst.TLS,
-		MaxConns:                      f.maxConns,
-		MaxConnWaitTimeout:            f.timeout,
+		Addr:     inst.Addr,
+		Name:     "comfygate",
+		IsTLS:    inst.TLS,
+		MaxConns: f.maxConns,
+		// Waiting for one of comfygate's own MaxConns ends before the
+		// request's deadline: fasthttp then says ErrNoFreeConns (comfygate
+		// busy: 503, not the instance's fault) rather than ErrTimeout.
+		MaxConnWaitTimeout:            f.timeout / 2,
 		StreamResponseBody:            true,
 		DisablePathNormalizing:        true, // %2F must reach ComfyUI undecoded
 		NoDefaultUserAgentHeader:      true,
@@ -251,7 +254,8 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, inst *upstream.Instance, o *f
 			done(false)
 			return fmt.Errorf("%w: %w", errClientBody, cb.err)
 		}
-		done(true)
+		// Our own connection cap says nothing of the instance's health.
+		done(!errors.Is(err, fasthttp.ErrNoFreeConns))
 		return fmt.Errorf("forward to %s: %w", inst.Name, err)
 	}
 	status := resp.StatusCode()

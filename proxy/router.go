@@ -43,6 +43,7 @@ package proxy
 
 import (
 	"bytes"
+	"errors"
 	"net/url"
 	"time"
 
@@ -314,13 +315,18 @@ next:
 }
 
 // forwardPicked forwards the request to the instance pick chooses. When
-// the instance cannot be reached (nothing was sent), it asks pick again
-// without it; when pick has none left the client gets 503.
+// the instance cannot be reached or all of comfygate's connections to it
+// are busy (nothing was sent), it asks pick again without it; when pick has
+// none left the client gets 503.
 func (s *Server) forwardPicked(ctx *fasthttp.RequestCtx, pick func(exclude ...*upstream.Instance) (*upstream.Instance, error), o *forwardOpts) {
 	var tried []*upstream.Instance
+	var busy error // an instance whose connections were all in use
 	for range len(s.pool.Instances()) + 1 {
 		inst, err := pick(tried...)
 		if err != nil {
+			if busy != nil {
+				err = busy
+			}
 			s.writeError(ctx, err)
 			return
 		}
@@ -328,14 +334,20 @@ func (s *Server) forwardPicked(ctx *fasthttp.RequestCtx, pick func(exclude ...*u
 		if err == nil {
 			return
 		}
-		if !isDialError(err) {
+		switch {
+		case errors.Is(err, fasthttp.ErrNoFreeConns):
+			busy = err // nothing was sent: another instance may take it
+		case !isDialError(err):
 			s.writeError(ctx, err)
 			return
 		}
-		s.log.Info("instance unreachable, trying another", "instance", inst.Name, "err", err)
+		s.log.Info("instance unreachable or busy, trying another", "instance", inst.Name, "err", err)
 		tried = append(tried, inst)
 	}
-	s.writeError(ctx, upstream.ErrNoUpstream)
+	if busy == nil {
+		busy = upstream.ErrNoUpstream
+	}
+	s.writeError(ctx, busy)
 }
 
 // forwardTo forwards to one given instance (a pinned route): no other

@@ -1,0 +1,81 @@
+package proxy
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/comfygate/comfygate/config"
+)
+
+// TestConnectionCapAnswers503: when all of comfygate's connections to an
+// instance are in use (max_connections_per_instance), a further request
+// gets 503 with Retry-After, and the instance's breaker does not count it:
+// with consecutive_failures 1, the next request still goes through.
+func TestConnectionCapAnswers503(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	streaming := make(chan struct{}, 1)
+	fake := newFakeComfy(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/view" {
+			_, _ = io.WriteString(w, "{}")
+			return
+		}
+		if r.Header.Get("Range") != "" {
+			return // comfygate's probe for the file's owner
+		}
+		streaming <- struct{}{}
+		// A slow but moving answer: holds comfygate's only connection.
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			_, _ = w.Write([]byte("x"))
+			w.(http.Flusher).Flush()
+			select {
+			case <-release:
+				return
+			case <-r.Context().Done():
+				return
+			case <-tick.C:
+			}
+		}
+	})
+	var once sync.Once
+	stop := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(stop)
+	g := startGate(t, []string{fake.addr()}, func(c *config.Config) {
+		c.Timeout = 600 * time.Millisecond
+		c.MaxConnectionsPerInstance = 1
+		c.Breaker.ConsecutiveFailures = 1
+		c.Breaker.OpenTimeout = time.Minute
+	})
+	viewDone := make(chan error, 1)
+	go func() {
+		resp, err := gateClient.Get(g.base + "/view?filename=a.png")
+		if err == nil {
+			_, err = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		viewDone <- err
+	}()
+	select {
+	case <-streaming:
+	case <-time.After(gateTimeout):
+		t.Fatal("the /view request never reached the instance")
+	}
+	status, h, body := gateDo(t, "GET", g.base+"/settings", nil, nil)
+	if status != http.StatusServiceUnavailable || h.Get("Retry-After") == "" || !bytes.Contains(body, []byte(`"upstream_busy"`)) {
+		t.Errorf("GET /settings with every connection busy = %d Retry-After=%q %s; want 503 upstream_busy with Retry-After",
+			status, h.Get("Retry-After"), body)
+	}
+	stop()
+	if err := <-viewDone; err != nil {
+		t.Fatalf("/view: %v", err)
+	}
+	if status, _, body := gateDo(t, "GET", g.base+"/settings", nil, nil); status != http.StatusOK {
+		t.Errorf("GET /settings after the cap was hit = %d %s, want 200 (the breaker must not count comfygate's own cap)", status, body)
+	}
+}
