@@ -27,6 +27,10 @@ import (
 // whether it did. It sends it elsewhere (under the same id, events to the
 // same sink) only once the instance is confirmed dead, which cannot run it
 // then, or when the instance shows it never took it.
+//
+// If req.PromptID belongs to a prompt that is not done (two submissions of
+// one id at once), Submit mints a fresh UUID for this prompt instead; the
+// returned Prompt and answer carry it.
 func (p *Pool) Submit(ctx context.Context, req SubmitRequest) (SubmitResult, error) {
 	return p.prompts.submit(ctx, req)
 }
@@ -45,9 +49,6 @@ func (t *promptTable) submit(ctx context.Context, req SubmitRequest) (SubmitResu
 	if id == "" {
 		id = newUUID()
 	}
-	if old, ok := t.get(id); ok && old.State() != PromptDone {
-		return SubmitResult{}, fmt.Errorf("submit prompt %s: id already in use by a prompt that is not done", id)
-	}
 	pr := &Prompt{ID: id, ClientID: req.ClientID, Sink: req.Sink, Created: time.Now(), header: req.Header}
 	// ComfyUI: "number" in the body sets the priority and leaves the
 	// counter alone; otherwise a truthy "front" negates the counter.
@@ -63,8 +64,11 @@ func (t *promptTable) submit(ctx context.Context, req SubmitRequest) (SubmitResu
 	var tried []*Instance
 	var lastErr error
 	for {
+		// Before each try: a refused try forgot pr, freeing its id.
+		t.reserve(pr)
 		inst, err := t.pick(pr.prefer, tried)
 		if err != nil {
+			t.forget(pr)
 			if lastErr != nil {
 				return SubmitResult{}, fmt.Errorf("%w (last: %w)", ErrNoUpstream, lastErr)
 			}
@@ -81,6 +85,26 @@ func (t *promptTable) submit(ctx context.Context, req SubmitRequest) (SubmitResu
 			return SubmitResult{Instance: inst}, err
 		}
 		return res, err
+	}
+}
+
+// reserve claims pr.ID in the table in one step with the check that no
+// other prompt not done holds it, so two concurrent submissions of one
+// client id cannot both take it (the second would orphan the first, live
+// forever). When the id is taken, pr gets a fresh UUID instead, which its
+// answer and events carry: what the proxy does for an id it sees in use.
+// pr must not be in the table yet (new, or forgotten after a refused try).
+func (t *promptTable) reserve(pr *Prompt) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for {
+		old, ok := t.byID[pr.ID]
+		if !ok || old == pr || old.State() == PromptDone {
+			t.byID[pr.ID] = pr
+			return
+		}
+		t.log.Debug("upstream: prompt id in use, minted another", "prompt_id", pr.ID)
+		pr.ID = newUUID()
 	}
 }
 

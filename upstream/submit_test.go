@@ -1,6 +1,8 @@
 package upstream
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -268,4 +270,53 @@ func TestSimTimeoutKeepsPromptPinned(t *testing.T) {
 		t.Fatalf("executed %d times, want exactly once", s1.PromptsExecuted())
 	}
 	eventually(t, "nothing outstanding", func() bool { return p.Outstanding() == 0 })
+}
+
+// Two submissions of one client id at once: one keeps it, the other gets
+// a fresh id, and neither is orphaned (live but not findable by its id).
+func TestConcurrentSubmitsOfOneIDGetDistinctIDs(t *testing.T) {
+	t.Parallel()
+	f := startFake(t, "0.3.65")
+	p, _ := fakePool(t, nil, f)
+	for round := range 20 {
+		id := newUUID()
+		var res [2]SubmitResult
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for k := range res {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				r, err := p.Submit(context.Background(), SubmitRequest{Body: map[string]json.RawMessage{"prompt": json.RawMessage(`{}`)}, PromptID: id})
+				if err != nil {
+					t.Errorf("submit: %v", err)
+				}
+				res[k] = r
+			}()
+		}
+		close(start)
+		wg.Wait()
+		if t.Failed() {
+			return
+		}
+		a, b := res[0].Prompt, res[1].Prompt
+		if a == nil || b == nil {
+			t.Fatalf("round %d: no prompt in a result", round)
+		}
+		if a.ID == b.ID || (a.ID != id && b.ID != id) {
+			t.Fatalf("round %d: ids %s %s, want %s and a fresh one", round, a.ID, b.ID, id)
+		}
+		for _, pr := range []*Prompt{a, b} {
+			if got, ok := p.Prompt(pr.ID); !ok || got != pr {
+				t.Fatalf("round %d: prompt %s not findable by its id", round, pr.ID)
+			}
+			if !bytes.Contains(res[0].Body, quoteJSON(a.ID)) || !bytes.Contains(res[1].Body, quoteJSON(b.ID)) {
+				t.Fatalf("round %d: answers %s %s do not carry their ids", round, res[0].Body, res[1].Body)
+			}
+		}
+	}
+	if n := p.Outstanding(); n != 40 {
+		t.Fatalf("%d prompts in flight, want 40", n)
+	}
 }
