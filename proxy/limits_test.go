@@ -3,6 +3,8 @@ package proxy
 import (
 	"bytes"
 	"io"
+	"net"
+	"strconv"
 	"net/http"
 	"sync"
 	"testing"
@@ -77,5 +79,54 @@ func TestConnectionCapAnswers503(t *testing.T) {
 	}
 	if status, _, body := gateDo(t, "GET", g.base+"/settings", nil, nil); status != http.StatusOK {
 		t.Errorf("GET /settings after the cap was hit = %d %s, want 200 (the breaker must not count comfygate's own cap)", status, body)
+	}
+}
+
+// TestStalledReaderReleasesInstanceConnection: a client that asks for a big
+// /view and never reads is cut after COMFYUI_TIMEOUT of blocked writing, so
+// the instance connection it held goes back: with one connection per
+// instance, the next request still gets through.
+func TestStalledReaderReleasesInstanceConnection(t *testing.T) {
+	t.Parallel()
+	const size = 256 << 20
+	released := make(chan struct{}, 1)
+	fake := newFakeComfy(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/view" {
+			_, _ = io.WriteString(w, "{}")
+			return
+		}
+		if r.Header.Get("Range") != "" {
+			return // comfygate's probe for the file's owner
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(size))
+		buf := make([]byte, 64<<10)
+		for n := 0; n < size; n += len(buf) {
+			if _, err := w.Write(buf); err != nil {
+				break
+			}
+		}
+		released <- struct{}{}
+	})
+	g := startGate(t, []string{fake.addr()}, func(c *config.Config) {
+		c.Timeout = 300 * time.Millisecond
+		c.MaxConnectionsPerInstance = 1
+	})
+	c, err := net.Dial("tcp", g.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.(*net.TCPConn).SetReadBuffer(4 << 10)
+	if _, err := io.WriteString(c, "GET /view?filename=big.bin HTTP/1.1\r\nHost: "+g.addr+"\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	// Never read.
+	select {
+	case <-released:
+	case <-time.After(gateTimeout):
+		t.Fatal("the instance connection of a client that stopped reading was never released")
+	}
+	if status, _, body := gateDo(t, "GET", g.base+"/settings", nil, nil); status != http.StatusOK {
+		t.Errorf("GET /settings after the stalled client = %d %s, want 200", status, body)
 	}
 }
