@@ -234,6 +234,12 @@ func (t *promptTable) send(ctx context.Context, pr *Prompt, inst *Instance, base
 		s.routeMu.Unlock()
 	}
 	t.confirm(pr)
+	if inst.confirmedDown() {
+		// instanceDown skipped pr while this POST was under way and is not
+		// told again: move pr unless inst shows it has it.
+		t.sent(pr)
+		t.goBackground(func(ctx context.Context) { t.recheckDown(ctx, pr, inst, got) })
+	}
 	if !wasUp || s.conns.Load() != conns {
 		// Sent while the socket was down or reconnecting: its events may
 		// have reached nobody, and reconcile skipped it (unconfirmed then).
@@ -243,6 +249,28 @@ func (t *promptTable) send(ctx context.Context, pr *Prompt, inst *Instance, base
 		resp = replaceAnswerID(resp, ans.PromptID, pr.ID)
 	}
 	return SubmitResult{Prompt: pr, Instance: inst, Status: status, Body: resp}, sentAnswered, nil
+}
+
+// recheckDown settles pr, just accepted by inst that is confirmed down:
+// it stays if inst, asked, has it queued, running or done; otherwise it
+// fails over like the prompts instanceDown moved.
+func (t *promptTable) recheckDown(ctx context.Context, pr *Prompt, inst *Instance, uid string) {
+	pctx, cancel := context.WithTimeout(ctx, probeTimeout(t.cfg.HealthCheck.Timeout))
+	_, found, _ := t.probeAt(pctx, inst, uid)
+	cancel()
+	if found {
+		return
+	}
+	// A resubmission's own failover may still hold pr (moving) for a moment.
+	for range 100 {
+		t.failover(ctx, pr, inst, fmt.Sprintf("instance %s died", inst.Name), false)
+		pr.mu.Lock()
+		again := pr.moving && pr.instance == inst && pr.state != PromptDone
+		pr.mu.Unlock()
+		if !again || !sleepCtx(ctx, 50*time.Millisecond) {
+			return
+		}
+	}
 }
 
 // sent marks the end of pr's send. Idempotent.

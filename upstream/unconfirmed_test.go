@@ -3,6 +3,7 @@ package upstream
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"testing"
 	"time"
 
@@ -155,5 +156,36 @@ func TestPromptUnderWayIsLeftToItsSend(t *testing.T) {
 	f2.finish(id, "moved.png")
 	if got := types(sink.until(t, 5*time.Second)); got != "execution_start,execution_cached,executing,progress,executed,execution_success,executing" {
 		t.Fatalf("events %s", got)
+	}
+}
+
+// TestAnsweredByDeadInstanceIsMoved: the POST to an instance is answered,
+// but the instance was confirmed dead meanwhile (instanceDown skipped the
+// prompt, under way) and does not have it: it moves to another instance.
+func TestAnsweredByDeadInstanceIsMoved(t *testing.T) {
+	t.Parallel()
+	f1, f2 := startFake(t, "0.3.65"), startFake(t, "0.3.65")
+	p, _ := fakePool(t, nil, f1, f2)
+	i1 := p.Instances()[0]
+	f1.mu.Lock()
+	f1.beforeAnswer = func(uid string) {
+		markDown(p, i1)
+		f1.mu.Lock()
+		f1.pending = slices.DeleteFunc(f1.pending, func(s string) bool { return s == uid })
+		f1.mu.Unlock()
+	}
+	f1.mu.Unlock()
+	id := newUUID()
+	res, err := p.Submit(context.Background(), SubmitRequest{
+		Body:     map[string]json.RawMessage{"prompt": json.RawMessage(`{}`)},
+		PromptID: id,
+		Prefer:   i1,
+	})
+	if err != nil || res.Status != 200 || res.Instance != i1 {
+		t.Fatalf("submit: %v %d", err, res.Status)
+	}
+	eventually(t, "moved", func() bool { return f2.promptCount() == 1 })
+	if pr, _ := p.Prompt(id); pr.Instance() != p.Instances()[1] {
+		t.Fatalf("pinned to %v, want the other instance", pr.Instance())
 	}
 }
