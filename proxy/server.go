@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"github.com/comfygate/comfygate/config"
@@ -123,8 +124,57 @@ func New(o Options) (*Server, error) {
 // listener of the caller's own.
 func (s *Server) Handler() fasthttp.RequestHandler { return s.handle }
 
-// Serve serves on ln until Shutdown.
-func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
+// Serve serves on ln until Shutdown. Every accepted connection gets an
+// idle write timeout of COMFYUI_TIMEOUT (see writeIdleConn).
+func (s *Server) Serve(ln net.Listener) error {
+	return s.srv.Serve(writeIdleListener{Listener: ln, idle: s.cfg.Timeout})
+}
+
+// writeIdleListener wraps each accepted connection in a writeIdleConn.
+type writeIdleListener struct {
+	net.Listener
+	idle time.Duration
+}
+
+func (l writeIdleListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &writeIdleConn{Conn: c, idle: l.idle}, nil
+}
+
+// writeIdleConn cuts a client that stops reading: before every Write the
+// write deadline moves to now+idle, so a slow but moving reader is never
+// cut and a stalled one is after idle. Without it, a client that stops
+// reading a big /view blocks the server's write forever and holds the
+// instance connection it streams from (max_connections_per_instance).
+// A deadline the code sets itself (the WebSocket side, on hijacked
+// connections) is kept as set until it is cleared with the zero time.
+type writeIdleConn struct {
+	net.Conn
+	idle     time.Duration
+	explicit atomic.Bool // a non-zero write deadline was set by the caller
+}
+
+func (c *writeIdleConn) SetDeadline(t time.Time) error {
+	c.explicit.Store(!t.IsZero())
+	return c.Conn.SetDeadline(t)
+}
+
+func (c *writeIdleConn) SetWriteDeadline(t time.Time) error {
+	c.explicit.Store(!t.IsZero())
+	return c.Conn.SetWriteDeadline(t)
+}
+
+func (c *writeIdleConn) Write(p []byte) (int, error) {
+	if !c.explicit.Load() && c.idle > 0 {
+		if err := c.Conn.SetWriteDeadline(time.Now().Add(c.idle)); err != nil {
+			return 0, err
+		}
+	}
+	return c.Conn.Write(p)
+}
 
 // Shutdown stops accepting connections, lets in-flight requests finish
 // (streams included) until ctx ends, then closes every client WebSocket.
