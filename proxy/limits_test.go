@@ -2,10 +2,13 @@ package proxy
 
 import (
 	"bytes"
+	"encoding/json"
+	"fmt"
 	"io"
 	"net"
-	"strconv"
 	"net/http"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -128,5 +131,78 @@ func TestStalledReaderReleasesInstanceConnection(t *testing.T) {
 	}
 	if status, _, body := gateDo(t, "GET", g.base+"/settings", nil, nil); status != http.StatusOK {
 		t.Errorf("GET /settings after the stalled client = %d %s, want 200", status, body)
+	}
+}
+
+// unknownIDsFake is an instance that knows no prompt.
+func unknownIDsFake(t *testing.T) *fakeComfy {
+	return newFakeComfy(t, func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.Method == http.MethodGet && r.URL.Path == "/queue":
+			_, _ = io.WriteString(w, `{"queue_running": [], "queue_pending": []}`)
+		case r.Method == http.MethodGet:
+			_, _ = io.WriteString(w, `{}`)
+		}
+	})
+}
+
+// countRequests counts f's requests of method whose path starts with prefix.
+func countRequests(f *fakeComfy, method, prefix string) int {
+	n := 0
+	for _, r := range f.requests() {
+		if r.Method == method && strings.HasPrefix(r.RequestURI, prefix) {
+			n++
+		}
+	}
+	return n
+}
+
+// TestDeleteUnknownIDsNoFanOut: a /queue or /history delete of ids
+// comfygate does not know is not looked up id by id at the instances (a
+// fan-out each), it goes to every instance in one request.
+func TestDeleteUnknownIDsNoFanOut(t *testing.T) {
+	t.Parallel()
+	a, b := unknownIDsFake(t), unknownIDsFake(t)
+	g := startGate(t, []string{a.addr(), b.addr()}, nil)
+	ids := make([]string, 40)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("unknown-%d", i)
+	}
+	body, _ := json.Marshal(map[string][]string{"delete": ids})
+	for _, path := range []string{"/queue", "/history"} {
+		if status, _, rb := gateDo(t, "POST", g.base+path, nil, bytes.NewReader(body)); status != http.StatusOK {
+			t.Fatalf("POST %s = %d %s", path, status, rb)
+		}
+	}
+	for _, f := range []*fakeComfy{a, b} {
+		if n := countRequests(f, "GET", "/history/"); n != 0 {
+			t.Errorf("%d GET /history/{id} lookups for a delete, want 0", n)
+		}
+		for _, path := range []string{"/queue", "/history"} {
+			n := countRequests(f, "POST", path)
+			if n != 1 {
+				t.Errorf("%d POST %s at an instance, want 1 carrying every unknown id", n, path)
+			}
+		}
+	}
+}
+
+// TestCancelJobsCapsLookups: POST /api/jobs/cancel looks up at most
+// maxCancelLookups unknown ids at the instances.
+func TestCancelJobsCapsLookups(t *testing.T) {
+	t.Parallel()
+	a := unknownIDsFake(t)
+	g := startGate(t, []string{a.addr()}, nil)
+	ids := make([]string, 48)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("unknown-%d", i)
+	}
+	body, _ := json.Marshal(map[string][]string{"job_ids": ids})
+	status, _, rb := gateDo(t, "POST", g.base+"/api/jobs/cancel", nil, bytes.NewReader(body))
+	if status != http.StatusOK || !bytes.Contains(rb, []byte(`"cancelled": false`)) {
+		t.Fatalf("POST /api/jobs/cancel = %d %s, want 200 cancelled false", status, rb)
+	}
+	if n := countRequests(a, "GET", "/history/"); n == 0 || n > 16 {
+		t.Errorf("%d GET /history/{id} lookups for %d unknown ids, want 1..16", n, len(ids))
 	}
 }

@@ -223,7 +223,11 @@ func (s *Server) postHistory(ctx *fasthttp.RequestCtx) { s.deleteOrClear(ctx, "/
 
 // deleteOrClear applies a /queue or /history delete to the instances
 // holding those prompts (grouped, with their ids there) and a clear to
-// every available instance. Unknown ids are skipped, as ComfyUI skips them.
+// every available instance. Ids are resolved in the pin table only, never
+// by asking the instances (LocatePrompt costs a fan-out per id: a 4 MiB
+// delete list took hours): ids the table does not know go as they are to
+// every healthy instance, in one request each; ComfyUI skips ids it does
+// not have.
 // A body that is not a JSON object gets ComfyUI's own plain-text 500.
 func (s *Server) deleteOrClear(ctx *fasthttp.RequestCtx, path string) {
 	body, ok := s.readSmallBody(ctx)
@@ -250,13 +254,22 @@ func (s *Server) deleteOrClear(ctx *fasthttp.RequestCtx, path string) {
 		_ = json.Unmarshal(raw, &ids)
 		groups := map[*upstream.Instance][]string{}
 		var order []*upstream.Instance
+		var unknown []string
 		for _, r := range ids {
 			id, ok := unquoteJSON(r)
 			if !ok {
 				continue
 			}
-			inst, upID, err := s.locate(id)
-			if err != nil {
+			var inst *upstream.Instance
+			upID := id
+			if p, known := s.pool.Prompt(id); known {
+				inst = p.Instance()
+				if u := p.UpstreamID(); u != "" {
+					upID = u
+				}
+			}
+			if inst == nil {
+				unknown = append(unknown, id)
 				continue
 			}
 			if _, seen := groups[inst]; !seen {
@@ -267,6 +280,10 @@ func (s *Server) deleteOrClear(ctx *fasthttp.RequestCtx, path string) {
 		for _, inst := range order {
 			b, _ := json.Marshal(map[string][]string{"delete": groups[inst]})
 			results = append(results, s.callAll([]*upstream.Instance{inst}, "POST", path, hdr, b)...)
+		}
+		if len(unknown) > 0 {
+			b, _ := json.Marshal(map[string][]string{"delete": unknown})
+			results = append(results, s.callAll(insts, "POST", path, hdr, b)...)
 		}
 	}
 	for _, r := range results {
@@ -363,12 +380,30 @@ func (s *Server) getJobByID(ctx *fasthttp.RequestCtx, id string) {
 }
 
 // cancelOne cancels a facade job or a prompt, wherever it is.
-func (s *Server) cancelOne(id string) (bool, error) {
+func (s *Server) cancelOne(id string) (bool, error) { return s.cancelOneBudget(id, nil) }
+
+// maxCancelLookups caps, per POST /api/jobs/cancel, the ids neither the job
+// facade nor the pin table knows that are looked up at the instances (a
+// fan-out each); further unknown ids are answered as not cancelled.
+const maxCancelLookups = 16
+
+// cancelOneBudget is cancelOne; when lookups is not nil, an id comfygate
+// does not know is looked up at the instances only while *lookups > 0
+// (and counts against it), else it is not cancelled.
+func (s *Server) cancelOneBudget(id string, lookups *int) (bool, error) {
 	cctx, cancel := context.WithTimeout(context.Background(), 2*s.cfg.Timeout)
 	defer cancel()
 	if s.jobs != nil {
 		if known, cancelled := s.jobs.CancelJob(cctx, id); known {
 			return cancelled, nil
+		}
+	}
+	if lookups != nil {
+		if _, known := s.pool.Prompt(id); !known {
+			if *lookups <= 0 {
+				return false, nil
+			}
+			*lookups--
 		}
 	}
 	ok, err := s.pool.Cancel(cctx, id)
@@ -391,7 +426,10 @@ func (s *Server) cancelJob(ctx *fasthttp.RequestCtx, id string) {
 
 // cancelJobs serves POST /api/jobs/cancel {"job_ids": [...]}, with
 // ComfyUI's 400 answers for a bad body. Ids need not be UUIDs here (the
-// client-facing ids comfygate accepts need not be).
+// client-facing ids comfygate accepts need not be). At most
+// maxCancelLookups ids comfygate does not know are looked up at the
+// instances; the rest count as not cancelled (a long list of unknown ids
+// would otherwise cost a fleet-wide fan-out each).
 func (s *Server) cancelJobs(ctx *fasthttp.RequestCtx) {
 	body, ok := s.readSmallBody(ctx)
 	if !ok {
@@ -424,8 +462,9 @@ func (s *Server) cancelJobs(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	cancelled := false
+	lookups := maxCancelLookups
 	for _, id := range ids {
-		ok, err := s.cancelOne(id)
+		ok, err := s.cancelOneBudget(id, &lookups)
 		if err != nil {
 			s.log.Warn("cancel failed", "job_id", id, "err", err)
 		}
