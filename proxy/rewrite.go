@@ -21,74 +21,22 @@ package proxy
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"strconv"
+
+	"github.com/comfygate/comfygate/internal/jsonobj"
 
 	"github.com/comfygate/comfygate/upstream"
 )
 
 // member is one key/value of a JSON object, in document order.
-type member struct {
-	Key string
-	Val json.RawMessage
-}
+type member = jsonobj.Member
 
-var errNotObject = errors.New("not a JSON object")
 
-// objectMembers decodes a JSON object keeping its members in order.
-func objectMembers(data []byte) ([]member, error) {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	tok, err := dec.Token()
-	if err != nil {
-		return nil, err
-	}
-	if d, ok := tok.(json.Delim); !ok || d != '{' {
-		return nil, errNotObject
-	}
-	var out []member
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return nil, err
-		}
-		key, ok := tok.(string)
-		if !ok {
-			return nil, errNotObject
-		}
-		var v json.RawMessage
-		if err := dec.Decode(&v); err != nil {
-			return nil, err
-		}
-		out = append(out, member{key, v})
-	}
-	if _, err := dec.Token(); err != nil { // the closing brace
-		return nil, err
-	}
-	if dec.More() {
-		return nil, errors.New("trailing data after JSON object")
-	}
-	return out, nil
-}
+func objectMembers(data []byte) ([]member, error) { return jsonobj.Members(data) }
 
-// appendObject writes members as a JSON object.
-func appendObject(dst []byte, ms []member) []byte {
-	dst = append(dst, '{')
-	for i, m := range ms {
-		if i > 0 {
-			dst = append(dst, ", "...)
-		}
-		dst = append(dst, quoteJSON(m.Key)...)
-		dst = append(dst, ": "...)
-		dst = append(dst, m.Val...)
-	}
-	return append(dst, '}')
-}
+func appendObject(dst []byte, ms []member) []byte { return jsonobj.Append(dst, ms) }
 
-// quoteJSON returns s as a JSON string.
-func quoteJSON(s string) []byte {
-	b, _ := json.Marshal(s)
-	return b
-}
+func quoteJSON(s string) []byte { return jsonobj.Quote(s) }
 
 // unquoteJSON returns the string a JSON string value holds.
 func unquoteJSON(v json.RawMessage) (string, bool) {

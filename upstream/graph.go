@@ -1,64 +1,17 @@
 package upstream
 
 import (
-	"bytes"
 	"encoding/json"
-	"errors"
+
+	"github.com/comfygate/comfygate/internal/jsonobj"
 )
 
 // member is one key/value of a JSON object, in document order.
-type member struct {
-	key string
-	val json.RawMessage
-}
+type member = jsonobj.Member
 
-var errNotObject = errors.New("not a JSON object")
+func objectMembers(data []byte) ([]member, error) { return jsonobj.Members(data) }
 
-// objectMembers decodes a JSON object keeping its members in order.
-func objectMembers(data []byte) ([]member, error) {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	tok, err := dec.Token()
-	if err != nil {
-		return nil, err
-	}
-	if d, ok := tok.(json.Delim); !ok || d != '{' {
-		return nil, errNotObject
-	}
-	var out []member
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return nil, err
-		}
-		key, ok := tok.(string)
-		if !ok {
-			return nil, errNotObject
-		}
-		var v json.RawMessage
-		if err := dec.Decode(&v); err != nil {
-			return nil, err
-		}
-		out = append(out, member{key, v})
-	}
-	if _, err := dec.Token(); err != nil { // the closing brace
-		return nil, err
-	}
-	return out, nil
-}
-
-// appendObject writes members as a JSON object.
-func appendObject(dst []byte, ms []member) []byte {
-	dst = append(dst, '{')
-	for i, m := range ms {
-		if i > 0 {
-			dst = append(dst, ", "...)
-		}
-		dst = append(dst, quoteJSON(m.key)...)
-		dst = append(dst, ": "...)
-		dst = append(dst, m.val...)
-	}
-	return append(dst, '}')
-}
+func appendObject(dst []byte, ms []member) []byte { return jsonobj.Append(dst, ms) }
 
 // rewriteInputs returns the prompt graph ({node: {"inputs": {name: value}}})
 // with every string input value v for which f returns (w, true) replaced by
@@ -73,34 +26,34 @@ func rewriteInputs(graph json.RawMessage, f func(string) (string, bool)) (json.R
 	}
 	changed := false
 	for i, n := range nodes {
-		fields, err := objectMembers(n.val)
+		fields, err := objectMembers(n.Val)
 		if err != nil {
 			continue
 		}
 		for j, fld := range fields {
-			if fld.key != "inputs" {
+			if fld.Key != "inputs" {
 				continue
 			}
-			inputs, err := objectMembers(fld.val)
+			inputs, err := objectMembers(fld.Val)
 			if err != nil {
 				continue
 			}
 			inChanged := false
 			for k, in := range inputs {
-				if len(in.val) < 2 || in.val[0] != '"' {
+				if len(in.Val) < 2 || in.Val[0] != '"' {
 					continue
 				}
 				var s string
-				if json.Unmarshal(in.val, &s) != nil {
+				if json.Unmarshal(in.Val, &s) != nil {
 					continue
 				}
 				if w, ok := f(s); ok && w != s {
-					inputs[k].val, inChanged = quoteJSON(w), true
+					inputs[k].Val, inChanged = quoteJSON(w), true
 				}
 			}
 			if inChanged {
-				fields[j].val = appendObject(nil, inputs)
-				nodes[i].val = appendObject(nil, fields)
+				fields[j].Val = appendObject(nil, inputs)
+				nodes[i].Val = appendObject(nil, fields)
 				changed = true
 			}
 		}

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/comfygate/comfygate/internal/jsonobj"
+
 	"github.com/comfygate/comfygate/internal/ids"
 
 	"github.com/comfygate/comfygate/config"
@@ -621,10 +623,7 @@ func newUUID() string { return ids.UUID() }
 func isCanonicalUUID(s string) bool { return ids.IsCanonicalUUID(s) }
 
 // quoteJSON returns s as a JSON string.
-func quoteJSON(s string) []byte {
-	b, _ := json.Marshal(s)
-	return b
-}
+func quoteJSON(s string) []byte { return jsonobj.Quote(s) }
 
 // replaceID rewrites every JSON string equal to from into to.
 func replaceID(data []byte, from, to string) []byte {
