@@ -31,7 +31,6 @@ import (
 // member is one key/value of a JSON object, in document order.
 type member = jsonobj.Member
 
-
 func objectMembers(data []byte) ([]member, error) { return jsonobj.Members(data) }
 
 func appendObject(dst []byte, ms []member) []byte { return jsonobj.Append(dst, ms) }
