@@ -89,7 +89,6 @@ func (m *Metrics) Stats() Stats {
 		}
 		return s
 	}
-	type avg struct{ sum, count float64 }
 	promptTime := map[string]*avg{}
 	healthTime := map[string]*avg{}
 	var allPrompts, jobRun, jobWait avg
@@ -134,26 +133,13 @@ func (m *Metrics) Stats() Stats {
 		}
 	}
 	for _, s := range collect(m.promptDuration) {
-		name := s.l["upstream"]
-		a, ok := promptTime[name]
-		if !ok {
-			a = &avg{}
-			promptTime[name] = a
-		}
-		a.sum += s.sum
-		a.count += s.count
+		addAvg(promptTime, s.l["upstream"], s)
 		allPrompts.sum += s.sum
 		allPrompts.count += s.count
 	}
 	for _, s := range collect(m.healthCheck) {
 		name := s.l["upstream"]
-		a, ok := healthTime[name]
-		if !ok {
-			a = &avg{}
-			healthTime[name] = a
-		}
-		a.sum += s.sum
-		a.count += s.count
+		addAvg(healthTime, name, s)
 		if s.l["result"] == "fail" {
 			get(name).HealthChecksFail += int64(s.count)
 		}
@@ -239,6 +225,20 @@ func (m *Metrics) StatsHandler() fasthttp.RequestHandler {
 }
 
 // sample is one series read back from a collector.
+// avg accumulates a histogram's sum and count for a mean.
+type avg struct{ sum, count float64 }
+
+// addAvg adds a histogram sample to the mean kept for name.
+func addAvg(m map[string]*avg, name string, s sample) {
+	a, ok := m[name]
+	if !ok {
+		a = &avg{}
+		m[name] = a
+	}
+	a.sum += s.sum
+	a.count += s.count
+}
+
 type sample struct {
 	l          map[string]string
 	v          float64 // gauge or counter value

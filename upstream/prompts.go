@@ -239,6 +239,11 @@ func (t *promptTable) setUpstreamID(pr *Prompt, inst *Instance, uid string) {
 func (t *promptTable) unpinUpstream(pr *Prompt) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.unpinUpstreamLocked(pr)
+}
+
+// unpinUpstreamLocked is unpinUpstream with t.mu held.
+func (t *promptTable) unpinUpstreamLocked(pr *Prompt) {
 	pr.mu.Lock()
 	k := upKey{pr.instance, pr.upstreamID}
 	pr.mu.Unlock()
@@ -251,12 +256,7 @@ func (t *promptTable) unpinUpstream(pr *Prompt) {
 func (t *promptTable) forget(pr *Prompt) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	pr.mu.Lock()
-	k := upKey{pr.instance, pr.upstreamID}
-	pr.mu.Unlock()
-	if k.id != "" && t.byUpstream[k] == pr {
-		delete(t.byUpstream, k)
-	}
+	t.unpinUpstreamLocked(pr)
 	if t.byID[pr.ID] == pr {
 		delete(t.byID, pr.ID)
 	}
