@@ -155,17 +155,6 @@ func (o ordered) get(k string) (any, bool) {
 	return nil, false
 }
 
-// set replaces k's value in place, or appends it, as a Python dict does.
-func (o *ordered) set(k string, v any) {
-	for i := range *o {
-		if (*o)[i].K == k {
-			(*o)[i].V = v
-			return
-		}
-	}
-	*o = append(*o, kv{k, v})
-}
-
 // rawObj is a decoded JSON object whose member order and raw values are kept.
 // Duplicate keys keep the first position and the last value, like Python.
 type rawObj struct {
@@ -190,14 +179,6 @@ func (o *rawObj) MarshalJSON() ([]byte, error) {
 	}
 	buf.WriteByte('}')
 	return buf.Bytes(), nil
-}
-
-func (o *rawObj) has(k string) bool {
-	if o == nil {
-		return false
-	}
-	_, ok := o.vals[k]
-	return ok
 }
 
 func (o *rawObj) get(k string) (json.RawMessage, bool) {
@@ -228,17 +209,6 @@ func (o *rawObj) del(k string) {
 	}
 }
 
-func (o *rawObj) clone() *rawObj {
-	if o == nil {
-		return nil
-	}
-	c := &rawObj{keys: append([]string(nil), o.keys...), vals: make(map[string]json.RawMessage, len(o.vals))}
-	for k, v := range o.vals {
-		c.vals[k] = v
-	}
-	return c
-}
-
 // errNotObject says a JSON value was valid but not an object.
 var errNotObject = fmt.Errorf("json value is not an object")
 
@@ -254,13 +224,11 @@ func parseRawObj(data []byte) (*rawObj, error) {
 	if d, ok := tok.(json.Delim); !ok || d != '{' {
 		// Consume the rest so invalid trailing JSON is still an error.
 		if d, ok := tok.(json.Delim); ok && d == '[' {
-			var rest []json.RawMessage
 			for dec.More() {
 				var r json.RawMessage
 				if err := dec.Decode(&r); err != nil {
 					return nil, fmt.Errorf("decode json: %w", err)
 				}
-				rest = append(rest, r)
 			}
 			if _, err := dec.Token(); err != nil {
 				return nil, fmt.Errorf("decode json: %w", err)

@@ -119,7 +119,6 @@ type replaySock struct {
 	tr    *traceSock
 	ws    *testWS
 	open  bool
-	sent  int
 	close bool
 }
 
@@ -202,10 +201,10 @@ func replay(t *testing.T, tr *traceFile, sim, second *Server, ids map[string]str
 func finishSock(t *testing.T, s *replaySock) {
 	t.Helper()
 	want := s.tr.Messages
-	got := s.ws.waitFor(fmt.Sprintf("%s: all %d messages", s.name, len(want)), func(ms []wsMsg) bool { return len(ms) >= len(want) })
+	s.ws.waitFor(fmt.Sprintf("%s: all %d messages", s.name, len(want)), func(ms []wsMsg) bool { return len(ms) >= len(want) })
 	// A round trip through the server flushes anything still in flight.
 	s.ws.close()
-	got = s.ws.snapshot()
+	got := s.ws.snapshot()
 	s.close = true
 	compareSock(t, s.name, want, got)
 }

@@ -418,7 +418,7 @@ func typeMatches(received string, in inputDef) bool {
 }
 
 func pyTypeName(v any) string {
-	switch v.(type) {
+	switch v := v.(type) {
 	case nil:
 		return "NoneType"
 	case string:
@@ -426,7 +426,7 @@ func pyTypeName(v any) string {
 	case bool:
 		return "bool"
 	case json.Number:
-		if strings.ContainsAny(string(v.(json.Number)), ".eE") {
+		if strings.ContainsAny(string(v), ".eE") {
 			return "float"
 		}
 		return "int"

@@ -304,7 +304,7 @@ func (c *Config) applyEnv(environ []string) error {
 		}
 		n, err := strconv.Atoi(rest)
 		if err != nil || n < 1 {
-			errs = append(errs, fmt.Errorf("%s: want COMFYUI_HOST_<n> with n = 1, 2, ...", key))
+			errs = append(errs, fmt.Errorf("%s: want COMFYUI_HOST_<n> with n a whole number from 1", key))
 			continue
 		}
 		if v := strings.TrimSpace(val); v != "" {
