@@ -16,11 +16,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"mime/multipart"
 	"net/textproto"
 	"net/url"
 	"path"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -340,7 +342,7 @@ func (s *Service) requeueLocked(j *job, err error) {
 }
 
 // submitError turns an instance's non-200 answer to POST /prompt into a
-// message: ComfyUI's error message plus the first node error.
+// message: ComfyUI's error message plus every node error.
 func submitError(status int, body []byte) string {
 	var r struct {
 		Error struct {
@@ -363,13 +365,14 @@ func submitError(status int, body []byte) string {
 	if r.Error.Details != "" {
 		msg += ": " + r.Error.Details
 	}
-	for id, ne := range r.NodeErrors {
+	// Every node's errors, in node id order, so the message is the same each time.
+	for _, id := range slices.Sorted(maps.Keys(r.NodeErrors)) {
+		ne := r.NodeErrors[id]
 		for _, e := range ne.Errors {
 			msg += fmt.Sprintf("; node %s (%s): %s", id, ne.ClassType, e.Message)
 			if e.Details != "" {
 				msg += ": " + e.Details
 			}
-			return msg
 		}
 	}
 	return msg
