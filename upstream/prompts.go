@@ -229,11 +229,6 @@ func (t *promptTable) pin(pr *Prompt, inst *Instance, uid string) {
 	t.byID[pr.ID] = pr
 }
 
-// setUpstreamID records the id inst gave pr (instances without client ids).
-func (t *promptTable) setUpstreamID(pr *Prompt, inst *Instance, uid string) {
-	t.pin(pr, inst, uid)
-}
-
 // unpinUpstream forgets pr's (instance, id) key: late events of it from
 // that instance are dropped.
 func (t *promptTable) unpinUpstream(pr *Prompt) {
