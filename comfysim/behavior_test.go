@@ -45,7 +45,7 @@ func executingNode(id, node string) func([]wsMsg) bool {
 
 func TestKillRestart(t *testing.T) {
 	t.Parallel()
-	s := StartForTest(t, Options{Delay: time.Minute})
+	s := startForTest(t, Options{Delay: time.Minute})
 	addr := s.Addr()
 	ws := dialWS(t, s.URL(), "k")
 	id := queuePrompt(t, s.URL(), map[string]any{"client_id": "k", "prompt": slowPrompt(1)})
@@ -86,7 +86,7 @@ func TestKillRestart(t *testing.T) {
 
 func TestHangAndFail500(t *testing.T) {
 	t.Parallel()
-	s := StartForTest(t, Options{})
+	s := startForTest(t, Options{})
 	s.SetHang(true)
 	short := &http.Client{Timeout: 200 * time.Millisecond}
 	if _, err := short.Get(s.URL() + "/queue"); err == nil {
@@ -121,7 +121,7 @@ func TestHangAndFail500(t *testing.T) {
 // starts, so the queue can be looked at without racing the worker.
 func TestPaused(t *testing.T) {
 	t.Parallel()
-	s := StartForTest(t, Options{Delay: 20 * time.Millisecond})
+	s := startForTest(t, Options{Delay: 20 * time.Millisecond})
 	ws := dialWS(t, s.URL(), "p")
 	running := queuePrompt(t, s.URL(), map[string]any{"client_id": "p", "prompt": slowPrompt(1)})
 	ws.waitFor("node 2 running", executingNode(running, "2"))
@@ -139,9 +139,35 @@ func TestPaused(t *testing.T) {
 	ws.waitDone(p3)
 }
 
+// TestFrozen: a frozen process finishes nothing (not the running node, not
+// the queue) and carries on after the thaw; Runs counts each prompt's
+// successful executions.
+func TestFrozen(t *testing.T) {
+	t.Parallel()
+	s := startForTest(t, Options{Delay: 20 * time.Millisecond})
+	ws := dialWS(t, s.URL(), "f")
+	running := queuePrompt(t, s.URL(), map[string]any{"client_id": "f", "prompt": slowPrompt(1)})
+	ws.waitFor("node 2 running", executingNode(running, "2"))
+	s.SetFrozen(true)
+	queued := queuePrompt(t, s.URL(), map[string]any{"client_id": "f", "prompt": slowPrompt(2)})
+	// Ten node times pass: nothing may finish meanwhile.
+	time.Sleep(200 * time.Millisecond)
+	var q queueResponse
+	getJSON(t, s.URL()+"/queue", &q)
+	if len(q.Running) != 1 || len(q.Pending) != 1 || s.PromptsExecuted() != 0 || len(s.Runs()) != 0 {
+		t.Fatalf("frozen: %d running, %d pending, %d executed, runs %v; want 1, 1, 0, none", len(q.Running), len(q.Pending), s.PromptsExecuted(), s.Runs())
+	}
+	s.SetFrozen(false)
+	ws.waitDone(running)
+	ws.waitDone(queued)
+	if got := s.Runs(); len(got) != 2 || got[running] != 1 || got[queued] != 1 {
+		t.Fatalf("runs = %v, want %s and %s once each", got, running, queued)
+	}
+}
+
 func TestFailAfter(t *testing.T) {
 	t.Parallel()
-	s := StartForTest(t, Options{FailAfter: 1})
+	s := startForTest(t, Options{FailAfter: 1})
 	queuePrompt(t, s.URL(), map[string]any{"prompt": emptySave(1, "fa")})
 	short := &http.Client{Timeout: 200 * time.Millisecond}
 	if _, err := short.Get(s.URL() + "/queue"); err == nil {
@@ -151,9 +177,9 @@ func TestFailAfter(t *testing.T) {
 
 func TestOriginCheck(t *testing.T) {
 	t.Parallel()
-	strict := StartForTest(t, Options{})
-	cors := StartForTest(t, Options{EnableCORSHeader: true})
-	v2026 := StartForTest(t, Options{Version: "0.38.0"})
+	strict := startForTest(t, Options{})
+	cors := startForTest(t, Options{EnableCORSHeader: true})
+	v2026 := startForTest(t, Options{Version: "0.38.0"})
 	host := func(s *Server) string { return s.Addr() }
 	for _, tc := range []struct {
 		desc string
@@ -185,9 +211,9 @@ func TestOriginCheck(t *testing.T) {
 
 func TestVersions(t *testing.T) {
 	t.Parallel()
-	old := StartForTest(t, Options{Version: "0.3.40"})
-	cur := StartForTest(t, Options{})
-	v2026 := StartForTest(t, Options{Version: "0.38.0"})
+	old := startForTest(t, Options{Version: "0.3.40"})
+	cur := startForTest(t, Options{})
+	v2026 := startForTest(t, Options{Version: "0.38.0"})
 	if code, _, _ := doReq(t, "GET", old.URL()+"/features", nil, nil); code != 404 {
 		t.Errorf("0.3.40 /features: %d", code)
 	}
@@ -268,7 +294,7 @@ func TestVersions(t *testing.T) {
 
 func TestCancelPendingJob2026(t *testing.T) {
 	t.Parallel()
-	s := StartForTest(t, Options{Version: "0.38.0", Delay: time.Minute})
+	s := startForTest(t, Options{Version: "0.38.0", Delay: time.Minute})
 	ws := dialWS(t, s.URL(), "c")
 	first := queuePrompt(t, s.URL(), map[string]any{"client_id": "c", "prompt": slowPrompt(1)})
 	second := queuePrompt(t, s.URL(), map[string]any{"client_id": "c", "prompt": slowPrompt(2)})
@@ -286,7 +312,7 @@ func TestCancelPendingJob2026(t *testing.T) {
 
 func TestInterrupt(t *testing.T) {
 	t.Parallel()
-	s := StartForTest(t, Options{Delay: 300 * time.Millisecond})
+	s := startForTest(t, Options{Delay: 300 * time.Millisecond})
 	ws := dialWS(t, s.URL(), "i")
 	first := queuePrompt(t, s.URL(), map[string]any{"client_id": "i", "prompt": slowPrompt(1)})
 	second := queuePrompt(t, s.URL(), map[string]any{"client_id": "i", "prompt": slowPrompt(2)})
@@ -314,7 +340,7 @@ func TestInterrupt(t *testing.T) {
 
 func TestCacheAndFree(t *testing.T) {
 	t.Parallel()
-	s := StartForTest(t, Options{})
+	s := startForTest(t, Options{})
 	ws := dialWS(t, s.URL(), "cf")
 	run := func() []wsMsg {
 		id := queuePrompt(t, s.URL(), map[string]any{"client_id": "cf", "prompt": slowPrompt(7)})
@@ -348,7 +374,7 @@ func TestCacheAndFree(t *testing.T) {
 
 func TestNoClientIDBroadcast(t *testing.T) {
 	t.Parallel()
-	s := StartForTest(t, Options{Steps: 2})
+	s := startForTest(t, Options{Steps: 2})
 	a := dialWS(t, s.URL(), "A")
 	b := dialWS(t, s.URL(), "")
 	prompt := map[string]any{
@@ -395,7 +421,7 @@ func TestNoClientIDBroadcast(t *testing.T) {
 
 func TestPreviewMetadata(t *testing.T) {
 	t.Parallel()
-	s := StartForTest(t, Options{Steps: 2})
+	s := startForTest(t, Options{Steps: 2})
 	ws := dialWS(t, s.URL(), "meta")
 	ws.send(map[string]any{"type": "feature_flags", "data": map[string]any{"supports_preview_metadata": true}})
 	ws.waitFor("feature_flags reply", func(ms []wsMsg) bool { return len(ms) >= 2 && ms[1].typ == "feature_flags" })
@@ -434,7 +460,7 @@ func TestPreviewMetadata(t *testing.T) {
 
 func TestReconnectSameClientID(t *testing.T) {
 	t.Parallel()
-	s := StartForTest(t, Options{Delay: time.Minute})
+	s := startForTest(t, Options{Delay: time.Minute})
 	a := dialWS(t, s.URL(), "same")
 	id := queuePrompt(t, s.URL(), map[string]any{"client_id": "same", "prompt": slowPrompt(1)})
 	a.waitFor("node 2 running", executingNode(id, "2"))
@@ -484,7 +510,7 @@ func TestReconnectSameClientID(t *testing.T) {
 
 func TestRuntimeError(t *testing.T) {
 	t.Parallel()
-	s := StartForTest(t, Options{})
+	s := startForTest(t, Options{})
 	if code, _ := upload(t, s.URL()+"/upload/image", "broken.png", []byte("not an image"), nil); code != 200 {
 		t.Fatal("upload")
 	}
@@ -511,7 +537,7 @@ func TestRuntimeError(t *testing.T) {
 
 func TestRoutesAndQueueEdits(t *testing.T) {
 	t.Parallel()
-	s := StartForTest(t, Options{Delay: time.Minute})
+	s := startForTest(t, Options{Delay: time.Minute})
 	if code, _, body := doReq(t, "GET", s.URL()+"/no/such", nil, nil); code != 404 || string(body) != "404: Not Found" {
 		t.Errorf("404: %d %q", code, body)
 	}
@@ -555,7 +581,7 @@ func TestRoutesAndQueueEdits(t *testing.T) {
 
 func TestHistoryListing(t *testing.T) {
 	t.Parallel()
-	s := StartForTest(t, Options{})
+	s := startForTest(t, Options{})
 	ws := dialWS(t, s.URL(), "h")
 	var ids []string
 	for i := range 4 {

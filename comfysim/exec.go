@@ -324,6 +324,9 @@ func (ex *execution) run() bool {
 	in.history.put(pid, &historyEntry{Prompt: ex.item.tuple(), Outputs: orOrdered(ex.ui), Status: status, Meta: orOrdered(ex.meta), item: ex.item})
 	in.queueUpdatedLocked()
 	ex.s.executed.Add(1)
+	if failErr == nil {
+		ex.s.countRun(pid)
+	}
 	in.lastNode = ""
 	if ex.target != nil {
 		in.sendLocked("executing", executingDone{nil, pid}, ex.target)
@@ -489,22 +492,31 @@ type nodeCall struct {
 	in map[string]any
 }
 
-// sleep waits d, returning errKilled if the instance dies meanwhile.
+// sleep waits d, returning errKilled if the instance dies meanwhile. A
+// frozen process (SetFrozen) finishes nothing: the node waits for the thaw
+// and then runs its whole time again.
 func (c *nodeCall) sleep(d time.Duration) error {
-	if d <= 0 {
-		if c.ex.in.ctx.Err() != nil {
+	done := c.ex.in.ctx.Done()
+	if d > 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-done:
 			return errKilled
 		}
-		return nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-c.ex.in.ctx.Done():
+	} else if c.ex.in.ctx.Err() != nil {
 		return errKilled
 	}
+	if ch := c.s.thawed(); ch != nil {
+		select {
+		case <-ch:
+		case <-done:
+			return errKilled
+		}
+		return c.sleep(d)
+	}
+	return nil
 }
 
 // work is the run time of a light image node: Delay, uninterruptible (an

@@ -297,3 +297,20 @@ func decodePNG(t testing.TB, data []byte) *image.NRGBA {
 	}
 	return toNRGBA(img)
 }
+
+// startForTest creates and starts a simulator on a free loopback port and
+// closes it when the test ends. (Tests of other packages use
+// internal/testkit, which imports this package.)
+func startForTest(tb testing.TB, opts Options) *Server {
+	tb.Helper()
+	s, err := New(opts)
+	if err != nil {
+		tb.Fatalf("comfysim.New: %v", err)
+	}
+	if err := s.Start("127.0.0.1:0"); err != nil {
+		_ = s.Close()
+		tb.Fatalf("comfysim.Start: %v", err)
+	}
+	tb.Cleanup(func() { _ = s.Close() })
+	return s
+}

@@ -83,7 +83,7 @@ func runAndFetch(t *testing.T, s *Server, ws *testWS, clientID string, prompt ma
 // LoadImage -> ImageScaleBy(2) -> SaveImage, wait on /ws, fetch via /view.
 func TestScaleByTwoEndToEnd(t *testing.T) {
 	t.Parallel()
-	s := StartForTest(t, Options{})
+	s := startForTest(t, Options{})
 	src := srcImage(6, 4)
 	code, up := upload(t, s.URL()+"/upload/image", "src.png", pngBytes(t, src), map[string]string{"type": "input", "overwrite": "true"})
 	if code != 200 || up["name"] != "src.png" {
@@ -128,7 +128,7 @@ func absDiff(a, b uint8) int {
 
 func TestRemoveBackground(t *testing.T) {
 	t.Parallel()
-	s := StartForTest(t, Options{Steps: 3})
+	s := startForTest(t, Options{Steps: 3})
 	// White background, red square in the middle.
 	src := image.NewNRGBA(image.Rect(0, 0, 20, 16))
 	for y := 0; y < 16; y++ {
@@ -185,7 +185,7 @@ func TestRemoveBackground(t *testing.T) {
 
 func TestUpscaleWithModel(t *testing.T) {
 	t.Parallel()
-	s := StartForTest(t, Options{})
+	s := startForTest(t, Options{})
 	ws := dialWS(t, s.URL(), "up")
 	for _, tc := range []struct {
 		model string
@@ -221,7 +221,7 @@ func TestModelScale(t *testing.T) {
 
 func TestQueueOrderAndStatus(t *testing.T) {
 	t.Parallel()
-	s := StartForTest(t, Options{})
+	s := startForTest(t, Options{})
 	ws := dialWS(t, s.URL(), "q")
 	var ids []string
 	for i := range 3 {
@@ -279,7 +279,7 @@ func indexOf(ms []wsMsg, typ, id string) int {
 
 func TestViewErrors(t *testing.T) {
 	t.Parallel()
-	s := StartForTest(t, Options{})
+	s := startForTest(t, Options{})
 	for _, tc := range []struct {
 		desc, query string
 		want        int
@@ -301,7 +301,7 @@ func TestViewErrors(t *testing.T) {
 
 func TestUploadRename(t *testing.T) {
 	t.Parallel()
-	s := StartForTest(t, Options{})
+	s := startForTest(t, Options{})
 	a := pngBytes(t, srcImage(2, 2))
 	b := pngBytes(t, srcImage(3, 3))
 	steps := []struct {

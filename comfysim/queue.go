@@ -317,7 +317,7 @@ func (in *instance) wipeQueueLocked() {
 func (in *instance) worker() {
 	for {
 		in.mu.Lock()
-		for len(in.queue) == 0 || in.s.paused.Load() {
+		for len(in.queue) == 0 || in.s.paused.Load() || in.s.thawed() != nil {
 			if in.freeMemory {
 				in.cache = map[string]*cacheEntry{}
 				in.freeMemory = false

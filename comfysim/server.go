@@ -1,7 +1,6 @@
 package comfysim
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -14,7 +13,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"testing"
 	"time"
 )
 
@@ -71,12 +69,16 @@ type Server struct {
 	paused   atomic.Bool // SetPaused: the worker starts no prompt
 	executed atomic.Int64
 
-	mu      sync.Mutex // guards inst, addr, closed, hang
+	mu      sync.Mutex // guards inst, addr, closed, hang, frozen
 	inst    *instance
 	addr    string
 	closed  bool
 	hang    chan struct{} // non-nil while SetHang(true); closed by SetHang(false)
+	frozen  chan struct{} // non-nil while SetFrozen(true); closed by SetFrozen(false)
 	closeCh chan struct{} // closed by Close
+
+	runsMu sync.Mutex     // guards runs
+	runs   map[string]int // prompt id -> successful executions
 }
 
 // New validates opts and prepares the directories; it does not listen.
@@ -186,6 +188,30 @@ func (s *Server) Version() string { return s.ver.raw }
 // by Kill are not counted.
 func (s *Server) PromptsExecuted() int { return int(s.executed.Load()) }
 
+// Runs returns, for every prompt id this Server executed to success (status
+// "success" in its history) since it was created, how many times it did:
+// across Kill and Restart, a count above 1 means the same prompt ran twice
+// here. Prompts that failed, were interrupted or were abandoned by Kill are
+// not counted.
+func (s *Server) Runs() map[string]int {
+	s.runsMu.Lock()
+	defer s.runsMu.Unlock()
+	out := make(map[string]int, len(s.runs))
+	for id, n := range s.runs {
+		out[id] = n
+	}
+	return out
+}
+
+func (s *Server) countRun(id string) {
+	s.runsMu.Lock()
+	defer s.runsMu.Unlock()
+	if s.runs == nil {
+		s.runs = map[string]int{}
+	}
+	s.runs[id]++
+}
+
 // Close stops serving, drops every connection, and removes the directories
 // New created. It is idempotent.
 func (s *Server) Close() error {
@@ -199,6 +225,10 @@ func (s *Server) Close() error {
 	if s.hang != nil {
 		close(s.hang)
 		s.hang = nil
+	}
+	if s.frozen != nil {
+		close(s.frozen)
+		s.frozen = nil
 	}
 	in := s.inst
 	s.inst = nil
@@ -287,6 +317,36 @@ func (s *Server) SetPaused(on bool) {
 	}
 }
 
+// SetFrozen stops the clock of execution while on, as SIGSTOP stops a
+// process: the worker starts no prompt and the running node does not finish
+// (its remaining run time starts again after the thaw). HTTP and WebSocket
+// traffic are not affected: put a network fault (SetHang, or a TCP proxy
+// that forwards nothing) beside it to model a stopped process completely.
+// Off resumes; Close thaws; it survives Kill and Restart.
+func (s *Server) SetFrozen(on bool) {
+	s.mu.Lock()
+	switch {
+	case on && s.frozen == nil && !s.closed:
+		s.frozen = make(chan struct{})
+	case !on && s.frozen != nil:
+		close(s.frozen)
+		s.frozen = nil
+	}
+	in := s.inst
+	s.mu.Unlock()
+	if !on && in != nil {
+		in.nudge()
+	}
+}
+
+// thawed returns nil when execution may go on, or a channel that is closed
+// when SetFrozen(false) (or Close) lets it.
+func (s *Server) thawed() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.frozen
+}
+
 // SetFail500 makes every HTTP request answer aiohttp's plain-text 500 while on.
 func (s *Server) SetFail500(on bool) { s.fail500.Store(on) }
 
@@ -302,22 +362,6 @@ func (s *Server) BroadcastCustom(msgType string, data any) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	in.sendLocked(msgType, data, nil)
-}
-
-// StartForTest creates and starts a simulator on a free loopback port and
-// closes it when the test ends.
-func StartForTest(tb testing.TB, opts Options) *Server {
-	tb.Helper()
-	s, err := New(opts)
-	if err != nil {
-		tb.Fatalf("comfysim.New: %v", err)
-	}
-	if err := s.Start("127.0.0.1:0"); err != nil {
-		_ = s.Close()
-		tb.Fatalf("comfysim.Start: %v", err)
-	}
-	tb.Cleanup(func() { _ = s.Close() })
-	return s
 }
 
 // ---- HTTP plumbing ----
@@ -618,5 +662,3 @@ func waitOrTimeout(wg *sync.WaitGroup, d time.Duration) {
 	case <-t.C:
 	}
 }
-
-var _ = context.Background

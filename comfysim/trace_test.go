@@ -96,8 +96,8 @@ func TestTraceReplay(t *testing.T) {
 	// The d trace interrupts a running node: nodes must take long enough for
 	// the interrupt to land mid-node, which the replay makes deterministic by
 	// waiting for the same messages the real client had seen.
-	sim := StartForTest(t, Options{Delay: 250 * time.Millisecond})
-	second := StartForTest(t, Options{})
+	sim := startForTest(t, Options{Delay: 250 * time.Millisecond})
+	second := startForTest(t, Options{})
 	ids := map[string]string{} // trace prompt id -> sim prompt id
 	for _, f := range files {
 		data, err := os.ReadFile(f)

@@ -7,7 +7,7 @@ import (
 
 func TestValidatePrompt(t *testing.T) {
 	t.Parallel()
-	s := StartForTest(t, Options{})
+	s := startForTest(t, Options{})
 	if code, _ := upload(t, s.URL()+"/upload/image", "in.png", pngBytes(t, srcImage(4, 4)), nil); code != 200 {
 		t.Fatalf("upload: %d", code)
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
 )
@@ -43,7 +44,7 @@ func newHarness(tb testing.TB, n int, opts comfysim.Options, mod func(*config.Co
 	cfg := config.Default()
 	cfg.Instances = nil
 	for i := range n {
-		s := comfysim.StartForTest(tb, opts)
+		s := testkit.Sim(tb, opts)
 		h.sims = append(h.sims, s)
 		cfg.Instances = append(cfg.Instances, config.Instance{Name: "sim" + itoa(i+1), Address: s.Addr()})
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/comfygate/comfygate/comfysim"
+	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/valyala/fasthttp"
 )
 
@@ -16,7 +17,7 @@ import (
 // inverse throughput). The difference is comfygate's cost per request.
 // The lead's bench command adds nginx to the same comparison.
 func BenchmarkProxyGETSystemStats(b *testing.B) {
-	sim := comfysim.StartForTest(b, comfysim.Options{})
+	sim := testkit.Sim(b, comfysim.Options{})
 	g := startGate(b, []string{sim.Addr()}, nil)
 	for _, target := range []struct{ name, addr string }{
 		{"direct", sim.Addr()},
@@ -63,7 +64,7 @@ func BenchmarkProxyGETSystemStats(b *testing.B) {
 // BenchmarkForwardView measures streaming a 1 MiB /view answer through
 // comfygate (throughput in MB/s).
 func BenchmarkForwardView(b *testing.B) {
-	sim := comfysim.StartForTest(b, comfysim.Options{})
+	sim := testkit.Sim(b, comfysim.Options{})
 	g := startGate(b, []string{sim.Addr()}, nil)
 	const size = 1 << 20
 	c := &fasthttp.HostClient{Addr: strings.TrimPrefix(g.base, "http://")}

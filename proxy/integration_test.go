@@ -19,6 +19,7 @@ import (
 
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/testkit"
 )
 
 // sims starts n simulators with opts.
@@ -26,7 +27,7 @@ func sims(t *testing.T, n int, opts comfysim.Options) []*comfysim.Server {
 	t.Helper()
 	out := make([]*comfysim.Server, n)
 	for i := range out {
-		out[i] = comfysim.StartForTest(t, opts)
+		out[i] = testkit.Sim(t, opts)
 	}
 	return out
 }
@@ -451,7 +452,7 @@ func TestMixedFleet(t *testing.T) {
 	t.Parallel()
 	var ss []*comfysim.Server
 	for _, v := range []string{"0.3.40", "0.3.65", "0.38.0"} {
-		ss = append(ss, comfysim.StartForTest(t, comfysim.Options{Version: v}))
+		ss = append(ss, testkit.Sim(t, comfysim.Options{Version: v}))
 	}
 	g := startGate(t, addrsOf(ss), nil)
 	const client = "mixed-client"
@@ -515,8 +516,8 @@ func TestMixedFleet(t *testing.T) {
 func TestBrowserOrigin(t *testing.T) {
 	t.Parallel()
 	ss := []*comfysim.Server{
-		comfysim.StartForTest(t, comfysim.Options{}),
-		comfysim.StartForTest(t, comfysim.Options{Version: "0.38.0"}), // also refuses Sec-Fetch-Site: cross-site
+		testkit.Sim(t, comfysim.Options{}),
+		testkit.Sim(t, comfysim.Options{Version: "0.38.0"}), // also refuses Sec-Fetch-Site: cross-site
 	}
 	g := startGate(t, addrsOf(ss), nil)
 	browser := func(origin, site string) http.Header {
@@ -567,8 +568,8 @@ func TestBrowserOrigin(t *testing.T) {
 func TestMergedViews(t *testing.T) {
 	t.Parallel()
 	ss := []*comfysim.Server{
-		comfysim.StartForTest(t, comfysim.Options{Delay: 20 * time.Millisecond, Version: "0.38.0"}),
-		comfysim.StartForTest(t, comfysim.Options{Delay: 20 * time.Millisecond, Version: "0.38.0"}),
+		testkit.Sim(t, comfysim.Options{Delay: 20 * time.Millisecond, Version: "0.38.0"}),
+		testkit.Sim(t, comfysim.Options{Delay: 20 * time.Millisecond, Version: "0.38.0"}),
 	}
 	g := startGate(t, addrsOf(ss), nil)
 	// Held queues: all six are pending when /queue is read and the victim
@@ -890,8 +891,8 @@ func TestDoneWhen(t *testing.T) {
 	// it right before the kill can finish there first (its history would die
 	// with it, as a ComfyUI's does).
 	ss := []*comfysim.Server{
-		comfysim.StartForTest(t, comfysim.Options{Delay: 20 * time.Millisecond}),
-		comfysim.StartForTest(t, comfysim.Options{Delay: 400 * time.Millisecond}),
+		testkit.Sim(t, comfysim.Options{Delay: 20 * time.Millisecond}),
+		testkit.Sim(t, comfysim.Options{Delay: 400 * time.Millisecond}),
 	}
 	g := startGate(t, addrsOf(ss), func(c *config.Config) { c.HealthCheck.Interval = time.Second })
 	type job struct {

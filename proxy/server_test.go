@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/comfysim"
+	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/comfygate/comfygate/metrics"
 )
 
@@ -104,7 +105,7 @@ func (l *logSink) lines() []map[string]any {
 // the request metric by route template.
 func TestAccessLogAndMetrics(t *testing.T) {
 	t.Parallel()
-	sim := comfysim.StartForTest(t, comfysim.Options{})
+	sim := testkit.Sim(t, comfysim.Options{})
 	sink := &logSink{}
 	m := metrics.New("test")
 	g := startGateWith(t, []string{sim.Addr()}, nil, func(o *Options) {

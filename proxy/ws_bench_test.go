@@ -11,6 +11,7 @@ import (
 
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/fasthttp/websocket"
 	"github.com/valyala/fasthttp"
@@ -26,11 +27,11 @@ import (
 //	go test -run '^$' -bench BenchmarkWSEventLatency ./proxy/
 func BenchmarkWSEventLatency(b *testing.B) {
 	b.Run("direct", func(b *testing.B) {
-		sim := comfysim.StartForTest(b, comfysim.Options{})
+		sim := testkit.Sim(b, comfysim.Options{})
 		benchEventLatency(b, sim, "ws://"+sim.Addr()+"/ws?clientId=bench-direct")
 	})
 	b.Run("comfygate", func(b *testing.B) {
-		sim := comfysim.StartForTest(b, comfysim.Options{})
+		sim := testkit.Sim(b, comfysim.Options{})
 		base := startBenchBridge(b, sim.Addr())
 		benchEventLatency(b, sim, base+"/ws?clientId=bench-gate")
 	})

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/comfysim"
+	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/fasthttp/websocket"
 )
 
@@ -13,7 +14,7 @@ import (
 // clients to leave on their own; they get close code 1001.
 func TestWSServerShutdownClosesSockets(t *testing.T) {
 	t.Parallel()
-	a := comfysim.StartForTest(t, comfysim.Options{})
+	a := testkit.Sim(t, comfysim.Options{})
 	s := startStack(t, []string{a.Addr()}, nil)
 	c := dialWS(t, s.wsURL("bye"))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/comfygate/comfygate/metrics"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/fasthttp/websocket"
@@ -367,8 +368,8 @@ var traceASequence = []string{
 
 func TestWSStackExampleFlowTenClients(t *testing.T) {
 	t.Parallel()
-	a := comfysim.StartForTest(t, comfysim.Options{Delay: 10 * time.Millisecond})
-	b := comfysim.StartForTest(t, comfysim.Options{Delay: 10 * time.Millisecond})
+	a := testkit.Sim(t, comfysim.Options{Delay: 10 * time.Millisecond})
+	b := testkit.Sim(t, comfysim.Options{Delay: 10 * time.Millisecond})
 	s := startStack(t, []string{a.Addr(), b.Addr()}, nil)
 	// An observer that submits nothing sees only status messages, as the
 	// trace's second socket did.
@@ -414,8 +415,8 @@ func TestWSStackExampleFlowSurvivesKill(t *testing.T) {
 	t.Parallel()
 	// a is slow, so that no prompt finishes there before the kill (the
 	// history of a prompt that finished on a dead instance is gone with it).
-	a := comfysim.StartForTest(t, comfysim.Options{Delay: 2 * time.Second})
-	b := comfysim.StartForTest(t, comfysim.Options{Delay: 20 * time.Millisecond})
+	a := testkit.Sim(t, comfysim.Options{Delay: 2 * time.Second})
+	b := testkit.Sim(t, comfysim.Options{Delay: 20 * time.Millisecond})
 	s := startStack(t, []string{a.Addr(), b.Addr()}, nil)
 
 	// Kill instance a once every prompt was accepted and one is running:
@@ -469,8 +470,8 @@ func TestWSStackExampleFlowSurvivesKill(t *testing.T) {
 
 func TestWSStack200ClientsOneUpstreamSocketPerInstance(t *testing.T) {
 	t.Parallel()
-	a := comfysim.StartForTest(t, comfysim.Options{})
-	b := comfysim.StartForTest(t, comfysim.Options{})
+	a := testkit.Sim(t, comfysim.Options{})
+	b := testkit.Sim(t, comfysim.Options{})
 	ca, cb := startConnCounter(t, a.Addr()), startConnCounter(t, b.Addr())
 	const maxConns = 8
 	s := startStack(t, []string{ca.addr, cb.addr}, func(cfg *config.Config) {
@@ -544,8 +545,8 @@ func TestWSStack200ClientsOneUpstreamSocketPerInstance(t *testing.T) {
 
 func TestWSStackBroadcastAndPreviews(t *testing.T) {
 	t.Parallel()
-	a := comfysim.StartForTest(t, comfysim.Options{Delay: 20 * time.Millisecond, Steps: 2})
-	b := comfysim.StartForTest(t, comfysim.Options{Delay: 20 * time.Millisecond, Steps: 2})
+	a := testkit.Sim(t, comfysim.Options{Delay: 20 * time.Millisecond, Steps: 2})
+	b := testkit.Sim(t, comfysim.Options{Delay: 20 * time.Millisecond, Steps: 2})
 	s := startStack(t, []string{a.Addr(), b.Addr()}, nil)
 	c1 := dialWS(t, s.wsURL("bp-1"))
 	c2 := dialWS(t, s.wsURL("bp-2"))

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/comfysim"
+	"github.com/comfygate/comfygate/internal/testkit"
 )
 
 // uploadTo posts an image to a ComfyUI's /upload/image and returns the name it kept.
@@ -51,8 +52,8 @@ func getView(t *testing.T, baseURL, query string) []byte {
 
 func TestEnsureInputsBetweenSimulators(t *testing.T) {
 	t.Parallel()
-	a := comfysim.StartForTest(t, comfysim.Options{})
-	b := comfysim.StartForTest(t, comfysim.Options{Version: "0.3.40"})
+	a := testkit.Sim(t, comfysim.Options{})
+	b := testkit.Sim(t, comfysim.Options{Version: "0.3.40"})
 	p, _ := newCorePool(t, coreConfig(a.Addr(), b.Addr()), true)
 	ia, ib := p.Instances()[0], p.Instances()[1]
 
@@ -83,8 +84,8 @@ func simPNG(t *testing.T, _ *comfysim.Server) []byte {
 
 func TestFileOwnerProbesSimulators(t *testing.T) {
 	t.Parallel()
-	a := comfysim.StartForTest(t, comfysim.Options{})
-	b := comfysim.StartForTest(t, comfysim.Options{})
+	a := testkit.Sim(t, comfysim.Options{})
+	b := testkit.Sim(t, comfysim.Options{})
 	if err := os.MkdirAll(filepath.Join(b.OutputDir(), "sub"), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +101,7 @@ func TestFileOwnerProbesSimulators(t *testing.T) {
 
 func TestSimulatorKilledIsConfirmedDeadAndComesBack(t *testing.T) {
 	t.Parallel()
-	a := comfysim.StartForTest(t, comfysim.Options{Version: "0.3.40"})
+	a := testkit.Sim(t, comfysim.Options{Version: "0.3.40"})
 	p, _ := newCorePool(t, coreConfig(a.Addr()), true)
 	inst := p.Instances()[0]
 	if !inst.Healthy() || inst.Version() != "0.3.40" || inst.SupportsClientPromptID() {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/comfysim"
+	"github.com/comfygate/comfygate/internal/testkit"
 )
 
 // solidPNG is a 4x4 PNG of one colour.
@@ -108,8 +109,8 @@ func inverted(c color.NRGBA) color.NRGBA {
 // loading b's own file of that name.
 func TestPreferAndOutputCopies(t *testing.T) {
 	t.Parallel()
-	a := comfysim.StartForTest(t, comfysim.Options{})
-	b := comfysim.StartForTest(t, comfysim.Options{})
+	a := testkit.Sim(t, comfysim.Options{})
+	b := testkit.Sim(t, comfysim.Options{})
 	red, green, blue := color.NRGBA{200, 0, 0, 255}, color.NRGBA{0, 200, 0, 255}, color.NRGBA{0, 0, 200, 255}
 	writeFile(t, a.OutputDir(), "shot.png", solidPNG(t, red))
 	writeFile(t, b.OutputDir(), "shot.png", solidPNG(t, green)) // b's own, same name

@@ -7,14 +7,15 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/comfysim"
+	"github.com/comfygate/comfygate/internal/testkit"
 )
 
 // TestStartReturnsWithSocketsUp: a prompt sent right after Start must have
 // its instance's event socket in place, or its progress never reaches the client.
 func TestStartReturnsWithSocketsUp(t *testing.T) {
 	t.Parallel()
-	a := comfysim.StartForTest(t, comfysim.Options{})
-	b := comfysim.StartForTest(t, comfysim.Options{})
+	a := testkit.Sim(t, comfysim.Options{})
+	b := testkit.Sim(t, comfysim.Options{})
 	cfg := promptsConfig(a.Addr(), b.Addr())
 	p, err := New(cfg, nil, slog.New(slog.DiscardHandler))
 	if err != nil {
@@ -35,8 +36,8 @@ func TestStartReturnsWithSocketsUp(t *testing.T) {
 // no socket wait.
 func TestStartDoesNotWaitForUnhealthyInstances(t *testing.T) {
 	t.Parallel()
-	a := comfysim.StartForTest(t, comfysim.Options{})
-	dead := comfysim.StartForTest(t, comfysim.Options{})
+	a := testkit.Sim(t, comfysim.Options{})
+	dead := testkit.Sim(t, comfysim.Options{})
 	dead.Kill()
 	cfg := promptsConfig(a.Addr(), dead.Addr())
 	cfg.HealthCheck.Timeout = 10 * time.Second

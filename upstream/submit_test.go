@@ -12,6 +12,7 @@ import (
 
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/testkit"
 )
 
 // simPrompt is EmptyImage -> ImageInvert -> SaveImage, or with previews
@@ -94,8 +95,8 @@ func withoutProgressState(evs []Event) string {
 
 func TestSimPromptsOnTwoInstancesReachTheirSinks(t *testing.T) {
 	t.Parallel()
-	s1 := comfysim.StartForTest(t, comfysim.Options{Delay: 10 * time.Millisecond})
-	s2 := comfysim.StartForTest(t, comfysim.Options{Delay: 10 * time.Millisecond})
+	s1 := testkit.Sim(t, comfysim.Options{Delay: 10 * time.Millisecond})
+	s2 := testkit.Sim(t, comfysim.Options{Delay: 10 * time.Millisecond})
 	p, l := simPool(t, nil, s1, s2)
 	const n = 6
 	sinks := make([]*recSink, n)
@@ -150,7 +151,7 @@ func TestSimPromptsOnTwoInstancesReachTheirSinks(t *testing.T) {
 
 func TestSimOldVersionWorksThroughIDMapping(t *testing.T) {
 	t.Parallel()
-	s := comfysim.StartForTest(t, comfysim.Options{Delay: 5 * time.Millisecond, Steps: 2, Version: "0.3.40"})
+	s := testkit.Sim(t, comfysim.Options{Delay: 5 * time.Millisecond, Steps: 2, Version: "0.3.40"})
 	p, _ := simPool(t, nil, s)
 	if p.Instances()[0].SupportsClientPromptID() {
 		t.Fatal("0.3.40 should be detected as not accepting client prompt ids")
@@ -180,8 +181,8 @@ func TestSimOldVersionWorksThroughIDMapping(t *testing.T) {
 
 func TestSimKillMidPromptFinishesElsewhere(t *testing.T) {
 	t.Parallel()
-	s1 := comfysim.StartForTest(t, comfysim.Options{Delay: 300 * time.Millisecond})
-	s2 := comfysim.StartForTest(t, comfysim.Options{Delay: 300 * time.Millisecond})
+	s1 := testkit.Sim(t, comfysim.Options{Delay: 300 * time.Millisecond})
+	s2 := testkit.Sim(t, comfysim.Options{Delay: 300 * time.Millisecond})
 	p, _ := simPool(t, nil, s1, s2)
 	sink, id := newRecSink(), newUUID()
 	res := simSubmit(t, p, id, simPrompt("kill", false), sink)
@@ -207,8 +208,8 @@ func TestSimKillMidPromptFinishesElsewhere(t *testing.T) {
 
 func TestSimKillWithoutResubmitsGivesError(t *testing.T) {
 	t.Parallel()
-	s1 := comfysim.StartForTest(t, comfysim.Options{Delay: 300 * time.Millisecond})
-	s2 := comfysim.StartForTest(t, comfysim.Options{Delay: 300 * time.Millisecond})
+	s1 := testkit.Sim(t, comfysim.Options{Delay: 300 * time.Millisecond})
+	s2 := testkit.Sim(t, comfysim.Options{Delay: 300 * time.Millisecond})
 	p, _ := simPool(t, func(c *config.Config) { c.Failover.MaxResubmits = 0 }, s1, s2)
 	sink, id := newRecSink(), newUUID()
 	res := simSubmit(t, p, id, simPrompt("lost", false), sink)
@@ -228,7 +229,7 @@ func TestSimKillWithoutResubmitsGivesError(t *testing.T) {
 
 func TestSimRestartReconnectsSocket(t *testing.T) {
 	t.Parallel()
-	s := comfysim.StartForTest(t, comfysim.Options{Delay: 5 * time.Millisecond})
+	s := testkit.Sim(t, comfysim.Options{Delay: 5 * time.Millisecond})
 	p, _ := simPool(t, nil, s)
 	inst := p.Instances()[0]
 	s.Kill()
@@ -248,7 +249,7 @@ func TestSimRestartReconnectsSocket(t *testing.T) {
 // run it, its events still reach the sink.
 func TestSimTimeoutKeepsPromptPinned(t *testing.T) {
 	t.Parallel()
-	s1 := comfysim.StartForTest(t, comfysim.Options{Delay: 5 * time.Millisecond})
+	s1 := testkit.Sim(t, comfysim.Options{Delay: 5 * time.Millisecond})
 	p, _ := simPool(t, func(c *config.Config) { c.Timeout = 300 * time.Millisecond }, s1)
 	s1.SetHang(true)
 	sink, id := newRecSink(), newUUID()

@@ -9,6 +9,7 @@ import (
 
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/testkit"
 )
 
 // TestUnansweredPromptMovesWhenItsInstanceDies: the instance hangs, so the
@@ -17,8 +18,8 @@ import (
 // to its sink, instead of being dropped after the ~10 s confirmation wait.
 func TestUnansweredPromptMovesWhenItsInstanceDies(t *testing.T) {
 	t.Parallel()
-	x := comfysim.StartForTest(t, comfysim.Options{})
-	y := comfysim.StartForTest(t, comfysim.Options{})
+	x := testkit.Sim(t, comfysim.Options{})
+	y := testkit.Sim(t, comfysim.Options{})
 	p, _ := simPool(t, func(c *config.Config) { c.Timeout = 300 * time.Millisecond }, x, y)
 	ix, iy := p.Instances()[0], p.Instances()[1]
 

@@ -1,0 +1,48 @@
+// Package clock is the time source of code whose timing tests must control:
+// the real clock in production, a fake one (internal/testkit.FakeClock) in
+// tests, so a timeout or a grace period can be crossed by advancing time
+// instead of sleeping.
+package clock
+
+import "time"
+
+// Clock tells the time and makes timers. Real is the production value.
+type Clock interface {
+	// Now is time.Now.
+	Now() time.Time
+	// After is time.After.
+	After(d time.Duration) <-chan time.Time
+	// NewTimer is time.NewTimer.
+	NewTimer(d time.Duration) Timer
+	// AfterFunc is time.AfterFunc: f runs in its own goroutine.
+	AfterFunc(d time.Duration, f func()) Timer
+}
+
+// Timer is the part of *time.Timer that code uses; C is a method so that a
+// fake can hand out its own channel.
+type Timer interface {
+	// C delivers the time when the timer fires (nil for AfterFunc timers).
+	C() <-chan time.Time
+	// Stop is (*time.Timer).Stop.
+	Stop() bool
+	// Reset is (*time.Timer).Reset.
+	Reset(d time.Duration) bool
+}
+
+// Real is the wall clock.
+var Real Clock = realClock{}
+
+type realClock struct{}
+
+func (realClock) Now() time.Time                         { return time.Now() }
+func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+func (realClock) NewTimer(d time.Duration) Timer         { return realTimer{time.NewTimer(d)} }
+func (realClock) AfterFunc(d time.Duration, f func()) Timer {
+	return realTimer{time.AfterFunc(d, f)}
+}
+
+type realTimer struct{ t *time.Timer }
+
+func (r realTimer) C() <-chan time.Time        { return r.t.C }
+func (r realTimer) Stop() bool                 { return r.t.Stop() }
+func (r realTimer) Reset(d time.Duration) bool { return r.t.Reset(d) }
