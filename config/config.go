@@ -106,6 +106,15 @@ type Failover struct {
 	// SuspectGrace is how long an instance whose socket dropped may take to
 	// prove itself alive before its prompts move. Default 2s.
 	SuspectGrace time.Duration `yaml:"suspect_grace"`
+	// LivenessInterval is how often comfygate pings an instance's socket to
+	// see that its process still runs (aiohttp answers pings from its event
+	// loop even while a node runs for minutes). Default 2s.
+	LivenessInterval time.Duration `yaml:"liveness_interval"`
+	// LivenessTimeout is how long an instance's socket may stay silent (no
+	// pong, no frame) before the instance is suspect: no new work, and a
+	// health check bounded by SuspectGrace decides whether its prompts move.
+	// Default 4s.
+	LivenessTimeout time.Duration `yaml:"liveness_timeout"`
 }
 
 // Discovery configures DNS re-resolution of Discover instances.
@@ -165,7 +174,7 @@ func (c *Config) setDefaults() {
 		Breaker:                   Breaker{ConsecutiveFailures: 3, OpenTimeout: 5 * time.Second, Interval: 60 * time.Second},
 		WebSocket: WebSocket{ClientBuffer: 1024, BacklogGrace: 30 * time.Second, BacklogSize: 4096,
 			PingInterval: 20 * time.Second, ReconnectMin: 100 * time.Millisecond, ReconnectMax: 5 * time.Second},
-		Failover:  Failover{MaxResubmits: 2, SuspectGrace: 2 * time.Second},
+		Failover:  Failover{MaxResubmits: 2, SuspectGrace: 2 * time.Second, LivenessInterval: 2 * time.Second, LivenessTimeout: 4 * time.Second},
 		Discovery: Discovery{Interval: 30 * time.Second},
 		Jobs:      Jobs{Timeout: 5 * time.Minute, MaxConcurrent: 10, MaxWaiting: 1000, MaxImageBytes: 50 << 20},
 		Log:       Log{Level: "info", Format: "json", MaxSizeMB: 100, MaxBackups: 5, MaxAgeDays: 30},

@@ -74,6 +74,10 @@ func (c *Config) Validate() error {
 		bad("failover.max_resubmits", c.Failover.MaxResubmits, "0 (never resubmit) or more")
 	}
 	pos("failover.suspect_grace", c.Failover.SuspectGrace)
+	pos("failover.liveness_interval", c.Failover.LivenessInterval)
+	if c.Failover.LivenessTimeout <= c.Failover.LivenessInterval {
+		bad("failover.liveness_timeout", c.Failover.LivenessTimeout, "a duration longer than failover.liveness_interval")
+	}
 	pos("discovery.interval", c.Discovery.Interval)
 	pos("jobs.timeout", c.Jobs.Timeout)
 	posInt("jobs.max_concurrent", c.Jobs.MaxConcurrent)

@@ -115,6 +115,11 @@ func (t *promptTable) failover(ctx context.Context, pr *Prompt, from *Instance, 
 			moved = true
 			t.uncount(pr)
 			t.unpinUpstream(pr) // what from still sends about it is stale now
+			// from may hold it still (hung, not dead): it must not run
+			// it. Not when from showed it lost it (allowSame: restarted).
+			if !allowSame {
+				t.tombstone(from, uid)
+			}
 		}
 		res, outcome, err := t.send(ctx, pr, inst, t.bodyFor(ctx, pr, inst, base), true)
 		switch {
@@ -363,6 +368,7 @@ func (t *promptTable) confirmLater(ctx context.Context, pr *Prompt, inst *Instan
 		if !accepted {
 			t.log.Warn("upstream: unanswered prompt not found at its instance, dropped", "prompt_id", pr.ID, "instance", inst.Name)
 			t.forget(pr)
+			t.tombstone(inst, uid) // its client was told it failed: it must not run late
 			return
 		}
 		t.failover(ctx, pr, inst, fmt.Sprintf("instance %s did not take the prompt", inst.Name), false)

@@ -53,6 +53,11 @@ func (p *Pool) check(ctx context.Context, inst *Instance, timeout time.Duration,
 	}
 	if ok {
 		inst.failures.Store(0)
+		if (forceUp || !inst.healthy.Load()) && !p.prompts.cleanUp(ctx, inst) {
+			// Back, but still holding prompts that moved elsewhere: no
+			// new work until they are removed (the next check retries).
+			return false, true
+		}
 		n := int(inst.successes.Add(1))
 		// The first check after start counts as enough: the pool must be
 		// usable at once; the threshold guards a comeback.

@@ -47,7 +47,8 @@ type promptTable struct {
 	doneQ      []*Prompt            // finished prompts, oldest first, from doneHead
 	doneHead   int
 	sockets    map[*Instance]*instSocket
-	ctx        context.Context // nil until start
+	tombs      map[*Instance][]tomb // prompts moved off each instance, oldest first (tombstones.go)
+	ctx        context.Context      // nil until start
 	closed     bool
 
 	wg sync.WaitGroup // socket loops and background checks

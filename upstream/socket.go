@@ -46,13 +46,15 @@ type instSocket struct {
 	t    *promptTable
 	inst *Instance
 
-	startOnce sync.Once
-	stopOnce  sync.Once
-	stopCh    chan struct{} // closed by stop
-	draining  atomic.Bool   // close once the instance's prompts are done
-	verifying atomic.Bool   // a queue check for deleted prompts is running
-	conns     atomic.Uint64 // connections made so far (a send compares it)
-	dialed    atomic.Bool   // a first dial has finished, either way (Start waits for it)
+	startOnce  sync.Once
+	stopOnce   sync.Once
+	stopCh     chan struct{} // closed by stop
+	draining   atomic.Bool   // close once the instance's prompts are done
+	verifying  atomic.Bool   // a queue check for deleted prompts is running
+	cleaning   atomic.Bool   // a cleanUp pass of moved prompts is running
+	cleanAgain atomic.Bool   // another cleanUp pass is wanted
+	conns      atomic.Uint64 // connections made so far (a send compares it)
+	dialed     atomic.Bool   // a first dial has finished, either way (Start waits for it)
 
 	// routeMu serialises the routing of this instance's events with the
 	// pinning of ids learned from POST answers, so a prompt's events reach
@@ -194,16 +196,15 @@ func (s *instSocket) dial(ctx context.Context) (*websocket.Conn, error) {
 }
 
 // serve reads conn until it fails or ctx ends, pinging it every
-// ping_interval; the instance must answer (aiohttp does) within two
-// intervals. It closes conn fully before it returns: ComfyUI unregisters
-// whatever socket holds our clientId when an old one finally closes
-// (comfyui-api.md §2, "Close race"), so the next dial must come after.
+// failover.liveness_interval; the instance must answer (aiohttp does, from
+// its event loop, even while a node runs) or send something within
+// failover.liveness_timeout, else serve returns and the instance is
+// suspect: a stopped or hung process is noticed in seconds. It closes conn
+// fully before it returns: ComfyUI unregisters whatever socket holds our
+// clientId when an old one finally closes (comfyui-api.md §2, "Close
+// race"), so the next dial must come after.
 func (s *instSocket) serve(ctx context.Context, conn *websocket.Conn) error {
-	interval := s.t.cfg.WebSocket.PingInterval
-	if interval <= 0 {
-		interval = 20 * time.Second
-	}
-	readWait := 2 * interval
+	interval, readWait := s.t.cfg.Failover.LivenessInterval, s.t.cfg.Failover.LivenessTimeout
 	_ = conn.SetReadDeadline(time.Now().Add(readWait))
 	conn.SetPongHandler(func(string) error {
 		return conn.SetReadDeadline(time.Now().Add(readWait))
@@ -393,7 +394,11 @@ func (s *instSocket) routeLocked(f frame) {
 			return
 		}
 		// Our client_id, an id we do not know: a prompt of an earlier
-		// comfygate process, or one we already moved elsewhere.
+		// comfygate process, or one we already moved elsewhere. A moved
+		// one must not run here: stop it.
+		if f.typ == "execution_start" && s.t.tombstoned(s.inst, f.uid) {
+			s.t.cleanUpLater(s)
+		}
 		return
 	}
 	s.t.apply(pr, s.inst, f)
@@ -458,6 +463,10 @@ func (s *instSocket) onStatus(n int64) {
 		s.t.notifyQueue()
 	}
 	s.t.checkDeleted(s, n)
+	if n > 0 && s.t.hasTombstones(s.inst) {
+		// A held POST of a moved prompt may have reached the queue.
+		s.t.cleanUpLater(s)
+	}
 }
 
 // apply updates pr's state from f and delivers f to pr's sink, with ids

@@ -150,7 +150,9 @@ func (t *promptTable) send(ctx context.Context, pr *Prompt, inst *Instance, base
 	uid := ""
 	if known {
 		uid = pr.ID
-		if !isCanonicalUUID(uid) {
+		// A prompt that moved off inst keeps a tombstone there under its
+		// old id: sent back, it needs another.
+		if !isCanonicalUUID(uid) || t.tombstoned(inst, uid) {
 			uid = newUUID()
 		}
 	}
