@@ -13,6 +13,7 @@ import (
 
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/testkit"
 )
 
 // freezeProxy is a TCP proxy in front of one instance that can freeze all
@@ -280,8 +281,8 @@ func TestFrozenInstanceRunsMovedPromptsOnce(t *testing.T) {
 	if testing.Short() {
 		t.Skip("freezes an instance for seconds")
 	}
-	s1 := comfysim.StartForTest(t, comfysim.Options{Delay: 300 * time.Millisecond})
-	s2 := comfysim.StartForTest(t, comfysim.Options{Delay: 20 * time.Millisecond})
+	s1 := testkit.Sim(t, comfysim.Options{Delay: 300 * time.Millisecond})
+	s2 := testkit.Sim(t, comfysim.Options{Delay: 20 * time.Millisecond})
 	fp := startFreezeProxy(t, s1.Addr())
 	p, _ := fakePool(t, frozenConfig(fp.Addr(), s2.Addr()))
 	var frozen *Instance
@@ -384,8 +385,8 @@ func TestTimedOutSubmitMovedRunsOnce(t *testing.T) {
 	if testing.Short() {
 		t.Skip("freezes an instance for seconds")
 	}
-	s1 := comfysim.StartForTest(t, comfysim.Options{Delay: 300 * time.Millisecond})
-	s2 := comfysim.StartForTest(t, comfysim.Options{Delay: 20 * time.Millisecond})
+	s1 := testkit.Sim(t, comfysim.Options{Delay: 300 * time.Millisecond})
+	s2 := testkit.Sim(t, comfysim.Options{Delay: 20 * time.Millisecond})
 	fp := startFreezeProxy(t, s1.Addr())
 	cfg := frozenConfig(fp.Addr(), s2.Addr())
 	cfg.Timeout = 2 * time.Second // the client's 504 comes sooner
@@ -433,8 +434,8 @@ func TestBusyInstanceDoesNotFailOver(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs one long node")
 	}
-	s1 := comfysim.StartForTest(t, comfysim.Options{Delay: 12 * time.Second})
-	s2 := comfysim.StartForTest(t, comfysim.Options{Delay: 20 * time.Millisecond})
+	s1 := testkit.Sim(t, comfysim.Options{Delay: 12 * time.Second})
+	s2 := testkit.Sim(t, comfysim.Options{Delay: 20 * time.Millisecond})
 	p, _ := fakePool(t, frozenConfig(s1.Addr(), s2.Addr()))
 	var busy *Instance
 	for _, inst := range p.Instances() {
