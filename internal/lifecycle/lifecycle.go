@@ -1,0 +1,326 @@
+// Package lifecycle is the life of one prompt comfygate forwarded, as a
+// pure state machine: a State is a plain value (it could live in a shared
+// store read by several comfygate replicas), and Step turns a State and an
+// Event into the next State and the Effects its owner must carry out
+// (count it in an instance's in-flight work, forget its id at an instance,
+// leave a tombstone there, record its end). Step does no I/O, reads no
+// clock and takes no lock; time comes in with the event.
+//
+// The phases and what moves a prompt between them:
+//
+//	Submitted   --Send-->        Sending       a POST /prompt to an instance is under way
+//	Sending     --Answered-->    Queued        the instance answered 200 (counted in flight)
+//	Sending     --NoAnswer-->    Unconfirmed   sent, no answer: it may have it
+//	Sending     --Refused-->     Submitted     first submission: nobody has it (forgotten)
+//	                             Moving        resubmission: try another instance
+//	Unconfirmed --Seen-->        Queued        the instance showed it (event, /queue, /history)
+//	Queued      --Started-->     Running       execution_start
+//	any live    --Finished-->    Finished      success, error or interrupted (uncounted)
+//	Finished    --Ended-->       Ended         its sink got the final executing-null
+//	any live    --Close-->       Ended         comfygate delivered a synthesized end (lost, from history)
+//	Queued, Running, Unconfirmed --MoveBegin--> Moving   failover holds it (one at a time)
+//	Moving      --MoveAbort-->   (back)        its instance still has it after all
+//	Moving      --Leave-->       Moving        it leaves its instance: uncounted, unpinned, tombstoned there
+//	Moving      --Send-->        Sending       resubmitted to another instance
+//	Unconfirmed --Drop-->        Dropped       first submission never found: its client was told it failed
+//
+// An event that does not apply in the current phase (a failover of a prompt
+// whose POST is under way, a second failover, a late answer of a finished
+// prompt) leaves the state as it is and reports false: what the callers
+// used to check with separate flags is the phase.
+package lifecycle
+
+import "time"
+
+// Phase is where a prompt is in its life.
+type Phase uint8
+
+// The phases; see the package documentation for the transitions.
+const (
+	Submitted   Phase = iota // created, not at any instance
+	Sending                  // POST /prompt to Instance under way
+	Unconfirmed              // POST got no answer: Instance may have it
+	Queued                   // Instance accepted it, not started
+	Running                  // Instance is executing it
+	Moving                   // failover holds it: leaving Instance for another
+	Finished                 // terminal outcome known; its live ending may follow
+	Ended                    // its sink got its last message: later events are dropped
+	Dropped                  // never accepted and given up: its client was told
+)
+
+var phaseNames = [...]string{"submitted", "sending", "unconfirmed", "queued", "running", "moving", "finished", "ended", "dropped"}
+
+func (p Phase) String() string {
+	if int(p) < len(phaseNames) {
+		return phaseNames[p]
+	}
+	return "unknown"
+}
+
+// Done reports a terminal phase.
+func (p Phase) Done() bool { return p == Finished || p == Ended || p == Dropped }
+
+// Outcomes of a finished prompt (the metrics' outcome label).
+const (
+	OutcomeSuccess     = "success"
+	OutcomeError       = "error"
+	OutcomeInterrupted = "interrupted"
+	OutcomeLost        = "lost"
+)
+
+// State is one prompt's life. It is a plain value: copy it, compare it,
+// store it.
+type State struct {
+	Phase Phase
+	// Instance names the instance that holds (or may hold) it; "" before
+	// the first send.
+	Instance string
+	// UpstreamID is its id at Instance ("" until known).
+	UpstreamID string
+	// Attempts counts the sends that reached an instance.
+	Attempts int
+	// Accepted: some instance accepted it once (its client got a 200, or
+	// an instance showed it). A first submission that was never accepted
+	// is dropped rather than moved when its instance turns out not to have it.
+	Accepted bool
+	// AcceptedAt is when Instance was last seen to have it.
+	AcceptedAt time.Time
+	// StartedAt is when it started running at Instance (zero if not).
+	StartedAt time.Time
+	// DoneAt and Outcome are set once it finished.
+	DoneAt  time.Time
+	Outcome string
+	// Adopted: learned from an instance (another replica or an earlier
+	// process submitted it). It is only a note of where it is: never
+	// counted, moved or resubmitted.
+	Adopted bool
+	// Resume is the phase a MoveAbort returns to (while Moving).
+	Resume Phase
+}
+
+// Counted reports whether the prompt counts in its instance's in-flight
+// work: queued or running there, also while failover holds it until it
+// leaves.
+func (s State) Counted() bool {
+	p := s.Phase
+	if p == Moving {
+		p = s.Resume
+	}
+	return !s.Adopted && (p == Queued || p == Running)
+}
+
+// Live reports a prompt comfygate submitted that is not done.
+func (s State) Live() bool { return !s.Adopted && !s.Phase.Done() }
+
+// Kind names an event.
+type Kind uint8
+
+// The events.
+const (
+	Send      Kind = iota + 1 // a POST /prompt to Event.Instance under Event.UpstreamID starts
+	Answered                  // the instance answered 200 (Event.UpstreamID: the id it gave, "" to keep)
+	NoAnswer                  // the POST ended without an answer
+	Refused                   // the instance did not take it (Event.NotSent: nothing reached it)
+	Seen                      // the instance showed it has it
+	Started                   // execution_start
+	Finish                    // a terminal message (Event.Outcome)
+	End                       // the final executing-null reached its sink
+	Close                     // comfygate delivered a synthesized end (Event.Outcome, "" keeps it)
+	MoveBegin                 // failover wants to move it off Event.Instance
+	MoveAbort                 // failover leaves it where it is
+	Leave                     // it leaves its instance (Event.Tombstone: that instance may still hold it)
+	Drop                      // a first submission never found at its instance
+)
+
+var kindNames = [...]string{"", "send", "answered", "no-answer", "refused", "seen", "started", "finish", "end", "close", "move-begin", "move-abort", "leave", "drop"}
+
+func (k Kind) String() string {
+	if int(k) < len(kindNames) {
+		return kindNames[k]
+	}
+	return "unknown"
+}
+
+// Event is something that happened to a prompt.
+type Event struct {
+	Kind       Kind
+	At         time.Time
+	Instance   string // Send: the target; MoveBegin: the instance it must still be at
+	UpstreamID string // Send, Answered: its id there
+	Outcome    string // Finish, Close
+	NotSent    bool   // Refused: the request never reached the instance
+	Tombstone  bool   // Leave: remember it at the instance it leaves
+}
+
+// EffectKind names an effect.
+type EffectKind uint8
+
+// The effects. The owner carries them out after it released its locks.
+const (
+	CountIn   EffectKind = iota + 1 // add one to Effect.Instance's in-flight work
+	CountOut                        // take one off Effect.Instance's in-flight work
+	Unpin                           // forget (Effect.Instance, Effect.UpstreamID): its late events are dropped
+	Tombstone                       // remember (Effect.Instance, Effect.UpstreamID): delete or interrupt it there when it shows
+	Accept                          // first acceptance: number it, count the submission
+	Record                          // it finished: record Effect.Outcome
+	Forget                          // a first submission nobody took: out of the table
+)
+
+var effectNames = [...]string{"", "count-in", "count-out", "unpin", "tombstone", "accept", "record", "forget"}
+
+func (k EffectKind) String() string {
+	if int(k) < len(effectNames) {
+		return effectNames[k]
+	}
+	return "unknown"
+}
+
+// Effect is work Step asks its owner to do.
+type Effect struct {
+	Kind       EffectKind
+	Instance   string
+	UpstreamID string
+	Outcome    string
+}
+
+// Step applies e to s. ok is false when e does not apply in s's phase;
+// then next == s and there are no effects.
+func Step(s State, e Event) (next State, effects []Effect, ok bool) {
+	next = s
+	counted := s.Counted()
+	uncount := func() {
+		if counted {
+			effects = append(effects, Effect{Kind: CountOut, Instance: s.Instance})
+		}
+	}
+	accept := func() {
+		next.Phase = Queued
+		next.AcceptedAt = e.At
+		if !s.Accepted {
+			next.Accepted = true
+			effects = append(effects, Effect{Kind: Accept, Instance: s.Instance})
+		}
+		effects = append(effects, Effect{Kind: CountIn, Instance: s.Instance})
+	}
+	switch e.Kind {
+	case Send:
+		if s.Adopted || (s.Phase != Submitted && s.Phase != Moving) {
+			return s, nil, false
+		}
+		next.Phase, next.Instance, next.UpstreamID = Sending, e.Instance, e.UpstreamID
+		next.Attempts++
+		next.StartedAt = time.Time{}
+	case Answered, Seen:
+		if e.Kind == Answered && e.UpstreamID != "" {
+			next.UpstreamID = e.UpstreamID
+		}
+		switch s.Phase {
+		case Sending, Unconfirmed:
+			accept()
+		case Queued, Running, Finished, Ended:
+			// Already known to be there (its events came first): nothing
+			// changes but a first acceptance is still one.
+			if !s.Accepted && !s.Adopted {
+				next.Accepted = true
+				effects = append(effects, Effect{Kind: Accept, Instance: s.Instance})
+			}
+		default:
+			return s, nil, false
+		}
+	case NoAnswer:
+		if s.Phase != Sending {
+			return s, nil, false
+		}
+		next.Phase = Unconfirmed
+	case Refused:
+		if s.Phase != Sending {
+			return s, nil, false
+		}
+		if e.NotSent {
+			next.Attempts--
+		}
+		if s.Accepted {
+			next.Phase = Moving
+			effects = append(effects, Effect{Kind: Unpin, Instance: s.Instance, UpstreamID: s.UpstreamID})
+		} else {
+			next.Phase = Submitted
+			effects = append(effects, Effect{Kind: Forget})
+		}
+		next.UpstreamID = ""
+	case Started:
+		switch s.Phase {
+		case Sending, Unconfirmed:
+			accept()
+			counted = true
+		case Queued:
+		default:
+			return s, nil, false
+		}
+		next.Phase, next.StartedAt = Running, e.At
+	case Finish:
+		if s.Phase.Done() || s.Phase == Submitted {
+			return s, nil, false
+		}
+		uncount()
+		next.Phase, next.Outcome, next.DoneAt = Finished, e.Outcome, e.At
+		next.Resume = 0
+		if !s.Adopted {
+			effects = append(effects, Effect{Kind: Record, Instance: s.Instance, Outcome: e.Outcome})
+		}
+	case End:
+		if s.Phase != Finished {
+			return s, nil, false
+		}
+		next.Phase = Ended
+	case Close:
+		if s.Phase == Ended || s.Phase == Dropped {
+			return s, nil, false
+		}
+		if !s.Phase.Done() {
+			uncount()
+			next.Outcome, next.DoneAt = e.Outcome, e.At
+			if !s.Adopted {
+				effects = append(effects, Effect{Kind: Record, Instance: s.Instance, Outcome: e.Outcome})
+			}
+		}
+		next.Phase = Ended
+		next.Resume = 0
+	case MoveBegin:
+		if s.Adopted || s.Instance != e.Instance {
+			return s, nil, false
+		}
+		switch s.Phase {
+		case Queued, Running, Unconfirmed:
+		default:
+			return s, nil, false
+		}
+		next.Phase, next.Resume = Moving, s.Phase
+	case MoveAbort:
+		if s.Phase != Moving || s.Resume == 0 { // it left already
+			return s, nil, false
+		}
+		next.Phase, next.Resume = s.Resume, 0
+	case Leave:
+		if s.Phase != Moving || s.Resume == 0 {
+			return s, nil, false
+		}
+		uncount()
+		effects = append(effects, Effect{Kind: Unpin, Instance: s.Instance, UpstreamID: s.UpstreamID})
+		if e.Tombstone && s.UpstreamID != "" {
+			effects = append(effects, Effect{Kind: Tombstone, Instance: s.Instance, UpstreamID: s.UpstreamID})
+		}
+		// Instance stays: where it was until a send pins it elsewhere.
+		next.UpstreamID, next.Resume = "", 0
+	case Drop:
+		if s.Phase != Unconfirmed || s.Accepted {
+			return s, nil, false
+		}
+		next.Phase, next.DoneAt = Dropped, e.At
+		effects = append(effects,
+			Effect{Kind: Tombstone, Instance: s.Instance, UpstreamID: s.UpstreamID},
+			Effect{Kind: Forget})
+	default:
+		return s, nil, false
+	}
+	return next, effects, true
+}

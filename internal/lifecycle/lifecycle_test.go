@@ -1,0 +1,156 @@
+package lifecycle
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/comfygate/comfygate/internal/testkit"
+)
+
+func effs(es ...Effect) []Effect { return es }
+
+func TestStepTable(t *testing.T) {
+	t.Parallel()
+	clk := testkit.NewFakeClock(time.Date(2026, 12, 2, 17, 0, 0, 0, time.UTC))
+	t0 := clk.Now()
+	clk.Advance(time.Second)
+	t1 := clk.Now()
+	queuedAtA := State{Phase: Queued, Instance: "a", UpstreamID: "u1", Attempts: 1, Accepted: true, AcceptedAt: t0}
+	runningAtA := queuedAtA
+	runningAtA.Phase, runningAtA.StartedAt = Running, t0
+	sendingToA := State{Phase: Sending, Instance: "a", UpstreamID: "u1", Attempts: 1}
+	unconfirmedAtA := sendingToA
+	unconfirmedAtA.Phase = Unconfirmed
+	movingFromA := queuedAtA
+	movingFromA.Phase, movingFromA.Resume = Moving, Queued
+	leftA := movingFromA
+	leftA.UpstreamID, leftA.Resume = "", 0
+
+	tests := []struct {
+		desc string
+		s    State
+		e    Event
+		want State
+		effs []Effect
+		ok   bool
+	}{
+		{desc: "first send", s: State{}, e: Event{Kind: Send, Instance: "a", UpstreamID: "u1", At: t0},
+			want: sendingToA, ok: true},
+		{desc: "answered: queued and counted, first acceptance", s: sendingToA, e: Event{Kind: Answered, At: t0},
+			want: queuedAtA, effs: effs(Effect{Kind: Accept, Instance: "a"}, Effect{Kind: CountIn, Instance: "a"}), ok: true},
+		{desc: "answered with the id an old instance gave", s: State{Phase: Sending, Instance: "a", Attempts: 1},
+			e:    Event{Kind: Answered, UpstreamID: "u9", At: t0},
+			want: State{Phase: Queued, Instance: "a", UpstreamID: "u9", Attempts: 1, Accepted: true, AcceptedAt: t0},
+			effs: effs(Effect{Kind: Accept, Instance: "a"}, Effect{Kind: CountIn, Instance: "a"}), ok: true},
+		{desc: "no answer: unconfirmed", s: sendingToA, e: Event{Kind: NoAnswer, At: t1}, want: unconfirmedAtA, ok: true},
+		{desc: "unconfirmed, then seen: queued", s: unconfirmedAtA, e: Event{Kind: Seen, At: t1},
+			want: State{Phase: Queued, Instance: "a", UpstreamID: "u1", Attempts: 1, Accepted: true, AcceptedAt: t1},
+			effs: effs(Effect{Kind: Accept, Instance: "a"}, Effect{Kind: CountIn, Instance: "a"}), ok: true},
+		{desc: "refused first submission is forgotten", s: sendingToA, e: Event{Kind: Refused, NotSent: true},
+			want: State{Phase: Submitted, Instance: "a"}, effs: effs(Effect{Kind: Forget}), ok: true},
+		{desc: "refused resubmission stays moving", s: State{Phase: Sending, Instance: "b", UpstreamID: "u1", Attempts: 2, Accepted: true},
+			e:    Event{Kind: Refused},
+			want: State{Phase: Moving, Instance: "b", Attempts: 2, Accepted: true},
+			effs: effs(Effect{Kind: Unpin, Instance: "b", UpstreamID: "u1"}), ok: true},
+		{desc: "started", s: queuedAtA, e: Event{Kind: Started, At: t0}, want: runningAtA, ok: true},
+		{desc: "started before the answer: accepted and running", s: sendingToA, e: Event{Kind: Started, At: t0},
+			want: runningAtA, effs: effs(Effect{Kind: Accept, Instance: "a"}, Effect{Kind: CountIn, Instance: "a"}), ok: true},
+		{desc: "finished: uncounted and recorded", s: runningAtA, e: Event{Kind: Finish, Outcome: OutcomeSuccess, At: t1},
+			want: func() State { s := runningAtA; s.Phase, s.Outcome, s.DoneAt = Finished, OutcomeSuccess, t1; return s }(),
+			effs: effs(Effect{Kind: CountOut, Instance: "a"}, Effect{Kind: Record, Instance: "a", Outcome: OutcomeSuccess}), ok: true},
+		{desc: "a second finish does nothing", s: State{Phase: Finished, Instance: "a", Outcome: OutcomeSuccess},
+			e: Event{Kind: Finish, Outcome: OutcomeError}, want: State{Phase: Finished, Instance: "a", Outcome: OutcomeSuccess}},
+		{desc: "the live ending ends it", s: State{Phase: Finished, Instance: "a"}, e: Event{Kind: End},
+			want: State{Phase: Ended, Instance: "a"}, ok: true},
+		{desc: "a late answer of a finished prompt counts nothing", s: State{Phase: Ended, Instance: "a", Accepted: true},
+			e: Event{Kind: Answered, At: t1}, want: State{Phase: Ended, Instance: "a", Accepted: true}, ok: true},
+		{desc: "lost: closed with a synthesized end", s: runningAtA, e: Event{Kind: Close, Outcome: OutcomeLost, At: t1},
+			want: func() State { s := runningAtA; s.Phase, s.Outcome, s.DoneAt = Ended, OutcomeLost, t1; return s }(),
+			effs: effs(Effect{Kind: CountOut, Instance: "a"}, Effect{Kind: Record, Instance: "a", Outcome: OutcomeLost}), ok: true},
+		{desc: "failover takes a queued prompt", s: queuedAtA, e: Event{Kind: MoveBegin, Instance: "a"}, want: movingFromA, ok: true},
+		{desc: "failover of another instance's prompt is refused", s: queuedAtA, e: Event{Kind: MoveBegin, Instance: "b"}, want: queuedAtA},
+		{desc: "no failover while its POST is under way", s: sendingToA, e: Event{Kind: MoveBegin, Instance: "a"}, want: sendingToA},
+		{desc: "no second failover", s: movingFromA, e: Event{Kind: MoveBegin, Instance: "a"}, want: movingFromA},
+		{desc: "a done prompt never moves", s: State{Phase: Finished, Instance: "a"}, e: Event{Kind: MoveBegin, Instance: "a"},
+			want: State{Phase: Finished, Instance: "a"}},
+		{desc: "an adopted prompt never moves", s: State{Phase: Queued, Instance: "a", Adopted: true}, e: Event{Kind: MoveBegin, Instance: "a"},
+			want: State{Phase: Queued, Instance: "a", Adopted: true}},
+		{desc: "failover finds it still there", s: movingFromA, e: Event{Kind: MoveAbort}, want: queuedAtA, ok: true},
+		{desc: "leaving a hung instance: uncounted, unpinned, tombstoned", s: movingFromA, e: Event{Kind: Leave, Tombstone: true},
+			want: leftA, effs: effs(Effect{Kind: CountOut, Instance: "a"}, Effect{Kind: Unpin, Instance: "a", UpstreamID: "u1"},
+				Effect{Kind: Tombstone, Instance: "a", UpstreamID: "u1"}), ok: true},
+		{desc: "leaving a restarted instance that lost it: no tombstone", s: movingFromA, e: Event{Kind: Leave},
+			want: leftA, effs: effs(Effect{Kind: CountOut, Instance: "a"}, Effect{Kind: Unpin, Instance: "a", UpstreamID: "u1"}), ok: true},
+		{desc: "a prompt that left cannot come back by abort", s: leftA, e: Event{Kind: MoveAbort}, want: leftA},
+		{desc: "resubmitted", s: leftA, e: Event{Kind: Send, Instance: "b", UpstreamID: "u1", At: t1},
+			want: State{Phase: Sending, Instance: "b", UpstreamID: "u1", Attempts: 2, Accepted: true, AcceptedAt: t0}, ok: true},
+		{desc: "unanswered first submission never found is dropped and tombstoned", s: unconfirmedAtA, e: Event{Kind: Drop, At: t1},
+			want: func() State { s := unconfirmedAtA; s.Phase, s.DoneAt = Dropped, t1; return s }(),
+			effs: effs(Effect{Kind: Tombstone, Instance: "a", UpstreamID: "u1"}, Effect{Kind: Forget}), ok: true},
+		{desc: "an accepted prompt is moved, not dropped", s: func() State { s := unconfirmedAtA; s.Accepted = true; return s }(),
+			e: Event{Kind: Drop}, want: func() State { s := unconfirmedAtA; s.Accepted = true; return s }()},
+	}
+	for _, tc := range tests {
+		t.Run(tc.desc, func(t *testing.T) {
+			got, gotEffs, ok := Step(tc.s, tc.e)
+			if ok != tc.ok || got != tc.want || !slices.Equal(gotEffs, tc.effs) {
+				t.Fatalf("Step(%+v, %v)\n got  %+v %v %v\n want %+v %v %v", tc.s, tc.e.Kind, got, gotEffs, ok, tc.want, tc.effs, tc.ok)
+			}
+		})
+	}
+}
+
+// TestCountsBalance: along any path, every CountIn is matched by one
+// CountOut by the time the prompt is done, whatever order events come in.
+func TestCountsBalance(t *testing.T) {
+	t.Parallel()
+	clk := testkit.NewFakeClock(time.Unix(0, 0))
+	paths := [][]Event{
+		{{Kind: Send, Instance: "a", UpstreamID: "u"}, {Kind: Answered}, {Kind: Started}, {Kind: Finish, Outcome: OutcomeSuccess}, {Kind: End}},
+		{{Kind: Send, Instance: "a", UpstreamID: "u"}, {Kind: Started}, {Kind: Finish, Outcome: OutcomeSuccess}, {Kind: Answered}, {Kind: End}},
+		{{Kind: Send, Instance: "a", UpstreamID: "u"}, {Kind: NoAnswer}, {Kind: MoveBegin, Instance: "a"}, {Kind: Leave, Tombstone: true},
+			{Kind: Send, Instance: "b", UpstreamID: "u"}, {Kind: Answered}, {Kind: Close, Outcome: OutcomeSuccess}},
+		{{Kind: Send, Instance: "a", UpstreamID: "u"}, {Kind: Answered}, {Kind: Started}, {Kind: MoveBegin, Instance: "a"}, {Kind: Leave},
+			{Kind: Send, Instance: "b", UpstreamID: "u"}, {Kind: Refused}, {Kind: Send, Instance: "c", UpstreamID: "u"}, {Kind: Started},
+			{Kind: MoveBegin, Instance: "c"}, {Kind: MoveAbort}, {Kind: Finish, Outcome: OutcomeError}, {Kind: End}},
+		{{Kind: Send, Instance: "a", UpstreamID: "u"}, {Kind: Answered}, {Kind: MoveBegin, Instance: "a"}, {Kind: Leave, Tombstone: true},
+			{Kind: Close, Outcome: OutcomeLost}},
+	}
+	for k, path := range paths {
+		t.Run(fmt.Sprint(k), func(t *testing.T) {
+			var s State
+			inflight := map[string]int{}
+			for _, e := range path {
+				clk.Advance(time.Millisecond)
+				e.At = clk.Now()
+				next, es, ok := Step(s, e)
+				if !ok {
+					t.Fatalf("%v refused in %v", e.Kind, s.Phase)
+				}
+				for _, ef := range es {
+					switch ef.Kind {
+					case CountIn:
+						inflight[ef.Instance]++
+					case CountOut:
+						inflight[ef.Instance]--
+					}
+				}
+				for inst, n := range inflight {
+					want := 0
+					if next.Counted() && next.Instance == inst {
+						want = 1
+					}
+					if n != want {
+						t.Fatalf("after %v: %s counts %d, want %d", e.Kind, inst, n, want)
+					}
+				}
+				s = next
+			}
+			if !s.Phase.Done() {
+				t.Fatalf("ended in %v", s.Phase)
+			}
+		})
+	}
+}
