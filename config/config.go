@@ -42,6 +42,13 @@ type Config struct {
 	Jobs        Jobs        `yaml:"jobs"`
 	Log         Log         `yaml:"log"`
 
+	// Security (security.go): API keys, redaction, rate limits and
+	// comfygate's own limits towards clients.
+	Auth      Auth      `yaml:"auth"`
+	Redact    Redact    `yaml:"redact"`
+	RateLimit RateLimit `yaml:"rate_limit"`
+	Limits    Limits    `yaml:"limits"`
+
 	// Workflows names the workflows the async job API runs. The two shipped
 	// ones ("remove-background", "upscale-image") are built in and may be
 	// overridden here.
@@ -180,6 +187,7 @@ func (c *Config) setDefaults() {
 		Log:       Log{Level: "info", Format: "json", MaxSizeMB: 100, MaxBackups: 5, MaxAgeDays: 30},
 		Dir:       ".",
 	}
+	defaultSecurity(c)
 	c.complete()
 }
 
@@ -299,6 +307,7 @@ func (c *Config) applyEnv(environ []string) error {
 	str("LOG_FORMAT", &c.Log.Format)
 	str("LOG_DIRECTORY", &c.Log.Directory)
 	str("COMFYGATE_LISTEN", &c.Listen)
+	c.applySecurityEnv(env)
 
 	// COMFYUI_HOST_1..N replace the instance list: any N, in order, gaps allowed.
 	type numbered struct {

@@ -116,6 +116,7 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
+	c.validateSecurity(bad)
 	return errors.Join(errs...)
 }
 

@@ -83,6 +83,7 @@ type Metrics struct {
 	jobWaitDuration  *prometheus.HistogramVec
 	waitLine         prometheus.Gauge
 	jobsInFlight     prometheus.Gauge
+	sec              securityCollectors
 
 	routes    labelSet
 	workflows labelSet
@@ -162,6 +163,7 @@ func New(version string) *Metrics {
 		m.jobsSubmitted, m.jobsFinished, m.jobRunDuration, m.jobWaitDuration,
 		m.waitLine, m.jobsInFlight,
 	)
+	m.registerSecurity()
 	return m
 }
 

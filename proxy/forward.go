@@ -224,6 +224,8 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, inst *upstream.Instance, o *f
 	}
 	req.Header.SetRequestURIBytes(uri)
 	copyRequestHeaders(ctx, &req.Header, inst)
+	// Host stays the instance's, whatever fasthttp reads into the URI.
+	req.UseHostHeader = true
 	if o.rewrite != nil {
 		// The answer is parsed and rewritten: ask for it uncompressed
 		// (ComfyUI's --enable-compress-response-body).

@@ -178,7 +178,9 @@ func TestLargeBodiesStream(t *testing.T) {
 			http.NotFound(w, r)
 		}
 	})
-	g := startGate(t, []string{fake.addr()}, nil)
+	// An upload over ComfyUI's default 100 MB, for an instance started
+	// with a larger --max-upload-size.
+	g := startGate(t, []string{fake.addr()}, func(c *config.Config) { c.Limits.MaxBodyBytes = 2 * bigSize })
 
 	t.Run("view", func(t *testing.T) {
 		hw := newHeapWatch()

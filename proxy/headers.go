@@ -179,11 +179,14 @@ func originAllowed(h *fasthttp.RequestHeader) bool {
 	if !isLoopbackName(hostName) {
 		return true
 	}
-	originHost := ""
-	if u, err := url.Parse(string(origin)); err == nil {
-		originHost = u.Host
+	u, err := url.Parse(string(origin))
+	if err != nil {
+		// Python's urlparse, which ComfyUI uses, reads a host out of most
+		// of what Go refuses, and then refuses the mismatch; an Origin no
+		// browser sends is refused here.
+		return false
 	}
-	oName, oPort := splitHostPort(originHost)
+	oName, oPort := splitHostPort(u.Host)
 	if oName == "" {
 		return true // "Origin: null" and the like: ComfyUI lets them through too
 	}

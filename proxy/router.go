@@ -57,6 +57,7 @@ const (
 	routeMetrics      = "/metrics"
 	routeStats        = "/stats"
 	routeForbidden    = "forbidden"
+	routeRefused      = "refused"
 	routeJobsFacade   = "jobs_facade"
 	routeWS           = "/ws"
 	routePrompt       = "/prompt"
@@ -100,6 +101,9 @@ func splitPath(uri []byte) []byte {
 
 // dispatch serves one request and returns its route template.
 func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
+	if !normalizeTarget(ctx) || !s.bodyWithinLimit(ctx) {
+		return routeRefused
+	}
 	raw := splitPath(rawRequestURI(ctx))
 	switch string(raw) {
 	case "/health":

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/limits"
 	"github.com/comfygate/comfygate/metrics"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
@@ -43,21 +44,12 @@ type Server struct {
 	srv     *fasthttp.Server
 }
 
-// Server limits. With StreamRequestBody fasthttp reads at most 8 KiB of a
-// body before calling the handler, whatever MaxRequestBodySize says, and
-// never enforces it on the stream: bodies are capped by the instance's
-// own --max-upload-size (413 from the instance), or by comfygate on the
-// routes where it must read the body whole (maxPromptBody, maxMaskBody).
-const (
-	// headerReadTimeout bounds the wait for a request's headers on a new
-	// connection (slow-header clients).
-	headerReadTimeout = 60 * time.Second
-	// bodyReadTimeout bounds reading one request body once its headers
-	// arrived; generous, for 500 MB uploads over slow links.
-	bodyReadTimeout = time.Hour
-	// idleTimeout closes keep-alive connections idle for this long.
-	idleTimeout = 2 * time.Minute
-)
+// Server limits come from the limits section of the configuration. With
+// StreamRequestBody fasthttp reads at most 8 KiB of a body before calling
+// the handler, whatever MaxRequestBodySize says, and never enforces it on
+// the stream: comfygate refuses a Content-Length over limits.max_body_bytes
+// itself (bodyWithinLimit), and caps the routes where it must read the
+// body whole (maxPromptBody, maxMaskBody).
 
 // New builds the server (and the WebSocket hub, registered as the pool's
 // listener). Nothing is served until Serve.
@@ -108,13 +100,16 @@ func New(o Options) (*Server, error) {
 		// Header names are normalized (Comfy-User, Content-Type, ...): HTTP
 		// header names are case-insensitive and aiohttp treats them so.
 		DisableHeaderNamesNormalizing: false,
-		ReadTimeout:                   headerReadTimeout,
-		IdleTimeout:                   idleTimeout,
+		ReadTimeout:                   s.cfg.Limits.HeaderTimeout,
+		IdleTimeout:                   s.cfg.Limits.IdleTimeout,
 		HeaderReceived: func(*fasthttp.RequestHeader) fasthttp.RequestConfig {
-			return fasthttp.RequestConfig{ReadTimeout: bodyReadTimeout}
+			return fasthttp.RequestConfig{ReadTimeout: s.cfg.Limits.BodyTimeout}
 		},
-		ReadBufferSize:  16 << 10, // the web UI's requests carry large headers (cookies, long URLs)
+		// The read buffer bounds a request's header block (431 beyond);
+		// the web UI's requests carry large headers (cookies, long URLs).
+		ReadBufferSize:  s.cfg.Limits.MaxHeaderBytes,
 		WriteBufferSize: 16 << 10,
+		ErrorHandler:    s.serverError,
 		Logger:          fasthttpLogger{log},
 	}
 	return s, nil
@@ -127,7 +122,16 @@ func (s *Server) Handler() fasthttp.RequestHandler { return s.handle }
 // Serve serves on ln until Shutdown. Every accepted connection gets an
 // idle write timeout of COMFYUI_TIMEOUT (see writeIdleConn).
 func (s *Server) Serve(ln net.Listener) error {
-	return s.srv.Serve(writeIdleListener{Listener: ln, idle: s.cfg.Timeout})
+	idle := s.cfg.Limits.WriteTimeout
+	if idle <= 0 {
+		idle = s.cfg.Timeout
+	}
+	ll := limits.Listen(ln, limits.ListenerOptions{
+		MaxConnsPerIP:  s.cfg.Limits.MaxConnsPerIP,
+		MaxHeaderBytes: s.cfg.Limits.MaxHeaderBytes,
+		OnRefuse:       s.refused,
+	})
+	return s.srv.Serve(writeIdleListener{Listener: ll, idle: idle})
 }
 
 // writeIdleListener wraps each accepted connection in a writeIdleConn.

@@ -57,8 +57,9 @@ const (
 	// each other (see the comment at the top of this file).
 	replaceWindow = 10 * time.Second
 	replaceLimit  = 3
-	// maxClientFrame bounds what a client may send (ComfyUI allows 4 MB; the
-	// only frame it reads is the small feature_flags message).
+	// maxClientFrame bounds what a client may send when
+	// limits.ws_max_frame_bytes is unset (ComfyUI allows 4 MB; the only
+	// frame it reads is the small feature_flags message).
 	maxClientFrame = 1 << 20
 	// writeWait bounds one frame's write to a client; a client that accepts
 	// nothing for that long is gone.
@@ -80,6 +81,7 @@ var featureFlagsReply = []byte(`{"type": "feature_flags", "data": {"supports_pre
 // client sockets.
 type Hub struct {
 	ws   config.WebSocket // with fallbacks applied
+	lim  config.Limits    // ws_max_frame_bytes, ws_messages_per_second, ws_message_burst
 	pool *upstream.Pool   // nil in tests of the hub alone
 	m    *metrics.Metrics
 	log  *slog.Logger
@@ -115,8 +117,13 @@ func newHub(cfg *config.Config, pool *upstream.Pool, m *metrics.Metrics, log *sl
 	if ws.PingInterval <= 0 {
 		ws.PingInterval = 20 * time.Second
 	}
+	lim := cfg.Limits
+	if lim.WSMaxFrameBytes <= 0 {
+		lim.WSMaxFrameBytes = maxClientFrame
+	}
 	h := &Hub{
 		ws:       ws,
+		lim:      lim,
 		pool:     pool,
 		m:        m,
 		log:      log,

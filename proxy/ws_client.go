@@ -2,11 +2,13 @@ package proxy
 
 import (
 	"encoding/json"
+	"errors"
 	"io"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/comfygate/comfygate/limits"
 	"github.com/fasthttp/websocket"
 )
 
@@ -261,7 +263,8 @@ func (c *wsClient) writeClose() {
 // reads nothing more), but reading processes pongs, pings and close.
 func (c *wsClient) readLoop() {
 	wait := pingWaitFactor * c.hub.ws.PingInterval
-	c.conn.SetReadLimit(maxClientFrame)
+	c.conn.SetReadLimit(c.hub.lim.WSMaxFrameBytes)
+	rate := limits.Bucket{Rate: c.hub.lim.WSMessagesPerSecond, Burst: c.hub.lim.WSMessageBurst}
 	extend := func() {
 		c.deadlineMu.Lock()
 		defer c.deadlineMu.Unlock()
@@ -289,9 +292,21 @@ func (c *wsClient) readLoop() {
 	for {
 		mt, r, err := c.conn.NextReader()
 		if err != nil {
+			if errors.Is(err, websocket.ErrReadLimit) {
+				c.hub.m.LimitRefused("ws_frame_too_large")
+			}
 			return
 		}
 		extend()
+		if ok, _ := rate.Take(time.Now()); !ok {
+			// Over limits.ws_messages_per_second: closed like a slow client;
+			// reading goes on (discarding) to finish the closing handshake.
+			if !c.stopped() {
+				c.hub.m.LimitRefused("ws_message_rate")
+				c.stop(websocket.ClosePolicyViolation, "policy violation: too many messages")
+			}
+			continue
+		}
 		if mt != websocket.TextMessage || !first {
 			continue // NextReader discards the unread rest
 		}
