@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"time"
 
+	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/internal/ids"
 
 	"github.com/comfygate/comfygate/upstream"
@@ -101,75 +102,27 @@ func (j *job) PromptEvent(p *upstream.Prompt, ev upstream.Event) {
 		return
 	}
 	switch ev.Type {
-	case "execution_start", "execution_cached", "executing", "progress", "progress_state",
-		"executed", "execution_success", "execution_error", "execution_interrupted":
+	case comfyapi.TypeExecutionStart, comfyapi.TypeExecutionCached, comfyapi.TypeExecuting,
+		comfyapi.TypeProgress, comfyapi.TypeProgressState, comfyapi.TypeExecuted,
+		comfyapi.TypeExecutionSuccess, comfyapi.TypeExecutionError, comfyapi.TypeExecutionInterrupted:
 	default:
 		return
 	}
-	var msg struct {
-		Data eventData `json:"data"`
-	}
-	if err := json.Unmarshal(ev.Data, &msg); err != nil {
+	msg, err := comfyapi.ParseWSText(ev.Data)
+	if err != nil {
 		j.s.log.Debug("job event not understood", "job_id", j.id, "type", ev.Type, "err", err)
 		return
 	}
-	j.s.onEvent(j, p, ev, &msg.Data)
-}
-
-// eventData holds the fields of ComfyUI's execution events that jobs use.
-type eventData struct {
-	PromptID    string          `json:"prompt_id"`
-	Node        *string         `json:"node"`
-	DisplayNode *string         `json:"display_node"`
-	Value       float64         `json:"value"`
-	Max         float64         `json:"max"`
-	Nodes       json.RawMessage `json:"nodes"` // execution_cached: [ids]; progress_state: {id: state}
-	Output      json.RawMessage `json:"output"`
-	// execution_error
-	NodeID           string `json:"node_id"`
-	NodeType         string `json:"node_type"`
-	ExceptionMessage string `json:"exception_message"`
-	ExceptionType    string `json:"exception_type"`
-}
-
-// node returns the graph node an event is about: display_node when the
-// node was expanded at run time, else node.
-func (d *eventData) node() string {
-	if d.DisplayNode != nil && *d.DisplayNode != "" {
-		return *d.DisplayNode
-	}
-	if d.Node != nil {
-		return *d.Node
-	}
-	return ""
-}
-
-// nodeState is one entry of progress_state's nodes.
-type nodeState struct {
-	Value         float64 `json:"value"`
-	Max           float64 `json:"max"`
-	State         string  `json:"state"`
-	DisplayNodeID string  `json:"display_node_id"`
+	j.s.onEvent(j, p, ev, &msg)
 }
 
 // outputImages reads the image refs of an executed event's output (or a
 // history entry's outputs[node]).
 func outputImages(out json.RawMessage) []upstream.FileRef {
-	var o struct {
-		Images []struct {
-			Filename  string `json:"filename"`
-			Subfolder string `json:"subfolder"`
-			Type      string `json:"type"`
-		} `json:"images"`
-	}
-	if len(out) == 0 || json.Unmarshal(out, &o) != nil {
-		return nil
-	}
-	refs := make([]upstream.FileRef, 0, len(o.Images))
-	for _, im := range o.Images {
-		if im.Filename != "" {
-			refs = append(refs, upstream.FileRef{Filename: im.Filename, Subfolder: im.Subfolder, Type: im.Type})
-		}
+	files := comfyapi.NodeOutputFiles(out, "images")
+	refs := make([]upstream.FileRef, 0, len(files))
+	for _, f := range files {
+		refs = append(refs, upstream.FileRef{Filename: f.Filename, Subfolder: f.Subfolder, Type: f.Type})
 	}
 	return refs
 }

@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/metrics"
 	"github.com/comfygate/comfygate/upstream"
 )
@@ -474,15 +475,13 @@ func (s *Service) upload(ctx context.Context, inst *upstream.Instance, name stri
 }
 
 // onEvent applies one execution event of the job's prompt.
-func (s *Service) onEvent(j *job, p *upstream.Prompt, ev upstream.Event, d *eventData) {
+func (s *Service) onEvent(j *job, p *upstream.Prompt, ev upstream.Event, d *comfyapi.WSMessage) {
 	s.jobsMu.Lock()
 	defer s.jobsMu.Unlock()
 	now := s.now()
 	j.lastEvent = now
 	j.sawEvent = true
-	endOfRun := ev.Type == "execution_success" || ev.Type == "execution_interrupted" ||
-		(ev.Type == "execution_error" && d.ExceptionType != "ExecutionBlocked") ||
-		(ev.Type == "executing" && d.Node == nil)
+	endOfRun := d.Ends()
 	if j.state.terminal() || j.state == stFetching {
 		if endOfRun {
 			s.releaseLocked(j) // a cancelled job's interrupt took effect
@@ -492,72 +491,69 @@ func (s *Service) onEvent(j *job, p *upstream.Prompt, ev upstream.Event, d *even
 	if ev.Instance != nil {
 		j.instance = ev.Instance.Name
 	}
-	if j.state < stRunning && ev.Type != "execution_error" {
+	if j.state < stRunning && ev.Type != comfyapi.TypeExecutionError {
 		j.state = stRunning
 		if j.started.IsZero() {
 			j.started = now
 		}
 	}
 	switch ev.Type {
-	case "execution_start":
+	case comfyapi.TypeExecutionStart:
 		// A resubmitted prompt starts over: node progress restarts, the
 		// reported number stays where it was.
 		j.prog.restart()
 		j.started = now
 		j.outputs, j.outInst = nil, nil
-	case "execution_cached":
-		var ids []string
-		if json.Unmarshal(d.Nodes, &ids) == nil {
-			j.prog.cached(ids)
+	case comfyapi.TypeExecutionCached:
+		j.prog.cached(d.CachedNodes())
+	case comfyapi.TypeExecuting:
+		if !d.NodeNull() {
+			j.prog.executing(d.Node())
 		}
-	case "executing":
-		if d.Node != nil {
-			j.prog.executing(d.node())
-		}
-	case "progress":
-		j.prog.step(d.node(), d.Value, d.Max)
-	case "progress_state":
-		var nodes map[string]nodeState
-		if json.Unmarshal(d.Nodes, &nodes) == nil {
-			for id, ns := range nodes {
-				if ns.DisplayNodeID != "" {
-					id = ns.DisplayNodeID
-				}
-				switch ns.State {
-				case "finished":
-					j.prog.finish(id)
-				case "running":
-					j.prog.step(id, ns.Value, ns.Max)
-				}
+	case comfyapi.TypeProgress:
+		value, max := d.Progress()
+		j.prog.step(d.Node(), value, max)
+	case comfyapi.TypeProgressState:
+		for id, ns := range d.NodeStates() {
+			if ns.DisplayNodeID != "" {
+				id = ns.DisplayNodeID
+			}
+			switch ns.State {
+			case "finished":
+				j.prog.finish(id)
+			case "running":
+				j.prog.step(id, ns.Value, ns.Max)
 			}
 		}
-	case "executed":
-		id := d.node()
+	case comfyapi.TypeExecuted:
+		id := d.Node()
 		j.prog.finish(id)
 		if id == j.wf.cfg.OutputNode {
-			if refs := outputImages(d.Output); len(refs) > 0 {
+			if refs := outputImages(d.Data.Output); len(refs) > 0 {
 				j.outputs, j.outInst = refs, ev.Instance
 			}
 		}
-	case "execution_error":
-		if d.ExceptionType == "ExecutionBlocked" {
-			return // not terminal: the job may still succeed
+	case comfyapi.TypeExecutionError:
+		if !d.Terminal() {
+			return // ExecutionBlocked: the job may still succeed
 		}
-		msg := d.ExceptionMessage
+		msg := d.ExceptionMessage()
 		if msg == "" {
 			msg = "the workflow failed on ComfyUI"
 		}
-		j.errDetail = &errorDetails{NodeID: d.NodeID, NodeType: d.NodeType, ExceptionType: d.ExceptionType}
-		s.log.Warn("job failed on instance", "job_id", j.id, "workflow", j.wf.name, "instance", j.instance, "node", d.NodeID, "exception_type", d.ExceptionType)
+		nodeID, _ := comfyapi.String(d.Data.NodeID)
+		nodeType, _ := comfyapi.String(d.Data.NodeType)
+		j.errDetail = &errorDetails{NodeID: nodeID, NodeType: nodeType, ExceptionType: d.ExceptionType()}
+		s.log.Warn("job failed on instance", "job_id", j.id, "workflow", j.wf.name, "instance", j.instance, "node", nodeID, "exception_type", d.ExceptionType())
 		s.finishLocked(j, stFailed, msg)
 		s.releaseLocked(j)
 		return
-	case "execution_interrupted":
+	case comfyapi.TypeExecutionInterrupted:
 		s.finishLocked(j, stCancelled, "")
 		s.releaseLocked(j)
 		return
 	}
-	if ev.Type == "execution_success" || (ev.Type == "executing" && d.Node == nil) {
+	if ev.Type == comfyapi.TypeExecutionSuccess || (ev.Type == comfyapi.TypeExecuting && d.NodeNull()) {
 		s.succeededLocked(j, p, ev.Instance)
 		return
 	}
@@ -622,7 +618,7 @@ func (s *Service) fetch(j *job, inst *upstream.Instance, refs []upstream.FileRef
 
 // historyOutputs reads outputs[node].images of a prompt from
 // /history/{id}; entry is nil when the instance has none (or did not answer).
-func (s *Service) historyOutputs(ctx context.Context, inst *upstream.Instance, upstreamID, node string) (refs []upstream.FileRef, entry *historyEntry) {
+func (s *Service) historyOutputs(ctx context.Context, inst *upstream.Instance, upstreamID, node string) (refs []upstream.FileRef, entry *comfyapi.HistoryEntry) {
 	e, _ := s.readHistory(ctx, inst, upstreamID)
 	if e == nil {
 		return nil, nil
@@ -632,26 +628,24 @@ func (s *Service) historyOutputs(ctx context.Context, inst *upstream.Instance, u
 
 // readHistory reads /history/{id} of inst: entry is nil when it has none;
 // answered is false when the instance did not answer.
-func (s *Service) readHistory(ctx context.Context, inst *upstream.Instance, upstreamID string) (entry *historyEntry, answered bool) {
+func (s *Service) readHistory(ctx context.Context, inst *upstream.Instance, upstreamID string) (entry *comfyapi.HistoryEntry, answered bool) {
 	status, body, err := s.be.Call(ctx, inst, "GET", "/history/"+url.PathEscape(upstreamID), nil, nil)
 	if err != nil || status != 200 {
 		return nil, false
 	}
-	var h map[string]*historyEntry
-	if json.Unmarshal(body, &h) != nil {
+	h, err := comfyapi.ParseHistory(body)
+	if err != nil {
 		return nil, false
 	}
-	return h[upstreamID], true
-}
-
-// historyEntry is the part of a /history entry jobs reads.
-type historyEntry struct {
-	Outputs map[string]json.RawMessage `json:"outputs"`
-	Status  struct {
-		StatusStr string              `json:"status_str"`
-		Completed bool                `json:"completed"`
-		Messages  [][]json.RawMessage `json:"messages"`
-	} `json:"status"`
+	raw, ok := h[upstreamID]
+	if !ok {
+		return nil, true
+	}
+	e, err := comfyapi.ParseHistoryEntry(raw)
+	if err != nil {
+		return nil, true
+	}
+	return &e, true
 }
 
 // download fetches ref from inst's /view, falling back to whichever
@@ -896,28 +890,27 @@ func (s *Service) watch(j *job, now time.Time) {
 	if j.state.terminal() || j.state == stFetching || entry == nil {
 		return
 	}
-	if entry.Status.StatusStr == "success" || (entry.Status.StatusStr == "" && len(refs) > 0) {
+	// An entry without a status (a server older than November 2023) counts
+	// as a success when it holds the job's output.
+	outcome := entry.Outcome()
+	if outcome == comfyapi.OutcomeSuccess || (outcome == comfyapi.OutcomeUnknown && len(refs) > 0) {
 		j.outputs, j.outInst = refs, inst
 		s.succeededLocked(j, p, inst)
 		return
 	}
+	if outcome == comfyapi.OutcomeInterrupted {
+		s.finishLocked(j, stCancelled, "")
+		s.releaseLocked(j)
+		return
+	}
 	msg := "the workflow failed on ComfyUI"
-	for _, m := range entry.Status.Messages {
-		if len(m) != 2 {
-			continue
+	if m, ok := entry.Status.Terminal(); ok && m.Type == comfyapi.TypeExecutionError {
+		var d struct {
+			ExceptionMessage json.RawMessage `json:"exception_message"`
 		}
-		var typ string
-		_ = json.Unmarshal(m[0], &typ)
-		switch typ {
-		case "execution_interrupted":
-			s.finishLocked(j, stCancelled, "")
-			s.releaseLocked(j)
-			return
-		case "execution_error":
-			var d eventData
-			if json.Unmarshal(m[1], &d) == nil && d.ExceptionMessage != "" {
-				msg = d.ExceptionMessage
-			}
+		_ = json.Unmarshal(m.Data, &d)
+		if em, _ := comfyapi.String(d.ExceptionMessage); em != "" {
+			msg = em
 		}
 	}
 	s.finishLocked(j, stFailed, msg)

@@ -962,3 +962,46 @@ func TestDoneWhen(t *testing.T) {
 		t.Errorf("first 10 prompts split %d / %d: not spread", split[0], split[1])
 	}
 }
+
+// TestQueueClearFalsy: a "clear" that Python reads as false ([ ], { },
+// 0.0, "") clears nothing on any instance, as one ComfyUI would; a true
+// one clears every instance's pending queue.
+func TestQueueClearFalsy(t *testing.T) {
+	t.Parallel()
+	ss := sims(t, 2, comfysim.Options{Version: "0.3.65"})
+	g := startGate(t, addrsOf(ss), nil)
+	for _, s := range ss {
+		s.SetPaused(true)
+	}
+	for i := range 4 {
+		submit(t, g, map[string]any{"prompt": emptyImagePrompt(i, "clear")})
+	}
+	queued := func() int {
+		_, _, body := gateDo(t, "GET", g.base+"/queue", nil, nil)
+		var q struct {
+			Running []json.RawMessage `json:"queue_running"`
+			Pending []json.RawMessage `json:"queue_pending"`
+		}
+		if err := json.Unmarshal(body, &q); err != nil {
+			t.Fatalf("GET /queue: %v: %s", err, body)
+		}
+		return len(q.Running) + len(q.Pending)
+	}
+	if n := queued(); n != 4 {
+		t.Fatalf("%d prompts queued, want 4", n)
+	}
+	for _, body := range []string{`{"clear": [ ]}`, `{"clear": { }}`, `{"clear": []}`, `{"clear": 0.0}`, `{"clear": ""}`, `{"clear": null}`} {
+		if status, _, b := gateDo(t, "POST", g.base+"/queue", nil, strings.NewReader(body)); status != 200 {
+			t.Fatalf("POST /queue %s = %d %s", body, status, b)
+		}
+		if n := queued(); n != 4 {
+			t.Fatalf("POST /queue %s cleared: %d prompts left of 4", body, n)
+		}
+	}
+	if status, _, b := gateDo(t, "POST", g.base+"/queue", nil, strings.NewReader(`{"clear": [0]}`)); status != 200 {
+		t.Fatalf("POST /queue clear = %d %s", status, b)
+	}
+	if n := queued(); n != 0 {
+		t.Errorf("a truthy clear left %d prompts", n)
+	}
+}

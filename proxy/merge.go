@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
 )
@@ -69,11 +70,8 @@ func (s *Server) getQueue(ctx *fasthttp.RequestCtx) {
 		if r.err != nil || r.status != fasthttp.StatusOK {
 			continue
 		}
-		var q struct {
-			Running []json.RawMessage `json:"queue_running"`
-			Pending []json.RawMessage `json:"queue_pending"`
-		}
-		if json.Unmarshal(r.body, &q) != nil {
+		q, err := comfyapi.ParseQueue(r.body)
+		if err != nil {
 			continue
 		}
 		answered = true
@@ -82,7 +80,7 @@ func (s *Server) getQueue(ctx *fasthttp.RequestCtx) {
 		}
 		for _, it := range q.Pending {
 			raw := s.rewriteQueueItem(r.inst, it)
-			n, _ := tupleNumber(raw)
+			n, _ := comfyapi.ItemNumberOf(raw)
 			pending = append(pending, queueItem{raw: raw, number: n, inst: i})
 		}
 	}
@@ -116,7 +114,7 @@ func (s *Server) getQueue(ctx *fasthttp.RequestCtx) {
 
 // rewriteQueueItem rewrites one queue tuple of inst for the client.
 func (s *Server) rewriteQueueItem(inst *upstream.Instance, raw json.RawMessage) json.RawMessage {
-	id, ok := tupleID(raw)
+	id, ok := comfyapi.ItemID(raw)
 	if !ok {
 		return raw
 	}
@@ -280,27 +278,11 @@ func applyHistoryWindow(items []historyItem, maxItems *int, offset int) []histor
 // completionTime returns the timestamp (ms) of a history entry's last
 // status message that carries one.
 func completionTime(entry json.RawMessage) (int64, bool) {
-	var e struct {
-		Status struct {
-			Messages []json.RawMessage `json:"messages"`
-		} `json:"status"`
-	}
-	if json.Unmarshal(entry, &e) != nil {
+	e, err := comfyapi.ParseHistoryEntry(entry)
+	if err != nil {
 		return 0, false
 	}
-	for i := len(e.Status.Messages) - 1; i >= 0; i-- {
-		var msg []json.RawMessage
-		if json.Unmarshal(e.Status.Messages[i], &msg) != nil || len(msg) < 2 {
-			continue
-		}
-		var data struct {
-			Timestamp *float64 `json:"timestamp"`
-		}
-		if json.Unmarshal(msg[1], &data) == nil && data.Timestamp != nil {
-			return int64(*data.Timestamp), true
-		}
-	}
-	return 0, false
+	return e.Status.LastTimestamp()
 }
 
 // jobItem is one job of a merged /api/jobs list.

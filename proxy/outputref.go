@@ -63,6 +63,7 @@ import (
 	"encoding/json"
 	"strings"
 
+	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/upstream"
 )
 
@@ -149,12 +150,12 @@ func encodeFileRef(token string, raw json.RawMessage) (json.RawMessage, bool) {
 	for i, m := range ms {
 		switch m.Key {
 		case "filename":
-			_, hasName = unquoteJSON(m.Val)
+			_, hasName = comfyapi.String(m.Val)
 		case "type":
-			t, ok := unquoteJSON(m.Val)
+			t, ok := comfyapi.String(m.Val)
 			hasType = ok && encodedType(t)
 		case "subfolder":
-			s, ok := unquoteJSON(m.Val)
+			s, ok := comfyapi.String(m.Val)
 			if !ok {
 				return raw, false
 			}
@@ -324,7 +325,7 @@ func promptFiles(insts []*upstream.Instance, prompt json.RawMessage) (map[string
 				continue
 			}
 			for _, in := range inputs {
-				s, ok := unquoteJSON(in.Val)
+				s, ok := comfyapi.String(in.Val)
 				if !ok {
 					continue
 				}

@@ -10,9 +10,9 @@ import (
 	"errors"
 	"net/url"
 	"strconv"
-	"strings"
 	"sync"
 
+	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
 )
@@ -167,10 +167,6 @@ func (s *Server) fanOut(ctx *fasthttp.RequestCtx, path string) {
 	s.relayFirst(ctx, s.callAll(insts, "POST", path, callHeader(ctx), body))
 }
 
-// minTargetedInterrupt is the first ComfyUI release whose /interrupt
-// honours a prompt_id (PR #9607, v0.3.57); older ones interrupt whatever runs.
-var minTargetedInterrupt = [3]int{0, 3, 57}
-
 // postInterrupt serves POST /interrupt. With a prompt_id it goes to that
 // prompt's instance with the instance's id; an instance older than v0.3.57
 // ignores the id and stops whatever runs, so there it is sent only while
@@ -185,7 +181,7 @@ func (s *Server) postInterrupt(ctx *fasthttp.RequestCtx) {
 	}
 	var q map[string]json.RawMessage
 	_ = json.Unmarshal(body, &q)
-	id, _ := unquoteJSON(q["prompt_id"])
+	id, _ := comfyapi.String(q["prompt_id"])
 	if id == "" {
 		insts := s.pool.Healthy()
 		if len(insts) == 0 {
@@ -203,7 +199,7 @@ func (s *Server) postInterrupt(ctx *fasthttp.RequestCtx) {
 		s.writeError(ctx, err)
 		return
 	}
-	if !versionAtLeast(inst.Version(), minTargetedInterrupt) {
+	if !comfyapi.SupportsTargetedInterrupt(inst.Version()) {
 		p, known := s.pool.Prompt(id)
 		if !known || p.State() != upstream.PromptRunning {
 			setInstance(ctx, inst)
@@ -234,8 +230,8 @@ func (s *Server) deleteOrClear(ctx *fasthttp.RequestCtx, path string) {
 	if !ok {
 		return
 	}
-	var q map[string]json.RawMessage
-	if json.Unmarshal(body, &q) != nil || q == nil {
+	q, err := comfyapi.ParseDeleteOrClear(body)
+	if err != nil {
 		writeComfyInternalError(ctx)
 		return
 	}
@@ -246,20 +242,14 @@ func (s *Server) deleteOrClear(ctx *fasthttp.RequestCtx, path string) {
 	}
 	hdr := callHeader(ctx)
 	var results []callResult
-	if truthy(q["clear"]) {
+	if q.Clear {
 		results = append(results, s.callAll(insts, "POST", path, hdr, []byte(`{"clear": true}`))...)
 	}
-	if raw, ok := q["delete"]; ok {
-		var ids []json.RawMessage
-		_ = json.Unmarshal(raw, &ids)
+	if q.HasDelete {
 		groups := map[*upstream.Instance][]string{}
 		var order []*upstream.Instance
 		var unknown []string
-		for _, r := range ids {
-			id, ok := unquoteJSON(r)
-			if !ok {
-				continue
-			}
+		for _, id := range q.Delete {
 			var inst *upstream.Instance
 			upID := id
 			if p, known := s.pool.Prompt(id); known {
@@ -292,53 +282,6 @@ func (s *Server) deleteOrClear(ctx *fasthttp.RequestCtx, path string) {
 		}
 	}
 	// ComfyUI answers these with an empty 200.
-}
-
-// truthy is Python's truth value of a JSON value.
-func truthy(raw json.RawMessage) bool {
-	v := strings.TrimSpace(string(raw))
-	switch v {
-	case "", "null", "false", "0", `""`, "[]", "{}":
-		return false
-	}
-	if f, err := strconv.ParseFloat(v, 64); err == nil {
-		return f != 0
-	}
-	return true
-}
-
-// versionAtLeast compares a comfyui_version with min; an unknown or
-// unparsable version counts as recent.
-func versionAtLeast(version string, min [3]int) bool {
-	v := strings.TrimPrefix(strings.TrimSpace(version), "v")
-	if v == "" {
-		return true
-	}
-	var got [3]int
-	for i, part := range strings.SplitN(v, ".", 3) {
-		n := 0
-		digits := 0
-		for _, c := range part {
-			if c < '0' || c > '9' {
-				break
-			}
-			n = n*10 + int(c-'0')
-			digits++
-		}
-		if digits == 0 {
-			if i == 0 {
-				return true
-			}
-			break
-		}
-		got[i] = n
-	}
-	for i := range got {
-		if got[i] != min[i] {
-			return got[i] > min[i]
-		}
-	}
-	return true
 }
 
 // writeJSON answers 200 with a JSON body.

@@ -1,13 +1,13 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"io"
 	"strconv"
 
+	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/internal/ids"
 
 	"github.com/comfygate/comfygate/upstream"
@@ -116,14 +116,8 @@ func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 		writeComfyError(ctx, fasthttp.StatusBadRequest, "no_prompt", "No prompt provided", "No prompt provided")
 		return
 	}
-	clientID, _ := unquoteJSON(fields["client_id"])
-	if clientID == "" {
-		var extra map[string]json.RawMessage
-		if json.Unmarshal(fields["extra_data"], &extra) == nil {
-			clientID, _ = unquoteJSON(extra["client_id"])
-		}
-	}
-	promptID := clientPromptID(fields["prompt_id"])
+	clientID := comfyapi.PromptRequest{ClientID: fields["client_id"], ExtraData: fields["extra_data"]}.EffectiveClientID()
+	promptID := comfyapi.ClientPromptID(fields["prompt_id"])
 	if promptID != "" {
 		if _, used := s.pool.Prompt(promptID); used {
 			promptID = ""
@@ -165,25 +159,6 @@ func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 	ctx.SetStatusCode(res.Status)
 	ctx.SetContentType(jsonContentType)
 	ctx.SetBody(body)
-}
-
-// clientPromptID returns the prompt_id a client sent, as ComfyUI (Oct-2025)
-// would stringify it; "" when absent, null, empty or of another type.
-func clientPromptID(raw json.RawMessage) string {
-	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 {
-		return ""
-	}
-	if raw[0] == '"' {
-		s, _ := unquoteJSON(raw)
-		return s
-	}
-	if raw[0] == '-' || ('0' <= raw[0] && raw[0] <= '9') {
-		if _, err := strconv.ParseInt(string(raw), 10, 64); err == nil {
-			return string(raw)
-		}
-	}
-	return ""
 }
 
 // getPrompt serves GET /prompt: the fleet's queue_remaining, which is what

@@ -19,10 +19,10 @@ package proxy
 // oldest first by its keys) are decoded and written as ordered entries.
 
 import (
-	"bytes"
 	"encoding/json"
 	"strconv"
 
+	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/internal/jsonobj"
 
 	"github.com/comfygate/comfygate/upstream"
@@ -36,15 +36,6 @@ func objectMembers(data []byte) ([]member, error) { return jsonobj.Members(data)
 func appendObject(dst []byte, ms []member) []byte { return jsonobj.Append(dst, ms) }
 
 func quoteJSON(s string) []byte { return jsonobj.Quote(s) }
-
-// unquoteJSON returns the string a JSON string value holds.
-func unquoteJSON(v json.RawMessage) (string, bool) {
-	var s string
-	if len(v) == 0 || v[0] != '"' || json.Unmarshal(v, &s) != nil {
-		return "", false
-	}
-	return s, true
-}
 
 // promptView is how the client knows one prompt an instance reports.
 type promptView struct {
@@ -106,7 +97,7 @@ func (v promptView) fixExtraData(raw json.RawMessage) json.RawMessage {
 	changed := false
 	for _, m := range ms {
 		if m.Key == "client_id" {
-			cur, _ := unquoteJSON(m.Val)
+			cur, _ := comfyapi.String(m.Val)
 			switch {
 			case v.known && v.clientID == "":
 				changed = true
@@ -144,25 +135,6 @@ func (v promptView) rewriteTuple(raw json.RawMessage) json.RawMessage {
 		return raw
 	}
 	return out
-}
-
-// tupleID returns the prompt id of a queue item.
-func tupleID(raw json.RawMessage) (string, bool) {
-	var items []json.RawMessage
-	if json.Unmarshal(raw, &items) != nil || len(items) < 2 {
-		return "", false
-	}
-	return unquoteJSON(items[1])
-}
-
-// tupleNumber returns a queue item's number (its priority; item[0]).
-func tupleNumber(raw json.RawMessage) (float64, bool) {
-	var items []json.RawMessage
-	if json.Unmarshal(raw, &items) != nil || len(items) < 1 {
-		return 0, false
-	}
-	f, err := strconv.ParseFloat(string(bytes.TrimSpace(items[0])), 64)
-	return f, err == nil
 }
 
 // rewriteMessages rewrites the prompt_id inside history status.messages
@@ -204,7 +176,7 @@ func (v promptView) fixPromptIDField(raw json.RawMessage, upID string) json.RawM
 	changed := false
 	for i, m := range ms {
 		if m.Key == "prompt_id" {
-			if cur, ok := unquoteJSON(m.Val); ok && cur == upID {
+			if cur, ok := comfyapi.String(m.Val); ok && cur == upID {
 				ms[i].Val, changed = quoteJSON(v.id), true
 			}
 		}
@@ -254,25 +226,13 @@ func (s *Server) rewriteHistoryObject(inst *upstream.Instance, body []byte) []by
 // learnOutputs pins every file an outputs object names ({node: {kind:
 // [{filename, subfolder, type}, ...]}}) to inst, so /view finds it.
 func (s *Server) learnOutputs(inst *upstream.Instance, raw json.RawMessage) {
-	var outputs map[string]map[string]json.RawMessage
+	var outputs map[string]json.RawMessage
 	if json.Unmarshal(raw, &outputs) != nil {
 		return
 	}
-	for _, kinds := range outputs {
-		for _, items := range kinds {
-			var files []struct {
-				Filename  *string `json:"filename"`
-				Subfolder string  `json:"subfolder"`
-				Type      string  `json:"type"`
-			}
-			if len(items) == 0 || items[0] != '[' || json.Unmarshal(items, &files) != nil {
-				continue
-			}
-			for _, f := range files {
-				if f.Filename != nil && *f.Filename != "" {
-					s.pool.PinFile(upstream.FileRef{Filename: *f.Filename, Subfolder: f.Subfolder, Type: f.Type}, inst)
-				}
-			}
+	for _, out := range outputs {
+		for _, f := range comfyapi.NodeOutputFiles(out, "") {
+			s.pool.PinFile(upstream.FileRef{Filename: f.Filename, Subfolder: f.Subfolder, Type: f.Type}, inst)
 		}
 	}
 }
@@ -289,7 +249,7 @@ func (s *Server) rewriteJob(inst *upstream.Instance, raw json.RawMessage) (strin
 	upID := ""
 	for _, m := range ms {
 		if m.Key == "id" {
-			upID, _ = unquoteJSON(m.Val)
+			upID, _ = comfyapi.String(m.Val)
 		}
 	}
 	v := s.viewOf(inst, upID)

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/upstream"
 )
 
@@ -101,8 +102,8 @@ func TestClientPromptID(t *testing.T) {
 		`1.5`: "", `true`: "", `{}`: "", `["a"]`: "",
 		`"b4e409fa-d186-48d1-8e09-4cf045440e25"`: "b4e409fa-d186-48d1-8e09-4cf045440e25",
 	} {
-		if got := clientPromptID(json.RawMessage(raw)); got != want {
-			t.Errorf("clientPromptID(%s) = %q, want %q", raw, got, want)
+		if got := comfyapi.ClientPromptID(json.RawMessage(raw)); got != want {
+			t.Errorf("comfyapi.ClientPromptID(%s) = %q, want %q", raw, got, want)
 		}
 	}
 	if id := newUUID(); len(id) != 36 || id[14] != '4' || strings.ToLower(id) != id {
@@ -154,22 +155,6 @@ func TestMergeByCompletion(t *testing.T) {
 	}
 	if want := "[b1 a2 a3 b2 a1]"; fmt.Sprint(got) != want {
 		t.Errorf("merge = %v, want %s (oldest first, ties to the first instance, duplicate key keeps its newest)", got, want)
-	}
-}
-
-func TestTruthyAndVersions(t *testing.T) {
-	t.Parallel()
-	for raw, want := range map[string]bool{`true`: true, `false`: false, `1`: true, `0`: false, `0.0`: false, `""`: false,
-		`"x"`: true, `[]`: false, `[0]`: true, `{}`: false, `null`: false, ``: false} {
-		if got := truthy(json.RawMessage(raw)); got != want {
-			t.Errorf("truthy(%s) = %v", raw, got)
-		}
-	}
-	for v, want := range map[string]bool{"0.3.57": true, "0.3.56": false, "0.3.40": false, "0.38.0": true, "": true,
-		"v0.2.2-50-gabc": false, "1.0": true, "0.3.65+local": true, "garbage": true} {
-		if got := versionAtLeast(v, minTargetedInterrupt); got != want {
-			t.Errorf("versionAtLeast(%q) = %v", v, got)
-		}
 	}
 }
 

@@ -1,13 +1,13 @@
 package proxy
 
 import (
-	"encoding/json"
 	"errors"
 	"io"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/limits"
 	"github.com/fasthttp/websocket"
 )
@@ -315,32 +315,8 @@ func (c *wsClient) readLoop() {
 		if err != nil {
 			return
 		}
-		if flags, ok := parseFeatureFlags(data); ok {
+		if flags, ok := comfyapi.ParseFeatureFlags(data); ok {
 			c.hub.featureFlags(c, flags)
 		}
 	}
-}
-
-// parseFeatureFlags reports whether msg is {"type": "feature_flags", ...}
-// and whether its data sets supports_preview_metadata to true (ComfyUI
-// tests the flag with `is True`).
-func parseFeatureFlags(msg []byte) (metadata, ok bool) {
-	var m struct {
-		Type string `json:"type"`
-		Data struct {
-			SupportsPreviewMetadata json.RawMessage `json:"supports_preview_metadata"`
-		} `json:"data"`
-	}
-	if json.Unmarshal(msg, &m) != nil || m.Type != "feature_flags" {
-		// A data that is not an object fails the whole decode; ComfyUI
-		// would still store it and answer, so retry with the type alone.
-		var t struct {
-			Type string `json:"type"`
-		}
-		if json.Unmarshal(msg, &t) != nil || t.Type != "feature_flags" {
-			return false, false
-		}
-		return false, true
-	}
-	return string(m.Data.SupportsPreviewMetadata) == "true", true
 }

@@ -1,27 +1,12 @@
 package proxy
 
 import (
-	"bytes"
-	"encoding/binary"
-	"encoding/json"
 	"strconv"
 	"time"
 
+	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/fasthttp/websocket"
-)
-
-// Binary frame event types (comfyui-api.md §2).
-const (
-	binPreview         = 1 // 4-byte format (1 JPEG, 2 PNG), image
-	binText            = 3 // 4-byte length N, node id, UTF-8 text
-	binPreviewMetadata = 4 // 4-byte length N, N bytes JSON, image
-)
-
-// Preview formats of a type-1 frame.
-const (
-	formatJPEG = 1
-	formatPNG  = 2
 )
 
 var (
@@ -84,10 +69,10 @@ func (h *Hub) PromptEvent(p *upstream.Prompt, ev upstream.Event) {
 func (h *Hub) broadcastUnowned(ev upstream.Event) {
 	var f frame
 	if ev.Binary {
-		switch binaryType(ev.Data) {
-		case binPreview, binText:
+		switch typ, _ := comfyapi.BinaryType(ev.Data); typ {
+		case comfyapi.BinPreviewImage, comfyapi.BinText:
 			f = frame{binary: true, data: ev.Data}
-		case binPreviewMetadata:
+		case comfyapi.BinPreviewImageWithMetadata:
 			// ComfyUI sends type 1 to sid None: nobody negotiated for it.
 			var ok bool
 			if f, ok = toPreviewType1(ev.Data); !ok {
@@ -260,7 +245,7 @@ type variants struct {
 func newVariants(ev upstream.Event) variants {
 	f := frame{binary: ev.Binary, data: ev.Data}
 	v := variants{meta: f, plain: f, okMeta: true, okPlain: true}
-	if ev.Binary && binaryType(ev.Data) == binPreviewMetadata {
+	if typ, _ := comfyapi.BinaryType(ev.Data); ev.Binary && typ == comfyapi.BinPreviewImageWithMetadata {
 		v.plain, v.okPlain = toPreviewType1(ev.Data)
 	}
 	return v
@@ -273,50 +258,14 @@ func (v *variants) forClient(metadata bool) (frame, bool) {
 	return v.plain, v.okPlain
 }
 
-// binaryType returns a binary frame's event type, 0 when too short.
-func binaryType(b []byte) uint32 {
-	if len(b) < 4 {
-		return 0
-	}
-	return binary.BigEndian.Uint32(b)
-}
-
-// toPreviewType1 turns a type-4 preview (type, metadata length N, N bytes
-// JSON with image_type, image) into type 1 (type, format, image) without
-// copying the image. ok=false when the frame is malformed.
+// toPreviewType1 turns a type-4 preview into the type-1 frame of a client
+// that did not negotiate metadata, without copying the image.
 func toPreviewType1(b []byte) (frame, bool) {
-	if len(b) < 8 {
+	head, img, ok := comfyapi.PreviewToType1(b)
+	if !ok {
 		return frame{}, false
 	}
-	n := binary.BigEndian.Uint32(b[4:8])
-	if uint64(n) > uint64(len(b)-8) {
-		return frame{}, false
-	}
-	meta, img := b[8:8+n], b[8+n:]
-	format := uint32(0)
-	var md struct {
-		ImageType string `json:"image_type"`
-	}
-	if json.Unmarshal(meta, &md) == nil {
-		switch md.ImageType {
-		case "image/png":
-			format = formatPNG
-		case "image/jpeg":
-			format = formatJPEG
-		}
-	}
-	if format == 0 {
-		// Unknown or missing image_type: trust the bytes, PNG by default
-		// (what ComfyUI does with an unknown preview format).
-		format = formatPNG
-		if bytes.HasPrefix(img, []byte{0xff, 0xd8, 0xff}) {
-			format = formatJPEG
-		}
-	}
-	head := make([]byte, 8)
-	binary.BigEndian.PutUint32(head[0:4], binPreview)
-	binary.BigEndian.PutUint32(head[4:8], format)
-	return frame{binary: true, head: head, data: img}, true
+	return frame{binary: true, head: head[:], data: img}, true
 }
 
 // statusMessage is ComfyUI's status message in Python's json.dumps format;

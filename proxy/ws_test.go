@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/fasthttp/websocket"
 	"github.com/valyala/fasthttp"
@@ -257,28 +258,6 @@ func TestWSPyString(t *testing.T) {
 	}
 }
 
-func TestWSFeatureFlags(t *testing.T) {
-	t.Parallel()
-	for _, tc := range []struct {
-		desc     string
-		msg      string
-		ok, meta bool
-	}{
-		{"metadata", `{"type": "feature_flags", "data": {"supports_preview_metadata": true}}`, true, true},
-		{"no metadata", `{"type": "feature_flags", "data": {"supports_preview_metadata": false}}`, true, false},
-		{"truthy is not true", `{"type": "feature_flags", "data": {"supports_preview_metadata": 1}}`, true, false},
-		{"empty data", `{"type": "feature_flags", "data": {}}`, true, false},
-		{"data not object", `{"type": "feature_flags", "data": 3}`, true, false},
-		{"other type", `{"type": "hello"}`, false, false},
-		{"not json", `nope`, false, false},
-	} {
-		meta, ok := parseFeatureFlags([]byte(tc.msg))
-		if ok != tc.ok || meta != tc.meta {
-			t.Errorf("%s: got (%v, %v), want (%v, %v)", tc.desc, meta, ok, tc.meta, tc.ok)
-		}
-	}
-}
-
 func TestWSRoutesToOwnClientOnly(t *testing.T) {
 	t.Parallel()
 	h, base := startHub(t, nil)
@@ -331,7 +310,7 @@ func TestWSPromptWithoutClientID(t *testing.T) {
 		{textEvent("executing", "p0", `, "node": "1"`), ""},
 		{textEvent("progress", "p0", `, "value": 1, "max": 2`), "progress"},
 		{textEvent("progress_state", "p0", `, "nodes": {}`), "progress_state"},
-		{upstream.Event{Binary: true, PromptID: "p0", Data: preview1(formatJPEG, jpegBytes)}, "binary:1"},
+		{upstream.Event{Binary: true, PromptID: "p0", Data: preview1(comfyapi.FormatJPEG, jpegBytes)}, "binary:1"},
 		{upstream.Event{Binary: true, PromptID: "p0", Data: preview4(t, "p0", "image/png", pngBytes)}, "binary:1"},
 		{upstream.Event{Binary: true, Data: append(binary.BigEndian.AppendUint32(nil, 3), "\x00\x00\x00\x012hello"...)}, "binary:3"},
 		{textEvent("executed", "p0", `, "node": "3", "output": null`), ""},
@@ -357,7 +336,7 @@ func TestWSPromptWithoutClientID(t *testing.T) {
 			t.Fatalf("%s got %v, want %v", c.sid, types, want)
 		}
 		// The converted type-4 preview is a PNG type-1 frame.
-		if conv := got[3].data; !bytes.Equal(conv, preview1(formatPNG, pngBytes)) {
+		if conv := got[3].data; !bytes.Equal(conv, preview1(comfyapi.FormatPNG, pngBytes)) {
 			t.Fatalf("%s converted preview = %x", c.sid, conv)
 		}
 	}
@@ -378,10 +357,10 @@ func TestWSPreviewConversion(t *testing.T) {
 		img       []byte
 		format    uint32
 	}{
-		{"png", "image/png", pngBytes, formatPNG},
-		{"jpeg", "image/jpeg", jpegBytes, formatJPEG},
-		{"unknown type sniffed", "image/x", jpegBytes, formatJPEG},
-		{"unknown type default png", "", []byte("raw"), formatPNG},
+		{"png", "image/png", pngBytes, comfyapi.FormatPNG},
+		{"jpeg", "image/jpeg", jpegBytes, comfyapi.FormatJPEG},
+		{"unknown type sniffed", "image/x", jpegBytes, comfyapi.FormatJPEG},
+		{"unknown type default png", "", []byte("raw"), comfyapi.FormatPNG},
 	} {
 		for _, c := range []*wsTestClient{plain, meta, neg} {
 			p := &upstream.Prompt{ID: "p-" + c.sid, ClientID: c.sid}
@@ -456,7 +435,7 @@ func TestWSOnlyFirstTextFrameNegotiates(t *testing.T) {
 			got = append(got, m)
 		}
 	}
-	if len(got) != 1 || !bytes.Equal(got[0].data, preview1(formatPNG, pngBytes)) {
+	if len(got) != 1 || !bytes.Equal(got[0].data, preview1(comfyapi.FormatPNG, pngBytes)) {
 		t.Fatalf("got %v; the second text frame must not negotiate", got)
 	}
 }
@@ -573,7 +552,7 @@ func TestWSBacklogForUnseenClient(t *testing.T) {
 	h.Broadcast(marker("end"))
 	got := c.readUntil(`"m": "end"`)
 	if len(got) != 3 || !strings.Contains(string(got[0].data), `"value": 3`) ||
-		!strings.Contains(string(got[1].data), `"value": 4`) || !bytes.Equal(got[2].data, preview1(formatPNG, pngBytes)) {
+		!strings.Contains(string(got[1].data), `"value": 4`) || !bytes.Equal(got[2].data, preview1(comfyapi.FormatPNG, pngBytes)) {
 		t.Fatalf("replay = %v", got)
 	}
 }

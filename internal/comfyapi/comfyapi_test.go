@@ -272,7 +272,8 @@ func TestWSText(t *testing.T) {
 		{"error", `{"type": "execution_error", "data": {"prompt_id": "p", "exception_type": "RuntimeError"}}`, "execution_error", "p", true, true, true, true, 0, false},
 		{"success", `{"type": "execution_success", "data": {"prompt_id": "p", "timestamp": 1}}`, "execution_success", "p", true, true, true, true, 0, false},
 		{"numeric prompt id", `{"type": "progress", "data": {"prompt_id": 7, "node": "3"}}`, "progress", "7", true, false, false, false, 0, false},
-		{"custom data", `{"type": "my_node", "data": "hello"}`, "my_node", "", false, true, false, false, 0, false},
+		{"custom data", `{"type": "my_node", "data": "hello"}`, "my_node", "", false, false, false, false, 0, false},
+		{"executing without data", `{"type": "executing", "data": 5}`, "executing", "", false, false, false, false, 0, false},
 		{"status negative", `{"type": "status", "data": {"status": {"exec_info": {"queue_remaining": -1}}}}`, "status", "", false, true, false, false, 0, false},
 		{"status string", `{"type": "status", "data": {"status": {"exec_info": {"queue_remaining": "2"}}}}`, "status", "", false, true, false, false, 0, false},
 	} {
@@ -384,5 +385,82 @@ func TestIDText(t *testing.T) {
 		if got := IDText(json.RawMessage(in)); got != want {
 			t.Errorf("IDText(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+func TestFeatureFlags(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		msg          string
+		metadata, ok bool
+	}{
+		{`{"type": "feature_flags", "data": {"supports_preview_metadata": true}}`, true, true},
+		{`{"type": "feature_flags", "data": {"supports_preview_metadata": 1}}`, false, true},
+		{`{"type": "feature_flags", "data": {"supports_preview_metadata": "true"}}`, false, true},
+		{`{"type": "feature_flags", "data": "x"}`, false, true},
+		{`{"type": "feature_flags"}`, false, true},
+		{`{"type": "status", "data": {"supports_preview_metadata": true}}`, false, false},
+		{`not json`, false, false},
+	} {
+		md, ok := ParseFeatureFlags([]byte(tc.msg))
+		if md != tc.metadata || ok != tc.ok {
+			t.Errorf("ParseFeatureFlags(%s) = %v, %v", tc.msg, md, ok)
+		}
+	}
+}
+
+func TestLastTimestamp(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		entry string
+		ts    int64
+		ok    bool
+	}{
+		{`{"status": {"messages": [["execution_start", {"timestamp": 5}], ["execution_success", {"timestamp": 9}]]}}`, 9, true},
+		{`{"status": {"messages": [["execution_start", {"timestamp": 5}], ["execution_error", {"exception_type": "X"}]]}}`, 5, true},
+		{`{"status": {"messages": [["execution_start", {"timestamp": "5"}]]}}`, 0, false},
+		{`{"outputs": {}}`, 0, false},
+	} {
+		e, _ := ParseHistoryEntry([]byte(tc.entry))
+		if ts, ok := e.Status.LastTimestamp(); ts != tc.ts || ok != tc.ok {
+			t.Errorf("LastTimestamp(%s) = %d, %v", tc.entry, ts, ok)
+		}
+	}
+}
+
+func TestNodeOutputFiles(t *testing.T) {
+	t.Parallel()
+	out := json.RawMessage(`{"images": [{"filename": "a.png", "subfolder": "s", "type": "output"}, {"filename": ""}, "x", {"subfolder": "t"}],
+		"gifs": [{"filename": "b.gif", "subfolder": "", "type": "temp"}], "text": ["hello"], "animated": [false]}`)
+	if got := NodeOutputFiles(out, "images"); len(got) != 1 || got[0] != (FileRef{"a.png", "s", "output"}) {
+		t.Errorf("images: %+v", got)
+	}
+	all := NodeOutputFiles(out, "")
+	if len(all) != 2 {
+		t.Errorf("all kinds: %+v", all)
+	}
+	for _, bad := range []string{`null`, `[]`, `{"images": 3}`, ``} {
+		if got := NodeOutputFiles(json.RawMessage(bad), ""); len(got) != 0 {
+			t.Errorf("%s: %+v", bad, got)
+		}
+	}
+}
+
+func TestProgressFields(t *testing.T) {
+	t.Parallel()
+	m, _ := ParseWSText([]byte(`{"type": "progress", "data": {"value": 3, "max": 20, "prompt_id": "p", "node": "5"}}`))
+	if v, mx := m.Progress(); v != 3 || mx != 20 {
+		t.Errorf("progress %v/%v", v, mx)
+	}
+	m, _ = ParseWSText([]byte(`{"type": "execution_cached", "data": {"nodes": ["1", 2, "3"], "prompt_id": "p"}}`))
+	if got := m.CachedNodes(); len(got) != 2 || got[0] != "1" || got[1] != "3" {
+		t.Errorf("cached %v", got)
+	}
+	m, _ = ParseWSText([]byte(`{"type": "progress_state", "data": {"prompt_id": "p", "nodes": {
+		"1": {"value": 1.0, "max": 1.0, "state": "finished", "node_id": "1", "display_node_id": "1", "parent_node_id": null},
+		"2": {"value": 0, "max": 2, "state": "running", "node_id": "2", "display_node_id": "7"}, "3": 5}}}`))
+	st := m.NodeStates()
+	if len(st) != 2 || st["1"].State != "finished" || st["2"].Max != 2 || st["2"].DisplayNodeID != "7" {
+		t.Errorf("states %+v", st)
 	}
 }

@@ -161,3 +161,23 @@ func exceptionType(data json.RawMessage) string {
 	s, _ := String(d.ExceptionType)
 	return s
 }
+
+// LastTimestamp returns the timestamp (ms) of the last status message that
+// carries one: the prompt's completion time (ComfyUI orders /history by
+// completion).
+func (s HistoryStatus) LastTimestamp() (int64, bool) {
+	for i := len(s.Messages) - 1; i >= 0; i-- {
+		m, ok := ParseMessage(s.Messages[i])
+		if !ok || !isObject(m.Data) {
+			continue
+		}
+		var d struct {
+			Timestamp json.RawMessage `json:"timestamp"`
+		}
+		_ = json.Unmarshal(m.Data, &d)
+		if f, ok := Number(d.Timestamp); ok {
+			return int64(f), true
+		}
+	}
+	return 0, false
+}

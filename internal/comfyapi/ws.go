@@ -47,6 +47,9 @@ type WSMessage struct {
 	Type string
 	Data WSData
 	Raw  []byte
+	// dataObject reports that data was a JSON object (NodeNull needs it:
+	// a message without one says nothing about its node).
+	dataObject bool
 }
 
 // WSData holds the data fields of ComfyUI's messages that comfygate reads.
@@ -65,6 +68,11 @@ type WSData struct {
 	ExceptionMessage json.RawMessage `json:"exception_message"`
 	// Output is executed's UI output {"images": [...], ...} (may be null).
 	Output json.RawMessage `json:"output"`
+	// Value and Max are progress's step counts.
+	Value json.RawMessage `json:"value"`
+	Max   json.RawMessage `json:"max"`
+	// Nodes is execution_cached's [ids] or progress_state's {id: state}.
+	Nodes json.RawMessage `json:"nodes"`
 	// Status is status's {"exec_info": {"queue_remaining": N}}.
 	Status json.RawMessage `json:"status"`
 	// SID is the sid of the first status message on a socket.
@@ -88,6 +96,7 @@ func ParseWSText(b []byte) (WSMessage, error) {
 	}
 	m.Type, _ = String(top.Type)
 	if isObject(top.Data) {
+		m.dataObject = true
 		_ = json.Unmarshal(top.Data, &m.Data)
 	}
 	return m, nil
@@ -103,9 +112,12 @@ func (m WSMessage) HasPromptID() bool {
 	return len(v) > 0 && string(v) != "null"
 }
 
-// NodeNull reports data.node null or absent: on executing, the end of the
-// prompt's run.
+// NodeNull reports data.node null or absent in a data object: on
+// executing, the end of the prompt's run.
 func (m WSMessage) NodeNull() bool {
+	if !m.dataObject {
+		return false
+	}
 	v := bytes.TrimSpace(m.Data.Node)
 	return len(v) == 0 || string(v) == "null"
 }
@@ -155,4 +167,89 @@ func (m WSMessage) QueueRemaining() (int64, bool) {
 		return 0, false
 	}
 	return int64(f), true
+}
+
+// Progress returns a progress message's value and max (0 when absent).
+func (m WSMessage) Progress() (value, max float64) {
+	value, _ = Number(m.Data.Value)
+	max, _ = Number(m.Data.Max)
+	return value, max
+}
+
+// CachedNodes returns execution_cached's node ids.
+func (m WSMessage) CachedNodes() []string {
+	var raw []json.RawMessage
+	if json.Unmarshal(m.Data.Nodes, &raw) != nil {
+		return nil
+	}
+	ids := make([]string, 0, len(raw))
+	for _, r := range raw {
+		if id, ok := String(r); ok {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+// NodeProgress is one node of a progress_state message (July 2025).
+type NodeProgress struct {
+	Value         float64 `json:"value"`
+	Max           float64 `json:"max"`
+	State         string  `json:"state"` // "running", "finished"
+	NodeID        string  `json:"node_id"`
+	DisplayNodeID string  `json:"display_node_id"`
+}
+
+// NodeStates returns progress_state's nodes by id. Nodes of another shape
+// are left out.
+func (m WSMessage) NodeStates() map[string]NodeProgress {
+	if !isObject(m.Data.Nodes) {
+		return nil
+	}
+	var raw map[string]json.RawMessage
+	if json.Unmarshal(m.Data.Nodes, &raw) != nil {
+		return nil
+	}
+	out := make(map[string]NodeProgress, len(raw))
+	for id, r := range raw {
+		if !isObject(r) {
+			continue
+		}
+		var f map[string]json.RawMessage
+		if json.Unmarshal(r, &f) != nil {
+			continue
+		}
+		var np NodeProgress
+		np.Value, _ = Number(f["value"])
+		np.Max, _ = Number(f["max"])
+		np.State, _ = String(f["state"])
+		np.NodeID, _ = String(f["node_id"])
+		np.DisplayNodeID, _ = String(f["display_node_id"])
+		out[id] = np
+	}
+	return out
+}
+
+// ParseFeatureFlags reads the feature_flags message a client sends first:
+// ok reports {"type": "feature_flags", ...}, and previewMetadata that its
+// data sets supports_preview_metadata to true (ComfyUI tests the flag with
+// "is True", so 1 or "true" do not count). A data that is not an object is
+// still a feature_flags message: ComfyUI stores it and answers.
+func ParseFeatureFlags(msg []byte) (previewMetadata, ok bool) {
+	m, err := ParseWSText(msg)
+	if err != nil || m.Type != TypeFeatureFlags {
+		return false, false
+	}
+	var top struct {
+		Data json.RawMessage `json:"data"`
+	}
+	_ = json.Unmarshal(msg, &top)
+	if !isObject(top.Data) {
+		return false, true
+	}
+	var d struct {
+		SupportsPreviewMetadata json.RawMessage `json:"supports_preview_metadata"`
+	}
+	_ = json.Unmarshal(top.Data, &d)
+	return string(bytes.TrimSpace(d.SupportsPreviewMetadata)) == "true", true
 }
