@@ -20,7 +20,8 @@
 // ImageInvert, ImageScale, ImageScaleBy, ImageBlur, UpscaleModelLoader +
 // ImageUpscaleWithModel (the factor comes from the model name: "4x-..." or
 // "RealESRGAN_x4plus" -> 4, "2x..." or "..._x2plus" -> 2, otherwise 4),
-// SaveImageWebsocket (binary frames) and the WAS Node Suite's
+// SaveImageWebsocket (binary frames), VideoHelperSuite's VHS_VideoCombine
+// (an animated GIF reported under "gifs", the only format offered) and the WAS Node Suite's
 // "Image Rembg (Remove Background)" (RembgClass), which flood-fills the
 // background from the borders by colour distance and outputs RGBA with a
 // transparent background. All of the WAS node's inputs are required, as in

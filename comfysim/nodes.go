@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"image"
+	"image/color/palette"
+	"image/draw"
 	"image/gif"
 	_ "image/gif"  // LoadImage accepts GIF uploads
 	_ "image/jpeg" // LoadImage accepts JPEG uploads
@@ -35,6 +38,29 @@ func (d inputDef) opt(k string) (any, bool) { return d.extra.get(k) }
 // nodeUI is a node's UI output ("ui" in ComfyUI): what executed/history show.
 type nodeUI struct {
 	Images []imageRef `json:"images"`
+	// Gifs is where VideoHelperSuite's VHS_VideoCombine reports its
+	// videos; a node with Gifs reports no images.
+	Gifs []videoRef `json:"gifs,omitempty"`
+}
+
+// MarshalJSON leaves "images" out of a video node's output, as VHS does.
+func (u nodeUI) MarshalJSON() ([]byte, error) {
+	type plain nodeUI
+	if u.Gifs != nil && u.Images == nil {
+		return json.Marshal(struct {
+			Gifs []videoRef `json:"gifs"`
+		}{u.Gifs})
+	}
+	return json.Marshal(plain(u))
+}
+
+// videoRef is one VHS_VideoCombine output.
+type videoRef struct {
+	Filename  string  `json:"filename"`
+	Subfolder string  `json:"subfolder"`
+	Type      string  `json:"type"`
+	Format    string  `json:"format"`
+	FrameRate float64 `json:"frame_rate"`
 }
 
 type imageRef struct {
@@ -76,6 +102,11 @@ func fixedCombo(items ...string) func(*Server) []string {
 // RembgClass is the background-removal node's class_type, named after the
 // WAS Node Suite node that workflows in the wild use.
 const RembgClass = "Image Rembg (Remove Background)"
+
+// VideoCombineClass is VideoHelperSuite's video node. The simulator
+// writes animated GIFs (format "image/gif", the only choice it offers)
+// and reports them under "gifs", as VHS does.
+const VideoCombineClass = "VHS_VideoCombine"
 
 // DefaultUpscaleModels are the upscale model names the simulator lists when
 // Options.UpscaleModels is empty. The scale is read from the name.
@@ -199,6 +230,23 @@ func nodeDefs() map[string]*nodeDef {
 			inputs:     []inputDef{imageIn("images")},
 			outputNode: true,
 			run:        runSaveImageWebsocket,
+		},
+		{
+			name: VideoCombineClass, display: "Video Combine 🎥🅥🅗🅢", category: "Video Helper Suite 🎥🅥🅗🅢", module: "custom_nodes.ComfyUI-VideoHelperSuite",
+			inputs: []inputDef{
+				imageIn("images"),
+				{name: "frame_rate", typ: "FLOAT", extra: ordered{{"default", pyFloat(8)}, {"min", pyFloat(1)}, {"step", pyFloat(1)}}},
+				intIn("loop_count", 0, 0, 100, 1),
+				{name: "filename_prefix", typ: "STRING", extra: ordered{{"default", "AnimateDiff"}}},
+				{name: "format", combo: fixedCombo("image/gif")},
+				{name: "pingpong", typ: "BOOLEAN", extra: ordered{{"default", false}}},
+				{name: "save_output", typ: "BOOLEAN", extra: ordered{{"default", true}}},
+			},
+			hidden:      hiddenPrompt,
+			outputs:     []string{"VHS_FILENAMES"},
+			outputNames: []string{"Filenames"},
+			outputNode:  true,
+			run:         runVideoCombine,
 		},
 		{
 			name: RembgClass, display: RembgClass, category: "WAS Suite/Image/AI", module: "custom_nodes.was-node-suite-comfyui",
@@ -458,6 +506,7 @@ func saveImagePath(prefix, outDir string, w, h int) (fullDir, filename, subfolde
 			continue
 		}
 		digits, _, _ := strings.Cut(n[plen+1:], "_")
+		digits = strings.TrimSuffix(digits, filepath.Ext(digits)) // VHS: prefix_00001.gif
 		d, _ := strconv.Atoi(digits)
 		counter = max(counter, d)
 	}
@@ -689,6 +738,52 @@ func runRembg(c *nodeCall) ([]any, *nodeUI, error) {
 		return nil, nil, err
 	}
 	return []any{out}, nil, nil
+}
+
+// runVideoCombine writes the batch as an animated GIF, one frame per
+// image at frame_rate, looping loop_count times (0: forever).
+func runVideoCombine(c *nodeCall) ([]any, *nodeUI, error) {
+	b, err := argImage(c.in, "images")
+	if err != nil {
+		return nil, nil, err
+	}
+	rate := argFloat(c.in, "frame_rate")
+	if rate <= 0 {
+		rate = 8
+	}
+	frames := b.frames
+	if argBool(c.in, "pingpong") && len(frames) > 2 {
+		for i := len(frames) - 2; i > 0; i-- {
+			frames = append(frames, frames[i])
+		}
+	}
+	g := &gif.GIF{LoopCount: int(argInt(c.in, "loop_count"))} // 0: forever, in GIF as in VHS
+	delay := int(math.Round(100 / rate))
+	for _, f := range frames {
+		p := image.NewPaletted(f.Bounds(), palette.Plan9)
+		draw.FloydSteinberg.Draw(p, f.Bounds(), f, image.Point{})
+		g.Image = append(g.Image, p)
+		g.Delay = append(g.Delay, delay)
+	}
+	var buf bytes.Buffer
+	if err := gif.EncodeAll(&buf, g); err != nil {
+		return nil, nil, &execError{typ: "OSError", msg: err.Error()}
+	}
+	dir, typ := c.s.outputDir, "output"
+	if !argBool(c.in, "save_output") {
+		dir, typ = c.s.tempDir, "temp"
+	}
+	w, h := b.size()
+	fullDir, filename, subfolder, counter, err := saveImagePath(argStr(c.in, "filename_prefix"), dir, w, h)
+	if err != nil {
+		return nil, nil, err
+	}
+	name := fmt.Sprintf("%s_%05d.gif", filename, counter)
+	if err := os.WriteFile(filepath.Join(fullDir, name), buf.Bytes(), 0o644); err != nil {
+		return nil, nil, &execError{typ: "OSError", msg: err.Error()}
+	}
+	ref := videoRef{Filename: name, Subfolder: subfolder, Type: typ, Format: "image/gif", FrameRate: rate}
+	return []any{[]any{true, []any{filepath.Join(fullDir, name)}}}, &nodeUI{Gifs: []videoRef{ref}}, nil
 }
 
 func runSaveImageWebsocket(c *nodeCall) ([]any, *nodeUI, error) {
