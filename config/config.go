@@ -40,6 +40,7 @@ type Config struct {
 	Failover    Failover    `yaml:"failover"`
 	Discovery   Discovery   `yaml:"discovery"`
 	Jobs        Jobs        `yaml:"jobs"`
+	Webhooks    Webhooks    `yaml:"webhooks"`
 	Log         Log         `yaml:"log"`
 
 	// Security (security.go): API keys, redaction, rate limits and
@@ -139,6 +140,41 @@ type Jobs struct {
 	MaxWaiting int `yaml:"max_waiting"`
 	// MaxImageBytes caps an uploaded image. Default 50 MiB.
 	MaxImageBytes int64 `yaml:"max_image_bytes"`
+	// MaxWait caps how long one request may wait for a job (Prefer: wait=N,
+	// ?wait=). Default 5m; longer asks are cut to it.
+	MaxWait time.Duration `yaml:"max_wait"`
+	// IdempotencyTTL is how long an Idempotency-Key on a submission is
+	// remembered. Default 24h.
+	IdempotencyTTL time.Duration `yaml:"idempotency_ttl"`
+	// OutputMemoryBytes is how many bytes of fetched job outputs are kept in
+	// memory; beyond it outputs go to files in OutputDir. Default 256 MiB.
+	OutputMemoryBytes int64 `yaml:"output_memory_bytes"`
+	// OutputDir holds the outputs beyond OutputMemoryBytes. Default: a
+	// directory comfygate creates under the system's temporary directory.
+	OutputDir string `yaml:"output_dir"`
+}
+
+// Webhooks configures the job API's completion webhooks. With no
+// AllowedHosts, webhooks are off and a job naming a webhook_url is refused.
+type Webhooks struct {
+	// AllowedHosts are the hosts comfygate may deliver to: "host",
+	// "host:port" or "*.domain". Loopback, link-local and private
+	// addresses are refused unless listed literally (e.g. "127.0.0.1").
+	AllowedHosts []string `yaml:"allowed_hosts"`
+	// DefaultURL receives the terminal event of jobs that name no
+	// webhook_url. Empty: none.
+	DefaultURL string `yaml:"default_url"`
+	// Secret signs deliveries (Standard Webhooks: "whsec_" + base64, or any
+	// other string used as is). COMFYGATE_WEBHOOK_SECRET overrides it.
+	// Required when AllowedHosts is set.
+	Secret string `yaml:"secret"`
+	// Timeout bounds one delivery attempt. Default 5s.
+	Timeout time.Duration `yaml:"timeout"`
+	// RetryFor bounds the time over which a failed delivery is retried
+	// (exponential backoff with jitter). Default 1h.
+	RetryFor time.Duration `yaml:"retry_for"`
+	// MaxAttempts bounds the attempts of one delivery. Default 10.
+	MaxAttempts int `yaml:"max_attempts"`
 }
 
 // Log configures logging.
@@ -162,6 +198,31 @@ type Workflow struct {
 	OutputNode string `yaml:"output_node"`
 	// Overridable lists "node_id.input" keys callers may set through "inputs".
 	Overridable []string `yaml:"overridable"`
+	// Parameters are named, typed inputs callers set by name.
+	Parameters []Parameter `yaml:"parameters"`
+}
+
+// Parameter is one named input of a workflow: callers send {"name": value}
+// and comfygate checks it and sets node.input.
+type Parameter struct {
+	Name string `yaml:"name"`
+	// Node and Input are the graph input the value goes to.
+	Node  string `yaml:"node"`
+	Input string `yaml:"input"`
+	// Type is int, float, string, bool, image or enum.
+	Type string `yaml:"type"`
+	// Default is used when the caller sends none; without it the graph's
+	// own value stays.
+	Default any `yaml:"default"`
+	// Min and Max bound int and float values (and string lengths).
+	Min *float64 `yaml:"min"`
+	Max *float64 `yaml:"max"`
+	// Options are the values an enum allows.
+	Options []string `yaml:"options"`
+	// Required parameters must be sent.
+	Required bool `yaml:"required"`
+	// Description is shown in GET /api/workflows.
+	Description string `yaml:"description"`
 }
 
 // Default returns the configuration with every default filled in.
@@ -183,9 +244,11 @@ func (c *Config) setDefaults() {
 			PingInterval: 20 * time.Second, ReconnectMin: 100 * time.Millisecond, ReconnectMax: 5 * time.Second},
 		Failover:  Failover{MaxResubmits: 2, SuspectGrace: 2 * time.Second, LivenessInterval: 2 * time.Second, LivenessTimeout: 4 * time.Second},
 		Discovery: Discovery{Interval: 30 * time.Second},
-		Jobs:      Jobs{Timeout: 5 * time.Minute, MaxConcurrent: 10, MaxWaiting: 1000, MaxImageBytes: 50 << 20},
-		Log:       Log{Level: "info", Format: "json", MaxSizeMB: 100, MaxBackups: 5, MaxAgeDays: 30},
-		Dir:       ".",
+		Jobs: Jobs{Timeout: 5 * time.Minute, MaxConcurrent: 10, MaxWaiting: 1000, MaxImageBytes: 50 << 20,
+			MaxWait: 5 * time.Minute, IdempotencyTTL: 24 * time.Hour, OutputMemoryBytes: 256 << 20},
+		Webhooks: Webhooks{Timeout: 5 * time.Second, RetryFor: time.Hour, MaxAttempts: 10},
+		Log:      Log{Level: "info", Format: "json", MaxSizeMB: 100, MaxBackups: 5, MaxAgeDays: 30},
+		Dir:      ".",
 	}
 	defaultSecurity(c)
 	c.complete()
@@ -308,6 +371,7 @@ func (c *Config) applyEnv(environ []string) error {
 	str("LOG_DIRECTORY", &c.Log.Directory)
 	str("COMFYGATE_LISTEN", &c.Listen)
 	c.applySecurityEnv(env)
+	str("COMFYGATE_WEBHOOK_SECRET", &c.Webhooks.Secret)
 
 	// COMFYUI_HOST_1..N replace the instance list: any N, in order, gaps allowed.
 	type numbered struct {

@@ -85,6 +85,25 @@ func (c *Config) Validate() error {
 	if c.Jobs.MaxImageBytes <= 0 {
 		bad("jobs.max_image_bytes", c.Jobs.MaxImageBytes, "a positive number of bytes")
 	}
+	pos("jobs.max_wait", c.Jobs.MaxWait)
+	pos("jobs.idempotency_ttl", c.Jobs.IdempotencyTTL)
+	if c.Jobs.OutputMemoryBytes < 0 {
+		bad("jobs.output_memory_bytes", c.Jobs.OutputMemoryBytes, "0 (every output on disk) or a number of bytes")
+	}
+	for i, h := range c.Webhooks.AllowedHosts {
+		if h == "" || strings.ContainsAny(h, "/?#@ ") || strings.Contains(h, "*") && !strings.HasPrefix(h, "*.") {
+			bad(fmt.Sprintf("webhooks.allowed_hosts[%d]", i), strconv.Quote(h), `a host, host:port or "*.domain"`)
+		}
+	}
+	if len(c.Webhooks.AllowedHosts) > 0 && c.Webhooks.Secret == "" {
+		bad("webhooks.secret (COMFYGATE_WEBHOOK_SECRET)", `""`, "a signing secret when webhooks.allowed_hosts is set")
+	}
+	if u := c.Webhooks.DefaultURL; u != "" && !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+		bad("webhooks.default_url", strconv.Quote(u), "an http(s):// URL")
+	}
+	pos("webhooks.timeout", c.Webhooks.Timeout)
+	pos("webhooks.retry_for", c.Webhooks.RetryFor)
+	posInt("webhooks.max_attempts", c.Webhooks.MaxAttempts)
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
@@ -107,8 +126,34 @@ func (c *Config) Validate() error {
 		if name == "" || strings.ContainsAny(name, "/ ?#") {
 			bad("workflows", strconv.Quote(name), "a name without '/', '?', '#' or spaces")
 		}
-		if w.File != "" && (w.ImageNode == "" || w.OutputNode == "") {
-			bad(key, "file without image_node/output_node", "image_node and output_node set for a custom file")
+		if w.File != "" && w.OutputNode == "" {
+			bad(key+".output_node", `""`, "the node whose outputs are the result")
+		}
+		seen := map[string]bool{}
+		for i, p := range w.Parameters {
+			pk := fmt.Sprintf("%s.parameters[%d]", key, i)
+			switch {
+			case p.Name == "" || strings.ContainsAny(p.Name, " ./"):
+				bad(pk+".name", strconv.Quote(p.Name), "a name without spaces, '.' or '/'")
+			case seen[p.Name]:
+				bad(pk+".name", strconv.Quote(p.Name), "a name no other parameter of the workflow has")
+			}
+			seen[p.Name] = true
+			if p.Node == "" || p.Input == "" {
+				bad(pk, "without node/input", "node and input set")
+			}
+			switch p.Type {
+			case "int", "float", "string", "bool", "image":
+			case "enum":
+				if len(p.Options) == 0 {
+					bad(pk+".options", "[]", "the values the enum allows")
+				}
+			default:
+				bad(pk+".type", strconv.Quote(p.Type), "int, float, string, bool, image or enum")
+			}
+			if p.Min != nil && p.Max != nil && *p.Min > *p.Max {
+				bad(pk+".max", *p.Max, "a value of at least min")
+			}
 		}
 		for _, o := range w.Overridable {
 			if n, in, ok := strings.Cut(o, "."); !ok || n == "" || in == "" {
