@@ -40,6 +40,13 @@ type harness struct {
 // newHarness starts everything; mod may change the configuration first.
 func newHarness(tb testing.TB, n int, opts comfysim.Options, mod func(*config.Config)) *harness {
 	tb.Helper()
+	return newHarnessWith(tb, n, opts, mod, nil)
+}
+
+// newHarnessWith is newHarness with svcMod changing the Service's tuning
+// before it starts.
+func newHarnessWith(tb testing.TB, n int, opts comfysim.Options, mod func(*config.Config), svcMod func(*Service)) *harness {
+	tb.Helper()
 	h := &harness{tb: tb, hc: &http.Client{Timeout: 30 * time.Second}}
 	cfg := config.Default()
 	cfg.Instances = nil
@@ -97,6 +104,9 @@ func newHarness(tb testing.TB, n int, opts comfysim.Options, mod func(*config.Co
 	svc, err := New(cfg, pool, nil, log)
 	if err != nil {
 		tb.Fatalf("jobs.New: %v", err)
+	}
+	if svcMod != nil {
+		svcMod(svc)
 	}
 	svc.Start(ctx)
 	h.svc = svc

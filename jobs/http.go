@@ -2,11 +2,11 @@ package jobs
 
 import (
 	"cmp"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -22,6 +22,8 @@ const (
 	routeUpscaleImage     = "/api/upscale-image"
 	routeWorkflows        = "/api/workflows/"
 	routeJobs             = "/api/jobs"
+	routeWorkflowList     = "/api/workflows"
+	routeOpenAPI          = "/api/openapi.json"
 	listSource            = "comfygate"
 )
 
@@ -29,23 +31,43 @@ const (
 // was one of them:
 //
 //	POST   /api/remove-background, /api/upscale-image, /api/workflows/{name}
-//	GET    /api/jobs/{id}/status
-//	GET    /api/jobs/{id}/result  (JSON; raw bytes with Accept: image/* or ?format=raw)
+//	       (Prefer: wait=N or ?wait=Ns, Idempotency-Key, ?dry_run=1)
+//	GET    /api/workflows              (the workflows, parameters as JSON Schema)
+//	GET    /api/openapi.json           (OpenAPI 3.1 description of these routes)
+//	GET    /api/jobs/{id}/status       (?wait=Ns long-polls for a status change)
+//	GET    /api/jobs/{id}/events       (Server-Sent Events)
+//	GET    /api/jobs/{id}/result       (JSON; raw bytes with Accept: image/* or ?format=raw)
+//	GET    /api/jobs/{id}/outputs/{n}  (one output file, Range supported)
 //	DELETE /api/jobs/{id}
 //	GET    /api/jobs?source=comfygate
+//
+// GET /api/jobs/{id}?wait=Ns of a facade job waits here for a status
+// change, then reports false so that ComfyUI's own answer follows.
 func (s *Service) ServeJobs(ctx *fasthttp.RequestCtx) bool {
 	path := string(ctx.Path())
 	switch {
 	case path == routeRemoveBackground:
-		s.serveSubmit(ctx, workflows.RemoveBackground)
+		s.serveSubmit(ctx, workflows.RemoveBackground, true)
 	case path == routeUpscaleImage:
-		s.serveSubmit(ctx, workflows.UpscaleImage)
+		s.serveSubmit(ctx, workflows.UpscaleImage, true)
+	case path == routeWorkflowList:
+		if !allow(ctx, "GET", "HEAD") {
+			return true
+		}
+		s.serveWorkflows(ctx)
+	case path == routeOpenAPI:
+		if !allow(ctx, "GET", "HEAD") {
+			return true
+		}
+		ctx.SetStatusCode(fasthttp.StatusOK)
+		ctx.SetContentType("application/json; charset=utf-8")
+		ctx.SetBody(openAPIDocument)
 	case strings.HasPrefix(path, routeWorkflows):
 		name := path[len(routeWorkflows):]
 		if name == "" || strings.Contains(name, "/") {
 			return false
 		}
-		s.serveSubmit(ctx, name)
+		s.serveSubmit(ctx, name, false)
 	case path == routeJobs:
 		if !ctx.IsGet() && !ctx.IsHead() || string(ctx.QueryArgs().Peek("source")) != listSource {
 			return false // ComfyUI's job list
@@ -54,6 +76,10 @@ func (s *Service) ServeJobs(ctx *fasthttp.RequestCtx) bool {
 	case strings.HasPrefix(path, routeJobs+"/"):
 		id, sub, _ := strings.Cut(path[len(routeJobs)+1:], "/")
 		if id == "" {
+			return false
+		}
+		sub, arg, _ := strings.Cut(sub, "/")
+		if arg != "" && sub != "outputs" {
 			return false
 		}
 		switch sub {
@@ -67,7 +93,25 @@ func (s *Service) ServeJobs(ctx *fasthttp.RequestCtx) bool {
 				return true
 			}
 			s.serveResult(ctx, id)
+		case "events":
+			if !allow(ctx, "GET") {
+				return true
+			}
+			s.serveEvents(ctx, id)
+		case "outputs":
+			if !allow(ctx, "GET", "HEAD") {
+				return true
+			}
+			if arg == "" {
+				s.serveOutputList(ctx, id)
+			} else {
+				s.serveOutput(ctx, id, arg)
+			}
 		case "":
+			if ctx.IsGet() && ctx.QueryArgs().Has("wait") {
+				s.longPoll(ctx, id, false)
+				return false // ComfyUI's GET /api/jobs/{id} answers
+			}
 			if !ctx.IsDelete() {
 				return false // GET /api/jobs/{id} is ComfyUI's
 			}
@@ -107,10 +151,11 @@ func writeError(ctx *fasthttp.RequestCtx, e *apiError) {
 		ctx.Response.Header.Set("Retry-After", itoa(e.retryAfter))
 	}
 	type body struct {
-		Type    string `json:"type"`
-		Message string `json:"message"`
+		Type    string       `json:"type"`
+		Message string       `json:"message"`
+		Details []fieldError `json:"details,omitempty"`
 	}
-	writeJSON(ctx, e.status, map[string]body{"error": {Type: e.typ, Message: e.msg}})
+	writeJSON(ctx, e.status, map[string]body{"error": {Type: e.typ, Message: e.msg, Details: e.details}})
 }
 
 // acceptedView is the 202 answer to a job submission.
@@ -121,10 +166,12 @@ type acceptedView struct {
 	Estimated float64 `json:"estimated_completion_seconds"`
 	StatusURL string  `json:"status_url"`
 	ResultURL string  `json:"result_url"`
+	EventsURL string  `json:"events_url,omitempty"`
 }
 
-// serveSubmit accepts a job for the named workflow.
-func (s *Service) serveSubmit(ctx *fasthttp.RequestCtx, name string) {
+// serveSubmit accepts a job for the named workflow. builtIn marks the
+// two fixed endpoints, whose one-request answer carries image_base64.
+func (s *Service) serveSubmit(ctx *fasthttp.RequestCtx, name string, builtIn bool) {
 	if !allow(ctx, "POST") {
 		return
 	}
@@ -133,7 +180,12 @@ func (s *Service) serveSubmit(ctx *fasthttp.RequestCtx, name string) {
 		writeError(ctx, badRequest(errUnknownWorkflow, "unknown workflow %q (known: %s)", name, strings.Join(slices.Sorted(maps.Keys(s.wfs)), ", ")))
 		return
 	}
-	sub, aerr := parseSubmission(ctx, s.cfg.MaxImageBytes, wf.needsImage())
+	wait, aerr := requestedWait(ctx, s.cfg.MaxWait)
+	if aerr != nil {
+		writeError(ctx, aerr)
+		return
+	}
+	sub, aerr := parseSubmissionN(ctx, s.cfg.MaxImageBytes, wf.needsImage(), wf.imageParams())
 	if aerr != nil {
 		writeError(ctx, aerr)
 		return
@@ -142,28 +194,191 @@ func (s *Service) serveSubmit(ctx *fasthttp.RequestCtx, name string) {
 		writeError(ctx, badRequest(errInvalidOverride, "%s", err.Error()))
 		return
 	}
-	j, aerr := s.accept(wf, sub)
-	if aerr != nil {
-		writeError(ctx, aerr)
+	var values map[string]json.RawMessage
+	var images map[string][]byte
+	if len(wf.cfg.Parameters) > 0 {
+		var errs []fieldError
+		values, images, errs = wf.checkParams(sub, s.cfg.MaxImageBytes)
+		if len(errs) > 0 {
+			writeError(ctx, invalidParams(errs))
+			return
+		}
+	}
+	hook := sub.webhookURL
+	if hook == "" {
+		hook = string(ctx.QueryArgs().Peek(keyWebhookURL))
+	}
+	if hook == "" {
+		hook = s.hooks.defaultURL
+	}
+	if hook != "" {
+		if err := s.hooks.check(hook); err != nil {
+			writeError(ctx, badRequest(errWebhook, "webhook_url: %v", err))
+			return
+		}
+	}
+	if isTrue(ctx.QueryArgs().Peek("dry_run")) {
+		s.serveDryRun(ctx, wf, sub, values, images)
+		return
+	}
+	key := string(ctx.Request.Header.Peek("Idempotency-Key"))
+	var j *job
+	replayed := false
+	if key != "" {
+		fp := fingerprint(wf.name, sub, values, images, hook)
+		id, aerr := s.idemBegin(key, fp)
+		if aerr != nil {
+			writeError(ctx, aerr)
+			return
+		}
+		if id != "" {
+			s.jobsMu.Lock()
+			j = s.lookupLocked(id)
+			s.jobsMu.Unlock()
+			if j == nil {
+				writeJSON(ctx, fasthttp.StatusOK, acceptedView{JobID: id, Status: "expired", Workflow: wf.name,
+					StatusURL: routeJobs + "/" + id + "/status", ResultURL: routeJobs + "/" + id + "/result"})
+				return
+			}
+			replayed = true
+			ctx.Response.Header.Set("Idempotent-Replayed", "true")
+		}
+	}
+	if j == nil {
+		j, aerr = s.accept(wf, sub, values, images, hook)
+		if key != "" {
+			if aerr != nil {
+				s.idemAbort(key)
+			} else {
+				s.idemDone(key, j.id)
+			}
+		}
+		if aerr != nil {
+			writeError(ctx, aerr)
+			return
+		}
+	}
+	withData := wantsBase64(ctx, builtIn)
+	if wait > 0 && s.waitJob(ctx, j, wait, func(j *job) bool { return j.state.terminal() }) {
+		s.writeFinished(ctx, j, withData)
 		return
 	}
 	parallel := s.parallelism()
 	s.jobsMu.Lock()
 	est := s.estimateLocked(j, parallel)
+	st := j.state.public()
 	s.jobsMu.Unlock()
+	if !replayed {
+		st = statusPending
+	}
 	ctx.Response.Header.Set("Location", routeJobs+"/"+j.id+"/status")
 	writeJSON(ctx, fasthttp.StatusAccepted, acceptedView{
 		JobID:     j.id,
-		Status:    statusPending,
+		Status:    st,
 		Workflow:  wf.name,
 		Estimated: estimateSeconds(est),
 		StatusURL: routeJobs + "/" + j.id + "/status",
 		ResultURL: routeJobs + "/" + j.id + "/result",
+		EventsURL: routeJobs + "/" + j.id + "/events",
 	})
 }
 
+func invalidParams(errs []fieldError) *apiError {
+	msgs := make([]string, len(errs))
+	for i, e := range errs {
+		msgs[i] = e.Field + ": " + e.Message
+	}
+	return &apiError{status: fasthttp.StatusBadRequest, typ: errInvalidParams, msg: strings.Join(msgs, "; "), details: errs}
+}
+
+// isTrue reads a boolean query flag: present and not 0/false/no.
+func isTrue(v []byte) bool {
+	switch strings.ToLower(string(v)) {
+	case "", "0", "false", "no", "off":
+		return false
+	}
+	return true
+}
+
+// wantsBase64 reports whether a finished job's JSON carries its bytes:
+// ?base64=1, or by default on the two built-in endpoints.
+func wantsBase64(ctx *fasthttp.RequestCtx, def bool) bool {
+	if !ctx.QueryArgs().Has("base64") {
+		return def
+	}
+	return isTrue(ctx.QueryArgs().Peek("base64"))
+}
+
+// requestedWait reads how long the caller waits for the job: ?wait=10s (a
+// Go duration, or seconds) or Prefer: wait=10 (RFC 7240, seconds), capped
+// at maxWait. 0 means no wait.
+func requestedWait(ctx *fasthttp.RequestCtx, maxWait time.Duration) (time.Duration, *apiError) {
+	v := string(ctx.QueryArgs().Peek("wait"))
+	if v == "" {
+		for _, pref := range strings.FieldsFunc(string(ctx.Request.Header.Peek("Prefer")), func(r rune) bool { return r == ',' || r == ';' }) {
+			k, val, _ := strings.Cut(strings.TrimSpace(pref), "=")
+			if strings.EqualFold(strings.TrimSpace(k), "wait") {
+				v = strings.Trim(strings.TrimSpace(val), `"`)
+			}
+		}
+	}
+	if v == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		f, ferr := strconv.ParseFloat(v, 64)
+		if ferr != nil {
+			return 0, badRequest(errInvalidRequest, "wait %q: want seconds (10) or a duration (10s, 500ms)", v)
+		}
+		d = time.Duration(f * float64(time.Second))
+	}
+	if d < 0 {
+		return 0, badRequest(errInvalidRequest, "wait %q: want a positive duration", v)
+	}
+	if ctx.QueryArgs().Has("wait") || ctx.Request.Header.Peek("Prefer") != nil {
+		ctx.Response.Header.Set("Vary", "Prefer")
+	}
+	return min(d, maxWait), nil
+}
+
+// waitedView is a finished job as the one-request submission and the
+// long poll answer it: its status, outputs and (when asked) its bytes.
+type waitedView struct {
+	statusView
+	ImageBase64 string `json:"image_base64,omitempty"`
+	ContentType string `json:"content_type,omitempty"`
+}
+
+// writeFinished answers with a finished job.
+func (s *Service) writeFinished(ctx *fasthttp.RequestCtx, j *job, withData bool) {
+	parallel := s.parallelism()
+	s.jobsMu.Lock()
+	v := waitedView{statusView: s.statusLocked(j, parallel)}
+	if withData && len(j.files) > 0 {
+		v.Outputs = s.outputViewsLocked(j, ctx.QueryArgs().Has("base64"))
+		f := j.files[0]
+		if b, err := f.bytes(); err == nil {
+			v.ImageBase64, v.ContentType = dataURL(f.contentType, b), f.contentType
+		}
+	}
+	s.jobsMu.Unlock()
+	writeJSON(ctx, fasthttp.StatusOK, v)
+}
+
+// imageParams counts a workflow's image parameters.
+func (wf *workflow) imageParams() int {
+	n := 0
+	for _, p := range wf.cfg.Parameters {
+		if p.Type == ptImage {
+			n++
+		}
+	}
+	return n
+}
+
 // accept puts a validated submission in the wait line.
-func (s *Service) accept(wf *workflow, sub *submission) (*job, *apiError) {
+func (s *Service) accept(wf *workflow, sub *submission, values map[string]json.RawMessage, images map[string][]byte, hook string) (*job, *apiError) {
 	healthy := s.be.Healthy()
 	parallel := max(1, min(len(healthy), s.cfg.MaxConcurrent))
 	j := &job{
@@ -171,16 +386,24 @@ func (s *Service) accept(wf *workflow, sub *submission) (*job, *apiError) {
 		id:     newJobID(),
 		wf:     wf,
 		inputs: sub.inputs,
-		ext:    extension(sub.format),
-		image:  sub.image,
+		params: values,
 	}
-	j.imageName = "comfygate-" + j.id + j.ext
-	prompt, err := wf.build(j.imageName, sub.inputs)
+	if wf.needsImage() {
+		j.images = append(j.images, &jobImage{data: sub.image, name: "comfygate-" + j.id + extension(sub.format)})
+	}
+	for _, name := range slices.Sorted(maps.Keys(images)) {
+		format, _, _, _ := sniffImage(images[name])
+		j.images = append(j.images, &jobImage{param: name, data: images[name], name: "comfygate-" + j.id + "-" + name + extension(format)})
+	}
+	prompt, err := wf.buildWith(imageNames(j.images), sub.inputs, values)
 	if err != nil {
 		return nil, badRequest(errInvalidOverride, "cannot apply the inputs: %v", err)
 	}
 	j.prompt = prompt
 	j.prog = newProgress(wf.nodes)
+	if hook != "" {
+		j.webhook = &webhookState{url: hook}
+	}
 
 	s.jobsMu.Lock()
 	defer s.jobsMu.Unlock()
@@ -207,6 +430,7 @@ func (s *Service) accept(wf *workflow, sub *submission) (*job, *apiError) {
 	s.m.JobSubmitted(wf.name)
 	s.gaugesLocked()
 	s.kick()
+	s.emitLocked(j, evQueued, "")
 	s.log.Debug("job accepted", "job_id", j.id, "workflow", wf.name, "bytes", len(sub.image))
 	return j, nil
 }
@@ -225,6 +449,8 @@ type statusView struct {
 	ErrorDetails     *errorDetails `json:"error_details,omitempty"`
 	CreatedAt        time.Time     `json:"created_at"`
 	FinishedAt       *time.Time    `json:"finished_at,omitempty"`
+	Outputs          []outputView  `json:"outputs,omitempty"`
+	Webhook          *webhookView  `json:"webhook,omitempty"`
 }
 
 // statusLocked renders a job's status.
@@ -236,6 +462,7 @@ func (s *Service) statusLocked(j *job, parallel int) statusView {
 		Status:    j.state.public(),
 		Progress:  j.prog.percent(),
 		CreatedAt: j.created.UTC(),
+		Webhook:   j.webhook.view(),
 	}
 	if j.instance != "" {
 		inst := j.instance
@@ -257,6 +484,7 @@ func (s *Service) statusLocked(j *job, parallel int) statusView {
 			v.Error = &msg
 			v.ErrorDetails = j.errDetail
 		}
+		v.Outputs = s.outputViewsLocked(j, false)
 	default:
 		if v.Status == statusPending {
 			pos := s.queuePositionLocked(j)
@@ -269,6 +497,9 @@ func (s *Service) statusLocked(j *job, parallel int) statusView {
 }
 
 func (s *Service) serveStatus(ctx *fasthttp.RequestCtx, id string) {
+	if ctx.QueryArgs().Has("wait") && !s.longPoll(ctx, id, true) {
+		return
+	}
 	parallel := s.parallelism()
 	s.jobsMu.Lock()
 	j := s.lookupLocked(id)
@@ -288,13 +519,14 @@ func notFound(ctx *fasthttp.RequestCtx, id string) {
 
 // resultView is GET /api/jobs/{id}/result as JSON.
 type resultView struct {
-	JobID            string `json:"job_id"`
-	Workflow         string `json:"workflow"`
-	Status           string `json:"status"`
-	ImageBase64      string `json:"image_base64"`
-	ContentType      string `json:"content_type"`
-	ProcessingTimeMS int64  `json:"processing_time_ms"`
-	Instance         string `json:"comfyui_instance"`
+	JobID            string       `json:"job_id"`
+	Workflow         string       `json:"workflow"`
+	Status           string       `json:"status"`
+	ImageBase64      string       `json:"image_base64,omitempty"`
+	ContentType      string       `json:"content_type"`
+	ProcessingTimeMS int64        `json:"processing_time_ms"`
+	Instance         string       `json:"comfyui_instance"`
+	Outputs          []outputView `json:"outputs"`
 }
 
 func (s *Service) serveResult(ctx *fasthttp.RequestCtx, id string) {
@@ -312,25 +544,32 @@ func (s *Service) serveResult(ctx *fasthttp.RequestCtx, id string) {
 		writeJSON(ctx, fasthttp.StatusConflict, v)
 		return
 	}
-	data, ct := j.result, j.resultType
+	f := j.files[0]
 	v := resultView{
 		JobID:            j.id,
 		Workflow:         j.wf.name,
 		Status:           statusCompleted,
-		ContentType:      ct,
+		ContentType:      f.contentType,
 		ProcessingTimeMS: j.finished.Sub(j.dispatched).Milliseconds(),
 		Instance:         j.instance,
+		Outputs:          s.outputViewsLocked(j, isTrue(ctx.QueryArgs().Peek("base64"))),
 	}
 	s.jobsMu.Unlock()
 	if wantsRaw(ctx) {
-		// data is never modified after completion, so it may be shared.
-		ctx.SetStatusCode(fasthttp.StatusOK)
-		ctx.SetContentType(ct)
-		ctx.Response.Header.Set("Content-Disposition", fmt.Sprintf("inline; filename=\"%s%s\"", id, extensionForType(ct)))
-		ctx.SetBody(data)
+		serveFile(ctx, f)
+		ctx.Response.Header.Set("Content-Disposition", fmt.Sprintf("inline; filename=\"%s%s\"", id, extensionForType(f.contentType)))
 		return
 	}
-	v.ImageBase64 = "data:" + ct + ";base64," + base64.StdEncoding.EncodeToString(data)
+	// The result's bytes in base64 stay the default (the first API's
+	// shape); ?base64=0 leaves them out.
+	if wantsBase64(ctx, true) {
+		data, err := f.bytes()
+		if err != nil {
+			writeError(ctx, &apiError{status: fasthttp.StatusGone, typ: errNotFound, msg: "the result is no longer stored"})
+			return
+		}
+		v.ImageBase64 = dataURL(f.contentType, data)
+	}
 	writeJSON(ctx, fasthttp.StatusOK, v)
 }
 

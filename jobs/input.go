@@ -27,6 +27,7 @@ type apiError struct {
 	typ        string
 	msg        string
 	retryAfter int // seconds; 0 = no Retry-After header
+	details    []fieldError
 }
 
 func (e *apiError) Error() string { return e.typ + ": " + e.msg }
@@ -44,6 +45,11 @@ const (
 	errNotFound         = "not_found"
 	errMethodNotAllowed = "method_not_allowed"
 	errShuttingDown     = "shutting_down"
+	errInvalidParams    = "invalid_parameters"
+	errInvalidWorkflow  = "invalid_workflow"
+	errWebhook          = "webhook_not_allowed"
+	errIdempotency      = "idempotency_key_reused"
+	errIdemInProgress   = "idempotency_key_in_use"
 )
 
 func badRequest(typ, format string, args ...any) *apiError {
@@ -57,13 +63,21 @@ type submission struct {
 	width  int
 	height int
 	inputs map[string]json.RawMessage
+	// params are the other top-level JSON keys (or multipart text fields,
+	// as JSON strings): a workflow's named parameters.
+	params map[string]json.RawMessage
+	// files are multipart file fields other than "image".
+	files map[string][]byte
+	// webhookURL is the caller's webhook_url ("" when none).
+	webhookURL string
 }
 
-// submitBody is the JSON form of a submission.
-type submitBody struct {
-	ImageBase64 *string                    `json:"image_base64"`
-	Inputs      map[string]json.RawMessage `json:"inputs"`
-}
+// Reserved keys of a JSON submission; the others are parameters.
+const (
+	keyImageBase64 = "image_base64"
+	keyInputs      = "inputs"
+	keyWebhookURL  = "webhook_url"
+)
 
 // parseSubmission reads the image and the overrides from a request:
 // multipart/form-data (file field "image", optional field "inputs" holding
@@ -71,15 +85,21 @@ type submitBody struct {
 // image/* Content-Type. The image is checked to be a PNG, JPEG, GIF or
 // WebP of at most maxBytes.
 func parseSubmission(ctx *fasthttp.RequestCtx, maxBytes int64, wantImage bool) (*submission, *apiError) {
+	return parseSubmissionN(ctx, maxBytes, wantImage, 0)
+}
+
+// parseSubmissionN is parseSubmission for a workflow that also takes
+// extraImages image parameters (each up to maxBytes).
+func parseSubmissionN(ctx *fasthttp.RequestCtx, maxBytes int64, wantImage bool, extraImages int) (*submission, *apiError) {
 	ct := string(ctx.Request.Header.ContentType())
 	mt, _, _ := mime.ParseMediaType(ct)
 	// A body that cannot hold an image within the limit is refused before
 	// it is read: base64 adds a third, multipart and JSON some framing.
-	bodyLimit := maxBytes + maxBytes/3 + 4 + bodySlack
+	bodyLimit := (maxBytes+maxBytes/3+4)*int64(1+extraImages) + bodySlack
 	if n := ctx.Request.Header.ContentLength(); n > 0 && int64(n) > bodyLimit {
 		return nil, badRequest(errImageTooLarge, "request body too large: %d bytes (images up to %d bytes)", n, maxBytes)
 	}
-	sub := &submission{}
+	sub := &submission{params: map[string]json.RawMessage{}, files: map[string][]byte{}}
 	var b64 *string
 	var body []byte
 	if mt != "multipart/form-data" {
@@ -90,15 +110,37 @@ func parseSubmission(ctx *fasthttp.RequestCtx, maxBytes int64, wantImage bool) (
 	}
 	switch {
 	case mt == "multipart/form-data":
-		if aerr := readMultipart(ctx, ct, bodyLimit, maxBytes, sub, &b64); aerr != nil {
+		if aerr := readMultipart(ctx, ct, bodyLimit, maxBytes, extraImages, sub, &b64); aerr != nil {
 			return nil, aerr
 		}
 	case mt == "application/json" || (mt == "" && bytes.HasPrefix(bytes.TrimSpace(body), []byte("{"))):
-		var sb submitBody
-		if err := json.Unmarshal(body, &sb); err != nil {
+		var top map[string]json.RawMessage
+		if err := json.Unmarshal(body, &top); err != nil || top == nil {
 			return nil, badRequest(errInvalidRequest, "body is not a JSON object {\"image_base64\": ..., \"inputs\": {...}}")
 		}
-		b64, sub.inputs = sb.ImageBase64, sb.Inputs
+		for k, v := range top {
+			switch k {
+			case keyImageBase64:
+				if kindOf(v) == kindNull {
+					continue
+				}
+				var s string
+				if json.Unmarshal(v, &s) != nil {
+					return nil, badRequest(errInvalidRequest, "image_base64 is not a string")
+				}
+				b64 = &s
+			case keyInputs:
+				if kindOf(v) != kindNull && json.Unmarshal(v, &sub.inputs) != nil {
+					return nil, badRequest(errInvalidRequest, "body is not a JSON object {\"image_base64\": ..., \"inputs\": {...}}")
+				}
+			case keyWebhookURL:
+				if json.Unmarshal(v, &sub.webhookURL) != nil {
+					return nil, badRequest(errInvalidRequest, "webhook_url is not a string")
+				}
+			default:
+				sub.params[k] = v
+			}
+		}
 	case strings.HasPrefix(mt, "image/") || mt == "application/octet-stream":
 		sub.image = body
 	case len(body) == 0:
@@ -168,7 +210,7 @@ const maxFieldBytes = 1 << 20
 // bounded memory and without temporary files: the file field "image" (or
 // a text field "image_base64"/"image" with base64) and the text field
 // "inputs"; other parts are skipped.
-func readMultipart(ctx *fasthttp.RequestCtx, ct string, bodyLimit, maxBytes int64, sub *submission, b64 **string) *apiError {
+func readMultipart(ctx *fasthttp.RequestCtx, ct string, bodyLimit, maxBytes int64, extraImages int, sub *submission, b64 **string) *apiError {
 	_, params, err := mime.ParseMediaType(ct)
 	if err != nil || params["boundary"] == "" {
 		return badRequest(errInvalidRequest, "multipart/form-data without a boundary")
@@ -191,6 +233,9 @@ func readMultipart(ctx *fasthttp.RequestCtx, ct string, bodyLimit, maxBytes int6
 		case err != nil:
 			return nil, malformed
 		case int64(len(b)) > limit:
+			if _, err := io.Copy(io.Discard, part); errors.Is(err, errBodyTooLarge) {
+				return nil, badRequest(errImageTooLarge, "request body too large (images up to %d bytes)", maxBytes)
+			}
 			if what == "image" {
 				return nil, badRequest(errImageTooLarge, "image too large: more than %d bytes, the limit", maxBytes)
 			}
@@ -229,6 +274,32 @@ func readMultipart(ctx *fasthttp.RequestCtx, ct string, bodyLimit, maxBytes int6
 			if v := string(b); v != "" {
 				*b64 = &v
 			}
+		case part.FileName() != "" && name != "image":
+			if len(sub.files) >= extraImages {
+				if _, err := io.Copy(io.Discard, part); err != nil {
+					return malformed
+				}
+				sub.files[name] = nil // reported as not a parameter (or a second file)
+				break
+			}
+			b, aerr := read(part, maxBytes, "image")
+			if aerr != nil {
+				return aerr
+			}
+			sub.files[name] = b
+		case name == keyWebhookURL:
+			b, aerr := read(part, maxFieldBytes, name)
+			if aerr != nil {
+				return aerr
+			}
+			sub.webhookURL = string(b)
+		case name != "image" && name != "image_base64" && name != "inputs":
+			b, aerr := read(part, maxFieldBytes, name)
+			if aerr != nil {
+				return aerr
+			}
+			v, _ := json.Marshal(string(b))
+			sub.params[name] = v
 		case name == "inputs":
 			b, aerr := read(part, maxFieldBytes, name)
 			if aerr != nil {

@@ -60,12 +60,11 @@ type job struct {
 	seq     uint64
 	created time.Time
 	inputs  map[string]json.RawMessage
-	ext     string // extension of the uploaded image's file name
+	params  map[string]json.RawMessage // checked parameter values, by name
 
 	// Guarded by Service.jobsMu.
 	state       state
-	image       []byte // the caller's image; dropped once the job finished
-	imageName   string // the name the image has on the instances
+	images      []*jobImage // the caller's images; dropped once the job finished
 	prompt      json.RawMessage
 	holdsSlot   bool // counts against MaxConcurrent
 	submitted   bool // handed to pool.Submit
@@ -77,14 +76,32 @@ type job struct {
 	lastEvent   time.Time
 	sawEvent    bool // an event of its prompt arrived (this attempt or an earlier one)
 	prog        progress
-	outputs     []upstream.FileRef
+	outRefs     []outRef // files the prompt's nodes reported (this attempt)
 	outInst     *upstream.Instance
+	files       []*outputFile // fetched outputs, once completed; files[0] is the result
 	errMsg      string
 	errDetail   *errorDetails
-	result      []byte
-	resultType  string
 	slotTimer   *time.Timer
 	cancelAsked bool
+	events      []jobEvent    // the job's event log
+	changed     chan struct{} // closed (and replaced) on every event
+	webhook     *webhookState // nil: no webhook
+}
+
+// jobImage is one image a job uploads to the instances.
+type jobImage struct {
+	param string // the parameter it fills; "" for the workflow's image_node
+	data  []byte
+	name  string // its name on the instances
+}
+
+// imageNames maps parameter names to the images' names on the instances.
+func imageNames(imgs []*jobImage) map[string]string {
+	m := make(map[string]string, len(imgs))
+	for _, im := range imgs {
+		m[im.param] = im.name
+	}
+	return m
 }
 
 // errorDetails is what ComfyUI said about a failure, beyond its message.
@@ -114,17 +131,6 @@ func (j *job) PromptEvent(p *upstream.Prompt, ev upstream.Event) {
 		return
 	}
 	j.s.onEvent(j, p, ev, &msg)
-}
-
-// outputImages reads the image refs of an executed event's output (or a
-// history entry's outputs[node]).
-func outputImages(out json.RawMessage) []upstream.FileRef {
-	files := comfyapi.NodeOutputFiles(out, "images")
-	refs := make([]upstream.FileRef, 0, len(files))
-	for _, f := range files {
-		refs = append(refs, upstream.FileRef{Filename: f.Filename, Subfolder: f.Subfolder, Type: f.Type})
-	}
-	return refs
 }
 
 // newJobID mints a canonical lowercase UUIDv4, the form ComfyUI 2026

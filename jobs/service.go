@@ -20,6 +20,7 @@ import (
 	"mime/multipart"
 	"net/textproto"
 	"net/url"
+	"os"
 	"path"
 	"runtime/debug"
 	"slices"
@@ -83,6 +84,18 @@ type Service struct {
 	holdUntil time.Time         // dispatch paused until then (no instance)
 	closed    bool
 	seq       uint64
+	outMem    int64                 // bytes of outputs held in memory
+	idem      map[string]*idemEntry // Idempotency-Key -> the job it created
+
+	// heartbeat is the period of comments on idle event streams.
+	heartbeat time.Duration
+	// webhookBackoff is the first retry delay of a webhook delivery.
+	webhookBackoff time.Duration
+	hooks          *webhookClient
+
+	outDirOnce sync.Once
+	outDirPath string
+	outDirErr  error
 }
 
 // New loads and validates the workflows (built-in ones and cfg.Workflows)
@@ -100,6 +113,12 @@ func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Lo
 	if err != nil {
 		return nil, err
 	}
+	hooks := newWebhookClient(cfg.Webhooks)
+	if u := cfg.Webhooks.DefaultURL; u != "" {
+		if err := hooks.check(u); err != nil {
+			return nil, fmt.Errorf("webhooks.default_url: %w", err)
+		}
+	}
 	s := &Service{
 		cfg:         cfg.Jobs,
 		be:          be,
@@ -115,6 +134,11 @@ func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Lo
 		jobs:        map[string]*job{},
 		active:      map[*job]struct{}{},
 		est:         map[string]*ewma{},
+		idem:        map[string]*idemEntry{},
+		heartbeat:   15 * time.Second,
+
+		webhookBackoff: time.Second,
+		hooks:          hooks,
 	}
 	s.runCtx, s.stop = context.WithCancel(context.Background())
 	return s, nil
@@ -139,6 +163,9 @@ func (s *Service) Close() {
 	s.closed = true
 	s.jobsMu.Unlock()
 	s.wg.Wait()
+	if s.outDirPath != "" {
+		_ = os.RemoveAll(s.outDirPath)
+	}
 }
 
 // loop runs fn every period and whenever the dispatcher is woken.
@@ -240,8 +267,8 @@ func (s *Service) releaseLocked(j *job) {
 // Runs on its own goroutine, holding the job's slot.
 func (s *Service) submit(j *job) {
 	ctx := s.runCtx
-	if j.wf.needsImage() {
-		if err := s.placeImage(ctx, j); err != nil {
+	if len(j.images) > 0 {
+		if err := s.placeImages(ctx, j); err != nil {
 			s.retryLater(j, err)
 			return
 		}
@@ -334,6 +361,7 @@ func (s *Service) requeueLocked(j *job, err error) {
 	j.state = stWaiting
 	delete(s.active, j)
 	s.line = append([]*job{j}, s.line...)
+	s.emitLocked(j, evQueued, "")
 	backoff := s.retryDelay
 	if noUpstream {
 		backoff = noUpstreamBackoff
@@ -379,20 +407,57 @@ func submitError(status int, body []byte) string {
 	return msg
 }
 
-// placeImage uploads the job's image to every available instance (in
+// placeImages uploads the job's images to every available instance (in
 // parallel) and pins each copy. Wherever the pool's Submit selects, and
-// wherever it resubmits the prompt after an instance died, the image is
+// wherever it resubmits the prompt after an instance died, the images are
 // already there: the pool can copy a file only from a live instance, and
-// the one that held it may be the one that died. At least one upload must
-// succeed; the pool's EnsureInputs copies to any instance that missed it.
-func (s *Service) placeImage(ctx context.Context, j *job) error {
+// the one that held it may be the one that died. At least one upload of
+// each must succeed; the pool's EnsureInputs copies to any instance that
+// missed it.
+func (s *Service) placeImages(ctx context.Context, j *job) error {
 	targets := s.be.Healthy()
 	if len(targets) == 0 {
 		return upstream.ErrNoUpstream
 	}
 	s.jobsMu.Lock()
-	img, want := j.image, j.imageName
+	imgs := make([]jobImage, len(j.images))
+	for i, im := range j.images {
+		imgs[i] = *im
+	}
 	s.jobsMu.Unlock()
+	renamed := false
+	for i := range imgs {
+		name, err := s.placeImage(ctx, j, targets, imgs[i].data, imgs[i].name)
+		if err != nil {
+			return err
+		}
+		if name != imgs[i].name {
+			imgs[i].name, renamed = name, true
+		}
+	}
+	if !renamed {
+		return nil
+	}
+	names := map[string]string{}
+	for _, im := range imgs {
+		names[im.param] = im.name
+	}
+	prompt, err := j.wf.buildWith(names, j.inputs, j.params)
+	if err != nil {
+		return err
+	}
+	s.jobsMu.Lock()
+	for i, im := range j.images {
+		im.name = imgs[i].name
+	}
+	j.prompt = prompt
+	s.jobsMu.Unlock()
+	return nil
+}
+
+// placeImage uploads one image as want to targets and returns the name
+// the instances stored it under.
+func (s *Service) placeImage(ctx context.Context, j *job, targets []*upstream.Instance, img []byte, want string) (string, error) {
 	names := make([]string, len(targets))
 	errs := make([]error, len(targets))
 	var wg sync.WaitGroup
@@ -419,18 +484,9 @@ func (s *Service) placeImage(ctx context.Context, j *job) error {
 		}
 	}
 	if name == "" {
-		return errors.Join(errs...)
+		return "", errors.Join(errs...)
 	}
-	if name != want {
-		prompt, err := j.wf.build(name, j.inputs)
-		if err != nil {
-			return err
-		}
-		s.jobsMu.Lock()
-		j.imageName, j.prompt = name, prompt
-		s.jobsMu.Unlock()
-	}
-	return nil
+	return name, nil
 }
 
 // upload sends img to inst's POST /upload/image as name (overwriting) and
@@ -496,6 +552,9 @@ func (s *Service) onEvent(j *job, p *upstream.Prompt, ev upstream.Event, d *comf
 		if j.started.IsZero() {
 			j.started = now
 		}
+		s.emitLocked(j, evStarted, "")
+	} else if ev.Type == "execution_start" {
+		s.emitLocked(j, evStarted, "") // resubmitted: started again, maybe elsewhere
 	}
 	switch ev.Type {
 	case comfyapi.TypeExecutionStart:
@@ -503,7 +562,7 @@ func (s *Service) onEvent(j *job, p *upstream.Prompt, ev upstream.Event, d *comf
 		// reported number stays where it was.
 		j.prog.restart()
 		j.started = now
-		j.outputs, j.outInst = nil, nil
+		j.outRefs, j.outInst = nil, nil
 	case comfyapi.TypeExecutionCached:
 		j.prog.cached(d.CachedNodes())
 	case comfyapi.TypeExecuting:
@@ -528,10 +587,9 @@ func (s *Service) onEvent(j *job, p *upstream.Prompt, ev upstream.Event, d *comf
 	case comfyapi.TypeExecuted:
 		id := d.Node()
 		j.prog.finish(id)
-		if id == j.wf.cfg.OutputNode {
-			if refs := outputImages(d.Data.Output); len(refs) > 0 {
-				j.outputs, j.outInst = refs, ev.Instance
-			}
+		if refs := outputRefs(id, d.Data.Output); len(refs) > 0 {
+			j.addOutputsLocked(refs)
+			j.outInst = ev.Instance
 		}
 	case comfyapi.TypeExecutionError:
 		if !d.Terminal() {
@@ -557,7 +615,7 @@ func (s *Service) onEvent(j *job, p *upstream.Prompt, ev upstream.Event, d *comf
 		s.succeededLocked(j, p, ev.Instance)
 		return
 	}
-	j.prog.percent()
+	s.progressLocked(j, d.Node())
 }
 
 // succeededLocked handles the end of a successful run: the slot is free,
@@ -576,7 +634,7 @@ func (s *Service) succeededLocked(j *job, p *upstream.Prompt, inst *upstream.Ins
 		}
 		e.add(now.Sub(j.started))
 	}
-	refs, from := j.outputs, j.outInst
+	refs, from := slices.Clone(j.outRefs), j.outInst
 	if from == nil {
 		from = inst
 	}
@@ -589,41 +647,74 @@ func (s *Service) succeededLocked(j *job, p *upstream.Prompt, inst *upstream.Ins
 	}
 }
 
-// fetch downloads a finished job's result image and completes the job.
-func (s *Service) fetch(j *job, inst *upstream.Instance, refs []upstream.FileRef, upstreamID string) {
+// fetch downloads every output of a finished job (the output node's
+// first) and completes the job.
+func (s *Service) fetch(j *job, inst *upstream.Instance, refs []outRef, upstreamID string) {
 	ctx := s.runCtx
-	if len(refs) == 0 && inst != nil {
+	out := j.wf.cfg.OutputNode
+	if !hasNode(refs, out) && inst != nil {
 		// No executed event for the output node (older instances skip it for
 		// cached outputs): the instance's history has the outputs.
-		refs, _ = s.historyOutputs(ctx, inst, upstreamID, j.wf.cfg.OutputNode)
+		if _, entry := s.historyOutputs(ctx, inst, upstreamID); entry != nil {
+			s.jobsMu.Lock()
+			j.addOutputsLocked(historyRefs(entry))
+			refs = slices.Clone(j.outRefs)
+			s.jobsMu.Unlock()
+		}
 	}
-	if len(refs) == 0 {
+	if !hasNode(refs, out) {
 		s.jobsMu.Lock()
-		s.finishLocked(j, stFailed, fmt.Sprintf("the workflow finished without an image at its output node %q", j.wf.cfg.OutputNode))
+		s.finishLocked(j, stFailed, fmt.Sprintf("the workflow finished without an output at its output node %q", out))
 		s.jobsMu.Unlock()
 		return
 	}
-	data, err := s.download(ctx, inst, refs[0])
+	files := make([]*outputFile, 0, len(refs))
+	var err error
+	for _, r := range refs {
+		var data []byte
+		var from *upstream.Instance
+		data, from, err = s.download(ctx, inst, r.ref)
+		if err != nil {
+			break
+		}
+		var f *outputFile
+		if f, err = s.storeOutput(j, r, instName(from), data); err != nil {
+			break
+		}
+		files = append(files, f)
+	}
 	s.jobsMu.Lock()
 	defer s.jobsMu.Unlock()
+	j.files = files // counted in s.outMem: dropped with the job
 	if err != nil {
 		s.log.Warn("job result download failed", "job_id", j.id, "instance", instName(inst), "err", err)
 		s.finishLocked(j, stFailed, "the workflow finished but comfygate could not fetch its result from ComfyUI")
 		return
 	}
-	j.result = data
-	j.resultType = contentType(data)
 	s.finishLocked(j, stCompleted, "")
 }
 
-// historyOutputs reads outputs[node].images of a prompt from
-// /history/{id}; entry is nil when the instance has none (or did not answer).
-func (s *Service) historyOutputs(ctx context.Context, inst *upstream.Instance, upstreamID, node string) (refs []upstream.FileRef, entry *comfyapi.HistoryEntry) {
+func hasNode(refs []outRef, node string) bool {
+	return slices.ContainsFunc(refs, func(r outRef) bool { return r.node == node })
+}
+
+// historyRefs lists the files of a history entry's outputs, by node id.
+func historyRefs(e *comfyapi.HistoryEntry) []outRef {
+	var refs []outRef
+	for _, node := range slices.Sorted(maps.Keys(e.Outputs)) {
+		refs = append(refs, outputRefs(node, e.Outputs[node])...)
+	}
+	return refs
+}
+
+// historyOutputs reads a prompt's outputs from /history/{id}; entry is
+// nil when the instance has none (or did not answer).
+func (s *Service) historyOutputs(ctx context.Context, inst *upstream.Instance, upstreamID string) (refs []outRef, entry *comfyapi.HistoryEntry) {
 	e, _ := s.readHistory(ctx, inst, upstreamID)
 	if e == nil {
 		return nil, nil
 	}
-	return outputImages(e.Outputs[node]), e
+	return historyRefs(e), e
 }
 
 // readHistory reads /history/{id} of inst: entry is nil when it has none;
@@ -649,8 +740,8 @@ func (s *Service) readHistory(ctx context.Context, inst *upstream.Instance, upst
 }
 
 // download fetches ref from inst's /view, falling back to whichever
-// instance the pool finds holding it.
-func (s *Service) download(ctx context.Context, inst *upstream.Instance, ref upstream.FileRef) ([]byte, error) {
+// instance the pool finds holding it; from is the instance that answered.
+func (s *Service) download(ctx context.Context, inst *upstream.Instance, ref upstream.FileRef) (data []byte, from *upstream.Instance, err error) {
 	q := url.Values{"filename": {ref.Filename}, "subfolder": {ref.Subfolder}, "type": {ref.Type}}
 	if ref.Type == "" {
 		q.Set("type", "output")
@@ -664,7 +755,7 @@ func (s *Service) download(ctx context.Context, inst *upstream.Instance, ref ups
 			}
 			select {
 			case <-ctx.Done():
-				return nil, ctx.Err()
+				return nil, nil, ctx.Err()
 			case <-time.After(s.retryDelay):
 			}
 		}
@@ -679,10 +770,10 @@ func (s *Service) download(ctx context.Context, inst *upstream.Instance, ref ups
 		case status != 200:
 			lastErr = fmt.Errorf("get result from %s: status %d", inst.Name, status)
 		default:
-			return body, nil
+			return body, inst, nil
 		}
 	}
-	return nil, lastErr
+	return nil, nil, lastErr
 }
 
 // finishLocked moves a job to a terminal state and records it.
@@ -697,7 +788,7 @@ func (s *Service) finishLocked(j *job, st state, msg string) {
 	j.state = st
 	j.finished = now
 	j.errMsg = msg
-	j.image = nil
+	j.images = nil
 	if st == stCompleted {
 		j.prog.complete()
 	}
@@ -714,6 +805,14 @@ func (s *Service) finishLocked(j *job, st state, msg string) {
 	if s.log.Enabled(context.Background(), slog.LevelInfo) {
 		s.log.Info("job finished", "job_id", j.id, "workflow", j.wf.name, "status", st.public(),
 			"instance", j.instance, "run_ms", run.Milliseconds(), "wait_ms", wait.Milliseconds())
+	}
+	switch st {
+	case stCompleted:
+		s.emitLocked(j, evCompleted, "")
+	case stFailed:
+		s.emitLocked(j, evFailed, "")
+	default:
+		s.emitLocked(j, evCancelled, "")
 	}
 }
 
@@ -824,8 +923,10 @@ func (s *Service) sweep() {
 	now := s.now()
 	var watch []*job
 	s.jobsMu.Lock()
+	s.expireIdemLocked(now, false)
 	for id, j := range s.jobs {
 		if s.expiredLocked(j, now) && !j.holdsSlot {
+			s.dropOutputsLocked(j)
 			delete(s.jobs, id)
 			continue
 		}
@@ -884,7 +985,7 @@ func (s *Service) watch(j *job, now time.Time) {
 	if inst == nil {
 		return
 	}
-	refs, entry := s.historyOutputs(s.runCtx, inst, p.UpstreamID(), j.wf.cfg.OutputNode)
+	refs, entry := s.historyOutputs(s.runCtx, inst, p.UpstreamID())
 	s.jobsMu.Lock()
 	defer s.jobsMu.Unlock()
 	if j.state.terminal() || j.state == stFetching || entry == nil {
@@ -893,8 +994,9 @@ func (s *Service) watch(j *job, now time.Time) {
 	// An entry without a status (a server older than November 2023) counts
 	// as a success when it holds the job's output.
 	outcome := entry.Outcome()
-	if outcome == comfyapi.OutcomeSuccess || (outcome == comfyapi.OutcomeUnknown && len(refs) > 0) {
-		j.outputs, j.outInst = refs, inst
+	if outcome == comfyapi.OutcomeSuccess || (outcome == comfyapi.OutcomeUnknown && hasNode(refs, j.wf.cfg.OutputNode)) {
+		j.addOutputsLocked(refs)
+		j.outInst = inst
 		s.succeededLocked(j, p, inst)
 		return
 	}

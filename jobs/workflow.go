@@ -235,6 +235,9 @@ func parseWorkflow(name, source string, data []byte, c config.Workflow) (*workfl
 			}
 		}
 	}
+	for _, msg := range wf.checkParamConfig() {
+		bad("%s", msg)
+	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -266,6 +269,13 @@ func (wf *workflow) checkOverrides(in map[string]json.RawMessage) error {
 // build returns the API-format graph with the image input set to image
 // (when the workflow takes one) and the overrides applied.
 func (wf *workflow) build(image string, overrides map[string]json.RawMessage) (json.RawMessage, error) {
+	return wf.buildWith(map[string]string{"": image}, overrides, nil)
+}
+
+// buildWith returns the API-format graph with the overrides applied, then
+// the parameters' values (by parameter name), then the images' names on
+// the instances (by parameter name; "" is image_node's).
+func (wf *workflow) buildWith(images map[string]string, overrides, params map[string]json.RawMessage) (json.RawMessage, error) {
 	changed := map[string]map[string]json.RawMessage{}
 	set := func(id, in string, v json.RawMessage) {
 		if changed[id] == nil {
@@ -277,12 +287,23 @@ func (wf *workflow) build(image string, overrides map[string]json.RawMessage) (j
 		id, in, _ := strings.Cut(key, ".")
 		set(id, in, v)
 	}
-	if wf.needsImage() {
-		v, err := json.Marshal(image)
+	for _, p := range wf.cfg.Parameters {
+		if v, ok := params[p.Name]; ok {
+			set(p.Node, p.Input, v)
+		}
+	}
+	for name, file := range images {
+		v, err := json.Marshal(file)
 		if err != nil {
 			return nil, err
 		}
-		set(wf.cfg.ImageNode, wf.cfg.ImageInput, v)
+		if name == "" {
+			if wf.needsImage() {
+				set(wf.cfg.ImageNode, wf.cfg.ImageInput, v)
+			}
+		} else if p, ok := wf.param(name); ok {
+			set(p.Node, p.Input, v)
+		}
 	}
 	out := make(map[string]map[string]json.RawMessage, len(wf.nodes))
 	for id, n := range wf.nodes {

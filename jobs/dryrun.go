@@ -1,0 +1,232 @@
+package jobs
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"math"
+	"slices"
+	"strings"
+
+	"github.com/valyala/fasthttp"
+)
+
+// serveDryRun answers POST .../{workflow}?dry_run=1: the parameters were
+// checked; the graph they make is checked against an instance's
+// /object_info (node classes, required inputs, value types and ranges,
+// choices, link outputs) without running anything.
+func (s *Service) serveDryRun(ctx *fasthttp.RequestCtx, wf *workflow, sub *submission, values map[string]json.RawMessage, images map[string][]byte) {
+	names := map[string]string{}
+	if wf.needsImage() {
+		names[""] = "comfygate-dry-run.png"
+	}
+	for name := range images {
+		names[name] = "comfygate-dry-run-" + name + ".png"
+	}
+	graph, err := wf.buildWith(names, sub.inputs, values)
+	if err != nil {
+		writeError(ctx, badRequest(errInvalidOverride, "cannot apply the inputs: %v", err))
+		return
+	}
+	inst, err := s.be.Select()
+	if err != nil {
+		writeError(ctx, &apiError{status: fasthttp.StatusServiceUnavailable, typ: errNoUpstream, msg: "no ComfyUI instance is available to check the workflow", retryAfter: 1})
+		return
+	}
+	cctx, cancel := context.WithTimeout(s.runCtx, s.cfg.MaxWait)
+	defer cancel()
+	status, body, err := s.be.Call(cctx, inst, "GET", "/object_info", nil, nil)
+	var info map[string]classInfo
+	if err != nil || status != 200 || json.Unmarshal(body, &info) != nil {
+		writeError(ctx, &apiError{status: fasthttp.StatusBadGateway, typ: errNoUpstream, msg: "could not read /object_info from " + inst.Name})
+		return
+	}
+	// Inputs that receive uploaded files are checked at run time.
+	fileInputs := map[string]bool{}
+	if wf.needsImage() {
+		fileInputs[wf.cfg.ImageNode+"."+wf.cfg.ImageInput] = true
+	}
+	for _, p := range wf.cfg.Parameters {
+		if p.Type == ptImage {
+			fileInputs[p.Node+"."+p.Input] = true
+		}
+	}
+	if errs := checkGraph(graph, info, fileInputs); len(errs) > 0 {
+		e := invalidParams(errs)
+		e.typ = errInvalidWorkflow
+		writeError(ctx, e)
+		return
+	}
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{
+		"valid": true, "workflow": wf.name, "comfyui_instance": inst.Name, "parameters": values,
+	})
+}
+
+// classInfo is the part of one /object_info entry the dry run reads.
+type classInfo struct {
+	Input struct {
+		Required map[string]json.RawMessage `json:"required"`
+		Optional map[string]json.RawMessage `json:"optional"`
+	} `json:"input"`
+	Output []json.RawMessage `json:"output"`
+}
+
+// checkGraph checks an API-format graph against object_info and returns
+// every problem found.
+func checkGraph(graph json.RawMessage, info map[string]classInfo, fileInputs map[string]bool) []fieldError {
+	var nodes map[string]struct {
+		Class  string                     `json:"class_type"`
+		Inputs map[string]json.RawMessage `json:"inputs"`
+	}
+	if json.Unmarshal(graph, &nodes) != nil {
+		return []fieldError{{"graph", "not an API-format graph"}}
+	}
+	var errs []fieldError
+	for _, id := range slices.Sorted(maps.Keys(nodes)) {
+		n := nodes[id]
+		field := func(in string) string { return fmt.Sprintf("node %s (%s).%s", id, n.Class, in) }
+		ci, ok := info[n.Class]
+		if !ok {
+			errs = append(errs, fieldError{fmt.Sprintf("node %s", id), fmt.Sprintf("node class %q is not installed on the instance", n.Class)})
+			continue
+		}
+		for _, in := range slices.Sorted(maps.Keys(ci.Input.Required)) {
+			if _, ok := n.Inputs[in]; !ok {
+				errs = append(errs, fieldError{field(in), "required input missing"})
+			}
+		}
+		for _, in := range slices.Sorted(maps.Keys(n.Inputs)) {
+			v := n.Inputs[in]
+			spec, ok := ci.Input.Required[in]
+			if !ok {
+				spec, ok = ci.Input.Optional[in]
+			}
+			if !ok {
+				continue // ComfyUI ignores inputs a class does not declare
+			}
+			if src, link := isLink(v); link {
+				var l [2]json.RawMessage
+				var idx int
+				_ = json.Unmarshal(v, &l)
+				_ = json.Unmarshal(l[1], &idx)
+				if sn, ok := nodes[src]; ok {
+					if sci, ok := info[sn.Class]; ok && (idx < 0 || idx >= len(sci.Output)) {
+						errs = append(errs, fieldError{field(in), fmt.Sprintf("links to output %d of node %s (%s), which has %d outputs", idx, src, sn.Class, len(sci.Output))})
+					}
+				}
+				continue
+			}
+			if fileInputs[id+"."+in] {
+				continue
+			}
+			if msg := checkValue(spec, v); msg != "" {
+				errs = append(errs, fieldError{field(in), msg})
+			}
+		}
+	}
+	return errs
+}
+
+// checkValue checks one input value against its object_info spec:
+// [TYPE, {min, max}] or [[choices], {...}] or ["COMBO", {"options": [...]}].
+func checkValue(spec, v json.RawMessage) string {
+	var parts []json.RawMessage
+	if json.Unmarshal(spec, &parts) != nil || len(parts) == 0 {
+		return ""
+	}
+	var opts struct {
+		Min     *float64 `json:"min"`
+		Max     *float64 `json:"max"`
+		Options []any    `json:"options"`
+	}
+	if len(parts) > 1 {
+		_ = json.Unmarshal(parts[1], &opts)
+	}
+	var choices []any
+	var typ string
+	if kindOf(parts[0]) == kindArray {
+		_ = json.Unmarshal(parts[0], &choices)
+	} else if json.Unmarshal(parts[0], &typ) == nil && typ == "COMBO" {
+		choices = opts.Options
+	}
+	if choices != nil {
+		var x any
+		_ = json.Unmarshal(v, &x)
+		if !slices.ContainsFunc(choices, func(c any) bool { return fmt.Sprint(c) == fmt.Sprint(x) }) {
+			return fmt.Sprintf("value %s is not one of the instance's choices", strings.TrimSpace(string(v)))
+		}
+		return ""
+	}
+	switch typ {
+	case "INT", "FLOAT":
+		var f float64
+		if kindOf(v) != kindNumber || json.Unmarshal(v, &f) != nil {
+			return fmt.Sprintf("want a number for %s, got a %s", typ, kindOf(v))
+		}
+		if typ == "INT" && f != math.Trunc(f) {
+			return fmt.Sprintf("want a whole number, got %v", f)
+		}
+		if opts.Min != nil && f < *opts.Min {
+			return fmt.Sprintf("%v is below the minimum %v", f, *opts.Min)
+		}
+		if opts.Max != nil && f > *opts.Max {
+			return fmt.Sprintf("%v is above the maximum %v", f, *opts.Max)
+		}
+	case "STRING":
+		if kindOf(v) != kindString {
+			return fmt.Sprintf("want a string, got a %s", kindOf(v))
+		}
+	case "BOOLEAN":
+		if kindOf(v) != kindBool {
+			return fmt.Sprintf("want true or false, got a %s", kindOf(v))
+		}
+	}
+	return ""
+}
+
+// workflowView is one workflow in GET /api/workflows.
+type workflowView struct {
+	Name       string         `json:"name"`
+	URL        string         `json:"url"`
+	TakesImage bool           `json:"takes_image"`
+	OutputNode string         `json:"output_node"`
+	Schema     map[string]any `json:"schema"`
+}
+
+// serveWorkflows lists the workflows with their request bodies as JSON Schema.
+func (s *Service) serveWorkflows(ctx *fasthttp.RequestCtx) {
+	out := make([]workflowView, 0, len(s.wfs))
+	for _, name := range slices.Sorted(maps.Keys(s.wfs)) {
+		wf := s.wfs[name]
+		url := routeWorkflows + name
+		switch name {
+		case "remove-background":
+			url = routeRemoveBackground
+		case "upscale-image":
+			url = routeUpscaleImage
+		}
+		out = append(out, workflowView{Name: name, URL: url, TakesImage: wf.needsImage(), OutputNode: wf.cfg.OutputNode, Schema: wf.paramSchema()})
+	}
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"workflows": out})
+}
+
+// serveOutputList answers GET /api/jobs/{id}/outputs.
+func (s *Service) serveOutputList(ctx *fasthttp.RequestCtx, id string) {
+	s.jobsMu.Lock()
+	j := s.lookupLocked(id)
+	if j == nil {
+		s.jobsMu.Unlock()
+		notFound(ctx, id)
+		return
+	}
+	if j.state != stCompleted {
+		v := s.statusLocked(j, 1)
+		s.jobsMu.Unlock()
+		writeJSON(ctx, fasthttp.StatusConflict, v)
+		return
+	}
+	v := s.outputViewsLocked(j, isTrue(ctx.QueryArgs().Peek("base64")))
+	s.jobsMu.Unlock()
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"job_id": id, "outputs": v})
+}

@@ -1,0 +1,333 @@
+package jobs
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"mime"
+	"os"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/comfygate/comfygate/internal/comfyapi"
+	"github.com/comfygate/comfygate/upstream"
+	"github.com/valyala/fasthttp"
+)
+
+// maxOutputs bounds the files one job keeps.
+const maxOutputs = 256
+
+// outRef is one file a node of the job's prompt reported: in its executed
+// event's output (or its history entry) under kind, the key ComfyUI used
+// ("images" for SaveImage, SaveAnimatedWEBP and SaveVideo, "audio" for
+// SaveAudio, "gifs" for VideoHelperSuite's video combine, ...).
+type outRef struct {
+	node string
+	kind string
+	ref  upstream.FileRef
+}
+
+// outputFile is one fetched output of a completed job: in memory, or in a
+// file under the output directory past the memory budget. Immutable once
+// the job completed.
+type outputFile struct {
+	outRef
+	instance    string
+	contentType string
+	size        int64
+	data        []byte // in memory; nil when on disk
+	path        string // on disk; "" when in memory
+}
+
+// open returns a reader over the output's bytes.
+func (f *outputFile) open() (io.ReadSeekCloser, error) {
+	if f.path != "" {
+		return os.Open(f.path)
+	}
+	return nopCloser{bytes.NewReader(f.data)}, nil
+}
+
+// bytes returns the whole output.
+func (f *outputFile) bytes() ([]byte, error) {
+	if f.path != "" {
+		return os.ReadFile(f.path)
+	}
+	return f.data, nil
+}
+
+type nopCloser struct{ *bytes.Reader }
+
+func (nopCloser) Close() error { return nil }
+
+// outputRefs reads every file list of an executed event's output (or a
+// history entry's outputs[node]), by kind in name order, "images" first:
+// the result of the two built-in workflows is the first image.
+func outputRefs(node string, out json.RawMessage) []outRef {
+	var kinds map[string]json.RawMessage
+	if kindOf(out) != kindObject || json.Unmarshal(out, &kinds) != nil {
+		return nil
+	}
+	order := slices.Sorted(maps.Keys(kinds))
+	slices.SortStableFunc(order, func(a, b string) int { return boolRank(b == "images") - boolRank(a == "images") })
+	var refs []outRef
+	for _, kind := range order {
+		for _, f := range comfyapi.NodeOutputFiles(out, kind) {
+			refs = append(refs, outRef{node: node, kind: kind,
+				ref: upstream.FileRef{Filename: f.Filename, Subfolder: f.Subfolder, Type: f.Type}})
+		}
+	}
+	return refs
+}
+
+func boolRank(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// addOutputsLocked records the files node reported; the output node's
+// come first.
+func (j *job) addOutputsLocked(refs []outRef) {
+	for _, r := range refs {
+		if len(j.outRefs) >= maxOutputs || slices.ContainsFunc(j.outRefs, func(x outRef) bool { return x.ref == r.ref }) {
+			continue
+		}
+		j.outRefs = append(j.outRefs, r)
+	}
+	slices.SortStableFunc(j.outRefs, func(a, b outRef) int {
+		return boolRank(b.node == j.wf.cfg.OutputNode) - boolRank(a.node == j.wf.cfg.OutputNode)
+	})
+}
+
+// outputContentType names an output's media type: by its file
+// extension, else by its bytes.
+func outputContentType(r outRef, head []byte) string {
+	ext := strings.ToLower(path.Ext(r.ref.Filename))
+	if ct, ok := outputTypes[ext]; ok {
+		return ct
+	}
+	if ct := mime.TypeByExtension(ext); ct != "" {
+		return ct
+	}
+	return contentType(head)
+}
+
+// outputTypes are the media types of the files ComfyUI nodes write, fixed
+// here because the system's MIME table varies by machine.
+var outputTypes = map[string]string{
+	".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
+	".gif": "image/gif", ".apng": "image/apng", ".mp4": "video/mp4", ".webm": "video/webm",
+	".mov": "video/quicktime", ".mkv": "video/x-matroska", ".wav": "audio/wav", ".flac": "audio/flac",
+	".mp3": "audio/mpeg", ".ogg": "audio/ogg", ".opus": "audio/opus", ".glb": "model/gltf-binary",
+	".json": "application/json", ".txt": "text/plain; charset=utf-8",
+}
+
+// storeOutput keeps data as the job's output: in memory while the
+// budget allows, else in a file.
+func (s *Service) storeOutput(j *job, r outRef, inst string, data []byte) (*outputFile, error) {
+	f := &outputFile{outRef: r, instance: inst, size: int64(len(data)), contentType: outputContentType(r, data)}
+	s.jobsMu.Lock()
+	inMemory := s.outMem+f.size <= s.cfg.OutputMemoryBytes
+	if inMemory {
+		s.outMem += f.size
+	}
+	s.jobsMu.Unlock()
+	if inMemory {
+		f.data = data
+		return f, nil
+	}
+	dir, err := s.outputDir()
+	if err != nil {
+		return nil, err
+	}
+	tmp, err := os.CreateTemp(dir, j.id+"-*"+path.Ext(r.ref.Filename))
+	if err != nil {
+		return nil, fmt.Errorf("store output: %w", err)
+	}
+	if _, err := tmp.Write(data); err != nil {
+		_ = tmp.Close()
+		_ = os.Remove(tmp.Name())
+		return nil, fmt.Errorf("store output: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		_ = os.Remove(tmp.Name())
+		return nil, fmt.Errorf("store output: %w", err)
+	}
+	f.path = tmp.Name()
+	return f, nil
+}
+
+// outputDir returns the directory for outputs past the memory budget,
+// creating it on first use.
+func (s *Service) outputDir() (string, error) {
+	s.outDirOnce.Do(func() {
+		base := s.cfg.OutputDir
+		if base != "" {
+			if err := os.MkdirAll(base, 0o700); err != nil {
+				s.outDirErr = err
+				return
+			}
+		}
+		s.outDirPath, s.outDirErr = os.MkdirTemp(base, "comfygate-outputs-")
+	})
+	return s.outDirPath, s.outDirErr
+}
+
+// dropOutputsLocked frees a job's outputs (it expired).
+func (s *Service) dropOutputsLocked(j *job) {
+	for _, f := range j.files {
+		if f.path != "" {
+			_ = os.Remove(f.path)
+		} else {
+			s.outMem -= f.size
+		}
+	}
+	j.files = nil
+}
+
+// outputView is one output in a job's status, result and events.
+type outputView struct {
+	Index       int    `json:"index"`
+	Node        string `json:"node"`
+	Kind        string `json:"kind"`
+	Filename    string `json:"filename"`
+	ContentType string `json:"content_type"`
+	Size        int64  `json:"size"`
+	Instance    string `json:"comfyui_instance"`
+	URL         string `json:"url"`
+	Base64      string `json:"base64,omitempty"`
+}
+
+// outputViewsLocked lists a completed job's outputs, with their bytes in
+// base64 when withData.
+func (s *Service) outputViewsLocked(j *job, withData bool) []outputView {
+	if len(j.files) == 0 {
+		return nil
+	}
+	vs := make([]outputView, len(j.files))
+	for i, f := range j.files {
+		vs[i] = outputView{Index: i, Node: f.node, Kind: f.kind, Filename: f.ref.Filename, ContentType: f.contentType,
+			Size: f.size, Instance: f.instance, URL: routeJobs + "/" + j.id + "/outputs/" + strconv.Itoa(i)}
+		if withData {
+			if b, err := f.bytes(); err == nil {
+				vs[i].Base64 = dataURL(f.contentType, b)
+			}
+		}
+	}
+	return vs
+}
+
+func dataURL(ct string, b []byte) string {
+	return "data:" + ct + ";base64," + base64.StdEncoding.EncodeToString(b)
+}
+
+// serveOutput serves GET /api/jobs/{id}/outputs/{n}: the file as
+// comfygate fetched it, with its media type and Range support.
+func (s *Service) serveOutput(ctx *fasthttp.RequestCtx, id, n string) {
+	s.jobsMu.Lock()
+	j := s.lookupLocked(id)
+	if j == nil {
+		s.jobsMu.Unlock()
+		notFound(ctx, id)
+		return
+	}
+	if j.state != stCompleted {
+		v := s.statusLocked(j, 1)
+		s.jobsMu.Unlock()
+		writeJSON(ctx, fasthttp.StatusConflict, v)
+		return
+	}
+	i, err := strconv.Atoi(n)
+	if err != nil || i < 0 || i >= len(j.files) {
+		count := len(j.files)
+		s.jobsMu.Unlock()
+		writeError(ctx, &apiError{status: fasthttp.StatusNotFound, typ: errNotFound, msg: fmt.Sprintf("job %q has %d outputs (0 to %d)", id, count, count-1)})
+		return
+	}
+	f := j.files[i]
+	s.jobsMu.Unlock()
+	serveFile(ctx, f)
+}
+
+// serveFile answers with f's bytes, honouring one Range.
+func serveFile(ctx *fasthttp.RequestCtx, f *outputFile) {
+	r, err := f.open()
+	if err != nil {
+		writeError(ctx, &apiError{status: fasthttp.StatusGone, typ: errNotFound, msg: "the output is no longer stored"})
+		return
+	}
+	ctx.Response.Header.Set("Accept-Ranges", "bytes")
+	ctx.SetContentType(f.contentType)
+	ctx.Response.Header.Set("Content-Disposition", fmt.Sprintf("inline; filename=%q", path.Base(f.ref.Filename)))
+	start, end, partial, ok := parseRange(string(ctx.Request.Header.Peek("Range")), f.size)
+	if !ok {
+		_ = r.Close()
+		ctx.Response.Header.Set("Content-Range", fmt.Sprintf("bytes */%d", f.size))
+		ctx.SetStatusCode(fasthttp.StatusRequestedRangeNotSatisfiable)
+		return
+	}
+	status := fasthttp.StatusOK
+	if partial {
+		status = fasthttp.StatusPartialContent
+		ctx.Response.Header.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end-1, f.size))
+	}
+	ctx.SetStatusCode(status)
+	if ctx.IsHead() {
+		_ = r.Close()
+		ctx.Response.Header.SetContentLength(int(end - start))
+		ctx.Response.SkipBody = true
+		return
+	}
+	if _, err := r.Seek(start, io.SeekStart); err != nil {
+		_ = r.Close()
+		ctx.SetStatusCode(fasthttp.StatusInternalServerError)
+		return
+	}
+	// fasthttp closes the body stream (the file) once it is written.
+	ctx.SetBodyStream(readCloser{io.LimitReader(r, end-start), r}, int(end-start))
+}
+
+type readCloser struct {
+	io.Reader
+	io.Closer
+}
+
+// parseRange reads a single-range "bytes=a-b", "bytes=a-" or "bytes=-n"
+// header against size. No header (or one comfygate does not support, such
+// as several ranges) means the whole file; ok is false for a range
+// outside the file.
+func parseRange(h string, size int64) (start, end int64, partial, ok bool) {
+	spec, found := strings.CutPrefix(strings.TrimSpace(h), "bytes=")
+	if !found || strings.Contains(spec, ",") {
+		return 0, size, false, true
+	}
+	a, b, found := strings.Cut(strings.TrimSpace(spec), "-")
+	if !found {
+		return 0, size, false, true
+	}
+	if a == "" {
+		n, err := strconv.ParseInt(b, 10, 64)
+		if err != nil || n <= 0 {
+			return 0, 0, false, false
+		}
+		return max(0, size-n), size, true, size > 0
+	}
+	s, err := strconv.ParseInt(a, 10, 64)
+	if err != nil || s < 0 || s >= size {
+		return 0, 0, false, false
+	}
+	e := size - 1
+	if b != "" {
+		if e, err = strconv.ParseInt(b, 10, 64); err != nil || e < s {
+			return 0, 0, false, false
+		}
+		e = min(e, size-1)
+	}
+	return s, e + 1, true, true
+}
