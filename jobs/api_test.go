@@ -554,3 +554,29 @@ func TestWebhookRules(t *testing.T) {
 		}
 	}
 }
+
+// TestOpenAPIDocumentsTheRoutes checks that the served document is
+// OpenAPI 3.1 JSON naming every route ServeJobs answers (.ci/run checks it
+// against the OpenAPI schema).
+func TestOpenAPIDocumentsTheRoutes(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, 1, comfysim.Options{}, nil)
+	code, hdr, b := h.do("GET", "/api/openapi.json", "", nil)
+	var doc struct {
+		OpenAPI string                    `json:"openapi"`
+		Paths   map[string]map[string]any `json:"paths"`
+	}
+	if code != 200 || !strings.HasPrefix(hdr.Get("Content-Type"), "application/json") || json.Unmarshal(b, &doc) != nil || doc.OpenAPI != "3.1.0" {
+		t.Fatalf("GET /api/openapi.json: %d %q %.80s", code, hdr.Get("Content-Type"), b)
+	}
+	for _, r := range []struct{ path, method string }{
+		{routeRemoveBackground, "post"}, {routeUpscaleImage, "post"}, {"/api/workflows/{name}", "post"},
+		{routeWorkflowList, "get"}, {routeOpenAPI, "get"}, {"/api/jobs/{id}/status", "get"},
+		{"/api/jobs/{id}/events", "get"}, {"/api/jobs/{id}/result", "get"}, {"/api/jobs/{id}/outputs", "get"},
+		{"/api/jobs/{id}/outputs/{n}", "get"}, {"/api/jobs/{id}", "delete"}, {routeJobs, "get"},
+	} {
+		if doc.Paths[r.path][r.method] == nil {
+			t.Errorf("%s %s is not documented", strings.ToUpper(r.method), r.path)
+		}
+	}
+}
