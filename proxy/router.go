@@ -105,6 +105,10 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 		return routeRefused
 	}
 	raw := splitPath(rawRequestURI(ctx))
+	if route, ok := s.admit(ctx, raw); !ok {
+		return route
+	}
+	raw = splitPath(rawRequestURI(ctx)) // admit may have taken the key out of the query
 	switch string(raw) {
 	case "/health":
 		s.serveHealth(ctx)
@@ -122,12 +126,19 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 		return routeForbidden
 	}
 	api := bytes.HasPrefix(raw, apiPrefix)
-	if api && s.jobs != nil && s.jobs.ServeJobs(ctx) {
-		return routeJobsFacade
-	}
 	p := raw
 	if api {
 		p = raw[len(apiPrefix)-1:]
+	}
+	after, ok := s.guard(ctx, p, api)
+	if !ok {
+		return routeAuth
+	}
+	if after != nil {
+		defer after()
+	}
+	if api && s.jobs != nil && s.jobs.ServeJobs(ctx) {
+		return routeJobsFacade
 	}
 	get := ctx.IsGet() || ctx.IsHead()
 	post := ctx.IsPost()

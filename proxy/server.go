@@ -40,6 +40,7 @@ type Server struct {
 	started time.Time
 
 	hub     *Hub
+	sec     security // API keys, owners, rate limits (authz.go)
 	clients *forwardClients
 	srv     *fasthttp.Server
 }
@@ -86,6 +87,9 @@ func New(o Options) (*Server, error) {
 		cfg := *s.cfg
 		cfg.Timeout = timeout
 		s.cfg = &cfg
+	}
+	if err := s.initSecurity(); err != nil {
+		return nil, err
 	}
 	s.hub = newHub(s.cfg, s.pool, s.m, log.With("component", "ws"))
 	s.pool.SetListener(s.hub)

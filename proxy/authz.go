@@ -1,0 +1,463 @@
+package proxy
+
+// API keys, per-key isolation, redaction and rate limits around routing.
+// With no key configured, only redaction of credentials in queue and
+// history views and the per-IP rate limits apply; with keys on, every
+// route needs a key (see the auth package), each key sees and acts on only
+// its own prompts, and fleet-wide actions need an admin key.
+
+import (
+	"bytes"
+	"encoding/json"
+	"html"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/comfygate/comfygate/auth"
+	"github.com/comfygate/comfygate/internal/comfyapi"
+	"github.com/comfygate/comfygate/limits"
+	"github.com/valyala/fasthttp"
+)
+
+const (
+	// cookieName is the web UI's login cookie (GET /login?token=KEY).
+	cookieName = "comfygate_token"
+	// tokenParam carries a key on URLs that cannot have headers (a
+	// WebSocket from a browser, an <img src>).
+	tokenParam = "token"
+
+	userValueKey = "comfygate.key"
+	routeAuth    = "auth"
+	routeLimited = "rate_limited"
+)
+
+// security is the Server's API keys, owner table and rate limits.
+type security struct {
+	keys       *auth.Keys
+	owners     *auth.Owners
+	promptRate *limits.Buckets
+	jobRate    *limits.Buckets
+}
+
+func (s *Server) initSecurity() error {
+	keys, err := auth.Load(s.cfg)
+	if err != nil {
+		return err
+	}
+	rl := s.cfg.RateLimit
+	s.sec = security{
+		keys:       keys,
+		owners:     auth.NewOwners(0),
+		promptRate: limits.NewBuckets(rl.PromptsPerSecond, rl.PromptBurst),
+		jobRate:    limits.NewBuckets(rl.JobsPerSecond, rl.JobBurst),
+	}
+	return nil
+}
+
+// requestKey is the key the request was admitted with (nil: keys off).
+func requestKey(ctx *fasthttp.RequestCtx) *auth.Key {
+	k, _ := ctx.UserValue(userValueKey).(*auth.Key)
+	return k
+}
+
+// presentedKey takes the key from Authorization: Bearer, the token query
+// parameter or the login cookie, in that order.
+func presentedKey(ctx *fasthttp.RequestCtx) []byte {
+	if a := ctx.Request.Header.Peek("Authorization"); len(a) > 7 && equalFoldASCII(a[:7], []byte("bearer ")) {
+		return bytes.TrimSpace(a[7:])
+	}
+	if t := ctx.QueryArgs().Peek(tokenParam); len(t) > 0 {
+		return t
+	}
+	return ctx.Request.Header.Cookie(cookieName)
+}
+
+// admit runs before routing. It answers (and returns false with the
+// route) when the request is refused; otherwise it records the request's
+// key and removes the key from the request, so no instance sees it.
+func (s *Server) admit(ctx *fasthttp.RequestCtx, raw []byte) (string, bool) {
+	if !s.sec.keys.On() {
+		return "", true
+	}
+	path := string(raw)
+	if path == "/login" || path == "/logout" {
+		s.serveLogin(ctx, path == "/logout")
+		return routeAuth, false
+	}
+	if path == "/health" && s.cfg.Auth.OpenHealth {
+		return "", true
+	}
+	key := s.sec.keys.Find(presentedKey(ctx))
+	if key == nil {
+		reason := "missing"
+		if len(presentedKey(ctx)) > 0 {
+			reason = "invalid"
+		}
+		s.authRefused(reason)
+		writeJSONError(ctx, fasthttp.StatusUnauthorized, "unauthorized",
+			"an API key is required: Authorization: Bearer <key>, ?token=<key>, or GET /login?token=<key> in a browser")
+		if reason == "invalid" {
+			ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="comfygate", error="invalid_token"`)
+		} else {
+			ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="comfygate"`)
+		}
+		return routeAuth, false
+	}
+	operator := path == "/metrics" || path == "/stats"
+	if operator != key.Metrics && (operator || key.MetricsOnly) {
+		s.authRefused("forbidden")
+		writeJSONError(ctx, fasthttp.StatusForbidden, "forbidden", "this key may not use this route")
+		return routeAuth, false
+	}
+	if !s.keyOriginAllowed(&ctx.Request.Header) {
+		s.authRefused("origin")
+		ctx.SetStatusCode(fasthttp.StatusForbidden)
+		return routeForbidden, false
+	}
+	ctx.SetUserValue(userValueKey, key)
+	stripKey(ctx)
+	return "", true
+}
+
+// keyOriginAllowed is the stricter browser policy with keys on: a request
+// that can change state (not GET/HEAD, or a WebSocket handshake) and
+// carries an Origin must come from the request's own Host or an origin in
+// auth.allowed_origins, whatever the Host is (ComfyUI checks only
+// loopback Hosts). A login cookie would otherwise let any site a logged-in
+// user visits post prompts or open the WebSocket.
+func (s *Server) keyOriginAllowed(h *fasthttp.RequestHeader) bool {
+	origin := h.PeekBytes(hdrOrigin)
+	if len(origin) == 0 || ((h.IsGet() || h.IsHead()) && !bytes.EqualFold(h.PeekBytes(hdrUpgrade), valueWebSocket)) {
+		return true
+	}
+	o := string(origin)
+	for _, a := range s.cfg.Auth.AllowedOrigins {
+		if strings.EqualFold(o, a) {
+			return true
+		}
+	}
+	_, rest, ok := strings.Cut(o, "://")
+	return ok && rest != "" && strings.EqualFold(rest, string(h.Host()))
+}
+
+// stripKey removes the key from the request before it is forwarded.
+func stripKey(ctx *fasthttp.RequestCtx) {
+	h := &ctx.Request.Header
+	if a := h.Peek("Authorization"); len(a) > 7 && equalFoldASCII(a[:7], []byte("bearer ")) {
+		h.Del("Authorization")
+	}
+	h.DelCookie(cookieName)
+	if len(ctx.QueryArgs().Peek(tokenParam)) == 0 && !ctx.QueryArgs().Has(tokenParam) {
+		return
+	}
+	// Rebuild the raw target without the parameter, leaving every other
+	// byte (a %2F in the path, the query's own encoding) as it was.
+	uri := ctx.Request.Header.RequestURI()
+	p, q, _ := bytes.Cut(uri, []byte("?"))
+	var kept [][]byte
+	for _, part := range bytes.Split(q, []byte("&")) {
+		name, _, _ := bytes.Cut(part, []byte("="))
+		if string(name) != tokenParam {
+			kept = append(kept, part)
+		}
+	}
+	out := append([]byte(nil), p...)
+	if len(kept) > 0 {
+		out = append(out, '?')
+		out = append(out, bytes.Join(kept, []byte("&"))...)
+	}
+	ctx.Request.SetRequestURIBytes(out)
+}
+
+func (s *Server) authRefused(reason string) {
+	if s.m != nil {
+		s.m.AuthRefused(reason)
+	}
+}
+
+const loginPage = `<!doctype html><meta charset="utf-8"><title>comfygate</title>
+<form method="get" action="login"><p>%s</p><label>API key <input name="token" type="password" autofocus></label> <button>Log in</button></form>`
+
+// serveLogin serves GET /login?token=KEY (sets the HttpOnly login cookie
+// the web UI then sends with every request and its WebSocket, and
+// redirects to the UI) and GET /logout (clears it). Without a token it
+// answers a small form asking for one.
+func (s *Server) serveLogin(ctx *fasthttp.RequestCtx, logout bool) {
+	c := fasthttp.AcquireCookie()
+	defer fasthttp.ReleaseCookie(c)
+	c.SetKey(cookieName)
+	c.SetPath("/")
+	c.SetHTTPOnly(true)
+	c.SetSameSite(fasthttp.CookieSameSiteLaxMode)
+	c.SetSecure(ctx.IsTLS() || string(ctx.Request.Header.Peek("X-Forwarded-Proto")) == "https")
+	if logout {
+		c.SetValue("")
+		c.SetMaxAge(-1)
+		ctx.Response.Header.SetCookie(c)
+		ctx.Redirect("./", fasthttp.StatusSeeOther)
+		return
+	}
+	token := ctx.QueryArgs().Peek(tokenParam)
+	if len(token) == 0 || s.sec.keys.Find(token) == nil {
+		status, msg := fasthttp.StatusOK, "comfygate needs an API key."
+		if len(token) > 0 {
+			s.authRefused("invalid")
+			status, msg = fasthttp.StatusUnauthorized, "That key is not valid."
+		}
+		ctx.SetStatusCode(status)
+		ctx.SetContentType("text/html; charset=utf-8")
+		ctx.Response.Header.Set("Cache-Control", "no-store")
+		ctx.SetBodyString(strings.Replace(loginPage, "%s", html.EscapeString(msg), 1))
+		return
+	}
+	c.SetValueBytes(token)
+	c.SetMaxAge(int(s.cfg.Auth.CookieMaxAge / time.Second))
+	ctx.Response.Header.SetCookie(c)
+	ctx.Response.Header.Set("Cache-Control", "no-store")
+	ctx.Redirect("./", fasthttp.StatusSeeOther)
+}
+
+// isolated reports whether the request's key sees only its own prompts.
+func (s *Server) isolated(k *auth.Key) bool { return k != nil && !k.Admin && s.cfg.Auth.Isolation }
+
+// owns reports whether k may act on prompt id.
+func (s *Server) owns(k *auth.Key, id string) bool {
+	return !s.isolated(k) || s.sec.owners.PromptOwner(id) == k.Name
+}
+
+// rateName is the rate limits' bucket name: the key, or the client IP.
+func rateName(ctx *fasthttp.RequestCtx) string {
+	if k := requestKey(ctx); k != nil {
+		return k.Name
+	}
+	return "ip:" + ctx.RemoteIP().String()
+}
+
+// rateLimited answers 429 when b has no token for the request's key.
+func (s *Server) rateLimited(ctx *fasthttp.RequestCtx, b *limits.Buckets, kind string) bool {
+	ok, wait := b.Take(rateName(ctx))
+	if ok {
+		return false
+	}
+	if s.m != nil {
+		s.m.RateLimited(kind)
+	}
+	writeJSONError(ctx, fasthttp.StatusTooManyRequests, "rate_limited",
+		"too many "+kind+" submissions for this key; retry after the time in Retry-After (rate_limit)")
+	ctx.Response.Header.Set("Retry-After", strconv.Itoa(int(math.Ceil(max(wait.Seconds(), 1)))))
+	return true
+}
+
+// guard applies isolation and rate limits to a routed request before its
+// handler runs (p is the path without /api). It answers and returns false
+// when the request is refused; after, when not nil, runs once the handler
+// has answered.
+func (s *Server) guard(ctx *fasthttp.RequestCtx, p []byte, api bool) (after func(), ok bool) {
+	k := requestKey(ctx)
+	get, post := ctx.IsGet() || ctx.IsHead(), ctx.IsPost()
+	path := string(p)
+	admin := k == nil || k.Admin
+	forbid := func(msg string) (func(), bool) {
+		s.authRefused("forbidden")
+		writeJSONError(ctx, fasthttp.StatusForbidden, "forbidden", msg)
+		return nil, false
+	}
+	switch {
+	case path == "/ws":
+		if k == nil {
+			return nil, true
+		}
+		id := string(ctx.QueryArgs().Peek("clientId"))
+		if id == "" {
+			id = newClientID() // minted here so that it is claimed for this key
+			ctx.QueryArgs().Set("clientId", id)
+		}
+		if s.isolated(k) && !s.sec.owners.ClaimClient(id, k.Name) {
+			return forbid("this clientId belongs to another key")
+		}
+		return nil, true
+	case path == "/prompt" && post:
+		if s.rateLimited(ctx, s.sec.promptRate, "prompt") {
+			return nil, false
+		}
+		if k == nil {
+			return nil, true
+		}
+		if s.isolated(k) {
+			if ctx.Request.Header.ContentLength() < 0 {
+				writeJSONError(ctx, fasthttp.StatusLengthRequired, "length_required", "a prompt needs a Content-Length when API keys are on")
+				return nil, false
+			}
+			if ctx.Request.Header.ContentLength() <= maxPromptBody {
+				if req, err := comfyapi.ParsePromptRequest(ctx.Request.Body()); err == nil {
+					if id := req.EffectiveClientID(); id != "" && !s.sec.owners.ClaimClient(id, k.Name) {
+						return forbid("this client_id belongs to another key")
+					}
+				}
+			}
+		}
+		return func() { s.recordOwner(ctx, k, "prompt_id") }, true
+	case api && post && (path == "/remove-background" || path == "/upscale-image" || strings.HasPrefix(path, "/workflows/")):
+		if s.rateLimited(ctx, s.sec.jobRate, "job") {
+			return nil, false
+		}
+		if k == nil {
+			return nil, true
+		}
+		return func() { s.recordOwner(ctx, k, "job_id") }, true
+	case post && path == "/free":
+		if !admin {
+			return forbid("POST /free acts on the whole fleet and needs an admin key")
+		}
+	case post && path == "/interrupt":
+		if k == nil {
+			return nil, true
+		}
+		var body struct {
+			PromptID json.RawMessage `json:"prompt_id"`
+		}
+		_ = json.Unmarshal(s.smallBody(ctx), &body)
+		id := comfyapi.IDText(body.PromptID)
+		if id == "" && !admin {
+			return forbid("an interrupt without prompt_id acts on the whole fleet and needs an admin key")
+		}
+		if id != "" && !s.owns(k, id) {
+			return forbid("this prompt belongs to another key")
+		}
+	case post && (path == "/queue" || path == "/history"):
+		if k == nil {
+			return nil, true
+		}
+		body := s.smallBody(ctx)
+		var q map[string]json.RawMessage
+		if json.Unmarshal(body, &q) != nil {
+			return nil, true // the handler answers malformed bodies as ComfyUI does
+		}
+		if comfyapi.Truthy(q["clear"]) && !admin {
+			return forbid("clear acts on the whole fleet and needs an admin key")
+		}
+		if s.isolated(k) {
+			var del []string
+			if json.Unmarshal(q["delete"], &del) == nil {
+				kept := del[:0]
+				for _, id := range del {
+					if s.owns(k, id) {
+						kept = append(kept, id)
+					}
+				}
+				q["delete"], _ = json.Marshal(kept)
+				b, _ := json.Marshal(q)
+				ctx.Request.SetBody(b)
+			}
+		}
+	case post && api && path == "/jobs/cancel":
+		if s.isolated(k) {
+			var q map[string]json.RawMessage
+			var list []string
+			if json.Unmarshal(s.smallBody(ctx), &q) == nil && json.Unmarshal(q["job_ids"], &list) == nil {
+				kept := list[:0]
+				for _, id := range list {
+					if s.owns(k, id) {
+						kept = append(kept, id)
+					}
+				}
+				q["job_ids"], _ = json.Marshal(kept)
+				b, _ := json.Marshal(q)
+				ctx.Request.SetBody(b)
+			}
+		}
+	case api && strings.HasPrefix(path, "/jobs/"):
+		id, _, _ := strings.Cut(path[len("/jobs/"):], "/")
+		if uid, ok := unescapeSegment([]byte(id)); ok && !s.owns(k, uid) {
+			writeJSONError(ctx, fasthttp.StatusNotFound, "not_found", "no such job")
+			return nil, false
+		}
+		if get {
+			return func() { s.filterAnswer(ctx, k, "job") }, true
+		}
+	case get && strings.HasPrefix(path, "/history/"):
+		if id, ok := pathParam(p, "/history/"); ok && !s.owns(k, id) {
+			writeJSON(ctx, fasthttp.StatusOK, []byte("{}"))
+			return nil, false
+		}
+		return func() { s.filterAnswer(ctx, k, "history") }, true
+	case get && path == "/history":
+		return func() { s.filterAnswer(ctx, k, "history") }, true
+	case get && path == "/queue":
+		return func() { s.filterAnswer(ctx, k, "queue") }, true
+	case get && api && path == "/jobs":
+		return func() { s.filterAnswer(ctx, k, "jobs") }, true
+	}
+	return nil, true
+}
+
+// smallBody reads a small JSON request body (within maxSmallBody) and
+// leaves it in place for the handler.
+func (s *Server) smallBody(ctx *fasthttp.RequestCtx) []byte {
+	if cl := ctx.Request.Header.ContentLength(); cl < 0 || cl > maxPromptBody {
+		return nil
+	}
+	return ctx.Request.Body()
+}
+
+// recordOwner remembers k as the owner of the prompt or job a successful
+// submission answered with.
+func (s *Server) recordOwner(ctx *fasthttp.RequestCtx, k *auth.Key, field string) {
+	if st := ctx.Response.StatusCode(); st != fasthttp.StatusOK && st != fasthttp.StatusAccepted || ctx.Response.IsBodyStream() {
+		return
+	}
+	var a map[string]json.RawMessage
+	if json.Unmarshal(ctx.Response.Body(), &a) != nil {
+		return
+	}
+	if id := comfyapi.IDText(a[field]); id != "" {
+		s.sec.owners.SetPrompt(id, k.Name)
+	}
+}
+
+// promptView is what k may see of prompts.
+func (s *Server) promptView(k *auth.Key) auth.View {
+	v := auth.View{Redact: s.cfg.Redact.ExtraData}
+	if k == nil {
+		return v // keys off: credentials are hidden from everyone
+	}
+	v.Own = func(id string) bool { return s.sec.owners.PromptOwner(id) == k.Name }
+	if s.isolated(k) {
+		v.Visible = v.Own
+	}
+	return v
+}
+
+// filterAnswer rewrites a queue, history or jobs answer the handler set
+// for what k may see (isolation and redaction).
+func (s *Server) filterAnswer(ctx *fasthttp.RequestCtx, k *auth.Key, kind string) {
+	if ctx.Response.StatusCode() != fasthttp.StatusOK || ctx.Response.IsBodyStream() {
+		return
+	}
+	v := s.promptView(k)
+	body := ctx.Response.Body()
+	var out []byte
+	switch kind {
+	case "queue":
+		out = v.Queue(body)
+	case "history":
+		out = v.History(body)
+	case "jobs":
+		out = v.Jobs(body)
+	case "job":
+		if bytes.HasPrefix(bytes.TrimSpace(body), []byte("{")) {
+			j, ok := v.Job(body)
+			if !ok {
+				j = body
+			}
+			out = j
+		} else {
+			out = body
+		}
+	}
+	if !bytes.Equal(out, body) {
+		ctx.Response.SetBody(out)
+	}
+}
