@@ -102,7 +102,9 @@ func TestOwners(t *testing.T) {
 	if o.PromptOwner("p1") != "" || o.PromptOwner("p3") != "a" || o.PromptOwner("p2") != "b" {
 		t.Errorf("owners after eviction: p1=%q p2=%q p3=%q", o.PromptOwner("p1"), o.PromptOwner("p2"), o.PromptOwner("p3"))
 	}
-	if !o.ClaimClient("c", "a") || !o.ClaimClient("c", "a") || o.ClaimClient("c", "b") {
+	first := o.ClaimClient("c", "a")
+	again := o.ClaimClient("c", "a")
+	if !first || !again || o.ClaimClient("c", "b") {
 		t.Error("a clientId is not kept by its first key")
 	}
 }
