@@ -189,7 +189,8 @@ func (s *Service) serveEvents(ctx *fasthttp.RequestCtx, id string) {
 	ctx.Response.Header.Set("Cache-Control", "no-cache")
 	ctx.Response.Header.Set("X-Accel-Buffering", "no") // nginx in front: do not buffer
 	heartbeat := s.heartbeat
-	// The writer runs after the handler returned: it uses only j and s.
+	shutdown := ctx.Done() // the server's: closed when it shuts down
+	// The writer runs after the handler returned: it uses only j, s and shutdown.
 	ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
 		if _, err := w.WriteString("retry: 1000\n\n"); err != nil || w.Flush() != nil {
 			return
@@ -224,6 +225,8 @@ func (s *Service) serveEvents(ctx *fasthttp.RequestCtx, id string) {
 					return
 				}
 			case <-s.runCtx.Done():
+				return
+			case <-shutdown:
 				return
 			}
 		}

@@ -5,6 +5,11 @@
 // memory, and limits how many of them are at the instances at once; the
 // rest wait in comfygate, first come first served.
 //
+// For back ends it also answers in one request (wait), streams each job's
+// events (Server-Sent Events, webhooks signed the Standard Webhooks way),
+// keeps every output file past the instance, remembers Idempotency-Keys,
+// checks named typed parameters, and validates without running (dry run).
+//
 // A job's id is the prompt_id it is submitted under, so ComfyUI's own
 // GET /api/jobs/{id} and POST /api/jobs/{id}/cancel work on facade jobs too.
 package jobs
