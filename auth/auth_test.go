@@ -99,6 +99,7 @@ func TestOwners(t *testing.T) {
 	o.SetPrompt("p1", "a")
 	o.SetPrompt("p2", "b")
 	o.SetPrompt("p3", "a")
+	o.SetPrompt("p3", "b") // a replay names p3 again
 	if o.PromptOwner("p1") != "" || o.PromptOwner("p3") != "a" || o.PromptOwner("p2") != "b" {
 		t.Errorf("owners after eviction: p1=%q p2=%q p3=%q", o.PromptOwner("p1"), o.PromptOwner("p2"), o.PromptOwner("p3"))
 	}

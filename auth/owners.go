@@ -26,15 +26,18 @@ func NewOwners(max int) *Owners {
 	return &Owners{max: max, prompts: map[string]string{}, clients: map[string]string{}}
 }
 
-// SetPrompt records that key submitted prompt id.
+// SetPrompt records that key submitted prompt id. The first owner stays:
+// an answer naming a known id again (an idempotent replay) gives it to no
+// one else.
 func (o *Owners) SetPrompt(id, key string) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if _, ok := o.prompts[id]; !ok {
-		o.pOrder = append(o.pOrder, id)
-		o.pOrder = evict(o.pOrder, o.prompts, o.max)
+	if _, ok := o.prompts[id]; ok {
+		return
 	}
 	o.prompts[id] = key
+	o.pOrder = append(o.pOrder, id)
+	o.pOrder = evict(o.pOrder, o.prompts, o.max)
 }
 
 // PromptOwner returns the key that submitted id ("" when unknown).

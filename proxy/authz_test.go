@@ -1,17 +1,20 @@
 package proxy
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
 	"github.com/fasthttp/websocket"
+	"github.com/valyala/fasthttp"
 )
 
 const (
@@ -58,6 +61,8 @@ func routeTable() [][2]string {
 		[2]string{"POST", "/api/jobs/x/cancel"}, [2]string{"POST", "/api/jobs/cancel"}, [2]string{"DELETE", "/api/jobs/x"},
 		[2]string{"GET", "/api/jobs/x/status"}, [2]string{"GET", "/api/jobs/x/result"},
 		[2]string{"POST", "/api/remove-background"}, [2]string{"POST", "/api/upscale-image"}, [2]string{"POST", "/api/workflows/w"},
+		[2]string{"GET", "/api/workflows"}, [2]string{"GET", "/api/openapi.json"}, [2]string{"GET", "/api/jobs/x/events"},
+		[2]string{"GET", "/api/jobs/x/outputs"}, [2]string{"GET", "/api/jobs/x/outputs/0"},
 		[2]string{"GET", "/metrics"}, [2]string{"GET", "/stats"},
 	)
 }
@@ -361,5 +366,74 @@ func TestRateLimits(t *testing.T) {
 	}
 	if status, raw := postJSON(t, g.base+"/prompt", bearer(keyB), body, nil); status != 200 {
 		t.Errorf("B's prompt while A is limited: %d %s", status, raw)
+	}
+}
+
+// fakeJobs is a job facade that accepts every submission as a new job and
+// answers its status, recording the Idempotency-Key it saw.
+type fakeJobs struct {
+	mu    sync.Mutex // guards n, idem
+	n     int
+	idem  []string
+	jobOf map[string]string // Idempotency-Key -> job id
+}
+
+func (f *fakeJobs) ServeJobs(ctx *fasthttp.RequestCtx) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	path := string(ctx.Path())
+	switch {
+	case ctx.IsPost() && path == "/api/remove-background":
+		k := string(ctx.Request.Header.Peek("Idempotency-Key"))
+		f.idem = append(f.idem, k)
+		id, ok := f.jobOf[k]
+		if !ok || k == "" {
+			f.n++
+			id = fmt.Sprintf("job-%d", f.n)
+			f.jobOf[k] = id
+		}
+		ctx.SetStatusCode(http.StatusAccepted)
+		ctx.SetBodyString(`{"job_id": "` + id + `", "status": "pending"}`)
+		return true
+	case strings.HasPrefix(path, "/api/jobs/") && strings.HasSuffix(path, "/status"):
+		ctx.SetBodyString(`{"job_id": "x", "status": "pending"}`)
+		return true
+	}
+	return false
+}
+
+func (f *fakeJobs) CancelJob(context.Context, string) (bool, bool) { return false, false }
+func (f *fakeJobs) WaitingJob(string) ([]byte, bool)               { return nil, false }
+
+// TestJobIsolation: key B cannot read key A's job, and the same
+// Idempotency-Key from B makes B's own job, not a replay of A's.
+func TestJobIsolation(t *testing.T) {
+	t.Parallel()
+	fake := newFakeComfy(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
+	jobs := &fakeJobs{jobOf: map[string]string{}}
+	g := startGateWith(t, []string{fake.addr()}, withKeys, func(o *Options) { o.Jobs = jobs })
+	submitJob := func(key string) string {
+		h := bearer(key)
+		h.Set("Idempotency-Key", "same-key")
+		status, _, body := gateDo(t, "POST", g.base+"/api/remove-background", h, strings.NewReader(`{"image_base64": "x"}`))
+		var a struct {
+			JobID string `json:"job_id"`
+		}
+		if status != http.StatusAccepted || json.Unmarshal(body, &a) != nil || a.JobID == "" {
+			t.Fatalf("submit with %s: %d %s", key[:5], status, body)
+		}
+		return a.JobID
+	}
+	ja, jb := submitJob(keyA), submitJob(keyB)
+	if ja == jb {
+		t.Errorf("B's submission with A's Idempotency-Key replayed A's job %s", ja)
+	}
+	for _, tc := range []struct {
+		key, id string
+		want    int
+	}{{keyA, ja, 200}, {keyB, ja, 404}, {keyB, jb, 200}, {keyAdmin, ja, 200}} {
+		if status, _, body := gateDo(t, "GET", g.base+"/api/jobs/"+tc.id+"/status", bearer(tc.key), nil); status != tc.want {
+			t.Errorf("%s reading job %s: %d %s, want %d", tc.key[:5], tc.id, status, body, tc.want)
+		}
 	}
 }
