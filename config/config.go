@@ -152,6 +152,27 @@ type Jobs struct {
 	// OutputDir holds the outputs beyond OutputMemoryBytes. Default: a
 	// directory comfygate creates under the system's temporary directory.
 	OutputDir string `yaml:"output_dir"`
+	// S3 uploads every output to S3-compatible storage. Off without Endpoint.
+	S3 S3 `yaml:"s3"`
+}
+
+// S3 is the S3-compatible storage job outputs are uploaded to, each with a
+// presigned GET URL in the job's outputs. Credentials come from the
+// environment: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or MINIO_ROOT_USER /
+// MINIO_ROOT_PASSWORD).
+type S3 struct {
+	// Endpoint is host:port of the S3 API ("" = off).
+	Endpoint string `yaml:"endpoint"`
+	// Bucket receives the outputs; it must exist.
+	Bucket string `yaml:"bucket"`
+	// Prefix starts every object key (then <job id>/<n>-<file name>).
+	Prefix string `yaml:"prefix"`
+	// Region of the bucket. Default us-east-1.
+	Region string `yaml:"region"`
+	// Insecure talks plain HTTP to the endpoint instead of HTTPS.
+	Insecure bool `yaml:"insecure"`
+	// PresignExpiry is how long the presigned URLs work. Default 1h.
+	PresignExpiry time.Duration `yaml:"presign_expiry"`
 }
 
 // Webhooks configures the job API's completion webhooks. With no
@@ -245,7 +266,8 @@ func (c *Config) setDefaults() {
 		Failover:  Failover{MaxResubmits: 2, SuspectGrace: 2 * time.Second, LivenessInterval: 2 * time.Second, LivenessTimeout: 4 * time.Second},
 		Discovery: Discovery{Interval: 30 * time.Second},
 		Jobs: Jobs{Timeout: 5 * time.Minute, MaxConcurrent: 10, MaxWaiting: 1000, MaxImageBytes: 50 << 20,
-			MaxWait: 5 * time.Minute, IdempotencyTTL: 24 * time.Hour, OutputMemoryBytes: 256 << 20},
+			MaxWait: 5 * time.Minute, IdempotencyTTL: 24 * time.Hour, OutputMemoryBytes: 256 << 20,
+			S3: S3{Region: "us-east-1", PresignExpiry: time.Hour}},
 		Webhooks: Webhooks{Timeout: 5 * time.Second, RetryFor: time.Hour, MaxAttempts: 10},
 		Log:      Log{Level: "info", Format: "json", MaxSizeMB: 100, MaxBackups: 5, MaxAgeDays: 30},
 		Dir:      ".",

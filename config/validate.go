@@ -90,6 +90,17 @@ func (c *Config) Validate() error {
 	if c.Jobs.OutputMemoryBytes < 0 {
 		bad("jobs.output_memory_bytes", c.Jobs.OutputMemoryBytes, "0 (every output on disk) or a number of bytes")
 	}
+	if s3 := c.Jobs.S3; s3.Endpoint != "" {
+		if _, port, err := net.SplitHostPort(s3.Endpoint); err != nil || !validPort(port, false) {
+			bad("jobs.s3.endpoint", strconv.Quote(s3.Endpoint), "host:port of the S3 API")
+		}
+		if s3.Bucket == "" {
+			bad("jobs.s3.bucket", `""`, "the bucket outputs go to")
+		}
+		if s3.PresignExpiry <= 0 || s3.PresignExpiry > 7*24*time.Hour {
+			bad("jobs.s3.presign_expiry", s3.PresignExpiry, "a duration up to 168h (S3's limit)")
+		}
+	}
 	for i, h := range c.Webhooks.AllowedHosts {
 		if h == "" || strings.ContainsAny(h, "/?#@ ") || strings.Contains(h, "*") && !strings.HasPrefix(h, "*.") {
 			bad(fmt.Sprintf("webhooks.allowed_hosts[%d]", i), strconv.Quote(h), `a host, host:port or "*.domain"`)

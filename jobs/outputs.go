@@ -42,6 +42,9 @@ type outputFile struct {
 	size        int64
 	data        []byte // in memory; nil when on disk
 	path        string // on disk; "" when in memory
+	s3Key       string // uploaded to S3 under this key
+	s3URL       string // presigned GET URL of the upload
+	s3Err       string // why the upload failed
 }
 
 // open returns a reader over the output's bytes.
@@ -201,6 +204,9 @@ type outputView struct {
 	Size        int64  `json:"size"`
 	Instance    string `json:"comfyui_instance"`
 	URL         string `json:"url"`
+	S3Key       string `json:"s3_key,omitempty"`
+	S3URL       string `json:"s3_url,omitempty"`
+	S3Error     string `json:"s3_error,omitempty"`
 	Base64      string `json:"base64,omitempty"`
 }
 
@@ -213,7 +219,8 @@ func (s *Service) outputViewsLocked(j *job, withData bool) []outputView {
 	vs := make([]outputView, len(j.files))
 	for i, f := range j.files {
 		vs[i] = outputView{Index: i, Node: f.node, Kind: f.kind, Filename: f.ref.Filename, ContentType: f.contentType,
-			Size: f.size, Instance: f.instance, URL: routeJobs + "/" + j.id + "/outputs/" + strconv.Itoa(i)}
+			Size: f.size, Instance: f.instance, URL: routeJobs + "/" + j.id + "/outputs/" + strconv.Itoa(i),
+			S3Key: f.s3Key, S3URL: f.s3URL, S3Error: f.s3Err}
 		if withData {
 			if b, err := f.bytes(); err == nil {
 				vs[i].Base64 = dataURL(f.contentType, b)

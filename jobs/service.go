@@ -97,6 +97,7 @@ type Service struct {
 	// webhookBackoff is the first retry delay of a webhook delivery.
 	webhookBackoff time.Duration
 	hooks          *webhookClient
+	s3             *s3Store // nil: outputs stay in comfygate only
 
 	outDirOnce sync.Once
 	outDirPath string
@@ -115,6 +116,10 @@ func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Lo
 		log = slog.New(slog.DiscardHandler)
 	}
 	wfs, err := loadWorkflows(cfg)
+	if err != nil {
+		return nil, err
+	}
+	store, err := newS3Store(cfg.Jobs.S3)
 	if err != nil {
 		return nil, err
 	}
@@ -144,6 +149,7 @@ func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Lo
 
 		webhookBackoff: time.Second,
 		hooks:          hooks,
+		s3:             store,
 	}
 	s.runCtx, s.stop = context.WithCancel(context.Background())
 	return s, nil
@@ -687,6 +693,15 @@ func (s *Service) fetch(j *job, inst *upstream.Instance, refs []outRef, upstream
 			break
 		}
 		files = append(files, f)
+	}
+	if err == nil && s.s3 != nil {
+		// A failed upload leaves the output served by comfygate and says why.
+		for n, f := range files {
+			if f.s3Key, f.s3URL, err = s.s3.put(ctx, j.id, n, f); err != nil {
+				s.log.Warn("job output upload failed", "job_id", j.id, "err", err)
+				f.s3Err, err = "comfygate could not upload this output to S3", nil
+			}
+		}
 	}
 	s.jobsMu.Lock()
 	defer s.jobsMu.Unlock()
