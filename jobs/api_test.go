@@ -305,9 +305,7 @@ func TestVideoOutputRoundTrips(t *testing.T) {
 			h.svc.jobsMu.Unlock()
 			h.svc.sweep()
 			entries, _ = filepath.Glob(filepath.Join(dir, "*", "*"))
-			h.svc.jobsMu.Lock()
-			mem := h.svc.outMem
-			h.svc.jobsMu.Unlock()
+			mem := h.svc.outMem.Load()
 			if len(entries) != 0 || mem != 0 {
 				t.Fatalf("after expiry: files %v, memory %d", entries, mem)
 			}

@@ -2,9 +2,18 @@ package jobs
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
 
 	"github.com/comfygate/comfygate/upstream"
+	"github.com/valyala/fasthttp"
 )
+
+// fetchTimeout bounds one streamed download (headers and body): outputs
+// may be videos of hundreds of MB.
+const fetchTimeout = 10 * time.Minute
 
 // backend is what the Service needs from the instance pool. *upstream.Pool
 // provides it through poolBackend; tests substitute a scripted fake.
@@ -26,6 +35,9 @@ type backend interface {
 	Cancel(ctx context.Context, id string) (bool, error)
 	// Call does one request to inst through its breaker.
 	Call(ctx context.Context, inst *upstream.Instance, method, path string, header map[string]string, body []byte) (int, []byte, error)
+	// Fetch GETs path from inst through its breaker and streams a 200
+	// answer's body into w; other statuses are returned with nothing written.
+	Fetch(ctx context.Context, inst *upstream.Instance, path string, w io.Writer) (int, error)
 }
 
 // poolBackend adapts *upstream.Pool to backend.
@@ -34,3 +46,64 @@ type poolBackend struct{ *upstream.Pool }
 func (b poolBackend) Call(ctx context.Context, inst *upstream.Instance, method, path string, header map[string]string, body []byte) (int, []byte, error) {
 	return inst.Call(ctx, method, path, header, body)
 }
+
+// Fetch streams the body, so an output of any size costs a copy buffer,
+// not its size, in memory. A write error (comfygate's own disk) does not
+// count against the instance.
+func (b poolBackend) Fetch(ctx context.Context, inst *upstream.Instance, path string, w io.Writer) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	done, err := inst.Allow()
+	if err != nil {
+		return 0, fmt.Errorf("upstream %s: %w", inst.Name, err)
+	}
+	req := fasthttp.AcquireRequest()
+	defer fasthttp.ReleaseRequest(req)
+	resp := fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseResponse(resp)
+	req.SetRequestURI(path)
+	req.Header.SetHost(inst.Addr)
+	deadline := time.Now().Add(fetchTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	if err := inst.HostClient().DoDeadline(req, resp, deadline); err != nil {
+		done(!errors.Is(err, fasthttp.ErrNoFreeConns))
+		return 0, fmt.Errorf("get %s: %w", inst.Name, err)
+	}
+	status := resp.StatusCode()
+	if status != fasthttp.StatusOK {
+		_ = resp.CloseBodyStream()
+		done(status >= 500)
+		return status, nil
+	}
+	var readErr, writeErr error
+	if body := resp.BodyStream(); body != nil {
+		_, err = io.Copy(writerFunc(func(p []byte) (int, error) {
+			n, err := w.Write(p)
+			writeErr = err
+			return n, err
+		}), body)
+		if cerr := resp.CloseBodyStream(); err == nil {
+			err = cerr
+		}
+		if writeErr == nil {
+			readErr = err
+		}
+	} else {
+		_, writeErr = w.Write(resp.Body())
+	}
+	done(readErr != nil)
+	if readErr != nil {
+		return 0, fmt.Errorf("read %s: %w", inst.Name, readErr)
+	}
+	if writeErr != nil {
+		return 0, writeErr
+	}
+	return status, nil
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"mime"
 	"mime/multipart"
 	"strings"
@@ -115,6 +116,15 @@ func (f *fakeBackend) Cancel(ctx context.Context, id string) (bool, error) {
 		return fn(id)
 	}
 	return true, nil
+}
+
+func (f *fakeBackend) Fetch(ctx context.Context, inst *upstream.Instance, path string, w io.Writer) (int, error) {
+	status, body, err := f.Call(ctx, inst, "GET", path, nil, nil)
+	if err != nil || status != 200 {
+		return status, err
+	}
+	_, err = w.Write(body)
+	return status, err
 }
 
 func (f *fakeBackend) Call(ctx context.Context, inst *upstream.Instance, method, path string, header map[string]string, body []byte) (int, []byte, error) {

@@ -131,38 +131,79 @@ var outputTypes = map[string]string{
 	".json": "application/json", ".txt": "text/plain; charset=utf-8",
 }
 
-// storeOutput keeps data as the job's output: in memory while the
-// budget allows, else in a file.
-func (s *Service) storeOutput(j *job, r outRef, inst string, data []byte) (*outputFile, error) {
-	f := &outputFile{outRef: r, instance: inst, size: int64(len(data)), contentType: outputContentType(r, data)}
-	s.jobsMu.Lock()
-	inMemory := s.outMem+f.size <= s.cfg.OutputMemoryBytes
-	if inMemory {
-		s.outMem += f.size
+// spill receives one download: in memory while the output budget
+// (jobs.output_memory_bytes, shared by all jobs) allows, then in a file
+// under the output directory.
+type spill struct {
+	s     *Service
+	jobID string
+	buf   []byte   // in memory, counted in s.outMem
+	f     *os.File // on disk once past the budget
+	n     int64
+	head  []byte // the first bytes, to sniff the type by
+	err   error
+}
+
+func (s *Service) newSpill(jobID string) *spill { return &spill{s: s, jobID: jobID} }
+
+func (w *spill) Write(p []byte) (int, error) {
+	if w.err != nil {
+		return 0, w.err
 	}
-	s.jobsMu.Unlock()
-	if inMemory {
-		f.data = data
-		return f, nil
+	if len(w.head) < 512 {
+		w.head = append(w.head, p[:min(len(p), 512-len(w.head))]...)
 	}
-	dir, err := s.outputDir()
-	if err != nil {
-		return nil, err
+	w.n += int64(len(p))
+	if w.f == nil {
+		if w.s.outMem.Add(int64(len(p))) <= w.s.cfg.OutputMemoryBytes {
+			w.buf = append(w.buf, p...)
+			return len(p), nil
+		}
+		w.s.outMem.Add(-int64(len(p)))
+		dir, err := w.s.outputDir()
+		if err == nil {
+			w.f, err = os.CreateTemp(dir, w.jobID+"-*")
+		}
+		if err == nil {
+			_, err = w.f.Write(w.buf)
+		}
+		if err != nil {
+			w.err = fmt.Errorf("store output: %w", err)
+			return 0, w.err
+		}
+		w.s.outMem.Add(-int64(len(w.buf)))
+		w.buf = nil
 	}
-	tmp, err := os.CreateTemp(dir, j.id+"-*"+path.Ext(r.ref.Filename))
-	if err != nil {
-		return nil, fmt.Errorf("store output: %w", err)
+	if _, err := w.f.Write(p); err != nil {
+		w.err = fmt.Errorf("store output: %w", err)
+		return 0, w.err
 	}
-	if _, err := tmp.Write(data); err != nil {
-		_ = tmp.Close()
-		_ = os.Remove(tmp.Name())
-		return nil, fmt.Errorf("store output: %w", err)
+	return len(p), nil
+}
+
+// discard drops what a failed download stored.
+func (w *spill) discard() {
+	w.s.outMem.Add(-int64(len(w.buf)))
+	w.buf = nil
+	if w.f != nil {
+		_ = w.f.Close()
+		_ = os.Remove(w.f.Name())
+		w.f = nil
 	}
-	if err := tmp.Close(); err != nil {
-		_ = os.Remove(tmp.Name())
-		return nil, fmt.Errorf("store output: %w", err)
+}
+
+// file returns the stored download as the output r from instance inst.
+func (w *spill) file(r outRef, inst string) (*outputFile, error) {
+	f := &outputFile{outRef: r, instance: inst, size: w.n, contentType: outputContentType(r, w.head), data: w.buf}
+	if w.f != nil {
+		if err := w.f.Close(); err != nil {
+			_ = os.Remove(w.f.Name())
+			return nil, fmt.Errorf("store output: %w", err)
+		}
+		f.path = w.f.Name()
+	} else if f.data == nil {
+		f.data = []byte{}
 	}
-	f.path = tmp.Name()
 	return f, nil
 }
 
@@ -188,7 +229,7 @@ func (s *Service) dropOutputsLocked(j *job) {
 		if f.path != "" {
 			_ = os.Remove(f.path)
 		} else {
-			s.outMem -= f.size
+			s.outMem.Add(-f.size)
 		}
 	}
 	j.files = nil

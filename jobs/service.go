@@ -32,6 +32,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/comfygate/comfygate/config"
@@ -89,7 +90,7 @@ type Service struct {
 	holdUntil time.Time         // dispatch paused until then (no instance)
 	closed    bool
 	seq       uint64
-	outMem    int64                 // bytes of outputs held in memory
+	outMem    atomic.Int64          // bytes of outputs held in memory (not guarded: atomic)
 	idem      map[string]*idemEntry // Idempotency-Key -> the job it created
 
 	// heartbeat is the period of comments on idle event streams.
@@ -682,14 +683,8 @@ func (s *Service) fetch(j *job, inst *upstream.Instance, refs []outRef, upstream
 	files := make([]*outputFile, 0, len(refs))
 	var err error
 	for _, r := range refs {
-		var data []byte
-		var from *upstream.Instance
-		data, from, err = s.download(ctx, inst, r.ref)
-		if err != nil {
-			break
-		}
 		var f *outputFile
-		if f, err = s.storeOutput(j, r, instName(from), data); err != nil {
+		if f, err = s.download(ctx, j, inst, r); err != nil {
 			break
 		}
 		files = append(files, f)
@@ -759,9 +754,10 @@ func (s *Service) readHistory(ctx context.Context, inst *upstream.Instance, upst
 	return &e, true
 }
 
-// download fetches ref from inst's /view, falling back to whichever
-// instance the pool finds holding it; from is the instance that answered.
-func (s *Service) download(ctx context.Context, inst *upstream.Instance, ref upstream.FileRef) (data []byte, from *upstream.Instance, err error) {
+// download fetches one output from inst's /view, falling back to
+// whichever instance the pool finds holding it, into comfygate's store.
+func (s *Service) download(ctx context.Context, j *job, inst *upstream.Instance, r outRef) (*outputFile, error) {
+	ref := r.ref
 	q := url.Values{"filename": {ref.Filename}, "subfolder": {ref.Subfolder}, "type": {ref.Type}}
 	if ref.Type == "" {
 		q.Set("type", "output")
@@ -775,7 +771,7 @@ func (s *Service) download(ctx context.Context, inst *upstream.Instance, ref ups
 			}
 			select {
 			case <-ctx.Done():
-				return nil, nil, ctx.Err()
+				return nil, ctx.Err()
 			case <-time.After(s.retryDelay):
 			}
 		}
@@ -783,17 +779,19 @@ func (s *Service) download(ctx context.Context, inst *upstream.Instance, ref ups
 			lastErr = errors.New("no instance holds the result")
 			continue
 		}
-		status, body, err := s.be.Call(ctx, inst, "GET", path, nil, nil)
+		w := s.newSpill(j.id)
+		status, err := s.be.Fetch(ctx, inst, path, w)
 		switch {
 		case err != nil:
 			lastErr = fmt.Errorf("get result from %s: %w", inst.Name, err)
 		case status != 200:
 			lastErr = fmt.Errorf("get result from %s: status %d", inst.Name, status)
 		default:
-			return body, inst, nil
+			return w.file(r, inst.Name)
 		}
+		w.discard()
 	}
-	return nil, nil, lastErr
+	return nil, lastErr
 }
 
 // finishLocked moves a job to a terminal state and records it.
