@@ -5,6 +5,8 @@ import (
 	"errors"
 	"sync"
 	"time"
+
+	"github.com/comfygate/comfygate/internal/lifecycle"
 )
 
 // Sentinel errors; proxy maps them to status codes in one place.
@@ -32,13 +34,14 @@ type Event struct {
 }
 
 // Sink receives the events of the prompts submitted with it, in the order
-// the instance sent them. It is called from the instance's reader goroutine
-// and must not block.
+// the instance sent them. It is called from the instance's delivery
+// goroutine (see outbox), with no lock of the pool held, and must not block.
 type Sink interface {
 	PromptEvent(p *Prompt, ev Event)
 }
 
-// Listener receives what belongs to no single prompt. Must not block.
+// Listener receives what belongs to no single prompt, from a delivery
+// goroutine with no lock of the pool held. Must not block.
 type Listener interface {
 	// Broadcast: an event without prompt id (custom nodes' messages, ...)
 	// that ComfyUI would send to every socket.
@@ -70,26 +73,11 @@ type Prompt struct {
 	// Created is when comfygate accepted it.
 	Created time.Time
 
-	mu         sync.Mutex // guards the fields below
-	instance   *Instance
-	upstreamID string // id at the instance; differs from ID for instances < v0.3.45
-	body       []byte // the JSON forwarded upstream (with comfygate's client_id), for resubmission
-	attempts   int
-	state      PromptState
-	outcome    string // "success", "error", "interrupted", "lost" once done
-	started    time.Time
-
-	// Added by upstream-prompts (prompts.go, submit.go, failover.go):
-	header      map[string]string // request headers to forward again on resubmission
-	doneAt      time.Time
-	counted     bool      // counted in its instance's in-flight gauge
-	accepted    bool      // some instance accepted it (its client got a 200)
-	acceptedAt  time.Time // when confirm last recorded an acceptance (its instance had it by then)
-	unconfirmed bool      // sent to its instance, answer not yet seen
-	sending     bool      // its POST /prompt is under way: that send settles it
-	moving      bool      // a failover of it is under way
-	closed      bool      // its sink got a synthesized ending: drop later events
-	adopted     bool      // learned from an instance (LocatePrompt), not submitted here
+	mu       sync.Mutex        // guards the fields below
+	life     lifecycle.State   // its phase and where it is; changed only by promptTable.step
+	instance *Instance         // the instance life.Instance names (nil before the first send)
+	body     []byte            // the JSON forwarded upstream (with comfygate's client_id), for resubmission
+	header   map[string]string // request headers to forward again on resubmission
 
 	// Where it prefers to run, and the graph before per-instance values
 	// (SubmitRequest.Prefer, Files); graph is nil without files.
@@ -108,10 +96,28 @@ type Prompt struct {
 func (p *Prompt) Instance() *Instance { p.mu.Lock(); defer p.mu.Unlock(); return p.instance }
 
 // UpstreamID returns the prompt's id at its instance.
-func (p *Prompt) UpstreamID() string { p.mu.Lock(); defer p.mu.Unlock(); return p.upstreamID }
+func (p *Prompt) UpstreamID() string { p.mu.Lock(); defer p.mu.Unlock(); return p.life.UpstreamID }
 
 // State returns the prompt's state.
-func (p *Prompt) State() PromptState { p.mu.Lock(); defer p.mu.Unlock(); return p.state }
+func (p *Prompt) State() PromptState { p.mu.Lock(); defer p.mu.Unlock(); return stateOf(p.life) }
+
+// Life returns a copy of the prompt's lifecycle state.
+func (p *Prompt) Life() lifecycle.State { p.mu.Lock(); defer p.mu.Unlock(); return p.life }
+
+// stateOf is the coarse state of a lifecycle state.
+func stateOf(s lifecycle.State) PromptState {
+	ph := s.Phase
+	if ph == lifecycle.Moving {
+		ph = s.Resume
+	}
+	switch {
+	case ph.Done():
+		return PromptDone
+	case ph == lifecycle.Running:
+		return PromptRunning
+	}
+	return PromptQueued
+}
 
 // Number returns the prompt's queue number in the fleet, the number a
 // client of the fleet sees in the POST /prompt answer and as item[0] of
@@ -138,7 +144,7 @@ func (p *Prompt) Number() (float64, bool) {
 }
 
 // Attempts returns how many times it was sent to an instance (1 + resubmissions).
-func (p *Prompt) Attempts() int { p.mu.Lock(); defer p.mu.Unlock(); return p.attempts }
+func (p *Prompt) Attempts() int { p.mu.Lock(); defer p.mu.Unlock(); return p.life.Attempts }
 
 // FileRef names a file the way ComfyUI's /view and /upload do.
 type FileRef struct {

@@ -117,6 +117,9 @@ type Pool struct {
 	copiesMu sync.Mutex // guards copies
 	copies   map[copyKey]chan struct{}
 
+	availMu sync.Mutex    // guards availCh
+	availCh chan struct{} // closed (and dropped) when availability changes; nil when nobody waits
+
 	runMu   sync.Mutex // guards started, closed, ctx, cancel, and wg.Add
 	started bool
 	closed  bool

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/comfygate/comfygate/internal/lifecycle"
 	"github.com/comfygate/comfygate/metrics"
 )
 
@@ -51,21 +52,27 @@ func (t *promptTable) instanceDown(inst *Instance) {
 // prompt go back to from when no other instance can take it (from is alive
 // but lost the prompt in a restart).
 func (t *promptTable) failover(ctx context.Context, pr *Prompt, from *Instance, what string, allowSame bool) {
-	pr.mu.Lock()
-	if pr.state == PromptDone || pr.moving || pr.instance != from || pr.adopted || pr.sending {
-		// Done prompts never move. A POST under way is settled by its
-		// send (refused: tried elsewhere; no answer: confirmLater).
-		pr.mu.Unlock()
+	// Only a queued, running or unanswered prompt of from moves, and one
+	// failover at a time: done prompts never move, a POST under way is
+	// settled by its send (refused: tried elsewhere; no answer: confirmLater).
+	st, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.MoveBegin, Instance: from.Name}, nil)
+	if !ok {
 		return
 	}
-	pr.moving = true
-	attempts, body, uid := pr.attempts, pr.body, pr.upstreamID
+	pr.mu.Lock()
+	body := pr.body
 	pr.mu.Unlock()
-	defer func() {
-		pr.mu.Lock()
-		pr.moving = false
-		pr.mu.Unlock()
-	}()
+	attempts, uid := st.Attempts, st.UpstreamID
+	// Until it leaves from, pr is held here; every way out that does not
+	// send it on gives it back (a no-op once lost or finished).
+	left, settled := false, false
+	stay := func() {
+		if !left && !settled {
+			settled = true
+			t.step(pr, lifecycle.Event{Kind: lifecycle.MoveAbort}, nil)
+		}
+	}
+	defer stay()
 
 	if attempts > t.cfg.Failover.MaxResubmits {
 		t.lose(pr, from, what, fmt.Sprintf("it was already resubmitted %d times (failover.max_resubmits)", attempts-1))
@@ -80,15 +87,17 @@ func (t *promptTable) failover(ctx context.Context, pr *Prompt, from *Instance, 
 	// to come back: a quick restart) before giving up.
 	deadline := time.Now().Add(t.cfg.Failover.SuspectGrace)
 	tried := []*Instance{from}
-	moved := false
 	for {
+		watch := t.p.availWatch()
+		retry := deadline // a probe of from that got no answer is retried sooner
 		inst, err := t.pick(pr.prefer, tried)
 		if err != nil && from.Available() && !slices.Contains(tried[1:], from) {
-			if !allowSame && uid != "" {
+			if !allowSame && uid != "" && !left {
 				// from is back: it may still have the prompt.
 				st, found, answered := t.probeAt(ctx, from, uid)
 				switch {
 				case found && st == PromptDone:
+					stay()
 					if entry, ok := t.historyEntry(ctx, from, uid); ok && entry != nil {
 						t.completeFromHistory(from, pr, uid, entry)
 					}
@@ -97,6 +106,10 @@ func (t *promptTable) failover(ctx context.Context, pr *Prompt, from *Instance, 
 					return // still queued or running there: stay
 				case answered:
 					allowSame = true // it restarted and lost it
+				default:
+					// No answer (a stale connection to a restarted
+					// instance): ask again shortly.
+					retry = time.Now().Add(100 * time.Millisecond)
 				}
 			}
 			if allowSame {
@@ -104,22 +117,27 @@ func (t *promptTable) failover(ctx context.Context, pr *Prompt, from *Instance, 
 			}
 		}
 		if err != nil {
-			if time.Now().Before(deadline) && sleepCtx(ctx, 50*time.Millisecond) {
+			if time.Now().Before(deadline) && ctx.Err() == nil {
+				wait := deadline
+				if retry.Before(wait) {
+					wait = retry
+				}
+				awaitAvailable(ctx, watch, wait)
 				continue
 			}
 			t.lose(pr, from, what, "no other instance is available")
 			return
 		}
 		tried = append(tried, inst)
-		if !moved {
-			moved = true
-			t.uncount(pr)
-			t.unpinUpstream(pr) // what from still sends about it is stale now
-			// from may hold it still (hung, not dead): it must not run
-			// it. Not when from showed it lost it (allowSame: restarted).
-			if !allowSame {
-				t.tombstone(from, uid)
+		if !left {
+			// It leaves from: uncounted there, what from still sends
+			// about it is stale, and from may hold it still (hung, not
+			// dead), so it must not run it there: a tombstone. Not when
+			// from showed it lost it (allowSame: restarted).
+			if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Leave, Tombstone: !allowSame}, nil); !ok {
+				return // it finished meanwhile
 			}
+			left = true
 		}
 		res, outcome, err := t.send(ctx, pr, inst, t.bodyFor(ctx, pr, inst, base), true)
 		switch {
@@ -149,8 +167,8 @@ func (t *promptTable) failover(ctx context.Context, pr *Prompt, from *Instance, 
 // lose ends pr as "lost" and tells its sink in ComfyUI's words: an
 // execution_error, then the executing-null that ends every prompt.
 func (t *promptTable) lose(pr *Prompt, from *Instance, what, why string) {
-	if !t.markDone(pr, metrics.OutcomeLost) {
-		return
+	if st, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Close, Outcome: metrics.OutcomeLost}, nil); !ok || st.Outcome != metrics.OutcomeLost {
+		return // it ended otherwise first
 	}
 	t.log.Warn("upstream: prompt lost", "prompt_id", pr.ID, "instance", from.Name, "reason", why)
 	msg := fmt.Sprintf("comfygate: %s and the prompt could not be resubmitted: %s", what, why)
@@ -168,11 +186,8 @@ func (t *promptTable) lose(pr *Prompt, from *Instance, what, why string) {
 		Timestamp:        time.Now().UnixMilli(),
 	}}
 	data, _ := marshalNoEscape(errEv)
-	t.deliver(pr, Event{Instance: from, Type: "execution_error", PromptID: pr.ID, Data: data})
-	t.deliver(pr, Event{Instance: from, Type: "executing", PromptID: pr.ID, Data: executingNull(pr.ID)})
-	pr.mu.Lock()
-	pr.closed = true
-	pr.mu.Unlock()
+	t.deliver(pr, Event{Instance: from, Type: "execution_error", PromptID: pr.ID, Data: data}, true)
+	t.deliver(pr, Event{Instance: from, Type: "executing", PromptID: pr.ID, Data: executingNull(pr.ID)}, true)
 }
 
 // lostErrorFields is execution_error's data, in ComfyUI's field order.
@@ -202,8 +217,9 @@ func (t *promptTable) reconcile(ctx context.Context, inst *Instance) {
 	var running, pending map[string]bool
 	for _, pr := range t.livePinnedTo(inst) {
 		pr.mu.Lock()
-		uid := pr.upstreamID
-		skip := pr.moving || pr.adopted || pr.state == PromptDone || uid == "" || pr.unconfirmed || pr.instance != inst
+		uid, ph := pr.life.UpstreamID, pr.life.Phase
+		// Queued or running there; not while unanswered, moving or done.
+		skip := (ph != lifecycle.Queued && ph != lifecycle.Running) || uid == "" || pr.instance != inst
 		pr.mu.Unlock()
 		if skip {
 			continue
@@ -301,16 +317,15 @@ func (t *promptTable) completeFromHistory(inst *Instance, pr *Prompt, uid string
 	s.routeMu.Lock()
 	defer s.routeMu.Unlock()
 	pr.mu.Lock()
-	stale := pr.state == PromptDone || pr.instance != inst || pr.upstreamID != uid
+	stale := stateOf(pr.life) == PromptDone || pr.instance != inst || pr.life.UpstreamID != uid
 	pr.mu.Unlock()
 	if stale {
 		return
 	}
 	t.apply(pr, inst, f)
 	t.apply(pr, inst, frame{typ: "executing", uid: uid, nodeNull: true, data: executingNull(uid), at: time.Now()})
-	pr.mu.Lock()
-	pr.closed = true // the live stream's own ending, if it comes, would repeat it
-	pr.mu.Unlock()
+	// The live stream's own ending, if it comes, would repeat it.
+	t.step(pr, lifecycle.Event{Kind: lifecycle.Close}, nil)
 }
 
 // confirmLater settles a prompt sent to inst without an answer (timeout):
@@ -325,17 +340,16 @@ func (t *promptTable) confirmLater(ctx context.Context, pr *Prompt, inst *Instan
 	still := func() bool {
 		pr.mu.Lock()
 		defer pr.mu.Unlock()
-		return pr.instance == inst && pr.upstreamID == uid && pr.unconfirmed && pr.state != PromptDone
+		return pr.instance == inst && pr.life.UpstreamID == uid && pr.life.Phase == lifecycle.Unconfirmed
 	}
 	for delay := 500 * time.Millisecond; ; delay = min(delay*2, 5*time.Second) {
 		if inst.confirmedDown() {
-			// instanceDown may have come while the POST was under way.
+			// instanceDown may have come while the POST was under way
+			// (it leaves a prompt being sent to its send).
 			t.failover(ctx, pr, inst, fmt.Sprintf("instance %s died", inst.Name), false)
 			if !still() {
 				return
 			}
-			// The failover that sent it here has not returned yet
-			// (moving): look again after the delay.
 		}
 		if !sleepCtx(ctx, delay) {
 			return
@@ -361,14 +375,10 @@ func (t *promptTable) confirmLater(ctx context.Context, pr *Prompt, inst *Instan
 		if misses < 2 && time.Now().Before(deadline) {
 			continue
 		}
-		pr.mu.Lock()
-		accepted := pr.accepted
-		pr.unconfirmed = false
-		pr.mu.Unlock()
-		if !accepted {
+		// A first submission (its client got the error) is dropped, and
+		// tombstoned there so that it cannot run late; an accepted one moves.
+		if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Drop}, nil); ok {
 			t.log.Warn("upstream: unanswered prompt not found at its instance, dropped", "prompt_id", pr.ID, "instance", inst.Name)
-			t.forget(pr)
-			t.tombstone(inst, uid) // its client was told it failed: it must not run late
 			return
 		}
 		t.failover(ctx, pr, inst, fmt.Sprintf("instance %s did not take the prompt", inst.Name), false)
@@ -413,7 +423,7 @@ func (t *promptTable) checkDeleted(s *instSocket, n int64) {
 	}
 	for pr := range t.live {
 		pr.mu.Lock()
-		if pr.instance == s.inst && pr.accepted && !pr.unconfirmed && !pr.moving && pr.state != PromptDone {
+		if ph := pr.life.Phase; pr.instance == s.inst && (ph == lifecycle.Queued || ph == lifecycle.Running) {
 			count++
 		}
 		pr.mu.Unlock()
@@ -448,9 +458,8 @@ func (t *promptTable) verifyQueue(ctx context.Context, inst *Instance) {
 	}
 	for _, pr := range t.livePinnedTo(inst) {
 		pr.mu.Lock()
-		uid := pr.upstreamID
-		skip := !pr.accepted || pr.unconfirmed || pr.moving || pr.state != PromptQueued || uid == "" || pr.instance != inst ||
-			!pr.acceptedAt.Before(asked)
+		uid := pr.life.UpstreamID
+		skip := pr.life.Phase != lifecycle.Queued || uid == "" || pr.instance != inst || !pr.life.AcceptedAt.Before(asked)
 		pr.mu.Unlock()
 		if skip || running[uid] || pending[uid] {
 			continue

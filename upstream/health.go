@@ -85,6 +85,7 @@ func (p *Pool) setHealth(inst *Instance, up bool, why string, err error) bool {
 	if !inst.healthy.CompareAndSwap(!up, up) {
 		return false
 	}
+	p.availabilityChanged()
 	p.m.SetInstanceUp(inst.Name, up)
 	if up {
 		p.log.Info("upstream: instance healthy", "instance", inst.Name, "addr", inst.Addr,
@@ -194,6 +195,7 @@ func (p *Pool) confirmSuspect(inst *Instance) {
 		}
 		if ok {
 			inst.suspect.Store(false)
+			p.availabilityChanged()
 			return
 		}
 		inst.failures.Store(int32(max(p.cfg.HealthCheck.UnhealthyThreshold, 1)))
@@ -212,6 +214,7 @@ func (p *Pool) socketRestored(inst *Instance) {
 	p.goAsync(func(ctx context.Context) {
 		if ok, _ := p.check(ctx, inst, p.cfg.HealthCheck.Timeout, true); ok {
 			inst.suspect.Store(false)
+			p.availabilityChanged()
 		}
 	})
 }

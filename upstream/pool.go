@@ -280,6 +280,7 @@ func (p *Pool) breakerChanged(inst *Instance, from, to breaker.State) {
 	p.log.Log(context.Background(), level, "upstream: breaker state changed",
 		"instance", inst.Name, "from", from.String(), "to", to.String())
 	p.m.SetBreakerState(inst.Name, to.String())
+	p.availabilityChanged()
 	if to == breaker.Open && !inst.socketUp.Load() {
 		// Real traffic fails and the socket is gone: the instance is dead.
 		p.signalDown(inst)
@@ -291,6 +292,41 @@ func (p *Pool) breakerChanged(inst *Instance, from, to breaker.State) {
 // It may be called more than once per death; instanceDown is idempotent.
 func (p *Pool) signalDown(inst *Instance) {
 	p.goAsync(func(context.Context) { p.prompts.instanceDown(inst) })
+}
+
+// availabilityChanged wakes every awaitAvailable: an instance's health,
+// breaker or suspicion changed, so one may be selectable now.
+func (p *Pool) availabilityChanged() {
+	p.availMu.Lock()
+	if p.availCh != nil {
+		close(p.availCh)
+		p.availCh = nil
+	}
+	p.availMu.Unlock()
+}
+
+// availWatch returns a channel closed at the next availability change.
+// Take it before looking at the instances, then wait on it with
+// awaitAvailable: a change in between is not missed.
+func (p *Pool) availWatch() <-chan struct{} {
+	p.availMu.Lock()
+	defer p.availMu.Unlock()
+	if p.availCh == nil {
+		p.availCh = make(chan struct{})
+	}
+	return p.availCh
+}
+
+// awaitAvailable waits until watch (from availWatch) is closed, deadline
+// passes or ctx ends.
+func awaitAvailable(ctx context.Context, watch <-chan struct{}, deadline time.Time) {
+	tm := time.NewTimer(time.Until(deadline))
+	defer tm.Stop()
+	select {
+	case <-watch:
+	case <-tm.C:
+	case <-ctx.Done():
+	}
 }
 
 // newSocketID returns "comfygate-" and 16 random lowercase hex digits.

@@ -15,6 +15,7 @@ import (
 	"github.com/comfygate/comfygate/internal/jsonobj"
 
 	"github.com/comfygate/comfygate/internal/ids"
+	"github.com/comfygate/comfygate/internal/lifecycle"
 
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/metrics"
@@ -47,13 +48,14 @@ type promptTable struct {
 	doneQ      []*Prompt            // finished prompts, oldest first, from doneHead
 	doneHead   int
 	sockets    map[*Instance]*instSocket
-	tombs      map[*Instance][]tomb // prompts moved off each instance, oldest first (tombstones.go)
-	ctx        context.Context      // nil until start
+	tombs      map[*Instance][]tomb  // prompts moved off each instance, oldest first (tombstones.go)
+	outboxes   map[*Instance]*outbox // event delivery per instance; nil key: queue changes
+	ctx        context.Context       // nil until start
 	closed     bool
 
 	wg sync.WaitGroup // socket loops and background checks
 
-	queueMu   sync.Mutex // guards lastQueue; serialises QueueChanged calls
+	queueMu   sync.Mutex // guards lastQueue; orders the QueueChanged deliveries
 	lastQueue int
 
 	numbers atomic.Int64 // the next fleet queue number (Prompt.Number)
@@ -210,41 +212,124 @@ func (t *promptTable) livePinnedTo(inst *Instance) []*Prompt {
 	return out
 }
 
-// pin records pr at inst under upstream id uid ("" while unknown) and
-// forgets any previous (instance, id) key of it.
-func (t *promptTable) pin(pr *Prompt, inst *Instance, uid string) {
+// step applies e to pr: the transition (lifecycle.Step) and the table's
+// index of (instance, upstream id) change together under t.mu and pr.mu,
+// and the transition's effects are carried out after both are released.
+// to is the instance a Send goes to (nil for other events). It returns the
+// new state and whether e applied (see lifecycle.Step).
+//
+// Lock order in this package: instSocket.routeMu, then promptTable.mu, then
+// Prompt.mu; Pool.mu and queueMu are taken alone or last. No lock is held
+// while a Sink or Listener is called: events go through the per-instance
+// outbox (outbox.go), which calls them in order from its own goroutine.
+func (t *promptTable) step(pr *Prompt, e lifecycle.Event, to *Instance) (lifecycle.State, bool) {
+	if e.At.IsZero() {
+		e.At = time.Now()
+	}
+	if to != nil {
+		e.Instance = to.Name
+	}
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	pr.mu.Lock()
-	if pr.instance != nil && pr.upstreamID != "" {
-		k := upKey{pr.instance, pr.upstreamID}
-		if t.byUpstream[k] == pr {
+	prev, prevInst := pr.life, pr.instance
+	next, effects, ok := lifecycle.Step(prev, e)
+	if !ok {
+		pr.mu.Unlock()
+		t.mu.Unlock()
+		return prev, false
+	}
+	pr.life = next
+	if to != nil {
+		pr.instance = to
+	}
+	t.reindexLocked(pr, prevInst, prev.UpstreamID, pr.instance, next.UpstreamID)
+	for _, ef := range effects {
+		// Counted here, in transition order: carried out later, two
+		// transitions' counts could cross and the in-flight count drift.
+		switch ef.Kind {
+		case lifecycle.CountIn:
+			prevInst.inflight.Add(1)
+		case lifecycle.CountOut:
+			prevInst.inflight.Add(-1)
+		}
+	}
+	if next.Live() && next.Phase != lifecycle.Submitted {
+		t.live[pr] = struct{}{}
+	} else {
+		delete(t.live, pr)
+	}
+	pr.mu.Unlock()
+	t.mu.Unlock()
+	t.carryOut(pr, prevInst, effects)
+	return next, true
+}
+
+// reindexLocked moves pr's (instance, upstream id) key. t.mu held.
+func (t *promptTable) reindexLocked(pr *Prompt, oldInst *Instance, oldID string, inst *Instance, id string) {
+	if oldInst == inst && oldID == id {
+		return
+	}
+	if oldInst != nil && oldID != "" {
+		if k := (upKey{oldInst, oldID}); t.byUpstream[k] == pr {
 			delete(t.byUpstream, k)
 		}
 	}
-	pr.instance, pr.upstreamID = inst, uid
-	pr.mu.Unlock()
-	if uid != "" {
-		t.byUpstream[upKey{inst, uid}] = pr
+	if inst != nil && id != "" {
+		t.byUpstream[upKey{inst, id}] = pr
 	}
-	t.byID[pr.ID] = pr
 }
 
-// unpinUpstream forgets pr's (instance, id) key: late events of it from
-// that instance are dropped.
-func (t *promptTable) unpinUpstream(pr *Prompt) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.unpinUpstreamLocked(pr)
+// carryOut does what a transition of pr asked for. inst is the instance
+// the transition started at: every effect names it.
+func (t *promptTable) carryOut(pr *Prompt, inst *Instance, effects []lifecycle.Effect) {
+	queue := false
+	for _, ef := range effects {
+		switch ef.Kind {
+		case lifecycle.CountIn, lifecycle.CountOut:
+			// Counted by step; the gauge and a drained instance's removal follow.
+			inst.addInflight(0)
+			queue = true
+		case lifecycle.Unpin:
+			// Done with the transition: reindexLocked dropped the key.
+		case lifecycle.Tombstone:
+			t.tombstone(inst, ef.UpstreamID)
+		case lifecycle.Accept:
+			t.number(pr)
+			if inst != nil {
+				t.m.PromptSubmitted(inst.Name)
+			}
+		case lifecycle.Record:
+			t.mu.Lock()
+			t.doneQ = append(t.doneQ, pr)
+			t.evictLocked()
+			t.mu.Unlock()
+			if inst != nil {
+				t.m.PromptFinished(inst.Name, ef.Outcome, time.Since(pr.Created))
+				t.maybeCloseDrained(inst)
+			}
+			queue = true
+		case lifecycle.Forget:
+			t.forget(pr)
+		}
+	}
+	if queue {
+		t.notifyQueue()
+	}
 }
 
-// unpinUpstreamLocked is unpinUpstream with t.mu held.
-func (t *promptTable) unpinUpstreamLocked(pr *Prompt) {
+// number gives pr its fleet number (Prompt.Number) at its first acceptance.
+func (t *promptTable) number(pr *Prompt) {
 	pr.mu.Lock()
-	k := upKey{pr.instance, pr.upstreamID}
-	pr.mu.Unlock()
-	if k.id != "" && t.byUpstream[k] == pr {
-		delete(t.byUpstream, k)
+	defer pr.mu.Unlock()
+	if pr.numbered {
+		return
+	}
+	pr.numbered = true
+	if !pr.ownNumber {
+		pr.number = t.numbers.Add(1) - 1
+		if pr.front {
+			pr.number = -pr.number // ComfyUI's front: -counter
+		}
 	}
 }
 
@@ -252,95 +337,27 @@ func (t *promptTable) unpinUpstreamLocked(pr *Prompt) {
 func (t *promptTable) forget(pr *Prompt) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.unpinUpstreamLocked(pr)
+	pr.mu.Lock()
+	inst, uid := pr.instance, pr.life.UpstreamID
+	pr.mu.Unlock()
+	t.reindexLocked(pr, inst, uid, nil, "")
 	if t.byID[pr.ID] == pr {
 		delete(t.byID, pr.ID)
 	}
 	delete(t.live, pr)
 }
 
-// markLive adds pr to the prompts not done.
-func (t *promptTable) markLive(pr *Prompt) {
-	t.mu.Lock()
-	t.live[pr] = struct{}{}
-	t.mu.Unlock()
-}
-
-// confirm records that pr's instance accepted it: it counts as in flight
-// there until done, and it gets its fleet number the first time. Idempotent;
-// a prompt that finished before the HTTP answer arrived is not counted.
+// confirm records that pr's instance has it (it answered 200, or showed
+// it): it counts as in flight there until done, and it gets its fleet
+// number the first time. Idempotent.
 func (t *promptTable) confirm(pr *Prompt) {
-	pr.mu.Lock()
-	if !pr.numbered {
-		pr.numbered = true
-		if !pr.ownNumber {
-			pr.number = t.numbers.Add(1) - 1
-			if pr.front {
-				pr.number = -pr.number // ComfyUI's front: -counter
-			}
-		}
-	}
-	if pr.counted {
-		pr.mu.Unlock()
-		return
-	}
-	pr.counted, pr.unconfirmed, pr.accepted = true, false, true
-	pr.acceptedAt = time.Now()
-	done := pr.state == PromptDone
-	inst := pr.instance
-	if done {
-		pr.counted = false // nothing to take back later
-	}
-	pr.mu.Unlock()
-	t.m.PromptSubmitted(inst.Name)
-	if !done {
-		inst.addInflight(1)
-		t.notifyQueue()
-	}
-}
-
-// uncount takes pr out of its instance's in-flight count (before it moves).
-func (t *promptTable) uncount(pr *Prompt) {
-	pr.mu.Lock()
-	counted, inst := pr.counted, pr.instance
-	pr.counted = false
-	pr.mu.Unlock()
-	if counted {
-		inst.addInflight(-1)
-	}
+	t.step(pr, lifecycle.Event{Kind: lifecycle.Seen}, nil)
 }
 
 // markDone ends pr with outcome. It reports false if pr was already done.
 func (t *promptTable) markDone(pr *Prompt, outcome string) bool {
-	pr.mu.Lock()
-	if pr.state == PromptDone {
-		pr.mu.Unlock()
-		return false
-	}
-	pr.state, pr.outcome, pr.doneAt = PromptDone, outcome, time.Now()
-	counted, inst, created := pr.counted, pr.instance, pr.Created
-	pr.counted = false
-	pr.mu.Unlock()
-
-	t.mu.Lock()
-	delete(t.live, pr)
-	if !pr.adopted { // adopt queued it already
-		t.doneQ = append(t.doneQ, pr)
-	}
-	t.evictLocked()
-	t.mu.Unlock()
-
-	if inst != nil {
-		if counted {
-			inst.addInflight(-1)
-		}
-		if !pr.adopted {
-			t.m.PromptFinished(inst.Name, outcome, time.Since(created))
-		}
-		t.maybeCloseDrained(inst)
-	}
-	t.notifyQueue()
-	return true
+	_, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Finish, Outcome: outcome}, nil)
+	return ok
 }
 
 // evictLocked drops the oldest finished (or adopted) prompts beyond
@@ -354,7 +371,7 @@ func (t *promptTable) evictLocked() {
 			delete(t.byID, old.ID)
 		}
 		old.mu.Lock()
-		k := upKey{old.instance, old.upstreamID}
+		k := upKey{old.instance, old.life.UpstreamID}
 		old.mu.Unlock()
 		if t.byUpstream[k] == old {
 			delete(t.byUpstream, k)
@@ -371,6 +388,7 @@ func (t *promptTable) evictLocked() {
 
 // notifyQueue tells the listener the fleet queue when it changed.
 func (t *promptTable) notifyQueue() {
+	o := t.outboxFor(nil)
 	t.queueMu.Lock()
 	defer t.queueMu.Unlock()
 	q := t.p.QueueRemaining()
@@ -379,7 +397,7 @@ func (t *promptTable) notifyQueue() {
 	}
 	t.lastQueue = q
 	if l := t.listener(); l != nil {
-		l.QueueChanged(q)
+		o.push(func() { l.QueueChanged(q) })
 	}
 }
 
@@ -397,15 +415,19 @@ func (t *promptTable) outstanding() int {
 	return len(t.live)
 }
 
-// deliver hands one event of pr to its sink (if it has one and is open).
-func (t *promptTable) deliver(pr *Prompt, ev Event) {
-	pr.mu.Lock()
-	closed := pr.closed
-	pr.mu.Unlock()
-	if closed || pr.Sink == nil {
+// deliver queues one event of pr for its sink, on the outbox of the
+// instance it came from (in order with that instance's other events). An
+// event of a prompt whose sink already got its end is dropped. force
+// delivers anyway: comfygate's own synthesized ending.
+func (t *promptTable) deliver(pr *Prompt, ev Event, force bool) {
+	if pr.Sink == nil {
 		return
 	}
-	pr.Sink.PromptEvent(pr, ev)
+	if !force && pr.Life().Phase == lifecycle.Ended {
+		return
+	}
+	sink := pr.Sink
+	t.outboxFor(ev.Instance).push(func() { sink.PromptEvent(pr, ev) })
 }
 
 // Prompt looks a prompt up by its client-facing id.
@@ -477,10 +499,15 @@ func (t *promptTable) adopt(id string, inst *Instance, st PromptState) *Prompt {
 		t.mu.Unlock()
 		return pr
 	}
-	pr := &Prompt{ID: id, Created: time.Now(), instance: inst, upstreamID: id, state: st, adopted: true, accepted: true}
-	if st == PromptDone {
-		pr.outcome = "success"
-		pr.doneAt = time.Now()
+	now := time.Now()
+	pr := &Prompt{ID: id, Created: now, instance: inst, life: lifecycle.State{
+		Phase: lifecycle.Queued, Instance: inst.Name, UpstreamID: id, Adopted: true, Accepted: true, AcceptedAt: now,
+	}}
+	switch st {
+	case PromptRunning:
+		pr.life.Phase, pr.life.StartedAt = lifecycle.Running, now
+	case PromptDone:
+		pr.life.Phase, pr.life.Outcome, pr.life.DoneAt = lifecycle.Ended, lifecycle.OutcomeSuccess, now
 	}
 	// Queued or running too: comfygate does not run it, so the entry is
 	// only a cache of where it is, and clients polling ids submitted
@@ -574,7 +601,7 @@ func (p *Pool) Cancel(ctx context.Context, id string) (bool, error) {
 		}
 	}
 	pr.mu.Lock()
-	inst, uid, st := pr.instance, pr.upstreamID, pr.state
+	inst, uid, st := pr.instance, pr.life.UpstreamID, stateOf(pr.life)
 	pr.mu.Unlock()
 	if st == PromptDone || inst == nil || uid == "" {
 		return false, nil

@@ -3,6 +3,8 @@ package upstream
 import (
 	"fmt"
 	"testing"
+
+	"github.com/comfygate/comfygate/internal/lifecycle"
 )
 
 func TestPromptTableKeepsBoundedDonePrompts(t *testing.T) {
@@ -12,8 +14,8 @@ func TestPromptTableKeepsBoundedDonePrompts(t *testing.T) {
 	tb := p.prompts
 	first := tb.adopt("first", inst, PromptDone)
 	live := &Prompt{ID: "live"}
-	tb.pin(live, inst, "live")
-	tb.markLive(live)
+	tb.reserve(live)
+	tb.step(live, lifecycle.Event{Kind: lifecycle.Send, UpstreamID: "live"}, inst)
 	running := tb.adopt("running", inst, PromptRunning)
 	for k := range maxDonePrompts + 50 {
 		tb.adopt(fmt.Sprintf("p%d", k), inst, PromptDone)

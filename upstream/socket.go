@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/comfygate/comfygate/internal/lifecycle"
+	"github.com/comfygate/comfygate/metrics"
 	"github.com/fasthttp/websocket"
 )
 
@@ -158,8 +160,8 @@ func (s *instSocket) up() {
 	running := ""
 	for _, pr := range s.t.livePinnedTo(s.inst) {
 		pr.mu.Lock()
-		if pr.state == PromptRunning {
-			running = pr.upstreamID
+		if stateOf(pr.life) == PromptRunning {
+			running = pr.life.UpstreamID
 		}
 		pr.mu.Unlock()
 	}
@@ -380,7 +382,8 @@ func (s *instSocket) onBinary(data []byte) {
 // broadcast hands a frame that names no prompt to the listener.
 func (s *instSocket) broadcast(f frame) {
 	if l := s.t.listener(); l != nil {
-		l.Broadcast(Event{Instance: s.inst, Type: f.typ, Binary: f.binary, Data: f.data})
+		ev := Event{Instance: s.inst, Type: f.typ, Binary: f.binary, Data: f.data}
+		s.t.outboxFor(s.inst).push(func() { l.Broadcast(ev) })
 	}
 }
 
@@ -426,16 +429,18 @@ func (s *instSocket) beginAwait() {
 	s.routeMu.Unlock()
 }
 
-// endAwait ends a beginAwait: with uid != "", pins pr under it and replays
-// the frames that came first, in order, before any later frame of it.
-func (s *instSocket) endAwait(pr *Prompt, uid string) {
+// endAwait ends a beginAwait: with uid != "" (the answer of pr's send
+// attempt), pins pr under it and replays the frames that came first, in
+// order, before any later frame of it.
+func (s *instSocket) endAwait(pr *Prompt, uid string, attempt int) {
 	s.routeMu.Lock()
 	defer s.routeMu.Unlock()
 	s.awaiting--
 	if uid == "" {
 		return
 	}
-	s.t.pin(pr, s.inst, uid)
+	// The answer named the id: the prompt is there under it.
+	s.t.step(pr, lifecycle.Event{Kind: lifecycle.Answered, UpstreamID: uid, Attempt: attempt}, nil)
 	kept := s.early[:0]
 	var mine []frame
 	for _, f := range s.early {
@@ -469,33 +474,36 @@ func (s *instSocket) onStatus(n int64) {
 	}
 }
 
-// apply updates pr's state from f and delivers f to pr's sink, with ids
+// apply moves pr's life on by f and delivers f to pr's sink, with ids
 // rewritten to the client-facing one. Called with inst's routeMu held (or
-// for synthesized events, on inst's behalf).
+// for synthesized events, on inst's behalf), so a prompt's events are
+// applied and queued for delivery in the instance's order.
 func (t *promptTable) apply(pr *Prompt, inst *Instance, f frame) {
-	pr.mu.Lock()
-	unconfirmed := pr.unconfirmed
-	pr.mu.Unlock()
-	if unconfirmed {
-		t.confirm(pr) // an event proves the instance accepted it
+	ended := pr.Life().Phase == lifecycle.Ended
+	if !ended {
+		// Any event proves the instance has it.
+		t.step(pr, lifecycle.Event{Kind: lifecycle.Seen, At: f.at}, nil)
 	}
 	switch f.typ {
 	case "execution_start":
-		pr.mu.Lock()
-		if pr.state == PromptQueued {
-			pr.state, pr.started = PromptRunning, time.Now()
-		}
-		pr.mu.Unlock()
+		t.step(pr, lifecycle.Event{Kind: lifecycle.Started, At: f.at}, nil)
 	case "executed":
 		t.pinOutputs(inst, f.outputs)
 	case "execution_success":
-		t.markDone(pr, "success")
+		t.markDone(pr, metrics.OutcomeSuccess)
 	case "execution_interrupted":
-		t.markDone(pr, "interrupted")
+		t.markDone(pr, metrics.OutcomeInterrupted)
 	case "execution_error":
 		if f.excType != "ExecutionBlocked" { // a blocker's message: not terminal
-			t.markDone(pr, "error")
+			t.markDone(pr, metrics.OutcomeError)
 		}
+	case "executing":
+		if f.nodeNull {
+			defer t.step(pr, lifecycle.Event{Kind: lifecycle.End, At: f.at}, nil)
+		}
+	}
+	if ended {
+		return // its sink got its end already (synthesized): nothing more
 	}
 	data := f.data
 	if f.binary {
@@ -505,7 +513,7 @@ func (t *promptTable) apply(pr *Prompt, inst *Instance, f frame) {
 	} else if f.uid != pr.ID {
 		data = replaceID(f.data, f.uid, pr.ID)
 	}
-	t.deliver(pr, Event{Instance: inst, Type: f.typ, Binary: f.binary, PromptID: pr.ID, Data: data})
+	t.deliver(pr, Event{Instance: inst, Type: f.typ, Binary: f.binary, PromptID: pr.ID, Data: data}, true)
 }
 
 // pinOutputs records the files an `executed` output names as inst's.

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/breaker"
+	"github.com/comfygate/comfygate/internal/lifecycle"
 	"github.com/valyala/fasthttp"
 )
 
@@ -162,15 +163,20 @@ func (t *promptTable) send(ctx context.Context, pr *Prompt, inst *Instance, base
 	}
 	s := t.socketFor(inst)
 	pr.mu.Lock()
-	pr.body, pr.attempts = body, pr.attempts+1
-	pr.state, pr.started, pr.unconfirmed = PromptQueued, time.Time{}, true
-	// Until send decides what the POST came to, failover leaves pr alone:
-	// this send's own outcome (refused, answered, ambiguous) settles it.
-	pr.sending = true
+	pr.body = body
 	pr.mu.Unlock()
-	defer t.sent(pr)
-	t.pin(pr, inst, uid)
-	t.markLive(pr)
+	// Pinned before the request leaves: its events can come first. Until
+	// the POST is settled (answered, refused, no answer) no failover takes
+	// it: this send's own outcome decides.
+	st, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Send, UpstreamID: uid}, inst)
+	if !ok {
+		return SubmitResult{}, sentRefused, fmt.Errorf("submit prompt %s: it is %s", pr.ID, st.Phase)
+	}
+	attempt := st.Attempts
+	settle := func(e lifecycle.Event) {
+		e.Attempt = attempt
+		t.step(pr, e, nil)
+	}
 	if !known {
 		s.beginAwait()
 	}
@@ -193,24 +199,21 @@ func (t *promptTable) send(ctx context.Context, pr *Prompt, inst *Instance, base
 			// Nothing to wait for: never accepted, or (without an id) not
 			// findable.
 			if !known {
-				s.endAwait(pr, "")
+				s.endAwait(pr, "", 0)
 			}
-			pr.mu.Lock()
-			pr.attempts--
-			pr.mu.Unlock()
-			t.unsend(pr, resubmit)
+			settle(lifecycle.Event{Kind: lifecycle.Refused, NotSent: true, Resubmit: resubmit})
 			return SubmitResult{}, outcome, err
 		default:
-			t.sent(pr) // before confirmLater may fail it over
+			settle(lifecycle.Event{Kind: lifecycle.NoAnswer})
 			t.goBackground(func(ctx context.Context) { t.confirmLater(ctx, pr, inst, uid) })
 			return SubmitResult{}, sentAmbiguous, err
 		}
 	}
 	if status != 200 {
 		if !known {
-			s.endAwait(pr, "")
+			s.endAwait(pr, "", 0)
 		}
-		t.unsend(pr, resubmit)
+		settle(lifecycle.Event{Kind: lifecycle.Refused, Resubmit: resubmit})
 		return SubmitResult{Instance: inst, Status: status, Body: resp}, sentAnswered, nil
 	}
 	var ans struct {
@@ -227,24 +230,25 @@ func (t *promptTable) send(ctx context.Context, pr *Prompt, inst *Instance, base
 	if got == "" {
 		got = uid
 	}
-	if !known {
-		s.endAwait(pr, got)
-	} else if got != uid {
+	switch {
+	case !known:
+		s.endAwait(pr, got, attempt)
+	case got != uid:
 		// The instance ignored our id (its version claim was wrong).
 		s.routeMu.Lock()
-		t.pin(pr, inst, got)
+		settle(lifecycle.Event{Kind: lifecycle.Answered, UpstreamID: got})
 		s.routeMu.Unlock()
+	default:
+		settle(lifecycle.Event{Kind: lifecycle.Answered})
 	}
-	t.confirm(pr)
 	if inst.confirmedDown() {
-		// instanceDown skipped pr while this POST was under way and is not
-		// told again: move pr unless inst shows it has it.
-		t.sent(pr)
+		// instanceDown passed pr over while this POST was under way and is
+		// not told again: move pr unless inst shows it has it.
 		t.goBackground(func(ctx context.Context) { t.recheckDown(ctx, pr, inst, got) })
 	}
 	if !wasUp || s.conns.Load() != conns {
 		// Sent while the socket was down or reconnecting: its events may
-		// have reached nobody, and reconcile skipped it (unconfirmed then).
+		// have reached nobody, and reconcile skipped it (unanswered then).
 		t.goBackground(func(ctx context.Context) { t.settleFromHistory(ctx, pr, inst, got) })
 	}
 	if got != pr.ID {
@@ -263,36 +267,7 @@ func (t *promptTable) recheckDown(ctx context.Context, pr *Prompt, inst *Instanc
 	if found {
 		return
 	}
-	// A resubmission's own failover may still hold pr (moving) for a moment.
-	for range 100 {
-		t.failover(ctx, pr, inst, fmt.Sprintf("instance %s died", inst.Name), false)
-		pr.mu.Lock()
-		again := pr.moving && pr.instance == inst && pr.state != PromptDone
-		pr.mu.Unlock()
-		if !again || !sleepCtx(ctx, 50*time.Millisecond) {
-			return
-		}
-	}
-}
-
-// sent marks the end of pr's send. Idempotent.
-func (t *promptTable) sent(pr *Prompt) {
-	pr.mu.Lock()
-	pr.sending = false
-	pr.mu.Unlock()
-}
-
-// unsend undoes the pin of a send nobody accepted. A first submission
-// leaves the table; a resubmission stays live (the caller decides).
-func (t *promptTable) unsend(pr *Prompt, resubmit bool) {
-	pr.mu.Lock()
-	pr.unconfirmed = false
-	pr.mu.Unlock()
-	if resubmit {
-		t.unpinUpstream(pr)
-		return
-	}
-	t.forget(pr)
+	t.failover(ctx, pr, inst, fmt.Sprintf("instance %s died", inst.Name), false)
 }
 
 // replaceAnswerID swaps the prompt_id value raw in a POST /prompt answer for id.

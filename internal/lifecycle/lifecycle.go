@@ -8,7 +8,7 @@
 //
 // The phases and what moves a prompt between them:
 //
-//	Submitted   --Send-->        Sending       a POST /prompt to an instance is under way
+//	Submitted   --Send-->        Sending       a POST /prompt to an instance is under way (Posting)
 //	Sending     --Answered-->    Queued        the instance answered 200 (counted in flight)
 //	Sending     --NoAnswer-->    Unconfirmed   sent, no answer: it may have it
 //	Sending     --Refused-->     Submitted     first submission: nobody has it (forgotten)
@@ -79,6 +79,11 @@ type State struct {
 	UpstreamID string
 	// Attempts counts the sends that reached an instance.
 	Attempts int
+	// Posting: the POST /prompt of attempt Attempts is under way. Its
+	// answer (Answered, NoAnswer, Refused) settles it; events of the
+	// prompt may come first and move the phase on meanwhile, but no
+	// failover takes it until the POST is settled.
+	Posting bool
 	// Accepted: some instance accepted it once (its client got a 200, or
 	// an instance showed it). A first submission that was never accepted
 	// is dropped rather than moved when its instance turns out not to have it.
@@ -148,7 +153,9 @@ type Event struct {
 	Instance   string // Send: the target; MoveBegin: the instance it must still be at
 	UpstreamID string // Send, Answered: its id there
 	Outcome    string // Finish, Close
+	Attempt    int    // Answered, NoAnswer, Refused: the send they settle (0: the current one)
 	NotSent    bool   // Refused: the request never reached the instance
+	Resubmit   bool   // Refused: a resubmission (it moves on, even if never accepted)
 	Tombstone  bool   // Leave: remember it at the instance it leaves
 }
 
@@ -204,49 +211,59 @@ func Step(s State, e Event) (next State, effects []Effect, ok bool) {
 	}
 	switch e.Kind {
 	case Send:
-		if s.Adopted || (s.Phase != Submitted && s.Phase != Moving) {
+		if s.Adopted || s.Posting || (s.Phase != Submitted && s.Phase != Moving) {
 			return s, nil, false
 		}
 		next.Phase, next.Instance, next.UpstreamID = Sending, e.Instance, e.UpstreamID
 		next.Attempts++
+		next.Posting = true
 		next.StartedAt = time.Time{}
-	case Answered, Seen:
-		if e.Kind == Answered && e.UpstreamID != "" {
-			next.UpstreamID = e.UpstreamID
+	case Answered, NoAnswer, Refused:
+		// The answer to a POST: only to the one under way.
+		if !s.Posting || (e.Attempt != 0 && e.Attempt != s.Attempts) {
+			return s, nil, false
 		}
+		next.Posting = false
+		switch {
+		case e.Kind == Answered:
+			if e.UpstreamID != "" {
+				next.UpstreamID = e.UpstreamID
+			}
+			if s.Phase == Sending || s.Phase == Unconfirmed {
+				accept()
+			} else if !s.Accepted {
+				// Its events came first (it is queued or done already):
+				// only the first acceptance is still to record.
+				next.Accepted = true
+				effects = append(effects, Effect{Kind: Accept, Instance: s.Instance})
+			}
+		case s.Phase != Sending:
+			// Its events showed the instance has it: the POST's own fate
+			// changes nothing.
+		case e.Kind == NoAnswer:
+			next.Phase = Unconfirmed
+		default: // Refused
+			if e.NotSent {
+				next.Attempts--
+			}
+			if s.Accepted || e.Resubmit {
+				next.Phase = Moving
+				effects = append(effects, Effect{Kind: Unpin, Instance: s.Instance, UpstreamID: s.UpstreamID})
+			} else {
+				next.Phase = Submitted
+				effects = append(effects, Effect{Kind: Forget})
+			}
+			next.UpstreamID = ""
+		}
+	case Seen:
 		switch s.Phase {
 		case Sending, Unconfirmed:
 			accept()
 		case Queued, Running, Finished, Ended:
-			// Already known to be there (its events came first): nothing
-			// changes but a first acceptance is still one.
-			if !s.Accepted && !s.Adopted {
-				next.Accepted = true
-				effects = append(effects, Effect{Kind: Accept, Instance: s.Instance})
-			}
+			// Known to be there already.
 		default:
 			return s, nil, false
 		}
-	case NoAnswer:
-		if s.Phase != Sending {
-			return s, nil, false
-		}
-		next.Phase = Unconfirmed
-	case Refused:
-		if s.Phase != Sending {
-			return s, nil, false
-		}
-		if e.NotSent {
-			next.Attempts--
-		}
-		if s.Accepted {
-			next.Phase = Moving
-			effects = append(effects, Effect{Kind: Unpin, Instance: s.Instance, UpstreamID: s.UpstreamID})
-		} else {
-			next.Phase = Submitted
-			effects = append(effects, Effect{Kind: Forget})
-		}
-		next.UpstreamID = ""
 	case Started:
 		switch s.Phase {
 		case Sending, Unconfirmed:
@@ -264,6 +281,13 @@ func Step(s State, e Event) (next State, effects []Effect, ok bool) {
 		uncount()
 		next.Phase, next.Outcome, next.DoneAt = Finished, e.Outcome, e.At
 		next.Resume = 0
+		if s.Phase == Sending || s.Phase == Unconfirmed {
+			// It ran before its answer came: the instance had it.
+			next.Accepted = true
+			if !s.Accepted {
+				effects = append(effects, Effect{Kind: Accept, Instance: s.Instance})
+			}
+		}
 		if !s.Adopted {
 			effects = append(effects, Effect{Kind: Record, Instance: s.Instance, Outcome: e.Outcome})
 		}
@@ -286,7 +310,7 @@ func Step(s State, e Event) (next State, effects []Effect, ok bool) {
 		next.Phase = Ended
 		next.Resume = 0
 	case MoveBegin:
-		if s.Adopted || s.Instance != e.Instance {
+		if s.Adopted || s.Posting || s.Instance != e.Instance {
 			return s, nil, false
 		}
 		switch s.Phase {
@@ -312,7 +336,7 @@ func Step(s State, e Event) (next State, effects []Effect, ok bool) {
 		// Instance stays: where it was until a send pins it elsewhere.
 		next.UpstreamID, next.Resume = "", 0
 	case Drop:
-		if s.Phase != Unconfirmed || s.Accepted {
+		if s.Phase != Unconfirmed || s.Accepted || s.Posting {
 			return s, nil, false
 		}
 		next.Phase, next.DoneAt = Dropped, e.At

@@ -20,9 +20,9 @@ func TestStepTable(t *testing.T) {
 	queuedAtA := State{Phase: Queued, Instance: "a", UpstreamID: "u1", Attempts: 1, Accepted: true, AcceptedAt: t0}
 	runningAtA := queuedAtA
 	runningAtA.Phase, runningAtA.StartedAt = Running, t0
-	sendingToA := State{Phase: Sending, Instance: "a", UpstreamID: "u1", Attempts: 1}
+	sendingToA := State{Phase: Sending, Instance: "a", UpstreamID: "u1", Attempts: 1, Posting: true}
 	unconfirmedAtA := sendingToA
-	unconfirmedAtA.Phase = Unconfirmed
+	unconfirmedAtA.Phase, unconfirmedAtA.Posting = Unconfirmed, false
 	movingFromA := queuedAtA
 	movingFromA.Phase, movingFromA.Resume = Moving, Queued
 	leftA := movingFromA
@@ -40,7 +40,7 @@ func TestStepTable(t *testing.T) {
 			want: sendingToA, ok: true},
 		{desc: "answered: queued and counted, first acceptance", s: sendingToA, e: Event{Kind: Answered, At: t0},
 			want: queuedAtA, effs: effs(Effect{Kind: Accept, Instance: "a"}, Effect{Kind: CountIn, Instance: "a"}), ok: true},
-		{desc: "answered with the id an old instance gave", s: State{Phase: Sending, Instance: "a", Attempts: 1},
+		{desc: "answered with the id an old instance gave", s: State{Phase: Sending, Instance: "a", Attempts: 1, Posting: true},
 			e:    Event{Kind: Answered, UpstreamID: "u9", At: t0},
 			want: State{Phase: Queued, Instance: "a", UpstreamID: "u9", Attempts: 1, Accepted: true, AcceptedAt: t0},
 			effs: effs(Effect{Kind: Accept, Instance: "a"}, Effect{Kind: CountIn, Instance: "a"}), ok: true},
@@ -50,13 +50,13 @@ func TestStepTable(t *testing.T) {
 			effs: effs(Effect{Kind: Accept, Instance: "a"}, Effect{Kind: CountIn, Instance: "a"}), ok: true},
 		{desc: "refused first submission is forgotten", s: sendingToA, e: Event{Kind: Refused, NotSent: true},
 			want: State{Phase: Submitted, Instance: "a"}, effs: effs(Effect{Kind: Forget}), ok: true},
-		{desc: "refused resubmission stays moving", s: State{Phase: Sending, Instance: "b", UpstreamID: "u1", Attempts: 2, Accepted: true},
+		{desc: "refused resubmission stays moving", s: State{Phase: Sending, Instance: "b", UpstreamID: "u1", Attempts: 2, Accepted: true, Posting: true},
 			e:    Event{Kind: Refused},
 			want: State{Phase: Moving, Instance: "b", Attempts: 2, Accepted: true},
 			effs: effs(Effect{Kind: Unpin, Instance: "b", UpstreamID: "u1"}), ok: true},
 		{desc: "started", s: queuedAtA, e: Event{Kind: Started, At: t0}, want: runningAtA, ok: true},
 		{desc: "started before the answer: accepted and running", s: sendingToA, e: Event{Kind: Started, At: t0},
-			want: runningAtA, effs: effs(Effect{Kind: Accept, Instance: "a"}, Effect{Kind: CountIn, Instance: "a"}), ok: true},
+			want: func() State { s := runningAtA; s.Posting = true; return s }(), effs: effs(Effect{Kind: Accept, Instance: "a"}, Effect{Kind: CountIn, Instance: "a"}), ok: true},
 		{desc: "finished: uncounted and recorded", s: runningAtA, e: Event{Kind: Finish, Outcome: OutcomeSuccess, At: t1},
 			want: func() State { s := runningAtA; s.Phase, s.Outcome, s.DoneAt = Finished, OutcomeSuccess, t1; return s }(),
 			effs: effs(Effect{Kind: CountOut, Instance: "a"}, Effect{Kind: Record, Instance: "a", Outcome: OutcomeSuccess}), ok: true},
@@ -64,8 +64,20 @@ func TestStepTable(t *testing.T) {
 			e: Event{Kind: Finish, Outcome: OutcomeError}, want: State{Phase: Finished, Instance: "a", Outcome: OutcomeSuccess}},
 		{desc: "the live ending ends it", s: State{Phase: Finished, Instance: "a"}, e: Event{Kind: End},
 			want: State{Phase: Ended, Instance: "a"}, ok: true},
-		{desc: "a late answer of a finished prompt counts nothing", s: State{Phase: Ended, Instance: "a", Accepted: true},
+		{desc: "a late answer of a finished prompt counts nothing", s: State{Phase: Ended, Instance: "a", Accepted: true, Posting: true},
 			e: Event{Kind: Answered, At: t1}, want: State{Phase: Ended, Instance: "a", Accepted: true}, ok: true},
+		{desc: "an answer to an earlier send is stale", s: sendingToA, e: Event{Kind: Answered, Attempt: 3}, want: sendingToA},
+		{desc: "no answer after its events came: stays queued", s: func() State { s := queuedAtA; s.Posting = true; return s }(),
+			e: Event{Kind: NoAnswer}, want: queuedAtA, ok: true},
+		{desc: "events came first: no failover until the POST is settled",
+			s: func() State { s := queuedAtA; s.Posting = true; return s }(), e: Event{Kind: MoveBegin, Instance: "a"},
+			want: func() State { s := queuedAtA; s.Posting = true; return s }()},
+		{desc: "ran before its answer: accepted", s: sendingToA, e: Event{Kind: Finish, Outcome: OutcomeSuccess, At: t1},
+			want: func() State {
+				s := sendingToA
+				s.Phase, s.Outcome, s.DoneAt, s.Accepted = Finished, OutcomeSuccess, t1, true
+				return s
+			}(), effs: effs(Effect{Kind: Accept, Instance: "a"}, Effect{Kind: Record, Instance: "a", Outcome: OutcomeSuccess}), ok: true},
 		{desc: "lost: closed with a synthesized end", s: runningAtA, e: Event{Kind: Close, Outcome: OutcomeLost, At: t1},
 			want: func() State { s := runningAtA; s.Phase, s.Outcome, s.DoneAt = Ended, OutcomeLost, t1; return s }(),
 			effs: effs(Effect{Kind: CountOut, Instance: "a"}, Effect{Kind: Record, Instance: "a", Outcome: OutcomeLost}), ok: true},
@@ -85,7 +97,7 @@ func TestStepTable(t *testing.T) {
 			want: leftA, effs: effs(Effect{Kind: CountOut, Instance: "a"}, Effect{Kind: Unpin, Instance: "a", UpstreamID: "u1"}), ok: true},
 		{desc: "a prompt that left cannot come back by abort", s: leftA, e: Event{Kind: MoveAbort}, want: leftA},
 		{desc: "resubmitted", s: leftA, e: Event{Kind: Send, Instance: "b", UpstreamID: "u1", At: t1},
-			want: State{Phase: Sending, Instance: "b", UpstreamID: "u1", Attempts: 2, Accepted: true, AcceptedAt: t0}, ok: true},
+			want: State{Phase: Sending, Instance: "b", UpstreamID: "u1", Attempts: 2, Accepted: true, AcceptedAt: t0, Posting: true}, ok: true},
 		{desc: "unanswered first submission never found is dropped and tombstoned", s: unconfirmedAtA, e: Event{Kind: Drop, At: t1},
 			want: func() State { s := unconfirmedAtA; s.Phase, s.DoneAt = Dropped, t1; return s }(),
 			effs: effs(Effect{Kind: Tombstone, Instance: "a", UpstreamID: "u1"}, Effect{Kind: Forget}), ok: true},
@@ -114,7 +126,7 @@ func TestCountsBalance(t *testing.T) {
 			{Kind: Send, Instance: "b", UpstreamID: "u"}, {Kind: Answered}, {Kind: Close, Outcome: OutcomeSuccess}},
 		{{Kind: Send, Instance: "a", UpstreamID: "u"}, {Kind: Answered}, {Kind: Started}, {Kind: MoveBegin, Instance: "a"}, {Kind: Leave},
 			{Kind: Send, Instance: "b", UpstreamID: "u"}, {Kind: Refused}, {Kind: Send, Instance: "c", UpstreamID: "u"}, {Kind: Started},
-			{Kind: MoveBegin, Instance: "c"}, {Kind: MoveAbort}, {Kind: Finish, Outcome: OutcomeError}, {Kind: End}},
+			{Kind: Answered}, {Kind: MoveBegin, Instance: "c"}, {Kind: MoveAbort}, {Kind: Finish, Outcome: OutcomeError}, {Kind: End}},
 		{{Kind: Send, Instance: "a", UpstreamID: "u"}, {Kind: Answered}, {Kind: MoveBegin, Instance: "a"}, {Kind: Leave, Tombstone: true},
 			{Kind: Close, Outcome: OutcomeLost}},
 	}

@@ -1,0 +1,85 @@
+package upstream
+
+import "sync"
+
+// outbox delivers one instance's events (and the fleet queue changes) to
+// sinks and the listener in the order they were queued, from a goroutine
+// of its own that holds no lock of the table while it calls them: code
+// that routes an event under routeMu only queues it. The goroutine runs
+// while there is something to deliver and ends when the queue is empty.
+type outbox struct {
+	t *promptTable
+
+	mu      sync.Mutex // guards queue, running
+	queue   []func()
+	running bool
+}
+
+// outboxFor returns the outbox of inst (nil inst: the table's own, for
+// queue changes).
+func (t *promptTable) outboxFor(inst *Instance) *outbox {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.outboxes == nil {
+		t.outboxes = map[*Instance]*outbox{}
+	}
+	o := t.outboxes[inst]
+	if o == nil {
+		o = &outbox{t: t}
+		t.outboxes[inst] = o
+	}
+	return o
+}
+
+// push queues f and makes sure a goroutine delivers it. Before the table
+// starts or after it closed nothing is delivered.
+func (o *outbox) push(f func()) {
+	o.mu.Lock()
+	o.queue = append(o.queue, f)
+	if o.running {
+		o.mu.Unlock()
+		return
+	}
+	o.running = true
+	o.mu.Unlock()
+	if !o.t.goDeliver(o.drain) {
+		o.mu.Lock()
+		o.queue, o.running = nil, false
+		o.mu.Unlock()
+	}
+}
+
+// drain calls what is queued, in order, until the queue is empty.
+func (o *outbox) drain() {
+	for {
+		o.mu.Lock()
+		if len(o.queue) == 0 {
+			o.running = false
+			o.queue = nil
+			o.mu.Unlock()
+			return
+		}
+		f := o.queue[0]
+		o.queue[0] = nil
+		o.queue = o.queue[1:]
+		o.mu.Unlock()
+		o.t.p.safely("event delivery", f)
+	}
+}
+
+// goDeliver runs f in a goroutine close waits for; false before start or
+// after close.
+func (t *promptTable) goDeliver(f func()) bool {
+	t.mu.Lock()
+	if t.ctx == nil || t.closed {
+		t.mu.Unlock()
+		return false
+	}
+	t.wg.Add(1)
+	t.mu.Unlock()
+	go func() {
+		defer t.wg.Done()
+		f()
+	}()
+	return true
+}
