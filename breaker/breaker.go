@@ -13,7 +13,40 @@ import (
 // ErrOpen is returned by Allow while the breaker refuses traffic.
 var ErrOpen = errors.New("circuit breaker open")
 
-var errUpstreamFailed = errors.New("upstream failed")
+// Outcome is what one request says about the instance it went to.
+type Outcome uint8
+
+// The outcomes a request reports.
+const (
+	// Success: the instance answered. Closes a half-open breaker.
+	Success Outcome = iota
+	// Failure: the instance is to blame (refused or reset connection,
+	// timeout, 502/503/504, a 5xx to comfygate's own request). Counts
+	// towards opening; reopens a half-open breaker.
+	Failure
+	// Excluded: the request says nothing about the instance (the client
+	// went away, comfygate's own limits, the client's own bad request).
+	// Neither counts nor closes a half-open breaker: its probe slot is
+	// given back for the next request.
+	Excluded
+)
+
+// String gives the metric and log value.
+func (o Outcome) String() string {
+	switch o {
+	case Success:
+		return "success"
+	case Failure:
+		return "failure"
+	default:
+		return "excluded"
+	}
+}
+
+var (
+	errFailure  = errors.New("upstream failed")
+	errExcluded = errors.New("outcome excluded")
+)
 
 // State is a breaker state; String gives the metric and log value.
 type State = gobreaker.State
@@ -53,6 +86,7 @@ func New(name string, s Settings, onChange func(name string, from, to State)) *B
 		Interval:    s.Interval,
 		Timeout:     s.OpenTimeout,
 		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= threshold },
+		IsExcluded:  func(err error) bool { return errors.Is(err, errExcluded) },
 	}
 	if onChange != nil {
 		st.OnStateChange = onChange
@@ -61,19 +95,22 @@ func New(name string, s Settings, onChange func(name string, from, to State)) *B
 }
 
 // Allow asks to send one request. On success the caller must call done
-// exactly once with whether the request failed (connection error, timeout
-// or 5xx). While open, or half-open with its probe out, it returns ErrOpen.
-func (b *Breaker) Allow() (done func(failed bool), err error) {
+// exactly once with the request's outcome. While open, or half-open with
+// its probe out, it returns ErrOpen.
+func (b *Breaker) Allow() (done func(Outcome), err error) {
 	report, err := b.cb.Allow()
 	if err != nil {
 		return nil, ErrOpen
 	}
-	return func(failed bool) {
-		if failed {
-			report(errUpstreamFailed)
-			return
+	return func(o Outcome) {
+		switch o {
+		case Success:
+			report(nil)
+		case Failure:
+			report(errFailure)
+		default:
+			report(errExcluded)
 		}
-		report(nil)
 	}, nil
 }
 

@@ -16,7 +16,7 @@ func TestBreakerOpensAfterConsecutiveFailuresAndProbes(t *testing.T) {
 		if err != nil {
 			t.Fatalf("request %d refused while closed: %v", i, err)
 		}
-		done(true)
+		done(Failure)
 	}
 	if b.State() != Open || b.Ready() {
 		t.Fatalf("state = %v after 3 failures, want open", b.State())
@@ -35,7 +35,7 @@ func TestBreakerOpensAfterConsecutiveFailuresAndProbes(t *testing.T) {
 	if _, err := b.Allow(); err != ErrOpen {
 		t.Fatalf("second request while the probe is out = %v, want ErrOpen", err)
 	}
-	probe(false)
+	probe(Success)
 	if b.State() != Closed {
 		t.Fatalf("state after a good probe = %v, want closed", b.State())
 	}
@@ -53,14 +53,55 @@ func TestBreakerOpensAfterConsecutiveFailuresAndProbes(t *testing.T) {
 func TestBreakerSuccessResetsConsecutiveCount(t *testing.T) {
 	t.Parallel()
 	b := New("b", Settings{ConsecutiveFailures: 2, OpenTimeout: time.Minute}, nil)
-	for _, failed := range []bool{true, false, true, false, true} {
+	for _, o := range []Outcome{Failure, Success, Failure, Success, Failure} {
 		done, err := b.Allow()
 		if err != nil {
 			t.Fatal(err)
 		}
-		done(failed)
+		done(o)
 	}
 	if b.State() != Closed {
 		t.Fatalf("alternating failures opened the breaker: %v", b.State())
+	}
+}
+
+func TestExcludedNeitherCountsNorClosesHalfOpen(t *testing.T) {
+	t.Parallel()
+	b := New("c", Settings{ConsecutiveFailures: 2, OpenTimeout: 20 * time.Millisecond}, nil)
+	for _, o := range []Outcome{Failure, Excluded, Excluded, Excluded} {
+		done, err := b.Allow()
+		if err != nil {
+			t.Fatal(err)
+		}
+		done(o)
+	}
+	if b.State() != Closed {
+		t.Fatalf("state = %v: excluded outcomes counted", b.State())
+	}
+	done, _ := b.Allow()
+	done(Failure) // the second consecutive failure: excluded ones in between did not reset it
+	if b.State() != Open {
+		t.Fatalf("state = %v after failure, excluded x3, failure; want open", b.State())
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for b.State() != HalfOpen && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	probe, err := b.Allow()
+	if err != nil {
+		t.Fatalf("half-open refused its probe: %v", err)
+	}
+	probe(Excluded)
+	if b.State() != HalfOpen {
+		t.Fatalf("state after an excluded probe = %v, want still half-open", b.State())
+	}
+	// The slot is free again for the next probe.
+	probe, err = b.Allow()
+	if err != nil {
+		t.Fatalf("probe slot not given back after an excluded probe: %v", err)
+	}
+	probe(Success)
+	if b.State() != Closed {
+		t.Fatalf("state after a good probe = %v", b.State())
 	}
 }

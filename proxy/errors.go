@@ -1,11 +1,12 @@
 package proxy
 
 import (
-	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
+	"syscall"
 
 	"github.com/comfygate/comfygate/breaker"
 	"github.com/comfygate/comfygate/upstream"
@@ -16,38 +17,46 @@ import (
 // prompt, a mask upload, a small JSON answer) is over its cap.
 var errBodyTooLarge = errors.New("body too large")
 
-// dialError marks a failure to open a connection to an instance: nothing
-// was sent, so the request may go to another instance.
-type dialError struct {
-	addr string
-	err  error
-}
-
-func (e *dialError) Error() string { return fmt.Sprintf("dial upstream %s: %v", e.addr, e.err) }
-func (e *dialError) Unwrap() error { return e.err }
-
 // isDialError reports whether err means nothing reached the instance.
 func isDialError(err error) bool {
-	var d *dialError
-	return errors.As(err, &d) || errors.Is(err, breaker.ErrOpen)
+	return upstream.NotSent(err) && !errors.Is(err, fasthttp.ErrNoFreeConns)
 }
 
 // isTimeout reports a deadline that passed: ours, fasthttp's or the network's.
-func isTimeout(err error) bool {
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, fasthttp.ErrTimeout) ||
-		errors.Is(err, fasthttp.ErrDialTimeout) {
-		return true
-	}
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
+func isTimeout(err error) bool { return upstream.IsTimeout(err) }
+
+// Statuses for a client whose own request body failed while it was being
+// forwarded. 499 (nginx's "client closed request") is never seen by the
+// client, which is gone; it keeps the access log and the request metric
+// from calling it an upstream failure.
+const (
+	statusClientClosed = 499
+)
+
+// clientGone reports a client connection that closed or reset.
+func clientGone(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // statusFor is the one place an error becomes a status code: no instance
-// available (or all of comfygate's connections to it busy) 503, a deadline 504, anything else from an upstream 502.
+// available (or all of comfygate's connections to it busy) 503, a deadline
+// 504, anything else from an upstream 502; a failure of the client's own
+// body is the client's: 400 for a body that is not valid chunked encoding,
+// 408 for a client that stopped sending it, 499 for one that went away.
 func statusFor(err error) int {
 	switch {
 	case err == nil:
 		return fasthttp.StatusOK
+	case errors.Is(err, upstream.ErrClientBody):
+		switch {
+		case clientGone(err):
+			return statusClientClosed
+		case isTimeout(err):
+			return fasthttp.StatusRequestTimeout
+		default: // the body could not be parsed (chunked encoding)
+			return fasthttp.StatusBadRequest
+		}
 	case errors.Is(err, upstream.ErrNoUpstream), errors.Is(err, breaker.ErrOpen),
 		errors.Is(err, fasthttp.ErrNoFreeConns):
 		return fasthttp.StatusServiceUnavailable
@@ -80,11 +89,25 @@ func (s *Server) writeError(ctx *fasthttp.RequestCtx, err error) {
 		typ, msg = "upstream_timeout", "the ComfyUI instance did not answer in time"
 	case fasthttp.StatusRequestEntityTooLarge:
 		typ, msg = "body_too_large", "the request body is larger than comfygate accepts for this route"
+	case fasthttp.StatusBadRequest:
+		typ, msg = "bad_request", "the request body could not be read: it is not valid chunked encoding"
+	case fasthttp.StatusRequestTimeout:
+		typ, msg = "request_timeout", "the request body stopped arriving"
+	case statusClientClosed:
+		typ, msg = "client_closed_request", "the client went away while sending the request body"
 	}
-	if code != fasthttp.StatusServiceUnavailable && code != fasthttp.StatusRequestEntityTooLarge {
+	switch code {
+	case fasthttp.StatusServiceUnavailable, fasthttp.StatusRequestEntityTooLarge:
+	case fasthttp.StatusBadRequest, fasthttp.StatusRequestTimeout, statusClientClosed:
+		s.log.Info("client request body failed", "path", string(ctx.Path()), "status", code, "err", err)
+	default:
 		s.log.Warn("upstream request failed", "path", string(ctx.Path()), "status", code, "err", err)
 	}
 	writeJSONError(ctx, code, typ, msg)
+	if code == fasthttp.StatusBadRequest || code == fasthttp.StatusRequestTimeout || code == statusClientClosed {
+		// The rest of the body is not worth reading: close after answering.
+		ctx.SetConnectionClose()
+	}
 	if code == fasthttp.StatusServiceUnavailable {
 		ctx.Response.Header.Set("Retry-After", strconv.Itoa(retryAfterSeconds))
 	}

@@ -8,9 +8,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/url"
 	"strconv"
-	"sync"
+	"time"
 
 	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/upstream"
@@ -85,26 +86,66 @@ type callResult struct {
 // callAll sends one non-streaming request to every instance of insts in
 // parallel (each bounded by COMFYUI_TIMEOUT) and returns the answers in
 // the order of insts.
+//
+// A GET is comfygate's own read for a merged view: once at least one
+// instance answered and readTimeout has passed, callAll stops waiting for
+// the others, which are left out (their result says they did not answer
+// in time; their calls end by their own timeout). A hung instance then
+// costs a merged /queue or /history readTimeout, not COMFYUI_TIMEOUT,
+// while a fleet that is merely slow is still waited for. A POST carries
+// the client's request (an action on every instance): every answer is
+// waited for.
 func (s *Server) callAll(insts []*upstream.Instance, method, path string, header map[string]string, body []byte) []callResult {
 	out := make([]callResult, len(insts))
-	var wg sync.WaitGroup
-	for i, inst := range insts {
-		wg.Add(1)
+	src := upstream.ByClient
+	if method == fasthttp.MethodGet {
+		src = upstream.ByGate
+	}
+	type answer struct {
+		k int
+		r callResult
+	}
+	ch := make(chan answer, len(insts))
+	for k, inst := range insts {
+		out[k] = callResult{inst: inst, err: fmt.Errorf("%s %s at %s: %w", method, path, inst.Name, errNotInTime)}
 		go func() {
-			defer wg.Done()
 			defer func() {
 				if r := recover(); r != nil {
-					out[i] = callResult{inst: inst, err: errors.New("panic in upstream call")}
+					ch <- answer{k, callResult{inst: inst, err: errors.New("panic in upstream call")}}
 					s.log.Error("panic in upstream call", "instance", inst.Name, "panic", r)
 				}
 			}()
-			st, b, err := inst.Call(context.Background(), method, path, header, body)
-			out[i] = callResult{inst: inst, status: st, body: b, err: err}
+			st, b, err := inst.Fetch(context.Background(), upstream.Request{Method: method, Path: path, Header: header, Body: body, Source: src})
+			ch <- answer{k, callResult{inst: inst, status: st, body: b, err: err}}
 		}()
 	}
-	wg.Wait()
+	var grace <-chan time.Time
+	if method == fasthttp.MethodGet && len(insts) > 1 {
+		t := time.NewTimer(s.readTimeout())
+		defer t.Stop()
+		grace = t.C
+	}
+	answered, graceOver := false, false
+	for left := len(insts); left > 0; {
+		select {
+		case a := <-ch:
+			out[a.k] = a.r
+			left--
+			answered = answered || (a.r.err == nil && a.r.status == fasthttp.StatusOK)
+		case <-grace:
+			graceOver, grace = true, nil
+		}
+		if graceOver && answered && left > 0 {
+			s.log.Info("merged view without the instances that did not answer in time", "path", path, "missing", left)
+			break
+		}
+	}
 	return out
 }
+
+// errNotInTime is the result of an instance left out of a merged view
+// because it did not answer within readTimeout while others did.
+var errNotInTime = errors.New("no answer in time for a merged view")
 
 // callHeader is the header of comfygate's own calls on behalf of a client.
 func callHeader(ctx *fasthttp.RequestCtx) map[string]string {

@@ -43,7 +43,6 @@ package proxy
 
 import (
 	"bytes"
-	"errors"
 	"net/url"
 	"time"
 
@@ -330,39 +329,86 @@ next:
 }
 
 // forwardPicked forwards the request to the instance pick chooses. When
-// the instance cannot be reached or all of comfygate's connections to it
-// are busy (nothing was sent), it asks pick again without it; when pick has
-// none left the client gets 503.
+// the request was not sent (the instance cannot be reached, its breaker
+// is open, or all of comfygate's connections to it are busy), it asks pick
+// again without it; when pick has none left the client gets 503.
+//
+// A read (GET or HEAD without a body) is also tried elsewhere when the
+// instance gave no answer at all (upstream.NoAnswer: a hung instance, a
+// connection closed before the first byte): replaying it is safe and
+// nothing reached the client yet. While another instance is left to try,
+// a read waits for the instance's first byte only readTimeout
+// (health_check.timeout); the last instance gets the full COMFYUI_TIMEOUT,
+// so a fleet that is merely slow still answers.
 func (s *Server) forwardPicked(ctx *fasthttp.RequestCtx, pick func(exclude ...*upstream.Instance) (*upstream.Instance, error), o *forwardOpts) {
+	// -2: no Content-Length and not chunked, which for a request is no body.
+	cl := ctx.Request.Header.ContentLength()
+	read := (ctx.IsGet() || ctx.IsHead()) && (cl == 0 || cl == -2)
 	var tried []*upstream.Instance
-	var busy error // an instance whose connections were all in use
+	var last error // why the previous instance was passed over
 	for range len(s.pool.Instances()) + 1 {
 		inst, err := pick(tried...)
 		if err != nil {
-			if busy != nil {
-				err = busy
+			if last != nil && !isDialError(last) {
+				err = last // busy (503), silent (504), closed early (502)
 			}
 			s.writeError(ctx, err)
 			return
 		}
-		err = s.forward(ctx, inst, o)
+		try := o
+		if read && s.othersLeft(inst, tried) {
+			t := forwardOpts{}
+			if o != nil {
+				t = *o
+			}
+			t.timeout = s.readTimeout()
+			try = &t
+		}
+		err = s.forward(ctx, inst, try)
 		if err == nil {
 			return
 		}
-		switch {
-		case errors.Is(err, fasthttp.ErrNoFreeConns):
-			busy = err // nothing was sent: another instance may take it
-		case !isDialError(err):
+		if !upstream.NotSent(err) && !(read && upstream.NoAnswer(err)) {
 			s.writeError(ctx, err)
 			return
 		}
-		s.log.Info("instance unreachable or busy, trying another", "instance", inst.Name, "err", err)
+		s.log.Info("instance unreachable, busy or silent, trying another", "instance", inst.Name, "err", err)
 		tried = append(tried, inst)
+		last = err
 	}
-	if busy == nil {
-		busy = upstream.ErrNoUpstream
+	if last == nil {
+		last = upstream.ErrNoUpstream
 	}
-	s.writeError(ctx, busy)
+	s.writeError(ctx, last)
+}
+
+// readTimeout is how long a read waits for an instance's first byte while
+// another instance could answer it instead: health_check.timeout, the time
+// a healthy instance has to answer /system_stats, capped by COMFYUI_TIMEOUT.
+func (s *Server) readTimeout() time.Duration {
+	d := s.cfg.HealthCheck.Timeout
+	if d <= 0 || d > s.cfg.Timeout {
+		d = s.cfg.Timeout
+	}
+	return d
+}
+
+// othersLeft reports whether an instance other than inst and those tried
+// is healthy, so a read that inst does not answer can go there.
+func (s *Server) othersLeft(inst *upstream.Instance, tried []*upstream.Instance) bool {
+next:
+	for _, h := range s.pool.Healthy() {
+		if h == inst {
+			continue
+		}
+		for _, t := range tried {
+			if h == t {
+				continue next
+			}
+		}
+		return true
+	}
+	return false
 }
 
 // forwardTo forwards to one given instance (a pinned route): no other

@@ -39,10 +39,9 @@ type Server struct {
 	version string
 	started time.Time
 
-	hub     *Hub
-	sec     security // API keys, owners, rate limits (authz.go)
-	clients *forwardClients
-	srv     *fasthttp.Server
+	hub *Hub
+	sec security // API keys, owners, rate limits (authz.go)
+	srv *fasthttp.Server
 }
 
 // Server limits come from the limits section of the configuration. With
@@ -69,10 +68,6 @@ func New(o Options) (*Server, error) {
 	if timeout <= 0 {
 		timeout = 30 * time.Second
 	}
-	maxConns := o.Config.MaxConnectionsPerInstance
-	if maxConns <= 0 {
-		maxConns = 64
-	}
 	s := &Server{
 		cfg:     o.Config,
 		pool:    o.Pool,
@@ -81,7 +76,6 @@ func New(o Options) (*Server, error) {
 		log:     log,
 		version: o.Version,
 		started: time.Now(),
-		clients: newForwardClients(maxConns, timeout),
 	}
 	if s.cfg.Timeout <= 0 {
 		cfg := *s.cfg

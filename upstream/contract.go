@@ -1,8 +1,6 @@
 package upstream
 
-// This file is the contract the proxy and jobs packages code against. The
-// bodies marked TODO are filled in by the upstream engineers; the
-// signatures do not change without telling the lead.
+// This file is the contract the proxy and jobs packages code against.
 
 import (
 	"context"
@@ -26,7 +24,12 @@ type Instance struct {
 	// TLS reports an https upstream.
 	TLS bool
 
-	client  *fasthttp.HostClient // MaxConns = max_connections_per_instance, StreamResponseBody
+	// client is the instance's one HTTP client (Do): MaxConns =
+	// max_connections_per_instance, answers streamed, idle deadlines.
+	client *fasthttp.HostClient
+	// slots holds a token per connection traffic uses; its capacity
+	// leaves connections free for probes (connShares).
+	slots   chan struct{}
 	breaker *breaker.Breaker
 
 	healthy    atomic.Bool
@@ -40,11 +43,9 @@ type Instance struct {
 	version    atomic.Pointer[string]
 	socketID   string // the client_id comfygate uses for this instance's prompts and socket
 
-	// Added by upstream-core.
-	pool       *Pool                // back-pointer for metrics and drain removal
-	probe      *fasthttp.HostClient // health checks and file probes, apart from traffic
-	successes  atomic.Int32         // consecutive passed health checks
-	confirming atomic.Bool          // a confirmSuspect check is running
+	pool       *Pool        // back-pointer for metrics and drain removal
+	successes  atomic.Int32 // consecutive passed health checks
+	confirming atomic.Bool  // a confirmSuspect check is running
 }
 
 // InstanceStatus is a snapshot for /health and /stats.
@@ -80,17 +81,11 @@ func (i *Instance) Version() string {
 	return ""
 }
 
-// HostClient is the client for streaming forwards. Callers that use it
-// directly must bracket the call with Allow and report the outcome.
-func (i *Instance) HostClient() *fasthttp.HostClient { return i.client }
-
-// Allow asks the instance's breaker to let one request through; done(failed)
-// reports its outcome (failed = connection error, timeout or 5xx).
-func (i *Instance) Allow() (done func(failed bool), err error) {
-	if i.breaker == nil {
-		return func(bool) {}, nil
-	}
-	return i.breaker.Allow()
+// Allow asks the instance's breaker to let one request through; done
+// reports its outcome. Do brackets every request with it; it is exported
+// for callers that judge an outcome of their own.
+func (i *Instance) Allow() (done func(breaker.Outcome), err error) {
+	return i.allow(false)
 }
 
 // Pool is the set of instances.
@@ -104,12 +99,11 @@ type Pool struct {
 	listener  Listener
 	rr        atomic.Uint64
 
-	// prompts owns the prompt table, the instance sockets and failover
-	// (upstream-prompts). upstream-core creates it in New with
-	// newPromptTable(p), starts it in Start, and tells it about instances
-	// through its methods instanceAdded, instanceRemoved, instanceDown.
-	prompts *promptTable
-	// upstream-core's fields.
+	// prompts owns the prompt table, the instance sockets and failover.
+	// New creates it with newPromptTable(p), Start starts it, and the pool
+	// tells it about instances through its methods instanceAdded,
+	// instanceRemoved, instanceDown.
+	prompts  *promptTable
 	entries  []*entry // config instances and their discovered addresses; insts guarded by mu
 	resolver Resolver // guarded by mu; for discover entries
 	pins     *pinTable

@@ -28,6 +28,7 @@ type miniComfy struct {
 
 	fail500 atomic.Bool
 	hang    atomic.Bool
+	hanging atomic.Int64 // requests held by hang
 	checks  atomic.Int64 // /system_stats requests
 	views   atomic.Int64 // /view requests
 	ranged  atomic.Int64 // /view requests with a Range header
@@ -78,6 +79,7 @@ func (f *miniComfy) get(typ, sub, name string) ([]byte, bool) {
 
 func (f *miniComfy) handle(ctx *fasthttp.RequestCtx) {
 	if f.hang.Load() {
+		f.hanging.Add(1)
 		select {
 		case <-f.hangDone:
 		case <-time.After(10 * time.Second):

@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -322,51 +323,30 @@ func (c *countingReader) Read(b []byte) (int, error) {
 
 // copyFile streams the file from from src's /view into an /upload/image
 // of to on dst with overwrite=true (same name; to's type and subfolder);
-// the body flows through a pipe and is never held whole. It returns the
-// bytes copied.
+// the body flows through a pipe and is never held whole. Both requests go
+// through Do, so the configured timeout bounds each instance's silence,
+// not the length of the copy. A failure reading src's file is not blamed
+// on dst. It returns the bytes copied.
 func (p *Pool) copyFile(ctx context.Context, src, dst *Instance, from, to FileRef) (int64, error) {
 	what := from.Type + " " + strconv.Quote(path.Join(from.Subfolder, from.Filename))
-	timeout := p.cfg.Timeout
-	if timeout <= 0 {
-		timeout = 30 * time.Second
-	}
-	deadline := time.Now().Add(timeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
 
-	srcDone, err := src.Allow()
+	get := fasthttp.AcquireRequest()
+	get.Header.SetMethod(fasthttp.MethodGet)
+	get.SetRequestURI(viewURI(from))
+	got, err := src.Do(ctx, get, DoOpts{})
 	if err != nil {
 		return 0, fmt.Errorf("copy %s from %s: %w", what, src.Name, err)
 	}
-	get := fasthttp.AcquireRequest()
-	got := fasthttp.AcquireResponse()
-	defer fasthttp.ReleaseRequest(get)
-	defer fasthttp.ReleaseResponse(got)
-	get.Header.SetMethod(fasthttp.MethodGet)
-	get.SetRequestURI(viewURI(from))
-	get.Header.SetHost(src.Addr)
-	if err := src.client.DoDeadline(get, got, deadline); err != nil {
-		srcDone(true)
-		return 0, fmt.Errorf("copy %s from %s: %w", what, src.Name, err)
-	}
+	defer got.Close()
 	if code := got.StatusCode(); code != fasthttp.StatusOK {
-		_, _ = readBody(got, 4096)
-		srcDone(code >= 500)
 		return 0, fmt.Errorf("copy %s from %s: /view answered %d", what, src.Name, code)
 	}
-	body := got.BodyStream()
+	var body io.Reader = got.Response().BodyStream()
 	if body == nil {
-		body = strings.NewReader(string(got.Body()))
+		body = bytes.NewReader(got.Response().Body())
 	}
 	cr := &countingReader{r: body}
 
-	dstDone, err := dst.Allow()
-	if err != nil {
-		_ = got.CloseBodyStream()
-		srcDone(false)
-		return 0, fmt.Errorf("copy %s to %s: %w", what, dst.Name, err)
-	}
 	pr, pw := io.Pipe()
 	mw := multipart.NewWriter(pw)
 	written := make(chan error, 1)
@@ -375,32 +355,24 @@ func (p *Pool) copyFile(ctx context.Context, src, dst *Instance, from, to FileRe
 		pw.CloseWithError(err)
 		written <- err
 	}()
-
 	up := fasthttp.AcquireRequest()
-	upResp := fasthttp.AcquireResponse()
-	defer fasthttp.ReleaseRequest(up)
-	defer fasthttp.ReleaseResponse(upResp)
 	up.Header.SetMethod(fasthttp.MethodPost)
 	up.SetRequestURI("/upload/image")
-	up.Header.SetHost(dst.Addr)
 	up.Header.SetContentType(mw.FormDataContentType())
-	up.SetBodyStream(pr, -1) // chunked: the size is not known up front
-	upErr := dst.client.DoDeadline(up, upResp, deadline)
+	// chunked: the size is not known up front. A read error of the pipe is
+	// src's file failing, not dst (ErrClientBody, excluded for dst).
+	ans, upErr := dst.Do(ctx, up, DoOpts{Body: pr, BodySize: -1})
 	pr.CloseWithError(errors.New("upload ended")) // unblocks the writer if the upload stopped early
 	werr := <-written
-	_ = got.CloseBodyStream()
-	srcDone(cr.err != nil)
 
 	if upErr != nil {
-		dstDone(cr.err == nil)
 		if cr.err != nil {
 			return 0, fmt.Errorf("copy %s from %s: read: %w", what, src.Name, cr.err)
 		}
 		return 0, fmt.Errorf("copy %s to %s: %w", what, dst.Name, upErr)
 	}
-	answer, rerr := readBody(upResp, 64<<10)
-	code := upResp.StatusCode()
-	dstDone(code >= 500 || rerr != nil)
+	code := ans.StatusCode()
+	answer, rerr := ans.ReadAll(64 << 10)
 	switch {
 	case cr.err != nil:
 		return 0, fmt.Errorf("copy %s from %s: read: %w", what, src.Name, cr.err)

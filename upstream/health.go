@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"sync"
 	"time"
 
@@ -97,54 +96,28 @@ func (p *Pool) setHealth(inst *Instance, up bool, why string, err error) bool {
 	return true
 }
 
-// probeHealth does GET /system_stats and returns the comfyui_version it
-// reports ("" if none). Any answer but 200 is a failure.
+// probeHealth does GET /system_stats (a probe: Do runs it even while the
+// breaker refuses traffic) and returns the comfyui_version it reports (""
+// if none). Any answer but 200 is a failure.
 func (p *Pool) probeHealth(ctx context.Context, inst *Instance, timeout time.Duration) (version string, err error) {
 	if timeout <= 0 {
 		timeout = 5 * time.Second
 	}
-	deadline := time.Now().Add(timeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
+	req := fasthttp.AcquireRequest()
+	req.Header.SetMethod(fasthttp.MethodGet)
+	req.SetRequestURI("/system_stats")
+	req.Header.Set("Accept", "application/json")
+	a, err := inst.Do(ctx, req, DoOpts{Probe: true, Timeout: timeout})
+	if err != nil {
+		return "", fmt.Errorf("health check %s: %w", inst.Name, err)
 	}
-	type answer struct {
-		body []byte
-		err  error
+	code := a.StatusCode()
+	body, err := a.ReadAll(maxStatsBody)
+	if code != fasthttp.StatusOK {
+		return "", fmt.Errorf("health check %s: status %d", inst.Name, code)
 	}
-	ch := make(chan answer, 1)
-	// The request runs in its own goroutine, which owns and releases req and
-	// resp, so a cancelled ctx returns at once; the request ends by its deadline.
-	go func() {
-		req := fasthttp.AcquireRequest()
-		resp := fasthttp.AcquireResponse()
-		defer fasthttp.ReleaseRequest(req)
-		defer fasthttp.ReleaseResponse(resp)
-		req.Header.SetMethod(fasthttp.MethodGet)
-		req.SetRequestURI("/system_stats")
-		req.Header.SetHost(inst.Addr)
-		req.Header.Set("Accept", "application/json")
-		if err := inst.probe.DoDeadline(req, resp, deadline); err != nil {
-			ch <- answer{err: fmt.Errorf("health check %s: %w", inst.Name, err)}
-			return
-		}
-		if code := resp.StatusCode(); code != fasthttp.StatusOK {
-			ch <- answer{err: fmt.Errorf("health check %s: status %d", inst.Name, code)}
-			return
-		}
-		body, err := readBody(resp, maxStatsBody)
-		if err != nil {
-			err = fmt.Errorf("health check %s: read body: %w", inst.Name, err)
-		}
-		ch <- answer{body: body, err: err}
-	}()
-	var a answer
-	select {
-	case a = <-ch:
-	case <-ctx.Done():
-		return "", ctx.Err()
-	}
-	if a.err != nil {
-		return "", a.err
+	if err != nil {
+		return "", fmt.Errorf("health check %s: read body: %w", inst.Name, err)
 	}
 	var stats struct {
 		System struct {
@@ -153,24 +126,10 @@ func (p *Pool) probeHealth(ctx context.Context, inst *Instance, timeout time.Dur
 	}
 	// A body that is not the expected JSON still proves the instance answers;
 	// the version just stays unknown.
-	if json.Unmarshal(a.body, &stats) == nil {
+	if json.Unmarshal(body, &stats) == nil {
 		version = stats.System.Version
 	}
 	return version, nil
-}
-
-// readBody reads at most limit bytes of a (possibly streamed) response body
-// into a new slice and closes the stream.
-func readBody(resp *fasthttp.Response, limit int64) ([]byte, error) {
-	s := resp.BodyStream()
-	if s == nil {
-		return append([]byte(nil), resp.Body()...), nil
-	}
-	b, err := io.ReadAll(io.LimitReader(s, limit))
-	if cerr := resp.CloseBodyStream(); err == nil {
-		err = cerr
-	}
-	return b, err
 }
 
 // confirmSuspect is called (by the socket code) when an instance's socket

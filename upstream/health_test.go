@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/comfygate/comfygate/breaker"
 )
 
 func TestHealthThresholdsAndOneLogPerTransition(t *testing.T) {
@@ -12,6 +14,9 @@ func TestHealthThresholdsAndOneLogPerTransition(t *testing.T) {
 	cfg := coreConfig(f.Addr())
 	cfg.HealthCheck.UnhealthyThreshold = 3
 	cfg.HealthCheck.HealthyThreshold = 2
+	// Failed checks count in the breaker too; a short open timeout lets the
+	// passing checks that follow close it again as its half-open probes.
+	cfg.Breaker.OpenTimeout = time.Millisecond
 	p, rec := newCorePool(t, cfg, true)
 	inst := p.Instances()[0]
 	ctx := context.Background()
@@ -60,6 +65,12 @@ func TestHealthThresholdsAndOneLogPerTransition(t *testing.T) {
 	if n := rec.count("instance healthy", "instance=i1"); n != 2 {
 		t.Fatalf("healthy logged %d times, want 2 (start, comeback)", n)
 	}
+	// A check that ran while the breaker was open reported nothing; the
+	// next one after its open timeout is its half-open probe.
+	eventually(t, "a passing check to close the breaker", func() bool {
+		p.checkOnce(ctx, inst)
+		return inst.breaker.State() == breaker.Closed
+	})
 	if st := inst.Status(); !st.Healthy || st.LastCheck.IsZero() || st.Version != "0.3.65" || st.Breaker != "closed" {
 		t.Fatalf("status = %+v", st)
 	}

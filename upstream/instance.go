@@ -1,11 +1,8 @@
 package upstream
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"strconv"
 	"strings"
 	"time"
@@ -18,29 +15,6 @@ import (
 // client-supplied prompt_id (PR #8189, v0.3.45).
 var minClientPromptID = [3]int{0, 3, 45}
 
-// connWaitTimeout is how long a request waits for a free connection once
-// MaxConnectionsPerInstance are busy, before it fails with ErrNoFreeConns.
-// Per-call deadlines cut it shorter.
-const connWaitTimeout = 30 * time.Second
-
-// newHostClient returns the client for one instance. ReadTimeout is not set:
-// streamed /view downloads and uploads may take long, so every caller sets
-// its own deadline (Call does).
-func newHostClient(addr string, tls bool, maxConns int) *fasthttp.HostClient {
-	return &fasthttp.HostClient{
-		Addr:                      addr,
-		Name:                      "comfygate",
-		IsTLS:                     tls,
-		MaxConns:                  maxConns,
-		MaxConnWaitTimeout:        connWaitTimeout,
-		StreamResponseBody:        true,
-		MaxIdemponentCallAttempts: 1, // comfygate decides itself what to retry
-		DisablePathNormalizing:    true,
-		NoDefaultUserAgentHeader:  true,
-		MaxIdleConnDuration:       30 * time.Second,
-	}
-}
-
 // newInstance builds an instance; the pool wires its breaker callback.
 func newInstance(p *Pool, name, addr string, tls bool) *Instance {
 	inst := &Instance{
@@ -50,10 +24,9 @@ func newInstance(p *Pool, name, addr string, tls bool) *Instance {
 		pool:     p,
 		socketID: newSocketID(),
 	}
-	inst.client = newHostClient(addr, tls, p.cfg.MaxConnectionsPerInstance)
-	// A separate small client for health checks and file probes, so a
-	// saturated traffic pool does not make a busy instance look dead.
-	inst.probe = newHostClient(addr, tls, probeConns)
+	traffic, probes := connShares(p.cfg.MaxConnectionsPerInstance)
+	inst.client = newHostClient(addr, tls, traffic+probes, inst.timeout())
+	inst.slots = make(chan struct{}, traffic)
 	inst.breaker = breaker.New(name, breaker.Settings{
 		ConsecutiveFailures: uint32(max(p.cfg.Breaker.ConsecutiveFailures, 0)),
 		OpenTimeout:         p.cfg.Breaker.OpenTimeout,
@@ -61,10 +34,6 @@ func newInstance(p *Pool, name, addr string, tls bool) *Instance {
 	}, func(_ string, from, to breaker.State) { p.breakerChanged(inst, from, to) })
 	return inst
 }
-
-// probeConns caps the connections of an instance's probe client (health
-// checks, file look-ups) on top of MaxConnectionsPerInstance.
-const probeConns = 2
 
 // Status returns a snapshot.
 func (i *Instance) Status() InstanceStatus {
@@ -177,99 +146,69 @@ func (i *Instance) setQueueDepth(n int64) {
 	}
 }
 
-// Call does one non-streaming request (bounded by config timeout and ctx),
-// through the breaker. path includes the query. Headers are set as given.
-func (i *Instance) Call(ctx context.Context, method, path string, header map[string]string, body []byte) (status int, respBody []byte, err error) {
-	if err := ctx.Err(); err != nil {
-		return 0, nil, err
-	}
-	done, err := i.Allow()
-	if err != nil {
-		return 0, nil, fmt.Errorf("upstream %s: %w", i.Name, err)
-	}
-	timeout := 30 * time.Second
-	if i.pool != nil && i.pool.cfg.Timeout > 0 {
-		timeout = i.pool.cfg.Timeout
-	}
-	deadline := time.Now().Add(timeout)
-	ownDeadline := true // the configured timeout, not the caller's, bounds this call
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline, ownDeadline = d, false
-	}
+// maxCallAnswer caps an answer Call reads whole.
+const maxCallAnswer = 256 << 20
 
+// Call does one non-streaming request through Do, bounded by the
+// configured timeout and ctx. path includes the query. Headers are set as
+// given. POST /prompt and uploads carry what a client wrote (ByClient: an
+// error answer is the client's request failing); every other Call is
+// comfygate's own request (ByGate). Fetch says it explicitly.
+func (i *Instance) Call(ctx context.Context, method, path string, header map[string]string, body []byte) (status int, respBody []byte, err error) {
+	return i.Fetch(ctx, Request{Method: method, Path: path, Header: header, Body: body, Source: callSource(method, path)})
+}
+
+// Request is one non-streaming request for Fetch.
+type Request struct {
+	Method string
+	// Path includes the query.
+	Path   string
+	Header map[string]string
+	Body   []byte
+	// Source is who wrote it (DoOpts.Source).
+	Source Source
+	// Timeout, if shorter than the configured one, bounds the instance's
+	// silence for this request; its passing is then not held against the
+	// instance (DoOpts.Timeout).
+	Timeout time.Duration
+}
+
+// Fetch does r through Do and reads the answer whole.
+func (i *Instance) Fetch(ctx context.Context, r Request) (status int, body []byte, err error) {
 	req := fasthttp.AcquireRequest()
-	req.Header.SetMethod(method)
-	req.SetRequestURI(path)
-	req.Header.SetHost(i.Addr)
-	for k, v := range header {
+	req.Header.SetMethod(r.Method)
+	req.SetRequestURI(r.Path)
+	for k, v := range r.Header {
 		req.Header.Set(k, v)
 	}
-	if body != nil {
-		req.SetBody(body)
+	if r.Body != nil {
+		req.SetBody(r.Body)
 	}
-	resp := fasthttp.AcquireResponse()
-
-	type result struct {
-		status int
-		body   []byte
-		err    error
+	a, err := i.Do(ctx, req, DoOpts{Source: r.Source, Timeout: r.Timeout})
+	if err != nil {
+		return 0, nil, err
 	}
-	ch := make(chan result, 1)
-	run := func() {
-		defer fasthttp.ReleaseRequest(req)
-		defer fasthttp.ReleaseResponse(resp)
-		err := i.client.DoDeadline(req, resp, deadline)
-		if err != nil {
-			ch <- result{err: err}
-			return
-		}
-		var buf bytes.Buffer
-		if s := resp.BodyStream(); s != nil {
-			_, err = io.Copy(&buf, s)
-			if cerr := resp.CloseBodyStream(); err == nil {
-				err = cerr
-			}
-		} else {
-			buf.Write(resp.Body())
-		}
-		ch <- result{status: resp.StatusCode(), body: buf.Bytes(), err: err}
+	status = a.StatusCode()
+	body, err = a.ReadAll(maxCallAnswer)
+	if err != nil {
+		return 0, nil, fmt.Errorf("call %s %s: read answer: %w", i.Name, r.Method, err)
 	}
-
-	var res result
-	if ctx.Done() == nil {
-		run()
-		res = <-ch
-	} else {
-		go run()
-		select {
-		case res = <-ch:
-		case <-ctx.Done():
-			// The request goroutine ends by its deadline and releases what it holds.
-			done(false)
-			return 0, nil, ctx.Err()
-		}
-	}
-	if res.err != nil {
-		if errors.Is(res.err, fasthttp.ErrNoFreeConns) {
-			// comfygate's own connection cap (max_connections_per_instance)
-			// is full: nothing reached the instance, which is not failing.
-			done(false)
-			return 0, nil, fmt.Errorf("call %s %s: %w", i.Name, method, res.err)
-		}
-		timedOut := errors.Is(res.err, fasthttp.ErrTimeout) || isTimeout(res.err)
-		// A deadline the caller chose is the caller's business, not a sign
-		// the instance is failing.
-		done(!timedOut || ownDeadline)
-		if timedOut {
-			return 0, nil, fmt.Errorf("call %s %s: %w", i.Name, method, context.DeadlineExceeded)
-		}
-		return 0, nil, fmt.Errorf("call %s %s: %w", i.Name, method, res.err)
-	}
-	done(res.status >= 500)
-	return res.status, res.body, nil
+	return status, body, nil
 }
 
-func isTimeout(err error) bool {
-	var t interface{ Timeout() bool }
-	return errors.As(err, &t) && t.Timeout()
+// callSource is who wrote a Call: the client for POST /prompt (its graph)
+// and uploads (its file), comfygate otherwise.
+func callSource(method, path string) Source {
+	if method != fasthttp.MethodPost {
+		return ByGate
+	}
+	p, _, _ := strings.Cut(path, "?")
+	p = strings.TrimPrefix(p, "/api")
+	if p == "/prompt" || strings.HasPrefix(p, "/upload/") {
+		return ByClient
+	}
+	return ByGate
 }
+
+// isTimeout reports a deadline that passed (IsTimeout).
+func isTimeout(err error) bool { return IsTimeout(err) }

@@ -138,7 +138,6 @@ func TestNoFreeConnsDoesNotTripBreaker(t *testing.T) {
 	cfg.Breaker.ConsecutiveFailures = 2
 	p, _ := newCorePool(t, cfg, false)
 	inst := p.Instances()[0]
-	inst.client.MaxConnWaitTimeout = 0 // fail at once when the one connection is busy
 	f.hang.Store(true)
 	first := make(chan error, 1)
 	go func() {

@@ -3,6 +3,7 @@ package upstream
 import (
 	"container/list"
 	"context"
+	"io"
 	"net/url"
 	"path"
 	"strings"
@@ -313,23 +314,26 @@ func viewURI(ref FileRef) string {
 	return "/view?" + q.Encode()
 }
 
-// hasFile asks inst for the first byte of the file at uri.
+// hasFile asks inst for the first byte of the file at uri (a probe).
 func hasFile(inst *Instance, uri string, deadline time.Time) bool {
-	req := fasthttp.AcquireRequest()
-	resp := fasthttp.AcquireResponse()
-	defer fasthttp.ReleaseRequest(req)
-	defer fasthttp.ReleaseResponse(resp)
-	req.Header.SetMethod(fasthttp.MethodGet)
-	req.SetRequestURI(uri)
-	req.Header.SetHost(inst.Addr)
-	// aiohttp's FileResponse honours Range: one byte, not the whole image.
-	req.Header.Set("Range", "bytes=0-0")
-	if err := inst.probe.DoDeadline(req, resp, deadline); err != nil {
+	if time.Until(deadline) <= 0 {
 		return false
 	}
+	req := fasthttp.AcquireRequest()
+	req.Header.SetMethod(fasthttp.MethodGet)
+	req.SetRequestURI(uri)
+	// aiohttp's FileResponse honours Range: one byte, not the whole image.
+	req.Header.Set("Range", "bytes=0-0")
+	a, err := inst.Do(context.Background(), req, DoOpts{Probe: true, Timeout: time.Until(deadline)})
+	if err != nil {
+		return false
+	}
+	code := a.StatusCode()
 	// Drain a little so a small answer keeps its connection; a server that
 	// ignored Range gets its connection closed instead of a full download.
-	_, _ = readBody(resp, 4096)
-	code := resp.StatusCode()
+	if bs := a.Response().BodyStream(); bs != nil {
+		_, _ = io.CopyN(io.Discard, bs, 4096)
+	}
+	_ = a.Close()
 	return code == fasthttp.StatusOK || code == fasthttp.StatusPartialContent
 }

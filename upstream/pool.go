@@ -180,7 +180,6 @@ func (p *Pool) Close() {
 	}
 	for _, inst := range p.Instances() {
 		inst.client.CloseIdleConnections()
-		inst.probe.CloseIdleConnections()
 	}
 }
 
@@ -266,7 +265,6 @@ func (p *Pool) removeIfDrained(inst *Instance) {
 		p.m.RemoveInstance(inst.Name)
 		p.log.Info("upstream: instance removed", "instance", inst.Name, "addr", inst.Addr)
 		inst.client.CloseIdleConnections()
-		inst.probe.CloseIdleConnections()
 	}
 }
 

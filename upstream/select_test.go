@@ -3,6 +3,8 @@ package upstream
 import (
 	"errors"
 	"testing"
+
+	"github.com/comfygate/comfygate/breaker"
 )
 
 // selectPool returns a pool of n instances that are healthy without any
@@ -29,7 +31,7 @@ func openBreaker(t *testing.T, inst *Instance) {
 		if err != nil {
 			break
 		}
-		done(true)
+		done(breaker.Failure)
 	}
 	if inst.breaker.Ready() {
 		t.Fatal("breaker did not open")

@@ -1,0 +1,495 @@
+package upstream
+
+// One call path to an instance: Instance.Do. Every request comfygate sends
+// to an instance (forwarded client requests, its own calls, file copies,
+// health checks and file look-ups) goes through it, over the instance's
+// one HostClient, inside the instance's breaker bracket, and has its
+// outcome classified once here (classify).
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/comfygate/comfygate/breaker"
+	"github.com/valyala/fasthttp"
+)
+
+// ErrClientBody wraps a failure reading the client's own request body
+// while it was being sent (the client went away, stalled, or sent a broken
+// chunked body): nothing the instance is to blame for.
+var ErrClientBody = errors.New("read client body")
+
+// DialError marks a failure to open a connection to an instance: nothing
+// was sent, so the request may go to another instance.
+type DialError struct {
+	Addr string
+	Err  error
+}
+
+func (e *DialError) Error() string { return fmt.Sprintf("dial upstream %s: %v", e.Addr, e.Err) }
+func (e *DialError) Unwrap() error { return e.Err }
+
+// NotSent reports whether err means the request never reached the
+// instance: a failed dial, an open breaker, or all of comfygate's
+// connections to it busy. Any request may then go to another instance.
+func NotSent(err error) bool {
+	var d *DialError
+	return errors.As(err, &d) || errors.Is(err, breaker.ErrOpen) || errors.Is(err, fasthttp.ErrNoFreeConns)
+}
+
+// NoAnswer reports whether err means the instance gave no answer at all:
+// not sent (NotSent), no response within the timeout, or the connection
+// closed or reset before the first byte of an answer. A request that is
+// safe to replay (an idempotent read) may then go to another instance.
+// Client body errors and cancellations by the caller are not "no answer".
+func NoAnswer(err error) bool {
+	if err == nil || errors.Is(err, ErrClientBody) || errors.Is(err, context.Canceled) {
+		return false
+	}
+	return NotSent(err) || IsTimeout(err) || closedEarly(err)
+}
+
+// IsTimeout reports a deadline that passed: ours, fasthttp's or the network's.
+func IsTimeout(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, fasthttp.ErrTimeout) ||
+		errors.Is(err, fasthttp.ErrDialTimeout) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// closedEarly reports a connection the instance closed or reset before it
+// answered a byte.
+func closedEarly(err error) bool {
+	return errors.Is(err, fasthttp.ErrConnectionClosed) || errors.Is(err, io.EOF) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// Source says who wrote a request, which decides who an error answer blames.
+type Source uint8
+
+const (
+	// ByGate: comfygate composed the request itself (its calls, copies,
+	// probes). A 5xx answer is the instance failing.
+	ByGate Source = iota
+	// ByClient: a client wrote the request (its path, query or body). A
+	// 4xx/5xx answer is the client's request failing (ComfyUI answers 500
+	// to a body its handler cannot parse), except 502/503/504, which
+	// ComfyUI never sends itself: they come from a proxy in front of a
+	// dead instance.
+	ByClient
+)
+
+// DoOpts say how Do sends one request.
+type DoOpts struct {
+	// Source decides what an error answer blames.
+	Source Source
+	// Probe marks a health check or file look-up: it runs even while the
+	// breaker refuses traffic (reporting nothing then), and it uses the
+	// connections kept apart for probes, so a saturated instance still
+	// answers its health check.
+	Probe bool
+	// Timeout bounds how long the instance may stay silent (no byte read
+	// or written) on this request, the streamed body included; 0 is the
+	// configured timeout (COMFYUI_TIMEOUT). A shorter timeout that passes
+	// is the caller's choice, not a verdict on the instance (excluded),
+	// unless the request is a probe.
+	Timeout time.Duration
+	// Body, if not nil, is the client's request body, streamed to the
+	// instance; BodySize is its length, -1 for chunked. A read error of
+	// it is the client's (ErrClientBody, excluded).
+	Body     io.Reader
+	BodySize int
+}
+
+// Answer is an instance's answer: status and headers read, the body
+// possibly still streaming. Close it exactly once: that ends the body
+// (returning the connection to the pool when it was read to the end) and
+// frees the connection slot.
+type Answer struct {
+	resp *fasthttp.Response
+	free func()
+}
+
+// Response is the instance's answer. Its body may stream (BodyStream).
+// It is valid until Close.
+func (a *Answer) Response() *fasthttp.Response { return a.resp }
+
+// StatusCode is the answer's status.
+func (a *Answer) StatusCode() int { return a.resp.StatusCode() }
+
+// ReadAll reads the body whole, up to limit bytes (ErrBodyTooLarge past
+// it), and closes the answer.
+func (a *Answer) ReadAll(limit int64) ([]byte, error) {
+	defer a.Close()
+	bs := a.resp.BodyStream()
+	if bs == nil {
+		b := a.resp.Body()
+		if int64(len(b)) > limit {
+			return nil, fasthttp.ErrBodyTooLarge
+		}
+		return append([]byte(nil), b...), nil
+	}
+	b, err := io.ReadAll(io.LimitReader(bs, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > limit {
+		return nil, fasthttp.ErrBodyTooLarge
+	}
+	return b, nil
+}
+
+// Close ends the answer; later calls do nothing.
+func (a *Answer) Close() error {
+	if a.resp == nil {
+		return nil
+	}
+	err := a.resp.CloseBodyStream()
+	fasthttp.ReleaseResponse(a.resp)
+	a.resp = nil
+	a.free()
+	return err
+}
+
+// Do sends req to the instance and returns its answer once the status and
+// headers are in. Do takes req over: it sets Host (unless set) and the
+// scheme, and releases it. The body, if o.Body is set, streams from it.
+//
+// The breaker is asked first (ErrOpen while it refuses; probes run anyway)
+// and told the outcome once, when the headers are in or the request
+// failed: Failure for what the instance is to blame for (connection
+// refused or reset, a timeout of the configured length, 502/503/504, a 5xx
+// to comfygate's own request), Excluded for what it is not (the caller's
+// ctx, comfygate's own connection cap, the client's body, an error answer
+// to the client's own request, a shorter timeout the caller chose),
+// Success otherwise.
+//
+// ctx may cancel the wait (Excluded); the request then ends by its own
+// deadline and releases what it holds.
+func (i *Instance) Do(ctx context.Context, req *fasthttp.Request, o DoOpts) (*Answer, error) {
+	if err := ctx.Err(); err != nil {
+		fasthttp.ReleaseRequest(req)
+		return nil, err
+	}
+	configured := i.timeout()
+	timeout, own := configured, true
+	if o.Timeout > 0 && o.Timeout < timeout {
+		// A probe's timeout is configured (health_check.timeout): its
+		// passing is the instance's failure. Others are the caller's choice.
+		timeout, own = o.Timeout, o.Probe
+	}
+	if d, ok := ctx.Deadline(); ok && time.Until(d) < timeout {
+		timeout, own = time.Until(d), false
+	}
+
+	done, err := i.allow(o.Probe)
+	if err != nil {
+		fasthttp.ReleaseRequest(req)
+		return nil, fmt.Errorf("upstream %s: %w", i.Name, err)
+	}
+	free := func() {}
+	if !o.Probe {
+		if free, err = i.acquire(ctx, configured/2); err != nil {
+			fasthttp.ReleaseRequest(req)
+			done(breaker.Excluded)
+			return nil, fmt.Errorf("upstream %s: %w", i.Name, err)
+		}
+	}
+
+	if len(req.Header.Host()) == 0 {
+		req.Header.SetHost(i.Addr)
+	}
+	if i.TLS {
+		req.URI().SetScheme("https")
+	}
+	var cb *clientBody
+	if o.Body != nil {
+		cb = &clientBody{r: o.Body, size: o.BodySize}
+		req.SetBodyStream(cb, o.BodySize)
+	}
+	resp := fasthttp.AcquireResponse()
+	run := func() error {
+		err := i.client.DoTimeout(req, resp, timeout)
+		fasthttp.ReleaseRequest(req)
+		return err
+	}
+	if ctx.Done() == nil {
+		err = run()
+	} else {
+		ch := make(chan error, 1)
+		go func() { ch <- run() }()
+		select {
+		case err = <-ch:
+		case <-ctx.Done():
+			go func() {
+				if <-ch == nil {
+					_ = resp.CloseBodyStream()
+				}
+				fasthttp.ReleaseResponse(resp)
+				free()
+			}()
+			done(breaker.Excluded)
+			return nil, fmt.Errorf("call %s: %w", i.Name, ctx.Err())
+		}
+	}
+	if err != nil {
+		fasthttp.ReleaseResponse(resp)
+		free()
+		switch {
+		case cb != nil && cb.err != nil:
+			done(breaker.Excluded)
+			return nil, fmt.Errorf("%w: %w", ErrClientBody, cb.err)
+		case errors.Is(err, fasthttp.ErrNoFreeConns):
+			// comfygate's own connection cap: nothing reached the instance.
+			done(breaker.Excluded)
+		case IsTimeout(err):
+			if own {
+				done(breaker.Failure)
+			} else {
+				done(breaker.Excluded)
+			}
+			return nil, fmt.Errorf("call %s: %w (%w)", i.Name, context.DeadlineExceeded, err)
+		default:
+			done(breaker.Failure)
+		}
+		return nil, fmt.Errorf("call %s: %w", i.Name, err)
+	}
+	done(classify(resp.StatusCode(), o.Source))
+	return &Answer{resp: resp, free: free}, nil
+}
+
+// classify is the outcome of an answer with status code, for a request
+// written by src.
+func classify(code int, src Source) breaker.Outcome {
+	switch {
+	case code == fasthttp.StatusBadGateway || code == fasthttp.StatusServiceUnavailable || code == fasthttp.StatusGatewayTimeout:
+		return breaker.Failure
+	case code >= 400 && src == ByClient:
+		return breaker.Excluded
+	case code >= 500:
+		return breaker.Failure
+	default:
+		return breaker.Success
+	}
+}
+
+// allow asks the breaker. A probe that the breaker refuses runs anyway,
+// reporting nothing.
+func (i *Instance) allow(probe bool) (func(breaker.Outcome), error) {
+	if i.breaker == nil {
+		return func(breaker.Outcome) {}, nil
+	}
+	done, err := i.breaker.Allow()
+	if err != nil && probe {
+		return func(breaker.Outcome) {}, nil
+	}
+	return done, err
+}
+
+// timeout is the configured call timeout (COMFYUI_TIMEOUT).
+func (i *Instance) timeout() time.Duration {
+	if i.pool != nil && i.pool.cfg.Timeout > 0 {
+		return i.pool.cfg.Timeout
+	}
+	return 30 * time.Second
+}
+
+// acquire takes one of the connections traffic may use, waiting at most
+// wait (and ctx) for one to free up: past that, fasthttp.ErrNoFreeConns.
+func (i *Instance) acquire(ctx context.Context, wait time.Duration) (free func(), err error) {
+	var once atomic.Bool
+	free = func() {
+		if once.CompareAndSwap(false, true) {
+			<-i.slots
+		}
+	}
+	select {
+	case i.slots <- struct{}{}:
+		return free, nil
+	default:
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case i.slots <- struct{}{}:
+		return free, nil
+	case <-t.C:
+		return nil, fasthttp.ErrNoFreeConns
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// connShares splits max_connections_per_instance between traffic and the
+// connections kept for probes (health checks, file look-ups), which
+// traffic never holds, so that a saturated instance is still checked: 1
+// of them from 2 up, 2 from 8 up. With 1, the probe gets a connection of
+// its own on top (2 in all): a single connection held by a long download
+// would otherwise fail every health check.
+func connShares(maxConns int) (traffic, probes int) {
+	switch {
+	case maxConns >= 8:
+		return maxConns - 2, 2
+	case maxConns >= 2:
+		return maxConns - 1, 1
+	default:
+		return 1, 1
+	}
+}
+
+// clientBody is the client's streamed request body as the upstream request
+// reads it. It hides any Close (the server owns the stream) and remembers
+// a read error (an early EOF included) so it is not blamed on the instance.
+type clientBody struct {
+	r    io.Reader
+	size int // -1: chunked
+	n    int
+	err  error
+}
+
+func (b *clientBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	b.n += n
+	switch {
+	case err == nil:
+	case err == io.EOF:
+		if b.size >= 0 && b.n < b.size {
+			b.err = io.ErrUnexpectedEOF
+		}
+	default:
+		b.err = err
+	}
+	return n, err
+}
+
+// newHostClient returns the one client of an instance: maxConns
+// connections at most, answers streamed, and every deadline an idle
+// deadline (idleConn), so that a timeout bounds the instance's silence,
+// not how long a large body takes.
+func newHostClient(addr string, tls bool, maxConns int, timeout time.Duration) *fasthttp.HostClient {
+	dialTimeout := min(timeout, 5*time.Second)
+	return &fasthttp.HostClient{
+		Addr:     addr,
+		Name:     "comfygate",
+		IsTLS:    tls,
+		MaxConns: maxConns,
+		// Only probes wait here: traffic waits for its slot in Do.
+		MaxConnWaitTimeout:       timeout / 2,
+		StreamResponseBody:       true,
+		DisablePathNormalizing:   true, // %2F must reach ComfyUI undecoded
+		NoDefaultUserAgentHeader: true,
+		MaxIdleConnDuration:      30 * time.Second,
+		ReadBufferSize:           16 << 10,
+		WriteBufferSize:          16 << 10,
+		// A second attempt only for a pooled keep-alive connection the
+		// instance had closed (see staleConn); fasthttp never replays a
+		// streamed body. Other instances are comfygate's own decision.
+		MaxIdemponentCallAttempts: 2,
+		RetryIfErr:                staleConn,
+		DialTimeout: func(addr string, timeout time.Duration) (net.Conn, error) {
+			if timeout <= 0 || timeout > dialTimeout {
+				timeout = dialTimeout
+			}
+			c, err := net.DialTimeout("tcp", addr, timeout)
+			if err != nil {
+				return nil, &DialError{Addr: addr, Err: err}
+			}
+			return &idleConn{Conn: c}, nil
+		},
+	}
+}
+
+// staleConn is the HostClient's RetryIfErr: retry once, on a new
+// connection, when the instance closed or reset the connection before
+// answering a byte. That is what a keep-alive connection looks like after
+// the instance restarted or dropped it while idle; the request did not run
+// (ComfyUI answers every request it reads). Timeouts and dial errors are
+// never retried here, and neither is POST /prompt: a prompt that may have
+// been read is never sent twice (the prompt table settles it).
+func staleConn(req *fasthttp.Request, attempts int, err error) (resetTimeout, retry bool) {
+	if attempts > 1 || IsTimeout(err) || errors.As(err, new(*DialError)) {
+		return false, false
+	}
+	if req.Header.IsPost() && strings.HasSuffix(string(req.URI().Path()), "/prompt") {
+		return false, false
+	}
+	return false, closedEarly(err)
+}
+
+// idleConn turns the absolute deadlines fasthttp sets into idle timeouts:
+// SetReadDeadline(t) remembers t-now, and every Read pushes the deadline
+// that far ahead of itself first (same for writes). fasthttp applies a
+// request's timeout as an absolute deadline that stays while a streamed
+// body is read; COMFYUI_TIMEOUT must bound how long an instance may keep
+// us waiting, not how long a 500 MB /view or upload may take: a hung
+// instance is cut after the timeout of silence, a slow but moving stream
+// never is.
+//
+// fasthttp sets one deadline for a request's write and then its read. The
+// read deadline arrives after the body was written, when an upload that
+// took longer than the timeout has left it in the past; it gets the idle
+// length the write deadline had.
+type idleConn struct {
+	net.Conn
+	readIdle  atomic.Int64 // nanoseconds; 0: no deadline
+	writeIdle atomic.Int64
+
+	lastWrite atomic.Pointer[time.Time] // the last write deadline set
+}
+
+func (c *idleConn) SetDeadline(t time.Time) error {
+	c.remember(&c.readIdle, t)
+	c.remember(&c.writeIdle, t)
+	return c.Conn.SetDeadline(t)
+}
+
+func (c *idleConn) SetReadDeadline(t time.Time) error {
+	if w := c.lastWrite.Load(); w != nil && !t.IsZero() && t.Equal(*w) {
+		d := c.writeIdle.Load()
+		c.readIdle.Store(d)
+		return c.Conn.SetReadDeadline(time.Now().Add(time.Duration(d)))
+	}
+	c.remember(&c.readIdle, t)
+	return c.Conn.SetReadDeadline(t)
+}
+
+func (c *idleConn) SetWriteDeadline(t time.Time) error {
+	c.remember(&c.writeIdle, t)
+	c.lastWrite.Store(&t)
+	return c.Conn.SetWriteDeadline(t)
+}
+
+func (c *idleConn) remember(d *atomic.Int64, t time.Time) {
+	if t.IsZero() {
+		d.Store(0)
+		return
+	}
+	d.Store(int64(max(time.Until(t), time.Millisecond)))
+}
+
+func (c *idleConn) Read(p []byte) (int, error) {
+	if d := c.readIdle.Load(); d > 0 {
+		if err := c.Conn.SetReadDeadline(time.Now().Add(time.Duration(d))); err != nil {
+			return 0, err
+		}
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *idleConn) Write(p []byte) (int, error) {
+	if d := c.writeIdle.Load(); d > 0 {
+		if err := c.Conn.SetWriteDeadline(time.Now().Add(time.Duration(d))); err != nil {
+			return 0, err
+		}
+	}
+	return c.Conn.Write(p)
+}
