@@ -173,7 +173,9 @@ type Request struct {
 	Timeout time.Duration
 }
 
-// Fetch does r through Do and reads the answer whole.
+// Fetch does r through Do and reads the answer whole. comfygate's own
+// requests (ByGate) run even while the breaker refuses traffic
+// (DoOpts.Always); a client's request gets ErrOpen then.
 func (i *Instance) Fetch(ctx context.Context, r Request) (status int, body []byte, err error) {
 	req := fasthttp.AcquireRequest()
 	req.Header.SetMethod(r.Method)
@@ -184,7 +186,7 @@ func (i *Instance) Fetch(ctx context.Context, r Request) (status int, body []byt
 	if r.Body != nil {
 		req.SetBody(r.Body)
 	}
-	a, err := i.Do(ctx, req, DoOpts{Source: r.Source, Timeout: r.Timeout})
+	a, err := i.Do(ctx, req, DoOpts{Source: r.Source, Timeout: r.Timeout, Always: r.Source == ByGate})
 	if err != nil {
 		return 0, nil, err
 	}

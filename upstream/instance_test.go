@@ -56,8 +56,12 @@ func TestBreakerOpensOn5xxAndInstanceIsSkipped(t *testing.T) {
 	if d := time.Since(start); d > time.Second {
 		t.Fatalf("took %v to cut the instance out", d)
 	}
-	if _, _, err := ia.Call(context.Background(), "GET", "/object_info", nil, nil); !errors.Is(err, breaker.ErrOpen) {
-		t.Fatalf("Call with open breaker = %v, want ErrOpen", err)
+	if _, _, err := ia.Fetch(context.Background(), Request{Method: "GET", Path: "/object_info", Source: ByClient}); !errors.Is(err, breaker.ErrOpen) {
+		t.Fatalf("a client's request with open breaker = %v, want ErrOpen", err)
+	}
+	// comfygate's own requests still look at the instance.
+	if status, _, err := ia.Call(context.Background(), "GET", "/queue", nil, nil); err != nil || status != 500 {
+		t.Fatalf("comfygate's own call with open breaker = %d %v, want the instance's 500", status, err)
 	}
 	if rec.count("breaker state changed", "to=open") != 1 {
 		t.Fatal("breaker opening not logged once")

@@ -92,11 +92,17 @@ const (
 type DoOpts struct {
 	// Source decides what an error answer blames.
 	Source Source
-	// Probe marks a health check or file look-up: it runs even while the
-	// breaker refuses traffic (reporting nothing then), and it uses the
-	// connections kept apart for probes, so a saturated instance still
-	// answers its health check.
+	// Probe marks a health check or file look-up: it uses the connections
+	// kept apart for probes, so a saturated instance still answers its
+	// health check, and it runs even while the breaker refuses (Always).
 	Probe bool
+	// Always runs the request even while the breaker refuses traffic,
+	// reporting nothing then. For comfygate's own requests (ByGate), which
+	// are how it learns an instance's state and repairs it (a health check,
+	// reading its queue, deleting prompts that moved off it before it gets
+	// work again): the breaker keeps clients' requests and new work away
+	// from a failing instance, not comfygate's own look.
+	Always bool
 	// Timeout bounds how long the instance may stay silent (no byte read
 	// or written) on this request, the streamed body included; 0 is the
 	// configured timeout (COMFYUI_TIMEOUT). A shorter timeout that passes
@@ -164,7 +170,7 @@ func (a *Answer) Close() error {
 // headers are in. Do takes req over: it sets Host (unless set) and the
 // scheme, and releases it. The body, if o.Body is set, streams from it.
 //
-// The breaker is asked first (ErrOpen while it refuses; probes run anyway)
+// The breaker is asked first (ErrOpen while it refuses, unless o.Always)
 // and told the outcome once, when the headers are in or the request
 // failed: Failure for what the instance is to blame for (connection
 // refused or reset, a timeout of the configured length, 502/503/504, a 5xx
@@ -191,7 +197,7 @@ func (i *Instance) Do(ctx context.Context, req *fasthttp.Request, o DoOpts) (*An
 		timeout, own = time.Until(d), false
 	}
 
-	done, err := i.allow(o.Probe)
+	done, err := i.allow(o.Probe || o.Always)
 	if err != nil {
 		fasthttp.ReleaseRequest(req)
 		return nil, fmt.Errorf("upstream %s: %w", i.Name, err)
@@ -282,14 +288,14 @@ func classify(code int, src Source) breaker.Outcome {
 	}
 }
 
-// allow asks the breaker. A probe that the breaker refuses runs anyway,
-// reporting nothing.
-func (i *Instance) allow(probe bool) (func(breaker.Outcome), error) {
+// allow asks the breaker. A request that runs always (DoOpts.Always) and
+// that the breaker refuses runs anyway, reporting nothing.
+func (i *Instance) allow(always bool) (func(breaker.Outcome), error) {
 	if i.breaker == nil {
 		return func(breaker.Outcome) {}, nil
 	}
 	done, err := i.breaker.Allow()
-	if err != nil && probe {
+	if err != nil && always {
 		return func(breaker.Outcome) {}, nil
 	}
 	return done, err
