@@ -2,18 +2,12 @@ package jobs
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"time"
 
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
 )
-
-// fetchTimeout bounds one streamed download (headers and body): outputs
-// may be videos of hundreds of MB.
-const fetchTimeout = 10 * time.Minute
 
 // backend is what the Service needs from the instance pool. *upstream.Pool
 // provides it through poolBackend; tests substitute a scripted fake.
@@ -48,36 +42,23 @@ func (b poolBackend) Call(ctx context.Context, inst *upstream.Instance, method, 
 }
 
 // Fetch streams the body, so an output of any size costs a copy buffer,
-// not its size, in memory. A write error (comfygate's own disk) does not
-// count against the instance.
+// not its size, in memory. It goes through inst.Do: the instance's
+// breaker judges the answer, and COMFYUI_TIMEOUT bounds the instance's
+// silence, not the length of a large download. A write error (comfygate's
+// own disk) does not count against the instance.
 func (b poolBackend) Fetch(ctx context.Context, inst *upstream.Instance, path string, w io.Writer) (int, error) {
-	if err := ctx.Err(); err != nil {
-		return 0, err
-	}
-	done, err := inst.Allow()
-	if err != nil {
-		return 0, fmt.Errorf("upstream %s: %w", inst.Name, err)
-	}
 	req := fasthttp.AcquireRequest()
-	defer fasthttp.ReleaseRequest(req)
-	resp := fasthttp.AcquireResponse()
-	defer fasthttp.ReleaseResponse(resp)
 	req.SetRequestURI(path)
-	req.Header.SetHost(inst.Addr)
-	deadline := time.Now().Add(fetchTimeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	if err := inst.HostClient().DoDeadline(req, resp, deadline); err != nil {
-		done(!errors.Is(err, fasthttp.ErrNoFreeConns))
+	a, err := inst.Do(ctx, req, upstream.DoOpts{})
+	if err != nil {
 		return 0, fmt.Errorf("get %s: %w", inst.Name, err)
 	}
-	status := resp.StatusCode()
+	defer a.Close()
+	status := a.StatusCode()
 	if status != fasthttp.StatusOK {
-		_ = resp.CloseBodyStream()
-		done(status >= 500)
 		return status, nil
 	}
+	resp := a.Response()
 	var readErr, writeErr error
 	if body := resp.BodyStream(); body != nil {
 		_, err = io.Copy(writerFunc(func(p []byte) (int, error) {
@@ -85,16 +66,12 @@ func (b poolBackend) Fetch(ctx context.Context, inst *upstream.Instance, path st
 			writeErr = err
 			return n, err
 		}), body)
-		if cerr := resp.CloseBodyStream(); err == nil {
-			err = cerr
-		}
 		if writeErr == nil {
 			readErr = err
 		}
 	} else {
 		_, writeErr = w.Write(resp.Body())
 	}
-	done(readErr != nil)
 	if readErr != nil {
 		return 0, fmt.Errorf("read %s: %w", inst.Name, readErr)
 	}
