@@ -41,6 +41,7 @@ type Config struct {
 	Discovery   Discovery   `yaml:"discovery"`
 	Jobs        Jobs        `yaml:"jobs"`
 	Webhooks    Webhooks    `yaml:"webhooks"`
+	ImageURLs   ImageURLs   `yaml:"image_urls"`
 	Log         Log         `yaml:"log"`
 
 	// Security (security.go): API keys, redaction, rate limits and
@@ -175,6 +176,16 @@ type S3 struct {
 	PresignExpiry time.Duration `yaml:"presign_expiry"`
 }
 
+// ImageURLs lets a job's image parameters be URLs that comfygate
+// downloads, under the same rules as webhooks. Off without AllowedHosts.
+type ImageURLs struct {
+	// AllowedHosts are the hosts images may come from (same forms and
+	// internal-address rule as Webhooks.AllowedHosts).
+	AllowedHosts []string `yaml:"allowed_hosts"`
+	// Timeout bounds one download. Default 30s.
+	Timeout time.Duration `yaml:"timeout"`
+}
+
 // Webhooks configures the job API's completion webhooks. With no
 // AllowedHosts, webhooks are off and a job naming a webhook_url is refused.
 type Webhooks struct {
@@ -268,9 +279,10 @@ func (c *Config) setDefaults() {
 		Jobs: Jobs{Timeout: 5 * time.Minute, MaxConcurrent: 10, MaxWaiting: 1000, MaxImageBytes: 50 << 20,
 			MaxWait: 5 * time.Minute, IdempotencyTTL: 24 * time.Hour, OutputMemoryBytes: 256 << 20,
 			S3: S3{Region: "us-east-1", PresignExpiry: time.Hour}},
-		Webhooks: Webhooks{Timeout: 5 * time.Second, RetryFor: time.Hour, MaxAttempts: 10},
-		Log:      Log{Level: "info", Format: "json", MaxSizeMB: 100, MaxBackups: 5, MaxAgeDays: 30},
-		Dir:      ".",
+		Webhooks:  Webhooks{Timeout: 5 * time.Second, RetryFor: time.Hour, MaxAttempts: 10},
+		ImageURLs: ImageURLs{Timeout: 30 * time.Second},
+		Log:       Log{Level: "info", Format: "json", MaxSizeMB: 100, MaxBackups: 5, MaxAgeDays: 30},
+		Dir:       ".",
 	}
 	defaultSecurity(c)
 	c.complete()

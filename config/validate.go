@@ -101,11 +101,16 @@ func (c *Config) Validate() error {
 			bad("jobs.s3.presign_expiry", s3.PresignExpiry, "a duration up to 168h (S3's limit)")
 		}
 	}
-	for i, h := range c.Webhooks.AllowedHosts {
-		if h == "" || strings.ContainsAny(h, "/?#@ ") || strings.Contains(h, "*") && !strings.HasPrefix(h, "*.") {
-			bad(fmt.Sprintf("webhooks.allowed_hosts[%d]", i), strconv.Quote(h), `a host, host:port or "*.domain"`)
+	hosts := func(key string, list []string) {
+		for i, h := range list {
+			if h == "" || strings.ContainsAny(h, "/?#@ ") || strings.Contains(h, "*") && !strings.HasPrefix(h, "*.") {
+				bad(fmt.Sprintf("%s[%d]", key, i), strconv.Quote(h), `a host, host:port or "*.domain"`)
+			}
 		}
 	}
+	hosts("webhooks.allowed_hosts", c.Webhooks.AllowedHosts)
+	hosts("image_urls.allowed_hosts", c.ImageURLs.AllowedHosts)
+	pos("image_urls.timeout", c.ImageURLs.Timeout)
 	if len(c.Webhooks.AllowedHosts) > 0 && c.Webhooks.Secret == "" {
 		bad("webhooks.secret (COMFYGATE_WEBHOOK_SECRET)", `""`, "a signing secret when webhooks.allowed_hosts is set")
 	}

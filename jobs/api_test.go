@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"image/gif"
 	"io"
+	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -547,7 +548,7 @@ func TestWebhookRules(t *testing.T) {
 		{"[fe80::1]:443", false, false},
 		{"93.184.216.34:443", false, true},
 	} {
-		if err := guardAddr(tc.addr, tc.literal); (err == nil) != tc.ok {
+		if err := guardAddr(tc.addr, tc.literal, "webhooks.allowed_hosts"); (err == nil) != tc.ok {
 			t.Errorf("%s literal=%v: %v", tc.addr, tc.literal, err)
 		}
 	}
@@ -576,5 +577,71 @@ func TestOpenAPIDocumentsTheRoutes(t *testing.T) {
 		if doc.Paths[r.path][r.method] == nil {
 			t.Errorf("%s %s is not documented", strings.ToUpper(r.method), r.path)
 		}
+	}
+}
+
+// TestImageParameters: a workflow with two image inputs, sent as a
+// multipart file, as base64 and as a URL from an allowed host.
+func TestImageParameters(t *testing.T) {
+	t.Parallel()
+	small, large := testPNG(t, 10, 8), testPNG(t, 24, 20)
+	files := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "image/png")
+		_, _ = w.Write(large)
+	}))
+	defer files.Close()
+	dir := t.TempDir()
+	graph := `{
+	  "1": {"class_type": "LoadImage", "inputs": {"image": "x.png"}},
+	  "2": {"class_type": "LoadImage", "inputs": {"image": "y.png"}},
+	  "3": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "a"}},
+	  "4": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "b"}}
+	}`
+	p := filepath.Join(dir, "two.json")
+	if err := os.WriteFile(p, []byte(graph), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, 2, comfysim.Options{}, func(c *config.Config) {
+		c.ImageURLs.AllowedHosts = []string{"127.0.0.1"}
+		c.Workflows = map[string]config.Workflow{"two": {File: p, OutputNode: "3", Parameters: []config.Parameter{
+			{Name: "base", Node: "1", Input: "image", Type: "image", Required: true},
+			{Name: "overlay", Node: "2", Input: "image", Type: "image", Required: true},
+		}}}
+	})
+	sizes := func(b []byte) [2]int {
+		t.Helper()
+		var v waitedView
+		if err := json.Unmarshal(b, &v); err != nil || v.Status != statusCompleted || len(v.Outputs) != 2 {
+			t.Fatalf("answer %s", b)
+		}
+		var out [2]int
+		for i, o := range v.Outputs {
+			_, _, data := h.do("GET", o.URL, "", nil)
+			out[i] = decodePNG(t, data).Bounds().Dx()
+		}
+		return out
+	}
+	// base64 and URL.
+	code, _, b := postJSON(h, "/api/workflows/two?wait=20s", map[string]any{
+		"base": base64.StdEncoding.EncodeToString(small), "overlay": files.URL + "/large.png"})
+	if code != 200 || sizes(b) != [2]int{10, 24} {
+		t.Fatalf("json: %d %s", code, b)
+	}
+	// Multipart files.
+	var buf bytes.Buffer
+	mw := multipart.NewWriter(&buf)
+	for name, data := range map[string][]byte{"base": large, "overlay": small} {
+		w, _ := mw.CreateFormFile(name, name+".png")
+		_, _ = w.Write(data)
+	}
+	_ = mw.Close()
+	code, _, b = h.do("POST", "/api/workflows/two?wait=20s", mw.FormDataContentType(), buf.Bytes())
+	if code != 200 || sizes(b) != [2]int{24, 10} {
+		t.Fatalf("multipart: %d %s", code, b)
+	}
+	// A host that is not allowed, and a file that is no image: both reported.
+	code, _, b = postJSON(h, "/api/workflows/two", map[string]any{"base": "http://example.com/a.png", "overlay": "bm90IGFuIGltYWdl"})
+	if code != 400 || !strings.Contains(string(b), `"field":"base"`) || !strings.Contains(string(b), `"field":"overlay"`) || !strings.Contains(string(b), "image_urls.allowed_hosts") {
+		t.Fatalf("refused: %d %s", code, b)
 	}
 }

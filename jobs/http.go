@@ -198,7 +198,8 @@ func (s *Service) serveSubmit(ctx *fasthttp.RequestCtx, name string, builtIn boo
 	var images map[string][]byte
 	if len(wf.cfg.Parameters) > 0 {
 		var errs []fieldError
-		values, images, errs = wf.checkParams(sub, s.cfg.MaxImageBytes)
+		fetch := func(u string) ([]byte, error) { return s.imageURLs.get(ctx, u, s.cfg.MaxImageBytes) }
+		values, images, errs = wf.checkParams(sub, s.cfg.MaxImageBytes, fetch)
 		if len(errs) > 0 {
 			writeError(ctx, invalidParams(errs))
 			return

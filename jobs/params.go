@@ -76,7 +76,9 @@ func (wf *workflow) param(name string) (config.Parameter, bool) {
 // parameter of the workflow of the right type and range, every required
 // one present. It returns the JSON values to set (defaults included) by
 // parameter name, and the images by parameter name, and every problem.
-func (wf *workflow) checkParams(sub *submission, maxBytes int64) (values map[string]json.RawMessage, images map[string][]byte, errs []fieldError) {
+//
+// An image parameter may be a URL, which fetch downloads (or refuses).
+func (wf *workflow) checkParams(sub *submission, maxBytes int64, fetch func(url string) ([]byte, error)) (values map[string]json.RawMessage, images map[string][]byte, errs []fieldError) {
 	values = map[string]json.RawMessage{}
 	images = map[string][]byte{}
 	names := slices.Sorted(maps.Keys(sub.params))
@@ -112,10 +114,21 @@ func (wf *workflow) checkParams(sub *submission, maxBytes int64) (values map[str
 		case p.Type == ptImage && sent:
 			var s string
 			if json.Unmarshal(raw, &s) != nil {
-				errs = append(errs, fieldError{p.Name, "want an image: a multipart file, or a base64 string"})
+				errs = append(errs, fieldError{p.Name, "want an image: a multipart file, a base64 string or an allowed URL"})
 				continue
 			}
-			img, aerr := decodeBase64Image(s, maxBytes)
+			var img []byte
+			var aerr *apiError
+			if strings.HasPrefix(s, "http://") || strings.HasPrefix(s, "https://") {
+				b, err := fetch(s)
+				if err != nil {
+					errs = append(errs, fieldError{p.Name, "cannot use the image URL: " + err.Error()})
+					continue
+				}
+				img = b
+			} else {
+				img, aerr = decodeBase64Image(s, maxBytes)
+			}
 			if aerr == nil {
 				aerr = checkImage(img, maxBytes)
 			}
@@ -269,8 +282,7 @@ func (wf *workflow) paramSchema() map[string]any {
 			s["enum"] = p.Options
 		case ptImage:
 			s["type"] = "string"
-			s["contentEncoding"] = "base64"
-			s["contentMediaType"] = "image/*"
+			s["description"] = "base64 (or a data: URL), a multipart file field, or an http(s) URL from image_urls.allowed_hosts"
 		}
 		if p.Type == ptString {
 			if p.Min != nil {

@@ -98,7 +98,8 @@ type Service struct {
 	// webhookBackoff is the first retry delay of a webhook delivery.
 	webhookBackoff time.Duration
 	hooks          *webhookClient
-	s3             *s3Store // nil: outputs stay in comfygate only
+	imageURLs      *webhookClient // downloads image parameters given as URLs
+	s3             *s3Store       // nil: outputs stay in comfygate only
 
 	outDirOnce sync.Once
 	outDirPath string
@@ -150,6 +151,7 @@ func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Lo
 
 		webhookBackoff: time.Second,
 		hooks:          hooks,
+		imageURLs:      newImageClient(cfg.ImageURLs),
 		s3:             store,
 	}
 	s.runCtx, s.stop = context.WithCancel(context.Background())

@@ -36,6 +36,7 @@ const (
 // hosts; loopback, link-local, private and other special addresses only
 // when the host is listed literally; no redirects; short timeouts.
 type webhookClient struct {
+	key        string // the allowed_hosts key, for messages
 	allowed    []string
 	secret     []byte
 	defaultURL string
@@ -51,6 +52,7 @@ type ctxKeyLiteral struct{}
 
 func newWebhookClient(c config.Webhooks) *webhookClient {
 	w := &webhookClient{
+		key:        "webhooks.allowed_hosts",
 		allowed:    c.AllowedHosts,
 		secret:     webhookSecret(c.Secret),
 		defaultURL: c.DefaultURL,
@@ -68,7 +70,7 @@ func newWebhookClient(c config.Webhooks) *webhookClient {
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			d := *dialer
 			literal, _ := ctx.Value(ctxKeyLiteral{}).(bool)
-			d.Control = func(_, address string, _ syscall.RawConn) error { return guardAddr(address, literal) }
+			d.Control = func(_, address string, _ syscall.RawConn) error { return guardAddr(address, literal, w.key) }
 			return d.DialContext(ctx, network, addr)
 		},
 	}
@@ -86,13 +88,13 @@ func newWebhookClient(c config.Webhooks) *webhookClient {
 // its host was listed literally. It runs on the address actually dialled,
 // after name resolution, so a name that resolves (or rebinds) to an
 // internal address is caught.
-func guardAddr(address string, literal bool) error {
+func guardAddr(address string, literal bool, key string) error {
 	ap, err := netip.ParseAddrPort(address)
 	if err != nil {
-		return fmt.Errorf("webhook: unexpected address %q", address)
+		return fmt.Errorf("unexpected address %q", address)
 	}
 	if internalAddr(ap.Addr()) && !literal {
-		return fmt.Errorf("webhook: %s is an internal address; list the host literally in webhooks.allowed_hosts to allow it", ap.Addr())
+		return fmt.Errorf("%s is an internal address; list the host literally in %s to allow it", ap.Addr(), key)
 	}
 	return nil
 }
@@ -128,7 +130,7 @@ func (w *webhookClient) check(raw string) error {
 // allow checks raw and reports whether its host is listed literally.
 func (w *webhookClient) allow(raw string) (literal bool, err error) {
 	if len(w.allowed) == 0 {
-		return false, errors.New("webhooks are off (no webhooks.allowed_hosts configured)")
+		return false, fmt.Errorf("off: no %s configured", w.key)
 	}
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -164,7 +166,7 @@ func (w *webhookClient) allow(raw string) (literal bool, err error) {
 		}
 	}
 	if !matched {
-		return false, fmt.Errorf("host %q is not in webhooks.allowed_hosts", host)
+		return false, fmt.Errorf("host %q is not in %s", host, w.key)
 	}
 	if a, err := netip.ParseAddr(host); err == nil && internalAddr(a) && !literal {
 		return false, fmt.Errorf("%s is an internal address", host)
@@ -319,4 +321,44 @@ func (w *webhookClient) post(ctx context.Context, target, id string, body []byte
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxWebhookResponse))
 	_ = resp.Body.Close()
 	return resp.StatusCode, nil
+}
+
+// newImageClient returns the client that downloads image parameters given
+// as URLs, under the same rules as webhooks with image_urls' hosts.
+func newImageClient(c config.ImageURLs) *webhookClient {
+	w := newWebhookClient(config.Webhooks{AllowedHosts: c.AllowedHosts, Timeout: c.Timeout})
+	w.key = "image_urls.allowed_hosts"
+	return w
+}
+
+// get downloads raw (an allowed URL), at most limit bytes.
+func (w *webhookClient) get(ctx context.Context, raw string, limit int64) ([]byte, error) {
+	literal, err := w.allow(raw)
+	if err != nil {
+		return nil, err
+	}
+	ctx = context.WithValue(ctx, ctxKeyLiteral{}, literal)
+	ctx, cancel := context.WithTimeout(ctx, w.timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, raw, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("User-Agent", "comfygate")
+	resp, err := w.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("status %d", resp.StatusCode)
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("larger than %d bytes", limit)
+	}
+	return b, nil
 }
