@@ -14,6 +14,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -643,5 +644,56 @@ func TestImageParameters(t *testing.T) {
 	code, _, b = postJSON(h, "/api/workflows/two", map[string]any{"base": "http://example.com/a.png", "overlay": "bm90IGFuIGltYWdl"})
 	if code != 400 || !strings.Contains(string(b), `"field":"base"`) || !strings.Contains(string(b), `"field":"overlay"`) || !strings.Contains(string(b), "image_urls.allowed_hosts") {
 		t.Fatalf("refused: %d %s", code, b)
+	}
+}
+
+// TestWebhookProgress: with webhook_progress the receiver gets the job's
+// events in order, the terminal one last and once.
+func TestWebhookProgress(t *testing.T) {
+	t.Parallel()
+	rcv := &webhookReceiver{got: make(chan struct{}, 8)}
+	srv := httptest.NewServer(rcv)
+	defer srv.Close()
+	h := newHarness(t, 1, comfysim.Options{Delay: 20 * time.Millisecond, Steps: 4}, func(c *config.Config) {
+		c.Webhooks.AllowedHosts = []string{"127.0.0.1"}
+		c.Webhooks.Secret = "s3cret"
+	})
+	img := base64.StdEncoding.EncodeToString(testPNG(t, 16, 16))
+	code, _, b := postJSON(h, "/api/upscale-image?wait=20s", map[string]any{"image_base64": img, "webhook_url": srv.URL, "webhook_progress": true})
+	if code != 200 {
+		t.Fatalf("submit: %d %s", code, b)
+	}
+	var v waitedView
+	_ = json.Unmarshal(b, &v)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, st := h.status(v.JobID)
+		if st.Webhook != nil && st.Webhook.Status == "delivered" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("webhook %+v", st.Webhook)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	rcv.mu.Lock()
+	defer rcv.mu.Unlock()
+	var types []string
+	last := 0
+	for i, body := range rcv.body {
+		var p struct {
+			Type string `json:"type"`
+		}
+		_ = json.Unmarshal(body, &p)
+		types = append(types, p.Type)
+		id := rcv.calls[i].Header.Get("webhook-id")
+		n, _ := strconv.Atoi(id[strings.LastIndex(id, "_")+1:])
+		if n <= last {
+			t.Fatalf("deliveries out of order: %v", types)
+		}
+		last = n
+	}
+	if len(types) < 2 || types[len(types)-1] != "job.completed" || slices.Index(types, "job.completed") != len(types)-1 {
+		t.Fatalf("deliveries %v", types)
 	}
 }

@@ -82,7 +82,9 @@ func (s *Service) emitLocked(j *job, typ string, node string) {
 		j.webhook.event = ev
 		j.webhook.id = webhookID(j.id, ev)
 		j.webhook.started = true
-		s.goLocked("webhook", func() { s.deliver(j, ev) })
+		if !j.webhook.progress { // else streamHook delivers it, after the progress
+			s.goLocked("webhook", func() { s.deliver(j, ev) })
+		}
 	}
 }
 

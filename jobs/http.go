@@ -209,6 +209,9 @@ func (s *Service) serveSubmit(ctx *fasthttp.RequestCtx, name string, builtIn boo
 	if hook == "" {
 		hook = string(ctx.QueryArgs().Peek(keyWebhookURL))
 	}
+	if isTrue(ctx.QueryArgs().Peek(keyWebhookProg)) {
+		sub.webhookProgress = true
+	}
 	if hook == "" {
 		hook = s.hooks.defaultURL
 	}
@@ -403,7 +406,7 @@ func (s *Service) accept(wf *workflow, sub *submission, values map[string]json.R
 	j.prompt = prompt
 	j.prog = newProgress(wf.nodes)
 	if hook != "" {
-		j.webhook = &webhookState{url: hook}
+		j.webhook = &webhookState{url: hook, progress: sub.webhookProgress}
 	}
 
 	s.jobsMu.Lock()
@@ -432,6 +435,9 @@ func (s *Service) accept(wf *workflow, sub *submission, values map[string]json.R
 	s.gaugesLocked()
 	s.kick()
 	s.emitLocked(j, evQueued, "")
+	if j.webhook != nil && j.webhook.progress {
+		s.goLocked("webhook", func() { s.streamHook(j) })
+	}
 	s.log.Debug("job accepted", "job_id", j.id, "workflow", wf.name, "bytes", len(sub.image))
 	return j, nil
 }

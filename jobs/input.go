@@ -70,6 +70,8 @@ type submission struct {
 	files map[string][]byte
 	// webhookURL is the caller's webhook_url ("" when none).
 	webhookURL string
+	// webhookProgress asks for the job's non-terminal events too.
+	webhookProgress bool
 }
 
 // Reserved keys of a JSON submission; the others are parameters.
@@ -77,6 +79,7 @@ const (
 	keyImageBase64 = "image_base64"
 	keyInputs      = "inputs"
 	keyWebhookURL  = "webhook_url"
+	keyWebhookProg = "webhook_progress"
 )
 
 // parseSubmission reads the image and the overrides from a request:
@@ -136,6 +139,10 @@ func parseSubmissionN(ctx *fasthttp.RequestCtx, maxBytes int64, wantImage bool, 
 			case keyWebhookURL:
 				if json.Unmarshal(v, &sub.webhookURL) != nil {
 					return nil, badRequest(errInvalidRequest, "webhook_url is not a string")
+				}
+			case keyWebhookProg:
+				if json.Unmarshal(v, &sub.webhookProgress) != nil {
+					return nil, badRequest(errInvalidRequest, "webhook_progress is not true or false")
 				}
 			default:
 				sub.params[k] = v
@@ -287,12 +294,16 @@ func readMultipart(ctx *fasthttp.RequestCtx, ct string, bodyLimit, maxBytes int6
 				return aerr
 			}
 			sub.files[name] = b
-		case name == keyWebhookURL:
+		case name == keyWebhookURL || name == keyWebhookProg:
 			b, aerr := read(part, maxFieldBytes, name)
 			if aerr != nil {
 				return aerr
 			}
-			sub.webhookURL = string(b)
+			if name == keyWebhookURL {
+				sub.webhookURL = string(b)
+			} else {
+				sub.webhookProgress = isTrue(b)
+			}
 		case name != "image" && name != "image_base64" && name != "inputs":
 			b, aerr := read(part, maxFieldBytes, name)
 			if aerr != nil {

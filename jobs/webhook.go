@@ -178,6 +178,7 @@ func (w *webhookClient) allow(raw string) (literal bool, err error) {
 // Service.jobsMu.
 type webhookState struct {
 	url       string
+	progress  bool     // the non-terminal events go too (once each, newest first)
 	id        string   // webhook-id of the delivery
 	event     jobEvent // the terminal event being delivered
 	started   bool
@@ -361,4 +362,47 @@ func (w *webhookClient) get(ctx context.Context, raw string, limit int64) ([]byt
 		return nil, fmt.Errorf("larger than %d bytes", limit)
 	}
 	return b, nil
+}
+
+// streamHook sends a job's non-terminal events to its webhook as they
+// happen, then delivers the terminal one (deliver), all from this one
+// goroutine so the receiver sees them in order. A progress event is sent
+// once, without retries, and one the receiver was too slow for is skipped
+// for the newest: progress is a hint, the terminal event is the contract.
+func (s *Service) streamHook(j *job) {
+	sent := 0
+	for {
+		s.jobsMu.Lock()
+		var next *jobEvent
+		for i := len(j.events) - 1; i >= sent && i >= 0; i-- {
+			if j.events[i].terminal() {
+				ev := j.events[i]
+				s.jobsMu.Unlock()
+				s.deliver(j, ev)
+				return
+			}
+		}
+		if len(j.events) > sent {
+			ev := j.events[len(j.events)-1]
+			next, sent = &ev, len(j.events)
+		}
+		if j.changed == nil {
+			j.changed = make(chan struct{})
+		}
+		ch := j.changed
+		target := j.webhook.url
+		s.jobsMu.Unlock()
+		if next != nil {
+			body := webhookPayload(*next)
+			if _, err := s.hooks.post(s.runCtx, target, webhookID(j.id, *next), body); err != nil {
+				s.log.Debug("webhook progress not delivered", "job_id", j.id, "err", err)
+			}
+			continue
+		}
+		select {
+		case <-ch:
+		case <-s.runCtx.Done():
+			return
+		}
+	}
 }
