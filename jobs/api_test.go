@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"image/gif"
 	"io"
 	"mime/multipart"
@@ -402,6 +403,19 @@ func TestDryRun(t *testing.T) {
 	if code != 200 || !strings.Contains(string(b), `"total":0`) {
 		t.Fatalf("a dry run made a job: %s", b)
 	}
+	// A POST /prompt body, checked without running.
+	graph := `{"1": {"class_type": "LoadImage", "inputs": {"image": "not-uploaded-yet.png"}},
+	  "2": {"class_type": "UpscaleModelLoader", "inputs": {"model_name": "%s"}},
+	  "3": {"class_type": "ImageUpscaleWithModel", "inputs": {"upscale_model": ["2", 0], "image": ["1", 0]}},
+	  "4": {"class_type": "SaveImage", "inputs": {"images": ["3", %d], "filename_prefix": "x"}}}`
+	code, _, b = h.do("POST", "/api/prompt/validate", "application/json", []byte(`{"prompt": `+fmt.Sprintf(graph, "RealESRGAN_x4plus.pth", 0)+`, "client_id": "c"}`))
+	if code != 200 || !strings.Contains(string(b), `"valid":true`) {
+		t.Fatalf("validate: %d %s", code, b)
+	}
+	code, _, b = h.do("POST", "/api/prompt/validate", "application/json", []byte(fmt.Sprintf(graph, "nope.pth", 3)))
+	if code != 400 || !strings.Contains(string(b), "node 2 (UpscaleModelLoader).model_name") || !strings.Contains(string(b), "node 4 (SaveImage).images") {
+		t.Fatalf("validate bad graph: %d %s", code, b)
+	}
 	if g := checkGraph(json.RawMessage(`{"1":{"class_type":"Nope","inputs":{}},"2":{"class_type":"EmptyImage","inputs":{"width":1.5}}}`),
 		map[string]classInfo{"EmptyImage": func() classInfo {
 			var c classInfo
@@ -571,7 +585,7 @@ func TestOpenAPIDocumentsTheRoutes(t *testing.T) {
 	}
 	for _, r := range []struct{ path, method string }{
 		{routeRemoveBackground, "post"}, {routeUpscaleImage, "post"}, {"/api/workflows/{name}", "post"},
-		{routeWorkflowList, "get"}, {routeOpenAPI, "get"}, {"/api/jobs/{id}/status", "get"},
+		{routeWorkflowList, "get"}, {routeOpenAPI, "get"}, {routeValidatePrompt, "post"}, {"/api/jobs/{id}/status", "get"},
 		{"/api/jobs/{id}/events", "get"}, {"/api/jobs/{id}/result", "get"}, {"/api/jobs/{id}/outputs", "get"},
 		{"/api/jobs/{id}/outputs/{n}", "get"}, {"/api/jobs/{id}", "delete"}, {routeJobs, "get"},
 	} {

@@ -29,17 +29,9 @@ func (s *Service) serveDryRun(ctx *fasthttp.RequestCtx, wf *workflow, sub *submi
 		writeError(ctx, badRequest(errInvalidOverride, "cannot apply the inputs: %v", err))
 		return
 	}
-	inst, err := s.be.Select()
-	if err != nil {
-		writeError(ctx, &apiError{status: fasthttp.StatusServiceUnavailable, typ: errNoUpstream, msg: "no ComfyUI instance is available to check the workflow", retryAfter: 1})
-		return
-	}
-	cctx, cancel := context.WithTimeout(s.runCtx, s.cfg.MaxWait)
-	defer cancel()
-	status, body, err := s.be.Call(cctx, inst, "GET", "/object_info", nil, nil)
-	var info map[string]classInfo
-	if err != nil || status != 200 || json.Unmarshal(body, &info) != nil {
-		writeError(ctx, &apiError{status: fasthttp.StatusBadGateway, typ: errNoUpstream, msg: "could not read /object_info from " + inst.Name})
+	inst, info, aerr := s.objectInfo()
+	if aerr != nil {
+		writeError(ctx, aerr)
 		return
 	}
 	// Inputs that receive uploaded files are checked at run time.
@@ -59,8 +51,93 @@ func (s *Service) serveDryRun(ctx *fasthttp.RequestCtx, wf *workflow, sub *submi
 		return
 	}
 	writeJSON(ctx, fasthttp.StatusOK, map[string]any{
-		"valid": true, "workflow": wf.name, "comfyui_instance": inst.Name, "parameters": values,
+		"valid": true, "workflow": wf.name, "comfyui_instance": inst, "parameters": values,
 	})
+}
+
+// objectInfo reads /object_info from an instance selection picks.
+func (s *Service) objectInfo() (string, map[string]classInfo, *apiError) {
+	inst, err := s.be.Select()
+	if err != nil {
+		return "", nil, &apiError{status: fasthttp.StatusServiceUnavailable, typ: errNoUpstream, msg: "no ComfyUI instance is available to check the workflow", retryAfter: 1}
+	}
+	ctx, cancel := context.WithTimeout(s.runCtx, s.cfg.MaxWait)
+	defer cancel()
+	status, body, err := s.be.Call(ctx, inst, "GET", "/object_info", nil, nil)
+	var info map[string]classInfo
+	if err != nil || status != 200 || json.Unmarshal(body, &info) != nil {
+		return "", nil, &apiError{status: fasthttp.StatusBadGateway, typ: errNoUpstream, msg: "could not read /object_info from " + inst.Name}
+	}
+	return inst.Name, info, nil
+}
+
+// maxValidateBody caps POST /api/prompt/validate's body, as ComfyUI's
+// own prompt bodies are capped by the proxy.
+const maxValidateBody = 32 << 20
+
+// serveValidatePrompt answers POST /api/prompt/validate: the body of a
+// POST /prompt ({"prompt": graph, ...}, or the bare graph) is checked
+// against an instance's /object_info like a dry run, and nothing runs.
+// Inputs that name uploaded files (object_info's image_upload) are not
+// checked: comfygate places files at submission, on whichever instance.
+func (s *Service) serveValidatePrompt(ctx *fasthttp.RequestCtx) {
+	body, aerr := readBody(ctx, maxValidateBody, maxValidateBody)
+	if aerr != nil {
+		writeError(ctx, aerr)
+		return
+	}
+	var req struct {
+		Prompt json.RawMessage `json:"prompt"`
+	}
+	if err := json.Unmarshal(body, &req); err != nil {
+		writeError(ctx, badRequest(errInvalidRequest, "body is not JSON {\"prompt\": {...}}"))
+		return
+	}
+	graph := req.Prompt
+	if kindOf(graph) != kindObject {
+		graph = body // the bare graph
+	}
+	instName, info, aerr := s.objectInfo()
+	if aerr != nil {
+		writeError(ctx, aerr)
+		return
+	}
+	if errs := checkGraph(graph, info, uploadInputs(graph, info)); len(errs) > 0 {
+		e := invalidParams(errs)
+		e.typ = errInvalidWorkflow
+		writeError(ctx, e)
+		return
+	}
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"valid": true, "comfyui_instance": instName})
+}
+
+// uploadInputs names the graph's inputs whose spec takes an uploaded file
+// ({"image_upload": true} and the like in object_info).
+func uploadInputs(graph json.RawMessage, info map[string]classInfo) map[string]bool {
+	var nodes map[string]struct {
+		Class string `json:"class_type"`
+	}
+	_ = json.Unmarshal(graph, &nodes)
+	out := map[string]bool{}
+	for id, n := range nodes {
+		ci := info[n.Class]
+		for _, specs := range []map[string]json.RawMessage{ci.Input.Required, ci.Input.Optional} {
+			for in, spec := range specs {
+				var parts []json.RawMessage
+				if json.Unmarshal(spec, &parts) != nil || len(parts) < 2 {
+					continue
+				}
+				var opts map[string]any
+				_ = json.Unmarshal(parts[1], &opts)
+				for k, v := range opts {
+					if b, ok := v.(bool); ok && b && strings.HasSuffix(k, "_upload") {
+						out[id+"."+in] = true
+					}
+				}
+			}
+		}
+	}
+	return out
 }
 
 // classInfo is the part of one /object_info entry the dry run reads.

@@ -24,6 +24,7 @@ const (
 	routeJobs             = "/api/jobs"
 	routeWorkflowList     = "/api/workflows"
 	routeOpenAPI          = "/api/openapi.json"
+	routeValidatePrompt   = "/api/prompt/validate"
 	listSource            = "comfygate"
 )
 
@@ -34,6 +35,7 @@ const (
 //	       (Prefer: wait=N or ?wait=Ns, Idempotency-Key, ?dry_run=1)
 //	GET    /api/workflows              (the workflows, parameters as JSON Schema)
 //	GET    /api/openapi.json           (OpenAPI 3.1 description of these routes)
+//	POST   /api/prompt/validate        (a POST /prompt body checked against /object_info)
 //	GET    /api/jobs/{id}/status       (?wait=Ns long-polls for a status change)
 //	GET    /api/jobs/{id}/events       (Server-Sent Events)
 //	GET    /api/jobs/{id}/result       (JSON; raw bytes with Accept: image/* or ?format=raw)
@@ -55,6 +57,11 @@ func (s *Service) ServeJobs(ctx *fasthttp.RequestCtx) bool {
 			return true
 		}
 		s.serveWorkflows(ctx)
+	case path == routeValidatePrompt:
+		if !allow(ctx, "POST") {
+			return true
+		}
+		s.serveValidatePrompt(ctx)
 	case path == routeOpenAPI:
 		if !allow(ctx, "GET", "HEAD") {
 			return true
