@@ -52,6 +52,9 @@ func fingerprint(wf string, sub *submission, values map[string]json.RawMessage, 
 		field(h, images[k])
 	}
 	field(h, []byte(hook))
+	if sub.webhookProgress {
+		field(h, []byte("progress"))
+	}
 	var fp [sha256.Size]byte
 	h.Sum(fp[:0])
 	return fp
