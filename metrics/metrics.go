@@ -66,6 +66,7 @@ type Metrics struct {
 	queueDepth       *prometheus.GaugeVec
 	socketConnected  *prometheus.GaugeVec
 	reconnects       *prometheus.CounterVec
+	outcomes         *prometheus.CounterVec
 	healthCheck      *prometheus.HistogramVec
 	requests         *prometheus.CounterVec
 	requestDuration  *prometheus.HistogramVec
@@ -133,6 +134,7 @@ func New(version string) *Metrics {
 	m.queueDepth = gauge("upstream_queue_depth", "Queue length the instance itself reports (queue_remaining).", "upstream")
 	m.socketConnected = gauge("upstream_socket_connected", "Whether comfygate's monitoring WebSocket to the instance is connected (1) or not (0).", "upstream")
 	m.reconnects = counter("upstream_socket_reconnects_total", "Reconnections of comfygate's monitoring WebSocket to the instance.", "upstream")
+	m.outcomes = counter("upstream_requests_total", "Requests comfygate sent to the instance, by how they were judged for its circuit breaker: success, failure (the instance is to blame), excluded (the client's or comfygate's own doing).", "upstream", "outcome")
 	m.healthCheck = histogram("health_check_duration_seconds", "Duration of active health checks per instance, by result (ok, fail).", LatencyBuckets, "upstream", "result")
 	m.requests = counter("http_requests_total", "HTTP requests served, by route template, method, status code and the instance that answered (none: comfygate itself).", "route", "method", "code", "upstream")
 	m.requestDuration = histogram("http_request_duration_seconds", "Time to serve an HTTP request, until the response started streaming to the client or a WebSocket was upgraded.", LatencyBuckets, "route", "method", "upstream")
@@ -156,7 +158,7 @@ func New(version string) *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		buildInfo,
 		m.upstreamUp, m.upstreamInfo, m.breakerState, m.breakerTrans, m.inflight,
-		m.queueDepth, m.socketConnected, m.reconnects, m.healthCheck,
+		m.queueDepth, m.socketConnected, m.reconnects, m.outcomes, m.healthCheck,
 		m.requests, m.requestDuration,
 		m.promptsSubmitted, m.promptsFinished, m.promptDuration, m.resubmissions,
 		m.wsClients, m.eventsRouted, m.slowDropped, m.backlogReplayed,
@@ -276,6 +278,15 @@ func (m *Metrics) IncUpstreamReconnect(instance string) {
 	m.reconnects.WithLabelValues(instance).Inc()
 }
 
+// IncUpstreamOutcome counts one request to the instance by how it was
+// judged: "success", "failure" or "excluded".
+func (m *Metrics) IncUpstreamOutcome(instance, outcome string) {
+	if m == nil {
+		return
+	}
+	m.outcomes.WithLabelValues(instance, outcome).Inc()
+}
+
 // ObserveHealthCheck records one active health check and whether it passed.
 func (m *Metrics) ObserveHealthCheck(instance string, d time.Duration, ok bool) {
 	if m == nil {
@@ -300,7 +311,7 @@ func (m *Metrics) RemoveInstance(instance string) {
 		DeletePartialMatch(prometheus.Labels) int
 	}{
 		m.upstreamUp, m.upstreamInfo, m.breakerState, m.breakerTrans, m.inflight,
-		m.queueDepth, m.socketConnected, m.reconnects, m.healthCheck,
+		m.queueDepth, m.socketConnected, m.reconnects, m.outcomes, m.healthCheck,
 		m.requests, m.requestDuration,
 		m.promptsSubmitted, m.promptsFinished, m.promptDuration,
 	} {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/breaker"
+	"github.com/comfygate/comfygate/metrics"
 )
 
 // A half-open probe whose caller gave up says nothing about the instance:
@@ -103,5 +104,52 @@ func TestCopyFileSlowButMovingBody(t *testing.T) {
 	got, ok := dst.get("input", "", "big.png")
 	if n != int64(len(body)) || !ok || !bytes.Equal(got, body) {
 		t.Fatalf("copied %d bytes, stored %d (%v), want %d", n, len(got), ok, len(body))
+	}
+}
+
+// Every request's judgement shows in comfygate_upstream_requests_total.
+func TestOutcomesCounted(t *testing.T) {
+	t.Parallel()
+	f := startMini(t, "0.3.65")
+	m := metrics.New("test")
+	p, err := New(coreConfig(f.Addr()), m, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	inst := p.Instances()[0]
+	ctx := context.Background()
+	if st, _, err := inst.Call(ctx, "GET", "/nope", nil, nil); err != nil || st != 404 {
+		t.Fatalf("call = %d %v", st, err)
+	}
+	f.fail500.Store(true)
+	if st, _, err := inst.Call(ctx, "GET", "/queue", nil, nil); err != nil || st != 500 {
+		t.Fatalf("call = %d %v", st, err)
+	}
+	if st, _, err := inst.Call(ctx, "POST", "/prompt", nil, []byte(`{"prompt": "x"}`)); err != nil || st != 500 {
+		t.Fatalf("call = %d %v", st, err)
+	}
+	want := map[string]float64{"success": 1, "failure": 1, "excluded": 1}
+	got := map[string]float64{}
+	mfs, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "comfygate_upstream_requests_total" {
+			continue
+		}
+		for _, s := range mf.GetMetric() {
+			for _, l := range s.GetLabel() {
+				if l.GetName() == "outcome" {
+					got[l.GetValue()] += s.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("outcome %s counted %v, want %v (all: %v)", k, got[k], v, got)
+		}
 	}
 }

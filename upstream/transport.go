@@ -289,16 +289,25 @@ func classify(code int, src Source) breaker.Outcome {
 }
 
 // allow asks the breaker. A request that runs always (DoOpts.Always) and
-// that the breaker refuses runs anyway, reporting nothing.
+// that the breaker refuses runs anyway, reporting nothing to it. Every
+// outcome is counted in comfygate_upstream_requests_total.
 func (i *Instance) allow(always bool) (func(breaker.Outcome), error) {
-	if i.breaker == nil {
-		return func(breaker.Outcome) {}, nil
+	report := func(breaker.Outcome) {}
+	if i.breaker != nil {
+		done, err := i.breaker.Allow()
+		switch {
+		case err == nil:
+			report = done
+		case !always:
+			return nil, err
+		}
 	}
-	done, err := i.breaker.Allow()
-	if err != nil && always {
-		return func(breaker.Outcome) {}, nil
-	}
-	return done, err
+	return func(o breaker.Outcome) {
+		report(o)
+		if i.pool != nil {
+			i.pool.m.IncUpstreamOutcome(i.Name, o.String())
+		}
+	}, nil
 }
 
 // timeout is the configured call timeout (COMFYUI_TIMEOUT).
