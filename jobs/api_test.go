@@ -654,6 +654,30 @@ func TestImageParameters(t *testing.T) {
 	if code != 200 || sizes(b) != [2]int{24, 10} {
 		t.Fatalf("multipart: %d %s", code, b)
 	}
+	// A parameter may be called "image": the file field "image" fills it.
+	h2 := newHarness(t, 1, comfysim.Options{}, func(c *config.Config) {
+		c.Workflows = map[string]config.Workflow{"two": {File: p, OutputNode: "3", Parameters: []config.Parameter{
+			{Name: "image", Node: "1", Input: "image", Type: "image", Required: true},
+			{Name: "overlay", Node: "2", Input: "image", Type: "image", Required: true},
+		}}}
+	})
+	buf.Reset()
+	mw = multipart.NewWriter(&buf)
+	for name, data := range map[string][]byte{"image": large, "overlay": small} {
+		w, _ := mw.CreateFormFile(name, name+".png")
+		_, _ = w.Write(data)
+	}
+	_ = mw.Close()
+	code, _, b = h2.do("POST", "/api/workflows/two?wait=20s", mw.FormDataContentType(), buf.Bytes())
+	if v := (waitedView{}); code != 200 || json.Unmarshal(b, &v) != nil || v.Status != statusCompleted {
+		t.Fatalf("parameter called image: %d %s", code, b)
+	}
+	code, _, b = postJSON(h2, "/api/workflows/two?wait=20s", map[string]any{
+		"image": base64.StdEncoding.EncodeToString(small), "overlay": base64.StdEncoding.EncodeToString(large)})
+	if v := (waitedView{}); code != 200 || json.Unmarshal(b, &v) != nil || v.Status != statusCompleted {
+		t.Fatalf("parameter called image, JSON: %d %s", code, b)
+	}
+
 	// A host that is not allowed, and a file that is no image: both reported.
 	code, _, b = postJSON(h, "/api/workflows/two", map[string]any{"base": "http://example.com/a.png", "overlay": "bm90IGFuIGltYWdl"})
 	if code != 400 || !strings.Contains(string(b), `"field":"base"`) || !strings.Contains(string(b), `"field":"overlay"`) || !strings.Contains(string(b), "image_urls.allowed_hosts") {

@@ -192,7 +192,8 @@ func (s *Service) serveSubmit(ctx *fasthttp.RequestCtx, name string, builtIn boo
 		writeError(ctx, aerr)
 		return
 	}
-	sub, aerr := parseSubmissionN(ctx, s.cfg.MaxImageBytes, wf.needsImage(), wf.imageParams())
+	p, named := wf.param("image")
+	sub, aerr := parseSubmissionN(ctx, s.cfg.MaxImageBytes, wf.needsImage(), wf.imageParams(), named && p.Type == ptImage && !wf.needsImage())
 	if aerr != nil {
 		writeError(ctx, aerr)
 		return

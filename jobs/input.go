@@ -88,12 +88,13 @@ const (
 // image/* Content-Type. The image is checked to be a PNG, JPEG, GIF or
 // WebP of at most maxBytes.
 func parseSubmission(ctx *fasthttp.RequestCtx, maxBytes int64, wantImage bool) (*submission, *apiError) {
-	return parseSubmissionN(ctx, maxBytes, wantImage, 0)
+	return parseSubmissionN(ctx, maxBytes, wantImage, 0, false)
 }
 
 // parseSubmissionN is parseSubmission for a workflow that also takes
-// extraImages image parameters (each up to maxBytes).
-func parseSubmissionN(ctx *fasthttp.RequestCtx, maxBytes int64, wantImage bool, extraImages int) (*submission, *apiError) {
+// extraImages image parameters (each up to maxBytes); imageParam says one
+// of them is called "image" (the workflow then takes no other image).
+func parseSubmissionN(ctx *fasthttp.RequestCtx, maxBytes int64, wantImage bool, extraImages int, imageParam bool) (*submission, *apiError) {
 	ct := string(ctx.Request.Header.ContentType())
 	mt, _, _ := mime.ParseMediaType(ct)
 	// A body that cannot hold an image within the limit is refused before
@@ -162,6 +163,12 @@ func parseSubmissionN(ctx *fasthttp.RequestCtx, maxBytes int64, wantImage bool, 
 		sub.image = img
 	}
 	if !wantImage {
+		if len(sub.image) > 0 && imageParam {
+			// The workflow's parameter called "image", sent as the file
+			// field "image" or multipart base64 text.
+			sub.files["image"], sub.image = sub.image, nil
+			return sub, nil
+		}
 		if len(sub.image) > 0 {
 			return nil, badRequest(errInvalidRequest, "this workflow takes no image")
 		}

@@ -35,6 +35,14 @@ func (wf *workflow) checkParamConfig() []string {
 	var bad []string
 	for _, p := range wf.cfg.Parameters {
 		n := wf.nodes[p.Node]
+		switch p.Name {
+		case keyImageBase64, keyInputs, keyWebhookURL, keyWebhookProg:
+			bad = append(bad, fmt.Sprintf("parameter %q: the name is taken by the request body's own field", p.Name))
+		case "image":
+			if wf.needsImage() {
+				bad = append(bad, fmt.Sprintf("parameter %q: the name is taken by the uploaded image (image_node); choose another", p.Name))
+			}
+		}
 		switch {
 		case n == nil:
 			bad = append(bad, fmt.Sprintf("parameter %q: node %q is not in the graph", p.Name, p.Node))

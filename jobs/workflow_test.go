@@ -67,6 +67,16 @@ func TestWorkflowConfig(t *testing.T) {
 		{desc: "overridable input missing", wfs: map[string]config.Workflow{"x": {File: good, ImageNode: "10", ImageInput: "image", OutputNode: "12", Overridable: []string{"12.seed"}}}, want: []string{`overridable "12.seed"`, `(SaveImage)`}},
 		{desc: "overridable link", wfs: map[string]config.Workflow{"x": {File: good, ImageNode: "10", ImageInput: "image", OutputNode: "12", Overridable: []string{"11.image"}}}, want: []string{`overridable "11.image"`, "link"}},
 		{desc: "overridable image", wfs: map[string]config.Workflow{"x": {File: good, ImageNode: "10", ImageInput: "image", OutputNode: "12", Overridable: []string{"10.image"}}}, want: []string{`overridable "10.image"`, "uploaded image"}},
+		{desc: "parameters", wfs: map[string]config.Workflow{"x": {File: good, ImageNode: "10", ImageInput: "image", OutputNode: "12", Parameters: []config.Parameter{
+			{Name: "prefix", Node: "12", Input: "filename_prefix", Type: "string", Default: "y"}}}}},
+		{desc: "parameter problems", wfs: map[string]config.Workflow{"x": {File: good, ImageNode: "10", ImageInput: "image", OutputNode: "12", Parameters: []config.Parameter{
+			{Name: "inputs", Node: "12", Input: "filename_prefix", Type: "string"},
+			{Name: "image", Node: "12", Input: "filename_prefix", Type: "string"},
+			{Name: "ghost", Node: "77", Input: "x", Type: "int"},
+			{Name: "link", Node: "11", Input: "image", Type: "image"},
+			{Name: "upload", Node: "10", Input: "image", Type: "image"},
+			{Name: "count", Node: "12", Input: "filename_prefix", Type: "int", Default: "many"}}}},
+			want: []string{`parameter "inputs"`, `parameter "image"`, `parameter "ghost": node "77"`, `parameter "link"`, `parameter "upload"`, `parameter "count": default`}},
 		{desc: "built-in bad override", wfs: map[string]config.Workflow{"remove-background": {ImageInput: "image", Overridable: []string{"2.nope"}}}, want: []string{"built-in remove-background.json", `"2.nope"`}},
 	} {
 		t.Run(tc.desc, func(t *testing.T) {
