@@ -24,6 +24,7 @@ import (
 
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/metrics"
 )
 
 // videoWorkflow writes a workflow that makes an n-frame animated GIF
@@ -458,12 +459,16 @@ func TestWebhookSignedAndRetried(t *testing.T) {
 	rcv := &webhookReceiver{fail: 2, got: make(chan struct{}, 1)}
 	srv := httptest.NewServer(rcv)
 	defer srv.Close()
+	m := metrics.New("test")
 	key := []byte("0123456789abcdef0123456789abcdef")
 	secret := "whsec_" + base64.StdEncoding.EncodeToString(key)
 	h := newHarnessWith(t, 1, comfysim.Options{}, func(c *config.Config) {
 		c.Webhooks.AllowedHosts = []string{"127.0.0.1"}
 		c.Webhooks.Secret = secret
-	}, func(s *Service) { s.webhookBackoff = 5 * time.Millisecond })
+	}, func(s *Service) {
+		s.webhookBackoff = 5 * time.Millisecond
+		s.m = m
+	})
 	img := base64.StdEncoding.EncodeToString(testPNG(t, 16, 16))
 	code, _, b := postJSON(h, "/api/upscale-image", map[string]any{"image_base64": img, "webhook_url": srv.URL + "/hook"})
 	var a acceptedView
@@ -516,6 +521,19 @@ func TestWebhookSignedAndRetried(t *testing.T) {
 			t.Fatalf("webhook status %+v", v.Webhook)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+
+	attempts := map[string]float64{}
+	fams, _ := m.Registry().Gather()
+	for _, f := range fams {
+		if f.GetName() == "comfygate_webhook_attempts_total" {
+			for _, mt := range f.GetMetric() {
+				attempts[mt.GetLabel()[0].GetValue()] = mt.GetCounter().GetValue()
+			}
+		}
+	}
+	if attempts["retry"] != 2 || attempts["delivered"] != 1 || attempts["gave_up"] != 0 {
+		t.Fatalf("comfygate_webhook_attempts_total %v", attempts)
 	}
 
 	// Refused at submission: hosts not allowed, internal addresses not listed literally.

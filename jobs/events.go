@@ -194,6 +194,8 @@ func (s *Service) serveEvents(ctx *fasthttp.RequestCtx, id string) {
 	shutdown := ctx.Done() // the server's: closed when it shuts down
 	// The writer runs after the handler returned: it uses only j, s and shutdown.
 	ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
+		s.m.AddEventStreams(1)
+		defer s.m.AddEventStreams(-1)
 		if _, err := w.WriteString("retry: 1000\n\n"); err != nil || w.Flush() != nil {
 			return
 		}

@@ -181,6 +181,9 @@ func (w *spill) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// outputGauges publishes the output store's size.
+func (s *Service) outputGauges() { s.m.SetOutputBytes(s.outMem.Load(), s.outDisk.Load()) }
+
 // discard drops what a failed download stored.
 func (w *spill) discard() {
 	w.s.outMem.Add(-int64(len(w.buf)))
@@ -201,9 +204,11 @@ func (w *spill) file(r outRef, inst string) (*outputFile, error) {
 			return nil, fmt.Errorf("store output: %w", err)
 		}
 		f.path = w.f.Name()
+		w.s.outDisk.Add(f.size)
 	} else if f.data == nil {
 		f.data = []byte{}
 	}
+	w.s.outputGauges()
 	return f, nil
 }
 
@@ -228,11 +233,13 @@ func (s *Service) dropOutputsLocked(j *job) {
 	for _, f := range j.files {
 		if f.path != "" {
 			_ = os.Remove(f.path)
+			s.outDisk.Add(-f.size)
 		} else {
 			s.outMem.Add(-f.size)
 		}
 	}
 	j.files = nil
+	s.outputGauges()
 }
 
 // outputView is one output in a job's status, result and events.

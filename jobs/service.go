@@ -91,6 +91,7 @@ type Service struct {
 	closed    bool
 	seq       uint64
 	outMem    atomic.Int64          // bytes of outputs held in memory (not guarded: atomic)
+	outDisk   atomic.Int64          // bytes of outputs in files (not guarded: atomic)
 	idem      map[string]*idemEntry // Idempotency-Key -> the job it created
 
 	// heartbeat is the period of comments on idle event streams.

@@ -270,6 +270,14 @@ func (s *Service) deliver(j *job, ev jobEvent) {
 		backoff := min(s.webhookBackoff<<min(attempt-1, 20), maxWebhookBackoff)
 		backoff = backoff/2 + rand.N(backoff/2+1) // jitter: half fixed, half random
 		last := ok || attempt >= w.attempts || s.now().Add(backoff).After(deadline) || s.runCtx.Err() != nil
+		switch {
+		case ok:
+			s.m.WebhookAttempt("delivered")
+		case last:
+			s.m.WebhookAttempt("gave_up")
+		default:
+			s.m.WebhookAttempt("retry")
+		}
 		s.jobsMu.Lock()
 		if len(j.webhook.log) >= maxDeliveryLog {
 			j.webhook.log = append(j.webhook.log[:0], j.webhook.log[1:]...)
@@ -394,6 +402,7 @@ func (s *Service) streamHook(j *job) {
 		s.jobsMu.Unlock()
 		if next != nil {
 			body := webhookPayload(*next)
+			s.m.WebhookAttempt("progress")
 			if _, err := s.hooks.post(s.runCtx, target, webhookID(j.id, *next), body); err != nil {
 				s.log.Debug("webhook progress not delivered", "job_id", j.id, "err", err)
 			}

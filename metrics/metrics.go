@@ -85,6 +85,7 @@ type Metrics struct {
 	waitLine         prometheus.Gauge
 	jobsInFlight     prometheus.Gauge
 	sec              securityCollectors
+	jobAPI           jobAPICollectors
 
 	routes    labelSet
 	workflows labelSet
@@ -166,6 +167,7 @@ func New(version string) *Metrics {
 		m.waitLine, m.jobsInFlight,
 	)
 	m.registerSecurity()
+	m.registerJobAPI()
 	return m
 }
 
