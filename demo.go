@@ -51,7 +51,7 @@ func demoCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
 	}
-	return serve(ctx, cfg, ln, stdout, func(url string) {
+	return serve(ctx, cfg, nil, ln, stdout, func(url string) {
 		fmt.Fprintf(stdout, "\ncomfygate demo: %s in front of", url)
 		for _, in := range cfg.Instances {
 			fmt.Fprintf(stdout, " %s (%s)", in.Name, in.Address)

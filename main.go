@@ -22,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/comfygate/comfygate/catalogue"
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/jobs"
@@ -76,24 +77,30 @@ func serveCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	cfg, err := config.Load(*configPath, nil)
+	load := func() (*config.Config, error) {
+		cfg, err := config.Load(*configPath, nil)
+		if err == nil && *listen != "" {
+			cfg.Listen = *listen
+		}
+		return cfg, err
+	}
+	cfg, err := load()
 	if err != nil {
 		return err
-	}
-	if *listen != "" {
-		cfg.Listen = *listen
 	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
 	}
-	return serve(ctx, cfg, ln, stdout, nil)
+	return serve(ctx, cfg, load, ln, stdout, nil)
 }
 
 // serve wires the gateway on ln and runs it until ctx ends, then shuts
 // down gracefully: stop accepting, let in-flight requests finish (bounded),
-// close sockets. ready, if not nil, is called once it accepts requests.
-func serve(ctx context.Context, cfg *config.Config, ln net.Listener, stdout io.Writer, ready func(url string)) error {
+// close sockets. load, if not nil, re-reads the configuration on SIGHUP
+// and POST /admin/reload. ready, if not nil, is called once it accepts
+// requests.
+func serve(ctx context.Context, cfg *config.Config, load func() (*config.Config, error), ln net.Listener, stdout io.Writer, ready func(url string)) error {
 	log, closeLog, err := logging.New(logging.Config{
 		Level:      cfg.Log.Level,
 		Format:     cfg.Log.Format,
@@ -120,7 +127,15 @@ func serve(ctx context.Context, cfg *config.Config, ln net.Listener, stdout io.W
 		ln.Close()
 		return err
 	}
-	srv, err := proxy.New(proxy.Options{Config: cfg, Pool: pool, Jobs: svc, Metrics: m, Logger: log, Version: version})
+	cat := catalogue.New(pool, cfg.Routing.CatalogueInterval, log)
+	var rl *reloader
+	var reload proxy.Reloader
+	if load != nil {
+		rl = &reloader{load: load, pool: pool, m: m, log: log, cur: cfg}
+		reload = rl.reload
+	}
+	srv, err := proxy.New(proxy.Options{Config: cfg, Pool: pool, Jobs: svc, Metrics: m, Logger: log, Version: version,
+		Catalogue: cat, Reload: reload})
 	if err != nil {
 		ln.Close()
 		return err
@@ -138,6 +153,13 @@ func serve(ctx context.Context, cfg *config.Config, ln net.Listener, stdout io.W
 	defer pool.Close()
 	svc.Start(runCtx)
 	defer svc.Close()
+	catCtx, stopCat := context.WithCancel(runCtx)
+	catDone := make(chan struct{})
+	go func() { defer close(catDone); cat.Run(catCtx) }()
+	defer func() { stopCat(); <-catDone }()
+	if rl != nil {
+		rl.watchHangup(runCtx)
+	}
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()

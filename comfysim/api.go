@@ -453,19 +453,23 @@ func (in *instance) getExtensions(w http.ResponseWriter, _ *http.Request, _ map[
 var modelFolders = []string{"checkpoints", "configs", "loras", "vae", "text_encoders", "diffusion_models", "clip_vision", "style_models", "embeddings", "diffusers", "vae_approx", "controlnet", "gligen", "upscale_models", "custom_nodes", "hypernetworks", "photomaker", "classifiers", "model_patches", "audio_encoders"}
 
 func (in *instance) getModels(w http.ResponseWriter, _ *http.Request, _ map[string]string) {
-	writeJSON(w, http.StatusOK, modelFolders)
+	folders := append([]string{}, modelFolders...)
+	for f := range in.s.models {
+		if !contains(folders, f) {
+			folders = append(folders, f)
+		}
+	}
+	writeJSON(w, http.StatusOK, folders)
 }
 
 func (in *instance) getModelFolder(w http.ResponseWriter, _ *http.Request, p map[string]string) {
 	folder := p["folder"]
-	if !contains(modelFolders, folder) {
+	if _, ok := in.s.models[folder]; !ok && !contains(modelFolders, folder) {
 		writeText(w, http.StatusNotFound, "404: Not Found")
 		return
 	}
-	files := []string{}
-	if folder == "upscale_models" {
-		files = append(files, in.s.upscaleModels...)
-	}
+	files := append([]string{}, in.s.models[folder]...)
+	sort.Strings(files)
 	writeJSON(w, http.StatusOK, files)
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"time"
 )
 
@@ -31,6 +32,10 @@ func Command(ctx context.Context, args []string, stdout io.Writer) error {
 	version := fs.String("comfy-version", DefaultVersion, "emulated ComfyUI version (e.g. 0.3.40, 0.3.65, 0.38.0)")
 	cors := fs.Bool("enable-cors-header", false, "replace the origin check with permissive CORS headers")
 	failAfter := fs.Int("fail-after", 0, "stop answering HTTP after N accepted prompts (0: never)")
+	nodes := fs.String("nodes", "", "comma-separated node classes it has (default: every class it implements)")
+	models := fs.String("models", "", "comma-separated model files as folder/file (e.g. upscale_models/4x.pth); a folder named here lists only these")
+	modelLoad := fs.Duration("model-load", 0, "time a loader takes the first time it loads a model file")
+	modelSlots := fs.Int("model-slots", 0, "model files kept loaded at once (0: no limit)")
 	verbose := fs.Bool("v", false, "log requests and prompts to stderr")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -49,6 +54,8 @@ func Command(ctx context.Context, args []string, stdout io.Writer) error {
 		InputDir: *inputDir, OutputDir: *outputDir, TempDir: *tempDir,
 		Delay: *delay, Steps: *steps, Version: *version,
 		EnableCORSHeader: *cors, FailAfter: *failAfter, Logger: logger,
+		Nodes: splitList(*nodes), Models: modelList(*models),
+		ModelLoadTime: *modelLoad, ModelSlots: *modelSlots,
 	})
 	if err != nil {
 		return fmt.Errorf("sim: %w", err)
@@ -60,4 +67,31 @@ func Command(ctx context.Context, args []string, stdout io.Writer) error {
 	fmt.Fprintf(stdout, "comfysim (ComfyUI %s) listening on %s\ninput: %s\noutput: %s\n", s.Version(), s.URL(), s.InputDir(), s.OutputDir())
 	<-ctx.Done()
 	return s.Close()
+}
+
+// splitList splits a comma-separated flag; nil when empty.
+func splitList(s string) []string {
+	var out []string
+	for _, x := range strings.Split(s, ",") {
+		if x = strings.TrimSpace(x); x != "" {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// modelList reads "folder/file,..." into files per folder; nil when empty.
+func modelList(s string) map[string][]string {
+	var out map[string][]string
+	for _, x := range splitList(s) {
+		folder, file, ok := strings.Cut(x, "/")
+		if !ok || folder == "" || file == "" {
+			continue
+		}
+		if out == nil {
+			out = map[string][]string{}
+		}
+		out[folder] = append(out[folder], file)
+	}
+	return out
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"image"
+	"slices"
 	"sort"
 	"time"
 )
@@ -490,6 +491,42 @@ type nodeCall struct {
 	ex *execution
 	id string
 	in map[string]any
+}
+
+// loadModel charges Options.ModelLoadTime when the model file is not
+// loaded, and keeps it loaded (at most Options.ModelSlots files).
+func (c *nodeCall) loadModel(file string) error {
+	s := c.s
+	if s.opts.ModelLoadTime <= 0 {
+		return nil
+	}
+	s.loadMu.Lock()
+	i := slices.Index(s.loaded, file)
+	if i >= 0 {
+		s.loaded = append(slices.Delete(s.loaded, i, i+1), file)
+		s.loadMu.Unlock()
+		return nil
+	}
+	s.loadMu.Unlock()
+	if err := c.sleep(s.opts.ModelLoadTime); err != nil {
+		return err
+	}
+	s.loadMu.Lock()
+	defer s.loadMu.Unlock()
+	if !slices.Contains(s.loaded, file) {
+		s.loaded = append(s.loaded, file)
+	}
+	if n := s.opts.ModelSlots; n > 0 && len(s.loaded) > n {
+		s.loaded = slices.Delete(s.loaded, 0, len(s.loaded)-n)
+	}
+	return nil
+}
+
+// ModelLoads returns the model files currently loaded, least recently used first.
+func (s *Server) ModelLoads() []string {
+	s.loadMu.Lock()
+	defer s.loadMu.Unlock()
+	return slices.Clone(s.loaded)
 }
 
 // sleep waits d, returning errKilled if the instance dies meanwhile. A

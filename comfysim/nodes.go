@@ -674,6 +674,9 @@ func modelScale(name string) int {
 
 func runUpscaleModelLoader(c *nodeCall) ([]any, *nodeUI, error) {
 	name := argStr(c.in, "model_name")
+	if err := c.loadModel("upscale_models/" + name); err != nil {
+		return nil, nil, err
+	}
 	return []any{&upscaleModel{name: name, scale: modelScale(name)}}, nil, nil
 }
 

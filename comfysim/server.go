@@ -46,6 +46,22 @@ type Options struct {
 	// UpscaleModels lists the files in models/upscale_models; nil means
 	// DefaultUpscaleModels.
 	UpscaleModels []string
+	// Nodes are the node classes it has (what /object_info lists and
+	// validation accepts), like a container with some custom node packs
+	// only; nil means every class it implements. An unknown name fails New.
+	Nodes []string
+	// Models lists the files of model folders (/models/{folder}, and the
+	// loaders' combos): a folder given here replaces its default (empty,
+	// and UpscaleModels for upscale_models).
+	Models map[string][]string
+	// ModelLoadTime is what a loader charges the first time it loads a
+	// model file (ComfyUI's first prompt after a start, or after another
+	// model pushed it out of VRAM). 0: loading is free.
+	ModelLoadTime time.Duration
+	// ModelSlots is how many model files stay loaded at once (least
+	// recently used goes first); 0 means no limit: each model costs
+	// ModelLoadTime once.
+	ModelSlots int
 	// Logger receives structured logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -62,6 +78,7 @@ type Server struct {
 	tempDir       string
 	ownDirs       []string
 	upscaleModels []string
+	models        map[string][]string
 	delay         time.Duration
 	steps         int
 
@@ -76,6 +93,9 @@ type Server struct {
 	hang    chan struct{} // non-nil while SetHang(true); closed by SetHang(false)
 	frozen  chan struct{} // non-nil while SetFrozen(true); closed by SetFrozen(false)
 	closeCh chan struct{} // closed by Close
+
+	loadMu sync.Mutex // guards loaded
+	loaded []string   // model files in memory, least recently used first
 
 	runsMu sync.Mutex     // guards runs
 	runs   map[string]int // prompt id -> successful executions
@@ -105,6 +125,22 @@ func New(opts Options) (*Server, error) {
 	s.upscaleModels = opts.UpscaleModels
 	if s.upscaleModels == nil {
 		s.upscaleModels = DefaultUpscaleModels
+	}
+	s.models = map[string][]string{"upscale_models": s.upscaleModels}
+	for f, files := range opts.Models {
+		s.models[f] = files
+	}
+	s.upscaleModels = s.models["upscale_models"]
+	if opts.Nodes != nil {
+		keep := make(map[string]*nodeDef, len(opts.Nodes))
+		for _, n := range opts.Nodes {
+			d := s.defs[n]
+			if d == nil {
+				return nil, fmt.Errorf("comfysim: unknown node class %q", n)
+			}
+			keep[n] = d
+		}
+		s.defs = keep
 	}
 	for _, d := range []struct {
 		dst   *string

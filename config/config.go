@@ -39,6 +39,7 @@ type Config struct {
 	WebSocket   WebSocket   `yaml:"websocket"`
 	Failover    Failover    `yaml:"failover"`
 	Discovery   Discovery   `yaml:"discovery"`
+	Routing     Routing     `yaml:"routing"`
 	Jobs        Jobs        `yaml:"jobs"`
 	Webhooks    Webhooks    `yaml:"webhooks"`
 	ImageURLs   ImageURLs   `yaml:"image_urls"`
@@ -71,6 +72,36 @@ type Instance struct {
 	// Discover re-resolves the host every Discovery.Interval and treats each
 	// address as an instance (a headless Service, docker compose --scale).
 	Discover bool `yaml:"discover"`
+	// Labels describe the instance ("gpu: a100", "pool: flux"); a request's
+	// X-Comfygate-Pool header or a job workflow's labels send work only to
+	// instances carrying all the labels they name. Discovered instances
+	// carry their entry's labels. Default none.
+	Labels map[string]string `yaml:"labels"`
+	// Weight is the instance's share of work relative to the others (a GPU
+	// twice as fast: 2). Selection compares outstanding work per unit of
+	// weight. Default 1.
+	Weight int `yaml:"weight"`
+	// Warmup is an API-format workflow file (relative to the config file)
+	// run on the instance when it joins or comes back, before it gets
+	// client traffic; while it runs, and when it fails, the instance gets
+	// no work and /health says why. Default "": none.
+	Warmup string `yaml:"warmup"`
+}
+
+// Routing configures catalogue- and model-aware selection.
+type Routing struct {
+	// CatalogueInterval is how often each instance's node classes
+	// (/object_info, compared by hash) and model files (/models) are
+	// re-read; they are also read when an instance joins or comes back.
+	// Default 60s.
+	CatalogueInterval time.Duration `yaml:"catalogue_interval"`
+	// AffinityMargin: a prompt goes to an instance that last ran the same
+	// set of models unless that instance has more than this many prompts
+	// of outstanding work beyond the least busy one that can run it.
+	// -1 turns affinity off. Default 2.
+	AffinityMargin int `yaml:"affinity_margin"`
+	// WarmupTimeout bounds one warm-up run. Default 5m.
+	WarmupTimeout time.Duration `yaml:"warmup_timeout"`
 }
 
 // HealthCheck configures the active GET /system_stats probe.
@@ -230,6 +261,9 @@ type Workflow struct {
 	OutputNode string `yaml:"output_node"`
 	// Overridable lists "node_id.input" keys callers may set through "inputs".
 	Overridable []string `yaml:"overridable"`
+	// Labels the instances running this workflow must carry (see
+	// Instance.Labels). Default none: any instance that can run it.
+	Labels map[string]string `yaml:"labels"`
 	// Parameters are named, typed inputs callers set by name.
 	Parameters []Parameter `yaml:"parameters"`
 }
@@ -276,6 +310,7 @@ func (c *Config) setDefaults() {
 			PingInterval: 20 * time.Second, ReconnectMin: 100 * time.Millisecond, ReconnectMax: 5 * time.Second},
 		Failover:  Failover{MaxResubmits: 2, SuspectGrace: 2 * time.Second, LivenessInterval: 2 * time.Second, LivenessTimeout: 4 * time.Second},
 		Discovery: Discovery{Interval: 30 * time.Second},
+		Routing:   Routing{CatalogueInterval: 60 * time.Second, AffinityMargin: 2, WarmupTimeout: 5 * time.Minute},
 		Jobs: Jobs{Timeout: 5 * time.Minute, MaxConcurrent: 10, MaxWaiting: 1000, MaxImageBytes: 50 << 20,
 			MaxWait: 5 * time.Minute, IdempotencyTTL: 24 * time.Hour, OutputMemoryBytes: 256 << 20,
 			S3: S3{Region: "us-east-1", PresignExpiry: time.Hour}},
@@ -294,6 +329,9 @@ func (c *Config) complete() {
 	for i := range c.Instances {
 		if c.Instances[i].Name == "" {
 			c.Instances[i].Name = c.Instances[i].HostPort()
+		}
+		if c.Instances[i].Weight == 0 {
+			c.Instances[i].Weight = 1
 		}
 	}
 	for name, w := range c.Workflows {

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -38,6 +40,15 @@ func (c *Config) Validate() error {
 			bad(key+".name", strconv.Quote(in.Name), "a name no other instance has")
 		}
 		names[in.Name] = true
+		if in.Weight < 0 || in.Weight > 1000 {
+			bad(key+".weight", in.Weight, "a whole number from 1 to 1000 (0 means 1)")
+		}
+		validLabels(key+".labels", in.Labels, bad)
+		if in.Warmup != "" {
+			if _, err := os.Stat(c.Path(in.Warmup)); err != nil {
+				bad(key+".warmup", strconv.Quote(in.Warmup), "a readable API-format workflow file ("+err.Error()+")")
+			}
+		}
 	}
 	pos := func(key string, d time.Duration) {
 		if d <= 0 {
@@ -79,6 +90,11 @@ func (c *Config) Validate() error {
 		bad("failover.liveness_timeout", c.Failover.LivenessTimeout, "a duration longer than failover.liveness_interval")
 	}
 	pos("discovery.interval", c.Discovery.Interval)
+	pos("routing.catalogue_interval", c.Routing.CatalogueInterval)
+	if c.Routing.AffinityMargin < -1 {
+		bad("routing.affinity_margin", c.Routing.AffinityMargin, "-1 (off) or a whole number of prompts from 0")
+	}
+	pos("routing.warmup_timeout", c.Routing.WarmupTimeout)
 	pos("jobs.timeout", c.Jobs.Timeout)
 	posInt("jobs.max_concurrent", c.Jobs.MaxConcurrent)
 	posInt("jobs.max_waiting", c.Jobs.MaxWaiting)
@@ -171,6 +187,7 @@ func (c *Config) Validate() error {
 				bad(pk+".max", *p.Max, "a value of at least min")
 			}
 		}
+		validLabels(key+".labels", w.Labels, bad)
 		for _, o := range w.Overridable {
 			if n, in, ok := strings.Cut(o, "."); !ok || n == "" || in == "" {
 				bad(key+".overridable", strconv.Quote(o), `"node_id.input_name"`)
@@ -180,6 +197,21 @@ func (c *Config) Validate() error {
 	c.validateSecurity(bad)
 	return errors.Join(errs...)
 }
+
+// validLabels checks label names and values: the characters a header
+// (X-Comfygate-Pool: gpu=a100,pool=flux) can carry unambiguously.
+func validLabels(key string, labels map[string]string, bad func(string, any, string)) {
+	for k, v := range labels {
+		if !labelText.MatchString(k) {
+			bad(key, strconv.Quote(k), "label names of letters, digits, '.', '_', '-' and '/'")
+		}
+		if !labelText.MatchString(v) {
+			bad(key+"."+k, strconv.Quote(v), "label values of letters, digits, '.', '_', '-' and '/'")
+		}
+	}
+}
+
+var labelText = regexp.MustCompile(`^[A-Za-z0-9._/-]{1,63}$`)
 
 func validPort(p string, zeroOK bool) bool {
 	n, err := strconv.Atoi(p)

@@ -65,6 +65,7 @@ type Metrics struct {
 	inflight         *prometheus.GaugeVec
 	queueDepth       *prometheus.GaugeVec
 	socketConnected  *prometheus.GaugeVec
+	draining         *prometheus.GaugeVec
 	reconnects       *prometheus.CounterVec
 	outcomes         *prometheus.CounterVec
 	healthCheck      *prometheus.HistogramVec
@@ -86,6 +87,7 @@ type Metrics struct {
 	jobsInFlight     prometheus.Gauge
 	sec              securityCollectors
 	jobAPI           jobAPICollectors
+	fleet            fleetCollectors
 
 	routes    labelSet
 	workflows labelSet
@@ -134,6 +136,7 @@ func New(version string) *Metrics {
 	m.inflight = gauge("upstream_inflight_prompts", "Prompts comfygate sent to the instance that have not finished.", "upstream")
 	m.queueDepth = gauge("upstream_queue_depth", "Queue length the instance itself reports (queue_remaining).", "upstream")
 	m.socketConnected = gauge("upstream_socket_connected", "Whether comfygate's monitoring WebSocket to the instance is connected (1) or not (0).", "upstream")
+	m.draining = gauge("upstream_draining", "Whether the instance gets no new work because an operator drained it or it is leaving the pool (1) or not (0).", "upstream")
 	m.reconnects = counter("upstream_socket_reconnects_total", "Reconnections of comfygate's monitoring WebSocket to the instance.", "upstream")
 	m.outcomes = counter("upstream_requests_total", "Requests comfygate sent to the instance, by how they were judged for its circuit breaker: success, failure (the instance is to blame), excluded (the client's or comfygate's own doing).", "upstream", "outcome")
 	m.healthCheck = histogram("health_check_duration_seconds", "Duration of active health checks per instance, by result (ok, fail).", LatencyBuckets, "upstream", "result")
@@ -159,7 +162,7 @@ func New(version string) *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		buildInfo,
 		m.upstreamUp, m.upstreamInfo, m.breakerState, m.breakerTrans, m.inflight,
-		m.queueDepth, m.socketConnected, m.reconnects, m.outcomes, m.healthCheck,
+		m.queueDepth, m.socketConnected, m.draining, m.reconnects, m.outcomes, m.healthCheck,
 		m.requests, m.requestDuration,
 		m.promptsSubmitted, m.promptsFinished, m.promptDuration, m.resubmissions,
 		m.wsClients, m.eventsRouted, m.slowDropped, m.backlogReplayed,
@@ -168,6 +171,7 @@ func New(version string) *Metrics {
 	)
 	m.registerSecurity()
 	m.registerJobAPI()
+	m.registerFleet()
 	return m
 }
 
@@ -272,6 +276,15 @@ func (m *Metrics) SetUpstreamSocket(instance string, connected bool) {
 	m.socketConnected.WithLabelValues(instance).Set(b2f(connected))
 }
 
+// SetDraining records whether the instance gets no new work because an
+// operator drained it or it is leaving the pool.
+func (m *Metrics) SetDraining(instance string, draining bool) {
+	if m == nil {
+		return
+	}
+	m.draining.WithLabelValues(instance).Set(b2f(draining))
+}
+
 // IncUpstreamReconnect counts one reconnection of the monitoring WebSocket.
 func (m *Metrics) IncUpstreamReconnect(instance string) {
 	if m == nil {
@@ -313,7 +326,7 @@ func (m *Metrics) RemoveInstance(instance string) {
 		DeletePartialMatch(prometheus.Labels) int
 	}{
 		m.upstreamUp, m.upstreamInfo, m.breakerState, m.breakerTrans, m.inflight,
-		m.queueDepth, m.socketConnected, m.reconnects, m.outcomes, m.healthCheck,
+		m.queueDepth, m.socketConnected, m.draining, m.reconnects, m.outcomes, m.healthCheck,
 		m.requests, m.requestDuration,
 		m.promptsSubmitted, m.promptsFinished, m.promptDuration,
 	} {

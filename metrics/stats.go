@@ -54,6 +54,7 @@ type InstanceStats struct {
 	Up                bool    `json:"up"`
 	Breaker           string  `json:"breaker,omitempty"` // closed, half-open, open
 	SocketConnected   bool    `json:"socketConnected"`
+	Draining          bool    `json:"draining"`
 	InFlight          int64   `json:"inFlight"`
 	QueueDepth        int64   `json:"queueDepth"`
 	PromptsSubmitted  int64   `json:"promptsSubmitted"`
@@ -108,6 +109,9 @@ func (m *Metrics) Stats() Stats {
 	}
 	for _, s := range collect(m.socketConnected) {
 		get(s.l["upstream"]).SocketConnected = s.v == 1
+	}
+	for _, s := range collect(m.draining) {
+		get(s.l["upstream"]).Draining = s.v == 1
 	}
 	for _, s := range collect(m.inflight) {
 		get(s.l["upstream"]).InFlight = int64(s.v)

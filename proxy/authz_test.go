@@ -64,6 +64,8 @@ func routeTable() [][2]string {
 		[2]string{"GET", "/api/workflows"}, [2]string{"GET", "/api/openapi.json"}, [2]string{"GET", "/api/jobs/x/events"},
 		[2]string{"GET", "/api/jobs/x/outputs"}, [2]string{"GET", "/api/jobs/x/outputs/0"},
 		[2]string{"GET", "/metrics"}, [2]string{"GET", "/stats"},
+		[2]string{"POST", "/admin/reload"}, [2]string{"POST", "/admin/instances/i0/drain"},
+		[2]string{"POST", "/admin/instances/i0/undrain"},
 	)
 }
 

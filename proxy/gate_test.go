@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/metrics"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/fasthttp/websocket"
 )
@@ -40,6 +41,12 @@ func startGate(t testing.TB, addrs []string, mod func(*config.Config)) *gate {
 // metrics, jobs).
 func startGateWith(t testing.TB, addrs []string, mod func(*config.Config), opts func(*Options)) *gate {
 	t.Helper()
+	return startGateMetrics(t, addrs, mod, nil, opts)
+}
+
+// startGateMetrics is startGateWith with the pool and server reporting to m.
+func startGateMetrics(t testing.TB, addrs []string, mod func(*config.Config), m *metrics.Metrics, opts func(*Options)) *gate {
+	t.Helper()
 	cfg := config.Default()
 	cfg.Instances = nil
 	for i, a := range addrs {
@@ -59,7 +66,7 @@ func startGateWith(t testing.TB, addrs []string, mod func(*config.Config), opts 
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	pool, err := upstream.New(cfg, nil, nil)
+	pool, err := upstream.New(cfg, m, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +75,7 @@ func startGateWith(t testing.TB, addrs []string, mod func(*config.Config), opts 
 		cancel()
 		t.Fatal(err)
 	}
-	o := Options{Config: cfg, Pool: pool, Version: "test"}
+	o := Options{Config: cfg, Pool: pool, Version: "test", Metrics: m}
 	if opts != nil {
 		opts(&o)
 	}

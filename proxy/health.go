@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"time"
 
+	"github.com/comfygate/comfygate/catalogue"
+
 	"github.com/valyala/fasthttp"
 )
 
@@ -20,6 +22,14 @@ type healthInstance struct {
 	QueueDepth int64   `json:"queue_depth"`
 	Version    string  `json:"version,omitempty"`
 	Draining   bool    `json:"draining,omitempty"`
+	// Drained: draining and nothing left to finish (safe to stop).
+	Drained  bool              `json:"drained,omitempty"`
+	Removing bool              `json:"removing,omitempty"`
+	Labels   map[string]string `json:"labels,omitempty"`
+	Weight   int               `json:"weight,omitempty"`
+	// Warmup: "pending", "running", "ok" or "failed: <why>" (omitted without one).
+	Warmup    string            `json:"warmup,omitempty"`
+	Catalogue *catalogue.Status `json:"catalogue,omitempty"`
 }
 
 // healthBody is the /health answer.
@@ -55,6 +65,15 @@ func (s *Server) serveHealth(ctx *fasthttp.RequestCtx) {
 			QueueDepth: st.QueueDepth,
 			Version:    st.Version,
 			Draining:   st.Draining,
+			Drained:    st.Drained,
+			Removing:   st.Removing,
+			Labels:     st.Labels,
+			Weight:     st.Weight,
+			Warmup:     st.Warmup,
+		}
+		if s.cat != nil {
+			cs := s.cat.Status(inst)
+			hi.Catalogue = &cs
 		}
 		if !st.LastCheck.IsZero() {
 			lc := st.LastCheck.UTC().Format(time.RFC3339)

@@ -130,6 +130,16 @@ func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 	// ("@<instance>/x.png [output]"): run where they are, or have them
 	// copied (outputref.go).
 	files, prefer := promptFiles(s.pool.Instances(), fields["prompt"])
+	// Only instances that can run it (catalogue) and carry the labels it
+	// asks for (X-Comfygate-Pool); among them, one that ran the same
+	// models last (affinity), unless its files decide.
+	pl, ok := s.place(ctx, fields["prompt"])
+	if !ok {
+		return
+	}
+	if prefer == nil {
+		prefer = pl.prefer
+	}
 	header := map[string]string{"Content-Type": "application/json"}
 	for _, h := range []string{"Comfy-User", "Comfy-Usage-Source"} {
 		if v := ctx.Request.Header.Peek(h); v != nil {
@@ -144,6 +154,7 @@ func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 		Header:   header,
 		Prefer:   prefer,
 		Files:    files,
+		Eligible: pl.eligible,
 	})
 	if res.Instance != nil {
 		setInstance(ctx, res.Instance)
@@ -153,6 +164,9 @@ func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	body = res.Body
+	if res.Prompt != nil && s.cat != nil {
+		s.cat.Ran(res.Instance, pl.modelKey)
+	}
 	if res.Prompt != nil {
 		body = setAnswerNumber(body, res.Prompt)
 	}

@@ -9,7 +9,8 @@ package proxy
 // are unescaped only for looking them up.
 //
 // Where a request goes:
-//   - comfygate's own: /health, /metrics, /stats (root only, never forwarded);
+//   - comfygate's own: /health, /metrics, /stats (root only, never forwarded),
+//     and the admin routes under /admin/ (fleet.go);
 //   - the job facade's routes (JobRoutes.ServeJobs) before anything else under /api/;
 //   - POST /prompt: the pool (upstream.Pool.Submit) picks the instance;
 //   - routes naming a prompt (/history/{id}, /interrupt {prompt_id}, /queue
@@ -20,8 +21,11 @@ package proxy
 //   - fleet-wide actions (POST /free, /interrupt without id, /queue and
 //     /history clear): every instance;
 //   - /view: the instance holding that file; uploads: see files.go;
-//   - instance-neutral catalogue GETs (/object_info, /system_stats,
-//     /embeddings, /models, /features, /experiment/models, /view_metadata,
+//   - /object_info and /models (with their per-class and per-folder
+//     forms): the fleet's catalogue, the union of every instance's
+//     (catalogue package), once it is read;
+//   - the other instance-neutral catalogue GETs (/system_stats,
+//     /embeddings, /features, /experiment/models, /view_metadata,
 //     /i18n, /workflow_templates): any available instance, least busy first
 //     (Pool.Select), another one if the first cannot be reached;
 //   - everything else goes to the "home" instance, the first available one
@@ -118,6 +122,11 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 	case "/stats":
 		s.serveStats(ctx)
 		return routeStats
+	}
+	if bytes.HasPrefix(raw, adminPrefix) {
+		// Every admin route enters here and only here (fleet.go), which
+		// requires the admin key when keys are on.
+		return s.serveAdmin(ctx, raw)
 	}
 	if !originAllowed(&ctx.Request.Header) {
 		// ComfyUI's own answer to a refused origin: 403, empty body.
@@ -231,7 +240,9 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 	}
 	if get {
 		if tmpl, ok := neutralRoute(p); ok {
-			s.forwardPicked(ctx, s.pool.Select, nil)
+			if !s.serveUnion(ctx, p) {
+				s.forwardPicked(ctx, s.pool.Select, nil)
+			}
 			return tmpl
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/comfygate/comfygate/catalogue"
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/limits"
 	"github.com/comfygate/comfygate/metrics"
@@ -26,6 +27,12 @@ type Options struct {
 	Metrics *metrics.Metrics // may be nil
 	Logger  *slog.Logger
 	Version string
+	// Catalogue, when not nil, routes each prompt to an instance that has
+	// its node classes and models and answers /object_info and /models for
+	// the fleet; nil: every instance is taken to run everything.
+	Catalogue *catalogue.Store
+	// Reload serves POST /admin/reload; nil: 501.
+	Reload Reloader
 }
 
 // Server is comfygate's HTTP front: ComfyUI's API over the instance pool,
@@ -38,6 +45,9 @@ type Server struct {
 	log     *slog.Logger
 	version string
 	started time.Time
+
+	cat    *catalogue.Store
+	reload Reloader
 
 	hub *Hub
 	sec security // API keys, owners, rate limits (authz.go)
@@ -76,6 +86,8 @@ func New(o Options) (*Server, error) {
 		log:     log,
 		version: o.Version,
 		started: time.Now(),
+		cat:     o.Catalogue,
+		reload:  o.Reload,
 	}
 	if s.cfg.Timeout <= 0 {
 		cfg := *s.cfg

@@ -82,8 +82,10 @@ type Prompt struct {
 	// Where it prefers to run, and the graph before per-instance values
 	// (SubmitRequest.Prefer, Files); graph is nil without files.
 	prefer *Instance
-	files  map[string]InstanceFile
-	graph  json.RawMessage
+	// eligible is SubmitRequest.Eligible: where it may run, failover included.
+	eligible func(*Instance) bool
+	files    map[string]InstanceFile
+	graph    json.RawMessage
 
 	// Fleet queue number (see Number).
 	front     bool  // the client asked for the front of the queue
@@ -181,6 +183,11 @@ type SubmitRequest struct {
 	// first, into a folder of copies (see Pool.EnsureInputs), and the
 	// value names the copy. Values not in Files go as they are.
 	Files map[string]InstanceFile
+	// Eligible, when not nil, limits the instances the prompt may run on,
+	// on submission and on every failover: those whose catalogue has its
+	// nodes and models and that carry the labels it asks for. Prefer is
+	// used only when Eligible accepts it.
+	Eligible func(*Instance) bool
 }
 
 // InstanceFile is a file of one instance that a prompt's input names.

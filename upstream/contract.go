@@ -46,6 +46,8 @@ type Instance struct {
 	pool       *Pool        // back-pointer for metrics and drain removal
 	successes  atomic.Int32 // consecutive passed health checks
 	confirming atomic.Bool  // a confirmSuspect check is running
+
+	fleet fleetState // operator drain, labels, weight, warm-up (fleet.go)
 }
 
 // InstanceStatus is a snapshot for /health and /stats.
@@ -58,13 +60,26 @@ type InstanceStatus struct {
 	QueueDepth int64
 	Version    string
 	LastCheck  time.Time
-	Draining   bool
+	// Draining: it gets no new work, because an operator drained it or
+	// because it is leaving the pool (Removing).
+	Draining bool
+	// Removing: discovery or a reload removed it; it leaves the pool once
+	// its prompts are done.
+	Removing bool
+	// Drained: draining and nothing of it left to finish (no prompt
+	// comfygate sent, empty queue): it can be stopped.
+	Drained bool
+	Labels  map[string]string
+	Weight  int
+	// Warmup is "" (none configured), "running", "ok" or "failed: <why>".
+	Warmup string
 }
 
 // Available reports whether selection may choose it: healthy, not
-// draining, breaker not open.
+// draining (removed, or drained by an operator), warm, breaker not open.
 func (i *Instance) Available() bool {
-	return i.healthy.Load() && !i.draining.Load() && (i.breaker == nil || i.breaker.Ready())
+	return i.healthy.Load() && !i.draining.Load() && !i.fleet.held.Load() && !i.fleet.cold.Load() &&
+		(i.breaker == nil || i.breaker.Ready())
 }
 
 // Healthy reports the health-check verdict.
@@ -113,6 +128,9 @@ type Pool struct {
 
 	availMu sync.Mutex    // guards availCh
 	availCh chan struct{} // closed (and dropped) when availability changes; nil when nobody waits
+
+	reconfState // Reconfigure (fleet.go)
+	warmups     warmups
 
 	runMu   sync.Mutex // guards started, closed, ctx, cancel, and wg.Add
 	started bool

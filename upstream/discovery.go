@@ -40,6 +40,7 @@ func (p *Pool) discoverOnce(ctx context.Context) {
 		}()
 	}
 	for _, inst := range removed {
+		p.m.SetDraining(inst.Name, true)
 		p.log.Info("upstream: instance draining", "instance", inst.Name, "addr", inst.Addr,
 			"reason", "address no longer resolves", "inflight", inst.inflight.Load())
 		p.prompts.instanceRemoved(inst)
@@ -71,8 +72,14 @@ func (p *Pool) resolveAll(ctx context.Context) (added, removed []*Instance) {
 	if timeout <= 0 {
 		timeout = 5 * time.Second
 	}
-	for _, e := range p.entries {
-		if !e.cfg.Discover {
+	p.mu.RLock()
+	entries := slices.Clone(p.entries)
+	p.mu.RUnlock()
+	for _, e := range entries {
+		p.mu.RLock()
+		skip, name := !e.cfg.Discover || e.leaving, e.cfg.Name
+		p.mu.RUnlock()
+		if skip {
 			continue
 		}
 		lctx, cancel := context.WithTimeout(ctx, timeout)
@@ -85,13 +92,13 @@ func (p *Pool) resolveAll(ctx context.Context) (added, removed []*Instance) {
 			if msg := err.Error(); msg != e.lastErr {
 				e.lastErr = msg
 				p.log.Warn("upstream: discovery lookup failed; keeping current instances",
-					"instance", e.cfg.Name, "host", e.host, "error", err)
+					"instance", name, "host", e.host, "error", err)
 			}
 			continue
 		}
 		if e.lastErr != "" {
 			e.lastErr = ""
-			p.log.Info("upstream: discovery lookup works again", "instance", e.cfg.Name, "host", e.host)
+			p.log.Info("upstream: discovery lookup works again", "instance", name, "host", e.host)
 		}
 		a, r := p.applyAddrs(e, addrs)
 		added = append(added, a...)
@@ -122,6 +129,8 @@ func (p *Pool) applyAddrs(e *entry, addrs []string) (added, removed []*Instance)
 		addr := net.JoinHostPort(ip, e.port)
 		if _, ok := have[addr]; !ok {
 			inst := p.addInstance(e.cfg.Name+"/"+ip, addr, e.cfg.TLS())
+			inst.applyConfig(e.cfg)
+			p.prepareWarmup(inst, e.cfg)
 			e.insts = append(e.insts, inst)
 			added = append(added, inst)
 		}

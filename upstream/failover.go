@@ -90,7 +90,7 @@ func (t *promptTable) failover(ctx context.Context, pr *Prompt, from *Instance, 
 	for {
 		watch := t.p.availWatch()
 		retry := deadline // a probe of from that got no answer is retried sooner
-		inst, err := t.pick(pr.prefer, tried)
+		inst, err := t.pick(pr, tried)
 		if err != nil && from.Available() && !slices.Contains(tried[1:], from) {
 			if !allowSame && uid != "" && !left {
 				// from is back: it may still have the prompt.

@@ -63,6 +63,7 @@ func (p *Pool) check(ctx context.Context, inst *Instance, timeout time.Duration,
 		if first || forceUp || n >= p.cfg.HealthCheck.HealthyThreshold {
 			p.setHealth(inst, true, "health check passed", nil)
 		}
+		p.maybeWarm(inst)
 		return true, true
 	}
 	inst.successes.Store(0)
@@ -87,6 +88,9 @@ func (p *Pool) setHealth(inst *Instance, up bool, why string, err error) bool {
 	p.availabilityChanged()
 	p.m.SetInstanceUp(inst.Name, up)
 	if up {
+		if inst.fleet.upSince.Add(1) > 1 {
+			p.coldAgain(inst) // it may have restarted: warm it again
+		}
 		p.log.Info("upstream: instance healthy", "instance", inst.Name, "addr", inst.Addr,
 			"reason", why, "version", inst.Version())
 		return true

@@ -46,8 +46,13 @@ func (i *Instance) Status() InstanceStatus {
 		Inflight:   i.inflight.Load(),
 		QueueDepth: i.queueDepth.Load(),
 		Version:    i.Version(),
-		Draining:   i.draining.Load(),
+		Draining:   i.draining.Load() || i.fleet.held.Load(),
+		Removing:   i.draining.Load(),
+		Labels:     i.Labels(),
+		Weight:     i.Weight(),
+		Warmup:     i.WarmupState(),
 	}
+	st.Drained = st.Draining && st.Inflight <= 0 && st.QueueDepth <= 0
 	if i.breaker != nil {
 		st.Breaker = i.breaker.State().String()
 	}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"runtime/debug"
+	"slices"
 	"time"
 
 	"github.com/comfygate/comfygate/internal/ids"
@@ -28,6 +29,9 @@ type entry struct {
 	// failing name is logged once per change, not once per interval.
 	// Touched only by the discovery goroutine.
 	lastErr string
+	// leaving: Reconfigure removed the entry; its instances drain and it
+	// goes once they are gone. Guarded by Pool.mu.
+	leaving bool
 }
 
 // New builds the pool from the configuration; nothing runs until Start.
@@ -59,7 +63,10 @@ func New(cfg *config.Config, m *metrics.Metrics, log *slog.Logger) (*Pool, error
 			}
 			e.host, e.port = host, port
 		} else {
-			e.insts = []*Instance{p.addInstance(e.cfg.Name, e.cfg.HostPort(), ci.TLS())}
+			inst := p.addInstance(e.cfg.Name, e.cfg.HostPort(), ci.TLS())
+			inst.applyConfig(e.cfg)
+			p.prepareWarmup(inst, e.cfg)
+			e.insts = []*Instance{inst}
 		}
 		p.entries = append(p.entries, e)
 	}
@@ -79,6 +86,7 @@ func (p *Pool) addInstance(name, addr string, tls bool) *Instance {
 	p.m.SetInflight(name, 0)
 	p.m.SetQueueDepth(name, 0)
 	p.m.SetUpstreamSocket(name, false)
+	p.m.SetDraining(name, false)
 	return inst
 }
 
@@ -125,7 +133,7 @@ func (p *Pool) Start(ctx context.Context) error {
 	p.awaitSockets(ctx, p.cfg.HealthCheck.Timeout)
 	p.goLoop(ctx, "health check", p.cfg.HealthCheck.Interval, p.checkAll)
 	if hasDiscovery {
-		p.goLoop(ctx, "discovery", p.cfg.Discovery.Interval, p.discoverOnce)
+		p.startDiscovery()
 	}
 	return nil
 }
@@ -229,16 +237,22 @@ func (p *Pool) safely(what string, f func()) {
 	f()
 }
 
-// instanceByName returns the current instance with that name, or nil.
+// instanceByName returns the current instance with that name, or nil. An
+// instance whose address a reload changed shares its name with the one
+// leaving: the new one is returned.
 func (p *Pool) instanceByName(name string) *Instance {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
+	var leaving *Instance
 	for _, inst := range p.instances {
 		if inst.Name == name {
-			return inst
+			if !inst.draining.Load() {
+				return inst
+			}
+			leaving = inst
 		}
 	}
-	return nil
+	return leaving
 }
 
 // removeIfDrained drops a draining instance with no prompts left from the pool.
@@ -246,7 +260,7 @@ func (p *Pool) removeIfDrained(inst *Instance) {
 	if !inst.draining.Load() || inst.inflight.Load() > 0 {
 		return
 	}
-	removed := false
+	removed, shared := false, false
 	p.mu.Lock()
 	for _, e := range p.entries {
 		for k, x := range e.insts {
@@ -258,11 +272,18 @@ func (p *Pool) removeIfDrained(inst *Instance) {
 		}
 	}
 	if removed {
+		// A removed entry goes with its last instance.
+		p.entries = slices.DeleteFunc(p.entries, func(e *entry) bool { return e.leaving && len(e.insts) == 0 })
 		p.rebuildLocked()
+		for _, x := range p.instances {
+			shared = shared || x.Name == inst.Name
+		}
 	}
 	p.mu.Unlock()
 	if removed {
-		p.m.RemoveInstance(inst.Name)
+		if !shared { // its name's series now belong to its successor
+			p.m.RemoveInstance(inst.Name)
+		}
 		p.log.Info("upstream: instance removed", "instance", inst.Name, "addr", inst.Addr)
 		inst.client.CloseIdleConnections()
 	}

@@ -16,20 +16,27 @@ func (p *Pool) Healthy() []*Instance {
 }
 
 // Select picks the instance for new work: Available, least outstanding
-// work (in-flight + reported queue), round-robin among ties, skipping
-// exclude. ErrNoUpstream when none.
+// work per unit of weight, round-robin among ties, skipping exclude.
+// ErrNoUpstream when none.
 //
 // An instance whose socket just dropped (suspect, not yet confirmed dead)
 // is chosen only when no other instance is available. A half-open breaker
 // counts as available: the caller's Allow lets its one probe through, and
 // when Allow refuses the caller selects again excluding it.
 func (p *Pool) Select(exclude ...*Instance) (*Instance, error) {
+	return p.SelectFor(nil, exclude...)
+}
+
+// SelectFor is Select among the instances ok accepts (nil: all): the
+// instances that can run a prompt (catalogue) or carry the labels it
+// asks for.
+func (p *Pool) SelectFor(ok func(*Instance) bool, exclude ...*Instance) (*Instance, error) {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
-	if inst := p.pickLocked(exclude, false); inst != nil {
+	if inst := p.pickLocked(ok, exclude, false); inst != nil {
 		return inst, nil
 	}
-	if inst := p.pickLocked(exclude, true); inst != nil {
+	if inst := p.pickLocked(ok, exclude, true); inst != nil {
 		return inst, nil
 	}
 	return nil, ErrNoUpstream
@@ -37,24 +44,35 @@ func (p *Pool) Select(exclude ...*Instance) (*Instance, error) {
 
 // pickLocked returns the least-loaded candidate, rotating among equals, or
 // nil. It does not allocate. p.mu must be held.
-func (p *Pool) pickLocked(exclude []*Instance, suspects bool) *Instance {
+//
+// Load is (work+1)/weight, the instance's outstanding work with the new
+// prompt counted, per unit of weight: with equal weights the least work
+// wins, and an idle instance of weight 2 is preferred over an idle one of
+// weight 1, which gets its turn once the first holds 1 prompt. Compared by
+// cross-multiplying, so no division and no float.
+func (p *Pool) pickLocked(ok func(*Instance) bool, exclude []*Instance, suspects bool) *Instance {
 	candidate := func(inst *Instance) bool {
-		return inst.Available() && inst.suspect.Load() == suspects && !slices.Contains(exclude, inst)
+		return inst.Available() && inst.suspect.Load() == suspects && !slices.Contains(exclude, inst) &&
+			(ok == nil || ok(inst))
 	}
-	best, ties := int64(-1), 0
+	var best *Instance
+	ties := 0
 	for _, inst := range p.instances {
 		if !candidate(inst) {
 			continue
 		}
-		switch w := inst.work(); {
-		case best < 0 || w < best:
-			best, ties = w, 1
-		case w == best:
+		switch c := compareLoad(inst, best); {
+		case best == nil || c < 0:
+			best, ties = inst, 1
+		case c == 0:
 			ties++
 		}
 	}
 	if ties == 0 {
 		return nil
+	}
+	if ties == 1 {
+		return best
 	}
 	// Rotate by position: the first least-loaded candidate at or
 	// after the cursor, in config order; the cursor moves past it.
@@ -63,22 +81,35 @@ func (p *Pool) pickLocked(exclude []*Instance, suspects bool) *Instance {
 	for k := range n {
 		i := (start + k) % n
 		inst := p.instances[i]
-		if candidate(inst) && inst.work() == best {
+		if candidate(inst) && compareLoad(inst, best) == 0 {
 			p.rr.Store(uint64(i + 1))
 			return inst
 		}
 	}
 	// The work changed between the two passes; any candidate will do.
-	for _, inst := range p.instances {
-		if candidate(inst) {
-			return inst
-		}
-	}
-	return nil
+	return best
 }
 
-// work is the instance's outstanding work: prompts comfygate sent and did
+// compareLoad orders a and b by (work+1)/weight; b == nil sorts last.
+func compareLoad(a, b *Instance) int {
+	if b == nil {
+		return -1
+	}
+	la := (a.work() + 1) * int64(b.Weight())
+	lb := (b.work() + 1) * int64(a.Weight())
+	switch {
+	case la < lb:
+		return -1
+	case la > lb:
+		return 1
+	}
+	return 0
+}
+
+// Work is the instance's outstanding work: prompts comfygate sent and did
 // not see finish, plus the queue the instance last reported.
+func (i *Instance) Work() int64 { return i.work() }
+
 func (i *Instance) work() int64 {
 	return max(i.inflight.Load(), 0) + max(i.queueDepth.Load(), 0)
 }

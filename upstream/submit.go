@@ -58,7 +58,7 @@ func (t *promptTable) submit(ctx context.Context, req SubmitRequest) (SubmitResu
 	} else {
 		pr.front = truthy(req.Body["front"])
 	}
-	pr.prefer = req.Prefer
+	pr.prefer, pr.eligible = req.Prefer, req.Eligible
 	if len(req.Files) > 0 {
 		pr.files, pr.graph = req.Files, req.Body["prompt"]
 	}
@@ -67,7 +67,7 @@ func (t *promptTable) submit(ctx context.Context, req SubmitRequest) (SubmitResu
 	for {
 		// Before each try: a refused try forgot pr, freeing its id.
 		t.reserve(pr)
-		inst, err := t.pick(pr.prefer, tried)
+		inst, err := t.pick(pr, tried)
 		if err != nil {
 			t.forget(pr)
 			if lastErr != nil {
@@ -109,13 +109,16 @@ func (t *promptTable) reserve(pr *Prompt) {
 	}
 }
 
-// pick returns the instance for pr's next try: prefer when it is
-// Available, its socket up and not tried yet, else Select's choice.
-func (t *promptTable) pick(prefer *Instance, tried []*Instance) (*Instance, error) {
-	if prefer != nil && prefer.Available() && !prefer.suspect.Load() && !slices.Contains(tried, prefer) {
+// pick returns the instance for pr's next try: pr.prefer when it is
+// Available, eligible, its socket up and not tried yet, else Select's
+// choice among the instances pr may run on.
+func (t *promptTable) pick(pr *Prompt, tried []*Instance) (*Instance, error) {
+	prefer, ok := pr.prefer, pr.eligible
+	if prefer != nil && prefer.Available() && !prefer.suspect.Load() && !slices.Contains(tried, prefer) &&
+		(ok == nil || ok(prefer)) {
 		return prefer, nil
 	}
-	return t.p.Select(tried...)
+	return t.p.SelectFor(ok, tried...)
 }
 
 // bodyFor returns base made ready for inst: the files its prompt loads

@@ -1,0 +1,198 @@
+package catalogue
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/comfygate/comfygate/comfysim"
+	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/jsonobj"
+	"github.com/comfygate/comfygate/internal/testkit"
+	"github.com/comfygate/comfygate/upstream"
+)
+
+func TestPromptNeeds(t *testing.T) {
+	t.Parallel()
+	graph := `{
+		"10": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15\\v1-5.safetensors"}},
+		"2": {"class_type": "LoraLoader", "inputs": {"lora_name": "detail.safetensors", "model": ["10", 0], "clip": ["10", 1], "strength_model": 1}},
+		"3": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "seed": 5}},
+		"4": {"class_type": "LoraLoader", "inputs": {"lora_name": ["99", 0]}},
+		"5": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15/v1-5.safetensors"}}
+	}`
+	n := PromptNeeds(json.RawMessage(graph))
+	var classes []string
+	for _, nd := range n.Nodes {
+		classes = append(classes, nd.NodeID+":"+nd.Class)
+	}
+	if want := []string{"2:LoraLoader", "3:KSampler", "5:CheckpointLoaderSimple"}; !slices.Equal(classes, want) {
+		t.Errorf("nodes = %v, want %v (first node of each class, ids in numeric order)", classes, want)
+	}
+	var models []string
+	for _, m := range n.Models {
+		models = append(models, m.NodeID+":"+m.Input+"="+m.Value)
+	}
+	if want := []string{"2:lora_name=detail.safetensors", "5:ckpt_name=sd15/v1-5.safetensors", "10:ckpt_name=sd15\\v1-5.safetensors"}; !slices.Equal(models, want) {
+		t.Errorf("models = %v, want %v (links are not names)", models, want)
+	}
+	if want := "checkpoints/sd15/v1-5.safetensors\nloras/detail.safetensors"; n.ModelKey != want {
+		t.Errorf("model key = %q, want %q (sorted, unique, separators normalized)", n.ModelKey, want)
+	}
+	for _, bad := range []string{``, `[]`, `{"1": 5}`, `not json`} {
+		if n := PromptNeeds(json.RawMessage(bad)); !n.Empty() {
+			t.Errorf("PromptNeeds(%q) = %+v, want nothing", bad, n)
+		}
+	}
+}
+
+func TestMergeCombo(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		desc, spec string
+		more       [][]string
+		want       string
+	}{
+		{"classic form", `[["a", "b"], {"tooltip": "x"}]`, [][]string{{"b", "c"}, {"d"}}, `[["a","b","c","d"], {"tooltip": "x"}]`},
+		{"V3 form", `["COMBO", {"options": ["a"], "default": "a"}]`, [][]string{{"z", "a"}}, `["COMBO", {"options": ["a","z"], "default": "a"}]`},
+		{"nothing new", `[["a"]]`, [][]string{{"a"}}, ""},
+		{"not a combo", `["INT", {"default": 1}]`, [][]string{{"a"}}, ""},
+	} {
+		got, ok := mergeCombo(json.RawMessage(tc.spec), tc.more)
+		if tc.want == "" {
+			if ok {
+				t.Errorf("%s: merged to %s, want unchanged", tc.desc, got)
+			}
+			continue
+		}
+		if !ok || strings.ReplaceAll(string(got), " ", "") != strings.ReplaceAll(tc.want, " ", "") {
+			t.Errorf("%s: %s, %v; want %s", tc.desc, got, ok, tc.want)
+		}
+	}
+}
+
+// fakeFleet is a pool of instances (nothing started) and a store whose
+// catalogues the test sets.
+func fakeFleet(t *testing.T, n int) (*Store, []*upstream.Instance) {
+	t.Helper()
+	cfg := config.Default()
+	cfg.Instances = nil
+	for k := range n {
+		cfg.Instances = append(cfg.Instances, config.Instance{Name: string(rune('a' + k)), Address: "127.0.0.1:1"})
+	}
+	p, err := upstream.New(cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return New(p, 0, nil), p.Instances()
+}
+
+func setCat(s *Store, inst *upstream.Instance, nodes []string, models map[string][]string) {
+	c := &Catalogue{nodes: map[string]bool{}}
+	for _, n := range nodes {
+		c.nodes[n] = true
+		c.classes = append(c.classes, jsonobj.Member{Key: n, Val: json.RawMessage(`{"name": "` + n + `"}`)})
+	}
+	if models != nil {
+		c.models, c.files = map[string]map[string]bool{}, models
+		for f, files := range models {
+			c.folders = append(c.folders, f)
+			c.models[f] = map[string]bool{}
+			for _, x := range files {
+				c.models[f][normalize(x)] = true
+			}
+		}
+	}
+	s.mu.Lock()
+	s.byInst[inst] = &entry{cat: c}
+	s.mu.Unlock()
+	s.version.Add(1)
+}
+
+func TestDecide(t *testing.T) {
+	t.Parallel()
+	s, in := fakeFleet(t, 3)
+	setCat(s, in[0], []string{"Loader", "Save"}, map[string][]string{"checkpoints": {"flux.safetensors"}})
+	setCat(s, in[1], []string{"Loader", "Save", "Rembg"}, map[string][]string{"checkpoints": {"sd15\\a.safetensors"}})
+	// in[2] not read yet.
+	needs := func(g string) Needs { return PromptNeeds(json.RawMessage(g)) }
+	accepted := func(v Verdict) []string {
+		var out []string
+		for _, i := range in {
+			if v.Eligible == nil || v.Eligible(i) {
+				out = append(out, i.Name)
+			}
+		}
+		return out
+	}
+	flux := needs(`{"1": {"class_type": "Loader", "inputs": {"ckpt_name": "flux.safetensors"}}}`)
+	if v := s.Decide(flux, nil); !v.Runnable || !slices.Equal(accepted(v), []string{"a"}) {
+		t.Errorf("flux: %+v accepts %v, want a only (c is not read yet)", v, accepted(v))
+	}
+	sd := needs(`{"1": {"class_type": "Loader", "inputs": {"ckpt_name": "sd15/a.safetensors"}}, "2": {"class_type": "Rembg", "inputs": {}}}`)
+	if v := s.Decide(sd, nil); !v.Runnable || !slices.Equal(accepted(v), []string{"b"}) {
+		t.Errorf("sd15 + Rembg: accepts %v, want b (path separators compared normalized)", accepted(v))
+	}
+	none := needs(`{"1": {"class_type": "Loader", "inputs": {"ckpt_name": "flux.safetensors"}}, "2": {"class_type": "Rembg", "inputs": {}}}`)
+	v := s.Decide(none, nil)
+	if !slices.Equal(accepted(v), []string{"c"}) {
+		t.Errorf("nothing known can run it: accepts %v, want the unknown c", accepted(v))
+	}
+	setCat(s, in[2], []string{"Save"}, nil)
+	v = s.Decide(none, nil)
+	if v.Runnable || len(v.Missing) != 3 || len(v.Nowhere) != 0 {
+		t.Errorf("none can: %+v", v)
+	}
+	if got := strings.Join(v.Missing[0].Lacks, ";"); !strings.Contains(got, `node class "Rembg" (node #2)`) {
+		t.Errorf("a lacks %q", got)
+	}
+	if got := strings.Join(v.Missing[1].Lacks, ";"); !strings.Contains(got, "model checkpoints/flux.safetensors (node #1 ckpt_name)") {
+		t.Errorf("b lacks %q", got)
+	}
+	// c lists no models: only its node classes are judged.
+	if got := strings.Join(v.Missing[2].Lacks, ";"); strings.Contains(got, "model") {
+		t.Errorf("c (no /models) lacks %q", got)
+	}
+	v = s.Decide(needs(`{"1": {"class_type": "Nope", "inputs": {}}}`), nil)
+	if v.Runnable || len(v.Nowhere) != 1 {
+		t.Errorf("unknown class: %+v", v)
+	}
+	// Among labelled instances only.
+	onlyA := func(i *upstream.Instance) bool { return i.Name == "a" }
+	if v := s.Decide(sd, onlyA); v.Runnable {
+		t.Errorf("sd15 among a only: runnable")
+	}
+}
+
+// TestRefreshSkipsAnUnchangedBody: reading an instance again whose
+// /object_info is the same keeps the parsed catalogue.
+func TestRefreshSkipsAnUnchangedBody(t *testing.T) {
+	t.Parallel()
+	sim := testkit.Sim(t, comfysim.Options{Models: map[string][]string{"checkpoints": {"x.safetensors"}}})
+	cfg := testkit.Config(t, "i", []string{sim.Addr()}, nil)
+	p, err := upstream.New(cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(p, 0, nil)
+	inst := p.Instances()[0]
+	ctx := context.Background()
+	if err := s.Refresh(ctx, inst); err != nil {
+		t.Fatal(err)
+	}
+	first := s.byInst[inst].cat
+	if !first.nodes["SaveImage"] || !first.models["checkpoints"]["x.safetensors"] {
+		t.Fatalf("catalogue lacks SaveImage or the checkpoint")
+	}
+	if err := s.Refresh(ctx, inst); err != nil {
+		t.Fatal(err)
+	}
+	if s.byInst[inst].cat != first {
+		t.Fatal("an unchanged instance was parsed again")
+	}
+	if st := s.Status(inst); !st.Known || st.NodeClasses == 0 || st.ModelFiles < 1 {
+		t.Fatalf("status = %+v", st)
+	}
+}

@@ -1,0 +1,315 @@
+package upstream
+
+// What an operator changes on the fleet while it runs: draining an
+// instance and bringing it back, its labels and weight, warm-up state, and
+// a new configuration's instance list (Reconfigure).
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/comfygate/comfygate/config"
+)
+
+// ErrUnknownInstance: no instance has that name.
+var ErrUnknownInstance = errors.New("no instance of that name")
+
+// fleetState is the part of an Instance that operators set.
+type fleetState struct {
+	held   atomic.Bool // drained by an operator (Pool.Drain): no new work
+	weight atomic.Int32
+	labels atomic.Pointer[map[string]string]
+	// cold: a warm-up must pass before it takes work (warmup.go).
+	cold   atomic.Bool
+	warmup atomic.Pointer[string] // "" none, "running", "ok", "failed: ..."
+	// upSince counts the instance's comebacks: it changes each time the
+	// instance turns healthy, so a cache of its state (the catalogue) knows
+	// to read it again.
+	upSince atomic.Uint64
+}
+
+// Labels returns the instance's labels (a copy; nil for none).
+func (i *Instance) Labels() map[string]string {
+	if l := i.fleet.labels.Load(); l != nil {
+		return maps.Clone(*l)
+	}
+	return nil
+}
+
+// HasLabels reports whether the instance carries every label of want.
+func (i *Instance) HasLabels(want map[string]string) bool {
+	if len(want) == 0 {
+		return true
+	}
+	l := i.fleet.labels.Load()
+	if l == nil {
+		return false
+	}
+	for k, v := range want {
+		if (*l)[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// Weight is the instance's configured share of work (at least 1).
+func (i *Instance) Weight() int {
+	if w := i.fleet.weight.Load(); w > 0 {
+		return int(w)
+	}
+	return 1
+}
+
+// Comebacks changes each time the instance turns healthy (it counts them).
+func (i *Instance) Comebacks() uint64 { return i.fleet.upSince.Load() }
+
+// Leaving reports whether the instance is leaving the pool (discovery or
+// a reload removed it): it finishes its prompts and goes.
+func (i *Instance) Leaving() bool { return i.draining.Load() }
+
+// Held reports whether an operator drained the instance.
+func (i *Instance) Held() bool { return i.fleet.held.Load() }
+
+// applyConfig sets what the configuration says about the instance.
+func (i *Instance) applyConfig(ci config.Instance) {
+	w := ci.Weight
+	if w <= 0 {
+		w = 1
+	}
+	i.fleet.weight.Store(int32(w))
+	var l map[string]string
+	if len(ci.Labels) > 0 {
+		l = maps.Clone(ci.Labels)
+	}
+	i.fleet.labels.Store(&l)
+}
+
+// Drain stops new work to the named instance: it finishes what it has
+// (prompts already sent, its queue) and gets nothing new until Undrain.
+// Prompts pinned to it keep every route. Draining twice is not an error.
+func (p *Pool) Drain(name string) (*Instance, error) {
+	inst := p.instanceByName(name)
+	if inst == nil {
+		return nil, fmt.Errorf("drain %q: %w", name, ErrUnknownInstance)
+	}
+	if inst.fleet.held.CompareAndSwap(false, true) {
+		p.m.SetDraining(inst.Name, true)
+		p.log.Info("upstream: instance drained by operator; it gets no new work",
+			"instance", inst.Name, "inflight", inst.inflight.Load(), "queue_depth", inst.queueDepth.Load())
+	}
+	return inst, nil
+}
+
+// Undrain gives the named instance work again after Drain.
+func (p *Pool) Undrain(name string) (*Instance, error) {
+	inst := p.instanceByName(name)
+	if inst == nil {
+		return nil, fmt.Errorf("undrain %q: %w", name, ErrUnknownInstance)
+	}
+	if inst.fleet.held.CompareAndSwap(true, false) {
+		p.availabilityChanged()
+		p.m.SetDraining(inst.Name, inst.draining.Load())
+		p.log.Info("upstream: instance undrained; it takes work again", "instance", inst.Name)
+	}
+	return inst, nil
+}
+
+// Instance returns the current instance of that name (one leaving the
+// pool only when no other has the name), or nil.
+func (p *Pool) Instance(name string) *Instance { return p.instanceByName(name) }
+
+// ReconfigureResult says what Reconfigure changed, by instance name.
+type ReconfigureResult struct {
+	Added, Removed, Changed []string
+}
+
+// Reconfigure makes the instance set match cfg.Instances while everything
+// runs: new entries are added and checked at once; entries no longer
+// listed are removed the way discovery removes a vanished address
+// (draining: no new work, their prompts finish and keep every route, they
+// leave once empty); an entry whose address, discover flag or scheme
+// changed is removed and added again under its name; labels, weight and
+// warm-up change in place. cfg must be valid (config.Load validated it).
+// Everything else in cfg is not applied here.
+func (p *Pool) Reconfigure(cfg *config.Config) (ReconfigureResult, error) {
+	var res ReconfigureResult
+	if cfg == nil {
+		return res, errors.New("upstream: nil config")
+	}
+	p.reconfMu.Lock()
+	defer p.reconfMu.Unlock()
+
+	type plan struct {
+		e   *entry
+		new bool
+	}
+	var (
+		next    []plan
+		added   []*Instance
+		removed []*Instance
+	)
+	p.mu.Lock()
+	old := map[string]*entry{}
+	for _, e := range p.entries {
+		if !e.leaving {
+			old[e.cfg.Name] = e
+		}
+	}
+	for k, ci := range cfg.Instances {
+		if ci.Name == "" {
+			ci.Name = ci.HostPort()
+		}
+		if e, ok := old[ci.Name]; ok && sameEndpoint(e.cfg, ci) {
+			delete(old, ci.Name)
+			if !sameSettings(e.cfg, ci) {
+				res.Changed = append(res.Changed, ci.Name)
+			}
+			e.cfg = ci
+			for _, inst := range e.insts {
+				inst.applyConfig(ci)
+			}
+			next = append(next, plan{e: e})
+			continue
+		}
+		e := &entry{cfg: ci}
+		if ci.Discover {
+			host, port, err := net.SplitHostPort(ci.HostPort())
+			if err != nil || host == "" {
+				p.mu.Unlock()
+				return ReconfigureResult{}, fmt.Errorf("upstream: instances[%d] %q: want host:port to resolve", k, ci.Address)
+			}
+			e.host, e.port = host, port
+		}
+		next = append(next, plan{e: e, new: true})
+	}
+	// Nothing failed: apply.
+	var entries []*entry
+	for _, pl := range next {
+		entries = append(entries, pl.e)
+		if pl.new {
+			if _, had := old[pl.e.cfg.Name]; had {
+				res.Changed = append(res.Changed, pl.e.cfg.Name)
+			} else {
+				res.Added = append(res.Added, pl.e.cfg.Name)
+			}
+			if !pl.e.cfg.Discover {
+				inst := p.addInstance(pl.e.cfg.Name, pl.e.cfg.HostPort(), pl.e.cfg.TLS())
+				inst.applyConfig(pl.e.cfg)
+				p.prepareWarmup(inst, pl.e.cfg)
+				pl.e.insts = []*Instance{inst}
+				added = append(added, inst)
+			}
+		}
+	}
+	for _, e := range p.entries {
+		keep := e.leaving
+		if o, ok := old[e.cfg.Name]; ok && o == e {
+			keep = true
+			e.leaving = true
+			if !slices.Contains(res.Changed, e.cfg.Name) {
+				res.Removed = append(res.Removed, e.cfg.Name)
+			}
+			for _, inst := range e.insts {
+				if inst.draining.CompareAndSwap(false, true) {
+					removed = append(removed, inst)
+				}
+			}
+		}
+		if keep && len(e.insts) > 0 {
+			entries = append(entries, e) // leaving: listed until empty
+		}
+	}
+	p.entries = entries
+	p.rebuildLocked()
+	p.mu.Unlock()
+
+	for _, inst := range removed {
+		p.m.SetDraining(inst.Name, true)
+		p.log.Info("upstream: instance draining", "instance", inst.Name, "addr", inst.Addr,
+			"reason", "removed from the configuration", "inflight", inst.inflight.Load())
+		p.prompts.instanceRemoved(inst)
+		p.removeIfDrained(inst)
+	}
+	p.announce(added)
+	if slices.ContainsFunc(next, func(pl plan) bool { return pl.new && pl.e.cfg.Discover }) {
+		p.startDiscovery()
+		p.goAsync(p.discoverOnce)
+	}
+	return res, nil
+}
+
+// announce opens the new instances' sockets and checks them at once, so
+// they take work without waiting for the next health round.
+func (p *Pool) announce(added []*Instance) {
+	p.runMu.Lock()
+	running := p.started && !p.closed
+	p.runMu.Unlock()
+	if !running {
+		return
+	}
+	for _, inst := range added {
+		p.log.Info("upstream: instance added", "instance", inst.Name, "addr", inst.Addr)
+		p.prompts.instanceAdded(inst)
+		p.goAsync(func(ctx context.Context) { p.checkOnce(ctx, inst) })
+	}
+}
+
+// startDiscovery starts the discovery loop once.
+func (p *Pool) startDiscovery() {
+	p.discoveryOnce.Do(func() {
+		p.runMu.Lock()
+		ctx := p.ctx
+		p.runMu.Unlock()
+		if ctx != nil {
+			p.goLoop(ctx, "discovery", p.cfg.Discovery.Interval, p.discoverOnce)
+		}
+	})
+}
+
+// sameEndpoint: the same upstream (address, scheme, discover), so its
+// instances, sockets and pinned prompts carry over.
+func sameEndpoint(a, b config.Instance) bool {
+	return a.HostPort() == b.HostPort() && a.TLS() == b.TLS() && a.Discover == b.Discover
+}
+
+// sameSettings: nothing an operator sets on the instance changed.
+func sameSettings(a, b config.Instance) bool {
+	return a.Weight == b.Weight && a.Warmup == b.Warmup && maps.Equal(a.Labels, b.Labels)
+}
+
+// ParseLabels reads a label requirement as a header carries it:
+// "gpu=a100,pool=flux", or a bare value meaning pool=<value>.
+func ParseLabels(s string) (map[string]string, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return nil, nil
+	}
+	out := map[string]string{}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		k, v, ok := strings.Cut(part, "=")
+		if !ok {
+			k, v = "pool", part
+		}
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		if k == "" || v == "" {
+			return nil, fmt.Errorf("label %q: want name=value", part)
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+// reconfState is the Pool's part for Reconfigure.
+type reconfState struct {
+	reconfMu      sync.Mutex // one Reconfigure at a time
+	discoveryOnce sync.Once
+}

@@ -1,0 +1,229 @@
+package upstream
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/comfygate/comfygate/comfysim"
+	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/testkit"
+)
+
+func TestSelectWeightsAndFilter(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		desc    string
+		weights []int
+		work    []int64
+		ok      func(*Instance) bool
+		want    []int // successive picks (work unchanged between picks)
+	}{
+		{desc: "idle: the heavier instance first", weights: []int{1, 2}, work: []int64{0, 0}, want: []int{1, 1}},
+		{desc: "weight 2 with 1 prompt ties weight 1 idle", weights: []int{1, 2}, work: []int64{0, 1}, want: []int{0, 1, 0, 1}},
+		{desc: "weight 2 with 2 prompts loses to weight 1 idle", weights: []int{1, 2}, work: []int64{0, 2}, want: []int{0, 0}},
+		{desc: "weight 3 takes 3x the work", weights: []int{1, 3}, work: []int64{1, 4}, want: []int{1}},
+		{desc: "equal weights: least work", weights: []int{1, 1, 1}, work: []int64{2, 1, 3}, want: []int{1, 1}},
+		{desc: "filter keeps only accepted instances", weights: []int{1, 1, 1}, work: []int64{0, 5, 9},
+			ok: func(i *Instance) bool { return i.Name != "i0" }, want: []int{1, 1}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.desc, func(t *testing.T) {
+			t.Parallel()
+			p, in := selectPool(t, len(tc.weights))
+			for k := range in {
+				in[k].Name = "i" + string(rune('0'+k))
+				in[k].fleet.weight.Store(int32(tc.weights[k]))
+				in[k].inflight.Store(tc.work[k])
+			}
+			for n, w := range tc.want {
+				got, err := p.SelectFor(tc.ok)
+				if err != nil || got != in[w] {
+					t.Fatalf("pick %d = %v (%v), want i%d", n, got, err, w)
+				}
+			}
+		})
+	}
+	p, in := selectPool(t, 2)
+	if _, err := p.SelectFor(func(*Instance) bool { return false }); err != ErrNoUpstream {
+		t.Fatalf("no instance accepted: %v, want ErrNoUpstream", err)
+	}
+	// Drained by an operator: never picked; back after undrain.
+	in[1].Name = "b"
+	if _, err := p.Drain("b"); err != nil {
+		t.Fatal(err)
+	}
+	for range 4 {
+		if got, _ := p.Select(); got == in[1] {
+			t.Fatal("drained instance selected")
+		}
+	}
+	if st := in[1].Status(); !st.Draining || !st.Drained || st.Removing {
+		t.Fatalf("drained status = %+v", st)
+	}
+	if _, err := p.Drain("nope"); err == nil {
+		t.Fatal("drain of an unknown name succeeded")
+	}
+	if _, err := p.Undrain("b"); err != nil {
+		t.Fatal(err)
+	}
+	picked := map[*Instance]bool{}
+	for range 4 {
+		got, _ := p.Select()
+		picked[got] = true
+	}
+	if !picked[in[1]] {
+		t.Fatal("undrained instance never selected")
+	}
+}
+
+func TestParseLabels(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		in   string
+		want map[string]string
+		bad  bool
+	}{
+		{in: "", want: nil},
+		{in: "flux", want: map[string]string{"pool": "flux"}},
+		{in: "gpu=a100, pool=flux", want: map[string]string{"gpu": "a100", "pool": "flux"}},
+		{in: "gpu=", bad: true},
+		{in: "=x", bad: true},
+		{in: "a,,b", bad: true},
+	} {
+		got, err := ParseLabels(tc.in)
+		if (err != nil) != tc.bad || (!tc.bad && !mapsEqual(got, tc.want)) {
+			t.Errorf("ParseLabels(%q) = %v, %v", tc.in, got, err)
+		}
+	}
+}
+
+func mapsEqual(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// TestReconfigureAddsAndRemoves: a reload that adds a third instance puts
+// it into rotation; one that removes an instance moves nothing that runs
+// there: its prompt finishes where it is, then the instance leaves.
+func TestReconfigureAddsAndRemoves(t *testing.T) {
+	t.Parallel()
+	ss := testkit.Sims(t, 3, comfysim.Options{Delay: 0})
+	p, _ := simPool(t, nil, ss[0], ss[1])
+	cfg := *p.cfg
+	cfg.Instances = append(slices.Clone(cfg.Instances), config.Instance{Name: "third", Address: ss[2].Addr(),
+		Labels: map[string]string{"pool": "x"}, Weight: 2})
+	res, err := p.Reconfigure(&cfg)
+	if err != nil || !slices.Equal(res.Added, []string{"third"}) || len(res.Removed)+len(res.Changed) != 0 {
+		t.Fatalf("Reconfigure = %+v, %v", res, err)
+	}
+	third := p.Instance("third")
+	if third == nil || third.Weight() != 2 || !third.HasLabels(map[string]string{"pool": "x"}) {
+		t.Fatalf("third = %+v", third)
+	}
+	testkit.Eventually(t, "third healthy with its socket up", func() bool { return third.Available() && third.socketUp.Load() })
+	got := map[string]bool{}
+	for k := range 6 {
+		res := simSubmit(t, p, newUUID(), simPrompt("r"+string(rune('a'+k)), false), newRecSink())
+		got[res.Instance.Name] = true
+	}
+	if !got["third"] {
+		t.Fatalf("added instance got no prompt: %v", got)
+	}
+
+	// Remove the first instance while a prompt is queued there.
+	first := p.Instance(cfg.Instances[0].Name)
+	ss[0].SetPaused(true)
+	var held *Prompt
+	for k := 0; held == nil && k < 20; k++ {
+		if res := simSubmit(t, p, newUUID(), simPrompt("h"+string(rune('a'+k)), false), newRecSink()); res.Instance == first {
+			held = res.Prompt
+		}
+	}
+	if held == nil {
+		t.Fatal("no prompt reached the first instance")
+	}
+	cfg2 := cfg
+	cfg2.Instances = slices.Clone(cfg.Instances[1:])
+	res, err = p.Reconfigure(&cfg2)
+	if err != nil || !slices.Equal(res.Removed, []string{first.Name}) {
+		t.Fatalf("Reconfigure = %+v, %v", res, err)
+	}
+	if first.Available() || !first.Status().Removing {
+		t.Fatal("removed instance still takes work")
+	}
+	if p.Instance(first.Name) != first {
+		t.Fatal("removed instance with a prompt left the pool at once")
+	}
+	for k := range 4 {
+		if res := simSubmit(t, p, newUUID(), simPrompt("n"+string(rune('a'+k)), false), newRecSink()); res.Instance == first {
+			t.Fatal("removed instance got a new prompt")
+		}
+	}
+	ss[0].SetPaused(false)
+	testkit.Eventually(t, "the held prompt done", func() bool { return held.State() == PromptDone })
+	if held.Instance() != first || held.Attempts() != 1 {
+		t.Fatalf("held prompt moved: on %s after %d attempts", held.Instance().Name, held.Attempts())
+	}
+	testkit.Eventually(t, "removed instance gone", func() bool { return p.Instance(first.Name) == nil })
+
+	// Changing only labels and weight keeps the instance.
+	cfg3 := cfg2
+	cfg3.Instances = slices.Clone(cfg2.Instances)
+	cfg3.Instances[1].Weight = 5
+	res, err = p.Reconfigure(&cfg3)
+	if err != nil || !slices.Equal(res.Changed, []string{"third"}) || p.Instance("third") != third || third.Weight() != 5 {
+		t.Fatalf("Reconfigure = %+v, %v; third weight %d", res, err, third.Weight())
+	}
+}
+
+// TestWarmupGatesTraffic: an instance with a warm-up workflow gets no
+// work until it ran; one whose warm-up fails stays out and says why.
+func TestWarmupGatesTraffic(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.json")
+	bad := filepath.Join(dir, "bad.json")
+	if err := os.WriteFile(good, simPrompt("warm", false), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	badGraph, _ := json.Marshal(map[string]any{"prompt": map[string]any{
+		"1": map[string]any{"class_type": "NoSuchNode", "inputs": map[string]any{}}}})
+	if err := os.WriteFile(bad, badGraph, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ss := testkit.Sims(t, 3, comfysim.Options{Delay: 0})
+	p, _ := simPool(t, func(c *config.Config) {
+		c.Dir = dir
+		c.Instances[1].Warmup = "good.json"
+		c.Instances[2].Warmup = "bad.json"
+	}, ss...)
+	in := p.Instances()
+	testkit.Eventually(t, "warm-up of the second instance", func() bool { return in[1].WarmupState() == warmupOK })
+	if !in[1].Available() || ss[1].PromptsExecuted() < 1 {
+		t.Fatalf("warmed instance not available (executed %d)", ss[1].PromptsExecuted())
+	}
+	testkit.Eventually(t, "warm-up of the third instance failing", func() bool {
+		return len(in[2].WarmupState()) > 7 && in[2].WarmupState()[:7] == "failed:"
+	})
+	if in[2].Available() {
+		t.Fatal("instance whose warm-up failed takes work")
+	}
+	for k := range 6 {
+		if res := simSubmit(t, p, newUUID(), simPrompt("w"+string(rune('a'+k)), false), newRecSink()); res.Instance == in[2] {
+			t.Fatal("prompt sent to the instance whose warm-up failed")
+		}
+	}
+	if in[0].WarmupState() != "" {
+		t.Fatalf("instance without warm-up reports %q", in[0].WarmupState())
+	}
+}
