@@ -753,3 +753,37 @@ func TestWebhookProgress(t *testing.T) {
 		t.Fatalf("deliveries %v", types)
 	}
 }
+
+// TestQueuedEventsFollowThePlace: a waiting job's stream shows its place
+// in the wait line as it moves up.
+func TestQueuedEventsFollowThePlace(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, 1, comfysim.Options{Delay: 60 * time.Millisecond}, func(c *config.Config) { c.Jobs.MaxConcurrent = 1 })
+	img := testPNG(t, 8, 8)
+	var ids []string
+	for range 3 {
+		ids = append(ids, h.submit("/api/upscale-image", img, nil))
+	}
+	resp, err := h.hc.Get(h.base + "/api/jobs/" + ids[2] + "/events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs, _ := readEvents(t, resp.Body, func(e sseEvent) bool { return e.typ == evStarted })
+	resp.Body.Close()
+	var places []int
+	for _, e := range evs {
+		if e.typ == evQueued {
+			var v eventView
+			_ = json.Unmarshal([]byte(e.data), &v)
+			places = append(places, *v.QueuePosition)
+		}
+	}
+	if len(places) < 2 || places[len(places)-1] != 1 {
+		t.Fatalf("places %v, want a countdown to 1", places)
+	}
+	for i := 1; i < len(places); i++ {
+		if places[i] >= places[i-1] {
+			t.Fatalf("places %v, want each smaller than the one before", places)
+		}
+	}
+}

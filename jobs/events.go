@@ -65,6 +65,7 @@ func (s *Service) emitLocked(j *job, typ string, node string) {
 	case evQueued:
 		pos := s.queuePositionLocked(j)
 		v.QueuePosition = &pos
+		j.lastPos = pos
 	case evCompleted:
 		v.Outputs = s.outputViewsLocked(j, false)
 		v.ResultURL = routeJobs + "/" + j.id + "/result"

@@ -85,6 +85,7 @@ type job struct {
 	cancelAsked bool
 	events      []jobEvent    // the job's event log
 	changed     chan struct{} // closed (and replaced) on every event
+	lastPos     int           // queue_position of its last queued event
 	webhook     *webhookState // nil: no webhook
 }
 

@@ -241,7 +241,14 @@ func (s *Service) dispatch() {
 	s.jobsMu.Lock()
 	defer s.jobsMu.Unlock()
 	now := s.now()
+	moved := false
+	defer func() {
+		if moved {
+			s.positionsLocked()
+		}
+	}()
 	for s.inFlight < s.cfg.MaxConcurrent && len(s.line) > 0 && !now.Before(s.holdUntil) {
+		moved = true
 		j := s.line[0]
 		s.line[0] = nil
 		s.line = s.line[1:]
@@ -376,7 +383,7 @@ func (s *Service) requeueLocked(j *job, err error) {
 	j.state = stWaiting
 	delete(s.active, j)
 	s.line = append([]*job{j}, s.line...)
-	s.emitLocked(j, evQueued, "")
+	s.positionsLocked()
 	backoff := s.retryDelay
 	if noUpstream {
 		backoff = noUpstreamBackoff
@@ -843,7 +850,23 @@ func (s *Service) removeFromLineLocked(j *job) {
 			copy(s.line[i:], s.line[i+1:])
 			s.line[len(s.line)-1] = nil
 			s.line = s.line[:len(s.line)-1]
+			s.positionsLocked()
 			return
+		}
+	}
+}
+
+// positionEvents is how far down the wait line jobs get a queued event
+// each time their place changes: further back, places change on every
+// dispatch and nobody watches them move one by one.
+const positionEvents = 50
+
+// positionsLocked emits a queued event for each job near the head of the
+// line whose place changed since its last one.
+func (s *Service) positionsLocked() {
+	for i, x := range s.line[:min(len(s.line), positionEvents)] {
+		if x.lastPos != i+1 {
+			s.emitLocked(x, evQueued, "")
 		}
 	}
 }
