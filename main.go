@@ -128,6 +128,7 @@ func serve(ctx context.Context, cfg *config.Config, load func() (*config.Config,
 		return err
 	}
 	cat := catalogue.New(pool, cfg.Routing.CatalogueInterval, log)
+	svc.SetPlacer(cat)
 	var rl *reloader
 	var reload proxy.Reloader
 	if load != nil {

@@ -61,6 +61,8 @@ type Service struct {
 	m   *metrics.Metrics
 	log *slog.Logger
 	wfs map[string]*workflow
+	// placer limits where prompts run (SetPlacer); nil: labels only.
+	placer Placer
 
 	now func() time.Time
 	// cancelGrace is how long a cancelled running job keeps its slot
@@ -305,11 +307,22 @@ func (s *Service) submit(j *job) {
 	prompt := j.prompt
 	s.jobsMu.Unlock()
 
+	eligible, why, runnable := s.eligible(j, prompt)
+	if !runnable {
+		s.jobsMu.Lock()
+		j.submitted = false
+		s.log.Warn("job has no instance that can run it", "job_id", j.id, "workflow", j.wf.name, "error", why)
+		s.finishLocked(j, stFailed, why)
+		s.releaseLocked(j)
+		s.jobsMu.Unlock()
+		return
+	}
 	extra, _ := json.Marshal(map[string]any{"comfygate_job": map[string]string{"workflow": j.wf.name}})
 	res, err := s.be.Submit(ctx, upstream.SubmitRequest{
 		Body:     map[string]json.RawMessage{"prompt": prompt, "extra_data": extra},
 		PromptID: j.id,
 		Sink:     j,
+		Eligible: eligible,
 	})
 	switch {
 	case err != nil && res.Instance != nil:

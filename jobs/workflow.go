@@ -119,6 +119,9 @@ func loadWorkflows(cfg *config.Config) (map[string]*workflow, error) {
 			if c.Overridable != nil {
 				w.Overridable = slices.Clone(c.Overridable)
 			}
+			if c.Labels != nil {
+				w.Labels = maps.Clone(c.Labels)
+			}
 		default:
 			errs = append(errs, fmt.Errorf("workflows.%s: no built-in workflow has that name (built in: %s): set file", name, strings.Join(workflows.Names(), ", ")))
 			continue

@@ -1,0 +1,45 @@
+package jobs
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/comfygate/comfygate/catalogue"
+	"github.com/comfygate/comfygate/comfysim"
+	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/upstream"
+)
+
+// fakePlacer refuses prompts that use class, and accepts the rest.
+type fakePlacer struct{ class string }
+
+func (f fakePlacer) Decide(n catalogue.Needs, among func(*upstream.Instance) bool) catalogue.Verdict {
+	for _, nd := range n.Nodes {
+		if nd.Class == f.class {
+			return catalogue.Verdict{Nowhere: []string{`node class "` + f.class + `"`}}
+		}
+	}
+	return catalogue.Verdict{Runnable: true, Eligible: among}
+}
+
+// TestWorkflowLabelsAndPlacement: a workflow with labels runs only on
+// instances carrying them; a workflow no instance can run fails with why.
+func TestWorkflowLabelsAndPlacement(t *testing.T) {
+	t.Parallel()
+	h := newHarnessWith(t, 3, comfysim.Options{Delay: 0}, func(c *config.Config) {
+		c.Instances[2].Labels = map[string]string{"pool": "upscale"}
+		c.Workflows = map[string]config.Workflow{"upscale-image": {Labels: map[string]string{"pool": "upscale"}}}
+	}, func(s *Service) { s.SetPlacer(fakePlacer{class: "Image Rembg (Remove Background)"}) })
+	img := testPNG(t, 8, 8)
+	for range 4 {
+		v := h.waitStatus(h.submit("/api/upscale-image", img, nil), 20*time.Second, statusCompleted, statusFailed)
+		if v.Status != statusCompleted || v.Instance == nil || *v.Instance != "sim3" {
+			t.Fatalf("labelled workflow: status %s on %v, want completed on sim3", v.Status, deref(v.Instance))
+		}
+	}
+	v := h.waitStatus(h.submit("/api/remove-background", img, nil), 20*time.Second, statusCompleted, statusFailed)
+	if v.Status != statusFailed || !strings.Contains(deref(v.Error), "no instance can run workflow remove-background") {
+		t.Fatalf("unrunnable workflow: %s %q", v.Status, deref(v.Error))
+	}
+}
