@@ -165,7 +165,7 @@ func encodeFileRef(token string, raw json.RawMessage) (json.RawMessage, bool) {
 	if sub < 0 || !hasName || !hasType {
 		return raw, false
 	}
-	ms[sub].Val = appendPyString(nil, encodeSubfolder(token, subVal))
+	ms[sub].Val = comfyapi.AppendPyString(nil, encodeSubfolder(token, subVal))
 	return appendObject(make([]byte, 0, len(raw)+len(token)+8), ms), true
 }
 

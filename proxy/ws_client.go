@@ -163,7 +163,7 @@ func (c *wsClient) writeLoop() {
 	}
 	c.pending = nil
 	ping := func() bool {
-		if err := c.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeWait)); err != nil {
+		if err := c.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.hub.writeWait)); err != nil {
 			c.cut() // the reader fails and unregisters
 			return false
 		}
@@ -211,7 +211,7 @@ func (c *wsClient) stopped() bool {
 
 // write sends one frame within writeWait.
 func (c *wsClient) write(f frame) error {
-	_ = c.conn.SetWriteDeadline(time.Now().Add(writeWait))
+	_ = c.conn.SetWriteDeadline(time.Now().Add(c.hub.writeWait))
 	mt := websocket.TextMessage
 	if f.binary {
 		mt = websocket.BinaryMessage
@@ -249,13 +249,13 @@ func (c *wsClient) writeClose() {
 	// deadline wins) or sees closing and leaves it alone.
 	c.deadlineMu.Lock()
 	c.closing.Store(true)
-	_ = c.conn.SetReadDeadline(time.Now().Add(closeWait))
+	_ = c.conn.SetReadDeadline(time.Now().Add(c.hub.closeWait))
 	c.deadlineMu.Unlock()
 	if c.closeCode != 0 {
 		_ = c.conn.WriteControl(websocket.CloseMessage,
-			websocket.FormatCloseMessage(c.closeCode, c.closeText), time.Now().Add(closeWait))
+			websocket.FormatCloseMessage(c.closeCode, c.closeText), time.Now().Add(c.hub.closeWait))
 	}
-	_ = c.conn.SetReadDeadline(time.Now().Add(closeWait))
+	_ = c.conn.SetReadDeadline(time.Now().Add(c.hub.closeWait))
 }
 
 // readLoop reads until the socket fails or closes: the client's first text
@@ -285,7 +285,7 @@ func (c *wsClient) readLoop() {
 			return nil
 		}
 		_ = c.conn.WriteControl(websocket.CloseMessage,
-			websocket.FormatCloseMessage(code, ""), time.Now().Add(closeWait))
+			websocket.FormatCloseMessage(code, ""), time.Now().Add(c.hub.closeWait))
 		return nil
 	})
 	first := true

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"strconv"
 	"time"
 
 	"github.com/comfygate/comfygate/internal/comfyapi"
@@ -106,7 +105,7 @@ func (h *Hub) Broadcast(ev upstream.Event) {
 
 // QueueChanged sends every socket ComfyUI's status message (without sid).
 func (h *Hub) QueueChanged(queueRemaining int) {
-	f := frame{data: statusMessage(queueRemaining, "", false)}
+	f := frame{data: comfyapi.StatusMessage(int64(queueRemaining), "", false)}
 	h.mu.Lock()
 	h.queueN = queueRemaining
 	h.queueGen++
@@ -156,7 +155,7 @@ func (h *Hub) register(c *wsClient, gen uint64, n int) (replayed int, ok bool) {
 	if gen != h.queueGen {
 		n = h.queueN
 	}
-	c.hello = frame{data: statusMessage(n, c.id, true)}
+	c.hello = frame{data: comfyapi.StatusMessage(int64(n), c.id, true)}
 	s := h.sessions[c.id]
 	if s == nil {
 		s = &session{id: c.id}
@@ -266,55 +265,4 @@ func toPreviewType1(b []byte) (frame, bool) {
 		return frame{}, false
 	}
 	return frame{binary: true, head: head[:], data: img}, true
-}
-
-// statusMessage is ComfyUI's status message in Python's json.dumps format;
-// withSID adds the sid of the first message on a socket.
-func statusMessage(queueRemaining int, sid string, withSID bool) []byte {
-	b := make([]byte, 0, 96+len(sid))
-	b = append(b, `{"type": "status", "data": {"status": {"exec_info": {"queue_remaining": `...)
-	b = strconv.AppendInt(b, int64(queueRemaining), 10)
-	b = append(b, `}}`...)
-	if withSID {
-		b = append(b, `, "sid": `...)
-		b = appendPyString(b, sid)
-	}
-	return append(b, `}}`...)
-}
-
-// appendPyString appends s as Python's json.dumps writes a str
-// (ensure_ascii: non-ASCII as \uXXXX, surrogate pairs above U+FFFF).
-func appendPyString(b []byte, s string) []byte {
-	const hexd = "0123456789abcdef"
-	u4 := func(b []byte, r rune) []byte {
-		return append(b, '\\', 'u', hexd[r>>12&0xf], hexd[r>>8&0xf], hexd[r>>4&0xf], hexd[r&0xf])
-	}
-	b = append(b, '"')
-	for _, r := range s {
-		switch {
-		case r == '"':
-			b = append(b, '\\', '"')
-		case r == '\\':
-			b = append(b, '\\', '\\')
-		case r == '\n':
-			b = append(b, '\\', 'n')
-		case r == '\r':
-			b = append(b, '\\', 'r')
-		case r == '\t':
-			b = append(b, '\\', 't')
-		case r == '\b':
-			b = append(b, '\\', 'b')
-		case r == '\f':
-			b = append(b, '\\', 'f')
-		case r < 0x20 || (r >= 0x7f && r <= 0xffff):
-			b = u4(b, r)
-		case r > 0xffff:
-			r -= 0x10000
-			b = u4(b, 0xd800+(r>>10))
-			b = u4(b, 0xdc00+(r&0x3ff))
-		default:
-			b = append(b, byte(r))
-		}
-	}
-	return append(b, '"')
 }

@@ -37,7 +37,16 @@ func wsTestConfig(mod func(*config.WebSocket)) *config.Config {
 // startHub serves a new hub on a loopback port and returns it with its ws:// base.
 func startHub(t testing.TB, mod func(*config.WebSocket)) (*Hub, string) {
 	t.Helper()
+	return startHubWith(t, mod, nil)
+}
+
+// startHubWith is startHub with hubMod applied to the hub before it serves.
+func startHubWith(t testing.TB, mod func(*config.WebSocket), hubMod func(*Hub)) (*Hub, string) {
+	t.Helper()
 	h := newHub(wsTestConfig(mod), nil, nil, nil)
+	if hubMod != nil {
+		hubMod(h)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -221,7 +230,7 @@ func TestWSFirstStatus(t *testing.T) {
 		t.Fatalf("sid = %q, want my-client", c.sid)
 	}
 	// Exactly ComfyUI's bytes (Python json.dumps).
-	if got, want := string(statusMessage(3, "my-client", true)),
+	if got, want := string(comfyapi.StatusMessage(3, "my-client", true)),
 		`{"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 3}}, "sid": "my-client"}}`; got != want {
 		t.Fatalf("status = %s, want %s", got, want)
 	}
@@ -239,21 +248,6 @@ func TestWSFirstStatus(t *testing.T) {
 		m := cl.read()
 		if want := `{"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 5}}}}`; string(m.data) != want {
 			t.Fatalf("QueueChanged sent %s, want %s", m.data, want)
-		}
-	}
-}
-
-func TestWSPyString(t *testing.T) {
-	t.Parallel()
-	for _, tc := range []struct{ desc, in, want string }{
-		{"plain", "abc-123", `"abc-123"`},
-		{"quotes", `a"b\c`, `"a\"b\\c"`},
-		{"control", "a\nb\x01", `"a\nb\u0001"`},
-		{"non-ascii", "é", `"\u00e9"`},
-		{"astral", "😀", `"\ud83d\ude00"`},
-	} {
-		if got := string(appendPyString(nil, tc.in)); got != tc.want {
-			t.Errorf("%s: got %s, want %s", tc.desc, got, tc.want)
 		}
 	}
 }
@@ -487,6 +481,75 @@ func TestWSSlowClientDropped(t *testing.T) {
 	var ce *websocket.CloseError
 	if !errors.As(err, &ce) || ce.Code != websocket.ClosePolicyViolation {
 		t.Fatalf("slow client ended with %v, want close 1008", err)
+	}
+}
+
+// throttledConn reads at most n bytes per every: a client on a slow link.
+type throttledConn struct {
+	net.Conn
+	n     int
+	every time.Duration
+}
+
+func (c throttledConn) Read(p []byte) (int, error) {
+	time.Sleep(c.every)
+	return c.Conn.Read(p[:min(len(p), c.n)])
+}
+
+// TestWSSlowReaderSeesPolicyClose: a client on a slow link, dropped as too
+// slow, reads on and finds close code 1008 after its frames, even when
+// draining what was in flight takes far longer than writeWait (it saw the
+// connection cut mid-frame, 1006, before).
+func TestWSSlowReaderSeesPolicyClose(t *testing.T) {
+	t.Parallel()
+	const writeWait = 700 * time.Millisecond
+	h, base := startHubWith(t, func(ws *config.WebSocket) { ws.ClientBuffer = 4 },
+		func(h *Hub) { h.writeWait, h.closeWait = writeWait, 20*time.Millisecond })
+	// At most 1.6 MB/s.
+	d := &websocket.Dialer{HandshakeTimeout: wsTestTimeout, NetDial: func(network, addr string) (net.Conn, error) {
+		conn, err := net.Dial(network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return throttledConn{conn, 8 << 10, 5 * time.Millisecond}, nil
+	}}
+	slow := dialWSWith(t, d, base+"/ws?clientId=slow")
+	// The client reads all along, slower than the events come.
+	type result struct {
+		frames int
+		err    error
+	}
+	done := make(chan result, 1)
+	go func() {
+		var r result
+		for range 1000 {
+			if _, r.err = slow.tryRead(wsTestTimeout); r.err != nil {
+				break
+			}
+			r.frames++
+		}
+		done <- r
+	}()
+	ps := &upstream.Prompt{ID: "ps", ClientID: "slow"}
+	big := preview4(t, "ps", "image/png", bytes.Repeat([]byte{7}, 256<<10))
+	// About 25 MB/s of previews: the socket buffers fill, then the queue.
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for i := 0; i < 400 && h.isLive("slow"); i++ {
+		h.PromptEvent(ps, upstream.Event{Binary: true, PromptID: "ps", Data: big})
+		<-tick.C
+	}
+	if h.isLive("slow") {
+		t.Fatal("slow client was never dropped")
+	}
+	r := <-done
+	frames, err := r.frames, r.err
+	var ce *websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != websocket.ClosePolicyViolation {
+		t.Fatalf("slow client ended after %d frames with %v, want close 1008", frames, err)
+	}
+	if testing.Verbose() {
+		t.Logf("frames read %d", frames)
 	}
 }
 

@@ -464,3 +464,33 @@ func TestProgressFields(t *testing.T) {
 		t.Errorf("states %+v", st)
 	}
 }
+
+func TestEncode(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ desc, in, want string }{
+		{"plain", "abc-123", `"abc-123"`},
+		{"quotes", `a"b\c`, `"a\"b\\c"`},
+		{"control", "a\nb\x01\x7f", `"a\nb\u0001\u007f"`},
+		{"non-ascii", "é", `"\u00e9"`},
+		{"astral", "😀", `"\ud83d\ude00"`},
+	} {
+		if got := string(AppendPyString(nil, tc.in)); got != tc.want {
+			t.Errorf("%s: got %s, want %s", tc.desc, got, tc.want)
+		}
+	}
+	// Exactly ComfyUI's bytes (Python json.dumps), as captured.
+	if got, want := string(StatusMessage(3, "my-client", true)),
+		`{"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 3}}, "sid": "my-client"}}`; got != want {
+		t.Errorf("status = %s, want %s", got, want)
+	}
+	if got, want := string(StatusMessage(0, "x", false)), `{"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}}}`; got != want {
+		t.Errorf("status = %s, want %s", got, want)
+	}
+	if got, want := string(ExecutingNull("p-1")), `{"type": "executing", "data": {"node": null, "prompt_id": "p-1"}}`; got != want {
+		t.Errorf("executing = %s, want %s", got, want)
+	}
+	m, err := ParseWSText(ExecutingNull("é"))
+	if err != nil || !m.Ends() || m.PromptID() != "é" {
+		t.Errorf("ExecutingNull does not parse back: %+v %v", m, err)
+	}
+}
