@@ -116,6 +116,15 @@ func (c *Config) applySecurityEnv(env map[string]string) {
 	}
 }
 
+// ClientWriteTimeout is how long a client may read nothing of an answer
+// before it is cut: limits.write_timeout, or timeout when that is 0.
+func (c *Config) ClientWriteTimeout() time.Duration {
+	if c.Limits.WriteTimeout > 0 {
+		return c.Limits.WriteTimeout
+	}
+	return c.Timeout
+}
+
 func (c *Config) validateSecurity(bad func(key string, val any, allowed string)) {
 	for _, k := range append(append(append([]string(nil), c.Auth.Keys...), c.Auth.AdminKeys...), c.Auth.MetricsKeys...) {
 		if len(k) < 16 || strings.ContainsAny(k, " \t\r\n;") {

@@ -62,7 +62,9 @@ type Server struct {
 // body whole (maxPromptBody, maxMaskBody).
 
 // New builds the server (and the WebSocket hub, registered as the pool's
-// listener). Nothing is served until Serve.
+// listener). Nothing is served until Serve. o.Config is used as it is:
+// it must come from config.Load or config.Default (defaults are set, and
+// checked, there only).
 func New(o Options) (*Server, error) {
 	if o.Config == nil {
 		return nil, errors.New("proxy: Options.Config is required")
@@ -74,10 +76,6 @@ func New(o Options) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	timeout := o.Config.Timeout
-	if timeout <= 0 {
-		timeout = 30 * time.Second
-	}
 	s := &Server{
 		cfg:     o.Config,
 		pool:    o.Pool,
@@ -88,11 +86,6 @@ func New(o Options) (*Server, error) {
 		started: time.Now(),
 		cat:     o.Catalogue,
 		reload:  o.Reload,
-	}
-	if s.cfg.Timeout <= 0 {
-		cfg := *s.cfg
-		cfg.Timeout = timeout
-		s.cfg = &cfg
 	}
 	if err := s.initSecurity(); err != nil {
 		return nil, err
@@ -132,16 +125,12 @@ func (s *Server) Handler() fasthttp.RequestHandler { return s.handle }
 // Serve serves on ln until Shutdown. Every accepted connection gets an
 // idle write timeout of COMFYUI_TIMEOUT (see writeIdleConn).
 func (s *Server) Serve(ln net.Listener) error {
-	idle := s.cfg.Limits.WriteTimeout
-	if idle <= 0 {
-		idle = s.cfg.Timeout
-	}
 	ll := limits.Listen(ln, limits.ListenerOptions{
 		MaxConnsPerIP:  s.cfg.Limits.MaxConnsPerIP,
 		MaxHeaderBytes: s.cfg.Limits.MaxHeaderBytes,
 		OnRefuse:       s.refused,
 	})
-	return s.srv.Serve(writeIdleListener{Listener: ll, idle: idle})
+	return s.srv.Serve(writeIdleListener{Listener: ll, idle: s.cfg.ClientWriteTimeout()})
 }
 
 // writeIdleListener wraps each accepted connection in a writeIdleConn.

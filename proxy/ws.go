@@ -58,10 +58,6 @@ const (
 	// each other (see the comment at the top of this file).
 	replaceWindow = 10 * time.Second
 	replaceLimit  = 3
-	// maxClientFrame bounds what a client may send when
-	// limits.ws_max_frame_bytes is unset (ComfyUI allows 4 MB; the only
-	// frame it reads is the small feature_flags message).
-	maxClientFrame = 1 << 20
 	// writeWait bounds one frame's write to a client; a client that accepts
 	// nothing for that long is gone.
 	writeWait = 10 * time.Second
@@ -89,9 +85,9 @@ var featureFlagsReply = []byte(`{"type": "feature_flags", "data": {"supports_pre
 // upstream.Listener (broadcasts and fleet queue changes), and serves the
 // client sockets.
 type Hub struct {
-	ws   config.WebSocket // with fallbacks applied
-	lim  config.Limits    // ws_max_frame_bytes, ws_messages_per_second, ws_message_burst
-	pool *upstream.Pool   // nil in tests of the hub alone
+	ws   config.WebSocket
+	lim  config.Limits  // ws_max_frame_bytes, ws_messages_per_second, ws_message_burst
+	pool *upstream.Pool // nil in tests of the hub alone
 	m    *metrics.Metrics
 	log  *slog.Logger
 
@@ -120,23 +116,9 @@ func newHub(cfg *config.Config, pool *upstream.Pool, m *metrics.Metrics, log *sl
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	ws := cfg.WebSocket
-	if ws.ClientBuffer <= 0 {
-		ws.ClientBuffer = 1024
-	}
-	if ws.BacklogSize <= 0 {
-		ws.BacklogSize = 4096
-	}
-	if ws.PingInterval <= 0 {
-		ws.PingInterval = 20 * time.Second
-	}
-	lim := cfg.Limits
-	if lim.WSMaxFrameBytes <= 0 {
-		lim.WSMaxFrameBytes = maxClientFrame
-	}
 	h := &Hub{
-		ws:       ws,
-		lim:      lim,
+		ws:       cfg.WebSocket,
+		lim:      cfg.Limits,
 		pool:     pool,
 		m:        m,
 		log:      log,
@@ -154,7 +136,7 @@ func newHub(cfg *config.Config, pool *upstream.Pool, m *metrics.Metrics, log *sl
 		CheckOrigin:       func(*fasthttp.RequestCtx) bool { return true },
 		EnableCompression: false, // see the comment at the top of this file
 	}
-	if ws.BacklogGrace > 0 {
+	if h.ws.BacklogGrace > 0 {
 		h.wg.Add(1)
 		go h.sweepLoop()
 	}
