@@ -2,7 +2,7 @@ package proxy
 
 // This file is the contract between the HTTP side (server.go, router.go,
 // ...) and the WebSocket side (ws*.go) of the package, and with the jobs
-// package. Signatures here change only through the lead.
+// package.
 
 import (
 	"context"
