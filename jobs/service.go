@@ -100,8 +100,8 @@ type Service struct {
 	heartbeat time.Duration
 	// webhookBackoff is the first retry delay of a webhook delivery.
 	webhookBackoff time.Duration
-	hooks          *webhookClient
-	imageURLs      *webhookClient // downloads image parameters given as URLs
+	hooks          *outboundClient
+	imageURLs      *outboundClient // downloads image parameters given as URLs
 	s3             *s3Store       // nil: outputs stay in comfygate only
 
 	outDirOnce sync.Once

@@ -32,10 +32,12 @@ const (
 	maxDeliveryLog = 20
 )
 
-// webhookClient delivers webhooks under the SSRF rules: only allowed
-// hosts; loopback, link-local, private and other special addresses only
-// when the host is listed literally; no redirects; short timeouts.
-type webhookClient struct {
+// outboundClient makes the requests whose address a caller chose
+// (webhook deliveries, image parameters given as URLs) under the SSRF
+// rules: only allowed hosts; loopback, link-local, private and other
+// special addresses only when the host is listed literally; no redirects;
+// short timeouts.
+type outboundClient struct {
 	key        string // the allowed_hosts key, for messages
 	allowed    []string
 	secret     []byte
@@ -50,8 +52,8 @@ type webhookClient struct {
 // allowed_hosts (it may resolve to an internal address).
 type ctxKeyLiteral struct{}
 
-func newWebhookClient(c config.Webhooks) *webhookClient {
-	w := &webhookClient{
+func newWebhookClient(c config.Webhooks) *outboundClient {
+	w := &outboundClient{
 		key:        "webhooks.allowed_hosts",
 		allowed:    c.AllowedHosts,
 		secret:     webhookSecret(c.Secret),
@@ -122,13 +124,13 @@ func internalAddr(a netip.Addr) bool {
 
 // check validates a webhook URL at submission: http(s), an allowed host,
 // no credentials; an internal IP literal only when listed literally.
-func (w *webhookClient) check(raw string) error {
+func (w *outboundClient) check(raw string) error {
 	_, err := w.allow(raw)
 	return err
 }
 
 // allow checks raw and reports whether its host is listed literally.
-func (w *webhookClient) allow(raw string) (literal bool, err error) {
+func (w *outboundClient) allow(raw string) (literal bool, err error) {
 	if len(w.allowed) == 0 {
 		return false, fmt.Errorf("off: no %s configured", w.key)
 	}
@@ -238,7 +240,7 @@ func webhookPayload(ev jobEvent) []byte {
 }
 
 // sign returns the webhook-signature header value for a delivery.
-func (w *webhookClient) sign(id string, ts int64, body []byte) string {
+func (w *outboundClient) sign(id string, ts int64, body []byte) string {
 	m := hmac.New(sha256.New, w.secret)
 	fmt.Fprintf(m, "%s.%d.", id, ts)
 	m.Write(body)
@@ -305,7 +307,7 @@ func (s *Service) deliver(j *job, ev jobEvent) {
 }
 
 // post makes one delivery attempt and returns the receiver's status.
-func (w *webhookClient) post(ctx context.Context, target, id string, body []byte) (int, error) {
+func (w *outboundClient) post(ctx context.Context, target, id string, body []byte) (int, error) {
 	literal, err := w.allow(target)
 	if err != nil {
 		return 0, err
@@ -334,14 +336,14 @@ func (w *webhookClient) post(ctx context.Context, target, id string, body []byte
 
 // newImageClient returns the client that downloads image parameters given
 // as URLs, under the same rules as webhooks with image_urls' hosts.
-func newImageClient(c config.ImageURLs) *webhookClient {
+func newImageClient(c config.ImageURLs) *outboundClient {
 	w := newWebhookClient(config.Webhooks{AllowedHosts: c.AllowedHosts, Timeout: c.Timeout})
 	w.key = "image_urls.allowed_hosts"
 	return w
 }
 
 // get downloads raw (an allowed URL), at most limit bytes.
-func (w *webhookClient) get(ctx context.Context, raw string, limit int64) ([]byte, error) {
+func (w *outboundClient) get(ctx context.Context, raw string, limit int64) ([]byte, error) {
 	literal, err := w.allow(raw)
 	if err != nil {
 		return nil, err
