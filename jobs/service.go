@@ -102,7 +102,7 @@ type Service struct {
 	webhookBackoff time.Duration
 	hooks          *outboundClient
 	imageURLs      *outboundClient // downloads image parameters given as URLs
-	s3             *s3Store       // nil: outputs stay in comfygate only
+	s3             *s3Store        // nil: outputs stay in comfygate only
 
 	outDirOnce sync.Once
 	outDirPath string
