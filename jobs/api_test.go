@@ -102,6 +102,26 @@ func TestWaitInOneRequest(t *testing.T) {
 		t.Fatalf("long poll: %d %s", code, b)
 	}
 	slow.waitStatus(a.JobID, 10*time.Second, statusCompleted)
+
+	// Long polls end when the status moves on: /status, and GET
+	// /api/jobs/{id}?wait=, which then leaves the answer to ComfyUI's route
+	// (this test server's 404).
+	poll := newHarness(t, 1, comfysim.Options{Delay: 100 * time.Millisecond}, nil)
+	for _, tc := range []struct {
+		path string
+		code int
+	}{{"/status?wait=20s&status=", 200}, {"?wait=20s&status=", 404}} {
+		id := poll.submit("/api/upscale-image", testPNG(t, 8, 8), nil)
+		for _, from := range []string{statusPending, statusProcessing} {
+			code, _, b := poll.do("GET", "/api/jobs/"+id+tc.path+from, "", nil)
+			if _, v := poll.status(id); code != tc.code || v.Status == from {
+				t.Fatalf("GET %s%s: %d %s, then status %q", tc.path, from, code, b, v.Status)
+			}
+		}
+		if _, v := poll.status(id); v.Status != statusCompleted {
+			t.Fatalf("after waiting past processing: %q", v.Status)
+		}
+	}
 	if code, _, b := slow.do("GET", "/api/upscale-image?wait=x", "", nil); code != 405 {
 		t.Fatalf("GET submit: %d %s", code, b)
 	}
