@@ -426,6 +426,14 @@ func (s *Service) accept(wf *workflow, sub *submission, values map[string]json.R
 		return nil, &apiError{status: fasthttp.StatusServiceUnavailable, typ: errNoUpstream,
 			msg: "no ComfyUI instance is available", retryAfter: retryAfterSeconds(noUpstreamBackoff)}
 	}
+	if held, max := s.lineBytesLocked()+j.imageBytes(), s.cfg.MaxWaitingBytes; max > 0 && held > max && len(s.line) > 0 {
+		// The waiting jobs' images are held in memory: bounded by bytes
+		// as well as by count (a lone job over the cap may still wait).
+		wait := s.runEstimateLocked(wf.name) / time.Duration(parallel)
+		return nil, &apiError{status: fasthttp.StatusTooManyRequests, typ: errQueueFull,
+			msg:        fmt.Sprintf("the wait line holds %d bytes of images (jobs.max_waiting_bytes %d); retry later", held-j.imageBytes(), max),
+			retryAfter: retryAfterSeconds(wait)}
+	}
 	if len(s.line) >= s.cfg.MaxWaiting {
 		// One place frees up when one job at the instances finishes.
 		wait := s.runEstimateLocked(wf.name) / time.Duration(parallel)
@@ -448,6 +456,15 @@ func (s *Service) accept(wf *workflow, sub *submission, values map[string]json.R
 	}
 	s.log.Debug("job accepted", "job_id", j.id, "workflow", wf.name, "bytes", len(sub.image))
 	return j, nil
+}
+
+// lineBytesLocked is the size of the images the waiting jobs hold.
+func (s *Service) lineBytesLocked() int64 {
+	var n int64
+	for _, w := range s.line {
+		n += w.imageBytes()
+	}
+	return n
 }
 
 // statusView is GET /api/jobs/{id}/status.

@@ -96,6 +96,15 @@ type jobImage struct {
 	name  string // its name on the instances
 }
 
+// imageBytes is the size of the images the job holds.
+func (j *job) imageBytes() int64 {
+	var n int64
+	for _, im := range j.images {
+		n += int64(len(im.data))
+	}
+	return n
+}
+
 // imageNames maps parameter names to the images' names on the instances.
 func imageNames(imgs []*jobImage) map[string]string {
 	m := make(map[string]string, len(imgs))

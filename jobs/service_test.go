@@ -116,6 +116,23 @@ func TestWaitLineFull(t *testing.T) {
 	}
 }
 
+// TestWaitLineBytes: the wait line is bounded by the bytes of the images
+// it holds as well as by count; a lone job over the cap may still wait.
+func TestWaitLineBytes(t *testing.T) {
+	t.Parallel()
+	f := newFake(t, 1)
+	img := testPNG(t, 64, 64)
+	s := newFakeService(t, f, func(c *config.Config) { c.Jobs.MaxWaitingBytes = 1 })
+	body, _ := json.Marshal(map[string]any{"image_base64": img})
+	if _, code, _, resp := serve(s, "POST", "/api/upscale-image", "application/json", body); code != 202 {
+		t.Fatalf("first job: %d %s", code, resp)
+	}
+	_, code, hdr, resp := serve(s, "POST", "/api/upscale-image", "application/json", body)
+	if code != 429 || string(hdr.Peek("Retry-After")) == "" || !bytes.Contains(resp, []byte("max_waiting_bytes")) {
+		t.Fatalf("second job over the byte cap: %d Retry-After %q %s", code, hdr.Peek("Retry-After"), resp)
+	}
+}
+
 func TestEventsDriveJob(t *testing.T) {
 	t.Parallel()
 	f := newFake(t, 2)
