@@ -170,6 +170,10 @@ type Jobs struct {
 	MaxConcurrent int `yaml:"max_concurrent"`
 	// MaxWaiting caps comfygate's wait line; beyond it: 429. Default 1000.
 	MaxWaiting int `yaml:"max_waiting"`
+	// MaxWaitingBytes caps the images held by jobs in the wait line (they
+	// are kept in memory until an instance takes them); beyond it: 429.
+	// Default 1 GiB.
+	MaxWaitingBytes int64 `yaml:"max_waiting_bytes"`
 	// MaxImageBytes caps an uploaded image. Default 50 MiB.
 	MaxImageBytes int64 `yaml:"max_image_bytes"`
 	// MaxWait caps how long one request may wait for a job (Prefer: wait=N,
@@ -311,7 +315,7 @@ func (c *Config) setDefaults() {
 		Failover:  Failover{MaxResubmits: 2, SuspectGrace: 2 * time.Second, LivenessInterval: 2 * time.Second, LivenessTimeout: 4 * time.Second},
 		Discovery: Discovery{Interval: 30 * time.Second},
 		Routing:   Routing{CatalogueInterval: 60 * time.Second, AffinityMargin: 2, WarmupTimeout: 5 * time.Minute},
-		Jobs: Jobs{Timeout: 5 * time.Minute, MaxConcurrent: 10, MaxWaiting: 1000, MaxImageBytes: 50 << 20,
+		Jobs: Jobs{Timeout: 5 * time.Minute, MaxConcurrent: 10, MaxWaiting: 1000, MaxWaitingBytes: 1 << 30, MaxImageBytes: 50 << 20,
 			MaxWait: 5 * time.Minute, IdempotencyTTL: 24 * time.Hour, OutputMemoryBytes: 256 << 20,
 			S3: S3{Region: "us-east-1", PresignExpiry: time.Hour}},
 		Webhooks:  Webhooks{Timeout: 5 * time.Second, RetryFor: time.Hour, MaxAttempts: 10},

@@ -55,7 +55,8 @@ type RateLimit struct {
 	JobsPerSecond float64 `yaml:"jobs_per_second"`
 	JobBurst      int     `yaml:"job_burst"`
 	// MaxConcurrentPrompts caps the prompts one key (or IP) has accepted and
-	// not finished. Default 0 (no cap).
+	// not finished (the fair share between keys, see README "Security");
+	// 0: no cap. Default 256.
 	MaxConcurrentPrompts int `yaml:"max_concurrent_prompts"`
 }
 
@@ -91,6 +92,7 @@ func defaultSecurity(c *Config) {
 	c.Limits = Limits{MaxBodyBytes: 100 << 20, MaxHeaderBytes: 16 << 10, MaxConnsPerIP: 1024,
 		HeaderTimeout: 30 * time.Second, BodyTimeout: time.Hour, IdleTimeout: 2 * time.Minute,
 		WSMaxFrameBytes: 1 << 20, WSMessagesPerSecond: 20, WSMessageBurst: 100}
+	c.RateLimit = RateLimit{MaxConcurrentPrompts: 256}
 }
 
 // keyList splits a comma-separated list of keys, dropping blanks.

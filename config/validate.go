@@ -98,6 +98,9 @@ func (c *Config) Validate() error {
 	pos("jobs.timeout", c.Jobs.Timeout)
 	posInt("jobs.max_concurrent", c.Jobs.MaxConcurrent)
 	posInt("jobs.max_waiting", c.Jobs.MaxWaiting)
+	if c.Jobs.MaxWaitingBytes <= 0 {
+		bad("jobs.max_waiting_bytes", c.Jobs.MaxWaitingBytes, "a positive number of bytes")
+	}
 	if c.Jobs.MaxImageBytes <= 0 {
 		bad("jobs.max_image_bytes", c.Jobs.MaxImageBytes, "a positive number of bytes")
 	}

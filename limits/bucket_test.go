@@ -46,3 +46,40 @@ func TestBucketsPerName(t *testing.T) {
 		t.Fatalf("%d buckets after a sweep, want 1", len(bs.buckets))
 	}
 }
+
+func TestOutstanding(t *testing.T) {
+	t.Parallel()
+	finished := map[string]bool{}
+	done := func(id string) bool { return finished[id] }
+	o := NewOutstanding(2)
+	for i := range 2 {
+		if !o.Reserve("a", done) {
+			t.Fatalf("a's reservation %d refused", i)
+		}
+	}
+	if o.Reserve("a", done) {
+		t.Fatal("a's third allowed while two are reserved")
+	}
+	if !o.Reserve("b", done) {
+		t.Fatal("b refused for a's prompts")
+	}
+	o.Commit("a", "p1")
+	o.Commit("a", "") // not accepted: the slot is free again
+	if !o.Reserve("a", done) {
+		t.Fatal("a refused after a failed submission freed its slot")
+	}
+	o.Commit("a", "p2")
+	if o.Reserve("a", done) {
+		t.Fatal("a allowed a third while p1 and p2 run")
+	}
+	finished["p1"] = true
+	if !o.Reserve("a", done) {
+		t.Fatal("a refused after p1 finished")
+	}
+	if n := o.Held("a"); n != 2 {
+		t.Fatalf("a holds %d, want 2", n)
+	}
+	if !NewOutstanding(0).Reserve("x", done) {
+		t.Fatal("no cap refused")
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"github.com/comfygate/comfygate/auth"
 	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/limits"
+	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
 )
 
@@ -35,10 +36,11 @@ const (
 
 // security is the Server's API keys, owner table and rate limits.
 type security struct {
-	keys       *auth.Keys
-	owners     *auth.Owners
-	promptRate *limits.Buckets
-	jobRate    *limits.Buckets
+	keys        *auth.Keys
+	owners      *auth.Owners
+	promptRate  *limits.Buckets
+	jobRate     *limits.Buckets
+	outstanding *limits.Outstanding
 }
 
 func (s *Server) initSecurity() error {
@@ -48,10 +50,11 @@ func (s *Server) initSecurity() error {
 	}
 	rl := s.cfg.RateLimit
 	s.sec = security{
-		keys:       keys,
-		owners:     auth.NewOwners(0),
-		promptRate: limits.NewBuckets(rl.PromptsPerSecond, rl.PromptBurst),
-		jobRate:    limits.NewBuckets(rl.JobsPerSecond, rl.JobBurst),
+		keys:        keys,
+		owners:      auth.NewOwners(0),
+		promptRate:  limits.NewBuckets(rl.PromptsPerSecond, rl.PromptBurst),
+		jobRate:     limits.NewBuckets(rl.JobsPerSecond, rl.JobBurst),
+		outstanding: limits.NewOutstanding(rl.MaxConcurrentPrompts),
 	}
 	return nil
 }
@@ -282,23 +285,36 @@ func (s *Server) guard(ctx *fasthttp.RequestCtx, p []byte, api bool) (after func
 		if s.rateLimited(ctx, s.sec.promptRate, "prompt") {
 			return nil, false
 		}
+		name := rateName(ctx)
+		if !s.sec.outstanding.Reserve(name, s.promptDone) {
+			if s.m != nil {
+				s.m.RateLimited("concurrent")
+			}
+			writeJSONError(ctx, fasthttp.StatusTooManyRequests, "too_many_prompts",
+				"this key has rate_limit.max_concurrent_prompts prompts queued or running; retry when one finishes")
+			ctx.Response.Header.Set("Retry-After", "1")
+			return nil, false
+		}
+		commit := func() { s.sec.outstanding.Commit(name, answerID(ctx, "prompt_id")) }
 		if k == nil {
-			return nil, true
+			return commit, true
 		}
 		if s.isolated(k) {
 			if ctx.Request.Header.ContentLength() < 0 {
+				s.sec.outstanding.Commit(name, "")
 				writeJSONError(ctx, fasthttp.StatusLengthRequired, "length_required", "a prompt needs a Content-Length when API keys are on")
 				return nil, false
 			}
 			if ctx.Request.Header.ContentLength() <= maxPromptBody {
 				if req, err := comfyapi.ParsePromptRequest(ctx.Request.Body()); err == nil {
 					if id := req.EffectiveClientID(); id != "" && !s.sec.owners.ClaimClient(id, k.Name) {
+						s.sec.outstanding.Commit(name, "")
 						return forbid("this client_id belongs to another key")
 					}
 				}
 			}
 		}
-		return func() { s.recordOwner(ctx, k, "prompt_id") }, true
+		return func() { commit(); s.recordOwner(ctx, k, "prompt_id") }, true
 	case api && post && (path == "/remove-background" || path == "/upscale-image" || strings.HasPrefix(path, "/workflows/")):
 		if s.rateLimited(ctx, s.sec.jobRate, "job") {
 			return nil, false
@@ -406,17 +422,30 @@ func (s *Server) smallBody(ctx *fasthttp.RequestCtx) []byte {
 	return ctx.Request.Body()
 }
 
-// recordOwner remembers k as the owner of the prompt or job a successful
-// submission answered with.
-func (s *Server) recordOwner(ctx *fasthttp.RequestCtx, k *auth.Key, field string) {
+// answerID is the id field of a successful submission's answer ("" for
+// any other answer).
+func answerID(ctx *fasthttp.RequestCtx, field string) string {
 	if st := ctx.Response.StatusCode(); st != fasthttp.StatusOK && st != fasthttp.StatusAccepted || ctx.Response.IsBodyStream() {
-		return
+		return ""
 	}
 	var a map[string]json.RawMessage
 	if json.Unmarshal(ctx.Response.Body(), &a) != nil {
-		return
+		return ""
 	}
-	if id := comfyapi.IDText(a[field]); id != "" {
+	return comfyapi.IDText(a[field])
+}
+
+// promptDone reports whether prompt id has finished (or is no longer
+// known), for the concurrent-prompt cap.
+func (s *Server) promptDone(id string) bool {
+	p, ok := s.pool.Prompt(id)
+	return !ok || p.State() == upstream.PromptDone
+}
+
+// recordOwner remembers k as the owner of the prompt or job a successful
+// submission answered with.
+func (s *Server) recordOwner(ctx *fasthttp.RequestCtx, k *auth.Key, field string) {
+	if id := answerID(ctx, field); id != "" {
 		s.sec.owners.SetPrompt(id, k.Name)
 	}
 }
