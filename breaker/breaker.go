@@ -60,7 +60,8 @@ const (
 
 // Settings configure one breaker.
 type Settings struct {
-	// ConsecutiveFailures opens the breaker.
+	// ConsecutiveFailures opens the breaker (breaker.consecutive_failures,
+	// which config sets and validates).
 	ConsecutiveFailures uint32
 	// OpenTimeout is how long it stays open before it lets one probe through.
 	OpenTimeout time.Duration
@@ -77,9 +78,6 @@ type Breaker struct {
 // called once per transition.
 func New(name string, s Settings, onChange func(name string, from, to State)) *Breaker {
 	threshold := s.ConsecutiveFailures
-	if threshold == 0 {
-		threshold = 3
-	}
 	st := gobreaker.Settings{
 		Name:        name,
 		MaxRequests: 1, // half-open lets exactly one probe through
