@@ -511,6 +511,7 @@ func (c *nodeCall) loadModel(file string) error {
 	if err := c.sleep(s.opts.ModelLoadTime); err != nil {
 		return err
 	}
+	s.modelLoads.Add(1)
 	s.loadMu.Lock()
 	defer s.loadMu.Unlock()
 	if !slices.Contains(s.loaded, file) {
@@ -521,6 +522,9 @@ func (c *nodeCall) loadModel(file string) error {
 	}
 	return nil
 }
+
+// ModelLoadCount is how many times a loader paid Options.ModelLoadTime.
+func (s *Server) ModelLoadCount() int { return int(s.modelLoads.Load()) }
 
 // ModelLoads returns the model files currently loaded, least recently used first.
 func (s *Server) ModelLoads() []string {

@@ -97,6 +97,8 @@ type Server struct {
 	loadMu sync.Mutex // guards loaded
 	loaded []string   // model files in memory, least recently used first
 
+	modelLoads atomic.Int64 // loads that paid ModelLoadTime
+
 	runsMu sync.Mutex     // guards runs
 	runs   map[string]int // prompt id -> successful executions
 }

@@ -20,7 +20,7 @@ import (
 
 // startFleetGate starts comfygate with a running catalogue in front of
 // sims and waits until every instance's catalogue is read.
-func startFleetGate(t *testing.T, ss []*comfysim.Server, mod func(*config.Config), m *metrics.Metrics) (*gate, *catalogue.Store) {
+func startFleetGate(t testing.TB, ss []*comfysim.Server, mod func(*config.Config), m *metrics.Metrics) (*gate, *catalogue.Store) {
 	t.Helper()
 	var cat *catalogue.Store
 	g := startGateMetrics(t, addrsOf(ss), mod, m, func(o *Options) {
@@ -78,7 +78,7 @@ func allNodesBut(t *testing.T, without ...string) []string {
 	return out
 }
 
-func promptInstance(t *testing.T, g *gate, id string) string {
+func promptInstance(t testing.TB, g *gate, id string) string {
 	t.Helper()
 	p, ok := g.pool.Prompt(id)
 	if !ok {
