@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
@@ -436,6 +437,41 @@ func TestJobIsolation(t *testing.T) {
 	}{{keyA, ja, 200}, {keyB, ja, 404}, {keyB, jb, 200}, {keyAdmin, ja, 200}} {
 		if status, _, body := gateDo(t, "GET", g.base+"/api/jobs/"+tc.id+"/status", bearer(tc.key), nil); status != tc.want {
 			t.Errorf("%s reading job %s: %d %s, want %d", tc.key[:5], tc.id, status, body, tc.want)
+		}
+	}
+}
+
+// TestKeysNeverLogged: at debug level, whatever requests carry a key (the
+// header, the query, the cookie, a login, a request the server cannot
+// parse, a refused one), no log line holds it.
+func TestKeysNeverLogged(t *testing.T) {
+	t.Parallel()
+	fake := newFakeComfy(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
+	sink := &logSink{}
+	g := startGateWith(t, []string{fake.addr()}, withKeys, func(o *Options) {
+		o.Logger = slog.New(slog.NewJSONHandler(sink, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
+	gateDo(t, "GET", g.base+"/system_stats", bearer(keyA), nil)
+	gateDo(t, "GET", g.base+"/view?filename=a.png&token="+keyA, nil, nil)
+	gateDo(t, "GET", g.base+"/login?token="+keyB, nil, nil)
+	gateDo(t, "GET", g.base+"/queue", http.Header{"Cookie": {cookieName + "=" + keyAdmin}}, nil)
+	gateDo(t, "POST", g.base+"/free", bearer(keyA), strings.NewReader(`{}`))
+	rawExchange(t, g.addr, "GET /x HTTP/1.1\r\nHost: "+g.addr+"\r\nAuthorization: Bearer "+keyB+"\r\nBad Header\r\n\r\n")
+	rawExchange(t, g.addr, "GET /x HTTP/1.1\nHost: h\nAuthorization: Bearer "+keyB+"\n\n")
+	gateWait(t, "the access log of the last good request", func() bool {
+		for _, l := range sink.lines() {
+			if l["path"] == "/free" {
+				return true
+			}
+		}
+		return false
+	})
+	sink.mu.Lock()
+	all := sink.buf.String()
+	sink.mu.Unlock()
+	for _, k := range []string{keyA, keyB, keyAdmin} {
+		if strings.Contains(all, k) {
+			t.Errorf("a log line holds key %s…: %s", k[:5], all)
 		}
 	}
 }

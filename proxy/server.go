@@ -114,6 +114,9 @@ func New(o Options) (*Server, error) {
 		WriteBufferSize: 16 << 10,
 		ErrorHandler:    s.serverError,
 		Logger:          fasthttpLogger{log},
+		// fasthttp's parse errors otherwise quote the request's bytes,
+		// an Authorization header (an API key) included.
+		SecureErrorLogMessage: true,
 	}
 	return s, nil
 }
