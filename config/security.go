@@ -45,8 +45,8 @@ type Redact struct {
 	ExtraData []string `yaml:"extra_data"`
 }
 
-// RateLimit configures per-key (per client IP with keys off) limits on
-// submissions. A zero rate means no limit.
+// RateLimit configures per-key limits on submissions; the token buckets
+// apply per client IP with keys off. A zero rate means no limit.
 type RateLimit struct {
 	// PromptsPerSecond and PromptBurst are the token bucket on POST /prompt. Default 0 (off), 0.
 	PromptsPerSecond float64 `yaml:"prompts_per_second"`
@@ -54,9 +54,9 @@ type RateLimit struct {
 	// JobsPerSecond and JobBurst are the token bucket on job creation. Default 0 (off), 0.
 	JobsPerSecond float64 `yaml:"jobs_per_second"`
 	JobBurst      int     `yaml:"job_burst"`
-	// MaxConcurrentPrompts caps the prompts one key (or IP) has accepted and
+	// MaxConcurrentPrompts caps the prompts one API key has accepted and
 	// not finished (the fair share between keys, see README "Security");
-	// 0: no cap. Default 256.
+	// it does not apply with keys off. 0: no cap. Default 256.
 	MaxConcurrentPrompts int `yaml:"max_concurrent_prompts"`
 }
 

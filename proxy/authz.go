@@ -285,7 +285,12 @@ func (s *Server) guard(ctx *fasthttp.RequestCtx, p []byte, api bool) (after func
 		if s.rateLimited(ctx, s.sec.promptRate, "prompt") {
 			return nil, false
 		}
-		name := rateName(ctx)
+		if k == nil {
+			// Keys off: no cap on prompts outstanding. One ComfyUI has
+			// none, and clients behind one reverse proxy share an address.
+			return nil, true
+		}
+		name := k.Name
 		if !s.sec.outstanding.Reserve(name, s.promptDone) {
 			if s.m != nil {
 				s.m.RateLimited("concurrent")
@@ -296,9 +301,6 @@ func (s *Server) guard(ctx *fasthttp.RequestCtx, p []byte, api bool) (after func
 			return nil, false
 		}
 		commit := func() { s.sec.outstanding.Commit(name, answerID(ctx, "prompt_id")) }
-		if k == nil {
-			return commit, true
-		}
 		if s.isolated(k) {
 			if ctx.Request.Header.ContentLength() < 0 {
 				s.sec.outstanding.Commit(name, "")

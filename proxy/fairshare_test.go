@@ -163,3 +163,17 @@ func mustJSON(v any) []byte {
 	}
 	return b
 }
+
+// TestNoPromptCapWithKeysOff: with keys off, max_concurrent_prompts does
+// not apply: a script queueing many prompts keeps working as with one
+// ComfyUI.
+func TestNoPromptCapWithKeysOff(t *testing.T) {
+	t.Parallel()
+	ss := sims(t, 1, comfysim.Options{Delay: 300 * time.Millisecond})
+	g := startGate(t, addrsOf(ss), func(c *config.Config) { c.RateLimit.MaxConcurrentPrompts = 1 })
+	for i := range 3 {
+		if status, raw := postJSON(t, g.base+"/prompt", nil, map[string]any{"prompt": slowPrompt(i, "nocap")}, nil); status != 200 {
+			t.Fatalf("prompt %d with keys off: %d %s", i, status, raw)
+		}
+	}
+}
