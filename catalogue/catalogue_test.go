@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
@@ -195,4 +196,40 @@ func TestRefreshSkipsAnUnchangedBody(t *testing.T) {
 	if st := s.Status(inst); !st.Known || st.NodeClasses == 0 || st.ModelFiles < 1 {
 		t.Fatalf("status = %+v", st)
 	}
+}
+
+// TestRereadOnComeback: an instance that restarts is read again at once,
+// without waiting for the (here: hour-long) interval.
+func TestRereadOnComeback(t *testing.T) {
+	t.Parallel()
+	sim := testkit.Sim(t, comfysim.Options{})
+	cfg := testkit.Config(t, "i", []string{sim.Addr()}, nil)
+	p, err := upstream.New(cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := p.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s := New(p, time.Hour, nil)
+	done := make(chan struct{})
+	go func() { defer close(done); s.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done; p.Close() })
+	inst := p.Instances()[0]
+	readAt := func() time.Time {
+		s.mu.RLock()
+		defer s.mu.RUnlock()
+		if e := s.byInst[inst]; e != nil && e.cat != nil {
+			return e.read
+		}
+		return time.Time{}
+	}
+	testkit.Eventually(t, "first read", func() bool { return !readAt().IsZero() })
+	first := readAt()
+	sim.Kill()
+	if err := sim.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, "a read after the restart", func() bool { return readAt().After(first) })
 }

@@ -33,6 +33,8 @@ type fleetState struct {
 	// instance turns healthy, so a cache of its state (the catalogue) knows
 	// to read it again.
 	upSince atomic.Uint64
+	// reconnects counts its event socket's reconnections after a loss.
+	reconnects atomic.Uint64
 }
 
 // Labels returns the instance's labels (a copy; nil for none).
@@ -68,8 +70,10 @@ func (i *Instance) Weight() int {
 	return 1
 }
 
-// Comebacks changes each time the instance turns healthy (it counts them).
-func (i *Instance) Comebacks() uint64 { return i.fleet.upSince.Load() }
+// Comebacks changes each time the instance turns healthy or its event
+// socket reconnects after a loss (a restart may pass no failed health
+// check): it counts them.
+func (i *Instance) Comebacks() uint64 { return i.fleet.upSince.Load() + i.fleet.reconnects.Load() }
 
 // Leaving reports whether the instance is leaving the pool (discovery or
 // a reload removed it): it finishes its prompts and goes.

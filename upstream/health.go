@@ -174,6 +174,9 @@ func (p *Pool) confirmSuspect(inst *Instance) {
 // reconnected: a health check runs now, and on success the instance is
 // healthy again at once.
 func (p *Pool) socketRestored(inst *Instance) {
+	// A lost socket may be a restart that passed no failed health check:
+	// what the instance can run may have changed (catalogue).
+	inst.fleet.reconnects.Add(1)
 	p.goAsync(func(ctx context.Context) {
 		if ok, _ := p.check(ctx, inst, p.cfg.HealthCheck.Timeout, true); ok {
 			inst.suspect.Store(false)
