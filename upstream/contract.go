@@ -96,13 +96,6 @@ func (i *Instance) Version() string {
 	return ""
 }
 
-// Allow asks the instance's breaker to let one request through; done
-// reports its outcome. Do brackets every request with it; it is exported
-// for callers that judge an outcome of their own.
-func (i *Instance) Allow() (done func(breaker.Outcome), err error) {
-	return i.allow(false)
-}
-
 // Pool is the set of instances.
 type Pool struct {
 	cfg *config.Config

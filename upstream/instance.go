@@ -3,17 +3,13 @@ package upstream
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/comfygate/comfygate/breaker"
+	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/valyala/fasthttp"
 )
-
-// minClientPromptID is the first ComfyUI release that accepts a
-// client-supplied prompt_id (PR #8189, v0.3.45).
-var minClientPromptID = [3]int{0, 3, 45}
 
 // newInstance builds an instance; the pool wires its breaker callback.
 func newInstance(p *Pool, name, addr string, tls bool) *Instance {
@@ -65,44 +61,13 @@ func (i *Instance) Status() InstanceStatus {
 // SupportsClientPromptID reports v0.3.45+ (accepts a client-supplied prompt_id).
 // An unknown or unparsable version is assumed recent.
 func (i *Instance) SupportsClientPromptID() bool {
-	v, ok := parseVersion(i.Version())
-	if !ok {
-		return true
-	}
-	for k := range v {
-		if v[k] != minClientPromptID[k] {
-			return v[k] > minClientPromptID[k]
-		}
-	}
-	return true
+	return comfyapi.SupportsClientPromptID(i.Version())
 }
 
-// parseVersion reads the leading major.minor.patch of a comfyui_version:
-// "0.3.64", "v0.2.2-50-gabc1234" (2024's git describe), "0.38.0+local".
-// Missing parts are 0; ok is false when there is no leading number.
+// parseVersion is comfyapi.ParseVersion as [major, minor, patch].
 func parseVersion(s string) (v [3]int, ok bool) {
-	s = strings.TrimSpace(s)
-	s = strings.TrimPrefix(strings.TrimPrefix(s, "v"), "V")
-	for k := 0; k < 3; k++ {
-		n := 0
-		for n < len(s) && s[n] >= '0' && s[n] <= '9' {
-			n++
-		}
-		if n == 0 {
-			return v, k > 0
-		}
-		x, err := strconv.Atoi(s[:n])
-		if err != nil {
-			return v, false
-		}
-		v[k] = x
-		s = s[n:]
-		if !strings.HasPrefix(s, ".") {
-			return v, true
-		}
-		s = s[1:]
-	}
-	return v, true
+	cv, ok := comfyapi.ParseVersion(s)
+	return [3]int{cv.Major, cv.Minor, cv.Patch}, ok
 }
 
 // URL returns the instance's absolute URL for path (which may carry a query).

@@ -90,10 +90,12 @@ func slowView(t *testing.T, pieces int, gap time.Duration) (addr string, body []
 // COMFYUI_TIMEOUT bounds an instance's silence, not a whole copy.
 func TestCopyFileSlowButMovingBody(t *testing.T) {
 	t.Parallel()
-	srcAddr, body := slowView(t, 8, 80*time.Millisecond)
+	// Gaps a tenth of the timeout (room for a loaded machine), the whole
+	// copy half again as long as the timeout.
+	srcAddr, body := slowView(t, 16, 100*time.Millisecond)
 	dst := startMini(t, "0.3.65")
 	cfg := coreConfig(srcAddr, dst.Addr())
-	cfg.Timeout = 300 * time.Millisecond // the copy takes ~560ms
+	cfg.Timeout = time.Second // the copy takes ~1.5s
 	p, _ := newCorePool(t, cfg, false)
 	src, to := p.Instances()[0], p.Instances()[1]
 	ref := FileRef{Filename: "big.png", Type: "input"}

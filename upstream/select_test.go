@@ -27,7 +27,7 @@ func selectPool(t *testing.T, n int) (*Pool, []*Instance) {
 func openBreaker(t *testing.T, inst *Instance) {
 	t.Helper()
 	for k := 0; k < 10 && inst.breaker.Ready(); k++ {
-		done, err := inst.Allow()
+		done, err := inst.breaker.Allow()
 		if err != nil {
 			break
 		}
