@@ -132,7 +132,7 @@ func serve(ctx context.Context, cfg *config.Config, load func() (*config.Config,
 	var rl *reloader
 	var reload proxy.Reloader
 	if load != nil {
-		rl = &reloader{load: load, pool: pool, m: m, log: log, cur: cfg}
+		rl = &reloader{load: load, pool: pool, workflows: svc.LoadWorkflows, m: m, log: log, cur: cfg}
 		reload = rl.reload
 	}
 	srv, err := proxy.New(proxy.Options{Config: cfg, Pool: pool, Jobs: svc, Metrics: m, Logger: log, Version: version,

@@ -18,13 +18,17 @@ import (
 
 // reloader re-reads the configuration (SIGHUP, POST /admin/reload) and
 // applies what can change while comfygate runs: the instance list with
-// each instance's labels, weight and warm-up. Other changed keys are
+// each instance's labels, weight and warm-up, and the job workflows.
+// Other changed keys are
 // reported as needing a restart and keep their running values. A file
 // that does not load is refused whole, with the errors start-up would
 // give, and the running configuration stays.
 type reloader struct {
 	load func() (*config.Config, error)
 	pool *upstream.Pool
+	// workflows checks a configuration's job workflows and returns what
+	// makes them current (jobs.Service.LoadWorkflows); nil: not reloaded.
+	workflows func(*config.Config) (func(), error)
 	m    *metrics.Metrics
 	log  *slog.Logger
 
@@ -44,14 +48,26 @@ func (r *reloader) reload(ctx context.Context) (proxy.ReloadResult, error) {
 	if err := ctx.Err(); err != nil {
 		return proxy.ReloadResult{}, err
 	}
+	applyWorkflows := func() {}
+	if r.workflows != nil {
+		if applyWorkflows, err = r.workflows(cfg); err != nil {
+			r.m.ConfigReload(false)
+			r.log.Error("config reload refused; the running configuration stays", "error", err)
+			return proxy.ReloadResult{}, err
+		}
+	}
 	res, err := r.pool.Reconfigure(cfg)
 	if err != nil {
 		r.m.ConfigReload(false)
 		r.log.Error("config reload refused; the running configuration stays", "error", err)
 		return proxy.ReloadResult{}, err
 	}
+	applyWorkflows()
 	next := *r.cur
 	next.Instances = cfg.Instances
+	if r.workflows != nil {
+		next.Workflows = cfg.Workflows
+	}
 	r.cur = &next
 	out := proxy.ReloadResult{Added: res.Added, Removed: res.Removed, Changed: res.Changed, Restart: restartKeys(r.cur, cfg)}
 	r.m.ConfigReload(true)

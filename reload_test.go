@@ -82,10 +82,22 @@ func TestReloadAddsRemovesAndRefuses(t *testing.T) {
 		return out
 	}
 
-	write(instances(0, 1, 2))
+	if _, body := httpDo(t, "GET", base+"/api/workflows", nil); strings.Contains(string(body), "my-invert") {
+		t.Fatalf("workflow listed before it was configured: %s", body)
+	}
+	wf := `{"1": {"class_type": "LoadImage", "inputs": {"image": "x.png"}},
+		"2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+		"3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inv"}}}`
+	if err := os.WriteFile(filepath.Join(dir, "invert.json"), []byte(wf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	write(instances(0, 1, 2) + "workflows: {my-invert: {file: invert.json, image_node: \"1\", output_node: \"3\"}}\n")
 	status, body := httpDo(t, "POST", base+"/admin/reload", []byte("{}"))
-	if status != 200 || !strings.Contains(string(body), `"added":["gpu2"]`) {
-		t.Fatalf("reload = %d %s", status, body)
+	if status != 200 || !strings.Contains(string(body), `"added":["gpu2"]`) || strings.Contains(string(body), "workflows") {
+		t.Fatalf("reload = %d %s, want gpu2 added and workflows applied (not restart_needed)", status, body)
+	}
+	if _, body := httpDo(t, "GET", base+"/api/workflows", nil); !strings.Contains(string(body), "my-invert") {
+		t.Fatalf("reloaded workflow not listed: %s", body)
 	}
 	prompt := func(k int) []byte {
 		return []byte(fmt.Sprintf(`{"prompt": {"1": {"class_type": "EmptyImage", "inputs": {"width": 4, "height": 4, "batch_size": 1, "color": %d}},
@@ -99,6 +111,15 @@ func TestReloadAddsRemovesAndRefuses(t *testing.T) {
 		}
 		return ss[2].PromptsExecuted() > 0
 	})
+
+	// A workflow file that does not exist is refused like at start-up.
+	write(instances(0, 1, 2) + "workflows: {gone: {file: absent.json, image_node: \"1\", output_node: \"3\"}}\n")
+	if status, body = httpDo(t, "POST", base+"/admin/reload", []byte("{}")); status != 400 || !strings.Contains(string(body), "absent.json") {
+		t.Fatalf("reload with a missing workflow file = %d %s, want 400 naming it", status, body)
+	}
+	if _, body := httpDo(t, "GET", base+"/api/workflows", nil); !strings.Contains(string(body), "my-invert") {
+		t.Fatalf("a refused reload changed the workflows: %s", body)
+	}
 
 	// A bad file is refused whole: its errors are start-up's, and nothing changes.
 	write(instances(0, 1) + "timeout: -5s\nbreaker: {consecutive_failures: 0}\n")

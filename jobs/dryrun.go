@@ -273,9 +273,10 @@ type workflowView struct {
 
 // serveWorkflows lists the workflows with their request bodies as JSON Schema.
 func (s *Service) serveWorkflows(ctx *fasthttp.RequestCtx) {
-	out := make([]workflowView, 0, len(s.wfs))
-	for _, name := range slices.Sorted(maps.Keys(s.wfs)) {
-		wf := s.wfs[name]
+	wfs := s.workflows()
+	out := make([]workflowView, 0, len(wfs))
+	for _, name := range slices.Sorted(maps.Keys(wfs)) {
+		wf := wfs[name]
 		url := routeWorkflows + name
 		switch name {
 		case "remove-background":

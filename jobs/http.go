@@ -182,9 +182,10 @@ func (s *Service) serveSubmit(ctx *fasthttp.RequestCtx, name string, builtIn boo
 	if !allow(ctx, "POST") {
 		return
 	}
-	wf := s.wfs[name]
+	wfs := s.workflows()
+	wf := wfs[name]
 	if wf == nil {
-		writeError(ctx, badRequest(errUnknownWorkflow, "unknown workflow %q (known: %s)", name, strings.Join(slices.Sorted(maps.Keys(s.wfs)), ", ")))
+		writeError(ctx, badRequest(errUnknownWorkflow, "unknown workflow %q (known: %s)", name, strings.Join(slices.Sorted(maps.Keys(wfs)), ", ")))
 		return
 	}
 	wait, aerr := requestedWait(ctx, s.cfg.MaxWait)

@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/comfygate/comfygate/catalogue"
+	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/upstream"
 )
 
@@ -13,6 +14,28 @@ import (
 // models.
 type Placer interface {
 	Decide(n catalogue.Needs, among func(*upstream.Instance) bool) catalogue.Verdict
+}
+
+// workflows returns the current workflows (do not modify the map).
+func (s *Service) workflows() map[string]*workflow {
+	s.wfsMu.RLock()
+	defer s.wfsMu.RUnlock()
+	return s.wfs
+}
+
+// LoadWorkflows reads cfg's workflows with start-up's checks and returns
+// the function that makes them current; on error nothing changes. Jobs
+// already accepted keep the workflow they were accepted with.
+func (s *Service) LoadWorkflows(cfg *config.Config) (apply func(), err error) {
+	wfs, err := loadWorkflows(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return func() {
+		s.wfsMu.Lock()
+		s.wfs = wfs
+		s.wfsMu.Unlock()
+	}, nil
 }
 
 // SetPlacer makes jobs run only on instances that can run their workflow

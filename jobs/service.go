@@ -60,7 +60,10 @@ type Service struct {
 	be  backend
 	m   *metrics.Metrics
 	log *slog.Logger
-	wfs map[string]*workflow
+	// wfsMu guards wfs, which a reload replaces (LoadWorkflows); a job
+	// keeps the workflow it was accepted with.
+	wfsMu sync.RWMutex
+	wfs   map[string]*workflow
 	// placer limits where prompts run (SetPlacer); nil: labels only.
 	placer Placer
 
