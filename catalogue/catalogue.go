@@ -223,38 +223,35 @@ func read(ctx context.Context, inst *upstream.Instance, prev *Catalogue) (*Catal
 }
 
 // readModels fills cat's folders and files from /models and /models/{folder}.
-// An instance without /models (404) leaves them nil: not judged.
+// Models that cannot be read are not judged rather than failing the read:
+// an instance without /models (404, older than mid-2024) or whose /models
+// fails leaves them nil; a folder whose list fails is left out (and so
+// not judged). Only a cancelled ctx fails it.
 func readModels(ctx context.Context, inst *upstream.Instance, cat *Catalogue) error {
 	status, body, err := inst.Call(ctx, "GET", "/models", nil, nil)
-	if err != nil {
-		return fmt.Errorf("models of %s: %w", inst.Name, err)
-	}
-	if status == 404 {
-		return nil
-	}
-	if status != 200 {
-		return fmt.Errorf("models of %s: status %d", inst.Name, status)
+	if ctx.Err() != nil {
+		return ctx.Err()
 	}
 	var folders []string
-	if err := json.Unmarshal(body, &folders); err != nil {
-		return fmt.Errorf("models of %s: %w", inst.Name, err)
+	if err != nil || status != 200 || json.Unmarshal(body, &folders) != nil {
+		return nil
 	}
-	cat.folders = folders
 	cat.models = make(map[string]map[string]bool, len(folders))
 	cat.files = make(map[string][]string, len(folders))
 	for _, f := range folders {
 		b, err := get(ctx, inst, "/models/"+url.PathEscape(f))
-		if err != nil {
-			return err
+		if ctx.Err() != nil {
+			return ctx.Err()
 		}
 		var files []string
-		if err := json.Unmarshal(b, &files); err != nil {
-			return fmt.Errorf("models/%s of %s: %w", f, inst.Name, err)
+		if err != nil || json.Unmarshal(b, &files) != nil {
+			continue
 		}
 		set := make(map[string]bool, len(files))
 		for _, x := range files {
 			set[normalize(x)] = true
 		}
+		cat.folders = append(cat.folders, f)
 		cat.models[f], cat.files[f] = set, files
 	}
 	return nil
