@@ -144,9 +144,9 @@ func TestPaused(t *testing.T) {
 // successful executions.
 func TestFrozen(t *testing.T) {
 	t.Parallel()
-	s := startForTest(t, Options{Delay: 20 * time.Millisecond})
+	s := startForTest(t, Options{Delay: 20 * time.Millisecond, RecordRuns: true})
 	ws := dialWS(t, s.URL(), "f")
-	running := queuePrompt(t, s.URL(), map[string]any{"client_id": "f", "prompt": slowPrompt(1)})
+	running := queuePrompt(t, s.URL(), map[string]any{"client_id": "f", "prompt": slowPrompt(1), "extra_data": map[string]any{"tag": "one"}})
 	ws.waitFor("node 2 running", executingNode(running, "2"))
 	s.SetFrozen(true)
 	queued := queuePrompt(t, s.URL(), map[string]any{"client_id": "f", "prompt": slowPrompt(2)})
@@ -162,6 +162,12 @@ func TestFrozen(t *testing.T) {
 	ws.waitDone(queued)
 	if got := s.Runs(); len(got) != 2 || got[running] != 1 || got[queued] != 1 {
 		t.Fatalf("runs = %v, want %s and %s once each", got, running, queued)
+	}
+	if got := s.RunsByExtra("tag"); len(got) != 1 || got["one"] != 1 {
+		t.Fatalf("runs by extra_data.tag = %v, want one: 1", got)
+	}
+	if r, p := s.Queue(); r != 0 || p != 0 || !s.Up() {
+		t.Fatalf("queue %d running, %d pending, up %v; want 0, 0, true", r, p, s.Up())
 	}
 }
 

@@ -10,8 +10,10 @@
 // jobs API, /ws); graph validation with ComfyUI's error shapes; a real
 // single-worker queue; real image execution; per-node output caching; the
 // WebSocket message order and routing rules; failure injection (Kill,
-// Restart, SetHang, SetFail500, FailAfter) for fault tests; and SetPaused,
-// which holds the queue so tests can look at it without racing the worker.
+// Restart, SetHang, SetFail500, SetFrozen, FailAfter) for fault tests, and
+// what a fault test counts (Runs: how often each prompt id ran to success;
+// Queue; Up); and SetPaused, which holds the queue so tests can look at it
+// without racing the worker. Tests start it with internal/testkit.Sim.
 //
 // # Nodes
 //

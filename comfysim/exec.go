@@ -326,7 +326,7 @@ func (ex *execution) run() bool {
 	in.queueUpdatedLocked()
 	ex.s.executed.Add(1)
 	if failErr == nil {
-		ex.s.countRun(pid)
+		ex.s.countRun(ex.item)
 	}
 	in.lastNode = ""
 	if ex.target != nil {

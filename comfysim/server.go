@@ -1,6 +1,7 @@
 package comfysim
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -43,6 +44,10 @@ type Options struct {
 	// (it hangs until the client gives up, or Kill/Close). Already open
 	// WebSockets and the queue keep running. Restart clears the count.
 	FailAfter int
+	// RecordRuns keeps a record of every successful execution (its prompt
+	// id and extra_data) for Runs and RunsByExtra. Off by default: the
+	// record grows with every prompt.
+	RecordRuns bool
 	// UpscaleModels lists the files in models/upscale_models; nil means
 	// DefaultUpscaleModels.
 	UpscaleModels []string
@@ -99,8 +104,14 @@ type Server struct {
 
 	modelLoads atomic.Int64 // loads that paid ModelLoadTime
 
-	runsMu sync.Mutex     // guards runs
-	runs   map[string]int // prompt id -> successful executions
+	runsMu sync.Mutex  // guards runs
+	runs   []runRecord // with Options.RecordRuns: every successful execution
+}
+
+// runRecord is one successful execution.
+type runRecord struct {
+	id    string
+	extra *rawObj
 }
 
 // New validates opts and prepares the directories; it does not listen.
@@ -226,28 +237,74 @@ func (s *Server) Version() string { return s.ver.raw }
 // by Kill are not counted.
 func (s *Server) PromptsExecuted() int { return int(s.executed.Load()) }
 
-// Runs returns, for every prompt id this Server executed to success (status
-// "success" in its history) since it was created, how many times it did:
-// across Kill and Restart, a count above 1 means the same prompt ran twice
-// here. Prompts that failed, were interrupted or were abandoned by Kill are
-// not counted.
+// Up reports whether the simulated process runs: started and not killed
+// (or restarted since) nor closed.
+func (s *Server) Up() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.inst != nil
+}
+
+// Queue returns how many prompts are running (0 or 1) and pending, as
+// GET /queue would list them; both are 0 while killed.
+func (s *Server) Queue() (running, pending int) {
+	s.mu.Lock()
+	in := s.inst
+	s.mu.Unlock()
+	if in == nil {
+		return 0, 0
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.running != nil {
+		running = 1
+	}
+	return running, len(in.queue)
+}
+
+// Runs returns, with Options.RecordRuns, for every prompt id this Server
+// executed to success (status "success" in its history) since it was
+// created, how many times it did: across Kill and Restart, a count above 1
+// means the same prompt ran twice here. Prompts that failed, were
+// interrupted or were abandoned by Kill are not counted.
 func (s *Server) Runs() map[string]int {
 	s.runsMu.Lock()
 	defer s.runsMu.Unlock()
-	out := make(map[string]int, len(s.runs))
-	for id, n := range s.runs {
-		out[id] = n
+	out := map[string]int{}
+	for _, r := range s.runs {
+		out[r.id]++
 	}
 	return out
 }
 
-func (s *Server) countRun(id string) {
+// RunsByExtra is Runs keyed by the string value of extra_data[key] instead
+// of the prompt id (runs without it are left out): a client that tags its
+// prompts there counts them whatever prompt id a proxy gave them.
+func (s *Server) RunsByExtra(key string) map[string]int {
 	s.runsMu.Lock()
 	defer s.runsMu.Unlock()
-	if s.runs == nil {
-		s.runs = map[string]int{}
+	out := map[string]int{}
+	for _, r := range s.runs {
+		if r.extra == nil {
+			continue
+		}
+		raw, ok := r.extra.get(key)
+		var v string
+		if !ok || json.Unmarshal(raw, &v) != nil {
+			continue
+		}
+		out[v]++
 	}
-	s.runs[id]++
+	return out
+}
+
+func (s *Server) countRun(it *queueItem) {
+	if !s.opts.RecordRuns {
+		return
+	}
+	s.runsMu.Lock()
+	defer s.runsMu.Unlock()
+	s.runs = append(s.runs, runRecord{id: it.id, extra: it.extra})
 }
 
 // Close stops serving, drops every connection, and removes the directories
