@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
 )
@@ -156,7 +157,7 @@ func (f *fakeBackend) Call(ctx context.Context, inst *upstream.Instance, method,
 func (f *fakeBackend) event(id string, inst *upstream.Instance, typ string, data map[string]any) {
 	f.tb.Helper()
 	var p *upstream.Prompt
-	waitFor(f.tb, "prompt "+id+" accepted", func() bool {
+	testkit.Eventually(f.tb, "prompt "+id+" accepted", func() bool {
 		var ok bool
 		p, ok = f.Prompt(id)
 		return ok
@@ -247,16 +248,4 @@ func jobState(s *Service, id string) state {
 	s.jobsMu.Lock()
 	defer s.jobsMu.Unlock()
 	return s.jobs[id].state
-}
-
-// waitFor polls cond for up to 5s.
-func waitFor(tb testing.TB, what string, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
 }

@@ -48,26 +48,23 @@ func newHarness(tb testing.TB, n int, opts comfysim.Options, mod func(*config.Co
 func newHarnessWith(tb testing.TB, n int, opts comfysim.Options, mod func(*config.Config), svcMod func(*Service)) *harness {
 	tb.Helper()
 	h := &harness{tb: tb, hc: &http.Client{Timeout: 30 * time.Second}}
-	cfg := config.Default()
-	cfg.Instances = nil
+	addrs := make([]string, n)
 	for i := range n {
 		s := testkit.Sim(tb, opts)
 		h.sims = append(h.sims, s)
-		cfg.Instances = append(cfg.Instances, config.Instance{Name: "sim" + itoa(i+1), Address: s.Addr()})
+		addrs[i] = s.Addr()
 	}
-	cfg.Timeout = 5 * time.Second
-	cfg.HealthCheck.Interval = 200 * time.Millisecond
-	cfg.HealthCheck.Timeout = 500 * time.Millisecond
-	cfg.HealthCheck.UnhealthyThreshold = 1
-	cfg.Failover.SuspectGrace = 200 * time.Millisecond
-	cfg.WebSocket.ReconnectMin = 20 * time.Millisecond
-	cfg.WebSocket.ReconnectMax = 200 * time.Millisecond
-	if mod != nil {
-		mod(cfg)
-	}
-	if err := cfg.Validate(); err != nil {
-		tb.Fatalf("config: %v", err)
-	}
+	cfg := testkit.Config(tb, "sim", addrs, func(c *config.Config) {
+		for i := range c.Instances {
+			c.Instances[i].Name = "sim" + itoa(i+1)
+		}
+		c.HealthCheck.Interval = 200 * time.Millisecond
+		c.HealthCheck.Timeout = 500 * time.Millisecond
+		c.Failover.SuspectGrace = 200 * time.Millisecond
+		if mod != nil {
+			mod(c)
+		}
+	})
 	h.cfg = cfg
 	var log *slog.Logger
 	if os.Getenv("JOBS_TEST_LOG") != "" {
@@ -90,16 +87,9 @@ func newHarnessWith(tb testing.TB, n int, opts comfysim.Options, mod func(*confi
 	// "status pending after 10s" in TestExpiry and TestInstanceVersions on
 	// a loaded machine. That is the pool's startup bug to fix; these tests
 	// are about jobs.
-	deadline := time.Now().Add(10 * time.Second)
+	tb.Cleanup(func() { cancel(); pool.Close() })
 	for _, inst := range pool.Instances() {
-		for !inst.Status().SocketUp {
-			if time.Now().After(deadline) {
-				cancel()
-				pool.Close()
-				tb.Fatalf("socket to %s not up after 10s", inst.Name)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+		testkit.Eventually(tb, "event socket to "+inst.Name, func() bool { return inst.Status().SocketUp })
 	}
 	svc, err := New(cfg, pool, nil, log)
 	if err != nil {
@@ -126,11 +116,9 @@ func newHarnessWith(tb testing.TB, n int, opts comfysim.Options, mod func(*confi
 	}
 	go func() { _ = srv.Serve(ln) }()
 	h.base = "http://" + ln.Addr().String()
-	tb.Cleanup(func() {
+	tb.Cleanup(func() { // before the pool's cleanup: the service uses the pool
 		_ = srv.Shutdown()
-		cancel()
 		svc.Close()
-		pool.Close()
 	})
 	return h
 }

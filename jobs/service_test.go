@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/comfygate/comfygate/upstream"
 )
 
@@ -197,7 +198,7 @@ func TestEventsDriveJob(t *testing.T) {
 		"images": []map[string]string{{"filename": "comfygate-upscale_00001_.png", "subfolder": "", "type": "output"}}}})
 	f.event(id, b, "execution_success", map[string]any{"timestamp": 3})
 	f.event(id, b, "executing", map[string]any{"node": nil})
-	waitFor(t, "completion", func() bool { return jobState(s, id) == stCompleted })
+	testkit.Eventually(t, "completion", func() bool { return jobState(s, id) == stCompleted })
 	if v := st(); v.Status != statusCompleted || v.Progress != 100 || v.FinishedAt == nil || v.Estimated != nil {
 		t.Fatalf("completed: %+v", v)
 	}
@@ -252,7 +253,7 @@ func TestFailedJobs(t *testing.T) {
 	f.mu.Unlock()
 	id = submitFake(t, s, "/api/upscale-image")
 	f.waitSubmitted()
-	waitFor(t, "rejection", func() bool { return jobState(s, id) == stFailed })
+	testkit.Eventually(t, "rejection", func() bool { return jobState(s, id) == stFailed })
 	s.jobsMu.Lock()
 	msg := s.jobs[id].errMsg
 	s.jobsMu.Unlock()
@@ -285,7 +286,7 @@ func TestNoInstanceJobWaits(t *testing.T) {
 	if got := f.waitSubmitted(); got != id {
 		t.Fatalf("resubmitted %s", got)
 	}
-	waitFor(t, "queued", func() bool { return jobState(s, id) == stQueued })
+	testkit.Eventually(t, "queued", func() bool { return jobState(s, id) == stQueued })
 	s.jobsMu.Lock()
 	attempts := s.jobs[id].attempts
 	s.jobsMu.Unlock()
@@ -332,7 +333,7 @@ func TestCancelStates(t *testing.T) {
 		t.Fatal("WaitingJob for a cancelled job")
 	}
 	close(release)
-	waitFor(t, "slot freed", func() bool { s.jobsMu.Lock(); defer s.jobsMu.Unlock(); return s.inFlight == 0 })
+	testkit.Eventually(t, "slot freed", func() bool { s.jobsMu.Lock(); defer s.jobsMu.Unlock(); return s.inFlight == 0 })
 	f.mu.Lock()
 	cancels := append([]string(nil), f.cancels...)
 	f.mu.Unlock()
@@ -343,16 +344,16 @@ func TestCancelStates(t *testing.T) {
 	// Queued at the instance: deleted there, slot freed at once.
 	q := submitFake(t, s, "/api/upscale-image")
 	f.waitSubmitted()
-	waitFor(t, "queued", func() bool { return jobState(s, q) == stQueued })
+	testkit.Eventually(t, "queued", func() bool { return jobState(s, q) == stQueued })
 	if known, ok := s.CancelJob(ctx, q); !known || !ok {
 		t.Fatalf("queued: %v %v", known, ok)
 	}
-	waitFor(t, "slot freed", func() bool { s.jobsMu.Lock(); defer s.jobsMu.Unlock(); return s.inFlight == 0 })
+	testkit.Eventually(t, "slot freed", func() bool { s.jobsMu.Lock(); defer s.jobsMu.Unlock(); return s.inFlight == 0 })
 
 	// Running: cancelled at once, the slot held until the interrupt lands.
 	r := submitFake(t, s, "/api/upscale-image")
 	f.waitSubmitted()
-	waitFor(t, "queued", func() bool { return jobState(s, r) == stQueued })
+	testkit.Eventually(t, "queued", func() bool { return jobState(s, r) == stQueued })
 	f.event(r, inst, "execution_start", map[string]any{})
 	next := submitFake(t, s, "/api/upscale-image")
 	if known, ok := s.CancelJob(ctx, r); !known || !ok || jobState(s, r) != stCancelled {
@@ -376,7 +377,7 @@ func TestCancelStates(t *testing.T) {
 	f.mu.Lock()
 	f.cancelFn = func(string) (bool, error) { return false, nil }
 	f.mu.Unlock()
-	waitFor(t, "queued", func() bool { return jobState(s, next) == stQueued })
+	testkit.Eventually(t, "queued", func() bool { return jobState(s, next) == stQueued })
 	if known, ok := s.CancelJob(ctx, next); !known || ok || jobState(s, next) != stQueued {
 		t.Fatalf("not cancellable: %v %v", known, ok)
 	}
@@ -427,7 +428,7 @@ func TestQuietJobs(t *testing.T) {
 	id := submitFake(t, s, "/api/upscale-image")
 	s.dispatch()
 	f.waitSubmitted()
-	waitFor(t, "queued", func() bool { return jobState(s, id) == stQueued })
+	testkit.Eventually(t, "queued", func() bool { return jobState(s, id) == stQueued })
 	c.add(s.staleAfter)
 	s.sweep()
 	if st := jobState(s, id); st != stWaiting {
@@ -441,7 +442,7 @@ func TestQuietJobs(t *testing.T) {
 	c.add(time.Second)
 	s.dispatch()
 	f.waitSubmitted()
-	waitFor(t, "queued", func() bool { return jobState(s, id) == stQueued })
+	testkit.Eventually(t, "queued", func() bool { return jobState(s, id) == stQueued })
 	c.add(s.staleAfter)
 	s.sweep() // prompt not done at the pool: nothing happens
 	if st := jobState(s, id); st != stQueued {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/fasthttp/websocket"
 	"github.com/valyala/fasthttp"
 )
@@ -174,7 +175,7 @@ func TestKeyIsolation(t *testing.T) {
 	if status, raw := postJSON(t, g.base+"/prompt", bearer(keyA), body, &a); status != http.StatusOK {
 		t.Fatalf("A's prompt: %d %s", status, raw)
 	}
-	gateWait(t, "A's prompt in A's history", func() bool {
+	testkit.Eventually(t, "A's prompt in A's history", func() bool {
 		_, ok := historyOf(t, g, keyA, "/history/"+a.PromptID)[a.PromptID]
 		return ok
 	})
@@ -458,7 +459,7 @@ func TestKeysNeverLogged(t *testing.T) {
 	gateDo(t, "POST", g.base+"/free", bearer(keyA), strings.NewReader(`{}`))
 	rawExchange(t, g.addr, "GET /x HTTP/1.1\r\nHost: "+g.addr+"\r\nAuthorization: Bearer "+keyB+"\r\nBad Header\r\n\r\n")
 	rawExchange(t, g.addr, "GET /x HTTP/1.1\nHost: h\nAuthorization: Bearer "+keyB+"\n\n")
-	gateWait(t, "the access log of the last good request", func() bool {
+	testkit.Eventually(t, "the access log of the last good request", func() bool {
 		for _, l := range sink.lines() {
 			if l["path"] == "/free" {
 				return true

@@ -42,13 +42,13 @@ func TestConcurrentPromptCap(t *testing.T) {
 	if status, raw := postJSON(t, g.base+"/prompt", bearer(keyB), map[string]any{"prompt": slowPrompt(4, "cap")}, nil); status != 200 {
 		t.Errorf("B's prompt: %d %s", status, raw)
 	}
-	gateWait(t, "A's first prompt to finish", func() bool {
+	testkit.Eventually(t, "A's first prompt to finish", func() bool {
 		_, ok := historyOf(t, g, keyA, "/history/"+ids[0])[ids[0]]
 		return ok
 	})
 	// The slot frees when comfygate has seen the prompt finish on its event
 	// socket, which may come a moment after the instance's history has it.
-	gateWait(t, "A's prompt accepted after one finished", func() bool {
+	testkit.Eventually(t, "A's prompt accepted after one finished", func() bool {
 		status, raw := postJSON(t, g.base+"/prompt", bearer(keyA), map[string]any{"prompt": slowPrompt(5, "cap")}, nil)
 		if status != 200 && status != http.StatusTooManyRequests {
 			t.Fatalf("A's prompt after one finished: %d %s", status, raw)

@@ -32,7 +32,7 @@ func startFleetGate(t testing.TB, ss []*comfysim.Server, mod func(*config.Config
 	go func() { defer close(done); cat.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
 	for _, inst := range g.pool.Instances() {
-		gateWait(t, "catalogue of "+inst.Name, func() bool { return cat.Status(inst).Known })
+		testkit.Eventually(t, "catalogue of "+inst.Name, func() bool { return cat.Status(inst).Known })
 	}
 	return g, cat
 }
@@ -371,7 +371,7 @@ func TestDrainAndUndrain(t *testing.T) {
 			t.Errorf("prompt %s moved (attempts %d, on %s)", id, p.Attempts(), p.Instance().Name)
 		}
 	}
-	gateWait(t, "i0 drained", func() bool { return health()["i0"].Drained })
+	testkit.Eventually(t, "i0 drained", func() bool { return health()["i0"].Drained })
 
 	if status, body := postJSON(t, g.base+"/admin/instances/i0/drain?move=1", nil, map[string]any{}, nil); status != 501 {
 		t.Errorf("drain?move=1 = %d %s, want 501", status, body)
@@ -409,7 +409,7 @@ func TestModelAffinity(t *testing.T) {
 	settle := func(id string) {
 		t.Helper()
 		p, _ := g.pool.Prompt(id)
-		gateWait(t, "prompt "+id+" done and its instance idle", func() bool {
+		testkit.Eventually(t, "prompt "+id+" done and its instance idle", func() bool {
 			return p.State() == upstream.PromptDone && p.Instance().Work() == 0
 		})
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/testkit"
 )
 
 // TestForwardPassesRequestUnchanged checks the generic forward: the raw
@@ -286,7 +287,7 @@ func TestNoInstance503(t *testing.T) {
 	fake := newFakeComfy(t, nil)
 	g := startGate(t, []string{fake.addr()}, nil)
 	fake.Close() // gone: health checks fail
-	gateWait(t, "instance unhealthy", func() bool { return len(g.pool.Healthy()) == 0 })
+	testkit.Eventually(t, "instance unhealthy", func() bool { return len(g.pool.Healthy()) == 0 })
 	for _, tc := range []struct{ method, path, body string }{
 		{"GET", "/object_info", ""},
 		{"GET", "/", ""},

@@ -2,43 +2,53 @@ package proxy
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/comfygate/comfygate/metrics"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/fasthttp/websocket"
 )
 
 // gate is comfygate's HTTP server in front of some instances, for tests.
+// (Tests outside this package use internal/testkit/stack, which imports
+// proxy and so cannot serve this package's own tests.)
 type gate struct {
 	base string // http://127.0.0.1:port
 	addr string
 	cfg  *config.Config
 	pool *upstream.Pool
 	srv  *Server
+	m    *metrics.Metrics // the server's (nil unless given)
+}
+
+// wsURL is the gate's /ws URL for clientID.
+func (g *gate) wsURL(clientID string) string {
+	return "ws://" + g.addr + "/ws?clientId=" + url.QueryEscape(clientID)
 }
 
 // gateTimeout bounds every wait of these tests.
 const gateTimeout = 15 * time.Second
 
-// startGate starts comfygate in front of addrs (host:port); mod adjusts
-// the configuration before the pool is built.
+// startGate starts comfygate in front of addrs (host:port), instances
+// named i0, i1, ..., with testkit.Config's settings; mod adjusts the
+// configuration before the pool is built.
 func startGate(t testing.TB, addrs []string, mod func(*config.Config)) *gate {
 	t.Helper()
 	return startGateWith(t, addrs, mod, nil)
 }
 
 // startGateWith is startGate with a hook on the server's Options (logger,
-// metrics, jobs).
+// metrics, jobs, catalogue; Pool is set when it runs).
 func startGateWith(t testing.TB, addrs []string, mod func(*config.Config), opts func(*Options)) *gate {
 	t.Helper()
 	return startGateMetrics(t, addrs, mod, nil, opts)
@@ -47,25 +57,7 @@ func startGateWith(t testing.TB, addrs []string, mod func(*config.Config), opts 
 // startGateMetrics is startGateWith with the pool and server reporting to m.
 func startGateMetrics(t testing.TB, addrs []string, mod func(*config.Config), m *metrics.Metrics, opts func(*Options)) *gate {
 	t.Helper()
-	cfg := config.Default()
-	cfg.Instances = nil
-	for i, a := range addrs {
-		cfg.Instances = append(cfg.Instances, config.Instance{Name: fmt.Sprintf("i%d", i), Address: a})
-	}
-	cfg.Timeout = 5 * time.Second
-	cfg.HealthCheck.Interval = 100 * time.Millisecond
-	cfg.HealthCheck.Timeout = time.Second
-	cfg.HealthCheck.UnhealthyThreshold = 1
-	cfg.Failover.SuspectGrace = 300 * time.Millisecond
-	cfg.Breaker.OpenTimeout = 500 * time.Millisecond
-	cfg.WebSocket.ReconnectMin = 20 * time.Millisecond
-	cfg.WebSocket.ReconnectMax = 200 * time.Millisecond
-	if mod != nil {
-		mod(cfg)
-	}
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
+	cfg := testkit.Config(t, "i", addrs, mod)
 	pool, err := upstream.New(cfg, m, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -75,7 +67,7 @@ func startGateMetrics(t testing.TB, addrs []string, mod func(*config.Config), m 
 		cancel()
 		t.Fatal(err)
 	}
-	o := Options{Config: cfg, Pool: pool, Version: "test", Metrics: m}
+	o := Options{Config: cfg, Pool: pool, Metrics: m, Version: "test"}
 	if opts != nil {
 		opts(&o)
 	}
@@ -99,8 +91,8 @@ func startGateMetrics(t testing.TB, addrs []string, mod func(*config.Config), m 
 		pool.Close()
 		cancel()
 	})
-	g := &gate{base: "http://" + ln.Addr().String(), addr: ln.Addr().String(), cfg: cfg, pool: pool, srv: srv}
-	// Start from a fleet whose event sockets are up (as startStack does):
+	g := &gate{base: "http://" + ln.Addr().String(), addr: ln.Addr().String(), cfg: cfg, pool: pool, srv: srv, m: o.Metrics}
+	// Start from a fleet whose event sockets are up:
 	// pool.Start returns after the first health check, before the sockets
 	// connect, and a prompt that runs on an instance before comfygate's
 	// socket registered there loses its events for good (the pool's startup
@@ -109,22 +101,10 @@ func startGateMetrics(t testing.TB, addrs []string, mod func(*config.Config), m 
 	// first health check found down are the test's business.
 	for _, inst := range pool.Instances() {
 		if inst.Healthy() {
-			gateWait(t, "event socket to "+inst.Name, func() bool { return inst.Status().SocketUp })
+			testkit.Eventually(t, "event socket to "+inst.Name, func() bool { return inst.Status().SocketUp })
 		}
 	}
 	return g
-}
-
-// waitFor polls cond until it holds or gateTimeout passes.
-func gateWait(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(gateTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // gateClient is the tests' client: no keep-alive surprises across tests,

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/fasthttp/websocket"
 )
 
@@ -165,7 +166,7 @@ func TestClientLimits(t *testing.T) {
 		held = append(held, c)
 	}
 	// The three are accepted (the server counts them) before the fourth.
-	gateWait(t, "three connections counted", func() bool {
+	testkit.Eventually(t, "three connections counted", func() bool {
 		status, _ := rawExchange(t, g.addr, "GET /health HTTP/1.1\r\nHost: "+g.addr+"\r\nConnection: close\r\n\r\n")
 		return strings.Contains(status, " 429 ")
 	})
@@ -173,7 +174,7 @@ func TestClientLimits(t *testing.T) {
 		c.Close()
 	}
 	held = nil
-	gateWait(t, "a slot after closing", func() bool {
+	testkit.Eventually(t, "a slot after closing", func() bool {
 		status, _ := rawExchange(t, g.addr, "GET /health HTTP/1.1\r\nHost: "+g.addr+"\r\nConnection: close\r\n\r\n")
 		return strings.Contains(status, " 200 ")
 	})

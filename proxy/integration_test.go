@@ -105,7 +105,7 @@ type historyEntry struct {
 func waitHistory(t *testing.T, g *gate, prefix, id string) historyEntry {
 	t.Helper()
 	var e historyEntry
-	gateWait(t, "history of "+id, func() bool {
+	testkit.Eventually(t, "history of "+id, func() bool {
 		status, _, body := gateDo(t, "GET", g.base+prefix+"/history/"+url.PathEscape(id), nil, nil)
 		if status != 200 {
 			t.Fatalf("GET /history/%s = %d %s", id, status, body)
@@ -304,7 +304,7 @@ func TestKilledInstanceAndRestart(t *testing.T) {
 	if err := dead.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	gateWait(t, "restarted instance available", func() bool { return g.pool.Instances()[1].Available() })
+	testkit.Eventually(t, "restarted instance available", func() bool { return g.pool.Instances()[1].Available() })
 	for i := 0; dead.PromptsExecuted() == before; i++ {
 		if i == 20 {
 			t.Fatal("restarted instance got no prompt out of 20")
@@ -351,7 +351,7 @@ func TestHungSimDoesNotHangClients(t *testing.T) {
 		}
 	}
 	// The hung instance leaves selection; prompts then run on the other.
-	gateWait(t, "hung instance out", func() bool { return !g.pool.Instances()[0].Available() })
+	testkit.Eventually(t, "hung instance out", func() bool { return !g.pool.Instances()[0].Available() })
 	waitHistory(t, g, "", submit(t, g, map[string]any{"prompt": emptyImagePrompt(7, "h")}))
 }
 
@@ -736,7 +736,7 @@ func TestInterrupt(t *testing.T) {
 	}
 	a := submit(t, g, map[string]any{"prompt": slow(1)})
 	b := submit(t, g, map[string]any{"prompt": slow(2)})
-	gateWait(t, "both running", func() bool {
+	testkit.Eventually(t, "both running", func() bool {
 		_, _, body := gateDo(t, "GET", g.base+"/queue", nil, nil)
 		var q struct {
 			Running []any `json:"queue_running"`
@@ -941,7 +941,7 @@ func TestDoneWhen(t *testing.T) {
 		run(i)
 	}
 	var out time.Duration
-	gateWait(t, "killed instance out of selection", func() bool {
+	testkit.Eventually(t, "killed instance out of selection", func() bool {
 		out = time.Since(killedAt)
 		return !g.pool.Instances()[1].Available()
 	})

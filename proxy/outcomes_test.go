@@ -18,6 +18,7 @@ import (
 
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/testkit"
 )
 
 // breakersClosed fails the test unless every instance's breaker is closed.
@@ -138,7 +139,7 @@ func TestStalledOrVanishedUploadIsNotAnInstanceFailure(t *testing.T) {
 	}
 	_, _ = io.WriteString(c, part)
 	_ = c.Close()
-	gateWait(t, "two upload lines in the access log", func() bool { return len(rec.statuses("/upload/image")) == 2 })
+	testkit.Eventually(t, "two upload lines in the access log", func() bool { return len(rec.statuses("/upload/image")) == 2 })
 	for _, st := range rec.statuses("/upload/image") {
 		if st == 502 || st == 504 {
 			t.Errorf("access log: a client's broken upload logged as %d", st)

@@ -53,7 +53,7 @@ func TestShutdownDrains(t *testing.T) {
 		shut <- g.srv.Shutdown(ctx)
 	}()
 	// New connections are refused once the listener is closed.
-	gateWait(t, "listener closed", func() bool {
+	testkit.Eventually(t, "listener closed", func() bool {
 		c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: time.Second}
 		resp, err := c.Get(g.base + "/health")
 		if err == nil {
@@ -117,7 +117,7 @@ func TestAccessLogAndMetrics(t *testing.T) {
 		t.Fatal(status)
 	}
 	var line map[string]any
-	gateWait(t, "access log line", func() bool {
+	testkit.Eventually(t, "access log line", func() bool {
 		for _, l := range sink.lines() {
 			if l["msg"] == "request" && l["path"] == "/api/system_stats" {
 				line = l

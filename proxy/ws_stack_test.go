@@ -20,7 +20,6 @@ import (
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/comfygate/comfygate/metrics"
-	"github.com/comfygate/comfygate/upstream"
 	"github.com/fasthttp/websocket"
 )
 
@@ -29,88 +28,17 @@ import (
 
 const stackTimeout = 30 * time.Second
 
-// stack is comfygate in front of some instances.
-type stack struct {
-	base string // http://127.0.0.1:port
-	pool *upstream.Pool
-	srv  *Server
-	m    *metrics.Metrics
-}
-
-func (s *stack) wsURL(clientID string) string {
-	return "ws" + strings.TrimPrefix(s.base, "http") + "/ws?clientId=" + url.QueryEscape(clientID)
-}
-
-// startStack starts comfygate in front of addrs; mod adjusts the config.
-func startStack(t testing.TB, addrs []string, mod func(*config.Config)) *stack {
+// startStack is startGate with metrics, the default upstream timeout and
+// health checks every 200 ms: many clients at once on a loaded machine.
+func startStack(t testing.TB, addrs []string, mod func(*config.Config)) *gate {
 	t.Helper()
-	cfg := config.Default()
-	cfg.Instances = nil
-	for i, a := range addrs {
-		cfg.Instances = append(cfg.Instances, config.Instance{Name: fmt.Sprintf("sim%d", i), Address: a})
-	}
-	cfg.HealthCheck.Interval = 200 * time.Millisecond
-	cfg.HealthCheck.Timeout = time.Second
-	cfg.HealthCheck.UnhealthyThreshold = 1
-	cfg.Failover.SuspectGrace = 300 * time.Millisecond
-	cfg.Breaker.OpenTimeout = 500 * time.Millisecond
-	cfg.WebSocket.ReconnectMin = 20 * time.Millisecond
-	cfg.WebSocket.ReconnectMax = 200 * time.Millisecond
-	if mod != nil {
-		mod(cfg)
-	}
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	m := metrics.New("test")
-	pool, err := upstream.New(cfg, m, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	if err := pool.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	srv, err := New(Options{Config: cfg, Pool: pool, Metrics: m})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = srv.Serve(ln); close(done) }()
-	t.Cleanup(func() {
-		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_ = srv.Shutdown(sctx)
-		scancel()
-		<-done
-		pool.Close()
-		cancel()
-	})
-	s := &stack{base: "http://" + ln.Addr().String(), pool: pool, srv: srv, m: m}
-	// Wait until every instance's socket is up, so tests start from a fleet.
-	waitForStack(t, "upstream sockets", func() bool {
-		for _, inst := range pool.Instances() {
-			if !inst.Status().SocketUp {
-				return false
-			}
+	return startGateMetrics(t, addrs, func(c *config.Config) {
+		c.Timeout = config.Default().Timeout
+		c.HealthCheck.Interval = 200 * time.Millisecond
+		if mod != nil {
+			mod(c)
 		}
-		return true
-	})
-	return s
-}
-
-func waitForStack(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(stackTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	}, metrics.New("test"), nil)
 }
 
 // connCounter is a TCP forwarder in front of one instance that counts the
@@ -210,7 +138,7 @@ type flowResult struct {
 // `executing` with node null for its prompt_id, then GET /history/{id}
 // and GET /view of each output image. It also checks that every event on
 // the socket that names a prompt names this one.
-func comfyExampleFlow(ctx context.Context, s *stack, clientID string, color int, hooks flowHooks) (flowResult, error) {
+func comfyExampleFlow(ctx context.Context, s *gate, clientID string, color int, hooks flowHooks) (flowResult, error) {
 	var res flowResult
 	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second}
 	conn, resp, err := d.DialContext(ctx, s.wsURL(clientID), nil)
@@ -332,7 +260,7 @@ type flowHooks struct {
 }
 
 // runClients runs the example flow for n parallel clients.
-func runClients(t *testing.T, s *stack, n int, hooks flowHooks) []flowResult {
+func runClients(t *testing.T, s *gate, n int, hooks flowHooks) []flowResult {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), stackTimeout)
 	defer cancel()
@@ -437,7 +365,7 @@ func TestWSStackExampleFlowSurvivesKill(t *testing.T) {
 		for {
 			select {
 			case id := <-started:
-				if p, ok := s.pool.Prompt(id); ok && p.Instance() != nil && p.Instance().Name == "sim0" {
+				if p, ok := s.pool.Prompt(id); ok && p.Instance() != nil && p.Instance().Name == "i0" {
 					a.Kill()
 					return
 				}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/comfyapi"
+	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/fasthttp/websocket"
 	"github.com/valyala/fasthttp"
@@ -206,18 +207,6 @@ func (h *Hub) isLive(id string) bool {
 	defer h.mu.Unlock()
 	s := h.sessions[id]
 	return s != nil && s.client != nil
-}
-
-// waitFor polls cond (another goroutine's state) until it holds.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(wsTestTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func TestWSFirstStatus(t *testing.T) {
@@ -571,7 +560,7 @@ func TestWSBacklogReplay(t *testing.T) {
 	}
 	_ = c.conn.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""))
 	_ = c.conn.Close()
-	waitFor(t, "the hub to see the close", func() bool { return !h.isLive("R") })
+	testkit.Eventually(t, "the hub to see the close", func() bool { return !h.isLive("R") })
 
 	// Events while away, then more events racing the reconnect: the new
 	// socket gets 5..N exactly once, in order.
@@ -625,7 +614,7 @@ func TestWSBacklogExpires(t *testing.T) {
 	h, base := startHub(t, func(ws *config.WebSocket) { ws.BacklogGrace = 50 * time.Millisecond })
 	q := &upstream.Prompt{ID: "pg", ClientID: "G"}
 	h.PromptEvent(q, textEvent("progress", "pg", ""))
-	waitFor(t, "the backlog to expire", func() bool {
+	testkit.Eventually(t, "the backlog to expire", func() bool {
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		return h.sessions["G"] == nil
@@ -637,7 +626,7 @@ func TestWSBacklogExpires(t *testing.T) {
 	}
 	// A socket that leaves starts the grace; the sweeper forgets it after.
 	_ = g.conn.Close()
-	waitFor(t, "the closed socket's session to expire", func() bool {
+	testkit.Eventually(t, "the closed socket's session to expire", func() bool {
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		return len(h.sessions) == 0
@@ -676,7 +665,7 @@ func TestWSReconnectSameClientID(t *testing.T) {
 		t.Fatalf("old socket ended with %v, want close %d", err, closeReplaced)
 	}
 	_ = old.conn.Close()
-	waitFor(t, "the old socket to go", func() bool { return h.Clients() == 1 })
+	testkit.Eventually(t, "the old socket to go", func() bool { return h.Clients() == 1 })
 
 	// Its close did not unregister the new one (ComfyUI's race).
 	h.PromptEvent(p, textEvent("executing", "ps", `, "node": null`))
@@ -742,7 +731,7 @@ func TestWSKeepalive(t *testing.T) {
 	// A client that never reads never answers: dropped after ~2 intervals.
 	mute := dialWS(t, base+"/ws?clientId=mute")
 	_ = mute
-	waitFor(t, "the mute client to be dropped", func() bool { return !h.isLive("mute") })
+	testkit.Eventually(t, "the mute client to be dropped", func() bool { return !h.isLive("mute") })
 	if !h.isLive("k") {
 		t.Fatal("the answering client was dropped too")
 	}

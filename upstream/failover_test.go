@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/comfygate/comfygate/internal/testkit"
 )
 
 // TestFailoverMovesPromptOfDeadInstance: the instance running a prompt dies;
@@ -28,7 +30,7 @@ func TestFailoverMovesPromptOfDeadInstance(t *testing.T) {
 	}
 	killed := time.Now()
 	from.kill()
-	eventually(t, "resubmitted", func() bool { return to.promptCount() == 1 })
+	testkit.Eventually(t, "resubmitted", func() bool { return to.promptCount() == 1 })
 	t.Logf("resubmitted %v after the kill", time.Since(killed))
 	body := to.lastBody()
 	var pid, cid string
@@ -54,7 +56,7 @@ func TestFailoverMovesPromptOfDeadInstance(t *testing.T) {
 	if inst, err := p.LocatePrompt(t.Context(), id); err != nil || inst != newInst {
 		t.Fatal("the pin should follow the prompt")
 	}
-	eventually(t, "nothing outstanding", func() bool { return p.Outstanding() == 0 })
+	testkit.Eventually(t, "nothing outstanding", func() bool { return p.Outstanding() == 0 })
 }
 
 // TestFailoverExhaustedTellsTheClient: with max_resubmits 0 the sink gets
@@ -112,7 +114,7 @@ func TestDonePromptIsNeverResubmitted(t *testing.T) {
 	from.finish(id, "d.png")
 	sink.until(t, 5*time.Second)
 	from.kill()
-	eventually(t, "instance down", func() bool { return !res.Instance.Healthy() })
+	testkit.Eventually(t, "instance down", func() bool { return !res.Instance.Healthy() })
 	p.prompts.instanceDown(res.Instance) // again, explicitly: idempotent
 	if n := f1.promptCount() + f2.promptCount(); n != 1 {
 		t.Fatalf("%d submissions, want 1", n)
@@ -133,8 +135,8 @@ func TestRestartedInstanceLostPromptIsResubmitted(t *testing.T) {
 	f.start(id)
 	sink.next(t)
 	f.restart()
-	eventually(t, "socket back", func() bool { return f.socketCount() == 1 })
-	eventually(t, "resubmitted", func() bool { return f.promptCount() == 2 })
+	testkit.Eventually(t, "socket back", func() bool { return f.socketCount() == 1 })
+	testkit.Eventually(t, "resubmitted", func() bool { return f.promptCount() == 2 })
 	f.start(id)
 	f.finish(id, "again.png")
 	evs := sink.until(t, 5*time.Second)

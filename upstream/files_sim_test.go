@@ -110,11 +110,11 @@ func TestSimulatorKilledIsConfirmedDeadAndComesBack(t *testing.T) {
 	a.Kill()
 	start := time.Now()
 	p.confirmSuspect(inst)
-	eventually(t, "confirmed dead", func() bool { return !inst.Healthy() })
+	testkit.Eventually(t, "confirmed dead", func() bool { return !inst.Healthy() })
 	t.Logf("killed instance confirmed dead in %v", time.Since(start))
 	if err := a.Restart(); err != nil {
 		t.Fatal(err)
 	}
 	p.socketRestored(inst)
-	eventually(t, "healthy again", func() bool { return inst.Healthy() })
+	testkit.Eventually(t, "healthy again", func() bool { return inst.Healthy() })
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/breaker"
+	"github.com/comfygate/comfygate/internal/testkit"
 )
 
 func TestHealthThresholdsAndOneLogPerTransition(t *testing.T) {
@@ -67,7 +68,7 @@ func TestHealthThresholdsAndOneLogPerTransition(t *testing.T) {
 	}
 	// A check that ran while the breaker was open reported nothing; the
 	// next one after its open timeout is its half-open probe.
-	eventually(t, "a passing check to close the breaker", func() bool {
+	testkit.Eventually(t, "a passing check to close the breaker", func() bool {
 		p.checkOnce(ctx, inst)
 		return inst.breaker.State() == breaker.Closed
 	})
@@ -101,9 +102,9 @@ func TestHealthLoopRuns(t *testing.T) {
 	p, _ := newCorePool(t, cfg, true)
 	inst := p.Instances()[0]
 	f.fail500.Store(true)
-	eventually(t, "unhealthy by the loop", func() bool { return !inst.Healthy() })
+	testkit.Eventually(t, "unhealthy by the loop", func() bool { return !inst.Healthy() })
 	f.fail500.Store(false)
-	eventually(t, "healthy by the loop", func() bool { return inst.Healthy() })
+	testkit.Eventually(t, "healthy by the loop", func() bool { return inst.Healthy() })
 }
 
 func TestHungInstanceFailsByTimeout(t *testing.T) {
@@ -130,21 +131,21 @@ func TestConfirmSuspect(t *testing.T) {
 
 	// Socket blip, instance fine: suspect cleared, still healthy.
 	p.confirmSuspect(inst)
-	eventually(t, "suspect cleared", func() bool { return !inst.suspect.Load() && !inst.confirming.Load() })
+	testkit.Eventually(t, "suspect cleared", func() bool { return !inst.suspect.Load() && !inst.confirming.Load() })
 	if !inst.Healthy() {
 		t.Fatal("healthy instance marked down")
 	}
 	// Socket lost and the check fails: down at once, not after 3 failures.
 	f.fail500.Store(true)
 	p.confirmSuspect(inst)
-	eventually(t, "confirmed dead", func() bool { return !inst.Healthy() })
+	testkit.Eventually(t, "confirmed dead", func() bool { return !inst.Healthy() })
 	if rec.count("socket lost and health check failed") != 1 {
 		t.Fatal("confirmation not logged once")
 	}
 	// The socket comes back and the instance answers: healthy at once.
 	f.fail500.Store(false)
 	p.socketRestored(inst)
-	eventually(t, "restored", func() bool { return inst.Healthy() && !inst.suspect.Load() })
+	testkit.Eventually(t, "restored", func() bool { return inst.Healthy() && !inst.suspect.Load() })
 }
 
 func TestParseVersion(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/breaker"
+	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/valyala/fasthttp"
 )
 
@@ -148,7 +149,7 @@ func TestNoFreeConnsDoesNotTripBreaker(t *testing.T) {
 		_, _, err := inst.Call(context.Background(), "GET", "/queue", nil, nil)
 		first <- err
 	}()
-	eventually(t, "the hung call to hold the connection", func() bool { return inst.client.ConnsCount() == 1 })
+	testkit.Eventually(t, "the hung call to hold the connection", func() bool { return inst.client.ConnsCount() == 1 })
 	if _, _, err := inst.Call(context.Background(), "GET", "/queue", nil, nil); !errors.Is(err, fasthttp.ErrNoFreeConns) {
 		t.Fatalf("call over the connection cap = %v, want ErrNoFreeConns", err)
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"testing"
+
+	"github.com/comfygate/comfygate/internal/testkit"
 )
 
 // submitWith sends a small prompt whose body also carries extra (e.g.
@@ -86,8 +88,8 @@ func TestFleetNumbers(t *testing.T) {
 	}
 	before := to.promptCount()
 	from.kill()
-	eventually(t, "resubmitted", func() bool { return moved.Prompt.Attempts() == 2 && to.promptCount() > before })
-	eventually(t, "accepted again", func() bool { return moved.Prompt.Instance().Addr == to.addr })
+	testkit.Eventually(t, "resubmitted", func() bool { return moved.Prompt.Attempts() == 2 && to.promptCount() > before })
+	testkit.Eventually(t, "accepted again", func() bool { return moved.Prompt.Instance().Addr == to.addr })
 	if n, ok := moved.Prompt.Number(); !ok || n != 0 {
 		t.Fatalf("resubmitted prompt: Number() = %v, %v; want its 0 kept", n, ok)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/breaker"
+	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/comfygate/comfygate/metrics"
 )
 
@@ -34,7 +35,7 @@ func TestCancelledHalfOpenProbeKeepsBreakerOpen(t *testing.T) {
 	}
 	f.fail500.Store(false)
 	f.hang.Store(true)
-	eventually(t, "the breaker to turn half-open", func() bool { return inst.breaker.State() == breaker.HalfOpen })
+	testkit.Eventually(t, "the breaker to turn half-open", func() bool { return inst.breaker.State() == breaker.HalfOpen })
 
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
@@ -42,7 +43,7 @@ func TestCancelledHalfOpenProbeKeepsBreakerOpen(t *testing.T) {
 		_, _, err := inst.Call(ctx, "GET", "/queue", nil, nil)
 		errc <- err
 	}()
-	eventually(t, "the probe to reach the instance", func() bool { return f.hanging.Load() > 0 })
+	testkit.Eventually(t, "the probe to reach the instance", func() bool { return f.hanging.Load() > 0 })
 	cancel()
 	if err := <-errc; !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled probe = %v, want context.Canceled", err)

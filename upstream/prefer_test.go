@@ -172,7 +172,7 @@ func TestPreferAndOutputCopies(t *testing.T) {
 	ia.draining.Store(false)
 	a.Kill()
 	p.confirmSuspect(ia)
-	eventually(t, "a confirmed dead", func() bool { return !ia.Healthy() })
+	testkit.Eventually(t, "a confirmed dead", func() bool { return !ia.Healthy() })
 	res, sink = send("@i1/shot.png [output]", shot)
 	if res.Status != 200 || res.Instance != ib {
 		t.Fatalf("with a dead: %d on %s: %s", res.Status, nameOf(res.Instance), res.Body)

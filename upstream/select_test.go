@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/comfygate/comfygate/breaker"
+	"github.com/comfygate/comfygate/internal/testkit"
 )
 
 // selectPool returns a pool of n instances that are healthy without any
@@ -153,7 +154,7 @@ func TestHalfOpenIsSelectable(t *testing.T) {
 	if _, err := p.Select(); !errors.Is(err, ErrNoUpstream) {
 		t.Fatalf("Select with open breaker = %v, want ErrNoUpstream", err)
 	}
-	eventually(t, "half-open", func() bool { return inst.breaker.Ready() })
+	testkit.Eventually(t, "half-open", func() bool { return inst.breaker.Ready() })
 	if got, err := p.Select(); err != nil || got != inst {
 		t.Fatalf("Select half-open = %v, %v", got, err)
 	}

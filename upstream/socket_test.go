@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/fasthttp/websocket"
 	"github.com/valyala/fasthttp"
 )
@@ -439,7 +440,7 @@ func fakePool(t *testing.T, cfg *config.Config, fakes ...*fakeComfy) (*Pool, *re
 	if err := p.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "sockets up", func() bool {
+	testkit.Eventually(t, "sockets up", func() bool {
 		for _, f := range fakes {
 			if f.socketCount() == 0 {
 				return false
@@ -577,7 +578,7 @@ func TestEventsReachTheirOwnSinkInOrder(t *testing.T) {
 	if st := ra.Prompt.State(); st != PromptDone {
 		t.Fatalf("state %v after execution_success", st)
 	}
-	eventually(t, "in-flight back to 0", func() bool {
+	testkit.Eventually(t, "in-flight back to 0", func() bool {
 		return p.Outstanding() == 0 && ra.Instance.inflight.Load() == 0 && rb.Instance.inflight.Load() == 0
 	})
 	if inst, ok := p.FileOwner(context.Background(), FileRef{Filename: "a.png", Type: "output"}); !ok || inst != ra.Instance {
@@ -744,8 +745,8 @@ func TestStatusFeedsQueueDepthNotSinks(t *testing.T) {
 	sink := newRecSink()
 	res := submit(t, p, newUUID(), sink)
 	f.emit(`{"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 7}}}}`)
-	eventually(t, "queue depth 7", func() bool { return res.Instance.queueDepth.Load() == 7 })
-	eventually(t, "QueueChanged", func() bool { return l.lastQueue() == p.QueueRemaining() })
+	testkit.Eventually(t, "queue depth 7", func() bool { return res.Instance.queueDepth.Load() == 7 })
+	testkit.Eventually(t, "QueueChanged", func() bool { return l.lastQueue() == p.QueueRemaining() })
 	sink.none(t)
 }
 
@@ -773,8 +774,8 @@ func TestReconnectDeliversWhatHistorySays(t *testing.T) {
 	if !strings.Contains(string(evs[0].Data), "boom") {
 		t.Fatalf("the history's error should be relayed: %s", evs[0].Data)
 	}
-	eventually(t, "socket reconnected", func() bool { return f.dials.Load() >= 2 })
-	eventually(t, "prompt done", func() bool { return res.Prompt.State() == PromptDone && p.Outstanding() == 0 })
+	testkit.Eventually(t, "socket reconnected", func() bool { return f.dials.Load() >= 2 })
+	testkit.Eventually(t, "prompt done", func() bool { return res.Prompt.State() == PromptDone && p.Outstanding() == 0 })
 }
 
 func TestCancelQueuedAndRunning(t *testing.T) {
@@ -792,7 +793,7 @@ func TestCancelQueuedAndRunning(t *testing.T) {
 	}
 	running := submit(t, p, newUUID(), newRecSink())
 	f.start(running.Prompt.UpstreamID())
-	eventually(t, "running", func() bool { return running.Prompt.State() == PromptRunning })
+	testkit.Eventually(t, "running", func() bool { return running.Prompt.State() == PromptRunning })
 	ok, err = p.Cancel(ctx, running.Prompt.ID)
 	if err != nil || !ok {
 		t.Fatalf("cancel running: %v %v", ok, err)
@@ -818,7 +819,7 @@ func TestDeletedBehindOurBackIsNoticed(t *testing.T) {
 	f.pending = nil // someone POSTed /queue clear straight to the instance
 	f.mu.Unlock()
 	f.emit(`{"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}}}`)
-	eventually(t, "deleted prompt done", func() bool { return res.Prompt.State() == PromptDone && p.Outstanding() == 0 })
+	testkit.Eventually(t, "deleted prompt done", func() bool { return res.Prompt.State() == PromptDone && p.Outstanding() == 0 })
 }
 
 func TestLocatePromptAsksInstances(t *testing.T) {

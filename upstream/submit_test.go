@@ -146,7 +146,7 @@ func TestSimPromptsOnTwoInstancesReachTheirSinks(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("custom broadcast not relayed")
 	}
-	eventually(t, "all done", func() bool { return p.Outstanding() == 0 })
+	testkit.Eventually(t, "all done", func() bool { return p.Outstanding() == 0 })
 }
 
 func TestSimOldVersionWorksThroughIDMapping(t *testing.T) {
@@ -233,11 +233,11 @@ func TestSimRestartReconnectsSocket(t *testing.T) {
 	p, _ := simPool(t, nil, s)
 	inst := p.Instances()[0]
 	s.Kill()
-	eventually(t, "socket down", func() bool { return !inst.socketUp.Load() })
+	testkit.Eventually(t, "socket down", func() bool { return !inst.socketUp.Load() })
 	if err := s.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "socket up again", func() bool { return inst.socketUp.Load() && inst.Healthy() })
+	testkit.Eventually(t, "socket up again", func() bool { return inst.socketUp.Load() && inst.Healthy() })
 	sink, id := newRecSink(), newUUID()
 	simSubmit(t, p, id, simPrompt("after", false), sink)
 	evs := sink.until(t, 10*time.Second)
@@ -270,7 +270,7 @@ func TestSimTimeoutKeepsPromptPinned(t *testing.T) {
 	if s1.PromptsExecuted() != 1 {
 		t.Fatalf("executed %d times, want exactly once", s1.PromptsExecuted())
 	}
-	eventually(t, "nothing outstanding", func() bool { return p.Outstanding() == 0 })
+	testkit.Eventually(t, "nothing outstanding", func() bool { return p.Outstanding() == 0 })
 }
 
 // Two submissions of one client id at once: one keeps it, the other gets

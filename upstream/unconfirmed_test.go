@@ -109,7 +109,7 @@ func TestPromptUnderWayIsLeftToItsSend(t *testing.T) {
 		res, err := send(newUUID(), newRecSink())
 		done <- result{res, err}
 	}()
-	eventually(t, "POST under way", func() bool { return f1.promptCount() == 1 })
+	testkit.Eventually(t, "POST under way", func() bool { return f1.promptCount() == 1 })
 	markDown(p, i1)
 	if n := f2.promptCount(); n != 0 {
 		t.Fatalf("resubmitted while its POST was under way (%d at the other instance)", n)
@@ -125,7 +125,7 @@ func TestPromptUnderWayIsLeftToItsSend(t *testing.T) {
 	first := r.res.Prompt
 	f1.start(first.UpstreamID()) // it ends there, so the next markDown moves nothing but the next prompt
 	f1.finish(first.UpstreamID(), "first.png")
-	eventually(t, "first prompt done", func() bool { return first.State() == PromptDone })
+	testkit.Eventually(t, "first prompt done", func() bool { return first.State() == PromptDone })
 
 	// No answer, death confirmed meanwhile: moved as soon as the POST ends.
 	i1.healthy.Store(true)
@@ -135,14 +135,14 @@ func TestPromptUnderWayIsLeftToItsSend(t *testing.T) {
 		res, err := send(id, sink)
 		done <- result{res, err}
 	}()
-	eventually(t, "second POST under way", func() bool { return f1.promptCount() == 2 })
+	testkit.Eventually(t, "second POST under way", func() bool { return f1.promptCount() == 2 })
 	markDown(p, i1)
 	answer <- false
 	if r := <-done; r.err == nil {
 		t.Fatalf("want the timeout, got %d", r.res.Status)
 	}
 	ended := time.Now()
-	eventually(t, "moved", func() bool { return f2.promptCount() == 1 })
+	testkit.Eventually(t, "moved", func() bool { return f2.promptCount() == 1 })
 	var got string
 	_ = json.Unmarshal(f2.lastBody()["prompt_id"], &got)
 	if got != id {
@@ -185,7 +185,7 @@ func TestAnsweredByDeadInstanceIsMoved(t *testing.T) {
 	if err != nil || res.Status != 200 || res.Instance != i1 {
 		t.Fatalf("submit: %v %d", err, res.Status)
 	}
-	eventually(t, "moved", func() bool { return f2.promptCount() == 1 })
+	testkit.Eventually(t, "moved", func() bool { return f2.promptCount() == 1 })
 	if pr, _ := p.Prompt(id); pr.Instance() != p.Instances()[1] {
 		t.Fatalf("pinned to %v, want the other instance", pr.Instance())
 	}
