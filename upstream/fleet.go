@@ -159,6 +159,7 @@ func (p *Pool) Reconfigure(cfg *config.Config) (ReconfigureResult, error) {
 		next    []plan
 		added   []*Instance
 		removed []*Instance
+		rewarm  []*Instance
 	)
 	p.mu.Lock()
 	old := map[string]*entry{}
@@ -176,9 +177,15 @@ func (p *Pool) Reconfigure(cfg *config.Config) (ReconfigureResult, error) {
 			if !sameSettings(e.cfg, ci) {
 				res.Changed = append(res.Changed, ci.Name)
 			}
+			warmupChanged := e.cfg.Warmup != ci.Warmup
 			e.cfg = ci
 			for _, inst := range e.insts {
 				inst.applyConfig(ci)
+				if warmupChanged {
+					// A new warm-up runs before the instance takes more work.
+					p.prepareWarmup(inst, ci)
+					rewarm = append(rewarm, inst)
+				}
 			}
 			next = append(next, plan{e: e})
 			continue
@@ -243,6 +250,12 @@ func (p *Pool) Reconfigure(cfg *config.Config) (ReconfigureResult, error) {
 		p.removeIfDrained(inst)
 	}
 	p.announce(added)
+	for _, inst := range rewarm {
+		p.maybeWarm(inst)
+		if !inst.fleet.cold.Load() {
+			p.availabilityChanged() // its warm-up was taken away
+		}
+	}
 	if slices.ContainsFunc(next, func(pl plan) bool { return pl.new && pl.e.cfg.Discover }) {
 		p.startDiscovery()
 		p.goAsync(p.discoverOnce)

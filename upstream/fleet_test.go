@@ -226,4 +226,22 @@ func TestWarmupGatesTraffic(t *testing.T) {
 	if in[0].WarmupState() != "" {
 		t.Fatalf("instance without warm-up reports %q", in[0].WarmupState())
 	}
+	// A reload that gives the first instance a warm-up runs it before the
+	// instance takes more work; one that takes the failing warm-up away
+	// brings the third back.
+	cfg := *p.cfg
+	cfg.Instances = slices.Clone(p.cfg.Instances)
+	cfg.Instances[0].Warmup = "good.json"
+	cfg.Instances[2].Warmup = ""
+	executed := ss[0].PromptsExecuted()
+	if _, err := p.Reconfigure(&cfg); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, "the new warm-up of the first instance", func() bool {
+		return in[0].WarmupState() == warmupOK && in[0].Available()
+	})
+	if ss[0].PromptsExecuted() <= executed {
+		t.Fatal("the first instance ran no warm-up")
+	}
+	testkit.Eventually(t, "the third instance back without its warm-up", func() bool { return in[2].Available() })
 }
