@@ -29,8 +29,8 @@ type reloader struct {
 	// workflows checks a configuration's job workflows and returns what
 	// makes them current (jobs.Service.LoadWorkflows); nil: not reloaded.
 	workflows func(*config.Config) (func(), error)
-	m    *metrics.Metrics
-	log  *slog.Logger
+	m         *metrics.Metrics
+	log       *slog.Logger
 
 	mu  sync.Mutex     // one reload at a time; guards cur
 	cur *config.Config // what runs: the start-up config with reloaded instances
