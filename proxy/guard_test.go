@@ -222,3 +222,21 @@ func TestWSClientLimits(t *testing.T) {
 		t.Errorf("message flood: close %d, want %d", code, websocket.ClosePolicyViolation)
 	}
 }
+
+// TestAdminRoutesOriginChecked: with keys off, a browser on another site
+// cannot use the admin routes of a comfygate on the operator's loopback
+// address (a cross-origin POST carries an Origin that does not match).
+func TestAdminRoutesOriginChecked(t *testing.T) {
+	t.Parallel()
+	fake := newFakeComfy(t, nil)
+	g := startGate(t, []string{fake.addr()}, nil)
+	for _, hdr := range []http.Header{{"Origin": {"http://evil.example"}}, {"Sec-Fetch-Site": {"cross-site"}}} {
+		status, _, body := gateDo(t, "POST", g.base+"/admin/instances/i0/drain", hdr, nil)
+		if status != http.StatusForbidden {
+			t.Errorf("cross-site POST /admin/instances/i0/drain with %v: %d %s, want 403", hdr, status, body)
+		}
+	}
+	if g.pool.Instances()[0].Status().Draining {
+		t.Error("a cross-site request drained the instance")
+	}
+}

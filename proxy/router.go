@@ -123,15 +123,18 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 		s.serveStats(ctx)
 		return routeStats
 	}
+	if !originAllowed(&ctx.Request.Header) {
+		// ComfyUI's own answer to a refused origin: 403, empty body.
+		// Before the admin routes too: with keys off, another site's page
+		// must not drain an instance or reload the configuration through
+		// a browser on the operator's machine.
+		ctx.SetStatusCode(fasthttp.StatusForbidden)
+		return routeForbidden
+	}
 	if bytes.HasPrefix(raw, adminPrefix) {
 		// Every admin route enters here and only here (fleet.go), which
 		// requires the admin key when keys are on.
 		return s.serveAdmin(ctx, raw)
-	}
-	if !originAllowed(&ctx.Request.Header) {
-		// ComfyUI's own answer to a refused origin: 403, empty body.
-		ctx.SetStatusCode(fasthttp.StatusForbidden)
-		return routeForbidden
 	}
 	api := bytes.HasPrefix(raw, apiPrefix)
 	p := raw
