@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
@@ -232,4 +233,49 @@ func TestRereadOnComeback(t *testing.T) {
 		t.Fatal(err)
 	}
 	testkit.Eventually(t, "a read after the restart", func() bool { return readAt().After(first) })
+}
+
+// FuzzPromptNeeds: any client graph is read without panicking, the same
+// way twice, and every need it reports names a class or a model input.
+func FuzzPromptNeeds(f *testing.F) {
+	f.Add([]byte(`{"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "a\\b.safetensors"}}}`))
+	f.Add([]byte(`{"1": {"class_type": 5, "inputs": {"lora_name": ["2", 0]}}, "2": null}`))
+	f.Add([]byte(`[]`))
+	f.Fuzz(func(t *testing.T, graph []byte) {
+		a, b := PromptNeeds(graph), PromptNeeds(graph)
+		if a.ModelKey != b.ModelKey || len(a.Nodes) != len(b.Nodes) || len(a.Models) != len(b.Models) {
+			t.Fatalf("two reads differ: %+v / %+v", a, b)
+		}
+		for _, n := range a.Nodes {
+			if n.Class == "" {
+				t.Fatalf("empty class in %+v", a)
+			}
+		}
+		for _, m := range a.Models {
+			if ModelFolders(m.Input) == nil || m.Value == "" {
+				t.Fatalf("model need %+v is no model input", m)
+			}
+		}
+	})
+}
+
+// FuzzMergeCombo: any input spec merges without panicking, and a merged
+// spec is JSON that lists every option given.
+func FuzzMergeCombo(f *testing.F) {
+	f.Add([]byte(`[["a", "b"], {"x": 1}]`), "c")
+	f.Add([]byte(`["COMBO", {"options": ["a"]}]`), "b")
+	f.Add([]byte(`["COMBO"]`), "b")
+	f.Fuzz(func(t *testing.T, spec []byte, extra string) {
+		if !utf8.ValidString(extra) {
+			return // options come from JSON documents: always valid UTF-8
+		}
+		out, ok := mergeCombo(spec, [][]string{{extra}})
+		if !ok {
+			return
+		}
+		opts, isCombo := comboOptions(out)
+		if !json.Valid(out) || !isCombo || !slices.Contains(opts, extra) {
+			t.Fatalf("merged %s with %q into %s", spec, extra, out)
+		}
+	})
 }

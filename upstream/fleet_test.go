@@ -245,3 +245,22 @@ func TestWarmupGatesTraffic(t *testing.T) {
 	}
 	testkit.Eventually(t, "the third instance back without its warm-up", func() bool { return in[2].Available() })
 }
+
+// FuzzParseLabels: any X-Comfygate-Pool header parses without panicking,
+// and what it accepts has no empty names or values.
+func FuzzParseLabels(f *testing.F) {
+	for _, s := range []string{"flux", "gpu=a100,pool=flux", " a = b ", "=", ",,", "a=b=c"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		l, err := ParseLabels(s)
+		if err != nil {
+			return
+		}
+		for k, v := range l {
+			if k == "" || v == "" {
+				t.Fatalf("ParseLabels(%q) = %v", s, l)
+			}
+		}
+	})
+}
