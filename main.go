@@ -30,6 +30,7 @@ import (
 	"github.com/comfygate/comfygate/metrics"
 	"github.com/comfygate/comfygate/proxy"
 	"github.com/comfygate/comfygate/upstream"
+	"github.com/valyala/fasthttp"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -162,6 +163,17 @@ func serve(ctx context.Context, cfg *config.Config, load func() (*config.Config,
 		rl.watchHangup(runCtx)
 	}
 
+	if cfg.MetricsListen != "" {
+		mln, err := net.Listen("tcp", cfg.MetricsListen)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("metrics_listen %s: %w", cfg.MetricsListen, err)
+		}
+		ops := &fasthttp.Server{Handler: srv.OperatorHandler(), Name: "comfygate", ReadTimeout: cfg.Limits.HeaderTimeout, IdleTimeout: cfg.Limits.IdleTimeout}
+		go func() { _ = ops.Serve(mln) }()
+		defer ops.Shutdown()
+		log.Info("operator routes listening", slog.String("url", "http://"+mln.Addr().String()))
+	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	url := "http://" + ln.Addr().String()

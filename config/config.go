@@ -26,6 +26,10 @@ import (
 type Config struct {
 	// Listen is the address comfygate serves clients on. Default 127.0.0.1:8190.
 	Listen string `yaml:"listen"`
+	// MetricsListen, when set, serves /metrics, /stats and /health on a
+	// separate address, without API keys, and no longer on Listen
+	// (COMFYGATE_METRICS_LISTEN). Default "" (served on Listen).
+	MetricsListen string `yaml:"metrics_listen"`
 	// Instances are the ComfyUI upstreams. COMFYUI_HOST_1..N replace them.
 	Instances []Instance `yaml:"instances"`
 	// Timeout bounds non-streaming upstream calls (COMFYUI_TIMEOUT, ms). Default 30s.

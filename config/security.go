@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -116,6 +117,9 @@ func (c *Config) applySecurityEnv(env map[string]string) {
 	if v, ok := env["COMFYGATE_METRICS_KEYS"]; ok {
 		c.Auth.MetricsKeys = keyList(v)
 	}
+	if v := strings.TrimSpace(env["COMFYGATE_METRICS_LISTEN"]); v != "" {
+		c.MetricsListen = v
+	}
 }
 
 // ClientWriteTimeout is how long a client may read nothing of an answer
@@ -133,6 +137,11 @@ func (c *Config) validateSecurity(bad func(key string, val any, allowed string))
 			// The key itself is never shown.
 			bad("COMFYGATE_*_KEYS", fmt.Sprintf("a key of %d characters", len(k)), "keys of at least 16 characters without spaces or ';'")
 			break
+		}
+	}
+	if c.MetricsListen != "" {
+		if _, port, err := net.SplitHostPort(c.MetricsListen); err != nil || !validPort(port, true) || c.MetricsListen == c.Listen {
+			bad("metrics_listen (COMFYGATE_METRICS_LISTEN)", strconv.Quote(c.MetricsListen), "host:port other than listen, e.g. 127.0.0.1:9190")
 		}
 	}
 	if c.Auth.CookieMaxAge <= 0 {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/metrics"
 	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/fasthttp/websocket"
 	"github.com/valyala/fasthttp"
@@ -473,6 +474,35 @@ func TestKeysNeverLogged(t *testing.T) {
 	for _, k := range []string{keyA, keyB, keyAdmin} {
 		if strings.Contains(all, k) {
 			t.Errorf("a log line holds key %s…: %s", k[:5], all)
+		}
+	}
+}
+
+// TestMetricsListen: with metrics_listen set, /metrics and /stats are no
+// longer on the client address (404 even for an admin key), and the
+// operator handler serves them and /health without a key.
+func TestMetricsListen(t *testing.T) {
+	t.Parallel()
+	fake := newFakeComfy(t, nil)
+	g := startGateWith(t, []string{fake.addr()}, func(c *config.Config) {
+		withKeys(c)
+		c.MetricsListen = "127.0.0.1:0"
+	}, func(o *Options) { o.Metrics = metrics.New("test") })
+	for _, p := range []string{"/metrics", "/stats"} {
+		if status, _, body := gateDo(t, "GET", g.base+p, bearer(keyAdmin), nil); status != http.StatusNotFound {
+			t.Errorf("%s on the client address: %d %s, want 404", p, status, body)
+		}
+	}
+	ops := g.srv.OperatorHandler()
+	for _, tc := range []struct {
+		path, want string
+		code       int
+	}{{"/metrics", "comfygate_build_info", 200}, {"/stats", "uptime", 200}, {"/health", "comfyui_instances", 200}, {"/prompt", "not_found", 404}} {
+		var ctx fasthttp.RequestCtx
+		ctx.Request.SetRequestURI(tc.path)
+		ops(&ctx)
+		if ctx.Response.StatusCode() != tc.code || !strings.Contains(string(ctx.Response.Body()), tc.want) {
+			t.Errorf("operator %s: %d %.80s, want %d with %q", tc.path, ctx.Response.StatusCode(), ctx.Response.Body(), tc.code, tc.want)
 		}
 	}
 }

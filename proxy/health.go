@@ -93,6 +93,28 @@ func (s *Server) serveHealth(ctx *fasthttp.RequestCtx) {
 	ctx.SetBody(body)
 }
 
+// OperatorHandler serves /health, /metrics and /stats, and nothing else,
+// without API keys: the handler of metrics_listen, an address only
+// operators and scrapers reach.
+func (s *Server) OperatorHandler() fasthttp.RequestHandler {
+	return func(ctx *fasthttp.RequestCtx) {
+		switch string(ctx.Path()) {
+		case "/health":
+			s.serveHealth(ctx)
+		case "/metrics":
+			if s.m == nil {
+				writeJSONError(ctx, fasthttp.StatusNotFound, "not_found", "metrics are disabled")
+				return
+			}
+			s.serveMetrics(ctx)
+		case "/stats":
+			s.serveStats(ctx)
+		default:
+			writeJSONError(ctx, fasthttp.StatusNotFound, "not_found", "this address serves /health, /metrics and /stats")
+		}
+	}
+}
+
 // serveMetrics answers /metrics (Prometheus text format).
 func (s *Server) serveMetrics(ctx *fasthttp.RequestCtx) { s.m.Handler()(ctx) }
 

@@ -116,10 +116,16 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 	case "/health":
 		s.serveHealth(ctx)
 		return routeHealth
-	case "/metrics":
-		s.serveMetrics(ctx)
-		return routeMetrics
-	case "/stats":
+	case "/metrics", "/stats":
+		if s.cfg.MetricsListen != "" {
+			// Served on metrics_listen only.
+			writeJSONError(ctx, fasthttp.StatusNotFound, "not_found", "served on metrics_listen")
+			return routeOther
+		}
+		if string(raw) == "/metrics" {
+			s.serveMetrics(ctx)
+			return routeMetrics
+		}
 		s.serveStats(ctx)
 		return routeStats
 	}
