@@ -21,5 +21,6 @@
 // which logs one row per fault and writes the table as markdown. Faults
 // whose fix is not in yet are skipped with the behaviour they need;
 // -faults.unskip runs them anyway. Under -race the concurrent-submissions
-// fault submits 250, not 1,000, unless -faults.full.
+// fault submits 250, not 1,000, unless -faults.full. -faults.long adds a hang
+// under production timing, which logs the time from SIGSTOP to failover.
 package faults

@@ -79,6 +79,37 @@ func TestHungThenResumed(t *testing.T) {
 	f.finish("hung, then resumed")
 }
 
+// Hung, with comfygate's default timing (health checks every 30 s, socket
+// pings every 20 s, a 2 s suspect grace): the time from SIGSTOP until the
+// prompts the instance held have run elsewhere, the figure issue 9 asks to
+// bring under 10 s. Behind -faults.long: on slow detection it takes ~40 s.
+func TestHungDefaultTiming(t *testing.T) {
+	if !*long {
+		t.Skip("-faults.long: a hang with production timing takes tens of seconds to detect")
+	}
+	f := newFixtureWithin(t, 3*time.Minute, "", 100*time.Millisecond, func(c *config.Config) {
+		d := config.Default()
+		c.Timeout, c.HealthCheck, c.Failover, c.Breaker = d.Timeout, d.HealthCheck, d.Failover, d.Breaker
+		c.WebSocket.PingInterval = d.WebSocket.PingInterval
+	})
+	sim, fp := f.st.Sims[0], f.st.Faults[0]
+	f.hold(sim)
+	f.prompts(12, 4)
+	f.waitRunning(sim, 2)
+	f.inject("SIGSTOP sim0 (network held, execution frozen)", func() {
+		fp.Hang()
+		sim.SetFrozen(true)
+	})
+	f.waitWorkload()
+	f.mu.Lock()
+	f.recover = time.Since(f.faultAt)
+	f.mu.Unlock()
+	t.Logf("SIGSTOP to failover (every prompt sim0 held finished elsewhere): %v", f.recover)
+	fp.Resume()
+	sim.SetFrozen(false)
+	f.finish("hung, default timing")
+}
+
 // Hung with new work arriving: prompts submitted while the instance is
 // stopped and not yet found out go to it, and their POST /prompt times out
 // (504); the request is held, not lost, and the instance takes it when it

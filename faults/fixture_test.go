@@ -24,6 +24,7 @@ var (
 	tableFile = flag.String("faults.table", "", "write the fault table as markdown to this file")
 	unskip    = flag.Bool("faults.unskip", false, "run the faults whose fix is not in yet instead of skipping them")
 	full      = flag.Bool("faults.full", false, "full size under the race detector too (1,000 concurrent submissions)")
+	long      = flag.Bool("faults.long", false, "also the faults that run with production timing (tens of seconds)")
 )
 
 // faultBound bounds one fault's whole run: every client wait, every job
