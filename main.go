@@ -142,6 +142,9 @@ func serve(ctx context.Context, cfg *config.Config, load func() (*config.Config,
 		ln.Close()
 		return err
 	}
+	if rl != nil {
+		rl.routing = srv.SetRouting
+	}
 
 	// The pool and the job dispatcher outlive the signal: in-flight requests
 	// and sockets still need them while the server drains. They stop (in

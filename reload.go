@@ -29,8 +29,11 @@ type reloader struct {
 	// workflows checks a configuration's job workflows and returns what
 	// makes them current (jobs.Service.LoadWorkflows); nil: not reloaded.
 	workflows func(*config.Config) (func(), error)
-	m         *metrics.Metrics
-	log       *slog.Logger
+	// routing applies a reloaded routing section (proxy.Server.SetRouting);
+	// nil: not reloaded.
+	routing func(config.Routing)
+	m       *metrics.Metrics
+	log     *slog.Logger
 
 	mu  sync.Mutex     // one reload at a time; guards cur
 	cur *config.Config // what runs: the start-up config with reloaded instances
@@ -67,6 +70,12 @@ func (r *reloader) reload(ctx context.Context) (proxy.ReloadResult, error) {
 	next.Instances = cfg.Instances
 	if r.workflows != nil {
 		next.Workflows = cfg.Workflows
+	}
+	if r.routing != nil {
+		r.routing(cfg.Routing)
+		// The warm-up timeout is the pool's and applies at the next start.
+		next.Routing = cfg.Routing
+		next.Routing.WarmupTimeout = r.cur.Routing.WarmupTimeout
 	}
 	r.cur = &next
 	out := proxy.ReloadResult{Added: res.Added, Removed: res.Removed, Changed: res.Changed, Restart: restartKeys(r.cur, cfg)}

@@ -91,10 +91,12 @@ func TestReloadAddsRemovesAndRefuses(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "invert.json"), []byte(wf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	write(instances(0, 1, 2) + "workflows: {my-invert: {file: invert.json, image_node: \"1\", output_node: \"3\"}}\n")
+	write(instances(0, 1, 2) + "workflows: {my-invert: {file: invert.json, image_node: \"1\", output_node: \"3\"}}\n" +
+		"routing: {affinity_margin: 0}\ntimeout: 10s\n")
 	status, body := httpDo(t, "POST", base+"/admin/reload", []byte("{}"))
-	if status != 200 || !strings.Contains(string(body), `"added":["gpu2"]`) || strings.Contains(string(body), "workflows") {
-		t.Fatalf("reload = %d %s, want gpu2 added and workflows applied (not restart_needed)", status, body)
+	if status != 200 || !strings.Contains(string(body), `"added":["gpu2"]`) || strings.Contains(string(body), "workflows") ||
+		strings.Contains(string(body), "routing") || !strings.Contains(string(body), `"restart_needed":["timeout"]`) {
+		t.Fatalf("reload = %d %s, want gpu2 added, workflows and routing applied, timeout needing a restart", status, body)
 	}
 	if _, body := httpDo(t, "GET", base+"/api/workflows", nil); !strings.Contains(string(body), "my-invert") {
 		t.Fatalf("reloaded workflow not listed: %s", body)

@@ -62,7 +62,7 @@ type entry struct {
 // concurrent use.
 type Store struct {
 	pool     Pool
-	interval time.Duration
+	interval atomic.Int64 // time.Duration; SetInterval changes it
 	log      *slog.Logger
 
 	mu      sync.RWMutex // guards byInst
@@ -81,7 +81,16 @@ func New(pool Pool, interval time.Duration, log *slog.Logger) *Store {
 	if interval <= 0 {
 		interval = time.Minute
 	}
-	return &Store{pool: pool, interval: interval, log: log, byInst: map[*upstream.Instance]*entry{}}
+	s := &Store{pool: pool, log: log, byInst: map[*upstream.Instance]*entry{}}
+	s.interval.Store(int64(interval))
+	return s
+}
+
+// SetInterval changes how often catalogues are re-read (a reload).
+func (s *Store) SetInterval(d time.Duration) {
+	if d > 0 {
+		s.interval.Store(int64(d))
+	}
 }
 
 // tick is how often Run looks for instances to read: a comeback is noticed
@@ -141,7 +150,7 @@ func (s *Store) due() []*upstream.Instance {
 		if e.cat == nil && !e.read.IsZero() && now.Sub(e.read) < 5*tick {
 			continue // failed just now: do not hammer it
 		}
-		if e.cat == nil || e.comebacks != inst.Comebacks() || now.Sub(e.read) >= s.interval {
+		if e.cat == nil || e.comebacks != inst.Comebacks() || now.Sub(e.read) >= time.Duration(s.interval.Load()) {
 			e.running = true
 			out = append(out, inst)
 		}

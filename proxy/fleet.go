@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/catalogue"
+	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/jsonobj"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
@@ -80,11 +81,22 @@ func (s *Server) place(ctx *fasthttp.RequestCtx, graph json.RawMessage) (placeme
 		return pl, false
 	}
 	pl.eligible, pl.modelKey = v.Eligible, needs.ModelKey
-	pl.prefer = s.cat.Affine(needs.ModelKey, v.Eligible, s.cfg.Routing.AffinityMargin)
-	if needs.ModelKey != "" && s.cfg.Routing.AffinityMargin >= 0 {
+	margin := int(s.affinityMargin.Load())
+	pl.prefer = s.cat.Affine(needs.ModelKey, v.Eligible, margin)
+	if needs.ModelKey != "" && margin >= 0 {
 		s.m.Affinity(pl.prefer != nil)
 	}
 	return pl, true
+}
+
+// SetRouting applies a reloaded routing section: the affinity margin
+// and the catalogue's re-read interval (the warm-up timeout applies at
+// the next start).
+func (s *Server) SetRouting(r config.Routing) {
+	s.affinityMargin.Store(int64(r.AffinityMargin))
+	if s.cat != nil {
+		s.cat.SetInterval(r.CatalogueInterval)
+	}
 }
 
 // formatLabels writes labels as the header takes them.

@@ -48,6 +48,8 @@ type Server struct {
 
 	cat    *catalogue.Store
 	reload Reloader
+	// affinityMargin is routing.affinity_margin (SetRouting changes it).
+	affinityMargin atomic.Int64
 
 	hub *Hub
 	sec security // API keys, owners, rate limits (authz.go)
@@ -87,6 +89,7 @@ func New(o Options) (*Server, error) {
 		cat:     o.Catalogue,
 		reload:  o.Reload,
 	}
+	s.affinityMargin.Store(int64(o.Config.Routing.AffinityMargin))
 	if err := s.initSecurity(); err != nil {
 		return nil, err
 	}
