@@ -4,7 +4,6 @@ package bench
 
 import (
 	"bytes"
-	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -13,7 +12,6 @@ import (
 	"image/png"
 	"io"
 	"mime/multipart"
-	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -21,12 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/comfygate/comfygate/comfysim"
-	"github.com/comfygate/comfygate/config"
-	"github.com/comfygate/comfygate/internal/testkit"
-	"github.com/comfygate/comfygate/jobs"
-	"github.com/comfygate/comfygate/proxy"
-	"github.com/comfygate/comfygate/upstream"
+	"github.com/comfygate/comfygate/internal/testkit/stack"
 	"github.com/fasthttp/websocket"
 )
 
@@ -40,8 +33,8 @@ import (
 //
 //	go test -run '^$' -bench OneRequestWait -benchtime 200x ./bench/
 func BenchmarkOneRequestWait(b *testing.B) {
-	sim := testkit.Sim(b, comfysim.Options{Delay: 0})
-	gate := startGate(b, sim.Addr())
+	st := stack.Start(b, stack.Options{Instances: 1, Jobs: true})
+	sim, gate := st.Sims[0], st.URL
 	img := testPNG(64, 64)
 	hc := &http.Client{Timeout: 30 * time.Second}
 	direct := newDirectClient(b, sim.Addr())
@@ -139,47 +132,6 @@ func median(ds []time.Duration) time.Duration {
 	s := slices.Clone(ds)
 	slices.Sort(s)
 	return s[len(s)/2]
-}
-
-// startGate runs comfygate (pool, jobs, proxy) in front of addr on a
-// loopback port, as main does, and returns its base URL.
-func startGate(b *testing.B, addr string) string {
-	cfg := testkit.Config(b, "sim", []string{addr}, func(c *config.Config) { c.Log.Level = "error" })
-	pool, err := upstream.New(cfg, nil, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	if err := pool.Start(ctx); err != nil {
-		b.Fatal(err)
-	}
-	svc, err := jobs.New(cfg, pool, nil, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	svc.Start(ctx)
-	srv, err := proxy.New(proxy.Options{Config: cfg, Pool: pool, Jobs: svc})
-	if err != nil {
-		b.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	go func() { _ = srv.Serve(ln) }()
-	b.Cleanup(func() {
-		sctx, done := context.WithTimeout(context.Background(), 5*time.Second)
-		defer done()
-		_ = srv.Shutdown(sctx)
-		cancel()
-		svc.Close()
-		pool.Close()
-	})
-	// Jobs need the pool's event socket to the instance.
-	if !testkit.Poll(10*time.Second, func() bool { return pool.Instances()[0].Status().SocketUp }) {
-		b.Fatal("comfygate's socket to the instance is not up")
-	}
-	return "http://" + ln.Addr().String()
 }
 
 // directClient is a ComfyUI client that keeps one WebSocket open, as the
