@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/internal/lifecycle"
 	"github.com/comfygate/comfygate/metrics"
 )
@@ -252,55 +253,31 @@ func (t *promptTable) reconcile(ctx context.Context, inst *Instance) {
 	}
 }
 
-// historyOf is the part of a /history entry reconciliation reads.
-type historyOf struct {
-	Outputs map[string]map[string]json.RawMessage `json:"outputs"`
-	Status  struct {
-		StatusStr string              `json:"status_str"`
-		Messages  [][]json.RawMessage `json:"messages"`
-	} `json:"status"`
-}
-
 // completeFromHistory delivers the end of a prompt that finished while
 // comfygate's socket was away: the terminal message its history recorded,
 // then executing-null. Nothing is sent if the live stream ended it first.
 func (t *promptTable) completeFromHistory(inst *Instance, pr *Prompt, uid string, entry json.RawMessage) {
-	var h historyOf
-	_ = json.Unmarshal(entry, &h)
+	h, _ := comfyapi.ParseHistoryEntry(entry)
 	for _, out := range h.Outputs {
-		t.pinOutputs(inst, out)
+		var m map[string]json.RawMessage
+		if json.Unmarshal(out, &m) == nil {
+			t.pinOutputs(inst, m)
+		}
 	}
 	f := frame{at: time.Now(), uid: uid}
-	for _, m := range h.Status.Messages {
-		if len(m) < 2 {
-			continue
+	if m, ok := h.Status.Terminal(); ok {
+		f.typ = m.Type
+		if md, err := comfyapi.ParseWSText(fmt.Appendf(nil, `{"type": %s, "data": %s}`, quoteJSON(m.Type), m.Data)); err == nil {
+			f.excType, f.data = md.ExceptionType(), md.Raw
 		}
-		var typ string
-		if json.Unmarshal(m[0], &typ) != nil {
-			continue
-		}
-		switch typ {
-		case "execution_success", "execution_interrupted", "execution_error":
-		default:
-			continue
-		}
-		var d struct {
-			ExceptionType string `json:"exception_type"`
-		}
-		_ = json.Unmarshal(m[1], &d)
-		if typ == "execution_error" && d.ExceptionType == "ExecutionBlocked" {
-			continue
-		}
-		f.typ, f.excType = typ, d.ExceptionType
-		f.data = fmt.Appendf(nil, `{"type": %s, "data": %s}`, quoteJSON(typ), m[1])
 	}
 	if f.typ == "" {
-		if h.Status.StatusStr == "success" || h.Status.StatusStr == "" {
-			f.typ = "execution_success"
+		if h.Status.StatusStr == comfyapi.StatusSuccess || h.Status.StatusStr == "" {
+			f.typ = comfyapi.TypeExecutionSuccess
 			f.data = fmt.Appendf(nil, `{"type": "execution_success", "data": {"prompt_id": %s, "timestamp": %d}}`,
 				quoteJSON(uid), time.Now().UnixMilli())
 		} else {
-			f.typ, f.excType = "execution_error", "comfygate.HistoryError"
+			f.typ, f.excType = comfyapi.TypeExecutionError, "comfygate.HistoryError"
 			ev := struct {
 				Type string          `json:"type"`
 				Data lostErrorFields `json:"data"`

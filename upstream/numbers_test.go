@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"testing"
 
+	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/internal/testkit"
 )
 
@@ -109,7 +110,7 @@ func TestTruthy(t *testing.T) {
 		{`""`, false}, {`"0"`, true}, {`"false"`, true},
 		{"[]", false}, {"[ ]", false}, {"[0]", true}, {"{}", false}, {`{"a": 1}`, true},
 	} {
-		if got := truthy(json.RawMessage(c.raw)); got != c.want {
+		if got := comfyapi.Truthy(json.RawMessage(c.raw)); got != c.want {
 			t.Errorf("truthy(%s) = %v, want %v", c.raw, got, c.want)
 		}
 	}

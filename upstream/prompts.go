@@ -14,6 +14,7 @@ import (
 
 	"github.com/comfygate/comfygate/internal/jsonobj"
 
+	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/internal/ids"
 	"github.com/comfygate/comfygate/internal/lifecycle"
 
@@ -545,11 +546,11 @@ func (t *promptTable) historyEntry(ctx context.Context, inst *Instance, uid stri
 	if err != nil || status != 200 {
 		return nil, false
 	}
-	var m map[string]json.RawMessage
-	if json.Unmarshal(body, &m) != nil {
+	h, err := comfyapi.ParseHistory(body)
+	if err != nil {
 		return nil, false
 	}
-	return m[uid], true
+	return h[uid], true
 }
 
 // queueIDs returns the prompt ids inst reports running and pending.
@@ -561,22 +562,14 @@ func (t *promptTable) queueIDs(ctx context.Context, inst *Instance) (running, pe
 	if status != 200 {
 		return nil, nil, fmt.Errorf("queue of %s: status %d", inst.Name, status)
 	}
-	var q struct {
-		Running []json.RawMessage `json:"queue_running"`
-		Pending []json.RawMessage `json:"queue_pending"`
-	}
-	if err := json.Unmarshal(body, &q); err != nil {
+	q, err := comfyapi.ParseQueue(body)
+	if err != nil {
 		return nil, nil, fmt.Errorf("queue of %s: %w", inst.Name, err)
 	}
 	ids := func(items []json.RawMessage) map[string]bool {
 		out := make(map[string]bool, len(items))
 		for _, it := range items {
-			var tuple []json.RawMessage
-			if json.Unmarshal(it, &tuple) != nil || len(tuple) < 2 {
-				continue
-			}
-			var id string
-			if json.Unmarshal(tuple[1], &id) == nil {
+			if id, ok := comfyapi.ItemID(it); ok {
 				out[id] = true
 			}
 		}

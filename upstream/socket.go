@@ -2,7 +2,6 @@ package upstream
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"math/rand/v2"
@@ -11,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/internal/lifecycle"
 	"github.com/comfygate/comfygate/metrics"
 	"github.com/fasthttp/websocket"
@@ -20,13 +20,6 @@ import (
 // with it, v0.3.44+ instances send previews as type-4 frames that name
 // their prompt_id (comfyui-api.md §2, "Binary frames").
 var featureFlags = []byte(`{"type":"feature_flags","data":{"supports_preview_metadata":true}}`)
-
-// Binary frame event types (comfyui-api.md §2).
-const (
-	binPreviewImage             = 1
-	binText                     = 3
-	binPreviewImageWithMetadata = 4
-)
 
 const (
 	// maxEarlyFrames bounds the frames kept per instance for prompts whose
@@ -271,58 +264,42 @@ func (s *instSocket) serve(ctx context.Context, conn *websocket.Conn) error {
 type frame struct {
 	typ      string // JSON type; "" for binary
 	binary   bool
-	binType  uint32
 	uid      string // upstream prompt id it belongs to ("" none)
 	data     []byte
 	nodeNull bool                       // executing with node null
 	excType  string                     // execution_error's exception_type
 	outputs  map[string]json.RawMessage // executed's output
-	metaLen  int                        // type-4 metadata length (at offset 8)
+	meta     bool                       // a type-4 preview: its metadata names the prompt
 	at       time.Time
-}
-
-// wsText is the part of a text message routing needs.
-type wsText struct {
-	Type string `json:"type"`
-	Data struct {
-		PromptID      *string                    `json:"prompt_id"`
-		Node          json.RawMessage            `json:"node"`
-		ExceptionType string                     `json:"exception_type"`
-		Output        map[string]json.RawMessage `json:"output"`
-		Status        *struct {
-			ExecInfo struct {
-				QueueRemaining *int64 `json:"queue_remaining"`
-			} `json:"exec_info"`
-		} `json:"status"`
-	} `json:"data"`
 }
 
 // onText routes one text frame.
 func (s *instSocket) onText(data []byte) {
-	var msg wsText
 	// A data that is not an object (a custom node's message) leaves the
 	// fields empty: it is a broadcast.
-	_ = json.Unmarshal(data, &msg)
+	msg, _ := comfyapi.ParseWSText(data)
 	switch msg.Type {
-	case "status":
-		if st := msg.Data.Status; st != nil && st.ExecInfo.QueueRemaining != nil {
-			s.onStatus(*st.ExecInfo.QueueRemaining)
+	case comfyapi.TypeStatus:
+		if n, ok := msg.QueueRemaining(); ok {
+			s.onStatus(n)
 		}
 		return // the proxy synthesizes the fleet's status for clients
-	case "feature_flags":
+	case comfyapi.TypeFeatureFlags:
 		return // the instance's answer to ours
 	}
-	f := frame{typ: msg.Type, data: data, at: time.Now(), excType: msg.Data.ExceptionType, outputs: msg.Data.Output}
-	if msg.Data.PromptID != nil {
-		f.uid = *msg.Data.PromptID
+	f := frame{typ: msg.Type, data: data, at: time.Now(), excType: msg.ExceptionType(), uid: msg.PromptID(), nodeNull: msg.NodeNull()}
+	if f.typ == comfyapi.TypeExecuted && len(msg.Data.Output) > 0 && msg.Data.Output[0] == '{' {
+		_ = json.Unmarshal(msg.Data.Output, &f.outputs)
 	}
-	f.nodeNull = len(msg.Data.Node) == 0 || string(msg.Data.Node) == "null"
+	if !msg.HasPromptID() {
+		f.uid = ""
+	}
 	s.routeMu.Lock()
 	defer s.routeMu.Unlock()
 	switch f.typ {
-	case "execution_start":
+	case comfyapi.TypeExecutionStart:
 		s.running = f.uid
-	case "executing":
+	case comfyapi.TypeExecuting:
 		if f.uid == "" {
 			f.uid = s.running // the re-sync after a reconnect names no prompt
 		}
@@ -333,12 +310,12 @@ func (s *instSocket) onText(data []byte) {
 		} else if f.uid != "" {
 			s.running = f.uid
 		}
-	case "execution_success", "execution_interrupted":
+	case comfyapi.TypeExecutionSuccess, comfyapi.TypeExecutionInterrupted:
 		if s.running == f.uid {
 			s.running = ""
 		}
-	case "execution_error":
-		if f.excType != "ExecutionBlocked" && s.running == f.uid {
+	case comfyapi.TypeExecutionError:
+		if f.excType != comfyapi.ExceptionExecutionBlocked && s.running == f.uid {
 			s.running = ""
 		}
 	}
@@ -353,19 +330,8 @@ func (s *instSocket) onText(data []byte) {
 // metadata, anything else to the prompt the instance is executing.
 func (s *instSocket) onBinary(data []byte) {
 	f := frame{binary: true, data: data, at: time.Now()}
-	if len(data) >= 4 {
-		f.binType = binary.BigEndian.Uint32(data)
-	}
-	if f.binType == binPreviewImageWithMetadata && len(data) >= 8 {
-		n := int(binary.BigEndian.Uint32(data[4:8]))
-		if n >= 0 && 8+n <= len(data) {
-			var meta struct {
-				PromptID string `json:"prompt_id"`
-			}
-			if json.Unmarshal(data[8:8+n], &meta) == nil {
-				f.uid, f.metaLen = meta.PromptID, n
-			}
-		}
+	if md, ok := comfyapi.ParsePreviewMetadata(data); ok {
+		f.uid, f.meta = md.PromptID, true
 	}
 	s.routeMu.Lock()
 	defer s.routeMu.Unlock()
@@ -485,19 +451,19 @@ func (t *promptTable) apply(pr *Prompt, inst *Instance, f frame) {
 		t.step(pr, lifecycle.Event{Kind: lifecycle.Seen, At: f.at}, nil)
 	}
 	switch f.typ {
-	case "execution_start":
+	case comfyapi.TypeExecutionStart:
 		t.step(pr, lifecycle.Event{Kind: lifecycle.Started, At: f.at}, nil)
-	case "executed":
+	case comfyapi.TypeExecuted:
 		t.pinOutputs(inst, f.outputs)
-	case "execution_success":
+	case comfyapi.TypeExecutionSuccess:
 		t.markDone(pr, metrics.OutcomeSuccess)
-	case "execution_interrupted":
+	case comfyapi.TypeExecutionInterrupted:
 		t.markDone(pr, metrics.OutcomeInterrupted)
-	case "execution_error":
-		if f.excType != "ExecutionBlocked" { // a blocker's message: not terminal
+	case comfyapi.TypeExecutionError:
+		if f.excType != comfyapi.ExceptionExecutionBlocked { // a blocker's message: not terminal
 			t.markDone(pr, metrics.OutcomeError)
 		}
-	case "executing":
+	case comfyapi.TypeExecuting:
 		if f.nodeNull {
 			defer t.step(pr, lifecycle.Event{Kind: lifecycle.End, At: f.at}, nil)
 		}
@@ -507,8 +473,8 @@ func (t *promptTable) apply(pr *Prompt, inst *Instance, f frame) {
 	}
 	data := f.data
 	if f.binary {
-		if f.metaLen > 0 && f.uid != pr.ID {
-			data = rewriteMeta(f.data, f.metaLen, f.uid, pr.ID)
+		if f.meta && f.uid != pr.ID {
+			data, _ = comfyapi.RewritePreviewPromptID(f.data, f.uid, pr.ID)
 		}
 	} else if f.uid != pr.ID {
 		data = replaceID(f.data, f.uid, pr.ID)
@@ -536,16 +502,6 @@ func (t *promptTable) pinOutputs(inst *Instance, outputs map[string]json.RawMess
 			}
 		}
 	}
-}
-
-// rewriteMeta returns a type-4 frame whose metadata names to instead of from.
-func rewriteMeta(data []byte, metaLen int, from, to string) []byte {
-	meta := replaceID(data[8:8+metaLen], from, to)
-	out := make([]byte, 0, len(data)-metaLen+len(meta))
-	out = append(out, data[:4]...)
-	out = binary.BigEndian.AppendUint32(out, uint32(len(meta)))
-	out = append(out, meta...)
-	return append(out, data[8+metaLen:]...)
 }
 
 // jitter returns a duration in [d/2, d].

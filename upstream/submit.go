@@ -8,11 +8,11 @@ import (
 	"fmt"
 	"net"
 	"slices"
-	"strconv"
 	"syscall"
 	"time"
 
 	"github.com/comfygate/comfygate/breaker"
+	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/internal/lifecycle"
 	"github.com/valyala/fasthttp"
 )
@@ -56,7 +56,7 @@ func (t *promptTable) submit(ctx context.Context, req SubmitRequest) (SubmitResu
 	if _, ok := req.Body["number"]; ok {
 		pr.ownNumber = true
 	} else {
-		pr.front = truthy(req.Body["front"])
+		pr.front = comfyapi.Truthy(req.Body["front"])
 	}
 	pr.prefer, pr.eligible = req.Prefer, req.Eligible
 	if len(req.Files) > 0 {
@@ -322,27 +322,6 @@ func buildBody(base map[string]json.RawMessage, clientID, uid string) ([]byte, e
 	return marshalNoEscape(m)
 }
 
-// truthy reports whether a JSON value is true the way Python's bool()
-// reads it: false, null, 0, "", [] and {} are false (absent is false too).
-func truthy(raw json.RawMessage) bool {
-	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 {
-		return false
-	}
-	switch raw[0] {
-	case 't':
-		return true
-	case 'f', 'n':
-		return false
-	case '"':
-		return len(raw) > 2
-	case '[', '{':
-		return len(bytes.TrimSpace(raw[1:len(raw)-1])) > 0
-	}
-	f, err := strconv.ParseFloat(string(raw), 64)
-	return err != nil || f != 0
-}
-
 // parseBody reads a body built by buildBody back, one level deep.
 func parseBody(body []byte) (map[string]json.RawMessage, error) {
 	var m map[string]json.RawMessage
@@ -390,8 +369,10 @@ func (t *promptTable) afterSendError(ctx context.Context, inst *Instance, uid st
 	if status != 200 || uid == "" {
 		return sentAmbiguous, nil
 	}
-	if n, ok := queueNumber(body, uid); ok {
-		return sentAnswered, n
+	if q, err := comfyapi.ParseQueue(body); err == nil {
+		if n, _, ok := q.Find(uid); ok {
+			return sentAnswered, n
+		}
 	}
 	if entry, ok := t.historyEntry(pctx, inst, uid); !ok {
 		return sentAmbiguous, nil
@@ -407,28 +388,6 @@ func probeTimeout(d time.Duration) time.Duration {
 		return 5 * time.Second
 	}
 	return d
-}
-
-// queueNumber finds uid in a GET /queue answer and returns its number.
-func queueNumber(body []byte, uid string) ([]byte, bool) {
-	var q struct {
-		Running []json.RawMessage `json:"queue_running"`
-		Pending []json.RawMessage `json:"queue_pending"`
-	}
-	if json.Unmarshal(body, &q) != nil {
-		return nil, false
-	}
-	for _, it := range append(q.Running, q.Pending...) {
-		var tuple []json.RawMessage
-		if json.Unmarshal(it, &tuple) != nil || len(tuple) < 2 {
-			continue
-		}
-		var id string
-		if json.Unmarshal(tuple[1], &id) == nil && id == uid {
-			return tuple[0], true
-		}
-	}
-	return nil, false
 }
 
 // isNotSent reports an error that means the request never reached the
