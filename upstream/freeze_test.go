@@ -352,6 +352,21 @@ func TestFrozenInstanceRunsMovedPromptsOnce(t *testing.T) {
 	eventually25(t, "the woken instance is usable again", func() bool { return frozen.Available() && frozen.socketUp.Load() })
 
 	h1, h2 := simHistory(t, s1), simHistory(t, s2)
+	total, stopped := 0, 0
+	for _, st := range h1 {
+		if st == "success" {
+			total++
+		} else {
+			stopped++
+		}
+	}
+	for _, st := range h2 {
+		if st == "success" {
+			total++
+		}
+	}
+	t.Logf("%d prompts (%d, and 4 sent during the freeze) ran to success %d times in all; the woken instance stopped %d moved prompt(s) it had started",
+		n+4, n, total, stopped)
 	for k := range n {
 		runs := 0
 		if h1[ids[k]] == "success" {
