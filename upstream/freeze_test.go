@@ -281,7 +281,7 @@ func TestFrozenInstanceRunsMovedPromptsOnce(t *testing.T) {
 	if testing.Short() {
 		t.Skip("freezes an instance for seconds")
 	}
-	s1 := testkit.Sim(t, comfysim.Options{Delay: 300 * time.Millisecond})
+	s1 := testkit.Sim(t, comfysim.Options{Delay: time.Second})
 	s2 := testkit.Sim(t, comfysim.Options{Delay: 20 * time.Millisecond})
 	fp := startFreezeProxy(t, s1.Addr())
 	p, _ := fakePool(t, frozenConfig(fp.Addr(), s2.Addr()))
@@ -400,7 +400,7 @@ func TestTimedOutSubmitMovedRunsOnce(t *testing.T) {
 	if testing.Short() {
 		t.Skip("freezes an instance for seconds")
 	}
-	s1 := testkit.Sim(t, comfysim.Options{Delay: 300 * time.Millisecond})
+	s1 := testkit.Sim(t, comfysim.Options{Delay: time.Second})
 	s2 := testkit.Sim(t, comfysim.Options{Delay: 20 * time.Millisecond})
 	fp := startFreezeProxy(t, s1.Addr())
 	cfg := frozenConfig(fp.Addr(), s2.Addr())

@@ -98,6 +98,7 @@ func (s *instSocket) run(ctx context.Context) {
 	backoff := minB
 	everUp, lost := false, false
 	for ctx.Err() == nil {
+		dialStart := time.Now()
 		conn, err := s.dial(ctx)
 		if err == nil {
 			s.up()
@@ -109,7 +110,12 @@ func (s *instSocket) run(ctx context.Context) {
 			}
 			lost = true
 			s.t.log.Debug("upstream: socket dial failed", "instance", s.inst.Name, "error", err, "retry_in", backoff)
-			if !sleepCtx(ctx, jitter(backoff)) {
+			// A dial that waited out its whole timeout (a stopped or hung
+			// process accepts and never answers) was its own backoff: dial
+			// again at once, so that one is always waiting when the
+			// process wakes, and the moved prompts are removed from it
+			// before it gets far with them.
+			if time.Since(dialStart) < s.dialTimeout() && !sleepCtx(ctx, jitter(backoff)) {
 				return
 			}
 			backoff = min(backoff*2, maxB)
@@ -163,6 +169,14 @@ func (s *instSocket) up() {
 	s.routeMu.Unlock()
 }
 
+// dialTimeout bounds one dial of the socket (health_check.timeout).
+func (s *instSocket) dialTimeout() time.Duration {
+	if d := s.t.cfg.HealthCheck.Timeout; d > 0 {
+		return d
+	}
+	return 5 * time.Second
+}
+
 // dial opens the socket and sends the feature flags.
 func (s *instSocket) dial(ctx context.Context) (*websocket.Conn, error) {
 	scheme := "ws://"
@@ -170,10 +184,7 @@ func (s *instSocket) dial(ctx context.Context) (*websocket.Conn, error) {
 		scheme = "wss://"
 	}
 	u := scheme + s.inst.Addr + "/ws?clientId=" + url.QueryEscape(s.inst.SocketClientID())
-	d := websocket.Dialer{HandshakeTimeout: s.t.cfg.HealthCheck.Timeout}
-	if d.HandshakeTimeout <= 0 {
-		d.HandshakeTimeout = 5 * time.Second
-	}
+	d := websocket.Dialer{HandshakeTimeout: s.dialTimeout()}
 	conn, resp, err := d.DialContext(ctx, u, nil)
 	if resp != nil && resp.Body != nil {
 		_ = resp.Body.Close()
