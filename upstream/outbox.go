@@ -18,8 +18,8 @@ type outbox struct {
 // outboxFor returns the outbox of inst (nil inst: the table's own, for
 // queue changes).
 func (t *promptTable) outboxFor(inst *Instance) *outbox {
-	t.mu.Lock()
-	defer t.mu.Unlock()
+	t.outboxMu.Lock()
+	defer t.outboxMu.Unlock()
 	if t.outboxes == nil {
 		t.outboxes = map[*Instance]*outbox{}
 	}

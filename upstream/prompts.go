@@ -49,12 +49,14 @@ type promptTable struct {
 	doneQ      []*Prompt            // finished prompts, oldest first, from doneHead
 	doneHead   int
 	sockets    map[*Instance]*instSocket
-	tombs      map[*Instance][]tomb  // prompts moved off each instance, oldest first (tombstones.go)
-	outboxes   map[*Instance]*outbox // event delivery per instance; nil key: queue changes
-	ctx        context.Context       // nil until start
+	tombs      map[*Instance][]tomb // prompts moved off each instance, oldest first (tombstones.go)
+	ctx        context.Context      // nil until start
 	closed     bool
 
 	wg sync.WaitGroup // socket loops and background checks
+
+	outboxMu sync.Mutex            // guards outboxes
+	outboxes map[*Instance]*outbox // event delivery per instance; nil key: queue changes
 
 	queueMu   sync.Mutex // guards lastQueue; orders the QueueChanged deliveries
 	lastQueue int
@@ -220,9 +222,12 @@ func (t *promptTable) livePinnedTo(inst *Instance) []*Prompt {
 // new state and whether e applied (see lifecycle.Step).
 //
 // Lock order in this package: instSocket.routeMu, then promptTable.mu, then
-// Prompt.mu; Pool.mu and queueMu are taken alone or last. No lock is held
-// while a Sink or Listener is called: events go through the per-instance
-// outbox (outbox.go), which calls them in order from its own goroutine.
+// Prompt.mu; outboxMu and an outbox's mu are taken last (under routeMu or
+// queueMu at most); Pool.mu, queueMu and the tombstones (promptTable.mu)
+// are never held while another of these is taken, except queueMu around
+// Pool.mu's read lock and an outbox's mu. No lock is held while a Sink or
+// Listener is called: events go through the per-instance outbox (outbox.go),
+// which calls them in order from its own goroutine.
 func (t *promptTable) step(pr *Prompt, e lifecycle.Event, to *Instance) (lifecycle.State, bool) {
 	if e.At.IsZero() {
 		e.At = time.Now()

@@ -456,8 +456,9 @@ func (s *instSocket) onStatus(n int64) {
 // for synthesized events, on inst's behalf), so a prompt's events are
 // applied and queued for delivery in the instance's order.
 func (t *promptTable) apply(pr *Prompt, inst *Instance, f frame) {
-	ended := pr.Life().Phase == lifecycle.Ended
-	if !ended {
+	ph := pr.Life().Phase
+	ended := ph == lifecycle.Ended
+	if ph == lifecycle.Sending || ph == lifecycle.Unconfirmed {
 		// Any event proves the instance has it.
 		t.step(pr, lifecycle.Event{Kind: lifecycle.Seen, At: f.at}, nil)
 	}
