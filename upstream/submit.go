@@ -176,9 +176,10 @@ func (t *promptTable) send(ctx context.Context, pr *Prompt, inst *Instance, base
 		return SubmitResult{}, sentRefused, fmt.Errorf("submit prompt %s: it is %s", pr.ID, st.Phase)
 	}
 	attempt := st.Attempts
-	settle := func(e lifecycle.Event) {
+	settle := func(e lifecycle.Event) lifecycle.State {
 		e.Attempt = attempt
-		t.step(pr, e, nil)
+		st, _ := t.step(pr, e, nil)
+		return st
 	}
 	if !known {
 		s.beginAwait()
@@ -204,8 +205,12 @@ func (t *promptTable) send(ctx context.Context, pr *Prompt, inst *Instance, base
 			if !known {
 				s.endAwait(pr, "", 0)
 			}
-			settle(lifecycle.Event{Kind: lifecycle.Refused, NotSent: true, Resubmit: resubmit})
-			return SubmitResult{}, outcome, err
+			if st := settle(lifecycle.Event{Kind: lifecycle.Refused, NotSent: true, Resubmit: resubmit}); !st.Phase.Done() || !known {
+				return SubmitResult{}, outcome, err
+			}
+			// It ran there before the connection broke (its events said
+			// so): answer as the instance would have.
+			status, resp = 200, fmt.Appendf(nil, `{"prompt_id": %s, "number": 0, "node_errors": {}}`, quoteJSON(pr.UpstreamID()))
 		default:
 			settle(lifecycle.Event{Kind: lifecycle.NoAnswer})
 			t.goBackground(func(ctx context.Context) { t.confirmLater(ctx, pr, inst, uid) })

@@ -13,6 +13,7 @@
 //	Sending     --NoAnswer-->    Unconfirmed   sent, no answer: it may have it
 //	Sending     --Refused-->     Submitted     first submission: nobody has it (forgotten)
 //	                             Moving        resubmission: try another instance
+//	Queued, Running --Refused--> (the same)    its events came, then its POST broke: tombstoned there
 //	Unconfirmed --Seen-->        Queued        the instance showed it (event, /queue, /history)
 //	Queued      --Started-->     Running       execution_start
 //	any live    --Finished-->    Finished      success, error or interrupted (uncounted)
@@ -237,23 +238,32 @@ func Step(s State, e Event) (next State, effects []Effect, ok bool) {
 				next.Accepted = true
 				effects = append(effects, Effect{Kind: Accept, Instance: s.Instance})
 			}
-		case s.Phase != Sending:
-			// Its events showed the instance has it: the POST's own fate
-			// changes nothing.
 		case e.Kind == NoAnswer:
-			next.Phase = Unconfirmed
+			if s.Phase == Sending {
+				next.Phase = Unconfirmed
+			}
+			// Else its events showed the instance has it: it stays.
+		case s.Phase.Done():
+			// It ran there already: the broken POST changes nothing.
 		default: // Refused
 			if e.NotSent {
 				next.Attempts--
 			}
-			if s.Accepted || e.Resubmit {
-				next.Phase = Moving
+			if s.Phase != Sending {
+				// Its events showed the instance had it, then the POST
+				// broke (the instance died): it goes elsewhere, and if
+				// the instance comes back it must not run it.
+				uncount()
+				effects = append(effects, Effect{Kind: Tombstone, Instance: s.Instance, UpstreamID: s.UpstreamID})
+			}
+			if e.Resubmit {
+				next.Phase = Moving // a failover tries the next instance
 				effects = append(effects, Effect{Kind: Unpin, Instance: s.Instance, UpstreamID: s.UpstreamID})
 			} else {
-				next.Phase = Submitted
+				next.Phase = Submitted // its Submit tries the next instance
 				effects = append(effects, Effect{Kind: Forget})
 			}
-			next.UpstreamID = ""
+			next.UpstreamID, next.StartedAt = "", time.Time{}
 		}
 	case Seen:
 		switch s.Phase {
