@@ -16,7 +16,7 @@ import (
 // prompt and its queue run on the other instance.
 func TestKilledMidPrompt(t *testing.T) {
 	f := newFixture(t, "", 200*time.Millisecond, nil)
-	f.hold(f.st.Sims[0])
+	f.hold()
 	f.prompts(8, 4)
 	f.jobs(2)
 	f.waitRunning(f.st.Sims[0], 0)
@@ -28,7 +28,7 @@ func TestKilledMidPrompt(t *testing.T) {
 // Killed with a queue: the instance dies holding queued prompts.
 func TestKilledWithQueue(t *testing.T) {
 	f := newFixture(t, "", 100*time.Millisecond, nil)
-	f.hold(f.st.Sims[0])
+	f.hold()
 	f.prompts(16, 4)
 	f.jobs(2)
 	f.waitRunning(f.st.Sims[0], 2)
@@ -60,7 +60,7 @@ func TestRefusingConnections(t *testing.T) {
 func TestHungThenResumed(t *testing.T) {
 	f := newFixture(t, "", 100*time.Millisecond, nil)
 	sim, fp := f.st.Sims[0], f.st.Faults[0]
-	f.hold(sim)
+	f.hold()
 	f.prompts(12, 4)
 	f.jobs(2)
 	f.waitRunning(sim, 2)
@@ -93,7 +93,7 @@ func TestHungDefaultTiming(t *testing.T) {
 		c.WebSocket.PingInterval = d.WebSocket.PingInterval
 	})
 	sim, fp := f.st.Sims[0], f.st.Faults[0]
-	f.hold(sim)
+	f.hold()
 	f.prompts(12, 4)
 	f.waitRunning(sim, 2)
 	f.inject("SIGSTOP sim0 (network held, execution frozen)", func() {
@@ -117,7 +117,7 @@ func TestHungDefaultTiming(t *testing.T) {
 func TestHungTimedOutSubmissions(t *testing.T) {
 	f := newFixture(t, "", 100*time.Millisecond, nil)
 	sim, fp := f.st.Sims[0], f.st.Faults[0]
-	f.hold(sim)
+	f.hold()
 	f.prompts(12, 4)
 	f.waitRunning(sim, 2)
 	f.inject("SIGSTOP sim0 (network held, execution frozen)", func() {
@@ -151,7 +151,7 @@ func TestFail500Jobs(t *testing.T) {
 func fail500(t *testing.T, needs string, jobs int) {
 	f := newFixture(t, needs, 100*time.Millisecond, nil)
 	sim := f.st.Sims[0]
-	f.hold(sim)
+	f.hold()
 	f.prompts(12, 4)
 	f.jobs(jobs)
 	f.waitRunning(sim, 1)
@@ -249,7 +249,7 @@ func TestAllDownThenOneBack(t *testing.T) {
 	f := newFixture(t, "", 200*time.Millisecond, nil)
 	f.noneLeft = true
 	a, b := f.st.Sims[0], f.st.Sims[1]
-	f.hold(a, b)
+	f.hold()
 	f.prompts(8, 4)
 	f.jobs(2)
 	f.waitRunning(a, 0)
@@ -288,7 +288,7 @@ func TestGatewayRestartedJobs(t *testing.T) {
 
 func gatewayRestarted(t *testing.T, needs string, jobs int) {
 	f := newFixture(t, needs, 200*time.Millisecond, nil)
-	f.hold(f.st.Sims[0])
+	f.hold()
 	f.prompts(8, 4)
 	f.jobs(jobs)
 	f.waitRunning(f.st.Sims[0], 1)

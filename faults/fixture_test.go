@@ -379,24 +379,34 @@ func (f *fixture) measureRecovery() {
 	f.t.Errorf("new prompts were not served again within %v", f.bound)
 }
 
-// hold pauses sims' queues (before work is submitted), so that waitRunning
-// finds the queues it needs however fast the machine is.
-func (f *fixture) hold(sims ...*comfysim.Server) {
-	for _, s := range sims {
+// hold pauses every simulator's queue before work is submitted, so that
+// waitRunning finds the queue it needs however fast the machine is; the
+// gateway, seeing every queue grow alike, spreads the work evenly.
+func (f *fixture) hold() {
+	for _, s := range f.st.Sims {
 		s.SetPaused(true)
 	}
 }
 
-// waitRunning waits until sim, held by hold, has more than pending prompts
-// queued, lets it go, and returns once it runs one with at least pending
-// more queued.
+// waitRunning waits until sim (every simulator held by hold) has more than
+// pending prompts queued, lets all of them go, and returns once sim runs
+// one with at least pending more queued.
 func (f *fixture) waitRunning(sim *comfysim.Server, pending int) {
 	f.t.Helper()
-	testkit.Eventually(f.t, fmt.Sprintf("%d prompts queued on the instance", pending+1), func() bool {
+	if !testkit.Poll(testkit.WaitBound, func() bool {
 		_, p := sim.Queue()
 		return p > pending
-	})
-	sim.SetPaused(false)
+	}) {
+		var qs []string
+		for i, s := range f.st.Sims {
+			r, p := s.Queue()
+			qs = append(qs, fmt.Sprintf("sim%d: %d running, %d pending", i, r, p))
+		}
+		f.t.Fatalf("not %d prompts queued on the instance (%s)", pending+1, strings.Join(qs, "; "))
+	}
+	for _, s := range f.st.Sims {
+		s.SetPaused(false)
+	}
 	// Tight polling: the prompt runs for one node time only.
 	deadline := time.Now().Add(testkit.WaitBound)
 	for {
