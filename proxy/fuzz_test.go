@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"mime"
 	"net"
 	"net/http"
 	"strings"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/comfyapi"
+	"github.com/comfygate/comfygate/upstream"
 )
 
 // FuzzServeRequest sends arbitrary raw requests (request lines with
@@ -119,6 +121,34 @@ func FuzzClientFrame(f *testing.F) {
 		}
 		if ok && !strings.Contains(string(msg), "feature_flags") {
 			t.Fatalf("%q read as feature_flags", msg)
+		}
+	})
+}
+
+// FuzzMaskUpload: whatever multipart body a mask upload carries, reading
+// its original_ref and rewriting it never panics, and a rewritten body
+// reads back with the new reference and the same other fields.
+func FuzzMaskUpload(f *testing.F) {
+	f.Add([]byte("--b\r\nContent-Disposition: form-data; name=\"original_ref\"\r\n\r\n{\"filename\": \"a.png\", \"subfolder\": \"@i0\", \"type\": \"output\"}\r\n"+
+		"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"m.png\"\r\n\r\nPNG\r\n--b--\r\n"), []byte("b"))
+	f.Add([]byte("--x\r\n\r\n--x--"), []byte("x"))
+	f.Add([]byte(""), []byte(""))
+	f.Fuzz(func(t *testing.T, body, boundary []byte) {
+		if _, ok := originalRef(body, boundary); !ok {
+			return
+		}
+		ref := upstream.FileRef{Filename: "new.png", Subfolder: "s", Type: "input"}
+		out, ct, err := replaceOriginalRef(body, boundary, ref)
+		if err != nil {
+			return // a body whose later parts are broken: refused
+		}
+		_, params, perr := mime.ParseMediaType(ct)
+		if perr != nil {
+			t.Fatalf("content type %q: %v", ct, perr)
+		}
+		got, ok := originalRef(out, []byte(params["boundary"]))
+		if !ok || got != ref {
+			t.Fatalf("rewritten body reads back %+v %v, want %+v", got, ok, ref)
 		}
 	})
 }
