@@ -14,8 +14,8 @@ import (
 
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
-	"github.com/comfygate/comfygate/metrics"
 	"github.com/comfygate/comfygate/internal/testkit"
+	"github.com/comfygate/comfygate/metrics"
 	"github.com/fasthttp/websocket"
 	"github.com/valyala/fasthttp"
 )
