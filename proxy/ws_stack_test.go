@@ -404,6 +404,11 @@ func TestWSStack200ClientsOneUpstreamSocketPerInstance(t *testing.T) {
 	const maxConns = 8
 	s := startStack(t, []string{ca.addr, cb.addr}, func(cfg *config.Config) {
 		cfg.MaxConnectionsPerInstance = maxConns
+		// This test counts connections. Health checks that wait for one
+		// of the 8 connections behind 200 prompts and time out (1 s, one
+		// failure) would take both instances out and answer 503.
+		cfg.HealthCheck.Timeout = config.Default().HealthCheck.Timeout
+		cfg.HealthCheck.UnhealthyThreshold = config.Default().HealthCheck.UnhealthyThreshold
 	})
 
 	const n = 200
