@@ -19,8 +19,9 @@ func TestKilledMidPrompt(t *testing.T) {
 	f.hold()
 	f.prompts(8, 4)
 	f.jobs(2)
-	f.waitRunning(f.st.Sims[0], 0)
-	f.inject("kill sim0 while it runs a prompt", f.st.Sims[0].Kill)
+	i := f.busiest(0)
+	f.waitRunning(f.st.Sims[i], 0)
+	f.inject(fmt.Sprintf("kill sim%d while it runs a prompt", i), f.st.Sims[i].Kill)
 	f.measureRecovery()
 	f.finish("killed mid-prompt")
 }
@@ -31,8 +32,9 @@ func TestKilledWithQueue(t *testing.T) {
 	f.hold()
 	f.prompts(16, 4)
 	f.jobs(2)
-	f.waitRunning(f.st.Sims[0], 2)
-	f.inject("kill sim0 with a queue", f.st.Sims[0].Kill)
+	i := f.busiest(2)
+	f.waitRunning(f.st.Sims[i], 2)
+	f.inject(fmt.Sprintf("kill sim%d with a queue", i), f.st.Sims[i].Kill)
 	f.measureRecovery()
 	f.finish("killed with a queue")
 }
@@ -59,16 +61,17 @@ func TestRefusingConnections(t *testing.T) {
 // elsewhere.
 func TestHungThenResumed(t *testing.T) {
 	f := newFixture(t, "", 100*time.Millisecond, nil)
-	sim, fp := f.st.Sims[0], f.st.Faults[0]
 	f.hold()
 	f.prompts(12, 4)
 	f.jobs(2)
+	i := f.busiest(2)
+	sim, fp := f.st.Sims[i], f.st.Faults[i]
 	f.waitRunning(sim, 2)
-	f.inject("SIGSTOP sim0 (network held, execution frozen)", func() {
+	f.inject(fmt.Sprintf("SIGSTOP sim%d (network held, execution frozen)", i), func() {
 		fp.Hang()
 		sim.SetFrozen(true)
 	})
-	// Every prompt ends while sim0 is still stopped: its prompts ran
+	// Every prompt ends while the instance is still stopped: its prompts ran
 	// elsewhere (or failed clearly).
 	f.waitWorkload()
 	f.mu.Lock()
@@ -92,11 +95,12 @@ func TestHungDefaultTiming(t *testing.T) {
 		c.Timeout, c.HealthCheck, c.Failover, c.Breaker = d.Timeout, d.HealthCheck, d.Failover, d.Breaker
 		c.WebSocket.PingInterval = d.WebSocket.PingInterval
 	})
-	sim, fp := f.st.Sims[0], f.st.Faults[0]
 	f.hold()
 	f.prompts(12, 4)
+	i := f.busiest(2)
+	sim, fp := f.st.Sims[i], f.st.Faults[i]
 	f.waitRunning(sim, 2)
-	f.inject("SIGSTOP sim0 (network held, execution frozen)", func() {
+	f.inject(fmt.Sprintf("SIGSTOP sim%d (network held, execution frozen)", i), func() {
 		fp.Hang()
 		sim.SetFrozen(true)
 	})
@@ -104,7 +108,7 @@ func TestHungDefaultTiming(t *testing.T) {
 	f.mu.Lock()
 	f.recover = time.Since(f.faultAt)
 	f.mu.Unlock()
-	t.Logf("SIGSTOP to failover (every prompt sim0 held finished elsewhere): %v", f.recover)
+	t.Logf("SIGSTOP to failover (every prompt the instance held finished elsewhere): %v", f.recover)
 	fp.Resume()
 	sim.SetFrozen(false)
 	f.finish("hung, default timing")
@@ -116,11 +120,12 @@ func TestHungDefaultTiming(t *testing.T) {
 // resumes.
 func TestHungTimedOutSubmissions(t *testing.T) {
 	f := newFixture(t, "", 100*time.Millisecond, nil)
-	sim, fp := f.st.Sims[0], f.st.Faults[0]
 	f.hold()
 	f.prompts(12, 4)
+	i := f.busiest(2)
+	sim, fp := f.st.Sims[i], f.st.Faults[i]
 	f.waitRunning(sim, 2)
-	f.inject("SIGSTOP sim0 (network held, execution frozen)", func() {
+	f.inject(fmt.Sprintf("SIGSTOP sim%d (network held, execution frozen)", i), func() {
 		fp.Hang()
 		sim.SetFrozen(true)
 	})
@@ -150,18 +155,19 @@ func TestFail500Jobs(t *testing.T) {
 
 func fail500(t *testing.T, needs string, jobs int) {
 	f := newFixture(t, needs, 100*time.Millisecond, nil)
-	sim := f.st.Sims[0]
 	f.hold()
 	f.prompts(12, 4)
 	f.jobs(jobs)
+	i := f.busiest(1)
+	sim := f.st.Sims[i]
 	f.waitRunning(sim, 1)
-	f.inject("sim0 answers 500 to everything", func() { sim.SetFail500(true) })
+	f.inject(fmt.Sprintf("sim%d answers 500 to everything", i), func() { sim.SetFail500(true) })
 	f.measureRecovery()
 	f.waitWorkload()
-	// Outputs of prompts that ran on sim0 can be fetched once it is back
+	// Outputs of prompts that ran on the instance can be fetched once it is back
 	// (while it is out, comfygate answers their /history/{id} with {}).
 	sim.SetFail500(false)
-	testkit.Eventually(t, "sim0 back in the fleet", func() bool { return f.st.Instance("sim0").Available() })
+	testkit.Eventually(t, "the instance back in the fleet", func() bool { return f.st.Instance(fmt.Sprintf("sim%d", i)).Available() })
 	f.finish("500 to everything" + map[bool]string{true: " (jobs)", false: ""}[jobs > 0])
 }
 
@@ -252,8 +258,7 @@ func TestAllDownThenOneBack(t *testing.T) {
 	f.hold()
 	f.prompts(8, 4)
 	f.jobs(2)
-	f.waitRunning(a, 0)
-	f.waitRunning(b, 0)
+	f.waitRunning(f.st.Sims[f.busiest(0)], 0)
 	a.Kill()
 	b.Kill()
 	testkit.Eventually(t, "no instance available", func() bool {
@@ -291,7 +296,7 @@ func gatewayRestarted(t *testing.T, needs string, jobs int) {
 	f.hold()
 	f.prompts(8, 4)
 	f.jobs(jobs)
-	f.waitRunning(f.st.Sims[0], 1)
+	f.waitRunning(f.st.Sims[f.busiest(1)], 1)
 	f.inject("comfygate restarted", f.st.Restart)
 	f.measureRecovery()
 	f.finish("comfygate restarted" + map[bool]string{true: " (jobs)", false: ""}[jobs > 0])

@@ -388,6 +388,35 @@ func (f *fixture) hold() {
 	}
 }
 
+// busiest waits until some simulator (all held by hold) has more than
+// pending prompts queued and returns the index of the one with most: the
+// instance to fault (the gateway may have spread the work unevenly).
+func (f *fixture) busiest(pending int) int {
+	f.t.Helper()
+	best := -1
+	if !testkit.Poll(testkit.WaitBound, func() bool {
+		most := pending
+		for i, s := range f.st.Sims {
+			if _, p := s.Queue(); p > most {
+				best, most = i, p
+			}
+		}
+		return best >= 0
+	}) {
+		f.t.Fatalf("no instance got %d prompts (%s)", pending+1, f.queues())
+	}
+	return best
+}
+
+func (f *fixture) queues() string {
+	var qs []string
+	for i, s := range f.st.Sims {
+		r, p := s.Queue()
+		qs = append(qs, fmt.Sprintf("sim%d: %d running, %d pending", i, r, p))
+	}
+	return strings.Join(qs, "; ")
+}
+
 // waitRunning waits until sim (every simulator held by hold) has more than
 // pending prompts queued, lets all of them go, and returns once sim runs
 // one with at least pending more queued.
@@ -397,12 +426,7 @@ func (f *fixture) waitRunning(sim *comfysim.Server, pending int) {
 		_, p := sim.Queue()
 		return p > pending
 	}) {
-		var qs []string
-		for i, s := range f.st.Sims {
-			r, p := s.Queue()
-			qs = append(qs, fmt.Sprintf("sim%d: %d running, %d pending", i, r, p))
-		}
-		f.t.Fatalf("not %d prompts queued on the instance (%s)", pending+1, strings.Join(qs, "; "))
+		f.t.Fatalf("not %d prompts queued on the instance (%s)", pending+1, f.queues())
 	}
 	for _, s := range f.st.Sims {
 		s.SetPaused(false)
