@@ -291,17 +291,8 @@ func (s *Service) serveWorkflows(ctx *fasthttp.RequestCtx) {
 
 // serveOutputList answers GET /api/jobs/{id}/outputs.
 func (s *Service) serveOutputList(ctx *fasthttp.RequestCtx, id string) {
-	s.jobsMu.Lock()
-	j := s.lookupLocked(id)
+	j := s.lockCompleted(ctx, id)
 	if j == nil {
-		s.jobsMu.Unlock()
-		notFound(ctx, id)
-		return
-	}
-	if j.state != stCompleted {
-		v := s.statusLocked(j, 1)
-		s.jobsMu.Unlock()
-		writeJSON(ctx, fasthttp.StatusConflict, v)
 		return
 	}
 	v := s.outputViewsLocked(j, isTrue(ctx.QueryArgs().Peek("base64")))

@@ -282,20 +282,31 @@ func dataURL(ct string, b []byte) string {
 	return "data:" + ct + ";base64," + base64.StdEncoding.EncodeToString(b)
 }
 
-// serveOutput serves GET /api/jobs/{id}/outputs/{n}: the file as
-// comfygate fetched it, with its media type and Range support.
-func (s *Service) serveOutput(ctx *fasthttp.RequestCtx, id, n string) {
+// lockCompleted takes jobsMu and returns job id when it has completed,
+// with jobsMu still held. Otherwise it answers (404 unknown, 409 with the
+// job's status while it is not completed), releases jobsMu and returns nil.
+func (s *Service) lockCompleted(ctx *fasthttp.RequestCtx, id string) *job {
 	s.jobsMu.Lock()
 	j := s.lookupLocked(id)
 	if j == nil {
 		s.jobsMu.Unlock()
 		notFound(ctx, id)
-		return
+		return nil
 	}
 	if j.state != stCompleted {
 		v := s.statusLocked(j, 1)
 		s.jobsMu.Unlock()
 		writeJSON(ctx, fasthttp.StatusConflict, v)
+		return nil
+	}
+	return j
+}
+
+// serveOutput serves GET /api/jobs/{id}/outputs/{n}: the file as
+// comfygate fetched it, with its media type and Range support.
+func (s *Service) serveOutput(ctx *fasthttp.RequestCtx, id, n string) {
+	j := s.lockCompleted(ctx, id)
+	if j == nil {
 		return
 	}
 	i, err := strconv.Atoi(n)
