@@ -363,16 +363,13 @@ func (t *promptTable) confirmLater(ctx context.Context, pr *Prompt, inst *Instan
 	}
 }
 
-// probeAt asks inst whether it has uid: history first, then the queue.
-// answered is false when the instance did not answer.
+// probeAt asks inst whether it has uid: the queue first, then the
+// history. That order cannot miss it: ComfyUI moves a prompt from the
+// queue to the history in one step, so one that is in neither the queue
+// before nor the history after was not there. (History first would miss a
+// prompt that finished between the two questions.) answered is false when
+// the instance did not answer.
 func (t *promptTable) probeAt(ctx context.Context, inst *Instance, uid string) (st PromptState, found, answered bool) {
-	entry, ok := t.historyEntry(ctx, inst, uid)
-	if !ok {
-		return 0, false, false
-	}
-	if entry != nil {
-		return PromptDone, true, true
-	}
 	running, pending, err := t.queueIDs(ctx, inst)
 	if err != nil {
 		return 0, false, false
@@ -382,6 +379,13 @@ func (t *promptTable) probeAt(ctx context.Context, inst *Instance, uid string) (
 		return PromptRunning, true, true
 	case pending[uid]:
 		return PromptQueued, true, true
+	}
+	entry, ok := t.historyEntry(ctx, inst, uid)
+	if !ok {
+		return 0, false, false
+	}
+	if entry != nil {
+		return PromptDone, true, true
 	}
 	return 0, false, true
 }
