@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"sync"
@@ -84,8 +85,10 @@ type Prompt struct {
 	prefer *Instance
 	// eligible is SubmitRequest.Eligible: where it may run, failover included.
 	eligible func(*Instance) bool
-	files    map[string]InstanceFile
-	graph    json.RawMessage
+	// prepare is SubmitRequest.Prepare: run before every send.
+	prepare func(context.Context, *Instance) error
+	files   map[string]InstanceFile
+	graph   json.RawMessage
 
 	// Fleet queue number (see Number).
 	front     bool  // the client asked for the front of the queue
@@ -188,6 +191,14 @@ type SubmitRequest struct {
 	// nodes and models and that carry the labels it asks for. Prefer is
 	// used only when Eligible accepts it.
 	Eligible func(*Instance) bool
+	// Prepare, when not nil, runs before every send of the prompt to an
+	// instance, the first and those of a failover, with the instance it is
+	// about to go to: the submitter places there what the prompt loads
+	// from a copy of its own (the job API's kept images), so a failover
+	// does not need the instance the prompt leaves. An error is logged and
+	// the prompt is sent anyway: the instance's own validation then says
+	// what is missing, in ComfyUI's words.
+	Prepare func(ctx context.Context, inst *Instance) error
 }
 
 // InstanceFile is a file of one instance that a prompt's input names.

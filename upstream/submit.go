@@ -58,7 +58,7 @@ func (t *promptTable) submit(ctx context.Context, req SubmitRequest) (SubmitResu
 	} else {
 		pr.front = comfyapi.Truthy(req.Body["front"])
 	}
-	pr.prefer, pr.eligible = req.Prefer, req.Eligible
+	pr.prefer, pr.eligible, pr.prepare = req.Prefer, req.Eligible, req.Prepare
 	if len(req.Files) > 0 {
 		pr.files, pr.graph = req.Files, req.Body["prompt"]
 	}
@@ -121,10 +121,16 @@ func (t *promptTable) pick(pr *Prompt, tried []*Instance) (*Instance, error) {
 	return t.p.SelectFor(ok, tried...)
 }
 
-// bodyFor returns base made ready for inst: the files its prompt loads
-// copied there (prepareGraph), and the prompt graph with pr's file values
-// for inst. base is not modified.
+// bodyFor returns base made ready for inst: the submitter's own files
+// placed there (SubmitRequest.Prepare), the files its prompt loads copied
+// there (prepareGraph), and the prompt graph with pr's file values for
+// inst. base is not modified.
 func (t *promptTable) bodyFor(ctx context.Context, pr *Prompt, inst *Instance, base map[string]json.RawMessage) map[string]json.RawMessage {
+	if pr.prepare != nil {
+		if err := pr.prepare(ctx, inst); err != nil {
+			t.log.Warn("upstream: could not place a prompt's files", "instance", inst.Name, "prompt_id", pr.ID, "error", err)
+		}
+	}
 	graph := base["prompt"]
 	if pr.graph != nil {
 		graph = pr.graph
