@@ -1,5 +1,5 @@
 // Package bench holds benchmarks that need comfygate's whole stack in one
-// process (run.sh compares the built binary with nginx).
+// process (bench/cmd/compare runs the built binaries against nginx and HAProxy).
 package bench
 
 import (

@@ -673,3 +673,50 @@ func TestCommand(t *testing.T) {
 	}
 	_ = errors.New
 }
+
+func TestCommandInstances(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pr, pw := io.Pipe()
+	errc := make(chan error, 1)
+	go func() {
+		err := Command(ctx, []string{"-listen", "127.0.0.1:0", "-delay", "0s", "-instances", "3"}, pw)
+		_ = pw.Close()
+		errc <- err
+	}()
+	rd := bufio.NewReader(pr)
+	seen := map[string]bool{}
+	for len(seen) < 3 {
+		line, err := rd.ReadString('\n')
+		if err != nil {
+			t.Fatalf("after %d URLs: %v", len(seen), err)
+		}
+		i := strings.Index(line, "listening on http://")
+		if i < 0 {
+			continue
+		}
+		url := strings.TrimSpace(line[i+len("listening on "):])
+		if seen[url] {
+			t.Fatalf("%s twice", url)
+		}
+		seen[url] = true
+		var stats map[string]any
+		if code := getJSON(t, url+"/system_stats", &stats); code != 200 {
+			t.Fatalf("%s/system_stats: %d", url, code)
+		}
+	}
+	go func() { _, _ = io.Copy(io.Discard, pr) }()
+	cancel()
+	select {
+	case err := <-errc:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(testTimeout):
+		t.Fatal("Command did not return after cancel")
+	}
+	if err := Command(context.Background(), []string{"-instances", "0"}, io.Discard); err == nil {
+		t.Fatal("-instances 0 accepted")
+	}
+}

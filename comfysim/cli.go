@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -18,8 +21,10 @@ import (
 // (temporary directories by default), -delay (per image node, default 100ms),
 // -steps (progress steps per heavy node, default 4), -comfy-version (default
 // 0.3.65), -enable-cors-header, -fail-after N (wedge HTTP after N accepted
-// prompts), -v (logs through slog.Default).
-// default slog handler).
+// prompts), -instances N (N simulated instances in this one process, on
+// consecutive ports from -listen's, or each on a free port when that is 0;
+// each its own directories, under -input-dir/<i> and so on when given),
+// -v (logs through slog.Default).
 func Command(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("sim", flag.ContinueOnError)
 	fs.SetOutput(stdout)
@@ -36,6 +41,7 @@ func Command(ctx context.Context, args []string, stdout io.Writer) error {
 	models := fs.String("models", "", "comma-separated model files as folder/file (e.g. upscale_models/4x.pth); a folder named here lists only these")
 	modelLoad := fs.Duration("model-load", 0, "time a loader takes the first time it loads a model file")
 	modelSlots := fs.Int("model-slots", 0, "model files kept loaded at once (0: no limit)")
+	instances := fs.Int("instances", 1, "simulated instances in this process, on consecutive ports from -listen's (port 0: each on a free port)")
 	verbose := fs.Bool("v", false, "log requests and prompts to stderr")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -50,23 +56,57 @@ func Command(ctx context.Context, args []string, stdout io.Writer) error {
 	if *verbose {
 		logger = slog.Default()
 	}
-	s, err := New(Options{
-		InputDir: *inputDir, OutputDir: *outputDir, TempDir: *tempDir,
-		Delay: *delay, Steps: *steps, Version: *version,
-		EnableCORSHeader: *cors, FailAfter: *failAfter, Logger: logger,
-		Nodes: splitList(*nodes), Models: modelList(*models),
-		ModelLoadTime: *modelLoad, ModelSlots: *modelSlots,
-	})
+	if *instances < 1 {
+		return fmt.Errorf("sim: -instances %d: want at least 1", *instances)
+	}
+	host, portText, err := net.SplitHostPort(*listen)
 	if err != nil {
-		return fmt.Errorf("sim: %w", err)
+		return fmt.Errorf("sim: -listen %q: %w", *listen, err)
 	}
-	if err := s.Start(*listen); err != nil {
-		_ = s.Close()
-		return fmt.Errorf("sim: %w", err)
+	port, err := strconv.Atoi(portText)
+	if err != nil || port < 0 || port+*instances-1 > 65535 {
+		return fmt.Errorf("sim: -listen %q: want a port from 0 to %d for %d instances", *listen, 65536-*instances, *instances)
 	}
-	fmt.Fprintf(stdout, "comfysim (ComfyUI %s) listening on %s\ninput: %s\noutput: %s\n", s.Version(), s.URL(), s.InputDir(), s.OutputDir())
+	var servers []*Server
+	defer func() {
+		for _, s := range servers {
+			_ = s.Close()
+		}
+	}()
+	for i := range *instances {
+		dir := func(d string) string {
+			if d == "" || *instances == 1 {
+				return d
+			}
+			return filepath.Join(d, strconv.Itoa(i))
+		}
+		s, err := New(Options{
+			InputDir: dir(*inputDir), OutputDir: dir(*outputDir), TempDir: dir(*tempDir),
+			Delay: *delay, Steps: *steps, Version: *version,
+			EnableCORSHeader: *cors, FailAfter: *failAfter, Logger: logger,
+			Nodes: splitList(*nodes), Models: modelList(*models),
+			ModelLoadTime: *modelLoad, ModelSlots: *modelSlots,
+		})
+		if err != nil {
+			return fmt.Errorf("sim: %w", err)
+		}
+		servers = append(servers, s)
+		p := port
+		if port != 0 {
+			p = port + i
+		}
+		if err := s.Start(net.JoinHostPort(host, strconv.Itoa(p))); err != nil {
+			return fmt.Errorf("sim: %w", err)
+		}
+		fmt.Fprintf(stdout, "comfysim (ComfyUI %s) listening on %s\ninput: %s\noutput: %s\n", s.Version(), s.URL(), s.InputDir(), s.OutputDir())
+	}
 	<-ctx.Done()
-	return s.Close()
+	var errs []error
+	for _, s := range servers {
+		errs = append(errs, s.Close())
+	}
+	servers = nil
+	return errors.Join(errs...)
 }
 
 // splitList splits a comma-separated flag; nil when empty.
