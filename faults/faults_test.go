@@ -233,10 +233,7 @@ func TestWebSocketDropped(t *testing.T) {
 // accepts connections in turns every 100 ms, health checks run every
 // 300 ms.
 func TestFlapping(t *testing.T) {
-	f := newFixture(t, "exactly once across flapping: prompts moved off an instance whose connections were "+
-		"refused and reset (its process alive, its queue running) are deleted there, or not moved, when it "+
-		"answers again; today, in about one run in four, one or two prompts run on both (issue 9, Build 3)",
-		50*time.Millisecond, func(c *config.Config) { c.HealthCheck.Interval = 300 * time.Millisecond })
+	f := newFixture(t, "", 50*time.Millisecond, func(c *config.Config) { c.HealthCheck.Interval = 300 * time.Millisecond })
 	f.inject("sim0 flaps every 100ms", func() { f.st.Faults[0].Flap(100 * time.Millisecond) })
 	for range 4 {
 		f.prompts(4, 2)

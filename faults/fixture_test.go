@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"runtime"
@@ -25,6 +26,7 @@ var (
 	unskip    = flag.Bool("faults.unskip", false, "run the faults whose fix is not in yet instead of skipping them")
 	full      = flag.Bool("faults.full", false, "full size under the race detector too (1,000 concurrent submissions)")
 	long      = flag.Bool("faults.long", false, "also the faults that run with production timing (tens of seconds)")
+	logs      = flag.Bool("faults.log", false, "print the gateway's debug logs (to follow what one fault did)")
 )
 
 // faultBound bounds one fault's whole run: every client wait, every job
@@ -149,6 +151,7 @@ func newFixtureWithin(t *testing.T, bound time.Duration, needs string, delay tim
 		Sim:    comfysim.Options{Delay: delay, Steps: 2, RecordRuns: true},
 		Faults: true,
 		Jobs:   true,
+		Logger: gatewayLogger(),
 		Config: func(c *config.Config) {
 			testConfig(c)
 			if mod != nil {
@@ -163,6 +166,15 @@ func newFixtureWithin(t *testing.T, bound time.Duration, needs string, delay tim
 		f.hc.CloseIdleConnections()
 	})
 	return f
+}
+
+// gatewayLogger is the gateway's logger: debug lines on stderr with
+// -faults.log, nothing otherwise.
+func gatewayLogger() *slog.Logger {
+	if !*logs {
+		return nil
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 // checkBaseline records the goroutine count and heap now and, when the

@@ -40,6 +40,7 @@ type Instance struct {
 	inflight   atomic.Int64 // prompts sent and not finished
 	queueDepth atomic.Int64 // queue_remaining the instance last reported
 	socketUp   atomic.Bool
+	lostAt     atomic.Int64 // unix nanos its socket was lost; 0 while up
 	version    atomic.Pointer[string]
 	socketID   string // the client_id comfygate uses for this instance's prompts and socket
 

@@ -257,6 +257,26 @@ func (t *promptTable) reconcile(ctx context.Context, inst *Instance) {
 // comfygate's socket was away: the terminal message its history recorded,
 // then executing-null. Nothing is sent if the live stream ended it first.
 func (t *promptTable) completeFromHistory(inst *Instance, pr *Prompt, uid string, entry json.RawMessage) {
+	f := t.historyEnd(inst, uid, entry)
+	s := t.socketFor(inst)
+	s.routeMu.Lock()
+	defer s.routeMu.Unlock()
+	pr.mu.Lock()
+	stale := stateOf(pr.life) == PromptDone || pr.instance != inst || pr.life.UpstreamID != uid
+	pr.mu.Unlock()
+	if stale {
+		return
+	}
+	t.apply(pr, inst, f)
+	t.apply(pr, inst, frame{typ: "executing", uid: uid, nodeNull: true, data: executingNull(uid), at: time.Now()})
+	// The live stream's own ending, if it comes, would repeat it.
+	t.step(pr, lifecycle.Event{Kind: lifecycle.Close}, nil)
+}
+
+// historyEnd pins the outputs of the history entry of uid at inst and
+// returns the terminal message it records (execution_success, or an
+// execution_error saying why), as inst would have sent it.
+func (t *promptTable) historyEnd(inst *Instance, uid string, entry json.RawMessage) frame {
 	h, _ := comfyapi.ParseHistoryEntry(entry)
 	for _, out := range h.Outputs {
 		var m map[string]json.RawMessage
@@ -290,19 +310,7 @@ func (t *promptTable) completeFromHistory(inst *Instance, pr *Prompt, uid string
 			f.data, _ = marshalNoEscape(ev)
 		}
 	}
-	s := t.socketFor(inst)
-	s.routeMu.Lock()
-	defer s.routeMu.Unlock()
-	pr.mu.Lock()
-	stale := stateOf(pr.life) == PromptDone || pr.instance != inst || pr.life.UpstreamID != uid
-	pr.mu.Unlock()
-	if stale {
-		return
-	}
-	t.apply(pr, inst, f)
-	t.apply(pr, inst, frame{typ: "executing", uid: uid, nodeNull: true, data: executingNull(uid), at: time.Now()})
-	// The live stream's own ending, if it comes, would repeat it.
-	t.step(pr, lifecycle.Event{Kind: lifecycle.Close}, nil)
+	return f
 }
 
 // confirmLater settles a prompt sent to inst without an answer (timeout):
@@ -433,6 +441,10 @@ func (t *promptTable) verifyQueue(ctx context.Context, inst *Instance) {
 	// missing from its answer because they were deleted: one accepted while
 	// /queue was on its way is in no snapshot of it.
 	asked := time.Now()
+	// One accepted before the socket's current connection may have been
+	// lost in a restart while the socket was away: reconcile, which runs on
+	// every connection, resubmits those.
+	since := time.Unix(0, t.socketFor(inst).upSince.Load())
 	running, pending, err := t.queueIDs(ctx, inst)
 	if err != nil {
 		return
@@ -440,7 +452,8 @@ func (t *promptTable) verifyQueue(ctx context.Context, inst *Instance) {
 	for _, pr := range t.livePinnedTo(inst) {
 		pr.mu.Lock()
 		uid := pr.life.UpstreamID
-		skip := pr.life.Phase != lifecycle.Queued || uid == "" || pr.instance != inst || !pr.life.AcceptedAt.Before(asked)
+		skip := pr.life.Phase != lifecycle.Queued || uid == "" || pr.instance != inst || !pr.life.AcceptedAt.Before(asked) ||
+			pr.life.AcceptedAt.Before(since)
 		pr.mu.Unlock()
 		if skip || running[uid] || pending[uid] {
 			continue

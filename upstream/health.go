@@ -163,10 +163,51 @@ func (p *Pool) confirmSuspect(inst *Instance) {
 		}
 		inst.failures.Store(int32(max(p.cfg.HealthCheck.UnhealthyThreshold, 1)))
 		p.setHealth(inst, false, "socket lost and health check failed", nil)
-		p.prompts.instanceDown(inst)
+		p.failOver(ctx, inst)
 	})
 	if !started {
 		inst.confirming.Store(false)
+	}
+}
+
+// failOver moves inst's prompts to other instances once its death is
+// sure: its socket has stayed down for failover.suspect_grace and no probe
+// meanwhile got an answer. A refused or reset connection is known at once,
+// but an instance that is unreachable for a moment only (its network or
+// its port flapping) still runs its queue: moving its prompts then would
+// run them twice. A hung instance has used the grace up already (its
+// socket went silent, then a health check timed out).
+func (p *Pool) failOver(ctx context.Context, inst *Instance) {
+	if p.staysDown(ctx, inst) {
+		p.prompts.instanceDown(inst)
+	}
+}
+
+// staysDown waits until inst's socket has been down for
+// failover.suspect_grace, probing it meanwhile; false as soon as it
+// answers, its socket is back, or ctx ends.
+func (p *Pool) staysDown(ctx context.Context, inst *Instance) bool {
+	grace := p.cfg.Failover.SuspectGrace
+	poll := min(max(grace/8, 20*time.Millisecond), 250*time.Millisecond)
+	for {
+		if inst.socketUp.Load() || ctx.Err() != nil {
+			return false
+		}
+		lost := inst.lostAt.Load()
+		if lost == 0 {
+			return true // never connected: nothing ran there unseen
+		}
+		left := grace - time.Since(time.Unix(0, lost))
+		if left <= 0 {
+			return true
+		}
+		if _, err := p.probeHealth(ctx, inst, min(left, p.cfg.HealthCheck.Timeout)); err == nil {
+			p.log.Info("upstream: instance answers again; its prompts stay", "instance", inst.Name)
+			return false
+		}
+		if !sleepCtx(ctx, min(poll, left)) {
+			return false
+		}
 	}
 }
 

@@ -310,7 +310,7 @@ func (p *Pool) breakerChanged(inst *Instance, from, to breaker.State) {
 // goroutine of its own: failover may take a while and callers hold locks.
 // It may be called more than once per death; instanceDown is idempotent.
 func (p *Pool) signalDown(inst *Instance) {
-	p.goAsync(func(context.Context) { p.prompts.instanceDown(inst) })
+	p.goAsync(func(ctx context.Context) { p.failOver(ctx, inst) })
 }
 
 // availabilityChanged wakes every awaitAvailable: an instance's health,

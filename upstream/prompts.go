@@ -298,7 +298,7 @@ func (t *promptTable) carryOut(pr *Prompt, inst *Instance, effects []lifecycle.E
 		case lifecycle.Unpin:
 			// Done with the transition: reindexLocked dropped the key.
 		case lifecycle.Tombstone:
-			t.tombstone(inst, ef.UpstreamID)
+			t.tombstone(inst, ef.UpstreamID, pr)
 		case lifecycle.Accept:
 			t.number(pr)
 			if inst != nil {

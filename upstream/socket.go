@@ -50,6 +50,7 @@ type instSocket struct {
 	cleanAgain atomic.Bool   // another cleanUp pass is wanted
 	conns      atomic.Uint64 // connections made so far (a send compares it)
 	dialed     atomic.Bool   // a first dial has finished, either way (Start waits for it)
+	upSince    atomic.Int64  // unix nanos the current connection came up
 
 	// routeMu serialises the routing of this instance's events with the
 	// pinning of ids learned from POST answers, so a prompt's events reach
@@ -135,6 +136,7 @@ func (s *instSocket) run(ctx context.Context) {
 		s.t.goBackground(func(ctx context.Context) { s.t.reconcile(ctx, s.inst) })
 		everUp, lost = true, false
 		err = s.serve(ctx, conn)
+		s.inst.lostAt.Store(time.Now().UnixNano())
 		s.inst.socketUp.Store(false)
 		s.t.m.SetUpstreamSocket(s.inst.Name, false)
 		if ctx.Err() != nil {
@@ -154,7 +156,9 @@ func (s *instSocket) run(ctx context.Context) {
 // if comfygate believes one of its prompts is running there, the re-sync
 // `executing` (without prompt_id) and previews belong to it.
 func (s *instSocket) up() {
+	s.upSince.Store(time.Now().UnixNano())
 	s.inst.socketUp.Store(true)
+	s.inst.lostAt.Store(0)
 	s.t.m.SetUpstreamSocket(s.inst.Name, true)
 	running := ""
 	for _, pr := range s.t.livePinnedTo(s.inst) {
@@ -375,8 +379,9 @@ func (s *instSocket) routeLocked(f frame) {
 		}
 		// Our client_id, an id we do not know: a prompt of an earlier
 		// comfygate process, or one we already moved elsewhere. A moved
-		// one must not run here: stop it.
-		if f.typ == "execution_start" && s.t.tombstoned(s.inst, f.uid) {
+		// one must not run here: stop it; one that ran here to success
+		// after all ends with this run (cleanUp reclaims it).
+		if (f.typ == comfyapi.TypeExecutionStart || f.typ == comfyapi.TypeExecutionSuccess) && s.t.tombstoned(s.inst, f.uid) {
 			s.t.cleanUpLater(s)
 		}
 		return

@@ -3,7 +3,11 @@ package upstream
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"time"
+
+	"github.com/comfygate/comfygate/internal/comfyapi"
+	"github.com/comfygate/comfygate/internal/lifecycle"
 )
 
 const (
@@ -16,16 +20,21 @@ const (
 	maxTombstones = 10000
 )
 
-// tomb is one prompt moved off an instance: the id it has there.
+// tomb is one prompt moved off an instance: the id it has there, and the
+// prompt (nil when unknown) so that a run there can still be claimed for it.
 type tomb struct {
 	uid string
 	at  time.Time
+	pr  *Prompt
+	// settled: the instance was asked for the prompt's history once it was
+	// in neither its queue nor its table; it can no longer end it there.
+	settled bool
 }
 
 // tombstone records that the prompt with upstream id uid left inst (moved
 // elsewhere, or dropped after its client was told it failed): if inst
 // still has it, or gets it later (a held POST), it must not run there.
-func (t *promptTable) tombstone(inst *Instance, uid string) {
+func (t *promptTable) tombstone(inst *Instance, uid string, pr *Prompt) {
 	if inst == nil || uid == "" {
 		return
 	}
@@ -43,7 +52,7 @@ func (t *promptTable) tombstone(inst *Instance, uid string) {
 	if len(list) >= maxTombstones {
 		list = list[1:]
 	}
-	t.tombs[inst] = append(list, tomb{uid: uid, at: time.Now()})
+	t.tombs[inst] = append(list, tomb{uid: uid, at: time.Now(), pr: pr})
 }
 
 // pruneTombsLocked drops inst's expired tombstones and returns the rest.
@@ -80,16 +89,22 @@ func (t *promptTable) tombstoned(inst *Instance, uid string) bool {
 	return false
 }
 
-// tombstonesAt returns the upstream ids moved off inst.
-func (t *promptTable) tombstonesAt(inst *Instance) []string {
+// tombstonesAt returns the prompts moved off inst.
+func (t *promptTable) tombstonesAt(inst *Instance) []tomb {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	list := t.pruneTombsLocked(inst, time.Now())
-	out := make([]string, len(list))
-	for k, tb := range list {
-		out[k] = tb.uid
+	return slices.Clone(t.pruneTombsLocked(inst, time.Now()))
+}
+
+// settleTomb marks inst's tombstone of uid settled.
+func (t *promptTable) settleTomb(inst *Instance, uid string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for k := range t.tombs[inst] {
+		if t.tombs[inst][k].uid == uid {
+			t.tombs[inst][k].settled = true
+		}
 	}
-	return out
 }
 
 // cleanUp removes from inst what moved off it: tombstoned prompts pending
@@ -98,9 +113,15 @@ func (t *promptTable) tombstonesAt(inst *Instance) []string {
 // instance that was down gets new work again, and whenever a tombstoned
 // prompt shows up there later. It reports false when inst did not answer:
 // then it must not get work yet.
+//
+// A prompt that is in neither list may have run to its end there while
+// comfygate could not see it (the instance was alive, only unreachable,
+// when the prompt moved): if inst's history has it as a success and the
+// copy elsewhere has not ended yet, the prompt ends with inst's run and the
+// copy is removed (reclaim), so that it runs once.
 func (t *promptTable) cleanUp(ctx context.Context, inst *Instance) bool {
-	uids := t.tombstonesAt(inst)
-	if len(uids) == 0 {
+	tombs := t.tombstonesAt(inst)
+	if len(tombs) == 0 {
 		return true
 	}
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout(t.cfg.HealthCheck.Timeout))
@@ -110,14 +131,16 @@ func (t *promptTable) cleanUp(ctx context.Context, inst *Instance) bool {
 		t.log.Warn("upstream: could not clean up an instance's moved prompts", "instance", inst.Name, "error", err)
 		return false
 	}
-	var del []string
-	var interrupt []string
-	for _, uid := range uids {
-		if pending[uid] {
-			del = append(del, uid)
-		}
-		if running[uid] {
-			interrupt = append(interrupt, uid)
+	var del, interrupt []string
+	var ranMaybe []tomb
+	for _, tb := range tombs {
+		switch {
+		case pending[tb.uid]:
+			del = append(del, tb.uid)
+		case running[tb.uid]:
+			interrupt = append(interrupt, tb.uid)
+		case !tb.settled && tb.pr != nil && tb.pr.Life().Live():
+			ranMaybe = append(ranMaybe, tb)
 		}
 	}
 	hdr := map[string]string{"Content-Type": "application/json"}
@@ -139,7 +162,55 @@ func (t *promptTable) cleanUp(ctx context.Context, inst *Instance) bool {
 		t.log.Info("upstream: removed moved prompts from an instance", "instance", inst.Name,
 			"deleted", len(del), "interrupted", len(interrupt))
 	}
+	// Asked after the queue: a prompt leaves the queue for the history in
+	// one step, so one in neither is not there (see probeAt).
+	for _, tb := range ranMaybe {
+		entry, ok := t.historyEntry(ctx, inst, tb.uid)
+		if !ok {
+			continue // asked again on the next pass
+		}
+		t.settleTomb(inst, tb.uid)
+		if entry == nil {
+			continue
+		}
+		if h, err := comfyapi.ParseHistoryEntry(entry); err != nil || h.Status.StatusStr != comfyapi.StatusSuccess {
+			continue // it failed or was interrupted there: the copy is its retry
+		}
+		t.reclaim(tb.pr, inst, tb.uid, entry)
+	}
 	return true
+}
+
+// reclaim ends pr with the successful run of from, an instance pr had
+// moved off (upstream id uid there): the copy where pr is now leaves
+// there, tombstoned, so it is deleted from that queue or interrupted, and
+// pr's sink gets from's ending. It reports false when pr could not be
+// taken (it ended meanwhile, or a send of it is under way).
+func (t *promptTable) reclaim(pr *Prompt, from *Instance, uid string, entry json.RawMessage) bool {
+	cur := pr.Instance()
+	if cur == nil || cur == from {
+		return false
+	}
+	if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.MoveBegin, Instance: cur.Name}, nil); !ok {
+		return false
+	}
+	if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Leave, Tombstone: true}, nil); !ok {
+		t.step(pr, lifecycle.Event{Kind: lifecycle.MoveAbort}, nil)
+		return false
+	}
+	end := t.historyEnd(from, uid, entry)
+	s := t.socketFor(from)
+	s.routeMu.Lock()
+	_, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Reclaim, UpstreamID: uid}, from)
+	if ok {
+		t.apply(pr, from, end)
+		t.apply(pr, from, frame{typ: comfyapi.TypeExecuting, uid: uid, nodeNull: true, data: executingNull(uid), at: time.Now()})
+	}
+	s.routeMu.Unlock()
+	t.log.Info("upstream: a moved prompt ran where it was after all; its copy is removed",
+		"prompt_id", pr.ID, "ran_at", from.Name, "copy_at", cur.Name)
+	t.cleanUpLater(t.socketFor(cur))
+	return ok
 }
 
 // cleanUpLater runs cleanUp in the background, one pass at a time per

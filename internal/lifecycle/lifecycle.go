@@ -24,6 +24,7 @@
 //	Moving      --Leave-->       Moving        it leaves its instance: uncounted, unpinned, tombstoned there
 //	Moving      --Send-->        Sending       resubmitted to another instance
 //	Unconfirmed --Drop-->        Dropped       first submission never found: its client was told it failed
+//	Moving      --Reclaim-->     Finished      (after Leave) an instance it left earlier ran it to success after all: it ends there
 //
 // An event that does not apply in the current phase (a failover of a prompt
 // whose POST is under way, a second failover, a late answer of a finished
@@ -136,9 +137,10 @@ const (
 	MoveAbort                 // failover leaves it where it is
 	Leave                     // it leaves its instance (Event.Tombstone: that instance may still hold it)
 	Drop                      // a first submission never found at its instance
+	Reclaim                   // an instance it left earlier (Event.Instance, Event.UpstreamID) ran it to success after all
 )
 
-var kindNames = [...]string{"", "send", "answered", "no-answer", "refused", "seen", "started", "finish", "end", "close", "move-begin", "move-abort", "leave", "drop"}
+var kindNames = [...]string{"", "send", "answered", "no-answer", "refused", "seen", "started", "finish", "end", "close", "move-begin", "move-abort", "leave", "drop", "reclaim"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {
@@ -151,8 +153,8 @@ func (k Kind) String() string {
 type Event struct {
 	Kind       Kind
 	At         time.Time
-	Instance   string // Send: the target; MoveBegin: the instance it must still be at
-	UpstreamID string // Send, Answered: its id there
+	Instance   string // Send: the target; MoveBegin: the instance it must still be at; Reclaim: where it ran
+	UpstreamID string // Send, Answered, Reclaim: its id there
 	Outcome    string // Finish, Close
 	Attempt    int    // Answered, NoAnswer, Refused: the send they settle (0: the current one)
 	NotSent    bool   // Refused: the request never reached the instance
@@ -345,6 +347,15 @@ func Step(s State, e Event) (next State, effects []Effect, ok bool) {
 		}
 		// Instance stays: where it was until a send pins it elsewhere.
 		next.UpstreamID, next.Resume = "", 0
+	case Reclaim:
+		// Only once it left where it was (Leave): a failover holds it, so
+		// no send of it is under way and nothing else moves it meanwhile.
+		if s.Adopted || s.Phase != Moving || s.Resume != 0 || s.Posting {
+			return s, nil, false
+		}
+		next.Phase, next.Outcome, next.DoneAt = Finished, OutcomeSuccess, e.At
+		next.Instance, next.UpstreamID = e.Instance, e.UpstreamID
+		effects = append(effects, Effect{Kind: Record, Instance: e.Instance, Outcome: OutcomeSuccess})
 	case Drop:
 		if s.Phase != Unconfirmed || s.Accepted || s.Posting {
 			return s, nil, false

@@ -105,6 +105,14 @@ func TestStepTable(t *testing.T) {
 		{desc: "a prompt that left cannot come back by abort", s: leftA, e: Event{Kind: MoveAbort}, want: leftA},
 		{desc: "resubmitted", s: leftA, e: Event{Kind: Send, Instance: "b", UpstreamID: "u1", At: t1},
 			want: State{Phase: Sending, Instance: "b", UpstreamID: "u1", Attempts: 2, Accepted: true, AcceptedAt: t0, Posting: true}, ok: true},
+		{desc: "reclaimed by the instance it left: finished there", s: leftA, e: Event{Kind: Reclaim, Instance: "z", UpstreamID: "u0", At: t1},
+			want: func() State {
+				s := leftA
+				s.Phase, s.Outcome, s.DoneAt, s.Instance, s.UpstreamID = Finished, OutcomeSuccess, t1, "z", "u0"
+				return s
+			}(), effs: effs(Effect{Kind: Record, Instance: "z", Outcome: OutcomeSuccess}), ok: true},
+		{desc: "no reclaim before it left", s: movingFromA, e: Event{Kind: Reclaim, Instance: "z", UpstreamID: "u0"}, want: movingFromA},
+		{desc: "no reclaim of a queued prompt", s: queuedAtA, e: Event{Kind: Reclaim, Instance: "z", UpstreamID: "u0"}, want: queuedAtA},
 		{desc: "unanswered first submission never found is dropped and tombstoned", s: unconfirmedAtA, e: Event{Kind: Drop, At: t1},
 			want: func() State { s := unconfirmedAtA; s.Phase, s.DoneAt = Dropped, t1; return s }(),
 			effs: effs(Effect{Kind: Tombstone, Instance: "a", UpstreamID: "u1"}, Effect{Kind: Forget}), ok: true},
@@ -136,6 +144,9 @@ func TestCountsBalance(t *testing.T) {
 			{Kind: Answered}, {Kind: MoveBegin, Instance: "c"}, {Kind: MoveAbort}, {Kind: Finish, Outcome: OutcomeError}, {Kind: End}},
 		{{Kind: Send, Instance: "a", UpstreamID: "u"}, {Kind: Answered}, {Kind: MoveBegin, Instance: "a"}, {Kind: Leave, Tombstone: true},
 			{Kind: Close, Outcome: OutcomeLost}},
+		{{Kind: Send, Instance: "a", UpstreamID: "u"}, {Kind: Answered}, {Kind: MoveBegin, Instance: "a"}, {Kind: Leave, Tombstone: true},
+			{Kind: Send, Instance: "b", UpstreamID: "u"}, {Kind: Answered}, {Kind: Started}, {Kind: MoveBegin, Instance: "b"},
+			{Kind: Leave, Tombstone: true}, {Kind: Reclaim, Instance: "a", UpstreamID: "u"}, {Kind: End}},
 	}
 	for k, path := range paths {
 		t.Run(fmt.Sprint(k), func(t *testing.T) {

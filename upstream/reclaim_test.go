@@ -1,0 +1,64 @@
+package upstream
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/comfygate/comfygate/internal/testkit"
+)
+
+// TestMovedPromptThatRanAfterAllIsReclaimed: a prompt moved off an
+// instance that was only unreachable (its process alive, its queue
+// running) ran to success there. It ends with that run: its sink gets the
+// success once, the copy queued at the other instance is deleted there,
+// and the prompt is pinned where it ran (its /history and outputs).
+func TestMovedPromptThatRanAfterAllIsReclaimed(t *testing.T) {
+	t.Parallel()
+	f1, f2 := startFake(t, "0.3.65"), startFake(t, "0.3.65")
+	p, _ := fakePool(t, nil, f1, f2)
+	i1, i2 := p.Instances()[0], p.Instances()[1]
+	sink := newRecSink()
+	res := submit(t, p, newUUID(), sink)
+	if res.Instance != i1 {
+		t.Fatalf("submitted to %s, want %s", nameOf(res.Instance), i1.Name)
+	}
+	pr := res.Prompt
+	uid := pr.UpstreamID()
+
+	markDown(p, i1)
+	testkit.Eventually(t, "the copy at the other instance", func() bool { return f2.promptCount() == 1 && pr.Instance() == i2 })
+	if pr.State() == PromptDone {
+		t.Fatal("moved prompt done before anything ran")
+	}
+
+	// The old instance ran it after all; its events reach comfygate.
+	i1.socketUp.Store(true)
+	i1.healthy.Store(true)
+	f1.start(uid)
+	f1.finish(uid, "ran-at-first.png")
+
+	evs := sink.until(t, testkit.WaitBound)
+	if got := types(evs); !strings.HasSuffix(got, "execution_success,executing") || strings.Count(got, "execution_success") != 1 {
+		t.Fatalf("events %s, want one success and the end", got)
+	}
+	checkOwnEvents(t, evs, pr.ID)
+	if pr.Instance() != i1 || pr.UpstreamID() != uid || pr.State() != PromptDone {
+		t.Fatalf("prompt at %s under %q, state %v; want done at %s under %q", nameOf(pr.Instance()), pr.UpstreamID(), pr.State(), i1.Name, uid)
+	}
+	copyID := ""
+	testkit.Eventually(t, "the copy deleted", func() bool {
+		f2.mu.Lock()
+		defer f2.mu.Unlock()
+		for _, post := range f2.posts {
+			if strings.HasPrefix(post, "POST /queue ") && strings.Contains(post, `"delete"`) {
+				copyID = post
+				return true
+			}
+		}
+		return false
+	})
+	if !strings.Contains(copyID, pr.ID) {
+		t.Fatalf("the other instance got %s, want its copy %s deleted", copyID, pr.ID)
+	}
+	sink.none(t)
+}
