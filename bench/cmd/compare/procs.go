@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -79,6 +80,19 @@ func (p *proc) stop(grace time.Duration) {
 	}
 	_ = syscall.Kill(-pgid, syscall.SIGKILL) // also workers left behind by their master
 	<-p.done
+}
+
+// stopOne stops p and forgets it.
+func (ps *procs) stopOne(p *proc) {
+	p.stop(3 * time.Second)
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	for i, q := range ps.list {
+		if q == p {
+			ps.list = append(ps.list[:i], ps.list[i+1:]...)
+			break
+		}
+	}
 }
 
 // stopAll stops every process still running, the last started first.
@@ -199,4 +213,32 @@ func (s *rssSampler) stop() float64 {
 	close(s.stopCh)
 	<-s.done
 	return float64(s.peakKB) / 1024
+}
+
+// clockTicks is USER_HZ, the unit of /proc/<pid>/stat times (100 on Linux
+// for every architecture Go supports here).
+const clockTicks = 100
+
+// cpuSeconds is the user+system CPU time pid has used.
+func cpuSeconds(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces; fields count from after it.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, errors.New("bad /proc stat")
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return 0, errors.New("short /proc stat")
+	}
+	ut, err1 := strconv.ParseFloat(f[11], 64) // field 14
+	st, err2 := strconv.ParseFloat(f[12], 64) // field 15
+	if err1 != nil || err2 != nil {
+		return 0, errors.New("bad /proc stat times")
+	}
+	return (ut + st) / clockTicks, nil
 }

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -28,6 +29,7 @@ type env struct {
 	started  bool
 	proxies  bool
 	fileSize map[string]int64 // /view files made, by name
+	tickSeq  atomic.Int64     // the last bench.tick the minimal upstream sent
 
 	simAddr  [2]string
 	simOut   [2]string
