@@ -139,10 +139,7 @@ func TestHungTimedOutSubmissions(t *testing.T) {
 // 500 to everything: the instance answers every HTTP request with 500
 // while prompts are queued there (its socket stays up and its queue runs).
 func TestFail500(t *testing.T) {
-	fail500(t, "/history/{id} of a prompt that ran on an instance while it answered 500 to every HTTP request "+
-		"(its socket up, its queue running) to answer from that instance once it is back in the fleet: in about one "+
-		"run in four comfygate answers {} for several such prompts although that instance ran them and is healthy "+
-		"again (every prompt still runs exactly once)", 0)
+	fail500(t, "", 0)
 }
 
 // The same for jobs: a job whose instance answers 500 must run elsewhere.

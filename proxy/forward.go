@@ -32,6 +32,8 @@ type forwardOpts struct {
 	// timeout, if set, bounds the instance's silence on this try instead of
 	// COMFYUI_TIMEOUT (a read that another instance may answer instead).
 	timeout time.Duration
+	// pinned: no other instance can answer (upstream.DoOpts.Pinned).
+	pinned bool
 }
 
 // forward sends the client's request to inst and relays the answer:
@@ -64,7 +66,7 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, inst *upstream.Instance, o *f
 		// (ComfyUI's --enable-compress-response-body).
 		req.Header.Del("Accept-Encoding")
 	}
-	do := upstream.DoOpts{Source: upstream.ByClient, Timeout: o.timeout}
+	do := upstream.DoOpts{Source: upstream.ByClient, Timeout: o.timeout, Pinned: o.pinned}
 	switch {
 	case o.setBody:
 		req.SetBody(o.body)

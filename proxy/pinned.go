@@ -49,7 +49,8 @@ func (s *Server) getHistoryByID(ctx *fasthttp.RequestCtx, id string) {
 		return
 	}
 	err = s.forward(ctx, inst, &forwardOpts{
-		uri: []byte("/history/" + url.PathEscape(upID)),
+		uri:    []byte("/history/" + url.PathEscape(upID)),
+		pinned: true,
 		rewrite: func(inst *upstream.Instance, status int, body []byte) []byte {
 			if status != fasthttp.StatusOK {
 				return body

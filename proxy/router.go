@@ -434,7 +434,12 @@ next:
 // forwardTo forwards to one given instance (a pinned route): no other
 // instance can answer for it.
 func (s *Server) forwardTo(ctx *fasthttp.RequestCtx, inst *upstream.Instance, o *forwardOpts) {
-	if err := s.forward(ctx, inst, o); err != nil {
+	pinned := forwardOpts{}
+	if o != nil {
+		pinned = *o
+	}
+	pinned.pinned = true
+	if err := s.forward(ctx, inst, &pinned); err != nil {
 		s.writeError(ctx, err)
 	}
 }

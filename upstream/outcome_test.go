@@ -13,6 +13,7 @@ import (
 	"github.com/comfygate/comfygate/breaker"
 	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/comfygate/comfygate/metrics"
+	"github.com/valyala/fasthttp"
 )
 
 // A half-open probe whose caller gave up says nothing about the instance:
@@ -154,5 +155,47 @@ func TestOutcomesCounted(t *testing.T) {
 		if got[k] != v {
 			t.Errorf("outcome %s counted %v, want %v (all: %v)", k, got[k], v, got)
 		}
+	}
+}
+
+// A pinned read (only this instance can answer it) runs while the breaker
+// refuses traffic if the instance passes its health checks; an unhealthy
+// instance's breaker still turns it away.
+func TestPinnedReadPassesOpenBreakerOfHealthyInstance(t *testing.T) {
+	t.Parallel()
+	f := startMini(t, "0.3.65")
+	cfg := coreConfig(f.Addr())
+	cfg.Breaker.ConsecutiveFailures = 1
+	cfg.Breaker.OpenTimeout = time.Hour
+	p, _ := newCorePool(t, cfg, false)
+	inst := p.Instances()[0]
+
+	f.fail500.Store(true)
+	if status, _, err := inst.Call(context.Background(), "GET", "/queue", nil, nil); err != nil || status != 500 {
+		t.Fatalf("call = %d %v", status, err)
+	}
+	f.fail500.Store(false)
+	if st := inst.breaker.State(); st != breaker.Open {
+		t.Fatalf("breaker %v, want open", st)
+	}
+	read := func(pinned bool) error {
+		req := fasthttp.AcquireRequest()
+		req.SetRequestURI("/history/x")
+		a, err := inst.Do(context.Background(), req, DoOpts{Source: ByClient, Pinned: pinned})
+		if err == nil {
+			a.Close()
+		}
+		return err
+	}
+	if err := read(false); !errors.Is(err, breaker.ErrOpen) {
+		t.Fatalf("a client's read with the breaker open: %v, want ErrOpen", err)
+	}
+	inst.healthy.Store(true)
+	if err := read(true); err != nil {
+		t.Fatalf("a pinned read of a healthy instance with the breaker open: %v", err)
+	}
+	inst.healthy.Store(false)
+	if err := read(true); !errors.Is(err, breaker.ErrOpen) {
+		t.Fatalf("a pinned read of an unhealthy instance with the breaker open: %v, want ErrOpen", err)
 	}
 }

@@ -103,6 +103,13 @@ type DoOpts struct {
 	// work again): the breaker keeps clients' requests and new work away
 	// from a failing instance, not comfygate's own look.
 	Always bool
+	// Pinned marks a client's request that only this instance can answer
+	// (a prompt's history, a file it holds): while the breaker refuses
+	// traffic (open, or half-open with its trial requests taken) it still
+	// runs if the instance passes its health checks, reporting nothing
+	// then. Refused, the client would have nowhere else to go, and the
+	// health check that just passed says the instance answers.
+	Pinned bool
 	// Timeout bounds how long the instance may stay silent (no byte read
 	// or written) on this request, the streamed body included; 0 is the
 	// configured timeout (COMFYUI_TIMEOUT). A shorter timeout that passes
@@ -197,7 +204,7 @@ func (i *Instance) Do(ctx context.Context, req *fasthttp.Request, o DoOpts) (*An
 		timeout, own = time.Until(d), false
 	}
 
-	done, err := i.allow(o.Probe || o.Always)
+	done, err := i.allow(o.Probe || o.Always || (o.Pinned && i.healthy.Load()))
 	if err != nil {
 		fasthttp.ReleaseRequest(req)
 		return nil, fmt.Errorf("upstream %s: %w", i.Name, err)
