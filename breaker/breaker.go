@@ -92,24 +92,37 @@ func New(name string, s Settings, onChange func(name string, from, to State)) *B
 	return &Breaker{cb: gobreaker.NewTwoStepCircuitBreaker[struct{}](st)}
 }
 
-// Allow asks to send one request. On success the caller must call done
-// exactly once with the request's outcome. While open, or half-open with
-// its probe out, it returns ErrOpen.
-func (b *Breaker) Allow() (done func(Outcome), err error) {
+// Allow asks to send one request. On success the caller must call the
+// ticket's Done exactly once with the request's outcome. While open, or
+// half-open with its probe out, it returns ErrOpen.
+func (b *Breaker) Allow() (Ticket, error) {
 	report, err := b.cb.Allow()
 	if err != nil {
-		return nil, ErrOpen
+		return Ticket{}, ErrOpen
 	}
-	return func(o Outcome) {
-		switch o {
-		case Success:
-			report(nil)
-		case Failure:
-			report(errFailure)
-		default:
-			report(errExcluded)
-		}
-	}, nil
+	return Ticket{report: report}, nil
+}
+
+// Ticket is one request Allow let through. It is a value, not a closure
+// around gobreaker's, so that asking the breaker costs the request no more
+// than gobreaker's own allocation.
+type Ticket struct {
+	report func(error)
+}
+
+// Done reports the request's outcome. The zero Ticket reports nothing.
+func (t Ticket) Done(o Outcome) {
+	if t.report == nil {
+		return
+	}
+	switch o {
+	case Success:
+		t.report(nil)
+	case Failure:
+		t.report(errFailure)
+	default:
+		t.report(errExcluded)
+	}
 }
 
 // State returns the current state; an open breaker whose timeout passed

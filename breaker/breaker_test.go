@@ -16,7 +16,7 @@ func TestBreakerOpensAfterConsecutiveFailuresAndProbes(t *testing.T) {
 		if err != nil {
 			t.Fatalf("request %d refused while closed: %v", i, err)
 		}
-		done(Failure)
+		done.Done(Failure)
 	}
 	if b.State() != Open || b.Ready() {
 		t.Fatalf("state = %v after 3 failures, want open", b.State())
@@ -35,7 +35,7 @@ func TestBreakerOpensAfterConsecutiveFailuresAndProbes(t *testing.T) {
 	if _, err := b.Allow(); err != ErrOpen {
 		t.Fatalf("second request while the probe is out = %v, want ErrOpen", err)
 	}
-	probe(Success)
+	probe.Done(Success)
 	if b.State() != Closed {
 		t.Fatalf("state after a good probe = %v, want closed", b.State())
 	}
@@ -58,7 +58,7 @@ func TestBreakerSuccessResetsConsecutiveCount(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		done(o)
+		done.Done(o)
 	}
 	if b.State() != Closed {
 		t.Fatalf("alternating failures opened the breaker: %v", b.State())
@@ -73,13 +73,13 @@ func TestExcludedNeitherCountsNorClosesHalfOpen(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		done(o)
+		done.Done(o)
 	}
 	if b.State() != Closed {
 		t.Fatalf("state = %v: excluded outcomes counted", b.State())
 	}
 	done, _ := b.Allow()
-	done(Failure) // the second consecutive failure: excluded ones in between did not reset it
+	done.Done(Failure) // the second consecutive failure: excluded ones in between did not reset it
 	if b.State() != Open {
 		t.Fatalf("state = %v after failure, excluded x3, failure; want open", b.State())
 	}
@@ -91,7 +91,7 @@ func TestExcludedNeitherCountsNorClosesHalfOpen(t *testing.T) {
 	if err != nil {
 		t.Fatalf("half-open refused its probe: %v", err)
 	}
-	probe(Excluded)
+	probe.Done(Excluded)
 	if b.State() != HalfOpen {
 		t.Fatalf("state after an excluded probe = %v, want still half-open", b.State())
 	}
@@ -100,7 +100,7 @@ func TestExcludedNeitherCountsNorClosesHalfOpen(t *testing.T) {
 	if err != nil {
 		t.Fatalf("probe slot not given back after an excluded probe: %v", err)
 	}
-	probe(Success)
+	probe.Done(Success)
 	if b.State() != Closed {
 		t.Fatalf("state after a good probe = %v", b.State())
 	}

@@ -106,7 +106,10 @@ func (f *framer) feed(p []byte) error {
 	return nil
 }
 
-var crlfcrlf = []byte("\r\n\r\n")
+var (
+	crlf     = []byte("\r\n")
+	crlfcrlf = []byte("\r\n\r\n")
+)
 
 func (f *framer) pass() {
 	f.st, f.hdr, f.line = stPass, nil, nil
@@ -114,9 +117,12 @@ func (f *framer) pass() {
 
 // endHeader reads the framing of the body that follows a complete header block.
 func (f *framer) endHeader() {
-	lines := bytes.Split(f.hdr[:len(f.hdr)-4], []byte("\r\n"))
+	// The header lines after the request line, walked in place.
+	_, rest, _ := bytes.Cut(f.hdr[:len(f.hdr)-4], crlf)
 	length, chunked, sawLength := int64(0), false, false
-	for _, l := range lines[1:] {
+	for rest != nil { // Cut leaves rest nil after the last line
+		var l []byte
+		l, rest, _ = bytes.Cut(rest, crlf)
 		if len(l) == 0 || l[0] == ' ' || l[0] == '\t' {
 			f.pass() // obsolete line folding
 			return

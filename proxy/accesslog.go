@@ -15,9 +15,9 @@ import (
 // ids); bodies are never logged.
 func (s *Server) logRequest(ctx *fasthttp.RequestCtx, route string, start time.Time) {
 	d := time.Since(start)
-	inst, _ := ctx.UserValue(userValueInstance).(string)
+	inst := answeringInstance(ctx)
 	code := ctx.Response.StatusCode()
-	method := string(ctx.Method())
+	method := methodString(ctx.Method())
 	s.m.ObserveRequest(route, method, code, inst, d)
 	level := slog.LevelInfo
 	if route == routeHealth || route == routeMetrics {
@@ -35,4 +35,20 @@ func (s *Server) logRequest(ctx *fasthttp.RequestCtx, route string, start time.T
 		slog.String("user_agent", string(ctx.UserAgent())),
 		slog.String("route", route),
 	)
+}
+
+// methodString is the request method as a string, without an allocation
+// for the standard methods.
+func methodString(m []byte) string {
+	for _, std := range stdMethods {
+		if string(m) == std {
+			return std
+		}
+	}
+	return string(m)
+}
+
+var stdMethods = [...]string{
+	fasthttp.MethodGet, fasthttp.MethodPost, fasthttp.MethodHead, fasthttp.MethodPut,
+	fasthttp.MethodDelete, fasthttp.MethodPatch, fasthttp.MethodOptions,
 }

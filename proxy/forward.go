@@ -97,12 +97,17 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, inst *upstream.Instance, o *f
 		ctx.Response.SetBody(o.rewrite(inst, status, body))
 		return nil
 	}
-	if bs := resp.BodyStream(); bs != nil {
+	if resp.BodyStream() != nil {
 		cl := resp.Header.ContentLength()
 		if cl < 0 {
 			cl = -1 // chunked or close-delimited upstream: chunked to the client
 		}
-		ctx.Response.SetBodyStream(&upstreamBody{r: bs, a: a}, cl)
+		// The answer is the body stream: fasthttp closes it once the body
+		// is written (or the client is gone), which returns the upstream
+		// connection to its pool (or closes it when the body was not read
+		// to the end), releases the upstream response and frees the
+		// connection slot.
+		ctx.Response.SetBodyStream(a, cl)
 		return nil
 	}
 	ctx.Response.SetBody(resp.Body())
@@ -131,28 +136,6 @@ func (g *stallGuard) Read(p []byte) (int, error) {
 		_ = g.conn.SetReadDeadline(time.Now().Add(g.idle))
 	}
 	return g.r.Read(p)
-}
-
-// upstreamBody is an instance's streamed answer body as the server writes
-// it to the client. fasthttp closes it once the body is written (or the
-// client is gone); Close then closes the answer, which returns the
-// upstream connection to its pool (or closes it when the body was not read
-// to the end), releases the upstream response and frees the connection
-// slot.
-type upstreamBody struct {
-	r io.Reader
-	a *upstream.Answer
-}
-
-func (b *upstreamBody) Read(p []byte) (int, error) { return b.r.Read(p) }
-
-func (b *upstreamBody) Close() error {
-	if b.a == nil {
-		return nil
-	}
-	err := b.a.Close()
-	b.a, b.r = nil, nil
-	return err
 }
 
 // rawRequestURI is the request URI exactly as the client sent it (path

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"net"
+	"net/netip"
 	"net/url"
 	"strings"
 
@@ -123,7 +124,8 @@ func copyRequestHeaders(ctx *fasthttp.RequestCtx, out *fasthttp.RequestHeader, i
 	if hadOrigin {
 		out.Set("Origin", scheme+"://"+inst.Addr)
 	}
-	out.Set("X-Forwarded-For", ctx.RemoteIP().String())
+	var ipBuf [64]byte
+	out.SetBytesV("X-Forwarded-For", appendClientIP(ipBuf[:0], ctx))
 	if ctx.IsTLS() {
 		out.Set("X-Forwarded-Proto", "https")
 	} else {
@@ -132,6 +134,20 @@ func copyRequestHeaders(ctx *fasthttp.RequestCtx, out *fasthttp.RequestHeader, i
 	if h := in.Host(); len(h) > 0 {
 		out.SetBytesV("X-Forwarded-Host", h)
 	}
+}
+
+// appendClientIP appends the client's IP address as net.IP.String writes
+// it (an IPv4-mapped address as IPv4), without allocating.
+func appendClientIP(dst []byte, ctx *fasthttp.RequestCtx) []byte {
+	return appendIP(dst, ctx.RemoteIP())
+}
+
+func appendIP(dst []byte, ip net.IP) []byte {
+	a, ok := netip.AddrFromSlice(ip)
+	if !ok {
+		return append(dst, ip.String()...)
+	}
+	return a.Unmap().AppendTo(dst)
 }
 
 // copyResponseHeaders copies the instance's answer headers to the client,

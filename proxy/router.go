@@ -336,8 +336,9 @@ func homeRoute(p []byte) string {
 // home picks the home instance: the first available one in configuration
 // order, skipping exclude (instances that could not be reached just now).
 func (s *Server) home(exclude ...*upstream.Instance) (*upstream.Instance, error) {
+	var buf [8]*upstream.Instance
 next:
-	for _, inst := range s.pool.Healthy() {
+	for _, inst := range s.pool.AppendHealthy(buf[:0]) {
 		for _, e := range exclude {
 			if e == inst {
 				continue next
@@ -366,7 +367,7 @@ func (s *Server) forwardPicked(ctx *fasthttp.RequestCtx, pick func(exclude ...*u
 	read := (ctx.IsGet() || ctx.IsHead()) && (cl == 0 || cl == -2)
 	var tried []*upstream.Instance
 	var last error // why the previous instance was passed over
-	for range len(s.pool.Instances()) + 1 {
+	for range s.pool.Len() + 1 {
 		inst, err := pick(tried...)
 		if err != nil {
 			if last != nil && !isDialError(last) {
@@ -416,8 +417,9 @@ func (s *Server) readTimeout() time.Duration {
 // othersLeft reports whether an instance other than inst and those tried
 // is healthy, so a read that inst does not answer can go there.
 func (s *Server) othersLeft(inst *upstream.Instance, tried []*upstream.Instance) bool {
+	var buf [8]*upstream.Instance
 next:
-	for _, h := range s.pool.Healthy() {
+	for _, h := range s.pool.AppendHealthy(buf[:0]) {
 		if h == inst {
 			continue
 		}
@@ -445,6 +447,16 @@ func (s *Server) forwardTo(ctx *fasthttp.RequestCtx, inst *upstream.Instance, o 
 }
 
 // setInstance records which instance answers the request, for the log.
+// The pointer is kept, not its name: a pointer in an interface costs no
+// allocation.
 func setInstance(ctx *fasthttp.RequestCtx, inst *upstream.Instance) {
-	ctx.SetUserValue(userValueInstance, inst.Name)
+	ctx.SetUserValue(userValueInstance, inst)
+}
+
+// answeringInstance is the name of the instance setInstance recorded ("" if none).
+func answeringInstance(ctx *fasthttp.RequestCtx) string {
+	if inst, ok := ctx.UserValue(userValueInstance).(*upstream.Instance); ok {
+		return inst.Name
+	}
+	return ""
 }

@@ -4,15 +4,28 @@ import "slices"
 
 // Healthy returns the instances that are Available, in config order.
 func (p *Pool) Healthy() []*Instance {
+	return p.AppendHealthy(nil)
+}
+
+// AppendHealthy appends the instances that are Available, in config order,
+// to dst and returns the result: Healthy into a buffer the caller owns, so
+// that the request path asks without allocating.
+func (p *Pool) AppendHealthy(dst []*Instance) []*Instance {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
-	out := make([]*Instance, 0, len(p.instances))
 	for _, inst := range p.instances {
 		if inst.Available() {
-			out = append(out, inst)
+			dst = append(dst, inst)
 		}
 	}
-	return out
+	return dst
+}
+
+// Len is the number of instances, len(Instances()) without the copy.
+func (p *Pool) Len() int {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return len(p.instances)
 }
 
 // Select picks the instance for new work: Available, least outstanding

@@ -32,7 +32,7 @@ func openBreaker(t *testing.T, inst *Instance) {
 		if err != nil {
 			break
 		}
-		done(breaker.Failure)
+		done.Done(breaker.Failure)
 	}
 	if inst.breaker.Ready() {
 		t.Fatal("breaker did not open")

@@ -1,0 +1,61 @@
+package proxy
+
+import (
+	"bytes"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/metrics"
+	"github.com/valyala/fasthttp"
+)
+
+// maxProxiedGETAllocs bounds the heap allocations of one proxied GET
+// /system_stats, client and minimal upstream included (they allocate
+// nothing): fasthttp's streamed upstream answer (4: its body stream and
+// the closures that release its connection), gobreaker's ticket (1) and
+// the upstream.Answer (1) that streams the body to the client.
+const maxProxiedGETAllocs = 6
+
+// TestProxiedGETAllocs keeps the hot path's allocations counted: a GET
+// through comfygate (routing, breaker, connection slot, keep-alive
+// upstream connection, header copies, metrics, access log) allocates at
+// most maxProxiedGETAllocs times.
+func TestProxiedGETAllocs(t *testing.T) {
+	up := startMinimalUpstream(t)
+	g := startGateMetrics(t, []string{up.addr}, func(c *config.Config) {
+		// No health check or socket traffic while allocations are counted.
+		c.HealthCheck.Interval = time.Hour
+	}, metrics.New("test"), nil)
+	c := &fasthttp.HostClient{Addr: g.addr, ReadTimeout: 10 * time.Second}
+	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.SetRequestURI("/system_stats")
+	req.Header.SetHost(g.addr)
+	var failed error
+	get := func() {
+		if err := c.Do(req, resp); err != nil {
+			failed = err
+			return
+		}
+		if resp.StatusCode() != fasthttp.StatusOK || !bytes.Equal(resp.Body(), minimalStats) {
+			failed = fmt.Errorf("status %d, body %.80q", resp.StatusCode(), resp.Body())
+		}
+	}
+	for range 20 { // warm the pools and the keep-alive connections
+		get()
+	}
+	n := testing.AllocsPerRun(500, get)
+	if failed != nil {
+		t.Fatal(failed)
+	}
+	t.Logf("%v allocations per proxied GET", n)
+	if raceEnabled {
+		return // sync.Pool drops objects at random under -race
+	}
+	if n > maxProxiedGETAllocs {
+		t.Fatalf("a proxied GET allocates %v times, want at most %d", n, maxProxiedGETAllocs)
+	}
+}
