@@ -44,6 +44,8 @@ func demoCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	cfg.Listen = *listen
 	cfg.HealthCheck.Interval = 2 * time.Second
 	cfg.Log.Format = *logFormat
+	// The demo's simulated instances live and die with it: so do its jobs.
+	cfg.Jobs.StateDir = ""
 	if err := cfg.Validate(); err != nil {
 		return err
 	}

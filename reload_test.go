@@ -32,7 +32,8 @@ func TestReloadAddsRemovesAndRefuses(t *testing.T) {
 	}
 	instances := func(n ...int) string {
 		var b strings.Builder
-		b.WriteString("log: {level: warn}\nhealth_check: {interval: 100ms, unhealthy_threshold: 1}\ninstances:\n")
+		b.WriteString("log: {level: warn}\nhealth_check: {interval: 100ms, unhealthy_threshold: 1}\n")
+		fmt.Fprintf(&b, "jobs: {state_dir: %q}\ninstances:\n", filepath.Join(dir, "jobs"))
 		for _, k := range n {
 			fmt.Fprintf(&b, "  - {name: gpu%d, address: %s}\n", k, ss[k].Addr())
 		}

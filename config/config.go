@@ -174,9 +174,9 @@ type Jobs struct {
 	MaxConcurrent int `yaml:"max_concurrent"`
 	// MaxWaiting caps comfygate's wait line; beyond it: 429. Default 1000.
 	MaxWaiting int `yaml:"max_waiting"`
-	// MaxWaitingBytes caps the images held by jobs in the wait line (they
-	// are kept in memory until an instance takes them); beyond it: 429.
-	// Default 1 GiB.
+	// MaxWaitingBytes caps the images held by jobs in the wait line (in
+	// memory up to InputMemoryBytes, in files beyond); a submission that
+	// would pass it is answered 429 with Retry-After. Default 1 GiB.
 	MaxWaitingBytes int64 `yaml:"max_waiting_bytes"`
 	// MaxImageBytes caps an uploaded image. Default 50 MiB.
 	MaxImageBytes int64 `yaml:"max_image_bytes"`
@@ -192,6 +192,18 @@ type Jobs struct {
 	// OutputDir holds the outputs beyond OutputMemoryBytes. Default: a
 	// directory comfygate creates under the system's temporary directory.
 	OutputDir string `yaml:"output_dir"`
+	// InputMemoryBytes is how many bytes of the images of unfinished jobs
+	// comfygate keeps in memory (it keeps each job's images until the job
+	// ends, to upload them again where a failover sends the job); beyond
+	// it they are read back from files. 0: always from files. Default 16 MiB.
+	InputMemoryBytes int64 `yaml:"input_memory_bytes"`
+	// StateDir holds each unfinished or recent job's record and its images
+	// (written atomically), so that accepted jobs survive a restart of
+	// comfygate: on start the jobs found there are reconciled against the
+	// instances. Relative to the working directory. Default "data/jobs";
+	// "" keeps jobs in memory only (a restart loses them) and puts images
+	// beyond InputMemoryBytes under the system's temporary directory.
+	StateDir string `yaml:"state_dir"`
 	// S3 uploads every output to S3-compatible storage. Off without Endpoint.
 	S3 S3 `yaml:"s3"`
 }
@@ -321,6 +333,7 @@ func (c *Config) setDefaults() {
 		Routing:   Routing{CatalogueInterval: 60 * time.Second, AffinityMargin: 2, WarmupTimeout: 5 * time.Minute},
 		Jobs: Jobs{Timeout: 5 * time.Minute, MaxConcurrent: 10, MaxWaiting: 1000, MaxWaitingBytes: 1 << 30, MaxImageBytes: 50 << 20,
 			MaxWait: 5 * time.Minute, IdempotencyTTL: 24 * time.Hour, OutputMemoryBytes: 256 << 20,
+			InputMemoryBytes: 16 << 20, StateDir: "data/jobs",
 			S3: S3{Region: "us-east-1", PresignExpiry: time.Hour}},
 		Webhooks:  Webhooks{Timeout: 5 * time.Second, RetryFor: time.Hour, MaxAttempts: 10},
 		ImageURLs: ImageURLs{Timeout: 30 * time.Second},

@@ -106,6 +106,9 @@ func (c *Config) Validate() error {
 	}
 	pos("jobs.max_wait", c.Jobs.MaxWait)
 	pos("jobs.idempotency_ttl", c.Jobs.IdempotencyTTL)
+	if c.Jobs.InputMemoryBytes < 0 {
+		bad("jobs.input_memory_bytes", c.Jobs.InputMemoryBytes, "0 (every kept image in a file) or a number of bytes")
+	}
 	if c.Jobs.OutputMemoryBytes < 0 {
 		bad("jobs.output_memory_bytes", c.Jobs.OutputMemoryBytes, "0 (every output on disk) or a number of bytes")
 	}

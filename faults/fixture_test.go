@@ -472,6 +472,19 @@ func (f *fixture) waitWorkload() {
 	}
 }
 
+// waitPrompts waits for every prompt submitted so far, probes aside, to
+// end (not the jobs).
+func (f *fixture) waitPrompts() {
+	f.mu.Lock()
+	all := append([]*tracked(nil), f.all...)
+	f.mu.Unlock()
+	for _, p := range all {
+		if !p.probe {
+			<-p.done
+		}
+	}
+}
+
 // settle waits for every tracked prompt and job to end, and then for every
 // live simulator's queue to drain (a woken instance runs what it still
 // holds: that is when a prompt runs twice).

@@ -14,6 +14,8 @@ import (
 type backend interface {
 	// Select picks the instance for new work.
 	Select(exclude ...*upstream.Instance) (*upstream.Instance, error)
+	// Instances returns every instance of the pool.
+	Instances() []*upstream.Instance
 	// Healthy returns the instances selection may choose.
 	Healthy() []*upstream.Instance
 	// PinFile records that inst holds ref.
@@ -29,6 +31,9 @@ type backend interface {
 	Cancel(ctx context.Context, id string) (bool, error)
 	// Call does one request to inst through its breaker.
 	Call(ctx context.Context, inst *upstream.Instance, method, path string, header map[string]string, body []byte) (int, []byte, error)
+	// Upload streams img into inst's POST /upload/image as ref
+	// (overwriting) and checks that the instance stored it under that name.
+	Upload(ctx context.Context, inst *upstream.Instance, ref upstream.FileRef, img io.Reader) error
 	// Fetch GETs path from inst through its breaker and streams a 200
 	// answer's body into w; other statuses are returned with nothing written.
 	Fetch(ctx context.Context, inst *upstream.Instance, path string, w io.Writer) (int, error)
@@ -39,6 +44,10 @@ type poolBackend struct{ *upstream.Pool }
 
 func (b poolBackend) Call(ctx context.Context, inst *upstream.Instance, method, path string, header map[string]string, body []byte) (int, []byte, error) {
 	return inst.Call(ctx, method, path, header, body)
+}
+
+func (b poolBackend) Upload(ctx context.Context, inst *upstream.Instance, ref upstream.FileRef, img io.Reader) error {
+	return uploadImage(ctx, inst, ref, img)
 }
 
 // Fetch streams the body, so an output of any size costs a copy buffer,

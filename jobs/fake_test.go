@@ -57,6 +57,23 @@ func (f *fakeBackend) Select(exclude ...*upstream.Instance) (*upstream.Instance,
 	return f.healthy[0], nil
 }
 
+func (f *fakeBackend) Instances() []*upstream.Instance {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]*upstream.Instance(nil), f.insts...)
+}
+
+// Upload reads the image and counts it as uploaded to inst.
+func (f *fakeBackend) Upload(ctx context.Context, inst *upstream.Instance, ref upstream.FileRef, img io.Reader) error {
+	if _, err := io.Copy(io.Discard, img); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	f.uploads[inst.Name]++
+	f.mu.Unlock()
+	return nil
+}
+
 func (f *fakeBackend) Healthy() []*upstream.Instance {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -87,6 +104,10 @@ func (f *fakeBackend) Submit(ctx context.Context, req upstream.SubmitRequest) (u
 	f.submitted <- req.PromptID
 	if fn != nil {
 		return fn(req)
+	}
+	if req.Prepare != nil {
+		// As the pool does: the files go to the instance it chose.
+		_ = req.Prepare(ctx, f.insts[0])
 	}
 	return f.accept(req), nil
 }
@@ -196,6 +217,7 @@ func (c *clock) add(d time.Duration) {
 func newFakeService(tb testing.TB, f *fakeBackend, mod func(*config.Config)) *Service {
 	tb.Helper()
 	cfg := config.Default()
+	cfg.Jobs.StateDir = tb.TempDir()
 	if mod != nil {
 		mod(cfg)
 	}

@@ -401,16 +401,36 @@ func (s *Service) accept(wf *workflow, sub *submission, values map[string]json.R
 		inputs: sub.inputs,
 		params: values,
 	}
+	var data [][]byte
 	if wf.needsImage() {
-		j.images = append(j.images, &jobImage{data: sub.image, name: "comfygate-" + j.id + extension(sub.format)})
+		j.images = append(j.images, &jobImage{name: j.id + extension(sub.format)})
+		data = append(data, sub.image)
 	}
 	for _, name := range slices.Sorted(maps.Keys(images)) {
 		format, _, _, _ := sniffImage(images[name])
-		j.images = append(j.images, &jobImage{param: name, data: images[name], name: "comfygate-" + j.id + "-" + name + extension(format)})
+		j.images = append(j.images, &jobImage{param: name, name: j.id + "-" + name + extension(format)})
+		data = append(data, images[name])
 	}
 	prompt, err := wf.buildWith(imageNames(j.images), sub.inputs, values)
 	if err != nil {
 		return nil, badRequest(errInvalidOverride, "cannot apply the inputs: %v", err)
+	}
+	var size int64
+	for _, d := range data {
+		size += int64(len(d))
+	}
+	if aerr := s.checkLine(wf, size, parallel, len(healthy)); aerr != nil {
+		return nil, aerr // before the images are written anywhere
+	}
+	for i, im := range j.images {
+		if err := s.inputs.keep(im, j.id, data[i]); err != nil {
+			for _, kept := range j.images[:i] {
+				s.inputs.release(kept)
+			}
+			s.log.Error("job image not kept", "err", err)
+			return nil, &apiError{status: fasthttp.StatusServiceUnavailable, typ: errNoUpstream,
+				msg: "comfygate cannot store the image now", retryAfter: 5}
+		}
 	}
 	j.prompt = prompt
 	j.prog = newProgress(wf.nodes)
@@ -419,28 +439,16 @@ func (s *Service) accept(wf *workflow, sub *submission, values map[string]json.R
 	}
 
 	s.jobsMu.Lock()
-	defer s.jobsMu.Unlock()
+	aerr := s.checkLineLocked(wf, j.imageBytes(), parallel, len(healthy))
 	if s.closed {
-		return nil, &apiError{status: fasthttp.StatusServiceUnavailable, typ: errShuttingDown, msg: "comfygate is shutting down", retryAfter: 1}
+		aerr = &apiError{status: fasthttp.StatusServiceUnavailable, typ: errShuttingDown, msg: "comfygate is shutting down", retryAfter: 1}
 	}
-	if len(healthy) == 0 {
-		return nil, &apiError{status: fasthttp.StatusServiceUnavailable, typ: errNoUpstream,
-			msg: "no ComfyUI instance is available", retryAfter: retryAfterSeconds(noUpstreamBackoff)}
-	}
-	if held, max := s.lineBytesLocked()+j.imageBytes(), s.cfg.MaxWaitingBytes; max > 0 && held > max && len(s.line) > 0 {
-		// The waiting jobs' images are held in memory: bounded by bytes
-		// as well as by count (a lone job over the cap may still wait).
-		wait := s.runEstimateLocked(wf.name) / time.Duration(parallel)
-		return nil, &apiError{status: fasthttp.StatusTooManyRequests, typ: errQueueFull,
-			msg:        fmt.Sprintf("the wait line holds %d bytes of images (jobs.max_waiting_bytes %d); retry later", held-j.imageBytes(), max),
-			retryAfter: retryAfterSeconds(wait)}
-	}
-	if len(s.line) >= s.cfg.MaxWaiting {
-		// One place frees up when one job at the instances finishes.
-		wait := s.runEstimateLocked(wf.name) / time.Duration(parallel)
-		return nil, &apiError{status: fasthttp.StatusTooManyRequests, typ: errQueueFull,
-			msg:        fmt.Sprintf("the wait line is full (%d jobs); retry later", len(s.line)),
-			retryAfter: retryAfterSeconds(wait)}
+	if aerr != nil {
+		s.jobsMu.Unlock()
+		for _, im := range j.images {
+			s.inputs.release(im)
+		}
+		return nil, aerr
 	}
 	s.seq++
 	j.seq = s.seq
@@ -455,8 +463,42 @@ func (s *Service) accept(wf *workflow, sub *submission, values map[string]json.R
 	if j.webhook != nil && j.webhook.progress {
 		s.goLocked("webhook", func() { s.streamHook(j) })
 	}
-	s.log.Debug("job accepted", "job_id", j.id, "workflow", wf.name, "bytes", len(sub.image))
+	s.jobsMu.Unlock()
+	s.persist(j)
+	s.log.Debug("job accepted", "job_id", j.id, "workflow", wf.name, "bytes", size)
 	return j, nil
+}
+
+// checkLine answers whether a job of the workflow holding size bytes of
+// images may join the wait line now: 503 when no instance is available,
+// 429 with Retry-After when the line is full by count or by bytes.
+func (s *Service) checkLine(wf *workflow, size int64, parallel, healthy int) *apiError {
+	s.jobsMu.Lock()
+	defer s.jobsMu.Unlock()
+	return s.checkLineLocked(wf, size, parallel, healthy)
+}
+
+func (s *Service) checkLineLocked(wf *workflow, size int64, parallel, healthy int) *apiError {
+	if healthy == 0 {
+		return &apiError{status: fasthttp.StatusServiceUnavailable, typ: errNoUpstream,
+			msg: "no ComfyUI instance is available", retryAfter: retryAfterSeconds(noUpstreamBackoff)}
+	}
+	if held, max := s.lineBytesLocked()+size, s.cfg.MaxWaitingBytes; max > 0 && held > max && len(s.line) > 0 {
+		// The waiting jobs' images are kept until the jobs end: bounded by
+		// bytes as well as by count (a lone job over the cap may still wait).
+		wait := s.runEstimateLocked(wf.name) / time.Duration(parallel)
+		return &apiError{status: fasthttp.StatusTooManyRequests, typ: errQueueFull,
+			msg:        fmt.Sprintf("the wait line holds %d bytes of images (jobs.max_waiting_bytes %d); retry later", held-size, max),
+			retryAfter: retryAfterSeconds(wait)}
+	}
+	if len(s.line) >= s.cfg.MaxWaiting {
+		// One place frees up when one job at the instances finishes.
+		wait := s.runEstimateLocked(wf.name) / time.Duration(parallel)
+		return &apiError{status: fasthttp.StatusTooManyRequests, typ: errQueueFull,
+			msg:        fmt.Sprintf("the wait line is full (%d jobs); retry later", len(s.line)),
+			retryAfter: retryAfterSeconds(wait)}
+	}
+	return nil
 }
 
 // lineBytesLocked is the size of the images the waiting jobs hold.

@@ -63,53 +63,53 @@ type job struct {
 	params  map[string]json.RawMessage // checked parameter values, by name
 
 	// Guarded by Service.jobsMu.
-	state       state
-	images      []*jobImage // the caller's images; dropped once the job finished
-	prompt      json.RawMessage
-	holdsSlot   bool // counts against MaxConcurrent
-	submitted   bool // handed to pool.Submit
-	attempts    int  // failed submission attempts (not counting "no instance")
-	instance    string
-	dispatched  time.Time // left the wait line (last time)
-	started     time.Time // execution_start (last attempt)
-	finished    time.Time
-	lastEvent   time.Time
-	sawEvent    bool // an event of its prompt arrived (this attempt or an earlier one)
-	prog        progress
-	outRefs     []outRef // files the prompt's nodes reported (this attempt)
-	outInst     *upstream.Instance
-	files       []*outputFile // fetched outputs, once completed; files[0] is the result
-	errMsg      string
-	errDetail   *errorDetails
-	slotTimer   *time.Timer
-	cancelAsked bool
-	events      []jobEvent    // the job's event log
-	changed     chan struct{} // closed (and replaced) on every event
-	lastPos     int           // queue_position of its last queued event
-	webhook     *webhookState // nil: no webhook
-}
-
-// jobImage is one image a job uploads to the instances.
-type jobImage struct {
-	param string // the parameter it fills; "" for the workflow's image_node
-	data  []byte
-	name  string // its name on the instances
+	state     state
+	images    []*jobImage // the caller's images, kept until the job ends (inputStore)
+	prompt    json.RawMessage
+	holdsSlot bool // counts against MaxConcurrent
+	submitted bool // handed to pool.Submit
+	restored  bool // read from the state directory, its prompt not yet found (reconcile)
+	attempts  int  // failed submission attempts (not counting "no instance")
+	// refusedBy names the instances that answered the job's POST /prompt
+	// with a 5xx, or failed to take its images: it is tried elsewhere.
+	refusedBy    map[string]bool
+	refuseMsg    string          // the last such refusal, the job's error when no instance is left
+	uploadFailed map[string]bool // instances the last upload of its images to failed
+	instance     string
+	dispatched   time.Time // left the wait line (last time)
+	started      time.Time // execution_start (last attempt)
+	finished     time.Time
+	lastEvent    time.Time
+	sawEvent     bool // an event of its prompt arrived (this attempt or an earlier one)
+	prog         progress
+	outRefs      []outRef // files the prompt's nodes reported (this attempt)
+	outInst      *upstream.Instance
+	files        []*outputFile // fetched outputs, once completed; files[0] is the result
+	errMsg       string
+	errDetail    *errorDetails
+	slotTimer    *time.Timer
+	cancelAsked  bool
+	events       []jobEvent    // the job's event log
+	changed      chan struct{} // closed (and replaced) on every event
+	lastPos      int           // queue_position of its last queued event
+	webhook      *webhookState // nil: no webhook
 }
 
 // imageBytes is the size of the images the job holds.
 func (j *job) imageBytes() int64 {
 	var n int64
 	for _, im := range j.images {
-		n += int64(len(im.data))
+		n += im.size
 	}
 	return n
 }
 
-// imageNames maps parameter names to the images' names on the instances.
+// imageNames maps parameter names to the images' names as the prompt
+// loads them.
 func imageNames(imgs []*jobImage) map[string]string {
 	m := make(map[string]string, len(imgs))
 	for _, im := range imgs {
-		m[im.param] = im.name
+		m[im.param] = im.value()
 	}
 	return m
 }

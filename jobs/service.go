@@ -15,22 +15,17 @@
 package jobs
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
-	"mime/multipart"
-	"net/textproto"
 	"net/url"
 	"os"
-	"path"
 	"runtime/debug"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -50,8 +45,12 @@ const (
 	maxSubmitAttempts = 5
 	// dispatchTick re-runs dispatch when nothing woke it (backoff ended).
 	dispatchTick = 250 * time.Millisecond
-	// fetchAttempts bounds the downloads of a finished job's result.
-	fetchAttempts = 3
+	// fetchAttempts bounds the failed downloads of a finished job's
+	// result from an instance in the fleet.
+	fetchAttempts = 4
+	// fetchPatience bounds how long a finished job's result download
+	// waits for its instance to come back to the fleet.
+	fetchPatience = 5 * time.Minute
 )
 
 // Service runs async jobs. Create it with New, start it with Start.
@@ -106,6 +105,8 @@ type Service struct {
 	hooks          *outboundClient
 	imageURLs      *outboundClient // downloads image parameters given as URLs
 	s3             *s3Store        // nil: outputs stay in comfygate only
+	inputs         *inputStore     // the images of unfinished jobs
+	state          *stateDir       // nil: jobs are not persisted
 
 	outDirOnce sync.Once
 	outDirPath string
@@ -159,8 +160,15 @@ func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Lo
 		hooks:          hooks,
 		imageURLs:      newImageClient(cfg.ImageURLs),
 		s3:             store,
+		inputs:         newInputStore(cfg.Jobs.InputMemoryBytes, cfg.Jobs.StateDir),
 	}
 	s.runCtx, s.stop = context.WithCancel(context.Background())
+	if dir := cfg.Jobs.StateDir; dir != "" {
+		if s.state, err = openStateDir(dir, log.Warn); err != nil {
+			return nil, err
+		}
+		s.restore()
+	}
 	return s, nil
 }
 
@@ -172,17 +180,30 @@ func (s *Service) Start(ctx context.Context) {
 		s.wg.Add(2)
 		go s.loop("dispatch", dispatchTick, s.dispatch)
 		go s.loop("expiry", s.sweepEvery, s.sweep)
+		if s.state != nil {
+			s.wg.Add(1)
+			go s.writer()
+		}
+		s.jobsMu.Lock()
+		s.startReconcilingLocked()
+		s.jobsMu.Unlock()
 	})
 }
 
 // Close stops the loops and waits for the goroutines the service started.
-// Jobs still running on instances are left to them.
+// Jobs still running on instances are left to them; with a state
+// directory their records are written, and a restarted comfygate carries
+// on with them.
 func (s *Service) Close() {
 	s.stop()
 	s.jobsMu.Lock()
 	s.closed = true
 	s.jobsMu.Unlock()
 	s.wg.Wait()
+	if s.state != nil {
+		s.state.flush()
+	}
+	s.inputs.close()
 	if s.outDirPath != "" {
 		_ = os.RemoveAll(s.outDirPath)
 	}
@@ -290,16 +311,13 @@ func (s *Service) releaseLocked(j *job) {
 	s.kick()
 }
 
-// submit places the job's image on an instance and submits its prompt.
-// Runs on its own goroutine, holding the job's slot.
+// submit submits the job's prompt; the pool picks the instance, and the
+// job's images are uploaded there (and only there) just before the prompt
+// goes (placeImages, as the request's Prepare, which a failover runs
+// again for the instance it moves the prompt to). Runs on its own
+// goroutine, holding the job's slot.
 func (s *Service) submit(j *job) {
 	ctx := s.runCtx
-	if len(j.images) > 0 {
-		if err := s.placeImages(ctx, j); err != nil {
-			s.retryLater(j, err)
-			return
-		}
-	}
 	s.jobsMu.Lock()
 	if j.state != stSubmitting { // cancelled meanwhile
 		s.releaseLocked(j)
@@ -308,6 +326,7 @@ func (s *Service) submit(j *job) {
 	}
 	j.submitted = true
 	prompt := j.prompt
+	refused := maps.Clone(j.refusedBy)
 	s.jobsMu.Unlock()
 
 	eligible, why, runnable := s.eligible(j, prompt)
@@ -320,12 +339,24 @@ func (s *Service) submit(j *job) {
 		s.jobsMu.Unlock()
 		return
 	}
+	if len(refused) > 0 {
+		base := eligible
+		eligible = func(inst *upstream.Instance) bool {
+			return !refused[inst.Name] && (base == nil || base(inst))
+		}
+	}
+	var prepare func(context.Context, *upstream.Instance) error
+	if len(j.images) > 0 {
+		prepare = func(ctx context.Context, inst *upstream.Instance) error { return s.placeImages(ctx, j, inst) }
+	}
+	s.persist(j)
 	extra, _ := json.Marshal(map[string]any{"comfygate_job": map[string]string{"workflow": j.wf.name}})
 	res, err := s.be.Submit(ctx, upstream.SubmitRequest{
 		Body:     map[string]json.RawMessage{"prompt": prompt, "extra_data": extra},
 		PromptID: j.id,
 		Sink:     j,
 		Eligible: eligible,
+		Prepare:  prepare,
 	})
 	switch {
 	case err != nil && res.Instance != nil:
@@ -337,13 +368,44 @@ func (s *Service) submit(j *job) {
 	case err != nil:
 		s.jobsMu.Lock()
 		j.submitted = false
+		if errors.Is(err, upstream.ErrNoUpstream) && len(refused) > 0 {
+			// Every instance left refused it: the instances' answers say why.
+			msg := j.refuseMsg
+			s.finishLocked(j, stFailed, msg)
+			s.releaseLocked(j)
+			s.jobsMu.Unlock()
+			return
+		}
 		s.jobsMu.Unlock()
 		s.retryLater(j, err)
 		return
 	case res.Status != 200 || res.Prompt == nil:
 		msg := submitError(res.Status, res.Body)
 		s.jobsMu.Lock()
-		s.log.Warn("job rejected by instance", "job_id", j.id, "workflow", j.wf.name, "instance", instName(res.Instance), "status", res.Status, "error", msg)
+		j.submitted = false
+		inst := instName(res.Instance)
+		if res.Instance != nil && (res.Status >= 500 || j.uploadFailed[inst]) {
+			// The instance is to blame (a 5xx to a workflow comfygate
+			// built, or it did not take the images): another instance
+			// may run it. When none is left, the answers are the error.
+			if j.refusedBy == nil {
+				j.refusedBy = map[string]bool{}
+			}
+			j.refusedBy[inst] = true
+			j.refuseMsg = msg
+			if j.uploadFailed[inst] {
+				j.refuseMsg = "comfygate could not upload the job's image to any ComfyUI instance"
+			}
+			s.log.Warn("job refused by instance, trying another", "job_id", j.id, "workflow", j.wf.name, "instance", inst, "status", res.Status, "error", msg)
+			if j.state == stSubmitting {
+				s.requeueLocked(j, errRefused)
+			} else {
+				s.releaseLocked(j)
+			}
+			s.jobsMu.Unlock()
+			return
+		}
+		s.log.Warn("job rejected by instance", "job_id", j.id, "workflow", j.wf.name, "instance", inst, "status", res.Status, "error", msg)
 		s.finishLocked(j, stFailed, msg)
 		s.releaseLocked(j)
 		s.jobsMu.Unlock()
@@ -358,6 +420,7 @@ func (s *Service) submit(j *job) {
 	}
 	cancelled := j.state == stCancelled && j.holdsSlot
 	s.jobsMu.Unlock()
+	s.persist(j)
 	if cancelled {
 		// Cancelled while the prompt was being submitted: take it back.
 		if _, err := s.be.Cancel(ctx, j.id); err != nil {
@@ -368,6 +431,10 @@ func (s *Service) submit(j *job) {
 		s.jobsMu.Unlock()
 	}
 }
+
+// errRefused puts back in line a job an instance refused through its own
+// fault: it is retried at once, elsewhere, without counting an attempt.
+var errRefused = errors.New("the instance refused the job")
 
 // retryLater puts a job whose submission failed back at the head of the
 // wait line. Failures other than "no instance" count; past
@@ -387,7 +454,7 @@ func (s *Service) requeueLocked(j *job, err error) {
 	s.releaseLocked(j)
 	j.submitted = false
 	noUpstream := errors.Is(err, upstream.ErrNoUpstream)
-	if !noUpstream {
+	if !noUpstream && !errors.Is(err, errRefused) {
 		j.attempts++
 		if j.attempts >= maxSubmitAttempts || s.runCtx.Err() != nil {
 			s.log.Warn("job submission failed", "job_id", j.id, "workflow", j.wf.name, "attempts", j.attempts, "err", err)
@@ -397,6 +464,7 @@ func (s *Service) requeueLocked(j *job, err error) {
 	}
 	s.log.Debug("job submission deferred", "job_id", j.id, "err", err)
 	j.state = stWaiting
+	s.saveLocked(j)
 	delete(s.active, j)
 	s.line = append([]*job{j}, s.line...)
 	s.positionsLocked()
@@ -404,7 +472,10 @@ func (s *Service) requeueLocked(j *job, err error) {
 	if noUpstream {
 		backoff = noUpstreamBackoff
 	}
-	s.holdUntil = s.now().Add(backoff)
+	if !errors.Is(err, errRefused) {
+		s.holdUntil = s.now().Add(backoff)
+	}
+	s.kick()
 	s.gaugesLocked()
 }
 
@@ -443,129 +514,6 @@ func submitError(status int, body []byte) string {
 		}
 	}
 	return msg
-}
-
-// placeImages uploads the job's images to every available instance (in
-// parallel) and pins each copy. Wherever the pool's Submit selects, and
-// wherever it resubmits the prompt after an instance died, the images are
-// already there: the pool can copy a file only from a live instance, and
-// the one that held it may be the one that died. At least one upload of
-// each must succeed; the pool's EnsureInputs copies to any instance that
-// missed it.
-func (s *Service) placeImages(ctx context.Context, j *job) error {
-	targets := s.be.Healthy()
-	if len(targets) == 0 {
-		return upstream.ErrNoUpstream
-	}
-	s.jobsMu.Lock()
-	imgs := make([]jobImage, len(j.images))
-	for i, im := range j.images {
-		imgs[i] = *im
-	}
-	s.jobsMu.Unlock()
-	renamed := false
-	for i := range imgs {
-		name, err := s.placeImage(ctx, j, targets, imgs[i].data, imgs[i].name)
-		if err != nil {
-			return err
-		}
-		if name != imgs[i].name {
-			imgs[i].name, renamed = name, true
-		}
-	}
-	if !renamed {
-		return nil
-	}
-	names := map[string]string{}
-	for _, im := range imgs {
-		names[im.param] = im.name
-	}
-	prompt, err := j.wf.buildWith(names, j.inputs, j.params)
-	if err != nil {
-		return err
-	}
-	s.jobsMu.Lock()
-	for i, im := range j.images {
-		im.name = imgs[i].name
-	}
-	j.prompt = prompt
-	s.jobsMu.Unlock()
-	return nil
-}
-
-// placeImage uploads one image as want to targets and returns the name
-// the instances stored it under.
-func (s *Service) placeImage(ctx context.Context, j *job, targets []*upstream.Instance, img []byte, want string) (string, error) {
-	names := make([]string, len(targets))
-	errs := make([]error, len(targets))
-	var wg sync.WaitGroup
-	for k, inst := range targets {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			names[k], errs[k] = s.upload(ctx, inst, want, img)
-		}()
-	}
-	wg.Wait()
-	name := ""
-	for k, inst := range targets {
-		if errs[k] != nil {
-			s.log.Debug("job image upload failed", "job_id", j.id, "instance", inst.Name, "err", errs[k])
-			continue
-		}
-		if name == "" {
-			name = names[k]
-		}
-		if names[k] == name {
-			dir, file := path.Split(name)
-			s.be.PinFile(upstream.FileRef{Filename: file, Subfolder: strings.TrimSuffix(dir, "/"), Type: "input"}, inst)
-		}
-	}
-	if name == "" {
-		return "", errors.Join(errs...)
-	}
-	return name, nil
-}
-
-// upload sends img to inst's POST /upload/image as name (overwriting) and
-// returns the name the instance stored it under.
-func (s *Service) upload(ctx context.Context, inst *upstream.Instance, name string, img []byte) (string, error) {
-	var buf bytes.Buffer
-	buf.Grow(len(img) + 512)
-	mw := multipart.NewWriter(&buf)
-	h := textproto.MIMEHeader{}
-	h.Set("Content-Disposition", fmt.Sprintf(`form-data; name="image"; filename=%q`, name))
-	h.Set("Content-Type", contentType(img))
-	w, err := mw.CreatePart(h)
-	if err != nil {
-		return "", err
-	}
-	if _, err := w.Write(img); err != nil {
-		return "", err
-	}
-	_ = mw.WriteField("overwrite", "true")
-	_ = mw.WriteField("type", "input")
-	if err := mw.Close(); err != nil {
-		return "", err
-	}
-	status, body, err := s.be.Call(ctx, inst, "POST", "/upload/image", map[string]string{"Content-Type": mw.FormDataContentType()}, buf.Bytes())
-	if err != nil {
-		return "", fmt.Errorf("upload image to %s: %w", inst.Name, err)
-	}
-	if status != 200 {
-		return "", fmt.Errorf("upload image to %s: status %d", inst.Name, status)
-	}
-	var r struct {
-		Name      string `json:"name"`
-		Subfolder string `json:"subfolder"`
-	}
-	if err := json.Unmarshal(body, &r); err != nil || r.Name == "" {
-		return "", fmt.Errorf("upload image to %s: unexpected answer", inst.Name)
-	}
-	if r.Subfolder != "" {
-		return r.Subfolder + "/" + r.Name, nil
-	}
-	return r.Name, nil
 }
 
 // onEvent applies one execution event of the job's prompt.
@@ -664,6 +612,7 @@ func (s *Service) succeededLocked(j *job, p *upstream.Prompt, inst *upstream.Ins
 	j.state = stFetching
 	j.prog.percent()
 	s.releaseLocked(j)
+	s.saveLocked(j)
 	if !j.started.IsZero() {
 		e := s.est[j.wf.name]
 		if e == nil {
@@ -790,34 +739,48 @@ func (s *Service) download(ctx context.Context, j *job, inst *upstream.Instance,
 	}
 	path := "/view?" + q.Encode()
 	var lastErr error
-	for attempt := range fetchAttempts {
-		if attempt > 0 {
+	// Failures of an instance in the fleet count (up to fetchAttempts);
+	// while the instance is out (down, answering 5xx, its breaker open)
+	// the download waits for it, up to fetchPatience: the output is
+	// nowhere else.
+	deadline := time.Now().Add(fetchPatience)
+	delay := s.retryDelay
+	for failures := 0; ; {
+		if inst == nil || !inst.Available() {
 			if owner, ok := s.be.FileOwner(ctx, ref); ok {
 				inst = owner
-			}
-			select {
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			case <-time.After(s.retryDelay):
 			}
 		}
 		if inst == nil {
 			lastErr = errors.New("no instance holds the result")
-			continue
+			failures++
+		} else {
+			counts := inst.Available()
+			w := s.newSpill(j.id)
+			status, err := s.be.Fetch(ctx, inst, path, w)
+			switch {
+			case err != nil:
+				lastErr = fmt.Errorf("get result from %s: %w", inst.Name, err)
+			case status != 200:
+				lastErr = fmt.Errorf("get result from %s: status %d", inst.Name, status)
+			default:
+				return w.file(r, inst.Name)
+			}
+			w.discard()
+			if counts && inst.Available() {
+				failures++
+			}
 		}
-		w := s.newSpill(j.id)
-		status, err := s.be.Fetch(ctx, inst, path, w)
-		switch {
-		case err != nil:
-			lastErr = fmt.Errorf("get result from %s: %w", inst.Name, err)
-		case status != 200:
-			lastErr = fmt.Errorf("get result from %s: status %d", inst.Name, status)
-		default:
-			return w.file(r, inst.Name)
+		if failures >= fetchAttempts || !time.Now().Before(deadline) {
+			return nil, lastErr
 		}
-		w.discard()
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 2*time.Second)
 	}
-	return nil, lastErr
 }
 
 // finishLocked moves a job to a terminal state and records it.
@@ -832,6 +795,9 @@ func (s *Service) finishLocked(j *job, st state, msg string) {
 	j.state = st
 	j.finished = now
 	j.errMsg = msg
+	for _, im := range j.images {
+		s.inputs.release(im)
+	}
 	j.images = nil
 	if st == stCompleted {
 		j.prog.complete()
@@ -850,6 +816,7 @@ func (s *Service) finishLocked(j *job, st state, msg string) {
 		s.log.Info("job finished", "job_id", j.id, "workflow", j.wf.name, "status", st.public(),
 			"instance", j.instance, "run_ms", run.Milliseconds(), "wait_ms", wait.Milliseconds())
 	}
+	s.saveLocked(j)
 	switch st {
 	case stCompleted:
 		s.emitLocked(j, evCompleted, "")
@@ -987,6 +954,7 @@ func (s *Service) sweep() {
 	for id, j := range s.jobs {
 		if s.expiredLocked(j, now) && !j.holdsSlot {
 			s.dropOutputsLocked(j)
+			s.forgetLocked(j)
 			delete(s.jobs, id)
 			continue
 		}
@@ -1003,7 +971,7 @@ func (s *Service) sweep() {
 // atInstance reports whether the pool has the job's prompt: submitted and
 // answered (or seen running). jobsMu must be held.
 func atInstance(j *job) bool {
-	return j.submitted && (j.state == stQueued || j.state == stRunning)
+	return j.submitted && !j.restored && (j.state == stQueued || j.state == stRunning)
 }
 
 // watch settles a job at an instance that the pool no longer knows (an

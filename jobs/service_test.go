@@ -143,15 +143,21 @@ func TestEventsDriveJob(t *testing.T) {
 	if got := f.waitSubmitted(); got != id {
 		t.Fatalf("submitted %s, want %s", got, id)
 	}
-	// The image went to both instances, pinned, and the prompt loads it.
-	f.mu.Lock()
-	req := f.submits[0]
-	uploads, pins := f.uploads["fake1"]+f.uploads["fake2"], len(f.pins)
-	f.mu.Unlock()
-	if uploads != 2 || pins != 2 || req.PromptID != id || req.Sink == nil {
+	// The image went to the instance that took the job only, pinned, and
+	// the prompt loads it from comfygate's subfolder, named after the job.
+	var req upstream.SubmitRequest
+	var uploads, pins int
+	testkit.Eventually(t, "the image uploaded", func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		req = f.submits[0]
+		uploads, pins = f.uploads["fake1"]+f.uploads["fake2"], len(f.pins)
+		return pins > 0
+	})
+	if uploads != 1 || f.uploads["fake1"] != 1 || pins != 1 || req.PromptID != id || req.Sink == nil {
 		t.Fatalf("uploads %d pins %d req %+v", uploads, pins, req)
 	}
-	if !bytes.Contains(req.Body["prompt"], []byte(`"comfygate-`+id+`.png"`)) {
+	if !bytes.Contains(req.Body["prompt"], []byte(`"comfygate/`+id+`.png"`)) {
 		t.Fatalf("prompt does not load the upload: %s", req.Body["prompt"])
 	}
 	a, b := f.insts[0], f.insts[1]

@@ -64,6 +64,7 @@ func Config(tb testing.TB, prefix string, addrs []string, mod func(*config.Confi
 	cfg.Breaker.OpenTimeout = 500 * time.Millisecond
 	cfg.WebSocket.ReconnectMin = 20 * time.Millisecond
 	cfg.WebSocket.ReconnectMax = 200 * time.Millisecond
+	cfg.Jobs.StateDir = tb.TempDir()
 	if mod != nil {
 		mod(cfg)
 	}

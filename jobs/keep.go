@@ -1,0 +1,281 @@
+package jobs
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net/textproto"
+	"os"
+	"path"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+
+	"github.com/comfygate/comfygate/upstream"
+	"github.com/valyala/fasthttp"
+)
+
+// inputSubfolder is the subfolder of every instance's input folder that
+// holds the images comfygate uploads for jobs, each named after its job
+// (<job id>.<ext>, <job id>-<parameter>.<ext>). ComfyUI has no API that
+// deletes an input file, so comfygate cannot remove them itself; operators
+// expire them there (for example: find input/comfygate -mmin +60 -delete).
+const inputSubfolder = "comfygate"
+
+// jobImage is one image a job uploads to the instance that runs it.
+// comfygate keeps it until the job ends (in memory while the store's
+// budget allows, in a file otherwise or as well, when jobs are persisted)
+// so that it can upload it again wherever a failover or a restart sends
+// the job. Immutable once kept, except through the store.
+type jobImage struct {
+	param string // the parameter it fills; "" for the workflow's image_node
+	name  string // its file name on the instances (under inputSubfolder)
+	size  int64
+	mem   []byte // its bytes, while counted in the store's memory budget
+	file  string // its file ("" when in memory only)
+}
+
+// value is the image's name as LoadImage takes it: subfolder/name.
+func (im *jobImage) value() string { return inputSubfolder + "/" + im.name }
+
+// ref is the image as an instance's input file.
+func (im *jobImage) ref() upstream.FileRef {
+	return upstream.FileRef{Filename: im.name, Subfolder: inputSubfolder, Type: "input"}
+}
+
+// open returns a reader over the image's bytes.
+func (im *jobImage) open() (io.ReadCloser, error) {
+	if im.mem != nil {
+		return io.NopCloser(bytes.NewReader(im.mem)), nil
+	}
+	if im.file == "" {
+		return nil, errors.New("the job's image is no longer kept")
+	}
+	return os.Open(im.file)
+}
+
+// inputStore keeps the images of unfinished jobs: up to budget bytes in
+// memory, the rest (or, with a state directory, all of them) in files
+// under dir.
+type inputStore struct {
+	budget  int64
+	durable bool // dir is the state directory: every image also goes to a file
+	inMem   atomic.Int64
+
+	dirOnce sync.Once
+	dir     string
+	temp    bool // dir was made here under the system's temp dir (removed by close)
+	dirErr  error
+}
+
+func newInputStore(budget int64, stateDir string) *inputStore {
+	st := &inputStore{budget: budget}
+	if stateDir != "" {
+		st.durable = true
+		st.dir = filepath.Join(stateDir, "inputs")
+	}
+	return st
+}
+
+// directory returns the directory of image files, creating it on first use.
+func (st *inputStore) directory() (string, error) {
+	st.dirOnce.Do(func() {
+		if st.dir != "" {
+			st.dirErr = os.MkdirAll(st.dir, 0o700)
+			return
+		}
+		st.dir, st.dirErr = os.MkdirTemp("", "comfygate-inputs-")
+		st.temp = st.dirErr == nil
+	})
+	return st.dir, st.dirErr
+}
+
+// keep stores data as im's bytes.
+func (st *inputStore) keep(im *jobImage, jobID string, data []byte) error {
+	im.size = int64(len(data))
+	inMem := st.inMem.Add(im.size) <= st.budget
+	if !inMem {
+		st.inMem.Add(-im.size)
+	}
+	if st.durable || !inMem {
+		dir, err := st.directory()
+		if err == nil {
+			im.file = filepath.Join(dir, jobID+"-"+im.name)
+			err = writeAtomic(im.file, data)
+		}
+		if err != nil {
+			if inMem {
+				st.inMem.Add(-im.size)
+			}
+			im.file = ""
+			return fmt.Errorf("keep the job's image: %w", err)
+		}
+	}
+	if inMem {
+		im.mem = data
+	}
+	return nil
+}
+
+// release forgets im's bytes: its memory leaves the budget, its file is
+// removed (an upload that has it open still reads it to the end).
+func (st *inputStore) release(im *jobImage) {
+	if im.mem != nil {
+		st.inMem.Add(-im.size)
+		im.mem = nil
+	}
+	if im.file != "" {
+		_ = os.Remove(im.file)
+		im.file = ""
+	}
+}
+
+// close removes a temporary directory of image files.
+func (st *inputStore) close() {
+	if st.temp {
+		_ = os.RemoveAll(st.dir)
+	}
+}
+
+// writeAtomic writes data to path through a temporary file in the same
+// directory and a rename, so a reader (a restarted comfygate) sees the
+// old file or the new one, never a part.
+func writeAtomic(path string, data []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		_ = os.Remove(f.Name())
+	}
+	return err
+}
+
+// placeImages uploads the job's images to inst, the instance its prompt is
+// about to be sent to (the first time, or after a failover), from
+// comfygate's kept copies. It is the job's upstream.SubmitRequest.Prepare.
+func (s *Service) placeImages(ctx context.Context, j *job, inst *upstream.Instance) error {
+	s.jobsMu.Lock()
+	imgs := make([]jobImage, 0, len(j.images))
+	for _, im := range j.images {
+		imgs = append(imgs, *im)
+	}
+	s.jobsMu.Unlock()
+	var errs []error
+	for i := range imgs {
+		im := &imgs[i]
+		r, err := im.open()
+		if err == nil {
+			err = s.be.Upload(ctx, inst, im.ref(), r)
+			_ = r.Close()
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		s.be.PinFile(im.ref(), inst)
+	}
+	err := errors.Join(errs...)
+	s.jobsMu.Lock()
+	if err != nil {
+		if j.uploadFailed == nil {
+			j.uploadFailed = map[string]bool{}
+		}
+		j.uploadFailed[inst.Name] = true
+	} else {
+		delete(j.uploadFailed, inst.Name)
+	}
+	s.jobsMu.Unlock()
+	if err != nil {
+		s.log.Warn("job image upload failed", "job_id", j.id, "instance", inst.Name, "err", err)
+	}
+	return err
+}
+
+// uploadImage streams one kept image into inst's POST /upload/image as
+// ref (overwriting): the body flows through a pipe, never held whole.
+func uploadImage(ctx context.Context, inst *upstream.Instance, ref upstream.FileRef, img io.Reader) error {
+	pr, pw := io.Pipe()
+	mw := multipart.NewWriter(pw)
+	written := make(chan error, 1)
+	go func() {
+		err := writeUploadForm(mw, ref, img)
+		pw.CloseWithError(err)
+		written <- err
+	}()
+	req := fasthttp.AcquireRequest()
+	req.Header.SetMethod(fasthttp.MethodPost)
+	req.SetRequestURI("/upload/image")
+	req.Header.SetContentType(mw.FormDataContentType())
+	ans, err := inst.Do(ctx, req, upstream.DoOpts{Body: pr, BodySize: -1})
+	pr.CloseWithError(errors.New("upload ended")) // unblocks the writer if the upload stopped early
+	werr := <-written
+	if err != nil {
+		return fmt.Errorf("upload image to %s: %w", inst.Name, err)
+	}
+	defer ans.Close()
+	code := ans.StatusCode()
+	answer, rerr := ans.ReadAll(64 << 10)
+	switch {
+	case werr != nil:
+		return fmt.Errorf("upload image to %s: %w", inst.Name, werr)
+	case rerr != nil:
+		return fmt.Errorf("upload image to %s: read answer: %w", inst.Name, rerr)
+	case code != 200:
+		return fmt.Errorf("upload image to %s: status %d", inst.Name, code)
+	}
+	return checkUploadAnswer(inst.Name, ref, answer)
+}
+
+// checkUploadAnswer checks that the instance stored the image under the
+// name the prompt loads (overwrite=true keeps it).
+func checkUploadAnswer(inst string, ref upstream.FileRef, answer []byte) error {
+	var r struct {
+		Name      string `json:"name"`
+		Subfolder string `json:"subfolder"`
+	}
+	if err := json.Unmarshal(answer, &r); err != nil || r.Name == "" {
+		return fmt.Errorf("upload image to %s: unexpected answer", inst)
+	}
+	if r.Name != ref.Filename || path.Clean(r.Subfolder) != path.Clean(ref.Subfolder) {
+		return fmt.Errorf("upload image to %s: stored as %q in %q, not %q in %q", inst, r.Name, r.Subfolder, ref.Filename, ref.Subfolder)
+	}
+	return nil
+}
+
+// writeUploadForm writes the /upload/image form of ref: overwrite, type
+// and subfolder first, then the image.
+func writeUploadForm(mw *multipart.Writer, ref upstream.FileRef, img io.Reader) error {
+	for _, f := range [][2]string{{"overwrite", "true"}, {"type", ref.Type}, {"subfolder", ref.Subfolder}} {
+		if err := mw.WriteField(f[0], f[1]); err != nil {
+			return err
+		}
+	}
+	h := textproto.MIMEHeader{}
+	h.Set("Content-Disposition", fmt.Sprintf(`form-data; name="image"; filename=%q`, ref.Filename))
+	ct := mime.TypeByExtension(path.Ext(ref.Filename))
+	if ct == "" {
+		ct = "application/octet-stream"
+	}
+	h.Set("Content-Type", ct)
+	part, err := mw.CreatePart(h)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(part, img); err != nil {
+		return err
+	}
+	return mw.Close()
+}

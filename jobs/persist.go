@@ -1,0 +1,502 @@
+package jobs
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/comfygate/comfygate/internal/comfyapi"
+	"github.com/comfygate/comfygate/upstream"
+)
+
+// A job's record in the state directory: what a restarted comfygate needs
+// to carry on with it. One file per job, <id>.json, replaced atomically.
+type record struct {
+	ID       string                     `json:"id"` // also its prompt id
+	Workflow string                     `json:"workflow"`
+	Seq      uint64                     `json:"seq"`
+	Created  time.Time                  `json:"created"`
+	Inputs   map[string]json.RawMessage `json:"inputs,omitempty"`
+	Params   map[string]json.RawMessage `json:"params,omitempty"`
+	Prompt   json.RawMessage            `json:"prompt"`
+	Images   []recordImage              `json:"images,omitempty"`
+	// State is waiting (in comfygate's line), submitted (sent to
+	// Instance under the job's id), completed, failed or cancelled.
+	State    string    `json:"state"`
+	Instance string    `json:"instance,omitempty"`
+	Finished time.Time `json:"finished,omitzero"`
+	Error    string    `json:"error,omitempty"`
+	Webhook  string    `json:"webhook_url,omitempty"`
+	Progress bool      `json:"webhook_progress,omitempty"`
+}
+
+// recordImage is where a kept image of the job is.
+type recordImage struct {
+	Param string `json:"param,omitempty"`
+	Name  string `json:"name"`
+	Size  int64  `json:"size"`
+	File  string `json:"file"`
+}
+
+const (
+	recWaiting   = "waiting"
+	recSubmitted = "submitted"
+)
+
+// stateDir writes job records. Snapshots are taken under Service.jobsMu
+// (saveLocked) and written by whoever flushes next, the background writer
+// or a caller that needs its record on disk before it answers; writeMu
+// orders the flushes, so the newest snapshot of a job is the last written.
+type stateDir struct {
+	dir string
+
+	pendingMu sync.Mutex         // guards pending
+	pending   map[string]*record // id -> newest snapshot; nil: remove the record
+	writeMu   sync.Mutex         // one flush at a time
+	wake      chan struct{}
+	log       func(msg string, args ...any)
+}
+
+func openStateDir(dir string, warn func(string, ...any)) (*stateDir, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("jobs.state_dir: %w", err)
+	}
+	return &stateDir{dir: dir, pending: map[string]*record{}, wake: make(chan struct{}, 1), log: warn}, nil
+}
+
+func (d *stateDir) path(id string) string { return filepath.Join(d.dir, id+".json") }
+
+// put queues rec (nil: the record's removal) for the next flush.
+func (d *stateDir) put(id string, rec *record) {
+	d.pendingMu.Lock()
+	d.pending[id] = rec
+	d.pendingMu.Unlock()
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+// flush writes every queued record.
+func (d *stateDir) flush() {
+	d.writeMu.Lock()
+	defer d.writeMu.Unlock()
+	d.pendingMu.Lock()
+	batch := d.pending
+	d.pending = map[string]*record{}
+	d.pendingMu.Unlock()
+	for id, rec := range batch {
+		if rec == nil {
+			if err := os.Remove(d.path(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				d.log("jobs: remove job record", "job_id", id, "err", err)
+			}
+			continue
+		}
+		b, err := json.Marshal(rec)
+		if err == nil {
+			err = writeAtomic(d.path(id), b)
+		}
+		if err != nil {
+			d.log("jobs: write job record", "job_id", id, "err", err)
+		}
+	}
+}
+
+// load reads every record in the directory; unreadable ones are logged
+// and skipped.
+func (d *stateDir) load() []*record {
+	names, err := filepath.Glob(filepath.Join(d.dir, "*.json"))
+	if err != nil {
+		return nil
+	}
+	var out []*record
+	for _, name := range names {
+		b, err := os.ReadFile(name)
+		var rec record
+		if err == nil {
+			err = json.Unmarshal(b, &rec)
+		}
+		if err == nil && rec.ID+".json" != filepath.Base(name) {
+			err = errors.New("the record's id is not its file name")
+		}
+		if err != nil {
+			d.log("jobs: unreadable job record skipped", "file", name, "err", err)
+			continue
+		}
+		out = append(out, &rec)
+	}
+	slices.SortFunc(out, func(a, b *record) int { return cmp.Compare(a.Seq, b.Seq) })
+	return out
+}
+
+// saveLocked queues a snapshot of j for the state directory. A failure
+// that comfygate's own shutdown caused is not recorded: the restarted
+// process carries on with the job instead. s.jobsMu held.
+func (s *Service) saveLocked(j *job) {
+	if s.state == nil || (s.runCtx.Err() != nil && j.state == stFailed) {
+		return
+	}
+	rec := &record{
+		ID: j.id, Workflow: j.wf.name, Seq: j.seq, Created: j.created,
+		Inputs: j.inputs, Params: j.params, Prompt: j.prompt,
+		Instance: j.instance, Finished: j.finished, Error: j.errMsg,
+	}
+	for _, im := range j.images {
+		rec.Images = append(rec.Images, recordImage{Param: im.param, Name: im.name, Size: im.size, File: im.file})
+	}
+	if j.webhook != nil && !j.state.terminal() {
+		rec.Webhook, rec.Progress = j.webhook.url, j.webhook.progress
+	}
+	switch {
+	case j.state.terminal():
+		rec.State = j.state.public()
+	case j.state == stFetching:
+		rec.State = statusCompleted // its outputs are fetched again after a restart
+		rec.Instance = instName(j.outInst)
+		if rec.Instance == "" {
+			rec.Instance = j.instance
+		}
+	case j.submitted:
+		rec.State = recSubmitted
+	default:
+		rec.State = recWaiting
+	}
+	s.state.put(j.id, rec)
+}
+
+// persist writes j's record now (before its submission is answered, or
+// before its POST /prompt goes).
+func (s *Service) persist(j *job) {
+	if s.state == nil {
+		return
+	}
+	s.jobsMu.Lock()
+	s.saveLocked(j)
+	s.jobsMu.Unlock()
+	s.state.flush()
+}
+
+// forgetLocked queues the removal of j's record (it expired).
+func (s *Service) forgetLocked(j *job) {
+	if s.state != nil {
+		s.state.put(j.id, nil)
+	}
+}
+
+// writer flushes queued records until the service stops.
+func (s *Service) writer() {
+	defer s.wg.Done()
+	for {
+		select {
+		case <-s.runCtx.Done():
+			return
+		case <-s.state.wake:
+		}
+		s.safely("state", s.state.flush)
+	}
+}
+
+// restore rebuilds the jobs of the state directory: waiting ones go back
+// in line in their order, finished ones are kept until they expire, and
+// those that were at an instance (or completed, whose outputs were in
+// this process) are reconciled against the instances once the service
+// starts (reconcile).
+func (s *Service) restore() {
+	recs := s.state.load()
+	s.jobsMu.Lock()
+	defer s.jobsMu.Unlock()
+	for _, rec := range recs {
+		j := &job{s: s, id: rec.ID, seq: rec.Seq, created: rec.Created, inputs: rec.Inputs, params: rec.Params,
+			prompt: rec.Prompt, instance: rec.Instance, finished: rec.Finished, errMsg: rec.Error}
+		s.seq = max(s.seq, rec.Seq)
+		j.wf = s.wfs[rec.Workflow]
+		if j.wf == nil {
+			j.wf = &workflow{name: rec.Workflow}
+			if rec.State == recWaiting || rec.State == recSubmitted || rec.State == statusCompleted {
+				rec.State, rec.Error = statusFailed, fmt.Sprintf("the workflow %q is no longer configured", rec.Workflow)
+				rec.Finished = s.now()
+			}
+		}
+		j.prog = newProgress(j.wf.nodes)
+		for _, ri := range rec.Images {
+			if !relPath(s.inputs.dir, ri.File) {
+				ri.File = "" // not one of comfygate's kept images: never read
+			}
+			im := &jobImage{param: ri.Param, name: ri.Name, size: ri.Size, file: ri.File}
+			j.images = append(j.images, im)
+		}
+		if rec.Webhook != "" {
+			j.webhook = &webhookState{url: rec.Webhook, progress: rec.Progress}
+		}
+		s.jobs[j.id] = j
+		switch rec.State {
+		case recWaiting:
+			j.state = stWaiting
+			s.line = append(s.line, j)
+		case recSubmitted:
+			j.state, j.submitted, j.restored = stQueued, true, true
+			j.holdsSlot = true
+			s.inFlight++
+			s.active[j] = struct{}{}
+		case statusCompleted:
+			j.state, j.restored = stFetching, true
+		default:
+			j.state = stFailed
+			if rec.State == statusCancelled {
+				j.state = stCancelled
+			}
+			j.errMsg, j.finished = rec.Error, rec.Finished
+			if j.finished.IsZero() {
+				j.finished = s.now()
+			}
+			for _, im := range j.images {
+				s.inputs.release(im)
+			}
+			j.images = nil
+		}
+		s.emitLocked(j, evQueued, "")
+	}
+	if n := len(recs); n > 0 {
+		s.log.Info("jobs restored from the state directory", "jobs", n, "waiting", len(s.line), "at_instances", s.inFlight)
+	}
+}
+
+// Reconcile pacing: how often a restored job's instance is asked again
+// while the prompt is still queued or running there, and how long it may
+// go unanswered before the job fails.
+const (
+	reconcileFirst  = 100 * time.Millisecond
+	reconcileMax    = 2 * time.Second
+	reconcileGiveUp = 10 * time.Minute
+)
+
+// reconcile settles a job that was at an instance (or completed) when
+// comfygate stopped. Its prompt id is the job's id: the instance's queue
+// and history say where it is. Done there: the history's outcome ends the
+// job (a success's outputs are fetched). Queued or running: asked again
+// until it is done (this process gets no events of a prompt it did not
+// submit). Known nowhere, every instance answering (an instance that
+// restarted, or a submission that never arrived): submitted again from
+// the kept images.
+func (s *Service) reconcile(j *job) {
+	ctx := s.runCtx
+	delay := reconcileFirst
+	start := time.Now()
+	for ctx.Err() == nil {
+		s.jobsMu.Lock()
+		if !j.restored || j.state.terminal() {
+			s.jobsMu.Unlock()
+			return
+		}
+		instName := j.instance
+		s.jobsMu.Unlock()
+
+		inst, entry, where := s.findPrompt(ctx, j.id, instName)
+		switch where {
+		case promptDone:
+			s.settleRestored(j, inst, entry)
+			return
+		case promptNowhere:
+			s.jobsMu.Lock()
+			if j.restored && !j.state.terminal() {
+				s.resubmitRestoredLocked(j)
+			}
+			s.jobsMu.Unlock()
+			return
+		case promptRunning:
+			s.jobsMu.Lock()
+			if j.state == stQueued {
+				j.state = stRunning
+				j.started = s.now()
+				s.emitLocked(j, evStarted, "")
+			}
+			if inst != nil {
+				j.instance = inst.Name
+			}
+			s.jobsMu.Unlock()
+			start = time.Now()
+		case promptQueued:
+			start = time.Now()
+		}
+		if time.Since(start) > reconcileGiveUp {
+			s.jobsMu.Lock()
+			s.finishLocked(j, stFailed, "comfygate restarted and the instance that had the job no longer answers")
+			s.releaseLocked(j)
+			s.jobsMu.Unlock()
+			return
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		delay = min(2*delay, reconcileMax)
+	}
+}
+
+// Where findPrompt found a prompt.
+const (
+	promptUnanswered = iota // an instance that may have it did not answer
+	promptNowhere           // every instance answered: none has it
+	promptQueued
+	promptRunning
+	promptDone
+)
+
+// findPrompt asks the instances (the recorded one first) where prompt id
+// is: each one's /queue, then its /history (a prompt moves from the one to
+// the other, so asked in this order it is never missed in between).
+func (s *Service) findPrompt(ctx context.Context, id, recorded string) (*upstream.Instance, *comfyapi.HistoryEntry, int) {
+	insts := s.be.Instances()
+	slices.SortStableFunc(insts, func(a, b *upstream.Instance) int {
+		return boolRank(b.Name == recorded) - boolRank(a.Name == recorded)
+	})
+	unanswered := false
+	for _, inst := range insts {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		running, pending, qerr := s.queueIDs(cctx, inst)
+		var entry *comfyapi.HistoryEntry
+		answered := false
+		if qerr == nil {
+			entry, answered = s.readHistory(cctx, inst, id)
+		}
+		cancel()
+		switch {
+		case qerr != nil || !answered:
+			unanswered = true
+		case running[id]:
+			return inst, nil, promptRunning
+		case pending[id]:
+			return inst, nil, promptQueued
+		case entry != nil:
+			return inst, entry, promptDone
+		}
+	}
+	if unanswered {
+		return nil, nil, promptUnanswered
+	}
+	return nil, nil, promptNowhere
+}
+
+// queueIDs returns the prompt ids inst reports running and pending.
+func (s *Service) queueIDs(ctx context.Context, inst *upstream.Instance) (running, pending map[string]bool, err error) {
+	status, body, err := s.be.Call(ctx, inst, "GET", "/queue", nil, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	if status != 200 {
+		return nil, nil, fmt.Errorf("queue of %s: status %d", inst.Name, status)
+	}
+	q, err := comfyapi.ParseQueue(body)
+	if err != nil {
+		return nil, nil, err
+	}
+	ids := func(items []json.RawMessage) map[string]bool {
+		out := make(map[string]bool, len(items))
+		for _, it := range items {
+			if id, ok := comfyapi.ItemID(it); ok {
+				out[id] = true
+			}
+		}
+		return out
+	}
+	return ids(q.Running), ids(q.Pending), nil
+}
+
+// settleRestored ends a restored job as its instance's history says.
+func (s *Service) settleRestored(j *job, inst *upstream.Instance, entry *comfyapi.HistoryEntry) {
+	refs := historyRefs(entry)
+	s.jobsMu.Lock()
+	defer s.jobsMu.Unlock()
+	if !j.restored || j.state.terminal() {
+		return
+	}
+	j.restored = false
+	j.instance = inst.Name
+	j.state = stRunning
+	outcome := entry.Outcome()
+	if outcome == comfyapi.OutcomeSuccess || (outcome == comfyapi.OutcomeUnknown && hasNode(refs, j.wf.cfg.OutputNode)) {
+		j.addOutputsLocked(refs)
+		j.outInst = inst
+		s.succeededLocked(j, nil, inst)
+		return
+	}
+	if outcome == comfyapi.OutcomeInterrupted {
+		s.finishLocked(j, stCancelled, "")
+		s.releaseLocked(j)
+		return
+	}
+	s.finishLocked(j, stFailed, historyError(entry))
+	s.releaseLocked(j)
+}
+
+// historyError is the message of a failed history entry.
+func historyError(entry *comfyapi.HistoryEntry) string {
+	msg := "the workflow failed on ComfyUI"
+	if m, ok := entry.Status.Terminal(); ok && m.Type == comfyapi.TypeExecutionError {
+		var d struct {
+			ExceptionMessage json.RawMessage `json:"exception_message"`
+		}
+		_ = json.Unmarshal(m.Data, &d)
+		if em, _ := comfyapi.String(d.ExceptionMessage); em != "" {
+			msg = em
+		}
+	}
+	return msg
+}
+
+// resubmitRestoredLocked puts a restored job whose prompt no instance has
+// back at the head of the line, to run from its kept images.
+func (s *Service) resubmitRestoredLocked(j *job) {
+	j.restored = false
+	for _, im := range j.images {
+		if _, err := os.Stat(im.file); err != nil {
+			s.finishLocked(j, stFailed, "comfygate restarted and the job's image is no longer stored")
+			s.releaseLocked(j)
+			return
+		}
+	}
+	if j.state == stFetching {
+		// Completed before the restart, but its outputs went with that
+		// process and its instance has no history of it any more.
+		s.finishLocked(j, stFailed, "comfygate restarted and the instance that ran the job no longer has its outputs")
+		return
+	}
+	s.log.Info("restored job known to no instance: submitted again", "job_id", j.id)
+	s.releaseLocked(j)
+	j.submitted = false
+	j.instance = ""
+	j.state = stWaiting
+	delete(s.active, j)
+	s.line = append([]*job{j}, s.line...)
+	s.positionsLocked()
+	s.gaugesLocked()
+	s.kick()
+}
+
+// startReconcilingLocked starts reconcile for every restored job.
+func (s *Service) startReconcilingLocked() {
+	for _, id := range slices.Sorted(maps.Keys(s.jobs)) {
+		j := s.jobs[id]
+		if j.restored {
+			s.goLocked("reconcile", func() { s.reconcile(j) })
+		}
+	}
+}
+
+// relPath reports whether p is inside dir (a record's image file must be).
+func relPath(dir, p string) bool {
+	r, err := filepath.Rel(dir, p)
+	return err == nil && r != ".." && !strings.HasPrefix(r, ".."+string(filepath.Separator))
+}
