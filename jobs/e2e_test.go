@@ -7,6 +7,8 @@ import (
 	"image"
 	"image/png"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -331,7 +333,7 @@ func TestExpiry(t *testing.T) {
 
 func TestKilledInstanceLosesNoJob(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, 2, comfysim.Options{Delay: 300 * time.Millisecond, Steps: 3}, func(c *config.Config) {
+	h := newHarness(t, 2, comfysim.Options{Delay: 300 * time.Millisecond, Steps: 3, RecordRuns: true}, func(c *config.Config) {
 		c.Jobs.MaxConcurrent = 8
 	})
 	src := testPNG(t, 16, 16)
@@ -379,6 +381,16 @@ func TestKilledInstanceLosesNoJob(t *testing.T) {
 		t.Error("no job was resubmitted: the kill did not hit any")
 	}
 	t.Logf("%d of %d jobs were resubmitted after sim1 died", moved, len(ids))
+	// Each image went only where its job was sent: sim2 holds the images of
+	// the jobs it ran (those moved off sim1 uploaded again from comfygate's
+	// copy), in comfygate's subfolder under the job's name, and no other.
+	runs := h.sims[1].Runs()
+	for _, id := range ids {
+		_, err := os.Stat(filepath.Join(h.sims[1].InputDir(), inputSubfolder, id+".png"))
+		if has := err == nil; has != (runs[id] > 0) {
+			t.Errorf("job %s: ran %d times on sim2 (%d on sim1), its image there: %v", id, runs[id], h.sims[0].Runs()[id], has)
+		}
+	}
 	for _, id := range ids {
 		if _, v := h.status(id); v.Status == statusCompleted {
 			if b := decodePNG(t, h.result(id)).Bounds(); b.Dx() != 64 {

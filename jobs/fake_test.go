@@ -36,6 +36,8 @@ type fakeBackend struct {
 	cancelFn  func(id string) (bool, error)
 	viewBody  []byte
 	submitted chan string // job ids, as Submit is called
+	// callFn, when set, answers Call first (handled false: the defaults).
+	callFn func(method, path string) (status int, body []byte, handled bool)
 }
 
 func newFake(tb testing.TB, n int) *fakeBackend {
@@ -150,6 +152,14 @@ func (f *fakeBackend) Fetch(ctx context.Context, inst *upstream.Instance, path s
 }
 
 func (f *fakeBackend) Call(ctx context.Context, inst *upstream.Instance, method, path string, header map[string]string, body []byte) (int, []byte, error) {
+	f.mu.Lock()
+	fn := f.callFn
+	f.mu.Unlock()
+	if fn != nil {
+		if status, b, ok := fn(method, path); ok {
+			return status, b, nil
+		}
+	}
 	switch {
 	case method == "POST" && path == "/upload/image":
 		_, params, err := mime.ParseMediaType(header["Content-Type"])

@@ -1,0 +1,188 @@
+package jobs
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/testkit"
+	"github.com/comfygate/comfygate/upstream"
+)
+
+// restartedService closes s and starts another service over f on the same
+// state directory, as a restarted comfygate does.
+func restartedService(t *testing.T, s *Service, f *fakeBackend, dir string) *Service {
+	t.Helper()
+	s.Close()
+	s2 := newFakeService(t, f, func(c *config.Config) { c.Jobs.StateDir = dir })
+	s2.Start(t.Context())
+	return s2
+}
+
+func statusOf(t *testing.T, s *Service, id string) (int, statusView) {
+	t.Helper()
+	_, code, _, resp := serve(s, "GET", "/api/jobs/"+id+"/status", "", nil)
+	var v statusView
+	if code == 200 {
+		if err := json.Unmarshal(resp, &v); err != nil {
+			t.Fatalf("status: %s", resp)
+		}
+	}
+	return code, v
+}
+
+// TestRestartKeepsWaitingJob: a job still in comfygate's line when it
+// stops waits again after the restart, with its image, and is submitted.
+func TestRestartKeepsWaitingJob(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	f := newFake(t, 2)
+	s := newFakeService(t, f, func(c *config.Config) { c.Jobs.StateDir = dir })
+	id := submitFake(t, s, "/api/upscale-image") // not started: it stays in line
+	f2 := newFake(t, 2)
+	s2 := restartedService(t, s, f2, dir)
+	if code, v := statusOf(t, s2, id); code != 200 || v.Status == "" {
+		t.Fatalf("status after restart: %d %+v", code, v)
+	}
+	if got := f2.waitSubmitted(); got != id {
+		t.Fatalf("submitted %s after the restart, want %s", got, id)
+	}
+	testkit.Eventually(t, "the kept image uploaded", func() bool {
+		f2.mu.Lock()
+		defer f2.mu.Unlock()
+		return f2.uploads["fake1"] == 1
+	})
+	testkit.Eventually(t, "queued at the instance", func() bool { return jobState(s2, id) == stQueued })
+}
+
+// TestRestartReconcilesSubmittedJob: a job that was at an instance is
+// found there after the restart, by its prompt id: finished in the
+// instance's history, it completes with its outputs fetched again; known
+// to no instance, it is submitted again from the kept image.
+func TestRestartReconcilesSubmittedJob(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		desc    string
+		history bool
+	}{{"in the history", true}, {"known nowhere", false}} {
+		t.Run(tc.desc, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			f := newFake(t, 2)
+			s := newFakeService(t, f, func(c *config.Config) { c.Jobs.StateDir = dir })
+			s.Start(t.Context())
+			id := submitFake(t, s, "/api/upscale-image")
+			f.waitSubmitted()
+			testkit.Eventually(t, "queued", func() bool { return jobState(s, id) == stQueued })
+
+			f2 := newFake(t, 2)
+			f2.callFn = func(method, path string) (int, []byte, bool) {
+				switch {
+				case path == "/queue":
+					return 200, []byte(`{"queue_running": [], "queue_pending": []}`), true
+				case path == "/history/"+id && tc.history:
+					return 200, []byte(`{"` + id + `": {"prompt": [], "outputs": {"4": {"images": [{"filename": "up_00001_.png", "subfolder": "", "type": "output"}]}},
+						"status": {"status_str": "success", "completed": true, "messages": []}}}`), true
+				}
+				return 0, nil, false
+			}
+			s2 := restartedService(t, s, f2, dir)
+			if !tc.history {
+				if got := f2.waitSubmitted(); got != id {
+					t.Fatalf("submitted %s after the restart, want %s", got, id)
+				}
+				return
+			}
+			testkit.Eventually(t, "completed from the history", func() bool {
+				_, v := statusOf(t, s2, id)
+				return v.Status == statusCompleted
+			})
+			if _, _, _, resp := serve(s2, "GET", "/api/jobs/"+id+"/result?format=raw", "", nil); len(resp) == 0 {
+				t.Fatal("no result after the restart")
+			}
+			f2.mu.Lock()
+			n := len(f2.submits)
+			f2.mu.Unlock()
+			if n != 0 {
+				t.Fatalf("a job the instance had finished was submitted again (%d)", n)
+			}
+		})
+	}
+}
+
+// TestRecordsAreFilesOfTheirJobs: the state directory holds one record per
+// job and its image; both go when the job expires.
+func TestRecordsAreFilesOfTheirJobs(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	f := newFake(t, 1)
+	s := newFakeService(t, f, func(c *config.Config) { c.Jobs.StateDir = dir })
+	id := submitFake(t, s, "/api/upscale-image")
+	b, err := os.ReadFile(filepath.Join(dir, id+".json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec record
+	if err := json.Unmarshal(b, &rec); err != nil || rec.ID != id || rec.State != recWaiting || len(rec.Images) != 1 {
+		t.Fatalf("record: %v %s", err, b)
+	}
+	if _, err := os.Stat(rec.Images[0].File); err != nil || !strings.HasPrefix(rec.Images[0].File, filepath.Join(dir, "inputs")) {
+		t.Fatalf("kept image %q: %v", rec.Images[0].File, err)
+	}
+	if known, cancelled := s.CancelJob(context.Background(), id); !known || !cancelled {
+		t.Fatal("cancel")
+	}
+	if _, err := os.Stat(rec.Images[0].File); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("image kept after the job ended: %v", err)
+	}
+	s.state.flush()
+	b, _ = os.ReadFile(filepath.Join(dir, id+".json"))
+	if err := json.Unmarshal(b, &rec); err != nil || rec.State != statusCancelled {
+		t.Fatalf("record after cancel: %s", b)
+	}
+}
+
+// TestInstanceFault5xxTriesAnother: a 5xx to a job's POST /prompt is the
+// instance's fault: the job goes to another instance; when every instance
+// answers so, it fails with their message.
+func TestInstanceFault5xxTriesAnother(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		desc   string
+		broken int // instances answering 500
+	}{{"one of two broken", 1}, {"both broken", 2}} {
+		t.Run(tc.desc, func(t *testing.T) {
+			t.Parallel()
+			f := newFake(t, 2)
+			f.submitFn = func(req upstream.SubmitRequest) (upstream.SubmitResult, error) {
+				for k, inst := range f.insts {
+					if req.Eligible != nil && !req.Eligible(inst) {
+						continue
+					}
+					if k < tc.broken {
+						return upstream.SubmitResult{Instance: inst, Status: 500, Body: []byte(`{"error": {"type": "server_error", "message": "CUDA error"}}`)}, nil
+					}
+					return f.accept(req), nil
+				}
+				return upstream.SubmitResult{}, upstream.ErrNoUpstream
+			}
+			s := newFakeService(t, f, nil)
+			s.Start(t.Context())
+			id := submitFake(t, s, "/api/upscale-image")
+			if tc.broken == 1 {
+				testkit.Eventually(t, "queued on the other instance", func() bool { return jobState(s, id) == stQueued })
+				return
+			}
+			testkit.Eventually(t, "failed", func() bool { return jobState(s, id) == stFailed })
+			_, v := statusOf(t, s, id)
+			if v.Error == nil || !strings.Contains(*v.Error, "CUDA error") {
+				t.Fatalf("error: %v", deref(v.Error))
+			}
+		})
+	}
+}
