@@ -51,6 +51,7 @@ type options struct {
 	wsIdle     int
 	wsTicks    int
 	jobs       int
+	waitJobs   int
 	fleet      []int
 	fleetIdle  time.Duration
 	out        string
@@ -83,6 +84,7 @@ func parseFlags() (options, error) {
 	flag.IntVar(&o.wsIdle, "ws-idle", 2000, "idle WebSocket clients for the RSS-per-client figure")
 	flag.IntVar(&o.wsTicks, "ws-ticks", 40, "events per round of the WebSocket latency rows")
 	flag.IntVar(&o.jobs, "jobs", 60, "jobs per round of the job API comparison")
+	flag.IntVar(&o.waitJobs, "wait-jobs", 20, "jobs of 45 MB left waiting for the memory figure (0: skip)")
 	fleet := flag.String("fleet", "2,20,200", "fleet sizes")
 	flag.DurationVar(&o.fleetIdle, "fleet-idle", 10*time.Second, "how long idle CPU is measured at each fleet size")
 	flag.StringVar(&o.out, "out", "bench/results", "directory for the results (relative to the repository)")

@@ -203,5 +203,8 @@ func sectionJobs(ctx context.Context, o options, e *env, rep *report) error {
 	rep.Raw["jobs"] = map[string]any{"cells": cells, "direct_all": summarize(allD), "comfygate_all": summarize(allG)}
 	rep.addTarget("job API added latency < 0.5 ms median (no polling)", fmtUS(added), added < 500)
 	logf("  jobs: direct p50 %s p99 %s | comfygate p50 %s p99 %s | added %s", fmtUS(d.P50), fmtUS(d.P99), fmtUS(g.P50), fmtUS(g.P99), fmtUS(added))
-	return nil
+	if o.waitJobs == 0 {
+		return nil
+	}
+	return e.waitingJobs(ctx, o.waitJobs, rep)
 }
