@@ -185,29 +185,17 @@ func run() error {
 			}
 		}
 		t0 := time.Now()
-		logf("section %s", s)
-		var err error
-		switch s {
-		case "get":
-			err = sectionGet(ctx, o, e, rep)
-		case "view":
-			err = sectionView(ctx, o, e, rep)
-		case "upload":
-			err = sectionUpload(ctx, o, e, rep)
-		case "submit":
-			err = sectionSubmit(ctx, o, e, rep)
-		case "ws":
-			err = sectionWS(ctx, o, e, rep)
-		case "jobs":
-			err = sectionJobs(ctx, o, e, rep)
-		case "sched":
-			err = sectionSched(ctx, o, e, rep)
-		case "fleet":
-			err = sectionFleet(ctx, o, e, rep)
-		}
+		budget := o.budget(s)
+		logf("section %s (budget %s)", s, budget)
+		sctx, cancel := context.WithTimeout(ctx, budget)
+		err := runSection(sctx, s, o, e, rep)
+		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
 				break
+			}
+			if sctx.Err() != nil {
+				err = fmt.Errorf("over its budget of %s: %w", budget, err)
 			}
 			rep.failed(s, err)
 			logf("section %s failed: %v", s, err)
@@ -225,6 +213,43 @@ func run() error {
 	fmt.Println(rep.markdown())
 	logf("results: %s and %s", md, js)
 	return ctx.Err()
+}
+
+// sectionBudget is what a section may take at the default flags; budget
+// scales it with longer rounds.
+var sectionBudget = map[string]time.Duration{
+	"get": 4 * time.Minute, "view": 3 * time.Minute, "upload": 2 * time.Minute, "submit": 2 * time.Minute,
+	"ws": 3 * time.Minute, "jobs": 3 * time.Minute, "sched": 3 * time.Minute, "fleet": 4 * time.Minute,
+}
+
+// budget is the time section s may take before it is stopped and reported
+// as failed, so one stuck section cannot hold the run.
+func (o options) budget(s string) time.Duration {
+	scale := max(1, float64(o.rounds)/3) * max(1, float64(o.dur)/float64(4*time.Second), float64(o.bigDur)/float64(3*time.Second))
+	return time.Duration(float64(sectionBudget[s]) * scale)
+}
+
+// runSection runs one section.
+func runSection(ctx context.Context, s string, o options, e *env, rep *report) error {
+	switch s {
+	case "get":
+		return sectionGet(ctx, o, e, rep)
+	case "view":
+		return sectionView(ctx, o, e, rep)
+	case "upload":
+		return sectionUpload(ctx, o, e, rep)
+	case "submit":
+		return sectionSubmit(ctx, o, e, rep)
+	case "ws":
+		return sectionWS(ctx, o, e, rep)
+	case "jobs":
+		return sectionJobs(ctx, o, e, rep)
+	case "sched":
+		return sectionSched(ctx, o, e, rep)
+	case "fleet":
+		return sectionFleet(ctx, o, e, rep)
+	}
+	return fmt.Errorf("unknown section %q", s)
 }
 
 // repoRoot is the directory of comfygate's go.mod.

@@ -95,6 +95,18 @@ func (ps *procs) stopOne(p *proc) {
 	}
 }
 
+// find is the running process started under name, or nil.
+func (ps *procs) find(name string) *proc {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	for _, p := range ps.list {
+		if p.name == name {
+			return p
+		}
+	}
+	return nil
+}
+
 // stopAll stops every process still running, the last started first.
 func (ps *procs) stopAll() {
 	ps.mu.Lock()

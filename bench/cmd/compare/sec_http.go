@@ -161,20 +161,13 @@ func (e *env) viewFile(name string, size int64) error {
 	return nil
 }
 
-// rssPIDs are the processes whose memory is the target's own: comfygate,
-// nginx's worker, HAProxy.
+// rssPID is the process whose memory is the target's own: nginx's
+// worker, HAProxy; 0 for the others (the caller knows which comfygate).
 func (e *env) rssPID(target string) int {
-	var p *proc
-	switch target {
-	case "comfygate":
-		return 0 // the caller knows which comfygate
-	case "nginx", "haproxy":
-		for _, q := range e.ps.list {
-			if q.name == target {
-				p = q
-			}
-		}
+	if target != "nginx" && target != "haproxy" {
+		return 0
 	}
+	p := e.ps.find(target)
 	if p == nil {
 		return 0
 	}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -167,6 +168,12 @@ func (e *env) build(ctx context.Context) error {
 // addresses.
 func (e *env) startSims(ctx context.Context, name string, n int, args ...string) (*proc, []string, error) {
 	all := append([]string{"sim", "-listen", "127.0.0.1:0", "-instances", strconv.Itoa(n)}, args...)
+	if !slices.Contains(args, "-input-dir") {
+		// Under the work directory, so nothing is left behind even when
+		// the simulator has to be killed.
+		dir := filepath.Join(e.work, name)
+		all = append(all, "-input-dir", filepath.Join(dir, "input"), "-output-dir", filepath.Join(dir, "output"), "-temp-dir", filepath.Join(dir, "temp"))
+	}
 	p, err := e.ps.start(name, nil, e.comfy, all...)
 	if err != nil {
 		return nil, nil, err
