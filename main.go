@@ -28,6 +28,7 @@ import (
 	"github.com/comfygate/comfygate/jobs"
 	"github.com/comfygate/comfygate/logging"
 	"github.com/comfygate/comfygate/metrics"
+	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/proxy"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
@@ -123,7 +124,8 @@ func serve(ctx context.Context, cfg *config.Config, load func() (*config.Config,
 		ln.Close()
 		return err
 	}
-	svc, err := jobs.New(cfg, pool, m, log)
+	table := prompts.New(pool, cfg, m, log)
+	svc, err := jobs.New(cfg, pool, table, m, log)
 	if err != nil {
 		ln.Close()
 		return err
@@ -136,7 +138,7 @@ func serve(ctx context.Context, cfg *config.Config, load func() (*config.Config,
 		rl = &reloader{load: load, pool: pool, workflows: svc.LoadWorkflows, m: m, log: log, cur: cfg}
 		reload = rl.reload
 	}
-	srv, err := proxy.New(proxy.Options{Config: cfg, Pool: pool, Jobs: svc, Metrics: m, Logger: log, Version: version,
+	srv, err := proxy.New(proxy.Options{Config: cfg, Pool: pool, Prompts: table, Jobs: svc, Metrics: m, Logger: log, Version: version,
 		Catalogue: cat, Reload: reload})
 	if err != nil {
 		ln.Close()

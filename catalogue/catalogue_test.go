@@ -13,6 +13,7 @@ import (
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/jsonobj"
 	"github.com/comfygate/comfygate/internal/testkit"
+	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/upstream"
 )
 
@@ -209,6 +210,9 @@ func TestRereadOnComeback(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The prompt table's event socket is how a restart that passes no
+	// failed health check is noticed (Instance.Comebacks).
+	prompts.New(p, cfg, nil, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := p.Start(ctx); err != nil {
 		t.Fatal(err)

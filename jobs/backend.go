@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
 )
 
-// backend is what the Service needs from the instance pool. *upstream.Pool
-// provides it through poolBackend; tests substitute a scripted fake.
+// backend is what the Service needs from the instance pool and its prompt
+// table. *upstream.Pool and *prompts.Table provide it through poolBackend;
+// tests substitute a scripted fake.
 type backend interface {
 	// Select picks the instance for new work.
 	Select(exclude ...*upstream.Instance) (*upstream.Instance, error)
@@ -19,13 +21,13 @@ type backend interface {
 	// Healthy returns the instances selection may choose.
 	Healthy() []*upstream.Instance
 	// PinFile records that inst holds ref.
-	PinFile(ref upstream.FileRef, inst *upstream.Instance)
+	PinFile(ref prompts.FileRef, inst *upstream.Instance)
 	// FileOwner finds the instance that holds ref.
-	FileOwner(ctx context.Context, ref upstream.FileRef) (*upstream.Instance, bool)
+	FileOwner(ctx context.Context, ref prompts.FileRef) (*upstream.Instance, bool)
 	// Submit forwards one prompt (the pool selects, pins, resubmits on failover).
-	Submit(ctx context.Context, req upstream.SubmitRequest) (upstream.SubmitResult, error)
+	Submit(ctx context.Context, req prompts.SubmitRequest) (prompts.SubmitResult, error)
 	// Prompt looks a submitted prompt up.
-	Prompt(id string) (*upstream.Prompt, bool)
+	Prompt(id string) (*prompts.Prompt, bool)
 	// Cancel deletes a pending prompt from its instance's queue or
 	// interrupts it when running.
 	Cancel(ctx context.Context, id string) (bool, error)
@@ -33,20 +35,24 @@ type backend interface {
 	Call(ctx context.Context, inst *upstream.Instance, method, path string, header map[string]string, body []byte) (int, []byte, error)
 	// Upload streams img into inst's POST /upload/image as ref
 	// (overwriting) and checks that the instance stored it under that name.
-	Upload(ctx context.Context, inst *upstream.Instance, ref upstream.FileRef, img io.Reader) error
+	Upload(ctx context.Context, inst *upstream.Instance, ref prompts.FileRef, img io.Reader) error
 	// Fetch GETs path from inst through its breaker and streams a 200
 	// answer's body into w; other statuses are returned with nothing written.
 	Fetch(ctx context.Context, inst *upstream.Instance, path string, w io.Writer) (int, error)
 }
 
-// poolBackend adapts *upstream.Pool to backend.
-type poolBackend struct{ *upstream.Pool }
+// poolBackend adapts *upstream.Pool (selection) and *prompts.Table
+// (prompts and files) to backend.
+type poolBackend struct {
+	*upstream.Pool
+	*prompts.Table
+}
 
 func (b poolBackend) Call(ctx context.Context, inst *upstream.Instance, method, path string, header map[string]string, body []byte) (int, []byte, error) {
 	return inst.Call(ctx, method, path, header, body)
 }
 
-func (b poolBackend) Upload(ctx context.Context, inst *upstream.Instance, ref upstream.FileRef, img io.Reader) error {
+func (b poolBackend) Upload(ctx context.Context, inst *upstream.Instance, ref prompts.FileRef, img io.Reader) error {
 	return uploadImage(ctx, inst, ref, img)
 }
 

@@ -373,7 +373,7 @@ func TestKilledInstanceLosesNoJob(t *testing.T) {
 	wg.Wait()
 	moved := 0
 	for _, id := range ids {
-		if p, ok := h.pool.Prompt(id); ok && p.Attempts() > 1 {
+		if p, ok := h.prompts.Prompt(id); ok && p.Attempts() > 1 {
 			moved++
 		}
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/testkit"
+	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
 )
@@ -27,12 +28,12 @@ type fakeBackend struct {
 	mu        sync.Mutex // guards the fields below
 	insts     []*upstream.Instance
 	healthy   []*upstream.Instance
-	submits   []upstream.SubmitRequest
+	submits   []prompts.SubmitRequest
 	cancels   []string
 	uploads   map[string]int // instance name -> uploads
-	pins      []upstream.FileRef
-	prompts   map[string]*upstream.Prompt
-	submitFn  func(req upstream.SubmitRequest) (upstream.SubmitResult, error)
+	pins      []prompts.FileRef
+	prompts   map[string]*prompts.Prompt
+	submitFn  func(req prompts.SubmitRequest) (prompts.SubmitResult, error)
 	cancelFn  func(id string) (bool, error)
 	viewBody  []byte
 	submitted chan string // job ids, as Submit is called
@@ -41,7 +42,7 @@ type fakeBackend struct {
 }
 
 func newFake(tb testing.TB, n int) *fakeBackend {
-	f := &fakeBackend{tb: tb, uploads: map[string]int{}, prompts: map[string]*upstream.Prompt{}, submitted: make(chan string, 100)}
+	f := &fakeBackend{tb: tb, uploads: map[string]int{}, prompts: map[string]*prompts.Prompt{}, submitted: make(chan string, 100)}
 	for i := range n {
 		f.insts = append(f.insts, &upstream.Instance{Name: fmt.Sprintf("fake%d", i+1), Addr: fmt.Sprintf("127.0.0.1:%d", 1+i)})
 	}
@@ -66,7 +67,7 @@ func (f *fakeBackend) Instances() []*upstream.Instance {
 }
 
 // Upload reads the image and counts it as uploaded to inst.
-func (f *fakeBackend) Upload(ctx context.Context, inst *upstream.Instance, ref upstream.FileRef, img io.Reader) error {
+func (f *fakeBackend) Upload(ctx context.Context, inst *upstream.Instance, ref prompts.FileRef, img io.Reader) error {
 	if _, err := io.Copy(io.Discard, img); err != nil {
 		return err
 	}
@@ -88,17 +89,17 @@ func (f *fakeBackend) setHealthy(insts ...*upstream.Instance) {
 	f.mu.Unlock()
 }
 
-func (f *fakeBackend) PinFile(ref upstream.FileRef, inst *upstream.Instance) {
+func (f *fakeBackend) PinFile(ref prompts.FileRef, inst *upstream.Instance) {
 	f.mu.Lock()
 	f.pins = append(f.pins, ref)
 	f.mu.Unlock()
 }
 
-func (f *fakeBackend) FileOwner(ctx context.Context, ref upstream.FileRef) (*upstream.Instance, bool) {
+func (f *fakeBackend) FileOwner(ctx context.Context, ref prompts.FileRef) (*upstream.Instance, bool) {
 	return nil, false
 }
 
-func (f *fakeBackend) Submit(ctx context.Context, req upstream.SubmitRequest) (upstream.SubmitResult, error) {
+func (f *fakeBackend) Submit(ctx context.Context, req prompts.SubmitRequest) (prompts.SubmitResult, error) {
 	f.mu.Lock()
 	f.submits = append(f.submits, req)
 	fn := f.submitFn
@@ -115,16 +116,16 @@ func (f *fakeBackend) Submit(ctx context.Context, req upstream.SubmitRequest) (u
 }
 
 // accept answers a submission with 200 on the first instance.
-func (f *fakeBackend) accept(req upstream.SubmitRequest) upstream.SubmitResult {
-	p := &upstream.Prompt{ID: req.PromptID, Sink: req.Sink, Created: time.Now()}
+func (f *fakeBackend) accept(req prompts.SubmitRequest) prompts.SubmitResult {
+	p := &prompts.Prompt{ID: req.PromptID, Sink: req.Sink, Created: time.Now()}
 	f.mu.Lock()
 	f.prompts[req.PromptID] = p
 	inst := f.insts[0]
 	f.mu.Unlock()
-	return upstream.SubmitResult{Prompt: p, Instance: inst, Status: 200, Body: []byte(`{"prompt_id": "` + req.PromptID + `", "number": 0, "node_errors": {}}`)}
+	return prompts.SubmitResult{Prompt: p, Instance: inst, Status: 200, Body: []byte(`{"prompt_id": "` + req.PromptID + `", "number": 0, "node_errors": {}}`)}
 }
 
-func (f *fakeBackend) Prompt(id string) (*upstream.Prompt, bool) {
+func (f *fakeBackend) Prompt(id string) (*prompts.Prompt, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	p, ok := f.prompts[id]
@@ -187,7 +188,7 @@ func (f *fakeBackend) Call(ctx context.Context, inst *upstream.Instance, method,
 // event plays one ComfyUI message into the job's sink as inst sent it.
 func (f *fakeBackend) event(id string, inst *upstream.Instance, typ string, data map[string]any) {
 	f.tb.Helper()
-	var p *upstream.Prompt
+	var p *prompts.Prompt
 	testkit.Eventually(f.tb, "prompt "+id+" accepted", func() bool {
 		var ok bool
 		p, ok = f.Prompt(id)
@@ -195,7 +196,7 @@ func (f *fakeBackend) event(id string, inst *upstream.Instance, typ string, data
 	})
 	data["prompt_id"] = id
 	b, _ := json.Marshal(map[string]any{"type": typ, "data": data})
-	p.Sink.PromptEvent(p, upstream.Event{Instance: inst, Type: typ, PromptID: id, Data: b})
+	p.Sink.PromptEvent(p, prompts.Event{Instance: inst, Type: typ, PromptID: id, Data: b})
 }
 
 // waitSubmitted waits for the next Submit call.

@@ -20,6 +20,7 @@ import (
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/testkit"
+	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
 )
@@ -28,13 +29,14 @@ import (
 // instances, a real upstream.Pool, the Service, and a fasthttp server on a
 // loopback port that serves ServeJobs (404 for anything else).
 type harness struct {
-	tb   testing.TB
-	sims []*comfysim.Server
-	cfg  *config.Config
-	pool *upstream.Pool
-	svc  *Service
-	base string
-	hc   *http.Client
+	tb      testing.TB
+	sims    []*comfysim.Server
+	cfg     *config.Config
+	pool    *upstream.Pool
+	prompts *prompts.Table
+	svc     *Service
+	base    string
+	hc      *http.Client
 }
 
 // newHarness starts everything; mod may change the configuration first.
@@ -75,10 +77,11 @@ func newHarnessWith(tb testing.TB, n int, opts comfysim.Options, mod func(*confi
 		tb.Fatalf("upstream.New: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	table := prompts.New(pool, cfg, nil, log)
 	if err := pool.Start(ctx); err != nil {
 		tb.Fatalf("pool.Start: %v", err)
 	}
-	h.pool = pool
+	h.pool, h.prompts = pool, table
 	// Start from a fleet whose event sockets are up, as the proxy's stack
 	// tests do. Start returns after the first health check, before the
 	// sockets connect; a job's prompt that runs at an instance before
@@ -91,7 +94,7 @@ func newHarnessWith(tb testing.TB, n int, opts comfysim.Options, mod func(*confi
 	for _, inst := range pool.Instances() {
 		testkit.Eventually(tb, "event socket to "+inst.Name, func() bool { return inst.Status().SocketUp })
 	}
-	svc, err := New(cfg, pool, nil, log)
+	svc, err := New(cfg, pool, table, nil, log)
 	if err != nil {
 		tb.Fatalf("jobs.New: %v", err)
 	}

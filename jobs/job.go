@@ -7,6 +7,7 @@ import (
 	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/internal/ids"
 
+	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/upstream"
 )
 
@@ -121,10 +122,10 @@ type errorDetails struct {
 	ExceptionType string `json:"exception_type,omitempty"`
 }
 
-// PromptEvent receives the job's prompt events from the pool (upstream.Sink).
+// PromptEvent receives the job's prompt events from the pool (prompts.Sink).
 // It runs on the instance's reader goroutine: it parses and updates state
 // under the Service's mutex and starts any slow work on its own goroutine.
-func (j *job) PromptEvent(p *upstream.Prompt, ev upstream.Event) {
+func (j *job) PromptEvent(p *prompts.Prompt, ev prompts.Event) {
 	if ev.Binary {
 		return
 	}

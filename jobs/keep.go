@@ -16,6 +16,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
 )
@@ -44,8 +45,8 @@ type jobImage struct {
 func (im *jobImage) value() string { return inputSubfolder + "/" + im.name }
 
 // ref is the image as an instance's input file.
-func (im *jobImage) ref() upstream.FileRef {
-	return upstream.FileRef{Filename: im.name, Subfolder: inputSubfolder, Type: "input"}
+func (im *jobImage) ref() prompts.FileRef {
+	return prompts.FileRef{Filename: im.name, Subfolder: inputSubfolder, Type: "input"}
 }
 
 // open returns a reader over the image's bytes.
@@ -165,7 +166,7 @@ func writeAtomic(path string, data []byte) error {
 
 // placeImages uploads the job's images to inst, the instance its prompt is
 // about to be sent to (the first time, or after a failover), from
-// comfygate's kept copies. It is the job's upstream.SubmitRequest.Prepare.
+// comfygate's kept copies. It is the job's prompts.SubmitRequest.Prepare.
 func (s *Service) placeImages(ctx context.Context, j *job, inst *upstream.Instance) error {
 	s.jobsMu.Lock()
 	imgs := make([]jobImage, 0, len(j.images))
@@ -206,7 +207,7 @@ func (s *Service) placeImages(ctx context.Context, j *job, inst *upstream.Instan
 
 // uploadImage streams one kept image into inst's POST /upload/image as
 // ref (overwriting): the body flows through a pipe, never held whole.
-func uploadImage(ctx context.Context, inst *upstream.Instance, ref upstream.FileRef, img io.Reader) error {
+func uploadImage(ctx context.Context, inst *upstream.Instance, ref prompts.FileRef, img io.Reader) error {
 	pr, pw := io.Pipe()
 	mw := multipart.NewWriter(pw)
 	written := make(chan error, 1)
@@ -241,7 +242,7 @@ func uploadImage(ctx context.Context, inst *upstream.Instance, ref upstream.File
 
 // checkUploadAnswer checks that the instance stored the image under the
 // name the prompt loads (overwrite=true keeps it).
-func checkUploadAnswer(inst string, ref upstream.FileRef, answer []byte) error {
+func checkUploadAnswer(inst string, ref prompts.FileRef, answer []byte) error {
 	var r struct {
 		Name      string `json:"name"`
 		Subfolder string `json:"subfolder"`
@@ -257,7 +258,7 @@ func checkUploadAnswer(inst string, ref upstream.FileRef, answer []byte) error {
 
 // writeUploadForm writes the /upload/image form of ref: overwrite, type
 // and subfolder first, then the image.
-func writeUploadForm(mw *multipart.Writer, ref upstream.FileRef, img io.Reader) error {
+func writeUploadForm(mw *multipart.Writer, ref prompts.FileRef, img io.Reader) error {
 	for _, f := range [][2]string{{"overwrite", "true"}, {"type", ref.Type}, {"subfolder", ref.Subfolder}} {
 		if err := mw.WriteField(f[0], f[1]); err != nil {
 			return err

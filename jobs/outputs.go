@@ -15,7 +15,7 @@ import (
 	"strings"
 
 	"github.com/comfygate/comfygate/internal/comfyapi"
-	"github.com/comfygate/comfygate/upstream"
+	"github.com/comfygate/comfygate/prompts"
 	"github.com/valyala/fasthttp"
 )
 
@@ -29,7 +29,7 @@ const maxOutputs = 256
 type outRef struct {
 	node string
 	kind string
-	ref  upstream.FileRef
+	ref  prompts.FileRef
 }
 
 // outputFile is one fetched output of a completed job: in memory, or in a
@@ -81,7 +81,7 @@ func outputRefs(node string, out json.RawMessage) []outRef {
 	for _, kind := range order {
 		for _, f := range comfyapi.NodeOutputFiles(out, kind) {
 			refs = append(refs, outRef{node: node, kind: kind,
-				ref: upstream.FileRef{Filename: f.Filename, Subfolder: f.Subfolder, Type: f.Type}})
+				ref: prompts.FileRef{Filename: f.Filename, Subfolder: f.Subfolder, Type: f.Type}})
 		}
 	}
 	return refs

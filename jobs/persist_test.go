@@ -11,6 +11,7 @@ import (
 
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/testkit"
+	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/upstream"
 )
 
@@ -159,17 +160,17 @@ func TestInstanceFault5xxTriesAnother(t *testing.T) {
 		t.Run(tc.desc, func(t *testing.T) {
 			t.Parallel()
 			f := newFake(t, 2)
-			f.submitFn = func(req upstream.SubmitRequest) (upstream.SubmitResult, error) {
+			f.submitFn = func(req prompts.SubmitRequest) (prompts.SubmitResult, error) {
 				for k, inst := range f.insts {
 					if req.Eligible != nil && !req.Eligible(inst) {
 						continue
 					}
 					if k < tc.broken {
-						return upstream.SubmitResult{Instance: inst, Status: 500, Body: []byte(`{"error": {"type": "server_error", "message": "CUDA error"}}`)}, nil
+						return prompts.SubmitResult{Instance: inst, Status: 500, Body: []byte(`{"error": {"type": "server_error", "message": "CUDA error"}}`)}, nil
 					}
 					return f.accept(req), nil
 				}
-				return upstream.SubmitResult{}, upstream.ErrNoUpstream
+				return prompts.SubmitResult{}, upstream.ErrNoUpstream
 			}
 			s := newFakeService(t, f, nil)
 			s.Start(t.Context())

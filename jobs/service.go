@@ -33,6 +33,7 @@ import (
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/metrics"
+	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/upstream"
 )
 
@@ -115,9 +116,10 @@ type Service struct {
 
 // New loads and validates the workflows (built-in ones and cfg.Workflows)
 // and returns the service. It fails with an error naming the workflow,
-// the file and the node when a workflow is unusable.
-func New(cfg *config.Config, pool *upstream.Pool, m *metrics.Metrics, log *slog.Logger) (*Service, error) {
-	return newService(cfg, poolBackend{pool}, m, log)
+// the file and the node when a workflow is unusable. table is the prompt
+// table attached to pool.
+func New(cfg *config.Config, pool *upstream.Pool, table *prompts.Table, m *metrics.Metrics, log *slog.Logger) (*Service, error) {
+	return newService(cfg, poolBackend{pool, table}, m, log)
 }
 
 func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Logger) (*Service, error) {
@@ -351,7 +353,7 @@ func (s *Service) submit(j *job) {
 	}
 	s.persist(j)
 	extra, _ := json.Marshal(map[string]any{"comfygate_job": map[string]string{"workflow": j.wf.name}})
-	res, err := s.be.Submit(ctx, upstream.SubmitRequest{
+	res, err := s.be.Submit(ctx, prompts.SubmitRequest{
 		Body:     map[string]json.RawMessage{"prompt": prompt, "extra_data": extra},
 		PromptID: j.id,
 		Sink:     j,
@@ -517,7 +519,7 @@ func submitError(status int, body []byte) string {
 }
 
 // onEvent applies one execution event of the job's prompt.
-func (s *Service) onEvent(j *job, p *upstream.Prompt, ev upstream.Event, d *comfyapi.WSMessage) {
+func (s *Service) onEvent(j *job, p *prompts.Prompt, ev prompts.Event, d *comfyapi.WSMessage) {
 	s.jobsMu.Lock()
 	defer s.jobsMu.Unlock()
 	now := s.now()
@@ -607,7 +609,7 @@ func (s *Service) onEvent(j *job, p *upstream.Prompt, ev upstream.Event, d *comf
 // succeededLocked handles the end of a successful run: the slot is free,
 // the run time feeds the estimate, and the result is fetched eagerly (so
 // it outlives the instance).
-func (s *Service) succeededLocked(j *job, p *upstream.Prompt, inst *upstream.Instance) {
+func (s *Service) succeededLocked(j *job, p *prompts.Prompt, inst *upstream.Instance) {
 	now := s.now()
 	j.state = stFetching
 	j.prog.percent()
@@ -925,7 +927,7 @@ func (s *Service) deletedUnseen(ctx context.Context, j *job) bool {
 		return false
 	}
 	p, found := s.be.Prompt(j.id)
-	if !found || p.State() != upstream.PromptDone || p.Instance() == nil {
+	if !found || p.State() != prompts.PromptDone || p.Instance() == nil {
 		return false
 	}
 	entry, answered := s.readHistory(ctx, p.Instance(), p.UpstreamID())
@@ -983,7 +985,7 @@ func (s *Service) watch(j *job, now time.Time) {
 	// The pool is asked without jobsMu held: it may hold its own locks
 	// while it delivers events, which take jobsMu.
 	p, ok := s.be.Prompt(j.id)
-	done := ok && p.State() == upstream.PromptDone
+	done := ok && p.State() == prompts.PromptDone
 	s.jobsMu.Lock()
 	if !atInstance(j) {
 		s.jobsMu.Unlock()

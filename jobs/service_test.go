@@ -11,6 +11,7 @@ import (
 
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/testkit"
+	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/upstream"
 )
 
@@ -145,7 +146,7 @@ func TestEventsDriveJob(t *testing.T) {
 	}
 	// The image went to the instance that took the job only, pinned, and
 	// the prompt loads it from comfygate's subfolder, named after the job.
-	var req upstream.SubmitRequest
+	var req prompts.SubmitRequest
 	var uploads, pins int
 	testkit.Eventually(t, "the image uploaded", func() bool {
 		f.mu.Lock()
@@ -253,8 +254,8 @@ func TestFailedJobs(t *testing.T) {
 
 	// ComfyUI rejects the prompt (validation): the job fails with its message.
 	f.mu.Lock()
-	f.submitFn = func(req upstream.SubmitRequest) (upstream.SubmitResult, error) {
-		return upstream.SubmitResult{Instance: inst, Status: 400, Body: []byte(`{"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation", "details": ""}, "node_errors": {"2": {"errors": [{"type": "value_not_in_list", "message": "Value not in list", "details": "model: 'x' not in [...]"}], "class_type": "UpscaleModelLoader"}}}`)}, nil
+	f.submitFn = func(req prompts.SubmitRequest) (prompts.SubmitResult, error) {
+		return prompts.SubmitResult{Instance: inst, Status: 400, Body: []byte(`{"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation", "details": ""}, "node_errors": {"2": {"errors": [{"type": "value_not_in_list", "message": "Value not in list", "details": "model: 'x' not in [...]"}], "class_type": "UpscaleModelLoader"}}}`)}, nil
 	}
 	f.mu.Unlock()
 	id = submitFake(t, s, "/api/upscale-image")
@@ -274,13 +275,13 @@ func TestNoInstanceJobWaits(t *testing.T) {
 	s := newFakeService(t, f, nil)
 	calls := 0
 	f.mu.Lock()
-	f.submitFn = func(req upstream.SubmitRequest) (upstream.SubmitResult, error) {
+	f.submitFn = func(req prompts.SubmitRequest) (prompts.SubmitResult, error) {
 		f.mu.Lock()
 		calls++
 		n := calls
 		f.mu.Unlock()
 		if n == 1 {
-			return upstream.SubmitResult{}, upstream.ErrNoUpstream
+			return prompts.SubmitResult{}, upstream.ErrNoUpstream
 		}
 		return f.accept(req), nil
 	}
@@ -308,7 +309,7 @@ func TestCancelStates(t *testing.T) {
 	inst := f.insts[0]
 	release := make(chan struct{})
 	f.mu.Lock()
-	f.submitFn = func(req upstream.SubmitRequest) (upstream.SubmitResult, error) {
+	f.submitFn = func(req prompts.SubmitRequest) (prompts.SubmitResult, error) {
 		<-release
 		return f.accept(req), nil
 	}
@@ -427,8 +428,8 @@ func TestQuietJobs(t *testing.T) {
 	s.now = c.now
 	// Submit answered ambiguously (sent, no answer) and the pool then forgot it.
 	f.mu.Lock()
-	f.submitFn = func(req upstream.SubmitRequest) (upstream.SubmitResult, error) {
-		return upstream.SubmitResult{Instance: f.insts[0]}, errors.New("timeout")
+	f.submitFn = func(req prompts.SubmitRequest) (prompts.SubmitResult, error) {
+		return prompts.SubmitResult{Instance: f.insts[0]}, errors.New("timeout")
 	}
 	f.mu.Unlock()
 	id := submitFake(t, s, "/api/upscale-image")

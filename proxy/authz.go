@@ -18,7 +18,7 @@ import (
 	"github.com/comfygate/comfygate/auth"
 	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/limits"
-	"github.com/comfygate/comfygate/upstream"
+	"github.com/comfygate/comfygate/prompts"
 	"github.com/valyala/fasthttp"
 )
 
@@ -440,8 +440,8 @@ func answerID(ctx *fasthttp.RequestCtx, field string) string {
 // promptDone reports whether prompt id has finished (or is no longer
 // known), for the concurrent-prompt cap.
 func (s *Server) promptDone(id string) bool {
-	p, ok := s.pool.Prompt(id)
-	return !ok || p.State() == upstream.PromptDone
+	p, ok := s.prompts.Prompt(id)
+	return !ok || p.State() == prompts.PromptDone
 }
 
 // recordOwner remembers k as the owner of the prompt or job a successful

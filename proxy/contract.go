@@ -27,12 +27,12 @@ type JobRoutes interface {
 
 // The WebSocket side provides, in ws*.go:
 //
-//	type Hub struct{ ... }           // implements upstream.Sink and upstream.Listener
+//	type Hub struct{ ... }           // implements prompts.Sink and prompts.Listener
 //	func newHub(cfg *config.Config, pool *upstream.Pool, m *metrics.Metrics, log *slog.Logger) *Hub
 //	func (h *Hub) ServeWS(ctx *fasthttp.RequestCtx)  // GET /ws and /api/ws (upgrade)
 //	func (h *Hub) Close()                            // close every client socket (shutdown)
 //	func (h *Hub) Clients() int
 //
-// The HTTP side creates it in New, calls pool.SetListener(hub), passes the
+// The HTTP side creates it in New, calls prompts.SetListener(hub), passes the
 // hub as the Sink of every prompt submitted through POST /prompt, and
 // routes /ws and /api/ws to ServeWS.

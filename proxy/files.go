@@ -29,6 +29,7 @@ import (
 	"mime/multipart"
 	"strings"
 
+	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
 )
@@ -51,13 +52,13 @@ func (s *Server) view(ctx *fasthttp.RequestCtx) {
 		s.forwardPicked(ctx, s.home, nil)
 		return
 	}
-	ref := upstream.FileRef{Filename: filename, Subfolder: string(args.Peek("subfolder")), Type: typ}
+	ref := prompts.FileRef{Filename: filename, Subfolder: string(args.Peek("subfolder")), Type: typ}
 	if token, orig, ok := decodeSubfolder(ref.Subfolder); ok && encodedType(viewType(filename, typ)) {
 		s.viewEncoded(ctx, token, orig)
 		return
 	}
 	cctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
-	inst, ok := s.pool.FileOwner(cctx, ref)
+	inst, ok := s.prompts.FileOwner(cctx, ref)
 	cancel()
 	if !ok {
 		if len(s.pool.Healthy()) == 0 {
@@ -124,7 +125,7 @@ func (s *Server) pinUpload(inst *upstream.Instance, status int, body []byte) []b
 	if a.Type == "" {
 		a.Type = "input"
 	}
-	s.pool.FileChanged(upstream.FileRef{Filename: a.Name, Subfolder: a.Subfolder, Type: a.Type}, inst)
+	s.prompts.FileChanged(prompts.FileRef{Filename: a.Name, Subfolder: a.Subfolder, Type: a.Type}, inst)
 	return body
 }
 
@@ -174,7 +175,7 @@ func (s *Server) uploadMask(ctx *fasthttp.RequestCtx) {
 			return
 		}
 		cctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
-		inst, found := s.pool.FileOwner(cctx, ref)
+		inst, found := s.prompts.FileOwner(cctx, ref)
 		cancel()
 		if found {
 			s.forwardTo(ctx, inst, o)
@@ -189,7 +190,7 @@ func (s *Server) uploadMask(ctx *fasthttp.RequestCtx) {
 // part is copied unchanged (raw, whatever its transfer encoding); the
 // boundary is kept when the multipart writer accepts it, else a new one
 // is chosen.
-func replaceOriginalRef(body, boundary []byte, ref upstream.FileRef) ([]byte, string, error) {
+func replaceOriginalRef(body, boundary []byte, ref prompts.FileRef) ([]byte, string, error) {
 	val, err := json.Marshal(map[string]string{"filename": ref.Filename, "subfolder": ref.Subfolder, "type": ref.Type})
 	if err != nil {
 		return nil, "", err
@@ -234,22 +235,22 @@ func replaceOriginalRef(body, boundary []byte, ref upstream.FileRef) ([]byte, st
 }
 
 // originalRef finds the original_ref field of a mask upload.
-func originalRef(body, boundary []byte) (upstream.FileRef, bool) {
+func originalRef(body, boundary []byte) (prompts.FileRef, bool) {
 	if len(boundary) == 0 {
-		return upstream.FileRef{}, false
+		return prompts.FileRef{}, false
 	}
 	mr := multipart.NewReader(bytes.NewReader(body), string(boundary))
 	for {
 		part, err := mr.NextPart()
 		if err != nil {
-			return upstream.FileRef{}, false
+			return prompts.FileRef{}, false
 		}
 		if part.FormName() != "original_ref" {
 			continue
 		}
 		b, err := io.ReadAll(io.LimitReader(part, 64<<10))
 		if err != nil {
-			return upstream.FileRef{}, false
+			return prompts.FileRef{}, false
 		}
 		var r struct {
 			Filename  string `json:"filename"`
@@ -257,8 +258,8 @@ func originalRef(body, boundary []byte) (upstream.FileRef, bool) {
 			Type      string `json:"type"`
 		}
 		if json.Unmarshal(b, &r) != nil || r.Filename == "" {
-			return upstream.FileRef{}, false
+			return prompts.FileRef{}, false
 		}
-		return upstream.FileRef{Filename: r.Filename, Subfolder: r.Subfolder, Type: r.Type}, true
+		return prompts.FileRef{Filename: r.Filename, Subfolder: r.Subfolder, Type: r.Type}, true
 	}
 }

@@ -12,7 +12,7 @@ import (
 
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
-	"github.com/comfygate/comfygate/upstream"
+	"github.com/comfygate/comfygate/prompts"
 )
 
 // BenchmarkAffinityMakespan runs one mixed-model workload over two
@@ -23,7 +23,7 @@ import (
 //	go test -run '^$' -bench BenchmarkAffinityMakespan -benchtime 1x -count 3 ./proxy/
 func BenchmarkAffinityMakespan(b *testing.B) {
 	const (
-		prompts   = 48
+		nPrompts  = 48
 		clients   = 4 // each submits its next prompt when its last one finished
 		modelLoad = 300 * time.Millisecond
 		nodeTime  = 40 * time.Millisecond
@@ -51,8 +51,8 @@ func BenchmarkAffinityMakespan(b *testing.B) {
 				}
 				g, _ := startFleetGate(b, ss, func(c *config.Config) { c.Routing.AffinityMargin = tc.margin }, nil)
 				rng := rand.New(rand.NewPCG(7, 7)) // the same workload for both
-				work := make(chan string, prompts)
-				for range prompts {
+				work := make(chan string, nPrompts)
+				for range nPrompts {
 					work <- models[rng.IntN(len(models))]
 				}
 				close(work)
@@ -71,8 +71,8 @@ func BenchmarkAffinityMakespan(b *testing.B) {
 							k := n
 							seq.Unlock()
 							id := benchSubmit(b, g, upscalePromptColor(m, k))
-							p, _ := g.pool.Prompt(id)
-							for p.State() != upstream.PromptDone {
+							p, _ := g.prompts.Prompt(id)
+							for p.State() != prompts.PromptDone {
 								time.Sleep(2 * time.Millisecond)
 							}
 						}

@@ -15,7 +15,7 @@ import (
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/comfygate/comfygate/metrics"
-	"github.com/comfygate/comfygate/upstream"
+	"github.com/comfygate/comfygate/prompts"
 )
 
 // startFleetGate starts comfygate with a running catalogue in front of
@@ -80,7 +80,7 @@ func allNodesBut(t *testing.T, without ...string) []string {
 
 func promptInstance(t testing.TB, g *gate, id string) string {
 	t.Helper()
-	p, ok := g.pool.Prompt(id)
+	p, ok := g.prompts.Prompt(id)
 	if !ok {
 		t.Fatalf("prompt %s not in the table", id)
 	}
@@ -367,7 +367,7 @@ func TestDrainAndUndrain(t *testing.T) {
 		if e := waitHistory(t, g, "", id); e.Status.StatusStr != "success" {
 			t.Errorf("drained instance's prompt %s ended %q", id, e.Status.StatusStr)
 		}
-		if p, _ := g.pool.Prompt(id); p.Attempts() != 1 || p.Instance().Name != "i0" {
+		if p, _ := g.prompts.Prompt(id); p.Attempts() != 1 || p.Instance().Name != "i0" {
 			t.Errorf("prompt %s moved (attempts %d, on %s)", id, p.Attempts(), p.Instance().Name)
 		}
 	}
@@ -408,9 +408,9 @@ func TestModelAffinity(t *testing.T) {
 	g, _ := startFleetGate(t, ss, func(c *config.Config) { c.Routing.AffinityMargin = 1 }, m)
 	settle := func(id string) {
 		t.Helper()
-		p, _ := g.pool.Prompt(id)
+		p, _ := g.prompts.Prompt(id)
 		testkit.Eventually(t, "prompt "+id+" done and its instance idle", func() bool {
-			return p.State() == upstream.PromptDone && p.Instance().Work() == 0
+			return p.State() == prompts.PromptDone && p.Instance().Work() == 0
 		})
 	}
 	id := submit(t, g, map[string]any{"prompt": upscalePrompt("a_x2.pth", nil)})

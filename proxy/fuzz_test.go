@@ -11,7 +11,7 @@ import (
 
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/comfyapi"
-	"github.com/comfygate/comfygate/upstream"
+	"github.com/comfygate/comfygate/prompts"
 )
 
 // FuzzServeRequest sends arbitrary raw requests (request lines with
@@ -137,7 +137,7 @@ func FuzzMaskUpload(f *testing.F) {
 		if _, ok := originalRef(body, boundary); !ok {
 			return
 		}
-		ref := upstream.FileRef{Filename: "new.png", Subfolder: "s", Type: "input"}
+		ref := prompts.FileRef{Filename: "new.png", Subfolder: "s", Type: "input"}
 		out, ct, err := replaceOriginalRef(body, boundary, ref)
 		if err != nil {
 			return // a body whose later parts are broken: refused

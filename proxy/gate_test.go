@@ -15,6 +15,7 @@ import (
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/comfygate/comfygate/metrics"
+	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/fasthttp/websocket"
 )
@@ -23,12 +24,13 @@ import (
 // (Tests outside this package use internal/testkit/stack, which imports
 // proxy and so cannot serve this package's own tests.)
 type gate struct {
-	base string // http://127.0.0.1:port
-	addr string
-	cfg  *config.Config
-	pool *upstream.Pool
-	srv  *Server
-	m    *metrics.Metrics // the server's (nil unless given)
+	base    string // http://127.0.0.1:port
+	addr    string
+	cfg     *config.Config
+	pool    *upstream.Pool
+	prompts *prompts.Table
+	srv     *Server
+	m       *metrics.Metrics // the server's (nil unless given)
 }
 
 // wsURL is the gate's /ws URL for clientID.
@@ -62,12 +64,13 @@ func startGateMetrics(t testing.TB, addrs []string, mod func(*config.Config), m 
 	if err != nil {
 		t.Fatal(err)
 	}
+	table := prompts.New(pool, cfg, m, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := pool.Start(ctx); err != nil {
 		cancel()
 		t.Fatal(err)
 	}
-	o := Options{Config: cfg, Pool: pool, Metrics: m, Version: "test"}
+	o := Options{Config: cfg, Pool: pool, Prompts: table, Metrics: m, Version: "test"}
 	if opts != nil {
 		opts(&o)
 	}
@@ -91,7 +94,7 @@ func startGateMetrics(t testing.TB, addrs []string, mod func(*config.Config), m 
 		pool.Close()
 		cancel()
 	})
-	g := &gate{base: "http://" + ln.Addr().String(), addr: ln.Addr().String(), cfg: cfg, pool: pool, srv: srv, m: o.Metrics}
+	g := &gate{base: "http://" + ln.Addr().String(), addr: ln.Addr().String(), cfg: cfg, pool: pool, prompts: table, srv: srv, m: o.Metrics}
 	// Start from a fleet whose event sockets are up:
 	// pool.Start returns after the first health check, before the sockets
 	// connect, and a prompt that runs on an instance before comfygate's

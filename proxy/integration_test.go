@@ -952,7 +952,7 @@ func TestDoneWhen(t *testing.T) {
 	}
 	moved := 0
 	for _, j := range jobs {
-		if p, ok := g.pool.Prompt(j.id); ok && p.Attempts() > 1 {
+		if p, ok := g.prompts.Prompt(j.id); ok && p.Attempts() > 1 {
 			moved++
 		}
 	}

@@ -53,7 +53,7 @@ type queueItem struct {
 // Pending items are sorted by their number (item[0]; ComfyUI returns its
 // heap unsorted, and clients sort by it), ties in configuration order.
 // The number of a prompt comfygate submitted is its fleet number
-// (upstream.Prompt.Number), so the merged pending list is in the order
+// (prompts.Prompt.Number), so the merged pending list is in the order
 // the fleet accepted the prompts, across instances; a resubmitted prompt
 // keeps its place. Limitations: it is the order of submission, not of
 // execution (each instance runs its own queue); a client's "front" or

@@ -42,13 +42,13 @@ package proxy
 // POST /prompt: a value "@<instance>/name.png [output]" (the web UI's way
 // of loading an output as an input) names that instance's file. The
 // prompt goes to that instance when it is available
-// (upstream.SubmitRequest.Prefer; with outputs of several instances, the
+// (prompts.SubmitRequest.Prefer; with outputs of several instances, the
 // one holding most of them), where the value becomes "name.png [output]".
 // When the prompt runs elsewhere (the instance is down or out of
 // selection, or the prompt loads outputs of two instances), the pool
 // copies the file into the other instance's output folder under
 // "comfygate-copies/<instance>/" and the value names the copy
-// (upstream.SubmitRequest.Files); if the copy fails the prompt fails
+// (prompts.SubmitRequest.Files); if the copy fails the prompt fails
 // validation there rather than load that instance's own file of the same
 // name. A subfolder without the "@" mark is served as before: the pin
 // table, then asking the instances.
@@ -64,6 +64,7 @@ import (
 	"strings"
 
 	"github.com/comfygate/comfygate/internal/comfyapi"
+	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/upstream"
 )
 
@@ -300,7 +301,7 @@ func encodedOutputPath(insts []*upstream.Instance, s string) (*upstream.Instance
 // string inputs that name an output through an encoded subfolder, and
 // returns them mapped to the file they mean, with the instance that holds
 // most of them (ties: the first named), nil when there are none.
-func promptFiles(insts []*upstream.Instance, prompt json.RawMessage) (map[string]upstream.InstanceFile, *upstream.Instance) {
+func promptFiles(insts []*upstream.Instance, prompt json.RawMessage) (map[string]prompts.InstanceFile, *upstream.Instance) {
 	if !bytes.Contains(prompt, []byte{'"', outputRefMark}) {
 		return nil, nil
 	}
@@ -308,7 +309,7 @@ func promptFiles(insts []*upstream.Instance, prompt json.RawMessage) (map[string
 	if err != nil {
 		return nil, nil
 	}
-	var files map[string]upstream.InstanceFile
+	var files map[string]prompts.InstanceFile
 	var order []*upstream.Instance
 	count := map[*upstream.Instance]int{}
 	for _, n := range graph {
@@ -337,9 +338,9 @@ func promptFiles(insts []*upstream.Instance, prompt json.RawMessage) (map[string
 					continue
 				}
 				if files == nil {
-					files = map[string]upstream.InstanceFile{}
+					files = map[string]prompts.InstanceFile{}
 				}
-				files[s] = upstream.InstanceFile{Instance: inst, Value: d}
+				files[s] = prompts.InstanceFile{Instance: inst, Value: d}
 				if count[inst] == 0 {
 					order = append(order, inst)
 				}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/upstream"
 )
 
@@ -162,8 +163,8 @@ func TestRewriteJobEncodesRefs(t *testing.T) {
 		t.Errorf("rewriteJob:\n got %s\nwant %s", out, want)
 	}
 	// The pin table learned the instance's own refs.
-	for _, ref := range []upstream.FileRef{{Filename: "x.png", Type: "output"}, {Filename: "x.png", Subfolder: "s", Type: "output"}} {
-		if got, ok := s.pool.FileOwner(t.Context(), ref); !ok || got != inst {
+	for _, ref := range []prompts.FileRef{{Filename: "x.png", Type: "output"}, {Filename: "x.png", Subfolder: "s", Type: "output"}} {
+		if got, ok := s.prompts.FileOwner(t.Context(), ref); !ok || got != inst {
 			t.Errorf("%v not pinned: %v %v", ref, got, ok)
 		}
 	}
@@ -176,13 +177,13 @@ func TestPromptFiles(t *testing.T) {
 	for _, tc := range []struct {
 		desc   string
 		in     string
-		want   map[string]upstream.InstanceFile
+		want   map[string]prompts.InstanceFile
 		prefer *upstream.Instance
 	}{
 		{
 			"outputs and temps of two instances loaded as inputs: the one with most",
 			`{"1": {"class_type": "LoadImage", "inputs": {"image": "@i1/sub/x.png [output]"}}, "2": {"inputs": {"image": "@i0/p.png [temp]", "n": 3, "m": "@i0/q.png [output]"}}, "3": {"inputs": {"image": "@i1/sub/x.png [output]"}}}`,
-			map[string]upstream.InstanceFile{
+			map[string]prompts.InstanceFile{
 				"@i1/sub/x.png [output]": {Instance: i1, Value: "sub/x.png [output]"},
 				"@i0/p.png [temp]":       {Instance: i0, Value: "p.png [temp]"},
 				"@i0/q.png [output]":     {Instance: i0, Value: "q.png [output]"},
@@ -192,7 +193,7 @@ func TestPromptFiles(t *testing.T) {
 		{
 			"a tie goes to the first named",
 			`{"1": {"inputs": {"a": "@i1/x.png [output]", "b": "@i0/y.png [output]"}}}`,
-			map[string]upstream.InstanceFile{
+			map[string]prompts.InstanceFile{
 				"@i1/x.png [output]": {Instance: i1, Value: "x.png [output]"},
 				"@i0/y.png [output]": {Instance: i0, Value: "y.png [output]"},
 			},
@@ -224,7 +225,7 @@ func TestReplaceOriginalRef(t *testing.T) {
 	_ = mw.Close()
 	body := buf.Bytes()
 
-	out, ct, err := replaceOriginalRef(body, []byte(mw.Boundary()), upstream.FileRef{Filename: "a.png", Subfolder: "s", Type: "output"})
+	out, ct, err := replaceOriginalRef(body, []byte(mw.Boundary()), prompts.FileRef{Filename: "a.png", Subfolder: "s", Type: "output"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +233,7 @@ func TestReplaceOriginalRef(t *testing.T) {
 		t.Errorf("content type %q, want the client's %q", ct, mw.FormDataContentType())
 	}
 	ref, ok := originalRef(out, []byte(mw.Boundary()))
-	if !ok || ref != (upstream.FileRef{Filename: "a.png", Subfolder: "s", Type: "output"}) {
+	if !ok || ref != (prompts.FileRef{Filename: "a.png", Subfolder: "s", Type: "output"}) {
 		t.Errorf("original_ref after rewrite = %v %v", ref, ok)
 	}
 	form, err := multipart.NewReader(bytes.NewReader(out), mw.Boundary()).ReadForm(1 << 20)
@@ -248,7 +249,7 @@ func TestReplaceOriginalRef(t *testing.T) {
 	if !bytes.Equal(got.Bytes(), img) || form.Value["type"][0] != "input" || form.File["image"][0].Filename != "clipspace-mask.png" {
 		t.Errorf("other parts changed: image %q, fields %v", got.Bytes(), form.Value)
 	}
-	if _, _, err := replaceOriginalRef([]byte("garbage"), []byte("b"), upstream.FileRef{}); err == nil {
+	if _, _, err := replaceOriginalRef([]byte("garbage"), []byte("b"), prompts.FileRef{}); err == nil {
 		t.Error("a body that is not multipart was rewritten")
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/internal/comfyapi"
+	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
 )
@@ -22,12 +23,12 @@ import (
 func (s *Server) locate(id string) (*upstream.Instance, string, error) {
 	cctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
 	defer cancel()
-	inst, err := s.pool.LocatePrompt(cctx, id)
+	inst, err := s.prompts.LocatePrompt(cctx, id)
 	if err != nil {
 		return nil, "", err
 	}
 	upID := id
-	if p, ok := s.pool.Prompt(id); ok && p.Instance() == inst {
+	if p, ok := s.prompts.Prompt(id); ok && p.Instance() == inst {
 		if u := p.UpstreamID(); u != "" {
 			upID = u
 		}
@@ -39,7 +40,7 @@ func (s *Server) locate(id string) (*upstream.Instance, string, error) {
 // rewritten to the client's ids. Unknown ids get ComfyUI's answer: {}.
 func (s *Server) getHistoryByID(ctx *fasthttp.RequestCtx, id string) {
 	inst, upID, err := s.locate(id)
-	if errors.Is(err, upstream.ErrUnknownPrompt) {
+	if errors.Is(err, prompts.ErrUnknownPrompt) {
 		ctx.SetContentType(jsonContentType)
 		ctx.SetBodyString("{}")
 		return
@@ -65,8 +66,8 @@ func (s *Server) getHistoryByID(ctx *fasthttp.RequestCtx, id string) {
 	// to another instance (failover): to the client it is still queued or
 	// running, which ComfyUI answers with {}. A finished prompt's history
 	// went with its instance: {} too, as after ComfyUI evicts an entry.
-	p, known := s.pool.Prompt(id)
-	if isDialError(err) || (known && p.State() != upstream.PromptDone) {
+	p, known := s.prompts.Prompt(id)
+	if isDialError(err) || (known && p.State() != prompts.PromptDone) {
 		s.log.Info("history of a prompt on an unreachable instance", "prompt_id", id, "instance", inst.Name, "err", err)
 		ctx.Response.Reset()
 		ctx.SetContentType(jsonContentType)
@@ -234,7 +235,7 @@ func (s *Server) postInterrupt(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	inst, upID, err := s.locate(id)
-	if errors.Is(err, upstream.ErrUnknownPrompt) {
+	if errors.Is(err, prompts.ErrUnknownPrompt) {
 		return // 200, empty: nothing of that id runs anywhere
 	}
 	if err != nil {
@@ -242,8 +243,8 @@ func (s *Server) postInterrupt(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	if !comfyapi.SupportsTargetedInterrupt(inst.Version()) {
-		p, known := s.pool.Prompt(id)
-		if !known || p.State() != upstream.PromptRunning {
+		p, known := s.prompts.Prompt(id)
+		if !known || p.State() != prompts.PromptRunning {
 			setInstance(ctx, inst)
 			return
 		}
@@ -294,7 +295,7 @@ func (s *Server) deleteOrClear(ctx *fasthttp.RequestCtx, path string) {
 		for _, id := range q.Delete {
 			var inst *upstream.Instance
 			upID := id
-			if p, known := s.pool.Prompt(id); known {
+			if p, known := s.prompts.Prompt(id); known {
 				inst = p.Instance()
 				if u := p.UpstreamID(); u != "" {
 					upID = u
@@ -344,7 +345,7 @@ func (s *Server) getJobByID(ctx *fasthttp.RequestCtx, id string) {
 		}
 	}
 	inst, upID, err := s.locate(id)
-	if errors.Is(err, upstream.ErrUnknownPrompt) {
+	if errors.Is(err, prompts.ErrUnknownPrompt) {
 		writeJSON(ctx, fasthttp.StatusNotFound, []byte(`{"error": "Job not found"}`))
 		return
 	}
@@ -384,15 +385,15 @@ func (s *Server) cancelOneBudget(id string, lookups *int) (bool, error) {
 		}
 	}
 	if lookups != nil {
-		if _, known := s.pool.Prompt(id); !known {
+		if _, known := s.prompts.Prompt(id); !known {
 			if *lookups <= 0 {
 				return false, nil
 			}
 			*lookups--
 		}
 	}
-	ok, err := s.pool.Cancel(cctx, id)
-	if errors.Is(err, upstream.ErrUnknownPrompt) {
+	ok, err := s.prompts.Cancel(cctx, id)
+	if errors.Is(err, prompts.ErrUnknownPrompt) {
 		return false, nil
 	}
 	return ok, err

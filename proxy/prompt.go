@@ -10,7 +10,7 @@ import (
 	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/internal/ids"
 
-	"github.com/comfygate/comfygate/upstream"
+	"github.com/comfygate/comfygate/prompts"
 	"github.com/valyala/fasthttp"
 )
 
@@ -86,7 +86,7 @@ func writeComfyError(ctx *fasthttp.RequestCtx, code int, typ, message, details s
 //     instance and lose their "@<instance>/", or name a copy of the file
 //     where the prompt runs elsewhere (outputref.go);
 //   - "number" in the answer is the fleet's queue number
-//     (upstream.Prompt.Number), not the instance's: every instance counts
+//     (prompts.Prompt.Number), not the instance's: every instance counts
 //     from 0 on its own. A client's "front" and "number" still order the
 //     prompt only within the queue of the instance that runs it; the
 //     number shown for them is ComfyUI's (-counter, and the client's own
@@ -119,7 +119,7 @@ func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 	clientID := comfyapi.PromptRequest{ClientID: fields["client_id"], ExtraData: fields["extra_data"]}.EffectiveClientID()
 	promptID := comfyapi.ClientPromptID(fields["prompt_id"])
 	if promptID != "" {
-		if _, used := s.pool.Prompt(promptID); used {
+		if _, used := s.prompts.Prompt(promptID); used {
 			promptID = ""
 		}
 	}
@@ -146,7 +146,7 @@ func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 			header[h] = string(v)
 		}
 	}
-	res, err := s.pool.Submit(context.Background(), upstream.SubmitRequest{
+	res, err := s.prompts.Submit(context.Background(), prompts.SubmitRequest{
 		Body:     fields,
 		PromptID: promptID,
 		ClientID: clientID,

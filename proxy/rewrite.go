@@ -8,7 +8,7 @@ package proxy
 // events come to comfygate's socket). Everything that passes through —
 // history entries, queue items, jobs — is rewritten back: the prompt id to
 // the client-facing one, the queue number (item[0], a job's priority) to
-// the fleet number (upstream.Prompt.Number), extra_data.client_id to the
+// the fleet number (prompts.Prompt.Number), extra_data.client_id to the
 // client's own (removed when the client sent none, as ComfyUI stores none
 // then), and output file references to ones that name their instance
 // (outputref.go). Entries of prompts comfygate did not submit keep their
@@ -25,6 +25,7 @@ import (
 	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/internal/jsonobj"
 
+	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/upstream"
 )
 
@@ -49,16 +50,16 @@ type promptView struct {
 // viewOf returns the client's view of the prompt inst knows as upID.
 func (s *Server) viewOf(inst *upstream.Instance, upID string) promptView {
 	v := promptView{id: upID, socketID: inst.SocketClientID()}
-	if p, ok := s.pool.PromptByUpstreamID(inst, upID); ok {
+	if p, ok := s.prompts.PromptByUpstreamID(inst, upID); ok {
 		v.id, v.clientID, v.known = p.ID, p.ClientID, true
 		v.number = fleetNumber(p)
 	}
 	return v
 }
 
-// fleetNumber is p's fleet queue number as JSON (upstream.Prompt.Number),
+// fleetNumber is p's fleet queue number as JSON (prompts.Prompt.Number),
 // nil when it has none and the instance's number stands.
-func fleetNumber(p *upstream.Prompt) []byte {
+func fleetNumber(p *prompts.Prompt) []byte {
 	n, ok := p.Number()
 	if !ok {
 		return nil
@@ -69,7 +70,7 @@ func fleetNumber(p *upstream.Prompt) []byte {
 // setAnswerNumber sets "number" in a POST /prompt answer to the prompt's
 // fleet number, keeping the answer's key order; the answer is returned
 // unchanged when the prompt has none or the answer is not an object.
-func setAnswerNumber(body []byte, p *upstream.Prompt) []byte {
+func setAnswerNumber(body []byte, p *prompts.Prompt) []byte {
 	num := fleetNumber(p)
 	if num == nil {
 		return body
@@ -232,7 +233,7 @@ func (s *Server) learnOutputs(inst *upstream.Instance, raw json.RawMessage) {
 	}
 	for _, out := range outputs {
 		for _, f := range comfyapi.NodeOutputFiles(out, "") {
-			s.pool.PinFile(upstream.FileRef{Filename: f.Filename, Subfolder: f.Subfolder, Type: f.Type}, inst)
+			s.prompts.PinFile(prompts.FileRef{Filename: f.Filename, Subfolder: f.Subfolder, Type: f.Type}, inst)
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/comfyapi"
+	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/upstream"
 )
 
@@ -22,7 +23,7 @@ func rewriteServer(t testing.TB) (*Server, *upstream.Instance) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Server{cfg: cfg, pool: pool, log: slog.New(slog.DiscardHandler)}, pool.Instances()[0]
+	return &Server{cfg: cfg, pool: pool, prompts: prompts.New(pool, cfg, nil, nil), log: slog.New(slog.DiscardHandler)}, pool.Instances()[0]
 }
 
 // traceEntry is a history entry in the shape of traces/e-client-prompt-id.json.
@@ -66,7 +67,7 @@ func TestRewriteHistoryUnknownPrompt(t *testing.T) {
 		}
 	}
 	// Its output file is now pinned to the instance.
-	if got, ok := s.pool.FileOwner(t.Context(), upstream.FileRef{Filename: "x_00001_.png", Type: "output"}); !ok || got != inst {
+	if got, ok := s.prompts.FileOwner(t.Context(), prompts.FileRef{Filename: "x_00001_.png", Type: "output"}); !ok || got != inst {
 		t.Errorf("output not pinned: %v %v", got, ok)
 	}
 }

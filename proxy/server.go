@@ -14,15 +14,18 @@ import (
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/limits"
 	"github.com/comfygate/comfygate/metrics"
+	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
 )
 
-// Options are what New needs. Config, Pool and Logger are required (Logger
-// may be nil: logs are discarded); Jobs and Metrics may be nil.
+// Options are what New needs. Config, Pool, Prompts and Logger are
+// required (Logger may be nil: logs are discarded); Jobs and Metrics may be nil.
 type Options struct {
-	Config  *config.Config
-	Pool    *upstream.Pool
+	Config *config.Config
+	Pool   *upstream.Pool
+	// Prompts is the prompt table attached to Pool.
+	Prompts *prompts.Table
 	Jobs    JobRoutes        // may be nil: the job facade's routes then pass through
 	Metrics *metrics.Metrics // may be nil
 	Logger  *slog.Logger
@@ -40,6 +43,7 @@ type Options struct {
 type Server struct {
 	cfg     *config.Config
 	pool    *upstream.Pool
+	prompts *prompts.Table
 	jobs    JobRoutes
 	m       *metrics.Metrics
 	log     *slog.Logger
@@ -63,8 +67,8 @@ type Server struct {
 // itself (bodyWithinLimit), and caps the routes where it must read the
 // body whole (maxPromptBody, maxMaskBody).
 
-// New builds the server (and the WebSocket hub, registered as the pool's
-// listener). Nothing is served until Serve. o.Config is used as it is:
+// New builds the server (and the WebSocket hub, registered as the prompt
+// table's listener). Nothing is served until Serve. o.Config is used as it is:
 // it must come from config.Load or config.Default (defaults are set, and
 // checked, there only).
 func New(o Options) (*Server, error) {
@@ -74,6 +78,9 @@ func New(o Options) (*Server, error) {
 	if o.Pool == nil {
 		return nil, errors.New("proxy: Options.Pool is required")
 	}
+	if o.Prompts == nil {
+		return nil, errors.New("proxy: Options.Prompts is required")
+	}
 	log := o.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -81,6 +88,7 @@ func New(o Options) (*Server, error) {
 	s := &Server{
 		cfg:     o.Config,
 		pool:    o.Pool,
+		prompts: o.Prompts,
 		jobs:    o.Jobs,
 		m:       o.Metrics,
 		log:     log,
@@ -94,7 +102,7 @@ func New(o Options) (*Server, error) {
 		return nil, err
 	}
 	s.hub = newHub(s.cfg, s.pool, s.m, log.With("component", "ws"))
-	s.pool.SetListener(s.hub)
+	s.prompts.SetListener(s.hub)
 	s.srv = &fasthttp.Server{
 		Handler:                      s.handle,
 		Name:                         "comfygate",

@@ -81,8 +81,8 @@ const (
 var featureFlagsReply = []byte(`{"type": "feature_flags", "data": {"supports_preview_metadata": true, "max_upload_size": 104857600}}`)
 
 // Hub is the client side of the WebSocket bridge. It implements
-// upstream.Sink (the events of prompts submitted through comfygate) and
-// upstream.Listener (broadcasts and fleet queue changes), and serves the
+// prompts.Sink (the events of prompts submitted through comfygate) and
+// prompts.Listener (broadcasts and fleet queue changes), and serves the
 // client sockets.
 type Hub struct {
 	ws   config.WebSocket

@@ -12,6 +12,7 @@ import (
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/testkit"
+	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/fasthttp/websocket"
 	"github.com/valyala/fasthttp"
@@ -47,12 +48,13 @@ func startBenchBridge(b *testing.B, addr string) string {
 	if err != nil {
 		b.Fatal(err)
 	}
+	table := prompts.New(pool, cfg, nil, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := pool.Start(ctx); err != nil {
 		b.Fatal(err)
 	}
 	h := newHub(cfg, pool, nil, nil)
-	pool.SetListener(h)
+	table.SetListener(h)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)

@@ -4,13 +4,13 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/internal/comfyapi"
-	"github.com/comfygate/comfygate/upstream"
+	"github.com/comfygate/comfygate/prompts"
 	"github.com/fasthttp/websocket"
 )
 
 var (
-	_ upstream.Sink     = (*Hub)(nil)
-	_ upstream.Listener = (*Hub)(nil)
+	_ prompts.Sink     = (*Hub)(nil)
+	_ prompts.Listener = (*Hub)(nil)
 )
 
 // PromptEvent delivers one event of a prompt submitted through comfygate to
@@ -20,7 +20,7 @@ var (
 // Prompts without client_id follow ComfyUI: only progress, progress_state,
 // execution_interrupted, previews (as type 1) and TEXT frames go to every
 // socket; the rest is dropped. It never blocks.
-func (h *Hub) PromptEvent(p *upstream.Prompt, ev upstream.Event) {
+func (h *Hub) PromptEvent(p *prompts.Prompt, ev prompts.Event) {
 	if p == nil {
 		return
 	}
@@ -65,7 +65,7 @@ func (h *Hub) PromptEvent(p *upstream.Prompt, ev upstream.Event) {
 
 // broadcastUnowned applies ComfyUI's rule for events whose prompt has no
 // client_id (its server.client_id is None): a few kinds go to every socket.
-func (h *Hub) broadcastUnowned(ev upstream.Event) {
+func (h *Hub) broadcastUnowned(ev prompts.Event) {
 	var f frame
 	if ev.Binary {
 		switch typ, _ := comfyapi.BinaryType(ev.Data); typ {
@@ -95,7 +95,7 @@ func (h *Hub) broadcastUnowned(ev upstream.Event) {
 }
 
 // Broadcast sends an event that belongs to no prompt to every socket.
-func (h *Hub) Broadcast(ev upstream.Event) {
+func (h *Hub) Broadcast(ev prompts.Event) {
 	v := newVariants(ev)
 	h.mu.Lock()
 	h.broadcastLocked(v)
@@ -241,7 +241,7 @@ type variants struct {
 	okMeta, okPlain bool
 }
 
-func newVariants(ev upstream.Event) variants {
+func newVariants(ev prompts.Event) variants {
 	f := frame{binary: ev.Binary, data: ev.Data}
 	v := variants{meta: f, plain: f, okMeta: true, okPlain: true}
 	if typ, _ := comfyapi.BinaryType(ev.Data); ev.Binary && typ == comfyapi.BinPreviewImageWithMetadata {

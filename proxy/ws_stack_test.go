@@ -365,7 +365,7 @@ func TestWSStackExampleFlowSurvivesKill(t *testing.T) {
 		for {
 			select {
 			case id := <-started:
-				if p, ok := s.pool.Prompt(id); ok && p.Instance() != nil && p.Instance().Name == "i0" {
+				if p, ok := s.prompts.Prompt(id); ok && p.Instance() != nil && p.Instance().Name == "i0" {
 					a.Kill()
 					return
 				}
@@ -378,7 +378,7 @@ func TestWSStackExampleFlowSurvivesKill(t *testing.T) {
 	<-killed
 	resubmitted := 0
 	for i, r := range results {
-		p, ok := s.pool.Prompt(r.promptID)
+		p, ok := s.prompts.Prompt(r.promptID)
 		if ok && p.Attempts() > 1 {
 			resubmitted++
 		}

@@ -16,7 +16,7 @@ import (
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/internal/testkit"
-	"github.com/comfygate/comfygate/upstream"
+	"github.com/comfygate/comfygate/prompts"
 	"github.com/fasthttp/websocket"
 	"github.com/valyala/fasthttp"
 )
@@ -167,14 +167,14 @@ func (c *wsTestClient) sendFlags(metadata bool) {
 	}
 }
 
-func textEvent(typ, promptID string, extra string) upstream.Event {
+func textEvent(typ, promptID string, extra string) prompts.Event {
 	data := fmt.Sprintf(`{"type": %q, "data": {"prompt_id": %q%s}}`, typ, promptID, extra)
-	return upstream.Event{Type: typ, PromptID: promptID, Data: []byte(data)}
+	return prompts.Event{Type: typ, PromptID: promptID, Data: []byte(data)}
 }
 
 // marker is a broadcast every client receives, to delimit what came before.
-func marker(name string) upstream.Event {
-	return upstream.Event{Type: "test_marker", Data: []byte(`{"type": "test_marker", "data": {"m": "` + name + `"}}`)}
+func marker(name string) prompts.Event {
+	return prompts.Event{Type: "test_marker", Data: []byte(`{"type": "test_marker", "data": {"m": "` + name + `"}}`)}
 }
 
 func preview4(t testing.TB, promptID, imageType string, img []byte) []byte {
@@ -246,8 +246,8 @@ func TestWSRoutesToOwnClientOnly(t *testing.T) {
 	h, base := startHub(t, nil)
 	a := dialWS(t, base+"/ws?clientId=A")
 	b := dialWS(t, base+"/ws?clientId=B")
-	pa := &upstream.Prompt{ID: "pa", ClientID: "A"}
-	pb := &upstream.Prompt{ID: "pb", ClientID: "B"}
+	pa := &prompts.Prompt{ID: "pa", ClientID: "A"}
+	pb := &prompts.Prompt{ID: "pb", ClientID: "B"}
 
 	var wantA, wantB []string
 	for i := range 20 {
@@ -282,10 +282,10 @@ func TestWSPromptWithoutClientID(t *testing.T) {
 	a := dialWS(t, base+"/ws?clientId=A")
 	b := dialWS(t, base+"/ws?clientId=B")
 	b.sendFlags(true) // even a metadata client gets type 1, like ComfyUI's sid None
-	p := &upstream.Prompt{ID: "p0"}
+	p := &prompts.Prompt{ID: "p0"}
 
 	events := []struct {
-		ev   upstream.Event
+		ev   prompts.Event
 		want string // what each client receives; "" = suppressed
 	}{
 		{textEvent("execution_start", "p0", ""), ""},
@@ -293,9 +293,9 @@ func TestWSPromptWithoutClientID(t *testing.T) {
 		{textEvent("executing", "p0", `, "node": "1"`), ""},
 		{textEvent("progress", "p0", `, "value": 1, "max": 2`), "progress"},
 		{textEvent("progress_state", "p0", `, "nodes": {}`), "progress_state"},
-		{upstream.Event{Binary: true, PromptID: "p0", Data: preview1(comfyapi.FormatJPEG, jpegBytes)}, "binary:1"},
-		{upstream.Event{Binary: true, PromptID: "p0", Data: preview4(t, "p0", "image/png", pngBytes)}, "binary:1"},
-		{upstream.Event{Binary: true, Data: append(binary.BigEndian.AppendUint32(nil, 3), "\x00\x00\x00\x012hello"...)}, "binary:3"},
+		{prompts.Event{Binary: true, PromptID: "p0", Data: preview1(comfyapi.FormatJPEG, jpegBytes)}, "binary:1"},
+		{prompts.Event{Binary: true, PromptID: "p0", Data: preview4(t, "p0", "image/png", pngBytes)}, "binary:1"},
+		{prompts.Event{Binary: true, Data: append(binary.BigEndian.AppendUint32(nil, 3), "\x00\x00\x00\x012hello"...)}, "binary:3"},
 		{textEvent("executed", "p0", `, "node": "3", "output": null`), ""},
 		{textEvent("execution_interrupted", "p0", `, "node_id": "2"`), "execution_interrupted"},
 		{textEvent("execution_success", "p0", ""), ""},
@@ -346,9 +346,9 @@ func TestWSPreviewConversion(t *testing.T) {
 		{"unknown type default png", "", []byte("raw"), comfyapi.FormatPNG},
 	} {
 		for _, c := range []*wsTestClient{plain, meta, neg} {
-			p := &upstream.Prompt{ID: "p-" + c.sid, ClientID: c.sid}
+			p := &prompts.Prompt{ID: "p-" + c.sid, ClientID: c.sid}
 			orig := preview4(t, p.ID, tc.imageType, tc.img)
-			h.PromptEvent(p, upstream.Event{Binary: true, PromptID: p.ID, Data: orig})
+			h.PromptEvent(p, prompts.Event{Binary: true, PromptID: p.ID, Data: orig})
 			got := c.read()
 			want := preview1(tc.format, tc.img)
 			if c == meta {
@@ -362,7 +362,7 @@ func TestWSPreviewConversion(t *testing.T) {
 
 	// A malformed type-4 frame reaches metadata clients only.
 	bad := []byte{0, 0, 0, 4, 0, 0, 1, 0, 'x'}
-	h.Broadcast(upstream.Event{Binary: true, Data: bad})
+	h.Broadcast(prompts.Event{Binary: true, Data: bad})
 	h.Broadcast(marker("end"))
 	if got := meta.readUntil(`"m": "end"`); len(got) != 1 || !bytes.Equal(got[0].data, bad) {
 		t.Fatalf("meta got %v", got)
@@ -410,7 +410,7 @@ func TestWSOnlyFirstTextFrameNegotiates(t *testing.T) {
 		}
 	}
 	close(stopTicks)
-	h.Broadcast(upstream.Event{Binary: true, Data: preview4(t, "", "image/png", pngBytes)})
+	h.Broadcast(prompts.Event{Binary: true, Data: preview4(t, "", "image/png", pngBytes)})
 	h.Broadcast(marker("end"))
 	var got []wsMsg
 	for _, m := range c.readUntil(`"m": "end"`) {
@@ -430,15 +430,15 @@ func TestWSSlowClientDropped(t *testing.T) {
 	// The slow client never reads until it was dropped.
 	slow := dialWS(t, base+"/ws?clientId=slow")
 	fast := dialWS(t, base+"/ws?clientId=fast")
-	ps := &upstream.Prompt{ID: "ps", ClientID: "slow"}
-	pf := &upstream.Prompt{ID: "pf", ClientID: "fast"}
+	ps := &prompts.Prompt{ID: "ps", ClientID: "slow"}
+	pf := &prompts.Prompt{ID: "pf", ClientID: "fast"}
 	big := preview4(t, "ps", "image/png", bytes.Repeat([]byte{7}, 256<<10))
 
 	dropped := false
 	var maxLag time.Duration
 	for i := 0; i < 400 && !dropped; i++ {
 		start := time.Now()
-		h.PromptEvent(ps, upstream.Event{Binary: true, PromptID: "ps", Data: big})
+		h.PromptEvent(ps, prompts.Event{Binary: true, PromptID: "ps", Data: big})
 		ev := textEvent("progress", "pf", fmt.Sprintf(`, "value": %d`, i))
 		h.PromptEvent(pf, ev)
 		if d := time.Since(start); d > time.Second {
@@ -519,13 +519,13 @@ func TestWSSlowReaderSeesPolicyClose(t *testing.T) {
 		}
 		done <- r
 	}()
-	ps := &upstream.Prompt{ID: "ps", ClientID: "slow"}
+	ps := &prompts.Prompt{ID: "ps", ClientID: "slow"}
 	big := preview4(t, "ps", "image/png", bytes.Repeat([]byte{7}, 256<<10))
 	// About 25 MB/s of previews: the socket buffers fill, then the queue.
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for i := 0; i < 400 && h.isLive("slow"); i++ {
-		h.PromptEvent(ps, upstream.Event{Binary: true, PromptID: "ps", Data: big})
+		h.PromptEvent(ps, prompts.Event{Binary: true, PromptID: "ps", Data: big})
 		<-tick.C
 	}
 	if h.isLive("slow") {
@@ -546,8 +546,8 @@ func TestWSBacklogReplay(t *testing.T) {
 	t.Parallel()
 	h, base := startHub(t, func(ws *config.WebSocket) { ws.BacklogGrace = time.Minute })
 	url := base + "/ws?clientId=R"
-	p := &upstream.Prompt{ID: "pr", ClientID: "R"}
-	ev := func(i int) upstream.Event { return textEvent("progress", "pr", `, "value": `+strconv.Itoa(i)) }
+	p := &prompts.Prompt{ID: "pr", ClientID: "R"}
+	ev := func(i int) prompts.Event { return textEvent("progress", "pr", `, "value": `+strconv.Itoa(i)) }
 
 	c := dialWS(t, url)
 	for i := range 5 {
@@ -594,11 +594,11 @@ func TestWSBacklogForUnseenClient(t *testing.T) {
 		ws.BacklogGrace = time.Minute
 		ws.BacklogSize = 3
 	})
-	p := &upstream.Prompt{ID: "pu", ClientID: "U"}
+	p := &prompts.Prompt{ID: "pu", ClientID: "U"}
 	for i := range 5 {
 		h.PromptEvent(p, textEvent("progress", "pu", `, "value": `+strconv.Itoa(i)))
 	}
-	h.PromptEvent(p, upstream.Event{Binary: true, PromptID: "pu", Data: preview4(t, "pu", "image/png", pngBytes)})
+	h.PromptEvent(p, prompts.Event{Binary: true, PromptID: "pu", Data: preview4(t, "pu", "image/png", pngBytes)})
 	c := dialWS(t, base+"/ws?clientId=U")
 	// Bounded to 3, oldest dropped; previews kept as type 1 (never negotiated).
 	h.Broadcast(marker("end"))
@@ -612,7 +612,7 @@ func TestWSBacklogForUnseenClient(t *testing.T) {
 func TestWSBacklogExpires(t *testing.T) {
 	t.Parallel()
 	h, base := startHub(t, func(ws *config.WebSocket) { ws.BacklogGrace = 50 * time.Millisecond })
-	q := &upstream.Prompt{ID: "pg", ClientID: "G"}
+	q := &prompts.Prompt{ID: "pg", ClientID: "G"}
 	h.PromptEvent(q, textEvent("progress", "pg", ""))
 	testkit.Eventually(t, "the backlog to expire", func() bool {
 		h.mu.Lock()
@@ -636,7 +636,7 @@ func TestWSBacklogExpires(t *testing.T) {
 func TestWSBacklogDisabled(t *testing.T) {
 	t.Parallel()
 	h, base := startHub(t, func(ws *config.WebSocket) { ws.BacklogGrace = 0 })
-	h.PromptEvent(&upstream.Prompt{ID: "p", ClientID: "X"}, textEvent("progress", "p", ""))
+	h.PromptEvent(&prompts.Prompt{ID: "p", ClientID: "X"}, textEvent("progress", "p", ""))
 	c := dialWS(t, base+"/ws?clientId=X")
 	h.Broadcast(marker("end"))
 	if got := c.readUntil(`"m": "end"`); len(got) != 0 {
@@ -654,7 +654,7 @@ func TestWSReconnectSameClientID(t *testing.T) {
 	t.Parallel()
 	h, base := startHub(t, nil)
 	url := base + "/ws?clientId=same"
-	p := &upstream.Prompt{ID: "ps", ClientID: "same"}
+	p := &prompts.Prompt{ID: "ps", ClientID: "same"}
 	old := dialWS(t, url)
 	neu := dialWS(t, url)
 
@@ -689,7 +689,7 @@ func TestWSReplaceFlapDamping(t *testing.T) {
 			t.Fatalf("socket %d: %v, want close 4000", i, err)
 		}
 	}
-	h.PromptEvent(&upstream.Prompt{ID: "p", ClientID: "tab"}, textEvent("progress", "p", ""))
+	h.PromptEvent(&prompts.Prompt{ID: "p", ClientID: "tab"}, textEvent("progress", "p", ""))
 	if m := socks[len(socks)-1].read(); m.typ() != "progress" {
 		t.Fatalf("newest got %s", m.data)
 	}
@@ -762,8 +762,8 @@ func TestWSHubClose(t *testing.T) {
 	if err == nil || resp == nil || resp.StatusCode != fasthttp.StatusServiceUnavailable {
 		t.Fatalf("dial after Close: %v", err)
 	}
-	h.PromptEvent(&upstream.Prompt{ID: "p", ClientID: "a"}, textEvent("progress", "p", "")) // no panic
-	h.Close()                                                                               // idempotent
+	h.PromptEvent(&prompts.Prompt{ID: "p", ClientID: "a"}, textEvent("progress", "p", "")) // no panic
+	h.Close()                                                                              // idempotent
 }
 
 func TestWSBacklogRing(t *testing.T) {

@@ -46,7 +46,7 @@ type Instance struct {
 
 	pool       *Pool        // back-pointer for metrics and drain removal
 	successes  atomic.Int32 // consecutive passed health checks
-	confirming atomic.Bool  // a confirmSuspect check is running
+	confirming atomic.Bool  // a SocketLost check is running
 
 	fleet fleetState // operator drain, labels, weight, warm-up (fleet.go)
 }
@@ -86,6 +86,28 @@ func (i *Instance) Available() bool {
 // Healthy reports the health-check verdict.
 func (i *Instance) Healthy() bool { return i.healthy.Load() }
 
+// Suspect reports that its event socket dropped and no health check has
+// confirmed it dead or alive yet.
+func (i *Instance) Suspect() bool { return i.suspect.Load() }
+
+// SocketUp reports whether comfygate's event socket to it is connected.
+func (i *Instance) SocketUp() bool { return i.socketUp.Load() }
+
+// SetSocketUp records the event socket's state (and its metric), and when
+// it was lost: failover waits failover.suspect_grace from then.
+func (i *Instance) SetSocketUp(up bool) {
+	if up {
+		i.socketUp.Store(true)
+		i.lostAt.Store(0)
+	} else {
+		i.lostAt.Store(time.Now().UnixNano())
+		i.socketUp.Store(false)
+	}
+	if i.pool != nil {
+		i.pool.m.SetUpstreamSocket(i.Name, up)
+	}
+}
+
 // SocketClientID is the client_id comfygate's socket on this instance uses.
 func (i *Instance) SocketClientID() string { return i.socketID }
 
@@ -103,22 +125,16 @@ type Pool struct {
 	m   *metrics.Metrics
 	log *slog.Logger
 
-	mu        sync.RWMutex // guards instances, listener
+	mu        sync.RWMutex // guards instances
 	instances []*Instance
-	listener  Listener
 	rr        atomic.Uint64
 
-	// prompts owns the prompt table, the instance sockets and failover.
-	// New creates it with newPromptTable(p), Start starts it, and the pool
-	// tells it about instances through its methods instanceAdded,
-	// instanceRemoved, instanceDown.
-	prompts  *promptTable
+	// prompts owns what runs on the instances (Attach; package prompts):
+	// Start starts it, Close closes it, and the pool tells it about its
+	// instances through it. A pool with none attached has a no-op.
+	prompts  PromptOwner
 	entries  []*entry // config instances and their discovered addresses; insts guarded by mu
 	resolver Resolver // guarded by mu; for discover entries
-	pins     *pinTable
-
-	copiesMu sync.Mutex // guards copies
-	copies   map[copyKey]chan struct{}
 
 	availMu sync.Mutex    // guards availCh
 	availCh chan struct{} // closed (and dropped) when availability changes; nil when nobody waits
@@ -134,12 +150,50 @@ type Pool struct {
 	wg      sync.WaitGroup // background goroutines Close waits for
 }
 
-// SetListener sets who receives broadcasts and fleet queue changes.
-func (p *Pool) SetListener(l Listener) {
-	p.mu.Lock()
-	p.listener = l
-	p.mu.Unlock()
+// PromptOwner is what the pool tells the owner of the prompts (package
+// prompts) about its instances. Its methods are called with no lock of the
+// pool held.
+type PromptOwner interface {
+	// Start lets it run until ctx ends; the pool calls it from Start after
+	// the first health checks, before it announces the instances.
+	Start(ctx context.Context)
+	// Close stops it and waits for it; the pool calls it from Close after
+	// its own goroutines ended.
+	Close()
+	// InstanceAdded announces an instance (at Start, by discovery or a reload).
+	InstanceAdded(inst *Instance)
+	// InstanceRemoved: inst leaves the pool (it gets no new work) once
+	// nothing of it is left to finish.
+	InstanceRemoved(inst *Instance)
+	// InstanceDown: inst is confirmed dead; what runs there must move. It
+	// may be called more than once per death and may take a while.
+	InstanceDown(inst *Instance)
+	// CleanUp runs before an instance that was down gets work again: it
+	// removes from inst what moved off it. false: inst did not answer, and
+	// it must not get work yet.
+	CleanUp(ctx context.Context, inst *Instance) bool
+	// SocketSettled reports whether inst's event socket is up or its first
+	// dial failed: Start waits for that, at most health_check.timeout.
+	SocketSettled(inst *Instance) bool
 }
+
+// Attach registers the owner of the prompts. Call it before Start.
+func (p *Pool) Attach(o PromptOwner) {
+	p.runMu.Lock()
+	defer p.runMu.Unlock()
+	p.prompts = o
+}
+
+// noPrompts is the PromptOwner of a pool with none attached.
+type noPrompts struct{}
+
+func (noPrompts) Start(context.Context)                   {}
+func (noPrompts) Close()                                  {}
+func (noPrompts) InstanceAdded(*Instance)                 {}
+func (noPrompts) InstanceRemoved(*Instance)               {}
+func (noPrompts) InstanceDown(*Instance)                  {}
+func (noPrompts) CleanUp(context.Context, *Instance) bool { return true }
+func (noPrompts) SocketSettled(inst *Instance) bool       { return true }
 
 // Instances returns the current instances (a copy of the slice).
 func (p *Pool) Instances() []*Instance {
@@ -147,3 +201,8 @@ func (p *Pool) Instances() []*Instance {
 	defer p.mu.RUnlock()
 	return append([]*Instance(nil), p.instances...)
 }
+
+// ForceHealthy sets the health verdict without a check, as a test that
+// needs an instance in a given state does; the next health check of a
+// running pool judges it again.
+func (i *Instance) ForceHealthy(up bool) { i.healthy.Store(up) }

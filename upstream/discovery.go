@@ -32,7 +32,7 @@ func (p *Pool) discoverOnce(ctx context.Context) {
 	var wg sync.WaitGroup
 	for _, inst := range added {
 		p.log.Info("upstream: instance discovered", "instance", inst.Name, "addr", inst.Addr)
-		p.prompts.instanceAdded(inst)
+		p.prompts.InstanceAdded(inst)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -43,7 +43,7 @@ func (p *Pool) discoverOnce(ctx context.Context) {
 		p.m.SetDraining(inst.Name, true)
 		p.log.Info("upstream: instance draining", "instance", inst.Name, "addr", inst.Addr,
 			"reason", "address no longer resolves", "inflight", inst.inflight.Load())
-		p.prompts.instanceRemoved(inst)
+		p.prompts.InstanceRemoved(inst)
 		p.removeIfDrained(inst)
 	}
 	wg.Wait()

@@ -1,8 +1,11 @@
 // Package upstream owns the set of ComfyUI instances behind comfygate: each
-// instance's state (health, breaker, in-flight prompts, reported queue
-// depth, version), the active health checks, the one persistent WebSocket
-// per instance that carries its events, instance selection, DNS discovery,
-// and the pin tables that tie prompts, output files and uploads to the
-// instance that holds them. It also keeps every prompt it forwarded until
-// the prompt finishes, so it can resubmit it elsewhere when its instance dies.
+// instance's state (health, breaker, in-flight count, reported queue
+// depth, version), its one transport (Instance.Do, which classifies every
+// outcome for the breaker), the active health checks, instance selection,
+// DNS discovery, operator drains, labels, weights and warm-up, and
+// reconfiguration of the instance list.
+//
+// What runs on the instances (prompts, their event sockets, failover, file
+// pins) belongs to package prompts, which uses this package; the pool
+// reaches it only through the PromptOwner that prompts attaches (Attach).
 package upstream

@@ -246,7 +246,7 @@ func (p *Pool) Reconfigure(cfg *config.Config) (ReconfigureResult, error) {
 		p.m.SetDraining(inst.Name, true)
 		p.log.Info("upstream: instance draining", "instance", inst.Name, "addr", inst.Addr,
 			"reason", "removed from the configuration", "inflight", inst.inflight.Load())
-		p.prompts.instanceRemoved(inst)
+		p.prompts.InstanceRemoved(inst)
 		p.removeIfDrained(inst)
 	}
 	p.announce(added)
@@ -274,7 +274,7 @@ func (p *Pool) announce(added []*Instance) {
 	}
 	for _, inst := range added {
 		p.log.Info("upstream: instance added", "instance", inst.Name, "addr", inst.Addr)
-		p.prompts.instanceAdded(inst)
+		p.prompts.InstanceAdded(inst)
 		p.goAsync(func(ctx context.Context) { p.checkOnce(ctx, inst) })
 	}
 }

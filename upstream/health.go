@@ -52,7 +52,7 @@ func (p *Pool) check(ctx context.Context, inst *Instance, timeout time.Duration,
 	}
 	if ok {
 		inst.failures.Store(0)
-		if (forceUp || !inst.healthy.Load()) && !p.prompts.cleanUp(ctx, inst) {
+		if (forceUp || !inst.healthy.Load()) && !p.prompts.CleanUp(ctx, inst) {
 			// Back, but still holding prompts that moved elsewhere: no
 			// new work until they are removed (the next check retries).
 			return false, true
@@ -136,12 +136,12 @@ func (p *Pool) probeHealth(ctx context.Context, inst *Instance, timeout time.Dur
 	return version, nil
 }
 
-// confirmSuspect is called (by the socket code) when an instance's socket
-// dropped: one health check runs now, bounded by failover.suspect_grace. If
+// SocketLost is called (by the owner of the event sockets) when an
+// instance's socket dropped: one health check runs now, bounded by failover.suspect_grace. If
 // it fails the instance is marked unhealthy at once (socket lost and a
 // failed check confirm it dead, no need to wait for the threshold) and its
 // prompts fail over; if it passes, suspect is cleared.
-func (p *Pool) confirmSuspect(inst *Instance) {
+func (p *Pool) SocketLost(inst *Instance) {
 	inst.suspect.Store(true)
 	if !inst.confirming.CompareAndSwap(false, true) {
 		return // a confirmation is already running
@@ -179,7 +179,7 @@ func (p *Pool) confirmSuspect(inst *Instance) {
 // socket went silent, then a health check timed out).
 func (p *Pool) failOver(ctx context.Context, inst *Instance) {
 	if p.staysDown(ctx, inst) {
-		p.prompts.instanceDown(inst)
+		p.prompts.InstanceDown(inst)
 	}
 }
 
@@ -211,10 +211,10 @@ func (p *Pool) staysDown(ctx context.Context, inst *Instance) bool {
 	}
 }
 
-// socketRestored is called (by the socket code) after the instance's socket
-// reconnected: a health check runs now, and on success the instance is
+// SocketRestored is called (by the owner of the event sockets) after the
+// instance's socket reconnected: a health check runs now, and on success the instance is
 // healthy again at once.
-func (p *Pool) socketRestored(inst *Instance) {
+func (p *Pool) SocketRestored(inst *Instance) {
 	// A lost socket may be a restart that passed no failed health check:
 	// what the instance can run may have changed (catalogue).
 	inst.fleet.reconnects.Add(1)

@@ -130,21 +130,21 @@ func TestConfirmSuspect(t *testing.T) {
 	inst := p.Instances()[0]
 
 	// Socket blip, instance fine: suspect cleared, still healthy.
-	p.confirmSuspect(inst)
+	p.SocketLost(inst)
 	testkit.Eventually(t, "suspect cleared", func() bool { return !inst.suspect.Load() && !inst.confirming.Load() })
 	if !inst.Healthy() {
 		t.Fatal("healthy instance marked down")
 	}
 	// Socket lost and the check fails: down at once, not after 3 failures.
 	f.fail500.Store(true)
-	p.confirmSuspect(inst)
+	p.SocketLost(inst)
 	testkit.Eventually(t, "confirmed dead", func() bool { return !inst.Healthy() })
 	if rec.count("socket lost and health check failed") != 1 {
 		t.Fatal("confirmation not logged once")
 	}
 	// The socket comes back and the instance answers: healthy at once.
 	f.fail500.Store(false)
-	p.socketRestored(inst)
+	p.SocketRestored(inst)
 	testkit.Eventually(t, "restored", func() bool { return inst.Healthy() && !inst.suspect.Load() })
 }
 

@@ -82,13 +82,22 @@ func (i *Instance) URL(path string) string {
 	return scheme + i.Addr + path
 }
 
-// confirmedDown reports what the pool fails prompts over on (signalDown,
-// confirmSuspect): the instance's socket is down and its health check
+// ConfirmedDown reports what the pool fails prompts over on (signalDown,
+// SocketLost): the instance's socket is down and its health check
 // failed or its breaker is open. A hung instance whose socket still
 // answers is not down.
-func (i *Instance) confirmedDown() bool {
+func (i *Instance) ConfirmedDown() bool {
 	return !i.socketUp.Load() && (!i.healthy.Load() || (i.breaker != nil && !i.breaker.Ready()))
 }
+
+// CountInflight changes the count of prompts sent and not finished, and
+// nothing else: the prompt table counts under its own lock, in transition
+// order, and calls InflightChanged once it released it.
+func (i *Instance) CountInflight(delta int64) { i.inflight.Add(delta) }
+
+// InflightChanged publishes the in-flight count (its metric) after
+// CountInflight, and removes a draining instance that reached 0.
+func (i *Instance) InflightChanged() { i.addInflight(0) }
 
 // addInflight changes the count of prompts sent and not finished and
 // updates its metric. A draining instance leaves the pool when it reaches 0.
@@ -108,8 +117,11 @@ func (i *Instance) addInflight(delta int64) {
 	}
 }
 
-// setQueueDepth records the queue_remaining the instance reported.
-func (i *Instance) setQueueDepth(n int64) {
+// QueueDepth is the queue_remaining the instance last reported.
+func (i *Instance) QueueDepth() int64 { return i.queueDepth.Load() }
+
+// SetQueueDepth records the queue_remaining the instance reported.
+func (i *Instance) SetQueueDepth(n int64) {
 	i.queueDepth.Store(n)
 	if i.pool != nil {
 		i.pool.m.SetQueueDepth(i.Name, int(n))
@@ -181,6 +193,3 @@ func callSource(method, path string) Source {
 	}
 	return ByGate
 }
-
-// isTimeout reports a deadline that passed (IsTimeout).
-func isTimeout(err error) bool { return IsTimeout(err) }

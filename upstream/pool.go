@@ -48,8 +48,7 @@ func New(cfg *config.Config, m *metrics.Metrics, log *slog.Logger) (*Pool, error
 		m:        m,
 		log:      log,
 		resolver: net.DefaultResolver,
-		pins:     newPinTable(maxPins),
-		copies:   map[copyKey]chan struct{}{},
+		prompts:  noPrompts{},
 	}
 	for k, ci := range cfg.Instances {
 		e := &entry{cfg: ci}
@@ -73,7 +72,6 @@ func New(cfg *config.Config, m *metrics.Metrics, log *slog.Logger) (*Pool, error
 	p.mu.Lock()
 	p.rebuildLocked()
 	p.mu.Unlock()
-	p.prompts = newPromptTable(p)
 	return p, nil
 }
 
@@ -106,7 +104,8 @@ func (p *Pool) rebuildLocked() {
 // serve at once.
 //
 // Order: resolve Discover names, check every instance, start the prompt
-// table, then announce every instance to it (instanceAdded opens its socket).
+// owner (Attach), then announce every instance to it (InstanceAdded opens
+// its socket).
 func (p *Pool) Start(ctx context.Context) error {
 	p.runMu.Lock()
 	if p.started || p.closed {
@@ -126,9 +125,9 @@ func (p *Pool) Start(ctx context.Context) error {
 		p.resolveAll(ctx) // initial set: announced below with the fixed ones
 	}
 	p.checkAll(ctx)
-	p.prompts.start(ctx)
+	p.prompts.Start(ctx)
 	for _, inst := range p.Instances() {
-		p.prompts.instanceAdded(inst)
+		p.prompts.InstanceAdded(inst)
 	}
 	p.awaitSockets(ctx, p.cfg.HealthCheck.Timeout)
 	p.goLoop(ctx, "health check", p.cfg.HealthCheck.Interval, p.checkAll)
@@ -150,7 +149,7 @@ func (p *Pool) awaitSockets(ctx context.Context, limit time.Duration) {
 	for {
 		waiting := false
 		for _, inst := range p.Instances() {
-			if inst.Healthy() && !p.prompts.socketSettled(inst) {
+			if inst.Healthy() && !p.prompts.SocketSettled(inst) {
 				waiting = true
 				break
 			}
@@ -184,7 +183,7 @@ func (p *Pool) Close() {
 	}
 	p.wg.Wait()
 	if started {
-		p.prompts.close()
+		p.prompts.Close()
 	}
 	for _, inst := range p.Instances() {
 		inst.client.CloseIdleConnections()
@@ -306,14 +305,14 @@ func (p *Pool) breakerChanged(inst *Instance, from, to breaker.State) {
 	}
 }
 
-// signalDown tells the prompt table an instance is confirmed dead, from a
+// signalDown tells the prompt owner an instance is confirmed dead, from a
 // goroutine of its own: failover may take a while and callers hold locks.
-// It may be called more than once per death; instanceDown is idempotent.
+// It may be called more than once per death; InstanceDown is idempotent.
 func (p *Pool) signalDown(inst *Instance) {
 	p.goAsync(func(ctx context.Context) { p.failOver(ctx, inst) })
 }
 
-// availabilityChanged wakes every awaitAvailable: an instance's health,
+// availabilityChanged wakes every AwaitAvailable: an instance's health,
 // breaker or suspicion changed, so one may be selectable now.
 func (p *Pool) availabilityChanged() {
 	p.availMu.Lock()
@@ -324,10 +323,10 @@ func (p *Pool) availabilityChanged() {
 	p.availMu.Unlock()
 }
 
-// availWatch returns a channel closed at the next availability change.
+// AvailWatch returns a channel closed at the next availability change.
 // Take it before looking at the instances, then wait on it with
-// awaitAvailable: a change in between is not missed.
-func (p *Pool) availWatch() <-chan struct{} {
+// AwaitAvailable: a change in between is not missed.
+func (p *Pool) AvailWatch() <-chan struct{} {
 	p.availMu.Lock()
 	defer p.availMu.Unlock()
 	if p.availCh == nil {
@@ -336,15 +335,27 @@ func (p *Pool) availWatch() <-chan struct{} {
 	return p.availCh
 }
 
-// awaitAvailable waits until watch (from availWatch) is closed, deadline
+// AwaitAvailable waits until watch (from AvailWatch) is closed, deadline
 // passes or ctx ends.
-func awaitAvailable(ctx context.Context, watch <-chan struct{}, deadline time.Time) {
+func AwaitAvailable(ctx context.Context, watch <-chan struct{}, deadline time.Time) {
 	tm := time.NewTimer(time.Until(deadline))
 	defer tm.Stop()
 	select {
 	case <-watch:
 	case <-tm.C:
 	case <-ctx.Done():
+	}
+}
+
+// sleepCtx waits d or until ctx ends; false if ctx ended.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-tm.C:
+		return true
 	}
 }
 

@@ -163,9 +163,9 @@ func TestHalfOpenIsSelectable(t *testing.T) {
 func TestQueueRemainingSumsHealthyInstances(t *testing.T) {
 	t.Parallel()
 	p, in := selectPool(t, 3)
-	in[0].setQueueDepth(2)
-	in[1].setQueueDepth(3)
-	in[2].setQueueDepth(7)
+	in[0].SetQueueDepth(2)
+	in[1].SetQueueDepth(3)
+	in[2].SetQueueDepth(7)
 	in[2].healthy.Store(false)
 	if got := p.QueueRemaining(); got != 5 {
 		t.Fatalf("QueueRemaining = %d, want 5", got)

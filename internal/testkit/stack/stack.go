@@ -21,6 +21,7 @@ import (
 	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/comfygate/comfygate/jobs"
 	"github.com/comfygate/comfygate/metrics"
+	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/proxy"
 	"github.com/comfygate/comfygate/upstream"
 )
@@ -60,6 +61,7 @@ type Stack struct {
 	mu      sync.Mutex // guards the gateway fields below (Restart replaces them)
 	metrics *metrics.Metrics
 	pool    *upstream.Pool
+	prompts *prompts.Table
 	jobs    *jobs.Service
 	server  *proxy.Server
 	stop    func()
@@ -113,6 +115,13 @@ func (s *Stack) Pool() *upstream.Pool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.pool
+}
+
+// Prompts is the running gateway's prompt table.
+func (s *Stack) Prompts() *prompts.Table {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.prompts
 }
 
 // Server is the running gateway's proxy server.
@@ -189,6 +198,7 @@ func (s *Stack) startGateway(ln net.Listener) {
 		_ = ln.Close()
 		tb.Fatalf("stack: upstream.New: %v", err)
 	}
+	table := prompts.New(pool, cfg, m, s.opts.Logger)
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := pool.Start(ctx); err != nil {
 		cancel()
@@ -196,9 +206,9 @@ func (s *Stack) startGateway(ln net.Listener) {
 		tb.Fatalf("stack: pool.Start: %v", err)
 	}
 	var svc *jobs.Service
-	po := proxy.Options{Config: cfg, Pool: pool, Metrics: m, Logger: s.opts.Logger, Version: "test"}
+	po := proxy.Options{Config: cfg, Pool: pool, Prompts: table, Metrics: m, Logger: s.opts.Logger, Version: "test"}
 	if s.opts.Jobs {
-		if svc, err = jobs.New(cfg, pool, m, s.opts.Logger); err != nil {
+		if svc, err = jobs.New(cfg, pool, table, m, s.opts.Logger); err != nil {
 			cancel()
 			pool.Close()
 			_ = ln.Close()
@@ -221,7 +231,7 @@ func (s *Stack) startGateway(ln net.Listener) {
 	go func() { _ = srv.Serve(ln); close(served) }()
 	var once sync.Once
 	s.mu.Lock()
-	s.metrics, s.pool, s.jobs, s.server = m, pool, svc, srv
+	s.metrics, s.pool, s.prompts, s.jobs, s.server = m, pool, table, svc, srv
 	s.stop = func() {
 		once.Do(func() {
 			sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -1,4 +1,4 @@
-package upstream
+package prompts
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/internal/lifecycle"
 	"github.com/comfygate/comfygate/metrics"
+	"github.com/comfygate/comfygate/upstream"
 	"github.com/fasthttp/websocket"
 )
 
@@ -38,8 +39,8 @@ const (
 // comfygate sends there carries the socket's client_id, so all their events
 // arrive on it; it routes them by prompt_id.
 type instSocket struct {
-	t    *promptTable
-	inst *Instance
+	t    *Table
+	inst *upstream.Instance
 
 	startOnce  sync.Once
 	stopOnce   sync.Once
@@ -61,12 +62,12 @@ type instSocket struct {
 	awaiting int     // submits to this instance waiting for their upstream id
 }
 
-func newInstSocket(t *promptTable, inst *Instance) *instSocket {
+func newInstSocket(t *Table, inst *upstream.Instance) *instSocket {
 	return &instSocket{t: t, inst: inst, stopCh: make(chan struct{})}
 }
 
 // runSocket starts s's loop once.
-func (t *promptTable) runSocket(s *instSocket) {
+func (t *Table) runSocket(s *instSocket) {
 	s.startOnce.Do(func() {
 		t.mu.Lock()
 		ctx := t.ctx
@@ -74,7 +75,7 @@ func (t *promptTable) runSocket(s *instSocket) {
 		t.wg.Add(1)
 		go func() {
 			defer t.wg.Done()
-			t.p.safely("upstream socket", func() { s.run(ctx) })
+			t.safely("instance socket", func() { s.run(ctx) })
 		}()
 	})
 }
@@ -129,23 +130,20 @@ func (s *instSocket) run(ctx context.Context) {
 				s.t.m.IncUpstreamReconnect(s.inst.Name)
 				s.t.log.Info("upstream: socket reconnected", "instance", s.inst.Name)
 			}
-			s.t.p.socketRestored(s.inst)
+			s.t.p.SocketRestored(s.inst)
 		}
 		// The first connection too: Start returns before it, and a prompt
 		// sent meanwhile ran with nobody listening for its events.
 		s.t.goBackground(func(ctx context.Context) { s.t.reconcile(ctx, s.inst) })
 		everUp, lost = true, false
 		err = s.serve(ctx, conn)
-		s.inst.lostAt.Store(time.Now().UnixNano())
-		s.inst.socketUp.Store(false)
-		s.t.m.SetUpstreamSocket(s.inst.Name, false)
+		s.inst.SetSocketUp(false)
 		if ctx.Err() != nil {
 			return
 		}
 		lost = true
 		s.t.log.Warn("upstream: socket lost", "instance", s.inst.Name, "error", err)
-		s.inst.suspect.Store(true)
-		s.t.p.confirmSuspect(s.inst)
+		s.t.p.SocketLost(s.inst)
 		if !sleepCtx(ctx, jitter(minB)) {
 			return
 		}
@@ -157,9 +155,7 @@ func (s *instSocket) run(ctx context.Context) {
 // `executing` (without prompt_id) and previews belong to it.
 func (s *instSocket) up() {
 	s.upSince.Store(time.Now().UnixNano())
-	s.inst.socketUp.Store(true)
-	s.inst.lostAt.Store(0)
-	s.t.m.SetUpstreamSocket(s.inst.Name, true)
+	s.inst.SetSocketUp(true)
 	running := ""
 	for _, pr := range s.t.livePinnedTo(s.inst) {
 		pr.mu.Lock()
@@ -362,7 +358,7 @@ func (s *instSocket) onBinary(data []byte) {
 
 // broadcast hands a frame that names no prompt to the listener.
 func (s *instSocket) broadcast(f frame) {
-	if l := s.t.listener(); l != nil {
+	if l := s.t.currentListener(); l != nil {
 		ev := Event{Instance: s.inst, Type: f.typ, Binary: f.binary, Data: f.data}
 		s.t.outboxFor(s.inst).push(func() { l.Broadcast(ev) })
 	}
@@ -445,8 +441,8 @@ func (s *instSocket) endAwait(pr *Prompt, uid string, attempt int) {
 
 // onStatus records the queue depth the instance reports.
 func (s *instSocket) onStatus(n int64) {
-	if s.inst.queueDepth.Load() != n {
-		s.inst.setQueueDepth(n)
+	if s.inst.QueueDepth() != n {
+		s.inst.SetQueueDepth(n)
 		s.t.notifyQueue()
 	}
 	s.t.checkDeleted(s, n)
@@ -460,7 +456,7 @@ func (s *instSocket) onStatus(n int64) {
 // rewritten to the client-facing one. Called with inst's routeMu held (or
 // for synthesized events, on inst's behalf), so a prompt's events are
 // applied and queued for delivery in the instance's order.
-func (t *promptTable) apply(pr *Prompt, inst *Instance, f frame) {
+func (t *Table) apply(pr *Prompt, inst *upstream.Instance, f frame) {
 	ph := pr.Life().Phase
 	ended := ph == lifecycle.Ended
 	if ph == lifecycle.Sending || ph == lifecycle.Unconfirmed {
@@ -500,7 +496,7 @@ func (t *promptTable) apply(pr *Prompt, inst *Instance, f frame) {
 }
 
 // pinOutputs records the files an `executed` output names as inst's.
-func (t *promptTable) pinOutputs(inst *Instance, outputs map[string]json.RawMessage) {
+func (t *Table) pinOutputs(inst *upstream.Instance, outputs map[string]json.RawMessage) {
 	for _, raw := range outputs {
 		if len(raw) == 0 || raw[0] != '[' {
 			continue
@@ -515,7 +511,7 @@ func (t *promptTable) pinOutputs(inst *Instance, outputs map[string]json.RawMess
 		}
 		for _, r := range refs {
 			if r.Filename != nil && *r.Filename != "" {
-				t.p.PinFile(FileRef{Filename: *r.Filename, Subfolder: r.Subfolder, Type: r.Type}, inst)
+				t.PinFile(FileRef{Filename: *r.Filename, Subfolder: r.Subfolder, Type: r.Type}, inst)
 			}
 		}
 	}

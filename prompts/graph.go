@@ -1,4 +1,4 @@
-package upstream
+package prompts
 
 import (
 	"encoding/json"

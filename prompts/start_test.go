@@ -1,4 +1,4 @@
-package upstream
+package prompts
 
 import (
 	"context"
@@ -17,7 +17,7 @@ func TestStartReturnsWithSocketsUp(t *testing.T) {
 	a := testkit.Sim(t, comfysim.Options{})
 	b := testkit.Sim(t, comfysim.Options{})
 	cfg := promptsConfig(a.Addr(), b.Addr())
-	p, err := New(cfg, nil, slog.New(slog.DiscardHandler))
+	p, err := newTestPool(cfg, nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +41,7 @@ func TestStartDoesNotWaitForUnhealthyInstances(t *testing.T) {
 	dead.Kill()
 	cfg := promptsConfig(a.Addr(), dead.Addr())
 	cfg.HealthCheck.Timeout = 10 * time.Second
-	p, err := New(cfg, nil, slog.New(slog.DiscardHandler))
+	p, err := newTestPool(cfg, nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package upstream
+package prompts
 
 import (
 	"bytes"
@@ -8,11 +8,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/comfygate/comfygate/internal/jsonobj"
+	"github.com/comfygate/comfygate/upstream"
 
 	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/internal/ids"
@@ -30,14 +32,16 @@ const maxDonePrompts = 10000
 
 // upKey names a prompt by the id it has at one instance.
 type upKey struct {
-	inst *Instance
+	inst *upstream.Instance
 	id   string
 }
 
-// promptTable holds every prompt comfygate forwarded, the one WebSocket per
-// instance that carries their events, and failover. The Pool owns one.
-type promptTable struct {
-	p   *Pool
+// Table holds every prompt comfygate forwarded, the one WebSocket per
+// instance that carries their events, failover, and the pins of the files
+// the instances hold. It is the pool's PromptOwner (upstream.Pool.Attach):
+// the pool starts and closes it and tells it about its instances.
+type Table struct {
+	p   *upstream.Pool
 	cfg *config.Config
 	m   *metrics.Metrics
 	log *slog.Logger
@@ -48,34 +52,45 @@ type promptTable struct {
 	live       map[*Prompt]struct{} // submitted by comfygate and not done
 	doneQ      []*Prompt            // finished prompts, oldest first, from doneHead
 	doneHead   int
-	sockets    map[*Instance]*instSocket
-	tombs      map[*Instance][]tomb // prompts moved off each instance, oldest first (tombstones.go)
-	ctx        context.Context      // nil until start
+	sockets    map[*upstream.Instance]*instSocket
+	tombs      map[*upstream.Instance][]tomb // prompts moved off each instance, oldest first (tombstones.go)
+	ctx        context.Context               // nil until start
 	closed     bool
 
 	wg sync.WaitGroup // socket loops and background checks
 
-	outboxMu sync.Mutex            // guards outboxes
-	outboxes map[*Instance]*outbox // event delivery per instance; nil key: queue changes
+	outboxMu sync.Mutex                     // guards outboxes
+	outboxes map[*upstream.Instance]*outbox // event delivery per instance; nil key: queue changes
 
 	queueMu   sync.Mutex // guards lastQueue; orders the QueueChanged deliveries
 	lastQueue int
 
 	numbers atomic.Int64 // the next fleet queue number (Prompt.Number)
+
+	listenerMu sync.RWMutex // guards listener
+	listener   Listener
+
+	pins *pinTable
+
+	copiesMu sync.Mutex // guards copies
+	copies   map[copyKey]chan struct{}
 }
 
-// newPromptTable returns the prompt table of p; nothing runs until start.
-func newPromptTable(p *Pool) *promptTable {
-	t := &promptTable{
-		p:          p,
-		cfg:        p.cfg,
-		m:          p.m,
-		log:        p.log,
+// New returns the prompt table of pool, attached to it (pool.Attach):
+// it runs from pool.Start to pool.Close. cfg is pool's configuration.
+func New(pool *upstream.Pool, cfg *config.Config, m *metrics.Metrics, log *slog.Logger) *Table {
+	t := &Table{
+		p:          pool,
+		cfg:        cfg,
+		m:          m,
+		log:        log,
 		byID:       map[string]*Prompt{},
 		byUpstream: map[upKey]*Prompt{},
 		live:       map[*Prompt]struct{}{},
-		sockets:    map[*Instance]*instSocket{},
+		sockets:    map[*upstream.Instance]*instSocket{},
 		lastQueue:  -1,
+		pins:       newPinTable(maxPins),
+		copies:     map[copyKey]chan struct{}{},
 	}
 	if t.cfg == nil {
 		t.cfg = config.Default()
@@ -83,12 +98,30 @@ func newPromptTable(p *Pool) *promptTable {
 	if t.log == nil {
 		t.log = slog.New(slog.DiscardHandler)
 	}
+	pool.Attach(t)
 	return t
 }
 
-// start lets the table run sockets until ctx ends or close: it opens the
+// SetListener sets who receives broadcasts and fleet queue changes.
+func (t *Table) SetListener(l Listener) {
+	t.listenerMu.Lock()
+	t.listener = l
+	t.listenerMu.Unlock()
+}
+
+// safely runs f and logs a panic instead of crashing the process.
+func (t *Table) safely(what string, f func()) {
+	defer func() {
+		if r := recover(); r != nil {
+			t.log.Error("prompts: panic recovered", "in", what, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+		}
+	}()
+	f()
+}
+
+// Start lets the table run sockets until ctx ends or Close: it opens the
 // socket of every instance announced so far.
-func (t *promptTable) start(ctx context.Context) {
+func (t *Table) Start(ctx context.Context) {
 	t.mu.Lock()
 	if t.ctx != nil || t.closed {
 		t.mu.Unlock()
@@ -105,8 +138,8 @@ func (t *promptTable) start(ctx context.Context) {
 	}
 }
 
-// close stops every socket and waits for the table's goroutines.
-func (t *promptTable) close() {
+// Close stops every socket and waits for the table's goroutines.
+func (t *Table) Close() {
 	t.mu.Lock()
 	t.closed = true
 	var all []*instSocket
@@ -122,7 +155,7 @@ func (t *promptTable) close() {
 
 // instanceAdded opens the socket of inst (at start if the table is not
 // running yet). Calling it twice is harmless.
-func (t *promptTable) instanceAdded(inst *Instance) {
+func (t *Table) InstanceAdded(inst *upstream.Instance) {
 	s := t.socketFor(inst)
 	t.mu.Lock()
 	run := t.ctx != nil && !t.closed
@@ -134,16 +167,16 @@ func (t *promptTable) instanceAdded(inst *Instance) {
 
 // socketSettled reports whether inst's socket is up or its first dial
 // failed: either way, waiting longer for it at start-up gains nothing.
-func (t *promptTable) socketSettled(inst *Instance) bool {
+func (t *Table) SocketSettled(inst *upstream.Instance) bool {
 	t.mu.Lock()
 	s := t.sockets[inst]
 	t.mu.Unlock()
-	return inst.socketUp.Load() || s == nil || s.dialed.Load()
+	return inst.SocketUp() || s == nil || s.dialed.Load()
 }
 
 // instanceRemoved stops giving inst new work (the pool's draining flag does
 // that) and closes its socket once its prompts are done.
-func (t *promptTable) instanceRemoved(inst *Instance) {
+func (t *Table) InstanceRemoved(inst *upstream.Instance) {
 	t.mu.Lock()
 	s := t.sockets[inst]
 	t.mu.Unlock()
@@ -156,7 +189,7 @@ func (t *promptTable) instanceRemoved(inst *Instance) {
 
 // maybeCloseDrained closes a draining instance's socket when it has no
 // prompts left.
-func (t *promptTable) maybeCloseDrained(inst *Instance) {
+func (t *Table) maybeCloseDrained(inst *upstream.Instance) {
 	t.mu.Lock()
 	s := t.sockets[inst]
 	if s == nil || !s.draining.Load() {
@@ -176,7 +209,7 @@ func (t *promptTable) maybeCloseDrained(inst *Instance) {
 }
 
 // socketFor returns the socket record of inst, creating it (not running) if needed.
-func (t *promptTable) socketFor(inst *Instance) *instSocket {
+func (t *Table) socketFor(inst *upstream.Instance) *instSocket {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s := t.sockets[inst]
@@ -188,7 +221,7 @@ func (t *promptTable) socketFor(inst *Instance) *instSocket {
 }
 
 // get returns the prompt with client-facing id.
-func (t *promptTable) get(id string) (*Prompt, bool) {
+func (t *Table) get(id string) (*Prompt, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	pr, ok := t.byID[id]
@@ -196,14 +229,14 @@ func (t *promptTable) get(id string) (*Prompt, bool) {
 }
 
 // getUpstream returns the prompt that has id at inst.
-func (t *promptTable) getUpstream(inst *Instance, id string) *Prompt {
+func (t *Table) getUpstream(inst *upstream.Instance, id string) *Prompt {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.byUpstream[upKey{inst, id}]
 }
 
 // livePinnedTo returns the prompts submitted by comfygate, not done, pinned to inst.
-func (t *promptTable) livePinnedTo(inst *Instance) []*Prompt {
+func (t *Table) livePinnedTo(inst *upstream.Instance) []*Prompt {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var out []*Prompt
@@ -221,14 +254,16 @@ func (t *promptTable) livePinnedTo(inst *Instance) []*Prompt {
 // to is the instance a Send goes to (nil for other events). It returns the
 // new state and whether e applied (see lifecycle.Step).
 //
-// Lock order in this package: instSocket.routeMu, then promptTable.mu, then
+// Lock order in this package: instSocket.routeMu, then Table.mu, then
 // Prompt.mu; outboxMu and an outbox's mu are taken last (under routeMu or
-// queueMu at most); Pool.mu, queueMu and the tombstones (promptTable.mu)
-// are never held while another of these is taken, except queueMu around
-// Pool.mu's read lock and an outbox's mu. No lock is held while a Sink or
+// queueMu at most); listenerMu, queueMu and the tombstones (Table.mu) are
+// never held while another of these is taken, except queueMu around
+// listenerMu, an outbox's mu and the pool's own locks (QueueRemaining).
+// The pool's methods take only the pool's locks and call back into the
+// table (PromptOwner) with none held. No lock is held while a Sink or
 // Listener is called: events go through the per-instance outbox (outbox.go),
 // which calls them in order from its own goroutine.
-func (t *promptTable) step(pr *Prompt, e lifecycle.Event, to *Instance) (lifecycle.State, bool) {
+func (t *Table) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (lifecycle.State, bool) {
 	if e.At.IsZero() {
 		e.At = time.Now()
 	}
@@ -254,9 +289,9 @@ func (t *promptTable) step(pr *Prompt, e lifecycle.Event, to *Instance) (lifecyc
 		// transitions' counts could cross and the in-flight count drift.
 		switch ef.Kind {
 		case lifecycle.CountIn:
-			prevInst.inflight.Add(1)
+			prevInst.CountInflight(1)
 		case lifecycle.CountOut:
-			prevInst.inflight.Add(-1)
+			prevInst.CountInflight(-1)
 		}
 	}
 	if next.Live() && next.Phase != lifecycle.Submitted {
@@ -271,7 +306,7 @@ func (t *promptTable) step(pr *Prompt, e lifecycle.Event, to *Instance) (lifecyc
 }
 
 // reindexLocked moves pr's (instance, upstream id) key. t.mu held.
-func (t *promptTable) reindexLocked(pr *Prompt, oldInst *Instance, oldID string, inst *Instance, id string) {
+func (t *Table) reindexLocked(pr *Prompt, oldInst *upstream.Instance, oldID string, inst *upstream.Instance, id string) {
 	if oldInst == inst && oldID == id {
 		return
 	}
@@ -287,13 +322,13 @@ func (t *promptTable) reindexLocked(pr *Prompt, oldInst *Instance, oldID string,
 
 // carryOut does what a transition of pr asked for. inst is the instance
 // the transition started at: every effect names it.
-func (t *promptTable) carryOut(pr *Prompt, inst *Instance, effects []lifecycle.Effect) {
+func (t *Table) carryOut(pr *Prompt, inst *upstream.Instance, effects []lifecycle.Effect) {
 	queue := false
 	for _, ef := range effects {
 		switch ef.Kind {
 		case lifecycle.CountIn, lifecycle.CountOut:
 			// Counted by step; the gauge and a drained instance's removal follow.
-			inst.addInflight(0)
+			inst.InflightChanged()
 			queue = true
 		case lifecycle.Unpin:
 			// Done with the transition: reindexLocked dropped the key.
@@ -324,7 +359,7 @@ func (t *promptTable) carryOut(pr *Prompt, inst *Instance, effects []lifecycle.E
 }
 
 // number gives pr its fleet number (Prompt.Number) at its first acceptance.
-func (t *promptTable) number(pr *Prompt) {
+func (t *Table) number(pr *Prompt) {
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
 	if pr.numbered {
@@ -340,7 +375,7 @@ func (t *promptTable) number(pr *Prompt) {
 }
 
 // forget removes pr from the table entirely (a submission nobody accepted).
-func (t *promptTable) forget(pr *Prompt) {
+func (t *Table) forget(pr *Prompt) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	pr.mu.Lock()
@@ -356,19 +391,19 @@ func (t *promptTable) forget(pr *Prompt) {
 // confirm records that pr's instance has it (it answered 200, or showed
 // it): it counts as in flight there until done, and it gets its fleet
 // number the first time. Idempotent.
-func (t *promptTable) confirm(pr *Prompt) {
+func (t *Table) confirm(pr *Prompt) {
 	t.step(pr, lifecycle.Event{Kind: lifecycle.Seen}, nil)
 }
 
 // markDone ends pr with outcome. It reports false if pr was already done.
-func (t *promptTable) markDone(pr *Prompt, outcome string) bool {
+func (t *Table) markDone(pr *Prompt, outcome string) bool {
 	_, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Finish, Outcome: outcome}, nil)
 	return ok
 }
 
 // evictLocked drops the oldest finished (or adopted) prompts beyond
 // maxDonePrompts. t.mu held.
-func (t *promptTable) evictLocked() {
+func (t *Table) evictLocked() {
 	for len(t.doneQ)-t.doneHead > maxDonePrompts {
 		old := t.doneQ[t.doneHead]
 		t.doneQ[t.doneHead] = nil
@@ -393,7 +428,7 @@ func (t *promptTable) evictLocked() {
 }
 
 // notifyQueue tells the listener the fleet queue when it changed.
-func (t *promptTable) notifyQueue() {
+func (t *Table) notifyQueue() {
 	o := t.outboxFor(nil)
 	t.queueMu.Lock()
 	defer t.queueMu.Unlock()
@@ -402,20 +437,20 @@ func (t *promptTable) notifyQueue() {
 		return
 	}
 	t.lastQueue = q
-	if l := t.listener(); l != nil {
+	if l := t.currentListener(); l != nil {
 		o.push(func() { l.QueueChanged(q) })
 	}
 }
 
-// listener returns the pool's listener (nil if none).
-func (t *promptTable) listener() Listener {
-	t.p.mu.RLock()
-	defer t.p.mu.RUnlock()
-	return t.p.listener
+// currentListener returns the listener (nil if none).
+func (t *Table) currentListener() Listener {
+	t.listenerMu.RLock()
+	defer t.listenerMu.RUnlock()
+	return t.listener
 }
 
 // outstanding counts the prompts comfygate submitted that are not done.
-func (t *promptTable) outstanding() int {
+func (t *Table) outstanding() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return len(t.live)
@@ -425,7 +460,7 @@ func (t *promptTable) outstanding() int {
 // instance it came from (in order with that instance's other events). An
 // event of a prompt whose sink already got its end is dropped. force
 // delivers anyway: comfygate's own synthesized ending.
-func (t *promptTable) deliver(pr *Prompt, ev Event, force bool) {
+func (t *Table) deliver(pr *Prompt, ev Event, force bool) {
 	if pr.Sink == nil {
 		return
 	}
@@ -437,26 +472,26 @@ func (t *promptTable) deliver(pr *Prompt, ev Event, force bool) {
 }
 
 // Prompt looks a prompt up by its client-facing id.
-func (p *Pool) Prompt(id string) (*Prompt, bool) { return p.prompts.get(id) }
+func (t *Table) Prompt(id string) (*Prompt, bool) { return t.get(id) }
 
 // PromptByUpstreamID looks a prompt up by the id it has at inst.
-func (p *Pool) PromptByUpstreamID(inst *Instance, upstreamID string) (*Prompt, bool) {
-	pr := p.prompts.getUpstream(inst, upstreamID)
+func (t *Table) PromptByUpstreamID(inst *upstream.Instance, upstreamID string) (*Prompt, bool) {
+	pr := t.getUpstream(inst, upstreamID)
 	return pr, pr != nil
 }
 
 // Outstanding returns the prompts not yet done (for shutdown and stats).
-func (p *Pool) Outstanding() int { return p.prompts.outstanding() }
+func (t *Table) Outstanding() int { return t.outstanding() }
 
 // LocatePrompt returns the instance that has the prompt: the pin, or on a
 // miss the instance whose /history or /queue knows it. ErrUnknownPrompt if none.
-func (p *Pool) LocatePrompt(ctx context.Context, id string) (*Instance, error) {
-	if pr, ok := p.prompts.get(id); ok {
+func (t *Table) LocatePrompt(ctx context.Context, id string) (*upstream.Instance, error) {
+	if pr, ok := t.get(id); ok {
 		if inst := pr.Instance(); inst != nil {
 			return inst, nil
 		}
 	}
-	return p.prompts.locate(ctx, id)
+	return t.locate(ctx, id)
 }
 
 // locate asks every instance whether it knows id (history first, then
@@ -464,10 +499,10 @@ func (p *Pool) LocatePrompt(ctx context.Context, id string) (*Instance, error) {
 // submit it (another replica did, or this process before a restart), so it
 // has no sink and cannot be resubmitted, but calls naming it find its
 // instance.
-func (t *promptTable) locate(ctx context.Context, id string) (*Instance, error) {
+func (t *Table) locate(ctx context.Context, id string) (*upstream.Instance, error) {
 	insts := t.p.Instances()
 	type found struct {
-		inst  *Instance
+		inst  *upstream.Instance
 		state PromptState
 	}
 	ch := make(chan found, len(insts))
@@ -499,7 +534,7 @@ func (t *promptTable) locate(ctx context.Context, id string) (*Instance, error) 
 }
 
 // adopt pins a prompt comfygate learned of from an instance.
-func (t *promptTable) adopt(id string, inst *Instance, st PromptState) *Prompt {
+func (t *Table) adopt(id string, inst *upstream.Instance, st PromptState) *Prompt {
 	t.mu.Lock()
 	if pr, ok := t.byID[id]; ok && pr.Instance() != nil {
 		t.mu.Unlock()
@@ -527,7 +562,7 @@ func (t *promptTable) adopt(id string, inst *Instance, st PromptState) *Prompt {
 }
 
 // lookupAt reports whether inst knows upstream id uid, and where it is.
-func (t *promptTable) lookupAt(ctx context.Context, inst *Instance, uid string) (PromptState, bool) {
+func (t *Table) lookupAt(ctx context.Context, inst *upstream.Instance, uid string) (PromptState, bool) {
 	if entry, ok := t.historyEntry(ctx, inst, uid); ok && entry != nil {
 		return PromptDone, true
 	}
@@ -546,7 +581,7 @@ func (t *promptTable) lookupAt(ctx context.Context, inst *Instance, uid string) 
 
 // historyEntry returns inst's /history/{uid} entry (nil when it has none).
 // ok is false when the instance did not answer.
-func (t *promptTable) historyEntry(ctx context.Context, inst *Instance, uid string) (json.RawMessage, bool) {
+func (t *Table) historyEntry(ctx context.Context, inst *upstream.Instance, uid string) (json.RawMessage, bool) {
 	status, body, err := inst.Call(ctx, "GET", "/history/"+url.PathEscape(uid), nil, nil)
 	if err != nil || status != 200 {
 		return nil, false
@@ -559,7 +594,7 @@ func (t *promptTable) historyEntry(ctx context.Context, inst *Instance, uid stri
 }
 
 // queueIDs returns the prompt ids inst reports running and pending.
-func (t *promptTable) queueIDs(ctx context.Context, inst *Instance) (running, pending map[string]bool, err error) {
+func (t *Table) queueIDs(ctx context.Context, inst *upstream.Instance) (running, pending map[string]bool, err error) {
 	status, body, err := inst.Call(ctx, "GET", "/queue", nil, nil)
 	if err != nil {
 		return nil, nil, err
@@ -587,11 +622,10 @@ func (t *promptTable) queueIDs(ctx context.Context, inst *Instance) (running, pe
 // queue when pending there, interrupted when running. It reports whether
 // anything was cancelled. A pending prompt deleted from the queue ends
 // without WS events, as in ComfyUI; it is marked done ("interrupted").
-func (p *Pool) Cancel(ctx context.Context, id string) (bool, error) {
-	t := p.prompts
+func (t *Table) Cancel(ctx context.Context, id string) (bool, error) {
 	pr, ok := t.get(id)
 	if !ok || pr.Instance() == nil {
-		if _, err := p.LocatePrompt(ctx, id); err != nil {
+		if _, err := t.LocatePrompt(ctx, id); err != nil {
 			return false, err
 		}
 		if pr, ok = t.get(id); !ok {

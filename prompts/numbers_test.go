@@ -1,4 +1,4 @@
-package upstream
+package prompts
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 
 // submitWith sends a small prompt whose body also carries extra (e.g.
 // "front", "number").
-func submitWith(t *testing.T, p *Pool, extra map[string]string) SubmitResult {
+func submitWith(t *testing.T, p *testPool, extra map[string]string) SubmitResult {
 	t.Helper()
 	body := map[string]json.RawMessage{
 		"prompt": json.RawMessage(`{"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}}}`),

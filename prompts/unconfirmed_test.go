@@ -1,4 +1,4 @@
-package upstream
+package prompts
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/testkit"
+	"github.com/comfygate/comfygate/upstream"
 )
 
 // TestUnansweredPromptMovesWhenItsInstanceDies: the instance hangs, so the
@@ -61,12 +62,12 @@ func TestUnansweredPromptMovesWhenItsInstanceDies(t *testing.T) {
 	}
 }
 
-// markDown makes inst look as instanceDown finds it (socket lost, health
+// markDown makes inst look as InstanceDown finds it (socket lost, health
 // check failed) and tells the prompt table.
-func markDown(p *Pool, inst *Instance) {
-	inst.socketUp.Store(false)
-	inst.healthy.Store(false)
-	p.prompts.instanceDown(inst)
+func markDown(p *testPool, inst *upstream.Instance) {
+	inst.SetSocketUp(false)
+	inst.ForceHealthy(false)
+	p.prompts.InstanceDown(inst)
 }
 
 // TestPromptUnderWayIsLeftToItsSend: an instance confirmed dead while a
@@ -128,8 +129,8 @@ func TestPromptUnderWayIsLeftToItsSend(t *testing.T) {
 	testkit.Eventually(t, "first prompt done", func() bool { return first.State() == PromptDone })
 
 	// No answer, death confirmed meanwhile: moved as soon as the POST ends.
-	i1.healthy.Store(true)
-	i1.socketUp.Store(true)
+	i1.ForceHealthy(true)
+	i1.SetSocketUp(true)
 	id, sink := newUUID(), newRecSink()
 	go func() {
 		res, err := send(id, sink)
@@ -161,7 +162,7 @@ func TestPromptUnderWayIsLeftToItsSend(t *testing.T) {
 }
 
 // TestAnsweredByDeadInstanceIsMoved: the POST to an instance is answered,
-// but the instance was confirmed dead meanwhile (instanceDown skipped the
+// but the instance was confirmed dead meanwhile (InstanceDown skipped the
 // prompt, under way) and does not have it: it moves to another instance.
 func TestAnsweredByDeadInstanceIsMoved(t *testing.T) {
 	t.Parallel()

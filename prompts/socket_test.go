@@ -1,4 +1,4 @@
-package upstream
+package prompts
 
 import (
 	"context"
@@ -16,7 +16,9 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/internal/testkit"
+	"github.com/comfygate/comfygate/upstream"
 	"github.com/fasthttp/websocket"
 	"github.com/valyala/fasthttp"
 )
@@ -179,7 +181,7 @@ func (f *fakeComfy) handle(ctx *fasthttp.RequestCtx) {
 			return
 		}
 		id := ""
-		if _, ok := parseVersion(f.version); ok && !versionBefore(f.version, "0.3.45") {
+		if _, ok := comfyapi.ParseVersion(f.version); ok && !versionBefore(f.version, "0.3.45") {
 			_ = json.Unmarshal(body["prompt_id"], &id)
 		}
 		if id == "" {
@@ -234,8 +236,9 @@ func (f *fakeComfy) handle(ctx *fasthttp.RequestCtx) {
 }
 
 func versionBefore(v, min string) bool {
-	a, _ := parseVersion(v)
-	b, _ := parseVersion(min)
+	av, _ := comfyapi.ParseVersion(v)
+	bv, _ := comfyapi.ParseVersion(min)
+	a, b := [3]int{av.Major, av.Minor, av.Patch}, [3]int{bv.Major, bv.Minor, bv.Patch}
 	for k := range a {
 		if a[k] != b[k] {
 			return a[k] < b[k]
@@ -417,7 +420,7 @@ func promptsConfig(addrs ...string) *config.Config {
 
 // fakePool starts a pool in front of the fakes with a listener, and waits
 // until every socket is up.
-func fakePool(t *testing.T, cfg *config.Config, fakes ...*fakeComfy) (*Pool, *recListener) {
+func fakePool(t *testing.T, cfg *config.Config, fakes ...*fakeComfy) (*testPool, *recListener) {
 	t.Helper()
 	if cfg == nil {
 		var addrs []string
@@ -430,7 +433,7 @@ func fakePool(t *testing.T, cfg *config.Config, fakes ...*fakeComfy) (*Pool, *re
 	if testing.Verbose() && os.Getenv("UPSTREAM_DEBUG") != "" {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	p, err := New(cfg, nil, log)
+	p, err := newTestPool(cfg, nil, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -447,7 +450,7 @@ func fakePool(t *testing.T, cfg *config.Config, fakes ...*fakeComfy) (*Pool, *re
 			}
 		}
 		for _, inst := range p.Instances() {
-			if !inst.socketUp.Load() {
+			if !inst.SocketUp() {
 				return false
 			}
 		}
@@ -457,7 +460,7 @@ func fakePool(t *testing.T, cfg *config.Config, fakes ...*fakeComfy) (*Pool, *re
 }
 
 // submit sends a small prompt with the given client-facing id.
-func submit(t *testing.T, p *Pool, id string, sink Sink) SubmitResult {
+func submit(t *testing.T, p *testPool, id string, sink Sink) SubmitResult {
 	t.Helper()
 	res, err := p.Submit(context.Background(), SubmitRequest{
 		Body: map[string]json.RawMessage{
@@ -483,7 +486,7 @@ func upstreamIDOf(t *testing.T, res SubmitResult) string {
 	return res.Prompt.UpstreamID()
 }
 
-func fakeOf(inst *Instance, fakes ...*fakeComfy) *fakeComfy {
+func fakeOf(inst *upstream.Instance, fakes ...*fakeComfy) *fakeComfy {
 	for _, f := range fakes {
 		if f.addr == inst.Addr {
 			return f
@@ -579,7 +582,7 @@ func TestEventsReachTheirOwnSinkInOrder(t *testing.T) {
 		t.Fatalf("state %v after execution_success", st)
 	}
 	testkit.Eventually(t, "in-flight back to 0", func() bool {
-		return p.Outstanding() == 0 && ra.Instance.inflight.Load() == 0 && rb.Instance.inflight.Load() == 0
+		return p.Outstanding() == 0 && ra.Instance.Status().Inflight == 0 && rb.Instance.Status().Inflight == 0
 	})
 	if inst, ok := p.FileOwner(context.Background(), FileRef{Filename: "a.png", Type: "output"}); !ok || inst != ra.Instance {
 		t.Fatalf("a.png should be pinned to %s from the executed event", ra.Instance.Name)
@@ -719,7 +722,7 @@ func TestSubmitSkipsRefusingInstance(t *testing.T) {
 	p, _ := newCorePool(t, cfg, true)
 	// Make the dead one look healthy so selection picks it first sometimes.
 	for _, inst := range p.Instances() {
-		inst.healthy.Store(true)
+		inst.ForceHealthy(true)
 	}
 	for range 4 {
 		res := submit(t, p, newUUID(), newRecSink())
@@ -733,8 +736,8 @@ func TestNoInstanceIsErrNoUpstream(t *testing.T) {
 	t.Parallel()
 	p, _ := newCorePool(t, promptsConfig(closedAddr(t)), true)
 	_, err := p.Submit(context.Background(), SubmitRequest{Body: map[string]json.RawMessage{"prompt": json.RawMessage(`{}`)}, PromptID: newUUID()})
-	if err == nil || !strings.Contains(err.Error(), ErrNoUpstream.Error()) {
-		t.Fatalf("err %v, want ErrNoUpstream", err)
+	if err == nil || !strings.Contains(err.Error(), upstream.ErrNoUpstream.Error()) {
+		t.Fatalf("err %v, want upstream.ErrNoUpstream", err)
 	}
 }
 
@@ -745,7 +748,7 @@ func TestStatusFeedsQueueDepthNotSinks(t *testing.T) {
 	sink := newRecSink()
 	res := submit(t, p, newUUID(), sink)
 	f.emit(`{"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 7}}}}`)
-	testkit.Eventually(t, "queue depth 7", func() bool { return res.Instance.queueDepth.Load() == 7 })
+	testkit.Eventually(t, "queue depth 7", func() bool { return res.Instance.QueueDepth() == 7 })
 	testkit.Eventually(t, "QueueChanged", func() bool { return l.lastQueue() == p.QueueRemaining() })
 	sink.none(t)
 }

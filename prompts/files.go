@@ -1,4 +1,4 @@
-package upstream
+package prompts
 
 import (
 	"bytes"
@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/comfygate/comfygate/upstream"
 
 	"github.com/valyala/fasthttp"
 )
@@ -52,7 +54,7 @@ const copiesDir = "comfygate-copies"
 // file of the target's own lives, and sends the values naming the copies
 // (prepareGraph). The error lists the files that could not be copied; the
 // prompt would fail validation on inst without them.
-func (p *Pool) EnsureInputs(ctx context.Context, inst *Instance, prompt json.RawMessage) error {
+func (t *Table) EnsureInputs(ctx context.Context, inst *upstream.Instance, prompt json.RawMessage) error {
 	if inst == nil || len(prompt) == 0 {
 		return nil
 	}
@@ -83,15 +85,15 @@ func (p *Pool) EnsureInputs(ctx context.Context, inst *Instance, prompt json.Raw
 	}
 	var errs []error
 	for _, ref := range refs {
-		if len(p.pins.owners(ref)) == 0 {
+		if len(t.pins.owners(ref)) == 0 {
 			continue // not uploaded through comfygate: the instance may have it itself
 		}
-		err := p.ensureFile(ctx, inst, ref, func() error {
-			owners := p.pins.owners(ref)
+		err := t.ensureFile(ctx, inst, ref, func() error {
+			owners := t.pins.owners(ref)
 			if len(owners) == 0 {
 				return nil
 			}
-			return p.copyFromOwners(ctx, inst, ref, owners)
+			return t.copyFromOwners(ctx, inst, ref, owners)
 		})
 		if err != nil {
 			errs = append(errs, err)
@@ -108,8 +110,8 @@ func (p *Pool) EnsureInputs(ctx context.Context, inst *Instance, prompt json.Raw
 // names the copy: also when the copy failed, so that the prompt fails
 // validation on a missing file rather than load a file of the same name
 // that inst wrote itself.
-func (p *Pool) prepareGraph(ctx context.Context, inst *Instance, graph json.RawMessage, files map[string]InstanceFile) (json.RawMessage, error) {
-	err := p.EnsureInputs(ctx, inst, graph)
+func (t *Table) prepareGraph(ctx context.Context, inst *upstream.Instance, graph json.RawMessage, files map[string]InstanceFile) (json.RawMessage, error) {
+	err := t.EnsureInputs(ctx, inst, graph)
 	if len(files) == 0 {
 		return graph, err
 	}
@@ -131,12 +133,12 @@ func (p *Pool) prepareGraph(ctx context.Context, inst *Instance, graph json.RawM
 			return f.Value, true // not a file comfygate can copy: as its instance names it
 		}
 		to := copyRef(f.Instance, from)
-		err := p.ensureFile(ctx, inst, to, func() error {
+		err := t.ensureFile(ctx, inst, to, func() error {
 			if !f.Instance.Healthy() {
 				// Asking a hung instance would hold the prompt for the call timeout.
 				return fmt.Errorf("copy %s %q from %s: the instance is down", from.Type, path.Join(from.Subfolder, from.Filename), f.Instance.Name)
 			}
-			return p.copyFrom(ctx, f.Instance, inst, from, to)
+			return t.copyFrom(ctx, f.Instance, inst, from, to)
 		})
 		if err != nil {
 			errs = append(errs, err)
@@ -195,7 +197,7 @@ func splitRef(s, typ string) (FileRef, bool) {
 }
 
 // copyRef is where a copy of src's file ref lives on another instance.
-func copyRef(src *Instance, ref FileRef) FileRef {
+func copyRef(src *upstream.Instance, ref FileRef) FileRef {
 	return FileRef{Filename: ref.Filename, Subfolder: path.Join(copiesDir, copyToken(src.Name), ref.Subfolder), Type: ref.Type}
 }
 
@@ -225,20 +227,20 @@ func refValue(ref FileRef) string {
 // ensureFile makes inst hold ref, running copy unless it does already
 // (pinned). Concurrent calls for one file on one instance copy it once:
 // the others wait, then look again (the copy may have failed).
-func (p *Pool) ensureFile(ctx context.Context, inst *Instance, ref FileRef, copy func() error) error {
+func (t *Table) ensureFile(ctx context.Context, inst *upstream.Instance, ref FileRef, copy func() error) error {
 	ref = normalizeRef(ref)
 	key := copyKey{ref: ref, inst: inst.Name}
 	for {
-		if p.pins.has(ref, inst.Name) {
+		if t.pins.has(ref, inst.Name) {
 			return nil
 		}
-		p.copiesMu.Lock()
-		wait, busy := p.copies[key]
+		t.copiesMu.Lock()
+		wait, busy := t.copies[key]
 		if !busy {
 			wait = make(chan struct{})
-			p.copies[key] = wait
+			t.copies[key] = wait
 		}
-		p.copiesMu.Unlock()
+		t.copiesMu.Unlock()
 		if busy {
 			select {
 			case <-wait:
@@ -248,9 +250,9 @@ func (p *Pool) ensureFile(ctx context.Context, inst *Instance, ref FileRef, copy
 			}
 		}
 		err := copy()
-		p.copiesMu.Lock()
-		delete(p.copies, key)
-		p.copiesMu.Unlock()
+		t.copiesMu.Lock()
+		delete(t.copies, key)
+		t.copiesMu.Unlock()
 		close(wait)
 		return err
 	}
@@ -258,10 +260,10 @@ func (p *Pool) ensureFile(ctx context.Context, inst *Instance, ref FileRef, copy
 
 // copyFromOwners copies an input to inst from its holders, available ones
 // first, most recent first.
-func (p *Pool) copyFromOwners(ctx context.Context, inst *Instance, ref FileRef, owners []string) error {
-	var srcs, later []*Instance
+func (t *Table) copyFromOwners(ctx context.Context, inst *upstream.Instance, ref FileRef, owners []string) error {
+	var srcs, later []*upstream.Instance
 	for _, name := range owners {
-		src := p.instanceByName(name)
+		src := t.p.Instance(name)
 		switch {
 		case src == nil || src == inst:
 		case src.Available():
@@ -276,7 +278,7 @@ func (p *Pool) copyFromOwners(ctx context.Context, inst *Instance, ref FileRef, 
 	}
 	var errs []error
 	for _, src := range srcs {
-		err := p.copyFrom(ctx, src, inst, ref, ref)
+		err := t.copyFrom(ctx, src, inst, ref, ref)
 		if err == nil {
 			return nil
 		}
@@ -291,15 +293,15 @@ func (p *Pool) copyFromOwners(ctx context.Context, inst *Instance, ref FileRef, 
 // copyFrom copies src's file from to dst's file to and pins it there,
 // unless the file changed meanwhile (FileChanged): then the copy may be of
 // the old file, and the next prompt copies again.
-func (p *Pool) copyFrom(ctx context.Context, src, dst *Instance, from, to FileRef) error {
+func (t *Table) copyFrom(ctx context.Context, src, dst *upstream.Instance, from, to FileRef) error {
 	start := time.Now()
-	since := p.pins.stamp()
-	n, err := p.copyFile(ctx, src, dst, from, to)
+	since := t.pins.stamp()
+	n, err := t.copyFile(ctx, src, dst, from, to)
 	if err != nil {
 		return err
 	}
-	pinned := p.pins.addSince(normalizeRef(to), dst.Name, since)
-	p.log.Info("upstream: file copied", "type", from.Type, "from", src.Name, "to", dst.Name,
+	pinned := t.pins.addSince(normalizeRef(to), dst.Name, since)
+	t.log.Info("upstream: file copied", "type", from.Type, "from", src.Name, "to", dst.Name,
 		"bytes", n, "duration", time.Since(start), "pinned", pinned)
 	return nil
 }
@@ -327,13 +329,13 @@ func (c *countingReader) Read(b []byte) (int, error) {
 // through Do, so the configured timeout bounds each instance's silence,
 // not the length of the copy. A failure reading src's file is not blamed
 // on dst. It returns the bytes copied.
-func (p *Pool) copyFile(ctx context.Context, src, dst *Instance, from, to FileRef) (int64, error) {
+func (t *Table) copyFile(ctx context.Context, src, dst *upstream.Instance, from, to FileRef) (int64, error) {
 	what := from.Type + " " + strconv.Quote(path.Join(from.Subfolder, from.Filename))
 
 	get := fasthttp.AcquireRequest()
 	get.Header.SetMethod(fasthttp.MethodGet)
 	get.SetRequestURI(viewURI(from))
-	got, err := src.Do(ctx, get, DoOpts{})
+	got, err := src.Do(ctx, get, upstream.DoOpts{})
 	if err != nil {
 		return 0, fmt.Errorf("copy %s from %s: %w", what, src.Name, err)
 	}
@@ -361,7 +363,7 @@ func (p *Pool) copyFile(ctx context.Context, src, dst *Instance, from, to FileRe
 	up.Header.SetContentType(mw.FormDataContentType())
 	// chunked: the size is not known up front. A read error of the pipe is
 	// src's file failing, not dst (ErrClientBody, excluded for dst).
-	ans, upErr := dst.Do(ctx, up, DoOpts{Body: pr, BodySize: -1})
+	ans, upErr := dst.Do(ctx, up, upstream.DoOpts{Body: pr, BodySize: -1})
 	pr.CloseWithError(errors.New("upload ended")) // unblocks the writer if the upload stopped early
 	werr := <-written
 

@@ -1,4 +1,4 @@
-package upstream
+package prompts
 
 import (
 	"encoding/json"
@@ -115,7 +115,7 @@ func TestDonePromptIsNeverResubmitted(t *testing.T) {
 	sink.until(t, 5*time.Second)
 	from.kill()
 	testkit.Eventually(t, "instance down", func() bool { return !res.Instance.Healthy() })
-	p.prompts.instanceDown(res.Instance) // again, explicitly: idempotent
+	p.prompts.InstanceDown(res.Instance) // again, explicitly: idempotent
 	if n := f1.promptCount() + f2.promptCount(); n != 1 {
 		t.Fatalf("%d submissions, want 1", n)
 	}

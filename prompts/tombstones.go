@@ -1,4 +1,4 @@
-package upstream
+package prompts
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 
 	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/internal/lifecycle"
+	"github.com/comfygate/comfygate/upstream"
 )
 
 const (
@@ -34,14 +35,14 @@ type tomb struct {
 // tombstone records that the prompt with upstream id uid left inst (moved
 // elsewhere, or dropped after its client was told it failed): if inst
 // still has it, or gets it later (a held POST), it must not run there.
-func (t *promptTable) tombstone(inst *Instance, uid string, pr *Prompt) {
+func (t *Table) tombstone(inst *upstream.Instance, uid string, pr *Prompt) {
 	if inst == nil || uid == "" {
 		return
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.tombs == nil {
-		t.tombs = map[*Instance][]tomb{}
+		t.tombs = map[*upstream.Instance][]tomb{}
 	}
 	list := t.pruneTombsLocked(inst, time.Now())
 	for _, tb := range list {
@@ -57,7 +58,7 @@ func (t *promptTable) tombstone(inst *Instance, uid string, pr *Prompt) {
 
 // pruneTombsLocked drops inst's expired tombstones and returns the rest.
 // t.mu held.
-func (t *promptTable) pruneTombsLocked(inst *Instance, now time.Time) []tomb {
+func (t *Table) pruneTombsLocked(inst *upstream.Instance, now time.Time) []tomb {
 	list := t.tombs[inst]
 	cut := 0
 	for cut < len(list) && now.Sub(list[cut].at) > tombstoneTTL {
@@ -75,7 +76,7 @@ func (t *promptTable) pruneTombsLocked(inst *Instance, now time.Time) []tomb {
 }
 
 // tombstoned reports whether uid moved off inst.
-func (t *promptTable) tombstoned(inst *Instance, uid string) bool {
+func (t *Table) tombstoned(inst *upstream.Instance, uid string) bool {
 	if uid == "" {
 		return false
 	}
@@ -90,14 +91,14 @@ func (t *promptTable) tombstoned(inst *Instance, uid string) bool {
 }
 
 // tombstonesAt returns the prompts moved off inst.
-func (t *promptTable) tombstonesAt(inst *Instance) []tomb {
+func (t *Table) tombstonesAt(inst *upstream.Instance) []tomb {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return slices.Clone(t.pruneTombsLocked(inst, time.Now()))
 }
 
 // settleTomb marks inst's tombstone of uid settled.
-func (t *promptTable) settleTomb(inst *Instance, uid string) {
+func (t *Table) settleTomb(inst *upstream.Instance, uid string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for k := range t.tombs[inst] {
@@ -119,7 +120,7 @@ func (t *promptTable) settleTomb(inst *Instance, uid string) {
 // when the prompt moved): if inst's history has it as a success and the
 // copy elsewhere has not ended yet, the prompt ends with inst's run and the
 // copy is removed (reclaim), so that it runs once.
-func (t *promptTable) cleanUp(ctx context.Context, inst *Instance) bool {
+func (t *Table) CleanUp(ctx context.Context, inst *upstream.Instance) bool {
 	tombs := t.tombstonesAt(inst)
 	if len(tombs) == 0 {
 		return true
@@ -186,7 +187,7 @@ func (t *promptTable) cleanUp(ctx context.Context, inst *Instance) bool {
 // there, tombstoned, so it is deleted from that queue or interrupted, and
 // pr's sink gets from's ending. It reports false when pr could not be
 // taken (it ended meanwhile, or a send of it is under way).
-func (t *promptTable) reclaim(pr *Prompt, from *Instance, uid string, entry json.RawMessage) bool {
+func (t *Table) reclaim(pr *Prompt, from *upstream.Instance, uid string, entry json.RawMessage) bool {
 	cur := pr.Instance()
 	if cur == nil || cur == from {
 		return false
@@ -216,7 +217,7 @@ func (t *promptTable) reclaim(pr *Prompt, from *Instance, uid string, entry json
 // cleanUpLater runs cleanUp in the background, one pass at a time per
 // instance; a request during a pass runs another after it, so a prompt that
 // showed up after the pass looked at the queue is not missed.
-func (t *promptTable) cleanUpLater(s *instSocket) {
+func (t *Table) cleanUpLater(s *instSocket) {
 	s.cleanAgain.Store(true)
 	if !s.cleaning.CompareAndSwap(false, true) {
 		return
@@ -224,7 +225,7 @@ func (t *promptTable) cleanUpLater(s *instSocket) {
 	if !t.goBackground(func(ctx context.Context) {
 		for {
 			for s.cleanAgain.Swap(false) && ctx.Err() == nil {
-				t.cleanUp(ctx, s.inst)
+				t.CleanUp(ctx, s.inst)
 			}
 			s.cleaning.Store(false)
 			if !s.cleanAgain.Load() || !s.cleaning.CompareAndSwap(false, true) {
@@ -237,7 +238,7 @@ func (t *promptTable) cleanUpLater(s *instSocket) {
 }
 
 // hasTombstones reports whether anything moved off inst.
-func (t *promptTable) hasTombstones(inst *Instance) bool {
+func (t *Table) hasTombstones(inst *upstream.Instance) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return len(t.tombs[inst]) > 0

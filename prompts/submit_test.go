@@ -1,4 +1,4 @@
-package upstream
+package prompts
 
 import (
 	"bytes"
@@ -37,7 +37,7 @@ func simPrompt(prefix string, previews bool) json.RawMessage {
 		"9": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": %q}}}`, color, prefix))
 }
 
-func simSubmit(t *testing.T, p *Pool, id string, prompt json.RawMessage, sink Sink) SubmitResult {
+func simSubmit(t *testing.T, p *testPool, id string, prompt json.RawMessage, sink Sink) SubmitResult {
 	t.Helper()
 	res, err := p.Submit(t.Context(), SubmitRequest{
 		Body:     map[string]json.RawMessage{"prompt": prompt, "client_id": json.RawMessage(`"their-client"`)},
@@ -55,7 +55,7 @@ func simSubmit(t *testing.T, p *Pool, id string, prompt json.RawMessage, sink Si
 }
 
 // simPool starts a pool in front of the simulators and waits for their sockets.
-func simPool(t *testing.T, mut func(*config.Config), sims ...*comfysim.Server) (*Pool, *recListener) {
+func simPool(t *testing.T, mut func(*config.Config), sims ...*comfysim.Server) (*testPool, *recListener) {
 	t.Helper()
 	var addrs []string
 	for _, s := range sims {
@@ -233,11 +233,11 @@ func TestSimRestartReconnectsSocket(t *testing.T) {
 	p, _ := simPool(t, nil, s)
 	inst := p.Instances()[0]
 	s.Kill()
-	testkit.Eventually(t, "socket down", func() bool { return !inst.socketUp.Load() })
+	testkit.Eventually(t, "socket down", func() bool { return !inst.SocketUp() })
 	if err := s.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	testkit.Eventually(t, "socket up again", func() bool { return inst.socketUp.Load() && inst.Healthy() })
+	testkit.Eventually(t, "socket up again", func() bool { return inst.SocketUp() && inst.Healthy() })
 	sink, id := newRecSink(), newUUID()
 	simSubmit(t, p, id, simPrompt("after", false), sink)
 	evs := sink.until(t, 10*time.Second)

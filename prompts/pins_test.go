@@ -1,4 +1,4 @@
-package upstream
+package prompts
 
 import (
 	"context"
@@ -44,7 +44,7 @@ func TestPinnedOwnerWinsOverSameNamedFileElsewhere(t *testing.T) {
 		t.Fatal("a pinned file was probed")
 	}
 	// The owner goes down: it is still the answer, never the other file.
-	ib.healthy.Store(false)
+	ib.ForceHealthy(false)
 	if got, ok := p.FileOwner(context.Background(), FileRef{Filename: "ComfyUI_00001_.png", Type: "output"}); !ok || got != ib {
 		t.Fatalf("FileOwner with owner down = %v %v, want the pinned instance", got, ok)
 	}
@@ -85,11 +85,11 @@ func TestPinsHoldSeveralOwnersMostRecentFirst(t *testing.T) {
 	if got, _ := p.FileOwner(context.Background(), ref); got != in[1] {
 		t.Fatalf("owner = %v, want the most recent pin", got.Name)
 	}
-	in[1].healthy.Store(false)
+	in[1].ForceHealthy(false)
 	if got, _ := p.FileOwner(context.Background(), ref); got != in[0] {
 		t.Fatalf("owner = %v, want the available holder", got.Name)
 	}
-	if !p.pins.has(ref, in[0].Name) || !p.pins.has(ref, in[1].Name) || p.pins.has(ref, in[2].Name) {
+	if !p.prompts.pins.has(ref, in[0].Name) || !p.prompts.pins.has(ref, in[1].Name) || p.prompts.pins.has(ref, in[2].Name) {
 		t.Fatal("holders wrong")
 	}
 }

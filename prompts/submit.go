@@ -1,4 +1,4 @@
-package upstream
+package prompts
 
 import (
 	"bytes"
@@ -14,6 +14,7 @@ import (
 	"github.com/comfygate/comfygate/breaker"
 	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/internal/lifecycle"
+	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
 )
 
@@ -32,8 +33,8 @@ import (
 // If req.PromptID belongs to a prompt that is not done (two submissions of
 // one id at once), Submit mints a fresh UUID for this prompt instead; the
 // returned Prompt and answer carry it.
-func (p *Pool) Submit(ctx context.Context, req SubmitRequest) (SubmitResult, error) {
-	return p.prompts.submit(ctx, req)
+func (t *Table) Submit(ctx context.Context, req SubmitRequest) (SubmitResult, error) {
+	return t.submit(ctx, req)
 }
 
 // sendOutcome is what one POST /prompt to one instance came to.
@@ -45,7 +46,7 @@ const (
 	sentAmbiguous                    // sent, no answer: it may have been accepted
 )
 
-func (t *promptTable) submit(ctx context.Context, req SubmitRequest) (SubmitResult, error) {
+func (t *Table) submit(ctx context.Context, req SubmitRequest) (SubmitResult, error) {
 	id := req.PromptID
 	if id == "" {
 		id = newUUID()
@@ -62,7 +63,7 @@ func (t *promptTable) submit(ctx context.Context, req SubmitRequest) (SubmitResu
 	if len(req.Files) > 0 {
 		pr.files, pr.graph = req.Files, req.Body["prompt"]
 	}
-	var tried []*Instance
+	var tried []*upstream.Instance
 	var lastErr error
 	for {
 		// Before each try: a refused try forgot pr, freeing its id.
@@ -71,9 +72,9 @@ func (t *promptTable) submit(ctx context.Context, req SubmitRequest) (SubmitResu
 		if err != nil {
 			t.forget(pr)
 			if lastErr != nil {
-				return SubmitResult{}, fmt.Errorf("%w (last: %w)", ErrNoUpstream, lastErr)
+				return SubmitResult{}, fmt.Errorf("%w (last: %w)", upstream.ErrNoUpstream, lastErr)
 			}
-			return SubmitResult{}, ErrNoUpstream
+			return SubmitResult{}, upstream.ErrNoUpstream
 		}
 		tried = append(tried, inst)
 		res, outcome, err := t.send(ctx, pr, inst, t.bodyFor(ctx, pr, inst, req.Body), false)
@@ -95,7 +96,7 @@ func (t *promptTable) submit(ctx context.Context, req SubmitRequest) (SubmitResu
 // forever). When the id is taken, pr gets a fresh UUID instead, which its
 // answer and events carry: what the proxy does for an id it sees in use.
 // pr must not be in the table yet (new, or forgotten after a refused try).
-func (t *promptTable) reserve(pr *Prompt) {
+func (t *Table) reserve(pr *Prompt) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for {
@@ -112,9 +113,9 @@ func (t *promptTable) reserve(pr *Prompt) {
 // pick returns the instance for pr's next try: pr.prefer when it is
 // Available, eligible, its socket up and not tried yet, else Select's
 // choice among the instances pr may run on.
-func (t *promptTable) pick(pr *Prompt, tried []*Instance) (*Instance, error) {
+func (t *Table) pick(pr *Prompt, tried []*upstream.Instance) (*upstream.Instance, error) {
 	prefer, ok := pr.prefer, pr.eligible
-	if prefer != nil && prefer.Available() && !prefer.suspect.Load() && !slices.Contains(tried, prefer) &&
+	if prefer != nil && prefer.Available() && !prefer.Suspect() && !slices.Contains(tried, prefer) &&
 		(ok == nil || ok(prefer)) {
 		return prefer, nil
 	}
@@ -125,7 +126,7 @@ func (t *promptTable) pick(pr *Prompt, tried []*Instance) (*Instance, error) {
 // placed there (SubmitRequest.Prepare), the files its prompt loads copied
 // there (prepareGraph), and the prompt graph with pr's file values for
 // inst. base is not modified.
-func (t *promptTable) bodyFor(ctx context.Context, pr *Prompt, inst *Instance, base map[string]json.RawMessage) map[string]json.RawMessage {
+func (t *Table) bodyFor(ctx context.Context, pr *Prompt, inst *upstream.Instance, base map[string]json.RawMessage) map[string]json.RawMessage {
 	if pr.prepare != nil {
 		if err := pr.prepare(ctx, inst); err != nil {
 			t.log.Warn("upstream: could not place a prompt's files", "instance", inst.Name, "prompt_id", pr.ID, "error", err)
@@ -135,7 +136,7 @@ func (t *promptTable) bodyFor(ctx context.Context, pr *Prompt, inst *Instance, b
 	if pr.graph != nil {
 		graph = pr.graph
 	}
-	out, err := t.p.prepareGraph(ctx, inst, graph, pr.files)
+	out, err := t.prepareGraph(ctx, inst, graph, pr.files)
 	if err != nil {
 		// The instance's own validation answers in ComfyUI's shape if a
 		// file is really missing; if it is down, the POST fails too.
@@ -155,7 +156,7 @@ func (t *promptTable) bodyFor(ctx context.Context, pr *Prompt, inst *Instance, b
 // send POSTs pr to inst, pinned there before the request leaves. base is
 // the body the client sent (or the one sent last time); resubmit marks a
 // failover, where pr is already accepted and live.
-func (t *promptTable) send(ctx context.Context, pr *Prompt, inst *Instance, base map[string]json.RawMessage, resubmit bool) (SubmitResult, sendOutcome, error) {
+func (t *Table) send(ctx context.Context, pr *Prompt, inst *upstream.Instance, base map[string]json.RawMessage, resubmit bool) (SubmitResult, sendOutcome, error) {
 	known := inst.SupportsClientPromptID()
 	uid := ""
 	if known {
@@ -196,7 +197,7 @@ func (t *promptTable) send(ctx context.Context, pr *Prompt, inst *Instance, base
 		hdr[k] = v
 	}
 	hdr["Content-Type"] = "application/json"
-	conns, wasUp := s.conns.Load(), inst.socketUp.Load()
+	conns, wasUp := s.conns.Load(), inst.SocketUp()
 	status, resp, err := inst.Call(ctx, "POST", "/prompt", hdr, body)
 	if err != nil {
 		err = fmt.Errorf("submit prompt to %s: %w", inst.Name, err)
@@ -255,8 +256,8 @@ func (t *promptTable) send(ctx context.Context, pr *Prompt, inst *Instance, base
 	default:
 		settle(lifecycle.Event{Kind: lifecycle.Answered})
 	}
-	if inst.confirmedDown() {
-		// instanceDown passed pr over while this POST was under way and is
+	if inst.ConfirmedDown() {
+		// InstanceDown passed pr over while this POST was under way and is
 		// not told again: move pr unless inst shows it has it.
 		t.goBackground(func(ctx context.Context) { t.recheckDown(ctx, pr, inst, got) })
 	}
@@ -273,8 +274,8 @@ func (t *promptTable) send(ctx context.Context, pr *Prompt, inst *Instance, base
 
 // recheckDown settles pr, just accepted by inst that is confirmed down:
 // it stays if inst, asked, has it queued, running or done; otherwise it
-// fails over like the prompts instanceDown moved.
-func (t *promptTable) recheckDown(ctx context.Context, pr *Prompt, inst *Instance, uid string) {
+// fails over like the prompts InstanceDown moved.
+func (t *Table) recheckDown(ctx context.Context, pr *Prompt, inst *upstream.Instance, uid string) {
 	pctx, cancel := context.WithTimeout(ctx, probeTimeout(t.cfg.HealthCheck.Timeout))
 	_, found, _ := t.probeAt(pctx, inst, uid)
 	cancel()
@@ -361,11 +362,11 @@ func marshalNoEscape(v any) ([]byte, error) {
 // the instance: unreachable now means it died, and a prompt it took died
 // with it, so another instance may run it; reachable, it either has the
 // prompt (answered: number is its queue number) or never took it (refused).
-func (t *promptTable) afterSendError(ctx context.Context, inst *Instance, uid string, err error) (outcome sendOutcome, number []byte) {
+func (t *Table) afterSendError(ctx context.Context, inst *upstream.Instance, uid string, err error) (outcome sendOutcome, number []byte) {
 	if isNotSent(err) {
 		return sentRefused, nil
 	}
-	if errorsIsAny(err, context.DeadlineExceeded, context.Canceled) || isTimeout(err) || ctx.Err() != nil {
+	if errorsIsAny(err, context.DeadlineExceeded, context.Canceled) || upstream.IsTimeout(err) || ctx.Err() != nil {
 		return sentAmbiguous, nil
 	}
 	pctx, cancel := context.WithTimeout(ctx, probeTimeout(t.cfg.HealthCheck.Timeout))
@@ -418,7 +419,7 @@ func isNotSent(err error) bool {
 
 // settleFromHistory ends pr from inst's history if it already finished
 // there (its live events may have gone to no socket).
-func (t *promptTable) settleFromHistory(ctx context.Context, pr *Prompt, inst *Instance, uid string) {
+func (t *Table) settleFromHistory(ctx context.Context, pr *Prompt, inst *upstream.Instance, uid string) {
 	if entry, ok := t.historyEntry(ctx, inst, uid); ok && entry != nil {
 		t.completeFromHistory(inst, pr, uid, entry)
 	}

@@ -1,4 +1,4 @@
-package upstream
+package prompts
 
 import (
 	"container/list"
@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/comfygate/comfygate/upstream"
 
 	"github.com/valyala/fasthttp"
 )
@@ -194,7 +196,7 @@ func cleanSubfolder(s string) string {
 // PinFile records that inst holds ref (learned from outputs and uploads).
 // A file may be held by several instances (inputs copied by EnsureInputs);
 // the most recent pin is preferred.
-func (p *Pool) PinFile(ref FileRef, inst *Instance) {
+func (t *Table) PinFile(ref FileRef, inst *upstream.Instance) {
 	if inst == nil {
 		return
 	}
@@ -202,7 +204,7 @@ func (p *Pool) PinFile(ref FileRef, inst *Instance) {
 	if ref.Filename == "" {
 		return
 	}
-	p.pins.add(ref, inst.Name)
+	t.pins.add(ref, inst.Name)
 }
 
 // FileChanged records that ref was just written on holder (an upload, an
@@ -216,7 +218,7 @@ func (p *Pool) PinFile(ref FileRef, inst *Instance) {
 // is its own and keeps its pin; the copies dropped are those of holder's
 // file (comfygate-copies/<holder>/..., see EnsureInputs). Cheap (no I/O)
 // and safe to call after any upload, also when nothing changed.
-func (p *Pool) FileChanged(ref FileRef, holder *Instance) {
+func (t *Table) FileChanged(ref FileRef, holder *upstream.Instance) {
 	if holder == nil {
 		return
 	}
@@ -225,11 +227,11 @@ func (p *Pool) FileChanged(ref FileRef, holder *Instance) {
 		return
 	}
 	if ref.Type == "input" {
-		p.pins.changed(ref, holder.Name, false)
+		t.pins.changed(ref, holder.Name, false)
 		return
 	}
-	p.pins.changed(ref, holder.Name, true)
-	p.pins.invalidate(normalizeRef(copyRef(holder, ref)))
+	t.pins.changed(ref, holder.Name, true)
+	t.pins.invalidate(normalizeRef(copyRef(holder, ref)))
 }
 
 // FileOwner returns the instance that holds ref; on a miss it asks the
@@ -241,14 +243,14 @@ func (p *Pool) FileChanged(ref FileRef, holder *Instance) {
 // them apart. Among several holders the most recent pin that is available
 // wins; when none is available the most recent holder is returned anyway
 // (never a different instance that merely has a file of that name).
-func (p *Pool) FileOwner(ctx context.Context, ref FileRef) (inst *Instance, ok bool) {
+func (t *Table) FileOwner(ctx context.Context, ref FileRef) (inst *upstream.Instance, ok bool) {
 	ref = normalizeRef(ref)
 	if ref.Filename == "" {
 		return nil, false
 	}
-	var fallback *Instance
-	for _, name := range p.pins.owners(ref) {
-		in := p.instanceByName(name)
+	var fallback *upstream.Instance
+	for _, name := range t.pins.owners(ref) {
+		in := t.p.Instance(name)
 		if in == nil {
 			continue
 		}
@@ -262,17 +264,17 @@ func (p *Pool) FileOwner(ctx context.Context, ref FileRef) (inst *Instance, ok b
 	if fallback != nil {
 		return fallback, true
 	}
-	return p.probeOwner(ctx, ref)
+	return t.probeOwner(ctx, ref)
 }
 
 // probeOwner asks every healthy instance in parallel whether it has ref and
 // pins the first that answers 200 or 206.
-func (p *Pool) probeOwner(ctx context.Context, ref FileRef) (*Instance, bool) {
-	cands := p.Healthy()
+func (t *Table) probeOwner(ctx context.Context, ref FileRef) (*upstream.Instance, bool) {
+	cands := t.p.Healthy()
 	if len(cands) == 0 {
 		return nil, false
 	}
-	timeout := p.cfg.HealthCheck.Timeout
+	timeout := t.cfg.HealthCheck.Timeout
 	if timeout <= 0 {
 		timeout = 5 * time.Second
 	}
@@ -281,7 +283,7 @@ func (p *Pool) probeOwner(ctx context.Context, ref FileRef) (*Instance, bool) {
 		deadline = d
 	}
 	uri := viewURI(ref)
-	found := make(chan *Instance, len(cands))
+	found := make(chan *upstream.Instance, len(cands))
 	for _, inst := range cands {
 		go func() {
 			if hasFile(inst, uri, deadline) {
@@ -295,7 +297,7 @@ func (p *Pool) probeOwner(ctx context.Context, ref FileRef) (*Instance, bool) {
 		select {
 		case inst := <-found:
 			if inst != nil {
-				p.PinFile(ref, inst)
+				t.PinFile(ref, inst)
 				return inst, true
 			}
 		case <-ctx.Done():
@@ -315,7 +317,7 @@ func viewURI(ref FileRef) string {
 }
 
 // hasFile asks inst for the first byte of the file at uri (a probe).
-func hasFile(inst *Instance, uri string, deadline time.Time) bool {
+func hasFile(inst *upstream.Instance, uri string, deadline time.Time) bool {
 	if time.Until(deadline) <= 0 {
 		return false
 	}
@@ -324,7 +326,7 @@ func hasFile(inst *Instance, uri string, deadline time.Time) bool {
 	req.SetRequestURI(uri)
 	// aiohttp's FileResponse honours Range: one byte, not the whole image.
 	req.Header.Set("Range", "bytes=0-0")
-	a, err := inst.Do(context.Background(), req, DoOpts{Probe: true, Timeout: time.Until(deadline)})
+	a, err := inst.Do(context.Background(), req, upstream.DoOpts{Probe: true, Timeout: time.Until(deadline)})
 	if err != nil {
 		return false
 	}

@@ -1,4 +1,4 @@
-package upstream
+package prompts
 
 import (
 	"bytes"
@@ -109,12 +109,12 @@ func TestSimulatorKilledIsConfirmedDeadAndComesBack(t *testing.T) {
 	}
 	a.Kill()
 	start := time.Now()
-	p.confirmSuspect(inst)
+	p.SocketLost(inst)
 	testkit.Eventually(t, "confirmed dead", func() bool { return !inst.Healthy() })
 	t.Logf("killed instance confirmed dead in %v", time.Since(start))
 	if err := a.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	p.socketRestored(inst)
+	p.SocketRestored(inst)
 	testkit.Eventually(t, "healthy again", func() bool { return inst.Healthy() })
 }

@@ -1,4 +1,4 @@
-package upstream
+package prompts
 
 import (
 	"context"
@@ -8,20 +8,17 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/internal/lifecycle"
+	"github.com/comfygate/comfygate/upstream"
 )
 
-// Sentinel errors; proxy maps them to status codes in one place.
-var (
-	// ErrNoUpstream: no healthy instance with a closed (or probing) breaker.
-	ErrNoUpstream = errors.New("no healthy ComfyUI instance")
-	// ErrUnknownPrompt: the prompt id is not in the table and no instance knows it.
-	ErrUnknownPrompt = errors.New("unknown prompt id")
-)
+// ErrUnknownPrompt: the prompt id is not in the table and no instance
+// knows it. The proxy maps it to a status code with the other sentinels.
+var ErrUnknownPrompt = errors.New("unknown prompt id")
 
 // Event is one message an instance sent on comfygate's socket.
 type Event struct {
 	// Instance that sent it.
-	Instance *Instance
+	Instance *upstream.Instance
 	// Type is the JSON "type" of a text frame; "" for binary frames.
 	Type string
 	// Binary reports a binary frame (previews, text frames of API nodes).
@@ -74,19 +71,19 @@ type Prompt struct {
 	// Created is when comfygate accepted it.
 	Created time.Time
 
-	mu       sync.Mutex        // guards the fields below
-	life     lifecycle.State   // its phase and where it is; changed only by promptTable.step
-	instance *Instance         // the instance life.Instance names (nil before the first send)
-	body     []byte            // the JSON forwarded upstream (with comfygate's client_id), for resubmission
-	header   map[string]string // request headers to forward again on resubmission
+	mu       sync.Mutex         // guards the fields below
+	life     lifecycle.State    // its phase and where it is; changed only by Table.step
+	instance *upstream.Instance // the instance life.Instance names (nil before the first send)
+	body     []byte             // the JSON forwarded upstream (with comfygate's client_id), for resubmission
+	header   map[string]string  // request headers to forward again on resubmission
 
 	// Where it prefers to run, and the graph before per-instance values
 	// (SubmitRequest.Prefer, Files); graph is nil without files.
-	prefer *Instance
+	prefer *upstream.Instance
 	// eligible is SubmitRequest.Eligible: where it may run, failover included.
-	eligible func(*Instance) bool
+	eligible func(*upstream.Instance) bool
 	// prepare is SubmitRequest.Prepare: run before every send.
-	prepare func(context.Context, *Instance) error
+	prepare func(context.Context, *upstream.Instance) error
 	files   map[string]InstanceFile
 	graph   json.RawMessage
 
@@ -98,7 +95,7 @@ type Prompt struct {
 }
 
 // Instance returns the instance the prompt is pinned to now.
-func (p *Prompt) Instance() *Instance { p.mu.Lock(); defer p.mu.Unlock(); return p.instance }
+func (p *Prompt) Instance() *upstream.Instance { p.mu.Lock(); defer p.mu.Unlock(); return p.instance }
 
 // UpstreamID returns the prompt's id at its instance.
 func (p *Prompt) UpstreamID() string { p.mu.Lock(); defer p.mu.Unlock(); return p.life.UpstreamID }
@@ -177,7 +174,7 @@ type SubmitRequest struct {
 	// connection, Submit selects as usual. A failover of the prompt tries
 	// it first too. The proxy sets it to the instance that holds the
 	// files the prompt loads (Files). nil: selection alone.
-	Prefer *Instance
+	Prefer *upstream.Instance
 	// Files maps string input values of the prompt graph (Body["prompt"])
 	// to the file of one instance that they name: the proxy's references
 	// to outputs of earlier prompts, "@<instance>/x.png [output]". Sent to
@@ -190,7 +187,7 @@ type SubmitRequest struct {
 	// on submission and on every failover: those whose catalogue has its
 	// nodes and models and that carry the labels it asks for. Prefer is
 	// used only when Eligible accepts it.
-	Eligible func(*Instance) bool
+	Eligible func(*upstream.Instance) bool
 	// Prepare, when not nil, runs before every send of the prompt to an
 	// instance, the first and those of a failover, with the instance it is
 	// about to go to: the submitter places there what the prompt loads
@@ -198,13 +195,13 @@ type SubmitRequest struct {
 	// does not need the instance the prompt leaves. An error is logged and
 	// the prompt is sent anyway: the instance's own validation then says
 	// what is missing, in ComfyUI's words.
-	Prepare func(ctx context.Context, inst *Instance) error
+	Prepare func(ctx context.Context, inst *upstream.Instance) error
 }
 
 // InstanceFile is a file of one instance that a prompt's input names.
 type InstanceFile struct {
 	// Instance holds the file.
-	Instance *Instance
+	Instance *upstream.Instance
 	// Value names the file as LoadImage on that instance does:
 	// "x.png [output]", "sub/x.png [temp]".
 	Value string
@@ -215,7 +212,7 @@ type SubmitResult struct {
 	// Prompt is set when the instance accepted it (status 200).
 	Prompt *Prompt
 	// Instance that answered.
-	Instance *Instance
+	Instance *upstream.Instance
 	// Status and Body of the instance's answer; in Body, prompt_id is the
 	// client-facing id.
 	Status int

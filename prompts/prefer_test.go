@@ -1,4 +1,4 @@
-package upstream
+package prompts
 
 import (
 	"bytes"
@@ -16,6 +16,7 @@ import (
 
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/internal/testkit"
+	"github.com/comfygate/comfygate/upstream"
 )
 
 // solidPNG is a 4x4 PNG of one colour.
@@ -90,7 +91,7 @@ func savedPixel(t *testing.T, sink *recSink, outDir string) color.NRGBA {
 	return color.NRGBA{}
 }
 
-func nameOf(inst *Instance) string {
+func nameOf(inst *upstream.Instance) string {
 	if inst == nil {
 		return "no instance"
 	}
@@ -150,7 +151,9 @@ func TestPreferAndOutputCopies(t *testing.T) {
 	}
 
 	// a leaves selection (alive): the prompt runs on b, on a copy.
-	ia.draining.Store(true)
+	if _, err := p.Drain(ia.Name); err != nil {
+		t.Fatal(err)
+	}
 	res, sink := send("@i1/shot.png [output]", shot)
 	if res.Status != 200 || res.Instance != ib {
 		t.Fatalf("with a draining: %d on %s, want 200 on b: %s", res.Status, nameOf(res.Instance), res.Body)
@@ -164,14 +167,16 @@ func TestPreferAndOutputCopies(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(b.OutputDir(), copiesDir, "i1", "shot.png")); err != nil {
 		t.Fatalf("copy not in b's copies folder: %v", err)
 	}
-	if !p.pins.has(FileRef{Filename: "shot.png", Subfolder: copiesDir + "/i1", Type: "output"}, ib.Name) {
+	if !p.prompts.pins.has(FileRef{Filename: "shot.png", Subfolder: copiesDir + "/i1", Type: "output"}, ib.Name) {
 		t.Fatal("copy not pinned on b")
 	}
 
 	// a dies: its copy on b still serves; a file b has no copy of fails.
-	ia.draining.Store(false)
+	if _, err := p.Undrain(ia.Name); err != nil {
+		t.Fatal(err)
+	}
 	a.Kill()
-	p.confirmSuspect(ia)
+	p.SocketLost(ia)
 	testkit.Eventually(t, "a confirmed dead", func() bool { return !ia.Healthy() })
 	res, sink = send("@i1/shot.png [output]", shot)
 	if res.Status != 200 || res.Instance != ib {

@@ -1,4 +1,4 @@
-package upstream
+package prompts
 
 import (
 	"encoding/json"
@@ -14,6 +14,7 @@ import (
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/testkit"
+	"github.com/comfygate/comfygate/upstream"
 )
 
 // freezeProxy is a TCP proxy in front of one instance that can freeze all
@@ -285,7 +286,7 @@ func TestFrozenInstanceRunsMovedPromptsOnce(t *testing.T) {
 	s2 := testkit.Sim(t, comfysim.Options{Delay: 20 * time.Millisecond})
 	fp := startFreezeProxy(t, s1.Addr())
 	p, _ := fakePool(t, frozenConfig(fp.Addr(), s2.Addr()))
-	var frozen *Instance
+	var frozen *upstream.Instance
 	for _, inst := range p.Instances() {
 		if inst.Addr == fp.Addr() {
 			frozen = inst
@@ -296,7 +297,7 @@ func TestFrozenInstanceRunsMovedPromptsOnce(t *testing.T) {
 	const n = 16
 	ids := make([]string, n)
 	sinks := make([]*countSink, n)
-	on := make([]*Instance, n)
+	on := make([]*upstream.Instance, n)
 	for k := range n {
 		ids[k], sinks[k] = newUUID(), newCountSink()
 		res := simSubmit(t, p, ids[k], simPrompt(fmt.Sprintf("f%d", k), false), sinks[k])
@@ -320,7 +321,7 @@ func TestFrozenInstanceRunsMovedPromptsOnce(t *testing.T) {
 	var unselectable time.Duration
 	eventually25(t, "the frozen instance is no longer selected", func() bool {
 		// Suspect: chosen only when no other instance is available.
-		if frozen.Available() && !frozen.suspect.Load() {
+		if frozen.Available() && !frozen.Suspect() {
 			return false
 		}
 		unselectable = time.Since(froze)
@@ -349,7 +350,7 @@ func TestFrozenInstanceRunsMovedPromptsOnce(t *testing.T) {
 	fp.thaw()
 	s1.SetPaused(false)
 	eventually25(t, "the woken instance's queue is empty", func() bool { return simQueueLen(t, s1) == 0 })
-	eventually25(t, "the woken instance is usable again", func() bool { return frozen.Available() && frozen.socketUp.Load() })
+	eventually25(t, "the woken instance is usable again", func() bool { return frozen.Available() && frozen.SocketUp() })
 
 	h1, h2 := simHistory(t, s1), simHistory(t, s2)
 	total, stopped := 0, 0
@@ -406,7 +407,7 @@ func TestTimedOutSubmitMovedRunsOnce(t *testing.T) {
 	cfg := frozenConfig(fp.Addr(), s2.Addr())
 	cfg.Timeout = 2 * time.Second // the client's 504 comes sooner
 	p, _ := fakePool(t, cfg)
-	var frozen *Instance
+	var frozen *upstream.Instance
 	for _, inst := range p.Instances() {
 		if inst.Addr == fp.Addr() {
 			frozen = inst
@@ -427,7 +428,7 @@ func TestTimedOutSubmitMovedRunsOnce(t *testing.T) {
 		t.Fatal("the prompt did not run on the other instance")
 	}
 	fp.thaw()
-	eventually25(t, "the woken instance is usable again", func() bool { return frozen.Available() && frozen.socketUp.Load() })
+	eventually25(t, "the woken instance is usable again", func() bool { return frozen.Available() && frozen.SocketUp() })
 	eventually25(t, "the woken instance's queue is empty", func() bool { return simQueueLen(t, s1) == 0 })
 	h1, h2 := simHistory(t, s1), simHistory(t, s2)
 	if h2[id] != "success" {
@@ -452,7 +453,7 @@ func TestBusyInstanceDoesNotFailOver(t *testing.T) {
 	s1 := testkit.Sim(t, comfysim.Options{Delay: 12 * time.Second})
 	s2 := testkit.Sim(t, comfysim.Options{Delay: 20 * time.Millisecond})
 	p, _ := fakePool(t, frozenConfig(s1.Addr(), s2.Addr()))
-	var busy *Instance
+	var busy *upstream.Instance
 	for _, inst := range p.Instances() {
 		if inst.Addr == s1.Addr() {
 			busy = inst

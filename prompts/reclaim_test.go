@@ -1,4 +1,4 @@
-package upstream
+package prompts
 
 import (
 	"strings"
@@ -32,8 +32,8 @@ func TestMovedPromptThatRanAfterAllIsReclaimed(t *testing.T) {
 	}
 
 	// The old instance ran it after all; its events reach comfygate.
-	i1.socketUp.Store(true)
-	i1.healthy.Store(true)
+	i1.SetSocketUp(true)
+	i1.ForceHealthy(true)
 	f1.start(uid)
 	f1.finish(uid, "ran-at-first.png")
 

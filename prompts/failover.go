@@ -1,4 +1,4 @@
-package upstream
+package prompts
 
 import (
 	"context"
@@ -11,12 +11,13 @@ import (
 	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/internal/lifecycle"
 	"github.com/comfygate/comfygate/metrics"
+	"github.com/comfygate/comfygate/upstream"
 )
 
 // failoverParallel bounds the resubmissions one dead instance causes at once.
 const failoverParallel = 8
 
-// instanceDown is told that inst is confirmed dead: every prompt pinned to
+// InstanceDown is told that inst is confirmed dead: every prompt pinned to
 // it that is not done moves to another instance under the same
 // client-facing id, or, when it cannot, its sink gets ComfyUI's
 // execution_error saying why. That includes the prompts whose POST
@@ -25,7 +26,7 @@ const failoverParallel = 8
 // rather than be dropped when the wait ends. A POST still under way is
 // left to its send, which fails it over when it ends without an answer.
 // Idempotent; returns when all are settled.
-func (t *promptTable) instanceDown(inst *Instance) {
+func (t *Table) InstanceDown(inst *upstream.Instance) {
 	prompts := t.livePinnedTo(inst)
 	if len(prompts) == 0 {
 		return
@@ -40,7 +41,7 @@ func (t *promptTable) instanceDown(inst *Instance) {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			t.p.safely("failover", func() {
+			t.safely("failover", func() {
 				t.failover(ctx, pr, inst, fmt.Sprintf("instance %s died", inst.Name), false)
 			})
 		}()
@@ -52,7 +53,7 @@ func (t *promptTable) instanceDown(inst *Instance) {
 // to from (for the error a client sees when it cannot). allowSame lets the
 // prompt go back to from when no other instance can take it (from is alive
 // but lost the prompt in a restart).
-func (t *promptTable) failover(ctx context.Context, pr *Prompt, from *Instance, what string, allowSame bool) {
+func (t *Table) failover(ctx context.Context, pr *Prompt, from *upstream.Instance, what string, allowSame bool) {
 	// Only a queued, running or unanswered prompt of from moves, and one
 	// failover at a time: done prompts never move, a POST under way is
 	// settled by its send (refused: tried elsewhere; no answer: confirmLater).
@@ -87,9 +88,9 @@ func (t *promptTable) failover(ctx context.Context, pr *Prompt, from *Instance, 
 	// With no other instance, wait up to suspect_grace for one (or for from
 	// to come back: a quick restart) before giving up.
 	deadline := time.Now().Add(t.cfg.Failover.SuspectGrace)
-	tried := []*Instance{from}
+	tried := []*upstream.Instance{from}
 	for {
-		watch := t.p.availWatch()
+		watch := t.p.AvailWatch()
 		retry := deadline // a probe of from that got no answer is retried sooner
 		inst, err := t.pick(pr, tried)
 		if err != nil && from.Available() && !slices.Contains(tried[1:], from) {
@@ -123,7 +124,7 @@ func (t *promptTable) failover(ctx context.Context, pr *Prompt, from *Instance, 
 				if retry.Before(wait) {
 					wait = retry
 				}
-				awaitAvailable(ctx, watch, wait)
+				upstream.AwaitAvailable(ctx, watch, wait)
 				continue
 			}
 			t.lose(pr, from, what, "no other instance is available")
@@ -167,7 +168,7 @@ func (t *promptTable) failover(ctx context.Context, pr *Prompt, from *Instance, 
 
 // lose ends pr as "lost" and tells its sink in ComfyUI's words: an
 // execution_error, then the executing-null that ends every prompt.
-func (t *promptTable) lose(pr *Prompt, from *Instance, what, why string) {
+func (t *Table) lose(pr *Prompt, from *upstream.Instance, what, why string) {
 	if st, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Close, Outcome: metrics.OutcomeLost}, nil); !ok || st.Outcome != metrics.OutcomeLost {
 		return // it ended otherwise first
 	}
@@ -214,7 +215,7 @@ func executingNull(id string) []byte {
 // missed. For each of its prompts: finished per /history → its sink gets
 // the completion it missed; in /queue → keep waiting; neither → the
 // instance lost it (restart), so it is resubmitted.
-func (t *promptTable) reconcile(ctx context.Context, inst *Instance) {
+func (t *Table) reconcile(ctx context.Context, inst *upstream.Instance) {
 	var running, pending map[string]bool
 	for _, pr := range t.livePinnedTo(inst) {
 		pr.mu.Lock()
@@ -256,7 +257,7 @@ func (t *promptTable) reconcile(ctx context.Context, inst *Instance) {
 // completeFromHistory delivers the end of a prompt that finished while
 // comfygate's socket was away: the terminal message its history recorded,
 // then executing-null. Nothing is sent if the live stream ended it first.
-func (t *promptTable) completeFromHistory(inst *Instance, pr *Prompt, uid string, entry json.RawMessage) {
+func (t *Table) completeFromHistory(inst *upstream.Instance, pr *Prompt, uid string, entry json.RawMessage) {
 	f := t.historyEnd(inst, uid, entry)
 	s := t.socketFor(inst)
 	s.routeMu.Lock()
@@ -276,7 +277,7 @@ func (t *promptTable) completeFromHistory(inst *Instance, pr *Prompt, uid string
 // historyEnd pins the outputs of the history entry of uid at inst and
 // returns the terminal message it records (execution_success, or an
 // execution_error saying why), as inst would have sent it.
-func (t *promptTable) historyEnd(inst *Instance, uid string, entry json.RawMessage) frame {
+func (t *Table) historyEnd(inst *upstream.Instance, uid string, entry json.RawMessage) frame {
 	h, _ := comfyapi.ParseHistoryEntry(entry)
 	for _, out := range h.Outputs {
 		var m map[string]json.RawMessage
@@ -319,7 +320,7 @@ func (t *promptTable) historyEnd(inst *Instance, uid string, entry json.RawMessa
 // up after two looks that do not find it, or after the call timeout. A
 // first submission is then forgotten (its client got the error); a
 // resubmission moves on.
-func (t *promptTable) confirmLater(ctx context.Context, pr *Prompt, inst *Instance, uid string) {
+func (t *Table) confirmLater(ctx context.Context, pr *Prompt, inst *upstream.Instance, uid string) {
 	deadline := time.Now().Add(max(t.cfg.Timeout, 10*time.Second))
 	misses := 0
 	still := func() bool {
@@ -328,8 +329,8 @@ func (t *promptTable) confirmLater(ctx context.Context, pr *Prompt, inst *Instan
 		return pr.instance == inst && pr.life.UpstreamID == uid && pr.life.Phase == lifecycle.Unconfirmed
 	}
 	for delay := 500 * time.Millisecond; ; delay = min(delay*2, 5*time.Second) {
-		if inst.confirmedDown() {
-			// instanceDown may have come while the POST was under way
+		if inst.ConfirmedDown() {
+			// InstanceDown may have come while the POST was under way
 			// (it leaves a prompt being sent to its send).
 			t.failover(ctx, pr, inst, fmt.Sprintf("instance %s died", inst.Name), false)
 			if !still() {
@@ -377,7 +378,7 @@ func (t *promptTable) confirmLater(ctx context.Context, pr *Prompt, inst *Instan
 // before nor the history after was not there. (History first would miss a
 // prompt that finished between the two questions.) answered is false when
 // the instance did not answer.
-func (t *promptTable) probeAt(ctx context.Context, inst *Instance, uid string) (st PromptState, found, answered bool) {
+func (t *Table) probeAt(ctx context.Context, inst *upstream.Instance, uid string) (st PromptState, found, answered bool) {
 	running, pending, err := t.queueIDs(ctx, inst)
 	if err != nil {
 		return 0, false, false
@@ -403,7 +404,7 @@ func (t *promptTable) probeAt(ctx context.Context, inst *Instance, uid string) (
 // for them, so without this they would look pending forever and be
 // resubmitted on a failover. The instance reported n queued+running; if
 // comfygate holds more accepted prompts there, ask its queue.
-func (t *promptTable) checkDeleted(s *instSocket, n int64) {
+func (t *Table) checkDeleted(s *instSocket, n int64) {
 	count := int64(0)
 	t.mu.Lock()
 	if int64(len(t.live)) <= n {
@@ -430,10 +431,10 @@ func (t *promptTable) checkDeleted(s *instSocket, n int64) {
 }
 
 // verifyQueue marks done the queued prompts inst no longer has and never ran.
-func (t *promptTable) verifyQueue(ctx context.Context, inst *Instance) {
+func (t *Table) verifyQueue(ctx context.Context, inst *upstream.Instance) {
 	// An instance that is dying also loses its queue: that is failover's
 	// business, not a deletion. Checked again after every upstream call below.
-	dying := func() bool { return inst.suspect.Load() || !inst.socketUp.Load() || !inst.healthy.Load() }
+	dying := func() bool { return inst.Suspect() || !inst.SocketUp() || !inst.Healthy() }
 	if dying() {
 		return
 	}
@@ -472,7 +473,7 @@ func (t *promptTable) verifyQueue(ctx context.Context, inst *Instance) {
 
 // goBackground runs f on the table's context in a goroutine close waits
 // for. It reports false (and runs nothing) before start or after close.
-func (t *promptTable) goBackground(f func(ctx context.Context)) bool {
+func (t *Table) goBackground(f func(ctx context.Context)) bool {
 	t.mu.Lock()
 	ctx := t.ctx
 	if ctx == nil || t.closed {
@@ -483,13 +484,13 @@ func (t *promptTable) goBackground(f func(ctx context.Context)) bool {
 	t.mu.Unlock()
 	go func() {
 		defer t.wg.Done()
-		t.p.safely("prompt table", func() { f(ctx) })
+		t.safely("prompt table", func() { f(ctx) })
 	}()
 	return true
 }
 
 // runCtx is the table's context (Background before start).
-func (t *promptTable) runCtx() context.Context {
+func (t *Table) runCtx() context.Context {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.ctx == nil {

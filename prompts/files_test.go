@@ -1,4 +1,4 @@
-package upstream
+package prompts
 
 import (
 	"bytes"
@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+
+	"github.com/comfygate/comfygate/upstream"
 )
 
 func TestInputRef(t *testing.T) {
@@ -74,12 +76,12 @@ func TestEnsureInputsCopiesPinnedUpload(t *testing.T) {
 	if n := a.views.Load(); n != 1 {
 		t.Fatalf("source read %d times, want 1", n)
 	}
-	if !p.pins.has(FileRef{Filename: "cat.png", Subfolder: "clip", Type: "input"}, ib.Name) {
+	if !p.prompts.pins.has(FileRef{Filename: "cat.png", Subfolder: "clip", Type: "input"}, ib.Name) {
 		t.Fatal("copy not pinned on the target")
 	}
 	// Already there, on the owner, or not uploaded through comfygate: nothing to do.
 	for _, tc := range []struct {
-		inst  *Instance
+		inst  *upstream.Instance
 		image string
 	}{{ib, "clip/cat.png"}, {ia, "clip/cat.png [input]"}, {ib, "unknown.png"}, {ib, "out.png [output]"}} {
 		if err := p.EnsureInputs(context.Background(), tc.inst, loadImagePrompt(tc.image)); err != nil {
@@ -101,7 +103,7 @@ func TestEnsureInputsReportsFailedCopy(t *testing.T) {
 	if err := p.EnsureInputs(context.Background(), ib, loadImagePrompt("gone.png")); err == nil {
 		t.Fatal("EnsureInputs succeeded without the file")
 	}
-	if p.pins.has(FileRef{Filename: "gone.png", Type: "input"}, ib.Name) {
+	if p.prompts.pins.has(FileRef{Filename: "gone.png", Type: "input"}, ib.Name) {
 		t.Fatal("failed copy pinned")
 	}
 	if err := p.EnsureInputs(context.Background(), ib, json.RawMessage(`[1,2]`)); err == nil {

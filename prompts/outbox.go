@@ -1,6 +1,10 @@
-package upstream
+package prompts
 
-import "sync"
+import (
+	"sync"
+
+	"github.com/comfygate/comfygate/upstream"
+)
 
 // outbox delivers one instance's events (and the fleet queue changes) to
 // sinks and the listener in the order they were queued, from a goroutine
@@ -8,7 +12,7 @@ import "sync"
 // that routes an event under routeMu only queues it. The goroutine runs
 // while there is something to deliver and ends when the queue is empty.
 type outbox struct {
-	t *promptTable
+	t *Table
 
 	mu      sync.Mutex // guards queue, running
 	queue   []func()
@@ -17,11 +21,11 @@ type outbox struct {
 
 // outboxFor returns the outbox of inst (nil inst: the table's own, for
 // queue changes).
-func (t *promptTable) outboxFor(inst *Instance) *outbox {
+func (t *Table) outboxFor(inst *upstream.Instance) *outbox {
 	t.outboxMu.Lock()
 	defer t.outboxMu.Unlock()
 	if t.outboxes == nil {
-		t.outboxes = map[*Instance]*outbox{}
+		t.outboxes = map[*upstream.Instance]*outbox{}
 	}
 	o := t.outboxes[inst]
 	if o == nil {
@@ -63,13 +67,13 @@ func (o *outbox) drain() {
 		o.queue[0] = nil
 		o.queue = o.queue[1:]
 		o.mu.Unlock()
-		o.t.p.safely("event delivery", f)
+		o.t.safely("event delivery", f)
 	}
 }
 
 // goDeliver runs f in a goroutine close waits for; false before start or
 // after close.
-func (t *promptTable) goDeliver(f func()) bool {
+func (t *Table) goDeliver(f func()) bool {
 	t.mu.Lock()
 	if t.ctx == nil || t.closed {
 		t.mu.Unlock()

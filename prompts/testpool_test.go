@@ -1,0 +1,282 @@
+package prompts
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/metrics"
+	"github.com/comfygate/comfygate/upstream"
+	"github.com/valyala/fasthttp"
+)
+
+// miniComfy is a minimal ComfyUI for prompt table tests: /system_stats with a
+// version, /view of its files (with Range), /upload/image, and switches to
+// fail or hang.
+type miniComfy struct {
+	t       testing.TB
+	ln      net.Listener
+	srv     *fasthttp.Server
+	version string
+
+	fail500 atomic.Bool
+	hang    atomic.Bool
+	hanging atomic.Int64 // requests held by hang
+	checks  atomic.Int64 // /system_stats requests
+	views   atomic.Int64 // /view requests
+	ranged  atomic.Int64 // /view requests with a Range header
+
+	mu    sync.Mutex        // guards files
+	files map[string][]byte // "type/subfolder/name" -> content
+
+	hangDone chan struct{}
+}
+
+func startMini(t testing.TB, version string) *miniComfy {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &miniComfy{t: t, ln: ln, version: version, files: map[string][]byte{}, hangDone: make(chan struct{})}
+	f.srv = &fasthttp.Server{Handler: f.handle, MaxRequestBodySize: 64 << 20}
+	go func() { _ = f.srv.Serve(ln) }()
+	t.Cleanup(func() {
+		close(f.hangDone)
+		_ = f.srv.Shutdown()
+	})
+	return f
+}
+
+func (f *miniComfy) Addr() string { return f.ln.Addr().String() }
+
+func miniKey(typ, sub, name string) string {
+	if typ == "" {
+		typ = "output"
+	}
+	return typ + "/" + strings.Trim(sub, "/") + "/" + name
+}
+
+func (f *miniComfy) put(typ, sub, name string, data []byte) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.files[miniKey(typ, sub, name)] = data
+}
+
+func (f *miniComfy) get(typ, sub, name string) ([]byte, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b, ok := f.files[miniKey(typ, sub, name)]
+	return b, ok
+}
+
+func (f *miniComfy) handle(ctx *fasthttp.RequestCtx) {
+	if f.hang.Load() {
+		f.hanging.Add(1)
+		select {
+		case <-f.hangDone:
+		case <-time.After(10 * time.Second):
+		}
+		return
+	}
+	if f.fail500.Load() {
+		ctx.Error("boom", fasthttp.StatusInternalServerError)
+		return
+	}
+	switch string(ctx.Path()) {
+	case "/system_stats":
+		f.checks.Add(1)
+		ctx.SetContentType("application/json")
+		fmt.Fprintf(ctx, `{"system":{"os":"posix","comfyui_version":%q},"devices":[]}`, f.version)
+	case "/view":
+		f.views.Add(1)
+		a := ctx.QueryArgs()
+		b, ok := f.get(string(a.Peek("type")), string(a.Peek("subfolder")), string(a.Peek("filename")))
+		if !ok {
+			ctx.SetStatusCode(fasthttp.StatusNotFound)
+			return
+		}
+		if len(ctx.Request.Header.Peek("Range")) > 0 {
+			f.ranged.Add(1)
+		}
+		ctx.SetContentType("image/png")
+		// fasthttp's ServeFile handles Range; emulate the one form the pool uses.
+		if string(ctx.Request.Header.Peek("Range")) == "bytes=0-0" && len(b) > 0 {
+			ctx.SetStatusCode(fasthttp.StatusPartialContent)
+			ctx.Response.Header.Set("Content-Range", fmt.Sprintf("bytes 0-0/%d", len(b)))
+			ctx.SetBody(b[:1])
+			return
+		}
+		ctx.SetBody(b)
+	case "/upload/image":
+		form, err := ctx.MultipartForm()
+		if err != nil {
+			ctx.Error(err.Error(), fasthttp.StatusBadRequest)
+			return
+		}
+		fh := form.File["image"]
+		if len(fh) != 1 {
+			ctx.Error("no image", fasthttp.StatusBadRequest)
+			return
+		}
+		typ, sub := "input", ""
+		if v := form.Value["type"]; len(v) > 0 {
+			typ = v[0]
+		}
+		if v := form.Value["subfolder"]; len(v) > 0 {
+			sub = v[0]
+		}
+		r, err := fh[0].Open()
+		if err != nil {
+			ctx.Error(err.Error(), fasthttp.StatusInternalServerError)
+			return
+		}
+		data, _ := io.ReadAll(r)
+		_ = r.Close()
+		f.put(typ, sub, fh[0].Filename, data)
+		ctx.SetContentType("application/json")
+		fmt.Fprintf(ctx, `{"name":%q,"subfolder":%q,"type":%q}`, fh[0].Filename, sub, typ)
+	case "/echo":
+		ctx.Response.Header.Set("X-Got", string(ctx.Request.Header.Peek("X-Test")))
+		ctx.SetBody(bytes.ToUpper(ctx.PostBody()))
+	default:
+		ctx.SetStatusCode(fasthttp.StatusNotFound)
+	}
+}
+
+// coreConfig returns a configuration for the given addresses with short
+// intervals and a long health interval (tests drive checks themselves).
+func coreConfig(addrs ...string) *config.Config {
+	c := config.Default()
+	c.Instances = nil
+	for k, a := range addrs {
+		c.Instances = append(c.Instances, config.Instance{Name: fmt.Sprintf("i%d", k+1), Address: a})
+	}
+	c.Timeout = 2 * time.Second
+	c.HealthCheck.Interval = time.Hour
+	c.HealthCheck.Timeout = time.Second
+	c.Breaker.OpenTimeout = time.Hour
+	c.Failover.SuspectGrace = time.Second
+	return c
+}
+
+// logRec is a slog.Handler that keeps messages.
+type logRec struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (r *logRec) Enabled(context.Context, slog.Level) bool { return true }
+func (r *logRec) Handle(_ context.Context, rec slog.Record) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	msg := rec.Message
+	rec.Attrs(func(a slog.Attr) bool {
+		if a.Key == "instance" || a.Key == "to" || a.Key == "reason" {
+			msg += " " + a.Key + "=" + a.Value.String()
+		}
+		return true
+	})
+	r.msgs = append(r.msgs, msg)
+	return nil
+}
+func (r *logRec) WithAttrs([]slog.Attr) slog.Handler { return r }
+func (r *logRec) WithGroup(string) slog.Handler      { return r }
+
+// testPool is a pool with its prompt table attached, as main wires them.
+// The table's methods that tests call on the pool are forwarded to it.
+type testPool struct {
+	*upstream.Pool
+	prompts *Table
+	cfg     *config.Config
+}
+
+// newTestPool builds a pool and its prompt table; nothing runs until Start.
+func newTestPool(cfg *config.Config, m *metrics.Metrics, log *slog.Logger) (*testPool, error) {
+	p, err := upstream.New(cfg, m, log)
+	if err != nil {
+		return nil, err
+	}
+	return &testPool{Pool: p, prompts: New(p, cfg, m, log), cfg: cfg}, nil
+}
+
+func (p *testPool) Submit(ctx context.Context, req SubmitRequest) (SubmitResult, error) {
+	return p.prompts.Submit(ctx, req)
+}
+func (p *testPool) Prompt(id string) (*Prompt, bool) { return p.prompts.Prompt(id) }
+func (p *testPool) PromptByUpstreamID(inst *upstream.Instance, id string) (*Prompt, bool) {
+	return p.prompts.PromptByUpstreamID(inst, id)
+}
+func (p *testPool) Outstanding() int { return p.prompts.Outstanding() }
+func (p *testPool) LocatePrompt(ctx context.Context, id string) (*upstream.Instance, error) {
+	return p.prompts.LocatePrompt(ctx, id)
+}
+func (p *testPool) Cancel(ctx context.Context, id string) (bool, error) {
+	return p.prompts.Cancel(ctx, id)
+}
+func (p *testPool) PinFile(ref FileRef, inst *upstream.Instance) { p.prompts.PinFile(ref, inst) }
+func (p *testPool) FileChanged(ref FileRef, holder *upstream.Instance) {
+	p.prompts.FileChanged(ref, holder)
+}
+func (p *testPool) FileOwner(ctx context.Context, ref FileRef) (*upstream.Instance, bool) {
+	return p.prompts.FileOwner(ctx, ref)
+}
+func (p *testPool) EnsureInputs(ctx context.Context, inst *upstream.Instance, prompt json.RawMessage) error {
+	return p.prompts.EnsureInputs(ctx, inst, prompt)
+}
+func (p *testPool) SetListener(l Listener) { p.prompts.SetListener(l) }
+
+// newCorePool builds and (if start) starts a pool, closed at cleanup.
+func newCorePool(t testing.TB, cfg *config.Config, start bool) (*testPool, *logRec) {
+	t.Helper()
+	rec := &logRec{}
+	p, err := newTestPool(cfg, nil, slog.New(rec))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	if start {
+		if err := p.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return p, rec
+}
+
+// closedAddr returns a loopback address nothing listens on.
+func closedAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := ln.Addr().String()
+	_ = ln.Close()
+	return a
+}
+
+// selectPool returns a pool (not started) of n instances that nothing
+// listens on, all marked healthy.
+func selectPool(t *testing.T, n int) (*testPool, []*upstream.Instance) {
+	t.Helper()
+	addrs := make([]string, n)
+	for k := range addrs {
+		addrs[k] = closedAddr(t)
+	}
+	p, _ := newCorePool(t, coreConfig(addrs...), false)
+	insts := p.Instances()
+	for _, inst := range insts {
+		inst.ForceHealthy(true)
+	}
+	return p, insts
+}
