@@ -18,11 +18,8 @@ type Owners struct {
 }
 
 // NewOwners returns an empty table keeping at most max prompts and max
-// clientIds (0: 1,000,000).
+// clientIds (auth.max_owners).
 func NewOwners(max int) *Owners {
-	if max <= 0 {
-		max = 1_000_000
-	}
 	return &Owners{max: max, prompts: map[string]string{}, clients: map[string]string{}}
 }
 

@@ -73,13 +73,11 @@ type Store struct {
 	union   *union     // built for one version
 }
 
-// New returns a store for pool's instances, re-read every interval.
+// New returns a store for pool's instances, re-read every interval
+// (routing.catalogue_interval).
 func New(pool Pool, interval time.Duration, log *slog.Logger) *Store {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
-	}
-	if interval <= 0 {
-		interval = time.Minute
 	}
 	s := &Store{pool: pool, log: log, byInst: map[*upstream.Instance]*entry{}}
 	s.interval.Store(int64(interval))

@@ -89,7 +89,7 @@ func fakeFleet(t *testing.T, n int) (*Store, []*upstream.Instance) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return New(p, 0, nil), p.Instances()
+	return New(p, cfg.Routing.CatalogueInterval, nil), p.Instances()
 }
 
 func setCat(s *Store, inst *upstream.Instance, nodes []string, models map[string][]string) {
@@ -179,7 +179,7 @@ func TestRefreshSkipsAnUnchangedBody(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := New(p, 0, nil)
+	s := New(p, cfg.Routing.CatalogueInterval, nil)
 	inst := p.Instances()[0]
 	ctx := context.Background()
 	if err := s.Refresh(ctx, inst); err != nil {

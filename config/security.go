@@ -22,6 +22,10 @@ type Auth struct {
 	// Isolation makes each key see and act on only its own prompts, jobs
 	// and WebSocket client ids. Default true.
 	Isolation bool `yaml:"isolation"`
+	// MaxOwners is how many prompt ids, and how many WebSocket clientIds,
+	// the isolation table remembers the key of (the oldest forgotten
+	// first; a forgotten one belongs to no key). Default 1000000.
+	MaxOwners int `yaml:"max_owners"`
 	// CookieMaxAge is how long the web UI's login cookie (GET /login?token=)
 	// lasts. Default 24h.
 	CookieMaxAge time.Duration `yaml:"cookie_max_age"`
@@ -88,7 +92,7 @@ type Limits struct {
 }
 
 func defaultSecurity(c *Config) {
-	c.Auth = Auth{OpenHealth: true, Isolation: true, CookieMaxAge: 24 * time.Hour}
+	c.Auth = Auth{OpenHealth: true, Isolation: true, MaxOwners: 1_000_000, CookieMaxAge: 24 * time.Hour}
 	c.Redact = Redact{ExtraData: []string{"api_key_comfy_org", "auth_token_comfy_org"}}
 	c.Limits = Limits{MaxBodyBytes: 100 << 20, MaxHeaderBytes: 16 << 10, MaxConnsPerIP: 1024,
 		HeaderTimeout: 30 * time.Second, BodyTimeout: time.Hour, IdleTimeout: 2 * time.Minute,
@@ -143,6 +147,9 @@ func (c *Config) validateSecurity(bad func(key string, val any, allowed string))
 		if _, port, err := net.SplitHostPort(c.MetricsListen); err != nil || !validPort(port, true) || c.MetricsListen == c.Listen {
 			bad("metrics_listen (COMFYGATE_METRICS_LISTEN)", strconv.Quote(c.MetricsListen), "host:port other than listen, e.g. 127.0.0.1:9190")
 		}
+	}
+	if c.Auth.MaxOwners <= 0 {
+		bad("auth.max_owners", c.Auth.MaxOwners, "a positive whole number")
 	}
 	if c.Auth.CookieMaxAge <= 0 {
 		bad("auth.cookie_max_age", c.Auth.CookieMaxAge, "a positive duration such as 24h")

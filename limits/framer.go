@@ -43,12 +43,7 @@ const (
 	stPass                        // not following any more
 )
 
-func newFramer(maxHeader int) *framer {
-	if maxHeader <= 0 {
-		maxHeader = 16 << 10
-	}
-	return &framer{maxHeader: maxHeader}
-}
+func newFramer(maxHeader int) *framer { return &framer{maxHeader: maxHeader} }
 
 // feed follows p, the next bytes the client sent.
 func (f *framer) feed(p []byte) error {

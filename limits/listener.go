@@ -20,7 +20,8 @@ type ListenerOptions struct {
 	// answered 429 and closed at once.
 	MaxConnsPerIP int
 	// MaxHeaderBytes is the header block size past which the framer stops
-	// following a connection (the server answers 431 for it).
+	// following a connection (the server answers 431 for it):
+	// limits.max_header_bytes.
 	MaxHeaderBytes int
 	// OnRefuse, when set, is called once per refused connection or request
 	// with a reason from a fixed set ("conns_per_ip", "bare_lf"), for metrics.

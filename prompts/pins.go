@@ -274,11 +274,7 @@ func (t *Table) probeOwner(ctx context.Context, ref FileRef) (*upstream.Instance
 	if len(cands) == 0 {
 		return nil, false
 	}
-	timeout := t.cfg.HealthCheck.Timeout
-	if timeout <= 0 {
-		timeout = 5 * time.Second
-	}
-	deadline := time.Now().Add(timeout)
+	deadline := time.Now().Add(t.cfg.HealthCheck.Timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}

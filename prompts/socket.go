@@ -170,12 +170,7 @@ func (s *instSocket) up() {
 }
 
 // dialTimeout bounds one dial of the socket (health_check.timeout).
-func (s *instSocket) dialTimeout() time.Duration {
-	if d := s.t.cfg.HealthCheck.Timeout; d > 0 {
-		return d
-	}
-	return 5 * time.Second
-}
+func (s *instSocket) dialTimeout() time.Duration { return s.t.cfg.HealthCheck.Timeout }
 
 // dial opens the socket and sends the feature flags.
 func (s *instSocket) dial(ctx context.Context) (*websocket.Conn, error) {

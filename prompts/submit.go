@@ -394,13 +394,13 @@ func (t *Table) afterSendError(ctx context.Context, inst *upstream.Instance, uid
 	return sentRefused, nil
 }
 
-// probeTimeout bounds a quick question to an instance.
-func probeTimeout(d time.Duration) time.Duration {
-	if d <= 0 || d > 5*time.Second {
-		return 5 * time.Second
-	}
-	return d
-}
+// maxProbeTimeout caps a quick question to an instance, however long
+// health_check.timeout is: a prompt's submission or failover waits on it.
+const maxProbeTimeout = 5 * time.Second
+
+// probeTimeout bounds a quick question to an instance: d
+// (health_check.timeout), at most maxProbeTimeout.
+func probeTimeout(d time.Duration) time.Duration { return min(d, maxProbeTimeout) }
 
 // isNotSent reports an error that means the request never reached the
 // instance: the breaker refused it, or the connection could not be made.

@@ -51,7 +51,7 @@ func (s *Server) initSecurity() error {
 	rl := s.cfg.RateLimit
 	s.sec = security{
 		keys:        keys,
-		owners:      auth.NewOwners(0),
+		owners:      auth.NewOwners(s.cfg.Auth.MaxOwners),
 		promptRate:  limits.NewBuckets(rl.PromptsPerSecond, rl.PromptBurst),
 		jobRate:     limits.NewBuckets(rl.JobsPerSecond, rl.JobBurst),
 		outstanding: limits.NewOutstanding(rl.MaxConcurrentPrompts),

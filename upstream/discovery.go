@@ -5,7 +5,6 @@ import (
 	"net"
 	"slices"
 	"sync"
-	"time"
 )
 
 // Resolver looks a host name up; *net.Resolver is one. Tests inject fakes.
@@ -69,9 +68,6 @@ func (p *Pool) resolveAll(ctx context.Context) (added, removed []*Instance) {
 	resolver := p.resolver
 	p.mu.RUnlock()
 	timeout := p.cfg.HealthCheck.Timeout
-	if timeout <= 0 {
-		timeout = 5 * time.Second
-	}
 	p.mu.RLock()
 	entries := slices.Clone(p.entries)
 	p.mu.RUnlock()

@@ -84,11 +84,7 @@ func (i *Instance) Held() bool { return i.fleet.held.Load() }
 
 // applyConfig sets what the configuration says about the instance.
 func (i *Instance) applyConfig(ci config.Instance) {
-	w := ci.Weight
-	if w <= 0 {
-		w = 1
-	}
-	i.fleet.weight.Store(int32(w))
+	i.fleet.weight.Store(int32(ci.Weight))
 	var l map[string]string
 	if len(ci.Labels) > 0 {
 		l = maps.Clone(ci.Labels)

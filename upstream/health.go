@@ -104,9 +104,6 @@ func (p *Pool) setHealth(inst *Instance, up bool, why string, err error) bool {
 // breaker refuses traffic) and returns the comfyui_version it reports (""
 // if none). Any answer but 200 is a failure.
 func (p *Pool) probeHealth(ctx context.Context, inst *Instance, timeout time.Duration) (version string, err error) {
-	if timeout <= 0 {
-		timeout = 5 * time.Second
-	}
 	req := fasthttp.AcquireRequest()
 	req.Header.SetMethod(fasthttp.MethodGet)
 	req.SetRequestURI("/system_stats")
@@ -147,7 +144,7 @@ func (p *Pool) SocketLost(inst *Instance) {
 		return // a confirmation is already running
 	}
 	timeout := p.cfg.HealthCheck.Timeout
-	if g := p.cfg.Failover.SuspectGrace; g > 0 && (timeout <= 0 || g < timeout) {
+	if g := p.cfg.Failover.SuspectGrace; g < timeout {
 		timeout = g
 	}
 	started := p.goAsync(func(ctx context.Context) {

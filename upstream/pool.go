@@ -192,9 +192,6 @@ func (p *Pool) Close() {
 
 // goLoop runs f every interval until ctx ends, recovering from panics.
 func (p *Pool) goLoop(ctx context.Context, name string, every time.Duration, f func(context.Context)) {
-	if every <= 0 {
-		every = 30 * time.Second
-	}
 	p.goAsync(func(ctx context.Context) {
 		t := time.NewTicker(every)
 		defer t.Stop()

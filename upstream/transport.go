@@ -418,12 +418,7 @@ func (r outcomeReport) report(o breaker.Outcome) {
 }
 
 // timeout is the configured call timeout (COMFYUI_TIMEOUT).
-func (i *Instance) timeout() time.Duration {
-	if i.pool != nil && i.pool.cfg.Timeout > 0 {
-		return i.pool.cfg.Timeout
-	}
-	return 30 * time.Second
-}
+func (i *Instance) timeout() time.Duration { return i.pool.cfg.Timeout }
 
 // acquire takes one of the connections traffic may use, waiting at most
 // wait (and ctx) for one to free up: past that, fasthttp.ErrNoFreeConns.

@@ -153,11 +153,7 @@ func (p *Pool) runWarmup(ctx context.Context, inst *Instance, graph json.RawMess
 	if string(graph) == "null" {
 		return errors.New("no workflow")
 	}
-	timeout := p.cfg.Routing.WarmupTimeout
-	if timeout <= 0 {
-		timeout = 5 * time.Minute
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.Routing.WarmupTimeout)
 	defer cancel()
 	body, _ := json.Marshal(map[string]any{
 		"prompt":    graph,
