@@ -83,13 +83,11 @@ func newHarnessWith(tb testing.TB, n int, opts comfysim.Options, mod func(*confi
 	}
 	h.pool, h.prompts = pool, table
 	// Start from a fleet whose event sockets are up, as the proxy's stack
-	// tests do. Start returns after the first health check, before the
-	// sockets connect; a job's prompt that runs at an instance before
-	// comfygate's socket registered there loses its events, and the pool
-	// (upstream) never recovers them, so the job stays pending for good:
-	// "status pending after 10s" in TestExpiry and TestInstanceVersions on
-	// a loaded machine. That is the pool's startup bug to fix; these tests
-	// are about jobs.
+	// tests do. Start waits for them at most health_check.timeout; on a
+	// loaded machine a socket can take longer, and a job's prompt that runs
+	// at an instance before comfygate's socket registered there reaches its
+	// end only through the history check ("status pending after 10s" in
+	// TestExpiry and TestInstanceVersions). These tests are about jobs.
 	tb.Cleanup(func() { cancel(); pool.Close() })
 	for _, inst := range pool.Instances() {
 		testkit.Eventually(tb, "event socket to "+inst.Name, func() bool { return inst.Status().SocketUp })

@@ -1,8 +1,7 @@
 package proxy
 
-// This file is the contract between the HTTP side (server.go, router.go,
-// ...) and the WebSocket side (ws*.go) of the package, and with the jobs
-// package.
+// What the HTTP code (server.go, router.go, ...) uses of the WebSocket hub
+// (ws*.go) and of the jobs package.
 
 import (
 	"context"

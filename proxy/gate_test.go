@@ -95,13 +95,11 @@ func startGateMetrics(t testing.TB, addrs []string, mod func(*config.Config), m 
 		cancel()
 	})
 	g := &gate{base: "http://" + ln.Addr().String(), addr: ln.Addr().String(), cfg: cfg, pool: pool, prompts: table, srv: srv, m: o.Metrics}
-	// Start from a fleet whose event sockets are up:
-	// pool.Start returns after the first health check, before the sockets
-	// connect, and a prompt that runs on an instance before comfygate's
-	// socket registered there loses its events for good (the pool's startup
-	// gap, reported upstream), which left TestSameNamesOwnImage waiting for
-	// executed events and a prompt counted in flight forever. Instances the
-	// first health check found down are the test's business.
+	// Start from a fleet whose event sockets are up: pool.Start waits for
+	// them at most health_check.timeout, and a prompt that runs on an
+	// instance before comfygate's socket registered there misses its
+	// progress events (TestSameNamesOwnImage waits for executed events).
+	// Instances the first health check found down are the test's business.
 	for _, inst := range pool.Instances() {
 		if inst.Healthy() {
 			testkit.Eventually(t, "event socket to "+inst.Name, func() bool { return inst.Status().SocketUp })

@@ -1,6 +1,7 @@
 package upstream
 
-// This file is the contract the proxy and jobs packages code against.
+// Instance and Pool, the types other packages use, and PromptOwner, the
+// one way the pool calls into what runs on its instances.
 
 import (
 	"context"
