@@ -68,7 +68,7 @@ type job struct {
 	images    []*jobImage // the caller's images, kept until the job ends (inputStore)
 	prompt    json.RawMessage
 	holdsSlot bool // counts against MaxConcurrent
-	submitted bool // handed to pool.Submit
+	submitted bool // handed to prompts.Table.Submit
 	restored  bool // read from the state directory, its prompt not yet found (reconcile)
 	attempts  int  // failed submission attempts (not counting "no instance")
 	// refusedBy names the instances that answered the job's POST /prompt

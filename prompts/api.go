@@ -127,7 +127,7 @@ func stateOf(s lifecycle.State) PromptState {
 // it (then the instance's own number stands).
 //
 // Every instance numbers its prompts from 0 on its own, so through
-// comfygate two prompts would share a number; instead the pool numbers
+// comfygate two prompts would share a number; instead the table numbers
 // every prompt it accepts from one counter, starting at 0 like ComfyUI and
 // advanced once per accepted prompt (a prompt an instance refused takes
 // none), so the numbers follow the order the fleet accepted them in. A
@@ -180,7 +180,7 @@ type SubmitRequest struct {
 	// to outputs of earlier prompts, "@<instance>/x.png [output]". Sent to
 	// that instance, such a value becomes the file's own name there
 	// (InstanceFile.Value); sent to another, the file is copied to it
-	// first, into a folder of copies (see Pool.EnsureInputs), and the
+	// first, into a folder of copies (see Table.EnsureInputs), and the
 	// value names the copy. Values not in Files go as they are.
 	Files map[string]InstanceFile
 	// Eligible, when not nil, limits the instances the prompt may run on,

@@ -36,12 +36,26 @@ type upKey struct {
 	id   string
 }
 
+// fleet is what the table uses of the instance pool (*upstream.Pool):
+// which instances there are and which may take work, and the two things
+// only the event sockets see (a socket lost, a socket back).
+type fleet interface {
+	Instances() []*upstream.Instance
+	Instance(name string) *upstream.Instance
+	Healthy() []*upstream.Instance
+	SelectFor(ok func(*upstream.Instance) bool, exclude ...*upstream.Instance) (*upstream.Instance, error)
+	QueueRemaining() int
+	AvailWatch() <-chan struct{}
+	SocketLost(inst *upstream.Instance)
+	SocketRestored(inst *upstream.Instance)
+}
+
 // Table holds every prompt comfygate forwarded, the one WebSocket per
 // instance that carries their events, failover, and the pins of the files
 // the instances hold. It is the pool's PromptOwner (upstream.Pool.Attach):
 // the pool starts and closes it and tells it about its instances.
 type Table struct {
-	p   *upstream.Pool
+	p   fleet
 	cfg *config.Config
 	m   *metrics.Metrics
 	log *slog.Logger

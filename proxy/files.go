@@ -18,7 +18,7 @@ package proxy
 // uploads land in one place. Two clients pasting different "image.png"s get
 // two names, as with one ComfyUI, and a later prompt on any instance gets
 // the right one: the pool copies inputs to the instance that runs the
-// prompt (Pool.EnsureInputs).
+// prompt (prompts.Table.EnsureInputs).
 
 import (
 	"bytes"
@@ -112,7 +112,7 @@ type uploadAnswer struct {
 // and passes the answer through unchanged. The file may have replaced an
 // older one of that name (overwrite=true, or a mask written over its
 // original), which other instances hold copies of for earlier prompts:
-// Pool.FileChanged drops those, so the next prompt there copies the new
+// prompts.Table.FileChanged drops those, so the next prompt there copies the new
 // file.
 func (s *Server) pinUpload(inst *upstream.Instance, status int, body []byte) []byte {
 	if status != fasthttp.StatusOK {

@@ -12,7 +12,7 @@ package proxy
 //   - comfygate's own: /health, /metrics, /stats (root only, never forwarded),
 //     and the admin routes under /admin/ (fleet.go);
 //   - the job facade's routes (JobRoutes.ServeJobs) before anything else under /api/;
-//   - POST /prompt: the pool (upstream.Pool.Submit) picks the instance;
+//   - POST /prompt: the prompt table (prompts.Table.Submit) picks the instance;
 //   - routes naming a prompt (/history/{id}, /interrupt {prompt_id}, /queue
 //     and /history deletes, /api/jobs/{id}...): the instance the prompt is
 //     pinned to, with the instance's id for it;
