@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/comfygate/comfygate/internal/testkit"
 )
 
 // slowView serves GET /view with a body of n pieces, one every gap: a copy
@@ -51,7 +53,7 @@ func TestCopyFileSlowButMovingBody(t *testing.T) {
 	// Gaps a tenth of the timeout (room for a loaded machine), the whole
 	// copy half again as long as the timeout.
 	srcAddr, body := slowView(t, 16, 100*time.Millisecond)
-	dst := startMini(t, "0.3.65")
+	dst := testkit.Mini(t, "0.3.65")
 	cfg := coreConfig(srcAddr, dst.Addr())
 	cfg.Timeout = time.Second // the copy takes ~1.5s
 	p, _ := newCorePool(t, cfg, false)
@@ -61,7 +63,7 @@ func TestCopyFileSlowButMovingBody(t *testing.T) {
 	if err != nil {
 		t.Fatalf("copy of a slow but moving body: %v", err)
 	}
-	got, ok := dst.get("input", "", "big.png")
+	got, ok := dst.Get("input", "", "big.png")
 	if n != int64(len(body)) || !ok || !bytes.Equal(got, body) {
 		t.Fatalf("copied %d bytes, stored %d (%v), want %d", n, len(got), ok, len(body))
 	}

@@ -5,6 +5,8 @@ import (
 	"context"
 	"slices"
 	"testing"
+
+	"github.com/comfygate/comfygate/internal/testkit"
 )
 
 // TestFileChangedDropsStaleCopies: after FileChanged the holder is the
@@ -61,24 +63,24 @@ func TestFileChangedDropsStaleCopies(t *testing.T) {
 // the next EnsureInputs on b copies the new content.
 func TestFileChangedRecopies(t *testing.T) {
 	t.Parallel()
-	a, b := startMini(t, "0.3.65"), startMini(t, "0.3.65")
+	a, b := testkit.Mini(t, "0.3.65"), testkit.Mini(t, "0.3.65")
 	p, _ := newCorePool(t, coreConfig(a.Addr(), b.Addr()), true)
 	ia, ib := p.Instances()[0], p.Instances()[1]
 	ref := FileRef{Filename: "a.png", Type: "input"}
-	a.put("input", "", "a.png", []byte("red"))
+	a.Put("input", "", "a.png", []byte("red"))
 	p.FileChanged(ref, ia) // uploaded on a
 	if err := p.EnsureInputs(context.Background(), ib, loadImagePrompt("a.png")); err != nil {
 		t.Fatal(err)
 	}
-	a.put("input", "", "a.png", []byte("blue")) // overwrite=true on a
+	a.Put("input", "", "a.png", []byte("blue")) // overwrite=true on a
 	p.FileChanged(ref, ia)
 	if err := p.EnsureInputs(context.Background(), ib, loadImagePrompt("a.png")); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := b.get("input", "", "a.png"); !bytes.Equal(got, []byte("blue")) {
+	if got, _ := b.Get("input", "", "a.png"); !bytes.Equal(got, []byte("blue")) {
 		t.Fatalf("b has %q, want the new content", got)
 	}
-	if n := a.views.Load(); n != 2 {
+	if n := a.Views.Load(); n != 2 {
 		t.Fatalf("a read %d times, want 2 (one copy per version)", n)
 	}
 }

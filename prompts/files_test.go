@@ -8,6 +8,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/comfygate/comfygate/upstream"
 )
 
@@ -45,9 +46,9 @@ func loadImagePrompt(image string) json.RawMessage {
 
 func TestEnsureInputsCopiesPinnedUpload(t *testing.T) {
 	t.Parallel()
-	a, b := startMini(t, "0.3.65"), startMini(t, "0.3.65")
+	a, b := testkit.Mini(t, "0.3.65"), testkit.Mini(t, "0.3.65")
 	data := bytes.Repeat([]byte("pixels"), 100_000) // 600 kB
-	a.put("input", "clip", "cat.png", data)
+	a.Put("input", "clip", "cat.png", data)
 	p, _ := newCorePool(t, coreConfig(a.Addr(), b.Addr()), true)
 	ia, ib := p.Instances()[0], p.Instances()[1]
 	p.PinFile(FileRef{Filename: "cat.png", Subfolder: "clip", Type: "input"}, ia)
@@ -69,11 +70,11 @@ func TestEnsureInputsCopiesPinnedUpload(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	got, ok := b.get("input", "clip", "cat.png")
+	got, ok := b.Get("input", "clip", "cat.png")
 	if !ok || !bytes.Equal(got, data) {
 		t.Fatalf("b has %d bytes (ok %v), want %d identical", len(got), ok, len(data))
 	}
-	if n := a.views.Load(); n != 1 {
+	if n := a.Views.Load(); n != 1 {
 		t.Fatalf("source read %d times, want 1", n)
 	}
 	if !p.prompts.pins.has(FileRef{Filename: "cat.png", Subfolder: "clip", Type: "input"}, ib.Name) {
@@ -88,14 +89,14 @@ func TestEnsureInputsCopiesPinnedUpload(t *testing.T) {
 			t.Fatalf("%s on %s: %v", tc.image, tc.inst.Name, err)
 		}
 	}
-	if n := a.views.Load() + b.views.Load(); n != 1 {
+	if n := a.Views.Load() + b.Views.Load(); n != 1 {
 		t.Fatalf("%d /view requests, want 1", n)
 	}
 }
 
 func TestEnsureInputsReportsFailedCopy(t *testing.T) {
 	t.Parallel()
-	a, b := startMini(t, "0.3.65"), startMini(t, "0.3.65")
+	a, b := testkit.Mini(t, "0.3.65"), testkit.Mini(t, "0.3.65")
 	p, _ := newCorePool(t, coreConfig(a.Addr(), b.Addr()), true)
 	ia, ib := p.Instances()[0], p.Instances()[1]
 	// Pinned on a, but a lost it (e.g. its input folder was wiped).

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"testing"
+
+	"github.com/comfygate/comfygate/internal/testkit"
 )
 
 func TestNormalizeRef(t *testing.T) {
@@ -27,10 +29,10 @@ func TestNormalizeRef(t *testing.T) {
 
 func TestPinnedOwnerWinsOverSameNamedFileElsewhere(t *testing.T) {
 	t.Parallel()
-	a, b := startMini(t, "0.3.65"), startMini(t, "0.3.65")
+	a, b := testkit.Mini(t, "0.3.65"), testkit.Mini(t, "0.3.65")
 	// Both instances wrote ComfyUI_00001_.png; the prompt's output came from b.
-	a.put("output", "", "ComfyUI_00001_.png", []byte("A"))
-	b.put("output", "", "ComfyUI_00001_.png", []byte("B"))
+	a.Put("output", "", "ComfyUI_00001_.png", []byte("A"))
+	b.Put("output", "", "ComfyUI_00001_.png", []byte("B"))
 	p, _ := newCorePool(t, coreConfig(a.Addr(), b.Addr()), true)
 	ib := p.Instances()[1]
 	p.PinFile(FileRef{Filename: "ComfyUI_00001_.png", Type: "output"}, ib)
@@ -40,7 +42,7 @@ func TestPinnedOwnerWinsOverSameNamedFileElsewhere(t *testing.T) {
 			t.Fatalf("FileOwner = %v %v, want the pinned instance", got, ok)
 		}
 	}
-	if a.views.Load()+b.views.Load() != 0 {
+	if a.Views.Load()+b.Views.Load() != 0 {
 		t.Fatal("a pinned file was probed")
 	}
 	// The owner goes down: it is still the answer, never the other file.
@@ -52,23 +54,23 @@ func TestPinnedOwnerWinsOverSameNamedFileElsewhere(t *testing.T) {
 
 func TestFileOwnerProbesOnMiss(t *testing.T) {
 	t.Parallel()
-	a, b := startMini(t, "0.3.65"), startMini(t, "0.3.65")
-	b.put("output", "sub", "only_b.png", []byte("0123456789"))
+	a, b := testkit.Mini(t, "0.3.65"), testkit.Mini(t, "0.3.65")
+	b.Put("output", "sub", "only_b.png", []byte("0123456789"))
 	p, _ := newCorePool(t, coreConfig(a.Addr(), b.Addr()), true)
 	ib := p.Instances()[1]
 	got, ok := p.FileOwner(context.Background(), FileRef{Filename: "only_b.png", Subfolder: "sub"})
 	if !ok || got != ib {
 		t.Fatalf("FileOwner = %v %v, want b", got, ok)
 	}
-	if b.ranged.Load() != 1 {
-		t.Fatalf("probe used no Range header (%d ranged of %d)", b.ranged.Load(), b.views.Load())
+	if b.Ranged.Load() != 1 {
+		t.Fatalf("probe used no Range header (%d ranged of %d)", b.Ranged.Load(), b.Views.Load())
 	}
 	// Pinned now: no second probe.
-	before := a.views.Load() + b.views.Load()
+	before := a.Views.Load() + b.Views.Load()
 	if got, ok := p.FileOwner(context.Background(), FileRef{Filename: "only_b.png", Subfolder: "sub", Type: "output"}); !ok || got != ib {
 		t.Fatalf("second FileOwner = %v %v", got, ok)
 	}
-	if after := a.views.Load() + b.views.Load(); after != before {
+	if after := a.Views.Load() + b.Views.Load(); after != before {
 		t.Fatal("probed again after pinning")
 	}
 	if _, ok := p.FileOwner(context.Background(), FileRef{Filename: "nowhere.png"}); ok {

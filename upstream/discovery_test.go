@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/testkit"
 )
 
 // fakeResolver answers LookupHost from a table the test changes.
@@ -132,7 +133,7 @@ func TestDiscoveryAddsAndDrains(t *testing.T) {
 
 func TestDiscoveredInstanceIsCheckedAndUsable(t *testing.T) {
 	t.Parallel()
-	f := startMini(t, "0.3.65")
+	f := testkit.Mini(t, "0.3.65")
 	host, port, _ := net.SplitHostPort(f.Addr())
 	cfg := coreConfig()
 	cfg.Instances = []config.Instance{{Name: "gpu", Address: "comfyui.test:" + port, Discover: true}}

@@ -11,7 +11,7 @@ import (
 
 func TestHealthThresholdsAndOneLogPerTransition(t *testing.T) {
 	t.Parallel()
-	f := startMini(t, "0.3.65")
+	f := testkit.Mini(t, "0.3.65")
 	cfg := coreConfig(f.Addr())
 	cfg.HealthCheck.UnhealthyThreshold = 3
 	cfg.HealthCheck.HealthyThreshold = 2
@@ -28,7 +28,7 @@ func TestHealthThresholdsAndOneLogPerTransition(t *testing.T) {
 	if got := inst.Version(); got != "0.3.65" {
 		t.Fatalf("version = %q", got)
 	}
-	f.fail500.Store(true)
+	f.Fail500.Store(true)
 	for k := 1; k <= 2; k++ {
 		if p.checkOnce(ctx, inst) {
 			t.Fatalf("check %d passed against a failing upstream", k)
@@ -46,14 +46,14 @@ func TestHealthThresholdsAndOneLogPerTransition(t *testing.T) {
 	if n := rec.count("instance unhealthy", "instance=i1"); n != 1 {
 		t.Fatalf("unhealthy logged %d times, want 1", n)
 	}
-	f.fail500.Store(false)
+	f.Fail500.Store(false)
 	if !p.checkOnce(ctx, inst) || inst.Healthy() {
 		t.Fatalf("healthy after 1 success with healthy_threshold 2 (%v)", inst.Healthy())
 	}
 	// A failure in between resets the success count.
-	f.fail500.Store(true)
+	f.Fail500.Store(true)
 	p.checkOnce(ctx, inst)
-	f.fail500.Store(false)
+	f.Fail500.Store(false)
 	p.checkOnce(ctx, inst)
 	if inst.Healthy() {
 		t.Fatal("healthy although the successes were not consecutive")
@@ -79,7 +79,7 @@ func TestHealthThresholdsAndOneLogPerTransition(t *testing.T) {
 
 func TestStartChecksAllInstancesBeforeReturning(t *testing.T) {
 	t.Parallel()
-	a, b := startMini(t, "0.3.65"), startMini(t, "0.3.40")
+	a, b := testkit.Mini(t, "0.3.65"), testkit.Mini(t, "0.3.40")
 	p, rec := newCorePool(t, coreConfig(a.Addr(), closedAddr(t), b.Addr()), true)
 	got := p.Healthy()
 	if len(got) != 2 || got[0].Name != "i1" || got[1].Name != "i3" {
@@ -95,25 +95,25 @@ func TestStartChecksAllInstancesBeforeReturning(t *testing.T) {
 
 func TestHealthLoopRuns(t *testing.T) {
 	t.Parallel()
-	f := startMini(t, "0.3.65")
+	f := testkit.Mini(t, "0.3.65")
 	cfg := coreConfig(f.Addr())
 	cfg.HealthCheck.Interval = 10 * time.Millisecond
 	cfg.HealthCheck.UnhealthyThreshold = 2
 	p, _ := newCorePool(t, cfg, true)
 	inst := p.Instances()[0]
-	f.fail500.Store(true)
+	f.Fail500.Store(true)
 	testkit.Eventually(t, "unhealthy by the loop", func() bool { return !inst.Healthy() })
-	f.fail500.Store(false)
+	f.Fail500.Store(false)
 	testkit.Eventually(t, "healthy by the loop", func() bool { return inst.Healthy() })
 }
 
 func TestHungInstanceFailsByTimeout(t *testing.T) {
 	t.Parallel()
-	f := startMini(t, "0.3.65")
+	f := testkit.Mini(t, "0.3.65")
 	cfg := coreConfig(f.Addr())
 	cfg.HealthCheck.Timeout = 50 * time.Millisecond
 	p, _ := newCorePool(t, cfg, true)
-	f.hang.Store(true)
+	f.Hang.Store(true)
 	start := time.Now()
 	if p.checkOnce(context.Background(), p.Instances()[0]) {
 		t.Fatal("check passed against a hung instance")
@@ -125,7 +125,7 @@ func TestHungInstanceFailsByTimeout(t *testing.T) {
 
 func TestConfirmSuspect(t *testing.T) {
 	t.Parallel()
-	f := startMini(t, "0.3.65")
+	f := testkit.Mini(t, "0.3.65")
 	p, rec := newCorePool(t, coreConfig(f.Addr()), true)
 	inst := p.Instances()[0]
 
@@ -136,14 +136,14 @@ func TestConfirmSuspect(t *testing.T) {
 		t.Fatal("healthy instance marked down")
 	}
 	// Socket lost and the check fails: down at once, not after 3 failures.
-	f.fail500.Store(true)
+	f.Fail500.Store(true)
 	p.SocketLost(inst)
 	testkit.Eventually(t, "confirmed dead", func() bool { return !inst.Healthy() })
 	if rec.count("socket lost and health check failed") != 1 {
 		t.Fatal("confirmation not logged once")
 	}
 	// The socket comes back and the instance answers: healthy at once.
-	f.fail500.Store(false)
+	f.Fail500.Store(false)
 	p.SocketRestored(inst)
 	testkit.Eventually(t, "restored", func() bool { return inst.Healthy() && !inst.suspect.Load() })
 }

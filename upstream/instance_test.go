@@ -14,7 +14,7 @@ import (
 
 func TestCallRoundTrip(t *testing.T) {
 	t.Parallel()
-	f := startMini(t, "0.3.65")
+	f := testkit.Mini(t, "0.3.65")
 	p, _ := newCorePool(t, coreConfig(f.Addr()), true)
 	inst := p.Instances()[0]
 	status, body, err := inst.Call(context.Background(), "POST", "/echo?x=1", map[string]string{"X-Test": "v"}, []byte("hello"))
@@ -35,10 +35,10 @@ func TestCallRoundTrip(t *testing.T) {
 
 func TestBreakerOpensOn5xxAndInstanceIsSkipped(t *testing.T) {
 	t.Parallel()
-	a, b := startMini(t, "0.3.65"), startMini(t, "0.3.65")
+	a, b := testkit.Mini(t, "0.3.65"), testkit.Mini(t, "0.3.65")
 	p, rec := newCorePool(t, coreConfig(a.Addr(), b.Addr()), true)
 	ia, ib := p.Instances()[0], p.Instances()[1]
-	a.fail500.Store(true)
+	a.Fail500.Store(true)
 	start := time.Now()
 	for k := 0; k < 3; k++ {
 		status, _, err := ia.Call(context.Background(), "GET", "/object_info", nil, nil)
@@ -89,13 +89,13 @@ func TestBreakerOpensOnConnectionErrors(t *testing.T) {
 
 func TestCallTimeoutCountsAsFailure(t *testing.T) {
 	t.Parallel()
-	f := startMini(t, "0.3.65")
+	f := testkit.Mini(t, "0.3.65")
 	cfg := coreConfig(f.Addr())
 	cfg.Timeout = 50 * time.Millisecond
 	cfg.Breaker.ConsecutiveFailures = 2
 	p, _ := newCorePool(t, cfg, true)
 	inst := p.Instances()[0]
-	f.hang.Store(true)
+	f.Hang.Store(true)
 	for k := 0; k < 2; k++ {
 		start := time.Now()
 		_, _, err := inst.Call(context.Background(), "GET", "/queue", nil, nil)
@@ -113,12 +113,12 @@ func TestCallTimeoutCountsAsFailure(t *testing.T) {
 
 func TestCallerDeadlineDoesNotTripBreaker(t *testing.T) {
 	t.Parallel()
-	f := startMini(t, "0.3.65")
+	f := testkit.Mini(t, "0.3.65")
 	cfg := coreConfig(f.Addr())
 	cfg.Breaker.ConsecutiveFailures = 1
 	p, _ := newCorePool(t, cfg, true)
 	inst := p.Instances()[0]
-	f.hang.Store(true)
+	f.Hang.Store(true)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
 	defer cancel()
 	if _, _, err := inst.Call(ctx, "GET", "/queue", nil, nil); err == nil {
@@ -136,14 +136,14 @@ func TestCallerDeadlineDoesNotTripBreaker(t *testing.T) {
 
 func TestNoFreeConnsDoesNotTripBreaker(t *testing.T) {
 	t.Parallel()
-	f := startMini(t, "0.3.65")
+	f := testkit.Mini(t, "0.3.65")
 	cfg := coreConfig(f.Addr())
 	cfg.Timeout = 300 * time.Millisecond
 	cfg.MaxConnectionsPerInstance = 1
 	cfg.Breaker.ConsecutiveFailures = 2
 	p, _ := newCorePool(t, cfg, false)
 	inst := p.Instances()[0]
-	f.hang.Store(true)
+	f.Hang.Store(true)
 	first := make(chan error, 1)
 	go func() {
 		_, _, err := inst.Call(context.Background(), "GET", "/queue", nil, nil)

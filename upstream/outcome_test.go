@@ -16,22 +16,22 @@ import (
 // it must not close the breaker.
 func TestCancelledHalfOpenProbeKeepsBreakerOpen(t *testing.T) {
 	t.Parallel()
-	f := startMini(t, "0.3.65")
+	f := testkit.Mini(t, "0.3.65")
 	cfg := coreConfig(f.Addr())
 	cfg.Breaker.ConsecutiveFailures = 1
 	cfg.Breaker.OpenTimeout = 50 * time.Millisecond
 	p, _ := newCorePool(t, cfg, false)
 	inst := p.Instances()[0]
 
-	f.fail500.Store(true)
+	f.Fail500.Store(true)
 	if status, _, err := inst.Call(context.Background(), "GET", "/queue", nil, nil); err != nil || status != 500 {
 		t.Fatalf("call = %d %v", status, err)
 	}
 	if st := inst.breaker.State(); st != breaker.Open {
 		t.Fatalf("breaker %v after a 500 on comfygate's own GET /queue", st)
 	}
-	f.fail500.Store(false)
-	f.hang.Store(true)
+	f.Fail500.Store(false)
+	f.Hang.Store(true)
 	testkit.Eventually(t, "the breaker to turn half-open", func() bool { return inst.breaker.State() == breaker.HalfOpen })
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -40,7 +40,7 @@ func TestCancelledHalfOpenProbeKeepsBreakerOpen(t *testing.T) {
 		_, _, err := inst.Call(ctx, "GET", "/queue", nil, nil)
 		errc <- err
 	}()
-	testkit.Eventually(t, "the probe to reach the instance", func() bool { return f.hanging.Load() > 0 })
+	testkit.Eventually(t, "the probe to reach the instance", func() bool { return f.Hanging.Load() > 0 })
 	cancel()
 	if err := <-errc; !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled probe = %v, want context.Canceled", err)
@@ -53,7 +53,7 @@ func TestCancelledHalfOpenProbeKeepsBreakerOpen(t *testing.T) {
 // Every request's judgement shows in comfygate_upstream_requests_total.
 func TestOutcomesCounted(t *testing.T) {
 	t.Parallel()
-	f := startMini(t, "0.3.65")
+	f := testkit.Mini(t, "0.3.65")
 	m := metrics.New("test")
 	p, err := New(coreConfig(f.Addr()), m, nil)
 	if err != nil {
@@ -65,7 +65,7 @@ func TestOutcomesCounted(t *testing.T) {
 	if st, _, err := inst.Call(ctx, "GET", "/nope", nil, nil); err != nil || st != 404 {
 		t.Fatalf("call = %d %v", st, err)
 	}
-	f.fail500.Store(true)
+	f.Fail500.Store(true)
 	if st, _, err := inst.Call(ctx, "GET", "/queue", nil, nil); err != nil || st != 500 {
 		t.Fatalf("call = %d %v", st, err)
 	}
@@ -102,18 +102,18 @@ func TestOutcomesCounted(t *testing.T) {
 // instance's breaker still turns it away.
 func TestPinnedReadPassesOpenBreakerOfHealthyInstance(t *testing.T) {
 	t.Parallel()
-	f := startMini(t, "0.3.65")
+	f := testkit.Mini(t, "0.3.65")
 	cfg := coreConfig(f.Addr())
 	cfg.Breaker.ConsecutiveFailures = 1
 	cfg.Breaker.OpenTimeout = time.Hour
 	p, _ := newCorePool(t, cfg, false)
 	inst := p.Instances()[0]
 
-	f.fail500.Store(true)
+	f.Fail500.Store(true)
 	if status, _, err := inst.Call(context.Background(), "GET", "/queue", nil, nil); err != nil || status != 500 {
 		t.Fatalf("call = %d %v", status, err)
 	}
-	f.fail500.Store(false)
+	f.Fail500.Store(false)
 	if st := inst.breaker.State(); st != breaker.Open {
 		t.Fatalf("breaker %v, want open", st)
 	}

@@ -1,12 +1,13 @@
 // Package testkit is what comfygate's tests share, and only tests import
-// it: simulated instances on free loopback ports (Sims), the test
-// configuration (Config), one bounded wait (Eventually), a fake clock, a
+// it: simulated instances on free loopback ports (Sims), a minimal
+// ComfyUI with switches to fail or hang for pool and file tests (Mini),
+// the test configuration (Config), one bounded wait (Eventually), a fake clock, a
 // fault-injecting TCP proxy to put in front of an instance (FaultProxy),
 // and a client that speaks ComfyUI's protocol like ComfyUI's own websocket
 // example (Client).
 //
-// It imports comfysim, config and internal packages only, so the internal
-// tests of upstream, jobs and proxy can use it. The whole gateway (pool,
+// It imports comfysim, config, internal packages and fasthttp only, so the
+// internal tests of upstream, prompts, jobs and proxy can use it. The whole gateway (pool,
 // job service, proxy server) is wired by internal/testkit/stack, for tests
 // outside those packages.
 package testkit
