@@ -33,13 +33,14 @@ type Event struct {
 
 // Sink receives the events of the prompts submitted with it, in the order
 // the instance sent them. It is called from the instance's delivery
-// goroutine (see outbox), with no lock of the pool held, and must not block.
+// goroutine (see outbox), with no lock of the table or the pool held, and
+// must not block.
 type Sink interface {
 	PromptEvent(p *Prompt, ev Event)
 }
 
 // Listener receives what belongs to no single prompt, from a delivery
-// goroutine with no lock of the pool held. Must not block.
+// goroutine with no lock of the table or the pool held. Must not block.
 type Listener interface {
 	// Broadcast: an event without prompt id (custom nodes' messages, ...)
 	// that ComfyUI would send to every socket.

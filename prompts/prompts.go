@@ -167,7 +167,7 @@ func (t *Table) Close() {
 	t.wg.Wait()
 }
 
-// instanceAdded opens the socket of inst (at start if the table is not
+// InstanceAdded opens the socket of inst (at start if the table is not
 // running yet). Calling it twice is harmless.
 func (t *Table) InstanceAdded(inst *upstream.Instance) {
 	s := t.socketFor(inst)
@@ -179,7 +179,7 @@ func (t *Table) InstanceAdded(inst *upstream.Instance) {
 	}
 }
 
-// socketSettled reports whether inst's socket is up or its first dial
+// SocketSettled reports whether inst's socket is up or its first dial
 // failed: either way, waiting longer for it at start-up gains nothing.
 func (t *Table) SocketSettled(inst *upstream.Instance) bool {
 	t.mu.Lock()
@@ -188,7 +188,7 @@ func (t *Table) SocketSettled(inst *upstream.Instance) bool {
 	return inst.SocketUp() || s == nil || s.dialed.Load()
 }
 
-// instanceRemoved stops giving inst new work (the pool's draining flag does
+// InstanceRemoved stops giving inst new work (the pool's draining flag does
 // that) and closes its socket once its prompts are done.
 func (t *Table) InstanceRemoved(inst *upstream.Instance) {
 	t.mu.Lock()

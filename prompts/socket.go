@@ -47,8 +47,8 @@ type instSocket struct {
 	stopCh     chan struct{} // closed by stop
 	draining   atomic.Bool   // close once the instance's prompts are done
 	verifying  atomic.Bool   // a queue check for deleted prompts is running
-	cleaning   atomic.Bool   // a cleanUp pass of moved prompts is running
-	cleanAgain atomic.Bool   // another cleanUp pass is wanted
+	cleaning   atomic.Bool   // a CleanUp pass of moved prompts is running
+	cleanAgain atomic.Bool   // another CleanUp pass is wanted
 	conns      atomic.Uint64 // connections made so far (a send compares it)
 	dialed     atomic.Bool   // a first dial has finished, either way (Start waits for it)
 	upSince    atomic.Int64  // unix nanos the current connection came up
@@ -371,7 +371,7 @@ func (s *instSocket) routeLocked(f frame) {
 		// Our client_id, an id we do not know: a prompt of an earlier
 		// comfygate process, or one we already moved elsewhere. A moved
 		// one must not run here: stop it; one that ran here to success
-		// after all ends with this run (cleanUp reclaims it).
+		// after all ends with this run (CleanUp reclaims it).
 		if (f.typ == comfyapi.TypeExecutionStart || f.typ == comfyapi.TypeExecutionSuccess) && s.t.tombstoned(s.inst, f.uid) {
 			s.t.cleanUpLater(s)
 		}

@@ -108,7 +108,7 @@ func (t *Table) settleTomb(inst *upstream.Instance, uid string) {
 	}
 }
 
-// cleanUp removes from inst what moved off it: tombstoned prompts pending
+// CleanUp removes from inst what moved off it: tombstoned prompts pending
 // in its queue are deleted (POST /queue {"delete": [...]}), a running one
 // is interrupted (POST /interrupt {"prompt_id": ...}). It runs before an
 // instance that was down gets new work again, and whenever a tombstoned
@@ -214,7 +214,7 @@ func (t *Table) reclaim(pr *Prompt, from *upstream.Instance, uid string, entry j
 	return ok
 }
 
-// cleanUpLater runs cleanUp in the background, one pass at a time per
+// cleanUpLater runs CleanUp in the background, one pass at a time per
 // instance; a request during a pass runs another after it, so a prompt that
 // showed up after the pass looked at the queue is not missed.
 func (t *Table) cleanUpLater(s *instSocket) {
