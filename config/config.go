@@ -463,6 +463,7 @@ func (c *Config) applyEnv(environ []string) error {
 	str("LOG_FORMAT", &c.Log.Format)
 	str("LOG_DIRECTORY", &c.Log.Directory)
 	str("COMFYGATE_LISTEN", &c.Listen)
+	str("COMFYGATE_STATE_DIR", &c.Jobs.StateDir)
 	c.applySecurityEnv(env)
 	str("COMFYGATE_WEBHOOK_SECRET", &c.Webhooks.Secret)
 

@@ -71,6 +71,7 @@ func TestEnvironmentOverrides(t *testing.T) {
 		"MAX_CONCURRENT_JOBS=6",
 		"LOG_LEVEL=debug",
 		"LOG_DIRECTORY=/tmp/x",
+		"COMFYGATE_STATE_DIR=/var/lib/comfygate/jobs",
 	}
 	c, err := Load(writeFile(t, "instances:\n  - address: ignored:1\n"), env)
 	if err != nil {
@@ -88,7 +89,8 @@ func TestEnvironmentOverrides(t *testing.T) {
 	}
 	if c.Timeout != 1500*time.Millisecond || c.MaxConnectionsPerInstance != 7 ||
 		c.HealthCheck.Interval != 250*time.Millisecond || c.Jobs.Timeout != time.Minute ||
-		c.Jobs.MaxConcurrent != 6 || c.Log.Level != "debug" || c.Log.Directory != "/tmp/x" {
+		c.Jobs.MaxConcurrent != 6 || c.Log.Level != "debug" || c.Log.Directory != "/tmp/x" ||
+		c.Jobs.StateDir != "/var/lib/comfygate/jobs" {
 		t.Fatalf("overrides not applied: %+v", c)
 	}
 }

@@ -194,11 +194,15 @@ func (s *Service) serveSubmit(ctx *fasthttp.RequestCtx, name string, builtIn boo
 		return
 	}
 	p, named := wf.param("image")
-	sub, aerr := parseSubmissionN(ctx, s.cfg.MaxImageBytes, wf.needsImage(), wf.imageParams(), named && p.Type == ptImage && !wf.needsImage())
+	sub, aerr, spooled := s.spoolRawImage(ctx, wf, s.cfg.MaxImageBytes)
+	if !spooled {
+		sub, aerr = parseSubmissionN(ctx, s.cfg.MaxImageBytes, wf.needsImage(), wf.imageParams(), named && p.Type == ptImage && !wf.needsImage())
+	}
 	if aerr != nil {
 		writeError(ctx, aerr)
 		return
 	}
+	defer sub.spool.discard() // unless a job took it
 	if err := wf.checkOverrides(sub.inputs); err != nil {
 		writeError(ctx, badRequest(errInvalidOverride, "%s", err.Error()))
 		return
@@ -406,6 +410,10 @@ func (s *Service) accept(wf *workflow, sub *submission, values map[string]json.R
 		j.images = append(j.images, &jobImage{name: j.id + extension(sub.format)})
 		data = append(data, sub.image)
 	}
+	size := int64(0)
+	if sub.spool != nil {
+		size = sub.spool.size
+	}
 	for _, name := range slices.Sorted(maps.Keys(images)) {
 		format, _, _, _ := sniffImage(images[name])
 		j.images = append(j.images, &jobImage{param: name, name: j.id + "-" + name + extension(format)})
@@ -415,7 +423,6 @@ func (s *Service) accept(wf *workflow, sub *submission, values map[string]json.R
 	if err != nil {
 		return nil, badRequest(errInvalidOverride, "cannot apply the inputs: %v", err)
 	}
-	var size int64
 	for _, d := range data {
 		size += int64(len(d))
 	}
@@ -423,7 +430,13 @@ func (s *Service) accept(wf *workflow, sub *submission, values map[string]json.R
 		return nil, aerr // before the images are written anywhere
 	}
 	for i, im := range j.images {
-		if err := s.inputs.keep(im, j.id, data[i]); err != nil {
+		var err error
+		if i == 0 && sub.spool != nil {
+			err = s.inputs.keepSpooled(im, j.id, sub.spool)
+		} else {
+			err = s.inputs.keep(im, j.id, data[i])
+		}
+		if err != nil {
 			for _, kept := range j.images[:i] {
 				s.inputs.release(kept)
 			}

@@ -72,6 +72,9 @@ type submission struct {
 	webhookURL string
 	// webhookProgress asks for the job's non-terminal events too.
 	webhookProgress bool
+	// spool holds the image instead of image when a large raw body went
+	// straight to a file (spoolRawImage).
+	spool *spooledImage
 }
 
 // Reserved keys of a JSON submission; the others are parameters.

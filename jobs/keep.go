@@ -1,11 +1,13 @@
 package jobs
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"image"
 	"io"
 	"mime"
 	"mime/multipart"
@@ -13,6 +15,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -279,4 +282,116 @@ func writeUploadForm(mw *multipart.Writer, ref prompts.FileRef, img io.Reader) e
 		return err
 	}
 	return mw.Close()
+}
+
+// spoolThreshold is the size from which a raw image body (image/* or
+// application/octet-stream) goes straight to a file as it arrives instead
+// of into memory: a 45 MB upload then costs comfygate a copy buffer, not
+// its size. Multipart and JSON bodies are read into memory (bounded by
+// jobs.max_image_bytes).
+const spoolThreshold = 1 << 20
+
+// spooledImage is a raw image body written to a file of the input store.
+type spooledImage struct {
+	path  string
+	size  int64
+	taken bool // moved into a job's kept image
+}
+
+// spoolRawImage reads a raw image body into a file and checks it is an
+// image of at most maxBytes. ok is false when the request is not such a
+// body (the caller parses it as usual).
+func (s *Service) spoolRawImage(ctx *fasthttp.RequestCtx, wf *workflow, maxBytes int64) (sub *submission, aerr *apiError, ok bool) {
+	mt, _, _ := mime.ParseMediaType(string(ctx.Request.Header.ContentType()))
+	body := ctx.RequestBodyStream()
+	n := ctx.Request.Header.ContentLength()
+	if !wf.needsImage() || wf.imageParams() > 0 || body == nil || (n >= 0 && n <= spoolThreshold) ||
+		!(strings.HasPrefix(mt, "image/") || mt == "application/octet-stream") {
+		return nil, nil, false
+	}
+	if n > 0 && int64(n) > maxBytes {
+		// Read (and drop) up to as much again, so that a client that sends
+		// its whole body before it reads the answer gets it; a larger one
+		// is cut off.
+		_, _ = io.Copy(io.Discard, io.LimitReader(body, maxBytes))
+		return nil, tooLarge(int64(n), maxBytes), true
+	}
+	dir, err := s.inputs.directory()
+	var f *os.File
+	if err == nil {
+		f, err = os.CreateTemp(dir, ".upload-*")
+	}
+	if err != nil {
+		s.log.Error("job image not spooled", "err", err)
+		return nil, &apiError{status: fasthttp.StatusServiceUnavailable, typ: errNoUpstream, msg: "comfygate cannot store the image now", retryAfter: 5}, true
+	}
+	sp := &spooledImage{path: f.Name()}
+	fail := func(e *apiError) (*submission, *apiError, bool) {
+		_ = f.Close()
+		_ = os.Remove(sp.path)
+		return nil, e, true
+	}
+	sp.size, err = io.Copy(f, io.LimitReader(body, maxBytes+1))
+	switch {
+	case err != nil:
+		return fail(badRequest(errInvalidRequest, "cannot read the request body"))
+	case sp.size > maxBytes:
+		_, _ = io.Copy(io.Discard, io.LimitReader(body, maxBytes)) // as above
+		return fail(badRequest(errImageTooLarge, "image too large: more than %d bytes, the limit", maxBytes))
+	case sp.size == 0:
+		return fail(badRequest(errMissingImage, "no image: send multipart/form-data with a file field \"image\", or JSON {\"image_base64\": \"...\"}"))
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return fail(&apiError{status: fasthttp.StatusServiceUnavailable, typ: errNoUpstream, msg: "comfygate cannot store the image now", retryAfter: 5})
+	}
+	format, w, h, err := sniffImageReader(f)
+	if err != nil {
+		return fail(badRequest(errInvalidImage, "not an image: want PNG, JPEG, WebP or GIF"))
+	}
+	if w <= 0 || h <= 0 {
+		return fail(badRequest(errInvalidImage, "the image has no pixels (%dx%d)", w, h))
+	}
+	if err := f.Close(); err != nil {
+		_ = os.Remove(sp.path)
+		return nil, &apiError{status: fasthttp.StatusServiceUnavailable, typ: errNoUpstream, msg: "comfygate cannot store the image now", retryAfter: 5}, true
+	}
+	return &submission{params: map[string]json.RawMessage{}, files: map[string][]byte{}, format: format, width: w, height: h, spool: sp}, nil, true
+}
+
+// discard removes a spooled body no job took.
+func (sp *spooledImage) discard() {
+	if sp != nil && !sp.taken {
+		_ = os.Remove(sp.path)
+	}
+}
+
+// keepSpooled makes a spooled body im's kept image: the file is renamed
+// into place, never read into memory.
+func (st *inputStore) keepSpooled(im *jobImage, jobID string, sp *spooledImage) error {
+	dir, err := st.directory()
+	if err != nil {
+		return fmt.Errorf("keep the job's image: %w", err)
+	}
+	path := filepath.Join(dir, jobID+"-"+im.name)
+	if err := os.Rename(sp.path, path); err != nil {
+		return fmt.Errorf("keep the job's image: %w", err)
+	}
+	sp.taken = true
+	im.size, im.file = sp.size, path
+	return nil
+}
+
+// sniffImageReader is sniffImage over a reader: it reads only the header.
+func sniffImageReader(r io.Reader) (format string, w, h int, err error) {
+	br := bufio.NewReaderSize(r, 64<<10)
+	if head, _ := br.Peek(30); len(head) >= 30 {
+		if w, h, ok := webpSize(head); ok {
+			return "webp", w, h, nil
+		}
+	}
+	cfg, format, err := image.DecodeConfig(br)
+	if err != nil {
+		return "", 0, 0, err
+	}
+	return format, cfg.Width, cfg.Height, nil
 }

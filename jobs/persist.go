@@ -211,6 +211,14 @@ func (s *Service) writer() {
 // this process) are reconciled against the instances once the service
 // starts (reconcile).
 func (s *Service) restore() {
+	// Bodies being received and records being written when the last
+	// process stopped are incomplete: no record names them.
+	for _, pattern := range []string{filepath.Join(s.state.dir, ".tmp-*"), filepath.Join(s.state.dir, "inputs", ".*")} {
+		leftovers, _ := filepath.Glob(pattern)
+		for _, name := range leftovers {
+			_ = os.Remove(name)
+		}
+	}
 	recs := s.state.load()
 	s.jobsMu.Lock()
 	defer s.jobsMu.Unlock()

@@ -1,14 +1,20 @@
 package jobs
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"image"
+	"image/png"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/comfygate/comfygate/prompts"
@@ -186,4 +192,67 @@ func TestInstanceFault5xxTriesAnother(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestLargeRawImageGoesToAFile: a raw image body past spoolThreshold goes
+// straight to a file of the state directory (never whole in memory) and
+// runs like any other; a too large or non-image one is refused and leaves
+// no file behind.
+func TestLargeRawImageGoesToAFile(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, 1, comfysim.Options{Delay: 10 * time.Millisecond}, func(c *config.Config) {
+		c.Jobs.MaxImageBytes = 4 << 20
+	})
+	inputs := filepath.Join(h.cfg.Jobs.StateDir, "inputs")
+	big := uncompressedPNG(t, 700, 700) // ~1.5 MB
+	if len(big) <= spoolThreshold {
+		t.Fatalf("test image of %d bytes is not past the threshold", len(big))
+	}
+	code, _, resp := h.do("POST", "/api/remove-background", "image/png", big)
+	if code != http.StatusAccepted {
+		t.Fatalf("POST: %d %s", code, resp)
+	}
+	var a acceptedView
+	_ = json.Unmarshal(resp, &a)
+	v := h.waitStatus(a.JobID, 20*time.Second, statusCompleted, statusFailed)
+	if v.Status != statusCompleted {
+		t.Fatalf("status %+v (%s)", v, deref(v.Error))
+	}
+	if b := decodePNG(t, h.result(a.JobID)).Bounds(); b.Dx() != 700 || b.Dy() != 700 {
+		t.Fatalf("result %v, want 700x700", b)
+	}
+	for _, tc := range []struct {
+		desc string
+		body []byte
+		want string
+	}{
+		{"too large", append(big, make([]byte, 3<<20)...), errImageTooLarge},
+		{"not an image", bytes.Repeat([]byte("x"), 2<<20), errInvalidImage},
+	} {
+		code, _, resp := h.do("POST", "/api/remove-background", "image/png", tc.body)
+		if code != http.StatusBadRequest || !bytes.Contains(resp, []byte(tc.want)) {
+			t.Errorf("%s: %d %s, want 400 %s", tc.desc, code, resp, tc.want)
+		}
+	}
+	testkit.Eventually(t, "no image kept once the jobs ended", func() bool {
+		left, _ := os.ReadDir(inputs)
+		return len(left) == 0
+	})
+}
+
+// uncompressedPNG is a w×h opaque PNG stored without compression.
+func uncompressedPNG(t *testing.T, w, h int) []byte {
+	t.Helper()
+	img := image.NewNRGBA(image.Rect(0, 0, w, h))
+	for i := range img.Pix {
+		img.Pix[i] = byte(i * 7)
+		if i%4 == 3 {
+			img.Pix[i] = 255
+		}
+	}
+	var buf bytes.Buffer
+	if err := (&png.Encoder{CompressionLevel: png.NoCompression}).Encode(&buf, img); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
 }
