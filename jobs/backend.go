@@ -24,7 +24,7 @@ type backend interface {
 	PinFile(ref prompts.FileRef, inst *upstream.Instance)
 	// FileOwner finds the instance that holds ref.
 	FileOwner(ctx context.Context, ref prompts.FileRef) (*upstream.Instance, bool)
-	// Submit forwards one prompt (the pool selects, pins, resubmits on failover).
+	// Submit forwards one prompt (the prompt table selects, pins, resubmits on failover).
 	Submit(ctx context.Context, req prompts.SubmitRequest) (prompts.SubmitResult, error)
 	// Prompt looks a submitted prompt up.
 	Prompt(id string) (*prompts.Prompt, bool)

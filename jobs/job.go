@@ -122,7 +122,7 @@ type errorDetails struct {
 	ExceptionType string `json:"exception_type,omitempty"`
 }
 
-// PromptEvent receives the job's prompt events from the pool (prompts.Sink).
+// PromptEvent receives the job's prompt events from the prompt table (prompts.Sink).
 // It runs on the instance's reader goroutine: it parses and updates state
 // under the Service's mutex and starts any slow work on its own goroutine.
 func (j *job) PromptEvent(p *prompts.Prompt, ev prompts.Event) {

@@ -72,7 +72,7 @@ type Service struct {
 	// while the interrupt takes effect, if the instance never confirms.
 	cancelGrace time.Duration
 	// staleAfter is how long an active job may go without an event before
-	// the watchdog asks the pool whether its prompt ended unseen.
+	// the watchdog asks the prompt table whether its prompt ended unseen.
 	staleAfter time.Duration
 	// sweepEvery is the period of the loop that expires finished jobs and
 	// watches those at the instances.
@@ -313,7 +313,7 @@ func (s *Service) releaseLocked(j *job) {
 	s.kick()
 }
 
-// submit submits the job's prompt; the pool picks the instance, and the
+// submit submits the job's prompt; the prompt table picks the instance, and the
 // job's images are uploaded there (and only there) just before the prompt
 // goes (placeImages, as the request's Prepare, which a failover runs
 // again for the instance it moves the prompt to). Runs on its own
@@ -363,8 +363,8 @@ func (s *Service) submit(j *job) {
 	switch {
 	case err != nil && res.Instance != nil:
 		// Sent, but no answer in time: the instance may have taken it. The
-		// pool keeps it pinned and settles it (its events, /queue,
-		// /history); if the instance never took it the pool forgets it and
+		// prompt table keeps it pinned and settles it (its events, /queue,
+		// /history); if the instance never took it the table forgets it and
 		// the watchdog (sweep) puts the job back in line.
 		s.log.Warn("job submission unconfirmed", "job_id", j.id, "instance", res.Instance.Name, "err", err)
 	case err != nil:
@@ -732,7 +732,7 @@ func (s *Service) readHistory(ctx context.Context, inst *upstream.Instance, upst
 }
 
 // download fetches one output from inst's /view, falling back to
-// whichever instance the pool finds holding it, into comfygate's store.
+// whichever instance the prompt table finds holding it, into comfygate's store.
 func (s *Service) download(ctx context.Context, j *job, inst *upstream.Instance, r outRef) (*outputFile, error) {
 	ref := r.ref
 	q := url.Values{"filename": {ref.Filename}, "subfolder": {ref.Subfolder}, "type": {ref.Type}}
@@ -889,7 +889,7 @@ func (s *Service) CancelJob(ctx context.Context, id string) (known, cancelled bo
 	if err != nil {
 		s.log.Warn("cancel job", "job_id", id, "err", err)
 	} else if !ok && s.deletedUnseen(ctx, j) {
-		// The pool's queue check (after the instance's status broadcast)
+		// The prompt table's queue check (after the instance's status broadcast)
 		// marked the prompt done between its delete and its own look, and
 		// Cancel then took "done" for "finished first". The instance has
 		// no history of it: it was deleted, so it is cancelled.
@@ -918,7 +918,7 @@ func (s *Service) CancelJob(ctx context.Context, id string) (known, cancelled bo
 }
 
 // deletedUnseen reports whether a job that never started has a prompt the
-// pool reports done although its instance has no history of it.
+// prompt table reports done although its instance has no history of it.
 func (s *Service) deletedUnseen(ctx context.Context, j *job) bool {
 	s.jobsMu.Lock()
 	queued := j.state == stQueued
@@ -970,13 +970,13 @@ func (s *Service) sweep() {
 	}
 }
 
-// atInstance reports whether the pool has the job's prompt: submitted and
+// atInstance reports whether the prompt table has the job's prompt: submitted and
 // answered (or seen running). jobsMu must be held.
 func atInstance(j *job) bool {
 	return j.submitted && !j.restored && (j.state == stQueued || j.state == stRunning)
 }
 
-// watch settles a job at an instance that the pool no longer knows (an
+// watch settles a job at an instance that the prompt table no longer knows (an
 // unconfirmed submission the instance never took is dropped: the job goes
 // back in line) or that the pool reports finished although no terminal
 // event reached the job (events lost in a socket reconnect: the

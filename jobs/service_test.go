@@ -180,7 +180,7 @@ func TestEventsDriveJob(t *testing.T) {
 	if v := st(); v.Status != statusProcessing || v.Progress != 62 || deref(v.Instance) != "fake1" || v.Estimated == nil {
 		t.Fatalf("running: %+v", v)
 	}
-	// The instance dies; the pool resubmits to the other one: progress
+	// The instance dies; the prompt table resubmits to the other one: progress
 	// starts over there but the number never goes down.
 	f.event(id, b, "execution_start", map[string]any{"timestamp": 2})
 	f.event(id, b, "executing", map[string]any{"node": "1"})

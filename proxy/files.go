@@ -6,7 +6,7 @@ package proxy
 // ComfyUI_00001_.png, and an upload exists only where it was sent. Output
 // and temp references comfygate hands out name their instance in the
 // subfolder ("@<instance>", outputref.go), and /view sends those to that
-// instance. For other references the pool keeps a pin table of which
+// instance. For other references the prompt table keeps a pin table of which
 // instance holds which file, fed by the outputs of every /history answer
 // passing through, the WebSocket `executed` events, and the uploads below;
 // on a miss it asks the instances.
@@ -17,7 +17,7 @@ package proxy
 // other content: "name (1).png"), and that only holds fleet-wide when the
 // uploads land in one place. Two clients pasting different "image.png"s get
 // two names, as with one ComfyUI, and a later prompt on any instance gets
-// the right one: the pool copies inputs to the instance that runs the
+// the right one: the prompt table copies inputs to the instance that runs the
 // prompt (prompts.Table.EnsureInputs).
 
 import (

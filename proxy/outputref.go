@@ -45,7 +45,7 @@ package proxy
 // (prompts.SubmitRequest.Prefer; with outputs of several instances, the
 // one holding most of them), where the value becomes "name.png [output]".
 // When the prompt runs elsewhere (the instance is down or out of
-// selection, or the prompt loads outputs of two instances), the pool
+// selection, or the prompt loads outputs of two instances), the prompt table
 // copies the file into the other instance's output folder under
 // "comfygate-copies/<instance>/" and the value names the copy
 // (prompts.SubmitRequest.Files); if the copy fails the prompt fails

@@ -66,7 +66,7 @@ func writeComfyError(ctx *fasthttp.RequestCtx, code int, typ, message, details s
 }
 
 // postPrompt serves POST /prompt: parse, choose the prompt id, and hand
-// the prompt to the pool, which picks the instance, pins the id before
+// the prompt to the prompt table, which picks the instance, pins the id before
 // sending, and rewrites ids both ways.
 //
 // Differences from one ComfyUI, on purpose:
@@ -77,7 +77,7 @@ func writeComfyError(ctx *fasthttp.RequestCtx, code int, typ, message, details s
 //   - prompt_id: comfygate keeps the client's id when it is a non-empty
 //     string or a number (stringified, as ComfyUI before 2026 does) and not
 //     already known to comfygate; ids that are not canonical UUIDs are fine
-//     here, the pool maps them to UUIDs it mints for 2026 instances.
+//     here, the prompt table maps them to UUIDs it mints for 2026 instances.
 //     Otherwise (absent, null, other types, or in use: ComfyUI itself would
 //     run a duplicate id twice and overwrite its history) comfygate mints a
 //     lowercase UUIDv4, which the answer carries;
