@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/comfygate/comfygate/internal/lifecycle"
@@ -87,6 +88,11 @@ type Prompt struct {
 	prepare func(context.Context, *upstream.Instance) error
 	files   map[string]InstanceFile
 	graph   json.RawMessage
+
+	// reserved is the instance pick counted pr at, until its send's count
+	// takes it over (step) or the try is given up (unreserve): prompts
+	// picked at once see each other before any of them is sent.
+	reserved atomic.Pointer[upstream.Instance]
 
 	// Fleet queue number (see Number).
 	front     bool  // the client asked for the front of the queue

@@ -68,6 +68,7 @@ func (t *Table) failover(ctx context.Context, pr *Prompt, from *upstream.Instanc
 	// Until it leaves from, pr is held here; every way out that does not
 	// send it on gives it back (a no-op once lost or finished).
 	left, settled := false, false
+	defer t.unreserve(pr) // a pick whose send never started
 	stay := func() {
 		if !left && !settled {
 			settled = true

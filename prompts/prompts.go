@@ -44,6 +44,7 @@ type fleet interface {
 	Instance(name string) *upstream.Instance
 	Healthy() []*upstream.Instance
 	SelectFor(ok func(*upstream.Instance) bool, exclude ...*upstream.Instance) (*upstream.Instance, error)
+	Reserve(prefer *upstream.Instance, ok func(*upstream.Instance) bool, exclude ...*upstream.Instance) (*upstream.Instance, error)
 	QueueRemaining() int
 	AvailWatch() <-chan struct{}
 	SocketLost(inst *upstream.Instance)
@@ -303,7 +304,11 @@ func (t *Table) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (life
 		// transitions' counts could cross and the in-flight count drift.
 		switch ef.Kind {
 		case lifecycle.CountIn:
-			prevInst.CountInflight(1)
+			// A send: counted at the instance it goes to, unless its
+			// pick counted it there already (Prompt.reserved).
+			if !pr.reserved.CompareAndSwap(pr.instance, nil) {
+				pr.instance.CountInflight(1)
+			}
 		case lifecycle.CountOut:
 			prevInst.CountInflight(-1)
 		}
@@ -313,8 +318,12 @@ func (t *Table) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (life
 	} else {
 		delete(t.live, pr)
 	}
+	newInst := pr.instance
 	pr.mu.Unlock()
 	t.mu.Unlock()
+	if newInst != prevInst && newInst != nil {
+		newInst.InflightChanged() // a send's count: its gauge
+	}
 	t.carryOut(pr, prevInst, effects)
 	return next, true
 }
@@ -335,14 +344,18 @@ func (t *Table) reindexLocked(pr *Prompt, oldInst *upstream.Instance, oldID stri
 }
 
 // carryOut does what a transition of pr asked for. inst is the instance
-// the transition started at: every effect names it.
+// the transition started at: every effect names it but a send's CountIn
+// (the instance it goes to; step publishes that one's count).
 func (t *Table) carryOut(pr *Prompt, inst *upstream.Instance, effects []lifecycle.Effect) {
 	queue := false
 	for _, ef := range effects {
 		switch ef.Kind {
 		case lifecycle.CountIn, lifecycle.CountOut:
-			// Counted by step; the gauge and a drained instance's removal follow.
-			inst.InflightChanged()
+			// Counted by step; the gauge and a drained instance's removal
+			// follow (a first send's new instance: step).
+			if inst != nil {
+				inst.InflightChanged()
+			}
 			queue = true
 		case lifecycle.Unpin:
 			// Done with the transition: reindexLocked dropped the key.

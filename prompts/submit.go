@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"slices"
 	"syscall"
 	"time"
 
@@ -65,6 +64,7 @@ func (t *Table) submit(ctx context.Context, req SubmitRequest) (SubmitResult, er
 	}
 	var tried []*upstream.Instance
 	var lastErr error
+	defer t.unreserve(pr)
 	for {
 		// Before each try: a refused try forgot pr, freeing its id.
 		t.reserve(pr)
@@ -110,16 +110,29 @@ func (t *Table) reserve(pr *Prompt) {
 	}
 }
 
-// pick returns the instance for pr's next try: pr.prefer when it is
-// Available, eligible, its socket up and not tried yet, else Select's
-// choice among the instances pr may run on.
+// pick returns the instance for pr's next try (upstream.Pool.Reserve:
+// pr.prefer when it can take it, else the least loaded of the instances
+// pr may run on, not tried yet), where pr is counted at once
+// (Prompt.reserved; its send takes the count over): the picks of a burst
+// each see the prompts picked before them, however long their sends take
+// to start. A reservation of an earlier try is given back first.
 func (t *Table) pick(pr *Prompt, tried []*upstream.Instance) (*upstream.Instance, error) {
-	prefer, ok := pr.prefer, pr.eligible
-	if prefer != nil && prefer.Available() && !prefer.Suspect() && !slices.Contains(tried, prefer) &&
-		(ok == nil || ok(prefer)) {
-		return prefer, nil
+	t.unreserve(pr)
+	inst, err := t.p.Reserve(pr.prefer, pr.eligible, tried...)
+	if err != nil {
+		return nil, err
 	}
-	return t.p.SelectFor(ok, tried...)
+	pr.reserved.Store(inst)
+	return inst, nil
+}
+
+// unreserve gives back pr's count from pick if its send did not take it
+// over (the try was given up before it was sent).
+func (t *Table) unreserve(pr *Prompt) {
+	if inst := pr.reserved.Swap(nil); inst != nil {
+		inst.CountInflight(-1)
+		inst.InflightChanged()
+	}
 }
 
 // bodyFor returns base made ready for inst: the submitter's own files

@@ -129,6 +129,7 @@ type Pool struct {
 	mu        sync.RWMutex // guards instances
 	instances []*Instance
 	rr        atomic.Uint64
+	pickMu    sync.Mutex // serializes Reserve: each pick sees the ones before it counted
 
 	// prompts owns what runs on the instances (Attach; package prompts):
 	// Start starts it, Close closes it, and the pool tells it about its

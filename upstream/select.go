@@ -55,6 +55,28 @@ func (p *Pool) SelectFor(ok func(*Instance) bool, exclude ...*Instance) (*Instan
 	return nil, ErrNoUpstream
 }
 
+// Reserve picks the instance for a prompt and counts the prompt in its
+// in-flight work at once: prefer when it is Available, not suspect, not
+// excluded and ok accepts it, else SelectFor's choice. The caller's send
+// takes the count over (CountInflight is not called again for it), or the
+// caller gives it back with CountInflight(-1) and InflightChanged when no
+// send follows. Reserves run one at a time, so the prompts of a burst each
+// see the ones picked before them even before any of them is sent. It does
+// not allocate.
+func (p *Pool) Reserve(prefer *Instance, ok func(*Instance) bool, exclude ...*Instance) (*Instance, error) {
+	p.pickMu.Lock()
+	defer p.pickMu.Unlock()
+	inst := prefer
+	if inst == nil || !inst.Available() || inst.suspect.Load() || slices.Contains(exclude, inst) || (ok != nil && !ok(inst)) {
+		var err error
+		if inst, err = p.SelectFor(ok, exclude...); err != nil {
+			return nil, err
+		}
+	}
+	inst.inflight.Add(1)
+	return inst, nil
+}
+
 // pickLocked returns the least-loaded candidate, rotating among equals, or
 // nil. It does not allocate. p.mu must be held.
 //
@@ -119,12 +141,22 @@ func compareLoad(a, b *Instance) int {
 	return 0
 }
 
-// Work is the instance's outstanding work: prompts comfygate sent and did
-// not see finish, plus the queue the instance last reported.
+// Work is the instance's outstanding work: the larger of the prompts
+// comfygate picked it for and did not see finish (in flight) and the queue
+// it last reported (queue_remaining: pending plus running).
+//
+// Not their sum: the two cover the same prompts. Every prompt comfygate
+// sent is in both once the instance reported it, and the report comes
+// late (it is sent when the queue changes and read after the prompt's
+// answer, or later under load), so a sum counts a burst's prompts twice at
+// the instances that answered first and sends the rest elsewhere. In
+// flight counts a prompt from the pick on, so it leads during a burst; the
+// report also covers prompts from elsewhere (a client talking to the
+// instance directly, another replica), so it leads when there are such.
 func (i *Instance) Work() int64 { return i.work() }
 
 func (i *Instance) work() int64 {
-	return max(i.inflight.Load(), 0) + max(i.queueDepth.Load(), 0)
+	return max(i.inflight.Load(), i.queueDepth.Load(), 0)
 }
 
 // QueueRemaining is the fleet-wide queue_remaining a client should see:

@@ -53,11 +53,15 @@ func TestSelectPolicy(t *testing.T) {
 			in[0].inflight.Store(2)
 			in[1].queueDepth.Store(1)
 			in[2].inflight.Store(1)
-			in[2].queueDepth.Store(1)
+			in[2].queueDepth.Store(2)
 		}, want: []int{1, 1, 1}},
-		{desc: "in-flight and reported queue add up", n: 2, setup: func(t *testing.T, in []*Instance) {
-			in[0].inflight.Store(1)
+		{desc: "in-flight and reported queue are the same prompts, not added", n: 2, setup: func(t *testing.T, in []*Instance) {
+			in[0].inflight.Store(2)
 			in[0].queueDepth.Store(2)
+			in[1].inflight.Store(3)
+		}, want: []int{0}},
+		{desc: "a reported queue longer than in-flight counts (prompts from elsewhere)", n: 2, setup: func(t *testing.T, in []*Instance) {
+			in[0].queueDepth.Store(3)
 			in[1].inflight.Store(2)
 		}, want: []int{1}},
 		{desc: "round-robin among ties", n: 3, want: []int{0, 1, 2, 0, 1, 2}},
@@ -176,6 +180,49 @@ func TestSelectDoesNotAllocate(t *testing.T) {
 	p, _ := selectPool(t, 4)
 	if n := testing.AllocsPerRun(100, func() { _, _ = p.Select() }); n != 0 {
 		t.Fatalf("Select allocates %v times", n)
+	}
+}
+
+// TestReserveCountsThePick: a reserved instance counts the prompt at
+// once, so reserves one after another spread, prefer is taken while it
+// can take work, and a refused prefer falls back to selection.
+func TestReserveCountsThePick(t *testing.T) {
+	t.Parallel()
+	p, in := selectPool(t, 2)
+	var got []string
+	for range 4 {
+		inst, err := p.Reserve(nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, inst.Name)
+	}
+	if got[0] == got[1] || got[2] == got[3] || in[0].inflight.Load() != 2 || in[1].inflight.Load() != 2 {
+		t.Fatalf("reserves went to %v, in flight %d/%d; want alternating, 2/2", got, in[0].inflight.Load(), in[1].inflight.Load())
+	}
+	if inst, err := p.Reserve(in[1], nil); err != nil || inst != in[1] {
+		t.Fatalf("Reserve(prefer %s) = %v, %v", in[1].Name, inst, err)
+	}
+	if inst, err := p.Reserve(in[1], nil, in[1]); err != nil || inst != in[0] {
+		t.Fatalf("Reserve(prefer excluded) = %v, %v; want %s", inst, err, in[0].Name)
+	}
+	in[0].healthy.Store(false)
+	in[1].healthy.Store(false)
+	if _, err := p.Reserve(nil, nil); !errors.Is(err, ErrNoUpstream) {
+		t.Fatalf("Reserve with none healthy = %v, want ErrNoUpstream", err)
+	}
+}
+
+func TestReserveDoesNotAllocate(t *testing.T) {
+	p, _ := selectPool(t, 4)
+	if n := testing.AllocsPerRun(100, func() {
+		inst, err := p.Reserve(nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		inst.CountInflight(-1)
+	}); n != 0 {
+		t.Fatalf("Reserve allocates %v times", n)
 	}
 }
 

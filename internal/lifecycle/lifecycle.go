@@ -9,7 +9,7 @@
 // The phases and what moves a prompt between them:
 //
 //	Submitted   --Send-->        Sending       a POST /prompt to an instance is under way (Posting)
-//	Sending     --Answered-->    Queued        the instance answered 200 (counted in flight)
+//	Sending     --Answered-->    Queued        the instance answered 200
 //	Sending     --NoAnswer-->    Unconfirmed   sent, no answer: it may have it
 //	Sending     --Refused-->     Submitted     first submission: nobody has it (forgotten)
 //	                             Moving        resubmission: try another instance
@@ -106,14 +106,17 @@ type State struct {
 }
 
 // Counted reports whether the prompt counts in its instance's in-flight
-// work: queued or running there, also while failover holds it until it
-// leaves.
+// work: from the send on (its POST under way or unanswered, queued or
+// running there), also while failover holds it until it leaves. Counted
+// from the send, not the answer, so that prompts sent at once see each
+// other: counted only once answered, a burst's prompts all find the
+// instances as idle as the first did.
 func (s State) Counted() bool {
 	p := s.Phase
 	if p == Moving {
 		p = s.Resume
 	}
-	return !s.Adopted && (p == Queued || p == Running)
+	return !s.Adopted && (p == Sending || p == Unconfirmed || p == Queued || p == Running)
 }
 
 // Live reports a prompt comfygate submitted that is not done.
@@ -167,7 +170,7 @@ type EffectKind uint8
 
 // The effects. The owner carries them out after it released its locks.
 const (
-	CountIn   EffectKind = iota + 1 // add one to Effect.Instance's in-flight work
+	CountIn   EffectKind = iota + 1 // add one to Effect.Instance's in-flight work (a send)
 	CountOut                        // take one off Effect.Instance's in-flight work
 	Unpin                           // forget (Effect.Instance, Effect.UpstreamID): its late events are dropped
 	Tombstone                       // remember (Effect.Instance, Effect.UpstreamID): delete or interrupt it there when it shows
@@ -210,14 +213,15 @@ func Step(s State, e Event) (next State, effects []Effect, ok bool) {
 			next.Accepted = true
 			effects = append(effects, Effect{Kind: Accept, Instance: s.Instance})
 		}
-		effects = append(effects, Effect{Kind: CountIn, Instance: s.Instance})
 	}
 	switch e.Kind {
 	case Send:
 		if s.Adopted || s.Posting || (s.Phase != Submitted && s.Phase != Moving) {
 			return s, nil, false
 		}
+		uncount() // none: a prompt that moves left its instance first
 		next.Phase, next.Instance, next.UpstreamID = Sending, e.Instance, e.UpstreamID
+		effects = append(effects, Effect{Kind: CountIn, Instance: e.Instance})
 		next.Attempts++
 		next.Posting = true
 		next.StartedAt = time.Time{}
@@ -251,11 +255,11 @@ func Step(s State, e Event) (next State, effects []Effect, ok bool) {
 			if e.NotSent {
 				next.Attempts--
 			}
+			uncount()
 			if s.Phase != Sending {
 				// Its events showed the instance had it, then the POST
 				// broke (the instance died): it goes elsewhere, and if
 				// the instance comes back it must not run it.
-				uncount()
 				effects = append(effects, Effect{Kind: Tombstone, Instance: s.Instance, UpstreamID: s.UpstreamID})
 			}
 			if e.Resubmit {
@@ -280,7 +284,6 @@ func Step(s State, e Event) (next State, effects []Effect, ok bool) {
 		switch s.Phase {
 		case Sending, Unconfirmed:
 			accept()
-			counted = true
 		case Queued:
 		default:
 			return s, nil, false
@@ -360,6 +363,7 @@ func Step(s State, e Event) (next State, effects []Effect, ok bool) {
 		if s.Phase != Unconfirmed || s.Accepted || s.Posting {
 			return s, nil, false
 		}
+		uncount()
 		next.Phase, next.DoneAt = Dropped, e.At
 		effects = append(effects,
 			Effect{Kind: Tombstone, Instance: s.Instance, UpstreamID: s.UpstreamID},

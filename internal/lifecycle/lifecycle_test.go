@@ -36,27 +36,27 @@ func TestStepTable(t *testing.T) {
 		effs []Effect
 		ok   bool
 	}{
-		{desc: "first send", s: State{}, e: Event{Kind: Send, Instance: "a", UpstreamID: "u1", At: t0},
-			want: sendingToA, ok: true},
-		{desc: "answered: queued and counted, first acceptance", s: sendingToA, e: Event{Kind: Answered, At: t0},
-			want: queuedAtA, effs: effs(Effect{Kind: Accept, Instance: "a"}, Effect{Kind: CountIn, Instance: "a"}), ok: true},
+		{desc: "first send: counted", s: State{}, e: Event{Kind: Send, Instance: "a", UpstreamID: "u1", At: t0},
+			want: sendingToA, effs: effs(Effect{Kind: CountIn, Instance: "a"}), ok: true},
+		{desc: "answered: queued, first acceptance", s: sendingToA, e: Event{Kind: Answered, At: t0},
+			want: queuedAtA, effs: effs(Effect{Kind: Accept, Instance: "a"}), ok: true},
 		{desc: "answered with the id an old instance gave", s: State{Phase: Sending, Instance: "a", Attempts: 1, Posting: true},
 			e:    Event{Kind: Answered, UpstreamID: "u9", At: t0},
 			want: State{Phase: Queued, Instance: "a", UpstreamID: "u9", Attempts: 1, Accepted: true, AcceptedAt: t0},
-			effs: effs(Effect{Kind: Accept, Instance: "a"}, Effect{Kind: CountIn, Instance: "a"}), ok: true},
+			effs: effs(Effect{Kind: Accept, Instance: "a"}), ok: true},
 		{desc: "no answer: unconfirmed", s: sendingToA, e: Event{Kind: NoAnswer, At: t1}, want: unconfirmedAtA, ok: true},
 		{desc: "unconfirmed, then seen: queued", s: unconfirmedAtA, e: Event{Kind: Seen, At: t1},
 			want: State{Phase: Queued, Instance: "a", UpstreamID: "u1", Attempts: 1, Accepted: true, AcceptedAt: t1},
-			effs: effs(Effect{Kind: Accept, Instance: "a"}, Effect{Kind: CountIn, Instance: "a"}), ok: true},
-		{desc: "refused first submission is forgotten", s: sendingToA, e: Event{Kind: Refused, NotSent: true},
-			want: State{Phase: Submitted, Instance: "a"}, effs: effs(Effect{Kind: Forget}), ok: true},
+			effs: effs(Effect{Kind: Accept, Instance: "a"}), ok: true},
+		{desc: "refused first submission is uncounted and forgotten", s: sendingToA, e: Event{Kind: Refused, NotSent: true},
+			want: State{Phase: Submitted, Instance: "a"}, effs: effs(Effect{Kind: CountOut, Instance: "a"}, Effect{Kind: Forget}), ok: true},
 		{desc: "refused resubmission stays moving", s: State{Phase: Sending, Instance: "b", UpstreamID: "u1", Attempts: 2, Accepted: true, Posting: true},
 			e:    Event{Kind: Refused, Resubmit: true},
 			want: State{Phase: Moving, Instance: "b", Attempts: 2, Accepted: true},
-			effs: effs(Effect{Kind: Unpin, Instance: "b", UpstreamID: "u1"}), ok: true},
+			effs: effs(Effect{Kind: CountOut, Instance: "b"}, Effect{Kind: Unpin, Instance: "b", UpstreamID: "u1"}), ok: true},
 		{desc: "started", s: queuedAtA, e: Event{Kind: Started, At: t0}, want: runningAtA, ok: true},
 		{desc: "started before the answer: accepted and running", s: sendingToA, e: Event{Kind: Started, At: t0},
-			want: func() State { s := runningAtA; s.Posting = true; return s }(), effs: effs(Effect{Kind: Accept, Instance: "a"}, Effect{Kind: CountIn, Instance: "a"}), ok: true},
+			want: func() State { s := runningAtA; s.Posting = true; return s }(), effs: effs(Effect{Kind: Accept, Instance: "a"}), ok: true},
 		{desc: "finished: uncounted and recorded", s: runningAtA, e: Event{Kind: Finish, Outcome: OutcomeSuccess, At: t1},
 			want: func() State { s := runningAtA; s.Phase, s.Outcome, s.DoneAt = Finished, OutcomeSuccess, t1; return s }(),
 			effs: effs(Effect{Kind: CountOut, Instance: "a"}, Effect{Kind: Record, Instance: "a", Outcome: OutcomeSuccess}), ok: true},
@@ -84,7 +84,7 @@ func TestStepTable(t *testing.T) {
 				s := sendingToA
 				s.Phase, s.Outcome, s.DoneAt, s.Accepted = Finished, OutcomeSuccess, t1, true
 				return s
-			}(), effs: effs(Effect{Kind: Accept, Instance: "a"}, Effect{Kind: Record, Instance: "a", Outcome: OutcomeSuccess}), ok: true},
+			}(), effs: effs(Effect{Kind: CountOut, Instance: "a"}, Effect{Kind: Accept, Instance: "a"}, Effect{Kind: Record, Instance: "a", Outcome: OutcomeSuccess}), ok: true},
 		{desc: "lost: closed with a synthesized end", s: runningAtA, e: Event{Kind: Close, Outcome: OutcomeLost, At: t1},
 			want: func() State { s := runningAtA; s.Phase, s.Outcome, s.DoneAt = Ended, OutcomeLost, t1; return s }(),
 			effs: effs(Effect{Kind: CountOut, Instance: "a"}, Effect{Kind: Record, Instance: "a", Outcome: OutcomeLost}), ok: true},
@@ -104,7 +104,8 @@ func TestStepTable(t *testing.T) {
 			want: leftA, effs: effs(Effect{Kind: CountOut, Instance: "a"}, Effect{Kind: Unpin, Instance: "a", UpstreamID: "u1"}), ok: true},
 		{desc: "a prompt that left cannot come back by abort", s: leftA, e: Event{Kind: MoveAbort}, want: leftA},
 		{desc: "resubmitted", s: leftA, e: Event{Kind: Send, Instance: "b", UpstreamID: "u1", At: t1},
-			want: State{Phase: Sending, Instance: "b", UpstreamID: "u1", Attempts: 2, Accepted: true, AcceptedAt: t0, Posting: true}, ok: true},
+			want: State{Phase: Sending, Instance: "b", UpstreamID: "u1", Attempts: 2, Accepted: true, AcceptedAt: t0, Posting: true},
+			effs: effs(Effect{Kind: CountIn, Instance: "b"}), ok: true},
 		{desc: "reclaimed by the instance it left: finished there", s: leftA, e: Event{Kind: Reclaim, Instance: "z", UpstreamID: "u0", At: t1},
 			want: func() State {
 				s := leftA
@@ -115,7 +116,7 @@ func TestStepTable(t *testing.T) {
 		{desc: "no reclaim of a queued prompt", s: queuedAtA, e: Event{Kind: Reclaim, Instance: "z", UpstreamID: "u0"}, want: queuedAtA},
 		{desc: "unanswered first submission never found is dropped and tombstoned", s: unconfirmedAtA, e: Event{Kind: Drop, At: t1},
 			want: func() State { s := unconfirmedAtA; s.Phase, s.DoneAt = Dropped, t1; return s }(),
-			effs: effs(Effect{Kind: Tombstone, Instance: "a", UpstreamID: "u1"}, Effect{Kind: Forget}), ok: true},
+			effs: effs(Effect{Kind: CountOut, Instance: "a"}, Effect{Kind: Tombstone, Instance: "a", UpstreamID: "u1"}, Effect{Kind: Forget}), ok: true},
 		{desc: "an accepted prompt is moved, not dropped", s: func() State { s := unconfirmedAtA; s.Accepted = true; return s }(),
 			e: Event{Kind: Drop}, want: func() State { s := unconfirmedAtA; s.Accepted = true; return s }()},
 	}
@@ -147,6 +148,9 @@ func TestCountsBalance(t *testing.T) {
 		{{Kind: Send, Instance: "a", UpstreamID: "u"}, {Kind: Answered}, {Kind: MoveBegin, Instance: "a"}, {Kind: Leave, Tombstone: true},
 			{Kind: Send, Instance: "b", UpstreamID: "u"}, {Kind: Answered}, {Kind: Started}, {Kind: MoveBegin, Instance: "b"},
 			{Kind: Leave, Tombstone: true}, {Kind: Reclaim, Instance: "a", UpstreamID: "u"}, {Kind: End}},
+		{{Kind: Send, Instance: "a", UpstreamID: "u"}, {Kind: NoAnswer}, {Kind: Drop}},
+		{{Kind: Send, Instance: "a", UpstreamID: "u"}, {Kind: Refused, NotSent: true}, {Kind: Send, Instance: "b", UpstreamID: "u"},
+			{Kind: Started}, {Kind: Answered}, {Kind: Finish, Outcome: OutcomeSuccess}, {Kind: End}},
 	}
 	for k, path := range paths {
 		t.Run(fmt.Sprint(k), func(t *testing.T) {
