@@ -31,7 +31,7 @@ func (t *Table) InstanceDown(inst *upstream.Instance) {
 	if len(prompts) == 0 {
 		return
 	}
-	t.log.Warn("upstream: instance down, failing over its prompts", "instance", inst.Name, "prompts", len(prompts))
+	t.log.Warn("prompts: instance down, failing over its prompts", "instance", inst.Name, "prompts", len(prompts))
 	ctx := t.runCtx()
 	sem := make(chan struct{}, failoverParallel)
 	var wg sync.WaitGroup
@@ -149,11 +149,11 @@ func (t *Table) failover(ctx context.Context, pr *Prompt, from *upstream.Instanc
 		case outcome == sentAmbiguous:
 			// confirmLater settles it (and moves it again if inst never took it).
 			t.m.IncResubmission(from.Name, inst.Name, true)
-			t.log.Warn("upstream: prompt resubmitted, answer pending", "prompt_id", pr.ID, "from", from.Name, "to", inst.Name, "error", err)
+			t.log.Warn("prompts: prompt resubmitted, answer pending", "prompt_id", pr.ID, "from", from.Name, "to", inst.Name, "error", err)
 			return
 		case err == nil && res.Status == 200:
 			t.m.IncResubmission(from.Name, inst.Name, true)
-			t.log.Info("upstream: prompt resubmitted", "prompt_id", pr.ID, "from", from.Name, "to", inst.Name, "attempt", attempts+1)
+			t.log.Info("prompts: prompt resubmitted", "prompt_id", pr.ID, "from", from.Name, "to", inst.Name, "attempt", attempts+1)
 			return
 		default:
 			t.m.IncResubmission(from.Name, inst.Name, false)
@@ -173,7 +173,7 @@ func (t *Table) lose(pr *Prompt, from *upstream.Instance, what, why string) {
 	if st, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Close, Outcome: metrics.OutcomeLost}, nil); !ok || st.Outcome != metrics.OutcomeLost {
 		return // it ended otherwise first
 	}
-	t.log.Warn("upstream: prompt lost", "prompt_id", pr.ID, "instance", from.Name, "reason", why)
+	t.log.Warn("prompts: prompt lost", "prompt_id", pr.ID, "instance", from.Name, "reason", why)
 	msg := fmt.Sprintf("comfygate: %s and the prompt could not be resubmitted: %s", what, why)
 	errEv := struct {
 		Type string          `json:"type"`
@@ -365,7 +365,7 @@ func (t *Table) confirmLater(ctx context.Context, pr *Prompt, inst *upstream.Ins
 		// A first submission (its client got the error) is dropped, and
 		// tombstoned there so that it cannot run late; an accepted one moves.
 		if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Drop}, nil); ok {
-			t.log.Warn("upstream: unanswered prompt not found at its instance, dropped", "prompt_id", pr.ID, "instance", inst.Name)
+			t.log.Warn("prompts: unanswered prompt not found at its instance, dropped", "prompt_id", pr.ID, "instance", inst.Name)
 			return
 		}
 		t.failover(ctx, pr, inst, fmt.Sprintf("instance %s did not take the prompt", inst.Name), false)
@@ -467,7 +467,7 @@ func (t *Table) verifyQueue(ctx context.Context, inst *upstream.Instance) {
 			return
 		}
 		if pr.State() == PromptQueued && t.markDone(pr, metrics.OutcomeInterrupted) {
-			t.log.Info("upstream: prompt deleted from its instance's queue", "prompt_id", pr.ID, "instance", inst.Name)
+			t.log.Info("prompts: prompt deleted from its instance's queue", "prompt_id", pr.ID, "instance", inst.Name)
 		}
 	}
 }

@@ -301,7 +301,7 @@ func (t *Table) copyFrom(ctx context.Context, src, dst *upstream.Instance, from,
 		return err
 	}
 	pinned := t.pins.addSince(normalizeRef(to), dst.Name, since)
-	t.log.Info("upstream: file copied", "type", from.Type, "from", src.Name, "to", dst.Name,
+	t.log.Info("prompts: file copied", "type", from.Type, "from", src.Name, "to", dst.Name,
 		"bytes", n, "duration", time.Since(start), "pinned", pinned)
 	return nil
 }

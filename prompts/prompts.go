@@ -219,7 +219,7 @@ func (t *Table) maybeCloseDrained(inst *upstream.Instance) {
 	}
 	delete(t.sockets, inst)
 	t.mu.Unlock()
-	t.log.Info("upstream: drained instance's socket closed", "instance", inst.Name)
+	t.log.Info("prompts: drained instance's socket closed", "instance", inst.Name)
 	s.stop()
 }
 

@@ -111,7 +111,7 @@ func (s *instSocket) run(ctx context.Context) {
 				return
 			}
 			lost = true
-			s.t.log.Debug("upstream: socket dial failed", "instance", s.inst.Name, "error", err, "retry_in", backoff)
+			s.t.log.Debug("prompts: socket dial failed", "instance", s.inst.Name, "error", err, "retry_in", backoff)
 			// A dial that waited out its whole timeout (a stopped or hung
 			// process accepts and never answers) was its own backoff: dial
 			// again at once, so that one is always waiting when the
@@ -128,7 +128,7 @@ func (s *instSocket) run(ctx context.Context) {
 		if lost {
 			if everUp {
 				s.t.m.IncUpstreamReconnect(s.inst.Name)
-				s.t.log.Info("upstream: socket reconnected", "instance", s.inst.Name)
+				s.t.log.Info("prompts: socket reconnected", "instance", s.inst.Name)
 			}
 			s.t.p.SocketRestored(s.inst)
 		}
@@ -142,7 +142,7 @@ func (s *instSocket) run(ctx context.Context) {
 			return
 		}
 		lost = true
-		s.t.log.Warn("upstream: socket lost", "instance", s.inst.Name, "error", err)
+		s.t.log.Warn("prompts: socket lost", "instance", s.inst.Name, "error", err)
 		s.t.p.SocketLost(s.inst)
 		if !sleepCtx(ctx, jitter(minB)) {
 			return

@@ -81,7 +81,7 @@ func (t *Table) submit(ctx context.Context, req SubmitRequest) (SubmitResult, er
 		switch outcome {
 		case sentRefused:
 			lastErr = err
-			t.log.Debug("upstream: instance refused a prompt, trying another", "instance", inst.Name, "error", err)
+			t.log.Debug("prompts: instance refused a prompt, trying another", "instance", inst.Name, "error", err)
 			continue
 		case sentAmbiguous:
 			return SubmitResult{Instance: inst}, err
@@ -105,7 +105,7 @@ func (t *Table) reserve(pr *Prompt) {
 			t.byID[pr.ID] = pr
 			return
 		}
-		t.log.Debug("upstream: prompt id in use, minted another", "prompt_id", pr.ID)
+		t.log.Debug("prompts: prompt id in use, minted another", "prompt_id", pr.ID)
 		pr.ID = newUUID()
 	}
 }
@@ -142,7 +142,7 @@ func (t *Table) unreserve(pr *Prompt) {
 func (t *Table) bodyFor(ctx context.Context, pr *Prompt, inst *upstream.Instance, base map[string]json.RawMessage) map[string]json.RawMessage {
 	if pr.prepare != nil {
 		if err := pr.prepare(ctx, inst); err != nil {
-			t.log.Warn("upstream: could not place a prompt's files", "instance", inst.Name, "prompt_id", pr.ID, "error", err)
+			t.log.Warn("prompts: could not place a prompt's files", "instance", inst.Name, "prompt_id", pr.ID, "error", err)
 		}
 	}
 	graph := base["prompt"]
@@ -153,7 +153,7 @@ func (t *Table) bodyFor(ctx context.Context, pr *Prompt, inst *upstream.Instance
 	if err != nil {
 		// The instance's own validation answers in ComfyUI's shape if a
 		// file is really missing; if it is down, the POST fails too.
-		t.log.Warn("upstream: could not copy a prompt's files", "instance", inst.Name, "prompt_id", pr.ID, "error", err)
+		t.log.Warn("prompts: could not copy a prompt's files", "instance", inst.Name, "prompt_id", pr.ID, "error", err)
 	}
 	if bytes.Equal(out, base["prompt"]) {
 		return base

@@ -129,7 +129,7 @@ func (t *Table) CleanUp(ctx context.Context, inst *upstream.Instance) bool {
 	defer cancel()
 	running, pending, err := t.queueIDs(ctx, inst)
 	if err != nil {
-		t.log.Warn("upstream: could not clean up an instance's moved prompts", "instance", inst.Name, "error", err)
+		t.log.Warn("prompts: could not clean up an instance's moved prompts", "instance", inst.Name, "error", err)
 		return false
 	}
 	var del, interrupt []string
@@ -148,19 +148,19 @@ func (t *Table) CleanUp(ctx context.Context, inst *upstream.Instance) bool {
 	if len(del) > 0 {
 		body, _ := json.Marshal(map[string][]string{"delete": del})
 		if status, _, err := inst.Call(ctx, "POST", "/queue", hdr, body); err != nil || status != 200 {
-			t.log.Warn("upstream: could not delete moved prompts from an instance's queue", "instance", inst.Name, "status", status, "error", err)
+			t.log.Warn("prompts: could not delete moved prompts from an instance's queue", "instance", inst.Name, "status", status, "error", err)
 			return false
 		}
 	}
 	for _, uid := range interrupt {
 		body, _ := json.Marshal(map[string]string{"prompt_id": uid})
 		if status, _, err := inst.Call(ctx, "POST", "/interrupt", hdr, body); err != nil || status != 200 {
-			t.log.Warn("upstream: could not interrupt a moved prompt", "instance", inst.Name, "status", status, "error", err)
+			t.log.Warn("prompts: could not interrupt a moved prompt", "instance", inst.Name, "status", status, "error", err)
 			return false
 		}
 	}
 	if len(del)+len(interrupt) > 0 {
-		t.log.Info("upstream: removed moved prompts from an instance", "instance", inst.Name,
+		t.log.Info("prompts: removed moved prompts from an instance", "instance", inst.Name,
 			"deleted", len(del), "interrupted", len(interrupt))
 	}
 	// Asked after the queue: a prompt leaves the queue for the history in
@@ -208,7 +208,7 @@ func (t *Table) reclaim(pr *Prompt, from *upstream.Instance, uid string, entry j
 		t.apply(pr, from, frame{typ: comfyapi.TypeExecuting, uid: uid, nodeNull: true, data: executingNull(uid), at: time.Now()})
 	}
 	s.routeMu.Unlock()
-	t.log.Info("upstream: a moved prompt ran where it was after all; its copy is removed",
+	t.log.Info("prompts: a moved prompt ran where it was after all; its copy is removed",
 		"prompt_id", pr.ID, "ran_at", from.Name, "copy_at", cur.Name)
 	t.cleanUpLater(t.socketFor(cur))
 	return ok
