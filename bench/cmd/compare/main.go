@@ -210,23 +210,41 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	if len(rep.Failures) > 0 {
+		if dir, err := keepLogs(work, strings.TrimSuffix(md, ".md")+"-logs"); err == nil {
+			logf("a section failed: the processes' logs are in %s", dir)
+		}
+	}
 	fmt.Println(rep.markdown())
 	logf("results: %s and %s", md, js)
 	return ctx.Err()
 }
 
-// sectionBudget is what a section may take at the default flags; budget
-// scales it with longer rounds.
-var sectionBudget = map[string]time.Duration{
-	"get": 4 * time.Minute, "view": 3 * time.Minute, "upload": 2 * time.Minute, "submit": 2 * time.Minute,
-	"ws": 3 * time.Minute, "jobs": 3 * time.Minute, "sched": 3 * time.Minute, "fleet": 4 * time.Minute,
-}
-
 // budget is the time section s may take before it is stopped and reported
-// as failed, so one stuck section cannot hold the run.
+// as failed, so one stuck section cannot hold the run: what its flags ask
+// for, half again, and a minute for starting and settling.
 func (o options) budget(s string) time.Duration {
-	scale := max(1, float64(o.rounds)/3) * max(1, float64(o.dur)/float64(4*time.Second), float64(o.bigDur)/float64(3*time.Second))
-	return time.Duration(float64(sectionBudget[s]) * scale)
+	r := time.Duration(o.rounds)
+	var want time.Duration
+	switch s {
+	case "get": // 4 rows at -d, 2 at half of it, 4 targets each
+		want = 4*4*r*o.dur + 2*4*r*max(o.dur/2, time.Second)
+	case "view": // 2 rows at -big-d; 500 MB at no less than 100 MB/s
+		want = 2*4*r*o.bigDur + 2*4*time.Duration(o.bigRounds)*5*time.Second
+	case "upload":
+		want = 2 * 4 * r * o.bigDur
+	case "submit": // 200 prompts 4 ms apart and the queues' drain
+		want = 4 * r * 3 * time.Second
+	case "ws": // a round connects the clients and sends the events
+		want = time.Duration(len(o.wsClients)) * 2 * r * (5*time.Second + time.Duration(o.wsTicks)*20*time.Millisecond)
+	case "jobs": // the comparison, then 45 MB images made and sent
+		want = 2*r*time.Duration(o.jobs)*50*time.Millisecond + time.Duration(o.waitJobs)*2*time.Second
+	case "sched": // scaling, makespan, bursts: a few seconds each
+		want = (2*r + 2*r + max(r, 5)) * 5 * time.Second
+	case "fleet": // start-up, settling, the idle window, 200 prompts
+		want = time.Duration(len(o.fleet)) * (o.fleetIdle + 20*time.Second)
+	}
+	return want*3/2 + time.Minute
 }
 
 // runSection runs one section.
@@ -250,6 +268,23 @@ func runSection(ctx context.Context, s string, o options, e *env, rep *report) e
 		return sectionFleet(ctx, o, e, rep)
 	}
 	return fmt.Errorf("unknown section %q", s)
+}
+
+// keepLogs copies the processes' logs (and the proxies' configurations)
+// out of the work directory, for a failed section's post-mortem.
+func keepLogs(work, dir string) (string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	for _, pat := range []string{"*.log", "*.conf", "*.cfg"} {
+		files, _ := filepath.Glob(filepath.Join(work, pat))
+		for _, f := range files {
+			if b, err := os.ReadFile(f); err == nil {
+				_ = os.WriteFile(filepath.Join(dir, filepath.Base(f)), b, 0o644)
+			}
+		}
+	}
+	return dir, nil
 }
 
 // repoRoot is the directory of comfygate's go.mod.

@@ -131,6 +131,12 @@ func (r *report) addTarget(name, measured string, met bool) {
 	r.Targets = append(r.Targets, target{Target: name, Measured: measured, Met: m})
 }
 
+// addUnsure records a target this run could not settle (measured at a
+// smaller scale than the target names).
+func (r *report) addUnsure(name, measured string) {
+	r.Targets = append(r.Targets, target{Target: name, Measured: measured, Met: "-"})
+}
+
 // fmtNum prints a figure with a precision that suits its size.
 func fmtNum(v float64) string {
 	switch {

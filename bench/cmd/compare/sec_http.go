@@ -36,8 +36,7 @@ func compare(ctx context.Context, e *env, rep *report, section, work, kind, unit
 	r := &row{Section: section, Work: work, Upstream: kind, Unit: unit, Cells: map[string]*cell{}}
 	for round := range rounds {
 		order := slices.Clone(targetNames)
-		for i := range round % len(order) {
-			_ = i
+		for range round % len(order) {
 			order = append(order[1:], order[0])
 		}
 		for _, t := range order {

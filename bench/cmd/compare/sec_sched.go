@@ -56,7 +56,7 @@ func burst(ctx context.Context, hc *http.Client, bases []string, instances []str
 	if err := <-errs; err != nil {
 		return 0, nil, err
 	}
-	deadline := time.Now().Add(2 * time.Minute)
+	deadline := time.Now().Add(time.Minute)
 	for {
 		split := make([]int, len(instances))
 		total := 0
@@ -72,7 +72,11 @@ func burst(ctx context.Context, hc *http.Client, bases []string, instances []str
 			return time.Since(t0), split, nil
 		}
 		if time.Now().After(deadline) {
-			return 0, nil, fmt.Errorf("%d of %d prompts finished after 2 minutes", total, n)
+			var queues []string
+			for _, a := range instances {
+				queues = append(queues, fmt.Sprintf("%s idle %v", a, queueEmpty(hc, a)))
+			}
+			return 0, nil, fmt.Errorf("%d of %d prompts finished after a minute (split %v; %s)", total, n, split, strings.Join(queues, ", "))
 		}
 		select {
 		case <-ctx.Done():

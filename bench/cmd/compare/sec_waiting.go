@@ -119,8 +119,13 @@ func (e *env) waitingJobs(ctx context.Context, n int, rep *report) error {
 		Note: "POST /api/remove-background with a multipart image, one after the other; RSS sampled every 20 ms."})
 	rep.Raw["jobs_waiting"] = map[string]any{"sent": n, "accepted": accepted, "refused": refused, "image_bytes": size,
 		"rss_before_kb": before, "rss_peak_mb": peak, "rss_after_kb": after, "instance_input_bytes": in}
-	rep.addTarget("peak RSS < 64 MB with 1,000 jobs of 45 MB waiting",
-		fmt.Sprintf("%.0f MB with %d sent (%d accepted); 1,000 not run here", peak, n, accepted), peak < 64 && accepted == n && n >= 1000)
+	name := "peak RSS < 64 MB with 1,000 jobs of 45 MB waiting"
+	measured := fmt.Sprintf("%.0f MB with %d sent, %d accepted", peak, n, accepted)
+	if peak < 64 && accepted == n && n < 1000 {
+		rep.addUnsure(name, measured+" (1,000 not run)")
+	} else {
+		rep.addTarget(name, measured, peak < 64 && accepted == n)
+	}
 	logf("  %d jobs of 45 MB: %d accepted, comfygate RSS peak %.0f MB, inputs %.0f MB", n, accepted, peak, float64(in)/1e6)
 	return nil
 }

@@ -69,7 +69,7 @@ func (e *env) addr(kind, target string) string {
 	}
 }
 
-// findTool locks up a program on PATH or in the sbin directories.
+// findTool looks up a program on PATH or in the sbin directories.
 func findTool(name string) string {
 	if p, err := exec.LookPath(name); err == nil {
 		return p

@@ -56,3 +56,24 @@ func seq(n int) []float64 {
 	}
 	return out
 }
+
+func TestBudgetCoversTheRoundsAsked(t *testing.T) {
+	t.Parallel()
+	o := options{rounds: 3, dur: 4 * time.Second, bigDur: 3 * time.Second, bigRounds: 2, wsClients: []int{1, 100, 1000},
+		wsTicks: 40, jobs: 60, waitJobs: 20, fleet: []int{2, 20, 200}, fleetIdle: 10 * time.Second}
+	// The wrk time alone of the get section: 4 rows at -d and 2 at -d/2,
+	// over 4 targets and 3 rounds.
+	if got, wrk := o.budget("get"), 4*4*3*4*time.Second+2*4*3*2*time.Second; got <= wrk {
+		t.Errorf("get budget %s does not cover its %s of wrk runs", got, wrk)
+	}
+	longer := o
+	longer.rounds, longer.dur = 5, 10*time.Second
+	for _, s := range allSections {
+		if o.budget(s) <= time.Minute {
+			t.Errorf("%s: budget %s leaves no time to measure", s, o.budget(s))
+		}
+		if longer.budget(s) < o.budget(s) {
+			t.Errorf("%s: budget shrank with more and longer rounds", s)
+		}
+	}
+}
