@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/upstream"
-
 	"github.com/valyala/fasthttp"
 )
 
@@ -54,7 +53,7 @@ const copiesDir = "comfygate-copies"
 // file of the target's own lives, and sends the values naming the copies
 // (prepareGraph). The error lists the files that could not be copied; the
 // prompt would fail validation on inst without them.
-func (t *Table) EnsureInputs(ctx context.Context, inst *upstream.Instance, prompt json.RawMessage) error {
+func (fs *fileStore) EnsureInputs(ctx context.Context, inst *upstream.Instance, prompt json.RawMessage) error {
 	if inst == nil || len(prompt) == 0 {
 		return nil
 	}
@@ -85,15 +84,15 @@ func (t *Table) EnsureInputs(ctx context.Context, inst *upstream.Instance, promp
 	}
 	var errs []error
 	for _, ref := range refs {
-		if len(t.pins.owners(ref)) == 0 {
+		if len(fs.pins.owners(ref)) == 0 {
 			continue // not uploaded through comfygate: the instance may have it itself
 		}
-		err := t.ensureFile(ctx, inst, ref, func() error {
-			owners := t.pins.owners(ref)
+		err := fs.ensureFile(ctx, inst, ref, func() error {
+			owners := fs.pins.owners(ref)
 			if len(owners) == 0 {
 				return nil
 			}
-			return t.copyFromOwners(ctx, inst, ref, owners)
+			return fs.copyFromOwners(ctx, inst, ref, owners)
 		})
 		if err != nil {
 			errs = append(errs, err)
@@ -110,8 +109,8 @@ func (t *Table) EnsureInputs(ctx context.Context, inst *upstream.Instance, promp
 // names the copy: also when the copy failed, so that the prompt fails
 // validation on a missing file rather than load a file of the same name
 // that inst wrote itself.
-func (t *Table) prepareGraph(ctx context.Context, inst *upstream.Instance, graph json.RawMessage, files map[string]InstanceFile) (json.RawMessage, error) {
-	err := t.EnsureInputs(ctx, inst, graph)
+func (fs *fileStore) prepareGraph(ctx context.Context, inst *upstream.Instance, graph json.RawMessage, files map[string]InstanceFile) (json.RawMessage, error) {
+	err := fs.EnsureInputs(ctx, inst, graph)
 	if len(files) == 0 {
 		return graph, err
 	}
@@ -133,12 +132,12 @@ func (t *Table) prepareGraph(ctx context.Context, inst *upstream.Instance, graph
 			return f.Value, true // not a file comfygate can copy: as its instance names it
 		}
 		to := copyRef(f.Instance, from)
-		err := t.ensureFile(ctx, inst, to, func() error {
+		err := fs.ensureFile(ctx, inst, to, func() error {
 			if !f.Instance.Healthy() {
 				// Asking a hung instance would hold the prompt for the call timeout.
 				return fmt.Errorf("copy %s %q from %s: the instance is down", from.Type, path.Join(from.Subfolder, from.Filename), f.Instance.Name)
 			}
-			return t.copyFrom(ctx, f.Instance, inst, from, to)
+			return fs.copyFrom(ctx, f.Instance, inst, from, to)
 		})
 		if err != nil {
 			errs = append(errs, err)
@@ -227,20 +226,20 @@ func refValue(ref FileRef) string {
 // ensureFile makes inst hold ref, running copy unless it does already
 // (pinned). Concurrent calls for one file on one instance copy it once:
 // the others wait, then look again (the copy may have failed).
-func (t *Table) ensureFile(ctx context.Context, inst *upstream.Instance, ref FileRef, copy func() error) error {
+func (fs *fileStore) ensureFile(ctx context.Context, inst *upstream.Instance, ref FileRef, copy func() error) error {
 	ref = normalizeRef(ref)
 	key := copyKey{ref: ref, inst: inst.Name}
 	for {
-		if t.pins.has(ref, inst.Name) {
+		if fs.pins.has(ref, inst.Name) {
 			return nil
 		}
-		t.copiesMu.Lock()
-		wait, busy := t.copies[key]
+		fs.copiesMu.Lock()
+		wait, busy := fs.copies[key]
 		if !busy {
 			wait = make(chan struct{})
-			t.copies[key] = wait
+			fs.copies[key] = wait
 		}
-		t.copiesMu.Unlock()
+		fs.copiesMu.Unlock()
 		if busy {
 			select {
 			case <-wait:
@@ -250,9 +249,9 @@ func (t *Table) ensureFile(ctx context.Context, inst *upstream.Instance, ref Fil
 			}
 		}
 		err := copy()
-		t.copiesMu.Lock()
-		delete(t.copies, key)
-		t.copiesMu.Unlock()
+		fs.copiesMu.Lock()
+		delete(fs.copies, key)
+		fs.copiesMu.Unlock()
 		close(wait)
 		return err
 	}
@@ -260,10 +259,10 @@ func (t *Table) ensureFile(ctx context.Context, inst *upstream.Instance, ref Fil
 
 // copyFromOwners copies an input to inst from its holders, available ones
 // first, most recent first.
-func (t *Table) copyFromOwners(ctx context.Context, inst *upstream.Instance, ref FileRef, owners []string) error {
+func (fs *fileStore) copyFromOwners(ctx context.Context, inst *upstream.Instance, ref FileRef, owners []string) error {
 	var srcs, later []*upstream.Instance
 	for _, name := range owners {
-		src := t.p.Instance(name)
+		src := fs.p.Instance(name)
 		switch {
 		case src == nil || src == inst:
 		case src.Available():
@@ -278,7 +277,7 @@ func (t *Table) copyFromOwners(ctx context.Context, inst *upstream.Instance, ref
 	}
 	var errs []error
 	for _, src := range srcs {
-		err := t.copyFrom(ctx, src, inst, ref, ref)
+		err := fs.copyFrom(ctx, src, inst, ref, ref)
 		if err == nil {
 			return nil
 		}
@@ -293,15 +292,15 @@ func (t *Table) copyFromOwners(ctx context.Context, inst *upstream.Instance, ref
 // copyFrom copies src's file from to dst's file to and pins it there,
 // unless the file changed meanwhile (FileChanged): then the copy may be of
 // the old file, and the next prompt copies again.
-func (t *Table) copyFrom(ctx context.Context, src, dst *upstream.Instance, from, to FileRef) error {
+func (fs *fileStore) copyFrom(ctx context.Context, src, dst *upstream.Instance, from, to FileRef) error {
 	start := time.Now()
-	since := t.pins.stamp()
-	n, err := t.copyFile(ctx, src, dst, from, to)
+	since := fs.pins.stamp()
+	n, err := fs.copyFile(ctx, src, dst, from, to)
 	if err != nil {
 		return err
 	}
-	pinned := t.pins.addSince(normalizeRef(to), dst.Name, since)
-	t.log.Info("prompts: file copied", "type", from.Type, "from", src.Name, "to", dst.Name,
+	pinned := fs.pins.addSince(normalizeRef(to), dst.Name, since)
+	fs.log.Info("prompts: file copied", "type", from.Type, "from", src.Name, "to", dst.Name,
 		"bytes", n, "duration", time.Since(start), "pinned", pinned)
 	return nil
 }
@@ -329,7 +328,7 @@ func (c *countingReader) Read(b []byte) (int, error) {
 // through Do, so the configured timeout bounds each instance's silence,
 // not the length of the copy. A failure reading src's file is not blamed
 // on dst. It returns the bytes copied.
-func (t *Table) copyFile(ctx context.Context, src, dst *upstream.Instance, from, to FileRef) (int64, error) {
+func (fs *fileStore) copyFile(ctx context.Context, src, dst *upstream.Instance, from, to FileRef) (int64, error) {
 	what := from.Type + " " + strconv.Quote(path.Join(from.Subfolder, from.Filename))
 
 	get := fasthttp.AcquireRequest()

@@ -4,20 +4,39 @@ import (
 	"container/list"
 	"context"
 	"io"
+	"log/slog"
 	"net/url"
 	"path"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/upstream"
-
 	"github.com/valyala/fasthttp"
 )
 
 // maxPins bounds the file pin table; the least recently pinned file is
 // evicted first. A miss is not fatal: FileOwner asks the instances.
 const maxPins = 100_000
+
+// fileStore knows which instance holds which file (the pins) and copies
+// files between instances, so that a prompt finds the files it loads on
+// the instance that runs it. The Table embeds it: its exported methods
+// (PinFile, FileChanged, FileOwner, EnsureInputs) are the Table's.
+type fileStore struct {
+	p    fleet
+	cfg  *config.Config
+	log  *slog.Logger
+	pins *pinTable
+
+	copiesMu sync.Mutex // guards copies
+	copies   map[copyKey]chan struct{}
+}
+
+func newFileStore(p fleet, cfg *config.Config, log *slog.Logger) *fileStore {
+	return &fileStore{p: p, cfg: cfg, log: log, pins: newPinTable(maxPins), copies: map[copyKey]chan struct{}{}}
+}
 
 // pinTable maps a file to the names of the instances that hold it. Names,
 // not pointers: an instance that restarts or is rediscovered keeps its name.
@@ -196,7 +215,7 @@ func cleanSubfolder(s string) string {
 // PinFile records that inst holds ref (learned from outputs and uploads).
 // A file may be held by several instances (inputs copied by EnsureInputs);
 // the most recent pin is preferred.
-func (t *Table) PinFile(ref FileRef, inst *upstream.Instance) {
+func (fs *fileStore) PinFile(ref FileRef, inst *upstream.Instance) {
 	if inst == nil {
 		return
 	}
@@ -204,7 +223,7 @@ func (t *Table) PinFile(ref FileRef, inst *upstream.Instance) {
 	if ref.Filename == "" {
 		return
 	}
-	t.pins.add(ref, inst.Name)
+	fs.pins.add(ref, inst.Name)
 }
 
 // FileChanged records that ref was just written on holder (an upload, an
@@ -218,7 +237,7 @@ func (t *Table) PinFile(ref FileRef, inst *upstream.Instance) {
 // is its own and keeps its pin; the copies dropped are those of holder's
 // file (comfygate-copies/<holder>/..., see EnsureInputs). Cheap (no I/O)
 // and safe to call after any upload, also when nothing changed.
-func (t *Table) FileChanged(ref FileRef, holder *upstream.Instance) {
+func (fs *fileStore) FileChanged(ref FileRef, holder *upstream.Instance) {
 	if holder == nil {
 		return
 	}
@@ -227,11 +246,11 @@ func (t *Table) FileChanged(ref FileRef, holder *upstream.Instance) {
 		return
 	}
 	if ref.Type == "input" {
-		t.pins.changed(ref, holder.Name, false)
+		fs.pins.changed(ref, holder.Name, false)
 		return
 	}
-	t.pins.changed(ref, holder.Name, true)
-	t.pins.invalidate(normalizeRef(copyRef(holder, ref)))
+	fs.pins.changed(ref, holder.Name, true)
+	fs.pins.invalidate(normalizeRef(copyRef(holder, ref)))
 }
 
 // FileOwner returns the instance that holds ref; on a miss it asks the
@@ -243,14 +262,14 @@ func (t *Table) FileChanged(ref FileRef, holder *upstream.Instance) {
 // them apart. Among several holders the most recent pin that is available
 // wins; when none is available the most recent holder is returned anyway
 // (never a different instance that merely has a file of that name).
-func (t *Table) FileOwner(ctx context.Context, ref FileRef) (inst *upstream.Instance, ok bool) {
+func (fs *fileStore) FileOwner(ctx context.Context, ref FileRef) (inst *upstream.Instance, ok bool) {
 	ref = normalizeRef(ref)
 	if ref.Filename == "" {
 		return nil, false
 	}
 	var fallback *upstream.Instance
-	for _, name := range t.pins.owners(ref) {
-		in := t.p.Instance(name)
+	for _, name := range fs.pins.owners(ref) {
+		in := fs.p.Instance(name)
 		if in == nil {
 			continue
 		}
@@ -264,17 +283,17 @@ func (t *Table) FileOwner(ctx context.Context, ref FileRef) (inst *upstream.Inst
 	if fallback != nil {
 		return fallback, true
 	}
-	return t.probeOwner(ctx, ref)
+	return fs.probeOwner(ctx, ref)
 }
 
 // probeOwner asks every healthy instance in parallel whether it has ref and
 // pins the first that answers 200 or 206.
-func (t *Table) probeOwner(ctx context.Context, ref FileRef) (*upstream.Instance, bool) {
-	cands := t.p.Healthy()
+func (fs *fileStore) probeOwner(ctx context.Context, ref FileRef) (*upstream.Instance, bool) {
+	cands := fs.p.Healthy()
 	if len(cands) == 0 {
 		return nil, false
 	}
-	deadline := time.Now().Add(t.cfg.HealthCheck.Timeout)
+	deadline := time.Now().Add(fs.cfg.HealthCheck.Timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
@@ -293,7 +312,7 @@ func (t *Table) probeOwner(ctx context.Context, ref FileRef) (*upstream.Instance
 		select {
 		case inst := <-found:
 			if inst != nil {
-				t.PinFile(ref, inst)
+				fs.PinFile(ref, inst)
 				return inst, true
 			}
 		case <-ctx.Done():

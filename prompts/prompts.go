@@ -13,15 +13,13 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/comfygate/comfygate/internal/jsonobj"
-	"github.com/comfygate/comfygate/upstream"
-
+	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/internal/ids"
+	"github.com/comfygate/comfygate/internal/jsonobj"
 	"github.com/comfygate/comfygate/internal/lifecycle"
-
-	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/metrics"
+	"github.com/comfygate/comfygate/upstream"
 )
 
 // maxDonePrompts is how many finished prompts the table keeps so that later
@@ -85,10 +83,7 @@ type Table struct {
 	listenerMu sync.RWMutex // guards listener
 	listener   Listener
 
-	pins *pinTable
-
-	copiesMu sync.Mutex // guards copies
-	copies   map[copyKey]chan struct{}
+	*fileStore // file pins and copies (pins.go, files.go)
 }
 
 // New returns the prompt table of pool, attached to it (pool.Attach):
@@ -104,8 +99,6 @@ func New(pool *upstream.Pool, cfg *config.Config, m *metrics.Metrics, log *slog.
 		live:       map[*Prompt]struct{}{},
 		sockets:    map[*upstream.Instance]*instSocket{},
 		lastQueue:  -1,
-		pins:       newPinTable(maxPins),
-		copies:     map[copyKey]chan struct{}{},
 	}
 	if t.cfg == nil {
 		t.cfg = config.Default()
@@ -113,6 +106,7 @@ func New(pool *upstream.Pool, cfg *config.Config, m *metrics.Metrics, log *slog.
 	if t.log == nil {
 		t.log = slog.New(slog.DiscardHandler)
 	}
+	t.fileStore = newFileStore(pool, t.cfg, t.log)
 	pool.Attach(t)
 	return t
 }
