@@ -104,6 +104,12 @@ func (s *instSocket) run(ctx context.Context) {
 		conn, err := s.dial(ctx)
 		if err == nil {
 			s.up()
+			if lost && s.t.hasTombstones(s.inst) {
+				// Back after a loss, maybe from a stop: it runs its queue
+				// at once, so what moved off it goes first, before the
+				// health check that lets it take work again.
+				s.t.cleanUpLater(s)
+			}
 		}
 		s.dialed.Store(true)
 		if err != nil {

@@ -3,6 +3,7 @@ package prompts
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"slices"
 	"time"
 
@@ -144,20 +145,38 @@ func (t *Table) CleanUp(ctx context.Context, inst *upstream.Instance) bool {
 			ranMaybe = append(ranMaybe, tb)
 		}
 	}
+	// The deletion and the interruption go out together: a resumed
+	// instance runs its queue at once, and each round trip spent is time
+	// it works on a prompt that already runs elsewhere.
 	hdr := map[string]string{"Content-Type": "application/json"}
-	if len(del) > 0 {
-		body, _ := json.Marshal(map[string][]string{"delete": del})
-		if status, _, err := inst.Call(ctx, "POST", "/queue", hdr, body); err != nil || status != 200 {
-			t.log.Warn("prompts: could not delete moved prompts from an instance's queue", "instance", inst.Name, "status", status, "error", err)
-			return false
+	delErr := make(chan error, 1)
+	go func() {
+		if len(del) == 0 {
+			delErr <- nil
+			return
 		}
-	}
+		body, _ := json.Marshal(map[string][]string{"delete": del})
+		status, _, err := inst.Call(ctx, "POST", "/queue", hdr, body)
+		if err == nil && status != 200 {
+			err = fmt.Errorf("status %d", status)
+		}
+		delErr <- err
+	}()
+	ok := true
 	for _, uid := range interrupt {
 		body, _ := json.Marshal(map[string]string{"prompt_id": uid})
 		if status, _, err := inst.Call(ctx, "POST", "/interrupt", hdr, body); err != nil || status != 200 {
 			t.log.Warn("prompts: could not interrupt a moved prompt", "instance", inst.Name, "status", status, "error", err)
-			return false
+			ok = false
+			break
 		}
+	}
+	if err := <-delErr; err != nil {
+		t.log.Warn("prompts: could not delete moved prompts from an instance's queue", "instance", inst.Name, "error", err)
+		ok = false
+	}
+	if !ok {
+		return false
 	}
 	if len(del)+len(interrupt) > 0 {
 		t.log.Info("prompts: removed moved prompts from an instance", "instance", inst.Name,
