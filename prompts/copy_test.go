@@ -56,7 +56,7 @@ func TestCopyFileSlowButMovingBody(t *testing.T) {
 	dst := testkit.Mini(t, "0.3.65")
 	cfg := coreConfig(srcAddr, dst.Addr())
 	cfg.Timeout = time.Second // the copy takes ~1.5s
-	p, _ := newCorePool(t, cfg, false)
+	p := newCorePool(t, cfg, false)
 	src, to := p.Instances()[0], p.Instances()[1]
 	ref := FileRef{Filename: "big.png", Type: "input"}
 	n, err := p.prompts.copyFile(context.Background(), src, to, ref, ref)

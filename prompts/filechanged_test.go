@@ -16,7 +16,7 @@ import (
 // is not pinned.
 func TestFileChangedDropsStaleCopies(t *testing.T) {
 	t.Parallel()
-	p, _ := newCorePool(t, coreConfig(closedAddr(t), closedAddr(t), closedAddr(t)), false)
+	p := newCorePool(t, coreConfig(testkit.ClosedAddr(t), testkit.ClosedAddr(t), testkit.ClosedAddr(t)), false)
 	ia, ib, ic := p.Instances()[0], p.Instances()[1], p.Instances()[2]
 
 	in := FileRef{Filename: "a.png", Type: "input"}
@@ -64,7 +64,7 @@ func TestFileChangedDropsStaleCopies(t *testing.T) {
 func TestFileChangedRecopies(t *testing.T) {
 	t.Parallel()
 	a, b := testkit.Mini(t, "0.3.65"), testkit.Mini(t, "0.3.65")
-	p, _ := newCorePool(t, coreConfig(a.Addr(), b.Addr()), true)
+	p := newCorePool(t, coreConfig(a.Addr(), b.Addr()), true)
 	ia, ib := p.Instances()[0], p.Instances()[1]
 	ref := FileRef{Filename: "a.png", Type: "input"}
 	a.Put("input", "", "a.png", []byte("red"))

@@ -54,7 +54,7 @@ func TestEnsureInputsBetweenSimulators(t *testing.T) {
 	t.Parallel()
 	a := testkit.Sim(t, comfysim.Options{})
 	b := testkit.Sim(t, comfysim.Options{Version: "0.3.40"})
-	p, _ := newCorePool(t, coreConfig(a.Addr(), b.Addr()), true)
+	p := newCorePool(t, coreConfig(a.Addr(), b.Addr()), true)
 	ia, ib := p.Instances()[0], p.Instances()[1]
 
 	img := simPNG(t, a)
@@ -92,7 +92,7 @@ func TestFileOwnerProbesSimulators(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(b.OutputDir(), "sub", "only_b.png"), simPNG(t, b), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p, _ := newCorePool(t, coreConfig(a.Addr(), b.Addr()), true)
+	p := newCorePool(t, coreConfig(a.Addr(), b.Addr()), true)
 	got, ok := p.FileOwner(context.Background(), FileRef{Filename: "only_b.png", Subfolder: "sub", Type: "output"})
 	if !ok || got != p.Instances()[1] {
 		t.Fatalf("FileOwner = %v %v, want b", got, ok)
@@ -102,7 +102,7 @@ func TestFileOwnerProbesSimulators(t *testing.T) {
 func TestSimulatorKilledIsConfirmedDeadAndComesBack(t *testing.T) {
 	t.Parallel()
 	a := testkit.Sim(t, comfysim.Options{Version: "0.3.40"})
-	p, _ := newCorePool(t, coreConfig(a.Addr()), true)
+	p := newCorePool(t, coreConfig(a.Addr()), true)
 	inst := p.Instances()[0]
 	if !inst.Healthy() || inst.Version() != "0.3.40" || inst.SupportsClientPromptID() {
 		t.Fatalf("after start: healthy %v version %q", inst.Healthy(), inst.Version())

@@ -49,7 +49,7 @@ func TestEnsureInputsCopiesPinnedUpload(t *testing.T) {
 	a, b := testkit.Mini(t, "0.3.65"), testkit.Mini(t, "0.3.65")
 	data := bytes.Repeat([]byte("pixels"), 100_000) // 600 kB
 	a.Put("input", "clip", "cat.png", data)
-	p, _ := newCorePool(t, coreConfig(a.Addr(), b.Addr()), true)
+	p := newCorePool(t, coreConfig(a.Addr(), b.Addr()), true)
 	ia, ib := p.Instances()[0], p.Instances()[1]
 	p.PinFile(FileRef{Filename: "cat.png", Subfolder: "clip", Type: "input"}, ia)
 
@@ -97,7 +97,7 @@ func TestEnsureInputsCopiesPinnedUpload(t *testing.T) {
 func TestEnsureInputsReportsFailedCopy(t *testing.T) {
 	t.Parallel()
 	a, b := testkit.Mini(t, "0.3.65"), testkit.Mini(t, "0.3.65")
-	p, _ := newCorePool(t, coreConfig(a.Addr(), b.Addr()), true)
+	p := newCorePool(t, coreConfig(a.Addr(), b.Addr()), true)
 	ia, ib := p.Instances()[0], p.Instances()[1]
 	// Pinned on a, but a lost it (e.g. its input folder was wiped).
 	p.PinFile(FileRef{Filename: "gone.png", Type: "input"}, ia)

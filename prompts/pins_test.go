@@ -33,7 +33,7 @@ func TestPinnedOwnerWinsOverSameNamedFileElsewhere(t *testing.T) {
 	// Both instances wrote ComfyUI_00001_.png; the prompt's output came from b.
 	a.Put("output", "", "ComfyUI_00001_.png", []byte("A"))
 	b.Put("output", "", "ComfyUI_00001_.png", []byte("B"))
-	p, _ := newCorePool(t, coreConfig(a.Addr(), b.Addr()), true)
+	p := newCorePool(t, coreConfig(a.Addr(), b.Addr()), true)
 	ib := p.Instances()[1]
 	p.PinFile(FileRef{Filename: "ComfyUI_00001_.png", Type: "output"}, ib)
 	for k := 0; k < 5; k++ {
@@ -56,7 +56,7 @@ func TestFileOwnerProbesOnMiss(t *testing.T) {
 	t.Parallel()
 	a, b := testkit.Mini(t, "0.3.65"), testkit.Mini(t, "0.3.65")
 	b.Put("output", "sub", "only_b.png", []byte("0123456789"))
-	p, _ := newCorePool(t, coreConfig(a.Addr(), b.Addr()), true)
+	p := newCorePool(t, coreConfig(a.Addr(), b.Addr()), true)
 	ib := p.Instances()[1]
 	got, ok := p.FileOwner(context.Background(), FileRef{Filename: "only_b.png", Subfolder: "sub"})
 	if !ok || got != ib {

@@ -5,11 +5,12 @@ import (
 	"testing"
 
 	"github.com/comfygate/comfygate/internal/lifecycle"
+	"github.com/comfygate/comfygate/internal/testkit"
 )
 
 func TestPromptTableKeepsBoundedDonePrompts(t *testing.T) {
 	t.Parallel()
-	p, _ := newCorePool(t, promptsConfig(closedAddr(t)), false)
+	p := newCorePool(t, promptsConfig(testkit.ClosedAddr(t)), false)
 	inst := p.Instances()[0]
 	tb := p.prompts
 	first := tb.adopt("first", inst, PromptDone)

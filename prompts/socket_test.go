@@ -717,9 +717,9 @@ func TestSubmitRelays400AndForgets(t *testing.T) {
 func TestSubmitSkipsRefusingInstance(t *testing.T) {
 	t.Parallel()
 	f := startFake(t, "0.3.65")
-	dead := closedAddr(t)
+	dead := testkit.ClosedAddr(t)
 	cfg := promptsConfig(dead, f.addr)
-	p, _ := newCorePool(t, cfg, true)
+	p := newCorePool(t, cfg, true)
 	// Make the dead one look healthy so selection picks it first sometimes.
 	for _, inst := range p.Instances() {
 		inst.ForceHealthy(true)
@@ -734,7 +734,7 @@ func TestSubmitSkipsRefusingInstance(t *testing.T) {
 
 func TestNoInstanceIsErrNoUpstream(t *testing.T) {
 	t.Parallel()
-	p, _ := newCorePool(t, promptsConfig(closedAddr(t)), true)
+	p := newCorePool(t, promptsConfig(testkit.ClosedAddr(t)), true)
 	_, err := p.Submit(context.Background(), SubmitRequest{Body: map[string]json.RawMessage{"prompt": json.RawMessage(`{}`)}, PromptID: newUUID()})
 	if err == nil || !strings.Contains(err.Error(), upstream.ErrNoUpstream.Error()) {
 		t.Fatalf("err %v, want upstream.ErrNoUpstream", err)

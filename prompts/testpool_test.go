@@ -5,12 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"net"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/comfygate/comfygate/metrics"
 	"github.com/comfygate/comfygate/upstream"
 )
@@ -30,29 +29,6 @@ func coreConfig(addrs ...string) *config.Config {
 	c.Failover.SuspectGrace = time.Second
 	return c
 }
-
-// logRec is a slog.Handler that keeps messages.
-type logRec struct {
-	mu   sync.Mutex
-	msgs []string
-}
-
-func (r *logRec) Enabled(context.Context, slog.Level) bool { return true }
-func (r *logRec) Handle(_ context.Context, rec slog.Record) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	msg := rec.Message
-	rec.Attrs(func(a slog.Attr) bool {
-		if a.Key == "instance" || a.Key == "to" || a.Key == "reason" {
-			msg += " " + a.Key + "=" + a.Value.String()
-		}
-		return true
-	})
-	r.msgs = append(r.msgs, msg)
-	return nil
-}
-func (r *logRec) WithAttrs([]slog.Attr) slog.Handler { return r }
-func (r *logRec) WithGroup(string) slog.Handler      { return r }
 
 // testPool is a pool with its prompt table attached, as main wires them.
 // The table's methods that tests call on the pool are forwarded to it.
@@ -98,10 +74,9 @@ func (p *testPool) EnsureInputs(ctx context.Context, inst *upstream.Instance, pr
 func (p *testPool) SetListener(l Listener) { p.prompts.SetListener(l) }
 
 // newCorePool builds and (if start) starts a pool, closed at cleanup.
-func newCorePool(t testing.TB, cfg *config.Config, start bool) (*testPool, *logRec) {
+func newCorePool(t testing.TB, cfg *config.Config, start bool) *testPool {
 	t.Helper()
-	rec := &logRec{}
-	p, err := newTestPool(cfg, nil, slog.New(rec))
+	p, err := newTestPool(cfg, nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,19 +86,7 @@ func newCorePool(t testing.TB, cfg *config.Config, start bool) (*testPool, *logR
 			t.Fatal(err)
 		}
 	}
-	return p, rec
-}
-
-// closedAddr returns a loopback address nothing listens on.
-func closedAddr(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := ln.Addr().String()
-	_ = ln.Close()
-	return a
+	return p
 }
 
 // selectPool returns a pool (not started) of n instances that nothing
@@ -132,9 +95,9 @@ func selectPool(t *testing.T, n int) (*testPool, []*upstream.Instance) {
 	t.Helper()
 	addrs := make([]string, n)
 	for k := range addrs {
-		addrs[k] = closedAddr(t)
+		addrs[k] = testkit.ClosedAddr(t)
 	}
-	p, _ := newCorePool(t, coreConfig(addrs...), false)
+	p := newCorePool(t, coreConfig(addrs...), false)
 	insts := p.Instances()
 	for _, inst := range insts {
 		inst.ForceHealthy(true)

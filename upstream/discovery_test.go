@@ -47,10 +47,10 @@ func TestDiscoveryAddsAndDrains(t *testing.T) {
 	t.Parallel()
 	// Loopback addresses on a closed port: health checks fail at once,
 	// without touching the network; the test drives discovery itself.
-	_, port, _ := net.SplitHostPort(closedAddr(t))
+	_, port, _ := net.SplitHostPort(testkit.ClosedAddr(t))
 	cfg := coreConfig()
 	cfg.Instances = []config.Instance{
-		{Name: "fixed", Address: closedAddr(t)},
+		{Name: "fixed", Address: testkit.ClosedAddr(t)},
 		{Name: "gpu", Address: "comfyui.test:" + port, Discover: true},
 	}
 	res := &fakeResolver{}

@@ -80,7 +80,7 @@ func TestHealthThresholdsAndOneLogPerTransition(t *testing.T) {
 func TestStartChecksAllInstancesBeforeReturning(t *testing.T) {
 	t.Parallel()
 	a, b := testkit.Mini(t, "0.3.65"), testkit.Mini(t, "0.3.40")
-	p, rec := newCorePool(t, coreConfig(a.Addr(), closedAddr(t), b.Addr()), true)
+	p, rec := newCorePool(t, coreConfig(a.Addr(), testkit.ClosedAddr(t), b.Addr()), true)
 	got := p.Healthy()
 	if len(got) != 2 || got[0].Name != "i1" || got[1].Name != "i3" {
 		t.Fatalf("Healthy after Start = %v", got)

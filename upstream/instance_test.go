@@ -74,7 +74,7 @@ func TestBreakerOpensOn5xxAndInstanceIsSkipped(t *testing.T) {
 
 func TestBreakerOpensOnConnectionErrors(t *testing.T) {
 	t.Parallel()
-	p, _ := newCorePool(t, coreConfig(closedAddr(t)), false)
+	p, _ := newCorePool(t, coreConfig(testkit.ClosedAddr(t)), false)
 	inst := p.Instances()[0]
 	inst.healthy.Store(true)
 	for k := 0; k < 3; k++ {

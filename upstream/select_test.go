@@ -14,7 +14,7 @@ func selectPool(t *testing.T, n int) (*Pool, []*Instance) {
 	t.Helper()
 	addrs := make([]string, n)
 	for k := range addrs {
-		addrs[k] = closedAddr(t)
+		addrs[k] = testkit.ClosedAddr(t)
 	}
 	p, _ := newCorePool(t, coreConfig(addrs...), false)
 	insts := p.Instances()
@@ -149,7 +149,7 @@ func TestSelectSpreadsEvenlyAsWorkGrows(t *testing.T) {
 
 func TestHalfOpenIsSelectable(t *testing.T) {
 	t.Parallel()
-	cfg := coreConfig(closedAddr(t))
+	cfg := coreConfig(testkit.ClosedAddr(t))
 	cfg.Breaker.OpenTimeout = 10e6 // 10ms
 	p, _ := newCorePool(t, cfg, false)
 	inst := p.Instances()[0]
