@@ -70,6 +70,12 @@ type inputStore struct {
 	budget  int64
 	durable bool // dir is the state directory: every image also goes to a file
 	inMem   atomic.Int64
+	// saver writes and removes the files of images also held in memory,
+	// off the request's path (the state directory's writer); nil: at once.
+	saver interface {
+		putFile(path string, data []byte)
+		removeFile(path string)
+	}
 
 	dirOnce sync.Once
 	dir     string
@@ -110,7 +116,11 @@ func (st *inputStore) keep(im *jobImage, jobID string, data []byte) error {
 		dir, err := st.directory()
 		if err == nil {
 			im.file = filepath.Join(dir, jobID+"-"+im.name)
-			err = writeAtomic(im.file, data)
+			if inMem && st.saver != nil {
+				st.saver.putFile(im.file, data) // served from memory meanwhile
+			} else {
+				err = writeAtomic(im.file, data)
+			}
 		}
 		if err != nil {
 			if inMem {
@@ -134,7 +144,11 @@ func (st *inputStore) release(im *jobImage) {
 		im.mem = nil
 	}
 	if im.file != "" {
-		_ = os.Remove(im.file)
+		if st.saver != nil {
+			st.saver.removeFile(im.file)
+		} else {
+			_ = os.Remove(im.file)
+		}
 		im.file = ""
 	}
 }

@@ -59,9 +59,10 @@ const (
 type stateDir struct {
 	dir string
 
-	pendingMu sync.Mutex         // guards pending
-	pending   map[string]*record // id -> newest snapshot; nil: remove the record
-	writeMu   sync.Mutex         // one flush at a time
+	pendingMu sync.Mutex             // guards pending and files
+	pending   map[string]*record     // id -> newest snapshot; nil: remove the record
+	files     map[string]pendingFile // kept images to write or remove, by path
+	writeMu   sync.Mutex             // one flush at a time
 	wake      chan struct{}
 	log       func(msg string, args ...any)
 }
@@ -70,7 +71,42 @@ func openStateDir(dir string, warn func(string, ...any)) (*stateDir, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("jobs.state_dir: %w", err)
 	}
-	return &stateDir{dir: dir, pending: map[string]*record{}, wake: make(chan struct{}, 1), log: warn}, nil
+	return &stateDir{dir: dir, pending: map[string]*record{}, files: map[string]pendingFile{}, wake: make(chan struct{}, 1), log: warn}, nil
+}
+
+// pendingFile is a kept image's file to write (data) or remove.
+type pendingFile struct {
+	data   []byte
+	remove bool
+}
+
+// putFile queues the writing of a kept image's file.
+func (d *stateDir) putFile(path string, data []byte) {
+	d.pendingMu.Lock()
+	d.files[path] = pendingFile{data: data}
+	d.pendingMu.Unlock()
+	d.signal()
+}
+
+// removeFile queues the removal of a kept image's file (a write of it
+// still queued is dropped).
+func (d *stateDir) removeFile(path string) {
+	d.pendingMu.Lock()
+	if f, ok := d.files[path]; ok && !f.remove {
+		delete(d.files, path) // never written: nothing to remove
+		d.pendingMu.Unlock()
+		return
+	}
+	d.files[path] = pendingFile{remove: true}
+	d.pendingMu.Unlock()
+	d.signal()
+}
+
+func (d *stateDir) signal() {
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
 }
 
 func (d *stateDir) path(id string) string { return filepath.Join(d.dir, id+".json") }
@@ -80,10 +116,7 @@ func (d *stateDir) put(id string, rec *record) {
 	d.pendingMu.Lock()
 	d.pending[id] = rec
 	d.pendingMu.Unlock()
-	select {
-	case d.wake <- struct{}{}:
-	default:
-	}
+	d.signal()
 }
 
 // flush writes every queued record.
@@ -91,9 +124,23 @@ func (d *stateDir) flush() {
 	d.writeMu.Lock()
 	defer d.writeMu.Unlock()
 	d.pendingMu.Lock()
-	batch := d.pending
-	d.pending = map[string]*record{}
+	batch, files := d.pending, d.files
+	d.pending, d.files = map[string]*record{}, map[string]pendingFile{}
 	d.pendingMu.Unlock()
+	// Images first: a record written in this flush may name them.
+	for path, f := range files {
+		var err error
+		if f.remove {
+			if err = os.Remove(path); errors.Is(err, os.ErrNotExist) {
+				err = nil
+			}
+		} else {
+			err = writeAtomic(path, f.data)
+		}
+		if err != nil {
+			d.log("jobs: kept image file", "file", path, "err", err)
+		}
+	}
 	for id, rec := range batch {
 		if rec == nil {
 			if err := os.Remove(d.path(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -173,8 +220,8 @@ func (s *Service) saveLocked(j *job) {
 	s.state.put(j.id, rec)
 }
 
-// persist writes j's record now (before its submission is answered, or
-// before its POST /prompt goes).
+// persist queues j's record (accepted, or about to be sent). The writer
+// goroutine writes it within moments, off the request's path.
 func (s *Service) persist(j *job) {
 	if s.state == nil {
 		return
@@ -182,7 +229,6 @@ func (s *Service) persist(j *job) {
 	s.jobsMu.Lock()
 	s.saveLocked(j)
 	s.jobsMu.Unlock()
-	s.state.flush()
 }
 
 // forgetLocked queues the removal of j's record (it expired).
@@ -192,14 +238,28 @@ func (s *Service) forgetLocked(j *job) {
 	}
 }
 
+// flushDelay is how long the writer gathers changes before it writes
+// them: a job's changes within it cost one write of its newest record, and
+// a job that ends within it leaves no image file behind. It is also how
+// long a change may take to reach the disk (Close writes what is queued).
+const flushDelay = 100 * time.Millisecond
+
 // writer flushes queued records until the service stops.
 func (s *Service) writer() {
 	defer s.wg.Done()
+	t := time.NewTimer(flushDelay)
+	t.Stop()
 	for {
 		select {
 		case <-s.runCtx.Done():
 			return
 		case <-s.state.wake:
+		}
+		t.Reset(flushDelay)
+		select {
+		case <-s.runCtx.Done():
+			return
+		case <-t.C:
 		}
 		s.safely("state", s.state.flush)
 	}

@@ -130,6 +130,7 @@ func TestRecordsAreFilesOfTheirJobs(t *testing.T) {
 	f := newFake(t, 1)
 	s := newFakeService(t, f, func(c *config.Config) { c.Jobs.StateDir = dir })
 	id := submitFake(t, s, "/api/upscale-image")
+	s.state.flush() // the writer's work, in a service not started
 	b, err := os.ReadFile(filepath.Join(dir, id+".json"))
 	if err != nil {
 		t.Fatal(err)
@@ -144,6 +145,7 @@ func TestRecordsAreFilesOfTheirJobs(t *testing.T) {
 	if known, cancelled := s.CancelJob(context.Background(), id); !known || !cancelled {
 		t.Fatal("cancel")
 	}
+	s.state.flush()
 	if _, err := os.Stat(rec.Images[0].File); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("image kept after the job ended: %v", err)
 	}

@@ -169,6 +169,7 @@ func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Lo
 		if s.state, err = openStateDir(dir, log.Warn); err != nil {
 			return nil, err
 		}
+		s.inputs.saver = s.state
 		s.restore()
 	}
 	return s, nil
