@@ -24,7 +24,7 @@ func (p *Pool) SetResolver(r Resolver) {
 }
 
 // discoverOnce re-resolves every discover entry, announces new instances to
-// the prompt table (and checks them at once so they take work without
+// the prompt owner (and checks them at once so they take work without
 // waiting for the next health round), and drains vanished ones.
 func (p *Pool) discoverOnce(ctx context.Context) {
 	added, removed := p.resolveAll(ctx)

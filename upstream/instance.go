@@ -91,7 +91,7 @@ func (i *Instance) ConfirmedDown() bool {
 }
 
 // CountInflight changes the count of prompts sent and not finished, and
-// nothing else: the prompt table counts under its own lock, in transition
+// nothing else: the prompt owner counts under its own lock, in transition
 // order, and calls InflightChanged once it released it.
 func (i *Instance) CountInflight(delta int64) { i.inflight.Add(delta) }
 

@@ -538,7 +538,7 @@ func newHostClient(addr string, tls bool, maxConns int, timeout time.Duration) *
 // the instance restarted or dropped it while idle; the request did not run
 // (ComfyUI answers every request it reads). Timeouts and dial errors are
 // never retried here, and neither is POST /prompt: a prompt that may have
-// been read is never sent twice (the prompt table settles it).
+// been read is never sent twice (the prompt owner settles it).
 func staleConn(req *fasthttp.Request, attempts int, err error) (resetTimeout, retry bool) {
 	if attempts > 1 || IsTimeout(err) || errors.As(err, new(*DialError)) {
 		return false, false
