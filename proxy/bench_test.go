@@ -15,7 +15,7 @@ import (
 // simulated ComfyUI directly and through comfygate, one client at a time
 // (serial: ns/op is the latency) and with parallel clients (ns/op is the
 // inverse throughput). The difference is comfygate's cost per request.
-// bench/run.sh adds nginx to the same comparison.
+// bench/cmd/compare adds nginx and HAProxy to the same comparison.
 func BenchmarkProxyGETSystemStats(b *testing.B) {
 	sim := testkit.Sim(b, comfysim.Options{})
 	g := startGate(b, []string{sim.Addr()}, nil)

@@ -189,12 +189,13 @@ func run() error {
 		logf("section %s (budget %s)", s, budget)
 		sctx, cancel := context.WithTimeout(ctx, budget)
 		err := runSection(sctx, s, o, e, rep)
+		over := errors.Is(sctx.Err(), context.DeadlineExceeded)
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
 				break
 			}
-			if sctx.Err() != nil {
+			if over {
 				err = fmt.Errorf("over its budget of %s: %w", budget, err)
 			}
 			rep.failed(s, err)

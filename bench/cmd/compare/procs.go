@@ -34,14 +34,22 @@ type proc struct {
 	done chan struct{} // closed when it exited
 }
 
-// start runs name's process with its output in dir/name.log.
+// start runs name's process with its output in dir/name.log, in a working
+// directory of its own (dir/name.wd): comfygate keeps job records relative
+// to it (jobs.state_dir), and no process may see another's or leave them
+// where the bench was started.
 func (ps *procs) start(name string, env []string, bin string, args ...string) (*proc, error) {
 	logPath := filepath.Join(ps.dir, name+".log")
+	wd := filepath.Join(ps.dir, name+".wd")
+	if err := os.MkdirAll(wd, 0o755); err != nil {
+		return nil, err
+	}
 	f, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(bin, args...)
+	cmd.Dir = wd
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
