@@ -121,6 +121,19 @@ func newReport(o options, e *env) *report {
 	}
 }
 
+// table is the table named id, made with title, note and header the
+// first time.
+func (r *report) table(id, title, note string, header ...string) *table {
+	for _, t := range r.Tables {
+		if t.Section == id {
+			return t
+		}
+	}
+	t := &table{Section: id, Title: title, Note: note, Header: header}
+	r.Tables = append(r.Tables, t)
+	return t
+}
+
 func (r *report) failed(section string, err error) { r.Failures[section] = err.Error() }
 
 func (r *report) addTarget(name, measured string, met bool) {

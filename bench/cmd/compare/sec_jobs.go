@@ -206,5 +206,21 @@ func sectionJobs(ctx context.Context, o options, e *env, rep *report) error {
 	if o.waitJobs == 0 {
 		return nil
 	}
-	return e.waitingJobs(ctx, o.waitJobs, rep)
+	peakRaw, accRaw, err := e.waitingJobs(ctx, o.waitJobs, true, rep)
+	if err != nil {
+		return err
+	}
+	peakMP, accMP, err := e.waitingJobs(ctx, o.waitJobs, false, rep)
+	if err != nil {
+		return err
+	}
+	name := "peak RSS < 64 MB with 1,000 jobs of 45 MB waiting"
+	measured := fmt.Sprintf("%d sent: raw body %.0f MB (%d accepted), multipart %.0f MB (%d accepted)", o.waitJobs, peakRaw, accRaw, peakMP, accMP)
+	ok := max(peakRaw, peakMP) < 64 && accRaw == o.waitJobs && accMP == o.waitJobs
+	if ok && o.waitJobs < 1000 {
+		rep.addUnsure(name, measured+"; 1,000 not run")
+	} else {
+		rep.addTarget(name, measured, ok)
+	}
+	return nil
 }
