@@ -159,5 +159,8 @@ func (c *Conn) Close() error {
 	return c.Conn.Close()
 }
 
+// NetConn is the connection under c (to set socket options on it).
+func (c *Conn) NetConn() net.Conn { return c.Conn }
+
 // IsBareLF reports whether err is (or wraps) ErrBareLF.
 func IsBareLF(err error) bool { return errors.Is(err, ErrBareLF) }

@@ -110,7 +110,12 @@ func New(o Options) (*Server, error) {
 		NoDefaultContentType:         true,
 		DisablePreParseMultipartForm: true, // uploads stream through untouched
 		StreamRequestBody:            true,
-		MaxRequestBodySize:           math.MaxInt,
+		// A WebSocket's hijack handler returns at once and the socket
+		// lives on in the hub, which closes it: the request context and
+		// the 16 KiB request reader are not held for the socket's life
+		// (see Hub.ServeWS).
+		KeepHijackedConns:  true,
+		MaxRequestBodySize: math.MaxInt,
 		// Header names are normalized (Comfy-User, Content-Type, ...): HTTP
 		// header names are case-insensitive and aiohttp treats them so.
 		DisableHeaderNamesNormalizing: false,
@@ -183,6 +188,9 @@ func (c *writeIdleConn) SetWriteDeadline(t time.Time) error {
 	c.explicit.Store(!t.IsZero())
 	return c.Conn.SetWriteDeadline(t)
 }
+
+// NetConn is the connection under c (to set socket options on it).
+func (c *writeIdleConn) NetConn() net.Conn { return c.Conn }
 
 func (c *writeIdleConn) Write(p []byte) (int, error) {
 	if !c.explicit.Load() && c.idle > 0 {

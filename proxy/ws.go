@@ -2,11 +2,12 @@ package proxy
 
 // The client side of the WebSocket bridge: ComfyUI's /ws and /api/ws.
 //
-// Every client socket is one wsClient with one reader (the hijacked
-// connection's goroutine) and one writer goroutine fed by a bounded queue.
-// Events reach the queue from the instances' reader goroutines through the
-// Hub (ws_hub.go), which never blocks them: a full queue drops that client
-// with close code 1008. While a clientId has no socket its events wait in a
+// Every client socket is one wsClient with one reader goroutine and a
+// bounded queue, written by a writer goroutine that runs only while there
+// is something to write: an idle socket costs one goroutine, a 256-byte
+// read buffer and no write buffer. Events reach the queue from the
+// instances' reader goroutines through the Hub (ws_hub.go), which never
+// blocks them: a full queue drops that client with close code 1008. While a clientId has no socket its events wait in a
 // bounded backlog for a grace period (ws_backlog.go).
 //
 // Differences from ComfyUI, on purpose:
@@ -34,9 +35,13 @@ package proxy
 //     cost CPU and latency for little gain. Clients must accept both anyway.
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"encoding/base64"
 	"log/slog"
 	"net"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -91,7 +96,7 @@ type Hub struct {
 	m    *metrics.Metrics
 	log  *slog.Logger
 
-	upgrader websocket.FastHTTPUpgrader
+	upgrader websocket.Upgrader
 
 	// writeWait and closeWait are the writeWait and closeWait constants;
 	// tests shorten them.
@@ -130,11 +135,23 @@ func newHub(cfg *config.Config, pool *upstream.Pool, m *metrics.Metrics, log *sl
 		writeWait: writeWait,
 		closeWait: closeWait,
 	}
-	h.upgrader = websocket.FastHTTPUpgrader{
+	h.upgrader = websocket.Upgrader{
+		// Written to the hijacked connection: a client that does not read
+		// the 101 gets cut.
+		HandshakeTimeout: h.writeWait,
+		// Clients send next to nothing (feature flags once, pongs): the
+		// smallest buffer that holds a control frame.
+		ReadBufferSize: wsReadBuffer,
+		// Write buffers are taken for a message and given back after it,
+		// so an idle socket holds none.
+		WriteBufferPool: &wsWriteBuffers,
 		// Origin policy is the HTTP side's (it runs before routing here);
 		// the upgrader's default would reject every cross-origin browser.
-		CheckOrigin:       func(*fasthttp.RequestCtx) bool { return true },
+		CheckOrigin:       func(*http.Request) bool { return true },
 		EnableCompression: false, // see the comment at the top of this file
+		// Handshakes are checked before the hijack (checkHandshake), where
+		// errors are answered; none is left to answer after it.
+		Error: func(http.ResponseWriter, *http.Request, int, error) {},
 	}
 	if h.ws.BacklogGrace > 0 {
 		h.wg.Add(1)
@@ -145,6 +162,14 @@ func newHub(cfg *config.Config, pool *upstream.Pool, m *metrics.Metrics, log *sl
 
 // ServeWS upgrades GET /ws and /api/ws. The query's clientId names the
 // socket (minted as a uuid4 hex when absent, as ComfyUI does).
+//
+// The server must keep hijacked connections (fasthttp.Server's
+// KeepHijackedConns): the hijack handler only completes the handshake on
+// the TCP connection itself and returns, and the socket's goroutine
+// (serveConn) closes it. Run inside the hijack handler, as the websocket
+// library's FastHTTPUpgrader does, every socket would hold the request's
+// context and the server's request reader (limits.max_header_bytes) for
+// as long as it is open.
 func (h *Hub) ServeWS(ctx *fasthttp.RequestCtx) {
 	h.mu.Lock()
 	closed := h.closed
@@ -153,19 +178,35 @@ func (h *Hub) ServeWS(ctx *fasthttp.RequestCtx) {
 		ctx.Error("Service Unavailable", fasthttp.StatusServiceUnavailable)
 		return
 	}
-	// Copy before Upgrade: the callback runs after this handler returned,
+	if status, reason := checkHandshake(&ctx.Request.Header); status != 0 {
+		if h.log.Enabled(context.Background(), slog.LevelDebug) {
+			h.log.Debug("websocket upgrade refused", "remote", ctx.RemoteAddr().String(), "reason", reason)
+		}
+		ctx.Error(fasthttp.StatusMessage(status), status)
+		ctx.Response.Header.Set("Sec-Websocket-Version", "13") // after Error, which resets the headers
+		return
+	}
+	// Copy before Hijack: the callback runs after this handler returned,
 	// when ctx may already serve another request.
 	clientID := string(ctx.QueryArgs().Peek("clientId"))
 	if clientID == "" {
 		clientID = newClientID()
 	}
 	remote := ctx.RemoteAddr().String()
-	err := h.upgrader.Upgrade(ctx, func(conn *websocket.Conn) {
-		h.serveConn(conn, clientID, remote)
+	req := handshakeRequest(&ctx.Request.Header)
+	ctx.SetStatusCode(fasthttp.StatusSwitchingProtocols) // for the access log: the upgrader writes the answer
+	ctx.HijackSetNoResponse(true)
+	ctx.Hijack(func(c net.Conn) {
+		conn, pending := detachHijacked(c)
+		ws, err := h.upgrader.Upgrade(&hijackedResponse{conn: conn, pending: pending}, req, nil)
+		if err != nil { // the upgrader closed the connection
+			if h.log.Enabled(context.Background(), slog.LevelDebug) {
+				h.log.Debug("websocket handshake failed", "remote", remote, "err", err)
+			}
+			return
+		}
+		go h.serveConn(ws, clientID, remote)
 	})
-	if err != nil && h.log.Enabled(context.Background(), slog.LevelDebug) {
-		h.log.Debug("websocket upgrade refused", "remote", remote, "err", err)
-	}
 }
 
 // Close closes every client socket (close code 1001) and waits for their
@@ -205,16 +246,19 @@ func (h *Hub) Close() {
 // Clients returns the number of open client sockets.
 func (h *Hub) Clients() int { return int(h.open.Load()) }
 
-// serveConn runs one client socket until it closes. It is the hijacked
-// connection's goroutine, so it is the socket's reader.
+// serveConn runs one client socket until it closes. Its goroutine is the
+// socket's reader; a writer runs only while there is something to write
+// (wsClient.writeLoop).
 func (h *Hub) serveConn(conn *websocket.Conn, clientID, remote string) {
 	c := newClient(h, conn, clientID)
+	boundSendBuffer(conn.NetConn())
 	gen, n := h.queueSnapshot()
 	if h.pool != nil {
 		n = h.pool.QueueRemaining()
 	}
 	replayed, ok := h.register(c, gen, n)
 	if !ok {
+		c.pinger.Stop()
 		_ = conn.WriteControl(websocket.CloseMessage,
 			websocket.FormatCloseMessage(websocket.CloseGoingAway, "server shutting down"),
 			time.Now().Add(h.closeWait))
@@ -231,8 +275,7 @@ func (h *Hub) serveConn(conn *websocket.Conn, clientID, remote string) {
 		h.log.Debug("websocket client connected", "client_id", clientID, "remote", remote, "replayed", replayed)
 	}
 
-	boundSendBuffer(conn.NetConn())
-	go c.writeLoop()
+	c.start()
 	c.readLoop()
 
 	// Stop the writer before unregistering, so that everything it did not
@@ -248,20 +291,150 @@ func (h *Hub) serveConn(conn *websocket.Conn, clientID, remote string) {
 	}
 }
 
+// wsReadBuffer is a client socket's read buffer: the smallest the
+// websocket library takes (a control frame's 125 bytes), rounded up.
+const wsReadBuffer = 256
+
+// wsWriteBuffers lends write buffers to client sockets for one message at a
+// time (websocket.Upgrader.WriteBufferPool).
+var wsWriteBuffers sync.Pool
+
+// checkHandshake checks a WebSocket opening handshake as the websocket
+// library's upgrader does, so that its answer can be given before the
+// connection is hijacked. It returns 0 for a good one, else the status to
+// answer and why.
+func checkHandshake(h *fasthttp.RequestHeader) (status int, reason string) {
+	switch {
+	case !h.IsGet():
+		return fasthttp.StatusMethodNotAllowed, "request method is not GET"
+	case !hasToken(h.Peek("Connection"), "upgrade"):
+		return fasthttp.StatusBadRequest, "'upgrade' token not found in 'Connection' header"
+	case !hasToken(h.Peek("Upgrade"), "websocket"):
+		return fasthttp.StatusBadRequest, "'websocket' token not found in 'Upgrade' header"
+	case !hasToken(h.Peek("Sec-Websocket-Version"), "13"):
+		return fasthttp.StatusBadRequest, "unsupported version: 13 not found in 'Sec-Websocket-Version' header"
+	}
+	if k, err := base64.StdEncoding.DecodeString(string(h.Peek("Sec-Websocket-Key"))); err != nil || len(k) != 16 {
+		return fasthttp.StatusBadRequest, "'Sec-WebSocket-Key' header must be Base64 encoded value of 16-byte in length"
+	}
+	return 0, ""
+}
+
+// hasToken reports whether the comma-separated list v holds token (ASCII
+// case-insensitive).
+func hasToken(v []byte, token string) bool {
+	for t := range bytes.SplitSeq(v, []byte{','}) {
+		if equalFoldASCII(bytes.TrimSpace(t), []byte(token)) {
+			return true
+		}
+	}
+	return false
+}
+
+// handshakeRequest copies what the upgrader reads of the handshake.
+func handshakeRequest(h *fasthttp.RequestHeader) *http.Request {
+	hdr := http.Header{}
+	for _, k := range []string{"Connection", "Upgrade", "Sec-Websocket-Version", "Sec-Websocket-Key"} {
+		hdr.Set(k, string(h.Peek(k)))
+	}
+	return &http.Request{Method: http.MethodGet, Header: hdr}
+}
+
+// aLongTimeAgo is a read deadline that has passed: a read fails at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// detachHijacked returns the TCP connection under fasthttp's hijacked
+// connection, which reads through the server's request reader, and the
+// bytes that reader holds (a client must send nothing before the 101,
+// RFC 6455 section 4.1, but one that does keeps its bytes). They are taken
+// without blocking: with a read deadline in the past, reading the hijacked
+// connection returns what the reader holds and then fails at once.
+func detachHijacked(c net.Conn) (net.Conn, []byte) {
+	u, ok := c.(interface{ UnsafeConn() net.Conn })
+	if !ok {
+		return c, nil
+	}
+	conn := u.UnsafeConn()
+	if conn.SetReadDeadline(aLongTimeAgo) != nil {
+		return c, nil
+	}
+	var pending []byte
+	var buf [512]byte
+	for range 1 << 12 { // bounded: the reader holds at most max_header_bytes
+		n, err := c.Read(buf[:])
+		pending = append(pending, buf[:n]...)
+		if err != nil || n == 0 {
+			break
+		}
+	}
+	if conn.SetReadDeadline(time.Time{}) != nil {
+		return c, nil
+	}
+	return conn, pending
+}
+
+// hijackedResponse is the http.ResponseWriter the upgrader completes the
+// handshake on: it hands over the connection, with the bytes read ahead.
+type hijackedResponse struct {
+	conn    net.Conn
+	pending []byte
+	header  http.Header
+}
+
+func (r *hijackedResponse) Header() http.Header {
+	if r.header == nil {
+		r.header = http.Header{}
+	}
+	return r.header
+}
+
+func (r *hijackedResponse) Write([]byte) (int, error) { return 0, http.ErrHijacked }
+func (r *hijackedResponse) WriteHeader(int)           {}
+
+func (r *hijackedResponse) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn := r.conn
+	if len(r.pending) > 0 {
+		conn = &readAheadConn{Conn: conn, pending: r.pending}
+	}
+	// Small, and empty: the upgrader uses its own buffers.
+	return conn, bufio.NewReadWriter(bufio.NewReaderSize(conn, 16), bufio.NewWriterSize(conn, 16)), nil
+}
+
+// readAheadConn returns pending before reading the connection.
+type readAheadConn struct {
+	net.Conn
+	pending []byte
+}
+
+func (c *readAheadConn) Read(p []byte) (int, error) {
+	if len(c.pending) > 0 {
+		n := copy(p, c.pending)
+		c.pending = c.pending[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// NetConn is the connection under c (to set socket options on it).
+func (c *readAheadConn) NetConn() net.Conn { return c.Conn }
+
 // newClientID mints a uuid4 as 32 hex digits, like ComfyUI's uuid.uuid4().hex.
 func newClientID() string { return ids.Hex() }
 
 // boundSendBuffer sets the send buffer of the TCP connection under conn
-// (under fasthttp's hijacked conn and TLS) to sendBuffer.
+// (under fasthttp's hijacked conn, TLS and comfygate's listener wrappers)
+// to sendBuffer. It caps what the kernel may queue for the client; the
+// kernel allocates that memory only as data waits, so an idle socket
+// costs nothing here.
 func boundSendBuffer(conn net.Conn) {
-	for range 4 {
+	for range 8 {
 		switch c := conn.(type) {
 		case interface{ SetWriteBuffer(int) error }:
 			_ = c.SetWriteBuffer(sendBuffer)
 			return
 		case interface{ UnsafeConn() net.Conn }: // fasthttp's hijacked conn
 			conn = c.UnsafeConn()
-		case interface{ NetConn() net.Conn }: // *tls.Conn
+		case interface{ NetConn() net.Conn }: // *tls.Conn, comfygate's wrappers
 			conn = c.NetConn()
 		default:
 			return

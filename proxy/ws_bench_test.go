@@ -59,7 +59,7 @@ func startBenchBridge(b *testing.B, addr string) string {
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv := &fasthttp.Server{Handler: h.ServeWS}
+	srv := &fasthttp.Server{Handler: h.ServeWS, KeepHijackedConns: true}
 	done := make(chan struct{})
 	go func() { _ = srv.Serve(ln); close(done) }()
 	b.Cleanup(func() {

@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"io"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,65 +22,161 @@ type frame struct {
 	data   []byte
 }
 
-// wsClient is one client socket: the hijacked connection's goroutine reads
-// it (readLoop), one writer goroutine writes it (writeLoop), and the hub
-// feeds the writer through its queue without ever blocking.
+// wsClient is one client socket: serveConn's goroutine reads it
+// (readLoop), a writer goroutine writes it (writeLoop), and the hub feeds
+// the writer through its queue without ever blocking. The writer runs only
+// while there is something to write (a frame, a ping that is due, the
+// close): an idle socket has no goroutine but its reader, and no write
+// buffer (the upgrader lends one per message).
 type wsClient struct {
 	hub  *Hub
 	id   string // clientId (sid)
 	conn *websocket.Conn
 
-	q          sendQueue     // bounded by websocket.client_buffer
-	hello      frame         // the first status message; set before writeLoop starts
-	pending    []frame       // replay, written after hello and before q; set before writeLoop starts
+	q          sendQueue     // bounded by websocket.client_buffer; also who writes
+	hello      frame         // the first status message; set before a writer starts
+	pending    []frame       // replay, written after hello and before q; set before a writer starts
+	greeted    bool          // hello and pending are written; writers only
+	pinger     *time.Timer   // marks a ping due every ping interval
 	quit       chan struct{} // closed by stop
 	quitOnce   sync.Once
 	closeCode  int    // set by stop before quit closes; 0 = no close frame
 	closeText  string // ditto
 	closing    atomic.Bool
-	deadlineMu sync.Mutex // orders extend's and writeClose's read deadlines
-	writerDone chan struct{}
-	unsent     *frame // the frame a failed write did not deliver; read after writerDone
+	deadlineMu sync.Mutex    // orders extend's and writeClose's read deadlines
+	writerDone chan struct{} // closed when writing ended for good
+	unsent     *frame        // the frame a failed write did not deliver; read after writerDone
 
 	// metadata: the client negotiated supports_preview_metadata.
 	metadata atomic.Bool
 }
 
 func newClient(h *Hub, conn *websocket.Conn, id string) *wsClient {
-	return &wsClient{
+	c := &wsClient{
 		hub:        h,
 		id:         id,
 		conn:       conn,
-		q:          sendQueue{limit: h.ws.ClientBuffer, ready: make(chan struct{}, 1)},
+		q:          sendQueue{limit: h.ws.ClientBuffer},
 		quit:       make(chan struct{}),
 		writerDone: make(chan struct{}),
 	}
+	// Armed once the socket is registered (start): a ping must not start
+	// a writer before the first status message is set.
+	c.pinger = time.AfterFunc(math.MaxInt64, c.pingDue)
+	return c
 }
 
 // offer queues f without blocking; false when the queue is full.
-func (c *wsClient) offer(f frame) bool { return c.q.push(f) }
+func (c *wsClient) offer(f frame) bool {
+	ok, start := c.q.push(f)
+	if start {
+		go c.writeLoop()
+	}
+	return ok
+}
+
+// start arms the pings and starts the first writer (the first status
+// message and the replay). The socket is registered.
+func (c *wsClient) start() {
+	c.pinger.Reset(c.hub.ws.PingInterval)
+	c.kick()
+}
+
+// kick starts a writer unless one runs or writing ended.
+func (c *wsClient) kick() {
+	c.q.mu.Lock()
+	start := c.q.claimLocked()
+	c.q.mu.Unlock()
+	if start {
+		go c.writeLoop()
+	}
+}
+
+// pingDue is the ping timer's: a ping goes out before the next frame.
+func (c *wsClient) pingDue() {
+	c.q.mu.Lock()
+	c.q.ping = true
+	start := c.q.claimLocked()
+	c.q.mu.Unlock()
+	if start {
+		go c.writeLoop()
+	}
+}
 
 // drain moves what the writer has not taken yet onto dst.
 func (c *wsClient) drain(dst []frame) []frame { return c.q.drain(dst) }
 
-// sendQueue is a client's bounded FIFO. Unlike a buffered channel it holds
-// memory only while frames wait, so idle clients cost little.
+// sendQueue is a client's bounded FIFO and the state of its writer. Unlike
+// a buffered channel it holds memory only while frames wait, so idle
+// clients cost little.
+//
+// At most one writer runs: whoever gives it work (push, a due ping, stop)
+// starts one when none runs (claimLocked), and a writer leaves only after
+// finding, under mu, nothing to do (next), so no work is left unseen.
 type sendQueue struct {
-	mu     sync.Mutex // guards frames, head
-	frames []frame    // frames[head:] wait
-	head   int
-	limit  int
-	ready  chan struct{} // 1-buffered: a frame was added
+	mu      sync.Mutex // guards the fields below
+	frames  []frame    // frames[head:] wait
+	head    int
+	limit   int
+	writing bool // a writer runs
+	ended   bool // writing ended for good (the close, or a failed write)
+	ping    bool // a ping is due
+}
+
+// claimLocked reports whether the caller must start a writer, and marks one
+// running. q.mu is held.
+func (q *sendQueue) claimLocked() bool {
+	if q.writing || q.ended {
+		return false
+	}
+	q.writing = true
+	return true
+}
+
+// What a writer does next (sendQueue.next).
+const (
+	writeIdle  = iota // nothing: the writer leaves
+	writeStop         // the close stop asked for, then the end
+	writePing         // a ping
+	writeFrame        // the frame returned
+)
+
+// next tells the running writer what to do. quit closed wins over a due
+// ping, which wins over queued frames. With nothing to do, the writer is
+// marked gone (and an emptied queue gives back a large array).
+func (q *sendQueue) next(quit <-chan struct{}) (frame, int) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	select {
+	case <-quit:
+		return frame{}, writeStop
+	default:
+	}
+	if q.ping {
+		q.ping = false
+		return frame{}, writePing
+	}
+	if q.head == len(q.frames) {
+		q.reset()
+		q.writing = false
+		return frame{}, writeIdle
+	}
+	f := q.frames[q.head]
+	q.frames[q.head] = frame{}
+	q.head++
+	return f, writeFrame
 }
 
 // idleCap is the capacity an empty queue may keep.
 const idleCap = 16
 
-func (q *sendQueue) push(f frame) bool {
+// push queues f (ok false when the queue is full) and reports whether the
+// caller must start a writer.
+func (q *sendQueue) push(f frame) (ok, start bool) {
 	q.mu.Lock()
+	defer q.mu.Unlock()
 	if len(q.frames)-q.head >= q.limit {
-		q.mu.Unlock()
-		return false
+		return false, false
 	}
 	if q.head > 0 && len(q.frames) == cap(q.frames) {
 		n := copy(q.frames, q.frames[q.head:])
@@ -87,25 +184,7 @@ func (q *sendQueue) push(f frame) bool {
 		q.frames, q.head = q.frames[:n], 0
 	}
 	q.frames = append(q.frames, f)
-	q.mu.Unlock()
-	select {
-	case q.ready <- struct{}{}:
-	default:
-	}
-	return true
-}
-
-func (q *sendQueue) pop() (frame, bool) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if q.head == len(q.frames) {
-		q.reset()
-		return frame{}, false
-	}
-	f := q.frames[q.head]
-	q.frames[q.head] = frame{}
-	q.head++
-	return f, true
+	return true, q.claimLocked()
 }
 
 func (q *sendQueue) drain(dst []frame) []frame {
@@ -135,69 +214,82 @@ func (c *wsClient) stop(code int, text string) {
 		c.closeCode, c.closeText = code, text
 		close(c.quit)
 	})
+	c.kick()
 }
 
-// writeLoop is the socket's only writer: the first status message, the
-// replay, then the queue, with a ping every ping interval. It ends on stop or a write error.
+// writeLoop writes until there is nothing to write, then leaves (the next
+// push, due ping or stop starts another): first, once, the first status
+// message and the replay, then the close stop asked for, due pings and
+// the queue. Writing ends for good (writerDone) with the close or a failed
+// write.
 func (c *wsClient) writeLoop() {
-	defer close(c.writerDone)
-	ticker := time.NewTicker(c.hub.ws.PingInterval)
-	defer ticker.Stop()
+	if !c.greeted {
+		c.greeted = true
+		if !c.greet() {
+			c.finish()
+			return
+		}
+	}
+	for {
+		f, what := c.q.next(c.quit)
+		switch what {
+		case writeIdle:
+			return
+		case writeStop:
+			c.writeClose()
+			c.finish()
+			return
+		case writePing:
+			if err := c.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.hub.writeWait)); err != nil {
+				c.cut() // the reader fails and unregisters
+				c.finish()
+				return
+			}
+			c.pinger.Reset(c.hub.ws.PingInterval)
+		case writeFrame:
+			if err := c.write(f); err != nil {
+				c.unsent = &f
+				c.cut()
+				c.finish()
+				return
+			}
+		}
+	}
+}
+
+// greet writes the first status message and the replay. It reports false
+// when writing ended (a failed write, or a stop, whose close it wrote).
+func (c *wsClient) greet() bool {
 	if err := c.write(c.hello); err != nil {
 		c.cut()
-		return
+		return false
 	}
 	for i := range c.pending {
 		if c.stopped() {
 			c.pending = c.pending[i:]
 			c.writeClose()
-			return
+			return false
 		}
 		if err := c.write(c.pending[i]); err != nil {
 			c.unsent = &c.pending[i]
 			c.pending = c.pending[i+1:] // the rest goes to the backlog too
 			c.cut()
-			return
+			return false
 		}
 		c.pending[i] = frame{}
 	}
 	c.pending = nil
-	ping := func() bool {
-		if err := c.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.hub.writeWait)); err != nil {
-			c.cut() // the reader fails and unregisters
-			return false
-		}
-		return true
-	}
-	for {
-		if c.stopped() { // a stop wins over queued frames
-			c.writeClose()
-			return
-		}
-		select { // pings go out during a long stream too
-		case <-ticker.C:
-			if !ping() {
-				return
-			}
-		default:
-		}
-		if f, ok := c.q.pop(); ok {
-			if err := c.write(f); err != nil {
-				c.unsent = &f
-				c.cut()
-				return
-			}
-			continue
-		}
-		select {
-		case <-c.quit:
-		case <-c.q.ready:
-		case <-ticker.C:
-			if !ping() {
-				return
-			}
-		}
-	}
+	return true
+}
+
+// finish ends writing for good: no writer starts again, and writerDone
+// tells whoever waits that unsent and pending may be read.
+func (c *wsClient) finish() {
+	c.q.mu.Lock()
+	c.q.writing, c.q.ended = false, true
+	c.q.mu.Unlock()
+	c.pinger.Stop()
+	close(c.writerDone)
 }
 
 func (c *wsClient) stopped() bool {

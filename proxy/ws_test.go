@@ -52,7 +52,7 @@ func startHubWith(t testing.TB, mod func(*config.WebSocket), hubMod func(*Hub)) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &fasthttp.Server{Handler: h.ServeWS, NoDefaultServerHeader: true}
+	srv := &fasthttp.Server{Handler: h.ServeWS, NoDefaultServerHeader: true, KeepHijackedConns: true}
 	done := make(chan struct{})
 	go func() { _ = srv.Serve(ln); close(done) }()
 	t.Cleanup(func() {
