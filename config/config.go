@@ -106,6 +106,12 @@ type Routing struct {
 	AffinityMargin int `yaml:"affinity_margin"`
 	// WarmupTimeout bounds one warm-up run. Default 5m.
 	WarmupTimeout time.Duration `yaml:"warmup_timeout"`
+	// MovePending: an instance that runs out of work takes a prompt of
+	// comfygate's that waits in another instance's queue (deleted there
+	// first, moved only if that instance shows it gone and never run;
+	// same prompt_id for the client), so that a fast instance does not
+	// idle while a slow one still has a queue. Default true.
+	MovePending bool `yaml:"move_pending"`
 }
 
 // HealthCheck configures the active GET /system_stats probe.
@@ -330,7 +336,7 @@ func (c *Config) setDefaults() {
 			PingInterval: 20 * time.Second, ReconnectMin: 100 * time.Millisecond, ReconnectMax: 5 * time.Second},
 		Failover:  Failover{MaxResubmits: 2, SuspectGrace: 2 * time.Second, LivenessInterval: 2 * time.Second, LivenessTimeout: 4 * time.Second},
 		Discovery: Discovery{Interval: 30 * time.Second},
-		Routing:   Routing{CatalogueInterval: 60 * time.Second, AffinityMargin: 2, WarmupTimeout: 5 * time.Minute},
+		Routing:   Routing{CatalogueInterval: 60 * time.Second, AffinityMargin: 2, WarmupTimeout: 5 * time.Minute, MovePending: true},
 		Jobs: Jobs{Timeout: 5 * time.Minute, MaxConcurrent: 10, MaxWaiting: 1000, MaxWaitingBytes: 1 << 30, MaxImageBytes: 50 << 20,
 			MaxWait: 5 * time.Minute, IdempotencyTTL: 24 * time.Hour, OutputMemoryBytes: 256 << 20,
 			InputMemoryBytes: 16 << 20, StateDir: "data/jobs",

@@ -368,6 +368,7 @@ func (t *Table) carryOut(pr *Prompt, inst *upstream.Instance, effects []lifecycl
 			if inst != nil {
 				t.m.PromptFinished(inst.Name, ef.Outcome, time.Since(pr.Created))
 				t.maybeCloseDrained(inst)
+				t.finishedAt(inst)
 			}
 			queue = true
 		case lifecycle.Forget:

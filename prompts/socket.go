@@ -49,6 +49,8 @@ type instSocket struct {
 	verifying  atomic.Bool   // a queue check for deleted prompts is running
 	cleaning   atomic.Bool   // a CleanUp pass of moved prompts is running
 	cleanAgain atomic.Bool   // another CleanUp pass is wanted
+	moving     atomic.Bool   // a waiting prompt is being moved here (idle)
+	moveAgain  atomic.Bool   // another look for a waiting prompt is wanted
 	conns      atomic.Uint64 // connections made so far (a send compares it)
 	dialed     atomic.Bool   // a first dial has finished, either way (Start waits for it)
 	upSince    atomic.Int64  // unix nanos the current connection came up
@@ -447,6 +449,9 @@ func (s *instSocket) onStatus(n int64) {
 		s.t.notifyQueue()
 	}
 	s.t.checkDeleted(s, n)
+	if n == 0 {
+		s.t.idle(s)
+	}
 	if n > 0 && s.t.hasTombstones(s.inst) {
 		// A held POST of a moved prompt may have reached the queue.
 		s.t.cleanUpLater(s)

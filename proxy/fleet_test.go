@@ -319,7 +319,9 @@ func TestDrainAndUndrain(t *testing.T) {
 	t.Parallel()
 	ss := sims(t, 2, comfysim.Options{Delay: 0})
 	m := metrics.New("test")
-	g, _ := startFleetGate(t, ss, nil, m)
+	// i0's own queue is what this looks at: an idle i1 would take its
+	// waiting prompts before the drain (routing.move_pending).
+	g, _ := startFleetGate(t, ss, func(c *config.Config) { c.Routing.MovePending = false }, m)
 
 	// Hold i0's queue so its prompts are pending when it is drained.
 	ss[0].SetPaused(true)

@@ -1,0 +1,209 @@
+package prompts
+
+// This file keeps every instance busy when their speeds differ: an
+// instance that ran out of work takes a prompt that waits in another
+// instance's queue (routing.move_pending).
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/comfygate/comfygate/internal/lifecycle"
+	"github.com/comfygate/comfygate/upstream"
+)
+
+// idle is called when inst reported an empty queue or finished its last
+// prompt. If inst has nothing
+// of comfygate's either, and another instance has a prompt of comfygate's
+// waiting behind others, that prompt moves to inst (in the background, one
+// move per instance at a time).
+//
+// Selection alone cannot do this: it places a prompt when it comes, by the
+// work each instance has then, so a burst splits evenly over a fast and a
+// slow instance and the fast one idles at the end while the slow one still
+// has a queue.
+func (t *Table) idle(s *instSocket) {
+	inst := s.inst
+	if !t.cfg.Routing.MovePending || !idleNow(inst) {
+		return
+	}
+	// A moved prompt can run and end before its move returns: a call
+	// meanwhile is not lost (moveAgain), the running loop takes it.
+	s.moveAgain.Store(true)
+	if !s.moving.CompareAndSwap(false, true) {
+		return
+	}
+	if !t.goBackground(func(ctx context.Context) {
+		for {
+			// One prompt at a time: the moved prompt makes inst busy,
+			// and its end calls again.
+			for s.moveAgain.Swap(false) && ctx.Err() == nil {
+				if !idleNow(inst) {
+					continue
+				}
+				if pr, from := t.waitingFor(inst); pr != nil {
+					t.moveWaiting(ctx, pr, from, inst)
+				}
+			}
+			s.moving.Store(false)
+			if !s.moveAgain.Load() || !s.moving.CompareAndSwap(false, true) {
+				return
+			}
+		}
+	}) {
+		s.moving.Store(false)
+	}
+}
+
+// finishedAt is called when a prompt finished at inst: if that was its
+// last work (its empty queue may have been reported already), it is idle.
+func (t *Table) finishedAt(inst *upstream.Instance) {
+	if !t.cfg.Routing.MovePending || !idleNow(inst) {
+		return
+	}
+	t.mu.Lock()
+	s := t.sockets[inst]
+	t.mu.Unlock()
+	if s != nil {
+		t.idle(s)
+	}
+}
+
+// idleNow reports an instance that can take work and has none.
+func idleNow(inst *upstream.Instance) bool {
+	return inst.Available() && !inst.Suspect() && inst.SocketUp() && inst.Work() == 0
+}
+
+// waitingFor returns the prompt inst should take, and where it waits: of
+// the instance with the most work (at least 2: one running, one waiting),
+// comfygate's queued prompt it would run next (the lowest queue number), if
+// it may run on inst and never moved before (so that no prompt moves
+// twice, and moves never use up failover's resubmissions). A drained
+// instance keeps its queue (it finishes its own prompts). nil if none.
+func (t *Table) waitingFor(inst *upstream.Instance) (*Prompt, *upstream.Instance) {
+	type waiting struct {
+		pr       *Prompt
+		at       *upstream.Instance
+		work     int64
+		num      int64
+		eligible func(*upstream.Instance) bool
+	}
+	var cands []waiting
+	t.mu.Lock()
+	for pr := range t.live {
+		pr.mu.Lock()
+		at, life, num, eligible := pr.instance, pr.life, pr.number, pr.eligible
+		pr.mu.Unlock()
+		if at == nil || at == inst || life.Phase != lifecycle.Queued || life.Posting || life.Attempts != 1 || life.UpstreamID == "" ||
+			at.Held() || at.Leaving() {
+			continue
+		}
+		if w := at.Work(); w >= 2 {
+			cands = append(cands, waiting{pr, at, w, num, eligible})
+		}
+	}
+	t.mu.Unlock()
+	// Eligibility asks the catalogue: not under t.mu.
+	var best *waiting
+	for k := range cands {
+		c := &cands[k]
+		if c.eligible != nil && !c.eligible(inst) {
+			continue
+		}
+		if best == nil || c.work > best.work || (c.at == best.at && c.num < best.num) {
+			best = c
+		}
+	}
+	if best == nil {
+		return nil, nil
+	}
+	return best.pr, best.at
+}
+
+// moveWaiting moves pr, queued at from, to an instance with no work (to,
+// unless selection finds another as idle): if from still has it waiting,
+// it is deleted from from's queue, and moves only if from then shows it
+// gone and never run. If from
+// started or ran it meanwhile, it stays. If from cannot say, it moves
+// with a tombstone at from, as a failover does: from removes it when it
+// shows there, or, if from ran it to success meanwhile, that run counts.
+// The client sees nothing of the move: same prompt_id, same number, its
+// events from wherever it runs.
+func (t *Table) moveWaiting(ctx context.Context, pr *Prompt, from, to *upstream.Instance) {
+	st, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.MoveBegin, Instance: from.Name}, nil)
+	if !ok {
+		return
+	}
+	left := false
+	defer func() {
+		if !left {
+			t.step(pr, lifecycle.Event{Kind: lifecycle.MoveAbort}, nil)
+		}
+	}()
+	if st.Resume != lifecycle.Queued || !idleNow(to) {
+		return
+	}
+	pr.mu.Lock()
+	body := pr.body
+	pr.mu.Unlock()
+	base, err := parseBody(body)
+	if err != nil {
+		return
+	}
+	uid := st.UpstreamID
+	pctx, cancel := context.WithTimeout(ctx, probeTimeout(t.cfg.HealthCheck.Timeout))
+	// Still waiting there? A prompt deleted behind comfygate's back (a
+	// client's clear sent straight to the instance) looks queued until
+	// verifyQueue sees it gone: it must not come back to life elsewhere.
+	if _, pending, err := t.queueIDs(pctx, from); err != nil || !pending[uid] {
+		cancel()
+		if err == nil {
+			t.goBackground(func(ctx context.Context) { t.verifyQueue(ctx, from) })
+		}
+		return
+	}
+	del, _ := json.Marshal(map[string][]string{"delete": {uid}})
+	status, _, delErr := from.Call(pctx, "POST", "/queue", map[string]string{"Content-Type": "application/json"}, del)
+	if delErr != nil && isNotSent(delErr) {
+		cancel()
+		return // nothing reached from: it is still queued there
+	}
+	// Asked after the delete: a prompt that started before it is running
+	// or in the history now, and one that did not is gone for good.
+	_, found, answered := t.probeAt(pctx, from, uid)
+	cancel()
+	if found {
+		return
+	}
+	if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Leave, Tombstone: !answered || delErr != nil || status != 200}, nil); !ok {
+		return // it finished meanwhile
+	}
+	left = true
+	t.log.Debug("upstream: moving a waiting prompt to an idle instance", "prompt_id", pr.ID, "from", from.Name, "to", to.Name)
+	var tried []*upstream.Instance
+	for {
+		inst, err := t.pick(pr, tried)
+		if err != nil {
+			t.lose(pr, from, "it was moved off instance "+from.Name, "no instance is available")
+			return
+		}
+		tried = append(tried, inst)
+		res, outcome, err := t.send(ctx, pr, inst, t.bodyFor(ctx, pr, inst, base), true)
+		switch {
+		case outcome == sentRefused:
+			continue
+		case outcome == sentAmbiguous:
+			return // confirmLater settles it
+		case err == nil && res.Status == 200:
+			return
+		default:
+			why := fmt.Sprintf("instance %s refused it with status %d", inst.Name, res.Status)
+			if err != nil {
+				why = fmt.Sprintf("instance %s refused it", inst.Name)
+			}
+			t.lose(pr, from, "it was moved off instance "+from.Name, why)
+			return
+		}
+	}
+}
