@@ -2,6 +2,7 @@ package faults
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"sync"
@@ -289,7 +290,23 @@ func gatewayRestarted(t *testing.T, needs string, jobs int) {
 	f.prompts(8, 4)
 	f.jobs(jobs)
 	f.waitRunning(f.st.Sims[f.busiest(1)], 1)
+	unfinished := 0
+	if jobs > 0 {
+		resp, err := f.hc.Get(f.st.URL + "/api/jobs?source=comfygate&status=pending,processing")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v struct{ Total int }
+		_ = json.NewDecoder(resp.Body).Decode(&v)
+		_ = resp.Body.Close()
+		unfinished = v.Total
+	}
 	f.inject("comfygate restarted", f.st.Restart)
+	if jobs > 0 {
+		f.mu.Lock()
+		f.notes = append(f.notes, fmt.Sprintf("%d of %d jobs unfinished at the restart", unfinished, jobs))
+		f.mu.Unlock()
+	}
 	f.measureRecovery()
 	f.finish("comfygate restarted" + map[bool]string{true: " (jobs)", false: ""}[jobs > 0])
 	f.mu.Lock()
