@@ -33,9 +33,9 @@ type backend interface {
 	Cancel(ctx context.Context, id string) (bool, error)
 	// Call does one request to inst through its breaker.
 	Call(ctx context.Context, inst *upstream.Instance, method, path string, header map[string]string, body []byte) (int, []byte, error)
-	// Upload streams img into inst's POST /upload/image as ref
-	// (overwriting) and checks that the instance stored it under that name.
-	Upload(ctx context.Context, inst *upstream.Instance, ref prompts.FileRef, img io.Reader) error
+	// Upload streams img (size bytes) into inst's POST /upload/image as
+	// ref (overwriting) and checks that the instance stored it under that name.
+	Upload(ctx context.Context, inst *upstream.Instance, ref prompts.FileRef, img io.Reader, size int64) error
 	// Fetch GETs path from inst through its breaker and streams a 200
 	// answer's body into w; other statuses are returned with nothing written.
 	Fetch(ctx context.Context, inst *upstream.Instance, path string, w io.Writer) (int, error)
@@ -52,8 +52,8 @@ func (b poolBackend) Call(ctx context.Context, inst *upstream.Instance, method, 
 	return inst.Call(ctx, method, path, header, body)
 }
 
-func (b poolBackend) Upload(ctx context.Context, inst *upstream.Instance, ref prompts.FileRef, img io.Reader) error {
-	return uploadImage(ctx, inst, ref, img)
+func (b poolBackend) Upload(ctx context.Context, inst *upstream.Instance, ref prompts.FileRef, img io.Reader, size int64) error {
+	return uploadImage(ctx, inst, ref, img, size)
 }
 
 // Fetch streams the body, so an output of any size costs a copy buffer,

@@ -67,7 +67,7 @@ func (f *fakeBackend) Instances() []*upstream.Instance {
 }
 
 // Upload reads the image and counts it as uploaded to inst.
-func (f *fakeBackend) Upload(ctx context.Context, inst *upstream.Instance, ref prompts.FileRef, img io.Reader) error {
+func (f *fakeBackend) Upload(ctx context.Context, inst *upstream.Instance, ref prompts.FileRef, img io.Reader, size int64) error {
 	if _, err := io.Copy(io.Discard, img); err != nil {
 		return err
 	}

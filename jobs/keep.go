@@ -196,7 +196,7 @@ func (s *Service) placeImages(ctx context.Context, j *job, inst *upstream.Instan
 		im := &imgs[i]
 		r, err := im.open()
 		if err == nil {
-			err = s.be.Upload(ctx, inst, im.ref(), r)
+			err = s.be.Upload(ctx, inst, im.ref(), r, im.size)
 			_ = r.Close()
 		}
 		if err != nil {
@@ -222,24 +222,23 @@ func (s *Service) placeImages(ctx context.Context, j *job, inst *upstream.Instan
 	return err
 }
 
-// uploadImage streams one kept image into inst's POST /upload/image as
-// ref (overwriting): the body flows through a pipe, never held whole.
-func uploadImage(ctx context.Context, inst *upstream.Instance, ref prompts.FileRef, img io.Reader) error {
-	pr, pw := io.Pipe()
-	mw := multipart.NewWriter(pw)
-	written := make(chan error, 1)
-	go func() {
-		err := writeUploadForm(mw, ref, img)
-		pw.CloseWithError(err)
-		written <- err
-	}()
+// uploadImage sends one kept image of size bytes into inst's POST
+// /upload/image as ref (overwriting). The form's head and tail are built
+// around the image, which is read as it goes (never held whole), and the
+// length is known up front: no chunked framing, no pipe.
+func uploadImage(ctx context.Context, inst *upstream.Instance, ref prompts.FileRef, img io.Reader, size int64) error {
+	var head bytes.Buffer
+	mw := multipart.NewWriter(&head)
+	if err := writeUploadHead(mw, ref); err != nil {
+		return fmt.Errorf("upload image to %s: %w", inst.Name, err)
+	}
+	tail := "\r\n--" + mw.Boundary() + "--\r\n" // what mw.Close writes
+	body := io.MultiReader(bytes.NewReader(head.Bytes()), io.LimitReader(img, size), strings.NewReader(tail))
 	req := fasthttp.AcquireRequest()
 	req.Header.SetMethod(fasthttp.MethodPost)
 	req.SetRequestURI("/upload/image")
 	req.Header.SetContentType(mw.FormDataContentType())
-	ans, err := inst.Do(ctx, req, upstream.DoOpts{Body: pr, BodySize: -1})
-	pr.CloseWithError(errors.New("upload ended")) // unblocks the writer if the upload stopped early
-	werr := <-written
+	ans, err := inst.Do(ctx, req, upstream.DoOpts{Body: body, BodySize: head.Len() + int(size) + len(tail)})
 	if err != nil {
 		return fmt.Errorf("upload image to %s: %w", inst.Name, err)
 	}
@@ -247,8 +246,6 @@ func uploadImage(ctx context.Context, inst *upstream.Instance, ref prompts.FileR
 	code := ans.StatusCode()
 	answer, rerr := ans.ReadAll(64 << 10)
 	switch {
-	case werr != nil:
-		return fmt.Errorf("upload image to %s: %w", inst.Name, werr)
 	case rerr != nil:
 		return fmt.Errorf("upload image to %s: read answer: %w", inst.Name, rerr)
 	case code != 200:
@@ -273,9 +270,9 @@ func checkUploadAnswer(inst string, ref prompts.FileRef, answer []byte) error {
 	return nil
 }
 
-// writeUploadForm writes the /upload/image form of ref: overwrite, type
-// and subfolder first, then the image.
-func writeUploadForm(mw *multipart.Writer, ref prompts.FileRef, img io.Reader) error {
+// writeUploadHead writes the /upload/image form of ref up to the image's
+// bytes: overwrite, type and subfolder, then the image part's header.
+func writeUploadHead(mw *multipart.Writer, ref prompts.FileRef) error {
 	for _, f := range [][2]string{{"overwrite", "true"}, {"type", ref.Type}, {"subfolder", ref.Subfolder}} {
 		if err := mw.WriteField(f[0], f[1]); err != nil {
 			return err
@@ -288,14 +285,8 @@ func writeUploadForm(mw *multipart.Writer, ref prompts.FileRef, img io.Reader) e
 		ct = "application/octet-stream"
 	}
 	h.Set("Content-Type", ct)
-	part, err := mw.CreatePart(h)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(part, img); err != nil {
-		return err
-	}
-	return mw.Close()
+	_, err := mw.CreatePart(h)
+	return err
 }
 
 // spoolThreshold is the size from which a raw image body (image/* or
@@ -324,10 +315,12 @@ func (s *Service) spoolRawImage(ctx *fasthttp.RequestCtx, wf *workflow, maxBytes
 		return nil, nil, false
 	}
 	if n > 0 && int64(n) > maxBytes {
-		// Read (and drop) up to as much again, so that a client that sends
-		// its whole body before it reads the answer gets it; a larger one
-		// is cut off.
-		_, _ = io.Copy(io.Discard, io.LimitReader(body, maxBytes))
+		// Read (and drop) a body up to twice the limit, so that a client
+		// that sends it whole before it reads the answer gets it; a larger
+		// one is cut off.
+		if int64(n) <= 2*maxBytes {
+			_, _ = io.Copy(io.Discard, body)
+		}
 		return nil, tooLarge(int64(n), maxBytes), true
 	}
 	dir, err := s.inputs.directory()
