@@ -43,35 +43,31 @@ var (
 	valueWebSocket   = []byte("websocket")
 )
 
-// isHop reports whether key is hop-by-hop or named in the Connection header
-// (conn holds its lowercased tokens).
-func isHop(key []byte, conn [][]byte) bool {
+// isHop reports whether key is hop-by-hop or named in conn, the
+// Connection header's value.
+func isHop(key, conn []byte) bool {
 	for _, h := range hopHeaders {
 		if bytes.EqualFold(key, h) {
 			return true
 		}
 	}
-	for _, t := range conn {
-		if bytes.EqualFold(key, t) {
+	return namedInConnection(key, conn)
+}
+
+// namedInConnection reports whether the Connection value conn lists key
+// among its header names ("close" and "keep-alive" are options, not
+// names). It walks the value in place: no allocation per request.
+func namedInConnection(key, conn []byte) bool {
+	for len(conn) > 0 {
+		var t []byte
+		t, conn, _ = bytes.Cut(conn, []byte{','})
+		t = bytes.TrimSpace(t)
+		if len(t) > 0 && bytes.EqualFold(key, t) &&
+			!bytes.EqualFold(t, []byte("close")) && !bytes.EqualFold(t, []byte("keep-alive")) {
 			return true
 		}
 	}
 	return false
-}
-
-// connectionTokens returns the header names listed in a Connection value.
-func connectionTokens(v []byte) [][]byte {
-	if len(v) == 0 {
-		return nil
-	}
-	var out [][]byte
-	for _, t := range bytes.Split(v, []byte{','}) {
-		t = bytes.TrimSpace(t)
-		if len(t) > 0 && !bytes.EqualFold(t, []byte("close")) && !bytes.EqualFold(t, []byte("keep-alive")) {
-			out = append(out, t)
-		}
-	}
-	return out
 }
 
 // copyRequestHeaders fills out with the client's headers as the instance
@@ -94,7 +90,7 @@ func connectionTokens(v []byte) [][]byte {
 //     passes unchanged.
 func copyRequestHeaders(ctx *fasthttp.RequestCtx, out *fasthttp.RequestHeader, inst *upstream.Instance) {
 	in := &ctx.Request.Header
-	conn := connectionTokens(in.Peek("Connection"))
+	conn := in.Peek("Connection")
 	hadOrigin := false
 	for k, v := range in.All() {
 		switch {
@@ -122,7 +118,9 @@ func copyRequestHeaders(ctx *fasthttp.RequestCtx, out *fasthttp.RequestHeader, i
 		scheme = "https"
 	}
 	if hadOrigin {
-		out.Set("Origin", scheme+"://"+inst.Addr)
+		var buf [64]byte
+		origin := append(append(append(buf[:0], scheme...), "://"...), inst.Addr...)
+		out.SetBytesV("Origin", origin)
 	}
 	var ipBuf [64]byte
 	out.SetBytesV("X-Forwarded-For", appendClientIP(ipBuf[:0], ctx))
@@ -155,7 +153,7 @@ func appendIP(dst []byte, ip net.IP) []byte {
 // body). Server, Content-Type, Set-Cookie, ETag, Cache-Control and the rest
 // pass unchanged.
 func copyResponseHeaders(in *fasthttp.ResponseHeader, out *fasthttp.ResponseHeader) {
-	conn := connectionTokens(in.Peek("Connection"))
+	conn := in.Peek("Connection")
 	for k, v := range in.All() {
 		if isHop(k, conn) || bytes.EqualFold(k, hdrContentLength) {
 			continue

@@ -162,3 +162,16 @@ func TestAppendIPMatchesString(t *testing.T) {
 		}
 	}
 }
+
+// connectionTokens returns the header names listed in a Connection value:
+// the fuzz test's own reading, to check copyRequestHeaders against.
+func connectionTokens(v []byte) [][]byte {
+	var out [][]byte
+	for _, t := range bytes.Split(v, []byte{','}) {
+		t = bytes.TrimSpace(t)
+		if len(t) > 0 && !bytes.EqualFold(t, []byte("close")) && !bytes.EqualFold(t, []byte("keep-alive")) {
+			out = append(out, t)
+		}
+	}
+	return out
+}
