@@ -114,7 +114,7 @@ func parseFlags() (options, error) {
 	if o.rounds < 1 || o.bigRounds < 1 || o.conns < 1 || o.bigConns < 1 {
 		return o, errors.New("-rounds, -big-rounds, -c and -big-c must be at least 1")
 	}
-	o.commandRun = "go run ./bench/cmd/compare " + strings.Join(os.Args[1:], " ")
+	o.commandRun = strings.TrimSpace("go run ./bench/cmd/compare " + strings.Join(os.Args[1:], " "))
 	return o, nil
 }
 
