@@ -21,7 +21,7 @@ const maxProxiedGETAllocs = 6
 // TestProxiedGETAllocs keeps the hot path's allocations counted: a GET
 // through comfygate (routing, breaker, connection slot, keep-alive
 // upstream connection, header copies, metrics, access log) allocates at
-// most maxProxiedGETAllocs times.
+// most maxProxiedGETAllocs times, and opens no new upstream connection.
 func TestProxiedGETAllocs(t *testing.T) {
 	up := startMinimalUpstream(t)
 	g := startGateMetrics(t, []string{up.addr}, func(c *config.Config) {
@@ -64,9 +64,15 @@ func TestProxiedGETAllocs(t *testing.T) {
 			for range 20 { // warm the pools and the keep-alive connections
 				get()
 			}
+			conns := up.accepted.Load()
 			n := testing.AllocsPerRun(500, get)
 			if failed != nil {
 				t.Fatal(failed)
+			}
+			// One request at a time: the upstream connection of the
+			// warm-up is reused for every one of them.
+			if more := up.accepted.Load() - conns; more != 0 {
+				t.Fatalf("%d new upstream connections for 500 requests, want keep-alive reuse", more)
 			}
 			t.Logf("%v allocations per proxied GET", n)
 			if raceEnabled {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 
 	"testing"
@@ -30,7 +31,22 @@ var minimalStats = []byte(`{"system":{"os":"linux","ram_total":67430866944,"ram_
 // one status frame and then only reads. It measures comfygate's own cost
 // without a simulator competing for the CPU.
 type minimalUpstream struct {
-	addr string
+	addr     string
+	accepted *atomic.Int64 // connections accepted so far
+}
+
+// countingListener counts the connections it accepts.
+type countingListener struct {
+	net.Listener
+	n *atomic.Int64
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.n.Add(1)
+	}
+	return c, err
 }
 
 func startMinimalUpstream(tb testing.TB) *minimalUpstream {
@@ -80,13 +96,14 @@ func startMinimalUpstream(tb testing.TB) *minimalUpstream {
 			}
 		},
 	}
+	accepted := new(atomic.Int64)
 	done := make(chan struct{})
-	go func() { _ = srv.Serve(ln); close(done) }()
+	go func() { _ = srv.Serve(countingListener{ln, accepted}); close(done) }()
 	tb.Cleanup(func() {
 		_ = srv.Shutdown()
 		<-done
 	})
-	return &minimalUpstream{addr: ln.Addr().String()}
+	return &minimalUpstream{addr: ln.Addr().String(), accepted: accepted}
 }
 
 // zeroReader yields left zero bytes.
