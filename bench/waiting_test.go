@@ -11,6 +11,7 @@ import (
 	"io"
 	"io/fs"
 	"math/rand/v2"
+	"mime/multipart"
 	"net"
 	"net/http"
 	"os"
@@ -28,13 +29,15 @@ import (
 var (
 	waitingJobs = flag.Int("waiting.jobs", 0, "TestWaitingJobsRSS: jobs of -waiting.mb left waiting in comfygate (0: skip)")
 	waitingMB   = flag.Int("waiting.mb", 45, "TestWaitingJobsRSS: size of each job's image, in MB")
+	waitingForm = flag.Bool("waiting.multipart", false, "TestWaitingJobsRSS: send the image as a multipart form instead of a raw body")
 )
 
 // TestWaitingJobsRSS measures comfygate's peak RSS while -waiting.jobs
 // jobs of -waiting.mb MB images wait in its line: the comfygate binary
 // runs as its own process in front of two simulated instances that are
 // held (they run nothing), with jobs.max_concurrent 1; the images are sent
-// one after another as raw image/png bodies. It reports the process's
+// one after another as raw image/png bodies (-waiting.multipart: as
+// multipart forms). It reports the process's
 // VmHWM and VmRSS, the bytes in its state directory and in the instances'
 // input folders. Needs disk for every image (45 GB for 1,000 of 45 MB).
 //
@@ -103,10 +106,19 @@ jobs:
 	pid := gate.Process.Pid
 	start := procKB(t, pid, "VmRSS")
 	img := noisePNG(t, per)
-	t.Logf("image: %d bytes; comfygate RSS at start %d KB", len(img), start)
+	body, contentType := img, "image/png"
+	if *waitingForm {
+		var buf bytes.Buffer
+		mw := multipart.NewWriter(&buf)
+		w, _ := mw.CreateFormFile("image", "big.png")
+		_, _ = w.Write(img)
+		_ = mw.Close()
+		body, contentType = buf.Bytes(), mw.FormDataContentType()
+	}
+	t.Logf("image: %d bytes (%s); comfygate RSS at start %d KB", len(img), contentType, start)
 	began := time.Now()
 	for i := range n {
-		resp, err := hc.Post(base+"/api/remove-background", "image/png", bytes.NewReader(img))
+		resp, err := hc.Post(base+"/api/remove-background", contentType, bytes.NewReader(body))
 		if err != nil {
 			t.Fatalf("job %d: %v", i, err)
 		}

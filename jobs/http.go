@@ -196,7 +196,7 @@ func (s *Service) serveSubmit(ctx *fasthttp.RequestCtx, name string, builtIn boo
 	p, named := wf.param("image")
 	sub, aerr, spooled := s.spoolRawImage(ctx, wf, s.cfg.MaxImageBytes)
 	if !spooled {
-		sub, aerr = parseSubmissionN(ctx, s.cfg.MaxImageBytes, wf.needsImage(), wf.imageParams(), named && p.Type == ptImage && !wf.needsImage())
+		sub, aerr = parseSubmissionN(ctx, s.cfg.MaxImageBytes, wf.needsImage(), wf.imageParams(), named && p.Type == ptImage && !wf.needsImage(), s.spoolPart)
 	}
 	if aerr != nil {
 		writeError(ctx, aerr)

@@ -91,13 +91,33 @@ const (
 // image/* Content-Type. The image is checked to be a PNG, JPEG, GIF or
 // WebP of at most maxBytes.
 func parseSubmission(ctx *fasthttp.RequestCtx, maxBytes int64, wantImage bool) (*submission, *apiError) {
-	return parseSubmissionN(ctx, maxBytes, wantImage, 0, false)
+	return parseSubmissionN(ctx, maxBytes, wantImage, 0, false, nil)
 }
+
+// spoolFunc reads an image part of at most maxBytes: a small one into
+// memory (mem), a larger one into a file (sp).
+type spoolFunc func(r io.Reader, maxBytes int64) (sp *spooledImage, mem []byte, aerr *apiError)
 
 // parseSubmissionN is parseSubmission for a workflow that also takes
 // extraImages image parameters (each up to maxBytes); imageParam says one
 // of them is called "image" (the workflow then takes no other image).
-func parseSubmissionN(ctx *fasthttp.RequestCtx, maxBytes int64, wantImage bool, extraImages int, imageParam bool) (*submission, *apiError) {
+//
+// With spool, the workflow's image sent as a multipart file goes to a file
+// as it arrives (sub.spool) instead of into memory.
+func parseSubmissionN(ctx *fasthttp.RequestCtx, maxBytes int64, wantImage bool, extraImages int, imageParam bool, spool spoolFunc) (sub *submission, aerr *apiError) {
+	if !wantImage {
+		spool = nil // an image there is a parameter's, read into memory
+	}
+	defer func() {
+		if aerr != nil && sub != nil {
+			sub.spool.discard()
+		}
+	}()
+	sub, aerr = parseSubmissionInto(ctx, maxBytes, wantImage, extraImages, imageParam, spool, &submission{params: map[string]json.RawMessage{}, files: map[string][]byte{}})
+	return sub, aerr
+}
+
+func parseSubmissionInto(ctx *fasthttp.RequestCtx, maxBytes int64, wantImage bool, extraImages int, imageParam bool, spool spoolFunc, sub *submission) (*submission, *apiError) {
 	ct := string(ctx.Request.Header.ContentType())
 	mt, _, _ := mime.ParseMediaType(ct)
 	// A body that cannot hold an image within the limit is refused before
@@ -106,7 +126,6 @@ func parseSubmissionN(ctx *fasthttp.RequestCtx, maxBytes int64, wantImage bool, 
 	if n := ctx.Request.Header.ContentLength(); n > 0 && int64(n) > bodyLimit {
 		return nil, badRequest(errImageTooLarge, "request body too large: %d bytes (images up to %d bytes)", n, maxBytes)
 	}
-	sub := &submission{params: map[string]json.RawMessage{}, files: map[string][]byte{}}
 	var b64 *string
 	var body []byte
 	if mt != "multipart/form-data" {
@@ -117,8 +136,8 @@ func parseSubmissionN(ctx *fasthttp.RequestCtx, maxBytes int64, wantImage bool, 
 	}
 	switch {
 	case mt == "multipart/form-data":
-		if aerr := readMultipart(ctx, ct, bodyLimit, maxBytes, extraImages, sub, &b64); aerr != nil {
-			return nil, aerr
+		if aerr := readMultipart(ctx, ct, bodyLimit, maxBytes, extraImages, sub, &b64, spool); aerr != nil {
+			return sub, aerr
 		}
 	case mt == "application/json" || (mt == "" && bytes.HasPrefix(bytes.TrimSpace(body), []byte("{"))):
 		var top map[string]json.RawMessage
@@ -159,6 +178,8 @@ func parseSubmissionN(ctx *fasthttp.RequestCtx, maxBytes int64, wantImage bool, 
 		return nil, badRequest(errInvalidRequest, "unsupported Content-Type %q: send multipart/form-data with a file field \"image\", or JSON {\"image_base64\": ...}", mt)
 	}
 	if b64 != nil {
+		sub.spool.discard() // the base64 field came first: it is the image
+		sub.spool = nil
 		img, aerr := decodeBase64Image(*b64, maxBytes)
 		if aerr != nil {
 			return nil, aerr
@@ -176,6 +197,9 @@ func parseSubmissionN(ctx *fasthttp.RequestCtx, maxBytes int64, wantImage bool, 
 			return nil, badRequest(errInvalidRequest, "this workflow takes no image")
 		}
 		return sub, nil
+	}
+	if sub.spool != nil && b64 == nil {
+		return sub, checkSpooled(sub)
 	}
 	if len(sub.image) == 0 {
 		return nil, badRequest(errMissingImage, "no image: send multipart/form-data with a file field \"image\", or JSON {\"image_base64\": \"...\"}")
@@ -227,7 +251,7 @@ const maxFieldBytes = 1 << 20
 // bounded memory and without temporary files: the file field "image" (or
 // a text field "image_base64"/"image" with base64) and the text field
 // "inputs"; other parts are skipped.
-func readMultipart(ctx *fasthttp.RequestCtx, ct string, bodyLimit, maxBytes int64, extraImages int, sub *submission, b64 **string) *apiError {
+func readMultipart(ctx *fasthttp.RequestCtx, ct string, bodyLimit, maxBytes int64, extraImages int, sub *submission, b64 **string, spool spoolFunc) *apiError {
 	_, params, err := mime.ParseMediaType(ct)
 	if err != nil || params["boundary"] == "" {
 		return badRequest(errInvalidRequest, "multipart/form-data without a boundary")
@@ -277,13 +301,19 @@ func readMultipart(ctx *fasthttp.RequestCtx, ct string, bodyLimit, maxBytes int6
 		parts++
 		name := part.FormName()
 		switch {
-		case name == "image" && part.FileName() != "" && sub.image == nil:
+		case name == "image" && part.FileName() != "" && sub.image == nil && sub.spool == nil && spool != nil:
+			sp, mem, aerr := spool(part, maxBytes)
+			if aerr != nil {
+				return aerr
+			}
+			sub.spool, sub.image = sp, mem
+		case name == "image" && part.FileName() != "" && sub.image == nil && sub.spool == nil:
 			b, aerr := read(part, maxBytes, "image")
 			if aerr != nil {
 				return aerr
 			}
 			sub.image = b
-		case (name == "image_base64" || name == "image") && *b64 == nil && sub.image == nil:
+		case (name == "image_base64" || name == "image") && *b64 == nil && sub.image == nil && sub.spool == nil:
 			b, aerr := read(part, bodyLimit, name)
 			if aerr != nil {
 				return aerr

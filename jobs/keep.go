@@ -365,6 +365,81 @@ func (s *Service) spoolRawImage(ctx *fasthttp.RequestCtx, wf *workflow, maxBytes
 	return &submission{params: map[string]json.RawMessage{}, files: map[string][]byte{}, format: format, width: w, height: h, spool: sp}, nil, true
 }
 
+// spoolPart reads a multipart image part of at most maxBytes: up to
+// spoolThreshold into memory, a larger one into a file of the input store
+// as it arrives (parseSubmissionN's spoolFunc).
+func (s *Service) spoolPart(r io.Reader, maxBytes int64) (*spooledImage, []byte, *apiError) {
+	head, err := io.ReadAll(io.LimitReader(r, min(spoolThreshold, maxBytes)+1))
+	switch {
+	case errors.Is(err, errBodyTooLarge):
+		return nil, nil, badRequest(errImageTooLarge, "request body too large (images up to %d bytes)", maxBytes)
+	case err != nil:
+		return nil, nil, badRequest(errInvalidRequest, "malformed multipart/form-data body")
+	case int64(len(head)) <= min(spoolThreshold, maxBytes):
+		return nil, head, nil
+	}
+	sp, aerr := s.spoolRest(io.MultiReader(bytes.NewReader(head), r), maxBytes)
+	return sp, nil, aerr
+}
+
+// spoolRest copies r, at most maxBytes, to a file of the input store.
+func (s *Service) spoolRest(r io.Reader, maxBytes int64) (*spooledImage, *apiError) {
+	unavailable := &apiError{status: fasthttp.StatusServiceUnavailable, typ: errNoUpstream, msg: "comfygate cannot store the image now", retryAfter: 5}
+	dir, err := s.inputs.directory()
+	var f *os.File
+	if err == nil {
+		f, err = os.CreateTemp(dir, ".upload-*")
+	}
+	if err != nil {
+		s.log.Error("job image not spooled", "err", err)
+		return nil, unavailable
+	}
+	sp := &spooledImage{path: f.Name()}
+	sp.size, err = io.Copy(f, io.LimitReader(r, maxBytes+1))
+	if cerr := f.Close(); err == nil && cerr != nil {
+		s.log.Error("job image not spooled", "err", cerr)
+		sp.discard()
+		return nil, unavailable
+	}
+	switch {
+	case errors.Is(err, errBodyTooLarge):
+		sp.discard()
+		return nil, badRequest(errImageTooLarge, "request body too large (images up to %d bytes)", maxBytes)
+	case err != nil:
+		sp.discard()
+		return nil, badRequest(errInvalidRequest, "malformed multipart/form-data body")
+	case sp.size > maxBytes:
+		sp.discard()
+		if _, err := io.Copy(io.Discard, r); errors.Is(err, errBodyTooLarge) {
+			return nil, badRequest(errImageTooLarge, "request body too large (images up to %d bytes)", maxBytes)
+		}
+		return nil, badRequest(errImageTooLarge, "image too large: more than %d bytes, the limit", maxBytes)
+	}
+	return sp, nil
+}
+
+// checkSpooled checks that a spooled image is an image and records its
+// format and size in sub.
+func checkSpooled(sub *submission) *apiError {
+	if sub.spool.size == 0 {
+		return badRequest(errMissingImage, "no image: send multipart/form-data with a file field \"image\", or JSON {\"image_base64\": \"...\"}")
+	}
+	f, err := os.Open(sub.spool.path)
+	if err != nil {
+		return &apiError{status: fasthttp.StatusServiceUnavailable, typ: errNoUpstream, msg: "comfygate cannot store the image now", retryAfter: 5}
+	}
+	defer f.Close()
+	format, w, h, err := sniffImageReader(f)
+	if err != nil {
+		return badRequest(errInvalidImage, "not an image: want PNG, JPEG, WebP or GIF")
+	}
+	if w <= 0 || h <= 0 {
+		return badRequest(errInvalidImage, "the image has no pixels (%dx%d)", w, h)
+	}
+	sub.format, sub.width, sub.height = format, w, h
+	return nil
+}
+
 // discard removes a spooled body no job took.
 func (sp *spooledImage) discard() {
 	if sp != nil && !sp.taken {

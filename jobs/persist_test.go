@@ -210,28 +210,38 @@ func TestLargeRawImageGoesToAFile(t *testing.T) {
 	if len(big) <= spoolThreshold {
 		t.Fatalf("test image of %d bytes is not past the threshold", len(big))
 	}
-	code, _, resp := h.do("POST", "/api/remove-background", "image/png", big)
-	if code != http.StatusAccepted {
-		t.Fatalf("POST: %d %s", code, resp)
+	form, formType := multipartBody(t, "image", "big.png", big, nil)
+	for _, send := range []struct {
+		desc, contentType string
+		body              []byte
+	}{{"raw", "image/png", big}, {"multipart", formType, form}} {
+		code, _, resp := h.do("POST", "/api/remove-background", send.contentType, send.body)
+		if code != http.StatusAccepted {
+			t.Fatalf("%s POST: %d %s", send.desc, code, resp)
+		}
+		var a acceptedView
+		_ = json.Unmarshal(resp, &a)
+		v := h.waitStatus(a.JobID, 20*time.Second, statusCompleted, statusFailed)
+		if v.Status != statusCompleted {
+			t.Fatalf("%s: status %+v (%s)", send.desc, v, deref(v.Error))
+		}
+		if b := decodePNG(t, h.result(a.JobID)).Bounds(); b.Dx() != 700 || b.Dy() != 700 {
+			t.Fatalf("%s: result %v, want 700x700", send.desc, b)
+		}
 	}
-	var a acceptedView
-	_ = json.Unmarshal(resp, &a)
-	v := h.waitStatus(a.JobID, 20*time.Second, statusCompleted, statusFailed)
-	if v.Status != statusCompleted {
-		t.Fatalf("status %+v (%s)", v, deref(v.Error))
-	}
-	if b := decodePNG(t, h.result(a.JobID)).Bounds(); b.Dx() != 700 || b.Dy() != 700 {
-		t.Fatalf("result %v, want 700x700", b)
-	}
+	tooLargeForm, tooLargeType := multipartBody(t, "image", "big.png", append(big, make([]byte, 3<<20)...), nil)
+	notImageForm, notImageType := multipartBody(t, "image", "x.png", bytes.Repeat([]byte("x"), 2<<20), nil)
 	for _, tc := range []struct {
-		desc string
-		body []byte
-		want string
+		desc, contentType string
+		body              []byte
+		want              string
 	}{
-		{"too large", append(big, make([]byte, 3<<20)...), errImageTooLarge},
-		{"not an image", bytes.Repeat([]byte("x"), 2<<20), errInvalidImage},
+		{"too large", "image/png", append(big, make([]byte, 3<<20)...), errImageTooLarge},
+		{"not an image", "image/png", bytes.Repeat([]byte("x"), 2<<20), errInvalidImage},
+		{"too large, multipart", tooLargeType, tooLargeForm, errImageTooLarge},
+		{"not an image, multipart", notImageType, notImageForm, errInvalidImage},
 	} {
-		code, _, resp := h.do("POST", "/api/remove-background", "image/png", tc.body)
+		code, _, resp := h.do("POST", "/api/remove-background", tc.contentType, tc.body)
 		if code != http.StatusBadRequest || !bytes.Contains(resp, []byte(tc.want)) {
 			t.Errorf("%s: %d %s, want 400 %s", tc.desc, code, resp, tc.want)
 		}
