@@ -45,6 +45,8 @@ type instSocket struct {
 	startOnce  sync.Once
 	stopOnce   sync.Once
 	stopCh     chan struct{} // closed by stop
+	stopMu     sync.Mutex    // guards stopCancel
+	stopCancel func()        // cancels run's context (set by run)
 	draining   atomic.Bool   // close once the instance's prompts are done
 	verifying  atomic.Bool   // a queue check for deleted prompts is running
 	cleaning   atomic.Bool   // a CleanUp pass of moved prompts is running
@@ -83,20 +85,32 @@ func (t *Table) runSocket(s *instSocket) {
 }
 
 // stop ends s's loop (closing its connection properly).
-func (s *instSocket) stop() { s.stopOnce.Do(func() { close(s.stopCh) }) }
+func (s *instSocket) stop() {
+	s.stopOnce.Do(func() {
+		close(s.stopCh)
+		s.stopMu.Lock()
+		if s.stopCancel != nil {
+			s.stopCancel()
+		}
+		s.stopMu.Unlock()
+	})
+}
 
 // run keeps one connection to the instance until ctx ends or stop,
 // reconnecting with jittered exponential backoff.
 func (s *instSocket) run(ctx context.Context) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go func() {
-		select {
-		case <-s.stopCh:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
+	// No goroutine per instance waits for stop: stop cancels through
+	// stopCancel (or stopped before run: the check below).
+	s.stopMu.Lock()
+	s.stopCancel = cancel
+	s.stopMu.Unlock()
+	select {
+	case <-s.stopCh:
+		return
+	default:
+	}
 	cfg := s.t.cfg.WebSocket
 	minB, maxB := max(cfg.ReconnectMin, 10*time.Millisecond), max(cfg.ReconnectMax, cfg.ReconnectMin)
 	backoff := minB
@@ -177,6 +191,16 @@ func (s *instSocket) up() {
 	s.routeMu.Unlock()
 }
 
+// socketReadBuffer is each instance socket's read buffer. Most frames
+// are a few hundred bytes; a larger payload (a preview) is read past the
+// buffer, straight into the message.
+const socketReadBuffer = 1 << 10
+
+// socketWriteBufs holds the instance sockets' write buffers between
+// writes: comfygate writes one message on a socket (the feature flags)
+// and then only control frames, so a buffer per instance would sit idle.
+var socketWriteBufs sync.Pool
+
 // dialTimeout bounds one dial of the socket (health_check.timeout).
 func (s *instSocket) dialTimeout() time.Duration { return s.t.cfg.HealthCheck.Timeout }
 
@@ -187,7 +211,7 @@ func (s *instSocket) dial(ctx context.Context) (*websocket.Conn, error) {
 		scheme = "wss://"
 	}
 	u := scheme + s.inst.Addr + "/ws?clientId=" + url.QueryEscape(s.inst.SocketClientID())
-	d := websocket.Dialer{HandshakeTimeout: s.dialTimeout()}
+	d := websocket.Dialer{HandshakeTimeout: s.dialTimeout(), WriteBufferPool: &socketWriteBufs, ReadBufferSize: socketReadBuffer}
 	conn, resp, err := d.DialContext(ctx, u, nil)
 	if resp != nil && resp.Body != nil {
 		_ = resp.Body.Close()
@@ -219,30 +243,29 @@ func (s *instSocket) serve(ctx context.Context, conn *websocket.Conn) error {
 		return conn.SetReadDeadline(time.Now().Add(readWait))
 	})
 
-	quit := make(chan struct{})
-	var pinger sync.WaitGroup
-	pinger.Add(1)
-	go func() {
-		defer pinger.Done()
-		tick := time.NewTicker(interval)
-		defer tick.Stop()
-		for {
-			select {
-			case <-quit:
-				return
-			case <-ctx.Done():
-				// Start the close handshake; the reader sees the answer.
-				_ = conn.WriteControl(websocket.CloseMessage,
-					websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(closeWait))
-				_ = conn.SetReadDeadline(time.Now().Add(closeWait))
-				return
-			case <-tick.C:
-				if err := conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeWait)); err != nil {
-					return
-				}
-			}
+	// Pings and the close on ctx's end run from timer and context
+	// callbacks, not a goroutine per instance that mostly waits (its stack
+	// is most of an idle instance's cost in a large fleet). WriteControl
+	// may run beside the reader.
+	var pingMu sync.Mutex // guards pinging
+	pinging := true
+	var ping *time.Timer
+	ping = time.AfterFunc(interval, func() {
+		if conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeWait)) != nil {
+			return
 		}
-	}()
+		pingMu.Lock()
+		if pinging {
+			ping.Reset(interval)
+		}
+		pingMu.Unlock()
+	})
+	stopClose := context.AfterFunc(ctx, func() {
+		// Start the close handshake; the reader sees the answer.
+		_ = conn.WriteControl(websocket.CloseMessage,
+			websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(closeWait))
+		_ = conn.SetReadDeadline(time.Now().Add(closeWait))
+	})
 
 	var err error
 	for {
@@ -262,8 +285,11 @@ func (s *instSocket) serve(ctx context.Context, conn *websocket.Conn) error {
 			s.onBinary(data)
 		}
 	}
-	close(quit)
-	pinger.Wait()
+	pingMu.Lock()
+	pinging = false
+	ping.Stop()
+	pingMu.Unlock()
+	stopClose()
 	var ce *websocket.CloseError
 	if !errors.As(err, &ce) {
 		// Not closed by a handshake: say goodbye anyway (best effort).

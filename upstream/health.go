@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -13,17 +14,57 @@ import (
 // maxStatsBody caps what is read of a /system_stats answer.
 const maxStatsBody = 1 << 20
 
-// checkAll checks every instance in parallel and waits for all.
+// maxParallelChecks bounds the health checks in flight at once: a fleet
+// of 200 instances is checked in waves of this many, not by 200 requests
+// and goroutines at the same instant. Refused and quick checks take
+// milliseconds; a hung instance holds its place for health_check.timeout.
+const maxParallelChecks = 32
+
+// checkAll checks every instance, at most maxParallelChecks at once, and
+// waits for all.
 func (p *Pool) checkAll(ctx context.Context) {
+	sem := make(chan struct{}, maxParallelChecks)
 	var wg sync.WaitGroup
+	defer wg.Wait()
 	for _, inst := range p.Instances() {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer func() { <-sem }()
 			p.safely("health check", func() { p.checkOnce(ctx, inst) })
 		}()
 	}
-	wg.Wait()
+}
+
+// healthLoop runs checkAll every health_check.interval, each wait drawn
+// from 90-110% of it: comfygate replicas started together (a deploy)
+// drift apart instead of checking every instance at the same moment.
+func (p *Pool) healthLoop(ctx context.Context) {
+	every := p.cfg.HealthCheck.Interval
+	t := time.NewTimer(jitterAround(every))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			p.safely("health check", func() { p.checkAll(ctx) })
+			t.Reset(jitterAround(every))
+		}
+	}
+}
+
+// jitterAround returns d ± 10%, at random.
+func jitterAround(d time.Duration) time.Duration {
+	if d < 10 {
+		return d
+	}
+	return d - d/10 + rand.N(d/5+1)
 }
 
 // checkOnce runs one active health check of inst (GET /system_stats within

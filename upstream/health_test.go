@@ -2,11 +2,14 @@ package upstream
 
 import (
 	"context"
+	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/comfygate/comfygate/breaker"
 	"github.com/comfygate/comfygate/internal/testkit"
+	"github.com/valyala/fasthttp"
 )
 
 func TestHealthThresholdsAndOneLogPerTransition(t *testing.T) {
@@ -179,5 +182,52 @@ func TestParseVersion(t *testing.T) {
 		if s := inst.SupportsClientPromptID(); s != tc.supports {
 			t.Errorf("SupportsClientPromptID(%q) = %v, want %v", tc.in, s, tc.supports)
 		}
+	}
+}
+
+// TestCheckAllBoundsParallelChecks: a round of health checks over more
+// instances than maxParallelChecks never has more than that many in
+// flight, and still checks every instance.
+func TestCheckAllBoundsParallelChecks(t *testing.T) {
+	t.Parallel()
+	const n = maxParallelChecks + 8
+	var inflight, most, served atomic.Int64
+	release := make(chan struct{})
+	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+		now := inflight.Add(1)
+		for m := most.Load(); now > m && !most.CompareAndSwap(m, now); m = most.Load() {
+		}
+		<-release
+		inflight.Add(-1)
+		served.Add(1)
+		ctx.SetContentType("application/json")
+		ctx.SetBodyString(`{"system": {"comfyui_version": "0.3.65"}, "devices": []}`)
+	}}
+	addrs := make([]string, n)
+	for k := range addrs {
+		ln, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs[k] = ln.Addr().String()
+		go func() { _ = srv.Serve(ln) }()
+	}
+	t.Cleanup(func() { _ = srv.Shutdown() })
+	cfg := coreConfig(addrs...)
+	cfg.HealthCheck.Timeout = 30 * time.Second
+	p, _ := newCorePool(t, cfg, false)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.checkAll(t.Context())
+	}()
+	testkit.Eventually(t, "a full wave of checks in flight", func() bool { return inflight.Load() >= maxParallelChecks })
+	close(release)
+	<-done
+	if got := most.Load(); got > maxParallelChecks {
+		t.Fatalf("%d checks in flight at once, want at most %d", got, maxParallelChecks)
+	}
+	if got := served.Load(); got != n {
+		t.Fatalf("%d instances checked, want %d", got, n)
 	}
 }

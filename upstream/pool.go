@@ -130,7 +130,7 @@ func (p *Pool) Start(ctx context.Context) error {
 		p.prompts.InstanceAdded(inst)
 	}
 	p.awaitSockets(ctx, p.cfg.HealthCheck.Timeout)
-	p.goLoop(ctx, "health check", p.cfg.HealthCheck.Interval, p.checkAll)
+	p.goAsync(p.healthLoop)
 	if hasDiscovery {
 		p.startDiscovery()
 	}

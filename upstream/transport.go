@@ -511,9 +511,16 @@ func newHostClient(addr string, tls bool, maxConns int, timeout time.Duration) *
 		StreamResponseBody:       true,
 		DisablePathNormalizing:   true, // %2F must reach ComfyUI undecoded
 		NoDefaultUserAgentHeader: true,
-		MaxIdleConnDuration:      30 * time.Second,
-		ReadBufferSize:           16 << 10,
-		WriteBufferSize:          16 << 10,
+		// Shorter than the default health-check interval: an idle
+		// instance holds no connection (nor fasthttp's cleaner goroutine)
+		// between checks.
+		MaxIdleConnDuration: 10 * time.Second,
+		// Each instance's client keeps its own pool of these buffers, so
+		// in a fleet of 200 they are most of an idle instance's memory.
+		// Bodies move through copyBufSize buffers, not these; the read
+		// buffer bounds an answer's header (8 KiB, as nginx's default).
+		ReadBufferSize:  8 << 10,
+		WriteBufferSize: 4 << 10,
 		// A second attempt only for a pooled keep-alive connection the
 		// instance had closed (see staleConn); fasthttp never replays a
 		// streamed body. Other instances are comfygate's own decision.
