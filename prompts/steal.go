@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/comfygate/comfygate/internal/lifecycle"
 	"github.com/comfygate/comfygate/upstream"
@@ -70,6 +71,11 @@ func (t *Table) finishedAt(inst *upstream.Instance) {
 	}
 }
 
+// moveProbeTimeout bounds the look at a busy instance's queue before one
+// of its prompts is held for a move: an instance that answers /queue
+// slower than this is left alone.
+const moveProbeTimeout = time.Second
+
 // idleNow reports an instance that can take work and has none.
 func idleNow(inst *upstream.Instance) bool {
 	return inst.Available() && !inst.Suspect() && inst.SocketUp() && inst.Work() == 0
@@ -96,7 +102,7 @@ func (t *Table) waitingFor(inst *upstream.Instance) (*Prompt, *upstream.Instance
 		at, life, num, eligible := pr.instance, pr.life, pr.number, pr.eligible
 		pr.mu.Unlock()
 		if at == nil || at == inst || life.Phase != lifecycle.Queued || life.Posting || life.Attempts != 1 || life.UpstreamID == "" ||
-			at.Held() || at.Leaving() {
+			at.Held() || at.Leaving() || at.Suspect() || !at.SocketUp() {
 			continue
 		}
 		if w := at.Work(); w >= 2 {
@@ -131,17 +137,39 @@ func (t *Table) waitingFor(inst *upstream.Instance) (*Prompt, *upstream.Instance
 // The client sees nothing of the move: same prompt_id, same number, its
 // events from wherever it runs.
 func (t *Table) moveWaiting(ctx context.Context, pr *Prompt, from, to *upstream.Instance) {
+	uid := pr.UpstreamID()
+	// Asked before the prompt is held for the move, with a short bound:
+	// an instance that does not answer at once (hung, dying) is failover's
+	// business, which must find its prompts free to move, and no delete
+	// goes to it. A prompt deleted behind comfygate's back (a client's
+	// clear sent straight to the instance) looks queued until verifyQueue
+	// sees it gone: it must not come back to life elsewhere.
+	qctx, cancel := context.WithTimeout(ctx, moveProbeTimeout)
+	_, pending, err := t.queueIDs(qctx, from)
+	cancel()
+	if err != nil || uid == "" {
+		return
+	}
+	if !pending[uid] {
+		t.goBackground(func(ctx context.Context) { t.verifyQueue(ctx, from) })
+		return
+	}
 	st, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.MoveBegin, Instance: from.Name}, nil)
 	if !ok {
 		return
 	}
 	left := false
 	defer func() {
-		if !left {
-			t.step(pr, lifecycle.Event{Kind: lifecycle.MoveAbort}, nil)
+		if left {
+			return
+		}
+		if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.MoveAbort}, nil); ok && from.ConfirmedDown() {
+			// from died while the prompt was held here: its failover
+			// passed the prompt over.
+			t.failover(ctx, pr, from, fmt.Sprintf("instance %s died", from.Name), false)
 		}
 	}()
-	if st.Resume != lifecycle.Queued || !idleNow(to) {
+	if st.Resume != lifecycle.Queued || st.UpstreamID != uid || !idleNow(to) {
 		return
 	}
 	pr.mu.Lock()
@@ -151,18 +179,7 @@ func (t *Table) moveWaiting(ctx context.Context, pr *Prompt, from, to *upstream.
 	if err != nil {
 		return
 	}
-	uid := st.UpstreamID
 	pctx, cancel := context.WithTimeout(ctx, probeTimeout(t.cfg.HealthCheck.Timeout))
-	// Still waiting there? A prompt deleted behind comfygate's back (a
-	// client's clear sent straight to the instance) looks queued until
-	// verifyQueue sees it gone: it must not come back to life elsewhere.
-	if _, pending, err := t.queueIDs(pctx, from); err != nil || !pending[uid] {
-		cancel()
-		if err == nil {
-			t.goBackground(func(ctx context.Context) { t.verifyQueue(ctx, from) })
-		}
-		return
-	}
 	del, _ := json.Marshal(map[string][]string{"delete": {uid}})
 	status, _, delErr := from.Call(pctx, "POST", "/queue", map[string]string{"Content-Type": "application/json"}, del)
 	if delErr != nil && isNotSent(delErr) {
