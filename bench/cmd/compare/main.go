@@ -5,7 +5,7 @@
 // all when done or interrupted, and writes a markdown table and JSON under
 // bench/results/.
 //
-//	go run ./bench/cmd/compare                      # every section (~12 min)
+//	go run ./bench/cmd/compare                      # every section (~10 min)
 //	go run ./bench/cmd/compare -sections get,ws     # some sections
 //	go run ./bench/cmd/compare -h                   # flags
 //
