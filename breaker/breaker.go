@@ -5,6 +5,7 @@ package breaker
 
 import (
 	"errors"
+	"sync/atomic"
 	"time"
 
 	"github.com/sony/gobreaker/v2"
@@ -72,6 +73,14 @@ type Settings struct {
 // Breaker guards one upstream.
 type Breaker struct {
 	cb *gobreaker.TwoStepCircuitBreaker[struct{}]
+
+	// open and openUntil mirror gobreaker's state for Ready, which
+	// selection asks for every instance on every request: gobreaker's own
+	// State takes its mutex and reads the clock. Both are set in the state
+	// change callback, which gobreaker calls under its mutex, in order.
+	open      atomic.Bool
+	openUntil atomic.Int64 // Unix nanoseconds when the open state ends
+	timeout   time.Duration
 }
 
 // New returns a breaker named after its upstream. onChange, if not nil, is
@@ -86,10 +95,21 @@ func New(name string, s Settings, onChange func(name string, from, to State)) *B
 		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= threshold },
 		IsExcluded:  func(err error) bool { return errors.Is(err, errExcluded) },
 	}
-	if onChange != nil {
-		st.OnStateChange = onChange
+	b := &Breaker{timeout: s.OpenTimeout}
+	if b.timeout <= 0 {
+		b.timeout = 60 * time.Second // gobreaker's default for a zero Timeout
 	}
-	return &Breaker{cb: gobreaker.NewTwoStepCircuitBreaker[struct{}](st)}
+	st.OnStateChange = func(name string, from, to State) {
+		if to == Open {
+			b.openUntil.Store(time.Now().Add(b.timeout).UnixNano())
+		}
+		b.open.Store(to == Open)
+		if onChange != nil {
+			onChange(name, from, to)
+		}
+	}
+	b.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](st)
+	return b
 }
 
 // Allow asks to send one request. On success the caller must call the
@@ -129,5 +149,15 @@ func (t Ticket) Done(o Outcome) {
 // reports half-open.
 func (b *Breaker) State() State { return b.cb.State() }
 
-// Ready reports whether Allow could let a request through now (closed or half-open).
-func (b *Breaker) Ready() bool { return b.cb.State() != Open }
+// Ready reports whether Allow could let a request through now (closed or
+// half-open). While closed it takes no lock; an open breaker whose
+// timeout passed is asked, which turns it half-open.
+func (b *Breaker) Ready() bool {
+	if !b.open.Load() {
+		return true
+	}
+	if time.Now().UnixNano() < b.openUntil.Load() {
+		return false
+	}
+	return b.cb.State() != Open
+}

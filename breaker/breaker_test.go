@@ -105,3 +105,53 @@ func TestExcludedNeitherCountsNorClosesHalfOpen(t *testing.T) {
 		t.Fatalf("state after a good probe = %v", b.State())
 	}
 }
+
+// TestReadyFollowsState: Ready, which reads no lock while closed, agrees
+// with State through open, half-open (once the timeout passed, without an
+// Allow first), a failed probe (open again) and a good one (closed).
+func TestReadyFollowsState(t *testing.T) {
+	t.Parallel()
+	b := New("a", Settings{ConsecutiveFailures: 1, OpenTimeout: 30 * time.Millisecond}, nil)
+	waitReady := func(what string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for !b.Ready() {
+			if time.Now().After(deadline) {
+				t.Fatalf("never ready %s (state %v)", what, b.State())
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		if b.State() != HalfOpen {
+			t.Fatalf("ready %s in state %v, want half-open", what, b.State())
+		}
+	}
+	if !b.Ready() {
+		t.Fatal("a new breaker is not ready")
+	}
+	fail := func() {
+		t.Helper()
+		done, err := b.Allow()
+		if err != nil {
+			t.Fatalf("refused: %v", err)
+		}
+		done.Done(Failure)
+	}
+	fail()
+	if b.Ready() || b.State() != Open {
+		t.Fatalf("after a failure: ready %v, state %v; want not ready, open", b.Ready(), b.State())
+	}
+	waitReady("after the open timeout")
+	fail() // the probe fails: open again, for a new timeout
+	if b.Ready() || b.State() != Open {
+		t.Fatalf("after a failed probe: ready %v, state %v; want not ready, open", b.Ready(), b.State())
+	}
+	waitReady("after the second open timeout")
+	probe, err := b.Allow()
+	if err != nil {
+		t.Fatal(err)
+	}
+	probe.Done(Success)
+	if !b.Ready() || b.State() != Closed {
+		t.Fatalf("after a good probe: ready %v, state %v; want ready, closed", b.Ready(), b.State())
+	}
+}
