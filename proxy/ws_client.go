@@ -344,8 +344,10 @@ func (c *wsClient) writeClose() {
 	_ = c.conn.SetReadDeadline(time.Now().Add(c.hub.closeWait))
 	c.deadlineMu.Unlock()
 	if c.closeCode != 0 {
+		// The close frame waits behind what is in flight to a slow client
+		// like any frame: it gets writeWait to go out, as they do.
 		_ = c.conn.WriteControl(websocket.CloseMessage,
-			websocket.FormatCloseMessage(c.closeCode, c.closeText), time.Now().Add(c.hub.closeWait))
+			websocket.FormatCloseMessage(c.closeCode, c.closeText), time.Now().Add(max(c.hub.writeWait, c.hub.closeWait)))
 	}
 	_ = c.conn.SetReadDeadline(time.Now().Add(c.hub.closeWait))
 }
