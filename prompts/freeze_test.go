@@ -261,6 +261,10 @@ func (c *countSink) waitDone(within time.Duration) bool {
 	}
 }
 
+// freezeBound bounds the waits of the freeze tests: a hang takes seconds
+// to detect with the shipped timing.
+const freezeBound = 25 * time.Second
+
 // frozenConfig is the shipped configuration (hang detection at its
 // defaults) for the given addresses.
 func frozenConfig(addrs ...string) *config.Config {
@@ -319,7 +323,7 @@ func TestFrozenInstanceRunsMovedPromptsOnce(t *testing.T) {
 	fp.freeze()
 	// New work stops going to it quickly.
 	var unselectable time.Duration
-	eventually25(t, "the frozen instance is no longer selected", func() bool {
+	testkit.EventuallyWithin(t, freezeBound, "the frozen instance is no longer selected", func() bool {
 		// Suspect: chosen only when no other instance is available.
 		if frozen.Available() && !frozen.Suspect() {
 			return false
@@ -328,7 +332,7 @@ func TestFrozenInstanceRunsMovedPromptsOnce(t *testing.T) {
 		return true
 	})
 	var ranElsewhere time.Duration
-	eventually25(t, "the frozen instance's prompts ran elsewhere", func() bool {
+	testkit.EventuallyWithin(t, freezeBound, "the frozen instance's prompts ran elsewhere", func() bool {
 		for _, k := range moved {
 			if s, _ := sinks[k].counts(); s == 0 {
 				return false
@@ -349,8 +353,8 @@ func TestFrozenInstanceRunsMovedPromptsOnce(t *testing.T) {
 	// Wake it (SIGCONT): its worker resumes at once, as ComfyUI's does.
 	fp.thaw()
 	s1.SetPaused(false)
-	eventually25(t, "the woken instance's queue is empty", func() bool { return simQueueLen(t, s1) == 0 })
-	eventually25(t, "the woken instance is usable again", func() bool { return frozen.Available() && frozen.SocketUp() })
+	testkit.EventuallyWithin(t, freezeBound, "the woken instance's queue is empty", func() bool { return simQueueLen(t, s1) == 0 })
+	testkit.EventuallyWithin(t, freezeBound, "the woken instance is usable again", func() bool { return frozen.Available() && frozen.SocketUp() })
 
 	h1, h2 := simHistory(t, s1), simHistory(t, s2)
 	total, stopped := 0, 0
@@ -428,8 +432,8 @@ func TestTimedOutSubmitMovedRunsOnce(t *testing.T) {
 		t.Fatal("the prompt did not run on the other instance")
 	}
 	fp.thaw()
-	eventually25(t, "the woken instance is usable again", func() bool { return frozen.Available() && frozen.SocketUp() })
-	eventually25(t, "the woken instance's queue is empty", func() bool { return simQueueLen(t, s1) == 0 })
+	testkit.EventuallyWithin(t, freezeBound, "the woken instance is usable again", func() bool { return frozen.Available() && frozen.SocketUp() })
+	testkit.EventuallyWithin(t, freezeBound, "the woken instance's queue is empty", func() bool { return simQueueLen(t, s1) == 0 })
 	h1, h2 := simHistory(t, s1), simHistory(t, s2)
 	if h2[id] != "success" {
 		t.Fatalf("other instance's history: %q", h2[id])
@@ -480,17 +484,5 @@ func TestBusyInstanceDoesNotFailOver(t *testing.T) {
 	}
 	if !busy.Available() {
 		t.Fatal("the busy instance was taken out")
-	}
-}
-
-// eventually25 is eventually with the generous bound of the freeze tests.
-func eventually25(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(25 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after 25s waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
