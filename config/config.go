@@ -110,7 +110,9 @@ type Routing struct {
 	// comfygate's that waits in another instance's queue (deleted there
 	// first, moved only if that instance shows it gone and never run;
 	// same prompt_id for the client), so that a fast instance does not
-	// idle while a slow one still has a queue. Default true.
+	// idle while a slow one still has a queue. Default false: a move under
+	// way when its instance hangs (SIGSTOP) can still make the prompt run
+	// twice (the fault suite's hung-then-resumed case).
 	MovePending bool `yaml:"move_pending"`
 }
 
@@ -336,7 +338,7 @@ func (c *Config) setDefaults() {
 			PingInterval: 20 * time.Second, ReconnectMin: 100 * time.Millisecond, ReconnectMax: 5 * time.Second},
 		Failover:  Failover{MaxResubmits: 2, SuspectGrace: 2 * time.Second, LivenessInterval: 2 * time.Second, LivenessTimeout: 4 * time.Second},
 		Discovery: Discovery{Interval: 30 * time.Second},
-		Routing:   Routing{CatalogueInterval: 60 * time.Second, AffinityMargin: 2, WarmupTimeout: 5 * time.Minute, MovePending: true},
+		Routing:   Routing{CatalogueInterval: 60 * time.Second, AffinityMargin: 2, WarmupTimeout: 5 * time.Minute},
 		Jobs: Jobs{Timeout: 5 * time.Minute, MaxConcurrent: 10, MaxWaiting: 1000, MaxWaitingBytes: 1 << 30, MaxImageBytes: 50 << 20,
 			MaxWait: 5 * time.Minute, IdempotencyTTL: 24 * time.Hour, OutputMemoryBytes: 256 << 20,
 			InputMemoryBytes: 16 << 20, StateDir: "data/jobs",

@@ -20,7 +20,7 @@ import (
 func TestIdleInstanceTakesWaitingPrompts(t *testing.T) {
 	t.Parallel()
 	ss := testkit.Sims(t, 2, comfysim.Options{RecordRuns: true})
-	p, _ := simPool(t, nil, ss...)
+	p, _ := simPool(t, func(c *config.Config) { c.Routing.MovePending = true }, ss...)
 	in := p.Instances()
 	for _, s := range ss {
 		s.SetPaused(true)
@@ -101,8 +101,8 @@ func TestIdleInstanceTakesWaitingPrompts(t *testing.T) {
 	}
 }
 
-// TestMovePendingOff: with routing.move_pending false, a prompt stays at
-// the instance it was sent to.
+// TestMovePendingOff: with routing.move_pending false (the default), a
+// prompt stays at the instance it was sent to.
 func TestMovePendingOff(t *testing.T) {
 	t.Parallel()
 	ss := testkit.Sims(t, 2, comfysim.Options{})

@@ -103,8 +103,8 @@ func sectionSched(ctx context.Context, o options, e *env, rep *report) error {
 		procsUp = append(procsUp, p)
 		return addrs[0], nil
 	}
-	gate := func(name string, inst ...string) (string, error) {
-		p, addr, err := e.startGate(ctx, name, inst)
+	gate := func(name, yaml string, inst ...string) (string, error) {
+		p, addr, err := e.startGateYAML(ctx, name, inst, yaml)
 		if err != nil {
 			return "", err
 		}
@@ -123,15 +123,17 @@ func sectionSched(ctx context.Context, o options, e *env, rep *report) error {
 	if err != nil {
 		return err
 	}
-	g1, err := gate("sched-gate-1", a)
+	g1, err := gate("sched-gate-1", "", a)
 	if err != nil {
 		return err
 	}
-	g2, err := gate("sched-gate-2", a, b)
+	g2, err := gate("sched-gate-2", "", a, b)
 	if err != nil {
 		return err
 	}
-	gSlow, err := gate("sched-gate-slow", a, slow)
+	// Waiting prompts move to the instance that runs out of work
+	// (routing.move_pending, off by default).
+	gSlow, err := gate("sched-gate-slow", "routing:\n  move_pending: true\n", a, slow)
 	if err != nil {
 		return err
 	}
@@ -188,7 +190,7 @@ func sectionSched(ctx context.Context, o options, e *env, rep *report) error {
 		Header: []string{"run", "comfygate", "baseline", "result"},
 		Rows: [][]string{
 			{fmt.Sprintf("%d prompts at once, 2 instances vs 1", nScale), fmt.Sprintf("%.1f prompts/s on 2", median(t2)), fmt.Sprintf("%.1f prompts/s on 1", median(t1)), fmt.Sprintf("%.2fx", scale)},
-			{fmt.Sprintf("makespan of %d prompts, one instance 2x slower", nMake), fmt.Sprintf("%.2f s (split fast/slow %s)", median(mg), strings.Join(splitsSlow, ", ")),
+			{fmt.Sprintf("makespan of %d prompts, one instance 2x slower (move_pending on)", nMake), fmt.Sprintf("%.2f s (split fast/slow %s)", median(mg), strings.Join(splitsSlow, ", ")),
 				fmt.Sprintf("%.2f s round-robin", median(mrr)), fmt.Sprintf("%.0f%% shorter", better*100)},
 			{fmt.Sprintf("burst of %d prompts over 2 idle instances", nBurst), strings.Join(splits, ", "), "10/10", fmt.Sprintf("worst %d/%d", nBurst-worst, worst)},
 		},

@@ -193,16 +193,30 @@ func (e *env) startSims(ctx context.Context, name string, n int, args ...string)
 // startGate starts comfygate with its default configuration in front of
 // instances and waits until every instance is healthy with its socket up.
 func (e *env) startGate(ctx context.Context, name string, instances []string, extraEnv ...string) (*proc, string, error) {
+	return e.startGateYAML(ctx, name, instances, "", extraEnv...)
+}
+
+// startGateYAML is startGate with a configuration file holding yaml (the
+// keys it sets; the rest keep their defaults). "" means no file.
+func (e *env) startGateYAML(ctx context.Context, name string, instances []string, yaml string, extraEnv ...string) (*proc, string, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, "", err
+	}
+	args := []string{"-listen", addr}
+	if yaml != "" {
+		path := filepath.Join(e.work, name+".yaml")
+		if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
+			return nil, "", err
+		}
+		args = append(args, "-config", path)
 	}
 	envv := []string{"LOG_LEVEL=warn"}
 	for i, a := range instances {
 		envv = append(envv, fmt.Sprintf("COMFYUI_HOST_%d=%s", i+1, a))
 	}
 	envv = append(envv, extraEnv...)
-	p, err := e.ps.start(name, envv, e.comfy, "-listen", addr)
+	p, err := e.ps.start(name, envv, e.comfy, args...)
 	if err != nil {
 		return nil, "", err
 	}
