@@ -197,7 +197,7 @@ func sectionSched(ctx context.Context, o options, e *env, rep *report) error {
 		Note: "Prompts are POST /prompt of EmptyImage → ImageInvert → SaveImage, sent all at once; a run ends when the instances' histories hold every prompt. The round-robin baseline sends the prompts straight to the instances, alternating."})
 	rep.Raw["sched"] = map[string]any{"delay_ms": delay.Milliseconds(), "throughput_1": t1, "throughput_2": t2,
 		"makespan_comfygate_s": mg, "makespan_round_robin_s": mrr, "splits_slow": splitsSlow, "burst_splits": splits}
-	rep.addTarget("2-instance scaling >= 1.95x", fmt.Sprintf("%.2fx", scale), scale >= 1.95)
+	rep.addTarget("2-instance scaling >= 1.95x", fmt.Sprintf("%.4fx", scale), scale >= 1.95)
 	rep.addTarget("makespan with one instance 2x slower >= 25% better than round-robin",
 		fmt.Sprintf("%.0f%% (%.2f s vs %.2f s)", better*100, median(mg), median(mrr)), better >= 0.25)
 	rep.addTarget("burst of 20 over 2 idle instances never worse than 8/12", "splits "+strings.Join(splits, ", "), worst <= 12)
