@@ -3,10 +3,8 @@ package prompts
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"log/slog"
 	"testing"
-	"time"
 
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/testkit"
@@ -14,21 +12,8 @@ import (
 	"github.com/comfygate/comfygate/upstream"
 )
 
-// coreConfig returns a configuration for the given addresses with short
-// intervals and a long health interval (tests drive checks themselves).
-func coreConfig(addrs ...string) *config.Config {
-	c := config.Default()
-	c.Instances = nil
-	for k, a := range addrs {
-		c.Instances = append(c.Instances, config.Instance{Name: fmt.Sprintf("i%d", k+1), Address: a})
-	}
-	c.Timeout = 2 * time.Second
-	c.HealthCheck.Interval = time.Hour
-	c.HealthCheck.Timeout = time.Second
-	c.Breaker.OpenTimeout = time.Hour
-	c.Failover.SuspectGrace = time.Second
-	return c
-}
+// coreConfig is testkit.DrivenConfig.
+func coreConfig(addrs ...string) *config.Config { return testkit.DrivenConfig(addrs...) }
 
 // testPool is a pool with its prompt table attached, as main wires them.
 // The table's methods that tests call on the pool are forwarded to it.

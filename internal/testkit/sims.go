@@ -73,3 +73,21 @@ func Config(tb testing.TB, prefix string, addrs []string, mod func(*config.Confi
 	}
 	return cfg
 }
+
+// DrivenConfig is the configuration of tests that drive health checks
+// themselves: instances i1, i2, ... at addrs, short call and check
+// timeouts, a health interval and an open breaker of an hour (nothing
+// changes an instance's state unless the test does), a 1 s suspect grace.
+func DrivenConfig(addrs ...string) *config.Config {
+	c := config.Default()
+	c.Instances = nil
+	for k, a := range addrs {
+		c.Instances = append(c.Instances, config.Instance{Name: fmt.Sprintf("i%d", k+1), Address: a})
+	}
+	c.Timeout = 2 * time.Second
+	c.HealthCheck.Interval = time.Hour
+	c.HealthCheck.Timeout = time.Second
+	c.Breaker.OpenTimeout = time.Hour
+	c.Failover.SuspectGrace = time.Second
+	return c
+}
