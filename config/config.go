@@ -110,9 +110,8 @@ type Routing struct {
 	// comfygate's that waits in another instance's queue (deleted there
 	// first, moved only if that instance shows it gone and never run;
 	// same prompt_id for the client), so that a fast instance does not
-	// idle while a slow one still has a queue. Default false: a move under
-	// way when its instance hangs (SIGSTOP) can still make the prompt run
-	// twice (the fault suite's hung-then-resumed case).
+	// idle while a slow one still has a queue. Default false until moves
+	// have had more fault runs (see README, Known limits).
 	MovePending bool `yaml:"move_pending"`
 }
 

@@ -466,6 +466,12 @@ func (t *Table) verifyQueue(ctx context.Context, inst *upstream.Instance) {
 		if dying() {
 			return
 		}
+		if pr.deleteSent.Load() && pr.State() == PromptQueued {
+			// The delete of a move that got no answer landed after all:
+			// comfygate removed it, not a client; it runs elsewhere.
+			t.failover(ctx, pr, inst, fmt.Sprintf("it was moved off instance %s", inst.Name), true)
+			continue
+		}
 		if pr.State() == PromptQueued && t.markDone(pr, metrics.OutcomeInterrupted) {
 			t.log.Info("prompts: prompt deleted from its instance's queue", "prompt_id", pr.ID, "instance", inst.Name)
 		}

@@ -130,10 +130,10 @@ func (t *Table) waitingFor(inst *upstream.Instance) (*Prompt, *upstream.Instance
 // moveWaiting moves pr, queued at from, to an instance with no work (to,
 // unless selection finds another as idle): if from still has it waiting,
 // it is deleted from from's queue, and moves only if from then shows it
-// gone and never run. If from
-// started or ran it meanwhile, it stays. If from cannot say, it moves
-// with a tombstone at from, as a failover does: from removes it when it
-// shows there, or, if from ran it to success meanwhile, that run counts.
+// gone and never run. If from started or ran it meanwhile, it stays. If
+// from does not answer the delete or the look after it, it stays too (it
+// may run there yet), marked deleteSent: should the delete land later,
+// verifyQueue resubmits it instead of taking it for a client's delete.
 // The client sees nothing of the move: same prompt_id, same number, its
 // events from wherever it runs.
 func (t *Table) moveWaiting(ctx context.Context, pr *Prompt, from, to *upstream.Instance) {
@@ -186,6 +186,16 @@ func (t *Table) moveWaiting(ctx context.Context, pr *Prompt, from, to *upstream.
 		cancel()
 		return // nothing reached from: it is still queued there
 	}
+	if delErr != nil || status != 200 {
+		// No answer (from stopped as the delete left?): it may run there
+		// yet, or the delete may land later. It stays; should it vanish
+		// from from's queue, verifyQueue sends it elsewhere (deleteSent)
+		// instead of taking it for a client's delete, and if from died,
+		// its failover moves it.
+		cancel()
+		pr.deleteSent.Store(true)
+		return
+	}
 	// Asked after the delete: a prompt that started before it is running
 	// or in the history now, and one that did not is gone for good.
 	_, found, answered := t.probeAt(pctx, from, uid)
@@ -193,7 +203,11 @@ func (t *Table) moveWaiting(ctx context.Context, pr *Prompt, from, to *upstream.
 	if found {
 		return
 	}
-	if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Leave, Tombstone: !answered || delErr != nil || status != 200}, nil); !ok {
+	if !answered {
+		pr.deleteSent.Store(true)
+		return
+	}
+	if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Leave}, nil); !ok {
 		return // it finished meanwhile
 	}
 	left = true
