@@ -110,7 +110,9 @@ func parseSubmissionN(ctx *fasthttp.RequestCtx, maxBytes int64, wantImage bool, 
 	}
 	defer func() {
 		if aerr != nil && sub != nil {
+			// Refused: what it spooled goes, and the caller gets no submission.
 			sub.spool.discard()
+			sub = nil
 		}
 	}()
 	sub, aerr = parseSubmissionInto(ctx, maxBytes, wantImage, extraImages, imageParam, spool, &submission{params: map[string]json.RawMessage{}, files: map[string][]byte{}})
