@@ -2,6 +2,7 @@ package prompts
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -43,12 +44,19 @@ func TestReconfigureAddsAndRemoves(t *testing.T) {
 	// Remove the first instance while a prompt is queued there.
 	first := p.Instance(cfg.Instances[0].Name)
 	ss[0].SetPaused(true)
+	// The others hold what they get meanwhile, so the first instance's turn
+	// comes within a few prompts (idle, the weight-2 instance would win
+	// every pick).
+	ss[1].SetPaused(true)
+	ss[2].SetPaused(true)
 	var held *Prompt
 	for k := 0; held == nil && k < 20; k++ {
-		if res := simSubmit(t, p, newUUID(), simPrompt("h"+string(rune('a'+k)), false), newRecSink()); res.Instance == first {
+		if res := simSubmit(t, p, newUUID(), simPrompt(fmt.Sprintf("h%d", k), false), newRecSink()); res.Instance == first {
 			held = res.Prompt
 		}
 	}
+	ss[1].SetPaused(false)
+	ss[2].SetPaused(false)
 	if held == nil {
 		t.Fatal("no prompt reached the first instance")
 	}
