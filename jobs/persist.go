@@ -470,16 +470,8 @@ func (s *Service) queueIDs(ctx context.Context, inst *upstream.Instance) (runnin
 	if err != nil {
 		return nil, nil, err
 	}
-	ids := func(items []json.RawMessage) map[string]bool {
-		out := make(map[string]bool, len(items))
-		for _, it := range items {
-			if id, ok := comfyapi.ItemID(it); ok {
-				out[id] = true
-			}
-		}
-		return out
-	}
-	return ids(q.Running), ids(q.Pending), nil
+	running, pending = q.IDSets()
+	return running, pending, nil
 }
 
 // settleRestored ends a restored job as its instance's history says.
@@ -493,20 +485,7 @@ func (s *Service) settleRestored(j *job, inst *upstream.Instance, entry *comfyap
 	j.restored = false
 	j.instance = inst.Name
 	j.state = stRunning
-	outcome := entry.Outcome()
-	if outcome == comfyapi.OutcomeSuccess || (outcome == comfyapi.OutcomeUnknown && hasNode(refs, j.wf.cfg.OutputNode)) {
-		j.addOutputsLocked(refs)
-		j.outInst = inst
-		s.succeededLocked(j, nil, inst)
-		return
-	}
-	if outcome == comfyapi.OutcomeInterrupted {
-		s.finishLocked(j, stCancelled, "")
-		s.releaseLocked(j)
-		return
-	}
-	s.finishLocked(j, stFailed, historyError(entry))
-	s.releaseLocked(j)
+	s.endFromHistoryLocked(j, nil, inst, entry, refs)
 }
 
 // historyError is the message of a failed history entry.

@@ -1022,8 +1022,14 @@ func (s *Service) watch(j *job, now time.Time) {
 	if j.state.terminal() || j.state == stFetching || entry == nil {
 		return
 	}
-	// An entry without a status (a server older than November 2023) counts
-	// as a success when it holds the job's output.
+	s.endFromHistoryLocked(j, p, inst, entry, refs)
+}
+
+// endFromHistoryLocked ends j as its history entry at inst says: done with
+// the outputs refs, cancelled, or failed with the entry's error. An entry
+// without a status (a server older than November 2023) counts as a
+// success when it holds the job's output. s.jobsMu held.
+func (s *Service) endFromHistoryLocked(j *job, p *prompts.Prompt, inst *upstream.Instance, entry *comfyapi.HistoryEntry, refs []outRef) {
 	outcome := entry.Outcome()
 	if outcome == comfyapi.OutcomeSuccess || (outcome == comfyapi.OutcomeUnknown && hasNode(refs, j.wf.cfg.OutputNode)) {
 		j.addOutputsLocked(refs)
@@ -1036,17 +1042,7 @@ func (s *Service) watch(j *job, now time.Time) {
 		s.releaseLocked(j)
 		return
 	}
-	msg := "the workflow failed on ComfyUI"
-	if m, ok := entry.Status.Terminal(); ok && m.Type == comfyapi.TypeExecutionError {
-		var d struct {
-			ExceptionMessage json.RawMessage `json:"exception_message"`
-		}
-		_ = json.Unmarshal(m.Data, &d)
-		if em, _ := comfyapi.String(d.ExceptionMessage); em != "" {
-			msg = em
-		}
-	}
-	s.finishLocked(j, stFailed, msg)
+	s.finishLocked(j, stFailed, historyError(entry))
 	s.releaseLocked(j)
 }
 

@@ -628,16 +628,8 @@ func (t *Table) queueIDs(ctx context.Context, inst *upstream.Instance) (running,
 	if err != nil {
 		return nil, nil, fmt.Errorf("queue of %s: %w", inst.Name, err)
 	}
-	ids := func(items []json.RawMessage) map[string]bool {
-		out := make(map[string]bool, len(items))
-		for _, it := range items {
-			if id, ok := comfyapi.ItemID(it); ok {
-				out[id] = true
-			}
-		}
-		return out
-	}
-	return ids(q.Running), ids(q.Pending), nil
+	running, pending = q.IDSets()
+	return running, pending, nil
 }
 
 // Cancel cancels one prompt wherever it is: deleted from its instance's

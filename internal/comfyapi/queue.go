@@ -15,6 +15,21 @@ type Queue struct {
 	Pending []json.RawMessage `json:"queue_pending"`
 }
 
+// IDSets returns the prompt ids of the running and of the pending items as
+// sets (items without a string id are left out).
+func (q Queue) IDSets() (running, pending map[string]bool) {
+	ids := func(items []json.RawMessage) map[string]bool {
+		out := make(map[string]bool, len(items))
+		for _, it := range items {
+			if id, ok := ItemID(it); ok {
+				out[id] = true
+			}
+		}
+		return out
+	}
+	return ids(q.Running), ids(q.Pending)
+}
+
 // ParseQueue reads a GET /queue answer.
 func ParseQueue(body []byte) (Queue, error) {
 	var q Queue
