@@ -163,9 +163,11 @@ func (s *Server) rateLimited(ctx *fasthttp.RequestCtx, b *limits.Buckets, kind s
 }
 
 // guard applies isolation and rate limits to a routed request before its
-// handler runs (p is the path without /api). It answers and returns false
-// when the request is refused; after, when not nil, runs once the handler
-// has answered.
+// handler runs (p is the canonical path without /api). It decides on the
+// path, the method and the headers only: a route whose effect depends on
+// its body is decided by its handler, on the same parse the handler acts
+// on. It answers and returns false when the request is refused; after,
+// when not nil, runs once the handler has answered.
 func (s *Server) guard(ctx *fasthttp.RequestCtx, p []byte, api bool) (after func(), ok bool) {
 	k := requestKey(ctx)
 	get, post := ctx.IsGet() || ctx.IsHead(), ctx.IsPost()
@@ -210,21 +212,7 @@ func (s *Server) guard(ctx *fasthttp.RequestCtx, p []byte, api bool) (after func
 			return nil, false
 		}
 		commit := func() { s.sec.outstanding.Commit(name, answerID(ctx, "prompt_id")) }
-		if s.isolated(k) {
-			if ctx.Request.Header.ContentLength() < 0 {
-				s.sec.outstanding.Commit(name, "")
-				writeJSONError(ctx, fasthttp.StatusLengthRequired, "length_required", "a prompt needs a Content-Length when API keys are on")
-				return nil, false
-			}
-			if ctx.Request.Header.ContentLength() <= maxPromptBody {
-				if req, err := comfyapi.ParsePromptRequest(ctx.Request.Body()); err == nil {
-					if id := req.EffectiveClientID(); id != "" && !s.sec.owners.ClaimClient(id, k.Name) {
-						s.sec.outstanding.Commit(name, "")
-						return forbid("this client_id belongs to another key")
-					}
-				}
-			}
-		}
+		// The body's client_id is claimed by postPrompt, on its own parse.
 		return func() { commit(); s.recordOwner(ctx, k, "prompt_id") }, true
 	case api && post && (path == "/remove-background" || path == "/upscale-image" || strings.HasPrefix(path, "/workflows/")):
 		if s.rateLimited(ctx, s.sec.jobRate, "job") {
@@ -242,63 +230,11 @@ func (s *Server) guard(ctx *fasthttp.RequestCtx, p []byte, api bool) (after func
 		if !admin {
 			return forbid("POST /free acts on the whole fleet and needs an admin key")
 		}
-	case post && path == "/interrupt":
-		if k == nil {
-			return nil, true
-		}
-		var body struct {
-			PromptID json.RawMessage `json:"prompt_id"`
-		}
-		_ = json.Unmarshal(s.smallBody(ctx), &body)
-		id := comfyapi.IDText(body.PromptID)
-		if id == "" && !admin {
-			return forbid("an interrupt without prompt_id acts on the whole fleet and needs an admin key")
-		}
-		if id != "" && !s.owns(k, id) {
-			return forbid("this prompt belongs to another key")
-		}
-	case post && (path == "/queue" || path == "/history"):
-		if k == nil {
-			return nil, true
-		}
-		body := s.smallBody(ctx)
-		var q map[string]json.RawMessage
-		if json.Unmarshal(body, &q) != nil {
-			return nil, true // the handler answers malformed bodies as ComfyUI does
-		}
-		if comfyapi.Truthy(q["clear"]) && !admin {
-			return forbid("clear acts on the whole fleet and needs an admin key")
-		}
-		if s.isolated(k) {
-			var del []string
-			if json.Unmarshal(q["delete"], &del) == nil {
-				kept := del[:0]
-				for _, id := range del {
-					if s.owns(k, id) {
-						kept = append(kept, id)
-					}
-				}
-				q["delete"], _ = json.Marshal(kept)
-				b, _ := json.Marshal(q)
-				ctx.Request.SetBody(b)
-			}
-		}
 	case post && api && path == "/jobs/cancel":
-		if s.isolated(k) {
-			var q map[string]json.RawMessage
-			var list []string
-			if json.Unmarshal(s.smallBody(ctx), &q) == nil && json.Unmarshal(q["job_ids"], &list) == nil {
-				kept := list[:0]
-				for _, id := range list {
-					if s.owns(k, id) {
-						kept = append(kept, id)
-					}
-				}
-				q["job_ids"], _ = json.Marshal(kept)
-				b, _ := json.Marshal(q)
-				ctx.Request.SetBody(b)
-			}
-		}
+		// Decided by its handler on the one parse of its body (ownedOnly),
+		// like POST /interrupt (authorizeInterrupt) and POST /queue and
+		// /history (scopeDeleteOrClear).
+		return nil, true
 	case api && strings.HasPrefix(path, "/jobs/"):
 		id, _, _ := strings.Cut(path[len("/jobs/"):], "/")
 		if uid, ok := unescapeSegment([]byte(id)); ok && !s.owns(k, uid) {
@@ -322,15 +258,6 @@ func (s *Server) guard(ctx *fasthttp.RequestCtx, p []byte, api bool) (after func
 		return func() { s.filterAnswer(ctx, k, "jobs") }, true
 	}
 	return nil, true
-}
-
-// smallBody reads a small JSON request body (within maxSmallBody) and
-// leaves it in place for the handler.
-func (s *Server) smallBody(ctx *fasthttp.RequestCtx) []byte {
-	if cl := ctx.Request.Header.ContentLength(); cl < 0 || cl > maxPromptBody {
-		return nil
-	}
-	return ctx.Request.Body()
 }
 
 // answerID is the id field of a successful submission's answer ("" for
@@ -404,4 +331,84 @@ func (s *Server) filterAnswer(ctx *fasthttp.RequestCtx, k *auth.Key, kind string
 	if !bytes.Equal(out, body) {
 		ctx.Response.SetBody(out)
 	}
+}
+
+// forbid answers 403 for an action k may not take.
+func (s *Server) forbid(ctx *fasthttp.RequestCtx, msg string) {
+	s.authRefused("forbidden")
+	writeJSONError(ctx, fasthttp.StatusForbidden, "forbidden", msg)
+}
+
+// refuseBody answers 400 for a body that cannot be read the way ComfyUI
+// reads it, with keys on: what cannot be parsed is never decided on. With
+// keys off it reports false, and the handler answers as ComfyUI does.
+func (s *Server) refuseBody(ctx *fasthttp.RequestCtx, msg string) bool {
+	if !s.sec.keys.On() {
+		return false
+	}
+	s.authRefused("bad_body")
+	writeJSONError(ctx, fasthttp.StatusBadRequest, "bad_body", msg)
+	return true
+}
+
+// authorizeInterrupt decides a POST /interrupt on its parsed body: an
+// interrupt of whatever runs acts on the whole fleet and needs an admin
+// key; a targeted one needs k to own the prompt. It answers 403 and
+// reports false when refused.
+func (s *Server) authorizeInterrupt(ctx *fasthttp.RequestCtx, r comfyapi.InterruptRequest) bool {
+	k := requestKey(ctx)
+	switch {
+	case k == nil || k.Admin:
+		return true
+	case r.Global():
+		s.forbid(ctx, "an interrupt without a prompt_id acts on the whole fleet and needs an admin key")
+		return false
+	case r.PromptID != "" && !s.owns(k, r.PromptID):
+		s.forbid(ctx, "this prompt belongs to another key")
+		return false
+	}
+	// A truthy prompt_id that is no string names no prompt: a no-op.
+	return true
+}
+
+// scopeDeleteOrClear decides a POST /queue or /history body: a clear acts
+// on the whole fleet and needs an admin key (403); an isolated key's
+// deletes keep only its own prompts, as if the others' ids were unknown.
+func (s *Server) scopeDeleteOrClear(ctx *fasthttp.RequestCtx, q *comfyapi.DeleteOrClear) bool {
+	k := requestKey(ctx)
+	if k == nil {
+		return true
+	}
+	if q.Clear && !k.Admin {
+		s.forbid(ctx, "clear acts on the whole fleet and needs an admin key")
+		return false
+	}
+	q.Delete = s.ownedOnly(k, q.Delete)
+	return true
+}
+
+// ownedOnly keeps the ids of ids that k may act on (all of them unless k
+// is isolated).
+func (s *Server) ownedOnly(k *auth.Key, ids []string) []string {
+	if !s.isolated(k) {
+		return ids
+	}
+	kept := make([]string, 0, len(ids))
+	for _, id := range ids {
+		if s.owns(k, id) {
+			kept = append(kept, id)
+		}
+	}
+	return kept
+}
+
+// claimClientID decides the client_id of a POST /prompt body for an
+// isolated key: a clientId another key holds is refused with 403.
+func (s *Server) claimClientID(ctx *fasthttp.RequestCtx, clientID string) bool {
+	k := requestKey(ctx)
+	if clientID == "" || !s.isolated(k) || s.sec.owners.ClaimClient(clientID, k.Name) {
+		return true
+	}
+	s.forbid(ctx, "this client_id belongs to another key")
+	return false
 }

@@ -222,10 +222,17 @@ func (s *Server) postInterrupt(ctx *fasthttp.RequestCtx) {
 	if !ok {
 		return
 	}
-	var q map[string]json.RawMessage
-	_ = json.Unmarshal(body, &q)
-	id, _ := comfyapi.String(q["prompt_id"])
-	if id == "" {
+	req, err := comfyapi.ParseInterrupt(body)
+	if err != nil {
+		if !s.refuseBody(ctx, "the body of POST /interrupt must be a JSON object") {
+			writeComfyInternalError(ctx)
+		}
+		return
+	}
+	if !s.authorizeInterrupt(ctx, req) {
+		return
+	}
+	if req.Global() {
 		insts := s.pool.Healthy()
 		if len(insts) == 0 {
 			s.writeError(ctx, upstream.ErrNoUpstream)
@@ -234,6 +241,10 @@ func (s *Server) postInterrupt(ctx *fasthttp.RequestCtx) {
 		s.relayFirst(ctx, s.callAll(insts, "POST", "/interrupt", callHeader(ctx), []byte("{}")))
 		return
 	}
+	if req.PromptID == "" {
+		return // 200, empty: a prompt_id that is no string matches no prompt in ComfyUI
+	}
+	id := req.PromptID
 	inst, upID, err := s.locate(id)
 	if errors.Is(err, prompts.ErrUnknownPrompt) {
 		return // 200, empty: nothing of that id runs anywhere
@@ -249,8 +260,8 @@ func (s *Server) postInterrupt(ctx *fasthttp.RequestCtx) {
 			return
 		}
 	}
-	q["prompt_id"] = quoteJSON(upID)
-	nb, _ := json.Marshal(q)
+	req.Fields[comfyapi.FieldPromptID] = quoteJSON(upID)
+	nb, _ := json.Marshal(req.Fields)
 	s.forwardTo(ctx, inst, &forwardOpts{uri: []byte("/interrupt"), body: nb, setBody: true})
 }
 
@@ -275,7 +286,12 @@ func (s *Server) deleteOrClear(ctx *fasthttp.RequestCtx, path string) {
 	}
 	q, err := comfyapi.ParseDeleteOrClear(body)
 	if err != nil {
-		writeComfyInternalError(ctx)
+		if !s.refuseBody(ctx, "the body of POST "+path+" must be a JSON object") {
+			writeComfyInternalError(ctx)
+		}
+		return
+	}
+	if !s.scopeDeleteOrClear(ctx, &q) {
 		return
 	}
 	insts := s.pool.Healthy()
@@ -421,32 +437,22 @@ func (s *Server) cancelJobs(ctx *fasthttp.RequestCtx) {
 	if !ok {
 		return
 	}
-	var q any
-	if json.Unmarshal(body, &q) != nil {
+	req, err := comfyapi.ParseJobCancel(body)
+	switch {
+	case errors.Is(err, comfyapi.ErrNotJSON):
 		writeJSON(ctx, fasthttp.StatusBadRequest, []byte(`{"error": "Request body must be valid JSON"}`))
 		return
-	}
-	obj, _ := q.(map[string]any)
-	list, ok := obj["job_ids"].([]any)
-	if !ok {
+	case errors.Is(err, comfyapi.ErrJobIDsNotList):
 		writeJSON(ctx, fasthttp.StatusBadRequest, []byte(`{"error": "job_ids must be a list"}`))
 		return
-	}
-	ids := make([]string, 0, len(list))
-	var invalid []any
-	for _, v := range list {
-		if s, ok := v.(string); ok && s != "" {
-			ids = append(ids, s)
-		} else {
-			b, _ := json.Marshal(v)
-			invalid = append(invalid, string(b))
-		}
-	}
-	if len(invalid) > 0 {
-		b, _ := json.Marshal(map[string]any{"error": "job_ids contains invalid id(s)", "invalid_ids": invalid})
+	case err != nil:
+		b, _ := json.Marshal(map[string]any{"error": "job_ids contains invalid id(s)", "invalid_ids": req.Invalid})
 		writeJSON(ctx, fasthttp.StatusBadRequest, b)
 		return
 	}
+	// An isolated key cancels only its own jobs and prompts; the others'
+	// ids count as unknown.
+	ids := s.ownedOnly(requestKey(ctx), req.IDs)
 	cancelled := false
 	lookups := maxCancelLookups
 	for _, id := range ids {

@@ -117,6 +117,9 @@ func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	clientID := comfyapi.PromptRequest{ClientID: fields["client_id"], ExtraData: fields["extra_data"]}.EffectiveClientID()
+	if !s.claimClientID(ctx, clientID) {
+		return
+	}
 	promptID := comfyapi.ClientPromptID(fields["prompt_id"])
 	if promptID != "" {
 		if _, used := s.prompts.Prompt(promptID); used {

@@ -6,7 +6,8 @@ package proxy
 // its routes; the jobs API exists only as /api/jobs). Routes are matched on
 // the raw, still percent-encoded request path, so a %2F inside a
 // /userdata/{file} segment stays one segment, and ids taken from the path
-// are unescaped only for looking them up.
+// are unescaped only for looking them up. Only canonical paths get this
+// far (canon.go): every reader of the raw path sees the same segments.
 //
 // Where a request goes:
 //   - comfygate's own: /health, /metrics, /stats (root only, never forwarded),
@@ -108,6 +109,10 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 		return routeRefused
 	}
 	raw := splitPath(rawRequestURI(ctx))
+	if !requireCanonicalPath(ctx, raw) {
+		s.refused("non_canonical_path")
+		return routeRefused
+	}
 	if route, ok := s.admit(ctx, raw); !ok {
 		return route
 	}
