@@ -16,7 +16,11 @@ package proxy
 //   - every "%" starts a valid escape;
 //   - "/" is never percent-encoded, except in the {file} segments of
 //     /userdata/{file} and /userdata/{file}/move/{dest} (and their /api/
-//     twins), where ComfyUI's web UI sends it as %2F on purpose.
+//     twins), where ComfyUI's web UI sends it as %2F on purpose;
+//   - a route comfygate decides on (decidedRoute) has no trailing "/":
+//     "/history/" is not "/history" to comfygate's router, but an
+//     instance, or a custom node's route, could serve it as the whole
+//     history, to any key.
 //
 // A GET or HEAD whose path is not canonical, but cleans to one, is
 // redirected there with 308, as Go's ServeMux does; any other request is
@@ -88,12 +92,35 @@ func canonicalPath(raw []byte) pathForm {
 	if encodedSlash && !slashEncodedAllowed(raw) {
 		return pathInvalid
 	}
+	if form == pathCanonical && len(raw) > 1 && raw[len(raw)-1] == '/' && decidedRoute(raw[:len(raw)-1]) {
+		return pathCleanable
+	}
 	return form
+}
+
+// decidedRoute reports whether p (without a trailing "/") is, or is under,
+// a route whose answer or effect comfygate decides per key.
+func decidedRoute(p []byte) bool {
+	if bytes.HasPrefix(p, apiPrefix) {
+		p = p[len(apiPrefix)-1:]
+	}
+	switch string(p) {
+	case "/prompt", "/queue", "/history", "/interrupt", "/free", "/view", "/upload/image", "/upload/mask",
+		"/ws", "/jobs", "/remove-background", "/upscale-image", "/workflows", "/userdata", "/settings", "/users", "/internal":
+		return true
+	}
+	for _, prefix := range []string{"/history/", "/jobs/", "/workflows/", "/userdata/", "/settings/", "/internal/", "/v2/userdata"} {
+		if bytes.HasPrefix(p, []byte(prefix)) {
+			return true
+		}
+	}
+	return false
 }
 
 // cleanPath is the canonical form of a path canonicalPath found
 // cleanable: unreserved characters decoded, empty and "." segments
-// dropped, ".." resolved (never above the root), a trailing "/" kept.
+// dropped, ".." resolved (never above the root), a trailing "/" kept
+// except on a decided route.
 func cleanPath(raw []byte) []byte {
 	var segs [][]byte
 	parts := bytes.Split(raw[1:], []byte("/"))
@@ -119,6 +146,9 @@ func cleanPath(raw []byte) []byte {
 	out = append(out, bytes.Join(segs, []byte("/"))...)
 	if last := parts[len(parts)-1]; len(last) == 0 && len(segs) > 0 && len(segs[len(segs)-1]) > 0 {
 		out = append(out, '/')
+	}
+	if len(out) > 1 && out[len(out)-1] == '/' && decidedRoute(out[:len(out)-1]) {
+		out = out[:len(out)-1]
 	}
 	return out
 }
