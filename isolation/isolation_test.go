@@ -611,9 +611,9 @@ func FuzzIsolation(f *testing.F) {
 		f.Add(uint8(r), uint8(1), uint8(0), uint8(0), uint8(0), uint8(0), uint8(0))
 		f.Add(uint8(r), uint8(2), uint8(1), uint8(1), uint8(2), uint8(1), uint8(1))
 	}
-	f.Add(uint8(0), uint8(0), uint8(0), uint8(1), uint8(0), uint8(0), uint8(0)) // {"PROMPT_ID": own}
-	f.Add(uint8(2), uint8(0), uint8(0), uint8(0), uint8(0), uint8(0), uint8(1)) // chunked clear
-	f.Add(uint8(1), uint8(2), uint8(1), uint8(0), uint8(0), uint8(0), uint8(0)) // ["B", 1]
+	f.Add(uint8(0), uint8(0), uint8(0), uint8(1), uint8(0), uint8(0), uint8(0))  // {"PROMPT_ID": own}
+	f.Add(uint8(2), uint8(0), uint8(0), uint8(0), uint8(0), uint8(0), uint8(1))  // chunked clear
+	f.Add(uint8(1), uint8(2), uint8(1), uint8(0), uint8(0), uint8(0), uint8(0))  // ["B", 1]
 	f.Add(uint8(10), uint8(4), uint8(0), uint8(0), uint8(2), uint8(0), uint8(0)) // /api/jobs//B/result
 	f.Add(uint8(20), uint8(0), uint8(0), uint8(0), uint8(0), uint8(1), uint8(0)) // clientId twice
 	w := start(f)
