@@ -3,6 +3,7 @@ package preflight
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -47,7 +48,11 @@ func (r InstanceReport) String() string {
 		where += " (" + r.Addr + ")"
 	}
 	if r.Health != nil {
-		return fmt.Sprintf("%s: unreachable: %s", where, oneLine(r.Health.Error()))
+		what := "unreachable"
+		if errors.As(r.Health, new(statusError)) {
+			what = "health error"
+		}
+		return fmt.Sprintf("%s: %s: %s", where, what, oneLine(r.Health.Error()))
 	}
 	version := r.Version
 	if version == "" {
@@ -195,7 +200,12 @@ func fetch(ctx context.Context, inst *upstream.Instance, path string, timeout ti
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	if status != 200 {
-		return nil, fmt.Errorf("%s: status %d", name, status)
+		return nil, fmt.Errorf("%s: %w", name, statusError(status))
 	}
 	return body, nil
 }
+
+// statusError is an answer other than 200: the instance is reachable.
+type statusError int
+
+func (e statusError) Error() string { return fmt.Sprintf("status %d", int(e)) }

@@ -202,11 +202,14 @@ func TestCheckConnectReportsEveryInstance(t *testing.T) {
 	}
 }
 
-func TestCheckConnectFailsOnAnUnreachableInstance(t *testing.T) {
+func TestCheckConnectFailsOnAnInstanceThatDoesNotAnswer(t *testing.T) {
 	t.Parallel()
 	a := testkit.Sim(t, comfysim.Options{})
 	closed := testkit.ClosedAddr(t)
-	p := writeConfig(t, fmt.Sprintf("instances:\n  - {name: up, address: %q}\n  - {name: down, address: %q}\n", a.Addr(), closed))
+	failing := testkit.Mini(t, "0.3.65")
+	failing.Fail500.Store(true)
+	p := writeConfig(t, fmt.Sprintf("instances:\n  - {name: up, address: %q}\n  - {name: down, address: %q}\n  - {name: sick, address: %q}\n",
+		a.Addr(), closed, failing.Addr()))
 
 	code, out, errOut := check(t, "-config", p, "-connect")
 	if code != 1 {
@@ -215,12 +218,14 @@ func TestCheckConnectFailsOnAnUnreachableInstance(t *testing.T) {
 	if !strings.Contains(out, "instances[0] up (") || !strings.Contains(out, "ComfyUI "+a.Version()+", health answered") {
 		t.Errorf("stdout does not report the instance that answered:\n%s", out)
 	}
-	if strings.Contains(out, "down") {
-		t.Errorf("stdout reports the unreachable instance:\n%s", out)
+	if strings.Contains(out, "down") || strings.Contains(out, "sick") {
+		t.Errorf("stdout reports an instance that failed:\n%s", out)
 	}
 	lines := strings.Split(strings.TrimSuffix(errOut, "\n"), "\n")
-	if len(lines) != 1 || !strings.HasPrefix(lines[0], "instances[1] down ("+closed+"): unreachable: ") {
-		t.Errorf("stderr:\n%s\nwant one line: instances[1] down (%s): unreachable: ...", errOut, closed)
+	if len(lines) != 2 || !strings.HasPrefix(lines[0], "instances[1] down ("+closed+"): unreachable: ") ||
+		lines[1] != "instances[2] sick ("+failing.Addr()+"): health error: system_stats: status 500" {
+		t.Errorf("stderr:\n%s\nwant instances[1] down (%s): unreachable: ... and instances[2] sick (%s): health error: system_stats: status 500",
+			errOut, closed, failing.Addr())
 	}
 }
 
@@ -252,5 +257,21 @@ func TestWritableDir(t *testing.T) {
 	entries, _ := os.ReadDir(dir)
 	if len(entries) != 1 {
 		t.Errorf("writableDir left files behind: %v", entries)
+	}
+}
+
+// TestCheckConnectReachesDiscoveredAddresses: a discover entry is reached
+// at each address its name resolves to, named as the pool names them (an
+// IP literal resolves to itself, so no DNS is needed).
+func TestCheckConnectReachesDiscoveredAddresses(t *testing.T) {
+	t.Parallel()
+	a := testkit.Sim(t, comfysim.Options{})
+	p := writeConfig(t, fmt.Sprintf("instances:\n  - {name: fleet, address: %q, discover: true}\n", a.Addr()))
+	code, out, errOut := check(t, "-config", p, "-connect")
+	if code != 0 || errOut != "" {
+		t.Fatalf("exit %d, stderr %q; want 0 and nothing", code, errOut)
+	}
+	if want := "instances[0] fleet/127.0.0.1 (" + a.Addr() + "): ComfyUI " + a.Version() + ", health answered"; !strings.Contains(out, want) {
+		t.Fatalf("stdout:\n%s\nwant a line with %q", out, want)
 	}
 }
