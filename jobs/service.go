@@ -166,13 +166,12 @@ func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Lo
 	if err != nil {
 		return nil, err
 	}
-	wfs, store, hooks := p.wfs, p.store, p.hooks
 	s := &Service{
 		cfg:         cfg.Jobs,
 		be:          be,
 		m:           m,
 		log:         log,
-		wfs:         wfs,
+		wfs:         p.wfs,
 		now:         time.Now,
 		cancelGrace: max(cfg.Timeout, time.Second),
 		staleAfter:  30 * time.Second,
@@ -186,9 +185,9 @@ func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Lo
 		heartbeat:   15 * time.Second,
 
 		webhookBackoff: time.Second,
-		hooks:          hooks,
+		hooks:          p.hooks,
 		imageURLs:      newImageClient(cfg.ImageURLs),
-		s3:             store,
+		s3:             p.store,
 		inputs:         newInputStore(cfg.Jobs.InputMemoryBytes, cfg.Jobs.StateDir),
 	}
 	s.runCtx, s.stop = context.WithCancel(context.Background())
