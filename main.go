@@ -6,11 +6,14 @@
 //	comfygate demo                            the proxy in front of two simulated instances
 //	comfygate sim [-listen ADDR] ...          one simulated ComfyUI
 //	comfygate healthcheck [-url URL]          exit 0 when /health says healthy (for containers)
+//	comfygate check [-config FILE] [-connect] check the configuration as start-up does
+//	comfygate config defaults                 print the documented default config.yaml
 //	comfygate version
 package main
 
 import (
 	"context"
+	_ "embed"
 	"errors"
 	"flag"
 	"fmt"
@@ -28,6 +31,7 @@ import (
 	"github.com/comfygate/comfygate/jobs"
 	"github.com/comfygate/comfygate/logging"
 	"github.com/comfygate/comfygate/metrics"
+	"github.com/comfygate/comfygate/preflight"
 	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/proxy"
 	"github.com/comfygate/comfygate/upstream"
@@ -37,6 +41,12 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
+// defaultConfig is the repository's config.yaml: every key with its
+// default, documented (comfygate config defaults).
+//
+//go:embed config.yaml
+var defaultConfig []byte
+
 // shutdownGrace bounds how long in-flight requests may take to finish.
 const shutdownGrace = 15 * time.Second
 
@@ -44,6 +54,10 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		var exit preflight.ExitError
+		if errors.As(err, &exit) {
+			os.Exit(exit.Code) // the command wrote why
+		}
 		fmt.Fprintln(os.Stderr, "comfygate:", err)
 		os.Exit(1)
 	}
@@ -63,11 +77,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return comfysim.Command(ctx, args, stdout)
 	case "healthcheck":
 		return healthcheckCommand(ctx, args, stdout)
+	case "check":
+		return preflight.Command(ctx, args, stdout, stderr)
+	case "config":
+		return preflight.ConfigCommand(args, defaultConfig, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "comfygate", version)
 		return nil
 	default:
-		return fmt.Errorf("unknown command %q: want serve, demo, sim, healthcheck or version", cmd)
+		return fmt.Errorf("unknown command %q: want serve, demo, sim, healthcheck, check, config or version", cmd)
 	}
 }
 
@@ -80,7 +98,7 @@ func serveCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return err
 	}
 	load := func() (*config.Config, error) {
-		cfg, err := config.Load(*configPath, nil)
+		cfg, err := preflight.Load(*configPath, nil)
 		if err == nil && *listen != "" {
 			cfg.Listen = *listen
 		}

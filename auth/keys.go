@@ -61,18 +61,31 @@ func Load(cfg *config.Config) (*Keys, error) {
 		}
 		fromFile, err := ParseKeysFile(data)
 		if err != nil {
-			return nil, fmt.Errorf("auth.keys_file %s: %w", path, err)
+			// One error per bad line, each naming the key and the file.
+			var errs []error
+			for _, e := range joined(err) {
+				errs = append(errs, fmt.Errorf("auth.keys_file: %s %w", path, e))
+			}
+			return nil, errors.Join(errs...)
 		}
 		ks.keys = append(ks.keys, fromFile...)
 	}
 	seen := map[string]bool{}
 	for _, k := range ks.keys {
 		if seen[k.Name] {
-			return nil, fmt.Errorf("auth: key name %q is used twice", k.Name)
+			return nil, fmt.Errorf("auth.keys_file: key name %q is used twice (COMFYGATE_*_KEYS take key<n>, admin<n> and metrics<n>)", k.Name)
 		}
 		seen[k.Name] = true
 	}
 	return ks, nil
+}
+
+// joined returns the errors err joins (errors.Join), or err alone.
+func joined(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
 }
 
 // ParseKeysFile reads lines "<name> sha256:<64 hex> [admin] [metrics]";

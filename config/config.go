@@ -395,34 +395,145 @@ func (i Instance) TLS() bool { return strings.HasPrefix(strings.TrimSpace(i.Addr
 
 // Load reads path (may be empty: defaults only), applies the environment
 // overrides found in environ (KEY=VALUE pairs as os.Environ returns them;
-// nil means the process environment) and validates.
+// nil means the process environment) and validates. The error lists every
+// problem found (errors.Join), each on a line of its own starting with its
+// key.
 func Load(path string, environ []string) (*Config, error) {
+	c, err := Read(path, environ)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Read is Load that also returns what it read when it finds errors: the
+// configuration holds the valid values of the file and the environment and
+// the defaults elsewhere, so that a caller can go on looking for what else
+// is wrong (comfygate check). It is nil only when the file cannot be read
+// or is not YAML at all.
+func Read(path string, environ []string) (*Config, error) {
 	if environ == nil {
 		environ = os.Environ()
 	}
 	// Decoding over the defaults keeps them for absent keys and lets an
 	// explicit 0 ("never resubmit", "no backlog") mean 0.
 	c := Default()
+	var errs []error
 	if path != "" {
 		data, err := os.ReadFile(path)
 		if err != nil {
 			return nil, fmt.Errorf("read config: %w", err)
 		}
-		dec := yaml.NewDecoder(bytes.NewReader(data))
-		dec.KnownFields(true)
-		if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("config %s: %s", path, quoteLines(err.Error(), data))
+		if fatal, err := decode(c, path, data); fatal {
+			return nil, err
+		} else if err != nil {
+			// yaml.v3 decodes every other key before it reports the
+			// values it could not take: the rest is still worth checking.
+			errs = append(errs, err)
 		}
 		c.Dir = filepath.Dir(path)
 	}
-	if err := c.applyEnv(environ); err != nil {
-		return nil, err
-	}
+	errs = append(errs, c.applyEnv(environ))
 	c.complete()
-	if err := c.Validate(); err != nil {
-		return nil, err
+	errs = append(errs, c.Validate())
+	return c, errors.Join(errs...)
+}
+
+// decode decodes data over c, refusing unknown keys. A value of the wrong
+// type, or an unknown key, is one error each, naming its key, and c holds
+// every other value; fatal means data is not YAML (c is then unusable).
+func decode(c *Config, path string, data []byte) (fatal bool, err error) {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	err = dec.Decode(c)
+	if err == nil || errors.Is(err, io.EOF) {
+		return false, nil
 	}
-	return c, nil
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		return true, fmt.Errorf("config %s: %s", path, quoteLines(err.Error(), data))
+	}
+	var root yaml.Node
+	_ = yaml.Unmarshal(data, &root) // it decoded above: the tree is there
+	errs := make([]error, 0, len(te.Errors))
+	for _, msg := range te.Errors {
+		key := "config " + path
+		if m := yamlLine.FindStringSubmatch(msg); m != nil {
+			n, _ := strconv.Atoi(m[1])
+			var value string
+			if m := yamlValue.FindStringSubmatch(msg); m != nil {
+				value = m[1]
+			}
+			if k := keyOnLine(&root, n, value); k != "" {
+				key = k
+			}
+		}
+		msg = unknownField.ReplaceAllString(msg, "not a configuration key (config.yaml lists them all)")
+		errs = append(errs, fmt.Errorf("%s: %s %s", key, path, quoteLines(msg, data)))
+	}
+	return false, errors.Join(errs...)
+}
+
+var (
+	unknownField = regexp.MustCompile(`field (\S+) not found in type \S+`)
+	yamlValue    = regexp.MustCompile("cannot unmarshal !!\\w+ `([^`]*)`")
+)
+
+// keyOnLine returns the dotted path ("health_check.interval",
+// "instances[1].address") of the key or sequence item written on line of
+// the YAML document under n, or "" if none is. With several keys on the
+// line (a flow mapping) it returns the one whose value is value, else the
+// mapping holding them.
+func keyOnLine(n *yaml.Node, line int, value string) string {
+	var walk func(n *yaml.Node, path string) (string, bool)
+	walk = func(n *yaml.Node, path string) (string, bool) {
+		switch n.Kind {
+		case yaml.DocumentNode:
+			for _, c := range n.Content {
+				if k, ok := walk(c, path); ok {
+					return k, true
+				}
+			}
+		case yaml.MappingNode:
+			var here []string
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				k, v := n.Content[i], n.Content[i+1]
+				p := k.Value
+				if path != "" {
+					p = path + "." + k.Value
+				}
+				if k.Line == line {
+					if value != "" && v.Kind == yaml.ScalarNode && v.Value == value {
+						return p, true
+					}
+					here = append(here, p)
+					continue
+				}
+				if found, ok := walk(v, p); ok {
+					return found, true
+				}
+			}
+			switch {
+			case len(here) == 1:
+				return here[0], true
+			case len(here) > 1 && path != "":
+				return path, true
+			}
+		case yaml.SequenceNode:
+			for i, c := range n.Content {
+				p := fmt.Sprintf("%s[%d]", path, i)
+				if c.Kind == yaml.ScalarNode && c.Line == line {
+					return p, true
+				}
+				if found, ok := walk(c, p); ok {
+					return found, true
+				}
+			}
+		}
+		return "", false
+	}
+	k, _ := walk(n, "")
+	return k
 }
 
 func (c *Config) applyEnv(environ []string) error {
@@ -439,7 +550,7 @@ func (c *Config) applyEnv(environ []string) error {
 		}
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n <= 0 {
-			errs = append(errs, fmt.Errorf("%s=%q: want a positive number of milliseconds", key, v))
+			errs = append(errs, fmt.Errorf("%s: %q is not allowed: want a positive number of milliseconds", key, v))
 			return
 		}
 		*dst = time.Duration(n) * time.Millisecond
@@ -451,7 +562,7 @@ func (c *Config) applyEnv(environ []string) error {
 		}
 		n, err := strconv.Atoi(v)
 		if err != nil || n <= 0 {
-			errs = append(errs, fmt.Errorf("%s=%q: want a positive whole number", key, v))
+			errs = append(errs, fmt.Errorf("%s: %q is not allowed: want a positive whole number", key, v))
 			return
 		}
 		*dst = n

@@ -181,3 +181,60 @@ func TestInstancesInTheFileReplaceTheDefaultList(t *testing.T) {
 		t.Fatalf("instances = %+v, want only gpu:8188", c.Instances)
 	}
 }
+
+// TestEveryErrorIsReportedWithItsKey gives a file and an environment with
+// several mistakes of every kind (unknown key, wrong type, invalid value,
+// bad environment variable): Load reports each one, starting with its key,
+// and Read still returns what it could read.
+func TestEveryErrorIsReportedWithItsKey(t *testing.T) {
+	t.Parallel()
+	p := writeFile(t, `listen: 127.0.0.1:8190
+timeout: soon
+health_check:
+  intervl: 5s
+  unhealthy_threshold: -1
+instances:
+  - address: "ftp://x:1"
+  - {name: b, address: "y:1", weight: heavy}
+log:
+  level: loud
+`)
+	env := []string{"COMFYUI_TIMEOUT=fast"}
+	_, err := Load(p, env)
+	if err == nil {
+		t.Fatal("Load accepted a file with six mistakes")
+	}
+	lines := strings.Split(err.Error(), "\n")
+	want := []string{
+		"timeout: ",
+		"health_check.intervl: ",
+		"instances[1].weight: ",
+		"COMFYUI_TIMEOUT: ",
+		"health_check.unhealthy_threshold: ",
+		"instances[0].address: ",
+		"log.level (LOG_LEVEL): ",
+	}
+	for _, w := range want {
+		found := false
+		for _, l := range lines {
+			found = found || strings.HasPrefix(l, w)
+		}
+		if !found {
+			t.Errorf("no line starts with %q:\n%s", w, err)
+		}
+	}
+	if len(lines) != len(want) {
+		t.Errorf("%d lines, want %d (one per mistake):\n%s", len(lines), len(want), err)
+	}
+
+	c, rerr := Read(p, env)
+	if rerr == nil || rerr.Error() != err.Error() {
+		t.Fatalf("Read error differs from Load's:\n%v\n---\n%v", rerr, err)
+	}
+	if c == nil || c.Listen != "127.0.0.1:8190" || len(c.Instances) != 2 || c.Instances[1].Name != "b" {
+		t.Fatalf("Read did not return the valid values it read: %+v", c)
+	}
+	if c, err := Read(writeFile(t, "listen: [unclosed\n"), []string{}); c != nil || err == nil || !strings.Contains(err.Error(), "line 1") {
+		t.Fatalf("Read of a file that is not YAML = %v, %v; want no config and an error naming the line", c, err)
+	}
+}

@@ -122,30 +122,56 @@ func New(cfg *config.Config, pool *upstream.Pool, table *prompts.Table, m *metri
 	return newService(cfg, poolBackend{pool, table}, m, log)
 }
 
+// Check reports every error New would refuse cfg for, each starting with
+// its key, without building anything that runs: the workflows (files
+// read and parsed), the S3 store and the default webhook URL. The state
+// directory is not opened.
+func Check(cfg *config.Config) error {
+	_, err := prepare(cfg)
+	return err
+}
+
+// prepared is what a Service is built from besides the configuration.
+type prepared struct {
+	wfs   map[string]*workflow
+	store *s3Store
+	hooks *outboundClient
+}
+
+// prepare builds what New needs from cfg, with every error it finds.
+func prepare(cfg *config.Config) (prepared, error) {
+	var p prepared
+	var errs []error
+	var err error
+	if p.wfs, err = loadWorkflows(cfg); err != nil {
+		errs = append(errs, err)
+	}
+	if p.store, err = newS3Store(cfg.Jobs.S3); err != nil {
+		errs = append(errs, err)
+	}
+	p.hooks = newWebhookClient(cfg.Webhooks)
+	if u := cfg.Webhooks.DefaultURL; u != "" {
+		if err := p.hooks.check(u); err != nil {
+			errs = append(errs, fmt.Errorf("webhooks.default_url: %w", err))
+		}
+	}
+	return p, errors.Join(errs...)
+}
+
 func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Logger) (*Service, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	wfs, err := loadWorkflows(cfg)
+	p, err := prepare(cfg)
 	if err != nil {
 		return nil, err
-	}
-	store, err := newS3Store(cfg.Jobs.S3)
-	if err != nil {
-		return nil, err
-	}
-	hooks := newWebhookClient(cfg.Webhooks)
-	if u := cfg.Webhooks.DefaultURL; u != "" {
-		if err := hooks.check(u); err != nil {
-			return nil, fmt.Errorf("webhooks.default_url: %w", err)
-		}
 	}
 	s := &Service{
 		cfg:         cfg.Jobs,
 		be:          be,
 		m:           m,
 		log:         log,
-		wfs:         wfs,
+		wfs:         p.wfs,
 		now:         time.Now,
 		cancelGrace: max(cfg.Timeout, time.Second),
 		staleAfter:  30 * time.Second,
@@ -159,9 +185,9 @@ func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Lo
 		heartbeat:   15 * time.Second,
 
 		webhookBackoff: time.Second,
-		hooks:          hooks,
+		hooks:          p.hooks,
 		imageURLs:      newImageClient(cfg.ImageURLs),
-		s3:             store,
+		s3:             p.store,
 		inputs:         newInputStore(cfg.Jobs.InputMemoryBytes, cfg.Jobs.StateDir),
 	}
 	s.runCtx, s.stop = context.WithCancel(context.Background())

@@ -162,7 +162,7 @@ func loadWorkflows(cfg *config.Config) (map[string]*workflow, error) {
 
 // parseWorkflow parses and validates one API-format graph.
 func parseWorkflow(name, source string, data []byte, c config.Workflow) (*workflow, error) {
-	prefix := fmt.Sprintf("workflow %q (%s)", name, source)
+	prefix := fmt.Sprintf("workflows.%s: %s", name, source)
 	var raw map[string]json.RawMessage
 	if err := json.Unmarshal(data, &raw); err != nil {
 		var se *json.SyntaxError

@@ -56,7 +56,7 @@ func TestWorkflowConfig(t *testing.T) {
 		{desc: "built-in settings changed", wfs: map[string]config.Workflow{"upscale-image": {ImageInput: "image", Overridable: []string{"4.filename_prefix"}}}},
 		{desc: "unknown built-in", wfs: map[string]config.Workflow{"nope": {ImageInput: "image"}}, want: []string{"workflows.nope", "set file"}},
 		{desc: "missing file", wfs: map[string]config.Workflow{"x": {File: "absent.json", ImageNode: "1", ImageInput: "image", OutputNode: "2"}}, want: []string{"workflows.x", "absent.json"}},
-		{desc: "bad json", wfs: map[string]config.Workflow{"x": {File: write("bad.json", "{\n\"1\": {,\n}"), ImageNode: "1", ImageInput: "image", OutputNode: "1"}}, want: []string{`workflow "x"`, "bad.json", "line 2"}},
+		{desc: "bad json", wfs: map[string]config.Workflow{"x": {File: write("bad.json", "{\n\"1\": {,\n}"), ImageNode: "1", ImageInput: "image", OutputNode: "1"}}, want: []string{"workflows.x: ", "bad.json", "line 2"}},
 		{desc: "ui format", wfs: map[string]config.Workflow{"x": {File: write("ui.json", `{"nodes": [], "links": [], "version": 0.4}`), ImageNode: "1", ImageInput: "image", OutputNode: "1"}}, want: []string{"ui.json", "UI-format", "API"}},
 		{desc: "no class_type", wfs: map[string]config.Workflow{"x": {File: write("nc.json", `{"1": {"inputs": {}}}`), ImageNode: "1", ImageInput: "image", OutputNode: "1"}}, want: []string{"nc.json", `node "1"`, "class_type"}},
 		{desc: "dangling link", wfs: map[string]config.Workflow{"x": {File: write("dl.json", `{"1": {"class_type": "SaveImage", "inputs": {"images": ["9", 0]}}}`), OutputNode: "1"}}, want: []string{"dl.json", `node "1" (SaveImage)`, `"9"`}},
