@@ -75,6 +75,7 @@ type Metrics struct {
 	promptsFinished  *prometheus.CounterVec
 	promptDuration   *prometheus.HistogramVec
 	resubmissions    *prometheus.CounterVec
+	ranTwice         *prometheus.CounterVec
 	wsClients        prometheus.Gauge
 	eventsRouted     *prometheus.CounterVec
 	slowDropped      prometheus.Counter
@@ -146,6 +147,7 @@ func New(version string) *Metrics {
 	m.promptsFinished = counter("prompts_finished_total", "Prompts finished per instance, by outcome (success, error, interrupted, lost).", "upstream", "outcome")
 	m.promptDuration = histogram("prompt_duration_seconds", "Time from submission to the end of a prompt on the instance, by outcome.", DurationBuckets, "upstream", "outcome")
 	m.resubmissions = counter("prompt_resubmissions_total", "Accepted prompts resubmitted from a failed instance to another, by result (ok, failed).", "from", "to", "result")
+	m.ranTwice = counter("prompts_ran_twice_total", "Prompts that ran to success on an instance after they had moved off it and already ended elsewhere: the prompt running when its instance hung, which runs on when the instance wakes. By the instance where it ran again.", "upstream")
 	m.wsClients = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "ws_clients", Help: "Client WebSocket connections currently open."})
 	m.eventsRouted = counter("ws_events_routed_total", "WebSocket messages routed to clients, by kind (text, binary, broadcast).", "kind")
 	m.slowDropped = prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "ws_slow_clients_dropped_total", Help: "Client WebSockets closed because they did not keep up."})
@@ -164,7 +166,7 @@ func New(version string) *Metrics {
 		m.upstreamUp, m.upstreamInfo, m.breakerState, m.breakerTrans, m.inflight,
 		m.queueDepth, m.socketConnected, m.draining, m.reconnects, m.outcomes, m.healthCheck,
 		m.requests, m.requestDuration,
-		m.promptsSubmitted, m.promptsFinished, m.promptDuration, m.resubmissions,
+		m.promptsSubmitted, m.promptsFinished, m.promptDuration, m.resubmissions, m.ranTwice,
 		m.wsClients, m.eventsRouted, m.slowDropped, m.backlogReplayed,
 		m.jobsSubmitted, m.jobsFinished, m.jobRunDuration, m.jobWaitDuration,
 		m.waitLine, m.jobsInFlight,
@@ -328,7 +330,7 @@ func (m *Metrics) RemoveInstance(instance string) {
 		m.upstreamUp, m.upstreamInfo, m.breakerState, m.breakerTrans, m.inflight,
 		m.queueDepth, m.socketConnected, m.draining, m.reconnects, m.outcomes, m.healthCheck,
 		m.requests, m.requestDuration,
-		m.promptsSubmitted, m.promptsFinished, m.promptDuration,
+		m.promptsSubmitted, m.promptsFinished, m.promptDuration, m.ranTwice,
 	} {
 		v.DeletePartialMatch(byUpstream)
 	}
@@ -400,6 +402,15 @@ func (m *Metrics) IncResubmission(from, to string, ok bool) {
 		result = "ok"
 	}
 	m.resubmissions.WithLabelValues(from, to, result).Inc()
+}
+
+// PromptRanTwice counts one prompt that ran to success on instance after
+// it had moved off it and already ended elsewhere.
+func (m *Metrics) PromptRanTwice(instance string) {
+	if m == nil {
+		return
+	}
+	m.ranTwice.WithLabelValues(instance).Inc()
 }
 
 // AddWSClients adds delta (negative on disconnect) to the open client

@@ -407,6 +407,12 @@ func (s *instSocket) routeLocked(f frame) {
 		// one must not run here: stop it; one that ran here to success
 		// after all ends with this run (CleanUp reclaims it).
 		if (f.typ == comfyapi.TypeExecutionStart || f.typ == comfyapi.TypeExecutionSuccess) && s.t.tombstoned(s.inst, f.uid) {
+			if f.typ == comfyapi.TypeExecutionSuccess && s.t.endedElsewhere(s.inst, f.uid) {
+				// Too late to remove: it was running here when the
+				// instance stopped answering, and ran on when it woke.
+				s.t.m.PromptRanTwice(s.inst.Name)
+				s.t.log.Info("prompts: a moved prompt also ran to success where it was", "instance", s.inst.Name, "upstream_id", f.uid)
+			}
 			s.t.cleanUpLater(s)
 		}
 		return

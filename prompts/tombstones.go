@@ -91,6 +91,19 @@ func (t *Table) tombstoned(inst *upstream.Instance, uid string) bool {
 	return false
 }
 
+// endedElsewhere reports whether the prompt tombstoned at inst under
+// upstream id uid has already ended where it moved to.
+func (t *Table) endedElsewhere(inst *upstream.Instance, uid string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, tb := range t.pruneTombsLocked(inst, time.Now()) {
+		if tb.uid == uid {
+			return tb.pr != nil && !tb.pr.Life().Live()
+		}
+	}
+	return false
+}
+
 // tombstonesAt returns the prompts moved off inst.
 func (t *Table) tombstonesAt(inst *upstream.Instance) []tomb {
 	t.mu.Lock()

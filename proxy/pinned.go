@@ -38,6 +38,12 @@ func (s *Server) locate(id string) (*upstream.Instance, string, error) {
 
 // getHistoryByID serves GET /history/{id} from the prompt's instance,
 // rewritten to the client's ids. Unknown ids get ComfyUI's answer: {}.
+//
+// The read follows its prompt: it waits for the instance's first byte at
+// most health_check.timeout while the instance might be hung, and when no
+// answer came, goes to wherever the prompt is now (failover moved it) or,
+// if it is still pinned there, answers {} as ComfyUI does for a prompt not
+// done yet, so a polling client asks again instead of getting a 504.
 func (s *Server) getHistoryByID(ctx *fasthttp.RequestCtx, id string) {
 	inst, upID, err := s.locate(id)
 	if errors.Is(err, prompts.ErrUnknownPrompt) {
@@ -49,25 +55,38 @@ func (s *Server) getHistoryByID(ctx *fasthttp.RequestCtx, id string) {
 		s.writeError(ctx, err)
 		return
 	}
-	err = s.forward(ctx, inst, &forwardOpts{
-		uri:    []byte("/history/" + url.PathEscape(upID)),
-		pinned: true,
-		rewrite: func(inst *upstream.Instance, status int, body []byte) []byte {
-			if status != fasthttp.StatusOK {
-				return body
-			}
-			return s.rewriteHistoryObject(inst, body)
-		},
-	})
+	opts := func(upID string, timeout time.Duration) *forwardOpts {
+		return &forwardOpts{
+			uri:     []byte("/history/" + url.PathEscape(upID)),
+			pinned:  true,
+			timeout: timeout,
+			rewrite: func(inst *upstream.Instance, status int, body []byte) []byte {
+				if status != fasthttp.StatusOK {
+					return body
+				}
+				return s.rewriteHistoryObject(inst, body)
+			},
+		}
+	}
+	err = s.forward(ctx, inst, opts(upID, s.pinnedReadTimeout(inst)))
 	if err == nil {
 		return
 	}
-	// The instance is gone. A prompt comfygate still holds is being moved
-	// to another instance (failover): to the client it is still queued or
-	// running, which ComfyUI answers with {}. A finished prompt's history
-	// went with its instance: {} too, as after ComfyUI evicts an entry.
+	if upstream.NoAnswer(err) {
+		if now, nowID, ok := s.movedFrom(id, inst); ok {
+			s.log.Info("history read follows its moved prompt", "prompt_id", id, "from", inst.Name, "to", now.Name)
+			if err = s.forward(ctx, now, opts(nowID, 0)); err == nil {
+				return
+			}
+		}
+	}
+	// The instance is gone or silent. A prompt comfygate still holds is
+	// being moved to another instance (failover): to the client it is
+	// still queued or running, which ComfyUI answers with {}. A finished
+	// prompt's history went with its instance, or waits for it to wake:
+	// {} too, as after ComfyUI evicts an entry.
 	p, known := s.prompts.Prompt(id)
-	if isDialError(err) || (known && p.State() != prompts.PromptDone) {
+	if isDialError(err) || upstream.NoAnswer(err) || (known && p.State() != prompts.PromptDone) {
 		s.log.Info("history of a prompt on an unreachable instance", "prompt_id", id, "instance", inst.Name, "err", err)
 		ctx.Response.Reset()
 		ctx.SetContentType(jsonContentType)
@@ -75,6 +94,34 @@ func (s *Server) getHistoryByID(ctx *fasthttp.RequestCtx, id string) {
 		return
 	}
 	s.writeError(ctx, err)
+}
+
+// pinnedReadTimeout bounds a read pinned to a prompt's instance:
+// readTimeout while another instance is healthy (the prompt may move
+// there), else COMFYUI_TIMEOUT (0: the default).
+func (s *Server) pinnedReadTimeout(inst *upstream.Instance) time.Duration {
+	if s.othersLeft(inst, nil) {
+		return s.readTimeout()
+	}
+	return 0
+}
+
+// movedFrom reports where prompt id is now, with its id there, when that
+// is no longer inst.
+func (s *Server) movedFrom(id string, inst *upstream.Instance) (*upstream.Instance, string, bool) {
+	p, known := s.prompts.Prompt(id)
+	if !known {
+		return nil, "", false
+	}
+	now := p.Instance()
+	if now == nil || now == inst {
+		return nil, "", false
+	}
+	upID := id
+	if u := p.UpstreamID(); u != "" {
+		upID = u
+	}
+	return now, upID, true
 }
 
 // callResult is one instance's answer to a fanned-out call.
@@ -369,16 +416,30 @@ func (s *Server) getJobByID(ctx *fasthttp.RequestCtx, id string) {
 		s.writeError(ctx, err)
 		return
 	}
-	s.forwardTo(ctx, inst, &forwardOpts{
-		uri: []byte("/api/jobs/" + url.PathEscape(upID)),
-		rewrite: func(inst *upstream.Instance, status int, body []byte) []byte {
-			if status != fasthttp.StatusOK {
-				return body
-			}
-			_, out := s.rewriteJob(inst, body)
-			return out
-		},
-	})
+	opts := func(upID string, timeout time.Duration) *forwardOpts {
+		return &forwardOpts{
+			uri:     []byte("/api/jobs/" + url.PathEscape(upID)),
+			pinned:  true,
+			timeout: timeout,
+			rewrite: func(inst *upstream.Instance, status int, body []byte) []byte {
+				if status != fasthttp.StatusOK {
+					return body
+				}
+				_, out := s.rewriteJob(inst, body)
+				return out
+			},
+		}
+	}
+	// Like /history/{id}, the read follows its prompt off a silent instance.
+	err = s.forward(ctx, inst, opts(upID, s.pinnedReadTimeout(inst)))
+	if err != nil && upstream.NoAnswer(err) {
+		if now, nowID, ok := s.movedFrom(id, inst); ok {
+			err = s.forward(ctx, now, opts(nowID, 0))
+		}
+	}
+	if err != nil {
+		s.writeError(ctx, err)
+	}
 }
 
 // cancelOne cancels a facade job or a prompt, wherever it is.
