@@ -281,7 +281,7 @@ func TestVideoOutputRoundTrips(t *testing.T) {
 				c.Jobs.OutputMemoryBytes = tc.memory
 				c.Jobs.OutputDir = dir
 			})
-			code, _, b := postJSON(h, "/api/workflows/video?wait=20s", map[string]any{"frames": 4, "fps": "4", "save": true})
+			code, _, b := postJSON(h, "/api/workflows/video?wait=20s", map[string]any{"frames": 4, "fps": 4, "save": true})
 			if code != 200 {
 				t.Fatalf("submit: %d %s", code, b)
 			}
