@@ -138,7 +138,8 @@ type sseEvent struct {
 }
 
 // readEvents reads events from an SSE body until the stream ends or stop
-// says so after an event.
+// says so after an event. Each event's data is checked against the
+// OpenAPI document's Event.
 func readEvents(t *testing.T, body io.Reader, stop func(sseEvent) bool) ([]sseEvent, bool) {
 	t.Helper()
 	var evs []sseEvent
@@ -149,6 +150,7 @@ func readEvents(t *testing.T, body io.Reader, stop func(sseEvent) bool) ([]sseEv
 		switch {
 		case line == "":
 			if cur.typ != "" {
+				checkSchema(t, "/components/schemas/Event", []byte(cur.data))
 				evs = append(evs, cur)
 				if stop(cur) {
 					return evs, false
@@ -364,6 +366,26 @@ func TestTypedParameters(t *testing.T) {
 	if code, _, b := postJSON(h, "/api/workflows/video", map[string]any{"frames": 65}); code != 400 || !strings.Contains(string(b), "maximum") {
 		t.Fatalf("above max: %d %s", code, b)
 	}
+	// A JSON value must have the parameter's type: text that reads as one is refused.
+	for _, tc := range []struct {
+		field string
+		value any
+		want  string
+	}{
+		{"width", "40", "want an integer (a JSON number), got a string"},
+		{"fps", "4.5", "want a number, got a string"},
+		{"save", "true", "want true or false (a JSON boolean), got a string"},
+		{"width", true, "want an integer (a JSON number), got a boolean"},
+		{"format", 1, "want a string, got a number"},
+	} {
+		code, _, b := postJSON(h, "/api/workflows/video?dry_run=1", map[string]any{"frames": 2, tc.field: tc.value})
+		e.Error.Details = nil
+		_ = json.Unmarshal(b, &e)
+		if code != 400 || e.Error.Type != errInvalidParams || len(e.Error.Details) != 1 ||
+			e.Error.Details[0] != (fieldError{Field: tc.field, Message: tc.want}) || !strings.Contains(string(b), tc.field+": "+tc.want) {
+			t.Errorf("%s %v: %d %s, want 400 naming %q", tc.field, tc.value, code, b, tc.want)
+		}
+	}
 	// Multipart text fields are read by type.
 	mp, ct := multipartBody(t, "", "", nil, map[string]string{"frames": "2", "width": "8", "save": "false"})
 	code, _, b = h.do("POST", "/api/workflows/video?wait=20s", ct, mp)
@@ -375,6 +397,26 @@ func TestTypedParameters(t *testing.T) {
 	_, _, data := h.do("GET", v.Outputs[0].URL, "", nil)
 	if g, err := gif.DecodeAll(bytes.NewReader(data)); err != nil || len(g.Image) != 2 || g.Image[0].Bounds().Dx() != 8 {
 		t.Fatalf("the parameters did not reach the graph: %v", err)
+	}
+	if v.ImageBase64 != "" {
+		t.Fatalf("a generic workflow's answer carries image_base64 unasked: %.80s", b)
+	}
+	// One request is enough: include=base64 carries the first output inline.
+	code, _, b = postJSON(h, "/api/workflows/video?wait=20s&include=base64", map[string]any{"frames": 2, "width": 8})
+	v = waitedView{}
+	_ = json.Unmarshal(b, &v)
+	const gifPrefix = "data:image/gif;base64,"
+	if code != 200 || v.Status != statusCompleted || v.ContentType != "image/gif" || !strings.HasPrefix(v.ImageBase64, gifPrefix) || v.Outputs[0].Base64 != "" {
+		t.Fatalf("include=base64: %d %.200s", code, b)
+	}
+	inline, err := base64.StdEncoding.DecodeString(v.ImageBase64[len(gifPrefix):])
+	if g, gerr := gif.DecodeAll(bytes.NewReader(inline)); err != nil || gerr != nil || len(g.Image) != 2 {
+		t.Fatalf("include=base64: the inline image is no 2-frame GIF: %v %v", err, gerr)
+	}
+	for _, q := range []string{"include=outputs", "include=base64&base64=0"} {
+		if code, _, b := postJSON(h, "/api/workflows/video?wait=20s&"+q, map[string]any{"frames": 2}); code != 400 || !strings.Contains(string(b), errInvalidRequest) {
+			t.Errorf("%s: %d %s, want 400", q, code, b)
+		}
 	}
 
 	// The list with JSON Schema.
@@ -474,6 +516,9 @@ func (r *webhookReceiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	}
 }
 
+// webhookBodySchema is where the OpenAPI document describes a webhook's body.
+const webhookBodySchema = "/webhooks/jobFinished/post/requestBody/content/application~1json/schema"
+
 func TestWebhookSignedAndRetried(t *testing.T) {
 	t.Parallel()
 	rcv := &webhookReceiver{fail: 2, got: make(chan struct{}, 1)}
@@ -520,6 +565,7 @@ func TestWebhookSignedAndRetried(t *testing.T) {
 	if last.Header.Get("webhook-signature") != want {
 		t.Fatalf("signature %q, want %q", last.Header.Get("webhook-signature"), want)
 	}
+	checkSchema(t, webhookBodySchema, bodies[2])
 	var payload struct {
 		Type string    `json:"type"`
 		Data eventView `json:"data"`
@@ -757,6 +803,7 @@ func TestWebhookProgress(t *testing.T) {
 	var types []string
 	last := 0
 	for i, body := range rcv.body {
+		checkSchema(t, webhookBodySchema, body)
 		var p struct {
 			Type string `json:"type"`
 		}
