@@ -395,3 +395,57 @@ func TestWorkflowSchemaListsAcceptedFields(t *testing.T) {
 		}
 	}
 }
+
+// TestSubmissionAnswersDiscriminate: a submission's 200 is one of several
+// shapes, told apart by status alone: every alternative requires status
+// with its own const or enum values, and the discriminator's mapping names
+// exactly those values, each for the alternative that declares it.
+func TestSubmissionAnswersDiscriminate(t *testing.T) {
+	t.Parallel()
+	c := contract(t)
+	for _, route := range []string{routeRemoveBackground, routeUpscaleImage, "/api/workflows/{name}"} {
+		v, _ := c.lookup(pointer("paths", route, "post", "responses", "200", "content", "application/json", "schema"))
+		sch, _ := v.(map[string]any)
+		one, _ := sch["oneOf"].([]any)
+		disc, _ := sch["discriminator"].(map[string]any)
+		if len(one) < 2 || disc == nil || disc["propertyName"] != "status" {
+			t.Fatalf("%s: 200 schema %v, want a oneOf discriminated on status", route, sch)
+		}
+		mapping, _ := disc["mapping"].(map[string]any)
+		seen := map[string]string{}
+		for _, alt := range one {
+			ref, _ := alt.(map[string]any)["$ref"].(string)
+			target, ok := c.lookup(strings.TrimPrefix(ref, "#"))
+			m, _ := target.(map[string]any)
+			if !ok || m == nil {
+				t.Fatalf("%s: alternative %v does not resolve", route, alt)
+			}
+			req, _ := m["required"].([]any)
+			status, _ := m["properties"].(map[string]any)["status"].(map[string]any)
+			if !slices.Contains(req, any("status")) || status == nil {
+				t.Errorf("%s: %s does not require a status of its own", route, ref)
+				continue
+			}
+			values, _ := status["enum"].([]any)
+			if cv, ok := status["const"]; ok {
+				values = append(values, cv)
+			}
+			if len(values) == 0 {
+				t.Errorf("%s: %s's status has no const or enum", route, ref)
+			}
+			for _, val := range values {
+				s, _ := val.(string)
+				if other, dup := seen[s]; dup {
+					t.Errorf("%s: status %q is both %s and %s", route, s, other, ref)
+				}
+				seen[s] = ref
+				if mapping[s] != ref {
+					t.Errorf("%s: the discriminator maps %q to %v, want %s", route, s, mapping[s], ref)
+				}
+			}
+		}
+		if len(mapping) != len(seen) {
+			t.Errorf("%s: the mapping %v names values no alternative declares (%v)", route, mapping, seen)
+		}
+	}
+}
