@@ -185,6 +185,7 @@ func TestEventStreamResumes(t *testing.T) {
 		if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
 			t.Fatalf("events: %d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
 		}
+		checkAnswer(t, "GET", req.URL.Path, resp.StatusCode, resp.Header, nil) // the events are checked as they are read
 		return resp
 	}
 	// First connection: dropped after the first progress event.
@@ -835,6 +836,7 @@ func TestQueuedEventsFollowThePlace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	checkAnswer(t, "GET", resp.Request.URL.Path, resp.StatusCode, resp.Header, nil)
 	evs, _ := readEvents(t, resp.Body, func(e sseEvent) bool { return e.typ == evStarted })
 	resp.Body.Close()
 	var places []int
