@@ -757,10 +757,19 @@ func TestImageParameters(t *testing.T) {
 	if v := (waitedView{}); code != 200 || json.Unmarshal(b, &v) != nil || v.Status != statusCompleted {
 		t.Fatalf("parameter called image: %d %s", code, b)
 	}
-	code, _, b = postJSON(h2, "/api/workflows/two?wait=20s", map[string]any{
-		"image": base64.StdEncoding.EncodeToString(small), "overlay": base64.StdEncoding.EncodeToString(large)})
-	if v := (waitedView{}); code != 200 || json.Unmarshal(b, &v) != nil || v.Status != statusCompleted {
-		t.Fatalf("parameter called image, JSON: %d %s", code, b)
+	schema := workflowSchemas(h2)["two"]
+	for _, key := range []string{"image", keyImageBase64} {
+		body, _ := json.Marshal(map[string]any{key: base64.StdEncoding.EncodeToString(small), "overlay": base64.StdEncoding.EncodeToString(large)})
+		code, _, b = h2.do("POST", "/api/workflows/two?wait=20s", "application/json", body)
+		if v := (waitedView{}); code != 200 || json.Unmarshal(b, &v) != nil || v.Status != statusCompleted {
+			t.Fatalf("parameter called image, JSON %s: %d %s", key, code, b)
+		}
+		if err := checkBody(schema, body); err != nil {
+			t.Errorf("parameter called image, JSON %s: accepted, yet the workflow's schema refuses it: %v", key, err)
+		}
+	}
+	if err := checkBody(schema, []byte(`{"overlay": "AA=="}`)); err == nil {
+		t.Error("the workflow's schema lets the required image out")
 	}
 
 	// A host that is not allowed, and a file that is no image: both reported.

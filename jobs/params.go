@@ -291,8 +291,10 @@ func (wf *workflow) paramSchema() map[string]any {
 			"description": "the image (PNG, JPEG, WebP or GIF), base64, with or without a data: prefix; or a multipart file field \"image\""}
 		required = append(required, "image_base64")
 	}
+	imageAlias := false
 	if p, ok := wf.param("image"); ok && p.Type == ptImage && !wf.needsImage() {
 		// The JSON key image_base64 fills the parameter called "image" too.
+		imageAlias = true
 		props["image_base64"] = map[string]any{"type": "string", "contentEncoding": "base64",
 			"description": "the parameter \"image\" under the name the built-in routes use"}
 	}
@@ -358,6 +360,11 @@ func (wf *workflow) paramSchema() map[string]any {
 	}
 	if len(wf.cfg.Parameters) > 0 {
 		schema["additionalProperties"] = false
+	}
+	if imageAlias && slices.Contains(required, "image") {
+		// Either name gives the required image.
+		required = slices.DeleteFunc(required, func(n string) bool { return n == "image" })
+		schema["anyOf"] = []any{map[string]any{"required": []string{"image"}}, map[string]any{"required": []string{keyImageBase64}}}
 	}
 	if len(required) > 0 {
 		schema["required"] = required
