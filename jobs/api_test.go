@@ -138,7 +138,8 @@ type sseEvent struct {
 }
 
 // readEvents reads events from an SSE body until the stream ends or stop
-// says so after an event.
+// says so after an event. Each event's data is checked against the
+// OpenAPI document's Event.
 func readEvents(t *testing.T, body io.Reader, stop func(sseEvent) bool) ([]sseEvent, bool) {
 	t.Helper()
 	var evs []sseEvent
@@ -149,6 +150,7 @@ func readEvents(t *testing.T, body io.Reader, stop func(sseEvent) bool) ([]sseEv
 		switch {
 		case line == "":
 			if cur.typ != "" {
+				checkSchema(t, "/components/schemas/Event", []byte(cur.data))
 				evs = append(evs, cur)
 				if stop(cur) {
 					return evs, false
@@ -183,6 +185,7 @@ func TestEventStreamResumes(t *testing.T) {
 		if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
 			t.Fatalf("events: %d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
 		}
+		checkAnswer(t, "GET", req.URL.Path, resp.StatusCode, resp.Header, nil) // the events are checked as they are read
 		return resp
 	}
 	// First connection: dropped after the first progress event.
@@ -281,7 +284,7 @@ func TestVideoOutputRoundTrips(t *testing.T) {
 				c.Jobs.OutputMemoryBytes = tc.memory
 				c.Jobs.OutputDir = dir
 			})
-			code, _, b := postJSON(h, "/api/workflows/video?wait=20s", map[string]any{"frames": 4, "fps": "4", "save": true})
+			code, _, b := postJSON(h, "/api/workflows/video?wait=20s", map[string]any{"frames": 4, "fps": 4, "save": true})
 			if code != 200 {
 				t.Fatalf("submit: %d %s", code, b)
 			}
@@ -364,6 +367,26 @@ func TestTypedParameters(t *testing.T) {
 	if code, _, b := postJSON(h, "/api/workflows/video", map[string]any{"frames": 65}); code != 400 || !strings.Contains(string(b), "maximum") {
 		t.Fatalf("above max: %d %s", code, b)
 	}
+	// A JSON value must have the parameter's type: text that reads as one is refused.
+	for _, tc := range []struct {
+		field string
+		value any
+		want  string
+	}{
+		{"width", "40", "want an integer (a JSON number), got a string"},
+		{"fps", "4.5", "want a number, got a string"},
+		{"save", "true", "want true or false (a JSON boolean), got a string"},
+		{"width", true, "want an integer (a JSON number), got a boolean"},
+		{"format", 1, "want a string, got a number"},
+	} {
+		code, _, b := postJSON(h, "/api/workflows/video?dry_run=1", map[string]any{"frames": 2, tc.field: tc.value})
+		e.Error.Details = nil
+		_ = json.Unmarshal(b, &e)
+		if code != 400 || e.Error.Type != errInvalidParams || len(e.Error.Details) != 1 ||
+			e.Error.Details[0] != (fieldError{Field: tc.field, Message: tc.want}) || !strings.Contains(string(b), tc.field+": "+tc.want) {
+			t.Errorf("%s %v: %d %s, want 400 naming %q", tc.field, tc.value, code, b, tc.want)
+		}
+	}
 	// Multipart text fields are read by type.
 	mp, ct := multipartBody(t, "", "", nil, map[string]string{"frames": "2", "width": "8", "save": "false"})
 	code, _, b = h.do("POST", "/api/workflows/video?wait=20s", ct, mp)
@@ -375,6 +398,26 @@ func TestTypedParameters(t *testing.T) {
 	_, _, data := h.do("GET", v.Outputs[0].URL, "", nil)
 	if g, err := gif.DecodeAll(bytes.NewReader(data)); err != nil || len(g.Image) != 2 || g.Image[0].Bounds().Dx() != 8 {
 		t.Fatalf("the parameters did not reach the graph: %v", err)
+	}
+	if v.ImageBase64 != "" {
+		t.Fatalf("a generic workflow's answer carries image_base64 unasked: %.80s", b)
+	}
+	// One request is enough: include=base64 carries the first output inline.
+	code, _, b = postJSON(h, "/api/workflows/video?wait=20s&include=base64", map[string]any{"frames": 2, "width": 8})
+	v = waitedView{}
+	_ = json.Unmarshal(b, &v)
+	const gifPrefix = "data:image/gif;base64,"
+	if code != 200 || v.Status != statusCompleted || v.ContentType != "image/gif" || !strings.HasPrefix(v.ImageBase64, gifPrefix) || v.Outputs[0].Base64 != "" {
+		t.Fatalf("include=base64: %d %.200s", code, b)
+	}
+	inline, err := base64.StdEncoding.DecodeString(v.ImageBase64[len(gifPrefix):])
+	if g, gerr := gif.DecodeAll(bytes.NewReader(inline)); err != nil || gerr != nil || len(g.Image) != 2 {
+		t.Fatalf("include=base64: the inline image is no 2-frame GIF: %v %v", err, gerr)
+	}
+	for _, q := range []string{"include=outputs", "include=base64&base64=0"} {
+		if code, _, b := postJSON(h, "/api/workflows/video?wait=20s&"+q, map[string]any{"frames": 2}); code != 400 || !strings.Contains(string(b), errInvalidRequest) {
+			t.Errorf("%s: %d %s, want 400", q, code, b)
+		}
 	}
 
 	// The list with JSON Schema.
@@ -474,6 +517,9 @@ func (r *webhookReceiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	}
 }
 
+// webhookBodySchema is where the OpenAPI document describes a webhook's body.
+const webhookBodySchema = "/webhooks/jobFinished/post/requestBody/content/application~1json/schema"
+
 func TestWebhookSignedAndRetried(t *testing.T) {
 	t.Parallel()
 	rcv := &webhookReceiver{fail: 2, got: make(chan struct{}, 1)}
@@ -520,6 +566,7 @@ func TestWebhookSignedAndRetried(t *testing.T) {
 	if last.Header.Get("webhook-signature") != want {
 		t.Fatalf("signature %q, want %q", last.Header.Get("webhook-signature"), want)
 	}
+	checkSchema(t, webhookBodySchema, bodies[2])
 	var payload struct {
 		Type string    `json:"type"`
 		Data eventView `json:"data"`
@@ -710,10 +757,19 @@ func TestImageParameters(t *testing.T) {
 	if v := (waitedView{}); code != 200 || json.Unmarshal(b, &v) != nil || v.Status != statusCompleted {
 		t.Fatalf("parameter called image: %d %s", code, b)
 	}
-	code, _, b = postJSON(h2, "/api/workflows/two?wait=20s", map[string]any{
-		"image": base64.StdEncoding.EncodeToString(small), "overlay": base64.StdEncoding.EncodeToString(large)})
-	if v := (waitedView{}); code != 200 || json.Unmarshal(b, &v) != nil || v.Status != statusCompleted {
-		t.Fatalf("parameter called image, JSON: %d %s", code, b)
+	schema := workflowSchemas(h2)["two"]
+	for _, key := range []string{"image", keyImageBase64} {
+		body, _ := json.Marshal(map[string]any{key: base64.StdEncoding.EncodeToString(small), "overlay": base64.StdEncoding.EncodeToString(large)})
+		code, _, b = h2.do("POST", "/api/workflows/two?wait=20s", "application/json", body)
+		if v := (waitedView{}); code != 200 || json.Unmarshal(b, &v) != nil || v.Status != statusCompleted {
+			t.Fatalf("parameter called image, JSON %s: %d %s", key, code, b)
+		}
+		if err := checkBody(schema, body); err != nil {
+			t.Errorf("parameter called image, JSON %s: accepted, yet the workflow's schema refuses it: %v", key, err)
+		}
+	}
+	if err := checkBody(schema, []byte(`{"overlay": "AA=="}`)); err == nil {
+		t.Error("the workflow's schema lets the required image out")
 	}
 
 	// A host that is not allowed, and a file that is no image: both reported.
@@ -757,6 +813,7 @@ func TestWebhookProgress(t *testing.T) {
 	var types []string
 	last := 0
 	for i, body := range rcv.body {
+		checkSchema(t, webhookBodySchema, body)
 		var p struct {
 			Type string `json:"type"`
 		}
@@ -788,6 +845,7 @@ func TestQueuedEventsFollowThePlace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	checkAnswer(t, "GET", resp.Request.URL.Path, resp.StatusCode, resp.Header, nil)
 	evs, _ := readEvents(t, resp.Body, func(e sseEvent) bool { return e.typ == evStarted })
 	resp.Body.Close()
 	var places []int

@@ -50,8 +50,13 @@ func (s *Service) serveDryRun(ctx *fasthttp.RequestCtx, wf *workflow, sub *submi
 		writeError(ctx, e)
 		return
 	}
+	if values == nil {
+		values = map[string]json.RawMessage{} // a workflow without parameters: {}
+	}
+	// status tells this answer from the other 200s of a submission (a job
+	// that finished within the wait, an expired Idempotency-Key's job).
 	writeJSON(ctx, fasthttp.StatusOK, map[string]any{
-		"valid": true, "workflow": wf.name, "comfyui_instance": inst, "parameters": values,
+		"status": statusValid, "valid": true, "workflow": wf.name, "comfyui_instance": inst, "parameters": values,
 	})
 }
 

@@ -8,6 +8,7 @@ import (
 	"io"
 	"mime"
 	"mime/multipart"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -241,8 +242,10 @@ func newFakeService(tb testing.TB, f *fakeBackend, mod func(*config.Config)) *Se
 	return s
 }
 
-// serve runs one request through ServeJobs in memory.
-func serve(s *Service, method, uri, contentType string, body []byte, hdr ...string) (handled bool, code int, respHdr *fasthttp.ResponseHeader, resp []byte) {
+// serve runs one request through ServeJobs in memory; an answer it gives
+// is checked against the OpenAPI document.
+func serve(tb testing.TB, s *Service, method, uri, contentType string, body []byte, hdr ...string) (handled bool, code int, respHdr *fasthttp.ResponseHeader, resp []byte) {
+	tb.Helper()
 	var req fasthttp.Request
 	req.Header.SetMethod(method)
 	req.SetRequestURI(uri)
@@ -258,14 +261,18 @@ func serve(s *Service, method, uri, contentType string, body []byte, hdr ...stri
 	handled = s.ServeJobs(&ctx)
 	h := &fasthttp.ResponseHeader{}
 	ctx.Response.Header.CopyTo(h)
-	return handled, ctx.Response.StatusCode(), h, append([]byte(nil), ctx.Response.Body()...)
+	resp = append([]byte(nil), ctx.Response.Body()...)
+	if handled {
+		checkAnswer(tb, method, uri, ctx.Response.StatusCode(), http.Header{"Content-Type": {string(h.ContentType())}}, resp)
+	}
+	return handled, ctx.Response.StatusCode(), h, resp
 }
 
 // submitFake posts a small PNG to the upscale route and returns the job id.
 func submitFake(tb testing.TB, s *Service, route string) string {
 	tb.Helper()
 	body, _ := json.Marshal(map[string]any{"image_base64": testPNG(tb, 4, 4)}) // []byte marshals as base64
-	_, code, _, resp := serve(s, "POST", route, "application/json", body)
+	_, code, _, resp := serve(tb, s, "POST", route, "application/json", body)
 	if code != 202 {
 		tb.Fatalf("POST %s: %d %s", route, code, resp)
 	}

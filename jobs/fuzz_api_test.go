@@ -31,22 +31,27 @@ func FuzzParseRange(f *testing.F) {
 }
 
 // FuzzConvertParam: an accepted value is JSON of the parameter's type,
-// within its bounds, and converting it again changes nothing.
+// within its bounds, and converting it again as JSON changes nothing; a
+// JSON string is a number or a boolean only when read as text.
 func FuzzConvertParam(f *testing.F) {
 	for _, v := range []string{`1`, `1.5`, `"7"`, `"x"`, `true`, `"false"`, `null`, `[1]`, `{"a":1}`, `1e400`, `"NaN"`, `-0`} {
 		for _, typ := range []string{ptInt, ptFloat, ptString, ptBool, ptEnum} {
-			f.Add(typ, v)
+			f.Add(typ, v, false)
+			f.Add(typ, v, true)
 		}
 	}
 	lo, hi := -5.0, 100.0
-	f.Fuzz(func(t *testing.T, typ, raw string) {
+	f.Fuzz(func(t *testing.T, typ, raw string, text bool) {
 		if !json.Valid([]byte(raw)) {
 			return
 		}
 		p := config.Parameter{Name: "p", Type: typ, Min: &lo, Max: &hi, Options: []string{"x", "7"}}
-		out, msg := convertParam(p, json.RawMessage(raw))
+		out, msg := convertParam(p, json.RawMessage(raw), text)
 		if msg != "" {
 			return
+		}
+		if !text && kindOf(json.RawMessage(raw)) == kindString && typ != ptString && typ != ptEnum {
+			t.Fatalf("%s %s: a JSON string accepted as %s", typ, raw, out)
 		}
 		var v any
 		if err := json.Unmarshal(out, &v); err != nil {
@@ -67,7 +72,7 @@ func FuzzConvertParam(f *testing.F) {
 				t.Fatalf("%s %s: %s", typ, raw, out)
 			}
 		}
-		again, msg := convertParam(p, out)
+		again, msg := convertParam(p, out, false)
 		if msg != "" || string(again) != string(out) {
 			t.Fatalf("%s %s: %s converts to %s (%s)", typ, raw, out, again, msg)
 		}

@@ -110,6 +110,7 @@ func newHarnessWith(tb testing.TB, n int, opts comfysim.Options, mod func(*confi
 		Handler: func(ctx *fasthttp.RequestCtx) {
 			if !svc.ServeJobs(ctx) {
 				ctx.Error("not a job route", fasthttp.StatusNotFound)
+				ctx.Response.Header.Set(notJobRoute, "1")
 			}
 		},
 		MaxRequestBodySize: 64 << 20,
@@ -124,7 +125,12 @@ func newHarnessWith(tb testing.TB, n int, opts comfysim.Options, mod func(*confi
 	return h
 }
 
-// do sends one request and returns the status, headers and body.
+// notJobRoute marks the harness's own answer to a request ServeJobs left
+// to the proxy (ComfyUI's routes): it is not the job API's answer.
+const notJobRoute = "Comfygate-Test-Not-Job-Route"
+
+// do sends one request and returns the status, headers and body. Every
+// answer of the job API is checked against the OpenAPI document.
 func (h *harness) do(method, path, contentType string, body []byte, hdr ...string) (int, http.Header, []byte) {
 	h.tb.Helper()
 	req, err := http.NewRequest(method, h.base+path, bytes.NewReader(body))
@@ -145,6 +151,9 @@ func (h *harness) do(method, path, contentType string, body []byte, hdr ...strin
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
 		h.tb.Fatalf("%s %s: read body: %v", method, path, err)
+	}
+	if resp.Header.Get(notJobRoute) == "" {
+		checkAnswer(h.tb, method, path, resp.StatusCode, resp.Header, b)
 	}
 	return resp.StatusCode, resp.Header, b
 }

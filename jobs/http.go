@@ -193,6 +193,11 @@ func (s *Service) serveSubmit(ctx *fasthttp.RequestCtx, name string, builtIn boo
 		writeError(ctx, aerr)
 		return
 	}
+	withData, aerr := finishedWithData(ctx, builtIn)
+	if aerr != nil {
+		writeError(ctx, aerr)
+		return
+	}
 	p, named := wf.param("image")
 	sub, aerr, spooled := s.spoolRawImage(ctx, wf, s.cfg.MaxImageBytes)
 	if !spooled {
@@ -253,7 +258,7 @@ func (s *Service) serveSubmit(ctx *fasthttp.RequestCtx, name string, builtIn boo
 			j = s.lookupLocked(id)
 			s.jobsMu.Unlock()
 			if j == nil {
-				writeJSON(ctx, fasthttp.StatusOK, acceptedView{JobID: id, Status: "expired", Workflow: wf.name,
+				writeJSON(ctx, fasthttp.StatusOK, acceptedView{JobID: id, Status: statusExpired, Workflow: wf.name,
 					StatusURL: routeJobs + "/" + id + "/status", ResultURL: routeJobs + "/" + id + "/result"})
 				return
 			}
@@ -275,7 +280,6 @@ func (s *Service) serveSubmit(ctx *fasthttp.RequestCtx, name string, builtIn boo
 			return
 		}
 	}
-	withData := wantsBase64(ctx, builtIn)
 	if wait > 0 && s.waitJob(ctx, j, wait, func(j *job) bool { return j.state.terminal() }) {
 		s.writeFinished(ctx, j, withData)
 		return
@@ -324,6 +328,35 @@ func wantsBase64(ctx *fasthttp.RequestCtx, def bool) bool {
 		return def
 	}
 	return isTrue(ctx.QueryArgs().Peek("base64"))
+}
+
+// includeBase64 is the ?include= value that asks a finished answer to
+// carry its first output inline (image_base64), whatever the route.
+const includeBase64 = "base64"
+
+// finishedWithData reports whether a submission's finished answer
+// carries its first output inline: ?include=base64 asks for it on any
+// route; otherwise ?base64=, or by default on the two built-in routes.
+// include takes a comma-separated list of known values.
+func finishedWithData(ctx *fasthttp.RequestCtx, builtIn bool) (bool, *apiError) {
+	include := false
+	for _, v := range ctx.QueryArgs().PeekMulti("include") {
+		for _, item := range strings.Split(string(v), ",") {
+			switch strings.TrimSpace(item) {
+			case includeBase64:
+				include = true
+			default:
+				return false, badRequest(errInvalidRequest, "include %q: want %s", item, includeBase64)
+			}
+		}
+	}
+	if !include {
+		return wantsBase64(ctx, builtIn), nil
+	}
+	if ctx.QueryArgs().Has("base64") && !isTrue(ctx.QueryArgs().Peek("base64")) {
+		return false, badRequest(errInvalidRequest, "include=base64 asks for the image inline, base64=%s leaves it out: send one", ctx.QueryArgs().Peek("base64"))
+	}
+	return true, nil
 }
 
 // requestedWait reads how long the caller waits for the job: ?wait=10s (a

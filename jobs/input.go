@@ -66,6 +66,9 @@ type submission struct {
 	// params are the other top-level JSON keys (or multipart text fields,
 	// as JSON strings): a workflow's named parameters.
 	params map[string]json.RawMessage
+	// textParams says params came as multipart text fields, which are
+	// read by their parameter's type; JSON values must have it.
+	textParams bool
 	// files are multipart file fields other than "image".
 	files map[string][]byte
 	// webhookURL is the caller's webhook_url ("" when none).
@@ -138,6 +141,7 @@ func parseSubmissionInto(ctx *fasthttp.RequestCtx, maxBytes int64, wantImage boo
 	}
 	switch {
 	case mt == "multipart/form-data":
+		sub.textParams = true
 		if aerr := readMultipart(ctx, ct, bodyLimit, maxBytes, extraImages, sub, &b64, spool); aerr != nil {
 			return sub, aerr
 		}

@@ -35,6 +35,12 @@ const (
 	statusCancelled  = "cancelled"
 )
 
+// Statuses of a submission's other 200 answers, which are no job's state.
+const (
+	statusValid   = "valid"   // a dry run that passed
+	statusExpired = "expired" // an Idempotency-Key whose job expired
+)
+
 func (s state) terminal() bool { return s >= stCompleted }
 
 // public is the status clients see.

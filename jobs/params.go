@@ -59,7 +59,7 @@ func (wf *workflow) checkParamConfig() []string {
 			b, err := json.Marshal(p.Default)
 			if err != nil {
 				bad = append(bad, fmt.Sprintf("parameter %q: default %v cannot be encoded", p.Name, p.Default))
-			} else if _, msg := convertParam(p, b); msg != "" {
+			} else if _, msg := convertParam(p, b, true); msg != "" {
 				bad = append(bad, fmt.Sprintf("parameter %q: default: %s", p.Name, msg))
 			}
 		}
@@ -146,7 +146,7 @@ func (wf *workflow) checkParams(sub *submission, maxBytes int64, fetch func(url 
 			}
 			images[p.Name] = img
 		case sent:
-			v, msg := convertParam(p, raw)
+			v, msg := convertParam(p, raw, sub.textParams)
 			if msg != "" {
 				errs = append(errs, fieldError{p.Name, msg})
 				continue
@@ -155,9 +155,7 @@ func (wf *workflow) checkParams(sub *submission, maxBytes int64, fetch func(url 
 		case p.Required:
 			errs = append(errs, fieldError{p.Name, "required"})
 		case p.Default != nil:
-			b, _ := json.Marshal(p.Default)
-			v, _ := convertParam(p, b)
-			values[p.Name] = v
+			values[p.Name] = paramDefault(p)
 		}
 	}
 	return values, images, errs
@@ -182,14 +180,19 @@ func checkImage(b []byte, maxBytes int64) *apiError {
 }
 
 // convertParam checks one value against its parameter and returns the
-// JSON the graph gets, or a message. A value from a multipart text field
-// arrives as a JSON string and is read by the parameter's type.
-func convertParam(p config.Parameter, raw json.RawMessage) (json.RawMessage, string) {
+// JSON the graph gets, or a message naming the type it wants. A JSON value
+// must have the parameter's type: "40" is not an int. With text, a string
+// is read by the parameter's type instead, as multipart text fields (which
+// arrive as JSON strings) and configured defaults are.
+func convertParam(p config.Parameter, raw json.RawMessage, text bool) (json.RawMessage, string) {
 	k := kindOf(raw)
-	var text string
+	var str string
 	fromText := false
 	if k == kindString && p.Type != ptString && p.Type != ptEnum {
-		_ = json.Unmarshal(raw, &text)
+		if !text {
+			return nil, fmt.Sprintf("want %s, got a string", jsonTypeName(p.Type))
+		}
+		_ = json.Unmarshal(raw, &str)
 		fromText = true
 	}
 	inRange := func(f float64) string {
@@ -206,14 +209,14 @@ func convertParam(p config.Parameter, raw json.RawMessage) (json.RawMessage, str
 		var f float64
 		var err error
 		if fromText {
-			f, err = strconv.ParseFloat(strings.TrimSpace(text), 64)
+			f, err = strconv.ParseFloat(strings.TrimSpace(str), 64)
 		} else if k == kindNumber {
 			err = json.Unmarshal(raw, &f)
 		} else {
-			return nil, fmt.Sprintf("want a number, got a %s", k)
+			return nil, fmt.Sprintf("want %s, got a %s", jsonTypeName(p.Type), k)
 		}
 		if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
-			return nil, "want a number"
+			return nil, "want " + jsonTypeName(p.Type)
 		}
 		if p.Type == ptInt {
 			if f != math.Trunc(f) || math.Abs(f) > 1<<53 {
@@ -232,17 +235,17 @@ func convertParam(p config.Parameter, raw json.RawMessage) (json.RawMessage, str
 		var b bool
 		if fromText {
 			var err error
-			if b, err = strconv.ParseBool(strings.TrimSpace(text)); err != nil {
+			if b, err = strconv.ParseBool(strings.TrimSpace(str)); err != nil {
 				return nil, "want true or false"
 			}
 		} else if k != kindBool || json.Unmarshal(raw, &b) != nil {
-			return nil, fmt.Sprintf("want true or false, got a %s", k)
+			return nil, fmt.Sprintf("want %s, got a %s", jsonTypeName(p.Type), k)
 		}
 		return json.RawMessage(strconv.FormatBool(b)), ""
 	case ptString, ptEnum:
 		var s string
 		if k != kindString || json.Unmarshal(raw, &s) != nil {
-			return nil, fmt.Sprintf("want a string, got a %s", k)
+			return nil, fmt.Sprintf("want %s, got a %s", jsonTypeName(p.Type), k)
 		}
 		if p.Type == ptEnum && !slices.Contains(p.Options, s) {
 			return nil, fmt.Sprintf("%q is not one of %s", s, strings.Join(p.Options, ", "))
@@ -256,6 +259,29 @@ func convertParam(p config.Parameter, raw json.RawMessage) (json.RawMessage, str
 	return nil, "this parameter takes an image"
 }
 
+// jsonTypeName names the JSON value a parameter type takes, for messages.
+func jsonTypeName(typ string) string {
+	switch typ {
+	case ptInt:
+		return "an integer (a JSON number)"
+	case ptFloat:
+		return "a number"
+	case ptBool:
+		return "true or false (a JSON boolean)"
+	case ptString, ptEnum:
+		return "a string"
+	}
+	return "an image"
+}
+
+// paramDefault is the parameter's configured default as the graph gets
+// it, in the parameter's own type (checkParamConfig checked it converts).
+func paramDefault(p config.Parameter) json.RawMessage {
+	b, _ := json.Marshal(p.Default)
+	v, _ := convertParam(p, b, true)
+	return v
+}
+
 // paramSchema is the JSON Schema (2020-12) of a workflow's request body.
 func (wf *workflow) paramSchema() map[string]any {
 	props := map[string]any{}
@@ -265,15 +291,24 @@ func (wf *workflow) paramSchema() map[string]any {
 			"description": "the image (PNG, JPEG, WebP or GIF), base64, with or without a data: prefix; or a multipart file field \"image\""}
 		required = append(required, "image_base64")
 	}
-	if len(wf.overridable) > 0 {
-		in := map[string]any{}
-		for _, key := range slices.Sorted(maps.Keys(wf.overridable)) {
-			t := string(wf.overridable[key])
-			in[key] = map[string]any{"type": t}
-		}
-		props["inputs"] = map[string]any{"type": "object", "properties": in, "additionalProperties": false}
+	imageAlias := false
+	if p, ok := wf.param("image"); ok && p.Type == ptImage && !wf.needsImage() {
+		// The JSON key image_base64 fills the parameter called "image" too.
+		imageAlias = true
+		props["image_base64"] = map[string]any{"type": "string", "contentEncoding": "base64",
+			"description": "the parameter \"image\" under the name the built-in routes use"}
 	}
+	in := map[string]any{}
+	for _, key := range slices.Sorted(maps.Keys(wf.overridable)) {
+		t := string(wf.overridable[key])
+		in[key] = map[string]any{"type": t}
+	}
+	// An empty "inputs" is accepted even where nothing may be overridden.
+	props["inputs"] = map[string]any{"type": "object", "properties": in, "additionalProperties": false,
+		"description": "node_id.input overrides the workflow allows"}
 	props["webhook_url"] = map[string]any{"type": "string", "format": "uri"}
+	props["webhook_progress"] = map[string]any{"type": "boolean",
+		"description": "also send the job's non-terminal events to the webhook (once each, no retries)"}
 	for _, p := range wf.cfg.Parameters {
 		s := map[string]any{}
 		switch p.Type {
@@ -308,7 +343,7 @@ func (wf *workflow) paramSchema() map[string]any {
 			}
 		}
 		if p.Default != nil {
-			s["default"] = p.Default
+			s["default"] = paramDefault(p)
 		}
 		if p.Description != "" {
 			s["description"] = p.Description
@@ -325,6 +360,11 @@ func (wf *workflow) paramSchema() map[string]any {
 	}
 	if len(wf.cfg.Parameters) > 0 {
 		schema["additionalProperties"] = false
+	}
+	if imageAlias && slices.Contains(required, "image") {
+		// Either name gives the required image.
+		required = slices.DeleteFunc(required, func(n string) bool { return n == "image" })
+		schema["anyOf"] = []any{map[string]any{"required": []string{"image"}}, map[string]any{"required": []string{keyImageBase64}}}
 	}
 	if len(required) > 0 {
 		schema["required"] = required

@@ -33,7 +33,7 @@ func restartedService(t *testing.T, s *Service, f *fakeBackend, dir string) *Ser
 
 func statusOf(t *testing.T, s *Service, id string) (int, statusView) {
 	t.Helper()
-	_, code, _, resp := serve(s, "GET", "/api/jobs/"+id+"/status", "", nil)
+	_, code, _, resp := serve(t, s, "GET", "/api/jobs/"+id+"/status", "", nil)
 	var v statusView
 	if code == 200 {
 		if err := json.Unmarshal(resp, &v); err != nil {
@@ -109,7 +109,7 @@ func TestRestartReconcilesSubmittedJob(t *testing.T) {
 				_, v := statusOf(t, s2, id)
 				return v.Status == statusCompleted
 			})
-			if _, _, _, resp := serve(s2, "GET", "/api/jobs/"+id+"/result?format=raw", "", nil); len(resp) == 0 {
+			if _, _, _, resp := serve(t, s2, "GET", "/api/jobs/"+id+"/result?format=raw", "", nil); len(resp) == 0 {
 				t.Fatal("no result after the restart")
 			}
 			f2.mu.Lock()

@@ -72,7 +72,7 @@ func TestEWMAAndEstimate(t *testing.T) {
 	s := newFakeService(t, f, func(c *config.Config) { c.Jobs.MaxConcurrent = 4 })
 	estimate := func() float64 {
 		body, _ := json.Marshal(map[string]any{"image_base64": testPNG(t, 4, 4)})
-		_, code, _, resp := serve(s, "POST", "/api/upscale-image", "application/json", body)
+		_, code, _, resp := serve(t, s, "POST", "/api/upscale-image", "application/json", body)
 		var a acceptedView
 		if code != 202 || json.Unmarshal(resp, &a) != nil {
 			t.Fatalf("%d %s", code, resp)
@@ -106,13 +106,13 @@ func TestWaitLineFull(t *testing.T) {
 	submitFake(t, s, "/api/upscale-image")
 	submitFake(t, s, "/api/remove-background")
 	body, _ := json.Marshal(map[string]any{"image_base64": testPNG(t, 4, 4)})
-	_, code, hdr, resp := serve(s, "POST", "/api/upscale-image", "application/json", body)
+	_, code, hdr, resp := serve(t, s, "POST", "/api/upscale-image", "application/json", body)
 	if code != 429 || string(hdr.Peek("Retry-After")) == "" || !bytes.Contains(resp, []byte(`"queue_full"`)) {
 		t.Fatalf("third job: %d Retry-After %q %s", code, hdr.Peek("Retry-After"), resp)
 	}
 	// No instance at all: 503, not a job nobody can run.
 	f.setHealthy()
-	_, code, hdr, resp = serve(s, "POST", "/api/upscale-image", "application/json", body)
+	_, code, hdr, resp = serve(t, s, "POST", "/api/upscale-image", "application/json", body)
 	if code != 503 || string(hdr.Peek("Retry-After")) == "" || !bytes.Contains(resp, []byte(`"no_upstream"`)) {
 		t.Fatalf("no instance: %d %s", code, resp)
 	}
@@ -126,10 +126,10 @@ func TestWaitLineBytes(t *testing.T) {
 	img := testPNG(t, 64, 64)
 	s := newFakeService(t, f, func(c *config.Config) { c.Jobs.MaxWaitingBytes = 1 })
 	body, _ := json.Marshal(map[string]any{"image_base64": img})
-	if _, code, _, resp := serve(s, "POST", "/api/upscale-image", "application/json", body); code != 202 {
+	if _, code, _, resp := serve(t, s, "POST", "/api/upscale-image", "application/json", body); code != 202 {
 		t.Fatalf("first job: %d %s", code, resp)
 	}
-	_, code, hdr, resp := serve(s, "POST", "/api/upscale-image", "application/json", body)
+	_, code, hdr, resp := serve(t, s, "POST", "/api/upscale-image", "application/json", body)
 	if code != 429 || string(hdr.Peek("Retry-After")) == "" || !bytes.Contains(resp, []byte("max_waiting_bytes")) {
 		t.Fatalf("second job over the byte cap: %d Retry-After %q %s", code, hdr.Peek("Retry-After"), resp)
 	}
@@ -163,7 +163,7 @@ func TestEventsDriveJob(t *testing.T) {
 	}
 	a, b := f.insts[0], f.insts[1]
 	st := func() statusView {
-		_, code, _, resp := serve(s, "GET", "/api/jobs/"+id+"/status", "", nil)
+		_, code, _, resp := serve(t, s, "GET", "/api/jobs/"+id+"/status", "", nil)
 		var v statusView
 		if code != 200 || json.Unmarshal(resp, &v) != nil {
 			t.Fatalf("status: %d %s", code, resp)
@@ -197,7 +197,7 @@ func TestEventsDriveJob(t *testing.T) {
 	if v := st(); v.Status != statusProcessing || v.Progress != 68 {
 		t.Fatalf("progress_state: %+v", v)
 	}
-	_, code, _, resp := serve(s, "GET", "/api/jobs/"+id+"/result", "", nil)
+	_, code, _, resp := serve(t, s, "GET", "/api/jobs/"+id+"/result", "", nil)
 	if code != 409 || !bytes.Contains(resp, []byte(`"processing"`)) {
 		t.Fatalf("result while running: %d %s", code, resp)
 	}
@@ -209,7 +209,7 @@ func TestEventsDriveJob(t *testing.T) {
 	if v := st(); v.Status != statusCompleted || v.Progress != 100 || v.FinishedAt == nil || v.Estimated != nil {
 		t.Fatalf("completed: %+v", v)
 	}
-	_, code, hdr, resp := serve(s, "GET", "/api/jobs/"+id+"/result", "", nil, "Accept", "image/png")
+	_, code, hdr, resp := serve(t, s, "GET", "/api/jobs/"+id+"/result", "", nil, "Accept", "image/png")
 	if code != 200 || string(hdr.ContentType()) != "image/png" || !bytes.Equal(resp, f.viewBody) {
 		t.Fatalf("raw result: %d %s", code, hdr.ContentType())
 	}
@@ -235,7 +235,7 @@ func TestFailedJobs(t *testing.T) {
 	f.event(id, inst, "execution_start", map[string]any{})
 	f.event(id, inst, "execution_error", map[string]any{"node_id": "2", "node_type": "Image Rembg (Remove Background)",
 		"exception_type": "RuntimeError", "exception_message": "CUDA out of memory"})
-	_, _, _, resp := serve(s, "GET", "/api/jobs/"+id+"/status", "", nil)
+	_, _, _, resp := serve(t, s, "GET", "/api/jobs/"+id+"/status", "", nil)
 	var v statusView
 	_ = json.Unmarshal(resp, &v)
 	if v.Status != statusFailed || deref(v.Error) != "CUDA out of memory" || v.ErrorDetails == nil || v.ErrorDetails.NodeID != "2" {
@@ -404,11 +404,11 @@ func TestExpiryWithClock(t *testing.T) {
 	s.CancelJob(context.Background(), id) // finished (cancelled) now
 	c.add(59 * time.Second)
 	s.sweep()
-	if _, code, _, _ := serve(s, "GET", "/api/jobs/"+id+"/status", "", nil); code != 200 {
+	if _, code, _, _ := serve(t, s, "GET", "/api/jobs/"+id+"/status", "", nil); code != 200 {
 		t.Fatalf("before JOB_TIMEOUT: %d", code)
 	}
 	c.add(time.Second)
-	if _, code, _, _ := serve(s, "GET", "/api/jobs/"+id+"/status", "", nil); code != 404 {
+	if _, code, _, _ := serve(t, s, "GET", "/api/jobs/"+id+"/status", "", nil); code != 404 {
 		t.Fatalf("at JOB_TIMEOUT: %d", code)
 	}
 	s.sweep()
@@ -485,7 +485,7 @@ func TestRoutes(t *testing.T) {
 		{"GET", "/prompt", false, 0},
 		{"DELETE", "/api/jobs/" + id, true, 200},
 	} {
-		handled, code, _, resp := serve(s, tc.method, tc.uri, "", nil)
+		handled, code, _, resp := serve(t, s, tc.method, tc.uri, "", nil)
 		if handled != tc.handled || (handled && code != tc.code) {
 			t.Errorf("%s %s: handled %v code %d (%s), want %v %d", tc.method, tc.uri, handled, code, resp, tc.handled, tc.code)
 		}
