@@ -102,7 +102,8 @@ type fixture struct {
 	noneLeft bool // no instance was left for a while: accepted work may fail, clearly
 	recover  time.Duration
 	notes    []string
-	wg       sync.WaitGroup // one per tracked prompt or job
+	polled   struct{ accepted, completed int } // prompts of polling clients, counted by their test
+	wg       sync.WaitGroup                    // one per tracked prompt or job
 	color    int
 }
 
@@ -536,6 +537,7 @@ func (f *fixture) finish(fault string) row {
 	prompts, jobs := f.all, f.alljobs
 	r.recover = f.recover
 	notes := f.notes
+	r.accepted, r.completed = f.polled.accepted, f.polled.completed
 	f.mu.Unlock()
 
 	// Runs on the instances: prompts by their tag (the gateway may send a

@@ -59,9 +59,6 @@ func TestHungPollingClients(t *testing.T) {
 		close(stop)
 		<-done
 	}
-	f.mu.Lock()
-	at := f.faultAt
-	f.mu.Unlock()
 	var slowest time.Duration
 	got504, completed := 0, 0
 	for _, r := range results {
@@ -82,13 +79,56 @@ func TestHungPollingClients(t *testing.T) {
 		t.Errorf("polling clients got %d × 504", got504)
 	}
 	f.mu.Lock()
+	f.polled.accepted, f.polled.completed = len(ids), completed
 	f.recover = slowest
-	f.notes = append(f.notes, fmt.Sprintf("%d polling clients: %d completed, %d × 504, slowest result %v after the stop (from %v)",
-		len(ids), completed, got504, slowest.Round(10*time.Millisecond), at.Format("15:04:05.000")))
+	f.notes = append(f.notes, fmt.Sprintf("%d polling clients: %d completed, %d × 504, slowest result %v after the stop",
+		len(ids), completed, got504, slowest.Round(10*time.Millisecond)))
 	f.mu.Unlock()
 	fp.Resume()
 	sim.SetFrozen(false)
+	// Once the woken instance has run what it still held, a prompt that
+	// ran on both instances is the one it was running at the stop, and
+	// the metric counts exactly those.
+	f.settle()
+	ranTwice := 0
+	for _, id := range ids {
+		n := 0
+		for _, s := range f.st.Sims {
+			n += s.RunsByExtra(testkit.RunTag)[id]
+		}
+		if n > 1 {
+			ranTwice++
+		}
+	}
+	if ranTwice > 1 {
+		t.Errorf("%d prompts ran on both instances, want at most the one running at the stop", ranTwice)
+	}
+	counted := 0.0
+	testkit.Eventually(t, "comfygate_prompts_ran_twice_total to count them", func() bool {
+		counted = ranTwiceCounted(t, f)
+		return int(counted) == ranTwice
+	})
+	f.mu.Lock()
+	f.notes = append(f.notes, fmt.Sprintf("%d ran at both instances (running at the stop; counted in comfygate_prompts_ran_twice_total)", ranTwice))
+	f.mu.Unlock()
 	f.finish("hung, clients polling /history")
+}
+
+// ranTwiceCounted sums comfygate_prompts_ran_twice_total.
+func ranTwiceCounted(t *testing.T, f *fixture) float64 {
+	mfs, err := f.st.Metrics().Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() == "comfygate_prompts_ran_twice_total" {
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
 }
 
 // postOnly posts prompt n over HTTP, tagged for run counting, and returns
