@@ -18,6 +18,7 @@ import (
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/internal/testkit"
+	"github.com/comfygate/comfygate/metrics"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/fasthttp/websocket"
 	"github.com/valyala/fasthttp"
@@ -422,6 +423,12 @@ func promptsConfig(addrs ...string) *config.Config {
 // until every socket is up.
 func fakePool(t *testing.T, cfg *config.Config, fakes ...*fakeComfy) (*testPool, *recListener) {
 	t.Helper()
+	return fakePoolMetrics(t, cfg, nil, fakes...)
+}
+
+// fakePoolMetrics is fakePool reporting to m.
+func fakePoolMetrics(t *testing.T, cfg *config.Config, m *metrics.Metrics, fakes ...*fakeComfy) (*testPool, *recListener) {
+	t.Helper()
 	if cfg == nil {
 		var addrs []string
 		for _, f := range fakes {
@@ -433,7 +440,7 @@ func fakePool(t *testing.T, cfg *config.Config, fakes ...*fakeComfy) (*testPool,
 	if testing.Verbose() && os.Getenv("UPSTREAM_DEBUG") != "" {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	p, err := newTestPool(cfg, nil, log)
+	p, err := newTestPool(cfg, m, log)
 	if err != nil {
 		t.Fatal(err)
 	}
