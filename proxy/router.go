@@ -255,6 +255,9 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 			return tmpl
 		}
 	}
+	if s.scopeUserData(ctx, requestKey(ctx), p) {
+		return routeUserData
+	}
 	s.forwardPicked(ctx, s.home, nil)
 	return homeRoute(p)
 }
