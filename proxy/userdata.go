@@ -114,6 +114,13 @@ func classifyUserData(p []byte) (userRoute, [][]byte) {
 	return udNone, nil
 }
 
+// mayHaveDotSegments reports whether p has a dot segment (also written
+// %2e) or an empty one, which dotClean would resolve.
+func mayHaveDotSegments(p []byte) bool {
+	return bytes.Contains(p, []byte("/.")) || bytes.Contains(p, []byte("//")) ||
+		bytes.Contains(p, []byte("/%2e")) || bytes.Contains(p, []byte("/%2E"))
+}
+
 // dotClean resolves the dot segments of a raw path (also when written
 // %2e) and empty segments, as a server or proxy behind comfygate might.
 func dotClean(p []byte) []byte {
@@ -136,6 +143,9 @@ func (s *Server) scopeUserData(ctx *fasthttp.RequestCtx, k *auth.Key, p []byte) 
 	}
 	route, segs := classifyUserData(p)
 	if route == udNone {
+		if !mayHaveDotSegments(p) {
+			return false
+		}
 		if c := dotClean(p); !bytes.Equal(c, p) {
 			if r, _ := classifyUserData(c); r != udNone {
 				writeJSONError(ctx, fasthttp.StatusBadRequest, "bad_path", "dot or empty segments in a path to a user data route")

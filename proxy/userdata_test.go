@@ -6,12 +6,16 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/url"
+	"path"
 	"strings"
 	"sync"
 	"testing"
 
+	"github.com/comfygate/comfygate/auth"
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
+	"github.com/valyala/fasthttp"
 )
 
 // dirOf is the directory comfygate keeps a key's user data in.
@@ -213,7 +217,7 @@ func TestUserDataRawForward(t *testing.T) {
 	g := startGate(t, []string{fake.addr()}, withKeys)
 	enc := strings.ReplaceAll(dirOf("key1"), "/", "%2F") + "%2F"
 	udDo(t, g, keyA, "GET", "/api/userdata/workflows%2Fmy%20flow%25.json?rand=1&token="+keyA, "")
-	udDo(t, g, keyA, "GET", "/userdata?dir=workflows&recurse=true&dir=..", "")
+	udDo(t, g, keyA, "GET", "/userdata?dir=workflows&token="+keyA+"&recurse=true&dir=..", "")
 	seen := fake.requests()
 	want := []string{
 		"/api/userdata/" + enc + "workflows%2Fmy%20flow%25.json?rand=1",
@@ -281,5 +285,85 @@ func TestSettingsPerKey(t *testing.T) {
 	}
 	if _, ok := ss[0].UserData()[dirOf("key1")+"/comfy.settings.json"]; !ok {
 		t.Errorf("key A's settings are not in its directory: %v", keysOf(ss[0].UserData()))
+	}
+}
+
+// comfyUserPath is where ComfyUI's user_manager.py puts a {file} segment
+// raw (already carrying the key's directory) inside the user directory
+// "/u": the router's unescape (all of it, or all but %2F as older aiohttp
+// did), then unquote when a '%' is left, then abspath.
+func comfyUserPath(raw string, keepSlashEscapes bool) (string, bool) {
+	var b strings.Builder
+	for i := 0; i < len(raw); i++ {
+		if raw[i] != '%' {
+			b.WriteByte(raw[i])
+			continue
+		}
+		if i+2 >= len(raw) || !isHexDigit(raw[i+1]) || !isHexDigit(raw[i+2]) {
+			return "", false
+		}
+		c := unhex(raw[i+1])<<4 | unhex(raw[i+2])
+		if c == '/' && keepSlashEscapes {
+			b.WriteString(raw[i : i+3])
+		} else {
+			b.WriteByte(c)
+		}
+		i += 2
+	}
+	d := b.String()
+	if strings.Contains(d, "%") {
+		d = unquotePy(d)
+	}
+	if strings.HasPrefix(d, "/") {
+		return d, true
+	}
+	return path.Clean("/u/" + d), true
+}
+
+// FuzzUserPath: a file name userPathOK lets through, with the key's
+// directory put in front as scopeUserData does, resolves inside that
+// directory under either way ComfyUI's router decodes it.
+func FuzzUserPath(f *testing.F) {
+	for _, seed := range []string{"workflows%2Fa.json", "..%2Fx", "%252e%252e%252fx", "a%2F..%2F..%2Fb", "%2e%2e", "C%3A%5Cx", "x%25", ".%2F.", "%2F"} {
+		f.Add(seed)
+	}
+	s := &Server{}
+	dir := keyDir(&auth.Key{Name: "fuzz"})
+	f.Fuzz(func(t *testing.T, seg string) {
+		if strings.Contains(seg, "/") || seg == "" {
+			return // not one segment
+		}
+		var ctx fasthttp.RequestCtx
+		if !s.userPathOK(&ctx, []byte(seg), fileSegment) {
+			return
+		}
+		raw := url.PathEscape(dir+"/") + seg
+		for _, old := range []bool{false, true} {
+			if p, ok := comfyUserPath(raw, old); ok && !strings.HasPrefix(p, "/u/"+dir+"/") {
+				t.Fatalf("%q (older router %v) resolves to %q, outside %s", seg, old, p, dir)
+			}
+		}
+	})
+}
+
+// TestUnscopeAnswer: only JSON strings that start with the key's directory
+// lose it; the same bytes inside another string stay.
+func TestUnscopeAnswer(t *testing.T) {
+	t.Parallel()
+	rw := unscopeAnswer("comfygate-keys/abc")
+	for in, want := range map[string]string{
+		`"comfygate-keys/abc/workflows/a.json"`:                       `"workflows/a.json"`,
+		`{"path": "comfygate-keys/abc/a.json", "size": 1}`:            `{"path": "a.json", "size": 1}`,
+		`[{"name": "x", "path":"comfygate-keys/abc/x"}]`:              `[{"name": "x", "path":"x"}]`,
+		`"a \"comfygate-keys/abc/b"`:                                  `"a \"comfygate-keys/abc/b"`,
+		`"comfygate-keys/abcd/x"`:                                     `"comfygate-keys/abcd/x"`,
+		`["comfygate-keys/abc/1",` + "\n" + `"comfygate-keys/abc/2"]`: `["1",` + "\n" + `"2"]`,
+	} {
+		if got := string(rw(nil, 200, []byte(in))); got != want {
+			t.Errorf("unscope %s = %s, want %s", in, got, want)
+		}
+	}
+	if got := string(rw(nil, 404, []byte(`"comfygate-keys/abc/x"`))); got != `"comfygate-keys/abc/x"` {
+		t.Errorf("a non-200 answer was rewritten: %s", got)
 	}
 }
