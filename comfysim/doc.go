@@ -6,9 +6,10 @@
 //
 // It owns: the routes under both /x and /api/x (prompt, queue, interrupt,
 // history, view, upload/image, upload/mask, system_stats, object_info,
-// embeddings, models, extensions, features, free, settings, users, the 2026
-// jobs API, /ws); graph validation with ComfyUI's error shapes; a real
-// single-worker queue; real image execution; per-node output caching; the
+// embeddings, models, extensions, features, free, settings, users, userdata
+// (userdata.go), the 2026 jobs API, /ws); graph validation with ComfyUI's
+// error shapes; a real single-worker queue; real image execution; per-node
+// output caching; the
 // WebSocket message order and routing rules; failure injection (Kill,
 // Restart, SetHang, SetFail500, SetFrozen, FailAfter) for fault tests, and
 // what a fault test counts (Runs: how often each prompt id ran to success;

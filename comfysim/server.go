@@ -106,6 +106,9 @@ type Server struct {
 
 	runsMu sync.Mutex  // guards runs
 	runs   []runRecord // with Options.RecordRuns: every successful execution
+
+	userMu   sync.Mutex           // guards userdata
+	userdata map[string]*userFile // the user directory (userdata.go)
 }
 
 // runRecord is one successful execution.
@@ -655,6 +658,12 @@ func (in *instance) routes() []route {
 		{"GET", "/settings/{id}", in.getSetting},
 		{"POST", "/settings", in.postSettings},
 		{"POST", "/settings/{id}", in.postSettings},
+		{"GET", "/userdata", in.listUserData},
+		{"GET", "/v2/userdata", in.listUserDataV2},
+		{"GET", "/userdata/{file}", in.getUserData},
+		{"POST", "/userdata/{file}", in.postUserData},
+		{"DELETE", "/userdata/{file}", in.deleteUserData},
+		{"POST", "/userdata/{file}/move/{dest}", in.moveUserData},
 	}
 	if s.ver.hasFeatures() {
 		defs = append(defs, def{"GET", "/features", in.getFeatures})

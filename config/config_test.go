@@ -72,6 +72,7 @@ func TestEnvironmentOverrides(t *testing.T) {
 		"LOG_LEVEL=debug",
 		"LOG_DIRECTORY=/tmp/x",
 		"COMFYGATE_STATE_DIR=/var/lib/comfygate/jobs",
+		"COMFYGATE_SESSION_SECRET=" + strings.Repeat("z", 32),
 	}
 	c, err := Load(writeFile(t, "instances:\n  - address: ignored:1\n"), env)
 	if err != nil {
@@ -90,7 +91,7 @@ func TestEnvironmentOverrides(t *testing.T) {
 	if c.Timeout != 1500*time.Millisecond || c.MaxConnectionsPerInstance != 7 ||
 		c.HealthCheck.Interval != 250*time.Millisecond || c.Jobs.Timeout != time.Minute ||
 		c.Jobs.MaxConcurrent != 6 || c.Log.Level != "debug" || c.Log.Directory != "/tmp/x" ||
-		c.Jobs.StateDir != "/var/lib/comfygate/jobs" {
+		c.Jobs.StateDir != "/var/lib/comfygate/jobs" || c.Auth.SessionSecret != strings.Repeat("z", 32) {
 		t.Fatalf("overrides not applied: %+v", c)
 	}
 }
@@ -112,6 +113,8 @@ func TestBadInputStopsStartUpWithKeyValueAndAllowed(t *testing.T) {
 		{desc: "env zero", env: []string{"MAX_CONCURRENT_JOBS=0"}, want: []string{"MAX_CONCURRENT_JOBS", "positive"}},
 		{desc: "bad host index", env: []string{"COMFYUI_HOST_X=a:1"}, want: []string{"COMFYUI_HOST_X"}},
 		{desc: "bad listen", yaml: "listen: nowhere\n", want: []string{"listen", "nowhere", "host:port"}},
+		{desc: "short session secret", yaml: "auth:\n  session_secret: short\n", want: []string{"auth.session_secret", "5 characters", "at least 32"}},
+		{desc: "short session secret env", env: []string{"COMFYGATE_SESSION_SECRET=tiny"}, want: []string{"COMFYGATE_SESSION_SECRET", "at least 32"}},
 		{desc: "bad overridable", yaml: "workflows:\n  w:\n    overridable: [seed]\n", want: []string{"workflows.w.overridable", "seed"}},
 	}
 	for _, tc := range cases {

@@ -26,9 +26,14 @@ type Auth struct {
 	// the isolation table remembers the key of (the oldest forgotten
 	// first; a forgotten one belongs to no key). Default 1000000.
 	MaxOwners int `yaml:"max_owners"`
-	// CookieMaxAge is how long the web UI's login cookie (GET /login?token=)
+	// CookieMaxAge is how long the web UI's login session (POST /login)
 	// lasts. Default 24h.
 	CookieMaxAge time.Duration `yaml:"cookie_max_age"`
+	// SessionSecret signs the web UI's login session cookies (HMAC-SHA256);
+	// COMFYGATE_SESSION_SECRET overrides it. At least 32 characters. Empty:
+	// a random secret made at start, so sessions end when comfygate
+	// restarts. Default "".
+	SessionSecret string `yaml:"session_secret"`
 	// AllowedOrigins are browser origins (scheme://host[:port]) accepted
 	// with keys on besides the request's own Host. Default none.
 	AllowedOrigins []string `yaml:"allowed_origins"`
@@ -121,6 +126,9 @@ func (c *Config) applySecurityEnv(env map[string]string) {
 	if v, ok := env["COMFYGATE_METRICS_KEYS"]; ok {
 		c.Auth.MetricsKeys = keyList(v)
 	}
+	if v := strings.TrimSpace(env["COMFYGATE_SESSION_SECRET"]); v != "" {
+		c.Auth.SessionSecret = v
+	}
 	if v := strings.TrimSpace(env["COMFYGATE_METRICS_LISTEN"]); v != "" {
 		c.MetricsListen = v
 	}
@@ -153,6 +161,10 @@ func (c *Config) validateSecurity(bad func(key string, val any, allowed string))
 	}
 	if c.Auth.CookieMaxAge <= 0 {
 		bad("auth.cookie_max_age", c.Auth.CookieMaxAge, "a positive duration such as 24h")
+	}
+	if n := len(c.Auth.SessionSecret); n > 0 && n < 32 {
+		// The secret itself is never shown.
+		bad("auth.session_secret (COMFYGATE_SESSION_SECRET)", fmt.Sprintf("a secret of %d characters", n), "at least 32 characters, or empty for a random one per start")
 	}
 	for i, o := range c.Auth.AllowedOrigins {
 		if !(strings.HasPrefix(o, "http://") || strings.HasPrefix(o, "https://")) || strings.Count(o, "/") != 2 {

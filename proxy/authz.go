@@ -29,6 +29,7 @@ const (
 // security is the Server's API keys, owner table and rate limits.
 type security struct {
 	keys        *auth.Keys
+	sessions    *auth.Sessions
 	owners      *auth.Owners
 	promptRate  *limits.Buckets
 	jobRate     *limits.Buckets
@@ -43,6 +44,7 @@ func (s *Server) initSecurity() error {
 	rl := s.cfg.RateLimit
 	s.sec = security{
 		keys:        keys,
+		sessions:    auth.NewSessions(s.cfg.Auth.SessionSecret),
 		owners:      auth.NewOwners(s.cfg.Auth.MaxOwners),
 		promptRate:  limits.NewBuckets(rl.PromptsPerSecond, rl.PromptBurst),
 		jobRate:     limits.NewBuckets(rl.JobsPerSecond, rl.JobBurst),
@@ -72,15 +74,15 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, raw []byte) (string, bool) {
 	if path == "/health" && s.cfg.Auth.OpenHealth {
 		return "", true
 	}
-	key := s.sec.keys.Find(presentedKey(ctx))
+	key, presented := s.presentedKey(ctx)
 	if key == nil {
 		reason := "missing"
-		if len(presentedKey(ctx)) > 0 {
+		if presented {
 			reason = "invalid"
 		}
 		s.authRefused(reason)
 		writeJSONError(ctx, fasthttp.StatusUnauthorized, "unauthorized",
-			"an API key is required: Authorization: Bearer <key>, ?token=<key>, or GET /login?token=<key> in a browser")
+			"an API key is required: Authorization: Bearer <key>, ?token=<key>, or log in at /login in a browser")
 		if reason == "invalid" {
 			ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="comfygate", error="invalid_token"`)
 		} else {

@@ -247,7 +247,7 @@ func TestRedactionKeysOff(t *testing.T) {
 }
 
 // TestWebUILogin: the web UI's real request pattern works with keys on
-// after GET /login?token=: the login cookie is HttpOnly, the page, its
+// after POST /login: with the session cookie, the page, its
 // module scripts (sent with Origin), API reads (no Origin, Comfy-User ""),
 // the WebSocket handshake (Origin) and POST /api/prompt (Origin) pass; a
 // cross-origin POST with the cookie does not.
@@ -255,19 +255,7 @@ func TestWebUILogin(t *testing.T) {
 	t.Parallel()
 	ss := sims(t, 1, comfysim.Options{})
 	g := startGate(t, addrsOf(ss), withKeys)
-	noRedirect := &http.Client{Timeout: 10 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	resp, err := noRedirect.Get(g.base + "/login?token=" + url.QueryEscape(keyA))
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusSeeOther || len(resp.Cookies()) != 1 || !resp.Cookies()[0].HttpOnly {
-		t.Fatalf("login: %d %v, want 303 with one HttpOnly cookie", resp.StatusCode, resp.Header["Set-Cookie"])
-	}
-	cookie := resp.Cookies()[0].Name + "=" + resp.Cookies()[0].Value
-	if resp, err := noRedirect.Get(g.base + "/login?token=wrong-key-000000000000"); err != nil || resp.StatusCode != http.StatusUnauthorized {
-		t.Errorf("login with a wrong key: %v %v, want 401", resp, err)
-	}
+	cookie := login(t, g, keyA)
 	origin := "http://" + g.addr
 	page := []struct {
 		method, path string
@@ -456,7 +444,9 @@ func TestKeysNeverLogged(t *testing.T) {
 	gateDo(t, "GET", g.base+"/system_stats", bearer(keyA), nil)
 	gateDo(t, "GET", g.base+"/view?filename=a.png&token="+keyA, nil, nil)
 	gateDo(t, "GET", g.base+"/login?token="+keyB, nil, nil)
-	gateDo(t, "GET", g.base+"/queue", http.Header{"Cookie": {cookieName + "=" + keyAdmin}}, nil)
+	gateDo(t, "POST", g.base+"/login", http.Header{"Content-Type": {"application/x-www-form-urlencoded"}}, strings.NewReader("key="+keyB))
+	gateDo(t, "POST", g.base+"/login", http.Header{"Content-Type": {"application/json"}}, strings.NewReader(`{"key":"`+keyA+`"}`))
+	gateDo(t, "GET", g.base+"/queue", http.Header{"Cookie": {legacyCookieName + "=" + keyAdmin}}, nil)
 	gateDo(t, "POST", g.base+"/free", bearer(keyA), strings.NewReader(`{}`))
 	rawExchange(t, g.addr, "GET /x HTTP/1.1\r\nHost: "+g.addr+"\r\nAuthorization: Bearer "+keyB+"\r\nBad Header\r\n\r\n")
 	rawExchange(t, g.addr, "GET /x HTTP/1.1\nHost: h\nAuthorization: Bearer "+keyB+"\n\n")

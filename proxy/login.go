@@ -1,34 +1,52 @@
 package proxy
 
 // How a request presents its API key, and the web UI's login.
+//
+// A browser logs in with POST /login (the key in the body, never in a URL)
+// and gets a session cookie: opaque, signed, expiring (auth.Sessions),
+// HttpOnly, SameSite=Strict, Secure over https. The cookie names the key
+// and never holds it; it is taken off every request before forwarding.
 
 import (
 	"bytes"
+	"encoding/json"
 	"html"
 	"strings"
 	"time"
 
+	"github.com/comfygate/comfygate/auth"
 	"github.com/valyala/fasthttp"
 )
 
 const (
-	// cookieName is the web UI's login cookie (GET /login?token=KEY).
-	cookieName = "comfygate_token"
+	// cookieName is the web UI's session cookie (POST /login).
+	cookieName = "comfygate_session"
+	// legacyCookieName is the cookie that held a key itself. It is never
+	// read; it is stripped before forwarding and cleared at login and
+	// logout, so a browser that still has one drops it.
+	legacyCookieName = "comfygate_token"
 	// tokenParam carries a key on URLs that cannot have headers (a
-	// WebSocket from a browser, an <img src>).
+	// WebSocket from a script, an <img src>).
 	tokenParam = "token"
+	// maxLoginBody caps the body of POST /login.
+	maxLoginBody = 4 << 10
 )
 
-// presentedKey takes the key from Authorization: Bearer, the token query
-// parameter or the login cookie, in that order.
-func presentedKey(ctx *fasthttp.RequestCtx) []byte {
+// presentedKey resolves the key a request presents: Authorization: Bearer,
+// the token query parameter or the session cookie, the first one present
+// deciding. presented reports whether any was there (a refusal is then
+// "invalid", not "missing").
+func (s *Server) presentedKey(ctx *fasthttp.RequestCtx) (k *auth.Key, presented bool) {
 	if a := ctx.Request.Header.Peek("Authorization"); len(a) > 7 && equalFoldASCII(a[:7], []byte("bearer ")) {
-		return bytes.TrimSpace(a[7:])
+		return s.sec.keys.Find(bytes.TrimSpace(a[7:])), true
 	}
 	if t := ctx.QueryArgs().Peek(tokenParam); len(t) > 0 {
-		return t
+		return s.sec.keys.Find(t), true
 	}
-	return ctx.Request.Header.Cookie(cookieName)
+	if c := ctx.Request.Header.Cookie(cookieName); len(c) > 0 {
+		return s.sec.sessions.Resolve(s.sec.keys, c), true
+	}
+	return nil, false
 }
 
 // stripKey removes the key from the request before it is forwarded.
@@ -38,6 +56,7 @@ func stripKey(ctx *fasthttp.RequestCtx) {
 		h.Del("Authorization")
 	}
 	h.DelCookie(cookieName)
+	h.DelCookie(legacyCookieName)
 	if len(ctx.QueryArgs().Peek(tokenParam)) == 0 && !ctx.QueryArgs().Has(tokenParam) {
 		return
 	}
@@ -61,43 +80,129 @@ func stripKey(ctx *fasthttp.RequestCtx) {
 }
 
 const loginPage = `<!doctype html><meta charset="utf-8"><title>comfygate</title>
-<form method="get" action="login"><p>%s</p><label>API key <input name="token" type="password" autofocus></label> <button>Log in</button></form>`
+<form method="post" action="login"><p>%s</p><label>API key <input name="key" type="password" autocomplete="current-password" autofocus></label> <button>Log in</button></form>`
 
-// serveLogin serves GET /login?token=KEY (sets the HttpOnly login cookie
-// the web UI then sends with every request and its WebSocket, and
-// redirects to the UI) and GET /logout (clears it). Without a token it
-// answers a small form asking for one.
+// serveLogin serves /login and /logout (keys on, before any key is asked
+// for):
+//   - GET /login: a form that posts the key; a token in the query is
+//     ignored (a key never logs in from a URL);
+//   - POST /login: the key as form field "key"
+//     (application/x-www-form-urlencoded) or JSON {"key": "..."}; a valid
+//     key gets the session cookie and 303 to ./, a wrong one 401;
+//   - GET or POST /logout: clears the cookie, 303 to ./.
 func (s *Server) serveLogin(ctx *fasthttp.RequestCtx, logout bool) {
-	c := fasthttp.AcquireCookie()
-	defer fasthttp.ReleaseCookie(c)
-	c.SetKey(cookieName)
-	c.SetPath("/")
-	c.SetHTTPOnly(true)
-	c.SetSameSite(fasthttp.CookieSameSiteLaxMode)
-	c.SetSecure(ctx.IsTLS() || string(ctx.Request.Header.Peek("X-Forwarded-Proto")) == "https")
-	if logout {
-		c.SetValue("")
-		c.SetMaxAge(-1)
-		ctx.Response.Header.SetCookie(c)
-		ctx.Redirect("./", fasthttp.StatusSeeOther)
-		return
-	}
-	token := ctx.QueryArgs().Peek(tokenParam)
-	if len(token) == 0 || s.sec.keys.Find(token) == nil {
-		status, msg := fasthttp.StatusOK, "comfygate needs an API key."
-		if len(token) > 0 {
-			s.authRefused("invalid")
-			status, msg = fasthttp.StatusUnauthorized, "That key is not valid."
-		}
-		ctx.SetStatusCode(status)
-		ctx.SetContentType("text/html; charset=utf-8")
-		ctx.Response.Header.Set("Cache-Control", "no-store")
-		ctx.SetBodyString(strings.Replace(loginPage, "%s", html.EscapeString(msg), 1))
-		return
-	}
-	c.SetValueBytes(token)
-	c.SetMaxAge(int(s.cfg.Auth.CookieMaxAge / time.Second))
-	ctx.Response.Header.SetCookie(c)
 	ctx.Response.Header.Set("Cache-Control", "no-store")
-	ctx.Redirect("./", fasthttp.StatusSeeOther)
+	if logout {
+		if !ctx.IsGet() && !ctx.IsHead() && !ctx.IsPost() {
+			writeJSONError(ctx, fasthttp.StatusMethodNotAllowed, "method_not_allowed", "use GET or POST /logout")
+			return
+		}
+		s.setSession(ctx, "", -1)
+		seeUI(ctx)
+		return
+	}
+	switch {
+	case ctx.IsGet() || ctx.IsHead():
+		loginForm(ctx, fasthttp.StatusOK, "comfygate needs an API key.")
+		return
+	case !ctx.IsPost():
+		writeJSONError(ctx, fasthttp.StatusMethodNotAllowed, "method_not_allowed", "use GET or POST /login")
+		return
+	}
+	if !s.keyOriginAllowed(&ctx.Request.Header) {
+		// Another site must not log a browser in under its own key.
+		s.authRefused("origin")
+		writeJSONError(ctx, fasthttp.StatusForbidden, "forbidden", "login from another origin")
+		return
+	}
+	key, asJSON, ok := loginKey(ctx)
+	if !ok {
+		return
+	}
+	k := s.sec.keys.Find(key)
+	if k == nil {
+		s.authRefused("invalid")
+		if asJSON {
+			writeJSONError(ctx, fasthttp.StatusUnauthorized, "unauthorized", "that key is not valid")
+			return
+		}
+		loginForm(ctx, fasthttp.StatusUnauthorized, "That key is not valid.")
+		return
+	}
+	s.setSession(ctx, s.sec.sessions.Mint(k, s.cfg.Auth.CookieMaxAge), int(s.cfg.Auth.CookieMaxAge/time.Second))
+	seeUI(ctx)
+}
+
+// loginKey reads the key of POST /login. It answers and reports false
+// when the body cannot hold one.
+func loginKey(ctx *fasthttp.RequestCtx) (key []byte, asJSON, ok bool) {
+	ct, _, _ := bytes.Cut(ctx.Request.Header.ContentType(), []byte(";"))
+	ct = bytes.TrimSpace(ct)
+	asJSON = equalFoldASCII(ct, []byte("application/json"))
+	if !asJSON && !equalFoldASCII(ct, []byte("application/x-www-form-urlencoded")) {
+		writeJSONError(ctx, fasthttp.StatusUnsupportedMediaType, "unsupported_media_type",
+			"POST /login takes application/x-www-form-urlencoded (field key) or application/json {\"key\": \"...\"}")
+		return nil, asJSON, false
+	}
+	cl := ctx.Request.Header.ContentLength()
+	if cl < 0 {
+		writeJSONError(ctx, fasthttp.StatusLengthRequired, "length_required", "POST /login needs a Content-Length")
+		return nil, asJSON, false
+	}
+	if cl > maxLoginBody {
+		ctx.SetConnectionClose() // the body is not read
+		writeJSONError(ctx, fasthttp.StatusRequestEntityTooLarge, "body_too_large", "the login body is over 4 KiB")
+		return nil, asJSON, false
+	}
+	body := ctx.Request.Body() // within maxLoginBody (Content-Length above)
+	if asJSON {
+		// Exact-case field, as everywhere comfygate reads client JSON.
+		var m map[string]json.RawMessage
+		var v string
+		if json.Unmarshal(body, &m) != nil || json.Unmarshal(m["key"], &v) != nil {
+			writeJSONError(ctx, fasthttp.StatusBadRequest, "bad_request", `want a JSON object {"key": "<API key>"}`)
+			return nil, asJSON, false
+		}
+		return []byte(v), asJSON, true
+	}
+	var args fasthttp.Args
+	args.ParseBytes(body)
+	return append([]byte(nil), args.Peek("key")...), asJSON, true
+}
+
+// setSession sets the session cookie (an empty value with maxAge -1
+// clears it) and clears the legacy cookie that held a key.
+func (s *Server) setSession(ctx *fasthttp.RequestCtx, value string, maxAge int) {
+	secure := ctx.IsTLS() || string(ctx.Request.Header.Peek("X-Forwarded-Proto")) == "https"
+	for _, name := range []string{cookieName, legacyCookieName} {
+		c := fasthttp.AcquireCookie()
+		c.SetKey(name)
+		c.SetPath("/")
+		c.SetHTTPOnly(true)
+		c.SetSameSite(fasthttp.CookieSameSiteStrictMode)
+		c.SetSecure(secure)
+		if name == cookieName && maxAge > 0 {
+			c.SetValue(value)
+			c.SetMaxAge(maxAge)
+		} else {
+			c.SetValue("")
+			c.SetMaxAge(-1)
+		}
+		ctx.Response.Header.SetCookie(c)
+		fasthttp.ReleaseCookie(c)
+	}
+}
+
+// seeUI redirects to the web UI next to /login. The Location stays
+// relative, so a UI mounted under a path prefix by another proxy works.
+func seeUI(ctx *fasthttp.RequestCtx) {
+	ctx.SetStatusCode(fasthttp.StatusSeeOther)
+	ctx.Response.Header.Set("Location", "./")
+}
+
+// loginForm answers the login form with a message.
+func loginForm(ctx *fasthttp.RequestCtx, status int, msg string) {
+	ctx.SetStatusCode(status)
+	ctx.SetContentType("text/html; charset=utf-8")
+	ctx.SetBodyString(strings.Replace(loginPage, "%s", html.EscapeString(msg), 1))
 }

@@ -34,7 +34,10 @@ package proxy
 //       * user data (/settings*, /userdata*, /v2/userdata, /users,
 //         /internal/*): settings and saved workflows live in each instance's
 //         user directory, so they must all go to one place or a workflow
-//         saved now would be missing on the next load;
+//         saved now would be missing on the next load. With API keys
+//         and isolation on, a non-admin key's user data is its own
+//         directory there, and /internal and POST /users are refused
+//         (scopeUserData, userdata.go);
 //       * the frontend's static files (/, /assets/*, /extensions/*,
 //         /templates/*, /docs/*): one page load must come from one frontend
 //         build. Instances of different ComfyUI versions serve different
@@ -259,6 +262,9 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 			}
 			return tmpl
 		}
+	}
+	if s.scopeUserData(ctx, requestKey(ctx), p) {
+		return routeUserData
 	}
 	s.forwardPicked(ctx, s.home, nil)
 	return homeRoute(p)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -57,7 +58,10 @@ type Server struct {
 
 	hub *Hub
 	sec security // API keys, owners, rate limits (authz.go)
-	srv *fasthttp.Server
+	// settingsMu holds one *sync.Mutex per key name: a key's settings
+	// writes read, merge and write back its file one at a time (userdata.go).
+	settingsMu sync.Map
+	srv        *fasthttp.Server
 }
 
 // Server limits come from the limits section of the configuration. With
