@@ -299,10 +299,13 @@ func comfyUserPath(raw string, keepSlashEscapes bool) (string, bool) {
 			b.WriteByte(raw[i])
 			continue
 		}
-		if i+2 >= len(raw) || !isHexDigit(raw[i+1]) || !isHexDigit(raw[i+2]) {
+		if i+2 >= len(raw) {
 			return "", false
 		}
-		c := unhex(raw[i+1])<<4 | unhex(raw[i+2])
+		c, ok := unhex2(raw[i+1], raw[i+2])
+		if !ok {
+			return "", false
+		}
 		if c == '/' && keepSlashEscapes {
 			b.WriteString(raw[i : i+3])
 		} else {
