@@ -26,8 +26,10 @@ package proxy
 //     The prompt table then copies the namespaced file to the instance
 //     that runs the prompt as for any upload (prompts.Table.EnsureInputs);
 //   - answers the key receives (POST /prompt errors, /history, /queue,
-//     /api/jobs, uploads) lose the key's own folder prefix again, so the
-//     key sees the names it would see on one ComfyUI.
+//     /api/jobs, uploads) lose the key's own folder prefix again, and so
+//     do the WebSocket events of its prompts (an execution_error's
+//     current_inputs and message): the key sees the names it would see on
+//     one ComfyUI.
 //
 // A key may not reach into keysDir by itself: a prompt input that names it
 // is refused (400); a subfolder it gives is cleaned as a path rooted at
@@ -119,6 +121,44 @@ func stripNamespace(body []byte, ns string) []byte {
 	}
 	body = bytes.ReplaceAll(body, []byte(`"`+ns+`"`), []byte(`""`))
 	return bytes.ReplaceAll(body, []byte(ns+"/"), nil)
+}
+
+// stripAnyNamespace removes every "comfygate-keys/<16 hex digits>/" from
+// an event frame of a prompt. A prompt's values name only its own key's
+// folder (a key cannot name keysDir itself), and its events go only to
+// the socket of its client_id, which belongs to that key: whichever folder
+// a frame names is its receiver's.
+func stripAnyNamespace(frame []byte) []byte {
+	mark := []byte(keysDir + "/")
+	const hexLen = 16
+	if !bytes.Contains(frame, mark) {
+		return frame
+	}
+	out := make([]byte, 0, len(frame))
+	rest := frame
+	for {
+		i := bytes.Index(rest, mark)
+		if i < 0 {
+			return append(out, rest...)
+		}
+		j := i + len(mark)
+		if len(rest) > j+hexLen && isLowerHex(rest[j:j+hexLen]) && rest[j+hexLen] == '/' {
+			out = append(out, rest[:i]...)
+			rest = rest[j+hexLen+1:]
+			continue
+		}
+		out = append(out, rest[:j]...)
+		rest = rest[j:]
+	}
+}
+
+func isLowerHex(b []byte) bool {
+	for _, c := range b {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // namespacedAnswer reports whether route p (without /api) answers with

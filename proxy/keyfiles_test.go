@@ -13,9 +13,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/internal/testkit"
+	"github.com/fasthttp/websocket"
 )
 
 // uploadAs posts an upload form (fields first when fieldsFirst, else after
@@ -297,9 +299,63 @@ func TestNamespaceHelpers(t *testing.T) {
 	if got := string(stripNamespace(body, ns)); got != want {
 		t.Errorf("stripNamespace:\n got %s\nwant %s", got, want)
 	}
+	frame := `{"m": "'/in/` + ns + `/x.png'", "i": ["` + namespaceOf("key2") + `/y.png"], "k": "` + keysDir + `/short/z.png", "e": "` + keysDir + `/"}`
+	wantFrame := `{"m": "'/in/x.png'", "i": ["y.png"], "k": "` + keysDir + `/short/z.png", "e": "` + keysDir + `/"}`
+	if got := string(stripAnyNamespace([]byte(frame))); got != wantFrame {
+		t.Errorf("stripAnyNamespace:\n got %s\nwant %s", got, wantFrame)
+	}
 	for s, want := range map[string]bool{"x.png": false, keysDir: true, "../COMFYGATE-KEYS/x": true, "comfygate-copies/x": false} {
 		if namesKeysDir(s) != want {
 			t.Errorf("namesKeysDir(%q) = %v", s, !want)
 		}
+	}
+}
+
+// TestKeyUploadErrorsOwnNames: a prompt of an isolated key that fails on
+// its uploaded file reports the error, on the WebSocket and in /history,
+// with the file's name as the key sent it.
+func TestKeyUploadErrorsOwnNames(t *testing.T) {
+	t.Parallel()
+	ss := sims(t, 1, comfysim.Options{})
+	g := startGate(t, addrsOf(ss), withKeys)
+	if status, body := uploadAs(t, g, keyA, "/upload/image", "bad.png", []byte("not an image"), nil, false); status != http.StatusOK {
+		t.Fatalf("upload: %d %s", status, body)
+	}
+	ws, _, err := websocket.DefaultDialer.Dial("ws://"+g.addr+"/ws?clientId=files-of-a", bearer(keyA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	var a promptAnswer
+	if status, raw := postJSON(t, g.base+"/prompt", bearer(keyA), map[string]any{"prompt": keyPrompt("bad.png", "bad"), "client_id": "files-of-a"}, &a); status != http.StatusOK {
+		t.Fatalf("prompt: %d %s", status, raw)
+	}
+	_ = ws.SetReadDeadline(time.Now().Add(gateTimeout))
+	var frame []byte
+	for frame == nil {
+		typ, msg, err := ws.ReadMessage()
+		if err != nil {
+			t.Fatalf("waiting for execution_error: %v", err)
+		}
+		var m struct {
+			Type string `json:"type"`
+			Data struct {
+				PromptID string `json:"prompt_id"`
+			} `json:"data"`
+		}
+		if typ == websocket.TextMessage && json.Unmarshal(msg, &m) == nil && m.Type == "execution_error" && m.Data.PromptID == a.PromptID {
+			frame = msg
+		}
+	}
+	if !strings.Contains(string(frame), "bad.png") || strings.Contains(string(frame), keysDir) {
+		t.Errorf("execution_error on A's socket: %s, want bad.png as A named it", frame)
+	}
+	var h []byte
+	testkit.Eventually(t, "the failed prompt in A's history", func() bool {
+		_, _, h = gateDo(t, "GET", g.base+"/history/"+a.PromptID, bearer(keyA), nil)
+		return strings.Contains(string(h), "execution_error")
+	})
+	if strings.Contains(string(h), keysDir) || !strings.Contains(string(h), "bad.png") {
+		t.Errorf("A's history of the failed prompt: %s, want bad.png as A named it", h)
 	}
 }
