@@ -188,7 +188,7 @@ func unnamespaceAnswer(ctx *fasthttp.RequestCtx, ns string) {
 // missing file (404, empty body).
 func (s *Server) viewNamespaced(ctx *fasthttp.RequestCtx, ns string, ref prompts.FileRef) {
 	cands := []prompts.FileRef{{Filename: ref.Filename, Subfolder: intoNamespace(ns, ref.Subfolder), Type: ref.Type}}
-	if !namesKeysDir(ref.Subfolder) {
+	if !namesKeysDir(ref.Subfolder) && !namesKeysDir(ref.Filename) {
 		cands = append(cands, ref)
 	}
 	for _, c := range cands {
@@ -221,7 +221,9 @@ func (s *Server) viewNamespaced(ctx *fasthttp.RequestCtx, ns string, ref prompts
 func (s *Server) namespacedRef(ns string, ref prompts.FileRef) (prompts.FileRef, *upstream.Instance) {
 	own := prompts.FileRef{Filename: ref.Filename, Subfolder: intoNamespace(ns, ref.Subfolder), Type: ref.Type}
 	cands := []prompts.FileRef{own}
-	if !namesKeysDir(ref.Subfolder) {
+	// A mask's original_ref joins its filename, path and all, to the
+	// subfolder: neither may name keysDir outside the key's folder.
+	if !namesKeysDir(ref.Subfolder) && !namesKeysDir(ref.Filename) {
 		cands = append(cands, ref)
 	}
 	for _, c := range cands {

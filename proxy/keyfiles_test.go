@@ -247,6 +247,19 @@ func TestKeyUploadsIsolated(t *testing.T) {
 		}
 	}
 
+	// An original_ref naming B's folder, by its file name or subfolder,
+	// never gives A B's image under A's mask.
+	for _, ref := range []string{
+		`{"filename": "` + hB + `/x.png", "subfolder": "", "type": "input"}`,
+		`{"filename": "x.png", "subfolder": "` + hB + `", "type": "input"}`,
+		`{"filename": "x.png [input]", "subfolder": "../` + hB[len(keysDir)+1:] + `"}`,
+	} {
+		uploadAs(t, g, keyA, "/upload/mask", "x.png", mask, map[string]string{"overwrite": "true", "type": "input", "original_ref": ref}, false)
+		if _, body := viewAs(t, g, keyA, x); len(body) > 0 && pngPixel(t, body).R == red.R {
+			t.Errorf("A's mask with original_ref %s: A's x.png holds B's image", ref)
+		}
+	}
+
 	// A file name with a path could leave A's folder: refused.
 	if status, body := uploadAs(t, g, keyA, "/upload/image", "../"+hB[len(keysDir)+1:]+"/x.png", bluePNG, map[string]string{"overwrite": "true"}, false); status != http.StatusBadRequest {
 		t.Errorf("A's upload named ../<B>/x.png: %d %s, want 400", status, body)
