@@ -281,6 +281,16 @@ func TestKeyUploadsIsolated(t *testing.T) {
 	if pa, _ := runAs(keyA, "shared.png"); pa != inv(red) {
 		t.Errorf("A's prompt loading the admin's shared.png: pixel %v, want inverted red", pa)
 	}
+	// With a shared file of that name too, an original_ref whose file name
+	// leads into B's folder still does not give A B's image.
+	answer(uploadAs(t, g, keyAdmin, "/upload/image", "only.png", bluePNG, nil, false))
+	answer(uploadAs(t, g, keyB, "/upload/image", "only.png", redPNG, nil, false))
+	uploadAs(t, g, keyA, "/upload/mask", "only.png", mask, map[string]string{
+		"overwrite": "true", "type": "input", "original_ref": `{"filename": "` + hB + `/only.png", "subfolder": "", "type": "input"}`,
+	}, false)
+	if _, body := viewAs(t, g, keyA, fileRef{Filename: "only.png", Type: "input"}); len(body) > 0 && pngPixel(t, body).R == red.R {
+		t.Error("A's mask with original_ref naming B's folder in its file name: A's only.png holds B's image")
+	}
 }
 
 // pngPixel is the first pixel of a PNG.
