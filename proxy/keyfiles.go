@@ -341,9 +341,9 @@ type uploadForm struct {
 	ns      string
 	origRef []byte
 
-	mu         sync.Mutex // guards clientSub, sawSub
-	clientSub  string     // the client's first subfolder value
+	mu         sync.Mutex // guards sawSub, clientSub, sentSubDir
 	sawSub     bool
+	clientSub  string // the client's first subfolder value
 	sentSubDir string // what the instance gets for clientSub
 }
 
@@ -359,14 +359,14 @@ func (f *uploadForm) head(mr *multipart.Reader, mw *multipart.Writer) (*multipar
 		if err != nil {
 			return nil, err
 		}
-		file, err := checkUploadPart(part)
+		name, file, err := checkUploadPart(part)
 		if err != nil {
 			return nil, err
 		}
 		if file {
 			return part, nil
 		}
-		if err := f.copyPart(part, mw, maxFormField); err != nil {
+		if err := f.copyPart(part, name, mw, maxFormField); err != nil {
 			return nil, err
 		}
 	}
@@ -377,7 +377,11 @@ func (f *uploadForm) head(mr *multipart.Reader, mw *multipart.Writer) (*multipar
 func (f *uploadForm) rest(mr *multipart.Reader, mw *multipart.Writer, first *multipart.Part) error {
 	part := first
 	for part != nil {
-		if err := f.copyPart(part, mw, -1); err != nil {
+		name, _, err := checkUploadPart(part)
+		if err != nil {
+			return err
+		}
+		if err := f.copyPart(part, name, mw, -1); err != nil {
 			return err
 		}
 		next, err := mr.NextRawPart()
@@ -387,18 +391,15 @@ func (f *uploadForm) rest(mr *multipart.Reader, mw *multipart.Writer, first *mul
 		if err != nil {
 			return err
 		}
-		if _, err := checkUploadPart(next); err != nil {
-			return err
-		}
 		part = next
 	}
 	f.mu.Lock()
-	saw := f.sawSub
-	f.mu.Unlock()
-	if !saw {
-		f.mu.Lock()
+	add := !f.sawSub
+	if add {
 		f.sawSub, f.sentSubDir = true, f.ns
-		f.mu.Unlock()
+	}
+	f.mu.Unlock()
+	if add {
 		if err := mw.WriteField("subfolder", f.ns); err != nil {
 			return err
 		}
@@ -406,26 +407,27 @@ func (f *uploadForm) rest(mr *multipart.Reader, mw *multipart.Writer, first *mul
 	return mw.Close()
 }
 
-// checkUploadPart refuses a part comfygate cannot name as the instance
-// will (a Content-Disposition it cannot parse) and a file whose name
-// carries a path, which the instance would join to the key's folder and
-// so leave it. It reports whether the part is a file.
-func checkUploadPart(part *multipart.Part) (bool, error) {
-	_, params, err := mime.ParseMediaType(part.Header.Get("Content-Disposition"))
-	if err != nil || params["name"] == "" {
-		return false, fmt.Errorf("%w: a part without a readable Content-Disposition name", errUploadForm)
+// checkUploadPart returns the field name of a part and whether it is a
+// file. It refuses a part comfygate may not name as the instance does (a
+// Content-Disposition that is not form-data with a name) and a file whose
+// name carries a path, which the instance would join to the key's folder
+// and so leave it.
+func checkUploadPart(part *multipart.Part) (name string, file bool, err error) {
+	disp, params, err := mime.ParseMediaType(part.Header.Get("Content-Disposition"))
+	if err != nil || disp != "form-data" || params["name"] == "" {
+		return "", false, fmt.Errorf("%w: a part without a form-data Content-Disposition and name", errUploadForm)
 	}
-	name, file := params["filename"]
-	if file && (strings.ContainsAny(name, `/\`) || name == "." || name == "..") {
-		return true, fmt.Errorf("%w: file name %q has a path", errUploadForm, name)
+	fn, file := params["filename"]
+	if file && (strings.ContainsAny(fn, `/\`) || fn == "." || fn == "..") {
+		return "", true, fmt.Errorf("%w: file name %q has a path", errUploadForm, fn)
 	}
-	return file, nil
+	return params["name"], file, nil
 }
 
-// copyPart copies one part, rewriting subfolder and original_ref fields;
-// limit > 0 caps every part's size (the held head of the form).
-func (f *uploadForm) copyPart(part *multipart.Part, mw *multipart.Writer, limit int64) error {
-	name := part.FormName()
+// copyPart copies one part, of field name (checkUploadPart), rewriting
+// subfolder and original_ref fields; limit > 0 caps every part's size (the
+// held head of the form).
+func (f *uploadForm) copyPart(part *multipart.Part, name string, mw *multipart.Writer, limit int64) error {
 	if name == "subfolder" || (name == "original_ref" && f.origRef != nil) {
 		b, err := io.ReadAll(io.LimitReader(part, maxFormField+1))
 		if err != nil {

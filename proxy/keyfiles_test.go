@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"image/color"
 	"image/png"
+	"io"
+	"mime"
 	"mime/multipart"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -381,4 +384,58 @@ func TestKeyUploadErrorsOwnNames(t *testing.T) {
 	if strings.Contains(string(h), keysDir) || !strings.Contains(string(h), "bad.png") {
 		t.Errorf("A's history of the failed prompt: %s, want bad.png as A named it", h)
 	}
+}
+
+// FuzzUploadForm rewrites arbitrary multipart bodies as for an isolated
+// key. Whatever the client sent, a form comfygate accepts reaches the
+// instance with exactly one meaning for subfolder, inside the key's folder,
+// and with no file name that has a path.
+func FuzzUploadForm(f *testing.F) {
+	for _, seed := range []string{
+		"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x.png\"\r\n\r\nPNG\r\n--b\r\nContent-Disposition: form-data; name=\"subfolder\"\r\n\r\n../a\r\n--b--\r\n",
+		"--b\r\nContent-Disposition: form-data; name=\"subfolder\"\r\n\r\np\r\n--b\r\nContent-Disposition: form-data; name=\"subfolder\"\r\n\r\nq\r\n--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"..\\\\x.png\"\r\n\r\nPNG\r\n--b--\r\n",
+		"--b\r\nContent-Disposition: form-data; name=subfolder; name=image\r\n\r\nz\r\n--b--\r\n",
+		"--b\r\nContent-Disposition: form-data; name*=UTF-8''subfolder\r\n\r\n/etc\r\n--b--\r\n",
+	} {
+		f.Add([]byte(seed))
+	}
+	ns := namespaceOf("key1")
+	f.Fuzz(func(t *testing.T, body []byte) {
+		uf := &uploadForm{ns: ns}
+		var out bytes.Buffer
+		mw := newFormWriter(&out, []byte("b"))
+		mr := multipart.NewReader(bytes.NewReader(body), "b")
+		first, err := uf.head(mr, mw)
+		if err == nil {
+			err = uf.rest(mr, mw, first)
+		}
+		if err != nil {
+			return
+		}
+		subs := 0
+		r := multipart.NewReader(&out, mw.Boundary())
+		for {
+			part, err := r.NextRawPart()
+			if err != nil {
+				break
+			}
+			_, params, perr := mime.ParseMediaType(part.Header.Get("Content-Disposition"))
+			if perr != nil {
+				t.Fatalf("a part the instance cannot name: %q", part.Header.Get("Content-Disposition"))
+			}
+			if fn, ok := params["filename"]; ok && strings.ContainsAny(fn, `/\`) {
+				t.Fatalf("file name with a path: %q", fn)
+			}
+			if params["name"] == "subfolder" {
+				v, _ := io.ReadAll(part)
+				subs++
+				if c := string(v); c != ns && !strings.HasPrefix(c, ns+"/") || slices.Contains(strings.Split(c, "/"), "..") {
+					t.Fatalf("subfolder %q outside %s", c, ns)
+				}
+			}
+		}
+		if subs == 0 {
+			t.Fatal("no subfolder field reached the instance")
+		}
+	})
 }
