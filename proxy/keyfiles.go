@@ -413,7 +413,11 @@ func (f *uploadForm) rest(mr *multipart.Reader, mw *multipart.Writer, first *mul
 // name carries a path, which the instance would join to the key's folder
 // and so leave it.
 func checkUploadPart(part *multipart.Part) (name string, file bool, err error) {
-	disp, params, err := mime.ParseMediaType(part.Header.Get("Content-Disposition"))
+	cd := part.Header.Values("Content-Disposition")
+	if len(cd) != 1 || ambiguousParams(cd[0]) {
+		return "", false, fmt.Errorf("%w: a part whose Content-Disposition parsers may read differently", errUploadForm)
+	}
+	disp, params, err := mime.ParseMediaType(cd[0])
 	if err != nil || disp != "form-data" || params["name"] == "" {
 		return "", false, fmt.Errorf("%w: a part without a form-data Content-Disposition and name", errUploadForm)
 	}
@@ -422,6 +426,36 @@ func checkUploadPart(part *multipart.Part) (name string, file bool, err error) {
 		return "", true, fmt.Errorf("%w: file name %q has a path", errUploadForm, fn)
 	}
 	return params["name"], file, nil
+}
+
+// ambiguousParams reports whether a Content-Disposition gives a parameter
+// both plainly and in its RFC 2231 form (name and name*): which one wins
+// is up to the parser, and comfygate must read the form as the instance.
+func ambiguousParams(cd string) bool {
+	seen := map[string]bool{}
+	inQuote, escaped, start := false, false, 0
+	for i := 0; i <= len(cd); i++ {
+		if i < len(cd) {
+			c := cd[i]
+			switch {
+			case escaped:
+				escaped = false
+				continue
+			case c == '\\' && inQuote:
+				escaped = true
+				continue
+			case c == '"':
+				inQuote = !inQuote
+				continue
+			case c != ';' || inQuote:
+				continue
+			}
+		}
+		key, _, _ := strings.Cut(cd[start:i], "=")
+		seen[strings.ToLower(strings.TrimSpace(key))] = true
+		start = i + 1
+	}
+	return (seen["name"] && seen["name*"]) || (seen["filename"] && seen["filename*"])
 }
 
 // copyPart copies one part, of field name (checkUploadPart), rewriting
@@ -446,7 +480,8 @@ func (f *uploadForm) copyPart(part *multipart.Part, name string, mw *multipart.W
 			f.mu.Unlock()
 			val = []byte(sent)
 		}
-		w, err := mw.CreatePart(part.Header)
+		// A plain header: the instance reads this field's name as comfygate.
+		w, err := mw.CreateFormField(name)
 		if err != nil {
 			return err
 		}

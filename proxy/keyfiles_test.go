@@ -330,6 +330,17 @@ func TestNamespaceHelpers(t *testing.T) {
 	if got := string(stripAnyNamespace([]byte(frame))); got != wantFrame {
 		t.Errorf("stripAnyNamespace:\n got %s\nwant %s", got, wantFrame)
 	}
+	for cd, want := range map[string]bool{
+		`form-data; name="image"; filename="x.png"`:                          false,
+		`form-data; name*=UTF-8''subfolder`:                                  false,
+		`form-data; name="subfolder"; name*=UTF-8''x`:                        true,
+		`form-data; name="image"; filename="a;filename*=b"`:                  false,
+		`form-data; name="image"; filename="a\";b"; FILENAME*=UTF-8''..%2Fx`: true,
+	} {
+		if ambiguousParams(cd) != want {
+			t.Errorf("ambiguousParams(%s) = %v", cd, !want)
+		}
+	}
 	for s, want := range map[string]bool{"x.png": false, keysDir: true, "../COMFYGATE-KEYS/x": true, "comfygate-copies/x": false} {
 		if namesKeysDir(s) != want {
 			t.Errorf("namesKeysDir(%q) = %v", s, !want)
@@ -396,6 +407,8 @@ func FuzzUploadForm(f *testing.F) {
 		"--b\r\nContent-Disposition: form-data; name=\"subfolder\"\r\n\r\np\r\n--b\r\nContent-Disposition: form-data; name=\"subfolder\"\r\n\r\nq\r\n--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"..\\\\x.png\"\r\n\r\nPNG\r\n--b--\r\n",
 		"--b\r\nContent-Disposition: form-data; name=subfolder; name=image\r\n\r\nz\r\n--b--\r\n",
 		"--b\r\nContent-Disposition: form-data; name*=UTF-8''subfolder\r\n\r\n/etc\r\n--b--\r\n",
+		"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"ok.png\"; filename*=UTF-8''..%2Fx.png\r\n\r\nPNG\r\n--b--\r\n",
+		"--b\r\nContent-Disposition: form-data; name=\"subfolder\"\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n..\r\n--b--\r\n",
 	} {
 		f.Add([]byte(seed))
 	}
