@@ -184,34 +184,25 @@ func unnamespaceAnswer(ctx *fasthttp.RequestCtx, ns string) {
 }
 
 // viewNamespaced serves GET /view of ref for the key of namespace ns: the
-// key's own file, else a file outside keysDir, else ComfyUI's answer to a
-// missing file (404, empty body).
+// key's own file, else a file outside keysDir (namespacedRef), else
+// ComfyUI's answer to a missing file (404, empty body).
 func (s *Server) viewNamespaced(ctx *fasthttp.RequestCtx, ns string, ref prompts.FileRef) {
-	cands := []prompts.FileRef{{Filename: ref.Filename, Subfolder: intoNamespace(ns, ref.Subfolder), Type: ref.Type}}
-	if !namesKeysDir(ref.Subfolder) && !namesKeysDir(ref.Filename) {
-		cands = append(cands, ref)
-	}
-	for _, c := range cands {
-		cctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
-		inst, ok := s.prompts.FileOwner(cctx, c)
-		cancel()
-		if !ok {
-			continue
+	c, inst := s.namespacedRef(ns, ref)
+	if inst == nil {
+		if len(s.pool.Healthy()) == 0 {
+			s.writeError(ctx, upstream.ErrNoUpstream)
+			return
 		}
-		var args fasthttp.Args
-		ctx.QueryArgs().CopyTo(&args)
-		args.Set("subfolder", c.Subfolder)
-		uri := append(append([]byte(nil), splitPath(rawRequestURI(ctx))...), '?')
-		uri = append(uri, args.QueryString()...)
-		s.forwardTo(ctx, inst, &forwardOpts{uri: uri})
+		ctx.SetStatusCode(fasthttp.StatusNotFound)
+		ctx.SetContentType("application/octet-stream")
 		return
 	}
-	if len(s.pool.Healthy()) == 0 {
-		s.writeError(ctx, upstream.ErrNoUpstream)
-		return
-	}
-	ctx.SetStatusCode(fasthttp.StatusNotFound)
-	ctx.SetContentType("application/octet-stream")
+	var args fasthttp.Args
+	ctx.QueryArgs().CopyTo(&args)
+	args.Set("subfolder", c.Subfolder)
+	uri := append(append([]byte(nil), splitPath(rawRequestURI(ctx))...), '?')
+	uri = append(uri, args.QueryString()...)
+	s.forwardTo(ctx, inst, &forwardOpts{uri: uri})
 }
 
 // namespacedRef is ref (a key's name for a file) in the key's namespace,
@@ -222,7 +213,8 @@ func (s *Server) namespacedRef(ns string, ref prompts.FileRef) (prompts.FileRef,
 	own := prompts.FileRef{Filename: ref.Filename, Subfolder: intoNamespace(ns, ref.Subfolder), Type: ref.Type}
 	cands := []prompts.FileRef{own}
 	// A mask's original_ref joins its filename, path and all, to the
-	// subfolder: neither may name keysDir outside the key's folder.
+	// subfolder (/view keeps only the base name): neither may name keysDir
+	// outside the key's folder.
 	if !namesKeysDir(ref.Subfolder) && !namesKeysDir(ref.Filename) {
 		cands = append(cands, ref)
 	}
