@@ -253,6 +253,13 @@ func (fs *fileStore) FileChanged(ref FileRef, holder *upstream.Instance) {
 	fs.pins.invalidate(normalizeRef(copyRef(holder, ref)))
 }
 
+// FilePinned reports whether some instance is known to hold ref, without
+// asking the instances: a cheap test for names that may be text.
+func (fs *fileStore) FilePinned(ref FileRef) bool {
+	ref = normalizeRef(ref)
+	return ref.Filename != "" && len(fs.pins.owners(ref)) > 0
+}
+
 // FileOwner returns the instance that holds ref; on a miss it asks the
 // instances (GET /view with Range: bytes=0-0, so no file is downloaded) and
 // pins the answer. ok=false when none has it.

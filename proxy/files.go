@@ -57,6 +57,10 @@ func (s *Server) view(ctx *fasthttp.RequestCtx) {
 		s.viewEncoded(ctx, token, orig)
 		return
 	}
+	if ns := s.keyNamespace(ctx); ns != "" {
+		s.viewNamespaced(ctx, ns, ref)
+		return
+	}
 	cctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
 	inst, ok := s.prompts.FileOwner(cctx, ref)
 	cancel()
@@ -133,6 +137,10 @@ func (s *Server) pinUpload(inst *upstream.Instance, status int, body []byte) []b
 // unchanged to the home instance (see the file comment), and the file is
 // pinned there from the answer.
 func (s *Server) uploadImage(ctx *fasthttp.RequestCtx) {
+	if ns := s.keyNamespace(ctx); ns != "" {
+		s.uploadImageNamespaced(ctx, ns)
+		return
+	}
 	s.forwardPicked(ctx, s.home, &forwardOpts{rewrite: s.pinUpload})
 }
 
@@ -150,6 +158,10 @@ func (s *Server) uploadMask(ctx *fasthttp.RequestCtx) {
 			return
 		}
 		ctx.SetStatusCode(fasthttp.StatusBadRequest)
+		return
+	}
+	if ns := s.keyNamespace(ctx); ns != "" {
+		s.uploadMaskNamespaced(ctx, ns, body)
 		return
 	}
 	o := &forwardOpts{body: body, setBody: true, rewrite: s.pinUpload}

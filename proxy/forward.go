@@ -26,6 +26,9 @@ type forwardOpts struct {
 	// body, with setBody, replaces the client's body (already read).
 	body    []byte
 	setBody bool
+	// bodyStream, when set, is the body sent instead of the client's,
+	// chunked (a form rewritten as it streams, keyfiles.go).
+	bodyStream io.Reader
 	// rewrite, when set, reads the answer whole (up to maxSmallAnswer) and
 	// returns what goes to the client instead; the status and headers stay.
 	rewrite func(inst *upstream.Instance, status int, body []byte) []byte
@@ -70,6 +73,8 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, inst *upstream.Instance, o *f
 	switch {
 	case o.setBody:
 		req.SetBody(o.body)
+	case o.bodyStream != nil:
+		do.Body, do.BodySize = o.bodyStream, -1
 	default:
 		if cl := ctx.Request.Header.ContentLength(); cl > 0 || cl == -1 {
 			if bs := ctx.RequestBodyStream(); bs != nil {

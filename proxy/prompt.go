@@ -116,6 +116,15 @@ func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 		writeComfyError(ctx, fasthttp.StatusBadRequest, "no_prompt", "No prompt provided", "No prompt provided")
 		return
 	}
+	if ns := s.keyNamespace(ctx); ns != "" {
+		// An isolated key's uploads live in its own folder (keyfiles.go).
+		graph, err := s.namespacePrompt(ns, fields["prompt"])
+		if err != nil {
+			writeComfyError(ctx, fasthttp.StatusBadRequest, "invalid_prompt", "Invalid prompt: "+err.Error(), err.Error())
+			return
+		}
+		fields["prompt"] = graph
+	}
 	clientID := comfyapi.PromptRequest{ClientID: fields["client_id"], ExtraData: fields["extra_data"]}.EffectiveClientID()
 	if !s.claimClientID(ctx, clientID) {
 		return

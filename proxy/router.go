@@ -162,6 +162,12 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 	if after != nil {
 		defer after()
 	}
+	if namespacedAnswer(p, api) {
+		if ns := s.keyNamespace(ctx); ns != "" {
+			// The key's own names in what it receives (keyfiles.go).
+			defer unnamespaceAnswer(ctx, ns)
+		}
+	}
 	if api && s.jobs != nil && s.jobs.ServeJobs(ctx) {
 		return routeJobsFacade
 	}

@@ -37,6 +37,10 @@ func (h *Hub) PromptEvent(p *prompts.Prompt, ev prompts.Event) {
 		// the pool and the jobs package keep the raw ones.
 		ev.Data = encodeExecutedFrame(outputToken(ev.Instance.Name), ev.Data)
 	}
+	if !ev.Binary {
+		// An isolated key's file names, as the key sent them (keyfiles.go).
+		ev.Data = stripAnyNamespace(ev.Data)
+	}
 	v := newVariants(ev)
 	h.mu.Lock()
 	if h.closed {
