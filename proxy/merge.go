@@ -150,6 +150,11 @@ func parseComfyInt(v string) (int, bool) {
 // With max_items alone each instance is asked for its newest max_items
 // only (the fleet's newest N are among them); with offset every entry is
 // needed.
+//
+// With isolation the window applies to the entries the request's key may
+// see: the others are left out first (a key with older entries than
+// everyone else's newest still gets its own newest N), and every entry of
+// every instance is needed.
 func (s *Server) getHistory(ctx *fasthttp.RequestCtx) {
 	args := ctx.QueryArgs()
 	var maxItems *int
@@ -170,8 +175,9 @@ func (s *Server) getHistory(ctx *fasthttp.RequestCtx) {
 		}
 		offset = n
 	}
+	visible := s.listVisible(ctx)
 	path := "/history"
-	if maxItems != nil && offset < 0 {
+	if maxItems != nil && offset < 0 && visible == nil {
 		path += "?max_items=" + strconv.Itoa(*maxItems)
 	}
 	insts := s.readable()
@@ -194,6 +200,9 @@ func (s *Server) getHistory(ctx *fasthttp.RequestCtx) {
 				last = ts
 			}
 			key, val := s.rewriteHistoryEntry(r.inst, m.Key, m.Val)
+			if visible != nil && !visible(key) {
+				continue
+			}
 			list = append(list, historyItem{key: key, val: val, ts: last})
 		}
 		lists = append(lists, list)
@@ -297,7 +306,9 @@ type jobItem struct {
 // filter and order, the answers are merged and re-sorted the same way
 // (sort_by created_at or execution_duration, sort_order desc by default;
 // ties in configuration order), and the page is cut again. total is the
-// sum of the instances' totals. Instances without the jobs API (404) are
+// sum of the instances' totals. With isolation, every job of every
+// instance is asked for, those the request's key may not see are left
+// out, and the page, total and has_more are of the rest. Instances without the jobs API (404) are
 // left out; when none has it the client gets that 404, as from an older
 // ComfyUI. A 400 (bad status, sort_by, ...) is relayed as the instance
 // gave it; limit and offset are checked here with ComfyUI's messages.
@@ -336,7 +347,8 @@ func (s *Server) getJobs(ctx *fasthttp.RequestCtx) {
 			q.Add(string(k), string(v))
 		}
 	}
-	if limit != nil {
+	visible := s.listVisible(ctx)
+	if limit != nil && visible == nil {
 		q.Set("limit", strconv.Itoa(offset+*limit))
 	}
 	path := "/api/jobs"
@@ -374,9 +386,17 @@ func (s *Server) getJobs(ctx *fasthttp.RequestCtx) {
 			continue
 		}
 		answered = true
-		total += page.Pagination.Total
+		if visible == nil {
+			total += page.Pagination.Total
+		}
 		for _, j := range page.Jobs {
-			_, out := s.rewriteJob(r.inst, j)
+			id, out := s.rewriteJob(r.inst, j)
+			if visible != nil {
+				if !visible(id) {
+					continue
+				}
+				total++
+			}
 			jobs = append(jobs, jobItem{raw: out, key: jobSortKey(j, sortBy), inst: i})
 		}
 	}
@@ -449,4 +469,10 @@ func jobSortKey(raw json.RawMessage, sortBy string) float64 {
 		return *j.CreateTime
 	}
 	return 0
+}
+
+// listVisible is the request's isolation filter of merged lists: whether
+// a (client-facing) prompt id may be listed; nil lists every one.
+func (s *Server) listVisible(ctx *fasthttp.RequestCtx) func(id string) bool {
+	return s.promptView(requestKey(ctx)).Visible
 }
