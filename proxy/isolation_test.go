@@ -1,8 +1,11 @@
 package proxy
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
+	"sort"
 	"strings"
 	"testing"
 
@@ -108,4 +111,123 @@ func submitAs(t *testing.T, g *gate, key string, body map[string]any) string {
 		t.Fatalf("POST /prompt with %s…: %d %s", key[:5], status, raw)
 	}
 	return a.PromptID
+}
+
+// TestUnownedEventsStayWithTheirKey: the events of B's prompt without
+// client_id (ComfyUI sends progress and progress_state to every socket)
+// reach B's socket and admin sockets, never A's; fleet-wide messages
+// still reach everyone.
+func TestUnownedEventsStayWithTheirKey(t *testing.T) {
+	t.Parallel()
+	ss := sims(t, 1, comfysim.Options{})
+	g := startGate(t, addrsOf(ss), withKeys)
+	d := &websocket.Dialer{HandshakeTimeout: wsTestTimeout}
+	wa := dialWSWith(t, d, "ws://"+g.addr+"/ws?clientId=sock-of-a&token="+keyA)
+	wb := dialWSWith(t, d, "ws://"+g.addr+"/ws?clientId=sock-of-b&token="+keyB)
+	wadmin := dialWSWith(t, d, "ws://"+g.addr+"/ws?clientId=sock-of-admin&token="+keyAdmin)
+
+	id := submitAs(t, g, keyB, map[string]any{"prompt": emptyImagePrompt(0x0a0b0c, "nocid")})
+	waitHistoryAs(t, g, keyB, id)
+	// An admin key claims no clientId: its prompt naming A's is still not
+	// A's to watch.
+	adminID := submitAs(t, g, keyAdmin, map[string]any{"prompt": emptyImagePrompt(0x0d0e0f, "adm"), "client_id": "sock-of-a"})
+	waitHistoryAs(t, g, keyAdmin, adminID)
+	// The marker comes from the instance after every event of B's prompt,
+	// on the same socket: what a client got before it is all it gets.
+	ss[0].BroadcastCustom("test_marker", map[string]any{"m": "after"})
+	count := func(msgs []wsMsg) int {
+		n := 0
+		for _, m := range msgs {
+			if !m.binary && strings.Contains(string(m.data), id) {
+				n++
+			}
+		}
+		return n
+	}
+	if n := count(wb.readUntil("test_marker")); n == 0 {
+		t.Error("B's socket got no event of B's prompt without client_id")
+	}
+	if n := count(wadmin.readUntil("test_marker")); n == 0 {
+		t.Error("the admin socket got no event of B's prompt without client_id")
+	}
+	for _, m := range wa.readUntil("test_marker") {
+		if strings.Contains(string(m.data), id) || strings.Contains(string(m.data), adminID) {
+			t.Errorf("A's socket got an event of another key's prompt: %.200s", m.data)
+		}
+	}
+}
+
+// TestListingsFilterBeforeWindow: max_items, offset and limit apply to
+// what the key may see, and the jobs list's total counts only that.
+func TestListingsFilterBeforeWindow(t *testing.T) {
+	t.Parallel()
+	ss := sims(t, 2, comfysim.Options{Version: "0.38.0"})
+	g := startGate(t, addrsOf(ss), withKeys)
+	var bIDs []string
+	for i := range 3 {
+		id := submitAs(t, g, keyB, map[string]any{"prompt": emptyImagePrompt(0x100000+i, "lb")})
+		waitHistoryAs(t, g, keyB, id)
+		bIDs = append(bIDs, id)
+	}
+	for i := range 3 {
+		waitHistoryAs(t, g, keyA, submitAs(t, g, keyA, map[string]any{"prompt": emptyImagePrompt(0x200000+i, "la")}))
+	}
+	keys := func(h map[string]json.RawMessage) []string {
+		var out []string
+		for k := range h {
+			out = append(out, k)
+		}
+		sort.Strings(out)
+		return out
+	}
+	sorted := func(ids ...string) []string { return slices.Sorted(slices.Values(ids)) }
+	for _, tc := range []struct {
+		path string
+		want []string
+	}{
+		{"/history?max_items=1", []string{bIDs[2]}},
+		{"/api/history?max_items=2", sorted(bIDs[1], bIDs[2])},
+		{"/history?offset=1", sorted(bIDs[1], bIDs[2])},
+		{"/history?offset=1&max_items=1", []string{bIDs[1]}},
+		{"/history", sorted(bIDs...)},
+	} {
+		if got := keys(historyOf(t, g, keyB, tc.path)); !slices.Equal(got, tc.want) {
+			t.Errorf("B's GET %s: %v, want %v", tc.path, got, tc.want)
+		}
+	}
+	if n := len(historyOf(t, g, keyAdmin, "/history?max_items=6")); n != 6 {
+		t.Errorf("admin's /history?max_items=6: %d entries, want 6", n)
+	}
+
+	var page struct {
+		Jobs []struct {
+			ID string `json:"id"`
+		} `json:"jobs"`
+		Pagination struct {
+			Total   int  `json:"total"`
+			HasMore bool `json:"has_more"`
+		} `json:"pagination"`
+	}
+	for _, tc := range []struct {
+		query   string
+		want    []string
+		hasMore bool
+	}{
+		{"?limit=1", []string{bIDs[2]}, true},
+		{"?limit=1&offset=2", []string{bIDs[0]}, false},
+		{"?sort_order=asc&offset=1", []string{bIDs[1], bIDs[2]}, false},
+	} {
+		status, _, body := gateDo(t, "GET", g.base+"/api/jobs"+tc.query, bearer(keyB), nil)
+		if status != http.StatusOK || json.Unmarshal(body, &page) != nil {
+			t.Fatalf("B's GET /api/jobs%s: %d %s", tc.query, status, body)
+		}
+		var got []string
+		for _, j := range page.Jobs {
+			got = append(got, j.ID)
+		}
+		if !slices.Equal(got, tc.want) || page.Pagination.Total != 3 || page.Pagination.HasMore != tc.hasMore {
+			t.Errorf("B's GET /api/jobs%s: %v total %d has_more %v, want %v total 3 has_more %v",
+				tc.query, got, page.Pagination.Total, page.Pagination.HasMore, tc.want, tc.hasMore)
+		}
+	}
 }
