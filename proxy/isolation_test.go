@@ -3,16 +3,21 @@ package proxy
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"slices"
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/comfygate/comfygate/auth"
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/testkit"
+	"github.com/comfygate/comfygate/prompts"
 	"github.com/fasthttp/websocket"
+	"github.com/valyala/fasthttp"
 )
 
 // wsRefused reports whether opening /ws?clientId=id with key is refused
@@ -229,5 +234,51 @@ func TestListingsFilterBeforeWindow(t *testing.T) {
 			t.Errorf("B's GET /api/jobs%s: %v total %d has_more %v, want %v total 3 has_more %v",
 				tc.query, got, page.Pagination.Total, page.Pagination.HasMore, tc.want, tc.hasMore)
 		}
+	}
+}
+
+// TestWSEventsStayWithTheirKey, on the hub alone: with isolation, a
+// socket neither replays a backlog another key's prompts left on its
+// clientId nor receives another key's events routed by clientId, and a
+// clientId held by a live socket is refused to other keys.
+func TestWSEventsStayWithTheirKey(t *testing.T) {
+	t.Parallel()
+	h := newHub(wsTestConfig(func(w *config.WebSocket) { w.BacklogGrace = time.Minute }), nil, nil, nil)
+	h.isolate(auth.NewOwners(10))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve := func(ctx *fasthttp.RequestCtx) {
+		if k := ctx.QueryArgs().Peek("k"); len(k) > 0 {
+			ctx.SetUserValue(userValueKey, &auth.Key{Name: string(k)})
+		}
+		h.ServeWS(ctx)
+	}
+	srv := &fasthttp.Server{Handler: serve, NoDefaultServerHeader: true, KeepHijackedConns: true}
+	done := make(chan struct{})
+	go func() { _ = srv.Serve(ln); close(done) }()
+	t.Cleanup(func() {
+		h.Close()
+		_ = srv.Shutdown()
+		<-done
+	})
+	base := "ws://" + ln.Addr().String() + "/ws?clientId=X&k="
+
+	h.sinkFor("a").PromptEvent(&prompts.Prompt{ID: "pa", ClientID: "X"}, textEvent("progress", "pa", ""))
+	b := dialWS(t, base+"b")
+	if _, resp, err := websocket.DefaultDialer.Dial(base+"a", nil); err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
+		t.Errorf("a opening X while b's socket holds it: %v, want 403", err)
+	}
+	h.sinkFor("a").PromptEvent(&prompts.Prompt{ID: "pa2", ClientID: "X"}, textEvent("progress", "pa2", ""))
+	h.sinkFor("b").PromptEvent(&prompts.Prompt{ID: "pb", ClientID: "X"}, textEvent("progress", "pb", ""))
+	h.Broadcast(marker("m"))
+	got := b.readUntil(`"m": "m"`)
+	if len(got) != 1 || !strings.Contains(string(got[0].data), `"pb"`) {
+		var all []string
+		for _, m := range got {
+			all = append(all, string(m.data))
+		}
+		t.Errorf("b's socket on X got %q, want only b's own event", all)
 	}
 }
