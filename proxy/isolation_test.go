@@ -282,3 +282,37 @@ func TestWSEventsStayWithTheirKey(t *testing.T) {
 		t.Errorf("b's socket on X got %q, want only b's own event", all)
 	}
 }
+
+// TestRunningBroadcastStaysWithItsKey: a message naming no prompt that an
+// instance sends while it runs B's prompt (a custom node's message to the
+// running prompt's client looks like a broadcast) reaches B's socket, not
+// A's; once the instance is idle, such messages reach everyone.
+func TestRunningBroadcastStaysWithItsKey(t *testing.T) {
+	t.Parallel()
+	// A long upscale, interruptible at every one of its many steps.
+	ss := sims(t, 1, comfysim.Options{Delay: time.Minute, Steps: 3000})
+	g := startGate(t, addrsOf(ss), withKeys)
+	d := &websocket.Dialer{HandshakeTimeout: wsTestTimeout}
+	wa := dialWSWith(t, d, "ws://"+g.addr+"/ws?clientId=run-a&token="+keyA)
+	wb := dialWSWith(t, d, "ws://"+g.addr+"/ws?clientId=run-b&token="+keyB)
+	id := submitAs(t, g, keyB, map[string]any{"client_id": "run-b", "prompt": map[string]any{
+		"1": map[string]any{"class_type": "EmptyImage", "inputs": map[string]any{"width": 8, "height": 8, "batch_size": 1, "color": 1}},
+		"2": map[string]any{"class_type": "UpscaleModelLoader", "inputs": map[string]any{"model_name": comfysim.DefaultUpscaleModels[0]}},
+		"3": map[string]any{"class_type": "ImageUpscaleWithModel", "inputs": map[string]any{"upscale_model": []any{"2", 0}, "image": []any{"1", 0}}},
+		"4": map[string]any{"class_type": "SaveImage", "inputs": map[string]any{"images": []any{"3", 0}, "filename_prefix": "run"}},
+	}})
+	wb.readUntilAll(`"executing"`, id, `"node": "3"`)
+	ss[0].BroadcastCustom("custom_running", map[string]any{"m": "during"})
+	wb.readUntil("custom_running")
+	if status, raw := postJSON(t, g.base+"/interrupt", bearer(keyB), map[string]any{"prompt_id": id}, nil); status != http.StatusOK {
+		t.Fatalf("B's interrupt: %d %s", status, raw)
+	}
+	waitHistoryAs(t, g, keyB, id)
+	ss[0].BroadcastCustom("test_marker", map[string]any{"m": "idle"})
+	for _, m := range wa.readUntil("test_marker") {
+		if strings.Contains(string(m.data), "custom_running") {
+			t.Errorf("A's socket got a message sent while B's prompt ran: %s", m.data)
+		}
+	}
+	wb.readUntil("test_marker")
+}

@@ -102,11 +102,14 @@ func (h *Hub) broadcastUnowned(ev prompts.Event, owner string) {
 	h.m.IncEventsRouted("broadcast")
 }
 
-// Broadcast sends an event that belongs to no prompt to every socket.
+// Broadcast sends an event that belongs to no prompt to every socket; with
+// isolation, one that came while a prompt ran goes only to the sockets
+// that may see that prompt (runningOwner).
 func (h *Hub) Broadcast(ev prompts.Event) {
 	v := newVariants(ev)
+	owner := h.runningOwner(ev)
 	h.mu.Lock()
-	h.broadcastLocked(v, "")
+	h.broadcastLocked(v, owner)
 	h.mu.Unlock()
 	h.m.IncEventsRouted("broadcast")
 }

@@ -11,8 +11,13 @@ package proxy
 //     routed by client_id reaches it only when its prompt is its key's;
 //     a backlog keeps and replays only its key's events.
 //
-// Fleet-wide messages (status, and events that name no prompt, such as
-// custom nodes' broadcasts) still reach every socket. With keys off, or
+//   - an event that names no prompt but came while the instance ran a
+//     prompt of a key (a custom node's message to the running prompt's
+//     client is indistinguishable from its broadcast on comfygate's
+//     socket) reaches only the sockets that may see that prompt.
+//
+// Fleet-wide messages (status, and events that name no prompt while no
+// prompt of a key runs) still reach every socket. With keys off, or
 // isolation off, nothing here applies.
 
 import (
@@ -24,6 +29,7 @@ import (
 type clientHolds interface {
 	HoldClient(clientID, key string) bool
 	ReleaseClient(clientID, key string)
+	PromptOwner(id string) string
 }
 
 // isolate turns isolation on: sockets of non-admin keys hold their
@@ -94,4 +100,17 @@ func (h *Hub) sinkFor(key string) prompts.Sink {
 		return h
 	}
 	return keySink{h: h, owner: key}
+}
+
+// runningOwner is, with isolation, the key of the prompt a broadcast event
+// came during ("": none, or keys or isolation off): the Sink's key for a
+// prompt of POST /prompt, else the owner table's (a job's prompt).
+func (h *Hub) runningOwner(ev prompts.Event) string {
+	if !h.isolating() || ev.Running == nil {
+		return ""
+	}
+	if ks, ok := ev.Running.Sink.(keySink); ok {
+		return ks.owner
+	}
+	return h.holds.PromptOwner(ev.Running.ID)
 }
