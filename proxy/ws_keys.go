@@ -9,8 +9,7 @@ package proxy
 //     prompt without client_id, which ComfyUI sends to every socket,
 //     reach the sockets of the prompt's key (and admin sockets); an event
 //     routed by client_id reaches it only when its prompt is its key's;
-//     a backlog keeps and replays only its key's events.
-//
+//     a backlog keeps and replays only its key's events;
 //   - an event that names no prompt but came while the instance ran a
 //     prompt of a key (a custom node's message to the running prompt's
 //     client is indistinguishable from its broadcast on comfygate's
