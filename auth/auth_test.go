@@ -93,6 +93,9 @@ func FuzzViews(f *testing.F) {
 	})
 }
 
+// TestOwners: each key's records are bounded on their own, its oldest
+// forgotten first; one key's churn never makes another key's records go,
+// and a clientId held by a live socket is never forgotten.
 func TestOwners(t *testing.T) {
 	t.Parallel()
 	o := NewOwners(2)
@@ -100,12 +103,56 @@ func TestOwners(t *testing.T) {
 	o.SetPrompt("p2", "b")
 	o.SetPrompt("p3", "a")
 	o.SetPrompt("p3", "b") // a replay names p3 again
-	if o.PromptOwner("p1") != "" || o.PromptOwner("p3") != "a" || o.PromptOwner("p2") != "b" {
-		t.Errorf("owners after eviction: p1=%q p2=%q p3=%q", o.PromptOwner("p1"), o.PromptOwner("p2"), o.PromptOwner("p3"))
+	for i := range 10 {
+		o.SetPrompt(fmt.Sprint("churn-", i), "a")
 	}
+	if o.PromptOwner("p1") != "" || o.PromptOwner("p3") != "" || o.PromptOwner("p2") != "b" || o.PromptOwner("churn-9") != "a" {
+		t.Errorf("prompt owners after a's churn: p1=%q p2=%q p3=%q churn-9=%q, want p2 kept for b and a's oldest gone",
+			o.PromptOwner("p1"), o.PromptOwner("p2"), o.PromptOwner("p3"), o.PromptOwner("churn-9"))
+	}
+
 	first := o.ClaimClient("c", "a")
 	again := o.ClaimClient("c", "a")
 	if !first || !again || o.ClaimClient("c", "b") {
 		t.Error("a clientId is not kept by its first key")
+	}
+	if !o.ClaimClient("of-b", "b") || !o.HoldClient("held-by-a", "a") {
+		t.Fatal("claims of fresh clientIds refused")
+	}
+	for i := range 10 {
+		if !o.ClaimClient(fmt.Sprint("churn-", i), "a") {
+			t.Fatalf("a's claim %d refused", i)
+		}
+	}
+	if o.ClaimClient("of-b", "a") {
+		t.Error("a's churn freed b's clientId for a")
+	}
+	if o.ClaimClient("held-by-a", "b") || o.HoldClient("held-by-a", "b") {
+		t.Error("a's churn freed the clientId a's live socket holds")
+	}
+	if !o.ClaimClient("c", "b") {
+		t.Error("a's oldest clientId, held by nothing, outlived a's churn")
+	}
+	// Released, it is a's newest record; a's own later claims push it out.
+	o.ReleaseClient("held-by-a", "a")
+	o.ReleaseClient("held-by-a", "b") // not b's: ignored
+	if o.ClaimClient("held-by-a", "b") {
+		t.Error("a released clientId went to another key at once")
+	}
+	for i := range 2 {
+		o.ClaimClient(fmt.Sprint("more-", i), "a")
+	}
+	if !o.ClaimClient("held-by-a", "b") {
+		t.Error("a released clientId outlived a's own later claims")
+	}
+	// Two sockets hold one clientId: it stays until both are gone.
+	o.HoldClient("twice", "b")
+	o.HoldClient("twice", "b")
+	o.ReleaseClient("twice", "b")
+	for i := range 4 {
+		o.ClaimClient(fmt.Sprint("b-", i), "b")
+	}
+	if o.ClaimClient("twice", "a") {
+		t.Error("a clientId one socket still holds was forgotten")
 	}
 }

@@ -22,9 +22,12 @@ type Auth struct {
 	// Isolation makes each key see and act on only its own prompts, jobs
 	// and WebSocket client ids. Default true.
 	Isolation bool `yaml:"isolation"`
-	// MaxOwners is how many prompt ids, and how many WebSocket clientIds,
-	// the isolation table remembers the key of (the oldest forgotten
-	// first; a forgotten one belongs to no key). Default 1000000.
+	// MaxOwners is, per key, how many prompt (and job) ids, and how many
+	// WebSocket clientIds, the isolation table remembers as that key's
+	// (the key's own oldest forgotten first; a forgotten one belongs to
+	// no key). One key's records never push out another's, and a
+	// clientId with a live socket is never forgotten. Memory grows with
+	// MaxOwners times the number of keys. Default 1000000.
 	MaxOwners int `yaml:"max_owners"`
 	// CookieMaxAge is how long the web UI's login session (POST /login)
 	// lasts. Default 24h.

@@ -26,6 +26,12 @@ type Event struct {
 	Binary bool
 	// PromptID is the client-facing prompt id the event belongs to, "" if none.
 	PromptID string
+	// Running, for an event that names no prompt (a Listener broadcast),
+	// is the prompt comfygate submitted that the instance was executing
+	// when the event came, nil when none. A custom node's message to "the
+	// client of the running prompt" looks like a broadcast on comfygate's
+	// socket; with API keys, only the running prompt's key may see it.
+	Running *Prompt
 	// Data is the whole frame as it goes to the client: for text frames the
 	// JSON message with any upstream prompt_id rewritten to the client-facing
 	// one; for binary frames the bytes as received.

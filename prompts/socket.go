@@ -385,10 +385,14 @@ func (s *instSocket) onBinary(data []byte) {
 	s.routeLocked(f)
 }
 
-// broadcast hands a frame that names no prompt to the listener.
+// broadcast hands a frame that names no prompt to the listener, with the
+// prompt the instance is executing. s.routeMu held.
 func (s *instSocket) broadcast(f frame) {
 	if l := s.t.currentListener(); l != nil {
 		ev := Event{Instance: s.inst, Type: f.typ, Binary: f.binary, Data: f.data}
+		if s.running != "" {
+			ev.Running = s.t.getUpstream(s.inst, s.running)
+		}
 		s.t.outboxFor(s.inst).push(func() { l.Broadcast(ev) })
 	}
 }

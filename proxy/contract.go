@@ -32,6 +32,7 @@ type JobRoutes interface {
 //	func (h *Hub) Close()                            // close every client socket (shutdown)
 //	func (h *Hub) Clients() int
 //
-// The HTTP side creates it in New, calls prompts.SetListener(hub), passes the
-// hub as the Sink of every prompt submitted through POST /prompt, and
-// routes /ws and /api/ws to ServeWS.
+// The HTTP side creates it in New, calls prompts.SetListener(hub), with
+// isolation on calls hub.isolate(owners), passes hub.sinkFor(key name) as
+// the Sink of every prompt submitted through POST /prompt (the hub itself
+// with keys off), and routes /ws and /api/ws to ServeWS.

@@ -150,6 +150,12 @@ func parseComfyInt(v string) (int, bool) {
 // With max_items alone each instance is asked for its newest max_items
 // only (the fleet's newest N are among them); with offset every entry is
 // needed.
+//
+// With isolation the window applies to the entries the request's key may
+// see: the others are left out first, so a key whose entries are older
+// than everyone else's newest still gets its own newest N. With max_items
+// alone, each instance is asked for more of its newest entries until they
+// hold N of the key's (newestVisible); with offset every entry is needed.
 func (s *Server) getHistory(ctx *fasthttp.RequestCtx) {
 	args := ctx.QueryArgs()
 	var maxItems *int
@@ -170,33 +176,18 @@ func (s *Server) getHistory(ctx *fasthttp.RequestCtx) {
 		}
 		offset = n
 	}
-	path := "/history"
-	if maxItems != nil && offset < 0 {
-		path += "?max_items=" + strconv.Itoa(*maxItems)
-	}
+	visible := s.listVisible(ctx)
 	insts := s.readable()
-	results := s.callAll(insts, "GET", path, nil, nil)
 	var lists [][]historyItem
+	var results []callResult
 	answered := false
-	for _, r := range results {
-		if r.err != nil || r.status != fasthttp.StatusOK {
-			continue
-		}
-		ms, err := objectMembers(r.body)
-		if err != nil {
-			continue
-		}
-		answered = true
-		list := make([]historyItem, 0, len(ms))
-		var last int64
-		for _, m := range ms {
-			if ts, ok := completionTime(m.Val); ok {
-				last = ts
-			}
-			key, val := s.rewriteHistoryEntry(r.inst, m.Key, m.Val)
-			list = append(list, historyItem{key: key, val: val, ts: last})
-		}
-		lists = append(lists, list)
+	switch {
+	case maxItems != nil && offset < 0 && *maxItems > 0 && visible != nil:
+		lists, results, answered = s.newestVisible(insts, *maxItems, visible)
+	case maxItems != nil && offset < 0 && visible == nil:
+		lists, _, results, answered = s.historyLists(insts, "/history?max_items="+strconv.Itoa(*maxItems), nil)
+	default:
+		lists, _, results, answered = s.historyLists(insts, "/history", visible)
 	}
 	if !answered {
 		s.mergeFailed(ctx, results)
@@ -216,6 +207,73 @@ func (s *Server) getHistory(ctx *fasthttp.RequestCtx) {
 	}
 	b = append(b, '}')
 	writeJSON(ctx, fasthttp.StatusOK, b)
+}
+
+// historyLists asks every instance in insts for path (a GET /history)
+// and returns, per instance that answered, its entries oldest first,
+// rewritten for the client, without those visible (when not nil) says
+// no to; asked is how many entries it answered with before that.
+func (s *Server) historyLists(insts []*upstream.Instance, path string, visible func(string) bool) (lists [][]historyItem, asked []int, results []callResult, answered bool) {
+	results = s.callAll(insts, "GET", path, nil, nil)
+	lists = make([][]historyItem, len(results))
+	asked = make([]int, len(results))
+	for i, r := range results {
+		if r.err != nil || r.status != fasthttp.StatusOK {
+			continue
+		}
+		ms, err := objectMembers(r.body)
+		if err != nil {
+			continue
+		}
+		answered = true
+		asked[i] = len(ms)
+		list := make([]historyItem, 0, len(ms))
+		var last int64
+		for _, m := range ms {
+			if ts, ok := completionTime(m.Val); ok {
+				last = ts
+			}
+			if visible != nil && !visible(s.viewOf(r.inst, m.Key).id) {
+				continue
+			}
+			key, val := s.rewriteHistoryEntry(r.inst, m.Key, m.Val)
+			list = append(list, historyItem{key: key, val: val, ts: last})
+		}
+		lists[i] = list
+	}
+	return lists, asked, results, answered
+}
+
+// maxHistoryAsk bounds the newest entries newestVisible asks each
+// instance for before it asks for all of them.
+const maxHistoryAsk = 1 << 16
+
+// newestVisible gets, from every instance, enough of its newest history
+// entries to hold the fleet's n newest that visible lets through: it
+// asks for the newest n, then four times more, until every instance
+// either has n visible among them or has no more (ComfyUI keeps 10000 by
+// default, so asking for all of it on every poll of the web UI would be
+// costly).
+func (s *Server) newestVisible(insts []*upstream.Instance, n int, visible func(string) bool) ([][]historyItem, []callResult, bool) {
+	for m := n; ; m *= 4 {
+		path := "/history"
+		if m <= maxHistoryAsk {
+			path += "?max_items=" + strconv.Itoa(m)
+		}
+		lists, asked, results, answered := s.historyLists(insts, path, visible)
+		if !answered || m > maxHistoryAsk {
+			return lists, results, answered
+		}
+		enough := true
+		for i, l := range lists {
+			if asked[i] >= m && len(l) < n {
+				enough = false // it may have more of the key's entries
+			}
+		}
+		if enough {
+			return lists, results, answered
+		}
+	}
 }
 
 // mergeByCompletion merges per-instance lists (each oldest first) into one,
@@ -297,7 +355,9 @@ type jobItem struct {
 // filter and order, the answers are merged and re-sorted the same way
 // (sort_by created_at or execution_duration, sort_order desc by default;
 // ties in configuration order), and the page is cut again. total is the
-// sum of the instances' totals. Instances without the jobs API (404) are
+// sum of the instances' totals. With isolation, every job of every
+// instance is asked for, those the request's key may not see are left
+// out, and the page, total and has_more are of the rest. Instances without the jobs API (404) are
 // left out; when none has it the client gets that 404, as from an older
 // ComfyUI. A 400 (bad status, sort_by, ...) is relayed as the instance
 // gave it; limit and offset are checked here with ComfyUI's messages.
@@ -336,7 +396,8 @@ func (s *Server) getJobs(ctx *fasthttp.RequestCtx) {
 			q.Add(string(k), string(v))
 		}
 	}
-	if limit != nil {
+	visible := s.listVisible(ctx)
+	if limit != nil && visible == nil {
 		q.Set("limit", strconv.Itoa(offset+*limit))
 	}
 	path := "/api/jobs"
@@ -374,9 +435,17 @@ func (s *Server) getJobs(ctx *fasthttp.RequestCtx) {
 			continue
 		}
 		answered = true
-		total += page.Pagination.Total
+		if visible == nil {
+			total += page.Pagination.Total
+		}
 		for _, j := range page.Jobs {
-			_, out := s.rewriteJob(r.inst, j)
+			id, out := s.rewriteJob(r.inst, j)
+			if visible != nil {
+				if !visible(id) {
+					continue
+				}
+				total++
+			}
 			jobs = append(jobs, jobItem{raw: out, key: jobSortKey(j, sortBy), inst: i})
 		}
 	}
@@ -449,4 +518,10 @@ func jobSortKey(raw json.RawMessage, sortBy string) float64 {
 		return *j.CreateTime
 	}
 	return 0
+}
+
+// listVisible is the request's isolation filter of merged lists: whether
+// a (client-facing) prompt id may be listed; nil lists every one.
+func (s *Server) listVisible(ctx *fasthttp.RequestCtx) func(id string) bool {
+	return s.promptView(requestKey(ctx)).Visible
 }

@@ -162,7 +162,7 @@ func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 		Body:     fields,
 		PromptID: promptID,
 		ClientID: clientID,
-		Sink:     s.hub,
+		Sink:     s.hub.sinkFor(keyName(ctx)),
 		Header:   header,
 		Prefer:   prefer,
 		Files:    files,

@@ -106,6 +106,9 @@ func New(o Options) (*Server, error) {
 		return nil, err
 	}
 	s.hub = newHub(s.cfg, s.pool, s.m, log.With("component", "ws"))
+	if s.sec.keys.On() && s.cfg.Auth.Isolation {
+		s.hub.isolate(s.sec.owners)
+	}
 	s.prompts.SetListener(s.hub)
 	s.srv = &fasthttp.Server{
 		Handler:                      s.handle,

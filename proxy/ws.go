@@ -98,6 +98,10 @@ type Hub struct {
 
 	upgrader websocket.Upgrader
 
+	// holds is the clientId owner table with isolation on, else nil
+	// (ws_keys.go); set before serving.
+	holds clientHolds
+
 	// writeWait and closeWait are the writeWait and closeWait constants;
 	// tests shorten them.
 	writeWait, closeWait time.Duration
@@ -161,7 +165,9 @@ func newHub(cfg *config.Config, pool *upstream.Pool, m *metrics.Metrics, log *sl
 }
 
 // ServeWS upgrades GET /ws and /api/ws. The query's clientId names the
-// socket (minted as a uuid4 hex when absent, as ComfyUI does).
+// socket (minted as a uuid4 hex when absent, as ComfyUI does). With
+// isolation, a socket of a non-admin key holds its clientId for its key
+// while it lives (403 when another key has it; ws_keys.go).
 //
 // The server must keep hijacked connections (fasthttp.Server's
 // KeepHijackedConns): the hijack handler only completes the handshake on
@@ -192,6 +198,11 @@ func (h *Hub) ServeWS(ctx *fasthttp.RequestCtx) {
 	if clientID == "" {
 		clientID = newClientID()
 	}
+	key, isolated := h.socketKey(ctx)
+	if !h.holdClient(clientID, key, isolated) {
+		writeJSONError(ctx, fasthttp.StatusForbidden, "forbidden", "this clientId belongs to another key")
+		return
+	}
 	remote := ctx.RemoteAddr().String()
 	req := handshakeRequest(&ctx.Request.Header)
 	ctx.SetStatusCode(fasthttp.StatusSwitchingProtocols) // for the access log: the upgrader writes the answer
@@ -203,9 +214,13 @@ func (h *Hub) ServeWS(ctx *fasthttp.RequestCtx) {
 			if h.log.Enabled(context.Background(), slog.LevelDebug) {
 				h.log.Debug("websocket handshake failed", "remote", remote, "err", err)
 			}
+			h.releaseClient(clientID, key, isolated)
 			return
 		}
-		go h.serveConn(ws, clientID, remote)
+		go func() {
+			defer h.releaseClient(clientID, key, isolated)
+			h.serveConn(ws, clientID, key, isolated, remote)
+		}()
 	})
 }
 
@@ -249,8 +264,9 @@ func (h *Hub) Clients() int { return int(h.open.Load()) }
 // serveConn runs one client socket until it closes. Its goroutine is the
 // socket's reader; a writer runs only while there is something to write
 // (wsClient.writeLoop).
-func (h *Hub) serveConn(conn *websocket.Conn, clientID, remote string) {
+func (h *Hub) serveConn(conn *websocket.Conn, clientID, key string, isolated bool, remote string) {
 	c := newClient(h, conn, clientID)
+	c.key, c.isolated = key, isolated
 	boundSendBuffer(conn.NetConn())
 	gen, n := h.queueSnapshot()
 	if h.pool != nil {

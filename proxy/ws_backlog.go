@@ -33,6 +33,7 @@ import (
 type session struct {
 	id     string
 	client *wsClient // live socket; nil while disconnected
+	key    string    // the key of its last socket, or of the prompt that made it ("" with keys off)
 
 	backlog  backlog
 	expires  time.Time // while client == nil: when the backlog is dropped

@@ -33,6 +33,9 @@ type wsClient struct {
 	id   string // clientId (sid)
 	conn *websocket.Conn
 
+	key      string // the API key's name ("" with keys off)
+	isolated bool   // sees only key's prompts (ws_keys.go)
+
 	q          sendQueue     // bounded by websocket.client_buffer; also who writes
 	hello      frame         // the first status message; set before a writer starts
 	pending    []frame       // replay, written after hello and before q; set before a writer starts

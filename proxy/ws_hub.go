@@ -19,13 +19,17 @@ var (
 // their instance in the subfolder (outputref.go).
 // Prompts without client_id follow ComfyUI: only progress, progress_state,
 // execution_interrupted, previews (as type 1) and TEXT frames go to every
-// socket; the rest is dropped. It never blocks.
-func (h *Hub) PromptEvent(p *prompts.Prompt, ev prompts.Event) {
+// socket; the rest is dropped. It never blocks. With isolation, the
+// prompts of a key have the Sink sinkFor gives (ws_keys.go).
+func (h *Hub) PromptEvent(p *prompts.Prompt, ev prompts.Event) { h.promptEvent(p, ev, "") }
+
+// promptEvent is PromptEvent for a prompt of key owner ("" with keys off).
+func (h *Hub) promptEvent(p *prompts.Prompt, ev prompts.Event, owner string) {
 	if p == nil {
 		return
 	}
 	if p.ClientID == "" {
-		h.broadcastUnowned(ev)
+		h.broadcastUnowned(ev, owner)
 		return
 	}
 	kind := "text"
@@ -51,15 +55,18 @@ func (h *Hub) PromptEvent(p *prompts.Prompt, ev prompts.Event) {
 	switch {
 	case s != nil && s.client != nil:
 		c := s.client
+		if !c.mayReceive(owner) {
+			break
+		}
 		if f, ok := v.forClient(c.metadata.Load()); ok && !c.offer(f) {
 			h.dropSlowLocked(s, f)
 		}
 	case h.ws.BacklogGrace > 0:
 		if s == nil {
-			s = &session{id: p.ClientID, expires: time.Now().Add(h.ws.BacklogGrace)}
+			s = &session{id: p.ClientID, key: owner, expires: time.Now().Add(h.ws.BacklogGrace)}
 			h.sessions[p.ClientID] = s
 		}
-		if f, ok := v.forClient(s.metadata); ok {
+		if f, ok := v.forClient(s.metadata); ok && h.mayKeepLocked(s, owner) {
 			h.keepLocked(s, f)
 		}
 	}
@@ -68,8 +75,9 @@ func (h *Hub) PromptEvent(p *prompts.Prompt, ev prompts.Event) {
 }
 
 // broadcastUnowned applies ComfyUI's rule for events whose prompt has no
-// client_id (its server.client_id is None): a few kinds go to every socket.
-func (h *Hub) broadcastUnowned(ev prompts.Event) {
+// client_id (its server.client_id is None): a few kinds go to every socket
+// that may see the prompts of key owner.
+func (h *Hub) broadcastUnowned(ev prompts.Event, owner string) {
 	var f frame
 	if ev.Binary {
 		switch typ, _ := comfyapi.BinaryType(ev.Data); typ {
@@ -93,16 +101,19 @@ func (h *Hub) broadcastUnowned(ev prompts.Event) {
 		}
 	}
 	h.mu.Lock()
-	h.broadcastLocked(variants{meta: f, plain: f, okMeta: true, okPlain: true})
+	h.broadcastLocked(variants{meta: f, plain: f, okMeta: true, okPlain: true}, owner)
 	h.mu.Unlock()
 	h.m.IncEventsRouted("broadcast")
 }
 
-// Broadcast sends an event that belongs to no prompt to every socket.
+// Broadcast sends an event that belongs to no prompt to every socket; with
+// isolation, one that came while a prompt ran goes only to the sockets
+// that may see that prompt (runningOwner).
 func (h *Hub) Broadcast(ev prompts.Event) {
 	v := newVariants(ev)
+	owner := h.runningOwner(ev)
 	h.mu.Lock()
-	h.broadcastLocked(v)
+	h.broadcastLocked(v, owner)
 	h.mu.Unlock()
 	h.m.IncEventsRouted("broadcast")
 }
@@ -113,17 +124,21 @@ func (h *Hub) QueueChanged(queueRemaining int) {
 	h.mu.Lock()
 	h.queueN = queueRemaining
 	h.queueGen++
-	h.broadcastLocked(variants{meta: f, plain: f, okMeta: true, okPlain: true})
+	h.broadcastLocked(variants{meta: f, plain: f, okMeta: true, okPlain: true}, "")
 	h.mu.Unlock()
 }
 
-// broadcastLocked offers v to every registered socket; a full queue drops
-// that socket. h.mu is held.
-func (h *Hub) broadcastLocked(v variants) {
+// broadcastLocked offers v to every registered socket that may see the
+// prompts of key owner ("": every socket); a full queue drops that socket.
+// h.mu is held.
+func (h *Hub) broadcastLocked(v variants, owner string) {
 	if h.closed {
 		return
 	}
 	for c := range h.live {
+		if !c.mayReceive(owner) {
+			continue
+		}
 		f, ok := v.forClient(c.metadata.Load())
 		if ok && !c.offer(f) {
 			if s := h.sessions[c.id]; s != nil && s.client == c {
@@ -162,9 +177,17 @@ func (h *Hub) register(c *wsClient, gen uint64, n int) (replayed int, ok bool) {
 	c.hello = frame{data: comfyapi.StatusMessage(int64(n), c.id, true)}
 	s := h.sessions[c.id]
 	if s == nil {
-		s = &session{id: c.id}
+		s = &session{id: c.id, key: c.key}
 		h.sessions[c.id] = s
 	}
+	if c.isolated && s.key != c.key {
+		// What another key's socket or prompts left here is not c's to see.
+		s.backlog = backlog{}
+		if s.client != nil {
+			s.client.drain(nil)
+		}
+	}
+	s.key = c.key
 	if old := s.client; old != nil {
 		delete(h.live, old)
 		c.pending = old.drain(nil)
