@@ -45,8 +45,8 @@ type Keys struct {
 func Load(cfg *config.Config) (*Keys, error) {
 	ks := &Keys{}
 	add := func(prefix string, plain []string, admin, metricsOnly bool) {
-		for i, k := range plain {
-			ks.keys = append(ks.keys, &Key{Name: fmt.Sprintf("%s%d", prefix, i+1), Admin: admin,
+		for _, k := range plain {
+			ks.keys = append(ks.keys, &Key{Name: PlainKeyName(prefix, k), Admin: admin,
 				Metrics: admin || metricsOnly, MetricsOnly: metricsOnly, hash: sha256.Sum256([]byte(k))})
 		}
 	}
@@ -73,11 +73,20 @@ func Load(cfg *config.Config) (*Keys, error) {
 	seen := map[string]bool{}
 	for _, k := range ks.keys {
 		if seen[k.Name] {
-			return nil, fmt.Errorf("auth.keys_file: key name %q is used twice (COMFYGATE_*_KEYS take key<n>, admin<n> and metrics<n>)", k.Name)
+			return nil, fmt.Errorf("auth.keys_file: key name %q is used twice (a key listed twice, or a name COMFYGATE_*_KEYS take: key-<hex>, admin-<hex>, metrics-<hex>)", k.Name)
 		}
 		seen[k.Name] = true
 	}
 	return ks, nil
+}
+
+// PlainKeyName names a key given in plain (COMFYGATE_API_KEYS and the
+// like) by the start of its SHA-256: "key-2c26b46b". The name is what
+// ownership, uploads and user data are kept under, so it must not change
+// when another key is added to or removed from the list.
+func PlainKeyName(prefix, key string) string {
+	h := sha256.Sum256([]byte(key))
+	return fmt.Sprintf("%s-%x", prefix, h[:4])
 }
 
 // joined returns the errors err joins (errors.Join), or err alone.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/comfygate/comfygate/auth"
 	"image/color"
 	"image/png"
 	"io"
@@ -105,7 +106,7 @@ func TestKeyUploadsIsolated(t *testing.T) {
 
 	// On the instance: each key's file in its own folder, none at the top.
 	home := ss[0].InputDir()
-	hA, hB := namespaceOf("key1"), namespaceOf("key2")
+	hA, hB := namespaceOf(auth.PlainKeyName("key", keyA)), namespaceOf(auth.PlainKeyName("key", keyB))
 	for _, c := range []struct {
 		rel  string
 		want []byte
@@ -308,8 +309,8 @@ func pngPixel(t *testing.T, b []byte) color.NRGBA {
 
 func TestNamespaceHelpers(t *testing.T) {
 	t.Parallel()
-	ns := namespaceOf("key1")
-	if !strings.HasPrefix(ns, keysDir+"/") || len(ns) != len(keysDir)+1+16 || ns == namespaceOf("key2") {
+	ns := namespaceOf(auth.PlainKeyName("key", keyA))
+	if !strings.HasPrefix(ns, keysDir+"/") || len(ns) != len(keysDir)+1+16 || ns == namespaceOf(auth.PlainKeyName("key", keyB)) {
 		t.Fatalf("namespaceOf: %q", ns)
 	}
 	for _, c := range []struct{ sub, want string }{
@@ -320,12 +321,12 @@ func TestNamespaceHelpers(t *testing.T) {
 			t.Errorf("intoNamespace(%q) = %q, want %q", c.sub, got, c.want)
 		}
 	}
-	body := []byte(`{"a": "` + ns + `", "b": "` + ns + `/sub/x.png", "c": "Invalid image file: ` + ns + `/x.png", "d": "` + namespaceOf("key2") + `/x.png"}`)
-	want := `{"a": "", "b": "sub/x.png", "c": "Invalid image file: x.png", "d": "` + namespaceOf("key2") + `/x.png"}`
+	body := []byte(`{"a": "` + ns + `", "b": "` + ns + `/sub/x.png", "c": "Invalid image file: ` + ns + `/x.png", "d": "` + namespaceOf(auth.PlainKeyName("key", keyB)) + `/x.png"}`)
+	want := `{"a": "", "b": "sub/x.png", "c": "Invalid image file: x.png", "d": "` + namespaceOf(auth.PlainKeyName("key", keyB)) + `/x.png"}`
 	if got := string(stripNamespace(body, ns)); got != want {
 		t.Errorf("stripNamespace:\n got %s\nwant %s", got, want)
 	}
-	frame := `{"m": "'/in/` + ns + `/x.png'", "i": ["` + namespaceOf("key2") + `/y.png"], "k": "` + keysDir + `/short/z.png", "e": "` + keysDir + `/"}`
+	frame := `{"m": "'/in/` + ns + `/x.png'", "i": ["` + namespaceOf(auth.PlainKeyName("key", keyB)) + `/y.png"], "k": "` + keysDir + `/short/z.png", "e": "` + keysDir + `/"}`
 	wantFrame := `{"m": "'/in/x.png'", "i": ["y.png"], "k": "` + keysDir + `/short/z.png", "e": "` + keysDir + `/"}`
 	if got := string(stripAnyNamespace([]byte(frame))); got != wantFrame {
 		t.Errorf("stripAnyNamespace:\n got %s\nwant %s", got, wantFrame)
@@ -412,7 +413,7 @@ func FuzzUploadForm(f *testing.F) {
 	} {
 		f.Add([]byte(seed))
 	}
-	ns := namespaceOf("key1")
+	ns := namespaceOf(auth.PlainKeyName("key", keyA))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		uf := &uploadForm{ns: ns}
 		var out bytes.Buffer

@@ -44,7 +44,7 @@ func TestUserDataPerKey(t *testing.T) {
 	t.Parallel()
 	ss := sims(t, 1, comfysim.Options{})
 	g := startGate(t, addrsOf(ss), withKeys)
-	dirA, dirB := dirOf("key1"), dirOf("key2")
+	dirA, dirB := dirOf(auth.PlainKeyName("key", keyA)), dirOf(auth.PlainKeyName("key", keyB))
 
 	status, body := udDo(t, g, keyA, "POST", "/api/userdata/workflows%2Fa.json?overwrite=true&full_info=true", `{"nodes":[]}`)
 	var info struct {
@@ -156,7 +156,7 @@ func TestUserDataRefused(t *testing.T) {
 		{"GET", "/api/v2/userdata?path=..", 403},
 		{"GET", "/api/v2/userdata?path=%25252e%25252e", 403},
 		{"GET", "/api/userdata/a/b", 404},
-		{"GET", "/api/userdata/", 404},
+		{"GET", "/api/userdata/", 400}, // redirected to /api/userdata (canon.go)
 		{"GET", "/api/v2/userdata/x", 404},
 		{"GET", "/api/settings/a/b", 404},
 		{"GET", "/internal/logs", 403},
@@ -164,17 +164,21 @@ func TestUserDataRefused(t *testing.T) {
 		{"PATCH", "/internal/logs/subscribe", 403},
 		{"GET", "/api/internal/files/output", 403},
 		{"POST", "/api/users", 403},
-		{"GET", "/assets/%2e%2e/internal/logs", 400},
-		{"GET", "/api/x/../userdata/a.json", 400},
-		{"GET", "/api/settings/../internal/logs", 404},
+		// Dot segments are redirected to the clean path (canon.go), which
+		// the client follows into the refusals above.
+		{"GET", "/assets/%2e%2e/internal/logs", 403},
+		{"GET", "/api/settings/../internal/logs", 403},
 	} {
 		status, body := udDo(t, g, keyA, tc.method, tc.path, "")
 		if status != tc.want || !strings.HasPrefix(body, "{") && tc.want != 400 {
 			t.Errorf("%s %s: %d %s, want %d", tc.method, tc.path, status, body, tc.want)
 		}
 	}
-	if line, rest := rawExchange(t, g.addr, "GET /api/userdata/%zz HTTP/1.1\r\nHost: "+g.addr+"\r\nAuthorization: Bearer "+keyA+"\r\nConnection: close\r\n\r\n"); !strings.Contains(line, " 400 ") || !strings.Contains(rest, "bad_path") {
-		t.Errorf("a file name with a bad escape: %s %s, want 400 bad_path", line, rest)
+	if line, rest := rawExchange(t, g.addr, "GET /api/userdata/%zz HTTP/1.1\r\nHost: "+g.addr+"\r\nAuthorization: Bearer "+keyA+"\r\nConnection: close\r\n\r\n"); !strings.Contains(line, " 400 ") || !strings.Contains(rest, "non_canonical_path") {
+		t.Errorf("a file name with a bad escape: %s %s, want 400 non_canonical_path", line, rest)
+	}
+	if line, rest := rawExchange(t, g.addr, "GET /api/x/../userdata/a.json HTTP/1.1\r\nHost: "+g.addr+"\r\nAuthorization: Bearer "+keyA+"\r\nConnection: close\r\n\r\n"); !strings.Contains(line, " 308 ") || !strings.Contains(rest, "Location: /api/userdata/a.json") {
+		t.Errorf("a detour through a dot segment: %s %s, want 308 to /api/userdata/a.json", line, rest)
 	}
 	if seen := fake.requests(); len(seen) != 0 {
 		t.Errorf("the instance saw refused requests: %+v", seen[0])
@@ -215,13 +219,13 @@ func TestUserDataRawForward(t *testing.T) {
 	t.Parallel()
 	fake := newFakeComfy(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
 	g := startGate(t, []string{fake.addr()}, withKeys)
-	enc := strings.ReplaceAll(dirOf("key1"), "/", "%2F") + "%2F"
+	enc := strings.ReplaceAll(dirOf(auth.PlainKeyName("key", keyA)), "/", "%2F") + "%2F"
 	udDo(t, g, keyA, "GET", "/api/userdata/workflows%2Fmy%20flow%25.json?rand=1&token="+keyA, "")
 	udDo(t, g, keyA, "GET", "/userdata?dir=workflows&token="+keyA+"&recurse=true&dir=..", "")
 	seen := fake.requests()
 	want := []string{
 		"/api/userdata/" + enc + "workflows%2Fmy%20flow%25.json?rand=1",
-		"/userdata?dir=" + strings.ReplaceAll(dirOf("key1"), "/", "%2F") + "%2Fworkflows&recurse=true",
+		"/userdata?dir=" + strings.ReplaceAll(dirOf(auth.PlainKeyName("key", keyA)), "/", "%2F") + "%2Fworkflows&recurse=true",
 	}
 	if len(seen) != 2 || seen[0].RequestURI != want[0] || seen[1].RequestURI != want[1] {
 		var got []string
@@ -283,7 +287,7 @@ func TestSettingsPerKey(t *testing.T) {
 	if status, body := udDo(t, g, keyB, "GET", "/api/settings", ""); status != 200 || json.Unmarshal([]byte(body), &got) != nil || len(got) != 8 {
 		t.Errorf("key B's settings after 8 concurrent writes: %d %s, want 8", status, body)
 	}
-	if _, ok := ss[0].UserData()[dirOf("key1")+"/comfy.settings.json"]; !ok {
+	if _, ok := ss[0].UserData()[dirOf(auth.PlainKeyName("key", keyA))+"/comfy.settings.json"]; !ok {
 		t.Errorf("key A's settings are not in its directory: %v", keysOf(ss[0].UserData()))
 	}
 }

@@ -55,7 +55,7 @@ func (h *Hub) promptEvent(p *prompts.Prompt, ev prompts.Event, owner string) {
 	switch {
 	case s != nil && s.client != nil:
 		c := s.client
-		if !c.mayReceive(owner) {
+		if !h.mayReceive(c, owner) {
 			break
 		}
 		if f, ok := v.forClient(c.metadata.Load()); ok && !c.offer(f) {
@@ -136,7 +136,7 @@ func (h *Hub) broadcastLocked(v variants, owner string) {
 		return
 	}
 	for c := range h.live {
-		if !c.mayReceive(owner) {
+		if !h.mayReceive(c, owner) {
 			continue
 		}
 		f, ok := v.forClient(c.metadata.Load())

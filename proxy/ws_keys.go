@@ -62,9 +62,12 @@ func (h *Hub) releaseClient(clientID, key string, isolated bool) {
 }
 
 // mayReceive reports whether c may get an event of a prompt of key owner
-// ("" with keys off).
-func (c *wsClient) mayReceive(owner string) bool {
-	return !c.isolated || owner == "" || c.key == owner
+// ("" with keys off). With isolation on, no socket gets another key's
+// prompt events, an admin's included: an admin sees every prompt in the
+// listings, but a socket's events are its own key's, as a client of one
+// ComfyUI gets only its own client_id's.
+func (h *Hub) mayReceive(c *wsClient, owner string) bool {
+	return !h.isolating() || owner == "" || c.key == owner
 }
 
 // mayKeepLocked reports whether s's backlog may keep an event of a prompt of
