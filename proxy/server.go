@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -57,6 +58,11 @@ type Server struct {
 
 	hub *Hub
 	sec security // API keys, owners, rate limits (authz.go)
+
+	dashStreams atomic.Int32  // dashboard event streams open (dashboard.go)
+	dashMu      sync.Mutex    // guards dashCh
+	dashCh      chan struct{} // closed (and replaced) by pokeDashboard
+
 	srv *fasthttp.Server
 }
 
