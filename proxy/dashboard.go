@@ -160,7 +160,7 @@ func (s *Server) statsDoc(viewer *dashboardViewer) statsView {
 			Version:       st.Version,
 		}
 		// The instance's own state, read now, over the gauges' copy.
-		iv.Host, iv.Draining, iv.Breaker = st.Addr, st.Draining, st.Breaker
+		iv.Host, iv.Up, iv.Draining, iv.Breaker = st.Addr, st.Healthy, st.Draining, st.Breaker
 		iv.SocketConnected, iv.InFlight, iv.QueueDepth = st.SocketUp, st.Inflight, st.QueueDepth
 		if r, ok := s.prompts.Running(inst); ok {
 			rv := &runningView{PromptID: r.PromptID, Node: r.Node, Value: r.Value, Max: r.Max}
@@ -176,6 +176,15 @@ func (s *Server) statsDoc(viewer *dashboardViewer) statsView {
 		}
 		v.InstanceStats[st.Name] = iv
 		v.Instances = append(v.Instances, st.Name)
+	}
+	// The fleet's totals from the same reading as the instances.
+	v.InstancesUp, v.InstancesTotal, v.InFlight, v.QueueDepth = 0, len(v.Instances), 0, 0
+	for _, iv := range v.InstanceStats {
+		if iv.Up {
+			v.InstancesUp++
+		}
+		v.InFlight += iv.InFlight
+		v.QueueDepth += iv.QueueDepth
 	}
 	if jl, ok := s.jobs.(interface{ Line(max int) jobs.Line }); ok {
 		l := jl.Line(dashboardJobs)
@@ -234,8 +243,8 @@ func (s *Server) serveDashboard(ctx *fasthttp.RequestCtx, raw []byte, operator b
 func (s *Server) serveDashboardEvents(ctx *fasthttp.RequestCtx, viewer dashboardViewer) {
 	if s.dashStreams.Add(1) > maxDashboardStreams {
 		s.dashStreams.Add(-1)
-		ctx.Response.Header.Set("Retry-After", "5")
 		writeJSONError(ctx, fasthttp.StatusServiceUnavailable, "too_many_streams", "too many dashboard streams are open; retry later")
+		ctx.Response.Header.Set("Retry-After", "5")
 		return
 	}
 	ctx.SetStatusCode(fasthttp.StatusOK)

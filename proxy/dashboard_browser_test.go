@@ -155,9 +155,9 @@ func TestDashboardInBrowser(t *testing.T) {
 	if !st.Instance(names[1]).Status().Draining {
 		t.Fatalf("%s is not draining after its Drain button", names[1])
 	}
-	if got := pageText(t, ctx, `#notice`); !strings.Contains(got, "drain "+names[1]+": done") {
-		t.Errorf("notice after drain = %q", got)
-	}
+	testkit.Eventually(t, "the page to confirm the drain", func() bool {
+		return strings.Contains(pageText(t, ctx, `#notice`), "drain "+names[1]+": done")
+	})
 	t.Logf("drained shown %.0f ms after the click", waited)
 
 	// A prompt with run time goes to the first (the second is drained); the
