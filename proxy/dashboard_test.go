@@ -71,9 +71,9 @@ func (es *eventStream) next() statsDocForTest {
 
 // statsDocForTest reads back what the page uses of the document.
 type statsDocForTest struct {
-	Uptime        float64   `json:"uptime"`
-	Instances     []string  `json:"instances"`
-	InstancesUp   int       `json:"instancesUp"`
+	Uptime        float64  `json:"uptime"`
+	Instances     []string `json:"instances"`
+	InstancesUp   int      `json:"instancesUp"`
 	InstanceStats map[string]struct {
 		Healthy  bool              `json:"healthy"`
 		Up       bool              `json:"up"`
