@@ -1,8 +1,9 @@
 // comfygate's fleet dashboard. It reads the /stats document from the
 // server-sent event stream at /dashboard/events (one document a second, and
-// at once on a drain or a health change) and draws it; rates come from the
-// difference of successive documents. Every value is written as text, never
-// as HTML.
+// at once on a drain or a health change) and draws it. Prompt rates come
+// from the document's recent steps (the last 10 minutes, kept by the
+// server); the request rate from the difference of successive documents.
+// Every value is written as text, never as HTML.
 "use strict";
 (function () {
   // A key given as ?token= is kept in memory only, sent with the stream and
@@ -44,44 +45,29 @@
   }
   const short = (id) => (id && id.length > 13 ? id.slice(0, 8) + "…" : id || "");
 
-  // Rates: one sample of the counters per document, the last 10 minutes.
-  const windowMs = 10 * 60 * 1000, bucketMs = 30 * 1000;
+  // Requests per second: the request counter of the last minute's documents.
   const samples = [];
-  function errorsOf(st) {
-    let e = 0;
-    for (const [k, v] of Object.entries(st.outcomes || {})) if (k !== "success") e += v;
-    return e;
-  }
   function addSample(st) {
     const t = Date.parse(st.timestamp) || Date.now();
-    const s = { t, done: st.jobsProcessed || 0, err: errorsOf(st), req: st.requests || 0 };
     const last = samples[samples.length - 1];
-    if (last && (s.done < last.done || s.req < last.req)) samples.length = 0; // a restart: counters began again
-    samples.push(s);
-    while (samples.length > 2 && samples[1].t < t - windowMs) samples.shift();
+    if (last && st.requests < last.req) samples.length = 0; // a restart: the counter began again
+    samples.push({ t, req: st.requests || 0 });
+    while (samples.length > 2 && samples[1].t < t - 60000) samples.shift();
   }
-  // rate returns the counter's increase over the last span ms, per minute.
-  function rate(key, span) {
+  function requestRate() {
     if (samples.length < 2) return NaN;
-    const last = samples[samples.length - 1];
-    let first = samples[0];
-    for (const s of samples) if (s.t >= last.t - span) { first = s; break; }
-    const dt = last.t - first.t;
-    return dt > 0 ? ((last[key] - first[key]) * 60000) / dt : NaN;
+    const a = samples[0], b = samples[samples.length - 1];
+    return b.t > a.t ? ((b.req - a.req) * 1000) / (b.t - a.t) : NaN;
   }
-  function drawChart() {
-    const chart = $("chart");
-    const now = samples.length ? samples[samples.length - 1].t : Date.now();
-    const n = windowMs / bucketMs, done = new Array(n).fill(0), err = new Array(n).fill(0);
-    for (let i = 1; i < samples.length; i++) {
-      const b = n - 1 - Math.floor((now - samples[i].t) / bucketMs);
-      if (b < 0 || b >= n) continue;
-      done[b] += samples[i].done - samples[i - 1].done;
-      err[b] += samples[i].err - samples[i - 1].err;
-    }
+  // lastSteps sums the last n steps of a recent series.
+  const lastSteps = (xs, n) => (xs || []).slice(-n).reduce((a, b) => a + b, 0);
+
+  function drawChart(rc) {
+    const done = (rc && rc.finished) || [], err = (rc && rc.failed) || [];
     const top = Math.max(1, ...done);
-    chart.replaceChildren(...done.map((d, i) =>
-      el("div", { class: "col", title: `${d} finished, ${err[i]} failed` },
+    const step = (rc && rc.stepSeconds) || 30;
+    $("chart").replaceChildren(...done.map((d, i) =>
+      el("div", { class: "col", title: `${(done.length - 1 - i) * step}–${(done.length - i) * step} s ago: ${d} finished, ${err[i]} failed` },
         el("span", { class: "ok", style: `height:${(100 * (d - err[i])) / top}%` }),
         el("span", { class: "err", style: `height:${(100 * err[i]) / top}%` }))));
   }
@@ -97,13 +83,15 @@
   }
 
   function tiles(st) {
-    const jl = st.jobLine;
+    const jl = st.jobLine, rc = st.recent || {};
+    const per = (rc.stepSeconds || 30) / 60; // minutes per step
+    const done5 = lastSteps(rc.finished, 5 / per), failed5 = lastSteps(rc.failed, 5 / per);
     const t = [
       ["instances up", `${st.instancesUp} / ${st.instancesTotal}`, st.instancesUp < st.instancesTotal],
-      ["prompts / min (1 min)", fmt(rate("done", 60000), 1)],
-      ["prompts / min (5 min)", fmt(rate("done", 300000), 1)],
-      ["errors / min (5 min)", fmt(rate("err", 300000), 1), rate("err", 300000) > 0],
-      ["requests / s (1 min)", fmt(rate("req", 60000) / 60, 1)],
+      ["prompts finished, last 5 min", fmt(done5)],
+      ["prompts / min, last 5 min", fmt(done5 / 5, 1)],
+      ["failed, last 5 min", fmt(failed5), failed5 > 0],
+      ["requests / s, last min", fmt(requestRate(), 1)],
       ["error rate (all)", fmt(100 * (st.errorRate || 0), 1) + " %", st.errorRate > 0],
       ["avg prompt time", dur(st.avgProcessingTime)],
       ["in flight", fmt(st.inFlight)],
@@ -250,7 +238,7 @@
     if (st.viewer) viewer = st.viewer;
     $("version").textContent = st.version ? (/^[0-9]/.test(st.version) ? "v" : "") + st.version : "";
     tiles(st);
-    drawChart();
+    drawChart(st.recent);
     instances(st);
     jobs(st);
     $("footer").textContent = `up ${ago(st.uptime || 0)} · ${fmt(st.promptsSubmitted)} prompts submitted · updated ${new Date(st.timestamp).toLocaleTimeString()}`;
