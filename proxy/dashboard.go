@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"embed"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"time"
 
@@ -36,6 +37,10 @@ const (
 	dashboardMinGap = 100 * time.Millisecond
 	// dashboardJobs is how many waiting and active jobs a document lists.
 	dashboardJobs = 20
+	// dashboardDocAge is how long streams share one built document (unless
+	// the fleet changed since): the cost of the streams does not grow with
+	// their number.
+	dashboardDocAge = 250 * time.Millisecond
 )
 
 // The page's source is three plain files; the page is served as one
@@ -77,8 +82,6 @@ type statsView struct {
 	// Instances names them in configuration order.
 	Instances []string   `json:"instances"`
 	JobLine   *jobs.Line `json:"jobLine,omitempty"`
-	// Viewer says what the reader of an event stream may do; absent on /stats.
-	Viewer *dashboardViewer `json:"viewer,omitempty"`
 }
 
 // instanceView is one instance in statsView.
@@ -108,21 +111,12 @@ type runningView struct {
 	Max      float64 `json:"max"`
 }
 
-// dashboardViewer is what the page may offer its reader.
+// dashboardViewer is what the page may offer its reader: the first event
+// of a stream (event: viewer).
 type dashboardViewer struct {
 	// Admin: the drain and undrain buttons work (keys off, or an admin key).
 	Admin bool   `json:"admin"`
 	Note  string `json:"note,omitempty"` // why not, when not
-}
-
-// dashboardWatch returns a channel closed at the next pokeDashboard.
-func (s *Server) dashboardWatch() <-chan struct{} {
-	s.dashMu.Lock()
-	defer s.dashMu.Unlock()
-	if s.dashCh == nil {
-		s.dashCh = make(chan struct{})
-	}
-	return s.dashCh
 }
 
 // pokeDashboard makes every dashboard stream send its next document now
@@ -137,15 +131,52 @@ func (s *Server) pokeDashboard() {
 	s.dashMu.Unlock()
 }
 
+// dashDoc is a /stats document built for the streams, and the watches
+// that were open when it was built (closed: the document is out of date).
+type dashDoc struct {
+	body        []byte
+	at          time.Time
+	avail, poke <-chan struct{}
+}
+
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// dashboardDoc returns the /stats document for the streams: the last one
+// built, when it is younger than dashboardDocAge and no drain or
+// availability change came since, else a new one. It also returns the
+// watches a stream waits on for the next change.
+func (s *Server) dashboardDoc() (body []byte, avail, poke <-chan struct{}) {
+	s.dashMu.Lock()
+	defer s.dashMu.Unlock()
+	if d := s.dashDoc; d != nil && time.Since(d.at) < dashboardDocAge && !closed(d.avail) && !closed(d.poke) {
+		return d.body, d.avail, d.poke
+	}
+	// The watches are taken before the document is built, so a change
+	// after it is not missed.
+	if s.dashCh == nil {
+		s.dashCh = make(chan struct{})
+	}
+	d := &dashDoc{at: time.Now(), avail: s.pool.AvailWatch(), poke: s.dashCh}
+	d.body, _ = json.Marshal(s.statsDoc()) // plain structs: cannot fail
+	s.dashDoc = d
+	return d.body, d.avail, d.poke
+}
+
 // statsDoc builds the /stats document.
-func (s *Server) statsDoc(viewer *dashboardViewer) statsView {
+func (s *Server) statsDoc() statsView {
 	now := time.Now()
 	v := statsView{
 		Stats:         s.m.Stats(),
 		Timestamp:     now.UTC().Format("2006-01-02T15:04:05.000Z07:00"),
 		InstanceStats: map[string]instanceView{},
 		Instances:     []string{},
-		Viewer:        viewer,
 	}
 	for _, inst := range s.pool.Instances() {
 		st := inst.Status()
@@ -259,15 +290,13 @@ func (s *Server) serveDashboardEvents(ctx *fasthttp.RequestCtx, viewer dashboard
 		defer life.Stop()
 		tick := time.NewTicker(time.Second)
 		defer tick.Stop()
-		if _, err := w.WriteString("retry: 2000\n\n"); err != nil {
+		v, _ := json.Marshal(viewer)
+		if _, err := fmt.Fprintf(w, "retry: 2000\n\nevent: viewer\ndata: %s\n\n", v); err != nil {
 			return
 		}
 		var sent time.Time
 		for {
-			// Both watches are taken before the document is built, so a
-			// change after it is not missed.
-			watch, poke := s.pool.AvailWatch(), s.dashboardWatch()
-			doc, _ := json.Marshal(s.statsDoc(&viewer))
+			doc, watch, poke := s.dashboardDoc()
 			w.WriteString("data: ")
 			w.Write(doc)
 			w.WriteString("\n\n")

@@ -23,6 +23,7 @@ type eventStream struct {
 	resp   *http.Response
 	r      *bufio.Reader
 	cancel context.CancelFunc
+	viewer dashboardViewer // its first event
 }
 
 // openEvents opens url's event stream (with key, if any) and checks its
@@ -46,27 +47,42 @@ func openEvents(t *testing.T, url, key string) *eventStream {
 	}
 	es := &eventStream{t: t, resp: resp, r: bufio.NewReader(resp.Body), cancel: cancel}
 	t.Cleanup(es.close)
+	typ, data := es.event()
+	if typ != "viewer" || json.Unmarshal([]byte(data), &es.viewer) != nil {
+		t.Fatalf("first event %q %q, want the viewer", typ, data)
+	}
 	return es
 }
 
-func (es *eventStream) close() { es.cancel(); es.resp.Body.Close() }
-
-// next reads the next document (skipping the retry line and blank lines).
-func (es *eventStream) next() statsDocForTest {
+// event reads the next event: its type ("" for a document) and data.
+func (es *eventStream) event() (typ, data string) {
 	es.t.Helper()
 	for {
 		line, err := es.r.ReadString('\n')
 		if err != nil {
 			es.t.Fatalf("event stream: %v", err)
 		}
-		if data, ok := strings.CutPrefix(line, "data: "); ok {
-			var d statsDocForTest
-			if err := json.Unmarshal([]byte(data), &d); err != nil {
-				es.t.Fatalf("event data is not the stats document: %v: %.200s", err, data)
-			}
-			return d
+		line = strings.TrimSuffix(line, "\n")
+		if t, ok := strings.CutPrefix(line, "event: "); ok {
+			typ = t
+		}
+		if d, ok := strings.CutPrefix(line, "data: "); ok {
+			return typ, d
 		}
 	}
+}
+
+func (es *eventStream) close() { es.cancel(); es.resp.Body.Close() }
+
+// next reads the next document.
+func (es *eventStream) next() statsDocForTest {
+	es.t.Helper()
+	typ, data := es.event()
+	var d statsDocForTest
+	if err := json.Unmarshal([]byte(data), &d); typ != "" || err != nil {
+		es.t.Fatalf("event %q is not the stats document: %v: %.200s", typ, err, data)
+	}
+	return d
 }
 
 // statsDocForTest reads back what the page uses of the document.
@@ -86,7 +102,7 @@ type statsDocForTest struct {
 			Max      float64 `json:"max"`
 		} `json:"running"`
 	} `json:"instanceStats"`
-	Viewer *dashboardViewer `json:"viewer"`
+	Viewer *dashboardViewer `json:"viewer"` // never: the viewer is an event of its own
 }
 
 // TestDashboardStream: the page and its event stream, keys off: a document
@@ -116,8 +132,8 @@ func TestDashboardStream(t *testing.T) {
 	if len(d.Instances) != 2 || d.Instances[0] != "i0" || d.Instances[1] != "i1" || d.InstancesUp != 2 {
 		t.Fatalf("first document: instances %v, %d up; want i0, i1 up", d.Instances, d.InstancesUp)
 	}
-	if d.Viewer == nil || !d.Viewer.Admin {
-		t.Errorf("keys off: viewer %+v, want admin", d.Viewer)
+	if !es.viewer.Admin || d.Viewer != nil {
+		t.Errorf("keys off: viewer %+v (in the document: %+v), want admin, apart", es.viewer, d.Viewer)
 	}
 	if is := d.InstanceStats["i1"]; !is.Healthy || is.Labels["gpu"] != "a4000" || is.Breaker != "closed" {
 		t.Errorf("i1 in the document: %+v", is)
@@ -188,11 +204,11 @@ func TestDashboardKeys(t *testing.T) {
 			t.Errorf("%s with key %q: %d %.100s, want %d", tc.path, tc.key, status, body, tc.want)
 		}
 	}
-	if v := openEvents(t, g.base+"/dashboard/events", keyStats).next().Viewer; v == nil || v.Admin || !strings.Contains(v.Note, "admin key") {
+	if v := openEvents(t, g.base+"/dashboard/events", keyStats).viewer; v.Admin || !strings.Contains(v.Note, "admin key") {
 		t.Errorf("metrics key's viewer: %+v, want not admin, saying why", v)
 	}
-	if v := openEvents(t, g.base+"/dashboard/events?token="+keyAdmin, "").next().Viewer; v == nil || !v.Admin {
-		t.Errorf("admin key (as ?token=) viewer: %+v, want admin", v)
+	if es := openEvents(t, g.base+"/dashboard/events?token="+keyAdmin, ""); !es.viewer.Admin || len(es.next().Instances) != 1 {
+		t.Errorf("admin key (as ?token=) viewer: %+v, want admin, then the document", es.viewer)
 	}
 	if status, _, _ := gateDo(t, "POST", g.base+"/admin/instances/i0/drain", bearer(keyStats), nil); status != http.StatusForbidden {
 		t.Errorf("drain with the metrics key: %d, want 403", status)
@@ -226,7 +242,7 @@ func TestDashboardMetricsListen(t *testing.T) {
 		t.Errorf("operator /dashboard: %d %.100s", status, body)
 	}
 	es := openEvents(t, base+"/dashboard/events", "")
-	if v := es.next().Viewer; v == nil || v.Admin || !strings.Contains(v.Note, "metrics_listen") {
+	if v := es.viewer; v.Admin || !strings.Contains(v.Note, "metrics_listen") {
 		t.Errorf("operator viewer: %+v, want not admin, naming metrics_listen", v)
 	}
 	// Shutdown of the operator server ends the stream.

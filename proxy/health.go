@@ -128,7 +128,7 @@ func (s *Server) serveStats(ctx *fasthttp.RequestCtx) {
 		writeJSONError(ctx, fasthttp.StatusNotFound, "not_found", "metrics are disabled")
 		return
 	}
-	body, _ := json.Marshal(s.statsDoc(nil)) // plain structs: cannot fail
+	body, _ := json.Marshal(s.statsDoc()) // plain structs: cannot fail
 	ctx.SetContentType(jsonContentType)
 	ctx.Response.Header.Set("Cache-Control", "no-store")
 	ctx.SetBody(body)

@@ -60,8 +60,9 @@ type Server struct {
 	sec security // API keys, owners, rate limits (authz.go)
 
 	dashStreams atomic.Int32  // dashboard event streams open (dashboard.go)
-	dashMu      sync.Mutex    // guards dashCh
+	dashMu      sync.Mutex    // guards dashCh, dashDoc
 	dashCh      chan struct{} // closed (and replaced) by pokeDashboard
+	dashDoc     *dashDoc      // the streams' last document (dashboardDoc)
 
 	srv *fasthttp.Server
 }

@@ -1,6 +1,7 @@
 // comfygate's fleet dashboard. It reads the /stats document from the
 // server-sent event stream at /dashboard/events (one document a second, and
-// at once on a drain or a health change) and draws it. Prompt rates come
+// at once on a drain or a health change; first, a "viewer" event says
+// whether the drain buttons work for this reader) and draws it. Prompt rates come
 // from the document's recent steps (the last 10 minutes, kept by the
 // server); the request rate from the difference of successive documents.
 // Every value is written as text, never as HTML.
@@ -235,7 +236,6 @@
 
   function render(st) {
     current = st;
-    if (st.viewer) viewer = st.viewer;
     $("version").textContent = st.version ? (/^[0-9]/.test(st.version) ? "v" : "") + st.version : "";
     tiles(st);
     drawChart(st.recent);
@@ -268,6 +268,10 @@
   const url = "/dashboard/events" + (token ? "?token=" + encodeURIComponent(token) : "");
   const es = new EventSource(url);
   es.onopen = () => setConn("live", "live");
+  es.addEventListener("viewer", (ev) => {
+    try { viewer = JSON.parse(ev.data); } catch (e) { return; }
+    if (current) instances(current);
+  });
   es.onmessage = (ev) => {
     let st;
     try { st = JSON.parse(ev.data); } catch (e) { return; }
