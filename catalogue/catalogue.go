@@ -456,6 +456,17 @@ func (s *Store) Ran(inst *upstream.Instance, key string) {
 	}
 }
 
+// LastModels returns the model files of the last prompt sent to inst
+// (what affinity prefers it for), sorted; nil when none.
+func (s *Store) LastModels(inst *upstream.Instance) []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if e := s.byInst[inst]; e != nil && e.lastModel != "" {
+		return strings.Split(e.lastModel, "\n")
+	}
+	return nil
+}
+
 // Affine returns the instance to prefer for a prompt loading the models of
 // key: among the Available instances ok accepts (nil: all), one whose last
 // prompt loaded the same models, unless its outstanding work exceeds the

@@ -56,6 +56,7 @@ type Metrics struct {
 	version string
 	start   time.Time
 	now     func() time.Time // time.Now; tests shift it
+	recent  recent           // finished prompts of the last minutes (Stats.Recent)
 
 	// instances
 	upstreamUp       *prometheus.GaugeVec
@@ -389,6 +390,7 @@ func (m *Metrics) PromptFinished(instance, outcome string, d time.Duration) {
 	}
 	m.promptsFinished.WithLabelValues(instance, outcome).Inc()
 	m.promptDuration.WithLabelValues(instance, outcome).Observe(d.Seconds())
+	m.recent.add(m.now(), outcome != OutcomeSuccess)
 }
 
 // IncResubmission counts one failover of an accepted prompt from one

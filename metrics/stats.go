@@ -38,6 +38,8 @@ type Stats struct {
 	JobsInFlight      int64                    `json:"jobsInFlight"`
 	Jobs              JobStats                 `json:"jobs"`
 	InstanceStats     map[string]InstanceStats `json:"instanceStats"`
+	// Recent is the finished prompts of the last minutes, step by step.
+	Recent Recent `json:"recent"`
 }
 
 // JobStats summarizes the async job facade.
@@ -80,6 +82,7 @@ func (m *Metrics) Stats() Stats {
 	}
 	st.Version = m.version
 	st.Uptime = m.now().Sub(m.start).Seconds()
+	st.Recent = m.recent.read(m.now())
 
 	inst := map[string]*InstanceStats{}
 	get := func(name string) *InstanceStats {

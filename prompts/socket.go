@@ -64,6 +64,12 @@ type instSocket struct {
 	running  string  // upstream id of the prompt the instance is executing
 	early    []frame // frames of not yet known upstream ids, oldest first
 	awaiting int     // submits to this instance waiting for their upstream id
+	// What the running prompt is doing, for the operator's view (Running):
+	// when it started, the node executing, and that node's last progress.
+	runSince time.Time
+	runNode  string
+	runValue float64
+	runMax   float64
 }
 
 func newInstSocket(t *Table, inst *upstream.Instance) *instSocket {
@@ -336,6 +342,8 @@ func (s *instSocket) onText(data []byte) {
 	}
 	s.routeMu.Lock()
 	defer s.routeMu.Unlock()
+	was := s.running
+	defer func() { s.trackLocked(was, msg, f) }()
 	switch f.typ {
 	case comfyapi.TypeExecutionStart:
 		s.running = f.uid
@@ -364,6 +372,31 @@ func (s *instSocket) onText(data []byte) {
 		return
 	}
 	s.routeLocked(f)
+}
+
+// trackLocked keeps what the running prompt is doing after f (was: the
+// prompt running before it). s.routeMu held.
+func (s *instSocket) trackLocked(was string, msg comfyapi.WSMessage, f frame) {
+	if s.running != was || s.running == "" {
+		s.runSince, s.runNode, s.runValue, s.runMax = f.at, "", 0, 0
+		if s.running == "" {
+			s.runSince = time.Time{}
+		}
+	}
+	if s.running == "" || (f.uid != "" && f.uid != s.running) {
+		return
+	}
+	switch f.typ {
+	case comfyapi.TypeExecuting:
+		if n := msg.Node(); n != "" && n != s.runNode {
+			s.runNode, s.runValue, s.runMax = n, 0, 0
+		}
+	case comfyapi.TypeProgress:
+		s.runValue, s.runMax = msg.Progress()
+		if n := msg.Node(); n != "" {
+			s.runNode = n
+		}
+	}
 }
 
 // onBinary routes one binary frame: type 4 by the prompt_id in its

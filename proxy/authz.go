@@ -90,7 +90,7 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, raw []byte) (string, bool) {
 		}
 		return routeAuth, false
 	}
-	operator := path == "/metrics" || path == "/stats"
+	operator := path == "/metrics" || path == "/stats" || path == "/dashboard" || strings.HasPrefix(path, "/dashboard/")
 	if operator != key.Metrics && (operator || key.MetricsOnly) {
 		s.authRefused("forbidden")
 		writeJSONError(ctx, fasthttp.StatusForbidden, "forbidden", "this key may not use this route")

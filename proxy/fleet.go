@@ -278,6 +278,7 @@ func (s *Server) adminDrain(ctx *fasthttp.RequestCtx, name string, drain bool) {
 		return
 	}
 	setInstance(ctx, inst)
+	s.pokeDashboard()
 	st := inst.Status()
 	b, _ := json.Marshal(drainAnswer{Instance: st.Name, Draining: st.Draining, Drained: st.Drained,
 		Inflight: st.Inflight, QueueDepth: st.QueueDepth})

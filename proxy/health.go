@@ -93,11 +93,15 @@ func (s *Server) serveHealth(ctx *fasthttp.RequestCtx) {
 	ctx.SetBody(body)
 }
 
-// OperatorHandler serves /health, /metrics and /stats, and nothing else,
-// without API keys: the handler of metrics_listen, an address only
-// operators and scrapers reach.
+// OperatorHandler serves /health, /metrics, /stats and the dashboard, and
+// nothing else, without API keys: the handler of metrics_listen, an
+// address only operators and scrapers reach.
 func (s *Server) OperatorHandler() fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
+		if p := ctx.Path(); isDashboard(p) {
+			s.serveDashboard(ctx, p, true)
+			return
+		}
 		switch string(ctx.Path()) {
 		case "/health":
 			s.serveHealth(ctx)
@@ -110,7 +114,7 @@ func (s *Server) OperatorHandler() fasthttp.RequestHandler {
 		case "/stats":
 			s.serveStats(ctx)
 		default:
-			writeJSONError(ctx, fasthttp.StatusNotFound, "not_found", "this address serves /health, /metrics and /stats")
+			writeJSONError(ctx, fasthttp.StatusNotFound, "not_found", "this address serves /health, /metrics, /stats and /dashboard")
 		}
 	}
 }
@@ -118,11 +122,14 @@ func (s *Server) OperatorHandler() fasthttp.RequestHandler {
 // serveMetrics answers /metrics (Prometheus text format).
 func (s *Server) serveMetrics(ctx *fasthttp.RequestCtx) { s.m.Handler()(ctx) }
 
-// serveStats answers /stats (the JSON stats view).
+// serveStats answers /stats (the JSON stats view, statsDoc).
 func (s *Server) serveStats(ctx *fasthttp.RequestCtx) {
 	if s.m == nil {
 		writeJSONError(ctx, fasthttp.StatusNotFound, "not_found", "metrics are disabled")
 		return
 	}
-	s.m.StatsHandler()(ctx)
+	body, _ := json.Marshal(s.statsDoc()) // plain structs: cannot fail
+	ctx.SetContentType(jsonContentType)
+	ctx.Response.Header.Set("Cache-Control", "no-store")
+	ctx.SetBody(body)
 }

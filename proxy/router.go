@@ -10,7 +10,8 @@ package proxy
 // far (canon.go): every reader of the raw path sees the same segments.
 //
 // Where a request goes:
-//   - comfygate's own: /health, /metrics, /stats (root only, never forwarded),
+//   - comfygate's own: /health, /metrics, /stats, /dashboard and
+//     /dashboard/events (root only, never forwarded),
 //     and the admin routes under /admin/ (fleet.go);
 //   - the job facade's routes (JobRoutes.ServeJobs) before anything else under /api/;
 //   - POST /prompt: the prompt table (prompts.Table.Submit) picks the instance;
@@ -136,6 +137,14 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 		}
 		s.serveStats(ctx)
 		return routeStats
+	}
+	if isDashboard(raw) {
+		if s.cfg.MetricsListen != "" {
+			// Served on metrics_listen only, as /stats is.
+			writeJSONError(ctx, fasthttp.StatusNotFound, "not_found", "served on metrics_listen")
+			return routeOther
+		}
+		return s.serveDashboard(ctx, raw, false)
 	}
 	if !originAllowed(&ctx.Request.Header) {
 		// ComfyUI's own answer to a refused origin: 403, empty body.

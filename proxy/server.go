@@ -61,7 +61,13 @@ type Server struct {
 	// settingsMu holds one *sync.Mutex per key name: a key's settings
 	// writes read, merge and write back its file one at a time (userdata.go).
 	settingsMu sync.Map
-	srv        *fasthttp.Server
+
+	dashStreams atomic.Int32  // dashboard event streams open (dashboard.go)
+	dashMu      sync.Mutex    // guards dashCh, dashDoc
+	dashCh      chan struct{} // closed (and replaced) by pokeDashboard
+	dashDoc     *dashDoc      // the streams' last document (dashboardDoc)
+
+	srv *fasthttp.Server
 }
 
 // Server limits come from the limits section of the configuration. With

@@ -1,0 +1,63 @@
+package jobs
+
+import (
+	"cmp"
+	"slices"
+)
+
+// Line is the job facade at a glance, for the operator's view: the wait
+// line in comfygate (in order) and the jobs at the instances.
+type Line struct {
+	// Waiting is the head of the wait line, first to go first.
+	Waiting []LineJob `json:"waiting"`
+	// WaitingTotal is the whole line's length (Waiting may be cut).
+	WaitingTotal int `json:"waitingTotal"`
+	// Active are the jobs taken from the line and not finished: being
+	// submitted, queued at an instance, running, or their result fetched.
+	Active []LineJob `json:"active"`
+	// ActiveTotal counts them all (Active may be cut).
+	ActiveTotal int `json:"activeTotal"`
+}
+
+// LineJob is one job in Line.
+type LineJob struct {
+	ID         string  `json:"id"`
+	Workflow   string  `json:"workflow"`
+	State      string  `json:"state"` // waiting, submitting, queued, running, fetching
+	Progress   int     `json:"progress"`
+	Instance   string  `json:"instance,omitempty"`
+	AgeSeconds float64 `json:"ageSeconds"`
+}
+
+// stateNames names the states Line shows.
+var stateNames = map[state]string{
+	stWaiting: "waiting", stSubmitting: "submitting", stQueued: "queued",
+	stRunning: "running", stFetching: "fetching",
+}
+
+// Line returns the wait line and the active jobs, at most max of each.
+func (s *Service) Line(max int) Line {
+	s.jobsMu.Lock()
+	defer s.jobsMu.Unlock()
+	now := s.now()
+	item := func(j *job) LineJob {
+		return LineJob{ID: j.id, Workflow: j.wf.name, State: stateNames[j.state], Progress: j.prog.percent(),
+			Instance: j.instance, AgeSeconds: float64(now.Sub(j.created).Milliseconds()) / 1000}
+	}
+	l := Line{Waiting: []LineJob{}, Active: []LineJob{}, WaitingTotal: len(s.line)}
+	for _, j := range s.line[:min(len(s.line), max)] {
+		l.Waiting = append(l.Waiting, item(j))
+	}
+	var active []*job
+	for _, j := range s.jobs {
+		if j.state != stWaiting && stateNames[j.state] != "" {
+			active = append(active, j)
+		}
+	}
+	slices.SortFunc(active, func(a, b *job) int { return cmp.Compare(a.seq, b.seq) })
+	l.ActiveTotal = len(active)
+	for _, j := range active[:min(len(active), max)] {
+		l.Active = append(l.Active, item(j))
+	}
+	return l
+}
