@@ -158,11 +158,14 @@ func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 			header[h] = string(v)
 		}
 	}
+	// The prompt's events wait for this answer (answerfirst.go).
+	held := newHeldSink(s.hub.sinkFor(keyName(ctx)))
+	s.afterAnswer(ctx, held.release)
 	res, err := s.prompts.Submit(context.Background(), prompts.SubmitRequest{
 		Body:     fields,
 		PromptID: promptID,
 		ClientID: clientID,
-		Sink:     s.hub.sinkFor(keyName(ctx)),
+		Sink:     held,
 		Header:   header,
 		Prefer:   prefer,
 		Files:    files,

@@ -62,6 +62,9 @@ type Server struct {
 	// writes read, merge and write back its file one at a time (userdata.go).
 	settingsMu sync.Map
 
+	answerMu     sync.Mutex            // guards afterAnswers
+	afterAnswers map[net.Conn][]func() // run once the connection's answer is out (answerfirst.go)
+
 	dashStreams atomic.Int32  // dashboard event streams open (dashboard.go)
 	dashMu      sync.Mutex    // guards dashCh, dashDoc
 	dashCh      chan struct{} // closed (and replaced) by pokeDashboard
@@ -116,8 +119,10 @@ func New(o Options) (*Server, error) {
 		s.hub.isolate(s.sec.owners)
 	}
 	s.prompts.SetListener(s.hub)
+	s.afterAnswers = map[net.Conn][]func(){}
 	s.srv = &fasthttp.Server{
 		Handler:                      s.handle,
+		ConnState:                    s.connState,
 		Name:                         "comfygate",
 		NoDefaultServerHeader:        true, // the instance's Server header passes through
 		NoDefaultContentType:         true,

@@ -1,0 +1,128 @@
+package proxy
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fasthttp/websocket"
+)
+
+// eventsFirstComfy is a scripted ComfyUI that sends a prompt's whole run
+// on its socket (a cached prompt: start, cached, success, the end) and
+// only then, after a pause, answers the POST /prompt.
+func eventsFirstComfy(t *testing.T, pause time.Duration) *httptest.Server {
+	t.Helper()
+	var mu sync.Mutex
+	var sock *websocket.Conn
+	up := websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return true }}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/system_stats":
+			_, _ = io.WriteString(w, `{"system": {"comfyui_version": "0.3.65"}, "devices": []}`)
+		case "/ws":
+			c, err := up.Upgrade(w, r, nil)
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			sock = c
+			_ = c.WriteMessage(websocket.TextMessage, []byte(`{"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": "x"}}`))
+			mu.Unlock()
+			for {
+				if _, _, err := c.ReadMessage(); err != nil {
+					return
+				}
+			}
+		case "/prompt":
+			var body struct {
+				PromptID string `json:"prompt_id"`
+			}
+			if json.NewDecoder(r.Body).Decode(&body) != nil || body.PromptID == "" {
+				http.Error(w, "want a prompt_id", http.StatusBadRequest)
+				return
+			}
+			id := body.PromptID
+			mu.Lock()
+			for _, m := range []string{
+				`{"type": "execution_start", "data": {"prompt_id": "%s", "timestamp": 1}}`,
+				`{"type": "execution_cached", "data": {"nodes": ["1"], "prompt_id": "%s", "timestamp": 1}}`,
+				`{"type": "execution_success", "data": {"prompt_id": "%s", "timestamp": 2}}`,
+				`{"type": "executing", "data": {"node": null, "prompt_id": "%s"}}`,
+			} {
+				if sock != nil {
+					_ = sock.WriteMessage(websocket.TextMessage, fmt.Appendf(nil, m, id))
+				}
+			}
+			mu.Unlock()
+			time.Sleep(pause)
+			w.Header().Set("Content-Type", "application/json")
+			fmt.Fprintf(w, `{"prompt_id": %q, "number": 0, "node_errors": {}}`, id)
+		case "/queue":
+			_, _ = io.WriteString(w, `{"queue_running": [], "queue_pending": []}`)
+		case "/history":
+			_, _ = io.WriteString(w, `{}`)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// TestEventsWaitForTheAnswer: the instance sends a prompt's events before
+// its answer; the client sees none of them before its POST /prompt answer
+// is on its connection, and then sees them all, in order.
+func TestEventsWaitForTheAnswer(t *testing.T) {
+	t.Parallel()
+	fake := eventsFirstComfy(t, 150*time.Millisecond)
+	g := startGate(t, []string{strings.TrimPrefix(fake.URL, "http://")}, nil)
+	ws := dialWS(t, "ws://"+g.addr+"/ws?clientId=answer-first")
+
+	post, err := net.Dial("tcp", g.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer post.Close()
+	body := `{"prompt": {"1": {"class_type": "EmptyImage", "inputs": {}}}, "client_id": "answer-first", "prompt_id": "p-answer-first"}`
+	fmt.Fprintf(post, "POST /prompt HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", g.addr, len(body), body)
+
+	// Status broadcasts (queue counts) are no prompt's events.
+	next := func() wsMsg {
+		for {
+			if m := ws.read(); m.typ() != "status" {
+				return m
+			}
+		}
+	}
+	first := next()
+	if !strings.Contains(string(first.data), "p-answer-first") {
+		t.Fatalf("first message: %s", first.data)
+	}
+	// The answer was flushed before the first event went out: on loopback
+	// its bytes are already here.
+	_ = post.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	resp, err := http.ReadResponse(bufio.NewReader(post), nil)
+	if err != nil {
+		t.Fatalf("the event %s came before the answer to POST /prompt (%v)", first.typ(), err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("POST /prompt: %d", resp.StatusCode)
+	}
+	got := []string{first.typ()}
+	for len(got) < 4 {
+		got = append(got, next().typ())
+	}
+	if want := "execution_start,execution_cached,execution_success,executing"; strings.Join(got, ",") != want {
+		t.Errorf("events %s, want %s", strings.Join(got, ","), want)
+	}
+}
