@@ -190,7 +190,7 @@ func (t *Table) lose(pr *Prompt, from *upstream.Instance, what, why string) {
 	}}
 	data, _ := marshalNoEscape(errEv)
 	t.deliver(pr, Event{Instance: from, Type: "execution_error", PromptID: pr.ID, Data: data}, true)
-	t.deliver(pr, Event{Instance: from, Type: "executing", PromptID: pr.ID, Data: executingNull(pr.ID)}, true)
+	t.deliver(pr, Event{Instance: from, Type: "executing", PromptID: pr.ID, Data: comfyapi.ExecutingNull(pr.ID)}, true)
 }
 
 // lostErrorFields is execution_error's data, in ComfyUI's field order.
@@ -205,11 +205,6 @@ type lostErrorFields struct {
 	CurrentInputs    map[string]any `json:"current_inputs"`
 	CurrentOutputs   []string       `json:"current_outputs"`
 	Timestamp        int64          `json:"timestamp"`
-}
-
-// executingNull is the message that ends a prompt: executing, node null.
-func executingNull(id string) []byte {
-	return fmt.Appendf(nil, `{"type": "executing", "data": {"node": null, "prompt_id": %s}}`, quoteJSON(id))
 }
 
 // reconcile runs after inst's socket came back: events may have been
@@ -270,7 +265,7 @@ func (t *Table) completeFromHistory(inst *upstream.Instance, pr *Prompt, uid str
 		return
 	}
 	t.apply(pr, inst, f)
-	t.apply(pr, inst, frame{typ: "executing", uid: uid, nodeNull: true, data: executingNull(uid), at: time.Now()})
+	t.apply(pr, inst, frame{typ: "executing", uid: uid, nodeNull: true, data: comfyapi.ExecutingNull(uid), at: time.Now()})
 	// The live stream's own ending, if it comes, would repeat it.
 	t.step(pr, lifecycle.Event{Kind: lifecycle.Close}, nil)
 }

@@ -570,24 +570,12 @@ func (t *Table) apply(pr *Prompt, inst *upstream.Instance, f frame) {
 	t.deliver(pr, Event{Instance: inst, Type: f.typ, Binary: f.binary, PromptID: pr.ID, Data: data}, true)
 }
 
-// pinOutputs records the files an `executed` output names as inst's.
+// pinOutputs records the files an `executed` output names as inst's. One
+// odd entry (a subfolder that is no string) costs only itself.
 func (t *Table) pinOutputs(inst *upstream.Instance, outputs map[string]json.RawMessage) {
 	for _, raw := range outputs {
-		if len(raw) == 0 || raw[0] != '[' {
-			continue
-		}
-		var refs []struct {
-			Filename  *string `json:"filename"`
-			Subfolder string  `json:"subfolder"`
-			Type      string  `json:"type"`
-		}
-		if json.Unmarshal(raw, &refs) != nil {
-			continue
-		}
-		for _, r := range refs {
-			if r.Filename != nil && *r.Filename != "" {
-				t.PinFile(FileRef{Filename: *r.Filename, Subfolder: r.Subfolder, Type: r.Type}, inst)
-			}
+		for _, r := range comfyapi.ListFiles(raw) {
+			t.PinFile(FileRef(r), inst)
 		}
 	}
 }

@@ -237,7 +237,7 @@ func (t *Table) reclaim(pr *Prompt, from *upstream.Instance, uid string, entry j
 	_, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Reclaim, UpstreamID: uid}, from)
 	if ok {
 		t.apply(pr, from, end)
-		t.apply(pr, from, frame{typ: comfyapi.TypeExecuting, uid: uid, nodeNull: true, data: executingNull(uid), at: time.Now()})
+		t.apply(pr, from, frame{typ: comfyapi.TypeExecuting, uid: uid, nodeNull: true, data: comfyapi.ExecutingNull(uid), at: time.Now()})
 	}
 	s.routeMu.Unlock()
 	t.log.Info("prompts: a moved prompt ran where it was after all; its copy is removed",

@@ -494,3 +494,16 @@ func TestEncode(t *testing.T) {
 		t.Errorf("ExecutingNull does not parse back: %+v %v", m, err)
 	}
 }
+
+// TestListFilesKeepsTheRest: one odd entry in an output list costs only
+// itself; a subfolder or type that is no string reads as "".
+func TestListFilesKeepsTheRest(t *testing.T) {
+	got := ListFiles([]byte(`[{"filename": "a.png", "subfolder": 5, "type": "output"}, "text", {"subfolder": ""}, {"filename": "b.png", "subfolder": "s", "type": ["x"]}]`))
+	want := []FileRef{{Filename: "a.png", Type: "output"}, {Filename: "b.png", Subfolder: "s"}}
+	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
+		t.Fatalf("ListFiles = %+v, want %+v", got, want)
+	}
+	if ListFiles([]byte(`{"filename": "a.png"}`)) != nil {
+		t.Error("ListFiles of an object: want nothing")
+	}
+}

@@ -26,34 +26,42 @@ func NodeOutputFiles(out json.RawMessage, kind string) []FileRef {
 		return nil
 	}
 	var refs []FileRef
-	add := func(items json.RawMessage) {
-		var list []json.RawMessage
-		if json.Unmarshal(items, &list) != nil {
-			return
-		}
-		for _, it := range list {
-			if !isObject(it) {
-				continue
-			}
-			var f struct {
-				Filename, Subfolder, Type json.RawMessage
-			}
-			_ = json.Unmarshal(it, &f)
-			name, _ := String(f.Filename)
-			if name == "" {
-				continue
-			}
-			sub, _ := String(f.Subfolder)
-			typ, _ := String(f.Type)
-			refs = append(refs, FileRef{Filename: name, Subfolder: sub, Type: typ})
-		}
-	}
+	add := func(items json.RawMessage) { refs = append(refs, ListFiles(items)...) }
 	if kind != "" {
 		add(kinds[kind])
 		return refs
 	}
 	for _, items := range kinds {
 		add(items)
+	}
+	return refs
+}
+
+// ListFiles returns the file references in one list of a node's UI output
+// (the value of "images", "gifs", ...): entries that are not objects, and
+// references without a filename, are skipped; a subfolder or type that is
+// not a string reads as "".
+func ListFiles(items json.RawMessage) []FileRef {
+	var list []json.RawMessage
+	if json.Unmarshal(items, &list) != nil {
+		return nil
+	}
+	var refs []FileRef
+	for _, it := range list {
+		if !isObject(it) {
+			continue
+		}
+		var f struct {
+			Filename, Subfolder, Type json.RawMessage
+		}
+		_ = json.Unmarshal(it, &f)
+		name, _ := String(f.Filename)
+		if name == "" {
+			continue
+		}
+		sub, _ := String(f.Subfolder)
+		typ, _ := String(f.Type)
+		refs = append(refs, FileRef{Filename: name, Subfolder: sub, Type: typ})
 	}
 	return refs
 }
