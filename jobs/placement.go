@@ -2,18 +2,18 @@ package jobs
 
 import (
 	"encoding/json"
-	"strings"
 
-	"github.com/comfygate/comfygate/catalogue"
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/placement"
 	"github.com/comfygate/comfygate/upstream"
 )
 
-// Placer decides where a prompt may run (catalogue.Store does): on the
-// instances, among those among accepts, that have its node classes and
-// models.
+// Placer is the placement policy (placement.Policy, the one the proxy's
+// POST /prompt uses): where a job's prompt may run (its workflow's labels,
+// the fleet's catalogue) and had better run (model affinity).
 type Placer interface {
-	Decide(n catalogue.Needs, among func(*upstream.Instance) bool) catalogue.Verdict
+	Place(placement.Request) (placement.Decision, *placement.Refusal)
+	Ran(*upstream.Instance, placement.Decision)
 }
 
 // workflows returns the current workflows (do not modify the map).
@@ -38,34 +38,20 @@ func (s *Service) LoadWorkflows(cfg *config.Config) (apply func(), err error) {
 	}, nil
 }
 
-// SetPlacer makes jobs run only on instances that can run their workflow
-// (nil: any instance carrying the workflow's labels). Call before Start.
+// SetPlacer makes jobs place their prompts with p (by default: on their
+// workflow's labels alone). Call before Start.
 func (s *Service) SetPlacer(p Placer) { s.placer = p }
 
-// eligible returns where a job's prompt may run: instances carrying its
-// workflow's labels (workflows.<name>.labels) that have what the prompt
-// names. ok is false, with why, when no instance can run it.
-func (s *Service) eligible(j *job, prompt json.RawMessage) (fn func(*upstream.Instance) bool, why string, ok bool) {
-	labels := j.wf.cfg.Labels
-	if len(labels) > 0 {
-		fn = func(inst *upstream.Instance) bool { return inst.HasLabels(labels) }
+// place decides where a job's prompt may and had better run. ok is false,
+// with why, when no instance can run it.
+func (s *Service) place(j *job, prompt json.RawMessage) (d placement.Decision, why string, ok bool) {
+	placer := s.placer
+	if placer == nil {
+		placer = placement.New(s.be, nil, -1, nil)
 	}
-	if s.placer == nil {
-		return fn, "", true
+	d, refused := placer.Place(placement.Request{Graph: prompt, Labels: j.wf.cfg.Labels})
+	if refused != nil {
+		return d, "no instance can run workflow " + j.wf.name + refused.Detail(), false
 	}
-	v := s.placer.Decide(catalogue.PromptNeeds(prompt), fn)
-	if v.Runnable {
-		return v.Eligible, "", true
-	}
-	why = "no instance can run workflow " + j.wf.name
-	if len(v.Nowhere) > 0 {
-		why += ": no instance has " + strings.Join(v.Nowhere, ", ")
-	}
-	for _, m := range v.Missing {
-		why += "; " + m.Instance + " lacks " + strings.Join(m.Lacks, ", ")
-	}
-	if len(v.Missing) == 0 && len(v.Nowhere) == 0 && len(labels) > 0 {
-		why += ": no instance carries its labels"
-	}
-	return nil, why, false
+	return d, "", true
 }

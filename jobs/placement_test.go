@@ -8,20 +8,27 @@ import (
 	"github.com/comfygate/comfygate/catalogue"
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/placement"
 	"github.com/comfygate/comfygate/upstream"
 )
 
-// fakePlacer refuses prompts that use class, and accepts the rest.
-type fakePlacer struct{ class string }
+// fakePlacer refuses prompts that use class, and places the rest on
+// their labels.
+type fakePlacer struct {
+	class string
+	be    backend
+}
 
-func (f fakePlacer) Decide(n catalogue.Needs, among func(*upstream.Instance) bool) catalogue.Verdict {
-	for _, nd := range n.Nodes {
+func (f fakePlacer) Place(r placement.Request) (placement.Decision, *placement.Refusal) {
+	for _, nd := range catalogue.PromptNeeds(r.Graph).Nodes {
 		if nd.Class == f.class {
-			return catalogue.Verdict{Nowhere: []string{`node class "` + f.class + `"`}}
+			return placement.Decision{}, &placement.Refusal{Labels: r.Labels, Verdict: catalogue.Verdict{Nowhere: []string{`node class "` + f.class + `"`}}}
 		}
 	}
-	return catalogue.Verdict{Runnable: true, Eligible: among}
+	return placement.New(f.be, nil, -1, nil).Place(r)
 }
+
+func (fakePlacer) Ran(*upstream.Instance, placement.Decision) {}
 
 // TestWorkflowLabelsAndPlacement: a workflow with labels runs only on
 // instances carrying them; a workflow no instance can run fails with why.
@@ -30,7 +37,7 @@ func TestWorkflowLabelsAndPlacement(t *testing.T) {
 	h := newHarnessWith(t, 3, comfysim.Options{Delay: 0}, func(c *config.Config) {
 		c.Instances[2].Labels = map[string]string{"pool": "upscale"}
 		c.Workflows = map[string]config.Workflow{"upscale-image": {Labels: map[string]string{"pool": "upscale"}}}
-	}, func(s *Service) { s.SetPlacer(fakePlacer{class: "Image Rembg (Remove Background)"}) })
+	}, func(s *Service) { s.SetPlacer(fakePlacer{class: "Image Rembg (Remove Background)", be: s.be}) })
 	img := testPNG(t, 8, 8)
 	for range 4 {
 		v := h.waitStatus(h.submit("/api/upscale-image", img, nil), 20*time.Second, statusCompleted, statusFailed)

@@ -64,7 +64,7 @@ type Service struct {
 	// keeps the workflow it was accepted with.
 	wfsMu sync.RWMutex
 	wfs   map[string]*workflow
-	// placer limits where prompts run (SetPlacer); nil: labels only.
+	// placer places prompts (SetPlacer); nil: on labels only.
 	placer Placer
 
 	now func() time.Time
@@ -358,7 +358,8 @@ func (s *Service) submit(j *job) {
 	refused := maps.Clone(j.refusedBy)
 	s.jobsMu.Unlock()
 
-	eligible, why, runnable := s.eligible(j, prompt)
+	pl, why, runnable := s.place(j, prompt)
+	eligible := pl.Eligible
 	if !runnable {
 		s.jobsMu.Lock()
 		j.submitted = false
@@ -385,8 +386,12 @@ func (s *Service) submit(j *job) {
 		PromptID: j.id,
 		Sink:     j,
 		Eligible: eligible,
+		Prefer:   pl.Prefer,
 		Prepare:  prepare,
 	})
+	if err == nil && res.Prompt != nil && s.placer != nil {
+		s.placer.Ran(res.Instance, pl)
+	}
 	switch {
 	case err != nil && res.Instance != nil:
 		// Sent, but no answer in time: the instance may have taken it. The

@@ -10,13 +10,13 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"slices"
 	"strings"
 	"time"
 
 	"github.com/comfygate/comfygate/catalogue"
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/jsonobj"
+	"github.com/comfygate/comfygate/placement"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
 )
@@ -39,74 +39,39 @@ type ReloadResult struct {
 }
 
 // placement is where a prompt may go.
-type placement struct {
-	eligible func(*upstream.Instance) bool // nil: anywhere
-	prefer   *upstream.Instance            // model affinity; nil: none
-	modelKey string
-}
-
 // place decides where a prompt with graph may run, given the labels the
-// request asks for. It writes the 400 itself and returns ok false when no
-// instance can run it.
-func (s *Server) place(ctx *fasthttp.RequestCtx, graph json.RawMessage) (placement, bool) {
-	var pl placement
+// request asks for (placement.Policy, the policy the job API uses too).
+// It writes the 400 itself and returns ok false when no instance can run
+// it.
+func (s *Server) place(ctx *fasthttp.RequestCtx, graph json.RawMessage) (placement.Decision, bool) {
 	labels, err := upstream.ParseLabels(string(ctx.Request.Header.Peek(poolHeader)))
 	if err != nil {
 		writeComfyError(ctx, fasthttp.StatusBadRequest, "invalid_prompt", "Invalid "+poolHeader+" header", err.Error())
-		return pl, false
+		return placement.Decision{}, false
 	}
-	var among func(*upstream.Instance) bool
-	if len(labels) > 0 {
-		among = func(inst *upstream.Instance) bool { return inst.HasLabels(labels) }
-		any := false
-		for _, inst := range s.pool.Instances() {
-			any = any || (!inst.Leaving() && among(inst))
-		}
-		if !any {
-			writeComfyError(ctx, fasthttp.StatusBadRequest, "invalid_prompt",
-				"No instance carries the labels "+formatLabels(labels),
-				"the "+poolHeader+" header asks for labels that no configured instance has")
-			return pl, false
-		}
-	}
-	if s.cat == nil {
-		pl.eligible = among
-		return pl, true
-	}
-	needs := catalogue.PromptNeeds(graph)
-	v := s.cat.Decide(needs, among)
-	if !v.Runnable {
+	d, refused := s.policy.Place(placement.Request{Graph: graph, Labels: labels})
+	switch {
+	case refused == nil:
+		return d, true
+	case refused.NoLabels:
+		writeComfyError(ctx, fasthttp.StatusBadRequest, "invalid_prompt",
+			"No instance carries the labels "+placement.FormatLabels(labels),
+			"the "+poolHeader+" header asks for labels that no configured instance has")
+	default:
 		s.m.PromptUnrunnable()
-		writeUnrunnable(ctx, v, labels)
-		return pl, false
+		writeUnrunnable(ctx, refused.Verdict, labels)
 	}
-	pl.eligible, pl.modelKey = v.Eligible, needs.ModelKey
-	margin := int(s.affinityMargin.Load())
-	pl.prefer = s.cat.Affine(needs.ModelKey, v.Eligible, margin)
-	if needs.ModelKey != "" && margin >= 0 {
-		s.m.Affinity(pl.prefer != nil)
-	}
-	return pl, true
+	return d, false
 }
 
 // SetRouting applies a reloaded routing section: the affinity margin
 // and the catalogue's re-read interval (the warm-up timeout applies at
 // the next start).
 func (s *Server) SetRouting(r config.Routing) {
-	s.affinityMargin.Store(int64(r.AffinityMargin))
+	s.policy.SetMargin(r.AffinityMargin)
 	if s.cat != nil {
 		s.cat.SetInterval(r.CatalogueInterval)
 	}
-}
-
-// formatLabels writes labels as the header takes them.
-func formatLabels(l map[string]string) string {
-	var parts []string
-	for k, v := range l {
-		parts = append(parts, k+"="+v)
-	}
-	slices.Sort(parts)
-	return strings.Join(parts, ",")
 }
 
 // writeUnrunnable answers 400 in ComfyUI's error shape for a prompt no
@@ -116,7 +81,7 @@ func formatLabels(l map[string]string) string {
 func writeUnrunnable(ctx *fasthttp.RequestCtx, v catalogue.Verdict, labels map[string]string) {
 	msg := "No instance can run this prompt"
 	if len(labels) > 0 {
-		msg += " among those labelled " + formatLabels(labels)
+		msg += " among those labelled " + placement.FormatLabels(labels)
 	}
 	if len(v.Nowhere) > 0 {
 		msg += ": no instance has " + strings.Join(v.Nowhere, ", ")

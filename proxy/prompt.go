@@ -150,7 +150,7 @@ func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	if prefer == nil {
-		prefer = pl.prefer
+		prefer = pl.Prefer
 	}
 	header := map[string]string{"Content-Type": "application/json"}
 	for _, h := range []string{"Comfy-User", "Comfy-Usage-Source"} {
@@ -169,7 +169,7 @@ func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 		Header:   header,
 		Prefer:   prefer,
 		Files:    files,
-		Eligible: pl.eligible,
+		Eligible: pl.Eligible,
 	})
 	if res.Instance != nil {
 		setInstance(ctx, res.Instance)
@@ -179,8 +179,8 @@ func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	body = res.Body
-	if res.Prompt != nil && s.cat != nil {
-		s.cat.Ran(res.Instance, pl.modelKey)
+	if res.Prompt != nil {
+		s.policy.Ran(res.Instance, pl)
 	}
 	if res.Prompt != nil {
 		body = setAnswerNumber(body, res.Prompt)

@@ -15,6 +15,7 @@ import (
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/limits"
 	"github.com/comfygate/comfygate/metrics"
+	"github.com/comfygate/comfygate/placement"
 	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
@@ -35,6 +36,9 @@ type Options struct {
 	// its node classes and models and answers /object_info and /models for
 	// the fleet; nil: every instance is taken to run everything.
 	Catalogue *catalogue.Store
+	// Placement is the placement policy, shared with the job API; nil: one
+	// of the server's own over Catalogue.
+	Placement *placement.Policy
 	// Reload serves POST /admin/reload; nil: 501.
 	Reload Reloader
 }
@@ -53,8 +57,7 @@ type Server struct {
 
 	cat    *catalogue.Store
 	reload Reloader
-	// affinityMargin is routing.affinity_margin (SetRouting changes it).
-	affinityMargin atomic.Int64
+	policy *placement.Policy // where prompts may and had better run (fleet.go)
 
 	hub *Hub
 	sec security // API keys, owners, rate limits (authz.go)
@@ -110,7 +113,10 @@ func New(o Options) (*Server, error) {
 		cat:     o.Catalogue,
 		reload:  o.Reload,
 	}
-	s.affinityMargin.Store(int64(o.Config.Routing.AffinityMargin))
+	s.policy = o.Placement
+	if s.policy == nil {
+		s.policy = placement.New(o.Pool, o.Catalogue, o.Config.Routing.AffinityMargin, o.Metrics.Affinity)
+	}
 	if err := s.initSecurity(); err != nil {
 		return nil, err
 	}
