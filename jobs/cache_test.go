@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"maps"
 	"net/http"
@@ -34,6 +35,14 @@ func (h *harness) runs() int {
 	return n
 }
 
+// waitRuns waits until the instances recorded want executions: a run is
+// recorded just after the instance sends its end, so the job may complete
+// (and its answer arrive) a moment before.
+func (h *harness) waitRuns(want int) {
+	h.tb.Helper()
+	testkit.Eventually(h.tb, fmt.Sprintf("%d runs recorded", want), func() bool { return h.runs() == want })
+}
+
 // waitSubmit posts img (and inputs) to route with Prefer: wait and
 // returns the finished job's answer.
 func (h *harness) waitSubmit(route string, img []byte, inputs map[string]any, hdr ...string) waitedView {
@@ -62,9 +71,7 @@ func TestCacheHit(t *testing.T) {
 	if first.Cached {
 		t.Fatalf("the first job is cached: %+v", first.statusView)
 	}
-	if got := h.runs(); got != 1 {
-		t.Fatalf("%d runs after the first job, want 1", got)
-	}
+	h.waitRuns(1)
 	if !h.svc.cache.has(mustKey(t, h.svc, "", "upscale-image", img, nil)) {
 		t.Fatal("the completed job's result is not in the cache")
 	}
@@ -139,9 +146,7 @@ func TestCacheMisses(t *testing.T) {
 		if v := h.waitSubmit("/api/upscale-image", tc.img, tc.inputs); v.Cached {
 			t.Fatalf("%s: answered from the cache", tc.desc)
 		}
-		if got := h.runs(); got != before+1 {
-			t.Fatalf("%s: %d runs, want %d", tc.desc, got, before+1)
-		}
+		h.waitRuns(before + 1)
 	}
 	// Each of them is cached in turn.
 	before := h.runs()
@@ -281,9 +286,7 @@ func TestCacheOtherKeyMisses(t *testing.T) {
 	if a := submitAs("bob"); a.Cached {
 		t.Fatal("bob's job was answered from alice's result")
 	}
-	if got := h.runs(); got != 2 {
-		t.Fatalf("%d runs, want 2 (one per key)", got)
-	}
+	h.waitRuns(2) // one per key
 	if a := submitAs("alice"); !a.Cached {
 		t.Fatal("alice's repeat was not answered from her result")
 	}
@@ -291,9 +294,7 @@ func TestCacheOtherKeyMisses(t *testing.T) {
 	if v := h.waitSubmit("/api/upscale-image", img, nil); v.Cached {
 		t.Fatal("a submission without a key was answered from a key's result")
 	}
-	if got := h.runs(); got != 3 {
-		t.Fatalf("%d runs, want 3", got)
-	}
+	h.waitRuns(3)
 }
 
 // TestCacheEvictsLeastRecentlyUsed: past cache_max_bytes the entry used
@@ -391,6 +392,7 @@ func TestCacheSurvivesRestart(t *testing.T) {
 	h := newHarness(t, 1, comfysim.Options{Delay: 10 * time.Millisecond, RecordRuns: true}, cacheOn)
 	img := testPNG(t, 16, 16)
 	first := h.waitSubmit("/api/upscale-image", img, nil)
+	h.waitRuns(1)
 	hit := h.waitSubmit("/api/upscale-image", img, nil)
 	if !hit.Cached {
 		t.Fatal("the repeat before the restart was not cached")
