@@ -431,3 +431,46 @@ func TestCacheSurvivesRestart(t *testing.T) {
 		t.Fatalf("%d runs, want 1", got)
 	}
 }
+
+// TestCacheTTLFromConfig: the built-in workflows keep results for
+// config.DefaultCacheTTL unless their entry says otherwise; a workflow of
+// one's own keeps none unless it says so.
+func TestCacheTTLFromConfig(t *testing.T) {
+	t.Parallel()
+	cfg := config.Default()
+	cfg.Workflows = map[string]config.Workflow{
+		"upscale-image": {Cache: &config.WorkflowCache{TTL: 0}},
+	}
+	wfs, err := loadWorkflows(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := wfs["remove-background"].cacheTTL(); got != config.DefaultCacheTTL {
+		t.Errorf("remove-background: ttl %v, want %v", got, config.DefaultCacheTTL)
+	}
+	if got := wfs["upscale-image"].cacheTTL(); got != 0 {
+		t.Errorf("upscale-image with cache.ttl 0s: ttl %v, want 0", got)
+	}
+	dir := t.TempDir()
+	src, err := os.ReadFile("../workflows/upscale-image.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "mine.json")
+	if err := os.WriteFile(file, src, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Workflows = map[string]config.Workflow{
+		"upscale-image": {File: file, ImageNode: "1", OutputNode: "4"},
+		"mine":          {File: file, ImageNode: "1", OutputNode: "4", Cache: &config.WorkflowCache{TTL: time.Hour}},
+	}
+	if wfs, err = loadWorkflows(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if got := wfs["upscale-image"].cacheTTL(); got != 0 {
+		t.Errorf("a built-in name pointed at one's own file: ttl %v, want 0", got)
+	}
+	if got := wfs["mine"].cacheTTL(); got != time.Hour {
+		t.Errorf("mine: ttl %v, want 1h", got)
+	}
+}
