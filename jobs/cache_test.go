@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/testkit"
+	"github.com/comfygate/comfygate/metrics"
 	"github.com/valyala/fasthttp"
 )
 
@@ -473,4 +475,69 @@ func TestCacheTTLFromConfig(t *testing.T) {
 	if got := wfs["mine"].cacheTTL(); got != time.Hour {
 		t.Errorf("mine: ttl %v, want 1h", got)
 	}
+}
+
+// TestCacheHitWebhookAndMetrics: a job completed from the cache delivers
+// its completed webhook like any job, and the cache's lookups and bytes
+// are counted.
+func TestCacheHitWebhookAndMetrics(t *testing.T) {
+	t.Parallel()
+	rcv := &webhookReceiver{got: make(chan struct{}, 1)}
+	srv := httptest.NewServer(rcv)
+	defer srv.Close()
+	m := metrics.New("test")
+	h := newHarnessWith(t, 1, comfysim.Options{}, func(c *config.Config) {
+		cacheOn(c)
+		c.Webhooks.AllowedHosts = []string{"127.0.0.1"}
+		c.Webhooks.Secret = "cache-test-secret"
+	}, func(s *Service) {
+		s.m = m
+		s.cache.m = m
+	})
+	img := testPNG(t, 10, 10)
+	h.waitSubmit("/api/upscale-image", img, nil)
+	b64 := base64.StdEncoding.EncodeToString(img)
+	code, _, b := postJSON(h, "/api/upscale-image", map[string]any{"image_base64": b64, "webhook_url": srv.URL + "/hook"})
+	var a acceptedView
+	if code != 202 || json.Unmarshal(b, &a) != nil || !a.Cached {
+		t.Fatalf("cached submission: %d %s", code, b)
+	}
+	select {
+	case <-rcv.got:
+	case <-time.After(20 * time.Second):
+		t.Fatal("no webhook delivery for the cached job")
+	}
+	rcv.mu.Lock()
+	body := rcv.body[0]
+	rcv.mu.Unlock()
+	var payload struct {
+		Type string    `json:"type"`
+		Data eventView `json:"data"`
+	}
+	if err := json.Unmarshal(body, &payload); err != nil || payload.Type != "job.completed" || payload.Data.JobID != a.JobID || len(payload.Data.Outputs) != 1 {
+		t.Fatalf("payload %s (%v)", body, err)
+	}
+	hits := metricValue(t, m, "comfygate_job_cache_hits_total")
+	misses := metricValue(t, m, "comfygate_job_cache_misses_total")
+	size := metricValue(t, m, "comfygate_job_cache_bytes")
+	if hits != 1 || misses != 1 || size <= 0 || int64(size) != h.svc.cache.bytes() {
+		t.Fatalf("hits %v, misses %v, bytes %v (cache holds %d)", hits, misses, size, h.svc.cache.bytes())
+	}
+}
+
+// metricValue is the value of the one series of metric name in m.
+func metricValue(t *testing.T, m *metrics.Metrics, name string) float64 {
+	t.Helper()
+	mfs, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			met := mf.GetMetric()[0]
+			return met.GetGauge().GetValue() + met.GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no single series of %s", name)
+	return 0
 }
