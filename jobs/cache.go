@@ -318,12 +318,26 @@ func (c *resultCache) put(key, wf string, ttl time.Duration, files []*outputFile
 	e.elem = c.lru.PushFront(e)
 	c.entries[key] = e
 	c.size += size
-	victims := c.evictLocked()
+	victims := append(c.expireLocked(), c.evictLocked()...)
 	total := c.size
 	c.mu.Unlock()
 	c.removeDirs(victims)
 	c.m.SetJobCacheBytes(total)
 	return nil
+}
+
+// expireLocked drops the entries past their ttl (each put looks, so
+// expired results do not hold the bound's bytes until the least recently
+// used rule reaches them), and returns their directories for removeDirs.
+func (c *resultCache) expireLocked() []string {
+	now := c.now()
+	var dirs []string
+	for _, e := range c.entries {
+		if !now.Before(e.Expires) {
+			dirs = append(dirs, c.unlinkLocked(e))
+		}
+	}
+	return dirs
 }
 
 // evictLocked drops least recently used entries until the cache fits its

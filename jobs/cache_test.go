@@ -383,6 +383,20 @@ func TestCacheExpires(t *testing.T) {
 	if c.lookup("k") != nil || c.bytes() != 0 {
 		t.Fatal("an expired entry answered")
 	}
+	// An expired entry nobody looks up goes at the next put.
+	if err := c.put("old", "wf", time.Minute, []*outputFile{{size: 3, data: []byte("abc")}}); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(time.Minute)
+	if err := c.put("new", "wf", time.Minute, []*outputFile{{size: 2, data: []byte("de")}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.bytes(); got != 2 {
+		t.Fatalf("cache holds %d bytes, want 2 (the expired entry gone)", got)
+	}
+	if _, err := os.Stat(filepath.Join(c.dir, "old")); !os.IsNotExist(err) {
+		t.Fatalf("the expired entry's directory is still there (%v)", err)
+	}
 }
 
 // TestCacheSurvivesRestart: a new service over the same state directory
