@@ -425,21 +425,21 @@ func TestCacheSurvivesRestart(t *testing.T) {
 
 	// The job completed from the cache before the restart.
 	testkit.Eventually(t, "the restored cached job completed", func() bool {
-		_, code, _, _ := serve(s2, "GET", "/api/jobs/"+hit.JobID+"/status", "", nil)
+		_, code, _, _ := serve(t, s2, "GET", "/api/jobs/"+hit.JobID+"/status", "", nil)
 		return code == 200 && jobState(s2, hit.JobID) == stCompleted
 	})
-	_, code, _, b := serve(s2, "GET", "/api/jobs/"+hit.JobID+"/result?format=raw", "", nil)
+	_, code, _, b := serve(t, s2, "GET", "/api/jobs/"+hit.JobID+"/result?format=raw", "", nil)
 	if code != 200 || !bytes.Equal(b, want) {
 		t.Fatalf("restored cached job's result: %d (%d bytes)", code, len(b))
 	}
 
 	body, _ := json.Marshal(map[string]any{"image_base64": img})
-	_, code, _, b = serve(s2, "POST", "/api/upscale-image", "application/json", body)
+	_, code, _, b = serve(t, s2, "POST", "/api/upscale-image", "application/json", body)
 	var a acceptedView
 	if code != http.StatusAccepted || json.Unmarshal(b, &a) != nil || !a.Cached || a.Status != statusCompleted {
 		t.Fatalf("after the restart: %d %s", code, b)
 	}
-	_, code, _, b = serve(s2, "GET", "/api/jobs/"+a.JobID+"/result?format=raw", "", nil)
+	_, code, _, b = serve(t, s2, "GET", "/api/jobs/"+a.JobID+"/result?format=raw", "", nil)
 	if code != 200 || !bytes.Equal(b, want) {
 		t.Fatalf("result after the restart: %d (%d bytes)", code, len(b))
 	}
