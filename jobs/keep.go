@@ -399,9 +399,9 @@ func (s *Service) spoolRest(r io.Reader, maxBytes int64) (*spooledImage, *apiErr
 		return nil, unavailable
 	}
 	sp := &spooledImage{path: f.Name()}
-	h := sha256.New()
-	sp.size, err = io.Copy(io.MultiWriter(f, h), io.LimitReader(r, maxBytes+1))
-	sp.sum = h.Sum(nil)
+	sum := sha256.New()
+	sp.size, err = io.Copy(io.MultiWriter(f, sum), io.LimitReader(r, maxBytes+1))
+	sp.sum = sum.Sum(nil)
 	if cerr := f.Close(); err == nil && cerr != nil {
 		s.log.Error("job image not spooled", "err", cerr)
 		sp.discard()
