@@ -213,6 +213,12 @@ type Jobs struct {
 	StateDir string `yaml:"state_dir"`
 	// S3 uploads every output to S3-compatible storage. Off without Endpoint.
 	S3 S3 `yaml:"s3"`
+	// CacheMaxBytes bounds the result cache: the outputs of completed jobs
+	// of workflows with a cache (Workflow.Cache), kept under StateDir/cache
+	// (a temporary directory without StateDir) so that the same job again
+	// completes at once from them. Past it the least recently used entries
+	// go first. 0 turns the cache off. Default 1 GiB.
+	CacheMaxBytes int64 `yaml:"cache_max_bytes"`
 }
 
 // S3 is the S3-compatible storage job outputs are uploaded to, each with a
@@ -293,7 +299,22 @@ type Workflow struct {
 	Labels map[string]string `yaml:"labels"`
 	// Parameters are named, typed inputs callers set by name.
 	Parameters []Parameter `yaml:"parameters"`
+	// Cache keeps the workflow's results for reuse (jobs.cache_max_bytes):
+	// set it only for a deterministic workflow, whose outputs depend on its
+	// graph and images alone. Nil: the built-in workflows keep results for
+	// DefaultCacheTTL, others not at all.
+	Cache *WorkflowCache `yaml:"cache"`
 }
+
+// WorkflowCache is a workflow's use of the job result cache.
+type WorkflowCache struct {
+	// TTL is how long a result stays reusable after the job that made it
+	// completed. 0 keeps none.
+	TTL time.Duration `yaml:"ttl"`
+}
+
+// DefaultCacheTTL is how long the built-in workflows' results are reused.
+const DefaultCacheTTL = 24 * time.Hour
 
 // Parameter is one named input of a workflow: callers send {"name": value}
 // and comfygate checks it and sets node.input.
@@ -340,7 +361,7 @@ func (c *Config) setDefaults() {
 		Routing:   Routing{CatalogueInterval: 60 * time.Second, AffinityMargin: 2, WarmupTimeout: 5 * time.Minute},
 		Jobs: Jobs{Timeout: 5 * time.Minute, MaxConcurrent: 10, MaxWaiting: 1000, MaxWaitingBytes: 1 << 30, MaxImageBytes: 50 << 20,
 			MaxWait: 5 * time.Minute, IdempotencyTTL: 24 * time.Hour, OutputMemoryBytes: 256 << 20,
-			InputMemoryBytes: 16 << 20, StateDir: "data/jobs",
+			InputMemoryBytes: 16 << 20, StateDir: "data/jobs", CacheMaxBytes: 1 << 30,
 			S3: S3{Region: "us-east-1", PresignExpiry: time.Hour}},
 		Webhooks:  Webhooks{Timeout: 5 * time.Second, RetryFor: time.Hour, MaxAttempts: 10},
 		ImageURLs: ImageURLs{Timeout: 30 * time.Second},

@@ -116,6 +116,8 @@ func TestBadInputStopsStartUpWithKeyValueAndAllowed(t *testing.T) {
 		{desc: "short session secret", yaml: "auth:\n  session_secret: short\n", want: []string{"auth.session_secret", "5 characters", "at least 32"}},
 		{desc: "short session secret env", env: []string{"COMFYGATE_SESSION_SECRET=tiny"}, want: []string{"COMFYGATE_SESSION_SECRET", "at least 32"}},
 		{desc: "bad overridable", yaml: "workflows:\n  w:\n    overridable: [seed]\n", want: []string{"workflows.w.overridable", "seed"}},
+		{desc: "negative cache bound", yaml: "jobs:\n  cache_max_bytes: -1\n", want: []string{"jobs.cache_max_bytes", "-1", "no result cache"}},
+		{desc: "negative cache ttl", yaml: "workflows:\n  remove-background:\n    cache: {ttl: -1h}\n", want: []string{"workflows.remove-background.cache.ttl", "-1h", "positive duration"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.desc, func(t *testing.T) {

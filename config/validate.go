@@ -109,6 +109,9 @@ func (c *Config) Validate() error {
 	if c.Jobs.InputMemoryBytes < 0 {
 		bad("jobs.input_memory_bytes", c.Jobs.InputMemoryBytes, "0 (every kept image in a file) or a number of bytes")
 	}
+	if c.Jobs.CacheMaxBytes < 0 {
+		bad("jobs.cache_max_bytes", c.Jobs.CacheMaxBytes, "0 (no result cache) or a number of bytes")
+	}
 	if c.Jobs.OutputMemoryBytes < 0 {
 		bad("jobs.output_memory_bytes", c.Jobs.OutputMemoryBytes, "0 (every output on disk) or a number of bytes")
 	}
@@ -192,6 +195,9 @@ func (c *Config) Validate() error {
 			if p.Min != nil && p.Max != nil && *p.Min > *p.Max {
 				bad(pk+".max", *p.Max, "a value of at least min")
 			}
+		}
+		if w.Cache != nil && w.Cache.TTL < 0 {
+			bad(key+".cache.ttl", w.Cache.TTL, "0 (no cache) or a positive duration such as 24h")
 		}
 		validLabels(key+".labels", w.Labels, bad)
 		for _, o := range w.Overridable {

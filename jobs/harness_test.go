@@ -63,6 +63,10 @@ func newHarnessWith(tb testing.TB, n int, opts comfysim.Options, mod func(*confi
 		c.HealthCheck.Interval = 200 * time.Millisecond
 		c.HealthCheck.Timeout = 500 * time.Millisecond
 		c.Failover.SuspectGrace = 200 * time.Millisecond
+		// These tests submit the same image again and again to watch it
+		// run: the result cache would answer the repeats. The cache's own
+		// tests turn it back on.
+		c.Jobs.CacheMaxBytes = 0
 		if mod != nil {
 			mod(c)
 		}

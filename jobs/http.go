@@ -174,6 +174,7 @@ type acceptedView struct {
 	StatusURL string  `json:"status_url"`
 	ResultURL string  `json:"result_url"`
 	EventsURL string  `json:"events_url,omitempty"`
+	Cached    bool    `json:"cached,omitempty"` // completed from the result cache
 }
 
 // serveSubmit accepts a job for the named workflow. builtIn marks the
@@ -267,7 +268,7 @@ func (s *Service) serveSubmit(ctx *fasthttp.RequestCtx, name string, builtIn boo
 		}
 	}
 	if j == nil {
-		j, aerr = s.accept(wf, sub, values, images, hook)
+		j, aerr = s.acceptOrReuse(ctx, wf, sub, values, images, hook)
 		if key != "" {
 			if aerr != nil {
 				s.idemAbort(key)
@@ -289,7 +290,7 @@ func (s *Service) serveSubmit(ctx *fasthttp.RequestCtx, name string, builtIn boo
 	est := s.estimateLocked(j, parallel)
 	st := j.state.public()
 	s.jobsMu.Unlock()
-	if !replayed {
+	if !replayed && !j.cached {
 		st = statusPending
 	}
 	ctx.Response.Header.Set("Location", routeJobs+"/"+j.id+"/status")
@@ -301,6 +302,7 @@ func (s *Service) serveSubmit(ctx *fasthttp.RequestCtx, name string, builtIn boo
 		StatusURL: routeJobs + "/" + j.id + "/status",
 		ResultURL: routeJobs + "/" + j.id + "/result",
 		EventsURL: routeJobs + "/" + j.id + "/events",
+		Cached:    j.cached,
 	})
 }
 
@@ -572,6 +574,7 @@ type statusView struct {
 	FinishedAt       *time.Time    `json:"finished_at,omitempty"`
 	Outputs          []outputView  `json:"outputs,omitempty"`
 	Webhook          *webhookView  `json:"webhook,omitempty"`
+	Cached           bool          `json:"cached,omitempty"` // completed from the result cache
 }
 
 // statusLocked renders a job's status.
@@ -584,6 +587,7 @@ func (s *Service) statusLocked(j *job, parallel int) statusView {
 		Progress:  j.prog.percent(),
 		CreatedAt: j.created.UTC(),
 		Webhook:   j.webhook.view(),
+		Cached:    j.cached && j.state == stCompleted,
 	}
 	if j.instance != "" {
 		inst := j.instance
@@ -648,6 +652,7 @@ type resultView struct {
 	ProcessingTimeMS int64        `json:"processing_time_ms"`
 	Instance         string       `json:"comfyui_instance"`
 	Outputs          []outputView `json:"outputs"`
+	Cached           bool         `json:"cached,omitempty"` // completed from the result cache
 }
 
 func (s *Service) serveResult(ctx *fasthttp.RequestCtx, id string) {
@@ -674,6 +679,7 @@ func (s *Service) serveResult(ctx *fasthttp.RequestCtx, id string) {
 		ProcessingTimeMS: j.finished.Sub(j.dispatched).Milliseconds(),
 		Instance:         j.instance,
 		Outputs:          s.outputViewsLocked(j, isTrue(ctx.QueryArgs().Peek("base64"))),
+		Cached:           j.cached,
 	}
 	s.jobsMu.Unlock()
 	if wantsRaw(ctx) {

@@ -68,6 +68,7 @@ type job struct {
 	created time.Time
 	inputs  map[string]json.RawMessage
 	params  map[string]json.RawMessage // checked parameter values, by name
+	cached  bool                       // completed from the result cache, without running
 
 	// Guarded by Service.jobsMu.
 	state     state
@@ -100,6 +101,7 @@ type job struct {
 	changed      chan struct{} // closed (and replaced) on every event
 	lastPos      int           // queue_position of its last queued event
 	webhook      *webhookState // nil: no webhook
+	cacheKey     string        // its result's key in the result cache ("" when not cached)
 }
 
 // imageBytes is the size of the images the job holds.

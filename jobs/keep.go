@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -300,7 +301,8 @@ const spoolThreshold = 1 << 20
 type spooledImage struct {
 	path  string
 	size  int64
-	taken bool // moved into a job's kept image
+	sum   []byte // SHA-256 of its bytes, taken as they were written (the result cache's key)
+	taken bool   // moved into a job's kept image
 }
 
 // spoolRawImage reads a raw image body into a file and checks it is an
@@ -338,7 +340,9 @@ func (s *Service) spoolRawImage(ctx *fasthttp.RequestCtx, wf *workflow, maxBytes
 		_ = os.Remove(sp.path)
 		return nil, e, true
 	}
-	sp.size, err = io.Copy(f, io.LimitReader(body, maxBytes+1))
+	sum := sha256.New()
+	sp.size, err = io.Copy(io.MultiWriter(f, sum), io.LimitReader(body, maxBytes+1))
+	sp.sum = sum.Sum(nil)
 	switch {
 	case err != nil:
 		return fail(badRequest(errInvalidRequest, "cannot read the request body"))
@@ -395,7 +399,9 @@ func (s *Service) spoolRest(r io.Reader, maxBytes int64) (*spooledImage, *apiErr
 		return nil, unavailable
 	}
 	sp := &spooledImage{path: f.Name()}
-	sp.size, err = io.Copy(f, io.LimitReader(r, maxBytes+1))
+	sum := sha256.New()
+	sp.size, err = io.Copy(io.MultiWriter(f, sum), io.LimitReader(r, maxBytes+1))
+	sp.sum = sum.Sum(nil)
 	if cerr := f.Close(); err == nil && cerr != nil {
 		s.log.Error("job image not spooled", "err", cerr)
 		sp.discard()

@@ -37,6 +37,8 @@ type record struct {
 	Error    string    `json:"error,omitempty"`
 	Webhook  string    `json:"webhook_url,omitempty"`
 	Progress bool      `json:"webhook_progress,omitempty"`
+	// Cache is the result cache key of a job completed from the cache.
+	Cache string `json:"cache,omitempty"`
 }
 
 // recordImage is where a kept image of the job is.
@@ -197,6 +199,9 @@ func (s *Service) saveLocked(j *job) {
 		Inputs: j.inputs, Params: j.params, Prompt: j.prompt,
 		Instance: j.instance, Finished: j.finished, Error: j.errMsg,
 	}
+	if j.cached {
+		rec.Cache = j.cacheKey
+	}
 	for _, im := range j.images {
 		rec.Images = append(rec.Images, recordImage{Param: im.param, Name: im.name, Size: im.size, File: im.file})
 	}
@@ -316,6 +321,10 @@ func (s *Service) restore() {
 			s.inFlight++
 			s.active[j] = struct{}{}
 		case statusCompleted:
+			if rec.Cache != "" {
+				s.restoreCachedLocked(j, rec.Cache)
+				break
+			}
 			j.state, j.restored = stFetching, true
 		default:
 			j.state = stFailed

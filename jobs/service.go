@@ -108,6 +108,7 @@ type Service struct {
 	s3             *s3Store        // nil: outputs stay in comfygate only
 	inputs         *inputStore     // the images of unfinished jobs
 	state          *stateDir       // nil: jobs are not persisted
+	cache          *resultCache    // nil: no result cache (jobs.cache_max_bytes 0)
 
 	outDirOnce sync.Once
 	outDirPath string
@@ -191,6 +192,9 @@ func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Lo
 		inputs:         newInputStore(cfg.Jobs.InputMemoryBytes, cfg.Jobs.StateDir),
 	}
 	s.runCtx, s.stop = context.WithCancel(context.Background())
+	if s.cache, err = openResultCache(cfg.Jobs, m, log); err != nil {
+		return nil, err
+	}
 	if dir := cfg.Jobs.StateDir; dir != "" {
 		if s.state, err = openStateDir(dir, log.Warn); err != nil {
 			return nil, err
@@ -233,6 +237,7 @@ func (s *Service) Close() {
 		s.state.flush()
 	}
 	s.inputs.close()
+	s.cache.close()
 	if s.outDirPath != "" {
 		_ = os.RemoveAll(s.outDirPath)
 	}
@@ -706,6 +711,9 @@ func (s *Service) fetch(j *job, inst *upstream.Instance, refs []outRef, upstream
 				f.s3Err, err = "comfygate could not upload this output to S3", nil
 			}
 		}
+	}
+	if err == nil {
+		s.keepResult(j, files)
 	}
 	s.jobsMu.Lock()
 	defer s.jobsMu.Unlock()

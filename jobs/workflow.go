@@ -122,6 +122,9 @@ func loadWorkflows(cfg *config.Config) (map[string]*workflow, error) {
 			if c.Labels != nil {
 				w.Labels = maps.Clone(c.Labels)
 			}
+			if c.Cache != nil {
+				w.Cache = c.Cache
+			}
 		default:
 			errs = append(errs, fmt.Errorf("workflows.%s: no built-in workflow has that name (built in: %s): set file", name, strings.Join(workflows.Names(), ", ")))
 			continue

@@ -89,6 +89,7 @@ type Metrics struct {
 	jobsInFlight     prometheus.Gauge
 	sec              securityCollectors
 	jobAPI           jobAPICollectors
+	jobCache         jobCacheCollectors
 	fleet            fleetCollectors
 
 	routes    labelSet
@@ -174,6 +175,7 @@ func New(version string) *Metrics {
 	)
 	m.registerSecurity()
 	m.registerJobAPI()
+	m.registerJobCache()
 	m.registerFleet()
 	return m
 }

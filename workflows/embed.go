@@ -33,6 +33,7 @@ var defaults = map[string]config.Workflow{
 		ImageNode:  "1",
 		ImageInput: "image",
 		OutputNode: "3",
+		Cache:      &config.WorkflowCache{TTL: config.DefaultCacheTTL},
 		Overridable: []string{
 			"2.model",
 			"2.alpha_matting",
@@ -48,6 +49,7 @@ var defaults = map[string]config.Workflow{
 		ImageNode:   "1",
 		ImageInput:  "image",
 		OutputNode:  "4",
+		Cache:       &config.WorkflowCache{TTL: config.DefaultCacheTTL},
 		Overridable: []string{"2.model_name"},
 	},
 }
@@ -57,6 +59,10 @@ var defaults = map[string]config.Workflow{
 func Default(name string) (w config.Workflow, ok bool) {
 	w, ok = defaults[name]
 	w.Overridable = slices.Clone(w.Overridable)
+	if w.Cache != nil {
+		c := *w.Cache
+		w.Cache = &c
+	}
 	return w, ok
 }
 
