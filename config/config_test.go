@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -179,5 +180,52 @@ func TestInstancesInTheFileReplaceTheDefaultList(t *testing.T) {
 	}
 	if len(c.Instances) != 1 || c.Instances[0].Name != "gpu:8188" {
 		t.Fatalf("instances = %+v, want only gpu:8188", c.Instances)
+	}
+}
+
+// TestEmptyFileIsRefused: a configuration file with no settings (empty,
+// blanks, comments only, a bare document marker, a null document) is
+// refused like any bad file, instead of running the built-in defaults in
+// place of the fleet; an explicit empty mapping still loads.
+func TestEmptyFileIsRefused(t *testing.T) {
+	t.Parallel()
+	for _, body := range []string{"", "\n  \n", "# instances come later\n", "---\n", "~\n", "null\n"} {
+		_, err := Load(writeFile(t, body), []string{})
+		if err == nil || !strings.Contains(err.Error(), "empty") {
+			t.Errorf("Load(%q) = %v, want an error saying the file is empty", body, err)
+		}
+	}
+	if _, err := Load(writeFile(t, "{}\n"), []string{}); err != nil {
+		t.Errorf("Load(\"{}\") = %v, want the defaults", err)
+	}
+}
+
+// TestDuplicateAddressesAreRefused: two instances whose addresses are one
+// endpoint once normalised (scheme, host case, default port, trailing
+// slash) are refused with an error naming both.
+func TestDuplicateAddressesAreRefused(t *testing.T) {
+	t.Parallel()
+	cases := []struct{ desc, a, b string }{
+		{"same text", "gpu:8188", "gpu:8188"},
+		{"host case", "GPU-1:8188", "gpu-1:8188"},
+		{"scheme and trailing slash", "http://gpu:8188/", "gpu:8188"},
+		{"default http port", "http://Gpu", "gpu:80"},
+		{"default https port", "https://gpu/", "gpu:443"},
+	}
+	for _, tc := range cases {
+		yaml := fmt.Sprintf("instances:\n  - {name: first, address: %q}\n  - {name: second, address: %q}\n", tc.a, tc.b)
+		_, err := Load(writeFile(t, yaml), []string{})
+		if err == nil {
+			t.Errorf("%s: %q and %q accepted", tc.desc, tc.a, tc.b)
+			continue
+		}
+		for _, w := range []string{"instances[1].address", `"first"`, `"second"`} {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: error %q does not mention %s", tc.desc, err, w)
+			}
+		}
+	}
+	if _, err := Load(writeFile(t, "instances:\n  - address: gpu:8188\n  - address: gpu:8189\n  - address: gpu2:8188\n"), []string{}); err != nil {
+		t.Errorf("distinct addresses refused: %v", err)
 	}
 }
