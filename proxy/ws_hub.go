@@ -35,7 +35,7 @@ func (h *Hub) PromptEvent(p *prompts.Prompt, ev prompts.Event) {
 	if ev.Type == "executed" && !ev.Binary && ev.Instance != nil {
 		// The client's file references name their instance (outputref.go);
 		// the pool and the jobs package keep the raw ones.
-		ev.Data = encodeExecutedFrame(outputToken(ev.Instance.Name), ev.Data)
+		ev.Data = encodeExecutedFrame(instanceToken(ev.Instance), ev.Data)
 	}
 	v := newVariants(ev)
 	h.mu.Lock()
