@@ -49,8 +49,9 @@ type Config struct {
 	ImageURLs   ImageURLs   `yaml:"image_urls"`
 	Log         Log         `yaml:"log"`
 
-	// Security (security.go): API keys, redaction, rate limits and
-	// comfygate's own limits towards clients.
+	// Security (security.go): how clients are seen, API keys, redaction,
+	// rate limits and comfygate's own limits towards clients.
+	Server    Server    `yaml:"server"`
 	Auth      Auth      `yaml:"auth"`
 	Redact    Redact    `yaml:"redact"`
 	RateLimit RateLimit `yaml:"rate_limit"`

@@ -113,6 +113,8 @@ func TestBadInputStopsStartUpWithKeyValueAndAllowed(t *testing.T) {
 		{desc: "env zero", env: []string{"MAX_CONCURRENT_JOBS=0"}, want: []string{"MAX_CONCURRENT_JOBS", "positive"}},
 		{desc: "bad host index", env: []string{"COMFYUI_HOST_X=a:1"}, want: []string{"COMFYUI_HOST_X"}},
 		{desc: "bad listen", yaml: "listen: nowhere\n", want: []string{"listen", "nowhere", "host:port"}},
+		{desc: "bad trusted proxy", yaml: "server: {trusted_proxies: [\"10.0.0.0/33\"]}\n", want: []string{"server.trusted_proxies[0]", "10.0.0.0/33", "CIDR"}},
+		{desc: "trusted proxy by name", env: []string{"COMFYGATE_TRUSTED_PROXIES=10.0.0.1, lb.internal"}, want: []string{"server.trusted_proxies[1]", "COMFYGATE_TRUSTED_PROXIES", "lb.internal"}},
 		{desc: "bad overridable", yaml: "workflows:\n  w:\n    overridable: [seed]\n", want: []string{"workflows.w.overridable", "seed"}},
 	}
 	for _, tc := range cases {
@@ -227,5 +229,29 @@ func TestDuplicateAddressesAreRefused(t *testing.T) {
 	}
 	if _, err := Load(writeFile(t, "instances:\n  - address: gpu:8188\n  - address: gpu:8189\n  - address: gpu2:8188\n"), []string{}); err != nil {
 		t.Errorf("distinct addresses refused: %v", err)
+	}
+}
+
+// TestTrustedProxies: server.trusted_proxies takes CIDRs and single
+// addresses; COMFYGATE_TRUSTED_PROXIES (comma-separated) replaces the list.
+func TestTrustedProxies(t *testing.T) {
+	t.Parallel()
+	c, err := Load(writeFile(t, "server:\n  trusted_proxies: [\"10.0.0.0/8\", \"192.0.2.7\", \"::1\", \"::ffff:172.16.0.0/108\"]\n"), []string{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := fmt.Sprint(c.Server.TrustedPrefixes())
+	if want := "[10.0.0.0/8 192.0.2.7/32 ::1/128 172.16.0.0/12]"; got != want {
+		t.Errorf("prefixes %s, want %s", got, want)
+	}
+	c, err = Load("", []string{"COMFYGATE_TRUSTED_PROXIES= 10.1.0.0/16 ,, fd00::/8"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := fmt.Sprint(c.Server.TrustedPrefixes()), "[10.1.0.0/16 fd00::/8]"; got != want {
+		t.Errorf("from the environment: %s, want %s", got, want)
+	}
+	if d := Default(); len(d.Server.TrustedProxies) != 0 {
+		t.Errorf("default trusted proxies %v, want none", d.Server.TrustedProxies)
 	}
 }

@@ -8,6 +8,7 @@ package limits
 import (
 	"errors"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,6 +20,11 @@ type ListenerOptions struct {
 	// (WebSockets included); 0 means no cap. A connection over the cap is
 	// answered 429 and closed at once.
 	MaxConnsPerIP int
+	// Uncapped, when set, names peers MaxConnsPerIP does not apply to: the
+	// trusted proxies (server.trusted_proxies), whose one address carries
+	// the connections of many clients. The cap counts TCP peers, before
+	// any header: it does not see the clients behind a proxy.
+	Uncapped func(netip.Addr) bool
 	// MaxHeaderBytes is the header block size past which the framer stops
 	// following a connection (the server answers 431 for it):
 	// limits.max_header_bytes.
@@ -56,6 +62,9 @@ func (l *Listener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		ip := hostOf(c.RemoteAddr())
+		if l.uncapped(ip) {
+			return &Conn{Conn: c, l: l, fr: newFramer(l.o.MaxHeaderBytes)}, nil
+		}
 		if !l.take(ip) {
 			l.refuse("conns_per_ip")
 			// A short deadline: Accept must not wait on a client that does not read.
@@ -72,6 +81,15 @@ func (l *Listener) refuse(reason string) {
 	if l.o.OnRefuse != nil {
 		l.o.OnRefuse(reason)
 	}
+}
+
+// uncapped reports whether the peer at ip is exempt from the per-IP cap.
+func (l *Listener) uncapped(ip string) bool {
+	if l.o.Uncapped == nil || l.o.MaxConnsPerIP <= 0 {
+		return false
+	}
+	a, err := netip.ParseAddr(ip)
+	return err == nil && l.o.Uncapped(a.Unmap())
 }
 
 func (l *Listener) take(ip string) bool {
@@ -124,7 +142,7 @@ func hostOf(a net.Addr) string {
 type Conn struct {
 	net.Conn
 	l      *Listener
-	ip     string
+	ip     string // its per-IP slot; "" when it holds none (Uncapped)
 	closed atomic.Bool
 
 	fr     *framer // used only by the connection's one reader
@@ -153,7 +171,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 }
 
 func (c *Conn) Close() error {
-	if c.closed.CompareAndSwap(false, true) {
+	if c.closed.CompareAndSwap(false, true) && c.ip != "" {
 		c.l.release(c.ip)
 	}
 	return c.Conn.Close()

@@ -57,7 +57,9 @@ type Server struct {
 
 	hub *Hub
 	sec security // API keys, owners, rate limits (authz.go)
-	srv *fasthttp.Server
+	// trusted is server.trusted_proxies (clientaddr.go).
+	trusted trustedProxies
+	srv     *fasthttp.Server
 }
 
 // Server limits come from the limits section of the configuration. With
@@ -98,6 +100,7 @@ func New(o Options) (*Server, error) {
 		reload:  o.Reload,
 	}
 	s.affinityMargin.Store(int64(o.Config.Routing.AffinityMargin))
+	s.trusted = trustedProxies(o.Config.Server.TrustedPrefixes())
 	if err := s.initSecurity(); err != nil {
 		return nil, err
 	}
@@ -146,6 +149,7 @@ func (s *Server) Handler() fasthttp.RequestHandler { return s.handle }
 func (s *Server) Serve(ln net.Listener) error {
 	ll := limits.Listen(ln, limits.ListenerOptions{
 		MaxConnsPerIP:  s.cfg.Limits.MaxConnsPerIP,
+		Uncapped:       s.uncapped,
 		MaxHeaderBytes: s.cfg.Limits.MaxHeaderBytes,
 		OnRefuse:       s.refused,
 	})
