@@ -115,6 +115,7 @@ func TestBadInputStopsStartUpWithKeyValueAndAllowed(t *testing.T) {
 		{desc: "bad listen", yaml: "listen: nowhere\n", want: []string{"listen", "nowhere", "host:port"}},
 		{desc: "bad trusted proxy", yaml: "server: {trusted_proxies: [\"10.0.0.0/33\"]}\n", want: []string{"server.trusted_proxies[0]", "10.0.0.0/33", "CIDR"}},
 		{desc: "trusted proxy by name", env: []string{"COMFYGATE_TRUSTED_PROXIES=10.0.0.1, lb.internal"}, want: []string{"server.trusted_proxies[1]", "COMFYGATE_TRUSTED_PROXIES", "lb.internal"}},
+		{desc: "proxy protocol without trusted proxies", yaml: "server: {proxy_protocol: true}\n", want: []string{"server.proxy_protocol", "server.trusted_proxies"}},
 		{desc: "bad overridable", yaml: "workflows:\n  w:\n    overridable: [seed]\n", want: []string{"workflows.w.overridable", "seed"}},
 	}
 	for _, tc := range cases {

@@ -22,6 +22,12 @@ type Server struct {
 	// limits.max_conns_per_ip does not count the trusted proxies' own
 	// connections. Default none: every peer is the client.
 	TrustedProxies []string `yaml:"trusted_proxies"`
+	// ProxyProtocol makes connections from the trusted proxies start with
+	// a PROXY protocol v2 header (HAProxy send-proxy-v2, AWS NLB), whose
+	// source address is then the connection's peer; a connection from a
+	// trusted proxy without one is closed. Connections from other peers
+	// are never read for it. Needs TrustedProxies. Default false.
+	ProxyProtocol bool `yaml:"proxy_protocol"`
 }
 
 // TrustedPrefixes returns TrustedProxies as prefixes (a single address as
@@ -200,6 +206,9 @@ func (c *Config) validateSecurity(bad func(key string, val any, allowed string))
 			bad(fmt.Sprintf("server.trusted_proxies[%d] (COMFYGATE_TRUSTED_PROXIES)", i), strconv.Quote(e),
 				`a CIDR such as "10.0.0.0/8" or a single IP address`)
 		}
+	}
+	if c.Server.ProxyProtocol && len(c.Server.TrustedProxies) == 0 {
+		bad("server.proxy_protocol", true, "server.trusted_proxies set too: only the proxies listed there may send the header")
 	}
 	if c.Auth.MaxOwners <= 0 {
 		bad("auth.max_owners", c.Auth.MaxOwners, "a positive whole number")

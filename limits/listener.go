@@ -7,6 +7,7 @@ package limits
 
 import (
 	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"sync"
@@ -25,6 +26,13 @@ type ListenerOptions struct {
 	// the connections of many clients. The cap counts TCP peers, before
 	// any header: it does not see the clients behind a proxy.
 	Uncapped func(netip.Addr) bool
+	// ProxyProtocol, when set, names peers whose connections start with a
+	// PROXY protocol v2 header (proxyproto.go): it is read before the
+	// first request, and the client it names is the connection's
+	// RemoteAddr. A connection from such a peer without a valid header is
+	// closed (reason "proxy_protocol"). Connections from other peers are
+	// not read for one.
+	ProxyProtocol func(netip.Addr) bool
 	// MaxHeaderBytes is the header block size past which the framer stops
 	// following a connection (the server answers 431 for it):
 	// limits.max_header_bytes.
@@ -62,8 +70,11 @@ func (l *Listener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		ip := hostOf(c.RemoteAddr())
+		pp := l.proxied(ip)
 		if l.uncapped(ip) {
-			return &Conn{Conn: c, l: l, fr: newFramer(l.o.MaxHeaderBytes)}, nil
+			conn := &Conn{Conn: c, l: l, fr: newFramer(l.o.MaxHeaderBytes)}
+			conn.pp.expect = pp
+			return conn, nil
 		}
 		if !l.take(ip) {
 			l.refuse("conns_per_ip")
@@ -73,7 +84,9 @@ func (l *Listener) Accept() (net.Conn, error) {
 			_ = c.Close()
 			continue
 		}
-		return &Conn{Conn: c, l: l, ip: ip, fr: newFramer(l.o.MaxHeaderBytes)}, nil
+		conn := &Conn{Conn: c, l: l, ip: ip, fr: newFramer(l.o.MaxHeaderBytes)}
+		conn.pp.expect = pp
+		return conn, nil
 	}
 }
 
@@ -81,6 +94,15 @@ func (l *Listener) refuse(reason string) {
 	if l.o.OnRefuse != nil {
 		l.o.OnRefuse(reason)
 	}
+}
+
+// proxied reports whether the peer at ip sends a PROXY header.
+func (l *Listener) proxied(ip string) bool {
+	if l.o.ProxyProtocol == nil {
+		return false
+	}
+	a, err := netip.ParseAddr(ip)
+	return err == nil && l.o.ProxyProtocol(a.Unmap())
 }
 
 // uncapped reports whether the peer at ip is exempt from the per-IP cap.
@@ -147,11 +169,21 @@ type Conn struct {
 
 	fr     *framer // used only by the connection's one reader
 	failed error
+	pp     proxyConn
 }
 
 func (c *Conn) Read(p []byte) (int, error) {
 	if c.failed != nil {
 		return 0, c.failed
+	}
+	if c.pp.expect {
+		if err := c.readProxy(); err != nil {
+			c.failed = err
+			if err != io.EOF {
+				c.l.refuse("proxy_protocol")
+			}
+			return 0, err
+		}
 	}
 	n, err := c.Conn.Read(p)
 	if n > 0 && c.fr != nil {

@@ -187,3 +187,13 @@ func clientRemote(ctx *fasthttp.RequestCtx) string {
 func (s *Server) uncapped(a netip.Addr) bool {
 	return len(s.trusted) > 0 && s.trusted.contains(a)
 }
+
+// proxyProtocol is limits.Listener's ProxyProtocol: with
+// server.proxy_protocol, the trusted proxies send a PROXY v2 header; nil
+// without it.
+func (s *Server) proxyProtocol() func(netip.Addr) bool {
+	if !s.cfg.Server.ProxyProtocol || len(s.trusted) == 0 {
+		return nil
+	}
+	return s.trusted.contains
+}

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/testkit"
+	"github.com/comfygate/comfygate/metrics"
 	"github.com/valyala/fasthttp"
 )
 
@@ -140,5 +142,78 @@ func TestClientBehindTrustedProxy(t *testing.T) {
 		if c, _ := l["client"].(string); strings.HasPrefix(c, "203.0.113.") {
 			t.Errorf("the access log took a spoofed X-Forwarded-For from an untrusted peer: %v", l)
 		}
+	}
+}
+
+// proxyV2Header is a PROXY protocol v2 header for TCP over IPv4 from src.
+func proxyV2Header(src netip.AddrPort) []byte {
+	h := []byte("\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c")
+	s := src.Addr().As4()
+	h = append(h, s[:]...)
+	h = append(h, 127, 0, 0, 1)
+	h = binary.BigEndian.AppendUint16(h, src.Port())
+	return binary.BigEndian.AppendUint16(h, 8190)
+}
+
+// TestProxyProtocol: with server.proxy_protocol, a trusted peer's
+// connection starts with a PROXY v2 header whose source is the client (the
+// access log names it, and the X-Forwarded-For the client itself sends is
+// not believed); a trusted peer's connection without the header is closed
+// and counted; from an untrusted peer the header is not read.
+func TestProxyProtocol(t *testing.T) {
+	t.Parallel()
+	sim := testkit.Sim(t, comfysim.Options{})
+	start := func(trusted string) (*gate, *logSink) {
+		sink := &logSink{}
+		m := metrics.New("test")
+		g := startGateWith(t, []string{sim.Addr()}, func(c *config.Config) {
+			c.Server.TrustedProxies = []string{trusted}
+			c.Server.ProxyProtocol = true
+		}, func(o *Options) {
+			o.Logger = slog.New(slog.NewJSONHandler(sink, nil))
+			o.Metrics = m
+		})
+		return g, sink
+	}
+	req := func(g *gate, path string) string {
+		return "GET " + path + " HTTP/1.1\r\nHost: " + g.addr + "\r\nX-Forwarded-For: 198.51.100.1\r\nConnection: close\r\n\r\n"
+	}
+	logged := func(sink *logSink, path string) (string, bool) {
+		for _, l := range sink.lines() {
+			if l["msg"] == "request" && l["path"] == path {
+				c, _ := l["client"].(string)
+				return c, true
+			}
+		}
+		return "", false
+	}
+
+	g, sink := start("127.0.0.0/8")
+	hdr := proxyV2Header(netip.MustParseAddrPort("203.0.113.7:40001"))
+	if status, _ := rawExchange(t, g.addr, string(hdr)+req(g, "/system_stats")); status != "HTTP/1.1 200 OK" {
+		t.Fatalf("request after a PROXY header = %q, want 200", status)
+	}
+	var client string
+	testkit.Eventually(t, "the access log line", func() (ok bool) { client, ok = logged(sink, "/system_stats"); return ok })
+	if client != "203.0.113.7" {
+		t.Errorf("access log client %q, want the PROXY header's source 203.0.113.7", client)
+	}
+	if status, _ := rawExchange(t, g.addr, req(g, "/queue")); !strings.HasPrefix(status, "HTTP/1.1 400") {
+		t.Errorf("trusted peer without a PROXY header = %q, want 400 and close", status)
+	}
+	if _, ok := logged(sink, "/queue"); ok {
+		t.Error("a request without its PROXY header was served")
+	}
+	if n := metricValue(t, g.m, "comfygate_limit_refused_total", map[string]string{"reason": "proxy_protocol"}); n != 1 {
+		t.Errorf("proxy_protocol refusals %v, want 1", n)
+	}
+
+	g, sink = start("10.0.0.0/8") // the loopback peer is not trusted
+	if status, _ := rawExchange(t, g.addr, req(g, "/system_stats")); status != "HTTP/1.1 200 OK" {
+		t.Fatalf("untrusted peer's plain request = %q, want 200", status)
+	}
+	testkit.Eventually(t, "the access log line", func() (ok bool) { client, ok = logged(sink, "/system_stats"); return ok })
+	if client != "127.0.0.1" {
+		t.Errorf("access log client %q, want the peer 127.0.0.1", client)
 	}
 }

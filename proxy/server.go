@@ -150,6 +150,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	ll := limits.Listen(ln, limits.ListenerOptions{
 		MaxConnsPerIP:  s.cfg.Limits.MaxConnsPerIP,
 		Uncapped:       s.uncapped,
+		ProxyProtocol:  s.proxyProtocol(),
 		MaxHeaderBytes: s.cfg.Limits.MaxHeaderBytes,
 		OnRefuse:       s.refused,
 	})
