@@ -197,8 +197,8 @@ func TestReloadUnderTheSameNameIsANewInstance(t *testing.T) {
 
 	type fileRef struct{ Filename, Subfolder, Type string }
 	// run sends a prompt writing same_00001_.png in colour c and returns
-	// its output reference as comfygate hands it out.
-	run := func(c int) fileRef {
+	// its id and its output reference as comfygate hands it out.
+	run := func(c int) (string, fileRef) {
 		t.Helper()
 		prompt := []byte(fmt.Sprintf(`{"prompt": {
 			"1": {"class_type": "EmptyImage", "inputs": {"width": 4, "height": 4, "batch_size": 1, "color": %d}},
@@ -232,7 +232,7 @@ func TestReloadUnderTheSameNameIsANewInstance(t *testing.T) {
 		if ref.Filename != "same_00001_.png" {
 			t.Fatalf("output %+v, want same_00001_.png", ref)
 		}
-		return ref
+		return a.PromptID, ref
 	}
 	view := func(ref fileRef) (int, []byte) {
 		t.Helper()
@@ -246,11 +246,11 @@ func TestReloadUnderTheSameNameIsANewInstance(t *testing.T) {
 		}
 	}
 
-	first := run(0xc80000)
+	firstID, first := run(0xc80000)
 	_, firstFile := view(first)
 	write(fmt.Sprintf("  - {name: gpuX, address: %s}\n", ss[1].Addr())) // gpuX moves to the second machine
 	reload(`"changed":["gpuX"]`)
-	second := run(0x0000c8)
+	_, second := run(0x0000c8)
 	_, secondFile := view(second)
 	if first.Subfolder == second.Subfolder || string(firstFile) == string(secondFile) {
 		t.Fatalf("the two machines' outputs look alike: %+v %+v", first, second)
@@ -258,6 +258,9 @@ func TestReloadUnderTheSameNameIsANewInstance(t *testing.T) {
 	if status, body := view(first); status != 404 || len(body) != 0 {
 		t.Fatalf("/view of the first prompt's output after gpuX moved = %d (%d bytes; the new machine's file: %v), want 404",
 			status, len(body), string(body) == string(secondFile))
+	}
+	if status, body := httpDo(t, "GET", base+"/history/"+firstID, nil); status != 200 || string(body) != "{}" {
+		t.Fatalf("/history of the first prompt after gpuX moved = %d %s, want ComfyUI's {} for an unknown prompt", status, body)
 	}
 	bare := fileRef{Filename: first.Filename, Subfolder: "@gpuX", Type: first.Type}
 	if status, body := view(bare); status != 404 || string(body) == string(secondFile) {
@@ -287,6 +290,9 @@ func TestReloadUnderTheSameNameIsANewInstance(t *testing.T) {
 	if status, body := view(first); status != 200 || string(body) != string(firstFile) {
 		t.Fatalf("/view of the first prompt's output with its machine back as gpuOld = %d (the first file: %v)",
 			status, string(body) == string(firstFile))
+	}
+	if _, body := httpDo(t, "GET", base+"/history/"+firstID, nil); !strings.Contains(string(body), `"subfolder": "@gpuOld~`) {
+		t.Fatalf("/history of the first prompt with its machine back as gpuOld: %s", body)
 	}
 	if status, body := view(second); status != 200 || string(body) != string(secondFile) {
 		t.Fatalf("/view of the second prompt's output = %d (its file: %v)", status, string(body) == string(secondFile))
