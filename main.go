@@ -31,6 +31,7 @@ import (
 	"github.com/comfygate/comfygate/jobs"
 	"github.com/comfygate/comfygate/logging"
 	"github.com/comfygate/comfygate/metrics"
+	"github.com/comfygate/comfygate/placement"
 	"github.com/comfygate/comfygate/preflight"
 	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/proxy"
@@ -149,7 +150,8 @@ func serve(ctx context.Context, cfg *config.Config, load func() (*config.Config,
 		return err
 	}
 	cat := catalogue.New(pool, cfg.Routing.CatalogueInterval, log)
-	svc.SetPlacer(cat)
+	policy := placement.New(pool, cat, cfg.Routing.AffinityMargin, m.Affinity)
+	svc.SetPlacer(policy)
 	var rl *reloader
 	var reload proxy.Reloader
 	if load != nil {
@@ -157,7 +159,7 @@ func serve(ctx context.Context, cfg *config.Config, load func() (*config.Config,
 		reload = rl.reload
 	}
 	srv, err := proxy.New(proxy.Options{Config: cfg, Pool: pool, Prompts: table, Jobs: svc, Metrics: m, Logger: log, Version: version,
-		Catalogue: cat, Reload: reload})
+		Catalogue: cat, Placement: policy, Reload: reload})
 	if err != nil {
 		ln.Close()
 		return err

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -146,5 +147,154 @@ func TestReloadAddsRemovesAndRefuses(t *testing.T) {
 	})
 	if s, b := httpDo(t, "POST", base+"/prompt", prompt(9)); s != 200 {
 		t.Fatalf("POST /prompt after removal = %d %s", s, b)
+	}
+}
+
+// TestReloadUnderTheSameNameIsANewInstance: a reload that gives an
+// instance's name to another address makes a new instance for every pin.
+// An output reference handed out before it names the old machine: /view
+// answers 404 while that machine is out of the configuration, never with
+// the new machine's file of the same name, and serves the old file again
+// once its address is back under another name. An empty file is refused
+// on reload, and the fleet stays.
+func TestReloadUnderTheSameNameIsANewInstance(t *testing.T) {
+	ss := testkit.Sims(t, 2, comfysim.Options{Delay: 0})
+	dir := t.TempDir()
+	path := filepath.Join(dir, "comfygate.yaml")
+	write := func(instances string) {
+		t.Helper()
+		body := fmt.Sprintf("log: {level: warn}\njobs: {state_dir: %q}\ninstances:\n%s", filepath.Join(dir, "jobs"), instances)
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(fmt.Sprintf("  - {name: gpuX, address: %s}\n", ss[0].Addr()))
+	load := func() (*config.Config, error) { return config.Load(path, []string{}) }
+	cfg, err := load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, cfg, load, ln, &lockedBuffer{}, func(url string) { ready <- url }) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+	var base string
+	select {
+	case base = <-ready:
+	case err := <-done:
+		t.Fatalf("serve: %v", err)
+	}
+
+	type fileRef struct{ Filename, Subfolder, Type string }
+	// run sends a prompt writing same_00001_.png in colour c and returns
+	// its id and its output reference as comfygate hands it out.
+	run := func(c int) (string, fileRef) {
+		t.Helper()
+		prompt := []byte(fmt.Sprintf(`{"prompt": {
+			"1": {"class_type": "EmptyImage", "inputs": {"width": 4, "height": 4, "batch_size": 1, "color": %d}},
+			"2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "same"}}}}`, c))
+		var status int
+		var body []byte
+		testkit.Eventually(t, "an instance takes the prompt", func() bool {
+			status, body = httpDo(t, "POST", base+"/prompt", prompt)
+			return status != 503 // a reloaded instance takes work after its first health check
+		})
+		var a struct {
+			PromptID string `json:"prompt_id"`
+		}
+		if status != 200 || json.Unmarshal(body, &a) != nil || a.PromptID == "" {
+			t.Fatalf("POST /prompt = %d %s", status, body)
+		}
+		var ref fileRef
+		testkit.Eventually(t, "the prompt's output in its history", func() bool {
+			_, body := httpDo(t, "GET", base+"/history/"+a.PromptID, nil)
+			var h map[string]struct {
+				Outputs map[string]struct {
+					Images []fileRef `json:"images"`
+				} `json:"outputs"`
+			}
+			if json.Unmarshal(body, &h) != nil || len(h[a.PromptID].Outputs["2"].Images) == 0 {
+				return false
+			}
+			ref = h[a.PromptID].Outputs["2"].Images[0]
+			return true
+		})
+		if ref.Filename != "same_00001_.png" {
+			t.Fatalf("output %+v, want same_00001_.png", ref)
+		}
+		return a.PromptID, ref
+	}
+	view := func(ref fileRef) (int, []byte) {
+		t.Helper()
+		q := url.Values{"filename": {ref.Filename}, "subfolder": {ref.Subfolder}, "type": {ref.Type}}
+		return httpDo(t, "GET", base+"/view?"+q.Encode(), nil)
+	}
+	reload := func(want string) {
+		t.Helper()
+		if status, body := httpDo(t, "POST", base+"/admin/reload", []byte("{}")); status != 200 || !strings.Contains(string(body), want) {
+			t.Fatalf("reload = %d %s, want %s", status, body, want)
+		}
+	}
+
+	firstID, first := run(0xc80000)
+	_, firstFile := view(first)
+	write(fmt.Sprintf("  - {name: gpuX, address: %s}\n", ss[1].Addr())) // gpuX moves to the second machine
+	reload(`"changed":["gpuX"]`)
+	_, second := run(0x0000c8)
+	_, secondFile := view(second)
+	if first.Subfolder == second.Subfolder || string(firstFile) == string(secondFile) {
+		t.Fatalf("the two machines' outputs look alike: %+v %+v", first, second)
+	}
+	if status, body := view(first); status != 404 || len(body) != 0 {
+		t.Fatalf("/view of the first prompt's output after gpuX moved = %d (%d bytes; the new machine's file: %v), want 404",
+			status, len(body), string(body) == string(secondFile))
+	}
+	if status, body := httpDo(t, "GET", base+"/history/"+firstID, nil); status != 200 || string(body) != "{}" {
+		t.Fatalf("/history of the first prompt after gpuX moved = %d %s, want ComfyUI's {} for an unknown prompt", status, body)
+	}
+	bare := fileRef{Filename: first.Filename, Subfolder: "@gpuX", Type: first.Type}
+	if status, body := view(bare); status != 404 || string(body) == string(secondFile) {
+		t.Fatalf("/view with a token without machine id = %d, want 404", status)
+	}
+
+	// An empty file is refused; gpuX stays on the second machine.
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if status, body := httpDo(t, "POST", base+"/admin/reload", []byte("{}")); status != 400 || !strings.Contains(string(body), "empty") {
+		t.Fatalf("reload of an empty file = %d %s, want 400 saying it is empty", status, body)
+	}
+	// Two names for one address (written another way) are refused, naming both.
+	write(fmt.Sprintf("  - {name: gpuX, address: %s}\n  - {name: gpuY, address: \"http://%s/\"}\n", ss[1].Addr(), ss[1].Addr()))
+	if status, body := httpDo(t, "POST", base+"/admin/reload", []byte("{}")); status != 400 ||
+		!strings.Contains(string(body), `\"gpuX\"`) || !strings.Contains(string(body), `\"gpuY\"`) {
+		t.Fatalf("reload with one address twice = %d %s, want 400 naming gpuX and gpuY", status, body)
+	}
+	if status, body := view(second); status != 200 || string(body) != string(secondFile) {
+		t.Fatalf("after refused reloads: /view of gpuX's output = %d", status)
+	}
+
+	// The first machine back under another name: its file is served again.
+	write(fmt.Sprintf("  - {name: gpuX, address: %s}\n  - {name: gpuOld, address: %s}\n", ss[1].Addr(), ss[0].Addr()))
+	reload(`"added":["gpuOld"]`)
+	if status, body := view(first); status != 200 || string(body) != string(firstFile) {
+		t.Fatalf("/view of the first prompt's output with its machine back as gpuOld = %d (the first file: %v)",
+			status, string(body) == string(firstFile))
+	}
+	if _, body := httpDo(t, "GET", base+"/history/"+firstID, nil); !strings.Contains(string(body), `"subfolder": "@gpuOld~`) {
+		t.Fatalf("/history of the first prompt with its machine back as gpuOld: %s", body)
+	}
+	if status, body := view(second); status != 200 || string(body) != string(secondFile) {
+		t.Fatalf("/view of the second prompt's output = %d (its file: %v)", status, string(body) == string(secondFile))
 	}
 }

@@ -49,8 +49,9 @@ type Config struct {
 	ImageURLs   ImageURLs   `yaml:"image_urls"`
 	Log         Log         `yaml:"log"`
 
-	// Security (security.go): API keys, redaction, rate limits and
-	// comfygate's own limits towards clients.
+	// Security (security.go): how clients are seen, API keys, redaction,
+	// rate limits and comfygate's own limits towards clients.
+	Server    Server    `yaml:"server"`
 	Auth      Auth      `yaml:"auth"`
 	Redact    Redact    `yaml:"redact"`
 	RateLimit RateLimit `yaml:"rate_limit"`
@@ -411,6 +412,20 @@ func (i Instance) HostPort() string {
 	return strings.TrimSuffix(a, "/")
 }
 
+// Endpoint is the instance's address normalised for comparison: host:port
+// with the host in lower case, whatever scheme, default port or trailing
+// slash it was written with ("http://GPU-1/" and "gpu-1:80" are one
+// endpoint). Two entries with one endpoint are one ComfyUI, with one
+// output folder.
+func (i Instance) Endpoint() string {
+	hp := i.HostPort()
+	host, port, err := net.SplitHostPort(hp)
+	if err != nil {
+		return strings.ToLower(hp)
+	}
+	return net.JoinHostPort(strings.ToLower(host), port)
+}
+
 // TLS reports whether the instance is reached over https.
 func (i Instance) TLS() bool { return strings.HasPrefix(strings.TrimSpace(i.Address), "https://") }
 
@@ -444,6 +459,11 @@ func Read(path string, environ []string) (*Config, error) {
 		data, err := os.ReadFile(path)
 		if err != nil {
 			return nil, fmt.Errorf("read config: %w", err)
+		}
+		if emptyYAML(data) {
+			// A truncated or half-written file would otherwise run the
+			// defaults (two local instances) in place of the fleet.
+			return nil, fmt.Errorf("config %s: the file is empty (no settings): want at least the instances; run without -config for the built-in defaults", path)
 		}
 		if fatal, err := decode(c, path, data); fatal {
 			return nil, err
@@ -555,6 +575,22 @@ func keyOnLine(n *yaml.Node, line int, value string) string {
 	}
 	k, _ := walk(n, "")
 	return k
+}
+
+// emptyYAML reports whether data holds no settings: nothing, blanks and
+// comments, a bare "---", or a null document ("~", "null"). "{}" is a
+// deliberate empty mapping and is not empty. Data that does not parse is
+// not empty either: the strict decode reports its error.
+func emptyYAML(data []byte) bool {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return false
+	}
+	if doc.Kind == 0 || len(doc.Content) == 0 {
+		return true
+	}
+	n := doc.Content[0]
+	return n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null"
 }
 
 func (c *Config) applyEnv(environ []string) error {

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -115,6 +116,9 @@ func TestBadInputStopsStartUpWithKeyValueAndAllowed(t *testing.T) {
 		{desc: "bad listen", yaml: "listen: nowhere\n", want: []string{"listen", "nowhere", "host:port"}},
 		{desc: "short session secret", yaml: "auth:\n  session_secret: short\n", want: []string{"auth.session_secret", "5 characters", "at least 32"}},
 		{desc: "short session secret env", env: []string{"COMFYGATE_SESSION_SECRET=tiny"}, want: []string{"COMFYGATE_SESSION_SECRET", "at least 32"}},
+		{desc: "bad trusted proxy", yaml: "server: {trusted_proxies: [\"10.0.0.0/33\"]}\n", want: []string{"server.trusted_proxies[0]", "10.0.0.0/33", "CIDR"}},
+		{desc: "trusted proxy by name", env: []string{"COMFYGATE_TRUSTED_PROXIES=10.0.0.1, lb.internal"}, want: []string{"server.trusted_proxies[1]", "COMFYGATE_TRUSTED_PROXIES", "lb.internal"}},
+		{desc: "proxy protocol without trusted proxies", yaml: "server: {proxy_protocol: true}\n", want: []string{"server.proxy_protocol", "server.trusted_proxies"}},
 		{desc: "bad overridable", yaml: "workflows:\n  w:\n    overridable: [seed]\n", want: []string{"workflows.w.overridable", "seed"}},
 		{desc: "negative cache bound", yaml: "jobs:\n  cache_max_bytes: -1\n", want: []string{"jobs.cache_max_bytes", "-1", "no result cache"}},
 		{desc: "negative cache ttl", yaml: "workflows:\n  remove-background:\n    cache: {ttl: -1h}\n", want: []string{"workflows.remove-background.cache.ttl", "-1h", "positive duration"}},
@@ -241,5 +245,76 @@ log:
 	}
 	if c, err := Read(writeFile(t, "listen: [unclosed\n"), []string{}); c != nil || err == nil || !strings.Contains(err.Error(), "line 1") {
 		t.Fatalf("Read of a file that is not YAML = %v, %v; want no config and an error naming the line", c, err)
+	}
+}
+
+// TestEmptyFileIsRefused: a configuration file with no settings (empty,
+// blanks, comments only, a bare document marker, a null document) is
+// refused like any bad file, instead of running the built-in defaults in
+// place of the fleet; an explicit empty mapping still loads.
+func TestEmptyFileIsRefused(t *testing.T) {
+	t.Parallel()
+	for _, body := range []string{"", "\n  \n", "# instances come later\n", "---\n", "~\n", "null\n"} {
+		_, err := Load(writeFile(t, body), []string{})
+		if err == nil || !strings.Contains(err.Error(), "empty") {
+			t.Errorf("Load(%q) = %v, want an error saying the file is empty", body, err)
+		}
+	}
+	if _, err := Load(writeFile(t, "{}\n"), []string{}); err != nil {
+		t.Errorf("Load(\"{}\") = %v, want the defaults", err)
+	}
+}
+
+// TestDuplicateAddressesAreRefused: two instances whose addresses are one
+// endpoint once normalised (scheme, host case, default port, trailing
+// slash) are refused with an error naming both.
+func TestDuplicateAddressesAreRefused(t *testing.T) {
+	t.Parallel()
+	cases := []struct{ desc, a, b string }{
+		{"same text", "gpu:8188", "gpu:8188"},
+		{"host case", "GPU-1:8188", "gpu-1:8188"},
+		{"scheme and trailing slash", "http://gpu:8188/", "gpu:8188"},
+		{"default http port", "http://Gpu", "gpu:80"},
+		{"default https port", "https://gpu/", "gpu:443"},
+	}
+	for _, tc := range cases {
+		yaml := fmt.Sprintf("instances:\n  - {name: first, address: %q}\n  - {name: second, address: %q}\n", tc.a, tc.b)
+		_, err := Load(writeFile(t, yaml), []string{})
+		if err == nil {
+			t.Errorf("%s: %q and %q accepted", tc.desc, tc.a, tc.b)
+			continue
+		}
+		for _, w := range []string{"instances[1].address", `"first"`, `"second"`} {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: error %q does not mention %s", tc.desc, err, w)
+			}
+		}
+	}
+	if _, err := Load(writeFile(t, "instances:\n  - address: gpu:8188\n  - address: gpu:8189\n  - address: gpu2:8188\n"), []string{}); err != nil {
+		t.Errorf("distinct addresses refused: %v", err)
+	}
+}
+
+// TestTrustedProxies: server.trusted_proxies takes CIDRs and single
+// addresses; COMFYGATE_TRUSTED_PROXIES (comma-separated) replaces the list.
+func TestTrustedProxies(t *testing.T) {
+	t.Parallel()
+	c, err := Load(writeFile(t, "server:\n  trusted_proxies: [\"10.0.0.0/8\", \"192.0.2.7\", \"::1\", \"::ffff:172.16.0.0/108\"]\n"), []string{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := fmt.Sprint(c.Server.TrustedPrefixes())
+	if want := "[10.0.0.0/8 192.0.2.7/32 ::1/128 172.16.0.0/12]"; got != want {
+		t.Errorf("prefixes %s, want %s", got, want)
+	}
+	c, err = Load("", []string{"COMFYGATE_TRUSTED_PROXIES= 10.1.0.0/16 ,, fd00::/8"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := fmt.Sprint(c.Server.TrustedPrefixes()), "[10.1.0.0/16 fd00::/8]"; got != want {
+		t.Errorf("from the environment: %s, want %s", got, want)
+	}
+	if d := Default(); len(d.Server.TrustedProxies) != 0 {
+		t.Errorf("default trusted proxies %v, want none", d.Server.TrustedProxies)
 	}
 }

@@ -3,10 +3,60 @@ package config
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
 )
+
+// Server configures how comfygate sees the clients on its listen address.
+type Server struct {
+	// TrustedProxies are the load balancers and reverse proxies in front of
+	// comfygate: CIDRs ("10.0.0.0/8") or single addresses ("10.1.2.3",
+	// "::1") (COMFYGATE_TRUSTED_PROXIES, comma-separated, replaces the
+	// list). A request whose TCP peer is one of them comes from the address
+	// its X-Forwarded-For names (the rightmost that is not itself a trusted
+	// proxy), or without that header its Forwarded: for=; from any other
+	// peer those headers are ignored and the peer is the client. The client
+	// address keys the per-IP rate limits and the access log;
+	// limits.max_conns_per_ip does not count the trusted proxies' own
+	// connections. Default none: every peer is the client.
+	TrustedProxies []string `yaml:"trusted_proxies"`
+	// ProxyProtocol makes connections from the trusted proxies start with
+	// a PROXY protocol v2 header (HAProxy send-proxy-v2, AWS NLB), whose
+	// source address is then the connection's peer; a connection from a
+	// trusted proxy without one is closed. Connections from other peers
+	// are never read for it. Needs TrustedProxies. Default false.
+	ProxyProtocol bool `yaml:"proxy_protocol"`
+}
+
+// TrustedPrefixes returns TrustedProxies as prefixes (a single address as
+// a one-address prefix, IPv4-mapped IPv6 as IPv4). Entries that do not
+// parse are left out: Validate reports them.
+func (s Server) TrustedPrefixes() []netip.Prefix {
+	var out []netip.Prefix
+	for _, e := range s.TrustedProxies {
+		if p, ok := parsePrefix(e); ok {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func parsePrefix(s string) (netip.Prefix, bool) {
+	s = strings.TrimSpace(s)
+	if p, err := netip.ParsePrefix(s); err == nil {
+		if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
+			p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+		}
+		return p.Masked(), true
+	}
+	if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" {
+		a = a.Unmap()
+		return netip.PrefixFrom(a, a.BitLen()), true
+	}
+	return netip.Prefix{}, false
+}
 
 // Auth configures API keys. Keys are off (every route open, as with
 // ComfyUI itself) unless COMFYGATE_API_KEYS, COMFYGATE_ADMIN_KEYS or
@@ -132,6 +182,9 @@ func (c *Config) applySecurityEnv(env map[string]string) {
 	if v := strings.TrimSpace(env["COMFYGATE_SESSION_SECRET"]); v != "" {
 		c.Auth.SessionSecret = v
 	}
+	if v, ok := env["COMFYGATE_TRUSTED_PROXIES"]; ok {
+		c.Server.TrustedProxies = keyList(v)
+	}
 	if v := strings.TrimSpace(env["COMFYGATE_METRICS_LISTEN"]); v != "" {
 		c.MetricsListen = v
 	}
@@ -158,6 +211,15 @@ func (c *Config) validateSecurity(bad func(key string, val any, allowed string))
 		if _, port, err := net.SplitHostPort(c.MetricsListen); err != nil || !validPort(port, true) || c.MetricsListen == c.Listen {
 			bad("metrics_listen (COMFYGATE_METRICS_LISTEN)", strconv.Quote(c.MetricsListen), "host:port other than listen, e.g. 127.0.0.1:9190")
 		}
+	}
+	for i, e := range c.Server.TrustedProxies {
+		if _, ok := parsePrefix(e); !ok {
+			bad(fmt.Sprintf("server.trusted_proxies[%d] (COMFYGATE_TRUSTED_PROXIES)", i), strconv.Quote(e),
+				`a CIDR such as "10.0.0.0/8" or a single IP address`)
+		}
+	}
+	if c.Server.ProxyProtocol && len(c.Server.TrustedProxies) == 0 {
+		bad("server.proxy_protocol", true, "server.trusted_proxies set too: only the proxies listed there may send the header")
 	}
 	if c.Auth.MaxOwners <= 0 {
 		bad("auth.max_owners", c.Auth.MaxOwners, "a positive whole number")

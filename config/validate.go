@@ -25,6 +25,7 @@ func (c *Config) Validate() error {
 		bad("instances", "[]", "at least one ComfyUI instance")
 	}
 	names := map[string]bool{}
+	endpoints := map[string]int{} // endpoint -> index of the first instance with it
 	for i, in := range c.Instances {
 		key := fmt.Sprintf("instances[%d]", i)
 		a := strings.TrimSpace(in.Address)
@@ -35,6 +36,15 @@ func (c *Config) Validate() error {
 		host, port, err := net.SplitHostPort(in.HostPort())
 		if err != nil || host == "" || !validPort(port, false) {
 			bad(key+".address", strconv.Quote(in.Address), "host:port or an http(s):// URL with a host")
+		}
+		if first, dup := endpoints[in.Endpoint()]; dup && err == nil {
+			// One ComfyUI under two names: its prompts, files and queue
+			// would be counted twice and its output references would
+			// name two instances.
+			errs = append(errs, fmt.Errorf("%s.address: %q (instance %q) is the address of instances[%d] (instance %q) too: want an address no other instance has",
+				key, in.Address, in.Name, first, c.Instances[first].Name))
+		} else if err == nil {
+			endpoints[in.Endpoint()] = i
 		}
 		if names[in.Name] {
 			bad(key+".name", strconv.Quote(in.Name), "a name no other instance has")

@@ -7,7 +7,9 @@ package limits
 
 import (
 	"errors"
+	"io"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,6 +21,18 @@ type ListenerOptions struct {
 	// (WebSockets included); 0 means no cap. A connection over the cap is
 	// answered 429 and closed at once.
 	MaxConnsPerIP int
+	// Uncapped, when set, names peers MaxConnsPerIP does not apply to: the
+	// trusted proxies (server.trusted_proxies), whose one address carries
+	// the connections of many clients. The cap counts TCP peers, before
+	// any header: it does not see the clients behind a proxy.
+	Uncapped func(netip.Addr) bool
+	// ProxyProtocol, when set, names peers whose connections start with a
+	// PROXY protocol v2 header (proxyproto.go): it is read before the
+	// first request, and the client it names is the connection's
+	// RemoteAddr. A connection from such a peer without a valid header is
+	// closed (reason "proxy_protocol"). Connections from other peers are
+	// not read for one.
+	ProxyProtocol func(netip.Addr) bool
 	// MaxHeaderBytes is the header block size past which the framer stops
 	// following a connection (the server answers 431 for it):
 	// limits.max_header_bytes.
@@ -56,6 +70,12 @@ func (l *Listener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		ip := hostOf(c.RemoteAddr())
+		pp := l.proxied(ip)
+		if l.uncapped(ip) {
+			conn := &Conn{Conn: c, l: l, fr: newFramer(l.o.MaxHeaderBytes)}
+			conn.pp.expect = pp
+			return conn, nil
+		}
 		if !l.take(ip) {
 			l.refuse("conns_per_ip")
 			// A short deadline: Accept must not wait on a client that does not read.
@@ -64,7 +84,9 @@ func (l *Listener) Accept() (net.Conn, error) {
 			_ = c.Close()
 			continue
 		}
-		return &Conn{Conn: c, l: l, ip: ip, fr: newFramer(l.o.MaxHeaderBytes)}, nil
+		conn := &Conn{Conn: c, l: l, ip: ip, fr: newFramer(l.o.MaxHeaderBytes)}
+		conn.pp.expect = pp
+		return conn, nil
 	}
 }
 
@@ -72,6 +94,24 @@ func (l *Listener) refuse(reason string) {
 	if l.o.OnRefuse != nil {
 		l.o.OnRefuse(reason)
 	}
+}
+
+// proxied reports whether the peer at ip sends a PROXY header.
+func (l *Listener) proxied(ip string) bool {
+	if l.o.ProxyProtocol == nil {
+		return false
+	}
+	a, err := netip.ParseAddr(ip)
+	return err == nil && l.o.ProxyProtocol(a.Unmap())
+}
+
+// uncapped reports whether the peer at ip is exempt from the per-IP cap.
+func (l *Listener) uncapped(ip string) bool {
+	if l.o.Uncapped == nil || l.o.MaxConnsPerIP <= 0 {
+		return false
+	}
+	a, err := netip.ParseAddr(ip)
+	return err == nil && l.o.Uncapped(a.Unmap())
 }
 
 func (l *Listener) take(ip string) bool {
@@ -124,16 +164,26 @@ func hostOf(a net.Addr) string {
 type Conn struct {
 	net.Conn
 	l      *Listener
-	ip     string
+	ip     string // its per-IP slot; "" when it holds none (Uncapped)
 	closed atomic.Bool
 
 	fr     *framer // used only by the connection's one reader
 	failed error
+	pp     proxyConn
 }
 
 func (c *Conn) Read(p []byte) (int, error) {
 	if c.failed != nil {
 		return 0, c.failed
+	}
+	if c.pp.expect {
+		if err := c.readProxy(); err != nil {
+			c.failed = err
+			if err != io.EOF {
+				c.l.refuse("proxy_protocol")
+			}
+			return 0, err
+		}
 	}
 	n, err := c.Conn.Read(p)
 	if n > 0 && c.fr != nil {
@@ -153,7 +203,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 }
 
 func (c *Conn) Close() error {
-	if c.closed.CompareAndSwap(false, true) {
+	if c.closed.CompareAndSwap(false, true) && c.ip != "" {
 		c.l.release(c.ip)
 	}
 	return c.Conn.Close()

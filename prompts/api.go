@@ -193,7 +193,7 @@ type SubmitRequest struct {
 	Prefer *upstream.Instance
 	// Files maps string input values of the prompt graph (Body["prompt"])
 	// to the file of one instance that they name: the proxy's references
-	// to outputs of earlier prompts, "@<instance>/x.png [output]". Sent to
+	// to outputs of earlier prompts, "@<instance>~<id>/x.png [output]". Sent to
 	// that instance, such a value becomes the file's own name there
 	// (InstanceFile.Value); sent to another, the file is copied to it
 	// first, into a folder of copies (see Table.EnsureInputs), and the

@@ -24,7 +24,7 @@ func TestFileChangedDropsStaleCopies(t *testing.T) {
 	p.PinFile(in, ib) // copies made for earlier prompts
 	p.PinFile(in, ic)
 	p.FileChanged(FileRef{Filename: "a.png [input]"}, ib) // overwritten on b
-	if got := p.prompts.pins.owners(in); !slices.Equal(got, []string{ib.Name}) {
+	if got := p.prompts.pins.owners(in); !slices.Equal(got, []string{ib.Endpoint()}) {
 		t.Fatalf("input holders after the change %v, want only %s", got, ib.Name)
 	}
 
@@ -36,23 +36,23 @@ func TestFileChangedDropsStaleCopies(t *testing.T) {
 	cpB := copyRef(ib, out)
 	p.PinFile(cpB, ic) // c's copy of b's x.png
 	p.FileChanged(FileRef{Filename: "x.png"}, ia)
-	if got := p.prompts.pins.owners(out); !slices.Equal(got, []string{ia.Name, ib.Name}) {
+	if got := p.prompts.pins.owners(out); !slices.Equal(got, []string{ia.Endpoint(), ib.Endpoint()}) {
 		t.Fatalf("output holders %v, want both instances' own files kept, %s most recent", got, ia.Name)
 	}
-	if p.prompts.pins.has(cp, ic.Name) {
+	if p.prompts.pins.has(cp, ic.Endpoint()) {
 		t.Fatal("c's copy of a's changed x.png still pinned")
 	}
-	if !p.prompts.pins.has(cpB, ic.Name) {
+	if !p.prompts.pins.has(cpB, ic.Endpoint()) {
 		t.Fatal("c's copy of b's x.png was dropped, but b's file did not change")
 	}
 
 	// A copy under way across a change is not pinned; one after it is.
 	since := p.prompts.pins.stamp()
 	p.FileChanged(in, ia)
-	if p.prompts.pins.addSince(in, ic.Name, since) || p.prompts.pins.has(in, ic.Name) {
+	if p.prompts.pins.addSince(in, ic.Endpoint(), since) || p.prompts.pins.has(in, ic.Endpoint()) {
 		t.Fatal("a copy that started before the change was pinned")
 	}
-	if !p.prompts.pins.addSince(in, ic.Name, p.prompts.pins.stamp()) {
+	if !p.prompts.pins.addSince(in, ic.Endpoint(), p.prompts.pins.stamp()) {
 		t.Fatal("a copy after the change was not pinned")
 	}
 	p.FileChanged(in, nil) // no holder: nothing

@@ -23,7 +23,7 @@ import (
 // that need the same file on the same instance copy it once.
 type copyKey struct {
 	ref  FileRef
-	inst string
+	inst string // the target's endpoint
 }
 
 // maxInputValue bounds the strings EnsureInputs treats as possible file
@@ -31,7 +31,8 @@ type copyKey struct {
 const maxInputValue = 1024
 
 // copiesDir is the subfolder of an instance's output and temp folders that
-// holds copies of other instances' files: <copiesDir>/<instance>/<subfolder>/<name>.
+// holds copies of other instances' files: <copiesDir>/<instance>~<id>/<subfolder>/<name>
+// (copyToken, copyRef).
 // A folder of its own because output names collide across instances (every
 // instance writes ComfyUI_00001_.png): a copy under the original name would
 // overwrite the target's own file, which another client's /view names.
@@ -195,9 +196,11 @@ func splitRef(s, typ string) (FileRef, bool) {
 	return FileRef{Filename: name, Subfolder: cleanSubfolder(dir), Type: typ}, true
 }
 
-// copyRef is where a copy of src's file ref lives on another instance.
+// copyRef is where a copy of src's file ref lives on another instance:
+// under src's name and machine ID, so that a copy made from the machine a
+// name had before a reload is not taken for a copy from the one it has now.
 func copyRef(src *upstream.Instance, ref FileRef) FileRef {
-	return FileRef{Filename: ref.Filename, Subfolder: path.Join(copiesDir, copyToken(src.Name), ref.Subfolder), Type: ref.Type}
+	return FileRef{Filename: ref.Filename, Subfolder: path.Join(copiesDir, copyToken(src.Name)+"~"+src.ID(), ref.Subfolder), Type: ref.Type}
 }
 
 // copyToken is an instance's name as a folder name: every byte outside
@@ -228,9 +231,9 @@ func refValue(ref FileRef) string {
 // the others wait, then look again (the copy may have failed).
 func (fs *fileStore) ensureFile(ctx context.Context, inst *upstream.Instance, ref FileRef, copy func() error) error {
 	ref = normalizeRef(ref)
-	key := copyKey{ref: ref, inst: inst.Name}
+	key := copyKey{ref: ref, inst: inst.Endpoint()}
 	for {
-		if fs.pins.has(ref, inst.Name) {
+		if fs.pins.has(ref, inst.Endpoint()) {
 			return nil
 		}
 		fs.copiesMu.Lock()
@@ -261,10 +264,11 @@ func (fs *fileStore) ensureFile(ctx context.Context, inst *upstream.Instance, re
 // first, most recent first.
 func (fs *fileStore) copyFromOwners(ctx context.Context, inst *upstream.Instance, ref FileRef, owners []string) error {
 	var srcs, later []*upstream.Instance
-	for _, name := range owners {
-		src := fs.p.Instance(name)
+	insts := fs.p.Instances()
+	for _, endpoint := range owners {
+		src := upstream.ByEndpoint(insts, endpoint)
 		switch {
-		case src == nil || src == inst:
+		case src == nil || upstream.SameMachine(src, inst):
 		case src.Available():
 			srcs = append(srcs, src)
 		default:
@@ -299,7 +303,7 @@ func (fs *fileStore) copyFrom(ctx context.Context, src, dst *upstream.Instance, 
 	if err != nil {
 		return err
 	}
-	pinned := fs.pins.addSince(normalizeRef(to), dst.Name, since)
+	pinned := fs.pins.addSince(normalizeRef(to), dst.Endpoint(), since)
 	fs.log.Info("prompts: file copied", "type", from.Type, "from", src.Name, "to", dst.Name,
 		"bytes", n, "duration", time.Since(start), "pinned", pinned)
 	return nil

@@ -77,7 +77,7 @@ func TestEnsureInputsCopiesPinnedUpload(t *testing.T) {
 	if n := a.Views.Load(); n != 1 {
 		t.Fatalf("source read %d times, want 1", n)
 	}
-	if !p.prompts.pins.has(FileRef{Filename: "cat.png", Subfolder: "clip", Type: "input"}, ib.Name) {
+	if !p.prompts.pins.has(FileRef{Filename: "cat.png", Subfolder: "clip", Type: "input"}, ib.Endpoint()) {
 		t.Fatal("copy not pinned on the target")
 	}
 	// Already there, on the owner, or not uploaded through comfygate: nothing to do.

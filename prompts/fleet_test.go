@@ -153,3 +153,51 @@ func TestWarmupGatesTraffic(t *testing.T) {
 	}
 	testkit.Eventually(t, "the third instance back without its warm-up", func() bool { return in[2].Available() })
 }
+
+// TestFilePinsFollowTheMachineAcrossAReload: a reload that gives an
+// instance's name to another address makes a new instance for the file
+// pins. A file pinned at the old address is not found at the new one,
+// although the new machine has a file of that name, and is found again
+// once the old address is back under another name. Copies of the two
+// machines' files live in folders apart.
+func TestFilePinsFollowTheMachineAcrossAReload(t *testing.T) {
+	t.Parallel()
+	ss := testkit.Sims(t, 2, comfysim.Options{Delay: 0})
+	for _, s := range ss {
+		writeFile(t, s.OutputDir(), "same_00001_.png", []byte("a file of "+s.Addr()))
+	}
+	p, _ := simPool(t, nil, ss[0])
+	old := p.Instance("i1")
+	ref := FileRef{Filename: "same_00001_.png", Type: "output"}
+	p.PinFile(ref, old)
+
+	cfg := *p.cfg
+	cfg.Instances = []config.Instance{{Name: "i1", Address: ss[1].Addr()}}
+	if res, err := p.Reconfigure(&cfg); err != nil || !slices.Equal(res.Changed, []string{"i1"}) {
+		t.Fatalf("Reconfigure = %+v, %v; want i1 changed", res, err)
+	}
+	moved := p.Instance("i1")
+	if moved == nil || moved == old || moved.Addr != ss[1].Addr() {
+		t.Fatalf("i1 after the reload = %+v", moved)
+	}
+	testkit.Eventually(t, "the old i1 gone and the new one available", func() bool {
+		return !slices.Contains(p.Instances(), old) && moved.Available()
+	})
+	if got, ok := p.FileOwner(t.Context(), ref); ok {
+		t.Fatalf("file pinned at the old address found on %s at %s", got.Name, got.Addr)
+	}
+	if copyRef(old, ref) == copyRef(moved, ref) {
+		t.Fatalf("copies of both machines' files share %v", copyRef(old, ref))
+	}
+
+	cfg2 := cfg
+	cfg2.Instances = append(slices.Clone(cfg.Instances), config.Instance{Name: "back", Address: ss[0].Addr()})
+	if _, err := p.Reconfigure(&cfg2); err != nil {
+		t.Fatal(err)
+	}
+	back := p.Instance("back")
+	testkit.Eventually(t, "the old address back under another name", back.Available)
+	if got, ok := p.FileOwner(t.Context(), ref); !ok || got != back {
+		t.Fatalf("file pinned at the old address: %v %v, want it on %q", got, ok, "back")
+	}
+}

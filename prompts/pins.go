@@ -38,8 +38,12 @@ func newFileStore(p fleet, cfg *config.Config, log *slog.Logger) *fileStore {
 	return &fileStore{p: p, cfg: cfg, log: log, pins: newPinTable(maxPins), copies: map[copyKey]chan struct{}{}}
 }
 
-// pinTable maps a file to the names of the instances that hold it. Names,
-// not pointers: an instance that restarts or is rediscovered keeps its name.
+// pinTable maps a file to the machines that hold it, by endpoint
+// (upstream.Instance.Endpoint). Not pointers: an instance that is
+// rediscovered is a new Instance at the same machine and keeps its files.
+// Not names: a reload may give a name to another address, whose files of
+// the same names are other files; and an address that a reload renames
+// keeps its files.
 type pinTable struct {
 	max int
 
@@ -51,7 +55,7 @@ type pinTable struct {
 
 type pinEntry struct {
 	ref     FileRef
-	names   []string // holders, most recently pinned last
+	holders []string // endpoints of the holders, most recently pinned last
 	changed uint64   // seq of its last change; 0 = never changed
 }
 
@@ -59,24 +63,24 @@ func newPinTable(max int) *pinTable {
 	return &pinTable{max: max, byRef: map[FileRef]*list.Element{}, order: list.New()}
 }
 
-// add records that the instance called name holds ref (ref normalized).
-func (t *pinTable) add(ref FileRef, name string) {
+// add records that the machine at endpoint holds ref (ref normalized).
+func (t *pinTable) add(ref FileRef, endpoint string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	e := t.entryLocked(ref)
-	e.names = append(slicesDelete(e.names, name), name)
+	e.holders = append(slicesDelete(e.holders, endpoint), endpoint)
 }
 
 // addSince is add unless ref changed after stamp since: a copy that
 // started before the change may hold the old file.
-func (t *pinTable) addSince(ref FileRef, name string, since uint64) bool {
+func (t *pinTable) addSince(ref FileRef, endpoint string, since uint64) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if el, ok := t.byRef[ref]; ok && el.Value.(*pinEntry).changed > since {
 		return false
 	}
 	e := t.entryLocked(ref)
-	e.names = append(slicesDelete(e.names, name), name)
+	e.holders = append(slicesDelete(e.holders, endpoint), endpoint)
 	return true
 }
 
@@ -87,19 +91,18 @@ func (t *pinTable) stamp() uint64 {
 	return t.seq
 }
 
-// changed records that ref was rewritten on the instance called name:
-// name becomes its most recent holder and, unless keepOthers, its only
-// one.
-func (t *pinTable) changed(ref FileRef, name string, keepOthers bool) {
+// changed records that ref was rewritten on the machine at endpoint: it
+// becomes ref's most recent holder and, unless keepOthers, its only one.
+func (t *pinTable) changed(ref FileRef, endpoint string, keepOthers bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	e := t.entryLocked(ref)
 	t.seq++
 	e.changed = t.seq
 	if !keepOthers {
-		e.names = e.names[:0]
+		e.holders = e.holders[:0]
 	}
-	e.names = append(slicesDelete(e.names, name), name)
+	e.holders = append(slicesDelete(e.holders, endpoint), endpoint)
 }
 
 // invalidate forgets every holder of ref (copies of a file that changed).
@@ -109,7 +112,7 @@ func (t *pinTable) invalidate(ref FileRef) {
 	e := t.entryLocked(ref)
 	t.seq++
 	e.changed = t.seq
-	e.names = nil
+	e.holders = nil
 }
 
 // entryLocked returns ref's entry, created if needed, as the most recent
@@ -129,7 +132,7 @@ func (t *pinTable) entryLocked(ref FileRef) *pinEntry {
 	return e
 }
 
-// owners returns the holders of ref, most recently pinned first.
+// owners returns the endpoints of ref's holders, most recently pinned first.
 func (t *pinTable) owners(ref FileRef) []string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -137,20 +140,20 @@ func (t *pinTable) owners(ref FileRef) []string {
 	if !ok {
 		return nil
 	}
-	names := el.Value.(*pinEntry).names
-	out := make([]string, len(names))
-	for k, n := range names {
-		out[len(names)-1-k] = n
+	holders := el.Value.(*pinEntry).holders
+	out := make([]string, len(holders))
+	for k, n := range holders {
+		out[len(holders)-1-k] = n
 	}
 	return out
 }
 
-// has reports whether the instance called name holds ref.
-func (t *pinTable) has(ref FileRef, name string) bool {
+// has reports whether the machine at endpoint holds ref.
+func (t *pinTable) has(ref FileRef, endpoint string) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	el, ok := t.byRef[ref]
-	return ok && containsString(el.Value.(*pinEntry).names, name)
+	return ok && containsString(el.Value.(*pinEntry).holders, endpoint)
 }
 
 // len returns the number of pinned files.
@@ -223,7 +226,7 @@ func (fs *fileStore) PinFile(ref FileRef, inst *upstream.Instance) {
 	if ref.Filename == "" {
 		return
 	}
-	fs.pins.add(ref, inst.Name)
+	fs.pins.add(ref, inst.Endpoint())
 }
 
 // FileChanged records that ref was just written on holder (an upload, an
@@ -235,7 +238,7 @@ func (fs *fileStore) PinFile(ref FileRef, inst *upstream.Instance) {
 // For inputs every other holder of ref is such a copy (uploads land in one
 // place). For outputs and temp files, another instance's file of that name
 // is its own and keeps its pin; the copies dropped are those of holder's
-// file (comfygate-copies/<holder>/..., see EnsureInputs). Cheap (no I/O)
+// file (comfygate-copies/<holder>~<id>/..., see copyRef). Cheap (no I/O)
 // and safe to call after any upload, also when nothing changed.
 func (fs *fileStore) FileChanged(ref FileRef, holder *upstream.Instance) {
 	if holder == nil {
@@ -246,10 +249,10 @@ func (fs *fileStore) FileChanged(ref FileRef, holder *upstream.Instance) {
 		return
 	}
 	if ref.Type == "input" {
-		fs.pins.changed(ref, holder.Name, false)
+		fs.pins.changed(ref, holder.Endpoint(), false)
 		return
 	}
-	fs.pins.changed(ref, holder.Name, true)
+	fs.pins.changed(ref, holder.Endpoint(), true)
 	fs.pins.invalidate(normalizeRef(copyRef(holder, ref)))
 }
 
@@ -268,15 +271,21 @@ func (fs *fileStore) FilePinned(ref FileRef) bool {
 // ComfyUI_00001_.png, only the pin learned from the prompt's outputs tells
 // them apart. Among several holders the most recent pin that is available
 // wins; when none is available the most recent holder is returned anyway
-// (never a different instance that merely has a file of that name).
+// (never a different instance that merely has a file of that name). A
+// holder is the machine the file was pinned at: an instance whose address
+// a reload changed no longer holds the files of its old address, and an
+// address that moved to another name keeps them. A file whose holders all
+// left the pool is not found (ok=false): the instances are not asked.
 func (fs *fileStore) FileOwner(ctx context.Context, ref FileRef) (inst *upstream.Instance, ok bool) {
 	ref = normalizeRef(ref)
 	if ref.Filename == "" {
 		return nil, false
 	}
 	var fallback *upstream.Instance
-	for _, name := range fs.pins.owners(ref) {
-		in := fs.p.Instance(name)
+	insts := fs.p.Instances()
+	holders := fs.pins.owners(ref)
+	for _, endpoint := range holders {
+		in := upstream.ByEndpoint(insts, endpoint)
 		if in == nil {
 			continue
 		}
@@ -289,6 +298,12 @@ func (fs *fileStore) FileOwner(ctx context.Context, ref FileRef) (inst *upstream
 	}
 	if fallback != nil {
 		return fallback, true
+	}
+	if len(holders) > 0 {
+		// Every machine known to hold the file left the pool (a reload
+		// removed it or moved its name to another address): asking would
+		// find another machine's file of that name.
+		return nil, false
 	}
 	return fs.probeOwner(ctx, ref)
 }

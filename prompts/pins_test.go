@@ -91,7 +91,7 @@ func TestPinsHoldSeveralOwnersMostRecentFirst(t *testing.T) {
 	if got, _ := p.FileOwner(context.Background(), ref); got != in[0] {
 		t.Fatalf("owner = %v, want the available holder", got.Name)
 	}
-	if !p.prompts.pins.has(ref, in[0].Name) || !p.prompts.pins.has(ref, in[1].Name) || p.prompts.pins.has(ref, in[2].Name) {
+	if !p.prompts.pins.has(ref, in[0].Endpoint()) || !p.prompts.pins.has(ref, in[1].Endpoint()) || p.prompts.pins.has(ref, in[2].Endpoint()) {
 		t.Fatal("holders wrong")
 	}
 }

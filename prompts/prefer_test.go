@@ -164,10 +164,10 @@ func TestPreferAndOutputCopies(t *testing.T) {
 	if got, _ := os.ReadFile(filepath.Join(b.OutputDir(), "shot.png")); !bytes.Equal(got, solidPNG(t, green)) {
 		t.Fatal("b's own shot.png was overwritten")
 	}
-	if _, err := os.Stat(filepath.Join(b.OutputDir(), copiesDir, "i1", "shot.png")); err != nil {
+	if _, err := os.Stat(filepath.Join(b.OutputDir(), copiesDir, "i1~"+ia.ID(), "shot.png")); err != nil {
 		t.Fatalf("copy not in b's copies folder: %v", err)
 	}
-	if !p.prompts.pins.has(FileRef{Filename: "shot.png", Subfolder: copiesDir + "/i1", Type: "output"}, ib.Name) {
+	if !p.prompts.pins.has(FileRef{Filename: "shot.png", Subfolder: copiesDir + "/i1~" + ia.ID(), Type: "output"}, ib.Endpoint()) {
 		t.Fatal("copy not pinned on b")
 	}
 

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/url"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -507,10 +508,23 @@ func (t *Table) Outstanding() int { return t.outstanding() }
 
 // LocatePrompt returns the instance that has the prompt: the pin, or on a
 // miss the instance whose /history or /queue knows it. ErrUnknownPrompt if none.
+//
+// A prompt pinned to an instance that has left the pool (a reload removed
+// it, or gave its name to another address) is at the instance now at that
+// address, under whatever name; with none there it is unknown: comfygate
+// talks only to the instances it has, and never asks another machine
+// about it.
 func (t *Table) LocatePrompt(ctx context.Context, id string) (*upstream.Instance, error) {
 	if pr, ok := t.get(id); ok {
 		if inst := pr.Instance(); inst != nil {
-			return inst, nil
+			insts := t.p.Instances()
+			if slices.Contains(insts, inst) {
+				return inst, nil
+			}
+			if cur := upstream.ByEndpoint(insts, inst.Endpoint()); cur != nil {
+				return cur, nil
+			}
+			return nil, ErrUnknownPrompt
 		}
 	}
 	return t.locate(ctx, id)

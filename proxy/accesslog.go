@@ -12,7 +12,8 @@ import (
 // request. The duration is until the handler returned: for a streamed
 // answer, until its headers were ready and the body started to flow.
 // The path is logged without its query (which may carry file names and
-// ids); bodies are never logged.
+// ids); bodies are never logged. client is the client's address, behind a
+// trusted proxy the one it names (clientaddr.go).
 func (s *Server) logRequest(ctx *fasthttp.RequestCtx, route string, start time.Time) {
 	d := time.Since(start)
 	inst := answeringInstance(ctx)
@@ -27,6 +28,7 @@ func (s *Server) logRequest(ctx *fasthttp.RequestCtx, route string, start time.T
 		return
 	}
 	s.log.LogAttrs(context.Background(), level, "request",
+		slog.String("client", requestClient(ctx).String()),
 		slog.String("method", method),
 		slog.String("path", string(splitPath(rawRequestURI(ctx)))),
 		slog.Int("status", code),

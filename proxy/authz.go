@@ -141,12 +141,13 @@ func (s *Server) owns(k *auth.Key, id string) bool {
 	return !s.isolated(k) || s.sec.owners.PromptOwner(id) == k.Name
 }
 
-// rateName is the rate limits' bucket name: the key, or the client IP.
+// rateName is the rate limits' bucket name: the key, or the client IP
+// (behind a trusted proxy, the client it names: clientaddr.go).
 func rateName(ctx *fasthttp.RequestCtx) string {
 	if k := requestKey(ctx); k != nil {
 		return k.Name
 	}
-	return "ip:" + ctx.RemoteIP().String()
+	return "ip:" + requestClient(ctx).String()
 }
 
 // rateLimited answers 429 when b has no token for the request's key.

@@ -5,7 +5,7 @@ package proxy
 // File names are instance-local: two instances both write
 // ComfyUI_00001_.png, and an upload exists only where it was sent. Output
 // and temp references comfygate hands out name their instance in the
-// subfolder ("@<instance>", outputref.go), and /view sends those to that
+// subfolder ("@<instance>~<id>", outputref.go), and /view sends those to that
 // instance. For other references the prompt table keeps a pin table of which
 // instance holds which file, fed by the outputs of every /history answer
 // passing through, the WebSocket `executed` events, and the uploads below;

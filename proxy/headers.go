@@ -3,7 +3,6 @@ package proxy
 import (
 	"bytes"
 	"net"
-	"net/netip"
 	"net/url"
 	"strings"
 
@@ -134,18 +133,11 @@ func copyRequestHeaders(ctx *fasthttp.RequestCtx, out *fasthttp.RequestHeader, i
 	}
 }
 
-// appendClientIP appends the client's IP address as net.IP.String writes
-// it (an IPv4-mapped address as IPv4), without allocating.
+// appendClientIP appends the client's IP address (requestClient: behind a
+// trusted proxy, the client it names), an IPv4-mapped address as IPv4,
+// without allocating.
 func appendClientIP(dst []byte, ctx *fasthttp.RequestCtx) []byte {
-	return appendIP(dst, ctx.RemoteIP())
-}
-
-func appendIP(dst []byte, ip net.IP) []byte {
-	a, ok := netip.AddrFromSlice(ip)
-	if !ok {
-		return append(dst, ip.String()...)
-	}
-	return a.Unmap().AppendTo(dst)
+	return requestClient(ctx).AppendTo(dst)
 }
 
 // copyResponseHeaders copies the instance's answer headers to the client,

@@ -146,23 +146,6 @@ func TestCopyRequestHeadersDropsClientAddressClaims(t *testing.T) {
 	}
 }
 
-func TestAppendIPMatchesString(t *testing.T) {
-	t.Parallel()
-	for _, ip := range []net.IP{
-		net.ParseIP("127.0.0.1"),
-		net.ParseIP("127.0.0.1").To4(),
-		net.ParseIP("::1"),
-		net.ParseIP("2001:db8::68"),
-		net.ParseIP("fe80::1:2:3:4"),
-		net.ParseIP("::ffff:10.0.0.7"),
-		nil,
-	} {
-		if got, want := string(appendIP(nil, ip)), ip.String(); got != want {
-			t.Errorf("appendIP(%v) = %q, want %q", []byte(ip), got, want)
-		}
-	}
-}
-
 // connectionTokens returns the header names listed in a Connection value:
 // the fuzz test's own reading, to check copyRequestHeaders against.
 func connectionTokens(v []byte) [][]byte {

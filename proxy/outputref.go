@@ -13,15 +13,21 @@ package proxy
 //
 // How: every output or temp file reference comfygate hands to a client
 // carries the instance in its subfolder, as a first path segment
-// "@<instance>":
+// "@<instance>~<id>":
 //
 //	{"filename": "demo_00001_.png", "subfolder": "",      "type": "output"}
-//	  -> {"filename": "demo_00001_.png", "subfolder": "@gpu-1",       "type": "output"}
+//	  -> {"filename": "demo_00001_.png", "subfolder": "@gpu-1~cdc62bcd",       "type": "output"}
 //	{"filename": "demo_00001_.png", "subfolder": "faces", "type": "output"}
-//	  -> {"filename": "demo_00001_.png", "subfolder": "@gpu-1/faces", "type": "output"}
+//	  -> {"filename": "demo_00001_.png", "subfolder": "@gpu-1~cdc62bcd/faces", "type": "output"}
 //
 // <instance> is the instance's name (config name, or its address) with
-// every character outside [A-Za-z0-9._-] turned into '-'. The references
+// every character outside [A-Za-z0-9._-] turned into '-'; <id> names its
+// machine (upstream.Instance.ID, from its address; here gpu-1:8188). The name is for
+// people; the id decides: a reload that gives the name to another address
+// must not send an earlier reference to the new machine's file of that
+// name. A token resolves to the instance with that name and id, else to
+// an instance at that address under another name, else to nothing (404);
+// a token without an id ("@gpu-1") resolves to nothing. The references
 // rewritten are those of /history and /history/{id} outputs (every list of
 // every node's output: images, gifs, video, audio, animated...), of
 // /api/jobs and /api/jobs/{id} (outputs and preview_output), and of the
@@ -34,12 +40,12 @@ package proxy
 // all ComfyUI clients do (they build /view?filename=&subfolder=&type= from
 // the reference). GET and HEAD /view decode it and ask that instance for
 // the original subfolder, so the answer is always the file of the client's
-// own prompt, with no table to consult, across comfygate restarts and
-// replicas. A token that names no instance (or, with clashing names, more
-// than one) gets ComfyUI's answer to a missing file: 404, empty body.
+// own prompt, with no table to consult, across comfygate restarts, reloads
+// and replicas. A token that names no instance gets ComfyUI's answer to a
+// missing file: 404, empty body.
 // POST /upload/mask decodes its original_ref the same way.
 //
-// POST /prompt: a value "@<instance>/name.png [output]" (the web UI's way
+// POST /prompt: a value "@<instance>~<id>/name.png [output]" (the web UI's way
 // of loading an output as an input) names that instance's file. The
 // prompt goes to that instance when it is available
 // (prompts.SubmitRequest.Prefer; with outputs of several instances, the
@@ -47,7 +53,7 @@ package proxy
 // When the prompt runs elsewhere (the instance is down or out of
 // selection, or the prompt loads outputs of two instances), the prompt table
 // copies the file into the other instance's output folder under
-// "comfygate-copies/<instance>/" and the value names the copy
+// "comfygate-copies/<instance>~<id>/" and the value names the copy
 // (prompts.SubmitRequest.Files); if the copy fails the prompt fails
 // validation there rather than load that instance's own file of the same
 // name. A subfolder without the "@" mark is served as before: the pin
@@ -70,6 +76,16 @@ import (
 
 // outputRefMark starts an encoded subfolder.
 const outputRefMark = '@'
+
+// tokenIDMark separates an instance token's name from its machine id; it is
+// not a byte outputToken keeps, so the last one in a token is the separator.
+const tokenIDMark = '~'
+
+// instanceToken is the token that names inst in a subfolder: its name
+// (outputToken), tokenIDMark, its machine id.
+func instanceToken(inst *upstream.Instance) string {
+	return outputToken(inst.Name) + string(tokenIDMark) + inst.ID()
+}
 
 // outputToken returns the token that names an instance in a subfolder: its
 // name with every byte outside [A-Za-z0-9._-] replaced by '-' ("-" for an
@@ -119,20 +135,36 @@ func encodedType(typ string) bool {
 	return typ == "" || typ == "output" || typ == "temp"
 }
 
-// instanceByToken returns the one instance whose token is token; nil when
-// none or several (names that differ only in replaced characters).
+// instanceByToken returns the instance a token (instanceToken) names: the
+// one with its name and machine id, else one at that machine under another
+// name (a reload renamed it); one that is not leaving the pool first. nil
+// when no instance is at that machine, or the token has no id.
 func instanceByToken(insts []*upstream.Instance, token string) *upstream.Instance {
-	var found *upstream.Instance
+	k := strings.LastIndexByte(token, tokenIDMark)
+	if k < 0 {
+		return nil
+	}
+	name, id := token[:k], token[k+1:]
+	var named, other *upstream.Instance
+	better := func(cur, inst *upstream.Instance) bool {
+		return cur == nil || cur.Leaving() && !inst.Leaving()
+	}
 	for _, inst := range insts {
-		if outputToken(inst.Name) != token {
+		if inst.ID() != id {
 			continue
 		}
-		if found != nil {
-			return nil
+		if outputToken(inst.Name) == name {
+			if better(named, inst) {
+				named = inst
+			}
+		} else if better(other, inst) {
+			other = inst
 		}
-		found = inst
 	}
-	return found
+	if named != nil {
+		return named
+	}
+	return other
 }
 
 // encodeFileRef rewrites the subfolder of one {filename, subfolder, type}
@@ -279,7 +311,7 @@ func encodeExecutedFrame(token string, frame []byte) []byte {
 }
 
 // encodedOutputPath decodes a prompt input that loads an output or temp
-// file through an encoded subfolder ("@<instance>/sub/x.png [output]"),
+// file through an encoded subfolder ("@<instance>~<id>/sub/x.png [output]"),
 // when the token names exactly one instance of insts: that instance and
 // the value as it names the file ("sub/x.png [output]").
 func encodedOutputPath(insts []*upstream.Instance, s string) (*upstream.Instance, string, bool) {

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/comfygate/comfygate/comfysim"
+	"github.com/comfygate/comfygate/upstream"
 )
 
 // TestSameNamesOwnImage is the file-name collision the issue names: two
@@ -73,7 +74,7 @@ func TestSameNamesOwnImage(t *testing.T) {
 	check := func(where, id string, ref fileRef) {
 		t.Helper()
 		tok, orig, ok := decodeSubfolder(ref.Subfolder)
-		if !ok || (tok != "i0" && tok != "i1") || orig != "" {
+		if !ok || (tokenName(tok) != "i0" && tokenName(tok) != "i1") || orig != "" {
 			t.Errorf("%s of %s: subfolder %q does not name its instance", where, id, ref.Subfolder)
 		}
 		if got, want := viewPixel(t, g, "", ref), rgbOf(colour[id]); got != want {
@@ -156,7 +157,8 @@ func TestHistoryUnchangedButSubfolder(t *testing.T) {
 	if !equalModuloSubfolders(b, a, "i0") {
 		t.Errorf("history through comfygate differs from the instance's beyond subfolders:\n%s\n%s", viaGate, direct)
 	}
-	if !strings.Contains(string(viaGate), `"subfolder": "@i0/same"`) {
+	want := `"subfolder": "@i0~` + (&upstream.Instance{Addr: ss[0].Addr()}).ID() + `/same"`
+	if !strings.Contains(string(viaGate), want) {
 		t.Errorf("subfolder not encoded: %s", viaGate)
 	}
 	if reflect.DeepEqual(a, b) {
@@ -178,7 +180,8 @@ func TestViewTokens(t *testing.T) {
 		t.Fatalf("subfolder %q not encoded", ref.Subfolder)
 	}
 
-	for _, sub := range []string{"@nobody", "@nobody/x", "@"} {
+	tok, _, _ := decodeSubfolder(ref.Subfolder)
+	for _, sub := range []string{"@nobody", "@nobody/x", "@", "@" + tokenName(tok), "@" + tokenName(tok) + "~00000000"} {
 		q := url.Values{"filename": {ref.Filename}, "subfolder": {sub}, "type": {"output"}}.Encode()
 		status, h, body := gateDo(t, "GET", g.base+"/view?"+q, nil, nil)
 		if status != 404 || len(body) != 0 || h.Get("Content-Type") != "application/octet-stream" {

@@ -58,17 +58,32 @@ func TestSubfolderCodec(t *testing.T) {
 	}
 }
 
+// tokenName is the name part of an instance token ("i0" of "i0~1a2b3c4d").
+func tokenName(tok string) string {
+	name, _, _ := strings.Cut(tok, string(tokenIDMark))
+	return name
+}
+
 func TestInstanceByToken(t *testing.T) {
 	t.Parallel()
-	insts := []*upstream.Instance{{Name: "i0"}, {Name: "127.0.0.1:9000"}, {Name: "a:b"}, {Name: "a-b"}}
+	insts := []*upstream.Instance{{Name: "i0", Addr: "gpu0:8188"}, {Name: "127.0.0.1:9000", Addr: "127.0.0.1:9000"},
+		{Name: "a:b", Addr: "ab1:1"}, {Name: "a-b", Addr: "ab2:1"}, {Name: "renamed", Addr: "moved:1"}}
+	tok := func(k int) string { return instanceToken(insts[k]) }
+	gone := &upstream.Instance{Name: "i0", Addr: "gpu0-old:8188"} // i0 before a reload moved it
+	moved := &upstream.Instance{Name: "before", Addr: "MOVED:1"}  // "renamed" under its earlier name
 	for _, tc := range []struct {
 		desc, token string
 		want        *upstream.Instance
 	}{
-		{"by name", "i0", insts[0]},
-		{"sanitized address", "127.0.0.1-9000", insts[1]},
-		{"ambiguous", "a-b", nil},
-		{"unknown", "i9", nil},
+		{"by name and id", tok(0), insts[0]},
+		{"sanitized address", tok(1), insts[1]},
+		{"names alike, ids apart", tok(2), insts[2]},
+		{"names alike, ids apart (other)", tok(3), insts[3]},
+		{"name without id", "i0", nil},
+		{"name with an empty id", "i0~", nil},
+		{"same name at another address", instanceToken(gone), nil},
+		{"same address under another name", instanceToken(moved), insts[4]},
+		{"unknown", "i9~00000000", nil},
 		{"raw name with a colon is no token", "127.0.0.1:9000", nil},
 		{"empty", "", nil},
 	} {
@@ -158,7 +173,8 @@ func TestRewriteJobEncodesRefs(t *testing.T) {
 	s, inst := rewriteServer(t) // instance "a"
 	job := `{"id": "j1", "status": "completed", "preview_output": {"filename": "x.png", "subfolder": "", "type": "output", "nodeId": "2", "mediaType": "images"}, "outputs": {"2": {"images": [{"filename": "x.png", "subfolder": "s", "type": "output"}]}}}`
 	_, out := s.rewriteJob(inst, json.RawMessage(job))
-	want := `{"id": "j1", "status": "completed", "preview_output": {"filename": "x.png", "subfolder": "@a", "type": "output", "nodeId": "2", "mediaType": "images"}, "outputs": {"2": {"images": [{"filename": "x.png", "subfolder": "@a/s", "type": "output"}]}}}`
+	want := `{"id": "j1", "status": "completed", "preview_output": {"filename": "x.png", "subfolder": "@TOK", "type": "output", "nodeId": "2", "mediaType": "images"}, "outputs": {"2": {"images": [{"filename": "x.png", "subfolder": "@TOK/s", "type": "output"}]}}}`
+	want = strings.ReplaceAll(want, "TOK", "a~"+inst.ID())
 	if string(out) != want {
 		t.Errorf("rewriteJob:\n got %s\nwant %s", out, want)
 	}
@@ -172,8 +188,10 @@ func TestRewriteJobEncodesRefs(t *testing.T) {
 
 func TestPromptFiles(t *testing.T) {
 	t.Parallel()
-	i0, i1 := &upstream.Instance{Name: "i0"}, &upstream.Instance{Name: "i1"}
+	i0, i1 := &upstream.Instance{Name: "i0", Addr: "gpu0:8188"}, &upstream.Instance{Name: "i1", Addr: "gpu1:8188"}
 	insts := []*upstream.Instance{i0, i1}
+	// The tests' "@i0/" and "@i1/" stand for the instances' tokens.
+	tokens := strings.NewReplacer("@i0/", "@"+instanceToken(i0)+"/", "@i1/", "@"+instanceToken(i1)+"/")
 	for _, tc := range []struct {
 		desc   string
 		in     string
@@ -206,10 +224,21 @@ func TestPromptFiles(t *testing.T) {
 		},
 		{"no graph", `null`, nil, nil},
 	} {
-		got, prefer := promptFiles(insts, json.RawMessage(tc.in))
-		if !reflect.DeepEqual(got, tc.want) || prefer != tc.prefer {
-			t.Errorf("%s:\n got %v (prefer %v)\nwant %v (prefer %v)", tc.desc, got, prefer, tc.want, tc.prefer)
+		var want map[string]prompts.InstanceFile
+		for k, v := range tc.want {
+			if want == nil {
+				want = map[string]prompts.InstanceFile{}
+			}
+			want[tokens.Replace(k)] = v
 		}
+		got, prefer := promptFiles(insts, json.RawMessage(tokens.Replace(tc.in)))
+		if !reflect.DeepEqual(got, want) || prefer != tc.prefer {
+			t.Errorf("%s:\n got %v (prefer %v)\nwant %v (prefer %v)", tc.desc, got, prefer, want, tc.prefer)
+		}
+	}
+	// A name without the id of its machine names no file.
+	if got, prefer := promptFiles(insts, json.RawMessage(`{"1": {"inputs": {"a": "@i0/x.png [output]"}}}`)); got != nil || prefer != nil {
+		t.Errorf("a bare name: %v (prefer %v), want none", got, prefer)
 	}
 }
 
@@ -274,8 +303,9 @@ func FuzzOutputRef(f *testing.F) {
 		if !ok || gt != tok || gs != sub {
 			t.Fatalf("round trip of (%q, %q): (%q, %q, %v)", tok, sub, gt, gs, ok)
 		}
-		if instanceByToken([]*upstream.Instance{{Name: name}}, tok) == nil {
-			t.Fatalf("instance %q not found by its token %q", name, tok)
+		inst := &upstream.Instance{Name: name, Addr: sub}
+		if it := instanceToken(inst); instanceByToken([]*upstream.Instance{inst}, it) != inst {
+			t.Fatalf("instance %q not found by its token %q", name, it)
 		}
 
 		in := json.RawMessage(outputs)
@@ -314,7 +344,7 @@ func equalModuloSubfolders(a, b any, tok string) bool {
 				if xs, ok := x.(string); ok {
 					if ys, ok := y.(string); ok && ys != xs {
 						gt, gs, enc := decodeSubfolder(ys)
-						if !enc || gt != tok || gs != xs {
+						if !enc || tokenName(gt) != tok || gs != xs {
 							return false
 						}
 						continue

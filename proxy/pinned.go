@@ -28,7 +28,7 @@ func (s *Server) locate(id string) (*upstream.Instance, string, error) {
 		return nil, "", err
 	}
 	upID := id
-	if p, ok := s.prompts.Prompt(id); ok && p.Instance() == inst {
+	if p, ok := s.prompts.Prompt(id); ok && upstream.SameMachine(p.Instance(), inst) {
 		if u := p.UpstreamID(); u != "" {
 			upID = u
 		}

@@ -28,6 +28,7 @@ func TestOutputLoadedAsInputRunsWhereItIs(t *testing.T) {
 		e := waitHistory(t, g, "", submit(t, g, map[string]any{"prompt": emptyImagePrompt(c, "same")}))
 		ref := e.Outputs["2"].Images[0]
 		tok, _, _ := decodeSubfolder(ref.Subfolder)
+		tok = tokenName(tok)
 		if _, seen := refs[tok]; seen || ref.Filename != "same_00001_.png" {
 			continue
 		}

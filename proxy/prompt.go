@@ -81,9 +81,9 @@ func writeComfyError(ctx *fasthttp.RequestCtx, code int, typ, message, details s
 //     Otherwise (absent, null, other types, or in use: ComfyUI itself would
 //     run a duplicate id twice and overwrite its history) comfygate mints a
 //     lowercase UUIDv4, which the answer carries;
-//   - string inputs "@<instance>/name [output]" (an output reference
+//   - string inputs "@<instance>~<id>/name [output]" (an output reference
 //     comfygate handed out, loaded as an input) steer the prompt to that
-//     instance and lose their "@<instance>/", or name a copy of the file
+//     instance and lose their "@<instance>~<id>/", or name a copy of the file
 //     where the prompt runs elsewhere (outputref.go);
 //   - "number" in the answer is the fleet's queue number
 //     (prompts.Prompt.Number), not the instance's: every instance counts
@@ -139,7 +139,7 @@ func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 		promptID = newUUID()
 	}
 	// Outputs loaded as inputs by a reference comfygate handed out
-	// ("@<instance>/x.png [output]"): run where they are, or have them
+	// ("@<instance>~<id>/x.png [output]"): run where they are, or have them
 	// copied (outputref.go).
 	files, prefer := promptFiles(s.pool.Instances(), fields["prompt"])
 	// Only instances that can run it (catalogue) and carry the labels it

@@ -206,7 +206,7 @@ func (s *Server) rewriteHistoryEntry(inst *upstream.Instance, upID string, raw j
 			ms[i].Val = v.rewriteStatus(m.Val, upID)
 		case "outputs":
 			s.learnOutputs(inst, m.Val) // the instance's own refs
-			ms[i].Val = encodeOutputs(outputToken(inst.Name), m.Val)
+			ms[i].Val = encodeOutputs(instanceToken(inst), m.Val)
 		}
 	}
 	return v.id, appendObject(nil, ms)
@@ -264,10 +264,10 @@ func (s *Server) rewriteJob(inst *upstream.Instance, raw json.RawMessage) (strin
 			}
 		case "outputs":
 			s.learnOutputs(inst, m.Val) // the instance's own refs
-			ms[i].Val = encodeOutputs(outputToken(inst.Name), m.Val)
+			ms[i].Val = encodeOutputs(instanceToken(inst), m.Val)
 		case "preview_output":
 			s.learnOutputs(inst, append(append([]byte(`{"p":{"p":[`), m.Val...), "]}}"...))
-			ms[i].Val, _ = encodeFileRef(outputToken(inst.Name), m.Val)
+			ms[i].Val, _ = encodeFileRef(instanceToken(inst), m.Val)
 		case "workflow":
 			wf, err := objectMembers(m.Val)
 			if err != nil {

@@ -95,6 +95,7 @@ var apiPrefix = []byte("/api/")
 // handle is the server's request handler.
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	start := time.Now()
+	s.noteClient(ctx)
 	route := s.dispatch(ctx)
 	s.logRequest(ctx, route, start)
 }

@@ -73,7 +73,9 @@ type Server struct {
 	dashCh      chan struct{} // closed (and replaced) by pokeDashboard
 	dashDoc     *dashDoc      // the streams' last document (dashboardDoc)
 
-	srv *fasthttp.Server
+	// trusted is server.trusted_proxies (clientaddr.go).
+	trusted trustedProxies
+	srv     *fasthttp.Server
 }
 
 // Server limits come from the limits section of the configuration. With
@@ -117,6 +119,7 @@ func New(o Options) (*Server, error) {
 	if s.policy == nil {
 		s.policy = placement.New(o.Pool, o.Catalogue, o.Config.Routing.AffinityMargin, o.Metrics.Affinity)
 	}
+	s.trusted = trustedProxies(o.Config.Server.TrustedPrefixes())
 	if err := s.initSecurity(); err != nil {
 		return nil, err
 	}
@@ -170,6 +173,8 @@ func (s *Server) Handler() fasthttp.RequestHandler { return s.handle }
 func (s *Server) Serve(ln net.Listener) error {
 	ll := limits.Listen(ln, limits.ListenerOptions{
 		MaxConnsPerIP:  s.cfg.Limits.MaxConnsPerIP,
+		Uncapped:       s.uncapped,
+		ProxyProtocol:  s.proxyProtocol(),
 		MaxHeaderBytes: s.cfg.Limits.MaxHeaderBytes,
 		OnRefuse:       s.refused,
 	})

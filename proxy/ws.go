@@ -186,7 +186,7 @@ func (h *Hub) ServeWS(ctx *fasthttp.RequestCtx) {
 	}
 	if status, reason := checkHandshake(&ctx.Request.Header); status != 0 {
 		if h.log.Enabled(context.Background(), slog.LevelDebug) {
-			h.log.Debug("websocket upgrade refused", "remote", ctx.RemoteAddr().String(), "reason", reason)
+			h.log.Debug("websocket upgrade refused", "remote", clientRemote(ctx), "reason", reason)
 		}
 		ctx.Error(fasthttp.StatusMessage(status), status)
 		ctx.Response.Header.Set("Sec-Websocket-Version", "13") // after Error, which resets the headers
@@ -203,7 +203,7 @@ func (h *Hub) ServeWS(ctx *fasthttp.RequestCtx) {
 		writeJSONError(ctx, fasthttp.StatusForbidden, "forbidden", "this clientId belongs to another key")
 		return
 	}
-	remote := ctx.RemoteAddr().String()
+	remote := clientRemote(ctx)
 	req := handshakeRequest(&ctx.Request.Header)
 	ctx.SetStatusCode(fasthttp.StatusSwitchingProtocols) // for the access log: the upgrader writes the answer
 	ctx.HijackSetNoResponse(true)

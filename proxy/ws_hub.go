@@ -39,7 +39,7 @@ func (h *Hub) promptEvent(p *prompts.Prompt, ev prompts.Event, owner string) {
 	if ev.Type == "executed" && !ev.Binary && ev.Instance != nil {
 		// The client's file references name their instance (outputref.go);
 		// the pool and the jobs package keep the raw ones.
-		ev.Data = encodeExecutedFrame(outputToken(ev.Instance.Name), ev.Data)
+		ev.Data = encodeExecutedFrame(instanceToken(ev.Instance), ev.Data)
 	}
 	if !ev.Binary {
 		// An isolated key's file names, as the key sent them (keyfiles.go).

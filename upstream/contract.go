@@ -24,6 +24,8 @@ type Instance struct {
 	Addr string
 	// TLS reports an https upstream.
 	TLS bool
+	// id is ID(), computed once (identity.go).
+	id string
 
 	// client is the instance's one HTTP client (Do): MaxConns =
 	// max_connections_per_instance, answers streamed, idle deadlines.

@@ -136,7 +136,8 @@ type ReconfigureResult struct {
 // listed are removed the way discovery removes a vanished address
 // (draining: no new work, their prompts finish and keep every route, they
 // leave once empty); an entry whose address, discover flag or scheme
-// changed is removed and added again under its name; labels, weight and
+// changed is removed and added again under its name (a new Instance, at a
+// new Endpoint: pins of the old one do not carry over); labels, weight and
 // warm-up change in place. cfg must be valid (config.Load validated it).
 // Everything else in cfg is not applied here.
 func (p *Pool) Reconfigure(cfg *config.Config) (ReconfigureResult, error) {
@@ -290,7 +291,7 @@ func (p *Pool) startDiscovery() {
 // sameEndpoint: the same upstream (address, scheme, discover), so its
 // instances, sockets and pinned prompts carry over.
 func sameEndpoint(a, b config.Instance) bool {
-	return a.HostPort() == b.HostPort() && a.TLS() == b.TLS() && a.Discover == b.Discover
+	return a.Endpoint() == b.Endpoint() && a.TLS() == b.TLS() && a.Discover == b.Discover
 }
 
 // sameSettings: nothing an operator sets on the instance changed.

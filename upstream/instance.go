@@ -20,6 +20,7 @@ func newInstance(p *Pool, name, addr string, tls bool) *Instance {
 		pool:     p,
 		socketID: newSocketID(),
 	}
+	inst.id = endpointID(inst.Endpoint())
 	traffic, probes := connShares(p.cfg.MaxConnectionsPerInstance)
 	inst.client = newHostClient(addr, tls, traffic+probes, inst.timeout())
 	inst.slots = make(chan struct{}, traffic)
