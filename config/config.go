@@ -1,6 +1,8 @@
 // Package config owns comfygate's configuration: the YAML schema with its
-// defaults, the environment overrides of the original plan, and validation
+// defaults, the environment variables that override it, and validation
 // that stops start-up with the key, the value and what is allowed.
+// docs/configuration.md documents every key and variable (docs/docs_test.go
+// keeps it in step with this package and config.yaml).
 package config
 
 import (
@@ -111,8 +113,8 @@ type Routing struct {
 	// comfygate's that waits in another instance's queue (deleted there
 	// first, moved only if that instance shows it gone and never run;
 	// same prompt_id for the client), so that a fast instance does not
-	// idle while a slow one still has a queue. Default false until moves
-	// have had more fault runs (see README, Known limits).
+	// idle while a slow one still has a queue. Default false (see
+	// docs/fleets.md, "Known limits").
 	MovePending bool `yaml:"move_pending"`
 }
 

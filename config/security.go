@@ -118,7 +118,7 @@ type RateLimit struct {
 	JobsPerSecond float64 `yaml:"jobs_per_second"`
 	JobBurst      int     `yaml:"job_burst"`
 	// MaxConcurrentPrompts caps the prompts one API key has accepted and
-	// not finished (the fair share between keys, see README "Security");
+	// not finished (the fair share between keys, see docs/security.md);
 	// it does not apply with keys off. 0: no cap. Default 256.
 	MaxConcurrentPrompts int `yaml:"max_concurrent_prompts"`
 }

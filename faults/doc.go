@@ -18,9 +18,9 @@
 //
 //	go test -race -v -run . ./faults/ -faults.table=faults.md
 //
-// which logs one row per fault and writes the table as markdown. Faults
-// whose fix is not in yet are skipped with the behaviour they need;
-// -faults.unskip runs them anyway. Under -race the concurrent-submissions
+// which logs one row per fault and writes the table as markdown. A fault
+// marked as needing a behaviour comfygate lacks is skipped, naming it;
+// -faults.unskip runs it anyway. Under -race the concurrent-submissions
 // fault submits 250, not 1,000, unless -faults.full. -faults.long adds a hang
 // under production timing, which logs the time from SIGSTOP to failover.
 package faults

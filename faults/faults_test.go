@@ -85,8 +85,9 @@ func TestHungThenResumed(t *testing.T) {
 
 // Hung, with comfygate's default timing (health checks every 30 s, socket
 // pings every 20 s, a 2 s suspect grace): the time from SIGSTOP until the
-// prompts the instance held have run elsewhere, the figure issue 9 asks to
-// bring under 10 s. Behind -faults.long: on slow detection it takes ~40 s.
+// prompts the instance held have run elsewhere (about 6 s with the
+// defaults, see docs/comfyui-api.md). Behind -faults.long: it takes tens of
+// seconds.
 func TestHungDefaultTiming(t *testing.T) {
 	if !*long {
 		t.Skip("-faults.long: a hang with production timing takes tens of seconds to detect")

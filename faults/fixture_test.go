@@ -23,7 +23,7 @@ import (
 
 var (
 	tableFile = flag.String("faults.table", "", "write the fault table as markdown to this file")
-	unskip    = flag.Bool("faults.unskip", false, "run the faults whose fix is not in yet instead of skipping them")
+	unskip    = flag.Bool("faults.unskip", false, "run the faults marked as needing a behaviour comfygate lacks instead of skipping them")
 	full      = flag.Bool("faults.full", false, "full size under the race detector too (1,000 concurrent submissions)")
 	long      = flag.Bool("faults.long", false, "also the faults that run with production timing (tens of seconds)")
 	logs      = flag.Bool("faults.log", false, "print the gateway's debug logs (to follow what one fault did)")
@@ -132,8 +132,8 @@ func testConfig(c *config.Config) {
 // newFixture starts two simulators (node time delay), each behind a fault
 // proxy, and the gateway with the job API; mod adjusts the configuration
 // after testConfig. A non-empty needs skips the fault (unless
-// -faults.unskip): it names the behaviour the fault needs that is not in
-// yet.
+// -faults.unskip): it names the behaviour the fault needs that comfygate
+// lacks.
 func newFixture(t *testing.T, needs string, delay time.Duration, mod func(*config.Config)) *fixture {
 	t.Helper()
 	return newFixtureWithin(t, faultBound, needs, delay, mod)

@@ -8,8 +8,9 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
-// Stats is the JSON view served at /stats: the shape of the original plan's
-// BasicMetrics.getStats() plus what an operator needs at a glance. Every
+// Stats is the JSON view served at /stats: the usual load-balancer stats
+// fields (uptime, jobsProcessed, avgProcessingTime, errorRate,
+// instanceStats) plus what an operator needs at a glance. Every
 // number is read from the collectors /metrics exposes, so both views agree.
 //
 // JobsProcessed counts prompts that finished through comfygate, whatever

@@ -207,7 +207,7 @@ func (s *Server) serveAdmin(ctx *fasthttp.RequestCtx, raw []byte) string {
 			return route
 		}
 	}
-	writeJSONError(ctx, fasthttp.StatusNotFound, "not_found", "unknown admin route; see the README's admin routes")
+	writeJSONError(ctx, fasthttp.StatusNotFound, "not_found", "unknown admin route; see docs/operations.md for the admin routes")
 	return routeAdminOther
 }
 
@@ -223,7 +223,7 @@ type drainAnswer struct {
 // adminDrain drains or undrains one instance. ?move=1 (move its pending
 // prompts elsewhere) is refused: moving a prompt off a live instance
 // exactly once needs the prompt lifecycle to offer a safe move (delete
-// there, confirmed, then resubmit), which it does not yet; the queue
+// there, confirmed, then resubmit), which it does not offer; the queue
 // finishes where it is.
 func (s *Server) adminDrain(ctx *fasthttp.RequestCtx, name string, drain bool) {
 	if drain && len(ctx.QueryArgs().Peek("move")) > 0 && string(ctx.QueryArgs().Peek("move")) != "0" {

@@ -9,8 +9,8 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
-// healthInstance is one instance in /health: the original plan's fields
-// (host, healthy, active_jobs, last_check) plus comfygate's detail.
+// healthInstance is one instance in /health: the basic fields (host,
+// healthy, active_jobs, last_check) plus comfygate's detail.
 type healthInstance struct {
 	Host       string  `json:"host"`
 	Healthy    bool    `json:"healthy"`

@@ -75,7 +75,7 @@ func writeComfyError(ctx *fasthttp.RequestCtx, code int, typ, message, details s
 //     500 from its exception handler);
 //   - a body over maxPromptBody gets 413 before any instance sees it;
 //   - prompt_id: comfygate keeps the client's id when it is a non-empty
-//     string or a number (stringified, as ComfyUI before 2026 does) and not
+//     string or a number (stringified, as ComfyUI's 2025 releases do) and not
 //     already known to comfygate; ids that are not canonical UUIDs are fine
 //     here, the prompt table maps them to UUIDs it mints for 2026 instances.
 //     Otherwise (absent, null, other types, or in use: ComfyUI itself would

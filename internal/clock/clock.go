@@ -1,12 +1,13 @@
-// Package clock is the time source of code whose timing tests must control:
-// the real clock in production, a fake one (internal/testkit.FakeClock) in
-// tests, so a timeout or a grace period can be crossed by advancing time
-// instead of sleeping.
+// Package clock is a time source that tests can control: Real is the wall
+// clock and internal/testkit.FakeClock a fake one, so that code taking a
+// Clock lets a test cross a timeout or a grace period by advancing time
+// instead of sleeping. Only the test kit imports it; no package of the
+// binary takes a Clock.
 package clock
 
 import "time"
 
-// Clock tells the time and makes timers. Real is the production value.
+// Clock tells the time and makes timers. Real is the wall clock.
 type Clock interface {
 	// Now is time.Now.
 	Now() time.Time

@@ -96,7 +96,7 @@ type table struct {
 	Note    string     `json:"note,omitempty"`
 }
 
-// target is one of issue 11's targets and what this run measured for it.
+// target is one of the bench's targets and what this run measured for it.
 type target struct {
 	Target   string `json:"target"`
 	Measured string `json:"measured"`
@@ -223,7 +223,7 @@ func (r *report) markdown() string {
 		b.WriteString("\n")
 	}
 	if len(r.Targets) > 0 {
-		b.WriteString("**Issue 11 targets**\n\n| target | measured | met |\n| --- | --- | --- |\n")
+		b.WriteString("**Targets**\n\n| target | measured | met |\n| --- | --- | --- |\n")
 		for _, t := range r.Targets {
 			fmt.Fprintf(&b, "| %s | %s | %s |\n", t.Target, t.Measured, t.Met)
 		}
