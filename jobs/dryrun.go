@@ -290,8 +290,8 @@ func (s *Service) serveWorkflows(ctx *fasthttp.RequestCtx) {
 }
 
 // serveOutputList answers GET /api/jobs/{id}/outputs.
-func (s *Service) serveOutputList(ctx *fasthttp.RequestCtx, id string) {
-	j := s.lockCompleted(ctx, id)
+func (s *Service) serveOutputList(ctx *fasthttp.RequestCtx, id, scope string) {
+	j := s.lockCompleted(ctx, id, scope)
 	if j == nil {
 		return
 	}

@@ -255,10 +255,16 @@ func serve(s *Service, method, uri, contentType string, body []byte, hdr ...stri
 	req.SetBody(body)
 	var ctx fasthttp.RequestCtx
 	ctx.Init(&req, nil, nil)
-	handled = s.ServeJobs(&ctx)
+	handled = s.ServeJobs(&ctx, Request{Path: rawPath(&ctx)})
 	h := &fasthttp.ResponseHeader{}
 	ctx.Response.Header.CopyTo(h)
 	return handled, ctx.Response.StatusCode(), h, append([]byte(nil), ctx.Response.Body()...)
+}
+
+// rawPath is the request's raw path (before '?'), as the proxy passes it.
+func rawPath(ctx *fasthttp.RequestCtx) string {
+	p, _, _ := strings.Cut(string(ctx.Request.Header.RequestURI()), "?")
+	return p
 }
 
 // submitFake posts a small PNG to the upscale route and returns the job id.

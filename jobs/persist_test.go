@@ -142,7 +142,7 @@ func TestRecordsAreFilesOfTheirJobs(t *testing.T) {
 	if _, err := os.Stat(rec.Images[0].File); err != nil || !strings.HasPrefix(rec.Images[0].File, filepath.Join(dir, "inputs")) {
 		t.Fatalf("kept image %q: %v", rec.Images[0].File, err)
 	}
-	if known, cancelled := s.CancelJob(context.Background(), id); !known || !cancelled {
+	if known, cancelled := s.CancelJob(context.Background(), id, ""); !known || !cancelled {
 		t.Fatal("cancel")
 	}
 	s.state.flush()

@@ -318,7 +318,7 @@ func TestCancelStates(t *testing.T) {
 
 	// Waiting (service not started): out of the line, at once.
 	w := submitFake(t, s, "/api/upscale-image")
-	if known, ok := s.CancelJob(ctx, w); !known || !ok || jobState(s, w) != stCancelled {
+	if known, ok := s.CancelJob(ctx, w, ""); !known || !ok || jobState(s, w) != stCancelled {
 		t.Fatalf("waiting: %v %v", known, ok)
 	}
 	s.jobsMu.Lock()
@@ -333,10 +333,10 @@ func TestCancelStates(t *testing.T) {
 	s.Start(t.Context())
 	sub := submitFake(t, s, "/api/upscale-image")
 	f.waitSubmitted()
-	if known, ok := s.CancelJob(ctx, sub); !known || !ok || jobState(s, sub) != stCancelled {
+	if known, ok := s.CancelJob(ctx, sub, ""); !known || !ok || jobState(s, sub) != stCancelled {
 		t.Fatalf("submitting: %v %v", known, ok)
 	}
-	if _, ok := s.WaitingJob(sub); ok {
+	if _, ok := s.WaitingJob(sub, ""); ok {
 		t.Fatal("WaitingJob for a cancelled job")
 	}
 	close(release)
@@ -352,7 +352,7 @@ func TestCancelStates(t *testing.T) {
 	q := submitFake(t, s, "/api/upscale-image")
 	f.waitSubmitted()
 	testkit.Eventually(t, "queued", func() bool { return jobState(s, q) == stQueued })
-	if known, ok := s.CancelJob(ctx, q); !known || !ok {
+	if known, ok := s.CancelJob(ctx, q, ""); !known || !ok {
 		t.Fatalf("queued: %v %v", known, ok)
 	}
 	testkit.Eventually(t, "slot freed", func() bool { s.jobsMu.Lock(); defer s.jobsMu.Unlock(); return s.inFlight == 0 })
@@ -363,7 +363,7 @@ func TestCancelStates(t *testing.T) {
 	testkit.Eventually(t, "queued", func() bool { return jobState(s, r) == stQueued })
 	f.event(r, inst, "execution_start", map[string]any{})
 	next := submitFake(t, s, "/api/upscale-image")
-	if known, ok := s.CancelJob(ctx, r); !known || !ok || jobState(s, r) != stCancelled {
+	if known, ok := s.CancelJob(ctx, r, ""); !known || !ok || jobState(s, r) != stCancelled {
 		t.Fatalf("running: %v %v", known, ok)
 	}
 	s.jobsMu.Lock()
@@ -385,11 +385,11 @@ func TestCancelStates(t *testing.T) {
 	f.cancelFn = func(string) (bool, error) { return false, nil }
 	f.mu.Unlock()
 	testkit.Eventually(t, "queued", func() bool { return jobState(s, next) == stQueued })
-	if known, ok := s.CancelJob(ctx, next); !known || ok || jobState(s, next) != stQueued {
+	if known, ok := s.CancelJob(ctx, next, ""); !known || ok || jobState(s, next) != stQueued {
 		t.Fatalf("not cancellable: %v %v", known, ok)
 	}
 	// Unknown id.
-	if known, _ := s.CancelJob(ctx, "nope"); known {
+	if known, _ := s.CancelJob(ctx, "nope", ""); known {
 		t.Fatal("unknown id known")
 	}
 }
@@ -401,7 +401,7 @@ func TestExpiryWithClock(t *testing.T) {
 	c := &clock{t: time.Unix(1_700_000_000, 0)}
 	s.now = c.now
 	id := submitFake(t, s, "/api/upscale-image")
-	s.CancelJob(context.Background(), id) // finished (cancelled) now
+	s.CancelJob(context.Background(), id, "") // finished (cancelled) now
 	c.add(59 * time.Second)
 	s.sweep()
 	if _, code, _, _ := serve(s, "GET", "/api/jobs/"+id+"/status", "", nil); code != 200 {
@@ -497,7 +497,7 @@ func TestWaitingJobShape(t *testing.T) {
 	f := newFake(t, 1)
 	s := newFakeService(t, f, nil)
 	id := submitFake(t, s, "/api/upscale-image")
-	b, ok := s.WaitingJob(id)
+	b, ok := s.WaitingJob(id, "")
 	if !ok {
 		t.Fatal("not waiting")
 	}
@@ -510,7 +510,7 @@ func TestWaitingJobShape(t *testing.T) {
 	if v["id"] != id || v["status"] != "pending" || v["create_time"] == nil || v["outputs_count"] != float64(0) || prompt["1"] == nil {
 		t.Fatalf("shape: %s", b)
 	}
-	if _, ok := s.WaitingJob("nope"); ok {
+	if _, ok := s.WaitingJob("nope", ""); ok {
 		t.Fatal("unknown id waiting")
 	}
 }

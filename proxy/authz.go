@@ -233,10 +233,6 @@ func (s *Server) guard(ctx *fasthttp.RequestCtx, p []byte, api bool) (after func
 		if k == nil {
 			return nil, true
 		}
-		if ik := ctx.Request.Header.Peek("Idempotency-Key"); len(ik) > 0 {
-			// One key's Idempotency-Key never replays another key's job.
-			ctx.Request.Header.Set("Idempotency-Key", k.Name+":"+string(ik))
-		}
 		return func() { s.recordOwner(ctx, k, "job_id") }, true
 	case post && path == "/free":
 		if !admin {
