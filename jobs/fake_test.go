@@ -243,6 +243,12 @@ func newFakeService(tb testing.TB, f *fakeBackend, mod func(*config.Config)) *Se
 
 // serve runs one request through ServeJobs in memory.
 func serve(s *Service, method, uri, contentType string, body []byte, hdr ...string) (handled bool, code int, respHdr *fasthttp.ResponseHeader, resp []byte) {
+	return serveAs(s, Request{}, method, uri, contentType, body, hdr...)
+}
+
+// serveAs is serve for a request of r's Owner and Scope (r.Path is the
+// request's raw path).
+func serveAs(s *Service, r Request, method, uri, contentType string, body []byte, hdr ...string) (handled bool, code int, respHdr *fasthttp.ResponseHeader, resp []byte) {
 	var req fasthttp.Request
 	req.Header.SetMethod(method)
 	req.SetRequestURI(uri)
@@ -255,7 +261,8 @@ func serve(s *Service, method, uri, contentType string, body []byte, hdr ...stri
 	req.SetBody(body)
 	var ctx fasthttp.RequestCtx
 	ctx.Init(&req, nil, nil)
-	handled = s.ServeJobs(&ctx, Request{Path: rawPath(&ctx)})
+	r.Path = rawPath(&ctx)
+	handled = s.ServeJobs(&ctx, r)
 	h := &fasthttp.ResponseHeader{}
 	ctx.Response.Header.CopyTo(h)
 	return handled, ctx.Response.StatusCode(), h, append([]byte(nil), ctx.Response.Body()...)
