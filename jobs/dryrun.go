@@ -81,7 +81,9 @@ const maxValidateBody = 32 << 20
 // Inputs that name uploaded files (object_info's image_upload) are not
 // checked: comfygate places files at submission, on whichever instance.
 func (s *Service) serveValidatePrompt(ctx *fasthttp.RequestCtx) {
-	body, aerr := readBody(ctx, maxValidateBody, maxValidateBody)
+	mem := s.newBodyMem()
+	defer mem.release()
+	body, aerr := readBody(ctx, mem, maxValidateBody, maxValidateBody)
 	if aerr != nil {
 		writeError(ctx, aerr)
 		return

@@ -244,9 +244,12 @@ func (s *Service) serveSubmit(ctx *fasthttp.RequestCtx, r Request, name string, 
 		return
 	}
 	p, named := wf.param("image")
+	mem := s.newBodyMem()
+	defer mem.release() // once answered: an accepted job's images are the input store's
 	sub, aerr, spooled := s.spoolRawImage(ctx, wf, s.cfg.MaxImageBytes)
 	if !spooled {
-		sub, aerr = parseSubmissionN(ctx, s.cfg.MaxImageBytes, wf.needsImage(), wf.imageParams(), named && p.Type == ptImage && !wf.needsImage(), s.spoolPart)
+		sub, aerr = parseSubmissionN(ctx, s.cfg.MaxImageBytes, wf.needsImage(), wf.imageParams(), named && p.Type == ptImage && !wf.needsImage(),
+			&bodyIO{mem: mem, spool: s.spoolPart, spoolBase64: s.spoolBase64})
 	}
 	if aerr != nil {
 		writeError(ctx, aerr)

@@ -289,7 +289,9 @@ func TestRestartKeepsOwnerAndIdempotencyKey(t *testing.T) {
 			t.Fatalf("answer: %s", resp)
 		}
 		hh := http.Header{}
-		h.VisitAll(func(k, v []byte) { hh.Add(string(k), string(v)) })
+		for k, v := range h.All() {
+			hh.Add(string(k), string(v))
+		}
 		return code, hh, v
 	}
 	code, _, first := submit(s, a)

@@ -32,6 +32,7 @@ import (
 
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/comfyapi"
+	"github.com/comfygate/comfygate/limits"
 	"github.com/comfygate/comfygate/metrics"
 	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/upstream"
@@ -104,10 +105,11 @@ type Service struct {
 	// webhookBackoff is the first retry delay of a webhook delivery.
 	webhookBackoff time.Duration
 	hooks          *outboundClient
-	imageURLs      *outboundClient // downloads image parameters given as URLs
-	s3             *s3Store        // nil: outputs stay in comfygate only
-	inputs         *inputStore     // the images of unfinished jobs
-	state          *stateDir       // nil: jobs are not persisted
+	imageURLs      *outboundClient    // downloads image parameters given as URLs
+	s3             *s3Store           // nil: outputs stay in comfygate only
+	inputs         *inputStore        // the images of unfinished jobs
+	bodies         *limits.BodyBudget // request bodies held in memory (limits.max_buffered_body_bytes)
+	state          *stateDir          // nil: jobs are not persisted
 
 	outDirOnce sync.Once
 	outDirPath string
@@ -163,6 +165,7 @@ func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Lo
 		imageURLs:      newImageClient(cfg.ImageURLs),
 		s3:             store,
 		inputs:         newInputStore(cfg.Jobs.InputMemoryBytes, cfg.Jobs.StateDir),
+		bodies:         limits.NewBodyBudget(cfg.Limits.MaxBufferedBodyBytes),
 	}
 	s.runCtx, s.stop = context.WithCancel(context.Background())
 	if dir := cfg.Jobs.StateDir; dir != "" {

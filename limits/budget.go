@@ -13,6 +13,7 @@ import (
 type BodyBudget struct {
 	max  int64
 	used atomic.Int64
+	peak atomic.Int64
 }
 
 // NewBodyBudget returns a budget of max bytes; max <= 0 means no bound.
@@ -32,6 +33,8 @@ func (b *BodyBudget) TryAcquire(n int64) (release func(), ok bool) {
 			return nil, false
 		}
 		if b.used.CompareAndSwap(used, used+n) {
+			for p := b.peak.Load(); used+n > p && !b.peak.CompareAndSwap(p, used+n); p = b.peak.Load() {
+			}
 			break
 		}
 	}
@@ -45,6 +48,15 @@ func (b *BodyBudget) InUse() int64 {
 		return 0
 	}
 	return b.used.Load()
+}
+
+// Peak is the most bytes held at once since the budget was made (bounded
+// budgets only).
+func (b *BodyBudget) Peak() int64 {
+	if b == nil {
+		return 0
+	}
+	return b.peak.Load()
 }
 
 // Max is the budget's bound in bytes (<= 0: none).

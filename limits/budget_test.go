@@ -25,6 +25,9 @@ func TestBodyBudget(t *testing.T) {
 		t.Fatalf("after release: in use %d, want 40", b.InUse())
 	}
 	r2()
+	if b.Peak() != 100 {
+		t.Fatalf("peak %d, want 100", b.Peak())
+	}
 	if b.InUse() != 0 {
 		t.Fatalf("after both releases: in use %d, want 0", b.InUse())
 	}
