@@ -108,13 +108,7 @@ func newHarnessWith(tb testing.TB, n int, opts comfysim.Options, mod func(*confi
 	}
 	srv := &fasthttp.Server{
 		Handler: func(ctx *fasthttp.RequestCtx) {
-			// The proxy's key, simulated: X-Test-Key names the owner,
-			// X-Test-Isolated limits it to its own jobs.
-			r := Request{Path: rawPath(ctx), Owner: string(ctx.Request.Header.Peek("X-Test-Key"))}
-			if len(ctx.Request.Header.Peek("X-Test-Isolated")) > 0 {
-				r.Scope = r.Owner
-			}
-			if !svc.ServeJobs(ctx, r) {
+			if !svc.ServeJobs(ctx, Request{Path: rawPath(ctx)}) {
 				ctx.Error("not a job route", fasthttp.StatusNotFound)
 			}
 		},

@@ -526,3 +526,49 @@ func TestJobIDs(t *testing.T) {
 		seen[id] = true
 	}
 }
+
+// TestScopeHidesOtherOwnersJobs: with a scope, another owner's job is
+// unknown to every entry point (status, DELETE, the waiting-job view, the
+// list and its counts) and cannot be cancelled; without one, it is seen.
+func TestScopeHidesOtherOwnersJobs(t *testing.T) {
+	t.Parallel()
+	s := newFakeService(t, newFake(t, 1), nil) // not started: jobs stay in line
+	body, _ := json.Marshal(map[string]any{"image_base64": testPNG(t, 4, 4)})
+	submit := func(owner string) string {
+		_, code, _, resp := serveAs(s, Request{Owner: owner, Scope: owner}, "POST", "/api/upscale-image", "application/json", body)
+		var a acceptedView
+		if code != 202 || json.Unmarshal(resp, &a) != nil {
+			t.Fatalf("submit as %s: %d %s", owner, code, resp)
+		}
+		return a.JobID
+	}
+	ja, jb := submit("a"), submit("b")
+	asA := Request{Owner: "a", Scope: "a"}
+	if _, code, _, _ := serveAs(s, asA, "GET", "/api/jobs/"+jb+"/status", "", nil); code != 404 {
+		t.Errorf("a's status of b's job: %d, want 404", code)
+	}
+	if _, code, _, _ := serveAs(s, asA, "DELETE", "/api/jobs/"+jb, "", nil); code != 404 || jobState(s, jb) != stWaiting {
+		t.Errorf("a's DELETE of b's job: %d, state %v, want 404 and still waiting", code, jobState(s, jb))
+	}
+	if _, ok := s.WaitingJob(jb, "a"); ok {
+		t.Error("WaitingJob of b's job in a's scope")
+	}
+	if _, ok := s.WaitingJob(jb, ""); !ok {
+		t.Error("WaitingJob of b's job without scope: not found")
+	}
+	if known, cancelled := s.CancelJob(t.Context(), jb, "a"); !known || cancelled || jobState(s, jb) != stWaiting {
+		t.Errorf("CancelJob of b's job in a's scope: known %v cancelled %v state %v, want known, not cancelled", known, cancelled, jobState(s, jb))
+	}
+	_, code, _, resp := serveAs(s, asA, "GET", "/api/jobs?source=comfygate", "", nil)
+	var list listView
+	if code != 200 || json.Unmarshal(resp, &list) != nil || list.Total != 1 || list.Waiting != 1 || len(list.Jobs) != 1 || list.Jobs[0].JobID != ja {
+		t.Errorf("a's list: %d %s, want only %s (total 1, waiting 1)", code, resp, ja)
+	}
+	_, _, _, resp = serveAs(s, Request{}, "GET", "/api/jobs?source=comfygate", "", nil)
+	if json.Unmarshal(resp, &list) != nil || list.Total != 2 || list.Waiting != 2 {
+		t.Errorf("the unscoped list: %s, want both jobs", resp)
+	}
+	if known, cancelled := s.CancelJob(t.Context(), jb, "b"); !known || !cancelled {
+		t.Errorf("CancelJob of b's job in b's scope: %v %v", known, cancelled)
+	}
+}
