@@ -299,8 +299,12 @@ func readJSONSubmission(br *bufio.Reader, bio *bodyIO, maxBytes, memLimit int64,
 		if !more {
 			return imageErr
 		}
+		held += int64(len(key))
 		if key == keyImageBase64 {
+			// This member replaces an earlier one, whatever it holds.
 			imageErr = nil
+			sub.spool.discard()
+			sub.spool, *b64 = nil, nil
 		}
 		if key == keyImageBase64 && o.peek() == '"' && bio.spoolBase64 != nil {
 			str := &jsonString{br: br}
@@ -312,8 +316,7 @@ func readJSONSubmission(br *bufio.Reader, bio *bodyIO, maxBytes, memLimit int64,
 				sp.discard()
 				return fail(err)
 			}
-			sub.spool.discard() // an earlier image_base64
-			sub.spool, *b64, imageErr = sp, nil, aerr
+			sub.spool, imageErr = sp, aerr
 			continue
 		}
 		v, err := o.value(memLimit-held, bio.mem)
@@ -330,8 +333,7 @@ func readJSONSubmission(br *bufio.Reader, bio *bodyIO, maxBytes, memLimit int64,
 			if json.Unmarshal(v, &s) != nil {
 				return badRequest(errInvalidRequest, "image_base64 is not a string")
 			}
-			sub.spool.discard() // an earlier image_base64
-			sub.spool, *b64 = nil, &s
+			*b64 = &s
 		case keyInputs:
 			sub.inputs = nil
 			if kindOf(v) != kindNull && json.Unmarshal(v, &sub.inputs) != nil {
