@@ -159,7 +159,7 @@ func serve(ctx context.Context, cfg *config.Config, load func() (*config.Config,
 		reload = rl.reload
 	}
 	srv, err := proxy.New(proxy.Options{Config: cfg, Pool: pool, Prompts: table, Jobs: svc, Metrics: m, Logger: log, Version: version,
-		Catalogue: cat, Placement: policy, Reload: reload})
+		Catalogue: cat, Placement: policy, BodyBudget: svc.BodyBudget(), Reload: reload})
 	if err != nil {
 		ln.Close()
 		return err

@@ -128,6 +128,11 @@ type Limits struct {
 	// MaxBodyBytes caps a streamed request body (uploads). Default 100 MiB,
 	// ComfyUI's own --max-upload-size.
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// MaxBufferedBodyBytes bounds the bytes of request bodies comfygate
+	// holds in memory at once, over all requests (bodies it must read
+	// whole; streamed ones do not count). A request that would go past it
+	// gets 429 with Retry-After. Default 256 MiB.
+	MaxBufferedBodyBytes int64 `yaml:"max_buffered_body_bytes"`
 	// MaxHeaderBytes caps a request's header block (431 beyond). Default 16 KiB.
 	MaxHeaderBytes int `yaml:"max_header_bytes"`
 	// MaxConnsPerIP caps the connections one client IP holds open; 0: no cap. Default 1024.
@@ -152,7 +157,7 @@ type Limits struct {
 func defaultSecurity(c *Config) {
 	c.Auth = Auth{OpenHealth: true, Isolation: true, MaxOwners: 1_000_000, CookieMaxAge: 24 * time.Hour}
 	c.Redact = Redact{ExtraData: []string{"api_key_comfy_org", "auth_token_comfy_org"}}
-	c.Limits = Limits{MaxBodyBytes: 100 << 20, MaxHeaderBytes: 16 << 10, MaxConnsPerIP: 1024,
+	c.Limits = Limits{MaxBodyBytes: 100 << 20, MaxBufferedBodyBytes: 256 << 20, MaxHeaderBytes: 16 << 10, MaxConnsPerIP: 1024,
 		HeaderTimeout: 30 * time.Second, BodyTimeout: time.Hour, IdleTimeout: 2 * time.Minute,
 		WSMaxFrameBytes: 1 << 20, WSMessagesPerSecond: 20, WSMessageBurst: 100}
 	c.RateLimit = RateLimit{MaxConcurrentPrompts: 256}
@@ -253,6 +258,9 @@ func (c *Config) validateSecurity(bad func(key string, val any, allowed string))
 	nonNeg("rate_limit.max_concurrent_prompts", float64(c.RateLimit.MaxConcurrentPrompts))
 	if c.Limits.MaxBodyBytes <= 0 {
 		bad("limits.max_body_bytes", c.Limits.MaxBodyBytes, "a positive number of bytes")
+	}
+	if c.Limits.MaxBufferedBodyBytes <= 0 {
+		bad("limits.max_buffered_body_bytes", c.Limits.MaxBufferedBodyBytes, "a positive number of bytes")
 	}
 	if c.Limits.MaxHeaderBytes < 4096 || c.Limits.MaxHeaderBytes > 1<<20 {
 		bad("limits.max_header_bytes", c.Limits.MaxHeaderBytes, "4096 to 1048576 bytes")

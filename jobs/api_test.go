@@ -258,14 +258,14 @@ func TestIdempotentSubmit(t *testing.T) {
 
 	// While the first request is still creating its job: 409.
 	fp := [32]byte{1}
-	if id, aerr := h.svc.idemBegin("k3", fp); id != "" || aerr != nil {
+	if id, aerr := h.svc.idemBegin(idemKey{key: "k3"}, fp); id != "" || aerr != nil {
 		t.Fatalf("reserve: %q %v", id, aerr)
 	}
-	if _, aerr := h.svc.idemBegin("k3", fp); aerr == nil || aerr.status != 409 {
+	if _, aerr := h.svc.idemBegin(idemKey{key: "k3"}, fp); aerr == nil || aerr.status != 409 {
 		t.Fatalf("in progress: %v", aerr)
 	}
-	h.svc.idemAbort("k3")
-	if id, aerr := h.svc.idemBegin("k3", fp); id != "" || aerr != nil {
+	h.svc.idemAbort(idemKey{key: "k3"})
+	if id, aerr := h.svc.idemBegin(idemKey{key: "k3"}, fp); id != "" || aerr != nil {
 		t.Fatalf("after abort: %q %v", id, aerr)
 	}
 }

@@ -22,11 +22,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/comfygate/comfygate/auth"
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/metrics"
 	"github.com/comfygate/comfygate/prompts"
-	"github.com/valyala/fasthttp"
 )
 
 // The result cache keeps the outputs of completed jobs of workflows that
@@ -43,18 +41,13 @@ import (
 // cacheEntryFile describes an entry, in its directory beside the outputs.
 const cacheEntryFile = "entry.json"
 
-// keyUserValue is the request's user value under which the proxy's
-// admission (proxy/authz.go, userValueKey) keeps the *auth.Key the request
-// was authenticated with; absent when keys are off.
-const keyUserValue = "comfygate.key"
-
 // cacheScope is the owner scope of a submission's cached results: one
 // API key's results are never another's, so a key cannot learn from a
 // hit (its speed, its outputs) what another key processed. With keys off
-// every caller shares one scope, "".
-func cacheScope(ctx *fasthttp.RequestCtx) string {
-	if k, ok := ctx.UserValue(keyUserValue).(*auth.Key); ok && k != nil {
-		return "key:" + k.Name
+// (owner "") every caller shares one scope, "".
+func cacheScope(owner string) string {
+	if owner != "" {
+		return "key:" + owner
 	}
 	return ""
 }
@@ -512,16 +505,16 @@ func canonicalJSON(b []byte) ([]byte, error) {
 // submission whose result the cache holds (same scope, graph, parameters
 // and image bytes) becomes a job completed at once from it; any other is
 // accepted and, once completed, its outputs are cached (keepResult).
-func (s *Service) acceptOrReuse(ctx *fasthttp.RequestCtx, wf *workflow, sub *submission, values map[string]json.RawMessage, images map[string][]byte, hook string) (*job, *apiError) {
-	key, graph := s.cacheKey(cacheScope(ctx), wf, sub, values, images)
+func (s *Service) acceptOrReuse(wf *workflow, sub *submission, values map[string]json.RawMessage, images map[string][]byte, hook string, meta jobMeta) (*job, *apiError) {
+	key, graph := s.cacheKey(cacheScope(meta.owner), wf, sub, values, images)
 	if key != "" {
-		j := s.reuse(wf, key, graph, sub, values, hook)
+		j := s.reuse(wf, key, graph, sub, values, hook, meta)
 		s.m.JobCacheLookup(wf.name, j != nil)
 		if j != nil {
 			return j, nil
 		}
 	}
-	j, aerr := s.accept(wf, sub, values, images, hook)
+	j, aerr := s.accept(wf, sub, values, images, hook, meta)
 	if aerr == nil && key != "" {
 		s.jobsMu.Lock()
 		j.cacheKey = key
@@ -532,12 +525,12 @@ func (s *Service) acceptOrReuse(ctx *fasthttp.RequestCtx, wf *workflow, sub *sub
 
 // reuse makes a job completed from key's cached result; nil when the
 // cache has none usable.
-func (s *Service) reuse(wf *workflow, key string, graph json.RawMessage, sub *submission, values map[string]json.RawMessage, hook string) *job {
+func (s *Service) reuse(wf *workflow, key string, graph json.RawMessage, sub *submission, values map[string]json.RawMessage, hook string, meta jobMeta) *job {
 	e := s.cache.lookup(key)
 	if e == nil {
 		return nil
 	}
-	j := &job{s: s, id: newJobID(), wf: wf, inputs: sub.inputs, params: values, cached: true}
+	j := &job{s: s, id: newJobID(), wf: wf, inputs: sub.inputs, params: values, cached: true, meta: meta}
 	files, err := s.cachedOutputs(e, j.id)
 	if err != nil {
 		s.log.Warn("result cache entry unusable: the job runs", "workflow", wf.name, "err", err)

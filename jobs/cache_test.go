@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/comfygate/comfygate/auth"
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/testkit"
@@ -236,21 +235,14 @@ func TestCacheKey(t *testing.T) {
 // keys off, one shared scope.
 func TestCacheScope(t *testing.T) {
 	t.Parallel()
-	scope := func(k *auth.Key) string {
-		var ctx fasthttp.RequestCtx
-		if k != nil {
-			ctx.SetUserValue(keyUserValue, k)
-		}
-		return cacheScope(&ctx)
-	}
-	a, b := scope(&auth.Key{Name: "a"}), scope(&auth.Key{Name: "b"})
+	a, b := cacheScope("a"), cacheScope("b")
 	if a == b || a == "" || b == "" {
 		t.Fatalf("scopes of two keys: %q and %q", a, b)
 	}
-	if a != scope(&auth.Key{Name: "a", Admin: true}) {
+	if a != cacheScope("a") {
 		t.Error("the same key name has two scopes")
 	}
-	if got := scope(nil); got != "" {
+	if got := cacheScope(""); got != "" {
 		t.Errorf("keys off: scope %q, want the shared one", got)
 	}
 }
@@ -271,8 +263,7 @@ func TestCacheOtherKeyMisses(t *testing.T) {
 		req.SetBody(body)
 		var ctx fasthttp.RequestCtx
 		ctx.Init(&req, nil, nil)
-		ctx.SetUserValue(keyUserValue, &auth.Key{Name: name})
-		if !h.svc.ServeJobs(&ctx) || ctx.Response.StatusCode() != http.StatusAccepted {
+		if !h.svc.ServeJobs(&ctx, Request{Path: "/api/upscale-image", Owner: name, Scope: name}) || ctx.Response.StatusCode() != http.StatusAccepted {
 			t.Fatalf("POST as %s: %d %s", name, ctx.Response.StatusCode(), ctx.Response.Body())
 		}
 		var a acceptedView

@@ -86,7 +86,9 @@ const maxValidateBody = 32 << 20
 // Inputs that name uploaded files (object_info's image_upload) are not
 // checked: comfygate places files at submission, on whichever instance.
 func (s *Service) serveValidatePrompt(ctx *fasthttp.RequestCtx) {
-	body, aerr := readBody(ctx, maxValidateBody, maxValidateBody)
+	mem := s.newBodyMem()
+	defer mem.release()
+	body, aerr := readBody(ctx, mem, maxValidateBody, maxValidateBody)
 	if aerr != nil {
 		writeError(ctx, aerr)
 		return
@@ -295,8 +297,8 @@ func (s *Service) serveWorkflows(ctx *fasthttp.RequestCtx) {
 }
 
 // serveOutputList answers GET /api/jobs/{id}/outputs.
-func (s *Service) serveOutputList(ctx *fasthttp.RequestCtx, id string) {
-	j := s.lockCompleted(ctx, id)
+func (s *Service) serveOutputList(ctx *fasthttp.RequestCtx, id, scope string) {
+	j := s.lockCompleted(ctx, id, scope)
 	if j == nil {
 		return
 	}

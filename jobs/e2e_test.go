@@ -237,7 +237,7 @@ func TestCancelEveryState(t *testing.T) {
 	if v.Status != statusPending || v.QueuePosition == nil || *v.QueuePosition != 1 {
 		t.Fatalf("waiting job: %+v", v)
 	}
-	if body, ok := h.svc.WaitingJob(waiting); !ok || !bytes.Contains(body, []byte(`"status":"pending"`)) {
+	if body, ok := h.svc.WaitingJob(waiting, ""); !ok || !bytes.Contains(body, []byte(`"status":"pending"`)) {
 		t.Fatalf("WaitingJob: %s %v", body, ok)
 	}
 
@@ -250,7 +250,7 @@ func TestCancelEveryState(t *testing.T) {
 		t.Fatalf("waiting job after cancel: %+v", v)
 	}
 	// Pending at the instance: deleted from its queue.
-	if known, ok := h.svc.CancelJob(t.Context(), queued); !known || !ok {
+	if known, ok := h.svc.CancelJob(t.Context(), queued, ""); !known || !ok {
 		t.Fatalf("CancelJob(queued) = %v, %v", known, ok)
 	}
 	// Running: interrupted.
@@ -281,7 +281,7 @@ func TestCancelEveryState(t *testing.T) {
 		t.Errorf("instance executed %d prompts; only the interrupted one started", n)
 	}
 	// Cancelling again: known, nothing to cancel; unknown ids: 404.
-	if known, ok := h.svc.CancelJob(t.Context(), running); !known || ok {
+	if known, ok := h.svc.CancelJob(t.Context(), running, ""); !known || ok {
 		t.Errorf("second cancel = %v, %v", known, ok)
 	}
 	if code, _, _ := h.do("DELETE", "/api/jobs/00000000-0000-4000-8000-000000000000", "", nil); code != 404 {

@@ -145,7 +145,7 @@ func (s *Service) waitJob(ctx context.Context, j *job, d time.Duration, done fun
 // public status differs from ?status= (default: its status now), or it
 // ends. It reports false when it answered already (a bad wait, when
 // report is set).
-func (s *Service) longPoll(ctx *fasthttp.RequestCtx, id string, report bool) bool {
+func (s *Service) longPoll(ctx *fasthttp.RequestCtx, id, scope string, report bool) bool {
 	wait, aerr := requestedWait(ctx, s.cfg.MaxWait)
 	if aerr != nil {
 		if report {
@@ -155,7 +155,7 @@ func (s *Service) longPoll(ctx *fasthttp.RequestCtx, id string, report bool) boo
 		return true
 	}
 	s.jobsMu.Lock()
-	j := s.lookupLocked(id)
+	j := s.lookupLocked(id, scope)
 	if j == nil {
 		s.jobsMu.Unlock()
 		return true
@@ -174,9 +174,9 @@ func (s *Service) longPoll(ctx *fasthttp.RequestCtx, id string, report bool) boo
 // event as it happens, a comment every heartbeat while idle, and the end
 // of the stream after the terminal event. A client that reconnects with
 // the id of the last event it saw misses nothing.
-func (s *Service) serveEvents(ctx *fasthttp.RequestCtx, id string) {
+func (s *Service) serveEvents(ctx *fasthttp.RequestCtx, id, scope string) {
 	s.jobsMu.Lock()
-	j := s.lookupLocked(id)
+	j := s.lookupLocked(id, scope)
 	s.jobsMu.Unlock()
 	if j == nil {
 		notFound(ctx, id)

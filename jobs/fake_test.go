@@ -246,6 +246,13 @@ func newFakeService(tb testing.TB, f *fakeBackend, mod func(*config.Config)) *Se
 // is checked against the OpenAPI document.
 func serve(tb testing.TB, s *Service, method, uri, contentType string, body []byte, hdr ...string) (handled bool, code int, respHdr *fasthttp.ResponseHeader, resp []byte) {
 	tb.Helper()
+	return serveAs(tb, s, Request{}, method, uri, contentType, body, hdr...)
+}
+
+// serveAs is serve for a request of r's Owner and Scope (r.Path is the
+// request's raw path).
+func serveAs(tb testing.TB, s *Service, r Request, method, uri, contentType string, body []byte, hdr ...string) (handled bool, code int, respHdr *fasthttp.ResponseHeader, resp []byte) {
+	tb.Helper()
 	var req fasthttp.Request
 	req.Header.SetMethod(method)
 	req.SetRequestURI(uri)
@@ -258,7 +265,8 @@ func serve(tb testing.TB, s *Service, method, uri, contentType string, body []by
 	req.SetBody(body)
 	var ctx fasthttp.RequestCtx
 	ctx.Init(&req, nil, nil)
-	handled = s.ServeJobs(&ctx)
+	r.Path = rawPath(&ctx)
+	handled = s.ServeJobs(&ctx, r)
 	h := &fasthttp.ResponseHeader{}
 	ctx.Response.Header.CopyTo(h)
 	resp = append([]byte(nil), ctx.Response.Body()...)
@@ -266,6 +274,12 @@ func serve(tb testing.TB, s *Service, method, uri, contentType string, body []by
 		checkAnswer(tb, method, uri, ctx.Response.StatusCode(), http.Header{"Content-Type": {string(h.ContentType())}}, resp)
 	}
 	return handled, ctx.Response.StatusCode(), h, resp
+}
+
+// rawPath is the request's raw path (before '?'), as the proxy passes it.
+func rawPath(ctx *fasthttp.RequestCtx) string {
+	p, _, _ := strings.Cut(string(ctx.Request.Header.RequestURI()), "?")
+	return p
 }
 
 // submitFake posts a small PNG to the upscale route and returns the job id.

@@ -112,7 +112,7 @@ func newHarnessWith(tb testing.TB, n int, opts comfysim.Options, mod func(*confi
 	}
 	srv := &fasthttp.Server{
 		Handler: func(ctx *fasthttp.RequestCtx) {
-			if !svc.ServeJobs(ctx) {
+			if !svc.ServeJobs(ctx, Request{Path: rawPath(ctx)}) {
 				ctx.Error("not a job route", fasthttp.StatusNotFound)
 				ctx.Response.Header.Set(notJobRoute, "1")
 			}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -28,6 +29,22 @@ const (
 	listSource            = "comfygate"
 )
 
+// Request is what the proxy tells ServeJobs about a request, decided
+// once before routing: the path to route on and who is asking.
+type Request struct {
+	// Path is the canonical, still percent-encoded request path with its
+	// /api prefix ("/api/jobs/abc/result"), the one the proxy routed and
+	// authorised on. Routes are matched on it segment by segment; an id
+	// is one segment, unescaped alone.
+	Path string
+	// Owner is the name of the API key that asks ("" with keys off). A
+	// job it submits belongs to it, and its Idempotency-Keys are its own.
+	Owner string
+	// Scope, when not "", limits the request to the jobs whose owner is
+	// Scope: another owner's job answers exactly as an unknown id (404).
+	Scope string
+}
+
 // ServeJobs serves the job API's routes and reports whether the request
 // was one of them:
 //
@@ -45,13 +62,17 @@ const (
 //
 // GET /api/jobs/{id}?wait=Ns of a facade job waits here for a status
 // change, then reports false so that ComfyUI's own answer follows.
-func (s *Service) ServeJobs(ctx *fasthttp.RequestCtx) bool {
-	path := string(ctx.Path())
+//
+// Routing reads r.Path only, never the request's own (decoded, cleaned)
+// path: a path under /api/jobs/ with an empty, "." or ".." segment names
+// no job and is answered 404 here.
+func (s *Service) ServeJobs(ctx *fasthttp.RequestCtx, r Request) bool {
+	path := r.Path
 	switch {
 	case path == routeRemoveBackground:
-		s.serveSubmit(ctx, workflows.RemoveBackground, true)
+		s.serveSubmit(ctx, r, workflows.RemoveBackground, true)
 	case path == routeUpscaleImage:
-		s.serveSubmit(ctx, workflows.UpscaleImage, true)
+		s.serveSubmit(ctx, r, workflows.UpscaleImage, true)
 	case path == routeWorkflowList:
 		if !allow(ctx, "GET", "HEAD") {
 			return true
@@ -70,23 +91,39 @@ func (s *Service) ServeJobs(ctx *fasthttp.RequestCtx) bool {
 		ctx.SetContentType("application/json; charset=utf-8")
 		ctx.SetBody(openAPIDocument)
 	case strings.HasPrefix(path, routeWorkflows):
-		name := path[len(routeWorkflows):]
-		if name == "" || strings.Contains(name, "/") {
+		name, ok := pathSegment(path[len(routeWorkflows):])
+		if !ok {
 			return false
 		}
-		s.serveSubmit(ctx, name, false)
+		s.serveSubmit(ctx, r, name, false)
 	case path == routeJobs:
 		if !ctx.IsGet() && !ctx.IsHead() || string(ctx.QueryArgs().Peek("source")) != listSource {
 			return false // ComfyUI's job list
 		}
-		s.serveList(ctx)
+		s.serveList(ctx, r.Scope)
 	case strings.HasPrefix(path, routeJobs+"/"):
-		id, sub, _ := strings.Cut(path[len(routeJobs)+1:], "/")
-		if id == "" {
-			return false
+		segs := strings.Split(path[len(routeJobs)+1:], "/")
+		for _, seg := range segs {
+			if seg == "" || seg == "." || seg == ".." {
+				// Names no job: not passed on either, where another
+				// reading of the path could resolve it to one.
+				writeError(ctx, &apiError{status: fasthttp.StatusNotFound, typ: errNotFound, msg: "no such job route"})
+				return true
+			}
 		}
-		sub, arg, _ := strings.Cut(sub, "/")
-		if arg != "" && sub != "outputs" {
+		id, ok := pathSegment(segs[0])
+		if !ok {
+			writeError(ctx, &apiError{status: fasthttp.StatusNotFound, typ: errNotFound, msg: "no such job route"})
+			return true
+		}
+		sub, arg := "", ""
+		if len(segs) > 1 {
+			sub = segs[1]
+		}
+		if len(segs) > 2 {
+			arg = segs[2]
+		}
+		if len(segs) > 3 || (arg != "" && sub != "outputs") {
 			return false
 		}
 		switch sub {
@@ -94,35 +131,35 @@ func (s *Service) ServeJobs(ctx *fasthttp.RequestCtx) bool {
 			if !allow(ctx, "GET", "HEAD") {
 				return true
 			}
-			s.serveStatus(ctx, id)
+			s.serveStatus(ctx, id, r.Scope)
 		case "result":
 			if !allow(ctx, "GET", "HEAD") {
 				return true
 			}
-			s.serveResult(ctx, id)
+			s.serveResult(ctx, id, r.Scope)
 		case "events":
 			if !allow(ctx, "GET") {
 				return true
 			}
-			s.serveEvents(ctx, id)
+			s.serveEvents(ctx, id, r.Scope)
 		case "outputs":
 			if !allow(ctx, "GET", "HEAD") {
 				return true
 			}
 			if arg == "" {
-				s.serveOutputList(ctx, id)
+				s.serveOutputList(ctx, id, r.Scope)
 			} else {
-				s.serveOutput(ctx, id, arg)
+				s.serveOutput(ctx, id, r.Scope, arg)
 			}
 		case "":
 			if ctx.IsGet() && ctx.QueryArgs().Has("wait") {
-				s.longPoll(ctx, id, false)
+				s.longPoll(ctx, id, r.Scope, false)
 				return false // ComfyUI's GET /api/jobs/{id} answers
 			}
 			if !ctx.IsDelete() {
 				return false // GET /api/jobs/{id} is ComfyUI's
 			}
-			s.serveDelete(ctx, id)
+			s.serveDelete(ctx, id, r.Scope)
 		default:
 			return false // POST /api/jobs/{id}/cancel and anything else: ComfyUI's
 		}
@@ -130,6 +167,19 @@ func (s *Service) ServeJobs(ctx *fasthttp.RequestCtx) bool {
 		return false
 	}
 	return true
+}
+
+// pathSegment unescapes one raw path segment: ok is false for an empty
+// one, one holding a '/', or a bad escape.
+func pathSegment(seg string) (string, bool) {
+	if seg == "" || strings.Contains(seg, "/") {
+		return "", false
+	}
+	v, err := url.PathUnescape(seg)
+	if err != nil || v == "" {
+		return "", false
+	}
+	return v, true
 }
 
 // allow answers 405 unless the method is one of methods.
@@ -179,7 +229,7 @@ type acceptedView struct {
 
 // serveSubmit accepts a job for the named workflow. builtIn marks the
 // two fixed endpoints, whose one-request answer carries image_base64.
-func (s *Service) serveSubmit(ctx *fasthttp.RequestCtx, name string, builtIn bool) {
+func (s *Service) serveSubmit(ctx *fasthttp.RequestCtx, r Request, name string, builtIn bool) {
 	if !allow(ctx, "POST") {
 		return
 	}
@@ -200,9 +250,12 @@ func (s *Service) serveSubmit(ctx *fasthttp.RequestCtx, name string, builtIn boo
 		return
 	}
 	p, named := wf.param("image")
+	mem := s.newBodyMem()
+	defer mem.release() // once answered: an accepted job's images are the input store's
 	sub, aerr, spooled := s.spoolRawImage(ctx, wf, s.cfg.MaxImageBytes)
 	if !spooled {
-		sub, aerr = parseSubmissionN(ctx, s.cfg.MaxImageBytes, wf.needsImage(), wf.imageParams(), named && p.Type == ptImage && !wf.needsImage(), s.spoolPart)
+		sub, aerr = parseSubmissionN(ctx, s.cfg.MaxImageBytes, wf.needsImage(), wf.imageParams(), named && p.Type == ptImage && !wf.needsImage(),
+			&bodyIO{mem: mem, spool: s.spoolPart, spoolBase64: s.spoolBase64})
 	}
 	if aerr != nil {
 		writeError(ctx, aerr)
@@ -244,19 +297,23 @@ func (s *Service) serveSubmit(ctx *fasthttp.RequestCtx, name string, builtIn boo
 		s.serveDryRun(ctx, wf, sub, values, images)
 		return
 	}
-	key := string(ctx.Request.Header.Peek("Idempotency-Key"))
+	// An Idempotency-Key is the owner's own: another key's same value
+	// never replays this owner's job.
+	meta := jobMeta{owner: r.Owner}
+	key := idemKey{owner: r.Owner, key: string(ctx.Request.Header.Peek("Idempotency-Key"))}
 	var j *job
 	replayed := false
-	if key != "" {
-		fp := fingerprint(wf.name, sub, values, images, hook)
-		id, aerr := s.idemBegin(key, fp)
+	if key.key != "" {
+		meta.idem = key.key
+		meta.idemFP = fingerprint(wf.name, sub, values, images, hook)
+		id, aerr := s.idemBegin(key, meta.idemFP)
 		if aerr != nil {
 			writeError(ctx, aerr)
 			return
 		}
 		if id != "" {
 			s.jobsMu.Lock()
-			j = s.lookupLocked(id)
+			j = s.lookupLocked(id, r.Scope)
 			s.jobsMu.Unlock()
 			if j == nil {
 				writeJSON(ctx, fasthttp.StatusOK, acceptedView{JobID: id, Status: statusExpired, Workflow: wf.name,
@@ -268,8 +325,8 @@ func (s *Service) serveSubmit(ctx *fasthttp.RequestCtx, name string, builtIn boo
 		}
 	}
 	if j == nil {
-		j, aerr = s.acceptOrReuse(ctx, wf, sub, values, images, hook)
-		if key != "" {
+		j, aerr = s.acceptOrReuse(wf, sub, values, images, hook, meta)
+		if key.key != "" {
 			if aerr != nil {
 				s.idemAbort(key)
 			} else {
@@ -430,7 +487,7 @@ func (wf *workflow) imageParams() int {
 }
 
 // accept puts a validated submission in the wait line.
-func (s *Service) accept(wf *workflow, sub *submission, values map[string]json.RawMessage, images map[string][]byte, hook string) (*job, *apiError) {
+func (s *Service) accept(wf *workflow, sub *submission, values map[string]json.RawMessage, images map[string][]byte, hook string, meta jobMeta) (*job, *apiError) {
 	healthy := s.be.Healthy()
 	parallel := max(1, min(len(healthy), s.cfg.MaxConcurrent))
 	j := &job{
@@ -439,6 +496,7 @@ func (s *Service) accept(wf *workflow, sub *submission, values map[string]json.R
 		wf:     wf,
 		inputs: sub.inputs,
 		params: values,
+		meta:   meta,
 	}
 	var data [][]byte
 	if wf.needsImage() {
@@ -621,13 +679,13 @@ func (s *Service) statusLocked(j *job, parallel int) statusView {
 	return v
 }
 
-func (s *Service) serveStatus(ctx *fasthttp.RequestCtx, id string) {
-	if ctx.QueryArgs().Has("wait") && !s.longPoll(ctx, id, true) {
+func (s *Service) serveStatus(ctx *fasthttp.RequestCtx, id, scope string) {
+	if ctx.QueryArgs().Has("wait") && !s.longPoll(ctx, id, scope, true) {
 		return
 	}
 	parallel := s.parallelism()
 	s.jobsMu.Lock()
-	j := s.lookupLocked(id)
+	j := s.lookupLocked(id, scope)
 	if j == nil {
 		s.jobsMu.Unlock()
 		notFound(ctx, id)
@@ -655,10 +713,10 @@ type resultView struct {
 	Cached           bool         `json:"cached,omitempty"` // completed from the result cache
 }
 
-func (s *Service) serveResult(ctx *fasthttp.RequestCtx, id string) {
+func (s *Service) serveResult(ctx *fasthttp.RequestCtx, id, scope string) {
 	parallel := s.parallelism()
 	s.jobsMu.Lock()
-	j := s.lookupLocked(id)
+	j := s.lookupLocked(id, scope)
 	if j == nil {
 		s.jobsMu.Unlock()
 		notFound(ctx, id)
@@ -734,8 +792,15 @@ type deleteView struct {
 	Status    string `json:"status"`
 }
 
-func (s *Service) serveDelete(ctx *fasthttp.RequestCtx, id string) {
-	known, cancelled := s.CancelJob(ctx, id)
+func (s *Service) serveDelete(ctx *fasthttp.RequestCtx, id, scope string) {
+	s.jobsMu.Lock()
+	visible := s.lookupLocked(id, scope) != nil
+	s.jobsMu.Unlock()
+	if !visible {
+		notFound(ctx, id)
+		return
+	}
+	known, cancelled := s.CancelJob(ctx, id, scope)
 	if !known {
 		notFound(ctx, id)
 		return
@@ -770,7 +835,7 @@ type listView struct {
 	InFlight int        `json:"in_flight"`
 }
 
-func (s *Service) serveList(ctx *fasthttp.RequestCtx) {
+func (s *Service) serveList(ctx *fasthttp.RequestCtx, scope string) {
 	var filter []string
 	if f := string(ctx.QueryArgs().Peek("status")); f != "" {
 		filter = strings.Split(f, ",")
@@ -779,12 +844,26 @@ func (s *Service) serveList(ctx *fasthttp.RequestCtx) {
 	now := s.now()
 	js := make([]*job, 0, len(s.jobs))
 	for _, j := range s.jobs {
-		if !s.expiredLocked(j, now) && (filter == nil || slices.Contains(filter, j.state.public())) {
+		if !s.expiredLocked(j, now) && inScope(j, scope) && (filter == nil || slices.Contains(filter, j.state.public())) {
 			js = append(js, j)
 		}
 	}
 	slices.SortFunc(js, func(a, b *job) int { return cmp.Compare(a.seq, b.seq) })
 	v := listView{Jobs: make([]listItem, 0, len(js)), Total: len(js), Waiting: len(s.line), InFlight: s.inFlight}
+	if scope != "" {
+		// Counted over the scope's own jobs: the others do not exist here.
+		v.Waiting, v.InFlight = 0, 0
+		for _, w := range s.line {
+			if inScope(w, scope) {
+				v.Waiting++
+			}
+		}
+		for a := range s.active {
+			if a.holdsSlot && inScope(a, scope) {
+				v.InFlight++
+			}
+		}
+	}
 	for _, j := range js {
 		it := listItem{
 			JobID:      j.id,
@@ -822,10 +901,11 @@ type waitingWorkflow struct {
 
 // WaitingJob returns ComfyUI's GET /api/jobs/{id} shape for a facade job
 // that has not reached an instance yet (in the wait line, or being
-// uploaded and submitted); ok is false otherwise.
-func (s *Service) WaitingJob(id string) ([]byte, bool) {
+// uploaded and submitted); ok is false otherwise, and for a job outside
+// scope (when scope is not "").
+func (s *Service) WaitingJob(id, scope string) ([]byte, bool) {
 	s.jobsMu.Lock()
-	j := s.lookupLocked(id)
+	j := s.lookupLocked(id, scope)
 	if j == nil || !(j.state == stWaiting || (j.state == stSubmitting && !j.submitted)) {
 		s.jobsMu.Unlock()
 		return nil, false

@@ -20,6 +20,13 @@ const maxIdempotencyKeys = 100_000
 // maxIdempotencyKeyLen bounds a key's length.
 const maxIdempotencyKeyLen = 255
 
+// idemKey is an Idempotency-Key as its owner sent it: each API key has
+// its own keys, so one key's value never replays another key's job.
+type idemKey struct {
+	owner string // the API key's name; "" with keys off
+	key   string // the header's value
+}
+
 // idemEntry is one Idempotency-Key (IETF httpapi draft): the submission
 // it came with and the job it created. Guarded by Service.jobsMu.
 type idemEntry struct {
@@ -75,8 +82,8 @@ func fingerprint(wf string, sub *submission, values map[string]json.RawMessage, 
 // 422 (another submission) or 409 (the first request is still creating
 // its job). An unknown key is reserved for this request ("" returned):
 // the caller ends it with idemDone or idemAbort.
-func (s *Service) idemBegin(key string, fp [sha256.Size]byte) (string, *apiError) {
-	if len(key) > maxIdempotencyKeyLen {
+func (s *Service) idemBegin(key idemKey, fp [sha256.Size]byte) (string, *apiError) {
+	if len(key.key) > maxIdempotencyKeyLen {
 		return "", badRequest(errInvalidRequest, "Idempotency-Key longer than %d bytes", maxIdempotencyKeyLen)
 	}
 	s.jobsMu.Lock()
@@ -101,7 +108,7 @@ func (s *Service) idemBegin(key string, fp [sha256.Size]byte) (string, *apiError
 }
 
 // idemDone records the job a reserved key created.
-func (s *Service) idemDone(key, jobID string) {
+func (s *Service) idemDone(key idemKey, jobID string) {
 	s.jobsMu.Lock()
 	if e := s.idem[key]; e != nil {
 		e.jobID = jobID
@@ -111,7 +118,7 @@ func (s *Service) idemDone(key, jobID string) {
 
 // idemAbort frees a reserved key whose request created no job, so that
 // its retry may.
-func (s *Service) idemAbort(key string) {
+func (s *Service) idemAbort(key idemKey) {
 	s.jobsMu.Lock()
 	if e := s.idem[key]; e != nil && e.jobID == "" {
 		delete(s.idem, key)
@@ -130,7 +137,7 @@ func (s *Service) expireIdemLocked(now time.Time, full bool) {
 	if !full || len(s.idem) < maxIdempotencyKeys {
 		return
 	}
-	keys := slices.SortedFunc(maps.Keys(s.idem), func(a, b string) int { return s.idem[a].created.Compare(s.idem[b].created) })
+	keys := slices.SortedFunc(maps.Keys(s.idem), func(a, b idemKey) int { return s.idem[a].created.Compare(s.idem[b].created) })
 	for _, k := range keys[:len(keys)/10+1] {
 		if s.idem[k].jobID != "" {
 			delete(s.idem, k)

@@ -1,6 +1,7 @@
 package jobs
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/base64"
 	"encoding/binary"
@@ -101,15 +102,34 @@ func parseSubmission(ctx *fasthttp.RequestCtx, maxBytes int64, wantImage bool) (
 // memory (mem), a larger one into a file (sp).
 type spoolFunc func(r io.Reader, maxBytes int64) (sp *spooledImage, mem []byte, aerr *apiError)
 
+// spoolBase64Func decodes base64 text (an image_base64 value) of an
+// image of at most maxBytes into a file as it arrives. raw is the text's
+// length (0: an empty value).
+type spoolBase64Func func(r io.Reader, maxBytes int64) (sp *spooledImage, raw int64, aerr *apiError)
+
+// bodyIO is how a submission's body is read. What it holds in memory is
+// charged to mem (nil: not charged). With spool and spoolBase64, the
+// workflow's image goes to a file as it arrives instead of into memory: a
+// multipart file part through spool, base64 text (a JSON image_base64
+// member, or a multipart text field) decoded through spoolBase64.
+type bodyIO struct {
+	mem         *bodyMem
+	spool       spoolFunc
+	spoolBase64 spoolBase64Func
+}
+
 // parseSubmissionN is parseSubmission for a workflow that also takes
 // extraImages image parameters (each up to maxBytes); imageParam says one
 // of them is called "image" (the workflow then takes no other image).
-//
-// With spool, the workflow's image sent as a multipart file goes to a file
-// as it arrives (sub.spool) instead of into memory.
-func parseSubmissionN(ctx *fasthttp.RequestCtx, maxBytes int64, wantImage bool, extraImages int, imageParam bool, spool spoolFunc) (sub *submission, aerr *apiError) {
+// bio (nil: in memory, uncharged) says how the body is read.
+func parseSubmissionN(ctx *fasthttp.RequestCtx, maxBytes int64, wantImage bool, extraImages int, imageParam bool, bio *bodyIO) (sub *submission, aerr *apiError) {
+	rd := bodyIO{}
+	if bio != nil {
+		rd = *bio
+	}
 	if !wantImage {
-		spool = nil // an image there is a parameter's, read into memory
+		// An image there is a parameter's, read into memory.
+		rd.spool, rd.spoolBase64 = nil, nil
 	}
 	defer func() {
 		if aerr != nil && sub != nil {
@@ -118,65 +138,58 @@ func parseSubmissionN(ctx *fasthttp.RequestCtx, maxBytes int64, wantImage bool, 
 			sub = nil
 		}
 	}()
-	sub, aerr = parseSubmissionInto(ctx, maxBytes, wantImage, extraImages, imageParam, spool, &submission{params: map[string]json.RawMessage{}, files: map[string][]byte{}})
+	sub, aerr = parseSubmissionInto(ctx, maxBytes, wantImage, extraImages, imageParam, &rd, &submission{params: map[string]json.RawMessage{}, files: map[string][]byte{}})
 	return sub, aerr
 }
 
-func parseSubmissionInto(ctx *fasthttp.RequestCtx, maxBytes int64, wantImage bool, extraImages int, imageParam bool, spool spoolFunc, sub *submission) (*submission, *apiError) {
+func parseSubmissionInto(ctx *fasthttp.RequestCtx, maxBytes int64, wantImage bool, extraImages int, imageParam bool, bio *bodyIO, sub *submission) (*submission, *apiError) {
 	ct := string(ctx.Request.Header.ContentType())
 	mt, _, _ := mime.ParseMediaType(ct)
 	// A body that cannot hold an image within the limit is refused before
 	// it is read: base64 adds a third, multipart and JSON some framing.
-	bodyLimit := (maxBytes+maxBytes/3+4)*int64(1+extraImages) + bodySlack
+	imageText := maxBytes + maxBytes/3 + 4
+	bodyLimit := imageText*int64(1+extraImages) + bodySlack
 	if n := ctx.Request.Header.ContentLength(); n > 0 && int64(n) > bodyLimit {
 		return nil, badRequest(errImageTooLarge, "request body too large: %d bytes (images up to %d bytes)", n, maxBytes)
 	}
 	var b64 *string
 	var body []byte
 	if mt != "multipart/form-data" {
-		var aerr *apiError
-		if body, aerr = readBody(ctx, bodyLimit, maxBytes); aerr != nil {
+		br, aerr := bodyReader(ctx, bio.mem, bodyLimit)
+		if aerr != nil {
 			return nil, aerr
+		}
+		isJSON := mt == "application/json"
+		if mt == "" {
+			head, _ := br.Peek(streamBufSize)
+			isJSON = bytes.HasPrefix(bytes.TrimLeft(head, " \t\r\n"), []byte("{"))
+		}
+		if isJSON {
+			// Held in memory: everything but the image's base64 text
+			// when that streams to a file, else all of it (as before).
+			memLimit := bodyLimit
+			if bio.spoolBase64 != nil {
+				memLimit -= imageText
+			}
+			if aerr := readJSONSubmission(br, bio, maxBytes, memLimit, sub, &b64); aerr != nil {
+				return sub, aerr
+			}
+			mt = "application/json"
+		} else {
+			b, err := bio.mem.readAll(br, bodyLimit, int64(ctx.Request.Header.ContentLength()))
+			if aerr := bodyReadError(err, maxBytes); aerr != nil {
+				return nil, aerr
+			}
+			body = b
 		}
 	}
 	switch {
 	case mt == "multipart/form-data":
 		sub.textParams = true
-		if aerr := readMultipart(ctx, ct, bodyLimit, maxBytes, extraImages, sub, &b64, spool); aerr != nil {
+		if aerr := readMultipart(ctx, ct, bodyLimit, maxBytes, extraImages, sub, &b64, bio); aerr != nil {
 			return sub, aerr
 		}
-	case mt == "application/json" || (mt == "" && bytes.HasPrefix(bytes.TrimSpace(body), []byte("{"))):
-		var top map[string]json.RawMessage
-		if err := json.Unmarshal(body, &top); err != nil || top == nil {
-			return nil, badRequest(errInvalidRequest, "body is not a JSON object {\"image_base64\": ..., \"inputs\": {...}}")
-		}
-		for k, v := range top {
-			switch k {
-			case keyImageBase64:
-				if kindOf(v) == kindNull {
-					continue
-				}
-				var s string
-				if json.Unmarshal(v, &s) != nil {
-					return nil, badRequest(errInvalidRequest, "image_base64 is not a string")
-				}
-				b64 = &s
-			case keyInputs:
-				if kindOf(v) != kindNull && json.Unmarshal(v, &sub.inputs) != nil {
-					return nil, badRequest(errInvalidRequest, "body is not a JSON object {\"image_base64\": ..., \"inputs\": {...}}")
-				}
-			case keyWebhookURL:
-				if json.Unmarshal(v, &sub.webhookURL) != nil {
-					return nil, badRequest(errInvalidRequest, "webhook_url is not a string")
-				}
-			case keyWebhookProg:
-				if json.Unmarshal(v, &sub.webhookProgress) != nil {
-					return nil, badRequest(errInvalidRequest, "webhook_progress is not true or false")
-				}
-			default:
-				sub.params[k] = v
-			}
-		}
+	case mt == "application/json":
 	case strings.HasPrefix(mt, "image/") || mt == "application/octet-stream":
 		sub.image = body
 	case len(body) == 0:
@@ -221,11 +234,129 @@ func parseSubmissionInto(ctx *fasthttp.RequestCtx, maxBytes int64, wantImage boo
 		return nil, badRequest(errInvalidImage, "the image has no pixels (%dx%d)", w, h)
 	}
 	sub.format, sub.width, sub.height = format, w, h
-	if mt != "multipart/form-data" && b64 == nil && ctx.RequestBodyStream() == nil {
-		// A raw body lives in fasthttp's request buffer, reused after the handler returns.
-		sub.image = bytes.Clone(sub.image)
-	}
 	return sub, nil
+}
+
+// bodyReader returns a buffered reader over the request body, at most
+// limit bytes (past it: errBodyTooLarge), its buffer charged to mem. A
+// body the server already read whole is charged whole.
+func bodyReader(ctx *fasthttp.RequestCtx, mem *bodyMem, limit int64) (*bufio.Reader, *apiError) {
+	var src io.Reader
+	if r := ctx.RequestBodyStream(); r != nil {
+		src = r
+	} else {
+		b := ctx.PostBody()
+		if !mem.take(int64(len(b))) {
+			return nil, budgetError()
+		}
+		src = bytes.NewReader(b)
+	}
+	if !mem.take(streamBufSize) {
+		return nil, budgetError()
+	}
+	return bufio.NewReaderSize(&limitedReader{r: src, n: limit}, streamBufSize), nil
+}
+
+// bodyReadError is the answer to a failed read of a body read whole.
+func bodyReadError(err error, maxImage int64) *apiError {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, errBodyTooLarge):
+		return badRequest(errImageTooLarge, "request body too large (images up to %d bytes)", maxImage)
+	case errors.Is(err, errBodyBudget):
+		return budgetError()
+	}
+	return badRequest(errInvalidRequest, "cannot read the request body")
+}
+
+// readJSONSubmission reads a JSON submission object from br member by
+// member. The image_base64 string goes through bio.spoolBase64 when set
+// (decoded into a file as it arrives); every other member, and the image
+// text without it, is held in memory, memLimit bytes at most together.
+// A member given twice counts once, the last one, as json.Unmarshal into
+// a map would.
+func readJSONSubmission(br *bufio.Reader, bio *bodyIO, maxBytes, memLimit int64, sub *submission, b64 **string) *apiError {
+	notObject := badRequest(errInvalidRequest, "body is not a JSON object {\"image_base64\": ..., \"inputs\": {...}}")
+	fail := func(err error) *apiError {
+		switch {
+		case errors.Is(err, errNotJSON):
+			return notObject
+		case errors.Is(err, errFieldTooLarge):
+			return badRequest(errImageTooLarge, "request body too large: its members other than image_base64 take more than %d bytes", memLimit)
+		}
+		return bodyReadError(err, maxBytes)
+	}
+	o := &jsonObject{br: br}
+	if err := o.begin(); err != nil {
+		return fail(err)
+	}
+	held := int64(0)
+	// imageErr is what was wrong with the image_base64 value read last: it
+	// counts only if no later image_base64 member replaces it.
+	var imageErr *apiError
+	for {
+		key, more, err := o.next(bio.mem)
+		if err != nil {
+			return fail(err)
+		}
+		if !more {
+			return imageErr
+		}
+		held += int64(len(key))
+		if key == keyImageBase64 {
+			// This member replaces an earlier one, whatever it holds.
+			imageErr = nil
+			sub.spool.discard()
+			sub.spool, *b64 = nil, nil
+		}
+		if key == keyImageBase64 && o.peek() == '"' && bio.spoolBase64 != nil {
+			str := &jsonString{br: br}
+			sp, _, aerr := bio.spoolBase64(str, maxBytes)
+			if aerr != nil && aerr.status != fasthttp.StatusBadRequest {
+				return aerr // comfygate's own trouble, or the budget
+			}
+			if err := str.drain(); err != nil {
+				sp.discard()
+				return fail(err)
+			}
+			sub.spool, imageErr = sp, aerr
+			continue
+		}
+		v, err := o.value(memLimit-held, bio.mem)
+		if err != nil {
+			return fail(err)
+		}
+		held += int64(len(v))
+		switch key {
+		case keyImageBase64:
+			if kindOf(v) == kindNull {
+				continue
+			}
+			var s string
+			if json.Unmarshal(v, &s) != nil {
+				return badRequest(errInvalidRequest, "image_base64 is not a string")
+			}
+			*b64 = &s
+		case keyInputs:
+			sub.inputs = nil
+			if kindOf(v) != kindNull && json.Unmarshal(v, &sub.inputs) != nil {
+				return notObject
+			}
+		case keyWebhookURL:
+			sub.webhookURL = ""
+			if json.Unmarshal(v, &sub.webhookURL) != nil {
+				return badRequest(errInvalidRequest, "webhook_url is not a string")
+			}
+		case keyWebhookProg:
+			sub.webhookProgress = false
+			if json.Unmarshal(v, &sub.webhookProgress) != nil {
+				return badRequest(errInvalidRequest, "webhook_progress is not true or false")
+			}
+		default:
+			sub.params[key] = v
+		}
+	}
 }
 
 // errBodyTooLarge ends a read that went past the body limit.
@@ -257,7 +388,7 @@ const maxFieldBytes = 1 << 20
 // bounded memory and without temporary files: the file field "image" (or
 // a text field "image_base64"/"image" with base64) and the text field
 // "inputs"; other parts are skipped.
-func readMultipart(ctx *fasthttp.RequestCtx, ct string, bodyLimit, maxBytes int64, extraImages int, sub *submission, b64 **string, spool spoolFunc) *apiError {
+func readMultipart(ctx *fasthttp.RequestCtx, ct string, bodyLimit, maxBytes int64, extraImages int, sub *submission, b64 **string, bio *bodyIO) *apiError {
 	_, params, err := mime.ParseMediaType(ct)
 	if err != nil || params["boundary"] == "" {
 		return badRequest(errInvalidRequest, "multipart/form-data without a boundary")
@@ -266,15 +397,21 @@ func readMultipart(ctx *fasthttp.RequestCtx, ct string, bodyLimit, maxBytes int6
 	if r := ctx.RequestBodyStream(); r != nil {
 		body = r
 	} else {
-		body = bytes.NewReader(ctx.PostBody())
+		b := ctx.PostBody()
+		if !bio.mem.take(int64(len(b))) {
+			return budgetError()
+		}
+		body = bytes.NewReader(b)
 	}
 	lr := &limitedReader{r: body, n: bodyLimit}
 	mr := multipart.NewReader(lr, params["boundary"])
 	parts := 0
 	malformed := badRequest(errInvalidRequest, "malformed multipart/form-data body")
 	read := func(part io.Reader, limit int64, what string) ([]byte, *apiError) {
-		b, err := io.ReadAll(io.LimitReader(part, limit+1))
+		b, err := bio.mem.readAll(io.LimitReader(part, limit+1), limit+1, 0)
 		switch {
+		case errors.Is(err, errBodyBudget):
+			return nil, budgetError()
 		case errors.Is(err, errBodyTooLarge):
 			return nil, badRequest(errImageTooLarge, "request body too large (images up to %d bytes)", maxBytes)
 		case err != nil:
@@ -307,8 +444,8 @@ func readMultipart(ctx *fasthttp.RequestCtx, ct string, bodyLimit, maxBytes int6
 		parts++
 		name := part.FormName()
 		switch {
-		case name == "image" && part.FileName() != "" && sub.image == nil && sub.spool == nil && spool != nil:
-			sp, mem, aerr := spool(part, maxBytes)
+		case name == "image" && part.FileName() != "" && sub.image == nil && sub.spool == nil && bio.spool != nil:
+			sp, mem, aerr := bio.spool(part, maxBytes)
 			if aerr != nil {
 				return aerr
 			}
@@ -319,6 +456,16 @@ func readMultipart(ctx *fasthttp.RequestCtx, ct string, bodyLimit, maxBytes int6
 				return aerr
 			}
 			sub.image = b
+		case (name == "image_base64" || name == "image") && *b64 == nil && sub.image == nil && sub.spool == nil && bio.spoolBase64 != nil:
+			sp, raw, aerr := bio.spoolBase64(part, maxBytes)
+			switch {
+			case raw == 0:
+				sp.discard() // an empty field: as if not sent
+			case aerr != nil:
+				return aerr
+			default:
+				sub.spool = sp
+			}
 		case (name == "image_base64" || name == "image") && *b64 == nil && sub.image == nil && sub.spool == nil:
 			b, aerr := read(part, bodyLimit, name)
 			if aerr != nil {
@@ -384,22 +531,22 @@ func readMultipart(ctx *fasthttp.RequestCtx, ct string, bodyLimit, maxBytes int6
 const bodySlack = 1 << 20
 
 // readBody returns the request body, reading at most limit bytes of a
-// streamed one.
-func readBody(ctx *fasthttp.RequestCtx, limit, maxImage int64) ([]byte, *apiError) {
+// streamed one, charged to mem.
+func readBody(ctx *fasthttp.RequestCtx, mem *bodyMem, limit, maxImage int64) ([]byte, *apiError) {
 	r := ctx.RequestBodyStream()
 	if r == nil {
 		b := ctx.PostBody()
 		if int64(len(b)) > limit {
 			return nil, badRequest(errImageTooLarge, "request body too large: %d bytes (images up to %d bytes)", len(b), maxImage)
 		}
+		if !mem.take(int64(len(b))) {
+			return nil, budgetError()
+		}
 		return b, nil
 	}
-	b, err := io.ReadAll(io.LimitReader(r, limit+1))
-	if err != nil {
-		return nil, badRequest(errInvalidRequest, "cannot read the request body")
-	}
-	if int64(len(b)) > limit {
-		return nil, badRequest(errImageTooLarge, "request body too large (images up to %d bytes)", maxImage)
+	b, err := mem.readAll(&limitedReader{r: r, n: limit}, limit, int64(ctx.Request.Header.ContentLength()))
+	if aerr := bodyReadError(err, maxImage); aerr != nil {
+		return nil, aerr
 	}
 	return b, nil
 }

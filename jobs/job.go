@@ -1,6 +1,7 @@
 package jobs
 
 import (
+	"crypto/sha256"
 	"encoding/json"
 	"time"
 
@@ -69,6 +70,7 @@ type job struct {
 	inputs  map[string]json.RawMessage
 	params  map[string]json.RawMessage // checked parameter values, by name
 	cached  bool                       // completed from the result cache, without running
+	meta    jobMeta
 
 	// Guarded by Service.jobsMu.
 	state     state
@@ -102,6 +104,14 @@ type job struct {
 	lastPos      int           // queue_position of its last queued event
 	webhook      *webhookState // nil: no webhook
 	cacheKey     string        // its result's key in the result cache ("" when not cached)
+}
+
+// jobMeta is who submitted a job and with which Idempotency-Key: kept
+// with the job, and in its record, so a restarted comfygate keeps both.
+type jobMeta struct {
+	owner  string // the submitting API key's name; "" with keys off
+	idem   string // the Idempotency-Key it came with ("" when none)
+	idemFP [sha256.Size]byte
 }
 
 // imageBytes is the size of the images the job holds.

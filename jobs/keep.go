@@ -291,10 +291,10 @@ func writeUploadHead(mw *multipart.Writer, ref prompts.FileRef) error {
 }
 
 // spoolThreshold is the size from which a raw image body (image/* or
-// application/octet-stream) goes straight to a file as it arrives instead
-// of into memory: a 45 MB upload then costs comfygate a copy buffer, not
-// its size. Multipart and JSON bodies are read into memory (bounded by
-// jobs.max_image_bytes).
+// application/octet-stream) or a multipart image part goes straight to a
+// file as it arrives instead of into memory: a 45 MB upload then costs
+// comfygate a copy buffer, not its size. (Base64 text, in JSON or in a
+// multipart field, is decoded into a file whatever its size: spoolBase64.)
 const spoolThreshold = 1 << 20
 
 // spooledImage is a raw image body written to a file of the input store.
@@ -422,6 +422,42 @@ func (s *Service) spoolRest(r io.Reader, maxBytes int64) (*spooledImage, *apiErr
 		return nil, badRequest(errImageTooLarge, "image too large: more than %d bytes, the limit", maxBytes)
 	}
 	return sp, nil
+}
+
+// spoolBase64 decodes base64 text (an image_base64 value), at most
+// maxBytes decoded, into a file of the input store as it arrives: a 46 MB
+// value costs comfygate its read and decode buffers, not its size.
+func (s *Service) spoolBase64(r io.Reader, maxBytes int64) (*spooledImage, int64, *apiError) {
+	unavailable := &apiError{status: fasthttp.StatusServiceUnavailable, typ: errNoUpstream, msg: "comfygate cannot store the image now", retryAfter: 5}
+	dir, err := s.inputs.directory()
+	var f *os.File
+	if err == nil {
+		f, err = os.CreateTemp(dir, ".upload-*")
+	}
+	if err != nil {
+		s.log.Error("job image not spooled", "err", err)
+		return nil, 0, unavailable
+	}
+	sp := &spooledImage{path: f.Name()}
+	w := bufio.NewWriterSize(f, 32<<10)
+	n, raw, aerr := decodeBase64Stream(w, r, maxBytes)
+	if aerr == nil {
+		if err := w.Flush(); err != nil {
+			aerr = unavailable
+		}
+	}
+	if err := f.Close(); err != nil && aerr == nil {
+		aerr = unavailable
+	}
+	if aerr != nil {
+		if aerr == unavailable || aerr.status >= 500 {
+			s.log.Error("job image not spooled", "err", aerr.msg)
+		}
+		sp.discard()
+		return nil, raw, aerr
+	}
+	sp.size = n
+	return sp, raw, nil
 }
 
 // checkSpooled checks that a spooled image is an image and records its

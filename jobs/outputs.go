@@ -285,9 +285,9 @@ func dataURL(ct string, b []byte) string {
 // lockCompleted takes jobsMu and returns job id when it has completed,
 // with jobsMu still held. Otherwise it answers (404 unknown, 409 with the
 // job's status while it is not completed), releases jobsMu and returns nil.
-func (s *Service) lockCompleted(ctx *fasthttp.RequestCtx, id string) *job {
+func (s *Service) lockCompleted(ctx *fasthttp.RequestCtx, id, scope string) *job {
 	s.jobsMu.Lock()
-	j := s.lookupLocked(id)
+	j := s.lookupLocked(id, scope)
 	if j == nil {
 		s.jobsMu.Unlock()
 		notFound(ctx, id)
@@ -304,8 +304,8 @@ func (s *Service) lockCompleted(ctx *fasthttp.RequestCtx, id string) *job {
 
 // serveOutput serves GET /api/jobs/{id}/outputs/{n}: the file as
 // comfygate fetched it, with its media type and Range support.
-func (s *Service) serveOutput(ctx *fasthttp.RequestCtx, id, n string) {
-	j := s.lockCompleted(ctx, id)
+func (s *Service) serveOutput(ctx *fasthttp.RequestCtx, id, scope, n string) {
+	j := s.lockCompleted(ctx, id, scope)
 	if j == nil {
 		return
 	}

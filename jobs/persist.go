@@ -3,6 +3,8 @@ package jobs
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -39,6 +41,14 @@ type record struct {
 	Progress bool      `json:"webhook_progress,omitempty"`
 	// Cache is the result cache key of a job completed from the cache.
 	Cache string `json:"cache,omitempty"`
+	// Owner is the API key (its name) that submitted the job; "" with
+	// keys off. A record without one is a job no key owns.
+	Owner string `json:"owner,omitempty"`
+	// IdempotencyKey and IdempotencyFP are the Idempotency-Key the job
+	// came with and the fingerprint of its submission (hex SHA-256): a
+	// replay after a restart finds the same job.
+	IdempotencyKey string `json:"idempotency_key,omitempty"`
+	IdempotencyFP  string `json:"idempotency_fp,omitempty"`
 }
 
 // recordImage is where a kept image of the job is.
@@ -198,6 +208,10 @@ func (s *Service) saveLocked(j *job) {
 		ID: j.id, Workflow: j.wf.name, Seq: j.seq, Created: j.created,
 		Inputs: j.inputs, Params: j.params, Prompt: j.prompt,
 		Instance: j.instance, Finished: j.finished, Error: j.errMsg,
+		Owner: j.meta.owner,
+	}
+	if j.meta.idem != "" {
+		rec.IdempotencyKey, rec.IdempotencyFP = j.meta.idem, hex.EncodeToString(j.meta.idemFP[:])
 	}
 	if j.cached {
 		rec.Cache = j.cacheKey
@@ -289,8 +303,10 @@ func (s *Service) restore() {
 	defer s.jobsMu.Unlock()
 	for _, rec := range recs {
 		j := &job{s: s, id: rec.ID, seq: rec.Seq, created: rec.Created, inputs: rec.Inputs, params: rec.Params,
-			prompt: rec.Prompt, instance: rec.Instance, finished: rec.Finished, errMsg: rec.Error}
+			prompt: rec.Prompt, instance: rec.Instance, finished: rec.Finished, errMsg: rec.Error,
+			meta: jobMeta{owner: rec.Owner}}
 		s.seq = max(s.seq, rec.Seq)
+		s.restoreIdemLocked(j, rec)
 		j.wf = s.wfs[rec.Workflow]
 		if j.wf == nil {
 			j.wf = &workflow{name: rec.Workflow}
@@ -345,6 +361,23 @@ func (s *Service) restore() {
 	if n := len(recs); n > 0 {
 		s.log.Info("jobs restored from the state directory", "jobs", n, "waiting", len(s.line), "at_instances", s.inFlight)
 	}
+}
+
+// restoreIdemLocked remembers again the Idempotency-Key a restored job
+// came with, while its TTL lasts (counted from the job's creation). A
+// record whose fingerprint cannot be read keeps no key: a replay then
+// makes a new job rather than one that may not match.
+func (s *Service) restoreIdemLocked(j *job, rec *record) {
+	if rec.IdempotencyKey == "" || s.now().Sub(rec.Created) >= s.cfg.IdempotencyTTL {
+		return
+	}
+	fp, err := hex.DecodeString(rec.IdempotencyFP)
+	if err != nil || len(fp) != sha256.Size {
+		return
+	}
+	j.meta.idem = rec.IdempotencyKey
+	copy(j.meta.idemFP[:], fp)
+	s.idem[idemKey{owner: rec.Owner, key: rec.IdempotencyKey}] = &idemEntry{fp: j.meta.idemFP, jobID: j.id, created: rec.Created}
 }
 
 // Reconcile pacing: how often a restored job's instance is asked again

@@ -142,7 +142,7 @@ func TestRecordsAreFilesOfTheirJobs(t *testing.T) {
 	if _, err := os.Stat(rec.Images[0].File); err != nil || !strings.HasPrefix(rec.Images[0].File, filepath.Join(dir, "inputs")) {
 		t.Fatalf("kept image %q: %v", rec.Images[0].File, err)
 	}
-	if known, cancelled := s.CancelJob(context.Background(), id); !known || !cancelled {
+	if known, cancelled := s.CancelJob(context.Background(), id, ""); !known || !cancelled {
 		t.Fatal("cancel")
 	}
 	s.state.flush()
@@ -267,4 +267,61 @@ func uncompressedPNG(t *testing.T, w, h int) []byte {
 		t.Fatal(err)
 	}
 	return buf.Bytes()
+}
+
+// TestRestartKeepsOwnerAndIdempotencyKey: a restored job still belongs to
+// the key that submitted it (another isolated key sees no such job), and
+// a replay of its Idempotency-Key by that key after the restart returns
+// the same job, while the same value from another key makes a new one.
+func TestRestartKeepsOwnerAndIdempotencyKey(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	f := newFake(t, 2)
+	s := newFakeService(t, f, func(c *config.Config) { c.Jobs.StateDir = dir })
+	a := Request{Owner: "key-a", Scope: "key-a"}
+	b := Request{Owner: "key-b", Scope: "key-b"}
+	body, _ := json.Marshal(map[string]any{"image_base64": testPNG(t, 4, 4)})
+	submit := func(s *Service, r Request) (int, http.Header, acceptedView) {
+		t.Helper()
+		_, code, h, resp := serveAs(t, s, r, "POST", "/api/upscale-image", "application/json", body, "Idempotency-Key", "same-key")
+		var v acceptedView
+		if code == 202 && json.Unmarshal(resp, &v) != nil {
+			t.Fatalf("answer: %s", resp)
+		}
+		hh := http.Header{}
+		for k, v := range h.All() {
+			hh.Add(string(k), string(v))
+		}
+		return code, hh, v
+	}
+	code, _, first := submit(s, a)
+	if code != 202 || first.JobID == "" {
+		t.Fatalf("first submission: %d %+v", code, first)
+	}
+
+	s2 := restartedService(t, s, newFake(t, 2), dir)
+	if owner, known := s2.JobOwner(first.JobID); !known || owner != "key-a" {
+		t.Fatalf("JobOwner after restart: %q %v, want key-a true", owner, known)
+	}
+	status := func(r Request) int {
+		_, code, _, _ := serveAs(t, s2, r, "GET", "/api/jobs/"+first.JobID+"/status", "", nil)
+		return code
+	}
+	if got := status(a); got != 200 {
+		t.Errorf("the owner reading its restored job: %d, want 200", got)
+	}
+	if got := status(b); got != 404 {
+		t.Errorf("another isolated key reading the restored job: %d, want 404", got)
+	}
+	code, h, again := submit(s2, a)
+	if code != 202 || again.JobID != first.JobID || h.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("the owner's replay after restart: %d %q replayed=%q, want the job %s", code, again.JobID, h.Get("Idempotent-Replayed"), first.JobID)
+	}
+	code, h, other := submit(s2, b)
+	if code != 202 || other.JobID == "" || other.JobID == first.JobID || h.Get("Idempotent-Replayed") != "" {
+		t.Fatalf("another key's same Idempotency-Key: %d %q replayed=%q, want a new job", code, other.JobID, h.Get("Idempotent-Replayed"))
+	}
+	if owner, _ := s2.JobOwner(other.JobID); owner != "key-b" {
+		t.Fatalf("owner of B's job: %q", owner)
+	}
 }

@@ -32,6 +32,7 @@ import (
 
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/comfyapi"
+	"github.com/comfygate/comfygate/limits"
 	"github.com/comfygate/comfygate/metrics"
 	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/upstream"
@@ -95,20 +96,21 @@ type Service struct {
 	holdUntil time.Time         // dispatch paused until then (no instance)
 	closed    bool
 	seq       uint64
-	outMem    atomic.Int64          // bytes of outputs held in memory (not guarded: atomic)
-	outDisk   atomic.Int64          // bytes of outputs in files (not guarded: atomic)
-	idem      map[string]*idemEntry // Idempotency-Key -> the job it created
+	outMem    atomic.Int64           // bytes of outputs held in memory (not guarded: atomic)
+	outDisk   atomic.Int64           // bytes of outputs in files (not guarded: atomic)
+	idem      map[idemKey]*idemEntry // Idempotency-Key -> the job it created
 
 	// heartbeat is the period of comments on idle event streams.
 	heartbeat time.Duration
 	// webhookBackoff is the first retry delay of a webhook delivery.
 	webhookBackoff time.Duration
 	hooks          *outboundClient
-	imageURLs      *outboundClient // downloads image parameters given as URLs
-	s3             *s3Store        // nil: outputs stay in comfygate only
-	inputs         *inputStore     // the images of unfinished jobs
-	state          *stateDir       // nil: jobs are not persisted
-	cache          *resultCache    // nil: no result cache (jobs.cache_max_bytes 0)
+	imageURLs      *outboundClient    // downloads image parameters given as URLs
+	s3             *s3Store           // nil: outputs stay in comfygate only
+	inputs         *inputStore        // the images of unfinished jobs
+	bodies         *limits.BodyBudget // request bodies held in memory (limits.max_buffered_body_bytes)
+	state          *stateDir          // nil: jobs are not persisted
+	cache          *resultCache       // nil: no result cache (jobs.cache_max_bytes 0)
 
 	outDirOnce sync.Once
 	outDirPath string
@@ -182,7 +184,7 @@ func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Lo
 		jobs:        map[string]*job{},
 		active:      map[*job]struct{}{},
 		est:         map[string]*ewma{},
-		idem:        map[string]*idemEntry{},
+		idem:        map[idemKey]*idemEntry{},
 		heartbeat:   15 * time.Second,
 
 		webhookBackoff: time.Second,
@@ -190,6 +192,7 @@ func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Lo
 		imageURLs:      newImageClient(cfg.ImageURLs),
 		s3:             p.store,
 		inputs:         newInputStore(cfg.Jobs.InputMemoryBytes, cfg.Jobs.StateDir),
+		bodies:         limits.NewBodyBudget(cfg.Limits.MaxBufferedBodyBytes),
 	}
 	s.runCtx, s.stop = context.WithCancel(context.Background())
 	if s.cache, err = openResultCache(cfg.Jobs, m, log); err != nil {
@@ -902,12 +905,20 @@ func (s *Service) positionsLocked() {
 // slot until the instance confirms the interrupt (or cancelGrace passes),
 // so MaxConcurrent holds for the GPUs too. known is false when id is no
 // facade job (or it expired).
-func (s *Service) CancelJob(ctx context.Context, id string) (known, cancelled bool) {
+//
+// With scope not "", a job whose owner is not scope is never cancelled;
+// it still reports known (and not cancelled), so that the caller does not
+// go on to cancel the job's prompt, which has the job's id, by another way.
+func (s *Service) CancelJob(ctx context.Context, id, scope string) (known, cancelled bool) {
 	s.jobsMu.Lock()
-	j := s.lookupLocked(id)
+	j := s.lookupLocked(id, "")
 	if j == nil {
 		s.jobsMu.Unlock()
 		return false, false
+	}
+	if !inScope(j, scope) {
+		s.jobsMu.Unlock()
+		return true, false
 	}
 	switch j.state {
 	case stWaiting, stSubmitting:
@@ -974,13 +985,31 @@ func (s *Service) deletedUnseen(ctx context.Context, j *job) bool {
 	return answered && entry == nil
 }
 
-// lookupLocked returns the job, nil when unknown or expired.
-func (s *Service) lookupLocked(id string) *job {
+// lookupLocked returns the job, nil when unknown, expired, or (scope not
+// "") owned by another than scope.
+func (s *Service) lookupLocked(id, scope string) *job {
 	j := s.jobs[id]
-	if j == nil || s.expiredLocked(j, s.now()) {
+	if j == nil || s.expiredLocked(j, s.now()) || !inScope(j, scope) {
 		return nil
 	}
 	return j
+}
+
+// inScope reports whether j exists for a request of scope: every job when
+// scope is "", else only scope's own.
+func inScope(j *job, scope string) bool { return scope == "" || j.meta.owner == scope }
+
+// JobOwner returns the owner (the submitting key's name, "" with keys
+// off) of facade job id; known is false when id is no facade job (or it
+// expired). A job restored from the state directory keeps its owner.
+func (s *Service) JobOwner(id string) (owner string, known bool) {
+	s.jobsMu.Lock()
+	defer s.jobsMu.Unlock()
+	j := s.lookupLocked(id, "")
+	if j == nil {
+		return "", false
+	}
+	return j.meta.owner, true
 }
 
 func (s *Service) expiredLocked(j *job, now time.Time) bool {

@@ -318,7 +318,7 @@ func TestCancelStates(t *testing.T) {
 
 	// Waiting (service not started): out of the line, at once.
 	w := submitFake(t, s, "/api/upscale-image")
-	if known, ok := s.CancelJob(ctx, w); !known || !ok || jobState(s, w) != stCancelled {
+	if known, ok := s.CancelJob(ctx, w, ""); !known || !ok || jobState(s, w) != stCancelled {
 		t.Fatalf("waiting: %v %v", known, ok)
 	}
 	s.jobsMu.Lock()
@@ -333,10 +333,10 @@ func TestCancelStates(t *testing.T) {
 	s.Start(t.Context())
 	sub := submitFake(t, s, "/api/upscale-image")
 	f.waitSubmitted()
-	if known, ok := s.CancelJob(ctx, sub); !known || !ok || jobState(s, sub) != stCancelled {
+	if known, ok := s.CancelJob(ctx, sub, ""); !known || !ok || jobState(s, sub) != stCancelled {
 		t.Fatalf("submitting: %v %v", known, ok)
 	}
-	if _, ok := s.WaitingJob(sub); ok {
+	if _, ok := s.WaitingJob(sub, ""); ok {
 		t.Fatal("WaitingJob for a cancelled job")
 	}
 	close(release)
@@ -352,7 +352,7 @@ func TestCancelStates(t *testing.T) {
 	q := submitFake(t, s, "/api/upscale-image")
 	f.waitSubmitted()
 	testkit.Eventually(t, "queued", func() bool { return jobState(s, q) == stQueued })
-	if known, ok := s.CancelJob(ctx, q); !known || !ok {
+	if known, ok := s.CancelJob(ctx, q, ""); !known || !ok {
 		t.Fatalf("queued: %v %v", known, ok)
 	}
 	testkit.Eventually(t, "slot freed", func() bool { s.jobsMu.Lock(); defer s.jobsMu.Unlock(); return s.inFlight == 0 })
@@ -363,7 +363,7 @@ func TestCancelStates(t *testing.T) {
 	testkit.Eventually(t, "queued", func() bool { return jobState(s, r) == stQueued })
 	f.event(r, inst, "execution_start", map[string]any{})
 	next := submitFake(t, s, "/api/upscale-image")
-	if known, ok := s.CancelJob(ctx, r); !known || !ok || jobState(s, r) != stCancelled {
+	if known, ok := s.CancelJob(ctx, r, ""); !known || !ok || jobState(s, r) != stCancelled {
 		t.Fatalf("running: %v %v", known, ok)
 	}
 	s.jobsMu.Lock()
@@ -385,11 +385,11 @@ func TestCancelStates(t *testing.T) {
 	f.cancelFn = func(string) (bool, error) { return false, nil }
 	f.mu.Unlock()
 	testkit.Eventually(t, "queued", func() bool { return jobState(s, next) == stQueued })
-	if known, ok := s.CancelJob(ctx, next); !known || ok || jobState(s, next) != stQueued {
+	if known, ok := s.CancelJob(ctx, next, ""); !known || ok || jobState(s, next) != stQueued {
 		t.Fatalf("not cancellable: %v %v", known, ok)
 	}
 	// Unknown id.
-	if known, _ := s.CancelJob(ctx, "nope"); known {
+	if known, _ := s.CancelJob(ctx, "nope", ""); known {
 		t.Fatal("unknown id known")
 	}
 }
@@ -401,7 +401,7 @@ func TestExpiryWithClock(t *testing.T) {
 	c := &clock{t: time.Unix(1_700_000_000, 0)}
 	s.now = c.now
 	id := submitFake(t, s, "/api/upscale-image")
-	s.CancelJob(context.Background(), id) // finished (cancelled) now
+	s.CancelJob(context.Background(), id, "") // finished (cancelled) now
 	c.add(59 * time.Second)
 	s.sweep()
 	if _, code, _, _ := serve(t, s, "GET", "/api/jobs/"+id+"/status", "", nil); code != 200 {
@@ -497,7 +497,7 @@ func TestWaitingJobShape(t *testing.T) {
 	f := newFake(t, 1)
 	s := newFakeService(t, f, nil)
 	id := submitFake(t, s, "/api/upscale-image")
-	b, ok := s.WaitingJob(id)
+	b, ok := s.WaitingJob(id, "")
 	if !ok {
 		t.Fatal("not waiting")
 	}
@@ -510,7 +510,7 @@ func TestWaitingJobShape(t *testing.T) {
 	if v["id"] != id || v["status"] != "pending" || v["create_time"] == nil || v["outputs_count"] != float64(0) || prompt["1"] == nil {
 		t.Fatalf("shape: %s", b)
 	}
-	if _, ok := s.WaitingJob("nope"); ok {
+	if _, ok := s.WaitingJob("nope", ""); ok {
 		t.Fatal("unknown id waiting")
 	}
 }
@@ -524,5 +524,51 @@ func TestJobIDs(t *testing.T) {
 			t.Fatalf("bad id %q", id)
 		}
 		seen[id] = true
+	}
+}
+
+// TestScopeHidesOtherOwnersJobs: with a scope, another owner's job is
+// unknown to every entry point (status, DELETE, the waiting-job view, the
+// list and its counts) and cannot be cancelled; without one, it is seen.
+func TestScopeHidesOtherOwnersJobs(t *testing.T) {
+	t.Parallel()
+	s := newFakeService(t, newFake(t, 1), nil) // not started: jobs stay in line
+	body, _ := json.Marshal(map[string]any{"image_base64": testPNG(t, 4, 4)})
+	submit := func(owner string) string {
+		_, code, _, resp := serveAs(t, s, Request{Owner: owner, Scope: owner}, "POST", "/api/upscale-image", "application/json", body)
+		var a acceptedView
+		if code != 202 || json.Unmarshal(resp, &a) != nil {
+			t.Fatalf("submit as %s: %d %s", owner, code, resp)
+		}
+		return a.JobID
+	}
+	ja, jb := submit("a"), submit("b")
+	asA := Request{Owner: "a", Scope: "a"}
+	if _, code, _, _ := serveAs(t, s, asA, "GET", "/api/jobs/"+jb+"/status", "", nil); code != 404 {
+		t.Errorf("a's status of b's job: %d, want 404", code)
+	}
+	if _, code, _, _ := serveAs(t, s, asA, "DELETE", "/api/jobs/"+jb, "", nil); code != 404 || jobState(s, jb) != stWaiting {
+		t.Errorf("a's DELETE of b's job: %d, state %v, want 404 and still waiting", code, jobState(s, jb))
+	}
+	if _, ok := s.WaitingJob(jb, "a"); ok {
+		t.Error("WaitingJob of b's job in a's scope")
+	}
+	if _, ok := s.WaitingJob(jb, ""); !ok {
+		t.Error("WaitingJob of b's job without scope: not found")
+	}
+	if known, cancelled := s.CancelJob(t.Context(), jb, "a"); !known || cancelled || jobState(s, jb) != stWaiting {
+		t.Errorf("CancelJob of b's job in a's scope: known %v cancelled %v state %v, want known, not cancelled", known, cancelled, jobState(s, jb))
+	}
+	_, code, _, resp := serveAs(t, s, asA, "GET", "/api/jobs?source=comfygate", "", nil)
+	var list listView
+	if code != 200 || json.Unmarshal(resp, &list) != nil || list.Total != 1 || list.Waiting != 1 || len(list.Jobs) != 1 || list.Jobs[0].JobID != ja {
+		t.Errorf("a's list: %d %s, want only %s (total 1, waiting 1)", code, resp, ja)
+	}
+	_, _, _, resp = serveAs(t, s, Request{}, "GET", "/api/jobs?source=comfygate", "", nil)
+	if json.Unmarshal(resp, &list) != nil || list.Total != 2 || list.Waiting != 2 {
+		t.Errorf("the unscoped list: %s, want both jobs", resp)
+	}
+	if known, cancelled := s.CancelJob(t.Context(), jb, "b"); !known || !cancelled {
+		t.Errorf("CancelJob of b's job in b's scope: %v %v", known, cancelled)
 	}
 }

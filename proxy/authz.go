@@ -138,7 +138,22 @@ func (s *Server) isolated(k *auth.Key) bool { return k != nil && !k.Admin && s.c
 
 // owns reports whether k may act on prompt id.
 func (s *Server) owns(k *auth.Key, id string) bool {
-	return !s.isolated(k) || s.sec.owners.PromptOwner(id) == k.Name
+	return !s.isolated(k) || s.ownerOf(id) == k.Name
+}
+
+// ownerOf is the key that submitted prompt or job id ("" when unknown):
+// the owner table's, or for a job restored after a restart (which the
+// table, kept in memory, no longer knows) the job's own record.
+func (s *Server) ownerOf(id string) string {
+	if o := s.sec.owners.PromptOwner(id); o != "" {
+		return o
+	}
+	if s.jobs != nil {
+		if o, ok := s.jobs.JobOwner(id); ok {
+			return o
+		}
+	}
+	return ""
 }
 
 // rateName is the rate limits' bucket name: the key, or the client IP
@@ -224,10 +239,6 @@ func (s *Server) guard(ctx *fasthttp.RequestCtx, p []byte, api bool) (after func
 		if k == nil {
 			return nil, true
 		}
-		if ik := ctx.Request.Header.Peek("Idempotency-Key"); len(ik) > 0 {
-			// One key's Idempotency-Key never replays another key's job.
-			ctx.Request.Header.Set("Idempotency-Key", k.Name+":"+string(ik))
-		}
 		return func() { s.recordOwner(ctx, k, "job_id") }, true
 	case post && path == "/free":
 		if !admin {
@@ -297,7 +308,7 @@ func (s *Server) promptView(k *auth.Key) auth.View {
 	if k == nil {
 		return v // keys off: credentials are hidden from everyone
 	}
-	v.Own = func(id string) bool { return s.sec.owners.PromptOwner(id) == k.Name }
+	v.Own = func(id string) bool { return s.ownerOf(id) == k.Name }
 	if s.isolated(k) {
 		v.Visible = v.Own
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/testkit"
+	"github.com/comfygate/comfygate/jobs"
 	"github.com/comfygate/comfygate/metrics"
 	"github.com/fasthttp/websocket"
 	"github.com/valyala/fasthttp"
@@ -371,13 +372,14 @@ type fakeJobs struct {
 	jobOf map[string]string // Idempotency-Key -> job id
 }
 
-func (f *fakeJobs) ServeJobs(ctx *fasthttp.RequestCtx) bool {
+func (f *fakeJobs) ServeJobs(ctx *fasthttp.RequestCtx, r jobs.Request) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	path := string(ctx.Path())
+	path := r.Path
 	switch {
 	case ctx.IsPost() && path == "/api/remove-background":
-		k := string(ctx.Request.Header.Peek("Idempotency-Key"))
+		// Idempotency-Keys are the owner's own, as in jobs.Service.
+		k := r.Owner + ":" + string(ctx.Request.Header.Peek("Idempotency-Key"))
 		f.idem = append(f.idem, k)
 		id, ok := f.jobOf[k]
 		if !ok || k == "" {
@@ -395,16 +397,17 @@ func (f *fakeJobs) ServeJobs(ctx *fasthttp.RequestCtx) bool {
 	return false
 }
 
-func (f *fakeJobs) CancelJob(context.Context, string) (bool, bool) { return false, false }
-func (f *fakeJobs) WaitingJob(string) ([]byte, bool)               { return nil, false }
+func (f *fakeJobs) CancelJob(context.Context, string, string) (bool, bool) { return false, false }
+func (f *fakeJobs) WaitingJob(string, string) ([]byte, bool)               { return nil, false }
+func (f *fakeJobs) JobOwner(string) (string, bool)                         { return "", false }
 
 // TestJobIsolation: key B cannot read key A's job, and the same
 // Idempotency-Key from B makes B's own job, not a replay of A's.
 func TestJobIsolation(t *testing.T) {
 	t.Parallel()
 	fake := newFakeComfy(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
-	jobs := &fakeJobs{jobOf: map[string]string{}}
-	g := startGateWith(t, []string{fake.addr()}, withKeys, func(o *Options) { o.Jobs = jobs })
+	facade := &fakeJobs{jobOf: map[string]string{}}
+	g := startGateWith(t, []string{fake.addr()}, withKeys, func(o *Options) { o.Jobs = facade })
 	submitJob := func(key string) string {
 		h := bearer(key)
 		h.Set("Idempotency-Key", "same-key")

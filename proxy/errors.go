@@ -17,6 +17,10 @@ import (
 // prompt, a mask upload, a small JSON answer) is over its cap.
 var errBodyTooLarge = errors.New("body too large")
 
+// errBodiesBusy is returned when the bodies held in memory over every
+// request (limits.max_buffered_body_bytes) leave no room for this one.
+var errBodiesBusy = errors.New("too many request bodies held in memory")
+
 // isDialError reports whether err means nothing reached the instance.
 func isDialError(err error) bool {
 	return upstream.NotSent(err) && !errors.Is(err, fasthttp.ErrNoFreeConns)
@@ -62,6 +66,8 @@ func statusFor(err error) int {
 		return fasthttp.StatusServiceUnavailable
 	case errors.Is(err, errBodyTooLarge):
 		return fasthttp.StatusRequestEntityTooLarge
+	case errors.Is(err, errBodiesBusy):
+		return fasthttp.StatusTooManyRequests
 	case isTimeout(err):
 		return fasthttp.StatusGatewayTimeout
 	default:
@@ -89,6 +95,8 @@ func (s *Server) writeError(ctx *fasthttp.RequestCtx, err error) {
 		typ, msg = "upstream_timeout", "the ComfyUI instance did not answer in time"
 	case fasthttp.StatusRequestEntityTooLarge:
 		typ, msg = "body_too_large", "the request body is larger than comfygate accepts for this route"
+	case fasthttp.StatusTooManyRequests:
+		typ, msg = "too_many_buffered_bodies", "comfygate holds as many request bodies in memory as it may (limits.max_buffered_body_bytes); retry after the time in Retry-After"
 	case fasthttp.StatusBadRequest:
 		typ, msg = "bad_request", "the request body could not be read: it is not valid chunked encoding"
 	case fasthttp.StatusRequestTimeout:
@@ -97,7 +105,7 @@ func (s *Server) writeError(ctx *fasthttp.RequestCtx, err error) {
 		typ, msg = "client_closed_request", "the client went away while sending the request body"
 	}
 	switch code {
-	case fasthttp.StatusServiceUnavailable, fasthttp.StatusRequestEntityTooLarge:
+	case fasthttp.StatusServiceUnavailable, fasthttp.StatusRequestEntityTooLarge, fasthttp.StatusTooManyRequests:
 	case fasthttp.StatusBadRequest, fasthttp.StatusRequestTimeout, statusClientClosed:
 		s.log.Info("client request body failed", "path", string(ctx.Path()), "status", code, "err", err)
 	default:
@@ -110,6 +118,9 @@ func (s *Server) writeError(ctx *fasthttp.RequestCtx, err error) {
 	}
 	if code == fasthttp.StatusServiceUnavailable {
 		ctx.Response.Header.Set("Retry-After", strconv.Itoa(retryAfterSeconds))
+	}
+	if code == fasthttp.StatusTooManyRequests {
+		ctx.Response.Header.Set("Retry-After", "1")
 	}
 }
 

@@ -151,9 +151,9 @@ func (s *Server) uploadImage(ctx *fasthttp.RequestCtx) {
 // the multipart form, so this body is read whole, up to maxMaskBody (413
 // past it).
 func (s *Server) uploadMask(ctx *fasthttp.RequestCtx) {
-	body, err := readClientBody(ctx, maxMaskBody)
+	body, err := s.readClientBody(ctx, maxMaskBody)
 	if err != nil {
-		if errors.Is(err, errBodyTooLarge) {
+		if errors.Is(err, errBodyTooLarge) || errors.Is(err, errBodiesBusy) {
 			s.writeError(ctx, err)
 			return
 		}

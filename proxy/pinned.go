@@ -230,9 +230,9 @@ func (s *Server) relayFirst(ctx *fasthttp.RequestCtx, results []callResult) {
 
 // readSmallBody reads a small JSON body; on failure it answers and reports false.
 func (s *Server) readSmallBody(ctx *fasthttp.RequestCtx) ([]byte, bool) {
-	body, err := readClientBody(ctx, maxSmallBody)
+	body, err := s.readClientBody(ctx, maxSmallBody)
 	if err != nil {
-		if errors.Is(err, errBodyTooLarge) {
+		if errors.Is(err, errBodyTooLarge) || errors.Is(err, errBodiesBusy) {
 			s.writeError(ctx, err)
 		} else {
 			ctx.SetStatusCode(fasthttp.StatusBadRequest)
@@ -402,7 +402,7 @@ func writeJSON(ctx *fasthttp.RequestCtx, code int, body []byte) {
 // rewritten back.
 func (s *Server) getJobByID(ctx *fasthttp.RequestCtx, id string) {
 	if s.jobs != nil {
-		if body, ok := s.jobs.WaitingJob(id); ok {
+		if body, ok := s.jobs.WaitingJob(id, s.jobScope(requestKey(ctx))); ok {
 			writeJSON(ctx, fasthttp.StatusOK, body)
 			return
 		}
@@ -442,8 +442,9 @@ func (s *Server) getJobByID(ctx *fasthttp.RequestCtx, id string) {
 	}
 }
 
-// cancelOne cancels a facade job or a prompt, wherever it is.
-func (s *Server) cancelOne(id string) (bool, error) { return s.cancelOneBudget(id, nil) }
+// cancelOne cancels a facade job or a prompt, wherever it is; scope is
+// the requesting key's job scope (jobScope).
+func (s *Server) cancelOne(id, scope string) (bool, error) { return s.cancelOneBudget(id, scope, nil) }
 
 // maxCancelLookups caps, per POST /api/jobs/cancel, the ids neither the job
 // facade nor the pin table knows that are looked up at the instances (a
@@ -453,11 +454,11 @@ const maxCancelLookups = 16
 // cancelOneBudget is cancelOne; when lookups is not nil, an id comfygate
 // does not know is looked up at the instances only while *lookups > 0
 // (and counts against it), else it is not cancelled.
-func (s *Server) cancelOneBudget(id string, lookups *int) (bool, error) {
+func (s *Server) cancelOneBudget(id, scope string, lookups *int) (bool, error) {
 	cctx, cancel := context.WithTimeout(context.Background(), 2*s.cfg.Timeout)
 	defer cancel()
 	if s.jobs != nil {
-		if known, cancelled := s.jobs.CancelJob(cctx, id); known {
+		if known, cancelled := s.jobs.CancelJob(cctx, id, scope); known {
 			return cancelled, nil
 		}
 	}
@@ -479,7 +480,7 @@ func (s *Server) cancelOneBudget(id string, lookups *int) (bool, error) {
 // cancelJob serves POST /api/jobs/{id}/cancel: {"cancelled": bool}, on any
 // instance version (comfygate dequeues or interrupts itself).
 func (s *Server) cancelJob(ctx *fasthttp.RequestCtx, id string) {
-	ok, err := s.cancelOne(id)
+	ok, err := s.cancelOne(id, s.jobScope(requestKey(ctx)))
 	if err != nil {
 		s.writeError(ctx, err)
 		return
@@ -516,8 +517,9 @@ func (s *Server) cancelJobs(ctx *fasthttp.RequestCtx) {
 	ids := s.ownedOnly(requestKey(ctx), req.IDs)
 	cancelled := false
 	lookups := maxCancelLookups
+	scope := s.jobScope(requestKey(ctx))
 	for _, id := range ids {
-		ok, err := s.cancelOneBudget(id, &lookups)
+		ok, err := s.cancelOneBudget(id, scope, &lookups)
 		if err != nil {
 			s.log.Warn("cancel failed", "job_id", id, "err", err)
 		}

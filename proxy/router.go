@@ -55,6 +55,8 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/comfygate/comfygate/auth"
+	"github.com/comfygate/comfygate/jobs"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
 )
@@ -88,6 +90,7 @@ const (
 	routeStatic       = "static"
 	routeOther        = "other"
 	userValueInstance = "comfygate.instance"
+	userValueHeldBody = "comfygate.held_body"
 )
 
 var apiPrefix = []byte("/api/")
@@ -178,7 +181,7 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 			defer unnamespaceAnswer(ctx, ns)
 		}
 	}
-	if api && s.jobs != nil && s.jobs.ServeJobs(ctx) {
+	if api && s.jobs != nil && s.jobs.ServeJobs(ctx, s.jobRequest(ctx, raw)) {
 		return routeJobsFacade
 	}
 	get := ctx.IsGet() || ctx.IsHead()
@@ -284,6 +287,25 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 	}
 	s.forwardPicked(ctx, s.home, nil)
 	return homeRoute(p)
+}
+
+// jobRequest is what the job facade is told about a request: the raw path
+// routed on, and the key asking (isolated keys see only their own jobs).
+func (s *Server) jobRequest(ctx *fasthttp.RequestCtx, raw []byte) jobs.Request {
+	r := jobs.Request{Path: string(raw)}
+	if k := requestKey(ctx); k != nil {
+		r.Owner = k.Name
+		r.Scope = s.jobScope(k)
+	}
+	return r
+}
+
+// jobScope is the owner a key's requests are limited to ("": every job).
+func (s *Server) jobScope(k *auth.Key) string {
+	if s.isolated(k) {
+		return k.Name
+	}
+	return ""
 }
 
 // pathParam returns the single unescaped path segment after prefix.

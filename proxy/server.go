@@ -36,6 +36,10 @@ type Options struct {
 	// its node classes and models and answers /object_info and /models for
 	// the fleet; nil: every instance is taken to run everything.
 	Catalogue *catalogue.Store
+	// BodyBudget bounds the request bodies held in memory over every
+	// request (limits.max_buffered_body_bytes), shared with the job API;
+	// nil: one of the server's own.
+	BodyBudget *limits.BodyBudget
 	// Placement is the placement policy, shared with the job API; nil: one
 	// of the server's own over Catalogue.
 	Placement *placement.Policy
@@ -57,7 +61,8 @@ type Server struct {
 
 	cat    *catalogue.Store
 	reload Reloader
-	policy *placement.Policy // where prompts may and had better run (fleet.go)
+	policy *placement.Policy  // where prompts may and had better run (fleet.go)
+	bodies *limits.BodyBudget // request bodies held in memory (readClientBody)
 
 	hub *Hub
 	sec security // API keys, owners, rate limits (authz.go)
@@ -114,6 +119,10 @@ func New(o Options) (*Server, error) {
 		started: time.Now(),
 		cat:     o.Catalogue,
 		reload:  o.Reload,
+	}
+	s.bodies = o.BodyBudget
+	if s.bodies == nil {
+		s.bodies = limits.NewBodyBudget(o.Config.Limits.MaxBufferedBodyBytes)
 	}
 	s.policy = o.Placement
 	if s.policy == nil {

@@ -216,6 +216,7 @@ func (s *Stack) startGateway(ln net.Listener) {
 		}
 		svc.Start(ctx)
 		po.Jobs = svc
+		po.BodyBudget = svc.BodyBudget()
 	}
 	srv, err := proxy.New(po)
 	if err != nil {
