@@ -41,31 +41,7 @@ func TestReloadAddsRemovesAndRefuses(t *testing.T) {
 		return b.String()
 	}
 	write(instances(0, 1))
-	load := func() (*config.Config, error) { return config.Load(path, []string{}) }
-	cfg, err := load()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan string, 1)
-	done := make(chan error, 1)
-	go func() { done <- serve(ctx, cfg, load, ln, &lockedBuffer{}, func(url string) { ready <- url }) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	}()
-	var base string
-	select {
-	case base = <-ready:
-	case err := <-done:
-		t.Fatalf("serve: %v", err)
-	}
+	base := serveFile(t, path)
 	health := func() map[string]bool {
 		_, body := httpDo(t, "GET", base+"/health", nil)
 		var h struct {
@@ -169,31 +145,7 @@ func TestReloadUnderTheSameNameIsANewInstance(t *testing.T) {
 		}
 	}
 	write(fmt.Sprintf("  - {name: gpuX, address: %s}\n", ss[0].Addr()))
-	load := func() (*config.Config, error) { return config.Load(path, []string{}) }
-	cfg, err := load()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan string, 1)
-	done := make(chan error, 1)
-	go func() { done <- serve(ctx, cfg, load, ln, &lockedBuffer{}, func(url string) { ready <- url }) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	}()
-	var base string
-	select {
-	case base = <-ready:
-	case err := <-done:
-		t.Fatalf("serve: %v", err)
-	}
+	base := serveFile(t, path)
 
 	type fileRef struct{ Filename, Subfolder, Type string }
 	// run sends a prompt writing same_00001_.png in colour c and returns
@@ -297,4 +249,42 @@ func TestReloadUnderTheSameNameIsANewInstance(t *testing.T) {
 	if status, body := view(second); status != 200 || string(body) != string(secondFile) {
 		t.Fatalf("/view of the second prompt's output = %d (its file: %v)", status, string(body) == string(secondFile))
 	}
+}
+
+// serveFile runs comfygate on the configuration file at path (reloads
+// read it again) on a free loopback port until the test ends, and returns
+// its base URL.
+func serveFile(t *testing.T, path string) string {
+	t.Helper()
+	load := func() (*config.Config, error) { return config.Load(path, []string{}) }
+	cfg, err := load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, cfg, load, ln, &lockedBuffer{}, func(url string) { ready <- url }) }()
+	ended := false // serve returned before it was ready
+	t.Cleanup(func() {
+		cancel()
+		if ended {
+			return
+		}
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	select {
+	case base := <-ready:
+		return base
+	case err := <-done:
+		ended = true
+		t.Fatalf("serve: %v", err)
+	}
+	return ""
 }

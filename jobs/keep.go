@@ -440,7 +440,8 @@ func (s *Service) spoolBase64(r io.Reader, maxBytes int64) (*spooledImage, int64
 	}
 	sp := &spooledImage{path: f.Name()}
 	w := bufio.NewWriterSize(f, 32<<10)
-	n, raw, aerr := decodeBase64Stream(w, r, maxBytes)
+	sum := sha256.New() // the result cache's digest, taken as the image is written
+	n, raw, aerr := decodeBase64Stream(io.MultiWriter(w, sum), r, maxBytes)
 	if aerr == nil {
 		if err := w.Flush(); err != nil {
 			aerr = unavailable
@@ -456,7 +457,7 @@ func (s *Service) spoolBase64(r io.Reader, maxBytes int64) (*spooledImage, int64
 		sp.discard()
 		return nil, raw, aerr
 	}
-	sp.size = n
+	sp.size, sp.sum = n, sum.Sum(nil)
 	return sp, raw, nil
 }
 
