@@ -2,6 +2,8 @@ package breaker
 
 import (
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -229,5 +231,49 @@ func TestRealClockByDefault(t *testing.T) {
 	testkit.Eventually(t, "half-open on the wall clock", func() bool { return b.State() == HalfOpen })
 	if !b.Ready() {
 		t.Fatal("half-open but not ready")
+	}
+}
+
+// TestConcurrentTrafficDoesNotShortenTheOpenPeriod: requests racing the
+// failure that opens the breaker never reach gobreaker while it is open on
+// the breaker's clock (there its own open timeout is all but zero): with
+// the fake clock standing still it stays open, having changed state once.
+func TestConcurrentTrafficDoesNotShortenTheOpenPeriod(t *testing.T) {
+	t.Parallel()
+	clk := fakeClock()
+	var mu sync.Mutex
+	var transitions []string
+	b := New("f", Settings{ConsecutiveFailures: 1, OpenTimeout: time.Minute, Clock: clk}, func(_ string, from, to State) {
+		mu.Lock()
+		transitions = append(transitions, from.String()+">"+to.String())
+		mu.Unlock()
+	})
+	const workers = 8
+	var allowed atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 500 {
+				if done, err := b.Allow(); err == nil {
+					allowed.Add(1)
+					done.Done(Failure)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if b.State() != Open || b.Ready() {
+		t.Fatalf("state %v, ready %v with the clock standing still; want open, not ready", b.State(), b.Ready())
+	}
+	// Each worker has at most one request out when the first failure opens it.
+	if n := allowed.Load(); n < 1 || n > workers {
+		t.Fatalf("%d requests let through, want between 1 and %d", n, workers)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(transitions) != 1 || transitions[0] != "closed>open" {
+		t.Fatalf("transitions = %v, want [closed>open]", transitions)
 	}
 }
