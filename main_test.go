@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"image/png"
 	"regexp"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/valyala/fasthttp"
 )
 
@@ -80,15 +82,23 @@ func TestDemoRunsTheAdvertisedWorkflowAndShutsDown(t *testing.T) {
 
 	urlRE := regexp.MustCompile(`comfygate demo: (http://127\.0\.0\.1:\d+)`)
 	var base string
-	for deadline := time.Now().Add(20 * time.Second); base == "" && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+	var exited bool
+	var exitErr error
+	testkit.Poll(20*time.Second, func() bool {
 		if m := urlRE.FindStringSubmatch(out.String()); m != nil {
 			base = m[1]
+			return true
 		}
 		select {
-		case err := <-done:
-			t.Fatalf("demo exited early: %v\n%s", err, out.String())
+		case exitErr = <-done:
+			exited = true
+			return true
 		default:
+			return false
 		}
+	})
+	if exited {
+		t.Fatalf("demo exited early: %v\n%s", exitErr, out.String())
 	}
 	if base == "" {
 		t.Fatalf("demo never printed its URL:\n%s", out.String())
@@ -113,7 +123,8 @@ func TestDemoRunsTheAdvertisedWorkflowAndShutsDown(t *testing.T) {
 
 	type image struct{ Filename, Subfolder, Type string }
 	var images []image
-	for deadline := time.Now().Add(20 * time.Second); len(images) == 0 && time.Now().Before(deadline); time.Sleep(30 * time.Millisecond) {
+	var badHistory error
+	testkit.Poll(20*time.Second, func() bool {
 		_, hist := httpDo(t, "GET", base+"/history/"+accepted.PromptID, nil)
 		var h map[string]struct {
 			Outputs map[string]struct {
@@ -121,11 +132,16 @@ func TestDemoRunsTheAdvertisedWorkflowAndShutsDown(t *testing.T) {
 			} `json:"outputs"`
 		}
 		if err := json.Unmarshal(hist, &h); err != nil {
-			t.Fatalf("history %s: %v", hist, err)
+			badHistory = fmt.Errorf("history %s: %w", hist, err)
+			return true
 		}
 		for _, o := range h[accepted.PromptID].Outputs {
 			images = append(images, o.Images...)
 		}
+		return len(images) > 0
+	})
+	if badHistory != nil {
+		t.Fatal(badHistory)
 	}
 	if len(images) != 1 {
 		t.Fatalf("history of %s never listed one image", accepted.PromptID)

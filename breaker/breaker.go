@@ -1,13 +1,22 @@
 // Package breaker owns the circuit breaker kept for each upstream instance:
 // a sony/gobreaker two-step breaker fed by the outcome of real traffic, its
 // settings, and its state changes.
+//
+// gobreaker reads the wall clock itself and takes no clock, so the open
+// period is timed here, on Settings.Clock: gobreaker is given the shortest
+// open timeout it accepts and is not asked anything while this package's
+// clock says the breaker is still open. A test can then cross the open
+// timeout by advancing a fake clock. The closed-state Interval is still
+// gobreaker's, on the wall clock.
 package breaker
 
 import (
 	"errors"
+	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/comfygate/comfygate/internal/clock"
 	"github.com/sony/gobreaker/v2"
 )
 
@@ -66,20 +75,38 @@ type Settings struct {
 	ConsecutiveFailures uint32
 	// OpenTimeout is how long it stays open before it lets one probe through.
 	OpenTimeout time.Duration
-	// Interval clears the counts while closed; 0 never clears.
+	// Interval clears the counts while closed; 0 never clears. It runs on
+	// the wall clock (gobreaker's), not on Clock.
 	Interval time.Duration
+	// Clock times the open period; nil is clock.Real.
+	Clock clock.Clock
 }
+
+// gobreakerOpen is the open timeout gobreaker is given: the shortest it
+// accepts (it takes 0 for its 60s default). The real open period is
+// Breaker.timeout on Breaker.clk, enforced before gobreaker is asked.
+const gobreakerOpen = time.Nanosecond
 
 // Breaker guards one upstream.
 type Breaker struct {
-	cb *gobreaker.TwoStepCircuitBreaker[struct{}]
+	cb  *gobreaker.TwoStepCircuitBreaker[struct{}]
+	clk clock.Clock
 
-	// open and openUntil mirror gobreaker's state for Ready, which
-	// selection asks for every instance on every request: gobreaker's own
-	// State takes its mutex and reads the clock. Both are set in the state
-	// change callback, which gobreaker calls under its mutex, in order.
+	// mu is held around every call into cb, so that nothing reaches
+	// gobreaker between the check of the open period and the call: with
+	// its own open timeout all but zero, any call while open would turn it
+	// half-open at once. The state change callback runs inside those
+	// calls, so it is under mu too.
+	mu sync.Mutex
+	// until is when the open state ends, on clk; meaningful while open.
+	// Guarded by mu.
+	until time.Time
+
+	// open and openUntil mirror the state for Ready, which selection asks
+	// for every instance on every request without taking mu. Both are set
+	// in the state change callback, in order.
 	open      atomic.Bool
-	openUntil atomic.Int64 // Unix nanoseconds when the open state ends
+	openUntil atomic.Int64 // Unix nanoseconds on clk when the open state ends
 	timeout   time.Duration
 }
 
@@ -91,17 +118,21 @@ func New(name string, s Settings, onChange func(name string, from, to State)) *B
 		Name:        name,
 		MaxRequests: 1, // half-open lets exactly one probe through
 		Interval:    s.Interval,
-		Timeout:     s.OpenTimeout,
+		Timeout:     gobreakerOpen,
 		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= threshold },
 		IsExcluded:  func(err error) bool { return errors.Is(err, errExcluded) },
 	}
-	b := &Breaker{timeout: s.OpenTimeout}
+	b := &Breaker{timeout: s.OpenTimeout, clk: s.Clock}
 	if b.timeout <= 0 {
 		b.timeout = 60 * time.Second // gobreaker's default for a zero Timeout
 	}
+	if b.clk == nil {
+		b.clk = clock.Real
+	}
 	st.OnStateChange = func(name string, from, to State) {
 		if to == Open {
-			b.openUntil.Store(time.Now().Add(b.timeout).UnixNano())
+			b.until = b.clk.Now().Add(b.timeout)
+			b.openUntil.Store(b.until.UnixNano())
 		}
 		b.open.Store(to == Open)
 		if onChange != nil {
@@ -116,23 +147,43 @@ func New(name string, s Settings, onChange func(name string, from, to State)) *B
 // ticket's Done exactly once with the request's outcome. While open, or
 // half-open with its probe out, it returns ErrOpen.
 func (b *Breaker) Allow() (Ticket, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.openLocked() {
+		return Ticket{}, ErrOpen
+	}
 	report, err := b.cb.Allow()
 	if err != nil {
 		return Ticket{}, ErrOpen
 	}
-	return Ticket{report: report}, nil
+	return Ticket{b: b, report: report}, nil
+}
+
+// openLocked reports whether the open period is still running on clk;
+// gobreaker must not be asked then. b.mu must be held.
+func (b *Breaker) openLocked() bool {
+	return b.open.Load() && b.clk.Now().Before(b.until)
 }
 
 // Ticket is one request Allow let through. It is a value, not a closure
 // around gobreaker's, so that asking the breaker costs the request no more
 // than gobreaker's own allocation.
 type Ticket struct {
+	b      *Breaker
 	report func(error)
 }
 
 // Done reports the request's outcome. The zero Ticket reports nothing.
 func (t Ticket) Done(o Outcome) {
 	if t.report == nil {
+		return
+	}
+	t.b.mu.Lock()
+	defer t.b.mu.Unlock()
+	if t.b.openLocked() {
+		// The ticket is from before the breaker opened: gobreaker would
+		// drop its outcome (an older generation), but asking it would end
+		// its own, all but zero, open timeout.
 		return
 	}
 	switch o {
@@ -147,7 +198,14 @@ func (t Ticket) Done(o Outcome) {
 
 // State returns the current state; an open breaker whose timeout passed
 // reports half-open.
-func (b *Breaker) State() State { return b.cb.State() }
+func (b *Breaker) State() State {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.openLocked() {
+		return Open
+	}
+	return b.cb.State()
+}
 
 // Ready reports whether Allow could let a request through now (closed or
 // half-open). While closed it takes no lock; an open breaker whose
@@ -156,8 +214,8 @@ func (b *Breaker) Ready() bool {
 	if !b.open.Load() {
 		return true
 	}
-	if time.Now().UnixNano() < b.openUntil.Load() {
+	if b.clk.Now().UnixNano() < b.openUntil.Load() {
 		return false
 	}
-	return b.cb.State() != Open
+	return b.State() != Open
 }

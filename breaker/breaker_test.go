@@ -1,14 +1,25 @@
 package breaker
 
 import (
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/comfygate/comfygate/internal/testkit"
 )
+
+// fakeClock is a fake clock at a fixed date.
+func fakeClock() *testkit.FakeClock {
+	return testkit.NewFakeClock(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
+}
 
 func TestBreakerOpensAfterConsecutiveFailuresAndProbes(t *testing.T) {
 	t.Parallel()
 	var transitions []string
-	b := New("a", Settings{ConsecutiveFailures: 3, OpenTimeout: 20 * time.Millisecond}, func(_ string, from, to State) {
+	clk := fakeClock()
+	b := New("a", Settings{ConsecutiveFailures: 3, OpenTimeout: 20 * time.Second, Clock: clk}, func(_ string, from, to State) {
 		transitions = append(transitions, from.String()+">"+to.String())
 	})
 	for i := 0; i < 3; i++ {
@@ -24,9 +35,13 @@ func TestBreakerOpensAfterConsecutiveFailuresAndProbes(t *testing.T) {
 	if _, err := b.Allow(); err != ErrOpen {
 		t.Fatalf("Allow while open = %v, want ErrOpen", err)
 	}
-	deadline := time.Now().Add(2 * time.Second)
-	for b.State() != HalfOpen && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
+	clk.Advance(20*time.Second - time.Millisecond)
+	if _, err := b.Allow(); err != ErrOpen || b.State() != Open || b.Ready() {
+		t.Fatalf("just before the open timeout: Allow = %v, state %v, ready %v; want ErrOpen, open, not ready", err, b.State(), b.Ready())
+	}
+	clk.Advance(time.Millisecond)
+	if b.State() != HalfOpen {
+		t.Fatalf("state = %v once the open timeout passed, want half-open", b.State())
 	}
 	probe, err := b.Allow()
 	if err != nil {
@@ -67,7 +82,8 @@ func TestBreakerSuccessResetsConsecutiveCount(t *testing.T) {
 
 func TestExcludedNeitherCountsNorClosesHalfOpen(t *testing.T) {
 	t.Parallel()
-	b := New("c", Settings{ConsecutiveFailures: 2, OpenTimeout: 20 * time.Millisecond}, nil)
+	clk := fakeClock()
+	b := New("c", Settings{ConsecutiveFailures: 2, OpenTimeout: 20 * time.Second, Clock: clk}, nil)
 	for _, o := range []Outcome{Failure, Excluded, Excluded, Excluded} {
 		done, err := b.Allow()
 		if err != nil {
@@ -83,9 +99,9 @@ func TestExcludedNeitherCountsNorClosesHalfOpen(t *testing.T) {
 	if b.State() != Open {
 		t.Fatalf("state = %v after failure, excluded x3, failure; want open", b.State())
 	}
-	deadline := time.Now().Add(2 * time.Second)
-	for b.State() != HalfOpen && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
+	clk.Advance(20 * time.Second)
+	if b.State() != HalfOpen {
+		t.Fatalf("state = %v once the open timeout passed, want half-open", b.State())
 	}
 	probe, err := b.Allow()
 	if err != nil {
@@ -111,15 +127,17 @@ func TestExcludedNeitherCountsNorClosesHalfOpen(t *testing.T) {
 // Allow first), a failed probe (open again) and a good one (closed).
 func TestReadyFollowsState(t *testing.T) {
 	t.Parallel()
-	b := New("a", Settings{ConsecutiveFailures: 1, OpenTimeout: 30 * time.Millisecond}, nil)
+	clk := fakeClock()
+	b := New("a", Settings{ConsecutiveFailures: 1, OpenTimeout: 30 * time.Second, Clock: clk}, nil)
 	waitReady := func(what string) {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for !b.Ready() {
-			if time.Now().After(deadline) {
-				t.Fatalf("never ready %s (state %v)", what, b.State())
-			}
-			time.Sleep(2 * time.Millisecond)
+		clk.Advance(30*time.Second - time.Millisecond)
+		if b.Ready() {
+			t.Fatalf("ready %s a millisecond early (state %v)", what, b.State())
+		}
+		clk.Advance(time.Millisecond)
+		if !b.Ready() {
+			t.Fatalf("not ready %s (state %v)", what, b.State())
 		}
 		if b.State() != HalfOpen {
 			t.Fatalf("ready %s in state %v, want half-open", what, b.State())
@@ -153,5 +171,109 @@ func TestReadyFollowsState(t *testing.T) {
 	probe.Done(Success)
 	if !b.Ready() || b.State() != Closed {
 		t.Fatalf("after a good probe: ready %v, state %v; want ready, closed", b.Ready(), b.State())
+	}
+}
+
+// TestStaleOutcomeWhileOpenDoesNotEndIt: a request let through before the
+// breaker opened and reporting while it is open changes nothing, and does
+// not cut the open period short.
+func TestStaleOutcomeWhileOpenDoesNotEndIt(t *testing.T) {
+	t.Parallel()
+	clk := fakeClock()
+	var transitions []string
+	b := New("d", Settings{ConsecutiveFailures: 1, OpenTimeout: time.Minute, Clock: clk}, func(_ string, from, to State) {
+		transitions = append(transitions, from.String()+">"+to.String())
+	})
+	early, err := b.Allow()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tripping, err := b.Allow()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tripping.Done(Failure)
+	for _, o := range []Outcome{Success, Failure, Excluded} {
+		early.Done(o)
+		if b.State() != Open || b.Ready() {
+			t.Fatalf("state %v, ready %v after a stale %v while open; want open, not ready", b.State(), b.Ready(), o)
+		}
+		if _, err := b.Allow(); err != ErrOpen {
+			t.Fatalf("Allow after a stale %v while open = %v, want ErrOpen", o, err)
+		}
+	}
+	clk.Advance(time.Minute)
+	probe, err := b.Allow()
+	if err != nil {
+		t.Fatalf("half-open refused its probe: %v", err)
+	}
+	early.Done(Success) // stale still: it must not close the breaker
+	if b.State() != HalfOpen {
+		t.Fatalf("state %v after a stale success while half-open, want half-open", b.State())
+	}
+	probe.Done(Success)
+	want := "closed>open open>half-open half-open>closed"
+	if got := strings.Join(transitions, " "); got != want {
+		t.Fatalf("transitions = %q, want %q", got, want)
+	}
+}
+
+// TestRealClockByDefault: without a Clock the open period runs on the
+// wall clock.
+func TestRealClockByDefault(t *testing.T) {
+	t.Parallel()
+	b := New("e", Settings{ConsecutiveFailures: 1, OpenTimeout: time.Millisecond}, nil)
+	done, err := b.Allow()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done.Done(Failure)
+	testkit.Eventually(t, "half-open on the wall clock", func() bool { return b.State() == HalfOpen })
+	if !b.Ready() {
+		t.Fatal("half-open but not ready")
+	}
+}
+
+// TestConcurrentTrafficDoesNotShortenTheOpenPeriod: requests racing the
+// failure that opens the breaker never reach gobreaker while it is open on
+// the breaker's clock (there its own open timeout is all but zero): with
+// the fake clock standing still it stays open, having changed state once.
+func TestConcurrentTrafficDoesNotShortenTheOpenPeriod(t *testing.T) {
+	t.Parallel()
+	clk := fakeClock()
+	var mu sync.Mutex
+	var transitions []string
+	b := New("f", Settings{ConsecutiveFailures: 1, OpenTimeout: time.Minute, Clock: clk}, func(_ string, from, to State) {
+		mu.Lock()
+		transitions = append(transitions, from.String()+">"+to.String())
+		mu.Unlock()
+	})
+	const workers = 8
+	var allowed atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 500 {
+				if done, err := b.Allow(); err == nil {
+					allowed.Add(1)
+					done.Done(Failure)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if b.State() != Open || b.Ready() {
+		t.Fatalf("state %v, ready %v with the clock standing still; want open, not ready", b.State(), b.Ready())
+	}
+	// Each worker has at most one request out when the first failure opens it.
+	if n := allowed.Load(); n < 1 || n > workers {
+		t.Fatalf("%d requests let through, want between 1 and %d", n, workers)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(transitions) != 1 || transitions[0] != "closed>open" {
+		t.Fatalf("transitions = %v, want [closed>open]", transitions)
 	}
 }

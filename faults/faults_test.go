@@ -221,7 +221,7 @@ func TestWebSocketDropped(t *testing.T) {
 	f.inject("sim0's WebSocket dropped every 1s", func() { f.st.Faults[0].DropWebSockets(time.Second) })
 	for range 4 {
 		f.prompts(4, 2)
-		time.Sleep(500 * time.Millisecond) // spread the work over several drops
+		f.awaitTicks(1) // spread the work over several drops
 	}
 	f.jobs(2)
 	f.measureRecovery()
@@ -238,7 +238,7 @@ func TestFlapping(t *testing.T) {
 	f.inject("sim0 flaps every 100ms", func() { f.st.Faults[0].Flap(100 * time.Millisecond) })
 	for range 4 {
 		f.prompts(4, 2)
-		time.Sleep(300 * time.Millisecond)
+		f.awaitTicks(3) // three turns: 300 ms
 	}
 	f.jobs(2)
 	f.measureRecovery()

@@ -363,10 +363,16 @@ func (f *fixture) measureRecovery() {
 	f.mu.Lock()
 	at := f.faultAt
 	f.mu.Unlock()
-	for f.ctx.Err() == nil {
+	recovered := false
+	// Rounds 50 ms apart, until one succeeds or the fault's bound ends.
+	testkit.PollEvery(f.bound, 50*time.Millisecond, func() bool {
+		if f.ctx.Err() != nil {
+			return true
+		}
 		round := []*tracked{f.submit(s, true), f.submit(s, true)}
 		ok := true
 		deadline := time.NewTimer(3 * time.Second)
+		defer deadline.Stop()
 		for _, p := range round {
 			select {
 			case <-p.done:
@@ -380,14 +386,14 @@ func (f *fixture) measureRecovery() {
 				break
 			}
 		}
-		deadline.Stop()
-		if ok {
-			f.mu.Lock()
-			f.recover = time.Since(at)
-			f.mu.Unlock()
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
+		recovered = ok
+		return ok
+	})
+	if recovered {
+		f.mu.Lock()
+		f.recover = time.Since(at)
+		f.mu.Unlock()
+		return
 	}
 	f.t.Errorf("new prompts were not served again within %v", f.bound)
 }
@@ -445,16 +451,21 @@ func (f *fixture) waitRunning(sim *comfysim.Server, pending int) {
 		s.SetPaused(false)
 	}
 	// Tight polling: the prompt runs for one node time only.
-	deadline := time.Now().Add(testkit.WaitBound)
-	for {
-		if r, p := sim.Queue(); r == 1 && p >= pending {
-			return
-		}
-		if time.Now().After(deadline) {
-			f.t.Fatalf("the instance did not start a prompt with %d queued", pending)
-		}
-		time.Sleep(time.Millisecond)
+	if !testkit.PollEvery(testkit.WaitBound, time.Millisecond, func() bool {
+		r, p := sim.Queue()
+		return r == 1 && p >= pending
+	}) {
+		f.t.Fatalf("the instance did not start a prompt with %d queued", pending)
 	}
+}
+
+// awaitTicks waits until the first fault proxy's loop (Flap,
+// DropWebSockets) has taken n more steps.
+func (f *fixture) awaitTicks(n int) {
+	f.t.Helper()
+	fp := f.st.Faults[0]
+	want := fp.Ticks() + n
+	testkit.Eventually(f.t, fmt.Sprintf("%d more steps of the fault", n), func() bool { return fp.Ticks() >= want })
 }
 
 // waitWorkload waits for every prompt and job submitted so far, probes

@@ -24,6 +24,7 @@ import (
 
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/comfygate/comfygate/metrics"
 )
 
@@ -575,19 +576,15 @@ func TestWebhookSignedAndRetried(t *testing.T) {
 		t.Fatalf("payload %s (%v)", bodies[2], err)
 	}
 	// The delivery log is in the job's status.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		_, v := h.status(a.JobID)
-		if v.Webhook != nil && v.Webhook.Status == "delivered" {
-			if len(v.Webhook.Deliveries) != 3 || v.Webhook.Deliveries[0].StatusCode != 503 || v.Webhook.Deliveries[2].StatusCode != 204 || v.Webhook.ID != id {
-				t.Fatalf("delivery log %+v", v.Webhook)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("webhook status %+v", v.Webhook)
-		}
-		time.Sleep(5 * time.Millisecond)
+	var v statusView
+	if !testkit.Poll(10*time.Second, func() bool {
+		_, v = h.status(a.JobID)
+		return v.Webhook != nil && v.Webhook.Status == "delivered"
+	}) {
+		t.Fatalf("webhook status %+v", v.Webhook)
+	}
+	if len(v.Webhook.Deliveries) != 3 || v.Webhook.Deliveries[0].StatusCode != 503 || v.Webhook.Deliveries[2].StatusCode != 204 || v.Webhook.ID != id {
+		t.Fatalf("delivery log %+v", v.Webhook)
 	}
 
 	attempts := map[string]float64{}
@@ -797,16 +794,12 @@ func TestWebhookProgress(t *testing.T) {
 	}
 	var v waitedView
 	_ = json.Unmarshal(b, &v)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		_, st := h.status(v.JobID)
-		if st.Webhook != nil && st.Webhook.Status == "delivered" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("webhook %+v", st.Webhook)
-		}
-		time.Sleep(5 * time.Millisecond)
+	var st statusView
+	if !testkit.Poll(10*time.Second, func() bool {
+		_, st = h.status(v.JobID)
+		return st.Webhook != nil && st.Webhook.Status == "delivered"
+	}) {
+		t.Fatalf("webhook %+v", st.Webhook)
 	}
 	rcv.mu.Lock()
 	defer rcv.mu.Unlock()

@@ -6,6 +6,7 @@ import (
 
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/testkit"
 )
 
 // BenchmarkThroughput runs the same batch of upscale jobs through the job
@@ -54,26 +55,26 @@ func runBatch(b *testing.B, h *harness, n int, src []byte) time.Duration {
 	for i := range ids {
 		ids[i] = h.submit("/api/upscale-image", src, nil)
 	}
-	deadline := start.Add(2 * time.Minute)
-	for {
-		done := 0
+	done, failed := 0, ""
+	if !testkit.Poll(2*time.Minute, func() bool {
+		done = 0
 		h.svc.jobsMu.Lock()
+		defer h.svc.jobsMu.Unlock()
 		for _, id := range ids {
 			switch h.svc.jobs[id].state {
 			case stCompleted:
 				done++
 			case stFailed, stCancelled:
-				h.svc.jobsMu.Unlock()
-				b.Fatalf("job %s: %s", id, h.svc.jobs[id].errMsg)
+				failed = "job " + id + ": " + h.svc.jobs[id].errMsg
+				return true
 			}
 		}
-		h.svc.jobsMu.Unlock()
-		if done == n {
-			return time.Since(start)
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("%d of %d jobs done after 2 minutes", done, n)
-		}
-		time.Sleep(2 * time.Millisecond)
+		return done == n
+	}) {
+		b.Fatalf("%d of %d jobs done after 2 minutes", done, n)
 	}
+	if failed != "" {
+		b.Fatal(failed)
+	}
+	return time.Since(start)
 }

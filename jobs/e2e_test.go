@@ -16,6 +16,7 @@ import (
 
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/testkit"
 )
 
 func decodePNG(tb testing.TB, b []byte) image.Image {
@@ -125,25 +126,20 @@ func TestManyJobsTwoInstances(t *testing.T) {
 		ids[i] = h.submit(route, src, nil)
 	}
 	// Never more than MaxConcurrent at the instances.
-	maxSeen := 0
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	maxSeen, done := 0, 0
+	if !testkit.Poll(20*time.Second, func() bool {
 		h.svc.jobsMu.Lock()
 		maxSeen = max(maxSeen, h.svc.inFlight)
 		h.svc.jobsMu.Unlock()
-		done := 0
+		done = 0
 		for _, id := range ids {
 			if _, v := h.status(id); v.Status == statusCompleted || v.Status == statusFailed {
 				done++
 			}
 		}
-		if done == len(ids) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d jobs done after 20s", done, len(ids))
-		}
-		time.Sleep(10 * time.Millisecond)
+		return done == len(ids)
+	}) {
+		t.Fatalf("%d of %d jobs done after 20s", done, len(ids))
 	}
 	for _, id := range ids {
 		if _, v := h.status(id); v.Status != statusCompleted {
@@ -175,23 +171,19 @@ func TestProgressMonotonic(t *testing.T) {
 	h.sims[0].SetPaused(true)
 	id := h.submit("/api/upscale-image", testPNG(t, 16, 16), nil)
 	var seen []int
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		_, v := h.status(id)
+	var v statusView
+	if !testkit.Poll(15*time.Second, func() bool {
+		_, v = h.status(id)
 		if len(seen) == 0 || seen[len(seen)-1] != v.Progress {
 			seen = append(seen, v.Progress)
 		}
 		h.sims[0].SetPaused(false)
-		if v.Status == statusCompleted {
-			break
-		}
-		if v.Status == statusFailed || time.Now().After(deadline) {
-			t.Fatalf("status %+v", v)
-		}
-		if v.Progress == 100 {
-			t.Fatalf("progress 100 while %s", v.Status)
-		}
-		time.Sleep(3 * time.Millisecond)
+		return v.Status == statusCompleted || v.Status == statusFailed || v.Progress == 100
+	}) || v.Status == statusFailed {
+		t.Fatalf("status %+v", v)
+	}
+	if v.Status != statusCompleted {
+		t.Fatalf("progress 100 while %s", v.Status)
 	}
 	if seen[0] != 0 || seen[len(seen)-1] != 100 {
 		t.Fatalf("progress %v: want 0 first and 100 last", seen)
@@ -220,18 +212,14 @@ func TestCancelEveryState(t *testing.T) {
 	queued := h.submit("/api/upscale-image", src, nil)
 	waiting := h.submit("/api/upscale-image", src, nil)
 	// queued reaches the instance's queue (pending there), waiting stays in comfygate.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	var st state
+	if !testkit.Poll(5*time.Second, func() bool {
 		h.svc.jobsMu.Lock()
-		st := h.svc.jobs[queued].state
+		st = h.svc.jobs[queued].state
 		h.svc.jobsMu.Unlock()
-		if st == stQueued {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("second job never queued at the instance (state %d)", st)
-		}
-		time.Sleep(5 * time.Millisecond)
+		return st == stQueued
+	}) {
+		t.Fatalf("second job never queued at the instance (state %d)", st)
 	}
 	_, v := h.status(waiting)
 	if v.Status != statusPending || v.QueuePosition == nil || *v.QueuePosition != 1 {
@@ -264,18 +252,14 @@ func TestCancelEveryState(t *testing.T) {
 		}
 	}
 	// The slots come back: the interrupt took effect on the instance.
-	deadline = time.Now().Add(5 * time.Second)
-	for {
+	var held int
+	if !testkit.Poll(5*time.Second, func() bool {
 		h.svc.jobsMu.Lock()
-		n := h.svc.inFlight
+		held = h.svc.inFlight
 		h.svc.jobsMu.Unlock()
-		if n == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d slots still held after cancelling everything", n)
-		}
-		time.Sleep(5 * time.Millisecond)
+		return held == 0
+	}) {
+		t.Fatalf("%d slots still held after cancelling everything", held)
 	}
 	if n := h.sims[0].PromptsExecuted(); n > 1 {
 		t.Errorf("instance executed %d prompts; only the interrupted one started", n)
@@ -301,34 +285,19 @@ func TestExpiry(t *testing.T) {
 	h.waitStatus(id, 10*time.Second, statusCompleted)
 	decodePNG(t, h.result(id)) // fetched results stay until expiry
 	decodePNG(t, h.result(id))
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	testkit.EventuallyWithin(t, 5*time.Second, "a job 300ms past its JOB_TIMEOUT to be gone", func() bool {
 		code, _ := h.status(id)
-		if code == 404 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("job still there 5s after a 300ms JOB_TIMEOUT")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return code == 404
+	})
 	if code, _, _ := h.do("GET", "/api/jobs/"+id+"/result", "", nil); code != 404 {
 		t.Fatalf("result of an expired job: %d", code)
 	}
 	// The sweeper dropped it from memory, not just from view.
-	deadline = time.Now().Add(5 * time.Second)
-	for {
+	testkit.EventuallyWithin(t, 5*time.Second, "the sweeper to drop the expired job from memory", func() bool {
 		h.svc.jobsMu.Lock()
-		n := len(h.svc.jobs)
-		h.svc.jobsMu.Unlock()
-		if n == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d jobs still held in memory", n)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		defer h.svc.jobsMu.Unlock()
+		return len(h.svc.jobs) == 0
+	})
 }
 
 func TestKilledInstanceLosesNoJob(t *testing.T) {
@@ -342,22 +311,14 @@ func TestKilledInstanceLosesNoJob(t *testing.T) {
 		ids[i] = h.submit("/api/upscale-image", src, nil)
 	}
 	// Kill the first instance once it is running one of them.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		running := false
+	testkit.EventuallyWithin(t, 10*time.Second, "sim1 to run a job", func() bool {
 		for _, id := range ids {
 			if _, v := h.status(id); v.Status == statusProcessing && v.Instance != nil && *v.Instance == "sim1" {
-				running = true
+				return true
 			}
 		}
-		if running {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("sim1 never ran a job")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return false
+	})
 	h.sims[0].Kill()
 	var wg sync.WaitGroup
 	for _, id := range ids {

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"testing"
 	"time"
 
@@ -197,22 +198,19 @@ func (h *harness) status(id string) (int, statusView) {
 // waitStatus polls until the job's status is one of want, or fails.
 func (h *harness) waitStatus(id string, timeout time.Duration, want ...string) statusView {
 	h.tb.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		code, v := h.status(id)
-		if code != 200 {
-			h.tb.Fatalf("status %s: HTTP %d", id, code)
-		}
-		for _, w := range want {
-			if v.Status == w {
-				return v
-			}
-		}
-		if time.Now().After(deadline) {
-			h.tb.Fatalf("job %s: status %q (progress %d, error %v) after %v, want %v", id, v.Status, v.Progress, deref(v.Error), timeout, want)
-		}
-		time.Sleep(5 * time.Millisecond)
+	var code int
+	var v statusView
+	found := testkit.Poll(timeout, func() bool {
+		code, v = h.status(id)
+		return code != 200 || slices.Contains(want, v.Status)
+	})
+	switch {
+	case code != 200:
+		h.tb.Fatalf("status %s: HTTP %d", id, code)
+	case !found:
+		h.tb.Fatalf("job %s: status %q (progress %d, error %v) after %v, want %v", id, v.Status, v.Progress, deref(v.Error), timeout, want)
 	}
+	return v
 }
 
 // result fetches a completed job's image through the JSON form.

@@ -99,12 +99,11 @@ func (f *fakeComfy) restart() {
 	f.mu.Unlock()
 	var ln net.Listener
 	var err error
-	for range 100 {
-		if ln, err = net.Listen("tcp4", f.addr); err == nil {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	// The address may take a moment to be free again.
+	testkit.Poll(time.Second, func() bool {
+		ln, err = net.Listen("tcp4", f.addr)
+		return err == nil
+	})
 	if err != nil {
 		f.t.Fatal(err)
 	}

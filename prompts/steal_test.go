@@ -50,9 +50,7 @@ func TestIdleInstanceTakesWaitingPrompts(t *testing.T) {
 		}
 		return done
 	}
-	for deadline := time.Now().Add(20 * time.Second); finished() < 5 && time.Now().Before(deadline); {
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.Poll(20*time.Second, func() bool { return finished() >= 5 })
 	if got := finished(); got != 5 {
 		for _, inst := range in {
 			st := inst.Status()

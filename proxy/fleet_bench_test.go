@@ -12,6 +12,7 @@ import (
 
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/comfygate/comfygate/prompts"
 )
 
@@ -72,8 +73,9 @@ func BenchmarkAffinityMakespan(b *testing.B) {
 							seq.Unlock()
 							id := benchSubmit(b, g, upscalePromptColor(m, k))
 							p, _ := g.prompts.Prompt(id)
-							for p.State() != prompts.PromptDone {
-								time.Sleep(2 * time.Millisecond)
+							if !testkit.PollEvery(5*time.Minute, 2*time.Millisecond, func() bool { return p.State() == prompts.PromptDone }) {
+								b.Errorf("prompt %s not done after 5 minutes", id)
+								return
 							}
 						}
 					}()

@@ -69,13 +69,9 @@ func startBenchBridge(b *testing.B, addr string) string {
 		pool.Close()
 		cancel()
 	})
-	deadline := time.Now().Add(10 * time.Second)
-	for !pool.Instances()[0].Status().SocketUp {
-		if time.Now().After(deadline) {
-			b.Fatal("upstream socket never came up")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.EventuallyWithin(b, 10*time.Second, "the upstream socket to come up", func() bool {
+		return pool.Instances()[0].Status().SocketUp
+	})
 	return "ws://" + ln.Addr().String()
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/comfygate/comfygate/breaker"
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/clock"
 	"github.com/comfygate/comfygate/metrics"
 	"github.com/valyala/fasthttp"
 )
@@ -103,12 +104,20 @@ func (i *Instance) SetSocketUp(up bool) {
 		i.socketUp.Store(true)
 		i.lostAt.Store(0)
 	} else {
-		i.lostAt.Store(time.Now().UnixNano())
+		i.lostAt.Store(i.clock().Now().UnixNano())
 		i.socketUp.Store(false)
 	}
 	if i.pool != nil {
 		i.pool.m.SetUpstreamSocket(i.Name, up)
 	}
+}
+
+// clock is its pool's clock, or the wall clock for an instance without one.
+func (i *Instance) clock() clock.Clock {
+	if i.pool == nil || i.pool.clk == nil {
+		return clock.Real
+	}
+	return i.pool.clk
 }
 
 // SocketClientID is the client_id comfygate's socket on this instance uses.
@@ -127,6 +136,9 @@ type Pool struct {
 	cfg *config.Config
 	m   *metrics.Metrics
 	log *slog.Logger
+	// clk times the health checks' loop, failover's grace and the
+	// breakers' open periods.
+	clk clock.Clock
 
 	mu        sync.RWMutex // guards instances
 	instances []*Instance

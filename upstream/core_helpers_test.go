@@ -6,8 +6,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/clock"
 	"github.com/comfygate/comfygate/internal/testkit"
 )
 
@@ -57,8 +59,19 @@ next:
 // newCorePool builds and (if start) starts a pool, closed at cleanup.
 func newCorePool(t testing.TB, cfg *config.Config, start bool) (*Pool, *logRec) {
 	t.Helper()
+	return newClockedPool(t, cfg, start, nil)
+}
+
+// fakeClock is a fake clock at a fixed date.
+func fakeClock() *testkit.FakeClock {
+	return testkit.NewFakeClock(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
+}
+
+// newClockedPool is newCorePool on clk (nil: the wall clock).
+func newClockedPool(t testing.TB, cfg *config.Config, start bool, clk clock.Clock) (*Pool, *logRec) {
+	t.Helper()
 	rec := &logRec{}
-	p, err := New(cfg, nil, slog.New(rec))
+	p, err := NewWithClock(cfg, nil, slog.New(rec), clk)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -46,13 +46,13 @@ func (p *Pool) checkAll(ctx context.Context) {
 // drift apart instead of checking every instance at the same moment.
 func (p *Pool) healthLoop(ctx context.Context) {
 	every := p.cfg.HealthCheck.Interval
-	t := time.NewTimer(jitterAround(every))
+	t := p.clk.NewTimer(jitterAround(every))
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-t.C():
 			p.safely("health check", func() { p.checkAll(ctx) })
 			t.Reset(jitterAround(every))
 		}
@@ -86,7 +86,7 @@ func (p *Pool) check(ctx context.Context, inst *Instance, timeout time.Duration,
 	}
 	d := time.Since(start)
 	ok = err == nil
-	first := inst.lastCheck.Swap(time.Now().UnixNano()) == 0
+	first := inst.lastCheck.Swap(p.clk.Now().UnixNano()) == 0
 	p.m.ObserveHealthCheck(inst.Name, d, ok)
 	if ok && version != "" && version != inst.Version() {
 		inst.version.Store(&version)
@@ -235,7 +235,7 @@ func (p *Pool) staysDown(ctx context.Context, inst *Instance) bool {
 		if lost == 0 {
 			return true // never connected: nothing ran there unseen
 		}
-		left := grace - time.Since(time.Unix(0, lost))
+		left := grace - p.clk.Now().Sub(time.Unix(0, lost))
 		if left <= 0 {
 			return true
 		}
@@ -243,7 +243,7 @@ func (p *Pool) staysDown(ctx context.Context, inst *Instance) bool {
 			p.log.Info("upstream: instance answers again; its prompts stay", "instance", inst.Name)
 			return false
 		}
-		if !sleepCtx(ctx, min(poll, left)) {
+		if !sleepCtx(ctx, p.clk, min(poll, left)) {
 			return false
 		}
 	}

@@ -18,10 +18,11 @@ func TestHealthThresholdsAndOneLogPerTransition(t *testing.T) {
 	cfg := coreConfig(f.Addr())
 	cfg.HealthCheck.UnhealthyThreshold = 3
 	cfg.HealthCheck.HealthyThreshold = 2
-	// Failed checks count in the breaker too; a short open timeout lets the
-	// passing checks that follow close it again as its half-open probes.
-	cfg.Breaker.OpenTimeout = time.Millisecond
-	p, rec := newCorePool(t, cfg, true)
+	// Failed checks count in the breaker too; once its open timeout passed
+	// on the fake clock, a passing check closes it as its half-open probe.
+	cfg.Breaker.OpenTimeout = time.Minute
+	clk := fakeClock()
+	p, rec := newClockedPool(t, cfg, true, clk)
 	inst := p.Instances()[0]
 	ctx := context.Background()
 
@@ -69,12 +70,15 @@ func TestHealthThresholdsAndOneLogPerTransition(t *testing.T) {
 	if n := rec.count("instance healthy", "instance=i1"); n != 2 {
 		t.Fatalf("healthy logged %d times, want 2 (start, comeback)", n)
 	}
-	// A check that ran while the breaker was open reported nothing; the
-	// next one after its open timeout is its half-open probe.
-	testkit.Eventually(t, "a passing check to close the breaker", func() bool {
-		p.checkOnce(ctx, inst)
-		return inst.breaker.State() == breaker.Closed
-	})
+	// The checks that passed while the breaker was open reported nothing;
+	// the first one after its open timeout is its half-open probe.
+	if st := inst.breaker.State(); st != breaker.Open {
+		t.Fatalf("breaker %v after the failed checks and within its open timeout, want open", st)
+	}
+	clk.Advance(time.Minute)
+	if !p.checkOnce(ctx, inst) || inst.breaker.State() != breaker.Closed {
+		t.Fatalf("breaker %v after a passing check past its open timeout, want closed", inst.breaker.State())
+	}
 	if st := inst.Status(); !st.Healthy || st.LastCheck.IsZero() || st.Version != "0.3.65" || st.Breaker != "closed" {
 		t.Fatalf("status = %+v", st)
 	}
@@ -96,18 +100,53 @@ func TestStartChecksAllInstancesBeforeReturning(t *testing.T) {
 	}
 }
 
+// TestHealthLoopRuns: the loop checks every instance once per
+// health_check.interval (within its ±10% jitter), on the pool's clock.
 func TestHealthLoopRuns(t *testing.T) {
 	t.Parallel()
 	f := testkit.Mini(t, "0.3.65")
 	cfg := coreConfig(f.Addr())
-	cfg.HealthCheck.Interval = 10 * time.Millisecond
+	cfg.HealthCheck.Interval = 10 * time.Second
 	cfg.HealthCheck.UnhealthyThreshold = 2
-	p, _ := newCorePool(t, cfg, true)
+	clk := fakeClock()
+	p, _ := newClockedPool(t, cfg, true, clk)
 	inst := p.Instances()[0]
+	// The loop's timer is the only one on the fake clock.
+	armed := func(what string) {
+		t.Helper()
+		testkit.Eventually(t, what, func() bool { return clk.Pending() == 1 })
+	}
+	armed("the loop to arm its timer")
+	// A check records its time on the pool's clock.
+	start := clk.Now()
+	if last := inst.Status().LastCheck; !last.Equal(start) {
+		t.Fatalf("Start's check at %v, want %v", last, start)
+	}
 	f.Fail500.Store(true)
-	testkit.Eventually(t, "unhealthy by the loop", func() bool { return !inst.Healthy() })
+	clk.Advance(8 * time.Second) // short of the jitter's 9s floor
+	if last := inst.Status().LastCheck; clk.Pending() != 1 || !last.Equal(start) {
+		t.Fatalf("the loop checked (at %v) 8s into a 10s interval", last)
+	}
+	prev := start
+	round := func(k int, advance time.Duration, healthy bool) {
+		t.Helper()
+		clk.Advance(advance)
+		armed("the loop to check and arm its next timer")
+		// The check ran once its timer fired: 9-11s after the one before,
+		// at the latest where Advance left the clock.
+		last := inst.Status().LastCheck
+		if last.Sub(prev) < 9*time.Second || last.After(clk.Now()) {
+			t.Fatalf("round %d: last check at %v, want 9s or more after %v and not after %v", k, last, prev, clk.Now())
+		}
+		prev = last
+		if inst.Healthy() != healthy {
+			t.Fatalf("healthy = %v after round %d, want %v", inst.Healthy(), k, healthy)
+		}
+	}
+	round(1, 3*time.Second, true) // 11s: past the jitter's ceiling
+	round(2, 11*time.Second, false)
 	f.Fail500.Store(false)
-	testkit.Eventually(t, "healthy by the loop", func() bool { return inst.Healthy() })
+	round(3, 11*time.Second, true)
 }
 
 func TestHungInstanceFailsByTimeout(t *testing.T) {

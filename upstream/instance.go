@@ -28,6 +28,7 @@ func newInstance(p *Pool, name, addr string, tls bool) *Instance {
 		ConsecutiveFailures: uint32(max(p.cfg.Breaker.ConsecutiveFailures, 0)),
 		OpenTimeout:         p.cfg.Breaker.OpenTimeout,
 		Interval:            p.cfg.Breaker.Interval,
+		Clock:               p.clk,
 	}, func(_ string, from, to breaker.State) { p.breakerChanged(inst, from, to) })
 	return inst
 }

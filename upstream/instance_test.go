@@ -125,7 +125,11 @@ func TestCallerDeadlineDoesNotTripBreaker(t *testing.T) {
 		t.Fatal("hung call succeeded")
 	}
 	ctx2, cancel2 := context.WithCancel(context.Background())
-	go func() { time.Sleep(20 * time.Millisecond); cancel2() }()
+	go func() {
+		// Cancel once the call is waiting on the hung instance.
+		testkit.Poll(testkit.WaitBound, func() bool { return f.Hanging.Load() >= 2 })
+		cancel2()
+	}()
 	if _, _, err := inst.Call(ctx2, "GET", "/queue", nil, nil); !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled call = %v", err)
 	}

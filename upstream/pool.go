@@ -14,6 +14,7 @@ import (
 
 	"github.com/comfygate/comfygate/breaker"
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/clock"
 	"github.com/comfygate/comfygate/metrics"
 )
 
@@ -37,16 +38,26 @@ type entry struct {
 // New builds the pool from the configuration; nothing runs until Start.
 // Instances with Discover are resolved by Start.
 func New(cfg *config.Config, m *metrics.Metrics, log *slog.Logger) (*Pool, error) {
+	return NewWithClock(cfg, m, log, clock.Real)
+}
+
+// NewWithClock is New with the clock that times the health check loop,
+// failover's grace and the breakers' open periods (nil: the wall clock).
+func NewWithClock(cfg *config.Config, m *metrics.Metrics, log *slog.Logger, clk clock.Clock) (*Pool, error) {
 	if cfg == nil {
 		return nil, errors.New("upstream: nil config")
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if clk == nil {
+		clk = clock.Real
+	}
 	p := &Pool{
 		cfg:      cfg,
 		m:        m,
 		log:      log,
+		clk:      clk,
 		resolver: net.DefaultResolver,
 		prompts:  noPrompts{},
 	}
@@ -344,14 +355,14 @@ func AwaitAvailable(ctx context.Context, watch <-chan struct{}, deadline time.Ti
 	}
 }
 
-// sleepCtx waits d or until ctx ends; false if ctx ended.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	tm := time.NewTimer(d)
+// sleepCtx waits d on clk or until ctx ends; false if ctx ended.
+func sleepCtx(ctx context.Context, clk clock.Clock, d time.Duration) bool {
+	tm := clk.NewTimer(d)
 	defer tm.Stop()
 	select {
 	case <-ctx.Done():
 		return false
-	case <-tm.C:
+	case <-tm.C():
 		return true
 	}
 }

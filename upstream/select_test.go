@@ -3,6 +3,7 @@ package upstream
 import (
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/comfygate/comfygate/breaker"
 	"github.com/comfygate/comfygate/internal/testkit"
@@ -150,15 +151,19 @@ func TestSelectSpreadsEvenlyAsWorkGrows(t *testing.T) {
 func TestHalfOpenIsSelectable(t *testing.T) {
 	t.Parallel()
 	cfg := coreConfig(testkit.ClosedAddr(t))
-	cfg.Breaker.OpenTimeout = 10e6 // 10ms
-	p, _ := newCorePool(t, cfg, false)
+	cfg.Breaker.OpenTimeout = time.Minute
+	clk := fakeClock()
+	p, _ := newClockedPool(t, cfg, false, clk)
 	inst := p.Instances()[0]
 	inst.healthy.Store(true)
 	openBreaker(t, inst)
 	if _, err := p.Select(); !errors.Is(err, ErrNoUpstream) {
 		t.Fatalf("Select with open breaker = %v, want ErrNoUpstream", err)
 	}
-	testkit.Eventually(t, "half-open", func() bool { return inst.breaker.Ready() })
+	clk.Advance(time.Minute)
+	if !inst.breaker.Ready() {
+		t.Fatalf("breaker %v once its open timeout passed, want half-open", inst.breaker.State())
+	}
 	if got, err := p.Select(); err != nil || got != inst {
 		t.Fatalf("Select half-open = %v, %v", got, err)
 	}

@@ -1,8 +1,9 @@
 // Package clock is a time source that tests can control: Real is the wall
 // clock and internal/testkit.FakeClock a fake one, so that code taking a
 // Clock lets a test cross a timeout or a grace period by advancing time
-// instead of sleeping. Only the test kit imports it; no package of the
-// binary takes a Clock.
+// instead of sleeping. The breakers (breaker.Settings.Clock) and the
+// upstream pool's health checks and failover grace (upstream.NewWithClock)
+// take one; the binary passes Real.
 package clock
 
 import "time"

@@ -35,6 +35,7 @@ type FaultProxy struct {
 	loop    chan struct{} // closed to stop the running Flap or DropWebSockets loop
 	closed  bool
 	accepts int
+	ticks   int // steps taken by Flap and DropWebSockets loops
 }
 
 // faultConn is one client connection and its connection to the target.
@@ -82,6 +83,15 @@ func (p *FaultProxy) Accepted() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.accepts
+}
+
+// Ticks counts the steps the Flap and DropWebSockets loops took so far
+// (a drop of the WebSockets, a turn of Flap): a test spreads its work over
+// several of them by waiting for the count to grow.
+func (p *FaultProxy) Ticks() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.ticks
 }
 
 // Pass ends every fault: it listens again if refusing, lets held traffic
@@ -219,6 +229,9 @@ func (p *FaultProxy) startLoop(every time.Duration, tick func(n int)) {
 				return
 			case <-t.C:
 				tick(n)
+				p.mu.Lock()
+				p.ticks++
+				p.mu.Unlock()
 			}
 		}
 	}()

@@ -51,3 +51,17 @@ func Poll(bound time.Duration, cond func() bool) bool {
 	}
 	return true
 }
+
+// PollEvery is Poll at a fixed interval, for a condition that holds only
+// for a moment (a prompt that runs for one node time) or a wait whose end
+// is measured, which Poll's growing interval would miss or blur.
+func PollEvery(bound, every time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(bound)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(every)
+	}
+	return true
+}
