@@ -81,7 +81,7 @@ func outputRefs(node string, out json.RawMessage) []outRef {
 	for _, kind := range order {
 		for _, f := range comfyapi.NodeOutputFiles(out, kind) {
 			refs = append(refs, outRef{node: node, kind: kind,
-				ref: prompts.FileRef{Filename: f.Filename, Subfolder: f.Subfolder, Type: f.Type}})
+				ref: f})
 		}
 	}
 	return refs

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
 )
@@ -388,13 +389,9 @@ func (fs *fileStore) copyFile(ctx context.Context, src, dst *upstream.Instance, 
 	case code != fasthttp.StatusOK:
 		return 0, fmt.Errorf("copy %s to %s: /upload/image answered %d", what, dst.Name, code)
 	}
-	var res struct {
-		Name      string `json:"name"`
-		Subfolder string `json:"subfolder"`
-	}
-	if json.Unmarshal(answer, &res) == nil && res.Name != "" && res.Name != to.Filename {
+	if res, err := comfyapi.ParseUploadAnswer(answer); err == nil && res.Filename != to.Filename {
 		// overwrite=true keeps the name; another name would not be what the prompt loads.
-		return 0, fmt.Errorf("copy %s to %s: stored as %q", what, dst.Name, res.Name)
+		return 0, fmt.Errorf("copy %s to %s: stored as %q", what, dst.Name, res.Filename)
 	}
 	return cr.n, nil
 }

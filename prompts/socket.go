@@ -575,7 +575,7 @@ func (t *Table) apply(pr *Prompt, inst *upstream.Instance, f frame) {
 func (t *Table) pinOutputs(inst *upstream.Instance, outputs map[string]json.RawMessage) {
 	for _, raw := range outputs {
 		for _, r := range comfyapi.ListFiles(raw) {
-			t.PinFile(FileRef(r), inst)
+			t.PinFile(r, inst)
 		}
 	}
 }

@@ -233,7 +233,7 @@ func (s *Server) learnOutputs(inst *upstream.Instance, raw json.RawMessage) {
 	}
 	for _, out := range outputs {
 		for _, f := range comfyapi.NodeOutputFiles(out, "") {
-			s.prompts.PinFile(prompts.FileRef{Filename: f.Filename, Subfolder: f.Subfolder, Type: f.Type}, inst)
+			s.prompts.PinFile(f, inst)
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 var (
 	errNotObject = errors.New("comfyapi: not a JSON object")
 	errNotArray  = errors.New("comfyapi: not a JSON array")
+	errNoName    = errors.New("comfyapi: no file name")
 )
 
 // isObject reports whether data starts like a JSON object.

@@ -1,0 +1,57 @@
+package comfyapi
+
+import "testing"
+
+// TestUploadAnswer: ComfyUI's {"name", "subfolder", "type"} answer, read
+// leniently (a subfolder that is no string costs only itself), and the
+// answers that name no file refused.
+func TestUploadAnswer(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		body string
+		want FileRef
+		ok   bool
+	}{
+		{`{"name": "x.png", "subfolder": "", "type": "input"}`, FileRef{"x.png", "", "input"}, true},
+		{`{"name": "x (1).png", "subfolder": "s/t", "type": "temp"}`, FileRef{"x (1).png", "s/t", "temp"}, true},
+		{`{"name": "x.png", "subfolder": 5}`, FileRef{"x.png", "", "input"}, true},
+		{`{"name": "x.png", "subfolder": "s", "type": null}`, FileRef{"x.png", "s", "input"}, true},
+		{`{"Name": "x.png"}`, FileRef{}, false}, // exact-case keys
+		{`{"name": ""}`, FileRef{}, false},
+		{`{"name": 7}`, FileRef{}, false},
+		{`["x.png"]`, FileRef{}, false},
+		{`not json`, FileRef{}, false},
+	} {
+		got, err := ParseUploadAnswer([]byte(tc.body))
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("ParseUploadAnswer(%s) = %+v, %v; want %+v, ok %v", tc.body, got, err, tc.want, tc.ok)
+		}
+	}
+}
+
+// TestParseFileRef: original_ref as ComfyUI's upload_mask reads it:
+// exact-case keys (Go's case-insensitive struct matching would take
+// "FILENAME"), and a subfolder or type it could not join refused.
+func TestParseFileRef(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		raw  string
+		want FileRef
+		ok   bool
+	}{
+		{`{"filename": "a.png", "subfolder": "s", "type": "output"}`, FileRef{"a.png", "s", "output"}, true},
+		{`{"filename": "a.png"}`, FileRef{"a.png", "", ""}, true},
+		{`{"filename": "a.png", "subfolder": null, "type": null}`, FileRef{"a.png", "", ""}, true},
+		{`{"filename": "a.png", "filename": "b.png"}`, FileRef{"b.png", "", ""}, true}, // last wins
+		{`{"FILENAME": "a.png"}`, FileRef{}, false},
+		{`{"filename": "a.png", "subfolder": 3}`, FileRef{}, false},
+		{`{"filename": "a.png", "type": ["output"]}`, FileRef{}, false},
+		{`{"filename": ""}`, FileRef{}, false},
+		{`"a.png"`, FileRef{}, false},
+	} {
+		got, ok := ParseFileRef([]byte(tc.raw))
+		if ok != tc.ok || got != tc.want {
+			t.Errorf("ParseFileRef(%s) = %+v, %v; want %+v, %v", tc.raw, got, ok, tc.want, tc.ok)
+		}
+	}
+}
