@@ -244,17 +244,9 @@ func (t *Table) send(ctx context.Context, pr *Prompt, inst *upstream.Instance, b
 		settle(lifecycle.Event{Kind: lifecycle.Refused, Resubmit: resubmit})
 		return SubmitResult{Instance: inst, Status: status, Body: resp}, sentAnswered, nil
 	}
-	var ans struct {
-		PromptID json.RawMessage `json:"prompt_id"`
-	}
-	_ = json.Unmarshal(resp, &ans)
-	got := ""
-	if len(ans.PromptID) > 0 {
-		// Any JSON value: Oct-2025 turns whatever id it got into a string.
-		if json.Unmarshal(ans.PromptID, &got) != nil {
-			got = string(ans.PromptID)
-		}
-	}
+	// Any JSON value: Oct-2025 turns whatever id it got into a string.
+	ans, _ := comfyapi.ParsePromptAnswer(resp)
+	got := ans.ID()
 	if got == "" {
 		got = uid
 	}
@@ -280,7 +272,7 @@ func (t *Table) send(ctx context.Context, pr *Prompt, inst *upstream.Instance, b
 		t.goBackground(func(ctx context.Context) { t.settleFromHistory(ctx, pr, inst, got) })
 	}
 	if got != pr.ID {
-		resp = replaceAnswerID(resp, ans.PromptID, pr.ID)
+		resp = ans.WithID(resp, pr.ID)
 	}
 	return SubmitResult{Prompt: pr, Instance: inst, Status: status, Body: resp}, sentAnswered, nil
 }
@@ -296,25 +288,6 @@ func (t *Table) recheckDown(ctx context.Context, pr *Prompt, inst *upstream.Inst
 		return
 	}
 	t.failover(ctx, pr, inst, fmt.Sprintf("instance %s died", inst.Name), false)
-}
-
-// replaceAnswerID swaps the prompt_id value raw in a POST /prompt answer for id.
-func replaceAnswerID(resp []byte, raw json.RawMessage, id string) []byte {
-	if len(raw) > 0 {
-		if out := bytes.Replace(resp, raw, quoteJSON(id), 1); !bytes.Equal(out, resp) {
-			return out
-		}
-	}
-	var m map[string]json.RawMessage
-	if json.Unmarshal(resp, &m) != nil {
-		return resp
-	}
-	m["prompt_id"] = quoteJSON(id)
-	out, err := marshalNoEscape(m)
-	if err != nil {
-		return resp
-	}
-	return out
 }
 
 // buildBody returns the JSON forwarded to an instance: the client's body

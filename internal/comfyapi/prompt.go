@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"strconv"
+
+	"github.com/comfygate/comfygate/internal/jsonobj"
 )
 
 // Fields of a POST /prompt body that comfygate reads or sets. ComfyUI
@@ -122,3 +124,31 @@ func (a PromptAnswer) QueueNumber() (float64, bool) { return Number(a.Number) }
 // HasNodeErrors reports a non-empty node_errors: ComfyUI accepted the
 // prompt but dropped the outputs that failed validation.
 func (a PromptAnswer) HasNodeErrors() bool { return Truthy(a.NodeErrors) }
+
+// WithID returns answer (the POST /prompt answer a was read from) with
+// its prompt_id set to id, every other byte kept: the value a read is
+// replaced where it stands, and an answer without one gets the member
+// added (the answer is then written anew, keys sorted). An answer that is
+// not a JSON object is returned unchanged.
+func (a PromptAnswer) WithID(answer []byte, id string) []byte {
+	if len(a.PromptID) > 0 {
+		if out := bytes.Replace(answer, a.PromptID, jsonobj.Quote(id), 1); !bytes.Equal(out, answer) {
+			return out
+		}
+	}
+	if !isObject(answer) {
+		return answer
+	}
+	var m map[string]json.RawMessage
+	if json.Unmarshal(answer, &m) != nil {
+		return answer
+	}
+	m[FieldPromptID] = jsonobj.Quote(id)
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if enc.Encode(m) != nil {
+		return answer
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
+}

@@ -55,3 +55,34 @@ func TestParseFileRef(t *testing.T) {
 		}
 	}
 }
+
+// TestPromptAnswerExactCase: a POST /prompt answer's keys are read
+// exact-case, as ComfyUI's clients read them; Go's struct matching would
+// take "PROMPT_ID" for prompt_id.
+func TestPromptAnswerExactCase(t *testing.T) {
+	t.Parallel()
+	a, err := ParsePromptAnswer([]byte(`{"PROMPT_ID": "x", "Number": 3}`))
+	if err != nil || a.ID() != "" {
+		t.Errorf("id %q, err %v; want none", a.ID(), err)
+	}
+	if _, ok := a.QueueNumber(); ok {
+		t.Error("a Number key read as number")
+	}
+}
+
+// TestPromptAnswerWithID: the id is swapped where it stands, the rest of
+// the answer byte for byte; an answer without one gets it added.
+func TestPromptAnswerWithID(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ in, want string }{
+		{`{"prompt_id": "up-1", "number": 3, "node_errors": {}}`, `{"prompt_id": "client-1", "number": 3, "node_errors": {}}`},
+		{`{"prompt_id": 42, "number": 42}`, `{"prompt_id": "client-1", "number": 42}`},
+		{`{"number": 3, "node_errors": {}}`, `{"node_errors":{},"number":3,"prompt_id":"client-1"}`},
+		{`[1]`, `[1]`},
+	} {
+		a, _ := ParsePromptAnswer([]byte(tc.in))
+		if got := string(a.WithID([]byte(tc.in), "client-1")); got != tc.want {
+			t.Errorf("WithID(%s) = %s, want %s", tc.in, got, tc.want)
+		}
+	}
+}
