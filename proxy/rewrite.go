@@ -122,15 +122,15 @@ func (v promptView) fixExtraData(raw json.RawMessage) json.RawMessage {
 // [number, prompt_id, prompt, extra_data, outputs_to_execute, ...]: the
 // fleet number, the client's prompt id and client_id.
 func (v promptView) rewriteTuple(raw json.RawMessage) json.RawMessage {
-	var items []json.RawMessage
-	if json.Unmarshal(raw, &items) != nil || len(items) < 4 {
+	items, err := comfyapi.ParseQueueItem(raw)
+	if err != nil || len(items) <= comfyapi.ItemExtraData {
 		return raw
 	}
 	if v.number != nil {
-		items[0] = v.number
+		items[comfyapi.ItemNumber] = v.number
 	}
-	items[1] = quoteJSON(v.id)
-	items[3] = v.fixExtraData(items[3])
+	items[comfyapi.ItemPromptID] = quoteJSON(v.id)
+	items[comfyapi.ItemExtraData] = v.fixExtraData(items.ExtraData())
 	out, err := json.Marshal(items)
 	if err != nil {
 		return raw
@@ -144,28 +144,13 @@ func (v promptView) rewriteStatus(raw json.RawMessage, upID string) json.RawMess
 	if v.id == upID {
 		return raw
 	}
-	ms, err := objectMembers(raw)
-	if err != nil {
+	out, ok := comfyapi.EditStatusMessages(raw, func(data json.RawMessage) json.RawMessage {
+		return v.fixPromptIDField(data, upID)
+	})
+	if !ok {
 		return raw
 	}
-	for i, m := range ms {
-		if m.Key != "messages" {
-			continue
-		}
-		var msgs [][]json.RawMessage
-		if json.Unmarshal(m.Val, &msgs) != nil {
-			return raw
-		}
-		for _, msg := range msgs {
-			if len(msg) >= 2 {
-				msg[1] = v.fixPromptIDField(msg[1], upID)
-			}
-		}
-		if b, err := json.Marshal(msgs); err == nil {
-			ms[i].Val = b
-		}
-	}
-	return appendObject(nil, ms)
+	return out
 }
 
 // fixPromptIDField rewrites obj.prompt_id from upID to the client's id.
@@ -194,47 +179,41 @@ func (v promptView) fixPromptIDField(raw json.RawMessage, upID string) json.RawM
 // returns the client's key for it.
 func (s *Server) rewriteHistoryEntry(inst *upstream.Instance, upID string, raw json.RawMessage) (string, json.RawMessage) {
 	v := s.viewOf(inst, upID)
-	ms, err := objectMembers(raw)
+	out, err := comfyapi.EditHistoryEntry(raw, func(member string, val json.RawMessage) json.RawMessage {
+		switch member {
+		case comfyapi.EntryPrompt:
+			return v.rewriteTuple(val)
+		case comfyapi.EntryStatus:
+			return v.rewriteStatus(val, upID)
+		case comfyapi.EntryOutputs:
+			s.learnOutputs(inst, val) // the instance's own refs
+			return encodeOutputs(instanceToken(inst), val)
+		}
+		return val
+	})
 	if err != nil {
 		return v.id, raw
 	}
-	for i, m := range ms {
-		switch m.Key {
-		case "prompt":
-			ms[i].Val = v.rewriteTuple(m.Val)
-		case "status":
-			ms[i].Val = v.rewriteStatus(m.Val, upID)
-		case "outputs":
-			s.learnOutputs(inst, m.Val) // the instance's own refs
-			ms[i].Val = encodeOutputs(instanceToken(inst), m.Val)
-		}
-	}
-	return v.id, appendObject(nil, ms)
+	return v.id, out
 }
 
 // rewriteHistoryObject rewrites a {prompt_id: entry, ...} answer of inst.
 func (s *Server) rewriteHistoryObject(inst *upstream.Instance, body []byte) []byte {
-	ms, err := objectMembers(body)
+	out, err := comfyapi.EditHistory(body, func(id string, entry json.RawMessage) (string, json.RawMessage, bool) {
+		id, entry = s.rewriteHistoryEntry(inst, id, entry)
+		return id, entry, true
+	})
 	if err != nil {
 		return body
 	}
-	for i, m := range ms {
-		ms[i].Key, ms[i].Val = s.rewriteHistoryEntry(inst, m.Key, m.Val)
-	}
-	return appendObject(make([]byte, 0, len(body)+64), ms)
+	return out
 }
 
 // learnOutputs pins every file an outputs object names ({node: {kind:
 // [{filename, subfolder, type}, ...]}}) to inst, so /view finds it.
 func (s *Server) learnOutputs(inst *upstream.Instance, raw json.RawMessage) {
-	var outputs map[string]json.RawMessage
-	if json.Unmarshal(raw, &outputs) != nil {
-		return
-	}
-	for _, out := range outputs {
-		for _, f := range comfyapi.NodeOutputFiles(out, "") {
-			s.prompts.PinFile(f, inst)
-		}
+	for _, f := range comfyapi.OutputsFiles(raw) {
+		s.prompts.PinFile(f, inst)
 	}
 }
 

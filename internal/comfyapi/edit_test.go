@@ -1,0 +1,111 @@
+package comfyapi
+
+import (
+	"encoding/json"
+	"slices"
+	"testing"
+)
+
+func TestEditQueue(t *testing.T) {
+	t.Parallel()
+	body := `{"queue_running": [[0, "a", {}, {"client_id": "c"}, ["9"]]], "extra": 1, "queue_pending": [[2,"b",{},{}],[1, null, {}, {}], "junk"]}`
+	var seen []string
+	out, err := EditQueue([]byte(body), func(item json.RawMessage) (json.RawMessage, bool) {
+		id, ok := ItemID(item)
+		if !ok {
+			return nil, false // a null id is no ComfyUI id: left out
+		}
+		seen = append(seen, id)
+		return item, id != "b"
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"queue_running": [[0, "a", {}, {"client_id": "c"}, ["9"]]], "extra": 1, "queue_pending": []}`
+	if string(out) != want || !slices.Equal(seen, []string{"a", "b"}) {
+		t.Errorf("EditQueue = %s (saw %v), want %s", out, seen, want)
+	}
+	out, err = EditQueue([]byte(`{"queue_running": {"a": 1}, "queue_pending": [[1, "p", {}, {}]]}`), func(item json.RawMessage) (json.RawMessage, bool) {
+		return json.RawMessage(`"x"`), true
+	})
+	if err != nil || string(out) != `{"queue_running": [], "queue_pending": ["x"]}` {
+		t.Errorf("a list that is no array: %s, %v", out, err)
+	}
+	if _, err := EditQueue([]byte(`[]`), nil); err == nil {
+		t.Error("an array answer edited")
+	}
+}
+
+func TestEditHistory(t *testing.T) {
+	t.Parallel()
+	body := `{"z": {"prompt": [1, "z", {}, {}], "outputs": {}}, "a": {"status": {"status_str": "success"}}, "b": 5}`
+	out, err := EditHistory([]byte(body), func(id string, entry json.RawMessage) (string, json.RawMessage, bool) {
+		if id == "b" {
+			return "", nil, false
+		}
+		e, err := EditHistoryEntry(entry, func(member string, val json.RawMessage) json.RawMessage {
+			if member == EntryPrompt {
+				return json.RawMessage(`[]`)
+			}
+			return val
+		})
+		if err != nil {
+			t.Errorf("entry %s: %v", id, err)
+		}
+		return "c-" + id, e, true
+	})
+	// Order kept (z before a), as ComfyUI's oldest-first order.
+	want := `{"c-z": {"prompt": [], "outputs": {}}, "c-a": {"status": {"status_str": "success"}}}`
+	if err != nil || string(out) != want {
+		t.Errorf("EditHistory = %s, %v; want %s", out, err, want)
+	}
+	if _, err := EditHistoryEntry([]byte(`[1]`), nil); err == nil {
+		t.Error("an entry that is no object edited")
+	}
+}
+
+func TestEditStatusMessages(t *testing.T) {
+	t.Parallel()
+	status := `{"status_str": "success", "messages": [["execution_start", {"prompt_id": "u"}], ["x"]], "completed": true}`
+	out, ok := EditStatusMessages([]byte(status), func(data json.RawMessage) json.RawMessage {
+		return json.RawMessage(`{"prompt_id": "c"}`)
+	})
+	want := `{"status_str": "success", "messages": [["execution_start",{"prompt_id":"c"}],["x"]], "completed": true}`
+	if !ok || string(out) != want {
+		t.Errorf("EditStatusMessages = %s, %v; want %s", out, ok, want)
+	}
+	for _, bad := range []string{`{"messages": [1]}`, `[]`} {
+		if _, ok := EditStatusMessages([]byte(bad), func(d json.RawMessage) json.RawMessage { return d }); ok {
+			t.Errorf("%s edited", bad)
+		}
+	}
+}
+
+func TestOutputsFiles(t *testing.T) {
+	t.Parallel()
+	outputs := `{"9": {"images": [{"filename": "a.png", "subfolder": "", "type": "output"}], "text": ["hi"]}, "10": {"gifs": [{"filename": "b.gif", "subfolder": "s", "type": "temp"}]}, "11": 3}`
+	got := OutputsFiles(json.RawMessage(outputs))
+	e, err := ParseHistoryEntry([]byte(`{"outputs": ` + outputs + `}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromEntry := e.Files()
+	byName := func(a, b FileRef) int {
+		if a.Filename < b.Filename {
+			return -1
+		}
+		if a.Filename > b.Filename {
+			return 1
+		}
+		return 0
+	}
+	slices.SortFunc(got, byName)
+	slices.SortFunc(fromEntry, byName)
+	want := []FileRef{{"a.png", "", "output"}, {"b.gif", "s", "temp"}}
+	if !slices.Equal(got, want) || !slices.Equal(fromEntry, want) {
+		t.Errorf("OutputsFiles = %v, Files = %v; want %v", got, fromEntry, want)
+	}
+	if OutputsFiles(json.RawMessage(`[1]`)) != nil {
+		t.Error("files in an array")
+	}
+}
