@@ -53,10 +53,10 @@ func (t *Table) submit(ctx context.Context, req SubmitRequest) (SubmitResult, er
 	pr := &Prompt{ID: id, ClientID: req.ClientID, Sink: req.Sink, Created: time.Now(), header: req.Header}
 	// ComfyUI: "number" in the body sets the priority and leaves the
 	// counter alone; otherwise a truthy "front" negates the counter.
-	if _, ok := req.Body["number"]; ok {
+	if body := comfyapi.PromptRequestOf(req.Body); body.HasNumber() {
 		pr.ownNumber = true
 	} else {
-		pr.front = comfyapi.Truthy(req.Body["front"])
+		pr.front = body.IsFront()
 	}
 	pr.prefer, pr.eligible, pr.prepare = req.Prefer, req.Eligible, req.Prepare
 	if len(req.Files) > 0 {

@@ -22,31 +22,56 @@ const (
 )
 
 // PromptRequest is the part of a POST /prompt body comfygate reads. The
-// raw values are kept as sent; use the methods to read them the way
-// ComfyUI does.
+// raw values are kept as sent (nil when absent); use the methods to read
+// them the way ComfyUI does.
 type PromptRequest struct {
-	Prompt    json.RawMessage `json:"prompt"`
-	ClientID  json.RawMessage `json:"client_id"`
-	ExtraData json.RawMessage `json:"extra_data"`
-	PromptID  json.RawMessage `json:"prompt_id"`
-	Number    json.RawMessage `json:"number"`
-	Front     json.RawMessage `json:"front"`
+	Prompt    json.RawMessage
+	ClientID  json.RawMessage
+	ExtraData json.RawMessage
+	PromptID  json.RawMessage
+	Number    json.RawMessage
+	Front     json.RawMessage
+	// Fields are the body's members, exact-case and last-wins as in
+	// Python's json; forwarding re-encodes them.
+	Fields map[string]json.RawMessage
 }
 
-// ParsePromptRequest reads a POST /prompt body. It fails only when the
-// body is not a JSON object (ComfyUI answers 500 then).
+// ParsePromptRequest reads a POST /prompt body, one level deep. It fails
+// only when the body is not a JSON object (ComfyUI answers 500 then); the
+// error is encoding/json's (a *json.SyntaxError for text that is not
+// JSON) or, for JSON null, one of its own.
 func ParsePromptRequest(body []byte) (PromptRequest, error) {
-	var r PromptRequest
-	if !isObject(body) {
-		return r, errNotObject
-	}
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(body, &m); err != nil {
-		return r, err
+		return PromptRequest{}, err
 	}
-	r.Prompt, r.ClientID, r.ExtraData = m[FieldPrompt], m[FieldClientID], m[FieldExtraData]
-	r.PromptID, r.Number, r.Front = m[FieldPromptID], m[FieldNumber], m[FieldFront]
-	return r, nil
+	if m == nil {
+		return PromptRequest{}, errNotObject
+	}
+	return PromptRequestOf(m), nil
+}
+
+// PromptRequestOf reads the members of a POST /prompt body already split
+// one level deep (fields is kept as the request's Fields).
+func PromptRequestOf(fields map[string]json.RawMessage) PromptRequest {
+	return PromptRequest{
+		Prompt: fields[FieldPrompt], ClientID: fields[FieldClientID], ExtraData: fields[FieldExtraData],
+		PromptID: fields[FieldPromptID], Number: fields[FieldNumber], Front: fields[FieldFront],
+		Fields: fields,
+	}
+}
+
+// HasPrompt reports a "prompt" member (ComfyUI answers 400 no_prompt
+// without one, from Oct-2025).
+func (r PromptRequest) HasPrompt() bool { return r.has(FieldPrompt, r.Prompt) }
+
+// HasNumber reports a "number" member: ComfyUI then takes it as the
+// priority and ignores "front".
+func (r PromptRequest) HasNumber() bool { return r.has(FieldNumber, r.Number) }
+
+func (r PromptRequest) has(field string, raw json.RawMessage) bool {
+	_, ok := r.Fields[field]
+	return ok || raw != nil
 }
 
 // IsFront reports a truthy "front" (Python's bool of the value).

@@ -83,10 +83,6 @@ func AtLeast(s string, min Version) bool {
 // client-supplied prompt_id (v0.3.45+).
 func SupportsClientPromptID(s string) bool { return AtLeast(s, VersionClientPromptID) }
 
-// SupportsFeatures reports whether the comfyui_version s serves GET
-// /features (v0.3.44+).
-func SupportsFeatures(s string) bool { return AtLeast(s, VersionFeatures) }
-
 // SupportsTargetedInterrupt reports whether the comfyui_version s honours
 // POST /interrupt with a prompt_id (v0.3.57+).
 func SupportsTargetedInterrupt(s string) bool { return AtLeast(s, VersionTargetedInterrupt) }
