@@ -1,6 +1,9 @@
 package comfyapi
 
-import "testing"
+import (
+	"encoding/json"
+	"testing"
+)
 
 // TestUploadAnswer: ComfyUI's {"name", "subfolder", "type"} answer, read
 // leniently (a subfolder that is no string costs only itself), and the
@@ -83,6 +86,43 @@ func TestPromptAnswerWithID(t *testing.T) {
 		a, _ := ParsePromptAnswer([]byte(tc.in))
 		if got := string(a.WithID([]byte(tc.in), "client-1")); got != tc.want {
 			t.Errorf("WithID(%s) = %s, want %s", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestSystemStatsVersion(t *testing.T) {
+	t.Parallel()
+	for body, want := range map[string]string{
+		`{"system": {"os": "posix", "comfyui_version": "0.3.65", "python_version": "3.12"}, "devices": []}`: "0.3.65",
+		`{"system": {"os": "posix"}}`:               "",
+		`{"system": {"comfyui_version": 65}}`:       "",
+		`{"system": {"COMFYUI_VERSION": "0.3.65"}}`: "", // exact-case
+		`{"system": "0.3.65"}`:                      "",
+		`["system"]`:                                "",
+		`<html>`:                                    "",
+	} {
+		if got := SystemStatsVersion([]byte(body)); got != want {
+			t.Errorf("SystemStatsVersion(%s) = %q, want %q", body, got, want)
+		}
+	}
+}
+
+// TestPromptRequestFields: the body is split once, its members kept for
+// forwarding, and a member present as null still counts as present (as
+// ComfyUI's "number" in json_data).
+func TestPromptRequestFields(t *testing.T) {
+	t.Parallel()
+	r, err := ParsePromptRequest([]byte(`{"prompt": null, "number": null, "front": true, "x": [1]}`))
+	if err != nil || !r.HasPrompt() || !r.HasNumber() || !r.IsFront() || string(r.Fields["x"]) != "[1]" {
+		t.Errorf("got %+v, %v", r, err)
+	}
+	r = PromptRequestOf(map[string]json.RawMessage{"front": json.RawMessage(`0`)})
+	if r.HasPrompt() || r.HasNumber() || r.IsFront() {
+		t.Errorf("PromptRequestOf: %+v", r)
+	}
+	for _, bad := range []string{`null`, `[1]`, `{"prompt": `} {
+		if _, err := ParsePromptRequest([]byte(bad)); err == nil {
+			t.Errorf("%s parsed", bad)
 		}
 	}
 }

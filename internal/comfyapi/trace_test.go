@@ -150,15 +150,10 @@ func TestTracesHTTP(t *testing.T) {
 					}
 				}
 			case req.Method == "GET" && strings.HasSuffix(path, "/system_stats"):
-				var st struct {
-					System struct {
-						Version string `json:"comfyui_version"`
-					} `json:"system"`
-				}
-				_ = json.Unmarshal(resp.Body, &st)
-				v, ok := ParseVersion(st.System.Version)
-				if !ok || v != (Version{0, 3, 65}) || !SupportsClientPromptID(st.System.Version) || !AtLeast(st.System.Version, VersionFeatures) {
-					t.Errorf("%s: version %q read as %v %v", where, st.System.Version, v, ok)
+				sv := SystemStatsVersion(resp.Body)
+				v, ok := ParseVersion(sv)
+				if !ok || v != (Version{0, 3, 65}) || !SupportsClientPromptID(sv) || !AtLeast(sv, VersionFeatures) {
+					t.Errorf("%s: version %q read as %v %v", where, sv, v, ok)
 				}
 			}
 		}
