@@ -181,3 +181,10 @@ func (s HistoryStatus) LastTimestamp() (int64, bool) {
 	}
 	return 0, false
 }
+
+// ExceptionMessage returns data.exception_message of the message (an
+// execution_error's); "" when it has none or it is not a string.
+func (m Message) ExceptionMessage() string {
+	s, _ := String(objectMembers(m.Data)["exception_message"])
+	return s
+}

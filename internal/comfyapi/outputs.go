@@ -129,3 +129,20 @@ func ParseFileRef(raw []byte) (FileRef, bool) {
 	}
 	return f, true
 }
+
+// NodeOutputFilesByKind returns the file references in one node's UI
+// output (see NodeOutputFiles) by kind ("images", "gifs", "audio", ...);
+// kinds that hold none are left out. Nil when out is not an object.
+func NodeOutputFilesByKind(out json.RawMessage) map[string][]FileRef {
+	kinds := objectMembers(out)
+	if kinds == nil {
+		return nil
+	}
+	refs := make(map[string][]FileRef, len(kinds))
+	for kind, items := range kinds {
+		if files := ListFiles(items); len(files) > 0 {
+			refs[kind] = files
+		}
+	}
+	return refs
+}

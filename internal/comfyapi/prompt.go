@@ -177,3 +177,69 @@ func (a PromptAnswer) WithID(answer []byte, id string) []byte {
 	}
 	return bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
 }
+
+// PromptError is ComfyUI's error answer to POST /prompt (400, also for a
+// prompt that failed validation): {"error": {"type", "message", "details",
+// "extra_info"}, "node_errors": {node: {"errors": [{"type", "message",
+// "details", "extra_info"}], "dependent_outputs": [...], "class_type"}}}
+// (every version since node_errors, 2023).
+type PromptError struct {
+	Type, Message, Details string
+	// NodeErrors are the errors of each node, by node id.
+	NodeErrors map[string]NodeError
+}
+
+// NodeError is one node's entry of node_errors.
+type NodeError struct {
+	ClassType string
+	Errors    []ErrorItem
+}
+
+// ErrorItem is one error of a node_errors entry.
+type ErrorItem struct {
+	Type, Message, Details string
+}
+
+// ParsePromptError reads a POST /prompt error answer leniently: a field
+// that is absent or not a string reads as "", a node entry or error that
+// is not an object is skipped. ok is false when the answer is not an
+// object with an "error" object.
+func ParsePromptError(body []byte) (e PromptError, ok bool) {
+	m := objectMembers(body)
+	if m == nil {
+		return e, false
+	}
+	top := objectMembers(m["error"])
+	if top == nil {
+		return e, false
+	}
+	e.Type, _ = String(top["type"])
+	e.Message, _ = String(top["message"])
+	e.Details, _ = String(top["details"])
+	for id, raw := range objectMembers(m["node_errors"]) {
+		node := objectMembers(raw)
+		if node == nil {
+			continue
+		}
+		var ne NodeError
+		ne.ClassType, _ = String(node["class_type"])
+		var list []json.RawMessage
+		_ = json.Unmarshal(node["errors"], &list)
+		for _, it := range list {
+			f := objectMembers(it)
+			if f == nil {
+				continue
+			}
+			var item ErrorItem
+			item.Type, _ = String(f["type"])
+			item.Message, _ = String(f["message"])
+			item.Details, _ = String(f["details"])
+			ne.Errors = append(ne.Errors, item)
+		}
+		if e.NodeErrors == nil {
+			e.NodeErrors = map[string]NodeError{}
+		}
+		e.NodeErrors[id] = ne
+	}
+	return e, true
+}

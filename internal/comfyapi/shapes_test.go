@@ -126,3 +126,52 @@ func TestPromptRequestFields(t *testing.T) {
 		}
 	}
 }
+
+// TestPromptError: ComfyUI's 400 answer read leniently: one node error
+// whose details is no string costs only that field (a whole-answer struct
+// parse lost the whole message to it).
+func TestPromptError(t *testing.T) {
+	t.Parallel()
+	body := `{"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation", "details": "", "extra_info": {}},
+		"node_errors": {"4": {"errors": [{"type": "value_not_in_list", "message": "Value not in list", "details": 7, "extra_info": {}}, "junk"], "dependent_outputs": ["9"], "class_type": "CheckpointLoaderSimple"}, "5": []}}`
+	e, ok := ParsePromptError([]byte(body))
+	if !ok || e.Type != "prompt_outputs_failed_validation" || e.Message != "Prompt outputs failed validation" || e.Details != "" {
+		t.Fatalf("got %+v, %v", e, ok)
+	}
+	ne, found := e.NodeErrors["4"]
+	if !found || len(e.NodeErrors) != 1 || ne.ClassType != "CheckpointLoaderSimple" || len(ne.Errors) != 1 ||
+		ne.Errors[0] != (ErrorItem{Type: "value_not_in_list", Message: "Value not in list"}) {
+		t.Errorf("node errors %+v", e.NodeErrors)
+	}
+	for _, bad := range []string{`{"prompt_id": "x"}`, `{"error": "boom"}`, `[]`, `<html>`} {
+		if _, ok := ParsePromptError([]byte(bad)); ok {
+			t.Errorf("%s read as an error answer", bad)
+		}
+	}
+}
+
+func TestMessageExceptionMessage(t *testing.T) {
+	t.Parallel()
+	for raw, want := range map[string]string{
+		`["execution_error", {"prompt_id": "p", "exception_message": "CUDA out of memory"}]`: "CUDA out of memory",
+		`["execution_error", {"exception_message": ["x"]}]`:                                  "",
+		`["execution_error", "text"]`:                                                        "",
+	} {
+		m, ok := ParseMessage([]byte(raw))
+		if !ok || m.ExceptionMessage() != want {
+			t.Errorf("%s: %q, %v; want %q", raw, m.ExceptionMessage(), ok, want)
+		}
+	}
+}
+
+func TestNodeOutputFilesByKind(t *testing.T) {
+	t.Parallel()
+	out := `{"images": [{"filename": "a.png", "subfolder": "", "type": "output"}, {"filename": ""}], "text": ["hi"], "animated": [false], "gifs": [{"filename": "b.gif", "subfolder": "s", "type": "temp"}]}`
+	got := NodeOutputFilesByKind(json.RawMessage(out))
+	if len(got) != 2 || len(got["images"]) != 1 || got["images"][0] != (FileRef{"a.png", "", "output"}) || got["gifs"][0] != (FileRef{"b.gif", "s", "temp"}) {
+		t.Errorf("NodeOutputFilesByKind = %+v", got)
+	}
+	if NodeOutputFilesByKind(json.RawMessage(`[1]`)) != nil {
+		t.Error("files in an array")
+	}
+}
