@@ -86,56 +86,33 @@ func (v View) Jobs(body []byte) []byte {
 	if v.Visible == nil && !v.mayRedact(body) {
 		return body
 	}
-	ms, err := jsonobj.Members(body)
+	out, err := comfyapi.EditJobs(body, func(j json.RawMessage) (json.RawMessage, bool) { return v.Job(j) })
 	if err != nil {
 		return v.unreadable(body, []byte(`{"jobs": []}`))
 	}
-	for i, m := range ms {
-		if m.Key != "jobs" {
-			continue
-		}
-		var jobs []json.RawMessage
-		if json.Unmarshal(m.Val, &jobs) != nil {
-			ms[i].Val = json.RawMessage("[]")
-			continue
-		}
-		kept := jobs[:0]
-		for _, j := range jobs {
-			if out, ok := v.Job(j); ok {
-				kept = append(kept, out)
-			}
-		}
-		ms[i].Val = comfyapi.AppendArray(nil, kept)
-	}
-	return jsonobj.Append(nil, ms)
+	return out
 }
 
 // Job filters one job object ({"id": ..., "extra_data": {...}, ...}); it
 // reports false when the job may not be shown.
 func (v View) Job(raw []byte) ([]byte, bool) {
-	ms, err := jsonobj.Members(raw)
-	if err != nil {
-		return nil, false
-	}
-	id := ""
-	for _, m := range ms {
-		if m.Key == "id" || m.Key == "prompt_id" || m.Key == "job_id" {
-			_ = json.Unmarshal(m.Val, &id)
-			break
-		}
-	}
-	if !v.visible(id) {
+	id, err := comfyapi.AnyJobID(raw)
+	if err != nil || !v.visible(id) {
 		return nil, false
 	}
 	if v.own(id) || !v.mayRedact(raw) {
 		return raw, true
 	}
-	for i, m := range ms {
-		if m.Key == "extra_data" {
-			ms[i].Val = v.redactExtra(m.Val)
+	out, err := comfyapi.EditJob(raw, func(member string, val json.RawMessage) json.RawMessage {
+		if member == comfyapi.FieldExtraData {
+			return v.redactExtra(val)
 		}
+		return val
+	})
+	if err != nil {
+		return nil, false
 	}
-	return jsonobj.Append(nil, ms), true
+	return out, true
 }
 
 // promptItem filters one [number, id, prompt, extra_data, ...] queue

@@ -222,47 +222,47 @@ func (s *Server) learnOutputs(inst *upstream.Instance, raw json.RawMessage) {
 // and its file references (with the
 // instance in their subfolder, outputref.go); it learns its files.
 func (s *Server) rewriteJob(inst *upstream.Instance, raw json.RawMessage) (string, json.RawMessage) {
-	ms, err := objectMembers(raw)
+	upID, err := comfyapi.JobID(raw)
 	if err != nil {
 		return "", raw
 	}
-	upID := ""
-	for _, m := range ms {
-		if m.Key == "id" {
-			upID, _ = comfyapi.String(m.Val)
-		}
-	}
 	v := s.viewOf(inst, upID)
-	for i, m := range ms {
-		switch m.Key {
+	out, err := comfyapi.EditJob(raw, func(member string, val json.RawMessage) json.RawMessage {
+		switch member {
 		case "id":
-			ms[i].Val = quoteJSON(v.id)
+			return quoteJSON(v.id)
 		case "priority": // the queue number, as in /queue
 			if v.number != nil {
-				ms[i].Val = v.number
+				return v.number
 			}
 		case "outputs":
-			s.learnOutputs(inst, m.Val) // the instance's own refs
-			ms[i].Val = encodeOutputs(instanceToken(inst), m.Val)
+			s.learnOutputs(inst, val) // the instance's own refs
+			return encodeOutputs(instanceToken(inst), val)
 		case "preview_output":
-			s.learnOutputs(inst, append(append([]byte(`{"p":{"p":[`), m.Val...), "]}}"...))
-			ms[i].Val, _ = encodeFileRef(instanceToken(inst), m.Val)
+			for _, f := range comfyapi.ListFiles(comfyapi.AppendArray(nil, []json.RawMessage{val})) {
+				s.prompts.PinFile(f, inst)
+			}
+			out, _ := encodeFileRef(instanceToken(inst), val)
+			return out
 		case "workflow":
-			wf, err := objectMembers(m.Val)
-			if err != nil {
-				continue
-			}
-			for j, w := range wf {
-				if w.Key == "extra_data" {
-					wf[j].Val = v.fixExtraData(w.Val)
+			wf, err := comfyapi.EditJob(val, func(member string, val json.RawMessage) json.RawMessage {
+				if member == comfyapi.FieldExtraData {
+					return v.fixExtraData(val)
 				}
+				return val
+			})
+			if err == nil {
+				return wf
 			}
-			ms[i].Val = appendObject(nil, wf)
 		case "execution_status":
-			ms[i].Val = v.rewriteStatus(m.Val, upID)
+			return v.rewriteStatus(val, upID)
 		case "execution_error":
-			ms[i].Val = v.fixPromptIDField(m.Val, upID)
+			return v.fixPromptIDField(val, upID)
 		}
+		return val
+	})
+	if err != nil {
+		return v.id, raw
 	}
-	return v.id, appendObject(nil, ms)
+	return v.id, out
 }
