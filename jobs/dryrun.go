@@ -97,10 +97,8 @@ func (s *Service) serveValidatePrompt(ctx *fasthttp.RequestCtx) {
 		writeError(ctx, aerr)
 		return
 	}
-	var req struct {
-		Prompt json.RawMessage `json:"prompt"`
-	}
-	if err := json.Unmarshal(body, &req); err != nil {
+	req, err := comfyapi.ParsePromptRequest(body)
+	if err != nil {
 		writeError(ctx, badRequest(errInvalidRequest, "body is not JSON {\"prompt\": {...}}"))
 		return
 	}

@@ -82,12 +82,12 @@ func readWarmup(path string) (json.RawMessage, error) {
 	if err != nil {
 		return nil, fmt.Errorf("warm-up workflow: %w", err)
 	}
-	var body map[string]json.RawMessage
-	if err := json.Unmarshal(data, &body); err != nil {
+	body, err := comfyapi.ParsePromptRequest(data)
+	if err != nil {
 		return nil, fmt.Errorf("warm-up workflow %s: not a JSON object: %w", path, err)
 	}
-	if g, ok := body["prompt"]; ok {
-		return g, nil
+	if body.HasPrompt() {
+		return body.Prompt, nil
 	}
 	return data, nil
 }

@@ -253,3 +253,25 @@ func WithStringChoices(spec json.RawMessage, choices []string) (json.RawMessage,
 	}
 	return AppendArray(nil, parts), true
 }
+
+// ParseModelList reads a GET /models answer (the model folder names,
+// ["checkpoints", "loras", ...]) or a GET /models/{folder} answer (the
+// file names in that folder); both exist since mid-2024. Elements that
+// are not strings are skipped. It fails when body is not a JSON list.
+func ParseModelList(body []byte) ([]string, error) {
+	b := bytes.TrimSpace(body)
+	if len(b) == 0 || b[0] != '[' {
+		return nil, errNotArray
+	}
+	var items []json.RawMessage
+	if err := json.Unmarshal(b, &items); err != nil {
+		return nil, err
+	}
+	out := make([]string, 0, len(items))
+	for _, it := range items {
+		if s, ok := String(it); ok {
+			out = append(out, s)
+		}
+	}
+	return out, nil
+}

@@ -123,3 +123,21 @@ func TestEditNodeInputs(t *testing.T) {
 		t.Error("choices set on an INT")
 	}
 }
+
+// TestModelList: /models answers read leniently: one odd element costs
+// only itself (a []string parse lost the whole list to it).
+func TestModelList(t *testing.T) {
+	t.Parallel()
+	got, err := ParseModelList([]byte(` ["checkpoints", 3, "loras", null]`))
+	if err != nil || !slices.Equal(got, []string{"checkpoints", "loras"}) {
+		t.Errorf("got %q, %v", got, err)
+	}
+	if got, err := ParseModelList([]byte(`[]`)); err != nil || got == nil || len(got) != 0 {
+		t.Errorf("empty list: %q, %v", got, err)
+	}
+	for _, bad := range []string{`null`, `{"checkpoints": []}`, `<html>`, `[`} {
+		if _, err := ParseModelList([]byte(bad)); err == nil {
+			t.Errorf("%s read as a list", bad)
+		}
+	}
+}
