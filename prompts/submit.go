@@ -290,43 +290,16 @@ func (t *Table) recheckDown(ctx context.Context, pr *Prompt, inst *upstream.Inst
 	t.failover(ctx, pr, inst, fmt.Sprintf("instance %s died", inst.Name), false)
 }
 
-// buildBody returns the JSON forwarded to an instance: the client's body
-// with client_id and extra_data.client_id set to comfygate's socket id (every
-// other extra_data key kept), and prompt_id set to uid (removed when "").
+// buildBody returns the JSON forwarded to an instance (see
+// comfyapi.ForwardBody).
 func buildBody(base map[string]json.RawMessage, clientID, uid string) ([]byte, error) {
-	m := make(map[string]json.RawMessage, len(base)+3)
-	for k, v := range base {
-		m[k] = v
-	}
-	cid := quoteJSON(clientID)
-	m["client_id"] = cid
-	extra := map[string]json.RawMessage{}
-	if raw := bytes.TrimSpace(base["extra_data"]); len(raw) > 0 && raw[0] == '{' {
-		if err := json.Unmarshal(raw, &extra); err != nil {
-			return nil, fmt.Errorf("extra_data: %w", err)
-		}
-	}
-	extra["client_id"] = cid
-	eb, err := marshalNoEscape(extra)
-	if err != nil {
-		return nil, err
-	}
-	m["extra_data"] = eb
-	if uid != "" {
-		m["prompt_id"] = quoteJSON(uid)
-	} else {
-		delete(m, "prompt_id")
-	}
-	return marshalNoEscape(m)
+	return comfyapi.ForwardBody(base, clientID, uid)
 }
 
 // parseBody reads a body built by buildBody back, one level deep.
 func parseBody(body []byte) (map[string]json.RawMessage, error) {
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(body, &m); err != nil {
-		return nil, err
-	}
-	return m, nil
+	r, err := comfyapi.ParsePromptRequest(body)
+	return r.Fields, err
 }
 
 // marshalNoEscape is json.Marshal without HTML escaping (prompts carry

@@ -3,6 +3,7 @@ package comfyapi
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"strconv"
 
 	"github.com/comfygate/comfygate/internal/jsonobj"
@@ -169,13 +170,11 @@ func (a PromptAnswer) WithID(answer []byte, id string) []byte {
 		return answer
 	}
 	m[FieldPromptID] = jsonobj.Quote(id)
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if enc.Encode(m) != nil {
+	out, err := marshalNoEscape(m)
+	if err != nil {
 		return answer
 	}
-	return bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
+	return out
 }
 
 // PromptError is ComfyUI's error answer to POST /prompt (400, also for a
@@ -242,4 +241,50 @@ func ParsePromptError(body []byte) (e PromptError, ok bool) {
 		e.NodeErrors[id] = ne
 	}
 	return e, true
+}
+
+// ForwardBody writes the POST /prompt body comfygate sends an instance:
+// fields (a client's body split one level, see PromptRequest.Fields) with
+// "client_id" and extra_data.client_id set to clientID (every other
+// extra_data member kept; an extra_data that is not an object is
+// replaced), and "prompt_id" set to promptID, or removed when it is "".
+// Members are written sorted, without HTML escaping (prompts carry text a
+// user wrote). It fails when extra_data starts like an object but is not
+// valid JSON.
+func ForwardBody(fields map[string]json.RawMessage, clientID, promptID string) ([]byte, error) {
+	m := make(map[string]json.RawMessage, len(fields)+3)
+	for k, v := range fields {
+		m[k] = v
+	}
+	cid := jsonobj.Quote(clientID)
+	m[FieldClientID] = cid
+	extra := map[string]json.RawMessage{}
+	if raw := fields[FieldExtraData]; isObject(raw) {
+		if err := json.Unmarshal(raw, &extra); err != nil {
+			return nil, fmt.Errorf("extra_data: %w", err)
+		}
+	}
+	extra[FieldClientID] = cid
+	eb, err := marshalNoEscape(extra)
+	if err != nil {
+		return nil, err
+	}
+	m[FieldExtraData] = eb
+	if promptID != "" {
+		m[FieldPromptID] = jsonobj.Quote(promptID)
+	} else {
+		delete(m, FieldPromptID)
+	}
+	return marshalNoEscape(m)
+}
+
+// marshalNoEscape is json.Marshal without HTML escaping.
+func marshalNoEscape(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
 }

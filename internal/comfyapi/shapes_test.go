@@ -175,3 +175,23 @@ func TestNodeOutputFilesByKind(t *testing.T) {
 		t.Error("files in an array")
 	}
 }
+
+func TestForwardBody(t *testing.T) {
+	t.Parallel()
+	r, err := ParsePromptRequest([]byte(`{"prompt": {"1": {"class_type": "X", "inputs": {"t": "<b>"}}}, "client_id": "theirs", "extra_data": {"api_key_comfy_org": "k", "client_id": "x"}, "prompt_id": "old", "front": true}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ForwardBody(r.Fields, "mine", "uid-1")
+	want := `{"client_id":"mine","extra_data":{"api_key_comfy_org":"k","client_id":"mine"},"front":true,"prompt":{"1":{"class_type":"X","inputs":{"t":"<b>"}}},"prompt_id":"uid-1"}`
+	if err != nil || string(got) != want {
+		t.Errorf("ForwardBody = %s, %v\nwant %s", got, err, want)
+	}
+	got, err = ForwardBody(map[string]json.RawMessage{"prompt": json.RawMessage(`{}`), "extra_data": json.RawMessage(`[1]`), "prompt_id": json.RawMessage(`"x"`)}, "mine", "")
+	if want := `{"client_id":"mine","extra_data":{"client_id":"mine"},"prompt":{}}`; err != nil || string(got) != want {
+		t.Errorf("no prompt id, odd extra_data: %s, %v; want %s", got, err, want)
+	}
+	if _, err := ForwardBody(map[string]json.RawMessage{"extra_data": json.RawMessage(`{"a": `)}, "c", ""); err == nil {
+		t.Error("a broken extra_data forwarded")
+	}
+}
