@@ -123,13 +123,10 @@ func (s *Service) serveValidatePrompt(ctx *fasthttp.RequestCtx) {
 // uploadInputs names the graph's inputs whose spec takes an uploaded file
 // ({"image_upload": true} and the like in object_info).
 func uploadInputs(graph json.RawMessage, info map[string]classInfo) map[string]bool {
-	var nodes map[string]struct {
-		Class string `json:"class_type"`
-	}
-	_ = json.Unmarshal(graph, &nodes)
+	nodes, _ := comfyapi.ParseGraph(graph)
 	out := map[string]bool{}
 	for id, n := range nodes {
-		ci := info[n.Class]
+		ci := info[n.ClassType]
 		for _, specs := range []map[string]json.RawMessage{ci.Required, ci.Optional} {
 			for in, spec := range specs {
 				if sp, ok := comfyapi.ParseInputSpec(spec); ok && sp.Upload {
@@ -147,20 +144,17 @@ type classInfo = comfyapi.NodeClass
 // checkGraph checks an API-format graph against object_info and returns
 // every problem found.
 func checkGraph(graph json.RawMessage, info map[string]classInfo, fileInputs map[string]bool) []fieldError {
-	var nodes map[string]struct {
-		Class  string                     `json:"class_type"`
-		Inputs map[string]json.RawMessage `json:"inputs"`
-	}
-	if json.Unmarshal(graph, &nodes) != nil {
+	nodes, err := comfyapi.ParseGraph(graph)
+	if err != nil {
 		return []fieldError{{"graph", "not an API-format graph"}}
 	}
 	var errs []fieldError
 	for _, id := range slices.Sorted(maps.Keys(nodes)) {
 		n := nodes[id]
-		field := func(in string) string { return fmt.Sprintf("node %s (%s).%s", id, n.Class, in) }
-		ci, ok := info[n.Class]
+		field := func(in string) string { return fmt.Sprintf("node %s (%s).%s", id, n.ClassType, in) }
+		ci, ok := info[n.ClassType]
 		if !ok {
-			errs = append(errs, fieldError{fmt.Sprintf("node %s", id), fmt.Sprintf("node class %q is not installed on the instance", n.Class)})
+			errs = append(errs, fieldError{fmt.Sprintf("node %s", id), fmt.Sprintf("node class %q is not installed on the instance", n.ClassType)})
 			continue
 		}
 		for _, in := range slices.Sorted(maps.Keys(ci.Required)) {
@@ -174,14 +168,10 @@ func checkGraph(graph json.RawMessage, info map[string]classInfo, fileInputs map
 			if !ok {
 				continue // ComfyUI ignores inputs a class does not declare
 			}
-			if src, link := isLink(v); link {
-				var l [2]json.RawMessage
-				var idx int
-				_ = json.Unmarshal(v, &l)
-				_ = json.Unmarshal(l[1], &idx)
+			if src, idx, link := comfyapi.InputLink(v); link {
 				if sn, ok := nodes[src]; ok {
-					if sci, ok := info[sn.Class]; ok && (idx < 0 || idx >= sci.Outputs) {
-						errs = append(errs, fieldError{field(in), fmt.Sprintf("links to output %d of node %s (%s), which has %d outputs", idx, src, sn.Class, sci.Outputs)})
+					if sci, ok := info[sn.ClassType]; ok && (idx < 0 || idx >= sci.Outputs) {
+						errs = append(errs, fieldError{field(in), fmt.Sprintf("links to output %d of node %s (%s), which has %d outputs", idx, src, sn.ClassType, sci.Outputs)})
 					}
 				}
 				continue

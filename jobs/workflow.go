@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/workflows"
 )
 
@@ -69,17 +70,8 @@ func kindOf(v json.RawMessage) jsonKind {
 
 // isLink reports whether an input value is a link ["node_id", output_index].
 func isLink(v json.RawMessage) (node string, ok bool) {
-	if kindOf(v) != kindArray {
-		return "", false
-	}
-	var l []json.RawMessage
-	if json.Unmarshal(v, &l) != nil || len(l) != 2 || kindOf(l[0]) != kindString || kindOf(l[1]) != kindNumber {
-		return "", false
-	}
-	if json.Unmarshal(l[0], &node) != nil {
-		return "", false
-	}
-	return node, true
+	node, _, ok = comfyapi.InputLink(v)
+	return node, ok
 }
 
 // loadWorkflows merges the built-in workflows with cfg.Workflows and loads

@@ -59,24 +59,20 @@ func (fs *fileStore) EnsureInputs(ctx context.Context, inst *upstream.Instance, 
 	if inst == nil || len(prompt) == 0 {
 		return nil
 	}
-	var graph map[string]json.RawMessage
-	if err := json.Unmarshal(prompt, &graph); err != nil {
+	graph, err := comfyapi.ParseGraph(prompt)
+	if err != nil {
 		return fmt.Errorf("ensure inputs: parse prompt: %w", err)
 	}
 	var refs []FileRef
-	for _, raw := range graph {
-		var node struct {
-			Inputs map[string]json.RawMessage `json:"inputs"`
-		}
-		if json.Unmarshal(raw, &node) != nil {
-			continue // not a node: upstream validation answers for it
-		}
+	for _, node := range graph {
+		// A node that is not one has no inputs: upstream validation
+		// answers for it.
 		for _, v := range node.Inputs {
 			if len(v) < 2 || v[0] != '"' || len(v) > maxInputValue {
 				continue
 			}
-			var s string
-			if json.Unmarshal(v, &s) != nil {
+			s, ok := comfyapi.String(v)
+			if !ok {
 				continue
 			}
 			if ref, ok := inputRef(s); ok && !containsRef(refs, ref) {

@@ -279,49 +279,23 @@ const maxInputValue = 1024
 // that is not an object of nodes is returned as it is, for the instance
 // to answer.
 func (s *Server) namespacePrompt(ns string, graph json.RawMessage) (json.RawMessage, error) {
-	nodes, err := objectMembers(graph)
+	out, _, err := comfyapi.EditGraphInputs(graph, func(nodeID, input string, val json.RawMessage) (json.RawMessage, error) {
+		v, ok := comfyapi.String(val)
+		if !ok {
+			return nil, nil
+		}
+		if namesKeysDir(v) {
+			return nil, fmt.Errorf("input %q of node %q names comfygate's folder %q", input, nodeID, keysDir)
+		}
+		if w, ok := s.namespaceInput(ns, v); ok {
+			return comfyapi.AppendPyString(nil, w), nil
+		}
+		return nil, nil
+	})
 	if err != nil {
-		return graph, nil
+		return nil, err
 	}
-	changed := false
-	for i, n := range nodes {
-		node, err := objectMembers(n.Val)
-		if err != nil {
-			continue
-		}
-		for j, f := range node {
-			if f.Key != "inputs" {
-				continue
-			}
-			inputs, err := objectMembers(f.Val)
-			if err != nil {
-				continue
-			}
-			nodeChanged := false
-			for k, in := range inputs {
-				v, ok := comfyapi.String(in.Val)
-				if !ok {
-					continue
-				}
-				if namesKeysDir(v) {
-					return nil, fmt.Errorf("input %q of node %q names comfygate's folder %q", in.Key, n.Key, keysDir)
-				}
-				if w, ok := s.namespaceInput(ns, v); ok {
-					inputs[k].Val = comfyapi.AppendPyString(nil, w)
-					nodeChanged = true
-				}
-			}
-			if nodeChanged {
-				node[j].Val = appendObject(nil, inputs)
-				nodes[i].Val = appendObject(nil, node)
-				changed = true
-			}
-		}
-	}
-	if !changed {
-		return graph, nil
-	}
-	return appendObject(make([]byte, 0, len(graph)+64), nodes), nil
+	return out, nil
 }
 
 // uploadForm rewrites an upload's multipart form for the key of

@@ -225,49 +225,31 @@ func promptFiles(insts []*upstream.Instance, prompt json.RawMessage) (map[string
 	if !bytes.Contains(prompt, []byte{'"', outputRefMark}) {
 		return nil, nil
 	}
-	graph, err := objectMembers(prompt)
-	if err != nil {
-		return nil, nil
-	}
 	var files map[string]prompts.InstanceFile
 	var order []*upstream.Instance
 	count := map[*upstream.Instance]int{}
-	for _, n := range graph {
-		node, err := objectMembers(n.Val)
-		if err != nil {
-			continue
+	_, _, _ = comfyapi.EditGraphInputs(prompt, func(_, _ string, val json.RawMessage) (json.RawMessage, error) {
+		s, ok := comfyapi.String(val)
+		if !ok {
+			return nil, nil
 		}
-		for _, f := range node {
-			if f.Key != "inputs" {
-				continue
-			}
-			inputs, err := objectMembers(f.Val)
-			if err != nil {
-				continue
-			}
-			for _, in := range inputs {
-				s, ok := comfyapi.String(in.Val)
-				if !ok {
-					continue
-				}
-				if _, seen := files[s]; seen {
-					continue
-				}
-				inst, d, ok := encodedOutputPath(insts, s)
-				if !ok {
-					continue
-				}
-				if files == nil {
-					files = map[string]prompts.InstanceFile{}
-				}
-				files[s] = prompts.InstanceFile{Instance: inst, Value: d}
-				if count[inst] == 0 {
-					order = append(order, inst)
-				}
-				count[inst]++
-			}
+		if _, seen := files[s]; seen {
+			return nil, nil
 		}
-	}
+		inst, d, ok := encodedOutputPath(insts, s)
+		if !ok {
+			return nil, nil
+		}
+		if files == nil {
+			files = map[string]prompts.InstanceFile{}
+		}
+		files[s] = prompts.InstanceFile{Instance: inst, Value: d}
+		if count[inst] == 0 {
+			order = append(order, inst)
+		}
+		count[inst]++
+		return nil, nil
+	})
 	var prefer *upstream.Instance
 	for _, inst := range order {
 		if prefer == nil || count[inst] > count[prefer] {
