@@ -478,28 +478,19 @@ func (f *uploadForm) answer(body []byte) []byte {
 	f.mu.Lock()
 	sent, client := f.sentSubDir, f.clientSub
 	f.mu.Unlock()
-	ms, err := objectMembers(body)
+	out, err := comfyapi.EditUploadAnswer(body, func(sub string) (string, bool) {
+		if sent != "" && sub == sent {
+			return client, true
+		}
+		if rest, found := strings.CutPrefix(sub, f.ns+"/"); found {
+			return rest, true
+		}
+		return "", sub == f.ns
+	})
 	if err != nil {
 		return stripNamespace(body, f.ns)
 	}
-	for i, m := range ms {
-		if m.Key != "subfolder" {
-			continue
-		}
-		sub, ok := comfyapi.String(m.Val)
-		switch {
-		case !ok:
-		case sent != "" && sub == sent:
-			ms[i].Val = comfyapi.AppendPyString(nil, client)
-		default:
-			if rest, found := strings.CutPrefix(sub, f.ns+"/"); found {
-				ms[i].Val = comfyapi.AppendPyString(nil, rest)
-			} else if sub == f.ns {
-				ms[i].Val = comfyapi.AppendPyString(nil, "")
-			}
-		}
-	}
-	return appendObject(make([]byte, 0, len(body)), ms)
+	return out
 }
 
 // switchWriter writes to w, which the upload changes from the held head

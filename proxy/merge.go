@@ -221,22 +221,22 @@ func (s *Server) historyLists(insts []*upstream.Instance, path string, visible f
 		if r.err != nil || r.status != fasthttp.StatusOK {
 			continue
 		}
-		ms, err := objectMembers(r.body)
+		entries, err := comfyapi.HistoryEntries(r.body)
 		if err != nil {
 			continue
 		}
 		answered = true
-		asked[i] = len(ms)
-		list := make([]historyItem, 0, len(ms))
+		asked[i] = len(entries)
+		list := make([]historyItem, 0, len(entries))
 		var last int64
-		for _, m := range ms {
-			if ts, ok := completionTime(m.Val); ok {
+		for _, m := range entries {
+			if ts, ok := completionTime(m.Entry); ok {
 				last = ts
 			}
-			if visible != nil && !visible(s.viewOf(r.inst, m.Key).id) {
+			if visible != nil && !visible(s.viewOf(r.inst, m.ID).id) {
 				continue
 			}
-			key, val := s.rewriteHistoryEntry(r.inst, m.Key, m.Val)
+			key, val := s.rewriteHistoryEntry(r.inst, m.ID, m.Entry)
 			list = append(list, historyItem{key: key, val: val, ts: last})
 		}
 		lists[i] = list

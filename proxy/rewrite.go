@@ -34,8 +34,6 @@ type member = jsonobj.Member
 
 func objectMembers(data []byte) ([]member, error) { return jsonobj.Members(data) }
 
-func appendObject(dst []byte, ms []member) []byte { return jsonobj.Append(dst, ms) }
-
 func quoteJSON(s string) []byte { return jsonobj.Quote(s) }
 
 // promptView is how the client knows one prompt an instance reports.
@@ -75,47 +73,22 @@ func setAnswerNumber(body []byte, p *prompts.Prompt) []byte {
 	if num == nil {
 		return body
 	}
-	ms, err := objectMembers(body)
-	if err != nil {
-		return body
-	}
-	for i, m := range ms {
-		if m.Key == "number" {
-			ms[i].Val = num
-			return appendObject(make([]byte, 0, len(body)+8), ms)
-		}
-	}
-	return body
+	return comfyapi.WithNumber(body, num)
 }
 
 // fixExtraData rewrites extra_data.client_id for the client.
 func (v promptView) fixExtraData(raw json.RawMessage) json.RawMessage {
-	ms, err := objectMembers(raw)
-	if err != nil {
-		return raw
-	}
-	out := ms[:0]
-	changed := false
-	for _, m := range ms {
-		if m.Key == "client_id" {
-			cur, _ := comfyapi.String(m.Val)
-			switch {
-			case v.known && v.clientID == "":
-				changed = true
-				continue // the client sent none
-			case v.known && cur != v.clientID:
-				m.Val, changed = quoteJSON(v.clientID), true
-			case !v.known && v.socketID != "" && cur == v.socketID:
-				changed = true
-				continue // comfygate's own id never leaks
-			}
+	return comfyapi.EditExtraDataClientID(raw, func(cur string) (comfyapi.ClientIDEdit, string) {
+		switch {
+		case v.known && v.clientID == "":
+			return comfyapi.DropClientID, "" // the client sent none
+		case v.known && cur != v.clientID:
+			return comfyapi.ReplaceClientID, v.clientID
+		case !v.known && v.socketID != "" && cur == v.socketID:
+			return comfyapi.DropClientID, "" // comfygate's own id never leaks
 		}
-		out = append(out, m)
-	}
-	if !changed {
-		return raw
-	}
-	return appendObject(nil, out)
+		return comfyapi.KeepClientID, ""
+	})
 }
 
 // rewriteTuple rewrites a queue item / history "prompt" tuple
@@ -155,22 +128,7 @@ func (v promptView) rewriteStatus(raw json.RawMessage, upID string) json.RawMess
 
 // fixPromptIDField rewrites obj.prompt_id from upID to the client's id.
 func (v promptView) fixPromptIDField(raw json.RawMessage, upID string) json.RawMessage {
-	ms, err := objectMembers(raw)
-	if err != nil {
-		return raw
-	}
-	changed := false
-	for i, m := range ms {
-		if m.Key == "prompt_id" {
-			if cur, ok := comfyapi.String(m.Val); ok && cur == upID {
-				ms[i].Val, changed = quoteJSON(v.id), true
-			}
-		}
-	}
-	if !changed {
-		return raw
-	}
-	return appendObject(nil, ms)
+	return comfyapi.ReplacePromptIDField(raw, upID, v.id)
 }
 
 // rewriteHistoryEntry rewrites one history entry of inst known there as

@@ -158,3 +158,67 @@ func (e HistoryEntry) Files() []FileRef {
 	}
 	return refs
 }
+
+// ClientIDEdit is what to do with one extra_data.client_id: keep it,
+// replace it (with Value, a JSON string), or drop the member.
+type ClientIDEdit int
+
+// ClientIDEdit values.
+const (
+	KeepClientID ClientIDEdit = iota
+	ReplaceClientID
+	DropClientID
+)
+
+// EditExtraDataClientID rewrites the "client_id" member of an extra_data
+// object (a queue tuple's, a job workflow's): edit gets its value ("" when
+// it is not a string) and decides. Every other byte is kept; raw comes
+// back unchanged when nothing changed or it is not an object.
+func EditExtraDataClientID(raw json.RawMessage, edit func(cur string) (ClientIDEdit, string)) json.RawMessage {
+	ms, err := jsonobj.Members(raw)
+	if err != nil {
+		return raw
+	}
+	out := ms[:0]
+	changed := false
+	for _, m := range ms {
+		if m.Key == FieldClientID {
+			cur, _ := String(m.Val)
+			switch what, val := edit(cur); what {
+			case DropClientID:
+				changed = true
+				continue
+			case ReplaceClientID:
+				m.Val, changed = jsonobj.Quote(val), true
+			}
+		}
+		out = append(out, m)
+	}
+	if !changed {
+		return raw
+	}
+	return jsonobj.Append(nil, out)
+}
+
+// ReplacePromptIDField rewrites the "prompt_id" of an object (an event's
+// data, a job's execution_error) from from to to; every other byte is
+// kept, and raw comes back unchanged when it holds no prompt_id equal to
+// from or is not an object.
+func ReplacePromptIDField(raw json.RawMessage, from, to string) json.RawMessage {
+	ms, err := jsonobj.Members(raw)
+	if err != nil {
+		return raw
+	}
+	changed := false
+	for i, m := range ms {
+		if m.Key == FieldPromptID {
+			if cur, ok := String(m.Val); ok && cur == from {
+				ms[i].Val, changed = jsonobj.Quote(to), true
+			}
+		}
+	}
+	if !changed {
+		return raw
+	}
+	return jsonobj.Append(nil, ms)
+}

@@ -109,3 +109,69 @@ func TestOutputsFiles(t *testing.T) {
 		t.Error("files in an array")
 	}
 }
+
+func TestEditExtraDataClientID(t *testing.T) {
+	t.Parallel()
+	extra := `{"client_id": "sock", "api_key_comfy_org": "k"}`
+	for _, tc := range []struct {
+		what ClientIDEdit
+		want string
+	}{
+		{KeepClientID, extra},
+		{ReplaceClientID, `{"client_id": "theirs", "api_key_comfy_org": "k"}`},
+		{DropClientID, `{"api_key_comfy_org": "k"}`},
+	} {
+		var saw string
+		got := EditExtraDataClientID(json.RawMessage(extra), func(cur string) (ClientIDEdit, string) { saw = cur; return tc.what, "theirs" })
+		if string(got) != tc.want || saw != "sock" {
+			t.Errorf("%v: %s (saw %q), want %s", tc.what, got, saw, tc.want)
+		}
+	}
+	if got := EditExtraDataClientID(json.RawMessage(`[1]`), func(string) (ClientIDEdit, string) { return DropClientID, "" }); string(got) != `[1]` {
+		t.Errorf("not an object: %s", got)
+	}
+}
+
+func TestReplacePromptIDField(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ in, want string }{
+		{`{"prompt_id": "up", "timestamp": 1}`, `{"prompt_id": "client", "timestamp": 1}`},
+		{`{"prompt_id": "other", "timestamp": 1}`, `{"prompt_id": "other", "timestamp": 1}`},
+		{`{"PROMPT_ID": "up"}`, `{"PROMPT_ID": "up"}`},
+		{`"up"`, `"up"`},
+	} {
+		if got := ReplacePromptIDField(json.RawMessage(tc.in), "up", "client"); string(got) != tc.want {
+			t.Errorf("ReplacePromptIDField(%s) = %s, want %s", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestHistoryEntriesOrder(t *testing.T) {
+	t.Parallel()
+	items, err := HistoryEntries([]byte(`{"z": {"outputs": {}}, "a": {}}`))
+	if err != nil || len(items) != 2 || items[0].ID != "z" || string(items[1].Entry) != "{}" {
+		t.Errorf("HistoryEntries = %+v, %v", items, err)
+	}
+	if _, err := HistoryEntries([]byte(`[]`)); err == nil {
+		t.Error("an array read as history")
+	}
+}
+
+func TestAnswerEdits(t *testing.T) {
+	t.Parallel()
+	if got := WithNumber([]byte(`{"prompt_id": "p", "number": 3, "node_errors": {}}`), json.RawMessage(`-2`)); string(got) != `{"prompt_id": "p", "number": -2, "node_errors": {}}` {
+		t.Errorf("WithNumber = %s", got)
+	}
+	if got := WithNumber([]byte(`{"prompt_id": "p"}`), json.RawMessage(`1`)); string(got) != `{"prompt_id": "p"}` {
+		t.Errorf("WithNumber without a number = %s", got)
+	}
+	got, err := EditUploadAnswer([]byte(`{"name": "x.png", "subfolder": "ns/sub", "type": "input"}`), func(sub string) (string, bool) {
+		return sub[len("ns/"):], true
+	})
+	if err != nil || string(got) != `{"name": "x.png", "subfolder": "sub", "type": "input"}` {
+		t.Errorf("EditUploadAnswer = %s, %v", got, err)
+	}
+	if _, err := EditUploadAnswer([]byte(`nope`), nil); err == nil {
+		t.Error("text edited as an upload answer")
+	}
+}

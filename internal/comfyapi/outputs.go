@@ -3,6 +3,8 @@ package comfyapi
 import (
 	"bytes"
 	"encoding/json"
+
+	"github.com/comfygate/comfygate/internal/jsonobj"
 )
 
 // FileRef names a file on one instance the way ComfyUI's outputs, /view
@@ -145,4 +147,26 @@ func NodeOutputFilesByKind(out json.RawMessage) map[string][]FileRef {
 		}
 	}
 	return refs
+}
+
+// EditUploadAnswer rewrites the "subfolder" of an upload answer (see
+// ParseUploadAnswer): edit gets each string subfolder and returns its
+// replacement, written in Python's form, or ok false to keep it. Every
+// other byte is kept. It fails when body is not a JSON object.
+func EditUploadAnswer(body []byte, edit func(subfolder string) (string, bool)) ([]byte, error) {
+	ms, err := jsonobj.Members(body)
+	if err != nil {
+		return nil, err
+	}
+	for i, m := range ms {
+		if m.Key != "subfolder" {
+			continue
+		}
+		if sub, ok := String(m.Val); ok {
+			if w, ok := edit(sub); ok {
+				ms[i].Val = AppendPyString(nil, w)
+			}
+		}
+	}
+	return jsonobj.Append(make([]byte, 0, len(body)), ms), nil
 }

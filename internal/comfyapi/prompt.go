@@ -288,3 +288,20 @@ func marshalNoEscape(v any) ([]byte, error) {
 	}
 	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
 }
+
+// WithNumber returns a POST /prompt answer with its "number" set to
+// number (raw JSON), every other byte kept; an answer without a number,
+// or that is not an object, comes back unchanged.
+func WithNumber(answer []byte, number json.RawMessage) []byte {
+	ms, err := jsonobj.Members(answer)
+	if err != nil {
+		return answer
+	}
+	for i, m := range ms {
+		if m.Key == FieldNumber {
+			ms[i].Val = number
+			return jsonobj.Append(make([]byte, 0, len(answer)+8), ms)
+		}
+	}
+	return answer
+}
