@@ -3,9 +3,9 @@ package auth
 import (
 	"bytes"
 	"encoding/json"
+	"slices"
 
 	"github.com/comfygate/comfygate/internal/comfyapi"
-	"github.com/comfygate/comfygate/internal/jsonobj"
 )
 
 // View decides what one request may see of ComfyUI's queue, history and
@@ -136,24 +136,11 @@ func (v View) promptItem(raw json.RawMessage) (json.RawMessage, bool) {
 
 // redactExtra removes the redacted members of an extra_data object.
 func (v View) redactExtra(raw []byte) []byte {
-	ms, err := jsonobj.Members(raw)
+	out, err := comfyapi.DropExtraData(raw, func(key string) bool { return slices.Contains(v.Redact, key) })
 	if err != nil {
 		return []byte("{}")
 	}
-	kept := ms[:0]
-	for _, m := range ms {
-		drop := false
-		for _, r := range v.Redact {
-			if m.Key == r {
-				drop = true
-				break
-			}
-		}
-		if !drop {
-			kept = append(kept, m)
-		}
-	}
-	return jsonobj.Append(nil, kept)
+	return out
 }
 
 // unreadable is the answer for a body that could not be parsed: unchanged

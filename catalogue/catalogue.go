@@ -210,7 +210,7 @@ func read(ctx context.Context, inst *upstream.Instance, prev *Catalogue) (*Catal
 	if prev != nil && prev.hash == cat.hash {
 		cat.classes, cat.nodes = prev.classes, prev.nodes
 	} else {
-		ms, err := jsonobj.Members(body)
+		ms, err := comfyapi.ObjectInfoClasses(body)
 		if err != nil {
 			return nil, fmt.Errorf("object_info of %s: %w", inst.Name, err)
 		}

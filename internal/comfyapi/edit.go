@@ -222,3 +222,20 @@ func ReplacePromptIDField(raw json.RawMessage, from, to string) json.RawMessage 
 	}
 	return jsonobj.Append(nil, ms)
 }
+
+// DropExtraData returns an extra_data object without the members drop
+// names (as credentials such as api_key_comfy_org), every other byte
+// kept. It fails when raw is not a JSON object.
+func DropExtraData(raw []byte, drop func(key string) bool) ([]byte, error) {
+	ms, err := jsonobj.Members(raw)
+	if err != nil {
+		return nil, err
+	}
+	kept := ms[:0]
+	for _, m := range ms {
+		if !drop(m.Key) {
+			kept = append(kept, m)
+		}
+	}
+	return jsonobj.Append(nil, kept), nil
+}

@@ -175,3 +175,14 @@ func TestAnswerEdits(t *testing.T) {
 		t.Error("text edited as an upload answer")
 	}
 }
+
+func TestDropExtraData(t *testing.T) {
+	t.Parallel()
+	got, err := DropExtraData([]byte(`{"client_id": "c", "api_key_comfy_org": "k", "extra_pnginfo": {}}`), func(k string) bool { return k == "api_key_comfy_org" })
+	if err != nil || string(got) != `{"client_id": "c", "extra_pnginfo": {}}` {
+		t.Errorf("DropExtraData = %s, %v", got, err)
+	}
+	if _, err := DropExtraData([]byte(`"api_key_comfy_org"`), func(string) bool { return true }); err == nil {
+		t.Error("a string read as extra_data")
+	}
+}

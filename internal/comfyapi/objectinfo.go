@@ -275,3 +275,10 @@ func ParseModelList(body []byte) ([]string, error) {
 	}
 	return out, nil
 }
+
+// ObjectInfoClasses splits a GET /object_info answer into its classes in
+// the instance's order (the order its node menu lists them), each with
+// its definition raw. It fails when body is not a JSON object.
+func ObjectInfoClasses(body []byte) ([]jsonobj.Member, error) {
+	return jsonobj.Members(body)
+}
