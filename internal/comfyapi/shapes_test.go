@@ -195,3 +195,16 @@ func TestForwardBody(t *testing.T) {
 		t.Error("a broken extra_data forwarded")
 	}
 }
+
+func TestParseSettings(t *testing.T) {
+	t.Parallel()
+	m, err := ParseSettings([]byte(`{"Comfy.Locale": "en", "Comfy.Locale": "fr", "x": null}`))
+	if err != nil || string(m["Comfy.Locale"]) != `"fr"` || string(m["x"]) != "null" {
+		t.Errorf("got %v, %v", m, err)
+	}
+	for _, bad := range []string{`null`, `[]`, `"x"`, `{`} {
+		if _, err := ParseSettings([]byte(bad)); err == nil {
+			t.Errorf("%s read as settings", bad)
+		}
+	}
+}
