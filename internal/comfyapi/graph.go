@@ -69,28 +69,42 @@ type GraphNode struct {
 	// Inputs are the node's inputs, raw (nil when "inputs" is absent or
 	// not an object).
 	Inputs map[string]json.RawMessage
+	// Fields are all the node's members, inputs included (nil when the
+	// node is not an object).
+	Fields map[string]json.RawMessage
 }
 
 // ParseGraph reads a prompt graph by node id. A node that is not an
 // object reads as a node with no class and no inputs (ComfyUI refuses it
-// in validation). It fails when graph is not a JSON object.
+// in validation). It fails when graph is not a JSON object, with
+// encoding/json's error (a *json.SyntaxError for text that is not JSON)
+// or, for null, one of its own.
 func ParseGraph(graph []byte) (map[string]GraphNode, error) {
-	if !isObject(graph) {
-		return nil, errNotObject
-	}
 	var raw map[string]json.RawMessage
 	if err := json.Unmarshal(graph, &raw); err != nil {
 		return nil, err
 	}
+	if raw == nil {
+		return nil, errNotObject
+	}
 	nodes := make(map[string]GraphNode, len(raw))
 	for id, def := range raw {
 		var n GraphNode
-		m := objectMembers(def)
-		n.ClassType, _ = String(m["class_type"])
-		n.Inputs = objectMembers(m["inputs"])
+		n.Fields = objectMembers(def)
+		n.ClassType, _ = String(n.Fields["class_type"])
+		n.Inputs = objectMembers(n.Fields["inputs"])
 		nodes[id] = n
 	}
 	return nodes, nil
+}
+
+// IsUIWorkflow reports a workflow in the editor's format ({"nodes": [...],
+// "links": [...], ...}, what "Save" writes) rather than an API-format
+// prompt graph ("Export (API)").
+func IsUIWorkflow(data []byte) bool {
+	m := objectMembers(data)
+	nodes := bytes.TrimSpace(m["nodes"])
+	return len(nodes) > 0 && nodes[0] == '[' && m["links"] != nil
 }
 
 // InputLink reads an input value that links to another node's output,

@@ -85,3 +85,21 @@ func TestInputLink(t *testing.T) {
 		}
 	}
 }
+
+func TestGraphFieldsAndUIWorkflow(t *testing.T) {
+	t.Parallel()
+	g, err := ParseGraph([]byte(`{"1": {"class_type": "X", "inputs": {}, "_meta": {"title": "t"}}, "2": null}`))
+	if err != nil || string(g["1"].Fields["_meta"]) != `{"title": "t"}` || g["1"].Inputs == nil || g["2"].Fields != nil {
+		t.Errorf("got %+v, %v", g, err)
+	}
+	var se *json.SyntaxError
+	if _, err := ParseGraph([]byte("{\n\"1\": ")); !errors.As(err, &se) {
+		t.Errorf("broken text: %v, want a *json.SyntaxError", err)
+	}
+	if !IsUIWorkflow([]byte(`{"last_node_id": 9, "nodes": [{"id": 1}], "links": []}`)) {
+		t.Error("a UI workflow not recognised")
+	}
+	if IsUIWorkflow([]byte(`{"nodes": {"class_type": "X"}, "links": ["x", 0]}`)) || IsUIWorkflow([]byte(`{"1": {"class_type": "X"}}`)) {
+		t.Error("an API graph read as a UI workflow")
+	}
+}
