@@ -209,8 +209,8 @@ func checkValue(spec, v json.RawMessage) string {
 	}
 	switch typ {
 	case "INT", "FLOAT":
-		var f float64
-		if kindOf(v) != kindNumber || json.Unmarshal(v, &f) != nil {
+		f, ok := comfyapi.Number(v)
+		if !ok {
 			return fmt.Sprintf("want a number for %s, got a %s", typ, kindOf(v))
 		}
 		if typ == "INT" && f != math.Trunc(f) {
