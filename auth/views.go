@@ -3,8 +3,9 @@ package auth
 import (
 	"bytes"
 	"encoding/json"
+	"slices"
 
-	"github.com/comfygate/comfygate/internal/jsonobj"
+	"github.com/comfygate/comfygate/internal/comfyapi"
 )
 
 // View decides what one request may see of ComfyUI's queue, history and
@@ -40,28 +41,11 @@ func (v View) Queue(body []byte) []byte {
 	if v.Visible == nil && !v.mayRedact(body) {
 		return body
 	}
-	ms, err := jsonobj.Members(body)
+	out, err := comfyapi.EditQueue(body, v.promptItem)
 	if err != nil {
 		return v.unreadable(body, []byte(`{"queue_running": [], "queue_pending": []}`))
 	}
-	for i, m := range ms {
-		if m.Key != "queue_running" && m.Key != "queue_pending" {
-			continue
-		}
-		var items []json.RawMessage
-		if json.Unmarshal(m.Val, &items) != nil {
-			ms[i].Val = json.RawMessage("[]")
-			continue
-		}
-		kept := items[:0]
-		for _, it := range items {
-			if out, ok := v.promptItem(it); ok {
-				kept = append(kept, out)
-			}
-		}
-		ms[i].Val = appendArray(nil, kept)
-	}
-	return jsonobj.Append(nil, ms)
+	return out
 }
 
 // History filters a GET /history or /history/{id} answer ({id: {"prompt":
@@ -70,32 +54,30 @@ func (v View) History(body []byte) []byte {
 	if v.Visible == nil && !v.mayRedact(body) {
 		return body
 	}
-	ms, err := jsonobj.Members(body)
+	out, err := comfyapi.EditHistory(body, func(id string, entry json.RawMessage) (string, json.RawMessage, bool) {
+		if !v.visible(id) {
+			return "", nil, false
+		}
+		if v.own(id) || !v.mayRedact(entry) {
+			return id, entry, true
+		}
+		edited, err := comfyapi.EditHistoryEntry(entry, func(member string, val json.RawMessage) json.RawMessage {
+			if member == comfyapi.EntryPrompt {
+				if out, ok := v.promptItem(val); ok {
+					return out
+				}
+			}
+			return val
+		})
+		if err != nil {
+			return "", nil, false
+		}
+		return id, edited, true
+	})
 	if err != nil {
 		return v.unreadable(body, []byte(`{}`))
 	}
-	kept := ms[:0]
-	for _, m := range ms {
-		if !v.visible(m.Key) {
-			continue
-		}
-		if !v.own(m.Key) && v.mayRedact(m.Val) {
-			entry, err := jsonobj.Members(m.Val)
-			if err != nil {
-				continue
-			}
-			for j, e := range entry {
-				if e.Key == "prompt" {
-					if out, ok := v.promptItem(e.Val); ok {
-						entry[j].Val = out
-					}
-				}
-			}
-			m.Val = jsonobj.Append(nil, entry)
-		}
-		kept = append(kept, m)
-	}
-	return jsonobj.Append(nil, kept)
+	return out
 }
 
 // Jobs filters a GET /api/jobs answer ({"jobs": [{"id": ...}, ...], ...})
@@ -104,95 +86,61 @@ func (v View) Jobs(body []byte) []byte {
 	if v.Visible == nil && !v.mayRedact(body) {
 		return body
 	}
-	ms, err := jsonobj.Members(body)
+	out, err := comfyapi.EditJobs(body, func(j json.RawMessage) (json.RawMessage, bool) { return v.Job(j) })
 	if err != nil {
 		return v.unreadable(body, []byte(`{"jobs": []}`))
 	}
-	for i, m := range ms {
-		if m.Key != "jobs" {
-			continue
-		}
-		var jobs []json.RawMessage
-		if json.Unmarshal(m.Val, &jobs) != nil {
-			ms[i].Val = json.RawMessage("[]")
-			continue
-		}
-		kept := jobs[:0]
-		for _, j := range jobs {
-			if out, ok := v.Job(j); ok {
-				kept = append(kept, out)
-			}
-		}
-		ms[i].Val = appendArray(nil, kept)
-	}
-	return jsonobj.Append(nil, ms)
+	return out
 }
 
 // Job filters one job object ({"id": ..., "extra_data": {...}, ...}); it
 // reports false when the job may not be shown.
 func (v View) Job(raw []byte) ([]byte, bool) {
-	ms, err := jsonobj.Members(raw)
-	if err != nil {
-		return nil, false
-	}
-	id := ""
-	for _, m := range ms {
-		if m.Key == "id" || m.Key == "prompt_id" || m.Key == "job_id" {
-			_ = json.Unmarshal(m.Val, &id)
-			break
-		}
-	}
-	if !v.visible(id) {
+	id, err := comfyapi.AnyJobID(raw)
+	if err != nil || !v.visible(id) {
 		return nil, false
 	}
 	if v.own(id) || !v.mayRedact(raw) {
 		return raw, true
 	}
-	for i, m := range ms {
-		if m.Key == "extra_data" {
-			ms[i].Val = v.redactExtra(m.Val)
+	out, err := comfyapi.EditJob(raw, func(member string, val json.RawMessage) json.RawMessage {
+		if member == comfyapi.FieldExtraData {
+			return v.redactExtra(val)
 		}
+		return val
+	})
+	if err != nil {
+		return nil, false
 	}
-	return jsonobj.Append(nil, ms), true
+	return out, true
 }
 
-// promptItem filters one [number, id, prompt, extra_data, ...] array.
-func (v View) promptItem(raw []byte) ([]byte, bool) {
-	var it []json.RawMessage
-	if json.Unmarshal(raw, &it) != nil || len(it) < 2 {
+// promptItem filters one [number, id, prompt, extra_data, ...] queue
+// tuple.
+func (v View) promptItem(raw json.RawMessage) (json.RawMessage, bool) {
+	it, err := comfyapi.ParseQueueItem(raw)
+	if err != nil {
 		return nil, false
 	}
-	var id string
-	if json.Unmarshal(it[1], &id) != nil || !v.visible(id) {
+	id, ok := it.ID()
+	if !ok || !v.visible(id) {
 		return nil, false
 	}
-	if len(it) < 4 || v.own(id) || !v.mayRedact(it[3]) {
+	extra := it.ExtraData()
+	if extra == nil || v.own(id) || !v.mayRedact(extra) {
 		return raw, true
 	}
-	it[3] = v.redactExtra(it[3])
-	return appendArray(nil, it), true
+	it[comfyapi.ItemExtraData] = v.redactExtra(extra)
+	return comfyapi.AppendArray(nil, it), true
 }
 
 // redactExtra removes the redacted members of an extra_data object.
 func (v View) redactExtra(raw []byte) []byte {
-	ms, err := jsonobj.Members(raw)
+	out, err := comfyapi.DropExtraData(raw, func(key string) bool { return slices.Contains(v.Redact, key) })
 	if err != nil {
 		return []byte("{}")
 	}
-	kept := ms[:0]
-	for _, m := range ms {
-		drop := false
-		for _, r := range v.Redact {
-			if m.Key == r {
-				drop = true
-				break
-			}
-		}
-		if !drop {
-			kept = append(kept, m)
-		}
-	}
-	return jsonobj.Append(nil, kept)
+	return out
 }
 
 // unreadable is the answer for a body that could not be parsed: unchanged
@@ -202,16 +150,4 @@ func (v View) unreadable(body, empty []byte) []byte {
 		return body
 	}
 	return empty
-}
-
-// appendArray writes items as a JSON array with Python's separators.
-func appendArray(dst []byte, items []json.RawMessage) []byte {
-	dst = append(dst, '[')
-	for i, it := range items {
-		if i > 0 {
-			dst = append(dst, ", "...)
-		}
-		dst = append(dst, it...)
-	}
-	return append(dst, ']')
 }

@@ -11,7 +11,6 @@ package catalogue
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/url"
@@ -23,6 +22,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/internal/jsonobj"
 	"github.com/comfygate/comfygate/upstream"
 )
@@ -210,7 +210,7 @@ func read(ctx context.Context, inst *upstream.Instance, prev *Catalogue) (*Catal
 	if prev != nil && prev.hash == cat.hash {
 		cat.classes, cat.nodes = prev.classes, prev.nodes
 	} else {
-		ms, err := jsonobj.Members(body)
+		ms, err := comfyapi.ObjectInfoClasses(body)
 		if err != nil {
 			return nil, fmt.Errorf("object_info of %s: %w", inst.Name, err)
 		}
@@ -239,8 +239,11 @@ func readModels(ctx context.Context, inst *upstream.Instance, cat *Catalogue) er
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	var folders []string
-	if err != nil || status != 200 || json.Unmarshal(body, &folders) != nil {
+	if err != nil || status != 200 {
+		return nil
+	}
+	folders, err := comfyapi.ParseModelList(body)
+	if err != nil {
 		return nil
 	}
 	cat.models = make(map[string]map[string]bool, len(folders))
@@ -250,8 +253,11 @@ func readModels(ctx context.Context, inst *upstream.Instance, cat *Catalogue) er
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		var files []string
-		if err != nil || json.Unmarshal(b, &files) != nil {
+		if err != nil {
+			continue
+		}
+		files, err := comfyapi.ParseModelList(b)
+		if err != nil {
 			continue
 		}
 		set := make(map[string]bool, len(files))

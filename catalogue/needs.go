@@ -2,6 +2,7 @@ package catalogue
 
 import (
 	"encoding/json"
+	"github.com/comfygate/comfygate/internal/comfyapi"
 	"slices"
 	"strings"
 )
@@ -67,11 +68,8 @@ func (n Needs) Empty() bool { return len(n.Nodes) == 0 && len(n.Models) == 0 }
 // A graph it cannot read needs nothing: the instance's own validation
 // answers it in ComfyUI's words.
 func PromptNeeds(graph json.RawMessage) Needs {
-	var nodes map[string]struct {
-		ClassType json.RawMessage            `json:"class_type"`
-		Inputs    map[string]json.RawMessage `json:"inputs"`
-	}
-	if json.Unmarshal(graph, &nodes) != nil {
+	nodes, err := comfyapi.ParseGraph(graph)
+	if err != nil {
 		return Needs{}
 	}
 	ids := make([]string, 0, len(nodes))
@@ -84,8 +82,8 @@ func PromptNeeds(graph json.RawMessage) Needs {
 	var keys []string
 	for _, id := range ids {
 		nd := nodes[id]
-		var class string
-		if json.Unmarshal(nd.ClassType, &class) != nil || class == "" {
+		class := nd.ClassType
+		if class == "" {
 			continue
 		}
 		if !seenClass[class] {
@@ -102,8 +100,8 @@ func PromptNeeds(graph json.RawMessage) Needs {
 			if folders == nil {
 				continue
 			}
-			var v string
-			if json.Unmarshal(nd.Inputs[in], &v) != nil || v == "" {
+			v, _ := comfyapi.String(nd.Inputs[in])
+			if v == "" {
 				continue // a link to another node's output, or not a name
 			}
 			n.Models = append(n.Models, ModelNeed{NodeID: id, Class: class, Input: in, Value: v, Folders: folders})

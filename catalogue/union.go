@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"slices"
 
+	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/internal/jsonobj"
 )
 
@@ -157,77 +158,33 @@ func mergeClass(defs []json.RawMessage) json.RawMessage {
 	if same {
 		return first
 	}
-	top, err := jsonobj.Members(first)
+	out, err := comfyapi.EditNodeInputs(first, func(section, name string, spec json.RawMessage) json.RawMessage {
+		var more [][]string
+		for _, d := range defs[1:] {
+			if opts, ok := comboOptions(comfyapi.ParseNodeClass(d).Section(section)[name]); ok {
+				more = append(more, opts)
+			}
+		}
+		if merged, ok := mergeCombo(spec, more); ok {
+			return merged
+		}
+		return spec
+	})
 	if err != nil {
 		return first
 	}
-	for k, m := range top {
-		if m.Key != "input" {
-			continue
-		}
-		sections, err := jsonobj.Members(m.Val)
-		if err != nil {
-			return first
-		}
-		for j, sec := range sections {
-			if sec.Key != "required" && sec.Key != "optional" {
-				continue
-			}
-			inputs, err := jsonobj.Members(sec.Val)
-			if err != nil {
-				continue
-			}
-			for i, in := range inputs {
-				var more [][]string
-				for _, d := range defs[1:] {
-					if opts, ok := comboOptions(inputSpec(d, sec.Key, in.Key)); ok {
-						more = append(more, opts)
-					}
-				}
-				if merged, ok := mergeCombo(in.Val, more); ok {
-					inputs[i].Val = merged
-				}
-			}
-			sections[j].Val = jsonobj.Append(nil, inputs)
-		}
-		top[k].Val = jsonobj.Append(nil, sections)
-	}
-	return jsonobj.Append(nil, top)
+	return out
 }
 
-// inputSpec returns def.input[section][name], or nil.
-func inputSpec(def json.RawMessage, section, name string) json.RawMessage {
-	var d struct {
-		Input map[string]map[string]json.RawMessage `json:"input"`
-	}
-	if json.Unmarshal(def, &d) != nil {
-		return nil
-	}
-	return d.Input[section][name]
-}
-
-// comboOptions reads a combo input's options: [[options...], {...}] (the
-// classic form) or ["COMBO", {"options": [...]}] (the V3 form).
+// comboOptions reads a combo input's options when they are strings:
+// [[options...], {...}] (the classic form) or ["COMBO", {"options":
+// [...]}] (the V3 form).
 func comboOptions(spec json.RawMessage) ([]string, bool) {
-	var parts []json.RawMessage
-	if json.Unmarshal(spec, &parts) != nil || len(parts) == 0 {
+	sp, ok := comfyapi.ParseInputSpec(spec)
+	if !ok {
 		return nil, false
 	}
-	var opts []string
-	if json.Unmarshal(parts[0], &opts) == nil && bytes.HasPrefix(bytes.TrimSpace(parts[0]), []byte("[")) {
-		return opts, true
-	}
-	var typ string
-	if json.Unmarshal(parts[0], &typ) != nil || typ != "COMBO" || len(parts) < 2 {
-		return nil, false
-	}
-	var extra struct {
-		Options []string `json:"options"`
-	}
-	if json.Unmarshal(parts[1], &extra) != nil || extra.Options == nil {
-		return nil, false
-	}
-	return extra.Options, true
+	return sp.StringChoices()
 }
 
 // mergeCombo returns spec with more's options appended to its own (new
@@ -253,28 +210,5 @@ func mergeCombo(spec json.RawMessage, more [][]string) (json.RawMessage, bool) {
 	if len(merged) == len(own) {
 		return nil, false
 	}
-	var parts []json.RawMessage
-	_ = json.Unmarshal(spec, &parts)
-	if bytes.HasPrefix(bytes.TrimSpace(parts[0]), []byte("[")) {
-		parts[0] = marshal(merged)
-	} else {
-		extra, err := jsonobj.Members(parts[1])
-		if err != nil {
-			return nil, false
-		}
-		for i := range extra {
-			if extra[i].Key == "options" {
-				extra[i].Val = marshal(merged)
-			}
-		}
-		parts[1] = jsonobj.Append(nil, extra)
-	}
-	out := []byte{'['}
-	for i, p := range parts {
-		if i > 0 {
-			out = append(out, ", "...)
-		}
-		out = append(out, p...)
-	}
-	return append(out, ']'), true
+	return comfyapi.WithStringChoices(spec, merged)
 }

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/valyala/fasthttp"
 )
 
@@ -69,8 +70,11 @@ func (s *Service) objectInfo() (string, map[string]classInfo, *apiError) {
 	ctx, cancel := context.WithTimeout(s.runCtx, s.cfg.MaxWait)
 	defer cancel()
 	status, body, err := s.be.Call(ctx, inst, "GET", "/object_info", nil, nil)
-	var info map[string]classInfo
-	if err != nil || status != 200 || json.Unmarshal(body, &info) != nil {
+	if err != nil || status != 200 {
+		return "", nil, &apiError{status: fasthttp.StatusBadGateway, typ: errNoUpstream, msg: "could not read /object_info from " + inst.Name}
+	}
+	info, err := comfyapi.ParseObjectInfo(body)
+	if err != nil {
 		return "", nil, &apiError{status: fasthttp.StatusBadGateway, typ: errNoUpstream, msg: "could not read /object_info from " + inst.Name}
 	}
 	return inst.Name, info, nil
@@ -93,10 +97,8 @@ func (s *Service) serveValidatePrompt(ctx *fasthttp.RequestCtx) {
 		writeError(ctx, aerr)
 		return
 	}
-	var req struct {
-		Prompt json.RawMessage `json:"prompt"`
-	}
-	if err := json.Unmarshal(body, &req); err != nil {
+	req, err := comfyapi.ParsePromptRequest(body)
+	if err != nil {
 		writeError(ctx, badRequest(errInvalidRequest, "body is not JSON {\"prompt\": {...}}"))
 		return
 	}
@@ -121,25 +123,14 @@ func (s *Service) serveValidatePrompt(ctx *fasthttp.RequestCtx) {
 // uploadInputs names the graph's inputs whose spec takes an uploaded file
 // ({"image_upload": true} and the like in object_info).
 func uploadInputs(graph json.RawMessage, info map[string]classInfo) map[string]bool {
-	var nodes map[string]struct {
-		Class string `json:"class_type"`
-	}
-	_ = json.Unmarshal(graph, &nodes)
+	nodes, _ := comfyapi.ParseGraph(graph)
 	out := map[string]bool{}
 	for id, n := range nodes {
-		ci := info[n.Class]
-		for _, specs := range []map[string]json.RawMessage{ci.Input.Required, ci.Input.Optional} {
+		ci := info[n.ClassType]
+		for _, specs := range []map[string]json.RawMessage{ci.Required, ci.Optional} {
 			for in, spec := range specs {
-				var parts []json.RawMessage
-				if json.Unmarshal(spec, &parts) != nil || len(parts) < 2 {
-					continue
-				}
-				var opts map[string]any
-				_ = json.Unmarshal(parts[1], &opts)
-				for k, v := range opts {
-					if b, ok := v.(bool); ok && b && strings.HasSuffix(k, "_upload") {
-						out[id+"."+in] = true
-					}
+				if sp, ok := comfyapi.ParseInputSpec(spec); ok && sp.Upload {
+					out[id+"."+in] = true
 				}
 			}
 		}
@@ -148,55 +139,39 @@ func uploadInputs(graph json.RawMessage, info map[string]classInfo) map[string]b
 }
 
 // classInfo is the part of one /object_info entry the dry run reads.
-type classInfo struct {
-	Input struct {
-		Required map[string]json.RawMessage `json:"required"`
-		Optional map[string]json.RawMessage `json:"optional"`
-	} `json:"input"`
-	Output []json.RawMessage `json:"output"`
-}
+type classInfo = comfyapi.NodeClass
 
 // checkGraph checks an API-format graph against object_info and returns
 // every problem found.
 func checkGraph(graph json.RawMessage, info map[string]classInfo, fileInputs map[string]bool) []fieldError {
-	var nodes map[string]struct {
-		Class  string                     `json:"class_type"`
-		Inputs map[string]json.RawMessage `json:"inputs"`
-	}
-	if json.Unmarshal(graph, &nodes) != nil {
+	nodes, err := comfyapi.ParseGraph(graph)
+	if err != nil {
 		return []fieldError{{"graph", "not an API-format graph"}}
 	}
 	var errs []fieldError
 	for _, id := range slices.Sorted(maps.Keys(nodes)) {
 		n := nodes[id]
-		field := func(in string) string { return fmt.Sprintf("node %s (%s).%s", id, n.Class, in) }
-		ci, ok := info[n.Class]
+		field := func(in string) string { return fmt.Sprintf("node %s (%s).%s", id, n.ClassType, in) }
+		ci, ok := info[n.ClassType]
 		if !ok {
-			errs = append(errs, fieldError{fmt.Sprintf("node %s", id), fmt.Sprintf("node class %q is not installed on the instance", n.Class)})
+			errs = append(errs, fieldError{fmt.Sprintf("node %s", id), fmt.Sprintf("node class %q is not installed on the instance", n.ClassType)})
 			continue
 		}
-		for _, in := range slices.Sorted(maps.Keys(ci.Input.Required)) {
+		for _, in := range slices.Sorted(maps.Keys(ci.Required)) {
 			if _, ok := n.Inputs[in]; !ok {
 				errs = append(errs, fieldError{field(in), "required input missing"})
 			}
 		}
 		for _, in := range slices.Sorted(maps.Keys(n.Inputs)) {
 			v := n.Inputs[in]
-			spec, ok := ci.Input.Required[in]
-			if !ok {
-				spec, ok = ci.Input.Optional[in]
-			}
+			spec, ok := ci.Input(in)
 			if !ok {
 				continue // ComfyUI ignores inputs a class does not declare
 			}
-			if src, link := isLink(v); link {
-				var l [2]json.RawMessage
-				var idx int
-				_ = json.Unmarshal(v, &l)
-				_ = json.Unmarshal(l[1], &idx)
+			if src, idx, link := comfyapi.InputLink(v); link {
 				if sn, ok := nodes[src]; ok {
-					if sci, ok := info[sn.Class]; ok && (idx < 0 || idx >= len(sci.Output)) {
-						errs = append(errs, fieldError{field(in), fmt.Sprintf("links to output %d of node %s (%s), which has %d outputs", idx, src, sn.Class, len(sci.Output))})
+					if sci, ok := info[sn.ClassType]; ok && (idx < 0 || idx >= sci.Outputs) {
+						errs = append(errs, fieldError{field(in), fmt.Sprintf("links to output %d of node %s (%s), which has %d outputs", idx, src, sn.ClassType, sci.Outputs)})
 					}
 				}
 				continue
@@ -215,47 +190,37 @@ func checkGraph(graph json.RawMessage, info map[string]classInfo, fileInputs map
 // checkValue checks one input value against its object_info spec:
 // [TYPE, {min, max}] or [[choices], {...}] or ["COMBO", {"options": [...]}].
 func checkValue(spec, v json.RawMessage) string {
-	var parts []json.RawMessage
-	if json.Unmarshal(spec, &parts) != nil || len(parts) == 0 {
+	sp, ok := comfyapi.ParseInputSpec(spec)
+	if !ok {
 		return ""
 	}
-	var opts struct {
-		Min     *float64 `json:"min"`
-		Max     *float64 `json:"max"`
-		Options []any    `json:"options"`
-	}
-	if len(parts) > 1 {
-		_ = json.Unmarshal(parts[1], &opts)
-	}
-	var choices []any
-	var typ string
-	if kindOf(parts[0]) == kindArray {
-		_ = json.Unmarshal(parts[0], &choices)
-	} else if json.Unmarshal(parts[0], &typ) == nil && typ == "COMBO" {
-		choices = opts.Options
-	}
-	if choices != nil {
+	typ := sp.Type
+	if sp.Combo {
 		var x any
 		_ = json.Unmarshal(v, &x)
-		if !slices.ContainsFunc(choices, func(c any) bool { return fmt.Sprint(c) == fmt.Sprint(x) }) {
+		if !slices.ContainsFunc(sp.Choices, func(raw json.RawMessage) bool {
+			var c any
+			_ = json.Unmarshal(raw, &c)
+			return fmt.Sprint(c) == fmt.Sprint(x)
+		}) {
 			return fmt.Sprintf("value %s is not one of the instance's choices", strings.TrimSpace(string(v)))
 		}
 		return ""
 	}
 	switch typ {
 	case "INT", "FLOAT":
-		var f float64
-		if kindOf(v) != kindNumber || json.Unmarshal(v, &f) != nil {
+		f, ok := comfyapi.Number(v)
+		if !ok {
 			return fmt.Sprintf("want a number for %s, got a %s", typ, kindOf(v))
 		}
 		if typ == "INT" && f != math.Trunc(f) {
 			return fmt.Sprintf("want a whole number, got %v", f)
 		}
-		if opts.Min != nil && f < *opts.Min {
-			return fmt.Sprintf("%v is below the minimum %v", f, *opts.Min)
+		if sp.Min != nil && f < *sp.Min {
+			return fmt.Sprintf("%v is below the minimum %v", f, *sp.Min)
 		}
-		if opts.Max != nil && f > *opts.Max {
-			return fmt.Sprintf("%v is above the maximum %v", f, *opts.Max)
+		if sp.Max != nil && f > *sp.Max {
+			return fmt.Sprintf("%v is above the maximum %v", f, *sp.Max)
 		}
 	case "STRING":
 		if kindOf(v) != kindString {

@@ -20,6 +20,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
@@ -258,15 +259,12 @@ func uploadImage(ctx context.Context, inst *upstream.Instance, ref prompts.FileR
 // checkUploadAnswer checks that the instance stored the image under the
 // name the prompt loads (overwrite=true keeps it).
 func checkUploadAnswer(inst string, ref prompts.FileRef, answer []byte) error {
-	var r struct {
-		Name      string `json:"name"`
-		Subfolder string `json:"subfolder"`
-	}
-	if err := json.Unmarshal(answer, &r); err != nil || r.Name == "" {
+	r, err := comfyapi.ParseUploadAnswer(answer)
+	if err != nil {
 		return fmt.Errorf("upload image to %s: unexpected answer", inst)
 	}
-	if r.Name != ref.Filename || path.Clean(r.Subfolder) != path.Clean(ref.Subfolder) {
-		return fmt.Errorf("upload image to %s: stored as %q in %q, not %q in %q", inst, r.Name, r.Subfolder, ref.Filename, ref.Subfolder)
+	if r.Filename != ref.Filename || path.Clean(r.Subfolder) != path.Clean(ref.Subfolder) {
+		return fmt.Errorf("upload image to %s: stored as %q in %q, not %q in %q", inst, r.Filename, r.Subfolder, ref.Filename, ref.Subfolder)
 	}
 	return nil
 }

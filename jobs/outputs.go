@@ -71,17 +71,13 @@ func (nopCloser) Close() error { return nil }
 // history entry's outputs[node]), by kind in name order, "images" first:
 // the result of the two built-in workflows is the first image.
 func outputRefs(node string, out json.RawMessage) []outRef {
-	var kinds map[string]json.RawMessage
-	if kindOf(out) != kindObject || json.Unmarshal(out, &kinds) != nil {
-		return nil
-	}
+	kinds := comfyapi.NodeOutputFilesByKind(out)
 	order := slices.Sorted(maps.Keys(kinds))
 	slices.SortStableFunc(order, func(a, b string) int { return boolRank(b == "images") - boolRank(a == "images") })
 	var refs []outRef
 	for _, kind := range order {
-		for _, f := range comfyapi.NodeOutputFiles(out, kind) {
-			refs = append(refs, outRef{node: node, kind: kind,
-				ref: prompts.FileRef{Filename: f.Filename, Subfolder: f.Subfolder, Type: f.Type}})
+		for _, f := range kinds[kind] {
+			refs = append(refs, outRef{node: node, kind: kind, ref: f})
 		}
 	}
 	return refs

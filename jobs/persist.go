@@ -534,11 +534,7 @@ func (s *Service) settleRestored(j *job, inst *upstream.Instance, entry *comfyap
 func historyError(entry *comfyapi.HistoryEntry) string {
 	msg := "the workflow failed on ComfyUI"
 	if m, ok := entry.Status.Terminal(); ok && m.Type == comfyapi.TypeExecutionError {
-		var d struct {
-			ExceptionMessage json.RawMessage `json:"exception_message"`
-		}
-		_ = json.Unmarshal(m.Data, &d)
-		if em, _ := comfyapi.String(d.ExceptionMessage); em != "" {
+		if em := m.ExceptionMessage(); em != "" {
 			msg = em
 		}
 	}

@@ -524,26 +524,13 @@ func (s *Service) requeueLocked(j *job, err error) {
 // submitError turns an instance's non-200 answer to POST /prompt into a
 // message: ComfyUI's error message plus every node error.
 func submitError(status int, body []byte) string {
-	var r struct {
-		Error struct {
-			Type    string `json:"type"`
-			Message string `json:"message"`
-			Details string `json:"details"`
-		} `json:"error"`
-		NodeErrors map[string]struct {
-			Errors []struct {
-				Message string `json:"message"`
-				Details string `json:"details"`
-			} `json:"errors"`
-			ClassType string `json:"class_type"`
-		} `json:"node_errors"`
-	}
-	if json.Unmarshal(body, &r) != nil || r.Error.Message == "" {
+	r, ok := comfyapi.ParsePromptError(body)
+	if !ok || r.Message == "" {
 		return fmt.Sprintf("ComfyUI rejected the workflow (status %d)", status)
 	}
-	msg := r.Error.Message
-	if r.Error.Details != "" {
-		msg += ": " + r.Error.Details
+	msg := r.Message
+	if r.Details != "" {
+		msg += ": " + r.Details
 	}
 	// Every node's errors, in node id order, so the message is the same each time.
 	for _, id := range slices.Sorted(maps.Keys(r.NodeErrors)) {

@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/workflows"
 )
 
@@ -69,17 +70,8 @@ func kindOf(v json.RawMessage) jsonKind {
 
 // isLink reports whether an input value is a link ["node_id", output_index].
 func isLink(v json.RawMessage) (node string, ok bool) {
-	if kindOf(v) != kindArray {
-		return "", false
-	}
-	var l []json.RawMessage
-	if json.Unmarshal(v, &l) != nil || len(l) != 2 || kindOf(l[0]) != kindString || kindOf(l[1]) != kindNumber {
-		return "", false
-	}
-	if json.Unmarshal(l[0], &node) != nil {
-		return "", false
-	}
-	return node, true
+	node, _, ok = comfyapi.InputLink(v)
+	return node, ok
 }
 
 // loadWorkflows merges the built-in workflows with cfg.Workflows and loads
@@ -163,11 +155,17 @@ func loadWorkflows(cfg *config.Config) (map[string]*workflow, error) {
 	return out, nil
 }
 
+// inGraph reports whether graph has a node of that id.
+func inGraph(graph map[string]comfyapi.GraphNode, id string) bool {
+	_, ok := graph[id]
+	return ok
+}
+
 // parseWorkflow parses and validates one API-format graph.
 func parseWorkflow(name, source string, data []byte, c config.Workflow) (*workflow, error) {
 	prefix := fmt.Sprintf("workflows.%s: %s", name, source)
-	var raw map[string]json.RawMessage
-	if err := json.Unmarshal(data, &raw); err != nil {
+	raw, err := comfyapi.ParseGraph(data)
+	if err != nil {
 		var se *json.SyntaxError
 		if errors.As(err, &se) {
 			line := 1 + bytes.Count(data[:min(int(se.Offset), len(data))], []byte("\n"))
@@ -175,7 +173,7 @@ func parseWorkflow(name, source string, data []byte, c config.Workflow) (*workfl
 		}
 		return nil, fmt.Errorf("%s: want a JSON object of nodes: %w", prefix, err)
 	}
-	if kindOf(raw["nodes"]) == kindArray && raw["links"] != nil {
+	if comfyapi.IsUIWorkflow(data) {
 		return nil, fmt.Errorf("%s: this is a UI-format workflow; export it from ComfyUI with \"Export (API)\" / \"Save (API Format)\"", prefix)
 	}
 	if len(raw) == 0 {
@@ -185,28 +183,29 @@ func parseWorkflow(name, source string, data []byte, c config.Workflow) (*workfl
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(prefix+": "+format, args...)) }
 	for _, id := range slices.Sorted(maps.Keys(raw)) {
-		var fields map[string]json.RawMessage
-		if err := json.Unmarshal(raw[id], &fields); err != nil {
+		gn := raw[id]
+		if gn.Fields == nil {
 			bad("node %q: want an object with class_type and inputs", id)
 			continue
 		}
-		n := &graphNode{fields: fields, inputs: map[string]json.RawMessage{}}
-		if err := json.Unmarshal(fields["class_type"], &n.class); err != nil || n.class == "" {
+		n := &graphNode{class: gn.ClassType, fields: gn.Fields, inputs: gn.Inputs}
+		if n.class == "" {
 			bad("node %q: class_type missing or not a string", id)
 			continue
 		}
-		if in, ok := fields["inputs"]; ok {
-			if kindOf(in) != kindObject || json.Unmarshal(in, &n.inputs) != nil {
-				bad("node %q (%s): inputs is not an object", id, n.class)
-				continue
-			}
+		if _, ok := gn.Fields["inputs"]; ok && n.inputs == nil {
+			bad("node %q (%s): inputs is not an object", id, n.class)
+			continue
+		}
+		if n.inputs == nil {
+			n.inputs = map[string]json.RawMessage{}
 		}
 		wf.nodes[id] = n
 	}
 	for _, id := range slices.Sorted(maps.Keys(wf.nodes)) {
 		n := wf.nodes[id]
 		for _, in := range slices.Sorted(maps.Keys(n.inputs)) {
-			if src, ok := isLink(n.inputs[in]); ok && raw[src] == nil {
+			if src, ok := isLink(n.inputs[in]); ok && !inGraph(raw, src) {
 				bad("node %q (%s): input %q links to node %q, which is not in the graph", id, n.class, in, src)
 			}
 		}

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/internal/lifecycle"
 	"github.com/comfygate/comfygate/upstream"
 )
@@ -164,12 +165,9 @@ func (p *Prompt) Number() (float64, bool) {
 // Attempts returns how many times it was sent to an instance (1 + resubmissions).
 func (p *Prompt) Attempts() int { p.mu.Lock(); defer p.mu.Unlock(); return p.life.Attempts }
 
-// FileRef names a file the way ComfyUI's /view and /upload do.
-type FileRef struct {
-	Filename  string
-	Subfolder string
-	Type      string // "input", "output" or "temp"; "" means output for /view
-}
+// FileRef names a file the way ComfyUI's /view and /upload do (Type ""
+// means output for /view).
+type FileRef = comfyapi.FileRef
 
 // SubmitRequest is one POST /prompt as comfygate forwards it.
 type SubmitRequest struct {

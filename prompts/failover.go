@@ -275,12 +275,7 @@ func (t *Table) completeFromHistory(inst *upstream.Instance, pr *Prompt, uid str
 // execution_error saying why), as inst would have sent it.
 func (t *Table) historyEnd(inst *upstream.Instance, uid string, entry json.RawMessage) frame {
 	h, _ := comfyapi.ParseHistoryEntry(entry)
-	for _, out := range h.Outputs {
-		var m map[string]json.RawMessage
-		if json.Unmarshal(out, &m) == nil {
-			t.pinOutputs(inst, m)
-		}
-	}
+	t.pinOutputs(inst, h.Files())
 	f := frame{at: time.Now(), uid: uid}
 	if m, ok := h.Status.Terminal(); ok {
 		f.typ = m.Type

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
 )
@@ -58,24 +59,20 @@ func (fs *fileStore) EnsureInputs(ctx context.Context, inst *upstream.Instance, 
 	if inst == nil || len(prompt) == 0 {
 		return nil
 	}
-	var graph map[string]json.RawMessage
-	if err := json.Unmarshal(prompt, &graph); err != nil {
+	graph, err := comfyapi.ParseGraph(prompt)
+	if err != nil {
 		return fmt.Errorf("ensure inputs: parse prompt: %w", err)
 	}
 	var refs []FileRef
-	for _, raw := range graph {
-		var node struct {
-			Inputs map[string]json.RawMessage `json:"inputs"`
-		}
-		if json.Unmarshal(raw, &node) != nil {
-			continue // not a node: upstream validation answers for it
-		}
+	for _, node := range graph {
+		// A node that is not one has no inputs: upstream validation
+		// answers for it.
 		for _, v := range node.Inputs {
 			if len(v) < 2 || v[0] != '"' || len(v) > maxInputValue {
 				continue
 			}
-			var s string
-			if json.Unmarshal(v, &s) != nil {
+			s, ok := comfyapi.String(v)
+			if !ok {
 				continue
 			}
 			if ref, ok := inputRef(s); ok && !containsRef(refs, ref) {
@@ -388,13 +385,9 @@ func (fs *fileStore) copyFile(ctx context.Context, src, dst *upstream.Instance, 
 	case code != fasthttp.StatusOK:
 		return 0, fmt.Errorf("copy %s to %s: /upload/image answered %d", what, dst.Name, code)
 	}
-	var res struct {
-		Name      string `json:"name"`
-		Subfolder string `json:"subfolder"`
-	}
-	if json.Unmarshal(answer, &res) == nil && res.Name != "" && res.Name != to.Filename {
+	if res, err := comfyapi.ParseUploadAnswer(answer); err == nil && res.Filename != to.Filename {
 		// overwrite=true keeps the name; another name would not be what the prompt loads.
-		return 0, fmt.Errorf("copy %s to %s: stored as %q", what, dst.Name, res.Name)
+		return 0, fmt.Errorf("copy %s to %s: stored as %q", what, dst.Name, res.Filename)
 	}
 	return cr.n, nil
 }

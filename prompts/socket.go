@@ -312,10 +312,10 @@ type frame struct {
 	binary   bool
 	uid      string // upstream prompt id it belongs to ("" none)
 	data     []byte
-	nodeNull bool                       // executing with node null
-	excType  string                     // execution_error's exception_type
-	outputs  map[string]json.RawMessage // executed's output
-	meta     bool                       // a type-4 preview: its metadata names the prompt
+	nodeNull bool            // executing with node null
+	excType  string          // execution_error's exception_type
+	outputs  json.RawMessage // executed's output, {kind: [file ref], ...}
+	meta     bool            // a type-4 preview: its metadata names the prompt
 	at       time.Time
 }
 
@@ -334,8 +334,8 @@ func (s *instSocket) onText(data []byte) {
 		return // the instance's answer to ours
 	}
 	f := frame{typ: msg.Type, data: data, at: time.Now(), excType: msg.ExceptionType(), uid: msg.PromptID(), nodeNull: msg.NodeNull()}
-	if f.typ == comfyapi.TypeExecuted && len(msg.Data.Output) > 0 && msg.Data.Output[0] == '{' {
-		_ = json.Unmarshal(msg.Data.Output, &f.outputs)
+	if f.typ == comfyapi.TypeExecuted {
+		f.outputs = msg.Data.Output
 	}
 	if !msg.HasPromptID() {
 		f.uid = ""
@@ -542,7 +542,7 @@ func (t *Table) apply(pr *Prompt, inst *upstream.Instance, f frame) {
 	case comfyapi.TypeExecutionStart:
 		t.step(pr, lifecycle.Event{Kind: lifecycle.Started, At: f.at}, nil)
 	case comfyapi.TypeExecuted:
-		t.pinOutputs(inst, f.outputs)
+		t.pinOutputs(inst, comfyapi.NodeOutputFiles(f.outputs, ""))
 	case comfyapi.TypeExecutionSuccess:
 		t.markDone(pr, metrics.OutcomeSuccess)
 	case comfyapi.TypeExecutionInterrupted:
@@ -570,13 +570,12 @@ func (t *Table) apply(pr *Prompt, inst *upstream.Instance, f frame) {
 	t.deliver(pr, Event{Instance: inst, Type: f.typ, Binary: f.binary, PromptID: pr.ID, Data: data}, true)
 }
 
-// pinOutputs records the files an `executed` output names as inst's. One
-// odd entry (a subfolder that is no string) costs only itself.
-func (t *Table) pinOutputs(inst *upstream.Instance, outputs map[string]json.RawMessage) {
-	for _, raw := range outputs {
-		for _, r := range comfyapi.ListFiles(raw) {
-			t.PinFile(FileRef(r), inst)
-		}
+// pinOutputs records the files named by refs (an `executed` output's or a
+// history entry's) as inst's. One odd entry (a subfolder that is no
+// string) costs only itself.
+func (t *Table) pinOutputs(inst *upstream.Instance, refs []FileRef) {
+	for _, r := range refs {
+		t.PinFile(r, inst)
 	}
 }
 

@@ -53,10 +53,10 @@ func (t *Table) submit(ctx context.Context, req SubmitRequest) (SubmitResult, er
 	pr := &Prompt{ID: id, ClientID: req.ClientID, Sink: req.Sink, Created: time.Now(), header: req.Header}
 	// ComfyUI: "number" in the body sets the priority and leaves the
 	// counter alone; otherwise a truthy "front" negates the counter.
-	if _, ok := req.Body["number"]; ok {
+	if body := comfyapi.PromptRequestOf(req.Body); body.HasNumber() {
 		pr.ownNumber = true
 	} else {
-		pr.front = comfyapi.Truthy(req.Body["front"])
+		pr.front = body.IsFront()
 	}
 	pr.prefer, pr.eligible, pr.prepare = req.Prefer, req.Eligible, req.Prepare
 	if len(req.Files) > 0 {
@@ -244,17 +244,9 @@ func (t *Table) send(ctx context.Context, pr *Prompt, inst *upstream.Instance, b
 		settle(lifecycle.Event{Kind: lifecycle.Refused, Resubmit: resubmit})
 		return SubmitResult{Instance: inst, Status: status, Body: resp}, sentAnswered, nil
 	}
-	var ans struct {
-		PromptID json.RawMessage `json:"prompt_id"`
-	}
-	_ = json.Unmarshal(resp, &ans)
-	got := ""
-	if len(ans.PromptID) > 0 {
-		// Any JSON value: Oct-2025 turns whatever id it got into a string.
-		if json.Unmarshal(ans.PromptID, &got) != nil {
-			got = string(ans.PromptID)
-		}
-	}
+	// Any JSON value: Oct-2025 turns whatever id it got into a string.
+	ans, _ := comfyapi.ParsePromptAnswer(resp)
+	got := ans.ID()
 	if got == "" {
 		got = uid
 	}
@@ -280,7 +272,7 @@ func (t *Table) send(ctx context.Context, pr *Prompt, inst *upstream.Instance, b
 		t.goBackground(func(ctx context.Context) { t.settleFromHistory(ctx, pr, inst, got) })
 	}
 	if got != pr.ID {
-		resp = replaceAnswerID(resp, ans.PromptID, pr.ID)
+		resp = ans.WithID(resp, pr.ID)
 	}
 	return SubmitResult{Prompt: pr, Instance: inst, Status: status, Body: resp}, sentAnswered, nil
 }
@@ -298,62 +290,16 @@ func (t *Table) recheckDown(ctx context.Context, pr *Prompt, inst *upstream.Inst
 	t.failover(ctx, pr, inst, fmt.Sprintf("instance %s died", inst.Name), false)
 }
 
-// replaceAnswerID swaps the prompt_id value raw in a POST /prompt answer for id.
-func replaceAnswerID(resp []byte, raw json.RawMessage, id string) []byte {
-	if len(raw) > 0 {
-		if out := bytes.Replace(resp, raw, quoteJSON(id), 1); !bytes.Equal(out, resp) {
-			return out
-		}
-	}
-	var m map[string]json.RawMessage
-	if json.Unmarshal(resp, &m) != nil {
-		return resp
-	}
-	m["prompt_id"] = quoteJSON(id)
-	out, err := marshalNoEscape(m)
-	if err != nil {
-		return resp
-	}
-	return out
-}
-
-// buildBody returns the JSON forwarded to an instance: the client's body
-// with client_id and extra_data.client_id set to comfygate's socket id (every
-// other extra_data key kept), and prompt_id set to uid (removed when "").
+// buildBody returns the JSON forwarded to an instance (see
+// comfyapi.ForwardBody).
 func buildBody(base map[string]json.RawMessage, clientID, uid string) ([]byte, error) {
-	m := make(map[string]json.RawMessage, len(base)+3)
-	for k, v := range base {
-		m[k] = v
-	}
-	cid := quoteJSON(clientID)
-	m["client_id"] = cid
-	extra := map[string]json.RawMessage{}
-	if raw := bytes.TrimSpace(base["extra_data"]); len(raw) > 0 && raw[0] == '{' {
-		if err := json.Unmarshal(raw, &extra); err != nil {
-			return nil, fmt.Errorf("extra_data: %w", err)
-		}
-	}
-	extra["client_id"] = cid
-	eb, err := marshalNoEscape(extra)
-	if err != nil {
-		return nil, err
-	}
-	m["extra_data"] = eb
-	if uid != "" {
-		m["prompt_id"] = quoteJSON(uid)
-	} else {
-		delete(m, "prompt_id")
-	}
-	return marshalNoEscape(m)
+	return comfyapi.ForwardBody(base, clientID, uid)
 }
 
 // parseBody reads a body built by buildBody back, one level deep.
 func parseBody(body []byte) (map[string]json.RawMessage, error) {
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(body, &m); err != nil {
-		return nil, err
-	}
-	return m, nil
+	r, err := comfyapi.ParsePromptRequest(body)
+	return r.Fields, err
 }
 
 // marshalNoEscape is json.Marshal without HTML escaping (prompts carry

@@ -275,10 +275,15 @@ func (s *Server) guard(ctx *fasthttp.RequestCtx, p []byte, api bool) (after func
 }
 
 // answerID is the id field of a successful submission's answer ("" for
-// any other answer).
+// any other answer): the prompt_id of ComfyUI's POST /prompt answer, or
+// the job_id of comfygate's own job answers.
 func answerID(ctx *fasthttp.RequestCtx, field string) string {
 	if st := ctx.Response.StatusCode(); st != fasthttp.StatusOK && st != fasthttp.StatusAccepted || ctx.Response.IsBodyStream() {
 		return ""
+	}
+	if field == comfyapi.FieldPromptID {
+		a, _ := comfyapi.ParsePromptAnswer(ctx.Response.Body())
+		return a.ID()
 	}
 	var a map[string]json.RawMessage
 	if json.Unmarshal(ctx.Response.Body(), &a) != nil {

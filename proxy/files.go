@@ -29,6 +29,7 @@ import (
 	"mime/multipart"
 	"strings"
 
+	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
@@ -105,13 +106,6 @@ func viewType(filename, typ string) string {
 	return typ
 }
 
-// uploadAnswer is ComfyUI's answer to an upload.
-type uploadAnswer struct {
-	Name      string `json:"name"`
-	Subfolder string `json:"subfolder"`
-	Type      string `json:"type"`
-}
-
 // pinUpload is a forwardOpts.rewrite that learns where an upload landed
 // and passes the answer through unchanged. The file may have replaced an
 // older one of that name (overwrite=true, or a mask written over its
@@ -122,14 +116,11 @@ func (s *Server) pinUpload(inst *upstream.Instance, status int, body []byte) []b
 	if status != fasthttp.StatusOK {
 		return body
 	}
-	var a uploadAnswer
-	if json.Unmarshal(body, &a) != nil || a.Name == "" {
+	ref, err := comfyapi.ParseUploadAnswer(body)
+	if err != nil {
 		return body
 	}
-	if a.Type == "" {
-		a.Type = "input"
-	}
-	s.prompts.FileChanged(prompts.FileRef{Filename: a.Name, Subfolder: a.Subfolder, Type: a.Type}, inst)
+	s.prompts.FileChanged(ref, inst)
 	return body
 }
 
@@ -264,14 +255,6 @@ func originalRef(body, boundary []byte) (prompts.FileRef, bool) {
 		if err != nil {
 			return prompts.FileRef{}, false
 		}
-		var r struct {
-			Filename  string `json:"filename"`
-			Subfolder string `json:"subfolder"`
-			Type      string `json:"type"`
-		}
-		if json.Unmarshal(b, &r) != nil || r.Filename == "" {
-			return prompts.FileRef{}, false
-		}
-		return prompts.FileRef{Filename: r.Filename, Subfolder: r.Subfolder, Type: r.Type}, true
+		return comfyapi.ParseFileRef(b)
 	}
 }

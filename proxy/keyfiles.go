@@ -279,49 +279,23 @@ const maxInputValue = 1024
 // that is not an object of nodes is returned as it is, for the instance
 // to answer.
 func (s *Server) namespacePrompt(ns string, graph json.RawMessage) (json.RawMessage, error) {
-	nodes, err := objectMembers(graph)
+	out, _, err := comfyapi.EditGraphInputs(graph, func(nodeID, input string, val json.RawMessage) (json.RawMessage, error) {
+		v, ok := comfyapi.String(val)
+		if !ok {
+			return nil, nil
+		}
+		if namesKeysDir(v) {
+			return nil, fmt.Errorf("input %q of node %q names comfygate's folder %q", input, nodeID, keysDir)
+		}
+		if w, ok := s.namespaceInput(ns, v); ok {
+			return comfyapi.AppendPyString(nil, w), nil
+		}
+		return nil, nil
+	})
 	if err != nil {
-		return graph, nil
+		return nil, err
 	}
-	changed := false
-	for i, n := range nodes {
-		node, err := objectMembers(n.Val)
-		if err != nil {
-			continue
-		}
-		for j, f := range node {
-			if f.Key != "inputs" {
-				continue
-			}
-			inputs, err := objectMembers(f.Val)
-			if err != nil {
-				continue
-			}
-			nodeChanged := false
-			for k, in := range inputs {
-				v, ok := comfyapi.String(in.Val)
-				if !ok {
-					continue
-				}
-				if namesKeysDir(v) {
-					return nil, fmt.Errorf("input %q of node %q names comfygate's folder %q", in.Key, n.Key, keysDir)
-				}
-				if w, ok := s.namespaceInput(ns, v); ok {
-					inputs[k].Val = comfyapi.AppendPyString(nil, w)
-					nodeChanged = true
-				}
-			}
-			if nodeChanged {
-				node[j].Val = appendObject(nil, inputs)
-				nodes[i].Val = appendObject(nil, node)
-				changed = true
-			}
-		}
-	}
-	if !changed {
-		return graph, nil
-	}
-	return appendObject(make([]byte, 0, len(graph)+64), nodes), nil
+	return out, nil
 }
 
 // uploadForm rewrites an upload's multipart form for the key of
@@ -504,28 +478,19 @@ func (f *uploadForm) answer(body []byte) []byte {
 	f.mu.Lock()
 	sent, client := f.sentSubDir, f.clientSub
 	f.mu.Unlock()
-	ms, err := objectMembers(body)
+	out, err := comfyapi.EditUploadAnswer(body, func(sub string) (string, bool) {
+		if sent != "" && sub == sent {
+			return client, true
+		}
+		if rest, found := strings.CutPrefix(sub, f.ns+"/"); found {
+			return rest, true
+		}
+		return "", sub == f.ns
+	})
 	if err != nil {
 		return stripNamespace(body, f.ns)
 	}
-	for i, m := range ms {
-		if m.Key != "subfolder" {
-			continue
-		}
-		sub, ok := comfyapi.String(m.Val)
-		switch {
-		case !ok:
-		case sent != "" && sub == sent:
-			ms[i].Val = comfyapi.AppendPyString(nil, client)
-		default:
-			if rest, found := strings.CutPrefix(sub, f.ns+"/"); found {
-				ms[i].Val = comfyapi.AppendPyString(nil, rest)
-			} else if sub == f.ns {
-				ms[i].Val = comfyapi.AppendPyString(nil, "")
-			}
-		}
-	}
-	return appendObject(make([]byte, 0, len(body)), ms)
+	return out
 }
 
 // switchWriter writes to w, which the upload changes from the held head

@@ -453,3 +453,11 @@ func FuzzUploadForm(f *testing.F) {
 		}
 	})
 }
+
+// uploadAnswer is ComfyUI's answer to an upload, read strictly: the test
+// checks what a client gets.
+type uploadAnswer struct {
+	Name      string `json:"name"`
+	Subfolder string `json:"subfolder"`
+	Type      string `json:"type"`
+}

@@ -221,22 +221,22 @@ func (s *Server) historyLists(insts []*upstream.Instance, path string, visible f
 		if r.err != nil || r.status != fasthttp.StatusOK {
 			continue
 		}
-		ms, err := objectMembers(r.body)
+		entries, err := comfyapi.HistoryEntries(r.body)
 		if err != nil {
 			continue
 		}
 		answered = true
-		asked[i] = len(ms)
-		list := make([]historyItem, 0, len(ms))
+		asked[i] = len(entries)
+		list := make([]historyItem, 0, len(entries))
 		var last int64
-		for _, m := range ms {
-			if ts, ok := completionTime(m.Val); ok {
+		for _, m := range entries {
+			if ts, ok := completionTime(m.Entry); ok {
 				last = ts
 			}
-			if visible != nil && !visible(s.viewOf(r.inst, m.Key).id) {
+			if visible != nil && !visible(s.viewOf(r.inst, m.ID).id) {
 				continue
 			}
-			key, val := s.rewriteHistoryEntry(r.inst, m.Key, m.Val)
+			key, val := s.rewriteHistoryEntry(r.inst, m.ID, m.Entry)
 			list = append(list, historyItem{key: key, val: val, ts: last})
 		}
 		lists[i] = list
@@ -425,18 +425,13 @@ func (s *Server) getJobs(ctx *fasthttp.RequestCtx) {
 		case r.status != fasthttp.StatusOK:
 			continue
 		}
-		var page struct {
-			Jobs       []json.RawMessage `json:"jobs"`
-			Pagination struct {
-				Total int `json:"total"`
-			} `json:"pagination"`
-		}
-		if json.Unmarshal(r.body, &page) != nil {
+		page, err := comfyapi.ParseJobsPage(r.body)
+		if err != nil {
 			continue
 		}
 		answered = true
 		if visible == nil {
-			total += page.Pagination.Total
+			total += page.Total
 		}
 		for _, j := range page.Jobs {
 			id, out := s.rewriteJob(r.inst, j)
@@ -500,24 +495,7 @@ func (s *Server) getJobs(ctx *fasthttp.RequestCtx) {
 
 // jobSortKey is ComfyUI's apply_sorting key of one job.
 func jobSortKey(raw json.RawMessage, sortBy string) float64 {
-	var j struct {
-		CreateTime *float64 `json:"create_time"`
-		Start      *float64 `json:"execution_start_time"`
-		End        *float64 `json:"execution_end_time"`
-	}
-	if json.Unmarshal(raw, &j) != nil {
-		return 0
-	}
-	if sortBy == "execution_duration" {
-		if j.Start != nil && j.End != nil && *j.Start != 0 && *j.End != 0 {
-			return *j.End - *j.Start
-		}
-		return 0
-	}
-	if j.CreateTime != nil {
-		return *j.CreateTime
-	}
-	return 0
+	return comfyapi.ParseJobTimes(raw).SortKey(sortBy)
 }
 
 // listVisible is the request's isolation filter of merged lists: whether

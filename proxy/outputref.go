@@ -167,147 +167,35 @@ func instanceByToken(insts []*upstream.Instance, token string) *upstream.Instanc
 	return other
 }
 
+// subfolderEncoder hands out the file references of type output/temp of
+// the instance of token with the instance in their subfolder.
+func subfolderEncoder(token string) comfyapi.SubfolderEdit {
+	return func(ref comfyapi.FileRef) (string, bool) {
+		if !encodedType(ref.Type) {
+			return "", false
+		}
+		return encodeSubfolder(token, ref.Subfolder), true
+	}
+}
+
 // encodeFileRef rewrites the subfolder of one {filename, subfolder, type}
 // object of type output/temp; other values are returned unchanged
 // (changed=false).
 func encodeFileRef(token string, raw json.RawMessage) (json.RawMessage, bool) {
-	if len(raw) == 0 || raw[0] != '{' {
-		return raw, false
-	}
-	ms, err := objectMembers(raw)
-	if err != nil {
-		return raw, false
-	}
-	sub, hasName, hasType := -1, false, false
-	subVal := ""
-	for i, m := range ms {
-		switch m.Key {
-		case "filename":
-			_, hasName = comfyapi.String(m.Val)
-		case "type":
-			t, ok := comfyapi.String(m.Val)
-			hasType = ok && encodedType(t)
-		case "subfolder":
-			s, ok := comfyapi.String(m.Val)
-			if !ok {
-				return raw, false
-			}
-			sub, subVal = i, s
-		}
-	}
-	if sub < 0 || !hasName || !hasType {
-		return raw, false
-	}
-	ms[sub].Val = comfyapi.AppendPyString(nil, encodeSubfolder(token, subVal))
-	return appendObject(make([]byte, 0, len(raw)+len(token)+8), ms), true
-}
-
-// encodeRefList rewrites the file references in a JSON array.
-func encodeRefList(token string, raw json.RawMessage) (json.RawMessage, bool) {
-	if len(raw) == 0 || raw[0] != '[' {
-		return raw, false
-	}
-	var items []json.RawMessage
-	if json.Unmarshal(raw, &items) != nil {
-		return raw, false
-	}
-	changed := false
-	for i, it := range items {
-		if out, ok := encodeFileRef(token, it); ok {
-			items[i], changed = out, true
-		}
-	}
-	if !changed {
-		return raw, false
-	}
-	out := make([]byte, 0, len(raw)+len(items)*(len(token)+8))
-	out = append(out, '[')
-	for i, it := range items {
-		if i > 0 {
-			out = append(out, ", "...)
-		}
-		out = append(out, it...)
-	}
-	return append(out, ']'), true
-}
-
-// encodeNodeOutput rewrites one node's output ({kind: [refs], ...}: the
-// `executed` event's output, one value of a history's outputs).
-func encodeNodeOutput(token string, raw json.RawMessage) (json.RawMessage, bool) {
-	if len(raw) == 0 || raw[0] != '{' {
-		return raw, false
-	}
-	ms, err := objectMembers(raw)
-	if err != nil {
-		return raw, false
-	}
-	changed := false
-	for i, m := range ms {
-		if out, ok := encodeRefList(token, m.Val); ok {
-			ms[i].Val, changed = out, true
-		}
-	}
-	if !changed {
-		return raw, false
-	}
-	return appendObject(nil, ms), true
+	return comfyapi.EditFileRef(raw, subfolderEncoder(token))
 }
 
 // encodeOutputs rewrites an outputs object ({node: {kind: [refs]}}) of the
 // instance of token.
 func encodeOutputs(token string, raw json.RawMessage) json.RawMessage {
-	if len(raw) == 0 || raw[0] != '{' || !bytes.Contains(raw, []byte(`"subfolder"`)) {
-		return raw
-	}
-	ms, err := objectMembers(raw)
-	if err != nil {
-		return raw
-	}
-	changed := false
-	for i, m := range ms {
-		if out, ok := encodeNodeOutput(token, m.Val); ok {
-			ms[i].Val, changed = out, true
-		}
-	}
-	if !changed {
-		return raw
-	}
-	return appendObject(nil, ms)
+	return comfyapi.EditOutputs(raw, subfolderEncoder(token))
 }
 
 // encodeExecutedFrame rewrites the file references of an `executed` text
 // frame ({"type": "executed", "data": {"node", "output": {...}, ...}}) of
 // the instance of token. Anything else comes back unchanged.
 func encodeExecutedFrame(token string, frame []byte) []byte {
-	if !bytes.Contains(frame, []byte(`"subfolder"`)) {
-		return frame
-	}
-	ms, err := objectMembers(frame)
-	if err != nil {
-		return frame
-	}
-	for i, m := range ms {
-		if m.Key != "data" {
-			continue
-		}
-		data, err := objectMembers(m.Val)
-		if err != nil {
-			return frame
-		}
-		for j, d := range data {
-			if d.Key != "output" {
-				continue
-			}
-			out, ok := encodeNodeOutput(token, d.Val)
-			if !ok {
-				return frame
-			}
-			data[j].Val = out
-			ms[i].Val = appendObject(nil, data)
-			return appendObject(make([]byte, 0, len(frame)+64), ms)
-		}
-	}
-	return frame
+	return comfyapi.EditExecutedFrame(frame, subfolderEncoder(token))
 }
 
 // encodedOutputPath decodes a prompt input that loads an output or temp
@@ -337,49 +225,31 @@ func promptFiles(insts []*upstream.Instance, prompt json.RawMessage) (map[string
 	if !bytes.Contains(prompt, []byte{'"', outputRefMark}) {
 		return nil, nil
 	}
-	graph, err := objectMembers(prompt)
-	if err != nil {
-		return nil, nil
-	}
 	var files map[string]prompts.InstanceFile
 	var order []*upstream.Instance
 	count := map[*upstream.Instance]int{}
-	for _, n := range graph {
-		node, err := objectMembers(n.Val)
-		if err != nil {
-			continue
+	_, _, _ = comfyapi.EditGraphInputs(prompt, func(_, _ string, val json.RawMessage) (json.RawMessage, error) {
+		s, ok := comfyapi.String(val)
+		if !ok {
+			return nil, nil
 		}
-		for _, f := range node {
-			if f.Key != "inputs" {
-				continue
-			}
-			inputs, err := objectMembers(f.Val)
-			if err != nil {
-				continue
-			}
-			for _, in := range inputs {
-				s, ok := comfyapi.String(in.Val)
-				if !ok {
-					continue
-				}
-				if _, seen := files[s]; seen {
-					continue
-				}
-				inst, d, ok := encodedOutputPath(insts, s)
-				if !ok {
-					continue
-				}
-				if files == nil {
-					files = map[string]prompts.InstanceFile{}
-				}
-				files[s] = prompts.InstanceFile{Instance: inst, Value: d}
-				if count[inst] == 0 {
-					order = append(order, inst)
-				}
-				count[inst]++
-			}
+		if _, seen := files[s]; seen {
+			return nil, nil
 		}
-	}
+		inst, d, ok := encodedOutputPath(insts, s)
+		if !ok {
+			return nil, nil
+		}
+		if files == nil {
+			files = map[string]prompts.InstanceFile{}
+		}
+		files[s] = prompts.InstanceFile{Instance: inst, Value: d}
+		if count[inst] == 0 {
+			order = append(order, inst)
+		}
+		count[inst]++
+		return nil, nil
+	})
 	var prefer *upstream.Instance
 	for _, inst := range order {
 		if prefer == nil || count[inst] > count[prefer] {

@@ -170,8 +170,8 @@ func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 		writeComfyError(ctx, fasthttp.StatusBadRequest, "invalid_prompt", "Invalid prompt: the request body could not be read", "")
 		return
 	}
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(body, &fields); err != nil || fields == nil {
+	req, err := comfyapi.ParsePromptRequest(body)
+	if err != nil {
 		details := "the request body must be a JSON object"
 		var se *json.SyntaxError
 		if errors.As(err, &se) {
@@ -180,7 +180,8 @@ func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 		writeComfyError(ctx, fasthttp.StatusBadRequest, "invalid_prompt", "Invalid prompt: the request body is not a JSON object", details)
 		return
 	}
-	if _, ok := fields["prompt"]; !ok {
+	fields := req.Fields
+	if !req.HasPrompt() {
 		// ComfyUI's own answer (Oct-2025 and later).
 		writeComfyError(ctx, fasthttp.StatusBadRequest, "no_prompt", "No prompt provided", "No prompt provided")
 		return
@@ -194,11 +195,11 @@ func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 		}
 		fields["prompt"] = graph
 	}
-	clientID := comfyapi.PromptRequest{ClientID: fields["client_id"], ExtraData: fields["extra_data"]}.EffectiveClientID()
+	clientID := req.EffectiveClientID()
 	if !s.claimClientID(ctx, clientID) {
 		return
 	}
-	promptID := comfyapi.ClientPromptID(fields["prompt_id"])
+	promptID := comfyapi.ClientPromptID(req.PromptID)
 	if promptID != "" {
 		if _, used := s.prompts.Prompt(promptID); used {
 			promptID = ""

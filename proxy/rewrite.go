@@ -34,8 +34,6 @@ type member = jsonobj.Member
 
 func objectMembers(data []byte) ([]member, error) { return jsonobj.Members(data) }
 
-func appendObject(dst []byte, ms []member) []byte { return jsonobj.Append(dst, ms) }
-
 func quoteJSON(s string) []byte { return jsonobj.Quote(s) }
 
 // promptView is how the client knows one prompt an instance reports.
@@ -75,62 +73,37 @@ func setAnswerNumber(body []byte, p *prompts.Prompt) []byte {
 	if num == nil {
 		return body
 	}
-	ms, err := objectMembers(body)
-	if err != nil {
-		return body
-	}
-	for i, m := range ms {
-		if m.Key == "number" {
-			ms[i].Val = num
-			return appendObject(make([]byte, 0, len(body)+8), ms)
-		}
-	}
-	return body
+	return comfyapi.WithNumber(body, num)
 }
 
 // fixExtraData rewrites extra_data.client_id for the client.
 func (v promptView) fixExtraData(raw json.RawMessage) json.RawMessage {
-	ms, err := objectMembers(raw)
-	if err != nil {
-		return raw
-	}
-	out := ms[:0]
-	changed := false
-	for _, m := range ms {
-		if m.Key == "client_id" {
-			cur, _ := comfyapi.String(m.Val)
-			switch {
-			case v.known && v.clientID == "":
-				changed = true
-				continue // the client sent none
-			case v.known && cur != v.clientID:
-				m.Val, changed = quoteJSON(v.clientID), true
-			case !v.known && v.socketID != "" && cur == v.socketID:
-				changed = true
-				continue // comfygate's own id never leaks
-			}
+	return comfyapi.EditExtraDataClientID(raw, func(cur string) (comfyapi.ClientIDEdit, string) {
+		switch {
+		case v.known && v.clientID == "":
+			return comfyapi.DropClientID, "" // the client sent none
+		case v.known && cur != v.clientID:
+			return comfyapi.ReplaceClientID, v.clientID
+		case !v.known && v.socketID != "" && cur == v.socketID:
+			return comfyapi.DropClientID, "" // comfygate's own id never leaks
 		}
-		out = append(out, m)
-	}
-	if !changed {
-		return raw
-	}
-	return appendObject(nil, out)
+		return comfyapi.KeepClientID, ""
+	})
 }
 
 // rewriteTuple rewrites a queue item / history "prompt" tuple
 // [number, prompt_id, prompt, extra_data, outputs_to_execute, ...]: the
 // fleet number, the client's prompt id and client_id.
 func (v promptView) rewriteTuple(raw json.RawMessage) json.RawMessage {
-	var items []json.RawMessage
-	if json.Unmarshal(raw, &items) != nil || len(items) < 4 {
+	items, err := comfyapi.ParseQueueItem(raw)
+	if err != nil || len(items) <= comfyapi.ItemExtraData {
 		return raw
 	}
 	if v.number != nil {
-		items[0] = v.number
+		items[comfyapi.ItemNumber] = v.number
 	}
-	items[1] = quoteJSON(v.id)
-	items[3] = v.fixExtraData(items[3])
+	items[comfyapi.ItemPromptID] = quoteJSON(v.id)
+	items[comfyapi.ItemExtraData] = v.fixExtraData(items.ExtraData())
 	out, err := json.Marshal(items)
 	if err != nil {
 		return raw
@@ -144,48 +117,18 @@ func (v promptView) rewriteStatus(raw json.RawMessage, upID string) json.RawMess
 	if v.id == upID {
 		return raw
 	}
-	ms, err := objectMembers(raw)
-	if err != nil {
+	out, ok := comfyapi.EditStatusMessages(raw, func(data json.RawMessage) json.RawMessage {
+		return v.fixPromptIDField(data, upID)
+	})
+	if !ok {
 		return raw
 	}
-	for i, m := range ms {
-		if m.Key != "messages" {
-			continue
-		}
-		var msgs [][]json.RawMessage
-		if json.Unmarshal(m.Val, &msgs) != nil {
-			return raw
-		}
-		for _, msg := range msgs {
-			if len(msg) >= 2 {
-				msg[1] = v.fixPromptIDField(msg[1], upID)
-			}
-		}
-		if b, err := json.Marshal(msgs); err == nil {
-			ms[i].Val = b
-		}
-	}
-	return appendObject(nil, ms)
+	return out
 }
 
 // fixPromptIDField rewrites obj.prompt_id from upID to the client's id.
 func (v promptView) fixPromptIDField(raw json.RawMessage, upID string) json.RawMessage {
-	ms, err := objectMembers(raw)
-	if err != nil {
-		return raw
-	}
-	changed := false
-	for i, m := range ms {
-		if m.Key == "prompt_id" {
-			if cur, ok := comfyapi.String(m.Val); ok && cur == upID {
-				ms[i].Val, changed = quoteJSON(v.id), true
-			}
-		}
-	}
-	if !changed {
-		return raw
-	}
-	return appendObject(nil, ms)
+	return comfyapi.ReplacePromptIDField(raw, upID, v.id)
 }
 
 // rewriteHistoryEntry rewrites one history entry of inst known there as
@@ -194,47 +137,41 @@ func (v promptView) fixPromptIDField(raw json.RawMessage, upID string) json.RawM
 // returns the client's key for it.
 func (s *Server) rewriteHistoryEntry(inst *upstream.Instance, upID string, raw json.RawMessage) (string, json.RawMessage) {
 	v := s.viewOf(inst, upID)
-	ms, err := objectMembers(raw)
+	out, err := comfyapi.EditHistoryEntry(raw, func(member string, val json.RawMessage) json.RawMessage {
+		switch member {
+		case comfyapi.EntryPrompt:
+			return v.rewriteTuple(val)
+		case comfyapi.EntryStatus:
+			return v.rewriteStatus(val, upID)
+		case comfyapi.EntryOutputs:
+			s.learnOutputs(inst, val) // the instance's own refs
+			return encodeOutputs(instanceToken(inst), val)
+		}
+		return val
+	})
 	if err != nil {
 		return v.id, raw
 	}
-	for i, m := range ms {
-		switch m.Key {
-		case "prompt":
-			ms[i].Val = v.rewriteTuple(m.Val)
-		case "status":
-			ms[i].Val = v.rewriteStatus(m.Val, upID)
-		case "outputs":
-			s.learnOutputs(inst, m.Val) // the instance's own refs
-			ms[i].Val = encodeOutputs(instanceToken(inst), m.Val)
-		}
-	}
-	return v.id, appendObject(nil, ms)
+	return v.id, out
 }
 
 // rewriteHistoryObject rewrites a {prompt_id: entry, ...} answer of inst.
 func (s *Server) rewriteHistoryObject(inst *upstream.Instance, body []byte) []byte {
-	ms, err := objectMembers(body)
+	out, err := comfyapi.EditHistory(body, func(id string, entry json.RawMessage) (string, json.RawMessage, bool) {
+		id, entry = s.rewriteHistoryEntry(inst, id, entry)
+		return id, entry, true
+	})
 	if err != nil {
 		return body
 	}
-	for i, m := range ms {
-		ms[i].Key, ms[i].Val = s.rewriteHistoryEntry(inst, m.Key, m.Val)
-	}
-	return appendObject(make([]byte, 0, len(body)+64), ms)
+	return out
 }
 
 // learnOutputs pins every file an outputs object names ({node: {kind:
 // [{filename, subfolder, type}, ...]}}) to inst, so /view finds it.
 func (s *Server) learnOutputs(inst *upstream.Instance, raw json.RawMessage) {
-	var outputs map[string]json.RawMessage
-	if json.Unmarshal(raw, &outputs) != nil {
-		return
-	}
-	for _, out := range outputs {
-		for _, f := range comfyapi.NodeOutputFiles(out, "") {
-			s.prompts.PinFile(prompts.FileRef{Filename: f.Filename, Subfolder: f.Subfolder, Type: f.Type}, inst)
-		}
+	for _, f := range comfyapi.OutputsFiles(raw) {
+		s.prompts.PinFile(f, inst)
 	}
 }
 
@@ -243,47 +180,47 @@ func (s *Server) learnOutputs(inst *upstream.Instance, raw json.RawMessage) {
 // and its file references (with the
 // instance in their subfolder, outputref.go); it learns its files.
 func (s *Server) rewriteJob(inst *upstream.Instance, raw json.RawMessage) (string, json.RawMessage) {
-	ms, err := objectMembers(raw)
+	upID, err := comfyapi.JobID(raw)
 	if err != nil {
 		return "", raw
 	}
-	upID := ""
-	for _, m := range ms {
-		if m.Key == "id" {
-			upID, _ = comfyapi.String(m.Val)
-		}
-	}
 	v := s.viewOf(inst, upID)
-	for i, m := range ms {
-		switch m.Key {
+	out, err := comfyapi.EditJob(raw, func(member string, val json.RawMessage) json.RawMessage {
+		switch member {
 		case "id":
-			ms[i].Val = quoteJSON(v.id)
+			return quoteJSON(v.id)
 		case "priority": // the queue number, as in /queue
 			if v.number != nil {
-				ms[i].Val = v.number
+				return v.number
 			}
 		case "outputs":
-			s.learnOutputs(inst, m.Val) // the instance's own refs
-			ms[i].Val = encodeOutputs(instanceToken(inst), m.Val)
+			s.learnOutputs(inst, val) // the instance's own refs
+			return encodeOutputs(instanceToken(inst), val)
 		case "preview_output":
-			s.learnOutputs(inst, append(append([]byte(`{"p":{"p":[`), m.Val...), "]}}"...))
-			ms[i].Val, _ = encodeFileRef(instanceToken(inst), m.Val)
+			for _, f := range comfyapi.ListFiles(comfyapi.AppendArray(nil, []json.RawMessage{val})) {
+				s.prompts.PinFile(f, inst)
+			}
+			out, _ := encodeFileRef(instanceToken(inst), val)
+			return out
 		case "workflow":
-			wf, err := objectMembers(m.Val)
-			if err != nil {
-				continue
-			}
-			for j, w := range wf {
-				if w.Key == "extra_data" {
-					wf[j].Val = v.fixExtraData(w.Val)
+			wf, err := comfyapi.EditJob(val, func(member string, val json.RawMessage) json.RawMessage {
+				if member == comfyapi.FieldExtraData {
+					return v.fixExtraData(val)
 				}
+				return val
+			})
+			if err == nil {
+				return wf
 			}
-			ms[i].Val = appendObject(nil, wf)
 		case "execution_status":
-			ms[i].Val = v.rewriteStatus(m.Val, upID)
+			return v.rewriteStatus(val, upID)
 		case "execution_error":
-			ms[i].Val = v.fixPromptIDField(m.Val, upID)
+			return v.fixPromptIDField(val, upID)
 		}
+		return val
+	})
+	if err != nil {
+		return v.id, raw
 	}
-	return v.id, appendObject(nil, ms)
+	return v.id, out
 }

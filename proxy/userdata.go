@@ -32,6 +32,7 @@ import (
 	"sync"
 
 	"github.com/comfygate/comfygate/auth"
+	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
 )
@@ -419,9 +420,13 @@ func (s *Server) keySettings(ctx *fasthttp.RequestCtx, k *auth.Key, prefix strin
 				return
 			}
 			update = map[string]json.RawMessage{id: append(json.RawMessage(nil), body...)}
-		} else if json.Unmarshal(body, &update) != nil || update == nil {
-			writeJSONError(ctx, fasthttp.StatusBadRequest, "bad_request", "POST /settings takes a JSON object")
-			return
+		} else {
+			u, err := comfyapi.ParseSettings(body)
+			if err != nil {
+				writeJSONError(ctx, fasthttp.StatusBadRequest, "bad_request", "POST /settings takes a JSON object")
+				return
+			}
+			update = u
 		}
 		mu := s.settingsLock(k.Name)
 		mu.Lock()
@@ -469,8 +474,9 @@ func (s *Server) loadKeySettings(ctx *fasthttp.RequestCtx, uri string) (map[stri
 	m := map[string]json.RawMessage{}
 	switch status {
 	case fasthttp.StatusOK:
-		if json.Unmarshal(body, &m) != nil || m == nil {
-			m = map[string]json.RawMessage{} // unreadable: no settings, as a fresh user
+		// An unreadable file is no settings, as for a fresh user.
+		if got, err := comfyapi.ParseSettings(body); err == nil {
+			m = got
 		}
 	case fasthttp.StatusNotFound:
 	default:

@@ -2,12 +2,12 @@ package upstream
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"sync"
 	"time"
 
+	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/valyala/fasthttp"
 )
 
@@ -161,17 +161,9 @@ func (p *Pool) probeHealth(ctx context.Context, inst *Instance, timeout time.Dur
 	if err != nil {
 		return "", fmt.Errorf("health check %s: read body: %w", inst.Name, err)
 	}
-	var stats struct {
-		System struct {
-			Version string `json:"comfyui_version"`
-		} `json:"system"`
-	}
 	// A body that is not the expected JSON still proves the instance answers;
 	// the version just stays unknown.
-	if json.Unmarshal(body, &stats) == nil {
-		version = stats.System.Version
-	}
-	return version, nil
+	return comfyapi.SystemStatsVersion(body), nil
 }
 
 // SocketLost is called (by the owner of the event sockets) when an

@@ -82,12 +82,12 @@ func readWarmup(path string) (json.RawMessage, error) {
 	if err != nil {
 		return nil, fmt.Errorf("warm-up workflow: %w", err)
 	}
-	var body map[string]json.RawMessage
-	if err := json.Unmarshal(data, &body); err != nil {
+	body, err := comfyapi.ParsePromptRequest(data)
+	if err != nil {
 		return nil, fmt.Errorf("warm-up workflow %s: not a JSON object: %w", path, err)
 	}
-	if g, ok := body["prompt"]; ok {
-		return g, nil
+	if body.HasPrompt() {
+		return body.Prompt, nil
 	}
 	return data, nil
 }
@@ -167,10 +167,9 @@ func (p *Pool) runWarmup(ctx context.Context, inst *Instance, graph json.RawMess
 	if status != 200 {
 		return fmt.Errorf("submit: status %d: %.300s", status, resp)
 	}
-	var ans struct {
-		PromptID string `json:"prompt_id"`
-	}
-	if json.Unmarshal(resp, &ans) != nil || ans.PromptID == "" {
+	ans, err := comfyapi.ParsePromptAnswer(resp)
+	id := ans.ID()
+	if err != nil || id == "" {
 		return fmt.Errorf("submit: answer without prompt_id: %.300s", resp)
 	}
 	tick := time.NewTicker(200 * time.Millisecond)
@@ -184,15 +183,15 @@ func (p *Pool) runWarmup(ctx context.Context, inst *Instance, graph json.RawMess
 			return ctx.Err()
 		case <-tick.C:
 		}
-		status, resp, err := inst.Call(ctx, "GET", "/history/"+ans.PromptID, nil, nil)
+		status, resp, err := inst.Call(ctx, "GET", "/history/"+id, nil, nil)
 		if err != nil || status != 200 {
 			continue
 		}
 		h, err := comfyapi.ParseHistory(resp)
-		if err != nil || h[ans.PromptID] == nil {
+		if err != nil || h[id] == nil {
 			continue
 		}
-		e, err := comfyapi.ParseHistoryEntry(h[ans.PromptID])
+		e, err := comfyapi.ParseHistoryEntry(h[id])
 		if err != nil {
 			continue
 		}

@@ -153,15 +153,3 @@ func PreviewToType1(b []byte) (head [8]byte, image []byte, ok bool) {
 	binary.BigEndian.PutUint32(head[4:8], format)
 	return head, img, true
 }
-
-// ParseBinaryText reads a type-3 TEXT frame: the node id and the text.
-func ParseBinaryText(b []byte) (nodeID string, text []byte, ok bool) {
-	if t, _ := BinaryType(b); t != BinText {
-		return "", nil, false
-	}
-	id, rest, ok := splitLengthPrefixed(b)
-	if !ok {
-		return "", nil, false
-	}
-	return string(id), rest, true
-}

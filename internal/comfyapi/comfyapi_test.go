@@ -74,8 +74,8 @@ func TestFeatureChecks(t *testing.T) {
 		if got := SupportsClientPromptID(tc.v); got != tc.clientID {
 			t.Errorf("SupportsClientPromptID(%q) = %v", tc.v, got)
 		}
-		if got := SupportsFeatures(tc.v); got != tc.features {
-			t.Errorf("SupportsFeatures(%q) = %v", tc.v, got)
+		if got := AtLeast(tc.v, VersionFeatures); got != tc.features {
+			t.Errorf("AtLeast(%q, VersionFeatures) = %v", tc.v, got)
 		}
 		if got := SupportsTargetedInterrupt(tc.v); got != tc.targeted {
 			t.Errorf("SupportsTargetedInterrupt(%q) = %v", tc.v, got)
@@ -153,8 +153,8 @@ func TestQueue(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := q.IDs(), []string{"run", "p2", "p1"}; len(got) != len(want) || got[0] != want[0] || got[1] != want[1] || got[2] != want[2] {
-		t.Errorf("IDs = %v, want %v", got, want)
+	if running, pending := q.IDSets(); len(running) != 1 || !running["run"] || len(pending) != 2 || !pending["p2"] || !pending["p1"] {
+		t.Errorf("IDSets = %v, %v; want {run} and {p1, p2}", running, pending)
 	}
 	for _, tc := range []struct {
 		id      string
@@ -361,21 +361,6 @@ func TestPreviewMetadata(t *testing.T) {
 	}
 	if typ, ok := BinaryType([]byte{0, 0, 1}); ok || typ != 0 {
 		t.Error("3-byte frame has a type")
-	}
-}
-
-func TestBinaryText(t *testing.T) {
-	t.Parallel()
-	b := binary.BigEndian.AppendUint32(nil, BinText)
-	b = binary.BigEndian.AppendUint32(b, 2)
-	b = append(b, "12hello"...)
-	id, text, ok := ParseBinaryText(b)
-	if !ok || id != "12" || string(text) != "hello" {
-		t.Errorf("got %q %q %v", id, text, ok)
-	}
-	if _, _, ok := ParseBinaryText(b[:9]); ok {
-		// length 2 but one byte left: malformed
-		t.Error("truncated text frame parsed")
 	}
 }
 

@@ -26,7 +26,6 @@ func FuzzWSFrame(f *testing.F) {
 		if ok != (len(b) >= 4) {
 			t.Fatalf("BinaryType ok=%v for %d bytes", ok, len(b))
 		}
-		_, _, _ = ParseBinaryText(b)
 		md, ok := ParsePreviewMetadata(b)
 		if ok && typ != BinPreviewImageWithMetadata {
 			t.Fatalf("type %d frame read as type 4", typ)
@@ -71,7 +70,13 @@ func FuzzQueueBody(f *testing.F) {
 			}
 		}
 		if q, err := ParseQueue(b); err == nil {
-			for _, id := range q.IDs() {
+			running, pending := q.IDSets()
+			for id := range running {
+				if _, isRunning, ok := q.Find(id); !ok || !isRunning {
+					t.Fatalf("running id %q listed but not found running", id)
+				}
+			}
+			for id := range pending {
 				if _, _, ok := q.Find(id); !ok {
 					t.Fatalf("id %q listed but not found", id)
 				}

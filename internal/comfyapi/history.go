@@ -2,6 +2,8 @@ package comfyapi
 
 import (
 	"encoding/json"
+
+	"github.com/comfygate/comfygate/internal/jsonobj"
 )
 
 // ParseHistory reads a GET /history or /history/{id} answer, {prompt_id:
@@ -180,4 +182,32 @@ func (s HistoryStatus) LastTimestamp() (int64, bool) {
 		}
 	}
 	return 0, false
+}
+
+// ExceptionMessage returns data.exception_message of the message (an
+// execution_error's); "" when it has none or it is not a string.
+func (m Message) ExceptionMessage() string {
+	s, _ := String(objectMembers(m.Data)["exception_message"])
+	return s
+}
+
+// HistoryItem is one entry of a GET /history answer with its prompt id.
+type HistoryItem struct {
+	ID    string
+	Entry json.RawMessage
+}
+
+// HistoryEntries reads a GET /history or /history/{id} answer, {prompt_id:
+// entry}, in the instance's order (oldest first; ParseHistory does not
+// keep it). It fails when body is not a JSON object.
+func HistoryEntries(body []byte) ([]HistoryItem, error) {
+	ms, err := jsonobj.Members(body)
+	if err != nil {
+		return nil, err
+	}
+	items := make([]HistoryItem, len(ms))
+	for i, m := range ms {
+		items[i] = HistoryItem{ID: m.Key, Entry: m.Val}
+	}
+	return items, nil
 }

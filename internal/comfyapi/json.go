@@ -10,6 +10,7 @@ import (
 var (
 	errNotObject = errors.New("comfyapi: not a JSON object")
 	errNotArray  = errors.New("comfyapi: not a JSON array")
+	errNoName    = errors.New("comfyapi: no file name")
 )
 
 // isObject reports whether data starts like a JSON object.
@@ -57,4 +58,18 @@ func Number(raw []byte) (float64, bool) {
 	}
 	f, err := strconv.ParseFloat(string(raw), 64)
 	return f, err == nil
+}
+
+// objectMembers splits a JSON object one level deep (exact-case keys, the
+// last of a repeated key winning, as Python's json); nil when raw is not
+// an object.
+func objectMembers(raw []byte) map[string]json.RawMessage {
+	if !isObject(raw) {
+		return nil
+	}
+	var m map[string]json.RawMessage
+	if json.Unmarshal(raw, &m) != nil {
+		return nil
+	}
+	return m
 }

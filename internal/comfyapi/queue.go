@@ -57,20 +57,6 @@ func (q Queue) Find(id string) (number json.RawMessage, running, ok bool) {
 	return nil, false, false
 }
 
-// IDs returns the prompt ids of the running and then the pending items
-// (items without a string id are skipped).
-func (q Queue) IDs() []string {
-	ids := make([]string, 0, len(q.Running)+len(q.Pending))
-	for _, list := range [2][]json.RawMessage{q.Running, q.Pending} {
-		for _, raw := range list {
-			if id, ok := ItemID(raw); ok {
-				ids = append(ids, id)
-			}
-		}
-	}
-	return ids
-}
-
 // Queue tuple positions.
 const (
 	ItemNumber = iota

@@ -90,3 +90,18 @@ func ParseJobCancel(body []byte) (JobCancelRequest, error) {
 	}
 	return r, nil
 }
+
+// ParseSettings reads a user's settings as ComfyUI keeps them
+// (comfy.settings.json, GET /settings' answer, a POST /settings body):
+// {setting_id: value}, exact-case and last-wins. It fails when body is
+// not a JSON object.
+func ParseSettings(body []byte) (map[string]json.RawMessage, error) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(body, &m); err != nil {
+		return nil, err
+	}
+	if m == nil {
+		return nil, errNotObject
+	}
+	return m, nil
+}

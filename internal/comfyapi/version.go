@@ -1,6 +1,7 @@
 package comfyapi
 
 import (
+	"encoding/json"
 	"strconv"
 	"strings"
 )
@@ -83,10 +84,22 @@ func AtLeast(s string, min Version) bool {
 // client-supplied prompt_id (v0.3.45+).
 func SupportsClientPromptID(s string) bool { return AtLeast(s, VersionClientPromptID) }
 
-// SupportsFeatures reports whether the comfyui_version s serves GET
-// /features (v0.3.44+).
-func SupportsFeatures(s string) bool { return AtLeast(s, VersionFeatures) }
-
 // SupportsTargetedInterrupt reports whether the comfyui_version s honours
 // POST /interrupt with a prompt_id (v0.3.57+).
 func SupportsTargetedInterrupt(s string) bool { return AtLeast(s, VersionTargetedInterrupt) }
+
+// SystemStatsVersion returns system.comfyui_version of a GET /system_stats
+// answer ({"system": {"os", "comfyui_version", ...}, "devices": [...]};
+// comfyui_version exists since 2024). "" when the answer has none or it
+// is not a string: an older or odd instance's version stays unknown.
+func SystemStatsVersion(body []byte) string {
+	if !isObject(body) {
+		return ""
+	}
+	var m, sys map[string]json.RawMessage
+	if json.Unmarshal(body, &m) != nil || !isObject(m["system"]) || json.Unmarshal(m["system"], &sys) != nil {
+		return ""
+	}
+	v, _ := String(sys["comfyui_version"])
+	return v
+}
