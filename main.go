@@ -177,7 +177,11 @@ func serve(ctx context.Context, cfg *config.Config, load func() (*config.Config,
 		ln.Close()
 		return err
 	}
-	defer pool.Close()
+	// The table hears of the instances the pool started with (their
+	// sockets open) and stops after the pool: its goroutines no longer
+	// publish instance events then.
+	table.Start(runCtx)
+	defer func() { pool.Close(); table.Close() }()
 	svc.Start(runCtx)
 	defer svc.Close()
 	catCtx, stopCat := context.WithCancel(runCtx)

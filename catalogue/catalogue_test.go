@@ -212,15 +212,16 @@ func TestRereadOnComeback(t *testing.T) {
 	}
 	// The prompt table's event socket is how a restart that passes no
 	// failed health check is noticed (Instance.Comebacks).
-	prompts.New(p, cfg, nil, nil)
+	table := prompts.New(p, cfg, nil, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := p.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
+	table.Start(ctx)
 	s := New(p, time.Hour, nil)
 	done := make(chan struct{})
 	go func() { defer close(done); s.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done; p.Close() })
+	t.Cleanup(func() { cancel(); <-done; p.Close(); table.Close() })
 	inst := p.Instances()[0]
 	readAt := func() time.Time {
 		s.mu.RLock()

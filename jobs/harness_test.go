@@ -86,14 +86,15 @@ func newHarnessWith(tb testing.TB, n int, opts comfysim.Options, mod func(*confi
 	if err := pool.Start(ctx); err != nil {
 		tb.Fatalf("pool.Start: %v", err)
 	}
+	table.Start(ctx)
 	h.pool, h.prompts = pool, table
 	// Start from a fleet whose event sockets are up, as the proxy's stack
-	// tests do. Start waits for them at most health_check.timeout; on a
+	// tests do. table.Start waits for them at most health_check.timeout; on a
 	// loaded machine a socket can take longer, and a job's prompt that runs
 	// at an instance before comfygate's socket registered there reaches its
 	// end only through the history check ("status pending after 10s" in
 	// TestExpiry and TestInstanceVersions). These tests are about jobs.
-	tb.Cleanup(func() { cancel(); pool.Close() })
+	tb.Cleanup(func() { cancel(); pool.Close(); table.Close() })
 	for _, inst := range pool.Instances() {
 		testkit.Eventually(tb, "event socket to "+inst.Name, func() bool { return inst.Status().SocketUp })
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/clock"
 	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/internal/ids"
 	"github.com/comfygate/comfygate/internal/jsonobj"
@@ -36,9 +37,12 @@ type upKey struct {
 }
 
 // fleet is what the table uses of the instance pool (*upstream.Pool):
-// which instances there are and which may take work, and the two things
-// only the event sockets see (a socket lost, a socket back).
+// which instances there are and which may take work, a probe and the
+// clock for failover's grace, and the two things only the event sockets
+// see (a socket lost, a socket back).
 type fleet interface {
+	Probe(ctx context.Context, inst *upstream.Instance, timeout time.Duration) error
+	Clock() clock.Clock
 	Instances() []*upstream.Instance
 	Instance(name string) *upstream.Instance
 	Healthy() []*upstream.Instance
@@ -52,8 +56,10 @@ type fleet interface {
 
 // Table holds every prompt comfygate forwarded, the one WebSocket per
 // instance that carries their events, failover, and the pins of the files
-// the instances hold. It is the pool's PromptOwner (upstream.Pool.Attach):
-// the pool starts and closes it and tells it about its instances.
+// the instances hold. It hears of the pool's instances on a subscription
+// (upstream.Pool.Subscribe) and gates their comebacks
+// (upstream.Pool.SetComebackGate); whoever starts the pool starts and
+// closes the table too (Start after the pool's Start, Close after its Close).
 type Table struct {
 	p   fleet
 	cfg *config.Config
@@ -69,7 +75,9 @@ type Table struct {
 	sockets    map[*upstream.Instance]*instSocket
 	tombs      map[*upstream.Instance][]tomb // prompts moved off each instance, oldest first (tombstones.go)
 	ctx        context.Context               // nil until start
+	cancel     context.CancelFunc            // ends ctx (Close)
 	closed     bool
+	sub        *upstream.Subscription // the pool's instance events (events.go)
 
 	wg sync.WaitGroup // socket loops and background checks
 
@@ -87,8 +95,10 @@ type Table struct {
 	*fileStore // file pins and copies (pins.go, files.go)
 }
 
-// New returns the prompt table of pool, attached to it (pool.Attach):
-// it runs from pool.Start to pool.Close. cfg is pool's configuration.
+// New returns the prompt table of pool: it subscribes to the pool's
+// instance events and sets the pool's comeback gate (CleanUp), so call it
+// before pool.Start; it runs from Start to Close. cfg is pool's
+// configuration.
 func New(pool *upstream.Pool, cfg *config.Config, m *metrics.Metrics, log *slog.Logger) *Table {
 	t := &Table{
 		p:          pool,
@@ -108,7 +118,8 @@ func New(pool *upstream.Pool, cfg *config.Config, m *metrics.Metrics, log *slog.
 		t.log = slog.New(slog.DiscardHandler)
 	}
 	t.fileStore = newFileStore(pool, t.cfg, t.log)
-	pool.Attach(t)
+	t.sub = pool.Subscribe()
+	pool.SetComebackGate(t.CleanUp)
 	return t
 }
 
@@ -129,14 +140,19 @@ func (t *Table) safely(what string, f func()) {
 	f()
 }
 
-// Start lets the table run sockets until ctx ends or Close: it opens the
-// socket of every instance announced so far.
+// Start lets the table run until ctx ends or Close: it opens the socket of
+// every instance announced so far, handles the pool's instance events
+// from now on, and waits, at most health_check.timeout, until every
+// healthy instance's socket is up or its first dial failed. Call it after
+// the pool's Start, so the instances it begins with have sockets before
+// Start returns.
 func (t *Table) Start(ctx context.Context) {
 	t.mu.Lock()
 	if t.ctx != nil || t.closed {
 		t.mu.Unlock()
 		return
 	}
+	ctx, t.cancel = context.WithCancel(ctx)
 	t.ctx = ctx
 	var toStart []*instSocket
 	for _, s := range t.sockets {
@@ -146,17 +162,25 @@ func (t *Table) Start(ctx context.Context) {
 	for _, s := range toStart {
 		t.runSocket(s)
 	}
+	t.startEvents(ctx)
+	t.awaitSockets(ctx, t.cfg.HealthCheck.Timeout)
 }
 
-// Close stops every socket and waits for the table's goroutines.
+// Close stops every socket, ends the subscription to the pool's events
+// and waits for the table's goroutines.
 func (t *Table) Close() {
 	t.mu.Lock()
 	t.closed = true
+	cancel := t.cancel
 	var all []*instSocket
 	for _, s := range t.sockets {
 		all = append(all, s)
 	}
 	t.mu.Unlock()
+	t.sub.Close()
+	if cancel != nil {
+		cancel()
+	}
 	for _, s := range all {
 		s.stop()
 	}

@@ -58,6 +58,21 @@ func (p *testPool) EnsureInputs(ctx context.Context, inst *upstream.Instance, pr
 }
 func (p *testPool) SetListener(l Listener) { p.prompts.SetListener(l) }
 
+// Start starts the pool, then its table, as main does.
+func (p *testPool) Start(ctx context.Context) error {
+	if err := p.Pool.Start(ctx); err != nil {
+		return err
+	}
+	p.prompts.Start(ctx)
+	return nil
+}
+
+// Close closes the pool, then its table, as main does.
+func (p *testPool) Close() {
+	p.Pool.Close()
+	p.prompts.Close()
+}
+
 // newCorePool builds and (if start) starts a pool, closed at cleanup.
 func newCorePool(t testing.TB, cfg *config.Config, start bool) *testPool {
 	t.Helper()

@@ -70,6 +70,7 @@ func startGateMetrics(t testing.TB, addrs []string, mod func(*config.Config), m 
 		cancel()
 		t.Fatal(err)
 	}
+	table.Start(ctx)
 	o := Options{Config: cfg, Pool: pool, Prompts: table, Metrics: m, Version: "test"}
 	if opts != nil {
 		opts(&o)
@@ -92,10 +93,11 @@ func startGateMetrics(t testing.TB, addrs []string, mod func(*config.Config), m 
 		scancel()
 		<-done
 		pool.Close()
+		table.Close()
 		cancel()
 	})
 	g := &gate{base: "http://" + ln.Addr().String(), addr: ln.Addr().String(), cfg: cfg, pool: pool, prompts: table, srv: srv, m: o.Metrics}
-	// Start from a fleet whose event sockets are up: pool.Start waits for
+	// Start from a fleet whose event sockets are up: table.Start waits for
 	// them at most health_check.timeout, and a prompt that runs on an
 	// instance before comfygate's socket registered there misses its
 	// progress events (TestSameNamesOwnImage waits for executed events).

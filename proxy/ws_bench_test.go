@@ -53,6 +53,7 @@ func startBenchBridge(b *testing.B, addr string) string {
 	if err := pool.Start(ctx); err != nil {
 		b.Fatal(err)
 	}
+	table.Start(ctx)
 	h := newHub(cfg, pool, nil, nil)
 	table.SetListener(h)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -67,6 +68,7 @@ func startBenchBridge(b *testing.B, addr string) string {
 		_ = srv.Shutdown()
 		<-done
 		pool.Close()
+		table.Close()
 		cancel()
 	})
 	testkit.EventuallyWithin(b, 10*time.Second, "the upstream socket to come up", func() bool {

@@ -1,7 +1,6 @@
 package upstream
 
-// Instance and Pool, the types other packages use, and PromptOwner, the
-// one way the pool calls into what runs on its instances.
+// Instance and Pool, the types other packages use.
 
 import (
 	"context"
@@ -98,7 +97,7 @@ func (i *Instance) Suspect() bool { return i.suspect.Load() }
 func (i *Instance) SocketUp() bool { return i.socketUp.Load() }
 
 // SetSocketUp records the event socket's state (and its metric), and when
-// it was lost: failover waits failover.suspect_grace from then.
+// it was lost (LostAt).
 func (i *Instance) SetSocketUp(up bool) {
 	if up {
 		i.socketUp.Store(true)
@@ -111,6 +110,19 @@ func (i *Instance) SetSocketUp(up bool) {
 		i.pool.m.SetUpstreamSocket(i.Name, up)
 	}
 }
+
+// LostAt is when its event socket was lost; zero while it is up or
+// before it was ever lost.
+func (i *Instance) LostAt() time.Time {
+	if n := i.lostAt.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
+
+// Clock is the clock the pool times its checks with; failover's grace
+// uses it too.
+func (p *Pool) Clock() clock.Clock { return p.clk }
 
 // clock is its pool's clock, or the wall clock for an instance without one.
 func (i *Instance) clock() clock.Clock {
@@ -145,10 +157,14 @@ type Pool struct {
 	rr        atomic.Uint64
 	pickMu    sync.Mutex // serializes Reserve: each pick sees the ones before it counted
 
-	// prompts owns what runs on the instances (Attach; package prompts):
-	// Start starts it, Close closes it, and the pool tells it about its
-	// instances through it. A pool with none attached has a no-op.
-	prompts  PromptOwner
+	// gate is what a comeback must pass (SetComebackGate); guarded by runMu.
+	gate ComebackGate
+
+	// subs receive the instance events (Subscribe, events.go).
+	subsMu     sync.Mutex // guards subs, subsClosed
+	subs       []*Subscription
+	subsClosed bool
+
 	entries  []*entry // config instances and their discovered addresses; insts guarded by mu
 	resolver Resolver // guarded by mu; for discover entries
 
@@ -165,51 +181,6 @@ type Pool struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup // background goroutines Close waits for
 }
-
-// PromptOwner is what the pool tells the owner of the prompts (package
-// prompts) about its instances. Its methods are called with no lock of the
-// pool held.
-type PromptOwner interface {
-	// Start lets it run until ctx ends; the pool calls it from Start after
-	// the first health checks, before it announces the instances.
-	Start(ctx context.Context)
-	// Close stops it and waits for it; the pool calls it from Close after
-	// its own goroutines ended.
-	Close()
-	// InstanceAdded announces an instance (at Start, by discovery or a reload).
-	InstanceAdded(inst *Instance)
-	// InstanceRemoved: inst leaves the pool (it gets no new work) once
-	// nothing of it is left to finish.
-	InstanceRemoved(inst *Instance)
-	// InstanceDown: inst is confirmed dead; what runs there must move. It
-	// may be called more than once per death and may take a while.
-	InstanceDown(inst *Instance)
-	// CleanUp runs before an instance that was down gets work again: it
-	// removes from inst what moved off it. false: inst did not answer, and
-	// it must not get work yet.
-	CleanUp(ctx context.Context, inst *Instance) bool
-	// SocketSettled reports whether inst's event socket is up or its first
-	// dial failed: Start waits for that, at most health_check.timeout.
-	SocketSettled(inst *Instance) bool
-}
-
-// Attach registers the owner of the prompts. Call it before Start.
-func (p *Pool) Attach(o PromptOwner) {
-	p.runMu.Lock()
-	defer p.runMu.Unlock()
-	p.prompts = o
-}
-
-// noPrompts is the PromptOwner of a pool with none attached.
-type noPrompts struct{}
-
-func (noPrompts) Start(context.Context)                   {}
-func (noPrompts) Close()                                  {}
-func (noPrompts) InstanceAdded(*Instance)                 {}
-func (noPrompts) InstanceRemoved(*Instance)               {}
-func (noPrompts) InstanceDown(*Instance)                  {}
-func (noPrompts) CleanUp(context.Context, *Instance) bool { return true }
-func (noPrompts) SocketSettled(inst *Instance) bool       { return true }
 
 // Instances returns the current instances (a copy of the slice).
 func (p *Pool) Instances() []*Instance {

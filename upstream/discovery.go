@@ -23,15 +23,15 @@ func (p *Pool) SetResolver(r Resolver) {
 	p.resolver = r
 }
 
-// discoverOnce re-resolves every discover entry, announces new instances to
-// the prompt owner (and checks them at once so they take work without
+// discoverOnce re-resolves every discover entry, announces new instances
+// (EventAdded; and checks them at once so they take work without
 // waiting for the next health round), and drains vanished ones.
 func (p *Pool) discoverOnce(ctx context.Context) {
 	added, removed := p.resolveAll(ctx)
 	var wg sync.WaitGroup
 	for _, inst := range added {
 		p.log.Info("upstream: instance discovered", "instance", inst.Name, "addr", inst.Addr)
-		p.prompts.InstanceAdded(inst)
+		p.publish(EventAdded, inst)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -42,7 +42,7 @@ func (p *Pool) discoverOnce(ctx context.Context) {
 		p.m.SetDraining(inst.Name, true)
 		p.log.Info("upstream: instance draining", "instance", inst.Name, "addr", inst.Addr,
 			"reason", "address no longer resolves", "inflight", inst.inflight.Load())
-		p.prompts.InstanceRemoved(inst)
+		p.publish(EventRemoved, inst)
 		p.removeIfDrained(inst)
 	}
 	wg.Wait()

@@ -243,7 +243,7 @@ func (p *Pool) Reconfigure(cfg *config.Config) (ReconfigureResult, error) {
 		p.m.SetDraining(inst.Name, true)
 		p.log.Info("upstream: instance draining", "instance", inst.Name, "addr", inst.Addr,
 			"reason", "removed from the configuration", "inflight", inst.inflight.Load())
-		p.prompts.InstanceRemoved(inst)
+		p.publish(EventRemoved, inst)
 		p.removeIfDrained(inst)
 	}
 	p.announce(added)
@@ -260,8 +260,9 @@ func (p *Pool) Reconfigure(cfg *config.Config) (ReconfigureResult, error) {
 	return res, nil
 }
 
-// announce opens the new instances' sockets and checks them at once, so
-// they take work without waiting for the next health round.
+// announce publishes the new instances (EventAdded: their sockets open)
+// and checks them at once, so they take work without waiting for the next
+// health round.
 func (p *Pool) announce(added []*Instance) {
 	p.runMu.Lock()
 	running := p.started && !p.closed
@@ -271,7 +272,7 @@ func (p *Pool) announce(added []*Instance) {
 	}
 	for _, inst := range added {
 		p.log.Info("upstream: instance added", "instance", inst.Name, "addr", inst.Addr)
-		p.prompts.InstanceAdded(inst)
+		p.publish(EventAdded, inst)
 		p.goAsync(func(ctx context.Context) { p.checkOnce(ctx, inst) })
 	}
 }

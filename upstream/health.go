@@ -93,9 +93,9 @@ func (p *Pool) check(ctx context.Context, inst *Instance, timeout time.Duration,
 	}
 	if ok {
 		inst.failures.Store(0)
-		if (forceUp || !inst.healthy.Load()) && !p.prompts.CleanUp(ctx, inst) {
-			// Back, but still holding prompts that moved elsewhere: no
-			// new work until they are removed (the next check retries).
+		if g := p.comebackGate(); g != nil && (forceUp || !inst.healthy.Load()) && !g(ctx, inst) {
+			// Back, but its gate refused it (it still holds prompts that
+			// moved elsewhere): no new work yet; the next check asks again.
 			return false, true
 		}
 		n := int(inst.successes.Add(1))
@@ -129,15 +129,21 @@ func (p *Pool) setHealth(inst *Instance, up bool, why string, err error) bool {
 	p.availabilityChanged()
 	p.m.SetInstanceUp(inst.Name, up)
 	if up {
-		if inst.fleet.upSince.Add(1) > 1 {
+		comeback := inst.fleet.upSince.Add(1) > 1
+		if comeback {
 			p.coldAgain(inst) // it may have restarted: warm it again
 		}
 		p.log.Info("upstream: instance healthy", "instance", inst.Name, "addr", inst.Addr,
 			"reason", why, "version", inst.Version())
+		p.publish(EventUp, inst)
+		if comeback {
+			p.publish(EventChanged, inst)
+		}
 		return true
 	}
 	p.log.Warn("upstream: instance unhealthy", "instance", inst.Name, "addr", inst.Addr,
 		"reason", why, "consecutive_failures", inst.failures.Load(), "error", err)
+	p.publish(EventUnhealthy, inst)
 	return true
 }
 
@@ -167,12 +173,15 @@ func (p *Pool) probeHealth(ctx context.Context, inst *Instance, timeout time.Dur
 }
 
 // SocketLost is called (by the owner of the event sockets) when an
-// instance's socket dropped: one health check runs now, bounded by failover.suspect_grace. If
-// it fails the instance is marked unhealthy at once (socket lost and a
-// failed check confirm it dead, no need to wait for the threshold) and its
-// prompts fail over; if it passes, suspect is cleared.
+// instance's socket dropped: it publishes EventSuspect and one health
+// check runs now, bounded by failover.suspect_grace. If it fails the
+// instance is marked unhealthy at once (socket lost and a failed check
+// confirm it, no need to wait for the threshold) and EventDown is
+// published; if it passes, suspect is cleared (EventBack).
 func (p *Pool) SocketLost(inst *Instance) {
-	inst.suspect.Store(true)
+	if !inst.suspect.Swap(true) {
+		p.publish(EventSuspect, inst)
+	}
 	if !inst.confirming.CompareAndSwap(false, true) {
 		return // a confirmation is already running
 	}
@@ -187,71 +196,44 @@ func (p *Pool) SocketLost(inst *Instance) {
 			return
 		}
 		if ok {
-			inst.suspect.Store(false)
-			p.availabilityChanged()
+			p.clearSuspect(inst)
 			return
 		}
 		inst.failures.Store(int32(max(p.cfg.HealthCheck.UnhealthyThreshold, 1)))
 		p.setHealth(inst, false, "socket lost and health check failed", nil)
-		p.failOver(ctx, inst)
+		p.signalDown(inst)
 	})
 	if !started {
 		inst.confirming.Store(false)
 	}
 }
 
-// failOver moves inst's prompts to other instances once its death is
-// sure: its socket has stayed down for failover.suspect_grace and no probe
-// meanwhile got an answer. A refused or reset connection is known at once,
-// but an instance that is unreachable for a moment only (its network or
-// its port flapping) still runs its queue: moving its prompts then would
-// run them twice. A hung instance has used the grace up already (its
-// socket went silent, then a health check timed out).
-func (p *Pool) failOver(ctx context.Context, inst *Instance) {
-	if p.staysDown(ctx, inst) {
-		p.prompts.InstanceDown(inst)
-	}
+// clearSuspect ends inst's suspicion after a passed check (EventBack).
+func (p *Pool) clearSuspect(inst *Instance) {
+	inst.suspect.Store(false)
+	p.availabilityChanged()
+	p.publish(EventBack, inst)
 }
 
-// staysDown waits until inst's socket has been down for
-// failover.suspect_grace, probing it meanwhile; false as soon as it
-// answers, its socket is back, or ctx ends.
-func (p *Pool) staysDown(ctx context.Context, inst *Instance) bool {
-	grace := p.cfg.Failover.SuspectGrace
-	poll := min(max(grace/8, 20*time.Millisecond), 250*time.Millisecond)
-	for {
-		if inst.socketUp.Load() || ctx.Err() != nil {
-			return false
-		}
-		lost := inst.lostAt.Load()
-		if lost == 0 {
-			return true // never connected: nothing ran there unseen
-		}
-		left := grace - p.clk.Now().Sub(time.Unix(0, lost))
-		if left <= 0 {
-			return true
-		}
-		if _, err := p.probeHealth(ctx, inst, min(left, p.cfg.HealthCheck.Timeout)); err == nil {
-			p.log.Info("upstream: instance answers again; its prompts stay", "instance", inst.Name)
-			return false
-		}
-		if !sleepCtx(ctx, p.clk, min(poll, left)) {
-			return false
-		}
-	}
+// Probe does one health probe of inst (GET /system_stats within timeout,
+// even while its breaker refuses traffic) without recording a verdict:
+// nil when it answered 200.
+func (p *Pool) Probe(ctx context.Context, inst *Instance, timeout time.Duration) error {
+	_, err := p.probeHealth(ctx, inst, timeout)
+	return err
 }
 
 // SocketRestored is called (by the owner of the event sockets) after the
-// instance's socket reconnected: a health check runs now, and on success the instance is
-// healthy again at once.
+// instance's socket reconnected: a health check runs now, and on success
+// the instance is healthy again at once (EventBack).
 func (p *Pool) SocketRestored(inst *Instance) {
 	// A lost socket may be a restart that passed no failed health check:
 	// what the instance can run may have changed (catalogue).
 	inst.fleet.reconnects.Add(1)
+	p.publish(EventChanged, inst)
 	p.goAsync(func(ctx context.Context) {
 		if ok, _ := p.check(ctx, inst, p.cfg.HealthCheck.Timeout, true); ok {
-			inst.suspect.Store(false)
-			p.availabilityChanged()
+			p.clearSuspect(inst)
 		}
 	})
 }

@@ -59,7 +59,6 @@ func NewWithClock(cfg *config.Config, m *metrics.Metrics, log *slog.Logger, clk 
 		log:      log,
 		clk:      clk,
 		resolver: net.DefaultResolver,
-		prompts:  noPrompts{},
 	}
 	for k, ci := range cfg.Instances {
 		e := &entry{cfg: ci}
@@ -114,9 +113,8 @@ func (p *Pool) rebuildLocked() {
 // (all in parallel, each bounded by health_check.timeout), so the pool can
 // serve at once.
 //
-// Order: resolve Discover names, check every instance, start the prompt
-// owner (Attach), then announce every instance to it (InstanceAdded opens
-// its socket).
+// Order: resolve Discover names, check every instance, then publish
+// EventAdded for every instance (subscribe before Start to hear them).
 func (p *Pool) Start(ctx context.Context) error {
 	p.runMu.Lock()
 	if p.started || p.closed {
@@ -136,11 +134,9 @@ func (p *Pool) Start(ctx context.Context) error {
 		p.resolveAll(ctx) // initial set: announced below with the fixed ones
 	}
 	p.checkAll(ctx)
-	p.prompts.Start(ctx)
 	for _, inst := range p.Instances() {
-		p.prompts.InstanceAdded(inst)
+		p.publish(EventAdded, inst)
 	}
-	p.awaitSockets(ctx, p.cfg.HealthCheck.Timeout)
 	p.goAsync(p.healthLoop)
 	if hasDiscovery {
 		p.startDiscovery()
@@ -148,38 +144,8 @@ func (p *Pool) Start(ctx context.Context) error {
 	return nil
 }
 
-// awaitSockets waits, at most limit, until every healthy instance's event
-// socket is up (or its first dial failed): a prompt sent before its instance's socket connects would
-// run with no progress events reaching its client (only its end, rebuilt
-// from history on connect).
-func (p *Pool) awaitSockets(ctx context.Context, limit time.Duration) {
-	deadline := time.NewTimer(limit)
-	defer deadline.Stop()
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		waiting := false
-		for _, inst := range p.Instances() {
-			if inst.Healthy() && !p.prompts.SocketSettled(inst) {
-				waiting = true
-				break
-			}
-		}
-		if !waiting {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-deadline.C:
-			p.log.Warn("upstream: not every healthy instance's socket connected at start-up", "waited", limit)
-			return
-		case <-tick.C:
-		}
-	}
-}
-
-// Close stops everything Start started and waits for it.
+// Close stops everything Start started, waits for it, and closes every
+// subscription.
 func (p *Pool) Close() {
 	p.runMu.Lock()
 	if p.closed {
@@ -187,15 +153,13 @@ func (p *Pool) Close() {
 		return
 	}
 	p.closed = true
-	started, cancel := p.started, p.cancel
+	cancel := p.cancel
 	p.runMu.Unlock()
 	if cancel != nil {
 		cancel()
 	}
 	p.wg.Wait()
-	if started {
-		p.prompts.Close()
-	}
+	p.closeSubscriptions()
 	for _, inst := range p.Instances() {
 		inst.client.CloseIdleConnections()
 	}
@@ -293,6 +257,7 @@ func (p *Pool) removeIfDrained(inst *Instance) {
 		}
 		p.log.Info("upstream: instance removed", "instance", inst.Name, "addr", inst.Addr)
 		inst.client.CloseIdleConnections()
+		p.publish(EventDrained, inst)
 	}
 }
 
@@ -313,11 +278,11 @@ func (p *Pool) breakerChanged(inst *Instance, from, to breaker.State) {
 	}
 }
 
-// signalDown tells the prompt owner an instance is confirmed dead, from a
-// goroutine of its own: failover may take a while and callers hold locks.
-// It may be called more than once per death; InstanceDown is idempotent.
+// signalDown publishes that inst looks dead (EventDown). It may be
+// called more than once per death. Publishing never waits, so callers may
+// hold locks (the breaker's).
 func (p *Pool) signalDown(inst *Instance) {
-	p.goAsync(func(ctx context.Context) { p.failOver(ctx, inst) })
+	p.publish(EventDown, inst)
 }
 
 // availabilityChanged wakes every AwaitAvailable: an instance's health,
@@ -352,18 +317,6 @@ func AwaitAvailable(ctx context.Context, watch <-chan struct{}, deadline time.Ti
 	case <-watch:
 	case <-tm.C:
 	case <-ctx.Done():
-	}
-}
-
-// sleepCtx waits d on clk or until ctx ends; false if ctx ended.
-func sleepCtx(ctx context.Context, clk clock.Clock, d time.Duration) bool {
-	tm := clk.NewTimer(d)
-	defer tm.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-tm.C():
-		return true
 	}
 }
 

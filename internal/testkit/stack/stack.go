@@ -205,12 +205,14 @@ func (s *Stack) startGateway(ln net.Listener) {
 		_ = ln.Close()
 		tb.Fatalf("stack: pool.Start: %v", err)
 	}
+	table.Start(ctx)
 	var svc *jobs.Service
 	po := proxy.Options{Config: cfg, Pool: pool, Prompts: table, Metrics: m, Logger: s.opts.Logger, Version: "test"}
 	if s.opts.Jobs {
 		if svc, err = jobs.New(cfg, pool, table, m, s.opts.Logger); err != nil {
 			cancel()
 			pool.Close()
+			table.Close()
 			_ = ln.Close()
 			tb.Fatalf("stack: jobs.New: %v", err)
 		}
@@ -225,6 +227,7 @@ func (s *Stack) startGateway(ln net.Listener) {
 			svc.Close()
 		}
 		pool.Close()
+		table.Close()
 		_ = ln.Close()
 		tb.Fatalf("stack: proxy.New: %v", err)
 	}
@@ -243,6 +246,7 @@ func (s *Stack) startGateway(ln net.Listener) {
 				svc.Close()
 			}
 			pool.Close()
+			table.Close()
 			cancel()
 		})
 	}
