@@ -3,7 +3,8 @@ package prompts
 // How the table hears of the pool's instances: it subscribes to their
 // events (upstream.Pool.Subscribe) and reacts. Added opens a socket,
 // Removed closes it once the instance's prompts are done, Down starts
-// failover once failover.suspect_grace shows the instance is really gone.
+// failover once failover.suspect_grace shows the instance is really gone,
+// Warmup runs the instance's warm-up workflow (warmup.go).
 
 import (
 	"context"
@@ -45,6 +46,8 @@ func (t *Table) handle(ev upstream.InstanceEvent) {
 	case upstream.EventDown:
 		inst := ev.Inst
 		t.goBackground(func(ctx context.Context) { t.failOver(ctx, inst) })
+	case upstream.EventWarmup:
+		t.warmUp(ev.Inst)
 	}
 }
 

@@ -38,9 +38,11 @@ type upKey struct {
 
 // fleet is what the table uses of the instance pool (*upstream.Pool):
 // which instances there are and which may take work, a probe and the
-// clock for failover's grace, and the two things only the event sockets
-// see (a socket lost, a socket back).
+// clock for failover's grace, the warm-up workflows it runs, and the two
+// things only the event sockets see (a socket lost, a socket back).
 type fleet interface {
+	WarmupWorkflow(inst *upstream.Instance) json.RawMessage
+	WarmupDone(inst *upstream.Instance, took time.Duration, err error)
 	Probe(ctx context.Context, inst *upstream.Instance, timeout time.Duration) error
 	Clock() clock.Clock
 	Instances() []*upstream.Instance

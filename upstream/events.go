@@ -43,9 +43,14 @@ const (
 	// healthy again or its socket reconnected: Comebacks counts them), so
 	// a cache of its state (the catalogue) should read it again.
 	EventChanged
+	// EventWarmup: the instance is cold (warm-up configured, not yet run
+	// since it joined or came back) and healthy: run its warm-up workflow
+	// (Pool.WarmupWorkflow) and report with Pool.WarmupDone. It gets no
+	// work until then; no new EventWarmup comes for it meanwhile.
+	EventWarmup
 )
 
-var kindNames = [...]string{"", "added", "removed", "drained", "up", "unhealthy", "suspect", "back", "down", "changed"}
+var kindNames = [...]string{"", "added", "removed", "drained", "up", "unhealthy", "suspect", "back", "down", "changed", "warmup"}
 
 func (k EventKind) String() string {
 	if k > 0 && int(k) < len(kindNames) {

@@ -2,11 +2,15 @@ package upstream
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/comfygate/comfygate/internal/testkit"
 )
@@ -140,5 +144,52 @@ func TestSubscriptionKeepsOrderWithoutAReader(t *testing.T) {
 	}
 	if got := fmt.Sprint(EventDrained, EventKind(99)); got != "drained unknown" {
 		t.Fatalf("kind names: %q", got)
+	}
+}
+
+// TestWarmupGateWaitsForItsRunner: a cold instance asks for its warm-up
+// once (EventWarmup) and gets no work until WarmupDone; a failed run keeps
+// it out and the next passed check asks again.
+func TestWarmupGateWaitsForItsRunner(t *testing.T) {
+	t.Parallel()
+	f := testkit.Mini(t, "0.3.65")
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "warm.json"), []byte(`{"1":{"class_type":"X","inputs":{}}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := coreConfig(f.Addr())
+	cfg.Dir = dir
+	cfg.Instances[0].Warmup = "warm.json"
+	p, err := New(cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &eventLog{sub: p.Subscribe()}
+	if err := p.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	inst := p.Instances()[0]
+	if l.count("warmup i1") != 1 || inst.Available() {
+		t.Fatalf("cold instance: events %q, available %v; want one warmup and not available", l.drain(), inst.Available())
+	}
+	if string(p.WarmupWorkflow(inst)) != `{"1":{"class_type":"X","inputs":{}}}` {
+		t.Fatalf("workflow %s", p.WarmupWorkflow(inst))
+	}
+	p.checkOnce(context.Background(), inst)
+	if l.count("warmup i1") != 1 {
+		t.Fatal("a second warm-up was asked for while one runs")
+	}
+	p.WarmupDone(inst, 0, errors.New("boom"))
+	if inst.Available() || inst.WarmupState() != "failed: boom" {
+		t.Fatalf("after a failed run: available %v, state %q", inst.Available(), inst.WarmupState())
+	}
+	p.checkOnce(context.Background(), inst)
+	if l.count("warmup i1") != 2 {
+		t.Fatalf("a passed check after a failed run asked %d times, want 2", l.count("warmup i1"))
+	}
+	p.WarmupDone(inst, time.Millisecond, nil)
+	if !inst.Available() || inst.WarmupState() != "ok" {
+		t.Fatalf("after a run: available %v, state %q", inst.Available(), inst.WarmupState())
 	}
 }

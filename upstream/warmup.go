@@ -1,11 +1,13 @@
 package upstream
 
-// Warm-up: an instance configured with a warm-up workflow runs it when it
-// joins and each time it comes back (a restarted ComfyUI loads its models
-// on the first prompt, which then takes several times longer), before it
-// gets client traffic. Until the run succeeds the instance is "cold": not
-// Available. A failed run keeps it out, says why in its status, and is
-// tried again at the next passed health check.
+// Warm-up gate: an instance configured with a warm-up workflow runs it
+// when it joins and each time it comes back (a restarted ComfyUI loads its
+// models on the first prompt, which then takes several times longer),
+// before it gets client traffic. Until the run succeeds the instance is
+// "cold": not Available. A failed run keeps it out, says why in its
+// status, and is tried again at the next passed health check. The pool
+// holds the gate and the state; running the workflow is a prompt, so the
+// subscriber that runs prompts does it (EventWarmup, WarmupDone).
 
 import (
 	"context"
@@ -18,7 +20,6 @@ import (
 
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/comfyapi"
-	"github.com/comfygate/comfygate/internal/ids"
 )
 
 // Warm-up states shown in InstanceStatus.Warmup.
@@ -103,7 +104,8 @@ func (p *Pool) coldAgain(inst *Instance) {
 	}
 }
 
-// maybeWarm starts inst's warm-up when it is cold, healthy and none runs.
+// maybeWarm asks for inst's warm-up (EventWarmup) when it is cold,
+// healthy and none is under way; WarmupDone ends it.
 func (p *Pool) maybeWarm(inst *Instance) {
 	if !inst.fleet.cold.Load() || !inst.healthy.Load() {
 		return
@@ -116,90 +118,35 @@ func (p *Pool) maybeWarm(inst *Instance) {
 	}
 	p.warmups.active[inst] = true
 	p.warmups.mu.Unlock()
-	started := p.goAsync(func(ctx context.Context) {
-		defer func() {
-			p.warmups.mu.Lock()
-			delete(p.warmups.active, inst)
-			p.warmups.mu.Unlock()
-		}()
-		inst.setWarmup(warmupRunning)
-		start := time.Now()
-		if err := p.runWarmup(ctx, inst, graph); err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			inst.setWarmup("failed: " + err.Error())
-			p.log.Warn("upstream: warm-up failed; the instance gets no work", "instance", inst.Name, "error", err)
-			return
-		}
+	inst.setWarmup(warmupRunning)
+	p.publish(EventWarmup, inst)
+}
+
+// WarmupWorkflow is inst's warm-up workflow (API format), nil when it has
+// none. A workflow file that could not be read is JSON null.
+func (p *Pool) WarmupWorkflow(inst *Instance) json.RawMessage {
+	p.warmups.mu.Lock()
+	defer p.warmups.mu.Unlock()
+	return p.warmups.graphs[inst]
+}
+
+// WarmupDone ends the warm-up EventWarmup asked for: nil lets inst take
+// work; an error keeps it out and its status says why (the next passed
+// health check asks again), except a context error (the runner stopped:
+// nothing is recorded).
+func (p *Pool) WarmupDone(inst *Instance, took time.Duration, err error) {
+	p.warmups.mu.Lock()
+	delete(p.warmups.active, inst)
+	p.warmups.mu.Unlock()
+	switch {
+	case errors.Is(err, context.Canceled):
+	case err != nil:
+		inst.setWarmup("failed: " + err.Error())
+		p.log.Warn("upstream: warm-up failed; the instance gets no work", "instance", inst.Name, "error", err)
+	default:
 		inst.setWarmup(warmupOK)
 		inst.fleet.cold.Store(false)
 		p.availabilityChanged()
-		p.log.Info("upstream: warm-up done; the instance takes work", "instance", inst.Name, "took", time.Since(start))
-	})
-	if !started {
-		p.warmups.mu.Lock()
-		delete(p.warmups.active, inst)
-		p.warmups.mu.Unlock()
-	}
-}
-
-// errWarmupTimeout: the warm-up did not finish within routing.warmup_timeout.
-var errWarmupTimeout = errors.New("did not finish within routing.warmup_timeout")
-
-// runWarmup submits graph to inst alone (no client sees it: its client_id
-// has no socket) and waits for its history entry.
-func (p *Pool) runWarmup(ctx context.Context, inst *Instance, graph json.RawMessage) error {
-	if string(graph) == "null" {
-		return errors.New("no workflow")
-	}
-	ctx, cancel := context.WithTimeout(ctx, p.cfg.Routing.WarmupTimeout)
-	defer cancel()
-	body, _ := json.Marshal(map[string]any{
-		"prompt":    graph,
-		"client_id": "comfygate-warmup-" + ids.Random(4),
-		"prompt_id": ids.UUID(),
-	})
-	status, resp, err := inst.Call(ctx, "POST", "/prompt", map[string]string{"Content-Type": "application/json"}, body)
-	if err != nil {
-		return fmt.Errorf("submit: %w", err)
-	}
-	if status != 200 {
-		return fmt.Errorf("submit: status %d: %.300s", status, resp)
-	}
-	ans, err := comfyapi.ParsePromptAnswer(resp)
-	id := ans.ID()
-	if err != nil || id == "" {
-		return fmt.Errorf("submit: answer without prompt_id: %.300s", resp)
-	}
-	tick := time.NewTicker(200 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				return errWarmupTimeout
-			}
-			return ctx.Err()
-		case <-tick.C:
-		}
-		status, resp, err := inst.Call(ctx, "GET", "/history/"+id, nil, nil)
-		if err != nil || status != 200 {
-			continue
-		}
-		h, err := comfyapi.ParseHistory(resp)
-		if err != nil || h[id] == nil {
-			continue
-		}
-		e, err := comfyapi.ParseHistoryEntry(h[id])
-		if err != nil {
-			continue
-		}
-		switch o := e.Outcome(); o {
-		case comfyapi.OutcomeSuccess, comfyapi.OutcomeUnknown:
-			return nil
-		default:
-			return fmt.Errorf("the workflow ended with %s", o)
-		}
+		p.log.Info("upstream: warm-up done; the instance takes work", "instance", inst.Name, "took", took)
 	}
 }
