@@ -8,6 +8,13 @@
 // and the pins of the files instances hold (outputs, uploads, copies
 // between instances).
 //
-// It depends on upstream, never the reverse: Table is the pool's
-// upstream.PromptOwner, told about instances coming, going and dying.
+// It depends on upstream, never the reverse: Table subscribes to the
+// pool's instance events (upstream.Pool.Subscribe) and reacts: it opens
+// an added instance's socket, closes a removed one's once its prompts are
+// done, runs warm-up workflows the pool asks for, and when an instance is
+// down decides when its prompts move (failover.suspect_grace, probing it
+// meanwhile). It is the pool's comeback gate (CleanUp: what moved off an
+// instance is removed before it gets work again). The pool does not start
+// or close it: main does, Start after the pool's Start (it waits for the
+// start-up sockets), Close after the pool's Close.
 package prompts

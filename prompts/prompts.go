@@ -295,8 +295,9 @@ func (t *Table) livePinnedTo(inst *upstream.Instance) []*Prompt {
 // queueMu at most); listenerMu, queueMu and the tombstones (Table.mu) are
 // never held while another of these is taken, except queueMu around
 // listenerMu, an outbox's mu and the pool's own locks (QueueRemaining).
-// The pool's methods take only the pool's locks and call back into the
-// table (PromptOwner) with none held. No lock is held while a Sink or
+// The pool's methods take only the pool's locks; it calls the table only
+// through its comeback gate (CleanUp), with none held, and its events wait
+// in the subscription's queue. No lock is held while a Sink or
 // Listener is called: events go through the per-instance outbox (outbox.go),
 // which calls them in order from its own goroutine.
 func (t *Table) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (lifecycle.State, bool) {

@@ -2,10 +2,17 @@
 // instance's state (health, breaker, in-flight count, reported queue
 // depth, version), its one transport (Instance.Do, which classifies every
 // outcome for the breaker), the active health checks, instance selection,
-// DNS discovery, operator drains, labels, weights and warm-up, and
-// reconfiguration of the instance list.
+// DNS discovery, operator drains, labels, weights, the warm-up gate (an
+// instance stays cold until its warm-up ran) and reconfiguration of the
+// instance list.
 //
-// What runs on the instances (prompts, their event sockets, failover, file
-// pins) belongs to package prompts, which uses this package; the pool
-// reaches it only through the PromptOwner that prompts attaches (Attach).
+// It knows instances only. What runs on them (prompts, their event
+// sockets, failover and when it starts, warm-up runs, file pins) belongs to
+// package prompts, which uses this package and is never called by it: the
+// pool publishes what happens to its instances on subscriptions
+// (Pool.Subscribe, InstanceEvent: added, removed, drained, up, unhealthy,
+// suspect, back, down, changed, warmup), in order and without waiting for
+// a subscriber; a comeback passes the gate set with SetComebackGate; a
+// warm-up run is reported with WarmupDone. Whoever starts the pool starts
+// and closes its subscribers too.
 package upstream
