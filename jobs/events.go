@@ -145,7 +145,7 @@ func (s *Service) waitJob(ctx context.Context, j *job, d time.Duration, done fun
 // public status differs from ?status= (default: its status now), or it
 // ends. It reports false when it answered already (a bad wait, when
 // report is set).
-func (s *Service) longPoll(ctx *fasthttp.RequestCtx, id, scope string, report bool) bool {
+func (s *api) longPoll(ctx *fasthttp.RequestCtx, id, scope string, report bool) bool {
 	wait, aerr := requestedWait(ctx, s.cfg.MaxWait)
 	if aerr != nil {
 		if report {
@@ -154,18 +154,18 @@ func (s *Service) longPoll(ctx *fasthttp.RequestCtx, id, scope string, report bo
 		}
 		return true
 	}
-	s.jobsMu.Lock()
-	j := s.lookupLocked(id, scope)
+	s.eng.lock()
+	j := s.eng.lookupLocked(id, scope)
 	if j == nil {
-		s.jobsMu.Unlock()
+		s.eng.unlock()
 		return true
 	}
 	since := string(ctx.QueryArgs().Peek("status"))
 	if since == "" {
 		since = j.state.public()
 	}
-	s.jobsMu.Unlock()
-	s.waitJob(ctx, j, wait, func(j *job) bool { return j.state.public() != since })
+	s.eng.unlock()
+	s.eng.waitJob(ctx, j, wait, func(j *job) bool { return j.state.public() != since })
 	return true
 }
 

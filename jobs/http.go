@@ -66,7 +66,10 @@ type Request struct {
 // Routing reads r.Path only, never the request's own (decoded, cleaned)
 // path: a path under /api/jobs/ with an empty, "." or ".." segment names
 // no job and is answered 404 here.
-func (s *Service) ServeJobs(ctx *fasthttp.RequestCtx, r Request) bool {
+func (s *Service) ServeJobs(ctx *fasthttp.RequestCtx, r Request) bool { return s.api.ServeJobs(ctx, r) }
+
+// ServeJobs is Service.ServeJobs.
+func (s *api) ServeJobs(ctx *fasthttp.RequestCtx, r Request) bool {
 	path := r.Path
 	switch {
 	case path == routeRemoveBackground:
@@ -141,7 +144,7 @@ func (s *Service) ServeJobs(ctx *fasthttp.RequestCtx, r Request) bool {
 			if !allow(ctx, "GET") {
 				return true
 			}
-			s.serveEvents(ctx, id, r.Scope)
+			s.eng.serveEvents(ctx, id, r.Scope)
 		case "outputs":
 			if !allow(ctx, "GET", "HEAD") {
 				return true
@@ -229,11 +232,11 @@ type acceptedView struct {
 
 // serveSubmit accepts a job for the named workflow. builtIn marks the
 // two fixed endpoints, whose one-request answer carries image_base64.
-func (s *Service) serveSubmit(ctx *fasthttp.RequestCtx, r Request, name string, builtIn bool) {
+func (s *api) serveSubmit(ctx *fasthttp.RequestCtx, r Request, name string, builtIn bool) {
 	if !allow(ctx, "POST") {
 		return
 	}
-	wfs := s.workflows()
+	wfs := s.eng.workflows()
 	wf := wfs[name]
 	if wf == nil {
 		writeError(ctx, badRequest(errUnknownWorkflow, "unknown workflow %q (known: %s)", name, strings.Join(slices.Sorted(maps.Keys(wfs)), ", ")))
@@ -306,15 +309,15 @@ func (s *Service) serveSubmit(ctx *fasthttp.RequestCtx, r Request, name string, 
 	if key.key != "" {
 		meta.idem = key.key
 		meta.idemFP = fingerprint(wf.name, sub, values, images, hook)
-		id, aerr := s.idemBegin(key, meta.idemFP)
+		id, aerr := s.eng.idemBegin(key, meta.idemFP)
 		if aerr != nil {
 			writeError(ctx, aerr)
 			return
 		}
 		if id != "" {
-			s.jobsMu.Lock()
-			j = s.lookupLocked(id, r.Scope)
-			s.jobsMu.Unlock()
+			s.eng.lock()
+			j = s.eng.lookupLocked(id, r.Scope)
+			s.eng.unlock()
 			if j == nil {
 				writeJSON(ctx, fasthttp.StatusOK, acceptedView{JobID: id, Status: statusExpired, Workflow: wf.name,
 					StatusURL: routeJobs + "/" + id + "/status", ResultURL: routeJobs + "/" + id + "/result"})
@@ -325,12 +328,12 @@ func (s *Service) serveSubmit(ctx *fasthttp.RequestCtx, r Request, name string, 
 		}
 	}
 	if j == nil {
-		j, aerr = s.acceptOrReuse(wf, sub, values, images, hook, meta)
+		j, aerr = s.eng.acceptOrReuse(wf, sub, values, images, hook, meta)
 		if key.key != "" {
 			if aerr != nil {
-				s.idemAbort(key)
+				s.eng.idemAbort(key)
 			} else {
-				s.idemDone(key, j.id)
+				s.eng.idemDone(key, j.id)
 			}
 		}
 		if aerr != nil {
@@ -338,15 +341,15 @@ func (s *Service) serveSubmit(ctx *fasthttp.RequestCtx, r Request, name string, 
 			return
 		}
 	}
-	if wait > 0 && s.waitJob(ctx, j, wait, func(j *job) bool { return j.state.terminal() }) {
+	if wait > 0 && s.eng.waitJob(ctx, j, wait, func(j *job) bool { return j.state.terminal() }) {
 		s.writeFinished(ctx, j, withData)
 		return
 	}
-	parallel := s.parallelism()
-	s.jobsMu.Lock()
-	est := s.estimateLocked(j, parallel)
+	parallel := s.eng.parallelism()
+	s.eng.lock()
+	est := s.eng.estimateLocked(j, parallel)
 	st := j.state.public()
-	s.jobsMu.Unlock()
+	s.eng.unlock()
 	if !replayed && !j.cached {
 		st = statusPending
 	}
@@ -460,18 +463,18 @@ type waitedView struct {
 }
 
 // writeFinished answers with a finished job.
-func (s *Service) writeFinished(ctx *fasthttp.RequestCtx, j *job, withData bool) {
-	parallel := s.parallelism()
-	s.jobsMu.Lock()
+func (s *api) writeFinished(ctx *fasthttp.RequestCtx, j *job, withData bool) {
+	parallel := s.eng.parallelism()
+	s.eng.lock()
 	v := waitedView{statusView: s.statusLocked(j, parallel)}
 	if withData && len(j.files) > 0 {
-		v.Outputs = s.outputViewsLocked(j, ctx.QueryArgs().Has("base64"))
+		v.Outputs = s.eng.outputViewsLocked(j, ctx.QueryArgs().Has("base64"))
 		f := j.files[0]
 		if b, err := f.bytes(); err == nil {
 			v.ImageBase64, v.ContentType = dataURL(f.contentType, b), f.contentType
 		}
 	}
-	s.jobsMu.Unlock()
+	s.eng.unlock()
 	writeJSON(ctx, fasthttp.StatusOK, v)
 }
 
@@ -636,8 +639,8 @@ type statusView struct {
 }
 
 // statusLocked renders a job's status.
-func (s *Service) statusLocked(j *job, parallel int) statusView {
-	now := s.now()
+func (s *api) statusLocked(j *job, parallel int) statusView {
+	now := s.eng.timeNow()
 	v := statusView{
 		JobID:     j.id,
 		Workflow:  j.wf.name,
@@ -667,32 +670,32 @@ func (s *Service) statusLocked(j *job, parallel int) statusView {
 			v.Error = &msg
 			v.ErrorDetails = j.errDetail
 		}
-		v.Outputs = s.outputViewsLocked(j, false)
+		v.Outputs = s.eng.outputViewsLocked(j, false)
 	default:
 		if v.Status == statusPending {
-			pos := s.queuePositionLocked(j)
+			pos := s.eng.queuePositionLocked(j)
 			v.QueuePosition = &pos
 		}
-		est := estimateSeconds(s.estimateLocked(j, parallel))
+		est := estimateSeconds(s.eng.estimateLocked(j, parallel))
 		v.Estimated = &est
 	}
 	return v
 }
 
-func (s *Service) serveStatus(ctx *fasthttp.RequestCtx, id, scope string) {
+func (s *api) serveStatus(ctx *fasthttp.RequestCtx, id, scope string) {
 	if ctx.QueryArgs().Has("wait") && !s.longPoll(ctx, id, scope, true) {
 		return
 	}
-	parallel := s.parallelism()
-	s.jobsMu.Lock()
-	j := s.lookupLocked(id, scope)
+	parallel := s.eng.parallelism()
+	s.eng.lock()
+	j := s.eng.lookupLocked(id, scope)
 	if j == nil {
-		s.jobsMu.Unlock()
+		s.eng.unlock()
 		notFound(ctx, id)
 		return
 	}
 	v := s.statusLocked(j, parallel)
-	s.jobsMu.Unlock()
+	s.eng.unlock()
 	writeJSON(ctx, fasthttp.StatusOK, v)
 }
 
@@ -713,18 +716,18 @@ type resultView struct {
 	Cached           bool         `json:"cached,omitempty"` // completed from the result cache
 }
 
-func (s *Service) serveResult(ctx *fasthttp.RequestCtx, id, scope string) {
-	parallel := s.parallelism()
-	s.jobsMu.Lock()
-	j := s.lookupLocked(id, scope)
+func (s *api) serveResult(ctx *fasthttp.RequestCtx, id, scope string) {
+	parallel := s.eng.parallelism()
+	s.eng.lock()
+	j := s.eng.lookupLocked(id, scope)
 	if j == nil {
-		s.jobsMu.Unlock()
+		s.eng.unlock()
 		notFound(ctx, id)
 		return
 	}
 	if j.state != stCompleted {
 		v := s.statusLocked(j, parallel)
-		s.jobsMu.Unlock()
+		s.eng.unlock()
 		writeJSON(ctx, fasthttp.StatusConflict, v)
 		return
 	}
@@ -736,10 +739,10 @@ func (s *Service) serveResult(ctx *fasthttp.RequestCtx, id, scope string) {
 		ContentType:      f.contentType,
 		ProcessingTimeMS: j.finished.Sub(j.dispatched).Milliseconds(),
 		Instance:         j.instance,
-		Outputs:          s.outputViewsLocked(j, isTrue(ctx.QueryArgs().Peek("base64"))),
+		Outputs:          s.eng.outputViewsLocked(j, isTrue(ctx.QueryArgs().Peek("base64"))),
 		Cached:           j.cached,
 	}
-	s.jobsMu.Unlock()
+	s.eng.unlock()
 	if wantsRaw(ctx) {
 		serveFile(ctx, f)
 		ctx.Response.Header.Set("Content-Disposition", fmt.Sprintf("inline; filename=\"%s%s\"", id, extensionForType(f.contentType)))
@@ -792,15 +795,15 @@ type deleteView struct {
 	Status    string `json:"status"`
 }
 
-func (s *Service) serveDelete(ctx *fasthttp.RequestCtx, id, scope string) {
-	s.jobsMu.Lock()
-	visible := s.lookupLocked(id, scope) != nil
-	s.jobsMu.Unlock()
+func (s *api) serveDelete(ctx *fasthttp.RequestCtx, id, scope string) {
+	s.eng.lock()
+	visible := s.eng.lookupLocked(id, scope) != nil
+	s.eng.unlock()
 	if !visible {
 		notFound(ctx, id)
 		return
 	}
-	known, cancelled := s.CancelJob(ctx, id, scope)
+	known, cancelled := s.eng.CancelJob(ctx, id, scope)
 	if !known {
 		notFound(ctx, id)
 		return
@@ -809,11 +812,11 @@ func (s *Service) serveDelete(ctx *fasthttp.RequestCtx, id, scope string) {
 	if cancelled {
 		st = statusCancelled
 	}
-	s.jobsMu.Lock()
-	if j := s.jobs[id]; j != nil {
+	s.eng.lock()
+	if j := s.eng.jobLocked(id); j != nil {
 		st = j.state.public()
 	}
-	s.jobsMu.Unlock()
+	s.eng.unlock()
 	writeJSON(ctx, fasthttp.StatusOK, deleteView{JobID: id, Cancelled: cancelled, Status: st})
 }
 
@@ -835,35 +838,16 @@ type listView struct {
 	InFlight int        `json:"in_flight"`
 }
 
-func (s *Service) serveList(ctx *fasthttp.RequestCtx, scope string) {
+func (s *api) serveList(ctx *fasthttp.RequestCtx, scope string) {
 	var filter []string
 	if f := string(ctx.QueryArgs().Peek("status")); f != "" {
 		filter = strings.Split(f, ",")
 	}
-	s.jobsMu.Lock()
-	now := s.now()
-	js := make([]*job, 0, len(s.jobs))
-	for _, j := range s.jobs {
-		if !s.expiredLocked(j, now) && inScope(j, scope) && (filter == nil || slices.Contains(filter, j.state.public())) {
-			js = append(js, j)
-		}
-	}
+	s.eng.lock()
+	now := s.eng.timeNow()
+	js, waiting, inFlight := s.eng.jobsLocked(scope, func(j *job) bool { return filter == nil || slices.Contains(filter, j.state.public()) })
 	slices.SortFunc(js, func(a, b *job) int { return cmp.Compare(a.seq, b.seq) })
-	v := listView{Jobs: make([]listItem, 0, len(js)), Total: len(js), Waiting: len(s.line), InFlight: s.inFlight}
-	if scope != "" {
-		// Counted over the scope's own jobs: the others do not exist here.
-		v.Waiting, v.InFlight = 0, 0
-		for _, w := range s.line {
-			if inScope(w, scope) {
-				v.Waiting++
-			}
-		}
-		for a := range s.active {
-			if a.holdsSlot && inScope(a, scope) {
-				v.InFlight++
-			}
-		}
-	}
+	v := listView{Jobs: make([]listItem, 0, len(js)), Total: len(js), Waiting: waiting, InFlight: inFlight}
 	for _, j := range js {
 		it := listItem{
 			JobID:      j.id,
@@ -878,7 +862,7 @@ func (s *Service) serveList(ctx *fasthttp.RequestCtx, scope string) {
 		}
 		v.Jobs = append(v.Jobs, it)
 	}
-	s.jobsMu.Unlock()
+	s.eng.unlock()
 	writeJSON(ctx, fasthttp.StatusOK, v)
 }
 
@@ -903,11 +887,14 @@ type waitingWorkflow struct {
 // that has not reached an instance yet (in the wait line, or being
 // uploaded and submitted); ok is false otherwise, and for a job outside
 // scope (when scope is not "").
-func (s *Service) WaitingJob(id, scope string) ([]byte, bool) {
-	s.jobsMu.Lock()
-	j := s.lookupLocked(id, scope)
+func (s *Service) WaitingJob(id, scope string) ([]byte, bool) { return s.api.WaitingJob(id, scope) }
+
+// WaitingJob is Service.WaitingJob.
+func (s *api) WaitingJob(id, scope string) ([]byte, bool) {
+	s.eng.lock()
+	j := s.eng.lookupLocked(id, scope)
 	if j == nil || !(j.state == stWaiting || (j.state == stSubmitting && !j.submitted)) {
-		s.jobsMu.Unlock()
+		s.eng.unlock()
 		return nil, false
 	}
 	created := j.created.UnixMilli()
@@ -921,7 +908,7 @@ func (s *Service) WaitingJob(id, scope string) ([]byte, bool) {
 			ExtraData: map[string]any{"create_time": created, "comfygate_job": map[string]string{"workflow": j.wf.name}},
 		},
 	}
-	s.jobsMu.Unlock()
+	s.eng.unlock()
 	b, err := json.Marshal(v)
 	if err != nil {
 		return nil, false

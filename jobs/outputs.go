@@ -281,17 +281,17 @@ func dataURL(ct string, b []byte) string {
 // lockCompleted takes jobsMu and returns job id when it has completed,
 // with jobsMu still held. Otherwise it answers (404 unknown, 409 with the
 // job's status while it is not completed), releases jobsMu and returns nil.
-func (s *Service) lockCompleted(ctx *fasthttp.RequestCtx, id, scope string) *job {
-	s.jobsMu.Lock()
-	j := s.lookupLocked(id, scope)
+func (s *api) lockCompleted(ctx *fasthttp.RequestCtx, id, scope string) *job {
+	s.eng.lock()
+	j := s.eng.lookupLocked(id, scope)
 	if j == nil {
-		s.jobsMu.Unlock()
+		s.eng.unlock()
 		notFound(ctx, id)
 		return nil
 	}
 	if j.state != stCompleted {
 		v := s.statusLocked(j, 1)
-		s.jobsMu.Unlock()
+		s.eng.unlock()
 		writeJSON(ctx, fasthttp.StatusConflict, v)
 		return nil
 	}
@@ -300,7 +300,7 @@ func (s *Service) lockCompleted(ctx *fasthttp.RequestCtx, id, scope string) *job
 
 // serveOutput serves GET /api/jobs/{id}/outputs/{n}: the file as
 // comfygate fetched it, with its media type and Range support.
-func (s *Service) serveOutput(ctx *fasthttp.RequestCtx, id, scope, n string) {
+func (s *api) serveOutput(ctx *fasthttp.RequestCtx, id, scope, n string) {
 	j := s.lockCompleted(ctx, id, scope)
 	if j == nil {
 		return
@@ -308,12 +308,12 @@ func (s *Service) serveOutput(ctx *fasthttp.RequestCtx, id, scope, n string) {
 	i, err := strconv.Atoi(n)
 	if err != nil || i < 0 || i >= len(j.files) {
 		count := len(j.files)
-		s.jobsMu.Unlock()
+		s.eng.unlock()
 		writeError(ctx, &apiError{status: fasthttp.StatusNotFound, typ: errNotFound, msg: fmt.Sprintf("job %q has %d outputs (0 to %d)", id, count, count-1)})
 		return
 	}
 	f := j.files[i]
-	s.jobsMu.Unlock()
+	s.eng.unlock()
 	serveFile(ctx, f)
 }
 

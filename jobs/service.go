@@ -112,6 +112,8 @@ type Service struct {
 	state          *stateDir          // nil: jobs are not persisted
 	cache          *resultCache       // nil: no result cache (jobs.cache_max_bytes 0)
 
+	api *api // the HTTP routes
+
 	outDirOnce sync.Once
 	outDirPath string
 	outDirErr  error
@@ -195,6 +197,8 @@ func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Lo
 		bodies:         limits.NewBodyBudget(cfg.Limits.MaxBufferedBodyBytes),
 	}
 	s.runCtx, s.stop = context.WithCancel(context.Background())
+	s.api = &api{eng: s, ctx: s.runCtx, cfg: cfg.Jobs, log: log, be: be, inputs: s.inputs,
+		bodies: s.bodies, imageURLs: s.imageURLs, hooks: s.hooks}
 	if s.cache, err = openResultCache(cfg.Jobs, m, log); err != nil {
 		return nil, err
 	}
@@ -1160,3 +1164,43 @@ func instName(inst *upstream.Instance) string {
 
 // itoa is strconv.Itoa, named for brevity in headers.
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// lock takes the lock that guards every job's mutable fields, the jobs
+// map and the wait line. The other parts take it through lock and unlock.
+func (s *Service) lock() { s.jobsMu.Lock() }
+
+func (s *Service) unlock() { s.jobsMu.Unlock() }
+
+// timeNow is the service's clock (tests set now).
+func (s *Service) timeNow() time.Time { return s.now() }
+
+// jobLocked returns job id as held, expired or not; nil when unknown.
+func (s *Service) jobLocked(id string) *job { return s.jobs[id] }
+
+// jobsLocked returns the unexpired jobs of scope that keep accepts, and
+// how many of scope's jobs wait in line and hold a slot.
+func (s *Service) jobsLocked(scope string, keep func(*job) bool) (js []*job, waiting, inFlight int) {
+	now := s.now()
+	js = make([]*job, 0, len(s.jobs))
+	for _, j := range s.jobs {
+		if !s.expiredLocked(j, now) && inScope(j, scope) && keep(j) {
+			js = append(js, j)
+		}
+	}
+	waiting, inFlight = len(s.line), s.inFlight
+	if scope != "" {
+		// Counted over the scope's own jobs: the others do not exist here.
+		waiting, inFlight = 0, 0
+		for _, w := range s.line {
+			if inScope(w, scope) {
+				waiting++
+			}
+		}
+		for a := range s.active {
+			if a.holdsSlot && inScope(a, scope) {
+				inFlight++
+			}
+		}
+	}
+	return js, waiting, inFlight
+}
