@@ -14,6 +14,7 @@ import (
 // it asks the engine under the engine's lock.
 type api struct {
 	eng       *Service
+	del       *delivery       // event streams and waits, output views
 	ctx       context.Context // ends when the service closes
 	cfg       config.Jobs
 	log       *slog.Logger

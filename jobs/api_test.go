@@ -172,7 +172,7 @@ func readEvents(t *testing.T, body io.Reader, stop func(sseEvent) bool) ([]sseEv
 func TestEventStreamResumes(t *testing.T) {
 	t.Parallel()
 	h := newHarnessWith(t, 1, comfysim.Options{Delay: 40 * time.Millisecond, Steps: 4}, nil,
-		func(s *Service) { s.heartbeat = 20 * time.Millisecond })
+		func(s *Service) { s.del.heartbeat = 20 * time.Millisecond })
 	id := h.submit("/api/upscale-image", testPNG(t, 16, 16), nil)
 	open := func(last int) *http.Response {
 		req, _ := http.NewRequest("GET", h.base+"/api/jobs/"+id+"/events", nil)
@@ -333,7 +333,7 @@ func TestVideoOutputRoundTrips(t *testing.T) {
 			h.svc.jobsMu.Unlock()
 			h.svc.sweep()
 			entries, _ = filepath.Glob(filepath.Join(dir, "*", "*"))
-			mem := h.svc.outMem.Load()
+			mem := h.svc.del.outMem.Load()
 			if len(entries) != 0 || mem != 0 {
 				t.Fatalf("after expiry: files %v, memory %d", entries, mem)
 			}
@@ -533,8 +533,8 @@ func TestWebhookSignedAndRetried(t *testing.T) {
 		c.Webhooks.AllowedHosts = []string{"127.0.0.1"}
 		c.Webhooks.Secret = secret
 	}, func(s *Service) {
-		s.webhookBackoff = 5 * time.Millisecond
-		s.m = m
+		s.del.webhookBackoff = 5 * time.Millisecond
+		s.m, s.del.m = m, m
 	})
 	img := base64.StdEncoding.EncodeToString(testPNG(t, 16, 16))
 	code, _, b := postJSON(h, "/api/upscale-image", map[string]any{"image_base64": img, "webhook_url": srv.URL + "/hook"})

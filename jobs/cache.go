@@ -531,7 +531,7 @@ func (s *Service) reuse(wf *workflow, key string, graph json.RawMessage, sub *su
 		return nil
 	}
 	j := &job{s: s, id: newJobID(), wf: wf, inputs: sub.inputs, params: values, cached: true, meta: meta}
-	files, err := s.cachedOutputs(e, j.id)
+	files, err := s.del.cachedOutputs(e, s.cache.entryDir(e.Key), j.id)
 	if err != nil {
 		s.log.Warn("result cache entry unusable: the job runs", "workflow", wf.name, "err", err)
 		s.cache.drop(key)
@@ -558,16 +558,16 @@ func (s *Service) reuse(wf *workflow, key string, graph json.RawMessage, sub *su
 	s.jobs[j.id] = j
 	s.m.JobSubmitted(wf.name)
 	if j.webhook != nil && j.webhook.progress {
-		s.goLocked("webhook", func() { s.streamHook(j) })
+		s.goLocked("webhook", func() { s.del.streamHook(j) })
 	}
 	s.finishLocked(j, stCompleted, "")
 	return j
 }
 
 // cachedOutputs gives job id its own links (or copies) of a cached
-// entry's outputs in the output directory: the job keeps them until it
-// expires, whatever the cache evicts meanwhile.
-func (s *Service) cachedOutputs(e *cacheEntry, id string) ([]*outputFile, error) {
+// entry's outputs (the files in entryDir) in the output directory: the
+// job keeps them until it expires, whatever the cache evicts meanwhile.
+func (s *delivery) cachedOutputs(e *cacheEntry, entryDir, id string) ([]*outputFile, error) {
 	dir, err := s.outputDir()
 	if err != nil {
 		return nil, err
@@ -583,7 +583,7 @@ func (s *Service) cachedOutputs(e *cacheEntry, id string) ([]*outputFile, error)
 	}
 	for n, o := range e.Outputs {
 		dst := filepath.Join(dir, id+"-cached-"+strconv.Itoa(n))
-		if err := linkOrCopy(filepath.Join(s.cache.entryDir(e.Key), strconv.Itoa(n)), dst); err != nil {
+		if err := linkOrCopy(filepath.Join(entryDir, strconv.Itoa(n)), dst); err != nil {
 			return fail(err)
 		}
 		f := &outputFile{
@@ -595,7 +595,7 @@ func (s *Service) cachedOutputs(e *cacheEntry, id string) ([]*outputFile, error)
 		}
 		if o.S3Key != "" && s.s3 != nil {
 			f.s3Key = o.S3Key
-			if f.s3URL, err = s.s3.presign(s.runCtx, o.S3Key); err != nil {
+			if f.s3URL, err = s.s3.presign(s.ctx, o.S3Key); err != nil {
 				f.s3URL, f.s3Err = "", "comfygate could not presign this output's S3 URL"
 			}
 		}
@@ -609,7 +609,7 @@ func (s *Service) cachedOutputs(e *cacheEntry, id string) ([]*outputFile, error)
 // dropFilesLocked frees outputs no job took.
 func (s *Service) dropFilesLocked(files []*outputFile) {
 	j := &job{files: files}
-	s.dropOutputsLocked(j)
+	s.del.dropOutputsLocked(j)
 }
 
 // keepResult caches the outputs of a job that completed by running, when
@@ -640,7 +640,7 @@ func (s *Service) restoreCachedLocked(j *job, key string) {
 		if s.cache != nil {
 			err = errors.New("the result cache no longer holds it")
 			if e := s.cache.lookup(key); e != nil {
-				files, err = s.cachedOutputs(e, j.id)
+				files, err = s.del.cachedOutputs(e, s.cache.entryDir(e.Key), j.id)
 			}
 		}
 		s.jobsMu.Lock()

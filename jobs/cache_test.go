@@ -496,7 +496,7 @@ func TestCacheHitWebhookAndMetrics(t *testing.T) {
 		c.Webhooks.AllowedHosts = []string{"127.0.0.1"}
 		c.Webhooks.Secret = "cache-test-secret"
 	}, func(s *Service) {
-		s.m = m
+		s.m, s.del.m = m, m
 		s.cache.m = m
 	})
 	img := testPNG(t, 10, 10)

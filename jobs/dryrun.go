@@ -267,7 +267,7 @@ func (s *api) serveOutputList(ctx *fasthttp.RequestCtx, id, scope string) {
 	if j == nil {
 		return
 	}
-	v := s.eng.outputViewsLocked(j, isTrue(ctx.QueryArgs().Peek("base64")))
+	v := s.del.outputViewsLocked(j, isTrue(ctx.QueryArgs().Peek("base64")))
 	s.eng.unlock()
 	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"job_id": id, "outputs": v})
 }

@@ -237,7 +237,7 @@ func newFakeService(tb testing.TB, f *fakeBackend, mod func(*config.Config)) *Se
 	if err != nil {
 		tb.Fatal(err)
 	}
-	s.retryDelay = time.Millisecond
+	s.retryDelay, s.del.retryDelay = time.Millisecond, time.Millisecond
 	tb.Cleanup(s.Close)
 	return s
 }

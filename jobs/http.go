@@ -144,7 +144,7 @@ func (s *api) ServeJobs(ctx *fasthttp.RequestCtx, r Request) bool {
 			if !allow(ctx, "GET") {
 				return true
 			}
-			s.eng.serveEvents(ctx, id, r.Scope)
+			s.del.serveEvents(ctx, id, r.Scope)
 		case "outputs":
 			if !allow(ctx, "GET", "HEAD") {
 				return true
@@ -341,7 +341,7 @@ func (s *api) serveSubmit(ctx *fasthttp.RequestCtx, r Request, name string, buil
 			return
 		}
 	}
-	if wait > 0 && s.eng.waitJob(ctx, j, wait, func(j *job) bool { return j.state.terminal() }) {
+	if wait > 0 && s.del.waitJob(ctx, j, wait, func(j *job) bool { return j.state.terminal() }) {
 		s.writeFinished(ctx, j, withData)
 		return
 	}
@@ -468,7 +468,7 @@ func (s *api) writeFinished(ctx *fasthttp.RequestCtx, j *job, withData bool) {
 	s.eng.lock()
 	v := waitedView{statusView: s.statusLocked(j, parallel)}
 	if withData && len(j.files) > 0 {
-		v.Outputs = s.eng.outputViewsLocked(j, ctx.QueryArgs().Has("base64"))
+		v.Outputs = s.del.outputViewsLocked(j, ctx.QueryArgs().Has("base64"))
 		f := j.files[0]
 		if b, err := f.bytes(); err == nil {
 			v.ImageBase64, v.ContentType = dataURL(f.contentType, b), f.contentType
@@ -568,9 +568,9 @@ func (s *Service) accept(wf *workflow, sub *submission, values map[string]json.R
 	s.m.JobSubmitted(wf.name)
 	s.gaugesLocked()
 	s.kick()
-	s.emitLocked(j, evQueued, "")
+	s.del.emitLocked(j, evQueued, "")
 	if j.webhook != nil && j.webhook.progress {
-		s.goLocked("webhook", func() { s.streamHook(j) })
+		s.goLocked("webhook", func() { s.del.streamHook(j) })
 	}
 	s.jobsMu.Unlock()
 	s.persist(j)
@@ -670,7 +670,7 @@ func (s *api) statusLocked(j *job, parallel int) statusView {
 			v.Error = &msg
 			v.ErrorDetails = j.errDetail
 		}
-		v.Outputs = s.eng.outputViewsLocked(j, false)
+		v.Outputs = s.del.outputViewsLocked(j, false)
 	default:
 		if v.Status == statusPending {
 			pos := s.eng.queuePositionLocked(j)
@@ -739,7 +739,7 @@ func (s *api) serveResult(ctx *fasthttp.RequestCtx, id, scope string) {
 		ContentType:      f.contentType,
 		ProcessingTimeMS: j.finished.Sub(j.dispatched).Milliseconds(),
 		Instance:         j.instance,
-		Outputs:          s.eng.outputViewsLocked(j, isTrue(ctx.QueryArgs().Peek("base64"))),
+		Outputs:          s.del.outputViewsLocked(j, isTrue(ctx.QueryArgs().Peek("base64"))),
 		Cached:           j.cached,
 	}
 	s.eng.unlock()

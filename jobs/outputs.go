@@ -131,7 +131,7 @@ var outputTypes = map[string]string{
 // (jobs.output_memory_bytes, shared by all jobs) allows, then in a file
 // under the output directory.
 type spill struct {
-	s     *Service
+	s     *delivery
 	jobID string
 	buf   []byte   // in memory, counted in s.outMem
 	f     *os.File // on disk once past the budget
@@ -140,7 +140,7 @@ type spill struct {
 	err   error
 }
 
-func (s *Service) newSpill(jobID string) *spill { return &spill{s: s, jobID: jobID} }
+func (s *delivery) newSpill(jobID string) *spill { return &spill{s: s, jobID: jobID} }
 
 func (w *spill) Write(p []byte) (int, error) {
 	if w.err != nil {
@@ -178,7 +178,7 @@ func (w *spill) Write(p []byte) (int, error) {
 }
 
 // outputGauges publishes the output store's size.
-func (s *Service) outputGauges() { s.m.SetOutputBytes(s.outMem.Load(), s.outDisk.Load()) }
+func (s *delivery) outputGauges() { s.m.SetOutputBytes(s.outMem.Load(), s.outDisk.Load()) }
 
 // discard drops what a failed download stored.
 func (w *spill) discard() {
@@ -210,7 +210,7 @@ func (w *spill) file(r outRef, inst string) (*outputFile, error) {
 
 // outputDir returns the directory for outputs past the memory budget,
 // creating it on first use.
-func (s *Service) outputDir() (string, error) {
+func (s *delivery) outputDir() (string, error) {
 	s.outDirOnce.Do(func() {
 		base := s.cfg.OutputDir
 		if base != "" {
@@ -225,7 +225,7 @@ func (s *Service) outputDir() (string, error) {
 }
 
 // dropOutputsLocked frees a job's outputs (it expired).
-func (s *Service) dropOutputsLocked(j *job) {
+func (s *delivery) dropOutputsLocked(j *job) {
 	for _, f := range j.files {
 		if f.path != "" {
 			_ = os.Remove(f.path)
@@ -256,7 +256,7 @@ type outputView struct {
 
 // outputViewsLocked lists a completed job's outputs, with their bytes in
 // base64 when withData.
-func (s *Service) outputViewsLocked(j *job, withData bool) []outputView {
+func (s *delivery) outputViewsLocked(j *job, withData bool) []outputView {
 	if len(j.files) == 0 {
 		return nil
 	}

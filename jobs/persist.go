@@ -356,7 +356,7 @@ func (s *Service) restore() {
 			}
 			j.images = nil
 		}
-		s.emitLocked(j, evQueued, "")
+		s.del.emitLocked(j, evQueued, "")
 	}
 	if n := len(recs); n > 0 {
 		s.log.Info("jobs restored from the state directory", "jobs", n, "waiting", len(s.line), "at_instances", s.inFlight)
@@ -427,7 +427,7 @@ func (s *Service) reconcile(j *job) {
 			if j.state == stQueued {
 				j.state = stRunning
 				j.started = s.now()
-				s.emitLocked(j, evStarted, "")
+				s.del.emitLocked(j, evStarted, "")
 			}
 			if inst != nil {
 				j.instance = inst.Name
@@ -479,7 +479,7 @@ func (s *Service) findPrompt(ctx context.Context, id, recorded string) (*upstrea
 		var entry *comfyapi.HistoryEntry
 		answered := false
 		if qerr == nil {
-			entry, answered = s.readHistory(cctx, inst, id)
+			entry, answered = s.del.readHistory(cctx, inst, id)
 		}
 		cancel()
 		switch {

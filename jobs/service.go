@@ -22,12 +22,10 @@ import (
 	"log/slog"
 	"maps"
 	"net/url"
-	"os"
 	"runtime/debug"
 	"slices"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/comfygate/comfygate/config"
@@ -96,27 +94,16 @@ type Service struct {
 	holdUntil time.Time         // dispatch paused until then (no instance)
 	closed    bool
 	seq       uint64
-	outMem    atomic.Int64           // bytes of outputs held in memory (not guarded: atomic)
-	outDisk   atomic.Int64           // bytes of outputs in files (not guarded: atomic)
 	idem      map[idemKey]*idemEntry // Idempotency-Key -> the job it created
 
-	// heartbeat is the period of comments on idle event streams.
-	heartbeat time.Duration
-	// webhookBackoff is the first retry delay of a webhook delivery.
-	webhookBackoff time.Duration
-	hooks          *outboundClient
-	imageURLs      *outboundClient    // downloads image parameters given as URLs
-	s3             *s3Store           // nil: outputs stay in comfygate only
-	inputs         *inputStore        // the images of unfinished jobs
-	bodies         *limits.BodyBudget // request bodies held in memory (limits.max_buffered_body_bytes)
-	state          *stateDir          // nil: jobs are not persisted
-	cache          *resultCache       // nil: no result cache (jobs.cache_max_bytes 0)
+	imageURLs *outboundClient    // downloads image parameters given as URLs
+	inputs    *inputStore        // the images of unfinished jobs
+	bodies    *limits.BodyBudget // request bodies held in memory (limits.max_buffered_body_bytes)
+	state     *stateDir          // nil: jobs are not persisted
+	cache     *resultCache       // nil: no result cache (jobs.cache_max_bytes 0)
 
-	api *api // the HTTP routes
-
-	outDirOnce sync.Once
-	outDirPath string
-	outDirErr  error
+	api *api      // the HTTP routes
+	del *delivery // events, webhooks, outputs
 }
 
 // New loads and validates the workflows (built-in ones and cfg.Workflows)
@@ -187,18 +174,15 @@ func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Lo
 		active:      map[*job]struct{}{},
 		est:         map[string]*ewma{},
 		idem:        map[idemKey]*idemEntry{},
-		heartbeat:   15 * time.Second,
-
-		webhookBackoff: time.Second,
-		hooks:          p.hooks,
-		imageURLs:      newImageClient(cfg.ImageURLs),
-		s3:             p.store,
-		inputs:         newInputStore(cfg.Jobs.InputMemoryBytes, cfg.Jobs.StateDir),
-		bodies:         limits.NewBodyBudget(cfg.Limits.MaxBufferedBodyBytes),
+		imageURLs:   newImageClient(cfg.ImageURLs),
+		inputs:      newInputStore(cfg.Jobs.InputMemoryBytes, cfg.Jobs.StateDir),
+		bodies:      limits.NewBodyBudget(cfg.Limits.MaxBufferedBodyBytes),
 	}
 	s.runCtx, s.stop = context.WithCancel(context.Background())
-	s.api = &api{eng: s, ctx: s.runCtx, cfg: cfg.Jobs, log: log, be: be, inputs: s.inputs,
-		bodies: s.bodies, imageURLs: s.imageURLs, hooks: s.hooks}
+	s.del = &delivery{eng: s, ctx: s.runCtx, cfg: cfg.Jobs, log: log, m: m, be: be,
+		heartbeat: 15 * time.Second, webhookBackoff: time.Second, retryDelay: s.retryDelay, hooks: p.hooks, s3: p.store}
+	s.api = &api{del: s.del, eng: s, ctx: s.runCtx, cfg: cfg.Jobs, log: log, be: be, inputs: s.inputs,
+		bodies: s.bodies, imageURLs: s.imageURLs, hooks: p.hooks}
 	if s.cache, err = openResultCache(cfg.Jobs, m, log); err != nil {
 		return nil, err
 	}
@@ -245,9 +229,7 @@ func (s *Service) Close() {
 	}
 	s.inputs.close()
 	s.cache.close()
-	if s.outDirPath != "" {
-		_ = os.RemoveAll(s.outDirPath)
-	}
+	s.del.close()
 }
 
 // loop runs fn every period and whenever the dispatcher is woken.
@@ -571,9 +553,9 @@ func (s *Service) onEvent(j *job, p *prompts.Prompt, ev prompts.Event, d *comfya
 		if j.started.IsZero() {
 			j.started = now
 		}
-		s.emitLocked(j, evStarted, "")
+		s.del.emitLocked(j, evStarted, "")
 	} else if ev.Type == "execution_start" {
-		s.emitLocked(j, evStarted, "") // resubmitted: started again, maybe elsewhere
+		s.del.emitLocked(j, evStarted, "") // resubmitted: started again, maybe elsewhere
 	}
 	switch ev.Type {
 	case comfyapi.TypeExecutionStart:
@@ -634,7 +616,7 @@ func (s *Service) onEvent(j *job, p *prompts.Prompt, ev prompts.Event, d *comfya
 		s.succeededLocked(j, p, ev.Instance)
 		return
 	}
-	s.progressLocked(j, d.Node())
+	s.del.progressLocked(j, d.Node())
 }
 
 // succeededLocked handles the end of a successful run: the slot is free,
@@ -662,30 +644,30 @@ func (s *Service) succeededLocked(j *job, p *prompts.Prompt, inst *upstream.Inst
 	if p != nil {
 		upstreamID = p.UpstreamID()
 	}
-	if !s.goLocked("fetch", func() { s.fetch(j, from, refs, upstreamID) }) {
+	if !s.goLocked("fetch", func() { s.del.fetch(j, from, refs, upstreamID) }) {
 		s.finishLocked(j, stFailed, "comfygate is shutting down")
 	}
 }
 
 // fetch downloads every output of a finished job (the output node's
 // first) and completes the job.
-func (s *Service) fetch(j *job, inst *upstream.Instance, refs []outRef, upstreamID string) {
-	ctx := s.runCtx
+func (s *delivery) fetch(j *job, inst *upstream.Instance, refs []outRef, upstreamID string) {
+	ctx := s.ctx
 	out := j.wf.cfg.OutputNode
 	if !hasNode(refs, out) && inst != nil {
 		// No executed event for the output node (older instances skip it for
 		// cached outputs): the instance's history has the outputs.
 		if _, entry := s.historyOutputs(ctx, inst, upstreamID); entry != nil {
-			s.jobsMu.Lock()
+			s.eng.lock()
 			j.addOutputsLocked(historyRefs(entry))
 			refs = slices.Clone(j.outRefs)
-			s.jobsMu.Unlock()
+			s.eng.unlock()
 		}
 	}
 	if !hasNode(refs, out) {
-		s.jobsMu.Lock()
-		s.finishLocked(j, stFailed, fmt.Sprintf("the workflow finished without an output at its output node %q", out))
-		s.jobsMu.Unlock()
+		s.eng.lock()
+		s.eng.finishLocked(j, stFailed, fmt.Sprintf("the workflow finished without an output at its output node %q", out))
+		s.eng.unlock()
 		return
 	}
 	files := make([]*outputFile, 0, len(refs))
@@ -707,17 +689,17 @@ func (s *Service) fetch(j *job, inst *upstream.Instance, refs []outRef, upstream
 		}
 	}
 	if err == nil {
-		s.keepResult(j, files)
+		s.eng.keepResult(j, files)
 	}
-	s.jobsMu.Lock()
-	defer s.jobsMu.Unlock()
+	s.eng.lock()
+	defer s.eng.unlock()
 	j.files = files // counted in s.outMem: dropped with the job
 	if err != nil {
 		s.log.Warn("job result download failed", "job_id", j.id, "instance", instName(inst), "err", err)
-		s.finishLocked(j, stFailed, "the workflow finished but comfygate could not fetch its result from ComfyUI")
+		s.eng.finishLocked(j, stFailed, "the workflow finished but comfygate could not fetch its result from ComfyUI")
 		return
 	}
-	s.finishLocked(j, stCompleted, "")
+	s.eng.finishLocked(j, stCompleted, "")
 }
 
 func hasNode(refs []outRef, node string) bool {
@@ -735,7 +717,7 @@ func historyRefs(e *comfyapi.HistoryEntry) []outRef {
 
 // historyOutputs reads a prompt's outputs from /history/{id}; entry is
 // nil when the instance has none (or did not answer).
-func (s *Service) historyOutputs(ctx context.Context, inst *upstream.Instance, upstreamID string) (refs []outRef, entry *comfyapi.HistoryEntry) {
+func (s *delivery) historyOutputs(ctx context.Context, inst *upstream.Instance, upstreamID string) (refs []outRef, entry *comfyapi.HistoryEntry) {
 	e, _ := s.readHistory(ctx, inst, upstreamID)
 	if e == nil {
 		return nil, nil
@@ -745,7 +727,7 @@ func (s *Service) historyOutputs(ctx context.Context, inst *upstream.Instance, u
 
 // readHistory reads /history/{id} of inst: entry is nil when it has none;
 // answered is false when the instance did not answer.
-func (s *Service) readHistory(ctx context.Context, inst *upstream.Instance, upstreamID string) (entry *comfyapi.HistoryEntry, answered bool) {
+func (s *delivery) readHistory(ctx context.Context, inst *upstream.Instance, upstreamID string) (entry *comfyapi.HistoryEntry, answered bool) {
 	status, body, err := s.be.Call(ctx, inst, "GET", "/history/"+url.PathEscape(upstreamID), nil, nil)
 	if err != nil || status != 200 {
 		return nil, false
@@ -767,7 +749,7 @@ func (s *Service) readHistory(ctx context.Context, inst *upstream.Instance, upst
 
 // download fetches one output from inst's /view, falling back to
 // whichever instance the prompt table finds holding it, into comfygate's store.
-func (s *Service) download(ctx context.Context, j *job, inst *upstream.Instance, r outRef) (*outputFile, error) {
+func (s *delivery) download(ctx context.Context, j *job, inst *upstream.Instance, r outRef) (*outputFile, error) {
 	ref := r.ref
 	q := url.Values{"filename": {ref.Filename}, "subfolder": {ref.Subfolder}, "type": {ref.Type}}
 	if ref.Type == "" {
@@ -855,11 +837,11 @@ func (s *Service) finishLocked(j *job, st state, msg string) {
 	s.saveLocked(j)
 	switch st {
 	case stCompleted:
-		s.emitLocked(j, evCompleted, "")
+		s.del.emitLocked(j, evCompleted, "")
 	case stFailed:
-		s.emitLocked(j, evFailed, "")
+		s.del.emitLocked(j, evFailed, "")
 	default:
-		s.emitLocked(j, evCancelled, "")
+		s.del.emitLocked(j, evCancelled, "")
 	}
 }
 
@@ -885,7 +867,7 @@ const positionEvents = 50
 func (s *Service) positionsLocked() {
 	for i, x := range s.line[:min(len(s.line), positionEvents)] {
 		if x.lastPos != i+1 {
-			s.emitLocked(x, evQueued, "")
+			s.del.emitLocked(x, evQueued, "")
 		}
 	}
 }
@@ -972,7 +954,7 @@ func (s *Service) deletedUnseen(ctx context.Context, j *job) bool {
 	if !found || p.State() != prompts.PromptDone || p.Instance() == nil {
 		return false
 	}
-	entry, answered := s.readHistory(ctx, p.Instance(), p.UpstreamID())
+	entry, answered := s.del.readHistory(ctx, p.Instance(), p.UpstreamID())
 	return answered && entry == nil
 }
 
@@ -1015,7 +997,7 @@ func (s *Service) sweep() {
 	s.expireIdemLocked(now, false)
 	for id, j := range s.jobs {
 		if s.expiredLocked(j, now) && !j.holdsSlot {
-			s.dropOutputsLocked(j)
+			s.del.dropOutputsLocked(j)
 			s.forgetLocked(j)
 			delete(s.jobs, id)
 			continue
@@ -1075,7 +1057,7 @@ func (s *Service) watch(j *job, now time.Time) {
 	if inst == nil {
 		return
 	}
-	refs, entry := s.historyOutputs(s.runCtx, inst, p.UpstreamID())
+	refs, entry := s.del.historyOutputs(s.runCtx, inst, p.UpstreamID())
 	s.jobsMu.Lock()
 	defer s.jobsMu.Unlock()
 	if j.state.terminal() || j.state == stFetching || entry == nil {
