@@ -15,6 +15,7 @@ import (
 type api struct {
 	eng       *Service
 	del       *delivery       // event streams and waits, output views
+	st        *store          // Idempotency-Keys, the result cache
 	ctx       context.Context // ends when the service closes
 	cfg       config.Jobs
 	log       *slog.Logger

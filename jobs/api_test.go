@@ -259,14 +259,14 @@ func TestIdempotentSubmit(t *testing.T) {
 
 	// While the first request is still creating its job: 409.
 	fp := [32]byte{1}
-	if id, aerr := h.svc.idemBegin(idemKey{key: "k3"}, fp); id != "" || aerr != nil {
+	if id, aerr := h.svc.st.idemBegin(idemKey{key: "k3"}, fp); id != "" || aerr != nil {
 		t.Fatalf("reserve: %q %v", id, aerr)
 	}
-	if _, aerr := h.svc.idemBegin(idemKey{key: "k3"}, fp); aerr == nil || aerr.status != 409 {
+	if _, aerr := h.svc.st.idemBegin(idemKey{key: "k3"}, fp); aerr == nil || aerr.status != 409 {
 		t.Fatalf("in progress: %v", aerr)
 	}
-	h.svc.idemAbort(idemKey{key: "k3"})
-	if id, aerr := h.svc.idemBegin(idemKey{key: "k3"}, fp); id != "" || aerr != nil {
+	h.svc.st.idemAbort(idemKey{key: "k3"})
+	if id, aerr := h.svc.st.idemBegin(idemKey{key: "k3"}, fp); id != "" || aerr != nil {
 		t.Fatalf("after abort: %q %v", id, aerr)
 	}
 }
@@ -534,7 +534,7 @@ func TestWebhookSignedAndRetried(t *testing.T) {
 		c.Webhooks.Secret = secret
 	}, func(s *Service) {
 		s.del.webhookBackoff = 5 * time.Millisecond
-		s.m, s.del.m = m, m
+		s.m, s.del.m, s.st.m = m, m, m
 	})
 	img := base64.StdEncoding.EncodeToString(testPNG(t, 16, 16))
 	code, _, b := postJSON(h, "/api/upscale-image", map[string]any{"image_base64": img, "webhook_url": srv.URL + "/hook"})

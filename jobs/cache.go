@@ -430,7 +430,7 @@ func (wf *workflow) cacheTTL() time.Duration {
 // cacheKey is the result cache key of a submission in scope, and the
 // graph it hashed (the job's prompt with each image's name standing for
 // its bytes' SHA-256); "" when the workflow's results are not cached.
-func (s *Service) cacheKey(scope string, wf *workflow, sub *submission, values map[string]json.RawMessage, images map[string][]byte) (string, json.RawMessage) {
+func (s *store) cacheKey(scope string, wf *workflow, sub *submission, values map[string]json.RawMessage, images map[string][]byte) (string, json.RawMessage) {
 	if s.cache == nil || wf.cacheTTL() <= 0 {
 		return "", nil
 	}
@@ -505,7 +505,7 @@ func canonicalJSON(b []byte) ([]byte, error) {
 // submission whose result the cache holds (same scope, graph, parameters
 // and image bytes) becomes a job completed at once from it; any other is
 // accepted and, once completed, its outputs are cached (keepResult).
-func (s *Service) acceptOrReuse(wf *workflow, sub *submission, values map[string]json.RawMessage, images map[string][]byte, hook string, meta jobMeta) (*job, *apiError) {
+func (s *store) acceptOrReuse(wf *workflow, sub *submission, values map[string]json.RawMessage, images map[string][]byte, hook string, meta jobMeta) (*job, *apiError) {
 	key, graph := s.cacheKey(cacheScope(meta.owner), wf, sub, values, images)
 	if key != "" {
 		j := s.reuse(wf, key, graph, sub, values, hook, meta)
@@ -514,39 +514,31 @@ func (s *Service) acceptOrReuse(wf *workflow, sub *submission, values map[string
 			return j, nil
 		}
 	}
-	j, aerr := s.accept(wf, sub, values, images, hook, meta)
+	j, aerr := s.eng.accept(wf, sub, values, images, hook, meta)
 	if aerr == nil && key != "" {
-		s.jobsMu.Lock()
+		s.eng.lock()
 		j.cacheKey = key
-		s.jobsMu.Unlock()
+		s.eng.unlock()
 	}
 	return j, aerr
 }
 
 // reuse makes a job completed from key's cached result; nil when the
 // cache has none usable.
-func (s *Service) reuse(wf *workflow, key string, graph json.RawMessage, sub *submission, values map[string]json.RawMessage, hook string, meta jobMeta) *job {
+func (s *store) reuse(wf *workflow, key string, graph json.RawMessage, sub *submission, values map[string]json.RawMessage, hook string, meta jobMeta) *job {
 	e := s.cache.lookup(key)
 	if e == nil {
 		return nil
 	}
-	j := &job{s: s, id: newJobID(), wf: wf, inputs: sub.inputs, params: values, cached: true, meta: meta}
+	j := &job{s: s.eng, id: newJobID(), wf: wf, inputs: sub.inputs, params: values, cached: true, meta: meta}
 	files, err := s.del.cachedOutputs(e, s.cache.entryDir(e.Key), j.id)
 	if err != nil {
 		s.log.Warn("result cache entry unusable: the job runs", "workflow", wf.name, "err", err)
 		s.cache.drop(key)
 		return nil
 	}
-	s.jobsMu.Lock()
-	defer s.jobsMu.Unlock()
-	if s.closed {
-		s.dropFilesLocked(files)
-		return nil // accept answers that comfygate is shutting down
-	}
-	now := s.now()
-	s.seq++
-	j.seq = s.seq
-	j.created, j.dispatched = now, now
+	s.eng.lock()
+	defer s.eng.unlock()
 	j.prompt = graph
 	j.cacheKey = key
 	j.prog = newProgress(wf.nodes)
@@ -555,12 +547,10 @@ func (s *Service) reuse(wf *workflow, key string, graph json.RawMessage, sub *su
 	if hook != "" {
 		j.webhook = &webhookState{url: hook, progress: sub.webhookProgress}
 	}
-	s.jobs[j.id] = j
-	s.m.JobSubmitted(wf.name)
-	if j.webhook != nil && j.webhook.progress {
-		s.goLocked("webhook", func() { s.del.streamHook(j) })
+	if !s.eng.addCompletedLocked(j) {
+		s.del.dropOutputsLocked(&job{files: files})
+		return nil // accept answers that comfygate is shutting down
 	}
-	s.finishLocked(j, stCompleted, "")
 	return j
 }
 
@@ -606,19 +596,13 @@ func (s *delivery) cachedOutputs(e *cacheEntry, entryDir, id string) ([]*outputF
 	return files, nil
 }
 
-// dropFilesLocked frees outputs no job took.
-func (s *Service) dropFilesLocked(files []*outputFile) {
-	j := &job{files: files}
-	s.del.dropOutputsLocked(j)
-}
-
 // keepResult caches the outputs of a job that completed by running, when
 // its workflow's results are cached. It runs before the job is reported
 // completed, so a job submitted after that finds the result.
-func (s *Service) keepResult(j *job, files []*outputFile) {
-	s.jobsMu.Lock()
+func (s *store) keepResult(j *job, files []*outputFile) {
+	s.eng.lock()
 	key := j.cacheKey
-	s.jobsMu.Unlock()
+	s.eng.unlock()
 	if key == "" || s.cache == nil {
 		return
 	}
@@ -631,10 +615,10 @@ func (s *Service) keepResult(j *job, files []*outputFile) {
 // before a restart: its outputs are linked from the cache again, and it
 // completes (or fails, when the cache no longer holds them) as soon as
 // the service runs. s.jobsMu held.
-func (s *Service) restoreCachedLocked(j *job, key string) {
+func (s *store) restoreCachedLocked(j *job, key string) {
 	j.cached, j.cacheKey = true, key
 	j.state, j.dispatched = stFetching, j.created
-	s.goLocked("cache", func() {
+	s.eng.goLocked("cache", func() {
 		var files []*outputFile
 		err := errors.New("the result cache is off")
 		if s.cache != nil {
@@ -643,15 +627,15 @@ func (s *Service) restoreCachedLocked(j *job, key string) {
 				files, err = s.del.cachedOutputs(e, s.cache.entryDir(e.Key), j.id)
 			}
 		}
-		s.jobsMu.Lock()
-		defer s.jobsMu.Unlock()
+		s.eng.lock()
+		defer s.eng.unlock()
 		if err != nil {
 			s.log.Warn("restored cached job without its result", "job_id", j.id, "err", err)
-			s.finishLocked(j, stFailed, "comfygate restarted and the job's cached result is no longer stored")
+			s.eng.finishLocked(j, stFailed, "comfygate restarted and the job's cached result is no longer stored")
 			return
 		}
 		j.files = files
-		s.finishLocked(j, stCompleted, "")
+		s.eng.finishLocked(j, stCompleted, "")
 	})
 }
 

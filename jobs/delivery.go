@@ -19,6 +19,7 @@ import (
 // under the engine's lock; the output store's byte counts are its own.
 type delivery struct {
 	eng *Service
+	st  *store          // caches a completed result
 	ctx context.Context // ends when the service closes
 	cfg config.Jobs
 	log *slog.Logger

@@ -309,7 +309,7 @@ func (s *api) serveSubmit(ctx *fasthttp.RequestCtx, r Request, name string, buil
 	if key.key != "" {
 		meta.idem = key.key
 		meta.idemFP = fingerprint(wf.name, sub, values, images, hook)
-		id, aerr := s.eng.idemBegin(key, meta.idemFP)
+		id, aerr := s.st.idemBegin(key, meta.idemFP)
 		if aerr != nil {
 			writeError(ctx, aerr)
 			return
@@ -328,12 +328,12 @@ func (s *api) serveSubmit(ctx *fasthttp.RequestCtx, r Request, name string, buil
 		}
 	}
 	if j == nil {
-		j, aerr = s.eng.acceptOrReuse(wf, sub, values, images, hook, meta)
+		j, aerr = s.st.acceptOrReuse(wf, sub, values, images, hook, meta)
 		if key.key != "" {
 			if aerr != nil {
-				s.eng.idemAbort(key)
+				s.st.idemAbort(key)
 			} else {
-				s.eng.idemDone(key, j.id)
+				s.st.idemDone(key, j.id)
 			}
 		}
 		if aerr != nil {
@@ -573,7 +573,7 @@ func (s *Service) accept(wf *workflow, sub *submission, values map[string]json.R
 		s.goLocked("webhook", func() { s.del.streamHook(j) })
 	}
 	s.jobsMu.Unlock()
-	s.persist(j)
+	s.st.persist(j)
 	s.log.Debug("job accepted", "job_id", j.id, "workflow", wf.name, "bytes", size)
 	return j, nil
 }

@@ -200,8 +200,8 @@ func (d *stateDir) load() []*record {
 // saveLocked queues a snapshot of j for the state directory. A failure
 // that comfygate's own shutdown caused is not recorded: the restarted
 // process carries on with the job instead. s.jobsMu held.
-func (s *Service) saveLocked(j *job) {
-	if s.state == nil || (s.runCtx.Err() != nil && j.state == stFailed) {
+func (s *store) saveLocked(j *job) {
+	if s.state == nil || (s.ctx.Err() != nil && j.state == stFailed) {
 		return
 	}
 	rec := &record{
@@ -241,17 +241,17 @@ func (s *Service) saveLocked(j *job) {
 
 // persist queues j's record (accepted, or about to be sent). The writer
 // goroutine writes it within moments, off the request's path.
-func (s *Service) persist(j *job) {
+func (s *store) persist(j *job) {
 	if s.state == nil {
 		return
 	}
-	s.jobsMu.Lock()
+	s.eng.lock()
 	s.saveLocked(j)
-	s.jobsMu.Unlock()
+	s.eng.unlock()
 }
 
 // forgetLocked queues the removal of j's record (it expired).
-func (s *Service) forgetLocked(j *job) {
+func (s *store) forgetLocked(j *job) {
 	if s.state != nil {
 		s.state.put(j.id, nil)
 	}
@@ -264,23 +264,22 @@ func (s *Service) forgetLocked(j *job) {
 const flushDelay = 100 * time.Millisecond
 
 // writer flushes queued records until the service stops.
-func (s *Service) writer() {
-	defer s.wg.Done()
+func (s *store) writer() {
 	t := time.NewTimer(flushDelay)
 	t.Stop()
 	for {
 		select {
-		case <-s.runCtx.Done():
+		case <-s.ctx.Done():
 			return
 		case <-s.state.wake:
 		}
 		t.Reset(flushDelay)
 		select {
-		case <-s.runCtx.Done():
+		case <-s.ctx.Done():
 			return
 		case <-t.C:
 		}
-		s.safely("state", s.state.flush)
+		s.eng.safely("state", s.state.flush)
 	}
 }
 
@@ -290,15 +289,7 @@ func (s *Service) writer() {
 // this process) are reconciled against the instances once the service
 // starts (reconcile).
 func (s *Service) restore() {
-	// Bodies being received and records being written when the last
-	// process stopped are incomplete: no record names them.
-	for _, pattern := range []string{filepath.Join(s.state.dir, ".tmp-*"), filepath.Join(s.state.dir, "inputs", ".*")} {
-		leftovers, _ := filepath.Glob(pattern)
-		for _, name := range leftovers {
-			_ = os.Remove(name)
-		}
-	}
-	recs := s.state.load()
+	recs := s.st.records()
 	s.jobsMu.Lock()
 	defer s.jobsMu.Unlock()
 	for _, rec := range recs {
@@ -306,7 +297,7 @@ func (s *Service) restore() {
 			prompt: rec.Prompt, instance: rec.Instance, finished: rec.Finished, errMsg: rec.Error,
 			meta: jobMeta{owner: rec.Owner}}
 		s.seq = max(s.seq, rec.Seq)
-		s.restoreIdemLocked(j, rec)
+		s.st.restoreIdemLocked(j, rec)
 		j.wf = s.wfs[rec.Workflow]
 		if j.wf == nil {
 			j.wf = &workflow{name: rec.Workflow}
@@ -338,7 +329,7 @@ func (s *Service) restore() {
 			s.active[j] = struct{}{}
 		case statusCompleted:
 			if rec.Cache != "" {
-				s.restoreCachedLocked(j, rec.Cache)
+				s.st.restoreCachedLocked(j, rec.Cache)
 				break
 			}
 			j.state, j.restored = stFetching, true
@@ -363,12 +354,26 @@ func (s *Service) restore() {
 	}
 }
 
+// records reads the state directory's records, oldest first, once its
+// leftovers are removed.
+func (s *store) records() []*record {
+	// Bodies being received and records being written when the last
+	// process stopped are incomplete: no record names them.
+	for _, pattern := range []string{filepath.Join(s.state.dir, ".tmp-*"), filepath.Join(s.state.dir, "inputs", ".*")} {
+		leftovers, _ := filepath.Glob(pattern)
+		for _, name := range leftovers {
+			_ = os.Remove(name)
+		}
+	}
+	return s.state.load()
+}
+
 // restoreIdemLocked remembers again the Idempotency-Key a restored job
 // came with, while its TTL lasts (counted from the job's creation). A
 // record whose fingerprint cannot be read keeps no key: a replay then
 // makes a new job rather than one that may not match.
-func (s *Service) restoreIdemLocked(j *job, rec *record) {
-	if rec.IdempotencyKey == "" || s.now().Sub(rec.Created) >= s.cfg.IdempotencyTTL {
+func (s *store) restoreIdemLocked(j *job, rec *record) {
+	if rec.IdempotencyKey == "" || s.eng.timeNow().Sub(rec.Created) >= s.cfg.IdempotencyTTL {
 		return
 	}
 	fp, err := hex.DecodeString(rec.IdempotencyFP)

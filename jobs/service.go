@@ -94,16 +94,14 @@ type Service struct {
 	holdUntil time.Time         // dispatch paused until then (no instance)
 	closed    bool
 	seq       uint64
-	idem      map[idemKey]*idemEntry // Idempotency-Key -> the job it created
 
 	imageURLs *outboundClient    // downloads image parameters given as URLs
 	inputs    *inputStore        // the images of unfinished jobs
 	bodies    *limits.BodyBudget // request bodies held in memory (limits.max_buffered_body_bytes)
-	state     *stateDir          // nil: jobs are not persisted
-	cache     *resultCache       // nil: no result cache (jobs.cache_max_bytes 0)
 
 	api *api      // the HTTP routes
 	del *delivery // events, webhooks, outputs
+	st  *store    // records, Idempotency-Keys, result cache
 }
 
 // New loads and validates the workflows (built-in ones and cfg.Workflows)
@@ -173,7 +171,6 @@ func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Lo
 		jobs:        map[string]*job{},
 		active:      map[*job]struct{}{},
 		est:         map[string]*ewma{},
-		idem:        map[idemKey]*idemEntry{},
 		imageURLs:   newImageClient(cfg.ImageURLs),
 		inputs:      newInputStore(cfg.Jobs.InputMemoryBytes, cfg.Jobs.StateDir),
 		bodies:      limits.NewBodyBudget(cfg.Limits.MaxBufferedBodyBytes),
@@ -183,14 +180,17 @@ func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Lo
 		heartbeat: 15 * time.Second, webhookBackoff: time.Second, retryDelay: s.retryDelay, hooks: p.hooks, s3: p.store}
 	s.api = &api{del: s.del, eng: s, ctx: s.runCtx, cfg: cfg.Jobs, log: log, be: be, inputs: s.inputs,
 		bodies: s.bodies, imageURLs: s.imageURLs, hooks: p.hooks}
-	if s.cache, err = openResultCache(cfg.Jobs, m, log); err != nil {
+	s.st = &store{eng: s, del: s.del, ctx: s.runCtx, cfg: cfg.Jobs, log: log, m: m, idem: map[idemKey]*idemEntry{}}
+	s.del.st = s.st
+	s.api.st = s.st
+	if s.st.cache, err = openResultCache(cfg.Jobs, m, log); err != nil {
 		return nil, err
 	}
 	if dir := cfg.Jobs.StateDir; dir != "" {
-		if s.state, err = openStateDir(dir, log.Warn); err != nil {
+		if s.st.state, err = openStateDir(dir, log.Warn); err != nil {
 			return nil, err
 		}
-		s.inputs.saver = s.state
+		s.inputs.saver = s.st.state
 		s.restore()
 	}
 	return s, nil
@@ -204,9 +204,12 @@ func (s *Service) Start(ctx context.Context) {
 		s.wg.Add(2)
 		go s.loop("dispatch", dispatchTick, s.dispatch)
 		go s.loop("expiry", s.sweepEvery, s.sweep)
-		if s.state != nil {
+		if s.st.state != nil {
 			s.wg.Add(1)
-			go s.writer()
+			go func() {
+				defer s.wg.Done()
+				s.st.writer()
+			}()
 		}
 		s.jobsMu.Lock()
 		s.startReconcilingLocked()
@@ -224,11 +227,8 @@ func (s *Service) Close() {
 	s.closed = true
 	s.jobsMu.Unlock()
 	s.wg.Wait()
-	if s.state != nil {
-		s.state.flush()
-	}
+	s.st.close()
 	s.inputs.close()
-	s.cache.close()
 	s.del.close()
 }
 
@@ -373,7 +373,7 @@ func (s *Service) submit(j *job) {
 	if len(j.images) > 0 {
 		prepare = func(ctx context.Context, inst *upstream.Instance) error { return s.placeImages(ctx, j, inst) }
 	}
-	s.persist(j)
+	s.st.persist(j)
 	extra, _ := json.Marshal(map[string]any{"comfygate_job": map[string]string{"workflow": j.wf.name}})
 	res, err := s.be.Submit(ctx, prompts.SubmitRequest{
 		Body:     map[string]json.RawMessage{"prompt": prompt, "extra_data": extra},
@@ -448,7 +448,7 @@ func (s *Service) submit(j *job) {
 	}
 	cancelled := j.state == stCancelled && j.holdsSlot
 	s.jobsMu.Unlock()
-	s.persist(j)
+	s.st.persist(j)
 	if cancelled {
 		// Cancelled while the prompt was being submitted: take it back.
 		if _, err := s.be.Cancel(ctx, j.id); err != nil {
@@ -492,7 +492,7 @@ func (s *Service) requeueLocked(j *job, err error) {
 	}
 	s.log.Debug("job submission deferred", "job_id", j.id, "err", err)
 	j.state = stWaiting
-	s.saveLocked(j)
+	s.st.saveLocked(j)
 	delete(s.active, j)
 	s.line = append([]*job{j}, s.line...)
 	s.positionsLocked()
@@ -627,7 +627,7 @@ func (s *Service) succeededLocked(j *job, p *prompts.Prompt, inst *upstream.Inst
 	j.state = stFetching
 	j.prog.percent()
 	s.releaseLocked(j)
-	s.saveLocked(j)
+	s.st.saveLocked(j)
 	if !j.started.IsZero() {
 		e := s.est[j.wf.name]
 		if e == nil {
@@ -689,7 +689,7 @@ func (s *delivery) fetch(j *job, inst *upstream.Instance, refs []outRef, upstrea
 		}
 	}
 	if err == nil {
-		s.eng.keepResult(j, files)
+		s.st.keepResult(j, files)
 	}
 	s.eng.lock()
 	defer s.eng.unlock()
@@ -834,7 +834,7 @@ func (s *Service) finishLocked(j *job, st state, msg string) {
 		s.log.Info("job finished", "job_id", j.id, "workflow", j.wf.name, "status", st.public(),
 			"instance", j.instance, "run_ms", run.Milliseconds(), "wait_ms", wait.Milliseconds())
 	}
-	s.saveLocked(j)
+	s.st.saveLocked(j)
 	switch st {
 	case stCompleted:
 		s.del.emitLocked(j, evCompleted, "")
@@ -994,11 +994,11 @@ func (s *Service) sweep() {
 	now := s.now()
 	var watch []*job
 	s.jobsMu.Lock()
-	s.expireIdemLocked(now, false)
+	s.st.expireIdemLocked(now, false)
 	for id, j := range s.jobs {
 		if s.expiredLocked(j, now) && !j.holdsSlot {
 			s.del.dropOutputsLocked(j)
-			s.forgetLocked(j)
+			s.st.forgetLocked(j)
 			delete(s.jobs, id)
 			continue
 		}
@@ -1185,4 +1185,23 @@ func (s *Service) jobsLocked(scope string, keep func(*job) bool) (js []*job, wai
 		}
 	}
 	return js, waiting, inFlight
+}
+
+// addCompletedLocked adds j, completed at once from the result cache, to
+// the jobs; false once the service is closed.
+func (s *Service) addCompletedLocked(j *job) bool {
+	if s.closed {
+		return false
+	}
+	now := s.now()
+	s.seq++
+	j.seq = s.seq
+	j.created, j.dispatched = now, now
+	s.jobs[j.id] = j
+	s.m.JobSubmitted(j.wf.name)
+	if j.webhook != nil && j.webhook.progress {
+		s.goLocked("webhook", func() { s.del.streamHook(j) })
+	}
+	s.finishLocked(j, stCompleted, "")
+	return true
 }
