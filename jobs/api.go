@@ -13,7 +13,7 @@ import (
 // rendering of a job's status, result and outputs. It holds no job state:
 // it asks the engine under the engine's lock.
 type api struct {
-	eng       *Service
+	eng       *engine
 	del       *delivery       // event streams and waits, output views
 	st        *store          // Idempotency-Keys, the result cache
 	ctx       context.Context // ends when the service closes

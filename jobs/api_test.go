@@ -328,10 +328,10 @@ func TestVideoOutputRoundTrips(t *testing.T) {
 				t.Fatalf("files on disk: %v", entries)
 			}
 			// Expiry frees them.
-			h.svc.jobsMu.Lock()
-			h.svc.jobs[v.JobID].finished = time.Now().Add(-time.Hour)
-			h.svc.jobsMu.Unlock()
-			h.svc.sweep()
+			h.svc.eng.jobsMu.Lock()
+			h.svc.eng.jobs[v.JobID].finished = time.Now().Add(-time.Hour)
+			h.svc.eng.jobsMu.Unlock()
+			h.svc.eng.sweep()
 			entries, _ = filepath.Glob(filepath.Join(dir, "*", "*"))
 			mem := h.svc.del.outMem.Load()
 			if len(entries) != 0 || mem != 0 {
@@ -534,7 +534,7 @@ func TestWebhookSignedAndRetried(t *testing.T) {
 		c.Webhooks.Secret = secret
 	}, func(s *Service) {
 		s.del.webhookBackoff = 5 * time.Millisecond
-		s.m, s.del.m, s.st.m = m, m, m
+		s.eng.m, s.del.m, s.st.m = m, m, m
 	})
 	img := base64.StdEncoding.EncodeToString(testPNG(t, 16, 16))
 	code, _, b := postJSON(h, "/api/upscale-image", map[string]any{"image_base64": img, "webhook_url": srv.URL + "/hook"})

@@ -18,7 +18,7 @@ import (
 // then files) and their upload to S3. Jobs' fields are read and written
 // under the engine's lock; the output store's byte counts are its own.
 type delivery struct {
-	eng *Service
+	eng *engine
 	st  *store          // caches a completed result
 	ctx context.Context // ends when the service closes
 	cfg config.Jobs

@@ -490,7 +490,7 @@ func (wf *workflow) imageParams() int {
 }
 
 // accept puts a validated submission in the wait line.
-func (s *Service) accept(wf *workflow, sub *submission, values map[string]json.RawMessage, images map[string][]byte, hook string, meta jobMeta) (*job, *apiError) {
+func (s *engine) accept(wf *workflow, sub *submission, values map[string]json.RawMessage, images map[string][]byte, hook string, meta jobMeta) (*job, *apiError) {
 	healthy := s.be.Healthy()
 	parallel := max(1, min(len(healthy), s.cfg.MaxConcurrent))
 	j := &job{
@@ -581,13 +581,13 @@ func (s *Service) accept(wf *workflow, sub *submission, values map[string]json.R
 // checkLine answers whether a job of the workflow holding size bytes of
 // images may join the wait line now: 503 when no instance is available,
 // 429 with Retry-After when the line is full by count or by bytes.
-func (s *Service) checkLine(wf *workflow, size int64, parallel, healthy int) *apiError {
+func (s *engine) checkLine(wf *workflow, size int64, parallel, healthy int) *apiError {
 	s.jobsMu.Lock()
 	defer s.jobsMu.Unlock()
 	return s.checkLineLocked(wf, size, parallel, healthy)
 }
 
-func (s *Service) checkLineLocked(wf *workflow, size int64, parallel, healthy int) *apiError {
+func (s *engine) checkLineLocked(wf *workflow, size int64, parallel, healthy int) *apiError {
 	if healthy == 0 {
 		return &apiError{status: fasthttp.StatusServiceUnavailable, typ: errNoUpstream,
 			msg: "no ComfyUI instance is available", retryAfter: retryAfterSeconds(noUpstreamBackoff)}
@@ -611,7 +611,7 @@ func (s *Service) checkLineLocked(wf *workflow, size int64, parallel, healthy in
 }
 
 // lineBytesLocked is the size of the images the waiting jobs hold.
-func (s *Service) lineBytesLocked() int64 {
+func (s *engine) lineBytesLocked() int64 {
 	var n int64
 	for _, w := range s.line {
 		n += w.imageBytes()
@@ -803,7 +803,7 @@ func (s *api) serveDelete(ctx *fasthttp.RequestCtx, id, scope string) {
 		notFound(ctx, id)
 		return
 	}
-	known, cancelled := s.eng.CancelJob(ctx, id, scope)
+	known, cancelled := s.eng.cancel(ctx, id, scope)
 	if !known {
 		notFound(ctx, id)
 		return

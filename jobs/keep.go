@@ -186,7 +186,7 @@ func writeAtomic(path string, data []byte) error {
 // placeImages uploads the job's images to inst, the instance its prompt is
 // about to be sent to (the first time, or after a failover), from
 // comfygate's kept copies. It is the job's prompts.SubmitRequest.Prepare.
-func (s *Service) placeImages(ctx context.Context, j *job, inst *upstream.Instance) error {
+func (s *engine) placeImages(ctx context.Context, j *job, inst *upstream.Instance) error {
 	s.jobsMu.Lock()
 	imgs := make([]jobImage, 0, len(j.images))
 	for _, im := range j.images {

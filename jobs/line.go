@@ -36,7 +36,10 @@ var stateNames = map[state]string{
 }
 
 // Line returns the wait line and the active jobs, at most max of each.
-func (s *Service) Line(max int) Line {
+func (s *Service) Line(max int) Line { return s.eng.lineSnapshot(max) }
+
+// lineSnapshot is Service.Line.
+func (s *engine) lineSnapshot(max int) Line {
 	s.jobsMu.Lock()
 	defer s.jobsMu.Unlock()
 	now := s.now()

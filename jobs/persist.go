@@ -288,7 +288,7 @@ func (s *store) writer() {
 // those that were at an instance (or completed, whose outputs were in
 // this process) are reconciled against the instances once the service
 // starts (reconcile).
-func (s *Service) restore() {
+func (s *engine) restore() {
 	recs := s.st.records()
 	s.jobsMu.Lock()
 	defer s.jobsMu.Unlock()
@@ -402,7 +402,7 @@ const (
 // submit). Known nowhere, every instance answering (an instance that
 // restarted, or a submission that never arrived): submitted again from
 // the kept images.
-func (s *Service) reconcile(j *job) {
+func (s *engine) reconcile(j *job) {
 	ctx := s.runCtx
 	delay := reconcileFirst
 	start := time.Now()
@@ -472,7 +472,7 @@ const (
 // findPrompt asks the instances (the recorded one first) where prompt id
 // is: each one's /queue, then its /history (a prompt moves from the one to
 // the other, so asked in this order it is never missed in between).
-func (s *Service) findPrompt(ctx context.Context, id, recorded string) (*upstream.Instance, *comfyapi.HistoryEntry, int) {
+func (s *engine) findPrompt(ctx context.Context, id, recorded string) (*upstream.Instance, *comfyapi.HistoryEntry, int) {
 	insts := s.be.Instances()
 	slices.SortStableFunc(insts, func(a, b *upstream.Instance) int {
 		return boolRank(b.Name == recorded) - boolRank(a.Name == recorded)
@@ -505,7 +505,7 @@ func (s *Service) findPrompt(ctx context.Context, id, recorded string) (*upstrea
 }
 
 // queueIDs returns the prompt ids inst reports running and pending.
-func (s *Service) queueIDs(ctx context.Context, inst *upstream.Instance) (running, pending map[string]bool, err error) {
+func (s *engine) queueIDs(ctx context.Context, inst *upstream.Instance) (running, pending map[string]bool, err error) {
 	status, body, err := s.be.Call(ctx, inst, "GET", "/queue", nil, nil)
 	if err != nil {
 		return nil, nil, err
@@ -522,7 +522,7 @@ func (s *Service) queueIDs(ctx context.Context, inst *upstream.Instance) (runnin
 }
 
 // settleRestored ends a restored job as its instance's history says.
-func (s *Service) settleRestored(j *job, inst *upstream.Instance, entry *comfyapi.HistoryEntry) {
+func (s *engine) settleRestored(j *job, inst *upstream.Instance, entry *comfyapi.HistoryEntry) {
 	refs := historyRefs(entry)
 	s.jobsMu.Lock()
 	defer s.jobsMu.Unlock()
@@ -548,7 +548,7 @@ func historyError(entry *comfyapi.HistoryEntry) string {
 
 // resubmitRestoredLocked puts a restored job whose prompt no instance has
 // back at the head of the line, to run from its kept images.
-func (s *Service) resubmitRestoredLocked(j *job) {
+func (s *engine) resubmitRestoredLocked(j *job) {
 	j.restored = false
 	for _, im := range j.images {
 		if _, err := os.Stat(im.file); err != nil {
@@ -576,7 +576,7 @@ func (s *Service) resubmitRestoredLocked(j *job) {
 }
 
 // startReconcilingLocked starts reconcile for every restored job.
-func (s *Service) startReconcilingLocked() {
+func (s *engine) startReconcilingLocked() {
 	for _, id := range slices.Sorted(maps.Keys(s.jobs)) {
 		j := s.jobs[id]
 		if j.restored {

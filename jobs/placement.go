@@ -17,7 +17,7 @@ type Placer interface {
 }
 
 // workflows returns the current workflows (do not modify the map).
-func (s *Service) workflows() map[string]*workflow {
+func (s *engine) workflows() map[string]*workflow {
 	s.wfsMu.RLock()
 	defer s.wfsMu.RUnlock()
 	return s.wfs
@@ -27,6 +27,11 @@ func (s *Service) workflows() map[string]*workflow {
 // the function that makes them current; on error nothing changes. Jobs
 // already accepted keep the workflow they were accepted with.
 func (s *Service) LoadWorkflows(cfg *config.Config) (apply func(), err error) {
+	return s.eng.loadWorkflows(cfg)
+}
+
+// loadWorkflows is Service.LoadWorkflows.
+func (s *engine) loadWorkflows(cfg *config.Config) (apply func(), err error) {
 	wfs, err := loadWorkflows(cfg)
 	if err != nil {
 		return nil, err
@@ -40,11 +45,11 @@ func (s *Service) LoadWorkflows(cfg *config.Config) (apply func(), err error) {
 
 // SetPlacer makes jobs place their prompts with p (by default: on their
 // workflow's labels alone). Call before Start.
-func (s *Service) SetPlacer(p Placer) { s.placer = p }
+func (s *Service) SetPlacer(p Placer) { s.eng.placer = p }
 
 // place decides where a job's prompt may and had better run. ok is false,
 // with why, when no instance can run it.
-func (s *Service) place(j *job, prompt json.RawMessage) (d placement.Decision, why string, ok bool) {
+func (s *engine) place(j *job, prompt json.RawMessage) (d placement.Decision, why string, ok bool) {
 	placer := s.placer
 	if placer == nil {
 		placer = placement.New(s.be, nil, -1, nil)

@@ -53,8 +53,23 @@ const (
 	fetchPatience = 5 * time.Minute
 )
 
-// Service runs async jobs. Create it with New, start it with Start.
+// Service runs async jobs. Create it with New, start it with Start. It
+// wires the parts (see the package documentation) and holds none of the
+// jobs' state itself.
 type Service struct {
+	eng    *engine
+	api    *api
+	bodies *limits.BodyBudget
+	// del and st are the engine's; kept here for the tests.
+	del *delivery
+	st  *store
+}
+
+// engine runs the jobs: their states, the wait line, the slots, dispatch
+// to the prompt table, retries, cancellation, expiry and the watchdog. It
+// owns the lock that guards the jobs map, the line and every job's
+// mutable fields; the other parts take it with lock and unlock.
+type engine struct {
 	cfg config.Jobs
 	be  backend
 	m   *metrics.Metrics
@@ -99,7 +114,6 @@ type Service struct {
 	inputs    *inputStore        // the images of unfinished jobs
 	bodies    *limits.BodyBudget // request bodies held in memory (limits.max_buffered_body_bytes)
 
-	api *api      // the HTTP routes
 	del *delivery // events, webhooks, outputs
 	st  *store    // records, Idempotency-Keys, result cache
 }
@@ -156,7 +170,7 @@ func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Lo
 	if err != nil {
 		return nil, err
 	}
-	s := &Service{
+	s := &engine{
 		cfg:         cfg.Jobs,
 		be:          be,
 		m:           m,
@@ -178,11 +192,11 @@ func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Lo
 	s.runCtx, s.stop = context.WithCancel(context.Background())
 	s.del = &delivery{eng: s, ctx: s.runCtx, cfg: cfg.Jobs, log: log, m: m, be: be,
 		heartbeat: 15 * time.Second, webhookBackoff: time.Second, retryDelay: s.retryDelay, hooks: p.hooks, s3: p.store}
-	s.api = &api{del: s.del, eng: s, ctx: s.runCtx, cfg: cfg.Jobs, log: log, be: be, inputs: s.inputs,
+	a := &api{del: s.del, eng: s, ctx: s.runCtx, cfg: cfg.Jobs, log: log, be: be, inputs: s.inputs,
 		bodies: s.bodies, imageURLs: s.imageURLs, hooks: p.hooks}
 	s.st = &store{eng: s, del: s.del, ctx: s.runCtx, cfg: cfg.Jobs, log: log, m: m, idem: map[idemKey]*idemEntry{}}
 	s.del.st = s.st
-	s.api.st = s.st
+	a.st = s.st
 	if s.st.cache, err = openResultCache(cfg.Jobs, m, log); err != nil {
 		return nil, err
 	}
@@ -193,12 +207,40 @@ func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Lo
 		s.inputs.saver = s.st.state
 		s.restore()
 	}
-	return s, nil
+	return &Service{eng: s, api: a, bodies: s.bodies, del: s.del, st: s.st}, nil
 }
 
 // Start runs the dispatcher (moves jobs from the wait line to the
 // instances) and the expiry loop until ctx ends or Close.
-func (s *Service) Start(ctx context.Context) {
+func (s *Service) Start(ctx context.Context) { s.eng.start(ctx) }
+
+// Close stops the loops and waits for the goroutines the service started.
+// Jobs still running on instances are left to them; with a state
+// directory their records are written, and a restarted comfygate carries
+// on with them.
+func (s *Service) Close() { s.eng.close() }
+
+// CancelJob cancels a facade job wherever it is: removed from the wait
+// line, deleted from its instance's queue, or interrupted when running.
+// A cancelled job reports "cancelled" at once; a running one keeps its
+// slot until the instance confirms the interrupt (or cancelGrace passes),
+// so MaxConcurrent holds for the GPUs too. known is false when id is no
+// facade job (or it expired).
+//
+// With scope not "", a job whose owner is not scope is never cancelled;
+// it still reports known (and not cancelled), so that the caller does not
+// go on to cancel the job's prompt, which has the job's id, by another way.
+func (s *Service) CancelJob(ctx context.Context, id, scope string) (known, cancelled bool) {
+	return s.eng.cancel(ctx, id, scope)
+}
+
+// JobOwner returns the owner (the submitting key's name, "" with keys
+// off) of facade job id; known is false when id is no facade job (or it
+// expired). A job restored from the state directory keeps its owner.
+func (s *Service) JobOwner(id string) (owner string, known bool) { return s.eng.owner(id) }
+
+// start is Service.Start.
+func (s *engine) start(ctx context.Context) {
 	s.started.Do(func() {
 		context.AfterFunc(ctx, s.stop)
 		s.wg.Add(2)
@@ -217,11 +259,8 @@ func (s *Service) Start(ctx context.Context) {
 	})
 }
 
-// Close stops the loops and waits for the goroutines the service started.
-// Jobs still running on instances are left to them; with a state
-// directory their records are written, and a restarted comfygate carries
-// on with them.
-func (s *Service) Close() {
+// close is Service.Close.
+func (s *engine) close() {
 	s.stop()
 	s.jobsMu.Lock()
 	s.closed = true
@@ -233,7 +272,7 @@ func (s *Service) Close() {
 }
 
 // loop runs fn every period and whenever the dispatcher is woken.
-func (s *Service) loop(name string, period time.Duration, fn func()) {
+func (s *engine) loop(name string, period time.Duration, fn func()) {
 	defer s.wg.Done()
 	t := time.NewTicker(period)
 	defer t.Stop()
@@ -253,7 +292,7 @@ func (s *Service) loop(name string, period time.Duration, fn func()) {
 }
 
 // safely runs fn, logging a panic instead of dying with it.
-func (s *Service) safely(what string, fn func()) {
+func (s *engine) safely(what string, fn func()) {
 	defer func() {
 		if r := recover(); r != nil {
 			s.log.Error("jobs: panic", "in", what, "panic", r, "stack", string(debug.Stack()))
@@ -263,7 +302,7 @@ func (s *Service) safely(what string, fn func()) {
 }
 
 // kick wakes the dispatcher without blocking.
-func (s *Service) kick() {
+func (s *engine) kick() {
 	select {
 	case s.wake <- struct{}{}:
 	default:
@@ -272,7 +311,7 @@ func (s *Service) kick() {
 
 // goLocked starts fn on a goroutine the service waits for in Close. It
 // reports false once the service is closed. s.jobsMu must be held.
-func (s *Service) goLocked(what string, fn func()) bool {
+func (s *engine) goLocked(what string, fn func()) bool {
 	if s.closed {
 		return false
 	}
@@ -286,7 +325,7 @@ func (s *Service) goLocked(what string, fn func()) bool {
 
 // dispatch moves jobs from the head of the wait line to the instances
 // while slots are free.
-func (s *Service) dispatch() {
+func (s *engine) dispatch() {
 	s.jobsMu.Lock()
 	defer s.jobsMu.Unlock()
 	now := s.now()
@@ -314,13 +353,13 @@ func (s *Service) dispatch() {
 	s.gaugesLocked()
 }
 
-func (s *Service) gaugesLocked() {
+func (s *engine) gaugesLocked() {
 	s.m.SetWaitLine(len(s.line))
 	s.m.SetJobsInFlight(s.inFlight)
 }
 
 // releaseLocked frees the job's slot, if it holds one.
-func (s *Service) releaseLocked(j *job) {
+func (s *engine) releaseLocked(j *job) {
 	if !j.holdsSlot {
 		return
 	}
@@ -339,7 +378,7 @@ func (s *Service) releaseLocked(j *job) {
 // goes (placeImages, as the request's Prepare, which a failover runs
 // again for the instance it moves the prompt to). Runs on its own
 // goroutine, holding the job's slot.
-func (s *Service) submit(j *job) {
+func (s *engine) submit(j *job) {
 	ctx := s.runCtx
 	s.jobsMu.Lock()
 	if j.state != stSubmitting { // cancelled meanwhile
@@ -467,7 +506,7 @@ var errRefused = errors.New("the instance refused the job")
 // retryLater puts a job whose submission failed back at the head of the
 // wait line. Failures other than "no instance" count; past
 // maxSubmitAttempts the job fails.
-func (s *Service) retryLater(j *job, err error) {
+func (s *engine) retryLater(j *job, err error) {
 	s.jobsMu.Lock()
 	defer s.jobsMu.Unlock()
 	if j.state != stSubmitting {
@@ -478,7 +517,7 @@ func (s *Service) retryLater(j *job, err error) {
 }
 
 // requeueLocked takes a job that has not run back to the head of the line.
-func (s *Service) requeueLocked(j *job, err error) {
+func (s *engine) requeueLocked(j *job, err error) {
 	s.releaseLocked(j)
 	j.submitted = false
 	noUpstream := errors.Is(err, upstream.ErrNoUpstream)
@@ -532,7 +571,7 @@ func submitError(status int, body []byte) string {
 }
 
 // onEvent applies one execution event of the job's prompt.
-func (s *Service) onEvent(j *job, p *prompts.Prompt, ev prompts.Event, d *comfyapi.WSMessage) {
+func (s *engine) onEvent(j *job, p *prompts.Prompt, ev prompts.Event, d *comfyapi.WSMessage) {
 	s.jobsMu.Lock()
 	defer s.jobsMu.Unlock()
 	now := s.now()
@@ -622,7 +661,7 @@ func (s *Service) onEvent(j *job, p *prompts.Prompt, ev prompts.Event, d *comfya
 // succeededLocked handles the end of a successful run: the slot is free,
 // the run time feeds the estimate, and the result is fetched eagerly (so
 // it outlives the instance).
-func (s *Service) succeededLocked(j *job, p *prompts.Prompt, inst *upstream.Instance) {
+func (s *engine) succeededLocked(j *job, p *prompts.Prompt, inst *upstream.Instance) {
 	now := s.now()
 	j.state = stFetching
 	j.prog.percent()
@@ -802,7 +841,7 @@ func (s *delivery) download(ctx context.Context, j *job, inst *upstream.Instance
 }
 
 // finishLocked moves a job to a terminal state and records it.
-func (s *Service) finishLocked(j *job, st state, msg string) {
+func (s *engine) finishLocked(j *job, st state, msg string) {
 	if j.state.terminal() {
 		return
 	}
@@ -845,7 +884,7 @@ func (s *Service) finishLocked(j *job, st state, msg string) {
 	}
 }
 
-func (s *Service) removeFromLineLocked(j *job) {
+func (s *engine) removeFromLineLocked(j *job) {
 	for i, x := range s.line {
 		if x == j {
 			copy(s.line[i:], s.line[i+1:])
@@ -864,7 +903,7 @@ const positionEvents = 50
 
 // positionsLocked emits a queued event for each job near the head of the
 // line whose place changed since its last one.
-func (s *Service) positionsLocked() {
+func (s *engine) positionsLocked() {
 	for i, x := range s.line[:min(len(s.line), positionEvents)] {
 		if x.lastPos != i+1 {
 			s.del.emitLocked(x, evQueued, "")
@@ -872,17 +911,8 @@ func (s *Service) positionsLocked() {
 	}
 }
 
-// CancelJob cancels a facade job wherever it is: removed from the wait
-// line, deleted from its instance's queue, or interrupted when running.
-// A cancelled job reports "cancelled" at once; a running one keeps its
-// slot until the instance confirms the interrupt (or cancelGrace passes),
-// so MaxConcurrent holds for the GPUs too. known is false when id is no
-// facade job (or it expired).
-//
-// With scope not "", a job whose owner is not scope is never cancelled;
-// it still reports known (and not cancelled), so that the caller does not
-// go on to cancel the job's prompt, which has the job's id, by another way.
-func (s *Service) CancelJob(ctx context.Context, id, scope string) (known, cancelled bool) {
+// cancel is Service.CancelJob.
+func (s *engine) cancel(ctx context.Context, id, scope string) (known, cancelled bool) {
 	s.jobsMu.Lock()
 	j := s.lookupLocked(id, "")
 	if j == nil {
@@ -943,7 +973,7 @@ func (s *Service) CancelJob(ctx context.Context, id, scope string) (known, cance
 
 // deletedUnseen reports whether a job that never started has a prompt the
 // prompt table reports done although its instance has no history of it.
-func (s *Service) deletedUnseen(ctx context.Context, j *job) bool {
+func (s *engine) deletedUnseen(ctx context.Context, j *job) bool {
 	s.jobsMu.Lock()
 	queued := j.state == stQueued
 	s.jobsMu.Unlock()
@@ -960,7 +990,7 @@ func (s *Service) deletedUnseen(ctx context.Context, j *job) bool {
 
 // lookupLocked returns the job, nil when unknown, expired, or (scope not
 // "") owned by another than scope.
-func (s *Service) lookupLocked(id, scope string) *job {
+func (s *engine) lookupLocked(id, scope string) *job {
 	j := s.jobs[id]
 	if j == nil || s.expiredLocked(j, s.now()) || !inScope(j, scope) {
 		return nil
@@ -972,10 +1002,8 @@ func (s *Service) lookupLocked(id, scope string) *job {
 // scope is "", else only scope's own.
 func inScope(j *job, scope string) bool { return scope == "" || j.meta.owner == scope }
 
-// JobOwner returns the owner (the submitting key's name, "" with keys
-// off) of facade job id; known is false when id is no facade job (or it
-// expired). A job restored from the state directory keeps its owner.
-func (s *Service) JobOwner(id string) (owner string, known bool) {
+// owner is Service.JobOwner.
+func (s *engine) owner(id string) (owner string, known bool) {
 	s.jobsMu.Lock()
 	defer s.jobsMu.Unlock()
 	j := s.lookupLocked(id, "")
@@ -985,12 +1013,12 @@ func (s *Service) JobOwner(id string) (owner string, known bool) {
 	return j.meta.owner, true
 }
 
-func (s *Service) expiredLocked(j *job, now time.Time) bool {
+func (s *engine) expiredLocked(j *job, now time.Time) bool {
 	return j.state.terminal() && now.Sub(j.finished) >= s.cfg.Timeout
 }
 
 // sweep removes expired jobs and watches the jobs at the instances.
-func (s *Service) sweep() {
+func (s *engine) sweep() {
 	now := s.now()
 	var watch []*job
 	s.jobsMu.Lock()
@@ -1023,7 +1051,7 @@ func atInstance(j *job) bool {
 // back in line) or that the pool reports finished although no terminal
 // event reached the job (events lost in a socket reconnect: the
 // instance's history says how it ended, asked at most once per staleAfter).
-func (s *Service) watch(j *job, now time.Time) {
+func (s *engine) watch(j *job, now time.Time) {
 	// The pool is asked without jobsMu held: it may hold its own locks
 	// while it delivers events, which take jobsMu.
 	p, ok := s.be.Prompt(j.id)
@@ -1070,7 +1098,7 @@ func (s *Service) watch(j *job, now time.Time) {
 // the outputs refs, cancelled, or failed with the entry's error. An entry
 // without a status (a server older than November 2023) counts as a
 // success when it holds the job's output. s.jobsMu held.
-func (s *Service) endFromHistoryLocked(j *job, p *prompts.Prompt, inst *upstream.Instance, entry *comfyapi.HistoryEntry, refs []outRef) {
+func (s *engine) endFromHistoryLocked(j *job, p *prompts.Prompt, inst *upstream.Instance, entry *comfyapi.HistoryEntry, refs []outRef) {
 	outcome := entry.Outcome()
 	if outcome == comfyapi.OutcomeSuccess || (outcome == comfyapi.OutcomeUnknown && hasNode(refs, j.wf.cfg.OutputNode)) {
 		j.addOutputsLocked(refs)
@@ -1088,12 +1116,12 @@ func (s *Service) endFromHistoryLocked(j *job, p *prompts.Prompt, inst *upstream
 }
 
 // runEstimateLocked is the expected run time of one job of the workflow.
-func (s *Service) runEstimateLocked(wf string) time.Duration {
+func (s *engine) runEstimateLocked(wf string) time.Duration {
 	return s.est[wf].value(defaultRunEstimate)
 }
 
 // remainingLocked is the expected run time left for j.
-func (s *Service) remainingLocked(j *job) time.Duration {
+func (s *engine) remainingLocked(j *job) time.Duration {
 	d := s.runEstimateLocked(j.wf.name)
 	return d * time.Duration(100-j.prog.reported) / 100
 }
@@ -1101,7 +1129,7 @@ func (s *Service) remainingLocked(j *job) time.Duration {
 // estimateLocked is the expected time until j completes: the work of the
 // jobs ahead of it (those at the instances and those before it in the
 // line) spread over the instances that run in parallel, plus its own.
-func (s *Service) estimateLocked(j *job, parallel int) time.Duration {
+func (s *engine) estimateLocked(j *job, parallel int) time.Duration {
 	var ahead time.Duration
 	if j.state == stWaiting {
 		for x := range s.active {
@@ -1119,13 +1147,13 @@ func (s *Service) estimateLocked(j *job, parallel int) time.Duration {
 
 // parallelism is how many jobs run at once: healthy instances, capped by
 // MaxConcurrent. Never call with s.jobsMu held (it asks the pool).
-func (s *Service) parallelism() int {
+func (s *engine) parallelism() int {
 	return max(1, min(len(s.be.Healthy()), s.cfg.MaxConcurrent))
 }
 
 // queuePositionLocked is the 1-based place of a waiting job in the line,
 // 0 when it is no longer waiting.
-func (s *Service) queuePositionLocked(j *job) int {
+func (s *engine) queuePositionLocked(j *job) int {
 	if j.state != stWaiting {
 		return 0
 	}
@@ -1149,19 +1177,19 @@ func itoa(n int) string { return strconv.Itoa(n) }
 
 // lock takes the lock that guards every job's mutable fields, the jobs
 // map and the wait line. The other parts take it through lock and unlock.
-func (s *Service) lock() { s.jobsMu.Lock() }
+func (s *engine) lock() { s.jobsMu.Lock() }
 
-func (s *Service) unlock() { s.jobsMu.Unlock() }
+func (s *engine) unlock() { s.jobsMu.Unlock() }
 
 // timeNow is the service's clock (tests set now).
-func (s *Service) timeNow() time.Time { return s.now() }
+func (s *engine) timeNow() time.Time { return s.now() }
 
 // jobLocked returns job id as held, expired or not; nil when unknown.
-func (s *Service) jobLocked(id string) *job { return s.jobs[id] }
+func (s *engine) jobLocked(id string) *job { return s.jobs[id] }
 
 // jobsLocked returns the unexpired jobs of scope that keep accepts, and
 // how many of scope's jobs wait in line and hold a slot.
-func (s *Service) jobsLocked(scope string, keep func(*job) bool) (js []*job, waiting, inFlight int) {
+func (s *engine) jobsLocked(scope string, keep func(*job) bool) (js []*job, waiting, inFlight int) {
 	now := s.now()
 	js = make([]*job, 0, len(s.jobs))
 	for _, j := range s.jobs {
@@ -1189,7 +1217,7 @@ func (s *Service) jobsLocked(scope string, keep func(*job) bool) (js []*job, wai
 
 // addCompletedLocked adds j, completed at once from the result cache, to
 // the jobs; false once the service is closed.
-func (s *Service) addCompletedLocked(j *job) bool {
+func (s *engine) addCompletedLocked(j *job) bool {
 	if s.closed {
 		return false
 	}

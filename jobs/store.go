@@ -14,7 +14,7 @@ import (
 // guarded by the engine's lock (a key is reserved and taken in the same
 // step as the engine's jobs change).
 type store struct {
-	eng *Service
+	eng *engine
 	del *delivery // makes a cached result's output files
 	ctx context.Context
 	cfg config.Jobs
