@@ -14,6 +14,7 @@ import (
 // it asks the engine under the engine's lock.
 type api struct {
 	eng       *engine
+	cat       *catalog        // the workflows
 	del       *delivery       // event streams and waits, output views
 	st        *store          // Idempotency-Keys, the result cache
 	ctx       context.Context // ends when the service closes

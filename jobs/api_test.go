@@ -331,7 +331,7 @@ func TestVideoOutputRoundTrips(t *testing.T) {
 			h.svc.eng.jobsMu.Lock()
 			h.svc.eng.jobs[v.JobID].finished = time.Now().Add(-time.Hour)
 			h.svc.eng.jobsMu.Unlock()
-			h.svc.eng.sweep()
+			h.svc.wd.sweep()
 			entries, _ = filepath.Glob(filepath.Join(dir, "*", "*"))
 			mem := h.svc.del.outMem.Load()
 			if len(entries) != 0 || mem != 0 {

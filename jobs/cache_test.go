@@ -162,7 +162,7 @@ func TestCacheMisses(t *testing.T) {
 // mustKey is the cache key of a JSON submission of img with params.
 func mustKey(t *testing.T, s *Service, scope, wfName string, img []byte, params map[string]json.RawMessage) string {
 	t.Helper()
-	wf := s.eng.workflows()[wfName]
+	wf := s.cat.workflows()[wfName]
 	key, graph := s.st.cacheKey(scope, wf, &submission{image: img}, params, nil)
 	if key == "" || len(graph) == 0 {
 		t.Fatalf("no cache key for %s", wfName)
@@ -213,7 +213,7 @@ func TestCacheKey(t *testing.T) {
 			t.Errorf("%s: same key", tc.desc)
 		}
 	}
-	if k, _ := s.st.cacheKey("", s.eng.workflows()["up-nocache"], &submission{image: img}, nil, nil); k != "" {
+	if k, _ := s.st.cacheKey("", s.cat.workflows()["up-nocache"], &submission{image: img}, nil, nil); k != "" {
 		t.Error("a workflow without cache has a cache key")
 	}
 
@@ -223,7 +223,7 @@ func TestCacheKey(t *testing.T) {
 	if err := os.WriteFile(p, img, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	wf := s.eng.workflows()["up"]
+	wf := s.cat.workflows()["up"]
 	mem, _ := s.st.cacheKey("", wf, &submission{image: img}, x2, nil)
 	file, _ := s.st.cacheKey("", wf, &submission{spool: &spooledImage{path: p, size: int64(len(img))}}, x2, nil)
 	if mem != file {

@@ -245,7 +245,7 @@ type workflowView struct {
 
 // serveWorkflows lists the workflows with their request bodies as JSON Schema.
 func (s *api) serveWorkflows(ctx *fasthttp.RequestCtx) {
-	wfs := s.eng.workflows()
+	wfs := s.cat.workflows()
 	out := make([]workflowView, 0, len(wfs))
 	for _, name := range slices.Sorted(maps.Keys(wfs)) {
 		wf := wfs[name]

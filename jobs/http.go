@@ -236,7 +236,7 @@ func (s *api) serveSubmit(ctx *fasthttp.RequestCtx, r Request, name string, buil
 	if !allow(ctx, "POST") {
 		return
 	}
-	wfs := s.eng.workflows()
+	wfs := s.cat.workflows()
 	wf := wfs[name]
 	if wf == nil {
 		writeError(ctx, badRequest(errUnknownWorkflow, "unknown workflow %q (known: %s)", name, strings.Join(slices.Sorted(maps.Keys(wfs)), ", ")))

@@ -186,13 +186,13 @@ func writeAtomic(path string, data []byte) error {
 // placeImages uploads the job's images to inst, the instance its prompt is
 // about to be sent to (the first time, or after a failover), from
 // comfygate's kept copies. It is the job's prompts.SubmitRequest.Prepare.
-func (s *engine) placeImages(ctx context.Context, j *job, inst *upstream.Instance) error {
-	s.jobsMu.Lock()
+func (s *delivery) placeImages(ctx context.Context, j *job, inst *upstream.Instance) error {
+	s.eng.lock()
 	imgs := make([]jobImage, 0, len(j.images))
 	for _, im := range j.images {
 		imgs = append(imgs, *im)
 	}
-	s.jobsMu.Unlock()
+	s.eng.unlock()
 	var errs []error
 	for i := range imgs {
 		im := &imgs[i]
@@ -208,7 +208,7 @@ func (s *engine) placeImages(ctx context.Context, j *job, inst *upstream.Instanc
 		s.be.PinFile(im.ref(), inst)
 	}
 	err := errors.Join(errs...)
-	s.jobsMu.Lock()
+	s.eng.lock()
 	if err != nil {
 		if j.uploadFailed == nil {
 			j.uploadFailed = map[string]bool{}
@@ -217,7 +217,7 @@ func (s *engine) placeImages(ctx context.Context, j *job, inst *upstream.Instanc
 	} else {
 		delete(j.uploadFailed, inst.Name)
 	}
-	s.jobsMu.Unlock()
+	s.eng.unlock()
 	if err != nil {
 		s.log.Warn("job image upload failed", "job_id", j.id, "instance", inst.Name, "err", err)
 	}

@@ -298,7 +298,7 @@ func (s *engine) restore() {
 			meta: jobMeta{owner: rec.Owner}}
 		s.seq = max(s.seq, rec.Seq)
 		s.st.restoreIdemLocked(j, rec)
-		j.wf = s.wfs[rec.Workflow]
+		j.wf = s.cat.workflows()[rec.Workflow]
 		if j.wf == nil {
 			j.wf = &workflow{name: rec.Workflow}
 			if rec.State == recWaiting || rec.State == recSubmitted || rec.State == statusCompleted {
@@ -532,7 +532,7 @@ func (s *engine) settleRestored(j *job, inst *upstream.Instance, entry *comfyapi
 	j.restored = false
 	j.instance = inst.Name
 	j.state = stRunning
-	s.endFromHistoryLocked(j, nil, inst, entry, refs)
+	s.wd.endFromHistoryLocked(j, nil, inst, entry, refs)
 }
 
 // historyError is the message of a failed history entry.

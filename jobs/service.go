@@ -58,11 +58,13 @@ const (
 // jobs' state itself.
 type Service struct {
 	eng    *engine
+	cat    *catalog
 	api    *api
 	bodies *limits.BodyBudget
 	// del and st are the engine's; kept here for the tests.
 	del *delivery
 	st  *store
+	wd  *watchdog
 }
 
 // engine runs the jobs: their states, the wait line, the slots, dispatch
@@ -74,20 +76,13 @@ type engine struct {
 	be  backend
 	m   *metrics.Metrics
 	log *slog.Logger
-	// wfsMu guards wfs, which a reload replaces (LoadWorkflows); a job
-	// keeps the workflow it was accepted with.
-	wfsMu sync.RWMutex
-	wfs   map[string]*workflow
-	// placer places prompts (SetPlacer); nil: on labels only.
-	placer Placer
+	cat *catalog  // the workflows and the placement policy
+	wd  *watchdog // expiry, and jobs whose end went unseen
 
 	now func() time.Time
 	// cancelGrace is how long a cancelled running job keeps its slot
 	// while the interrupt takes effect, if the instance never confirms.
 	cancelGrace time.Duration
-	// staleAfter is how long an active job may go without an event before
-	// the watchdog asks the prompt table whether its prompt ended unseen.
-	staleAfter time.Duration
 	// sweepEvery is the period of the loop that expires finished jobs and
 	// watches those at the instances.
 	sweepEvery time.Duration
@@ -175,10 +170,9 @@ func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Lo
 		be:          be,
 		m:           m,
 		log:         log,
-		wfs:         p.wfs,
+		cat:         &catalog{be: be, wfs: p.wfs},
 		now:         time.Now,
 		cancelGrace: max(cfg.Timeout, time.Second),
-		staleAfter:  30 * time.Second,
 		sweepEvery:  min(max(cfg.Jobs.Timeout/4, 10*time.Millisecond), time.Second),
 		retryDelay:  200 * time.Millisecond,
 		wake:        make(chan struct{}, 1),
@@ -192,8 +186,9 @@ func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Lo
 	s.runCtx, s.stop = context.WithCancel(context.Background())
 	s.del = &delivery{eng: s, ctx: s.runCtx, cfg: cfg.Jobs, log: log, m: m, be: be,
 		heartbeat: 15 * time.Second, webhookBackoff: time.Second, retryDelay: s.retryDelay, hooks: p.hooks, s3: p.store}
-	a := &api{del: s.del, eng: s, ctx: s.runCtx, cfg: cfg.Jobs, log: log, be: be, inputs: s.inputs,
+	a := &api{del: s.del, eng: s, cat: s.cat, ctx: s.runCtx, cfg: cfg.Jobs, log: log, be: be, inputs: s.inputs,
 		bodies: s.bodies, imageURLs: s.imageURLs, hooks: p.hooks}
+	s.wd = &watchdog{eng: s, del: s.del, be: be, ctx: s.runCtx, staleAfter: 30 * time.Second}
 	s.st = &store{eng: s, del: s.del, ctx: s.runCtx, cfg: cfg.Jobs, log: log, m: m, idem: map[idemKey]*idemEntry{}}
 	s.del.st = s.st
 	a.st = s.st
@@ -207,7 +202,7 @@ func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Lo
 		s.inputs.saver = s.st.state
 		s.restore()
 	}
-	return &Service{eng: s, api: a, bodies: s.bodies, del: s.del, st: s.st}, nil
+	return &Service{eng: s, cat: s.cat, wd: s.wd, api: a, bodies: s.bodies, del: s.del, st: s.st}, nil
 }
 
 // Start runs the dispatcher (moves jobs from the wait line to the
@@ -245,7 +240,7 @@ func (s *engine) start(ctx context.Context) {
 		context.AfterFunc(ctx, s.stop)
 		s.wg.Add(2)
 		go s.loop("dispatch", dispatchTick, s.dispatch)
-		go s.loop("expiry", s.sweepEvery, s.sweep)
+		go s.loop("expiry", s.sweepEvery, s.wd.sweep)
 		if s.st.state != nil {
 			s.wg.Add(1)
 			go func() {
@@ -391,7 +386,7 @@ func (s *engine) submit(j *job) {
 	refused := maps.Clone(j.refusedBy)
 	s.jobsMu.Unlock()
 
-	pl, why, runnable := s.place(j, prompt)
+	pl, why, runnable := s.cat.place(j, prompt)
 	eligible := pl.Eligible
 	if !runnable {
 		s.jobsMu.Lock()
@@ -410,7 +405,7 @@ func (s *engine) submit(j *job) {
 	}
 	var prepare func(context.Context, *upstream.Instance) error
 	if len(j.images) > 0 {
-		prepare = func(ctx context.Context, inst *upstream.Instance) error { return s.placeImages(ctx, j, inst) }
+		prepare = func(ctx context.Context, inst *upstream.Instance) error { return s.del.placeImages(ctx, j, inst) }
 	}
 	s.st.persist(j)
 	extra, _ := json.Marshal(map[string]any{"comfygate_job": map[string]string{"workflow": j.wf.name}})
@@ -422,8 +417,8 @@ func (s *engine) submit(j *job) {
 		Prefer:   pl.Prefer,
 		Prepare:  prepare,
 	})
-	if err == nil && res.Prompt != nil && s.placer != nil {
-		s.placer.Ran(res.Instance, pl)
+	if err == nil && res.Prompt != nil {
+		s.cat.ran(res.Instance, pl)
 	}
 	switch {
 	case err != nil && res.Instance != nil:
@@ -942,7 +937,7 @@ func (s *engine) cancel(ctx context.Context, id, scope string) (known, cancelled
 	ok, err := s.be.Cancel(ctx, id)
 	if err != nil {
 		s.log.Warn("cancel job", "job_id", id, "err", err)
-	} else if !ok && s.deletedUnseen(ctx, j) {
+	} else if !ok && s.wd.deletedUnseen(ctx, j) {
 		// The prompt table's queue check (after the instance's status broadcast)
 		// marked the prompt done between its delete and its own look, and
 		// Cancel then took "done" for "finished first". The instance has
@@ -973,10 +968,10 @@ func (s *engine) cancel(ctx context.Context, id, scope string) (known, cancelled
 
 // deletedUnseen reports whether a job that never started has a prompt the
 // prompt table reports done although its instance has no history of it.
-func (s *engine) deletedUnseen(ctx context.Context, j *job) bool {
-	s.jobsMu.Lock()
+func (s *watchdog) deletedUnseen(ctx context.Context, j *job) bool {
+	s.eng.lock()
 	queued := j.state == stQueued
-	s.jobsMu.Unlock()
+	s.eng.unlock()
 	if !queued {
 		return false
 	}
@@ -1018,10 +1013,19 @@ func (s *engine) expiredLocked(j *job, now time.Time) bool {
 }
 
 // sweep removes expired jobs and watches the jobs at the instances.
-func (s *engine) sweep() {
-	now := s.now()
-	var watch []*job
-	s.jobsMu.Lock()
+func (s *watchdog) sweep() {
+	now := s.eng.timeNow()
+	s.eng.lock()
+	watch := s.eng.sweepLocked(now)
+	s.eng.unlock()
+	for _, j := range watch {
+		s.watch(j, now)
+	}
+}
+
+// sweepLocked forgets expired Idempotency-Keys, removes expired jobs and
+// returns the jobs at the instances.
+func (s *engine) sweepLocked(now time.Time) (watch []*job) {
 	s.st.expireIdemLocked(now, false)
 	for id, j := range s.jobs {
 		if s.expiredLocked(j, now) && !j.holdsSlot {
@@ -1034,10 +1038,7 @@ func (s *engine) sweep() {
 			watch = append(watch, j)
 		}
 	}
-	s.jobsMu.Unlock()
-	for _, j := range watch {
-		s.watch(j, now)
-	}
+	return watch
 }
 
 // atInstance reports whether the prompt table has the job's prompt: submitted and
@@ -1051,24 +1052,24 @@ func atInstance(j *job) bool {
 // back in line) or that the pool reports finished although no terminal
 // event reached the job (events lost in a socket reconnect: the
 // instance's history says how it ended, asked at most once per staleAfter).
-func (s *engine) watch(j *job, now time.Time) {
+func (s *watchdog) watch(j *job, now time.Time) {
 	// The pool is asked without jobsMu held: it may hold its own locks
 	// while it delivers events, which take jobsMu.
 	p, ok := s.be.Prompt(j.id)
 	done := ok && p.State() == prompts.PromptDone
-	s.jobsMu.Lock()
+	s.eng.lock()
 	if !atInstance(j) {
-		s.jobsMu.Unlock()
+		s.eng.unlock()
 		return
 	}
 	if !ok {
 		if !j.sawEvent {
-			s.requeueLocked(j, errors.New("the instance never confirmed the prompt"))
+			s.eng.requeueLocked(j, errors.New("the instance never confirmed the prompt"))
 		} else {
-			s.finishLocked(j, stFailed, "comfygate lost track of the job's prompt")
-			s.releaseLocked(j)
+			s.eng.finishLocked(j, stFailed, "comfygate lost track of the job's prompt")
+			s.eng.releaseLocked(j)
 		}
-		s.jobsMu.Unlock()
+		s.eng.unlock()
 		return
 	}
 	last := j.lastEvent
@@ -1076,18 +1077,18 @@ func (s *engine) watch(j *job, now time.Time) {
 		last = j.dispatched
 	}
 	if !done || now.Sub(last) < s.staleAfter {
-		s.jobsMu.Unlock()
+		s.eng.unlock()
 		return
 	}
 	j.lastEvent = now // one look per staleAfter
-	s.jobsMu.Unlock()
+	s.eng.unlock()
 	inst := p.Instance()
 	if inst == nil {
 		return
 	}
-	refs, entry := s.del.historyOutputs(s.runCtx, inst, p.UpstreamID())
-	s.jobsMu.Lock()
-	defer s.jobsMu.Unlock()
+	refs, entry := s.del.historyOutputs(s.ctx, inst, p.UpstreamID())
+	s.eng.lock()
+	defer s.eng.unlock()
 	if j.state.terminal() || j.state == stFetching || entry == nil {
 		return
 	}
@@ -1098,21 +1099,21 @@ func (s *engine) watch(j *job, now time.Time) {
 // the outputs refs, cancelled, or failed with the entry's error. An entry
 // without a status (a server older than November 2023) counts as a
 // success when it holds the job's output. s.jobsMu held.
-func (s *engine) endFromHistoryLocked(j *job, p *prompts.Prompt, inst *upstream.Instance, entry *comfyapi.HistoryEntry, refs []outRef) {
+func (s *watchdog) endFromHistoryLocked(j *job, p *prompts.Prompt, inst *upstream.Instance, entry *comfyapi.HistoryEntry, refs []outRef) {
 	outcome := entry.Outcome()
 	if outcome == comfyapi.OutcomeSuccess || (outcome == comfyapi.OutcomeUnknown && hasNode(refs, j.wf.cfg.OutputNode)) {
 		j.addOutputsLocked(refs)
 		j.outInst = inst
-		s.succeededLocked(j, p, inst)
+		s.eng.succeededLocked(j, p, inst)
 		return
 	}
 	if outcome == comfyapi.OutcomeInterrupted {
-		s.finishLocked(j, stCancelled, "")
-		s.releaseLocked(j)
+		s.eng.finishLocked(j, stCancelled, "")
+		s.eng.releaseLocked(j)
 		return
 	}
-	s.finishLocked(j, stFailed, historyError(entry))
-	s.releaseLocked(j)
+	s.eng.finishLocked(j, stFailed, historyError(entry))
+	s.eng.releaseLocked(j)
 }
 
 // runEstimateLocked is the expected run time of one job of the workflow.

@@ -403,7 +403,7 @@ func TestExpiryWithClock(t *testing.T) {
 	id := submitFake(t, s, "/api/upscale-image")
 	s.CancelJob(context.Background(), id, "") // finished (cancelled) now
 	c.add(59 * time.Second)
-	s.eng.sweep()
+	s.wd.sweep()
 	if _, code, _, _ := serve(t, s, "GET", "/api/jobs/"+id+"/status", "", nil); code != 200 {
 		t.Fatalf("before JOB_TIMEOUT: %d", code)
 	}
@@ -411,7 +411,7 @@ func TestExpiryWithClock(t *testing.T) {
 	if _, code, _, _ := serve(t, s, "GET", "/api/jobs/"+id+"/status", "", nil); code != 404 {
 		t.Fatalf("at JOB_TIMEOUT: %d", code)
 	}
-	s.eng.sweep()
+	s.wd.sweep()
 	s.eng.jobsMu.Lock()
 	n := len(s.eng.jobs)
 	s.eng.jobsMu.Unlock()
@@ -436,8 +436,8 @@ func TestQuietJobs(t *testing.T) {
 	s.eng.dispatch()
 	f.waitSubmitted()
 	testkit.Eventually(t, "queued", func() bool { return jobState(s, id) == stQueued })
-	c.add(s.eng.staleAfter)
-	s.eng.sweep()
+	c.add(s.wd.staleAfter)
+	s.wd.sweep()
 	if st := jobState(s, id); st != stWaiting {
 		t.Fatalf("state %d, want back in the line", st)
 	}
@@ -450,8 +450,8 @@ func TestQuietJobs(t *testing.T) {
 	s.eng.dispatch()
 	f.waitSubmitted()
 	testkit.Eventually(t, "queued", func() bool { return jobState(s, id) == stQueued })
-	c.add(s.eng.staleAfter)
-	s.eng.sweep() // prompt not done at the pool: nothing happens
+	c.add(s.wd.staleAfter)
+	s.wd.sweep() // prompt not done at the pool: nothing happens
 	if st := jobState(s, id); st != stQueued {
 		t.Fatalf("state %d", st)
 	}
