@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -288,22 +287,22 @@ func (s *store) writer() {
 // those that were at an instance (or completed, whose outputs were in
 // this process) are reconciled against the instances once the service
 // starts (reconcile).
-func (s *engine) restore() {
-	recs := s.st.records()
-	s.jobsMu.Lock()
-	defer s.jobsMu.Unlock()
+func (s *store) restore() {
+	recs := s.records()
+	s.eng.lock()
+	defer s.eng.unlock()
+	waiting, atInstances := 0, 0
 	for _, rec := range recs {
-		j := &job{s: s, id: rec.ID, seq: rec.Seq, created: rec.Created, inputs: rec.Inputs, params: rec.Params,
+		j := &job{s: s.eng, id: rec.ID, seq: rec.Seq, created: rec.Created, inputs: rec.Inputs, params: rec.Params,
 			prompt: rec.Prompt, instance: rec.Instance, finished: rec.Finished, errMsg: rec.Error,
 			meta: jobMeta{owner: rec.Owner}}
-		s.seq = max(s.seq, rec.Seq)
-		s.st.restoreIdemLocked(j, rec)
+		s.restoreIdemLocked(j, rec)
 		j.wf = s.cat.workflows()[rec.Workflow]
 		if j.wf == nil {
 			j.wf = &workflow{name: rec.Workflow}
 			if rec.State == recWaiting || rec.State == recSubmitted || rec.State == statusCompleted {
 				rec.State, rec.Error = statusFailed, fmt.Sprintf("the workflow %q is no longer configured", rec.Workflow)
-				rec.Finished = s.now()
+				rec.Finished = s.eng.timeNow()
 			}
 		}
 		j.prog = newProgress(j.wf.nodes)
@@ -317,19 +316,19 @@ func (s *engine) restore() {
 		if rec.Webhook != "" {
 			j.webhook = &webhookState{url: rec.Webhook, progress: rec.Progress}
 		}
-		s.jobs[j.id] = j
+		s.eng.adoptLocked(j)
 		switch rec.State {
 		case recWaiting:
 			j.state = stWaiting
-			s.line = append(s.line, j)
+			s.eng.toLineLocked(j)
+			waiting++
 		case recSubmitted:
 			j.state, j.submitted, j.restored = stQueued, true, true
-			j.holdsSlot = true
-			s.inFlight++
-			s.active[j] = struct{}{}
+			s.eng.holdSlotLocked(j)
+			atInstances++
 		case statusCompleted:
 			if rec.Cache != "" {
-				s.st.restoreCachedLocked(j, rec.Cache)
+				s.restoreCachedLocked(j, rec.Cache)
 				break
 			}
 			j.state, j.restored = stFetching, true
@@ -340,17 +339,21 @@ func (s *engine) restore() {
 			}
 			j.errMsg, j.finished = rec.Error, rec.Finished
 			if j.finished.IsZero() {
-				j.finished = s.now()
+				j.finished = s.eng.timeNow()
 			}
 			for _, im := range j.images {
 				s.inputs.release(im)
 			}
 			j.images = nil
 		}
+		if j.restored {
+			s.restored = append(s.restored, j)
+		}
 		s.del.emitLocked(j, evQueued, "")
 	}
+	slices.SortFunc(s.restored, func(a, b *job) int { return cmp.Compare(a.id, b.id) })
 	if n := len(recs); n > 0 {
-		s.log.Info("jobs restored from the state directory", "jobs", n, "waiting", len(s.line), "at_instances", s.inFlight)
+		s.log.Info("jobs restored from the state directory", "jobs", n, "waiting", waiting, "at_instances", atInstances)
 	}
 }
 
@@ -402,18 +405,18 @@ const (
 // submit). Known nowhere, every instance answering (an instance that
 // restarted, or a submission that never arrived): submitted again from
 // the kept images.
-func (s *engine) reconcile(j *job) {
-	ctx := s.runCtx
+func (s *store) reconcile(j *job) {
+	ctx := s.ctx
 	delay := reconcileFirst
 	start := time.Now()
 	for ctx.Err() == nil {
-		s.jobsMu.Lock()
+		s.eng.lock()
 		if !j.restored || j.state.terminal() {
-			s.jobsMu.Unlock()
+			s.eng.unlock()
 			return
 		}
 		instName := j.instance
-		s.jobsMu.Unlock()
+		s.eng.unlock()
 
 		inst, entry, where := s.findPrompt(ctx, j.id, instName)
 		switch where {
@@ -421,32 +424,32 @@ func (s *engine) reconcile(j *job) {
 			s.settleRestored(j, inst, entry)
 			return
 		case promptNowhere:
-			s.jobsMu.Lock()
+			s.eng.lock()
 			if j.restored && !j.state.terminal() {
 				s.resubmitRestoredLocked(j)
 			}
-			s.jobsMu.Unlock()
+			s.eng.unlock()
 			return
 		case promptRunning:
-			s.jobsMu.Lock()
+			s.eng.lock()
 			if j.state == stQueued {
 				j.state = stRunning
-				j.started = s.now()
+				j.started = s.eng.timeNow()
 				s.del.emitLocked(j, evStarted, "")
 			}
 			if inst != nil {
 				j.instance = inst.Name
 			}
-			s.jobsMu.Unlock()
+			s.eng.unlock()
 			start = time.Now()
 		case promptQueued:
 			start = time.Now()
 		}
 		if time.Since(start) > reconcileGiveUp {
-			s.jobsMu.Lock()
-			s.finishLocked(j, stFailed, "comfygate restarted and the instance that had the job no longer answers")
-			s.releaseLocked(j)
-			s.jobsMu.Unlock()
+			s.eng.lock()
+			s.eng.finishLocked(j, stFailed, "comfygate restarted and the instance that had the job no longer answers")
+			s.eng.releaseLocked(j)
+			s.eng.unlock()
 			return
 		}
 		t := time.NewTimer(delay)
@@ -472,7 +475,7 @@ const (
 // findPrompt asks the instances (the recorded one first) where prompt id
 // is: each one's /queue, then its /history (a prompt moves from the one to
 // the other, so asked in this order it is never missed in between).
-func (s *engine) findPrompt(ctx context.Context, id, recorded string) (*upstream.Instance, *comfyapi.HistoryEntry, int) {
+func (s *store) findPrompt(ctx context.Context, id, recorded string) (*upstream.Instance, *comfyapi.HistoryEntry, int) {
 	insts := s.be.Instances()
 	slices.SortStableFunc(insts, func(a, b *upstream.Instance) int {
 		return boolRank(b.Name == recorded) - boolRank(a.Name == recorded)
@@ -505,7 +508,7 @@ func (s *engine) findPrompt(ctx context.Context, id, recorded string) (*upstream
 }
 
 // queueIDs returns the prompt ids inst reports running and pending.
-func (s *engine) queueIDs(ctx context.Context, inst *upstream.Instance) (running, pending map[string]bool, err error) {
+func (s *store) queueIDs(ctx context.Context, inst *upstream.Instance) (running, pending map[string]bool, err error) {
 	status, body, err := s.be.Call(ctx, inst, "GET", "/queue", nil, nil)
 	if err != nil {
 		return nil, nil, err
@@ -522,10 +525,10 @@ func (s *engine) queueIDs(ctx context.Context, inst *upstream.Instance) (running
 }
 
 // settleRestored ends a restored job as its instance's history says.
-func (s *engine) settleRestored(j *job, inst *upstream.Instance, entry *comfyapi.HistoryEntry) {
+func (s *store) settleRestored(j *job, inst *upstream.Instance, entry *comfyapi.HistoryEntry) {
 	refs := historyRefs(entry)
-	s.jobsMu.Lock()
-	defer s.jobsMu.Unlock()
+	s.eng.lock()
+	defer s.eng.unlock()
 	if !j.restored || j.state.terminal() {
 		return
 	}
@@ -548,39 +551,34 @@ func historyError(entry *comfyapi.HistoryEntry) string {
 
 // resubmitRestoredLocked puts a restored job whose prompt no instance has
 // back at the head of the line, to run from its kept images.
-func (s *engine) resubmitRestoredLocked(j *job) {
+func (s *store) resubmitRestoredLocked(j *job) {
 	j.restored = false
 	for _, im := range j.images {
 		if _, err := os.Stat(im.file); err != nil {
-			s.finishLocked(j, stFailed, "comfygate restarted and the job's image is no longer stored")
-			s.releaseLocked(j)
+			s.eng.finishLocked(j, stFailed, "comfygate restarted and the job's image is no longer stored")
+			s.eng.releaseLocked(j)
 			return
 		}
 	}
 	if j.state == stFetching {
 		// Completed before the restart, but its outputs went with that
 		// process and its instance has no history of it any more.
-		s.finishLocked(j, stFailed, "comfygate restarted and the instance that ran the job no longer has its outputs")
+		s.eng.finishLocked(j, stFailed, "comfygate restarted and the instance that ran the job no longer has its outputs")
 		return
 	}
 	s.log.Info("restored job known to no instance: submitted again", "job_id", j.id)
-	s.releaseLocked(j)
+	s.eng.releaseLocked(j)
 	j.submitted = false
 	j.instance = ""
 	j.state = stWaiting
-	delete(s.active, j)
-	s.line = append([]*job{j}, s.line...)
-	s.positionsLocked()
-	s.gaugesLocked()
-	s.kick()
+	s.eng.backInLineLocked(j)
 }
 
 // startReconcilingLocked starts reconcile for every restored job.
-func (s *engine) startReconcilingLocked() {
-	for _, id := range slices.Sorted(maps.Keys(s.jobs)) {
-		j := s.jobs[id]
+func (s *store) startReconcilingLocked() {
+	for _, j := range s.restored {
 		if j.restored {
-			s.goLocked("reconcile", func() { s.reconcile(j) })
+			s.eng.goLocked("reconcile", func() { s.reconcile(j) })
 		}
 	}
 }

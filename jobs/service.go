@@ -189,7 +189,7 @@ func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Lo
 	a := &api{del: s.del, eng: s, cat: s.cat, ctx: s.runCtx, cfg: cfg.Jobs, log: log, be: be, inputs: s.inputs,
 		bodies: s.bodies, imageURLs: s.imageURLs, hooks: p.hooks}
 	s.wd = &watchdog{eng: s, del: s.del, be: be, ctx: s.runCtx, staleAfter: 30 * time.Second}
-	s.st = &store{eng: s, del: s.del, ctx: s.runCtx, cfg: cfg.Jobs, log: log, m: m, idem: map[idemKey]*idemEntry{}}
+	s.st = &store{eng: s, del: s.del, wd: s.wd, cat: s.cat, be: be, inputs: s.inputs, ctx: s.runCtx, cfg: cfg.Jobs, log: log, m: m, idem: map[idemKey]*idemEntry{}}
 	s.del.st = s.st
 	a.st = s.st
 	if s.st.cache, err = openResultCache(cfg.Jobs, m, log); err != nil {
@@ -200,7 +200,7 @@ func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Lo
 			return nil, err
 		}
 		s.inputs.saver = s.st.state
-		s.restore()
+		s.st.restore()
 	}
 	return &Service{eng: s, cat: s.cat, wd: s.wd, api: a, bodies: s.bodies, del: s.del, st: s.st}, nil
 }
@@ -249,7 +249,7 @@ func (s *engine) start(ctx context.Context) {
 			}()
 		}
 		s.jobsMu.Lock()
-		s.startReconcilingLocked()
+		s.st.startReconcilingLocked()
 		s.jobsMu.Unlock()
 	})
 }
@@ -1233,4 +1233,29 @@ func (s *engine) addCompletedLocked(j *job) bool {
 	}
 	s.finishLocked(j, stCompleted, "")
 	return true
+}
+
+// adoptLocked adds j, restored from the state directory, to the jobs.
+func (s *engine) adoptLocked(j *job) {
+	s.seq = max(s.seq, j.seq)
+	s.jobs[j.id] = j
+}
+
+// toLineLocked puts j at the end of the wait line.
+func (s *engine) toLineLocked(j *job) { s.line = append(s.line, j) }
+
+// holdSlotLocked counts j, at an instance, in a slot.
+func (s *engine) holdSlotLocked(j *job) {
+	j.holdsSlot = true
+	s.inFlight++
+	s.active[j] = struct{}{}
+}
+
+// backInLineLocked puts j, taken from the line, back at its head.
+func (s *engine) backInLineLocked(j *job) {
+	delete(s.active, j)
+	s.line = append([]*job{j}, s.line...)
+	s.positionsLocked()
+	s.gaugesLocked()
+	s.kick()
 }

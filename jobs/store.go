@@ -15,7 +15,10 @@ import (
 // step as the engine's jobs change).
 type store struct {
 	eng *engine
-	del *delivery // makes a cached result's output files
+	del *delivery // makes a cached result's output files, reads history
+	wd  *watchdog // ends a restored job as its history says
+	cat *catalog  // the workflows restored jobs name
+	be  backend
 	ctx context.Context
 	cfg config.Jobs
 	log *slog.Logger
@@ -24,6 +27,11 @@ type store struct {
 	state *stateDir              // nil: jobs are not persisted
 	cache *resultCache           // nil: no result cache (jobs.cache_max_bytes 0)
 	idem  map[idemKey]*idemEntry // Idempotency-Key -> the job it created; engine's lock
+	// inputs is where restored jobs' images must be.
+	inputs *inputStore
+	// restored are the jobs restore took back at an instance, by id:
+	// reconcile settles them once the service starts.
+	restored []*job
 }
 
 // close writes the records still queued and closes the result cache.
