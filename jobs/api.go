@@ -15,6 +15,7 @@ import (
 type api struct {
 	eng       *engine
 	cat       *catalog        // the workflows
+	line      *waitLine       // places and estimates, read under the engine's lock
 	del       *delivery       // event streams and waits, output views
 	st        *store          // Idempotency-Keys, the result cache
 	ctx       context.Context // ends when the service closes

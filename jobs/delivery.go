@@ -18,13 +18,14 @@ import (
 // then files) and their upload to S3. Jobs' fields are read and written
 // under the engine's lock; the output store's byte counts are its own.
 type delivery struct {
-	eng *engine
-	st  *store          // caches a completed result
-	ctx context.Context // ends when the service closes
-	cfg config.Jobs
-	log *slog.Logger
-	m   *metrics.Metrics
-	be  backend
+	eng  *engine
+	st   *store          // caches a completed result
+	line *waitLine       // a queued event's place in line
+	ctx  context.Context // ends when the service closes
+	cfg  config.Jobs
+	log  *slog.Logger
+	m    *metrics.Metrics
+	be   backend
 
 	// heartbeat is the period of comments on idle event streams.
 	heartbeat time.Duration

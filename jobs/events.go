@@ -63,7 +63,7 @@ func (s *delivery) emitLocked(j *job, typ string, node string) {
 	v := eventView{JobID: j.id, Status: j.state.public(), Progress: j.prog.reported, Instance: j.instance, Node: node, Timestamp: now.UTC()}
 	switch typ {
 	case evQueued:
-		pos := s.eng.queuePositionLocked(j)
+		pos := s.line.position(j)
 		v.QueuePosition = &pos
 		j.lastPos = pos
 	case evCompleted:

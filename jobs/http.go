@@ -347,7 +347,7 @@ func (s *api) serveSubmit(ctx *fasthttp.RequestCtx, r Request, name string, buil
 	}
 	parallel := s.eng.parallelism()
 	s.eng.lock()
-	est := s.eng.estimateLocked(j, parallel)
+	est := s.line.estimate(j, parallel)
 	st := j.state.public()
 	s.eng.unlock()
 	if !replayed && !j.cached {
@@ -548,7 +548,7 @@ func (s *engine) accept(wf *workflow, sub *submission, values map[string]json.Ra
 	}
 
 	s.jobsMu.Lock()
-	aerr := s.checkLineLocked(wf, j.imageBytes(), parallel, len(healthy))
+	aerr := s.line.check(wf, j.imageBytes(), parallel, len(healthy))
 	if s.closed {
 		aerr = &apiError{status: fasthttp.StatusServiceUnavailable, typ: errShuttingDown, msg: "comfygate is shutting down", retryAfter: 1}
 	}
@@ -564,7 +564,7 @@ func (s *engine) accept(wf *workflow, sub *submission, values map[string]json.Ra
 	j.created = s.now()
 	j.state = stWaiting
 	s.jobs[j.id] = j
-	s.line = append(s.line, j)
+	s.line.push(j)
 	s.m.JobSubmitted(wf.name)
 	s.gaugesLocked()
 	s.kick()
@@ -584,39 +584,7 @@ func (s *engine) accept(wf *workflow, sub *submission, values map[string]json.Ra
 func (s *engine) checkLine(wf *workflow, size int64, parallel, healthy int) *apiError {
 	s.jobsMu.Lock()
 	defer s.jobsMu.Unlock()
-	return s.checkLineLocked(wf, size, parallel, healthy)
-}
-
-func (s *engine) checkLineLocked(wf *workflow, size int64, parallel, healthy int) *apiError {
-	if healthy == 0 {
-		return &apiError{status: fasthttp.StatusServiceUnavailable, typ: errNoUpstream,
-			msg: "no ComfyUI instance is available", retryAfter: retryAfterSeconds(noUpstreamBackoff)}
-	}
-	if held, max := s.lineBytesLocked()+size, s.cfg.MaxWaitingBytes; max > 0 && held > max && len(s.line) > 0 {
-		// The waiting jobs' images are kept until the jobs end: bounded by
-		// bytes as well as by count (a lone job over the cap may still wait).
-		wait := s.runEstimateLocked(wf.name) / time.Duration(parallel)
-		return &apiError{status: fasthttp.StatusTooManyRequests, typ: errQueueFull,
-			msg:        fmt.Sprintf("the wait line holds %d bytes of images (jobs.max_waiting_bytes %d); retry later", held-size, max),
-			retryAfter: retryAfterSeconds(wait)}
-	}
-	if len(s.line) >= s.cfg.MaxWaiting {
-		// One place frees up when one job at the instances finishes.
-		wait := s.runEstimateLocked(wf.name) / time.Duration(parallel)
-		return &apiError{status: fasthttp.StatusTooManyRequests, typ: errQueueFull,
-			msg:        fmt.Sprintf("the wait line is full (%d jobs); retry later", len(s.line)),
-			retryAfter: retryAfterSeconds(wait)}
-	}
-	return nil
-}
-
-// lineBytesLocked is the size of the images the waiting jobs hold.
-func (s *engine) lineBytesLocked() int64 {
-	var n int64
-	for _, w := range s.line {
-		n += w.imageBytes()
-	}
-	return n
+	return s.line.check(wf, size, parallel, healthy)
 }
 
 // statusView is GET /api/jobs/{id}/status.
@@ -673,10 +641,10 @@ func (s *api) statusLocked(j *job, parallel int) statusView {
 		v.Outputs = s.del.outputViewsLocked(j, false)
 	default:
 		if v.Status == statusPending {
-			pos := s.eng.queuePositionLocked(j)
+			pos := s.line.position(j)
 			v.QueuePosition = &pos
 		}
-		est := estimateSeconds(s.eng.estimateLocked(j, parallel))
+		est := estimateSeconds(s.line.estimate(j, parallel))
 		v.Estimated = &est
 	}
 	return v

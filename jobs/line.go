@@ -47,8 +47,8 @@ func (s *engine) lineSnapshot(max int) Line {
 		return LineJob{ID: j.id, Workflow: j.wf.name, State: stateNames[j.state], Progress: j.prog.percent(),
 			Instance: j.instance, AgeSeconds: float64(now.Sub(j.created).Milliseconds()) / 1000}
 	}
-	l := Line{Waiting: []LineJob{}, Active: []LineJob{}, WaitingTotal: len(s.line)}
-	for _, j := range s.line[:min(len(s.line), max)] {
+	l := Line{Waiting: []LineJob{}, Active: []LineJob{}, WaitingTotal: s.line.len()}
+	for _, j := range s.line.head(max) {
 		l.Waiting = append(l.Waiting, item(j))
 	}
 	var active []*job

@@ -316,15 +316,12 @@ func (s *store) restore() {
 		if rec.Webhook != "" {
 			j.webhook = &webhookState{url: rec.Webhook, progress: rec.Progress}
 		}
-		s.eng.adoptLocked(j)
 		switch rec.State {
 		case recWaiting:
 			j.state = stWaiting
-			s.eng.toLineLocked(j)
 			waiting++
 		case recSubmitted:
 			j.state, j.submitted, j.restored = stQueued, true, true
-			s.eng.holdSlotLocked(j)
 			atInstances++
 		case statusCompleted:
 			if rec.Cache != "" {
@@ -346,6 +343,7 @@ func (s *store) restore() {
 			}
 			j.images = nil
 		}
+		s.eng.adoptLocked(j)
 		if j.restored {
 			s.restored = append(s.restored, j)
 		}

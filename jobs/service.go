@@ -97,11 +97,9 @@ type engine struct {
 
 	jobsMu    sync.Mutex // guards the fields below and every job's mutable fields
 	jobs      map[string]*job
-	line      []*job            // the wait line, first come first served
-	active    map[*job]struct{} // taken from the line, not finished
-	inFlight  int               // jobs holding a slot (≤ MaxConcurrent)
-	est       map[string]*ewma  // run time per workflow
-	holdUntil time.Time         // dispatch paused until then (no instance)
+	line      *waitLine // the wait line, the active jobs, the estimates
+	inFlight  int       // jobs holding a slot (≤ MaxConcurrent)
+	holdUntil time.Time // dispatch paused until then (no instance)
 	closed    bool
 	seq       uint64
 
@@ -177,16 +175,16 @@ func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Lo
 		retryDelay:  200 * time.Millisecond,
 		wake:        make(chan struct{}, 1),
 		jobs:        map[string]*job{},
-		active:      map[*job]struct{}{},
-		est:         map[string]*ewma{},
-		imageURLs:   newImageClient(cfg.ImageURLs),
-		inputs:      newInputStore(cfg.Jobs.InputMemoryBytes, cfg.Jobs.StateDir),
-		bodies:      limits.NewBodyBudget(cfg.Limits.MaxBufferedBodyBytes),
+		line: &waitLine{maxWaiting: cfg.Jobs.MaxWaiting, maxWaitingBytes: cfg.Jobs.MaxWaitingBytes,
+			active: map[*job]struct{}{}, est: map[string]*ewma{}},
+		imageURLs: newImageClient(cfg.ImageURLs),
+		inputs:    newInputStore(cfg.Jobs.InputMemoryBytes, cfg.Jobs.StateDir),
+		bodies:    limits.NewBodyBudget(cfg.Limits.MaxBufferedBodyBytes),
 	}
 	s.runCtx, s.stop = context.WithCancel(context.Background())
-	s.del = &delivery{eng: s, ctx: s.runCtx, cfg: cfg.Jobs, log: log, m: m, be: be,
+	s.del = &delivery{eng: s, line: s.line, ctx: s.runCtx, cfg: cfg.Jobs, log: log, m: m, be: be,
 		heartbeat: 15 * time.Second, webhookBackoff: time.Second, retryDelay: s.retryDelay, hooks: p.hooks, s3: p.store}
-	a := &api{del: s.del, eng: s, cat: s.cat, ctx: s.runCtx, cfg: cfg.Jobs, log: log, be: be, inputs: s.inputs,
+	a := &api{del: s.del, eng: s, line: s.line, cat: s.cat, ctx: s.runCtx, cfg: cfg.Jobs, log: log, be: be, inputs: s.inputs,
 		bodies: s.bodies, imageURLs: s.imageURLs, hooks: p.hooks}
 	s.wd = &watchdog{eng: s, del: s.del, be: be, ctx: s.runCtx, staleAfter: 30 * time.Second}
 	s.st = &store{eng: s, del: s.del, wd: s.wd, cat: s.cat, be: be, inputs: s.inputs, ctx: s.runCtx, cfg: cfg.Jobs, log: log, m: m, idem: map[idemKey]*idemEntry{}}
@@ -330,16 +328,13 @@ func (s *engine) dispatch() {
 			s.positionsLocked()
 		}
 	}()
-	for s.inFlight < s.cfg.MaxConcurrent && len(s.line) > 0 && !now.Before(s.holdUntil) {
+	for s.inFlight < s.cfg.MaxConcurrent && s.line.len() > 0 && !now.Before(s.holdUntil) {
 		moved = true
-		j := s.line[0]
-		s.line[0] = nil
-		s.line = s.line[1:]
+		j := s.line.pop()
 		j.state = stSubmitting
 		j.dispatched = now
 		j.holdsSlot = true
 		s.inFlight++
-		s.active[j] = struct{}{}
 		if !s.goLocked("submit", func() { s.submit(j) }) {
 			s.finishLocked(j, stFailed, "comfygate is shutting down")
 			s.releaseLocked(j)
@@ -349,7 +344,7 @@ func (s *engine) dispatch() {
 }
 
 func (s *engine) gaugesLocked() {
-	s.m.SetWaitLine(len(s.line))
+	s.m.SetWaitLine(s.line.len())
 	s.m.SetJobsInFlight(s.inFlight)
 }
 
@@ -527,8 +522,7 @@ func (s *engine) requeueLocked(j *job, err error) {
 	s.log.Debug("job submission deferred", "job_id", j.id, "err", err)
 	j.state = stWaiting
 	s.st.saveLocked(j)
-	delete(s.active, j)
-	s.line = append([]*job{j}, s.line...)
+	s.line.pushFront(j)
 	s.positionsLocked()
 	backoff := s.retryDelay
 	if noUpstream {
@@ -663,12 +657,7 @@ func (s *engine) succeededLocked(j *job, p *prompts.Prompt, inst *upstream.Insta
 	s.releaseLocked(j)
 	s.st.saveLocked(j)
 	if !j.started.IsZero() {
-		e := s.est[j.wf.name]
-		if e == nil {
-			e = &ewma{}
-			s.est[j.wf.name] = e
-		}
-		e.add(now.Sub(j.started))
+		s.line.measured(j.wf.name, now.Sub(j.started))
 	}
 	refs, from := slices.Clone(j.outRefs), j.outInst
 	if from == nil {
@@ -841,8 +830,8 @@ func (s *engine) finishLocked(j *job, st state, msg string) {
 		return
 	}
 	now := s.now()
-	if j.state == stWaiting {
-		s.removeFromLineLocked(j)
+	if j.state == stWaiting && s.line.remove(j) {
+		s.positionsLocked()
 	}
 	j.state = st
 	j.finished = now
@@ -854,7 +843,7 @@ func (s *engine) finishLocked(j *job, st state, msg string) {
 	if st == stCompleted {
 		j.prog.complete()
 	}
-	delete(s.active, j)
+	s.line.done(j)
 	var run, wait time.Duration
 	if j.dispatched.IsZero() {
 		wait = now.Sub(j.created)
@@ -879,18 +868,6 @@ func (s *engine) finishLocked(j *job, st state, msg string) {
 	}
 }
 
-func (s *engine) removeFromLineLocked(j *job) {
-	for i, x := range s.line {
-		if x == j {
-			copy(s.line[i:], s.line[i+1:])
-			s.line[len(s.line)-1] = nil
-			s.line = s.line[:len(s.line)-1]
-			s.positionsLocked()
-			return
-		}
-	}
-}
-
 // positionEvents is how far down the wait line jobs get a queued event
 // each time their place changes: further back, places change on every
 // dispatch and nobody watches them move one by one.
@@ -899,7 +876,7 @@ const positionEvents = 50
 // positionsLocked emits a queued event for each job near the head of the
 // line whose place changed since its last one.
 func (s *engine) positionsLocked() {
-	for i, x := range s.line[:min(len(s.line), positionEvents)] {
+	for i, x := range s.line.head(positionEvents) {
 		if x.lastPos != i+1 {
 			s.del.emitLocked(x, evQueued, "")
 		}
@@ -1116,54 +1093,10 @@ func (s *watchdog) endFromHistoryLocked(j *job, p *prompts.Prompt, inst *upstrea
 	s.eng.releaseLocked(j)
 }
 
-// runEstimateLocked is the expected run time of one job of the workflow.
-func (s *engine) runEstimateLocked(wf string) time.Duration {
-	return s.est[wf].value(defaultRunEstimate)
-}
-
-// remainingLocked is the expected run time left for j.
-func (s *engine) remainingLocked(j *job) time.Duration {
-	d := s.runEstimateLocked(j.wf.name)
-	return d * time.Duration(100-j.prog.reported) / 100
-}
-
-// estimateLocked is the expected time until j completes: the work of the
-// jobs ahead of it (those at the instances and those before it in the
-// line) spread over the instances that run in parallel, plus its own.
-func (s *engine) estimateLocked(j *job, parallel int) time.Duration {
-	var ahead time.Duration
-	if j.state == stWaiting {
-		for x := range s.active {
-			ahead += s.remainingLocked(x)
-		}
-		for _, x := range s.line {
-			if x == j {
-				break
-			}
-			ahead += s.remainingLocked(x)
-		}
-	}
-	return completionEstimate(ahead, s.remainingLocked(j), parallel)
-}
-
 // parallelism is how many jobs run at once: healthy instances, capped by
 // MaxConcurrent. Never call with s.jobsMu held (it asks the pool).
 func (s *engine) parallelism() int {
 	return max(1, min(len(s.be.Healthy()), s.cfg.MaxConcurrent))
-}
-
-// queuePositionLocked is the 1-based place of a waiting job in the line,
-// 0 when it is no longer waiting.
-func (s *engine) queuePositionLocked(j *job) int {
-	if j.state != stWaiting {
-		return 0
-	}
-	for i, x := range s.line {
-		if x == j {
-			return i + 1
-		}
-	}
-	return 0
 }
 
 func instName(inst *upstream.Instance) string {
@@ -1198,20 +1131,10 @@ func (s *engine) jobsLocked(scope string, keep func(*job) bool) (js []*job, wait
 			js = append(js, j)
 		}
 	}
-	waiting, inFlight = len(s.line), s.inFlight
+	waiting, inFlight = s.line.len(), s.inFlight
 	if scope != "" {
 		// Counted over the scope's own jobs: the others do not exist here.
-		waiting, inFlight = 0, 0
-		for _, w := range s.line {
-			if inScope(w, scope) {
-				waiting++
-			}
-		}
-		for a := range s.active {
-			if a.holdsSlot && inScope(a, scope) {
-				inFlight++
-			}
-		}
+		waiting, inFlight = s.line.count(scope)
 	}
 	return js, waiting, inFlight
 }
@@ -1235,26 +1158,25 @@ func (s *engine) addCompletedLocked(j *job) bool {
 	return true
 }
 
-// adoptLocked adds j, restored from the state directory, to the jobs.
+// adoptLocked adds j, restored from the state directory, to the jobs:
+// in the wait line when it waits, holding a slot when it is at an
+// instance.
 func (s *engine) adoptLocked(j *job) {
 	s.seq = max(s.seq, j.seq)
 	s.jobs[j.id] = j
-}
-
-// toLineLocked puts j at the end of the wait line.
-func (s *engine) toLineLocked(j *job) { s.line = append(s.line, j) }
-
-// holdSlotLocked counts j, at an instance, in a slot.
-func (s *engine) holdSlotLocked(j *job) {
-	j.holdsSlot = true
-	s.inFlight++
-	s.active[j] = struct{}{}
+	switch {
+	case j.state == stWaiting:
+		s.line.push(j)
+	case j.state == stQueued && j.restored:
+		j.holdsSlot = true
+		s.inFlight++
+		s.line.activate(j)
+	}
 }
 
 // backInLineLocked puts j, taken from the line, back at its head.
 func (s *engine) backInLineLocked(j *job) {
-	delete(s.active, j)
-	s.line = append([]*job{j}, s.line...)
+	s.line.pushFront(j)
 	s.positionsLocked()
 	s.gaugesLocked()
 	s.kick()

@@ -91,7 +91,7 @@ func TestEWMAAndEstimate(t *testing.T) {
 		t.Fatalf("third estimate %v, want 30", third)
 	}
 	s.eng.jobsMu.Lock()
-	s.eng.est["upscale-image"] = &ewma{mean: time.Second, n: 1}
+	s.eng.line.est["upscale-image"] = &ewma{mean: time.Second, n: 1}
 	s.eng.jobsMu.Unlock()
 	if fourth := estimate(); fourth != 4 { // three ahead at 1s each, one instance
 		t.Fatalf("fourth estimate %v, want 4", fourth)
@@ -214,7 +214,7 @@ func TestEventsDriveJob(t *testing.T) {
 		t.Fatalf("raw result: %d %s", code, hdr.ContentType())
 	}
 	s.eng.jobsMu.Lock()
-	measured := s.eng.est["upscale-image"] != nil && s.eng.est["upscale-image"].n == 1
+	measured := s.eng.line.est["upscale-image"] != nil && s.eng.line.est["upscale-image"].n == 1
 	inFlight := s.eng.inFlight
 	s.eng.jobsMu.Unlock()
 	if !measured || inFlight != 0 {
@@ -322,7 +322,7 @@ func TestCancelStates(t *testing.T) {
 		t.Fatalf("waiting: %v %v", known, ok)
 	}
 	s.eng.jobsMu.Lock()
-	lineLen := len(s.eng.line)
+	lineLen := s.eng.line.len()
 	s.eng.jobsMu.Unlock()
 	if lineLen != 0 {
 		t.Fatalf("line still holds %d", lineLen)
