@@ -345,7 +345,7 @@ func (s *api) serveSubmit(ctx *fasthttp.RequestCtx, r Request, name string, buil
 		s.writeFinished(ctx, j, withData)
 		return
 	}
-	parallel := s.eng.parallelism()
+	parallel := s.parallelism()
 	s.eng.lock()
 	est := s.line.estimate(j, parallel)
 	st := j.state.public()
@@ -464,7 +464,7 @@ type waitedView struct {
 
 // writeFinished answers with a finished job.
 func (s *api) writeFinished(ctx *fasthttp.RequestCtx, j *job, withData bool) {
-	parallel := s.eng.parallelism()
+	parallel := s.parallelism()
 	s.eng.lock()
 	v := waitedView{statusView: s.statusLocked(j, parallel)}
 	if withData && len(j.files) > 0 {
@@ -522,8 +522,14 @@ func (s *engine) accept(wf *workflow, sub *submission, values map[string]json.Ra
 	for _, d := range data {
 		size += int64(len(d))
 	}
-	if aerr := s.checkLine(wf, size, parallel, len(healthy)); aerr != nil {
-		return nil, aerr // before the images are written anywhere
+	// May the job join the wait line now: 503 when no instance is
+	// available, 429 with Retry-After when the line is full by count or
+	// by bytes. Asked before the images are written anywhere.
+	s.jobsMu.Lock()
+	aerr := s.line.check(wf, size, parallel, len(healthy))
+	s.jobsMu.Unlock()
+	if aerr != nil {
+		return nil, aerr
 	}
 	for i, im := range j.images {
 		var err error
@@ -548,7 +554,7 @@ func (s *engine) accept(wf *workflow, sub *submission, values map[string]json.Ra
 	}
 
 	s.jobsMu.Lock()
-	aerr := s.line.check(wf, j.imageBytes(), parallel, len(healthy))
+	aerr = s.line.check(wf, j.imageBytes(), parallel, len(healthy))
 	if s.closed {
 		aerr = &apiError{status: fasthttp.StatusServiceUnavailable, typ: errShuttingDown, msg: "comfygate is shutting down", retryAfter: 1}
 	}
@@ -567,7 +573,7 @@ func (s *engine) accept(wf *workflow, sub *submission, values map[string]json.Ra
 	s.line.push(j)
 	s.m.JobSubmitted(wf.name)
 	s.gaugesLocked()
-	s.kick()
+	s.run.kick()
 	s.del.emitLocked(j, evQueued, "")
 	if j.webhook != nil && j.webhook.progress {
 		s.goLocked("webhook", func() { s.del.streamHook(j) })
@@ -576,15 +582,6 @@ func (s *engine) accept(wf *workflow, sub *submission, values map[string]json.Ra
 	s.st.persist(j)
 	s.log.Debug("job accepted", "job_id", j.id, "workflow", wf.name, "bytes", size)
 	return j, nil
-}
-
-// checkLine answers whether a job of the workflow holding size bytes of
-// images may join the wait line now: 503 when no instance is available,
-// 429 with Retry-After when the line is full by count or by bytes.
-func (s *engine) checkLine(wf *workflow, size int64, parallel, healthy int) *apiError {
-	s.jobsMu.Lock()
-	defer s.jobsMu.Unlock()
-	return s.line.check(wf, size, parallel, healthy)
 }
 
 // statusView is GET /api/jobs/{id}/status.
@@ -654,7 +651,7 @@ func (s *api) serveStatus(ctx *fasthttp.RequestCtx, id, scope string) {
 	if ctx.QueryArgs().Has("wait") && !s.longPoll(ctx, id, scope, true) {
 		return
 	}
-	parallel := s.eng.parallelism()
+	parallel := s.parallelism()
 	s.eng.lock()
 	j := s.eng.lookupLocked(id, scope)
 	if j == nil {
@@ -685,7 +682,7 @@ type resultView struct {
 }
 
 func (s *api) serveResult(ctx *fasthttp.RequestCtx, id, scope string) {
-	parallel := s.eng.parallelism()
+	parallel := s.parallelism()
 	s.eng.lock()
 	j := s.eng.lookupLocked(id, scope)
 	if j == nil {

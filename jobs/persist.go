@@ -278,7 +278,7 @@ func (s *store) writer() {
 			return
 		case <-t.C:
 		}
-		s.eng.safely("state", s.state.flush)
+		s.run.safely("state", s.state.flush)
 	}
 }
 

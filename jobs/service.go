@@ -22,7 +22,6 @@ import (
 	"log/slog"
 	"maps"
 	"net/url"
-	"runtime/debug"
 	"slices"
 	"strconv"
 	"sync"
@@ -89,10 +88,9 @@ type engine struct {
 	// retryDelay spaces download and upload retries.
 	retryDelay time.Duration
 
-	wake    chan struct{}
+	run     *runner // the goroutines
 	runCtx  context.Context
 	stop    context.CancelFunc
-	wg      sync.WaitGroup
 	started sync.Once
 
 	jobsMu    sync.Mutex // guards the fields below and every job's mutable fields
@@ -173,7 +171,6 @@ func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Lo
 		cancelGrace: max(cfg.Timeout, time.Second),
 		sweepEvery:  min(max(cfg.Jobs.Timeout/4, 10*time.Millisecond), time.Second),
 		retryDelay:  200 * time.Millisecond,
-		wake:        make(chan struct{}, 1),
 		jobs:        map[string]*job{},
 		line: &waitLine{maxWaiting: cfg.Jobs.MaxWaiting, maxWaitingBytes: cfg.Jobs.MaxWaitingBytes,
 			active: map[*job]struct{}{}, est: map[string]*ewma{}},
@@ -182,12 +179,13 @@ func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Lo
 		bodies:    limits.NewBodyBudget(cfg.Limits.MaxBufferedBodyBytes),
 	}
 	s.runCtx, s.stop = context.WithCancel(context.Background())
+	s.run = &runner{ctx: s.runCtx, wake: make(chan struct{}, 1), log: log}
 	s.del = &delivery{eng: s, line: s.line, ctx: s.runCtx, cfg: cfg.Jobs, log: log, m: m, be: be,
 		heartbeat: 15 * time.Second, webhookBackoff: time.Second, retryDelay: s.retryDelay, hooks: p.hooks, s3: p.store}
 	a := &api{del: s.del, eng: s, line: s.line, cat: s.cat, ctx: s.runCtx, cfg: cfg.Jobs, log: log, be: be, inputs: s.inputs,
 		bodies: s.bodies, imageURLs: s.imageURLs, hooks: p.hooks}
 	s.wd = &watchdog{eng: s, del: s.del, be: be, ctx: s.runCtx, staleAfter: 30 * time.Second}
-	s.st = &store{eng: s, del: s.del, wd: s.wd, cat: s.cat, be: be, inputs: s.inputs, ctx: s.runCtx, cfg: cfg.Jobs, log: log, m: m, idem: map[idemKey]*idemEntry{}}
+	s.st = &store{eng: s, run: s.run, del: s.del, wd: s.wd, cat: s.cat, be: be, inputs: s.inputs, ctx: s.runCtx, cfg: cfg.Jobs, log: log, m: m, idem: map[idemKey]*idemEntry{}}
 	s.del.st = s.st
 	a.st = s.st
 	if s.st.cache, err = openResultCache(cfg.Jobs, m, log); err != nil {
@@ -230,21 +228,24 @@ func (s *Service) CancelJob(ctx context.Context, id, scope string) (known, cance
 // JobOwner returns the owner (the submitting key's name, "" with keys
 // off) of facade job id; known is false when id is no facade job (or it
 // expired). A job restored from the state directory keeps its owner.
-func (s *Service) JobOwner(id string) (owner string, known bool) { return s.eng.owner(id) }
+func (s *Service) JobOwner(id string) (owner string, known bool) {
+	s.eng.lock()
+	defer s.eng.unlock()
+	j := s.eng.lookupLocked(id, "")
+	if j == nil {
+		return "", false
+	}
+	return j.meta.owner, true
+}
 
 // start is Service.Start.
 func (s *engine) start(ctx context.Context) {
 	s.started.Do(func() {
 		context.AfterFunc(ctx, s.stop)
-		s.wg.Add(2)
-		go s.loop("dispatch", dispatchTick, s.dispatch)
-		go s.loop("expiry", s.sweepEvery, s.wd.sweep)
+		s.run.goLoop("dispatch", dispatchTick, s.dispatch)
+		s.run.goLoop("expiry", s.sweepEvery, s.wd.sweep)
 		if s.st.state != nil {
-			s.wg.Add(1)
-			go func() {
-				defer s.wg.Done()
-				s.st.writer()
-			}()
+			s.run.goPlain(s.st.writer)
 		}
 		s.jobsMu.Lock()
 		s.st.startReconcilingLocked()
@@ -258,48 +259,10 @@ func (s *engine) close() {
 	s.jobsMu.Lock()
 	s.closed = true
 	s.jobsMu.Unlock()
-	s.wg.Wait()
+	s.run.wait()
 	s.st.close()
 	s.inputs.close()
 	s.del.close()
-}
-
-// loop runs fn every period and whenever the dispatcher is woken.
-func (s *engine) loop(name string, period time.Duration, fn func()) {
-	defer s.wg.Done()
-	t := time.NewTicker(period)
-	defer t.Stop()
-	wake := s.wake
-	if name != "dispatch" {
-		wake = nil
-	}
-	for {
-		select {
-		case <-s.runCtx.Done():
-			return
-		case <-t.C:
-		case <-wake:
-		}
-		s.safely(name, fn)
-	}
-}
-
-// safely runs fn, logging a panic instead of dying with it.
-func (s *engine) safely(what string, fn func()) {
-	defer func() {
-		if r := recover(); r != nil {
-			s.log.Error("jobs: panic", "in", what, "panic", r, "stack", string(debug.Stack()))
-		}
-	}()
-	fn()
-}
-
-// kick wakes the dispatcher without blocking.
-func (s *engine) kick() {
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
 }
 
 // goLocked starts fn on a goroutine the service waits for in Close. It
@@ -308,11 +271,7 @@ func (s *engine) goLocked(what string, fn func()) bool {
 	if s.closed {
 		return false
 	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		s.safely(what, fn)
-	}()
+	s.run.spawn(what, fn)
 	return true
 }
 
@@ -360,7 +319,7 @@ func (s *engine) releaseLocked(j *job) {
 	}
 	s.inFlight--
 	s.gaugesLocked()
-	s.kick()
+	s.run.kick()
 }
 
 // submit submits the job's prompt; the prompt table picks the instance, and the
@@ -531,7 +490,7 @@ func (s *engine) requeueLocked(j *job, err error) {
 	if !errors.Is(err, errRefused) {
 		s.holdUntil = s.now().Add(backoff)
 	}
-	s.kick()
+	s.run.kick()
 	s.gaugesLocked()
 }
 
@@ -974,17 +933,6 @@ func (s *engine) lookupLocked(id, scope string) *job {
 // scope is "", else only scope's own.
 func inScope(j *job, scope string) bool { return scope == "" || j.meta.owner == scope }
 
-// owner is Service.JobOwner.
-func (s *engine) owner(id string) (owner string, known bool) {
-	s.jobsMu.Lock()
-	defer s.jobsMu.Unlock()
-	j := s.lookupLocked(id, "")
-	if j == nil {
-		return "", false
-	}
-	return j.meta.owner, true
-}
-
 func (s *engine) expiredLocked(j *job, now time.Time) bool {
 	return j.state.terminal() && now.Sub(j.finished) >= s.cfg.Timeout
 }
@@ -1094,8 +1042,8 @@ func (s *watchdog) endFromHistoryLocked(j *job, p *prompts.Prompt, inst *upstrea
 }
 
 // parallelism is how many jobs run at once: healthy instances, capped by
-// MaxConcurrent. Never call with s.jobsMu held (it asks the pool).
-func (s *engine) parallelism() int {
+// MaxConcurrent. Never call with the engine locked (it asks the pool).
+func (s *api) parallelism() int {
 	return max(1, min(len(s.be.Healthy()), s.cfg.MaxConcurrent))
 }
 
@@ -1179,5 +1127,5 @@ func (s *engine) backInLineLocked(j *job) {
 	s.line.pushFront(j)
 	s.positionsLocked()
 	s.gaugesLocked()
-	s.kick()
+	s.run.kick()
 }

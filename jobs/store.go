@@ -15,6 +15,7 @@ import (
 // step as the engine's jobs change).
 type store struct {
 	eng *engine
+	run *runner   // runs the writer's flushes safely
 	del *delivery // makes a cached result's output files, reads history
 	wd  *watchdog // ends a restored job as its history says
 	cat *catalog  // the workflows restored jobs name
