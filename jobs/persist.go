@@ -264,6 +264,9 @@ const flushDelay = 100 * time.Millisecond
 
 // writer flushes queued records until the service stops.
 func (s *store) writer() {
+	if s.state == nil {
+		return // jobs are not persisted
+	}
 	t := time.NewTimer(flushDelay)
 	t.Stop()
 	for {
@@ -353,6 +356,23 @@ func (s *store) restore() {
 	if n := len(recs); n > 0 {
 		s.log.Info("jobs restored from the state directory", "jobs", n, "waiting", waiting, "at_instances", atInstances)
 	}
+}
+
+// open opens the result cache and the state directory, and restores the
+// jobs recorded there.
+func (s *store) open() error {
+	var err error
+	if s.cache, err = openResultCache(s.cfg, s.m, s.log); err != nil {
+		return err
+	}
+	if dir := s.cfg.StateDir; dir != "" {
+		if s.state, err = openStateDir(dir, s.log.Warn); err != nil {
+			return err
+		}
+		s.inputs.saver = s.state
+		s.restore()
+	}
+	return nil
 }
 
 // records reads the state directory's records, oldest first, once its

@@ -58,7 +58,10 @@ func (s *catalog) loadWorkflows(cfg *config.Config) (apply func(), err error) {
 
 // SetPlacer makes jobs place their prompts with p (by default: on their
 // workflow's labels alone). Call before Start.
-func (s *Service) SetPlacer(p Placer) { s.cat.placer = p }
+func (s *Service) SetPlacer(p Placer) { s.cat.setPlacer(p) }
+
+// setPlacer is Service.SetPlacer.
+func (s *catalog) setPlacer(p Placer) { s.placer = p }
 
 // place decides where a job's prompt may and had better run. ok is false,
 // with why, when no instance can run it.

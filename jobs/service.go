@@ -60,7 +60,7 @@ type Service struct {
 	cat    *catalog
 	api    *api
 	bodies *limits.BodyBudget
-	// del and st are the engine's; kept here for the tests.
+	// The engine's other parts, which tests reach.
 	del *delivery
 	st  *store
 	wd  *watchdog
@@ -101,9 +101,7 @@ type engine struct {
 	closed    bool
 	seq       uint64
 
-	imageURLs *outboundClient    // downloads image parameters given as URLs
-	inputs    *inputStore        // the images of unfinished jobs
-	bodies    *limits.BodyBudget // request bodies held in memory (limits.max_buffered_body_bytes)
+	inputs *inputStore // the images of unfinished jobs
 
 	del *delivery // events, webhooks, outputs
 	st  *store    // records, Idempotency-Keys, result cache
@@ -161,44 +159,43 @@ func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Lo
 	if err != nil {
 		return nil, err
 	}
-	s := &engine{
+	runCtx, stop := context.WithCancel(context.Background())
+	run := &runner{ctx: runCtx, wake: make(chan struct{}, 1), log: log}
+	cat := &catalog{be: be, wfs: p.wfs}
+	line := &waitLine{maxWaiting: cfg.Jobs.MaxWaiting, maxWaitingBytes: cfg.Jobs.MaxWaitingBytes,
+		active: map[*job]struct{}{}, est: map[string]*ewma{}}
+	inputs := newInputStore(cfg.Jobs.InputMemoryBytes, cfg.Jobs.StateDir)
+	bodies := limits.NewBodyBudget(cfg.Limits.MaxBufferedBodyBytes)
+	eng := &engine{
 		cfg:         cfg.Jobs,
 		be:          be,
 		m:           m,
 		log:         log,
-		cat:         &catalog{be: be, wfs: p.wfs},
+		cat:         cat,
 		now:         time.Now,
 		cancelGrace: max(cfg.Timeout, time.Second),
 		sweepEvery:  min(max(cfg.Jobs.Timeout/4, 10*time.Millisecond), time.Second),
 		retryDelay:  200 * time.Millisecond,
+		run:         run,
+		runCtx:      runCtx,
+		stop:        stop,
 		jobs:        map[string]*job{},
-		line: &waitLine{maxWaiting: cfg.Jobs.MaxWaiting, maxWaitingBytes: cfg.Jobs.MaxWaitingBytes,
-			active: map[*job]struct{}{}, est: map[string]*ewma{}},
-		imageURLs: newImageClient(cfg.ImageURLs),
-		inputs:    newInputStore(cfg.Jobs.InputMemoryBytes, cfg.Jobs.StateDir),
-		bodies:    limits.NewBodyBudget(cfg.Limits.MaxBufferedBodyBytes),
+		line:        line,
+		inputs:      inputs,
 	}
-	s.runCtx, s.stop = context.WithCancel(context.Background())
-	s.run = &runner{ctx: s.runCtx, wake: make(chan struct{}, 1), log: log}
-	s.del = &delivery{eng: s, line: s.line, ctx: s.runCtx, cfg: cfg.Jobs, log: log, m: m, be: be,
-		heartbeat: 15 * time.Second, webhookBackoff: time.Second, retryDelay: s.retryDelay, hooks: p.hooks, s3: p.store}
-	a := &api{del: s.del, eng: s, line: s.line, cat: s.cat, ctx: s.runCtx, cfg: cfg.Jobs, log: log, be: be, inputs: s.inputs,
-		bodies: s.bodies, imageURLs: s.imageURLs, hooks: p.hooks}
-	s.wd = &watchdog{eng: s, del: s.del, be: be, ctx: s.runCtx, staleAfter: 30 * time.Second}
-	s.st = &store{eng: s, run: s.run, del: s.del, wd: s.wd, cat: s.cat, be: be, inputs: s.inputs, ctx: s.runCtx, cfg: cfg.Jobs, log: log, m: m, idem: map[idemKey]*idemEntry{}}
-	s.del.st = s.st
-	a.st = s.st
-	if s.st.cache, err = openResultCache(cfg.Jobs, m, log); err != nil {
+	del := &delivery{eng: eng, line: line, ctx: runCtx, cfg: cfg.Jobs, log: log, m: m, be: be,
+		heartbeat: 15 * time.Second, webhookBackoff: time.Second, retryDelay: eng.retryDelay, hooks: p.hooks, s3: p.store}
+	wd := &watchdog{eng: eng, del: del, be: be, ctx: runCtx, staleAfter: 30 * time.Second}
+	st := &store{eng: eng, run: run, del: del, wd: wd, cat: cat, be: be, inputs: inputs, ctx: runCtx,
+		cfg: cfg.Jobs, log: log, m: m, idem: map[idemKey]*idemEntry{}}
+	del.st = st
+	eng.del, eng.st, eng.wd = del, st, wd
+	a := &api{eng: eng, del: del, st: st, cat: cat, line: line, ctx: runCtx, cfg: cfg.Jobs, log: log, be: be,
+		inputs: inputs, bodies: bodies, imageURLs: newImageClient(cfg.ImageURLs), hooks: p.hooks}
+	if err := st.open(); err != nil {
 		return nil, err
 	}
-	if dir := cfg.Jobs.StateDir; dir != "" {
-		if s.st.state, err = openStateDir(dir, log.Warn); err != nil {
-			return nil, err
-		}
-		s.inputs.saver = s.st.state
-		s.st.restore()
-	}
-	return &Service{eng: s, cat: s.cat, wd: s.wd, api: a, bodies: s.bodies, del: s.del, st: s.st}, nil
+	return &Service{eng: eng, cat: cat, api: a, bodies: bodies, del: del, st: st, wd: wd}, nil
 }
 
 // Start runs the dispatcher (moves jobs from the wait line to the
@@ -244,9 +241,7 @@ func (s *engine) start(ctx context.Context) {
 		context.AfterFunc(ctx, s.stop)
 		s.run.goLoop("dispatch", dispatchTick, s.dispatch)
 		s.run.goLoop("expiry", s.sweepEvery, s.wd.sweep)
-		if s.st.state != nil {
-			s.run.goPlain(s.st.writer)
-		}
+		s.run.goPlain(s.st.writer)
 		s.jobsMu.Lock()
 		s.st.startReconcilingLocked()
 		s.jobsMu.Unlock()
