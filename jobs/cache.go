@@ -614,7 +614,7 @@ func (s *store) keepResult(j *job, files []*outputFile) {
 // restoreCachedLocked takes back a job that had completed from the cache
 // before a restart: its outputs are linked from the cache again, and it
 // completes (or fails, when the cache no longer holds them) as soon as
-// the service runs. s.jobsMu held.
+// the service runs. the engine's lock held.
 func (s *store) restoreCachedLocked(j *job, key string) {
 	j.cached, j.cacheKey = true, key
 	j.state, j.dispatched = stFetching, j.created

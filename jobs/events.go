@@ -57,7 +57,7 @@ type eventView struct {
 
 // emitLocked appends an event to j's log and wakes everyone waiting on
 // the job (long polls, event streams, one-request submissions). A
-// terminal event also starts the webhook delivery. s.jobsMu must be held.
+// terminal event also starts the webhook delivery. the engine's lock must be held.
 func (s *delivery) emitLocked(j *job, typ string, node string) {
 	now := s.eng.timeNow()
 	v := eventView{JobID: j.id, Status: j.state.public(), Progress: j.prog.reported, Instance: j.instance, Node: node, Timestamp: now.UTC()}
@@ -106,7 +106,7 @@ func (s *delivery) progressLocked(j *job, node string) {
 	}
 }
 
-// waitJob blocks until done(j) holds (checked under s.jobsMu), d passes,
+// waitJob blocks until done(j) holds (checked under the engine's lock), d passes,
 // ctx ends or the service stops. It reports whether done held. Waiting
 // costs no polling: every change of the job closes its changed channel.
 func (s *delivery) waitJob(ctx context.Context, j *job, d time.Duration, done func(*job) bool) bool {

@@ -28,7 +28,7 @@ type idemKey struct {
 }
 
 // idemEntry is one Idempotency-Key (IETF httpapi draft): the submission
-// it came with and the job it created. Guarded by Service.jobsMu.
+// it came with and the job it created. Guarded by the engine's lock.
 type idemEntry struct {
 	fp      [sha256.Size]byte
 	jobID   string // "" while the first request is still creating the job

@@ -278,9 +278,9 @@ func dataURL(ct string, b []byte) string {
 	return "data:" + ct + ";base64," + base64.StdEncoding.EncodeToString(b)
 }
 
-// lockCompleted takes jobsMu and returns job id when it has completed,
-// with jobsMu still held. Otherwise it answers (404 unknown, 409 with the
-// job's status while it is not completed), releases jobsMu and returns nil.
+// lockCompleted takes the engine's lock and returns job id when it has completed,
+// with the lock still held. Otherwise it answers (404 unknown, 409 with the
+// job's status while it is not completed), releases the lock and returns nil.
 func (s *api) lockCompleted(ctx *fasthttp.RequestCtx, id, scope string) *job {
 	s.eng.lock()
 	j := s.eng.lookupLocked(id, scope)

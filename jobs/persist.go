@@ -63,7 +63,7 @@ const (
 	recSubmitted = "submitted"
 )
 
-// stateDir writes job records. Snapshots are taken under Service.jobsMu
+// stateDir writes job records. Snapshots are taken under engine.jobsMu
 // (saveLocked) and written by whoever flushes next, the background writer
 // or a caller that needs its record on disk before it answers; writeMu
 // orders the flushes, so the newest snapshot of a job is the last written.
@@ -198,7 +198,7 @@ func (d *stateDir) load() []*record {
 
 // saveLocked queues a snapshot of j for the state directory. A failure
 // that comfygate's own shutdown caused is not recorded: the restarted
-// process carries on with the job instead. s.jobsMu held.
+// process carries on with the job instead. the engine's lock held.
 func (s *store) saveLocked(j *job) {
 	if s.state == nil || (s.ctx.Err() != nil && j.state == stFailed) {
 		return

@@ -12,6 +12,33 @@
 //
 // A job's id is the prompt_id it is submitted under, so ComfyUI's own
 // GET /api/jobs/{id} and POST /api/jobs/{id}/cancel work on facade jobs too.
+//
+// Service is a facade that wires the parts and keeps the exported API;
+// each part has one job and talks to the others by method calls:
+//
+//   - engine (service.go): the jobs map and the lock that guards it and
+//     every job's mutable fields, the jobs' states, the slots, dispatch to
+//     the prompt table, retries, cancellation, and the events that move a
+//     job on. The other parts take its lock with lock and unlock.
+//   - waitLine (waitline.go): the wait line, the jobs taken from it, and
+//     the run-time estimates; the engine owns it, the API reads places and
+//     estimates from it under the engine's lock.
+//   - watchdog (watchdog.go): expiry of finished jobs, and jobs at an
+//     instance whose end no event reported.
+//   - runner (runner.go): the service's goroutines, their panics, and the
+//     wait for them at Close.
+//   - store (store.go, persist.go, idempotency.go, cache.go): the records
+//     in jobs.state_dir and the restore and reconciling of a restarted
+//     process, the Idempotency-Keys, and the result cache.
+//   - delivery (delivery.go, events.go, webhook.go, outputs.go, s3.go):
+//     the event log and the waits on it (long polls, Server-Sent Events),
+//     webhooks, the outputs fetched from the instance and kept, S3
+//     uploads, and the images uploaded to the instance a job runs on.
+//   - api (api.go, http.go, dryrun.go, input.go, the spooling in keep.go):
+//     ServeJobs and the route handlers, the parsing of submissions, and
+//     the views of jobs (status, result, list, Line).
+//   - catalog (placement.go): the workflows, reloaded whole, and the
+//     placement policy.
 package jobs
 
 import (
@@ -962,7 +989,7 @@ func (s *engine) sweepLocked(now time.Time) (watch []*job) {
 }
 
 // atInstance reports whether the prompt table has the job's prompt: submitted and
-// answered (or seen running). jobsMu must be held.
+// answered (or seen running). the engine's lock must be held.
 func atInstance(j *job) bool {
 	return j.submitted && !j.restored && (j.state == stQueued || j.state == stRunning)
 }
@@ -973,7 +1000,7 @@ func atInstance(j *job) bool {
 // event reached the job (events lost in a socket reconnect: the
 // instance's history says how it ended, asked at most once per staleAfter).
 func (s *watchdog) watch(j *job, now time.Time) {
-	// The pool is asked without jobsMu held: it may hold its own locks
+	// The pool is asked without the engine's lock held: it may hold its own locks
 	// while it delivers events, which take jobsMu.
 	p, ok := s.be.Prompt(j.id)
 	done := ok && p.State() == prompts.PromptDone
@@ -1018,7 +1045,7 @@ func (s *watchdog) watch(j *job, now time.Time) {
 // endFromHistoryLocked ends j as its history entry at inst says: done with
 // the outputs refs, cancelled, or failed with the entry's error. An entry
 // without a status (a server older than November 2023) counts as a
-// success when it holds the job's output. s.jobsMu held.
+// success when it holds the job's output. the engine's lock held.
 func (s *watchdog) endFromHistoryLocked(j *job, p *prompts.Prompt, inst *upstream.Instance, entry *comfyapi.HistoryEntry, refs []outRef) {
 	outcome := entry.Outcome()
 	if outcome == comfyapi.OutcomeSuccess || (outcome == comfyapi.OutcomeUnknown && hasNode(refs, j.wf.cfg.OutputNode)) {

@@ -177,7 +177,7 @@ func (w *outboundClient) allow(raw string) (literal bool, err error) {
 }
 
 // webhookState is a job's webhook and its delivery log. Guarded by
-// Service.jobsMu.
+// engine.jobsMu.
 type webhookState struct {
 	url       string
 	progress  bool     // the non-terminal events go too (once each, newest first)
