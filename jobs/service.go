@@ -60,6 +60,7 @@ import (
 	"github.com/comfygate/comfygate/metrics"
 	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/upstream"
+	"github.com/valyala/fasthttp"
 )
 
 // Tuning that configuration does not expose.
@@ -1107,6 +1108,101 @@ func (s *engine) jobsLocked(scope string, keep func(*job) bool) (js []*job, wait
 		waiting, inFlight = s.line.count(scope)
 	}
 	return js, waiting, inFlight
+}
+
+// accept puts a validated submission in the wait line.
+func (s *engine) accept(wf *workflow, sub *submission, values map[string]json.RawMessage, images map[string][]byte, hook string, meta jobMeta) (*job, *apiError) {
+	healthy := s.be.Healthy()
+	parallel := max(1, min(len(healthy), s.cfg.MaxConcurrent))
+	j := &job{
+		s:      s,
+		id:     newJobID(),
+		wf:     wf,
+		inputs: sub.inputs,
+		params: values,
+		meta:   meta,
+	}
+	var data [][]byte
+	if wf.needsImage() {
+		j.images = append(j.images, &jobImage{name: j.id + extension(sub.format)})
+		data = append(data, sub.image)
+	}
+	size := int64(0)
+	if sub.spool != nil {
+		size = sub.spool.size
+	}
+	for _, name := range slices.Sorted(maps.Keys(images)) {
+		format, _, _, _ := sniffImage(images[name])
+		j.images = append(j.images, &jobImage{param: name, name: j.id + "-" + name + extension(format)})
+		data = append(data, images[name])
+	}
+	prompt, err := wf.buildWith(imageNames(j.images), sub.inputs, values)
+	if err != nil {
+		return nil, badRequest(errInvalidOverride, "cannot apply the inputs: %v", err)
+	}
+	for _, d := range data {
+		size += int64(len(d))
+	}
+	// May the job join the wait line now: 503 when no instance is
+	// available, 429 with Retry-After when the line is full by count or
+	// by bytes. Asked before the images are written anywhere.
+	s.jobsMu.Lock()
+	aerr := s.line.check(wf, size, parallel, len(healthy))
+	s.jobsMu.Unlock()
+	if aerr != nil {
+		return nil, aerr
+	}
+	for i, im := range j.images {
+		var err error
+		if i == 0 && sub.spool != nil {
+			err = s.inputs.keepSpooled(im, j.id, sub.spool)
+		} else {
+			err = s.inputs.keep(im, j.id, data[i])
+		}
+		if err != nil {
+			for _, kept := range j.images[:i] {
+				s.inputs.release(kept)
+			}
+			s.log.Error("job image not kept", "err", err)
+			return nil, &apiError{status: fasthttp.StatusServiceUnavailable, typ: errNoUpstream,
+				msg: "comfygate cannot store the image now", retryAfter: 5}
+		}
+	}
+	j.prompt = prompt
+	j.prog = newProgress(wf.nodes)
+	if hook != "" {
+		j.webhook = &webhookState{url: hook, progress: sub.webhookProgress}
+	}
+
+	s.jobsMu.Lock()
+	aerr = s.line.check(wf, j.imageBytes(), parallel, len(healthy))
+	if s.closed {
+		aerr = &apiError{status: fasthttp.StatusServiceUnavailable, typ: errShuttingDown, msg: "comfygate is shutting down", retryAfter: 1}
+	}
+	if aerr != nil {
+		s.jobsMu.Unlock()
+		for _, im := range j.images {
+			s.inputs.release(im)
+		}
+		return nil, aerr
+	}
+	s.seq++
+	j.seq = s.seq
+	j.created = s.now()
+	j.state = stWaiting
+	s.jobs[j.id] = j
+	s.line.push(j)
+	s.m.JobSubmitted(wf.name)
+	s.gaugesLocked()
+	s.run.kick()
+	s.del.emitLocked(j, evQueued, "")
+	if j.webhook != nil && j.webhook.progress {
+		s.goLocked("webhook", func() { s.del.streamHook(j) })
+	}
+	s.jobsMu.Unlock()
+	s.st.persist(j)
+	s.log.Debug("job accepted", "job_id", j.id, "workflow", wf.name, "bytes", size)
+	return j, nil
 }
 
 // addCompletedLocked adds j, completed at once from the result cache, to
