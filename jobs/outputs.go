@@ -2,20 +2,25 @@ package jobs
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"mime"
+	"net/url"
 	"os"
 	"path"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/prompts"
+	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
 )
 
@@ -392,4 +397,156 @@ func parseRange(h string, size int64) (start, end int64, partial, ok bool) {
 		e = min(e, size-1)
 	}
 	return s, e + 1, true, true
+}
+
+// fetch downloads every output of a finished job (the output node's
+// first) and completes the job.
+func (s *delivery) fetch(j *job, inst *upstream.Instance, refs []outRef, upstreamID string) {
+	ctx := s.ctx
+	out := j.wf.cfg.OutputNode
+	if !hasNode(refs, out) && inst != nil {
+		// No executed event for the output node (older instances skip it for
+		// cached outputs): the instance's history has the outputs.
+		if _, entry := s.historyOutputs(ctx, inst, upstreamID); entry != nil {
+			s.eng.lock()
+			j.addOutputsLocked(historyRefs(entry))
+			refs = slices.Clone(j.outRefs)
+			s.eng.unlock()
+		}
+	}
+	if !hasNode(refs, out) {
+		s.eng.lock()
+		s.eng.finishLocked(j, stFailed, fmt.Sprintf("the workflow finished without an output at its output node %q", out))
+		s.eng.unlock()
+		return
+	}
+	files := make([]*outputFile, 0, len(refs))
+	var err error
+	for _, r := range refs {
+		var f *outputFile
+		if f, err = s.download(ctx, j, inst, r); err != nil {
+			break
+		}
+		files = append(files, f)
+	}
+	if err == nil && s.s3 != nil {
+		// A failed upload leaves the output served by comfygate and says why.
+		for n, f := range files {
+			if f.s3Key, f.s3URL, err = s.s3.put(ctx, j.id, n, f); err != nil {
+				s.log.Warn("job output upload failed", "job_id", j.id, "err", err)
+				f.s3Err, err = "comfygate could not upload this output to S3", nil
+			}
+		}
+	}
+	if err == nil {
+		s.st.keepResult(j, files)
+	}
+	s.eng.lock()
+	defer s.eng.unlock()
+	j.files = files // counted in s.outMem: dropped with the job
+	if err != nil {
+		s.log.Warn("job result download failed", "job_id", j.id, "instance", instName(inst), "err", err)
+		s.eng.finishLocked(j, stFailed, "the workflow finished but comfygate could not fetch its result from ComfyUI")
+		return
+	}
+	s.eng.finishLocked(j, stCompleted, "")
+}
+
+func hasNode(refs []outRef, node string) bool {
+	return slices.ContainsFunc(refs, func(r outRef) bool { return r.node == node })
+}
+
+// historyRefs lists the files of a history entry's outputs, by node id.
+func historyRefs(e *comfyapi.HistoryEntry) []outRef {
+	var refs []outRef
+	for _, node := range slices.Sorted(maps.Keys(e.Outputs)) {
+		refs = append(refs, outputRefs(node, e.Outputs[node])...)
+	}
+	return refs
+}
+
+// historyOutputs reads a prompt's outputs from /history/{id}; entry is
+// nil when the instance has none (or did not answer).
+func (s *delivery) historyOutputs(ctx context.Context, inst *upstream.Instance, upstreamID string) (refs []outRef, entry *comfyapi.HistoryEntry) {
+	e, _ := s.readHistory(ctx, inst, upstreamID)
+	if e == nil {
+		return nil, nil
+	}
+	return historyRefs(e), e
+}
+
+// readHistory reads /history/{id} of inst: entry is nil when it has none;
+// answered is false when the instance did not answer.
+func (s *delivery) readHistory(ctx context.Context, inst *upstream.Instance, upstreamID string) (entry *comfyapi.HistoryEntry, answered bool) {
+	status, body, err := s.be.Call(ctx, inst, "GET", "/history/"+url.PathEscape(upstreamID), nil, nil)
+	if err != nil || status != 200 {
+		return nil, false
+	}
+	h, err := comfyapi.ParseHistory(body)
+	if err != nil {
+		return nil, false
+	}
+	raw, ok := h[upstreamID]
+	if !ok {
+		return nil, true
+	}
+	e, err := comfyapi.ParseHistoryEntry(raw)
+	if err != nil {
+		return nil, true
+	}
+	return &e, true
+}
+
+// download fetches one output from inst's /view, falling back to
+// whichever instance the prompt table finds holding it, into comfygate's store.
+func (s *delivery) download(ctx context.Context, j *job, inst *upstream.Instance, r outRef) (*outputFile, error) {
+	ref := r.ref
+	q := url.Values{"filename": {ref.Filename}, "subfolder": {ref.Subfolder}, "type": {ref.Type}}
+	if ref.Type == "" {
+		q.Set("type", "output")
+	}
+	path := "/view?" + q.Encode()
+	var lastErr error
+	// Failures of an instance in the fleet count (up to fetchAttempts);
+	// while the instance is out (down, answering 5xx, its breaker open)
+	// the download waits for it, up to fetchPatience: the output is
+	// nowhere else.
+	deadline := time.Now().Add(fetchPatience)
+	delay := s.retryDelay
+	for failures := 0; ; {
+		if inst == nil || !inst.Available() {
+			if owner, ok := s.be.FileOwner(ctx, ref); ok {
+				inst = owner
+			}
+		}
+		if inst == nil {
+			lastErr = errors.New("no instance holds the result")
+			failures++
+		} else {
+			counts := inst.Available()
+			w := s.newSpill(j.id)
+			status, err := s.be.Fetch(ctx, inst, path, w)
+			switch {
+			case err != nil:
+				lastErr = fmt.Errorf("get result from %s: %w", inst.Name, err)
+			case status != 200:
+				lastErr = fmt.Errorf("get result from %s: status %d", inst.Name, status)
+			default:
+				return w.file(r, inst.Name)
+			}
+			w.discard()
+			if counts && inst.Available() {
+				failures++
+			}
+		}
+		if failures >= fetchAttempts || !time.Now().Before(deadline) {
+			return nil, lastErr
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 2*time.Second)
+	}
 }
