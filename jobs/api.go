@@ -27,3 +27,9 @@ type api struct {
 	imageURLs *outboundClient    // downloads image parameters given as URLs
 	hooks     *outboundClient    // checks a submission's webhook URL
 }
+
+// parallelism is how many jobs run at once: healthy instances, capped by
+// MaxConcurrent. Never call with the engine locked (it asks the pool).
+func (s *api) parallelism() int {
+	return max(1, min(len(s.be.Healthy()), s.cfg.MaxConcurrent))
+}
