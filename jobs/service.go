@@ -93,10 +93,10 @@ type Service struct {
 	wd  *watchdog
 }
 
-// engine runs the jobs: their states, the wait line, the slots, dispatch
-// to the prompt table, retries, cancellation, expiry and the watchdog. It
-// owns the lock that guards the jobs map, the line and every job's
-// mutable fields; the other parts take it with lock and unlock.
+// engine runs the jobs: their states, the wait line (waitLine), the
+// slots, dispatch to the prompt table, retries and cancellation. It owns
+// the lock that guards the jobs map, the line and every job's mutable
+// fields; the other parts take it with lock and unlock.
 type engine struct {
 	cfg config.Jobs
 	be  backend
@@ -112,8 +112,12 @@ type engine struct {
 	// sweepEvery is the period of the loop that expires finished jobs and
 	// watches those at the instances.
 	sweepEvery time.Duration
-	// retryDelay spaces download and upload retries.
+	// retryDelay holds dispatch back after a failed submission.
 	retryDelay time.Duration
+
+	inputs *inputStore // the images of unfinished jobs
+	del    *delivery   // events, webhooks, outputs
+	st     *store      // records, Idempotency-Keys, result cache
 
 	run     *runner // the goroutines
 	runCtx  context.Context
@@ -127,11 +131,6 @@ type engine struct {
 	holdUntil time.Time // dispatch paused until then (no instance)
 	closed    bool
 	seq       uint64
-
-	inputs *inputStore // the images of unfinished jobs
-
-	del *delivery // events, webhooks, outputs
-	st  *store    // records, Idempotency-Keys, result cache
 }
 
 // New loads and validates the workflows (built-in ones and cfg.Workflows)
