@@ -172,7 +172,7 @@ func readEvents(t *testing.T, body io.Reader, stop func(sseEvent) bool) ([]sseEv
 func TestEventStreamResumes(t *testing.T) {
 	t.Parallel()
 	h := newHarnessWith(t, 1, comfysim.Options{Delay: 40 * time.Millisecond, Steps: 4}, nil,
-		func(s *Service) { s.heartbeat = 20 * time.Millisecond })
+		func(s *Service) { s.del.heartbeat = 20 * time.Millisecond })
 	id := h.submit("/api/upscale-image", testPNG(t, 16, 16), nil)
 	open := func(last int) *http.Response {
 		req, _ := http.NewRequest("GET", h.base+"/api/jobs/"+id+"/events", nil)
@@ -259,14 +259,14 @@ func TestIdempotentSubmit(t *testing.T) {
 
 	// While the first request is still creating its job: 409.
 	fp := [32]byte{1}
-	if id, aerr := h.svc.idemBegin(idemKey{key: "k3"}, fp); id != "" || aerr != nil {
+	if id, aerr := h.svc.st.idemBegin(idemKey{key: "k3"}, fp); id != "" || aerr != nil {
 		t.Fatalf("reserve: %q %v", id, aerr)
 	}
-	if _, aerr := h.svc.idemBegin(idemKey{key: "k3"}, fp); aerr == nil || aerr.status != 409 {
+	if _, aerr := h.svc.st.idemBegin(idemKey{key: "k3"}, fp); aerr == nil || aerr.status != 409 {
 		t.Fatalf("in progress: %v", aerr)
 	}
-	h.svc.idemAbort(idemKey{key: "k3"})
-	if id, aerr := h.svc.idemBegin(idemKey{key: "k3"}, fp); id != "" || aerr != nil {
+	h.svc.st.idemAbort(idemKey{key: "k3"})
+	if id, aerr := h.svc.st.idemBegin(idemKey{key: "k3"}, fp); id != "" || aerr != nil {
 		t.Fatalf("after abort: %q %v", id, aerr)
 	}
 }
@@ -328,12 +328,12 @@ func TestVideoOutputRoundTrips(t *testing.T) {
 				t.Fatalf("files on disk: %v", entries)
 			}
 			// Expiry frees them.
-			h.svc.jobsMu.Lock()
-			h.svc.jobs[v.JobID].finished = time.Now().Add(-time.Hour)
-			h.svc.jobsMu.Unlock()
-			h.svc.sweep()
+			h.svc.eng.jobsMu.Lock()
+			h.svc.eng.jobs[v.JobID].finished = time.Now().Add(-time.Hour)
+			h.svc.eng.jobsMu.Unlock()
+			h.svc.wd.sweep()
 			entries, _ = filepath.Glob(filepath.Join(dir, "*", "*"))
-			mem := h.svc.outMem.Load()
+			mem := h.svc.del.outMem.Load()
 			if len(entries) != 0 || mem != 0 {
 				t.Fatalf("after expiry: files %v, memory %d", entries, mem)
 			}
@@ -533,8 +533,8 @@ func TestWebhookSignedAndRetried(t *testing.T) {
 		c.Webhooks.AllowedHosts = []string{"127.0.0.1"}
 		c.Webhooks.Secret = secret
 	}, func(s *Service) {
-		s.webhookBackoff = 5 * time.Millisecond
-		s.m = m
+		s.del.webhookBackoff = 5 * time.Millisecond
+		s.eng.m, s.del.m, s.st.m = m, m, m
 	})
 	img := base64.StdEncoding.EncodeToString(testPNG(t, 16, 16))
 	code, _, b := postJSON(h, "/api/upscale-image", map[string]any{"image_base64": img, "webhook_url": srv.URL + "/hook"})

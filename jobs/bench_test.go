@@ -58,14 +58,14 @@ func runBatch(b *testing.B, h *harness, n int, src []byte) time.Duration {
 	done, failed := 0, ""
 	if !testkit.Poll(2*time.Minute, func() bool {
 		done = 0
-		h.svc.jobsMu.Lock()
-		defer h.svc.jobsMu.Unlock()
+		h.svc.eng.jobsMu.Lock()
+		defer h.svc.eng.jobsMu.Unlock()
 		for _, id := range ids {
-			switch h.svc.jobs[id].state {
+			switch h.svc.eng.jobs[id].state {
 			case stCompleted:
 				done++
 			case stFailed, stCancelled:
-				failed = "job " + id + ": " + h.svc.jobs[id].errMsg
+				failed = "job " + id + ": " + h.svc.eng.jobs[id].errMsg
 				return true
 			}
 		}

@@ -26,7 +26,7 @@ type bodyMem struct {
 	held   int64
 }
 
-func (s *Service) newBodyMem() *bodyMem { return &bodyMem{budget: s.bodies} }
+func (s *api) newBodyMem() *bodyMem { return &bodyMem{budget: s.bodies} }
 
 // take charges n more bytes; false when the budget has no room for them.
 func (m *bodyMem) take(n int64) bool {

@@ -430,7 +430,7 @@ func (wf *workflow) cacheTTL() time.Duration {
 // cacheKey is the result cache key of a submission in scope, and the
 // graph it hashed (the job's prompt with each image's name standing for
 // its bytes' SHA-256); "" when the workflow's results are not cached.
-func (s *Service) cacheKey(scope string, wf *workflow, sub *submission, values map[string]json.RawMessage, images map[string][]byte) (string, json.RawMessage) {
+func (s *store) cacheKey(scope string, wf *workflow, sub *submission, values map[string]json.RawMessage, images map[string][]byte) (string, json.RawMessage) {
 	if s.cache == nil || wf.cacheTTL() <= 0 {
 		return "", nil
 	}
@@ -505,7 +505,7 @@ func canonicalJSON(b []byte) ([]byte, error) {
 // submission whose result the cache holds (same scope, graph, parameters
 // and image bytes) becomes a job completed at once from it; any other is
 // accepted and, once completed, its outputs are cached (keepResult).
-func (s *Service) acceptOrReuse(wf *workflow, sub *submission, values map[string]json.RawMessage, images map[string][]byte, hook string, meta jobMeta) (*job, *apiError) {
+func (s *store) acceptOrReuse(wf *workflow, sub *submission, values map[string]json.RawMessage, images map[string][]byte, hook string, meta jobMeta) (*job, *apiError) {
 	key, graph := s.cacheKey(cacheScope(meta.owner), wf, sub, values, images)
 	if key != "" {
 		j := s.reuse(wf, key, graph, sub, values, hook, meta)
@@ -514,39 +514,31 @@ func (s *Service) acceptOrReuse(wf *workflow, sub *submission, values map[string
 			return j, nil
 		}
 	}
-	j, aerr := s.accept(wf, sub, values, images, hook, meta)
+	j, aerr := s.eng.accept(wf, sub, values, images, hook, meta)
 	if aerr == nil && key != "" {
-		s.jobsMu.Lock()
+		s.eng.lock()
 		j.cacheKey = key
-		s.jobsMu.Unlock()
+		s.eng.unlock()
 	}
 	return j, aerr
 }
 
 // reuse makes a job completed from key's cached result; nil when the
 // cache has none usable.
-func (s *Service) reuse(wf *workflow, key string, graph json.RawMessage, sub *submission, values map[string]json.RawMessage, hook string, meta jobMeta) *job {
+func (s *store) reuse(wf *workflow, key string, graph json.RawMessage, sub *submission, values map[string]json.RawMessage, hook string, meta jobMeta) *job {
 	e := s.cache.lookup(key)
 	if e == nil {
 		return nil
 	}
-	j := &job{s: s, id: newJobID(), wf: wf, inputs: sub.inputs, params: values, cached: true, meta: meta}
-	files, err := s.cachedOutputs(e, j.id)
+	j := &job{s: s.eng, id: newJobID(), wf: wf, inputs: sub.inputs, params: values, cached: true, meta: meta}
+	files, err := s.del.cachedOutputs(e, s.cache.entryDir(e.Key), j.id)
 	if err != nil {
 		s.log.Warn("result cache entry unusable: the job runs", "workflow", wf.name, "err", err)
 		s.cache.drop(key)
 		return nil
 	}
-	s.jobsMu.Lock()
-	defer s.jobsMu.Unlock()
-	if s.closed {
-		s.dropFilesLocked(files)
-		return nil // accept answers that comfygate is shutting down
-	}
-	now := s.now()
-	s.seq++
-	j.seq = s.seq
-	j.created, j.dispatched = now, now
+	s.eng.lock()
+	defer s.eng.unlock()
 	j.prompt = graph
 	j.cacheKey = key
 	j.prog = newProgress(wf.nodes)
@@ -555,19 +547,17 @@ func (s *Service) reuse(wf *workflow, key string, graph json.RawMessage, sub *su
 	if hook != "" {
 		j.webhook = &webhookState{url: hook, progress: sub.webhookProgress}
 	}
-	s.jobs[j.id] = j
-	s.m.JobSubmitted(wf.name)
-	if j.webhook != nil && j.webhook.progress {
-		s.goLocked("webhook", func() { s.streamHook(j) })
+	if !s.eng.addCompletedLocked(j) {
+		s.del.dropOutputsLocked(&job{files: files})
+		return nil // accept answers that comfygate is shutting down
 	}
-	s.finishLocked(j, stCompleted, "")
 	return j
 }
 
 // cachedOutputs gives job id its own links (or copies) of a cached
-// entry's outputs in the output directory: the job keeps them until it
-// expires, whatever the cache evicts meanwhile.
-func (s *Service) cachedOutputs(e *cacheEntry, id string) ([]*outputFile, error) {
+// entry's outputs (the files in entryDir) in the output directory: the
+// job keeps them until it expires, whatever the cache evicts meanwhile.
+func (s *delivery) cachedOutputs(e *cacheEntry, entryDir, id string) ([]*outputFile, error) {
 	dir, err := s.outputDir()
 	if err != nil {
 		return nil, err
@@ -583,7 +573,7 @@ func (s *Service) cachedOutputs(e *cacheEntry, id string) ([]*outputFile, error)
 	}
 	for n, o := range e.Outputs {
 		dst := filepath.Join(dir, id+"-cached-"+strconv.Itoa(n))
-		if err := linkOrCopy(filepath.Join(s.cache.entryDir(e.Key), strconv.Itoa(n)), dst); err != nil {
+		if err := linkOrCopy(filepath.Join(entryDir, strconv.Itoa(n)), dst); err != nil {
 			return fail(err)
 		}
 		f := &outputFile{
@@ -595,7 +585,7 @@ func (s *Service) cachedOutputs(e *cacheEntry, id string) ([]*outputFile, error)
 		}
 		if o.S3Key != "" && s.s3 != nil {
 			f.s3Key = o.S3Key
-			if f.s3URL, err = s.s3.presign(s.runCtx, o.S3Key); err != nil {
+			if f.s3URL, err = s.s3.presign(s.ctx, o.S3Key); err != nil {
 				f.s3URL, f.s3Err = "", "comfygate could not presign this output's S3 URL"
 			}
 		}
@@ -606,19 +596,13 @@ func (s *Service) cachedOutputs(e *cacheEntry, id string) ([]*outputFile, error)
 	return files, nil
 }
 
-// dropFilesLocked frees outputs no job took.
-func (s *Service) dropFilesLocked(files []*outputFile) {
-	j := &job{files: files}
-	s.dropOutputsLocked(j)
-}
-
 // keepResult caches the outputs of a job that completed by running, when
 // its workflow's results are cached. It runs before the job is reported
 // completed, so a job submitted after that finds the result.
-func (s *Service) keepResult(j *job, files []*outputFile) {
-	s.jobsMu.Lock()
+func (s *store) keepResult(j *job, files []*outputFile) {
+	s.eng.lock()
 	key := j.cacheKey
-	s.jobsMu.Unlock()
+	s.eng.unlock()
 	if key == "" || s.cache == nil {
 		return
 	}
@@ -630,28 +614,28 @@ func (s *Service) keepResult(j *job, files []*outputFile) {
 // restoreCachedLocked takes back a job that had completed from the cache
 // before a restart: its outputs are linked from the cache again, and it
 // completes (or fails, when the cache no longer holds them) as soon as
-// the service runs. s.jobsMu held.
-func (s *Service) restoreCachedLocked(j *job, key string) {
+// the service runs. the engine's lock held.
+func (s *store) restoreCachedLocked(j *job, key string) {
 	j.cached, j.cacheKey = true, key
 	j.state, j.dispatched = stFetching, j.created
-	s.goLocked("cache", func() {
+	s.eng.goLocked("cache", func() {
 		var files []*outputFile
 		err := errors.New("the result cache is off")
 		if s.cache != nil {
 			err = errors.New("the result cache no longer holds it")
 			if e := s.cache.lookup(key); e != nil {
-				files, err = s.cachedOutputs(e, j.id)
+				files, err = s.del.cachedOutputs(e, s.cache.entryDir(e.Key), j.id)
 			}
 		}
-		s.jobsMu.Lock()
-		defer s.jobsMu.Unlock()
+		s.eng.lock()
+		defer s.eng.unlock()
 		if err != nil {
 			s.log.Warn("restored cached job without its result", "job_id", j.id, "err", err)
-			s.finishLocked(j, stFailed, "comfygate restarted and the job's cached result is no longer stored")
+			s.eng.finishLocked(j, stFailed, "comfygate restarted and the job's cached result is no longer stored")
 			return
 		}
 		j.files = files
-		s.finishLocked(j, stCompleted, "")
+		s.eng.finishLocked(j, stCompleted, "")
 	})
 }
 

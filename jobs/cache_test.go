@@ -73,7 +73,7 @@ func TestCacheHit(t *testing.T) {
 		t.Fatalf("the first job is cached: %+v", first.statusView)
 	}
 	h.waitRuns(1)
-	if !h.svc.cache.has(mustKey(t, h.svc, "", "upscale-image", img, nil)) {
+	if !h.svc.st.cache.has(mustKey(t, h.svc, "", "upscale-image", img, nil)) {
 		t.Fatal("the completed job's result is not in the cache")
 	}
 
@@ -162,8 +162,8 @@ func TestCacheMisses(t *testing.T) {
 // mustKey is the cache key of a JSON submission of img with params.
 func mustKey(t *testing.T, s *Service, scope, wfName string, img []byte, params map[string]json.RawMessage) string {
 	t.Helper()
-	wf := s.workflows()[wfName]
-	key, graph := s.cacheKey(scope, wf, &submission{image: img}, params, nil)
+	wf := s.cat.workflows()[wfName]
+	key, graph := s.st.cacheKey(scope, wf, &submission{image: img}, params, nil)
 	if key == "" || len(graph) == 0 {
 		t.Fatalf("no cache key for %s", wfName)
 	}
@@ -213,7 +213,7 @@ func TestCacheKey(t *testing.T) {
 			t.Errorf("%s: same key", tc.desc)
 		}
 	}
-	if k, _ := s.cacheKey("", s.workflows()["up-nocache"], &submission{image: img}, nil, nil); k != "" {
+	if k, _ := s.st.cacheKey("", s.cat.workflows()["up-nocache"], &submission{image: img}, nil, nil); k != "" {
 		t.Error("a workflow without cache has a cache key")
 	}
 
@@ -223,9 +223,9 @@ func TestCacheKey(t *testing.T) {
 	if err := os.WriteFile(p, img, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	wf := s.workflows()["up"]
-	mem, _ := s.cacheKey("", wf, &submission{image: img}, x2, nil)
-	file, _ := s.cacheKey("", wf, &submission{spool: &spooledImage{path: p, size: int64(len(img))}}, x2, nil)
+	wf := s.cat.workflows()["up"]
+	mem, _ := s.st.cacheKey("", wf, &submission{image: img}, x2, nil)
+	file, _ := s.st.cacheKey("", wf, &submission{spool: &spooledImage{path: p, size: int64(len(img))}}, x2, nil)
 	if mem != file {
 		t.Error("a spooled image and the same bytes in memory have different keys")
 	}
@@ -496,8 +496,8 @@ func TestCacheHitWebhookAndMetrics(t *testing.T) {
 		c.Webhooks.AllowedHosts = []string{"127.0.0.1"}
 		c.Webhooks.Secret = "cache-test-secret"
 	}, func(s *Service) {
-		s.m = m
-		s.cache.m = m
+		s.eng.m, s.del.m, s.st.m = m, m, m
+		s.st.cache.m = m
 	})
 	img := testPNG(t, 10, 10)
 	h.waitSubmit("/api/upscale-image", img, nil)
@@ -525,8 +525,8 @@ func TestCacheHitWebhookAndMetrics(t *testing.T) {
 	hits := metricValue(t, m, "comfygate_job_cache_hits_total")
 	misses := metricValue(t, m, "comfygate_job_cache_misses_total")
 	size := metricValue(t, m, "comfygate_job_cache_bytes")
-	if hits != 1 || misses != 1 || size <= 0 || int64(size) != h.svc.cache.bytes() {
-		t.Fatalf("hits %v, misses %v, bytes %v (cache holds %d)", hits, misses, size, h.svc.cache.bytes())
+	if hits != 1 || misses != 1 || size <= 0 || int64(size) != h.svc.st.cache.bytes() {
+		t.Fatalf("hits %v, misses %v, bytes %v (cache holds %d)", hits, misses, size, h.svc.st.cache.bytes())
 	}
 }
 

@@ -17,7 +17,7 @@ import (
 // checked; the graph they make is checked against an instance's
 // /object_info (node classes, required inputs, value types and ranges,
 // choices, link outputs) without running anything.
-func (s *Service) serveDryRun(ctx *fasthttp.RequestCtx, wf *workflow, sub *submission, values map[string]json.RawMessage, images map[string][]byte) {
+func (s *api) serveDryRun(ctx *fasthttp.RequestCtx, wf *workflow, sub *submission, values map[string]json.RawMessage, images map[string][]byte) {
 	names := map[string]string{}
 	if wf.needsImage() {
 		names[""] = "comfygate-dry-run.png"
@@ -62,12 +62,12 @@ func (s *Service) serveDryRun(ctx *fasthttp.RequestCtx, wf *workflow, sub *submi
 }
 
 // objectInfo reads /object_info from an instance selection picks.
-func (s *Service) objectInfo() (string, map[string]classInfo, *apiError) {
+func (s *api) objectInfo() (string, map[string]classInfo, *apiError) {
 	inst, err := s.be.Select()
 	if err != nil {
 		return "", nil, &apiError{status: fasthttp.StatusServiceUnavailable, typ: errNoUpstream, msg: "no ComfyUI instance is available to check the workflow", retryAfter: 1}
 	}
-	ctx, cancel := context.WithTimeout(s.runCtx, s.cfg.MaxWait)
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.MaxWait)
 	defer cancel()
 	status, body, err := s.be.Call(ctx, inst, "GET", "/object_info", nil, nil)
 	if err != nil || status != 200 {
@@ -89,7 +89,7 @@ const maxValidateBody = 32 << 20
 // against an instance's /object_info like a dry run, and nothing runs.
 // Inputs that name uploaded files (object_info's image_upload) are not
 // checked: comfygate places files at submission, on whichever instance.
-func (s *Service) serveValidatePrompt(ctx *fasthttp.RequestCtx) {
+func (s *api) serveValidatePrompt(ctx *fasthttp.RequestCtx) {
 	mem := s.newBodyMem()
 	defer mem.release()
 	body, aerr := readBody(ctx, mem, maxValidateBody, maxValidateBody)
@@ -244,8 +244,8 @@ type workflowView struct {
 }
 
 // serveWorkflows lists the workflows with their request bodies as JSON Schema.
-func (s *Service) serveWorkflows(ctx *fasthttp.RequestCtx) {
-	wfs := s.workflows()
+func (s *api) serveWorkflows(ctx *fasthttp.RequestCtx) {
+	wfs := s.cat.workflows()
 	out := make([]workflowView, 0, len(wfs))
 	for _, name := range slices.Sorted(maps.Keys(wfs)) {
 		wf := wfs[name]
@@ -262,12 +262,12 @@ func (s *Service) serveWorkflows(ctx *fasthttp.RequestCtx) {
 }
 
 // serveOutputList answers GET /api/jobs/{id}/outputs.
-func (s *Service) serveOutputList(ctx *fasthttp.RequestCtx, id, scope string) {
+func (s *api) serveOutputList(ctx *fasthttp.RequestCtx, id, scope string) {
 	j := s.lockCompleted(ctx, id, scope)
 	if j == nil {
 		return
 	}
-	v := s.outputViewsLocked(j, isTrue(ctx.QueryArgs().Peek("base64")))
-	s.jobsMu.Unlock()
+	v := s.del.outputViewsLocked(j, isTrue(ctx.QueryArgs().Peek("base64")))
+	s.eng.unlock()
 	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"job_id": id, "outputs": v})
 }

@@ -128,9 +128,9 @@ func TestManyJobsTwoInstances(t *testing.T) {
 	// Never more than MaxConcurrent at the instances.
 	maxSeen, done := 0, 0
 	if !testkit.Poll(20*time.Second, func() bool {
-		h.svc.jobsMu.Lock()
-		maxSeen = max(maxSeen, h.svc.inFlight)
-		h.svc.jobsMu.Unlock()
+		h.svc.eng.jobsMu.Lock()
+		maxSeen = max(maxSeen, h.svc.eng.inFlight)
+		h.svc.eng.jobsMu.Unlock()
 		done = 0
 		for _, id := range ids {
 			if _, v := h.status(id); v.Status == statusCompleted || v.Status == statusFailed {
@@ -214,9 +214,9 @@ func TestCancelEveryState(t *testing.T) {
 	// queued reaches the instance's queue (pending there), waiting stays in comfygate.
 	var st state
 	if !testkit.Poll(5*time.Second, func() bool {
-		h.svc.jobsMu.Lock()
-		st = h.svc.jobs[queued].state
-		h.svc.jobsMu.Unlock()
+		h.svc.eng.jobsMu.Lock()
+		st = h.svc.eng.jobs[queued].state
+		h.svc.eng.jobsMu.Unlock()
 		return st == stQueued
 	}) {
 		t.Fatalf("second job never queued at the instance (state %d)", st)
@@ -254,9 +254,9 @@ func TestCancelEveryState(t *testing.T) {
 	// The slots come back: the interrupt took effect on the instance.
 	var held int
 	if !testkit.Poll(5*time.Second, func() bool {
-		h.svc.jobsMu.Lock()
-		held = h.svc.inFlight
-		h.svc.jobsMu.Unlock()
+		h.svc.eng.jobsMu.Lock()
+		held = h.svc.eng.inFlight
+		h.svc.eng.jobsMu.Unlock()
 		return held == 0
 	}) {
 		t.Fatalf("%d slots still held after cancelling everything", held)
@@ -294,9 +294,9 @@ func TestExpiry(t *testing.T) {
 	}
 	// The sweeper dropped it from memory, not just from view.
 	testkit.EventuallyWithin(t, 5*time.Second, "the sweeper to drop the expired job from memory", func() bool {
-		h.svc.jobsMu.Lock()
-		defer h.svc.jobsMu.Unlock()
-		return len(h.svc.jobs) == 0
+		h.svc.eng.jobsMu.Lock()
+		defer h.svc.eng.jobsMu.Unlock()
+		return len(h.svc.eng.jobs) == 0
 	})
 }
 

@@ -57,13 +57,13 @@ type eventView struct {
 
 // emitLocked appends an event to j's log and wakes everyone waiting on
 // the job (long polls, event streams, one-request submissions). A
-// terminal event also starts the webhook delivery. s.jobsMu must be held.
-func (s *Service) emitLocked(j *job, typ string, node string) {
-	now := s.now()
+// terminal event also starts the webhook delivery. the engine's lock must be held.
+func (s *delivery) emitLocked(j *job, typ string, node string) {
+	now := s.eng.timeNow()
 	v := eventView{JobID: j.id, Status: j.state.public(), Progress: j.prog.reported, Instance: j.instance, Node: node, Timestamp: now.UTC()}
 	switch typ {
 	case evQueued:
-		pos := s.queuePositionLocked(j)
+		pos := s.line.position(j)
 		v.QueuePosition = &pos
 		j.lastPos = pos
 	case evCompleted:
@@ -84,7 +84,7 @@ func (s *Service) emitLocked(j *job, typ string, node string) {
 		j.webhook.id = webhookID(j.id, ev)
 		j.webhook.started = true
 		if !j.webhook.progress { // else streamHook delivers it, after the progress
-			s.goLocked("webhook", func() { s.deliver(j, ev) })
+			s.eng.goLocked("webhook", func() { s.deliver(j, ev) })
 		}
 	}
 }
@@ -99,43 +99,43 @@ func (j *job) notifyLocked() {
 
 // progressLocked emits a progress event when the reported percentage
 // moved.
-func (s *Service) progressLocked(j *job, node string) {
+func (s *delivery) progressLocked(j *job, node string) {
 	before := j.prog.reported
 	if j.prog.percent() != before {
 		s.emitLocked(j, evProgress, node)
 	}
 }
 
-// waitJob blocks until done(j) holds (checked under s.jobsMu), d passes,
+// waitJob blocks until done(j) holds (checked under the engine's lock), d passes,
 // ctx ends or the service stops. It reports whether done held. Waiting
 // costs no polling: every change of the job closes its changed channel.
-func (s *Service) waitJob(ctx context.Context, j *job, d time.Duration, done func(*job) bool) bool {
+func (s *delivery) waitJob(ctx context.Context, j *job, d time.Duration, done func(*job) bool) bool {
 	if d <= 0 {
-		s.jobsMu.Lock()
+		s.eng.lock()
 		ok := done(j)
-		s.jobsMu.Unlock()
+		s.eng.unlock()
 		return ok
 	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	for {
-		s.jobsMu.Lock()
+		s.eng.lock()
 		if done(j) {
-			s.jobsMu.Unlock()
+			s.eng.unlock()
 			return true
 		}
 		if j.changed == nil {
 			j.changed = make(chan struct{})
 		}
 		ch := j.changed
-		s.jobsMu.Unlock()
+		s.eng.unlock()
 		select {
 		case <-ch:
 		case <-t.C:
 			return false
 		case <-ctx.Done():
 			return false
-		case <-s.runCtx.Done():
+		case <-s.ctx.Done():
 			return false
 		}
 	}
@@ -145,7 +145,7 @@ func (s *Service) waitJob(ctx context.Context, j *job, d time.Duration, done fun
 // public status differs from ?status= (default: its status now), or it
 // ends. It reports false when it answered already (a bad wait, when
 // report is set).
-func (s *Service) longPoll(ctx *fasthttp.RequestCtx, id, scope string, report bool) bool {
+func (s *api) longPoll(ctx *fasthttp.RequestCtx, id, scope string, report bool) bool {
 	wait, aerr := requestedWait(ctx, s.cfg.MaxWait)
 	if aerr != nil {
 		if report {
@@ -154,18 +154,18 @@ func (s *Service) longPoll(ctx *fasthttp.RequestCtx, id, scope string, report bo
 		}
 		return true
 	}
-	s.jobsMu.Lock()
-	j := s.lookupLocked(id, scope)
+	s.eng.lock()
+	j := s.eng.lookupLocked(id, scope)
 	if j == nil {
-		s.jobsMu.Unlock()
+		s.eng.unlock()
 		return true
 	}
 	since := string(ctx.QueryArgs().Peek("status"))
 	if since == "" {
 		since = j.state.public()
 	}
-	s.jobsMu.Unlock()
-	s.waitJob(ctx, j, wait, func(j *job) bool { return j.state.public() != since })
+	s.eng.unlock()
+	s.del.waitJob(ctx, j, wait, func(j *job) bool { return j.state.public() != since })
 	return true
 }
 
@@ -174,10 +174,10 @@ func (s *Service) longPoll(ctx *fasthttp.RequestCtx, id, scope string, report bo
 // event as it happens, a comment every heartbeat while idle, and the end
 // of the stream after the terminal event. A client that reconnects with
 // the id of the last event it saw misses nothing.
-func (s *Service) serveEvents(ctx *fasthttp.RequestCtx, id, scope string) {
-	s.jobsMu.Lock()
-	j := s.lookupLocked(id, scope)
-	s.jobsMu.Unlock()
+func (s *delivery) serveEvents(ctx *fasthttp.RequestCtx, id, scope string) {
+	s.eng.lock()
+	j := s.eng.lookupLocked(id, scope)
+	s.eng.unlock()
 	if j == nil {
 		notFound(ctx, id)
 		return
@@ -203,13 +203,13 @@ func (s *Service) serveEvents(ctx *fasthttp.RequestCtx, id, scope string) {
 		t := time.NewTicker(heartbeat)
 		defer t.Stop()
 		for {
-			s.jobsMu.Lock()
+			s.eng.lock()
 			pending := slices.Clone(j.events[min(max(after, 0), len(j.events)):])
 			if j.changed == nil {
 				j.changed = make(chan struct{})
 			}
 			ch := j.changed
-			s.jobsMu.Unlock()
+			s.eng.unlock()
 			for _, ev := range pending {
 				fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", ev.id, ev.typ, ev.data)
 				after = ev.id
@@ -229,7 +229,7 @@ func (s *Service) serveEvents(ctx *fasthttp.RequestCtx, id, scope string) {
 				if _, err := w.WriteString(": heartbeat\n\n"); err != nil || w.Flush() != nil {
 					return
 				}
-			case <-s.runCtx.Done():
+			case <-s.ctx.Done():
 				return
 			case <-shutdown:
 				return

@@ -237,7 +237,7 @@ func newFakeService(tb testing.TB, f *fakeBackend, mod func(*config.Config)) *Se
 	if err != nil {
 		tb.Fatal(err)
 	}
-	s.retryDelay = time.Millisecond
+	s.eng.retryDelay, s.del.retryDelay = time.Millisecond, time.Millisecond
 	tb.Cleanup(s.Close)
 	return s
 }
@@ -299,7 +299,7 @@ func submitFake(tb testing.TB, s *Service, route string) string {
 
 // jobState reads a job's internal state.
 func jobState(s *Service, id string) state {
-	s.jobsMu.Lock()
-	defer s.jobsMu.Unlock()
-	return s.jobs[id].state
+	s.eng.jobsMu.Lock()
+	defer s.eng.jobsMu.Unlock()
+	return s.eng.jobs[id].state
 }

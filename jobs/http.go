@@ -66,7 +66,10 @@ type Request struct {
 // Routing reads r.Path only, never the request's own (decoded, cleaned)
 // path: a path under /api/jobs/ with an empty, "." or ".." segment names
 // no job and is answered 404 here.
-func (s *Service) ServeJobs(ctx *fasthttp.RequestCtx, r Request) bool {
+func (s *Service) ServeJobs(ctx *fasthttp.RequestCtx, r Request) bool { return s.api.ServeJobs(ctx, r) }
+
+// ServeJobs is Service.ServeJobs.
+func (s *api) ServeJobs(ctx *fasthttp.RequestCtx, r Request) bool {
 	path := r.Path
 	switch {
 	case path == routeRemoveBackground:
@@ -141,7 +144,7 @@ func (s *Service) ServeJobs(ctx *fasthttp.RequestCtx, r Request) bool {
 			if !allow(ctx, "GET") {
 				return true
 			}
-			s.serveEvents(ctx, id, r.Scope)
+			s.del.serveEvents(ctx, id, r.Scope)
 		case "outputs":
 			if !allow(ctx, "GET", "HEAD") {
 				return true
@@ -229,11 +232,11 @@ type acceptedView struct {
 
 // serveSubmit accepts a job for the named workflow. builtIn marks the
 // two fixed endpoints, whose one-request answer carries image_base64.
-func (s *Service) serveSubmit(ctx *fasthttp.RequestCtx, r Request, name string, builtIn bool) {
+func (s *api) serveSubmit(ctx *fasthttp.RequestCtx, r Request, name string, builtIn bool) {
 	if !allow(ctx, "POST") {
 		return
 	}
-	wfs := s.workflows()
+	wfs := s.cat.workflows()
 	wf := wfs[name]
 	if wf == nil {
 		writeError(ctx, badRequest(errUnknownWorkflow, "unknown workflow %q (known: %s)", name, strings.Join(slices.Sorted(maps.Keys(wfs)), ", ")))
@@ -306,15 +309,15 @@ func (s *Service) serveSubmit(ctx *fasthttp.RequestCtx, r Request, name string, 
 	if key.key != "" {
 		meta.idem = key.key
 		meta.idemFP = fingerprint(wf.name, sub, values, images, hook)
-		id, aerr := s.idemBegin(key, meta.idemFP)
+		id, aerr := s.st.idemBegin(key, meta.idemFP)
 		if aerr != nil {
 			writeError(ctx, aerr)
 			return
 		}
 		if id != "" {
-			s.jobsMu.Lock()
-			j = s.lookupLocked(id, r.Scope)
-			s.jobsMu.Unlock()
+			s.eng.lock()
+			j = s.eng.lookupLocked(id, r.Scope)
+			s.eng.unlock()
 			if j == nil {
 				writeJSON(ctx, fasthttp.StatusOK, acceptedView{JobID: id, Status: statusExpired, Workflow: wf.name,
 					StatusURL: routeJobs + "/" + id + "/status", ResultURL: routeJobs + "/" + id + "/result"})
@@ -325,12 +328,12 @@ func (s *Service) serveSubmit(ctx *fasthttp.RequestCtx, r Request, name string, 
 		}
 	}
 	if j == nil {
-		j, aerr = s.acceptOrReuse(wf, sub, values, images, hook, meta)
+		j, aerr = s.st.acceptOrReuse(wf, sub, values, images, hook, meta)
 		if key.key != "" {
 			if aerr != nil {
-				s.idemAbort(key)
+				s.st.idemAbort(key)
 			} else {
-				s.idemDone(key, j.id)
+				s.st.idemDone(key, j.id)
 			}
 		}
 		if aerr != nil {
@@ -338,15 +341,15 @@ func (s *Service) serveSubmit(ctx *fasthttp.RequestCtx, r Request, name string, 
 			return
 		}
 	}
-	if wait > 0 && s.waitJob(ctx, j, wait, func(j *job) bool { return j.state.terminal() }) {
+	if wait > 0 && s.del.waitJob(ctx, j, wait, func(j *job) bool { return j.state.terminal() }) {
 		s.writeFinished(ctx, j, withData)
 		return
 	}
 	parallel := s.parallelism()
-	s.jobsMu.Lock()
-	est := s.estimateLocked(j, parallel)
+	s.eng.lock()
+	est := s.line.estimate(j, parallel)
 	st := j.state.public()
-	s.jobsMu.Unlock()
+	s.eng.unlock()
 	if !replayed && !j.cached {
 		st = statusPending
 	}
@@ -460,18 +463,18 @@ type waitedView struct {
 }
 
 // writeFinished answers with a finished job.
-func (s *Service) writeFinished(ctx *fasthttp.RequestCtx, j *job, withData bool) {
+func (s *api) writeFinished(ctx *fasthttp.RequestCtx, j *job, withData bool) {
 	parallel := s.parallelism()
-	s.jobsMu.Lock()
+	s.eng.lock()
 	v := waitedView{statusView: s.statusLocked(j, parallel)}
 	if withData && len(j.files) > 0 {
-		v.Outputs = s.outputViewsLocked(j, ctx.QueryArgs().Has("base64"))
+		v.Outputs = s.del.outputViewsLocked(j, ctx.QueryArgs().Has("base64"))
 		f := j.files[0]
 		if b, err := f.bytes(); err == nil {
 			v.ImageBase64, v.ContentType = dataURL(f.contentType, b), f.contentType
 		}
 	}
-	s.jobsMu.Unlock()
+	s.eng.unlock()
 	writeJSON(ctx, fasthttp.StatusOK, v)
 }
 
@@ -482,136 +485,6 @@ func (wf *workflow) imageParams() int {
 		if p.Type == ptImage {
 			n++
 		}
-	}
-	return n
-}
-
-// accept puts a validated submission in the wait line.
-func (s *Service) accept(wf *workflow, sub *submission, values map[string]json.RawMessage, images map[string][]byte, hook string, meta jobMeta) (*job, *apiError) {
-	healthy := s.be.Healthy()
-	parallel := max(1, min(len(healthy), s.cfg.MaxConcurrent))
-	j := &job{
-		s:      s,
-		id:     newJobID(),
-		wf:     wf,
-		inputs: sub.inputs,
-		params: values,
-		meta:   meta,
-	}
-	var data [][]byte
-	if wf.needsImage() {
-		j.images = append(j.images, &jobImage{name: j.id + extension(sub.format)})
-		data = append(data, sub.image)
-	}
-	size := int64(0)
-	if sub.spool != nil {
-		size = sub.spool.size
-	}
-	for _, name := range slices.Sorted(maps.Keys(images)) {
-		format, _, _, _ := sniffImage(images[name])
-		j.images = append(j.images, &jobImage{param: name, name: j.id + "-" + name + extension(format)})
-		data = append(data, images[name])
-	}
-	prompt, err := wf.buildWith(imageNames(j.images), sub.inputs, values)
-	if err != nil {
-		return nil, badRequest(errInvalidOverride, "cannot apply the inputs: %v", err)
-	}
-	for _, d := range data {
-		size += int64(len(d))
-	}
-	if aerr := s.checkLine(wf, size, parallel, len(healthy)); aerr != nil {
-		return nil, aerr // before the images are written anywhere
-	}
-	for i, im := range j.images {
-		var err error
-		if i == 0 && sub.spool != nil {
-			err = s.inputs.keepSpooled(im, j.id, sub.spool)
-		} else {
-			err = s.inputs.keep(im, j.id, data[i])
-		}
-		if err != nil {
-			for _, kept := range j.images[:i] {
-				s.inputs.release(kept)
-			}
-			s.log.Error("job image not kept", "err", err)
-			return nil, &apiError{status: fasthttp.StatusServiceUnavailable, typ: errNoUpstream,
-				msg: "comfygate cannot store the image now", retryAfter: 5}
-		}
-	}
-	j.prompt = prompt
-	j.prog = newProgress(wf.nodes)
-	if hook != "" {
-		j.webhook = &webhookState{url: hook, progress: sub.webhookProgress}
-	}
-
-	s.jobsMu.Lock()
-	aerr := s.checkLineLocked(wf, j.imageBytes(), parallel, len(healthy))
-	if s.closed {
-		aerr = &apiError{status: fasthttp.StatusServiceUnavailable, typ: errShuttingDown, msg: "comfygate is shutting down", retryAfter: 1}
-	}
-	if aerr != nil {
-		s.jobsMu.Unlock()
-		for _, im := range j.images {
-			s.inputs.release(im)
-		}
-		return nil, aerr
-	}
-	s.seq++
-	j.seq = s.seq
-	j.created = s.now()
-	j.state = stWaiting
-	s.jobs[j.id] = j
-	s.line = append(s.line, j)
-	s.m.JobSubmitted(wf.name)
-	s.gaugesLocked()
-	s.kick()
-	s.emitLocked(j, evQueued, "")
-	if j.webhook != nil && j.webhook.progress {
-		s.goLocked("webhook", func() { s.streamHook(j) })
-	}
-	s.jobsMu.Unlock()
-	s.persist(j)
-	s.log.Debug("job accepted", "job_id", j.id, "workflow", wf.name, "bytes", size)
-	return j, nil
-}
-
-// checkLine answers whether a job of the workflow holding size bytes of
-// images may join the wait line now: 503 when no instance is available,
-// 429 with Retry-After when the line is full by count or by bytes.
-func (s *Service) checkLine(wf *workflow, size int64, parallel, healthy int) *apiError {
-	s.jobsMu.Lock()
-	defer s.jobsMu.Unlock()
-	return s.checkLineLocked(wf, size, parallel, healthy)
-}
-
-func (s *Service) checkLineLocked(wf *workflow, size int64, parallel, healthy int) *apiError {
-	if healthy == 0 {
-		return &apiError{status: fasthttp.StatusServiceUnavailable, typ: errNoUpstream,
-			msg: "no ComfyUI instance is available", retryAfter: retryAfterSeconds(noUpstreamBackoff)}
-	}
-	if held, max := s.lineBytesLocked()+size, s.cfg.MaxWaitingBytes; max > 0 && held > max && len(s.line) > 0 {
-		// The waiting jobs' images are kept until the jobs end: bounded by
-		// bytes as well as by count (a lone job over the cap may still wait).
-		wait := s.runEstimateLocked(wf.name) / time.Duration(parallel)
-		return &apiError{status: fasthttp.StatusTooManyRequests, typ: errQueueFull,
-			msg:        fmt.Sprintf("the wait line holds %d bytes of images (jobs.max_waiting_bytes %d); retry later", held-size, max),
-			retryAfter: retryAfterSeconds(wait)}
-	}
-	if len(s.line) >= s.cfg.MaxWaiting {
-		// One place frees up when one job at the instances finishes.
-		wait := s.runEstimateLocked(wf.name) / time.Duration(parallel)
-		return &apiError{status: fasthttp.StatusTooManyRequests, typ: errQueueFull,
-			msg:        fmt.Sprintf("the wait line is full (%d jobs); retry later", len(s.line)),
-			retryAfter: retryAfterSeconds(wait)}
-	}
-	return nil
-}
-
-// lineBytesLocked is the size of the images the waiting jobs hold.
-func (s *Service) lineBytesLocked() int64 {
-	var n int64
-	for _, w := range s.line {
-		n += w.imageBytes()
 	}
 	return n
 }
@@ -636,8 +509,8 @@ type statusView struct {
 }
 
 // statusLocked renders a job's status.
-func (s *Service) statusLocked(j *job, parallel int) statusView {
-	now := s.now()
+func (s *api) statusLocked(j *job, parallel int) statusView {
+	now := s.eng.timeNow()
 	v := statusView{
 		JobID:     j.id,
 		Workflow:  j.wf.name,
@@ -667,32 +540,32 @@ func (s *Service) statusLocked(j *job, parallel int) statusView {
 			v.Error = &msg
 			v.ErrorDetails = j.errDetail
 		}
-		v.Outputs = s.outputViewsLocked(j, false)
+		v.Outputs = s.del.outputViewsLocked(j, false)
 	default:
 		if v.Status == statusPending {
-			pos := s.queuePositionLocked(j)
+			pos := s.line.position(j)
 			v.QueuePosition = &pos
 		}
-		est := estimateSeconds(s.estimateLocked(j, parallel))
+		est := estimateSeconds(s.line.estimate(j, parallel))
 		v.Estimated = &est
 	}
 	return v
 }
 
-func (s *Service) serveStatus(ctx *fasthttp.RequestCtx, id, scope string) {
+func (s *api) serveStatus(ctx *fasthttp.RequestCtx, id, scope string) {
 	if ctx.QueryArgs().Has("wait") && !s.longPoll(ctx, id, scope, true) {
 		return
 	}
 	parallel := s.parallelism()
-	s.jobsMu.Lock()
-	j := s.lookupLocked(id, scope)
+	s.eng.lock()
+	j := s.eng.lookupLocked(id, scope)
 	if j == nil {
-		s.jobsMu.Unlock()
+		s.eng.unlock()
 		notFound(ctx, id)
 		return
 	}
 	v := s.statusLocked(j, parallel)
-	s.jobsMu.Unlock()
+	s.eng.unlock()
 	writeJSON(ctx, fasthttp.StatusOK, v)
 }
 
@@ -713,18 +586,18 @@ type resultView struct {
 	Cached           bool         `json:"cached,omitempty"` // completed from the result cache
 }
 
-func (s *Service) serveResult(ctx *fasthttp.RequestCtx, id, scope string) {
+func (s *api) serveResult(ctx *fasthttp.RequestCtx, id, scope string) {
 	parallel := s.parallelism()
-	s.jobsMu.Lock()
-	j := s.lookupLocked(id, scope)
+	s.eng.lock()
+	j := s.eng.lookupLocked(id, scope)
 	if j == nil {
-		s.jobsMu.Unlock()
+		s.eng.unlock()
 		notFound(ctx, id)
 		return
 	}
 	if j.state != stCompleted {
 		v := s.statusLocked(j, parallel)
-		s.jobsMu.Unlock()
+		s.eng.unlock()
 		writeJSON(ctx, fasthttp.StatusConflict, v)
 		return
 	}
@@ -736,10 +609,10 @@ func (s *Service) serveResult(ctx *fasthttp.RequestCtx, id, scope string) {
 		ContentType:      f.contentType,
 		ProcessingTimeMS: j.finished.Sub(j.dispatched).Milliseconds(),
 		Instance:         j.instance,
-		Outputs:          s.outputViewsLocked(j, isTrue(ctx.QueryArgs().Peek("base64"))),
+		Outputs:          s.del.outputViewsLocked(j, isTrue(ctx.QueryArgs().Peek("base64"))),
 		Cached:           j.cached,
 	}
-	s.jobsMu.Unlock()
+	s.eng.unlock()
 	if wantsRaw(ctx) {
 		serveFile(ctx, f)
 		ctx.Response.Header.Set("Content-Disposition", fmt.Sprintf("inline; filename=\"%s%s\"", id, extensionForType(f.contentType)))
@@ -792,15 +665,15 @@ type deleteView struct {
 	Status    string `json:"status"`
 }
 
-func (s *Service) serveDelete(ctx *fasthttp.RequestCtx, id, scope string) {
-	s.jobsMu.Lock()
-	visible := s.lookupLocked(id, scope) != nil
-	s.jobsMu.Unlock()
+func (s *api) serveDelete(ctx *fasthttp.RequestCtx, id, scope string) {
+	s.eng.lock()
+	visible := s.eng.lookupLocked(id, scope) != nil
+	s.eng.unlock()
 	if !visible {
 		notFound(ctx, id)
 		return
 	}
-	known, cancelled := s.CancelJob(ctx, id, scope)
+	known, cancelled := s.eng.cancel(ctx, id, scope)
 	if !known {
 		notFound(ctx, id)
 		return
@@ -809,11 +682,11 @@ func (s *Service) serveDelete(ctx *fasthttp.RequestCtx, id, scope string) {
 	if cancelled {
 		st = statusCancelled
 	}
-	s.jobsMu.Lock()
-	if j := s.jobs[id]; j != nil {
+	s.eng.lock()
+	if j := s.eng.jobLocked(id); j != nil {
 		st = j.state.public()
 	}
-	s.jobsMu.Unlock()
+	s.eng.unlock()
 	writeJSON(ctx, fasthttp.StatusOK, deleteView{JobID: id, Cancelled: cancelled, Status: st})
 }
 
@@ -835,35 +708,16 @@ type listView struct {
 	InFlight int        `json:"in_flight"`
 }
 
-func (s *Service) serveList(ctx *fasthttp.RequestCtx, scope string) {
+func (s *api) serveList(ctx *fasthttp.RequestCtx, scope string) {
 	var filter []string
 	if f := string(ctx.QueryArgs().Peek("status")); f != "" {
 		filter = strings.Split(f, ",")
 	}
-	s.jobsMu.Lock()
-	now := s.now()
-	js := make([]*job, 0, len(s.jobs))
-	for _, j := range s.jobs {
-		if !s.expiredLocked(j, now) && inScope(j, scope) && (filter == nil || slices.Contains(filter, j.state.public())) {
-			js = append(js, j)
-		}
-	}
+	s.eng.lock()
+	now := s.eng.timeNow()
+	js, waiting, inFlight := s.eng.jobsLocked(scope, func(j *job) bool { return filter == nil || slices.Contains(filter, j.state.public()) })
 	slices.SortFunc(js, func(a, b *job) int { return cmp.Compare(a.seq, b.seq) })
-	v := listView{Jobs: make([]listItem, 0, len(js)), Total: len(js), Waiting: len(s.line), InFlight: s.inFlight}
-	if scope != "" {
-		// Counted over the scope's own jobs: the others do not exist here.
-		v.Waiting, v.InFlight = 0, 0
-		for _, w := range s.line {
-			if inScope(w, scope) {
-				v.Waiting++
-			}
-		}
-		for a := range s.active {
-			if a.holdsSlot && inScope(a, scope) {
-				v.InFlight++
-			}
-		}
-	}
+	v := listView{Jobs: make([]listItem, 0, len(js)), Total: len(js), Waiting: waiting, InFlight: inFlight}
 	for _, j := range js {
 		it := listItem{
 			JobID:      j.id,
@@ -878,7 +732,7 @@ func (s *Service) serveList(ctx *fasthttp.RequestCtx, scope string) {
 		}
 		v.Jobs = append(v.Jobs, it)
 	}
-	s.jobsMu.Unlock()
+	s.eng.unlock()
 	writeJSON(ctx, fasthttp.StatusOK, v)
 }
 
@@ -903,11 +757,14 @@ type waitingWorkflow struct {
 // that has not reached an instance yet (in the wait line, or being
 // uploaded and submitted); ok is false otherwise, and for a job outside
 // scope (when scope is not "").
-func (s *Service) WaitingJob(id, scope string) ([]byte, bool) {
-	s.jobsMu.Lock()
-	j := s.lookupLocked(id, scope)
+func (s *Service) WaitingJob(id, scope string) ([]byte, bool) { return s.api.WaitingJob(id, scope) }
+
+// WaitingJob is Service.WaitingJob.
+func (s *api) WaitingJob(id, scope string) ([]byte, bool) {
+	s.eng.lock()
+	j := s.eng.lookupLocked(id, scope)
 	if j == nil || !(j.state == stWaiting || (j.state == stSubmitting && !j.submitted)) {
-		s.jobsMu.Unlock()
+		s.eng.unlock()
 		return nil, false
 	}
 	created := j.created.UnixMilli()
@@ -921,7 +778,7 @@ func (s *Service) WaitingJob(id, scope string) ([]byte, bool) {
 			ExtraData: map[string]any{"create_time": created, "comfygate_job": map[string]string{"workflow": j.wf.name}},
 		},
 	}
-	s.jobsMu.Unlock()
+	s.eng.unlock()
 	b, err := json.Marshal(v)
 	if err != nil {
 		return nil, false

@@ -28,7 +28,7 @@ type idemKey struct {
 }
 
 // idemEntry is one Idempotency-Key (IETF httpapi draft): the submission
-// it came with and the job it created. Guarded by Service.jobsMu.
+// it came with and the job it created. Guarded by the engine's lock.
 type idemEntry struct {
 	fp      [sha256.Size]byte
 	jobID   string // "" while the first request is still creating the job
@@ -82,13 +82,13 @@ func fingerprint(wf string, sub *submission, values map[string]json.RawMessage, 
 // 422 (another submission) or 409 (the first request is still creating
 // its job). An unknown key is reserved for this request ("" returned):
 // the caller ends it with idemDone or idemAbort.
-func (s *Service) idemBegin(key idemKey, fp [sha256.Size]byte) (string, *apiError) {
+func (s *store) idemBegin(key idemKey, fp [sha256.Size]byte) (string, *apiError) {
 	if len(key.key) > maxIdempotencyKeyLen {
 		return "", badRequest(errInvalidRequest, "Idempotency-Key longer than %d bytes", maxIdempotencyKeyLen)
 	}
-	s.jobsMu.Lock()
-	defer s.jobsMu.Unlock()
-	now := s.now()
+	s.eng.lock()
+	defer s.eng.unlock()
+	now := s.eng.timeNow()
 	if e := s.idem[key]; e != nil && now.Sub(e.created) < s.cfg.IdempotencyTTL {
 		switch {
 		case e.fp != fp:
@@ -108,27 +108,27 @@ func (s *Service) idemBegin(key idemKey, fp [sha256.Size]byte) (string, *apiErro
 }
 
 // idemDone records the job a reserved key created.
-func (s *Service) idemDone(key idemKey, jobID string) {
-	s.jobsMu.Lock()
+func (s *store) idemDone(key idemKey, jobID string) {
+	s.eng.lock()
 	if e := s.idem[key]; e != nil {
 		e.jobID = jobID
 	}
-	s.jobsMu.Unlock()
+	s.eng.unlock()
 }
 
 // idemAbort frees a reserved key whose request created no job, so that
 // its retry may.
-func (s *Service) idemAbort(key idemKey) {
-	s.jobsMu.Lock()
+func (s *store) idemAbort(key idemKey) {
+	s.eng.lock()
 	if e := s.idem[key]; e != nil && e.jobID == "" {
 		delete(s.idem, key)
 	}
-	s.jobsMu.Unlock()
+	s.eng.unlock()
 }
 
 // expireIdemLocked forgets keys older than the TTL; with full set, also
 // the oldest tenth of the rest.
-func (s *Service) expireIdemLocked(now time.Time, full bool) {
+func (s *store) expireIdemLocked(now time.Time, full bool) {
 	for k, e := range s.idem {
 		if now.Sub(e.created) >= s.cfg.IdempotencyTTL {
 			delete(s.idem, k)

@@ -60,9 +60,9 @@ func (s state) public() string {
 }
 
 // job is one async job. Its immutable fields are set at accept time; the
-// rest is guarded by Service.jobsMu.
+// rest is guarded by engine.jobsMu.
 type job struct {
-	s       *Service
+	s       *engine
 	id      string // also the prompt_id it is submitted under
 	wf      *workflow
 	seq     uint64
@@ -72,7 +72,7 @@ type job struct {
 	cached  bool                       // completed from the result cache, without running
 	meta    jobMeta
 
-	// Guarded by Service.jobsMu.
+	// Guarded by engine.jobsMu.
 	state     state
 	images    []*jobImage // the caller's images, kept until the job ends (inputStore)
 	prompt    json.RawMessage
@@ -142,7 +142,7 @@ type errorDetails struct {
 
 // PromptEvent receives the job's prompt events from the prompt table (prompts.Sink).
 // It runs on the instance's reader goroutine: it parses and updates state
-// under the Service's mutex and starts any slow work on its own goroutine.
+// under the engine's mutex and starts any slow work on its own goroutine.
 func (j *job) PromptEvent(p *prompts.Prompt, ev prompts.Event) {
 	if ev.Binary {
 		return

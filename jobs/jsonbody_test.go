@@ -232,9 +232,9 @@ func TestBase64SubmissionForms(t *testing.T) {
 			}
 			var a acceptedView
 			_ = json.Unmarshal(resp, &a)
-			s.jobsMu.Lock()
-			im := s.jobs[a.JobID].images[0]
-			s.jobsMu.Unlock()
+			s.eng.jobsMu.Lock()
+			im := s.eng.jobs[a.JobID].images[0]
+			s.eng.jobsMu.Unlock()
 			r, err := im.open()
 			if err != nil {
 				t.Fatal(err)

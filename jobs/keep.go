@@ -186,13 +186,13 @@ func writeAtomic(path string, data []byte) error {
 // placeImages uploads the job's images to inst, the instance its prompt is
 // about to be sent to (the first time, or after a failover), from
 // comfygate's kept copies. It is the job's prompts.SubmitRequest.Prepare.
-func (s *Service) placeImages(ctx context.Context, j *job, inst *upstream.Instance) error {
-	s.jobsMu.Lock()
+func (s *delivery) placeImages(ctx context.Context, j *job, inst *upstream.Instance) error {
+	s.eng.lock()
 	imgs := make([]jobImage, 0, len(j.images))
 	for _, im := range j.images {
 		imgs = append(imgs, *im)
 	}
-	s.jobsMu.Unlock()
+	s.eng.unlock()
 	var errs []error
 	for i := range imgs {
 		im := &imgs[i]
@@ -208,7 +208,7 @@ func (s *Service) placeImages(ctx context.Context, j *job, inst *upstream.Instan
 		s.be.PinFile(im.ref(), inst)
 	}
 	err := errors.Join(errs...)
-	s.jobsMu.Lock()
+	s.eng.lock()
 	if err != nil {
 		if j.uploadFailed == nil {
 			j.uploadFailed = map[string]bool{}
@@ -217,7 +217,7 @@ func (s *Service) placeImages(ctx context.Context, j *job, inst *upstream.Instan
 	} else {
 		delete(j.uploadFailed, inst.Name)
 	}
-	s.jobsMu.Unlock()
+	s.eng.unlock()
 	if err != nil {
 		s.log.Warn("job image upload failed", "job_id", j.id, "instance", inst.Name, "err", err)
 	}
@@ -306,7 +306,7 @@ type spooledImage struct {
 // spoolRawImage reads a raw image body into a file and checks it is an
 // image of at most maxBytes. ok is false when the request is not such a
 // body (the caller parses it as usual).
-func (s *Service) spoolRawImage(ctx *fasthttp.RequestCtx, wf *workflow, maxBytes int64) (sub *submission, aerr *apiError, ok bool) {
+func (s *api) spoolRawImage(ctx *fasthttp.RequestCtx, wf *workflow, maxBytes int64) (sub *submission, aerr *apiError, ok bool) {
 	mt, _, _ := mime.ParseMediaType(string(ctx.Request.Header.ContentType()))
 	body := ctx.RequestBodyStream()
 	n := ctx.Request.Header.ContentLength()
@@ -370,7 +370,7 @@ func (s *Service) spoolRawImage(ctx *fasthttp.RequestCtx, wf *workflow, maxBytes
 // spoolPart reads a multipart image part of at most maxBytes: up to
 // spoolThreshold into memory, a larger one into a file of the input store
 // as it arrives (parseSubmissionN's spoolFunc).
-func (s *Service) spoolPart(r io.Reader, maxBytes int64) (*spooledImage, []byte, *apiError) {
+func (s *api) spoolPart(r io.Reader, maxBytes int64) (*spooledImage, []byte, *apiError) {
 	head, err := io.ReadAll(io.LimitReader(r, min(spoolThreshold, maxBytes)+1))
 	switch {
 	case errors.Is(err, errBodyTooLarge):
@@ -385,7 +385,7 @@ func (s *Service) spoolPart(r io.Reader, maxBytes int64) (*spooledImage, []byte,
 }
 
 // spoolRest copies r, at most maxBytes, to a file of the input store.
-func (s *Service) spoolRest(r io.Reader, maxBytes int64) (*spooledImage, *apiError) {
+func (s *api) spoolRest(r io.Reader, maxBytes int64) (*spooledImage, *apiError) {
 	unavailable := &apiError{status: fasthttp.StatusServiceUnavailable, typ: errNoUpstream, msg: "comfygate cannot store the image now", retryAfter: 5}
 	dir, err := s.inputs.directory()
 	var f *os.File
@@ -425,7 +425,7 @@ func (s *Service) spoolRest(r io.Reader, maxBytes int64) (*spooledImage, *apiErr
 // spoolBase64 decodes base64 text (an image_base64 value), at most
 // maxBytes decoded, into a file of the input store as it arrives: a 46 MB
 // value costs comfygate its read and decode buffers, not its size.
-func (s *Service) spoolBase64(r io.Reader, maxBytes int64) (*spooledImage, int64, *apiError) {
+func (s *api) spoolBase64(r io.Reader, maxBytes int64) (*spooledImage, int64, *apiError) {
 	unavailable := &apiError{status: fasthttp.StatusServiceUnavailable, typ: errNoUpstream, msg: "comfygate cannot store the image now", retryAfter: 5}
 	dir, err := s.inputs.directory()
 	var f *os.File

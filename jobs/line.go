@@ -36,24 +36,23 @@ var stateNames = map[state]string{
 }
 
 // Line returns the wait line and the active jobs, at most max of each.
-func (s *Service) Line(max int) Line {
-	s.jobsMu.Lock()
-	defer s.jobsMu.Unlock()
-	now := s.now()
+func (s *Service) Line(max int) Line { return s.api.lineSnapshot(max) }
+
+// lineSnapshot is Service.Line.
+func (s *api) lineSnapshot(max int) Line {
+	s.eng.lock()
+	defer s.eng.unlock()
+	now := s.eng.timeNow()
 	item := func(j *job) LineJob {
 		return LineJob{ID: j.id, Workflow: j.wf.name, State: stateNames[j.state], Progress: j.prog.percent(),
 			Instance: j.instance, AgeSeconds: float64(now.Sub(j.created).Milliseconds()) / 1000}
 	}
-	l := Line{Waiting: []LineJob{}, Active: []LineJob{}, WaitingTotal: len(s.line)}
-	for _, j := range s.line[:min(len(s.line), max)] {
+	l := Line{Waiting: []LineJob{}, Active: []LineJob{}, WaitingTotal: s.line.len()}
+	for _, j := range s.line.head(max) {
 		l.Waiting = append(l.Waiting, item(j))
 	}
-	var active []*job
-	for _, j := range s.jobs {
-		if j.state != stWaiting && stateNames[j.state] != "" {
-			active = append(active, j)
-		}
-	}
+	// Active states are not terminal: none of these jobs has expired.
+	active, _, _ := s.eng.jobsLocked("", func(j *job) bool { return j.state != stWaiting && stateNames[j.state] != "" })
 	slices.SortFunc(active, func(a, b *job) int { return cmp.Compare(a.seq, b.seq) })
 	l.ActiveTotal = len(active)
 	for _, j := range active[:min(len(active), max)] {

@@ -2,20 +2,25 @@ package jobs
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"mime"
+	"net/url"
 	"os"
 	"path"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/prompts"
+	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
 )
 
@@ -131,7 +136,7 @@ var outputTypes = map[string]string{
 // (jobs.output_memory_bytes, shared by all jobs) allows, then in a file
 // under the output directory.
 type spill struct {
-	s     *Service
+	s     *delivery
 	jobID string
 	buf   []byte   // in memory, counted in s.outMem
 	f     *os.File // on disk once past the budget
@@ -140,7 +145,7 @@ type spill struct {
 	err   error
 }
 
-func (s *Service) newSpill(jobID string) *spill { return &spill{s: s, jobID: jobID} }
+func (s *delivery) newSpill(jobID string) *spill { return &spill{s: s, jobID: jobID} }
 
 func (w *spill) Write(p []byte) (int, error) {
 	if w.err != nil {
@@ -178,7 +183,7 @@ func (w *spill) Write(p []byte) (int, error) {
 }
 
 // outputGauges publishes the output store's size.
-func (s *Service) outputGauges() { s.m.SetOutputBytes(s.outMem.Load(), s.outDisk.Load()) }
+func (s *delivery) outputGauges() { s.m.SetOutputBytes(s.outMem.Load(), s.outDisk.Load()) }
 
 // discard drops what a failed download stored.
 func (w *spill) discard() {
@@ -210,7 +215,7 @@ func (w *spill) file(r outRef, inst string) (*outputFile, error) {
 
 // outputDir returns the directory for outputs past the memory budget,
 // creating it on first use.
-func (s *Service) outputDir() (string, error) {
+func (s *delivery) outputDir() (string, error) {
 	s.outDirOnce.Do(func() {
 		base := s.cfg.OutputDir
 		if base != "" {
@@ -225,7 +230,7 @@ func (s *Service) outputDir() (string, error) {
 }
 
 // dropOutputsLocked frees a job's outputs (it expired).
-func (s *Service) dropOutputsLocked(j *job) {
+func (s *delivery) dropOutputsLocked(j *job) {
 	for _, f := range j.files {
 		if f.path != "" {
 			_ = os.Remove(f.path)
@@ -256,7 +261,7 @@ type outputView struct {
 
 // outputViewsLocked lists a completed job's outputs, with their bytes in
 // base64 when withData.
-func (s *Service) outputViewsLocked(j *job, withData bool) []outputView {
+func (s *delivery) outputViewsLocked(j *job, withData bool) []outputView {
 	if len(j.files) == 0 {
 		return nil
 	}
@@ -278,20 +283,20 @@ func dataURL(ct string, b []byte) string {
 	return "data:" + ct + ";base64," + base64.StdEncoding.EncodeToString(b)
 }
 
-// lockCompleted takes jobsMu and returns job id when it has completed,
-// with jobsMu still held. Otherwise it answers (404 unknown, 409 with the
-// job's status while it is not completed), releases jobsMu and returns nil.
-func (s *Service) lockCompleted(ctx *fasthttp.RequestCtx, id, scope string) *job {
-	s.jobsMu.Lock()
-	j := s.lookupLocked(id, scope)
+// lockCompleted takes the engine's lock and returns job id when it has completed,
+// with the lock still held. Otherwise it answers (404 unknown, 409 with the
+// job's status while it is not completed), releases the lock and returns nil.
+func (s *api) lockCompleted(ctx *fasthttp.RequestCtx, id, scope string) *job {
+	s.eng.lock()
+	j := s.eng.lookupLocked(id, scope)
 	if j == nil {
-		s.jobsMu.Unlock()
+		s.eng.unlock()
 		notFound(ctx, id)
 		return nil
 	}
 	if j.state != stCompleted {
 		v := s.statusLocked(j, 1)
-		s.jobsMu.Unlock()
+		s.eng.unlock()
 		writeJSON(ctx, fasthttp.StatusConflict, v)
 		return nil
 	}
@@ -300,7 +305,7 @@ func (s *Service) lockCompleted(ctx *fasthttp.RequestCtx, id, scope string) *job
 
 // serveOutput serves GET /api/jobs/{id}/outputs/{n}: the file as
 // comfygate fetched it, with its media type and Range support.
-func (s *Service) serveOutput(ctx *fasthttp.RequestCtx, id, scope, n string) {
+func (s *api) serveOutput(ctx *fasthttp.RequestCtx, id, scope, n string) {
 	j := s.lockCompleted(ctx, id, scope)
 	if j == nil {
 		return
@@ -308,12 +313,12 @@ func (s *Service) serveOutput(ctx *fasthttp.RequestCtx, id, scope, n string) {
 	i, err := strconv.Atoi(n)
 	if err != nil || i < 0 || i >= len(j.files) {
 		count := len(j.files)
-		s.jobsMu.Unlock()
+		s.eng.unlock()
 		writeError(ctx, &apiError{status: fasthttp.StatusNotFound, typ: errNotFound, msg: fmt.Sprintf("job %q has %d outputs (0 to %d)", id, count, count-1)})
 		return
 	}
 	f := j.files[i]
-	s.jobsMu.Unlock()
+	s.eng.unlock()
 	serveFile(ctx, f)
 }
 
@@ -392,4 +397,156 @@ func parseRange(h string, size int64) (start, end int64, partial, ok bool) {
 		e = min(e, size-1)
 	}
 	return s, e + 1, true, true
+}
+
+// fetch downloads every output of a finished job (the output node's
+// first) and completes the job.
+func (s *delivery) fetch(j *job, inst *upstream.Instance, refs []outRef, upstreamID string) {
+	ctx := s.ctx
+	out := j.wf.cfg.OutputNode
+	if !hasNode(refs, out) && inst != nil {
+		// No executed event for the output node (older instances skip it for
+		// cached outputs): the instance's history has the outputs.
+		if _, entry := s.historyOutputs(ctx, inst, upstreamID); entry != nil {
+			s.eng.lock()
+			j.addOutputsLocked(historyRefs(entry))
+			refs = slices.Clone(j.outRefs)
+			s.eng.unlock()
+		}
+	}
+	if !hasNode(refs, out) {
+		s.eng.lock()
+		s.eng.finishLocked(j, stFailed, fmt.Sprintf("the workflow finished without an output at its output node %q", out))
+		s.eng.unlock()
+		return
+	}
+	files := make([]*outputFile, 0, len(refs))
+	var err error
+	for _, r := range refs {
+		var f *outputFile
+		if f, err = s.download(ctx, j, inst, r); err != nil {
+			break
+		}
+		files = append(files, f)
+	}
+	if err == nil && s.s3 != nil {
+		// A failed upload leaves the output served by comfygate and says why.
+		for n, f := range files {
+			if f.s3Key, f.s3URL, err = s.s3.put(ctx, j.id, n, f); err != nil {
+				s.log.Warn("job output upload failed", "job_id", j.id, "err", err)
+				f.s3Err, err = "comfygate could not upload this output to S3", nil
+			}
+		}
+	}
+	if err == nil {
+		s.st.keepResult(j, files)
+	}
+	s.eng.lock()
+	defer s.eng.unlock()
+	j.files = files // counted in s.outMem: dropped with the job
+	if err != nil {
+		s.log.Warn("job result download failed", "job_id", j.id, "instance", instName(inst), "err", err)
+		s.eng.finishLocked(j, stFailed, "the workflow finished but comfygate could not fetch its result from ComfyUI")
+		return
+	}
+	s.eng.finishLocked(j, stCompleted, "")
+}
+
+func hasNode(refs []outRef, node string) bool {
+	return slices.ContainsFunc(refs, func(r outRef) bool { return r.node == node })
+}
+
+// historyRefs lists the files of a history entry's outputs, by node id.
+func historyRefs(e *comfyapi.HistoryEntry) []outRef {
+	var refs []outRef
+	for _, node := range slices.Sorted(maps.Keys(e.Outputs)) {
+		refs = append(refs, outputRefs(node, e.Outputs[node])...)
+	}
+	return refs
+}
+
+// historyOutputs reads a prompt's outputs from /history/{id}; entry is
+// nil when the instance has none (or did not answer).
+func (s *delivery) historyOutputs(ctx context.Context, inst *upstream.Instance, upstreamID string) (refs []outRef, entry *comfyapi.HistoryEntry) {
+	e, _ := s.readHistory(ctx, inst, upstreamID)
+	if e == nil {
+		return nil, nil
+	}
+	return historyRefs(e), e
+}
+
+// readHistory reads /history/{id} of inst: entry is nil when it has none;
+// answered is false when the instance did not answer.
+func (s *delivery) readHistory(ctx context.Context, inst *upstream.Instance, upstreamID string) (entry *comfyapi.HistoryEntry, answered bool) {
+	status, body, err := s.be.Call(ctx, inst, "GET", "/history/"+url.PathEscape(upstreamID), nil, nil)
+	if err != nil || status != 200 {
+		return nil, false
+	}
+	h, err := comfyapi.ParseHistory(body)
+	if err != nil {
+		return nil, false
+	}
+	raw, ok := h[upstreamID]
+	if !ok {
+		return nil, true
+	}
+	e, err := comfyapi.ParseHistoryEntry(raw)
+	if err != nil {
+		return nil, true
+	}
+	return &e, true
+}
+
+// download fetches one output from inst's /view, falling back to
+// whichever instance the prompt table finds holding it, into comfygate's store.
+func (s *delivery) download(ctx context.Context, j *job, inst *upstream.Instance, r outRef) (*outputFile, error) {
+	ref := r.ref
+	q := url.Values{"filename": {ref.Filename}, "subfolder": {ref.Subfolder}, "type": {ref.Type}}
+	if ref.Type == "" {
+		q.Set("type", "output")
+	}
+	path := "/view?" + q.Encode()
+	var lastErr error
+	// Failures of an instance in the fleet count (up to fetchAttempts);
+	// while the instance is out (down, answering 5xx, its breaker open)
+	// the download waits for it, up to fetchPatience: the output is
+	// nowhere else.
+	deadline := time.Now().Add(fetchPatience)
+	delay := s.retryDelay
+	for failures := 0; ; {
+		if inst == nil || !inst.Available() {
+			if owner, ok := s.be.FileOwner(ctx, ref); ok {
+				inst = owner
+			}
+		}
+		if inst == nil {
+			lastErr = errors.New("no instance holds the result")
+			failures++
+		} else {
+			counts := inst.Available()
+			w := s.newSpill(j.id)
+			status, err := s.be.Fetch(ctx, inst, path, w)
+			switch {
+			case err != nil:
+				lastErr = fmt.Errorf("get result from %s: %w", inst.Name, err)
+			case status != 200:
+				lastErr = fmt.Errorf("get result from %s: status %d", inst.Name, status)
+			default:
+				return w.file(r, inst.Name)
+			}
+			w.discard()
+			if counts && inst.Available() {
+				failures++
+			}
+		}
+		if failures >= fetchAttempts || !time.Now().Before(deadline) {
+			return nil, lastErr
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 2*time.Second)
+	}
 }

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -64,7 +63,7 @@ const (
 	recSubmitted = "submitted"
 )
 
-// stateDir writes job records. Snapshots are taken under Service.jobsMu
+// stateDir writes job records. Snapshots are taken under engine.jobsMu
 // (saveLocked) and written by whoever flushes next, the background writer
 // or a caller that needs its record on disk before it answers; writeMu
 // orders the flushes, so the newest snapshot of a job is the last written.
@@ -199,9 +198,9 @@ func (d *stateDir) load() []*record {
 
 // saveLocked queues a snapshot of j for the state directory. A failure
 // that comfygate's own shutdown caused is not recorded: the restarted
-// process carries on with the job instead. s.jobsMu held.
-func (s *Service) saveLocked(j *job) {
-	if s.state == nil || (s.runCtx.Err() != nil && j.state == stFailed) {
+// process carries on with the job instead. the engine's lock held.
+func (s *store) saveLocked(j *job) {
+	if s.state == nil || (s.ctx.Err() != nil && j.state == stFailed) {
 		return
 	}
 	rec := &record{
@@ -241,17 +240,17 @@ func (s *Service) saveLocked(j *job) {
 
 // persist queues j's record (accepted, or about to be sent). The writer
 // goroutine writes it within moments, off the request's path.
-func (s *Service) persist(j *job) {
+func (s *store) persist(j *job) {
 	if s.state == nil {
 		return
 	}
-	s.jobsMu.Lock()
+	s.eng.lock()
 	s.saveLocked(j)
-	s.jobsMu.Unlock()
+	s.eng.unlock()
 }
 
 // forgetLocked queues the removal of j's record (it expired).
-func (s *Service) forgetLocked(j *job) {
+func (s *store) forgetLocked(j *job) {
 	if s.state != nil {
 		s.state.put(j.id, nil)
 	}
@@ -264,23 +263,25 @@ func (s *Service) forgetLocked(j *job) {
 const flushDelay = 100 * time.Millisecond
 
 // writer flushes queued records until the service stops.
-func (s *Service) writer() {
-	defer s.wg.Done()
+func (s *store) writer() {
+	if s.state == nil {
+		return // jobs are not persisted
+	}
 	t := time.NewTimer(flushDelay)
 	t.Stop()
 	for {
 		select {
-		case <-s.runCtx.Done():
+		case <-s.ctx.Done():
 			return
 		case <-s.state.wake:
 		}
 		t.Reset(flushDelay)
 		select {
-		case <-s.runCtx.Done():
+		case <-s.ctx.Done():
 			return
 		case <-t.C:
 		}
-		s.safely("state", s.state.flush)
+		s.run.safely("state", s.state.flush)
 	}
 }
 
@@ -289,30 +290,22 @@ func (s *Service) writer() {
 // those that were at an instance (or completed, whose outputs were in
 // this process) are reconciled against the instances once the service
 // starts (reconcile).
-func (s *Service) restore() {
-	// Bodies being received and records being written when the last
-	// process stopped are incomplete: no record names them.
-	for _, pattern := range []string{filepath.Join(s.state.dir, ".tmp-*"), filepath.Join(s.state.dir, "inputs", ".*")} {
-		leftovers, _ := filepath.Glob(pattern)
-		for _, name := range leftovers {
-			_ = os.Remove(name)
-		}
-	}
-	recs := s.state.load()
-	s.jobsMu.Lock()
-	defer s.jobsMu.Unlock()
+func (s *store) restore() {
+	recs := s.records()
+	s.eng.lock()
+	defer s.eng.unlock()
+	waiting, atInstances := 0, 0
 	for _, rec := range recs {
-		j := &job{s: s, id: rec.ID, seq: rec.Seq, created: rec.Created, inputs: rec.Inputs, params: rec.Params,
+		j := &job{s: s.eng, id: rec.ID, seq: rec.Seq, created: rec.Created, inputs: rec.Inputs, params: rec.Params,
 			prompt: rec.Prompt, instance: rec.Instance, finished: rec.Finished, errMsg: rec.Error,
 			meta: jobMeta{owner: rec.Owner}}
-		s.seq = max(s.seq, rec.Seq)
 		s.restoreIdemLocked(j, rec)
-		j.wf = s.wfs[rec.Workflow]
+		j.wf = s.cat.workflows()[rec.Workflow]
 		if j.wf == nil {
 			j.wf = &workflow{name: rec.Workflow}
 			if rec.State == recWaiting || rec.State == recSubmitted || rec.State == statusCompleted {
 				rec.State, rec.Error = statusFailed, fmt.Sprintf("the workflow %q is no longer configured", rec.Workflow)
-				rec.Finished = s.now()
+				rec.Finished = s.eng.timeNow()
 			}
 		}
 		j.prog = newProgress(j.wf.nodes)
@@ -326,16 +319,13 @@ func (s *Service) restore() {
 		if rec.Webhook != "" {
 			j.webhook = &webhookState{url: rec.Webhook, progress: rec.Progress}
 		}
-		s.jobs[j.id] = j
 		switch rec.State {
 		case recWaiting:
 			j.state = stWaiting
-			s.line = append(s.line, j)
+			waiting++
 		case recSubmitted:
 			j.state, j.submitted, j.restored = stQueued, true, true
-			j.holdsSlot = true
-			s.inFlight++
-			s.active[j] = struct{}{}
+			atInstances++
 		case statusCompleted:
 			if rec.Cache != "" {
 				s.restoreCachedLocked(j, rec.Cache)
@@ -349,26 +339,62 @@ func (s *Service) restore() {
 			}
 			j.errMsg, j.finished = rec.Error, rec.Finished
 			if j.finished.IsZero() {
-				j.finished = s.now()
+				j.finished = s.eng.timeNow()
 			}
 			for _, im := range j.images {
 				s.inputs.release(im)
 			}
 			j.images = nil
 		}
-		s.emitLocked(j, evQueued, "")
+		s.eng.adoptLocked(j)
+		if j.restored {
+			s.restored = append(s.restored, j)
+		}
+		s.del.emitLocked(j, evQueued, "")
 	}
+	slices.SortFunc(s.restored, func(a, b *job) int { return cmp.Compare(a.id, b.id) })
 	if n := len(recs); n > 0 {
-		s.log.Info("jobs restored from the state directory", "jobs", n, "waiting", len(s.line), "at_instances", s.inFlight)
+		s.log.Info("jobs restored from the state directory", "jobs", n, "waiting", waiting, "at_instances", atInstances)
 	}
+}
+
+// open opens the result cache and the state directory, and restores the
+// jobs recorded there.
+func (s *store) open() error {
+	var err error
+	if s.cache, err = openResultCache(s.cfg, s.m, s.log); err != nil {
+		return err
+	}
+	if dir := s.cfg.StateDir; dir != "" {
+		if s.state, err = openStateDir(dir, s.log.Warn); err != nil {
+			return err
+		}
+		s.inputs.saver = s.state
+		s.restore()
+	}
+	return nil
+}
+
+// records reads the state directory's records, oldest first, once its
+// leftovers are removed.
+func (s *store) records() []*record {
+	// Bodies being received and records being written when the last
+	// process stopped are incomplete: no record names them.
+	for _, pattern := range []string{filepath.Join(s.state.dir, ".tmp-*"), filepath.Join(s.state.dir, "inputs", ".*")} {
+		leftovers, _ := filepath.Glob(pattern)
+		for _, name := range leftovers {
+			_ = os.Remove(name)
+		}
+	}
+	return s.state.load()
 }
 
 // restoreIdemLocked remembers again the Idempotency-Key a restored job
 // came with, while its TTL lasts (counted from the job's creation). A
 // record whose fingerprint cannot be read keeps no key: a replay then
 // makes a new job rather than one that may not match.
-func (s *Service) restoreIdemLocked(j *job, rec *record) {
-	if rec.IdempotencyKey == "" || s.now().Sub(rec.Created) >= s.cfg.IdempotencyTTL {
+func (s *store) restoreIdemLocked(j *job, rec *record) {
+	if rec.IdempotencyKey == "" || s.eng.timeNow().Sub(rec.Created) >= s.cfg.IdempotencyTTL {
 		return
 	}
 	fp, err := hex.DecodeString(rec.IdempotencyFP)
@@ -397,18 +423,18 @@ const (
 // submit). Known nowhere, every instance answering (an instance that
 // restarted, or a submission that never arrived): submitted again from
 // the kept images.
-func (s *Service) reconcile(j *job) {
-	ctx := s.runCtx
+func (s *store) reconcile(j *job) {
+	ctx := s.ctx
 	delay := reconcileFirst
 	start := time.Now()
 	for ctx.Err() == nil {
-		s.jobsMu.Lock()
+		s.eng.lock()
 		if !j.restored || j.state.terminal() {
-			s.jobsMu.Unlock()
+			s.eng.unlock()
 			return
 		}
 		instName := j.instance
-		s.jobsMu.Unlock()
+		s.eng.unlock()
 
 		inst, entry, where := s.findPrompt(ctx, j.id, instName)
 		switch where {
@@ -416,32 +442,32 @@ func (s *Service) reconcile(j *job) {
 			s.settleRestored(j, inst, entry)
 			return
 		case promptNowhere:
-			s.jobsMu.Lock()
+			s.eng.lock()
 			if j.restored && !j.state.terminal() {
 				s.resubmitRestoredLocked(j)
 			}
-			s.jobsMu.Unlock()
+			s.eng.unlock()
 			return
 		case promptRunning:
-			s.jobsMu.Lock()
+			s.eng.lock()
 			if j.state == stQueued {
 				j.state = stRunning
-				j.started = s.now()
-				s.emitLocked(j, evStarted, "")
+				j.started = s.eng.timeNow()
+				s.del.emitLocked(j, evStarted, "")
 			}
 			if inst != nil {
 				j.instance = inst.Name
 			}
-			s.jobsMu.Unlock()
+			s.eng.unlock()
 			start = time.Now()
 		case promptQueued:
 			start = time.Now()
 		}
 		if time.Since(start) > reconcileGiveUp {
-			s.jobsMu.Lock()
-			s.finishLocked(j, stFailed, "comfygate restarted and the instance that had the job no longer answers")
-			s.releaseLocked(j)
-			s.jobsMu.Unlock()
+			s.eng.lock()
+			s.eng.finishLocked(j, stFailed, "comfygate restarted and the instance that had the job no longer answers")
+			s.eng.releaseLocked(j)
+			s.eng.unlock()
 			return
 		}
 		t := time.NewTimer(delay)
@@ -467,7 +493,7 @@ const (
 // findPrompt asks the instances (the recorded one first) where prompt id
 // is: each one's /queue, then its /history (a prompt moves from the one to
 // the other, so asked in this order it is never missed in between).
-func (s *Service) findPrompt(ctx context.Context, id, recorded string) (*upstream.Instance, *comfyapi.HistoryEntry, int) {
+func (s *store) findPrompt(ctx context.Context, id, recorded string) (*upstream.Instance, *comfyapi.HistoryEntry, int) {
 	insts := s.be.Instances()
 	slices.SortStableFunc(insts, func(a, b *upstream.Instance) int {
 		return boolRank(b.Name == recorded) - boolRank(a.Name == recorded)
@@ -479,7 +505,7 @@ func (s *Service) findPrompt(ctx context.Context, id, recorded string) (*upstrea
 		var entry *comfyapi.HistoryEntry
 		answered := false
 		if qerr == nil {
-			entry, answered = s.readHistory(cctx, inst, id)
+			entry, answered = s.del.readHistory(cctx, inst, id)
 		}
 		cancel()
 		switch {
@@ -500,7 +526,7 @@ func (s *Service) findPrompt(ctx context.Context, id, recorded string) (*upstrea
 }
 
 // queueIDs returns the prompt ids inst reports running and pending.
-func (s *Service) queueIDs(ctx context.Context, inst *upstream.Instance) (running, pending map[string]bool, err error) {
+func (s *store) queueIDs(ctx context.Context, inst *upstream.Instance) (running, pending map[string]bool, err error) {
 	status, body, err := s.be.Call(ctx, inst, "GET", "/queue", nil, nil)
 	if err != nil {
 		return nil, nil, err
@@ -517,17 +543,17 @@ func (s *Service) queueIDs(ctx context.Context, inst *upstream.Instance) (runnin
 }
 
 // settleRestored ends a restored job as its instance's history says.
-func (s *Service) settleRestored(j *job, inst *upstream.Instance, entry *comfyapi.HistoryEntry) {
+func (s *store) settleRestored(j *job, inst *upstream.Instance, entry *comfyapi.HistoryEntry) {
 	refs := historyRefs(entry)
-	s.jobsMu.Lock()
-	defer s.jobsMu.Unlock()
+	s.eng.lock()
+	defer s.eng.unlock()
 	if !j.restored || j.state.terminal() {
 		return
 	}
 	j.restored = false
 	j.instance = inst.Name
 	j.state = stRunning
-	s.endFromHistoryLocked(j, nil, inst, entry, refs)
+	s.wd.endFromHistoryLocked(j, nil, inst, entry, refs)
 }
 
 // historyError is the message of a failed history entry.
@@ -543,39 +569,34 @@ func historyError(entry *comfyapi.HistoryEntry) string {
 
 // resubmitRestoredLocked puts a restored job whose prompt no instance has
 // back at the head of the line, to run from its kept images.
-func (s *Service) resubmitRestoredLocked(j *job) {
+func (s *store) resubmitRestoredLocked(j *job) {
 	j.restored = false
 	for _, im := range j.images {
 		if _, err := os.Stat(im.file); err != nil {
-			s.finishLocked(j, stFailed, "comfygate restarted and the job's image is no longer stored")
-			s.releaseLocked(j)
+			s.eng.finishLocked(j, stFailed, "comfygate restarted and the job's image is no longer stored")
+			s.eng.releaseLocked(j)
 			return
 		}
 	}
 	if j.state == stFetching {
 		// Completed before the restart, but its outputs went with that
 		// process and its instance has no history of it any more.
-		s.finishLocked(j, stFailed, "comfygate restarted and the instance that ran the job no longer has its outputs")
+		s.eng.finishLocked(j, stFailed, "comfygate restarted and the instance that ran the job no longer has its outputs")
 		return
 	}
 	s.log.Info("restored job known to no instance: submitted again", "job_id", j.id)
-	s.releaseLocked(j)
+	s.eng.releaseLocked(j)
 	j.submitted = false
 	j.instance = ""
 	j.state = stWaiting
-	delete(s.active, j)
-	s.line = append([]*job{j}, s.line...)
-	s.positionsLocked()
-	s.gaugesLocked()
-	s.kick()
+	s.eng.backInLineLocked(j)
 }
 
 // startReconcilingLocked starts reconcile for every restored job.
-func (s *Service) startReconcilingLocked() {
-	for _, id := range slices.Sorted(maps.Keys(s.jobs)) {
-		j := s.jobs[id]
+func (s *store) startReconcilingLocked() {
+	for _, j := range s.restored {
 		if j.restored {
-			s.goLocked("reconcile", func() { s.reconcile(j) })
+			s.eng.goLocked("reconcile", func() { s.reconcile(j) })
 		}
 	}
 }

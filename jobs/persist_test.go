@@ -130,7 +130,7 @@ func TestRecordsAreFilesOfTheirJobs(t *testing.T) {
 	f := newFake(t, 1)
 	s := newFakeService(t, f, func(c *config.Config) { c.Jobs.StateDir = dir })
 	id := submitFake(t, s, "/api/upscale-image")
-	s.state.flush() // the writer's work, in a service not started
+	s.st.state.flush() // the writer's work, in a service not started
 	b, err := os.ReadFile(filepath.Join(dir, id+".json"))
 	if err != nil {
 		t.Fatal(err)
@@ -145,11 +145,11 @@ func TestRecordsAreFilesOfTheirJobs(t *testing.T) {
 	if known, cancelled := s.CancelJob(context.Background(), id, ""); !known || !cancelled {
 		t.Fatal("cancel")
 	}
-	s.state.flush()
+	s.st.state.flush()
 	if _, err := os.Stat(rec.Images[0].File); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("image kept after the job ended: %v", err)
 	}
-	s.state.flush()
+	s.st.state.flush()
 	b, _ = os.ReadFile(filepath.Join(dir, id+".json"))
 	if err := json.Unmarshal(b, &rec); err != nil || rec.State != statusCancelled {
 		t.Fatalf("record after cancel: %s", b)

@@ -37,7 +37,7 @@ func TestWorkflowLabelsAndPlacement(t *testing.T) {
 	h := newHarnessWith(t, 3, comfysim.Options{Delay: 0}, func(c *config.Config) {
 		c.Instances[2].Labels = map[string]string{"pool": "upscale"}
 		c.Workflows = map[string]config.Workflow{"upscale-image": {Labels: map[string]string{"pool": "upscale"}}}
-	}, func(s *Service) { s.SetPlacer(fakePlacer{class: "Image Rembg (Remove Background)", be: s.be}) })
+	}, func(s *Service) { s.SetPlacer(fakePlacer{class: "Image Rembg (Remove Background)", be: s.eng.be}) })
 	img := testPNG(t, 8, 8)
 	for range 4 {
 		v := h.waitStatus(h.submit("/api/upscale-image", img, nil), 20*time.Second, statusCompleted, statusFailed)

@@ -12,6 +12,33 @@
 //
 // A job's id is the prompt_id it is submitted under, so ComfyUI's own
 // GET /api/jobs/{id} and POST /api/jobs/{id}/cancel work on facade jobs too.
+//
+// Service is a facade that wires the parts and keeps the exported API;
+// each part has one job and talks to the others by method calls:
+//
+//   - engine (service.go): the jobs map and the lock that guards it and
+//     every job's mutable fields, the jobs' states, the slots, dispatch to
+//     the prompt table, retries, cancellation, and the events that move a
+//     job on. The other parts take its lock with lock and unlock.
+//   - waitLine (waitline.go): the wait line, the jobs taken from it, and
+//     the run-time estimates; the engine owns it, the API reads places and
+//     estimates from it under the engine's lock.
+//   - watchdog (watchdog.go): expiry of finished jobs, and jobs at an
+//     instance whose end no event reported.
+//   - runner (runner.go): the service's goroutines, their panics, and the
+//     wait for them at Close.
+//   - store (store.go, persist.go, idempotency.go, cache.go): the records
+//     in jobs.state_dir and the restore and reconciling of a restarted
+//     process, the Idempotency-Keys, and the result cache.
+//   - delivery (delivery.go, events.go, webhook.go, outputs.go, s3.go):
+//     the event log and the waits on it (long polls, Server-Sent Events),
+//     webhooks, the outputs fetched from the instance and kept, S3
+//     uploads, and the images uploaded to the instance a job runs on.
+//   - api (api.go, http.go, dryrun.go, input.go, the spooling in keep.go):
+//     ServeJobs and the route handlers, the parsing of submissions, and
+//     the views of jobs (status, result, list, Line).
+//   - catalog (placement.go): the workflows, reloaded whole, and the
+//     placement policy.
 package jobs
 
 import (
@@ -21,13 +48,9 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"net/url"
-	"os"
-	"runtime/debug"
 	"slices"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/comfygate/comfygate/config"
@@ -36,6 +59,7 @@ import (
 	"github.com/comfygate/comfygate/metrics"
 	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/upstream"
+	"github.com/valyala/fasthttp"
 )
 
 // Tuning that configuration does not expose.
@@ -55,66 +79,58 @@ const (
 	fetchPatience = 5 * time.Minute
 )
 
-// Service runs async jobs. Create it with New, start it with Start.
+// Service runs async jobs. Create it with New, start it with Start. It
+// wires the parts (see the package documentation) and holds none of the
+// jobs' state itself.
 type Service struct {
+	eng    *engine
+	cat    *catalog
+	api    *api
+	bodies *limits.BodyBudget
+	// The engine's other parts, which tests reach.
+	del *delivery
+	st  *store
+	wd  *watchdog
+}
+
+// engine runs the jobs: their states, the wait line (waitLine), the
+// slots, dispatch to the prompt table, retries and cancellation. It owns
+// the lock that guards the jobs map, the line and every job's mutable
+// fields; the other parts take it with lock and unlock.
+type engine struct {
 	cfg config.Jobs
 	be  backend
 	m   *metrics.Metrics
 	log *slog.Logger
-	// wfsMu guards wfs, which a reload replaces (LoadWorkflows); a job
-	// keeps the workflow it was accepted with.
-	wfsMu sync.RWMutex
-	wfs   map[string]*workflow
-	// placer places prompts (SetPlacer); nil: on labels only.
-	placer Placer
+	cat *catalog  // the workflows and the placement policy
+	wd  *watchdog // expiry, and jobs whose end went unseen
 
 	now func() time.Time
 	// cancelGrace is how long a cancelled running job keeps its slot
 	// while the interrupt takes effect, if the instance never confirms.
 	cancelGrace time.Duration
-	// staleAfter is how long an active job may go without an event before
-	// the watchdog asks the prompt table whether its prompt ended unseen.
-	staleAfter time.Duration
 	// sweepEvery is the period of the loop that expires finished jobs and
 	// watches those at the instances.
 	sweepEvery time.Duration
-	// retryDelay spaces download and upload retries.
+	// retryDelay holds dispatch back after a failed submission.
 	retryDelay time.Duration
 
-	wake    chan struct{}
+	inputs *inputStore // the images of unfinished jobs
+	del    *delivery   // events, webhooks, outputs
+	st     *store      // records, Idempotency-Keys, result cache
+
+	run     *runner // the goroutines
 	runCtx  context.Context
 	stop    context.CancelFunc
-	wg      sync.WaitGroup
 	started sync.Once
 
 	jobsMu    sync.Mutex // guards the fields below and every job's mutable fields
 	jobs      map[string]*job
-	line      []*job            // the wait line, first come first served
-	active    map[*job]struct{} // taken from the line, not finished
-	inFlight  int               // jobs holding a slot (≤ MaxConcurrent)
-	est       map[string]*ewma  // run time per workflow
-	holdUntil time.Time         // dispatch paused until then (no instance)
+	line      *waitLine // the wait line, the active jobs, the estimates
+	inFlight  int       // jobs holding a slot (≤ MaxConcurrent)
+	holdUntil time.Time // dispatch paused until then (no instance)
 	closed    bool
 	seq       uint64
-	outMem    atomic.Int64           // bytes of outputs held in memory (not guarded: atomic)
-	outDisk   atomic.Int64           // bytes of outputs in files (not guarded: atomic)
-	idem      map[idemKey]*idemEntry // Idempotency-Key -> the job it created
-
-	// heartbeat is the period of comments on idle event streams.
-	heartbeat time.Duration
-	// webhookBackoff is the first retry delay of a webhook delivery.
-	webhookBackoff time.Duration
-	hooks          *outboundClient
-	imageURLs      *outboundClient    // downloads image parameters given as URLs
-	s3             *s3Store           // nil: outputs stay in comfygate only
-	inputs         *inputStore        // the images of unfinished jobs
-	bodies         *limits.BodyBudget // request bodies held in memory (limits.max_buffered_body_bytes)
-	state          *stateDir          // nil: jobs are not persisted
-	cache          *resultCache       // nil: no result cache (jobs.cache_max_bytes 0)
-
-	outDirOnce sync.Once
-	outDirPath string
-	outDirErr  error
 }
 
 // New loads and validates the workflows (built-in ones and cfg.Workflows)
@@ -169,138 +185,120 @@ func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Lo
 	if err != nil {
 		return nil, err
 	}
-	s := &Service{
+	runCtx, stop := context.WithCancel(context.Background())
+	run := &runner{ctx: runCtx, wake: make(chan struct{}, 1), log: log}
+	cat := &catalog{be: be, wfs: p.wfs}
+	line := &waitLine{maxWaiting: cfg.Jobs.MaxWaiting, maxWaitingBytes: cfg.Jobs.MaxWaitingBytes,
+		active: map[*job]struct{}{}, est: map[string]*ewma{}}
+	inputs := newInputStore(cfg.Jobs.InputMemoryBytes, cfg.Jobs.StateDir)
+	bodies := limits.NewBodyBudget(cfg.Limits.MaxBufferedBodyBytes)
+	eng := &engine{
 		cfg:         cfg.Jobs,
 		be:          be,
 		m:           m,
 		log:         log,
-		wfs:         p.wfs,
+		cat:         cat,
 		now:         time.Now,
 		cancelGrace: max(cfg.Timeout, time.Second),
-		staleAfter:  30 * time.Second,
 		sweepEvery:  min(max(cfg.Jobs.Timeout/4, 10*time.Millisecond), time.Second),
 		retryDelay:  200 * time.Millisecond,
-		wake:        make(chan struct{}, 1),
+		run:         run,
+		runCtx:      runCtx,
+		stop:        stop,
 		jobs:        map[string]*job{},
-		active:      map[*job]struct{}{},
-		est:         map[string]*ewma{},
-		idem:        map[idemKey]*idemEntry{},
-		heartbeat:   15 * time.Second,
-
-		webhookBackoff: time.Second,
-		hooks:          p.hooks,
-		imageURLs:      newImageClient(cfg.ImageURLs),
-		s3:             p.store,
-		inputs:         newInputStore(cfg.Jobs.InputMemoryBytes, cfg.Jobs.StateDir),
-		bodies:         limits.NewBodyBudget(cfg.Limits.MaxBufferedBodyBytes),
+		line:        line,
+		inputs:      inputs,
 	}
-	s.runCtx, s.stop = context.WithCancel(context.Background())
-	if s.cache, err = openResultCache(cfg.Jobs, m, log); err != nil {
+	del := &delivery{eng: eng, line: line, ctx: runCtx, cfg: cfg.Jobs, log: log, m: m, be: be,
+		heartbeat: 15 * time.Second, webhookBackoff: time.Second, retryDelay: eng.retryDelay, hooks: p.hooks, s3: p.store}
+	wd := &watchdog{eng: eng, del: del, be: be, ctx: runCtx, staleAfter: 30 * time.Second}
+	st := &store{eng: eng, run: run, del: del, wd: wd, cat: cat, be: be, inputs: inputs, ctx: runCtx,
+		cfg: cfg.Jobs, log: log, m: m, idem: map[idemKey]*idemEntry{}}
+	del.st = st
+	eng.del, eng.st, eng.wd = del, st, wd
+	a := &api{eng: eng, del: del, st: st, cat: cat, line: line, ctx: runCtx, cfg: cfg.Jobs, log: log, be: be,
+		inputs: inputs, bodies: bodies, imageURLs: newImageClient(cfg.ImageURLs), hooks: p.hooks}
+	if err := st.open(); err != nil {
 		return nil, err
 	}
-	if dir := cfg.Jobs.StateDir; dir != "" {
-		if s.state, err = openStateDir(dir, log.Warn); err != nil {
-			return nil, err
-		}
-		s.inputs.saver = s.state
-		s.restore()
-	}
-	return s, nil
+	return &Service{eng: eng, cat: cat, api: a, bodies: bodies, del: del, st: st, wd: wd}, nil
 }
 
 // Start runs the dispatcher (moves jobs from the wait line to the
 // instances) and the expiry loop until ctx ends or Close.
-func (s *Service) Start(ctx context.Context) {
-	s.started.Do(func() {
-		context.AfterFunc(ctx, s.stop)
-		s.wg.Add(2)
-		go s.loop("dispatch", dispatchTick, s.dispatch)
-		go s.loop("expiry", s.sweepEvery, s.sweep)
-		if s.state != nil {
-			s.wg.Add(1)
-			go s.writer()
-		}
-		s.jobsMu.Lock()
-		s.startReconcilingLocked()
-		s.jobsMu.Unlock()
-	})
-}
+func (s *Service) Start(ctx context.Context) { s.eng.start(ctx) }
 
 // Close stops the loops and waits for the goroutines the service started.
 // Jobs still running on instances are left to them; with a state
 // directory their records are written, and a restarted comfygate carries
 // on with them.
-func (s *Service) Close() {
+func (s *Service) Close() { s.eng.close() }
+
+// CancelJob cancels a facade job wherever it is: removed from the wait
+// line, deleted from its instance's queue, or interrupted when running.
+// A cancelled job reports "cancelled" at once; a running one keeps its
+// slot until the instance confirms the interrupt (or cancelGrace passes),
+// so MaxConcurrent holds for the GPUs too. known is false when id is no
+// facade job (or it expired).
+//
+// With scope not "", a job whose owner is not scope is never cancelled;
+// it still reports known (and not cancelled), so that the caller does not
+// go on to cancel the job's prompt, which has the job's id, by another way.
+func (s *Service) CancelJob(ctx context.Context, id, scope string) (known, cancelled bool) {
+	return s.eng.cancel(ctx, id, scope)
+}
+
+// JobOwner returns the owner (the submitting key's name, "" with keys
+// off) of facade job id; known is false when id is no facade job (or it
+// expired). A job restored from the state directory keeps its owner.
+func (s *Service) JobOwner(id string) (owner string, known bool) {
+	s.eng.lock()
+	defer s.eng.unlock()
+	j := s.eng.lookupLocked(id, "")
+	if j == nil {
+		return "", false
+	}
+	return j.meta.owner, true
+}
+
+// start is Service.Start.
+func (s *engine) start(ctx context.Context) {
+	s.started.Do(func() {
+		context.AfterFunc(ctx, s.stop)
+		s.run.goLoop("dispatch", dispatchTick, s.dispatch)
+		s.run.goLoop("expiry", s.sweepEvery, s.wd.sweep)
+		s.run.goPlain(s.st.writer)
+		s.jobsMu.Lock()
+		s.st.startReconcilingLocked()
+		s.jobsMu.Unlock()
+	})
+}
+
+// close is Service.Close.
+func (s *engine) close() {
 	s.stop()
 	s.jobsMu.Lock()
 	s.closed = true
 	s.jobsMu.Unlock()
-	s.wg.Wait()
-	if s.state != nil {
-		s.state.flush()
-	}
+	s.run.wait()
+	s.st.close()
 	s.inputs.close()
-	s.cache.close()
-	if s.outDirPath != "" {
-		_ = os.RemoveAll(s.outDirPath)
-	}
-}
-
-// loop runs fn every period and whenever the dispatcher is woken.
-func (s *Service) loop(name string, period time.Duration, fn func()) {
-	defer s.wg.Done()
-	t := time.NewTicker(period)
-	defer t.Stop()
-	wake := s.wake
-	if name != "dispatch" {
-		wake = nil
-	}
-	for {
-		select {
-		case <-s.runCtx.Done():
-			return
-		case <-t.C:
-		case <-wake:
-		}
-		s.safely(name, fn)
-	}
-}
-
-// safely runs fn, logging a panic instead of dying with it.
-func (s *Service) safely(what string, fn func()) {
-	defer func() {
-		if r := recover(); r != nil {
-			s.log.Error("jobs: panic", "in", what, "panic", r, "stack", string(debug.Stack()))
-		}
-	}()
-	fn()
-}
-
-// kick wakes the dispatcher without blocking.
-func (s *Service) kick() {
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
+	s.del.close()
 }
 
 // goLocked starts fn on a goroutine the service waits for in Close. It
 // reports false once the service is closed. s.jobsMu must be held.
-func (s *Service) goLocked(what string, fn func()) bool {
+func (s *engine) goLocked(what string, fn func()) bool {
 	if s.closed {
 		return false
 	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		s.safely(what, fn)
-	}()
+	s.run.spawn(what, fn)
 	return true
 }
 
 // dispatch moves jobs from the head of the wait line to the instances
 // while slots are free.
-func (s *Service) dispatch() {
+func (s *engine) dispatch() {
 	s.jobsMu.Lock()
 	defer s.jobsMu.Unlock()
 	now := s.now()
@@ -310,16 +308,13 @@ func (s *Service) dispatch() {
 			s.positionsLocked()
 		}
 	}()
-	for s.inFlight < s.cfg.MaxConcurrent && len(s.line) > 0 && !now.Before(s.holdUntil) {
+	for s.inFlight < s.cfg.MaxConcurrent && s.line.len() > 0 && !now.Before(s.holdUntil) {
 		moved = true
-		j := s.line[0]
-		s.line[0] = nil
-		s.line = s.line[1:]
+		j := s.line.pop()
 		j.state = stSubmitting
 		j.dispatched = now
 		j.holdsSlot = true
 		s.inFlight++
-		s.active[j] = struct{}{}
 		if !s.goLocked("submit", func() { s.submit(j) }) {
 			s.finishLocked(j, stFailed, "comfygate is shutting down")
 			s.releaseLocked(j)
@@ -328,13 +323,13 @@ func (s *Service) dispatch() {
 	s.gaugesLocked()
 }
 
-func (s *Service) gaugesLocked() {
-	s.m.SetWaitLine(len(s.line))
+func (s *engine) gaugesLocked() {
+	s.m.SetWaitLine(s.line.len())
 	s.m.SetJobsInFlight(s.inFlight)
 }
 
 // releaseLocked frees the job's slot, if it holds one.
-func (s *Service) releaseLocked(j *job) {
+func (s *engine) releaseLocked(j *job) {
 	if !j.holdsSlot {
 		return
 	}
@@ -345,7 +340,7 @@ func (s *Service) releaseLocked(j *job) {
 	}
 	s.inFlight--
 	s.gaugesLocked()
-	s.kick()
+	s.run.kick()
 }
 
 // submit submits the job's prompt; the prompt table picks the instance, and the
@@ -353,7 +348,7 @@ func (s *Service) releaseLocked(j *job) {
 // goes (placeImages, as the request's Prepare, which a failover runs
 // again for the instance it moves the prompt to). Runs on its own
 // goroutine, holding the job's slot.
-func (s *Service) submit(j *job) {
+func (s *engine) submit(j *job) {
 	ctx := s.runCtx
 	s.jobsMu.Lock()
 	if j.state != stSubmitting { // cancelled meanwhile
@@ -366,7 +361,7 @@ func (s *Service) submit(j *job) {
 	refused := maps.Clone(j.refusedBy)
 	s.jobsMu.Unlock()
 
-	pl, why, runnable := s.place(j, prompt)
+	pl, why, runnable := s.cat.place(j, prompt)
 	eligible := pl.Eligible
 	if !runnable {
 		s.jobsMu.Lock()
@@ -385,9 +380,9 @@ func (s *Service) submit(j *job) {
 	}
 	var prepare func(context.Context, *upstream.Instance) error
 	if len(j.images) > 0 {
-		prepare = func(ctx context.Context, inst *upstream.Instance) error { return s.placeImages(ctx, j, inst) }
+		prepare = func(ctx context.Context, inst *upstream.Instance) error { return s.del.placeImages(ctx, j, inst) }
 	}
-	s.persist(j)
+	s.st.persist(j)
 	extra, _ := json.Marshal(map[string]any{"comfygate_job": map[string]string{"workflow": j.wf.name}})
 	res, err := s.be.Submit(ctx, prompts.SubmitRequest{
 		Body:     map[string]json.RawMessage{"prompt": prompt, "extra_data": extra},
@@ -397,8 +392,8 @@ func (s *Service) submit(j *job) {
 		Prefer:   pl.Prefer,
 		Prepare:  prepare,
 	})
-	if err == nil && res.Prompt != nil && s.placer != nil {
-		s.placer.Ran(res.Instance, pl)
+	if err == nil && res.Prompt != nil {
+		s.cat.ran(res.Instance, pl)
 	}
 	switch {
 	case err != nil && res.Instance != nil:
@@ -462,7 +457,7 @@ func (s *Service) submit(j *job) {
 	}
 	cancelled := j.state == stCancelled && j.holdsSlot
 	s.jobsMu.Unlock()
-	s.persist(j)
+	s.st.persist(j)
 	if cancelled {
 		// Cancelled while the prompt was being submitted: take it back.
 		if _, err := s.be.Cancel(ctx, j.id); err != nil {
@@ -481,7 +476,7 @@ var errRefused = errors.New("the instance refused the job")
 // retryLater puts a job whose submission failed back at the head of the
 // wait line. Failures other than "no instance" count; past
 // maxSubmitAttempts the job fails.
-func (s *Service) retryLater(j *job, err error) {
+func (s *engine) retryLater(j *job, err error) {
 	s.jobsMu.Lock()
 	defer s.jobsMu.Unlock()
 	if j.state != stSubmitting {
@@ -492,7 +487,7 @@ func (s *Service) retryLater(j *job, err error) {
 }
 
 // requeueLocked takes a job that has not run back to the head of the line.
-func (s *Service) requeueLocked(j *job, err error) {
+func (s *engine) requeueLocked(j *job, err error) {
 	s.releaseLocked(j)
 	j.submitted = false
 	noUpstream := errors.Is(err, upstream.ErrNoUpstream)
@@ -506,9 +501,8 @@ func (s *Service) requeueLocked(j *job, err error) {
 	}
 	s.log.Debug("job submission deferred", "job_id", j.id, "err", err)
 	j.state = stWaiting
-	s.saveLocked(j)
-	delete(s.active, j)
-	s.line = append([]*job{j}, s.line...)
+	s.st.saveLocked(j)
+	s.line.pushFront(j)
 	s.positionsLocked()
 	backoff := s.retryDelay
 	if noUpstream {
@@ -517,7 +511,7 @@ func (s *Service) requeueLocked(j *job, err error) {
 	if !errors.Is(err, errRefused) {
 		s.holdUntil = s.now().Add(backoff)
 	}
-	s.kick()
+	s.run.kick()
 	s.gaugesLocked()
 }
 
@@ -546,7 +540,7 @@ func submitError(status int, body []byte) string {
 }
 
 // onEvent applies one execution event of the job's prompt.
-func (s *Service) onEvent(j *job, p *prompts.Prompt, ev prompts.Event, d *comfyapi.WSMessage) {
+func (s *engine) onEvent(j *job, p *prompts.Prompt, ev prompts.Event, d *comfyapi.WSMessage) {
 	s.jobsMu.Lock()
 	defer s.jobsMu.Unlock()
 	now := s.now()
@@ -567,9 +561,9 @@ func (s *Service) onEvent(j *job, p *prompts.Prompt, ev prompts.Event, d *comfya
 		if j.started.IsZero() {
 			j.started = now
 		}
-		s.emitLocked(j, evStarted, "")
+		s.del.emitLocked(j, evStarted, "")
 	} else if ev.Type == "execution_start" {
-		s.emitLocked(j, evStarted, "") // resubmitted: started again, maybe elsewhere
+		s.del.emitLocked(j, evStarted, "") // resubmitted: started again, maybe elsewhere
 	}
 	switch ev.Type {
 	case comfyapi.TypeExecutionStart:
@@ -630,25 +624,20 @@ func (s *Service) onEvent(j *job, p *prompts.Prompt, ev prompts.Event, d *comfya
 		s.succeededLocked(j, p, ev.Instance)
 		return
 	}
-	s.progressLocked(j, d.Node())
+	s.del.progressLocked(j, d.Node())
 }
 
 // succeededLocked handles the end of a successful run: the slot is free,
 // the run time feeds the estimate, and the result is fetched eagerly (so
 // it outlives the instance).
-func (s *Service) succeededLocked(j *job, p *prompts.Prompt, inst *upstream.Instance) {
+func (s *engine) succeededLocked(j *job, p *prompts.Prompt, inst *upstream.Instance) {
 	now := s.now()
 	j.state = stFetching
 	j.prog.percent()
 	s.releaseLocked(j)
-	s.saveLocked(j)
+	s.st.saveLocked(j)
 	if !j.started.IsZero() {
-		e := s.est[j.wf.name]
-		if e == nil {
-			e = &ewma{}
-			s.est[j.wf.name] = e
-		}
-		e.add(now.Sub(j.started))
+		s.line.measured(j.wf.name, now.Sub(j.started))
 	}
 	refs, from := slices.Clone(j.outRefs), j.outInst
 	if from == nil {
@@ -658,171 +647,19 @@ func (s *Service) succeededLocked(j *job, p *prompts.Prompt, inst *upstream.Inst
 	if p != nil {
 		upstreamID = p.UpstreamID()
 	}
-	if !s.goLocked("fetch", func() { s.fetch(j, from, refs, upstreamID) }) {
+	if !s.goLocked("fetch", func() { s.del.fetch(j, from, refs, upstreamID) }) {
 		s.finishLocked(j, stFailed, "comfygate is shutting down")
 	}
 }
 
-// fetch downloads every output of a finished job (the output node's
-// first) and completes the job.
-func (s *Service) fetch(j *job, inst *upstream.Instance, refs []outRef, upstreamID string) {
-	ctx := s.runCtx
-	out := j.wf.cfg.OutputNode
-	if !hasNode(refs, out) && inst != nil {
-		// No executed event for the output node (older instances skip it for
-		// cached outputs): the instance's history has the outputs.
-		if _, entry := s.historyOutputs(ctx, inst, upstreamID); entry != nil {
-			s.jobsMu.Lock()
-			j.addOutputsLocked(historyRefs(entry))
-			refs = slices.Clone(j.outRefs)
-			s.jobsMu.Unlock()
-		}
-	}
-	if !hasNode(refs, out) {
-		s.jobsMu.Lock()
-		s.finishLocked(j, stFailed, fmt.Sprintf("the workflow finished without an output at its output node %q", out))
-		s.jobsMu.Unlock()
-		return
-	}
-	files := make([]*outputFile, 0, len(refs))
-	var err error
-	for _, r := range refs {
-		var f *outputFile
-		if f, err = s.download(ctx, j, inst, r); err != nil {
-			break
-		}
-		files = append(files, f)
-	}
-	if err == nil && s.s3 != nil {
-		// A failed upload leaves the output served by comfygate and says why.
-		for n, f := range files {
-			if f.s3Key, f.s3URL, err = s.s3.put(ctx, j.id, n, f); err != nil {
-				s.log.Warn("job output upload failed", "job_id", j.id, "err", err)
-				f.s3Err, err = "comfygate could not upload this output to S3", nil
-			}
-		}
-	}
-	if err == nil {
-		s.keepResult(j, files)
-	}
-	s.jobsMu.Lock()
-	defer s.jobsMu.Unlock()
-	j.files = files // counted in s.outMem: dropped with the job
-	if err != nil {
-		s.log.Warn("job result download failed", "job_id", j.id, "instance", instName(inst), "err", err)
-		s.finishLocked(j, stFailed, "the workflow finished but comfygate could not fetch its result from ComfyUI")
-		return
-	}
-	s.finishLocked(j, stCompleted, "")
-}
-
-func hasNode(refs []outRef, node string) bool {
-	return slices.ContainsFunc(refs, func(r outRef) bool { return r.node == node })
-}
-
-// historyRefs lists the files of a history entry's outputs, by node id.
-func historyRefs(e *comfyapi.HistoryEntry) []outRef {
-	var refs []outRef
-	for _, node := range slices.Sorted(maps.Keys(e.Outputs)) {
-		refs = append(refs, outputRefs(node, e.Outputs[node])...)
-	}
-	return refs
-}
-
-// historyOutputs reads a prompt's outputs from /history/{id}; entry is
-// nil when the instance has none (or did not answer).
-func (s *Service) historyOutputs(ctx context.Context, inst *upstream.Instance, upstreamID string) (refs []outRef, entry *comfyapi.HistoryEntry) {
-	e, _ := s.readHistory(ctx, inst, upstreamID)
-	if e == nil {
-		return nil, nil
-	}
-	return historyRefs(e), e
-}
-
-// readHistory reads /history/{id} of inst: entry is nil when it has none;
-// answered is false when the instance did not answer.
-func (s *Service) readHistory(ctx context.Context, inst *upstream.Instance, upstreamID string) (entry *comfyapi.HistoryEntry, answered bool) {
-	status, body, err := s.be.Call(ctx, inst, "GET", "/history/"+url.PathEscape(upstreamID), nil, nil)
-	if err != nil || status != 200 {
-		return nil, false
-	}
-	h, err := comfyapi.ParseHistory(body)
-	if err != nil {
-		return nil, false
-	}
-	raw, ok := h[upstreamID]
-	if !ok {
-		return nil, true
-	}
-	e, err := comfyapi.ParseHistoryEntry(raw)
-	if err != nil {
-		return nil, true
-	}
-	return &e, true
-}
-
-// download fetches one output from inst's /view, falling back to
-// whichever instance the prompt table finds holding it, into comfygate's store.
-func (s *Service) download(ctx context.Context, j *job, inst *upstream.Instance, r outRef) (*outputFile, error) {
-	ref := r.ref
-	q := url.Values{"filename": {ref.Filename}, "subfolder": {ref.Subfolder}, "type": {ref.Type}}
-	if ref.Type == "" {
-		q.Set("type", "output")
-	}
-	path := "/view?" + q.Encode()
-	var lastErr error
-	// Failures of an instance in the fleet count (up to fetchAttempts);
-	// while the instance is out (down, answering 5xx, its breaker open)
-	// the download waits for it, up to fetchPatience: the output is
-	// nowhere else.
-	deadline := time.Now().Add(fetchPatience)
-	delay := s.retryDelay
-	for failures := 0; ; {
-		if inst == nil || !inst.Available() {
-			if owner, ok := s.be.FileOwner(ctx, ref); ok {
-				inst = owner
-			}
-		}
-		if inst == nil {
-			lastErr = errors.New("no instance holds the result")
-			failures++
-		} else {
-			counts := inst.Available()
-			w := s.newSpill(j.id)
-			status, err := s.be.Fetch(ctx, inst, path, w)
-			switch {
-			case err != nil:
-				lastErr = fmt.Errorf("get result from %s: %w", inst.Name, err)
-			case status != 200:
-				lastErr = fmt.Errorf("get result from %s: status %d", inst.Name, status)
-			default:
-				return w.file(r, inst.Name)
-			}
-			w.discard()
-			if counts && inst.Available() {
-				failures++
-			}
-		}
-		if failures >= fetchAttempts || !time.Now().Before(deadline) {
-			return nil, lastErr
-		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(delay):
-		}
-		delay = min(2*delay, 2*time.Second)
-	}
-}
-
 // finishLocked moves a job to a terminal state and records it.
-func (s *Service) finishLocked(j *job, st state, msg string) {
+func (s *engine) finishLocked(j *job, st state, msg string) {
 	if j.state.terminal() {
 		return
 	}
 	now := s.now()
-	if j.state == stWaiting {
-		s.removeFromLineLocked(j)
+	if j.state == stWaiting && s.line.remove(j) {
+		s.positionsLocked()
 	}
 	j.state = st
 	j.finished = now
@@ -834,7 +671,7 @@ func (s *Service) finishLocked(j *job, st state, msg string) {
 	if st == stCompleted {
 		j.prog.complete()
 	}
-	delete(s.active, j)
+	s.line.done(j)
 	var run, wait time.Duration
 	if j.dispatched.IsZero() {
 		wait = now.Sub(j.created)
@@ -848,26 +685,14 @@ func (s *Service) finishLocked(j *job, st state, msg string) {
 		s.log.Info("job finished", "job_id", j.id, "workflow", j.wf.name, "status", st.public(),
 			"instance", j.instance, "run_ms", run.Milliseconds(), "wait_ms", wait.Milliseconds())
 	}
-	s.saveLocked(j)
+	s.st.saveLocked(j)
 	switch st {
 	case stCompleted:
-		s.emitLocked(j, evCompleted, "")
+		s.del.emitLocked(j, evCompleted, "")
 	case stFailed:
-		s.emitLocked(j, evFailed, "")
+		s.del.emitLocked(j, evFailed, "")
 	default:
-		s.emitLocked(j, evCancelled, "")
-	}
-}
-
-func (s *Service) removeFromLineLocked(j *job) {
-	for i, x := range s.line {
-		if x == j {
-			copy(s.line[i:], s.line[i+1:])
-			s.line[len(s.line)-1] = nil
-			s.line = s.line[:len(s.line)-1]
-			s.positionsLocked()
-			return
-		}
+		s.del.emitLocked(j, evCancelled, "")
 	}
 }
 
@@ -878,25 +703,16 @@ const positionEvents = 50
 
 // positionsLocked emits a queued event for each job near the head of the
 // line whose place changed since its last one.
-func (s *Service) positionsLocked() {
-	for i, x := range s.line[:min(len(s.line), positionEvents)] {
+func (s *engine) positionsLocked() {
+	for i, x := range s.line.head(positionEvents) {
 		if x.lastPos != i+1 {
-			s.emitLocked(x, evQueued, "")
+			s.del.emitLocked(x, evQueued, "")
 		}
 	}
 }
 
-// CancelJob cancels a facade job wherever it is: removed from the wait
-// line, deleted from its instance's queue, or interrupted when running.
-// A cancelled job reports "cancelled" at once; a running one keeps its
-// slot until the instance confirms the interrupt (or cancelGrace passes),
-// so MaxConcurrent holds for the GPUs too. known is false when id is no
-// facade job (or it expired).
-//
-// With scope not "", a job whose owner is not scope is never cancelled;
-// it still reports known (and not cancelled), so that the caller does not
-// go on to cancel the job's prompt, which has the job's id, by another way.
-func (s *Service) CancelJob(ctx context.Context, id, scope string) (known, cancelled bool) {
+// cancel is Service.CancelJob.
+func (s *engine) cancel(ctx context.Context, id, scope string) (known, cancelled bool) {
 	s.jobsMu.Lock()
 	j := s.lookupLocked(id, "")
 	if j == nil {
@@ -926,7 +742,7 @@ func (s *Service) CancelJob(ctx context.Context, id, scope string) (known, cance
 	ok, err := s.be.Cancel(ctx, id)
 	if err != nil {
 		s.log.Warn("cancel job", "job_id", id, "err", err)
-	} else if !ok && s.deletedUnseen(ctx, j) {
+	} else if !ok && s.wd.deletedUnseen(ctx, j) {
 		// The prompt table's queue check (after the instance's status broadcast)
 		// marked the prompt done between its delete and its own look, and
 		// Cancel then took "done" for "finished first". The instance has
@@ -955,26 +771,9 @@ func (s *Service) CancelJob(ctx context.Context, id, scope string) (known, cance
 	return true, true
 }
 
-// deletedUnseen reports whether a job that never started has a prompt the
-// prompt table reports done although its instance has no history of it.
-func (s *Service) deletedUnseen(ctx context.Context, j *job) bool {
-	s.jobsMu.Lock()
-	queued := j.state == stQueued
-	s.jobsMu.Unlock()
-	if !queued {
-		return false
-	}
-	p, found := s.be.Prompt(j.id)
-	if !found || p.State() != prompts.PromptDone || p.Instance() == nil {
-		return false
-	}
-	entry, answered := s.readHistory(ctx, p.Instance(), p.UpstreamID())
-	return answered && entry == nil
-}
-
 // lookupLocked returns the job, nil when unknown, expired, or (scope not
 // "") owned by another than scope.
-func (s *Service) lookupLocked(id, scope string) *job {
+func (s *engine) lookupLocked(id, scope string) *job {
 	j := s.jobs[id]
 	if j == nil || s.expiredLocked(j, s.now()) || !inScope(j, scope) {
 		return nil
@@ -986,33 +785,18 @@ func (s *Service) lookupLocked(id, scope string) *job {
 // scope is "", else only scope's own.
 func inScope(j *job, scope string) bool { return scope == "" || j.meta.owner == scope }
 
-// JobOwner returns the owner (the submitting key's name, "" with keys
-// off) of facade job id; known is false when id is no facade job (or it
-// expired). A job restored from the state directory keeps its owner.
-func (s *Service) JobOwner(id string) (owner string, known bool) {
-	s.jobsMu.Lock()
-	defer s.jobsMu.Unlock()
-	j := s.lookupLocked(id, "")
-	if j == nil {
-		return "", false
-	}
-	return j.meta.owner, true
-}
-
-func (s *Service) expiredLocked(j *job, now time.Time) bool {
+func (s *engine) expiredLocked(j *job, now time.Time) bool {
 	return j.state.terminal() && now.Sub(j.finished) >= s.cfg.Timeout
 }
 
-// sweep removes expired jobs and watches the jobs at the instances.
-func (s *Service) sweep() {
-	now := s.now()
-	var watch []*job
-	s.jobsMu.Lock()
-	s.expireIdemLocked(now, false)
+// sweepLocked forgets expired Idempotency-Keys, removes expired jobs and
+// returns the jobs at the instances.
+func (s *engine) sweepLocked(now time.Time) (watch []*job) {
+	s.st.expireIdemLocked(now, false)
 	for id, j := range s.jobs {
 		if s.expiredLocked(j, now) && !j.holdsSlot {
-			s.dropOutputsLocked(j)
-			s.forgetLocked(j)
+			s.del.dropOutputsLocked(j)
+			s.st.forgetLocked(j)
 			delete(s.jobs, id)
 			continue
 		}
@@ -1020,135 +804,7 @@ func (s *Service) sweep() {
 			watch = append(watch, j)
 		}
 	}
-	s.jobsMu.Unlock()
-	for _, j := range watch {
-		s.watch(j, now)
-	}
-}
-
-// atInstance reports whether the prompt table has the job's prompt: submitted and
-// answered (or seen running). jobsMu must be held.
-func atInstance(j *job) bool {
-	return j.submitted && !j.restored && (j.state == stQueued || j.state == stRunning)
-}
-
-// watch settles a job at an instance that the prompt table no longer knows (an
-// unconfirmed submission the instance never took is dropped: the job goes
-// back in line) or that the pool reports finished although no terminal
-// event reached the job (events lost in a socket reconnect: the
-// instance's history says how it ended, asked at most once per staleAfter).
-func (s *Service) watch(j *job, now time.Time) {
-	// The pool is asked without jobsMu held: it may hold its own locks
-	// while it delivers events, which take jobsMu.
-	p, ok := s.be.Prompt(j.id)
-	done := ok && p.State() == prompts.PromptDone
-	s.jobsMu.Lock()
-	if !atInstance(j) {
-		s.jobsMu.Unlock()
-		return
-	}
-	if !ok {
-		if !j.sawEvent {
-			s.requeueLocked(j, errors.New("the instance never confirmed the prompt"))
-		} else {
-			s.finishLocked(j, stFailed, "comfygate lost track of the job's prompt")
-			s.releaseLocked(j)
-		}
-		s.jobsMu.Unlock()
-		return
-	}
-	last := j.lastEvent
-	if last.IsZero() {
-		last = j.dispatched
-	}
-	if !done || now.Sub(last) < s.staleAfter {
-		s.jobsMu.Unlock()
-		return
-	}
-	j.lastEvent = now // one look per staleAfter
-	s.jobsMu.Unlock()
-	inst := p.Instance()
-	if inst == nil {
-		return
-	}
-	refs, entry := s.historyOutputs(s.runCtx, inst, p.UpstreamID())
-	s.jobsMu.Lock()
-	defer s.jobsMu.Unlock()
-	if j.state.terminal() || j.state == stFetching || entry == nil {
-		return
-	}
-	s.endFromHistoryLocked(j, p, inst, entry, refs)
-}
-
-// endFromHistoryLocked ends j as its history entry at inst says: done with
-// the outputs refs, cancelled, or failed with the entry's error. An entry
-// without a status (a server older than November 2023) counts as a
-// success when it holds the job's output. s.jobsMu held.
-func (s *Service) endFromHistoryLocked(j *job, p *prompts.Prompt, inst *upstream.Instance, entry *comfyapi.HistoryEntry, refs []outRef) {
-	outcome := entry.Outcome()
-	if outcome == comfyapi.OutcomeSuccess || (outcome == comfyapi.OutcomeUnknown && hasNode(refs, j.wf.cfg.OutputNode)) {
-		j.addOutputsLocked(refs)
-		j.outInst = inst
-		s.succeededLocked(j, p, inst)
-		return
-	}
-	if outcome == comfyapi.OutcomeInterrupted {
-		s.finishLocked(j, stCancelled, "")
-		s.releaseLocked(j)
-		return
-	}
-	s.finishLocked(j, stFailed, historyError(entry))
-	s.releaseLocked(j)
-}
-
-// runEstimateLocked is the expected run time of one job of the workflow.
-func (s *Service) runEstimateLocked(wf string) time.Duration {
-	return s.est[wf].value(defaultRunEstimate)
-}
-
-// remainingLocked is the expected run time left for j.
-func (s *Service) remainingLocked(j *job) time.Duration {
-	d := s.runEstimateLocked(j.wf.name)
-	return d * time.Duration(100-j.prog.reported) / 100
-}
-
-// estimateLocked is the expected time until j completes: the work of the
-// jobs ahead of it (those at the instances and those before it in the
-// line) spread over the instances that run in parallel, plus its own.
-func (s *Service) estimateLocked(j *job, parallel int) time.Duration {
-	var ahead time.Duration
-	if j.state == stWaiting {
-		for x := range s.active {
-			ahead += s.remainingLocked(x)
-		}
-		for _, x := range s.line {
-			if x == j {
-				break
-			}
-			ahead += s.remainingLocked(x)
-		}
-	}
-	return completionEstimate(ahead, s.remainingLocked(j), parallel)
-}
-
-// parallelism is how many jobs run at once: healthy instances, capped by
-// MaxConcurrent. Never call with s.jobsMu held (it asks the pool).
-func (s *Service) parallelism() int {
-	return max(1, min(len(s.be.Healthy()), s.cfg.MaxConcurrent))
-}
-
-// queuePositionLocked is the 1-based place of a waiting job in the line,
-// 0 when it is no longer waiting.
-func (s *Service) queuePositionLocked(j *job) int {
-	if j.state != stWaiting {
-		return 0
-	}
-	for i, x := range s.line {
-		if x == j {
-			return i + 1
-		}
-	}
-	return 0
+	return watch
 }
 
 func instName(inst *upstream.Instance) string {
@@ -1160,3 +816,171 @@ func instName(inst *upstream.Instance) string {
 
 // itoa is strconv.Itoa, named for brevity in headers.
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// lock takes the lock that guards every job's mutable fields, the jobs
+// map and the wait line. The other parts take it through lock and unlock.
+func (s *engine) lock() { s.jobsMu.Lock() }
+
+func (s *engine) unlock() { s.jobsMu.Unlock() }
+
+// timeNow is the service's clock (tests set now).
+func (s *engine) timeNow() time.Time { return s.now() }
+
+// jobLocked returns job id as held, expired or not; nil when unknown.
+func (s *engine) jobLocked(id string) *job { return s.jobs[id] }
+
+// jobsLocked returns the unexpired jobs of scope that keep accepts, and
+// how many of scope's jobs wait in line and hold a slot.
+func (s *engine) jobsLocked(scope string, keep func(*job) bool) (js []*job, waiting, inFlight int) {
+	now := s.now()
+	js = make([]*job, 0, len(s.jobs))
+	for _, j := range s.jobs {
+		if !s.expiredLocked(j, now) && inScope(j, scope) && keep(j) {
+			js = append(js, j)
+		}
+	}
+	waiting, inFlight = s.line.len(), s.inFlight
+	if scope != "" {
+		// Counted over the scope's own jobs: the others do not exist here.
+		waiting, inFlight = s.line.count(scope)
+	}
+	return js, waiting, inFlight
+}
+
+// accept puts a validated submission in the wait line.
+func (s *engine) accept(wf *workflow, sub *submission, values map[string]json.RawMessage, images map[string][]byte, hook string, meta jobMeta) (*job, *apiError) {
+	healthy := s.be.Healthy()
+	parallel := max(1, min(len(healthy), s.cfg.MaxConcurrent))
+	j := &job{
+		s:      s,
+		id:     newJobID(),
+		wf:     wf,
+		inputs: sub.inputs,
+		params: values,
+		meta:   meta,
+	}
+	var data [][]byte
+	if wf.needsImage() {
+		j.images = append(j.images, &jobImage{name: j.id + extension(sub.format)})
+		data = append(data, sub.image)
+	}
+	size := int64(0)
+	if sub.spool != nil {
+		size = sub.spool.size
+	}
+	for _, name := range slices.Sorted(maps.Keys(images)) {
+		format, _, _, _ := sniffImage(images[name])
+		j.images = append(j.images, &jobImage{param: name, name: j.id + "-" + name + extension(format)})
+		data = append(data, images[name])
+	}
+	prompt, err := wf.buildWith(imageNames(j.images), sub.inputs, values)
+	if err != nil {
+		return nil, badRequest(errInvalidOverride, "cannot apply the inputs: %v", err)
+	}
+	for _, d := range data {
+		size += int64(len(d))
+	}
+	// May the job join the wait line now: 503 when no instance is
+	// available, 429 with Retry-After when the line is full by count or
+	// by bytes. Asked before the images are written anywhere.
+	s.jobsMu.Lock()
+	aerr := s.line.check(wf, size, parallel, len(healthy))
+	s.jobsMu.Unlock()
+	if aerr != nil {
+		return nil, aerr
+	}
+	for i, im := range j.images {
+		var err error
+		if i == 0 && sub.spool != nil {
+			err = s.inputs.keepSpooled(im, j.id, sub.spool)
+		} else {
+			err = s.inputs.keep(im, j.id, data[i])
+		}
+		if err != nil {
+			for _, kept := range j.images[:i] {
+				s.inputs.release(kept)
+			}
+			s.log.Error("job image not kept", "err", err)
+			return nil, &apiError{status: fasthttp.StatusServiceUnavailable, typ: errNoUpstream,
+				msg: "comfygate cannot store the image now", retryAfter: 5}
+		}
+	}
+	j.prompt = prompt
+	j.prog = newProgress(wf.nodes)
+	if hook != "" {
+		j.webhook = &webhookState{url: hook, progress: sub.webhookProgress}
+	}
+
+	s.jobsMu.Lock()
+	aerr = s.line.check(wf, j.imageBytes(), parallel, len(healthy))
+	if s.closed {
+		aerr = &apiError{status: fasthttp.StatusServiceUnavailable, typ: errShuttingDown, msg: "comfygate is shutting down", retryAfter: 1}
+	}
+	if aerr != nil {
+		s.jobsMu.Unlock()
+		for _, im := range j.images {
+			s.inputs.release(im)
+		}
+		return nil, aerr
+	}
+	s.seq++
+	j.seq = s.seq
+	j.created = s.now()
+	j.state = stWaiting
+	s.jobs[j.id] = j
+	s.line.push(j)
+	s.m.JobSubmitted(wf.name)
+	s.gaugesLocked()
+	s.run.kick()
+	s.del.emitLocked(j, evQueued, "")
+	if j.webhook != nil && j.webhook.progress {
+		s.goLocked("webhook", func() { s.del.streamHook(j) })
+	}
+	s.jobsMu.Unlock()
+	s.st.persist(j)
+	s.log.Debug("job accepted", "job_id", j.id, "workflow", wf.name, "bytes", size)
+	return j, nil
+}
+
+// addCompletedLocked adds j, completed at once from the result cache, to
+// the jobs; false once the service is closed.
+func (s *engine) addCompletedLocked(j *job) bool {
+	if s.closed {
+		return false
+	}
+	now := s.now()
+	s.seq++
+	j.seq = s.seq
+	j.created, j.dispatched = now, now
+	s.jobs[j.id] = j
+	s.m.JobSubmitted(j.wf.name)
+	if j.webhook != nil && j.webhook.progress {
+		s.goLocked("webhook", func() { s.del.streamHook(j) })
+	}
+	s.finishLocked(j, stCompleted, "")
+	return true
+}
+
+// adoptLocked adds j, restored from the state directory, to the jobs:
+// in the wait line when it waits, holding a slot when it is at an
+// instance.
+func (s *engine) adoptLocked(j *job) {
+	s.seq = max(s.seq, j.seq)
+	s.jobs[j.id] = j
+	switch {
+	case j.state == stWaiting:
+		s.line.push(j)
+	case j.state == stQueued && j.restored:
+		j.holdsSlot = true
+		s.inFlight++
+		s.line.activate(j)
+	}
+}
+
+// backInLineLocked puts j, taken from the line, back at its head.
+func (s *engine) backInLineLocked(j *job) {
+	s.line.pushFront(j)
+	s.positionsLocked()
+	s.gaugesLocked()
+	s.run.kick()
+}

@@ -90,9 +90,9 @@ func TestEWMAAndEstimate(t *testing.T) {
 	if third := estimate(); third != 30 { // two ahead, one instance: 20/1 + 10
 		t.Fatalf("third estimate %v, want 30", third)
 	}
-	s.jobsMu.Lock()
-	s.est["upscale-image"] = &ewma{mean: time.Second, n: 1}
-	s.jobsMu.Unlock()
+	s.eng.jobsMu.Lock()
+	s.eng.line.est["upscale-image"] = &ewma{mean: time.Second, n: 1}
+	s.eng.jobsMu.Unlock()
 	if fourth := estimate(); fourth != 4 { // three ahead at 1s each, one instance
 		t.Fatalf("fourth estimate %v, want 4", fourth)
 	}
@@ -213,10 +213,10 @@ func TestEventsDriveJob(t *testing.T) {
 	if code != 200 || string(hdr.ContentType()) != "image/png" || !bytes.Equal(resp, f.viewBody) {
 		t.Fatalf("raw result: %d %s", code, hdr.ContentType())
 	}
-	s.jobsMu.Lock()
-	measured := s.est["upscale-image"] != nil && s.est["upscale-image"].n == 1
-	inFlight := s.inFlight
-	s.jobsMu.Unlock()
+	s.eng.jobsMu.Lock()
+	measured := s.eng.line.est["upscale-image"] != nil && s.eng.line.est["upscale-image"].n == 1
+	inFlight := s.eng.inFlight
+	s.eng.jobsMu.Unlock()
 	if !measured || inFlight != 0 {
 		t.Fatalf("measured %v inFlight %d", measured, inFlight)
 	}
@@ -261,9 +261,9 @@ func TestFailedJobs(t *testing.T) {
 	id = submitFake(t, s, "/api/upscale-image")
 	f.waitSubmitted()
 	testkit.Eventually(t, "rejection", func() bool { return jobState(s, id) == stFailed })
-	s.jobsMu.Lock()
-	msg := s.jobs[id].errMsg
-	s.jobsMu.Unlock()
+	s.eng.jobsMu.Lock()
+	msg := s.eng.jobs[id].errMsg
+	s.eng.jobsMu.Unlock()
 	if !strings.Contains(msg, "Prompt outputs failed validation") || !strings.Contains(msg, "node 2 (UpscaleModelLoader)") || !strings.Contains(msg, "model: 'x'") {
 		t.Fatalf("message %q", msg)
 	}
@@ -294,9 +294,9 @@ func TestNoInstanceJobWaits(t *testing.T) {
 		t.Fatalf("resubmitted %s", got)
 	}
 	testkit.Eventually(t, "queued", func() bool { return jobState(s, id) == stQueued })
-	s.jobsMu.Lock()
-	attempts := s.jobs[id].attempts
-	s.jobsMu.Unlock()
+	s.eng.jobsMu.Lock()
+	attempts := s.eng.jobs[id].attempts
+	s.eng.jobsMu.Unlock()
 	if attempts != 0 {
 		t.Fatalf("no-instance counted as a failed attempt: %d", attempts)
 	}
@@ -321,9 +321,9 @@ func TestCancelStates(t *testing.T) {
 	if known, ok := s.CancelJob(ctx, w, ""); !known || !ok || jobState(s, w) != stCancelled {
 		t.Fatalf("waiting: %v %v", known, ok)
 	}
-	s.jobsMu.Lock()
-	lineLen := len(s.line)
-	s.jobsMu.Unlock()
+	s.eng.jobsMu.Lock()
+	lineLen := s.eng.line.len()
+	s.eng.jobsMu.Unlock()
 	if lineLen != 0 {
 		t.Fatalf("line still holds %d", lineLen)
 	}
@@ -340,7 +340,7 @@ func TestCancelStates(t *testing.T) {
 		t.Fatal("WaitingJob for a cancelled job")
 	}
 	close(release)
-	testkit.Eventually(t, "slot freed", func() bool { s.jobsMu.Lock(); defer s.jobsMu.Unlock(); return s.inFlight == 0 })
+	testkit.Eventually(t, "slot freed", func() bool { s.eng.jobsMu.Lock(); defer s.eng.jobsMu.Unlock(); return s.eng.inFlight == 0 })
 	f.mu.Lock()
 	cancels := append([]string(nil), f.cancels...)
 	f.mu.Unlock()
@@ -355,7 +355,7 @@ func TestCancelStates(t *testing.T) {
 	if known, ok := s.CancelJob(ctx, q, ""); !known || !ok {
 		t.Fatalf("queued: %v %v", known, ok)
 	}
-	testkit.Eventually(t, "slot freed", func() bool { s.jobsMu.Lock(); defer s.jobsMu.Unlock(); return s.inFlight == 0 })
+	testkit.Eventually(t, "slot freed", func() bool { s.eng.jobsMu.Lock(); defer s.eng.jobsMu.Unlock(); return s.eng.inFlight == 0 })
 
 	// Running: cancelled at once, the slot held until the interrupt lands.
 	r := submitFake(t, s, "/api/upscale-image")
@@ -366,9 +366,9 @@ func TestCancelStates(t *testing.T) {
 	if known, ok := s.CancelJob(ctx, r, ""); !known || !ok || jobState(s, r) != stCancelled {
 		t.Fatalf("running: %v %v", known, ok)
 	}
-	s.jobsMu.Lock()
-	held := s.jobs[r].holdsSlot
-	s.jobsMu.Unlock()
+	s.eng.jobsMu.Lock()
+	held := s.eng.jobs[r].holdsSlot
+	s.eng.jobsMu.Unlock()
 	if !held || jobState(s, next) != stWaiting {
 		t.Fatal("the interrupted job's slot went to the next job before the instance stopped it")
 	}
@@ -399,11 +399,11 @@ func TestExpiryWithClock(t *testing.T) {
 	f := newFake(t, 1)
 	s := newFakeService(t, f, func(c *config.Config) { c.Jobs.Timeout = time.Minute })
 	c := &clock{t: time.Unix(1_700_000_000, 0)}
-	s.now = c.now
+	s.eng.now = c.now
 	id := submitFake(t, s, "/api/upscale-image")
 	s.CancelJob(context.Background(), id, "") // finished (cancelled) now
 	c.add(59 * time.Second)
-	s.sweep()
+	s.wd.sweep()
 	if _, code, _, _ := serve(t, s, "GET", "/api/jobs/"+id+"/status", "", nil); code != 200 {
 		t.Fatalf("before JOB_TIMEOUT: %d", code)
 	}
@@ -411,10 +411,10 @@ func TestExpiryWithClock(t *testing.T) {
 	if _, code, _, _ := serve(t, s, "GET", "/api/jobs/"+id+"/status", "", nil); code != 404 {
 		t.Fatalf("at JOB_TIMEOUT: %d", code)
 	}
-	s.sweep()
-	s.jobsMu.Lock()
-	n := len(s.jobs)
-	s.jobsMu.Unlock()
+	s.wd.sweep()
+	s.eng.jobsMu.Lock()
+	n := len(s.eng.jobs)
+	s.eng.jobsMu.Unlock()
 	if n != 0 {
 		t.Fatalf("%d jobs after the sweep", n)
 	}
@@ -425,7 +425,7 @@ func TestQuietJobs(t *testing.T) {
 	f := newFake(t, 1)
 	s := newFakeService(t, f, nil)
 	c := &clock{t: time.Unix(1_700_000_000, 0)}
-	s.now = c.now
+	s.eng.now = c.now
 	// Submit answered ambiguously (sent, no answer) and the pool then forgot it.
 	f.mu.Lock()
 	f.submitFn = func(req prompts.SubmitRequest) (prompts.SubmitResult, error) {
@@ -433,11 +433,11 @@ func TestQuietJobs(t *testing.T) {
 	}
 	f.mu.Unlock()
 	id := submitFake(t, s, "/api/upscale-image")
-	s.dispatch()
+	s.eng.dispatch()
 	f.waitSubmitted()
 	testkit.Eventually(t, "queued", func() bool { return jobState(s, id) == stQueued })
-	c.add(s.staleAfter)
-	s.sweep()
+	c.add(s.wd.staleAfter)
+	s.wd.sweep()
 	if st := jobState(s, id); st != stWaiting {
 		t.Fatalf("state %d, want back in the line", st)
 	}
@@ -447,11 +447,11 @@ func TestQuietJobs(t *testing.T) {
 	f.submitFn = nil
 	f.mu.Unlock()
 	c.add(time.Second)
-	s.dispatch()
+	s.eng.dispatch()
 	f.waitSubmitted()
 	testkit.Eventually(t, "queued", func() bool { return jobState(s, id) == stQueued })
-	c.add(s.staleAfter)
-	s.sweep() // prompt not done at the pool: nothing happens
+	c.add(s.wd.staleAfter)
+	s.wd.sweep() // prompt not done at the pool: nothing happens
 	if st := jobState(s, id); st != stQueued {
 		t.Fatalf("state %d", st)
 	}

@@ -177,7 +177,7 @@ func (w *outboundClient) allow(raw string) (literal bool, err error) {
 }
 
 // webhookState is a job's webhook and its delivery log. Guarded by
-// Service.jobsMu.
+// engine.jobsMu.
 type webhookState struct {
 	url       string
 	progress  bool     // the non-terminal events go too (once each, newest first)
@@ -251,18 +251,18 @@ func (w *outboundClient) sign(id string, ts int64, body []byte) string {
 // retrying with exponential backoff and full jitter for at most
 // webhooks.max_attempts attempts within webhooks.retry_for. Runs on its
 // own goroutine (Service.goLocked).
-func (s *Service) deliver(j *job, ev jobEvent) {
+func (s *delivery) deliver(j *job, ev jobEvent) {
 	w := s.hooks
-	s.jobsMu.Lock()
+	s.eng.lock()
 	target := j.webhook.url
-	s.jobsMu.Unlock()
+	s.eng.unlock()
 	id := webhookID(j.id, ev)
 	body := webhookPayload(ev)
-	deadline := s.now().Add(w.retryFor)
+	deadline := s.eng.timeNow().Add(w.retryFor)
 	for attempt := 1; ; attempt++ {
-		start := s.now()
-		code, err := w.post(s.runCtx, target, id, body)
-		d := deliveryView{Attempt: attempt, At: start.UTC(), StatusCode: code, DurationMS: s.now().Sub(start).Milliseconds()}
+		start := s.eng.timeNow()
+		code, err := w.post(s.ctx, target, id, body)
+		d := deliveryView{Attempt: attempt, At: start.UTC(), StatusCode: code, DurationMS: s.eng.timeNow().Sub(start).Milliseconds()}
 		ok := err == nil && code >= 200 && code < 300
 		if err != nil {
 			d.Error = err.Error()
@@ -271,7 +271,7 @@ func (s *Service) deliver(j *job, ev jobEvent) {
 		}
 		backoff := min(s.webhookBackoff<<min(attempt-1, 20), maxWebhookBackoff)
 		backoff = backoff/2 + rand.N(backoff/2+1) // jitter: half fixed, half random
-		last := ok || attempt >= w.attempts || s.now().Add(backoff).After(deadline) || s.runCtx.Err() != nil
+		last := ok || attempt >= w.attempts || s.eng.timeNow().Add(backoff).After(deadline) || s.ctx.Err() != nil
 		switch {
 		case ok:
 			s.m.WebhookAttempt("delivered")
@@ -280,7 +280,7 @@ func (s *Service) deliver(j *job, ev jobEvent) {
 		default:
 			s.m.WebhookAttempt("retry")
 		}
-		s.jobsMu.Lock()
+		s.eng.lock()
 		if len(j.webhook.log) >= maxDeliveryLog {
 			j.webhook.log = append(j.webhook.log[:0], j.webhook.log[1:]...)
 		}
@@ -288,7 +288,7 @@ func (s *Service) deliver(j *job, ev jobEvent) {
 		j.webhook.delivered = ok
 		j.webhook.gaveUp = !ok && last
 		j.notifyLocked()
-		s.jobsMu.Unlock()
+		s.eng.unlock()
 		if ok {
 			return
 		}
@@ -299,7 +299,7 @@ func (s *Service) deliver(j *job, ev jobEvent) {
 		t := time.NewTimer(backoff)
 		select {
 		case <-t.C:
-		case <-s.runCtx.Done():
+		case <-s.ctx.Done():
 			t.Stop()
 			return
 		}
@@ -379,15 +379,15 @@ func (w *outboundClient) get(ctx context.Context, raw string, limit int64) ([]by
 // goroutine so the receiver sees them in order. A progress event is sent
 // once, without retries, and one the receiver was too slow for is skipped
 // for the newest: progress is a hint, the terminal event is the contract.
-func (s *Service) streamHook(j *job) {
+func (s *delivery) streamHook(j *job) {
 	sent := 0
 	for {
-		s.jobsMu.Lock()
+		s.eng.lock()
 		var next *jobEvent
 		for i := len(j.events) - 1; i >= sent && i >= 0; i-- {
 			if j.events[i].terminal() {
 				ev := j.events[i]
-				s.jobsMu.Unlock()
+				s.eng.unlock()
 				s.deliver(j, ev)
 				return
 			}
@@ -401,18 +401,18 @@ func (s *Service) streamHook(j *job) {
 		}
 		ch := j.changed
 		target := j.webhook.url
-		s.jobsMu.Unlock()
+		s.eng.unlock()
 		if next != nil {
 			body := webhookPayload(*next)
 			s.m.WebhookAttempt("progress")
-			if _, err := s.hooks.post(s.runCtx, target, webhookID(j.id, *next), body); err != nil {
+			if _, err := s.hooks.post(s.ctx, target, webhookID(j.id, *next), body); err != nil {
 				s.log.Debug("webhook progress not delivered", "job_id", j.id, "err", err)
 			}
 			continue
 		}
 		select {
 		case <-ch:
-		case <-s.runCtx.Done():
+		case <-s.ctx.Done():
 			return
 		}
 	}
