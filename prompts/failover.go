@@ -255,9 +255,11 @@ func (t *Table) reconcile(ctx context.Context, inst *upstream.Instance) {
 // then executing-null. Nothing is sent if the live stream ended it first.
 func (t *Table) completeFromHistory(inst *upstream.Instance, pr *Prompt, uid string, entry json.RawMessage) {
 	f := t.historyEnd(inst, uid, entry)
-	s := t.socketFor(inst)
-	s.routeMu.Lock()
-	defer s.routeMu.Unlock()
+	t.socketFor(inst).box.do(func() { t.completeOwned(inst, pr, uid, f) })
+}
+
+// completeOwned is completeFromHistory's delivery, on inst's owner.
+func (t *Table) completeOwned(inst *upstream.Instance, pr *Prompt, uid string, f frame) {
 	pr.mu.Lock()
 	stale := stateOf(pr.life) == PromptDone || pr.instance != inst || pr.life.UpstreamID != uid
 	pr.mu.Unlock()

@@ -80,6 +80,7 @@ type Table struct {
 	cancel     context.CancelFunc            // ends ctx (Close)
 	closed     bool
 	sub        *upstream.Subscription // the pool's instance events (events.go)
+	quit       chan struct{}          // closed by Close: the instances' owners stop
 
 	wg sync.WaitGroup // socket loops and background checks
 
@@ -112,6 +113,7 @@ func New(pool *upstream.Pool, cfg *config.Config, m *metrics.Metrics, log *slog.
 		live:       map[*Prompt]struct{}{},
 		sockets:    map[*upstream.Instance]*instSocket{},
 		lastQueue:  -1,
+		quit:       make(chan struct{}),
 	}
 	if t.cfg == nil {
 		t.cfg = config.Default()
@@ -172,6 +174,9 @@ func (t *Table) Start(ctx context.Context) {
 // and waits for the table's goroutines.
 func (t *Table) Close() {
 	t.mu.Lock()
+	if !t.closed {
+		close(t.quit)
+	}
 	t.closed = true
 	cancel := t.cancel
 	var all []*instSocket
@@ -252,6 +257,7 @@ func (t *Table) socketFor(inst *upstream.Instance) *instSocket {
 	if s == nil {
 		s = newInstSocket(t, inst)
 		t.sockets[inst] = s
+		t.startOwnerLocked(s)
 	}
 	return s
 }
@@ -290,9 +296,9 @@ func (t *Table) livePinnedTo(inst *upstream.Instance) []*Prompt {
 // to is the instance a Send goes to (nil for other events). It returns the
 // new state and whether e applied (see lifecycle.Step).
 //
-// Lock order in this package: instSocket.routeMu, then Table.mu, then
-// Prompt.mu; outboxMu and an outbox's mu are taken last (under routeMu or
-// queueMu at most); listenerMu, queueMu and the tombstones (Table.mu) are
+// Lock order in this package: Table.mu, then Prompt.mu; outboxMu and an
+// outbox's mu are taken last (on an instance's owner, or under queueMu at
+// most); listenerMu, queueMu and the tombstones (Table.mu) are
 // never held while another of these is taken, except queueMu around
 // listenerMu, an outbox's mu and the pool's own locks (QueueRemaining).
 // The pool's methods take only the pool's locks; it calls the table only

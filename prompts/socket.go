@@ -57,10 +57,11 @@ type instSocket struct {
 	dialed     atomic.Bool   // a first dial has finished, either way (Start waits for it)
 	upSince    atomic.Int64  // unix nanos the current connection came up
 
-	// routeMu serialises the routing of this instance's events with the
-	// pinning of ids learned from POST answers, so a prompt's events reach
-	// its sink in the instance's order. It guards the fields below.
-	routeMu  sync.Mutex
+	// box is the instance's owner (owner.go): the fields below are its
+	// own, read and written only by messages it runs, so a prompt's
+	// events and the ids learned from POST answers reach its sink in the
+	// instance's order.
+	box      *mailbox
 	running  string  // upstream id of the prompt the instance is executing
 	early    []frame // frames of not yet known upstream ids, oldest first
 	awaiting int     // submits to this instance waiting for their upstream id
@@ -73,7 +74,7 @@ type instSocket struct {
 }
 
 func newInstSocket(t *Table, inst *upstream.Instance) *instSocket {
-	return &instSocket{t: t, inst: inst, stopCh: make(chan struct{})}
+	return &instSocket{t: t, inst: inst, stopCh: make(chan struct{}), box: newMailbox()}
 }
 
 // runSocket starts s's loop once.
@@ -192,9 +193,7 @@ func (s *instSocket) up() {
 		}
 		pr.mu.Unlock()
 	}
-	s.routeMu.Lock()
-	s.running = running
-	s.routeMu.Unlock()
+	s.box.do(func() { s.running = running })
 }
 
 // socketReadBuffer is each instance socket's read buffer. Most frames
@@ -284,11 +283,14 @@ func (s *instSocket) serve(ctx context.Context, conn *websocket.Conn) error {
 		if ctx.Err() == nil {
 			_ = conn.SetReadDeadline(time.Now().Add(readWait))
 		}
+		// Handed to the owner, and applied before the next read: the
+		// instance's order, and every frame applied before the socket's
+		// loss is acted on.
 		switch mt {
 		case websocket.TextMessage:
-			s.onText(data)
+			s.box.do(func() { s.onText(data) })
 		case websocket.BinaryMessage:
-			s.onBinary(data)
+			s.box.do(func() { s.onBinary(data) })
 		}
 	}
 	pingMu.Lock()
@@ -319,7 +321,7 @@ type frame struct {
 	at       time.Time
 }
 
-// onText routes one text frame.
+// onText routes one text frame. On the owner.
 func (s *instSocket) onText(data []byte) {
 	// A data that is not an object (a custom node's message) leaves the
 	// fields empty: it is a broadcast.
@@ -340,8 +342,6 @@ func (s *instSocket) onText(data []byte) {
 	if !msg.HasPromptID() {
 		f.uid = ""
 	}
-	s.routeMu.Lock()
-	defer s.routeMu.Unlock()
 	was := s.running
 	defer func() { s.trackLocked(was, msg, f) }()
 	switch f.typ {
@@ -375,7 +375,7 @@ func (s *instSocket) onText(data []byte) {
 }
 
 // trackLocked keeps what the running prompt is doing after f (was: the
-// prompt running before it). s.routeMu held.
+// prompt running before it). On the owner.
 func (s *instSocket) trackLocked(was string, msg comfyapi.WSMessage, f frame) {
 	if s.running != was || s.running == "" {
 		s.runSince, s.runNode, s.runValue, s.runMax = f.at, "", 0, 0
@@ -400,14 +400,13 @@ func (s *instSocket) trackLocked(was string, msg comfyapi.WSMessage, f frame) {
 }
 
 // onBinary routes one binary frame: type 4 by the prompt_id in its
-// metadata, anything else to the prompt the instance is executing.
+// metadata, anything else to the prompt the instance is executing. On
+// the owner.
 func (s *instSocket) onBinary(data []byte) {
 	f := frame{binary: true, data: data, at: time.Now()}
 	if md, ok := comfyapi.ParsePreviewMetadata(data); ok {
 		f.uid, f.meta = md.PromptID, true
 	}
-	s.routeMu.Lock()
-	defer s.routeMu.Unlock()
 	if f.uid == "" {
 		f.uid = s.running
 	}
@@ -419,7 +418,7 @@ func (s *instSocket) onBinary(data []byte) {
 }
 
 // broadcast hands a frame that names no prompt to the listener, with the
-// prompt the instance is executing. s.routeMu held.
+// prompt the instance is executing. On the owner.
 func (s *instSocket) broadcast(f frame) {
 	if l := s.t.currentListener(); l != nil {
 		ev := Event{Instance: s.inst, Type: f.typ, Binary: f.binary, Data: f.data}
@@ -431,7 +430,7 @@ func (s *instSocket) broadcast(f frame) {
 }
 
 // routeLocked delivers f to its prompt, or keeps it while a submit to this
-// instance waits for its upstream id. s.routeMu held.
+// instance waits for its upstream id. On the owner.
 func (s *instSocket) routeLocked(f frame) {
 	pr := s.t.getUpstream(s.inst, f.uid)
 	if pr == nil {
@@ -457,7 +456,7 @@ func (s *instSocket) routeLocked(f frame) {
 	s.t.apply(pr, s.inst, f)
 }
 
-// keepEarlyLocked buffers f, dropping expired and excess frames. s.routeMu held.
+// keepEarlyLocked buffers f, dropping expired and excess frames. On the owner.
 func (s *instSocket) keepEarlyLocked(f frame) {
 	cut := 0
 	for cut < len(s.early) && (f.at.Sub(s.early[cut].at) > earlyFrameTTL || len(s.early)-cut >= maxEarlyFrames) {
@@ -474,17 +473,18 @@ func (s *instSocket) keepEarlyLocked(f frame) {
 // beginAwait announces a submit to this instance whose upstream id will be
 // known only from the answer.
 func (s *instSocket) beginAwait() {
-	s.routeMu.Lock()
-	s.awaiting++
-	s.routeMu.Unlock()
+	s.box.do(func() { s.awaiting++ })
 }
 
 // endAwait ends a beginAwait: with uid != "" (the answer of pr's send
 // attempt), pins pr under it and replays the frames that came first, in
 // order, before any later frame of it.
 func (s *instSocket) endAwait(pr *Prompt, uid string, attempt int) {
-	s.routeMu.Lock()
-	defer s.routeMu.Unlock()
+	s.box.do(func() { s.endAwaitOwned(pr, uid, attempt) })
+}
+
+// endAwaitOwned is endAwait, on the owner.
+func (s *instSocket) endAwaitOwned(pr *Prompt, uid string, attempt int) {
 	s.awaiting--
 	if uid == "" {
 		return
@@ -511,7 +511,7 @@ func (s *instSocket) endAwait(pr *Prompt, uid string, attempt int) {
 	}
 }
 
-// onStatus records the queue depth the instance reports.
+// onStatus records the queue depth the instance reports. On the owner.
 func (s *instSocket) onStatus(n int64) {
 	if s.inst.QueueDepth() != n {
 		s.inst.SetQueueDepth(n)
@@ -528,9 +528,9 @@ func (s *instSocket) onStatus(n int64) {
 }
 
 // apply moves pr's life on by f and delivers f to pr's sink, with ids
-// rewritten to the client-facing one. Called with inst's routeMu held (or
-// for synthesized events, on inst's behalf), so a prompt's events are
-// applied and queued for delivery in the instance's order.
+// rewritten to the client-facing one. Called on inst's owner (for
+// synthesized events too), so a prompt's events are applied and queued
+// for delivery in the instance's order.
 func (t *Table) apply(pr *Prompt, inst *upstream.Instance, f frame) {
 	ph := pr.Life().Phase
 	ended := ph == lifecycle.Ended

@@ -255,9 +255,7 @@ func (t *Table) send(ctx context.Context, pr *Prompt, inst *upstream.Instance, b
 		s.endAwait(pr, got, attempt)
 	case got != uid:
 		// The instance ignored our id (its version claim was wrong).
-		s.routeMu.Lock()
-		settle(lifecycle.Event{Kind: lifecycle.Answered, UpstreamID: got})
-		s.routeMu.Unlock()
+		s.box.do(func() { settle(lifecycle.Event{Kind: lifecycle.Answered, UpstreamID: got}) })
 	default:
 		settle(lifecycle.Event{Kind: lifecycle.Answered})
 	}

@@ -232,14 +232,14 @@ func (t *Table) reclaim(pr *Prompt, from *upstream.Instance, uid string, entry j
 		return false
 	}
 	end := t.historyEnd(from, uid, entry)
-	s := t.socketFor(from)
-	s.routeMu.Lock()
-	_, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Reclaim, UpstreamID: uid}, from)
-	if ok {
-		t.apply(pr, from, end)
-		t.apply(pr, from, frame{typ: comfyapi.TypeExecuting, uid: uid, nodeNull: true, data: comfyapi.ExecutingNull(uid), at: time.Now()})
-	}
-	s.routeMu.Unlock()
+	ok := false
+	t.socketFor(from).box.do(func() {
+		_, ok = t.step(pr, lifecycle.Event{Kind: lifecycle.Reclaim, UpstreamID: uid}, from)
+		if ok {
+			t.apply(pr, from, end)
+			t.apply(pr, from, frame{typ: comfyapi.TypeExecuting, uid: uid, nodeNull: true, data: comfyapi.ExecutingNull(uid), at: time.Now()})
+		}
+	})
 	t.log.Info("prompts: a moved prompt ran where it was after all; its copy is removed",
 		"prompt_id", pr.ID, "ran_at", from.Name, "copy_at", cur.Name)
 	t.cleanUpLater(t.socketFor(cur))
