@@ -396,7 +396,8 @@ func (t *Table) probeAt(ctx context.Context, inst *upstream.Instance, uid string
 // comfygate's back (POST /queue delete or clear): ComfyUI sends no event
 // for them, so without this they would look pending forever and be
 // resubmitted on a failover. The instance reported n queued+running; if
-// comfygate holds more accepted prompts there, ask its queue.
+// comfygate holds more accepted prompts there, ask its queue (one check
+// at a time). On the owner.
 func (t *Table) checkDeleted(s *instSocket, n int64) {
 	count := int64(0)
 	t.mu.Lock()
@@ -412,15 +413,13 @@ func (t *Table) checkDeleted(s *instSocket, n int64) {
 		pr.mu.Unlock()
 	}
 	t.mu.Unlock()
-	if count <= n || !s.verifying.CompareAndSwap(false, true) {
+	if count <= n || s.verifying {
 		return
 	}
-	if !t.goBackground(func(ctx context.Context) {
-		defer s.verifying.Store(false)
+	s.verifying = t.goBackground(func(ctx context.Context) {
+		defer s.box.post(func() { s.verifying = false })
 		t.verifyQueue(ctx, s.inst)
-	}) {
-		s.verifying.Store(false)
-	}
+	})
 }
 
 // verifyQueue marks done the queued prompts inst no longer has and never ran.

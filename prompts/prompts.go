@@ -224,8 +224,10 @@ func (t *Table) InstanceRemoved(inst *upstream.Instance) {
 	if s == nil {
 		return
 	}
-	s.draining.Store(true)
-	t.maybeCloseDrained(inst)
+	s.box.post(func() {
+		s.draining = true
+		t.closeIfDrained(s)
+	})
 }
 
 // maybeCloseDrained closes a draining instance's socket when it has no
@@ -233,7 +235,21 @@ func (t *Table) InstanceRemoved(inst *upstream.Instance) {
 func (t *Table) maybeCloseDrained(inst *upstream.Instance) {
 	t.mu.Lock()
 	s := t.sockets[inst]
-	if s == nil || !s.draining.Load() {
+	t.mu.Unlock()
+	if s != nil {
+		s.box.post(func() { t.closeIfDrained(s) })
+	}
+}
+
+// closeIfDrained closes s when its instance is draining and has no
+// prompts left. On the owner.
+func (t *Table) closeIfDrained(s *instSocket) {
+	if !s.draining {
+		return
+	}
+	inst := s.inst
+	t.mu.Lock()
+	if t.sockets[inst] != s {
 		t.mu.Unlock()
 		return
 	}

@@ -47,12 +47,6 @@ type instSocket struct {
 	stopCh     chan struct{} // closed by stop
 	stopMu     sync.Mutex    // guards stopCancel
 	stopCancel func()        // cancels run's context (set by run)
-	draining   atomic.Bool   // close once the instance's prompts are done
-	verifying  atomic.Bool   // a queue check for deleted prompts is running
-	cleaning   atomic.Bool   // a CleanUp pass of moved prompts is running
-	cleanAgain atomic.Bool   // another CleanUp pass is wanted
-	moving     atomic.Bool   // a waiting prompt is being moved here (idle)
-	moveAgain  atomic.Bool   // another look for a waiting prompt is wanted
 	conns      atomic.Uint64 // connections made so far (a send compares it)
 	dialed     atomic.Bool   // a first dial has finished, either way (Start waits for it)
 	upSince    atomic.Int64  // unix nanos the current connection came up
@@ -65,6 +59,15 @@ type instSocket struct {
 	running  string  // upstream id of the prompt the instance is executing
 	early    []frame // frames of not yet known upstream ids, oldest first
 	awaiting int     // submits to this instance waiting for their upstream id
+	// The background passes at this instance, each run by a worker that
+	// reports its end back to the owner: one of a kind at a time, and a
+	// request during one runs another after it.
+	draining   bool // close the socket once the instance's prompts are done
+	verifying  bool // a queue check for deleted prompts is running
+	cleaning   bool // a CleanUp pass of moved prompts is running
+	cleanAgain bool // another CleanUp pass is wanted
+	moving     bool // a waiting prompt is being moved here (idle)
+	moveAgain  bool // another look for a waiting prompt is wanted
 	// What the running prompt is doing, for the operator's view (Running):
 	// when it started, the node executing, and that node's last progress.
 	runSince time.Time

@@ -29,32 +29,33 @@ func (t *Table) idle(s *instSocket) {
 	if !t.cfg.Routing.MovePending || !idleNow(inst) {
 		return
 	}
-	// A moved prompt can run and end before its move returns: a call
-	// meanwhile is not lost (moveAgain), the running loop takes it.
-	s.moveAgain.Store(true)
-	if !s.moving.CompareAndSwap(false, true) {
+	s.box.post(func() { t.wantMove(s) })
+}
+
+// wantMove starts a worker that moves one waiting prompt to s's instance,
+// or asks for another look after the one running: a moved prompt can run
+// and end before its move returns, and its end calls again. One prompt at
+// a time: the moved prompt makes the instance busy. On the owner.
+func (t *Table) wantMove(s *instSocket) {
+	if s.moving {
+		s.moveAgain = true
 		return
 	}
-	if !t.goBackground(func(ctx context.Context) {
-		for {
-			// One prompt at a time: the moved prompt makes inst busy,
-			// and its end calls again.
-			for s.moveAgain.Swap(false) && ctx.Err() == nil {
-				if !idleNow(inst) {
-					continue
-				}
-				if pr, from := t.waitingFor(inst); pr != nil {
-					t.moveWaiting(ctx, pr, from, inst)
-				}
+	s.moveAgain = false
+	inst := s.inst
+	s.moving = t.goBackground(func(ctx context.Context) {
+		defer s.box.post(func() { // its end, even after a panic
+			s.moving = false
+			if s.moveAgain && ctx.Err() == nil {
+				t.wantMove(s)
 			}
-			s.moving.Store(false)
-			if !s.moveAgain.Load() || !s.moving.CompareAndSwap(false, true) {
-				return
+		})
+		if idleNow(inst) {
+			if pr, from := t.waitingFor(inst); pr != nil {
+				t.moveWaiting(ctx, pr, from, inst)
 			}
 		}
-	}) {
-		s.moving.Store(false)
-	}
+	})
 }
 
 // finishedAt is called when a prompt finished at inst: if that was its

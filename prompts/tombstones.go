@@ -250,23 +250,26 @@ func (t *Table) reclaim(pr *Prompt, from *upstream.Instance, uid string, entry j
 // instance; a request during a pass runs another after it, so a prompt that
 // showed up after the pass looked at the queue is not missed.
 func (t *Table) cleanUpLater(s *instSocket) {
-	s.cleanAgain.Store(true)
-	if !s.cleaning.CompareAndSwap(false, true) {
+	s.box.post(func() { t.wantCleanUp(s) })
+}
+
+// wantCleanUp starts a CleanUp pass of s's instance, or asks for another
+// after the one running. On the owner.
+func (t *Table) wantCleanUp(s *instSocket) {
+	if s.cleaning {
+		s.cleanAgain = true
 		return
 	}
-	if !t.goBackground(func(ctx context.Context) {
-		for {
-			for s.cleanAgain.Swap(false) && ctx.Err() == nil {
-				t.CleanUp(ctx, s.inst)
+	s.cleanAgain = false
+	s.cleaning = t.goBackground(func(ctx context.Context) {
+		defer s.box.post(func() { // its end, even after a panic
+			s.cleaning = false
+			if s.cleanAgain && ctx.Err() == nil {
+				t.wantCleanUp(s)
 			}
-			s.cleaning.Store(false)
-			if !s.cleanAgain.Load() || !s.cleaning.CompareAndSwap(false, true) {
-				return
-			}
-		}
-	}) {
-		s.cleaning.Store(false)
-	}
+		})
+		t.CleanUp(ctx, s.inst)
+	})
 }
 
 // hasTombstones reports whether anything moved off inst.
