@@ -626,15 +626,20 @@ func (t *Table) adopt(id string, inst *upstream.Instance, st PromptState) *Promp
 		return pr
 	}
 	now := time.Now()
-	pr := &Prompt{ID: id, Created: now, instance: inst, life: lifecycle.State{
-		Phase: lifecycle.Queued, Instance: inst.Name, UpstreamID: id, Adopted: true, Accepted: true, AcceptedAt: now,
-	}}
+	found := lifecycle.Queued
 	switch st {
 	case PromptRunning:
-		pr.life.Phase, pr.life.StartedAt = lifecycle.Running, now
+		found = lifecycle.Running
 	case PromptDone:
-		pr.life.Phase, pr.life.Outcome, pr.life.DoneAt = lifecycle.Ended, lifecycle.OutcomeSuccess, now
+		found = lifecycle.Ended
 	}
+	// A new prompt: nobody else can see it until it is in the table.
+	life, _, ok := lifecycle.Step(lifecycle.State{}, lifecycle.Event{Kind: lifecycle.Adopt, At: now, Instance: inst.Name, UpstreamID: id, Found: found})
+	if !ok {
+		t.mu.Unlock()
+		return nil
+	}
+	pr := &Prompt{ID: id, Created: now, instance: inst, life: life}
 	// Queued or running too: comfygate does not run it, so the entry is
 	// only a cache of where it is, and clients polling ids submitted
 	// elsewhere must not grow the table without bound.
