@@ -57,7 +57,7 @@ func (t *Table) failover(ctx context.Context, pr *Prompt, from *upstream.Instanc
 	// Only a queued, running or unanswered prompt of from moves, and one
 	// failover at a time: done prompts never move, a POST under way is
 	// settled by its send (refused: tried elsewhere; no answer: confirmLater).
-	st, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.MoveBegin, Instance: from.Name}, nil)
+	st, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.MoveBegin, Instance: from.Name}, nil)
 	if !ok {
 		return
 	}
@@ -72,7 +72,7 @@ func (t *Table) failover(ctx context.Context, pr *Prompt, from *upstream.Instanc
 	stay := func() {
 		if !left && !settled {
 			settled = true
-			t.step(pr, lifecycle.Event{Kind: lifecycle.MoveAbort}, nil)
+			t.stepVia(pr, lifecycle.Event{Kind: lifecycle.MoveAbort}, nil)
 		}
 	}
 	defer stay()
@@ -137,7 +137,7 @@ func (t *Table) failover(ctx context.Context, pr *Prompt, from *upstream.Instanc
 			// about it is stale, and from may hold it still (hung, not
 			// dead), so it must not run it there: a tombstone. Not when
 			// from showed it lost it (allowSame: restarted).
-			if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Leave, Tombstone: !allowSame}, nil); !ok {
+			if _, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.Leave, Tombstone: !allowSame}, nil); !ok {
 				return // it finished meanwhile
 			}
 			left = true
@@ -168,8 +168,14 @@ func (t *Table) failover(ctx context.Context, pr *Prompt, from *upstream.Instanc
 }
 
 // lose ends pr as "lost" and tells its sink in ComfyUI's words: an
-// execution_error, then the executing-null that ends every prompt.
+// execution_error, then the executing-null that ends every prompt. Not on
+// an owner: it ends pr on the owner of its instance.
 func (t *Table) lose(pr *Prompt, from *upstream.Instance, what, why string) {
+	t.onOwnerOf(pr, nil, func() { t.loseOwned(pr, from, what, why) })
+}
+
+// loseOwned is lose, on the owner of pr's instance.
+func (t *Table) loseOwned(pr *Prompt, from *upstream.Instance, what, why string) {
 	if st, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Close, Outcome: metrics.OutcomeLost}, nil); !ok || st.Outcome != metrics.OutcomeLost {
 		return // it ended otherwise first
 	}
@@ -356,7 +362,7 @@ func (t *Table) confirmLater(ctx context.Context, pr *Prompt, inst *upstream.Ins
 		}
 		// A first submission (its client got the error) is dropped, and
 		// tombstoned there so that it cannot run late; an accepted one moves.
-		if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Drop}, nil); ok {
+		if _, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.Drop}, nil); ok {
 			t.log.Warn("prompts: unanswered prompt not found at its instance, dropped", "prompt_id", pr.ID, "instance", inst.Name)
 			return
 		}
@@ -463,7 +469,7 @@ func (t *Table) verifyQueue(ctx context.Context, inst *upstream.Instance) {
 			t.failover(ctx, pr, inst, fmt.Sprintf("it was moved off instance %s", inst.Name), true)
 			continue
 		}
-		if pr.State() == PromptQueued && t.markDone(pr, metrics.OutcomeInterrupted) {
+		if pr.State() == PromptQueued && t.markDoneVia(pr, metrics.OutcomeInterrupted) {
 			t.log.Info("prompts: prompt deleted from its instance's queue", "prompt_id", pr.ID, "instance", inst.Name)
 		}
 	}

@@ -460,16 +460,61 @@ func (t *Table) forget(pr *Prompt) {
 	delete(t.live, pr)
 }
 
+// ownerOf returns the owner of the instance an event of pr concerns: to
+// (a send's target), else the instance pr is at; nil if it was never sent.
+func (t *Table) ownerOf(pr *Prompt, to *upstream.Instance) *mailbox {
+	inst := to
+	if inst == nil {
+		inst = pr.Instance()
+	}
+	if inst == nil {
+		return nil
+	}
+	return t.socketFor(inst).box
+}
+
+// onOwnerOf runs f on the owner of pr's instance (to for a send) and waits
+// for it: a worker's result (a POST answered, a failover's decision, a
+// probe's finding) changes pr there, in order with the instance's frames.
+// It runs nothing when the table closed. Not on an owner.
+func (t *Table) onOwnerOf(pr *Prompt, to *upstream.Instance, f func()) {
+	if b := t.ownerOf(pr, to); b != nil {
+		b.do(f)
+		return
+	}
+	f()
+}
+
+// stepVia is step on the owner of pr's instance (to for a send). Not on
+// an owner. It reports false, changing nothing, once the table closed.
+func (t *Table) stepVia(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (lifecycle.State, bool) {
+	var st lifecycle.State
+	ok, ran := false, false
+	t.onOwnerOf(pr, to, func() { st, ok = t.step(pr, e, to); ran = true })
+	if !ran {
+		return pr.Life(), false
+	}
+	return st, ok
+}
+
 // confirm records that pr's instance has it (it answered 200, or showed
 // it): it counts as in flight there until done, and it gets its fleet
 // number the first time. Idempotent.
+// Not on an owner.
 func (t *Table) confirm(pr *Prompt) {
-	t.step(pr, lifecycle.Event{Kind: lifecycle.Seen}, nil)
+	t.stepVia(pr, lifecycle.Event{Kind: lifecycle.Seen}, nil)
 }
 
 // markDone ends pr with outcome. It reports false if pr was already done.
+// On the owner of pr's instance.
 func (t *Table) markDone(pr *Prompt, outcome string) bool {
 	_, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Finish, Outcome: outcome}, nil)
+	return ok
+}
+
+// markDoneVia is markDone from elsewhere (a worker, a client's call).
+func (t *Table) markDoneVia(pr *Prompt, outcome string) bool {
+	_, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.Finish, Outcome: outcome}, nil)
 	return ok
 }
 
@@ -739,7 +784,7 @@ func (t *Table) Cancel(ctx context.Context, id string) (bool, error) {
 			}
 			// Deleted. The queue check that follows the instance's status
 			// message may have marked it done already: still our delete.
-			t.markDone(pr, metrics.OutcomeInterrupted)
+			t.markDoneVia(pr, metrics.OutcomeInterrupted)
 			return true, nil
 		}
 		// It started between our look and the delete: interrupt it.

@@ -155,7 +155,7 @@ func (t *Table) moveWaiting(ctx context.Context, pr *Prompt, from, to *upstream.
 		t.goBackground(func(ctx context.Context) { t.verifyQueue(ctx, from) })
 		return
 	}
-	st, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.MoveBegin, Instance: from.Name}, nil)
+	st, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.MoveBegin, Instance: from.Name}, nil)
 	if !ok {
 		return
 	}
@@ -164,7 +164,7 @@ func (t *Table) moveWaiting(ctx context.Context, pr *Prompt, from, to *upstream.
 		if left {
 			return
 		}
-		if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.MoveAbort}, nil); ok && from.ConfirmedDown() {
+		if _, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.MoveAbort}, nil); ok && from.ConfirmedDown() {
 			// from died while the prompt was held here: its failover
 			// passed the prompt over.
 			t.failover(ctx, pr, from, fmt.Sprintf("instance %s died", from.Name), false)
@@ -208,7 +208,7 @@ func (t *Table) moveWaiting(ctx context.Context, pr *Prompt, from, to *upstream.
 		pr.deleteSent.Store(true)
 		return
 	}
-	if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Leave}, nil); !ok {
+	if _, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.Leave}, nil); !ok {
 		return // it finished meanwhile
 	}
 	left = true

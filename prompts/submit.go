@@ -191,14 +191,14 @@ func (t *Table) send(ctx context.Context, pr *Prompt, inst *upstream.Instance, b
 	// Pinned before the request leaves: its events can come first. Until
 	// the POST is settled (answered, refused, no answer) no failover takes
 	// it: this send's own outcome decides.
-	st, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Send, UpstreamID: uid}, inst)
+	st, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.Send, UpstreamID: uid}, inst)
 	if !ok {
 		return SubmitResult{}, sentRefused, fmt.Errorf("submit prompt %s: it is %s", pr.ID, st.Phase)
 	}
 	attempt := st.Attempts
 	settle := func(e lifecycle.Event) lifecycle.State {
 		e.Attempt = attempt
-		st, _ := t.step(pr, e, nil)
+		st, _ := t.stepVia(pr, e, nil)
 		return st
 	}
 	if !known {
@@ -255,7 +255,7 @@ func (t *Table) send(ctx context.Context, pr *Prompt, inst *upstream.Instance, b
 		s.endAwait(pr, got, attempt)
 	case got != uid:
 		// The instance ignored our id (its version claim was wrong).
-		s.box.do(func() { settle(lifecycle.Event{Kind: lifecycle.Answered, UpstreamID: got}) })
+		settle(lifecycle.Event{Kind: lifecycle.Answered, UpstreamID: got})
 	default:
 		settle(lifecycle.Event{Kind: lifecycle.Answered})
 	}

@@ -224,11 +224,11 @@ func (t *Table) reclaim(pr *Prompt, from *upstream.Instance, uid string, entry j
 	if cur == nil || cur == from {
 		return false
 	}
-	if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.MoveBegin, Instance: cur.Name}, nil); !ok {
+	if _, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.MoveBegin, Instance: cur.Name}, nil); !ok {
 		return false
 	}
-	if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Leave, Tombstone: true}, nil); !ok {
-		t.step(pr, lifecycle.Event{Kind: lifecycle.MoveAbort}, nil)
+	if _, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.Leave, Tombstone: true}, nil); !ok {
+		t.stepVia(pr, lifecycle.Event{Kind: lifecycle.MoveAbort}, nil)
 		return false
 	}
 	end := t.historyEnd(from, uid, entry)
