@@ -61,9 +61,7 @@ func (t *Table) failover(ctx context.Context, pr *Prompt, from *upstream.Instanc
 	if !ok {
 		return
 	}
-	pr.mu.Lock()
-	body := pr.body
-	pr.mu.Unlock()
+	body := pr.lastBody()
 	attempts, uid := st.Attempts, st.UpstreamID
 	// Until it leaves from, pr is held here; every way out that does not
 	// send it on gives it back (a no-op once lost or finished).
@@ -220,11 +218,10 @@ type lostErrorFields struct {
 func (t *Table) reconcile(ctx context.Context, inst *upstream.Instance) {
 	var running, pending map[string]bool
 	for _, pr := range t.livePinnedTo(inst) {
-		pr.mu.Lock()
-		uid, ph := pr.life.UpstreamID, pr.life.Phase
+		v := pr.snap()
+		uid, ph := v.life.UpstreamID, v.life.Phase
 		// Queued or running there; not while unanswered, moving or done.
-		skip := (ph != lifecycle.Queued && ph != lifecycle.Running) || uid == "" || pr.instance != inst
-		pr.mu.Unlock()
+		skip := (ph != lifecycle.Queued && ph != lifecycle.Running) || uid == "" || v.instance != inst
 		if skip {
 			continue
 		}
@@ -266,9 +263,8 @@ func (t *Table) completeFromHistory(inst *upstream.Instance, pr *Prompt, uid str
 
 // completeOwned is completeFromHistory's delivery, on inst's owner.
 func (t *Table) completeOwned(inst *upstream.Instance, pr *Prompt, uid string, f frame) {
-	pr.mu.Lock()
-	stale := stateOf(pr.life) == PromptDone || pr.instance != inst || pr.life.UpstreamID != uid
-	pr.mu.Unlock()
+	v := pr.snap()
+	stale := stateOf(v.life) == PromptDone || v.instance != inst || v.life.UpstreamID != uid
 	if stale {
 		return
 	}
@@ -323,9 +319,8 @@ func (t *Table) confirmLater(ctx context.Context, pr *Prompt, inst *upstream.Ins
 	deadline := time.Now().Add(max(t.cfg.Timeout, 10*time.Second))
 	misses := 0
 	still := func() bool {
-		pr.mu.Lock()
-		defer pr.mu.Unlock()
-		return pr.instance == inst && pr.life.UpstreamID == uid && pr.life.Phase == lifecycle.Unconfirmed
+		v := pr.snap()
+		return v.instance == inst && v.life.UpstreamID == uid && v.life.Phase == lifecycle.Unconfirmed
 	}
 	for delay := 500 * time.Millisecond; ; delay = min(delay*2, 5*time.Second) {
 		if inst.ConfirmedDown() {
@@ -412,11 +407,10 @@ func (t *Table) checkDeleted(s *instSocket, n int64) {
 		return
 	}
 	for pr := range t.live {
-		pr.mu.Lock()
-		if ph := pr.life.Phase; pr.instance == s.inst && (ph == lifecycle.Queued || ph == lifecycle.Running) {
+		v := pr.snap()
+		if ph := v.life.Phase; v.instance == s.inst && (ph == lifecycle.Queued || ph == lifecycle.Running) {
 			count++
 		}
-		pr.mu.Unlock()
 	}
 	t.mu.Unlock()
 	if count <= n || s.verifying {
@@ -449,11 +443,10 @@ func (t *Table) verifyQueue(ctx context.Context, inst *upstream.Instance) {
 		return
 	}
 	for _, pr := range t.livePinnedTo(inst) {
-		pr.mu.Lock()
-		uid := pr.life.UpstreamID
-		skip := pr.life.Phase != lifecycle.Queued || uid == "" || pr.instance != inst || !pr.life.AcceptedAt.Before(asked) ||
-			pr.life.AcceptedAt.Before(since)
-		pr.mu.Unlock()
+		v := pr.snap()
+		uid := v.life.UpstreamID
+		skip := v.life.Phase != lifecycle.Queued || uid == "" || v.instance != inst || !v.life.AcceptedAt.Before(asked) ||
+			v.life.AcceptedAt.Before(since)
 		if skip || running[uid] || pending[uid] {
 			continue
 		}

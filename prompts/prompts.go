@@ -312,8 +312,8 @@ func (t *Table) livePinnedTo(inst *upstream.Instance) []*Prompt {
 // to is the instance a Send goes to (nil for other events). It returns the
 // new state and whether e applied (see lifecycle.Step).
 //
-// Lock order in this package: Table.mu, then Prompt.mu; outboxMu and an
-// outbox's mu are taken last (on an instance's owner, or under queueMu at
+// Lock order in this package: Table.mu; outboxMu and an outbox's mu are
+// taken last (on an instance's owner, or under queueMu at
 // most); listenerMu, queueMu and the tombstones (Table.mu) are
 // never held while another of these is taken, except queueMu around
 // listenerMu, an outbox's mu and the pool's own locks (QueueRemaining).
@@ -330,19 +330,19 @@ func (t *Table) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (life
 		e.Instance = to.Name
 	}
 	t.mu.Lock()
-	pr.mu.Lock()
-	prev, prevInst := pr.life, pr.instance
+	v := pr.snap()
+	prev, prevInst := v.life, v.instance
 	next, effects, ok := lifecycle.Step(prev, e)
 	if !ok {
-		pr.mu.Unlock()
 		t.mu.Unlock()
 		return prev, false
 	}
-	pr.life = next
+	nv := *v
+	nv.life = next
 	if to != nil {
-		pr.instance = to
+		nv.instance = to
 	}
-	t.reindexLocked(pr, prevInst, prev.UpstreamID, pr.instance, next.UpstreamID)
+	t.reindexLocked(pr, prevInst, prev.UpstreamID, nv.instance, next.UpstreamID)
 	for _, ef := range effects {
 		// Counted here, in transition order: carried out later, two
 		// transitions' counts could cross and the in-flight count drift.
@@ -350,20 +350,22 @@ func (t *Table) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (life
 		case lifecycle.CountIn:
 			// A send: counted at the instance it goes to, unless its
 			// pick counted it there already (Prompt.reserved).
-			if !pr.reserved.CompareAndSwap(pr.instance, nil) {
-				pr.instance.CountInflight(1)
+			if !pr.reserved.CompareAndSwap(nv.instance, nil) {
+				nv.instance.CountInflight(1)
 			}
 		case lifecycle.CountOut:
 			prevInst.CountInflight(-1)
+		case lifecycle.Accept:
+			t.numberLocked(pr, &nv)
 		}
 	}
+	pr.view.Store(&nv)
 	if next.Live() && next.Phase != lifecycle.Submitted {
 		t.live[pr] = struct{}{}
 	} else {
 		delete(t.live, pr)
 	}
-	newInst := pr.instance
-	pr.mu.Unlock()
+	newInst := nv.instance
 	t.mu.Unlock()
 	if newInst != prevInst && newInst != nil {
 		newInst.InflightChanged() // a send's count: its gauge
@@ -406,7 +408,7 @@ func (t *Table) carryOut(pr *Prompt, inst *upstream.Instance, effects []lifecycl
 		case lifecycle.Tombstone:
 			t.tombstone(inst, ef.UpstreamID, pr)
 		case lifecycle.Accept:
-			t.number(pr)
+			// Numbered by step, in the fleet's order of acceptance.
 			if inst != nil {
 				t.m.PromptSubmitted(inst.Name)
 			}
@@ -430,18 +432,17 @@ func (t *Table) carryOut(pr *Prompt, inst *upstream.Instance, effects []lifecycl
 	}
 }
 
-// number gives pr its fleet number (Prompt.Number) at its first acceptance.
-func (t *Table) number(pr *Prompt) {
-	pr.mu.Lock()
-	defer pr.mu.Unlock()
-	if pr.numbered {
+// numberLocked gives pr its fleet number (Prompt.Number) at its first
+// acceptance, in v (the view step is making). t.mu held.
+func (t *Table) numberLocked(pr *Prompt, v *promptView) {
+	if v.numbered {
 		return
 	}
-	pr.numbered = true
+	v.numbered = true
 	if !pr.ownNumber {
-		pr.number = t.numbers.Add(1) - 1
+		v.number = t.numbers.Add(1) - 1
 		if pr.front {
-			pr.number = -pr.number // ComfyUI's front: -counter
+			v.number = -v.number // ComfyUI's front: -counter
 		}
 	}
 }
@@ -450,10 +451,8 @@ func (t *Table) number(pr *Prompt) {
 func (t *Table) forget(pr *Prompt) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	pr.mu.Lock()
-	inst, uid := pr.instance, pr.life.UpstreamID
-	pr.mu.Unlock()
-	t.reindexLocked(pr, inst, uid, nil, "")
+	v := pr.snap()
+	t.reindexLocked(pr, v.instance, v.life.UpstreamID, nil, "")
 	if t.byID[pr.ID] == pr {
 		delete(t.byID, pr.ID)
 	}
@@ -528,9 +527,8 @@ func (t *Table) evictLocked() {
 		if t.byID[old.ID] == old {
 			delete(t.byID, old.ID)
 		}
-		old.mu.Lock()
-		k := upKey{old.instance, old.life.UpstreamID}
-		old.mu.Unlock()
+		v := old.snap()
+		k := upKey{v.instance, v.life.UpstreamID}
 		if t.byUpstream[k] == old {
 			delete(t.byUpstream, k)
 		}
@@ -684,7 +682,8 @@ func (t *Table) adopt(id string, inst *upstream.Instance, st PromptState) *Promp
 		t.mu.Unlock()
 		return nil
 	}
-	pr := &Prompt{ID: id, Created: now, instance: inst, life: life}
+	pr := &Prompt{ID: id, Created: now}
+	pr.view.Store(&promptView{life: life, instance: inst})
 	// Queued or running too: comfygate does not run it, so the entry is
 	// only a cache of where it is, and clients polling ids submitted
 	// elsewhere must not grow the table without bound.
@@ -759,9 +758,8 @@ func (t *Table) Cancel(ctx context.Context, id string) (bool, error) {
 			return false, ErrUnknownPrompt
 		}
 	}
-	pr.mu.Lock()
-	inst, uid, st := pr.instance, pr.life.UpstreamID, stateOf(pr.life)
-	pr.mu.Unlock()
+	v := pr.snap()
+	inst, uid, st := v.instance, v.life.UpstreamID, stateOf(v.life)
 	if st == PromptDone || inst == nil || uid == "" {
 		return false, nil
 	}

@@ -190,11 +190,9 @@ func (s *instSocket) up() {
 	s.inst.SetSocketUp(true)
 	running := ""
 	for _, pr := range s.t.livePinnedTo(s.inst) {
-		pr.mu.Lock()
-		if stateOf(pr.life) == PromptRunning {
-			running = pr.life.UpstreamID
+		if v := pr.snap(); stateOf(v.life) == PromptRunning {
+			running = v.life.UpstreamID
 		}
-		pr.mu.Unlock()
 	}
 	s.box.do(func() { s.running = running })
 }

@@ -99,9 +99,8 @@ func (t *Table) waitingFor(inst *upstream.Instance) (*Prompt, *upstream.Instance
 	var cands []waiting
 	t.mu.Lock()
 	for pr := range t.live {
-		pr.mu.Lock()
-		at, life, num, eligible := pr.instance, pr.life, pr.number, pr.eligible
-		pr.mu.Unlock()
+		v := pr.snap()
+		at, life, num, eligible := v.instance, v.life, v.number, pr.eligible
 		if at == nil || at == inst || life.Phase != lifecycle.Queued || life.Posting || life.Attempts != 1 || life.UpstreamID == "" ||
 			at.Held() || at.Leaving() || at.Suspect() || !at.SocketUp() {
 			continue
@@ -173,10 +172,7 @@ func (t *Table) moveWaiting(ctx context.Context, pr *Prompt, from, to *upstream.
 	if st.Resume != lifecycle.Queued || st.UpstreamID != uid || !idleNow(to) {
 		return
 	}
-	pr.mu.Lock()
-	body := pr.body
-	pr.mu.Unlock()
-	base, err := parseBody(body)
+	base, err := parseBody(pr.lastBody())
 	if err != nil {
 		return
 	}

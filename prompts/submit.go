@@ -185,9 +185,7 @@ func (t *Table) send(ctx context.Context, pr *Prompt, inst *upstream.Instance, b
 		return SubmitResult{}, sentAnswered, fmt.Errorf("submit prompt %s: %w", pr.ID, err)
 	}
 	s := t.socketFor(inst)
-	pr.mu.Lock()
-	pr.body = body
-	pr.mu.Unlock()
+	pr.body.Store(&body)
 	// Pinned before the request leaves: its events can come first. Until
 	// the POST is settled (answered, refused, no answer) no failover takes
 	// it: this send's own outcome decides.
