@@ -44,11 +44,31 @@ func (t *Table) handle(ev upstream.InstanceEvent) {
 	case upstream.EventRemoved:
 		t.InstanceRemoved(ev.Inst)
 	case upstream.EventDown:
-		inst := ev.Inst
-		t.goBackground(func(ctx context.Context) { t.failOver(ctx, inst) })
+		s := t.socketFor(ev.Inst)
+		s.box.post(func() { t.wantFailOver(s) })
 	case upstream.EventWarmup:
 		t.warmUp(ev.Inst)
 	}
+}
+
+// wantFailOver starts failOver of s's instance in a worker, or asks for
+// another after the one running (the instance came back and went down
+// again meanwhile). On the owner.
+func (t *Table) wantFailOver(s *instSocket) {
+	if s.failing {
+		s.failAgain = true
+		return
+	}
+	s.failAgain = false
+	s.failing = t.goBackground(func(ctx context.Context) {
+		defer s.box.post(func() { // its end, even after a panic
+			s.failing = false
+			if s.failAgain && ctx.Err() == nil {
+				t.wantFailOver(s)
+			}
+		})
+		t.failOver(ctx, s.inst)
+	})
 }
 
 // failOver moves inst's prompts to other instances once its death is

@@ -68,6 +68,8 @@ type instSocket struct {
 	cleanAgain bool // another CleanUp pass is wanted
 	moving     bool // a waiting prompt is being moved here (idle)
 	moveAgain  bool // another look for a waiting prompt is wanted
+	failing    bool // failOver of the instance is running (it went down)
+	failAgain  bool // it went down again meanwhile: another failOver
 	// What the running prompt is doing, for the operator's view (Running):
 	// when it started, the node executing, and that node's last progress.
 	runSince time.Time
