@@ -103,9 +103,6 @@ type Prompt struct {
 	// takes it over (step) or the try is given up (unreserve): prompts
 	// picked at once see each other before any of them is sent.
 	reserved atomic.Pointer[upstream.Instance]
-	// deleteSent: a move sent a delete for it that got no answer, so it
-	// may vanish from its instance's queue by comfygate's own hand.
-	deleteSent atomic.Bool
 
 	// How its fleet queue number is made (see Number).
 	front     bool // the client asked for the front of the queue

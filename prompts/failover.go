@@ -456,7 +456,7 @@ func (t *Table) verifyQueue(ctx context.Context, inst *upstream.Instance) {
 		if dying() {
 			return
 		}
-		if pr.deleteSent.Load() && pr.State() == PromptQueued {
+		if life := pr.Life(); life.DeleteSent && stateOf(life) == PromptQueued {
 			// The delete of a move that got no answer landed after all:
 			// comfygate removed it, not a client; it runs elsewhere.
 			t.failover(ctx, pr, inst, fmt.Sprintf("it was moved off instance %s", inst.Name), true)

@@ -132,7 +132,7 @@ func (t *Table) waitingFor(inst *upstream.Instance) (*Prompt, *upstream.Instance
 // it is deleted from from's queue, and moves only if from then shows it
 // gone and never run. If from started or ran it meanwhile, it stays. If
 // from does not answer the delete or the look after it, it stays too (it
-// may run there yet), marked deleteSent: should the delete land later,
+// may run there yet), marked DeleteSent (lifecycle.State): should the delete land later,
 // verifyQueue resubmits it instead of taking it for a client's delete.
 // The client sees nothing of the move: same prompt_id, same number, its
 // events from wherever it runs.
@@ -158,12 +158,12 @@ func (t *Table) moveWaiting(ctx context.Context, pr *Prompt, from, to *upstream.
 	if !ok {
 		return
 	}
-	left := false
+	left, deleteSent := false, false
 	defer func() {
 		if left {
 			return
 		}
-		if _, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.MoveAbort}, nil); ok && from.ConfirmedDown() {
+		if _, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.MoveAbort, DeleteSent: deleteSent}, nil); ok && from.ConfirmedDown() {
 			// from died while the prompt was held here: its failover
 			// passed the prompt over.
 			t.failover(ctx, pr, from, fmt.Sprintf("instance %s died", from.Name), false)
@@ -186,11 +186,11 @@ func (t *Table) moveWaiting(ctx context.Context, pr *Prompt, from, to *upstream.
 	if delErr != nil || status != 200 {
 		// No answer (from stopped as the delete left?): it may run there
 		// yet, or the delete may land later. It stays; should it vanish
-		// from from's queue, verifyQueue sends it elsewhere (deleteSent)
+		// from from's queue, verifyQueue sends it elsewhere (DeleteSent)
 		// instead of taking it for a client's delete, and if from died,
 		// its failover moves it.
 		cancel()
-		pr.deleteSent.Store(true)
+		deleteSent = true
 		return
 	}
 	// Asked after the delete: a prompt that started before it is running
@@ -201,7 +201,7 @@ func (t *Table) moveWaiting(ctx context.Context, pr *Prompt, from, to *upstream.
 		return
 	}
 	if !answered {
-		pr.deleteSent.Store(true)
+		deleteSent = true
 		return
 	}
 	if _, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.Leave}, nil); !ok {

@@ -104,6 +104,11 @@ type State struct {
 	Adopted bool
 	// Resume is the phase a MoveAbort returns to (while Moving).
 	Resume Phase
+	// DeleteSent: a move sent Instance a delete of it that got no answer
+	// (MoveAbort with Event.DeleteSent), so it may vanish from that queue
+	// by comfygate's own hand rather than a client's. Cleared when it
+	// leaves Instance.
+	DeleteSent bool
 }
 
 // Counted reports whether the prompt counts in its instance's in-flight
@@ -166,6 +171,7 @@ type Event struct {
 	Resubmit   bool   // Refused: a resubmission (it moves on, even if never accepted)
 	Tombstone  bool   // Leave: remember it at the instance it leaves
 	Found      Phase  // Adopt: Queued, Running or Ended (its history has it)
+	DeleteSent bool   // MoveAbort: a delete of it went to its instance unanswered
 }
 
 // EffectKind names an effect.
@@ -224,6 +230,7 @@ func Step(s State, e Event) (next State, effects []Effect, ok bool) {
 		}
 		uncount() // none: a prompt that moves left its instance first
 		next.Phase, next.Instance, next.UpstreamID = Sending, e.Instance, e.UpstreamID
+		next.DeleteSent = false
 		effects = append(effects, Effect{Kind: CountIn, Instance: e.Instance})
 		next.Attempts++
 		next.Posting = true
@@ -272,7 +279,7 @@ func Step(s State, e Event) (next State, effects []Effect, ok bool) {
 				next.Phase = Submitted // its Submit tries the next instance
 				effects = append(effects, Effect{Kind: Forget})
 			}
-			next.UpstreamID, next.StartedAt = "", time.Time{}
+			next.UpstreamID, next.StartedAt, next.DeleteSent = "", time.Time{}, false
 		}
 	case Seen:
 		switch s.Phase {
@@ -342,6 +349,9 @@ func Step(s State, e Event) (next State, effects []Effect, ok bool) {
 			return s, nil, false
 		}
 		next.Phase, next.Resume = s.Resume, 0
+		if e.DeleteSent {
+			next.DeleteSent = true
+		}
 	case Leave:
 		if s.Phase != Moving || s.Resume == 0 {
 			return s, nil, false
@@ -352,7 +362,7 @@ func Step(s State, e Event) (next State, effects []Effect, ok bool) {
 			effects = append(effects, Effect{Kind: Tombstone, Instance: s.Instance, UpstreamID: s.UpstreamID})
 		}
 		// Instance stays: where it was until a send pins it elsewhere.
-		next.UpstreamID, next.Resume = "", 0
+		next.UpstreamID, next.Resume, next.DeleteSent = "", 0, false
 	case Reclaim:
 		// Only once it left where it was (Leave): a failover holds it, so
 		// no send of it is under way and nothing else moves it meanwhile.
