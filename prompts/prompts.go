@@ -657,11 +657,11 @@ func (t *Table) locate(ctx context.Context, id string) (*upstream.Instance, erro
 	if best == nil {
 		return nil, ErrUnknownPrompt
 	}
-	t.adopt(id, best.inst, best.state)
+	t.socketFor(best.inst).box.do(func() { t.adopt(id, best.inst, best.state) })
 	return best.inst, nil
 }
 
-// adopt pins a prompt comfygate learned of from an instance.
+// adopt pins a prompt comfygate learned of from an instance. On inst's owner.
 func (t *Table) adopt(id string, inst *upstream.Instance, st PromptState) *Prompt {
 	t.mu.Lock()
 	if pr, ok := t.byID[id]; ok && pr.Instance() != nil {
