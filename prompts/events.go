@@ -124,8 +124,6 @@ func (t *Table) staysDown(ctx context.Context, inst *upstream.Instance) bool {
 func (t *Table) awaitSockets(ctx context.Context, limit time.Duration) {
 	deadline := time.NewTimer(limit)
 	defer deadline.Stop()
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
 	for {
 		waiting := false
 		for _, inst := range t.p.Instances() {
@@ -143,7 +141,7 @@ func (t *Table) awaitSockets(ctx context.Context, limit time.Duration) {
 		case <-deadline.C:
 			t.log.Warn("prompts: not every healthy instance's socket connected at start-up", "waited", limit)
 			return
-		case <-tick.C:
+		case <-t.settled: // a socket came up or its first dial failed
 		}
 	}
 }

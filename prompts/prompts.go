@@ -92,8 +92,9 @@ type Table struct {
 
 	numbers atomic.Int64 // the next fleet queue number (Prompt.Number)
 
-	listenerMu sync.RWMutex // guards listener
-	listener   Listener
+	listener atomic.Pointer[Listener] // who receives broadcasts and queue changes (nil: none)
+
+	settled chan struct{} // capacity 1: a socket came up or its first dial failed (awaitSockets)
 
 	*fileStore // file pins and copies (pins.go, files.go)
 }
@@ -114,6 +115,7 @@ func New(pool *upstream.Pool, cfg *config.Config, m *metrics.Metrics, log *slog.
 		sockets:    map[*upstream.Instance]*instSocket{},
 		lastQueue:  -1,
 		quit:       make(chan struct{}),
+		settled:    make(chan struct{}, 1),
 	}
 	if t.cfg == nil {
 		t.cfg = config.Default()
@@ -129,9 +131,11 @@ func New(pool *upstream.Pool, cfg *config.Config, m *metrics.Metrics, log *slog.
 
 // SetListener sets who receives broadcasts and fleet queue changes.
 func (t *Table) SetListener(l Listener) {
-	t.listenerMu.Lock()
-	t.listener = l
-	t.listenerMu.Unlock()
+	if l == nil {
+		t.listener.Store(nil)
+		return
+	}
+	t.listener.Store(&l)
 }
 
 // safely runs f and logs a panic instead of crashing the process.
@@ -306,17 +310,18 @@ func (t *Table) livePinnedTo(inst *upstream.Instance) []*Prompt {
 	return out
 }
 
-// step applies e to pr: the transition (lifecycle.Step) and the table's
-// index of (instance, upstream id) change together under t.mu and pr.mu,
-// and the transition's effects are carried out after both are released.
-// to is the instance a Send goes to (nil for other events). It returns the
-// new state and whether e applied (see lifecycle.Step).
+// step applies e to pr: the transition (lifecycle.Step), pr's published
+// view and the table's index of (instance, upstream id) change together
+// under t.mu, and the transition's effects are carried out after it is
+// released. It runs on the owner of the instance e concerns (stepVia from
+// elsewhere). to is the instance a Send goes to (nil for other events).
+// It returns the new state and whether e applied (see lifecycle.Step).
 //
 // Lock order in this package: Table.mu; outboxMu and an outbox's mu are
-// taken last (on an instance's owner, or under queueMu at
-// most); listenerMu, queueMu and the tombstones (Table.mu) are
-// never held while another of these is taken, except queueMu around
-// listenerMu, an outbox's mu and the pool's own locks (QueueRemaining).
+// taken last (on an instance's owner, or under queueMu at most); queueMu
+// and the tombstones (Table.mu) are never held while another of these is
+// taken, except queueMu around an outbox's mu and the pool's own locks
+// (QueueRemaining). An owner's mailbox lock guards only its queue.
 // The pool's methods take only the pool's locks; it calls the table only
 // through its comeback gate (CleanUp), with none held, and its events wait
 // in the subscription's queue. No lock is held while a Sink or
@@ -559,9 +564,10 @@ func (t *Table) notifyQueue() {
 
 // currentListener returns the listener (nil if none).
 func (t *Table) currentListener() Listener {
-	t.listenerMu.RLock()
-	defer t.listenerMu.RUnlock()
-	return t.listener
+	if l := t.listener.Load(); l != nil {
+		return *l
+	}
+	return nil
 }
 
 // outstanding counts the prompts comfygate submitted that are not done.

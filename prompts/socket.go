@@ -140,6 +140,10 @@ func (s *instSocket) run(ctx context.Context) {
 			}
 		}
 		s.dialed.Store(true)
+		select {
+		case s.t.settled <- struct{}{}: // awaitSockets looks again
+		default:
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return
