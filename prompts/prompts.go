@@ -75,9 +75,8 @@ type Table struct {
 	doneQ      []*Prompt            // finished prompts, oldest first, from doneHead
 	doneHead   int
 	sockets    map[*upstream.Instance]*instSocket
-	tombs      map[*upstream.Instance][]tomb // prompts moved off each instance, oldest first (tombstones.go)
-	ctx        context.Context               // nil until start
-	cancel     context.CancelFunc            // ends ctx (Close)
+	ctx        context.Context    // nil until start
+	cancel     context.CancelFunc // ends ctx (Close)
 	closed     bool
 	sub        *upstream.Subscription // the pool's instance events (events.go)
 	quit       chan struct{}          // closed by Close: the instances' owners stop
@@ -319,9 +318,10 @@ func (t *Table) livePinnedTo(inst *upstream.Instance) []*Prompt {
 //
 // Lock order in this package: Table.mu; outboxMu and an outbox's mu are
 // taken last (on an instance's owner, or under queueMu at most); queueMu
-// and the tombstones (Table.mu) are never held while another of these is
-// taken, except queueMu around an outbox's mu and the pool's own locks
-// (QueueRemaining). An owner's mailbox lock guards only its queue.
+// is never held while another of these is taken, except around an
+// outbox's mu and the pool's own locks (QueueRemaining). An owner's
+// mailbox lock guards only its queue, and no lock is held while waiting
+// for an owner (do).
 // The pool's methods take only the pool's locks; it calls the table only
 // through its comeback gate (CleanUp), with none held, and its events wait
 // in the subscription's queue. No lock is held while a Sink or

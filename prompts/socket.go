@@ -68,8 +68,11 @@ type instSocket struct {
 	cleanAgain bool // another CleanUp pass is wanted
 	moving     bool // a waiting prompt is being moved here (idle)
 	moveAgain  bool // another look for a waiting prompt is wanted
-	failing    bool // failOver of the instance is running (it went down)
-	failAgain  bool // it went down again meanwhile: another failOver
+	// tombs are the prompts moved off the instance, oldest first
+	// (tombstones.go).
+	tombs     []tomb
+	failing   bool // failOver of the instance is running (it went down)
+	failAgain bool // it went down again meanwhile: another failOver
 	// What the running prompt is doing, for the operator's view (Running):
 	// when it started, the node executing, and that node's last progress.
 	runSince time.Time
@@ -449,8 +452,8 @@ func (s *instSocket) routeLocked(f frame) {
 		// comfygate process, or one we already moved elsewhere. A moved
 		// one must not run here: stop it; one that ran here to success
 		// after all ends with this run (CleanUp reclaims it).
-		if (f.typ == comfyapi.TypeExecutionStart || f.typ == comfyapi.TypeExecutionSuccess) && s.t.tombstoned(s.inst, f.uid) {
-			if f.typ == comfyapi.TypeExecutionSuccess && s.t.endedElsewhere(s.inst, f.uid) {
+		if (f.typ == comfyapi.TypeExecutionStart || f.typ == comfyapi.TypeExecutionSuccess) && s.isTombstoned(f.uid) {
+			if f.typ == comfyapi.TypeExecutionSuccess && s.endedElsewhere(f.uid) {
 				// Too late to remove: it was running here when the
 				// instance stopped answering, and ran on when it woke.
 				s.t.m.PromptRanTwice(s.inst.Name)
@@ -528,7 +531,7 @@ func (s *instSocket) onStatus(n int64) {
 	if n == 0 {
 		s.t.idle(s)
 	}
-	if n > 0 && s.t.hasTombstones(s.inst) {
+	if n > 0 && len(s.pruneTombs(time.Now())) > 0 {
 		// A held POST of a moved prompt may have reached the queue.
 		s.t.cleanUpLater(s)
 	}
