@@ -314,56 +314,104 @@ func (t *Table) historyEnd(inst *upstream.Instance, uid string, entry json.RawMe
 // elsewhere at once if inst is confirmed dead (it cannot run it); given
 // up after two looks that do not find it, or after the call timeout. A
 // first submission is then forgotten (its client got the error); a
-// resubmission moves on.
-func (t *Table) confirmLater(ctx context.Context, pr *Prompt, inst *upstream.Instance, uid string) {
-	deadline := time.Now().Add(max(t.cfg.Timeout, 10*time.Second))
-	misses := 0
-	still := func() bool {
-		v := pr.snap()
-		return v.instance == inst && v.life.UpstreamID == uid && v.life.Phase == lifecycle.Unconfirmed
-	}
-	for delay := 500 * time.Millisecond; ; delay = min(delay*2, 5*time.Second) {
-		if inst.ConfirmedDown() {
-			// InstanceDown may have come while the POST was under way
-			// (it leaves a prompt being sent to its send).
-			t.failover(ctx, pr, inst, fmt.Sprintf("instance %s died", inst.Name), false)
-			if !still() {
-				return
-			}
-		}
-		if !sleepCtx(ctx, delay) {
-			return
-		}
-		if !still() {
-			return
-		}
-		pctx, cancel := context.WithTimeout(ctx, probeTimeout(t.cfg.HealthCheck.Timeout))
-		st, found, answered := t.probeAt(pctx, inst, uid)
-		cancel()
-		if found {
-			t.confirm(pr)
-			if st == PromptDone {
-				if entry, ok := t.historyEntry(ctx, inst, uid); ok && entry != nil {
-					t.completeFromHistory(inst, pr, uid, entry)
-				}
-			}
-			return
-		}
-		if answered {
-			misses++
-		}
-		if misses < 2 && time.Now().Before(deadline) {
-			continue
-		}
-		// A first submission (its client got the error) is dropped, and
-		// tombstoned there so that it cannot run late; an accepted one moves.
-		if _, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.Drop}, nil); ok {
-			t.log.Warn("prompts: unanswered prompt not found at its instance, dropped", "prompt_id", pr.ID, "instance", inst.Name)
-			return
-		}
-		t.failover(ctx, pr, inst, fmt.Sprintf("instance %s did not take the prompt", inst.Name), false)
+// resubmission moves on. inst's owner follows it: its waits are timers
+// and its looks workers, whose expiries and results are messages to the
+// owner. Not on an owner.
+func (t *Table) confirmLater(pr *Prompt, inst *upstream.Instance, uid string) {
+	s := t.socketFor(inst)
+	u := &unconfirmed{pr: pr, uid: uid, deadline: time.Now().Add(max(t.cfg.Timeout, 10*time.Second)), delay: 500 * time.Millisecond}
+	s.box.post(func() { t.confirmRound(s, u) })
+}
+
+// unconfirmed is a prompt sent without an answer, as its instance's owner
+// follows it (confirmLater). Only that owner touches it.
+type unconfirmed struct {
+	pr       *Prompt
+	uid      string
+	deadline time.Time     // given up after this
+	delay    time.Duration // the wait before the next look
+	misses   int           // looks the instance answered without it
+}
+
+// still reports whether pr is still sent to inst under uid, unanswered.
+func (u *unconfirmed) still(inst *upstream.Instance) bool {
+	v := u.pr.snap()
+	return v.instance == inst && v.life.UpstreamID == u.uid && v.life.Phase == lifecycle.Unconfirmed
+}
+
+// confirmRound begins one round: an instance confirmed dead cannot run
+// the prompt, so it moves at once (InstanceDown may have come while the
+// POST was under way: it leaves a prompt being sent to its send);
+// otherwise the owner waits, then looks. On the owner.
+func (t *Table) confirmRound(s *instSocket, u *unconfirmed) {
+	if !u.still(s.inst) {
 		return
 	}
+	if s.inst.ConfirmedDown() {
+		t.goBackground(func(ctx context.Context) {
+			defer s.box.post(func() { t.confirmWait(s, u) })
+			t.failover(ctx, u.pr, s.inst, fmt.Sprintf("instance %s died", s.inst.Name), false)
+		})
+		return
+	}
+	t.confirmWait(s, u)
+}
+
+// confirmWait arms the timer of the next look. On the owner.
+func (t *Table) confirmWait(s *instSocket, u *unconfirmed) {
+	if !u.still(s.inst) {
+		return
+	}
+	d := u.delay
+	u.delay = min(u.delay*2, 5*time.Second)
+	t.p.Clock().AfterFunc(d, func() { s.box.post(func() { t.confirmLook(s, u) }) })
+}
+
+// confirmLook asks the instance, in a worker, whether it has the prompt.
+// On the owner.
+func (t *Table) confirmLook(s *instSocket, u *unconfirmed) {
+	if !u.still(s.inst) {
+		return
+	}
+	t.goBackground(func(ctx context.Context) {
+		pctx, cancel := context.WithTimeout(ctx, probeTimeout(t.cfg.HealthCheck.Timeout))
+		st, found, answered := t.probeAt(pctx, s.inst, u.uid)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		s.box.post(func() { t.confirmFound(s, u, st, found, answered) })
+	})
+}
+
+// confirmFound acts on a look's answer. On the owner.
+func (t *Table) confirmFound(s *instSocket, u *unconfirmed, st PromptState, found, answered bool) {
+	inst, pr := s.inst, u.pr
+	if found {
+		if u.still(inst) {
+			t.step(pr, lifecycle.Event{Kind: lifecycle.Seen}, nil)
+		}
+		if st == PromptDone {
+			t.goBackground(func(ctx context.Context) { t.settleFromHistory(ctx, pr, inst, u.uid) })
+		}
+		return
+	}
+	if answered {
+		u.misses++
+	}
+	if u.misses < 2 && time.Now().Before(u.deadline) {
+		t.confirmRound(s, u)
+		return
+	}
+	// A first submission (its client got the error) is dropped, and
+	// tombstoned there so that it cannot run late; an accepted one moves.
+	if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Drop}, nil); ok {
+		t.log.Warn("prompts: unanswered prompt not found at its instance, dropped", "prompt_id", pr.ID, "instance", inst.Name)
+		return
+	}
+	t.goBackground(func(ctx context.Context) {
+		t.failover(ctx, pr, inst, fmt.Sprintf("instance %s did not take the prompt", inst.Name), false)
+	})
 }
 
 // probeAt asks inst whether it has uid: the queue first, then the

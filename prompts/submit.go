@@ -231,7 +231,7 @@ func (t *Table) send(ctx context.Context, pr *Prompt, inst *upstream.Instance, b
 			status, resp = 200, fmt.Appendf(nil, `{"prompt_id": %s, "number": 0, "node_errors": {}}`, quoteJSON(pr.UpstreamID()))
 		default:
 			settle(lifecycle.Event{Kind: lifecycle.NoAnswer})
-			t.goBackground(func(ctx context.Context) { t.confirmLater(ctx, pr, inst, uid) })
+			t.confirmLater(pr, inst, uid)
 			return SubmitResult{}, sentAmbiguous, err
 		}
 	}
