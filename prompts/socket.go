@@ -71,8 +71,8 @@ type instSocket struct {
 	// tombs are the prompts moved off the instance, oldest first
 	// (tombstones.go).
 	tombs     []tomb
-	failing   bool // failOver of the instance is running (it went down)
-	failAgain bool // it went down again meanwhile: another failOver
+	failing   bool // the instance went down: its grace or failover is under way (events.go)
+	failAgain bool // it went down again meanwhile: another after this one
 	// What the running prompt is doing, for the operator's view (Running):
 	// when it started, the node executing, and that node's last progress.
 	runSince time.Time
