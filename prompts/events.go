@@ -46,7 +46,7 @@ func (t *Table) handle(ev upstream.InstanceEvent) {
 		t.InstanceRemoved(ev.Inst)
 	case upstream.EventDown:
 		s := t.socketFor(ev.Inst)
-		s.box.post(func() { t.wantFailOver(s) })
+		s.box.post(func() { s.wantFailOver() })
 	case upstream.EventWarmup:
 		t.warmUp(ev.Inst)
 	}
@@ -70,22 +70,23 @@ var errNoProbe = errors.New("prompts: probe ended without an answer")
 // wantFailOver begins the grace of s's instance, or asks for another
 // after the one under way (the instance came back and went down again
 // meanwhile). On the owner.
-func (t *Table) wantFailOver(s *instSocket) {
+func (s *instSocket) wantFailOver() {
 	if s.failing {
 		s.failAgain = true
 		return
 	}
 	s.failing, s.failAgain = true, false
-	t.graceCheck(s)
+	s.graceCheck()
 }
 
 // graceCheck looks at the instance once: back (its socket is up), its
 // grace used up (its prompts move, in a worker), or still within it (a
 // probe, in a worker). On the owner.
-func (t *Table) graceCheck(s *instSocket) {
+func (s *instSocket) graceCheck() {
+	t := s.t
 	inst := s.inst
 	if inst.SocketUp() {
-		t.failDone(s)
+		s.failDone()
 		return
 	}
 	lost := inst.LostAt()
@@ -94,7 +95,7 @@ func (t *Table) graceCheck(s *instSocket) {
 		// Never connected (nothing ran there unseen), or down for the
 		// whole grace.
 		if !t.goBackground(func(context.Context) {
-			defer s.box.post(func() { t.failDone(s) })
+			defer s.box.post(func() { s.failDone() })
 			t.InstanceDown(inst)
 		}) {
 			s.failing = false
@@ -105,7 +106,7 @@ func (t *Table) graceCheck(s *instSocket) {
 		err := errNoProbe
 		defer func() {
 			if ctx.Err() == nil {
-				s.box.post(func() { t.graceProbed(s, left, err) })
+				s.box.post(func() { s.graceProbed(left, err) })
 			}
 		}()
 		err = t.p.Probe(ctx, inst, min(left, t.cfg.HealthCheck.Timeout))
@@ -117,23 +118,24 @@ func (t *Table) graceCheck(s *instSocket) {
 // graceProbed acts on a probe within the grace (left of it remained when
 // it began): an answer keeps the prompts where they are; none looks again
 // shortly. On the owner.
-func (t *Table) graceProbed(s *instSocket, left time.Duration, err error) {
+func (s *instSocket) graceProbed(left time.Duration, err error) {
+	t := s.t
 	if err == nil {
 		t.log.Info("prompts: instance answers again; its prompts stay", "instance", s.inst.Name)
-		t.failDone(s)
+		s.failDone()
 		return
 	}
 	grace := t.cfg.Failover.SuspectGrace
 	poll := min(max(grace/8, 20*time.Millisecond), 250*time.Millisecond)
-	t.p.Clock().AfterFunc(min(poll, left), func() { s.box.post(func() { t.graceCheck(s) }) })
+	t.p.Clock().AfterFunc(min(poll, left), func() { s.box.post(func() { s.graceCheck() }) })
 }
 
 // failDone ends the grace (or the failover after it), and begins another
 // if the instance went down again meanwhile. On the owner.
-func (t *Table) failDone(s *instSocket) {
+func (s *instSocket) failDone() {
 	s.failing = false
 	if s.failAgain {
-		t.wantFailOver(s)
+		s.wantFailOver()
 	}
 }
 

@@ -320,7 +320,7 @@ func (t *Table) historyEnd(inst *upstream.Instance, uid string, entry json.RawMe
 func (t *Table) confirmLater(pr *Prompt, inst *upstream.Instance, uid string) {
 	s := t.socketFor(inst)
 	u := &unconfirmed{pr: pr, uid: uid, deadline: time.Now().Add(max(t.cfg.Timeout, 10*time.Second)), delay: 500 * time.Millisecond}
-	s.box.post(func() { t.confirmRound(s, u) })
+	s.box.post(func() { s.confirmRound(u) })
 }
 
 // unconfirmed is a prompt sent without an answer, as its instance's owner
@@ -343,33 +343,36 @@ func (u *unconfirmed) still(inst *upstream.Instance) bool {
 // the prompt, so it moves at once (InstanceDown may have come while the
 // POST was under way: it leaves a prompt being sent to its send);
 // otherwise the owner waits, then looks. On the owner.
-func (t *Table) confirmRound(s *instSocket, u *unconfirmed) {
+func (s *instSocket) confirmRound(u *unconfirmed) {
+	t := s.t
 	if !u.still(s.inst) {
 		return
 	}
 	if s.inst.ConfirmedDown() {
 		t.goBackground(func(ctx context.Context) {
-			defer s.box.post(func() { t.confirmWait(s, u) })
+			defer s.box.post(func() { s.confirmWait(u) })
 			t.failover(ctx, u.pr, s.inst, fmt.Sprintf("instance %s died", s.inst.Name), false)
 		})
 		return
 	}
-	t.confirmWait(s, u)
+	s.confirmWait(u)
 }
 
 // confirmWait arms the timer of the next look. On the owner.
-func (t *Table) confirmWait(s *instSocket, u *unconfirmed) {
+func (s *instSocket) confirmWait(u *unconfirmed) {
+	t := s.t
 	if !u.still(s.inst) {
 		return
 	}
 	d := u.delay
 	u.delay = min(u.delay*2, 5*time.Second)
-	t.p.Clock().AfterFunc(d, func() { s.box.post(func() { t.confirmLook(s, u) }) })
+	t.p.Clock().AfterFunc(d, func() { s.box.post(func() { s.confirmLook(u) }) })
 }
 
 // confirmLook asks the instance, in a worker, whether it has the prompt.
 // On the owner.
-func (t *Table) confirmLook(s *instSocket, u *unconfirmed) {
+func (s *instSocket) confirmLook(u *unconfirmed) {
+	t := s.t
 	if !u.still(s.inst) {
 		return
 	}
@@ -380,12 +383,13 @@ func (t *Table) confirmLook(s *instSocket, u *unconfirmed) {
 		if ctx.Err() != nil {
 			return
 		}
-		s.box.post(func() { t.confirmFound(s, u, st, found, answered) })
+		s.box.post(func() { s.confirmFound(u, st, found, answered) })
 	})
 }
 
 // confirmFound acts on a look's answer. On the owner.
-func (t *Table) confirmFound(s *instSocket, u *unconfirmed, st PromptState, found, answered bool) {
+func (s *instSocket) confirmFound(u *unconfirmed, st PromptState, found, answered bool) {
+	t := s.t
 	inst, pr := s.inst, u.pr
 	if found {
 		if u.still(inst) {
@@ -400,7 +404,7 @@ func (t *Table) confirmFound(s *instSocket, u *unconfirmed, st PromptState, foun
 		u.misses++
 	}
 	if u.misses < 2 && time.Now().Before(u.deadline) {
-		t.confirmRound(s, u)
+		s.confirmRound(u)
 		return
 	}
 	// A first submission (its client got the error) is dropped, and
@@ -447,7 +451,8 @@ func (t *Table) probeAt(ctx context.Context, inst *upstream.Instance, uid string
 // resubmitted on a failover. The instance reported n queued+running; if
 // comfygate holds more accepted prompts there, ask its queue (one check
 // at a time). On the owner.
-func (t *Table) checkDeleted(s *instSocket, n int64) {
+func (s *instSocket) checkDeleted(n int64) {
+	t := s.t
 	count := int64(0)
 	t.mu.Lock()
 	if int64(len(t.live)) <= n {

@@ -229,7 +229,7 @@ func (t *Table) InstanceRemoved(inst *upstream.Instance) {
 	}
 	s.box.post(func() {
 		s.draining = true
-		t.closeIfDrained(s)
+		s.closeIfDrained()
 	})
 }
 
@@ -240,13 +240,14 @@ func (t *Table) maybeCloseDrained(inst *upstream.Instance) {
 	s := t.sockets[inst]
 	t.mu.Unlock()
 	if s != nil {
-		s.box.post(func() { t.closeIfDrained(s) })
+		s.box.post(func() { s.closeIfDrained() })
 	}
 }
 
 // closeIfDrained closes s when its instance is draining and has no
 // prompts left. On the owner.
-func (t *Table) closeIfDrained(s *instSocket) {
+func (s *instSocket) closeIfDrained() {
+	t := s.t
 	if !s.draining {
 		return
 	}

@@ -527,7 +527,7 @@ func (s *instSocket) onStatus(n int64) {
 		s.inst.SetQueueDepth(n)
 		s.t.notifyQueue()
 	}
-	s.t.checkDeleted(s, n)
+	s.checkDeleted(n)
 	if n == 0 {
 		s.t.idle(s)
 	}

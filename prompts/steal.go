@@ -29,14 +29,15 @@ func (t *Table) idle(s *instSocket) {
 	if !t.cfg.Routing.MovePending || !idleNow(inst) {
 		return
 	}
-	s.box.post(func() { t.wantMove(s) })
+	s.box.post(func() { s.wantMove() })
 }
 
 // wantMove starts a worker that moves one waiting prompt to s's instance,
 // or asks for another look after the one running: a moved prompt can run
 // and end before its move returns, and its end calls again. One prompt at
 // a time: the moved prompt makes the instance busy. On the owner.
-func (t *Table) wantMove(s *instSocket) {
+func (s *instSocket) wantMove() {
+	t := s.t
 	if s.moving {
 		s.moveAgain = true
 		return
@@ -47,7 +48,7 @@ func (t *Table) wantMove(s *instSocket) {
 		defer s.box.post(func() { // its end, even after a panic
 			s.moving = false
 			if s.moveAgain && ctx.Err() == nil {
-				t.wantMove(s)
+				s.wantMove()
 			}
 		})
 		if idleNow(inst) {

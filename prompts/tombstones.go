@@ -254,12 +254,13 @@ func (t *Table) reclaim(pr *Prompt, from *upstream.Instance, uid string, entry j
 // instance; a request during a pass runs another after it, so a prompt that
 // showed up after the pass looked at the queue is not missed.
 func (t *Table) cleanUpLater(s *instSocket) {
-	s.box.post(func() { t.wantCleanUp(s) })
+	s.box.post(func() { s.wantCleanUp() })
 }
 
 // wantCleanUp starts a CleanUp pass of s's instance, or asks for another
 // after the one running. On the owner.
-func (t *Table) wantCleanUp(s *instSocket) {
+func (s *instSocket) wantCleanUp() {
+	t := s.t
 	if s.cleaning {
 		s.cleanAgain = true
 		return
@@ -269,7 +270,7 @@ func (t *Table) wantCleanUp(s *instSocket) {
 		defer s.box.post(func() { // its end, even after a panic
 			s.cleaning = false
 			if s.cleanAgain && ctx.Err() == nil {
-				t.wantCleanUp(s)
+				s.wantCleanUp()
 			}
 		})
 		t.CleanUp(ctx, s.inst)
