@@ -466,12 +466,48 @@ func (s *instSocket) checkDeleted(n int64) {
 		}
 	}
 	t.mu.Unlock()
-	if count <= n || s.verifying {
+	if count > n {
+		s.wantVerify()
+	}
+}
+
+// wantVerify starts verifyQueue of s's instance in a worker, or asks
+// for another after the one running (a prompt found missing after it
+// asked the queue). On the owner.
+func (s *instSocket) wantVerify() {
+	if s.verifying {
+		s.verifyAgain = true
 		return
 	}
-	s.verifying = t.goBackground(func(ctx context.Context) {
-		defer s.box.post(func() { s.verifying = false })
-		t.verifyQueue(ctx, s.inst)
+	s.verifyAgain = false
+	s.verifying = s.t.goBackground(func(ctx context.Context) {
+		defer s.box.post(func() { // its end, even after a panic
+			s.verifying = false
+			if s.verifyAgain && ctx.Err() == nil {
+				s.wantVerify()
+			}
+		})
+		s.t.verifyQueue(ctx, s.inst)
+	})
+}
+
+// wantReconcile starts reconcile of s's instance in a worker after a
+// (re)connection, or asks for another after the one running (it
+// connected again meanwhile). On the owner.
+func (s *instSocket) wantReconcile() {
+	if s.reconciling {
+		s.reconcileAgain = true
+		return
+	}
+	s.reconcileAgain = false
+	s.reconciling = s.t.goBackground(func(ctx context.Context) {
+		defer s.box.post(func() { // its end, even after a panic
+			s.reconciling = false
+			if s.reconcileAgain && ctx.Err() == nil {
+				s.wantReconcile()
+			}
+		})
+		s.t.reconcile(ctx, s.inst)
 	})
 }
 

@@ -42,14 +42,12 @@ type instSocket struct {
 	t    *Table
 	inst *upstream.Instance
 
-	startOnce  sync.Once
-	stopOnce   sync.Once
-	stopCh     chan struct{} // closed by stop
-	stopMu     sync.Mutex    // guards stopCancel
-	stopCancel func()        // cancels run's context (set by run)
-	conns      atomic.Uint64 // connections made so far (a send compares it)
-	dialed     atomic.Bool   // a first dial has finished, either way (Start waits for it)
-	upSince    atomic.Int64  // unix nanos the current connection came up
+	startOnce sync.Once
+	stopOnce  sync.Once
+	stopCh    chan struct{} // closed by stop
+	conns     atomic.Uint64 // connections made so far (a send compares it)
+	dialed    atomic.Bool   // a first dial has finished, either way (Start waits for it)
+	upSince   atomic.Int64  // unix nanos the current connection came up
 
 	// box is the instance's owner (owner.go): the fields below are its
 	// own, read and written only by messages it runs, so a prompt's
@@ -62,17 +60,21 @@ type instSocket struct {
 	// The background passes at this instance, each run by a worker that
 	// reports its end back to the owner: one of a kind at a time, and a
 	// request during one runs another after it.
-	draining   bool // close the socket once the instance's prompts are done
-	verifying  bool // a queue check for deleted prompts is running
-	cleaning   bool // a CleanUp pass of moved prompts is running
-	cleanAgain bool // another CleanUp pass is wanted
-	moving     bool // a waiting prompt is being moved here (idle)
-	moveAgain  bool // another look for a waiting prompt is wanted
+	draining    bool // close the socket once the instance's prompts are done
+	verifying   bool // a queue check for deleted prompts is running
+	verifyAgain bool // another queue check is wanted
+	cleaning    bool // a CleanUp pass of moved prompts is running
+	cleanAgain  bool // another CleanUp pass is wanted
+	moving      bool // a waiting prompt is being moved here (idle)
+	moveAgain   bool // another look for a waiting prompt is wanted
 	// tombs are the prompts moved off the instance, oldest first
 	// (tombstones.go).
-	tombs     []tomb
-	failing   bool // the instance went down: its grace or failover is under way (events.go)
-	failAgain bool // it went down again meanwhile: another after this one
+	tombs          []tomb
+	failing        bool   // the instance went down: its grace or failover is under way (events.go)
+	failAgain      bool   // it went down again meanwhile: another after this one
+	reconciling    bool   // a reconcile after a (re)connection is running
+	reconcileAgain bool   // the socket connected again meanwhile: another
+	stopCancel     func() // cancels run's context (set by run, called by stop)
 	// What the running prompt is doing, for the operator's view (Running):
 	// when it started, the node executing, and that node's last progress.
 	runSince time.Time
@@ -103,11 +105,11 @@ func (t *Table) runSocket(s *instSocket) {
 func (s *instSocket) stop() {
 	s.stopOnce.Do(func() {
 		close(s.stopCh)
-		s.stopMu.Lock()
-		if s.stopCancel != nil {
-			s.stopCancel()
-		}
-		s.stopMu.Unlock()
+		s.box.post(func() {
+			if s.stopCancel != nil {
+				s.stopCancel()
+			}
+		})
 	})
 }
 
@@ -117,10 +119,8 @@ func (s *instSocket) run(ctx context.Context) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	// No goroutine per instance waits for stop: stop cancels through
-	// stopCancel (or stopped before run: the check below).
-	s.stopMu.Lock()
-	s.stopCancel = cancel
-	s.stopMu.Unlock()
+	// stopCancel on the owner (or stopped before run: the check below).
+	s.box.do(func() { s.stopCancel = cancel })
 	select {
 	case <-s.stopCh:
 		return
@@ -175,7 +175,7 @@ func (s *instSocket) run(ctx context.Context) {
 		}
 		// The first connection too: Start returns before it, and a prompt
 		// sent meanwhile ran with nobody listening for its events.
-		s.t.goBackground(func(ctx context.Context) { s.t.reconcile(ctx, s.inst) })
+		s.box.post(s.wantReconcile)
 		everUp, lost = true, false
 		err = s.serve(ctx, conn)
 		s.inst.SetSocketUp(false)

@@ -152,7 +152,8 @@ func (t *Table) moveWaiting(ctx context.Context, pr *Prompt, from, to *upstream.
 		return
 	}
 	if !pending[uid] {
-		t.goBackground(func(ctx context.Context) { t.verifyQueue(ctx, from) })
+		s := t.socketFor(from)
+		s.box.post(s.wantVerify)
 		return
 	}
 	st, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.MoveBegin, Instance: from.Name}, nil)
