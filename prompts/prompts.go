@@ -502,14 +502,6 @@ func (t *Table) stepVia(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (l
 	return st, ok
 }
 
-// confirm records that pr's instance has it (it answered 200, or showed
-// it): it counts as in flight there until done, and it gets its fleet
-// number the first time. Idempotent.
-// Not on an owner.
-func (t *Table) confirm(pr *Prompt) {
-	t.stepVia(pr, lifecycle.Event{Kind: lifecycle.Seen}, nil)
-}
-
 // markDone ends pr with outcome. It reports false if pr was already done.
 // On the owner of pr's instance.
 func (t *Table) markDone(pr *Prompt, outcome string) bool {
