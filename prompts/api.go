@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -80,11 +79,15 @@ type Prompt struct {
 	// Created is when comfygate accepted it.
 	Created time.Time
 
-	mu       sync.Mutex         // guards the fields below
-	life     lifecycle.State    // its phase and where it is; changed only by Table.step
-	instance *upstream.Instance // the instance life.Instance names (nil before the first send)
-	body     []byte             // the JSON forwarded upstream (with comfygate's client_id), for resubmission
-	header   map[string]string  // request headers to forward again on resubmission
+	// view is its state as the last step left it: an immutable value
+	// that only Table.step replaces (on the owner of the instance the
+	// step concerns, under Table.mu); readers load it without a lock.
+	// nil: a Prompt not in the table yet (the zero view).
+	view atomic.Pointer[promptView]
+	// body is the JSON forwarded upstream last (with comfygate's
+	// client_id), for resubmission: set by each send before its step.
+	body   atomic.Pointer[[]byte]
+	header map[string]string // request headers to forward again on resubmission
 
 	// Where it prefers to run, and the graph before per-instance values
 	// (SubmitRequest.Prefer, Files); graph is nil without files.
@@ -100,28 +103,48 @@ type Prompt struct {
 	// takes it over (step) or the try is given up (unreserve): prompts
 	// picked at once see each other before any of them is sent.
 	reserved atomic.Pointer[upstream.Instance]
-	// deleteSent: a move sent a delete for it that got no answer, so it
-	// may vanish from its instance's queue by comfygate's own hand.
-	deleteSent atomic.Bool
 
-	// Fleet queue number (see Number).
-	front     bool  // the client asked for the front of the queue
-	ownNumber bool  // the client sent "number": the instance shows its value
-	numbered  bool  // number is set
-	number    int64 // the fleet number, negated for front
+	// How its fleet queue number is made (see Number).
+	front     bool // the client asked for the front of the queue
+	ownNumber bool // the client sent "number": the instance shows its value
+}
+
+// promptView is one prompt's state at one moment. Never modified once
+// published (Prompt.view).
+type promptView struct {
+	life     lifecycle.State    // its phase and where it is
+	instance *upstream.Instance // the instance life.Instance names (nil before the first send)
+	numbered bool               // number is set (at its first acceptance)
+	number   int64              // the fleet number, negated for front
+}
+
+// snap returns p's current view.
+func (p *Prompt) snap() *promptView {
+	if v := p.view.Load(); v != nil {
+		return v
+	}
+	return &promptView{}
 }
 
 // Instance returns the instance the prompt is pinned to now.
-func (p *Prompt) Instance() *upstream.Instance { p.mu.Lock(); defer p.mu.Unlock(); return p.instance }
+func (p *Prompt) Instance() *upstream.Instance { return p.snap().instance }
 
 // UpstreamID returns the prompt's id at its instance.
-func (p *Prompt) UpstreamID() string { p.mu.Lock(); defer p.mu.Unlock(); return p.life.UpstreamID }
+func (p *Prompt) UpstreamID() string { return p.snap().life.UpstreamID }
 
 // State returns the prompt's state.
-func (p *Prompt) State() PromptState { p.mu.Lock(); defer p.mu.Unlock(); return stateOf(p.life) }
+func (p *Prompt) State() PromptState { return stateOf(p.snap().life) }
 
 // Life returns a copy of the prompt's lifecycle state.
-func (p *Prompt) Life() lifecycle.State { p.mu.Lock(); defer p.mu.Unlock(); return p.life }
+func (p *Prompt) Life() lifecycle.State { return p.snap().life }
+
+// lastBody returns the body sent last (nil before the first send).
+func (p *Prompt) lastBody() []byte {
+	if b := p.body.Load(); b != nil {
+		return *b
+	}
+	return nil
+}
 
 // stateOf is the coarse state of a lifecycle state.
 func stateOf(s lifecycle.State) PromptState {
@@ -154,16 +177,15 @@ func stateOf(s lifecycle.State) PromptState {
 // which the instance shows as ComfyUI would (and which takes no fleet
 // number, as it advances no ComfyUI counter).
 func (p *Prompt) Number() (float64, bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if !p.numbered || p.ownNumber {
+	v := p.snap()
+	if !v.numbered || p.ownNumber {
 		return 0, false
 	}
-	return float64(p.number), true
+	return float64(v.number), true
 }
 
 // Attempts returns how many times it was sent to an instance (1 + resubmissions).
-func (p *Prompt) Attempts() int { p.mu.Lock(); defer p.mu.Unlock(); return p.life.Attempts }
+func (p *Prompt) Attempts() int { return p.snap().life.Attempts }
 
 // FileRef names a file the way ComfyUI's /view and /upload do (Type ""
 // means output for /view).

@@ -8,6 +8,22 @@
 // and the pins of the files instances hold (outputs, uploads, copies
 // between instances).
 //
+// Every instance has one owner, a goroutine (owner.go) that runs, one
+// message at a time, whatever changes the prompts at that instance: its
+// socket's frames (the reader waits until each is applied), POST answers,
+// instance events, timer expiries (through the pool's clock) and the
+// results of the workers it starts for calls to the instance (probes,
+// history reads, deletes, failovers). Only owners call lifecycle.Step
+// (Table.step); a worker or a client's call sends its result to the owner
+// of the prompt's instance (stepVia), and a send to another instance is a
+// step on that instance's owner, so a prompt that moves is handed from one
+// owner to the other. Each prompt's state is published as an immutable
+// view (Prompt.State, Instance, UpstreamID read it without a lock). The
+// background passes (the suspect grace, failover, reconcile, the
+// deleted-prompt check, moves to an idle instance, clean-up of moved
+// prompts, an unanswered send's follow-up) are states of the owner: one
+// of a kind at a time, a request during one running another after it.
+//
 // It depends on upstream, never the reverse: Table subscribes to the
 // pool's instance events (upstream.Pool.Subscribe) and reacts: it opens
 // an added instance's socket, closes a removed one's once its prompts are

@@ -8,6 +8,7 @@ package prompts
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/comfygate/comfygate/upstream"
@@ -44,56 +45,97 @@ func (t *Table) handle(ev upstream.InstanceEvent) {
 	case upstream.EventRemoved:
 		t.InstanceRemoved(ev.Inst)
 	case upstream.EventDown:
-		inst := ev.Inst
-		t.goBackground(func(ctx context.Context) { t.failOver(ctx, inst) })
+		s := t.socketFor(ev.Inst)
+		s.box.post(func() { s.wantFailOver() })
 	case upstream.EventWarmup:
 		t.warmUp(ev.Inst)
 	}
 }
 
-// failOver moves inst's prompts to other instances once its death is
-// sure: its socket has stayed down for failover.suspect_grace and no probe
-// meanwhile got an answer. A refused or reset connection is known at once,
-// but an instance that is unreachable for a moment only (its network or
-// its port flapping) still runs its queue: moving its prompts then would
-// run them twice. A hung instance has used the grace up already (its
-// socket went silent, then a health check timed out).
-func (t *Table) failOver(ctx context.Context, inst *upstream.Instance) {
-	if t.staysDown(ctx, inst) {
-		t.InstanceDown(inst)
+// An instance that went down is failed over by its owner once its death
+// is sure: its socket has stayed down for failover.suspect_grace and no
+// probe meanwhile got an answer. A refused or reset connection is known
+// at once, but an instance that is unreachable for a moment only (its
+// network or its port flapping) still runs its queue: moving its prompts
+// then would run them twice. A hung instance has used the grace up
+// already (its socket went silent, then a health check timed out). The
+// grace is a state of the owner (instSocket.failing): its probes are
+// workers and its waits timers of the pool's clock, whose answers and
+// expiries are messages to the owner.
+
+// errNoProbe stands for a probe that ended without an error value (it
+// panicked): no answer.
+var errNoProbe = errors.New("prompts: probe ended without an answer")
+
+// wantFailOver begins the grace of s's instance, or asks for another
+// after the one under way (the instance came back and went down again
+// meanwhile). On the owner.
+func (s *instSocket) wantFailOver() {
+	if s.failing {
+		s.failAgain = true
+		return
+	}
+	s.failing, s.failAgain = true, false
+	s.graceCheck()
+}
+
+// graceCheck looks at the instance once: back (its socket is up), its
+// grace used up (its prompts move, in a worker), or still within it (a
+// probe, in a worker). On the owner.
+func (s *instSocket) graceCheck() {
+	t := s.t
+	inst := s.inst
+	if inst.SocketUp() {
+		s.failDone()
+		return
+	}
+	lost := inst.LostAt()
+	left := t.cfg.Failover.SuspectGrace - t.p.Clock().Now().Sub(lost)
+	if lost.IsZero() || left <= 0 {
+		// Never connected (nothing ran there unseen), or down for the
+		// whole grace.
+		if !t.goBackground(func(context.Context) {
+			defer s.box.post(func() { s.failDone() })
+			t.InstanceDown(inst)
+		}) {
+			s.failing = false
+		}
+		return
+	}
+	if !t.goBackground(func(ctx context.Context) {
+		err := errNoProbe
+		defer func() {
+			if ctx.Err() == nil {
+				s.box.post(func() { s.graceProbed(left, err) })
+			}
+		}()
+		err = t.p.Probe(ctx, inst, min(left, t.cfg.HealthCheck.Timeout))
+	}) {
+		s.failing = false
 	}
 }
 
-// staysDown waits until inst's socket has been down for
-// failover.suspect_grace, probing it meanwhile; false as soon as it
-// answers, its socket is back, or ctx ends.
-func (t *Table) staysDown(ctx context.Context, inst *upstream.Instance) bool {
+// graceProbed acts on a probe within the grace (left of it remained when
+// it began): an answer keeps the prompts where they are; none looks again
+// shortly. On the owner.
+func (s *instSocket) graceProbed(left time.Duration, err error) {
+	t := s.t
+	if err == nil {
+		t.log.Info("prompts: instance answers again; its prompts stay", "instance", s.inst.Name)
+		s.failDone()
+		return
+	}
 	grace := t.cfg.Failover.SuspectGrace
 	poll := min(max(grace/8, 20*time.Millisecond), 250*time.Millisecond)
-	clk := t.p.Clock()
-	for {
-		if inst.SocketUp() || ctx.Err() != nil {
-			return false
-		}
-		lost := inst.LostAt()
-		if lost.IsZero() {
-			return true // never connected: nothing ran there unseen
-		}
-		left := grace - clk.Now().Sub(lost)
-		if left <= 0 {
-			return true
-		}
-		if err := t.p.Probe(ctx, inst, min(left, t.cfg.HealthCheck.Timeout)); err == nil {
-			t.log.Info("prompts: instance answers again; its prompts stay", "instance", inst.Name)
-			return false
-		}
-		tm := clk.NewTimer(min(poll, left))
-		select {
-		case <-ctx.Done():
-			tm.Stop()
-			return false
-		case <-tm.C():
-		}
+	t.p.Clock().AfterFunc(min(poll, left), func() { s.box.post(func() { s.graceCheck() }) })
+}
+
+// failDone ends the grace (or the failover after it), and begins another
+// if the instance went down again meanwhile. On the owner.
+func (s *instSocket) failDone() {
+	s.failing = false
+	if s.failAgain {
+		s.wantFailOver()
 	}
 }
 
@@ -104,8 +146,6 @@ func (t *Table) staysDown(ctx context.Context, inst *upstream.Instance) bool {
 func (t *Table) awaitSockets(ctx context.Context, limit time.Duration) {
 	deadline := time.NewTimer(limit)
 	defer deadline.Stop()
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
 	for {
 		waiting := false
 		for _, inst := range t.p.Instances() {
@@ -123,7 +163,7 @@ func (t *Table) awaitSockets(ctx context.Context, limit time.Duration) {
 		case <-deadline.C:
 			t.log.Warn("prompts: not every healthy instance's socket connected at start-up", "waited", limit)
 			return
-		case <-tick.C:
+		case <-t.settled: // a socket came up or its first dial failed
 		}
 	}
 }

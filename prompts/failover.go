@@ -57,13 +57,11 @@ func (t *Table) failover(ctx context.Context, pr *Prompt, from *upstream.Instanc
 	// Only a queued, running or unanswered prompt of from moves, and one
 	// failover at a time: done prompts never move, a POST under way is
 	// settled by its send (refused: tried elsewhere; no answer: confirmLater).
-	st, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.MoveBegin, Instance: from.Name}, nil)
+	st, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.MoveBegin, Instance: from.Name}, nil)
 	if !ok {
 		return
 	}
-	pr.mu.Lock()
-	body := pr.body
-	pr.mu.Unlock()
+	body := pr.lastBody()
 	attempts, uid := st.Attempts, st.UpstreamID
 	// Until it leaves from, pr is held here; every way out that does not
 	// send it on gives it back (a no-op once lost or finished).
@@ -72,7 +70,7 @@ func (t *Table) failover(ctx context.Context, pr *Prompt, from *upstream.Instanc
 	stay := func() {
 		if !left && !settled {
 			settled = true
-			t.step(pr, lifecycle.Event{Kind: lifecycle.MoveAbort}, nil)
+			t.stepVia(pr, lifecycle.Event{Kind: lifecycle.MoveAbort}, nil)
 		}
 	}
 	defer stay()
@@ -137,7 +135,7 @@ func (t *Table) failover(ctx context.Context, pr *Prompt, from *upstream.Instanc
 			// about it is stale, and from may hold it still (hung, not
 			// dead), so it must not run it there: a tombstone. Not when
 			// from showed it lost it (allowSame: restarted).
-			if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Leave, Tombstone: !allowSame}, nil); !ok {
+			if _, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.Leave, Tombstone: !allowSame}, nil); !ok {
 				return // it finished meanwhile
 			}
 			left = true
@@ -168,8 +166,14 @@ func (t *Table) failover(ctx context.Context, pr *Prompt, from *upstream.Instanc
 }
 
 // lose ends pr as "lost" and tells its sink in ComfyUI's words: an
-// execution_error, then the executing-null that ends every prompt.
+// execution_error, then the executing-null that ends every prompt. Not on
+// an owner: it ends pr on the owner of its instance.
 func (t *Table) lose(pr *Prompt, from *upstream.Instance, what, why string) {
+	t.onOwnerOf(pr, nil, func() { t.loseOwned(pr, from, what, why) })
+}
+
+// loseOwned is lose, on the owner of pr's instance.
+func (t *Table) loseOwned(pr *Prompt, from *upstream.Instance, what, why string) {
 	if st, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Close, Outcome: metrics.OutcomeLost}, nil); !ok || st.Outcome != metrics.OutcomeLost {
 		return // it ended otherwise first
 	}
@@ -214,11 +218,10 @@ type lostErrorFields struct {
 func (t *Table) reconcile(ctx context.Context, inst *upstream.Instance) {
 	var running, pending map[string]bool
 	for _, pr := range t.livePinnedTo(inst) {
-		pr.mu.Lock()
-		uid, ph := pr.life.UpstreamID, pr.life.Phase
+		v := pr.snap()
+		uid, ph := v.life.UpstreamID, v.life.Phase
 		// Queued or running there; not while unanswered, moving or done.
-		skip := (ph != lifecycle.Queued && ph != lifecycle.Running) || uid == "" || pr.instance != inst
-		pr.mu.Unlock()
+		skip := (ph != lifecycle.Queued && ph != lifecycle.Running) || uid == "" || v.instance != inst
 		if skip {
 			continue
 		}
@@ -255,12 +258,13 @@ func (t *Table) reconcile(ctx context.Context, inst *upstream.Instance) {
 // then executing-null. Nothing is sent if the live stream ended it first.
 func (t *Table) completeFromHistory(inst *upstream.Instance, pr *Prompt, uid string, entry json.RawMessage) {
 	f := t.historyEnd(inst, uid, entry)
-	s := t.socketFor(inst)
-	s.routeMu.Lock()
-	defer s.routeMu.Unlock()
-	pr.mu.Lock()
-	stale := stateOf(pr.life) == PromptDone || pr.instance != inst || pr.life.UpstreamID != uid
-	pr.mu.Unlock()
+	t.socketFor(inst).box.do(func() { t.completeOwned(inst, pr, uid, f) })
+}
+
+// completeOwned is completeFromHistory's delivery, on inst's owner.
+func (t *Table) completeOwned(inst *upstream.Instance, pr *Prompt, uid string, f frame) {
+	v := pr.snap()
+	stale := stateOf(v.life) == PromptDone || v.instance != inst || v.life.UpstreamID != uid
 	if stale {
 		return
 	}
@@ -310,57 +314,108 @@ func (t *Table) historyEnd(inst *upstream.Instance, uid string, entry json.RawMe
 // elsewhere at once if inst is confirmed dead (it cannot run it); given
 // up after two looks that do not find it, or after the call timeout. A
 // first submission is then forgotten (its client got the error); a
-// resubmission moves on.
-func (t *Table) confirmLater(ctx context.Context, pr *Prompt, inst *upstream.Instance, uid string) {
-	deadline := time.Now().Add(max(t.cfg.Timeout, 10*time.Second))
-	misses := 0
-	still := func() bool {
-		pr.mu.Lock()
-		defer pr.mu.Unlock()
-		return pr.instance == inst && pr.life.UpstreamID == uid && pr.life.Phase == lifecycle.Unconfirmed
-	}
-	for delay := 500 * time.Millisecond; ; delay = min(delay*2, 5*time.Second) {
-		if inst.ConfirmedDown() {
-			// InstanceDown may have come while the POST was under way
-			// (it leaves a prompt being sent to its send).
-			t.failover(ctx, pr, inst, fmt.Sprintf("instance %s died", inst.Name), false)
-			if !still() {
-				return
-			}
-		}
-		if !sleepCtx(ctx, delay) {
-			return
-		}
-		if !still() {
-			return
-		}
-		pctx, cancel := context.WithTimeout(ctx, probeTimeout(t.cfg.HealthCheck.Timeout))
-		st, found, answered := t.probeAt(pctx, inst, uid)
-		cancel()
-		if found {
-			t.confirm(pr)
-			if st == PromptDone {
-				if entry, ok := t.historyEntry(ctx, inst, uid); ok && entry != nil {
-					t.completeFromHistory(inst, pr, uid, entry)
-				}
-			}
-			return
-		}
-		if answered {
-			misses++
-		}
-		if misses < 2 && time.Now().Before(deadline) {
-			continue
-		}
-		// A first submission (its client got the error) is dropped, and
-		// tombstoned there so that it cannot run late; an accepted one moves.
-		if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Drop}, nil); ok {
-			t.log.Warn("prompts: unanswered prompt not found at its instance, dropped", "prompt_id", pr.ID, "instance", inst.Name)
-			return
-		}
-		t.failover(ctx, pr, inst, fmt.Sprintf("instance %s did not take the prompt", inst.Name), false)
+// resubmission moves on. inst's owner follows it: its waits are timers
+// and its looks workers, whose expiries and results are messages to the
+// owner. Not on an owner.
+func (t *Table) confirmLater(pr *Prompt, inst *upstream.Instance, uid string) {
+	s := t.socketFor(inst)
+	u := &unconfirmed{pr: pr, uid: uid, deadline: time.Now().Add(max(t.cfg.Timeout, 10*time.Second)), delay: 500 * time.Millisecond}
+	s.box.post(func() { s.confirmRound(u) })
+}
+
+// unconfirmed is a prompt sent without an answer, as its instance's owner
+// follows it (confirmLater). Only that owner touches it.
+type unconfirmed struct {
+	pr       *Prompt
+	uid      string
+	deadline time.Time     // given up after this
+	delay    time.Duration // the wait before the next look
+	misses   int           // looks the instance answered without it
+}
+
+// still reports whether pr is still sent to inst under uid, unanswered.
+func (u *unconfirmed) still(inst *upstream.Instance) bool {
+	v := u.pr.snap()
+	return v.instance == inst && v.life.UpstreamID == u.uid && v.life.Phase == lifecycle.Unconfirmed
+}
+
+// confirmRound begins one round: an instance confirmed dead cannot run
+// the prompt, so it moves at once (InstanceDown may have come while the
+// POST was under way: it leaves a prompt being sent to its send);
+// otherwise the owner waits, then looks. On the owner.
+func (s *instSocket) confirmRound(u *unconfirmed) {
+	t := s.t
+	if !u.still(s.inst) {
 		return
 	}
+	if s.inst.ConfirmedDown() {
+		t.goBackground(func(ctx context.Context) {
+			defer s.box.post(func() { s.confirmWait(u) })
+			t.failover(ctx, u.pr, s.inst, fmt.Sprintf("instance %s died", s.inst.Name), false)
+		})
+		return
+	}
+	s.confirmWait(u)
+}
+
+// confirmWait arms the timer of the next look. On the owner.
+func (s *instSocket) confirmWait(u *unconfirmed) {
+	t := s.t
+	if !u.still(s.inst) {
+		return
+	}
+	d := u.delay
+	u.delay = min(u.delay*2, 5*time.Second)
+	t.p.Clock().AfterFunc(d, func() { s.box.post(func() { s.confirmLook(u) }) })
+}
+
+// confirmLook asks the instance, in a worker, whether it has the prompt.
+// On the owner.
+func (s *instSocket) confirmLook(u *unconfirmed) {
+	t := s.t
+	if !u.still(s.inst) {
+		return
+	}
+	t.goBackground(func(ctx context.Context) {
+		pctx, cancel := context.WithTimeout(ctx, probeTimeout(t.cfg.HealthCheck.Timeout))
+		st, found, answered := t.probeAt(pctx, s.inst, u.uid)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		s.box.post(func() { s.confirmFound(u, st, found, answered) })
+	})
+}
+
+// confirmFound acts on a look's answer. On the owner.
+func (s *instSocket) confirmFound(u *unconfirmed, st PromptState, found, answered bool) {
+	t := s.t
+	inst, pr := s.inst, u.pr
+	if found {
+		if u.still(inst) {
+			t.step(pr, lifecycle.Event{Kind: lifecycle.Seen}, nil)
+		}
+		if st == PromptDone {
+			t.goBackground(func(ctx context.Context) { t.settleFromHistory(ctx, pr, inst, u.uid) })
+		}
+		return
+	}
+	if answered {
+		u.misses++
+	}
+	if u.misses < 2 && time.Now().Before(u.deadline) {
+		s.confirmRound(u)
+		return
+	}
+	// A first submission (its client got the error) is dropped, and
+	// tombstoned there so that it cannot run late; an accepted one moves.
+	if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Drop}, nil); ok {
+		t.log.Warn("prompts: unanswered prompt not found at its instance, dropped", "prompt_id", pr.ID, "instance", inst.Name)
+		return
+	}
+	t.goBackground(func(ctx context.Context) {
+		t.failover(ctx, pr, inst, fmt.Sprintf("instance %s did not take the prompt", inst.Name), false)
+	})
 }
 
 // probeAt asks inst whether it has uid: the queue first, then the
@@ -394,8 +449,10 @@ func (t *Table) probeAt(ctx context.Context, inst *upstream.Instance, uid string
 // comfygate's back (POST /queue delete or clear): ComfyUI sends no event
 // for them, so without this they would look pending forever and be
 // resubmitted on a failover. The instance reported n queued+running; if
-// comfygate holds more accepted prompts there, ask its queue.
-func (t *Table) checkDeleted(s *instSocket, n int64) {
+// comfygate holds more accepted prompts there, ask its queue (one check
+// at a time). On the owner.
+func (s *instSocket) checkDeleted(n int64) {
+	t := s.t
 	count := int64(0)
 	t.mu.Lock()
 	if int64(len(t.live)) <= n {
@@ -403,22 +460,55 @@ func (t *Table) checkDeleted(s *instSocket, n int64) {
 		return
 	}
 	for pr := range t.live {
-		pr.mu.Lock()
-		if ph := pr.life.Phase; pr.instance == s.inst && (ph == lifecycle.Queued || ph == lifecycle.Running) {
+		v := pr.snap()
+		if ph := v.life.Phase; v.instance == s.inst && (ph == lifecycle.Queued || ph == lifecycle.Running) {
 			count++
 		}
-		pr.mu.Unlock()
 	}
 	t.mu.Unlock()
-	if count <= n || !s.verifying.CompareAndSwap(false, true) {
+	if count > n {
+		s.wantVerify()
+	}
+}
+
+// wantVerify starts verifyQueue of s's instance in a worker, or asks
+// for another after the one running (a prompt found missing after it
+// asked the queue). On the owner.
+func (s *instSocket) wantVerify() {
+	if s.verifying {
+		s.verifyAgain = true
 		return
 	}
-	if !t.goBackground(func(ctx context.Context) {
-		defer s.verifying.Store(false)
-		t.verifyQueue(ctx, s.inst)
-	}) {
-		s.verifying.Store(false)
+	s.verifyAgain = false
+	s.verifying = s.t.goBackground(func(ctx context.Context) {
+		defer s.box.post(func() { // its end, even after a panic
+			s.verifying = false
+			if s.verifyAgain && ctx.Err() == nil {
+				s.wantVerify()
+			}
+		})
+		s.t.verifyQueue(ctx, s.inst)
+	})
+}
+
+// wantReconcile starts reconcile of s's instance in a worker after a
+// (re)connection, or asks for another after the one running (it
+// connected again meanwhile). On the owner.
+func (s *instSocket) wantReconcile() {
+	if s.reconciling {
+		s.reconcileAgain = true
+		return
 	}
+	s.reconcileAgain = false
+	s.reconciling = s.t.goBackground(func(ctx context.Context) {
+		defer s.box.post(func() { // its end, even after a panic
+			s.reconciling = false
+			if s.reconcileAgain && ctx.Err() == nil {
+				s.wantReconcile()
+			}
+		})
+		s.t.reconcile(ctx, s.inst)
+	})
 }
 
 // verifyQueue marks done the queued prompts inst no longer has and never ran.
@@ -442,11 +532,10 @@ func (t *Table) verifyQueue(ctx context.Context, inst *upstream.Instance) {
 		return
 	}
 	for _, pr := range t.livePinnedTo(inst) {
-		pr.mu.Lock()
-		uid := pr.life.UpstreamID
-		skip := pr.life.Phase != lifecycle.Queued || uid == "" || pr.instance != inst || !pr.life.AcceptedAt.Before(asked) ||
-			pr.life.AcceptedAt.Before(since)
-		pr.mu.Unlock()
+		v := pr.snap()
+		uid := v.life.UpstreamID
+		skip := v.life.Phase != lifecycle.Queued || uid == "" || v.instance != inst || !v.life.AcceptedAt.Before(asked) ||
+			v.life.AcceptedAt.Before(since)
 		if skip || running[uid] || pending[uid] {
 			continue
 		}
@@ -456,13 +545,13 @@ func (t *Table) verifyQueue(ctx context.Context, inst *upstream.Instance) {
 		if dying() {
 			return
 		}
-		if pr.deleteSent.Load() && pr.State() == PromptQueued {
+		if life := pr.Life(); life.DeleteSent && stateOf(life) == PromptQueued {
 			// The delete of a move that got no answer landed after all:
 			// comfygate removed it, not a client; it runs elsewhere.
 			t.failover(ctx, pr, inst, fmt.Sprintf("it was moved off instance %s", inst.Name), true)
 			continue
 		}
-		if pr.State() == PromptQueued && t.markDone(pr, metrics.OutcomeInterrupted) {
+		if pr.State() == PromptQueued && t.markDoneVia(pr, metrics.OutcomeInterrupted) {
 			t.log.Info("prompts: prompt deleted from its instance's queue", "prompt_id", pr.ID, "instance", inst.Name)
 		}
 	}

@@ -9,7 +9,7 @@ import (
 // outbox delivers one instance's events (and the fleet queue changes) to
 // sinks and the listener in the order they were queued, from a goroutine
 // of its own that holds no lock of the table while it calls them: code
-// that routes an event under routeMu only queues it. The goroutine runs
+// that routes an event on an instance's owner only queues it. The goroutine runs
 // while there is something to deliver and ends when the queue is empty.
 type outbox struct {
 	t *Table

@@ -75,11 +75,11 @@ type Table struct {
 	doneQ      []*Prompt            // finished prompts, oldest first, from doneHead
 	doneHead   int
 	sockets    map[*upstream.Instance]*instSocket
-	tombs      map[*upstream.Instance][]tomb // prompts moved off each instance, oldest first (tombstones.go)
-	ctx        context.Context               // nil until start
-	cancel     context.CancelFunc            // ends ctx (Close)
+	ctx        context.Context    // nil until start
+	cancel     context.CancelFunc // ends ctx (Close)
 	closed     bool
 	sub        *upstream.Subscription // the pool's instance events (events.go)
+	quit       chan struct{}          // closed by Close: the instances' owners stop
 
 	wg sync.WaitGroup // socket loops and background checks
 
@@ -91,8 +91,9 @@ type Table struct {
 
 	numbers atomic.Int64 // the next fleet queue number (Prompt.Number)
 
-	listenerMu sync.RWMutex // guards listener
-	listener   Listener
+	listener atomic.Pointer[Listener] // who receives broadcasts and queue changes (nil: none)
+
+	settled chan struct{} // capacity 1: a socket came up or its first dial failed (awaitSockets)
 
 	*fileStore // file pins and copies (pins.go, files.go)
 }
@@ -112,6 +113,8 @@ func New(pool *upstream.Pool, cfg *config.Config, m *metrics.Metrics, log *slog.
 		live:       map[*Prompt]struct{}{},
 		sockets:    map[*upstream.Instance]*instSocket{},
 		lastQueue:  -1,
+		quit:       make(chan struct{}),
+		settled:    make(chan struct{}, 1),
 	}
 	if t.cfg == nil {
 		t.cfg = config.Default()
@@ -127,9 +130,11 @@ func New(pool *upstream.Pool, cfg *config.Config, m *metrics.Metrics, log *slog.
 
 // SetListener sets who receives broadcasts and fleet queue changes.
 func (t *Table) SetListener(l Listener) {
-	t.listenerMu.Lock()
-	t.listener = l
-	t.listenerMu.Unlock()
+	if l == nil {
+		t.listener.Store(nil)
+		return
+	}
+	t.listener.Store(&l)
 }
 
 // safely runs f and logs a panic instead of crashing the process.
@@ -172,6 +177,9 @@ func (t *Table) Start(ctx context.Context) {
 // and waits for the table's goroutines.
 func (t *Table) Close() {
 	t.mu.Lock()
+	if !t.closed {
+		close(t.quit)
+	}
 	t.closed = true
 	cancel := t.cancel
 	var all []*instSocket
@@ -219,8 +227,10 @@ func (t *Table) InstanceRemoved(inst *upstream.Instance) {
 	if s == nil {
 		return
 	}
-	s.draining.Store(true)
-	t.maybeCloseDrained(inst)
+	s.box.post(func() {
+		s.draining = true
+		s.closeIfDrained()
+	})
 }
 
 // maybeCloseDrained closes a draining instance's socket when it has no
@@ -228,7 +238,22 @@ func (t *Table) InstanceRemoved(inst *upstream.Instance) {
 func (t *Table) maybeCloseDrained(inst *upstream.Instance) {
 	t.mu.Lock()
 	s := t.sockets[inst]
-	if s == nil || !s.draining.Load() {
+	t.mu.Unlock()
+	if s != nil {
+		s.box.post(func() { s.closeIfDrained() })
+	}
+}
+
+// closeIfDrained closes s when its instance is draining and has no
+// prompts left. On the owner.
+func (s *instSocket) closeIfDrained() {
+	t := s.t
+	if !s.draining {
+		return
+	}
+	inst := s.inst
+	t.mu.Lock()
+	if t.sockets[inst] != s {
 		t.mu.Unlock()
 		return
 	}
@@ -252,6 +277,7 @@ func (t *Table) socketFor(inst *upstream.Instance) *instSocket {
 	if s == nil {
 		s = newInstSocket(t, inst)
 		t.sockets[inst] = s
+		t.startOwnerLocked(s)
 	}
 	return s
 }
@@ -284,17 +310,19 @@ func (t *Table) livePinnedTo(inst *upstream.Instance) []*Prompt {
 	return out
 }
 
-// step applies e to pr: the transition (lifecycle.Step) and the table's
-// index of (instance, upstream id) change together under t.mu and pr.mu,
-// and the transition's effects are carried out after both are released.
-// to is the instance a Send goes to (nil for other events). It returns the
-// new state and whether e applied (see lifecycle.Step).
+// step applies e to pr: the transition (lifecycle.Step), pr's published
+// view and the table's index of (instance, upstream id) change together
+// under t.mu, and the transition's effects are carried out after it is
+// released. It runs on the owner of the instance e concerns (stepVia from
+// elsewhere). to is the instance a Send goes to (nil for other events).
+// It returns the new state and whether e applied (see lifecycle.Step).
 //
-// Lock order in this package: instSocket.routeMu, then Table.mu, then
-// Prompt.mu; outboxMu and an outbox's mu are taken last (under routeMu or
-// queueMu at most); listenerMu, queueMu and the tombstones (Table.mu) are
-// never held while another of these is taken, except queueMu around
-// listenerMu, an outbox's mu and the pool's own locks (QueueRemaining).
+// Lock order in this package: Table.mu; outboxMu and an outbox's mu are
+// taken last (on an instance's owner, or under queueMu at most); queueMu
+// is never held while another of these is taken, except around an
+// outbox's mu and the pool's own locks (QueueRemaining). An owner's
+// mailbox lock guards only its queue, and no lock is held while waiting
+// for an owner (do).
 // The pool's methods take only the pool's locks; it calls the table only
 // through its comeback gate (CleanUp), with none held, and its events wait
 // in the subscription's queue. No lock is held while a Sink or
@@ -308,19 +336,19 @@ func (t *Table) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (life
 		e.Instance = to.Name
 	}
 	t.mu.Lock()
-	pr.mu.Lock()
-	prev, prevInst := pr.life, pr.instance
+	v := pr.snap()
+	prev, prevInst := v.life, v.instance
 	next, effects, ok := lifecycle.Step(prev, e)
 	if !ok {
-		pr.mu.Unlock()
 		t.mu.Unlock()
 		return prev, false
 	}
-	pr.life = next
+	nv := *v
+	nv.life = next
 	if to != nil {
-		pr.instance = to
+		nv.instance = to
 	}
-	t.reindexLocked(pr, prevInst, prev.UpstreamID, pr.instance, next.UpstreamID)
+	t.reindexLocked(pr, prevInst, prev.UpstreamID, nv.instance, next.UpstreamID)
 	for _, ef := range effects {
 		// Counted here, in transition order: carried out later, two
 		// transitions' counts could cross and the in-flight count drift.
@@ -328,20 +356,22 @@ func (t *Table) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (life
 		case lifecycle.CountIn:
 			// A send: counted at the instance it goes to, unless its
 			// pick counted it there already (Prompt.reserved).
-			if !pr.reserved.CompareAndSwap(pr.instance, nil) {
-				pr.instance.CountInflight(1)
+			if !pr.reserved.CompareAndSwap(nv.instance, nil) {
+				nv.instance.CountInflight(1)
 			}
 		case lifecycle.CountOut:
 			prevInst.CountInflight(-1)
+		case lifecycle.Accept:
+			t.numberLocked(pr, &nv)
 		}
 	}
+	pr.view.Store(&nv)
 	if next.Live() && next.Phase != lifecycle.Submitted {
 		t.live[pr] = struct{}{}
 	} else {
 		delete(t.live, pr)
 	}
-	newInst := pr.instance
-	pr.mu.Unlock()
+	newInst := nv.instance
 	t.mu.Unlock()
 	if newInst != prevInst && newInst != nil {
 		newInst.InflightChanged() // a send's count: its gauge
@@ -384,7 +414,7 @@ func (t *Table) carryOut(pr *Prompt, inst *upstream.Instance, effects []lifecycl
 		case lifecycle.Tombstone:
 			t.tombstone(inst, ef.UpstreamID, pr)
 		case lifecycle.Accept:
-			t.number(pr)
+			// Numbered by step, in the fleet's order of acceptance.
 			if inst != nil {
 				t.m.PromptSubmitted(inst.Name)
 			}
@@ -408,18 +438,17 @@ func (t *Table) carryOut(pr *Prompt, inst *upstream.Instance, effects []lifecycl
 	}
 }
 
-// number gives pr its fleet number (Prompt.Number) at its first acceptance.
-func (t *Table) number(pr *Prompt) {
-	pr.mu.Lock()
-	defer pr.mu.Unlock()
-	if pr.numbered {
+// numberLocked gives pr its fleet number (Prompt.Number) at its first
+// acceptance, in v (the view step is making). t.mu held.
+func (t *Table) numberLocked(pr *Prompt, v *promptView) {
+	if v.numbered {
 		return
 	}
-	pr.numbered = true
+	v.numbered = true
 	if !pr.ownNumber {
-		pr.number = t.numbers.Add(1) - 1
+		v.number = t.numbers.Add(1) - 1
 		if pr.front {
-			pr.number = -pr.number // ComfyUI's front: -counter
+			v.number = -v.number // ComfyUI's front: -counter
 		}
 	}
 }
@@ -428,26 +457,61 @@ func (t *Table) number(pr *Prompt) {
 func (t *Table) forget(pr *Prompt) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	pr.mu.Lock()
-	inst, uid := pr.instance, pr.life.UpstreamID
-	pr.mu.Unlock()
-	t.reindexLocked(pr, inst, uid, nil, "")
+	v := pr.snap()
+	t.reindexLocked(pr, v.instance, v.life.UpstreamID, nil, "")
 	if t.byID[pr.ID] == pr {
 		delete(t.byID, pr.ID)
 	}
 	delete(t.live, pr)
 }
 
-// confirm records that pr's instance has it (it answered 200, or showed
-// it): it counts as in flight there until done, and it gets its fleet
-// number the first time. Idempotent.
-func (t *Table) confirm(pr *Prompt) {
-	t.step(pr, lifecycle.Event{Kind: lifecycle.Seen}, nil)
+// ownerOf returns the owner of the instance an event of pr concerns: to
+// (a send's target), else the instance pr is at; nil if it was never sent.
+func (t *Table) ownerOf(pr *Prompt, to *upstream.Instance) *mailbox {
+	inst := to
+	if inst == nil {
+		inst = pr.Instance()
+	}
+	if inst == nil {
+		return nil
+	}
+	return t.socketFor(inst).box
+}
+
+// onOwnerOf runs f on the owner of pr's instance (to for a send) and waits
+// for it: a worker's result (a POST answered, a failover's decision, a
+// probe's finding) changes pr there, in order with the instance's frames.
+// It runs nothing when the table closed. Not on an owner.
+func (t *Table) onOwnerOf(pr *Prompt, to *upstream.Instance, f func()) {
+	if b := t.ownerOf(pr, to); b != nil {
+		b.do(f)
+		return
+	}
+	f()
+}
+
+// stepVia is step on the owner of pr's instance (to for a send). Not on
+// an owner. It reports false, changing nothing, once the table closed.
+func (t *Table) stepVia(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (lifecycle.State, bool) {
+	var st lifecycle.State
+	ok, ran := false, false
+	t.onOwnerOf(pr, to, func() { st, ok = t.step(pr, e, to); ran = true })
+	if !ran {
+		return pr.Life(), false
+	}
+	return st, ok
 }
 
 // markDone ends pr with outcome. It reports false if pr was already done.
+// On the owner of pr's instance.
 func (t *Table) markDone(pr *Prompt, outcome string) bool {
 	_, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Finish, Outcome: outcome}, nil)
+	return ok
+}
+
+// markDoneVia is markDone from elsewhere (a worker, a client's call).
+func (t *Table) markDoneVia(pr *Prompt, outcome string) bool {
+	_, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.Finish, Outcome: outcome}, nil)
 	return ok
 }
 
@@ -461,9 +525,8 @@ func (t *Table) evictLocked() {
 		if t.byID[old.ID] == old {
 			delete(t.byID, old.ID)
 		}
-		old.mu.Lock()
-		k := upKey{old.instance, old.life.UpstreamID}
-		old.mu.Unlock()
+		v := old.snap()
+		k := upKey{v.instance, v.life.UpstreamID}
 		if t.byUpstream[k] == old {
 			delete(t.byUpstream, k)
 		}
@@ -494,9 +557,10 @@ func (t *Table) notifyQueue() {
 
 // currentListener returns the listener (nil if none).
 func (t *Table) currentListener() Listener {
-	t.listenerMu.RLock()
-	defer t.listenerMu.RUnlock()
-	return t.listener
+	if l := t.listener.Load(); l != nil {
+		return *l
+	}
+	return nil
 }
 
 // outstanding counts the prompts comfygate submitted that are not done.
@@ -592,11 +656,11 @@ func (t *Table) locate(ctx context.Context, id string) (*upstream.Instance, erro
 	if best == nil {
 		return nil, ErrUnknownPrompt
 	}
-	t.adopt(id, best.inst, best.state)
+	t.socketFor(best.inst).box.do(func() { t.adopt(id, best.inst, best.state) })
 	return best.inst, nil
 }
 
-// adopt pins a prompt comfygate learned of from an instance.
+// adopt pins a prompt comfygate learned of from an instance. On inst's owner.
 func (t *Table) adopt(id string, inst *upstream.Instance, st PromptState) *Prompt {
 	t.mu.Lock()
 	if pr, ok := t.byID[id]; ok && pr.Instance() != nil {
@@ -604,15 +668,21 @@ func (t *Table) adopt(id string, inst *upstream.Instance, st PromptState) *Promp
 		return pr
 	}
 	now := time.Now()
-	pr := &Prompt{ID: id, Created: now, instance: inst, life: lifecycle.State{
-		Phase: lifecycle.Queued, Instance: inst.Name, UpstreamID: id, Adopted: true, Accepted: true, AcceptedAt: now,
-	}}
+	found := lifecycle.Queued
 	switch st {
 	case PromptRunning:
-		pr.life.Phase, pr.life.StartedAt = lifecycle.Running, now
+		found = lifecycle.Running
 	case PromptDone:
-		pr.life.Phase, pr.life.Outcome, pr.life.DoneAt = lifecycle.Ended, lifecycle.OutcomeSuccess, now
+		found = lifecycle.Ended
 	}
+	// A new prompt: nobody else can see it until it is in the table.
+	life, _, ok := lifecycle.Step(lifecycle.State{}, lifecycle.Event{Kind: lifecycle.Adopt, At: now, Instance: inst.Name, UpstreamID: id, Found: found})
+	if !ok {
+		t.mu.Unlock()
+		return nil
+	}
+	pr := &Prompt{ID: id, Created: now}
+	pr.view.Store(&promptView{life: life, instance: inst})
 	// Queued or running too: comfygate does not run it, so the entry is
 	// only a cache of where it is, and clients polling ids submitted
 	// elsewhere must not grow the table without bound.
@@ -687,9 +757,8 @@ func (t *Table) Cancel(ctx context.Context, id string) (bool, error) {
 			return false, ErrUnknownPrompt
 		}
 	}
-	pr.mu.Lock()
-	inst, uid, st := pr.instance, pr.life.UpstreamID, stateOf(pr.life)
-	pr.mu.Unlock()
+	v := pr.snap()
+	inst, uid, st := v.instance, v.life.UpstreamID, stateOf(v.life)
 	if st == PromptDone || inst == nil || uid == "" {
 		return false, nil
 	}
@@ -712,7 +781,7 @@ func (t *Table) Cancel(ctx context.Context, id string) (bool, error) {
 			}
 			// Deleted. The queue check that follows the instance's status
 			// message may have marked it done already: still our delete.
-			t.markDone(pr, metrics.OutcomeInterrupted)
+			t.markDoneVia(pr, metrics.OutcomeInterrupted)
 			return true, nil
 		}
 		// It started between our look and the delete: interrupt it.

@@ -28,11 +28,12 @@ func (t *Table) Running(inst *upstream.Instance) (r Running, ok bool) {
 	if s == nil {
 		return Running{}, false
 	}
-	// t.mu is not held here: the socket takes routeMu before t.mu.
-	s.routeMu.Lock()
-	uid := s.running
-	r = Running{Since: s.runSince, Node: s.runNode, Value: s.runValue, Max: s.runMax}
-	s.routeMu.Unlock()
+	// Asked of the owner, whose fields these are.
+	var uid string
+	s.box.do(func() {
+		uid = s.running
+		r = Running{Since: s.runSince, Node: s.runNode, Value: s.runValue, Max: s.runMax}
+	})
 	if uid == "" {
 		return Running{}, false
 	}

@@ -42,28 +42,39 @@ type instSocket struct {
 	t    *Table
 	inst *upstream.Instance
 
-	startOnce  sync.Once
-	stopOnce   sync.Once
-	stopCh     chan struct{} // closed by stop
-	stopMu     sync.Mutex    // guards stopCancel
-	stopCancel func()        // cancels run's context (set by run)
-	draining   atomic.Bool   // close once the instance's prompts are done
-	verifying  atomic.Bool   // a queue check for deleted prompts is running
-	cleaning   atomic.Bool   // a CleanUp pass of moved prompts is running
-	cleanAgain atomic.Bool   // another CleanUp pass is wanted
-	moving     atomic.Bool   // a waiting prompt is being moved here (idle)
-	moveAgain  atomic.Bool   // another look for a waiting prompt is wanted
-	conns      atomic.Uint64 // connections made so far (a send compares it)
-	dialed     atomic.Bool   // a first dial has finished, either way (Start waits for it)
-	upSince    atomic.Int64  // unix nanos the current connection came up
+	startOnce sync.Once
+	stopOnce  sync.Once
+	stopCh    chan struct{} // closed by stop
+	conns     atomic.Uint64 // connections made so far (a send compares it)
+	dialed    atomic.Bool   // a first dial has finished, either way (Start waits for it)
+	upSince   atomic.Int64  // unix nanos the current connection came up
 
-	// routeMu serialises the routing of this instance's events with the
-	// pinning of ids learned from POST answers, so a prompt's events reach
-	// its sink in the instance's order. It guards the fields below.
-	routeMu  sync.Mutex
+	// box is the instance's owner (owner.go): the fields below are its
+	// own, read and written only by messages it runs, so a prompt's
+	// events and the ids learned from POST answers reach its sink in the
+	// instance's order.
+	box      *mailbox
 	running  string  // upstream id of the prompt the instance is executing
 	early    []frame // frames of not yet known upstream ids, oldest first
 	awaiting int     // submits to this instance waiting for their upstream id
+	// The background passes at this instance, each run by a worker that
+	// reports its end back to the owner: one of a kind at a time, and a
+	// request during one runs another after it.
+	draining    bool // close the socket once the instance's prompts are done
+	verifying   bool // a queue check for deleted prompts is running
+	verifyAgain bool // another queue check is wanted
+	cleaning    bool // a CleanUp pass of moved prompts is running
+	cleanAgain  bool // another CleanUp pass is wanted
+	moving      bool // a waiting prompt is being moved here (idle)
+	moveAgain   bool // another look for a waiting prompt is wanted
+	// tombs are the prompts moved off the instance, oldest first
+	// (tombstones.go).
+	tombs          []tomb
+	failing        bool   // the instance went down: its grace or failover is under way (events.go)
+	failAgain      bool   // it went down again meanwhile: another after this one
+	reconciling    bool   // a reconcile after a (re)connection is running
+	reconcileAgain bool   // the socket connected again meanwhile: another
+	stopCancel     func() // cancels run's context (set by run, called by stop)
 	// What the running prompt is doing, for the operator's view (Running):
 	// when it started, the node executing, and that node's last progress.
 	runSince time.Time
@@ -73,7 +84,7 @@ type instSocket struct {
 }
 
 func newInstSocket(t *Table, inst *upstream.Instance) *instSocket {
-	return &instSocket{t: t, inst: inst, stopCh: make(chan struct{})}
+	return &instSocket{t: t, inst: inst, stopCh: make(chan struct{}), box: newMailbox()}
 }
 
 // runSocket starts s's loop once.
@@ -94,11 +105,11 @@ func (t *Table) runSocket(s *instSocket) {
 func (s *instSocket) stop() {
 	s.stopOnce.Do(func() {
 		close(s.stopCh)
-		s.stopMu.Lock()
-		if s.stopCancel != nil {
-			s.stopCancel()
-		}
-		s.stopMu.Unlock()
+		s.box.post(func() {
+			if s.stopCancel != nil {
+				s.stopCancel()
+			}
+		})
 	})
 }
 
@@ -108,10 +119,8 @@ func (s *instSocket) run(ctx context.Context) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	// No goroutine per instance waits for stop: stop cancels through
-	// stopCancel (or stopped before run: the check below).
-	s.stopMu.Lock()
-	s.stopCancel = cancel
-	s.stopMu.Unlock()
+	// stopCancel on the owner (or stopped before run: the check below).
+	s.box.do(func() { s.stopCancel = cancel })
 	select {
 	case <-s.stopCh:
 		return
@@ -134,6 +143,10 @@ func (s *instSocket) run(ctx context.Context) {
 			}
 		}
 		s.dialed.Store(true)
+		select {
+		case s.t.settled <- struct{}{}: // awaitSockets looks again
+		default:
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -162,7 +175,7 @@ func (s *instSocket) run(ctx context.Context) {
 		}
 		// The first connection too: Start returns before it, and a prompt
 		// sent meanwhile ran with nobody listening for its events.
-		s.t.goBackground(func(ctx context.Context) { s.t.reconcile(ctx, s.inst) })
+		s.box.post(s.wantReconcile)
 		everUp, lost = true, false
 		err = s.serve(ctx, conn)
 		s.inst.SetSocketUp(false)
@@ -186,15 +199,11 @@ func (s *instSocket) up() {
 	s.inst.SetSocketUp(true)
 	running := ""
 	for _, pr := range s.t.livePinnedTo(s.inst) {
-		pr.mu.Lock()
-		if stateOf(pr.life) == PromptRunning {
-			running = pr.life.UpstreamID
+		if v := pr.snap(); stateOf(v.life) == PromptRunning {
+			running = v.life.UpstreamID
 		}
-		pr.mu.Unlock()
 	}
-	s.routeMu.Lock()
-	s.running = running
-	s.routeMu.Unlock()
+	s.box.do(func() { s.running = running })
 }
 
 // socketReadBuffer is each instance socket's read buffer. Most frames
@@ -284,11 +293,14 @@ func (s *instSocket) serve(ctx context.Context, conn *websocket.Conn) error {
 		if ctx.Err() == nil {
 			_ = conn.SetReadDeadline(time.Now().Add(readWait))
 		}
+		// Handed to the owner, and applied before the next read: the
+		// instance's order, and every frame applied before the socket's
+		// loss is acted on.
 		switch mt {
 		case websocket.TextMessage:
-			s.onText(data)
+			s.box.do(func() { s.onText(data) })
 		case websocket.BinaryMessage:
-			s.onBinary(data)
+			s.box.do(func() { s.onBinary(data) })
 		}
 	}
 	pingMu.Lock()
@@ -319,7 +331,7 @@ type frame struct {
 	at       time.Time
 }
 
-// onText routes one text frame.
+// onText routes one text frame. On the owner.
 func (s *instSocket) onText(data []byte) {
 	// A data that is not an object (a custom node's message) leaves the
 	// fields empty: it is a broadcast.
@@ -340,8 +352,6 @@ func (s *instSocket) onText(data []byte) {
 	if !msg.HasPromptID() {
 		f.uid = ""
 	}
-	s.routeMu.Lock()
-	defer s.routeMu.Unlock()
 	was := s.running
 	defer func() { s.trackLocked(was, msg, f) }()
 	switch f.typ {
@@ -375,7 +385,7 @@ func (s *instSocket) onText(data []byte) {
 }
 
 // trackLocked keeps what the running prompt is doing after f (was: the
-// prompt running before it). s.routeMu held.
+// prompt running before it). On the owner.
 func (s *instSocket) trackLocked(was string, msg comfyapi.WSMessage, f frame) {
 	if s.running != was || s.running == "" {
 		s.runSince, s.runNode, s.runValue, s.runMax = f.at, "", 0, 0
@@ -400,14 +410,13 @@ func (s *instSocket) trackLocked(was string, msg comfyapi.WSMessage, f frame) {
 }
 
 // onBinary routes one binary frame: type 4 by the prompt_id in its
-// metadata, anything else to the prompt the instance is executing.
+// metadata, anything else to the prompt the instance is executing. On
+// the owner.
 func (s *instSocket) onBinary(data []byte) {
 	f := frame{binary: true, data: data, at: time.Now()}
 	if md, ok := comfyapi.ParsePreviewMetadata(data); ok {
 		f.uid, f.meta = md.PromptID, true
 	}
-	s.routeMu.Lock()
-	defer s.routeMu.Unlock()
 	if f.uid == "" {
 		f.uid = s.running
 	}
@@ -419,7 +428,7 @@ func (s *instSocket) onBinary(data []byte) {
 }
 
 // broadcast hands a frame that names no prompt to the listener, with the
-// prompt the instance is executing. s.routeMu held.
+// prompt the instance is executing. On the owner.
 func (s *instSocket) broadcast(f frame) {
 	if l := s.t.currentListener(); l != nil {
 		ev := Event{Instance: s.inst, Type: f.typ, Binary: f.binary, Data: f.data}
@@ -431,7 +440,7 @@ func (s *instSocket) broadcast(f frame) {
 }
 
 // routeLocked delivers f to its prompt, or keeps it while a submit to this
-// instance waits for its upstream id. s.routeMu held.
+// instance waits for its upstream id. On the owner.
 func (s *instSocket) routeLocked(f frame) {
 	pr := s.t.getUpstream(s.inst, f.uid)
 	if pr == nil {
@@ -443,8 +452,8 @@ func (s *instSocket) routeLocked(f frame) {
 		// comfygate process, or one we already moved elsewhere. A moved
 		// one must not run here: stop it; one that ran here to success
 		// after all ends with this run (CleanUp reclaims it).
-		if (f.typ == comfyapi.TypeExecutionStart || f.typ == comfyapi.TypeExecutionSuccess) && s.t.tombstoned(s.inst, f.uid) {
-			if f.typ == comfyapi.TypeExecutionSuccess && s.t.endedElsewhere(s.inst, f.uid) {
+		if (f.typ == comfyapi.TypeExecutionStart || f.typ == comfyapi.TypeExecutionSuccess) && s.isTombstoned(f.uid) {
+			if f.typ == comfyapi.TypeExecutionSuccess && s.endedElsewhere(f.uid) {
 				// Too late to remove: it was running here when the
 				// instance stopped answering, and ran on when it woke.
 				s.t.m.PromptRanTwice(s.inst.Name)
@@ -457,7 +466,7 @@ func (s *instSocket) routeLocked(f frame) {
 	s.t.apply(pr, s.inst, f)
 }
 
-// keepEarlyLocked buffers f, dropping expired and excess frames. s.routeMu held.
+// keepEarlyLocked buffers f, dropping expired and excess frames. On the owner.
 func (s *instSocket) keepEarlyLocked(f frame) {
 	cut := 0
 	for cut < len(s.early) && (f.at.Sub(s.early[cut].at) > earlyFrameTTL || len(s.early)-cut >= maxEarlyFrames) {
@@ -474,17 +483,18 @@ func (s *instSocket) keepEarlyLocked(f frame) {
 // beginAwait announces a submit to this instance whose upstream id will be
 // known only from the answer.
 func (s *instSocket) beginAwait() {
-	s.routeMu.Lock()
-	s.awaiting++
-	s.routeMu.Unlock()
+	s.box.do(func() { s.awaiting++ })
 }
 
 // endAwait ends a beginAwait: with uid != "" (the answer of pr's send
 // attempt), pins pr under it and replays the frames that came first, in
 // order, before any later frame of it.
 func (s *instSocket) endAwait(pr *Prompt, uid string, attempt int) {
-	s.routeMu.Lock()
-	defer s.routeMu.Unlock()
+	s.box.do(func() { s.endAwaitOwned(pr, uid, attempt) })
+}
+
+// endAwaitOwned is endAwait, on the owner.
+func (s *instSocket) endAwaitOwned(pr *Prompt, uid string, attempt int) {
 	s.awaiting--
 	if uid == "" {
 		return
@@ -511,26 +521,26 @@ func (s *instSocket) endAwait(pr *Prompt, uid string, attempt int) {
 	}
 }
 
-// onStatus records the queue depth the instance reports.
+// onStatus records the queue depth the instance reports. On the owner.
 func (s *instSocket) onStatus(n int64) {
 	if s.inst.QueueDepth() != n {
 		s.inst.SetQueueDepth(n)
 		s.t.notifyQueue()
 	}
-	s.t.checkDeleted(s, n)
+	s.checkDeleted(n)
 	if n == 0 {
 		s.t.idle(s)
 	}
-	if n > 0 && s.t.hasTombstones(s.inst) {
+	if n > 0 && len(s.pruneTombs(time.Now())) > 0 {
 		// A held POST of a moved prompt may have reached the queue.
 		s.t.cleanUpLater(s)
 	}
 }
 
 // apply moves pr's life on by f and delivers f to pr's sink, with ids
-// rewritten to the client-facing one. Called with inst's routeMu held (or
-// for synthesized events, on inst's behalf), so a prompt's events are
-// applied and queued for delivery in the instance's order.
+// rewritten to the client-facing one. Called on inst's owner (for
+// synthesized events too), so a prompt's events are applied and queued
+// for delivery in the instance's order.
 func (t *Table) apply(pr *Prompt, inst *upstream.Instance, f frame) {
 	ph := pr.Life().Phase
 	ended := ph == lifecycle.Ended

@@ -29,32 +29,34 @@ func (t *Table) idle(s *instSocket) {
 	if !t.cfg.Routing.MovePending || !idleNow(inst) {
 		return
 	}
-	// A moved prompt can run and end before its move returns: a call
-	// meanwhile is not lost (moveAgain), the running loop takes it.
-	s.moveAgain.Store(true)
-	if !s.moving.CompareAndSwap(false, true) {
+	s.box.post(func() { s.wantMove() })
+}
+
+// wantMove starts a worker that moves one waiting prompt to s's instance,
+// or asks for another look after the one running: a moved prompt can run
+// and end before its move returns, and its end calls again. One prompt at
+// a time: the moved prompt makes the instance busy. On the owner.
+func (s *instSocket) wantMove() {
+	t := s.t
+	if s.moving {
+		s.moveAgain = true
 		return
 	}
-	if !t.goBackground(func(ctx context.Context) {
-		for {
-			// One prompt at a time: the moved prompt makes inst busy,
-			// and its end calls again.
-			for s.moveAgain.Swap(false) && ctx.Err() == nil {
-				if !idleNow(inst) {
-					continue
-				}
-				if pr, from := t.waitingFor(inst); pr != nil {
-					t.moveWaiting(ctx, pr, from, inst)
-				}
+	s.moveAgain = false
+	inst := s.inst
+	s.moving = t.goBackground(func(ctx context.Context) {
+		defer s.box.post(func() { // its end, even after a panic
+			s.moving = false
+			if s.moveAgain && ctx.Err() == nil {
+				s.wantMove()
 			}
-			s.moving.Store(false)
-			if !s.moveAgain.Load() || !s.moving.CompareAndSwap(false, true) {
-				return
+		})
+		if idleNow(inst) {
+			if pr, from := t.waitingFor(inst); pr != nil {
+				t.moveWaiting(ctx, pr, from, inst)
 			}
 		}
-	}) {
-		s.moving.Store(false)
-	}
+	})
 }
 
 // finishedAt is called when a prompt finished at inst: if that was its
@@ -98,9 +100,8 @@ func (t *Table) waitingFor(inst *upstream.Instance) (*Prompt, *upstream.Instance
 	var cands []waiting
 	t.mu.Lock()
 	for pr := range t.live {
-		pr.mu.Lock()
-		at, life, num, eligible := pr.instance, pr.life, pr.number, pr.eligible
-		pr.mu.Unlock()
+		v := pr.snap()
+		at, life, num, eligible := v.instance, v.life, v.number, pr.eligible
 		if at == nil || at == inst || life.Phase != lifecycle.Queued || life.Posting || life.Attempts != 1 || life.UpstreamID == "" ||
 			at.Held() || at.Leaving() || at.Suspect() || !at.SocketUp() {
 			continue
@@ -132,7 +133,7 @@ func (t *Table) waitingFor(inst *upstream.Instance) (*Prompt, *upstream.Instance
 // it is deleted from from's queue, and moves only if from then shows it
 // gone and never run. If from started or ran it meanwhile, it stays. If
 // from does not answer the delete or the look after it, it stays too (it
-// may run there yet), marked deleteSent: should the delete land later,
+// may run there yet), marked DeleteSent (lifecycle.State): should the delete land later,
 // verifyQueue resubmits it instead of taking it for a client's delete.
 // The client sees nothing of the move: same prompt_id, same number, its
 // events from wherever it runs.
@@ -151,19 +152,20 @@ func (t *Table) moveWaiting(ctx context.Context, pr *Prompt, from, to *upstream.
 		return
 	}
 	if !pending[uid] {
-		t.goBackground(func(ctx context.Context) { t.verifyQueue(ctx, from) })
+		s := t.socketFor(from)
+		s.box.post(s.wantVerify)
 		return
 	}
-	st, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.MoveBegin, Instance: from.Name}, nil)
+	st, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.MoveBegin, Instance: from.Name}, nil)
 	if !ok {
 		return
 	}
-	left := false
+	left, deleteSent := false, false
 	defer func() {
 		if left {
 			return
 		}
-		if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.MoveAbort}, nil); ok && from.ConfirmedDown() {
+		if _, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.MoveAbort, DeleteSent: deleteSent}, nil); ok && from.ConfirmedDown() {
 			// from died while the prompt was held here: its failover
 			// passed the prompt over.
 			t.failover(ctx, pr, from, fmt.Sprintf("instance %s died", from.Name), false)
@@ -172,10 +174,7 @@ func (t *Table) moveWaiting(ctx context.Context, pr *Prompt, from, to *upstream.
 	if st.Resume != lifecycle.Queued || st.UpstreamID != uid || !idleNow(to) {
 		return
 	}
-	pr.mu.Lock()
-	body := pr.body
-	pr.mu.Unlock()
-	base, err := parseBody(body)
+	base, err := parseBody(pr.lastBody())
 	if err != nil {
 		return
 	}
@@ -189,11 +188,11 @@ func (t *Table) moveWaiting(ctx context.Context, pr *Prompt, from, to *upstream.
 	if delErr != nil || status != 200 {
 		// No answer (from stopped as the delete left?): it may run there
 		// yet, or the delete may land later. It stays; should it vanish
-		// from from's queue, verifyQueue sends it elsewhere (deleteSent)
+		// from from's queue, verifyQueue sends it elsewhere (DeleteSent)
 		// instead of taking it for a client's delete, and if from died,
 		// its failover moves it.
 		cancel()
-		pr.deleteSent.Store(true)
+		deleteSent = true
 		return
 	}
 	// Asked after the delete: a prompt that started before it is running
@@ -204,10 +203,10 @@ func (t *Table) moveWaiting(ctx context.Context, pr *Prompt, from, to *upstream.
 		return
 	}
 	if !answered {
-		pr.deleteSent.Store(true)
+		deleteSent = true
 		return
 	}
-	if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Leave}, nil); !ok {
+	if _, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.Leave}, nil); !ok {
 		return // it finished meanwhile
 	}
 	left = true

@@ -185,20 +185,18 @@ func (t *Table) send(ctx context.Context, pr *Prompt, inst *upstream.Instance, b
 		return SubmitResult{}, sentAnswered, fmt.Errorf("submit prompt %s: %w", pr.ID, err)
 	}
 	s := t.socketFor(inst)
-	pr.mu.Lock()
-	pr.body = body
-	pr.mu.Unlock()
+	pr.body.Store(&body)
 	// Pinned before the request leaves: its events can come first. Until
 	// the POST is settled (answered, refused, no answer) no failover takes
 	// it: this send's own outcome decides.
-	st, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Send, UpstreamID: uid}, inst)
+	st, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.Send, UpstreamID: uid}, inst)
 	if !ok {
 		return SubmitResult{}, sentRefused, fmt.Errorf("submit prompt %s: it is %s", pr.ID, st.Phase)
 	}
 	attempt := st.Attempts
 	settle := func(e lifecycle.Event) lifecycle.State {
 		e.Attempt = attempt
-		st, _ := t.step(pr, e, nil)
+		st, _ := t.stepVia(pr, e, nil)
 		return st
 	}
 	if !known {
@@ -233,7 +231,7 @@ func (t *Table) send(ctx context.Context, pr *Prompt, inst *upstream.Instance, b
 			status, resp = 200, fmt.Appendf(nil, `{"prompt_id": %s, "number": 0, "node_errors": {}}`, quoteJSON(pr.UpstreamID()))
 		default:
 			settle(lifecycle.Event{Kind: lifecycle.NoAnswer})
-			t.goBackground(func(ctx context.Context) { t.confirmLater(ctx, pr, inst, uid) })
+			t.confirmLater(pr, inst, uid)
 			return SubmitResult{}, sentAmbiguous, err
 		}
 	}
@@ -255,9 +253,7 @@ func (t *Table) send(ctx context.Context, pr *Prompt, inst *upstream.Instance, b
 		s.endAwait(pr, got, attempt)
 	case got != uid:
 		// The instance ignored our id (its version claim was wrong).
-		s.routeMu.Lock()
 		settle(lifecycle.Event{Kind: lifecycle.Answered, UpstreamID: got})
-		s.routeMu.Unlock()
 	default:
 		settle(lifecycle.Event{Kind: lifecycle.Answered})
 	}

@@ -36,16 +36,19 @@ type tomb struct {
 // tombstone records that the prompt with upstream id uid left inst (moved
 // elsewhere, or dropped after its client was told it failed): if inst
 // still has it, or gets it later (a held POST), it must not run there.
+// The tombstones are inst's owner's: the record is a message to it,
+// queued before any frame the instance sends after the step that made it.
 func (t *Table) tombstone(inst *upstream.Instance, uid string, pr *Prompt) {
 	if inst == nil || uid == "" {
 		return
 	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.tombs == nil {
-		t.tombs = map[*upstream.Instance][]tomb{}
-	}
-	list := t.pruneTombsLocked(inst, time.Now())
+	s := t.socketFor(inst)
+	s.box.post(func() { s.addTomb(uid, pr) })
+}
+
+// addTomb records the tombstone of uid. On the owner.
+func (s *instSocket) addTomb(uid string, pr *Prompt) {
+	list := s.pruneTombs(time.Now())
 	for _, tb := range list {
 		if tb.uid == uid {
 			return
@@ -54,36 +57,27 @@ func (t *Table) tombstone(inst *upstream.Instance, uid string, pr *Prompt) {
 	if len(list) >= maxTombstones {
 		list = list[1:]
 	}
-	t.tombs[inst] = append(list, tomb{uid: uid, at: time.Now(), pr: pr})
+	s.tombs = append(list, tomb{uid: uid, at: time.Now(), pr: pr})
 }
 
-// pruneTombsLocked drops inst's expired tombstones and returns the rest.
-// t.mu held.
-func (t *Table) pruneTombsLocked(inst *upstream.Instance, now time.Time) []tomb {
-	list := t.tombs[inst]
+// pruneTombs drops the expired tombstones and returns the rest. On the owner.
+func (s *instSocket) pruneTombs(now time.Time) []tomb {
 	cut := 0
-	for cut < len(list) && now.Sub(list[cut].at) > tombstoneTTL {
+	for cut < len(s.tombs) && now.Sub(s.tombs[cut].at) > tombstoneTTL {
 		cut++
 	}
 	if cut > 0 {
-		list = append(list[:0:0], list[cut:]...)
-		if len(list) == 0 {
-			delete(t.tombs, inst)
-		} else {
-			t.tombs[inst] = list
-		}
+		s.tombs = append(s.tombs[:0:0], s.tombs[cut:]...)
 	}
-	return list
+	return s.tombs
 }
 
-// tombstoned reports whether uid moved off inst.
-func (t *Table) tombstoned(inst *upstream.Instance, uid string) bool {
+// isTombstoned reports whether uid moved off the instance. On the owner.
+func (s *instSocket) isTombstoned(uid string) bool {
 	if uid == "" {
 		return false
 	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for _, tb := range t.pruneTombsLocked(inst, time.Now()) {
+	for _, tb := range s.pruneTombs(time.Now()) {
 		if tb.uid == uid {
 			return true
 		}
@@ -91,12 +85,10 @@ func (t *Table) tombstoned(inst *upstream.Instance, uid string) bool {
 	return false
 }
 
-// endedElsewhere reports whether the prompt tombstoned at inst under
-// upstream id uid has already ended where it moved to.
-func (t *Table) endedElsewhere(inst *upstream.Instance, uid string) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for _, tb := range t.pruneTombsLocked(inst, time.Now()) {
+// endedElsewhere reports whether the prompt tombstoned here under upstream
+// id uid has already ended where it moved to. On the owner.
+func (s *instSocket) endedElsewhere(uid string) bool {
+	for _, tb := range s.pruneTombs(time.Now()) {
 		if tb.uid == uid {
 			return tb.pr != nil && !tb.pr.Life().Live()
 		}
@@ -104,22 +96,34 @@ func (t *Table) endedElsewhere(inst *upstream.Instance, uid string) bool {
 	return false
 }
 
-// tombstonesAt returns the prompts moved off inst.
-func (t *Table) tombstonesAt(inst *upstream.Instance) []tomb {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return slices.Clone(t.pruneTombsLocked(inst, time.Now()))
+// tombstoned reports whether uid moved off inst. Not on an owner.
+func (t *Table) tombstoned(inst *upstream.Instance, uid string) bool {
+	if uid == "" {
+		return false
+	}
+	s, found := t.socketFor(inst), false
+	s.box.do(func() { found = s.isTombstoned(uid) })
+	return found
 }
 
-// settleTomb marks inst's tombstone of uid settled.
+// tombstonesAt returns the prompts moved off inst. Not on an owner.
+func (t *Table) tombstonesAt(inst *upstream.Instance) []tomb {
+	s := t.socketFor(inst)
+	var out []tomb
+	s.box.do(func() { out = slices.Clone(s.pruneTombs(time.Now())) })
+	return out
+}
+
+// settleTomb marks inst's tombstone of uid settled. Not on an owner.
 func (t *Table) settleTomb(inst *upstream.Instance, uid string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for k := range t.tombs[inst] {
-		if t.tombs[inst][k].uid == uid {
-			t.tombs[inst][k].settled = true
+	s := t.socketFor(inst)
+	s.box.do(func() {
+		for k := range s.tombs {
+			if s.tombs[k].uid == uid {
+				s.tombs[k].settled = true
+			}
 		}
-	}
+	})
 }
 
 // CleanUp removes from inst what moved off it: tombstoned prompts pending
@@ -224,22 +228,22 @@ func (t *Table) reclaim(pr *Prompt, from *upstream.Instance, uid string, entry j
 	if cur == nil || cur == from {
 		return false
 	}
-	if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.MoveBegin, Instance: cur.Name}, nil); !ok {
+	if _, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.MoveBegin, Instance: cur.Name}, nil); !ok {
 		return false
 	}
-	if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Leave, Tombstone: true}, nil); !ok {
-		t.step(pr, lifecycle.Event{Kind: lifecycle.MoveAbort}, nil)
+	if _, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.Leave, Tombstone: true}, nil); !ok {
+		t.stepVia(pr, lifecycle.Event{Kind: lifecycle.MoveAbort}, nil)
 		return false
 	}
 	end := t.historyEnd(from, uid, entry)
-	s := t.socketFor(from)
-	s.routeMu.Lock()
-	_, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Reclaim, UpstreamID: uid}, from)
-	if ok {
-		t.apply(pr, from, end)
-		t.apply(pr, from, frame{typ: comfyapi.TypeExecuting, uid: uid, nodeNull: true, data: comfyapi.ExecutingNull(uid), at: time.Now()})
-	}
-	s.routeMu.Unlock()
+	ok := false
+	t.socketFor(from).box.do(func() {
+		_, ok = t.step(pr, lifecycle.Event{Kind: lifecycle.Reclaim, UpstreamID: uid}, from)
+		if ok {
+			t.apply(pr, from, end)
+			t.apply(pr, from, frame{typ: comfyapi.TypeExecuting, uid: uid, nodeNull: true, data: comfyapi.ExecutingNull(uid), at: time.Now()})
+		}
+	})
 	t.log.Info("prompts: a moved prompt ran where it was after all; its copy is removed",
 		"prompt_id", pr.ID, "ran_at", from.Name, "copy_at", cur.Name)
 	t.cleanUpLater(t.socketFor(cur))
@@ -250,28 +254,32 @@ func (t *Table) reclaim(pr *Prompt, from *upstream.Instance, uid string, entry j
 // instance; a request during a pass runs another after it, so a prompt that
 // showed up after the pass looked at the queue is not missed.
 func (t *Table) cleanUpLater(s *instSocket) {
-	s.cleanAgain.Store(true)
-	if !s.cleaning.CompareAndSwap(false, true) {
-		return
-	}
-	if !t.goBackground(func(ctx context.Context) {
-		for {
-			for s.cleanAgain.Swap(false) && ctx.Err() == nil {
-				t.CleanUp(ctx, s.inst)
-			}
-			s.cleaning.Store(false)
-			if !s.cleanAgain.Load() || !s.cleaning.CompareAndSwap(false, true) {
-				return
-			}
-		}
-	}) {
-		s.cleaning.Store(false)
-	}
+	s.box.post(func() { s.wantCleanUp() })
 }
 
-// hasTombstones reports whether anything moved off inst.
+// wantCleanUp starts a CleanUp pass of s's instance, or asks for another
+// after the one running. On the owner.
+func (s *instSocket) wantCleanUp() {
+	t := s.t
+	if s.cleaning {
+		s.cleanAgain = true
+		return
+	}
+	s.cleanAgain = false
+	s.cleaning = t.goBackground(func(ctx context.Context) {
+		defer s.box.post(func() { // its end, even after a panic
+			s.cleaning = false
+			if s.cleanAgain && ctx.Err() == nil {
+				s.wantCleanUp()
+			}
+		})
+		t.CleanUp(ctx, s.inst)
+	})
+}
+
+// hasTombstones reports whether anything moved off inst. Not on an owner.
 func (t *Table) hasTombstones(inst *upstream.Instance) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return len(t.tombs[inst]) > 0
+	s, has := t.socketFor(inst), false
+	s.box.do(func() { has = len(s.pruneTombs(time.Now())) > 0 })
+	return has
 }

@@ -25,6 +25,7 @@
 //	Moving      --Send-->        Sending       resubmitted to another instance
 //	Unconfirmed --Drop-->        Dropped       first submission never found: its client was told it failed
 //	Moving      --Reclaim-->     Finished      (after Leave) an instance it left earlier ran it to success after all: it ends there
+//	Submitted   --Adopt-->       Queued, Running or Ended   learned from an instance (another replica or an earlier process submitted it)
 //
 // An event that does not apply in the current phase (a failover of a prompt
 // whose POST is under way, a second failover, a late answer of a finished
@@ -103,6 +104,11 @@ type State struct {
 	Adopted bool
 	// Resume is the phase a MoveAbort returns to (while Moving).
 	Resume Phase
+	// DeleteSent: a move sent Instance a delete of it that got no answer
+	// (MoveAbort with Event.DeleteSent), so it may vanish from that queue
+	// by comfygate's own hand rather than a client's. Cleared when it
+	// leaves Instance.
+	DeleteSent bool
 }
 
 // Counted reports whether the prompt counts in its instance's in-flight
@@ -141,9 +147,10 @@ const (
 	Leave                     // it leaves its instance (Event.Tombstone: that instance may still hold it)
 	Drop                      // a first submission never found at its instance
 	Reclaim                   // an instance it left earlier (Event.Instance, Event.UpstreamID) ran it to success after all
+	Adopt                     // an instance (Event.Instance) has it under Event.UpstreamID, in phase Event.Found; comfygate never sent it
 )
 
-var kindNames = [...]string{"", "send", "answered", "no-answer", "refused", "seen", "started", "finish", "end", "close", "move-begin", "move-abort", "leave", "drop", "reclaim"}
+var kindNames = [...]string{"", "send", "answered", "no-answer", "refused", "seen", "started", "finish", "end", "close", "move-begin", "move-abort", "leave", "drop", "reclaim", "adopt"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {
@@ -163,6 +170,8 @@ type Event struct {
 	NotSent    bool   // Refused: the request never reached the instance
 	Resubmit   bool   // Refused: a resubmission (it moves on, even if never accepted)
 	Tombstone  bool   // Leave: remember it at the instance it leaves
+	Found      Phase  // Adopt: Queued, Running or Ended (its history has it)
+	DeleteSent bool   // MoveAbort: a delete of it went to its instance unanswered
 }
 
 // EffectKind names an effect.
@@ -221,6 +230,7 @@ func Step(s State, e Event) (next State, effects []Effect, ok bool) {
 		}
 		uncount() // none: a prompt that moves left its instance first
 		next.Phase, next.Instance, next.UpstreamID = Sending, e.Instance, e.UpstreamID
+		next.DeleteSent = false
 		effects = append(effects, Effect{Kind: CountIn, Instance: e.Instance})
 		next.Attempts++
 		next.Posting = true
@@ -269,7 +279,7 @@ func Step(s State, e Event) (next State, effects []Effect, ok bool) {
 				next.Phase = Submitted // its Submit tries the next instance
 				effects = append(effects, Effect{Kind: Forget})
 			}
-			next.UpstreamID, next.StartedAt = "", time.Time{}
+			next.UpstreamID, next.StartedAt, next.DeleteSent = "", time.Time{}, false
 		}
 	case Seen:
 		switch s.Phase {
@@ -339,6 +349,9 @@ func Step(s State, e Event) (next State, effects []Effect, ok bool) {
 			return s, nil, false
 		}
 		next.Phase, next.Resume = s.Resume, 0
+		if e.DeleteSent {
+			next.DeleteSent = true
+		}
 	case Leave:
 		if s.Phase != Moving || s.Resume == 0 {
 			return s, nil, false
@@ -349,7 +362,7 @@ func Step(s State, e Event) (next State, effects []Effect, ok bool) {
 			effects = append(effects, Effect{Kind: Tombstone, Instance: s.Instance, UpstreamID: s.UpstreamID})
 		}
 		// Instance stays: where it was until a send pins it elsewhere.
-		next.UpstreamID, next.Resume = "", 0
+		next.UpstreamID, next.Resume, next.DeleteSent = "", 0, false
 	case Reclaim:
 		// Only once it left where it was (Leave): a failover holds it, so
 		// no send of it is under way and nothing else moves it meanwhile.
@@ -359,6 +372,23 @@ func Step(s State, e Event) (next State, effects []Effect, ok bool) {
 		next.Phase, next.Outcome, next.DoneAt = Finished, OutcomeSuccess, e.At
 		next.Instance, next.UpstreamID = e.Instance, e.UpstreamID
 		effects = append(effects, Effect{Kind: Record, Instance: e.Instance, Outcome: OutcomeSuccess})
+	case Adopt:
+		// Only a fresh prompt: one comfygate sent is never adopted.
+		if s != (State{}) || e.Instance == "" || e.UpstreamID == "" {
+			return s, nil, false
+		}
+		next = State{Phase: Queued, Instance: e.Instance, UpstreamID: e.UpstreamID, Adopted: true, Accepted: true, AcceptedAt: e.At}
+		switch e.Found {
+		case Queued:
+		case Running:
+			next.Phase, next.StartedAt = Running, e.At
+		case Ended:
+			// Its history has it: ended as far as comfygate can tell.
+			next.Phase, next.Outcome, next.DoneAt = Ended, OutcomeSuccess, e.At
+		default:
+			return s, nil, false
+		}
+		// Never counted, recorded or numbered: comfygate does not run it.
 	case Drop:
 		if s.Phase != Unconfirmed || s.Accepted || s.Posting {
 			return s, nil, false

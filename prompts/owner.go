@@ -1,0 +1,118 @@
+package prompts
+
+// Every instance has one owner: a goroutine that runs, one after another,
+// everything that changes what is routed at that instance (the socket's
+// frames, the ids learned from POST answers, endings rebuilt from
+// history, the running prompt) and decides the background passes (which
+// run in workers and report back to it). It is modelled on the serve loop
+// of golang.org/x/net/http2's server: the socket's reader hands each frame
+// over and waits until it is applied, so a prompt's events are applied in
+// the instance's order and before anything the reader does after them (a
+// lost socket's failover sees every frame read before the loss).
+//
+// The fields of instSocket marked "owner" are read and written only by
+// code that runs on the owner (a message posted with post or do); they
+// need no lock.
+
+import "sync"
+
+// mailbox is an owner's queue of messages. Posting never blocks, so code
+// running on the owner can post to it (a pass it starts) as any other
+// goroutine does.
+type mailbox struct {
+	mu     sync.Mutex // guards msgs, closed (the queue only)
+	msgs   []func()
+	closed bool
+	wake   chan struct{} // capacity 1: messages are waiting
+	done   chan struct{} // closed when the owner has stopped
+}
+
+func newMailbox() *mailbox {
+	return &mailbox{wake: make(chan struct{}, 1), done: make(chan struct{})}
+}
+
+// startOwnerLocked runs s's owner until the table closes. t.mu held (socketFor).
+func (t *Table) startOwnerLocked(s *instSocket) {
+	if t.closed {
+		s.box.close()
+		return
+	}
+	t.wg.Add(1)
+	go func() {
+		defer t.wg.Done()
+		s.box.serve(t, t.quit)
+	}()
+}
+
+// serve runs the queued messages in order until quit is closed.
+func (b *mailbox) serve(t *Table, quit <-chan struct{}) {
+	defer b.close()
+	for {
+		select {
+		case <-quit:
+			return
+		case <-b.wake:
+		}
+		for {
+			b.mu.Lock()
+			if len(b.msgs) == 0 {
+				b.mu.Unlock()
+				break
+			}
+			f := b.msgs[0]
+			b.msgs[0] = nil
+			b.msgs = b.msgs[1:]
+			b.mu.Unlock()
+			t.safely("instance owner", f)
+		}
+	}
+}
+
+// close stops taking messages; the ones still queued are dropped.
+func (b *mailbox) close() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return
+	}
+	b.closed = true
+	b.msgs = nil
+	close(b.done)
+}
+
+// post queues f for the owner; false when the owner has stopped (the
+// table closed), and f will not run.
+func (b *mailbox) post(f func()) bool {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return false
+	}
+	b.msgs = append(b.msgs, f)
+	b.mu.Unlock()
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// do runs f on the owner and waits until it ran; false when the owner has
+// stopped first. It must not be called from the owner itself.
+func (b *mailbox) do(f func()) bool {
+	ran := make(chan struct{})
+	if !b.post(func() { defer close(ran); f() }) {
+		return false
+	}
+	select {
+	case <-ran:
+		return true
+	case <-b.done:
+		select {
+		case <-ran:
+			return true
+		default:
+			return false
+		}
+	}
+}
