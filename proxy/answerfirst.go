@@ -92,6 +92,7 @@ func (s *Server) afterAnswer(ctx *fasthttp.RequestCtx, f func()) {
 	}
 	s.answerMu.Lock()
 	s.afterAnswers[c] = append(s.afterAnswers[c], f)
+	s.answersWaiting.Add(1)
 	s.answerMu.Unlock()
 }
 
@@ -99,13 +100,16 @@ func (s *Server) afterAnswer(ctx *fasthttp.RequestCtx, f func()) {
 // idle (its response flushed), closed or hijacked runs what waited for
 // its answer.
 func (s *Server) connState(c net.Conn, st fasthttp.ConnState) {
-	if st == fasthttp.StateNew || st == fasthttp.StateActive {
+	// Every request's connection turns idle: the lock is taken only while
+	// some connection has something waiting.
+	if st == fasthttp.StateNew || st == fasthttp.StateActive || s.answersWaiting.Load() == 0 {
 		return
 	}
 	s.answerMu.Lock()
 	fs, ok := s.afterAnswers[c]
 	if ok {
 		delete(s.afterAnswers, c)
+		s.answersWaiting.Add(-int64(len(fs)))
 	}
 	s.answerMu.Unlock()
 	for _, f := range fs {

@@ -229,9 +229,12 @@ func (s *Server) guard(ctx *fasthttp.RequestCtx, p []byte, api bool) (after func
 			ctx.Response.Header.Set("Retry-After", "1")
 			return nil, false
 		}
-		commit := func() { s.sec.outstanding.Commit(name, answerID(ctx, "prompt_id")) }
 		// The body's client_id is claimed by postPrompt, on its own parse.
-		return func() { commit(); s.recordOwner(ctx, k, "prompt_id") }, true
+		return func() {
+			id := answerID(ctx, "prompt_id")
+			s.sec.outstanding.Commit(name, id)
+			s.recordOwnerID(k, id)
+		}, true
 	case api && post && (path == "/remove-background" || path == "/upscale-image" || strings.HasPrefix(path, "/workflows/")):
 		if s.rateLimited(ctx, s.sec.jobRate, "job") {
 			return nil, false
@@ -302,7 +305,12 @@ func (s *Server) promptDone(id string) bool {
 // recordOwner remembers k as the owner of the prompt or job a successful
 // submission answered with.
 func (s *Server) recordOwner(ctx *fasthttp.RequestCtx, k *auth.Key, field string) {
-	if id := answerID(ctx, field); id != "" {
+	s.recordOwnerID(k, answerID(ctx, field))
+}
+
+// recordOwnerID remembers k as the owner of prompt or job id ("": none).
+func (s *Server) recordOwnerID(k *auth.Key, id string) {
+	if id != "" {
 		s.sec.owners.SetPrompt(id, k.Name)
 	}
 }

@@ -251,8 +251,6 @@ func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 	body = res.Body
 	if res.Prompt != nil {
 		s.policy.Ran(res.Instance, pl)
-	}
-	if res.Prompt != nil {
 		body = setAnswerNumber(body, res.Prompt)
 	}
 	ctx.SetStatusCode(res.Status)

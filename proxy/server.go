@@ -72,6 +72,8 @@ type Server struct {
 
 	answerMu     sync.Mutex            // guards afterAnswers
 	afterAnswers map[net.Conn][]func() // run once the connection's answer is out (answerfirst.go)
+	// answersWaiting counts the functions in afterAnswers.
+	answersWaiting atomic.Int64
 
 	dashStreams atomic.Int32  // dashboard event streams open (dashboard.go)
 	dashMu      sync.Mutex    // guards dashCh, dashDoc

@@ -115,23 +115,6 @@ func classifyUserData(p []byte) (userRoute, [][]byte) {
 	return udNone, nil
 }
 
-// mayHaveDotSegments reports whether p has a dot segment (also written
-// %2e) or an empty one, which dotClean would resolve.
-func mayHaveDotSegments(p []byte) bool {
-	return bytes.Contains(p, []byte("/.")) || bytes.Contains(p, []byte("//")) ||
-		bytes.Contains(p, []byte("/%2e")) || bytes.Contains(p, []byte("/%2E"))
-}
-
-// dotClean resolves the dot segments of a raw path (also when written
-// %2e) and empty segments, as a server or proxy behind comfygate might.
-func dotClean(p []byte) []byte {
-	s := string(p)
-	for _, e := range []string{"%2e", "%2E"} {
-		s = strings.ReplaceAll(s, e, ".")
-	}
-	return []byte(path.Clean(s))
-}
-
 // scopeUserData applies per-key user data to a request the router would
 // forward to the home instance (p is the path without /api). It reports
 // whether it answered: refused, or forwarded in the key's own directory
@@ -142,17 +125,10 @@ func (s *Server) scopeUserData(ctx *fasthttp.RequestCtx, k *auth.Key, p []byte) 
 	if !s.isolated(k) {
 		return false
 	}
+	// Dot and empty segments never get here: canonicalPath refuses or
+	// redirects them before routing (canon.go).
 	route, segs := classifyUserData(p)
 	if route == udNone {
-		if !mayHaveDotSegments(p) {
-			return false
-		}
-		if c := dotClean(p); !bytes.Equal(c, p) {
-			if r, _ := classifyUserData(c); r != udNone {
-				writeJSONError(ctx, fasthttp.StatusBadRequest, "bad_path", "dot or empty segments in a path to a user data route")
-				return true
-			}
-		}
 		return false
 	}
 	raw := splitPath(rawRequestURI(ctx))
