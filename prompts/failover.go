@@ -169,7 +169,13 @@ func (t *Table) failover(ctx context.Context, pr *Prompt, from *upstream.Instanc
 // execution_error, then the executing-null that ends every prompt. Not on
 // an owner: it ends pr on the owner of its instance.
 func (t *Table) lose(pr *Prompt, from *upstream.Instance, what, why string) {
-	t.onOwnerOf(pr, nil, func() { t.loseOwned(pr, from, what, why) })
+	t.onOwnerOf(pr, func(at *upstream.Instance) bool {
+		if pr.Instance() != at {
+			return false
+		}
+		t.loseOwned(pr, from, what, why)
+		return true
+	})
 }
 
 // loseOwned is lose, on the owner of pr's instance.
@@ -409,6 +415,9 @@ func (s *instSocket) confirmFound(u *unconfirmed, st PromptState, found, answere
 	}
 	// A first submission (its client got the error) is dropped, and
 	// tombstoned there so that it cannot run late; an accepted one moves.
+	if !u.still(inst) {
+		return // it moved on or ended meanwhile: no longer this wait's
+	}
 	if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Drop}, nil); ok {
 		t.log.Warn("prompts: unanswered prompt not found at its instance, dropped", "prompt_id", pr.ID, "instance", inst.Name)
 		return
@@ -454,18 +463,16 @@ func (t *Table) probeAt(ctx context.Context, inst *upstream.Instance, uid string
 func (s *instSocket) checkDeleted(n int64) {
 	t := s.t
 	count := int64(0)
-	t.mu.Lock()
-	if int64(len(t.live)) <= n {
-		t.mu.Unlock()
+	if t.idx.nlive.Load() <= n {
 		return
 	}
-	for pr := range t.live {
+	t.idx.eachLive(func(pr *Prompt) bool {
 		v := pr.snap()
 		if ph := v.life.Phase; v.instance == s.inst && (ph == lifecycle.Queued || ph == lifecycle.Running) {
 			count++
 		}
-	}
-	t.mu.Unlock()
+		return count <= n
+	})
 	if count > n {
 		s.wantVerify()
 	}
@@ -560,27 +567,17 @@ func (t *Table) verifyQueue(ctx context.Context, inst *upstream.Instance) {
 // goBackground runs f on the table's context in a goroutine close waits
 // for. It reports false (and runs nothing) before start or after close.
 func (t *Table) goBackground(f func(ctx context.Context)) bool {
-	t.mu.Lock()
-	ctx := t.ctx
-	if ctx == nil || t.closed {
-		t.mu.Unlock()
+	ctx := t.run.context()
+	if ctx == nil {
 		return false
 	}
-	t.wg.Add(1)
-	t.mu.Unlock()
-	go func() {
-		defer t.wg.Done()
-		t.safely("prompt table", func() { f(ctx) })
-	}()
-	return true
+	return t.run.goRun(func() { t.safely("prompt table", func() { f(ctx) }) })
 }
 
 // runCtx is the table's context (Background before start).
 func (t *Table) runCtx() context.Context {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.ctx == nil {
-		return context.Background()
+	if ctx := t.run.context(); ctx != nil {
+		return ctx
 	}
-	return t.ctx
+	return context.Background()
 }

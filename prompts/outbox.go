@@ -74,16 +74,8 @@ func (o *outbox) drain() {
 // goDeliver runs f in a goroutine close waits for; false before start or
 // after close.
 func (t *Table) goDeliver(f func()) bool {
-	t.mu.Lock()
-	if t.ctx == nil || t.closed {
-		t.mu.Unlock()
+	if t.run.context() == nil {
 		return false
 	}
-	t.wg.Add(1)
-	t.mu.Unlock()
-	go func() {
-		defer t.wg.Done()
-		f()
-	}()
-	return true
+	return t.run.goRun(f)
 }

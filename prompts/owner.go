@@ -31,17 +31,11 @@ func newMailbox() *mailbox {
 	return &mailbox{wake: make(chan struct{}, 1), done: make(chan struct{})}
 }
 
-// startOwnerLocked runs s's owner until the table closes. t.mu held (socketFor).
-func (t *Table) startOwnerLocked(s *instSocket) {
-	if t.closed {
+// startOwner runs s's owner until the table closes.
+func (t *Table) startOwner(s *instSocket) {
+	if !t.run.goRun(func() { s.box.serve(t, t.run.quit) }) {
 		s.box.close()
-		return
 	}
-	t.wg.Add(1)
-	go func() {
-		defer t.wg.Done()
-		s.box.serve(t, t.quit)
-	}()
 }
 
 // serve runs the queued messages in order until quit is closed.

@@ -68,20 +68,10 @@ type Table struct {
 	m   *metrics.Metrics
 	log *slog.Logger
 
-	mu         sync.Mutex // guards the fields below
-	byID       map[string]*Prompt
-	byUpstream map[upKey]*Prompt
-	live       map[*Prompt]struct{} // submitted by comfygate and not done
-	doneQ      []*Prompt            // finished prompts, oldest first, from doneHead
-	doneHead   int
-	sockets    map[*upstream.Instance]*instSocket
-	ctx        context.Context    // nil until start
-	cancel     context.CancelFunc // ends ctx (Close)
-	closed     bool
-	sub        *upstream.Subscription // the pool's instance events (events.go)
-	quit       chan struct{}          // closed by Close: the instances' owners stop
-
-	wg sync.WaitGroup // socket loops and background checks
+	idx    index  // the prompts by id, by upstream id, the live ones, the done queue (index.go)
+	owners owners // the instances' owners and sockets (run.go)
+	run    *run   // Start to Close: the context and the goroutines Close waits for (run.go)
+	sub    *upstream.Subscription // the pool's instance events (events.go)
 
 	outboxMu sync.Mutex                     // guards outboxes
 	outboxes map[*upstream.Instance]*outbox // event delivery per instance; nil key: queue changes
@@ -108,13 +98,9 @@ func New(pool *upstream.Pool, cfg *config.Config, m *metrics.Metrics, log *slog.
 		cfg:        cfg,
 		m:          m,
 		log:        log,
-		byID:       map[string]*Prompt{},
-		byUpstream: map[upKey]*Prompt{},
-		live:       map[*Prompt]struct{}{},
-		sockets:    map[*upstream.Instance]*instSocket{},
-		lastQueue:  -1,
-		quit:       make(chan struct{}),
-		settled:    make(chan struct{}, 1),
+		run:       newRun(),
+		lastQueue: -1,
+		settled:   make(chan struct{}, 1),
 	}
 	if t.cfg == nil {
 		t.cfg = config.Default()
@@ -154,19 +140,11 @@ func (t *Table) safely(what string, f func()) {
 // the pool's Start, so the instances it begins with have sockets before
 // Start returns.
 func (t *Table) Start(ctx context.Context) {
-	t.mu.Lock()
-	if t.ctx != nil || t.closed {
-		t.mu.Unlock()
+	ctx, ok := t.run.start(ctx)
+	if !ok {
 		return
 	}
-	ctx, t.cancel = context.WithCancel(ctx)
-	t.ctx = ctx
-	var toStart []*instSocket
-	for _, s := range t.sockets {
-		toStart = append(toStart, s)
-	}
-	t.mu.Unlock()
-	for _, s := range toStart {
+	for _, s := range t.owners.all() {
 		t.runSocket(s)
 	}
 	t.startEvents(ctx)
@@ -176,35 +154,19 @@ func (t *Table) Start(ctx context.Context) {
 // Close stops every socket, ends the subscription to the pool's events
 // and waits for the table's goroutines.
 func (t *Table) Close() {
-	t.mu.Lock()
-	if !t.closed {
-		close(t.quit)
-	}
-	t.closed = true
-	cancel := t.cancel
-	var all []*instSocket
-	for _, s := range t.sockets {
-		all = append(all, s)
-	}
-	t.mu.Unlock()
+	t.run.close()
 	t.sub.Close()
-	if cancel != nil {
-		cancel()
-	}
-	for _, s := range all {
+	for _, s := range t.owners.all() {
 		s.stop()
 	}
-	t.wg.Wait()
+	t.run.wait()
 }
 
 // InstanceAdded opens the socket of inst (at start if the table is not
 // running yet). Calling it twice is harmless.
 func (t *Table) InstanceAdded(inst *upstream.Instance) {
 	s := t.socketFor(inst)
-	t.mu.Lock()
-	run := t.ctx != nil && !t.closed
-	t.mu.Unlock()
-	if run {
+	if t.run.context() != nil && !t.run.closed() {
 		t.runSocket(s)
 	}
 }
@@ -212,18 +174,14 @@ func (t *Table) InstanceAdded(inst *upstream.Instance) {
 // SocketSettled reports whether inst's socket is up or its first dial
 // failed: either way, waiting longer for it at start-up gains nothing.
 func (t *Table) SocketSettled(inst *upstream.Instance) bool {
-	t.mu.Lock()
-	s := t.sockets[inst]
-	t.mu.Unlock()
+	s := t.owners.get(inst)
 	return inst.SocketUp() || s == nil || s.dialed.Load()
 }
 
 // InstanceRemoved stops giving inst new work (the pool's draining flag does
 // that) and closes its socket once its prompts are done.
 func (t *Table) InstanceRemoved(inst *upstream.Instance) {
-	t.mu.Lock()
-	s := t.sockets[inst]
-	t.mu.Unlock()
+	s := t.owners.get(inst)
 	if s == nil {
 		return
 	}
@@ -236,10 +194,7 @@ func (t *Table) InstanceRemoved(inst *upstream.Instance) {
 // maybeCloseDrained closes a draining instance's socket when it has no
 // prompts left.
 func (t *Table) maybeCloseDrained(inst *upstream.Instance) {
-	t.mu.Lock()
-	s := t.sockets[inst]
-	t.mu.Unlock()
-	if s != nil {
+	if s := t.owners.get(inst); s != nil {
 		s.box.post(func() { s.closeIfDrained() })
 	}
 }
@@ -248,86 +203,67 @@ func (t *Table) maybeCloseDrained(inst *upstream.Instance) {
 // prompts left. On the owner.
 func (s *instSocket) closeIfDrained() {
 	t := s.t
-	if !s.draining {
+	if !s.draining || t.owners.get(s.inst) != s {
 		return
 	}
-	inst := s.inst
-	t.mu.Lock()
-	if t.sockets[inst] != s {
-		t.mu.Unlock()
+	inst, busy := s.inst, false
+	t.idx.eachLive(func(pr *Prompt) bool {
+		busy = pr.Instance() == inst
+		return !busy
+	})
+	if busy || !t.owners.remove(inst, s) {
 		return
 	}
-	for pr := range t.live {
-		if pr.Instance() == inst {
-			t.mu.Unlock()
-			return
-		}
-	}
-	delete(t.sockets, inst)
-	t.mu.Unlock()
 	t.log.Info("prompts: drained instance's socket closed", "instance", inst.Name)
 	s.stop()
 }
 
-// socketFor returns the socket record of inst, creating it (not running) if needed.
+// socketFor returns the socket record of inst, creating it (not running)
+// and starting its owner if needed.
 func (t *Table) socketFor(inst *upstream.Instance) *instSocket {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	s := t.sockets[inst]
-	if s == nil {
-		s = newInstSocket(t, inst)
-		t.sockets[inst] = s
-		t.startOwnerLocked(s)
+	if s := t.owners.get(inst); s != nil {
+		return s
+	}
+	s, added := t.owners.getOrAdd(inst, func() *instSocket { return newInstSocket(t, inst) })
+	if added {
+		t.startOwner(s)
 	}
 	return s
 }
 
 // get returns the prompt with client-facing id.
-func (t *Table) get(id string) (*Prompt, bool) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	pr, ok := t.byID[id]
-	return pr, ok
-}
+func (t *Table) get(id string) (*Prompt, bool) { return t.idx.get(id) }
 
 // getUpstream returns the prompt that has id at inst.
 func (t *Table) getUpstream(inst *upstream.Instance, id string) *Prompt {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.byUpstream[upKey{inst, id}]
+	return t.idx.getUpstream(inst, id)
 }
 
 // livePinnedTo returns the prompts submitted by comfygate, not done, pinned to inst.
-func (t *Table) livePinnedTo(inst *upstream.Instance) []*Prompt {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	var out []*Prompt
-	for pr := range t.live {
-		if pr.Instance() == inst {
-			out = append(out, pr)
-		}
-	}
-	return out
-}
+func (t *Table) livePinnedTo(inst *upstream.Instance) []*Prompt { return t.idx.livePinnedTo(inst) }
 
 // step applies e to pr: the transition (lifecycle.Step), pr's published
-// view and the table's index of (instance, upstream id) change together
-// under t.mu, and the transition's effects are carried out after it is
-// released. It runs on the owner of the instance e concerns (stepVia from
-// elsewhere). to is the instance a Send goes to (nil for other events).
-// It returns the new state and whether e applied (see lifecycle.Step).
+// view, its keys in the index and the in-flight counts it changes, then
+// the transition's other effects. to is the instance a Send or a Reclaim
+// goes to (nil for other events). It returns the new state and whether e
+// applied (see lifecycle.Step).
 //
-// Lock order in this package: Table.mu; outboxMu and an outbox's mu are
-// taken last (on an instance's owner, or under queueMu at most); queueMu
-// is never held while another of these is taken, except around an
-// outbox's mu and the pool's own locks (QueueRemaining). An owner's
-// mailbox lock guards only its queue, and no lock is held while waiting
-// for an owner (do).
-// The pool's methods take only the pool's locks; it calls the table only
-// through its comeback gate (CleanUp), with none held, and its events wait
-// in the subscription's queue. No lock is held while a Sink or
-// Listener is called: events go through the per-instance outbox (outbox.go),
-// which calls them in order from its own goroutine.
+// The step rule: a prompt's steps run one at a time, on the owner of the
+// instance its view names (stepVia from elsewhere), or, before its first
+// send, on its submitter's goroutine, which alone holds it then. A step
+// that moves it (Send, Reclaim) runs on the owner it leaves and hands it
+// to the next one: its later steps run there. Nothing else writes a
+// prompt's view or its keys, so step needs no lock: read, step, publish.
+//
+// Locks in this package guard only small structures of their own and are
+// never held while another is taken, except an outbox's mu under queueMu
+// (with the pool's own locks, QueueRemaining). No lock is held while
+// waiting for an owner (do). The pool's methods take only the pool's
+// locks; it calls the table only through its comeback gate (CleanUp),
+// with none held, and its events wait in the subscription's queue. No
+// lock is held while a Sink or Listener is called: events go through the
+// per-instance outbox (outbox.go), which calls them in order from its own
+// goroutine.
 func (t *Table) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (lifecycle.State, bool) {
 	if e.At.IsZero() {
 		e.At = time.Now()
@@ -335,12 +271,10 @@ func (t *Table) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (life
 	if to != nil {
 		e.Instance = to.Name
 	}
-	t.mu.Lock()
 	v := pr.snap()
 	prev, prevInst := v.life, v.instance
 	next, effects, ok := lifecycle.Step(prev, e)
 	if !ok {
-		t.mu.Unlock()
 		return prev, false
 	}
 	nv := *v
@@ -348,7 +282,6 @@ func (t *Table) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (life
 	if to != nil {
 		nv.instance = to
 	}
-	t.reindexLocked(pr, prevInst, prev.UpstreamID, nv.instance, next.UpstreamID)
 	for _, ef := range effects {
 		// Counted here, in transition order: carried out later, two
 		// transitions' counts could cross and the in-flight count drift.
@@ -362,37 +295,20 @@ func (t *Table) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (life
 		case lifecycle.CountOut:
 			prevInst.CountInflight(-1)
 		case lifecycle.Accept:
-			t.numberLocked(pr, &nv)
+			t.number(pr, &nv)
 		}
 	}
+	// The new key first: a frame looked up by it finds the prompt as
+	// soon as its view says it is there.
+	t.idx.repin(pr, prevInst, prev.UpstreamID, nv.instance, next.UpstreamID)
 	pr.view.Store(&nv)
-	if next.Live() && next.Phase != lifecycle.Submitted {
-		t.live[pr] = struct{}{}
-	} else {
-		delete(t.live, pr)
-	}
+	t.idx.setLive(pr, next.Live() && next.Phase != lifecycle.Submitted)
 	newInst := nv.instance
-	t.mu.Unlock()
 	if newInst != prevInst && newInst != nil {
 		newInst.InflightChanged() // a send's count: its gauge
 	}
 	t.carryOut(pr, prevInst, effects)
 	return next, true
-}
-
-// reindexLocked moves pr's (instance, upstream id) key. t.mu held.
-func (t *Table) reindexLocked(pr *Prompt, oldInst *upstream.Instance, oldID string, inst *upstream.Instance, id string) {
-	if oldInst == inst && oldID == id {
-		return
-	}
-	if oldInst != nil && oldID != "" {
-		if k := (upKey{oldInst, oldID}); t.byUpstream[k] == pr {
-			delete(t.byUpstream, k)
-		}
-	}
-	if inst != nil && id != "" {
-		t.byUpstream[upKey{inst, id}] = pr
-	}
 }
 
 // carryOut does what a transition of pr asked for. inst is the instance
@@ -410,7 +326,7 @@ func (t *Table) carryOut(pr *Prompt, inst *upstream.Instance, effects []lifecycl
 			}
 			queue = true
 		case lifecycle.Unpin:
-			// Done with the transition: reindexLocked dropped the key.
+			// Done with the transition: step dropped the key.
 		case lifecycle.Tombstone:
 			t.tombstone(inst, ef.UpstreamID, pr)
 		case lifecycle.Accept:
@@ -419,10 +335,7 @@ func (t *Table) carryOut(pr *Prompt, inst *upstream.Instance, effects []lifecycl
 				t.m.PromptSubmitted(inst.Name)
 			}
 		case lifecycle.Record:
-			t.mu.Lock()
-			t.doneQ = append(t.doneQ, pr)
-			t.evictLocked()
-			t.mu.Unlock()
+			t.idx.record(pr)
 			if inst != nil {
 				t.m.PromptFinished(inst.Name, ef.Outcome, time.Since(pr.Created))
 				t.maybeCloseDrained(inst)
@@ -430,7 +343,7 @@ func (t *Table) carryOut(pr *Prompt, inst *upstream.Instance, effects []lifecycl
 			}
 			queue = true
 		case lifecycle.Forget:
-			t.forget(pr)
+			t.idx.forget(pr)
 		}
 	}
 	if queue {
@@ -438,9 +351,9 @@ func (t *Table) carryOut(pr *Prompt, inst *upstream.Instance, effects []lifecycl
 	}
 }
 
-// numberLocked gives pr its fleet number (Prompt.Number) at its first
-// acceptance, in v (the view step is making). t.mu held.
-func (t *Table) numberLocked(pr *Prompt, v *promptView) {
+// number gives pr its fleet number (Prompt.Number) at its first
+// acceptance, in v (the view step is making).
+func (t *Table) number(pr *Prompt, v *promptView) {
 	if v.numbered {
 		return
 	}
@@ -454,51 +367,43 @@ func (t *Table) numberLocked(pr *Prompt, v *promptView) {
 }
 
 // forget removes pr from the table entirely (a submission nobody accepted).
-func (t *Table) forget(pr *Prompt) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	v := pr.snap()
-	t.reindexLocked(pr, v.instance, v.life.UpstreamID, nil, "")
-	if t.byID[pr.ID] == pr {
-		delete(t.byID, pr.ID)
+func (t *Table) forget(pr *Prompt) { t.idx.forget(pr) }
+
+// onOwnerOf runs f on the owner of pr's instance and waits for it, with
+// at the instance whose owner runs it (nil: pr was never sent, and f runs
+// on the caller, its submitter). f reports false when pr was no longer at
+// at when it ran (a step moved it meanwhile): then it runs again on the
+// owner of where pr is now. It runs nothing when the table closed. Not on
+// an owner.
+func (t *Table) onOwnerOf(pr *Prompt, f func(at *upstream.Instance) bool) {
+	for range 8 {
+		inst := pr.Instance()
+		if inst == nil {
+			if f(nil) {
+				return
+			}
+			continue
+		}
+		ran, done := false, false
+		t.socketFor(inst).box.do(func() { ran = true; done = f(inst) })
+		if !ran || done {
+			return
+		}
 	}
-	delete(t.live, pr)
 }
 
-// ownerOf returns the owner of the instance an event of pr concerns: to
-// (a send's target), else the instance pr is at; nil if it was never sent.
-func (t *Table) ownerOf(pr *Prompt, to *upstream.Instance) *mailbox {
-	inst := to
-	if inst == nil {
-		inst = pr.Instance()
-	}
-	if inst == nil {
-		return nil
-	}
-	return t.socketFor(inst).box
-}
-
-// onOwnerOf runs f on the owner of pr's instance (to for a send) and waits
-// for it: a worker's result (a POST answered, a failover's decision, a
-// probe's finding) changes pr there, in order with the instance's frames.
-// It runs nothing when the table closed. Not on an owner.
-func (t *Table) onOwnerOf(pr *Prompt, to *upstream.Instance, f func()) {
-	if b := t.ownerOf(pr, to); b != nil {
-		b.do(f)
-		return
-	}
-	f()
-}
-
-// stepVia is step on the owner of pr's instance (to for a send). Not on
-// an owner. It reports false, changing nothing, once the table closed.
+// stepVia is step from elsewhere than the owner of pr's instance (a
+// worker, a client's call, a submit): it runs there, by the step rule. It
+// reports false, changing nothing, once the table closed.
 func (t *Table) stepVia(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (lifecycle.State, bool) {
-	var st lifecycle.State
-	ok, ran := false, false
-	t.onOwnerOf(pr, to, func() { st, ok = t.step(pr, e, to); ran = true })
-	if !ran {
-		return pr.Life(), false
-	}
+	st, ok := pr.Life(), false
+	t.onOwnerOf(pr, func(at *upstream.Instance) bool {
+		if pr.Instance() != at {
+			return false // it moved: step where it is now
+		}
+		st, ok = t.step(pr, e, to)
+		return true
+	})
 	return st, ok
 }
 
@@ -513,31 +418,6 @@ func (t *Table) markDone(pr *Prompt, outcome string) bool {
 func (t *Table) markDoneVia(pr *Prompt, outcome string) bool {
 	_, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.Finish, Outcome: outcome}, nil)
 	return ok
-}
-
-// evictLocked drops the oldest finished (or adopted) prompts beyond
-// maxDonePrompts. t.mu held.
-func (t *Table) evictLocked() {
-	for len(t.doneQ)-t.doneHead > maxDonePrompts {
-		old := t.doneQ[t.doneHead]
-		t.doneQ[t.doneHead] = nil
-		t.doneHead++
-		if t.byID[old.ID] == old {
-			delete(t.byID, old.ID)
-		}
-		v := old.snap()
-		k := upKey{v.instance, v.life.UpstreamID}
-		if t.byUpstream[k] == old {
-			delete(t.byUpstream, k)
-		}
-	}
-	// Compact once the dead head is as long as the live part.
-	if t.doneHead > 1024 && t.doneHead*2 > len(t.doneQ) {
-		n := copy(t.doneQ, t.doneQ[t.doneHead:])
-		clear(t.doneQ[n:])
-		t.doneQ = t.doneQ[:n]
-		t.doneHead = 0
-	}
 }
 
 // notifyQueue tells the listener the fleet queue when it changed.
@@ -564,11 +444,7 @@ func (t *Table) currentListener() Listener {
 }
 
 // outstanding counts the prompts comfygate submitted that are not done.
-func (t *Table) outstanding() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return len(t.live)
-}
+func (t *Table) outstanding() int { return int(t.idx.nlive.Load()) }
 
 // deliver queues one event of pr for its sink, on the outbox of the
 // instance it came from (in order with that instance's other events). An
@@ -662,9 +538,7 @@ func (t *Table) locate(ctx context.Context, id string) (*upstream.Instance, erro
 
 // adopt pins a prompt comfygate learned of from an instance. On inst's owner.
 func (t *Table) adopt(id string, inst *upstream.Instance, st PromptState) *Prompt {
-	t.mu.Lock()
-	if pr, ok := t.byID[id]; ok && pr.Instance() != nil {
-		t.mu.Unlock()
+	if pr, ok := t.idx.get(id); ok && pr.Instance() != nil {
 		return pr
 	}
 	now := time.Now()
@@ -678,19 +552,26 @@ func (t *Table) adopt(id string, inst *upstream.Instance, st PromptState) *Promp
 	// A new prompt: nobody else can see it until it is in the table.
 	life, _, ok := lifecycle.Step(lifecycle.State{}, lifecycle.Event{Kind: lifecycle.Adopt, At: now, Instance: inst.Name, UpstreamID: id, Found: found})
 	if !ok {
-		t.mu.Unlock()
 		return nil
 	}
 	pr := &Prompt{ID: id, Created: now}
 	pr.view.Store(&promptView{life: life, instance: inst})
+	for {
+		v, loaded := t.idx.byID.LoadOrStore(id, pr)
+		if !loaded {
+			break
+		}
+		if old := v.(*Prompt); old.Instance() != nil {
+			return old // another took the id meanwhile (a submit, another look)
+		} else if t.idx.byID.CompareAndSwap(id, old, pr) {
+			break
+		}
+	}
+	t.idx.byUp.Store(upKey{inst, id}, pr)
 	// Queued or running too: comfygate does not run it, so the entry is
 	// only a cache of where it is, and clients polling ids submitted
 	// elsewhere must not grow the table without bound.
-	t.doneQ = append(t.doneQ, pr)
-	t.byID[id] = pr
-	t.byUpstream[upKey{inst, id}] = pr
-	t.evictLocked()
-	t.mu.Unlock()
+	t.idx.record(pr)
 	return pr
 }
 

@@ -22,9 +22,7 @@ type Running struct {
 // Running returns what inst is executing now; ok is false when it runs
 // nothing of comfygate's, or its socket is not open.
 func (t *Table) Running(inst *upstream.Instance) (r Running, ok bool) {
-	t.mu.Lock()
-	s := t.sockets[inst]
-	t.mu.Unlock()
+	s := t.owners.get(inst)
 	if s == nil {
 		return Running{}, false
 	}

@@ -90,14 +90,8 @@ func newInstSocket(t *Table, inst *upstream.Instance) *instSocket {
 // runSocket starts s's loop once.
 func (t *Table) runSocket(s *instSocket) {
 	s.startOnce.Do(func() {
-		t.mu.Lock()
-		ctx := t.ctx
-		t.mu.Unlock()
-		t.wg.Add(1)
-		go func() {
-			defer t.wg.Done()
-			t.safely("instance socket", func() { s.run(ctx) })
-		}()
+		ctx := t.run.context()
+		t.run.goRun(func() { t.safely("instance socket", func() { s.run(ctx) }) })
 	})
 }
 

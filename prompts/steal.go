@@ -65,10 +65,7 @@ func (t *Table) finishedAt(inst *upstream.Instance) {
 	if !t.cfg.Routing.MovePending || !idleNow(inst) {
 		return
 	}
-	t.mu.Lock()
-	s := t.sockets[inst]
-	t.mu.Unlock()
-	if s != nil {
+	if s := t.owners.get(inst); s != nil {
 		t.idle(s)
 	}
 }
@@ -98,20 +95,19 @@ func (t *Table) waitingFor(inst *upstream.Instance) (*Prompt, *upstream.Instance
 		eligible func(*upstream.Instance) bool
 	}
 	var cands []waiting
-	t.mu.Lock()
-	for pr := range t.live {
+	t.idx.eachLive(func(pr *Prompt) bool {
 		v := pr.snap()
 		at, life, num, eligible := v.instance, v.life, v.number, pr.eligible
 		if at == nil || at == inst || life.Phase != lifecycle.Queued || life.Posting || life.Attempts != 1 || life.UpstreamID == "" ||
 			at.Held() || at.Leaving() || at.Suspect() || !at.SocketUp() {
-			continue
+			return true
 		}
 		if w := at.Work(); w >= 2 {
 			cands = append(cands, waiting{pr, at, w, num, eligible})
 		}
-	}
-	t.mu.Unlock()
-	// Eligibility asks the catalogue: not under t.mu.
+		return true
+	})
+	// Eligibility asks the catalogue: after the walk.
 	var best *waiting
 	for k := range cands {
 		c := &cands[k]

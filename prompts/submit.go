@@ -97,16 +97,8 @@ func (t *Table) submit(ctx context.Context, req SubmitRequest) (SubmitResult, er
 // answer and events carry: what the proxy does for an id it sees in use.
 // pr must not be in the table yet (new, or forgotten after a refused try).
 func (t *Table) reserve(pr *Prompt) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for {
-		old, ok := t.byID[pr.ID]
-		if !ok || old == pr || old.State() == PromptDone {
-			t.byID[pr.ID] = pr
-			return
-		}
+	if t.idx.claim(pr, newUUID) {
 		t.log.Debug("prompts: prompt id in use, minted another", "prompt_id", pr.ID)
-		pr.ID = newUUID()
 	}
 }
 

@@ -236,14 +236,18 @@ func (t *Table) reclaim(pr *Prompt, from *upstream.Instance, uid string, entry j
 		return false
 	}
 	end := t.historyEnd(from, uid, entry)
-	ok := false
-	t.socketFor(from).box.do(func() {
-		_, ok = t.step(pr, lifecycle.Event{Kind: lifecycle.Reclaim, UpstreamID: uid}, from)
-		if ok {
+	// Ended at from on the owner it leaves (the step rule), then its
+	// ending delivered on from's, where it is now.
+	_, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.Reclaim, UpstreamID: uid}, from)
+	if ok {
+		t.socketFor(from).box.do(func() {
+			if pr.Instance() != from {
+				return
+			}
 			t.apply(pr, from, end)
 			t.apply(pr, from, frame{typ: comfyapi.TypeExecuting, uid: uid, nodeNull: true, data: comfyapi.ExecutingNull(uid), at: time.Now()})
-		}
-	})
+		})
+	}
 	t.log.Info("prompts: a moved prompt ran where it was after all; its copy is removed",
 		"prompt_id", pr.ID, "ran_at", from.Name, "copy_at", cur.Name)
 	t.cleanUpLater(t.socketFor(cur))
