@@ -68,9 +68,9 @@ type Table struct {
 	m   *metrics.Metrics
 	log *slog.Logger
 
-	idx    index  // the prompts by id, by upstream id, the live ones, the done queue (index.go)
-	owners owners // the instances' owners and sockets (run.go)
-	run    *run   // Start to Close: the context and the goroutines Close waits for (run.go)
+	idx    index                  // the prompts by id, by upstream id, the live ones, the done queue (index.go)
+	owners owners                 // the instances' owners and sockets (run.go)
+	run    *run                   // Start to Close: the context and the goroutines Close waits for (run.go)
 	sub    *upstream.Subscription // the pool's instance events (events.go)
 
 	outboxMu sync.Mutex                     // guards outboxes
@@ -94,10 +94,10 @@ type Table struct {
 // configuration.
 func New(pool *upstream.Pool, cfg *config.Config, m *metrics.Metrics, log *slog.Logger) *Table {
 	t := &Table{
-		p:          pool,
-		cfg:        cfg,
-		m:          m,
-		log:        log,
+		p:         pool,
+		cfg:       cfg,
+		m:         m,
+		log:       log,
 		run:       newRun(),
 		lastQueue: -1,
 		settled:   make(chan struct{}, 1),
