@@ -70,11 +70,13 @@ type instSocket struct {
 	// tombs are the prompts moved off the instance, oldest first
 	// (tombstones.go).
 	tombs          []tomb
-	failing        bool   // the instance went down: its grace or failover is under way (events.go)
-	failAgain      bool   // it went down again meanwhile: another after this one
-	reconciling    bool   // a reconcile after a (re)connection is running
-	reconcileAgain bool   // the socket connected again meanwhile: another
-	stopCancel     func() // cancels run's context (set by run, called by stop)
+	ntombs         atomic.Int64 // len(tombs), written by the owner: read by anyone (mayHaveTombs)
+	tombsPosted    atomic.Int64 // tombstones posted to the owner and not added yet
+	failing        bool         // the instance went down: its grace or failover is under way (events.go)
+	failAgain      bool         // it went down again meanwhile: another after this one
+	reconciling    bool         // a reconcile after a (re)connection is running
+	reconcileAgain bool         // the socket connected again meanwhile: another
+	stopCancel     func()       // cancels run's context (set by run, called by stop)
 	// What the running prompt is doing, for the operator's view (Running):
 	// when it started, the node executing, and that node's last progress.
 	runSince time.Time

@@ -43,7 +43,10 @@ func (t *Table) tombstone(inst *upstream.Instance, uid string, pr *Prompt) {
 		return
 	}
 	s := t.socketFor(inst)
-	s.box.post(func() { s.addTomb(uid, pr) })
+	s.tombsPosted.Add(1)
+	if !s.box.post(func() { s.addTomb(uid, pr); s.tombsPosted.Add(-1) }) {
+		s.tombsPosted.Add(-1)
+	}
 }
 
 // addTomb records the tombstone of uid. On the owner.
@@ -58,6 +61,7 @@ func (s *instSocket) addTomb(uid string, pr *Prompt) {
 		list = list[1:]
 	}
 	s.tombs = append(list, tomb{uid: uid, at: time.Now(), pr: pr})
+	s.ntombs.Store(int64(len(s.tombs)))
 }
 
 // pruneTombs drops the expired tombstones and returns the rest. On the owner.
@@ -68,8 +72,16 @@ func (s *instSocket) pruneTombs(now time.Time) []tomb {
 	}
 	if cut > 0 {
 		s.tombs = append(s.tombs[:0:0], s.tombs[cut:]...)
+		s.ntombs.Store(int64(len(s.tombs)))
 	}
 	return s.tombs
+}
+
+// mayHaveTombs reports whether the instance has tombstones or one is on
+// its way to the owner. Anyone: false means none without asking the owner.
+func (s *instSocket) mayHaveTombs() bool {
+	// Posted first: addTomb stores ntombs before it counts itself done.
+	return s.tombsPosted.Load() != 0 || s.ntombs.Load() != 0
 }
 
 // isTombstoned reports whether uid moved off the instance. On the owner.
@@ -102,6 +114,9 @@ func (t *Table) tombstoned(inst *upstream.Instance, uid string) bool {
 		return false
 	}
 	s, found := t.socketFor(inst), false
+	if !s.mayHaveTombs() {
+		return false // the common case, without a hand-over to the owner
+	}
 	s.box.do(func() { found = s.isTombstoned(uid) })
 	return found
 }
@@ -284,6 +299,9 @@ func (s *instSocket) wantCleanUp() {
 // hasTombstones reports whether anything moved off inst. Not on an owner.
 func (t *Table) hasTombstones(inst *upstream.Instance) bool {
 	s, has := t.socketFor(inst), false
+	if !s.mayHaveTombs() {
+		return false
+	}
 	s.box.do(func() { has = len(s.pruneTombs(time.Now())) > 0 })
 	return has
 }
