@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/comfygate/comfygate/internal/clock"
 	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/internal/lifecycle"
 	"github.com/comfygate/comfygate/metrics"
@@ -126,8 +127,9 @@ func (s *instSocket) run(ctx context.Context) {
 	minB, maxB := max(cfg.ReconnectMin, 10*time.Millisecond), max(cfg.ReconnectMax, cfg.ReconnectMin)
 	backoff := minB
 	everUp, lost := false, false
+	clk := s.t.p.Clock() // the waits between dials: a test's fake clock drives them
 	for ctx.Err() == nil {
-		dialStart := time.Now()
+		dialStart := clk.Now()
 		conn, err := s.dial(ctx)
 		if err == nil {
 			s.up()
@@ -154,7 +156,7 @@ func (s *instSocket) run(ctx context.Context) {
 			// again at once, so that one is always waiting when the
 			// process wakes, and the moved prompts are removed from it
 			// before it gets far with them.
-			if time.Since(dialStart) < s.dialTimeout() && !sleepCtx(ctx, jitter(backoff)) {
+			if clk.Now().Sub(dialStart) < s.dialTimeout() && !sleepCtx(ctx, clk, jitter(backoff)) {
 				return
 			}
 			backoff = min(backoff*2, maxB)
@@ -181,7 +183,7 @@ func (s *instSocket) run(ctx context.Context) {
 		lost = true
 		s.t.log.Warn("prompts: socket lost", "instance", s.inst.Name, "error", err)
 		s.t.p.SocketLost(s.inst)
-		if !sleepCtx(ctx, jitter(minB)) {
+		if !sleepCtx(ctx, clk, jitter(minB)) {
 			return
 		}
 	}
@@ -593,14 +595,14 @@ func jitter(d time.Duration) time.Duration {
 	return d/2 + rand.N(d/2+1)
 }
 
-// sleepCtx waits d or until ctx ends; false if ctx ended.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	tm := time.NewTimer(d)
+// sleepCtx waits d on clk or until ctx ends; false if ctx ended.
+func sleepCtx(ctx context.Context, clk clock.Clock, d time.Duration) bool {
+	tm := clk.NewTimer(d)
 	defer tm.Stop()
 	select {
 	case <-ctx.Done():
 		return false
-	case <-tm.C:
+	case <-tm.C():
 		return true
 	}
 }
