@@ -295,7 +295,11 @@ func (t *Table) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (life
 		case lifecycle.CountOut:
 			prevInst.CountInflight(-1)
 		case lifecycle.Accept:
-			t.number(pr, &nv)
+			// Its fleet number, in the fleet's order of acceptance: a
+			// step of its own, so the state holds it.
+			if numbered, _, ok := lifecycle.Step(nv.life, lifecycle.Event{Kind: lifecycle.Numbered, At: e.At, Number: t.nextNumber(pr)}); ok {
+				nv.life, next = numbered, numbered
+			}
 		}
 	}
 	// The new key first: a frame looked up by it finds the prompt as
@@ -351,19 +355,17 @@ func (t *Table) carryOut(pr *Prompt, inst *upstream.Instance, effects []lifecycl
 	}
 }
 
-// number gives pr its fleet number (Prompt.Number) at its first
-// acceptance, in v (the view step is making).
-func (t *Table) number(pr *Prompt, v *promptView) {
-	if v.numbered {
-		return
+// nextNumber takes pr's fleet number (Prompt.Number) from the counter:
+// 0 and none taken when the client chose its own.
+func (t *Table) nextNumber(pr *Prompt) int64 {
+	if pr.ownNumber {
+		return 0
 	}
-	v.numbered = true
-	if !pr.ownNumber {
-		v.number = t.numbers.Add(1) - 1
-		if pr.front {
-			v.number = -v.number // ComfyUI's front: -counter
-		}
+	n := t.numbers.Add(1) - 1
+	if pr.front {
+		n = -n // ComfyUI's front: -counter
 	}
+	return n
 }
 
 // forget removes pr from the table entirely (a submission nobody accepted).

@@ -97,7 +97,7 @@ func (t *Table) waitingFor(inst *upstream.Instance) (*Prompt, *upstream.Instance
 	var cands []waiting
 	t.idx.eachLive(func(pr *Prompt) bool {
 		v := pr.snap()
-		at, life, num, eligible := v.instance, v.life, v.number, pr.eligible
+		at, life, num, eligible := v.instance, v.life, v.life.Number, pr.eligible
 		if at == nil || at == inst || life.Phase != lifecycle.Queued || life.Posting || life.Attempts != 1 || life.UpstreamID == "" ||
 			at.Held() || at.Leaving() || at.Suspect() || !at.SocketUp() {
 			return true
