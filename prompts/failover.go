@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"slices"
 	"sync"
 	"time"
 
@@ -47,122 +46,6 @@ func (t *Table) InstanceDown(inst *upstream.Instance) {
 		}()
 	}
 	wg.Wait()
-}
-
-// failover resubmits pr, pinned to from, elsewhere. what says what happened
-// to from (for the error a client sees when it cannot). allowSame lets the
-// prompt go back to from when no other instance can take it (from is alive
-// but lost the prompt in a restart).
-func (t *Table) failover(ctx context.Context, pr *Prompt, from *upstream.Instance, what string, allowSame bool) {
-	// Only a queued, running or unanswered prompt of from moves, and one
-	// failover at a time: done prompts never move, a POST under way is
-	// settled by its send (refused: tried elsewhere; no answer: confirmLater).
-	st, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.MoveBegin, Instance: from.Name}, nil)
-	if !ok {
-		return
-	}
-	body := pr.lastBody()
-	attempts, uid := st.Attempts, st.UpstreamID
-	// Until it leaves from, pr is held here; every way out that does not
-	// send it on gives it back (a no-op once lost or finished).
-	left, settled := false, false
-	defer t.unreserve(pr) // a pick whose send never started
-	stay := func() {
-		if !left && !settled {
-			settled = true
-			t.stepVia(pr, lifecycle.Event{Kind: lifecycle.MoveAbort}, nil)
-		}
-	}
-	defer stay()
-
-	if attempts > t.cfg.Failover.MaxResubmits {
-		t.lose(pr, from, what, fmt.Sprintf("it was already resubmitted %d times (failover.max_resubmits)", attempts-1))
-		return
-	}
-	base, err := parseBody(body)
-	if err != nil {
-		t.lose(pr, from, what, "its body could not be read back")
-		return
-	}
-	// With no other instance, wait up to suspect_grace for one (or for from
-	// to come back: a quick restart) before giving up.
-	deadline := time.Now().Add(t.cfg.Failover.SuspectGrace)
-	tried := []*upstream.Instance{from}
-	for {
-		watch := t.p.AvailWatch()
-		retry := deadline // a probe of from that got no answer is retried sooner
-		inst, err := t.pick(pr, tried)
-		if err != nil && from.Available() && !slices.Contains(tried[1:], from) {
-			if !allowSame && uid != "" && !left {
-				// from is back: it may still have the prompt.
-				st, found, answered := t.probeAt(ctx, from, uid)
-				switch {
-				case found && st == PromptDone:
-					stay()
-					if entry, ok := t.historyEntry(ctx, from, uid); ok && entry != nil {
-						t.completeFromHistory(from, pr, uid, entry)
-					}
-					return
-				case found:
-					return // still queued or running there: stay
-				case answered:
-					allowSame = true // it restarted and lost it
-				default:
-					// No answer (a stale connection to a restarted
-					// instance): ask again shortly.
-					retry = time.Now().Add(100 * time.Millisecond)
-				}
-			}
-			if allowSame {
-				inst, err = from, nil
-			}
-		}
-		if err != nil {
-			if time.Now().Before(deadline) && ctx.Err() == nil {
-				wait := deadline
-				if retry.Before(wait) {
-					wait = retry
-				}
-				upstream.AwaitAvailable(ctx, watch, wait)
-				continue
-			}
-			t.lose(pr, from, what, "no other instance is available")
-			return
-		}
-		tried = append(tried, inst)
-		if !left {
-			// It leaves from: uncounted there, what from still sends
-			// about it is stale, and from may hold it still (hung, not
-			// dead), so it must not run it there: a tombstone. Not when
-			// from showed it lost it (allowSame: restarted).
-			if _, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.Leave, Tombstone: !allowSame}, nil); !ok {
-				return // it finished meanwhile
-			}
-			left = true
-		}
-		res, outcome, err := t.send(ctx, pr, inst, t.bodyFor(ctx, pr, inst, base), true)
-		switch {
-		case outcome == sentRefused:
-			continue
-		case outcome == sentAmbiguous:
-			// confirmLater settles it (and moves it again if inst never took it).
-			t.m.IncResubmission(from.Name, inst.Name, true)
-			t.log.Warn("prompts: prompt resubmitted, answer pending", "prompt_id", pr.ID, "from", from.Name, "to", inst.Name, "error", err)
-			return
-		case err == nil && res.Status == 200:
-			t.m.IncResubmission(from.Name, inst.Name, true)
-			t.log.Info("prompts: prompt resubmitted", "prompt_id", pr.ID, "from", from.Name, "to", inst.Name, "attempt", attempts+1)
-			return
-		default:
-			t.m.IncResubmission(from.Name, inst.Name, false)
-			why := fmt.Sprintf("instance %s refused it with status %d", inst.Name, res.Status)
-			if err != nil {
-				why = fmt.Sprintf("instance %s refused it", inst.Name)
-			}
-			t.lose(pr, from, what, why)
-			return
-		}
-	}
 }
 
 // lose ends pr as "lost" and tells its sink in ComfyUI's words: an
