@@ -49,8 +49,8 @@ type move struct {
 // when it cannot). allowSame lets the prompt go back to from when no other
 // instance can take it (from is alive but lost the prompt in a restart).
 // Not on an owner: the owners run it (move).
-func (t *Table) failover(ctx context.Context, pr *Prompt, from *upstream.Instance, what string, allowSame bool) {
-	mv := &move{t: t, ctx: ctx, pr: pr, from: from, what: what, allowSame: allowSame, done: make(chan struct{})}
+func (t *mover) failover(ctx context.Context, pr *Prompt, from *upstream.Instance, what string, allowSame bool) {
+	mv := &move{t: t.Table, ctx: ctx, pr: pr, from: from, what: what, allowSame: allowSame, done: make(chan struct{})}
 	mv.post(mv.begin)
 	<-mv.done
 }
@@ -84,7 +84,7 @@ func (mv *move) post(f func()) {
 // work runs call in a worker and posts its result (then) to the owner.
 // The failover ends if the table closed.
 func (mv *move) work(call func(ctx context.Context) func()) {
-	if !mv.t.goBackground(func(context.Context) {
+	if !mv.t.run.goBackground(func(context.Context) {
 		then := func() { mv.finish() } // call panicked
 		defer func() { mv.post(then) }()
 		then = call(mv.ctx)
@@ -126,13 +126,13 @@ func (mv *move) begin() {
 func (mv *move) pick() {
 	t, from := mv.t, mv.from
 	watch := t.p.AvailWatch()
-	inst, err := t.pick(mv.pr, mv.tried)
+	inst, err := t.submits.pick(mv.pr, mv.tried)
 	if err != nil && from.Available() && !slices.Contains(mv.tried[1:], from) {
 		if !mv.allowSame && mv.uid != "" && !mv.left {
 			// from is back: it may still have the prompt. Asked in a worker.
 			uid := mv.uid
 			mv.work(func(ctx context.Context) func() {
-				st, found, answered := t.probeAt(ctx, from, uid)
+				st, found, answered := probeAt(ctx, from, uid)
 				return func() { mv.probed(watch, st, found, answered) }
 			})
 			return
@@ -152,8 +152,8 @@ func (mv *move) probed(watch <-chan struct{}, st PromptState, found, answered bo
 	case found && st == PromptDone:
 		mv.stay()
 		mv.work(func(ctx context.Context) func() {
-			if entry, ok := t.historyEntry(ctx, from, uid); ok && entry != nil {
-				t.completeFromHistory(from, pr, uid, entry)
+			if entry, ok := historyEntry(ctx, from, uid); ok && entry != nil {
+				t.moves.completeFromHistory(from, pr, uid, entry)
 			}
 			return mv.finish
 		})
@@ -210,7 +210,7 @@ func (mv *move) picked(watch <-chan struct{}, retry time.Time, inst *upstream.In
 	}
 	base := mv.base
 	mv.work(func(ctx context.Context) func() {
-		res, outcome, err := t.send(ctx, pr, inst, t.bodyFor(ctx, pr, inst, base), true)
+		res, outcome, err := t.submits.send(ctx, pr, inst, t.submits.bodyFor(ctx, pr, inst, base), true)
 		return func() { mv.sent(inst, res, outcome, err) }
 	})
 }
@@ -244,7 +244,7 @@ func (mv *move) sent(inst *upstream.Instance, res SubmitResult, outcome sendOutc
 
 // lose ends the prompt as lost (lose) and the failover. On the owner.
 func (mv *move) lose(why string) {
-	mv.t.loseOwned(mv.pr, mv.from, mv.what, why)
+	mv.t.moves.loseOwned(mv.pr, mv.from, mv.what, why)
 	mv.finish()
 }
 
@@ -261,7 +261,7 @@ func (mv *move) stay() {
 // given back. On the owner.
 func (mv *move) finish() {
 	mv.stay()
-	mv.t.unreserve(mv.pr)
+	mv.t.submits.unreserve(mv.pr)
 	mv.end()
 }
 

@@ -6,6 +6,10 @@ import (
 	"github.com/comfygate/comfygate/upstream"
 )
 
+// delivery hands the prompts' events to their sinks, and broadcasts and
+// fleet queue changes to the listener, through the outboxes.
+type delivery struct{ *Table }
+
 // outbox delivers one instance's events (and the fleet queue changes) to
 // sinks and the listener in the order they were queued, from a goroutine
 // of its own that holds no lock of the table while it calls them: code
@@ -21,7 +25,7 @@ type outbox struct {
 
 // outboxFor returns the outbox of inst (nil inst: the table's own, for
 // queue changes).
-func (t *Table) outboxFor(inst *upstream.Instance) *outbox {
+func (t *delivery) outboxFor(inst *upstream.Instance) *outbox {
 	t.outboxMu.Lock()
 	defer t.outboxMu.Unlock()
 	if t.outboxes == nil {
@@ -29,7 +33,7 @@ func (t *Table) outboxFor(inst *upstream.Instance) *outbox {
 	}
 	o := t.outboxes[inst]
 	if o == nil {
-		o = &outbox{t: t}
+		o = &outbox{t: t.Table}
 		t.outboxes[inst] = o
 	}
 	return o
@@ -46,7 +50,7 @@ func (o *outbox) push(f func()) {
 	}
 	o.running = true
 	o.mu.Unlock()
-	if !o.t.goDeliver(o.drain) {
+	if !o.t.events.goDeliver(o.drain) {
 		o.mu.Lock()
 		o.queue, o.running = nil, false
 		o.mu.Unlock()
@@ -67,13 +71,13 @@ func (o *outbox) drain() {
 		o.queue[0] = nil
 		o.queue = o.queue[1:]
 		o.mu.Unlock()
-		o.t.safely("event delivery", f)
+		safely(o.t.log, "event delivery", f)
 	}
 }
 
 // goDeliver runs f in a goroutine close waits for; false before start or
 // after close.
-func (t *Table) goDeliver(f func()) bool {
+func (t *delivery) goDeliver(f func()) bool {
 	if t.run.context() == nil {
 		return false
 	}

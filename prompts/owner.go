@@ -32,8 +32,8 @@ func newMailbox() *mailbox {
 }
 
 // startOwner runs s's owner until the table closes.
-func (t *Table) startOwner(s *instSocket) {
-	if !t.run.goRun(func() { s.box.serve(t, t.run.quit) }) {
+func (t *instances) startOwner(s *instSocket) {
+	if !t.run.goRun(func() { s.box.serve(t.Table, t.run.quit) }) {
 		s.box.close()
 	}
 }
@@ -57,7 +57,7 @@ func (b *mailbox) serve(t *Table, quit <-chan struct{}) {
 			b.msgs[0] = nil
 			b.msgs = b.msgs[1:]
 			b.mu.Unlock()
-			t.safely("instance owner", f)
+			safely(t.log, "instance owner", f)
 		}
 	}
 }

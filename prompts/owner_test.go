@@ -10,7 +10,7 @@ import (
 // only after its message ran.
 func TestMailboxRunsInOrder(t *testing.T) {
 	t.Parallel()
-	tbl := &Table{run: newRun()}
+	tbl := &Table{run: newRun(nil)}
 	b := newMailbox()
 	var wg sync.WaitGroup
 	wg.Add(1)

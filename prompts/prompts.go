@@ -73,6 +73,13 @@ type Table struct {
 	run    *run                   // Start to Close: the context and the goroutines Close waits for (run.go)
 	sub    *upstream.Subscription // the pool's instance events (events.go)
 
+	// The table's jobs beside the prompts' steps, each a type of its own
+	// over the table's shared parts (the index, the owners, step).
+	submits *submitter // submission: pick, pin, POST, settle (submit.go)
+	moves   *mover     // prompts that change instance: failover, moves to idle instances, tombstones, clean-up (failover.go, move.go, steal.go, tombstones.go)
+	insts   *instances // the pool's instances: their events, sockets, owners, warm-ups (events.go, socket.go, warmup.go)
+	events  *delivery  // prompts' events to their sinks, broadcasts and queue changes to the listener (outbox.go)
+
 	outboxMu sync.Mutex                     // guards outboxes
 	outboxes map[*upstream.Instance]*outbox // event delivery per instance; nil key: queue changes
 
@@ -98,7 +105,7 @@ func New(pool *upstream.Pool, cfg *config.Config, m *metrics.Metrics, log *slog.
 		cfg:       cfg,
 		m:         m,
 		log:       log,
-		run:       newRun(),
+		run:       newRun(log),
 		lastQueue: -1,
 		settled:   make(chan struct{}, 1),
 	}
@@ -109,6 +116,7 @@ func New(pool *upstream.Pool, cfg *config.Config, m *metrics.Metrics, log *slog.
 		t.log = slog.New(slog.DiscardHandler)
 	}
 	t.fileStore = newFileStore(pool, t.cfg, t.log)
+	t.submits, t.moves, t.insts, t.events = &submitter{t}, &mover{t}, &instances{t}, &delivery{t}
 	t.sub = pool.Subscribe()
 	pool.SetComebackGate(t.CleanUp)
 	return t
@@ -124,10 +132,10 @@ func (t *Table) SetListener(l Listener) {
 }
 
 // safely runs f and logs a panic instead of crashing the process.
-func (t *Table) safely(what string, f func()) {
+func safely(log *slog.Logger, what string, f func()) {
 	defer func() {
 		if r := recover(); r != nil {
-			t.log.Error("prompts: panic recovered", "in", what, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			log.Error("prompts: panic recovered", "in", what, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 		}
 	}()
 	f()
@@ -145,10 +153,10 @@ func (t *Table) Start(ctx context.Context) {
 		return
 	}
 	for _, s := range t.owners.all() {
-		t.runSocket(s)
+		t.insts.runSocket(s)
 	}
-	t.startEvents(ctx)
-	t.awaitSockets(ctx, t.cfg.HealthCheck.Timeout)
+	t.insts.startEvents(ctx)
+	t.insts.awaitSockets(ctx, t.cfg.HealthCheck.Timeout)
 }
 
 // Close stops every socket, ends the subscription to the pool's events
@@ -167,7 +175,7 @@ func (t *Table) Close() {
 func (t *Table) InstanceAdded(inst *upstream.Instance) {
 	s := t.socketFor(inst)
 	if t.run.context() != nil && !t.run.closed() {
-		t.runSocket(s)
+		t.insts.runSocket(s)
 	}
 }
 
@@ -187,23 +195,23 @@ func (t *Table) InstanceRemoved(inst *upstream.Instance) {
 	}
 	s.box.post(func() {
 		s.draining = true
-		s.closeIfDrained()
+		s.passes.closeIfDrained()
 	})
 }
 
 // maybeCloseDrained closes a draining instance's socket when it has no
 // prompts left.
-func (t *Table) maybeCloseDrained(inst *upstream.Instance) {
+func (t *instances) maybeCloseDrained(inst *upstream.Instance) {
 	if s := t.owners.get(inst); s != nil {
-		s.box.post(func() { s.closeIfDrained() })
+		s.box.post(func() { s.passes.closeIfDrained() })
 	}
 }
 
 // closeIfDrained closes s when its instance is draining and has no
 // prompts left. On the owner.
-func (s *instSocket) closeIfDrained() {
+func (s *passes) closeIfDrained() {
 	t := s.t
-	if !s.draining || t.owners.get(s.inst) != s {
+	if !s.draining || t.owners.get(s.inst) != s.instSocket {
 		return
 	}
 	inst, busy := s.inst, false
@@ -211,7 +219,7 @@ func (s *instSocket) closeIfDrained() {
 		busy = pr.Instance() == inst
 		return !busy
 	})
-	if busy || !t.owners.remove(inst, s) {
+	if busy || !t.owners.remove(inst, s.instSocket) {
 		return
 	}
 	t.log.Info("prompts: drained instance's socket closed", "instance", inst.Name)
@@ -226,21 +234,10 @@ func (t *Table) socketFor(inst *upstream.Instance) *instSocket {
 	}
 	s, added := t.owners.getOrAdd(inst, func() *instSocket { return newInstSocket(t, inst) })
 	if added {
-		t.startOwner(s)
+		t.insts.startOwner(s)
 	}
 	return s
 }
-
-// get returns the prompt with client-facing id.
-func (t *Table) get(id string) (*Prompt, bool) { return t.idx.get(id) }
-
-// getUpstream returns the prompt that has id at inst.
-func (t *Table) getUpstream(inst *upstream.Instance, id string) *Prompt {
-	return t.idx.getUpstream(inst, id)
-}
-
-// livePinnedTo returns the prompts submitted by comfygate, not done, pinned to inst.
-func (t *Table) livePinnedTo(inst *upstream.Instance) []*Prompt { return t.idx.livePinnedTo(inst) }
 
 // step applies e to pr: the transition (lifecycle.Step), pr's published
 // view, its keys in the index and the in-flight counts it changes, then
@@ -332,7 +329,7 @@ func (t *Table) carryOut(pr *Prompt, inst *upstream.Instance, effects []lifecycl
 		case lifecycle.Unpin:
 			// Done with the transition: step dropped the key.
 		case lifecycle.Tombstone:
-			t.tombstone(inst, ef.UpstreamID, pr)
+			t.moves.tombstone(inst, ef.UpstreamID, pr)
 		case lifecycle.Accept:
 			// Numbered by step, in the fleet's order of acceptance.
 			if inst != nil {
@@ -342,8 +339,8 @@ func (t *Table) carryOut(pr *Prompt, inst *upstream.Instance, effects []lifecycl
 			t.idx.record(pr)
 			if inst != nil {
 				t.m.PromptFinished(inst.Name, ef.Outcome, time.Since(pr.Created))
-				t.maybeCloseDrained(inst)
-				t.finishedAt(inst)
+				t.insts.maybeCloseDrained(inst)
+				t.moves.finishedAt(inst)
 			}
 			queue = true
 		case lifecycle.Forget:
@@ -351,7 +348,7 @@ func (t *Table) carryOut(pr *Prompt, inst *upstream.Instance, effects []lifecycl
 		}
 	}
 	if queue {
-		t.notifyQueue()
+		t.events.notifyQueue()
 	}
 }
 
@@ -367,9 +364,6 @@ func (t *Table) nextNumber(pr *Prompt) int64 {
 	}
 	return n
 }
-
-// forget removes pr from the table entirely (a submission nobody accepted).
-func (t *Table) forget(pr *Prompt) { t.idx.forget(pr) }
 
 // onOwnerOf runs f on the owner of pr's instance and waits for it, with
 // at the instance whose owner runs it (nil: pr was never sent, and f runs
@@ -423,7 +417,7 @@ func (t *Table) markDoneVia(pr *Prompt, outcome string) bool {
 }
 
 // notifyQueue tells the listener the fleet queue when it changed.
-func (t *Table) notifyQueue() {
+func (t *delivery) notifyQueue() {
 	o := t.outboxFor(nil)
 	t.queueMu.Lock()
 	defer t.queueMu.Unlock()
@@ -438,21 +432,18 @@ func (t *Table) notifyQueue() {
 }
 
 // currentListener returns the listener (nil if none).
-func (t *Table) currentListener() Listener {
+func (t *delivery) currentListener() Listener {
 	if l := t.listener.Load(); l != nil {
 		return *l
 	}
 	return nil
 }
 
-// outstanding counts the prompts comfygate submitted that are not done.
-func (t *Table) outstanding() int { return int(t.idx.nlive.Load()) }
-
 // deliver queues one event of pr for its sink, on the outbox of the
 // instance it came from (in order with that instance's other events). An
 // event of a prompt whose sink already got its end is dropped. force
 // delivers anyway: comfygate's own synthesized ending.
-func (t *Table) deliver(pr *Prompt, ev Event, force bool) {
+func (t *delivery) deliver(pr *Prompt, ev Event, force bool) {
 	if pr.Sink == nil {
 		return
 	}
@@ -464,16 +455,16 @@ func (t *Table) deliver(pr *Prompt, ev Event, force bool) {
 }
 
 // Prompt looks a prompt up by its client-facing id.
-func (t *Table) Prompt(id string) (*Prompt, bool) { return t.get(id) }
+func (t *Table) Prompt(id string) (*Prompt, bool) { return t.idx.get(id) }
 
 // PromptByUpstreamID looks a prompt up by the id it has at inst.
 func (t *Table) PromptByUpstreamID(inst *upstream.Instance, upstreamID string) (*Prompt, bool) {
-	pr := t.getUpstream(inst, upstreamID)
+	pr := t.idx.getUpstream(inst, upstreamID)
 	return pr, pr != nil
 }
 
 // Outstanding returns the prompts not yet done (for shutdown and stats).
-func (t *Table) Outstanding() int { return t.outstanding() }
+func (t *Table) Outstanding() int { return int(t.idx.nlive.Load()) }
 
 // LocatePrompt returns the instance that has the prompt: the pin, or on a
 // miss the instance whose /history or /queue knows it. ErrUnknownPrompt if none.
@@ -484,7 +475,7 @@ func (t *Table) Outstanding() int { return t.outstanding() }
 // talks only to the instances it has, and never asks another machine
 // about it.
 func (t *Table) LocatePrompt(ctx context.Context, id string) (*upstream.Instance, error) {
-	if pr, ok := t.get(id); ok {
+	if pr, ok := t.idx.get(id); ok {
 		if inst := pr.Instance(); inst != nil {
 			insts := t.p.Instances()
 			if slices.Contains(insts, inst) {
@@ -516,7 +507,7 @@ func (t *Table) locate(ctx context.Context, id string) (*upstream.Instance, erro
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if st, ok := t.lookupAt(ctx, inst, id); ok {
+			if st, ok := lookupAt(ctx, inst, id); ok {
 				ch <- found{inst, st}
 			}
 		}()
@@ -578,11 +569,11 @@ func (t *Table) adopt(id string, inst *upstream.Instance, st PromptState) *Promp
 }
 
 // lookupAt reports whether inst knows upstream id uid, and where it is.
-func (t *Table) lookupAt(ctx context.Context, inst *upstream.Instance, uid string) (PromptState, bool) {
-	if entry, ok := t.historyEntry(ctx, inst, uid); ok && entry != nil {
+func lookupAt(ctx context.Context, inst *upstream.Instance, uid string) (PromptState, bool) {
+	if entry, ok := historyEntry(ctx, inst, uid); ok && entry != nil {
 		return PromptDone, true
 	}
-	running, pending, err := t.queueIDs(ctx, inst)
+	running, pending, err := queueIDs(ctx, inst)
 	if err != nil {
 		return 0, false
 	}
@@ -597,7 +588,7 @@ func (t *Table) lookupAt(ctx context.Context, inst *upstream.Instance, uid strin
 
 // historyEntry returns inst's /history/{uid} entry (nil when it has none).
 // ok is false when the instance did not answer.
-func (t *Table) historyEntry(ctx context.Context, inst *upstream.Instance, uid string) (json.RawMessage, bool) {
+func historyEntry(ctx context.Context, inst *upstream.Instance, uid string) (json.RawMessage, bool) {
 	status, body, err := inst.Call(ctx, "GET", "/history/"+url.PathEscape(uid), nil, nil)
 	if err != nil || status != 200 {
 		return nil, false
@@ -610,7 +601,7 @@ func (t *Table) historyEntry(ctx context.Context, inst *upstream.Instance, uid s
 }
 
 // queueIDs returns the prompt ids inst reports running and pending.
-func (t *Table) queueIDs(ctx context.Context, inst *upstream.Instance) (running, pending map[string]bool, err error) {
+func queueIDs(ctx context.Context, inst *upstream.Instance) (running, pending map[string]bool, err error) {
 	status, body, err := inst.Call(ctx, "GET", "/queue", nil, nil)
 	if err != nil {
 		return nil, nil, err
@@ -631,12 +622,12 @@ func (t *Table) queueIDs(ctx context.Context, inst *upstream.Instance) (running,
 // anything was cancelled. A pending prompt deleted from the queue ends
 // without WS events, as in ComfyUI; it is marked done ("interrupted").
 func (t *Table) Cancel(ctx context.Context, id string) (bool, error) {
-	pr, ok := t.get(id)
+	pr, ok := t.idx.get(id)
 	if !ok || pr.Instance() == nil {
 		if _, err := t.LocatePrompt(ctx, id); err != nil {
 			return false, err
 		}
-		if pr, ok = t.get(id); !ok {
+		if pr, ok = t.idx.get(id); !ok {
 			return false, ErrUnknownPrompt
 		}
 	}
@@ -651,7 +642,7 @@ func (t *Table) Cancel(ctx context.Context, id string) (bool, error) {
 		if _, _, err := inst.Call(ctx, "POST", "/queue", hdr, body); err != nil {
 			return false, fmt.Errorf("cancel %s: %w", id, err)
 		}
-		running, pending, err := t.queueIDs(ctx, inst)
+		running, pending, err := queueIDs(ctx, inst)
 		if err != nil {
 			return false, fmt.Errorf("cancel %s: %w", id, err)
 		}
@@ -659,7 +650,7 @@ func (t *Table) Cancel(ctx context.Context, id string) (bool, error) {
 		case pending[uid]:
 			return false, nil
 		case !running[uid]:
-			if entry, ok := t.historyEntry(ctx, inst, uid); ok && entry != nil {
+			if entry, ok := historyEntry(ctx, inst, uid); ok && entry != nil {
 				return false, nil // it finished before the delete
 			}
 			// Deleted. The queue check that follows the instance's status

@@ -15,7 +15,7 @@ func TestPromptTableKeepsBoundedDonePrompts(t *testing.T) {
 	tb := p.prompts
 	first := tb.adopt("first", inst, PromptDone)
 	live := &Prompt{ID: "live"}
-	tb.reserve(live)
+	tb.submits.reserve(live)
 	tb.step(live, lifecycle.Event{Kind: lifecycle.Send, UpstreamID: "live"}, inst)
 	running := tb.adopt("running", inst, PromptRunning)
 	for k := range maxDonePrompts + 50 {

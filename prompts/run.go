@@ -2,6 +2,7 @@ package prompts
 
 import (
 	"context"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 
@@ -13,6 +14,7 @@ import (
 // takes no lock: a goroutine enters by counting itself, and Close marks
 // the count closed, so nothing enters after it.
 type run struct {
+	log     *slog.Logger // where a panic of a goroutine it runs is logged
 	started atomic.Bool
 	ctx     atomic.Pointer[context.Context] // nil until Start
 	cancel  atomic.Pointer[context.CancelFunc]
@@ -24,8 +26,11 @@ type run struct {
 
 const closedBit = int64(1) << 62
 
-func newRun() *run {
-	return &run{quit: make(chan struct{}), drained: make(chan struct{})}
+func newRun(log *slog.Logger) *run {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &run{log: log, quit: make(chan struct{}), drained: make(chan struct{})}
 }
 
 // start begins the run on a child of ctx; false when it started or closed already.
@@ -78,6 +83,25 @@ func (r *run) goRun(f func()) bool {
 		f()
 	}()
 	return true
+}
+
+// goBackground runs f on the run's context in a goroutine close waits
+// for, logging a panic. It reports false (and runs nothing) before start
+// or after close.
+func (r *run) goBackground(f func(ctx context.Context)) bool {
+	ctx := r.context()
+	if ctx == nil {
+		return false
+	}
+	return r.goRun(func() { safely(r.log, "prompt table", func() { f(ctx) }) })
+}
+
+// runCtx is the run's context (Background before start).
+func (r *run) runCtx() context.Context {
+	if ctx := r.context(); ctx != nil {
+		return ctx
+	}
+	return context.Background()
 }
 
 // close ends the run: the owners stop, the context ends, nothing new

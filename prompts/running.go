@@ -35,7 +35,7 @@ func (t *Table) Running(inst *upstream.Instance) (r Running, ok bool) {
 	if uid == "" {
 		return Running{}, false
 	}
-	if pr := t.getUpstream(inst, uid); pr != nil {
+	if pr := t.idx.getUpstream(inst, uid); pr != nil {
 		r.PromptID = pr.ID
 	}
 	return r, true

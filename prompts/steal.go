@@ -24,19 +24,19 @@ import (
 // work each instance has then, so a burst splits evenly over a fast and a
 // slow instance and the fast one idles at the end while the slow one still
 // has a queue.
-func (t *Table) idle(s *instSocket) {
+func (t *mover) idle(s *instSocket) {
 	inst := s.inst
 	if !t.cfg.Routing.MovePending || !idleNow(inst) {
 		return
 	}
-	s.box.post(func() { s.wantMove() })
+	s.box.post(func() { s.passes.wantMove() })
 }
 
 // wantMove starts a worker that moves one waiting prompt to s's instance,
 // or asks for another look after the one running: a moved prompt can run
 // and end before its move returns, and its end calls again. One prompt at
 // a time: the moved prompt makes the instance busy. On the owner.
-func (s *instSocket) wantMove() {
+func (s *passes) wantMove() {
 	t := s.t
 	if s.moving {
 		s.moveAgain = true
@@ -44,7 +44,7 @@ func (s *instSocket) wantMove() {
 	}
 	s.moveAgain = false
 	inst := s.inst
-	s.moving = t.goBackground(func(ctx context.Context) {
+	s.moving = t.run.goBackground(func(ctx context.Context) {
 		defer s.box.post(func() { // its end, even after a panic
 			s.moving = false
 			if s.moveAgain && ctx.Err() == nil {
@@ -52,8 +52,8 @@ func (s *instSocket) wantMove() {
 			}
 		})
 		if idleNow(inst) {
-			if pr, from := t.waitingFor(inst); pr != nil {
-				t.moveWaiting(ctx, pr, from, inst)
+			if pr, from := t.moves.waitingFor(inst); pr != nil {
+				t.moves.moveWaiting(ctx, pr, from, inst)
 			}
 		}
 	})
@@ -61,7 +61,7 @@ func (s *instSocket) wantMove() {
 
 // finishedAt is called when a prompt finished at inst: if that was its
 // last work (its empty queue may have been reported already), it is idle.
-func (t *Table) finishedAt(inst *upstream.Instance) {
+func (t *mover) finishedAt(inst *upstream.Instance) {
 	if !t.cfg.Routing.MovePending || !idleNow(inst) {
 		return
 	}
@@ -86,7 +86,7 @@ func idleNow(inst *upstream.Instance) bool {
 // it may run on inst and never moved before (so that no prompt moves
 // twice, and moves never use up failover's resubmissions). A drained
 // instance keeps its queue (it finishes its own prompts). nil if none.
-func (t *Table) waitingFor(inst *upstream.Instance) (*Prompt, *upstream.Instance) {
+func (t *mover) waitingFor(inst *upstream.Instance) (*Prompt, *upstream.Instance) {
 	type waiting struct {
 		pr       *Prompt
 		at       *upstream.Instance
@@ -133,7 +133,7 @@ func (t *Table) waitingFor(inst *upstream.Instance) (*Prompt, *upstream.Instance
 // verifyQueue resubmits it instead of taking it for a client's delete.
 // The client sees nothing of the move: same prompt_id, same number, its
 // events from wherever it runs.
-func (t *Table) moveWaiting(ctx context.Context, pr *Prompt, from, to *upstream.Instance) {
+func (t *mover) moveWaiting(ctx context.Context, pr *Prompt, from, to *upstream.Instance) {
 	uid := pr.UpstreamID()
 	// Asked before the prompt is held for the move, with a short bound:
 	// an instance that does not answer at once (hung, dying) is failover's
@@ -142,14 +142,14 @@ func (t *Table) moveWaiting(ctx context.Context, pr *Prompt, from, to *upstream.
 	// clear sent straight to the instance) looks queued until verifyQueue
 	// sees it gone: it must not come back to life elsewhere.
 	qctx, cancel := context.WithTimeout(ctx, moveProbeTimeout)
-	_, pending, err := t.queueIDs(qctx, from)
+	_, pending, err := queueIDs(qctx, from)
 	cancel()
 	if err != nil || uid == "" {
 		return
 	}
 	if !pending[uid] {
 		s := t.socketFor(from)
-		s.box.post(s.wantVerify)
+		s.box.post(s.passes.wantVerify)
 		return
 	}
 	st, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.MoveBegin, Instance: from.Name}, nil)
@@ -193,7 +193,7 @@ func (t *Table) moveWaiting(ctx context.Context, pr *Prompt, from, to *upstream.
 	}
 	// Asked after the delete: a prompt that started before it is running
 	// or in the history now, and one that did not is gone for good.
-	_, found, answered := t.probeAt(pctx, from, uid)
+	_, found, answered := probeAt(pctx, from, uid)
 	cancel()
 	if found {
 		return
@@ -209,13 +209,13 @@ func (t *Table) moveWaiting(ctx context.Context, pr *Prompt, from, to *upstream.
 	t.log.Debug("upstream: moving a waiting prompt to an idle instance", "prompt_id", pr.ID, "from", from.Name, "to", to.Name)
 	var tried []*upstream.Instance
 	for {
-		inst, err := t.pick(pr, tried)
+		inst, err := t.submits.pick(pr, tried)
 		if err != nil {
 			t.lose(pr, from, "it was moved off instance "+from.Name, "no instance is available")
 			return
 		}
 		tried = append(tried, inst)
-		res, outcome, err := t.send(ctx, pr, inst, t.bodyFor(ctx, pr, inst, base), true)
+		res, outcome, err := t.submits.send(ctx, pr, inst, t.submits.bodyFor(ctx, pr, inst, base), true)
 		switch {
 		case outcome == sentRefused:
 			continue
