@@ -26,17 +26,11 @@ type outbox struct {
 // outboxFor returns the outbox of inst (nil inst: the table's own, for
 // queue changes).
 func (t *delivery) outboxFor(inst *upstream.Instance) *outbox {
-	t.outboxMu.Lock()
-	defer t.outboxMu.Unlock()
-	if t.outboxes == nil {
-		t.outboxes = map[*upstream.Instance]*outbox{}
+	if o, ok := t.outboxes.Load(inst); ok {
+		return o.(*outbox)
 	}
-	o := t.outboxes[inst]
-	if o == nil {
-		o = &outbox{t: t.Table}
-		t.outboxes[inst] = o
-	}
-	return o
+	o, _ := t.outboxes.LoadOrStore(inst, &outbox{t: t.Table})
+	return o.(*outbox)
 }
 
 // push queues f and makes sure a goroutine delivers it. Before the table

@@ -80,8 +80,7 @@ type Table struct {
 	insts   *instances // the pool's instances: their events, sockets, owners, warm-ups (events.go, socket.go, warmup.go)
 	events  *delivery  // prompts' events to their sinks, broadcasts and queue changes to the listener (outbox.go)
 
-	outboxMu sync.Mutex                     // guards outboxes
-	outboxes map[*upstream.Instance]*outbox // event delivery per instance; nil key: queue changes
+	outboxes sync.Map // *upstream.Instance -> *outbox: event delivery per instance; nil key: queue changes
 
 	queueMu   sync.Mutex // guards lastQueue; orders the QueueChanged deliveries
 	lastQueue int
