@@ -22,7 +22,8 @@ func New(cfg *config.Config, m *metrics.Metrics, log *slog.Logger) (*Pool, error
 }
 
 // NewWithClock is New with the clock that times the health check loop,
-// failover's grace and the breakers' open periods (nil: the wall clock).
+// failover's grace and the breakers' open periods and closed-state intervals
+// (nil: the wall clock).
 func NewWithClock(cfg *config.Config, m *metrics.Metrics, log *slog.Logger, clk clock.Clock) (*Pool, error) {
 	if cfg == nil {
 		return nil, errors.New("upstream: nil config")
