@@ -138,8 +138,8 @@ func (i *Instance) Version() string {
 // and only what that job uses, and offers what other packages call on it;
 // most of its methods hand the call to the part that does it.
 type Pool struct {
-	// clk times the health checks' loop, failover's grace and the
-	// breakers' open periods.
+	// clk is Clock: the health checks' loop, failover's grace and the
+	// breakers run on it.
 	clk clock.Clock
 
 	run    *runner       // the background goroutines Start starts and Close stops (run.go)

@@ -11,7 +11,8 @@ import (
 // Selector decides which instance takes new work: among the Available
 // instances of the registry, the least loaded for its weight, round-robin
 // among ties. Which instances a prompt may go to (its labels, what it
-// needs installed) is the caller's filter (package placement).
+// needs installed) is the caller's filter (package placement). It reads
+// the registry's list under the registry's lock.
 type Selector struct {
 	reg    *registry
 	rr     atomic.Uint64
