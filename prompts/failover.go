@@ -55,20 +55,9 @@ func (t *Table) InstanceDown(inst *upstream.Instance) {
 	wg.Wait()
 }
 
-// lose ends pr as "lost" and tells its sink in ComfyUI's words: an
-// execution_error, then the executing-null that ends every prompt. Not on
-// an owner: it ends pr on the owner of its instance.
-func (t *mover) lose(pr *Prompt, from *upstream.Instance, what, why string) {
-	t.onOwnerOf(pr, func(at *upstream.Instance) bool {
-		if pr.Instance() != at {
-			return false
-		}
-		t.loseOwned(pr, from, what, why)
-		return true
-	})
-}
-
-// loseOwned is lose, on the owner of pr's instance.
+// loseOwned ends pr as "lost" and tells its sink in ComfyUI's words: an
+// execution_error, then the executing-null that ends every prompt. On
+// the owner of pr's instance.
 func (t *mover) loseOwned(pr *Prompt, from *upstream.Instance, what, why string) {
 	if st, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Close, Outcome: metrics.OutcomeLost}, nil); !ok || st.Outcome != metrics.OutcomeLost {
 		return // it ended otherwise first

@@ -32,12 +32,15 @@ type move struct {
 	from      *upstream.Instance
 	what      string // what happened to from, for a client's error
 	allowSame bool   // it may go back to from (from lost it in a restart)
+	noneWhy   string // why it is lost when no instance can take it ("" : none other is available)
+	quiet     bool   // not a resubmission (a move to an idle instance): not counted as one
 
 	attempts int
 	uid      string // its id at from
 	base     map[string]json.RawMessage
 	deadline time.Time            // wait for an instance until then
 	tried    []*upstream.Instance // from first
+	held     bool                 // it is held for the move (MoveBegin)
 	left     bool                 // it left from (Leave)
 	settled  bool                 // it stays at from (MoveAbort) or ended
 	done     chan struct{}        // closed when the failover ended
@@ -104,6 +107,7 @@ func (mv *move) begin() {
 		mv.end()
 		return
 	}
+	mv.held = true
 	mv.attempts, mv.uid = st.Attempts, st.UpstreamID
 	if mv.attempts > t.cfg.Failover.MaxResubmits {
 		mv.lose(fmt.Sprintf("it was already resubmitted %d times (failover.max_resubmits)", mv.attempts-1))
@@ -127,7 +131,7 @@ func (mv *move) pick() {
 	t, from := mv.t, mv.from
 	watch := t.p.AvailWatch()
 	inst, err := t.submits.pick(mv.pr, mv.tried)
-	if err != nil && from.Available() && !slices.Contains(mv.tried[1:], from) {
+	if err != nil && (mv.allowSame || !mv.left) && from.Available() && !slices.Contains(mv.tried[1:], from) {
 		if !mv.allowSame && mv.uid != "" && !mv.left {
 			// from is back: it may still have the prompt. Asked in a worker.
 			uid := mv.uid
@@ -193,7 +197,11 @@ func (mv *move) picked(watch <-chan struct{}, retry time.Time, inst *upstream.In
 			})
 			return
 		}
-		mv.lose("no other instance is available")
+		why := mv.noneWhy
+		if why == "" {
+			why = "no other instance is available"
+		}
+		mv.lose(why)
 		return
 	}
 	mv.tried = append(mv.tried, inst)
@@ -223,6 +231,8 @@ func (mv *move) sent(inst *upstream.Instance, res SubmitResult, outcome sendOutc
 	case outcome == sentRefused:
 		mv.pick()
 		return
+	case mv.quiet && (outcome == sentAmbiguous || err == nil && res.Status == 200):
+		// Sent on (or confirmLater settles it).
 	case outcome == sentAmbiguous:
 		// confirmLater settles it (and moves it again if inst never took it).
 		t.m.IncResubmission(from.Name, inst.Name, true)
@@ -231,7 +241,9 @@ func (mv *move) sent(inst *upstream.Instance, res SubmitResult, outcome sendOutc
 		t.m.IncResubmission(from.Name, inst.Name, true)
 		t.log.Info("prompts: prompt resubmitted", "prompt_id", pr.ID, "from", from.Name, "to", inst.Name, "attempt", mv.attempts+1)
 	default:
-		t.m.IncResubmission(from.Name, inst.Name, false)
+		if !mv.quiet {
+			t.m.IncResubmission(from.Name, inst.Name, false)
+		}
 		why := fmt.Sprintf("instance %s refused it with status %d", inst.Name, res.Status)
 		if err != nil {
 			why = fmt.Sprintf("instance %s refused it", inst.Name)
@@ -250,7 +262,7 @@ func (mv *move) lose(why string) {
 
 // stay gives the prompt back to from unless it left. On the owner.
 func (mv *move) stay() {
-	if !mv.left && !mv.settled {
+	if mv.held && !mv.left && !mv.settled {
 		mv.settled = true
 		mv.t.step(mv.pr, lifecycle.Event{Kind: lifecycle.MoveAbort}, nil)
 	}
