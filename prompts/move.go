@@ -1,6 +1,7 @@
 package prompts
 
-// A failover is a state of the owner of the prompt it moves, in the shape
+// A failover, and a move of a waiting prompt to an idle instance (steal.go),
+// is a state of the owner of the prompt it moves, in the shape
 // of the owner's other passes: the owner takes every decision (hold the
 // prompt, pick an instance, let it leave, try the next instance, give up)
 // in a message it runs, and each call to an instance (a probe, a wait for
