@@ -17,9 +17,8 @@
 // (Table.step), under the step rule: a prompt's steps run on the owner of
 // the instance it is at (stepVia from elsewhere), and a step that moves
 // it (a send to another instance, a reclaim) runs on the owner it leaves
-// and hands it to the next; before its first send, its submitter, which
-// alone holds it, steps it. So a prompt's steps never run at once, and no
-// lock guards them. Each prompt's state is an immutable view behind an
+// and hands it to the next (a first send runs on the owner of its
+// target). So a prompt's steps never run at once, and no lock guards them. Each prompt's state is an immutable view behind an
 // atomic pointer (Prompt.State, Instance, UpstreamID read it without a
 // lock); lifecycle.State holds all a next owner needs to go on with it.
 //

@@ -13,10 +13,11 @@ import (
 // maps (sync.Map: readers never block, and writers of different keys do
 // not wait for each other). Who writes which key is the step rule
 // (Table.step): a prompt's keys change only in its own steps, which run
-// one at a time (on the owner of its instance, or its submitter before
-// its first send), so two writers never race on one prompt's keys; the
-// done queue evicts with compare-and-delete, so it never removes a key
-// that another prompt took meanwhile.
+// one at a time on the owner of its instance, and, before its first send,
+// by its submitter (claim, and forget when no instance takes it), so two
+// writers never race on one prompt's keys; the done queue evicts with
+// compare-and-delete, so it never removes a key that another prompt took
+// meanwhile.
 type index struct {
 	byID  sync.Map     // string (client-facing id) -> *Prompt
 	byUp  sync.Map     // upKey -> *Prompt

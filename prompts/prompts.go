@@ -245,11 +245,12 @@ func (t *Table) socketFor(inst *upstream.Instance) *instSocket {
 // applied (see lifecycle.Step).
 //
 // The step rule: a prompt's steps run one at a time, on the owner of the
-// instance its view names (stepVia from elsewhere), or, before its first
-// send, on its submitter's goroutine, which alone holds it then. A step
-// that moves it (Send, Reclaim) runs on the owner it leaves and hands it
-// to the next one: its later steps run there. Nothing else writes a
-// prompt's view or its keys, so step needs no lock: read, step, publish.
+// instance its view names (stepVia from elsewhere); its first send, while
+// it is at no instance and only its submitter holds it, on the owner of
+// the instance it goes to. A step that moves it (Send, Reclaim) runs on
+// the owner it leaves and hands it to the next one: its later steps run
+// there. Nothing else writes a prompt's view or its keys, so step needs
+// no lock: read, step, publish.
 //
 // Locks in this package guard only small structures of their own and are
 // never held while another is taken, except an outbox's mu under queueMu
@@ -365,22 +366,23 @@ func (t *Table) nextNumber(pr *Prompt) int64 {
 }
 
 // onOwnerOf runs f on the owner of pr's instance and waits for it, with
-// at the instance whose owner runs it (nil: pr was never sent, and f runs
-// on the caller, its submitter). f reports false when pr was no longer at
-// at when it ran (a step moved it meanwhile): then it runs again on the
-// owner of where pr is now. It runs nothing when the table closed. Not on
-// an owner.
-func (t *Table) onOwnerOf(pr *Prompt, f func(at *upstream.Instance) bool) {
+// at the instance whose owner runs it; a prompt never sent goes to the
+// owner of to, the instance its first send goes to. f reports false when
+// pr was no longer at at when it ran (a step moved it meanwhile): then it
+// runs again on the owner of where pr is now. It runs nothing when the
+// table closed. Not on an owner.
+func (t *Table) onOwnerOf(pr *Prompt, to *upstream.Instance, f func(at *upstream.Instance) bool) {
 	for range 8 {
-		inst := pr.Instance()
-		if inst == nil {
-			if f(nil) {
-				return
-			}
-			continue
+		at := pr.Instance()
+		if at == nil {
+			at = to
+		}
+		if at == nil {
+			f(nil) // nothing to step at no instance
+			return
 		}
 		ran, done := false, false
-		t.socketFor(inst).box.do(func() { ran = true; done = f(inst) })
+		t.socketFor(at).box.do(func() { ran = true; done = f(at) })
 		if !ran || done {
 			return
 		}
@@ -392,8 +394,10 @@ func (t *Table) onOwnerOf(pr *Prompt, f func(at *upstream.Instance) bool) {
 // reports false, changing nothing, once the table closed.
 func (t *Table) stepVia(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (lifecycle.State, bool) {
 	st, ok := pr.Life(), false
-	t.onOwnerOf(pr, func(at *upstream.Instance) bool {
-		if pr.Instance() != at {
+	t.onOwnerOf(pr, to, func(at *upstream.Instance) bool {
+		// A prompt never sent is at no instance: the owner of its first
+		// send's target steps it, as its submitter alone holds it.
+		if cur := pr.Instance(); cur != at && cur != nil {
 			return false // it moved: step where it is now
 		}
 		st, ok = t.step(pr, e, to)
