@@ -108,7 +108,7 @@ func (h *heldBody) Close() error {
 func (s *Server) holdBody(ctx *fasthttp.RequestCtx, n int64) bool {
 	release, ok := s.bodies.TryAcquire(n)
 	if !ok {
-		s.refused("buffered_bodies")
+		s.edge.refused("buffered_bodies")
 		return false
 	}
 	h, _ := ctx.UserValue(userValueHeldBody).(*heldBody)
@@ -230,7 +230,7 @@ func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 	}
 	// The prompt's events wait for this answer (answerfirst.go).
 	held := newHeldSink(s.hub.sinkFor(keyName(ctx)))
-	s.afterAnswer(ctx, held.release)
+	s.answers.afterAnswer(ctx, held.release)
 	res, err := s.prompts.Submit(context.Background(), prompts.SubmitRequest{
 		Body:     fields,
 		PromptID: promptID,

@@ -98,9 +98,9 @@ var apiPrefix = []byte("/api/")
 // handle is the server's request handler.
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	start := time.Now()
-	s.noteClient(ctx)
+	s.edge.noteClient(ctx)
 	route := s.dispatch(ctx)
-	s.logRequest(ctx, route, start)
+	s.edge.logRequest(ctx, route, start)
 }
 
 // splitPath returns the raw path of the request URI (before '?').
@@ -113,12 +113,12 @@ func splitPath(uri []byte) []byte {
 
 // dispatch serves one request and returns its route template.
 func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
-	if !normalizeTarget(ctx) || !s.bodyWithinLimit(ctx) {
+	if !normalizeTarget(ctx) || !s.edge.bodyWithinLimit(ctx) {
 		return routeRefused
 	}
 	raw := splitPath(rawRequestURI(ctx))
 	if !requireCanonicalPath(ctx, raw) {
-		s.refused("non_canonical_path")
+		s.edge.refused("non_canonical_path")
 		return routeRefused
 	}
 	if route, ok := s.admit(ctx, raw); !ok {

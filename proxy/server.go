@@ -70,19 +70,15 @@ type Server struct {
 	// writes read, merge and write back its file one at a time (userdata.go).
 	settingsMu sync.Map
 
-	answerMu     sync.Mutex            // guards afterAnswers
-	afterAnswers map[net.Conn][]func() // run once the connection's answer is out (answerfirst.go)
-	// answersWaiting counts the functions in afterAnswers.
-	answersWaiting atomic.Int64
+	edge    *edge        // client address, request guards, access log
+	answers *answerWaits // what waits for a connection's answer (answerfirst.go)
 
 	dashStreams atomic.Int32  // dashboard event streams open (dashboard.go)
 	dashMu      sync.Mutex    // guards dashCh, dashDoc
 	dashCh      chan struct{} // closed (and replaced) by pokeDashboard
 	dashDoc     *dashDoc      // the streams' last document (dashboardDoc)
 
-	// trusted is server.trusted_proxies (clientaddr.go).
-	trusted trustedProxies
-	srv     *fasthttp.Server
+	srv *fasthttp.Server
 }
 
 // Server limits come from the limits section of the configuration. With
@@ -130,7 +126,7 @@ func New(o Options) (*Server, error) {
 	if s.policy == nil {
 		s.policy = placement.New(o.Pool, o.Catalogue, o.Config.Routing.AffinityMargin, o.Metrics.Affinity)
 	}
-	s.trusted = trustedProxies(o.Config.Server.TrustedPrefixes())
+	s.edge = &edge{cfg: o.Config, m: o.Metrics, log: log, trusted: trustedProxies(o.Config.Server.TrustedPrefixes())}
 	if err := s.initSecurity(); err != nil {
 		return nil, err
 	}
@@ -139,10 +135,10 @@ func New(o Options) (*Server, error) {
 		s.hub.isolate(s.sec.owners)
 	}
 	s.prompts.SetListener(s.hub)
-	s.afterAnswers = map[net.Conn][]func(){}
+	s.answers = newAnswerWaits()
 	s.srv = &fasthttp.Server{
 		Handler:                      s.handle,
-		ConnState:                    s.connState,
+		ConnState:                    s.answers.connState,
 		Name:                         "comfygate",
 		NoDefaultServerHeader:        true, // the instance's Server header passes through
 		NoDefaultContentType:         true,
@@ -166,7 +162,7 @@ func New(o Options) (*Server, error) {
 		// the web UI's requests carry large headers (cookies, long URLs).
 		ReadBufferSize:  s.cfg.Limits.MaxHeaderBytes,
 		WriteBufferSize: 16 << 10,
-		ErrorHandler:    s.serverError,
+		ErrorHandler:    s.edge.serverError,
 		Logger:          fasthttpLogger{log},
 		// fasthttp's parse errors otherwise quote the request's bytes,
 		// an Authorization header (an API key) included.
@@ -184,10 +180,10 @@ func (s *Server) Handler() fasthttp.RequestHandler { return s.handle }
 func (s *Server) Serve(ln net.Listener) error {
 	ll := limits.Listen(ln, limits.ListenerOptions{
 		MaxConnsPerIP:  s.cfg.Limits.MaxConnsPerIP,
-		Uncapped:       s.uncapped,
-		ProxyProtocol:  s.proxyProtocol(),
+		Uncapped:       s.edge.uncapped,
+		ProxyProtocol:  s.edge.proxyProtocol(),
 		MaxHeaderBytes: s.cfg.Limits.MaxHeaderBytes,
-		OnRefuse:       s.refused,
+		OnRefuse:       s.edge.refused,
 	})
 	return s.srv.Serve(writeIdleListener{Listener: ll, idle: s.cfg.ClientWriteTimeout()})
 }
