@@ -178,7 +178,7 @@ var adminPrefix = []byte("/admin/")
 // already refused a request without a valid key).
 func (s *Server) serveAdmin(ctx *fasthttp.RequestCtx, raw []byte) string {
 	if k := requestKey(ctx); k != nil && !k.Admin {
-		s.authRefused("forbidden")
+		authRefused(s.m, "forbidden")
 		writeJSONError(ctx, fasthttp.StatusForbidden, "forbidden", "the admin routes need an admin key")
 		return routeAuth
 	}

@@ -83,7 +83,7 @@ var errUploadForm = errors.New("upload form refused")
 // (keys off, admin keys, isolation off).
 func (s *Server) keyNamespace(ctx *fasthttp.RequestCtx) string {
 	k := requestKey(ctx)
-	if !s.isolated(k) {
+	if !s.keys.isolated(k) {
 		return ""
 	}
 	return namespaceOf(k.Name)

@@ -501,5 +501,5 @@ func jobSortKey(raw json.RawMessage, sortBy string) float64 {
 // listVisible is the request's isolation filter of merged lists: whether
 // a (client-facing) prompt id may be listed; nil lists every one.
 func (s *Server) listVisible(ctx *fasthttp.RequestCtx) func(id string) bool {
-	return s.promptView(requestKey(ctx)).Visible
+	return s.keys.promptView(requestKey(ctx)).Visible
 }

@@ -271,12 +271,12 @@ func (s *Server) postInterrupt(ctx *fasthttp.RequestCtx) {
 	}
 	req, err := comfyapi.ParseInterrupt(body)
 	if err != nil {
-		if !s.refuseBody(ctx, "the body of POST /interrupt must be a JSON object") {
+		if !s.keys.refuseBody(ctx, "the body of POST /interrupt must be a JSON object") {
 			writeComfyInternalError(ctx)
 		}
 		return
 	}
-	if !s.authorizeInterrupt(ctx, req) {
+	if !s.keys.authorizeInterrupt(ctx, req) {
 		return
 	}
 	if req.Global() {
@@ -333,12 +333,12 @@ func (s *Server) deleteOrClear(ctx *fasthttp.RequestCtx, path string) {
 	}
 	q, err := comfyapi.ParseDeleteOrClear(body)
 	if err != nil {
-		if !s.refuseBody(ctx, "the body of POST "+path+" must be a JSON object") {
+		if !s.keys.refuseBody(ctx, "the body of POST "+path+" must be a JSON object") {
 			writeComfyInternalError(ctx)
 		}
 		return
 	}
-	if !s.scopeDeleteOrClear(ctx, &q) {
+	if !s.keys.scopeDeleteOrClear(ctx, &q) {
 		return
 	}
 	insts := s.pool.Healthy()
@@ -402,7 +402,7 @@ func writeJSON(ctx *fasthttp.RequestCtx, code int, body []byte) {
 // rewritten back.
 func (s *Server) getJobByID(ctx *fasthttp.RequestCtx, id string) {
 	if s.jobs != nil {
-		if body, ok := s.jobs.WaitingJob(id, s.jobScope(requestKey(ctx))); ok {
+		if body, ok := s.jobs.WaitingJob(id, s.keys.jobScope(requestKey(ctx))); ok {
 			writeJSON(ctx, fasthttp.StatusOK, body)
 			return
 		}
@@ -480,7 +480,7 @@ func (s *Server) cancelOneBudget(id, scope string, lookups *int) (bool, error) {
 // cancelJob serves POST /api/jobs/{id}/cancel: {"cancelled": bool}, on any
 // instance version (comfygate dequeues or interrupts itself).
 func (s *Server) cancelJob(ctx *fasthttp.RequestCtx, id string) {
-	ok, err := s.cancelOne(id, s.jobScope(requestKey(ctx)))
+	ok, err := s.cancelOne(id, s.keys.jobScope(requestKey(ctx)))
 	if err != nil {
 		s.writeError(ctx, err)
 		return
@@ -514,10 +514,10 @@ func (s *Server) cancelJobs(ctx *fasthttp.RequestCtx) {
 	}
 	// An isolated key cancels only its own jobs and prompts; the others'
 	// ids count as unknown.
-	ids := s.ownedOnly(requestKey(ctx), req.IDs)
+	ids := s.keys.ownedOnly(requestKey(ctx), req.IDs)
 	cancelled := false
 	lookups := maxCancelLookups
-	scope := s.jobScope(requestKey(ctx))
+	scope := s.keys.jobScope(requestKey(ctx))
 	for _, id := range ids {
 		ok, err := s.cancelOneBudget(id, scope, &lookups)
 		if err != nil {

@@ -196,7 +196,7 @@ func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 		fields["prompt"] = graph
 	}
 	clientID := req.EffectiveClientID()
-	if !s.claimClientID(ctx, clientID) {
+	if !s.keys.claimClientID(ctx, clientID) {
 		return
 	}
 	promptID := comfyapi.ClientPromptID(req.PromptID)

@@ -55,7 +55,6 @@ import (
 	"net/url"
 	"time"
 
-	"github.com/comfygate/comfygate/auth"
 	"github.com/comfygate/comfygate/jobs"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
@@ -121,7 +120,7 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 		s.edge.refused("non_canonical_path")
 		return routeRefused
 	}
-	if route, ok := s.admit(ctx, raw); !ok {
+	if route, ok := s.authn.admit(ctx, raw); !ok {
 		return route
 	}
 	raw = splitPath(rawRequestURI(ctx)) // admit may have taken the key out of the query
@@ -168,7 +167,7 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 	if api {
 		p = raw[len(apiPrefix)-1:]
 	}
-	after, ok := s.guard(ctx, p, api)
+	after, ok := s.keys.guard(ctx, p, api)
 	if !ok {
 		return routeAuth
 	}
@@ -295,17 +294,9 @@ func (s *Server) jobRequest(ctx *fasthttp.RequestCtx, raw []byte) jobs.Request {
 	r := jobs.Request{Path: string(raw)}
 	if k := requestKey(ctx); k != nil {
 		r.Owner = k.Name
-		r.Scope = s.jobScope(k)
+		r.Scope = s.keys.jobScope(k)
 	}
 	return r
-}
-
-// jobScope is the owner a key's requests are limited to ("": every job).
-func (s *Server) jobScope(k *auth.Key) string {
-	if s.isolated(k) {
-		return k.Name
-	}
-	return ""
 }
 
 // pathParam returns the single unescaped path segment after prefix.

@@ -64,8 +64,9 @@ type Server struct {
 	policy *placement.Policy  // where prompts may and had better run (fleet.go)
 	bodies *limits.BodyBudget // request bodies held in memory (readClientBody)
 
-	hub *Hub
-	sec security // API keys, owners, rate limits (authz.go)
+	hub   *Hub
+	authn *authn    // API keys presented, /login (login.go)
+	keys  *keyGuard // what a key may do: isolation, rate limits (authz.go)
 	// settingsMu holds one *sync.Mutex per key name: a key's settings
 	// writes read, merge and write back its file one at a time (userdata.go).
 	settingsMu sync.Map
@@ -127,12 +128,15 @@ func New(o Options) (*Server, error) {
 		s.policy = placement.New(o.Pool, o.Catalogue, o.Config.Routing.AffinityMargin, o.Metrics.Affinity)
 	}
 	s.edge = &edge{cfg: o.Config, m: o.Metrics, log: log, trusted: trustedProxies(o.Config.Server.TrustedPrefixes())}
-	if err := s.initSecurity(); err != nil {
+	keys, err := newKeyGuard(o.Config, o.Metrics, o.Jobs, o.Prompts)
+	if err != nil {
 		return nil, err
 	}
+	s.keys = keys
+	s.authn = &authn{cfg: o.Config, m: o.Metrics, apiKeys: keys.sec.keys, sessions: keys.sec.sessions}
 	s.hub = newHub(s.cfg, s.pool, s.m, log.With("component", "ws"))
-	if s.sec.keys.On() && s.cfg.Auth.Isolation {
-		s.hub.isolate(s.sec.owners)
+	if keys.sec.keys.On() && s.cfg.Auth.Isolation {
+		s.hub.isolate(keys.sec.owners)
 	}
 	s.prompts.SetListener(s.hub)
 	s.answers = newAnswerWaits()

@@ -122,7 +122,7 @@ func classifyUserData(p []byte) (userRoute, [][]byte) {
 // goes to the home instance unchanged: keys off, an admin key, isolation
 // off, a route that holds no user data, or GET /users.
 func (s *Server) scopeUserData(ctx *fasthttp.RequestCtx, k *auth.Key, p []byte) (handled bool) {
-	if !s.isolated(k) {
+	if !s.keys.isolated(k) {
 		return false
 	}
 	// Dot and empty segments never get here: canonicalPath refuses or
@@ -134,7 +134,7 @@ func (s *Server) scopeUserData(ctx *fasthttp.RequestCtx, k *auth.Key, p []byte) 
 	raw := splitPath(rawRequestURI(ctx))
 	prefix := string(raw[:len(raw)-len(p)]) // "/api" or ""
 	forbid := func(msg string) bool {
-		s.authRefused("forbidden")
+		authRefused(s.m, "forbidden")
 		writeJSONError(ctx, fasthttp.StatusForbidden, "forbidden", msg)
 		return true
 	}
@@ -274,7 +274,7 @@ func (s *Server) userPathOK(ctx *fasthttp.RequestCtx, v []byte, kind pathKind) b
 	}
 	for _, st := range stages {
 		if !userPathSafe(st) {
-			s.authRefused("forbidden")
+			authRefused(s.m, "forbidden")
 			writeJSONError(ctx, fasthttp.StatusForbidden, "forbidden", "user data paths stay inside the key's own directory")
 			return false
 		}
