@@ -33,11 +33,11 @@ func (s *Server) readable() []*upstream.Instance {
 func (s *Server) mergeFailed(ctx *fasthttp.RequestCtx, results []callResult) {
 	for _, r := range results {
 		if r.err != nil {
-			s.writeError(ctx, r.err)
+			s.fwd.writeError(ctx, r.err)
 			return
 		}
 	}
-	s.writeError(ctx, upstream.ErrNoUpstream)
+	s.fwd.writeError(ctx, upstream.ErrNoUpstream)
 }
 
 // queueItem is one pending item of a merged queue.
@@ -62,7 +62,7 @@ type queueItem struct {
 // their instance's own number, which counts from 0 on every instance.
 func (s *Server) getQueue(ctx *fasthttp.RequestCtx) {
 	insts := s.readable()
-	results := s.callAll(insts, "GET", "/queue", nil, nil)
+	results := s.fwd.callAll(insts, "GET", "/queue", nil, nil)
 	var running []json.RawMessage
 	var pending []queueItem
 	answered := false
@@ -214,7 +214,7 @@ func (s *Server) getHistory(ctx *fasthttp.RequestCtx) {
 // rewritten for the client, without those visible (when not nil) says
 // no to; asked is how many entries it answered with before that.
 func (s *Server) historyLists(insts []*upstream.Instance, path string, visible func(string) bool) (lists [][]historyItem, asked []int, results []callResult, answered bool) {
-	results = s.callAll(insts, "GET", path, nil, nil)
+	results = s.fwd.callAll(insts, "GET", path, nil, nil)
 	lists = make([][]historyItem, len(results))
 	asked = make([]int, len(results))
 	for i, r := range results {
@@ -404,7 +404,7 @@ func (s *Server) getJobs(ctx *fasthttp.RequestCtx) {
 	if enc := q.Encode(); enc != "" {
 		path += "?" + enc
 	}
-	results := s.callAll(s.readable(), "GET", path, callHeader(ctx), nil)
+	results := s.fwd.callAll(s.readable(), "GET", path, callHeader(ctx), nil)
 	var jobs []jobItem
 	total := 0
 	answered := false

@@ -8,7 +8,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/url"
 	"strconv"
 	"time"
@@ -52,7 +51,7 @@ func (s *Server) getHistoryByID(ctx *fasthttp.RequestCtx, id string) {
 		return
 	}
 	if err != nil {
-		s.writeError(ctx, err)
+		s.fwd.writeError(ctx, err)
 		return
 	}
 	opts := func(upID string, timeout time.Duration) *forwardOpts {
@@ -68,14 +67,14 @@ func (s *Server) getHistoryByID(ctx *fasthttp.RequestCtx, id string) {
 			},
 		}
 	}
-	err = s.forward(ctx, inst, opts(upID, s.pinnedReadTimeout(inst)))
+	err = s.fwd.forward(ctx, inst, opts(upID, s.pinnedReadTimeout(inst)))
 	if err == nil {
 		return
 	}
 	if upstream.NoAnswer(err) {
 		if now, nowID, ok := s.movedFrom(id, inst); ok {
 			s.log.Info("history read follows its moved prompt", "prompt_id", id, "from", inst.Name, "to", now.Name)
-			if err = s.forward(ctx, now, opts(nowID, 0)); err == nil {
+			if err = s.fwd.forward(ctx, now, opts(nowID, 0)); err == nil {
 				return
 			}
 		}
@@ -93,15 +92,15 @@ func (s *Server) getHistoryByID(ctx *fasthttp.RequestCtx, id string) {
 		ctx.SetBodyString("{}")
 		return
 	}
-	s.writeError(ctx, err)
+	s.fwd.writeError(ctx, err)
 }
 
 // pinnedReadTimeout bounds a read pinned to a prompt's instance:
 // readTimeout while another instance is healthy (the prompt may move
 // there), else COMFYUI_TIMEOUT (0: the default).
 func (s *Server) pinnedReadTimeout(inst *upstream.Instance) time.Duration {
-	if s.othersLeft(inst, nil) {
-		return s.readTimeout()
+	if s.fwd.othersLeft(inst, nil) {
+		return s.fwd.readTimeout()
 	}
 	return 0
 }
@@ -123,78 +122,6 @@ func (s *Server) movedFrom(id string, inst *upstream.Instance) (*upstream.Instan
 	}
 	return now, upID, true
 }
-
-// callResult is one instance's answer to a fanned-out call.
-type callResult struct {
-	inst   *upstream.Instance
-	status int
-	body   []byte
-	err    error
-}
-
-// callAll sends one non-streaming request to every instance of insts in
-// parallel (each bounded by COMFYUI_TIMEOUT) and returns the answers in
-// the order of insts.
-//
-// A GET is comfygate's own read for a merged view: once at least one
-// instance answered and readTimeout has passed, callAll stops waiting for
-// the others, which are left out (their result says they did not answer
-// in time; their calls end by their own timeout). A hung instance then
-// costs a merged /queue or /history readTimeout, not COMFYUI_TIMEOUT,
-// while a fleet that is merely slow is still waited for. A POST carries
-// the client's request (an action on every instance): every answer is
-// waited for.
-func (s *Server) callAll(insts []*upstream.Instance, method, path string, header map[string]string, body []byte) []callResult {
-	out := make([]callResult, len(insts))
-	src := upstream.ByClient
-	if method == fasthttp.MethodGet {
-		src = upstream.ByGate
-	}
-	type answer struct {
-		k int
-		r callResult
-	}
-	ch := make(chan answer, len(insts))
-	for k, inst := range insts {
-		out[k] = callResult{inst: inst, err: fmt.Errorf("%s %s at %s: %w", method, path, inst.Name, errNotInTime)}
-		go func() {
-			defer func() {
-				if r := recover(); r != nil {
-					ch <- answer{k, callResult{inst: inst, err: errors.New("panic in upstream call")}}
-					s.log.Error("panic in upstream call", "instance", inst.Name, "panic", r)
-				}
-			}()
-			st, b, err := inst.Fetch(context.Background(), upstream.Request{Method: method, Path: path, Header: header, Body: body, Source: src})
-			ch <- answer{k, callResult{inst: inst, status: st, body: b, err: err}}
-		}()
-	}
-	var grace <-chan time.Time
-	if method == fasthttp.MethodGet && len(insts) > 1 {
-		t := time.NewTimer(s.readTimeout())
-		defer t.Stop()
-		grace = t.C
-	}
-	answered, graceOver := false, false
-	for left := len(insts); left > 0; {
-		select {
-		case a := <-ch:
-			out[a.k] = a.r
-			left--
-			answered = answered || (a.r.err == nil && a.r.status == fasthttp.StatusOK)
-		case <-grace:
-			graceOver, grace = true, nil
-		}
-		if graceOver && answered && left > 0 {
-			s.log.Info("merged view without the instances that did not answer in time", "path", path, "missing", left)
-			break
-		}
-	}
-	return out
-}
-
-// errNotInTime is the result of an instance left out of a merged view
-// because it did not answer within readTimeout while others did.
-var errNotInTime = errors.New("no answer in time for a merged view")
 
 // callHeader is the header of comfygate's own calls on behalf of a client.
 func callHeader(ctx *fasthttp.RequestCtx) map[string]string {
@@ -225,15 +152,15 @@ func (s *Server) relayFirst(ctx *fasthttp.RequestCtx, results []callResult) {
 	if firstErr == nil {
 		firstErr = upstream.ErrNoUpstream
 	}
-	s.writeError(ctx, firstErr)
+	s.fwd.writeError(ctx, firstErr)
 }
 
 // readSmallBody reads a small JSON body; on failure it answers and reports false.
 func (s *Server) readSmallBody(ctx *fasthttp.RequestCtx) ([]byte, bool) {
-	body, err := s.readClientBody(ctx, maxSmallBody)
+	body, err := s.bodies.readClientBody(ctx, maxSmallBody)
 	if err != nil {
 		if errors.Is(err, errBodyTooLarge) || errors.Is(err, errBodiesBusy) {
-			s.writeError(ctx, err)
+			s.fwd.writeError(ctx, err)
 		} else {
 			ctx.SetStatusCode(fasthttp.StatusBadRequest)
 		}
@@ -251,10 +178,10 @@ func (s *Server) fanOut(ctx *fasthttp.RequestCtx, path string) {
 	}
 	insts := s.pool.Healthy()
 	if len(insts) == 0 {
-		s.writeError(ctx, upstream.ErrNoUpstream)
+		s.fwd.writeError(ctx, upstream.ErrNoUpstream)
 		return
 	}
-	s.relayFirst(ctx, s.callAll(insts, "POST", path, callHeader(ctx), body))
+	s.relayFirst(ctx, s.fwd.callAll(insts, "POST", path, callHeader(ctx), body))
 }
 
 // postInterrupt serves POST /interrupt. With a prompt_id it goes to that
@@ -282,10 +209,10 @@ func (s *Server) postInterrupt(ctx *fasthttp.RequestCtx) {
 	if req.Global() {
 		insts := s.pool.Healthy()
 		if len(insts) == 0 {
-			s.writeError(ctx, upstream.ErrNoUpstream)
+			s.fwd.writeError(ctx, upstream.ErrNoUpstream)
 			return
 		}
-		s.relayFirst(ctx, s.callAll(insts, "POST", "/interrupt", callHeader(ctx), []byte("{}")))
+		s.relayFirst(ctx, s.fwd.callAll(insts, "POST", "/interrupt", callHeader(ctx), []byte("{}")))
 		return
 	}
 	if req.PromptID == "" {
@@ -297,7 +224,7 @@ func (s *Server) postInterrupt(ctx *fasthttp.RequestCtx) {
 		return // 200, empty: nothing of that id runs anywhere
 	}
 	if err != nil {
-		s.writeError(ctx, err)
+		s.fwd.writeError(ctx, err)
 		return
 	}
 	if !comfyapi.SupportsTargetedInterrupt(inst.Version()) {
@@ -309,7 +236,7 @@ func (s *Server) postInterrupt(ctx *fasthttp.RequestCtx) {
 	}
 	req.Fields[comfyapi.FieldPromptID] = quoteJSON(upID)
 	nb, _ := json.Marshal(req.Fields)
-	s.forwardTo(ctx, inst, &forwardOpts{uri: []byte("/interrupt"), body: nb, setBody: true})
+	s.fwd.forwardTo(ctx, inst, &forwardOpts{uri: []byte("/interrupt"), body: nb, setBody: true})
 }
 
 // postQueue serves POST /queue ({"delete": [ids]} and/or {"clear": true}).
@@ -343,13 +270,13 @@ func (s *Server) deleteOrClear(ctx *fasthttp.RequestCtx, path string) {
 	}
 	insts := s.pool.Healthy()
 	if len(insts) == 0 {
-		s.writeError(ctx, upstream.ErrNoUpstream)
+		s.fwd.writeError(ctx, upstream.ErrNoUpstream)
 		return
 	}
 	hdr := callHeader(ctx)
 	var results []callResult
 	if q.Clear {
-		results = append(results, s.callAll(insts, "POST", path, hdr, []byte(`{"clear": true}`))...)
+		results = append(results, s.fwd.callAll(insts, "POST", path, hdr, []byte(`{"clear": true}`))...)
 	}
 	if q.HasDelete {
 		groups := map[*upstream.Instance][]string{}
@@ -375,11 +302,11 @@ func (s *Server) deleteOrClear(ctx *fasthttp.RequestCtx, path string) {
 		}
 		for _, inst := range order {
 			b, _ := json.Marshal(map[string][]string{"delete": groups[inst]})
-			results = append(results, s.callAll([]*upstream.Instance{inst}, "POST", path, hdr, b)...)
+			results = append(results, s.fwd.callAll([]*upstream.Instance{inst}, "POST", path, hdr, b)...)
 		}
 		if len(unknown) > 0 {
 			b, _ := json.Marshal(map[string][]string{"delete": unknown})
-			results = append(results, s.callAll(insts, "POST", path, hdr, b)...)
+			results = append(results, s.fwd.callAll(insts, "POST", path, hdr, b)...)
 		}
 	}
 	for _, r := range results {
@@ -413,7 +340,7 @@ func (s *Server) getJobByID(ctx *fasthttp.RequestCtx, id string) {
 		return
 	}
 	if err != nil {
-		s.writeError(ctx, err)
+		s.fwd.writeError(ctx, err)
 		return
 	}
 	opts := func(upID string, timeout time.Duration) *forwardOpts {
@@ -431,14 +358,14 @@ func (s *Server) getJobByID(ctx *fasthttp.RequestCtx, id string) {
 		}
 	}
 	// Like /history/{id}, the read follows its prompt off a silent instance.
-	err = s.forward(ctx, inst, opts(upID, s.pinnedReadTimeout(inst)))
+	err = s.fwd.forward(ctx, inst, opts(upID, s.pinnedReadTimeout(inst)))
 	if err != nil && upstream.NoAnswer(err) {
 		if now, nowID, ok := s.movedFrom(id, inst); ok {
-			err = s.forward(ctx, now, opts(nowID, 0))
+			err = s.fwd.forward(ctx, now, opts(nowID, 0))
 		}
 	}
 	if err != nil {
-		s.writeError(ctx, err)
+		s.fwd.writeError(ctx, err)
 	}
 }
 
@@ -482,7 +409,7 @@ func (s *Server) cancelOneBudget(id, scope string, lookups *int) (bool, error) {
 func (s *Server) cancelJob(ctx *fasthttp.RequestCtx, id string) {
 	ok, err := s.cancelOne(id, s.keys.jobScope(requestKey(ctx)))
 	if err != nil {
-		s.writeError(ctx, err)
+		s.fwd.writeError(ctx, err)
 		return
 	}
 	writeJSON(ctx, fasthttp.StatusOK, []byte(`{"cancelled": `+strconv.FormatBool(ok)+`}`))

@@ -175,7 +175,7 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 		defer after()
 	}
 	if namespacedAnswer(p, api) {
-		if ns := s.keyNamespace(ctx); ns != "" {
+		if ns := s.files.keyNamespace(ctx); ns != "" {
 			// The key's own names in what it receives (keyfiles.go).
 			defer unnamespaceAnswer(ctx, ns)
 		}
@@ -229,17 +229,17 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 		}
 	case "/view":
 		if get {
-			s.view(ctx)
+			s.files.view(ctx)
 			return routeView
 		}
 	case "/upload/image":
 		if post {
-			s.uploadImage(ctx)
+			s.files.uploadImage(ctx)
 			return routeUploadImage
 		}
 	case "/upload/mask":
 		if post {
-			s.uploadMask(ctx)
+			s.files.uploadMask(ctx)
 			return routeUploadMask
 		}
 	}
@@ -276,15 +276,15 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 	if get {
 		if tmpl, ok := neutralRoute(p); ok {
 			if !s.serveUnion(ctx, p) {
-				s.forwardPicked(ctx, s.pool.Select, nil)
+				s.fwd.forwardPicked(ctx, s.pool.Select, nil)
 			}
 			return tmpl
 		}
 	}
-	if s.scopeUserData(ctx, requestKey(ctx), p) {
+	if s.userData.scopeUserData(ctx, requestKey(ctx), p) {
 		return routeUserData
 	}
-	s.forwardPicked(ctx, s.home, nil)
+	s.fwd.forwardPicked(ctx, s.fwd.home, nil)
 	return homeRoute(p)
 }
 
@@ -371,119 +371,6 @@ func homeRoute(p []byte) string {
 		return routeStatic
 	}
 	return routeOther
-}
-
-// home picks the home instance: the first available one in configuration
-// order, skipping exclude (instances that could not be reached just now).
-func (s *Server) home(exclude ...*upstream.Instance) (*upstream.Instance, error) {
-	var buf [8]*upstream.Instance
-next:
-	for _, inst := range s.pool.AppendHealthy(buf[:0]) {
-		for _, e := range exclude {
-			if e == inst {
-				continue next
-			}
-		}
-		return inst, nil
-	}
-	return nil, upstream.ErrNoUpstream
-}
-
-// forwardPicked forwards the request to the instance pick chooses. When
-// the request was not sent (the instance cannot be reached, its breaker
-// is open, or all of comfygate's connections to it are busy), it asks pick
-// again without it; when pick has none left the client gets 503.
-//
-// A read (GET or HEAD without a body) is also tried elsewhere when the
-// instance gave no answer at all (upstream.NoAnswer: a hung instance, a
-// connection closed before the first byte): replaying it is safe and
-// nothing reached the client yet. While another instance is left to try,
-// a read waits for the instance's first byte only readTimeout
-// (health_check.timeout); the last instance gets the full COMFYUI_TIMEOUT,
-// so a fleet that is merely slow still answers.
-func (s *Server) forwardPicked(ctx *fasthttp.RequestCtx, pick func(exclude ...*upstream.Instance) (*upstream.Instance, error), o *forwardOpts) {
-	// -2: no Content-Length and not chunked, which for a request is no body.
-	cl := ctx.Request.Header.ContentLength()
-	read := (ctx.IsGet() || ctx.IsHead()) && (cl == 0 || cl == -2)
-	var tried []*upstream.Instance
-	var last error // why the previous instance was passed over
-	for range s.pool.Len() + 1 {
-		inst, err := pick(tried...)
-		if err != nil {
-			if last != nil && !isDialError(last) {
-				err = last // busy (503), silent (504), closed early (502)
-			}
-			s.writeError(ctx, err)
-			return
-		}
-		try := o
-		if read && s.othersLeft(inst, tried) {
-			t := forwardOpts{}
-			if o != nil {
-				t = *o
-			}
-			t.timeout = s.readTimeout()
-			try = &t
-		}
-		err = s.forward(ctx, inst, try)
-		if err == nil {
-			return
-		}
-		if !upstream.NotSent(err) && !(read && upstream.NoAnswer(err)) {
-			s.writeError(ctx, err)
-			return
-		}
-		s.log.Info("instance unreachable, busy or silent, trying another", "instance", inst.Name, "err", err)
-		tried = append(tried, inst)
-		last = err
-	}
-	if last == nil {
-		last = upstream.ErrNoUpstream
-	}
-	s.writeError(ctx, last)
-}
-
-// readTimeout is how long a read waits for an instance's first byte while
-// another instance could answer it instead: health_check.timeout, the time
-// a healthy instance has to answer /system_stats, capped by COMFYUI_TIMEOUT.
-func (s *Server) readTimeout() time.Duration {
-	d := s.cfg.HealthCheck.Timeout
-	if d <= 0 || d > s.cfg.Timeout {
-		d = s.cfg.Timeout
-	}
-	return d
-}
-
-// othersLeft reports whether an instance other than inst and those tried
-// is healthy, so a read that inst does not answer can go there.
-func (s *Server) othersLeft(inst *upstream.Instance, tried []*upstream.Instance) bool {
-	var buf [8]*upstream.Instance
-next:
-	for _, h := range s.pool.AppendHealthy(buf[:0]) {
-		if h == inst {
-			continue
-		}
-		for _, t := range tried {
-			if h == t {
-				continue next
-			}
-		}
-		return true
-	}
-	return false
-}
-
-// forwardTo forwards to one given instance (a pinned route): no other
-// instance can answer for it.
-func (s *Server) forwardTo(ctx *fasthttp.RequestCtx, inst *upstream.Instance, o *forwardOpts) {
-	pinned := forwardOpts{}
-	if o != nil {
-		pinned = *o
-	}
-	pinned.pinned = true
-	if err := s.forward(ctx, inst, &pinned); err != nil {
-		s.writeError(ctx, err)
-	}
 }
 
 // setInstance records which instance answers the request, for the log.

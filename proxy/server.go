@@ -61,15 +61,15 @@ type Server struct {
 
 	cat    *catalogue.Store
 	reload Reloader
-	policy *placement.Policy  // where prompts may and had better run (fleet.go)
-	bodies *limits.BodyBudget // request bodies held in memory (readClientBody)
+	policy *placement.Policy // where prompts may and had better run (fleet.go)
+	bodies *clientBodies     // request bodies held in memory (bodies.go)
 
-	hub   *Hub
-	authn *authn    // API keys presented, /login (login.go)
-	keys  *keyGuard // what a key may do: isolation, rate limits (authz.go)
-	// settingsMu holds one *sync.Mutex per key name: a key's settings
-	// writes read, merge and write back its file one at a time (userdata.go).
-	settingsMu sync.Map
+	hub      *Hub
+	authn    *authn      // API keys presented, /login (login.go)
+	keys     *keyGuard   // what a key may do: isolation, rate limits (authz.go)
+	fwd      *forwarder  // to instances, and errors (forward.go, errors.go)
+	files    *fileRoutes // /view and uploads (files.go, keyfiles.go)
+	userData *userData   // user data per key (userdata.go)
 
 	edge    *edge        // client address, request guards, access log
 	answers *answerWaits // what waits for a connection's answer (answerfirst.go)
@@ -119,9 +119,9 @@ func New(o Options) (*Server, error) {
 		cat:     o.Catalogue,
 		reload:  o.Reload,
 	}
-	s.bodies = o.BodyBudget
-	if s.bodies == nil {
-		s.bodies = limits.NewBodyBudget(o.Config.Limits.MaxBufferedBodyBytes)
+	budget := o.BodyBudget
+	if budget == nil {
+		budget = limits.NewBodyBudget(o.Config.Limits.MaxBufferedBodyBytes)
 	}
 	s.policy = o.Placement
 	if s.policy == nil {
@@ -138,6 +138,10 @@ func New(o Options) (*Server, error) {
 	if keys.sec.keys.On() && s.cfg.Auth.Isolation {
 		s.hub.isolate(keys.sec.owners)
 	}
+	s.fwd = &forwarder{cfg: o.Config, pool: o.Pool, log: log}
+	s.bodies = &clientBodies{budget: budget, edge: s.edge}
+	s.files = &fileRoutes{cfg: o.Config, pool: o.Pool, prompts: o.Prompts, log: log, fwd: s.fwd, bodies: s.bodies, keys: keys}
+	s.userData = &userData{pool: o.Pool, m: o.Metrics, fwd: s.fwd, keys: keys}
 	s.prompts.SetListener(s.hub)
 	s.answers = newAnswerWaits()
 	s.srv = &fasthttp.Server{
