@@ -117,7 +117,7 @@ func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 	// Only instances that can run it (catalogue) and carry the labels it
 	// asks for (X-Comfygate-Pool); among them, one that ran the same
 	// models last (affinity), unless its files decide.
-	pl, ok := s.place(ctx, fields["prompt"])
+	pl, ok := s.fleet.place(ctx, fields["prompt"])
 	if !ok {
 		return
 	}

@@ -126,7 +126,7 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 	raw = splitPath(rawRequestURI(ctx)) // admit may have taken the key out of the query
 	switch string(raw) {
 	case "/health":
-		s.serveHealth(ctx)
+		s.ops.serveHealth(ctx)
 		return routeHealth
 	case "/metrics", "/stats":
 		if s.cfg.MetricsListen != "" {
@@ -135,10 +135,10 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 			return routeOther
 		}
 		if string(raw) == "/metrics" {
-			s.serveMetrics(ctx)
+			s.ops.serveMetrics(ctx)
 			return routeMetrics
 		}
-		s.serveStats(ctx)
+		s.ops.serveStats(ctx)
 		return routeStats
 	}
 	if isDashboard(raw) {
@@ -147,7 +147,7 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 			writeJSONError(ctx, fasthttp.StatusNotFound, "not_found", "served on metrics_listen")
 			return routeOther
 		}
-		return s.serveDashboard(ctx, raw, false)
+		return s.dash.serveDashboard(ctx, raw, false)
 	}
 	if !originAllowed(&ctx.Request.Header) {
 		// ComfyUI's own answer to a refused origin: 403, empty body.
@@ -160,7 +160,7 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 	if bytes.HasPrefix(raw, adminPrefix) {
 		// Every admin route enters here and only here (fleet.go), which
 		// requires the admin key when keys are on.
-		return s.serveAdmin(ctx, raw)
+		return s.fleet.serveAdmin(ctx, raw)
 	}
 	api := bytes.HasPrefix(raw, apiPrefix)
 	p := raw
@@ -275,7 +275,7 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 	}
 	if get {
 		if tmpl, ok := neutralRoute(p); ok {
-			if !s.serveUnion(ctx, p) {
+			if !s.fleet.serveUnion(ctx, p) {
 				s.fwd.forwardPicked(ctx, s.pool.Select, nil)
 			}
 			return tmpl

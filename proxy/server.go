@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"math"
 	"net"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -74,10 +73,9 @@ type Server struct {
 	edge    *edge        // client address, request guards, access log
 	answers *answerWaits // what waits for a connection's answer (answerfirst.go)
 
-	dashStreams atomic.Int32  // dashboard event streams open (dashboard.go)
-	dashMu      sync.Mutex    // guards dashCh, dashDoc
-	dashCh      chan struct{} // closed (and replaced) by pokeDashboard
-	dashDoc     *dashDoc      // the streams' last document (dashboardDoc)
+	fleet *fleetRoutes // placement, catalogue answers, admin (fleet.go)
+	dash  *dashboard   // /dashboard and the /stats document (dashboard.go)
+	ops   *operator    // /health, /metrics, /stats (health.go)
 
 	srv *fasthttp.Server
 }
@@ -142,6 +140,9 @@ func New(o Options) (*Server, error) {
 	s.bodies = &clientBodies{budget: budget, edge: s.edge}
 	s.files = &fileRoutes{cfg: o.Config, pool: o.Pool, prompts: o.Prompts, log: log, fwd: s.fwd, bodies: s.bodies, keys: keys}
 	s.userData = &userData{pool: o.Pool, m: o.Metrics, fwd: s.fwd, keys: keys}
+	s.dash = &dashboard{pool: o.Pool, prompts: o.Prompts, jobs: o.Jobs, m: o.Metrics, cat: o.Catalogue}
+	s.fleet = &fleetRoutes{pool: o.Pool, m: o.Metrics, cat: o.Catalogue, policy: s.policy, reload: o.Reload, dash: s.dash}
+	s.ops = &operator{pool: o.Pool, m: o.Metrics, cat: o.Catalogue, version: o.Version, started: s.started, dash: s.dash}
 	s.prompts.SetListener(s.hub)
 	s.answers = newAnswerWaits()
 	s.srv = &fasthttp.Server{
@@ -244,6 +245,16 @@ func (c *writeIdleConn) Write(p []byte) (int, error) {
 	}
 	return c.Conn.Write(p)
 }
+
+// OperatorHandler serves /health, /metrics, /stats and the dashboard, and
+// nothing else, without API keys: the handler of metrics_listen, an
+// address only operators and scrapers reach.
+func (s *Server) OperatorHandler() fasthttp.RequestHandler { return s.ops.operatorHandler() }
+
+// SetRouting applies a reloaded routing section: the affinity margin
+// and the catalogue's re-read interval (the warm-up timeout applies at
+// the next start).
+func (s *Server) SetRouting(r config.Routing) { s.fleet.setRouting(r) }
 
 // Shutdown stops accepting connections, lets in-flight requests finish
 // (streams included) until ctx ends, then closes every client WebSocket.
