@@ -8,6 +8,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/comfygate/comfygate/config"
+	"log/slog"
 	"net/url"
 	"strconv"
 	"time"
@@ -18,8 +20,22 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
+// pinnedRoutes serves the routes that name a prompt (or job), on the
+// instance it is pinned to, and their fleet-wide forms.
+type pinnedRoutes struct {
+	cfg     *config.Config
+	pool    *upstream.Pool
+	prompts *prompts.Table
+	jobs    JobRoutes // may be nil
+	log     *slog.Logger
+	fwd     *forwarder
+	bodies  *clientBodies
+	keys    *keyGuard
+	rw      *rewriter
+}
+
 // locate finds the instance holding prompt id and the id it has there.
-func (s *Server) locate(id string) (*upstream.Instance, string, error) {
+func (s *pinnedRoutes) locate(id string) (*upstream.Instance, string, error) {
 	cctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
 	defer cancel()
 	inst, err := s.prompts.LocatePrompt(cctx, id)
@@ -43,7 +59,7 @@ func (s *Server) locate(id string) (*upstream.Instance, string, error) {
 // answer came, goes to wherever the prompt is now (failover moved it) or,
 // if it is still pinned there, answers {} as ComfyUI does for a prompt not
 // done yet, so a polling client asks again instead of getting a 504.
-func (s *Server) getHistoryByID(ctx *fasthttp.RequestCtx, id string) {
+func (s *pinnedRoutes) getHistoryByID(ctx *fasthttp.RequestCtx, id string) {
 	inst, upID, err := s.locate(id)
 	if errors.Is(err, prompts.ErrUnknownPrompt) {
 		ctx.SetContentType(jsonContentType)
@@ -63,7 +79,7 @@ func (s *Server) getHistoryByID(ctx *fasthttp.RequestCtx, id string) {
 				if status != fasthttp.StatusOK {
 					return body
 				}
-				return s.rewriteHistoryObject(inst, body)
+				return s.rw.rewriteHistoryObject(inst, body)
 			},
 		}
 	}
@@ -98,7 +114,7 @@ func (s *Server) getHistoryByID(ctx *fasthttp.RequestCtx, id string) {
 // pinnedReadTimeout bounds a read pinned to a prompt's instance:
 // readTimeout while another instance is healthy (the prompt may move
 // there), else COMFYUI_TIMEOUT (0: the default).
-func (s *Server) pinnedReadTimeout(inst *upstream.Instance) time.Duration {
+func (s *pinnedRoutes) pinnedReadTimeout(inst *upstream.Instance) time.Duration {
 	if s.fwd.othersLeft(inst, nil) {
 		return s.fwd.readTimeout()
 	}
@@ -107,7 +123,7 @@ func (s *Server) pinnedReadTimeout(inst *upstream.Instance) time.Duration {
 
 // movedFrom reports where prompt id is now, with its id there, when that
 // is no longer inst.
-func (s *Server) movedFrom(id string, inst *upstream.Instance) (*upstream.Instance, string, bool) {
+func (s *pinnedRoutes) movedFrom(id string, inst *upstream.Instance) (*upstream.Instance, string, bool) {
 	p, known := s.prompts.Prompt(id)
 	if !known {
 		return nil, "", false
@@ -134,7 +150,7 @@ func callHeader(ctx *fasthttp.RequestCtx) map[string]string {
 
 // relayFirst answers with the first instance's answer that came back (in
 // configuration order); 502/504 when none did.
-func (s *Server) relayFirst(ctx *fasthttp.RequestCtx, results []callResult) {
+func (s *pinnedRoutes) relayFirst(ctx *fasthttp.RequestCtx, results []callResult) {
 	var firstErr error
 	for _, r := range results {
 		if r.err == nil {
@@ -156,7 +172,7 @@ func (s *Server) relayFirst(ctx *fasthttp.RequestCtx, results []callResult) {
 }
 
 // readSmallBody reads a small JSON body; on failure it answers and reports false.
-func (s *Server) readSmallBody(ctx *fasthttp.RequestCtx) ([]byte, bool) {
+func (s *pinnedRoutes) readSmallBody(ctx *fasthttp.RequestCtx) ([]byte, bool) {
 	body, err := s.bodies.readClientBody(ctx, maxSmallBody)
 	if err != nil {
 		if errors.Is(err, errBodyTooLarge) || errors.Is(err, errBodiesBusy) {
@@ -171,7 +187,7 @@ func (s *Server) readSmallBody(ctx *fasthttp.RequestCtx) ([]byte, bool) {
 
 // fanOut sends the client's POST to every available instance (POST /free,
 // and the global /interrupt) and relays the first answer.
-func (s *Server) fanOut(ctx *fasthttp.RequestCtx, path string) {
+func (s *pinnedRoutes) fanOut(ctx *fasthttp.RequestCtx, path string) {
 	body, ok := s.readSmallBody(ctx)
 	if !ok {
 		return
@@ -191,7 +207,7 @@ func (s *Server) fanOut(ctx *fasthttp.RequestCtx, path string) {
 // ComfyUI's targeted interrupt of a prompt not running is). Without a
 // prompt_id it interrupts what runs on every instance. As in ComfyUI an
 // empty or non-JSON body counts as {}.
-func (s *Server) postInterrupt(ctx *fasthttp.RequestCtx) {
+func (s *pinnedRoutes) postInterrupt(ctx *fasthttp.RequestCtx) {
 	body, ok := s.readSmallBody(ctx)
 	if !ok {
 		return
@@ -240,10 +256,10 @@ func (s *Server) postInterrupt(ctx *fasthttp.RequestCtx) {
 }
 
 // postQueue serves POST /queue ({"delete": [ids]} and/or {"clear": true}).
-func (s *Server) postQueue(ctx *fasthttp.RequestCtx) { s.deleteOrClear(ctx, "/queue") }
+func (s *pinnedRoutes) postQueue(ctx *fasthttp.RequestCtx) { s.deleteOrClear(ctx, "/queue") }
 
 // postHistory serves POST /history ({"delete": [ids]} and/or {"clear": true}).
-func (s *Server) postHistory(ctx *fasthttp.RequestCtx) { s.deleteOrClear(ctx, "/history") }
+func (s *pinnedRoutes) postHistory(ctx *fasthttp.RequestCtx) { s.deleteOrClear(ctx, "/history") }
 
 // deleteOrClear applies a /queue or /history delete to the instances
 // holding those prompts (grouped, with their ids there) and a clear to
@@ -253,7 +269,7 @@ func (s *Server) postHistory(ctx *fasthttp.RequestCtx) { s.deleteOrClear(ctx, "/
 // every healthy instance, in one request each; ComfyUI skips ids it does
 // not have.
 // A body that is not a JSON object gets ComfyUI's own plain-text 500.
-func (s *Server) deleteOrClear(ctx *fasthttp.RequestCtx, path string) {
+func (s *pinnedRoutes) deleteOrClear(ctx *fasthttp.RequestCtx, path string) {
 	body, ok := s.readSmallBody(ctx)
 	if !ok {
 		return
@@ -327,7 +343,7 @@ func writeJSON(ctx *fasthttp.RequestCtx, code int, body []byte) {
 // getJobByID serves GET /api/jobs/{id}: a facade job still in comfygate's
 // wait line first, else the prompt's instance with the instance's id,
 // rewritten back.
-func (s *Server) getJobByID(ctx *fasthttp.RequestCtx, id string) {
+func (s *pinnedRoutes) getJobByID(ctx *fasthttp.RequestCtx, id string) {
 	if s.jobs != nil {
 		if body, ok := s.jobs.WaitingJob(id, s.keys.jobScope(requestKey(ctx))); ok {
 			writeJSON(ctx, fasthttp.StatusOK, body)
@@ -352,7 +368,7 @@ func (s *Server) getJobByID(ctx *fasthttp.RequestCtx, id string) {
 				if status != fasthttp.StatusOK {
 					return body
 				}
-				_, out := s.rewriteJob(inst, body)
+				_, out := s.rw.rewriteJob(inst, body)
 				return out
 			},
 		}
@@ -371,7 +387,9 @@ func (s *Server) getJobByID(ctx *fasthttp.RequestCtx, id string) {
 
 // cancelOne cancels a facade job or a prompt, wherever it is; scope is
 // the requesting key's job scope (jobScope).
-func (s *Server) cancelOne(id, scope string) (bool, error) { return s.cancelOneBudget(id, scope, nil) }
+func (s *pinnedRoutes) cancelOne(id, scope string) (bool, error) {
+	return s.cancelOneBudget(id, scope, nil)
+}
 
 // maxCancelLookups caps, per POST /api/jobs/cancel, the ids neither the job
 // facade nor the pin table knows that are looked up at the instances (a
@@ -381,7 +399,7 @@ const maxCancelLookups = 16
 // cancelOneBudget is cancelOne; when lookups is not nil, an id comfygate
 // does not know is looked up at the instances only while *lookups > 0
 // (and counts against it), else it is not cancelled.
-func (s *Server) cancelOneBudget(id, scope string, lookups *int) (bool, error) {
+func (s *pinnedRoutes) cancelOneBudget(id, scope string, lookups *int) (bool, error) {
 	cctx, cancel := context.WithTimeout(context.Background(), 2*s.cfg.Timeout)
 	defer cancel()
 	if s.jobs != nil {
@@ -406,7 +424,7 @@ func (s *Server) cancelOneBudget(id, scope string, lookups *int) (bool, error) {
 
 // cancelJob serves POST /api/jobs/{id}/cancel: {"cancelled": bool}, on any
 // instance version (comfygate dequeues or interrupts itself).
-func (s *Server) cancelJob(ctx *fasthttp.RequestCtx, id string) {
+func (s *pinnedRoutes) cancelJob(ctx *fasthttp.RequestCtx, id string) {
 	ok, err := s.cancelOne(id, s.keys.jobScope(requestKey(ctx)))
 	if err != nil {
 		s.fwd.writeError(ctx, err)
@@ -421,7 +439,7 @@ func (s *Server) cancelJob(ctx *fasthttp.RequestCtx, id string) {
 // maxCancelLookups ids comfygate does not know are looked up at the
 // instances; the rest count as not cancelled (a long list of unknown ids
 // would otherwise cost a fleet-wide fan-out each).
-func (s *Server) cancelJobs(ctx *fasthttp.RequestCtx) {
+func (s *pinnedRoutes) cancelJobs(ctx *fasthttp.RequestCtx) {
 	body, ok := s.readSmallBody(ctx)
 	if !ok {
 		return

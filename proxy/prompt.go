@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/comfygate/comfygate/placement"
+	"github.com/comfygate/comfygate/upstream"
 	"strconv"
 
 	"github.com/comfygate/comfygate/internal/comfyapi"
@@ -21,6 +23,21 @@ const maxPromptBody = 64 << 20
 // maxSmallBody caps the JSON bodies of /queue, /history, /interrupt,
 // /free and /api/jobs/cancel.
 const maxSmallBody = 4 << 20
+
+// submitter serves POST /prompt (parse once, place, hand to the prompt
+// table) and GET /prompt.
+type submitter struct {
+	pool    *upstream.Pool
+	prompts *prompts.Table
+	policy  *placement.Policy
+	hub     *Hub
+	fwd     *forwarder
+	bodies  *clientBodies
+	keys    *keyGuard
+	files   *fileRoutes  // the key's own file names in the prompt
+	fleet   *fleetRoutes // where the prompt may run
+	answers *answerWaits // its events wait for its answer
+}
 
 // writeComfyError answers in ComfyUI's POST /prompt error shape.
 func writeComfyError(ctx *fasthttp.RequestCtx, code int, typ, message, details string) {
@@ -62,7 +79,7 @@ func writeComfyError(ctx *fasthttp.RequestCtx, code int, typ, message, details s
 //     prompt only within the queue of the instance that runs it; the
 //     number shown for them is ComfyUI's (-counter, and the client's own
 //     value).
-func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
+func (s *submitter) postPrompt(ctx *fasthttp.RequestCtx) {
 	body, err := s.bodies.readClientBody(ctx, maxPromptBody)
 	if err != nil {
 		if errors.Is(err, errBodyTooLarge) || errors.Is(err, errBodiesBusy) {
@@ -162,7 +179,7 @@ func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 
 // getPrompt serves GET /prompt: the fleet's queue_remaining, which is what
 // one ComfyUI running all of the fleet's work would report.
-func (s *Server) getPrompt(ctx *fasthttp.RequestCtx) {
+func (s *submitter) getPrompt(ctx *fasthttp.RequestCtx) {
 	ctx.SetContentType(jsonContentType)
 	b := append([]byte(`{"exec_info": {"queue_remaining": `), strconv.Itoa(s.pool.QueueRemaining())...)
 	ctx.SetBody(append(b, "}}"...))

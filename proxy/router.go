@@ -193,38 +193,38 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 	case "/prompt":
 		switch {
 		case post:
-			s.postPrompt(ctx)
+			s.submit.postPrompt(ctx)
 			return routePrompt
 		case get:
-			s.getPrompt(ctx)
+			s.submit.getPrompt(ctx)
 			return routePrompt
 		}
 	case "/queue":
 		switch {
 		case get:
-			s.getQueue(ctx)
+			s.merged.getQueue(ctx)
 			return routeQueue
 		case post:
-			s.postQueue(ctx)
+			s.pinned.postQueue(ctx)
 			return routeQueue
 		}
 	case "/history":
 		switch {
 		case get:
-			s.getHistory(ctx)
+			s.merged.getHistory(ctx)
 			return routeHistory
 		case post:
-			s.postHistory(ctx)
+			s.pinned.postHistory(ctx)
 			return routeHistory
 		}
 	case "/interrupt":
 		if post {
-			s.postInterrupt(ctx)
+			s.pinned.postInterrupt(ctx)
 			return routeInterrupt
 		}
 	case "/free":
 		if post {
-			s.fanOut(ctx, "/free")
+			s.pinned.fanOut(ctx, "/free")
 			return routeFree
 		}
 	case "/view":
@@ -245,29 +245,29 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 	}
 	if get {
 		if id, ok := pathParam(p, "/history/"); ok {
-			s.getHistoryByID(ctx, id)
+			s.pinned.getHistoryByID(ctx, id)
 			return routeHistoryID
 		}
 	}
 	if api {
 		switch {
 		case get && string(p) == "/jobs":
-			s.getJobs(ctx)
+			s.merged.getJobs(ctx)
 			return routeJobs
 		case post && string(p) == "/jobs/cancel":
-			s.cancelJobs(ctx)
+			s.pinned.cancelJobs(ctx)
 			return routeJobsCancel
 		}
 		if rest, ok := bytes.CutPrefix(p, []byte("/jobs/")); ok {
 			if id, ok := bytes.CutSuffix(rest, []byte("/cancel")); ok && post {
 				if sid, ok := unescapeSegment(id); ok {
-					s.cancelJob(ctx, sid)
+					s.pinned.cancelJob(ctx, sid)
 					return routeJobCancel
 				}
 			}
 			if get {
 				if sid, ok := unescapeSegment(rest); ok {
-					s.getJobByID(ctx, sid)
+					s.pinned.getJobByID(ctx, sid)
 					return routeJobID
 				}
 			}

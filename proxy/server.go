@@ -49,33 +49,25 @@ type Options struct {
 // Server is comfygate's HTTP front: ComfyUI's API over the instance pool,
 // the WebSocket bridge, and comfygate's own /health, /metrics and /stats.
 type Server struct {
-	cfg     *config.Config
-	pool    *upstream.Pool
-	prompts *prompts.Table
-	jobs    JobRoutes
-	m       *metrics.Metrics
-	log     *slog.Logger
-	version string
-	started time.Time
+	cfg  *config.Config
+	pool *upstream.Pool
+	jobs JobRoutes // may be nil
+	hub  *Hub      // the WebSocket bridge (ws*.go)
 
-	cat    *catalogue.Store
-	reload Reloader
-	policy *placement.Policy // where prompts may and had better run (fleet.go)
-	bodies *clientBodies     // request bodies held in memory (bodies.go)
-
-	hub      *Hub
-	authn    *authn      // API keys presented, /login (login.go)
-	keys     *keyGuard   // what a key may do: isolation, rate limits (authz.go)
-	fwd      *forwarder  // to instances, and errors (forward.go, errors.go)
-	files    *fileRoutes // /view and uploads (files.go, keyfiles.go)
-	userData *userData   // user data per key (userdata.go)
-
-	edge    *edge        // client address, request guards, access log
-	answers *answerWaits // what waits for a connection's answer (answerfirst.go)
-
-	fleet *fleetRoutes // placement, catalogue answers, admin (fleet.go)
-	dash  *dashboard   // /dashboard and the /stats document (dashboard.go)
-	ops   *operator    // /health, /metrics, /stats (health.go)
+	// The parts requests are routed to, each holding only what it uses.
+	edge     *edge         // client address, request guards, access log (edge.go)
+	answers  *answerWaits  // what waits for a connection's answer (answerfirst.go)
+	authn    *authn        // the key a request presents, /login (login.go)
+	keys     *keyGuard     // what that key may do: isolation, rate limits (authz.go)
+	fwd      *forwarder    // to instances, and errors (forward.go, errors.go)
+	files    *fileRoutes   // /view and uploads (files.go, keyfiles.go)
+	userData *userData     // user data per key (userdata.go)
+	submit   *submitter    // POST and GET /prompt (prompt.go)
+	merged   *mergedViews  // /queue, /history, /api/jobs merged (merge.go)
+	pinned   *pinnedRoutes // routes naming a prompt (pinned.go)
+	fleet    *fleetRoutes  // placement, catalogue answers, admin (fleet.go)
+	dash     *dashboard    // /dashboard and the /stats document (dashboard.go)
+	ops      *operator     // /health, /metrics, /stats (health.go)
 
 	srv *fasthttp.Server
 }
@@ -105,46 +97,41 @@ func New(o Options) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{
-		cfg:     o.Config,
-		pool:    o.Pool,
-		prompts: o.Prompts,
-		jobs:    o.Jobs,
-		m:       o.Metrics,
-		log:     log,
-		version: o.Version,
-		started: time.Now(),
-		cat:     o.Catalogue,
-		reload:  o.Reload,
-	}
+	started := time.Now()
 	budget := o.BodyBudget
 	if budget == nil {
 		budget = limits.NewBodyBudget(o.Config.Limits.MaxBufferedBodyBytes)
 	}
-	s.policy = o.Placement
-	if s.policy == nil {
-		s.policy = placement.New(o.Pool, o.Catalogue, o.Config.Routing.AffinityMargin, o.Metrics.Affinity)
+	policy := o.Placement
+	if policy == nil {
+		policy = placement.New(o.Pool, o.Catalogue, o.Config.Routing.AffinityMargin, o.Metrics.Affinity)
 	}
-	s.edge = &edge{cfg: o.Config, m: o.Metrics, log: log, trusted: trustedProxies(o.Config.Server.TrustedPrefixes())}
 	keys, err := newKeyGuard(o.Config, o.Metrics, o.Jobs, o.Prompts)
 	if err != nil {
 		return nil, err
 	}
-	s.keys = keys
+	s := &Server{cfg: o.Config, pool: o.Pool, jobs: o.Jobs, keys: keys}
+	s.edge = &edge{cfg: o.Config, m: o.Metrics, log: log, trusted: trustedProxies(o.Config.Server.TrustedPrefixes())}
+	s.answers = newAnswerWaits()
 	s.authn = &authn{cfg: o.Config, m: o.Metrics, apiKeys: keys.sec.keys, sessions: keys.sec.sessions}
-	s.hub = newHub(s.cfg, s.pool, s.m, log.With("component", "ws"))
-	if keys.sec.keys.On() && s.cfg.Auth.Isolation {
+	s.hub = newHub(o.Config, o.Pool, o.Metrics, log.With("component", "ws"))
+	if keys.sec.keys.On() && o.Config.Auth.Isolation {
 		s.hub.isolate(keys.sec.owners)
 	}
 	s.fwd = &forwarder{cfg: o.Config, pool: o.Pool, log: log}
-	s.bodies = &clientBodies{budget: budget, edge: s.edge}
-	s.files = &fileRoutes{cfg: o.Config, pool: o.Pool, prompts: o.Prompts, log: log, fwd: s.fwd, bodies: s.bodies, keys: keys}
+	bodies := &clientBodies{budget: budget, edge: s.edge}
+	s.files = &fileRoutes{cfg: o.Config, pool: o.Pool, prompts: o.Prompts, log: log, fwd: s.fwd, bodies: bodies, keys: keys}
 	s.userData = &userData{pool: o.Pool, m: o.Metrics, fwd: s.fwd, keys: keys}
 	s.dash = &dashboard{pool: o.Pool, prompts: o.Prompts, jobs: o.Jobs, m: o.Metrics, cat: o.Catalogue}
-	s.fleet = &fleetRoutes{pool: o.Pool, m: o.Metrics, cat: o.Catalogue, policy: s.policy, reload: o.Reload, dash: s.dash}
-	s.ops = &operator{pool: o.Pool, m: o.Metrics, cat: o.Catalogue, version: o.Version, started: s.started, dash: s.dash}
-	s.prompts.SetListener(s.hub)
-	s.answers = newAnswerWaits()
+	s.fleet = &fleetRoutes{pool: o.Pool, m: o.Metrics, cat: o.Catalogue, policy: policy, reload: o.Reload, dash: s.dash}
+	s.ops = &operator{pool: o.Pool, m: o.Metrics, cat: o.Catalogue, version: o.Version, started: started, dash: s.dash}
+	s.submit = &submitter{pool: o.Pool, prompts: o.Prompts, policy: policy, hub: s.hub, fwd: s.fwd, bodies: bodies,
+		keys: keys, files: s.files, fleet: s.fleet, answers: s.answers}
+	rw := &rewriter{prompts: o.Prompts}
+	s.merged = &mergedViews{pool: o.Pool, fwd: s.fwd, keys: keys, rw: rw}
+	s.pinned = &pinnedRoutes{cfg: o.Config, pool: o.Pool, prompts: o.Prompts, jobs: o.Jobs, log: log,
+		fwd: s.fwd, bodies: bodies, keys: keys, rw: rw}
+	o.Prompts.SetListener(s.hub)
 	s.srv = &fasthttp.Server{
 		Handler:                      s.handle,
 		ConnState:                    s.answers.connState,
