@@ -209,7 +209,7 @@ func equalFoldASCII(a, b []byte) bool {
 func (s *forwarder) home(exclude ...*upstream.Instance) (*upstream.Instance, error) {
 	var buf [8]*upstream.Instance
 next:
-	for _, inst := range s.pool.AppendHealthy(buf[:0]) {
+	for _, inst := range s.pool.Selector().AppendHealthy(buf[:0]) {
 		for _, e := range exclude {
 			if e == inst {
 				continue next
@@ -290,7 +290,7 @@ func (s *forwarder) readTimeout() time.Duration {
 func (s *forwarder) othersLeft(inst *upstream.Instance, tried []*upstream.Instance) bool {
 	var buf [8]*upstream.Instance
 next:
-	for _, h := range s.pool.AppendHealthy(buf[:0]) {
+	for _, h := range s.pool.Selector().AppendHealthy(buf[:0]) {
 		if h == inst {
 			continue
 		}

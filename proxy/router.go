@@ -29,7 +29,7 @@ package proxy
 //   - the other instance-neutral catalogue GETs (/system_stats,
 //     /embeddings, /features, /experiment/models, /view_metadata,
 //     /i18n, /workflow_templates): any available instance, least busy first
-//     (Pool.Select), another one if the first cannot be reached;
+//     (Selector.Select), another one if the first cannot be reached;
 //   - everything else goes to the "home" instance, the first available one
 //     in configuration order. That covers:
 //       * user data (/settings*, /userdata*, /v2/userdata, /users,
@@ -276,7 +276,7 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 	if get {
 		if tmpl, ok := neutralRoute(p); ok {
 			if !s.fleet.serveUnion(ctx, p) {
-				s.fwd.forwardPicked(ctx, s.pool.Select, nil)
+				s.fwd.forwardPicked(ctx, s.pool.Selector().Select, nil)
 			}
 			return tmpl
 		}
