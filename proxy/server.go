@@ -48,6 +48,8 @@ type Options struct {
 
 // Server is comfygate's HTTP front: ComfyUI's API over the instance pool,
 // the WebSocket bridge, and comfygate's own /health, /metrics and /stats.
+// It routes each request (router.go) to the part that serves it and owns
+// the HTTP server's life; the parts hold only what they use.
 type Server struct {
 	cfg  *config.Config
 	pool *upstream.Pool
