@@ -357,8 +357,8 @@ func TestMaxConnectionsBoundsRealConnections(t *testing.T) {
 			_, _ = io.WriteString(w, `{"x": {}}`)
 		}
 	}
-	f := newFakeComfy(t, slow)
-	cc := startConnCounter(t, f.addr())
+	f := testkit.Mini(t, "0.3.65").Fallback(slow)
+	cc := startConnCounter(t, f.Addr())
 	const maxConns = 4
 	g := startGate(t, []string{cc.addr}, func(c *config.Config) {
 		c.MaxConnectionsPerInstance = maxConns

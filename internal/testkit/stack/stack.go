@@ -19,6 +19,7 @@ import (
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/testkit"
+	"github.com/comfygate/comfygate/internal/testkit/ready"
 	"github.com/comfygate/comfygate/jobs"
 	"github.com/comfygate/comfygate/metrics"
 	"github.com/comfygate/comfygate/prompts"
@@ -78,18 +79,8 @@ func Wiring(proxyOpts func(*proxy.Options)) testkit.Wiring[*upstream.Pool, *prom
 			}
 			return proxy.New(o)
 		},
-		Instances: Instances,
+		Instances: ready.States,
 	}
-}
-
-// Instances is the pool's instances as testkit.Start's wait sees them.
-func Instances(p *upstream.Pool) []testkit.InstanceState {
-	insts := p.Instances()
-	out := make([]testkit.InstanceState, len(insts))
-	for i, inst := range insts {
-		out[i] = testkit.InstanceState{Name: inst.Name, Healthy: inst.Healthy(), Ready: inst.Available() && inst.Status().SocketUp}
-	}
-	return out
 }
 
 // Start starts the instances, their fault proxies and the gateway, and
