@@ -265,12 +265,19 @@ func (f *MiniComfy) PromptCount() int {
 	return len(f.bodies)
 }
 
-// SetQueue replaces its queue (as someone acting on the instance directly
-// would); nil empties a list.
-func (f *MiniComfy) SetQueue(running, pending []string) {
+// SetRunning replaces its running prompts (as someone acting on the
+// instance directly would); nil empties the list.
+func (f *MiniComfy) SetRunning(ids []string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.running, f.pending = slices.Clone(running), slices.Clone(pending)
+	f.running = slices.Clone(ids)
+}
+
+// SetPending replaces its pending prompts; nil empties the list.
+func (f *MiniComfy) SetPending(ids []string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.pending = slices.Clone(ids)
 }
 
 // AddPending queues id as pending.
