@@ -52,9 +52,10 @@ func (NoPart) Shutdown(context.Context) error { return nil }
 
 // InstanceState is one instance as Start's wait for a ready fleet sees it.
 type InstanceState struct {
-	Name    string
-	Healthy bool // its health checks pass
-	Ready   bool // available, with comfygate's event socket to it up
+	Name      string
+	Healthy   bool // its health checks pass
+	Available bool // it takes work
+	SocketUp  bool // comfygate's event socket to it is up
 }
 
 // Wiring is how a package's tests build the gateway's parts: the
@@ -377,28 +378,30 @@ func (g *Gateway[P, T, J, S]) startParts(ln net.Listener) {
 	g.waitReady()
 }
 
-// waitReady waits until the fleet is ready: a first health check that
-// timed out on a loaded machine would leave an instance out for a while,
-// and a prompt that runs on an instance before comfygate's socket
-// registered there would lose its events. Instances Start started are
-// waited for; others (Options.Addrs, Base, and all after Restart) only if
-// their first health check passed: those found down are the test's
-// business.
+// waitReady waits until the fleet is ready: a prompt that runs on an
+// instance before comfygate's socket registered there would lose its
+// events, and a first health check that timed out on a loaded machine
+// would leave an instance out for a while. When Start started every
+// instance, each must be available with its event socket up; otherwise
+// (Options.Addrs, Base) those that passed their first health check must
+// have their socket up: those found down, or kept out by a failed warm-up,
+// are the test's business. After Restart, the healthy ones must be
+// available with their socket up.
 func (g *Gateway[P, T, J, S]) waitReady() {
 	if g.wiring.Instances == nil {
 		return
 	}
-	all := !g.restarted && g.opts.Addrs == nil && g.opts.Base == nil
+	own := g.opts.Addrs == nil && g.opts.Base == nil
 	pool := g.Pool()
 	for _, st := range g.wiring.Instances(pool) {
-		if !all && !st.Healthy {
+		if !st.Healthy && (g.restarted || !own) {
 			continue
 		}
-		name := st.Name
-		Eventually(g.tb, name+" available with its event socket up", func() bool {
+		name, avail := st.Name, own
+		Eventually(g.tb, name+" ready with its event socket up", func() bool {
 			for _, s := range g.wiring.Instances(pool) {
 				if s.Name == name {
-					return s.Ready
+					return s.SocketUp && (s.Available || !avail)
 				}
 			}
 			return false

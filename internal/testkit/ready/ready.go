@@ -10,13 +10,12 @@ import (
 	"github.com/comfygate/comfygate/upstream"
 )
 
-// States is p's instances: healthy, and ready when available with
-// comfygate's event socket to them up.
+// States is p's instances: healthy, available, event socket up.
 func States(p *upstream.Pool) []testkit.InstanceState {
 	insts := p.Instances()
 	out := make([]testkit.InstanceState, len(insts))
 	for i, inst := range insts {
-		out[i] = testkit.InstanceState{Name: inst.Name, Healthy: inst.Healthy(), Ready: inst.Available() && inst.Status().SocketUp}
+		out[i] = testkit.InstanceState{Name: inst.Name, Healthy: inst.Healthy(), Available: inst.Available(), SocketUp: inst.Status().SocketUp}
 	}
 	return out
 }
