@@ -139,10 +139,9 @@ type Gateway[P PoolPart, T, J Part, S ServerPart] struct {
 	restarted bool // set by Restart (used by the test's goroutine only)
 }
 
-// Start starts the instances (or takes Options.Addrs), their fault
-// proxies and the gateway w wires, and returns once every instance Start
-// started, and every other one that passed its first health check, is
-// ready (available with its event socket up).
+// Start starts the instances (or takes Options.Addrs or Base), their
+// fault proxies and the gateway w wires, and returns once the fleet is
+// ready (see waitReady), all stopped when the test ends.
 func Start[P PoolPart, T, J Part, S ServerPart](tb testing.TB, opts GatewayOptions, w Wiring[P, T, J, S]) *Gateway[P, T, J, S] {
 	tb.Helper()
 	g := &Gateway[P, T, J, S]{tb: tb, opts: opts, wiring: w}
