@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -536,7 +537,11 @@ func (f *MiniComfy) prompt(w http.ResponseWriter, r *http.Request) {
 	if before != nil {
 		before(id)
 	}
-	fmt.Fprintf(w, `{"prompt_id": %q, "number": %d, "node_errors": {}}`, id, n)
+	// With its length set, the answer is whole on the connection once
+	// flushed, while after runs.
+	answer := fmt.Appendf(nil, `{"prompt_id": %q, "number": %d, "node_errors": {}}`, id, n)
+	w.Header().Set("Content-Length", strconv.Itoa(len(answer)))
+	_, _ = w.Write(answer)
 	if after != nil {
 		if fl, ok := w.(http.Flusher); ok {
 			fl.Flush()
