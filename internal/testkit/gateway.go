@@ -306,8 +306,7 @@ func (g *Gateway[P, T, J, S]) startParts(ln net.Listener) {
 	if w.Prompts != nil {
 		table = w.Prompts(pool, cfg, m, log)
 	}
-	// main closes the pool, then the table (whose owners the pool's
-	// instances feed).
+	// The pool closes before the table, as in main.
 	closers = append(closers, pool.Close)
 	if w.Prompts != nil {
 		closers = append(closers, table.Close)
