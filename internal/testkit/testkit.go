@@ -3,7 +3,7 @@
 // ComfyUI with switches to fail or hang for pool and file tests (Mini),
 // the test configuration (Config), one bounded wait (Eventually), a fake clock, a
 // fault-injecting TCP proxy to put in front of an instance (FaultProxy),
-// and a client that speaks ComfyUI's protocol like ComfyUI's own websocket
+// a real redis-server on a loopback port (Redis), and a client that speaks ComfyUI's protocol like ComfyUI's own websocket
 // example (Client).
 //
 // It imports comfysim, config, internal packages and fasthttp only, so the
