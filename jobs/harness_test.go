@@ -98,7 +98,7 @@ func newHarnessWith(tb testing.TB, n int, opts comfysim.Options, mod func(*confi
 	for _, inst := range pool.Instances() {
 		testkit.Eventually(tb, "event socket to "+inst.Name, func() bool { return inst.Status().SocketUp })
 	}
-	svc, err := New(cfg, pool, table, nil, log)
+	svc, err := New(cfg, pool, table, nil, nil, log)
 	if err != nil {
 		tb.Fatalf("jobs.New: %v", err)
 	}

@@ -8,15 +8,19 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"log/slog"
 	"math"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/comfygate/comfygate/auth"
 	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/limits"
 	"github.com/comfygate/comfygate/prompts"
+	"github.com/comfygate/comfygate/state"
 	"github.com/valyala/fasthttp"
 )
 
@@ -28,9 +32,12 @@ const (
 
 // security is the Server's API keys, owner table and rate limits.
 type security struct {
-	keys        *auth.Keys
-	sessions    *auth.Sessions
-	owners      *auth.Owners
+	keys     *auth.Keys
+	sessions *auth.Sessions
+	owners   *auth.Owners
+	// clients decides which key holds each clientId: owners itself in
+	// memory, or the state replicas share (state.url).
+	clients     state.ClientOwners
 	promptRate  *limits.Buckets
 	jobRate     *limits.Buckets
 	outstanding *limits.Outstanding
@@ -50,7 +57,29 @@ func (s *Server) initSecurity() error {
 		jobRate:     limits.NewBuckets(rl.JobsPerSecond, rl.JobBurst),
 		outstanding: limits.NewOutstanding(rl.MaxConcurrentPrompts),
 	}
+	s.sec.clients = s.shared.ClientOwners(s.sec.owners)
 	return nil
+}
+
+// clientClaimTimeout bounds one claim of a clientId in the state store.
+const clientClaimTimeout = 5 * time.Second
+
+// claimClient gives clientID to key unless another key holds it, and
+// reports whether key may use it. When the state store does not answer it
+// answers 503 with Retry-After itself (isolation fails closed) and
+// reports false; when another key holds it, the caller answers.
+func (s *Server) claimClient(ctx *fasthttp.RequestCtx, clientID, key string) (mine, answered bool) {
+	c, cancel := context.WithTimeout(context.Background(), clientClaimTimeout)
+	defer cancel()
+	ok, err := s.sec.clients.ClaimClient(c, clientID, key)
+	if err != nil {
+		s.log.Warn("clientId owner not checked", slog.Any("error", err))
+		writeJSONError(ctx, fasthttp.StatusServiceUnavailable, "state_unavailable",
+			"comfygate cannot check who holds this clientId now; retry after the time in Retry-After")
+		ctx.Response.Header.Set("Retry-After", "1")
+		return false, true
+	}
+	return ok, false
 }
 
 // requestKey is the key the request was admitted with (nil: keys off).
@@ -206,8 +235,12 @@ func (s *Server) guard(ctx *fasthttp.RequestCtx, p []byte, api bool) (after func
 			id = newClientID() // minted here so that it is claimed for this key
 			ctx.QueryArgs().Set("clientId", id)
 		}
-		if s.isolated(k) && !s.sec.owners.ClaimClient(id, k.Name) {
-			return forbid("this clientId belongs to another key")
+		if s.isolated(k) {
+			if mine, answered := s.claimClient(ctx, id, k.Name); answered {
+				return nil, false
+			} else if !mine {
+				return forbid("this clientId belongs to another key")
+			}
 		}
 		return nil, true
 	case path == "/prompt" && post:
@@ -433,8 +466,12 @@ func (s *Server) ownedOnly(k *auth.Key, ids []string) []string {
 // isolated key: a clientId another key holds is refused with 403.
 func (s *Server) claimClientID(ctx *fasthttp.RequestCtx, clientID string) bool {
 	k := requestKey(ctx)
-	if clientID == "" || !s.isolated(k) || s.sec.owners.ClaimClient(clientID, k.Name) {
+	if clientID == "" || !s.isolated(k) {
 		return true
+	}
+	mine, answered := s.claimClient(ctx, clientID, k.Name)
+	if mine || answered {
+		return mine
 	}
 	s.forbid(ctx, "this client_id belongs to another key")
 	return false

@@ -17,6 +17,7 @@ import (
 	"github.com/comfygate/comfygate/metrics"
 	"github.com/comfygate/comfygate/placement"
 	"github.com/comfygate/comfygate/prompts"
+	"github.com/comfygate/comfygate/state"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
 )
@@ -45,6 +46,9 @@ type Options struct {
 	Placement *placement.Policy
 	// Reload serves POST /admin/reload; nil: 501.
 	Reload Reloader
+	// State is the state store the replicas share (state.url): the
+	// owners of clientIds live there. nil: this process's memory.
+	State *state.Store
 }
 
 // Server is comfygate's HTTP front: ComfyUI's API over the instance pool,
@@ -61,6 +65,7 @@ type Server struct {
 
 	cat    *catalogue.Store
 	reload Reloader
+	shared *state.Store       // the state replicas share (state.url)
 	policy *placement.Policy  // where prompts may and had better run (fleet.go)
 	bodies *limits.BodyBudget // request bodies held in memory (readClientBody)
 
@@ -121,6 +126,10 @@ func New(o Options) (*Server, error) {
 		started: time.Now(),
 		cat:     o.Catalogue,
 		reload:  o.Reload,
+		shared:  o.State,
+	}
+	if s.shared == nil {
+		s.shared = state.Memory()
 	}
 	s.bodies = o.BodyBudget
 	if s.bodies == nil {

@@ -23,6 +23,7 @@ import (
 	"github.com/comfygate/comfygate/metrics"
 	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/proxy"
+	"github.com/comfygate/comfygate/state"
 	"github.com/comfygate/comfygate/upstream"
 )
 
@@ -46,6 +47,9 @@ type Options struct {
 	Jobs bool
 	// Logger receives the gateway's logs (nil discards them).
 	Logger *slog.Logger
+	// State is the shared state store (state.Open of testkit.Redis's URL,
+	// for stacks that stand for replicas of one fleet); nil: memory.
+	State *state.Store
 }
 
 // Stack is a running gateway and its instances.
@@ -207,9 +211,9 @@ func (s *Stack) startGateway(ln net.Listener) {
 	}
 	table.Start(ctx)
 	var svc *jobs.Service
-	po := proxy.Options{Config: cfg, Pool: pool, Prompts: table, Metrics: m, Logger: s.opts.Logger, Version: "test"}
+	po := proxy.Options{Config: cfg, Pool: pool, Prompts: table, Metrics: m, Logger: s.opts.Logger, Version: "test", State: s.opts.State}
 	if s.opts.Jobs {
-		if svc, err = jobs.New(cfg, pool, table, m, s.opts.Logger); err != nil {
+		if svc, err = jobs.New(cfg, pool, table, s.opts.State, m, s.opts.Logger); err != nil {
 			cancel()
 			pool.Close()
 			table.Close()
