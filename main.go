@@ -146,6 +146,7 @@ func serve(ctx context.Context, cfg *config.Config, load func() (*config.Config,
 	}
 	// The shared state (state.url): memory, or a Redis server that must
 	// answer now, before anything depends on it.
+	state.SetLogger(log)
 	shared, err := state.Open(ctx, cfg.State)
 	if err != nil {
 		ln.Close()

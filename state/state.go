@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"time"
 
@@ -122,4 +123,20 @@ func errRedis(what string, err error) error {
 		return nil
 	}
 	return fmt.Errorf("state: %s: %w", what, err)
+}
+
+// SetLogger sends the Redis client's own messages (failed dials, pool
+// trouble) to log at warn level instead of the standard error. The client
+// keeps one logger for the whole process, so main sets it once.
+func SetLogger(log *slog.Logger) {
+	if log != nil {
+		redis.SetLogger(clientLog{log})
+	}
+}
+
+// clientLog is the Redis client's logger interface over slog.
+type clientLog struct{ log *slog.Logger }
+
+func (l clientLog) Printf(ctx context.Context, format string, v ...any) {
+	l.log.WarnContext(ctx, fmt.Sprintf(format, v...), slog.String("component", "redis"))
 }
