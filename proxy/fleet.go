@@ -234,9 +234,9 @@ func (s *Server) adminDrain(ctx *fasthttp.RequestCtx, name string, drain bool) {
 	var inst *upstream.Instance
 	var err error
 	if drain {
-		inst, err = s.pool.Drain(name)
+		inst, err = s.pool.Fleet().Drain(name)
 	} else {
-		inst, err = s.pool.Undrain(name)
+		inst, err = s.pool.Fleet().Undrain(name)
 	}
 	if err != nil {
 		writeJSONError(ctx, fasthttp.StatusNotFound, "unknown_instance", fmt.Sprintf("no instance is named %q", name))

@@ -29,7 +29,7 @@ package proxy
 //   - the other instance-neutral catalogue GETs (/system_stats,
 //     /embeddings, /features, /experiment/models, /view_metadata,
 //     /i18n, /workflow_templates): any available instance, least busy first
-//     (Pool.Select), another one if the first cannot be reached;
+//     (Selector.Select), another one if the first cannot be reached;
 //   - everything else goes to the "home" instance, the first available one
 //     in configuration order. That covers:
 //       * user data (/settings*, /userdata*, /v2/userdata, /users,
@@ -277,7 +277,7 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 	if get {
 		if tmpl, ok := neutralRoute(p); ok {
 			if !s.serveUnion(ctx, p) {
-				s.forwardPicked(ctx, s.pool.Select, nil)
+				s.forwardPicked(ctx, s.pool.Selector().Select, nil)
 			}
 			return tmpl
 		}
@@ -387,7 +387,7 @@ func homeRoute(p []byte) string {
 func (s *Server) home(exclude ...*upstream.Instance) (*upstream.Instance, error) {
 	var buf [8]*upstream.Instance
 next:
-	for _, inst := range s.pool.AppendHealthy(buf[:0]) {
+	for _, inst := range s.pool.Selector().AppendHealthy(buf[:0]) {
 		for _, e := range exclude {
 			if e == inst {
 				continue next
@@ -468,7 +468,7 @@ func (s *Server) readTimeout() time.Duration {
 func (s *Server) othersLeft(inst *upstream.Instance, tried []*upstream.Instance) bool {
 	var buf [8]*upstream.Instance
 next:
-	for _, h := range s.pool.AppendHealthy(buf[:0]) {
+	for _, h := range s.pool.Selector().AppendHealthy(buf[:0]) {
 		if h == inst {
 			continue
 		}

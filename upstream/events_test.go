@@ -76,7 +76,7 @@ func TestEventsTellTheSubscriber(t *testing.T) {
 	// Its health check fails and it has no event socket: down.
 	f.Fail500.Store(true)
 	ctx := context.Background()
-	if p.checkOnce(ctx, inst) || inst.Healthy() {
+	if p.health.checkOnce(ctx, inst) || inst.Healthy() {
 		t.Fatal("a failing check left the instance healthy")
 	}
 	if l.count("unhealthy i1") != 1 || l.count("down i1") != 1 {
@@ -86,11 +86,11 @@ func TestEventsTellTheSubscriber(t *testing.T) {
 	// Back, but the gate refuses it: no work for it.
 	f.Fail500.Store(false)
 	gateOK.Store(false)
-	if p.checkOnce(ctx, inst) || inst.Healthy() {
+	if p.health.checkOnce(ctx, inst) || inst.Healthy() {
 		t.Fatal("a comeback the gate refused was made healthy")
 	}
 	gateOK.Store(true)
-	if !p.checkOnce(ctx, inst) || !inst.Healthy() {
+	if !p.health.checkOnce(ctx, inst) || !inst.Healthy() {
 		t.Fatal("a comeback the gate let through stayed unhealthy")
 	}
 	// Start's first check was a comeback too (from not yet healthy).
@@ -121,7 +121,7 @@ func TestSubscriptionKeepsOrderWithoutAReader(t *testing.T) {
 	const n = 5000
 	kinds := []EventKind{EventUp, EventSuspect, EventBack, EventDown}
 	for k := range n {
-		p.publish(kinds[k%len(kinds)], inst)
+		p.bus.publish(kinds[k%len(kinds)], inst)
 	}
 	other.Close()
 	if _, ok, closed := other.TryNext(); ok || !closed {
@@ -176,7 +176,7 @@ func TestWarmupGateWaitsForItsRunner(t *testing.T) {
 	if string(p.WarmupWorkflow(inst)) != `{"1":{"class_type":"X","inputs":{}}}` {
 		t.Fatalf("workflow %s", p.WarmupWorkflow(inst))
 	}
-	p.checkOnce(context.Background(), inst)
+	p.health.checkOnce(context.Background(), inst)
 	if l.count("warmup i1") != 1 {
 		t.Fatal("a second warm-up was asked for while one runs")
 	}
@@ -184,7 +184,7 @@ func TestWarmupGateWaitsForItsRunner(t *testing.T) {
 	if inst.Available() || inst.WarmupState() != "failed: boom" {
 		t.Fatalf("after a failed run: available %v, state %q", inst.Available(), inst.WarmupState())
 	}
-	p.checkOnce(context.Background(), inst)
+	p.health.checkOnce(context.Background(), inst)
 	if l.count("warmup i1") != 2 {
 		t.Fatalf("a passed check after a failed run asked %d times, want 2", l.count("warmup i1"))
 	}
