@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"net/http"
 	"testing"
 
@@ -70,6 +71,9 @@ func TestClientIDOwnersAcrossReplicas(t *testing.T) {
 	}
 
 	// The store stops: the replicas refuse to guess who holds a clientId.
+	// The client's failed dials would go to the standard error; only this
+	// test of the package uses Redis.
+	state.SetLogger(slog.New(slog.DiscardHandler))
 	opt, _ := redis.ParseURL(url)
 	rdb := redis.NewClient(opt)
 	defer rdb.Close()
