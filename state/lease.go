@@ -20,7 +20,7 @@ var ErrStaleToken = errors.New("state: stale fencing token: the lease is no long
 // unless renewed; each acquisition gets a fencing token greater than every
 // token issued before for that instance, and fenced writes carry it, so a
 // replica that lost its lease (paused, cut off) cannot overwrite what the
-// new owner writes.
+// new owner writes. A replica id holds no space.
 type Leases interface {
 	// Acquire takes instance's lease for replica for ttl and returns its
 	// token; ok is false when another replica holds it. A replica that

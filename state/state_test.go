@@ -1,9 +1,11 @@
 package state_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strings"
 	"sync"
@@ -75,6 +77,10 @@ func TestOpen(t *testing.T) {
 
 	// A server that does not answer stops start-up, naming the key and
 	// never the password.
+	// The client's own messages go to the logger SetLogger names (this is
+	// the only test here that makes the client log).
+	var logged syncBuffer
+	state.SetLogger(slog.New(slog.NewTextHandler(&logged, nil)))
 	dead := deadAddr(t)
 	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
@@ -82,6 +88,30 @@ func TestOpen(t *testing.T) {
 	if err == nil || !strings.HasPrefix(err.Error(), "state.url: ") || strings.Contains(err.Error(), "hunter2secret") {
 		t.Fatalf("unreachable server: %v", err)
 	}
+	testkit.Eventually(t, "the client's failed dials in the log", func() bool {
+		return strings.Contains(logged.String(), "component=redis") && strings.Contains(logged.String(), dead)
+	})
+	if strings.Contains(logged.String(), "hunter2secret") {
+		t.Fatalf("the log shows the password: %s", logged.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer the client's goroutines may write to.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
 
 // deadAddr is a loopback address nothing listens on (a port just freed).
