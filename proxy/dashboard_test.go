@@ -156,11 +156,11 @@ func TestDashboardStream(t *testing.T) {
 		t.Errorf("/stats: %v %.300s", err, body)
 	}
 
-	if n := g.srv.dashStreams.Load(); n != 1 {
+	if n := g.srv.dash.dashStreams.Load(); n != 1 {
 		t.Errorf("%d streams counted while one is open", n)
 	}
 	es.close()
-	testkit.Eventually(t, "the stream to end once its client went", func() bool { return g.srv.dashStreams.Load() == 0 })
+	testkit.Eventually(t, "the stream to end once its client went", func() bool { return g.srv.dash.dashStreams.Load() == 0 })
 }
 
 // TestDashboardStreamCap: beyond maxDashboardStreams, a stream is refused

@@ -7,9 +7,24 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/catalogue"
-
+	"github.com/comfygate/comfygate/metrics"
+	"github.com/comfygate/comfygate/state"
+	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
 )
+
+// operator serves what operators and scrapers read: /health, /metrics,
+// /stats and the dashboard (also alone, on metrics_listen).
+type operator struct {
+	pool    *upstream.Pool
+	m       *metrics.Metrics // may be nil
+	cat     *catalogue.Store // may be nil
+	version string
+	started time.Time
+	dash    *dashboard
+	shared  *state.Store // the state replicas share: /health reports it when it is Redis
+	log     *slog.Logger
+}
 
 // healthInstance is one instance in /health: the basic fields (host,
 // healthy, active_jobs, last_check) plus comfygate's detail.
@@ -58,7 +73,7 @@ const healthPingTimeout = time.Second
 // serveHealth answers /health: 200 when at least one instance passes its
 // health check, 503 when none does. It asks no instance anything: it
 // reports the state the health checks and the traffic left.
-func (s *Server) serveHealth(ctx *fasthttp.RequestCtx) {
+func (s *operator) serveHealth(ctx *fasthttp.RequestCtx) {
 	now := time.Now()
 	b := healthBody{
 		Status:    "unhealthy",
@@ -118,13 +133,11 @@ func (s *Server) serveHealth(ctx *fasthttp.RequestCtx) {
 	ctx.SetBody(body)
 }
 
-// OperatorHandler serves /health, /metrics, /stats and the dashboard, and
-// nothing else, without API keys: the handler of metrics_listen, an
-// address only operators and scrapers reach.
-func (s *Server) OperatorHandler() fasthttp.RequestHandler {
+// operatorHandler is Server.OperatorHandler.
+func (s *operator) operatorHandler() fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
 		if p := ctx.Path(); isDashboard(p) {
-			s.serveDashboard(ctx, p, true)
+			s.dash.serveDashboard(ctx, p, true)
 			return
 		}
 		switch string(ctx.Path()) {
@@ -145,15 +158,15 @@ func (s *Server) OperatorHandler() fasthttp.RequestHandler {
 }
 
 // serveMetrics answers /metrics (Prometheus text format).
-func (s *Server) serveMetrics(ctx *fasthttp.RequestCtx) { s.m.Handler()(ctx) }
+func (s *operator) serveMetrics(ctx *fasthttp.RequestCtx) { s.m.Handler()(ctx) }
 
 // serveStats answers /stats (the JSON stats view, statsDoc).
-func (s *Server) serveStats(ctx *fasthttp.RequestCtx) {
+func (s *operator) serveStats(ctx *fasthttp.RequestCtx) {
 	if s.m == nil {
 		writeJSONError(ctx, fasthttp.StatusNotFound, "not_found", "metrics are disabled")
 		return
 	}
-	body, _ := json.Marshal(s.statsDoc()) // plain structs: cannot fail
+	body, _ := json.Marshal(s.dash.statsDoc()) // plain structs: cannot fail
 	ctx.SetContentType(jsonContentType)
 	ctx.Response.Header.Set("Cache-Control", "no-store")
 	ctx.SetBody(body)

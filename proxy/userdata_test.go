@@ -334,7 +334,7 @@ func FuzzUserPath(f *testing.F) {
 	for _, seed := range []string{"workflows%2Fa.json", "..%2Fx", "%252e%252e%252fx", "a%2F..%2F..%2Fb", "%2e%2e", "C%3A%5Cx", "x%25", ".%2F.", "%2F"} {
 		f.Add(seed)
 	}
-	s := &Server{}
+	s := &userData{}
 	dir := keyDir(&auth.Key{Name: "fuzz"})
 	f.Fuzz(func(t *testing.T, seg string) {
 		if strings.Contains(seg, "/") || seg == "" {

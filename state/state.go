@@ -66,7 +66,7 @@ func newRedis(rdb *redis.Client, addr string) *Store {
 
 // Shared reports whether the store is a Redis server the replicas share
 // (false: this process's memory).
-func (s *Store) Shared() bool { return s.rdb != nil }
+func (s *Store) Shared() bool { return s != nil && s.rdb != nil }
 
 // Addr is the Redis server's address ("" in memory).
 func (s *Store) Addr() string { return s.addr }
