@@ -65,7 +65,7 @@ func newRedis(rdb *redis.Client, addr string) *Store {
 }
 
 // Shared reports whether the store is a Redis server the replicas share
-// (false: this process's memory).
+// (false: this process's memory, or a nil store).
 func (s *Store) Shared() bool { return s != nil && s.rdb != nil }
 
 // Addr is the Redis server's address ("" in memory).
