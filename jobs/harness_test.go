@@ -78,7 +78,7 @@ func newHarnessWith(tb testing.TB, n int, opts comfysim.Options, mod func(*confi
 		Pool:    upstream.New,
 		Prompts: prompts.New,
 		Jobs: func(cfg *config.Config, pool *upstream.Pool, table *prompts.Table, m *metrics.Metrics, log *slog.Logger) (*Service, error) {
-			svc, err := New(cfg, pool, table, m, log)
+			svc, err := New(cfg, pool, table, nil, m, log)
 			if err == nil && svcMod != nil {
 				svcMod(svc)
 			}

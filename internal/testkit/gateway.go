@@ -208,6 +208,9 @@ func (g *Gateway[P, T, J, S]) startInstances() []string {
 // TB is the test the gateway belongs to.
 func (g *Gateway[P, T, J, S]) TB() testing.TB { return g.tb }
 
+// Logger is Options.Logger, for the constructors.
+func (g *Gateway[P, T, J, S]) Logger() *slog.Logger { return g.opts.Logger }
+
 // WSURL is the gateway's /ws URL for clientID.
 func (g *Gateway[P, T, J, S]) WSURL(clientID string) string {
 	return "ws://" + g.Addr + "/ws?clientId=" + clientID

@@ -4,8 +4,9 @@
 // every answer and event, when it comes, and whether the instance fails,
 // hangs or refuses), the gateway builder (Start), the test configuration
 // (Config), one bounded wait (Eventually), a fake clock, a fault-injecting
-// TCP proxy to put in front of an instance (FaultProxy), and a client that
-// speaks ComfyUI's protocol like ComfyUI's own websocket example (Client).
+// TCP proxy to put in front of an instance (FaultProxy), a real
+// redis-server on a loopback port (Redis), and a client that speaks
+// ComfyUI's protocol like ComfyUI's own websocket example (Client).
 //
 // It imports comfysim, config, metrics, internal packages and fasthttp
 // only, so the internal tests of upstream, prompts, jobs and proxy can use

@@ -24,6 +24,7 @@ import (
 	"github.com/comfygate/comfygate/metrics"
 	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/proxy"
+	"github.com/comfygate/comfygate/state"
 	"github.com/comfygate/comfygate/upstream"
 )
 
@@ -51,6 +52,9 @@ type Options struct {
 	Proxy func(*proxy.Options)
 	// Logger receives the gateway's logs (nil discards them).
 	Logger *slog.Logger
+	// State is the shared state store (state.Open of testkit.Redis's URL,
+	// for stacks that stand for replicas of one fleet); nil: memory.
+	State *state.Store
 }
 
 // Gateway is the whole gateway as testkit.Start runs it.
@@ -62,20 +66,24 @@ type Stack struct {
 }
 
 // Wiring is the whole gateway's: pool, prompt table, job service and proxy
-// server, with proxyOpts (if not nil) adjusting the server's options.
-func Wiring(proxyOpts func(*proxy.Options)) testkit.Wiring[*upstream.Pool, *prompts.Table, *jobs.Service, *proxy.Server] {
+// server, sharing opts.State, with opts.Proxy (if not nil) adjusting the
+// server's options.
+func Wiring(opts Options) testkit.Wiring[*upstream.Pool, *prompts.Table, *jobs.Service, *proxy.Server] {
 	return testkit.Wiring[*upstream.Pool, *prompts.Table, *jobs.Service, *proxy.Server]{
 		Pool:    upstream.New,
 		Prompts: prompts.New,
-		Jobs:    jobs.New,
+		Jobs: func(cfg *config.Config, pool *upstream.Pool, table *prompts.Table, m *metrics.Metrics, log *slog.Logger) (*jobs.Service, error) {
+			return jobs.New(cfg, pool, table, opts.State, m, log)
+		},
 		Server: func(g *Gateway) (*proxy.Server, error) {
-			o := proxy.Options{Config: g.Config, Pool: g.Pool(), Prompts: g.Prompts(), Metrics: g.Metrics(), Version: "test"}
+			o := proxy.Options{Config: g.Config, Pool: g.Pool(), Prompts: g.Prompts(), Metrics: g.Metrics(),
+				Logger: g.Logger(), Version: "test", State: opts.State}
 			if svc := g.Jobs(); svc != nil {
 				o.Jobs = svc
 				o.BodyBudget = svc.BodyBudget()
 			}
-			if proxyOpts != nil {
-				proxyOpts(&o)
+			if opts.Proxy != nil {
+				opts.Proxy(&o)
 			}
 			return proxy.New(o)
 		},
@@ -97,7 +105,7 @@ func Start(tb testing.TB, opts Options) *Stack {
 		Metrics:   func() *metrics.Metrics { return metrics.New("test") },
 		Logger:    opts.Logger,
 		NoJobs:    !opts.Jobs,
-	}, Wiring(opts.Proxy))}
+	}, Wiring(opts))}
 }
 
 // Instance returns the pool's instance named name (sim0, sim1, ...).
