@@ -8,10 +8,13 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"log/slog"
 	"math"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/comfygate/comfygate/auth"
 	"github.com/comfygate/comfygate/config"
@@ -19,6 +22,7 @@ import (
 	"github.com/comfygate/comfygate/limits"
 	"github.com/comfygate/comfygate/metrics"
 	"github.com/comfygate/comfygate/prompts"
+	"github.com/comfygate/comfygate/state"
 	"github.com/valyala/fasthttp"
 )
 
@@ -39,13 +43,17 @@ type keyGuard struct {
 	jobs    JobRoutes        // may be nil: job owners come from the owner table only
 	prompts *prompts.Table
 	sec     security
+	log     *slog.Logger
 }
 
 // security is the API keys, owner table and rate limits.
 type security struct {
-	keys        *auth.Keys
-	sessions    *auth.Sessions
-	owners      *auth.Owners
+	keys     *auth.Keys
+	sessions *auth.Sessions
+	owners   *auth.Owners
+	// clients decides which key holds each clientId: owners itself in
+	// memory, or the state replicas share (state.url).
+	clients     state.ClientOwners
 	promptRate  *limits.Buckets
 	jobRate     *limits.Buckets
 	outstanding *limits.Outstanding
@@ -53,8 +61,8 @@ type security struct {
 
 // newKeyGuard loads the API keys of cfg and sets up the owner table and
 // the rate limits.
-func newKeyGuard(cfg *config.Config, m *metrics.Metrics, jobs JobRoutes, pt *prompts.Table) (*keyGuard, error) {
-	s := &keyGuard{cfg: cfg, m: m, jobs: jobs, prompts: pt}
+func newKeyGuard(cfg *config.Config, m *metrics.Metrics, jobs JobRoutes, pt *prompts.Table, shared *state.Store, log *slog.Logger) (*keyGuard, error) {
+	s := &keyGuard{cfg: cfg, m: m, jobs: jobs, prompts: pt, log: log}
 	keys, err := auth.Load(s.cfg)
 	if err != nil {
 		return nil, err
@@ -68,7 +76,29 @@ func newKeyGuard(cfg *config.Config, m *metrics.Metrics, jobs JobRoutes, pt *pro
 		jobRate:     limits.NewBuckets(rl.JobsPerSecond, rl.JobBurst),
 		outstanding: limits.NewOutstanding(rl.MaxConcurrentPrompts),
 	}
+	s.sec.clients = shared.ClientOwners(s.sec.owners)
 	return s, nil
+}
+
+// clientClaimTimeout bounds one claim of a clientId in the state store.
+const clientClaimTimeout = 5 * time.Second
+
+// claimClient gives clientID to key unless another key holds it, and
+// reports whether key may use it. When the state store does not answer it
+// answers 503 with Retry-After itself (isolation fails closed) and
+// reports false; when another key holds it, the caller answers.
+func (s *keyGuard) claimClient(ctx *fasthttp.RequestCtx, clientID, key string) (mine, answered bool) {
+	c, cancel := context.WithTimeout(context.Background(), clientClaimTimeout)
+	defer cancel()
+	ok, err := s.sec.clients.ClaimClient(c, clientID, key)
+	if err != nil {
+		s.log.Warn("clientId owner not checked", slog.Any("error", err))
+		writeJSONError(ctx, fasthttp.StatusServiceUnavailable, "state_unavailable",
+			"comfygate cannot check who holds this clientId now; retry after the time in Retry-After")
+		ctx.Response.Header.Set("Retry-After", "1")
+		return false, true
+	}
+	return ok, false
 }
 
 // requestKey is the key the request was admitted with (nil: keys off).
@@ -166,8 +196,12 @@ func (s *keyGuard) guard(ctx *fasthttp.RequestCtx, p []byte, api bool) (after fu
 			id = newClientID() // minted here so that it is claimed for this key
 			ctx.QueryArgs().Set("clientId", id)
 		}
-		if s.isolated(k) && !s.sec.owners.ClaimClient(id, k.Name) {
-			return forbid("this clientId belongs to another key")
+		if s.isolated(k) {
+			if mine, answered := s.claimClient(ctx, id, k.Name); answered {
+				return nil, false
+			} else if !mine {
+				return forbid("this clientId belongs to another key")
+			}
 		}
 		return nil, true
 	case path == "/prompt" && post:
@@ -393,8 +427,12 @@ func (s *keyGuard) ownedOnly(k *auth.Key, ids []string) []string {
 // isolated key: a clientId another key holds is refused with 403.
 func (s *keyGuard) claimClientID(ctx *fasthttp.RequestCtx, clientID string) bool {
 	k := requestKey(ctx)
-	if clientID == "" || !s.isolated(k) || s.sec.owners.ClaimClient(clientID, k.Name) {
+	if clientID == "" || !s.isolated(k) {
 		return true
+	}
+	mine, answered := s.claimClient(ctx, clientID, k.Name)
+	if mine || answered {
+		return mine
 	}
 	s.forbid(ctx, "this client_id belongs to another key")
 	return false

@@ -1,13 +1,15 @@
 package proxy
 
 import (
+	"context"
 	"encoding/json"
-	"github.com/comfygate/comfygate/metrics"
-	"github.com/comfygate/comfygate/upstream"
+	"log/slog"
 	"time"
 
 	"github.com/comfygate/comfygate/catalogue"
-
+	"github.com/comfygate/comfygate/metrics"
+	"github.com/comfygate/comfygate/state"
+	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
 )
 
@@ -20,6 +22,8 @@ type operator struct {
 	version string
 	started time.Time
 	dash    *dashboard
+	shared  *state.Store // the state replicas share: /health reports it when it is Redis
+	log     *slog.Logger
 }
 
 // healthInstance is one instance in /health: the basic fields (host,
@@ -52,7 +56,19 @@ type healthBody struct {
 	Uptime    float64          `json:"uptime"` // seconds since New
 	Version   string           `json:"version,omitempty"`
 	Instances []healthInstance `json:"comfyui_instances"`
+	// State is the shared state store's health; omitted in memory.
+	State *healthState `json:"state,omitempty"`
 }
+
+// healthState is the shared state store in /health: whether Redis
+// answered a PING within healthPingTimeout. Its error stays in the logs.
+type healthState struct {
+	Store string `json:"store"` // "redis"
+	OK    bool   `json:"ok"`
+}
+
+// healthPingTimeout bounds /health's PING of the shared state store.
+const healthPingTimeout = time.Second
 
 // serveHealth answers /health: 200 when at least one instance passes its
 // health check, 503 when none does. It asks no instance anything: it
@@ -96,6 +112,17 @@ func (s *operator) serveHealth(ctx *fasthttp.RequestCtx) {
 			b.Status = "healthy"
 		}
 		b.Instances = append(b.Instances, hi)
+	}
+	if s.shared.Shared() {
+		// The replica still serves ComfyUI's routes without the store, so
+		// its loss is reported, not made a 503.
+		c, cancel := context.WithTimeout(context.Background(), healthPingTimeout)
+		err := s.shared.Ping(c)
+		cancel()
+		if err != nil {
+			s.log.Warn("shared state store does not answer", slog.Any("error", err))
+		}
+		b.State = &healthState{Store: "redis", OK: err == nil}
 	}
 	body, _ := json.Marshal(b) // plain structs: cannot fail
 	ctx.Response.Header.Set("Cache-Control", "no-store")

@@ -16,6 +16,7 @@ import (
 	"github.com/comfygate/comfygate/metrics"
 	"github.com/comfygate/comfygate/placement"
 	"github.com/comfygate/comfygate/prompts"
+	"github.com/comfygate/comfygate/state"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
 )
@@ -44,6 +45,9 @@ type Options struct {
 	Placement *placement.Policy
 	// Reload serves POST /admin/reload; nil: 501.
 	Reload Reloader
+	// State is the state store the replicas share (state.url): the
+	// owners of clientIds live there. nil: this process's memory.
+	State *state.Store
 }
 
 // Server is comfygate's HTTP front: ComfyUI's API over the instance pool,
@@ -100,6 +104,10 @@ func New(o Options) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	started := time.Now()
+	shared := o.State
+	if shared == nil {
+		shared = state.Memory()
+	}
 	budget := o.BodyBudget
 	if budget == nil {
 		budget = limits.NewBodyBudget(o.Config.Limits.MaxBufferedBodyBytes)
@@ -108,7 +116,7 @@ func New(o Options) (*Server, error) {
 	if policy == nil {
 		policy = placement.New(o.Pool, o.Catalogue, o.Config.Routing.AffinityMargin, o.Metrics.Affinity)
 	}
-	keys, err := newKeyGuard(o.Config, o.Metrics, o.Jobs, o.Prompts)
+	keys, err := newKeyGuard(o.Config, o.Metrics, o.Jobs, o.Prompts, shared, log)
 	if err != nil {
 		return nil, err
 	}
@@ -126,7 +134,8 @@ func New(o Options) (*Server, error) {
 	s.userData = &userData{pool: o.Pool, m: o.Metrics, fwd: s.fwd, keys: keys}
 	s.dash = &dashboard{pool: o.Pool, prompts: o.Prompts, jobs: o.Jobs, m: o.Metrics, cat: o.Catalogue}
 	s.fleet = &fleetRoutes{pool: o.Pool, m: o.Metrics, cat: o.Catalogue, policy: policy, reload: o.Reload, dash: s.dash}
-	s.ops = &operator{pool: o.Pool, m: o.Metrics, cat: o.Catalogue, version: o.Version, started: started, dash: s.dash}
+	s.ops = &operator{pool: o.Pool, m: o.Metrics, cat: o.Catalogue, version: o.Version, started: started, dash: s.dash,
+		shared: shared, log: log}
 	s.submit = &submitter{pool: o.Pool, prompts: o.Prompts, policy: policy, hub: s.hub, fwd: s.fwd, bodies: bodies,
 		keys: keys, files: s.files, fleet: s.fleet, answers: s.answers}
 	rw := &rewriter{prompts: o.Prompts}
