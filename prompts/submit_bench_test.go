@@ -3,7 +3,6 @@ package prompts
 import (
 	"context"
 	"encoding/json"
-	"log/slog"
 	"testing"
 	"time"
 
@@ -15,15 +14,8 @@ import (
 // submission (claim the id, pick, pin, send, settle) plus one loopback
 // round trip. Parallel: submissions from many clients at once.
 func BenchmarkSubmit(b *testing.B) {
-	f := startFake(b, "0.3.65")
-	p, err := newTestPool(promptsConfig(f.addr), nil, slog.New(slog.DiscardHandler))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(p.Close)
-	if err := p.Start(context.Background()); err != nil {
-		b.Fatal(err)
-	}
+	f := testkit.Mini(b, "0.3.65")
+	p := newCorePool(b, promptsConfig(f.Addr()), true)
 	inst := p.Instances()[0]
 	inst.ForceHealthy(true)
 	testkit.EventuallyWithin(b, 10*time.Second, "socket up", inst.SocketUp)
