@@ -91,6 +91,7 @@ type Metrics struct {
 	jobAPI           jobAPICollectors
 	jobCache         jobCacheCollectors
 	fleet            fleetCollectors
+	state            stateCollectors
 
 	routes    labelSet
 	workflows labelSet
@@ -177,6 +178,7 @@ func New(version string) *Metrics {
 	m.registerJobAPI()
 	m.registerJobCache()
 	m.registerFleet()
+	m.registerState()
 	return m
 }
 

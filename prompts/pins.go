@@ -9,6 +9,7 @@ import (
 	"path"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/comfygate/comfygate/config"
@@ -32,6 +33,10 @@ type fileStore struct {
 
 	copiesMu sync.Mutex // guards copies
 	copies   map[copyKey]chan struct{}
+
+	// sharer, once the table shares its index (state.url), records the
+	// pins for other replicas and looks up the files it misses (shared.go).
+	sharer atomic.Pointer[Table]
 }
 
 func newFileStore(p fleet, cfg *config.Config, log *slog.Logger) *fileStore {
@@ -227,6 +232,9 @@ func (fs *fileStore) PinFile(ref FileRef, inst *upstream.Instance) {
 		return
 	}
 	fs.pins.add(ref, inst.Endpoint())
+	if t := fs.sharer.Load(); t != nil {
+		t.sharePin(ref, inst.Endpoint())
+	}
 }
 
 // FileChanged records that ref was just written on holder (an upload, an
@@ -248,12 +256,20 @@ func (fs *fileStore) FileChanged(ref FileRef, holder *upstream.Instance) {
 	if ref.Filename == "" {
 		return
 	}
+	t := fs.sharer.Load()
+	if t != nil {
+		t.sharePin(ref, holder.Endpoint())
+	}
 	if ref.Type == "input" {
 		fs.pins.changed(ref, holder.Endpoint(), false)
 		return
 	}
 	fs.pins.changed(ref, holder.Endpoint(), true)
-	fs.pins.invalidate(normalizeRef(copyRef(holder, ref)))
+	stale := normalizeRef(copyRef(holder, ref))
+	fs.pins.invalidate(stale)
+	if t != nil {
+		t.sharePin(stale, "")
+	}
 }
 
 // FilePinned reports whether some instance is known to hold ref, without
@@ -304,6 +320,14 @@ func (fs *fileStore) FileOwner(ctx context.Context, ref FileRef) (inst *upstream
 		// removed it or moved its name to another address): asking would
 		// find another machine's file of that name.
 		return nil, false
+	}
+	if t := fs.sharer.Load(); t != nil {
+		// Another replica may have pinned it (its prompt's output): that
+		// pin tells two instances' files of one name apart.
+		if in := t.sharedFileOwner(ctx, ref); in != nil {
+			fs.pins.add(ref, in.Endpoint())
+			return in, true
+		}
 	}
 	return fs.probeOwner(ctx, ref)
 }

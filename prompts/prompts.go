@@ -92,6 +92,8 @@ type Table struct {
 	settled chan struct{} // capacity 1: a socket came up or its first dial failed (awaitSockets)
 
 	*fileStore // file pins and copies (pins.go, files.go)
+
+	shared atomic.Pointer[sharedIndex] // the replicas' shared index (shared.go); nil in memory
 }
 
 // New returns the prompt table of pool: it subscribes to the pool's
@@ -304,6 +306,7 @@ func (t *Table) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (life
 	t.idx.repin(pr, prevInst, prev.UpstreamID, nv.instance, next.UpstreamID)
 	pr.view.Store(&nv)
 	t.idx.setLive(pr, next.Live() && next.Phase != lifecycle.Submitted)
+	t.shareStep(pr, prev, prevInst, nv.life, nv.instance)
 	newInst := nv.instance
 	if newInst != prevInst && newInst != nil {
 		newInst.InflightChanged() // a send's count: its gauge

@@ -126,9 +126,16 @@ func (s *keyGuard) jobScope(k *auth.Key) string {
 	return ""
 }
 
-// owns reports whether k may act on prompt id.
+// owns reports whether k may act on prompt id: the owner this replica
+// knows, else (state.url) the one another replica recorded.
 func (s *keyGuard) owns(k *auth.Key, id string) bool {
-	return !s.isolated(k) || s.ownerOf(id) == k.Name
+	if !s.isolated(k) {
+		return true
+	}
+	if o := s.ownerOf(id); o != "" {
+		return o == k.Name
+	}
+	return s.sharedOwner(id) == k.Name
 }
 
 // ownerOf is the key that submitted prompt or job id ("" when unknown):
@@ -306,6 +313,7 @@ func (s *keyGuard) recordOwner(ctx *fasthttp.RequestCtx, k *auth.Key, field stri
 func (s *keyGuard) recordOwnerID(k *auth.Key, id string) {
 	if id != "" {
 		s.sec.owners.SetPrompt(id, k.Name)
+		s.prompts.ShareOwner(id, k.Name)
 	}
 }
 
@@ -315,7 +323,7 @@ func (s *keyGuard) promptView(k *auth.Key) auth.View {
 	if k == nil {
 		return v // keys off: credentials are hidden from everyone
 	}
-	v.Own = func(id string) bool { return s.ownerOf(id) == k.Name }
+	v.Own = s.ownFunc(k)
 	if s.isolated(k) {
 		v.Visible = v.Own
 	}
@@ -414,9 +422,10 @@ func (s *keyGuard) ownedOnly(k *auth.Key, ids []string) []string {
 	if !s.isolated(k) {
 		return ids
 	}
+	own := s.ownFunc(k)
 	kept := make([]string, 0, len(ids))
 	for _, id := range ids {
-		if s.owns(k, id) {
+		if own(id) {
 			kept = append(kept, id)
 		}
 	}

@@ -36,8 +36,30 @@ type pinnedRoutes struct {
 
 // locate finds the instance holding prompt id and the id it has there.
 func (s *pinnedRoutes) locate(id string) (*upstream.Instance, string, error) {
+	inst, upID, _, err := s.locateAny(id)
+	return inst, upID, err
+}
+
+// locateAny is locate, also for a prompt another replica submitted: then
+// remote is its record (nil for a prompt of this replica's table, or one
+// found by asking the instances).
+func (s *pinnedRoutes) locateAny(id string) (*upstream.Instance, string, *prompts.SharedPrompt, error) {
 	cctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
 	defer cancel()
+	if sp, ok := s.remotePrompt(cctx, id); ok {
+		if sp.Instance == nil {
+			// Its machine is not in this replica's pool.
+			return nil, "", nil, prompts.ErrUnknownPrompt
+		}
+		return sp.Instance, sp.UpstreamID, &sp, nil
+	}
+	inst, upID, err := s.locateLocal(cctx, id)
+	return inst, upID, nil, err
+}
+
+// locateLocal finds prompt id in this replica's table or, on a miss, by
+// asking the instances.
+func (s *pinnedRoutes) locateLocal(cctx context.Context, id string) (*upstream.Instance, string, error) {
 	inst, err := s.prompts.LocatePrompt(cctx, id)
 	if err != nil {
 		return nil, "", err
@@ -60,7 +82,7 @@ func (s *pinnedRoutes) locate(id string) (*upstream.Instance, string, error) {
 // if it is still pinned there, answers {} as ComfyUI does for a prompt not
 // done yet, so a polling client asks again instead of getting a 504.
 func (s *pinnedRoutes) getHistoryByID(ctx *fasthttp.RequestCtx, id string) {
-	inst, upID, err := s.locate(id)
+	inst, upID, remote, err := s.locateAny(id)
 	if errors.Is(err, prompts.ErrUnknownPrompt) {
 		ctx.SetContentType(jsonContentType)
 		ctx.SetBodyString("{}")
@@ -78,6 +100,9 @@ func (s *pinnedRoutes) getHistoryByID(ctx *fasthttp.RequestCtx, id string) {
 			rewrite: func(inst *upstream.Instance, status int, body []byte) []byte {
 				if status != fasthttp.StatusOK {
 					return body
+				}
+				if remote != nil && upstream.SameMachine(inst, remote.Instance) {
+					return s.rw.rewriteHistoryObjectAs(inst, body, remote.UpstreamID, remoteView(inst, *remote))
 				}
 				return s.rw.rewriteHistoryObject(inst, body)
 			},
@@ -235,7 +260,7 @@ func (s *pinnedRoutes) postInterrupt(ctx *fasthttp.RequestCtx) {
 		return // 200, empty: a prompt_id that is no string matches no prompt in ComfyUI
 	}
 	id := req.PromptID
-	inst, upID, err := s.locate(id)
+	inst, upID, remote, err := s.locateAny(id)
 	if errors.Is(err, prompts.ErrUnknownPrompt) {
 		return // 200, empty: nothing of that id runs anywhere
 	}
@@ -245,7 +270,11 @@ func (s *pinnedRoutes) postInterrupt(ctx *fasthttp.RequestCtx) {
 	}
 	if !comfyapi.SupportsTargetedInterrupt(inst.Version()) {
 		p, known := s.prompts.Prompt(id)
-		if !known || p.State() != prompts.PromptRunning {
+		running := known && p.State() == prompts.PromptRunning
+		if remote != nil {
+			running = remote.Running // another replica's record says
+		}
+		if !running {
 			setInstance(ctx, inst)
 			return
 		}
@@ -298,6 +327,7 @@ func (s *pinnedRoutes) deleteOrClear(ctx *fasthttp.RequestCtx, path string) {
 		groups := map[*upstream.Instance][]string{}
 		var order []*upstream.Instance
 		var unknown []string
+		remoteLookups := maxSharedOwnerLookups
 		for _, id := range q.Delete {
 			var inst *upstream.Instance
 			upID := id
@@ -305,6 +335,12 @@ func (s *pinnedRoutes) deleteOrClear(ctx *fasthttp.RequestCtx, path string) {
 				inst = p.Instance()
 				if u := p.UpstreamID(); u != "" {
 					upID = u
+				}
+			} else if remoteLookups > 0 {
+				// Another replica's prompt: its instance, from its record.
+				remoteLookups--
+				if sp, ok := s.prompts.SharedPrompt(context.Background(), id); ok && sp.Instance != nil {
+					inst, upID = sp.Instance, sp.UpstreamID
 				}
 			}
 			if inst == nil {
@@ -350,7 +386,7 @@ func (s *pinnedRoutes) getJobByID(ctx *fasthttp.RequestCtx, id string) {
 			return
 		}
 	}
-	inst, upID, err := s.locate(id)
+	inst, upID, remote, err := s.locateAny(id)
 	if errors.Is(err, prompts.ErrUnknownPrompt) {
 		writeJSON(ctx, fasthttp.StatusNotFound, []byte(`{"error": "Job not found"}`))
 		return
@@ -367,6 +403,11 @@ func (s *pinnedRoutes) getJobByID(ctx *fasthttp.RequestCtx, id string) {
 			rewrite: func(inst *upstream.Instance, status int, body []byte) []byte {
 				if status != fasthttp.StatusOK {
 					return body
+				}
+				if remote != nil && upstream.SameMachine(inst, remote.Instance) {
+					v := remoteView(inst, *remote)
+					_, out := s.rw.rewriteJobView(inst, body, &v)
+					return out
 				}
 				_, out := s.rw.rewriteJob(inst, body)
 				return out

@@ -143,7 +143,12 @@ func (v promptView) fixPromptIDField(raw json.RawMessage, upID string) json.RawM
 // references out with the instance in their subfolder (outputref.go). It
 // returns the client's key for it.
 func (s *rewriter) rewriteHistoryEntry(inst *upstream.Instance, upID string, raw json.RawMessage) (string, json.RawMessage) {
-	v := s.viewOf(inst, upID)
+	return s.rewriteHistoryEntryView(inst, upID, raw, s.viewOf(inst, upID))
+}
+
+// rewriteHistoryEntryView is rewriteHistoryEntry with the client's view
+// of the prompt given.
+func (s *rewriter) rewriteHistoryEntryView(inst *upstream.Instance, upID string, raw json.RawMessage, v promptView) (string, json.RawMessage) {
 	out, err := comfyapi.EditHistoryEntry(raw, func(member string, val json.RawMessage) json.RawMessage {
 		switch member {
 		case comfyapi.EntryPrompt:
@@ -187,11 +192,20 @@ func (s *rewriter) learnOutputs(inst *upstream.Instance, raw json.RawMessage) {
 // and its file references (with the
 // instance in their subfolder, outputref.go); it learns its files.
 func (s *rewriter) rewriteJob(inst *upstream.Instance, raw json.RawMessage) (string, json.RawMessage) {
+	return s.rewriteJobView(inst, raw, nil)
+}
+
+// rewriteJobView is rewriteJob with the client's view of the prompt given
+// (nil: the one the prompt table has).
+func (s *rewriter) rewriteJobView(inst *upstream.Instance, raw json.RawMessage, given *promptView) (string, json.RawMessage) {
 	upID, err := comfyapi.JobID(raw)
 	if err != nil {
 		return "", raw
 	}
 	v := s.viewOf(inst, upID)
+	if given != nil {
+		v = *given
+	}
 	out, err := comfyapi.EditJob(raw, func(member string, val json.RawMessage) json.RawMessage {
 		switch member {
 		case "id":

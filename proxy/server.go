@@ -108,6 +108,9 @@ func New(o Options) (*Server, error) {
 	if shared == nil {
 		shared = state.Memory()
 	}
+	// The prompt table records its prompts' routing and file pins for the
+	// other replicas, and consults theirs on a miss (nothing in memory).
+	o.Prompts.ShareIndex(shared.PromptIndex())
 	budget := o.BodyBudget
 	if budget == nil {
 		budget = limits.NewBodyBudget(o.Config.Limits.MaxBufferedBodyBytes)

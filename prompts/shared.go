@@ -1,0 +1,279 @@
+package prompts
+
+import (
+	"context"
+	"encoding/json"
+	"sync/atomic"
+	"time"
+
+	"github.com/comfygate/comfygate/internal/lifecycle"
+	"github.com/comfygate/comfygate/state"
+	"github.com/comfygate/comfygate/upstream"
+)
+
+// The shared index (state.url set): what another replica needs to route a
+// read for a prompt this replica submitted, and the pins of the files its
+// instances hold. The replica that steps a prompt records it: step hands
+// each change of its routing (instance, upstream id, number, end) to one
+// writer goroutine, which writes what has gathered in one pipeline. No
+// step waits for Redis, and no event writes anything unless it moved the
+// prompt. Other replicas only read the records (SharedPrompt, and
+// FileOwner on a miss): they never step or own those prompts.
+
+const (
+	// sharedQueue bounds the records waiting for the writer: a burst
+	// beyond it while Redis is slow or down is dropped (and counted),
+	// never waited for.
+	sharedQueue = 4096
+	// sharedBatch is the most records one pipeline writes.
+	sharedBatch = 256
+	// sharedWriteTimeout bounds one pipeline.
+	sharedWriteTimeout = 2 * time.Second
+	// sharedReadTimeout bounds a lookup on a miss: a read that misses
+	// the local table waits at most this long for the others' record.
+	sharedReadTimeout = 500 * time.Millisecond
+)
+
+// sharedIndex is the table's side of the replicas' shared index.
+type sharedIndex struct {
+	idx     state.PromptIndex
+	queue   chan sharedWrite
+	running atomic.Bool // the writer goroutine runs
+}
+
+// sharedWrite is one record or file pin for the writer.
+type sharedWrite struct {
+	rec   *state.PromptRecord
+	pin   *state.FilePin
+	owner *[2]string // prompt id, API key name
+}
+
+// ShareIndex makes the table record its prompts' routing and its file
+// pins in idx, and consult idx for files it does not know (FileOwner).
+// A nil idx (memory) leaves the table to itself. Call it before Start.
+func (t *Table) ShareIndex(idx state.PromptIndex) {
+	if idx == nil {
+		return
+	}
+	t.shared.Store(&sharedIndex{idx: idx, queue: make(chan sharedWrite, sharedQueue)})
+	t.fileStore.sharer.Store(t)
+}
+
+// SharedPrompt is another replica's record of a prompt this table does
+// not hold: where to route a read for it. Instance is nil when its machine
+// is not in this replica's pool.
+type SharedPrompt struct {
+	ID         string
+	Instance   *upstream.Instance
+	UpstreamID string
+	ClientID   string
+	Owner      string // the API key's name that submitted it ("": unknown)
+	Numbered   bool   // Number is its fleet queue number
+	Number     int64
+	Done       bool
+	Running    bool
+}
+
+// SharedPrompt looks id up in the replicas' shared index, for a prompt
+// this table does not know: found false without a shared index, when no
+// replica recorded it, or when the lookup failed (logged and counted, and
+// answered as a prompt nobody knows). The owner is returned even without
+// a record, for authorization. It reads only: the prompt stays the other
+// replica's.
+func (t *Table) SharedPrompt(ctx context.Context, id string) (sp SharedPrompt, found bool) {
+	sh := t.shared.Load()
+	if sh == nil || id == "" {
+		return SharedPrompt{}, false
+	}
+	ctx, cancel := context.WithTimeout(ctx, sharedReadTimeout)
+	defer cancel()
+	rec, owner, ok, err := sh.idx.Prompt(ctx, id)
+	if err != nil {
+		t.m.StateIndexError("read")
+		t.log.Warn("shared prompt index: lookup failed", "prompt_id", id, "err", err)
+		return SharedPrompt{}, false
+	}
+	sp = SharedPrompt{ID: id, Owner: owner}
+	if !ok {
+		return sp, false
+	}
+	sp.UpstreamID, sp.Done = rec.UpstreamID, rec.Done
+	if sp.UpstreamID == "" {
+		sp.UpstreamID = id
+	}
+	var life sharedLife
+	if json.Unmarshal(rec.Life, &life) == nil {
+		sp.Running = life.Phase == lifecycle.Running
+		sp.ClientID = life.ClientID
+		sp.Numbered, sp.Number = life.Numbered && !life.OwnNumber, life.Number
+	}
+	sp.Instance = upstream.ByEndpoint(t.p.Instances(), rec.Endpoint)
+	return sp, true
+}
+
+// sharedExtra is what a record's Life carries beside lifecycle.State:
+// the client's own client_id, for rewriting what the instance says.
+type sharedExtra struct {
+	ClientID string `json:",omitempty"`
+	// OwnNumber: the client sees the instance's number, not the fleet's.
+	OwnNumber bool `json:",omitempty"`
+}
+
+// sharedLife is the Life of a record: the prompt's lifecycle.State and
+// the client_id it was submitted with.
+type sharedLife struct {
+	lifecycle.State
+	sharedExtra
+}
+
+// shareStep records pr's routing when a step changed it. In pr's step.
+func (t *Table) shareStep(pr *Prompt, prev lifecycle.State, prevInst *upstream.Instance, next lifecycle.State, inst *upstream.Instance) {
+	sh := t.shared.Load()
+	if sh == nil || next.Adopted || inst == nil {
+		return
+	}
+	if inst == prevInst && prev.UpstreamID == next.UpstreamID && prev.Numbered == next.Numbered &&
+		prev.Phase.Done() == next.Phase.Done() && (prev.Phase == lifecycle.Running) == (next.Phase == lifecycle.Running) {
+		return
+	}
+	life, err := json.Marshal(sharedLife{State: next, sharedExtra: sharedExtra{ClientID: pr.ClientID, OwnNumber: pr.ownNumber}})
+	if err != nil {
+		return
+	}
+	rec := &state.PromptRecord{ID: pr.ID, Endpoint: inst.Endpoint(), Instance: inst.Name, UpstreamID: next.UpstreamID,
+		Done: next.Phase.Done(), Life: life}
+	if next.Numbered && !pr.ownNumber {
+		rec.Number = next.Number
+	}
+	t.shareWrite(sh, sharedWrite{rec: rec})
+}
+
+// ShareOwner records, for the other replicas, the API key name that owns
+// prompt id (written with the table's other records, off the request's
+// path). Nothing without a shared index.
+func (t *Table) ShareOwner(id, owner string) {
+	sh := t.shared.Load()
+	if sh == nil || id == "" || owner == "" {
+		return
+	}
+	t.shareWrite(sh, sharedWrite{owner: &[2]string{id, owner}})
+}
+
+// sharePin records a file pin (an empty endpoint forgets the file).
+func (t *Table) sharePin(ref FileRef, endpoint string) {
+	sh := t.shared.Load()
+	if sh == nil {
+		return
+	}
+	t.shareWrite(sh, sharedWrite{pin: &state.FilePin{File: sharedFileName(ref), Endpoint: endpoint}})
+}
+
+// sharedFileName is a normalized ref as one string for the shared pins.
+func sharedFileName(ref FileRef) string {
+	return ref.Type + "\x00" + ref.Subfolder + "\x00" + ref.Filename
+}
+
+// shareWrite queues w for the writer, starting it if need be; a full
+// queue or a table not running drops w (counted).
+func (t *Table) shareWrite(sh *sharedIndex, w sharedWrite) {
+	select {
+	case sh.queue <- w:
+	default:
+		t.m.StateIndexError("dropped")
+		return
+	}
+	if sh.running.Load() || !sh.running.CompareAndSwap(false, true) {
+		return
+	}
+	if !t.run.goBackground(func(ctx context.Context) { t.shareWriter(ctx, sh) }) {
+		sh.running.Store(false)
+	}
+}
+
+// shareWriter writes what the queue holds, a batch per pipeline, until
+// the table closes; then it writes what is left once, within the timeout.
+func (t *Table) shareWriter(ctx context.Context, sh *sharedIndex) {
+	var recs []state.PromptRecord
+	var pins []state.FilePin
+	owners := map[string]string{}
+	add := func(w sharedWrite) {
+		if w.owner != nil {
+			owners[w.owner[0]] = w.owner[1]
+		}
+		if w.rec != nil {
+			recs = append(recs, *w.rec)
+		}
+		if w.pin != nil {
+			pins = append(pins, *w.pin)
+		}
+	}
+	flush := func() {
+		if len(recs) == 0 && len(pins) == 0 && len(owners) == 0 {
+			return
+		}
+		wctx, cancel := context.WithTimeout(context.Background(), sharedWriteTimeout)
+		err := sh.idx.PutPrompts(wctx, recs)
+		if err == nil {
+			err = sh.idx.SetPromptOwners(wctx, owners)
+		}
+		if err == nil {
+			err = sh.idx.PinFiles(wctx, pins)
+		}
+		cancel()
+		if err != nil {
+			t.m.StateIndexError("write")
+			t.log.Warn("shared prompt index: write failed", "prompts", len(recs), "owners", len(owners), "files", len(pins), "err", err)
+		}
+		recs, pins = recs[:0], pins[:0]
+		clear(owners)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+		rest:
+			for range sharedQueue {
+				select {
+				case w := <-sh.queue:
+					add(w)
+				default:
+					break rest
+				}
+			}
+			flush()
+			return
+		case w := <-sh.queue:
+			add(w)
+		gather:
+			for n := 1; n < sharedBatch; n++ {
+				select {
+				case w := <-sh.queue:
+					add(w)
+				default:
+					break gather
+				}
+			}
+			flush()
+		}
+	}
+}
+
+// sharedFileOwner is the instance the shared pins say holds ref (nil when
+// none, or the lookup failed: logged and counted).
+func (t *Table) sharedFileOwner(ctx context.Context, ref FileRef) *upstream.Instance {
+	sh := t.shared.Load()
+	if sh == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, sharedReadTimeout)
+	defer cancel()
+	endpoint, err := sh.idx.FileHolder(ctx, sharedFileName(ref))
+	if err != nil {
+		t.m.StateIndexError("read")
+		t.log.Warn("shared file pins: lookup failed", "file", ref.Filename, "err", err)
+		return nil
+	}
+	if endpoint == "" {
+		return nil
+	}
+	return upstream.ByEndpoint(t.p.Instances(), endpoint)
+}
