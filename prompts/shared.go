@@ -32,13 +32,36 @@ const (
 	// sharedReadTimeout bounds a lookup on a miss: a read that misses
 	// the local table waits at most this long for the others' record.
 	sharedReadTimeout = 500 * time.Millisecond
+	// sharedReadPause is how long lookups are not tried after one failed:
+	// a request that looks up many ids (a list, a delete) waits for an
+	// unanswering Redis once, not once per id.
+	sharedReadPause = time.Second
 )
 
 // sharedIndex is the table's side of the replicas' shared index.
 type sharedIndex struct {
-	idx     state.PromptIndex
-	queue   chan sharedWrite
-	running atomic.Bool // the writer goroutine runs
+	idx      state.PromptIndex
+	queue    chan sharedWrite
+	running  atomic.Bool  // the writer goroutine runs
+	failedAt atomic.Int64 // unix nanoseconds of the last failed lookup
+}
+
+// readable reports whether a lookup may be tried (none failed within
+// sharedReadPause); a lookup not tried counts as a failed one.
+func (t *Table) readable(sh *sharedIndex) bool {
+	if f := sh.failedAt.Load(); f != 0 && time.Since(time.Unix(0, f)) < sharedReadPause {
+		t.m.StateIndexError("read")
+		return false
+	}
+	return true
+}
+
+// readFailed notes a failed lookup: logged, counted, and the next ones
+// paused.
+func (t *Table) readFailed(sh *sharedIndex, what string, err error) {
+	sh.failedAt.Store(time.Now().UnixNano())
+	t.m.StateIndexError("read")
+	t.log.Warn("shared prompt index: lookup failed", "of", what, "err", err)
 }
 
 // sharedWrite is one record or file pin for the writer.
@@ -82,15 +105,14 @@ type SharedPrompt struct {
 // replica's.
 func (t *Table) SharedPrompt(ctx context.Context, id string) (sp SharedPrompt, found bool) {
 	sh := t.shared.Load()
-	if sh == nil || id == "" {
+	if sh == nil || id == "" || !t.readable(sh) {
 		return SharedPrompt{}, false
 	}
 	ctx, cancel := context.WithTimeout(ctx, sharedReadTimeout)
 	defer cancel()
 	rec, owner, ok, err := sh.idx.Prompt(ctx, id)
 	if err != nil {
-		t.m.StateIndexError("read")
-		t.log.Warn("shared prompt index: lookup failed", "prompt_id", id, "err", err)
+		t.readFailed(sh, "a prompt", err)
 		return SharedPrompt{}, false
 	}
 	sp = SharedPrompt{ID: id, Owner: owner}
@@ -261,15 +283,14 @@ func (t *Table) shareWriter(ctx context.Context, sh *sharedIndex) {
 // none, or the lookup failed: logged and counted).
 func (t *Table) sharedFileOwner(ctx context.Context, ref FileRef) *upstream.Instance {
 	sh := t.shared.Load()
-	if sh == nil {
+	if sh == nil || !t.readable(sh) {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, sharedReadTimeout)
 	defer cancel()
 	endpoint, err := sh.idx.FileHolder(ctx, sharedFileName(ref))
 	if err != nil {
-		t.m.StateIndexError("read")
-		t.log.Warn("shared file pins: lookup failed", "file", ref.Filename, "err", err)
+		t.readFailed(sh, "a file", err)
 		return nil
 	}
 	if endpoint == "" {
