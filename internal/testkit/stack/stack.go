@@ -37,6 +37,10 @@ type Options struct {
 	// options of simulator i.
 	Sim    comfysim.Options
 	SimFor func(i int, o *comfysim.Options)
+	// Addrs, if not empty, are instances already running (another stack's
+	// Sims, for replicas of one fleet): the gateway fronts them and Start
+	// starts no simulator (Instances, Sim, SimFor and Faults are unused).
+	Addrs []string
 	// Faults puts a testkit.FaultProxy in front of every simulator: the
 	// gateway is configured with the proxies' addresses.
 	Faults bool
@@ -83,6 +87,9 @@ func Start(tb testing.TB, opts Options) *Stack {
 	}
 	s := &Stack{tb: tb, opts: opts}
 	addrs := make([]string, n)
+	if len(opts.Addrs) > 0 {
+		addrs, n = opts.Addrs, 0
+	}
 	for i := range n {
 		o := opts.Sim
 		if opts.SimFor != nil {
