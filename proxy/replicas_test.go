@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"slices"
 	"strings"
@@ -28,9 +29,10 @@ import (
 )
 
 const (
-	xKeyA     = "xr-key-a-0123456789abcdef"
-	xKeyB     = "xr-key-b-0123456789abcdef"
-	xKeyAdmin = "xr-admin-0123456789abcdef"
+	xKeyA       = "xr-key-a-0123456789abcdef"
+	xKeyB       = "xr-key-b-0123456789abcdef"
+	xKeyAdmin   = "xr-admin-0123456789abcdef"
+	xKeyMetrics = "xr-stats-0123456789abcdef"
 )
 
 // xSteps is the progress steps (each with a preview) of the upscale node.
@@ -41,6 +43,16 @@ const xSteps = 6
 // of the server.
 func replicas(t *testing.T) (a, b *stack.Stack, rdb *redis.Client) {
 	t.Helper()
+	return replicasWith(t, func(c *config.Config) {
+		c.Auth.Keys = []string{xKeyA, xKeyB}
+		c.Auth.AdminKeys = []string{xKeyAdmin}
+		c.Auth.MetricsKeys = []string{xKeyMetrics}
+	})
+}
+
+// replicasWith is replicas with keys's configuration (nil: keys off).
+func replicasWith(t *testing.T, keys func(*config.Config)) (a, b *stack.Stack, rdb *redis.Client) {
+	t.Helper()
 	url := testkit.Redis(t)
 	open := func() *state.Store {
 		st, err := state.Open(context.Background(), config.State{URL: url})
@@ -49,10 +61,6 @@ func replicas(t *testing.T) (a, b *stack.Stack, rdb *redis.Client) {
 		}
 		t.Cleanup(func() { _ = st.Close() })
 		return st
-	}
-	keys := func(c *config.Config) {
-		c.Auth.Keys = []string{xKeyA, xKeyB}
-		c.Auth.AdminKeys = []string{xKeyAdmin}
 	}
 	a = stack.Start(t, stack.Options{Instances: 1, Sim: comfysim.Options{Delay: 600 * time.Millisecond, Steps: xSteps},
 		Config: keys, State: open()})
@@ -75,7 +83,11 @@ type xSocket struct {
 
 func xDial(t *testing.T, st *stack.Stack, clientID, key string) *xSocket {
 	t.Helper()
-	conn, _, err := websocket.DefaultDialer.Dial(st.WSURL(clientID)+"&token="+key, nil)
+	u := st.WSURL(clientID)
+	if key != "" {
+		u += "&token=" + key
+	}
+	conn, _, err := websocket.DefaultDialer.Dial(u, nil)
 	if err != nil {
 		t.Fatalf("dial %s: %v", st.Addr, err)
 	}
@@ -165,7 +177,9 @@ func xSubmit(t *testing.T, st *stack.Stack, key, clientID string, prompt map[str
 	t.Helper()
 	body, _ := json.Marshal(map[string]any{"prompt": prompt, "client_id": clientID})
 	req, _ := http.NewRequest(http.MethodPost, st.URL+"/prompt", bytes.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+key)
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -369,5 +383,55 @@ func TestEventsAcrossReplicas(t *testing.T) {
 			}
 			seen[m] = true
 		}
+	})
+}
+
+// xFailures is st's comfygate_ws_cross_replica_failures_total.
+func xFailures(t *testing.T, st *stack.Stack) float64 {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, st.URL+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+xKeyMetrics)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	for line := range strings.SplitSeq(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, "comfygate_ws_cross_replica_failures_total "); ok {
+			var f float64
+			_, _ = fmt.Sscan(v, &f)
+			return f
+		}
+	}
+	t.Fatalf("no comfygate_ws_cross_replica_failures_total in /metrics (%d)", resp.StatusCode)
+	return 0
+}
+
+// TestEventsAcrossReplicasRedisGone: with the redis-server gone (and
+// keys off: with keys, claiming a clientId needs it), a socket on the
+// replica that runs a prompt gets its events whole, and what had to cross
+// is counted as lost.
+func TestEventsAcrossReplicasRedisGone(t *testing.T) {
+	t.Parallel()
+	state.SetLogger(slog.New(slog.DiscardHandler)) // the client's failed dials
+	a, b, rdb := replicasWith(t, nil)
+	const key = "" // keys off
+	local := xDial(t, a, "xr-client-g", key)
+	far := xDial(t, b, "xr-client-h", key)
+	// Both sockets are caught up: a first prompt's events reach both.
+	for i, s := range []*xSocket{local, far} {
+		id := xSubmit(t, a, key, s.id, testkit.Workflow(0x010203+i, "xr-g"))
+		s.until(func(m xMsg) bool { return m.end(id) })
+	}
+	_ = rdb.ShutdownNoSave(context.Background()).Err() // answers with the connection's end
+	testkit.Eventually(t, "redis-server gone", func() bool { return rdb.Ping(context.Background()).Err() != nil })
+	// The socket on the replica that runs the prompt gets it whole.
+	id := xSubmit(t, a, key, local.id, xUpscale(0x0a0b0c))
+	checkRun(t, id, texts(local.until(func(m xMsg) bool { return m.end(id) })))
+	// The other replica's socket cannot: A counts what it lost.
+	xSubmit(t, a, key, far.id, testkit.Workflow(0x0d0e0f, "xr-h"))
+	testkit.Eventually(t, "A counts events that could not cross", func() bool {
+		return xFailures(t, a) > 0
 	})
 }
