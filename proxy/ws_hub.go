@@ -190,6 +190,7 @@ func (h *Hub) register(c *wsClient, gen uint64, n int) (replayed int, ok bool) {
 	if c.isolated && s.key != c.key {
 		// What another key's socket or prompts left here is not c's to see.
 		s.backlog = backlog{}
+		s.hold = nil
 		if s.client != nil {
 			s.client.drain(nil)
 		}
