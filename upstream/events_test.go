@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
@@ -53,10 +52,7 @@ func TestEventsTellTheSubscriber(t *testing.T) {
 	f := testkit.Mini(t, "0.3.65")
 	cfg := coreConfig(f.Addr())
 	cfg.HealthCheck.UnhealthyThreshold = 1
-	p, err := New(cfg, nil, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, _ := newCorePool(t, cfg, false)
 	l := &eventLog{sub: p.Subscribe()}
 	var gateOK atomic.Bool
 	gateOK.Store(true)
@@ -160,15 +156,11 @@ func TestWarmupGateWaitsForItsRunner(t *testing.T) {
 	cfg := coreConfig(f.Addr())
 	cfg.Dir = dir
 	cfg.Instances[0].Warmup = "warm.json"
-	p, err := New(cfg, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, _ := newCorePool(t, cfg, false)
 	l := &eventLog{sub: p.Subscribe()}
 	if err := p.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(p.Close)
 	inst := p.Instances()[0]
 	if l.count("warmup i1") != 1 || inst.Available() {
 		t.Fatalf("cold instance: events %q, available %v; want one warmup and not available", l.drain(), inst.Available())

@@ -2,14 +2,14 @@ package upstream
 
 import (
 	"context"
-	"net"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/comfygate/comfygate/breaker"
 	"github.com/comfygate/comfygate/internal/testkit"
-	"github.com/valyala/fasthttp"
+	"io"
+	"net/http"
 )
 
 func TestHealthThresholdsAndOneLogPerTransition(t *testing.T) {
@@ -232,26 +232,20 @@ func TestCheckAllBoundsParallelChecks(t *testing.T) {
 	const n = maxParallelChecks + 8
 	var inflight, most, served atomic.Int64
 	release := make(chan struct{})
-	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+	held := func(w http.ResponseWriter, r *http.Request) {
 		now := inflight.Add(1)
 		for m := most.Load(); now > m && !most.CompareAndSwap(m, now); m = most.Load() {
 		}
 		<-release
 		inflight.Add(-1)
 		served.Add(1)
-		ctx.SetContentType("application/json")
-		ctx.SetBodyString(`{"system": {"comfyui_version": "0.3.65"}, "devices": []}`)
-	}}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"system": {"comfyui_version": "0.3.65"}, "devices": []}`)
+	}
 	addrs := make([]string, n)
 	for k := range addrs {
-		ln, err := net.Listen("tcp4", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addrs[k] = ln.Addr().String()
-		go func() { _ = srv.Serve(ln) }()
+		addrs[k] = testkit.Mini(t, "0.3.65").Handle("/system_stats", held).Addr()
 	}
-	t.Cleanup(func() { _ = srv.Shutdown() })
 	cfg := coreConfig(addrs...)
 	cfg.HealthCheck.Timeout = 30 * time.Second
 	p, _ := newCorePool(t, cfg, false)
