@@ -330,9 +330,13 @@ func (e *redisEvents) Leave(clientID string, seen Position, leftovers [][]byte) 
 		e.Publish(clientID, p)
 	}
 	if !e.enqueue(eventOp{kind: opSeen, clientID: clientID, seen: seen, w: w, done: done}) {
-		if w != nil {
-			e.drop(w)
-			_ = e.ps.Unsubscribe(context.Background(), w.channel)
+		if w != nil && e.drop(w) {
+			// Not here: the caller may hold its lock.
+			go func() {
+				ctx, cancel := context.WithTimeout(e.ctx, publishTimeout)
+				defer cancel()
+				_ = e.ps.Unsubscribe(ctx, w.channel)
+			}()
 		}
 		done <- errors.New("state: events queue full")
 	}
