@@ -184,3 +184,56 @@ func TestEventsInMemoryDoNothing(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestFollowWhilePublishing: a follow that starts while another store
+// publishes gets the whole stream, from its catch-up then live, with no
+// gap and no event twice.
+func TestFollowWhilePublishing(t *testing.T) {
+	t.Parallel()
+	url := testkit.Redis(t)
+	opts := state.EventOptions{Window: 30 * time.Second, MaxLen: 1 << 20}
+	a, b := openRedis(t, url).Events(opts), openRedis(t, url).Events(opts)
+	r := &recorder{}
+	published := make(chan int, 1)
+	go func() {
+		// Until the follower has had events, then 500 more: the follow
+		// starts, catches up and goes live while events keep coming.
+		i, more := 0, -1
+		for more != 0 && i < 1<<20 {
+			for !a.Publish("busy", fmt.Appendf(nil, "%d", i)) { // a full queue: wait for it
+				time.Sleep(time.Millisecond)
+			}
+			i++
+			switch {
+			case more > 0:
+				more--
+			case more < 0 && len(r.payloads()) > 0:
+				more = 500
+			}
+		}
+		published <- i
+	}()
+	opt, _ := redis.ParseURL(url)
+	rdb := redis.NewClient(opt)
+	t.Cleanup(func() { _ = rdb.Close() })
+	testkit.Eventually(t, "events in the stream", func() bool { return len(keysOrNone(rdb)) > 0 })
+	if err := b.Follow("busy", r); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	select {
+	case n = <-published:
+	case <-time.After(testkit.WaitBound):
+		t.Fatal("the publisher did not end")
+	}
+	want := make([]string, n)
+	for i := range want {
+		want[i] = fmt.Sprint(i)
+	}
+	wantPayloads(t, r, want...)
+}
+
+func keysOrNone(rdb *redis.Client) []string {
+	keys, _ := rdb.Keys(context.Background(), state.Prefix+"events:*").Result()
+	return keys
+}
