@@ -1,12 +1,20 @@
-package proxy
+package proxy_test
+
+// Events between replicas: two gateways sharing a real redis-server
+// (state.url) in front of the same simulated instance.
 
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
+	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
-	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -14,160 +22,416 @@ import (
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/testkit"
-	"github.com/comfygate/comfygate/metrics"
+	"github.com/comfygate/comfygate/internal/testkit/stack"
 	"github.com/comfygate/comfygate/state"
+	"github.com/fasthttp/websocket"
 	"github.com/redis/go-redis/v9"
 )
 
-// TestPromptsAcrossReplicas: two replicas share a real Redis and the same
-// two instances. A prompt submitted on the first (with an id of the
-// client's own, so the instances know it by another) is read on the
-// second: its history under the client's id, its job view, its output
-// through /view, also by the bare file name that another instance holds
-// a file of too; another key sees nothing of it there; an interrupt on the
-// second stops the first's running prompt. With Redis down the second
-// answers as for an unknown prompt, and counts the failed lookups.
-func TestPromptsAcrossReplicas(t *testing.T) {
-	t.Parallel()
-	rurl := testkit.Redis(t)
-	ss := sims(t, 2, comfysim.Options{Delay: time.Minute, Steps: 240, Version: "0.38.0"})
-	replica := func(m *metrics.Metrics) *gate {
-		st, err := state.Open(context.Background(), config.State{URL: rurl})
+const (
+	xKeyA       = "xr-key-a-0123456789abcdef"
+	xKeyB       = "xr-key-b-0123456789abcdef"
+	xKeyAdmin   = "xr-admin-0123456789abcdef"
+	xKeyMetrics = "xr-stats-0123456789abcdef"
+)
+
+// xSteps is the progress steps (each with a preview) of the upscale node.
+const xSteps = 6
+
+// replicas starts two gateways, A and B, sharing one redis-server, in
+// front of one simulator, with API keys on; it returns them and a client
+// of the server.
+func replicas(t *testing.T) (a, b *stack.Stack, rdb *redis.Client) {
+	t.Helper()
+	return replicasWith(t, func(c *config.Config) {
+		c.Auth.Keys = []string{xKeyA, xKeyB}
+		c.Auth.AdminKeys = []string{xKeyAdmin}
+		c.Auth.MetricsKeys = []string{xKeyMetrics}
+	})
+}
+
+// replicasWith is replicas with keys's configuration (nil: keys off).
+func replicasWith(t *testing.T, keys func(*config.Config)) (a, b *stack.Stack, rdb *redis.Client) {
+	t.Helper()
+	url := testkit.Redis(t)
+	open := func() *state.Store {
+		st, err := state.Open(context.Background(), config.State{URL: url})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = st.Close() })
-		return startGateMetrics(t, addrsOf(ss), withKeys, m, func(o *Options) { o.State = st })
+		return st
 	}
-	m2 := metrics.New("test")
-	g1, g2 := replica(nil), replica(m2)
+	a = stack.Start(t, stack.Options{Instances: 1, Sim: comfysim.Options{Delay: 600 * time.Millisecond, Steps: xSteps},
+		Config: keys, State: open()})
+	b = stack.Start(t, stack.Options{Addrs: []string{a.Sims[0].Addr()}, Config: keys, State: open()})
+	opt, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb = redis.NewClient(opt)
+	t.Cleanup(func() { _ = rdb.Close() })
+	return a, b, rdb
+}
 
-	const id, clientID = "job-on-replica-one", "client-of-a-replicas"
-	body := map[string]any{"prompt": emptyImagePrompt(0x112233, "replicas"), "client_id": clientID, "prompt_id": id}
-	var a promptAnswer
-	if status, raw := postJSON(t, g1.base+"/prompt", bearer(keyA), body, &a); status != http.StatusOK || a.PromptID != id {
-		t.Fatalf("POST /prompt on the first replica: %d %s", status, raw)
-	}
-	if p, ok := g1.prompts.Prompt(id); !ok || p.UpstreamID() == id || p.UpstreamID() == "" {
-		t.Fatalf("the instance should know the prompt by an id of its own")
-	}
-	e1 := waitHistory2(t, g1, keyA, id)
+// xSocket is a client socket of the test.
+type xSocket struct {
+	t    *testing.T
+	id   string
+	conn *websocket.Conn
+}
 
-	// Its history on the second replica, as the first answers it.
-	e2 := waitHistory2(t, g2, keyA, id)
-	if !e2.Status.Completed || len(e2.Prompt) < 4 {
-		t.Fatalf("history on the second replica: %+v", e2)
+func xDial(t *testing.T, st *stack.Stack, clientID, key string) *xSocket {
+	t.Helper()
+	u := st.WSURL(clientID)
+	if key != "" {
+		u += "&token=" + key
 	}
-	var got string
-	if json.Unmarshal(e2.Prompt[1], &got) != nil || got != id {
-		t.Errorf("history's prompt id on the second replica: %s, want %q", e2.Prompt[1], id)
+	conn, _, err := websocket.DefaultDialer.Dial(u, nil)
+	if err != nil {
+		t.Fatalf("dial %s: %v", st.Addr, err)
 	}
-	var extra map[string]any
-	if json.Unmarshal(e2.Prompt[3], &extra) != nil || extra["client_id"] != clientID {
-		t.Errorf("history's extra_data on the second replica: %s, want client_id %q", e2.Prompt[3], clientID)
+	t.Cleanup(func() { _ = conn.Close() })
+	s := &xSocket{t: t, id: clientID, conn: conn}
+	if m := s.read(); m.typ() != "status" {
+		t.Fatalf("first message %s, want status", m)
 	}
-	if !bytes.Equal(e1.Prompt[0], e2.Prompt[0]) {
-		t.Errorf("queue number: first replica %s, second %s", e1.Prompt[0], e2.Prompt[0])
+	return s
+}
+
+type xMsg struct {
+	binary bool
+	data   []byte
+}
+
+func (m xMsg) typ() string {
+	if m.binary {
+		if len(m.data) < 4 {
+			return "binary:?"
+		}
+		return fmt.Sprintf("binary:%d", binary.BigEndian.Uint32(m.data))
 	}
-	var ref fileRef
-	for _, o := range e2.Outputs {
-		if len(o.Images) > 0 {
-			ref = o.Images[0]
+	var v struct {
+		Type string `json:"type"`
+	}
+	_ = json.Unmarshal(m.data, &v)
+	return v.Type
+}
+
+func (m xMsg) String() string {
+	if m.binary {
+		return m.typ()
+	}
+	return string(m.data)
+}
+
+// end reports `executing` with node null for prompt id.
+func (m xMsg) end(id string) bool {
+	return !m.binary && m.typ() == "executing" && bytes.Contains(m.data, []byte(`"node": null`)) &&
+		bytes.Contains(m.data, []byte(id))
+}
+
+func (s *xSocket) read() xMsg {
+	s.t.Helper()
+	_ = s.conn.SetReadDeadline(time.Now().Add(testkit.WaitBound))
+	mt, data, err := s.conn.ReadMessage()
+	if err != nil {
+		s.t.Fatalf("%s: read: %v", s.id, err)
+	}
+	return xMsg{binary: mt == websocket.BinaryMessage, data: data}
+}
+
+// until reads until stop says so, and returns what it read.
+func (s *xSocket) until(stop func(xMsg) bool) []xMsg {
+	s.t.Helper()
+	var out []xMsg
+	for range 10000 {
+		m := s.read()
+		out = append(out, m)
+		if stop(m) {
+			return out
 		}
 	}
-	if ref.Filename == "" || !strings.HasPrefix(ref.Subfolder, "@") {
-		t.Fatalf("outputs on the second replica: %+v", e2.Outputs)
-	}
-	status, _, jb := gateDo(t, "GET", g2.base+"/api/jobs/"+id, bearer(keyA), nil)
-	var job map[string]any
-	if status != http.StatusOK || json.Unmarshal(jb, &job) != nil || job["id"] != id {
-		t.Errorf("GET /api/jobs/{id} on the second replica: %d %s", status, jb)
-	}
+	s.t.Fatalf("%s: no end after 10000 messages", s.id)
+	return nil
+}
 
-	// Its output: by the reference handed out, and by the bare name, which
-	// the other instance holds a file of too (written directly to it).
-	view := func(g *gate, key, filename, subfolder string) (int, []byte) {
-		q := url.Values{"filename": {filename}, "subfolder": {subfolder}, "type": {"output"}}
-		st, _, b := gateDo(t, "GET", g.base+"/view?"+q.Encode(), bearer(key), nil)
-		return st, b
-	}
-	st1, want := view(g1, keyA, ref.Filename, ref.Subfolder)
-	if st1 != http.StatusOK || len(want) == 0 {
-		t.Fatalf("/view on the first replica: %d", st1)
-	}
-	var other *comfysim.Server
-	for _, s := range ss {
-		if st, _, _ := gateDo(t, "GET", "http://"+s.Addr()+"/view?filename="+url.QueryEscape(ref.Filename)+"&type=output", nil, nil); st != http.StatusOK {
-			other = s
+// close closes with the closing handshake and waits for its answer.
+func (s *xSocket) close() {
+	s.t.Helper()
+	_ = s.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""),
+		time.Now().Add(time.Second))
+	_ = s.conn.SetReadDeadline(time.Now().Add(testkit.WaitBound))
+	for range 10000 {
+		if _, _, err := s.conn.ReadMessage(); err != nil {
+			if !websocket.IsCloseError(err, websocket.CloseNormalClosure) {
+				s.t.Fatalf("%s: close: %v", s.id, err)
+			}
+			return
 		}
 	}
-	if other == nil {
-		t.Fatalf("both instances hold %s already", ref.Filename)
+}
+
+// xSubmit posts a prompt to st with key and clientID and returns its id.
+func xSubmit(t *testing.T, st *stack.Stack, key, clientID string, prompt map[string]any) string {
+	t.Helper()
+	body, _ := json.Marshal(map[string]any{"prompt": prompt, "client_id": clientID})
+	req, _ := http.NewRequest(http.MethodPost, st.URL+"/prompt", bytes.NewReader(body))
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
 	}
-	var direct promptAnswer
-	if st, raw := postJSON(t, "http://"+other.Addr()+"/prompt", nil, map[string]any{"prompt": emptyImagePrompt(0xffeedd, "replicas")}, &direct); st != http.StatusOK {
-		t.Fatalf("direct prompt: %d %s", st, raw)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
 	}
-	testkit.Eventually(t, "the other instance's file", func() bool {
-		st, _, _ := gateDo(t, "GET", "http://"+other.Addr()+"/view?filename="+url.QueryEscape(ref.Filename)+"&type=output", nil, nil)
-		return st == http.StatusOK
-	})
-	if st, b := view(g2, keyA, ref.Filename, ref.Subfolder); st != http.StatusOK || !bytes.Equal(b, want) {
-		t.Errorf("/view of the output reference on the second replica: %d, %d bytes, same %v", st, len(b), bytes.Equal(b, want))
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var out struct {
+		PromptID string `json:"prompt_id"`
 	}
-	// A fresh third replica has read no history: only the shared pin
-	// tells the two instances' files of that name apart.
-	g3 := replica(nil)
-	for range 4 {
-		if st, b := view(g3, keyA, ref.Filename, ""); st != http.StatusOK || !bytes.Equal(b, want) {
-			t.Fatalf("/view of the bare name on another replica: %d, %d bytes, the prompt's file: %v", st, len(b), bytes.Equal(b, want))
+	if resp.StatusCode != http.StatusOK || json.Unmarshal(raw, &out) != nil || out.PromptID == "" {
+		t.Fatalf("POST /prompt: %d %s", resp.StatusCode, raw)
+	}
+	return out.PromptID
+}
+
+// xUpscale is a prompt whose upscale node reports xSteps progress steps,
+// each with a preview.
+func xUpscale(color int) map[string]any {
+	return map[string]any{
+		"1": map[string]any{"class_type": "EmptyImage", "inputs": map[string]any{"width": 8, "height": 8, "batch_size": 1, "color": color}},
+		"2": map[string]any{"class_type": "UpscaleModelLoader", "inputs": map[string]any{"model_name": comfysim.DefaultUpscaleModels[0]}},
+		"3": map[string]any{"class_type": "ImageUpscaleWithModel", "inputs": map[string]any{"upscale_model": []any{"2", 0}, "image": []any{"1", 0}}},
+		"4": map[string]any{"class_type": "SaveImage", "inputs": map[string]any{"images": []any{"3", 0}, "filename_prefix": "xr"}},
+	}
+}
+
+// texts is the text messages of msgs that name a prompt.
+func texts(msgs []xMsg) []string {
+	var out []string
+	for _, m := range msgs {
+		if !m.binary && bytes.Contains(m.data, []byte(`"prompt_id"`)) {
+			out = append(out, string(m.data))
 		}
 	}
+	return out
+}
 
-	// Another key gets nothing of it on the second replica.
-	if h := historyOf(t, g2, keyB, "/history/"+id); len(h) != 0 {
-		t.Errorf("B's GET /history/{id} of A's prompt on the second replica: %v", h)
+// checkRun checks that msgs are one whole run of the upscale prompt id,
+// each event once and in order: execution_start first, progress 1..xSteps
+// of the upscale node, executed, execution_success, executing null last.
+func checkRun(t *testing.T, id string, msgs []string) {
+	t.Helper()
+	seen := map[string]bool{}
+	var types []string
+	var progress []int
+	for _, m := range msgs {
+		if seen[m] {
+			t.Errorf("delivered twice: %s", m)
+		}
+		seen[m] = true
+		var v struct {
+			Type string `json:"type"`
+			Data struct {
+				PromptID string `json:"prompt_id"`
+				Value    int    `json:"value"`
+			} `json:"data"`
+		}
+		if err := json.Unmarshal([]byte(m), &v); err != nil || v.Data.PromptID != id {
+			t.Fatalf("not an event of %s: %s", id, m)
+		}
+		types = append(types, v.Type)
+		if v.Type == "progress" {
+			progress = append(progress, v.Data.Value)
+		}
 	}
-	if st, _, b := gateDo(t, "GET", g2.base+"/api/jobs/"+id, bearer(keyB), nil); st != http.StatusNotFound {
-		t.Errorf("B's GET /api/jobs/{id} of A's prompt on the second replica: %d %s", st, b)
+	want := make([]int, xSteps)
+	for i := range want {
+		want[i] = i + 1
 	}
-	if st, raw := postJSON(t, g2.base+"/interrupt", bearer(keyB), map[string]any{"prompt_id": id}, nil); st != http.StatusForbidden {
-		t.Errorf("B's interrupt of A's prompt on the second replica: %d %s", st, raw)
+	if !slices.Equal(progress, want) {
+		t.Errorf("progress values %v, want %v", progress, want)
 	}
+	if len(types) < 4 || types[0] != "execution_start" || !slices.Contains(types, "executed") ||
+		!slices.Contains(types, "execution_success") || !strings.Contains(msgs[len(msgs)-1], `"node": null`) {
+		t.Errorf("run's events: %v", types)
+	}
+	if i, j := slices.Index(types, "executed"), slices.Index(types, "execution_success"); i > j {
+		t.Errorf("executed after execution_success: %v", types)
+	}
+}
 
-	// An interrupt on the second replica stops the first's running prompt.
-	const slow = "slow-on-replica-one"
-	slowPrompt := upscalePrompt("RealESRGAN_x2plus.pth", nil) // a minute, interruptible at each step
-	if st, raw := postJSON(t, g1.base+"/prompt", bearer(keyA), map[string]any{"prompt": slowPrompt, "prompt_id": slow}, nil); st != http.StatusOK {
-		t.Fatalf("slow prompt: %d %s", st, raw)
-	}
-	testkit.Eventually(t, "the slow prompt runs", func() bool {
-		p, ok := g1.prompts.Prompt(slow)
-		return ok && p.Life().StartedAt.After(time.Time{})
+// streamKey is the Redis stream of clientID's events.
+func streamKey(clientID string) string {
+	sum := sha256.Sum256([]byte(clientID))
+	return state.Prefix + "events:{" + hex.EncodeToString(sum[:]) + "}"
+}
+
+// TestEventsAcrossReplicas: a client whose socket is on replica B and
+// who submits on replica A gets its prompt's events on B, previews
+// included (in the form it negotiated), each once and in order; another
+// key's socket on B gets none of them. A socket that leaves B mid-prompt
+// with a close handshake and reconnects to A gets what it missed, once
+// and in order; with the stream lost meanwhile, the reconnect is as after
+// an expired backlog: nothing from before, the rest of the run after.
+func TestEventsAcrossReplicas(t *testing.T) {
+	t.Parallel()
+	a, b, rdb := replicas(t)
+
+	t.Run("submit on A, socket on B", func(t *testing.T) {
+		c := xDial(t, b, "xr-client-c", xKeyA)
+		d := xDial(t, b, "xr-client-d", xKeyB)
+		id := xSubmit(t, a, xKeyA, c.id, xUpscale(0x102030))
+		msgs := c.until(func(m xMsg) bool { return m.end(id) })
+		checkRun(t, id, texts(msgs))
+		previews := 0
+		for _, m := range msgs {
+			if m.binary {
+				if m.typ() != "binary:1" {
+					t.Errorf("preview %s, want type 1 (no metadata negotiated)", m.typ())
+				}
+				previews++
+			}
+		}
+		if previews != xSteps {
+			t.Errorf("%d previews, want %d", previews, xSteps)
+		}
+		// B's other socket, of another key: its own prompt's events come
+		// after anything of c's would have, and nothing of c's came.
+		own := xSubmit(t, a, xKeyB, d.id, testkit.Workflow(0x405060, "xr-d"))
+		for _, m := range d.until(func(m xMsg) bool { return m.end(own) }) {
+			if m.binary || bytes.Contains(m.data, []byte(id)) {
+				t.Errorf("another key's socket got %s", m)
+			}
+		}
+		// An admin's socket on B whose clientId key A's prompt names gets
+		// none of that prompt's events (as on one replica): its own
+		// prompt, run after, ends on it with nothing of A's before.
+		adm := xDial(t, b, "xr-client-admin", xKeyAdmin)
+		other := xSubmit(t, a, xKeyA, adm.id, xUpscale(0x708090))
+		mine := xSubmit(t, a, xKeyAdmin, adm.id, testkit.Workflow(0x405061, "xr-adm"))
+		for _, m := range adm.until(func(m xMsg) bool { return m.end(mine) }) {
+			if m.binary || bytes.Contains(m.data, []byte(other)) {
+				t.Errorf("an admin's socket got key A's event %s", m)
+			}
+		}
 	})
-	testkit.Eventually(t, "the second replica sees it running", func() bool {
-		sp, ok := g2.prompts.SharedPrompt(context.Background(), slow)
-		return ok && sp.Running
-	})
-	if st, raw := postJSON(t, g2.base+"/interrupt", bearer(keyA), map[string]any{"prompt_id": slow}, nil); st != http.StatusOK {
-		t.Fatalf("A's interrupt on the second replica: %d %s", st, raw)
-	}
-	hs := waitHistory2(t, g2, keyA, slow)
-	if hs.Status.StatusStr != "error" {
-		t.Errorf("the interrupted prompt's status: %+v", hs.Status)
-	}
 
-	// Redis stops: the second replica answers A's prompt as unknown and
-	// counts the failed reads.
-	state.SetLogger(slog.New(slog.DiscardHandler))
-	opt, _ := redis.ParseURL(rurl)
-	rdb := redis.NewClient(opt)
-	defer rdb.Close()
-	_ = rdb.ShutdownNoSave(context.Background()).Err()
-	if h := historyOf(t, g2, keyA, "/history/"+id); len(h) != 0 {
-		t.Errorf("history with Redis down: %v, want {}", h)
+	t.Run("leave B mid-prompt, reconnect to A", func(t *testing.T) {
+		c := xDial(t, b, "xr-client-e", xKeyA)
+		id := xSubmit(t, a, xKeyA, c.id, xUpscale(0x112233))
+		first := c.until(func(m xMsg) bool { return m.typ() == "progress" })
+		c.close()
+		// Every event so far crossed from A through the stream; those
+		// published since the socket left wait there.
+		testkit.Eventually(t, "an event the socket missed in the stream", func() bool {
+			n, _ := rdb.XLen(context.Background(), streamKey(c.id)).Result()
+			return n > int64(len(first))
+		})
+		c2 := xDial(t, a, c.id, xKeyA)
+		rest := c2.until(func(m xMsg) bool { return m.end(id) })
+		checkRun(t, id, append(texts(first), texts(rest)...))
+	})
+
+	t.Run("stream lost, reconnect to A", func(t *testing.T) {
+		c := xDial(t, b, "xr-client-f", xKeyA)
+		id := xSubmit(t, a, xKeyA, c.id, xUpscale(0x223344))
+		first := c.until(func(m xMsg) bool { return m.typ() == "progress" })
+		c.close()
+		key := streamKey(c.id)
+		testkit.Eventually(t, "events the socket missed in the stream", func() bool {
+			n, _ := rdb.XLen(context.Background(), key).Result()
+			return n > int64(len(first))+2 // a preview and a progress at least
+		})
+		// Read what the stream holds and lose it, in one transaction.
+		var entries *redis.XMessageSliceCmd
+		_, err := rdb.TxPipelined(context.Background(), func(p redis.Pipeliner) error {
+			entries = p.XRange(context.Background(), key, "-", "+")
+			p.Del(context.Background(), key, key+":epoch", key+":seen")
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]bool{}
+		for _, m := range texts(first) {
+			got[m] = true
+		}
+		lost := map[string]bool{} // text events the socket did not get
+		for _, e := range entries.Val() {
+			p, _ := e.Values["d"].(string)
+			if i := strings.IndexByte(p, '{'); i >= 0 && !got[p[i:]] {
+				lost[p[i:]] = true
+			}
+		}
+		if len(lost) == 0 {
+			t.Fatalf("the lost stream held no text event the socket missed: %v", entries.Val())
+		}
+		c2 := xDial(t, a, c.id, xKeyA)
+		rest := texts(c2.until(func(m xMsg) bool { return m.end(id) }))
+		for _, m := range rest {
+			if lost[m] {
+				t.Errorf("an event of the lost stream came: %s", m)
+			}
+		}
+		// Nothing the first socket got comes again.
+		seen := map[string]bool{}
+		for _, m := range append(texts(first), rest...) {
+			if seen[m] {
+				t.Errorf("delivered twice: %s", m)
+			}
+			seen[m] = true
+		}
+	})
+}
+
+// xFailures is st's comfygate_ws_cross_replica_failures_total.
+func xFailures(t *testing.T, st *stack.Stack) float64 {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, st.URL+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+xKeyMetrics)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if n := counterValue(t, m2, "comfygate_state_index_errors_total", map[string]string{"op": "read"}); n < 1 {
-		t.Errorf("failed reads counted: %v", n)
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	for line := range strings.SplitSeq(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, "comfygate_ws_cross_replica_failures_total "); ok {
+			var f float64
+			_, _ = fmt.Sscan(v, &f)
+			return f
+		}
 	}
+	t.Fatalf("no comfygate_ws_cross_replica_failures_total in /metrics (%d)", resp.StatusCode)
+	return 0
+}
+
+// TestEventsAcrossReplicasRedisGone: with the redis-server gone (and
+// keys off: with keys, claiming a clientId needs it), a socket on the
+// replica that runs a prompt gets its events whole, and what had to cross
+// is counted as lost.
+func TestEventsAcrossReplicasRedisGone(t *testing.T) {
+	t.Parallel()
+	state.SetLogger(slog.New(slog.DiscardHandler)) // the client's failed dials
+	a, b, rdb := replicasWith(t, nil)
+	const key = "" // keys off
+	local := xDial(t, a, "xr-client-g", key)
+	far := xDial(t, b, "xr-client-h", key)
+	// Both sockets are caught up: a first prompt's events reach both.
+	for i, s := range []*xSocket{local, far} {
+		id := xSubmit(t, a, key, s.id, testkit.Workflow(0x010203+i, "xr-g"))
+		s.until(func(m xMsg) bool { return m.end(id) })
+	}
+	_ = rdb.ShutdownNoSave(context.Background()).Err() // answers with the connection's end
+	testkit.Eventually(t, "redis-server gone", func() bool { return rdb.Ping(context.Background()).Err() != nil })
+	// The socket on the replica that runs the prompt gets it whole.
+	id := xSubmit(t, a, key, local.id, xUpscale(0x0a0b0c))
+	checkRun(t, id, texts(local.until(func(m xMsg) bool { return m.end(id) })))
+	// The other replica's socket cannot: A counts what it lost.
+	xSubmit(t, a, key, far.id, testkit.Workflow(0x0d0e0f, "xr-h"))
+	testkit.Eventually(t, "A counts events that could not cross", func() bool {
+		return xFailures(t, a) > 0
+	})
 }
