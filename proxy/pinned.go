@@ -34,15 +34,10 @@ type pinnedRoutes struct {
 	rw      *rewriter
 }
 
-// locate finds the instance holding prompt id and the id it has there.
-func (s *pinnedRoutes) locate(id string) (*upstream.Instance, string, error) {
-	inst, upID, _, err := s.locateAny(id)
-	return inst, upID, err
-}
-
-// locateAny is locate, also for a prompt another replica submitted: then
-// remote is its record (nil for a prompt of this replica's table, or one
-// found by asking the instances).
+// locateAny finds the instance holding prompt id and the id it has there,
+// also for a prompt another replica submitted: then remote is its record
+// (nil for a prompt of this replica's table, or one found by asking the
+// instances).
 func (s *pinnedRoutes) locateAny(id string) (*upstream.Instance, string, *prompts.SharedPrompt, error) {
 	cctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
 	defer cancel()
