@@ -25,7 +25,8 @@ import (
 // second: its history under the client's id, its job view, its output
 // through /view, also by the bare file name that another instance holds
 // a file of too; another key sees nothing of it there; an interrupt on the
-// second stops the first's running prompt. With Redis down the second
+// second stops the first's running prompt, and a delete there removes its
+// pending one (another key's delete does not). With Redis down the second
 // answers as for an unknown prompt, and counts the failed lookups.
 func TestPromptsAcrossReplicas(t *testing.T) {
 	t.Parallel()
@@ -156,6 +157,48 @@ func TestPromptsAcrossReplicas(t *testing.T) {
 	if hs.Status.StatusStr != "error" {
 		t.Errorf("the interrupted prompt's status: %+v", hs.Status)
 	}
+
+	// A delete on the second replica removes the first's pending prompt
+	// from its instance's queue; another key's delete leaves it.
+	var pending []string
+	for i := range 4 {
+		pid := "queued-on-replica-one-" + string(rune('a'+i))
+		if st, raw := postJSON(t, g1.base+"/prompt", bearer(keyA), map[string]any{"prompt": upscalePrompt("RealESRGAN_x2plus.pth", nil), "prompt_id": pid}, nil); st != http.StatusOK {
+			t.Fatalf("prompt %s: %d %s", pid, st, raw)
+		}
+		pending = append(pending, pid)
+	}
+	queued := func() (string, string, *comfysim.Server) {
+		for _, pid := range pending {
+			p, ok := g1.prompts.Prompt(pid)
+			if !ok || p.Life().Phase.String() != "queued" {
+				continue
+			}
+			for k, s := range g1.pool.Instances() {
+				if s == p.Instance() {
+					return pid, p.UpstreamID(), ss[k]
+				}
+			}
+		}
+		return "", "", nil
+	}
+	var qid, qup string
+	var qsim *comfysim.Server
+	testkit.Eventually(t, "a pending prompt", func() bool { qid, qup, qsim = queued(); return qid != "" })
+	inQueue := func() bool {
+		_, _, qb := gateDo(t, "GET", "http://"+qsim.Addr()+"/queue", nil, nil)
+		return bytes.Contains(qb, []byte(qup))
+	}
+	if !inQueue() {
+		t.Fatalf("%s (%s) is not in its instance's queue", qid, qup)
+	}
+	if st, raw := postJSON(t, g2.base+"/queue", bearer(keyB), map[string]any{"delete": []string{qid}}, nil); st != http.StatusOK || !inQueue() {
+		t.Errorf("B's delete of A's prompt on the second replica: %d %s; gone from the queue: %v", st, raw, !inQueue())
+	}
+	if st, raw := postJSON(t, g2.base+"/queue", bearer(keyA), map[string]any{"delete": []string{qid}}, nil); st != http.StatusOK {
+		t.Errorf("A's delete on the second replica: %d %s", st, raw)
+	}
+	testkit.Eventually(t, "the pending prompt leaves its instance's queue", func() bool { return !inQueue() })
 
 	// Redis stops: the second replica answers A's prompt as unknown and
 	// counts the failed reads.
