@@ -82,6 +82,9 @@ func (t *Table) ShareIndex(idx state.PromptIndex) {
 	t.fileStore.sharer.Store(t)
 }
 
+// SharesIndex reports whether the table has a shared index (state.url).
+func (t *Table) SharesIndex() bool { return t.shared.Load() != nil }
+
 // SharedPrompt is another replica's record of a prompt this table does
 // not hold: where to route a read for it. Instance is nil when its machine
 // is not in this replica's pool.

@@ -40,6 +40,9 @@ func (s *keyGuard) ownFunc(k *auth.Key) func(id string) bool {
 	if k == nil {
 		return func(string) bool { return false }
 	}
+	if !s.prompts.SharesIndex() {
+		return func(id string) bool { return s.ownerOf(id) == k.Name }
+	}
 	var seen map[string]bool
 	left := maxSharedOwnerLookups
 	return func(id string) bool {
