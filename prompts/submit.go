@@ -174,33 +174,40 @@ func (t *Table) send(ctx context.Context, pr *Prompt, inst *upstream.Instance, b
 	uid := ""
 	if known {
 		uid = pr.ID
-		// A prompt that moved off inst keeps a tombstone there under its
-		// old id: sent back, it needs another.
-		if !isCanonicalUUID(uid) || t.tombstoned(inst, uid) {
+		if !isCanonicalUUID(uid) {
 			uid = newUUID()
 		}
 	}
-	body, err := buildBody(base, inst.SocketClientID(), uid)
-	if err != nil {
-		return SubmitResult{}, sentAnswered, fmt.Errorf("submit prompt %s: %w", pr.ID, err)
-	}
 	s := t.socketFor(inst)
-	pr.body.Store(&body)
-	// Pinned before the request leaves: its events can come first. Until
-	// the POST is settled (answered, refused, no answer) no failover takes
-	// it: this send's own outcome decides.
-	st, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.Send, UpstreamID: uid}, inst)
-	if !ok {
-		return SubmitResult{}, sentRefused, fmt.Errorf("submit prompt %s: it is %s", pr.ID, st.Phase)
+	var st lifecycle.State
+	var body []byte
+	for {
+		var err error
+		body, err = buildBody(base, inst.SocketClientID(), uid)
+		if err != nil {
+			return SubmitResult{}, sentAnswered, fmt.Errorf("submit prompt %s: %w", pr.ID, err)
+		}
+		// Pinned before the request leaves: its events can come first.
+		// Until the POST is settled (answered, refused, no answer) no
+		// failover takes it: this send's own outcome decides.
+		var ok, tombstoned bool
+		st, ok, tombstoned = t.beginSend(pr, s, uid, body, !known)
+		if tombstoned {
+			// A prompt that moved off inst keeps a tombstone there under
+			// its old id: sent back, it needs another.
+			uid = newUUID()
+			continue
+		}
+		if !ok {
+			return SubmitResult{}, sentRefused, fmt.Errorf("submit prompt %s: it is %s", pr.ID, st.Phase)
+		}
+		break
 	}
 	attempt := st.Attempts
 	settle := func(e lifecycle.Event) lifecycle.State {
 		e.Attempt = attempt
 		st, _ := t.stepVia(pr, e, nil)
 		return st
-	}
-	if !known {
-		s.beginAwait()
 	}
 
 	hdr := make(map[string]string, len(pr.header)+1)
@@ -271,6 +278,33 @@ func (t *Table) send(ctx context.Context, pr *Prompt, inst *upstream.Instance, b
 		resp = ans.WithID(resp, pr.ID)
 	}
 	return SubmitResult{Prompt: pr, Instance: inst, Status: status, Body: resp}, sentAnswered, nil
+}
+
+// beginSend pins pr at s's instance under uid before body is sent there:
+// one hand-over to the instance's owner, which is on every prompt's way
+// to its answer. There uid is checked against the instance's tombstones
+// (tombstoned: nothing changed, the send needs another id), body becomes
+// pr's last body, pr takes its Send step, and a send whose upstream id
+// only its answer will tell (awaited) is counted in s.awaiting with that
+// step, so that no frame of the id can come between them unkept. ok is
+// false, changing nothing, when pr cannot be sent (or the table closed).
+func (t *Table) beginSend(pr *Prompt, s *instSocket, uid string, body []byte, awaited bool) (st lifecycle.State, ok, tombstoned bool) {
+	ran := false
+	s.box.do(func() {
+		ran = true
+		if uid != "" && s.isTombstoned(uid) {
+			tombstoned = true
+			return
+		}
+		pr.body.Store(&body)
+		if st, ok = t.step(pr, lifecycle.Event{Kind: lifecycle.Send, UpstreamID: uid}, s.inst); ok && awaited {
+			s.awaiting++
+		}
+	})
+	if !ran {
+		return pr.Life(), false, false
+	}
+	return st, ok, tombstoned
 }
 
 // recheckDown settles pr, just accepted by inst that is confirmed down:

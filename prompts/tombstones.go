@@ -96,16 +96,6 @@ func (s *instSocket) endedElsewhere(uid string) bool {
 	return false
 }
 
-// tombstoned reports whether uid moved off inst. Not on an owner.
-func (t *Table) tombstoned(inst *upstream.Instance, uid string) bool {
-	if uid == "" {
-		return false
-	}
-	s, found := t.socketFor(inst), false
-	s.box.do(func() { found = s.isTombstoned(uid) })
-	return found
-}
-
 // tombstonesAt returns the prompts moved off inst. Not on an owner.
 func (t *Table) tombstonesAt(inst *upstream.Instance) []tomb {
 	s := t.socketFor(inst)

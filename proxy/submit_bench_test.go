@@ -31,6 +31,22 @@ func BenchmarkSubmit(b *testing.B) {
 	sims := testkit.Sims(b, 2, comfysim.Options{})
 	g := startGateMetrics(b, testkit.Addrs(sims), nil, metrics.New("bench"), nil)
 	var seed atomic.Int64
+	// Each measurement starts with the instances idle and comfygate's
+	// queue count settled: the prompts of the one before would otherwise
+	// run (and send their events) during it.
+	idle := func(b *testing.B) {
+		ok := testkit.Poll(time.Minute, func() bool {
+			for _, s := range sims {
+				if r, p := s.Queue(); r+p > 0 {
+					return false
+				}
+			}
+			return g.pool.QueueRemaining() == 0
+		})
+		if !ok {
+			b.Fatal("instances still busy after a minute")
+		}
+	}
 	for _, target := range []struct{ name, addr string }{
 		{"direct", sims[0].Addr()},
 		{"comfygate", g.addr},
@@ -60,6 +76,7 @@ func BenchmarkSubmit(b *testing.B) {
 			defer fasthttp.ReleaseRequest(req)
 			defer fasthttp.ReleaseResponse(resp)
 			var body []byte
+			idle(b)
 			b.ReportAllocs()
 			defer reportCPU(b)()
 			for b.Loop() {
@@ -67,6 +84,8 @@ func BenchmarkSubmit(b *testing.B) {
 			}
 		})
 		b.Run(target.name+"/parallel", func(b *testing.B) {
+			idle(b)
+			b.ResetTimer()
 			b.ReportAllocs()
 			b.SetParallelism(8)
 			defer reportCPU(b)()
@@ -87,6 +106,7 @@ func BenchmarkSubmit(b *testing.B) {
 			defer fasthttp.ReleaseResponse(resp)
 			var body []byte
 			lats := make([]time.Duration, 0, 1024)
+			idle(b)
 			b.ReportAllocs()
 			next := time.Now()
 			for b.Loop() {
