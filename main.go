@@ -35,6 +35,7 @@ import (
 	"github.com/comfygate/comfygate/preflight"
 	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/proxy"
+	"github.com/comfygate/comfygate/state"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
 )
@@ -143,8 +144,20 @@ func serve(ctx context.Context, cfg *config.Config, load func() (*config.Config,
 		ln.Close()
 		return err
 	}
+	// The shared state (state.url): memory, or a Redis server that must
+	// answer now, before anything depends on it.
+	state.SetLogger(log)
+	shared, err := state.Open(ctx, cfg.State)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	defer shared.Close()
+	if shared.Shared() {
+		log.Info("shared state in redis", slog.String("addr", shared.Addr()))
+	}
 	table := prompts.New(pool, cfg, m, log)
-	svc, err := jobs.New(cfg, pool, table, m, log)
+	svc, err := jobs.New(cfg, pool, table, shared, m, log)
 	if err != nil {
 		ln.Close()
 		return err
@@ -159,7 +172,7 @@ func serve(ctx context.Context, cfg *config.Config, load func() (*config.Config,
 		reload = rl.reload
 	}
 	srv, err := proxy.New(proxy.Options{Config: cfg, Pool: pool, Prompts: table, Jobs: svc, Metrics: m, Logger: log, Version: version,
-		Catalogue: cat, Placement: policy, BodyBudget: svc.BodyBudget(), Reload: reload})
+		Catalogue: cat, Placement: policy, BodyBudget: svc.BodyBudget(), Reload: reload, State: shared})
 	if err != nil {
 		ln.Close()
 		return err

@@ -59,7 +59,7 @@ func (r *reloader) reload(ctx context.Context) (proxy.ReloadResult, error) {
 			return proxy.ReloadResult{}, err
 		}
 	}
-	res, err := r.pool.Reconfigure(cfg)
+	res, err := r.pool.Fleet().Reconfigure(cfg)
 	if err != nil {
 		r.m.ConfigReload(false)
 		r.log.Error("config reload refused; the running configuration stays", "error", err)

@@ -2,12 +2,14 @@
 // a sony/gobreaker two-step breaker fed by the outcome of real traffic, its
 // settings, and its state changes.
 //
-// gobreaker reads the wall clock itself and takes no clock, so the open
-// period is timed here, on Settings.Clock: gobreaker is given the shortest
-// open timeout it accepts and is not asked anything while this package's
-// clock says the breaker is still open. A test can then cross the open
-// timeout by advancing a fake clock. The closed-state Interval is still
-// gobreaker's, on the wall clock.
+// gobreaker reads the wall clock itself and takes no clock, so both of
+// its timers are kept here, on Settings.Clock. The open period: gobreaker
+// is given the shortest open timeout it accepts and is not asked anything
+// while this package's clock says the breaker is still open. The
+// closed-state Interval: gobreaker is given none (its counts never clear)
+// and decides to open on this package's count of consecutive failures,
+// which clears when the interval passes on Settings.Clock. A test can then
+// cross either by advancing a fake clock.
 package breaker
 
 import (
@@ -75,10 +77,11 @@ type Settings struct {
 	ConsecutiveFailures uint32
 	// OpenTimeout is how long it stays open before it lets one probe through.
 	OpenTimeout time.Duration
-	// Interval clears the counts while closed; 0 never clears. It runs on
-	// the wall clock (gobreaker's), not on Clock.
+	// Interval clears the counts while closed; 0 never clears. A window
+	// starts when the breaker closes (or is made) and the next starts at
+	// the first request after it passed, as with gobreaker's own Interval.
 	Interval time.Duration
-	// Clock times the open period; nil is clock.Real.
+	// Clock times the open period and Interval; nil is clock.Real.
 	Clock clock.Clock
 }
 
@@ -102,12 +105,26 @@ type Breaker struct {
 	// Guarded by mu.
 	until time.Time
 
+	// The closed state's counts, in place of gobreaker's, whose Interval
+	// would run on the wall clock. Guarded by mu.
+	//
+	// failures counts consecutive failures in the current window; the
+	// breaker opens when it reaches the threshold.
+	failures uint32
+	// gen changes with every state change and every new window: a ticket
+	// from an older one reports nothing (gobreaker drops it the same way).
+	gen uint64
+	// expiry is when the current closed-state window ends; zero while not
+	// closed or with no Interval.
+	expiry time.Time
+
 	// open and openUntil mirror the state for Ready, which selection asks
 	// for every instance on every request without taking mu. Both are set
 	// in the state change callback, in order.
 	open      atomic.Bool
 	openUntil atomic.Int64 // Unix nanoseconds on clk when the open state ends
 	timeout   time.Duration
+	interval  time.Duration // Settings.Interval; 0: the counts never clear
 }
 
 // New returns a breaker named after its upstream. onChange, if not nil, is
@@ -117,23 +134,28 @@ func New(name string, s Settings, onChange func(name string, from, to State)) *B
 	st := gobreaker.Settings{
 		Name:        name,
 		MaxRequests: 1, // half-open lets exactly one probe through
-		Interval:    s.Interval,
+		Interval:    0, // the window is timed here (b.expiry)
 		Timeout:     gobreakerOpen,
-		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= threshold },
 		IsExcluded:  func(err error) bool { return errors.Is(err, errExcluded) },
 	}
-	b := &Breaker{timeout: s.OpenTimeout, clk: s.Clock}
+	b := &Breaker{timeout: s.OpenTimeout, clk: s.Clock, interval: max(s.Interval, 0)}
+	// gobreaker asks only from inside Done, under b.mu, right after the
+	// failure was counted in b.failures.
+	st.ReadyToTrip = func(gobreaker.Counts) bool { return b.failures >= threshold }
 	if b.timeout <= 0 {
 		b.timeout = 60 * time.Second // gobreaker's default for a zero Timeout
 	}
 	if b.clk == nil {
 		b.clk = clock.Real
 	}
+	b.newWindowLocked(Closed, b.clk.Now())
 	st.OnStateChange = func(name string, from, to State) {
+		now := b.clk.Now()
 		if to == Open {
-			b.until = b.clk.Now().Add(b.timeout)
+			b.until = now.Add(b.timeout)
 			b.openUntil.Store(b.until.UnixNano())
 		}
+		b.newWindowLocked(to, now)
 		b.open.Store(to == Open)
 		if onChange != nil {
 			onChange(name, from, to)
@@ -152,11 +174,32 @@ func (b *Breaker) Allow() (Ticket, error) {
 	if b.openLocked() {
 		return Ticket{}, ErrOpen
 	}
+	b.rollLocked()
 	report, err := b.cb.Allow()
 	if err != nil {
 		return Ticket{}, ErrOpen
 	}
-	return Ticket{b: b, report: report}, nil
+	return Ticket{b: b, report: report, gen: b.gen}, nil
+}
+
+// newWindowLocked starts a new generation in state st at now: the counts
+// clear, older tickets go stale, and a closed state with an Interval gets
+// a window ending at now+Interval. b.mu must be held (or b not yet shared).
+func (b *Breaker) newWindowLocked(st State, now time.Time) {
+	b.gen++
+	b.failures = 0
+	b.expiry = time.Time{}
+	if st == Closed && b.interval > 0 {
+		b.expiry = now.Add(b.interval)
+	}
+}
+
+// rollLocked starts a new window when the closed state's current one has
+// passed on clk. b.mu must be held.
+func (b *Breaker) rollLocked() {
+	if !b.expiry.IsZero() && b.expiry.Before(b.clk.Now()) {
+		b.newWindowLocked(Closed, b.clk.Now())
+	}
 }
 
 // openLocked reports whether the open period is still running on clk;
@@ -171,6 +214,7 @@ func (b *Breaker) openLocked() bool {
 type Ticket struct {
 	b      *Breaker
 	report func(error)
+	gen    uint64 // b.gen when Allow let it through
 }
 
 // Done reports the request's outcome. The zero Ticket reports nothing.
@@ -186,10 +230,17 @@ func (t Ticket) Done(o Outcome) {
 		// its own, all but zero, open timeout.
 		return
 	}
+	t.b.rollLocked()
+	if t.gen != t.b.gen {
+		// From an earlier window or state: it says nothing about this one.
+		return
+	}
 	switch o {
 	case Success:
+		t.b.failures = 0
 		t.report(nil)
 	case Failure:
+		t.b.failures++
 		t.report(errFailure)
 	default:
 		t.report(errExcluded)
@@ -204,6 +255,7 @@ func (b *Breaker) State() State {
 	if b.openLocked() {
 		return Open
 	}
+	b.rollLocked()
 	return b.cb.State()
 }
 

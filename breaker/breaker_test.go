@@ -277,3 +277,73 @@ func TestConcurrentTrafficDoesNotShortenTheOpenPeriod(t *testing.T) {
 		t.Fatalf("transitions = %v, want [closed>open]", transitions)
 	}
 }
+
+// The closed state's Interval runs on Settings.Clock: failures spread over
+// more than one window do not add up, and a ticket taken in a window that
+// has passed reports nothing.
+func TestBreakerIntervalFollowsClock(t *testing.T) {
+	t.Parallel()
+	fail := func(t *testing.T, b *Breaker, n int) {
+		t.Helper()
+		for i := 0; i < n; i++ {
+			tk, err := b.Allow()
+			if err != nil {
+				t.Fatalf("failure %d refused: %v", i, err)
+			}
+			tk.Done(Failure)
+		}
+	}
+	for _, tc := range []struct {
+		desc     string
+		interval time.Duration
+		wantOpen bool
+	}{
+		{desc: "window passed: counts cleared", interval: 10 * time.Second, wantOpen: false},
+		{desc: "no interval: counts never clear", interval: 0, wantOpen: true},
+	} {
+		t.Run(tc.desc, func(t *testing.T) {
+			t.Parallel()
+			clk := fakeClock()
+			b := New("i", Settings{ConsecutiveFailures: 3, OpenTimeout: time.Minute, Interval: tc.interval, Clock: clk}, nil)
+			fail(t, b, 2)
+			clk.Advance(11 * time.Second)
+			fail(t, b, 1)
+			if got := b.State() == Open; got != tc.wantOpen {
+				t.Fatalf("open after 2 failures, 11s, 1 failure = %v, want %v (state %v)", got, tc.wantOpen, b.State())
+			}
+		})
+	}
+
+	t.Run("failures within one window open it", func(t *testing.T) {
+		t.Parallel()
+		clk := fakeClock()
+		b := New("i", Settings{ConsecutiveFailures: 3, OpenTimeout: time.Minute, Interval: 10 * time.Second, Clock: clk}, nil)
+		fail(t, b, 2)
+		clk.Advance(9 * time.Second)
+		fail(t, b, 1)
+		if b.State() != Open {
+			t.Fatalf("state = %v after 3 failures within the interval, want open", b.State())
+		}
+	})
+
+	t.Run("a ticket from a passed window is not counted", func(t *testing.T) {
+		t.Parallel()
+		clk := fakeClock()
+		b := New("i", Settings{ConsecutiveFailures: 2, OpenTimeout: time.Minute, Interval: 10 * time.Second, Clock: clk}, nil)
+		old, err := b.Allow()
+		if err != nil {
+			t.Fatal(err)
+		}
+		fail(t, b, 1)
+		clk.Advance(11 * time.Second)
+		fail(t, b, 1)
+		old.Done(Failure) // taken in the first window
+		if b.State() != Closed {
+			t.Fatalf("state = %v: a failure from a passed window counted, want closed", b.State())
+		}
+		fail(t, b, 1)
+		if b.State() != Open {
+			t.Fatalf("state = %v after 2 failures in the new window, want open", b.State())
+		}
+	})
+}

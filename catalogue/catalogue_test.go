@@ -205,23 +205,16 @@ func TestRefreshSkipsAnUnchangedBody(t *testing.T) {
 func TestRereadOnComeback(t *testing.T) {
 	t.Parallel()
 	sim := testkit.Sim(t, comfysim.Options{})
-	cfg := testkit.Config(t, "i", []string{sim.Addr()}, nil)
-	p, err := upstream.New(cfg, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// The prompt table's event socket is how a restart that passes no
 	// failed health check is noticed (Instance.Comebacks).
-	table := prompts.New(p, cfg, nil, nil)
+	gw := testkit.Start(t, testkit.GatewayOptions{Addrs: []string{sim.Addr()}, Prefix: "i"},
+		testkit.Wiring[*upstream.Pool, *prompts.Table, testkit.NoPart, testkit.NoPart]{Pool: upstream.New, Prompts: prompts.New})
+	p := gw.Pool()
 	ctx, cancel := context.WithCancel(context.Background())
-	if err := p.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	table.Start(ctx)
 	s := New(p, time.Hour, nil)
 	done := make(chan struct{})
 	go func() { defer close(done); s.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done; p.Close(); table.Close() })
+	t.Cleanup(func() { cancel(); <-done }) // before the pool and table close
 	inst := p.Instances()[0]
 	readAt := func() time.Time {
 		s.mu.RLock()

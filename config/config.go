@@ -50,6 +50,7 @@ type Config struct {
 	Webhooks    Webhooks    `yaml:"webhooks"`
 	ImageURLs   ImageURLs   `yaml:"image_urls"`
 	Log         Log         `yaml:"log"`
+	State       State       `yaml:"state"`
 
 	// Security (security.go): how clients are seen, API keys, redaction,
 	// rate limits and comfygate's own limits towards clients.
@@ -274,6 +275,16 @@ type Webhooks struct {
 	RetryFor time.Duration `yaml:"retry_for"`
 	// MaxAttempts bounds the attempts of one delivery. Default 10.
 	MaxAttempts int `yaml:"max_attempts"`
+}
+
+// State is where comfygate keeps the state that several replicas share
+// (docs/state.md).
+type State struct {
+	// URL is a Redis URL: redis://[user:password@]host:port[/db], or
+	// rediss:// for TLS, any Redis-protocol server (COMFYGATE_STATE_URL).
+	// The password and TLS come from the URL. Default "": the state is kept
+	// in this process's memory, for one replica.
+	URL string `yaml:"url"`
 }
 
 // Log configures logging.
@@ -641,6 +652,7 @@ func (c *Config) applyEnv(environ []string) error {
 	str("LOG_DIRECTORY", &c.Log.Directory)
 	str("COMFYGATE_LISTEN", &c.Listen)
 	str("COMFYGATE_STATE_DIR", &c.Jobs.StateDir)
+	str("COMFYGATE_STATE_URL", &c.State.URL)
 	c.applySecurityEnv(env)
 	str("COMFYGATE_WEBHOOK_SECRET", &c.Webhooks.Secret)
 

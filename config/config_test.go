@@ -121,6 +121,9 @@ func TestBadInputStopsStartUpWithKeyValueAndAllowed(t *testing.T) {
 		{desc: "proxy protocol without trusted proxies", yaml: "server: {proxy_protocol: true}\n", want: []string{"server.proxy_protocol", "server.trusted_proxies"}},
 		{desc: "bad overridable", yaml: "workflows:\n  w:\n    overridable: [seed]\n", want: []string{"workflows.w.overridable", "seed"}},
 		{desc: "negative cache bound", yaml: "jobs:\n  cache_max_bytes: -1\n", want: []string{"jobs.cache_max_bytes", "-1", "no result cache"}},
+		{desc: "state url scheme", yaml: "state:\n  url: \"http://cache:6379\"\n", want: []string{"state.url", "http://cache:6379", "redis://", "in memory"}},
+		{desc: "state url database", env: []string{"COMFYGATE_STATE_URL=redis://cache:6379/abc"}, want: []string{"state.url", "invalid database number"}},
+		{desc: "state url port", yaml: "state: {url: \"redis://cache:99999\"}\n", want: []string{"state.url", "1 to 65535"}},
 		{desc: "negative cache ttl", yaml: "workflows:\n  remove-background:\n    cache: {ttl: -1h}\n", want: []string{"workflows.remove-background.cache.ttl", "-1h", "positive duration"}},
 	}
 	for _, tc := range cases {
@@ -316,5 +319,26 @@ func TestTrustedProxies(t *testing.T) {
 	}
 	if d := Default(); len(d.Server.TrustedProxies) != 0 {
 		t.Errorf("default trusted proxies %v, want none", d.Server.TrustedProxies)
+	}
+}
+
+// TestStateURL: a valid URL is kept as written, from the file or the
+// environment, and an invalid one's error never shows its password.
+func TestStateURL(t *testing.T) {
+	t.Parallel()
+	c, err := Load(writeFile(t, "state:\n  url: rediss://user:pw@cache.internal:6380/2\n"), []string{})
+	if err != nil || c.State.URL != "rediss://user:pw@cache.internal:6380/2" {
+		t.Fatalf("file: %v %q", err, c.State.URL)
+	}
+	c, err = Load("", []string{"COMFYGATE_STATE_URL=redis://10.0.0.9:6379"})
+	if err != nil || c.State.URL != "redis://10.0.0.9:6379" {
+		t.Fatalf("environment: %v", err)
+	}
+	if Default().State.URL != "" {
+		t.Fatal("the default is not in memory")
+	}
+	_, err = Load("", []string{"COMFYGATE_STATE_URL=redis://:s3cretpass@cache:6379/x"})
+	if err == nil || !strings.Contains(err.Error(), "state.url") || strings.Contains(err.Error(), "s3cretpass") {
+		t.Fatalf("bad URL with a password: %v", err)
 	}
 }

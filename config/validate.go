@@ -4,11 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"regexp"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Validate reports every invalid value, each with its key, the value and
@@ -115,6 +118,9 @@ func (c *Config) Validate() error {
 		bad("jobs.max_image_bytes", c.Jobs.MaxImageBytes, "a positive number of bytes")
 	}
 	pos("jobs.max_wait", c.Jobs.MaxWait)
+	if err := validStateURL(c.State.URL); err != nil {
+		errs = append(errs, err)
+	}
 	pos("jobs.idempotency_ttl", c.Jobs.IdempotencyTTL)
 	if c.Jobs.InputMemoryBytes < 0 {
 		bad("jobs.input_memory_bytes", c.Jobs.InputMemoryBytes, "0 (every kept image in a file) or a number of bytes")
@@ -238,4 +244,39 @@ var labelText = regexp.MustCompile(`^[A-Za-z0-9._/-]{1,63}$`)
 func validPort(p string, zeroOK bool) bool {
 	n, err := strconv.Atoi(p)
 	return err == nil && n <= 65535 && (n > 0 || (zeroOK && n == 0))
+}
+
+// validStateURL checks state.url with the parser the state store opens it
+// with (redis.ParseURL). The error shows the URL with its password
+// replaced, since it goes to logs and terminals.
+func validStateURL(raw string) error {
+	if raw == "" {
+		return nil
+	}
+	shown := "the value (not shown: it is no URL and may hold a password)"
+	if u, err := url.Parse(raw); err == nil {
+		shown = strconv.Quote(u.Redacted())
+	}
+	const allowed = `redis://[user:password@]host:port[/db], rediss://… for TLS, or "" to keep the state in memory`
+	opt, err := redis.ParseURL(raw)
+	if err != nil {
+		return fmt.Errorf("state.url: %s is not allowed: want %s (%s)", shown, allowed, redactedError(err, raw))
+	}
+	if opt.Network != "unix" {
+		if _, port, err := net.SplitHostPort(opt.Addr); err != nil || !validPort(port, false) {
+			return fmt.Errorf("state.url: %s is not allowed: want %s (the port must be 1 to 65535)", shown, allowed)
+		}
+	}
+	return nil
+}
+
+// redactedError is err's text with any password of raw replaced.
+func redactedError(err error, raw string) string {
+	msg := err.Error()
+	if u, perr := url.Parse(raw); perr == nil && u.User != nil {
+		if pw, ok := u.User.Password(); ok && pw != "" {
+			msg = strings.ReplaceAll(msg, pw, "xxxxx")
+		}
+	}
+	return msg
 }

@@ -265,7 +265,7 @@ func TestIdempotentSubmit(t *testing.T) {
 	if _, aerr := h.svc.st.idemBegin(idemKey{key: "k3"}, fp); aerr == nil || aerr.status != 409 {
 		t.Fatalf("in progress: %v", aerr)
 	}
-	h.svc.st.idemAbort(idemKey{key: "k3"})
+	h.svc.st.idemAbort(idemKey{key: "k3"}, fp)
 	if id, aerr := h.svc.st.idemBegin(idemKey{key: "k3"}, fp); id != "" || aerr != nil {
 		t.Fatalf("after abort: %q %v", id, aerr)
 	}

@@ -48,6 +48,10 @@ type poolBackend struct {
 	*prompts.Table
 }
 
+func (b poolBackend) Select(exclude ...*upstream.Instance) (*upstream.Instance, error) {
+	return b.Pool.Selector().Select(exclude...)
+}
+
 func (b poolBackend) Call(ctx context.Context, inst *upstream.Instance, method, path string, header map[string]string, body []byte) (int, []byte, error) {
 	return inst.Call(ctx, method, path, header, body)
 }

@@ -407,7 +407,7 @@ func TestCacheSurvivesRestart(t *testing.T) {
 	want := h.result(first.JobID)
 	h.svc.Close()
 
-	s2, err := New(h.cfg, h.pool, h.prompts, nil, nil)
+	s2, err := New(h.cfg, h.pool, h.prompts, nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

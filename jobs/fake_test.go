@@ -17,6 +17,7 @@ import (
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/comfygate/comfygate/prompts"
+	sharedstate "github.com/comfygate/comfygate/state"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
 )
@@ -228,12 +229,19 @@ func (c *clock) add(d time.Duration) {
 // newFakeService returns a service over a fake backend, not started.
 func newFakeService(tb testing.TB, f *fakeBackend, mod func(*config.Config)) *Service {
 	tb.Helper()
+	return newSharedFakeService(tb, f, nil, mod)
+}
+
+// newSharedFakeService is newFakeService with the shared state store
+// shared (nil: memory), for services that stand for replicas.
+func newSharedFakeService(tb testing.TB, f *fakeBackend, shared *sharedstate.Store, mod func(*config.Config)) *Service {
+	tb.Helper()
 	cfg := config.Default()
 	cfg.Jobs.StateDir = tb.TempDir()
 	if mod != nil {
 		mod(cfg)
 	}
-	s, err := newService(cfg, f, nil, nil)
+	s, err := newService(cfg, f, shared, nil, nil)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -11,7 +11,6 @@ import (
 	"io"
 	"log/slog"
 	"mime/multipart"
-	"net"
 	"net/http"
 	"os"
 	"slices"
@@ -21,6 +20,8 @@ import (
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/testkit"
+	"github.com/comfygate/comfygate/internal/testkit/ready"
+	"github.com/comfygate/comfygate/metrics"
 	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
@@ -50,86 +51,64 @@ func newHarness(tb testing.TB, n int, opts comfysim.Options, mod func(*config.Co
 // before it starts.
 func newHarnessWith(tb testing.TB, n int, opts comfysim.Options, mod func(*config.Config), svcMod func(*Service)) *harness {
 	tb.Helper()
-	h := &harness{tb: tb, hc: &http.Client{Timeout: 30 * time.Second}}
-	addrs := make([]string, n)
-	for i := range n {
-		s := testkit.Sim(tb, opts)
-		h.sims = append(h.sims, s)
-		addrs[i] = s.Addr()
-	}
-	cfg := testkit.Config(tb, "sim", addrs, func(c *config.Config) {
-		for i := range c.Instances {
-			c.Instances[i].Name = "sim" + itoa(i+1)
-		}
-		c.HealthCheck.Interval = 200 * time.Millisecond
-		c.HealthCheck.Timeout = 500 * time.Millisecond
-		c.Failover.SuspectGrace = 200 * time.Millisecond
-		// These tests submit the same image again and again to watch it
-		// run: the result cache would answer the repeats. The cache's own
-		// tests turn it back on.
-		c.Jobs.CacheMaxBytes = 0
-		if mod != nil {
-			mod(c)
-		}
-	})
-	h.cfg = cfg
 	var log *slog.Logger
 	if os.Getenv("JOBS_TEST_LOG") != "" {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	pool, err := upstream.New(cfg, nil, log)
-	if err != nil {
-		tb.Fatalf("upstream.New: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	table := prompts.New(pool, cfg, nil, log)
-	if err := pool.Start(ctx); err != nil {
-		tb.Fatalf("pool.Start: %v", err)
-	}
-	table.Start(ctx)
-	h.pool, h.prompts = pool, table
-	// Start from a fleet whose event sockets are up, as the proxy's stack
-	// tests do. table.Start waits for them at most health_check.timeout; on a
-	// loaded machine a socket can take longer, and a job's prompt that runs
-	// at an instance before comfygate's socket registered there reaches its
-	// end only through the history check ("status pending after 10s" in
-	// TestExpiry and TestInstanceVersions). These tests are about jobs.
-	tb.Cleanup(func() { cancel(); pool.Close(); table.Close() })
-	for _, inst := range pool.Instances() {
-		testkit.Eventually(tb, "event socket to "+inst.Name, func() bool { return inst.Status().SocketUp })
-	}
-	svc, err := New(cfg, pool, table, nil, log)
-	if err != nil {
-		tb.Fatalf("jobs.New: %v", err)
-	}
-	if svcMod != nil {
-		svcMod(svc)
-	}
-	svc.Start(ctx)
-	h.svc = svc
-
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatalf("listen: %v", err)
-	}
-	srv := &fasthttp.Server{
-		Handler: func(ctx *fasthttp.RequestCtx) {
-			if !svc.ServeJobs(ctx, Request{Path: rawPath(ctx)}) {
-				ctx.Error("not a job route", fasthttp.StatusNotFound)
-				ctx.Response.Header.Set(notJobRoute, "1")
+	gw := testkit.Start(tb, testkit.GatewayOptions{
+		Instances: max(n, 1),
+		Sim:       opts,
+		Config: func(c *config.Config) {
+			for i := range c.Instances {
+				c.Instances[i].Name = "sim" + itoa(i+1)
+			}
+			c.HealthCheck.Interval = 200 * time.Millisecond
+			c.HealthCheck.Timeout = 500 * time.Millisecond
+			c.Failover.SuspectGrace = 200 * time.Millisecond
+			// These tests submit the same image again and again to watch it
+			// run: the result cache would answer the repeats. The cache's own
+			// tests turn it back on.
+			c.Jobs.CacheMaxBytes = 0
+			if mod != nil {
+				mod(c)
 			}
 		},
-		MaxRequestBodySize: 64 << 20,
-		StreamRequestBody:  true, // the proxy may stream bodies; parsing must cope
-	}
-	go func() { _ = srv.Serve(ln) }()
-	h.base = "http://" + ln.Addr().String()
-	tb.Cleanup(func() { // before the pool's cleanup: the service uses the pool
-		_ = srv.Shutdown()
-		svc.Close()
+		Logger: log,
+	}, testkit.Wiring[*upstream.Pool, *prompts.Table, *Service, jobsServer]{
+		Pool:    upstream.New,
+		Prompts: prompts.New,
+		Jobs: func(cfg *config.Config, pool *upstream.Pool, table *prompts.Table, m *metrics.Metrics, log *slog.Logger) (*Service, error) {
+			svc, err := New(cfg, pool, table, nil, m, log)
+			if err == nil && svcMod != nil {
+				svcMod(svc)
+			}
+			return svc, err
+		},
+		Server: func(g *testkit.Gateway[*upstream.Pool, *prompts.Table, *Service, jobsServer]) (jobsServer, error) {
+			svc := g.Jobs()
+			return jobsServer{&fasthttp.Server{
+				Handler: func(ctx *fasthttp.RequestCtx) {
+					if !svc.ServeJobs(ctx, Request{Path: rawPath(ctx)}) {
+						ctx.Error("not a job route", fasthttp.StatusNotFound)
+						ctx.Response.Header.Set(notJobRoute, "1")
+					}
+				},
+				MaxRequestBodySize: 64 << 20,
+				StreamRequestBody:  true, // the proxy may stream bodies; parsing must cope
+			}}, nil
+		},
+		Instances: ready.States,
 	})
-	return h
+	return &harness{tb: tb, hc: &http.Client{Timeout: 30 * time.Second}, sims: gw.Sims, cfg: gw.Config,
+		pool: gw.Pool(), prompts: gw.Prompts(), svc: gw.Jobs(), base: gw.URL}
 }
+
+// jobsServer serves the job API alone (404 for anything else), in place of
+// the proxy server this package cannot import.
+type jobsServer struct{ *fasthttp.Server }
+
+// Shutdown stops it, bounded by ctx.
+func (s jobsServer) Shutdown(ctx context.Context) error { return s.ShutdownWithContext(ctx) }
 
 // notJobRoute marks the harness's own answer to a request ServeJobs left
 // to the proxy (ComfyUI's routes): it is not the job API's answer.

@@ -331,9 +331,9 @@ func (s *api) serveSubmit(ctx *fasthttp.RequestCtx, r Request, name string, buil
 		j, aerr = s.st.acceptOrReuse(wf, sub, values, images, hook, meta)
 		if key.key != "" {
 			if aerr != nil {
-				s.st.idemAbort(key)
+				s.st.idemAbort(key, meta.idemFP)
 			} else {
-				s.st.idemDone(key, j.id)
+				s.st.idemDone(key, meta.idemFP, j.id)
 			}
 		}
 		if aerr != nil {

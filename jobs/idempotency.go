@@ -1,11 +1,14 @@
 package jobs
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"hash"
 	"io"
+	"log/slog"
 	"maps"
 	"os"
 	"slices"
@@ -25,14 +28,6 @@ const maxIdempotencyKeyLen = 255
 type idemKey struct {
 	owner string // the API key's name; "" with keys off
 	key   string // the header's value
-}
-
-// idemEntry is one Idempotency-Key (IETF httpapi draft): the submission
-// it came with and the job it created. Guarded by the engine's lock.
-type idemEntry struct {
-	fp      [sha256.Size]byte
-	jobID   string // "" while the first request is still creating the job
-	created time.Time
 }
 
 // fingerprint identifies a submission by what it asks: the workflow,
@@ -78,6 +73,14 @@ func fingerprint(wf string, sub *submission, values map[string]json.RawMessage, 
 	return fp
 }
 
+// idemTimeout bounds one call to the shared state store for a key: a
+// store that does not answer gets the caller a 503, not a hang.
+const idemTimeout = 5 * time.Second
+
+// stateKey is key as the shared store names it: the owner, then the
+// header's value (no header value holds a NUL byte).
+func (k idemKey) stateKey() string { return k.owner + "\x00" + k.key }
+
 // idemBegin looks key up: the job id it created (same submission), or a
 // 422 (another submission) or 409 (the first request is still creating
 // its job). An unknown key is reserved for this request ("" returned):
@@ -86,61 +89,50 @@ func (s *store) idemBegin(key idemKey, fp [sha256.Size]byte) (string, *apiError)
 	if len(key.key) > maxIdempotencyKeyLen {
 		return "", badRequest(errInvalidRequest, "Idempotency-Key longer than %d bytes", maxIdempotencyKeyLen)
 	}
-	s.eng.lock()
-	defer s.eng.unlock()
-	now := s.eng.timeNow()
-	if e := s.idem[key]; e != nil && now.Sub(e.created) < s.cfg.IdempotencyTTL {
-		switch {
-		case e.fp != fp:
-			return "", &apiError{status: fasthttp.StatusUnprocessableEntity, typ: errIdempotency,
-				msg: "this Idempotency-Key was used with another request body"}
-		case e.jobID == "":
-			return "", &apiError{status: fasthttp.StatusConflict, typ: errIdemInProgress,
-				msg: "a request with this Idempotency-Key is still being processed", retryAfter: 1}
-		}
-		return e.jobID, nil
+	ctx, cancel := context.WithTimeout(s.ctx, idemTimeout)
+	defer cancel()
+	fpHex := hex.EncodeToString(fp[:])
+	e, claimed, err := s.idem.Claim(ctx, key.stateKey(), fpHex, s.cfg.IdempotencyTTL)
+	switch {
+	case err != nil:
+		s.log.Warn("idempotency key not checked", slog.Any("error", err))
+		return "", &apiError{status: fasthttp.StatusServiceUnavailable, typ: errStateUnavailable,
+			msg: "comfygate cannot check the Idempotency-Key now", retryAfter: 1}
+	case claimed:
+		return "", nil
+	case e.FP != fpHex:
+		return "", &apiError{status: fasthttp.StatusUnprocessableEntity, typ: errIdempotency,
+			msg: "this Idempotency-Key was used with another request body"}
+	case e.JobID == "":
+		return "", &apiError{status: fasthttp.StatusConflict, typ: errIdemInProgress,
+			msg: "a request with this Idempotency-Key is still being processed", retryAfter: 1}
 	}
-	if len(s.idem) >= maxIdempotencyKeys {
-		s.expireIdemLocked(now, true)
-	}
-	s.idem[key] = &idemEntry{fp: fp, created: now}
-	return "", nil
+	return e.JobID, nil
 }
 
 // idemDone records the job a reserved key created.
-func (s *store) idemDone(key idemKey, jobID string) {
-	s.eng.lock()
-	if e := s.idem[key]; e != nil {
-		e.jobID = jobID
+func (s *store) idemDone(key idemKey, fp [sha256.Size]byte, jobID string) {
+	ctx, cancel := context.WithTimeout(s.ctx, idemTimeout)
+	defer cancel()
+	if err := s.idem.Complete(ctx, key.stateKey(), hex.EncodeToString(fp[:]), jobID); err != nil {
+		// The reservation stays until its TTL: a retry gets 409.
+		s.log.Warn("idempotency key not completed", slog.String("job", jobID), slog.Any("error", err))
 	}
-	s.eng.unlock()
 }
 
 // idemAbort frees a reserved key whose request created no job, so that
 // its retry may.
-func (s *store) idemAbort(key idemKey) {
-	s.eng.lock()
-	if e := s.idem[key]; e != nil && e.jobID == "" {
-		delete(s.idem, key)
+func (s *store) idemAbort(key idemKey, fp [sha256.Size]byte) {
+	ctx, cancel := context.WithTimeout(s.ctx, idemTimeout)
+	defer cancel()
+	if err := s.idem.Abort(ctx, key.stateKey(), hex.EncodeToString(fp[:])); err != nil {
+		s.log.Warn("idempotency key not freed", slog.Any("error", err))
 	}
-	s.eng.unlock()
 }
 
-// expireIdemLocked forgets keys older than the TTL; with full set, also
-// the oldest tenth of the rest.
-func (s *store) expireIdemLocked(now time.Time, full bool) {
-	for k, e := range s.idem {
-		if now.Sub(e.created) >= s.cfg.IdempotencyTTL {
-			delete(s.idem, k)
-		}
-	}
-	if !full || len(s.idem) < maxIdempotencyKeys {
-		return
-	}
-	keys := slices.SortedFunc(maps.Keys(s.idem), func(a, b idemKey) int { return s.idem[a].created.Compare(s.idem[b].created) })
-	for _, k := range keys[:len(keys)/10+1] {
-		if s.idem[k].jobID != "" {
-			delete(s.idem, k)
-		}
+// sweepIdem forgets expired keys kept in memory (Redis expires its own).
+func (s *store) sweepIdem() {
+	if m, ok := s.idem.(interface{ Sweep() }); ok {
+		m.Sweep()
 	}
 }

@@ -51,6 +51,7 @@ const (
 	errWebhook          = "webhook_not_allowed"
 	errIdempotency      = "idempotency_key_reused"
 	errIdemInProgress   = "idempotency_key_in_use"
+	errStateUnavailable = "state_unavailable"
 )
 
 func badRequest(typ, format string, args ...any) *apiError {

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/internal/comfyapi"
+	sharedstate "github.com/comfygate/comfygate/state"
 	"github.com/comfygate/comfygate/upstream"
 )
 
@@ -371,6 +373,7 @@ func (s *store) open() error {
 		}
 		s.inputs.saver = s.state
 		s.restore()
+		s.rememberRestoredIdem()
 	}
 	return nil
 }
@@ -403,7 +406,29 @@ func (s *store) restoreIdemLocked(j *job, rec *record) {
 	}
 	j.meta.idem = rec.IdempotencyKey
 	copy(j.meta.idemFP[:], fp)
-	s.idem[idemKey{owner: rec.Owner, key: rec.IdempotencyKey}] = &idemEntry{fp: j.meta.idemFP, jobID: j.id, created: rec.Created}
+	s.restoredIdem = append(s.restoredIdem, restoredIdem{key: idemKey{owner: rec.Owner, key: rec.IdempotencyKey},
+		e: sharedstate.IdemEntry{FP: hex.EncodeToString(fp), JobID: j.id}, created: rec.Created})
+}
+
+// restoredIdem is the Idempotency-Key of a restored job.
+type restoredIdem struct {
+	key     idemKey
+	e       sharedstate.IdemEntry
+	created time.Time
+}
+
+// rememberRestoredIdem puts the restored jobs' keys back in the state
+// store. A key another replica (or a later request) holds stays its.
+func (s *store) rememberRestoredIdem() {
+	for _, r := range s.restoredIdem {
+		ctx, cancel := context.WithTimeout(s.ctx, idemTimeout)
+		err := s.idem.Restore(ctx, r.key.stateKey(), r.e, r.created, s.cfg.IdempotencyTTL)
+		cancel()
+		if err != nil {
+			s.log.Warn("idempotency key of a restored job not remembered", slog.String("job", r.e.JobID), slog.Any("error", err))
+		}
+	}
+	s.restoredIdem = nil
 }
 
 // Reconcile pacing: how often a restored job's instance is asked again

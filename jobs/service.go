@@ -58,6 +58,7 @@ import (
 	"github.com/comfygate/comfygate/limits"
 	"github.com/comfygate/comfygate/metrics"
 	"github.com/comfygate/comfygate/prompts"
+	sharedstate "github.com/comfygate/comfygate/state"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
 )
@@ -136,9 +137,10 @@ type engine struct {
 // New loads and validates the workflows (built-in ones and cfg.Workflows)
 // and returns the service. It fails with an error naming the workflow,
 // the file and the node when a workflow is unusable. table is the prompt
-// table attached to pool.
-func New(cfg *config.Config, pool *upstream.Pool, table *prompts.Table, m *metrics.Metrics, log *slog.Logger) (*Service, error) {
-	return newService(cfg, poolBackend{pool, table}, m, log)
+// table attached to pool. shared is the state store the replicas share
+// (the Idempotency-Keys live there); nil: this process's memory.
+func New(cfg *config.Config, pool *upstream.Pool, table *prompts.Table, shared *sharedstate.Store, m *metrics.Metrics, log *slog.Logger) (*Service, error) {
+	return newService(cfg, poolBackend{pool, table}, shared, m, log)
 }
 
 // Check reports every error New would refuse cfg for, each starting with
@@ -177,9 +179,12 @@ func prepare(cfg *config.Config) (prepared, error) {
 	return p, errors.Join(errs...)
 }
 
-func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Logger) (*Service, error) {
+func newService(cfg *config.Config, be backend, shared *sharedstate.Store, m *metrics.Metrics, log *slog.Logger) (*Service, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	if shared == nil {
+		shared = sharedstate.Memory()
 	}
 	p, err := prepare(cfg)
 	if err != nil {
@@ -213,7 +218,7 @@ func newService(cfg *config.Config, be backend, m *metrics.Metrics, log *slog.Lo
 		heartbeat: 15 * time.Second, webhookBackoff: time.Second, retryDelay: eng.retryDelay, hooks: p.hooks, s3: p.store}
 	wd := &watchdog{eng: eng, del: del, be: be, ctx: runCtx, staleAfter: 30 * time.Second}
 	st := &store{eng: eng, run: run, del: del, wd: wd, cat: cat, be: be, inputs: inputs, ctx: runCtx,
-		cfg: cfg.Jobs, log: log, m: m, idem: map[idemKey]*idemEntry{}}
+		cfg: cfg.Jobs, log: log, m: m, idem: shared.Idempotency(maxIdempotencyKeys, func() time.Time { return eng.timeNow() })}
 	del.st = st
 	eng.del, eng.st, eng.wd = del, st, wd
 	a := &api{eng: eng, del: del, st: st, cat: cat, line: line, ctx: runCtx, cfg: cfg.Jobs, log: log, be: be,
@@ -792,7 +797,7 @@ func (s *engine) expiredLocked(j *job, now time.Time) bool {
 // sweepLocked forgets expired Idempotency-Keys, removes expired jobs and
 // returns the jobs at the instances.
 func (s *engine) sweepLocked(now time.Time) (watch []*job) {
-	s.st.expireIdemLocked(now, false)
+	s.st.sweepIdem()
 	for id, j := range s.jobs {
 		if s.expiredLocked(j, now) && !j.holdsSlot {
 			s.del.dropOutputsLocked(j)

@@ -6,13 +6,14 @@ import (
 
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/metrics"
+	sharedstate "github.com/comfygate/comfygate/state"
 )
 
 // store keeps what outlives a request: the jobs' records in the state
 // directory (written behind by writer, read back at start), the
-// Idempotency-Keys and the result cache. The idempotency map is its own,
-// guarded by the engine's lock (a key is reserved and taken in the same
-// step as the engine's jobs change).
+// Idempotency-Keys and the result cache. The Idempotency-Keys are in the
+// shared state store (state.url): this process's memory, or Redis where
+// every replica sees them.
 type store struct {
 	eng *engine
 	run *runner   // runs the writer's flushes safely
@@ -25,9 +26,12 @@ type store struct {
 	log *slog.Logger
 	m   *metrics.Metrics
 
-	state *stateDir              // nil: jobs are not persisted
-	cache *resultCache           // nil: no result cache (jobs.cache_max_bytes 0)
-	idem  map[idemKey]*idemEntry // Idempotency-Key -> the job it created; engine's lock
+	state *stateDir               // nil: jobs are not persisted
+	cache *resultCache            // nil: no result cache (jobs.cache_max_bytes 0)
+	idem  sharedstate.Idempotency // Idempotency-Key -> the job it created
+	// restoredIdem are the keys of restored jobs, remembered again once
+	// restore has let the engine's lock go (the store may be remote).
+	restoredIdem []restoredIdem
 	// inputs is where restored jobs' images must be.
 	inputs *inputStore
 	// restored are the jobs restore took back at an instance, by id:

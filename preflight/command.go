@@ -6,6 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+
+	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/state"
 )
 
 // ExitError ends a command with Code, its reasons already written to
@@ -70,10 +73,29 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			fmt.Fprintln(stderr, r)
 		}
 	}
+	if cfg.State.URL != "" {
+		if line, err := reachState(ctx, cfg.State); err != nil {
+			failed = true
+			fmt.Fprintln(stderr, oneLine(err.Error()))
+		} else {
+			fmt.Fprintln(stdout, line)
+		}
+	}
 	if failed {
 		return ExitError{Code: 1}
 	}
 	return nil
+}
+
+// reachState opens the shared state store as start-up does (a PING
+// within its bound) and says what answered.
+func reachState(ctx context.Context, cfg config.State) (string, error) {
+	st, err := state.Open(ctx, cfg)
+	if err != nil {
+		return "", err
+	}
+	defer st.Close()
+	return "state.url: redis at " + st.Addr() + " answered", nil
 }
 
 // ConfigCommand is `comfygate config defaults`: it writes defaults, the

@@ -202,6 +202,25 @@ func TestCheckConnectReportsEveryInstance(t *testing.T) {
 	}
 }
 
+// TestCheckConnectReachesTheStateStore: with state.url, -connect PINGs
+// the Redis server as start-up would, and fails naming state.url when it
+// does not answer.
+func TestCheckConnectReachesTheStateStore(t *testing.T) {
+	t.Parallel()
+	a := testkit.Sim(t, comfysim.Options{})
+	url := testkit.Redis(t)
+	p := writeConfig(t, fmt.Sprintf("instances:\n  - {name: sim-a, address: %q}\nstate:\n  url: %q\n", a.Addr(), url))
+	code, out, errOut := check(t, "-config", p, "-connect")
+	if code != 0 || !strings.Contains(out, "state.url: redis at "+strings.TrimPrefix(url, "redis://")+" answered") {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+	p = writeConfig(t, fmt.Sprintf("instances:\n  - {name: sim-a, address: %q}\nstate:\n  url: \"redis://:pw-not-shown@%s\"\n", a.Addr(), testkit.ClosedAddr(t)))
+	code, out, errOut = check(t, "-config", p, "-connect")
+	if code != 1 || !strings.HasPrefix(errOut, "state.url: ") || strings.Contains(errOut+out, "pw-not-shown") {
+		t.Fatalf("unreachable store: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+}
+
 func TestCheckConnectFailsOnAnInstanceThatDoesNotAnswer(t *testing.T) {
 	t.Parallel()
 	a := testkit.Sim(t, comfysim.Options{})

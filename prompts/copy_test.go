@@ -3,7 +3,6 @@ package prompts
 import (
 	"bytes"
 	"context"
-	"net"
 	"net/http"
 	"strconv"
 	"testing"
@@ -12,21 +11,14 @@ import (
 	"github.com/comfygate/comfygate/internal/testkit"
 )
 
-// slowView serves GET /view with a body of n pieces, one every gap: a copy
-// that takes longer than the call timeout but never goes silent for it.
+// slowView is an instance that serves GET /view with a body of n pieces,
+// one every gap: a copy that takes longer than the call timeout but never
+// goes silent for it.
 func slowView(t *testing.T, pieces int, gap time.Duration) (addr string, body []byte) {
 	t.Helper()
 	piece := bytes.Repeat([]byte("0123456789abcdef"), 64)
 	body = bytes.Repeat(piece, pieces)
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/view" {
-			http.NotFound(w, r)
-			return
-		}
+	f := testkit.Mini(t, "0.3.65").Handle("/view", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "image/png")
 		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 		fl := w.(http.Flusher)
@@ -41,10 +33,8 @@ func slowView(t *testing.T, pieces int, gap time.Duration) (addr string, body []
 			_, _ = w.Write(piece)
 			fl.Flush()
 		}
-	})}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
-	return ln.Addr().String(), body
+	})
+	return f.Addr(), body
 }
 
 // COMFYUI_TIMEOUT bounds an instance's silence, not a whole copy.

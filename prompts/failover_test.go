@@ -14,7 +14,7 @@ import (
 // sees it start again and finish there.
 func TestFailoverMovesPromptOfDeadInstance(t *testing.T) {
 	t.Parallel()
-	f1, f2 := startFake(t, "0.3.65"), startFake(t, "0.3.65")
+	f1, f2 := testkit.Mini(t, "0.3.65"), testkit.Mini(t, "0.3.65")
 	p, _ := fakePool(t, nil, f1, f2)
 	sink := newRecSink()
 	id := newUUID()
@@ -24,7 +24,7 @@ func TestFailoverMovesPromptOfDeadInstance(t *testing.T) {
 	if from == f1 {
 		to = f2
 	}
-	from.start(id)
+	from.Start(id)
 	// The first run's events reach the sink before the instance dies, so
 	// that what follows is the second run alone.
 	var first []Event
@@ -35,22 +35,22 @@ func TestFailoverMovesPromptOfDeadInstance(t *testing.T) {
 		t.Fatalf("first run's events: %s", got)
 	}
 	killed := time.Now()
-	from.kill()
-	testkit.Eventually(t, "resubmitted", func() bool { return to.promptCount() == 1 })
+	from.Kill()
+	testkit.Eventually(t, "resubmitted", func() bool { return to.PromptCount() == 1 })
 	t.Logf("resubmitted %v after the kill", time.Since(killed))
-	body := to.lastBody()
+	body := to.LastBody()
 	var pid, cid string
 	_ = json.Unmarshal(body["prompt_id"], &pid)
 	_ = json.Unmarshal(body["client_id"], &cid)
 	newInst := res.Prompt.Instance()
-	if pid != id || newInst.Addr != to.addr || cid != newInst.SocketClientID() {
+	if pid != id || newInst.Addr != to.Addr() || cid != newInst.SocketClientID() {
 		t.Fatalf("resubmitted with prompt_id %q client_id %q to %s", pid, cid, newInst.Addr)
 	}
 	if res.Prompt.Attempts() != 2 {
 		t.Fatalf("attempts %d, want 2", res.Prompt.Attempts())
 	}
-	to.start(id)
-	to.finish(id, "moved.png")
+	to.Start(id)
+	to.Finish(id, "moved.png")
 	// The sink sees the prompt start again and finish, and nothing else:
 	// no event of the dead instance, no synthesized error.
 	const want = "execution_start,execution_cached,executing,progress,executed,execution_success,executing"
@@ -67,15 +67,15 @@ func TestFailoverMovesPromptOfDeadInstance(t *testing.T) {
 // ComfyUI's execution_error saying why, then executing-null.
 func TestFailoverExhaustedTellsTheClient(t *testing.T) {
 	t.Parallel()
-	f1, f2 := startFake(t, "0.3.65"), startFake(t, "0.3.65")
-	cfg := promptsConfig(f1.addr, f2.addr)
+	f1, f2 := testkit.Mini(t, "0.3.65"), testkit.Mini(t, "0.3.65")
+	cfg := promptsConfig(f1.Addr(), f2.Addr())
 	cfg.Failover.MaxResubmits = 0
 	p, _ := fakePool(t, cfg, f1, f2)
 	sink := newRecSink()
 	id := newUUID()
 	res := submit(t, p, id, sink)
 	from := fakeOf(res.Instance, f1, f2)
-	from.kill()
+	from.Kill()
 	evs := sink.until(t, 5*time.Second)
 	if got := types(evs); got != "execution_error,executing" {
 		t.Fatalf("got %s, want execution_error,executing", got)
@@ -99,7 +99,7 @@ func TestFailoverExhaustedTellsTheClient(t *testing.T) {
 	if res.Prompt.State() != PromptDone || p.Outstanding() != 0 {
 		t.Fatal("a lost prompt is done")
 	}
-	if f1.promptCount()+f2.promptCount() != 1 {
+	if f1.PromptCount()+f2.PromptCount() != 1 {
 		t.Fatal("nothing may be resubmitted with max_resubmits 0")
 	}
 }
@@ -108,19 +108,19 @@ func TestFailoverExhaustedTellsTheClient(t *testing.T) {
 // finished moves nothing.
 func TestDonePromptIsNeverResubmitted(t *testing.T) {
 	t.Parallel()
-	f1, f2 := startFake(t, "0.3.65"), startFake(t, "0.3.65")
+	f1, f2 := testkit.Mini(t, "0.3.65"), testkit.Mini(t, "0.3.65")
 	p, _ := fakePool(t, nil, f1, f2)
 	sink := newRecSink()
 	id := newUUID()
 	res := submit(t, p, id, sink)
 	from := fakeOf(res.Instance, f1, f2)
-	from.start(id)
-	from.finish(id, "d.png")
+	from.Start(id)
+	from.Finish(id, "d.png")
 	sink.until(t, 5*time.Second)
-	from.kill()
+	from.Kill()
 	testkit.Eventually(t, "instance down", func() bool { return !res.Instance.Healthy() })
 	p.prompts.InstanceDown(res.Instance) // again, explicitly: idempotent
-	if n := f1.promptCount() + f2.promptCount(); n != 1 {
+	if n := f1.PromptCount() + f2.PromptCount(); n != 1 {
 		t.Fatalf("%d submissions, want 1", n)
 	}
 	sink.none(t)
@@ -131,18 +131,18 @@ func TestDonePromptIsNeverResubmitted(t *testing.T) {
 // neither its history nor its queue, so it is resubmitted.
 func TestRestartedInstanceLostPromptIsResubmitted(t *testing.T) {
 	t.Parallel()
-	f := startFake(t, "0.3.65")
+	f := testkit.Mini(t, "0.3.65")
 	p, _ := fakePool(t, nil, f)
 	sink := newRecSink()
 	id := newUUID()
 	submit(t, p, id, sink)
-	f.start(id)
+	f.Start(id)
 	sink.next(t)
-	f.restart()
-	testkit.Eventually(t, "socket back", func() bool { return f.socketCount() == 1 })
-	testkit.Eventually(t, "resubmitted", func() bool { return f.promptCount() == 2 })
-	f.start(id)
-	f.finish(id, "again.png")
+	f.Restart()
+	testkit.Eventually(t, "socket back", func() bool { return f.SocketCount() == 1 })
+	testkit.Eventually(t, "resubmitted", func() bool { return f.PromptCount() == 2 })
+	f.Start(id)
+	f.Finish(id, "again.png")
 	evs := sink.until(t, 5*time.Second)
 	if got := types(evs); !strings.HasSuffix(got, "execution_start,execution_cached,executing,progress,executed,execution_success,executing") {
 		t.Fatalf("got %s", got)

@@ -23,7 +23,7 @@ func TestReconfigureAddsAndRemoves(t *testing.T) {
 	cfg := *p.cfg
 	cfg.Instances = append(slices.Clone(cfg.Instances), config.Instance{Name: "third", Address: ss[2].Addr(),
 		Labels: map[string]string{"pool": "x"}, Weight: 2})
-	res, err := p.Reconfigure(&cfg)
+	res, err := p.Fleet().Reconfigure(&cfg)
 	if err != nil || !slices.Equal(res.Added, []string{"third"}) || len(res.Removed)+len(res.Changed) != 0 {
 		t.Fatalf("Reconfigure = %+v, %v", res, err)
 	}
@@ -62,7 +62,7 @@ func TestReconfigureAddsAndRemoves(t *testing.T) {
 	}
 	cfg2 := cfg
 	cfg2.Instances = slices.Clone(cfg.Instances[1:])
-	res, err = p.Reconfigure(&cfg2)
+	res, err = p.Fleet().Reconfigure(&cfg2)
 	if err != nil || !slices.Equal(res.Removed, []string{first.Name}) {
 		t.Fatalf("Reconfigure = %+v, %v", res, err)
 	}
@@ -88,7 +88,7 @@ func TestReconfigureAddsAndRemoves(t *testing.T) {
 	cfg3 := cfg2
 	cfg3.Instances = slices.Clone(cfg2.Instances)
 	cfg3.Instances[1].Weight = 5
-	res, err = p.Reconfigure(&cfg3)
+	res, err = p.Fleet().Reconfigure(&cfg3)
 	if err != nil || !slices.Equal(res.Changed, []string{"third"}) || p.Instance("third") != third || third.Weight() != 5 {
 		t.Fatalf("Reconfigure = %+v, %v; third weight %d", res, err, third.Weight())
 	}
@@ -142,7 +142,7 @@ func TestWarmupGatesTraffic(t *testing.T) {
 	cfg.Instances[0].Warmup = "good.json"
 	cfg.Instances[2].Warmup = ""
 	executed := ss[0].PromptsExecuted()
-	if _, err := p.Reconfigure(&cfg); err != nil {
+	if _, err := p.Fleet().Reconfigure(&cfg); err != nil {
 		t.Fatal(err)
 	}
 	testkit.Eventually(t, "the new warm-up of the first instance", func() bool {
@@ -173,7 +173,7 @@ func TestFilePinsFollowTheMachineAcrossAReload(t *testing.T) {
 
 	cfg := *p.cfg
 	cfg.Instances = []config.Instance{{Name: "i1", Address: ss[1].Addr()}}
-	if res, err := p.Reconfigure(&cfg); err != nil || !slices.Equal(res.Changed, []string{"i1"}) {
+	if res, err := p.Fleet().Reconfigure(&cfg); err != nil || !slices.Equal(res.Changed, []string{"i1"}) {
 		t.Fatalf("Reconfigure = %+v, %v; want i1 changed", res, err)
 	}
 	moved := p.Instance("i1")
@@ -192,7 +192,7 @@ func TestFilePinsFollowTheMachineAcrossAReload(t *testing.T) {
 
 	cfg2 := cfg
 	cfg2.Instances = append(slices.Clone(cfg.Instances), config.Instance{Name: "back", Address: ss[0].Addr()})
-	if _, err := p.Reconfigure(&cfg2); err != nil {
+	if _, err := p.Fleet().Reconfigure(&cfg2); err != nil {
 		t.Fatal(err)
 	}
 	back := p.Instance("back")

@@ -40,7 +40,7 @@ func numberOf(t *testing.T, res SubmitResult) (float64, bool) {
 // a refused prompt take none; a resubmitted prompt keeps its number.
 func TestFleetNumbers(t *testing.T) {
 	t.Parallel()
-	f1, f2 := startFake(t, "0.3.65"), startFake(t, "0.3.65")
+	f1, f2 := testkit.Mini(t, "0.3.65"), testkit.Mini(t, "0.3.65")
 	p, _ := fakePool(t, nil, f1, f2)
 
 	var first []SubmitResult
@@ -63,18 +63,14 @@ func TestFleetNumbers(t *testing.T) {
 	if n, ok := numberOf(t, submitWith(t, p, map[string]string{"number": "2.5", "front": "true"})); ok {
 		t.Fatalf("a client's own number: Number() = %v, true; want none (the instance shows the client's)", n)
 	}
-	for _, f := range []*fakeComfy{f1, f2} {
-		f.mu.Lock()
-		f.answerStatus = 400
-		f.mu.Unlock()
+	for _, f := range []*testkit.MiniComfy{f1, f2} {
+		f.AnswerStatus(400)
 	}
 	if res := submitWith(t, p, nil); res.Status != 400 || res.Prompt != nil {
 		t.Fatalf("want the instance's 400, got %d", res.Status)
 	}
-	for _, f := range []*fakeComfy{f1, f2} {
-		f.mu.Lock()
-		f.answerStatus = 0
-		f.mu.Unlock()
+	for _, f := range []*testkit.MiniComfy{f1, f2} {
+		f.AnswerStatus(0)
 	}
 	if n, ok := numberOf(t, submitWith(t, p, nil)); !ok || n != 6 {
 		t.Fatalf("after an own number and a refusal: Number() = %v, %v; want 6", n, ok)
@@ -87,10 +83,10 @@ func TestFleetNumbers(t *testing.T) {
 	if from == f1 {
 		to = f2
 	}
-	before := to.promptCount()
-	from.kill()
-	testkit.Eventually(t, "resubmitted", func() bool { return moved.Prompt.Attempts() == 2 && to.promptCount() > before })
-	testkit.Eventually(t, "accepted again", func() bool { return moved.Prompt.Instance().Addr == to.addr })
+	before := to.PromptCount()
+	from.Kill()
+	testkit.Eventually(t, "resubmitted", func() bool { return moved.Prompt.Attempts() == 2 && to.PromptCount() > before })
+	testkit.Eventually(t, "accepted again", func() bool { return moved.Prompt.Instance().Addr == to.Addr() })
 	if n, ok := moved.Prompt.Number(); !ok || n != 0 {
 		t.Fatalf("resubmitted prompt: Number() = %v, %v; want its 0 kept", n, ok)
 	}

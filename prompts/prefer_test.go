@@ -151,7 +151,7 @@ func TestPreferAndOutputCopies(t *testing.T) {
 	}
 
 	// a leaves selection (alive): the prompt runs on b, on a copy.
-	if _, err := p.Drain(ia.Name); err != nil {
+	if _, err := p.Fleet().Drain(ia.Name); err != nil {
 		t.Fatal(err)
 	}
 	res, sink := send("@i1/shot.png [output]", shot)
@@ -172,7 +172,7 @@ func TestPreferAndOutputCopies(t *testing.T) {
 	}
 
 	// a dies: its copy on b still serves; a file b has no copy of fails.
-	if _, err := p.Undrain(ia.Name); err != nil {
+	if _, err := p.Fleet().Undrain(ia.Name); err != nil {
 		t.Fatal(err)
 	}
 	a.Kill()

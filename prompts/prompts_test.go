@@ -49,14 +49,12 @@ func TestPromptTableKeepsBoundedDonePrompts(t *testing.T) {
 
 func TestLocatePromptFindsQueued(t *testing.T) {
 	t.Parallel()
-	f1, f2 := startFake(t, "0.3.65"), startFake(t, "0.3.65")
+	f1, f2 := testkit.Mini(t, "0.3.65"), testkit.Mini(t, "0.3.65")
 	p, _ := fakePool(t, nil, f1, f2)
 	id := newUUID()
-	f1.mu.Lock()
-	f1.pending = append(f1.pending, id)
-	f1.mu.Unlock()
+	f1.AddPending(id)
 	inst, err := p.LocatePrompt(t.Context(), id)
-	if err != nil || inst.Addr != f1.addr {
+	if err != nil || inst.Addr != f1.Addr() {
 		t.Fatalf("LocatePrompt = %v, %v", inst, err)
 	}
 	pr, _ := p.Prompt(id)

@@ -15,7 +15,7 @@ import (
 // and the prompt is pinned where it ran (its /history and outputs).
 func TestMovedPromptThatRanAfterAllIsReclaimed(t *testing.T) {
 	t.Parallel()
-	f1, f2 := startFake(t, "0.3.65"), startFake(t, "0.3.65")
+	f1, f2 := testkit.Mini(t, "0.3.65"), testkit.Mini(t, "0.3.65")
 	p, _ := fakePool(t, nil, f1, f2)
 	i1, i2 := p.Instances()[0], p.Instances()[1]
 	sink := newRecSink()
@@ -27,7 +27,7 @@ func TestMovedPromptThatRanAfterAllIsReclaimed(t *testing.T) {
 	uid := pr.UpstreamID()
 
 	markDown(p, i1)
-	testkit.Eventually(t, "the copy at the other instance", func() bool { return f2.promptCount() == 1 && pr.Instance() == i2 })
+	testkit.Eventually(t, "the copy at the other instance", func() bool { return f2.PromptCount() == 1 && pr.Instance() == i2 })
 	if pr.State() == PromptDone {
 		t.Fatal("moved prompt done before anything ran")
 	}
@@ -35,8 +35,8 @@ func TestMovedPromptThatRanAfterAllIsReclaimed(t *testing.T) {
 	// The old instance ran it after all; its events reach comfygate.
 	i1.SetSocketUp(true)
 	i1.ForceHealthy(true)
-	f1.start(uid)
-	f1.finish(uid, "ran-at-first.png")
+	f1.Start(uid)
+	f1.Finish(uid, "ran-at-first.png")
 
 	evs := sink.until(t, testkit.WaitBound)
 	if got := types(evs); !strings.HasSuffix(got, "execution_success,executing") || strings.Count(got, "execution_success") != 1 {
@@ -48,9 +48,7 @@ func TestMovedPromptThatRanAfterAllIsReclaimed(t *testing.T) {
 	}
 	copyID := ""
 	testkit.Eventually(t, "the copy deleted", func() bool {
-		f2.mu.Lock()
-		defer f2.mu.Unlock()
-		for _, post := range f2.posts {
+		for _, post := range f2.Posts() {
 			if strings.HasPrefix(post, "POST /queue ") && strings.Contains(post, `"delete"`) {
 				copyID = post
 				return true
@@ -71,7 +69,7 @@ func TestMovedPromptThatRanAfterAllIsReclaimed(t *testing.T) {
 // one success only.
 func TestMovedPromptRunAtBothIsCounted(t *testing.T) {
 	t.Parallel()
-	f1, f2 := startFake(t, "0.3.65"), startFake(t, "0.3.65")
+	f1, f2 := testkit.Mini(t, "0.3.65"), testkit.Mini(t, "0.3.65")
 	m := metrics.New("test")
 	p, _ := fakePoolMetrics(t, nil, m, f1, f2)
 	i1, i2 := p.Instances()[0], p.Instances()[1]
@@ -85,20 +83,20 @@ func TestMovedPromptRunAtBothIsCounted(t *testing.T) {
 	markDown(p, i1)
 	var copyUID string
 	testkit.Eventually(t, "the copy at the other instance", func() bool {
-		if f2.promptCount() != 1 || pr.Instance() != i2 {
+		if f2.PromptCount() != 1 || pr.Instance() != i2 {
 			return false
 		}
 		copyUID = pr.UpstreamID()
 		return true
 	})
-	f2.start(copyUID)
-	f2.finish(copyUID, "ran-at-second.png")
+	f2.Start(copyUID)
+	f2.Finish(copyUID, "ran-at-second.png")
 	testkit.Eventually(t, "the copy's end", func() bool { return pr.State() == PromptDone })
 
 	i1.SetSocketUp(true)
 	i1.ForceHealthy(true)
-	f1.start(uid)
-	f1.finish(uid, "ran-at-first-too.png")
+	f1.Start(uid)
+	f1.Finish(uid, "ran-at-first-too.png")
 	testkit.Eventually(t, "the second run counted", func() bool {
 		return counterSum(t, m, "comfygate_prompts_ran_twice_total") == 1
 	})

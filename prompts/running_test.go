@@ -11,7 +11,7 @@ import (
 // a new node resets the progress, and nothing once the prompt ended.
 func TestRunning(t *testing.T) {
 	t.Parallel()
-	f := startFake(t, "0.3.65")
+	f := testkit.Mini(t, "0.3.65")
 	p, _ := fakePool(t, nil, f)
 	inst := p.Instances()[0]
 	if r, ok := p.prompts.Running(inst); ok {
@@ -32,13 +32,13 @@ func TestRunning(t *testing.T) {
 			t.Errorf("%s: %+v, want prompt %s with its start", what, last, id)
 		}
 	}
-	f.start(uid)
+	f.Start(uid)
 	running("running on node 1", func(r Running) bool { return r.Node == "1" && r.Max == 0 })
-	f.emit(`{"type": "progress", "data": {"value": 3, "max": 8, "prompt_id": %q, "node": "1"}}`, uid)
+	f.Emit(`{"type": "progress", "data": {"value": 3, "max": 8, "prompt_id": %q, "node": "1"}}`, uid)
 	running("progress 3/8", func(r Running) bool { return r.Value == 3 && r.Max == 8 })
-	f.emit(`{"type": "executing", "data": {"node": "9", "display_node": "9", "prompt_id": %q}}`, uid)
+	f.Emit(`{"type": "executing", "data": {"node": "9", "display_node": "9", "prompt_id": %q}}`, uid)
 	running("node 9, progress reset", func(r Running) bool { return r.Node == "9" && r.Value == 0 && r.Max == 0 })
-	f.finish(uid, "out.png")
+	f.Finish(uid, "out.png")
 	testkit.Eventually(t, "nothing running after the end", func() bool {
 		_, ok := p.prompts.Running(inst)
 		return !ok

@@ -6,310 +6,18 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
-	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/comfygate/comfygate/config"
-	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/comfygate/comfygate/metrics"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/fasthttp/websocket"
-	"github.com/valyala/fasthttp"
 )
-
-// fakeComfy is a scripted ComfyUI for the socket and routing tests: /ws
-// (status with sid, feature_flags answer), POST /prompt, /history/{id},
-// /queue, POST /queue, POST /interrupt, /system_stats. Tests emit the
-// events themselves, so every order is under their control.
-type fakeComfy struct {
-	t       testing.TB
-	version string
-	addr    string
-
-	srvMu sync.Mutex // guards ln, srv
-	ln    net.Listener
-	srv   *fasthttp.Server
-
-	dials atomic.Int64 // WebSocket connections accepted
-
-	mu          sync.Mutex // guards the fields below
-	conns       map[*websocket.Conn]string
-	firstFrames []string
-	bodies      []map[string]json.RawMessage
-	history     map[string]json.RawMessage
-	running     []string
-	pending     []string
-	posts       []string // "POST /queue <body>", "POST /interrupt <body>"
-	number      int
-	// beforeAnswer runs inside POST /prompt before the answer is written.
-	beforeAnswer func(id string)
-	// answerStatus, when not 0, is the POST /prompt status (with a 400 body).
-	answerStatus int
-
-	wmu sync.Mutex // serialises WebSocket writes
-}
-
-func startFake(t testing.TB, version string) *fakeComfy {
-	t.Helper()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &fakeComfy{t: t, version: version, addr: ln.Addr().String(), conns: map[*websocket.Conn]string{}, history: map[string]json.RawMessage{}}
-	f.serve(ln)
-	t.Cleanup(f.kill)
-	return f
-}
-
-func (f *fakeComfy) serve(ln net.Listener) {
-	srv := &fasthttp.Server{Handler: f.handle}
-	f.srvMu.Lock()
-	f.ln, f.srv = ln, srv
-	f.srvMu.Unlock()
-	go func() { _ = srv.Serve(ln) }()
-}
-
-// kill drops every connection and stops listening (a crash).
-func (f *fakeComfy) kill() {
-	f.srvMu.Lock()
-	srv := f.srv
-	f.srv = nil
-	f.srvMu.Unlock()
-	if srv != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_ = srv.ShutdownWithContext(ctx)
-		cancel()
-	}
-	f.dropSockets()
-}
-
-// restart listens again on the same address with empty state.
-func (f *fakeComfy) restart() {
-	f.t.Helper()
-	f.kill()
-	f.mu.Lock()
-	f.history, f.running, f.pending = map[string]json.RawMessage{}, nil, nil
-	f.mu.Unlock()
-	var ln net.Listener
-	var err error
-	// The address may take a moment to be free again.
-	testkit.Poll(time.Second, func() bool {
-		ln, err = net.Listen("tcp4", f.addr)
-		return err == nil
-	})
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	f.serve(ln)
-}
-
-// dropSockets closes every WebSocket without a close frame.
-func (f *fakeComfy) dropSockets() {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for c := range f.conns {
-		// fasthttp closes a hijacked conn when its handler returns (Close
-		// on it does nothing): make the handler's read fail.
-		_ = c.SetReadDeadline(time.Now())
-	}
-}
-
-func (f *fakeComfy) socketCount() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return len(f.conns)
-}
-
-var fakeUpgrader = websocket.FastHTTPUpgrader{CheckOrigin: func(*fasthttp.RequestCtx) bool { return true }}
-
-func (f *fakeComfy) handle(ctx *fasthttp.RequestCtx) {
-	path := string(ctx.Path())
-	method := string(ctx.Method())
-	ctx.SetContentType("application/json; charset=utf-8")
-	switch {
-	case path == "/ws":
-		sid := string(ctx.QueryArgs().Peek("clientId"))
-		_ = fakeUpgrader.Upgrade(ctx, func(c *websocket.Conn) {
-			f.dials.Add(1)
-			f.mu.Lock()
-			f.conns[c] = sid
-			q := len(f.running) + len(f.pending)
-			f.mu.Unlock()
-			defer func() {
-				f.mu.Lock()
-				delete(f.conns, c)
-				f.mu.Unlock()
-				_ = c.Close()
-			}()
-			f.write(c, websocket.TextMessage, fmt.Appendf(nil, `{"type": "status", "data": {"status": {"exec_info": {"queue_remaining": %d}}, "sid": %q}}`, q, sid))
-			first := true
-			for {
-				_, data, err := c.ReadMessage()
-				if err != nil {
-					return
-				}
-				if first {
-					f.mu.Lock()
-					f.firstFrames = append(f.firstFrames, string(data))
-					f.mu.Unlock()
-					f.write(c, websocket.TextMessage, []byte(`{"type": "feature_flags", "data": {"supports_preview_metadata": true, "max_upload_size": 104857600}}`))
-				}
-				first = false
-			}
-		})
-	case path == "/system_stats":
-		fmt.Fprintf(ctx, `{"system": {"comfyui_version": %q}, "devices": []}`, f.version)
-	case path == "/prompt" && method == "POST":
-		var body map[string]json.RawMessage
-		if err := json.Unmarshal(ctx.PostBody(), &body); err != nil {
-			ctx.SetStatusCode(500)
-			return
-		}
-		f.mu.Lock()
-		status := f.answerStatus
-		f.mu.Unlock()
-		if status != 0 {
-			ctx.SetStatusCode(status)
-			ctx.SetBodyString(`{"error": {"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": "", "extra_info": {}}, "node_errors": []}`)
-			return
-		}
-		id := ""
-		if _, ok := comfyapi.ParseVersion(f.version); ok && !versionBefore(f.version, "0.3.45") {
-			_ = json.Unmarshal(body["prompt_id"], &id)
-		}
-		if id == "" {
-			id = newUUID()
-		}
-		f.mu.Lock()
-		f.bodies = append(f.bodies, body)
-		f.pending = append(f.pending, id)
-		n := f.number
-		f.number++
-		hook := f.beforeAnswer
-		f.mu.Unlock()
-		if hook != nil {
-			hook(id)
-		}
-		fmt.Fprintf(ctx, `{"prompt_id": %q, "number": %d, "node_errors": {}}`, id, n)
-	case strings.HasPrefix(path, "/history/"):
-		id := strings.TrimPrefix(path, "/history/")
-		f.mu.Lock()
-		h, ok := f.history[id]
-		f.mu.Unlock()
-		if !ok {
-			ctx.SetBodyString(`{}`)
-			return
-		}
-		fmt.Fprintf(ctx, `{%q: %s}`, id, h)
-	case path == "/queue" && method == "GET":
-		f.mu.Lock()
-		item := func(ids []string) string {
-			var parts []string
-			for k, id := range ids {
-				parts = append(parts, fmt.Sprintf(`[%d, %q, {}, {"client_id": "x"}, []]`, k, id))
-			}
-			return "[" + strings.Join(parts, ", ") + "]"
-		}
-		fmt.Fprintf(ctx, `{"queue_running": %s, "queue_pending": %s}`, item(f.running), item(f.pending))
-		f.mu.Unlock()
-	case (path == "/queue" || path == "/interrupt") && method == "POST":
-		f.mu.Lock()
-		f.posts = append(f.posts, "POST "+path+" "+string(ctx.PostBody()))
-		if path == "/queue" {
-			var d struct {
-				Delete []string `json:"delete"`
-			}
-			_ = json.Unmarshal(ctx.PostBody(), &d)
-			f.pending = slices.DeleteFunc(f.pending, func(id string) bool { return slices.Contains(d.Delete, id) })
-		}
-		f.mu.Unlock()
-	default:
-		ctx.SetStatusCode(404)
-	}
-}
-
-func versionBefore(v, min string) bool {
-	av, _ := comfyapi.ParseVersion(v)
-	bv, _ := comfyapi.ParseVersion(min)
-	a, b := [3]int{av.Major, av.Minor, av.Patch}, [3]int{bv.Major, bv.Minor, bv.Patch}
-	for k := range a {
-		if a[k] != b[k] {
-			return a[k] < b[k]
-		}
-	}
-	return false
-}
-
-func (f *fakeComfy) write(c *websocket.Conn, mt int, data []byte) {
-	f.wmu.Lock()
-	defer f.wmu.Unlock()
-	_ = c.WriteMessage(mt, data)
-}
-
-// emit sends a text event to every socket.
-func (f *fakeComfy) emit(format string, args ...any) {
-	f.emitRaw(websocket.TextMessage, fmt.Appendf(nil, format, args...))
-}
-
-func (f *fakeComfy) emitRaw(mt int, data []byte) {
-	f.mu.Lock()
-	conns := make([]*websocket.Conn, 0, len(f.conns))
-	for c := range f.conns {
-		conns = append(conns, c)
-	}
-	f.mu.Unlock()
-	for _, c := range conns {
-		f.write(c, mt, data)
-	}
-}
-
-// start moves id from pending to running and sends its first events.
-func (f *fakeComfy) start(id string) {
-	f.mu.Lock()
-	f.pending = slices.DeleteFunc(f.pending, func(x string) bool { return x == id })
-	f.running = append(f.running, id)
-	f.mu.Unlock()
-	f.emit(`{"type": "execution_start", "data": {"prompt_id": %q, "timestamp": 1}}`, id)
-	f.emit(`{"type": "execution_cached", "data": {"nodes": [], "prompt_id": %q, "timestamp": 1}}`, id)
-	f.emit(`{"type": "executing", "data": {"node": "1", "display_node": "1", "prompt_id": %q}}`, id)
-}
-
-// finish sends the rest of a successful run, with output file name file.
-func (f *fakeComfy) finish(id, file string) {
-	f.emit(`{"type": "progress", "data": {"value": 1, "max": 1, "prompt_id": %q, "node": "1"}}`, id)
-	f.emit(`{"type": "executed", "data": {"node": "9", "display_node": "9", "output": {"images": [{"filename": %q, "subfolder": "", "type": "output"}]}, "prompt_id": %q}}`, file, id)
-	f.mu.Lock()
-	f.running = slices.DeleteFunc(f.running, func(x string) bool { return x == id })
-	f.history[id] = fmt.Appendf(nil, `{"prompt": [], "outputs": {"9": {"images": [{"filename": %q, "subfolder": "", "type": "output"}]}}, "status": {"status_str": "success", "completed": true, "messages": [["execution_start", {"prompt_id": %q, "timestamp": 1}], ["execution_success", {"prompt_id": %q, "timestamp": 2}]]}, "meta": {}}`, file, id, id)
-	q := len(f.running) + len(f.pending)
-	f.mu.Unlock()
-	f.emit(`{"type": "execution_success", "data": {"prompt_id": %q, "timestamp": 2}}`, id)
-	f.emit(`{"type": "status", "data": {"status": {"exec_info": {"queue_remaining": %d}}}}`, q)
-	f.emit(`{"type": "executing", "data": {"node": null, "prompt_id": %q}}`, id)
-}
-
-// lastBody returns the last POST /prompt body.
-func (f *fakeComfy) lastBody() map[string]json.RawMessage {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if len(f.bodies) == 0 {
-		return nil
-	}
-	return f.bodies[len(f.bodies)-1]
-}
-
-func (f *fakeComfy) promptCount() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return len(f.bodies)
-}
 
 // recSink records a prompt's events.
 type recSink struct {
@@ -420,18 +128,18 @@ func promptsConfig(addrs ...string) *config.Config {
 
 // fakePool starts a pool in front of the fakes with a listener, and waits
 // until every socket is up.
-func fakePool(t *testing.T, cfg *config.Config, fakes ...*fakeComfy) (*testPool, *recListener) {
+func fakePool(t *testing.T, cfg *config.Config, fakes ...*testkit.MiniComfy) (*testPool, *recListener) {
 	t.Helper()
 	return fakePoolMetrics(t, cfg, nil, fakes...)
 }
 
 // fakePoolMetrics is fakePool reporting to m.
-func fakePoolMetrics(t *testing.T, cfg *config.Config, m *metrics.Metrics, fakes ...*fakeComfy) (*testPool, *recListener) {
+func fakePoolMetrics(t *testing.T, cfg *config.Config, m *metrics.Metrics, fakes ...*testkit.MiniComfy) (*testPool, *recListener) {
 	t.Helper()
 	if cfg == nil {
 		var addrs []string
 		for _, f := range fakes {
-			addrs = append(addrs, f.addr)
+			addrs = append(addrs, f.Addr())
 		}
 		cfg = promptsConfig(addrs...)
 	}
@@ -439,19 +147,11 @@ func fakePoolMetrics(t *testing.T, cfg *config.Config, m *metrics.Metrics, fakes
 	if testing.Verbose() && os.Getenv("UPSTREAM_DEBUG") != "" {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	p, err := newTestPool(cfg, m, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(p.Close)
 	l := newRecListener()
-	p.SetListener(l)
-	if err := p.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	p := startPool(t, testkit.GatewayOptions{Base: cfg, Metrics: func() *metrics.Metrics { return m }, Logger: log}, l, true)
 	testkit.Eventually(t, "sockets up", func() bool {
 		for _, f := range fakes {
-			if f.socketCount() == 0 {
+			if f.SocketCount() == 0 {
 				return false
 			}
 		}
@@ -492,9 +192,9 @@ func upstreamIDOf(t *testing.T, res SubmitResult) string {
 	return res.Prompt.UpstreamID()
 }
 
-func fakeOf(inst *upstream.Instance, fakes ...*fakeComfy) *fakeComfy {
+func fakeOf(inst *upstream.Instance, fakes ...*testkit.MiniComfy) *testkit.MiniComfy {
 	for _, f := range fakes {
-		if f.addr == inst.Addr {
+		if f.Addr() == inst.Addr {
 			return f
 		}
 	}
@@ -503,7 +203,7 @@ func fakeOf(inst *upstream.Instance, fakes ...*fakeComfy) *fakeComfy {
 
 func TestSocketSendsFeatureFlagsFirstAndStaysSingle(t *testing.T) {
 	t.Parallel()
-	f := startFake(t, "0.3.65")
+	f := testkit.Mini(t, "0.3.65")
 	p, _ := fakePool(t, nil, f)
 	for k := range 20 {
 		res := submit(t, p, newUUID(), newRecSink())
@@ -511,12 +211,10 @@ func TestSocketSendsFeatureFlagsFirstAndStaysSingle(t *testing.T) {
 			t.Fatalf("submit %d: %d %s", k, res.Status, res.Body)
 		}
 	}
-	if n := f.dials.Load(); n != 1 {
+	if n := f.Dials.Load(); n != 1 {
 		t.Fatalf("instance saw %d sockets, want 1 whatever the number of prompts", n)
 	}
-	f.mu.Lock()
-	first := f.firstFrames
-	f.mu.Unlock()
+	first := f.FirstFrames()
 	if len(first) != 1 || first[0] != string(featureFlags) {
 		t.Fatalf("first frames %q, want the feature_flags frame", first)
 	}
@@ -527,7 +225,7 @@ func TestSocketSendsFeatureFlagsFirstAndStaysSingle(t *testing.T) {
 
 func TestEventsReachTheirOwnSinkInOrder(t *testing.T) {
 	t.Parallel()
-	f1, f2 := startFake(t, "0.3.65"), startFake(t, "0.3.65")
+	f1, f2 := testkit.Mini(t, "0.3.65"), testkit.Mini(t, "0.3.65")
 	p, l := fakePool(t, nil, f1, f2)
 	sa, sb := newRecSink(), newRecSink()
 	ida, idb := newUUID(), newUUID()
@@ -549,7 +247,7 @@ func TestEventsReachTheirOwnSinkInOrder(t *testing.T) {
 	fa, fb := fakeOf(ra.Instance, f1, f2), fakeOf(rb.Instance, f1, f2)
 
 	// The body the instance got carries comfygate's client id, both places.
-	body := fa.lastBody()
+	body := fa.LastBody()
 	var cid string
 	_ = json.Unmarshal(body["client_id"], &cid)
 	var extra map[string]json.RawMessage
@@ -564,10 +262,10 @@ func TestEventsReachTheirOwnSinkInOrder(t *testing.T) {
 	}
 
 	// Interleave the two runs.
-	fa.start(ida)
-	fb.start(idb)
-	fb.finish(idb, "b.png")
-	fa.finish(ida, "a.png")
+	fa.Start(ida)
+	fb.Start(idb)
+	fb.Finish(idb, "b.png")
+	fa.Finish(ida, "a.png")
 	want := "execution_start,execution_cached,executing,progress,executed,execution_success,executing"
 	for _, c := range []struct {
 		sink *recSink
@@ -605,7 +303,7 @@ func TestEventsReachTheirOwnSinkInOrder(t *testing.T) {
 
 func TestPreviewsBroadcastsAndResync(t *testing.T) {
 	t.Parallel()
-	f := startFake(t, "0.3.65")
+	f := testkit.Mini(t, "0.3.65")
 	p, l := fakePool(t, nil, f)
 	sink := newRecSink()
 	id := "not-a-uuid" // mapped to a minted upstream id
@@ -615,27 +313,27 @@ func TestPreviewsBroadcastsAndResync(t *testing.T) {
 		t.Fatalf("upstream id %q: want a minted UUID for a non-UUID client id", uid)
 	}
 	var sent string
-	_ = json.Unmarshal(f.lastBody()["prompt_id"], &sent)
+	_ = json.Unmarshal(f.LastBody()["prompt_id"], &sent)
 	if sent != uid {
 		t.Fatalf("instance got prompt_id %q, want %q", sent, uid)
 	}
 
 	// A preview before anything runs belongs to nobody: broadcast.
 	preview1 := []byte{0, 0, 0, 1, 0, 0, 0, 2, 0x89, 'P', 'N', 'G'}
-	f.emitRaw(websocket.BinaryMessage, preview1)
+	f.EmitRaw(websocket.BinaryMessage, preview1)
 	if ev := <-l.bc; !ev.Binary {
 		t.Fatalf("want the binary broadcast, got %s", ev.Data)
 	}
-	f.start(uid)
-	f.emitRaw(websocket.BinaryMessage, preview1)
+	f.Start(uid)
+	f.EmitRaw(websocket.BinaryMessage, preview1)
 	meta := fmt.Appendf(nil, `{"node_id": "1", "prompt_id": %q, "display_node_id": "1", "parent_node_id": null, "real_node_id": "1", "image_type": "image/png"}`, uid)
 	preview4 := binary.BigEndian.AppendUint32([]byte{0, 0, 0, 4}, uint32(len(meta)))
 	preview4 = append(append(preview4, meta...), 0x89, 'P', 'N', 'G')
-	f.emitRaw(websocket.BinaryMessage, preview4)
-	f.emit(`{"type": "crystools.monitor", "data": {"cpu_utilization": 3}}`)
-	f.emit(`{"type": "executing", "data": {"node": "1", "display_node": "1"}}`) // re-sync: no prompt_id
-	f.emit(`{"type": "execution_error", "data": {"prompt_id": %q, "node_id": "1", "exception_type": "ExecutionBlocked", "exception_message": "blocked"}}`, uid)
-	f.finish(uid, "c.png")
+	f.EmitRaw(websocket.BinaryMessage, preview4)
+	f.Emit(`{"type": "crystools.monitor", "data": {"cpu_utilization": 3}}`)
+	f.Emit(`{"type": "executing", "data": {"node": "1", "display_node": "1"}}`) // re-sync: no prompt_id
+	f.Emit(`{"type": "execution_error", "data": {"prompt_id": %q, "node_id": "1", "exception_type": "ExecutionBlocked", "exception_message": "blocked"}}`, uid)
+	f.Finish(uid, "c.png")
 
 	evs := sink.until(t, 5*time.Second)
 	want := "execution_start,execution_cached,executing,binary1,binary4,executing,execution_error,progress,executed,execution_success,executing"
@@ -668,13 +366,11 @@ func TestPreviewsBroadcastsAndResync(t *testing.T) {
 
 func TestOldInstanceEventsBeforeAnswerAreReplayed(t *testing.T) {
 	t.Parallel()
-	f := startFake(t, "0.3.40")
+	f := testkit.Mini(t, "0.3.40")
 	p, _ := fakePool(t, nil, f)
-	f.mu.Lock()
-	f.beforeAnswer = func(uid string) {
-		f.start(uid) // events before the HTTP answer, for an id we do not know yet
-	}
-	f.mu.Unlock()
+	f.BeforeAnswer(func(uid string) {
+		f.Start(uid) // events before the HTTP answer, for an id we do not know yet
+	})
 	sink := newRecSink()
 	id := newUUID()
 	res := submit(t, p, id, sink)
@@ -682,7 +378,7 @@ func TestOldInstanceEventsBeforeAnswerAreReplayed(t *testing.T) {
 	if uid == id {
 		t.Fatal("an old instance mints its own id")
 	}
-	if _, ok := f.lastBody()["prompt_id"]; ok {
+	if _, ok := f.LastBody()["prompt_id"]; ok {
 		t.Fatal("no prompt_id should be sent to an instance older than v0.3.45")
 	}
 	if !strings.Contains(string(res.Body), id) || strings.Contains(string(res.Body), uid) {
@@ -691,7 +387,7 @@ func TestOldInstanceEventsBeforeAnswerAreReplayed(t *testing.T) {
 	if pr, ok := p.PromptByUpstreamID(res.Instance, uid); !ok || pr != res.Prompt {
 		t.Fatal("PromptByUpstreamID misses the mapping")
 	}
-	f.finish(uid, "old.png")
+	f.Finish(uid, "old.png")
 	evs := sink.until(t, 5*time.Second)
 	if got, want := types(evs), "execution_start,execution_cached,executing,progress,executed,execution_success,executing"; got != want {
 		t.Fatalf("events %s, want %s", got, want)
@@ -705,11 +401,9 @@ func TestOldInstanceEventsBeforeAnswerAreReplayed(t *testing.T) {
 
 func TestSubmitRelays400AndForgets(t *testing.T) {
 	t.Parallel()
-	f := startFake(t, "0.3.65")
+	f := testkit.Mini(t, "0.3.65")
 	p, _ := fakePool(t, nil, f)
-	f.mu.Lock()
-	f.answerStatus = 400
-	f.mu.Unlock()
+	f.AnswerStatus(400)
 	id := newUUID()
 	res := submit(t, p, id, newRecSink())
 	if res.Status != 400 || res.Prompt != nil || !strings.Contains(string(res.Body), "prompt_no_outputs") {
@@ -722,9 +416,9 @@ func TestSubmitRelays400AndForgets(t *testing.T) {
 
 func TestSubmitSkipsRefusingInstance(t *testing.T) {
 	t.Parallel()
-	f := startFake(t, "0.3.65")
+	f := testkit.Mini(t, "0.3.65")
 	dead := testkit.ClosedAddr(t)
-	cfg := promptsConfig(dead, f.addr)
+	cfg := promptsConfig(dead, f.Addr())
 	p := newCorePool(t, cfg, true)
 	// Make the dead one look healthy so selection picks it first sometimes.
 	for _, inst := range p.Instances() {
@@ -732,7 +426,7 @@ func TestSubmitSkipsRefusingInstance(t *testing.T) {
 	}
 	for range 4 {
 		res := submit(t, p, newUUID(), newRecSink())
-		if res.Status != 200 || res.Instance.Addr != f.addr {
+		if res.Status != 200 || res.Instance.Addr != f.Addr() {
 			t.Fatalf("got %d from %v, want 200 from the live instance", res.Status, res.Instance)
 		}
 	}
@@ -749,11 +443,11 @@ func TestNoInstanceIsErrNoUpstream(t *testing.T) {
 
 func TestStatusFeedsQueueDepthNotSinks(t *testing.T) {
 	t.Parallel()
-	f := startFake(t, "0.3.65")
+	f := testkit.Mini(t, "0.3.65")
 	p, l := fakePool(t, nil, f)
 	sink := newRecSink()
 	res := submit(t, p, newUUID(), sink)
-	f.emit(`{"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 7}}}}`)
+	f.Emit(`{"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 7}}}}`)
 	testkit.Eventually(t, "queue depth 7", func() bool { return res.Instance.QueueDepth() == 7 })
 	testkit.Eventually(t, "QueueChanged", func() bool { return l.lastQueue() == p.QueueRemaining() })
 	sink.none(t)
@@ -761,21 +455,19 @@ func TestStatusFeedsQueueDepthNotSinks(t *testing.T) {
 
 func TestReconnectDeliversWhatHistorySays(t *testing.T) {
 	t.Parallel()
-	f := startFake(t, "0.3.65")
+	f := testkit.Mini(t, "0.3.65")
 	p, _ := fakePool(t, nil, f)
 	sink := newRecSink()
 	res := submit(t, p, newUUID(), sink)
 	uid := upstreamIDOf(t, res)
-	f.start(uid)
+	f.Start(uid)
 	if got := types([]Event{sink.next(t), sink.next(t), sink.next(t)}); got != "execution_start,execution_cached,executing" {
 		t.Fatalf("start events %s", got)
 	}
 	// The socket drops; meanwhile the prompt finishes (events lost).
-	f.mu.Lock()
-	f.running = nil
-	f.history[uid] = fmt.Appendf(nil, `{"outputs": {"9": {"images": [{"filename": "r.png", "subfolder": "", "type": "output"}]}}, "status": {"status_str": "error", "completed": false, "messages": [["execution_error", {"prompt_id": %q, "node_id": "9", "exception_type": "RuntimeError", "exception_message": "boom"}]]}}`, uid)
-	f.mu.Unlock()
-	f.dropSockets()
+	f.SetRunning(nil)
+	f.SetHistory(uid, fmt.Appendf(nil, `{"outputs": {"9": {"images": [{"filename": "r.png", "subfolder": "", "type": "output"}]}}, "status": {"status_str": "error", "completed": false, "messages": [["execution_error", {"prompt_id": %q, "node_id": "9", "exception_type": "RuntimeError", "exception_message": "boom"}]]}}`, uid))
+	f.DropSockets()
 	evs := sink.until(t, 5*time.Second)
 	if got := types(evs); got != "execution_error,executing" {
 		t.Fatalf("after reconnect got %s, want execution_error,executing", got)
@@ -783,13 +475,13 @@ func TestReconnectDeliversWhatHistorySays(t *testing.T) {
 	if !strings.Contains(string(evs[0].Data), "boom") {
 		t.Fatalf("the history's error should be relayed: %s", evs[0].Data)
 	}
-	testkit.Eventually(t, "socket reconnected", func() bool { return f.dials.Load() >= 2 })
+	testkit.Eventually(t, "socket reconnected", func() bool { return f.Dials.Load() >= 2 })
 	testkit.Eventually(t, "prompt done", func() bool { return res.Prompt.State() == PromptDone && p.Outstanding() == 0 })
 }
 
 func TestCancelQueuedAndRunning(t *testing.T) {
 	t.Parallel()
-	f := startFake(t, "0.3.65")
+	f := testkit.Mini(t, "0.3.65")
 	p, _ := fakePool(t, nil, f)
 	ctx := context.Background()
 	queued := submit(t, p, newUUID(), newRecSink())
@@ -801,15 +493,13 @@ func TestCancelQueuedAndRunning(t *testing.T) {
 		t.Fatal("a deleted prompt is done")
 	}
 	running := submit(t, p, newUUID(), newRecSink())
-	f.start(running.Prompt.UpstreamID())
+	f.Start(running.Prompt.UpstreamID())
 	testkit.Eventually(t, "running", func() bool { return running.Prompt.State() == PromptRunning })
 	ok, err = p.Cancel(ctx, running.Prompt.ID)
 	if err != nil || !ok {
 		t.Fatalf("cancel running: %v %v", ok, err)
 	}
-	f.mu.Lock()
-	posts := strings.Join(f.posts, "\n")
-	f.mu.Unlock()
+	posts := strings.Join(f.Posts(), "\n")
 	if !strings.Contains(posts, `POST /queue {"delete":["`+queued.Prompt.UpstreamID()+`"]}`) ||
 		!strings.Contains(posts, `POST /interrupt {"prompt_id":"`+running.Prompt.UpstreamID()+`"}`) {
 		t.Fatalf("instance got:\n%s", posts)
@@ -821,26 +511,22 @@ func TestCancelQueuedAndRunning(t *testing.T) {
 
 func TestDeletedBehindOurBackIsNoticed(t *testing.T) {
 	t.Parallel()
-	f := startFake(t, "0.3.65")
+	f := testkit.Mini(t, "0.3.65")
 	p, _ := fakePool(t, nil, f)
 	res := submit(t, p, newUUID(), newRecSink())
-	f.mu.Lock()
-	f.pending = nil // someone POSTed /queue clear straight to the instance
-	f.mu.Unlock()
-	f.emit(`{"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}}}`)
+	f.SetPending(nil) // someone POSTed /queue clear straight to the instance
+	f.Emit(`{"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}}}`)
 	testkit.Eventually(t, "deleted prompt done", func() bool { return res.Prompt.State() == PromptDone && p.Outstanding() == 0 })
 }
 
 func TestLocatePromptAsksInstances(t *testing.T) {
 	t.Parallel()
-	f1, f2 := startFake(t, "0.3.65"), startFake(t, "0.3.65")
+	f1, f2 := testkit.Mini(t, "0.3.65"), testkit.Mini(t, "0.3.65")
 	p, _ := fakePool(t, nil, f1, f2)
 	id := newUUID()
-	f2.mu.Lock()
-	f2.history[id] = json.RawMessage(`{"outputs": {}, "status": {"status_str": "success", "completed": true, "messages": []}}`)
-	f2.mu.Unlock()
+	f2.SetHistory(id, json.RawMessage(`{"outputs": {}, "status": {"status_str": "success", "completed": true, "messages": []}}`))
 	inst, err := p.LocatePrompt(context.Background(), id)
-	if err != nil || inst.Addr != f2.addr {
+	if err != nil || inst.Addr != f2.Addr() {
 		t.Fatalf("LocatePrompt = %v, %v; want the instance with its history", inst, err)
 	}
 	if pr, ok := p.Prompt(id); !ok || pr.Instance() != inst {

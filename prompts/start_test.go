@@ -17,11 +17,7 @@ func TestStartReturnsWithSocketsUp(t *testing.T) {
 	a := testkit.Sim(t, comfysim.Options{})
 	b := testkit.Sim(t, comfysim.Options{})
 	cfg := promptsConfig(a.Addr(), b.Addr())
-	p, err := newTestPool(cfg, nil, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(p.Close)
+	p := newTestPool(t, cfg, nil, slog.New(slog.DiscardHandler))
 	if err := p.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -41,11 +37,7 @@ func TestStartDoesNotWaitForUnhealthyInstances(t *testing.T) {
 	dead.Kill()
 	cfg := promptsConfig(a.Addr(), dead.Addr())
 	cfg.HealthCheck.Timeout = 10 * time.Second
-	p, err := newTestPool(cfg, nil, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(p.Close)
+	p := newTestPool(t, cfg, nil, slog.New(slog.DiscardHandler))
 	began := time.Now()
 	if err := p.Start(context.Background()); err != nil {
 		t.Fatal(err)

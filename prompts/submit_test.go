@@ -277,7 +277,7 @@ func TestSimTimeoutKeepsPromptPinned(t *testing.T) {
 // a fresh id, and neither is orphaned (live but not findable by its id).
 func TestConcurrentSubmitsOfOneIDGetDistinctIDs(t *testing.T) {
 	t.Parallel()
-	f := startFake(t, "0.3.65")
+	f := testkit.Mini(t, "0.3.65")
 	p, _ := fakePool(t, nil, f)
 	for round := range 20 {
 		id := newUUID()

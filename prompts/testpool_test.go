@@ -8,6 +8,7 @@ import (
 
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/testkit"
+	"github.com/comfygate/comfygate/internal/testkit/ready"
 	"github.com/comfygate/comfygate/metrics"
 	"github.com/comfygate/comfygate/upstream"
 )
@@ -23,13 +24,33 @@ type testPool struct {
 	cfg     *config.Config
 }
 
-// newTestPool builds a pool and its prompt table; nothing runs until Start.
-func newTestPool(cfg *config.Config, m *metrics.Metrics, log *slog.Logger) (*testPool, error) {
-	p, err := upstream.New(cfg, m, log)
-	if err != nil {
-		return nil, err
+// startPool builds a pool and its prompt table with testkit.Start (the
+// table reporting to l, if not nil; Start waits for a ready fleet if
+// wait); opts says what runs.
+func startPool(t testing.TB, opts testkit.GatewayOptions, l Listener, wait bool) *testPool {
+	t.Helper()
+	w := testkit.Wiring[*upstream.Pool, *Table, testkit.NoPart, testkit.NoPart]{
+		Pool: upstream.New,
+		Prompts: func(p *upstream.Pool, cfg *config.Config, m *metrics.Metrics, log *slog.Logger) *Table {
+			table := New(p, cfg, m, log)
+			if l != nil {
+				table.SetListener(l)
+			}
+			return table
+		},
 	}
-	return &testPool{Pool: p, prompts: New(p, cfg, m, log), cfg: cfg}, nil
+	if wait {
+		w.Instances = ready.States
+	}
+	gw := testkit.Start(t, opts, w)
+	return &testPool{Pool: gw.Pool(), prompts: gw.Prompts(), cfg: gw.Config}
+}
+
+// newTestPool builds a pool and its prompt table, closed at cleanup;
+// nothing runs until Start.
+func newTestPool(t testing.TB, cfg *config.Config, m *metrics.Metrics, log *slog.Logger) *testPool {
+	t.Helper()
+	return startPool(t, testkit.GatewayOptions{Base: cfg, Metrics: func() *metrics.Metrics { return m }, Logger: log, Idle: true}, nil, false)
 }
 
 func (p *testPool) Submit(ctx context.Context, req SubmitRequest) (SubmitResult, error) {
@@ -76,17 +97,7 @@ func (p *testPool) Close() {
 // newCorePool builds and (if start) starts a pool, closed at cleanup.
 func newCorePool(t testing.TB, cfg *config.Config, start bool) *testPool {
 	t.Helper()
-	p, err := newTestPool(cfg, nil, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(p.Close)
-	if start {
-		if err := p.Start(context.Background()); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return p
+	return startPool(t, testkit.GatewayOptions{Base: cfg, Logger: slog.New(slog.DiscardHandler), Idle: !start}, nil, false)
 }
 
 // selectPool returns a pool (not started) of n instances that nothing

@@ -3,7 +3,6 @@ package prompts
 import (
 	"context"
 	"encoding/json"
-	"slices"
 	"testing"
 	"time"
 
@@ -76,21 +75,19 @@ func markDown(p *testPool, inst *upstream.Instance) {
 // no answer it moves at once.
 func TestPromptUnderWayIsLeftToItsSend(t *testing.T) {
 	t.Parallel()
-	f1, f2 := startFake(t, "0.3.65"), startFake(t, "0.3.65")
-	cfg := promptsConfig(f1.addr, f2.addr)
+	f1, f2 := testkit.Mini(t, "0.3.65"), testkit.Mini(t, "0.3.65")
+	cfg := promptsConfig(f1.Addr(), f2.Addr())
 	cfg.Timeout = 500 * time.Millisecond
 	p, _ := fakePool(t, cfg, f1, f2)
 	i1 := p.Instances()[0]
 	release := make(chan struct{})
 	t.Cleanup(func() { close(release) })
 	answer := make(chan bool, 4) // per POST: true = answer, false = hang until cleanup
-	f1.mu.Lock()
-	f1.beforeAnswer = func(string) {
+	f1.BeforeAnswer(func(string) {
 		if !<-answer {
 			<-release
 		}
-	}
-	f1.mu.Unlock()
+	})
 	send := func(id string, sink Sink) (SubmitResult, error) {
 		return p.Submit(context.Background(), SubmitRequest{
 			Body:     map[string]json.RawMessage{"prompt": json.RawMessage(`{}`)},
@@ -110,9 +107,9 @@ func TestPromptUnderWayIsLeftToItsSend(t *testing.T) {
 		res, err := send(newUUID(), newRecSink())
 		done <- result{res, err}
 	}()
-	testkit.Eventually(t, "POST under way", func() bool { return f1.promptCount() == 1 })
+	testkit.Eventually(t, "POST under way", func() bool { return f1.PromptCount() == 1 })
 	markDown(p, i1)
-	if n := f2.promptCount(); n != 0 {
+	if n := f2.PromptCount(); n != 0 {
 		t.Fatalf("resubmitted while its POST was under way (%d at the other instance)", n)
 	}
 	answer <- true
@@ -120,12 +117,12 @@ func TestPromptUnderWayIsLeftToItsSend(t *testing.T) {
 	if r.err != nil || r.res.Status != 200 || r.res.Prompt.Instance() != i1 {
 		t.Fatalf("answered submission: %v %d", r.err, r.res.Status)
 	}
-	if n := f2.promptCount(); n != 0 {
+	if n := f2.PromptCount(); n != 0 {
 		t.Fatalf("an answered prompt was sent again (%d at the other instance)", n)
 	}
 	first := r.res.Prompt
-	f1.start(first.UpstreamID()) // it ends there, so the next markDown moves nothing but the next prompt
-	f1.finish(first.UpstreamID(), "first.png")
+	f1.Start(first.UpstreamID()) // it ends there, so the next markDown moves nothing but the next prompt
+	f1.Finish(first.UpstreamID(), "first.png")
 	testkit.Eventually(t, "first prompt done", func() bool { return first.State() == PromptDone })
 
 	// No answer, death confirmed meanwhile: moved as soon as the POST ends.
@@ -136,16 +133,16 @@ func TestPromptUnderWayIsLeftToItsSend(t *testing.T) {
 		res, err := send(id, sink)
 		done <- result{res, err}
 	}()
-	testkit.Eventually(t, "second POST under way", func() bool { return f1.promptCount() == 2 })
+	testkit.Eventually(t, "second POST under way", func() bool { return f1.PromptCount() == 2 })
 	markDown(p, i1)
 	answer <- false
 	if r := <-done; r.err == nil {
 		t.Fatalf("want the timeout, got %d", r.res.Status)
 	}
 	ended := time.Now()
-	testkit.Eventually(t, "moved", func() bool { return f2.promptCount() == 1 })
+	testkit.Eventually(t, "moved", func() bool { return f2.PromptCount() == 1 })
 	var got string
-	_ = json.Unmarshal(f2.lastBody()["prompt_id"], &got)
+	_ = json.Unmarshal(f2.LastBody()["prompt_id"], &got)
 	if got != id {
 		t.Fatalf("the other instance got prompt %q, want %q", got, id)
 	}
@@ -154,8 +151,8 @@ func TestPromptUnderWayIsLeftToItsSend(t *testing.T) {
 	if since := time.Since(ended); since > 2*time.Second {
 		t.Errorf("moved %v after the timeout, want at once", since)
 	}
-	f2.start(id)
-	f2.finish(id, "moved.png")
+	f2.Start(id)
+	f2.Finish(id, "moved.png")
 	if got := types(sink.until(t, 5*time.Second)); got != "execution_start,execution_cached,executing,progress,executed,execution_success,executing" {
 		t.Fatalf("events %s", got)
 	}
@@ -166,17 +163,13 @@ func TestPromptUnderWayIsLeftToItsSend(t *testing.T) {
 // prompt, under way) and does not have it: it moves to another instance.
 func TestAnsweredByDeadInstanceIsMoved(t *testing.T) {
 	t.Parallel()
-	f1, f2 := startFake(t, "0.3.65"), startFake(t, "0.3.65")
+	f1, f2 := testkit.Mini(t, "0.3.65"), testkit.Mini(t, "0.3.65")
 	p, _ := fakePool(t, nil, f1, f2)
 	i1 := p.Instances()[0]
-	f1.mu.Lock()
-	f1.beforeAnswer = func(uid string) {
+	f1.BeforeAnswer(func(uid string) {
 		markDown(p, i1)
-		f1.mu.Lock()
-		f1.pending = slices.DeleteFunc(f1.pending, func(s string) bool { return s == uid })
-		f1.mu.Unlock()
-	}
-	f1.mu.Unlock()
+		f1.RemovePending(uid)
+	})
 	id := newUUID()
 	res, err := p.Submit(context.Background(), SubmitRequest{
 		Body:     map[string]json.RawMessage{"prompt": json.RawMessage(`{}`)},
@@ -186,7 +179,7 @@ func TestAnsweredByDeadInstanceIsMoved(t *testing.T) {
 	if err != nil || res.Status != 200 || res.Instance != i1 {
 		t.Fatalf("submit: %v %d", err, res.Status)
 	}
-	testkit.Eventually(t, "moved", func() bool { return f2.promptCount() == 1 })
+	testkit.Eventually(t, "moved", func() bool { return f2.PromptCount() == 1 })
 	if pr, _ := p.Prompt(id); pr.Instance() != p.Instances()[1] {
 		t.Fatalf("pinned to %v, want the other instance", pr.Instance())
 	}

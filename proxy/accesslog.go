@@ -14,7 +14,7 @@ import (
 // The path is logged without its query (which may carry file names and
 // ids); bodies are never logged. client is the client's address, behind a
 // trusted proxy the one it names (clientaddr.go).
-func (s *Server) logRequest(ctx *fasthttp.RequestCtx, route string, start time.Time) {
+func (s *edge) logRequest(ctx *fasthttp.RequestCtx, route string, start time.Time) {
 	d := time.Since(start)
 	inst := answeringInstance(ctx)
 	code := ctx.Response.StatusCode()

@@ -13,12 +13,13 @@ package proxy
 //
 // fasthttp tells when a response has been written only through the
 // connection's state: a connection turns idle once the response is
-// flushed (or closed, or hijacked). Server.connState releases what was
+// flushed (or closed, or hijacked). answerWaits.connState releases what was
 // waiting for that.
 
 import (
 	"net"
 	"sync"
+	"sync/atomic"
 
 	"github.com/comfygate/comfygate/prompts"
 	"github.com/valyala/fasthttp"
@@ -82,9 +83,22 @@ func (h *heldSink) releaseLocked() {
 	h.held, h.bytes = nil, 0
 }
 
+// answerWaits holds, per client connection, what waits for the answer
+// being written on it (the held events of the prompts it submitted).
+type answerWaits struct {
+	answerMu     sync.Mutex            // guards afterAnswers
+	afterAnswers map[net.Conn][]func() // run once the connection's answer is out
+	// answersWaiting counts the functions in afterAnswers.
+	answersWaiting atomic.Int64
+}
+
+func newAnswerWaits() *answerWaits {
+	return &answerWaits{afterAnswers: map[net.Conn][]func(){}}
+}
+
 // afterAnswer runs f once the answer to the request being served on
 // ctx's connection has been written (or the connection has ended).
-func (s *Server) afterAnswer(ctx *fasthttp.RequestCtx, f func()) {
+func (s *answerWaits) afterAnswer(ctx *fasthttp.RequestCtx, f func()) {
 	c := ctx.Conn()
 	if c == nil {
 		f()
@@ -99,7 +113,7 @@ func (s *Server) afterAnswer(ctx *fasthttp.RequestCtx, f func()) {
 // connState is the server's ConnState hook: a connection that turned
 // idle (its response flushed), closed or hijacked runs what waited for
 // its answer.
-func (s *Server) connState(c net.Conn, st fasthttp.ConnState) {
+func (s *answerWaits) connState(c net.Conn, st fasthttp.ConnState) {
 	// Every request's connection turns idle: the lock is taken only while
 	// some connection has something waiting.
 	if st == fasthttp.StateNew || st == fasthttp.StateActive || s.answersWaiting.Load() == 0 {

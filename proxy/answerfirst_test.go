@@ -2,80 +2,30 @@ package proxy
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/fasthttp/websocket"
+	"github.com/comfygate/comfygate/internal/testkit"
 )
 
 // eventsFirstComfy is a scripted ComfyUI that sends a prompt's whole run
 // on its socket (a cached prompt: start, cached, success, the end) and
 // only then, after a pause, answers the POST /prompt.
-func eventsFirstComfy(t *testing.T, pause time.Duration) *httptest.Server {
+func eventsFirstComfy(t *testing.T, pause time.Duration) *testkit.MiniComfy {
 	t.Helper()
-	var mu sync.Mutex
-	var sock *websocket.Conn
-	up := websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return true }}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch r.URL.Path {
-		case "/system_stats":
-			_, _ = io.WriteString(w, `{"system": {"comfyui_version": "0.3.65"}, "devices": []}`)
-		case "/ws":
-			c, err := up.Upgrade(w, r, nil)
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			sock = c
-			_ = c.WriteMessage(websocket.TextMessage, []byte(`{"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": "x"}}`))
-			mu.Unlock()
-			for {
-				if _, _, err := c.ReadMessage(); err != nil {
-					return
-				}
-			}
-		case "/prompt":
-			var body struct {
-				PromptID string `json:"prompt_id"`
-			}
-			if json.NewDecoder(r.Body).Decode(&body) != nil || body.PromptID == "" {
-				http.Error(w, "want a prompt_id", http.StatusBadRequest)
-				return
-			}
-			id := body.PromptID
-			mu.Lock()
-			for _, m := range []string{
-				`{"type": "execution_start", "data": {"prompt_id": "%s", "timestamp": 1}}`,
-				`{"type": "execution_cached", "data": {"nodes": ["1"], "prompt_id": "%s", "timestamp": 1}}`,
-				`{"type": "execution_success", "data": {"prompt_id": "%s", "timestamp": 2}}`,
-				`{"type": "executing", "data": {"node": null, "prompt_id": "%s"}}`,
-			} {
-				if sock != nil {
-					_ = sock.WriteMessage(websocket.TextMessage, fmt.Appendf(nil, m, id))
-				}
-			}
-			mu.Unlock()
-			time.Sleep(pause)
-			w.Header().Set("Content-Type", "application/json")
-			fmt.Fprintf(w, `{"prompt_id": %q, "number": 0, "node_errors": {}}`, id)
-		case "/queue":
-			_, _ = io.WriteString(w, `{"queue_running": [], "queue_pending": []}`)
-		case "/history":
-			_, _ = io.WriteString(w, `{}`)
-		default:
-			http.NotFound(w, r)
-		}
-	}))
-	t.Cleanup(srv.Close)
-	return srv
+	f := testkit.Mini(t, "0.3.65")
+	f.BeforeAnswer(func(id string) {
+		f.Emit(`{"type": "execution_start", "data": {"prompt_id": "%s", "timestamp": 1}}`, id)
+		f.Emit(`{"type": "execution_cached", "data": {"nodes": ["1"], "prompt_id": "%s", "timestamp": 1}}`, id)
+		f.Emit(`{"type": "execution_success", "data": {"prompt_id": "%s", "timestamp": 2}}`, id)
+		f.Emit(`{"type": "executing", "data": {"node": null, "prompt_id": "%s"}}`, id)
+		time.Sleep(pause)
+	})
+	return f
 }
 
 // TestEventsWaitForTheAnswer: the instance sends a prompt's events before
@@ -84,7 +34,7 @@ func eventsFirstComfy(t *testing.T, pause time.Duration) *httptest.Server {
 func TestEventsWaitForTheAnswer(t *testing.T) {
 	t.Parallel()
 	fake := eventsFirstComfy(t, 150*time.Millisecond)
-	g := startGate(t, []string{strings.TrimPrefix(fake.URL, "http://")}, nil)
+	g := startGate(t, []string{fake.Addr()}, nil)
 	ws := dialWS(t, "ws://"+g.addr+"/ws?clientId=answer-first")
 
 	post, err := net.Dial("tcp", g.addr)

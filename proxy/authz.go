@@ -8,15 +8,21 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"log/slog"
 	"math"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/comfygate/comfygate/auth"
+	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/limits"
+	"github.com/comfygate/comfygate/metrics"
 	"github.com/comfygate/comfygate/prompts"
+	"github.com/comfygate/comfygate/state"
 	"github.com/valyala/fasthttp"
 )
 
@@ -26,20 +32,40 @@ const (
 	routeLimited = "rate_limited"
 )
 
-// security is the Server's API keys, owner table and rate limits.
+// keyGuard decides what the key a request was admitted with may do:
+// isolation of each key's prompts and jobs, the rate limits and the cap
+// on prompts outstanding, before the handler runs (guard), and the
+// handlers' own decisions on the one parse of their bodies
+// (authorizeInterrupt, scopeDeleteOrClear, claimClientID).
+type keyGuard struct {
+	cfg     *config.Config
+	m       *metrics.Metrics // may be nil
+	jobs    JobRoutes        // may be nil: job owners come from the owner table only
+	prompts *prompts.Table
+	sec     security
+	log     *slog.Logger
+}
+
+// security is the API keys, owner table and rate limits.
 type security struct {
-	keys        *auth.Keys
-	sessions    *auth.Sessions
-	owners      *auth.Owners
+	keys     *auth.Keys
+	sessions *auth.Sessions
+	owners   *auth.Owners
+	// clients decides which key holds each clientId: owners itself in
+	// memory, or the state replicas share (state.url).
+	clients     state.ClientOwners
 	promptRate  *limits.Buckets
 	jobRate     *limits.Buckets
 	outstanding *limits.Outstanding
 }
 
-func (s *Server) initSecurity() error {
+// newKeyGuard loads the API keys of cfg and sets up the owner table and
+// the rate limits.
+func newKeyGuard(cfg *config.Config, m *metrics.Metrics, jobs JobRoutes, pt *prompts.Table, shared *state.Store, log *slog.Logger) (*keyGuard, error) {
+	s := &keyGuard{cfg: cfg, m: m, jobs: jobs, prompts: pt, log: log}
 	keys, err := auth.Load(s.cfg)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	rl := s.cfg.RateLimit
 	s.sec = security{
@@ -50,7 +76,29 @@ func (s *Server) initSecurity() error {
 		jobRate:     limits.NewBuckets(rl.JobsPerSecond, rl.JobBurst),
 		outstanding: limits.NewOutstanding(rl.MaxConcurrentPrompts),
 	}
-	return nil
+	s.sec.clients = shared.ClientOwners(s.sec.owners)
+	return s, nil
+}
+
+// clientClaimTimeout bounds one claim of a clientId in the state store.
+const clientClaimTimeout = 5 * time.Second
+
+// claimClient gives clientID to key unless another key holds it, and
+// reports whether key may use it. When the state store does not answer it
+// answers 503 with Retry-After itself (isolation fails closed) and
+// reports false; when another key holds it, the caller answers.
+func (s *keyGuard) claimClient(ctx *fasthttp.RequestCtx, clientID, key string) (mine, answered bool) {
+	c, cancel := context.WithTimeout(context.Background(), clientClaimTimeout)
+	defer cancel()
+	ok, err := s.sec.clients.ClaimClient(c, clientID, key)
+	if err != nil {
+		s.log.Warn("clientId owner not checked", slog.Any("error", err))
+		writeJSONError(ctx, fasthttp.StatusServiceUnavailable, "state_unavailable",
+			"comfygate cannot check who holds this clientId now; retry after the time in Retry-After")
+		ctx.Response.Header.Set("Retry-After", "1")
+		return false, true
+	}
+	return ok, false
 }
 
 // requestKey is the key the request was admitted with (nil: keys off).
@@ -59,92 +107,34 @@ func requestKey(ctx *fasthttp.RequestCtx) *auth.Key {
 	return k
 }
 
-// admit runs before routing. It answers (and returns false with the
-// route) when the request is refused; otherwise it records the request's
-// key and removes the key from the request, so no instance sees it.
-func (s *Server) admit(ctx *fasthttp.RequestCtx, raw []byte) (string, bool) {
-	if !s.sec.keys.On() {
-		return "", true
-	}
-	path := string(raw)
-	if path == "/login" || path == "/logout" {
-		s.serveLogin(ctx, path == "/logout")
-		return routeAuth, false
-	}
-	if path == "/health" && s.cfg.Auth.OpenHealth {
-		return "", true
-	}
-	key, presented := s.presentedKey(ctx)
-	if key == nil {
-		reason := "missing"
-		if presented {
-			reason = "invalid"
-		}
-		s.authRefused(reason)
-		writeJSONError(ctx, fasthttp.StatusUnauthorized, "unauthorized",
-			"an API key is required: Authorization: Bearer <key>, ?token=<key>, or log in at /login in a browser")
-		if reason == "invalid" {
-			ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="comfygate", error="invalid_token"`)
-		} else {
-			ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="comfygate"`)
-		}
-		return routeAuth, false
-	}
-	operator := path == "/metrics" || path == "/stats" || path == "/dashboard" || strings.HasPrefix(path, "/dashboard/")
-	if operator != key.Metrics && (operator || key.MetricsOnly) {
-		s.authRefused("forbidden")
-		writeJSONError(ctx, fasthttp.StatusForbidden, "forbidden", "this key may not use this route")
-		return routeAuth, false
-	}
-	if !s.keyOriginAllowed(&ctx.Request.Header) {
-		s.authRefused("origin")
-		ctx.SetStatusCode(fasthttp.StatusForbidden)
-		return routeForbidden, false
-	}
-	ctx.SetUserValue(userValueKey, key)
-	stripKey(ctx)
-	return "", true
-}
-
-// keyOriginAllowed is the stricter browser policy with keys on: a request
-// that can change state (not GET/HEAD, or a WebSocket handshake) and
-// carries an Origin must come from the request's own Host or an origin in
-// auth.allowed_origins, whatever the Host is (ComfyUI checks only
-// loopback Hosts). A login cookie would otherwise let any site a logged-in
-// user visits post prompts or open the WebSocket.
-func (s *Server) keyOriginAllowed(h *fasthttp.RequestHeader) bool {
-	origin := h.PeekBytes(hdrOrigin)
-	if len(origin) == 0 || ((h.IsGet() || h.IsHead()) && !bytes.EqualFold(h.PeekBytes(hdrUpgrade), valueWebSocket)) {
-		return true
-	}
-	o := string(origin)
-	for _, a := range s.cfg.Auth.AllowedOrigins {
-		if strings.EqualFold(o, a) {
-			return true
-		}
-	}
-	_, rest, ok := strings.Cut(o, "://")
-	return ok && rest != "" && strings.EqualFold(rest, string(h.Host()))
-}
-
-func (s *Server) authRefused(reason string) {
-	if s.m != nil {
-		s.m.AuthRefused(reason)
+// authRefused counts a request refused by the API keys, by reason (a
+// fixed set); m may be nil.
+func authRefused(m *metrics.Metrics, reason string) {
+	if m != nil {
+		m.AuthRefused(reason)
 	}
 }
 
 // isolated reports whether the request's key sees only its own prompts.
-func (s *Server) isolated(k *auth.Key) bool { return k != nil && !k.Admin && s.cfg.Auth.Isolation }
+func (s *keyGuard) isolated(k *auth.Key) bool { return k != nil && !k.Admin && s.cfg.Auth.Isolation }
+
+// jobScope is the owner a key's requests are limited to ("": every job).
+func (s *keyGuard) jobScope(k *auth.Key) string {
+	if s.isolated(k) {
+		return k.Name
+	}
+	return ""
+}
 
 // owns reports whether k may act on prompt id.
-func (s *Server) owns(k *auth.Key, id string) bool {
+func (s *keyGuard) owns(k *auth.Key, id string) bool {
 	return !s.isolated(k) || s.ownerOf(id) == k.Name
 }
 
 // ownerOf is the key that submitted prompt or job id ("" when unknown):
 // the owner table's, or for a job restored after a restart (which the
 // table, kept in memory, no longer knows) the job's own record.
-func (s *Server) ownerOf(id string) string {
+func (s *keyGuard) ownerOf(id string) string {
 	if o := s.sec.owners.PromptOwner(id); o != "" {
 		return o
 	}
@@ -166,7 +156,7 @@ func rateName(ctx *fasthttp.RequestCtx) string {
 }
 
 // rateLimited answers 429 when b has no token for the request's key.
-func (s *Server) rateLimited(ctx *fasthttp.RequestCtx, b *limits.Buckets, kind string) bool {
+func (s *keyGuard) rateLimited(ctx *fasthttp.RequestCtx, b *limits.Buckets, kind string) bool {
 	ok, wait := b.Take(rateName(ctx))
 	if ok {
 		return false
@@ -186,13 +176,13 @@ func (s *Server) rateLimited(ctx *fasthttp.RequestCtx, b *limits.Buckets, kind s
 // its body is decided by its handler, on the same parse the handler acts
 // on. It answers and returns false when the request is refused; after,
 // when not nil, runs once the handler has answered.
-func (s *Server) guard(ctx *fasthttp.RequestCtx, p []byte, api bool) (after func(), ok bool) {
+func (s *keyGuard) guard(ctx *fasthttp.RequestCtx, p []byte, api bool) (after func(), ok bool) {
 	k := requestKey(ctx)
 	get, post := ctx.IsGet() || ctx.IsHead(), ctx.IsPost()
 	path := string(p)
 	admin := k == nil || k.Admin
 	forbid := func(msg string) (func(), bool) {
-		s.authRefused("forbidden")
+		authRefused(s.m, "forbidden")
 		writeJSONError(ctx, fasthttp.StatusForbidden, "forbidden", msg)
 		return nil, false
 	}
@@ -206,8 +196,12 @@ func (s *Server) guard(ctx *fasthttp.RequestCtx, p []byte, api bool) (after func
 			id = newClientID() // minted here so that it is claimed for this key
 			ctx.QueryArgs().Set("clientId", id)
 		}
-		if s.isolated(k) && !s.sec.owners.ClaimClient(id, k.Name) {
-			return forbid("this clientId belongs to another key")
+		if s.isolated(k) {
+			if mine, answered := s.claimClient(ctx, id, k.Name); answered {
+				return nil, false
+			} else if !mine {
+				return forbid("this clientId belongs to another key")
+			}
 		}
 		return nil, true
 	case path == "/prompt" && post:
@@ -297,26 +291,26 @@ func answerID(ctx *fasthttp.RequestCtx, field string) string {
 
 // promptDone reports whether prompt id has finished (or is no longer
 // known), for the concurrent-prompt cap.
-func (s *Server) promptDone(id string) bool {
+func (s *keyGuard) promptDone(id string) bool {
 	p, ok := s.prompts.Prompt(id)
 	return !ok || p.State() == prompts.PromptDone
 }
 
 // recordOwner remembers k as the owner of the prompt or job a successful
 // submission answered with.
-func (s *Server) recordOwner(ctx *fasthttp.RequestCtx, k *auth.Key, field string) {
+func (s *keyGuard) recordOwner(ctx *fasthttp.RequestCtx, k *auth.Key, field string) {
 	s.recordOwnerID(k, answerID(ctx, field))
 }
 
 // recordOwnerID remembers k as the owner of prompt or job id ("": none).
-func (s *Server) recordOwnerID(k *auth.Key, id string) {
+func (s *keyGuard) recordOwnerID(k *auth.Key, id string) {
 	if id != "" {
 		s.sec.owners.SetPrompt(id, k.Name)
 	}
 }
 
 // promptView is what k may see of prompts.
-func (s *Server) promptView(k *auth.Key) auth.View {
+func (s *keyGuard) promptView(k *auth.Key) auth.View {
 	v := auth.View{Redact: s.cfg.Redact.ExtraData}
 	if k == nil {
 		return v // keys off: credentials are hidden from everyone
@@ -330,7 +324,7 @@ func (s *Server) promptView(k *auth.Key) auth.View {
 
 // filterAnswer rewrites a queue, history or jobs answer the handler set
 // for what k may see (isolation and redaction).
-func (s *Server) filterAnswer(ctx *fasthttp.RequestCtx, k *auth.Key, kind string) {
+func (s *keyGuard) filterAnswer(ctx *fasthttp.RequestCtx, k *auth.Key, kind string) {
 	if ctx.Response.StatusCode() != fasthttp.StatusOK || ctx.Response.IsBodyStream() {
 		return
 	}
@@ -361,19 +355,19 @@ func (s *Server) filterAnswer(ctx *fasthttp.RequestCtx, k *auth.Key, kind string
 }
 
 // forbid answers 403 for an action k may not take.
-func (s *Server) forbid(ctx *fasthttp.RequestCtx, msg string) {
-	s.authRefused("forbidden")
+func (s *keyGuard) forbid(ctx *fasthttp.RequestCtx, msg string) {
+	authRefused(s.m, "forbidden")
 	writeJSONError(ctx, fasthttp.StatusForbidden, "forbidden", msg)
 }
 
 // refuseBody answers 400 for a body that cannot be read the way ComfyUI
 // reads it, with keys on: what cannot be parsed is never decided on. With
 // keys off it reports false, and the handler answers as ComfyUI does.
-func (s *Server) refuseBody(ctx *fasthttp.RequestCtx, msg string) bool {
+func (s *keyGuard) refuseBody(ctx *fasthttp.RequestCtx, msg string) bool {
 	if !s.sec.keys.On() {
 		return false
 	}
-	s.authRefused("bad_body")
+	authRefused(s.m, "bad_body")
 	writeJSONError(ctx, fasthttp.StatusBadRequest, "bad_body", msg)
 	return true
 }
@@ -382,7 +376,7 @@ func (s *Server) refuseBody(ctx *fasthttp.RequestCtx, msg string) bool {
 // interrupt of whatever runs acts on the whole fleet and needs an admin
 // key; a targeted one needs k to own the prompt. It answers 403 and
 // reports false when refused.
-func (s *Server) authorizeInterrupt(ctx *fasthttp.RequestCtx, r comfyapi.InterruptRequest) bool {
+func (s *keyGuard) authorizeInterrupt(ctx *fasthttp.RequestCtx, r comfyapi.InterruptRequest) bool {
 	k := requestKey(ctx)
 	switch {
 	case k == nil || k.Admin:
@@ -401,7 +395,7 @@ func (s *Server) authorizeInterrupt(ctx *fasthttp.RequestCtx, r comfyapi.Interru
 // scopeDeleteOrClear decides a POST /queue or /history body: a clear acts
 // on the whole fleet and needs an admin key (403); an isolated key's
 // deletes keep only its own prompts, as if the others' ids were unknown.
-func (s *Server) scopeDeleteOrClear(ctx *fasthttp.RequestCtx, q *comfyapi.DeleteOrClear) bool {
+func (s *keyGuard) scopeDeleteOrClear(ctx *fasthttp.RequestCtx, q *comfyapi.DeleteOrClear) bool {
 	k := requestKey(ctx)
 	if k == nil {
 		return true
@@ -416,7 +410,7 @@ func (s *Server) scopeDeleteOrClear(ctx *fasthttp.RequestCtx, q *comfyapi.Delete
 
 // ownedOnly keeps the ids of ids that k may act on (all of them unless k
 // is isolated).
-func (s *Server) ownedOnly(k *auth.Key, ids []string) []string {
+func (s *keyGuard) ownedOnly(k *auth.Key, ids []string) []string {
 	if !s.isolated(k) {
 		return ids
 	}
@@ -431,10 +425,14 @@ func (s *Server) ownedOnly(k *auth.Key, ids []string) []string {
 
 // claimClientID decides the client_id of a POST /prompt body for an
 // isolated key: a clientId another key holds is refused with 403.
-func (s *Server) claimClientID(ctx *fasthttp.RequestCtx, clientID string) bool {
+func (s *keyGuard) claimClientID(ctx *fasthttp.RequestCtx, clientID string) bool {
 	k := requestKey(ctx)
-	if clientID == "" || !s.isolated(k) || s.sec.owners.ClaimClient(clientID, k.Name) {
+	if clientID == "" || !s.isolated(k) {
 		return true
+	}
+	mine, answered := s.claimClient(ctx, clientID, k.Name)
+	if mine || answered {
+		return mine
 	}
 	s.forbid(ctx, "this client_id belongs to another key")
 	return false

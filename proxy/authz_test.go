@@ -79,8 +79,8 @@ func routeTable() [][2]string {
 // /stats want a metrics or admin key; a metrics-only key gets nothing else.
 func TestKeysRefuseEveryRoute(t *testing.T) {
 	t.Parallel()
-	fake := newFakeComfy(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
-	g := startGate(t, []string{fake.addr()}, withKeys)
+	fake := testkit.Mini(t, "0.3.65").Fallback(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
+	g := startGate(t, []string{fake.Addr()}, withKeys)
 	for _, r := range routeTable() {
 		for _, hdr := range []http.Header{nil, bearer("not-a-valid-key-000000")} {
 			status, h, body := gateDo(t, r[0], g.base+r[1], hdr, strings.NewReader(`{}`))
@@ -94,8 +94,8 @@ func TestKeysRefuseEveryRoute(t *testing.T) {
 	if _, resp, err := websocket.DefaultDialer.Dial("ws://"+g.addr+"/ws?clientId=abc", nil); err == nil || resp == nil || resp.StatusCode != http.StatusUnauthorized {
 		t.Errorf("/ws without a key: %v %v, want 401", err, resp)
 	}
-	if n := len(fake.requests()); n != 0 {
-		t.Errorf("instances saw %d requests without a key, want 0: %+v", n, fake.requests()[0])
+	if n := len(fake.Requests()); n != 0 {
+		t.Errorf("instances saw %d requests without a key, want 0: %+v", n, fake.Requests()[0])
 	}
 	if status, _, _ := gateDo(t, "GET", g.base+"/health", nil, nil); status != http.StatusOK {
 		t.Errorf("/health without a key: %d, want 200 (auth.open_health)", status)
@@ -123,7 +123,7 @@ func TestKeysRefuseEveryRoute(t *testing.T) {
 	if status, _, _ := gateDo(t, "GET", g.base+"/custom?token="+keyA+"&x=%2F", nil, nil); status != http.StatusOK {
 		t.Fatalf("?token=: %d, want 200", status)
 	}
-	for _, r := range fake.requests() {
+	for _, r := range fake.Requests() {
 		if r.Header.Get("Authorization") != "" || strings.Contains(r.RequestURI, "token") {
 			t.Errorf("the instance saw the key: %s %v", r.RequestURI, r.Header)
 		}
@@ -132,7 +132,7 @@ func TestKeysRefuseEveryRoute(t *testing.T) {
 		}
 	}
 
-	closed := startGate(t, []string{fake.addr()}, func(c *config.Config) { withKeys(c); c.Auth.OpenHealth = false })
+	closed := startGate(t, []string{fake.Addr()}, func(c *config.Config) { withKeys(c); c.Auth.OpenHealth = false })
 	if status, _, _ := gateDo(t, "GET", closed.base+"/health", nil, nil); status != http.StatusUnauthorized {
 		t.Errorf("/health with open_health off: %d, want 401", status)
 	}
@@ -405,9 +405,9 @@ func (f *fakeJobs) JobOwner(string) (string, bool)                         { ret
 // Idempotency-Key from B makes B's own job, not a replay of A's.
 func TestJobIsolation(t *testing.T) {
 	t.Parallel()
-	fake := newFakeComfy(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
+	fake := testkit.Mini(t, "0.3.65").Fallback(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
 	facade := &fakeJobs{jobOf: map[string]string{}}
-	g := startGateWith(t, []string{fake.addr()}, withKeys, func(o *Options) { o.Jobs = facade })
+	g := startGateWith(t, []string{fake.Addr()}, withKeys, func(o *Options) { o.Jobs = facade })
 	submitJob := func(key string) string {
 		h := bearer(key)
 		h.Set("Idempotency-Key", "same-key")
@@ -439,9 +439,9 @@ func TestJobIsolation(t *testing.T) {
 // parse, a refused one), no log line holds it.
 func TestKeysNeverLogged(t *testing.T) {
 	t.Parallel()
-	fake := newFakeComfy(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
+	fake := testkit.Mini(t, "0.3.65").Fallback(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
 	sink := &logSink{}
-	g := startGateWith(t, []string{fake.addr()}, withKeys, func(o *Options) {
+	g := startGateWith(t, []string{fake.Addr()}, withKeys, func(o *Options) {
 		o.Logger = slog.New(slog.NewJSONHandler(sink, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	})
 	gateDo(t, "GET", g.base+"/system_stats", bearer(keyA), nil)
@@ -476,8 +476,8 @@ func TestKeysNeverLogged(t *testing.T) {
 // operator handler serves them and /health without a key.
 func TestMetricsListen(t *testing.T) {
 	t.Parallel()
-	fake := newFakeComfy(t, nil)
-	g := startGateWith(t, []string{fake.addr()}, func(c *config.Config) {
+	fake := testkit.Mini(t, "0.3.65").Fallback(nil)
+	g := startGateWith(t, []string{fake.Addr()}, func(c *config.Config) {
 		withKeys(c)
 		c.MetricsListen = "127.0.0.1:0"
 	}, func(o *Options) { o.Metrics = metrics.New("test") })

@@ -40,5 +40,5 @@ func TestBodiesBudget(t *testing.T) {
 			}
 		}
 	}
-	testkit.Eventually(t, "every request's share given back", func() bool { return g.srv.bodies.InUse() == 0 })
+	testkit.Eventually(t, "every request's share given back", func() bool { return g.srv.submit.bodies.budget.InUse() == 0 })
 }

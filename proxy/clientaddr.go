@@ -66,7 +66,7 @@ func peerAddr(ctx *fasthttp.RequestCtx) netip.Addr {
 // clientIP returns the address of the client the request comes from: the
 // TCP peer, or for a peer in server.trusted_proxies the address the
 // forwarding headers name (see the file comment).
-func (s *Server) clientIP(ctx *fasthttp.RequestCtx) netip.Addr {
+func (s *edge) clientIP(ctx *fasthttp.RequestCtx) netip.Addr {
 	peer := peerAddr(ctx)
 	if len(s.trusted) == 0 || !s.trusted.contains(peer) {
 		return peer
@@ -83,7 +83,7 @@ func (s *Server) clientIP(ctx *fasthttp.RequestCtx) netip.Addr {
 
 // noteClient finds the request's client address once, before routing, and
 // keeps it on the request when it is not the peer's.
-func (s *Server) noteClient(ctx *fasthttp.RequestCtx) {
+func (s *edge) noteClient(ctx *fasthttp.RequestCtx) {
 	if len(s.trusted) == 0 {
 		return
 	}
@@ -184,14 +184,14 @@ func clientRemote(ctx *fasthttp.RequestCtx) string {
 // address carries every client behind it, is not capped. Behind a proxy,
 // the per-client limits are the rate limits (keyed by requestClient); the
 // connection cap is the proxy's own business.
-func (s *Server) uncapped(a netip.Addr) bool {
+func (s *edge) uncapped(a netip.Addr) bool {
 	return len(s.trusted) > 0 && s.trusted.contains(a)
 }
 
 // proxyProtocol is limits.Listener's ProxyProtocol: with
 // server.proxy_protocol, the trusted proxies send a PROXY v2 header; nil
 // without it.
-func (s *Server) proxyProtocol() func(netip.Addr) bool {
+func (s *edge) proxyProtocol() func(netip.Addr) bool {
 	if !s.cfg.Server.ProxyProtocol || len(s.trusted) == 0 {
 		return nil
 	}

@@ -65,7 +65,7 @@ func TestClientIP(t *testing.T) {
 		}
 		var ctx fasthttp.RequestCtx
 		ctx.Init(&req, &net.TCPAddr{IP: net.ParseIP(tc.peer), Port: 40000}, nil)
-		s := &Server{trusted: tc.trusted}
+		s := &edge{trusted: tc.trusted}
 		if got := s.clientIP(&ctx); got.String() != tc.want {
 			t.Errorf("%s: clientIP = %s, want %s", tc.desc, got, tc.want)
 		}

@@ -11,7 +11,11 @@ import (
 	"embed"
 	"encoding/json"
 	"fmt"
+	"github.com/comfygate/comfygate/prompts"
+	"github.com/comfygate/comfygate/upstream"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/comfygate/comfygate/catalogue"
@@ -19,6 +23,21 @@ import (
 	"github.com/comfygate/comfygate/metrics"
 	"github.com/valyala/fasthttp"
 )
+
+// dashboard serves the fleet page and its event stream, and builds the
+// /stats document both show.
+type dashboard struct {
+	pool    *upstream.Pool
+	prompts *prompts.Table
+	jobs    JobRoutes        // may be nil
+	m       *metrics.Metrics // may be nil
+	cat     *catalogue.Store // may be nil
+
+	dashStreams atomic.Int32  // dashboard event streams open
+	dashMu      sync.Mutex    // guards dashCh, dashDoc
+	dashCh      chan struct{} // closed (and replaced) by pokeDashboard
+	dashDoc     *dashDoc      // the streams' last document (dashboardDoc)
+}
 
 const (
 	routeDashboard       = "/dashboard"
@@ -122,7 +141,7 @@ type dashboardViewer struct {
 // pokeDashboard makes every dashboard stream send its next document now
 // (after a drain or an undrain: not every change of the fleet wakes the
 // pool's availability watch, a drain makes nothing newly available).
-func (s *Server) pokeDashboard() {
+func (s *dashboard) pokeDashboard() {
 	s.dashMu.Lock()
 	if s.dashCh != nil {
 		close(s.dashCh)
@@ -152,7 +171,7 @@ func closed(ch <-chan struct{}) bool {
 // built, when it is younger than dashboardDocAge and no drain or
 // availability change came since, else a new one. It also returns the
 // watches a stream waits on for the next change.
-func (s *Server) dashboardDoc() (body []byte, avail, poke <-chan struct{}) {
+func (s *dashboard) dashboardDoc() (body []byte, avail, poke <-chan struct{}) {
 	s.dashMu.Lock()
 	defer s.dashMu.Unlock()
 	if d := s.dashDoc; d != nil && time.Since(d.at) < dashboardDocAge && !closed(d.avail) && !closed(d.poke) {
@@ -170,7 +189,7 @@ func (s *Server) dashboardDoc() (body []byte, avail, poke <-chan struct{}) {
 }
 
 // statsDoc builds the /stats document.
-func (s *Server) statsDoc() statsView {
+func (s *dashboard) statsDoc() statsView {
 	now := time.Now()
 	v := statsView{
 		Stats:         s.m.Stats(),
@@ -227,7 +246,7 @@ func (s *Server) statsDoc() statsView {
 // serveDashboard serves /dashboard and /dashboard/events (operator is
 // true on metrics_listen, where the admin routes are not served). It
 // returns the route template.
-func (s *Server) serveDashboard(ctx *fasthttp.RequestCtx, raw []byte, operator bool) string {
+func (s *dashboard) serveDashboard(ctx *fasthttp.RequestCtx, raw []byte, operator bool) string {
 	if s.m == nil {
 		writeJSONError(ctx, fasthttp.StatusNotFound, "not_found", "metrics are disabled")
 		return routeOther
@@ -271,7 +290,7 @@ func (s *Server) serveDashboard(ctx *fasthttp.RequestCtx, raw []byte, operator b
 // its own stream, and one that stops reading is cut by the connection's
 // write timeout. The stream ends when the client goes, at shutdown, or
 // after dashboardStreamLife.
-func (s *Server) serveDashboardEvents(ctx *fasthttp.RequestCtx, viewer dashboardViewer) {
+func (s *dashboard) serveDashboardEvents(ctx *fasthttp.RequestCtx, viewer dashboardViewer) {
 	if s.dashStreams.Add(1) > maxDashboardStreams {
 		s.dashStreams.Add(-1)
 		writeJSONError(ctx, fasthttp.StatusServiceUnavailable, "too_many_streams", "too many dashboard streams are open; retry later")

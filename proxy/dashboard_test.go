@@ -156,19 +156,19 @@ func TestDashboardStream(t *testing.T) {
 		t.Errorf("/stats: %v %.300s", err, body)
 	}
 
-	if n := g.srv.dashStreams.Load(); n != 1 {
+	if n := g.srv.dash.dashStreams.Load(); n != 1 {
 		t.Errorf("%d streams counted while one is open", n)
 	}
 	es.close()
-	testkit.Eventually(t, "the stream to end once its client went", func() bool { return g.srv.dashStreams.Load() == 0 })
+	testkit.Eventually(t, "the stream to end once its client went", func() bool { return g.srv.dash.dashStreams.Load() == 0 })
 }
 
 // TestDashboardStreamCap: beyond maxDashboardStreams, a stream is refused
 // with 503 and Retry-After.
 func TestDashboardStreamCap(t *testing.T) {
 	t.Parallel()
-	fake := newFakeComfy(t, nil)
-	g := startGateWith(t, []string{fake.addr()}, nil, func(o *Options) { o.Metrics = metrics.New("test") })
+	fake := testkit.Mini(t, "0.3.65").Fallback(nil)
+	g := startGateWith(t, []string{fake.Addr()}, nil, func(o *Options) { o.Metrics = metrics.New("test") })
 	for range maxDashboardStreams {
 		openEvents(t, g.base+"/dashboard/events", "")
 	}
@@ -183,8 +183,8 @@ func TestDashboardStreamCap(t *testing.T) {
 // drain buttons will not work, as the admin route itself answers.
 func TestDashboardKeys(t *testing.T) {
 	t.Parallel()
-	fake := newFakeComfy(t, nil)
-	g := startGateWith(t, []string{fake.addr()}, withKeys, func(o *Options) { o.Metrics = metrics.New("test") })
+	fake := testkit.Mini(t, "0.3.65").Fallback(nil)
+	g := startGateWith(t, []string{fake.Addr()}, withKeys, func(o *Options) { o.Metrics = metrics.New("test") })
 	for _, tc := range []struct {
 		key, path string
 		want      int
@@ -220,8 +220,8 @@ func TestDashboardKeys(t *testing.T) {
 // not there.
 func TestDashboardMetricsListen(t *testing.T) {
 	t.Parallel()
-	fake := newFakeComfy(t, nil)
-	g := startGateWith(t, []string{fake.addr()}, func(c *config.Config) {
+	fake := testkit.Mini(t, "0.3.65").Fallback(nil)
+	g := startGateWith(t, []string{fake.Addr()}, func(c *config.Config) {
 		withKeys(c)
 		c.MetricsListen = "127.0.0.1:0"
 	}, func(o *Options) { o.Metrics = metrics.New("test") })

@@ -82,7 +82,7 @@ const retryAfterSeconds = 5
 // writeError answers the client for err in comfygate's own error shape
 // {"error": {"type", "message"}}. The message is comfygate's, never the
 // error's text (which may name internal addresses); the cause goes to the log.
-func (s *Server) writeError(ctx *fasthttp.RequestCtx, err error) {
+func (s *forwarder) writeError(ctx *fasthttp.RequestCtx, err error) {
 	code := statusFor(err)
 	typ, msg := "bad_gateway", "the ComfyUI instance could not be reached or answered badly"
 	switch code {
@@ -125,7 +125,7 @@ func (s *Server) writeError(ctx *fasthttp.RequestCtx, err error) {
 }
 
 // fleetSummary says why no instance could take the request, for 503 bodies.
-func (s *Server) fleetSummary() string {
+func (s *forwarder) fleetSummary() string {
 	insts := s.pool.Instances()
 	healthy, open := 0, 0
 	for _, inst := range insts {

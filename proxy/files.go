@@ -25,7 +25,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/comfygate/comfygate/config"
 	"io"
+	"log/slog"
 	"mime/multipart"
 	"strings"
 
@@ -35,6 +37,18 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
+// fileRoutes serves /view and the uploads, with each isolated key's
+// files under its own names (keyfiles.go).
+type fileRoutes struct {
+	cfg     *config.Config
+	pool    *upstream.Pool
+	prompts *prompts.Table
+	log     *slog.Logger
+	fwd     *forwarder
+	bodies  *clientBodies
+	keys    *keyGuard
+}
+
 // maxMaskBody caps a POST /upload/mask body, which comfygate reads whole to
 // find its original_ref field (the multipart part comes after the image).
 // Masks are PNGs of the edited image's size; ComfyUI's own limit is 100 MB.
@@ -43,14 +57,14 @@ const maxMaskBody = 64 << 20
 // view serves GET /view: the file from the instance that holds it, streamed.
 // A file no instance has gets ComfyUI's own answer to a missing file: 404
 // with an empty body.
-func (s *Server) view(ctx *fasthttp.RequestCtx) {
+func (s *fileRoutes) view(ctx *fasthttp.RequestCtx) {
 	args := ctx.QueryArgs()
 	filename := string(args.Peek("filename"))
 	typ := string(args.Peek("type"))
 	if filename == "" || (typ != "" && typ != "output" && typ != "input" && typ != "temp") {
 		// ComfyUI's own 404 (no filename) or 400 (bad type): let the home
 		// instance give it.
-		s.forwardPicked(ctx, s.home, nil)
+		s.fwd.forwardPicked(ctx, s.fwd.home, nil)
 		return
 	}
 	ref := prompts.FileRef{Filename: filename, Subfolder: string(args.Peek("subfolder")), Type: typ}
@@ -67,20 +81,20 @@ func (s *Server) view(ctx *fasthttp.RequestCtx) {
 	cancel()
 	if !ok {
 		if len(s.pool.Healthy()) == 0 {
-			s.writeError(ctx, upstream.ErrNoUpstream)
+			s.fwd.writeError(ctx, upstream.ErrNoUpstream)
 			return
 		}
 		ctx.SetStatusCode(fasthttp.StatusNotFound)
 		ctx.SetContentType("application/octet-stream")
 		return
 	}
-	s.forwardTo(ctx, inst, nil)
+	s.fwd.forwardTo(ctx, inst, nil)
 }
 
 // viewEncoded serves a /view whose subfolder names its instance
 // (outputref.go): that instance, asked for its own subfolder orig. A token
 // that names no single instance gets ComfyUI's answer to a missing file.
-func (s *Server) viewEncoded(ctx *fasthttp.RequestCtx, token, orig string) {
+func (s *fileRoutes) viewEncoded(ctx *fasthttp.RequestCtx, token, orig string) {
 	inst := instanceByToken(s.pool.Instances(), token)
 	if inst == nil {
 		ctx.SetStatusCode(fasthttp.StatusNotFound)
@@ -92,7 +106,7 @@ func (s *Server) viewEncoded(ctx *fasthttp.RequestCtx, token, orig string) {
 	args.Set("subfolder", orig)
 	uri := append(append([]byte(nil), splitPath(rawRequestURI(ctx))...), '?')
 	uri = append(uri, args.QueryString()...)
-	s.forwardTo(ctx, inst, &forwardOpts{uri: uri})
+	s.fwd.forwardTo(ctx, inst, &forwardOpts{uri: uri})
 }
 
 // viewType is the type /view serves filename from: a " [input]",
@@ -112,7 +126,7 @@ func viewType(filename, typ string) string {
 // original), which other instances hold copies of for earlier prompts:
 // prompts.Table.FileChanged drops those, so the next prompt there copies the new
 // file.
-func (s *Server) pinUpload(inst *upstream.Instance, status int, body []byte) []byte {
+func (s *fileRoutes) pinUpload(inst *upstream.Instance, status int, body []byte) []byte {
 	if status != fasthttp.StatusOK {
 		return body
 	}
@@ -127,12 +141,12 @@ func (s *Server) pinUpload(inst *upstream.Instance, status int, body []byte) []b
 // uploadImage serves POST /upload/image: the multipart body streams through
 // unchanged to the home instance (see the file comment), and the file is
 // pinned there from the answer.
-func (s *Server) uploadImage(ctx *fasthttp.RequestCtx) {
+func (s *fileRoutes) uploadImage(ctx *fasthttp.RequestCtx) {
 	if ns := s.keyNamespace(ctx); ns != "" {
 		s.uploadImageNamespaced(ctx, ns)
 		return
 	}
-	s.forwardPicked(ctx, s.home, &forwardOpts{rewrite: s.pinUpload})
+	s.fwd.forwardPicked(ctx, s.fwd.home, &forwardOpts{rewrite: s.pinUpload})
 }
 
 // uploadMask serves POST /upload/mask. ComfyUI applies the mask to the
@@ -141,11 +155,11 @@ func (s *Server) uploadImage(ctx *fasthttp.RequestCtx) {
 // (home when no instance is known to hold it). Finding original_ref needs
 // the multipart form, so this body is read whole, up to maxMaskBody (413
 // past it).
-func (s *Server) uploadMask(ctx *fasthttp.RequestCtx) {
-	body, err := s.readClientBody(ctx, maxMaskBody)
+func (s *fileRoutes) uploadMask(ctx *fasthttp.RequestCtx) {
+	body, err := s.bodies.readClientBody(ctx, maxMaskBody)
 	if err != nil {
 		if errors.Is(err, errBodyTooLarge) || errors.Is(err, errBodiesBusy) {
-			s.writeError(ctx, err)
+			s.fwd.writeError(ctx, err)
 			return
 		}
 		ctx.SetStatusCode(fasthttp.StatusBadRequest)
@@ -169,23 +183,23 @@ func (s *Server) uploadMask(ctx *fasthttp.RequestCtx) {
 				if err == nil {
 					o.body = nb
 					ctx.Request.Header.SetContentType(ct)
-					s.forwardTo(ctx, inst, o)
+					s.fwd.forwardTo(ctx, inst, o)
 					return
 				}
 				s.log.Debug("mask upload: original_ref not rewritten", "err", err)
 			}
-			s.forwardPicked(ctx, s.home, o)
+			s.fwd.forwardPicked(ctx, s.fwd.home, o)
 			return
 		}
 		cctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
 		inst, found := s.prompts.FileOwner(cctx, ref)
 		cancel()
 		if found {
-			s.forwardTo(ctx, inst, o)
+			s.fwd.forwardTo(ctx, inst, o)
 			return
 		}
 	}
-	s.forwardPicked(ctx, s.home, o)
+	s.fwd.forwardPicked(ctx, s.fwd.home, o)
 }
 
 // replaceOriginalRef returns the multipart body with its original_ref

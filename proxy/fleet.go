@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/comfygate/comfygate/metrics"
 	"net/url"
 	"strings"
 	"time"
@@ -20,6 +21,18 @@ import (
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
 )
+
+// fleetRoutes places prompts over the fleet (placement policy, labels),
+// answers the catalogue routes from the fleet's catalogue, and serves the
+// admin routes.
+type fleetRoutes struct {
+	pool   *upstream.Pool
+	m      *metrics.Metrics  // may be nil
+	cat    *catalogue.Store  // may be nil
+	policy *placement.Policy // where prompts may and had better run
+	reload Reloader          // may be nil
+	dash   *dashboard        // told when an instance is drained
+}
 
 // poolHeader names the labels a request's prompt must run under:
 // "gpu=a100,pool=flux", or a bare value meaning pool=<value>.
@@ -43,7 +56,7 @@ type ReloadResult struct {
 // request asks for (placement.Policy, the policy the job API uses too).
 // It writes the 400 itself and returns ok false when no instance can run
 // it.
-func (s *Server) place(ctx *fasthttp.RequestCtx, graph json.RawMessage) (placement.Decision, bool) {
+func (s *fleetRoutes) place(ctx *fasthttp.RequestCtx, graph json.RawMessage) (placement.Decision, bool) {
 	labels, err := upstream.ParseLabels(string(ctx.Request.Header.Peek(poolHeader)))
 	if err != nil {
 		writeComfyError(ctx, fasthttp.StatusBadRequest, "invalid_prompt", "Invalid "+poolHeader+" header", err.Error())
@@ -64,10 +77,8 @@ func (s *Server) place(ctx *fasthttp.RequestCtx, graph json.RawMessage) (placeme
 	return d, false
 }
 
-// SetRouting applies a reloaded routing section: the affinity margin
-// and the catalogue's re-read interval (the warm-up timeout applies at
-// the next start).
-func (s *Server) SetRouting(r config.Routing) {
+// setRouting is Server.SetRouting.
+func (s *fleetRoutes) setRouting(r config.Routing) {
 	s.policy.SetMargin(r.AffinityMargin)
 	if s.cat != nil {
 		s.cat.SetInterval(r.CatalogueInterval)
@@ -132,7 +143,7 @@ func writeUnrunnable(ctx *fasthttp.RequestCtx, v catalogue.Verdict, labels map[s
 // /models/{folder} from the fleet's catalogue (catalogue/union.go says
 // which definition wins); false when the catalogue cannot answer (not read
 // yet, or a folder no instance lists): the request then goes to an instance.
-func (s *Server) serveUnion(ctx *fasthttp.RequestCtx, p []byte) bool {
+func (s *fleetRoutes) serveUnion(ctx *fasthttp.RequestCtx, p []byte) bool {
 	if s.cat == nil {
 		return false
 	}
@@ -176,9 +187,9 @@ var adminPrefix = []byte("/admin/")
 // serveAdmin serves the admin routes under /admin/ and returns the route
 // template. With API keys on, only an admin key may use them (admit has
 // already refused a request without a valid key).
-func (s *Server) serveAdmin(ctx *fasthttp.RequestCtx, raw []byte) string {
+func (s *fleetRoutes) serveAdmin(ctx *fasthttp.RequestCtx, raw []byte) string {
 	if k := requestKey(ctx); k != nil && !k.Admin {
-		s.authRefused("forbidden")
+		authRefused(s.m, "forbidden")
 		writeJSONError(ctx, fasthttp.StatusForbidden, "forbidden", "the admin routes need an admin key")
 		return routeAuth
 	}
@@ -225,7 +236,7 @@ type drainAnswer struct {
 // exactly once needs the prompt lifecycle to offer a safe move (delete
 // there, confirmed, then resubmit), which it does not offer; the queue
 // finishes where it is.
-func (s *Server) adminDrain(ctx *fasthttp.RequestCtx, name string, drain bool) {
+func (s *fleetRoutes) adminDrain(ctx *fasthttp.RequestCtx, name string, drain bool) {
 	if drain && len(ctx.QueryArgs().Peek("move")) > 0 && string(ctx.QueryArgs().Peek("move")) != "0" {
 		writeJSONError(ctx, fasthttp.StatusNotImplemented, "not_implemented",
 			"move=1 is not supported: a drained instance finishes its own queue; drain without move and wait for drained: true")
@@ -234,16 +245,16 @@ func (s *Server) adminDrain(ctx *fasthttp.RequestCtx, name string, drain bool) {
 	var inst *upstream.Instance
 	var err error
 	if drain {
-		inst, err = s.pool.Drain(name)
+		inst, err = s.pool.Fleet().Drain(name)
 	} else {
-		inst, err = s.pool.Undrain(name)
+		inst, err = s.pool.Fleet().Undrain(name)
 	}
 	if err != nil {
 		writeJSONError(ctx, fasthttp.StatusNotFound, "unknown_instance", fmt.Sprintf("no instance is named %q", name))
 		return
 	}
 	setInstance(ctx, inst)
-	s.pokeDashboard()
+	s.dash.pokeDashboard()
 	st := inst.Status()
 	b, _ := json.Marshal(drainAnswer{Instance: st.Name, Draining: st.Draining, Drained: st.Drained,
 		Inflight: st.Inflight, QueueDepth: st.QueueDepth})
@@ -252,7 +263,7 @@ func (s *Server) adminDrain(ctx *fasthttp.RequestCtx, name string, drain bool) {
 }
 
 // adminReload re-reads the configuration (as SIGHUP does).
-func (s *Server) adminReload(ctx *fasthttp.RequestCtx) {
+func (s *fleetRoutes) adminReload(ctx *fasthttp.RequestCtx) {
 	if s.reload == nil {
 		writeJSONError(ctx, fasthttp.StatusNotImplemented, "not_implemented", "this comfygate was started without a configuration file to reload")
 		return

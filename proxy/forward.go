@@ -2,8 +2,11 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"github.com/comfygate/comfygate/config"
 	"io"
+	"log/slog"
 	"net"
 	"time"
 
@@ -16,6 +19,16 @@ import (
 // 10000 entries with embedded workflows can be large; past this the answer
 // is refused with 502 rather than held in memory.
 const maxSmallAnswer = 256 << 20
+
+// forwarder sends client requests to instances and relays the answers:
+// to one picked instance with retries elsewhere (forwardPicked), to the
+// one a prompt is pinned to (forwardTo), or comfygate's own call to every
+// instance (callAll); writeError answers for what went wrong.
+type forwarder struct {
+	cfg  *config.Config
+	pool *upstream.Pool
+	log  *slog.Logger
+}
 
 // forwardOpts changes what forward sends, or what it does with the answer.
 // The zero value forwards the client's request unchanged.
@@ -49,7 +62,7 @@ type forwardOpts struct {
 // It returns an error only when nothing was written for the client, so the
 // caller answers (writeError) or, when upstream.NotSent (or NoAnswer for a
 // read), may try another instance.
-func (s *Server) forward(ctx *fasthttp.RequestCtx, inst *upstream.Instance, o *forwardOpts) error {
+func (s *forwarder) forward(ctx *fasthttp.RequestCtx, inst *upstream.Instance, o *forwardOpts) error {
 	if o == nil {
 		o = &forwardOpts{}
 	}
@@ -189,4 +202,189 @@ func equalFoldASCII(a, b []byte) bool {
 		}
 	}
 	return true
+}
+
+// home picks the home instance: the first available one in configuration
+// order, skipping exclude (instances that could not be reached just now).
+func (s *forwarder) home(exclude ...*upstream.Instance) (*upstream.Instance, error) {
+	var buf [8]*upstream.Instance
+next:
+	for _, inst := range s.pool.Selector().AppendHealthy(buf[:0]) {
+		for _, e := range exclude {
+			if e == inst {
+				continue next
+			}
+		}
+		return inst, nil
+	}
+	return nil, upstream.ErrNoUpstream
+}
+
+// forwardPicked forwards the request to the instance pick chooses. When
+// the request was not sent (the instance cannot be reached, its breaker
+// is open, or all of comfygate's connections to it are busy), it asks pick
+// again without it; when pick has none left the client gets 503.
+//
+// A read (GET or HEAD without a body) is also tried elsewhere when the
+// instance gave no answer at all (upstream.NoAnswer: a hung instance, a
+// connection closed before the first byte): replaying it is safe and
+// nothing reached the client yet. While another instance is left to try,
+// a read waits for the instance's first byte only readTimeout
+// (health_check.timeout); the last instance gets the full COMFYUI_TIMEOUT,
+// so a fleet that is merely slow still answers.
+func (s *forwarder) forwardPicked(ctx *fasthttp.RequestCtx, pick func(exclude ...*upstream.Instance) (*upstream.Instance, error), o *forwardOpts) {
+	// -2: no Content-Length and not chunked, which for a request is no body.
+	cl := ctx.Request.Header.ContentLength()
+	read := (ctx.IsGet() || ctx.IsHead()) && (cl == 0 || cl == -2)
+	var tried []*upstream.Instance
+	var last error // why the previous instance was passed over
+	for range s.pool.Len() + 1 {
+		inst, err := pick(tried...)
+		if err != nil {
+			if last != nil && !isDialError(last) {
+				err = last // busy (503), silent (504), closed early (502)
+			}
+			s.writeError(ctx, err)
+			return
+		}
+		try := o
+		if read && s.othersLeft(inst, tried) {
+			t := forwardOpts{}
+			if o != nil {
+				t = *o
+			}
+			t.timeout = s.readTimeout()
+			try = &t
+		}
+		err = s.forward(ctx, inst, try)
+		if err == nil {
+			return
+		}
+		if !upstream.NotSent(err) && !(read && upstream.NoAnswer(err)) {
+			s.writeError(ctx, err)
+			return
+		}
+		s.log.Info("instance unreachable, busy or silent, trying another", "instance", inst.Name, "err", err)
+		tried = append(tried, inst)
+		last = err
+	}
+	if last == nil {
+		last = upstream.ErrNoUpstream
+	}
+	s.writeError(ctx, last)
+}
+
+// readTimeout is how long a read waits for an instance's first byte while
+// another instance could answer it instead: health_check.timeout, the time
+// a healthy instance has to answer /system_stats, capped by COMFYUI_TIMEOUT.
+func (s *forwarder) readTimeout() time.Duration {
+	d := s.cfg.HealthCheck.Timeout
+	if d <= 0 || d > s.cfg.Timeout {
+		d = s.cfg.Timeout
+	}
+	return d
+}
+
+// othersLeft reports whether an instance other than inst and those tried
+// is healthy, so a read that inst does not answer can go there.
+func (s *forwarder) othersLeft(inst *upstream.Instance, tried []*upstream.Instance) bool {
+	var buf [8]*upstream.Instance
+next:
+	for _, h := range s.pool.Selector().AppendHealthy(buf[:0]) {
+		if h == inst {
+			continue
+		}
+		for _, t := range tried {
+			if h == t {
+				continue next
+			}
+		}
+		return true
+	}
+	return false
+}
+
+// forwardTo forwards to one given instance (a pinned route): no other
+// instance can answer for it.
+func (s *forwarder) forwardTo(ctx *fasthttp.RequestCtx, inst *upstream.Instance, o *forwardOpts) {
+	pinned := forwardOpts{}
+	if o != nil {
+		pinned = *o
+	}
+	pinned.pinned = true
+	if err := s.forward(ctx, inst, &pinned); err != nil {
+		s.writeError(ctx, err)
+	}
+}
+
+// callResult is one instance's answer to a fanned-out call.
+type callResult struct {
+	inst   *upstream.Instance
+	status int
+	body   []byte
+	err    error
+}
+
+// errNotInTime is the result of an instance left out of a merged view
+// because it did not answer within readTimeout while others did.
+var errNotInTime = errors.New("no answer in time for a merged view")
+
+// callAll sends one non-streaming request to every instance of insts in
+// parallel (each bounded by COMFYUI_TIMEOUT) and returns the answers in
+// the order of insts.
+//
+// A GET is comfygate's own read for a merged view: once at least one
+// instance answered and readTimeout has passed, callAll stops waiting for
+// the others, which are left out (their result says they did not answer
+// in time; their calls end by their own timeout). A hung instance then
+// costs a merged /queue or /history readTimeout, not COMFYUI_TIMEOUT,
+// while a fleet that is merely slow is still waited for. A POST carries
+// the client's request (an action on every instance): every answer is
+// waited for.
+func (s *forwarder) callAll(insts []*upstream.Instance, method, path string, header map[string]string, body []byte) []callResult {
+	out := make([]callResult, len(insts))
+	src := upstream.ByClient
+	if method == fasthttp.MethodGet {
+		src = upstream.ByGate
+	}
+	type answer struct {
+		k int
+		r callResult
+	}
+	ch := make(chan answer, len(insts))
+	for k, inst := range insts {
+		out[k] = callResult{inst: inst, err: fmt.Errorf("%s %s at %s: %w", method, path, inst.Name, errNotInTime)}
+		go func() {
+			defer func() {
+				if r := recover(); r != nil {
+					ch <- answer{k, callResult{inst: inst, err: errors.New("panic in upstream call")}}
+					s.log.Error("panic in upstream call", "instance", inst.Name, "panic", r)
+				}
+			}()
+			st, b, err := inst.Fetch(context.Background(), upstream.Request{Method: method, Path: path, Header: header, Body: body, Source: src})
+			ch <- answer{k, callResult{inst: inst, status: st, body: b, err: err}}
+		}()
+	}
+	var grace <-chan time.Time
+	if method == fasthttp.MethodGet && len(insts) > 1 {
+		t := time.NewTimer(s.readTimeout())
+		defer t.Stop()
+		grace = t.C
+	}
+	answered, graceOver := false, false
+	for left := len(insts); left > 0; {
+		select {
+		case a := <-ch:
+			out[a.k] = a.r
+			left--
+			answered = answered || (a.r.err == nil && a.r.status == fasthttp.StatusOK)
+		case <-grace:
+			graceOver, grace = true, nil
+		}
+		if graceOver && answered && left > 0 {
+			s.log.Info("merged view without the instances that did not answer in time", "path", path, "missing", left)
+			break
+		}
+	}
+	return out
 }

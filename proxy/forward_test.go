@@ -24,7 +24,7 @@ import (
 // headers and body come back unchanged.
 func TestForwardPassesRequestUnchanged(t *testing.T) {
 	t.Parallel()
-	fake := newFakeComfy(t, func(w http.ResponseWriter, r *http.Request) {
+	fake := testkit.Mini(t, "0.3.65").Fallback(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Custom", "kept")
 		w.Header().Set("Connection", "X-Hop")
 		w.Header().Set("X-Hop", "dropped")
@@ -33,7 +33,7 @@ func TestForwardPassesRequestUnchanged(t *testing.T) {
 		w.WriteHeader(207)
 		_, _ = io.WriteString(w, `{"ok": true}`)
 	})
-	g := startGate(t, []string{fake.addr()}, nil)
+	g := startGate(t, []string{fake.Addr()}, nil)
 
 	const target = "/api/userdata/workflows%2Fmy%20flow.json?overwrite=true&full_info=true&dir=a%2Fb"
 	hdr := http.Header{}
@@ -57,7 +57,7 @@ func TestForwardPassesRequestUnchanged(t *testing.T) {
 	if rh.Get("X-Custom") != "kept" || rh.Get("X-Hop") != "" || rh.Get("Keep-Alive") != "" {
 		t.Errorf("response headers: X-Custom=%q X-Hop=%q Keep-Alive=%q; want kept, dropped, dropped", rh.Get("X-Custom"), rh.Get("X-Hop"), rh.Get("Keep-Alive"))
 	}
-	reqs := fake.requests()
+	reqs := fake.Requests()
 	if len(reqs) != 1 {
 		t.Fatalf("instance saw %d requests, want 1", len(reqs))
 	}
@@ -67,8 +67,8 @@ func TestForwardPassesRequestUnchanged(t *testing.T) {
 	}{
 		{"method", r.Method, "POST"},
 		{"request-target", r.RequestURI, target},
-		{"Host", r.Host, fake.addr()},
-		{"Origin", r.Header.Get("Origin"), "http://" + fake.addr()},
+		{"Host", r.Host, fake.Addr()},
+		{"Origin", r.Header.Get("Origin"), "http://" + fake.Addr()},
 		{"Sec-Fetch-Site", r.Header.Get("Sec-Fetch-Site"), ""},
 		{"Sec-Fetch-Mode", r.Header.Get("Sec-Fetch-Mode"), ""},
 		{"X-Drop (named in Connection)", r.Header.Get("X-Drop"), ""},
@@ -91,12 +91,12 @@ func TestForwardPassesRequestUnchanged(t *testing.T) {
 // TestForwardBodies checks request bodies of both framings arrive whole.
 func TestForwardBodies(t *testing.T) {
 	t.Parallel()
-	fake := newFakeComfy(t, func(w http.ResponseWriter, r *http.Request) {
+	fake := testkit.Mini(t, "0.3.65").Fallback(func(w http.ResponseWriter, r *http.Request) {
 		h := sha256.New()
 		n, _ := io.Copy(h, r.Body)
 		fmt.Fprintf(w, "%d %s", n, hex.EncodeToString(h.Sum(nil)))
 	})
-	g := startGate(t, []string{fake.addr()}, nil)
+	g := startGate(t, []string{fake.Addr()}, nil)
 	payload := bytes.Repeat([]byte("comfygate "), 300_000) // 3 MB
 	sum := sha256.Sum256(payload)
 	want := fmt.Sprintf("%d %s", len(payload), hex.EncodeToString(sum[:]))
@@ -160,7 +160,7 @@ const bigSize = 200 << 20
 // (memory assertion, not a timing one). Not parallel: it measures the
 // process's heap.
 func TestLargeBodiesStream(t *testing.T) {
-	fake := newFakeComfy(t, func(w http.ResponseWriter, r *http.Request) {
+	fake := testkit.Mini(t, "0.3.65").Fallback(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/view":
 			if r.Header.Get("Range") != "" { // the pool asking who has it
@@ -181,7 +181,7 @@ func TestLargeBodiesStream(t *testing.T) {
 	})
 	// An upload over ComfyUI's default 100 MB, for an instance started
 	// with a larger --max-upload-size.
-	g := startGate(t, []string{fake.addr()}, func(c *config.Config) { c.Limits.MaxBodyBytes = 2 * bigSize })
+	g := startGate(t, []string{fake.Addr()}, func(c *config.Config) { c.Limits.MaxBodyBytes = 2 * bigSize })
 
 	t.Run("view", func(t *testing.T) {
 		hw := newHeapWatch()
@@ -265,14 +265,14 @@ func TestLargeBodiesStream(t *testing.T) {
 func TestHungInstanceAnswers504(t *testing.T) {
 	t.Parallel()
 	release := make(chan struct{})
-	fake := newFakeComfy(t, func(w http.ResponseWriter, r *http.Request) {
+	fake := testkit.Mini(t, "0.3.65").Fallback(func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-release:
 		case <-r.Context().Done():
 		}
 	})
 	t.Cleanup(func() { close(release) })
-	g := startGate(t, []string{fake.addr()}, func(c *config.Config) { c.Timeout = 300 * time.Millisecond })
+	g := startGate(t, []string{fake.Addr()}, func(c *config.Config) { c.Timeout = 300 * time.Millisecond })
 	for _, path := range []string{"/object_info", "/api/userdata/x.json", "/settings"} {
 		status, _, body := gateDo(t, "GET", g.base+path, nil, nil)
 		if status != http.StatusGatewayTimeout || !bytes.Contains(body, []byte(`"upstream_timeout"`)) {
@@ -284,9 +284,9 @@ func TestHungInstanceAnswers504(t *testing.T) {
 // TestNoInstance503 checks the answer when no instance can take a request.
 func TestNoInstance503(t *testing.T) {
 	t.Parallel()
-	fake := newFakeComfy(t, nil)
-	g := startGate(t, []string{fake.addr()}, nil)
-	fake.Close() // gone: health checks fail
+	fake := testkit.Mini(t, "0.3.65").Fallback(nil)
+	g := startGate(t, []string{fake.Addr()}, nil)
+	fake.Kill() // gone: health checks fail
 	testkit.Eventually(t, "instance unhealthy", func() bool { return len(g.pool.Healthy()) == 0 })
 	for _, tc := range []struct{ method, path, body string }{
 		{"GET", "/object_info", ""},
@@ -330,7 +330,7 @@ func TestRawRequestURI(t *testing.T) {
 func TestForwardStreamsChunks(t *testing.T) {
 	t.Parallel()
 	firstRead := make(chan struct{})
-	fake := newFakeComfy(t, func(w http.ResponseWriter, r *http.Request) {
+	fake := testkit.Mini(t, "0.3.65").Fallback(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, "first;")
 		w.(http.Flusher).Flush()
 		select {
@@ -340,7 +340,7 @@ func TestForwardStreamsChunks(t *testing.T) {
 		}
 		_, _ = io.WriteString(w, "second")
 	})
-	g := startGate(t, []string{fake.addr()}, nil)
+	g := startGate(t, []string{fake.Addr()}, nil)
 	resp, err := gateClient.Get(g.base + "/extensions/pack/stream.js")
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/comfyapi"
+	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/comfygate/comfygate/prompts"
 )
 
@@ -37,11 +38,11 @@ func FuzzServeRequest(f *testing.F) {
 	} {
 		f.Add([]byte(seed))
 	}
-	fake := newFakeComfy(f, func(w http.ResponseWriter, r *http.Request) {
+	fake := testkit.Mini(f, "0.3.65").Fallback(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write([]byte(`{}`))
 	})
-	g := startGate(f, []string{fake.addr()}, func(c *config.Config) {
+	g := startGate(f, []string{fake.Addr()}, func(c *config.Config) {
 		c.Limits.HeaderTimeout = 2 * time.Second
 		c.Limits.BodyTimeout = 2 * time.Second
 		c.Timeout = 2 * time.Second
@@ -69,8 +70,8 @@ func FuzzServeRequest(f *testing.F) {
 			}
 			_ = resp.Body.Close()
 		}
-		for _, r := range fake.requests() {
-			if r.Host != fake.addr() || !strings.HasPrefix(r.RequestURI, "/") || strings.HasPrefix(r.RequestURI, "//") {
+		for _, r := range fake.Requests() {
+			if r.Host != fake.Addr() || !strings.HasPrefix(r.RequestURI, "/") || strings.HasPrefix(r.RequestURI, "//") {
 				t.Fatalf("the instance saw %s %q with Host %q", r.Method, r.RequestURI, r.Host)
 			}
 		}

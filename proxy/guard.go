@@ -55,7 +55,7 @@ func hasHTTPScheme(t []byte) bool {
 // limits.max_body_bytes with 413 before any of it is read. (A chunked body
 // of unknown length streams to the instance, which applies its own
 // --max-upload-size; the routes comfygate reads whole have their own caps.)
-func (s *Server) bodyWithinLimit(ctx *fasthttp.RequestCtx) bool {
+func (s *edge) bodyWithinLimit(ctx *fasthttp.RequestCtx) bool {
 	max := s.cfg.Limits.MaxBodyBytes
 	if cl := ctx.Request.Header.ContentLength(); max > 0 && int64(cl) > max {
 		s.refused("body_too_large")
@@ -69,7 +69,7 @@ func (s *Server) bodyWithinLimit(ctx *fasthttp.RequestCtx) bool {
 
 // refused counts a request or connection refused by one of comfygate's
 // own limits, by reason (a fixed set).
-func (s *Server) refused(reason string) {
+func (s *edge) refused(reason string) {
 	if s.m != nil {
 		s.m.LimitRefused(reason)
 	}
@@ -77,7 +77,7 @@ func (s *Server) refused(reason string) {
 
 // serverError is the HTTP server's ErrorHandler: the answer to a request
 // the server could not read, in comfygate's error shape.
-func (s *Server) serverError(ctx *fasthttp.RequestCtx, err error) {
+func (s *edge) serverError(ctx *fasthttp.RequestCtx, err error) {
 	var small *fasthttp.ErrSmallBuffer
 	var ne net.Error
 	switch {

@@ -49,8 +49,8 @@ func rawExchange(t *testing.T, addr, raw string) (status string, rest string) {
 // on its path alone gets 400 and reaches no instance.
 func TestRequestTargets(t *testing.T) {
 	t.Parallel()
-	fake := newFakeComfy(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
-	g := startGate(t, []string{fake.addr()}, nil)
+	fake := testkit.Mini(t, "0.3.65").Fallback(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
+	g := startGate(t, []string{fake.Addr()}, nil)
 	host := "Host: " + g.addr + "\r\n"
 	for _, tc := range []struct {
 		desc, line, want, seen string
@@ -64,17 +64,17 @@ func TestRequestTargets(t *testing.T) {
 		{"absolute https, no path", "GET HTTPS://attacker.internal HTTP/1.1", "200", "/"},
 		{"origin form", "GET /plain HTTP/1.1", "200", "/plain"},
 	} {
-		before := len(fake.requests())
+		before := len(fake.Requests())
 		status, _ := rawExchange(t, g.addr, tc.line+"\r\n"+host+"Content-Length: 0\r\nConnection: close\r\n\r\n")
 		if !strings.Contains(status, " "+tc.want+" ") {
 			t.Errorf("%s: %q answered %q, want %s", tc.desc, tc.line, status, tc.want)
 		}
-		got := fake.requests()[before:]
+		got := fake.Requests()[before:]
 		switch {
 		case tc.seen == "" && len(got) != 0:
 			t.Errorf("%s: the instance saw %s %s (Host %s), want nothing", tc.desc, got[0].Method, got[0].RequestURI, got[0].Host)
-		case tc.seen != "" && (len(got) != 1 || got[0].RequestURI != tc.seen || got[0].Host != fake.addr()):
-			t.Errorf("%s: the instance saw %+v, want %s with Host %s", tc.desc, got, tc.seen, fake.addr())
+		case tc.seen != "" && (len(got) != 1 || got[0].RequestURI != tc.seen || got[0].Host != fake.Addr()):
+			t.Errorf("%s: the instance saw %+v, want %s with Host %s", tc.desc, got, tc.seen, fake.Addr())
 		}
 	}
 }
@@ -85,8 +85,8 @@ func TestRequestTargets(t *testing.T) {
 // after a body that itself holds bare LFs.
 func TestBareLFAnsweredAtOnce(t *testing.T) {
 	t.Parallel()
-	fake := newFakeComfy(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
-	g := startGate(t, []string{fake.addr()}, func(c *config.Config) { c.Limits.HeaderTimeout = time.Minute })
+	fake := testkit.Mini(t, "0.3.65").Fallback(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
+	g := startGate(t, []string{fake.Addr()}, func(c *config.Config) { c.Limits.HeaderTimeout = time.Minute })
 	status, body := rawExchange(t, g.addr, "GET /x HTTP/1.1\nHost: "+g.addr+"\n\n")
 	if !strings.Contains(status, " 400 ") || !strings.Contains(body, `"error"`) {
 		t.Errorf("bare LF: %q %q, want 400 with a JSON error", status, body)
@@ -121,15 +121,15 @@ func TestBareLFAnsweredAtOnce(t *testing.T) {
 // let through on a loopback Host.
 func TestUnparsableOriginRefused(t *testing.T) {
 	t.Parallel()
-	fake := newFakeComfy(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
-	g := startGate(t, []string{fake.addr()}, nil)
+	fake := testkit.Mini(t, "0.3.65").Fallback(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
+	g := startGate(t, []string{fake.Addr()}, nil)
 	for _, origin := range []string{"http://[::1", "http://evil.example:99999x", "http://%zz"} {
 		status, _ := rawExchange(t, g.addr, "POST /prompt HTTP/1.1\r\nHost: "+g.addr+"\r\nOrigin: "+origin+"\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
 		if !strings.Contains(status, " 403 ") {
 			t.Errorf("Origin %q: %q, want 403", origin, status)
 		}
 	}
-	if n := len(fake.requests()); n != 0 {
+	if n := len(fake.Requests()); n != 0 {
 		t.Errorf("the instance saw %d requests, want 0", n)
 	}
 }
@@ -138,8 +138,8 @@ func TestUnparsableOriginRefused(t *testing.T) {
 // their status and a JSON error at once.
 func TestClientLimits(t *testing.T) {
 	t.Parallel()
-	fake := newFakeComfy(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
-	g := startGate(t, []string{fake.addr()}, func(c *config.Config) {
+	fake := testkit.Mini(t, "0.3.65").Fallback(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
+	g := startGate(t, []string{fake.Addr()}, func(c *config.Config) {
 		c.Limits.MaxBodyBytes = 1000
 		c.Limits.MaxHeaderBytes = 4096
 		c.Limits.MaxConnsPerIP = 3
@@ -185,8 +185,8 @@ func TestClientLimits(t *testing.T) {
 // limits.ws_messages_per_second allows close it with 1008.
 func TestWSClientLimits(t *testing.T) {
 	t.Parallel()
-	fake := newFakeComfy(t, nil)
-	g := startGate(t, []string{fake.addr()}, func(c *config.Config) {
+	fake := testkit.Mini(t, "0.3.65").Fallback(nil)
+	g := startGate(t, []string{fake.Addr()}, func(c *config.Config) {
 		c.Limits.WSMaxFrameBytes = 1000
 		c.Limits.WSMessagesPerSecond = 0.001
 		c.Limits.WSMessageBurst = 5
@@ -228,8 +228,8 @@ func TestWSClientLimits(t *testing.T) {
 // address (a cross-origin POST carries an Origin that does not match).
 func TestAdminRoutesOriginChecked(t *testing.T) {
 	t.Parallel()
-	fake := newFakeComfy(t, nil)
-	g := startGate(t, []string{fake.addr()}, nil)
+	fake := testkit.Mini(t, "0.3.65").Fallback(nil)
+	g := startGate(t, []string{fake.Addr()}, nil)
 	for _, hdr := range []http.Header{{"Origin": {"http://evil.example"}}, {"Sec-Fetch-Site": {"cross-site"}}} {
 		status, _, body := gateDo(t, "POST", g.base+"/admin/instances/i0/drain", hdr, nil)
 		if status != http.StatusForbidden {

@@ -1,13 +1,30 @@
 package proxy
 
 import (
+	"context"
 	"encoding/json"
+	"log/slog"
 	"time"
 
 	"github.com/comfygate/comfygate/catalogue"
-
+	"github.com/comfygate/comfygate/metrics"
+	"github.com/comfygate/comfygate/state"
+	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
 )
+
+// operator serves what operators and scrapers read: /health, /metrics,
+// /stats and the dashboard (also alone, on metrics_listen).
+type operator struct {
+	pool    *upstream.Pool
+	m       *metrics.Metrics // may be nil
+	cat     *catalogue.Store // may be nil
+	version string
+	started time.Time
+	dash    *dashboard
+	shared  *state.Store // the state replicas share: /health reports it when it is Redis
+	log     *slog.Logger
+}
 
 // healthInstance is one instance in /health: the basic fields (host,
 // healthy, active_jobs, last_check) plus comfygate's detail.
@@ -39,12 +56,24 @@ type healthBody struct {
 	Uptime    float64          `json:"uptime"` // seconds since New
 	Version   string           `json:"version,omitempty"`
 	Instances []healthInstance `json:"comfyui_instances"`
+	// State is the shared state store's health; omitted in memory.
+	State *healthState `json:"state,omitempty"`
 }
+
+// healthState is the shared state store in /health: whether Redis
+// answered a PING within healthPingTimeout. Its error stays in the logs.
+type healthState struct {
+	Store string `json:"store"` // "redis"
+	OK    bool   `json:"ok"`
+}
+
+// healthPingTimeout bounds /health's PING of the shared state store.
+const healthPingTimeout = time.Second
 
 // serveHealth answers /health: 200 when at least one instance passes its
 // health check, 503 when none does. It asks no instance anything: it
 // reports the state the health checks and the traffic left.
-func (s *Server) serveHealth(ctx *fasthttp.RequestCtx) {
+func (s *operator) serveHealth(ctx *fasthttp.RequestCtx) {
 	now := time.Now()
 	b := healthBody{
 		Status:    "unhealthy",
@@ -84,6 +113,17 @@ func (s *Server) serveHealth(ctx *fasthttp.RequestCtx) {
 		}
 		b.Instances = append(b.Instances, hi)
 	}
+	if s.shared.Shared() {
+		// The replica still serves ComfyUI's routes without the store, so
+		// its loss is reported, not made a 503.
+		c, cancel := context.WithTimeout(context.Background(), healthPingTimeout)
+		err := s.shared.Ping(c)
+		cancel()
+		if err != nil {
+			s.log.Warn("shared state store does not answer", slog.Any("error", err))
+		}
+		b.State = &healthState{Store: "redis", OK: err == nil}
+	}
 	body, _ := json.Marshal(b) // plain structs: cannot fail
 	ctx.Response.Header.Set("Cache-Control", "no-store")
 	ctx.SetContentType(jsonContentType)
@@ -93,13 +133,11 @@ func (s *Server) serveHealth(ctx *fasthttp.RequestCtx) {
 	ctx.SetBody(body)
 }
 
-// OperatorHandler serves /health, /metrics, /stats and the dashboard, and
-// nothing else, without API keys: the handler of metrics_listen, an
-// address only operators and scrapers reach.
-func (s *Server) OperatorHandler() fasthttp.RequestHandler {
+// operatorHandler is Server.OperatorHandler.
+func (s *operator) operatorHandler() fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
 		if p := ctx.Path(); isDashboard(p) {
-			s.serveDashboard(ctx, p, true)
+			s.dash.serveDashboard(ctx, p, true)
 			return
 		}
 		switch string(ctx.Path()) {
@@ -120,15 +158,15 @@ func (s *Server) OperatorHandler() fasthttp.RequestHandler {
 }
 
 // serveMetrics answers /metrics (Prometheus text format).
-func (s *Server) serveMetrics(ctx *fasthttp.RequestCtx) { s.m.Handler()(ctx) }
+func (s *operator) serveMetrics(ctx *fasthttp.RequestCtx) { s.m.Handler()(ctx) }
 
 // serveStats answers /stats (the JSON stats view, statsDoc).
-func (s *Server) serveStats(ctx *fasthttp.RequestCtx) {
+func (s *operator) serveStats(ctx *fasthttp.RequestCtx) {
 	if s.m == nil {
 		writeJSONError(ctx, fasthttp.StatusNotFound, "not_found", "metrics are disabled")
 		return
 	}
-	body, _ := json.Marshal(s.statsDoc()) // plain structs: cannot fail
+	body, _ := json.Marshal(s.dash.statsDoc()) // plain structs: cannot fail
 	ctx.SetContentType(jsonContentType)
 	ctx.Response.Header.Set("Cache-Control", "no-store")
 	ctx.SetBody(body)

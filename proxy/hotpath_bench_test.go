@@ -29,7 +29,10 @@ var minimalStats = []byte(`{"system":{"os":"linux","ram_total":67430866944,"ram_
 // from memory for /system_stats, /queue and /history, /view streaming
 // ?size= bytes (206 and one byte to a Range probe), and a /ws that sends
 // one status frame and then only reads. It measures comfygate's own cost
-// without a simulator competing for the CPU.
+// without a simulator competing for the CPU. It is a fasthttp server that
+// allocates nothing per request, which testkit.Mini (net/http, so that the
+// tests see requests exactly as sent) cannot be: TestProxiedGETAllocs
+// counts the allocations of the whole process.
 type minimalUpstream struct {
 	addr     string
 	accepted *atomic.Int64 // connections accepted so far

@@ -81,9 +81,9 @@ var errUploadForm = errors.New("upload form refused")
 // keyNamespace is the folder of the request key's uploads
 // ("comfygate-keys/<16 hex digits>"), "" when the key is not isolated
 // (keys off, admin keys, isolation off).
-func (s *Server) keyNamespace(ctx *fasthttp.RequestCtx) string {
+func (s *fileRoutes) keyNamespace(ctx *fasthttp.RequestCtx) string {
 	k := requestKey(ctx)
-	if !s.isolated(k) {
+	if !s.keys.isolated(k) {
 		return ""
 	}
 	return namespaceOf(k.Name)
@@ -186,11 +186,11 @@ func unnamespaceAnswer(ctx *fasthttp.RequestCtx, ns string) {
 // viewNamespaced serves GET /view of ref for the key of namespace ns: the
 // key's own file, else a file outside keysDir (namespacedRef), else
 // ComfyUI's answer to a missing file (404, empty body).
-func (s *Server) viewNamespaced(ctx *fasthttp.RequestCtx, ns string, ref prompts.FileRef) {
+func (s *fileRoutes) viewNamespaced(ctx *fasthttp.RequestCtx, ns string, ref prompts.FileRef) {
 	c, inst := s.namespacedRef(ns, ref)
 	if inst == nil {
 		if len(s.pool.Healthy()) == 0 {
-			s.writeError(ctx, upstream.ErrNoUpstream)
+			s.fwd.writeError(ctx, upstream.ErrNoUpstream)
 			return
 		}
 		ctx.SetStatusCode(fasthttp.StatusNotFound)
@@ -202,14 +202,14 @@ func (s *Server) viewNamespaced(ctx *fasthttp.RequestCtx, ns string, ref prompts
 	args.Set("subfolder", c.Subfolder)
 	uri := append(append([]byte(nil), splitPath(rawRequestURI(ctx))...), '?')
 	uri = append(uri, args.QueryString()...)
-	s.forwardTo(ctx, inst, &forwardOpts{uri: uri})
+	s.fwd.forwardTo(ctx, inst, &forwardOpts{uri: uri})
 }
 
 // namespacedRef is ref (a key's name for a file) in the key's namespace,
 // with the file it means there: the key's own when it has one, else a
 // file outside keysDir that an instance holds, else the namespaced name
 // (missing). inst is its holder, nil when none is known.
-func (s *Server) namespacedRef(ns string, ref prompts.FileRef) (prompts.FileRef, *upstream.Instance) {
+func (s *fileRoutes) namespacedRef(ns string, ref prompts.FileRef) (prompts.FileRef, *upstream.Instance) {
 	own := prompts.FileRef{Filename: ref.Filename, Subfolder: intoNamespace(ns, ref.Subfolder), Type: ref.Type}
 	cands := []prompts.FileRef{own}
 	// A mask's original_ref joins its filename, path and all, to the
@@ -239,7 +239,7 @@ var mediaExts = map[string]bool{
 
 // namespaceInput returns the prompt input value s mapped into ns when it
 // names an input file the key uploaded; ok=false leaves s as it is.
-func (s *Server) namespaceInput(ns, v string) (string, bool) {
+func (s *fileRoutes) namespaceInput(ns, v string) (string, bool) {
 	if v == "" || len(v) > maxInputValue || strings.ContainsAny(v, "\n\r\x00") || v[0] == outputRefMark {
 		return "", false
 	}
@@ -278,7 +278,7 @@ const maxInputValue = 1024
 // (namespaceInput). A string input that names keysDir is refused. A graph
 // that is not an object of nodes is returned as it is, for the instance
 // to answer.
-func (s *Server) namespacePrompt(ns string, graph json.RawMessage) (json.RawMessage, error) {
+func (s *fileRoutes) namespacePrompt(ns string, graph json.RawMessage) (json.RawMessage, error) {
 	out, _, err := comfyapi.EditGraphInputs(graph, func(nodeID, input string, val json.RawMessage) (json.RawMessage, error) {
 		v, ok := comfyapi.String(val)
 		if !ok {
@@ -509,7 +509,7 @@ func newFormWriter(w io.Writer, boundary []byte) *multipart.Writer {
 }
 
 // uploadRefused answers an upload form refused for an isolated key.
-func (s *Server) uploadRefused(ctx *fasthttp.RequestCtx, err error) {
+func (s *fileRoutes) uploadRefused(ctx *fasthttp.RequestCtx, err error) {
 	s.log.Info("upload refused", "path", string(ctx.Path()), "err", err)
 	writeJSONError(ctx, fasthttp.StatusBadRequest, "bad_upload",
 		"the upload form could not be read, or its file name has a path in it")
@@ -520,11 +520,11 @@ func (s *Server) uploadRefused(ctx *fasthttp.RequestCtx, err error) {
 // in ns (uploadForm). The fields before the file are held (at most
 // maxFormField each) until the file's name is checked; the file and what
 // follows stream through a pipe, never held whole.
-func (s *Server) uploadImageNamespaced(ctx *fasthttp.RequestCtx, ns string) {
+func (s *fileRoutes) uploadImageNamespaced(ctx *fasthttp.RequestCtx, ns string) {
 	boundary := ctx.Request.Header.MultipartFormBoundary()
 	if len(boundary) == 0 {
 		// Not a multipart form: ComfyUI finds no image in it and writes nothing.
-		s.forwardPicked(ctx, s.home, nil)
+		s.fwd.forwardPicked(ctx, s.fwd.home, nil)
 		return
 	}
 	var src io.Reader
@@ -551,7 +551,7 @@ func (s *Server) uploadImageNamespaced(ctx *fasthttp.RequestCtx, ns string) {
 		pw.CloseWithError(f.rest(mr, mw, first))
 	}()
 	ctx.Request.Header.SetContentType(mw.FormDataContentType())
-	s.forwardPicked(ctx, s.home, &forwardOpts{
+	s.fwd.forwardPicked(ctx, s.fwd.home, &forwardOpts{
 		bodyStream: io.MultiReader(&held, pr),
 		rewrite: func(inst *upstream.Instance, status int, body []byte) []byte {
 			return f.answer(s.pinUpload(inst, status, body))
@@ -569,10 +569,10 @@ func (s *Server) uploadImageNamespaced(ctx *fasthttp.RequestCtx, ns string) {
 // the instance that holds it (home when none is known). An original
 // handed out by comfygate as an output ("@<instance>/...") is that
 // instance's own, as for any key.
-func (s *Server) uploadMaskNamespaced(ctx *fasthttp.RequestCtx, ns string, body []byte) {
+func (s *fileRoutes) uploadMaskNamespaced(ctx *fasthttp.RequestCtx, ns string, body []byte) {
 	boundary := ctx.Request.Header.MultipartFormBoundary()
 	if len(boundary) == 0 {
-		s.forwardPicked(ctx, s.home, &forwardOpts{body: body, setBody: true})
+		s.fwd.forwardPicked(ctx, s.fwd.home, &forwardOpts{body: body, setBody: true})
 		return
 	}
 	var target *upstream.Instance
@@ -608,8 +608,8 @@ func (s *Server) uploadMaskNamespaced(ctx *fasthttp.RequestCtx, ns string, body 
 		return f.answer(s.pinUpload(inst, status, body))
 	}}
 	if target != nil {
-		s.forwardTo(ctx, target, o)
+		s.fwd.forwardTo(ctx, target, o)
 		return
 	}
-	s.forwardPicked(ctx, s.home, o)
+	s.fwd.forwardPicked(ctx, s.fwd.home, o)
 }

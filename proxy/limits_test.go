@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/testkit"
 )
 
 // TestConnectionCapAnswers503: when all of comfygate's connections to an
@@ -24,7 +25,7 @@ func TestConnectionCapAnswers503(t *testing.T) {
 	t.Parallel()
 	release := make(chan struct{})
 	streaming := make(chan struct{}, 1)
-	fake := newFakeComfy(t, func(w http.ResponseWriter, r *http.Request) {
+	fake := testkit.Mini(t, "0.3.65").Fallback(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/view" {
 			_, _ = io.WriteString(w, "{}")
 			return
@@ -51,7 +52,7 @@ func TestConnectionCapAnswers503(t *testing.T) {
 	var once sync.Once
 	stop := func() { once.Do(func() { close(release) }) }
 	t.Cleanup(stop)
-	g := startGate(t, []string{fake.addr()}, func(c *config.Config) {
+	g := startGate(t, []string{fake.Addr()}, func(c *config.Config) {
 		c.Timeout = 600 * time.Millisecond
 		c.MaxConnectionsPerInstance = 1
 		c.Breaker.ConsecutiveFailures = 1
@@ -93,7 +94,7 @@ func TestStalledReaderReleasesInstanceConnection(t *testing.T) {
 	t.Parallel()
 	const size = 256 << 20
 	released := make(chan struct{}, 1)
-	fake := newFakeComfy(t, func(w http.ResponseWriter, r *http.Request) {
+	fake := testkit.Mini(t, "0.3.65").Fallback(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/view" {
 			_, _ = io.WriteString(w, "{}")
 			return
@@ -110,7 +111,7 @@ func TestStalledReaderReleasesInstanceConnection(t *testing.T) {
 		}
 		released <- struct{}{}
 	})
-	g := startGate(t, []string{fake.addr()}, func(c *config.Config) {
+	g := startGate(t, []string{fake.Addr()}, func(c *config.Config) {
 		c.Timeout = 300 * time.Millisecond
 		c.MaxConnectionsPerInstance = 1
 	})
@@ -135,8 +136,8 @@ func TestStalledReaderReleasesInstanceConnection(t *testing.T) {
 }
 
 // unknownIDsFake is an instance that knows no prompt.
-func unknownIDsFake(t *testing.T) *fakeComfy {
-	return newFakeComfy(t, func(w http.ResponseWriter, r *http.Request) {
+func unknownIDsFake(t *testing.T) *testkit.MiniComfy {
+	return testkit.Mini(t, "0.3.65").Fallback(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case r.Method == http.MethodGet && r.URL.Path == "/queue":
 			_, _ = io.WriteString(w, `{"queue_running": [], "queue_pending": []}`)
@@ -147,9 +148,9 @@ func unknownIDsFake(t *testing.T) *fakeComfy {
 }
 
 // countRequests counts f's requests of method whose path starts with prefix.
-func countRequests(f *fakeComfy, method, prefix string) int {
+func countRequests(f *testkit.MiniComfy, method, prefix string) int {
 	n := 0
-	for _, r := range f.requests() {
+	for _, r := range f.Requests() {
 		if r.Method == method && strings.HasPrefix(r.RequestURI, prefix) {
 			n++
 		}
@@ -163,7 +164,7 @@ func countRequests(f *fakeComfy, method, prefix string) int {
 func TestDeleteUnknownIDsNoFanOut(t *testing.T) {
 	t.Parallel()
 	a, b := unknownIDsFake(t), unknownIDsFake(t)
-	g := startGate(t, []string{a.addr(), b.addr()}, nil)
+	g := startGate(t, []string{a.Addr(), b.Addr()}, nil)
 	ids := make([]string, 40)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("unknown-%d", i)
@@ -174,7 +175,7 @@ func TestDeleteUnknownIDsNoFanOut(t *testing.T) {
 			t.Fatalf("POST %s = %d %s", path, status, rb)
 		}
 	}
-	for _, f := range []*fakeComfy{a, b} {
+	for _, f := range []*testkit.MiniComfy{a, b} {
 		if n := countRequests(f, "GET", "/history/"); n != 0 {
 			t.Errorf("%d GET /history/{id} lookups for a delete, want 0", n)
 		}
@@ -192,7 +193,7 @@ func TestDeleteUnknownIDsNoFanOut(t *testing.T) {
 func TestCancelJobsCapsLookups(t *testing.T) {
 	t.Parallel()
 	a := unknownIDsFake(t)
-	g := startGate(t, []string{a.addr()}, nil)
+	g := startGate(t, []string{a.Addr()}, nil)
 	ids := make([]string, 48)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("unknown-%d", i)

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/auth"
+	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/metrics"
 	"github.com/valyala/fasthttp"
 )
 
@@ -32,21 +34,99 @@ const (
 	maxLoginBody = 4 << 10
 )
 
+// authn admits requests with API keys on: it finds the key a request
+// presents (header, token parameter or login cookie), serves /login and
+// /logout, and applies the stricter browser origin policy.
+type authn struct {
+	cfg      *config.Config
+	m        *metrics.Metrics // may be nil
+	apiKeys  *auth.Keys
+	sessions *auth.Sessions
+}
+
 // presentedKey resolves the key a request presents: Authorization: Bearer,
 // the token query parameter or the session cookie, the first one present
 // deciding. presented reports whether any was there (a refusal is then
 // "invalid", not "missing").
-func (s *Server) presentedKey(ctx *fasthttp.RequestCtx) (k *auth.Key, presented bool) {
+func (s *authn) presentedKey(ctx *fasthttp.RequestCtx) (k *auth.Key, presented bool) {
 	if a := ctx.Request.Header.Peek("Authorization"); len(a) > 7 && equalFoldASCII(a[:7], []byte("bearer ")) {
-		return s.sec.keys.Find(bytes.TrimSpace(a[7:])), true
+		return s.apiKeys.Find(bytes.TrimSpace(a[7:])), true
 	}
 	if t := ctx.QueryArgs().Peek(tokenParam); len(t) > 0 {
-		return s.sec.keys.Find(t), true
+		return s.apiKeys.Find(t), true
 	}
 	if c := ctx.Request.Header.Cookie(cookieName); len(c) > 0 {
-		return s.sec.sessions.Resolve(s.sec.keys, c), true
+		return s.sessions.Resolve(s.apiKeys, c), true
 	}
 	return nil, false
+}
+
+// admit runs before routing. It answers (and returns false with the
+// route) when the request is refused; otherwise it records the request's
+// key and removes the key from the request, so no instance sees it.
+func (s *authn) admit(ctx *fasthttp.RequestCtx, raw []byte) (string, bool) {
+	if !s.apiKeys.On() {
+		return "", true
+	}
+	path := string(raw)
+	if path == "/login" || path == "/logout" {
+		s.serveLogin(ctx, path == "/logout")
+		return routeAuth, false
+	}
+	if path == "/health" && s.cfg.Auth.OpenHealth {
+		return "", true
+	}
+	key, presented := s.presentedKey(ctx)
+	if key == nil {
+		reason := "missing"
+		if presented {
+			reason = "invalid"
+		}
+		authRefused(s.m, reason)
+		writeJSONError(ctx, fasthttp.StatusUnauthorized, "unauthorized",
+			"an API key is required: Authorization: Bearer <key>, ?token=<key>, or log in at /login in a browser")
+		if reason == "invalid" {
+			ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="comfygate", error="invalid_token"`)
+		} else {
+			ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="comfygate"`)
+		}
+		return routeAuth, false
+	}
+	operator := path == "/metrics" || path == "/stats" || path == "/dashboard" || strings.HasPrefix(path, "/dashboard/")
+	if operator != key.Metrics && (operator || key.MetricsOnly) {
+		authRefused(s.m, "forbidden")
+		writeJSONError(ctx, fasthttp.StatusForbidden, "forbidden", "this key may not use this route")
+		return routeAuth, false
+	}
+	if !s.keyOriginAllowed(&ctx.Request.Header) {
+		authRefused(s.m, "origin")
+		ctx.SetStatusCode(fasthttp.StatusForbidden)
+		return routeForbidden, false
+	}
+	ctx.SetUserValue(userValueKey, key)
+	stripKey(ctx)
+	return "", true
+}
+
+// keyOriginAllowed is the stricter browser policy with keys on: a request
+// that can change state (not GET/HEAD, or a WebSocket handshake) and
+// carries an Origin must come from the request's own Host or an origin in
+// auth.allowed_origins, whatever the Host is (ComfyUI checks only
+// loopback Hosts). A login cookie would otherwise let any site a logged-in
+// user visits post prompts or open the WebSocket.
+func (s *authn) keyOriginAllowed(h *fasthttp.RequestHeader) bool {
+	origin := h.PeekBytes(hdrOrigin)
+	if len(origin) == 0 || ((h.IsGet() || h.IsHead()) && !bytes.EqualFold(h.PeekBytes(hdrUpgrade), valueWebSocket)) {
+		return true
+	}
+	o := string(origin)
+	for _, a := range s.cfg.Auth.AllowedOrigins {
+		if strings.EqualFold(o, a) {
+			return true
+		}
+	}
+	_, rest, ok := strings.Cut(o, "://")
+	return ok && rest != "" && strings.EqualFold(rest, string(h.Host()))
 }
 
 // stripKey removes the key from the request before it is forwarded.
@@ -90,7 +170,7 @@ const loginPage = `<!doctype html><meta charset="utf-8"><title>comfygate</title>
 //     (application/x-www-form-urlencoded) or JSON {"key": "..."}; a valid
 //     key gets the session cookie and 303 to ./, a wrong one 401;
 //   - GET or POST /logout: clears the cookie, 303 to ./.
-func (s *Server) serveLogin(ctx *fasthttp.RequestCtx, logout bool) {
+func (s *authn) serveLogin(ctx *fasthttp.RequestCtx, logout bool) {
 	ctx.Response.Header.Set("Cache-Control", "no-store")
 	if logout {
 		if !ctx.IsGet() && !ctx.IsHead() && !ctx.IsPost() {
@@ -111,7 +191,7 @@ func (s *Server) serveLogin(ctx *fasthttp.RequestCtx, logout bool) {
 	}
 	if !s.keyOriginAllowed(&ctx.Request.Header) {
 		// Another site must not log a browser in under its own key.
-		s.authRefused("origin")
+		authRefused(s.m, "origin")
 		writeJSONError(ctx, fasthttp.StatusForbidden, "forbidden", "login from another origin")
 		return
 	}
@@ -119,9 +199,9 @@ func (s *Server) serveLogin(ctx *fasthttp.RequestCtx, logout bool) {
 	if !ok {
 		return
 	}
-	k := s.sec.keys.Find(key)
+	k := s.apiKeys.Find(key)
 	if k == nil {
-		s.authRefused("invalid")
+		authRefused(s.m, "invalid")
 		if asJSON {
 			writeJSONError(ctx, fasthttp.StatusUnauthorized, "unauthorized", "that key is not valid")
 			return
@@ -129,7 +209,7 @@ func (s *Server) serveLogin(ctx *fasthttp.RequestCtx, logout bool) {
 		loginForm(ctx, fasthttp.StatusUnauthorized, "That key is not valid.")
 		return
 	}
-	s.setSession(ctx, s.sec.sessions.Mint(k, s.cfg.Auth.CookieMaxAge), int(s.cfg.Auth.CookieMaxAge/time.Second))
+	s.setSession(ctx, s.sessions.Mint(k, s.cfg.Auth.CookieMaxAge), int(s.cfg.Auth.CookieMaxAge/time.Second))
 	seeUI(ctx)
 }
 
@@ -172,7 +252,7 @@ func loginKey(ctx *fasthttp.RequestCtx) (key []byte, asJSON, ok bool) {
 
 // setSession sets the session cookie (an empty value with maxAge -1
 // clears it) and clears the legacy cookie that held a key.
-func (s *Server) setSession(ctx *fasthttp.RequestCtx, value string, maxAge int) {
+func (s *authn) setSession(ctx *fasthttp.RequestCtx, value string, maxAge int) {
 	secure := ctx.IsTLS() || string(ctx.Request.Header.Peek("X-Forwarded-Proto")) == "https"
 	for _, name := range []string{cookieName, legacyCookieName} {
 		c := fasthttp.AcquireCookie()

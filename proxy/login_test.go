@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/testkit"
 )
 
 // noRedirect is a client that shows a redirect instead of following it.
@@ -68,8 +69,8 @@ func login(t *testing.T, g *gate, key string) string {
 // /logout clears it.
 func TestLoginPage(t *testing.T) {
 	t.Parallel()
-	fake := newFakeComfy(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
-	g := startGate(t, []string{fake.addr()}, withKeys)
+	fake := testkit.Mini(t, "0.3.65").Fallback(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
+	g := startGate(t, []string{fake.Addr()}, withKeys)
 
 	for _, target := range []string{"/login", "/login?token=" + url.QueryEscape(keyA)} {
 		resp, err := noRedirect.Get(g.base + target)
@@ -123,16 +124,16 @@ func TestLoginPage(t *testing.T) {
 	if status, _, body := gateDo(t, "GET", g.base+"/custom-node-route", http.Header{"Cookie": {cookie + "; other=1"}}, nil); status != http.StatusOK {
 		t.Errorf("GET with the session cookie: %d %s, want 200", status, body)
 	}
-	for _, r := range fake.requests() {
+	for _, r := range fake.Requests() {
 		if strings.Contains(r.Header.Get("Cookie"), cookieName) || strings.Contains(r.Header.Get("Cookie"), c.Value) {
 			t.Errorf("the instance saw the session cookie: %q", r.Header.Get("Cookie"))
 		}
 	}
-	if r := fake.requests(); len(r) == 0 || r[len(r)-1].Header.Get("Cookie") != "other=1" {
+	if r := fake.Requests(); len(r) == 0 || r[len(r)-1].Header.Get("Cookie") != "other=1" {
 		t.Errorf("the instance did not get the other cookies: %+v", r)
 	}
 
-	other := startGate(t, []string{fake.addr()}, withKeys) // another random secret
+	other := startGate(t, []string{fake.Addr()}, withKeys) // another random secret
 	foreign := login(t, other, keyA)
 	for desc, v := range map[string]string{
 		"tampered":       cookieName + "=" + c.Value[:len(c.Value)-2] + "AA",
@@ -167,11 +168,11 @@ func TestLoginPage(t *testing.T) {
 // a session does not admit a key the configuration no longer has.
 func TestSessionSecret(t *testing.T) {
 	t.Parallel()
-	fake := newFakeComfy(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
+	fake := testkit.Mini(t, "0.3.65").Fallback(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
 	secret := func(c *config.Config) { withKeys(c); c.Auth.SessionSecret = strings.Repeat("k", 40) }
-	first := startGate(t, []string{fake.addr()}, secret)
+	first := startGate(t, []string{fake.Addr()}, secret)
 	cookieA, cookieB := login(t, first, keyA), login(t, first, keyB)
-	restarted := startGate(t, []string{fake.addr()}, func(c *config.Config) {
+	restarted := startGate(t, []string{fake.Addr()}, func(c *config.Config) {
 		secret(c)
 		c.Auth.Keys = []string{keyA} // keyB (key2) is gone
 	})

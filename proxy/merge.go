@@ -17,9 +17,18 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
+// mergedViews serves the views of the whole queue merged over every
+// instance: GET /queue, GET /history, GET /api/jobs.
+type mergedViews struct {
+	pool *upstream.Pool
+	fwd  *forwarder
+	keys *keyGuard
+	rw   *rewriter
+}
+
 // readable returns the instances a merged view asks: every instance that
 // passes its health check (an open breaker makes its Call fail fast).
-func (s *Server) readable() []*upstream.Instance {
+func (s *mergedViews) readable() []*upstream.Instance {
 	var out []*upstream.Instance
 	for _, inst := range s.pool.Instances() {
 		if inst.Healthy() {
@@ -30,14 +39,14 @@ func (s *Server) readable() []*upstream.Instance {
 }
 
 // mergeFailed answers when no instance gave a usable answer.
-func (s *Server) mergeFailed(ctx *fasthttp.RequestCtx, results []callResult) {
+func (s *mergedViews) mergeFailed(ctx *fasthttp.RequestCtx, results []callResult) {
 	for _, r := range results {
 		if r.err != nil {
-			s.writeError(ctx, r.err)
+			s.fwd.writeError(ctx, r.err)
 			return
 		}
 	}
-	s.writeError(ctx, upstream.ErrNoUpstream)
+	s.fwd.writeError(ctx, upstream.ErrNoUpstream)
 }
 
 // queueItem is one pending item of a merged queue.
@@ -60,9 +69,9 @@ type queueItem struct {
 // "number" shows ComfyUI's number for it but reorders only the queue of
 // the instance that runs it; and prompts comfygate did not submit keep
 // their instance's own number, which counts from 0 on every instance.
-func (s *Server) getQueue(ctx *fasthttp.RequestCtx) {
+func (s *mergedViews) getQueue(ctx *fasthttp.RequestCtx) {
 	insts := s.readable()
-	results := s.callAll(insts, "GET", "/queue", nil, nil)
+	results := s.fwd.callAll(insts, "GET", "/queue", nil, nil)
 	var running []json.RawMessage
 	var pending []queueItem
 	answered := false
@@ -113,12 +122,12 @@ func (s *Server) getQueue(ctx *fasthttp.RequestCtx) {
 }
 
 // rewriteQueueItem rewrites one queue tuple of inst for the client.
-func (s *Server) rewriteQueueItem(inst *upstream.Instance, raw json.RawMessage) json.RawMessage {
+func (s *mergedViews) rewriteQueueItem(inst *upstream.Instance, raw json.RawMessage) json.RawMessage {
 	id, ok := comfyapi.ItemID(raw)
 	if !ok {
 		return raw
 	}
-	return s.viewOf(inst, id).rewriteTuple(raw)
+	return s.rw.viewOf(inst, id).rewriteTuple(raw)
 }
 
 // historyItem is one entry of a merged history.
@@ -156,7 +165,7 @@ func parseComfyInt(v string) (int, bool) {
 // than everyone else's newest still gets its own newest N. With max_items
 // alone, each instance is asked for more of its newest entries until they
 // hold N of the key's (newestVisible); with offset every entry is needed.
-func (s *Server) getHistory(ctx *fasthttp.RequestCtx) {
+func (s *mergedViews) getHistory(ctx *fasthttp.RequestCtx) {
 	args := ctx.QueryArgs()
 	var maxItems *int
 	offset := -1
@@ -213,8 +222,8 @@ func (s *Server) getHistory(ctx *fasthttp.RequestCtx) {
 // and returns, per instance that answered, its entries oldest first,
 // rewritten for the client, without those visible (when not nil) says
 // no to; asked is how many entries it answered with before that.
-func (s *Server) historyLists(insts []*upstream.Instance, path string, visible func(string) bool) (lists [][]historyItem, asked []int, results []callResult, answered bool) {
-	results = s.callAll(insts, "GET", path, nil, nil)
+func (s *mergedViews) historyLists(insts []*upstream.Instance, path string, visible func(string) bool) (lists [][]historyItem, asked []int, results []callResult, answered bool) {
+	results = s.fwd.callAll(insts, "GET", path, nil, nil)
 	lists = make([][]historyItem, len(results))
 	asked = make([]int, len(results))
 	for i, r := range results {
@@ -233,10 +242,10 @@ func (s *Server) historyLists(insts []*upstream.Instance, path string, visible f
 			if ts, ok := completionTime(m.Entry); ok {
 				last = ts
 			}
-			if visible != nil && !visible(s.viewOf(r.inst, m.ID).id) {
+			if visible != nil && !visible(s.rw.viewOf(r.inst, m.ID).id) {
 				continue
 			}
-			key, val := s.rewriteHistoryEntry(r.inst, m.ID, m.Entry)
+			key, val := s.rw.rewriteHistoryEntry(r.inst, m.ID, m.Entry)
 			list = append(list, historyItem{key: key, val: val, ts: last})
 		}
 		lists[i] = list
@@ -254,7 +263,7 @@ const maxHistoryAsk = 1 << 16
 // either has n visible among them or has no more (ComfyUI keeps 10000 by
 // default, so asking for all of it on every poll of the web UI would be
 // costly).
-func (s *Server) newestVisible(insts []*upstream.Instance, n int, visible func(string) bool) ([][]historyItem, []callResult, bool) {
+func (s *mergedViews) newestVisible(insts []*upstream.Instance, n int, visible func(string) bool) ([][]historyItem, []callResult, bool) {
 	for m := n; ; m *= 4 {
 		path := "/history"
 		if m <= maxHistoryAsk {
@@ -361,7 +370,7 @@ type jobItem struct {
 // left out; when none has it the client gets that 404, as from an older
 // ComfyUI. A 400 (bad status, sort_by, ...) is relayed as the instance
 // gave it; limit and offset are checked here with ComfyUI's messages.
-func (s *Server) getJobs(ctx *fasthttp.RequestCtx) {
+func (s *mergedViews) getJobs(ctx *fasthttp.RequestCtx) {
 	args := ctx.QueryArgs()
 	var limit *int
 	offset := 0
@@ -404,7 +413,7 @@ func (s *Server) getJobs(ctx *fasthttp.RequestCtx) {
 	if enc := q.Encode(); enc != "" {
 		path += "?" + enc
 	}
-	results := s.callAll(s.readable(), "GET", path, callHeader(ctx), nil)
+	results := s.fwd.callAll(s.readable(), "GET", path, callHeader(ctx), nil)
 	var jobs []jobItem
 	total := 0
 	answered := false
@@ -434,7 +443,7 @@ func (s *Server) getJobs(ctx *fasthttp.RequestCtx) {
 			total += page.Total
 		}
 		for _, j := range page.Jobs {
-			id, out := s.rewriteJob(r.inst, j)
+			id, out := s.rw.rewriteJob(r.inst, j)
 			if visible != nil {
 				if !visible(id) {
 					continue
@@ -500,6 +509,6 @@ func jobSortKey(raw json.RawMessage, sortBy string) float64 {
 
 // listVisible is the request's isolation filter of merged lists: whether
 // a (client-facing) prompt id may be listed; nil lists every one.
-func (s *Server) listVisible(ctx *fasthttp.RequestCtx) func(id string) bool {
-	return s.promptView(requestKey(ctx)).Visible
+func (s *mergedViews) listVisible(ctx *fasthttp.RequestCtx) func(id string) bool {
+	return s.keys.promptView(requestKey(ctx)).Visible
 }

@@ -194,101 +194,20 @@ func (r *accessRec) statuses(path string) []int {
 	return out
 }
 
-// hangProxy is a TCP forwarder in front of one instance that can be made
-// to hang: from then on it forwards nothing, in either direction, on old
-// or new connections, while keeping them open (an instance that accepts
-// and never answers).
-type hangProxy struct {
-	addr string
-	hung atomic.Bool
-	stop chan struct{}
-}
-
-func startHangProxy(t testing.TB, target string) *hangProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &hangProxy{addr: ln.Addr().String(), stop: make(chan struct{})}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var open []net.Conn
-	t.Cleanup(func() {
-		close(h.stop)
-		_ = ln.Close()
-		mu.Lock()
-		for _, c := range open {
-			_ = c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	pipe := func(dst, src net.Conn) {
-		defer wg.Done()
-		defer dst.Close()
-		defer src.Close()
-		buf := make([]byte, 32<<10)
-		for {
-			n, err := src.Read(buf)
-			if h.hung.Load() {
-				<-h.stop
-				return
-			}
-			if n > 0 {
-				if _, werr := dst.Write(buf[:n]); werr != nil {
-					return
-				}
-			}
-			if err != nil {
-				return
-			}
-		}
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			in, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			open = append(open, in)
-			mu.Unlock()
-			if h.hung.Load() {
-				continue // accepted, never answered
-			}
-			out, err := net.Dial("tcp", target)
-			if err != nil {
-				_ = in.Close()
-				continue
-			}
-			mu.Lock()
-			open = append(open, out)
-			mu.Unlock()
-			wg.Add(2)
-			go pipe(out, in)
-			go pipe(in, out)
-		}
-	}()
-	return h
-}
-
 // hungFleet is two instances through comfygate, the first one hung after
 // start, with a call timeout far longer than the client waits: only a
 // short per-try timeout and a retry elsewhere can answer in time.
 func hungFleet(t *testing.T) (*gate, *http.Client) {
 	t.Helper()
 	ss := sims(t, 2, comfysim.Options{})
-	hp := startHangProxy(t, ss[0].Addr())
-	g := startGate(t, []string{hp.addr, ss[1].Addr()}, func(c *config.Config) {
+	hp := testkit.NewFaultProxy(t, ss[0].Addr())
+	g := startGate(t, []string{hp.Addr(), ss[1].Addr()}, func(c *config.Config) {
 		c.Timeout = time.Minute
 		c.HealthCheck.Interval = time.Hour // only the start-up check: the hang stays unnoticed
 		c.HealthCheck.Timeout = time.Second
 		c.WebSocket.PingInterval = time.Hour
 	})
-	hp.hung.Store(true)
+	hp.Hang() // accepts, never answers
 	return g, &http.Client{Timeout: 20 * time.Second}
 }
 
@@ -357,8 +276,8 @@ func TestMaxConnectionsBoundsRealConnections(t *testing.T) {
 			_, _ = io.WriteString(w, `{"x": {}}`)
 		}
 	}
-	f := newFakeComfy(t, slow)
-	cc := startConnCounter(t, f.addr())
+	f := testkit.Mini(t, "0.3.65").Fallback(slow)
+	cc := startConnCounter(t, f.Addr())
 	const maxConns = 4
 	g := startGate(t, []string{cc.addr}, func(c *config.Config) {
 		c.MaxConnectionsPerInstance = maxConns

@@ -8,7 +8,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
+	"github.com/comfygate/comfygate/config"
+	"log/slog"
 	"net/url"
 	"strconv"
 	"time"
@@ -19,8 +20,22 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
+// pinnedRoutes serves the routes that name a prompt (or job), on the
+// instance it is pinned to, and their fleet-wide forms.
+type pinnedRoutes struct {
+	cfg     *config.Config
+	pool    *upstream.Pool
+	prompts *prompts.Table
+	jobs    JobRoutes // may be nil
+	log     *slog.Logger
+	fwd     *forwarder
+	bodies  *clientBodies
+	keys    *keyGuard
+	rw      *rewriter
+}
+
 // locate finds the instance holding prompt id and the id it has there.
-func (s *Server) locate(id string) (*upstream.Instance, string, error) {
+func (s *pinnedRoutes) locate(id string) (*upstream.Instance, string, error) {
 	cctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
 	defer cancel()
 	inst, err := s.prompts.LocatePrompt(cctx, id)
@@ -44,7 +59,7 @@ func (s *Server) locate(id string) (*upstream.Instance, string, error) {
 // answer came, goes to wherever the prompt is now (failover moved it) or,
 // if it is still pinned there, answers {} as ComfyUI does for a prompt not
 // done yet, so a polling client asks again instead of getting a 504.
-func (s *Server) getHistoryByID(ctx *fasthttp.RequestCtx, id string) {
+func (s *pinnedRoutes) getHistoryByID(ctx *fasthttp.RequestCtx, id string) {
 	inst, upID, err := s.locate(id)
 	if errors.Is(err, prompts.ErrUnknownPrompt) {
 		ctx.SetContentType(jsonContentType)
@@ -52,7 +67,7 @@ func (s *Server) getHistoryByID(ctx *fasthttp.RequestCtx, id string) {
 		return
 	}
 	if err != nil {
-		s.writeError(ctx, err)
+		s.fwd.writeError(ctx, err)
 		return
 	}
 	opts := func(upID string, timeout time.Duration) *forwardOpts {
@@ -64,18 +79,18 @@ func (s *Server) getHistoryByID(ctx *fasthttp.RequestCtx, id string) {
 				if status != fasthttp.StatusOK {
 					return body
 				}
-				return s.rewriteHistoryObject(inst, body)
+				return s.rw.rewriteHistoryObject(inst, body)
 			},
 		}
 	}
-	err = s.forward(ctx, inst, opts(upID, s.pinnedReadTimeout(inst)))
+	err = s.fwd.forward(ctx, inst, opts(upID, s.pinnedReadTimeout(inst)))
 	if err == nil {
 		return
 	}
 	if upstream.NoAnswer(err) {
 		if now, nowID, ok := s.movedFrom(id, inst); ok {
 			s.log.Info("history read follows its moved prompt", "prompt_id", id, "from", inst.Name, "to", now.Name)
-			if err = s.forward(ctx, now, opts(nowID, 0)); err == nil {
+			if err = s.fwd.forward(ctx, now, opts(nowID, 0)); err == nil {
 				return
 			}
 		}
@@ -93,22 +108,22 @@ func (s *Server) getHistoryByID(ctx *fasthttp.RequestCtx, id string) {
 		ctx.SetBodyString("{}")
 		return
 	}
-	s.writeError(ctx, err)
+	s.fwd.writeError(ctx, err)
 }
 
 // pinnedReadTimeout bounds a read pinned to a prompt's instance:
 // readTimeout while another instance is healthy (the prompt may move
 // there), else COMFYUI_TIMEOUT (0: the default).
-func (s *Server) pinnedReadTimeout(inst *upstream.Instance) time.Duration {
-	if s.othersLeft(inst, nil) {
-		return s.readTimeout()
+func (s *pinnedRoutes) pinnedReadTimeout(inst *upstream.Instance) time.Duration {
+	if s.fwd.othersLeft(inst, nil) {
+		return s.fwd.readTimeout()
 	}
 	return 0
 }
 
 // movedFrom reports where prompt id is now, with its id there, when that
 // is no longer inst.
-func (s *Server) movedFrom(id string, inst *upstream.Instance) (*upstream.Instance, string, bool) {
+func (s *pinnedRoutes) movedFrom(id string, inst *upstream.Instance) (*upstream.Instance, string, bool) {
 	p, known := s.prompts.Prompt(id)
 	if !known {
 		return nil, "", false
@@ -124,78 +139,6 @@ func (s *Server) movedFrom(id string, inst *upstream.Instance) (*upstream.Instan
 	return now, upID, true
 }
 
-// callResult is one instance's answer to a fanned-out call.
-type callResult struct {
-	inst   *upstream.Instance
-	status int
-	body   []byte
-	err    error
-}
-
-// callAll sends one non-streaming request to every instance of insts in
-// parallel (each bounded by COMFYUI_TIMEOUT) and returns the answers in
-// the order of insts.
-//
-// A GET is comfygate's own read for a merged view: once at least one
-// instance answered and readTimeout has passed, callAll stops waiting for
-// the others, which are left out (their result says they did not answer
-// in time; their calls end by their own timeout). A hung instance then
-// costs a merged /queue or /history readTimeout, not COMFYUI_TIMEOUT,
-// while a fleet that is merely slow is still waited for. A POST carries
-// the client's request (an action on every instance): every answer is
-// waited for.
-func (s *Server) callAll(insts []*upstream.Instance, method, path string, header map[string]string, body []byte) []callResult {
-	out := make([]callResult, len(insts))
-	src := upstream.ByClient
-	if method == fasthttp.MethodGet {
-		src = upstream.ByGate
-	}
-	type answer struct {
-		k int
-		r callResult
-	}
-	ch := make(chan answer, len(insts))
-	for k, inst := range insts {
-		out[k] = callResult{inst: inst, err: fmt.Errorf("%s %s at %s: %w", method, path, inst.Name, errNotInTime)}
-		go func() {
-			defer func() {
-				if r := recover(); r != nil {
-					ch <- answer{k, callResult{inst: inst, err: errors.New("panic in upstream call")}}
-					s.log.Error("panic in upstream call", "instance", inst.Name, "panic", r)
-				}
-			}()
-			st, b, err := inst.Fetch(context.Background(), upstream.Request{Method: method, Path: path, Header: header, Body: body, Source: src})
-			ch <- answer{k, callResult{inst: inst, status: st, body: b, err: err}}
-		}()
-	}
-	var grace <-chan time.Time
-	if method == fasthttp.MethodGet && len(insts) > 1 {
-		t := time.NewTimer(s.readTimeout())
-		defer t.Stop()
-		grace = t.C
-	}
-	answered, graceOver := false, false
-	for left := len(insts); left > 0; {
-		select {
-		case a := <-ch:
-			out[a.k] = a.r
-			left--
-			answered = answered || (a.r.err == nil && a.r.status == fasthttp.StatusOK)
-		case <-grace:
-			graceOver, grace = true, nil
-		}
-		if graceOver && answered && left > 0 {
-			s.log.Info("merged view without the instances that did not answer in time", "path", path, "missing", left)
-			break
-		}
-	}
-	return out
-}
-
-// errNotInTime is the result of an instance left out of a merged view
-// because it did not answer within readTimeout while others did.
-var errNotInTime = errors.New("no answer in time for a merged view")
-
 // callHeader is the header of comfygate's own calls on behalf of a client.
 func callHeader(ctx *fasthttp.RequestCtx) map[string]string {
 	h := map[string]string{"Content-Type": "application/json"}
@@ -207,7 +150,7 @@ func callHeader(ctx *fasthttp.RequestCtx) map[string]string {
 
 // relayFirst answers with the first instance's answer that came back (in
 // configuration order); 502/504 when none did.
-func (s *Server) relayFirst(ctx *fasthttp.RequestCtx, results []callResult) {
+func (s *pinnedRoutes) relayFirst(ctx *fasthttp.RequestCtx, results []callResult) {
 	var firstErr error
 	for _, r := range results {
 		if r.err == nil {
@@ -225,15 +168,15 @@ func (s *Server) relayFirst(ctx *fasthttp.RequestCtx, results []callResult) {
 	if firstErr == nil {
 		firstErr = upstream.ErrNoUpstream
 	}
-	s.writeError(ctx, firstErr)
+	s.fwd.writeError(ctx, firstErr)
 }
 
 // readSmallBody reads a small JSON body; on failure it answers and reports false.
-func (s *Server) readSmallBody(ctx *fasthttp.RequestCtx) ([]byte, bool) {
-	body, err := s.readClientBody(ctx, maxSmallBody)
+func (s *pinnedRoutes) readSmallBody(ctx *fasthttp.RequestCtx) ([]byte, bool) {
+	body, err := s.bodies.readClientBody(ctx, maxSmallBody)
 	if err != nil {
 		if errors.Is(err, errBodyTooLarge) || errors.Is(err, errBodiesBusy) {
-			s.writeError(ctx, err)
+			s.fwd.writeError(ctx, err)
 		} else {
 			ctx.SetStatusCode(fasthttp.StatusBadRequest)
 		}
@@ -244,17 +187,17 @@ func (s *Server) readSmallBody(ctx *fasthttp.RequestCtx) ([]byte, bool) {
 
 // fanOut sends the client's POST to every available instance (POST /free,
 // and the global /interrupt) and relays the first answer.
-func (s *Server) fanOut(ctx *fasthttp.RequestCtx, path string) {
+func (s *pinnedRoutes) fanOut(ctx *fasthttp.RequestCtx, path string) {
 	body, ok := s.readSmallBody(ctx)
 	if !ok {
 		return
 	}
 	insts := s.pool.Healthy()
 	if len(insts) == 0 {
-		s.writeError(ctx, upstream.ErrNoUpstream)
+		s.fwd.writeError(ctx, upstream.ErrNoUpstream)
 		return
 	}
-	s.relayFirst(ctx, s.callAll(insts, "POST", path, callHeader(ctx), body))
+	s.relayFirst(ctx, s.fwd.callAll(insts, "POST", path, callHeader(ctx), body))
 }
 
 // postInterrupt serves POST /interrupt. With a prompt_id it goes to that
@@ -264,28 +207,28 @@ func (s *Server) fanOut(ctx *fasthttp.RequestCtx, path string) {
 // ComfyUI's targeted interrupt of a prompt not running is). Without a
 // prompt_id it interrupts what runs on every instance. As in ComfyUI an
 // empty or non-JSON body counts as {}.
-func (s *Server) postInterrupt(ctx *fasthttp.RequestCtx) {
+func (s *pinnedRoutes) postInterrupt(ctx *fasthttp.RequestCtx) {
 	body, ok := s.readSmallBody(ctx)
 	if !ok {
 		return
 	}
 	req, err := comfyapi.ParseInterrupt(body)
 	if err != nil {
-		if !s.refuseBody(ctx, "the body of POST /interrupt must be a JSON object") {
+		if !s.keys.refuseBody(ctx, "the body of POST /interrupt must be a JSON object") {
 			writeComfyInternalError(ctx)
 		}
 		return
 	}
-	if !s.authorizeInterrupt(ctx, req) {
+	if !s.keys.authorizeInterrupt(ctx, req) {
 		return
 	}
 	if req.Global() {
 		insts := s.pool.Healthy()
 		if len(insts) == 0 {
-			s.writeError(ctx, upstream.ErrNoUpstream)
+			s.fwd.writeError(ctx, upstream.ErrNoUpstream)
 			return
 		}
-		s.relayFirst(ctx, s.callAll(insts, "POST", "/interrupt", callHeader(ctx), []byte("{}")))
+		s.relayFirst(ctx, s.fwd.callAll(insts, "POST", "/interrupt", callHeader(ctx), []byte("{}")))
 		return
 	}
 	if req.PromptID == "" {
@@ -297,7 +240,7 @@ func (s *Server) postInterrupt(ctx *fasthttp.RequestCtx) {
 		return // 200, empty: nothing of that id runs anywhere
 	}
 	if err != nil {
-		s.writeError(ctx, err)
+		s.fwd.writeError(ctx, err)
 		return
 	}
 	if !comfyapi.SupportsTargetedInterrupt(inst.Version()) {
@@ -309,14 +252,14 @@ func (s *Server) postInterrupt(ctx *fasthttp.RequestCtx) {
 	}
 	req.Fields[comfyapi.FieldPromptID] = quoteJSON(upID)
 	nb, _ := json.Marshal(req.Fields)
-	s.forwardTo(ctx, inst, &forwardOpts{uri: []byte("/interrupt"), body: nb, setBody: true})
+	s.fwd.forwardTo(ctx, inst, &forwardOpts{uri: []byte("/interrupt"), body: nb, setBody: true})
 }
 
 // postQueue serves POST /queue ({"delete": [ids]} and/or {"clear": true}).
-func (s *Server) postQueue(ctx *fasthttp.RequestCtx) { s.deleteOrClear(ctx, "/queue") }
+func (s *pinnedRoutes) postQueue(ctx *fasthttp.RequestCtx) { s.deleteOrClear(ctx, "/queue") }
 
 // postHistory serves POST /history ({"delete": [ids]} and/or {"clear": true}).
-func (s *Server) postHistory(ctx *fasthttp.RequestCtx) { s.deleteOrClear(ctx, "/history") }
+func (s *pinnedRoutes) postHistory(ctx *fasthttp.RequestCtx) { s.deleteOrClear(ctx, "/history") }
 
 // deleteOrClear applies a /queue or /history delete to the instances
 // holding those prompts (grouped, with their ids there) and a clear to
@@ -326,30 +269,30 @@ func (s *Server) postHistory(ctx *fasthttp.RequestCtx) { s.deleteOrClear(ctx, "/
 // every healthy instance, in one request each; ComfyUI skips ids it does
 // not have.
 // A body that is not a JSON object gets ComfyUI's own plain-text 500.
-func (s *Server) deleteOrClear(ctx *fasthttp.RequestCtx, path string) {
+func (s *pinnedRoutes) deleteOrClear(ctx *fasthttp.RequestCtx, path string) {
 	body, ok := s.readSmallBody(ctx)
 	if !ok {
 		return
 	}
 	q, err := comfyapi.ParseDeleteOrClear(body)
 	if err != nil {
-		if !s.refuseBody(ctx, "the body of POST "+path+" must be a JSON object") {
+		if !s.keys.refuseBody(ctx, "the body of POST "+path+" must be a JSON object") {
 			writeComfyInternalError(ctx)
 		}
 		return
 	}
-	if !s.scopeDeleteOrClear(ctx, &q) {
+	if !s.keys.scopeDeleteOrClear(ctx, &q) {
 		return
 	}
 	insts := s.pool.Healthy()
 	if len(insts) == 0 {
-		s.writeError(ctx, upstream.ErrNoUpstream)
+		s.fwd.writeError(ctx, upstream.ErrNoUpstream)
 		return
 	}
 	hdr := callHeader(ctx)
 	var results []callResult
 	if q.Clear {
-		results = append(results, s.callAll(insts, "POST", path, hdr, []byte(`{"clear": true}`))...)
+		results = append(results, s.fwd.callAll(insts, "POST", path, hdr, []byte(`{"clear": true}`))...)
 	}
 	if q.HasDelete {
 		groups := map[*upstream.Instance][]string{}
@@ -375,11 +318,11 @@ func (s *Server) deleteOrClear(ctx *fasthttp.RequestCtx, path string) {
 		}
 		for _, inst := range order {
 			b, _ := json.Marshal(map[string][]string{"delete": groups[inst]})
-			results = append(results, s.callAll([]*upstream.Instance{inst}, "POST", path, hdr, b)...)
+			results = append(results, s.fwd.callAll([]*upstream.Instance{inst}, "POST", path, hdr, b)...)
 		}
 		if len(unknown) > 0 {
 			b, _ := json.Marshal(map[string][]string{"delete": unknown})
-			results = append(results, s.callAll(insts, "POST", path, hdr, b)...)
+			results = append(results, s.fwd.callAll(insts, "POST", path, hdr, b)...)
 		}
 	}
 	for _, r := range results {
@@ -400,9 +343,9 @@ func writeJSON(ctx *fasthttp.RequestCtx, code int, body []byte) {
 // getJobByID serves GET /api/jobs/{id}: a facade job still in comfygate's
 // wait line first, else the prompt's instance with the instance's id,
 // rewritten back.
-func (s *Server) getJobByID(ctx *fasthttp.RequestCtx, id string) {
+func (s *pinnedRoutes) getJobByID(ctx *fasthttp.RequestCtx, id string) {
 	if s.jobs != nil {
-		if body, ok := s.jobs.WaitingJob(id, s.jobScope(requestKey(ctx))); ok {
+		if body, ok := s.jobs.WaitingJob(id, s.keys.jobScope(requestKey(ctx))); ok {
 			writeJSON(ctx, fasthttp.StatusOK, body)
 			return
 		}
@@ -413,7 +356,7 @@ func (s *Server) getJobByID(ctx *fasthttp.RequestCtx, id string) {
 		return
 	}
 	if err != nil {
-		s.writeError(ctx, err)
+		s.fwd.writeError(ctx, err)
 		return
 	}
 	opts := func(upID string, timeout time.Duration) *forwardOpts {
@@ -425,26 +368,28 @@ func (s *Server) getJobByID(ctx *fasthttp.RequestCtx, id string) {
 				if status != fasthttp.StatusOK {
 					return body
 				}
-				_, out := s.rewriteJob(inst, body)
+				_, out := s.rw.rewriteJob(inst, body)
 				return out
 			},
 		}
 	}
 	// Like /history/{id}, the read follows its prompt off a silent instance.
-	err = s.forward(ctx, inst, opts(upID, s.pinnedReadTimeout(inst)))
+	err = s.fwd.forward(ctx, inst, opts(upID, s.pinnedReadTimeout(inst)))
 	if err != nil && upstream.NoAnswer(err) {
 		if now, nowID, ok := s.movedFrom(id, inst); ok {
-			err = s.forward(ctx, now, opts(nowID, 0))
+			err = s.fwd.forward(ctx, now, opts(nowID, 0))
 		}
 	}
 	if err != nil {
-		s.writeError(ctx, err)
+		s.fwd.writeError(ctx, err)
 	}
 }
 
 // cancelOne cancels a facade job or a prompt, wherever it is; scope is
 // the requesting key's job scope (jobScope).
-func (s *Server) cancelOne(id, scope string) (bool, error) { return s.cancelOneBudget(id, scope, nil) }
+func (s *pinnedRoutes) cancelOne(id, scope string) (bool, error) {
+	return s.cancelOneBudget(id, scope, nil)
+}
 
 // maxCancelLookups caps, per POST /api/jobs/cancel, the ids neither the job
 // facade nor the pin table knows that are looked up at the instances (a
@@ -454,7 +399,7 @@ const maxCancelLookups = 16
 // cancelOneBudget is cancelOne; when lookups is not nil, an id comfygate
 // does not know is looked up at the instances only while *lookups > 0
 // (and counts against it), else it is not cancelled.
-func (s *Server) cancelOneBudget(id, scope string, lookups *int) (bool, error) {
+func (s *pinnedRoutes) cancelOneBudget(id, scope string, lookups *int) (bool, error) {
 	cctx, cancel := context.WithTimeout(context.Background(), 2*s.cfg.Timeout)
 	defer cancel()
 	if s.jobs != nil {
@@ -479,10 +424,10 @@ func (s *Server) cancelOneBudget(id, scope string, lookups *int) (bool, error) {
 
 // cancelJob serves POST /api/jobs/{id}/cancel: {"cancelled": bool}, on any
 // instance version (comfygate dequeues or interrupts itself).
-func (s *Server) cancelJob(ctx *fasthttp.RequestCtx, id string) {
-	ok, err := s.cancelOne(id, s.jobScope(requestKey(ctx)))
+func (s *pinnedRoutes) cancelJob(ctx *fasthttp.RequestCtx, id string) {
+	ok, err := s.cancelOne(id, s.keys.jobScope(requestKey(ctx)))
 	if err != nil {
-		s.writeError(ctx, err)
+		s.fwd.writeError(ctx, err)
 		return
 	}
 	writeJSON(ctx, fasthttp.StatusOK, []byte(`{"cancelled": `+strconv.FormatBool(ok)+`}`))
@@ -494,7 +439,7 @@ func (s *Server) cancelJob(ctx *fasthttp.RequestCtx, id string) {
 // maxCancelLookups ids comfygate does not know are looked up at the
 // instances; the rest count as not cancelled (a long list of unknown ids
 // would otherwise cost a fleet-wide fan-out each).
-func (s *Server) cancelJobs(ctx *fasthttp.RequestCtx) {
+func (s *pinnedRoutes) cancelJobs(ctx *fasthttp.RequestCtx) {
 	body, ok := s.readSmallBody(ctx)
 	if !ok {
 		return
@@ -514,10 +459,10 @@ func (s *Server) cancelJobs(ctx *fasthttp.RequestCtx) {
 	}
 	// An isolated key cancels only its own jobs and prompts; the others'
 	// ids count as unknown.
-	ids := s.ownedOnly(requestKey(ctx), req.IDs)
+	ids := s.keys.ownedOnly(requestKey(ctx), req.IDs)
 	cancelled := false
 	lookups := maxCancelLookups
-	scope := s.jobScope(requestKey(ctx))
+	scope := s.keys.jobScope(requestKey(ctx))
 	for _, id := range ids {
 		ok, err := s.cancelOneBudget(id, scope, &lookups)
 		if err != nil {

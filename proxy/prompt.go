@@ -4,8 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
-	"slices"
+	"github.com/comfygate/comfygate/placement"
+	"github.com/comfygate/comfygate/upstream"
 	"strconv"
 
 	"github.com/comfygate/comfygate/internal/comfyapi"
@@ -24,100 +24,19 @@ const maxPromptBody = 64 << 20
 // /free and /api/jobs/cancel.
 const maxSmallBody = 4 << 20
 
-// readClientBody reads the client's request body whole, whatever its
-// framing (Content-Length, chunked), up to limit bytes (errBodyTooLarge
-// past it). What it holds is charged to the bodies budget
-// (limits.max_buffered_body_bytes, shared with the job API) until the
-// request ends: errBodiesBusy when the budget has no room for it.
-func (s *Server) readClientBody(ctx *fasthttp.RequestCtx, limit int64) ([]byte, error) {
-	cl := ctx.Request.Header.ContentLength()
-	if cl > 0 && int64(cl) > limit {
-		return nil, errBodyTooLarge
-	}
-	bs := ctx.RequestBodyStream()
-	if bs == nil {
-		b := ctx.Request.Body()
-		if int64(len(b)) > limit {
-			return nil, errBodyTooLarge
-		}
-		if !s.holdBody(ctx, int64(len(b))) {
-			return nil, errBodiesBusy
-		}
-		return b, nil
-	}
-	if cl == 0 {
-		return nil, nil
-	}
-	if cl > 0 {
-		// Known length: charged whole before any of it is read.
-		if !s.holdBody(ctx, int64(cl)) {
-			return nil, errBodiesBusy
-		}
-		b, err := io.ReadAll(io.LimitReader(bs, limit+1))
-		if err != nil {
-			return nil, err
-		}
-		if int64(len(b)) > limit {
-			return nil, errBodyTooLarge
-		}
-		return b, nil
-	}
-	// Unknown length (chunked): charged as it arrives.
-	var b []byte
-	held := int64(0)
-	for {
-		if int64(len(b)) == held {
-			if !s.holdBody(ctx, bodyStep) {
-				return nil, errBodiesBusy
-			}
-			held += bodyStep
-			b = slices.Grow(b, int(bodyStep))
-		}
-		n, err := bs.Read(b[len(b):min(cap(b), int(held))])
-		b = b[:len(b)+n]
-		if int64(len(b)) > limit {
-			return nil, errBodyTooLarge
-		}
-		if err == io.EOF {
-			return b, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-	}
-}
-
-// bodyStep is how much of a body of unknown length is charged to the
-// budget at a time.
-const bodyStep = 64 << 10
-
-// heldBody gives a request's share of the bodies budget back when the
-// request ends (fasthttp closes a request's io.Closer user values).
-type heldBody struct{ release []func() }
-
-func (h *heldBody) Close() error {
-	for _, r := range h.release {
-		r()
-	}
-	h.release = nil
-	return nil
-}
-
-// holdBody charges n bytes the request holds in memory to the bodies
-// budget until the request ends; false when the budget has no room.
-func (s *Server) holdBody(ctx *fasthttp.RequestCtx, n int64) bool {
-	release, ok := s.bodies.TryAcquire(n)
-	if !ok {
-		s.refused("buffered_bodies")
-		return false
-	}
-	h, _ := ctx.UserValue(userValueHeldBody).(*heldBody)
-	if h == nil {
-		h = &heldBody{}
-		ctx.SetUserValue(userValueHeldBody, h)
-	}
-	h.release = append(h.release, release)
-	return true
+// submitter serves POST /prompt (parse once, place, hand to the prompt
+// table) and GET /prompt.
+type submitter struct {
+	pool    *upstream.Pool
+	prompts *prompts.Table
+	policy  *placement.Policy
+	hub     *Hub
+	fwd     *forwarder
+	bodies  *clientBodies
+	keys    *keyGuard
+	files   *fileRoutes  // the key's own file names in the prompt
+	fleet   *fleetRoutes // where the prompt may run
+	answers *answerWaits // its events wait for its answer
 }
 
 // writeComfyError answers in ComfyUI's POST /prompt error shape.
@@ -160,11 +79,11 @@ func writeComfyError(ctx *fasthttp.RequestCtx, code int, typ, message, details s
 //     prompt only within the queue of the instance that runs it; the
 //     number shown for them is ComfyUI's (-counter, and the client's own
 //     value).
-func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
-	body, err := s.readClientBody(ctx, maxPromptBody)
+func (s *submitter) postPrompt(ctx *fasthttp.RequestCtx) {
+	body, err := s.bodies.readClientBody(ctx, maxPromptBody)
 	if err != nil {
 		if errors.Is(err, errBodyTooLarge) || errors.Is(err, errBodiesBusy) {
-			s.writeError(ctx, err)
+			s.fwd.writeError(ctx, err)
 			return
 		}
 		writeComfyError(ctx, fasthttp.StatusBadRequest, "invalid_prompt", "Invalid prompt: the request body could not be read", "")
@@ -186,9 +105,9 @@ func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 		writeComfyError(ctx, fasthttp.StatusBadRequest, "no_prompt", "No prompt provided", "No prompt provided")
 		return
 	}
-	if ns := s.keyNamespace(ctx); ns != "" {
+	if ns := s.files.keyNamespace(ctx); ns != "" {
 		// An isolated key's uploads live in its own folder (keyfiles.go).
-		graph, err := s.namespacePrompt(ns, fields["prompt"])
+		graph, err := s.files.namespacePrompt(ns, fields["prompt"])
 		if err != nil {
 			writeComfyError(ctx, fasthttp.StatusBadRequest, "invalid_prompt", "Invalid prompt: "+err.Error(), err.Error())
 			return
@@ -196,7 +115,7 @@ func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 		fields["prompt"] = graph
 	}
 	clientID := req.EffectiveClientID()
-	if !s.claimClientID(ctx, clientID) {
+	if !s.keys.claimClientID(ctx, clientID) {
 		return
 	}
 	promptID := comfyapi.ClientPromptID(req.PromptID)
@@ -215,7 +134,7 @@ func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 	// Only instances that can run it (catalogue) and carry the labels it
 	// asks for (X-Comfygate-Pool); among them, one that ran the same
 	// models last (affinity), unless its files decide.
-	pl, ok := s.place(ctx, fields["prompt"])
+	pl, ok := s.fleet.place(ctx, fields["prompt"])
 	if !ok {
 		return
 	}
@@ -230,7 +149,7 @@ func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 	}
 	// The prompt's events wait for this answer (answerfirst.go).
 	held := newHeldSink(s.hub.sinkFor(keyName(ctx)))
-	s.afterAnswer(ctx, held.release)
+	s.answers.afterAnswer(ctx, held.release)
 	res, err := s.prompts.Submit(context.Background(), prompts.SubmitRequest{
 		Body:     fields,
 		PromptID: promptID,
@@ -245,7 +164,7 @@ func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 		setInstance(ctx, res.Instance)
 	}
 	if err != nil {
-		s.writeError(ctx, err)
+		s.fwd.writeError(ctx, err)
 		return
 	}
 	body = res.Body
@@ -260,7 +179,7 @@ func (s *Server) postPrompt(ctx *fasthttp.RequestCtx) {
 
 // getPrompt serves GET /prompt: the fleet's queue_remaining, which is what
 // one ComfyUI running all of the fleet's work would report.
-func (s *Server) getPrompt(ctx *fasthttp.RequestCtx) {
+func (s *submitter) getPrompt(ctx *fasthttp.RequestCtx) {
 	ctx.SetContentType(jsonContentType)
 	b := append([]byte(`{"exec_info": {"queue_remaining": `), strconv.Itoa(s.pool.QueueRemaining())...)
 	ctx.SetBody(append(b, "}}"...))

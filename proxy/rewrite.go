@@ -29,6 +29,13 @@ import (
 	"github.com/comfygate/comfygate/upstream"
 )
 
+// rewriter turns what instances say about prompts (history entries,
+// queue items, jobs) into what the client knows, and learns the output
+// files they name.
+type rewriter struct {
+	prompts *prompts.Table
+}
+
 // member is one key/value of a JSON object, in document order.
 type member = jsonobj.Member
 
@@ -46,7 +53,7 @@ type promptView struct {
 }
 
 // viewOf returns the client's view of the prompt inst knows as upID.
-func (s *Server) viewOf(inst *upstream.Instance, upID string) promptView {
+func (s *rewriter) viewOf(inst *upstream.Instance, upID string) promptView {
 	v := promptView{id: upID, socketID: inst.SocketClientID()}
 	if p, ok := s.prompts.PromptByUpstreamID(inst, upID); ok {
 		v.id, v.clientID, v.known = p.ID, p.ClientID, true
@@ -135,7 +142,7 @@ func (v promptView) fixPromptIDField(raw json.RawMessage, upID string) json.RawM
 // upID, learns where its output files live, and hands the output file
 // references out with the instance in their subfolder (outputref.go). It
 // returns the client's key for it.
-func (s *Server) rewriteHistoryEntry(inst *upstream.Instance, upID string, raw json.RawMessage) (string, json.RawMessage) {
+func (s *rewriter) rewriteHistoryEntry(inst *upstream.Instance, upID string, raw json.RawMessage) (string, json.RawMessage) {
 	v := s.viewOf(inst, upID)
 	out, err := comfyapi.EditHistoryEntry(raw, func(member string, val json.RawMessage) json.RawMessage {
 		switch member {
@@ -156,7 +163,7 @@ func (s *Server) rewriteHistoryEntry(inst *upstream.Instance, upID string, raw j
 }
 
 // rewriteHistoryObject rewrites a {prompt_id: entry, ...} answer of inst.
-func (s *Server) rewriteHistoryObject(inst *upstream.Instance, body []byte) []byte {
+func (s *rewriter) rewriteHistoryObject(inst *upstream.Instance, body []byte) []byte {
 	out, err := comfyapi.EditHistory(body, func(id string, entry json.RawMessage) (string, json.RawMessage, bool) {
 		id, entry = s.rewriteHistoryEntry(inst, id, entry)
 		return id, entry, true
@@ -169,7 +176,7 @@ func (s *Server) rewriteHistoryObject(inst *upstream.Instance, body []byte) []by
 
 // learnOutputs pins every file an outputs object names ({node: {kind:
 // [{filename, subfolder, type}, ...]}}) to inst, so /view finds it.
-func (s *Server) learnOutputs(inst *upstream.Instance, raw json.RawMessage) {
+func (s *rewriter) learnOutputs(inst *upstream.Instance, raw json.RawMessage) {
 	for _, f := range comfyapi.OutputsFiles(raw) {
 		s.prompts.PinFile(f, inst)
 	}
@@ -179,7 +186,7 @@ func (s *Server) learnOutputs(inst *upstream.Instance, raw json.RawMessage) {
 // priority (the fleet number), the client_id inside workflow.extra_data,
 // and its file references (with the
 // instance in their subfolder, outputref.go); it learns its files.
-func (s *Server) rewriteJob(inst *upstream.Instance, raw json.RawMessage) (string, json.RawMessage) {
+func (s *rewriter) rewriteJob(inst *upstream.Instance, raw json.RawMessage) (string, json.RawMessage) {
 	upID, err := comfyapi.JobID(raw)
 	if err != nil {
 		return "", raw

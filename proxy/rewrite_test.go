@@ -3,7 +3,6 @@ package proxy
 import (
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"strings"
 	"testing"
 
@@ -15,7 +14,7 @@ import (
 
 // rewriteServer is a Server with a pool that is built but not started:
 // enough for the rewriting functions.
-func rewriteServer(t testing.TB) (*Server, *upstream.Instance) {
+func rewriteServer(t testing.TB) (*rewriter, *upstream.Instance) {
 	t.Helper()
 	cfg := config.Default()
 	cfg.Instances = []config.Instance{{Name: "a", Address: "127.0.0.1:1"}}
@@ -23,7 +22,7 @@ func rewriteServer(t testing.TB) (*Server, *upstream.Instance) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Server{cfg: cfg, pool: pool, prompts: prompts.New(pool, cfg, nil, nil), log: slog.New(slog.DiscardHandler)}, pool.Instances()[0]
+	return &rewriter{prompts: prompts.New(pool, cfg, nil, nil)}, pool.Instances()[0]
 }
 
 // traceEntry is a history entry in the shape of traces/e-client-prompt-id.json.

@@ -29,7 +29,7 @@ package proxy
 //   - the other instance-neutral catalogue GETs (/system_stats,
 //     /embeddings, /features, /experiment/models, /view_metadata,
 //     /i18n, /workflow_templates): any available instance, least busy first
-//     (Pool.Select), another one if the first cannot be reached;
+//     (Selector.Select), another one if the first cannot be reached;
 //   - everything else goes to the "home" instance, the first available one
 //     in configuration order. That covers:
 //       * user data (/settings*, /userdata*, /v2/userdata, /users,
@@ -55,7 +55,6 @@ import (
 	"net/url"
 	"time"
 
-	"github.com/comfygate/comfygate/auth"
 	"github.com/comfygate/comfygate/jobs"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
@@ -98,9 +97,9 @@ var apiPrefix = []byte("/api/")
 // handle is the server's request handler.
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	start := time.Now()
-	s.noteClient(ctx)
+	s.edge.noteClient(ctx)
 	route := s.dispatch(ctx)
-	s.logRequest(ctx, route, start)
+	s.edge.logRequest(ctx, route, start)
 }
 
 // splitPath returns the raw path of the request URI (before '?').
@@ -113,21 +112,21 @@ func splitPath(uri []byte) []byte {
 
 // dispatch serves one request and returns its route template.
 func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
-	if !normalizeTarget(ctx) || !s.bodyWithinLimit(ctx) {
+	if !normalizeTarget(ctx) || !s.edge.bodyWithinLimit(ctx) {
 		return routeRefused
 	}
 	raw := splitPath(rawRequestURI(ctx))
 	if !requireCanonicalPath(ctx, raw) {
-		s.refused("non_canonical_path")
+		s.edge.refused("non_canonical_path")
 		return routeRefused
 	}
-	if route, ok := s.admit(ctx, raw); !ok {
+	if route, ok := s.authn.admit(ctx, raw); !ok {
 		return route
 	}
 	raw = splitPath(rawRequestURI(ctx)) // admit may have taken the key out of the query
 	switch string(raw) {
 	case "/health":
-		s.serveHealth(ctx)
+		s.ops.serveHealth(ctx)
 		return routeHealth
 	case "/metrics", "/stats":
 		if s.cfg.MetricsListen != "" {
@@ -136,10 +135,10 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 			return routeOther
 		}
 		if string(raw) == "/metrics" {
-			s.serveMetrics(ctx)
+			s.ops.serveMetrics(ctx)
 			return routeMetrics
 		}
-		s.serveStats(ctx)
+		s.ops.serveStats(ctx)
 		return routeStats
 	}
 	if isDashboard(raw) {
@@ -148,7 +147,7 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 			writeJSONError(ctx, fasthttp.StatusNotFound, "not_found", "served on metrics_listen")
 			return routeOther
 		}
-		return s.serveDashboard(ctx, raw, false)
+		return s.dash.serveDashboard(ctx, raw, false)
 	}
 	if !originAllowed(&ctx.Request.Header) {
 		// ComfyUI's own answer to a refused origin: 403, empty body.
@@ -161,14 +160,14 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 	if bytes.HasPrefix(raw, adminPrefix) {
 		// Every admin route enters here and only here (fleet.go), which
 		// requires the admin key when keys are on.
-		return s.serveAdmin(ctx, raw)
+		return s.fleet.serveAdmin(ctx, raw)
 	}
 	api := bytes.HasPrefix(raw, apiPrefix)
 	p := raw
 	if api {
 		p = raw[len(apiPrefix)-1:]
 	}
-	after, ok := s.guard(ctx, p, api)
+	after, ok := s.keys.guard(ctx, p, api)
 	if !ok {
 		return routeAuth
 	}
@@ -176,7 +175,7 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 		defer after()
 	}
 	if namespacedAnswer(p, api) {
-		if ns := s.keyNamespace(ctx); ns != "" {
+		if ns := s.files.keyNamespace(ctx); ns != "" {
 			// The key's own names in what it receives (keyfiles.go).
 			defer unnamespaceAnswer(ctx, ns)
 		}
@@ -194,81 +193,81 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 	case "/prompt":
 		switch {
 		case post:
-			s.postPrompt(ctx)
+			s.submit.postPrompt(ctx)
 			return routePrompt
 		case get:
-			s.getPrompt(ctx)
+			s.submit.getPrompt(ctx)
 			return routePrompt
 		}
 	case "/queue":
 		switch {
 		case get:
-			s.getQueue(ctx)
+			s.merged.getQueue(ctx)
 			return routeQueue
 		case post:
-			s.postQueue(ctx)
+			s.pinned.postQueue(ctx)
 			return routeQueue
 		}
 	case "/history":
 		switch {
 		case get:
-			s.getHistory(ctx)
+			s.merged.getHistory(ctx)
 			return routeHistory
 		case post:
-			s.postHistory(ctx)
+			s.pinned.postHistory(ctx)
 			return routeHistory
 		}
 	case "/interrupt":
 		if post {
-			s.postInterrupt(ctx)
+			s.pinned.postInterrupt(ctx)
 			return routeInterrupt
 		}
 	case "/free":
 		if post {
-			s.fanOut(ctx, "/free")
+			s.pinned.fanOut(ctx, "/free")
 			return routeFree
 		}
 	case "/view":
 		if get {
-			s.view(ctx)
+			s.files.view(ctx)
 			return routeView
 		}
 	case "/upload/image":
 		if post {
-			s.uploadImage(ctx)
+			s.files.uploadImage(ctx)
 			return routeUploadImage
 		}
 	case "/upload/mask":
 		if post {
-			s.uploadMask(ctx)
+			s.files.uploadMask(ctx)
 			return routeUploadMask
 		}
 	}
 	if get {
 		if id, ok := pathParam(p, "/history/"); ok {
-			s.getHistoryByID(ctx, id)
+			s.pinned.getHistoryByID(ctx, id)
 			return routeHistoryID
 		}
 	}
 	if api {
 		switch {
 		case get && string(p) == "/jobs":
-			s.getJobs(ctx)
+			s.merged.getJobs(ctx)
 			return routeJobs
 		case post && string(p) == "/jobs/cancel":
-			s.cancelJobs(ctx)
+			s.pinned.cancelJobs(ctx)
 			return routeJobsCancel
 		}
 		if rest, ok := bytes.CutPrefix(p, []byte("/jobs/")); ok {
 			if id, ok := bytes.CutSuffix(rest, []byte("/cancel")); ok && post {
 				if sid, ok := unescapeSegment(id); ok {
-					s.cancelJob(ctx, sid)
+					s.pinned.cancelJob(ctx, sid)
 					return routeJobCancel
 				}
 			}
 			if get {
 				if sid, ok := unescapeSegment(rest); ok {
-					s.getJobByID(ctx, sid)
+					s.pinned.getJobByID(ctx, sid)
 					return routeJobID
 				}
 			}
@@ -276,16 +275,16 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx) string {
 	}
 	if get {
 		if tmpl, ok := neutralRoute(p); ok {
-			if !s.serveUnion(ctx, p) {
-				s.forwardPicked(ctx, s.pool.Select, nil)
+			if !s.fleet.serveUnion(ctx, p) {
+				s.fwd.forwardPicked(ctx, s.pool.Selector().Select, nil)
 			}
 			return tmpl
 		}
 	}
-	if s.scopeUserData(ctx, requestKey(ctx), p) {
+	if s.userData.scopeUserData(ctx, requestKey(ctx), p) {
 		return routeUserData
 	}
-	s.forwardPicked(ctx, s.home, nil)
+	s.fwd.forwardPicked(ctx, s.fwd.home, nil)
 	return homeRoute(p)
 }
 
@@ -295,17 +294,9 @@ func (s *Server) jobRequest(ctx *fasthttp.RequestCtx, raw []byte) jobs.Request {
 	r := jobs.Request{Path: string(raw)}
 	if k := requestKey(ctx); k != nil {
 		r.Owner = k.Name
-		r.Scope = s.jobScope(k)
+		r.Scope = s.keys.jobScope(k)
 	}
 	return r
-}
-
-// jobScope is the owner a key's requests are limited to ("": every job).
-func (s *Server) jobScope(k *auth.Key) string {
-	if s.isolated(k) {
-		return k.Name
-	}
-	return ""
 }
 
 // pathParam returns the single unescaped path segment after prefix.
@@ -380,119 +371,6 @@ func homeRoute(p []byte) string {
 		return routeStatic
 	}
 	return routeOther
-}
-
-// home picks the home instance: the first available one in configuration
-// order, skipping exclude (instances that could not be reached just now).
-func (s *Server) home(exclude ...*upstream.Instance) (*upstream.Instance, error) {
-	var buf [8]*upstream.Instance
-next:
-	for _, inst := range s.pool.AppendHealthy(buf[:0]) {
-		for _, e := range exclude {
-			if e == inst {
-				continue next
-			}
-		}
-		return inst, nil
-	}
-	return nil, upstream.ErrNoUpstream
-}
-
-// forwardPicked forwards the request to the instance pick chooses. When
-// the request was not sent (the instance cannot be reached, its breaker
-// is open, or all of comfygate's connections to it are busy), it asks pick
-// again without it; when pick has none left the client gets 503.
-//
-// A read (GET or HEAD without a body) is also tried elsewhere when the
-// instance gave no answer at all (upstream.NoAnswer: a hung instance, a
-// connection closed before the first byte): replaying it is safe and
-// nothing reached the client yet. While another instance is left to try,
-// a read waits for the instance's first byte only readTimeout
-// (health_check.timeout); the last instance gets the full COMFYUI_TIMEOUT,
-// so a fleet that is merely slow still answers.
-func (s *Server) forwardPicked(ctx *fasthttp.RequestCtx, pick func(exclude ...*upstream.Instance) (*upstream.Instance, error), o *forwardOpts) {
-	// -2: no Content-Length and not chunked, which for a request is no body.
-	cl := ctx.Request.Header.ContentLength()
-	read := (ctx.IsGet() || ctx.IsHead()) && (cl == 0 || cl == -2)
-	var tried []*upstream.Instance
-	var last error // why the previous instance was passed over
-	for range s.pool.Len() + 1 {
-		inst, err := pick(tried...)
-		if err != nil {
-			if last != nil && !isDialError(last) {
-				err = last // busy (503), silent (504), closed early (502)
-			}
-			s.writeError(ctx, err)
-			return
-		}
-		try := o
-		if read && s.othersLeft(inst, tried) {
-			t := forwardOpts{}
-			if o != nil {
-				t = *o
-			}
-			t.timeout = s.readTimeout()
-			try = &t
-		}
-		err = s.forward(ctx, inst, try)
-		if err == nil {
-			return
-		}
-		if !upstream.NotSent(err) && !(read && upstream.NoAnswer(err)) {
-			s.writeError(ctx, err)
-			return
-		}
-		s.log.Info("instance unreachable, busy or silent, trying another", "instance", inst.Name, "err", err)
-		tried = append(tried, inst)
-		last = err
-	}
-	if last == nil {
-		last = upstream.ErrNoUpstream
-	}
-	s.writeError(ctx, last)
-}
-
-// readTimeout is how long a read waits for an instance's first byte while
-// another instance could answer it instead: health_check.timeout, the time
-// a healthy instance has to answer /system_stats, capped by COMFYUI_TIMEOUT.
-func (s *Server) readTimeout() time.Duration {
-	d := s.cfg.HealthCheck.Timeout
-	if d <= 0 || d > s.cfg.Timeout {
-		d = s.cfg.Timeout
-	}
-	return d
-}
-
-// othersLeft reports whether an instance other than inst and those tried
-// is healthy, so a read that inst does not answer can go there.
-func (s *Server) othersLeft(inst *upstream.Instance, tried []*upstream.Instance) bool {
-	var buf [8]*upstream.Instance
-next:
-	for _, h := range s.pool.AppendHealthy(buf[:0]) {
-		if h == inst {
-			continue
-		}
-		for _, t := range tried {
-			if h == t {
-				continue next
-			}
-		}
-		return true
-	}
-	return false
-}
-
-// forwardTo forwards to one given instance (a pinned route): no other
-// instance can answer for it.
-func (s *Server) forwardTo(ctx *fasthttp.RequestCtx, inst *upstream.Instance, o *forwardOpts) {
-	pinned := forwardOpts{}
-	if o != nil {
-		pinned = *o
-	}
-	pinned.pinned = true
-	if err := s.forward(ctx, inst, &pinned); err != nil {
-		s.writeError(ctx, err)
-	}
 }
 
 // setInstance records which instance answers the request, for the log.

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"math"
 	"net"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"github.com/comfygate/comfygate/metrics"
 	"github.com/comfygate/comfygate/placement"
 	"github.com/comfygate/comfygate/prompts"
+	"github.com/comfygate/comfygate/state"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
 )
@@ -45,44 +45,37 @@ type Options struct {
 	Placement *placement.Policy
 	// Reload serves POST /admin/reload; nil: 501.
 	Reload Reloader
+	// State is the state store the replicas share (state.url): the
+	// owners of clientIds live there. nil: this process's memory.
+	State *state.Store
 }
 
 // Server is comfygate's HTTP front: ComfyUI's API over the instance pool,
 // the WebSocket bridge, and comfygate's own /health, /metrics and /stats.
+// It routes each request (router.go) to the part that serves it and owns
+// the HTTP server's life; the parts hold only what they use.
 type Server struct {
-	cfg     *config.Config
-	pool    *upstream.Pool
-	prompts *prompts.Table
-	jobs    JobRoutes
-	m       *metrics.Metrics
-	log     *slog.Logger
-	version string
-	started time.Time
+	cfg  *config.Config
+	pool *upstream.Pool
+	jobs JobRoutes // may be nil
+	hub  *Hub      // the WebSocket bridge (ws*.go)
 
-	cat    *catalogue.Store
-	reload Reloader
-	policy *placement.Policy  // where prompts may and had better run (fleet.go)
-	bodies *limits.BodyBudget // request bodies held in memory (readClientBody)
+	// The parts requests are routed to, each holding only what it uses.
+	edge     *edge         // client address, request guards, access log (edge.go)
+	answers  *answerWaits  // what waits for a connection's answer (answerfirst.go)
+	authn    *authn        // the key a request presents, /login (login.go)
+	keys     *keyGuard     // what that key may do: isolation, rate limits (authz.go)
+	fwd      *forwarder    // to instances, and errors (forward.go, errors.go)
+	files    *fileRoutes   // /view and uploads (files.go, keyfiles.go)
+	userData *userData     // user data per key (userdata.go)
+	submit   *submitter    // POST and GET /prompt (prompt.go)
+	merged   *mergedViews  // /queue, /history, /api/jobs merged (merge.go)
+	pinned   *pinnedRoutes // routes naming a prompt (pinned.go)
+	fleet    *fleetRoutes  // placement, catalogue answers, admin (fleet.go)
+	dash     *dashboard    // /dashboard and the /stats document (dashboard.go)
+	ops      *operator     // /health, /metrics, /stats (health.go)
 
-	hub *Hub
-	sec security // API keys, owners, rate limits (authz.go)
-	// settingsMu holds one *sync.Mutex per key name: a key's settings
-	// writes read, merge and write back its file one at a time (userdata.go).
-	settingsMu sync.Map
-
-	answerMu     sync.Mutex            // guards afterAnswers
-	afterAnswers map[net.Conn][]func() // run once the connection's answer is out (answerfirst.go)
-	// answersWaiting counts the functions in afterAnswers.
-	answersWaiting atomic.Int64
-
-	dashStreams atomic.Int32  // dashboard event streams open (dashboard.go)
-	dashMu      sync.Mutex    // guards dashCh, dashDoc
-	dashCh      chan struct{} // closed (and replaced) by pokeDashboard
-	dashDoc     *dashDoc      // the streams' last document (dashboardDoc)
-
-	// trusted is server.trusted_proxies (clientaddr.go).
-	trusted trustedProxies
-	srv     *fasthttp.Server
+	srv *fasthttp.Server
 }
 
 // Server limits come from the limits section of the configuration. With
@@ -110,39 +103,49 @@ func New(o Options) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{
-		cfg:     o.Config,
-		pool:    o.Pool,
-		prompts: o.Prompts,
-		jobs:    o.Jobs,
-		m:       o.Metrics,
-		log:     log,
-		version: o.Version,
-		started: time.Now(),
-		cat:     o.Catalogue,
-		reload:  o.Reload,
+	started := time.Now()
+	shared := o.State
+	if shared == nil {
+		shared = state.Memory()
 	}
-	s.bodies = o.BodyBudget
-	if s.bodies == nil {
-		s.bodies = limits.NewBodyBudget(o.Config.Limits.MaxBufferedBodyBytes)
+	budget := o.BodyBudget
+	if budget == nil {
+		budget = limits.NewBodyBudget(o.Config.Limits.MaxBufferedBodyBytes)
 	}
-	s.policy = o.Placement
-	if s.policy == nil {
-		s.policy = placement.New(o.Pool, o.Catalogue, o.Config.Routing.AffinityMargin, o.Metrics.Affinity)
+	policy := o.Placement
+	if policy == nil {
+		policy = placement.New(o.Pool, o.Catalogue, o.Config.Routing.AffinityMargin, o.Metrics.Affinity)
 	}
-	s.trusted = trustedProxies(o.Config.Server.TrustedPrefixes())
-	if err := s.initSecurity(); err != nil {
+	keys, err := newKeyGuard(o.Config, o.Metrics, o.Jobs, o.Prompts, shared, log)
+	if err != nil {
 		return nil, err
 	}
-	s.hub = newHub(s.cfg, s.pool, s.m, log.With("component", "ws"))
-	if s.sec.keys.On() && s.cfg.Auth.Isolation {
-		s.hub.isolate(s.sec.owners)
+	s := &Server{cfg: o.Config, pool: o.Pool, jobs: o.Jobs, keys: keys}
+	s.edge = &edge{cfg: o.Config, m: o.Metrics, log: log, trusted: trustedProxies(o.Config.Server.TrustedPrefixes())}
+	s.answers = newAnswerWaits()
+	s.authn = &authn{cfg: o.Config, m: o.Metrics, apiKeys: keys.sec.keys, sessions: keys.sec.sessions}
+	s.hub = newHub(o.Config, o.Pool, o.Metrics, log.With("component", "ws"))
+	if keys.sec.keys.On() && o.Config.Auth.Isolation {
+		s.hub.isolate(keys.sec.owners)
 	}
-	s.prompts.SetListener(s.hub)
-	s.afterAnswers = map[net.Conn][]func(){}
+	s.fwd = &forwarder{cfg: o.Config, pool: o.Pool, log: log}
+	bodies := &clientBodies{budget: budget, edge: s.edge}
+	s.files = &fileRoutes{cfg: o.Config, pool: o.Pool, prompts: o.Prompts, log: log, fwd: s.fwd, bodies: bodies, keys: keys}
+	s.userData = &userData{pool: o.Pool, m: o.Metrics, fwd: s.fwd, keys: keys}
+	s.dash = &dashboard{pool: o.Pool, prompts: o.Prompts, jobs: o.Jobs, m: o.Metrics, cat: o.Catalogue}
+	s.fleet = &fleetRoutes{pool: o.Pool, m: o.Metrics, cat: o.Catalogue, policy: policy, reload: o.Reload, dash: s.dash}
+	s.ops = &operator{pool: o.Pool, m: o.Metrics, cat: o.Catalogue, version: o.Version, started: started, dash: s.dash,
+		shared: shared, log: log}
+	s.submit = &submitter{pool: o.Pool, prompts: o.Prompts, policy: policy, hub: s.hub, fwd: s.fwd, bodies: bodies,
+		keys: keys, files: s.files, fleet: s.fleet, answers: s.answers}
+	rw := &rewriter{prompts: o.Prompts}
+	s.merged = &mergedViews{pool: o.Pool, fwd: s.fwd, keys: keys, rw: rw}
+	s.pinned = &pinnedRoutes{cfg: o.Config, pool: o.Pool, prompts: o.Prompts, jobs: o.Jobs, log: log,
+		fwd: s.fwd, bodies: bodies, keys: keys, rw: rw}
+	o.Prompts.SetListener(s.hub)
 	s.srv = &fasthttp.Server{
 		Handler:                      s.handle,
-		ConnState:                    s.connState,
+		ConnState:                    s.answers.connState,
 		Name:                         "comfygate",
 		NoDefaultServerHeader:        true, // the instance's Server header passes through
 		NoDefaultContentType:         true,
@@ -166,7 +169,7 @@ func New(o Options) (*Server, error) {
 		// the web UI's requests carry large headers (cookies, long URLs).
 		ReadBufferSize:  s.cfg.Limits.MaxHeaderBytes,
 		WriteBufferSize: 16 << 10,
-		ErrorHandler:    s.serverError,
+		ErrorHandler:    s.edge.serverError,
 		Logger:          fasthttpLogger{log},
 		// fasthttp's parse errors otherwise quote the request's bytes,
 		// an Authorization header (an API key) included.
@@ -184,10 +187,10 @@ func (s *Server) Handler() fasthttp.RequestHandler { return s.handle }
 func (s *Server) Serve(ln net.Listener) error {
 	ll := limits.Listen(ln, limits.ListenerOptions{
 		MaxConnsPerIP:  s.cfg.Limits.MaxConnsPerIP,
-		Uncapped:       s.uncapped,
-		ProxyProtocol:  s.proxyProtocol(),
+		Uncapped:       s.edge.uncapped,
+		ProxyProtocol:  s.edge.proxyProtocol(),
 		MaxHeaderBytes: s.cfg.Limits.MaxHeaderBytes,
-		OnRefuse:       s.refused,
+		OnRefuse:       s.edge.refused,
 	})
 	return s.srv.Serve(writeIdleListener{Listener: ll, idle: s.cfg.ClientWriteTimeout()})
 }
@@ -240,6 +243,16 @@ func (c *writeIdleConn) Write(p []byte) (int, error) {
 	}
 	return c.Conn.Write(p)
 }
+
+// OperatorHandler serves /health, /metrics, /stats and the dashboard, and
+// nothing else, without API keys: the handler of metrics_listen, an
+// address only operators and scrapers reach.
+func (s *Server) OperatorHandler() fasthttp.RequestHandler { return s.ops.operatorHandler() }
+
+// SetRouting applies a reloaded routing section: the affinity margin
+// and the catalogue's re-read interval (the warm-up timeout applies at
+// the next start).
+func (s *Server) SetRouting(r config.Routing) { s.fleet.setRouting(r) }
 
 // Shutdown stops accepting connections, lets in-flight requests finish
 // (streams included) until ctx ends, then closes every client WebSocket.

@@ -23,12 +23,12 @@ func TestShutdownDrains(t *testing.T) {
 	t.Parallel()
 	arrived := make(chan struct{})
 	release := make(chan struct{})
-	fake := newFakeComfy(t, func(w http.ResponseWriter, r *http.Request) {
+	fake := testkit.Mini(t, "0.3.65").Fallback(func(w http.ResponseWriter, r *http.Request) {
 		close(arrived)
 		<-release
 		_, _ = io.WriteString(w, "finished")
 	})
-	g := startGate(t, []string{fake.addr()}, nil)
+	g := startGate(t, []string{fake.Addr()}, nil)
 	type result struct {
 		status int
 		body   string

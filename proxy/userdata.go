@@ -26,6 +26,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"github.com/comfygate/comfygate/metrics"
 	"net/url"
 	"path"
 	"strings"
@@ -36,6 +37,18 @@ import (
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
 )
+
+// userData scopes user data (/userdata, /settings, /users, /internal) to
+// an isolated key's own directory on the home instance.
+type userData struct {
+	pool *upstream.Pool
+	m    *metrics.Metrics // may be nil
+	fwd  *forwarder
+	keys *keyGuard
+	// settingsMu holds one *sync.Mutex per key name: a key's settings
+	// writes read, merge and write back its file one at a time.
+	settingsMu sync.Map
+}
 
 // keyDataRoot holds the per-key directories inside an instance's user
 // directory.
@@ -121,8 +134,8 @@ func classifyUserData(p []byte) (userRoute, [][]byte) {
 // (or served from it, for settings). When it returns false the request
 // goes to the home instance unchanged: keys off, an admin key, isolation
 // off, a route that holds no user data, or GET /users.
-func (s *Server) scopeUserData(ctx *fasthttp.RequestCtx, k *auth.Key, p []byte) (handled bool) {
-	if !s.isolated(k) {
+func (s *userData) scopeUserData(ctx *fasthttp.RequestCtx, k *auth.Key, p []byte) (handled bool) {
+	if !s.keys.isolated(k) {
 		return false
 	}
 	// Dot and empty segments never get here: canonicalPath refuses or
@@ -134,7 +147,7 @@ func (s *Server) scopeUserData(ctx *fasthttp.RequestCtx, k *auth.Key, p []byte) 
 	raw := splitPath(rawRequestURI(ctx))
 	prefix := string(raw[:len(raw)-len(p)]) // "/api" or ""
 	forbid := func(msg string) bool {
-		s.authRefused("forbidden")
+		authRefused(s.m, "forbidden")
 		writeJSONError(ctx, fasthttp.StatusForbidden, "forbidden", msg)
 		return true
 	}
@@ -169,7 +182,7 @@ func (s *Server) scopeUserData(ctx *fasthttp.RequestCtx, k *auth.Key, p []byte) 
 		if ctx.IsPost() {
 			o.rewrite = unscopeAnswer(dir)
 		}
-		s.forwardPicked(ctx, s.home, o)
+		s.fwd.forwardPicked(ctx, s.fwd.home, o)
 		return true
 	case udList, udListV2:
 		param, kind := "dir", dirValue
@@ -214,7 +227,7 @@ func (s *Server) scopeUserData(ctx *fasthttp.RequestCtx, k *auth.Key, p []byte) 
 		if route == udListV2 {
 			o.rewrite = unscopeAnswer(dir)
 		}
-		s.forwardPicked(ctx, s.home, o)
+		s.fwd.forwardPicked(ctx, s.fwd.home, o)
 		if route == udListV2 && len(val) == 0 && ctx.Response.StatusCode() == fasthttp.StatusNotFound {
 			// A key's directory that does not exist yet is an empty
 			// user directory, as ComfyUI answers for a new user.
@@ -252,7 +265,7 @@ const (
 // NUL, or a ".." segment at any stage is refused (it could leave the
 // key's directory), as is a file that names the directory itself. It
 // answers and reports false when refused.
-func (s *Server) userPathOK(ctx *fasthttp.RequestCtx, v []byte, kind pathKind) bool {
+func (s *userData) userPathOK(ctx *fasthttp.RequestCtx, v []byte, kind pathKind) bool {
 	cur := string(v)
 	stages := []string{cur}
 	if kind == fileSegment {
@@ -274,7 +287,7 @@ func (s *Server) userPathOK(ctx *fasthttp.RequestCtx, v []byte, kind pathKind) b
 	}
 	for _, st := range stages {
 		if !userPathSafe(st) {
-			s.authRefused("forbidden")
+			authRefused(s.m, "forbidden")
 			writeJSONError(ctx, fasthttp.StatusForbidden, "forbidden", "user data paths stay inside the key's own directory")
 			return false
 		}
@@ -351,7 +364,7 @@ func unscopeAnswer(dir string) func(*upstream.Instance, int, []byte) []byte {
 // keySettings serves /settings and /settings/{id} from the key's own
 // settings file (GET: the object, or one value or null; POST: merges a
 // value or an object, answering an empty 200 as ComfyUI does).
-func (s *Server) keySettings(ctx *fasthttp.RequestCtx, k *auth.Key, prefix string, segs [][]byte) {
+func (s *userData) keySettings(ctx *fasthttp.RequestCtx, k *auth.Key, prefix string, segs [][]byte) {
 	var id string
 	if len(segs) == 2 {
 		var ok bool
@@ -417,7 +430,7 @@ func (s *Server) keySettings(ctx *fasthttp.RequestCtx, k *auth.Key, prefix strin
 		b, _ := json.Marshal(m)
 		status, answer, err := s.homeCall(ctx, "POST", uri+"?overwrite=true", b)
 		if err != nil {
-			s.writeError(ctx, err)
+			s.fwd.writeError(ctx, err)
 			return
 		}
 		if status != fasthttp.StatusOK {
@@ -434,17 +447,17 @@ func (s *Server) keySettings(ctx *fasthttp.RequestCtx, k *auth.Key, prefix strin
 
 // settingsLock is the lock of one key's settings file: its writes read,
 // merge and write it back one at a time.
-func (s *Server) settingsLock(name string) *sync.Mutex {
+func (s *userData) settingsLock(name string) *sync.Mutex {
 	mu, _ := s.settingsMu.LoadOrStore(name, &sync.Mutex{})
 	return mu.(*sync.Mutex)
 }
 
 // loadKeySettings reads a key's settings file (none yet: no settings). It
 // answers and reports false when the instance cannot be asked.
-func (s *Server) loadKeySettings(ctx *fasthttp.RequestCtx, uri string) (map[string]json.RawMessage, bool) {
+func (s *userData) loadKeySettings(ctx *fasthttp.RequestCtx, uri string) (map[string]json.RawMessage, bool) {
 	status, body, err := s.homeCall(ctx, "GET", uri, nil)
 	if err != nil {
-		s.writeError(ctx, err)
+		s.fwd.writeError(ctx, err)
 		return nil, false
 	}
 	m := map[string]json.RawMessage{}
@@ -466,11 +479,11 @@ func (s *Server) loadKeySettings(ctx *fasthttp.RequestCtx, uri string) (map[stri
 // homeCall sends comfygate's own request for the client (with the
 // client's headers, such as Comfy-User) to the home instance, another one
 // when it cannot be reached, and returns the answer read whole.
-func (s *Server) homeCall(ctx *fasthttp.RequestCtx, method, uri string, body []byte) (int, []byte, error) {
+func (s *userData) homeCall(ctx *fasthttp.RequestCtx, method, uri string, body []byte) (int, []byte, error) {
 	var tried []*upstream.Instance
 	var last error
 	for range s.pool.Len() + 1 {
-		inst, err := s.home(tried...)
+		inst, err := s.fwd.home(tried...)
 		if err != nil {
 			if last != nil {
 				err = last

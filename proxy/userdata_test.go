@@ -15,6 +15,7 @@ import (
 	"github.com/comfygate/comfygate/auth"
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/valyala/fasthttp"
 )
 
@@ -136,8 +137,8 @@ func keysOf(m map[string][]byte) []string {
 // same requests reach the instance unchanged.
 func TestUserDataRefused(t *testing.T) {
 	t.Parallel()
-	fake := newFakeComfy(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
-	g := startGate(t, []string{fake.addr()}, withKeys)
+	fake := testkit.Mini(t, "0.3.65").Fallback(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
+	g := startGate(t, []string{fake.Addr()}, withKeys)
 	for _, tc := range []struct {
 		method, path string
 		want         int
@@ -180,7 +181,7 @@ func TestUserDataRefused(t *testing.T) {
 	if line, rest := rawExchange(t, g.addr, "GET /api/x/../userdata/a.json HTTP/1.1\r\nHost: "+g.addr+"\r\nAuthorization: Bearer "+keyA+"\r\nConnection: close\r\n\r\n"); !strings.Contains(line, " 308 ") || !strings.Contains(rest, "Location: /api/userdata/a.json") {
 		t.Errorf("a detour through a dot segment: %s %s, want 308 to /api/userdata/a.json", line, rest)
 	}
-	if seen := fake.requests(); len(seen) != 0 {
+	if seen := fake.Requests(); len(seen) != 0 {
 		t.Errorf("the instance saw refused requests: %+v", seen[0])
 	}
 	// GET /users holds no user data; an admin key reaches /internal.
@@ -192,20 +193,20 @@ func TestUserDataRefused(t *testing.T) {
 	if status, body := udDo(t, g, keyAdmin, "GET", "/internal/logs", ""); status != 200 {
 		t.Errorf("admin GET /internal/logs: %d %s", status, body)
 	}
-	if seen := fake.requests(); len(seen) != 3 || seen[2].RequestURI != "/internal/logs" {
+	if seen := fake.Requests(); len(seen) != 3 || seen[2].RequestURI != "/internal/logs" {
 		t.Errorf("the instance saw %+v, want /api/users twice and /internal/logs", seen)
 	}
 
 	// Keys off, or isolation off: unchanged.
 	for _, mod := range []func(*config.Config){nil, func(c *config.Config) { withKeys(c); c.Auth.Isolation = false }} {
-		fake := newFakeComfy(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
-		g := startGate(t, []string{fake.addr()}, mod)
+		fake := testkit.Mini(t, "0.3.65").Fallback(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
+		g := startGate(t, []string{fake.Addr()}, mod)
 		for _, p := range []string{"/api/userdata/workflows%2Fa.json", "/api/userdata?dir=workflows&recurse=true", "/internal/logs", "/api/settings"} {
 			if status, body := udDo(t, g, keyA, "GET", p, ""); status != 200 {
 				t.Errorf("%s with isolation off or keys off: %d %s", p, status, body)
 			}
 		}
-		seen := fake.requests()
+		seen := fake.Requests()
 		if len(seen) != 4 || seen[0].RequestURI != "/api/userdata/workflows%2Fa.json" || seen[1].RequestURI != "/api/userdata?dir=workflows&recurse=true" {
 			t.Errorf("the instance saw %+v, want the requests unchanged", seen)
 		}
@@ -217,12 +218,12 @@ func TestUserDataRefused(t *testing.T) {
 // listing's query is rebuilt with one dir.
 func TestUserDataRawForward(t *testing.T) {
 	t.Parallel()
-	fake := newFakeComfy(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
-	g := startGate(t, []string{fake.addr()}, withKeys)
+	fake := testkit.Mini(t, "0.3.65").Fallback(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
+	g := startGate(t, []string{fake.Addr()}, withKeys)
 	enc := strings.ReplaceAll(dirOf(auth.PlainKeyName("key", keyA)), "/", "%2F") + "%2F"
 	udDo(t, g, keyA, "GET", "/api/userdata/workflows%2Fmy%20flow%25.json?rand=1&token="+keyA, "")
 	udDo(t, g, keyA, "GET", "/userdata?dir=workflows&token="+keyA+"&recurse=true&dir=..", "")
-	seen := fake.requests()
+	seen := fake.Requests()
 	want := []string{
 		"/api/userdata/" + enc + "workflows%2Fmy%20flow%25.json?rand=1",
 		"/userdata?dir=" + strings.ReplaceAll(dirOf(auth.PlainKeyName("key", keyA)), "/", "%2F") + "%2Fworkflows&recurse=true",
@@ -334,7 +335,7 @@ func FuzzUserPath(f *testing.F) {
 	for _, seed := range []string{"workflows%2Fa.json", "..%2Fx", "%252e%252e%252fx", "a%2F..%2F..%2Fb", "%2e%2e", "C%3A%5Cx", "x%25", ".%2F.", "%2F"} {
 		f.Add(seed)
 	}
-	s := &Server{}
+	s := &userData{}
 	dir := keyDir(&auth.Key{Name: "fuzz"})
 	f.Fuzz(func(t *testing.T, seg string) {
 		if strings.Contains(seg, "/") || seg == "" {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"net"
 	"slices"
 	"testing"
 	"time"
@@ -12,6 +11,7 @@ import (
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/testkit"
+	"github.com/comfygate/comfygate/internal/testkit/ready"
 	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/fasthttp/websocket"
@@ -44,37 +44,30 @@ func startBenchBridge(b *testing.B, addr string) string {
 	b.Helper()
 	cfg := config.Default()
 	cfg.Instances = []config.Instance{{Name: "sim", Address: addr}}
-	pool, err := upstream.New(cfg, nil, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	table := prompts.New(pool, cfg, nil, nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	if err := pool.Start(ctx); err != nil {
-		b.Fatal(err)
-	}
-	table.Start(ctx)
-	h := newHub(cfg, pool, nil, nil)
-	table.SetListener(h)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	srv := &fasthttp.Server{Handler: h.ServeWS, KeepHijackedConns: true}
-	done := make(chan struct{})
-	go func() { _ = srv.Serve(ln); close(done) }()
-	b.Cleanup(func() {
-		h.Close()
-		_ = srv.Shutdown()
-		<-done
-		pool.Close()
-		table.Close()
-		cancel()
-	})
-	testkit.EventuallyWithin(b, 10*time.Second, "the upstream socket to come up", func() bool {
-		return pool.Instances()[0].Status().SocketUp
-	})
-	return "ws://" + ln.Addr().String()
+	gw := testkit.Start(b, testkit.GatewayOptions{Base: cfg},
+		testkit.Wiring[*upstream.Pool, *prompts.Table, testkit.NoPart, hubServer]{
+			Pool:    upstream.New,
+			Prompts: prompts.New,
+			Server: func(g *testkit.Gateway[*upstream.Pool, *prompts.Table, testkit.NoPart, hubServer]) (hubServer, error) {
+				h := newHub(g.Config, g.Pool(), nil, nil)
+				g.Prompts().SetListener(h)
+				return hubServer{h, &fasthttp.Server{Handler: h.ServeWS, KeepHijackedConns: true}}, nil
+			},
+			Instances: ready.States,
+		})
+	return "ws://" + gw.Addr
+}
+
+// hubServer serves the hub alone on /ws.
+type hubServer struct {
+	h *Hub
+	*fasthttp.Server
+}
+
+// Shutdown closes the hub's sockets, then the server.
+func (s hubServer) Shutdown(ctx context.Context) error {
+	s.h.Close()
+	return s.ShutdownWithContext(ctx)
 }
 
 func benchEventLatency(b *testing.B, sim *comfysim.Server, url string) {

@@ -484,6 +484,16 @@ func TestWSStackBroadcastAndPreviews(t *testing.T) {
 	c1 := dialWS(t, s.wsURL("bp-1"))
 	c2 := dialWS(t, s.wsURL("bp-2"))
 	c2.sendFlags(true)
+	// A broadcast sent before comfygate's event socket to its instance is
+	// up is lost (ComfyUI keeps no backlog), so wait for both sockets.
+	testkit.Eventually(t, "both event sockets up", func() bool {
+		for _, inst := range s.pool.Instances() {
+			if !inst.SocketUp() {
+				return false
+			}
+		}
+		return true
+	})
 
 	// A custom node's broadcast on either instance reaches both clients.
 	a.BroadcastCustom("custom.hello", map[string]any{"from": "a"})

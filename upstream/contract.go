@@ -3,16 +3,11 @@ package upstream
 // Instance and Pool, the types other packages use.
 
 import (
-	"context"
-	"log/slog"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/comfygate/comfygate/breaker"
-	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/clock"
-	"github.com/comfygate/comfygate/metrics"
 	"github.com/valyala/fasthttp"
 )
 
@@ -47,7 +42,7 @@ type Instance struct {
 	version    atomic.Pointer[string]
 	socketID   string // the client_id comfygate uses for this instance's prompts and socket
 
-	pool       *Pool        // back-pointer for metrics and drain removal
+	reg        *registry    // the registry it belongs to: metrics, clock, drain removal
 	successes  atomic.Int32 // consecutive passed health checks
 	confirming atomic.Bool  // a SocketLost check is running
 
@@ -106,8 +101,8 @@ func (i *Instance) SetSocketUp(up bool) {
 		i.lostAt.Store(i.clock().Now().UnixNano())
 		i.socketUp.Store(false)
 	}
-	if i.pool != nil {
-		i.pool.m.SetUpstreamSocket(i.Name, up)
+	if i.reg != nil {
+		i.reg.m.SetUpstreamSocket(i.Name, up)
 	}
 }
 
@@ -120,16 +115,12 @@ func (i *Instance) LostAt() time.Time {
 	return time.Time{}
 }
 
-// Clock is the clock the pool times its checks with; failover's grace
-// uses it too.
-func (p *Pool) Clock() clock.Clock { return p.clk }
-
 // clock is its pool's clock, or the wall clock for an instance without one.
 func (i *Instance) clock() clock.Clock {
-	if i.pool == nil || i.pool.clk == nil {
+	if i.reg == nil || i.reg.clk == nil {
 		return clock.Real
 	}
-	return i.pool.clk
+	return i.reg.clk
 }
 
 // SocketClientID is the client_id comfygate's socket on this instance uses.
@@ -143,50 +134,23 @@ func (i *Instance) Version() string {
 	return ""
 }
 
-// Pool is the set of instances.
+// Pool is the set of instances. It wires its parts, each with one job
+// and only what that job uses, and offers what other packages call on it;
+// most of its methods hand the call to the part that does it.
 type Pool struct {
-	cfg *config.Config
-	m   *metrics.Metrics
-	log *slog.Logger
-	// clk times the health checks' loop, failover's grace and the
-	// breakers' open periods.
+	// clk is Clock: the health checks' loop, failover's grace and the
+	// breakers run on it.
 	clk clock.Clock
 
-	mu        sync.RWMutex // guards instances
-	instances []*Instance
-	rr        atomic.Uint64
-	pickMu    sync.Mutex // serializes Reserve: each pick sees the ones before it counted
-
-	// gate is what a comeback must pass (SetComebackGate); guarded by runMu.
-	gate ComebackGate
-
-	// subs receive the instance events (Subscribe, events.go).
-	subsMu     sync.Mutex // guards subs, subsClosed
-	subs       []*Subscription
-	subsClosed bool
-
-	entries  []*entry // config instances and their discovered addresses; insts guarded by mu
-	resolver Resolver // guarded by mu; for discover entries
-
-	availMu sync.Mutex    // guards availCh
-	availCh chan struct{} // closed (and dropped) when availability changes; nil when nobody waits
-
-	reconfState // Reconfigure (fleet.go)
-	warmups     warmups
-
-	runMu   sync.Mutex // guards started, closed, ctx, cancel, and wg.Add
-	started bool
-	closed  bool
-	ctx     context.Context
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup // background goroutines Close waits for
-}
-
-// Instances returns the current instances (a copy of the slice).
-func (p *Pool) Instances() []*Instance {
-	p.mu.RLock()
-	defer p.mu.RUnlock()
-	return append([]*Instance(nil), p.instances...)
+	run    *runner       // the background goroutines Start starts and Close stops (run.go)
+	bus    *bus          // instance events and the comeback gate (events.go)
+	avail  *availability // wakes AwaitAvailable (select.go)
+	reg    *registry     // the instances, by config entry (registry.go)
+	warm   *warmups      // the warm-up gate (warmup.go)
+	health *health       // health checks and breaker state changes (health.go)
+	sel    *Selector     // which instance takes new work (select.go)
+	disc   *discovery    // instances found by DNS (discovery.go)
+	fleet  *Fleet        // what an operator changes while it runs (fleet.go)
 }
 
 // ForceHealthy sets the health verdict without a check, as a test that

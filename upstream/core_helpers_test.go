@@ -11,6 +11,7 @@ import (
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/clock"
 	"github.com/comfygate/comfygate/internal/testkit"
+	"github.com/comfygate/comfygate/metrics"
 )
 
 // coreConfig is testkit.DrivenConfig.
@@ -67,19 +68,16 @@ func fakeClock() *testkit.FakeClock {
 	return testkit.NewFakeClock(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
 }
 
-// newClockedPool is newCorePool on clk (nil: the wall clock).
+// newClockedPool is newCorePool on clk (nil: the wall clock), built by
+// testkit.Start with only the pool wired (Idle unless start).
 func newClockedPool(t testing.TB, cfg *config.Config, start bool, clk clock.Clock) (*Pool, *logRec) {
 	t.Helper()
 	rec := &logRec{}
-	p, err := NewWithClock(cfg, nil, slog.New(rec), clk)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(p.Close)
-	if start {
-		if err := p.Start(context.Background()); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return p, rec
+	gw := testkit.Start(t, testkit.GatewayOptions{Base: cfg, Logger: slog.New(rec), Idle: !start},
+		testkit.Wiring[*Pool, testkit.NoPart, testkit.NoPart, testkit.NoPart]{
+			Pool: func(cfg *config.Config, m *metrics.Metrics, log *slog.Logger) (*Pool, error) {
+				return NewWithClock(cfg, m, log, clk)
+			},
+		})
+	return gw.Pool(), rec
 }

@@ -2,9 +2,13 @@ package upstream
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"slices"
 	"sync"
+
+	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/metrics"
 )
 
 // Resolver looks a host name up; *net.Resolver is one. Tests inject fakes.
@@ -12,45 +16,79 @@ type Resolver interface {
 	LookupHost(ctx context.Context, host string) (addrs []string, err error)
 }
 
-// SetResolver replaces the resolver used for instances with discover: true
-// (default net.DefaultResolver). Call it before Start.
-func (p *Pool) SetResolver(r Resolver) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+// discovery keeps the instances of the entries with discover: true in
+// step with what their names resolve to: each address is an instance.
+type discovery struct {
+	cfg    *config.Config // discovery.interval; health_check.timeout bounds a lookup
+	m      *metrics.Metrics
+	log    *slog.Logger
+	reg    *registry
+	bus    *bus
+	warm   *warmups
+	health *health // checks a new instance at once
+	run    *runner
+
+	once sync.Once // starts the loop
+
+	resolverMu sync.Mutex // guards resolver
+	resolver   Resolver
+}
+
+// setResolver replaces the resolver (default net.DefaultResolver). Call
+// it before Start.
+func (d *discovery) setResolver(r Resolver) {
+	d.resolverMu.Lock()
+	defer d.resolverMu.Unlock()
 	if r == nil {
 		r = net.DefaultResolver
 	}
-	p.resolver = r
+	d.resolver = r
+}
+
+// configured reports whether any entry is to be discovered.
+func (d *discovery) configured() bool {
+	d.reg.mu.RLock()
+	defer d.reg.mu.RUnlock()
+	return slices.ContainsFunc(d.reg.entries, func(e *entry) bool { return e.cfg.Discover })
+}
+
+// start starts the discovery loop once, when the pool runs.
+func (d *discovery) start() {
+	d.once.Do(func() {
+		if ctx := d.run.runCtx(); ctx != nil {
+			d.run.goLoop(ctx, "discovery", d.cfg.Discovery.Interval, d.discoverOnce)
+		}
+	})
 }
 
 // discoverOnce re-resolves every discover entry, announces new instances
 // (EventAdded; and checks them at once so they take work without
 // waiting for the next health round), and drains vanished ones.
-func (p *Pool) discoverOnce(ctx context.Context) {
-	added, removed := p.resolveAll(ctx)
+func (d *discovery) discoverOnce(ctx context.Context) {
+	added, removed := d.resolveAll(ctx)
 	var wg sync.WaitGroup
 	for _, inst := range added {
-		p.log.Info("upstream: instance discovered", "instance", inst.Name, "addr", inst.Addr)
-		p.publish(EventAdded, inst)
+		d.log.Info("upstream: instance discovered", "instance", inst.Name, "addr", inst.Addr)
+		d.bus.publish(EventAdded, inst)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			p.safely("health check", func() { p.checkOnce(ctx, inst) })
+			d.run.safely("health check", func() { d.health.checkOnce(ctx, inst) })
 		}()
 	}
 	for _, inst := range removed {
-		p.m.SetDraining(inst.Name, true)
-		p.log.Info("upstream: instance draining", "instance", inst.Name, "addr", inst.Addr,
+		d.m.SetDraining(inst.Name, true)
+		d.log.Info("upstream: instance draining", "instance", inst.Name, "addr", inst.Addr,
 			"reason", "address no longer resolves", "inflight", inst.inflight.Load())
-		p.publish(EventRemoved, inst)
-		p.removeIfDrained(inst)
+		d.bus.publish(EventRemoved, inst)
+		d.reg.removeIfDrained(inst)
 	}
 	wg.Wait()
 	// A drained instance whose last prompt finished before it was marked
 	// draining would otherwise stay listed.
-	for _, inst := range p.Instances() {
+	for _, inst := range d.reg.list() {
 		if inst.draining.Load() {
-			p.removeIfDrained(inst)
+			d.reg.removeIfDrained(inst)
 		}
 	}
 }
@@ -63,18 +101,18 @@ func (p *Pool) discoverOnce(ctx context.Context) {
 // fresh instance only after the old one left (next round): the old one's
 // socket is closing and its metrics series go with it. A failed lookup keeps the current set:
 // a DNS hiccup must not drain a healthy fleet; health checks judge them.
-func (p *Pool) resolveAll(ctx context.Context) (added, removed []*Instance) {
-	p.mu.RLock()
-	resolver := p.resolver
-	p.mu.RUnlock()
-	timeout := p.cfg.HealthCheck.Timeout
-	p.mu.RLock()
-	entries := slices.Clone(p.entries)
-	p.mu.RUnlock()
+func (d *discovery) resolveAll(ctx context.Context) (added, removed []*Instance) {
+	d.resolverMu.Lock()
+	resolver := d.resolver
+	d.resolverMu.Unlock()
+	timeout := d.cfg.HealthCheck.Timeout
+	d.reg.mu.RLock()
+	entries := slices.Clone(d.reg.entries)
+	d.reg.mu.RUnlock()
 	for _, e := range entries {
-		p.mu.RLock()
+		d.reg.mu.RLock()
 		skip, name := !e.cfg.Discover || e.leaving, e.cfg.Name
-		p.mu.RUnlock()
+		d.reg.mu.RUnlock()
 		if skip {
 			continue
 		}
@@ -87,16 +125,16 @@ func (p *Pool) resolveAll(ctx context.Context) (added, removed []*Instance) {
 			}
 			if msg := err.Error(); msg != e.lastErr {
 				e.lastErr = msg
-				p.log.Warn("upstream: discovery lookup failed; keeping current instances",
+				d.log.Warn("upstream: discovery lookup failed; keeping current instances",
 					"instance", name, "host", e.host, "error", err)
 			}
 			continue
 		}
 		if e.lastErr != "" {
 			e.lastErr = ""
-			p.log.Info("upstream: discovery lookup works again", "instance", name, "host", e.host)
+			d.log.Info("upstream: discovery lookup works again", "instance", name, "host", e.host)
 		}
-		a, r := p.applyAddrs(e, addrs)
+		a, r := d.applyAddrs(e, addrs)
 		added = append(added, a...)
 		removed = append(removed, r...)
 	}
@@ -104,7 +142,7 @@ func (p *Pool) resolveAll(ctx context.Context) (added, removed []*Instance) {
 }
 
 // applyAddrs makes e's instances match addrs.
-func (p *Pool) applyAddrs(e *entry, addrs []string) (added, removed []*Instance) {
+func (d *discovery) applyAddrs(e *entry, addrs []string) (added, removed []*Instance) {
 	want := make([]string, 0, len(addrs))
 	for _, a := range addrs {
 		if ip := net.ParseIP(a); ip != nil {
@@ -115,8 +153,8 @@ func (p *Pool) applyAddrs(e *entry, addrs []string) (added, removed []*Instance)
 		}
 	}
 	slices.Sort(want)
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	d.reg.mu.Lock()
+	defer d.reg.mu.Unlock()
 	have := map[string]*Instance{}
 	for _, inst := range e.insts {
 		have[inst.Addr] = inst
@@ -124,9 +162,9 @@ func (p *Pool) applyAddrs(e *entry, addrs []string) (added, removed []*Instance)
 	for _, ip := range want {
 		addr := net.JoinHostPort(ip, e.port)
 		if _, ok := have[addr]; !ok {
-			inst := p.addInstance(e.cfg.Name+"/"+ip, addr, e.cfg.TLS())
+			inst := d.reg.add(e.cfg.Name+"/"+ip, addr, e.cfg.TLS())
 			inst.applyConfig(e.cfg)
-			p.prepareWarmup(inst, e.cfg)
+			d.warm.prepare(inst, e.cfg)
 			e.insts = append(e.insts, inst)
 			added = append(added, inst)
 		}
@@ -139,7 +177,7 @@ func (p *Pool) applyAddrs(e *entry, addrs []string) (added, removed []*Instance)
 	}
 	slices.SortFunc(e.insts, func(a, b *Instance) int { return compareAddr(a.Addr, b.Addr) })
 	if len(added) > 0 || len(removed) > 0 {
-		p.rebuildLocked()
+		d.reg.rebuildLocked()
 	}
 	return added, removed
 }

@@ -56,7 +56,7 @@ func TestDiscoveryAddsAndDrains(t *testing.T) {
 	res := &fakeResolver{}
 	res.set(nil, "127.0.0.2", "127.0.0.10", "127.0.0.1")
 	p, rec := newCorePool(t, cfg, false)
-	p.SetResolver(res)
+	p.disc.setResolver(res)
 	if err := p.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -69,10 +69,10 @@ func TestDiscoveryAddsAndDrains(t *testing.T) {
 	}
 
 	// 127.0.0.2 goes away with a prompt in flight; 127.0.0.3 arrives.
-	i2 := p.instanceByName("gpu/127.0.0.2")
+	i2 := p.reg.byName("gpu/127.0.0.2")
 	i2.addInflight(1)
 	res.set(nil, "127.0.0.1", "127.0.0.10", "127.0.0.3")
-	p.discoverOnce(context.Background())
+	p.disc.discoverOnce(context.Background())
 	want = []string{"fixed", "gpu/127.0.0.1", "gpu/127.0.0.2", "gpu/127.0.0.3", "gpu/127.0.0.10"}
 	if got := names(p.Instances()); !equal(got, want) {
 		t.Fatalf("instances = %v, want %v", got, want)
@@ -82,14 +82,14 @@ func TestDiscoveryAddsAndDrains(t *testing.T) {
 	}
 	i2.healthy.Store(true)
 	for k := 0; k < 5; k++ {
-		if got, _ := p.Select(); got == i2 {
+		if got, _ := p.Selector().Select(); got == i2 {
 			t.Fatal("draining instance selected")
 		}
 	}
 	// Its address comes back while it drains: it stays draining.
 	res.set(nil, "127.0.0.1", "127.0.0.10", "127.0.0.3", "127.0.0.2")
-	p.discoverOnce(context.Background())
-	if !i2.draining.Load() || p.instanceByName("gpu/127.0.0.2") != i2 {
+	p.disc.discoverOnce(context.Background())
+	if !i2.draining.Load() || p.reg.byName("gpu/127.0.0.2") != i2 {
 		t.Fatal("draining instance revived in place")
 	}
 	res.set(nil, "127.0.0.1", "127.0.0.10", "127.0.0.3")
@@ -104,17 +104,17 @@ func TestDiscoveryAddsAndDrains(t *testing.T) {
 	}
 	// Back after it left: a fresh instance.
 	res.set(nil, "127.0.0.1", "127.0.0.10", "127.0.0.3", "127.0.0.2")
-	p.discoverOnce(context.Background())
-	if again := p.instanceByName("gpu/127.0.0.2"); again == nil || again == i2 || again.draining.Load() {
+	p.disc.discoverOnce(context.Background())
+	if again := p.reg.byName("gpu/127.0.0.2"); again == nil || again == i2 || again.draining.Load() {
 		t.Fatalf("returning address: %v", again)
 	}
 	res.set(nil, "127.0.0.1", "127.0.0.10", "127.0.0.3")
-	p.discoverOnce(context.Background())
+	p.disc.discoverOnce(context.Background())
 
 	// A failing lookup keeps the set.
 	res.set(errors.New("SERVFAIL"))
-	p.discoverOnce(context.Background())
-	p.discoverOnce(context.Background())
+	p.disc.discoverOnce(context.Background())
+	p.disc.discoverOnce(context.Background())
 	if got := names(p.Instances()); !equal(got, want) {
 		t.Fatalf("instances after a failed lookup = %v, want %v", got, want)
 	}
@@ -124,7 +124,7 @@ func TestDiscoveryAddsAndDrains(t *testing.T) {
 
 	// An idle instance that vanishes leaves at once.
 	res.set(nil, "127.0.0.1")
-	p.discoverOnce(context.Background())
+	p.disc.discoverOnce(context.Background())
 	want = []string{"fixed", "gpu/127.0.0.1"}
 	if got := names(p.Instances()); !equal(got, want) {
 		t.Fatalf("instances = %v, want %v", got, want)
@@ -139,16 +139,16 @@ func TestDiscoveredInstanceIsCheckedAndUsable(t *testing.T) {
 	cfg.Instances = []config.Instance{{Name: "gpu", Address: "comfyui.test:" + port, Discover: true}}
 	res := &fakeResolver{}
 	p, _ := newCorePool(t, cfg, false)
-	p.SetResolver(res)
+	p.disc.setResolver(res)
 	if err := p.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := p.Select(); !errors.Is(err, ErrNoUpstream) {
+	if _, err := p.Selector().Select(); !errors.Is(err, ErrNoUpstream) {
 		t.Fatalf("Select with nothing resolved = %v", err)
 	}
 	res.set(nil, host)
-	p.discoverOnce(context.Background())
-	inst, err := p.Select()
+	p.disc.discoverOnce(context.Background())
+	inst, err := p.Selector().Select()
 	if err != nil || inst.Name != "gpu/"+host {
 		t.Fatalf("Select after discovery = %v, %v", inst, err)
 	}

@@ -15,4 +15,16 @@
 // a subscriber; a comeback passes the gate set with SetComebackGate; a
 // warm-up run is reported with WarmupDone. Whoever starts the pool starts
 // and closes its subscribers too.
+//
+// The Pool wires parts that each have one job and hold only what that job
+// uses: the registry of instances (registry.go), health checks and the
+// breakers' state changes (health.go), the event bus with the comeback
+// gate (events.go), selection (Selector, select.go; where a prompt may
+// run is package placement's policy, passed in as a filter), the warm-up
+// gate (warmup.go), DNS discovery (discovery.go), operator changes (Fleet,
+// fleet.go) and the background goroutines (run.go). Calls to an instance
+// go through its transport (Instance.Do, transport.go). What the prompt
+// owner and the proxy call most is on Pool and handed to its part; drains
+// and reloads go through Pool.Fleet, the less used selection calls
+// through Pool.Selector.
 package upstream

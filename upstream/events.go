@@ -72,7 +72,7 @@ type InstanceEvent struct {
 // state change). Events published before Subscribe are not replayed:
 // subscribe before Start to hear of every instance.
 type Subscription struct {
-	pool *Pool
+	bus *bus
 
 	mu     sync.Mutex // guards queue, closed
 	queue  []InstanceEvent
@@ -80,18 +80,28 @@ type Subscription struct {
 	wake   chan struct{} // holds a token while queue is not empty or closed
 }
 
-// Subscribe returns a new subscription to the pool's instance events.
-// Close it when done; the pool's Close closes every subscription.
-func (p *Pool) Subscribe() *Subscription {
-	s := &Subscription{pool: p, wake: make(chan struct{}, 1)}
-	p.subsMu.Lock()
-	defer p.subsMu.Unlock()
-	if p.subsClosed {
+// bus delivers the pool's instance events to its subscriptions and holds
+// the gate an instance's comeback must pass.
+type bus struct {
+	mu     sync.Mutex // guards subs, closed
+	subs   []*Subscription
+	closed bool
+
+	gateMu sync.Mutex // guards gate
+	gate   ComebackGate
+}
+
+// subscribe returns a new subscription to the instance events.
+func (b *bus) subscribe() *Subscription {
+	s := &Subscription{bus: b, wake: make(chan struct{}, 1)}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
 		s.closed = true
 		s.signal()
 		return s
 	}
-	p.subs = append(p.subs, s)
+	b.subs = append(b.subs, s)
 	return s
 }
 
@@ -131,15 +141,15 @@ func (s *Subscription) TryNext() (ev InstanceEvent, ok, closed bool) {
 
 // Close ends the subscription and drops what is queued: Next returns false.
 func (s *Subscription) Close() {
-	p := s.pool
-	p.subsMu.Lock()
-	for k, x := range p.subs {
+	b := s.bus
+	b.mu.Lock()
+	for k, x := range b.subs {
 		if x == s {
-			p.subs = append(p.subs[:k:k], p.subs[k+1:]...)
+			b.subs = append(b.subs[:k:k], b.subs[k+1:]...)
 			break
 		}
 	}
-	p.subsMu.Unlock()
+	b.mu.Unlock()
 	s.mu.Lock()
 	s.queue = nil
 	s.mu.Unlock()
@@ -173,22 +183,22 @@ func (s *Subscription) push(ev InstanceEvent) {
 }
 
 // publish appends ev to every subscription; it never waits for one.
-func (p *Pool) publish(kind EventKind, inst *Instance) {
+func (b *bus) publish(kind EventKind, inst *Instance) {
 	ev := InstanceEvent{Kind: kind, Inst: inst}
-	p.subsMu.Lock()
-	defer p.subsMu.Unlock() // held while pushing: every subscriber sees one order
-	for _, s := range p.subs {
+	b.mu.Lock()
+	defer b.mu.Unlock() // held while pushing: every subscriber sees one order
+	for _, s := range b.subs {
 		s.push(ev)
 	}
 }
 
-// closeSubscriptions ends every subscription (Pool.Close); what is
-// queued is still delivered.
-func (p *Pool) closeSubscriptions() {
-	p.subsMu.Lock()
-	subs := p.subs
-	p.subs, p.subsClosed = nil, true
-	p.subsMu.Unlock()
+// close ends every subscription (Pool.Close); what is queued is still
+// delivered. Later subscriptions start closed.
+func (b *bus) close() {
+	b.mu.Lock()
+	subs := b.subs
+	b.subs, b.closed = nil, true
+	b.mu.Unlock()
 	for _, s := range subs {
 		s.close()
 	}
@@ -200,17 +210,16 @@ func (p *Pool) closeSubscriptions() {
 // with no lock of the pool held.
 type ComebackGate func(ctx context.Context, inst *Instance) bool
 
-// SetComebackGate sets the gate every comeback must pass (nil: none). The
-// owner of what runs on the instances uses it to remove what moved off an
-// instance before it gets work again. Call it before Start.
-func (p *Pool) SetComebackGate(g ComebackGate) {
-	p.runMu.Lock()
-	defer p.runMu.Unlock()
-	p.gate = g
+// setGate sets the gate every comeback must pass (nil: none).
+func (b *bus) setGate(g ComebackGate) {
+	b.gateMu.Lock()
+	defer b.gateMu.Unlock()
+	b.gate = g
 }
 
-func (p *Pool) comebackGate() ComebackGate {
-	p.runMu.Lock()
-	defer p.runMu.Unlock()
-	return p.gate
+// comebackGate is the gate setGate set.
+func (b *bus) comebackGate() ComebackGate {
+	b.gateMu.Lock()
+	defer b.gateMu.Unlock()
+	return b.gate
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
@@ -53,10 +52,7 @@ func TestEventsTellTheSubscriber(t *testing.T) {
 	f := testkit.Mini(t, "0.3.65")
 	cfg := coreConfig(f.Addr())
 	cfg.HealthCheck.UnhealthyThreshold = 1
-	p, err := New(cfg, nil, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, _ := newCorePool(t, cfg, false)
 	l := &eventLog{sub: p.Subscribe()}
 	var gateOK atomic.Bool
 	gateOK.Store(true)
@@ -76,7 +72,7 @@ func TestEventsTellTheSubscriber(t *testing.T) {
 	// Its health check fails and it has no event socket: down.
 	f.Fail500.Store(true)
 	ctx := context.Background()
-	if p.checkOnce(ctx, inst) || inst.Healthy() {
+	if p.health.checkOnce(ctx, inst) || inst.Healthy() {
 		t.Fatal("a failing check left the instance healthy")
 	}
 	if l.count("unhealthy i1") != 1 || l.count("down i1") != 1 {
@@ -86,11 +82,11 @@ func TestEventsTellTheSubscriber(t *testing.T) {
 	// Back, but the gate refuses it: no work for it.
 	f.Fail500.Store(false)
 	gateOK.Store(false)
-	if p.checkOnce(ctx, inst) || inst.Healthy() {
+	if p.health.checkOnce(ctx, inst) || inst.Healthy() {
 		t.Fatal("a comeback the gate refused was made healthy")
 	}
 	gateOK.Store(true)
-	if !p.checkOnce(ctx, inst) || !inst.Healthy() {
+	if !p.health.checkOnce(ctx, inst) || !inst.Healthy() {
 		t.Fatal("a comeback the gate let through stayed unhealthy")
 	}
 	// Start's first check was a comeback too (from not yet healthy).
@@ -121,7 +117,7 @@ func TestSubscriptionKeepsOrderWithoutAReader(t *testing.T) {
 	const n = 5000
 	kinds := []EventKind{EventUp, EventSuspect, EventBack, EventDown}
 	for k := range n {
-		p.publish(kinds[k%len(kinds)], inst)
+		p.bus.publish(kinds[k%len(kinds)], inst)
 	}
 	other.Close()
 	if _, ok, closed := other.TryNext(); ok || !closed {
@@ -160,15 +156,11 @@ func TestWarmupGateWaitsForItsRunner(t *testing.T) {
 	cfg := coreConfig(f.Addr())
 	cfg.Dir = dir
 	cfg.Instances[0].Warmup = "warm.json"
-	p, err := New(cfg, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, _ := newCorePool(t, cfg, false)
 	l := &eventLog{sub: p.Subscribe()}
 	if err := p.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(p.Close)
 	inst := p.Instances()[0]
 	if l.count("warmup i1") != 1 || inst.Available() {
 		t.Fatalf("cold instance: events %q, available %v; want one warmup and not available", l.drain(), inst.Available())
@@ -176,7 +168,7 @@ func TestWarmupGateWaitsForItsRunner(t *testing.T) {
 	if string(p.WarmupWorkflow(inst)) != `{"1":{"class_type":"X","inputs":{}}}` {
 		t.Fatalf("workflow %s", p.WarmupWorkflow(inst))
 	}
-	p.checkOnce(context.Background(), inst)
+	p.health.checkOnce(context.Background(), inst)
 	if l.count("warmup i1") != 1 {
 		t.Fatal("a second warm-up was asked for while one runs")
 	}
@@ -184,7 +176,7 @@ func TestWarmupGateWaitsForItsRunner(t *testing.T) {
 	if inst.Available() || inst.WarmupState() != "failed: boom" {
 		t.Fatalf("after a failed run: available %v, state %q", inst.Available(), inst.WarmupState())
 	}
-	p.checkOnce(context.Background(), inst)
+	p.health.checkOnce(context.Background(), inst)
 	if l.count("warmup i1") != 2 {
 		t.Fatalf("a passed check after a failed run asked %d times, want 2", l.count("warmup i1"))
 	}

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"net"
 	"slices"
@@ -16,6 +17,7 @@ import (
 	"sync/atomic"
 
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/metrics"
 )
 
 // ErrUnknownInstance: no instance has that name.
@@ -23,7 +25,7 @@ var ErrUnknownInstance = errors.New("no instance of that name")
 
 // fleetState is the part of an Instance that operators set.
 type fleetState struct {
-	held   atomic.Bool // drained by an operator (Pool.Drain): no new work
+	held   atomic.Bool // drained by an operator (Fleet.Drain): no new work
 	weight atomic.Int32
 	labels atomic.Pointer[map[string]string]
 	// cold: a warm-up must pass before it takes work (warmup.go).
@@ -92,39 +94,51 @@ func (i *Instance) applyConfig(ci config.Instance) {
 	i.fleet.labels.Store(&l)
 }
 
+// Fleet is what an operator changes on the instances while the pool
+// runs (Pool.Fleet): drains, and the instance list of a new configuration.
+type Fleet struct {
+	m      *metrics.Metrics
+	log    *slog.Logger
+	reg    *registry
+	bus    *bus
+	avail  *availability
+	warm   *warmups
+	health *health    // checks an added instance at once
+	disc   *discovery // a new discover entry starts it
+	run    *runner    // whether the pool runs; background checks
+
+	reconfMu sync.Mutex // one Reconfigure at a time
+}
+
 // Drain stops new work to the named instance: it finishes what it has
 // (prompts already sent, its queue) and gets nothing new until Undrain.
 // Prompts pinned to it keep every route. Draining twice is not an error.
-func (p *Pool) Drain(name string) (*Instance, error) {
-	inst := p.instanceByName(name)
+func (f *Fleet) Drain(name string) (*Instance, error) {
+	inst := f.reg.byName(name)
 	if inst == nil {
 		return nil, fmt.Errorf("drain %q: %w", name, ErrUnknownInstance)
 	}
 	if inst.fleet.held.CompareAndSwap(false, true) {
-		p.m.SetDraining(inst.Name, true)
-		p.log.Info("upstream: instance drained by operator; it gets no new work",
+		f.m.SetDraining(inst.Name, true)
+		f.log.Info("upstream: instance drained by operator; it gets no new work",
 			"instance", inst.Name, "inflight", inst.inflight.Load(), "queue_depth", inst.queueDepth.Load())
 	}
 	return inst, nil
 }
 
 // Undrain gives the named instance work again after Drain.
-func (p *Pool) Undrain(name string) (*Instance, error) {
-	inst := p.instanceByName(name)
+func (f *Fleet) Undrain(name string) (*Instance, error) {
+	inst := f.reg.byName(name)
 	if inst == nil {
 		return nil, fmt.Errorf("undrain %q: %w", name, ErrUnknownInstance)
 	}
 	if inst.fleet.held.CompareAndSwap(true, false) {
-		p.availabilityChanged()
-		p.m.SetDraining(inst.Name, inst.draining.Load())
-		p.log.Info("upstream: instance undrained; it takes work again", "instance", inst.Name)
+		f.avail.changed()
+		f.m.SetDraining(inst.Name, inst.draining.Load())
+		f.log.Info("upstream: instance undrained; it takes work again", "instance", inst.Name)
 	}
 	return inst, nil
 }
-
-// Instance returns the current instance of that name (one leaving the
-// pool only when no other has the name), or nil.
-func (p *Pool) Instance(name string) *Instance { return p.instanceByName(name) }
 
 // ReconfigureResult says what Reconfigure changed, by instance name.
 type ReconfigureResult struct {
@@ -140,13 +154,13 @@ type ReconfigureResult struct {
 // new Endpoint: pins of the old one do not carry over); labels, weight and
 // warm-up change in place. cfg must be valid (config.Load validated it).
 // Everything else in cfg is not applied here.
-func (p *Pool) Reconfigure(cfg *config.Config) (ReconfigureResult, error) {
+func (f *Fleet) Reconfigure(cfg *config.Config) (ReconfigureResult, error) {
 	var res ReconfigureResult
 	if cfg == nil {
 		return res, errors.New("upstream: nil config")
 	}
-	p.reconfMu.Lock()
-	defer p.reconfMu.Unlock()
+	f.reconfMu.Lock()
+	defer f.reconfMu.Unlock()
 
 	type plan struct {
 		e   *entry
@@ -158,9 +172,9 @@ func (p *Pool) Reconfigure(cfg *config.Config) (ReconfigureResult, error) {
 		removed []*Instance
 		rewarm  []*Instance
 	)
-	p.mu.Lock()
+	f.reg.mu.Lock()
 	old := map[string]*entry{}
-	for _, e := range p.entries {
+	for _, e := range f.reg.entries {
 		if !e.leaving {
 			old[e.cfg.Name] = e
 		}
@@ -180,7 +194,7 @@ func (p *Pool) Reconfigure(cfg *config.Config) (ReconfigureResult, error) {
 				inst.applyConfig(ci)
 				if warmupChanged {
 					// A new warm-up runs before the instance takes more work.
-					p.prepareWarmup(inst, ci)
+					f.warm.prepare(inst, ci)
 					rewarm = append(rewarm, inst)
 				}
 			}
@@ -191,7 +205,7 @@ func (p *Pool) Reconfigure(cfg *config.Config) (ReconfigureResult, error) {
 		if ci.Discover {
 			host, port, err := net.SplitHostPort(ci.HostPort())
 			if err != nil || host == "" {
-				p.mu.Unlock()
+				f.reg.mu.Unlock()
 				return ReconfigureResult{}, fmt.Errorf("upstream: instances[%d] %q: want host:port to resolve", k, ci.Address)
 			}
 			e.host, e.port = host, port
@@ -209,15 +223,15 @@ func (p *Pool) Reconfigure(cfg *config.Config) (ReconfigureResult, error) {
 				res.Added = append(res.Added, pl.e.cfg.Name)
 			}
 			if !pl.e.cfg.Discover {
-				inst := p.addInstance(pl.e.cfg.Name, pl.e.cfg.HostPort(), pl.e.cfg.TLS())
+				inst := f.reg.add(pl.e.cfg.Name, pl.e.cfg.HostPort(), pl.e.cfg.TLS())
 				inst.applyConfig(pl.e.cfg)
-				p.prepareWarmup(inst, pl.e.cfg)
+				f.warm.prepare(inst, pl.e.cfg)
 				pl.e.insts = []*Instance{inst}
 				added = append(added, inst)
 			}
 		}
 	}
-	for _, e := range p.entries {
+	for _, e := range f.reg.entries {
 		keep := e.leaving
 		if o, ok := old[e.cfg.Name]; ok && o == e {
 			keep = true
@@ -235,27 +249,27 @@ func (p *Pool) Reconfigure(cfg *config.Config) (ReconfigureResult, error) {
 			entries = append(entries, e) // leaving: listed until empty
 		}
 	}
-	p.entries = entries
-	p.rebuildLocked()
-	p.mu.Unlock()
+	f.reg.entries = entries
+	f.reg.rebuildLocked()
+	f.reg.mu.Unlock()
 
 	for _, inst := range removed {
-		p.m.SetDraining(inst.Name, true)
-		p.log.Info("upstream: instance draining", "instance", inst.Name, "addr", inst.Addr,
+		f.m.SetDraining(inst.Name, true)
+		f.log.Info("upstream: instance draining", "instance", inst.Name, "addr", inst.Addr,
 			"reason", "removed from the configuration", "inflight", inst.inflight.Load())
-		p.publish(EventRemoved, inst)
-		p.removeIfDrained(inst)
+		f.bus.publish(EventRemoved, inst)
+		f.reg.removeIfDrained(inst)
 	}
-	p.announce(added)
+	f.announce(added)
 	for _, inst := range rewarm {
-		p.maybeWarm(inst)
+		f.warm.maybeWarm(inst)
 		if !inst.fleet.cold.Load() {
-			p.availabilityChanged() // its warm-up was taken away
+			f.avail.changed() // its warm-up was taken away
 		}
 	}
 	if slices.ContainsFunc(next, func(pl plan) bool { return pl.new && pl.e.cfg.Discover }) {
-		p.startDiscovery()
-		p.goAsync(p.discoverOnce)
+		f.disc.start()
+		f.run.goAsync(f.disc.discoverOnce)
 	}
 	return res, nil
 }
@@ -263,30 +277,15 @@ func (p *Pool) Reconfigure(cfg *config.Config) (ReconfigureResult, error) {
 // announce publishes the new instances (EventAdded: their sockets open)
 // and checks them at once, so they take work without waiting for the next
 // health round.
-func (p *Pool) announce(added []*Instance) {
-	p.runMu.Lock()
-	running := p.started && !p.closed
-	p.runMu.Unlock()
-	if !running {
+func (f *Fleet) announce(added []*Instance) {
+	if !f.run.running() {
 		return
 	}
 	for _, inst := range added {
-		p.log.Info("upstream: instance added", "instance", inst.Name, "addr", inst.Addr)
-		p.publish(EventAdded, inst)
-		p.goAsync(func(ctx context.Context) { p.checkOnce(ctx, inst) })
+		f.log.Info("upstream: instance added", "instance", inst.Name, "addr", inst.Addr)
+		f.bus.publish(EventAdded, inst)
+		f.run.goAsync(func(ctx context.Context) { f.health.checkOnce(ctx, inst) })
 	}
-}
-
-// startDiscovery starts the discovery loop once.
-func (p *Pool) startDiscovery() {
-	p.discoveryOnce.Do(func() {
-		p.runMu.Lock()
-		ctx := p.ctx
-		p.runMu.Unlock()
-		if ctx != nil {
-			p.goLoop(ctx, "discovery", p.cfg.Discovery.Interval, p.discoverOnce)
-		}
-	})
 }
 
 // sameEndpoint: the same upstream (address, scheme, discover), so its
@@ -321,10 +320,4 @@ func ParseLabels(s string) (map[string]string, error) {
 		out[k] = v
 	}
 	return out, nil
-}
-
-// reconfState is the Pool's part for Reconfigure.
-type reconfState struct {
-	reconfMu      sync.Mutex // one Reconfigure at a time
-	discoveryOnce sync.Once
 }

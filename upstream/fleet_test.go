@@ -44,26 +44,26 @@ func TestSelectWeightsAndFilter(t *testing.T) {
 	}
 	// Drained by an operator: never picked; back after undrain.
 	in[1].Name = "b"
-	if _, err := p.Drain("b"); err != nil {
+	if _, err := p.Fleet().Drain("b"); err != nil {
 		t.Fatal(err)
 	}
 	for range 4 {
-		if got, _ := p.Select(); got == in[1] {
+		if got, _ := p.Selector().Select(); got == in[1] {
 			t.Fatal("drained instance selected")
 		}
 	}
 	if st := in[1].Status(); !st.Draining || !st.Drained || st.Removing {
 		t.Fatalf("drained status = %+v", st)
 	}
-	if _, err := p.Drain("nope"); err == nil {
+	if _, err := p.Fleet().Drain("nope"); err == nil {
 		t.Fatal("drain of an unknown name succeeded")
 	}
-	if _, err := p.Undrain("b"); err != nil {
+	if _, err := p.Fleet().Undrain("b"); err != nil {
 		t.Fatal(err)
 	}
 	picked := map[*Instance]bool{}
 	for range 4 {
-		got, _ := p.Select()
+		got, _ := p.Selector().Select()
 		picked[got] = true
 	}
 	if !picked[in[1]] {

@@ -3,13 +3,34 @@ package upstream
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"sync"
 	"time"
 
+	"github.com/comfygate/comfygate/breaker"
+	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/clock"
 	"github.com/comfygate/comfygate/internal/comfyapi"
+	"github.com/comfygate/comfygate/metrics"
 	"github.com/valyala/fasthttp"
 )
+
+// health judges whether each instance is alive: the active health checks
+// and their thresholds, the confirmation of a lost event socket, and the
+// breakers' state changes. It publishes what it decides (EventUp,
+// EventUnhealthy, EventSuspect, EventBack, EventDown, EventChanged).
+type health struct {
+	cfg   *config.Config // health_check, failover.suspect_grace
+	clk   clock.Clock
+	m     *metrics.Metrics
+	log   *slog.Logger
+	reg   *registry // the instances checkAll checks
+	bus   *bus
+	avail *availability
+	warm  *warmups // a comeback makes an instance cold; a pass may warm it
+	run   *runner  // the checks that run in the background
+}
 
 // maxStatsBody caps what is read of a /system_stats answer.
 const maxStatsBody = 1 << 20
@@ -22,11 +43,11 @@ const maxParallelChecks = 32
 
 // checkAll checks every instance, at most maxParallelChecks at once, and
 // waits for all.
-func (p *Pool) checkAll(ctx context.Context) {
+func (h *health) checkAll(ctx context.Context) {
 	sem := make(chan struct{}, maxParallelChecks)
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	for _, inst := range p.Instances() {
+	for _, inst := range h.reg.list() {
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
@@ -36,24 +57,24 @@ func (p *Pool) checkAll(ctx context.Context) {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			p.safely("health check", func() { p.checkOnce(ctx, inst) })
+			h.run.safely("health check", func() { h.checkOnce(ctx, inst) })
 		}()
 	}
 }
 
-// healthLoop runs checkAll every health_check.interval, each wait drawn
+// loop runs checkAll every health_check.interval, each wait drawn
 // from 90-110% of it: comfygate replicas started together (a deploy)
 // drift apart instead of checking every instance at the same moment.
-func (p *Pool) healthLoop(ctx context.Context) {
-	every := p.cfg.HealthCheck.Interval
-	t := p.clk.NewTimer(jitterAround(every))
+func (h *health) loop(ctx context.Context) {
+	every := h.cfg.HealthCheck.Interval
+	t := h.clk.NewTimer(jitterAround(every))
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C():
-			p.safely("health check", func() { p.checkAll(ctx) })
+			h.run.safely("health check", func() { h.checkAll(ctx) })
 			t.Reset(jitterAround(every))
 		}
 	}
@@ -69,8 +90,8 @@ func jitterAround(d time.Duration) time.Duration {
 
 // checkOnce runs one active health check of inst (GET /system_stats within
 // health_check.timeout), applies the thresholds and reports whether it passed.
-func (p *Pool) checkOnce(ctx context.Context, inst *Instance) bool {
-	ok, _ := p.check(ctx, inst, p.cfg.HealthCheck.Timeout, false)
+func (h *health) checkOnce(ctx context.Context, inst *Instance) bool {
+	ok, _ := h.check(ctx, inst, h.cfg.HealthCheck.Timeout, false)
 	return ok
 }
 
@@ -78,22 +99,22 @@ func (p *Pool) checkOnce(ctx context.Context, inst *Instance) bool {
 // once, without waiting for healthy_threshold (the socket reconnected). It
 // returns whether the check passed and whether it ran to an answer (false
 // when ctx ended first: no verdict is recorded then).
-func (p *Pool) check(ctx context.Context, inst *Instance, timeout time.Duration, forceUp bool) (ok, ran bool) {
+func (h *health) check(ctx context.Context, inst *Instance, timeout time.Duration, forceUp bool) (ok, ran bool) {
 	start := time.Now()
-	version, err := p.probeHealth(ctx, inst, timeout)
+	version, err := h.probeHealth(ctx, inst, timeout)
 	if ctx.Err() != nil {
 		return false, false
 	}
 	d := time.Since(start)
 	ok = err == nil
-	first := inst.lastCheck.Swap(p.clk.Now().UnixNano()) == 0
-	p.m.ObserveHealthCheck(inst.Name, d, ok)
+	first := inst.lastCheck.Swap(h.clk.Now().UnixNano()) == 0
+	h.m.ObserveHealthCheck(inst.Name, d, ok)
 	if ok && version != "" && version != inst.Version() {
 		inst.version.Store(&version)
 	}
 	if ok {
 		inst.failures.Store(0)
-		if g := p.comebackGate(); g != nil && (forceUp || !inst.healthy.Load()) && !g(ctx, inst) {
+		if g := h.bus.comebackGate(); g != nil && (forceUp || !inst.healthy.Load()) && !g(ctx, inst) {
 			// Back, but its gate refused it (it still holds prompts that
 			// moved elsewhere): no new work yet; the next check asks again.
 			return false, true
@@ -101,56 +122,56 @@ func (p *Pool) check(ctx context.Context, inst *Instance, timeout time.Duration,
 		n := int(inst.successes.Add(1))
 		// The first check after start counts as enough: the pool must be
 		// usable at once; the threshold guards a comeback.
-		if first || forceUp || n >= p.cfg.HealthCheck.HealthyThreshold {
-			p.setHealth(inst, true, "health check passed", nil)
+		if first || forceUp || n >= h.cfg.HealthCheck.HealthyThreshold {
+			h.setHealth(inst, true, "health check passed", nil)
 		}
-		p.maybeWarm(inst)
+		h.warm.maybeWarm(inst)
 		return true, true
 	}
 	inst.successes.Store(0)
 	n := int(inst.failures.Add(1))
 	switch {
-	case n >= p.cfg.HealthCheck.UnhealthyThreshold:
-		if p.setHealth(inst, false, "health check failed", err) && !inst.socketUp.Load() {
-			p.signalDown(inst)
+	case n >= h.cfg.HealthCheck.UnhealthyThreshold:
+		if h.setHealth(inst, false, "health check failed", err) && !inst.socketUp.Load() {
+			h.signalDown(inst)
 		}
 	case first:
-		p.log.Warn("upstream: instance not healthy at start", "instance", inst.Name, "addr", inst.Addr, "error", err)
+		h.log.Warn("upstream: instance not healthy at start", "instance", inst.Name, "addr", inst.Addr, "error", err)
 	}
 	return false, true
 }
 
 // setHealth flips the verdict with a CAS; only a real change logs a line and
 // sets the metric. It reports whether the verdict changed.
-func (p *Pool) setHealth(inst *Instance, up bool, why string, err error) bool {
+func (h *health) setHealth(inst *Instance, up bool, why string, err error) bool {
 	if !inst.healthy.CompareAndSwap(!up, up) {
 		return false
 	}
-	p.availabilityChanged()
-	p.m.SetInstanceUp(inst.Name, up)
+	h.avail.changed()
+	h.m.SetInstanceUp(inst.Name, up)
 	if up {
 		comeback := inst.fleet.upSince.Add(1) > 1
 		if comeback {
-			p.coldAgain(inst) // it may have restarted: warm it again
+			h.warm.coldAgain(inst) // it may have restarted: warm it again
 		}
-		p.log.Info("upstream: instance healthy", "instance", inst.Name, "addr", inst.Addr,
+		h.log.Info("upstream: instance healthy", "instance", inst.Name, "addr", inst.Addr,
 			"reason", why, "version", inst.Version())
-		p.publish(EventUp, inst)
+		h.bus.publish(EventUp, inst)
 		if comeback {
-			p.publish(EventChanged, inst)
+			h.bus.publish(EventChanged, inst)
 		}
 		return true
 	}
-	p.log.Warn("upstream: instance unhealthy", "instance", inst.Name, "addr", inst.Addr,
+	h.log.Warn("upstream: instance unhealthy", "instance", inst.Name, "addr", inst.Addr,
 		"reason", why, "consecutive_failures", inst.failures.Load(), "error", err)
-	p.publish(EventUnhealthy, inst)
+	h.bus.publish(EventUnhealthy, inst)
 	return true
 }
 
 // probeHealth does GET /system_stats (a probe: Do runs it even while the
 // breaker refuses traffic) and returns the comfyui_version it reports (""
 // if none). Any answer but 200 is a failure.
-func (p *Pool) probeHealth(ctx context.Context, inst *Instance, timeout time.Duration) (version string, err error) {
+func (h *health) probeHealth(ctx context.Context, inst *Instance, timeout time.Duration) (version string, err error) {
 	req := fasthttp.AcquireRequest()
 	req.Header.SetMethod(fasthttp.MethodGet)
 	req.SetRequestURI("/system_stats")
@@ -172,36 +193,31 @@ func (p *Pool) probeHealth(ctx context.Context, inst *Instance, timeout time.Dur
 	return comfyapi.SystemStatsVersion(body), nil
 }
 
-// SocketLost is called (by the owner of the event sockets) when an
-// instance's socket dropped: it publishes EventSuspect and one health
-// check runs now, bounded by failover.suspect_grace. If it fails the
-// instance is marked unhealthy at once (socket lost and a failed check
-// confirm it, no need to wait for the threshold) and EventDown is
-// published; if it passes, suspect is cleared (EventBack).
-func (p *Pool) SocketLost(inst *Instance) {
+// socketLost confirms a lost event socket (Pool.SocketLost).
+func (h *health) socketLost(inst *Instance) {
 	if !inst.suspect.Swap(true) {
-		p.publish(EventSuspect, inst)
+		h.bus.publish(EventSuspect, inst)
 	}
 	if !inst.confirming.CompareAndSwap(false, true) {
 		return // a confirmation is already running
 	}
-	timeout := p.cfg.HealthCheck.Timeout
-	if g := p.cfg.Failover.SuspectGrace; g < timeout {
+	timeout := h.cfg.HealthCheck.Timeout
+	if g := h.cfg.Failover.SuspectGrace; g < timeout {
 		timeout = g
 	}
-	started := p.goAsync(func(ctx context.Context) {
+	started := h.run.goAsync(func(ctx context.Context) {
 		defer inst.confirming.Store(false)
-		ok, ran := p.check(ctx, inst, timeout, false)
+		ok, ran := h.check(ctx, inst, timeout, false)
 		if !ran {
 			return
 		}
 		if ok {
-			p.clearSuspect(inst)
+			h.clearSuspect(inst)
 			return
 		}
-		inst.failures.Store(int32(max(p.cfg.HealthCheck.UnhealthyThreshold, 1)))
-		p.setHealth(inst, false, "socket lost and health check failed", nil)
-		p.signalDown(inst)
+		inst.failures.Store(int32(max(h.cfg.HealthCheck.UnhealthyThreshold, 1)))
+		h.setHealth(inst, false, "socket lost and health check failed", nil)
+		h.signalDown(inst)
 	})
 	if !started {
 		inst.confirming.Store(false)
@@ -209,31 +225,45 @@ func (p *Pool) SocketLost(inst *Instance) {
 }
 
 // clearSuspect ends inst's suspicion after a passed check (EventBack).
-func (p *Pool) clearSuspect(inst *Instance) {
+func (h *health) clearSuspect(inst *Instance) {
 	inst.suspect.Store(false)
-	p.availabilityChanged()
-	p.publish(EventBack, inst)
+	h.avail.changed()
+	h.bus.publish(EventBack, inst)
 }
 
-// Probe does one health probe of inst (GET /system_stats within timeout,
-// even while its breaker refuses traffic) without recording a verdict:
-// nil when it answered 200.
-func (p *Pool) Probe(ctx context.Context, inst *Instance, timeout time.Duration) error {
-	_, err := p.probeHealth(ctx, inst, timeout)
-	return err
-}
-
-// SocketRestored is called (by the owner of the event sockets) after the
-// instance's socket reconnected: a health check runs now, and on success
-// the instance is healthy again at once (EventBack).
-func (p *Pool) SocketRestored(inst *Instance) {
+// socketRestored checks a reconnected instance (Pool.SocketRestored).
+func (h *health) socketRestored(inst *Instance) {
 	// A lost socket may be a restart that passed no failed health check:
 	// what the instance can run may have changed (catalogue).
 	inst.fleet.reconnects.Add(1)
-	p.publish(EventChanged, inst)
-	p.goAsync(func(ctx context.Context) {
-		if ok, _ := p.check(ctx, inst, p.cfg.HealthCheck.Timeout, true); ok {
-			p.clearSuspect(inst)
+	h.bus.publish(EventChanged, inst)
+	h.run.goAsync(func(ctx context.Context) {
+		if ok, _ := h.check(ctx, inst, h.cfg.HealthCheck.Timeout, true); ok {
+			h.clearSuspect(inst)
 		}
 	})
+}
+
+// breakerChanged is every breaker's OnStateChange. It may run while the
+// breaker holds its lock, so it must not call into the breaker.
+func (h *health) breakerChanged(inst *Instance, from, to breaker.State) {
+	level := slog.LevelInfo
+	if to == breaker.Open {
+		level = slog.LevelWarn
+	}
+	h.log.Log(context.Background(), level, "upstream: breaker state changed",
+		"instance", inst.Name, "from", from.String(), "to", to.String())
+	h.m.SetBreakerState(inst.Name, to.String())
+	h.avail.changed()
+	if to == breaker.Open && !inst.socketUp.Load() {
+		// Real traffic fails and the socket is gone: the instance is dead.
+		h.signalDown(inst)
+	}
+}
+
+// signalDown publishes that inst looks dead (EventDown). It may be
+// called more than once per death. Publishing never waits, so callers may
+// hold locks (the breaker's).
+func (h *health) signalDown(inst *Instance) {
+	h.bus.publish(EventDown, inst)
 }

@@ -2,14 +2,14 @@ package upstream
 
 import (
 	"context"
-	"net"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/comfygate/comfygate/breaker"
 	"github.com/comfygate/comfygate/internal/testkit"
-	"github.com/valyala/fasthttp"
+	"io"
+	"net/http"
 )
 
 func TestHealthThresholdsAndOneLogPerTransition(t *testing.T) {
@@ -34,7 +34,7 @@ func TestHealthThresholdsAndOneLogPerTransition(t *testing.T) {
 	}
 	f.Fail500.Store(true)
 	for k := 1; k <= 2; k++ {
-		if p.checkOnce(ctx, inst) {
+		if p.health.checkOnce(ctx, inst) {
 			t.Fatalf("check %d passed against a failing upstream", k)
 		}
 		if !inst.Healthy() {
@@ -42,7 +42,7 @@ func TestHealthThresholdsAndOneLogPerTransition(t *testing.T) {
 		}
 	}
 	for k := 3; k <= 5; k++ {
-		p.checkOnce(ctx, inst)
+		p.health.checkOnce(ctx, inst)
 		if inst.Healthy() {
 			t.Fatalf("still healthy after %d failures", k)
 		}
@@ -51,19 +51,19 @@ func TestHealthThresholdsAndOneLogPerTransition(t *testing.T) {
 		t.Fatalf("unhealthy logged %d times, want 1", n)
 	}
 	f.Fail500.Store(false)
-	if !p.checkOnce(ctx, inst) || inst.Healthy() {
+	if !p.health.checkOnce(ctx, inst) || inst.Healthy() {
 		t.Fatalf("healthy after 1 success with healthy_threshold 2 (%v)", inst.Healthy())
 	}
 	// A failure in between resets the success count.
 	f.Fail500.Store(true)
-	p.checkOnce(ctx, inst)
+	p.health.checkOnce(ctx, inst)
 	f.Fail500.Store(false)
-	p.checkOnce(ctx, inst)
+	p.health.checkOnce(ctx, inst)
 	if inst.Healthy() {
 		t.Fatal("healthy although the successes were not consecutive")
 	}
-	p.checkOnce(ctx, inst)
-	p.checkOnce(ctx, inst)
+	p.health.checkOnce(ctx, inst)
+	p.health.checkOnce(ctx, inst)
 	if !inst.Healthy() {
 		t.Fatal("not healthy after 2 consecutive successes")
 	}
@@ -76,7 +76,7 @@ func TestHealthThresholdsAndOneLogPerTransition(t *testing.T) {
 		t.Fatalf("breaker %v after the failed checks and within its open timeout, want open", st)
 	}
 	clk.Advance(time.Minute)
-	if !p.checkOnce(ctx, inst) || inst.breaker.State() != breaker.Closed {
+	if !p.health.checkOnce(ctx, inst) || inst.breaker.State() != breaker.Closed {
 		t.Fatalf("breaker %v after a passing check past its open timeout, want closed", inst.breaker.State())
 	}
 	if st := inst.Status(); !st.Healthy || st.LastCheck.IsZero() || st.Version != "0.3.65" || st.Breaker != "closed" {
@@ -157,7 +157,7 @@ func TestHungInstanceFailsByTimeout(t *testing.T) {
 	p, _ := newCorePool(t, cfg, true)
 	f.Hang.Store(true)
 	start := time.Now()
-	if p.checkOnce(context.Background(), p.Instances()[0]) {
+	if p.health.checkOnce(context.Background(), p.Instances()[0]) {
 		t.Fatal("check passed against a hung instance")
 	}
 	if d := time.Since(start); d > 2*time.Second {
@@ -232,33 +232,27 @@ func TestCheckAllBoundsParallelChecks(t *testing.T) {
 	const n = maxParallelChecks + 8
 	var inflight, most, served atomic.Int64
 	release := make(chan struct{})
-	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+	held := func(w http.ResponseWriter, r *http.Request) {
 		now := inflight.Add(1)
 		for m := most.Load(); now > m && !most.CompareAndSwap(m, now); m = most.Load() {
 		}
 		<-release
 		inflight.Add(-1)
 		served.Add(1)
-		ctx.SetContentType("application/json")
-		ctx.SetBodyString(`{"system": {"comfyui_version": "0.3.65"}, "devices": []}`)
-	}}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"system": {"comfyui_version": "0.3.65"}, "devices": []}`)
+	}
 	addrs := make([]string, n)
 	for k := range addrs {
-		ln, err := net.Listen("tcp4", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addrs[k] = ln.Addr().String()
-		go func() { _ = srv.Serve(ln) }()
+		addrs[k] = testkit.Mini(t, "0.3.65").Handle("/system_stats", held).Addr()
 	}
-	t.Cleanup(func() { _ = srv.Shutdown() })
 	cfg := coreConfig(addrs...)
 	cfg.HealthCheck.Timeout = 30 * time.Second
 	p, _ := newCorePool(t, cfg, false)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		p.checkAll(t.Context())
+		p.health.checkAll(t.Context())
 	}()
 	testkit.Eventually(t, "a full wave of checks in flight", func() bool { return inflight.Load() >= maxParallelChecks })
 	close(release)

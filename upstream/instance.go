@@ -11,25 +11,26 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
-// newInstance builds an instance; the pool wires its breaker callback.
-func newInstance(p *Pool, name, addr string, tls bool) *Instance {
+// newInstance builds an instance of r; its breaker's state changes go to
+// r.breakerChanged.
+func newInstance(r *registry, name, addr string, tls bool) *Instance {
 	inst := &Instance{
 		Name:     name,
 		Addr:     addr,
 		TLS:      tls,
-		pool:     p,
+		reg:      r,
 		socketID: newSocketID(),
 	}
 	inst.id = endpointID(inst.Endpoint())
-	traffic, probes := connShares(p.cfg.MaxConnectionsPerInstance)
+	traffic, probes := connShares(r.cfg.MaxConnectionsPerInstance)
 	inst.client = newHostClient(addr, tls, traffic+probes, inst.timeout())
 	inst.slots = make(chan struct{}, traffic)
 	inst.breaker = breaker.New(name, breaker.Settings{
-		ConsecutiveFailures: uint32(max(p.cfg.Breaker.ConsecutiveFailures, 0)),
-		OpenTimeout:         p.cfg.Breaker.OpenTimeout,
-		Interval:            p.cfg.Breaker.Interval,
-		Clock:               p.clk,
-	}, func(_ string, from, to breaker.State) { p.breakerChanged(inst, from, to) })
+		ConsecutiveFailures: uint32(max(r.cfg.Breaker.ConsecutiveFailures, 0)),
+		OpenTimeout:         r.cfg.Breaker.OpenTimeout,
+		Interval:            r.cfg.Breaker.Interval,
+		Clock:               r.clk,
+	}, func(_ string, from, to breaker.State) { r.breakerChanged(inst, from, to) })
 	return inst
 }
 
@@ -110,12 +111,12 @@ func (i *Instance) addInflight(delta int64) {
 		i.inflight.CompareAndSwap(n, 0)
 		n = 0
 	}
-	if i.pool == nil {
+	if i.reg == nil {
 		return
 	}
-	i.pool.m.SetInflight(i.Name, int(n))
+	i.reg.m.SetInflight(i.Name, int(n))
 	if n == 0 && i.draining.Load() {
-		i.pool.removeIfDrained(i)
+		i.reg.removeIfDrained(i)
 	}
 }
 
@@ -125,8 +126,8 @@ func (i *Instance) QueueDepth() int64 { return i.queueDepth.Load() }
 // SetQueueDepth records the queue_remaining the instance reported.
 func (i *Instance) SetQueueDepth(n int64) {
 	i.queueDepth.Store(n)
-	if i.pool != nil {
-		i.pool.m.SetQueueDepth(i.Name, int(n))
+	if i.reg != nil {
+		i.reg.m.SetQueueDepth(i.Name, int(n))
 	}
 }
 

@@ -50,7 +50,7 @@ func TestBreakerOpensOn5xxAndInstanceIsSkipped(t *testing.T) {
 		t.Fatal("instance still available after 3 consecutive 5xx")
 	}
 	for k := 0; k < 4; k++ {
-		if got, err := p.Select(); err != nil || got != ib {
+		if got, err := p.Selector().Select(); err != nil || got != ib {
 			t.Fatalf("Select = %v %v, want the other instance", got, err)
 		}
 	}

@@ -2,38 +2,18 @@ package upstream
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"runtime/debug"
-	"slices"
 	"time"
 
-	"github.com/comfygate/comfygate/internal/ids"
-
-	"github.com/comfygate/comfygate/breaker"
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/clock"
+	"github.com/comfygate/comfygate/internal/ids"
 	"github.com/comfygate/comfygate/metrics"
 )
-
-// entry is one instance of the configuration: a fixed address (one
-// Instance), or with Discover a DNS name whose addresses are each an Instance.
-type entry struct {
-	cfg        config.Instance
-	host, port string // Discover only: the name to resolve and the port to use
-
-	// insts are its instances; for Discover sorted by address. Guarded by Pool.mu.
-	insts []*Instance
-	// lastErr is the last resolution error logged ("" after a success), so a
-	// failing name is logged once per change, not once per interval.
-	// Touched only by the discovery goroutine.
-	lastErr string
-	// leaving: Reconfigure removed the entry; its instances drain and it
-	// goes once they are gone. Guarded by Pool.mu.
-	leaving bool
-}
 
 // New builds the pool from the configuration; nothing runs until Start.
 // Instances with Discover are resolved by Start.
@@ -42,7 +22,8 @@ func New(cfg *config.Config, m *metrics.Metrics, log *slog.Logger) (*Pool, error
 }
 
 // NewWithClock is New with the clock that times the health check loop,
-// failover's grace and the breakers' open periods (nil: the wall clock).
+// failover's grace and the breakers' open periods and closed-state intervals
+// (nil: the wall clock).
 func NewWithClock(cfg *config.Config, m *metrics.Metrics, log *slog.Logger, clk clock.Clock) (*Pool, error) {
 	if cfg == nil {
 		return nil, errors.New("upstream: nil config")
@@ -53,12 +34,27 @@ func NewWithClock(cfg *config.Config, m *metrics.Metrics, log *slog.Logger, clk 
 	if clk == nil {
 		clk = clock.Real
 	}
+	run := &runner{log: log}
+	bus := &bus{}
+	avail := &availability{}
+	reg := &registry{cfg: cfg, clk: clk, m: m, log: log, bus: bus}
+	warm := &warmups{cfg: cfg, log: log, bus: bus, avail: avail}
+	health := &health{cfg: cfg, clk: clk, m: m, log: log, reg: reg, bus: bus, avail: avail, warm: warm, run: run}
+	reg.breakerChanged = health.breakerChanged
+	disc := &discovery{cfg: cfg, m: m, log: log, reg: reg, bus: bus, warm: warm, health: health, run: run,
+		resolver: net.DefaultResolver}
 	p := &Pool{
-		cfg:      cfg,
-		m:        m,
-		log:      log,
-		clk:      clk,
-		resolver: net.DefaultResolver,
+		clk:    clk,
+		run:    run,
+		bus:    bus,
+		avail:  avail,
+		reg:    reg,
+		warm:   warm,
+		health: health,
+		sel:    &Selector{reg: reg},
+		disc:   disc,
+		fleet: &Fleet{m: m, log: log, reg: reg, bus: bus, avail: avail, warm: warm,
+			health: health, disc: disc, run: run},
 	}
 	for k, ci := range cfg.Instances {
 		e := &entry{cfg: ci}
@@ -72,40 +68,17 @@ func NewWithClock(cfg *config.Config, m *metrics.Metrics, log *slog.Logger, clk 
 			}
 			e.host, e.port = host, port
 		} else {
-			inst := p.addInstance(e.cfg.Name, e.cfg.HostPort(), ci.TLS())
+			inst := reg.add(e.cfg.Name, e.cfg.HostPort(), ci.TLS())
 			inst.applyConfig(e.cfg)
-			p.prepareWarmup(inst, e.cfg)
+			warm.prepare(inst, e.cfg)
 			e.insts = []*Instance{inst}
 		}
-		p.entries = append(p.entries, e)
+		reg.entries = append(reg.entries, e)
 	}
-	p.mu.Lock()
-	p.rebuildLocked()
-	p.mu.Unlock()
+	reg.mu.Lock()
+	reg.rebuildLocked()
+	reg.mu.Unlock()
 	return p, nil
-}
-
-// addInstance creates an instance and sets its initial metrics.
-func (p *Pool) addInstance(name, addr string, tls bool) *Instance {
-	inst := newInstance(p, name, addr, tls)
-	p.m.SetInstanceHost(name, addr)
-	p.m.SetInstanceUp(name, false)
-	p.m.SetBreakerState(name, metrics.BreakerClosed)
-	p.m.SetInflight(name, 0)
-	p.m.SetQueueDepth(name, 0)
-	p.m.SetUpstreamSocket(name, false)
-	p.m.SetDraining(name, false)
-	return inst
-}
-
-// rebuildLocked recomputes p.instances from the entries, in config order.
-// p.mu must be held for writing.
-func (p *Pool) rebuildLocked() {
-	list := make([]*Instance, 0, len(p.instances)+1)
-	for _, e := range p.entries {
-		list = append(list, e.insts...)
-	}
-	p.instances = list
 }
 
 // Start runs health checks, the instance sockets and discovery until ctx
@@ -116,30 +89,21 @@ func (p *Pool) rebuildLocked() {
 // Order: resolve Discover names, check every instance, then publish
 // EventAdded for every instance (subscribe before Start to hear them).
 func (p *Pool) Start(ctx context.Context) error {
-	p.runMu.Lock()
-	if p.started || p.closed {
-		p.runMu.Unlock()
-		return errors.New("upstream: pool already started or closed")
+	ctx, err := p.run.start(ctx)
+	if err != nil {
+		return err
 	}
-	p.started = true
-	ctx, cancel := context.WithCancel(ctx)
-	p.ctx, p.cancel = ctx, cancel
-	p.runMu.Unlock()
-
-	hasDiscovery := false
-	for _, e := range p.entries {
-		hasDiscovery = hasDiscovery || e.cfg.Discover
-	}
+	hasDiscovery := p.disc.configured()
 	if hasDiscovery {
-		p.resolveAll(ctx) // initial set: announced below with the fixed ones
+		p.disc.resolveAll(ctx) // initial set: announced below with the fixed ones
 	}
-	p.checkAll(ctx)
-	for _, inst := range p.Instances() {
-		p.publish(EventAdded, inst)
+	p.health.checkAll(ctx)
+	for _, inst := range p.reg.list() {
+		p.bus.publish(EventAdded, inst)
 	}
-	p.goAsync(p.healthLoop)
+	p.run.goAsync(p.health.loop)
 	if hasDiscovery {
-		p.startDiscovery()
+		p.disc.start()
 	}
 	return nil
 }
@@ -147,177 +111,104 @@ func (p *Pool) Start(ctx context.Context) error {
 // Close stops everything Start started, waits for it, and closes every
 // subscription.
 func (p *Pool) Close() {
-	p.runMu.Lock()
-	if p.closed {
-		p.runMu.Unlock()
+	if !p.run.stop() {
 		return
 	}
-	p.closed = true
-	cancel := p.cancel
-	p.runMu.Unlock()
-	if cancel != nil {
-		cancel()
-	}
-	p.wg.Wait()
-	p.closeSubscriptions()
-	for _, inst := range p.Instances() {
+	p.bus.close()
+	for _, inst := range p.reg.list() {
 		inst.client.CloseIdleConnections()
 	}
 }
 
-// goLoop runs f every interval until ctx ends, recovering from panics.
-func (p *Pool) goLoop(ctx context.Context, name string, every time.Duration, f func(context.Context)) {
-	p.goAsync(func(ctx context.Context) {
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				p.safely(name, func() { f(ctx) })
-			}
-		}
-	})
+// Clock is the clock the pool times its checks with; failover's grace
+// uses it too.
+func (p *Pool) Clock() clock.Clock { return p.clk }
+
+// Selector is the part that picks the instance for new work.
+func (p *Pool) Selector() *Selector { return p.sel }
+
+// Fleet is the part an operator changes the instances through: drains
+// and reloads.
+func (p *Pool) Fleet() *Fleet { return p.fleet }
+
+// The methods below hand the call to the part that does it. They are
+// what the prompt owner (package prompts) and the proxy call on the pool.
+
+// Instances returns the current instances (a copy of the slice).
+func (p *Pool) Instances() []*Instance { return p.reg.list() }
+
+// Len is the number of instances, len(Instances()) without the copy.
+func (p *Pool) Len() int { return p.reg.size() }
+
+// Instance returns the current instance of that name (one leaving the
+// pool only when no other has the name), or nil.
+func (p *Pool) Instance(name string) *Instance { return p.reg.byName(name) }
+
+// Subscribe returns a new subscription to the pool's instance events.
+// Close it when done; the pool's Close closes every subscription.
+func (p *Pool) Subscribe() *Subscription { return p.bus.subscribe() }
+
+// SetComebackGate sets the gate every comeback must pass (nil: none). The
+// owner of what runs on the instances uses it to remove what moved off an
+// instance before it gets work again. Call it before Start.
+func (p *Pool) SetComebackGate(g ComebackGate) { p.bus.setGate(g) }
+
+// Healthy returns the instances that are Available, in config order
+// (Selector.Healthy).
+func (p *Pool) Healthy() []*Instance { return p.sel.Healthy() }
+
+// SelectFor picks the instance for new work among those ok accepts
+// (Selector.SelectFor).
+func (p *Pool) SelectFor(ok func(*Instance) bool, exclude ...*Instance) (*Instance, error) {
+	return p.sel.SelectFor(ok, exclude...)
 }
 
-// goAsync runs f in a goroutine that Close waits for; f gets the pool's
-// run context. After Close (or before Start) it does nothing and reports false.
-func (p *Pool) goAsync(f func(ctx context.Context)) bool {
-	p.runMu.Lock()
-	defer p.runMu.Unlock()
-	if p.closed || !p.started {
-		return false
-	}
-	ctx := p.ctx
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		p.safely("background task", func() { f(ctx) })
-	}()
-	return true
+// Reserve picks the instance for a prompt and counts it in its in-flight
+// work at once (Selector.Reserve).
+func (p *Pool) Reserve(prefer *Instance, ok func(*Instance) bool, exclude ...*Instance) (*Instance, error) {
+	return p.sel.Reserve(prefer, ok, exclude...)
 }
 
-// safely runs f and logs a panic instead of crashing the process.
-func (p *Pool) safely(what string, f func()) {
-	defer func() {
-		if r := recover(); r != nil {
-			p.log.Error("upstream: panic recovered", "in", what, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-		}
-	}()
-	f()
-}
-
-// instanceByName returns the current instance with that name, or nil. An
-// instance whose address a reload changed shares its name with the one
-// leaving: the new one is returned.
-func (p *Pool) instanceByName(name string) *Instance {
-	p.mu.RLock()
-	defer p.mu.RUnlock()
-	var leaving *Instance
-	for _, inst := range p.instances {
-		if inst.Name == name {
-			if !inst.draining.Load() {
-				return inst
-			}
-			leaving = inst
-		}
-	}
-	return leaving
-}
-
-// removeIfDrained drops a draining instance with no prompts left from the pool.
-func (p *Pool) removeIfDrained(inst *Instance) {
-	if !inst.draining.Load() || inst.inflight.Load() > 0 {
-		return
-	}
-	removed, shared := false, false
-	p.mu.Lock()
-	for _, e := range p.entries {
-		for k, x := range e.insts {
-			if x == inst && inst.draining.Load() && inst.inflight.Load() <= 0 {
-				e.insts = append(e.insts[:k:k], e.insts[k+1:]...)
-				removed = true
-				break
-			}
-		}
-	}
-	if removed {
-		// A removed entry goes with its last instance.
-		p.entries = slices.DeleteFunc(p.entries, func(e *entry) bool { return e.leaving && len(e.insts) == 0 })
-		p.rebuildLocked()
-		for _, x := range p.instances {
-			shared = shared || x.Name == inst.Name
-		}
-	}
-	p.mu.Unlock()
-	if removed {
-		if !shared { // its name's series now belong to its successor
-			p.m.RemoveInstance(inst.Name)
-		}
-		p.log.Info("upstream: instance removed", "instance", inst.Name, "addr", inst.Addr)
-		inst.client.CloseIdleConnections()
-		p.publish(EventDrained, inst)
-	}
-}
-
-// breakerChanged is the breaker's OnStateChange. It may run while the
-// breaker holds its lock, so it must not call into the breaker.
-func (p *Pool) breakerChanged(inst *Instance, from, to breaker.State) {
-	level := slog.LevelInfo
-	if to == breaker.Open {
-		level = slog.LevelWarn
-	}
-	p.log.Log(context.Background(), level, "upstream: breaker state changed",
-		"instance", inst.Name, "from", from.String(), "to", to.String())
-	p.m.SetBreakerState(inst.Name, to.String())
-	p.availabilityChanged()
-	if to == breaker.Open && !inst.socketUp.Load() {
-		// Real traffic fails and the socket is gone: the instance is dead.
-		p.signalDown(inst)
-	}
-}
-
-// signalDown publishes that inst looks dead (EventDown). It may be
-// called more than once per death. Publishing never waits, so callers may
-// hold locks (the breaker's).
-func (p *Pool) signalDown(inst *Instance) {
-	p.publish(EventDown, inst)
-}
-
-// availabilityChanged wakes every AwaitAvailable: an instance's health,
-// breaker or suspicion changed, so one may be selectable now.
-func (p *Pool) availabilityChanged() {
-	p.availMu.Lock()
-	if p.availCh != nil {
-		close(p.availCh)
-		p.availCh = nil
-	}
-	p.availMu.Unlock()
-}
+// QueueRemaining is the fleet-wide queue_remaining a client should see
+// (Selector.QueueRemaining).
+func (p *Pool) QueueRemaining() int { return p.sel.QueueRemaining() }
 
 // AvailWatch returns a channel closed at the next availability change.
 // Take it before looking at the instances, then wait on it with
 // AwaitAvailable: a change in between is not missed.
-func (p *Pool) AvailWatch() <-chan struct{} {
-	p.availMu.Lock()
-	defer p.availMu.Unlock()
-	if p.availCh == nil {
-		p.availCh = make(chan struct{})
-	}
-	return p.availCh
+func (p *Pool) AvailWatch() <-chan struct{} { return p.avail.watch() }
+
+// Probe does one health probe of inst (GET /system_stats within timeout,
+// even while its breaker refuses traffic) without recording a verdict:
+// nil when it answered 200.
+func (p *Pool) Probe(ctx context.Context, inst *Instance, timeout time.Duration) error {
+	_, err := p.health.probeHealth(ctx, inst, timeout)
+	return err
 }
 
-// AwaitAvailable waits until watch (from AvailWatch) is closed, deadline
-// passes or ctx ends.
-func AwaitAvailable(ctx context.Context, watch <-chan struct{}, deadline time.Time) {
-	tm := time.NewTimer(time.Until(deadline))
-	defer tm.Stop()
-	select {
-	case <-watch:
-	case <-tm.C:
-	case <-ctx.Done():
-	}
+// SocketLost is called (by the owner of the event sockets) when an
+// instance's socket dropped: it publishes EventSuspect and one health
+// check runs now, bounded by failover.suspect_grace. If it fails the
+// instance is marked unhealthy at once (socket lost and a failed check
+// confirm it, no need to wait for the threshold) and EventDown is
+// published; if it passes, suspect is cleared (EventBack).
+func (p *Pool) SocketLost(inst *Instance) { p.health.socketLost(inst) }
+
+// SocketRestored is called (by the owner of the event sockets) after the
+// instance's socket reconnected: a health check runs now, and on success
+// the instance is healthy again at once (EventBack).
+func (p *Pool) SocketRestored(inst *Instance) { p.health.socketRestored(inst) }
+
+// WarmupWorkflow is inst's warm-up workflow (API format), nil when it has
+// none. A workflow file that could not be read is JSON null.
+func (p *Pool) WarmupWorkflow(inst *Instance) json.RawMessage { return p.warm.workflow(inst) }
+
+// WarmupDone ends the warm-up EventWarmup asked for: nil lets inst take
+// work; an error keeps it out and its status says why (the next passed
+// health check asks again), except a context error (the runner stopped:
+// nothing is recorded).
+func (p *Pool) WarmupDone(inst *Instance, took time.Duration, err error) {
+	p.warm.done(inst, took, err)
 }
 
 // newSocketID returns "comfygate-" and 16 random lowercase hex digits.

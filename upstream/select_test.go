@@ -108,7 +108,7 @@ func TestSelectPolicy(t *testing.T) {
 				ex = append(ex, in[k])
 			}
 			if tc.wantNone {
-				if got, err := p.Select(ex...); !errors.Is(err, ErrNoUpstream) {
+				if got, err := p.Selector().Select(ex...); !errors.Is(err, ErrNoUpstream) {
 					t.Fatalf("Select = %v, %v; want ErrNoUpstream", got, err)
 				}
 				if len(p.Healthy()) > 0 && len(ex) == 0 {
@@ -117,7 +117,7 @@ func TestSelectPolicy(t *testing.T) {
 				return
 			}
 			for k, w := range tc.want {
-				got, err := p.Select(ex...)
+				got, err := p.Selector().Select(ex...)
 				if err != nil {
 					t.Fatalf("Select #%d: %v", k, err)
 				}
@@ -134,7 +134,7 @@ func TestSelectSpreadsEvenlyAsWorkGrows(t *testing.T) {
 	p, in := selectPool(t, 3)
 	counts := map[*Instance]int{}
 	for k := 0; k < 30; k++ {
-		inst, err := p.Select()
+		inst, err := p.Selector().Select()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -157,14 +157,14 @@ func TestHalfOpenIsSelectable(t *testing.T) {
 	inst := p.Instances()[0]
 	inst.healthy.Store(true)
 	openBreaker(t, inst)
-	if _, err := p.Select(); !errors.Is(err, ErrNoUpstream) {
+	if _, err := p.Selector().Select(); !errors.Is(err, ErrNoUpstream) {
 		t.Fatalf("Select with open breaker = %v, want ErrNoUpstream", err)
 	}
 	clk.Advance(time.Minute)
 	if !inst.breaker.Ready() {
 		t.Fatalf("breaker %v once its open timeout passed, want half-open", inst.breaker.State())
 	}
-	if got, err := p.Select(); err != nil || got != inst {
+	if got, err := p.Selector().Select(); err != nil || got != inst {
 		t.Fatalf("Select half-open = %v, %v", got, err)
 	}
 }
@@ -183,7 +183,7 @@ func TestQueueRemainingSumsHealthyInstances(t *testing.T) {
 
 func TestSelectDoesNotAllocate(t *testing.T) {
 	p, _ := selectPool(t, 4)
-	if n := testing.AllocsPerRun(100, func() { _, _ = p.Select() }); n != 0 {
+	if n := testing.AllocsPerRun(100, func() { _, _ = p.Selector().Select() }); n != 0 {
 		t.Fatalf("Select allocates %v times", n)
 	}
 }
@@ -247,7 +247,7 @@ func BenchmarkSelect(b *testing.B) {
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			if _, err := p.Select(); err != nil {
+			if _, err := p.Selector().Select(); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -412,13 +412,13 @@ type outcomeReport struct {
 
 func (r outcomeReport) report(o breaker.Outcome) {
 	r.ticket.Done(o)
-	if r.inst.pool != nil {
-		r.inst.pool.m.IncUpstreamOutcome(r.inst.Name, o.String())
+	if r.inst.reg != nil {
+		r.inst.reg.m.IncUpstreamOutcome(r.inst.Name, o.String())
 	}
 }
 
 // timeout is the configured call timeout (COMFYUI_TIMEOUT).
-func (i *Instance) timeout() time.Duration { return i.pool.cfg.Timeout }
+func (i *Instance) timeout() time.Duration { return i.reg.cfg.Timeout }
 
 // acquire takes one of the connections traffic may use, waiting at most
 // wait (and ctx) for one to free up: past that, fasthttp.ErrNoFreeConns.

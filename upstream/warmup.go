@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"sync"
 	"time"
@@ -29,8 +30,14 @@ const (
 	warmupOK      = "ok"
 )
 
-// warmups holds each instance's warm-up workflow.
+// warmups holds each instance's warm-up workflow and keeps an instance
+// cold until its warm-up ran.
 type warmups struct {
+	cfg   *config.Config // resolves a workflow's path
+	log   *slog.Logger
+	bus   *bus          // EventWarmup
+	avail *availability // a warm instance may take work
+
 	mu     sync.Mutex // guards graphs, active
 	graphs map[*Instance]json.RawMessage
 	active map[*Instance]bool // a run is under way
@@ -47,31 +54,31 @@ func (i *Instance) WarmupState() string {
 
 func (i *Instance) setWarmup(s string) { i.fleet.warmup.Store(&s) }
 
-// prepareWarmup reads ci's warm-up workflow for inst and keeps inst cold
+// prepare reads ci's warm-up workflow for inst and keeps inst cold
 // until it ran. A file that cannot be read (it was checked at load) fails
 // the warm-up, which keeps the instance out and says why.
-func (p *Pool) prepareWarmup(inst *Instance, ci config.Instance) {
-	p.warmups.mu.Lock()
-	defer p.warmups.mu.Unlock()
+func (w *warmups) prepare(inst *Instance, ci config.Instance) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	if ci.Warmup == "" {
-		if p.warmups.graphs[inst] != nil {
-			delete(p.warmups.graphs, inst)
+		if w.graphs[inst] != nil {
+			delete(w.graphs, inst)
 			inst.fleet.warmup.Store(nil)
 			inst.fleet.cold.Store(false)
 		}
 		return
 	}
-	graph, err := readWarmup(p.cfg.Path(ci.Warmup))
-	if p.warmups.graphs == nil {
-		p.warmups.graphs, p.warmups.active = map[*Instance]json.RawMessage{}, map[*Instance]bool{}
+	graph, err := readWarmup(w.cfg.Path(ci.Warmup))
+	if w.graphs == nil {
+		w.graphs, w.active = map[*Instance]json.RawMessage{}, map[*Instance]bool{}
 	}
 	if err != nil {
-		p.warmups.graphs[inst] = json.RawMessage("null")
+		w.graphs[inst] = json.RawMessage("null")
 		inst.fleet.cold.Store(true)
 		inst.setWarmup("failed: " + err.Error())
 		return
 	}
-	p.warmups.graphs[inst] = graph
+	w.graphs[inst] = graph
 	inst.fleet.cold.Store(true)
 	inst.setWarmup(warmupPending)
 }
@@ -95,10 +102,10 @@ func readWarmup(path string) (json.RawMessage, error) {
 
 // coldAgain makes inst cold when it has a warm-up: called when it turns
 // healthy again (it may have restarted and lost its loaded models).
-func (p *Pool) coldAgain(inst *Instance) {
-	p.warmups.mu.Lock()
-	defer p.warmups.mu.Unlock()
-	if p.warmups.graphs[inst] != nil && !p.warmups.active[inst] {
+func (w *warmups) coldAgain(inst *Instance) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.graphs[inst] != nil && !w.active[inst] {
 		inst.fleet.cold.Store(true)
 		inst.setWarmup(warmupPending)
 	}
@@ -106,47 +113,43 @@ func (p *Pool) coldAgain(inst *Instance) {
 
 // maybeWarm asks for inst's warm-up (EventWarmup) when it is cold,
 // healthy and none is under way; WarmupDone ends it.
-func (p *Pool) maybeWarm(inst *Instance) {
+func (w *warmups) maybeWarm(inst *Instance) {
 	if !inst.fleet.cold.Load() || !inst.healthy.Load() {
 		return
 	}
-	p.warmups.mu.Lock()
-	graph := p.warmups.graphs[inst]
-	if graph == nil || p.warmups.active[inst] {
-		p.warmups.mu.Unlock()
+	w.mu.Lock()
+	graph := w.graphs[inst]
+	if graph == nil || w.active[inst] {
+		w.mu.Unlock()
 		return
 	}
-	p.warmups.active[inst] = true
-	p.warmups.mu.Unlock()
+	w.active[inst] = true
+	w.mu.Unlock()
 	inst.setWarmup(warmupRunning)
-	p.publish(EventWarmup, inst)
+	w.bus.publish(EventWarmup, inst)
 }
 
-// WarmupWorkflow is inst's warm-up workflow (API format), nil when it has
-// none. A workflow file that could not be read is JSON null.
-func (p *Pool) WarmupWorkflow(inst *Instance) json.RawMessage {
-	p.warmups.mu.Lock()
-	defer p.warmups.mu.Unlock()
-	return p.warmups.graphs[inst]
+// workflow is inst's warm-up workflow (Pool.WarmupWorkflow).
+func (w *warmups) workflow(inst *Instance) json.RawMessage {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.graphs[inst]
 }
 
-// WarmupDone ends the warm-up EventWarmup asked for: nil lets inst take
-// work; an error keeps it out and its status says why (the next passed
-// health check asks again), except a context error (the runner stopped:
-// nothing is recorded).
-func (p *Pool) WarmupDone(inst *Instance, took time.Duration, err error) {
-	p.warmups.mu.Lock()
-	delete(p.warmups.active, inst)
-	p.warmups.mu.Unlock()
+// done ends the warm-up EventWarmup asked for (Pool.WarmupDone).
+func (w *warmups) done(inst *Instance, took time.Duration, err error) {
+	w.mu.Lock()
+	delete(w.active, inst)
+	w.mu.Unlock()
 	switch {
 	case errors.Is(err, context.Canceled):
 	case err != nil:
 		inst.setWarmup("failed: " + err.Error())
-		p.log.Warn("upstream: warm-up failed; the instance gets no work", "instance", inst.Name, "error", err)
+		w.log.Warn("upstream: warm-up failed; the instance gets no work", "instance", inst.Name, "error", err)
 	default:
 		inst.setWarmup(warmupOK)
 		inst.fleet.cold.Store(false)
-		p.availabilityChanged()
-		p.log.Info("upstream: warm-up done; the instance takes work", "instance", inst.Name, "took", took)
+		w.avail.changed()
+		w.log.Info("upstream: warm-up done; the instance takes work", "instance", inst.Name, "took", took)
 	}
 }

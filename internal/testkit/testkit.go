@@ -1,15 +1,18 @@
 // Package testkit is what comfygate's tests share, and only tests import
-// it: simulated instances on free loopback ports (Sims), a minimal
-// ComfyUI with switches to fail or hang for pool and file tests (Mini),
-// the test configuration (Config), one bounded wait (Eventually), a fake clock, a
-// fault-injecting TCP proxy to put in front of an instance (FaultProxy),
-// and a client that speaks ComfyUI's protocol like ComfyUI's own websocket
-// example (Client).
+// it: simulated instances on free loopback ports (Sims), the one scripted
+// ComfyUI for what a simulator cannot be made to do (Mini: the test decides
+// every answer and event, when it comes, and whether the instance fails,
+// hangs or refuses), the gateway builder (Start), the test configuration
+// (Config), one bounded wait (Eventually), a fake clock, a fault-injecting
+// TCP proxy to put in front of an instance (FaultProxy), a real
+// redis-server on a loopback port (Redis), and a client that speaks
+// ComfyUI's protocol like ComfyUI's own websocket example (Client).
 //
-// It imports comfysim, config, internal packages and fasthttp only, so the
-// internal tests of upstream, prompts, jobs and proxy can use it. The whole gateway (pool,
-// job service, proxy server) is wired by internal/testkit/stack, for tests
-// outside those packages.
+// It imports comfysim, config, metrics, internal packages and fasthttp
+// only, so the internal tests of upstream, prompts, jobs and proxy can use
+// it. Start builds a gateway from the constructors it is given (a Wiring):
+// internal/testkit/stack gives it every part, for tests outside those
+// packages; their own internal tests give the parts they can import.
 package testkit
 
 import (

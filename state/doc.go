@@ -1,0 +1,18 @@
+// Package state owns the state several comfygate replicas share, and its
+// store: this process's memory when state.url is empty (one replica, the
+// default), or a Redis-protocol server named by state.url. It opens the
+// store from the configuration (Open), answers for its health (Ping), and
+// offers each shared piece behind one small interface with a memory and a
+// Redis implementation:
+//
+//   - Counter: the fleet-wide queue number of accepted prompts (INCR);
+//   - Idempotency: the job API's Idempotency-Keys, each the job it created,
+//     for jobs.idempotency_ttl (SET NX PX);
+//   - ClientOwners: which API key holds each WebSocket clientId;
+//   - Leases: which replica owns an instance, with a fencing token, and
+//     writes that a replica whose lease was lost cannot make (Lua scripts).
+//
+// Every Redis key starts with Prefix and has a TTL or a bound; docs/state.md
+// lists the layout. The package keeps no state of its own beyond the store:
+// its users decide what the pieces mean.
+package state
