@@ -112,10 +112,8 @@ type Prompt struct {
 // promptView is one prompt's state at one moment. Never modified once
 // published (Prompt.view).
 type promptView struct {
-	life     lifecycle.State    // its phase and where it is
+	life     lifecycle.State    // its phase, where it is, its fleet number
 	instance *upstream.Instance // the instance life.Instance names (nil before the first send)
-	numbered bool               // number is set (at its first acceptance)
-	number   int64              // the fleet number, negated for front
 }
 
 // snap returns p's current view.
@@ -177,11 +175,11 @@ func stateOf(s lifecycle.State) PromptState {
 // which the instance shows as ComfyUI would (and which takes no fleet
 // number, as it advances no ComfyUI counter).
 func (p *Prompt) Number() (float64, bool) {
-	v := p.snap()
-	if !v.numbered || p.ownNumber {
+	life := p.snap().life
+	if !life.Numbered || p.ownNumber {
 		return 0, false
 	}
-	return float64(v.number), true
+	return float64(life.Number), true
 }
 
 // Attempts returns how many times it was sent to an instance (1 + resubmissions).

@@ -20,9 +20,9 @@ func burstPrompt(t *testing.T, p *testPool, id string, answers func(*upstream.In
 	t.Helper()
 	tb := p.prompts
 	pr := &Prompt{ID: id}
-	tb.reserve(pr)
-	defer tb.unreserve(pr)
-	inst, err := tb.pick(pr, nil)
+	tb.submits.reserve(pr)
+	defer tb.submits.unreserve(pr)
+	inst, err := tb.submits.pick(pr, nil)
 	if err != nil {
 		t.Errorf("pick: %v", err)
 		return nil
@@ -167,10 +167,10 @@ func TestPickDoesNotAllocate(t *testing.T) {
 	p, _ := selectPool(t, 4)
 	pr := &Prompt{ID: "x"}
 	if n := testing.AllocsPerRun(100, func() {
-		if _, err := p.prompts.pick(pr, nil); err != nil {
+		if _, err := p.prompts.submits.pick(pr, nil); err != nil {
 			t.Fatal(err)
 		}
-		p.prompts.unreserve(pr)
+		p.prompts.submits.unreserve(pr)
 	}); n != 0 {
 		t.Fatalf("pick allocates %v times", n)
 	}

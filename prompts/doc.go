@@ -13,13 +13,34 @@
 // socket's frames (the reader waits until each is applied), POST answers,
 // instance events, timer expiries (through the pool's clock) and the
 // results of the workers it starts for calls to the instance (probes,
-// history reads, deletes, failovers). Only owners call lifecycle.Step
-// (Table.step); a worker or a client's call sends its result to the owner
-// of the prompt's instance (stepVia), and a send to another instance is a
-// step on that instance's owner, so a prompt that moves is handed from one
-// owner to the other. Each prompt's state is published as an immutable
-// view (Prompt.State, Instance, UpstreamID read it without a lock). The
-// background passes (the suspect grace, failover, reconcile, the
+// history reads, deletes, sends). Only owners call lifecycle.Step
+// (Table.step), under the step rule: a prompt's steps run on the owner of
+// the instance it is at (stepVia from elsewhere), and a step that moves
+// it (a send to another instance, a reclaim) runs on the owner it leaves
+// and hands it to the next (a first send runs on the owner of its
+// target). So a prompt's steps never run at once, and no lock guards them. Each prompt's state is an immutable view behind an
+// atomic pointer (Prompt.State, Instance, UpstreamID read it without a
+// lock); lifecycle.State holds all a next owner needs to go on with it.
+//
+// Who owns what:
+//   - a prompt's view and its keys in the index: its steps (the step rule);
+//   - the index (index.go): concurrent maps, by client-facing id (claimed
+//     with a compare-and-swap, so one id has one live prompt), by
+//     (instance, upstream id), and the live prompts with their count; the
+//     done queue (the last maxDonePrompts finished prompts; older ones are
+//     evicted from the maps) has a lock of its own for a push;
+//   - the instances' owners and sockets (owners, run.go): a copy-on-write
+//     map behind an atomic pointer, replaced with a compare-and-swap when
+//     an instance is first used or its drained socket closes;
+//   - an instance's routing state (its running prompt, early frames,
+//     awaited ids), tombstones and background passes (passes): its owner;
+//   - a failover (move.go): the owner of the prompt it moves, each call
+//     to an instance a worker reporting back to it;
+//   - the table's run (run.go): its context and the goroutines Close
+//     waits for, counted without a lock;
+//   - event delivery (outbox.go): one outbox per instance, in order.
+//
+// The background passes (the suspect grace, failover, reconcile, the
 // deleted-prompt check, moves to an idle instance, clean-up of moved
 // prompts, an unanswered send's follow-up) are states of the owner: one
 // of a kind at a time, a request during one running another after it.

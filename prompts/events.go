@@ -14,31 +14,35 @@ import (
 	"github.com/comfygate/comfygate/upstream"
 )
 
+// instances is the table's side of the pool's instances: it handles
+// their events, runs their sockets and owners, and their warm-ups.
+type instances struct{ *Table }
+
 // startEvents handles the events queued so far (the pool's Start
 // announced its instances: their sockets open before awaitSockets looks),
 // then runs a goroutine handling the rest in order until Close.
-func (t *Table) startEvents(ctx context.Context) {
+func (t *instances) startEvents(ctx context.Context) {
 	for {
 		ev, ok, _ := t.sub.TryNext()
 		if !ok {
 			break
 		}
-		t.safely("instance event", func() { t.handle(ev) })
+		safely(t.log, "instance event", func() { t.handle(ev) })
 	}
-	t.goBackground(func(context.Context) {
+	t.run.goBackground(func(context.Context) {
 		for {
 			ev, ok := t.sub.Next(ctx)
 			if !ok {
 				return
 			}
-			t.safely("instance event", func() { t.handle(ev) })
+			safely(t.log, "instance event", func() { t.handle(ev) })
 		}
 	})
 }
 
 // handle reacts to one instance event. It must not wait long: the events
 // after it wait for it.
-func (t *Table) handle(ev upstream.InstanceEvent) {
+func (t *instances) handle(ev upstream.InstanceEvent) {
 	switch ev.Kind {
 	case upstream.EventAdded:
 		t.InstanceAdded(ev.Inst)
@@ -46,7 +50,7 @@ func (t *Table) handle(ev upstream.InstanceEvent) {
 		t.InstanceRemoved(ev.Inst)
 	case upstream.EventDown:
 		s := t.socketFor(ev.Inst)
-		s.box.post(func() { s.wantFailOver() })
+		s.box.post(func() { s.passes.wantFailOver() })
 	case upstream.EventWarmup:
 		t.warmUp(ev.Inst)
 	}
@@ -70,7 +74,7 @@ var errNoProbe = errors.New("prompts: probe ended without an answer")
 // wantFailOver begins the grace of s's instance, or asks for another
 // after the one under way (the instance came back and went down again
 // meanwhile). On the owner.
-func (s *instSocket) wantFailOver() {
+func (s *passes) wantFailOver() {
 	if s.failing {
 		s.failAgain = true
 		return
@@ -82,7 +86,7 @@ func (s *instSocket) wantFailOver() {
 // graceCheck looks at the instance once: back (its socket is up), its
 // grace used up (its prompts move, in a worker), or still within it (a
 // probe, in a worker). On the owner.
-func (s *instSocket) graceCheck() {
+func (s *passes) graceCheck() {
 	t := s.t
 	inst := s.inst
 	if inst.SocketUp() {
@@ -94,7 +98,7 @@ func (s *instSocket) graceCheck() {
 	if lost.IsZero() || left <= 0 {
 		// Never connected (nothing ran there unseen), or down for the
 		// whole grace.
-		if !t.goBackground(func(context.Context) {
+		if !t.run.goBackground(func(context.Context) {
 			defer s.box.post(func() { s.failDone() })
 			t.InstanceDown(inst)
 		}) {
@@ -102,7 +106,7 @@ func (s *instSocket) graceCheck() {
 		}
 		return
 	}
-	if !t.goBackground(func(ctx context.Context) {
+	if !t.run.goBackground(func(ctx context.Context) {
 		err := errNoProbe
 		defer func() {
 			if ctx.Err() == nil {
@@ -118,7 +122,7 @@ func (s *instSocket) graceCheck() {
 // graceProbed acts on a probe within the grace (left of it remained when
 // it began): an answer keeps the prompts where they are; none looks again
 // shortly. On the owner.
-func (s *instSocket) graceProbed(left time.Duration, err error) {
+func (s *passes) graceProbed(left time.Duration, err error) {
 	t := s.t
 	if err == nil {
 		t.log.Info("prompts: instance answers again; its prompts stay", "instance", s.inst.Name)
@@ -132,7 +136,7 @@ func (s *instSocket) graceProbed(left time.Duration, err error) {
 
 // failDone ends the grace (or the failover after it), and begins another
 // if the instance went down again meanwhile. On the owner.
-func (s *instSocket) failDone() {
+func (s *passes) failDone() {
 	s.failing = false
 	if s.failAgain {
 		s.wantFailOver()
@@ -143,7 +147,7 @@ func (s *instSocket) failDone() {
 // socket is up (or its first dial failed): a prompt sent before its
 // instance's socket connects would run with no progress events reaching
 // its client (only its end, rebuilt from history on connect).
-func (t *Table) awaitSockets(ctx context.Context, limit time.Duration) {
+func (t *instances) awaitSockets(ctx context.Context, limit time.Duration) {
 	deadline := time.NewTimer(limit)
 	defer deadline.Stop()
 	for {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"slices"
 	"sync"
 	"time"
 
@@ -13,6 +12,13 @@ import (
 	"github.com/comfygate/comfygate/metrics"
 	"github.com/comfygate/comfygate/upstream"
 )
+
+// mover is the table's moving of prompts between instances: failover of
+// a dead or hung instance's prompts (move.go), reconciling an instance
+// after its socket came back, moves of waiting prompts to idle instances
+// (steal.go), and the tombstones and clean-up that keep a moved prompt
+// from running twice (tombstones.go).
+type mover struct{ *Table }
 
 // failoverParallel bounds the resubmissions one dead instance causes at once.
 const failoverParallel = 8
@@ -27,12 +33,12 @@ const failoverParallel = 8
 // left to its send, which fails it over when it ends without an answer.
 // Idempotent; returns when all are settled.
 func (t *Table) InstanceDown(inst *upstream.Instance) {
-	prompts := t.livePinnedTo(inst)
+	prompts := t.idx.livePinnedTo(inst)
 	if len(prompts) == 0 {
 		return
 	}
 	t.log.Warn("prompts: instance down, failing over its prompts", "instance", inst.Name, "prompts", len(prompts))
-	ctx := t.runCtx()
+	ctx := t.run.runCtx()
 	sem := make(chan struct{}, failoverParallel)
 	var wg sync.WaitGroup
 	for _, pr := range prompts {
@@ -41,139 +47,18 @@ func (t *Table) InstanceDown(inst *upstream.Instance) {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			t.safely("failover", func() {
-				t.failover(ctx, pr, inst, fmt.Sprintf("instance %s died", inst.Name), false)
+			safely(t.log, "failover", func() {
+				t.moves.failover(ctx, pr, inst, fmt.Sprintf("instance %s died", inst.Name), false)
 			})
 		}()
 	}
 	wg.Wait()
 }
 
-// failover resubmits pr, pinned to from, elsewhere. what says what happened
-// to from (for the error a client sees when it cannot). allowSame lets the
-// prompt go back to from when no other instance can take it (from is alive
-// but lost the prompt in a restart).
-func (t *Table) failover(ctx context.Context, pr *Prompt, from *upstream.Instance, what string, allowSame bool) {
-	// Only a queued, running or unanswered prompt of from moves, and one
-	// failover at a time: done prompts never move, a POST under way is
-	// settled by its send (refused: tried elsewhere; no answer: confirmLater).
-	st, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.MoveBegin, Instance: from.Name}, nil)
-	if !ok {
-		return
-	}
-	body := pr.lastBody()
-	attempts, uid := st.Attempts, st.UpstreamID
-	// Until it leaves from, pr is held here; every way out that does not
-	// send it on gives it back (a no-op once lost or finished).
-	left, settled := false, false
-	defer t.unreserve(pr) // a pick whose send never started
-	stay := func() {
-		if !left && !settled {
-			settled = true
-			t.stepVia(pr, lifecycle.Event{Kind: lifecycle.MoveAbort}, nil)
-		}
-	}
-	defer stay()
-
-	if attempts > t.cfg.Failover.MaxResubmits {
-		t.lose(pr, from, what, fmt.Sprintf("it was already resubmitted %d times (failover.max_resubmits)", attempts-1))
-		return
-	}
-	base, err := parseBody(body)
-	if err != nil {
-		t.lose(pr, from, what, "its body could not be read back")
-		return
-	}
-	// With no other instance, wait up to suspect_grace for one (or for from
-	// to come back: a quick restart) before giving up.
-	deadline := time.Now().Add(t.cfg.Failover.SuspectGrace)
-	tried := []*upstream.Instance{from}
-	for {
-		watch := t.p.AvailWatch()
-		retry := deadline // a probe of from that got no answer is retried sooner
-		inst, err := t.pick(pr, tried)
-		if err != nil && from.Available() && !slices.Contains(tried[1:], from) {
-			if !allowSame && uid != "" && !left {
-				// from is back: it may still have the prompt.
-				st, found, answered := t.probeAt(ctx, from, uid)
-				switch {
-				case found && st == PromptDone:
-					stay()
-					if entry, ok := t.historyEntry(ctx, from, uid); ok && entry != nil {
-						t.completeFromHistory(from, pr, uid, entry)
-					}
-					return
-				case found:
-					return // still queued or running there: stay
-				case answered:
-					allowSame = true // it restarted and lost it
-				default:
-					// No answer (a stale connection to a restarted
-					// instance): ask again shortly.
-					retry = time.Now().Add(100 * time.Millisecond)
-				}
-			}
-			if allowSame {
-				inst, err = from, nil
-			}
-		}
-		if err != nil {
-			if time.Now().Before(deadline) && ctx.Err() == nil {
-				wait := deadline
-				if retry.Before(wait) {
-					wait = retry
-				}
-				upstream.AwaitAvailable(ctx, watch, wait)
-				continue
-			}
-			t.lose(pr, from, what, "no other instance is available")
-			return
-		}
-		tried = append(tried, inst)
-		if !left {
-			// It leaves from: uncounted there, what from still sends
-			// about it is stale, and from may hold it still (hung, not
-			// dead), so it must not run it there: a tombstone. Not when
-			// from showed it lost it (allowSame: restarted).
-			if _, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.Leave, Tombstone: !allowSame}, nil); !ok {
-				return // it finished meanwhile
-			}
-			left = true
-		}
-		res, outcome, err := t.send(ctx, pr, inst, t.bodyFor(ctx, pr, inst, base), true)
-		switch {
-		case outcome == sentRefused:
-			continue
-		case outcome == sentAmbiguous:
-			// confirmLater settles it (and moves it again if inst never took it).
-			t.m.IncResubmission(from.Name, inst.Name, true)
-			t.log.Warn("prompts: prompt resubmitted, answer pending", "prompt_id", pr.ID, "from", from.Name, "to", inst.Name, "error", err)
-			return
-		case err == nil && res.Status == 200:
-			t.m.IncResubmission(from.Name, inst.Name, true)
-			t.log.Info("prompts: prompt resubmitted", "prompt_id", pr.ID, "from", from.Name, "to", inst.Name, "attempt", attempts+1)
-			return
-		default:
-			t.m.IncResubmission(from.Name, inst.Name, false)
-			why := fmt.Sprintf("instance %s refused it with status %d", inst.Name, res.Status)
-			if err != nil {
-				why = fmt.Sprintf("instance %s refused it", inst.Name)
-			}
-			t.lose(pr, from, what, why)
-			return
-		}
-	}
-}
-
-// lose ends pr as "lost" and tells its sink in ComfyUI's words: an
-// execution_error, then the executing-null that ends every prompt. Not on
-// an owner: it ends pr on the owner of its instance.
-func (t *Table) lose(pr *Prompt, from *upstream.Instance, what, why string) {
-	t.onOwnerOf(pr, nil, func() { t.loseOwned(pr, from, what, why) })
-}
-
-// loseOwned is lose, on the owner of pr's instance.
-func (t *Table) loseOwned(pr *Prompt, from *upstream.Instance, what, why string) {
+// loseOwned ends pr as "lost" and tells its sink in ComfyUI's words: an
+// execution_error, then the executing-null that ends every prompt. On
+// the owner of pr's instance.
+func (t *mover) loseOwned(pr *Prompt, from *upstream.Instance, what, why string) {
 	if st, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Close, Outcome: metrics.OutcomeLost}, nil); !ok || st.Outcome != metrics.OutcomeLost {
 		return // it ended otherwise first
 	}
@@ -193,8 +78,8 @@ func (t *Table) loseOwned(pr *Prompt, from *upstream.Instance, what, why string)
 		Timestamp:        time.Now().UnixMilli(),
 	}}
 	data, _ := marshalNoEscape(errEv)
-	t.deliver(pr, Event{Instance: from, Type: "execution_error", PromptID: pr.ID, Data: data}, true)
-	t.deliver(pr, Event{Instance: from, Type: "executing", PromptID: pr.ID, Data: comfyapi.ExecutingNull(pr.ID)}, true)
+	t.events.deliver(pr, Event{Instance: from, Type: "execution_error", PromptID: pr.ID, Data: data}, true)
+	t.events.deliver(pr, Event{Instance: from, Type: "executing", PromptID: pr.ID, Data: comfyapi.ExecutingNull(pr.ID)}, true)
 }
 
 // lostErrorFields is execution_error's data, in ComfyUI's field order.
@@ -215,9 +100,9 @@ type lostErrorFields struct {
 // missed. For each of its prompts: finished per /history → its sink gets
 // the completion it missed; in /queue → keep waiting; neither → the
 // instance lost it (restart), so it is resubmitted.
-func (t *Table) reconcile(ctx context.Context, inst *upstream.Instance) {
+func (t *mover) reconcile(ctx context.Context, inst *upstream.Instance) {
 	var running, pending map[string]bool
-	for _, pr := range t.livePinnedTo(inst) {
+	for _, pr := range t.idx.livePinnedTo(inst) {
 		v := pr.snap()
 		uid, ph := v.life.UpstreamID, v.life.Phase
 		// Queued or running there; not while unanswered, moving or done.
@@ -225,7 +110,7 @@ func (t *Table) reconcile(ctx context.Context, inst *upstream.Instance) {
 		if skip {
 			continue
 		}
-		entry, ok := t.historyEntry(ctx, inst, uid)
+		entry, ok := historyEntry(ctx, inst, uid)
 		if !ok {
 			return // not answering: the health check decides about it
 		}
@@ -235,7 +120,7 @@ func (t *Table) reconcile(ctx context.Context, inst *upstream.Instance) {
 		}
 		if running == nil {
 			var err error
-			if running, pending, err = t.queueIDs(ctx, inst); err != nil {
+			if running, pending, err = queueIDs(ctx, inst); err != nil {
 				return
 			}
 		}
@@ -243,7 +128,7 @@ func (t *Table) reconcile(ctx context.Context, inst *upstream.Instance) {
 			continue
 		}
 		// It may have finished between the two looks.
-		if entry, ok := t.historyEntry(ctx, inst, uid); !ok {
+		if entry, ok := historyEntry(ctx, inst, uid); !ok {
 			return
 		} else if entry != nil {
 			t.completeFromHistory(inst, pr, uid, entry)
@@ -256,13 +141,13 @@ func (t *Table) reconcile(ctx context.Context, inst *upstream.Instance) {
 // completeFromHistory delivers the end of a prompt that finished while
 // comfygate's socket was away: the terminal message its history recorded,
 // then executing-null. Nothing is sent if the live stream ended it first.
-func (t *Table) completeFromHistory(inst *upstream.Instance, pr *Prompt, uid string, entry json.RawMessage) {
+func (t *mover) completeFromHistory(inst *upstream.Instance, pr *Prompt, uid string, entry json.RawMessage) {
 	f := t.historyEnd(inst, uid, entry)
 	t.socketFor(inst).box.do(func() { t.completeOwned(inst, pr, uid, f) })
 }
 
 // completeOwned is completeFromHistory's delivery, on inst's owner.
-func (t *Table) completeOwned(inst *upstream.Instance, pr *Prompt, uid string, f frame) {
+func (t *mover) completeOwned(inst *upstream.Instance, pr *Prompt, uid string, f frame) {
 	v := pr.snap()
 	stale := stateOf(v.life) == PromptDone || v.instance != inst || v.life.UpstreamID != uid
 	if stale {
@@ -277,7 +162,7 @@ func (t *Table) completeOwned(inst *upstream.Instance, pr *Prompt, uid string, f
 // historyEnd pins the outputs of the history entry of uid at inst and
 // returns the terminal message it records (execution_success, or an
 // execution_error saying why), as inst would have sent it.
-func (t *Table) historyEnd(inst *upstream.Instance, uid string, entry json.RawMessage) frame {
+func (t *mover) historyEnd(inst *upstream.Instance, uid string, entry json.RawMessage) frame {
 	h, _ := comfyapi.ParseHistoryEntry(entry)
 	t.pinOutputs(inst, h.Files())
 	f := frame{at: time.Now(), uid: uid}
@@ -317,10 +202,10 @@ func (t *Table) historyEnd(inst *upstream.Instance, uid string, entry json.RawMe
 // resubmission moves on. inst's owner follows it: its waits are timers
 // and its looks workers, whose expiries and results are messages to the
 // owner. Not on an owner.
-func (t *Table) confirmLater(pr *Prompt, inst *upstream.Instance, uid string) {
+func (t *submitter) confirmLater(pr *Prompt, inst *upstream.Instance, uid string) {
 	s := t.socketFor(inst)
 	u := &unconfirmed{pr: pr, uid: uid, deadline: time.Now().Add(max(t.cfg.Timeout, 10*time.Second)), delay: 500 * time.Millisecond}
-	s.box.post(func() { s.confirmRound(u) })
+	s.box.post(func() { s.passes.confirmRound(u) })
 }
 
 // unconfirmed is a prompt sent without an answer, as its instance's owner
@@ -343,15 +228,15 @@ func (u *unconfirmed) still(inst *upstream.Instance) bool {
 // the prompt, so it moves at once (InstanceDown may have come while the
 // POST was under way: it leaves a prompt being sent to its send);
 // otherwise the owner waits, then looks. On the owner.
-func (s *instSocket) confirmRound(u *unconfirmed) {
+func (s *passes) confirmRound(u *unconfirmed) {
 	t := s.t
 	if !u.still(s.inst) {
 		return
 	}
 	if s.inst.ConfirmedDown() {
-		t.goBackground(func(ctx context.Context) {
+		t.run.goBackground(func(ctx context.Context) {
 			defer s.box.post(func() { s.confirmWait(u) })
-			t.failover(ctx, u.pr, s.inst, fmt.Sprintf("instance %s died", s.inst.Name), false)
+			t.moves.failover(ctx, u.pr, s.inst, fmt.Sprintf("instance %s died", s.inst.Name), false)
 		})
 		return
 	}
@@ -359,7 +244,7 @@ func (s *instSocket) confirmRound(u *unconfirmed) {
 }
 
 // confirmWait arms the timer of the next look. On the owner.
-func (s *instSocket) confirmWait(u *unconfirmed) {
+func (s *passes) confirmWait(u *unconfirmed) {
 	t := s.t
 	if !u.still(s.inst) {
 		return
@@ -371,14 +256,14 @@ func (s *instSocket) confirmWait(u *unconfirmed) {
 
 // confirmLook asks the instance, in a worker, whether it has the prompt.
 // On the owner.
-func (s *instSocket) confirmLook(u *unconfirmed) {
+func (s *passes) confirmLook(u *unconfirmed) {
 	t := s.t
 	if !u.still(s.inst) {
 		return
 	}
-	t.goBackground(func(ctx context.Context) {
+	t.run.goBackground(func(ctx context.Context) {
 		pctx, cancel := context.WithTimeout(ctx, probeTimeout(t.cfg.HealthCheck.Timeout))
-		st, found, answered := t.probeAt(pctx, s.inst, u.uid)
+		st, found, answered := probeAt(pctx, s.inst, u.uid)
 		cancel()
 		if ctx.Err() != nil {
 			return
@@ -388,7 +273,7 @@ func (s *instSocket) confirmLook(u *unconfirmed) {
 }
 
 // confirmFound acts on a look's answer. On the owner.
-func (s *instSocket) confirmFound(u *unconfirmed, st PromptState, found, answered bool) {
+func (s *passes) confirmFound(u *unconfirmed, st PromptState, found, answered bool) {
 	t := s.t
 	inst, pr := s.inst, u.pr
 	if found {
@@ -396,7 +281,7 @@ func (s *instSocket) confirmFound(u *unconfirmed, st PromptState, found, answere
 			t.step(pr, lifecycle.Event{Kind: lifecycle.Seen}, nil)
 		}
 		if st == PromptDone {
-			t.goBackground(func(ctx context.Context) { t.settleFromHistory(ctx, pr, inst, u.uid) })
+			t.run.goBackground(func(ctx context.Context) { t.submits.settleFromHistory(ctx, pr, inst, u.uid) })
 		}
 		return
 	}
@@ -409,12 +294,15 @@ func (s *instSocket) confirmFound(u *unconfirmed, st PromptState, found, answere
 	}
 	// A first submission (its client got the error) is dropped, and
 	// tombstoned there so that it cannot run late; an accepted one moves.
+	if !u.still(inst) {
+		return // it moved on or ended meanwhile: no longer this wait's
+	}
 	if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Drop}, nil); ok {
 		t.log.Warn("prompts: unanswered prompt not found at its instance, dropped", "prompt_id", pr.ID, "instance", inst.Name)
 		return
 	}
-	t.goBackground(func(ctx context.Context) {
-		t.failover(ctx, pr, inst, fmt.Sprintf("instance %s did not take the prompt", inst.Name), false)
+	t.run.goBackground(func(ctx context.Context) {
+		t.moves.failover(ctx, pr, inst, fmt.Sprintf("instance %s did not take the prompt", inst.Name), false)
 	})
 }
 
@@ -424,8 +312,8 @@ func (s *instSocket) confirmFound(u *unconfirmed, st PromptState, found, answere
 // before nor the history after was not there. (History first would miss a
 // prompt that finished between the two questions.) answered is false when
 // the instance did not answer.
-func (t *Table) probeAt(ctx context.Context, inst *upstream.Instance, uid string) (st PromptState, found, answered bool) {
-	running, pending, err := t.queueIDs(ctx, inst)
+func probeAt(ctx context.Context, inst *upstream.Instance, uid string) (st PromptState, found, answered bool) {
+	running, pending, err := queueIDs(ctx, inst)
 	if err != nil {
 		return 0, false, false
 	}
@@ -435,7 +323,7 @@ func (t *Table) probeAt(ctx context.Context, inst *upstream.Instance, uid string
 	case pending[uid]:
 		return PromptQueued, true, true
 	}
-	entry, ok := t.historyEntry(ctx, inst, uid)
+	entry, ok := historyEntry(ctx, inst, uid)
 	if !ok {
 		return 0, false, false
 	}
@@ -451,21 +339,19 @@ func (t *Table) probeAt(ctx context.Context, inst *upstream.Instance, uid string
 // resubmitted on a failover. The instance reported n queued+running; if
 // comfygate holds more accepted prompts there, ask its queue (one check
 // at a time). On the owner.
-func (s *instSocket) checkDeleted(n int64) {
+func (s *passes) checkDeleted(n int64) {
 	t := s.t
 	count := int64(0)
-	t.mu.Lock()
-	if int64(len(t.live)) <= n {
-		t.mu.Unlock()
+	if t.idx.nlive.Load() <= n {
 		return
 	}
-	for pr := range t.live {
+	t.idx.eachLive(func(pr *Prompt) bool {
 		v := pr.snap()
 		if ph := v.life.Phase; v.instance == s.inst && (ph == lifecycle.Queued || ph == lifecycle.Running) {
 			count++
 		}
-	}
-	t.mu.Unlock()
+		return count <= n
+	})
 	if count > n {
 		s.wantVerify()
 	}
@@ -474,45 +360,45 @@ func (s *instSocket) checkDeleted(n int64) {
 // wantVerify starts verifyQueue of s's instance in a worker, or asks
 // for another after the one running (a prompt found missing after it
 // asked the queue). On the owner.
-func (s *instSocket) wantVerify() {
+func (s *passes) wantVerify() {
 	if s.verifying {
 		s.verifyAgain = true
 		return
 	}
 	s.verifyAgain = false
-	s.verifying = s.t.goBackground(func(ctx context.Context) {
+	s.verifying = s.t.run.goBackground(func(ctx context.Context) {
 		defer s.box.post(func() { // its end, even after a panic
 			s.verifying = false
 			if s.verifyAgain && ctx.Err() == nil {
 				s.wantVerify()
 			}
 		})
-		s.t.verifyQueue(ctx, s.inst)
+		s.t.moves.verifyQueue(ctx, s.inst)
 	})
 }
 
 // wantReconcile starts reconcile of s's instance in a worker after a
 // (re)connection, or asks for another after the one running (it
 // connected again meanwhile). On the owner.
-func (s *instSocket) wantReconcile() {
+func (s *passes) wantReconcile() {
 	if s.reconciling {
 		s.reconcileAgain = true
 		return
 	}
 	s.reconcileAgain = false
-	s.reconciling = s.t.goBackground(func(ctx context.Context) {
+	s.reconciling = s.t.run.goBackground(func(ctx context.Context) {
 		defer s.box.post(func() { // its end, even after a panic
 			s.reconciling = false
 			if s.reconcileAgain && ctx.Err() == nil {
 				s.wantReconcile()
 			}
 		})
-		s.t.reconcile(ctx, s.inst)
+		s.t.moves.reconcile(ctx, s.inst)
 	})
 }
 
 // verifyQueue marks done the queued prompts inst no longer has and never ran.
-func (t *Table) verifyQueue(ctx context.Context, inst *upstream.Instance) {
+func (t *mover) verifyQueue(ctx context.Context, inst *upstream.Instance) {
 	// An instance that is dying also loses its queue: that is failover's
 	// business, not a deletion. Checked again after every upstream call below.
 	dying := func() bool { return inst.Suspect() || !inst.SocketUp() || !inst.Healthy() }
@@ -527,11 +413,11 @@ func (t *Table) verifyQueue(ctx context.Context, inst *upstream.Instance) {
 	// lost in a restart while the socket was away: reconcile, which runs on
 	// every connection, resubmits those.
 	since := time.Unix(0, t.socketFor(inst).upSince.Load())
-	running, pending, err := t.queueIDs(ctx, inst)
+	running, pending, err := queueIDs(ctx, inst)
 	if err != nil {
 		return
 	}
-	for _, pr := range t.livePinnedTo(inst) {
+	for _, pr := range t.idx.livePinnedTo(inst) {
 		v := pr.snap()
 		uid := v.life.UpstreamID
 		skip := v.life.Phase != lifecycle.Queued || uid == "" || v.instance != inst || !v.life.AcceptedAt.Before(asked) ||
@@ -539,7 +425,7 @@ func (t *Table) verifyQueue(ctx context.Context, inst *upstream.Instance) {
 		if skip || running[uid] || pending[uid] {
 			continue
 		}
-		if entry, ok := t.historyEntry(ctx, inst, uid); !ok || entry != nil {
+		if entry, ok := historyEntry(ctx, inst, uid); !ok || entry != nil {
 			continue // it ran: its events tell the rest
 		}
 		if dying() {
@@ -555,32 +441,4 @@ func (t *Table) verifyQueue(ctx context.Context, inst *upstream.Instance) {
 			t.log.Info("prompts: prompt deleted from its instance's queue", "prompt_id", pr.ID, "instance", inst.Name)
 		}
 	}
-}
-
-// goBackground runs f on the table's context in a goroutine close waits
-// for. It reports false (and runs nothing) before start or after close.
-func (t *Table) goBackground(f func(ctx context.Context)) bool {
-	t.mu.Lock()
-	ctx := t.ctx
-	if ctx == nil || t.closed {
-		t.mu.Unlock()
-		return false
-	}
-	t.wg.Add(1)
-	t.mu.Unlock()
-	go func() {
-		defer t.wg.Done()
-		t.safely("prompt table", func() { f(ctx) })
-	}()
-	return true
-}
-
-// runCtx is the table's context (Background before start).
-func (t *Table) runCtx() context.Context {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.ctx == nil {
-		return context.Background()
-	}
-	return t.ctx
 }

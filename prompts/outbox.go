@@ -6,6 +6,10 @@ import (
 	"github.com/comfygate/comfygate/upstream"
 )
 
+// delivery hands the prompts' events to their sinks, and broadcasts and
+// fleet queue changes to the listener, through the outboxes.
+type delivery struct{ *Table }
+
 // outbox delivers one instance's events (and the fleet queue changes) to
 // sinks and the listener in the order they were queued, from a goroutine
 // of its own that holds no lock of the table while it calls them: code
@@ -21,18 +25,12 @@ type outbox struct {
 
 // outboxFor returns the outbox of inst (nil inst: the table's own, for
 // queue changes).
-func (t *Table) outboxFor(inst *upstream.Instance) *outbox {
-	t.outboxMu.Lock()
-	defer t.outboxMu.Unlock()
-	if t.outboxes == nil {
-		t.outboxes = map[*upstream.Instance]*outbox{}
+func (t *delivery) outboxFor(inst *upstream.Instance) *outbox {
+	if o, ok := t.outboxes.Load(inst); ok {
+		return o.(*outbox)
 	}
-	o := t.outboxes[inst]
-	if o == nil {
-		o = &outbox{t: t}
-		t.outboxes[inst] = o
-	}
-	return o
+	o, _ := t.outboxes.LoadOrStore(inst, &outbox{t: t.Table})
+	return o.(*outbox)
 }
 
 // push queues f and makes sure a goroutine delivers it. Before the table
@@ -46,7 +44,7 @@ func (o *outbox) push(f func()) {
 	}
 	o.running = true
 	o.mu.Unlock()
-	if !o.t.goDeliver(o.drain) {
+	if !o.t.events.goDeliver(o.drain) {
 		o.mu.Lock()
 		o.queue, o.running = nil, false
 		o.mu.Unlock()
@@ -67,23 +65,15 @@ func (o *outbox) drain() {
 		o.queue[0] = nil
 		o.queue = o.queue[1:]
 		o.mu.Unlock()
-		o.t.safely("event delivery", f)
+		safely(o.t.log, "event delivery", f)
 	}
 }
 
 // goDeliver runs f in a goroutine close waits for; false before start or
 // after close.
-func (t *Table) goDeliver(f func()) bool {
-	t.mu.Lock()
-	if t.ctx == nil || t.closed {
-		t.mu.Unlock()
+func (t *delivery) goDeliver(f func()) bool {
+	if t.run.context() == nil {
 		return false
 	}
-	t.wg.Add(1)
-	t.mu.Unlock()
-	go func() {
-		defer t.wg.Done()
-		f()
-	}()
-	return true
+	return t.run.goRun(f)
 }

@@ -42,17 +42,11 @@ func newMailbox() *mailbox {
 	return &mailbox{wake: make(chan struct{}, 1), done: make(chan struct{})}
 }
 
-// startOwnerLocked runs s's owner until the table closes. t.mu held (socketFor).
-func (t *Table) startOwnerLocked(s *instSocket) {
-	if t.closed {
+// startOwner runs s's owner until the table closes.
+func (t *instances) startOwner(s *instSocket) {
+	if !t.run.goRun(func() { s.box.serve(t.Table, t.run.quit) }) {
 		s.box.close()
-		return
 	}
-	t.wg.Add(1)
-	go func() {
-		defer t.wg.Done()
-		s.box.serve(t, t.quit)
-	}()
 }
 
 // serve runs the queued messages in order until quit is closed. It takes
@@ -74,7 +68,7 @@ func (b *mailbox) serve(t *Table, quit <-chan struct{}) {
 			b.mu.Unlock()
 			for i, m := range batch {
 				batch[i] = message{}
-				t.safely("instance owner", m.f)
+				safely(t.log, "instance owner", m.f)
 				if m.ran != nil {
 					m.ran <- struct{}{}
 				}

@@ -10,13 +10,13 @@ import (
 // only after its message ran.
 func TestMailboxRunsInOrder(t *testing.T) {
 	t.Parallel()
-	tbl := &Table{quit: make(chan struct{})}
+	tbl := &Table{run: newRun(nil)}
 	b := newMailbox()
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		b.serve(tbl, tbl.quit)
+		b.serve(tbl, tbl.run.quit)
 	}()
 	var got []int // touched only by the owner's messages
 	for i := range 100 {
@@ -39,7 +39,7 @@ func TestMailboxRunsInOrder(t *testing.T) {
 			t.Fatalf("message %d ran as %d: out of order (%v)", i, v, got)
 		}
 	}
-	close(tbl.quit)
+	tbl.run.close()
 	wg.Wait()
 	if b.post(func() {}) || b.do(func() { t.Error("a message ran after the owner stopped") }) {
 		t.Fatal("post or do accepted a message after the owner stopped")

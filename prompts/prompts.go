@@ -68,23 +68,19 @@ type Table struct {
 	m   *metrics.Metrics
 	log *slog.Logger
 
-	mu         sync.Mutex // guards the fields below
-	byID       map[string]*Prompt
-	byUpstream map[upKey]*Prompt
-	live       map[*Prompt]struct{} // submitted by comfygate and not done
-	doneQ      []*Prompt            // finished prompts, oldest first, from doneHead
-	doneHead   int
-	sockets    map[*upstream.Instance]*instSocket
-	ctx        context.Context    // nil until start
-	cancel     context.CancelFunc // ends ctx (Close)
-	closed     bool
-	sub        *upstream.Subscription // the pool's instance events (events.go)
-	quit       chan struct{}          // closed by Close: the instances' owners stop
+	idx    index                  // the prompts by id, by upstream id, the live ones, the done queue (index.go)
+	owners owners                 // the instances' owners and sockets (run.go)
+	run    *run                   // Start to Close: the context and the goroutines Close waits for (run.go)
+	sub    *upstream.Subscription // the pool's instance events (events.go)
 
-	wg sync.WaitGroup // socket loops and background checks
+	// The table's jobs beside the prompts' steps, each a type of its own
+	// over the table's shared parts (the index, the owners, step).
+	submits *submitter // submission: pick, pin, POST, settle (submit.go)
+	moves   *mover     // prompts that change instance: failover, moves to idle instances, tombstones, clean-up (failover.go, move.go, steal.go, tombstones.go)
+	insts   *instances // the pool's instances: their events, sockets, owners, warm-ups (events.go, socket.go, warmup.go)
+	events  *delivery  // prompts' events to their sinks, broadcasts and queue changes to the listener (outbox.go)
 
-	outboxMu sync.Mutex                     // guards outboxes
-	outboxes map[*upstream.Instance]*outbox // event delivery per instance; nil key: queue changes
+	outboxes sync.Map // *upstream.Instance -> *outbox: event delivery per instance; nil key: queue changes
 
 	queueMu   sync.Mutex // guards lastQueue; orders the QueueChanged deliveries
 	lastQueue int
@@ -104,17 +100,13 @@ type Table struct {
 // configuration.
 func New(pool *upstream.Pool, cfg *config.Config, m *metrics.Metrics, log *slog.Logger) *Table {
 	t := &Table{
-		p:          pool,
-		cfg:        cfg,
-		m:          m,
-		log:        log,
-		byID:       map[string]*Prompt{},
-		byUpstream: map[upKey]*Prompt{},
-		live:       map[*Prompt]struct{}{},
-		sockets:    map[*upstream.Instance]*instSocket{},
-		lastQueue:  -1,
-		quit:       make(chan struct{}),
-		settled:    make(chan struct{}, 1),
+		p:         pool,
+		cfg:       cfg,
+		m:         m,
+		log:       log,
+		run:       newRun(log),
+		lastQueue: -1,
+		settled:   make(chan struct{}, 1),
 	}
 	if t.cfg == nil {
 		t.cfg = config.Default()
@@ -123,6 +115,7 @@ func New(pool *upstream.Pool, cfg *config.Config, m *metrics.Metrics, log *slog.
 		t.log = slog.New(slog.DiscardHandler)
 	}
 	t.fileStore = newFileStore(pool, t.cfg, t.log)
+	t.submits, t.moves, t.insts, t.events = &submitter{t}, &mover{t}, &instances{t}, &delivery{t}
 	t.sub = pool.Subscribe()
 	pool.SetComebackGate(t.CleanUp)
 	return t
@@ -138,10 +131,10 @@ func (t *Table) SetListener(l Listener) {
 }
 
 // safely runs f and logs a panic instead of crashing the process.
-func (t *Table) safely(what string, f func()) {
+func safely(log *slog.Logger, what string, f func()) {
 	defer func() {
 		if r := recover(); r != nil {
-			t.log.Error("prompts: panic recovered", "in", what, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			log.Error("prompts: panic recovered", "in", what, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 		}
 	}()
 	f()
@@ -154,180 +147,120 @@ func (t *Table) safely(what string, f func()) {
 // the pool's Start, so the instances it begins with have sockets before
 // Start returns.
 func (t *Table) Start(ctx context.Context) {
-	t.mu.Lock()
-	if t.ctx != nil || t.closed {
-		t.mu.Unlock()
+	ctx, ok := t.run.start(ctx)
+	if !ok {
 		return
 	}
-	ctx, t.cancel = context.WithCancel(ctx)
-	t.ctx = ctx
-	var toStart []*instSocket
-	for _, s := range t.sockets {
-		toStart = append(toStart, s)
+	for _, s := range t.owners.all() {
+		t.insts.runSocket(s)
 	}
-	t.mu.Unlock()
-	for _, s := range toStart {
-		t.runSocket(s)
-	}
-	t.startEvents(ctx)
-	t.awaitSockets(ctx, t.cfg.HealthCheck.Timeout)
+	t.insts.startEvents(ctx)
+	t.insts.awaitSockets(ctx, t.cfg.HealthCheck.Timeout)
 }
 
 // Close stops every socket, ends the subscription to the pool's events
 // and waits for the table's goroutines.
 func (t *Table) Close() {
-	t.mu.Lock()
-	if !t.closed {
-		close(t.quit)
-	}
-	t.closed = true
-	cancel := t.cancel
-	var all []*instSocket
-	for _, s := range t.sockets {
-		all = append(all, s)
-	}
-	t.mu.Unlock()
+	t.run.close()
 	t.sub.Close()
-	if cancel != nil {
-		cancel()
-	}
-	for _, s := range all {
+	for _, s := range t.owners.all() {
 		s.stop()
 	}
-	t.wg.Wait()
+	t.run.wait()
 }
 
 // InstanceAdded opens the socket of inst (at start if the table is not
 // running yet). Calling it twice is harmless.
 func (t *Table) InstanceAdded(inst *upstream.Instance) {
 	s := t.socketFor(inst)
-	t.mu.Lock()
-	run := t.ctx != nil && !t.closed
-	t.mu.Unlock()
-	if run {
-		t.runSocket(s)
+	if t.run.context() != nil && !t.run.closed() {
+		t.insts.runSocket(s)
 	}
 }
 
 // SocketSettled reports whether inst's socket is up or its first dial
 // failed: either way, waiting longer for it at start-up gains nothing.
 func (t *Table) SocketSettled(inst *upstream.Instance) bool {
-	t.mu.Lock()
-	s := t.sockets[inst]
-	t.mu.Unlock()
+	s := t.owners.get(inst)
 	return inst.SocketUp() || s == nil || s.dialed.Load()
 }
 
 // InstanceRemoved stops giving inst new work (the pool's draining flag does
 // that) and closes its socket once its prompts are done.
 func (t *Table) InstanceRemoved(inst *upstream.Instance) {
-	t.mu.Lock()
-	s := t.sockets[inst]
-	t.mu.Unlock()
+	s := t.owners.get(inst)
 	if s == nil {
 		return
 	}
 	s.box.post(func() {
 		s.draining = true
-		s.closeIfDrained()
+		s.passes.closeIfDrained()
 	})
 }
 
 // maybeCloseDrained closes a draining instance's socket when it has no
 // prompts left.
-func (t *Table) maybeCloseDrained(inst *upstream.Instance) {
-	t.mu.Lock()
-	s := t.sockets[inst]
-	t.mu.Unlock()
-	if s != nil {
-		s.box.post(func() { s.closeIfDrained() })
+func (t *instances) maybeCloseDrained(inst *upstream.Instance) {
+	if s := t.owners.get(inst); s != nil {
+		s.box.post(func() { s.passes.closeIfDrained() })
 	}
 }
 
 // closeIfDrained closes s when its instance is draining and has no
 // prompts left. On the owner.
-func (s *instSocket) closeIfDrained() {
+func (s *passes) closeIfDrained() {
 	t := s.t
-	if !s.draining {
+	if !s.draining || t.owners.get(s.inst) != s.instSocket {
 		return
 	}
-	inst := s.inst
-	t.mu.Lock()
-	if t.sockets[inst] != s {
-		t.mu.Unlock()
+	inst, busy := s.inst, false
+	t.idx.eachLive(func(pr *Prompt) bool {
+		busy = pr.Instance() == inst
+		return !busy
+	})
+	if busy || !t.owners.remove(inst, s.instSocket) {
 		return
 	}
-	for pr := range t.live {
-		if pr.Instance() == inst {
-			t.mu.Unlock()
-			return
-		}
-	}
-	delete(t.sockets, inst)
-	t.mu.Unlock()
 	t.log.Info("prompts: drained instance's socket closed", "instance", inst.Name)
 	s.stop()
 }
 
-// socketFor returns the socket record of inst, creating it (not running) if needed.
+// socketFor returns the socket record of inst, creating it (not running)
+// and starting its owner if needed.
 func (t *Table) socketFor(inst *upstream.Instance) *instSocket {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	s := t.sockets[inst]
-	if s == nil {
-		s = newInstSocket(t, inst)
-		t.sockets[inst] = s
-		t.startOwnerLocked(s)
+	if s := t.owners.get(inst); s != nil {
+		return s
+	}
+	s, added := t.owners.getOrAdd(inst, func() *instSocket { return newInstSocket(t, inst) })
+	if added {
+		t.insts.startOwner(s)
 	}
 	return s
 }
 
-// get returns the prompt with client-facing id.
-func (t *Table) get(id string) (*Prompt, bool) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	pr, ok := t.byID[id]
-	return pr, ok
-}
-
-// getUpstream returns the prompt that has id at inst.
-func (t *Table) getUpstream(inst *upstream.Instance, id string) *Prompt {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.byUpstream[upKey{inst, id}]
-}
-
-// livePinnedTo returns the prompts submitted by comfygate, not done, pinned to inst.
-func (t *Table) livePinnedTo(inst *upstream.Instance) []*Prompt {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	var out []*Prompt
-	for pr := range t.live {
-		if pr.Instance() == inst {
-			out = append(out, pr)
-		}
-	}
-	return out
-}
-
 // step applies e to pr: the transition (lifecycle.Step), pr's published
-// view and the table's index of (instance, upstream id) change together
-// under t.mu, and the transition's effects are carried out after it is
-// released. It runs on the owner of the instance e concerns (stepVia from
-// elsewhere). to is the instance a Send goes to (nil for other events).
-// It returns the new state and whether e applied (see lifecycle.Step).
+// view, its keys in the index and the in-flight counts it changes, then
+// the transition's other effects. to is the instance a Send or a Reclaim
+// goes to (nil for other events). It returns the new state and whether e
+// applied (see lifecycle.Step).
 //
-// Lock order in this package: Table.mu; outboxMu and an outbox's mu are
-// taken last (on an instance's owner, or under queueMu at most); queueMu
-// is never held while another of these is taken, except around an
-// outbox's mu and the pool's own locks (QueueRemaining). An owner's
-// mailbox lock guards only its queue, and no lock is held while waiting
-// for an owner (do).
-// The pool's methods take only the pool's locks; it calls the table only
-// through its comeback gate (CleanUp), with none held, and its events wait
-// in the subscription's queue. No lock is held while a Sink or
-// Listener is called: events go through the per-instance outbox (outbox.go),
-// which calls them in order from its own goroutine.
+// The step rule: a prompt's steps run one at a time, on the owner of the
+// instance its view names (stepVia from elsewhere); its first send, while
+// it is at no instance and only its submitter holds it, on the owner of
+// the instance it goes to. A step that moves it (Send, Reclaim) runs on
+// the owner it leaves and hands it to the next one: its later steps run
+// there. Nothing else writes a prompt's view or its keys, so step needs
+// no lock: read, step, publish.
+//
+// Locks in this package guard only small structures of their own and are
+// never held while another is taken, except an outbox's mu under queueMu
+// (with the pool's own locks, QueueRemaining). No lock is held while
+// waiting for an owner (do). The pool's methods take only the pool's
+// locks; it calls the table only through its comeback gate (CleanUp),
+// with none held, and its events wait in the subscription's queue. No
+// lock is held while a Sink or Listener is called: events go through the
+// per-instance outbox (outbox.go), which calls them in order from its own
+// goroutine.
 func (t *Table) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (lifecycle.State, bool) {
 	if e.At.IsZero() {
 		e.At = time.Now()
@@ -335,12 +268,10 @@ func (t *Table) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (life
 	if to != nil {
 		e.Instance = to.Name
 	}
-	t.mu.Lock()
 	v := pr.snap()
 	prev, prevInst := v.life, v.instance
 	next, effects, ok := lifecycle.Step(prev, e)
 	if !ok {
-		t.mu.Unlock()
 		return prev, false
 	}
 	nv := *v
@@ -348,7 +279,6 @@ func (t *Table) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (life
 	if to != nil {
 		nv.instance = to
 	}
-	t.reindexLocked(pr, prevInst, prev.UpstreamID, nv.instance, next.UpstreamID)
 	for _, ef := range effects {
 		// Counted here, in transition order: carried out later, two
 		// transitions' counts could cross and the in-flight count drift.
@@ -362,37 +292,24 @@ func (t *Table) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (life
 		case lifecycle.CountOut:
 			prevInst.CountInflight(-1)
 		case lifecycle.Accept:
-			t.numberLocked(pr, &nv)
+			// Its fleet number, in the fleet's order of acceptance: a
+			// step of its own, so the state holds it.
+			if numbered, _, ok := lifecycle.Step(nv.life, lifecycle.Event{Kind: lifecycle.Numbered, At: e.At, Number: t.nextNumber(pr)}); ok {
+				nv.life, next = numbered, numbered
+			}
 		}
 	}
+	// The new key first: a frame looked up by it finds the prompt as
+	// soon as its view says it is there.
+	t.idx.repin(pr, prevInst, prev.UpstreamID, nv.instance, next.UpstreamID)
 	pr.view.Store(&nv)
-	if next.Live() && next.Phase != lifecycle.Submitted {
-		t.live[pr] = struct{}{}
-	} else {
-		delete(t.live, pr)
-	}
+	t.idx.setLive(pr, next.Live() && next.Phase != lifecycle.Submitted)
 	newInst := nv.instance
-	t.mu.Unlock()
 	if newInst != prevInst && newInst != nil {
 		newInst.InflightChanged() // a send's count: its gauge
 	}
 	t.carryOut(pr, prevInst, effects)
 	return next, true
-}
-
-// reindexLocked moves pr's (instance, upstream id) key. t.mu held.
-func (t *Table) reindexLocked(pr *Prompt, oldInst *upstream.Instance, oldID string, inst *upstream.Instance, id string) {
-	if oldInst == inst && oldID == id {
-		return
-	}
-	if oldInst != nil && oldID != "" {
-		if k := (upKey{oldInst, oldID}); t.byUpstream[k] == pr {
-			delete(t.byUpstream, k)
-		}
-	}
-	if inst != nil && id != "" {
-		t.byUpstream[upKey{inst, id}] = pr
-	}
 }
 
 // carryOut does what a transition of pr asked for. inst is the instance
@@ -410,95 +327,82 @@ func (t *Table) carryOut(pr *Prompt, inst *upstream.Instance, effects []lifecycl
 			}
 			queue = true
 		case lifecycle.Unpin:
-			// Done with the transition: reindexLocked dropped the key.
+			// Done with the transition: step dropped the key.
 		case lifecycle.Tombstone:
-			t.tombstone(inst, ef.UpstreamID, pr)
+			t.moves.tombstone(inst, ef.UpstreamID, pr)
 		case lifecycle.Accept:
 			// Numbered by step, in the fleet's order of acceptance.
 			if inst != nil {
 				t.m.PromptSubmitted(inst.Name)
 			}
 		case lifecycle.Record:
-			t.mu.Lock()
-			t.doneQ = append(t.doneQ, pr)
-			t.evictLocked()
-			t.mu.Unlock()
+			t.idx.record(pr)
 			if inst != nil {
 				t.m.PromptFinished(inst.Name, ef.Outcome, time.Since(pr.Created))
-				t.maybeCloseDrained(inst)
-				t.finishedAt(inst)
+				t.insts.maybeCloseDrained(inst)
+				t.moves.finishedAt(inst)
 			}
 			queue = true
 		case lifecycle.Forget:
-			t.forget(pr)
+			t.idx.forget(pr)
 		}
 	}
 	if queue {
-		t.notifyQueue()
+		t.events.notifyQueue()
 	}
 }
 
-// numberLocked gives pr its fleet number (Prompt.Number) at its first
-// acceptance, in v (the view step is making). t.mu held.
-func (t *Table) numberLocked(pr *Prompt, v *promptView) {
-	if v.numbered {
-		return
+// nextNumber takes pr's fleet number (Prompt.Number) from the counter:
+// 0 and none taken when the client chose its own.
+func (t *Table) nextNumber(pr *Prompt) int64 {
+	if pr.ownNumber {
+		return 0
 	}
-	v.numbered = true
-	if !pr.ownNumber {
-		v.number = t.numbers.Add(1) - 1
-		if pr.front {
-			v.number = -v.number // ComfyUI's front: -counter
+	n := t.numbers.Add(1) - 1
+	if pr.front {
+		n = -n // ComfyUI's front: -counter
+	}
+	return n
+}
+
+// onOwnerOf runs f on the owner of pr's instance and waits for it, with
+// at the instance whose owner runs it; a prompt never sent goes to the
+// owner of to, the instance its first send goes to. f reports false when
+// pr was no longer at at when it ran (a step moved it meanwhile): then it
+// runs again on the owner of where pr is now. It runs nothing when the
+// table closed. Not on an owner.
+func (t *Table) onOwnerOf(pr *Prompt, to *upstream.Instance, f func(at *upstream.Instance) bool) {
+	for range 8 {
+		at := pr.Instance()
+		if at == nil {
+			at = to
+		}
+		if at == nil {
+			f(nil) // nothing to step at no instance
+			return
+		}
+		ran, done := false, false
+		t.socketFor(at).box.do(func() { ran = true; done = f(at) })
+		if !ran || done {
+			return
 		}
 	}
 }
 
-// forget removes pr from the table entirely (a submission nobody accepted).
-func (t *Table) forget(pr *Prompt) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	v := pr.snap()
-	t.reindexLocked(pr, v.instance, v.life.UpstreamID, nil, "")
-	if t.byID[pr.ID] == pr {
-		delete(t.byID, pr.ID)
-	}
-	delete(t.live, pr)
-}
-
-// ownerOf returns the owner of the instance an event of pr concerns: to
-// (a send's target), else the instance pr is at; nil if it was never sent.
-func (t *Table) ownerOf(pr *Prompt, to *upstream.Instance) *mailbox {
-	inst := to
-	if inst == nil {
-		inst = pr.Instance()
-	}
-	if inst == nil {
-		return nil
-	}
-	return t.socketFor(inst).box
-}
-
-// onOwnerOf runs f on the owner of pr's instance (to for a send) and waits
-// for it: a worker's result (a POST answered, a failover's decision, a
-// probe's finding) changes pr there, in order with the instance's frames.
-// It runs nothing when the table closed. Not on an owner.
-func (t *Table) onOwnerOf(pr *Prompt, to *upstream.Instance, f func()) {
-	if b := t.ownerOf(pr, to); b != nil {
-		b.do(f)
-		return
-	}
-	f()
-}
-
-// stepVia is step on the owner of pr's instance (to for a send). Not on
-// an owner. It reports false, changing nothing, once the table closed.
+// stepVia is step from elsewhere than the owner of pr's instance (a
+// worker, a client's call, a submit): it runs there, by the step rule. It
+// reports false, changing nothing, once the table closed.
 func (t *Table) stepVia(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (lifecycle.State, bool) {
-	var st lifecycle.State
-	ok, ran := false, false
-	t.onOwnerOf(pr, to, func() { st, ok = t.step(pr, e, to); ran = true })
-	if !ran {
-		return pr.Life(), false
-	}
+	st, ok := pr.Life(), false
+	t.onOwnerOf(pr, to, func(at *upstream.Instance) bool {
+		// A prompt never sent is at no instance: the owner of its first
+		// send's target steps it, as its submitter alone holds it.
+		if cur := pr.Instance(); cur != at && cur != nil {
+			return false // it moved: step where it is now
+		}
+		st, ok = t.step(pr, e, to)
+		return true
+	})
 	return st, ok
 }
 
@@ -515,33 +419,8 @@ func (t *Table) markDoneVia(pr *Prompt, outcome string) bool {
 	return ok
 }
 
-// evictLocked drops the oldest finished (or adopted) prompts beyond
-// maxDonePrompts. t.mu held.
-func (t *Table) evictLocked() {
-	for len(t.doneQ)-t.doneHead > maxDonePrompts {
-		old := t.doneQ[t.doneHead]
-		t.doneQ[t.doneHead] = nil
-		t.doneHead++
-		if t.byID[old.ID] == old {
-			delete(t.byID, old.ID)
-		}
-		v := old.snap()
-		k := upKey{v.instance, v.life.UpstreamID}
-		if t.byUpstream[k] == old {
-			delete(t.byUpstream, k)
-		}
-	}
-	// Compact once the dead head is as long as the live part.
-	if t.doneHead > 1024 && t.doneHead*2 > len(t.doneQ) {
-		n := copy(t.doneQ, t.doneQ[t.doneHead:])
-		clear(t.doneQ[n:])
-		t.doneQ = t.doneQ[:n]
-		t.doneHead = 0
-	}
-}
-
 // notifyQueue tells the listener the fleet queue when it changed.
-func (t *Table) notifyQueue() {
+func (t *delivery) notifyQueue() {
 	o := t.outboxFor(nil)
 	t.queueMu.Lock()
 	defer t.queueMu.Unlock()
@@ -556,25 +435,18 @@ func (t *Table) notifyQueue() {
 }
 
 // currentListener returns the listener (nil if none).
-func (t *Table) currentListener() Listener {
+func (t *delivery) currentListener() Listener {
 	if l := t.listener.Load(); l != nil {
 		return *l
 	}
 	return nil
 }
 
-// outstanding counts the prompts comfygate submitted that are not done.
-func (t *Table) outstanding() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return len(t.live)
-}
-
 // deliver queues one event of pr for its sink, on the outbox of the
 // instance it came from (in order with that instance's other events). An
 // event of a prompt whose sink already got its end is dropped. force
 // delivers anyway: comfygate's own synthesized ending.
-func (t *Table) deliver(pr *Prompt, ev Event, force bool) {
+func (t *delivery) deliver(pr *Prompt, ev Event, force bool) {
 	if pr.Sink == nil {
 		return
 	}
@@ -586,16 +458,16 @@ func (t *Table) deliver(pr *Prompt, ev Event, force bool) {
 }
 
 // Prompt looks a prompt up by its client-facing id.
-func (t *Table) Prompt(id string) (*Prompt, bool) { return t.get(id) }
+func (t *Table) Prompt(id string) (*Prompt, bool) { return t.idx.get(id) }
 
 // PromptByUpstreamID looks a prompt up by the id it has at inst.
 func (t *Table) PromptByUpstreamID(inst *upstream.Instance, upstreamID string) (*Prompt, bool) {
-	pr := t.getUpstream(inst, upstreamID)
+	pr := t.idx.getUpstream(inst, upstreamID)
 	return pr, pr != nil
 }
 
 // Outstanding returns the prompts not yet done (for shutdown and stats).
-func (t *Table) Outstanding() int { return t.outstanding() }
+func (t *Table) Outstanding() int { return int(t.idx.nlive.Load()) }
 
 // LocatePrompt returns the instance that has the prompt: the pin, or on a
 // miss the instance whose /history or /queue knows it. ErrUnknownPrompt if none.
@@ -606,7 +478,7 @@ func (t *Table) Outstanding() int { return t.outstanding() }
 // talks only to the instances it has, and never asks another machine
 // about it.
 func (t *Table) LocatePrompt(ctx context.Context, id string) (*upstream.Instance, error) {
-	if pr, ok := t.get(id); ok {
+	if pr, ok := t.idx.get(id); ok {
 		if inst := pr.Instance(); inst != nil {
 			insts := t.p.Instances()
 			if slices.Contains(insts, inst) {
@@ -638,7 +510,7 @@ func (t *Table) locate(ctx context.Context, id string) (*upstream.Instance, erro
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if st, ok := t.lookupAt(ctx, inst, id); ok {
+			if st, ok := lookupAt(ctx, inst, id); ok {
 				ch <- found{inst, st}
 			}
 		}()
@@ -662,9 +534,7 @@ func (t *Table) locate(ctx context.Context, id string) (*upstream.Instance, erro
 
 // adopt pins a prompt comfygate learned of from an instance. On inst's owner.
 func (t *Table) adopt(id string, inst *upstream.Instance, st PromptState) *Prompt {
-	t.mu.Lock()
-	if pr, ok := t.byID[id]; ok && pr.Instance() != nil {
-		t.mu.Unlock()
+	if pr, ok := t.idx.get(id); ok && pr.Instance() != nil {
 		return pr
 	}
 	now := time.Now()
@@ -678,28 +548,35 @@ func (t *Table) adopt(id string, inst *upstream.Instance, st PromptState) *Promp
 	// A new prompt: nobody else can see it until it is in the table.
 	life, _, ok := lifecycle.Step(lifecycle.State{}, lifecycle.Event{Kind: lifecycle.Adopt, At: now, Instance: inst.Name, UpstreamID: id, Found: found})
 	if !ok {
-		t.mu.Unlock()
 		return nil
 	}
 	pr := &Prompt{ID: id, Created: now}
 	pr.view.Store(&promptView{life: life, instance: inst})
+	for {
+		v, loaded := t.idx.byID.LoadOrStore(id, pr)
+		if !loaded {
+			break
+		}
+		if old := v.(*Prompt); old.Instance() != nil {
+			return old // another took the id meanwhile (a submit, another look)
+		} else if t.idx.byID.CompareAndSwap(id, old, pr) {
+			break
+		}
+	}
+	t.idx.byUp.Store(upKey{inst, id}, pr)
 	// Queued or running too: comfygate does not run it, so the entry is
 	// only a cache of where it is, and clients polling ids submitted
 	// elsewhere must not grow the table without bound.
-	t.doneQ = append(t.doneQ, pr)
-	t.byID[id] = pr
-	t.byUpstream[upKey{inst, id}] = pr
-	t.evictLocked()
-	t.mu.Unlock()
+	t.idx.record(pr)
 	return pr
 }
 
 // lookupAt reports whether inst knows upstream id uid, and where it is.
-func (t *Table) lookupAt(ctx context.Context, inst *upstream.Instance, uid string) (PromptState, bool) {
-	if entry, ok := t.historyEntry(ctx, inst, uid); ok && entry != nil {
+func lookupAt(ctx context.Context, inst *upstream.Instance, uid string) (PromptState, bool) {
+	if entry, ok := historyEntry(ctx, inst, uid); ok && entry != nil {
 		return PromptDone, true
 	}
-	running, pending, err := t.queueIDs(ctx, inst)
+	running, pending, err := queueIDs(ctx, inst)
 	if err != nil {
 		return 0, false
 	}
@@ -714,7 +591,7 @@ func (t *Table) lookupAt(ctx context.Context, inst *upstream.Instance, uid strin
 
 // historyEntry returns inst's /history/{uid} entry (nil when it has none).
 // ok is false when the instance did not answer.
-func (t *Table) historyEntry(ctx context.Context, inst *upstream.Instance, uid string) (json.RawMessage, bool) {
+func historyEntry(ctx context.Context, inst *upstream.Instance, uid string) (json.RawMessage, bool) {
 	status, body, err := inst.Call(ctx, "GET", "/history/"+url.PathEscape(uid), nil, nil)
 	if err != nil || status != 200 {
 		return nil, false
@@ -727,7 +604,7 @@ func (t *Table) historyEntry(ctx context.Context, inst *upstream.Instance, uid s
 }
 
 // queueIDs returns the prompt ids inst reports running and pending.
-func (t *Table) queueIDs(ctx context.Context, inst *upstream.Instance) (running, pending map[string]bool, err error) {
+func queueIDs(ctx context.Context, inst *upstream.Instance) (running, pending map[string]bool, err error) {
 	status, body, err := inst.Call(ctx, "GET", "/queue", nil, nil)
 	if err != nil {
 		return nil, nil, err
@@ -748,12 +625,12 @@ func (t *Table) queueIDs(ctx context.Context, inst *upstream.Instance) (running,
 // anything was cancelled. A pending prompt deleted from the queue ends
 // without WS events, as in ComfyUI; it is marked done ("interrupted").
 func (t *Table) Cancel(ctx context.Context, id string) (bool, error) {
-	pr, ok := t.get(id)
+	pr, ok := t.idx.get(id)
 	if !ok || pr.Instance() == nil {
 		if _, err := t.LocatePrompt(ctx, id); err != nil {
 			return false, err
 		}
-		if pr, ok = t.get(id); !ok {
+		if pr, ok = t.idx.get(id); !ok {
 			return false, ErrUnknownPrompt
 		}
 	}
@@ -768,7 +645,7 @@ func (t *Table) Cancel(ctx context.Context, id string) (bool, error) {
 		if _, _, err := inst.Call(ctx, "POST", "/queue", hdr, body); err != nil {
 			return false, fmt.Errorf("cancel %s: %w", id, err)
 		}
-		running, pending, err := t.queueIDs(ctx, inst)
+		running, pending, err := queueIDs(ctx, inst)
 		if err != nil {
 			return false, fmt.Errorf("cancel %s: %w", id, err)
 		}
@@ -776,7 +653,7 @@ func (t *Table) Cancel(ctx context.Context, id string) (bool, error) {
 		case pending[uid]:
 			return false, nil
 		case !running[uid]:
-			if entry, ok := t.historyEntry(ctx, inst, uid); ok && entry != nil {
+			if entry, ok := historyEntry(ctx, inst, uid); ok && entry != nil {
 				return false, nil // it finished before the delete
 			}
 			// Deleted. The queue check that follows the instance's status

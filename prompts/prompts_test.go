@@ -15,7 +15,7 @@ func TestPromptTableKeepsBoundedDonePrompts(t *testing.T) {
 	tb := p.prompts
 	first := tb.adopt("first", inst, PromptDone)
 	live := &Prompt{ID: "live"}
-	tb.reserve(live)
+	tb.submits.reserve(live)
 	tb.step(live, lifecycle.Event{Kind: lifecycle.Send, UpstreamID: "live"}, inst)
 	running := tb.adopt("running", inst, PromptRunning)
 	for k := range maxDonePrompts + 50 {
@@ -39,9 +39,8 @@ func TestPromptTableKeepsBoundedDonePrompts(t *testing.T) {
 	if _, ok := p.Prompt(fmt.Sprintf("p%d", maxDonePrompts+49)); !ok {
 		t.Fatal("the newest finished prompt is kept")
 	}
-	tb.mu.Lock()
-	n := len(tb.byID)
-	tb.mu.Unlock()
+	n := 0
+	tb.idx.byID.Range(func(any, any) bool { n++; return true })
 	if n > maxDonePrompts+1 {
 		t.Fatalf("%d prompts kept, want at most %d", n, maxDonePrompts+1)
 	}

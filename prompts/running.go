@@ -22,9 +22,7 @@ type Running struct {
 // Running returns what inst is executing now; ok is false when it runs
 // nothing of comfygate's, or its socket is not open.
 func (t *Table) Running(inst *upstream.Instance) (r Running, ok bool) {
-	t.mu.Lock()
-	s := t.sockets[inst]
-	t.mu.Unlock()
+	s := t.owners.get(inst)
 	if s == nil {
 		return Running{}, false
 	}
@@ -37,7 +35,7 @@ func (t *Table) Running(inst *upstream.Instance) (r Running, ok bool) {
 	if uid == "" {
 		return Running{}, false
 	}
-	if pr := t.getUpstream(inst, uid); pr != nil {
+	if pr := t.idx.getUpstream(inst, uid); pr != nil {
 		r.PromptID = pr.ID
 	}
 	return r, true

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/comfygate/comfygate/internal/clock"
 	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/internal/lifecycle"
 	"github.com/comfygate/comfygate/metrics"
@@ -57,24 +58,14 @@ type instSocket struct {
 	running  string  // upstream id of the prompt the instance is executing
 	early    []frame // frames of not yet known upstream ids, oldest first
 	awaiting int     // submits to this instance waiting for their upstream id
-	// The background passes at this instance, each run by a worker that
-	// reports its end back to the owner: one of a kind at a time, and a
-	// request during one runs another after it.
-	draining    bool // close the socket once the instance's prompts are done
-	verifying   bool // a queue check for deleted prompts is running
-	verifyAgain bool // another queue check is wanted
-	cleaning    bool // a CleanUp pass of moved prompts is running
-	cleanAgain  bool // another CleanUp pass is wanted
-	moving      bool // a waiting prompt is being moved here (idle)
-	moveAgain   bool // another look for a waiting prompt is wanted
+	draining bool    // close the socket once the instance's prompts are done
+	passes   *passes // the owner's background passes
 	// tombs are the prompts moved off the instance, oldest first
 	// (tombstones.go).
-	tombs          []tomb
-	failing        bool   // the instance went down: its grace or failover is under way (events.go)
-	failAgain      bool   // it went down again meanwhile: another after this one
-	reconciling    bool   // a reconcile after a (re)connection is running
-	reconcileAgain bool   // the socket connected again meanwhile: another
-	stopCancel     func() // cancels run's context (set by run, called by stop)
+	tombs       []tomb
+	ntombs      atomic.Int64 // len(tombs), written by the owner: read by anyone (mayHaveTombs)
+	tombsPosted atomic.Int64 // tombstones posted to the owner and not added yet
+	stopCancel  func()       // cancels run's context (set by run, called by stop)
 	// What the running prompt is doing, for the operator's view (Running):
 	// when it started, the node executing, and that node's last progress.
 	runSince time.Time
@@ -84,20 +75,39 @@ type instSocket struct {
 }
 
 func newInstSocket(t *Table, inst *upstream.Instance) *instSocket {
-	return &instSocket{t: t, inst: inst, stopCh: make(chan struct{}), box: newMailbox()}
+	s := &instSocket{t: t, inst: inst, stopCh: make(chan struct{}), box: newMailbox()}
+	s.passes = &passes{instSocket: s}
+	return s
+}
+
+// passes are the background passes of an instance's owner: the grace and
+// failover after the instance went down (events.go), the follow-up of an
+// unanswered send (failover.go), the queue check for deleted prompts and
+// the reconcile after a (re)connection, moves of waiting prompts to it
+// when it is idle (steal.go), clean-up of what moved off it
+// (tombstones.go) and the close of a drained instance's socket. Each runs
+// its calls in a worker that reports back to the owner: one of a kind at
+// a time, and a request during one runs another after it. Its fields are
+// the owner's.
+type passes struct {
+	*instSocket
+	verifying      bool // a queue check for deleted prompts is running
+	verifyAgain    bool // another queue check is wanted
+	cleaning       bool // a CleanUp pass of moved prompts is running
+	cleanAgain     bool // another CleanUp pass is wanted
+	moving         bool // a waiting prompt is being moved here (idle)
+	moveAgain      bool // another look for a waiting prompt is wanted
+	failing        bool // the instance went down: its grace or failover is under way (events.go)
+	failAgain      bool // it went down again meanwhile: another after this one
+	reconciling    bool // a reconcile after a (re)connection is running
+	reconcileAgain bool // the socket connected again meanwhile: another
 }
 
 // runSocket starts s's loop once.
-func (t *Table) runSocket(s *instSocket) {
+func (t *instances) runSocket(s *instSocket) {
 	s.startOnce.Do(func() {
-		t.mu.Lock()
-		ctx := t.ctx
-		t.mu.Unlock()
-		t.wg.Add(1)
-		go func() {
-			defer t.wg.Done()
-			t.safely("instance socket", func() { s.run(ctx) })
-		}()
+		ctx := t.run.context()
+		t.run.goRun(func() { safely(t.log, "instance socket", func() { s.run(ctx) }) })
 	})
 }
 
@@ -130,16 +140,17 @@ func (s *instSocket) run(ctx context.Context) {
 	minB, maxB := max(cfg.ReconnectMin, 10*time.Millisecond), max(cfg.ReconnectMax, cfg.ReconnectMin)
 	backoff := minB
 	everUp, lost := false, false
+	clk := s.t.p.Clock() // the waits between dials: a test's fake clock drives them
 	for ctx.Err() == nil {
-		dialStart := time.Now()
+		dialStart := clk.Now()
 		conn, err := s.dial(ctx)
 		if err == nil {
 			s.up()
-			if lost && s.t.hasTombstones(s.inst) {
+			if lost && s.t.moves.hasTombstones(s.inst) {
 				// Back after a loss, maybe from a stop: it runs its queue
 				// at once, so what moved off it goes first, before the
 				// health check that lets it take work again.
-				s.t.cleanUpLater(s)
+				s.t.moves.cleanUpLater(s)
 			}
 		}
 		s.dialed.Store(true)
@@ -158,7 +169,7 @@ func (s *instSocket) run(ctx context.Context) {
 			// again at once, so that one is always waiting when the
 			// process wakes, and the moved prompts are removed from it
 			// before it gets far with them.
-			if time.Since(dialStart) < s.dialTimeout() && !sleepCtx(ctx, jitter(backoff)) {
+			if clk.Now().Sub(dialStart) < s.dialTimeout() && !sleepCtx(ctx, clk, jitter(backoff)) {
 				return
 			}
 			backoff = min(backoff*2, maxB)
@@ -175,7 +186,7 @@ func (s *instSocket) run(ctx context.Context) {
 		}
 		// The first connection too: Start returns before it, and a prompt
 		// sent meanwhile ran with nobody listening for its events.
-		s.box.post(s.wantReconcile)
+		s.box.post(s.passes.wantReconcile)
 		everUp, lost = true, false
 		err = s.serve(ctx, conn)
 		s.inst.SetSocketUp(false)
@@ -185,7 +196,7 @@ func (s *instSocket) run(ctx context.Context) {
 		lost = true
 		s.t.log.Warn("prompts: socket lost", "instance", s.inst.Name, "error", err)
 		s.t.p.SocketLost(s.inst)
-		if !sleepCtx(ctx, jitter(minB)) {
+		if !sleepCtx(ctx, clk, jitter(minB)) {
 			return
 		}
 	}
@@ -198,7 +209,7 @@ func (s *instSocket) up() {
 	s.upSince.Store(time.Now().UnixNano())
 	s.inst.SetSocketUp(true)
 	running := ""
-	for _, pr := range s.t.livePinnedTo(s.inst) {
+	for _, pr := range s.t.idx.livePinnedTo(s.inst) {
 		if v := pr.snap(); stateOf(v.life) == PromptRunning {
 			running = v.life.UpstreamID
 		}
@@ -430,19 +441,19 @@ func (s *instSocket) onBinary(data []byte) {
 // broadcast hands a frame that names no prompt to the listener, with the
 // prompt the instance is executing. On the owner.
 func (s *instSocket) broadcast(f frame) {
-	if l := s.t.currentListener(); l != nil {
+	if l := s.t.events.currentListener(); l != nil {
 		ev := Event{Instance: s.inst, Type: f.typ, Binary: f.binary, Data: f.data}
 		if s.running != "" {
-			ev.Running = s.t.getUpstream(s.inst, s.running)
+			ev.Running = s.t.idx.getUpstream(s.inst, s.running)
 		}
-		s.t.outboxFor(s.inst).push(func() { l.Broadcast(ev) })
+		s.t.events.outboxFor(s.inst).push(func() { l.Broadcast(ev) })
 	}
 }
 
 // routeLocked delivers f to its prompt, or keeps it while a submit to this
 // instance waits for its upstream id. On the owner.
 func (s *instSocket) routeLocked(f frame) {
-	pr := s.t.getUpstream(s.inst, f.uid)
+	pr := s.t.idx.getUpstream(s.inst, f.uid)
 	if pr == nil {
 		if s.awaiting > 0 {
 			s.keepEarlyLocked(f)
@@ -459,7 +470,7 @@ func (s *instSocket) routeLocked(f frame) {
 				s.t.m.PromptRanTwice(s.inst.Name)
 				s.t.log.Info("prompts: a moved prompt also ran to success where it was", "instance", s.inst.Name, "upstream_id", f.uid)
 			}
-			s.t.cleanUpLater(s)
+			s.t.moves.cleanUpLater(s)
 		}
 		return
 	}
@@ -520,15 +531,15 @@ func (s *instSocket) endAwaitOwned(pr *Prompt, uid string, attempt int) {
 func (s *instSocket) onStatus(n int64) {
 	if s.inst.QueueDepth() != n {
 		s.inst.SetQueueDepth(n)
-		s.t.notifyQueue()
+		s.t.events.notifyQueue()
 	}
-	s.checkDeleted(n)
+	s.passes.checkDeleted(n)
 	if n == 0 {
-		s.t.idle(s)
+		s.t.moves.idle(s)
 	}
 	if n > 0 && len(s.pruneTombs(time.Now())) > 0 {
 		// A held POST of a moved prompt may have reached the queue.
-		s.t.cleanUpLater(s)
+		s.t.moves.cleanUpLater(s)
 	}
 }
 
@@ -572,7 +583,7 @@ func (t *Table) apply(pr *Prompt, inst *upstream.Instance, f frame) {
 	} else if f.uid != pr.ID {
 		data = replaceID(f.data, f.uid, pr.ID)
 	}
-	t.deliver(pr, Event{Instance: inst, Type: f.typ, Binary: f.binary, PromptID: pr.ID, Data: data}, true)
+	t.events.deliver(pr, Event{Instance: inst, Type: f.typ, Binary: f.binary, PromptID: pr.ID, Data: data}, true)
 }
 
 // pinOutputs records the files named by refs (an `executed` output's or a
@@ -592,14 +603,14 @@ func jitter(d time.Duration) time.Duration {
 	return d/2 + rand.N(d/2+1)
 }
 
-// sleepCtx waits d or until ctx ends; false if ctx ended.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	tm := time.NewTimer(d)
+// sleepCtx waits d on clk or until ctx ends; false if ctx ended.
+func sleepCtx(ctx context.Context, clk clock.Clock, d time.Duration) bool {
+	tm := clk.NewTimer(d)
 	defer tm.Stop()
 	select {
 	case <-ctx.Done():
 		return false
-	case <-tm.C:
+	case <-tm.C():
 		return true
 	}
 }

@@ -24,19 +24,19 @@ import (
 // work each instance has then, so a burst splits evenly over a fast and a
 // slow instance and the fast one idles at the end while the slow one still
 // has a queue.
-func (t *Table) idle(s *instSocket) {
+func (t *mover) idle(s *instSocket) {
 	inst := s.inst
 	if !t.cfg.Routing.MovePending || !idleNow(inst) {
 		return
 	}
-	s.box.post(func() { s.wantMove() })
+	s.box.post(func() { s.passes.wantMove() })
 }
 
 // wantMove starts a worker that moves one waiting prompt to s's instance,
 // or asks for another look after the one running: a moved prompt can run
 // and end before its move returns, and its end calls again. One prompt at
 // a time: the moved prompt makes the instance busy. On the owner.
-func (s *instSocket) wantMove() {
+func (s *passes) wantMove() {
 	t := s.t
 	if s.moving {
 		s.moveAgain = true
@@ -44,7 +44,7 @@ func (s *instSocket) wantMove() {
 	}
 	s.moveAgain = false
 	inst := s.inst
-	s.moving = t.goBackground(func(ctx context.Context) {
+	s.moving = t.run.goBackground(func(ctx context.Context) {
 		defer s.box.post(func() { // its end, even after a panic
 			s.moving = false
 			if s.moveAgain && ctx.Err() == nil {
@@ -52,8 +52,8 @@ func (s *instSocket) wantMove() {
 			}
 		})
 		if idleNow(inst) {
-			if pr, from := t.waitingFor(inst); pr != nil {
-				t.moveWaiting(ctx, pr, from, inst)
+			if pr, from := t.moves.waitingFor(inst); pr != nil {
+				t.moves.moveWaiting(ctx, pr, from, inst)
 			}
 		}
 	})
@@ -61,14 +61,11 @@ func (s *instSocket) wantMove() {
 
 // finishedAt is called when a prompt finished at inst: if that was its
 // last work (its empty queue may have been reported already), it is idle.
-func (t *Table) finishedAt(inst *upstream.Instance) {
+func (t *mover) finishedAt(inst *upstream.Instance) {
 	if !t.cfg.Routing.MovePending || !idleNow(inst) {
 		return
 	}
-	t.mu.Lock()
-	s := t.sockets[inst]
-	t.mu.Unlock()
-	if s != nil {
+	if s := t.owners.get(inst); s != nil {
 		t.idle(s)
 	}
 }
@@ -89,7 +86,7 @@ func idleNow(inst *upstream.Instance) bool {
 // it may run on inst and never moved before (so that no prompt moves
 // twice, and moves never use up failover's resubmissions). A drained
 // instance keeps its queue (it finishes its own prompts). nil if none.
-func (t *Table) waitingFor(inst *upstream.Instance) (*Prompt, *upstream.Instance) {
+func (t *mover) waitingFor(inst *upstream.Instance) (*Prompt, *upstream.Instance) {
 	type waiting struct {
 		pr       *Prompt
 		at       *upstream.Instance
@@ -98,20 +95,19 @@ func (t *Table) waitingFor(inst *upstream.Instance) (*Prompt, *upstream.Instance
 		eligible func(*upstream.Instance) bool
 	}
 	var cands []waiting
-	t.mu.Lock()
-	for pr := range t.live {
+	t.idx.eachLive(func(pr *Prompt) bool {
 		v := pr.snap()
-		at, life, num, eligible := v.instance, v.life, v.number, pr.eligible
+		at, life, num, eligible := v.instance, v.life, v.life.Number, pr.eligible
 		if at == nil || at == inst || life.Phase != lifecycle.Queued || life.Posting || life.Attempts != 1 || life.UpstreamID == "" ||
 			at.Held() || at.Leaving() || at.Suspect() || !at.SocketUp() {
-			continue
+			return true
 		}
 		if w := at.Work(); w >= 2 {
 			cands = append(cands, waiting{pr, at, w, num, eligible})
 		}
-	}
-	t.mu.Unlock()
-	// Eligibility asks the catalogue: not under t.mu.
+		return true
+	})
+	// Eligibility asks the catalogue: after the walk.
 	var best *waiting
 	for k := range cands {
 		c := &cands[k]
@@ -137,103 +133,116 @@ func (t *Table) waitingFor(inst *upstream.Instance) (*Prompt, *upstream.Instance
 // verifyQueue resubmits it instead of taking it for a client's delete.
 // The client sees nothing of the move: same prompt_id, same number, its
 // events from wherever it runs.
-func (t *Table) moveWaiting(ctx context.Context, pr *Prompt, from, to *upstream.Instance) {
-	uid := pr.UpstreamID()
+//
+// Like a failover, it is a state of the owner of pr (move): each call to
+// an instance is a worker whose answer comes back to that owner, which
+// decides what follows. Not on an owner: it returns when the move is over.
+func (t *mover) moveWaiting(ctx context.Context, pr *Prompt, from, to *upstream.Instance) {
+	mv := &move{t: t.Table, ctx: ctx, pr: pr, from: from, done: make(chan struct{}),
+		what: "it was moved off instance " + from.Name, noneWhy: "no instance is available", quiet: true}
+	mv.uid = pr.UpstreamID()
+	if mv.uid == "" {
+		return
+	}
 	// Asked before the prompt is held for the move, with a short bound:
 	// an instance that does not answer at once (hung, dying) is failover's
 	// business, which must find its prompts free to move, and no delete
 	// goes to it. A prompt deleted behind comfygate's back (a client's
 	// clear sent straight to the instance) looks queued until verifyQueue
 	// sees it gone: it must not come back to life elsewhere.
-	qctx, cancel := context.WithTimeout(ctx, moveProbeTimeout)
-	_, pending, err := t.queueIDs(qctx, from)
-	cancel()
-	if err != nil || uid == "" {
+	mv.work(func(ctx context.Context) func() {
+		qctx, cancel := context.WithTimeout(ctx, moveProbeTimeout)
+		_, pending, err := queueIDs(qctx, from)
+		cancel()
+		return func() { mv.stealLooked(to, pending, err) }
+	})
+	<-mv.done
+}
+
+// stealLooked holds the prompt if from still has it waiting, and sends
+// from the delete of it. On the owner.
+func (mv *move) stealLooked(to *upstream.Instance, pending map[string]bool, err error) {
+	t, pr, from, uid := mv.t, mv.pr, mv.from, mv.uid
+	if err != nil {
+		mv.end()
 		return
 	}
 	if !pending[uid] {
 		s := t.socketFor(from)
-		s.box.post(s.wantVerify)
+		s.box.post(s.passes.wantVerify)
+		mv.end()
 		return
 	}
-	st, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.MoveBegin, Instance: from.Name}, nil)
+	st, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.MoveBegin, Instance: from.Name}, nil)
 	if !ok {
+		mv.end()
 		return
 	}
-	left, deleteSent := false, false
-	defer func() {
-		if left {
-			return
-		}
-		if _, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.MoveAbort, DeleteSent: deleteSent}, nil); ok && from.ConfirmedDown() {
-			// from died while the prompt was held here: its failover
-			// passed the prompt over.
-			t.failover(ctx, pr, from, fmt.Sprintf("instance %s died", from.Name), false)
-		}
-	}()
-	if st.Resume != lifecycle.Queued || st.UpstreamID != uid || !idleNow(to) {
-		return
-	}
+	mv.held = true
 	base, err := parseBody(pr.lastBody())
-	if err != nil {
+	if st.Resume != lifecycle.Queued || st.UpstreamID != uid || !idleNow(to) || err != nil {
+		mv.stealStays(false)
 		return
 	}
-	pctx, cancel := context.WithTimeout(ctx, probeTimeout(t.cfg.HealthCheck.Timeout))
-	del, _ := json.Marshal(map[string][]string{"delete": {uid}})
-	status, _, delErr := from.Call(pctx, "POST", "/queue", map[string]string{"Content-Type": "application/json"}, del)
-	if delErr != nil && isNotSent(delErr) {
-		cancel()
-		return // nothing reached from: it is still queued there
-	}
-	if delErr != nil || status != 200 {
-		// No answer (from stopped as the delete left?): it may run there
-		// yet, or the delete may land later. It stays; should it vanish
-		// from from's queue, verifyQueue sends it elsewhere (DeleteSent)
-		// instead of taking it for a client's delete, and if from died,
-		// its failover moves it.
-		cancel()
-		deleteSent = true
-		return
-	}
-	// Asked after the delete: a prompt that started before it is running
-	// or in the history now, and one that did not is gone for good.
-	_, found, answered := t.probeAt(pctx, from, uid)
-	cancel()
-	if found {
-		return
-	}
-	if !answered {
-		deleteSent = true
-		return
-	}
-	if _, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.Leave}, nil); !ok {
-		return // it finished meanwhile
-	}
-	left = true
-	t.log.Debug("upstream: moving a waiting prompt to an idle instance", "prompt_id", pr.ID, "from", from.Name, "to", to.Name)
-	var tried []*upstream.Instance
-	for {
-		inst, err := t.pick(pr, tried)
-		if err != nil {
-			t.lose(pr, from, "it was moved off instance "+from.Name, "no instance is available")
-			return
-		}
-		tried = append(tried, inst)
-		res, outcome, err := t.send(ctx, pr, inst, t.bodyFor(ctx, pr, inst, base), true)
+	mv.base, mv.attempts = base, st.Attempts
+	mv.work(func(ctx context.Context) func() {
+		pctx, cancel := context.WithTimeout(ctx, probeTimeout(t.cfg.HealthCheck.Timeout))
+		defer cancel()
+		del, _ := json.Marshal(map[string][]string{"delete": {uid}})
+		status, _, delErr := from.Call(pctx, "POST", "/queue", map[string]string{"Content-Type": "application/json"}, del)
 		switch {
-		case outcome == sentRefused:
-			continue
-		case outcome == sentAmbiguous:
-			return // confirmLater settles it
-		case err == nil && res.Status == 200:
-			return
-		default:
-			why := fmt.Sprintf("instance %s refused it with status %d", inst.Name, res.Status)
-			if err != nil {
-				why = fmt.Sprintf("instance %s refused it", inst.Name)
-			}
-			t.lose(pr, from, "it was moved off instance "+from.Name, why)
-			return
+		case delErr != nil && isNotSent(delErr):
+			return func() { mv.stealStays(false) } // nothing reached from: it is still queued there
+		case delErr != nil || status != 200:
+			// No answer (from stopped as the delete left?): it may run
+			// there yet, or the delete may land later. It stays; should
+			// it vanish from from's queue, verifyQueue sends it elsewhere
+			// (DeleteSent) instead of taking it for a client's delete, and
+			// if from died, its failover moves it.
+			return func() { mv.stealStays(true) }
 		}
+		// Asked after the delete: a prompt that started before it is
+		// running or in the history now, and one that did not is gone
+		// for good.
+		_, found, answered := probeAt(pctx, from, uid)
+		return func() { mv.stealDeleted(to, found, answered) }
+	})
+}
+
+// stealDeleted lets the prompt leave from once from showed it gone and
+// never run, and sends it on. On the owner.
+func (mv *move) stealDeleted(to *upstream.Instance, found, answered bool) {
+	t, pr, from := mv.t, mv.pr, mv.from
+	switch {
+	case found:
+		mv.stealStays(false)
+		return
+	case !answered:
+		mv.stealStays(true)
+		return
 	}
+	if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Leave}, nil); !ok {
+		mv.stealStays(false) // it finished meanwhile
+		return
+	}
+	mv.left = true
+	t.log.Debug("upstream: moving a waiting prompt to an idle instance", "prompt_id", pr.ID, "from", from.Name, "to", to.Name)
+	mv.deadline = time.Now() // no waiting for an instance: it was running where it was
+	mv.pick()
+}
+
+// stealStays gives the prompt back to from; if from died while the
+// prompt was held here, its failover passed the prompt over: it fails
+// over now, in a worker. On the owner.
+func (mv *move) stealStays(deleteSent bool) {
+	t, pr, from := mv.t, mv.pr, mv.from
+	mv.settled = true
+	if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.MoveAbort, DeleteSent: deleteSent}, nil); ok && from.ConfirmedDown() {
+		mv.work(func(ctx context.Context) func() {
+			t.moves.failover(ctx, pr, from, fmt.Sprintf("instance %s died", from.Name), false)
+			return mv.end
+		})
+		return
+	}
+	mv.end()
 }

@@ -33,8 +33,14 @@ import (
 // one id at once), Submit mints a fresh UUID for this prompt instead; the
 // returned Prompt and answer carry it.
 func (t *Table) Submit(ctx context.Context, req SubmitRequest) (SubmitResult, error) {
-	return t.submit(ctx, req)
+	return t.submits.submit(ctx, req)
 }
+
+// submitter is the table's submission of prompts: it picks an instance,
+// pins the prompt there before its POST leaves, sends it and settles the
+// answer (or follows an unanswered one, confirmLater). Failovers send
+// through it too.
+type submitter struct{ *Table }
 
 // sendOutcome is what one POST /prompt to one instance came to.
 type sendOutcome int
@@ -45,7 +51,7 @@ const (
 	sentAmbiguous                    // sent, no answer: it may have been accepted
 )
 
-func (t *Table) submit(ctx context.Context, req SubmitRequest) (SubmitResult, error) {
+func (t *submitter) submit(ctx context.Context, req SubmitRequest) (SubmitResult, error) {
 	id := req.PromptID
 	if id == "" {
 		id = newUUID()
@@ -70,7 +76,7 @@ func (t *Table) submit(ctx context.Context, req SubmitRequest) (SubmitResult, er
 		t.reserve(pr)
 		inst, err := t.pick(pr, tried)
 		if err != nil {
-			t.forget(pr)
+			t.idx.forget(pr)
 			if lastErr != nil {
 				return SubmitResult{}, fmt.Errorf("%w (last: %w)", upstream.ErrNoUpstream, lastErr)
 			}
@@ -96,17 +102,9 @@ func (t *Table) submit(ctx context.Context, req SubmitRequest) (SubmitResult, er
 // forever). When the id is taken, pr gets a fresh UUID instead, which its
 // answer and events carry: what the proxy does for an id it sees in use.
 // pr must not be in the table yet (new, or forgotten after a refused try).
-func (t *Table) reserve(pr *Prompt) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for {
-		old, ok := t.byID[pr.ID]
-		if !ok || old == pr || old.State() == PromptDone {
-			t.byID[pr.ID] = pr
-			return
-		}
+func (t *submitter) reserve(pr *Prompt) {
+	if t.idx.claim(pr, newUUID) {
 		t.log.Debug("prompts: prompt id in use, minted another", "prompt_id", pr.ID)
-		pr.ID = newUUID()
 	}
 }
 
@@ -116,7 +114,7 @@ func (t *Table) reserve(pr *Prompt) {
 // (Prompt.reserved; its send takes the count over): the picks of a burst
 // each see the prompts picked before them, however long their sends take
 // to start. A reservation of an earlier try is given back first.
-func (t *Table) pick(pr *Prompt, tried []*upstream.Instance) (*upstream.Instance, error) {
+func (t *submitter) pick(pr *Prompt, tried []*upstream.Instance) (*upstream.Instance, error) {
 	t.unreserve(pr)
 	inst, err := t.p.Reserve(pr.prefer, pr.eligible, tried...)
 	if err != nil {
@@ -128,7 +126,7 @@ func (t *Table) pick(pr *Prompt, tried []*upstream.Instance) (*upstream.Instance
 
 // unreserve gives back pr's count from pick if its send did not take it
 // over (the try was given up before it was sent).
-func (t *Table) unreserve(pr *Prompt) {
+func (t *submitter) unreserve(pr *Prompt) {
 	if inst := pr.reserved.Swap(nil); inst != nil {
 		inst.CountInflight(-1)
 		inst.InflightChanged()
@@ -139,7 +137,7 @@ func (t *Table) unreserve(pr *Prompt) {
 // placed there (SubmitRequest.Prepare), the files its prompt loads copied
 // there (prepareGraph), and the prompt graph with pr's file values for
 // inst. base is not modified.
-func (t *Table) bodyFor(ctx context.Context, pr *Prompt, inst *upstream.Instance, base map[string]json.RawMessage) map[string]json.RawMessage {
+func (t *submitter) bodyFor(ctx context.Context, pr *Prompt, inst *upstream.Instance, base map[string]json.RawMessage) map[string]json.RawMessage {
 	if pr.prepare != nil {
 		if err := pr.prepare(ctx, inst); err != nil {
 			t.log.Warn("prompts: could not place a prompt's files", "instance", inst.Name, "prompt_id", pr.ID, "error", err)
@@ -169,39 +167,28 @@ func (t *Table) bodyFor(ctx context.Context, pr *Prompt, inst *upstream.Instance
 // send POSTs pr to inst, pinned there before the request leaves. base is
 // the body the client sent (or the one sent last time); resubmit marks a
 // failover, where pr is already accepted and live.
-func (t *Table) send(ctx context.Context, pr *Prompt, inst *upstream.Instance, base map[string]json.RawMessage, resubmit bool) (SubmitResult, sendOutcome, error) {
+func (t *submitter) send(ctx context.Context, pr *Prompt, inst *upstream.Instance, base map[string]json.RawMessage, resubmit bool) (SubmitResult, sendOutcome, error) {
 	known := inst.SupportsClientPromptID()
 	uid := ""
 	if known {
 		uid = pr.ID
-		if !isCanonicalUUID(uid) {
+		// A prompt that moved off inst keeps a tombstone there under its
+		// old id: sent back, it needs another.
+		if !isCanonicalUUID(uid) || t.moves.tombstoned(inst, uid) {
 			uid = newUUID()
 		}
 	}
+	body, err := buildBody(base, inst.SocketClientID(), uid)
+	if err != nil {
+		return SubmitResult{}, sentAnswered, fmt.Errorf("submit prompt %s: %w", pr.ID, err)
+	}
 	s := t.socketFor(inst)
-	var st lifecycle.State
-	var body []byte
-	for {
-		var err error
-		body, err = buildBody(base, inst.SocketClientID(), uid)
-		if err != nil {
-			return SubmitResult{}, sentAnswered, fmt.Errorf("submit prompt %s: %w", pr.ID, err)
-		}
-		// Pinned before the request leaves: its events can come first.
-		// Until the POST is settled (answered, refused, no answer) no
-		// failover takes it: this send's own outcome decides.
-		var ok, tombstoned bool
-		st, ok, tombstoned = t.beginSend(pr, s, uid, body, !known)
-		if tombstoned {
-			// A prompt that moved off inst keeps a tombstone there under
-			// its old id: sent back, it needs another.
-			uid = newUUID()
-			continue
-		}
-		if !ok {
-			return SubmitResult{}, sentRefused, fmt.Errorf("submit prompt %s: it is %s", pr.ID, st.Phase)
-		}
-		break
+	// Pinned before the request leaves: its events can come first. Until
+	// the POST is settled (answered, refused, no answer) no failover takes
+	// it: this send's own outcome decides.
+	st, ok := t.beginSend(pr, s, uid, body, !known)
+	if !ok {
+		return SubmitResult{}, sentRefused, fmt.Errorf("submit prompt %s: it is %s", pr.ID, st.Phase)
 	}
 	attempt := st.Attempts
 	settle := func(e lifecycle.Event) lifecycle.State {
@@ -267,12 +254,12 @@ func (t *Table) send(ctx context.Context, pr *Prompt, inst *upstream.Instance, b
 	if inst.ConfirmedDown() {
 		// InstanceDown passed pr over while this POST was under way and is
 		// not told again: move pr unless inst shows it has it.
-		t.goBackground(func(ctx context.Context) { t.recheckDown(ctx, pr, inst, got) })
+		t.run.goBackground(func(ctx context.Context) { t.recheckDown(ctx, pr, inst, got) })
 	}
 	if !wasUp || s.conns.Load() != conns {
 		// Sent while the socket was down or reconnecting: its events may
 		// have reached nobody, and reconcile skipped it (unanswered then).
-		t.goBackground(func(ctx context.Context) { t.settleFromHistory(ctx, pr, inst, got) })
+		t.run.goBackground(func(ctx context.Context) { t.settleFromHistory(ctx, pr, inst, got) })
 	}
 	if got != pr.ID {
 		resp = ans.WithID(resp, pr.ID)
@@ -280,44 +267,39 @@ func (t *Table) send(ctx context.Context, pr *Prompt, inst *upstream.Instance, b
 	return SubmitResult{Prompt: pr, Instance: inst, Status: status, Body: resp}, sentAnswered, nil
 }
 
-// beginSend pins pr at s's instance under uid before body is sent there:
-// one hand-over to the instance's owner, which is on every prompt's way
-// to its answer. There uid is checked against the instance's tombstones
-// (tombstoned: nothing changed, the send needs another id), body becomes
-// pr's last body, pr takes its Send step, and a send whose upstream id
-// only its answer will tell (awaited) is counted in s.awaiting with that
-// step, so that no frame of the id can come between them unkept. ok is
-// false, changing nothing, when pr cannot be sent (or the table closed).
-func (t *Table) beginSend(pr *Prompt, s *instSocket, uid string, body []byte, awaited bool) (st lifecycle.State, ok, tombstoned bool) {
+// beginSend pins pr at s's instance under uid before body is sent there,
+// in one hand-over to the instance's owner (it is on every prompt's way to
+// its answer): body becomes pr's last body, pr takes its Send step, and a
+// send whose upstream id only its answer will tell (awaited) is counted in
+// s.awaiting with that step, so that no frame of that id can come between
+// them unkept. ok is false, changing nothing, when pr cannot be sent (or
+// the table closed).
+func (t *submitter) beginSend(pr *Prompt, s *instSocket, uid string, body []byte, awaited bool) (st lifecycle.State, ok bool) {
 	ran := false
 	s.box.do(func() {
 		ran = true
-		if uid != "" && s.isTombstoned(uid) {
-			tombstoned = true
-			return
-		}
 		pr.body.Store(&body)
 		if st, ok = t.step(pr, lifecycle.Event{Kind: lifecycle.Send, UpstreamID: uid}, s.inst); ok && awaited {
 			s.awaiting++
 		}
 	})
 	if !ran {
-		return pr.Life(), false, false
+		return pr.Life(), false
 	}
-	return st, ok, tombstoned
+	return st, ok
 }
 
 // recheckDown settles pr, just accepted by inst that is confirmed down:
 // it stays if inst, asked, has it queued, running or done; otherwise it
 // fails over like the prompts InstanceDown moved.
-func (t *Table) recheckDown(ctx context.Context, pr *Prompt, inst *upstream.Instance, uid string) {
+func (t *submitter) recheckDown(ctx context.Context, pr *Prompt, inst *upstream.Instance, uid string) {
 	pctx, cancel := context.WithTimeout(ctx, probeTimeout(t.cfg.HealthCheck.Timeout))
-	_, found, _ := t.probeAt(pctx, inst, uid)
+	_, found, _ := probeAt(pctx, inst, uid)
 	cancel()
 	if found {
 		return
 	}
-	t.failover(ctx, pr, inst, fmt.Sprintf("instance %s died", inst.Name), false)
+	t.moves.failover(ctx, pr, inst, fmt.Sprintf("instance %s died", inst.Name), false)
 }
 
 // buildBody returns the JSON forwarded to an instance (see
@@ -351,7 +333,7 @@ func marshalNoEscape(v any) ([]byte, error) {
 // the instance: unreachable now means it died, and a prompt it took died
 // with it, so another instance may run it; reachable, it either has the
 // prompt (answered: number is its queue number) or never took it (refused).
-func (t *Table) afterSendError(ctx context.Context, inst *upstream.Instance, uid string, err error) (outcome sendOutcome, number []byte) {
+func (t *submitter) afterSendError(ctx context.Context, inst *upstream.Instance, uid string, err error) (outcome sendOutcome, number []byte) {
 	if isNotSent(err) {
 		return sentRefused, nil
 	}
@@ -375,7 +357,7 @@ func (t *Table) afterSendError(ctx context.Context, inst *upstream.Instance, uid
 			return sentAnswered, n
 		}
 	}
-	if entry, ok := t.historyEntry(pctx, inst, uid); !ok {
+	if entry, ok := historyEntry(pctx, inst, uid); !ok {
 		return sentAmbiguous, nil
 	} else if entry != nil {
 		return sentAnswered, []byte("0")
@@ -408,8 +390,8 @@ func isNotSent(err error) bool {
 
 // settleFromHistory ends pr from inst's history if it already finished
 // there (its live events may have gone to no socket).
-func (t *Table) settleFromHistory(ctx context.Context, pr *Prompt, inst *upstream.Instance, uid string) {
-	if entry, ok := t.historyEntry(ctx, inst, uid); ok && entry != nil {
-		t.completeFromHistory(inst, pr, uid, entry)
+func (t *submitter) settleFromHistory(ctx context.Context, pr *Prompt, inst *upstream.Instance, uid string) {
+	if entry, ok := historyEntry(ctx, inst, uid); ok && entry != nil {
+		t.moves.completeFromHistory(inst, pr, uid, entry)
 	}
 }

@@ -38,12 +38,15 @@ type tomb struct {
 // still has it, or gets it later (a held POST), it must not run there.
 // The tombstones are inst's owner's: the record is a message to it,
 // queued before any frame the instance sends after the step that made it.
-func (t *Table) tombstone(inst *upstream.Instance, uid string, pr *Prompt) {
+func (t *mover) tombstone(inst *upstream.Instance, uid string, pr *Prompt) {
 	if inst == nil || uid == "" {
 		return
 	}
 	s := t.socketFor(inst)
-	s.box.post(func() { s.addTomb(uid, pr) })
+	s.tombsPosted.Add(1)
+	if !s.box.post(func() { s.addTomb(uid, pr); s.tombsPosted.Add(-1) }) {
+		s.tombsPosted.Add(-1)
+	}
 }
 
 // addTomb records the tombstone of uid. On the owner.
@@ -58,6 +61,7 @@ func (s *instSocket) addTomb(uid string, pr *Prompt) {
 		list = list[1:]
 	}
 	s.tombs = append(list, tomb{uid: uid, at: time.Now(), pr: pr})
+	s.ntombs.Store(int64(len(s.tombs)))
 }
 
 // pruneTombs drops the expired tombstones and returns the rest. On the owner.
@@ -68,8 +72,16 @@ func (s *instSocket) pruneTombs(now time.Time) []tomb {
 	}
 	if cut > 0 {
 		s.tombs = append(s.tombs[:0:0], s.tombs[cut:]...)
+		s.ntombs.Store(int64(len(s.tombs)))
 	}
 	return s.tombs
+}
+
+// mayHaveTombs reports whether the instance has tombstones or one is on
+// its way to the owner. Anyone: false means none without asking the owner.
+func (s *instSocket) mayHaveTombs() bool {
+	// Posted first: addTomb stores ntombs before it counts itself done.
+	return s.tombsPosted.Load() != 0 || s.ntombs.Load() != 0
 }
 
 // isTombstoned reports whether uid moved off the instance. On the owner.
@@ -96,8 +108,21 @@ func (s *instSocket) endedElsewhere(uid string) bool {
 	return false
 }
 
+// tombstoned reports whether uid moved off inst. Not on an owner.
+func (t *mover) tombstoned(inst *upstream.Instance, uid string) bool {
+	if uid == "" {
+		return false
+	}
+	s, found := t.socketFor(inst), false
+	if !s.mayHaveTombs() {
+		return false // the common case, without a hand-over to the owner
+	}
+	s.box.do(func() { found = s.isTombstoned(uid) })
+	return found
+}
+
 // tombstonesAt returns the prompts moved off inst. Not on an owner.
-func (t *Table) tombstonesAt(inst *upstream.Instance) []tomb {
+func (t *mover) tombstonesAt(inst *upstream.Instance) []tomb {
 	s := t.socketFor(inst)
 	var out []tomb
 	s.box.do(func() { out = slices.Clone(s.pruneTombs(time.Now())) })
@@ -105,7 +130,7 @@ func (t *Table) tombstonesAt(inst *upstream.Instance) []tomb {
 }
 
 // settleTomb marks inst's tombstone of uid settled. Not on an owner.
-func (t *Table) settleTomb(inst *upstream.Instance, uid string) {
+func (t *mover) settleTomb(inst *upstream.Instance, uid string) {
 	s := t.socketFor(inst)
 	s.box.do(func() {
 		for k := range s.tombs {
@@ -129,13 +154,13 @@ func (t *Table) settleTomb(inst *upstream.Instance, uid string) {
 // copy elsewhere has not ended yet, the prompt ends with inst's run and the
 // copy is removed (reclaim), so that it runs once.
 func (t *Table) CleanUp(ctx context.Context, inst *upstream.Instance) bool {
-	tombs := t.tombstonesAt(inst)
+	tombs := t.moves.tombstonesAt(inst)
 	if len(tombs) == 0 {
 		return true
 	}
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout(t.cfg.HealthCheck.Timeout))
 	defer cancel()
-	running, pending, err := t.queueIDs(ctx, inst)
+	running, pending, err := queueIDs(ctx, inst)
 	if err != nil {
 		t.log.Warn("prompts: could not clean up an instance's moved prompts", "instance", inst.Name, "error", err)
 		return false
@@ -192,18 +217,18 @@ func (t *Table) CleanUp(ctx context.Context, inst *upstream.Instance) bool {
 	// Asked after the queue: a prompt leaves the queue for the history in
 	// one step, so one in neither is not there (see probeAt).
 	for _, tb := range ranMaybe {
-		entry, ok := t.historyEntry(ctx, inst, tb.uid)
+		entry, ok := historyEntry(ctx, inst, tb.uid)
 		if !ok {
 			continue // asked again on the next pass
 		}
-		t.settleTomb(inst, tb.uid)
+		t.moves.settleTomb(inst, tb.uid)
 		if entry == nil {
 			continue
 		}
 		if h, err := comfyapi.ParseHistoryEntry(entry); err != nil || h.Status.StatusStr != comfyapi.StatusSuccess {
 			continue // it failed or was interrupted there: the copy is its retry
 		}
-		t.reclaim(tb.pr, inst, tb.uid, entry)
+		t.moves.reclaim(tb.pr, inst, tb.uid, entry)
 	}
 	return true
 }
@@ -213,7 +238,7 @@ func (t *Table) CleanUp(ctx context.Context, inst *upstream.Instance) bool {
 // there, tombstoned, so it is deleted from that queue or interrupted, and
 // pr's sink gets from's ending. It reports false when pr could not be
 // taken (it ended meanwhile, or a send of it is under way).
-func (t *Table) reclaim(pr *Prompt, from *upstream.Instance, uid string, entry json.RawMessage) bool {
+func (t *mover) reclaim(pr *Prompt, from *upstream.Instance, uid string, entry json.RawMessage) bool {
 	cur := pr.Instance()
 	if cur == nil || cur == from {
 		return false
@@ -226,14 +251,18 @@ func (t *Table) reclaim(pr *Prompt, from *upstream.Instance, uid string, entry j
 		return false
 	}
 	end := t.historyEnd(from, uid, entry)
-	ok := false
-	t.socketFor(from).box.do(func() {
-		_, ok = t.step(pr, lifecycle.Event{Kind: lifecycle.Reclaim, UpstreamID: uid}, from)
-		if ok {
+	// Ended at from on the owner it leaves (the step rule), then its
+	// ending delivered on from's, where it is now.
+	_, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.Reclaim, UpstreamID: uid}, from)
+	if ok {
+		t.socketFor(from).box.do(func() {
+			if pr.Instance() != from {
+				return
+			}
 			t.apply(pr, from, end)
 			t.apply(pr, from, frame{typ: comfyapi.TypeExecuting, uid: uid, nodeNull: true, data: comfyapi.ExecutingNull(uid), at: time.Now()})
-		}
-	})
+		})
+	}
 	t.log.Info("prompts: a moved prompt ran where it was after all; its copy is removed",
 		"prompt_id", pr.ID, "ran_at", from.Name, "copy_at", cur.Name)
 	t.cleanUpLater(t.socketFor(cur))
@@ -243,20 +272,20 @@ func (t *Table) reclaim(pr *Prompt, from *upstream.Instance, uid string, entry j
 // cleanUpLater runs CleanUp in the background, one pass at a time per
 // instance; a request during a pass runs another after it, so a prompt that
 // showed up after the pass looked at the queue is not missed.
-func (t *Table) cleanUpLater(s *instSocket) {
-	s.box.post(func() { s.wantCleanUp() })
+func (t *mover) cleanUpLater(s *instSocket) {
+	s.box.post(func() { s.passes.wantCleanUp() })
 }
 
 // wantCleanUp starts a CleanUp pass of s's instance, or asks for another
 // after the one running. On the owner.
-func (s *instSocket) wantCleanUp() {
+func (s *passes) wantCleanUp() {
 	t := s.t
 	if s.cleaning {
 		s.cleanAgain = true
 		return
 	}
 	s.cleanAgain = false
-	s.cleaning = t.goBackground(func(ctx context.Context) {
+	s.cleaning = t.run.goBackground(func(ctx context.Context) {
 		defer s.box.post(func() { // its end, even after a panic
 			s.cleaning = false
 			if s.cleanAgain && ctx.Err() == nil {
@@ -268,8 +297,11 @@ func (s *instSocket) wantCleanUp() {
 }
 
 // hasTombstones reports whether anything moved off inst. Not on an owner.
-func (t *Table) hasTombstones(inst *upstream.Instance) bool {
+func (t *mover) hasTombstones(inst *upstream.Instance) bool {
 	s, has := t.socketFor(inst), false
+	if !s.mayHaveTombs() {
+		return false
+	}
 	s.box.do(func() { has = len(s.pruneTombs(time.Now())) > 0 })
 	return has
 }

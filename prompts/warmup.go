@@ -21,8 +21,8 @@ import (
 var errWarmupTimeout = errors.New("did not finish within routing.warmup_timeout")
 
 // warmUp runs inst's warm-up in the background and reports its end.
-func (t *Table) warmUp(inst *upstream.Instance) {
-	started := t.goBackground(func(ctx context.Context) {
+func (t *instances) warmUp(inst *upstream.Instance) {
+	started := t.run.goBackground(func(ctx context.Context) {
 		start := time.Now()
 		err := t.runWarmup(ctx, inst, t.p.WarmupWorkflow(inst))
 		if err != nil && ctx.Err() != nil {
@@ -37,7 +37,7 @@ func (t *Table) warmUp(inst *upstream.Instance) {
 
 // runWarmup submits graph to inst alone (no client sees it: its client_id
 // has no socket) and waits for its history entry.
-func (t *Table) runWarmup(ctx context.Context, inst *upstream.Instance, graph json.RawMessage) error {
+func (t *instances) runWarmup(ctx context.Context, inst *upstream.Instance, graph json.RawMessage) error {
 	if len(graph) == 0 || string(graph) == "null" {
 		return errors.New("no workflow")
 	}

@@ -26,6 +26,14 @@
 //	Unconfirmed --Drop-->        Dropped       first submission never found: its client was told it failed
 //	Moving      --Reclaim-->     Finished      (after Leave) an instance it left earlier ran it to success after all: it ends there
 //	Submitted   --Adopt-->       Queued, Running or Ended   learned from an instance (another replica or an earlier process submitted it)
+//	any accepted --Numbered-->   (the same)    its fleet queue number, once, after the step that first accepted it
+//
+// Beside the phase, State holds what the phase alone cannot say and a
+// prompt's next owner needs to go on with it (another replica reading it
+// from a shared store): Posting (a send's POST is still to be settled, so
+// no failover takes it), Resume (the phase a held prompt returns to),
+// Attempts, Accepted, DeleteSent and its fleet Number. Each is set only
+// by Step.
 //
 // An event that does not apply in the current phase (a failover of a prompt
 // whose POST is under way, a second failover, a late answer of a finished
@@ -104,6 +112,11 @@ type State struct {
 	Adopted bool
 	// Resume is the phase a MoveAbort returns to (while Moving).
 	Resume Phase
+	// Numbered: it has its fleet queue number, Number (a Numbered event
+	// after its first acceptance; never changed after). The number is
+	// the one a client sees, so a prompt that moves keeps it.
+	Numbered bool
+	Number   int64
 	// DeleteSent: a move sent Instance a delete of it that got no answer
 	// (MoveAbort with Event.DeleteSent), so it may vanish from that queue
 	// by comfygate's own hand rather than a client's. Cleared when it
@@ -148,9 +161,10 @@ const (
 	Drop                      // a first submission never found at its instance
 	Reclaim                   // an instance it left earlier (Event.Instance, Event.UpstreamID) ran it to success after all
 	Adopt                     // an instance (Event.Instance) has it under Event.UpstreamID, in phase Event.Found; comfygate never sent it
+	Numbered                  // its owner gave it fleet number Event.Number after the step that first accepted it (Accept)
 )
 
-var kindNames = [...]string{"", "send", "answered", "no-answer", "refused", "seen", "started", "finish", "end", "close", "move-begin", "move-abort", "leave", "drop", "reclaim", "adopt"}
+var kindNames = [...]string{"", "send", "answered", "no-answer", "refused", "seen", "started", "finish", "end", "close", "move-begin", "move-abort", "leave", "drop", "reclaim", "adopt", "numbered"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {
@@ -172,6 +186,7 @@ type Event struct {
 	Tombstone  bool   // Leave: remember it at the instance it leaves
 	Found      Phase  // Adopt: Queued, Running or Ended (its history has it)
 	DeleteSent bool   // MoveAbort: a delete of it went to its instance unanswered
+	Number     int64  // Numbered: its fleet number
 }
 
 // EffectKind names an effect.
@@ -225,10 +240,12 @@ func Step(s State, e Event) (next State, effects []Effect, ok bool) {
 	}
 	switch e.Kind {
 	case Send:
-		if s.Adopted || s.Posting || (s.Phase != Submitted && s.Phase != Moving) {
+		// A prompt that moves leaves its instance first (Leave): held
+		// by a failover that has not let go of it, it is not sent.
+		if s.Adopted || s.Posting || (s.Phase != Submitted && s.Phase != Moving) || s.Resume != 0 {
 			return s, nil, false
 		}
-		uncount() // none: a prompt that moves left its instance first
+		uncount() // none: see above
 		next.Phase, next.Instance, next.UpstreamID = Sending, e.Instance, e.UpstreamID
 		next.DeleteSent = false
 		effects = append(effects, Effect{Kind: CountIn, Instance: e.Instance})
@@ -389,6 +406,13 @@ func Step(s State, e Event) (next State, effects []Effect, ok bool) {
 			return s, nil, false
 		}
 		// Never counted, recorded or numbered: comfygate does not run it.
+	case Numbered:
+		// Once, after its first acceptance: a prompt that moves keeps
+		// its number, and one comfygate does not run has none.
+		if s.Numbered || !s.Accepted || s.Adopted {
+			return s, nil, false
+		}
+		next.Numbered, next.Number = true, e.Number
 	case Drop:
 		if s.Phase != Unconfirmed || s.Accepted || s.Posting {
 			return s, nil, false

@@ -2,6 +2,7 @@ package lifecycle
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"testing"
 	"time"
@@ -131,6 +132,24 @@ func TestStepTable(t *testing.T) {
 		{desc: "unanswered first submission never found is dropped and tombstoned", s: unconfirmedAtA, e: Event{Kind: Drop, At: t1},
 			want: func() State { s := unconfirmedAtA; s.Phase, s.DoneAt = Dropped, t1; return s }(),
 			effs: effs(Effect{Kind: CountOut, Instance: "a"}, Effect{Kind: Tombstone, Instance: "a", UpstreamID: "u1"}, Effect{Kind: Forget}), ok: true},
+		{desc: "numbered after its first acceptance", s: queuedAtA, e: Event{Kind: Numbered, Number: 7},
+			want: func() State { s := queuedAtA; s.Numbered, s.Number = true, 7; return s }(), ok: true},
+		{desc: "numbered once: a moved prompt keeps its number",
+			s: func() State { s := leftA; s.Numbered, s.Number = true, 7; return s }(), e: Event{Kind: Numbered, Number: 9},
+			want: func() State { s := leftA; s.Numbered, s.Number = true, 7; return s }()},
+		{desc: "not numbered before an instance accepted it", s: sendingToA, e: Event{Kind: Numbered, Number: 7}, want: sendingToA},
+		{desc: "an adopted prompt takes no number", s: State{Phase: Queued, Instance: "a", Adopted: true, Accepted: true},
+			e: Event{Kind: Numbered, Number: 7}, want: State{Phase: Queued, Instance: "a", Adopted: true, Accepted: true}},
+		{desc: "held while running: its resume phase is running", s: runningAtA, e: Event{Kind: MoveBegin, Instance: "a"},
+			want: func() State { s := runningAtA; s.Phase, s.Resume = Moving, Running; return s }(), ok: true},
+		{desc: "a held running prompt goes back to running",
+			s: func() State { s := runningAtA; s.Phase, s.Resume = Moving, Running; return s }(), e: Event{Kind: MoveAbort}, want: runningAtA, ok: true},
+		{desc: "a held prompt that finishes forgets where it would resume", s: movingFromA, e: Event{Kind: Finish, Outcome: OutcomeSuccess, At: t1},
+			want: func() State { s := queuedAtA; s.Phase, s.Outcome, s.DoneAt = Finished, OutcomeSuccess, t1; return s }(),
+			effs: effs(Effect{Kind: CountOut, Instance: "a"}, Effect{Kind: Record, Instance: "a", Outcome: OutcomeSuccess}), ok: true},
+		{desc: "held by a failover, not sent before it left", s: movingFromA, e: Event{Kind: Send, Instance: "b", UpstreamID: "u2"}, want: movingFromA},
+		{desc: "no second send while one is posting", s: sendingToA, e: Event{Kind: Send, Instance: "b", UpstreamID: "u2"}, want: sendingToA},
+		{desc: "an answer with no send under way is stale", s: queuedAtA, e: Event{Kind: Answered, UpstreamID: "u5"}, want: queuedAtA},
 		{desc: "an accepted prompt is moved, not dropped", s: func() State { s := unconfirmedAtA; s.Accepted = true; return s }(),
 			e: Event{Kind: Drop}, want: func() State { s := unconfirmedAtA; s.Accepted = true; return s }()},
 	}
@@ -200,5 +219,105 @@ func TestCountsBalance(t *testing.T) {
 				t.Fatalf("ended in %v", s.Phase)
 			}
 		})
+	}
+}
+
+// TestRandomWalks steps random event sequences and checks, after every
+// step that applied, what must hold in any order of events: the counts
+// balance (an instance counts a prompt exactly while State.Counted says
+// it is there), Posting is set only between a send and its answer,
+// Resume only while a failover holds it before it left, the fleet number
+// never changes once given, an ended prompt stays ended, and a step that
+// does not apply changes nothing.
+func TestRandomWalks(t *testing.T) {
+	t.Parallel()
+	insts := []string{"a", "b", "c"}
+	pick := func(r *rand.Rand) Event {
+		in := insts[r.IntN(len(insts))]
+		switch k := Kind(1 + r.IntN(int(Numbered))); k {
+		case Send:
+			return Event{Kind: k, Instance: in, UpstreamID: "u" + in}
+		case Answered:
+			return Event{Kind: k, Attempt: r.IntN(3)}
+		case NoAnswer:
+			return Event{Kind: k, Attempt: r.IntN(3)}
+		case Refused:
+			return Event{Kind: k, Attempt: r.IntN(3), NotSent: r.IntN(2) == 0, Resubmit: r.IntN(2) == 0}
+		case Finish, Close:
+			return Event{Kind: k, Outcome: []string{OutcomeSuccess, OutcomeError, OutcomeLost, ""}[r.IntN(4)]}
+		case MoveBegin:
+			return Event{Kind: k, Instance: in}
+		case MoveAbort:
+			return Event{Kind: k, DeleteSent: r.IntN(2) == 0}
+		case Leave:
+			return Event{Kind: k, Tombstone: r.IntN(2) == 0}
+		case Reclaim:
+			return Event{Kind: k, Instance: in, UpstreamID: "r" + in}
+		case Adopt:
+			return Event{Kind: k, Instance: in, UpstreamID: "x", Found: []Phase{Queued, Running, Ended, Moving}[r.IntN(4)]}
+		case Numbered:
+			return Event{Kind: k, Number: r.Int64N(100)}
+		default:
+			return Event{Kind: k}
+		}
+	}
+	applied := map[Kind]int{}
+	for seed := range uint64(2000) {
+		r := rand.New(rand.NewPCG(seed, 1))
+		clk := time.Unix(0, 0)
+		var s State
+		inflight := map[string]int{}
+		for step := range 40 {
+			e := pick(r)
+			clk = clk.Add(time.Millisecond)
+			e.At = clk
+			next, es, ok := Step(s, e)
+			if !ok {
+				if next != s || len(es) != 0 {
+					t.Fatalf("seed %d step %d: %v did not apply but changed %+v into %+v (%v)", seed, step, e.Kind, s, next, es)
+				}
+				continue
+			}
+			applied[e.Kind]++
+			for _, ef := range es {
+				switch ef.Kind {
+				case CountIn:
+					inflight[ef.Instance]++
+				case CountOut:
+					inflight[ef.Instance]--
+				}
+			}
+			for _, in := range insts {
+				want := 0
+				if next.Counted() && next.Instance == in {
+					want = 1
+				}
+				if inflight[in] != want {
+					t.Fatalf("seed %d step %d: after %v (%v -> %v) %s counts %d, want %d", seed, step, e.Kind, s.Phase, next.Phase, in, inflight[in], want)
+				}
+			}
+			if next.Posting && (next.Attempts < 1 || next.Phase == Submitted || next.Phase == Moving || next.Phase == Dropped) {
+				t.Fatalf("seed %d step %d: posting in %v after %d attempts", seed, step, next.Phase, next.Attempts)
+			}
+			if next.Resume != 0 && next.Phase != Moving {
+				t.Fatalf("seed %d step %d: resume %v in %v", seed, step, next.Resume, next.Phase)
+			}
+			if next.Phase == Moving && next.Resume != 0 && next.Resume != Queued && next.Resume != Running && next.Resume != Unconfirmed {
+				t.Fatalf("seed %d step %d: resumes to %v", seed, step, next.Resume)
+			}
+			if s.Numbered && (!next.Numbered || next.Number != s.Number) {
+				t.Fatalf("seed %d step %d: %v renumbered %d to %d", seed, step, e.Kind, s.Number, next.Number)
+			}
+			if (s.Phase == Ended || s.Phase == Dropped) && next.Phase != s.Phase {
+				t.Fatalf("seed %d step %d: %v left %v for %v", seed, step, e.Kind, s.Phase, next.Phase)
+			}
+			s = next
+		}
+	}
+	// The walks must reach every kind of event, or they prove little.
+	for k := Send; k <= Numbered; k++ {
+		if applied[k] == 0 {
+			t.Errorf("no walk applied a %v", k)
+		}
 	}
 }
