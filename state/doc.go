@@ -13,7 +13,12 @@
 //     writes that a replica whose lease was lost cannot make (Lua scripts);
 //   - Events: WebSocket events for a clientId whose socket is on another
 //     replica (pub/sub for live delivery, a stream per clientId for the
-//     catch-up of a reconnect; a no-op in memory).
+//     catch-up of a reconnect; a no-op in memory);
+//   - PromptIndex: where each prompt a replica submitted is (instance, its
+//     id there, owner, number, done, its lifecycle.State) and which
+//     instance holds each file, for reads that land on another replica
+//     (one hash or string per prompt or file, PromptTTL; nil in memory,
+//     where the prompt table is the whole index).
 //
 // Every Redis key starts with Prefix and has a TTL or a bound; docs/state.md
 // lists the layout. The package keeps no state of its own beyond the store:
