@@ -191,7 +191,7 @@ func (s *instSocket) run(ctx context.Context) {
 		s.box.post(s.passes.wantReconcile)
 		everUp, lost = true, false
 		err = s.serve(ctx, conn)
-		s.inst.SetSocketUp(false)
+		s.inst.State().SetSocketUp(false)
 		if ctx.Err() != nil {
 			return
 		}
@@ -209,7 +209,7 @@ func (s *instSocket) run(ctx context.Context) {
 // `executing` (without prompt_id) and previews belong to it.
 func (s *instSocket) up() {
 	s.upSince.Store(time.Now().UnixNano())
-	s.inst.SetSocketUp(true)
+	s.inst.State().SetSocketUp(true)
 	running := ""
 	for _, pr := range s.t.idx.livePinnedTo(s.inst) {
 		if v := pr.snap(); stateOf(v.life) == PromptRunning {
@@ -546,8 +546,8 @@ func (s *instSocket) endAwaitOwned(pr *Prompt, uid string, attempt int) {
 
 // onStatus records the queue depth the instance reports. On the owner.
 func (s *instSocket) onStatus(n int64) {
-	if s.inst.QueueDepth() != n {
-		s.inst.SetQueueDepth(n)
+	if s.inst.Workload().QueueDepth() != n {
+		s.inst.Workload().SetQueueDepth(n)
 		s.t.events.notifyQueue()
 	}
 	s.passes.checkDeleted(n)
