@@ -96,7 +96,7 @@ func (s *Store) SetInterval(d time.Duration) {
 const tick = 500 * time.Millisecond
 
 // Run reads the catalogues until ctx ends: an instance that is healthy
-// and was never read, came back since (Instance.Comebacks changed), or was
+// and was never read, came back since (Instance.State().Comebacks changed), or was
 // read longer than the interval ago, is read (each in a goroutine of its
 // own, joined before Run returns). Instances that left the pool are
 // forgotten.
@@ -142,13 +142,13 @@ func (s *Store) due() []*upstream.Instance {
 			e = &entry{}
 			s.byInst[inst] = e
 		}
-		if e.running || !inst.Healthy() {
+		if e.running || !inst.State().Healthy() {
 			continue
 		}
 		if e.cat == nil && !e.read.IsZero() && now.Sub(e.read) < 5*tick {
 			continue // failed just now: do not hammer it
 		}
-		if e.cat == nil || e.comebacks != inst.Comebacks() || now.Sub(e.read) >= time.Duration(s.interval.Load()) {
+		if e.cat == nil || e.comebacks != inst.State().Comebacks() || now.Sub(e.read) >= time.Duration(s.interval.Load()) {
 			e.running = true
 			out = append(out, inst)
 		}
@@ -173,7 +173,7 @@ func (s *Store) Refresh(ctx context.Context, inst *upstream.Instance) error {
 	}
 	e.running = true
 	prev := e.cat
-	comebacks := inst.Comebacks()
+	comebacks := inst.State().Comebacks()
 	s.mu.Unlock()
 
 	cat, err := read(ctx, inst, prev)
@@ -235,7 +235,7 @@ func read(ctx context.Context, inst *upstream.Instance, prev *Catalogue) (*Catal
 // fails leaves them nil; a folder whose list fails is left out (and so
 // not judged). Only a cancelled ctx fails it.
 func readModels(ctx context.Context, inst *upstream.Instance, cat *Catalogue) error {
-	status, body, err := inst.Call(ctx, "GET", "/models", nil, nil)
+	status, body, err := inst.Transport().Call(ctx, "GET", "/models", nil, nil)
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
@@ -284,7 +284,7 @@ func sameFiles(a, b map[string][]string) bool {
 
 // get does one GET that must answer 200.
 func get(ctx context.Context, inst *upstream.Instance, path string) ([]byte, error) {
-	status, body, err := inst.Call(ctx, "GET", path, nil, nil)
+	status, body, err := inst.Transport().Call(ctx, "GET", path, nil, nil)
 	if err != nil {
 		return nil, fmt.Errorf("%s of %s: %w", strings.TrimPrefix(path, "/"), inst.Name, err)
 	}
@@ -385,7 +385,7 @@ func (s *Store) Decide(n Needs, among func(*upstream.Instance) bool) Verdict {
 	var v Verdict
 	s.mu.RLock()
 	for _, inst := range insts {
-		if inst.Leaving() {
+		if inst.State().Leaving() {
 			continue
 		}
 		e := s.byInst[inst]
@@ -489,15 +489,15 @@ func (s *Store) Affine(key string, ok func(*upstream.Instance) bool, margin int)
 		if !inst.Available() || (ok != nil && !ok(inst)) {
 			continue
 		}
-		w := inst.Work()
+		w := inst.Workload().Total()
 		if least < 0 || w < least {
 			least = w
 		}
-		if e := s.byInst[inst]; e != nil && e.lastModel == key && (best == nil || w < best.Work()) {
+		if e := s.byInst[inst]; e != nil && e.lastModel == key && (best == nil || w < best.Workload().Total()) {
 			best = inst
 		}
 	}
-	if best == nil || best.Work() > least+int64(margin) {
+	if best == nil || best.Workload().Total() > least+int64(margin) {
 		return nil
 	}
 	return best

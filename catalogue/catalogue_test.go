@@ -206,7 +206,7 @@ func TestRereadOnComeback(t *testing.T) {
 	t.Parallel()
 	sim := testkit.Sim(t, comfysim.Options{})
 	// The prompt table's event socket is how a restart that passes no
-	// failed health check is noticed (Instance.Comebacks).
+	// failed health check is noticed (State.Comebacks).
 	gw := testkit.Start(t, testkit.GatewayOptions{Addrs: []string{sim.Addr()}, Prefix: "i"},
 		testkit.Wiring[*upstream.Pool, *prompts.Table, testkit.NoPart, testkit.NoPart]{Pool: upstream.New, Prompts: prompts.New})
 	p := gw.Pool()

@@ -27,8 +27,21 @@ type promptErrorResponse struct {
 // sensitiveExtraKeys are popped out of extra_data by 2026 servers.
 var sensitiveExtraKeys = []string{"auth_token_comfy_org", "api_key_comfy_org"}
 
+// promptRoutes are the queue's routes: /prompt, /queue, /interrupt and
+// /free. Like every route type here, it is a view of its instance, whose
+// mu guards the state it reads.
+type promptRoutes struct{ *instance }
+
+// historyRoutes are /history's routes.
+type historyRoutes struct{ *instance }
+
+// infoRoutes answer what the instance has and is: /object_info,
+// /embeddings, /extensions, /models, /features, /users, /settings and
+// /system_stats.
+type infoRoutes struct{ *instance }
+
 // postPrompt is POST /prompt.
-func (in *instance) postPrompt(w http.ResponseWriter, r *http.Request, _ map[string]string) {
+func (in promptRoutes) postPrompt(w http.ResponseWriter, r *http.Request, _ map[string]string) {
 	s := in.s
 	body, ok := readBody(w, r)
 	if !ok {
@@ -192,7 +205,7 @@ func pyFloatOf(v any) (float64, bool) {
 func newUUID() string { return ids.UUID() }
 
 // getPrompt is GET /prompt.
-func (in *instance) getPrompt(w http.ResponseWriter, _ *http.Request, _ map[string]string) {
+func (in promptRoutes) getPrompt(w http.ResponseWriter, _ *http.Request, _ map[string]string) {
 	in.mu.Lock()
 	n := in.queueRemainingLocked()
 	in.mu.Unlock()
@@ -205,7 +218,7 @@ type queueResponse struct {
 }
 
 // getQueue is GET /queue: running, then pending in heap order.
-func (in *instance) getQueue(w http.ResponseWriter, _ *http.Request, _ map[string]string) {
+func (in promptRoutes) getQueue(w http.ResponseWriter, _ *http.Request, _ map[string]string) {
 	in.mu.Lock()
 	resp := queueResponse{Running: [][]any{}, Pending: [][]any{}}
 	if in.running != nil {
@@ -260,7 +273,7 @@ func clearDelete(body []byte) (clear bool, del []string, ok bool) {
 }
 
 // postQueue is POST /queue.
-func (in *instance) postQueue(w http.ResponseWriter, r *http.Request, _ map[string]string) {
+func (in promptRoutes) postQueue(w http.ResponseWriter, r *http.Request, _ map[string]string) {
 	body, ok := readBody(w, r)
 	if !ok {
 		return
@@ -282,7 +295,7 @@ func (in *instance) postQueue(w http.ResponseWriter, r *http.Request, _ map[stri
 }
 
 // postInterrupt is POST /interrupt, global or targeted.
-func (in *instance) postInterrupt(w http.ResponseWriter, r *http.Request, _ map[string]string) {
+func (in promptRoutes) postInterrupt(w http.ResponseWriter, r *http.Request, _ map[string]string) {
 	body, ok := readBody(w, r)
 	if !ok {
 		return
@@ -315,7 +328,7 @@ func (in *instance) postInterrupt(w http.ResponseWriter, r *http.Request, _ map[
 
 // postFree is POST /free: free_memory drops the output cache after the
 // current prompt (or now, when idle).
-func (in *instance) postFree(w http.ResponseWriter, r *http.Request, _ map[string]string) {
+func (in promptRoutes) postFree(w http.ResponseWriter, r *http.Request, _ map[string]string) {
 	body, ok := readBody(w, r)
 	if !ok {
 		return
@@ -345,7 +358,7 @@ func pyInt(s string) (int, bool) {
 }
 
 // getHistory is GET /history?max_items=&offset=.
-func (in *instance) getHistory(w http.ResponseWriter, r *http.Request, _ map[string]string) {
+func (in historyRoutes) getHistory(w http.ResponseWriter, r *http.Request, _ map[string]string) {
 	q := r.URL.Query()
 	maxItems := -1
 	if v, has := q["max_items"]; has {
@@ -385,7 +398,7 @@ func (in *instance) getHistory(w http.ResponseWriter, r *http.Request, _ map[str
 }
 
 // getHistoryID is GET /history/{id}: {} while pending, running or unknown.
-func (in *instance) getHistoryID(w http.ResponseWriter, _ *http.Request, p map[string]string) {
+func (in historyRoutes) getHistoryID(w http.ResponseWriter, _ *http.Request, p map[string]string) {
 	id := p["id"]
 	in.mu.Lock()
 	out := ordered{}
@@ -398,7 +411,7 @@ func (in *instance) getHistoryID(w http.ResponseWriter, _ *http.Request, p map[s
 }
 
 // postHistory is POST /history {clear, delete}.
-func (in *instance) postHistory(w http.ResponseWriter, r *http.Request, _ map[string]string) {
+func (in historyRoutes) postHistory(w http.ResponseWriter, r *http.Request, _ map[string]string) {
 	body, ok := readBody(w, r)
 	if !ok {
 		return
@@ -420,7 +433,7 @@ func (in *instance) postHistory(w http.ResponseWriter, r *http.Request, _ map[st
 }
 
 // getObjectInfo is GET /object_info.
-func (in *instance) getObjectInfo(w http.ResponseWriter, _ *http.Request, _ map[string]string) {
+func (in infoRoutes) getObjectInfo(w http.ResponseWriter, _ *http.Request, _ map[string]string) {
 	names := make([]string, 0, len(in.s.defs))
 	for n := range in.s.defs {
 		names = append(names, n)
@@ -434,7 +447,7 @@ func (in *instance) getObjectInfo(w http.ResponseWriter, _ *http.Request, _ map[
 }
 
 // getObjectInfoClass is GET /object_info/{class}; {} for unknown classes.
-func (in *instance) getObjectInfoClass(w http.ResponseWriter, _ *http.Request, p map[string]string) {
+func (in infoRoutes) getObjectInfoClass(w http.ResponseWriter, _ *http.Request, p map[string]string) {
 	out := ordered{}
 	if d := in.s.defs[p["class"]]; d != nil {
 		out = append(out, kv{d.name, d.objectInfo(in.s)})
@@ -442,17 +455,17 @@ func (in *instance) getObjectInfoClass(w http.ResponseWriter, _ *http.Request, p
 	writeJSON(w, http.StatusOK, out)
 }
 
-func (in *instance) getEmbeddings(w http.ResponseWriter, _ *http.Request, _ map[string]string) {
+func (in infoRoutes) getEmbeddings(w http.ResponseWriter, _ *http.Request, _ map[string]string) {
 	writeJSON(w, http.StatusOK, []string{})
 }
 
-func (in *instance) getExtensions(w http.ResponseWriter, _ *http.Request, _ map[string]string) {
+func (in infoRoutes) getExtensions(w http.ResponseWriter, _ *http.Request, _ map[string]string) {
 	writeJSON(w, http.StatusOK, []string{})
 }
 
 var modelFolders = []string{"checkpoints", "configs", "loras", "vae", "text_encoders", "diffusion_models", "clip_vision", "style_models", "embeddings", "diffusers", "vae_approx", "controlnet", "gligen", "upscale_models", "custom_nodes", "hypernetworks", "photomaker", "classifiers", "model_patches", "audio_encoders"}
 
-func (in *instance) getModels(w http.ResponseWriter, _ *http.Request, _ map[string]string) {
+func (in infoRoutes) getModels(w http.ResponseWriter, _ *http.Request, _ map[string]string) {
 	folders := append([]string{}, modelFolders...)
 	for f := range in.s.models {
 		if !contains(folders, f) {
@@ -462,7 +475,7 @@ func (in *instance) getModels(w http.ResponseWriter, _ *http.Request, _ map[stri
 	writeJSON(w, http.StatusOK, folders)
 }
 
-func (in *instance) getModelFolder(w http.ResponseWriter, _ *http.Request, p map[string]string) {
+func (in infoRoutes) getModelFolder(w http.ResponseWriter, _ *http.Request, p map[string]string) {
 	folder := p["folder"]
 	if _, ok := in.s.models[folder]; !ok && !contains(modelFolders, folder) {
 		writeText(w, http.StatusNotFound, "404: Not Found")
@@ -473,23 +486,23 @@ func (in *instance) getModelFolder(w http.ResponseWriter, _ *http.Request, p map
 	writeJSON(w, http.StatusOK, files)
 }
 
-func (in *instance) getFeatures(w http.ResponseWriter, _ *http.Request, _ map[string]string) {
+func (in infoRoutes) getFeatures(w http.ResponseWriter, _ *http.Request, _ map[string]string) {
 	writeJSON(w, http.StatusOK, in.s.serverFeatures())
 }
 
-func (in *instance) getUsers(w http.ResponseWriter, _ *http.Request, _ map[string]string) {
+func (in infoRoutes) getUsers(w http.ResponseWriter, _ *http.Request, _ map[string]string) {
 	writeJSON(w, http.StatusOK, ordered{{"storage", "server"}, {"migrated", true}})
 }
 
-func (in *instance) getSettings(w http.ResponseWriter, _ *http.Request, _ map[string]string) {
+func (in infoRoutes) getSettings(w http.ResponseWriter, _ *http.Request, _ map[string]string) {
 	writeJSON(w, http.StatusOK, ordered{})
 }
 
-func (in *instance) getSetting(w http.ResponseWriter, _ *http.Request, _ map[string]string) {
+func (in infoRoutes) getSetting(w http.ResponseWriter, _ *http.Request, _ map[string]string) {
 	writeJSON(w, http.StatusOK, nil)
 }
 
-func (in *instance) postSettings(w http.ResponseWriter, r *http.Request, _ map[string]string) {
+func (in infoRoutes) postSettings(w http.ResponseWriter, r *http.Request, _ map[string]string) {
 	if _, ok := readBody(w, r); !ok {
 		return
 	}
@@ -497,7 +510,7 @@ func (in *instance) postSettings(w http.ResponseWriter, r *http.Request, _ map[s
 }
 
 // getSystemStats is GET /system_stats with one plausible CUDA device.
-func (in *instance) getSystemStats(w http.ResponseWriter, _ *http.Request, _ map[string]string) {
+func (in infoRoutes) getSystemStats(w http.ResponseWriter, _ *http.Request, _ map[string]string) {
 	s := in.s
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)

@@ -16,6 +16,22 @@
 // Queue; Up); and SetPaused, which holds the queue so tests can look at it
 // without racing the worker. Tests start it with internal/testkit.Sim.
 //
+// # Parts
+//
+// A Server is the process: its options, start, Kill, Restart, Close and
+// the fault controls (SetHang, SetFail500, SetFrozen, SetPaused), with
+// parts that outlive a process lifetime: its directories (fileDirs), what
+// ran (runLog: Runs, RunsByExtra, PromptsExecuted), the models it holds
+// loaded (modelMemory) and the user directory (userStore). One process
+// lifetime is an instance (Kill drops it): its queue (promptQueue) and
+// worker, history, node cache and WebSocket clients (wsClients), all under
+// the instance's one lock, as ComfyUI's server holds them. Its routes are
+// grouped by what they serve, each a view of the instance: promptRoutes
+// (/prompt, /queue, /interrupt, /free), historyRoutes, jobRoutes (the
+// jobs API), fileRoutes (uploads, /view), userdataRoutes, infoRoutes
+// (/object_info, /models, /system_stats and the like) and socketRoutes
+// (/ws).
+//
 // # Nodes
 //
 // EmptyImage, LoadImage, SaveImage (files prefix_00001_.png in the output

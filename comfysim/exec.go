@@ -524,13 +524,13 @@ func (c *nodeCall) loadModel(file string) error {
 }
 
 // ModelLoadCount is how many times a loader paid Options.ModelLoadTime.
-func (s *Server) ModelLoadCount() int { return int(s.modelLoads.Load()) }
+func (m *modelMemory) ModelLoadCount() int { return int(m.modelLoads.Load()) }
 
 // ModelLoads returns the model files currently loaded, least recently used first.
-func (s *Server) ModelLoads() []string {
-	s.loadMu.Lock()
-	defer s.loadMu.Unlock()
-	return slices.Clone(s.loaded)
+func (m *modelMemory) ModelLoads() []string {
+	m.loadMu.Lock()
+	defer m.loadMu.Unlock()
+	return slices.Clone(m.loaded)
 }
 
 // sleep waits d, returning errKilled if the instance dies meanwhile. A

@@ -25,36 +25,36 @@ func within(dir, path string) bool {
 }
 
 // dirByType is folder_paths.get_directory_by_type.
-func (s *Server) dirByType(t string) (string, bool) {
+func (d *fileDirs) dirByType(t string) (string, bool) {
 	switch t {
 	case "output":
-		return s.outputDir, true
+		return d.outputDir, true
 	case "input":
-		return s.inputDir, true
+		return d.inputDir, true
 	case "temp":
-		return s.tempDir, true
+		return d.tempDir, true
 	}
 	return "", false
 }
 
 // annotated is folder_paths.annotated_filepath: "x.png [output]" names its
 // directory; dir is "" when the name carries no annotation.
-func (s *Server) annotated(name string) (string, string) {
+func (d *fileDirs) annotated(name string) (string, string) {
 	for _, t := range []string{"output", "input", "temp"} {
 		suffix := " [" + t + "]"
 		if strings.HasSuffix(name, suffix) {
-			d, _ := s.dirByType(t)
-			return strings.TrimSuffix(name, suffix), d
+			dir, _ := d.dirByType(t)
+			return strings.TrimSuffix(name, suffix), dir
 		}
 	}
 	return name, ""
 }
 
 // annotatedPath is folder_paths.get_annotated_filepath with a default type.
-func (s *Server) annotatedPath(name, defType string) (string, error) {
-	n, dir := s.annotated(name)
+func (d *fileDirs) annotatedPath(name, defType string) (string, error) {
+	n, dir := d.annotated(name)
 	if dir == "" {
-		dir, _ = s.dirByType(defType)
+		dir, _ = d.dirByType(defType)
 	}
 	p := filepath.Join(dir, n)
 	if !within(dir, p) {
@@ -69,14 +69,17 @@ type uploadResponse struct {
 	Type      string `json:"type"`
 }
 
+// fileRoutes are the file routes: /upload/image, /upload/mask and /view.
+type fileRoutes struct{ *instance }
+
 // postUploadImage is POST /upload/image.
-func (in *instance) postUploadImage(w http.ResponseWriter, r *http.Request, _ map[string]string) {
+func (in fileRoutes) postUploadImage(w http.ResponseWriter, r *http.Request, _ map[string]string) {
 	in.upload(w, r, nil)
 }
 
 // postUploadMask is POST /upload/mask: the upload's alpha is copied onto
 // original_ref and saved; a missing original still answers 200.
-func (in *instance) postUploadMask(w http.ResponseWriter, r *http.Request, _ map[string]string) {
+func (in fileRoutes) postUploadMask(w http.ResponseWriter, r *http.Request, _ map[string]string) {
 	in.upload(w, r, func(form map[string]string, data []byte, dst string) error {
 		var ref struct {
 			Filename  string `json:"filename"`
@@ -136,7 +139,7 @@ func (in *instance) postUploadMask(w http.ResponseWriter, r *http.Request, _ map
 
 // upload is image_upload: multipart "image", "overwrite", "type", "subfolder".
 // save, when set, writes the file instead of copying the upload.
-func (in *instance) upload(w http.ResponseWriter, r *http.Request, save func(form map[string]string, data []byte, dst string) error) {
+func (in fileRoutes) upload(w http.ResponseWriter, r *http.Request, save func(form map[string]string, data []byte, dst string) error) {
 	r.Body = http.MaxBytesReader(w, r.Body, maxUploadSize)
 	if err := r.ParseMultipartForm(32 << 20); err != nil {
 		var mbe *http.MaxBytesError
@@ -230,7 +233,7 @@ func (in *instance) upload(w http.ResponseWriter, r *http.Request, save func(for
 }
 
 // getView is GET /view.
-func (in *instance) getView(w http.ResponseWriter, r *http.Request, _ map[string]string) {
+func (in fileRoutes) getView(w http.ResponseWriter, r *http.Request, _ map[string]string) {
 	q := r.URL.Query()
 	names, ok := q["filename"]
 	if !ok {
@@ -341,7 +344,7 @@ func (in *instance) getView(w http.ResponseWriter, r *http.Request, _ map[string
 
 // viewPreview answers preview=format[;quality]. Go's standard library has
 // no WebP encoder, so webp previews are served as JPEG (documented deviation).
-func (in *instance) viewPreview(w http.ResponseWriter, file, filename, spec string) {
+func (in fileRoutes) viewPreview(w http.ResponseWriter, file, filename, spec string) {
 	format, qs, _ := strings.Cut(spec, ";")
 	quality := 90
 	if qs != "" {

@@ -53,7 +53,11 @@ func prune(o ordered) ordered {
 	return out
 }
 
-func (in *instance) queueJobLocked(it *queueItem, status string, withWorkflow bool) ordered {
+// jobRoutes are the 2026 jobs API's routes (/api/jobs), over the queue and
+// the history.
+type jobRoutes struct{ *instance }
+
+func (in jobRoutes) queueJobLocked(it *queueItem, status string, withWorkflow bool) ordered {
 	job := prune(ordered{
 		{"id", it.id},
 		{"status", status},
@@ -69,7 +73,7 @@ func (in *instance) queueJobLocked(it *queueItem, status string, withWorkflow bo
 	return job
 }
 
-func (in *instance) historyJobLocked(id string, e *historyEntry, full bool) ordered {
+func (in jobRoutes) historyJobLocked(id string, e *historyEntry, full bool) ordered {
 	var start, end, execErr any
 	interrupted := false
 	for _, m := range e.Status.Messages {
@@ -161,7 +165,7 @@ func jobInt(job ordered, k string) int64 {
 }
 
 // getJobs is GET /api/jobs.
-func (in *instance) getJobs(w http.ResponseWriter, r *http.Request, _ map[string]string) {
+func (in jobRoutes) getJobs(w http.ResponseWriter, r *http.Request, _ map[string]string) {
 	q := r.URL.Query()
 	var filter []string
 	if sp := q.Get("status"); sp != "" {
@@ -285,7 +289,7 @@ func (in *instance) getJobs(w http.ResponseWriter, r *http.Request, _ map[string
 }
 
 // getJob is GET /api/jobs/{id}.
-func (in *instance) getJob(w http.ResponseWriter, _ *http.Request, p map[string]string) {
+func (in jobRoutes) getJob(w http.ResponseWriter, _ *http.Request, p map[string]string) {
 	id := p["id"]
 	in.mu.Lock()
 	var job ordered
@@ -314,7 +318,7 @@ func (in *instance) getJob(w http.ResponseWriter, _ *http.Request, p map[string]
 }
 
 // cancelLocked interrupts a running job or dequeues a pending one.
-func (in *instance) cancelLocked(id string) bool {
+func (in jobRoutes) cancelLocked(id string) bool {
 	if in.running != nil && in.running.id == id {
 		in.interrupted = true
 		return true
@@ -323,7 +327,7 @@ func (in *instance) cancelLocked(id string) bool {
 }
 
 // postJobCancel is POST /api/jobs/{id}/cancel.
-func (in *instance) postJobCancel(w http.ResponseWriter, _ *http.Request, p map[string]string) {
+func (in jobRoutes) postJobCancel(w http.ResponseWriter, _ *http.Request, p map[string]string) {
 	in.mu.Lock()
 	cancelled := in.cancelLocked(p["id"])
 	in.mu.Unlock()
@@ -331,7 +335,7 @@ func (in *instance) postJobCancel(w http.ResponseWriter, _ *http.Request, p map[
 }
 
 // postJobsCancel is POST /api/jobs/cancel {"job_ids": [...]}.
-func (in *instance) postJobsCancel(w http.ResponseWriter, r *http.Request, _ map[string]string) {
+func (in jobRoutes) postJobsCancel(w http.ResponseWriter, r *http.Request, _ map[string]string) {
 	body, ok := readBody(w, r)
 	if !ok {
 		return

@@ -808,8 +808,8 @@ func runSaveImageWebsocket(c *nodeCall) ([]any, *nodeUI, error) {
 }
 
 // inputImages lists LoadImage's combo: image files directly in the input dir.
-func (s *Server) inputImages() []string {
-	entries, err := os.ReadDir(s.inputDir)
+func (d *fileDirs) inputImages() []string {
+	entries, err := os.ReadDir(d.inputDir)
 	if err != nil {
 		return []string{}
 	}

@@ -26,20 +26,24 @@ type instance struct {
 	accepted atomic.Int64 // prompts answered 200, for FailAfter
 	wedged   atomic.Bool  // FailAfter reached
 
-	mu          sync.Mutex // guards every field below
-	number      int64      // POST /prompt counter (self.number)
-	seq         int64
-	queue       []*queueItem // a heap laid out exactly like Python's heapq
-	running     *queueItem
-	history     historyStore
-	sockets     map[string]*wsConn // sid -> registered socket
-	conns       map[*wsConn]struct{}
-	flags       map[string]map[string]any // sid -> client feature flags
-	clientID    *string                   // server.client_id of the current/last prompt
+	mu sync.Mutex // guards every field below
+	promptQueue
+	history historyStore
+	wsClients
+	clientID    *string // server.client_id of the current/last prompt
 	lastNode    string
 	interrupted bool
 	freeMemory  bool
 	cache       map[string]*cacheEntry
+}
+
+// promptQueue is ComfyUI's PromptQueue: the pending prompts and the one
+// running. Its instance's mu guards it.
+type promptQueue struct {
+	number  int64 // POST /prompt counter (self.number)
+	seq     int64
+	queue   []*queueItem // a heap laid out exactly like Python's heapq
+	running *queueItem
 }
 
 // queueItem is ComfyUI's queue tuple (number, prompt_id, prompt, extra_data,
@@ -83,16 +87,16 @@ func (a *queueItem) less(b *queueItem) bool {
 
 // heapPush and heapPop are Python's heapq algorithms, so GET /queue lists
 // pending items in the same (unsorted) heap order ComfyUI shows.
-func (in *instance) heapPush(it *queueItem) {
-	in.queue = append(in.queue, it)
-	siftDown(in.queue, 0, len(in.queue)-1)
+func (q *promptQueue) heapPush(it *queueItem) {
+	q.queue = append(q.queue, it)
+	siftDown(q.queue, 0, len(q.queue)-1)
 }
 
-func (in *instance) heapPop() *queueItem {
-	h := in.queue
+func (q *promptQueue) heapPop() *queueItem {
+	h := q.queue
 	last := h[len(h)-1]
 	h = h[:len(h)-1]
-	in.queue = h
+	q.queue = h
 	if len(h) == 0 {
 		return last
 	}
@@ -200,15 +204,18 @@ type cacheEntry struct {
 func (s *Server) newInstance(ln net.Listener) *instance {
 	ctx, cancel := context.WithCancel(context.Background())
 	in := &instance{
-		s:       s,
-		ln:      ln,
-		ctx:     ctx,
-		cancel:  cancel,
-		wake:    make(chan struct{}, 1),
-		sockets: map[string]*wsConn{},
-		conns:   map[*wsConn]struct{}{},
-		flags:   map[string]map[string]any{},
-		cache:   map[string]*cacheEntry{},
+		s:      s,
+		ln:     ln,
+		ctx:    ctx,
+		cancel: cancel,
+		wake:   make(chan struct{}, 1),
+		wsClients: wsClients{
+			sockets:  map[string]*wsConn{},
+			conns:    map[*wsConn]struct{}{},
+			flags:    map[string]map[string]any{},
+			features: s.ver.hasFeatures(),
+		},
+		cache: map[string]*cacheEntry{},
 	}
 	in.routeTable = in.routes()
 	in.hs = &http.Server{
@@ -246,9 +253,9 @@ func (in *instance) shutdown() {
 }
 
 // queueRemainingLocked is get_tasks_remaining: pending + running.
-func (in *instance) queueRemainingLocked() int {
-	n := len(in.queue)
-	if in.running != nil {
+func (q *promptQueue) queueRemainingLocked() int {
+	n := len(q.queue)
+	if q.running != nil {
 		n++
 	}
 	return n

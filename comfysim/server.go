@@ -78,18 +78,18 @@ type Server struct {
 	ver           version
 	log           *slog.Logger
 	defs          map[string]*nodeDef
-	inputDir      string
-	outputDir     string
-	tempDir       string
-	ownDirs       []string
 	upscaleModels []string
 	models        map[string][]string
 	delay         time.Duration
 	steps         int
 
-	fail500  atomic.Bool
-	paused   atomic.Bool // SetPaused: the worker starts no prompt
-	executed atomic.Int64
+	fileDirs    // input, output and temp directories (files.go)
+	runLog      // what ran (Runs, PromptsExecuted)
+	modelMemory // model files loaded (exec.go)
+	userStore   // the user directory (userdata.go)
+
+	fail500 atomic.Bool
+	paused  atomic.Bool // SetPaused: the worker starts no prompt
 
 	mu      sync.Mutex // guards inst, addr, closed, hang, frozen
 	inst    *instance
@@ -99,16 +99,38 @@ type Server struct {
 	frozen  chan struct{} // non-nil while SetFrozen(true); closed by SetFrozen(false)
 	closeCh chan struct{} // closed by Close
 
+}
+
+// runLog counts what a Server executed, across Kill and Restart.
+type runLog struct {
+	executed atomic.Int64 // prompts that finished executing, any outcome
+	record   bool         // Options.RecordRuns
+
+	runsMu sync.Mutex  // guards runs
+	runs   []runRecord // with record: every successful execution
+}
+
+// modelMemory is which model files a Server holds loaded, as VRAM would.
+type modelMemory struct {
 	loadMu sync.Mutex // guards loaded
 	loaded []string   // model files in memory, least recently used first
 
 	modelLoads atomic.Int64 // loads that paid ModelLoadTime
+}
 
-	runsMu sync.Mutex  // guards runs
-	runs   []runRecord // with Options.RecordRuns: every successful execution
-
+// userStore is a Server's user directory (userdata.go).
+type userStore struct {
 	userMu   sync.Mutex           // guards userdata
-	userdata map[string]*userFile // the user directory (userdata.go)
+	userdata map[string]*userFile // by path under the user directory
+}
+
+// fileDirs are a Server's input, output and temp directories, and the
+// ones it created (removed by Close).
+type fileDirs struct {
+	inputDir  string
+	outputDir string
+	tempDir   string
+	ownDirs   []string
 }
 
 // runRecord is one successful execution.
@@ -131,6 +153,7 @@ func New(opts Options) (*Server, error) {
 		delay:   max(opts.Delay, 0),
 		steps:   opts.Steps,
 		closeCh: make(chan struct{}),
+		runLog:  runLog{record: opts.RecordRuns},
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -186,11 +209,11 @@ func New(opts Options) (*Server, error) {
 	return s, nil
 }
 
-func (s *Server) removeOwnDirs() {
-	for _, d := range s.ownDirs {
-		_ = os.RemoveAll(d)
+func (d *fileDirs) removeOwnDirs() {
+	for _, dir := range d.ownDirs {
+		_ = os.RemoveAll(dir)
 	}
-	s.ownDirs = nil
+	d.ownDirs = nil
 }
 
 // Start listens on addr (e.g. "127.0.0.1:0") and serves in the background.
@@ -224,13 +247,13 @@ func (s *Server) Addr() string {
 func (s *Server) URL() string { return "http://" + s.Addr() }
 
 // InputDir is ComfyUI's input directory (uploads, LoadImage).
-func (s *Server) InputDir() string { return s.inputDir }
+func (d *fileDirs) InputDir() string { return d.inputDir }
 
 // OutputDir is ComfyUI's output directory (SaveImage).
-func (s *Server) OutputDir() string { return s.outputDir }
+func (d *fileDirs) OutputDir() string { return d.outputDir }
 
 // TempDir is ComfyUI's temp directory (PreviewImage).
-func (s *Server) TempDir() string { return s.tempDir }
+func (d *fileDirs) TempDir() string { return d.tempDir }
 
 // Version is the emulated ComfyUI version.
 func (s *Server) Version() string { return s.ver.raw }
@@ -238,7 +261,7 @@ func (s *Server) Version() string { return s.ver.raw }
 // PromptsExecuted counts prompts that finished executing, with any outcome
 // (success, error, interrupt), since the Server was created. Prompts aborted
 // by Kill are not counted.
-func (s *Server) PromptsExecuted() int { return int(s.executed.Load()) }
+func (r *runLog) PromptsExecuted() int { return int(r.executed.Load()) }
 
 // Up reports whether the simulated process runs: started and not killed
 // (or restarted since) nor closed.
@@ -270,12 +293,12 @@ func (s *Server) Queue() (running, pending int) {
 // created, how many times it did: across Kill and Restart, a count above 1
 // means the same prompt ran twice here. Prompts that failed, were
 // interrupted or were abandoned by Kill are not counted.
-func (s *Server) Runs() map[string]int {
-	s.runsMu.Lock()
-	defer s.runsMu.Unlock()
+func (r *runLog) Runs() map[string]int {
+	r.runsMu.Lock()
+	defer r.runsMu.Unlock()
 	out := map[string]int{}
-	for _, r := range s.runs {
-		out[r.id]++
+	for _, run := range r.runs {
+		out[run.id]++
 	}
 	return out
 }
@@ -283,15 +306,15 @@ func (s *Server) Runs() map[string]int {
 // RunsByExtra is Runs keyed by the string value of extra_data[key] instead
 // of the prompt id (runs without it are left out): a client that tags its
 // prompts there counts them whatever prompt id a proxy gave them.
-func (s *Server) RunsByExtra(key string) map[string]int {
-	s.runsMu.Lock()
-	defer s.runsMu.Unlock()
+func (r *runLog) RunsByExtra(key string) map[string]int {
+	r.runsMu.Lock()
+	defer r.runsMu.Unlock()
 	out := map[string]int{}
-	for _, r := range s.runs {
-		if r.extra == nil {
+	for _, run := range r.runs {
+		if run.extra == nil {
 			continue
 		}
-		raw, ok := r.extra.get(key)
+		raw, ok := run.extra.get(key)
 		var v string
 		if !ok || json.Unmarshal(raw, &v) != nil {
 			continue
@@ -301,13 +324,13 @@ func (s *Server) RunsByExtra(key string) map[string]int {
 	return out
 }
 
-func (s *Server) countRun(it *queueItem) {
-	if !s.opts.RecordRuns {
+func (r *runLog) countRun(it *queueItem) {
+	if !r.record {
 		return
 	}
-	s.runsMu.Lock()
-	defer s.runsMu.Unlock()
-	s.runs = append(s.runs, runRecord{id: it.id, extra: it.extra})
+	r.runsMu.Lock()
+	defer r.runsMu.Unlock()
+	r.runs = append(r.runs, runRecord{id: it.id, extra: it.extra})
 }
 
 // Close stops serving, drops every connection, and removes the directories
@@ -632,48 +655,50 @@ func (in *instance) routes() []route {
 		h            func(w http.ResponseWriter, r *http.Request, p map[string]string)
 	}
 	s := in.s
+	prompts, hist, info, files := promptRoutes{in}, historyRoutes{in}, infoRoutes{in}, fileRoutes{in}
+	users, socks, jobs := userdataRoutes{in}, socketRoutes{in}, jobRoutes{in}
 	defs := []def{
-		{"GET", "/ws", in.handleWS},
-		{"GET", "/embeddings", in.getEmbeddings},
-		{"GET", "/models", in.getModels},
-		{"GET", "/models/{folder}", in.getModelFolder},
-		{"GET", "/extensions", in.getExtensions},
-		{"POST", "/upload/image", in.postUploadImage},
-		{"POST", "/upload/mask", in.postUploadMask},
-		{"GET", "/view", in.getView},
-		{"GET", "/system_stats", in.getSystemStats},
-		{"GET", "/prompt", in.getPrompt},
-		{"POST", "/prompt", in.postPrompt},
-		{"GET", "/object_info", in.getObjectInfo},
-		{"GET", "/object_info/{class}", in.getObjectInfoClass},
-		{"GET", "/history", in.getHistory},
-		{"GET", "/history/{id}", in.getHistoryID},
-		{"POST", "/history", in.postHistory},
-		{"GET", "/queue", in.getQueue},
-		{"POST", "/queue", in.postQueue},
-		{"POST", "/interrupt", in.postInterrupt},
-		{"POST", "/free", in.postFree},
-		{"GET", "/users", in.getUsers},
-		{"GET", "/settings", in.getSettings},
-		{"GET", "/settings/{id}", in.getSetting},
-		{"POST", "/settings", in.postSettings},
-		{"POST", "/settings/{id}", in.postSettings},
-		{"GET", "/userdata", in.listUserData},
-		{"GET", "/v2/userdata", in.listUserDataV2},
-		{"GET", "/userdata/{file}", in.getUserData},
-		{"POST", "/userdata/{file}", in.postUserData},
-		{"DELETE", "/userdata/{file}", in.deleteUserData},
-		{"POST", "/userdata/{file}/move/{dest}", in.moveUserData},
+		{"GET", "/ws", socks.handleWS},
+		{"GET", "/embeddings", info.getEmbeddings},
+		{"GET", "/models", info.getModels},
+		{"GET", "/models/{folder}", info.getModelFolder},
+		{"GET", "/extensions", info.getExtensions},
+		{"POST", "/upload/image", files.postUploadImage},
+		{"POST", "/upload/mask", files.postUploadMask},
+		{"GET", "/view", files.getView},
+		{"GET", "/system_stats", info.getSystemStats},
+		{"GET", "/prompt", prompts.getPrompt},
+		{"POST", "/prompt", prompts.postPrompt},
+		{"GET", "/object_info", info.getObjectInfo},
+		{"GET", "/object_info/{class}", info.getObjectInfoClass},
+		{"GET", "/history", hist.getHistory},
+		{"GET", "/history/{id}", hist.getHistoryID},
+		{"POST", "/history", hist.postHistory},
+		{"GET", "/queue", prompts.getQueue},
+		{"POST", "/queue", prompts.postQueue},
+		{"POST", "/interrupt", prompts.postInterrupt},
+		{"POST", "/free", prompts.postFree},
+		{"GET", "/users", info.getUsers},
+		{"GET", "/settings", info.getSettings},
+		{"GET", "/settings/{id}", info.getSetting},
+		{"POST", "/settings", info.postSettings},
+		{"POST", "/settings/{id}", info.postSettings},
+		{"GET", "/userdata", users.listUserData},
+		{"GET", "/v2/userdata", users.listUserDataV2},
+		{"GET", "/userdata/{file}", users.getUserData},
+		{"POST", "/userdata/{file}", users.postUserData},
+		{"DELETE", "/userdata/{file}", users.deleteUserData},
+		{"POST", "/userdata/{file}/move/{dest}", users.moveUserData},
 	}
 	if s.ver.hasFeatures() {
-		defs = append(defs, def{"GET", "/features", in.getFeatures})
+		defs = append(defs, def{"GET", "/features", info.getFeatures})
 	}
 	if s.ver.is2026() {
 		defs = append(defs,
-			def{"GET", "/api/jobs", in.getJobs},
-			def{"GET", "/api/jobs/{id}", in.getJob},
-			def{"POST", "/api/jobs/{id}/cancel", in.postJobCancel},
-			def{"POST", "/api/jobs/cancel", in.postJobsCancel},
+			def{"GET", "/api/jobs", jobs.getJobs},
+			def{"GET", "/api/jobs/{id}", jobs.getJob},
+			def{"POST", "/api/jobs/{id}/cancel", jobs.postJobCancel},
+			def{"POST", "/api/jobs/cancel", jobs.postJobsCancel},
 		)
 	}
 	var rs []route

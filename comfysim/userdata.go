@@ -63,11 +63,11 @@ func userPath(file string) (string, bool) {
 }
 
 // userDirExists reports whether dir ("." for the user directory) holds a file.
-func (s *Server) userDirExists(dir string) bool {
+func (u *userStore) userDirExists(dir string) bool {
 	if dir == "." {
-		return len(s.userdata) > 0
+		return len(u.userdata) > 0
 	}
-	for name := range s.userdata {
+	for name := range u.userdata {
 		if strings.HasPrefix(name, dir+"/") {
 			return true
 		}
@@ -75,7 +75,7 @@ func (s *Server) userDirExists(dir string) bool {
 	return false
 }
 
-func (s *Server) userFileInfo(name, relTo string, f *userFile) ordered {
+func (u *userStore) userFileInfo(name, relTo string, f *userFile) ordered {
 	rel := name
 	if relTo != "." {
 		rel = strings.TrimPrefix(name, relTo+"/")
@@ -84,7 +84,10 @@ func (s *Server) userFileInfo(name, relTo string, f *userFile) ordered {
 	return ordered{{"path", rel}, {"size", len(f.data)}, {"modified", ms}, {"created", ms}}
 }
 
-func (in *instance) listUserData(w http.ResponseWriter, r *http.Request, _ map[string]string) {
+// userdataRoutes are /userdata's and /v2/userdata's routes.
+type userdataRoutes struct{ *instance }
+
+func (in userdataRoutes) listUserData(w http.ResponseWriter, r *http.Request, _ map[string]string) {
 	q := r.URL.Query()
 	dir := q.Get("dir")
 	if dir == "" {
@@ -136,7 +139,7 @@ func (in *instance) listUserData(w http.ResponseWriter, r *http.Request, _ map[s
 	writeJSON(w, http.StatusOK, out)
 }
 
-func (in *instance) listUserDataV2(w http.ResponseWriter, r *http.Request, _ map[string]string) {
+func (in userdataRoutes) listUserDataV2(w http.ResponseWriter, r *http.Request, _ map[string]string) {
 	rel := unquotePy(r.URL.Query().Get("path"))
 	p := "."
 	if rel != "" {
@@ -220,7 +223,7 @@ func userFileParam(w http.ResponseWriter, p map[string]string, param string) (st
 	return name, true
 }
 
-func (in *instance) getUserData(w http.ResponseWriter, _ *http.Request, p map[string]string) {
+func (in userdataRoutes) getUserData(w http.ResponseWriter, _ *http.Request, p map[string]string) {
 	name, ok := userFileParam(w, p, "file")
 	if !ok {
 		return
@@ -246,15 +249,15 @@ func (in *instance) getUserData(w http.ResponseWriter, _ *http.Request, p map[st
 }
 
 // answerUserFile is post_userdata's and move_userdata's answer.
-func (s *Server) answerUserFile(w http.ResponseWriter, r *http.Request, name string, f *userFile) {
+func (u *userStore) answerUserFile(w http.ResponseWriter, r *http.Request, name string, f *userFile) {
 	if strings.ToLower(r.URL.Query().Get("full_info")) == "true" {
-		writeJSON(w, http.StatusOK, s.userFileInfo(name, ".", f))
+		writeJSON(w, http.StatusOK, u.userFileInfo(name, ".", f))
 		return
 	}
 	writeJSON(w, http.StatusOK, name)
 }
 
-func (in *instance) postUserData(w http.ResponseWriter, r *http.Request, p map[string]string) {
+func (in userdataRoutes) postUserData(w http.ResponseWriter, r *http.Request, p map[string]string) {
 	name, ok := userFileParam(w, p, "file")
 	if !ok {
 		return
@@ -278,7 +281,7 @@ func (in *instance) postUserData(w http.ResponseWriter, r *http.Request, p map[s
 	s.answerUserFile(w, r, name, f)
 }
 
-func (in *instance) deleteUserData(w http.ResponseWriter, _ *http.Request, p map[string]string) {
+func (in userdataRoutes) deleteUserData(w http.ResponseWriter, _ *http.Request, p map[string]string) {
 	name, ok := userFileParam(w, p, "file")
 	if !ok {
 		return
@@ -294,7 +297,7 @@ func (in *instance) deleteUserData(w http.ResponseWriter, _ *http.Request, p map
 	writeEmpty(w, http.StatusNoContent)
 }
 
-func (in *instance) moveUserData(w http.ResponseWriter, r *http.Request, p map[string]string) {
+func (in userdataRoutes) moveUserData(w http.ResponseWriter, r *http.Request, p map[string]string) {
 	src, ok := userFileParam(w, p, "file")
 	if !ok {
 		return
@@ -322,11 +325,11 @@ func (in *instance) moveUserData(w http.ResponseWriter, r *http.Request, p map[s
 
 // UserData returns a copy of the simulated user directory: path (relative
 // to it, '/'-separated) -> content.
-func (s *Server) UserData() map[string][]byte {
-	s.userMu.Lock()
-	defer s.userMu.Unlock()
-	out := make(map[string][]byte, len(s.userdata))
-	for name, f := range s.userdata {
+func (u *userStore) UserData() map[string][]byte {
+	u.userMu.Lock()
+	defer u.userMu.Unlock()
+	out := make(map[string][]byte, len(u.userdata))
+	for name, f := range u.userdata {
 		out[name] = append([]byte(nil), f.data...)
 	}
 	return out

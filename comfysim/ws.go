@@ -70,34 +70,44 @@ type wsMessage struct {
 	Data any    `json:"data"`
 }
 
+// wsClients are an instance's WebSocket clients: the registered sockets
+// by sid, every open connection, and the feature flags each client sent.
+// Its instance's mu guards it.
+type wsClients struct {
+	sockets  map[string]*wsConn // sid -> registered socket
+	conns    map[*wsConn]struct{}
+	flags    map[string]map[string]any // sid -> client feature flags
+	features bool                      // the version exchanges feature flags
+}
+
 // sendLocked is PromptServer.send_sync: nil target broadcasts to every
 // registered socket; an unknown sid drops the message.
-func (in *instance) sendLocked(event string, data any, target *string) {
+func (ws *wsClients) sendLocked(event string, data any, target *string) {
 	f := wsFrame{data: pyJSON(wsMessage{event, data})}
-	in.deliverLocked(f, target)
+	ws.deliverLocked(f, target)
 }
 
-func (in *instance) sendBinaryLocked(frame []byte, target *string) {
-	in.deliverLocked(wsFrame{binary: true, data: frame}, target)
+func (ws *wsClients) sendBinaryLocked(frame []byte, target *string) {
+	ws.deliverLocked(wsFrame{binary: true, data: frame}, target)
 }
 
-func (in *instance) deliverLocked(f wsFrame, target *string) {
+func (ws *wsClients) deliverLocked(f wsFrame, target *string) {
 	if target == nil {
-		for _, c := range in.sockets {
+		for _, c := range ws.sockets {
 			c.enqueue(f)
 		}
 		return
 	}
-	if c := in.sockets[*target]; c != nil {
+	if c := ws.sockets[*target]; c != nil {
 		c.enqueue(f)
 	}
 }
 
-func (in *instance) supportsPreviewMetadataLocked(sid *string) bool {
-	if sid == nil || !in.s.ver.hasFeatures() {
+func (ws *wsClients) supportsPreviewMetadataLocked(sid *string) bool {
+	if sid == nil || !ws.features {
 		return false
 	}
-	v, _ := in.flags[*sid]["supports_preview_metadata"].(bool)
+	v, _ := ws.flags[*sid]["supports_preview_metadata"].(bool)
 	return v
 }
 
@@ -117,8 +127,12 @@ func (s *Server) serverFeatures() ordered {
 
 func newSID() string { return ids.Hex() }
 
+// socketRoutes is /ws: it registers a client's socket with the instance's
+// wsClients.
+type socketRoutes struct{ *instance }
+
 // handleWS is PromptServer.websocket_handler.
-func (in *instance) handleWS(w http.ResponseWriter, r *http.Request, _ map[string]string) {
+func (in socketRoutes) handleWS(w http.ResponseWriter, r *http.Request, _ map[string]string) {
 	sid := r.URL.Query().Get("clientId")
 	if sid == "" {
 		sid = newSID()

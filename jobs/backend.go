@@ -53,7 +53,7 @@ func (b poolBackend) Select(exclude ...*upstream.Instance) (*upstream.Instance, 
 }
 
 func (b poolBackend) Call(ctx context.Context, inst *upstream.Instance, method, path string, header map[string]string, body []byte) (int, []byte, error) {
-	return inst.Call(ctx, method, path, header, body)
+	return inst.Transport().Call(ctx, method, path, header, body)
 }
 
 func (b poolBackend) Upload(ctx context.Context, inst *upstream.Instance, ref prompts.FileRef, img io.Reader, size int64) error {
@@ -68,7 +68,7 @@ func (b poolBackend) Upload(ctx context.Context, inst *upstream.Instance, ref pr
 func (b poolBackend) Fetch(ctx context.Context, inst *upstream.Instance, path string, w io.Writer) (int, error) {
 	req := fasthttp.AcquireRequest()
 	req.SetRequestURI(path)
-	a, err := inst.Do(ctx, req, upstream.DoOpts{})
+	a, err := inst.Transport().Do(ctx, req, upstream.DoOpts{})
 	if err != nil {
 		return 0, fmt.Errorf("get %s: %w", inst.Name, err)
 	}

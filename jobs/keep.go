@@ -240,7 +240,7 @@ func uploadImage(ctx context.Context, inst *upstream.Instance, ref prompts.FileR
 	req.Header.SetMethod(fasthttp.MethodPost)
 	req.SetRequestURI("/upload/image")
 	req.Header.SetContentType(mw.FormDataContentType())
-	ans, err := inst.Do(ctx, req, upstream.DoOpts{Body: body, BodySize: head.Len() + int(size) + len(tail)})
+	ans, err := inst.Transport().Do(ctx, req, upstream.DoOpts{Body: body, BodySize: head.Len() + int(size) + len(tail)})
 	if err != nil {
 		return fmt.Errorf("upload image to %s: %w", inst.Name, err)
 	}

@@ -110,7 +110,7 @@ func (p *Policy) Place(r Request) (Decision, *Refusal) {
 		among = func(inst *upstream.Instance) bool { return inst.HasLabels(labels) }
 		any := false
 		for _, inst := range p.fleet.Instances() {
-			any = any || (!inst.Leaving() && among(inst))
+			any = any || (!inst.State().Leaving() && among(inst))
 		}
 		if !any {
 			return d, &Refusal{NoLabels: true, Labels: r.Labels}

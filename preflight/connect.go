@@ -194,7 +194,7 @@ func reach(ctx context.Context, cfg *config.Config, inst *upstream.Instance, r *
 func fetch(ctx context.Context, inst *upstream.Instance, path string, timeout time.Duration) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	status, body, err := inst.Fetch(ctx, upstream.Request{Method: "GET", Path: path, Header: map[string]string{"Accept": "application/json"}, Timeout: timeout})
+	status, body, err := inst.Transport().Fetch(ctx, upstream.Request{Method: "GET", Path: path, Header: map[string]string{"Accept": "application/json"}, Timeout: timeout})
 	name := strings.TrimPrefix(path, "/")
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)

@@ -67,7 +67,7 @@ func TestBurstCountsEachPromptOnce(t *testing.T) {
 				report := func(inst *upstream.Instance) {
 					mu.Lock()
 					reported[inst]++
-					inst.SetQueueDepth(reported[inst])
+					inst.Workload().SetQueueDepth(reported[inst])
 					mu.Unlock()
 				}
 				answers := func(inst *upstream.Instance) bool { return inst == quick }
@@ -152,7 +152,7 @@ func TestBurstSplitOverSims(t *testing.T) {
 		}
 		testkit.Eventually(t, "the instances ran the burst out", func() bool {
 			for _, inst := range in {
-				if inst.Work() != 0 {
+				if inst.Workload().Total() != 0 {
 					return false
 				}
 			}

@@ -89,11 +89,11 @@ func (s *passes) wantFailOver() {
 func (s *passes) graceCheck() {
 	t := s.t
 	inst := s.inst
-	if inst.SocketUp() {
+	if inst.State().SocketUp() {
 		s.failDone()
 		return
 	}
-	lost := inst.LostAt()
+	lost := inst.State().LostAt()
 	left := t.cfg.Failover.SuspectGrace - t.p.Clock().Now().Sub(lost)
 	if lost.IsZero() || left <= 0 {
 		// Never connected (nothing ran there unseen), or down for the
@@ -153,7 +153,7 @@ func (t *instances) awaitSockets(ctx context.Context, limit time.Duration) {
 	for {
 		waiting := false
 		for _, inst := range t.p.Instances() {
-			if inst.Healthy() && !t.SocketSettled(inst) {
+			if inst.State().Healthy() && !t.SocketSettled(inst) {
 				waiting = true
 				break
 			}

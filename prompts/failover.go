@@ -401,7 +401,7 @@ func (s *passes) wantReconcile() {
 func (t *mover) verifyQueue(ctx context.Context, inst *upstream.Instance) {
 	// An instance that is dying also loses its queue: that is failover's
 	// business, not a deletion. Checked again after every upstream call below.
-	dying := func() bool { return inst.Suspect() || !inst.SocketUp() || !inst.Healthy() }
+	dying := func() bool { return inst.State().Suspect() || !inst.State().SocketUp() || !inst.State().Healthy() }
 	if dying() {
 		return
 	}

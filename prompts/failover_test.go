@@ -118,7 +118,7 @@ func TestDonePromptIsNeverResubmitted(t *testing.T) {
 	from.Finish(id, "d.png")
 	sink.until(t, 5*time.Second)
 	from.Kill()
-	testkit.Eventually(t, "instance down", func() bool { return !res.Instance.Healthy() })
+	testkit.Eventually(t, "instance down", func() bool { return !res.Instance.State().Healthy() })
 	p.prompts.InstanceDown(res.Instance) // again, explicitly: idempotent
 	if n := f1.PromptCount() + f2.PromptCount(); n != 1 {
 		t.Fatalf("%d submissions, want 1", n)

@@ -131,7 +131,7 @@ func (fs *fileStore) prepareGraph(ctx context.Context, inst *upstream.Instance, 
 		}
 		to := copyRef(f.Instance, from)
 		err := fs.ensureFile(ctx, inst, to, func() error {
-			if !f.Instance.Healthy() {
+			if !f.Instance.State().Healthy() {
 				// Asking a hung instance would hold the prompt for the call timeout.
 				return fmt.Errorf("copy %s %q from %s: the instance is down", from.Type, path.Join(from.Subfolder, from.Filename), f.Instance.Name)
 			}
@@ -335,7 +335,7 @@ func (fs *fileStore) copyFile(ctx context.Context, src, dst *upstream.Instance, 
 	get := fasthttp.AcquireRequest()
 	get.Header.SetMethod(fasthttp.MethodGet)
 	get.SetRequestURI(viewURI(from))
-	got, err := src.Do(ctx, get, upstream.DoOpts{})
+	got, err := src.Transport().Do(ctx, get, upstream.DoOpts{})
 	if err != nil {
 		return 0, fmt.Errorf("copy %s from %s: %w", what, src.Name, err)
 	}
@@ -363,7 +363,7 @@ func (fs *fileStore) copyFile(ctx context.Context, src, dst *upstream.Instance, 
 	up.Header.SetContentType(mw.FormDataContentType())
 	// chunked: the size is not known up front. A read error of the pipe is
 	// src's file failing, not dst (ErrClientBody, excluded for dst).
-	ans, upErr := dst.Do(ctx, up, upstream.DoOpts{Body: pr, BodySize: -1})
+	ans, upErr := dst.Transport().Do(ctx, up, upstream.DoOpts{Body: pr, BodySize: -1})
 	pr.CloseWithError(errors.New("upload ended")) // unblocks the writer if the upload stopped early
 	werr := <-written
 

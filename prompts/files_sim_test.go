@@ -104,17 +104,17 @@ func TestSimulatorKilledIsConfirmedDeadAndComesBack(t *testing.T) {
 	a := testkit.Sim(t, comfysim.Options{Version: "0.3.40"})
 	p := newCorePool(t, coreConfig(a.Addr()), true)
 	inst := p.Instances()[0]
-	if !inst.Healthy() || inst.Version() != "0.3.40" || inst.SupportsClientPromptID() {
-		t.Fatalf("after start: healthy %v version %q", inst.Healthy(), inst.Version())
+	if !inst.State().Healthy() || inst.Version() != "0.3.40" || inst.SupportsClientPromptID() {
+		t.Fatalf("after start: healthy %v version %q", inst.State().Healthy(), inst.Version())
 	}
 	a.Kill()
 	start := time.Now()
 	p.SocketLost(inst)
-	testkit.Eventually(t, "confirmed dead", func() bool { return !inst.Healthy() })
+	testkit.Eventually(t, "confirmed dead", func() bool { return !inst.State().Healthy() })
 	t.Logf("killed instance confirmed dead in %v", time.Since(start))
 	if err := a.Restart(); err != nil {
 		t.Fatal(err)
 	}
 	p.SocketRestored(inst)
-	testkit.Eventually(t, "healthy again", func() bool { return inst.Healthy() })
+	testkit.Eventually(t, "healthy again", func() bool { return inst.State().Healthy() })
 }

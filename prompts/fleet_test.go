@@ -31,7 +31,7 @@ func TestReconfigureAddsAndRemoves(t *testing.T) {
 	if third == nil || third.Weight() != 2 || !third.HasLabels(map[string]string{"pool": "x"}) {
 		t.Fatalf("third = %+v", third)
 	}
-	testkit.Eventually(t, "third healthy with its socket up", func() bool { return third.Available() && third.SocketUp() })
+	testkit.Eventually(t, "third healthy with its socket up", func() bool { return third.Available() && third.State().SocketUp() })
 	got := map[string]bool{}
 	for k := range 6 {
 		res := simSubmit(t, p, newUUID(), simPrompt("r"+string(rune('a'+k)), false), newRecSink())
@@ -116,12 +116,12 @@ func TestWarmupGatesTraffic(t *testing.T) {
 		c.Instances[2].Warmup = "bad.json"
 	}, ss...)
 	in := p.Instances()
-	testkit.Eventually(t, "warm-up of the second instance", func() bool { return in[1].WarmupState() == "ok" })
+	testkit.Eventually(t, "warm-up of the second instance", func() bool { return in[1].State().WarmupState() == "ok" })
 	if !in[1].Available() || ss[1].PromptsExecuted() < 1 {
 		t.Fatalf("warmed instance not available (executed %d)", ss[1].PromptsExecuted())
 	}
 	testkit.Eventually(t, "warm-up of the third instance failing", func() bool {
-		return len(in[2].WarmupState()) > 7 && in[2].WarmupState()[:7] == "failed:"
+		return len(in[2].State().WarmupState()) > 7 && in[2].State().WarmupState()[:7] == "failed:"
 	})
 	if in[2].Available() {
 		t.Fatal("instance whose warm-up failed takes work")
@@ -131,8 +131,8 @@ func TestWarmupGatesTraffic(t *testing.T) {
 			t.Fatal("prompt sent to the instance whose warm-up failed")
 		}
 	}
-	if in[0].WarmupState() != "" {
-		t.Fatalf("instance without warm-up reports %q", in[0].WarmupState())
+	if in[0].State().WarmupState() != "" {
+		t.Fatalf("instance without warm-up reports %q", in[0].State().WarmupState())
 	}
 	// A reload that gives the first instance a warm-up runs it before the
 	// instance takes more work; one that takes the failing warm-up away
@@ -146,7 +146,7 @@ func TestWarmupGatesTraffic(t *testing.T) {
 		t.Fatal(err)
 	}
 	testkit.Eventually(t, "the new warm-up of the first instance", func() bool {
-		return in[0].WarmupState() == "ok" && in[0].Available()
+		return in[0].State().WarmupState() == "ok" && in[0].Available()
 	})
 	if ss[0].PromptsExecuted() <= executed {
 		t.Fatal("the first instance ran no warm-up")

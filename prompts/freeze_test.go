@@ -325,7 +325,7 @@ func TestFrozenInstanceRunsMovedPromptsOnce(t *testing.T) {
 	var unselectable time.Duration
 	testkit.EventuallyWithin(t, freezeBound, "the frozen instance is no longer selected", func() bool {
 		// Suspect: chosen only when no other instance is available.
-		if frozen.Available() && !frozen.Suspect() {
+		if frozen.Available() && !frozen.State().Suspect() {
 			return false
 		}
 		unselectable = time.Since(froze)
@@ -354,7 +354,7 @@ func TestFrozenInstanceRunsMovedPromptsOnce(t *testing.T) {
 	fp.thaw()
 	s1.SetPaused(false)
 	testkit.EventuallyWithin(t, freezeBound, "the woken instance's queue is empty", func() bool { return simQueueLen(t, s1) == 0 })
-	testkit.EventuallyWithin(t, freezeBound, "the woken instance is usable again", func() bool { return frozen.Available() && frozen.SocketUp() })
+	testkit.EventuallyWithin(t, freezeBound, "the woken instance is usable again", func() bool { return frozen.Available() && frozen.State().SocketUp() })
 
 	h1, h2 := simHistory(t, s1), simHistory(t, s2)
 	total, stopped := 0, 0
@@ -432,7 +432,7 @@ func TestTimedOutSubmitMovedRunsOnce(t *testing.T) {
 		t.Fatal("the prompt did not run on the other instance")
 	}
 	fp.thaw()
-	testkit.EventuallyWithin(t, freezeBound, "the woken instance is usable again", func() bool { return frozen.Available() && frozen.SocketUp() })
+	testkit.EventuallyWithin(t, freezeBound, "the woken instance is usable again", func() bool { return frozen.Available() && frozen.State().SocketUp() })
 	testkit.EventuallyWithin(t, freezeBound, "the woken instance's queue is empty", func() bool { return simQueueLen(t, s1) == 0 })
 	h1, h2 := simHistory(t, s1), simHistory(t, s2)
 	if h2[id] != "success" {

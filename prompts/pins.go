@@ -387,7 +387,7 @@ func hasFile(inst *upstream.Instance, uri string, deadline time.Time) bool {
 	req.SetRequestURI(uri)
 	// aiohttp's FileResponse honours Range: one byte, not the whole image.
 	req.Header.Set("Range", "bytes=0-0")
-	a, err := inst.Do(context.Background(), req, upstream.DoOpts{Probe: true, Timeout: time.Until(deadline)})
+	a, err := inst.Transport().Do(context.Background(), req, upstream.DoOpts{Probe: true, Timeout: time.Until(deadline)})
 	if err != nil {
 		return false
 	}

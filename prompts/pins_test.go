@@ -46,7 +46,7 @@ func TestPinnedOwnerWinsOverSameNamedFileElsewhere(t *testing.T) {
 		t.Fatal("a pinned file was probed")
 	}
 	// The owner goes down: it is still the answer, never the other file.
-	ib.ForceHealthy(false)
+	ib.State().ForceHealthy(false)
 	if got, ok := p.FileOwner(context.Background(), FileRef{Filename: "ComfyUI_00001_.png", Type: "output"}); !ok || got != ib {
 		t.Fatalf("FileOwner with owner down = %v %v, want the pinned instance", got, ok)
 	}
@@ -87,7 +87,7 @@ func TestPinsHoldSeveralOwnersMostRecentFirst(t *testing.T) {
 	if got, _ := p.FileOwner(context.Background(), ref); got != in[1] {
 		t.Fatalf("owner = %v, want the most recent pin", got.Name)
 	}
-	in[1].ForceHealthy(false)
+	in[1].State().ForceHealthy(false)
 	if got, _ := p.FileOwner(context.Background(), ref); got != in[0] {
 		t.Fatalf("owner = %v, want the available holder", got.Name)
 	}

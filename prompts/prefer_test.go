@@ -177,7 +177,7 @@ func TestPreferAndOutputCopies(t *testing.T) {
 	}
 	a.Kill()
 	p.SocketLost(ia)
-	testkit.Eventually(t, "a confirmed dead", func() bool { return !ia.Healthy() })
+	testkit.Eventually(t, "a confirmed dead", func() bool { return !ia.State().Healthy() })
 	res, sink = send("@i1/shot.png [output]", shot)
 	if res.Status != 200 || res.Instance != ib {
 		t.Fatalf("with a dead: %d on %s: %s", res.Status, nameOf(res.Instance), res.Body)

@@ -184,7 +184,7 @@ func (t *Table) InstanceAdded(inst *upstream.Instance) {
 // failed: either way, waiting longer for it at start-up gains nothing.
 func (t *Table) SocketSettled(inst *upstream.Instance) bool {
 	s := t.owners.get(inst)
-	return inst.SocketUp() || s == nil || s.dialed.Load()
+	return inst.State().SocketUp() || s == nil || s.dialed.Load()
 }
 
 // InstanceRemoved stops giving inst new work (the pool's draining flag does
@@ -289,10 +289,10 @@ func (t *Table) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (life
 			// A send: counted at the instance it goes to, unless its
 			// pick counted it there already (Prompt.reserved).
 			if !pr.reserved.CompareAndSwap(nv.instance, nil) {
-				nv.instance.CountInflight(1)
+				nv.instance.Workload().CountInflight(1)
 			}
 		case lifecycle.CountOut:
-			prevInst.CountInflight(-1)
+			prevInst.Workload().CountInflight(-1)
 		case lifecycle.Accept:
 			// Its fleet number, in the fleet's order of acceptance: a
 			// step of its own, so the state holds it.
@@ -309,7 +309,7 @@ func (t *Table) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (life
 	t.shareStep(pr, prev, prevInst, nv.life, nv.instance)
 	newInst := nv.instance
 	if newInst != prevInst && newInst != nil {
-		newInst.InflightChanged() // a send's count: its gauge
+		newInst.Workload().InflightChanged() // a send's count: its gauge
 	}
 	t.carryOut(pr, prevInst, effects)
 	return next, true
@@ -326,7 +326,7 @@ func (t *Table) carryOut(pr *Prompt, inst *upstream.Instance, effects []lifecycl
 			// Counted by step; the gauge and a drained instance's removal
 			// follow (a first send's new instance: step).
 			if inst != nil {
-				inst.InflightChanged()
+				inst.Workload().InflightChanged()
 			}
 			queue = true
 		case lifecycle.Unpin:
@@ -595,7 +595,7 @@ func lookupAt(ctx context.Context, inst *upstream.Instance, uid string) (PromptS
 // historyEntry returns inst's /history/{uid} entry (nil when it has none).
 // ok is false when the instance did not answer.
 func historyEntry(ctx context.Context, inst *upstream.Instance, uid string) (json.RawMessage, bool) {
-	status, body, err := inst.Call(ctx, "GET", "/history/"+url.PathEscape(uid), nil, nil)
+	status, body, err := inst.Transport().Call(ctx, "GET", "/history/"+url.PathEscape(uid), nil, nil)
 	if err != nil || status != 200 {
 		return nil, false
 	}
@@ -608,7 +608,7 @@ func historyEntry(ctx context.Context, inst *upstream.Instance, uid string) (jso
 
 // queueIDs returns the prompt ids inst reports running and pending.
 func queueIDs(ctx context.Context, inst *upstream.Instance) (running, pending map[string]bool, err error) {
-	status, body, err := inst.Call(ctx, "GET", "/queue", nil, nil)
+	status, body, err := inst.Transport().Call(ctx, "GET", "/queue", nil, nil)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -645,7 +645,7 @@ func (t *Table) Cancel(ctx context.Context, id string) (bool, error) {
 	hdr := map[string]string{"Content-Type": "application/json"}
 	if st == PromptQueued {
 		body, _ := json.Marshal(map[string][]string{"delete": {uid}})
-		if _, _, err := inst.Call(ctx, "POST", "/queue", hdr, body); err != nil {
+		if _, _, err := inst.Transport().Call(ctx, "POST", "/queue", hdr, body); err != nil {
 			return false, fmt.Errorf("cancel %s: %w", id, err)
 		}
 		running, pending, err := queueIDs(ctx, inst)
@@ -667,7 +667,7 @@ func (t *Table) Cancel(ctx context.Context, id string) (bool, error) {
 		// It started between our look and the delete: interrupt it.
 	}
 	body, _ := json.Marshal(map[string]string{"prompt_id": uid})
-	status, _, err := inst.Call(ctx, "POST", "/interrupt", hdr, body)
+	status, _, err := inst.Transport().Call(ctx, "POST", "/interrupt", hdr, body)
 	if err != nil {
 		return false, fmt.Errorf("cancel %s: %w", id, err)
 	}

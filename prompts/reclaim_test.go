@@ -33,8 +33,8 @@ func TestMovedPromptThatRanAfterAllIsReclaimed(t *testing.T) {
 	}
 
 	// The old instance ran it after all; its events reach comfygate.
-	i1.SetSocketUp(true)
-	i1.ForceHealthy(true)
+	i1.State().SetSocketUp(true)
+	i1.State().ForceHealthy(true)
 	f1.Start(uid)
 	f1.Finish(uid, "ran-at-first.png")
 
@@ -93,8 +93,8 @@ func TestMovedPromptRunAtBothIsCounted(t *testing.T) {
 	f2.Finish(copyUID, "ran-at-second.png")
 	testkit.Eventually(t, "the copy's end", func() bool { return pr.State() == PromptDone })
 
-	i1.SetSocketUp(true)
-	i1.ForceHealthy(true)
+	i1.State().SetSocketUp(true)
+	i1.State().ForceHealthy(true)
 	f1.Start(uid)
 	f1.Finish(uid, "ran-at-first-too.png")
 	testkit.Eventually(t, "the second run counted", func() bool {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net/url"
 	"sync"
@@ -143,9 +144,10 @@ func (s *instSocket) run(ctx context.Context) {
 	clk := s.t.p.Clock() // the waits between dials: a test's fake clock drives them
 	for ctx.Err() == nil {
 		dialStart := clk.Now()
-		conn, err := s.dial(ctx)
+		conn, first, err := s.dial(ctx)
 		if err == nil {
 			s.up()
+			s.box.do(func() { s.onText(first) })
 			if lost && s.t.moves.hasTombstones(s.inst) {
 				// Back after a loss, maybe from a stop: it runs its queue
 				// at once, so what moved off it goes first, before the
@@ -189,7 +191,7 @@ func (s *instSocket) run(ctx context.Context) {
 		s.box.post(s.passes.wantReconcile)
 		everUp, lost = true, false
 		err = s.serve(ctx, conn)
-		s.inst.SetSocketUp(false)
+		s.inst.State().SetSocketUp(false)
 		if ctx.Err() != nil {
 			return
 		}
@@ -207,7 +209,7 @@ func (s *instSocket) run(ctx context.Context) {
 // `executing` (without prompt_id) and previews belong to it.
 func (s *instSocket) up() {
 	s.upSince.Store(time.Now().UnixNano())
-	s.inst.SetSocketUp(true)
+	s.inst.State().SetSocketUp(true)
 	running := ""
 	for _, pr := range s.t.idx.livePinnedTo(s.inst) {
 		if v := pr.snap(); stateOf(v.life) == PromptRunning {
@@ -230,8 +232,13 @@ var socketWriteBufs sync.Pool
 // dialTimeout bounds one dial of the socket (health_check.timeout).
 func (s *instSocket) dialTimeout() time.Duration { return s.t.cfg.HealthCheck.Timeout }
 
-// dial opens the socket and sends the feature flags.
-func (s *instSocket) dial(ctx context.Context) (*websocket.Conn, error) {
+// dial opens the socket, sends the feature flags and returns the
+// instance's first message. ComfyUI registers a socket under its clientId
+// only after the handshake, then sends it its status: until that first
+// message arrives, what the instance sends to our clientId goes nowhere
+// (a prompt sent meanwhile would lose its first events), so the socket
+// counts as up only once it came.
+func (s *instSocket) dial(ctx context.Context) (*websocket.Conn, []byte, error) {
 	scheme := "ws://"
 	if s.inst.TLS {
 		scheme = "wss://"
@@ -243,15 +250,25 @@ func (s *instSocket) dial(ctx context.Context) (*websocket.Conn, error) {
 		_ = resp.Body.Close()
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	_ = conn.SetWriteDeadline(time.Now().Add(writeWait))
 	if err := conn.WriteMessage(websocket.TextMessage, featureFlags); err != nil {
 		_ = conn.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	_ = conn.SetWriteDeadline(time.Time{})
-	return conn, nil
+	_ = conn.SetReadDeadline(time.Now().Add(s.dialTimeout()))
+	for {
+		mt, data, err := conn.ReadMessage()
+		if err != nil {
+			_ = conn.Close()
+			return nil, nil, fmt.Errorf("no status after the handshake: %w", err)
+		}
+		if mt == websocket.TextMessage {
+			return conn, data, nil
+		}
+	}
 }
 
 // serve reads conn until it fails or ctx ends, pinging it every
@@ -529,8 +546,8 @@ func (s *instSocket) endAwaitOwned(pr *Prompt, uid string, attempt int) {
 
 // onStatus records the queue depth the instance reports. On the owner.
 func (s *instSocket) onStatus(n int64) {
-	if s.inst.QueueDepth() != n {
-		s.inst.SetQueueDepth(n)
+	if s.inst.Workload().QueueDepth() != n {
+		s.inst.Workload().SetQueueDepth(n)
 		s.t.events.notifyQueue()
 	}
 	s.passes.checkDeleted(n)

@@ -156,7 +156,7 @@ func fakePoolMetrics(t *testing.T, cfg *config.Config, m *metrics.Metrics, fakes
 			}
 		}
 		for _, inst := range p.Instances() {
-			if !inst.SocketUp() {
+			if !inst.State().SocketUp() {
 				return false
 			}
 		}
@@ -422,7 +422,7 @@ func TestSubmitSkipsRefusingInstance(t *testing.T) {
 	p := newCorePool(t, cfg, true)
 	// Make the dead one look healthy so selection picks it first sometimes.
 	for _, inst := range p.Instances() {
-		inst.ForceHealthy(true)
+		inst.State().ForceHealthy(true)
 	}
 	for range 4 {
 		res := submit(t, p, newUUID(), newRecSink())
@@ -448,7 +448,7 @@ func TestStatusFeedsQueueDepthNotSinks(t *testing.T) {
 	sink := newRecSink()
 	res := submit(t, p, newUUID(), sink)
 	f.Emit(`{"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 7}}}}`)
-	testkit.Eventually(t, "queue depth 7", func() bool { return res.Instance.QueueDepth() == 7 })
+	testkit.Eventually(t, "queue depth 7", func() bool { return res.Instance.Workload().QueueDepth() == 7 })
 	testkit.Eventually(t, "QueueChanged", func() bool { return l.lastQueue() == p.QueueRemaining() })
 	sink.none(t)
 }

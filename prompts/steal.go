@@ -77,7 +77,7 @@ const moveProbeTimeout = time.Second
 
 // idleNow reports an instance that can take work and has none.
 func idleNow(inst *upstream.Instance) bool {
-	return inst.Available() && !inst.Suspect() && inst.SocketUp() && inst.Work() == 0
+	return inst.Available() && !inst.State().Suspect() && inst.State().SocketUp() && inst.Workload().Total() == 0
 }
 
 // waitingFor returns the prompt inst should take, and where it waits: of
@@ -99,10 +99,10 @@ func (t *mover) waitingFor(inst *upstream.Instance) (*Prompt, *upstream.Instance
 		v := pr.snap()
 		at, life, num, eligible := v.instance, v.life, v.life.Number, pr.eligible
 		if at == nil || at == inst || life.Phase != lifecycle.Queued || life.Posting || life.Attempts != 1 || life.UpstreamID == "" ||
-			at.Held() || at.Leaving() || at.Suspect() || !at.SocketUp() {
+			at.State().Held() || at.State().Leaving() || at.State().Suspect() || !at.State().SocketUp() {
 			return true
 		}
-		if w := at.Work(); w >= 2 {
+		if w := at.Workload().Total(); w >= 2 {
 			cands = append(cands, waiting{pr, at, w, num, eligible})
 		}
 		return true
@@ -189,7 +189,7 @@ func (mv *move) stealLooked(to *upstream.Instance, pending map[string]bool, err 
 		pctx, cancel := context.WithTimeout(ctx, probeTimeout(t.cfg.HealthCheck.Timeout))
 		defer cancel()
 		del, _ := json.Marshal(map[string][]string{"delete": {uid}})
-		status, _, delErr := from.Call(pctx, "POST", "/queue", map[string]string{"Content-Type": "application/json"}, del)
+		status, _, delErr := from.Transport().Call(pctx, "POST", "/queue", map[string]string{"Content-Type": "application/json"}, del)
 		switch {
 		case delErr != nil && isNotSent(delErr):
 			return func() { mv.stealStays(false) } // nothing reached from: it is still queued there

@@ -116,7 +116,7 @@ func TestMovePendingOff(t *testing.T) {
 	ss[1].SetPaused(false)
 	testkit.Eventually(t, "the free instance ran its share", func() bool { return ss[1].PromptsExecuted() == 2 })
 	// Its empty queue was reported; nothing else comes to it.
-	testkit.Eventually(t, "the free instance reported an empty queue", func() bool { return p.Instances()[1].QueueDepth() == 0 })
+	testkit.Eventually(t, "the free instance reported an empty queue", func() bool { return p.Instances()[1].Workload().QueueDepth() == 0 })
 	if got := simQueueLen(t, ss[0]); got != 2 {
 		t.Fatalf("the held instance has %d prompts queued, want 2", got)
 	}

@@ -128,8 +128,8 @@ func (t *submitter) pick(pr *Prompt, tried []*upstream.Instance) (*upstream.Inst
 // over (the try was given up before it was sent).
 func (t *submitter) unreserve(pr *Prompt) {
 	if inst := pr.reserved.Swap(nil); inst != nil {
-		inst.CountInflight(-1)
-		inst.InflightChanged()
+		inst.Workload().CountInflight(-1)
+		inst.Workload().InflightChanged()
 	}
 }
 
@@ -202,8 +202,8 @@ func (t *submitter) send(ctx context.Context, pr *Prompt, inst *upstream.Instanc
 		hdr[k] = v
 	}
 	hdr["Content-Type"] = "application/json"
-	conns, wasUp := s.conns.Load(), inst.SocketUp()
-	status, resp, err := inst.Call(ctx, "POST", "/prompt", hdr, body)
+	conns, wasUp := s.conns.Load(), inst.State().SocketUp()
+	status, resp, err := inst.Transport().Call(ctx, "POST", "/prompt", hdr, body)
 	if err != nil {
 		err = fmt.Errorf("submit prompt to %s: %w", inst.Name, err)
 		outcome, number := t.afterSendError(ctx, inst, uid, err)
@@ -342,7 +342,7 @@ func (t *submitter) afterSendError(ctx context.Context, inst *upstream.Instance,
 	}
 	pctx, cancel := context.WithTimeout(ctx, probeTimeout(t.cfg.HealthCheck.Timeout))
 	defer cancel()
-	status, body, qerr := inst.Call(pctx, "GET", "/queue", nil, nil)
+	status, body, qerr := inst.Transport().Call(pctx, "GET", "/queue", nil, nil)
 	if qerr != nil {
 		if isNotSent(qerr) {
 			return sentRefused, nil

@@ -17,8 +17,8 @@ func BenchmarkSubmit(b *testing.B) {
 	f := testkit.Mini(b, "0.3.65")
 	p := newCorePool(b, promptsConfig(f.Addr()), true)
 	inst := p.Instances()[0]
-	inst.ForceHealthy(true)
-	testkit.EventuallyWithin(b, 10*time.Second, "socket up", inst.SocketUp)
+	inst.State().ForceHealthy(true)
+	testkit.EventuallyWithin(b, 10*time.Second, "socket up", inst.State().SocketUp)
 	body := map[string]json.RawMessage{"prompt": simPrompt("bench", false), "client_id": json.RawMessage(`"c"`)}
 	b.ReportAllocs()
 	b.ResetTimer()

@@ -233,11 +233,11 @@ func TestSimRestartReconnectsSocket(t *testing.T) {
 	p, _ := simPool(t, nil, s)
 	inst := p.Instances()[0]
 	s.Kill()
-	testkit.Eventually(t, "socket down", func() bool { return !inst.SocketUp() })
+	testkit.Eventually(t, "socket down", func() bool { return !inst.State().SocketUp() })
 	if err := s.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	testkit.Eventually(t, "socket up again", func() bool { return inst.SocketUp() && inst.Healthy() })
+	testkit.Eventually(t, "socket up again", func() bool { return inst.State().SocketUp() && inst.State().Healthy() })
 	sink, id := newRecSink(), newUUID()
 	simSubmit(t, p, id, simPrompt("after", false), sink)
 	evs := sink.until(t, 10*time.Second)

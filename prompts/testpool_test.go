@@ -111,7 +111,7 @@ func selectPool(t *testing.T, n int) (*testPool, []*upstream.Instance) {
 	p := newCorePool(t, coreConfig(addrs...), false)
 	insts := p.Instances()
 	for _, inst := range insts {
-		inst.ForceHealthy(true)
+		inst.State().ForceHealthy(true)
 	}
 	return p, insts
 }

@@ -188,7 +188,7 @@ func (t *Table) CleanUp(ctx context.Context, inst *upstream.Instance) bool {
 			return
 		}
 		body, _ := json.Marshal(map[string][]string{"delete": del})
-		status, _, err := inst.Call(ctx, "POST", "/queue", hdr, body)
+		status, _, err := inst.Transport().Call(ctx, "POST", "/queue", hdr, body)
 		if err == nil && status != 200 {
 			err = fmt.Errorf("status %d", status)
 		}
@@ -197,7 +197,7 @@ func (t *Table) CleanUp(ctx context.Context, inst *upstream.Instance) bool {
 	ok := true
 	for _, uid := range interrupt {
 		body, _ := json.Marshal(map[string]string{"prompt_id": uid})
-		if status, _, err := inst.Call(ctx, "POST", "/interrupt", hdr, body); err != nil || status != 200 {
+		if status, _, err := inst.Transport().Call(ctx, "POST", "/interrupt", hdr, body); err != nil || status != 200 {
 			t.log.Warn("prompts: could not interrupt a moved prompt", "instance", inst.Name, "status", status, "error", err)
 			ok = false
 			break

@@ -64,8 +64,8 @@ func TestUnansweredPromptMovesWhenItsInstanceDies(t *testing.T) {
 // markDown makes inst look as InstanceDown finds it (socket lost, health
 // check failed) and tells the prompt table.
 func markDown(p *testPool, inst *upstream.Instance) {
-	inst.SetSocketUp(false)
-	inst.ForceHealthy(false)
+	inst.State().SetSocketUp(false)
+	inst.State().ForceHealthy(false)
 	p.prompts.InstanceDown(inst)
 }
 
@@ -126,8 +126,8 @@ func TestPromptUnderWayIsLeftToItsSend(t *testing.T) {
 	testkit.Eventually(t, "first prompt done", func() bool { return first.State() == PromptDone })
 
 	// No answer, death confirmed meanwhile: moved as soon as the POST ends.
-	i1.ForceHealthy(true)
-	i1.SetSocketUp(true)
+	i1.State().ForceHealthy(true)
+	i1.State().SetSocketUp(true)
 	id, sink := newUUID(), newRecSink()
 	go func() {
 		res, err := send(id, sink)

@@ -48,7 +48,7 @@ func (t *instances) runWarmup(ctx context.Context, inst *upstream.Instance, grap
 		"client_id": "comfygate-warmup-" + ids.Random(4),
 		"prompt_id": ids.UUID(),
 	})
-	status, resp, err := inst.Call(ctx, "POST", "/prompt", map[string]string{"Content-Type": "application/json"}, body)
+	status, resp, err := inst.Transport().Call(ctx, "POST", "/prompt", map[string]string{"Content-Type": "application/json"}, body)
 	if err != nil {
 		return fmt.Errorf("submit: %w", err)
 	}
@@ -71,7 +71,7 @@ func (t *instances) runWarmup(ctx context.Context, inst *upstream.Instance, grap
 			return ctx.Err()
 		case <-tick.C:
 		}
-		status, resp, err := inst.Call(ctx, "GET", "/history/"+id, nil, nil)
+		status, resp, err := inst.Transport().Call(ctx, "GET", "/history/"+id, nil, nil)
 		if err != nil || status != 200 {
 			continue
 		}

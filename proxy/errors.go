@@ -129,7 +129,7 @@ func (s *forwarder) fleetSummary() string {
 	insts := s.pool.Instances()
 	healthy, open := 0, 0
 	for _, inst := range insts {
-		if inst.Healthy() {
+		if inst.State().Healthy() {
 			healthy++
 			if !inst.Available() {
 				open++

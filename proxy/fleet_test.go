@@ -412,7 +412,7 @@ func TestModelAffinity(t *testing.T) {
 		t.Helper()
 		p, _ := g.prompts.Prompt(id)
 		testkit.Eventually(t, "prompt "+id+" done and its instance idle", func() bool {
-			return p.State() == prompts.PromptDone && p.Instance().Work() == 0
+			return p.State() == prompts.PromptDone && p.Instance().Workload().Total() == 0
 		})
 	}
 	id := submit(t, g, map[string]any{"prompt": upscalePrompt("a_x2.pth", nil)})
@@ -485,13 +485,13 @@ func TestAdminRoutesNeedTheAdminKey(t *testing.T) {
 			}
 		}
 	}
-	if g.pool.Instance("i0").Held() {
+	if g.pool.Instance("i0").State().Held() {
 		t.Fatal("a non-admin key drained i0")
 	}
 	if status, body := postJSON(t, g.base+"/admin/instances/i0/drain", bearer(keyAdmin), map[string]any{}, nil); status != 200 {
 		t.Fatalf("drain with the admin key = %d %s", status, body)
 	}
-	if !g.pool.Instance("i0").Held() {
+	if !g.pool.Instance("i0").State().Held() {
 		t.Fatal("the admin key's drain did not drain i0")
 	}
 }

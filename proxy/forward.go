@@ -54,10 +54,10 @@ type forwardOpts struct {
 
 // forward sends the client's request to inst and relays the answer:
 // method, raw request URI, headers (see copyRequestHeaders) and status
-// unchanged, both bodies streamed. It goes through inst.Do, which asks the
+// unchanged, both bodies streamed. It goes through its transport's Do, which asks the
 // instance's breaker and tells it the outcome: the request is the
 // client's, so only what the instance is to blame for counts (see
-// upstream.Instance.Do).
+// upstream.Transport.Do).
 //
 // It returns an error only when nothing was written for the client, so the
 // caller answers (writeError) or, when upstream.NotSent (or NoAnswer for a
@@ -97,7 +97,7 @@ func (s *forwarder) forward(ctx *fasthttp.RequestCtx, inst *upstream.Instance, o
 			}
 		}
 	}
-	a, err := inst.Do(context.Background(), req, do)
+	a, err := inst.Transport().Do(context.Background(), req, do)
 	if err != nil {
 		return fmt.Errorf("forward to %s: %w", inst.Name, err)
 	}
@@ -361,7 +361,7 @@ func (s *forwarder) callAll(insts []*upstream.Instance, method, path string, hea
 					s.log.Error("panic in upstream call", "instance", inst.Name, "panic", r)
 				}
 			}()
-			st, b, err := inst.Fetch(context.Background(), upstream.Request{Method: method, Path: path, Header: header, Body: body, Source: src})
+			st, b, err := inst.Transport().Fetch(context.Background(), upstream.Request{Method: method, Path: path, Header: header, Body: body, Source: src})
 			ch <- answer{k, callResult{inst: inst, status: st, body: b, err: err}}
 		}()
 	}

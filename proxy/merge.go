@@ -31,7 +31,7 @@ type mergedViews struct {
 func (s *mergedViews) readable() []*upstream.Instance {
 	var out []*upstream.Instance
 	for _, inst := range s.pool.Instances() {
-		if inst.Healthy() {
+		if inst.State().Healthy() {
 			out = append(out, inst)
 		}
 	}

@@ -147,7 +147,7 @@ func instanceByToken(insts []*upstream.Instance, token string) *upstream.Instanc
 	name, id := token[:k], token[k+1:]
 	var named, other *upstream.Instance
 	better := func(cur, inst *upstream.Instance) bool {
-		return cur == nil || cur.Leaving() && !inst.Leaving()
+		return cur == nil || cur.State().Leaving() && !inst.State().Leaving()
 	}
 	for _, inst := range insts {
 		if inst.ID() != id {

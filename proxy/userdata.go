@@ -502,7 +502,7 @@ func (s *userData) homeCall(ctx *fasthttp.RequestCtx, method, uri string, body [
 			req.SetBody(body)
 		}
 		setInstance(ctx, inst)
-		a, err := inst.Do(context.Background(), req, upstream.DoOpts{Source: upstream.ByClient})
+		a, err := inst.Transport().Do(context.Background(), req, upstream.DoOpts{Source: upstream.ByClient})
 		if err != nil {
 			if upstream.NotSent(err) {
 				tried = append(tried, inst)

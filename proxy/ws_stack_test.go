@@ -488,7 +488,7 @@ func TestWSStackBroadcastAndPreviews(t *testing.T) {
 	// up is lost (ComfyUI keeps no backlog), so wait for both sockets.
 	testkit.Eventually(t, "both event sockets up", func() bool {
 		for _, inst := range s.pool.Instances() {
-			if !inst.SocketUp() {
+			if !inst.State().SocketUp() {
 				return false
 			}
 		}

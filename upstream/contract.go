@@ -6,12 +6,13 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/comfygate/comfygate/breaker"
 	"github.com/comfygate/comfygate/internal/clock"
-	"github.com/valyala/fasthttp"
 )
 
-// Instance is one ComfyUI upstream. Hot-path state is in atomics.
+// Instance is one ComfyUI upstream: which machine it is and how it is
+// configured. What it is going through (State), how much it has to do
+// (Workload) and how it is called (Transport) are parts of it, each with
+// its own job. Hot-path state is in atomics.
 type Instance struct {
 	// Name labels it in logs and metrics (config name, or the address).
 	Name string
@@ -20,34 +21,29 @@ type Instance struct {
 	// TLS reports an https upstream.
 	TLS bool
 	// id is ID(), computed once (identity.go).
-	id string
+	id       string
+	version  atomic.Pointer[string]
+	socketID string // the client_id comfygate uses for this instance's prompts and socket
 
-	// client is the instance's one HTTP client (Do): MaxConns =
-	// max_connections_per_instance, answers streamed, idle deadlines.
-	client *fasthttp.HostClient
-	// slots holds a token per connection traffic uses; its capacity
-	// leaves connections free for probes (connShares).
-	slots   chan struct{}
-	breaker *breaker.Breaker
+	reg   *registry  // the registry it belongs to: metrics, clock, drain removal
+	fleet fleetState // labels and weight (fleet.go)
 
-	healthy    atomic.Bool
-	suspect    atomic.Bool // socket lost, not yet confirmed by health check
-	draining   atomic.Bool // removed by discovery; no new work
-	failures   atomic.Int32
-	lastCheck  atomic.Int64 // unix nanos
-	inflight   atomic.Int64 // prompts sent and not finished
-	queueDepth atomic.Int64 // queue_remaining the instance last reported
-	socketUp   atomic.Bool
-	lostAt     atomic.Int64 // unix nanos its socket was lost; 0 while up
-	version    atomic.Pointer[string]
-	socketID   string // the client_id comfygate uses for this instance's prompts and socket
-
-	reg        *registry    // the registry it belongs to: metrics, clock, drain removal
-	successes  atomic.Int32 // consecutive passed health checks
-	confirming atomic.Bool  // a SocketLost check is running
-
-	fleet fleetState // operator drain, labels, weight, warm-up (fleet.go)
+	state     State     // health and lifecycle flags (state.go)
+	workload  Workload  // in flight and reported queue (workload.go)
+	transport Transport // client, connection slots, breaker (transport.go)
 }
+
+// State is what the instance is going through: health, event socket,
+// leaving, held, warm-up.
+func (i *Instance) State() *State { return &i.state }
+
+// Workload is what the instance has to do: prompts in flight and its
+// reported queue.
+func (i *Instance) Workload() *Workload { return &i.workload }
+
+// Transport is how the instance is called: every request to it goes
+// through its Do.
+func (i *Instance) Transport() *Transport { return &i.transport }
 
 // InstanceStatus is a snapshot for /health and /stats.
 type InstanceStatus struct {
@@ -77,47 +73,13 @@ type InstanceStatus struct {
 // Available reports whether selection may choose it: healthy, not
 // draining (removed, or drained by an operator), warm, breaker not open.
 func (i *Instance) Available() bool {
-	return i.healthy.Load() && !i.draining.Load() && !i.fleet.held.Load() && !i.fleet.cold.Load() &&
-		(i.breaker == nil || i.breaker.Ready())
-}
-
-// Healthy reports the health-check verdict.
-func (i *Instance) Healthy() bool { return i.healthy.Load() }
-
-// Suspect reports that its event socket dropped and no health check has
-// confirmed it dead or alive yet.
-func (i *Instance) Suspect() bool { return i.suspect.Load() }
-
-// SocketUp reports whether comfygate's event socket to it is connected.
-func (i *Instance) SocketUp() bool { return i.socketUp.Load() }
-
-// SetSocketUp records the event socket's state (and its metric), and when
-// it was lost (LostAt).
-func (i *Instance) SetSocketUp(up bool) {
-	if up {
-		i.socketUp.Store(true)
-		i.lostAt.Store(0)
-	} else {
-		i.lostAt.Store(i.clock().Now().UnixNano())
-		i.socketUp.Store(false)
-	}
-	if i.reg != nil {
-		i.reg.m.SetUpstreamSocket(i.Name, up)
-	}
-}
-
-// LostAt is when its event socket was lost; zero while it is up or
-// before it was ever lost.
-func (i *Instance) LostAt() time.Time {
-	if n := i.lostAt.Load(); n != 0 {
-		return time.Unix(0, n)
-	}
-	return time.Time{}
+	return i.state.healthy.Load() && !i.state.draining.Load() && !i.state.held.Load() && !i.state.cold.Load() &&
+		(i.transport.breaker == nil || i.transport.breaker.Ready())
 }
 
 // clock is its pool's clock, or the wall clock for an instance without one.
 func (i *Instance) clock() clock.Clock {
-	if i.reg == nil || i.reg.clk == nil {
+	if i == nil || i.reg == nil || i.reg.clk == nil {
 		return clock.Real
 	}
 	return i.reg.clk
@@ -152,8 +114,3 @@ type Pool struct {
 	disc   *discovery    // instances found by DNS (discovery.go)
 	fleet  *Fleet        // what an operator changes while it runs (fleet.go)
 }
-
-// ForceHealthy sets the health verdict without a check, as a test that
-// needs an instance in a given state does; the next health check of a
-// running pool judges it again.
-func (i *Instance) ForceHealthy(up bool) { i.healthy.Store(up) }

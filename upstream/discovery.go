@@ -79,7 +79,7 @@ func (d *discovery) discoverOnce(ctx context.Context) {
 	for _, inst := range removed {
 		d.m.SetDraining(inst.Name, true)
 		d.log.Info("upstream: instance draining", "instance", inst.Name, "addr", inst.Addr,
-			"reason", "address no longer resolves", "inflight", inst.inflight.Load())
+			"reason", "address no longer resolves", "inflight", inst.workload.inflight.Load())
 		d.bus.publish(EventRemoved, inst)
 		d.reg.removeIfDrained(inst)
 	}
@@ -87,7 +87,7 @@ func (d *discovery) discoverOnce(ctx context.Context) {
 	// A drained instance whose last prompt finished before it was marked
 	// draining would otherwise stay listed.
 	for _, inst := range d.reg.list() {
-		if inst.draining.Load() {
+		if inst.state.draining.Load() {
 			d.reg.removeIfDrained(inst)
 		}
 	}
@@ -171,7 +171,7 @@ func (d *discovery) applyAddrs(e *entry, addrs []string) (added, removed []*Inst
 	}
 	for _, inst := range e.insts {
 		ip, _, _ := net.SplitHostPort(inst.Addr)
-		if !slices.Contains(want, ip) && inst.draining.CompareAndSwap(false, true) {
+		if !slices.Contains(want, ip) && inst.state.draining.CompareAndSwap(false, true) {
 			removed = append(removed, inst)
 		}
 	}

@@ -70,17 +70,17 @@ func TestDiscoveryAddsAndDrains(t *testing.T) {
 
 	// 127.0.0.2 goes away with a prompt in flight; 127.0.0.3 arrives.
 	i2 := p.reg.byName("gpu/127.0.0.2")
-	i2.addInflight(1)
+	i2.workload.add(1)
 	res.set(nil, "127.0.0.1", "127.0.0.10", "127.0.0.3")
 	p.disc.discoverOnce(context.Background())
 	want = []string{"fixed", "gpu/127.0.0.1", "gpu/127.0.0.2", "gpu/127.0.0.3", "gpu/127.0.0.10"}
 	if got := names(p.Instances()); !equal(got, want) {
 		t.Fatalf("instances = %v, want %v", got, want)
 	}
-	if !i2.draining.Load() || i2.Available() {
+	if !i2.state.draining.Load() || i2.Available() {
 		t.Fatal("vanished instance not draining")
 	}
-	i2.healthy.Store(true)
+	i2.state.healthy.Store(true)
 	for k := 0; k < 5; k++ {
 		if got, _ := p.Selector().Select(); got == i2 {
 			t.Fatal("draining instance selected")
@@ -89,12 +89,12 @@ func TestDiscoveryAddsAndDrains(t *testing.T) {
 	// Its address comes back while it drains: it stays draining.
 	res.set(nil, "127.0.0.1", "127.0.0.10", "127.0.0.3", "127.0.0.2")
 	p.disc.discoverOnce(context.Background())
-	if !i2.draining.Load() || p.reg.byName("gpu/127.0.0.2") != i2 {
+	if !i2.state.draining.Load() || p.reg.byName("gpu/127.0.0.2") != i2 {
 		t.Fatal("draining instance revived in place")
 	}
 	res.set(nil, "127.0.0.1", "127.0.0.10", "127.0.0.3")
 	// Its last prompt finishes: it leaves the pool.
-	i2.addInflight(-1)
+	i2.workload.add(-1)
 	want = []string{"fixed", "gpu/127.0.0.1", "gpu/127.0.0.3", "gpu/127.0.0.10"}
 	if got := names(p.Instances()); !equal(got, want) {
 		t.Fatalf("instances after drain = %v, want %v", got, want)
@@ -105,7 +105,7 @@ func TestDiscoveryAddsAndDrains(t *testing.T) {
 	// Back after it left: a fresh instance.
 	res.set(nil, "127.0.0.1", "127.0.0.10", "127.0.0.3", "127.0.0.2")
 	p.disc.discoverOnce(context.Background())
-	if again := p.reg.byName("gpu/127.0.0.2"); again == nil || again == i2 || again.draining.Load() {
+	if again := p.reg.byName("gpu/127.0.0.2"); again == nil || again == i2 || again.state.draining.Load() {
 		t.Fatalf("returning address: %v", again)
 	}
 	res.set(nil, "127.0.0.1", "127.0.0.10", "127.0.0.3")

@@ -72,7 +72,7 @@ func TestEventsTellTheSubscriber(t *testing.T) {
 	// Its health check fails and it has no event socket: down.
 	f.Fail500.Store(true)
 	ctx := context.Background()
-	if p.health.checkOnce(ctx, inst) || inst.Healthy() {
+	if p.health.checkOnce(ctx, inst) || inst.state.Healthy() {
 		t.Fatal("a failing check left the instance healthy")
 	}
 	if l.count("unhealthy i1") != 1 || l.count("down i1") != 1 {
@@ -82,11 +82,11 @@ func TestEventsTellTheSubscriber(t *testing.T) {
 	// Back, but the gate refuses it: no work for it.
 	f.Fail500.Store(false)
 	gateOK.Store(false)
-	if p.health.checkOnce(ctx, inst) || inst.Healthy() {
+	if p.health.checkOnce(ctx, inst) || inst.state.Healthy() {
 		t.Fatal("a comeback the gate refused was made healthy")
 	}
 	gateOK.Store(true)
-	if !p.health.checkOnce(ctx, inst) || !inst.Healthy() {
+	if !p.health.checkOnce(ctx, inst) || !inst.state.Healthy() {
 		t.Fatal("a comeback the gate let through stayed unhealthy")
 	}
 	// Start's first check was a comeback too (from not yet healthy).
@@ -173,15 +173,15 @@ func TestWarmupGateWaitsForItsRunner(t *testing.T) {
 		t.Fatal("a second warm-up was asked for while one runs")
 	}
 	p.WarmupDone(inst, 0, errors.New("boom"))
-	if inst.Available() || inst.WarmupState() != "failed: boom" {
-		t.Fatalf("after a failed run: available %v, state %q", inst.Available(), inst.WarmupState())
+	if inst.Available() || inst.state.WarmupState() != "failed: boom" {
+		t.Fatalf("after a failed run: available %v, state %q", inst.Available(), inst.state.WarmupState())
 	}
 	p.health.checkOnce(context.Background(), inst)
 	if l.count("warmup i1") != 2 {
 		t.Fatalf("a passed check after a failed run asked %d times, want 2", l.count("warmup i1"))
 	}
 	p.WarmupDone(inst, time.Millisecond, nil)
-	if !inst.Available() || inst.WarmupState() != "ok" {
-		t.Fatalf("after a run: available %v, state %q", inst.Available(), inst.WarmupState())
+	if !inst.Available() || inst.state.WarmupState() != "ok" {
+		t.Fatalf("after a run: available %v, state %q", inst.Available(), inst.state.WarmupState())
 	}
 }

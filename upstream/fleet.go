@@ -23,20 +23,11 @@ import (
 // ErrUnknownInstance: no instance has that name.
 var ErrUnknownInstance = errors.New("no instance of that name")
 
-// fleetState is the part of an Instance that operators set.
+// fleetState is the part of an Instance's configuration that operators
+// and reloads change while it runs.
 type fleetState struct {
-	held   atomic.Bool // drained by an operator (Fleet.Drain): no new work
 	weight atomic.Int32
 	labels atomic.Pointer[map[string]string]
-	// cold: a warm-up must pass before it takes work (warmup.go).
-	cold   atomic.Bool
-	warmup atomic.Pointer[string] // "" none, "running", "ok", "failed: ..."
-	// upSince counts the instance's comebacks: it changes each time the
-	// instance turns healthy, so a cache of its state (the catalogue) knows
-	// to read it again.
-	upSince atomic.Uint64
-	// reconnects counts its event socket's reconnections after a loss.
-	reconnects atomic.Uint64
 }
 
 // Labels returns the instance's labels (a copy; nil for none).
@@ -72,18 +63,6 @@ func (i *Instance) Weight() int {
 	return 1
 }
 
-// Comebacks changes each time the instance turns healthy or its event
-// socket reconnects after a loss (a restart may pass no failed health
-// check): it counts them.
-func (i *Instance) Comebacks() uint64 { return i.fleet.upSince.Load() + i.fleet.reconnects.Load() }
-
-// Leaving reports whether the instance is leaving the pool (discovery or
-// a reload removed it): it finishes its prompts and goes.
-func (i *Instance) Leaving() bool { return i.draining.Load() }
-
-// Held reports whether an operator drained the instance.
-func (i *Instance) Held() bool { return i.fleet.held.Load() }
-
 // applyConfig sets what the configuration says about the instance.
 func (i *Instance) applyConfig(ci config.Instance) {
 	i.fleet.weight.Store(int32(ci.Weight))
@@ -118,10 +97,10 @@ func (f *Fleet) Drain(name string) (*Instance, error) {
 	if inst == nil {
 		return nil, fmt.Errorf("drain %q: %w", name, ErrUnknownInstance)
 	}
-	if inst.fleet.held.CompareAndSwap(false, true) {
+	if inst.state.held.CompareAndSwap(false, true) {
 		f.m.SetDraining(inst.Name, true)
 		f.log.Info("upstream: instance drained by operator; it gets no new work",
-			"instance", inst.Name, "inflight", inst.inflight.Load(), "queue_depth", inst.queueDepth.Load())
+			"instance", inst.Name, "inflight", inst.workload.inflight.Load(), "queue_depth", inst.workload.queueDepth.Load())
 	}
 	return inst, nil
 }
@@ -132,9 +111,9 @@ func (f *Fleet) Undrain(name string) (*Instance, error) {
 	if inst == nil {
 		return nil, fmt.Errorf("undrain %q: %w", name, ErrUnknownInstance)
 	}
-	if inst.fleet.held.CompareAndSwap(true, false) {
+	if inst.state.held.CompareAndSwap(true, false) {
 		f.avail.changed()
-		f.m.SetDraining(inst.Name, inst.draining.Load())
+		f.m.SetDraining(inst.Name, inst.state.draining.Load())
 		f.log.Info("upstream: instance undrained; it takes work again", "instance", inst.Name)
 	}
 	return inst, nil
@@ -240,7 +219,7 @@ func (f *Fleet) Reconfigure(cfg *config.Config) (ReconfigureResult, error) {
 				res.Removed = append(res.Removed, e.cfg.Name)
 			}
 			for _, inst := range e.insts {
-				if inst.draining.CompareAndSwap(false, true) {
+				if inst.state.draining.CompareAndSwap(false, true) {
 					removed = append(removed, inst)
 				}
 			}
@@ -256,14 +235,14 @@ func (f *Fleet) Reconfigure(cfg *config.Config) (ReconfigureResult, error) {
 	for _, inst := range removed {
 		f.m.SetDraining(inst.Name, true)
 		f.log.Info("upstream: instance draining", "instance", inst.Name, "addr", inst.Addr,
-			"reason", "removed from the configuration", "inflight", inst.inflight.Load())
+			"reason", "removed from the configuration", "inflight", inst.workload.inflight.Load())
 		f.bus.publish(EventRemoved, inst)
 		f.reg.removeIfDrained(inst)
 	}
 	f.announce(added)
 	for _, inst := range rewarm {
 		f.warm.maybeWarm(inst)
-		if !inst.fleet.cold.Load() {
+		if !inst.state.cold.Load() {
 			f.avail.changed() // its warm-up was taken away
 		}
 	}

@@ -28,7 +28,7 @@ func TestSelectWeightsAndFilter(t *testing.T) {
 			for k := range in {
 				in[k].Name = "i" + string(rune('0'+k))
 				in[k].fleet.weight.Store(int32(tc.weights[k]))
-				in[k].inflight.Store(tc.work[k])
+				in[k].workload.inflight.Store(tc.work[k])
 			}
 			for n, w := range tc.want {
 				got, err := p.SelectFor(tc.ok)

@@ -107,19 +107,19 @@ func (h *health) check(ctx context.Context, inst *Instance, timeout time.Duratio
 	}
 	d := time.Since(start)
 	ok = err == nil
-	first := inst.lastCheck.Swap(h.clk.Now().UnixNano()) == 0
+	first := inst.state.lastCheck.Swap(h.clk.Now().UnixNano()) == 0
 	h.m.ObserveHealthCheck(inst.Name, d, ok)
 	if ok && version != "" && version != inst.Version() {
 		inst.version.Store(&version)
 	}
 	if ok {
-		inst.failures.Store(0)
-		if g := h.bus.comebackGate(); g != nil && (forceUp || !inst.healthy.Load()) && !g(ctx, inst) {
+		inst.state.failures.Store(0)
+		if g := h.bus.comebackGate(); g != nil && (forceUp || !inst.state.healthy.Load()) && !g(ctx, inst) {
 			// Back, but its gate refused it (it still holds prompts that
 			// moved elsewhere): no new work yet; the next check asks again.
 			return false, true
 		}
-		n := int(inst.successes.Add(1))
+		n := int(inst.state.successes.Add(1))
 		// The first check after start counts as enough: the pool must be
 		// usable at once; the threshold guards a comeback.
 		if first || forceUp || n >= h.cfg.HealthCheck.HealthyThreshold {
@@ -128,11 +128,11 @@ func (h *health) check(ctx context.Context, inst *Instance, timeout time.Duratio
 		h.warm.maybeWarm(inst)
 		return true, true
 	}
-	inst.successes.Store(0)
-	n := int(inst.failures.Add(1))
+	inst.state.successes.Store(0)
+	n := int(inst.state.failures.Add(1))
 	switch {
 	case n >= h.cfg.HealthCheck.UnhealthyThreshold:
-		if h.setHealth(inst, false, "health check failed", err) && !inst.socketUp.Load() {
+		if h.setHealth(inst, false, "health check failed", err) && !inst.state.socketUp.Load() {
 			h.signalDown(inst)
 		}
 	case first:
@@ -144,13 +144,13 @@ func (h *health) check(ctx context.Context, inst *Instance, timeout time.Duratio
 // setHealth flips the verdict with a CAS; only a real change logs a line and
 // sets the metric. It reports whether the verdict changed.
 func (h *health) setHealth(inst *Instance, up bool, why string, err error) bool {
-	if !inst.healthy.CompareAndSwap(!up, up) {
+	if !inst.state.healthy.CompareAndSwap(!up, up) {
 		return false
 	}
 	h.avail.changed()
 	h.m.SetInstanceUp(inst.Name, up)
 	if up {
-		comeback := inst.fleet.upSince.Add(1) > 1
+		comeback := inst.state.upSince.Add(1) > 1
 		if comeback {
 			h.warm.coldAgain(inst) // it may have restarted: warm it again
 		}
@@ -163,7 +163,7 @@ func (h *health) setHealth(inst *Instance, up bool, why string, err error) bool 
 		return true
 	}
 	h.log.Warn("upstream: instance unhealthy", "instance", inst.Name, "addr", inst.Addr,
-		"reason", why, "consecutive_failures", inst.failures.Load(), "error", err)
+		"reason", why, "consecutive_failures", inst.state.failures.Load(), "error", err)
 	h.bus.publish(EventUnhealthy, inst)
 	return true
 }
@@ -176,7 +176,7 @@ func (h *health) probeHealth(ctx context.Context, inst *Instance, timeout time.D
 	req.Header.SetMethod(fasthttp.MethodGet)
 	req.SetRequestURI("/system_stats")
 	req.Header.Set("Accept", "application/json")
-	a, err := inst.Do(ctx, req, DoOpts{Probe: true, Timeout: timeout})
+	a, err := inst.transport.Do(ctx, req, DoOpts{Probe: true, Timeout: timeout})
 	if err != nil {
 		return "", fmt.Errorf("health check %s: %w", inst.Name, err)
 	}
@@ -195,10 +195,10 @@ func (h *health) probeHealth(ctx context.Context, inst *Instance, timeout time.D
 
 // socketLost confirms a lost event socket (Pool.SocketLost).
 func (h *health) socketLost(inst *Instance) {
-	if !inst.suspect.Swap(true) {
+	if !inst.state.suspect.Swap(true) {
 		h.bus.publish(EventSuspect, inst)
 	}
-	if !inst.confirming.CompareAndSwap(false, true) {
+	if !inst.state.confirming.CompareAndSwap(false, true) {
 		return // a confirmation is already running
 	}
 	timeout := h.cfg.HealthCheck.Timeout
@@ -206,7 +206,7 @@ func (h *health) socketLost(inst *Instance) {
 		timeout = g
 	}
 	started := h.run.goAsync(func(ctx context.Context) {
-		defer inst.confirming.Store(false)
+		defer inst.state.confirming.Store(false)
 		ok, ran := h.check(ctx, inst, timeout, false)
 		if !ran {
 			return
@@ -215,18 +215,18 @@ func (h *health) socketLost(inst *Instance) {
 			h.clearSuspect(inst)
 			return
 		}
-		inst.failures.Store(int32(max(h.cfg.HealthCheck.UnhealthyThreshold, 1)))
+		inst.state.failures.Store(int32(max(h.cfg.HealthCheck.UnhealthyThreshold, 1)))
 		h.setHealth(inst, false, "socket lost and health check failed", nil)
 		h.signalDown(inst)
 	})
 	if !started {
-		inst.confirming.Store(false)
+		inst.state.confirming.Store(false)
 	}
 }
 
 // clearSuspect ends inst's suspicion after a passed check (EventBack).
 func (h *health) clearSuspect(inst *Instance) {
-	inst.suspect.Store(false)
+	inst.state.suspect.Store(false)
 	h.avail.changed()
 	h.bus.publish(EventBack, inst)
 }
@@ -235,7 +235,7 @@ func (h *health) clearSuspect(inst *Instance) {
 func (h *health) socketRestored(inst *Instance) {
 	// A lost socket may be a restart that passed no failed health check:
 	// what the instance can run may have changed (catalogue).
-	inst.fleet.reconnects.Add(1)
+	inst.state.reconnects.Add(1)
 	h.bus.publish(EventChanged, inst)
 	h.run.goAsync(func(ctx context.Context) {
 		if ok, _ := h.check(ctx, inst, h.cfg.HealthCheck.Timeout, true); ok {
@@ -255,7 +255,7 @@ func (h *health) breakerChanged(inst *Instance, from, to breaker.State) {
 		"instance", inst.Name, "from", from.String(), "to", to.String())
 	h.m.SetBreakerState(inst.Name, to.String())
 	h.avail.changed()
-	if to == breaker.Open && !inst.socketUp.Load() {
+	if to == breaker.Open && !inst.state.socketUp.Load() {
 		// Real traffic fails and the socket is gone: the instance is dead.
 		h.signalDown(inst)
 	}

@@ -26,7 +26,7 @@ func TestHealthThresholdsAndOneLogPerTransition(t *testing.T) {
 	inst := p.Instances()[0]
 	ctx := context.Background()
 
-	if !inst.Healthy() {
+	if !inst.state.Healthy() {
 		t.Fatal("instance not healthy after Start's first check")
 	}
 	if got := inst.Version(); got != "0.3.65" {
@@ -37,13 +37,13 @@ func TestHealthThresholdsAndOneLogPerTransition(t *testing.T) {
 		if p.health.checkOnce(ctx, inst) {
 			t.Fatalf("check %d passed against a failing upstream", k)
 		}
-		if !inst.Healthy() {
+		if !inst.state.Healthy() {
 			t.Fatalf("unhealthy after %d failures, threshold 3", k)
 		}
 	}
 	for k := 3; k <= 5; k++ {
 		p.health.checkOnce(ctx, inst)
-		if inst.Healthy() {
+		if inst.state.Healthy() {
 			t.Fatalf("still healthy after %d failures", k)
 		}
 	}
@@ -51,20 +51,20 @@ func TestHealthThresholdsAndOneLogPerTransition(t *testing.T) {
 		t.Fatalf("unhealthy logged %d times, want 1", n)
 	}
 	f.Fail500.Store(false)
-	if !p.health.checkOnce(ctx, inst) || inst.Healthy() {
-		t.Fatalf("healthy after 1 success with healthy_threshold 2 (%v)", inst.Healthy())
+	if !p.health.checkOnce(ctx, inst) || inst.state.Healthy() {
+		t.Fatalf("healthy after 1 success with healthy_threshold 2 (%v)", inst.state.Healthy())
 	}
 	// A failure in between resets the success count.
 	f.Fail500.Store(true)
 	p.health.checkOnce(ctx, inst)
 	f.Fail500.Store(false)
 	p.health.checkOnce(ctx, inst)
-	if inst.Healthy() {
+	if inst.state.Healthy() {
 		t.Fatal("healthy although the successes were not consecutive")
 	}
 	p.health.checkOnce(ctx, inst)
 	p.health.checkOnce(ctx, inst)
-	if !inst.Healthy() {
+	if !inst.state.Healthy() {
 		t.Fatal("not healthy after 2 consecutive successes")
 	}
 	if n := rec.count("instance healthy", "instance=i1"); n != 2 {
@@ -72,12 +72,12 @@ func TestHealthThresholdsAndOneLogPerTransition(t *testing.T) {
 	}
 	// The checks that passed while the breaker was open reported nothing;
 	// the first one after its open timeout is its half-open probe.
-	if st := inst.breaker.State(); st != breaker.Open {
+	if st := inst.transport.breaker.State(); st != breaker.Open {
 		t.Fatalf("breaker %v after the failed checks and within its open timeout, want open", st)
 	}
 	clk.Advance(time.Minute)
-	if !p.health.checkOnce(ctx, inst) || inst.breaker.State() != breaker.Closed {
-		t.Fatalf("breaker %v after a passing check past its open timeout, want closed", inst.breaker.State())
+	if !p.health.checkOnce(ctx, inst) || inst.transport.breaker.State() != breaker.Closed {
+		t.Fatalf("breaker %v after a passing check past its open timeout, want closed", inst.transport.breaker.State())
 	}
 	if st := inst.Status(); !st.Healthy || st.LastCheck.IsZero() || st.Version != "0.3.65" || st.Breaker != "closed" {
 		t.Fatalf("status = %+v", st)
@@ -139,8 +139,8 @@ func TestHealthLoopRuns(t *testing.T) {
 			t.Fatalf("round %d: last check at %v, want 9s or more after %v and not after %v", k, last, prev, clk.Now())
 		}
 		prev = last
-		if inst.Healthy() != healthy {
-			t.Fatalf("healthy = %v after round %d, want %v", inst.Healthy(), k, healthy)
+		if inst.state.Healthy() != healthy {
+			t.Fatalf("healthy = %v after round %d, want %v", inst.state.Healthy(), k, healthy)
 		}
 	}
 	round(1, 3*time.Second, true) // 11s: past the jitter's ceiling
@@ -173,21 +173,21 @@ func TestConfirmSuspect(t *testing.T) {
 
 	// Socket blip, instance fine: suspect cleared, still healthy.
 	p.SocketLost(inst)
-	testkit.Eventually(t, "suspect cleared", func() bool { return !inst.suspect.Load() && !inst.confirming.Load() })
-	if !inst.Healthy() {
+	testkit.Eventually(t, "suspect cleared", func() bool { return !inst.state.suspect.Load() && !inst.state.confirming.Load() })
+	if !inst.state.Healthy() {
 		t.Fatal("healthy instance marked down")
 	}
 	// Socket lost and the check fails: down at once, not after 3 failures.
 	f.Fail500.Store(true)
 	p.SocketLost(inst)
-	testkit.Eventually(t, "confirmed dead", func() bool { return !inst.Healthy() })
+	testkit.Eventually(t, "confirmed dead", func() bool { return !inst.state.Healthy() })
 	if rec.count("socket lost and health check failed") != 1 {
 		t.Fatal("confirmation not logged once")
 	}
 	// The socket comes back and the instance answers: healthy at once.
 	f.Fail500.Store(false)
 	p.SocketRestored(inst)
-	testkit.Eventually(t, "restored", func() bool { return inst.Healthy() && !inst.suspect.Load() })
+	testkit.Eventually(t, "restored", func() bool { return inst.state.Healthy() && !inst.state.suspect.Load() })
 }
 
 func TestParseVersion(t *testing.T) {

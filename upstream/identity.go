@@ -57,7 +57,7 @@ func ByEndpoint(insts []*Instance, endpoint string) *Instance {
 		if inst.Endpoint() != endpoint {
 			continue
 		}
-		if !inst.Leaving() {
+		if !inst.state.Leaving() {
 			return inst
 		}
 		if leaving == nil {

@@ -22,7 +22,7 @@ func TestIDNamesTheMachine(t *testing.T) {
 		t.Errorf("ID %q: want %d hex digits", a.ID(), idLen)
 	}
 	insts := []*Instance{{Name: "x", Addr: "h:1"}, {Name: "y", Addr: "H:1"}}
-	insts[0].draining.Store(true)
+	insts[0].state.draining.Store(true)
 	if got := ByEndpoint(insts, "h:1"); got != insts[1] {
 		t.Errorf("ByEndpoint = %v, want the one not leaving", got)
 	}

@@ -17,11 +17,11 @@ func TestCallRoundTrip(t *testing.T) {
 	f := testkit.Mini(t, "0.3.65")
 	p, _ := newCorePool(t, coreConfig(f.Addr()), true)
 	inst := p.Instances()[0]
-	status, body, err := inst.Call(context.Background(), "POST", "/echo?x=1", map[string]string{"X-Test": "v"}, []byte("hello"))
+	status, body, err := inst.transport.Call(context.Background(), "POST", "/echo?x=1", map[string]string{"X-Test": "v"}, []byte("hello"))
 	if err != nil || status != 200 || string(body) != "HELLO" {
 		t.Fatalf("Call = %d %q %v", status, body, err)
 	}
-	status, _, err = inst.Call(context.Background(), "GET", "/nope", nil, nil)
+	status, _, err = inst.transport.Call(context.Background(), "GET", "/nope", nil, nil)
 	if err != nil || status != 404 {
 		t.Fatalf("Call 404 = %d %v", status, err)
 	}
@@ -41,7 +41,7 @@ func TestBreakerOpensOn5xxAndInstanceIsSkipped(t *testing.T) {
 	a.Fail500.Store(true)
 	start := time.Now()
 	for k := 0; k < 3; k++ {
-		status, _, err := ia.Call(context.Background(), "GET", "/object_info", nil, nil)
+		status, _, err := ia.transport.Call(context.Background(), "GET", "/object_info", nil, nil)
 		if err != nil || status != 500 {
 			t.Fatalf("call %d = %d %v", k, status, err)
 		}
@@ -57,11 +57,11 @@ func TestBreakerOpensOn5xxAndInstanceIsSkipped(t *testing.T) {
 	if d := time.Since(start); d > time.Second {
 		t.Fatalf("took %v to cut the instance out", d)
 	}
-	if _, _, err := ia.Fetch(context.Background(), Request{Method: "GET", Path: "/object_info", Source: ByClient}); !errors.Is(err, breaker.ErrOpen) {
+	if _, _, err := ia.transport.Fetch(context.Background(), Request{Method: "GET", Path: "/object_info", Source: ByClient}); !errors.Is(err, breaker.ErrOpen) {
 		t.Fatalf("a client's request with open breaker = %v, want ErrOpen", err)
 	}
 	// comfygate's own requests still look at the instance.
-	if status, _, err := ia.Call(context.Background(), "GET", "/queue", nil, nil); err != nil || status != 500 {
+	if status, _, err := ia.transport.Call(context.Background(), "GET", "/queue", nil, nil); err != nil || status != 500 {
 		t.Fatalf("comfygate's own call with open breaker = %d %v, want the instance's 500", status, err)
 	}
 	if rec.count("breaker state changed", "to=open") != 1 {
@@ -76,9 +76,9 @@ func TestBreakerOpensOnConnectionErrors(t *testing.T) {
 	t.Parallel()
 	p, _ := newCorePool(t, coreConfig(testkit.ClosedAddr(t)), false)
 	inst := p.Instances()[0]
-	inst.healthy.Store(true)
+	inst.state.healthy.Store(true)
 	for k := 0; k < 3; k++ {
-		if _, _, err := inst.Call(context.Background(), "GET", "/queue", nil, nil); err == nil {
+		if _, _, err := inst.transport.Call(context.Background(), "GET", "/queue", nil, nil); err == nil {
 			t.Fatal("call to a closed port succeeded")
 		}
 	}
@@ -98,7 +98,7 @@ func TestCallTimeoutCountsAsFailure(t *testing.T) {
 	f.Hang.Store(true)
 	for k := 0; k < 2; k++ {
 		start := time.Now()
-		_, _, err := inst.Call(context.Background(), "GET", "/queue", nil, nil)
+		_, _, err := inst.transport.Call(context.Background(), "GET", "/queue", nil, nil)
 		if !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("hung call = %v, want deadline exceeded", err)
 		}
@@ -106,8 +106,8 @@ func TestCallTimeoutCountsAsFailure(t *testing.T) {
 			t.Fatalf("hung call took %v with a 50ms timeout", d)
 		}
 	}
-	if inst.breaker.State() != breaker.Open {
-		t.Fatalf("breaker %v after 2 timeouts", inst.breaker.State())
+	if inst.transport.breaker.State() != breaker.Open {
+		t.Fatalf("breaker %v after 2 timeouts", inst.transport.breaker.State())
 	}
 }
 
@@ -121,7 +121,7 @@ func TestCallerDeadlineDoesNotTripBreaker(t *testing.T) {
 	f.Hang.Store(true)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
 	defer cancel()
-	if _, _, err := inst.Call(ctx, "GET", "/queue", nil, nil); err == nil {
+	if _, _, err := inst.transport.Call(ctx, "GET", "/queue", nil, nil); err == nil {
 		t.Fatal("hung call succeeded")
 	}
 	ctx2, cancel2 := context.WithCancel(context.Background())
@@ -130,11 +130,11 @@ func TestCallerDeadlineDoesNotTripBreaker(t *testing.T) {
 		testkit.Poll(testkit.WaitBound, func() bool { return f.Hanging.Load() >= 2 })
 		cancel2()
 	}()
-	if _, _, err := inst.Call(ctx2, "GET", "/queue", nil, nil); !errors.Is(err, context.Canceled) {
+	if _, _, err := inst.transport.Call(ctx2, "GET", "/queue", nil, nil); !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled call = %v", err)
 	}
-	if inst.breaker.State() != breaker.Closed {
-		t.Fatalf("breaker %v after the caller's own deadline", inst.breaker.State())
+	if inst.transport.breaker.State() != breaker.Closed {
+		t.Fatalf("breaker %v after the caller's own deadline", inst.transport.breaker.State())
 	}
 }
 
@@ -150,18 +150,18 @@ func TestNoFreeConnsDoesNotTripBreaker(t *testing.T) {
 	f.Hang.Store(true)
 	first := make(chan error, 1)
 	go func() {
-		_, _, err := inst.Call(context.Background(), "GET", "/queue", nil, nil)
+		_, _, err := inst.transport.Call(context.Background(), "GET", "/queue", nil, nil)
 		first <- err
 	}()
-	testkit.Eventually(t, "the hung call to hold the connection", func() bool { return inst.client.ConnsCount() == 1 })
-	if _, _, err := inst.Call(context.Background(), "GET", "/queue", nil, nil); !errors.Is(err, fasthttp.ErrNoFreeConns) {
+	testkit.Eventually(t, "the hung call to hold the connection", func() bool { return inst.transport.client.ConnsCount() == 1 })
+	if _, _, err := inst.transport.Call(context.Background(), "GET", "/queue", nil, nil); !errors.Is(err, fasthttp.ErrNoFreeConns) {
 		t.Fatalf("call over the connection cap = %v, want ErrNoFreeConns", err)
 	}
 	if err := <-first; !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("hung call = %v", err)
 	}
 	// One failure (the timeout) of the two that open it.
-	if st := inst.breaker.State(); st != breaker.Closed {
+	if st := inst.transport.breaker.State(); st != breaker.Closed {
 		t.Fatalf("breaker %v: the full connection cap counted as a failure", st)
 	}
 }

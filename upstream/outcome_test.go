@@ -24,20 +24,20 @@ func TestCancelledHalfOpenProbeKeepsBreakerOpen(t *testing.T) {
 	inst := p.Instances()[0]
 
 	f.Fail500.Store(true)
-	if status, _, err := inst.Call(context.Background(), "GET", "/queue", nil, nil); err != nil || status != 500 {
+	if status, _, err := inst.transport.Call(context.Background(), "GET", "/queue", nil, nil); err != nil || status != 500 {
 		t.Fatalf("call = %d %v", status, err)
 	}
-	if st := inst.breaker.State(); st != breaker.Open {
+	if st := inst.transport.breaker.State(); st != breaker.Open {
 		t.Fatalf("breaker %v after a 500 on comfygate's own GET /queue", st)
 	}
 	f.Fail500.Store(false)
 	f.Hang.Store(true)
-	testkit.Eventually(t, "the breaker to turn half-open", func() bool { return inst.breaker.State() == breaker.HalfOpen })
+	testkit.Eventually(t, "the breaker to turn half-open", func() bool { return inst.transport.breaker.State() == breaker.HalfOpen })
 
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() {
-		_, _, err := inst.Call(ctx, "GET", "/queue", nil, nil)
+		_, _, err := inst.transport.Call(ctx, "GET", "/queue", nil, nil)
 		errc <- err
 	}()
 	testkit.Eventually(t, "the probe to reach the instance", func() bool { return f.Hanging.Load() > 0 })
@@ -45,7 +45,7 @@ func TestCancelledHalfOpenProbeKeepsBreakerOpen(t *testing.T) {
 	if err := <-errc; !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled probe = %v, want context.Canceled", err)
 	}
-	if st := inst.breaker.State(); st == breaker.Closed {
+	if st := inst.transport.breaker.State(); st == breaker.Closed {
 		t.Fatal("a half-open probe cancelled by its caller closed the breaker")
 	}
 }
@@ -62,14 +62,14 @@ func TestOutcomesCounted(t *testing.T) {
 	t.Cleanup(p.Close)
 	inst := p.Instances()[0]
 	ctx := context.Background()
-	if st, _, err := inst.Call(ctx, "GET", "/nope", nil, nil); err != nil || st != 404 {
+	if st, _, err := inst.transport.Call(ctx, "GET", "/nope", nil, nil); err != nil || st != 404 {
 		t.Fatalf("call = %d %v", st, err)
 	}
 	f.Fail500.Store(true)
-	if st, _, err := inst.Call(ctx, "GET", "/queue", nil, nil); err != nil || st != 500 {
+	if st, _, err := inst.transport.Call(ctx, "GET", "/queue", nil, nil); err != nil || st != 500 {
 		t.Fatalf("call = %d %v", st, err)
 	}
-	if st, _, err := inst.Call(ctx, "POST", "/prompt", nil, []byte(`{"prompt": "x"}`)); err != nil || st != 500 {
+	if st, _, err := inst.transport.Call(ctx, "POST", "/prompt", nil, []byte(`{"prompt": "x"}`)); err != nil || st != 500 {
 		t.Fatalf("call = %d %v", st, err)
 	}
 	want := map[string]float64{"success": 1, "failure": 1, "excluded": 1}
@@ -110,17 +110,17 @@ func TestPinnedReadPassesOpenBreakerOfHealthyInstance(t *testing.T) {
 	inst := p.Instances()[0]
 
 	f.Fail500.Store(true)
-	if status, _, err := inst.Call(context.Background(), "GET", "/queue", nil, nil); err != nil || status != 500 {
+	if status, _, err := inst.transport.Call(context.Background(), "GET", "/queue", nil, nil); err != nil || status != 500 {
 		t.Fatalf("call = %d %v", status, err)
 	}
 	f.Fail500.Store(false)
-	if st := inst.breaker.State(); st != breaker.Open {
+	if st := inst.transport.breaker.State(); st != breaker.Open {
 		t.Fatalf("breaker %v, want open", st)
 	}
 	read := func(pinned bool) error {
 		req := fasthttp.AcquireRequest()
 		req.SetRequestURI("/history/x")
-		a, err := inst.Do(context.Background(), req, DoOpts{Source: ByClient, Pinned: pinned})
+		a, err := inst.transport.Do(context.Background(), req, DoOpts{Source: ByClient, Pinned: pinned})
 		if err == nil {
 			a.Close()
 		}
@@ -129,11 +129,11 @@ func TestPinnedReadPassesOpenBreakerOfHealthyInstance(t *testing.T) {
 	if err := read(false); !errors.Is(err, breaker.ErrOpen) {
 		t.Fatalf("a client's read with the breaker open: %v, want ErrOpen", err)
 	}
-	inst.healthy.Store(true)
+	inst.state.healthy.Store(true)
 	if err := read(true); err != nil {
 		t.Fatalf("a pinned read of a healthy instance with the breaker open: %v", err)
 	}
-	inst.healthy.Store(false)
+	inst.state.healthy.Store(false)
 	if err := read(true); !errors.Is(err, breaker.ErrOpen) {
 		t.Fatalf("a pinned read of an unhealthy instance with the breaker open: %v, want ErrOpen", err)
 	}

@@ -116,7 +116,7 @@ func (p *Pool) Close() {
 	}
 	p.bus.close()
 	for _, inst := range p.reg.list() {
-		inst.client.CloseIdleConnections()
+		inst.transport.client.CloseIdleConnections()
 	}
 }
 

@@ -92,7 +92,7 @@ func (r *registry) byName(name string) *Instance {
 	var leaving *Instance
 	for _, inst := range r.instances {
 		if inst.Name == name {
-			if !inst.draining.Load() {
+			if !inst.state.draining.Load() {
 				return inst
 			}
 			leaving = inst
@@ -103,14 +103,14 @@ func (r *registry) byName(name string) *Instance {
 
 // removeIfDrained drops a draining instance with no prompts left from the pool.
 func (r *registry) removeIfDrained(inst *Instance) {
-	if !inst.draining.Load() || inst.inflight.Load() > 0 {
+	if !inst.state.draining.Load() || inst.workload.inflight.Load() > 0 {
 		return
 	}
 	removed, shared := false, false
 	r.mu.Lock()
 	for _, e := range r.entries {
 		for k, x := range e.insts {
-			if x == inst && inst.draining.Load() && inst.inflight.Load() <= 0 {
+			if x == inst && inst.state.draining.Load() && inst.workload.inflight.Load() <= 0 {
 				e.insts = append(e.insts[:k:k], e.insts[k+1:]...)
 				removed = true
 				break
@@ -131,7 +131,7 @@ func (r *registry) removeIfDrained(inst *Instance) {
 			r.m.RemoveInstance(inst.Name)
 		}
 		r.log.Info("upstream: instance removed", "instance", inst.Name, "addr", inst.Addr)
-		inst.client.CloseIdleConnections()
+		inst.transport.client.CloseIdleConnections()
 		r.bus.publish(EventDrained, inst)
 	}
 }

@@ -77,13 +77,13 @@ func (s *Selector) Reserve(prefer *Instance, ok func(*Instance) bool, exclude ..
 	s.pickMu.Lock()
 	defer s.pickMu.Unlock()
 	inst := prefer
-	if inst == nil || !inst.Available() || inst.suspect.Load() || slices.Contains(exclude, inst) || (ok != nil && !ok(inst)) {
+	if inst == nil || !inst.Available() || inst.state.suspect.Load() || slices.Contains(exclude, inst) || (ok != nil && !ok(inst)) {
 		var err error
 		if inst, err = s.SelectFor(ok, exclude...); err != nil {
 			return nil, err
 		}
 	}
-	inst.inflight.Add(1)
+	inst.workload.inflight.Add(1)
 	return inst, nil
 }
 
@@ -97,7 +97,7 @@ func (s *Selector) Reserve(prefer *Instance, ok func(*Instance) bool, exclude ..
 // cross-multiplying, so no division and no float.
 func (s *Selector) pickLocked(ok func(*Instance) bool, exclude []*Instance, suspects bool) *Instance {
 	candidate := func(inst *Instance) bool {
-		return inst.Available() && inst.suspect.Load() == suspects && !slices.Contains(exclude, inst) &&
+		return inst.Available() && inst.state.suspect.Load() == suspects && !slices.Contains(exclude, inst) &&
 			(ok == nil || ok(inst))
 	}
 	var best *Instance
@@ -140,8 +140,8 @@ func compareLoad(a, b *Instance) int {
 	if b == nil {
 		return -1
 	}
-	la := (a.work() + 1) * int64(b.Weight())
-	lb := (b.work() + 1) * int64(a.Weight())
+	la := (a.workload.Total() + 1) * int64(b.Weight())
+	lb := (b.workload.Total() + 1) * int64(a.Weight())
 	switch {
 	case la < lb:
 		return -1
@@ -149,24 +149,6 @@ func compareLoad(a, b *Instance) int {
 		return 1
 	}
 	return 0
-}
-
-// Work is the instance's outstanding work: the larger of the prompts
-// comfygate picked it for and did not see finish (in flight) and the queue
-// it last reported (queue_remaining: pending plus running).
-//
-// Not their sum: the two cover the same prompts. Every prompt comfygate
-// sent is in both once the instance reported it, and the report comes
-// late (it is sent when the queue changes and read after the prompt's
-// answer, or later under load), so a sum counts a burst's prompts twice at
-// the instances that answered first and sends the rest elsewhere. In
-// flight counts a prompt from the pick on, so it leads during a burst; the
-// report also covers prompts from elsewhere (a client talking to the
-// instance directly, another replica), so it leads when there are such.
-func (i *Instance) Work() int64 { return i.work() }
-
-func (i *Instance) work() int64 {
-	return max(i.inflight.Load(), i.queueDepth.Load(), 0)
 }
 
 // QueueRemaining is the fleet-wide queue_remaining a client should see:
@@ -179,8 +161,8 @@ func (s *Selector) QueueRemaining() int {
 	defer s.reg.mu.RUnlock()
 	n := int64(0)
 	for _, inst := range s.reg.instances {
-		if inst.healthy.Load() {
-			n += max(inst.queueDepth.Load(), 0)
+		if inst.state.healthy.Load() {
+			n += max(inst.workload.queueDepth.Load(), 0)
 		}
 	}
 	return int(n)

@@ -20,7 +20,7 @@ func selectPool(t *testing.T, n int) (*Pool, []*Instance) {
 	p, _ := newCorePool(t, coreConfig(addrs...), false)
 	insts := p.Instances()
 	for _, inst := range insts {
-		inst.healthy.Store(true)
+		inst.state.healthy.Store(true)
 	}
 	return p, insts
 }
@@ -28,14 +28,14 @@ func selectPool(t *testing.T, n int) (*Pool, []*Instance) {
 // openBreaker fails requests until inst's breaker opens.
 func openBreaker(t *testing.T, inst *Instance) {
 	t.Helper()
-	for k := 0; k < 10 && inst.breaker.Ready(); k++ {
-		done, err := inst.breaker.Allow()
+	for k := 0; k < 10 && inst.transport.breaker.Ready(); k++ {
+		done, err := inst.transport.breaker.Allow()
 		if err != nil {
 			break
 		}
 		done.Done(breaker.Failure)
 	}
-	if inst.breaker.Ready() {
+	if inst.transport.breaker.Ready() {
 		t.Fatal("breaker did not open")
 	}
 }
@@ -51,46 +51,46 @@ func TestSelectPolicy(t *testing.T) {
 		wantNone bool
 	}{
 		{desc: "least work wins", n: 3, setup: func(t *testing.T, in []*Instance) {
-			in[0].inflight.Store(2)
-			in[1].queueDepth.Store(1)
-			in[2].inflight.Store(1)
-			in[2].queueDepth.Store(2)
+			in[0].workload.inflight.Store(2)
+			in[1].workload.queueDepth.Store(1)
+			in[2].workload.inflight.Store(1)
+			in[2].workload.queueDepth.Store(2)
 		}, want: []int{1, 1, 1}},
 		{desc: "in-flight and reported queue are the same prompts, not added", n: 2, setup: func(t *testing.T, in []*Instance) {
-			in[0].inflight.Store(2)
-			in[0].queueDepth.Store(2)
-			in[1].inflight.Store(3)
+			in[0].workload.inflight.Store(2)
+			in[0].workload.queueDepth.Store(2)
+			in[1].workload.inflight.Store(3)
 		}, want: []int{0}},
 		{desc: "a reported queue longer than in-flight counts (prompts from elsewhere)", n: 2, setup: func(t *testing.T, in []*Instance) {
-			in[0].queueDepth.Store(3)
-			in[1].inflight.Store(2)
+			in[0].workload.queueDepth.Store(3)
+			in[1].workload.inflight.Store(2)
 		}, want: []int{1}},
 		{desc: "round-robin among ties", n: 3, want: []int{0, 1, 2, 0, 1, 2}},
 		{desc: "round-robin only among the least loaded", n: 3, setup: func(t *testing.T, in []*Instance) {
-			in[1].queueDepth.Store(4)
+			in[1].workload.queueDepth.Store(4)
 		}, want: []int{0, 2, 0, 2}},
 		{desc: "excluded instance skipped", n: 2, exclude: []int{0}, want: []int{1, 1}},
 		{desc: "unhealthy skipped", n: 3, setup: func(t *testing.T, in []*Instance) {
-			in[0].healthy.Store(false)
-			in[1].queueDepth.Store(9)
+			in[0].state.healthy.Store(false)
+			in[1].workload.queueDepth.Store(9)
 		}, want: []int{2, 2, 2}},
 		{desc: "open breaker skipped", n: 2, setup: func(t *testing.T, in []*Instance) {
 			openBreaker(t, in[0])
 		}, want: []int{1, 1}},
 		{desc: "draining skipped", n: 2, setup: func(t *testing.T, in []*Instance) {
-			in[1].draining.Store(true)
+			in[1].state.draining.Store(true)
 		}, want: []int{0, 0}},
 		{desc: "suspect only as last resort", n: 2, setup: func(t *testing.T, in []*Instance) {
-			in[0].suspect.Store(true)
-			in[1].queueDepth.Store(5)
+			in[0].state.suspect.Store(true)
+			in[1].workload.queueDepth.Store(5)
 		}, want: []int{1, 1}},
 		{desc: "suspect chosen when nothing else", n: 2, setup: func(t *testing.T, in []*Instance) {
-			in[0].suspect.Store(true)
-			in[1].healthy.Store(false)
+			in[0].state.suspect.Store(true)
+			in[1].state.healthy.Store(false)
 		}, want: []int{0}},
 		{desc: "all unhealthy", n: 2, setup: func(t *testing.T, in []*Instance) {
-			in[0].healthy.Store(false)
-			in[1].healthy.Store(false)
+			in[0].state.healthy.Store(false)
+			in[1].state.healthy.Store(false)
 		}, wantNone: true},
 		{desc: "all excluded or open", n: 2, exclude: []int{1}, setup: func(t *testing.T, in []*Instance) {
 			openBreaker(t, in[0])
@@ -138,7 +138,7 @@ func TestSelectSpreadsEvenlyAsWorkGrows(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		inst.addInflight(1)
+		inst.workload.add(1)
 		counts[inst]++
 	}
 	for _, inst := range in {
@@ -155,14 +155,14 @@ func TestHalfOpenIsSelectable(t *testing.T) {
 	clk := fakeClock()
 	p, _ := newClockedPool(t, cfg, false, clk)
 	inst := p.Instances()[0]
-	inst.healthy.Store(true)
+	inst.state.healthy.Store(true)
 	openBreaker(t, inst)
 	if _, err := p.Selector().Select(); !errors.Is(err, ErrNoUpstream) {
 		t.Fatalf("Select with open breaker = %v, want ErrNoUpstream", err)
 	}
 	clk.Advance(time.Minute)
-	if !inst.breaker.Ready() {
-		t.Fatalf("breaker %v once its open timeout passed, want half-open", inst.breaker.State())
+	if !inst.transport.breaker.Ready() {
+		t.Fatalf("breaker %v once its open timeout passed, want half-open", inst.transport.breaker.State())
 	}
 	if got, err := p.Selector().Select(); err != nil || got != inst {
 		t.Fatalf("Select half-open = %v, %v", got, err)
@@ -172,10 +172,10 @@ func TestHalfOpenIsSelectable(t *testing.T) {
 func TestQueueRemainingSumsHealthyInstances(t *testing.T) {
 	t.Parallel()
 	p, in := selectPool(t, 3)
-	in[0].SetQueueDepth(2)
-	in[1].SetQueueDepth(3)
-	in[2].SetQueueDepth(7)
-	in[2].healthy.Store(false)
+	in[0].workload.SetQueueDepth(2)
+	in[1].workload.SetQueueDepth(3)
+	in[2].workload.SetQueueDepth(7)
+	in[2].state.healthy.Store(false)
 	if got := p.QueueRemaining(); got != 5 {
 		t.Fatalf("QueueRemaining = %d, want 5", got)
 	}
@@ -202,8 +202,8 @@ func TestReserveCountsThePick(t *testing.T) {
 		}
 		got = append(got, inst.Name)
 	}
-	if got[0] == got[1] || got[2] == got[3] || in[0].inflight.Load() != 2 || in[1].inflight.Load() != 2 {
-		t.Fatalf("reserves went to %v, in flight %d/%d; want alternating, 2/2", got, in[0].inflight.Load(), in[1].inflight.Load())
+	if got[0] == got[1] || got[2] == got[3] || in[0].workload.inflight.Load() != 2 || in[1].workload.inflight.Load() != 2 {
+		t.Fatalf("reserves went to %v, in flight %d/%d; want alternating, 2/2", got, in[0].workload.inflight.Load(), in[1].workload.inflight.Load())
 	}
 	if inst, err := p.Reserve(in[1], nil); err != nil || inst != in[1] {
 		t.Fatalf("Reserve(prefer %s) = %v, %v", in[1].Name, inst, err)
@@ -211,8 +211,8 @@ func TestReserveCountsThePick(t *testing.T) {
 	if inst, err := p.Reserve(in[1], nil, in[1]); err != nil || inst != in[0] {
 		t.Fatalf("Reserve(prefer excluded) = %v, %v; want %s", inst, err, in[0].Name)
 	}
-	in[0].healthy.Store(false)
-	in[1].healthy.Store(false)
+	in[0].state.healthy.Store(false)
+	in[1].state.healthy.Store(false)
 	if _, err := p.Reserve(nil, nil); !errors.Is(err, ErrNoUpstream) {
 		t.Fatalf("Reserve with none healthy = %v, want ErrNoUpstream", err)
 	}
@@ -225,7 +225,7 @@ func TestReserveDoesNotAllocate(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		inst.CountInflight(-1)
+		inst.workload.CountInflight(-1)
 	}); n != 0 {
 		t.Fatalf("Reserve allocates %v times", n)
 	}
@@ -241,8 +241,8 @@ func BenchmarkSelect(b *testing.B) {
 		b.Fatal(err)
 	}
 	for k, inst := range p.Instances() {
-		inst.healthy.Store(true)
-		inst.queueDepth.Store(int64(k % 3))
+		inst.state.healthy.Store(true)
+		inst.workload.queueDepth.Store(int64(k % 3))
 	}
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {

@@ -1,6 +1,6 @@
 package upstream
 
-// One call path to an instance: Instance.Do. Every request comfygate sends
+// One call path to an instance: its Transport's Do. Every request comfygate sends
 // to an instance (forwarded client requests, its own calls, file copies,
 // health checks and file look-ups) goes through it, over the instance's
 // one HostClient, inside the instance's breaker bracket, and has its
@@ -21,6 +21,20 @@ import (
 	"github.com/comfygate/comfygate/breaker"
 	"github.com/valyala/fasthttp"
 )
+
+// Transport is an instance's one way to be called (Instance.Transport):
+// its HTTP client, the connection slots traffic takes, and its breaker.
+type Transport struct {
+	inst *Instance // whom it calls: name, address, health, configured timeout
+
+	// client is the instance's one HTTP client (Do): MaxConns =
+	// max_connections_per_instance, answers streamed, idle deadlines.
+	client *fasthttp.HostClient
+	// slots holds a token per connection traffic uses; its capacity
+	// leaves connections free for probes (connShares).
+	slots   chan struct{}
+	breaker *breaker.Breaker
+}
 
 // ErrClientBody wraps a failure reading the client's own request body
 // while it was being sent (the client went away, stalled, or sent a broken
@@ -131,8 +145,8 @@ type DoOpts struct {
 // proxy can hand it to the client's response as the body stream as it is.
 type Answer struct {
 	resp *fasthttp.Response
-	inst *Instance
-	slot bool // holds one of inst's traffic slots until Close
+	tr   *Transport
+	slot bool // holds one of tr's traffic slots until Close
 }
 
 // Response is the instance's answer. Its body may stream (BodyStream).
@@ -174,7 +188,7 @@ func (a *Answer) Close() error {
 	a.resp = nil
 	if a.slot {
 		a.slot = false
-		a.inst.release()
+		a.tr.release()
 	}
 	return err
 }
@@ -245,6 +259,40 @@ func copyThrough(w io.Writer, r io.Reader) (int64, error) {
 	}
 }
 
+// Call does one non-streaming request through Do, bounded by the
+// configured timeout and ctx. path includes the query. Headers are set as
+// given. POST /prompt and uploads carry what a client wrote (ByClient: an
+// error answer is the client's request failing); every other Call is
+// comfygate's own request (ByGate). Fetch says it explicitly.
+func (tr *Transport) Call(ctx context.Context, method, path string, header map[string]string, body []byte) (status int, respBody []byte, err error) {
+	return tr.Fetch(ctx, Request{Method: method, Path: path, Header: header, Body: body, Source: callSource(method, path)})
+}
+
+// Fetch does r through Do and reads the answer whole. comfygate's own
+// requests (ByGate) run even while the breaker refuses traffic
+// (DoOpts.Always); a client's request gets ErrOpen then.
+func (tr *Transport) Fetch(ctx context.Context, r Request) (status int, body []byte, err error) {
+	req := fasthttp.AcquireRequest()
+	req.Header.SetMethod(r.Method)
+	req.SetRequestURI(r.Path)
+	for k, v := range r.Header {
+		req.Header.Set(k, v)
+	}
+	if r.Body != nil {
+		req.SetBody(r.Body)
+	}
+	a, err := tr.Do(ctx, req, DoOpts{Source: r.Source, Timeout: r.Timeout, Always: r.Source == ByGate})
+	if err != nil {
+		return 0, nil, err
+	}
+	status = a.StatusCode()
+	body, err = a.ReadAll(maxCallAnswer)
+	if err != nil {
+		return 0, nil, fmt.Errorf("call %s %s: read answer: %w", tr.inst.Name, r.Method, err)
+	}
+	return status, body, nil
+}
+
 // Do sends req to the instance and returns its answer once the status and
 // headers are in. Do takes req over: it sets Host (unless set) and the
 // scheme, and releases it. The body, if o.Body is set, streams from it.
@@ -260,12 +308,12 @@ func copyThrough(w io.Writer, r io.Reader) (int64, error) {
 //
 // ctx may cancel the wait (Excluded); the request then ends by its own
 // deadline and releases what it holds.
-func (i *Instance) Do(ctx context.Context, req *fasthttp.Request, o DoOpts) (*Answer, error) {
+func (tr *Transport) Do(ctx context.Context, req *fasthttp.Request, o DoOpts) (*Answer, error) {
 	if err := ctx.Err(); err != nil {
 		fasthttp.ReleaseRequest(req)
 		return nil, err
 	}
-	configured := i.timeout()
+	configured := tr.timeout()
 	timeout, own := configured, true
 	if o.Timeout > 0 && o.Timeout < timeout {
 		// A probe's timeout is configured (health_check.timeout): its
@@ -276,24 +324,24 @@ func (i *Instance) Do(ctx context.Context, req *fasthttp.Request, o DoOpts) (*An
 		timeout, own = time.Until(d), false
 	}
 
-	done, err := i.allow(o.Probe || o.Always || (o.Pinned && i.healthy.Load()))
+	done, err := tr.allow(o.Probe || o.Always || (o.Pinned && tr.inst.state.healthy.Load()))
 	if err != nil {
 		fasthttp.ReleaseRequest(req)
-		return nil, fmt.Errorf("upstream %s: %w", i.Name, err)
+		return nil, fmt.Errorf("upstream %s: %w", tr.inst.Name, err)
 	}
 	slot := !o.Probe
 	if slot {
-		if err = i.acquire(ctx, configured/2); err != nil {
+		if err = tr.acquire(ctx, configured/2); err != nil {
 			fasthttp.ReleaseRequest(req)
 			done.report(breaker.Excluded)
-			return nil, fmt.Errorf("upstream %s: %w", i.Name, err)
+			return nil, fmt.Errorf("upstream %s: %w", tr.inst.Name, err)
 		}
 	}
 
 	if len(req.Header.Host()) == 0 {
-		req.Header.SetHost(i.Addr)
+		req.Header.SetHost(tr.inst.Addr)
 	}
-	if i.TLS {
+	if tr.inst.TLS {
 		req.URI().SetScheme("https")
 	}
 	var cb *clientBody
@@ -305,19 +353,19 @@ func (i *Instance) Do(ctx context.Context, req *fasthttp.Request, o DoOpts) (*An
 	if ctx.Done() == nil {
 		// The common case (every forwarded request) runs inline, with
 		// no goroutine and no closure.
-		err = i.client.DoTimeout(req, resp, timeout)
+		err = tr.client.DoTimeout(req, resp, timeout)
 		fasthttp.ReleaseRequest(req)
 	} else {
 		var cancelled bool
-		if cancelled, err = i.doCtx(ctx, req, resp, timeout, slot); cancelled {
+		if cancelled, err = tr.doCtx(ctx, req, resp, timeout, slot); cancelled {
 			done.report(breaker.Excluded)
-			return nil, fmt.Errorf("call %s: %w", i.Name, err)
+			return nil, fmt.Errorf("call %s: %w", tr.inst.Name, err)
 		}
 	}
 	if err != nil {
 		fasthttp.ReleaseResponse(resp)
 		if slot {
-			i.release()
+			tr.release()
 		}
 		switch {
 		case cb != nil && cb.err != nil:
@@ -332,14 +380,14 @@ func (i *Instance) Do(ctx context.Context, req *fasthttp.Request, o DoOpts) (*An
 			} else {
 				done.report(breaker.Excluded)
 			}
-			return nil, fmt.Errorf("call %s: %w (%w)", i.Name, context.DeadlineExceeded, err)
+			return nil, fmt.Errorf("call %s: %w (%w)", tr.inst.Name, context.DeadlineExceeded, err)
 		default:
 			done.report(breaker.Failure)
 		}
-		return nil, fmt.Errorf("call %s: %w", i.Name, err)
+		return nil, fmt.Errorf("call %s: %w", tr.inst.Name, err)
 	}
 	done.report(classify(resp.StatusCode(), o.Source))
-	return &Answer{resp: resp, inst: i, slot: slot}, nil
+	return &Answer{resp: resp, tr: tr, slot: slot}, nil
 }
 
 // doCtx runs the request in a goroutine so that ctx can end the wait. When
@@ -347,10 +395,10 @@ func (i *Instance) Do(ctx context.Context, req *fasthttp.Request, o DoOpts) (*An
 // the request to end by its own deadline: that goroutine then releases the
 // response and frees the connection slot (slot). Otherwise it returns the
 // request's error and the caller owns resp.
-func (i *Instance) doCtx(ctx context.Context, req *fasthttp.Request, resp *fasthttp.Response, timeout time.Duration, slot bool) (cancelled bool, err error) {
+func (tr *Transport) doCtx(ctx context.Context, req *fasthttp.Request, resp *fasthttp.Response, timeout time.Duration, slot bool) (cancelled bool, err error) {
 	ch := make(chan error, 1)
 	go func() {
-		err := i.client.DoTimeout(req, resp, timeout)
+		err := tr.client.DoTimeout(req, resp, timeout)
 		fasthttp.ReleaseRequest(req)
 		ch <- err
 	}()
@@ -364,11 +412,86 @@ func (i *Instance) doCtx(ctx context.Context, req *fasthttp.Request, resp *fasth
 			}
 			fasthttp.ReleaseResponse(resp)
 			if slot {
-				i.release()
+				tr.release()
 			}
 		}()
 		return true, ctx.Err()
 	}
+}
+
+// allow asks the breaker. A request that runs always (DoOpts.Always) and
+// that the breaker refuses runs anyway, reporting nothing to it.
+func (tr *Transport) allow(always bool) (outcomeReport, error) {
+	r := outcomeReport{tr: tr}
+	if tr.breaker != nil {
+		t, err := tr.breaker.Allow()
+		switch {
+		case err == nil:
+			r.ticket = t
+		case !always:
+			return r, err
+		}
+	}
+	return r, nil
+}
+
+// timeout is the configured call timeout (COMFYUI_TIMEOUT).
+func (tr *Transport) timeout() time.Duration { return tr.inst.reg.cfg.Timeout }
+
+// acquire takes one of the connections traffic may use, waiting at most
+// wait (and ctx) for one to free up: past that, fasthttp.ErrNoFreeConns.
+// The caller gives it back with release, once.
+func (tr *Transport) acquire(ctx context.Context, wait time.Duration) error {
+	select {
+	case tr.slots <- struct{}{}:
+		return nil
+	default:
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case tr.slots <- struct{}{}:
+		return nil
+	case <-timer.C:
+		return fasthttp.ErrNoFreeConns
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// release gives back a slot acquire took.
+func (tr *Transport) release() { <-tr.slots }
+
+// maxCallAnswer caps an answer Call reads whole.
+const maxCallAnswer = 256 << 20
+
+// Request is one non-streaming request for Fetch.
+type Request struct {
+	Method string
+	// Path includes the query.
+	Path   string
+	Header map[string]string
+	Body   []byte
+	// Source is who wrote it (DoOpts.Source).
+	Source Source
+	// Timeout, if shorter than the configured one, bounds the instance's
+	// silence for this request; its passing is then not held against the
+	// instance (DoOpts.Timeout).
+	Timeout time.Duration
+}
+
+// callSource is who wrote a Call: the client for POST /prompt (its graph)
+// and uploads (its file), comfygate otherwise.
+func callSource(method, path string) Source {
+	if method != fasthttp.MethodPost {
+		return ByGate
+	}
+	p, _, _ := strings.Cut(path, "?")
+	p = strings.TrimPrefix(p, "/api")
+	if p == "/prompt" || strings.HasPrefix(p, "/upload/") {
+		return ByClient
+	}
+	return ByGate
 }
 
 // classify is the outcome of an answer with status code, for a request
@@ -386,63 +509,20 @@ func classify(code int, src Source) breaker.Outcome {
 	}
 }
 
-// allow asks the breaker. A request that runs always (DoOpts.Always) and
-// that the breaker refuses runs anyway, reporting nothing to it.
-func (i *Instance) allow(always bool) (outcomeReport, error) {
-	r := outcomeReport{inst: i}
-	if i.breaker != nil {
-		t, err := i.breaker.Allow()
-		switch {
-		case err == nil:
-			r.ticket = t
-		case !always:
-			return r, err
-		}
-	}
-	return r, nil
-}
-
 // outcomeReport tells one request's outcome to the instance's breaker
 // (when it let the request through) and counts it in
 // comfygate_upstream_requests_total.
 type outcomeReport struct {
-	inst   *Instance
+	tr     *Transport
 	ticket breaker.Ticket
 }
 
 func (r outcomeReport) report(o breaker.Outcome) {
 	r.ticket.Done(o)
-	if r.inst.reg != nil {
-		r.inst.reg.m.IncUpstreamOutcome(r.inst.Name, o.String())
+	if r.tr.inst.reg != nil {
+		r.tr.inst.reg.m.IncUpstreamOutcome(r.tr.inst.Name, o.String())
 	}
 }
-
-// timeout is the configured call timeout (COMFYUI_TIMEOUT).
-func (i *Instance) timeout() time.Duration { return i.reg.cfg.Timeout }
-
-// acquire takes one of the connections traffic may use, waiting at most
-// wait (and ctx) for one to free up: past that, fasthttp.ErrNoFreeConns.
-// The caller gives it back with release, once.
-func (i *Instance) acquire(ctx context.Context, wait time.Duration) error {
-	select {
-	case i.slots <- struct{}{}:
-		return nil
-	default:
-	}
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	select {
-	case i.slots <- struct{}{}:
-		return nil
-	case <-t.C:
-		return fasthttp.ErrNoFreeConns
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-// release gives back a slot acquire took.
-func (i *Instance) release() { <-i.slots }
 
 // connShares splits max_connections_per_instance between traffic and the
 // connections kept for probes (health checks, file look-ups), which

@@ -43,17 +43,6 @@ type warmups struct {
 	active map[*Instance]bool // a run is under way
 }
 
-// WarmupState is "" (no warm-up configured), "pending", "running", "ok"
-// or "failed: <why>".
-func (i *Instance) WarmupState() string {
-	if s := i.fleet.warmup.Load(); s != nil {
-		return *s
-	}
-	return ""
-}
-
-func (i *Instance) setWarmup(s string) { i.fleet.warmup.Store(&s) }
-
 // prepare reads ci's warm-up workflow for inst and keeps inst cold
 // until it ran. A file that cannot be read (it was checked at load) fails
 // the warm-up, which keeps the instance out and says why.
@@ -63,8 +52,8 @@ func (w *warmups) prepare(inst *Instance, ci config.Instance) {
 	if ci.Warmup == "" {
 		if w.graphs[inst] != nil {
 			delete(w.graphs, inst)
-			inst.fleet.warmup.Store(nil)
-			inst.fleet.cold.Store(false)
+			inst.state.warmup.Store(nil)
+			inst.state.cold.Store(false)
 		}
 		return
 	}
@@ -74,13 +63,13 @@ func (w *warmups) prepare(inst *Instance, ci config.Instance) {
 	}
 	if err != nil {
 		w.graphs[inst] = json.RawMessage("null")
-		inst.fleet.cold.Store(true)
-		inst.setWarmup("failed: " + err.Error())
+		inst.state.cold.Store(true)
+		inst.state.setWarmup("failed: " + err.Error())
 		return
 	}
 	w.graphs[inst] = graph
-	inst.fleet.cold.Store(true)
-	inst.setWarmup(warmupPending)
+	inst.state.cold.Store(true)
+	inst.state.setWarmup(warmupPending)
 }
 
 // readWarmup reads an API-format workflow: a JSON object of nodes, or a
@@ -106,15 +95,15 @@ func (w *warmups) coldAgain(inst *Instance) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.graphs[inst] != nil && !w.active[inst] {
-		inst.fleet.cold.Store(true)
-		inst.setWarmup(warmupPending)
+		inst.state.cold.Store(true)
+		inst.state.setWarmup(warmupPending)
 	}
 }
 
 // maybeWarm asks for inst's warm-up (EventWarmup) when it is cold,
 // healthy and none is under way; WarmupDone ends it.
 func (w *warmups) maybeWarm(inst *Instance) {
-	if !inst.fleet.cold.Load() || !inst.healthy.Load() {
+	if !inst.state.cold.Load() || !inst.state.healthy.Load() {
 		return
 	}
 	w.mu.Lock()
@@ -125,7 +114,7 @@ func (w *warmups) maybeWarm(inst *Instance) {
 	}
 	w.active[inst] = true
 	w.mu.Unlock()
-	inst.setWarmup(warmupRunning)
+	inst.state.setWarmup(warmupRunning)
 	w.bus.publish(EventWarmup, inst)
 }
 
@@ -144,11 +133,11 @@ func (w *warmups) done(inst *Instance, took time.Duration, err error) {
 	switch {
 	case errors.Is(err, context.Canceled):
 	case err != nil:
-		inst.setWarmup("failed: " + err.Error())
+		inst.state.setWarmup("failed: " + err.Error())
 		w.log.Warn("upstream: warm-up failed; the instance gets no work", "instance", inst.Name, "error", err)
 	default:
-		inst.setWarmup(warmupOK)
-		inst.fleet.cold.Store(false)
+		inst.state.setWarmup(warmupOK)
+		inst.state.cold.Store(false)
 		w.avail.changed()
 		w.log.Info("upstream: warm-up done; the instance takes work", "instance", inst.Name, "took", took)
 	}

@@ -73,6 +73,7 @@ type MiniComfy struct {
 	wmu          sync.Mutex                   // serialises WebSocket writes
 	hangDone     chan struct{}                // closed when the test ends
 	upgrader     websocket.Upgrader           // accepts any Origin
+	holdSockets  <-chan struct{}              // HoldSockets (nil: none)
 }
 
 // SeenRequest is a request the fake received: its method, raw
@@ -233,6 +234,16 @@ func (f *MiniComfy) Posts() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return slices.Clone(f.posts)
+}
+
+// HoldSockets makes each socket accepted from now on wait, after its
+// handshake, until release is closed before the fake registers it and
+// sends its status, as ComfyUI registers a socket only after the handshake:
+// what it emits meanwhile does not reach that socket.
+func (f *MiniComfy) HoldSockets(release <-chan struct{}) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.holdSockets = release
 }
 
 // FirstFrames returns the first frame each socket's client sent.
@@ -479,6 +490,17 @@ func (f *MiniComfy) socket(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	f.Dials.Add(1)
+	f.mu.Lock()
+	hold := f.holdSockets
+	f.mu.Unlock()
+	if hold != nil {
+		select {
+		case <-hold:
+		case <-f.hangDone:
+			_ = c.Close()
+			return
+		}
+	}
 	f.mu.Lock()
 	f.conns[c] = sid
 	q := len(f.running) + len(f.pending)

@@ -15,7 +15,7 @@ func States(p *upstream.Pool) []testkit.InstanceState {
 	insts := p.Instances()
 	out := make([]testkit.InstanceState, len(insts))
 	for i, inst := range insts {
-		out[i] = testkit.InstanceState{Name: inst.Name, Healthy: inst.Healthy(), Available: inst.Available(), SocketUp: inst.Status().SocketUp}
+		out[i] = testkit.InstanceState{Name: inst.Name, Healthy: inst.State().Healthy(), Available: inst.Available(), SocketUp: inst.Status().SocketUp}
 	}
 	return out
 }
