@@ -29,12 +29,12 @@ func TestSocketUpOnlyOnceTheInstanceSpoke(t *testing.T) {
 	// Bounded: the handshake is done, the instance has not spoken; the
 	// socket must not count as up meanwhile.
 	for deadline := time.Now().Add(300 * time.Millisecond); time.Now().Before(deadline); {
-		if inst.SocketUp() {
+		if inst.State().SocketUp() {
 			t.Fatal("the socket counts as up before the instance registered it")
 		}
 		<-time.After(5 * time.Millisecond)
 	}
 	close(release)
-	testkit.Eventually(t, "the socket up once the instance spoke", func() bool { return inst.SocketUp() })
+	testkit.Eventually(t, "the socket up once the instance spoke", func() bool { return inst.State().SocketUp() })
 	<-started
 }
