@@ -413,12 +413,6 @@ func (t *Table) markDone(pr *Prompt, outcome string) bool {
 	return ok
 }
 
-// markDoneVia is markDone from elsewhere (a worker, a client's call).
-func (t *Table) markDoneVia(pr *Prompt, outcome string) bool {
-	_, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.Finish, Outcome: outcome}, nil)
-	return ok
-}
-
 // notifyQueue tells the listener the fleet queue when it changed.
 func (t *delivery) notifyQueue() {
 	o := t.outboxFor(nil)
@@ -634,41 +628,109 @@ func (t *Table) Cancel(ctx context.Context, id string) (bool, error) {
 			return false, ErrUnknownPrompt
 		}
 	}
-	v := pr.snap()
-	inst, uid, st := v.instance, v.life.UpstreamID, stateOf(v.life)
-	if st == PromptDone || inst == nil || uid == "" {
-		return false, nil
+	c := &cancelCall{follow: t.newFollow(ctx, pr, "a cancel")}
+	c.post(c.begin)
+	c.wait()
+	return c.ok, c.err
+}
+
+// cancelCall is one Cancel, as the owner of its prompt follows it (follow).
+type cancelCall struct {
+	*follow
+	inst *upstream.Instance // where it was cancelled
+	uid  string             // its id there
+	ok   bool               // something was cancelled
+	err  error
+}
+
+var cancelHeader = map[string]string{"Content-Type": "application/json"}
+
+// begin deletes the prompt from its instance's queue when pending there
+// (in a worker), or interrupts it when running. On the owner.
+func (c *cancelCall) begin(at *upstream.Instance) {
+	v := c.pr.snap()
+	c.inst, c.uid = at, v.life.UpstreamID
+	st := stateOf(v.life)
+	if st == PromptDone || c.uid == "" {
+		c.end()
+		return
 	}
-	hdr := map[string]string{"Content-Type": "application/json"}
-	if st == PromptQueued {
+	if st != PromptQueued {
+		c.interrupt()
+		return
+	}
+	inst, uid := c.inst, c.uid
+	c.work(func(ctx context.Context) func(*upstream.Instance) {
 		body, _ := json.Marshal(map[string][]string{"delete": {uid}})
-		if _, _, err := inst.Call(ctx, "POST", "/queue", hdr, body); err != nil {
-			return false, fmt.Errorf("cancel %s: %w", id, err)
+		if _, _, err := inst.Call(ctx, "POST", "/queue", cancelHeader, body); err != nil {
+			return func(*upstream.Instance) { c.fail(err) }
 		}
+		return func(*upstream.Instance) { c.lookAfterDelete() }
+	})
+}
+
+// lookAfterDelete asks the instance's queue, in a worker, after the
+// delete: one that started before it is running now, and one that did
+// not is gone for good. On the owner.
+func (c *cancelCall) lookAfterDelete() {
+	inst := c.inst
+	c.work(func(ctx context.Context) func(*upstream.Instance) {
 		running, pending, err := queueIDs(ctx, inst)
+		return func(*upstream.Instance) { c.looked(running, pending, err) }
+	})
+}
+
+// looked acts on the queue's answer: still pending, nothing was
+// cancelled; running, it started between the look and the delete and is
+// interrupted; in neither, the history says whether it ran before the
+// delete (asked in a worker). On the owner.
+func (c *cancelCall) looked(running, pending map[string]bool, err error) {
+	inst, uid := c.inst, c.uid
+	switch {
+	case err != nil:
+		c.fail(err)
+	case pending[uid]:
+		c.end()
+	case running[uid]:
+		c.interrupt()
+	default:
+		c.work(func(ctx context.Context) func(*upstream.Instance) {
+			entry, ok := historyEntry(ctx, inst, uid)
+			return func(*upstream.Instance) { c.deleted(ok && entry != nil) }
+		})
+	}
+}
+
+// deleted marks the prompt done ("interrupted") unless it ran before the
+// delete. A pending prompt deleted from the queue ends without WS events,
+// as in ComfyUI. On the owner.
+func (c *cancelCall) deleted(ran bool) {
+	if !ran {
+		// The queue check that follows the instance's status message may
+		// have marked it done already: still this delete.
+		c.t.markDone(c.pr, metrics.OutcomeInterrupted)
+		c.ok = true
+	}
+	c.end()
+}
+
+// interrupt interrupts the prompt at its instance, in a worker. On the owner.
+func (c *cancelCall) interrupt() {
+	inst, uid := c.inst, c.uid
+	c.work(func(ctx context.Context) func(*upstream.Instance) {
+		body, _ := json.Marshal(map[string]string{"prompt_id": uid})
+		status, _, err := inst.Call(ctx, "POST", "/interrupt", cancelHeader, body)
 		if err != nil {
-			return false, fmt.Errorf("cancel %s: %w", id, err)
+			return func(*upstream.Instance) { c.fail(err) }
 		}
-		switch {
-		case pending[uid]:
-			return false, nil
-		case !running[uid]:
-			if entry, ok := historyEntry(ctx, inst, uid); ok && entry != nil {
-				return false, nil // it finished before the delete
-			}
-			// Deleted. The queue check that follows the instance's status
-			// message may have marked it done already: still our delete.
-			t.markDoneVia(pr, metrics.OutcomeInterrupted)
-			return true, nil
-		}
-		// It started between our look and the delete: interrupt it.
-	}
-	body, _ := json.Marshal(map[string]string{"prompt_id": uid})
-	status, _, err := inst.Call(ctx, "POST", "/interrupt", hdr, body)
-	if err != nil {
-		return false, fmt.Errorf("cancel %s: %w", id, err)
-	}
-	return status == 200, nil
+		return func(*upstream.Instance) { c.ok = status == 200; c.end() }
+	})
+}
+
+// fail ends the cancel with err. On the owner.
+func (c *cancelCall) fail(err error) {
+	c.err = fmt.Errorf("cancel %s: %w", c.pr.ID, err)
+	c.end()
 }
 
 // newUUID returns a random lowercase UUIDv4.

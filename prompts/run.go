@@ -96,6 +96,12 @@ func (r *run) goBackground(f func(ctx context.Context)) bool {
 	return r.goRun(func() { safely(r.log, "prompt table", func() { f(ctx) }) })
 }
 
+// running reports whether the run started and has not ended.
+func (r *run) running() bool {
+	ctx := r.context()
+	return ctx != nil && ctx.Err() == nil
+}
+
 // runCtx is the run's context (Background before start).
 func (r *run) runCtx() context.Context {
 	if ctx := r.context(); ctx != nil {
