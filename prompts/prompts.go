@@ -80,14 +80,7 @@ type Table struct {
 	insts   *instances // the pool's instances: their events, sockets, owners, warm-ups (events.go, socket.go, warmup.go)
 	events  *delivery  // prompts' events to their sinks, broadcasts and queue changes to the listener (outbox.go)
 
-	outboxes sync.Map // *upstream.Instance -> *outbox: event delivery per instance; nil key: queue changes
-
-	queueMu   sync.Mutex // guards lastQueue; orders the QueueChanged deliveries
-	lastQueue int
-
-	numbers atomic.Int64 // the next fleet queue number (Prompt.Number)
-
-	listener atomic.Pointer[Listener] // who receives broadcasts and queue changes (nil: none)
+	numbers numbering // the fleet queue numbers (Prompt.Number)
 
 	settled chan struct{} // capacity 1: a socket came up or its first dial failed (awaitSockets)
 
@@ -100,13 +93,12 @@ type Table struct {
 // configuration.
 func New(pool *upstream.Pool, cfg *config.Config, m *metrics.Metrics, log *slog.Logger) *Table {
 	t := &Table{
-		p:         pool,
-		cfg:       cfg,
-		m:         m,
-		log:       log,
-		run:       newRun(log),
-		lastQueue: -1,
-		settled:   make(chan struct{}, 1),
+		p:       pool,
+		cfg:     cfg,
+		m:       m,
+		log:     log,
+		run:     newRun(log),
+		settled: make(chan struct{}, 1),
 	}
 	if t.cfg == nil {
 		t.cfg = config.Default()
@@ -115,7 +107,8 @@ func New(pool *upstream.Pool, cfg *config.Config, m *metrics.Metrics, log *slog.
 		t.log = slog.New(slog.DiscardHandler)
 	}
 	t.fileStore = newFileStore(pool, t.cfg, t.log)
-	t.submits, t.moves, t.insts, t.events = &submitter{t}, &mover{t}, &instances{t}, &delivery{t}
+	t.events = newDelivery(pool, t.run, t.log)
+	t.submits, t.moves, t.insts = &submitter{t}, &mover{t}, &instances{t}
 	t.sub = pool.Subscribe()
 	pool.SetComebackGate(t.CleanUp)
 	return t
@@ -124,10 +117,10 @@ func New(pool *upstream.Pool, cfg *config.Config, m *metrics.Metrics, log *slog.
 // SetListener sets who receives broadcasts and fleet queue changes.
 func (t *Table) SetListener(l Listener) {
 	if l == nil {
-		t.listener.Store(nil)
+		t.events.listener.Store(nil)
 		return
 	}
-	t.listener.Store(&l)
+	t.events.listener.Store(&l)
 }
 
 // safely runs f and logs a panic instead of crashing the process.
@@ -294,7 +287,7 @@ func (t *Table) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (life
 		case lifecycle.Accept:
 			// Its fleet number, in the fleet's order of acceptance: a
 			// step of its own, so the state holds it.
-			if numbered, _, ok := lifecycle.Step(nv.life, lifecycle.Event{Kind: lifecycle.Numbered, At: e.At, Number: t.nextNumber(pr)}); ok {
+			if numbered, _, ok := lifecycle.Step(nv.life, lifecycle.Event{Kind: lifecycle.Numbered, At: e.At, Number: t.numbers.next(pr)}); ok {
 				nv.life, next = numbered, numbered
 			}
 		}
@@ -352,57 +345,51 @@ func (t *Table) carryOut(pr *Prompt, inst *upstream.Instance, effects []lifecycl
 	}
 }
 
-// nextNumber takes pr's fleet number (Prompt.Number) from the counter:
-// 0 and none taken when the client chose its own.
-func (t *Table) nextNumber(pr *Prompt) int64 {
+// numbering is the counter of the fleet queue numbers: the next one.
+type numbering struct{ n atomic.Int64 }
+
+// next takes pr's fleet number (Prompt.Number) from the counter: 0 and
+// none taken when the client chose its own.
+func (c *numbering) next(pr *Prompt) int64 {
 	if pr.ownNumber {
 		return 0
 	}
-	n := t.numbers.Add(1) - 1
+	n := c.n.Add(1) - 1
 	if pr.front {
 		n = -n // ComfyUI's front: -counter
 	}
 	return n
 }
 
-// onOwnerOf runs f on the owner of pr's instance and waits for it, with
-// at the instance whose owner runs it; a prompt never sent goes to the
-// owner of to, the instance its first send goes to. f reports false when
-// pr was no longer at at when it ran (a step moved it meanwhile): then it
-// runs again on the owner of where pr is now. It runs nothing when the
-// table closed. Not on an owner.
-func (t *Table) onOwnerOf(pr *Prompt, to *upstream.Instance, f func(at *upstream.Instance) bool) {
+// stepVia is step from elsewhere than the owner of pr's instance (a
+// submit's send and its settling): it runs there, by the step rule, and
+// waits for it; a prompt never sent steps on the owner of to, the
+// instance its first send goes to, as its submitter alone holds it. When
+// pr moved meanwhile, it steps on the owner of where pr is now. It
+// reports false, changing nothing, once the table closed. Not on an owner.
+func (t *Table) stepVia(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (lifecycle.State, bool) {
+	st, ok := pr.Life(), false
 	for range 8 {
 		at := pr.Instance()
 		if at == nil {
 			at = to
 		}
 		if at == nil {
-			f(nil) // nothing to step at no instance
-			return
+			return t.step(pr, e, to) // at no instance: nothing to step
 		}
 		ran, done := false, false
-		t.socketFor(at).box.do(func() { ran = true; done = f(at) })
+		t.socketFor(at).box.do(func() {
+			ran = true
+			if cur := pr.Instance(); cur != at && cur != nil {
+				return // it moved: step where it is now
+			}
+			st, ok = t.step(pr, e, to)
+			done = true
+		})
 		if !ran || done {
-			return
+			break
 		}
 	}
-}
-
-// stepVia is step from elsewhere than the owner of pr's instance (a
-// worker, a client's call, a submit): it runs there, by the step rule. It
-// reports false, changing nothing, once the table closed.
-func (t *Table) stepVia(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (lifecycle.State, bool) {
-	st, ok := pr.Life(), false
-	t.onOwnerOf(pr, to, func(at *upstream.Instance) bool {
-		// A prompt never sent is at no instance: the owner of its first
-		// send's target steps it, as its submitter alone holds it.
-		if cur := pr.Instance(); cur != at && cur != nil {
-			return false // it moved: step where it is now
-		}
-		st, ok = t.step(pr, e, to)
-		return true
-	})
 	return st, ok
 }
 
@@ -411,44 +398,6 @@ func (t *Table) stepVia(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (l
 func (t *Table) markDone(pr *Prompt, outcome string) bool {
 	_, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Finish, Outcome: outcome}, nil)
 	return ok
-}
-
-// notifyQueue tells the listener the fleet queue when it changed.
-func (t *delivery) notifyQueue() {
-	o := t.outboxFor(nil)
-	t.queueMu.Lock()
-	defer t.queueMu.Unlock()
-	q := t.p.QueueRemaining()
-	if q == t.lastQueue {
-		return
-	}
-	t.lastQueue = q
-	if l := t.currentListener(); l != nil {
-		o.push(func() { l.QueueChanged(q) })
-	}
-}
-
-// currentListener returns the listener (nil if none).
-func (t *delivery) currentListener() Listener {
-	if l := t.listener.Load(); l != nil {
-		return *l
-	}
-	return nil
-}
-
-// deliver queues one event of pr for its sink, on the outbox of the
-// instance it came from (in order with that instance's other events). An
-// event of a prompt whose sink already got its end is dropped. force
-// delivers anyway: comfygate's own synthesized ending.
-func (t *delivery) deliver(pr *Prompt, ev Event, force bool) {
-	if pr.Sink == nil {
-		return
-	}
-	if !force && pr.Life().Phase == lifecycle.Ended {
-		return
-	}
-	sink := pr.Sink
-	t.outboxFor(ev.Instance).push(func() { sink.PromptEvent(pr, ev) })
 }
 
 // Prompt looks a prompt up by its client-facing id.

@@ -594,9 +594,9 @@ func (t *Table) apply(pr *Prompt, inst *upstream.Instance, f frame) {
 // pinOutputs records the files named by refs (an `executed` output's or a
 // history entry's) as inst's. One odd entry (a subfolder that is no
 // string) costs only itself.
-func (t *Table) pinOutputs(inst *upstream.Instance, refs []FileRef) {
+func (fs *fileStore) pinOutputs(inst *upstream.Instance, refs []FileRef) {
 	for _, r := range refs {
-		t.PinFile(r, inst)
+		fs.PinFile(r, inst)
 	}
 }
 
