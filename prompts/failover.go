@@ -144,7 +144,7 @@ func (t *mover) reconcile(ctx context.Context, inst *upstream.Instance) {
 // then executing-null. Nothing is sent if the live stream ended it first.
 func (t *mover) completeFromHistory(inst *upstream.Instance, pr *Prompt, uid string, entry json.RawMessage) {
 	f := t.historyEnd(inst, uid, entry)
-	t.socketFor(inst).box.do(func() { t.completeOwned(inst, pr, uid, f) })
+	t.owners.socketFor(inst).box.do(func() { t.completeOwned(inst, pr, uid, f) })
 }
 
 // completeOwned is completeFromHistory's delivery, on inst's owner.
@@ -204,7 +204,7 @@ func (t *mover) historyEnd(inst *upstream.Instance, uid string, entry json.RawMe
 // and its looks workers, whose expiries and results are messages to the
 // owner. Not on an owner.
 func (t *submitter) confirmLater(pr *Prompt, inst *upstream.Instance, uid string) {
-	s := t.socketFor(inst)
+	s := t.owners.socketFor(inst)
 	u := &unconfirmed{pr: pr, uid: uid, deadline: time.Now().Add(max(t.cfg.Timeout, 10*time.Second)), delay: 500 * time.Millisecond}
 	s.box.post(func() { s.passes.confirmRound(u) })
 }

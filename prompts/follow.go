@@ -39,7 +39,7 @@ func (fl *follow) post(f func(at *upstream.Instance)) {
 		fl.end()
 		return
 	}
-	ok := fl.t.socketFor(inst).box.post(func() {
+	ok := fl.t.owners.socketFor(inst).box.post(func() {
 		if fl.pr.Instance() != inst {
 			fl.post(f) // it moved meanwhile: on to its owner
 			return

@@ -67,7 +67,7 @@ func (mv *move) post(f func()) {
 		mv.end()
 		return
 	}
-	ok := mv.t.socketFor(inst).box.post(func() {
+	ok := mv.t.owners.socketFor(inst).box.post(func() {
 		if mv.pr.Instance() != inst {
 			mv.post(f) // it moved meanwhile: on to its owner
 			return

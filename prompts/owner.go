@@ -14,7 +14,10 @@ package prompts
 // code that runs on the owner (a message posted with post or do); they
 // need no lock.
 
-import "sync"
+import (
+	"log/slog"
+	"sync"
+)
 
 // mailbox is an owner's queue of messages. Posting never blocks, so code
 // running on the owner can post to it (a pass it starts) as any other
@@ -33,13 +36,13 @@ func newMailbox() *mailbox {
 
 // startOwner runs s's owner until the table closes.
 func (t *instances) startOwner(s *instSocket) {
-	if !t.run.goRun(func() { s.box.serve(t.Table, t.run.quit) }) {
+	if !t.run.goRun(func() { s.box.serve(t.log, t.run.quit) }) {
 		s.box.close()
 	}
 }
 
 // serve runs the queued messages in order until quit is closed.
-func (b *mailbox) serve(t *Table, quit <-chan struct{}) {
+func (b *mailbox) serve(log *slog.Logger, quit <-chan struct{}) {
 	defer b.close()
 	for {
 		select {
@@ -57,7 +60,7 @@ func (b *mailbox) serve(t *Table, quit <-chan struct{}) {
 			b.msgs[0] = nil
 			b.msgs = b.msgs[1:]
 			b.mu.Unlock()
-			safely(t.log, "instance owner", f)
+			safely(log, "instance owner", f)
 		}
 	}
 }

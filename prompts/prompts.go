@@ -68,21 +68,20 @@ type Table struct {
 	m   *metrics.Metrics
 	log *slog.Logger
 
-	idx    index                  // the prompts by id, by upstream id, the live ones, the done queue (index.go)
-	owners owners                 // the instances' owners and sockets (run.go)
-	run    *run                   // Start to Close: the context and the goroutines Close waits for (run.go)
-	sub    *upstream.Subscription // the pool's instance events (events.go)
+	idx    index  // the prompts by id, by upstream id, the live ones, the done queue (index.go)
+	owners owners // the instances' owners and sockets (run.go)
+	run    *run   // Start to Close: the context and the goroutines Close waits for (run.go)
 
-	// The table's jobs beside the prompts' steps, each a type of its own
-	// over the table's shared parts (the index, the owners, step).
+	// The table's jobs beside the prompts' steps, each a type of its own:
+	// submits and moves step prompts, so they work over the table's shared
+	// parts (the index, the owners, step); insts and events hold only the
+	// parts they use.
 	submits *submitter // submission: pick, pin, POST, settle (submit.go)
 	moves   *mover     // prompts that change instance: failover, moves to idle instances, tombstones, clean-up (failover.go, move.go, steal.go, tombstones.go)
 	insts   *instances // the pool's instances: their events, sockets, owners, warm-ups (events.go, socket.go, warmup.go)
 	events  *delivery  // prompts' events to their sinks, broadcasts and queue changes to the listener (outbox.go)
 
 	numbers numbering // the fleet queue numbers (Prompt.Number)
-
-	settled chan struct{} // capacity 1: a socket came up or its first dial failed (awaitSockets)
 
 	*fileStore // file pins and copies (pins.go, files.go)
 }
@@ -93,12 +92,11 @@ type Table struct {
 // configuration.
 func New(pool *upstream.Pool, cfg *config.Config, m *metrics.Metrics, log *slog.Logger) *Table {
 	t := &Table{
-		p:       pool,
-		cfg:     cfg,
-		m:       m,
-		log:     log,
-		run:     newRun(log),
-		settled: make(chan struct{}, 1),
+		p:   pool,
+		cfg: cfg,
+		m:   m,
+		log: log,
+		run: newRun(log),
 	}
 	if t.cfg == nil {
 		t.cfg = config.Default()
@@ -108,8 +106,11 @@ func New(pool *upstream.Pool, cfg *config.Config, m *metrics.Metrics, log *slog.
 	}
 	t.fileStore = newFileStore(pool, t.cfg, t.log)
 	t.events = newDelivery(pool, t.run, t.log)
-	t.submits, t.moves, t.insts = &submitter{t}, &mover{t}, &instances{t}
-	t.sub = pool.Subscribe()
+	t.insts = &instances{p: pool, cfg: t.cfg, log: t.log, run: t.run, owners: &t.owners,
+		sub: pool.Subscribe(), settled: make(chan struct{}, 1)}
+	t.owners.mk = func(inst *upstream.Instance) *instSocket { return newInstSocket(t, inst) }
+	t.owners.start = t.insts.startOwner
+	t.submits, t.moves = &submitter{t}, &mover{t}
 	pool.SetComebackGate(t.CleanUp)
 	return t
 }
@@ -155,7 +156,7 @@ func (t *Table) Start(ctx context.Context) {
 // and waits for the table's goroutines.
 func (t *Table) Close() {
 	t.run.close()
-	t.sub.Close()
+	t.insts.sub.Close()
 	for _, s := range t.owners.all() {
 		s.stop()
 	}
@@ -164,32 +165,15 @@ func (t *Table) Close() {
 
 // InstanceAdded opens the socket of inst (at start if the table is not
 // running yet). Calling it twice is harmless.
-func (t *Table) InstanceAdded(inst *upstream.Instance) {
-	s := t.socketFor(inst)
-	if t.run.context() != nil && !t.run.closed() {
-		t.insts.runSocket(s)
-	}
-}
+func (t *Table) InstanceAdded(inst *upstream.Instance) { t.insts.added(inst) }
 
 // SocketSettled reports whether inst's socket is up or its first dial
 // failed: either way, waiting longer for it at start-up gains nothing.
-func (t *Table) SocketSettled(inst *upstream.Instance) bool {
-	s := t.owners.get(inst)
-	return inst.SocketUp() || s == nil || s.dialed.Load()
-}
+func (t *Table) SocketSettled(inst *upstream.Instance) bool { return t.insts.socketSettled(inst) }
 
 // InstanceRemoved stops giving inst new work (the pool's draining flag does
 // that) and closes its socket once its prompts are done.
-func (t *Table) InstanceRemoved(inst *upstream.Instance) {
-	s := t.owners.get(inst)
-	if s == nil {
-		return
-	}
-	s.box.post(func() {
-		s.draining = true
-		s.passes.closeIfDrained()
-	})
-}
+func (t *Table) InstanceRemoved(inst *upstream.Instance) { t.insts.removed(inst) }
 
 // maybeCloseDrained closes a draining instance's socket when it has no
 // prompts left.
@@ -216,19 +200,6 @@ func (s *passes) closeIfDrained() {
 	}
 	t.log.Info("prompts: drained instance's socket closed", "instance", inst.Name)
 	s.stop()
-}
-
-// socketFor returns the socket record of inst, creating it (not running)
-// and starting its owner if needed.
-func (t *Table) socketFor(inst *upstream.Instance) *instSocket {
-	if s := t.owners.get(inst); s != nil {
-		return s
-	}
-	s, added := t.owners.getOrAdd(inst, func() *instSocket { return newInstSocket(t, inst) })
-	if added {
-		t.insts.startOwner(s)
-	}
-	return s
 }
 
 // step applies e to pr: the transition (lifecycle.Step), pr's published
@@ -378,7 +349,7 @@ func (t *Table) stepVia(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (l
 			return t.step(pr, e, to) // at no instance: nothing to step
 		}
 		ran, done := false, false
-		t.socketFor(at).box.do(func() {
+		t.owners.socketFor(at).box.do(func() {
 			ran = true
 			if cur := pr.Instance(); cur != at && cur != nil {
 				return // it moved: step where it is now
@@ -471,7 +442,7 @@ func (t *Table) locate(ctx context.Context, id string) (*upstream.Instance, erro
 	if best == nil {
 		return nil, ErrUnknownPrompt
 	}
-	t.socketFor(best.inst).box.do(func() { t.adopt(id, best.inst, best.state) })
+	t.owners.socketFor(best.inst).box.do(func() { t.adopt(id, best.inst, best.state) })
 	return best.inst, nil
 }
 

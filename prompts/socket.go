@@ -155,7 +155,7 @@ func (s *instSocket) run(ctx context.Context) {
 		}
 		s.dialed.Store(true)
 		select {
-		case s.t.settled <- struct{}{}: // awaitSockets looks again
+		case s.t.insts.settled <- struct{}{}: // awaitSockets looks again
 		default:
 		}
 		if err != nil {

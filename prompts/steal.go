@@ -168,7 +168,7 @@ func (mv *move) stealLooked(to *upstream.Instance, pending map[string]bool, err 
 		return
 	}
 	if !pending[uid] {
-		s := t.socketFor(from)
+		s := t.owners.socketFor(from)
 		s.box.post(s.passes.wantVerify)
 		mv.end()
 		return

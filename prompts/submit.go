@@ -182,7 +182,7 @@ func (t *submitter) send(ctx context.Context, pr *Prompt, inst *upstream.Instanc
 	if err != nil {
 		return SubmitResult{}, sentAnswered, fmt.Errorf("submit prompt %s: %w", pr.ID, err)
 	}
-	s := t.socketFor(inst)
+	s := t.owners.socketFor(inst)
 	pr.body.Store(&body)
 	// Pinned before the request leaves: its events can come first. Until
 	// the POST is settled (answered, refused, no answer) no failover takes

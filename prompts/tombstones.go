@@ -42,7 +42,7 @@ func (t *mover) tombstone(inst *upstream.Instance, uid string, pr *Prompt) {
 	if inst == nil || uid == "" {
 		return
 	}
-	s := t.socketFor(inst)
+	s := t.owners.socketFor(inst)
 	s.tombsPosted.Add(1)
 	if !s.box.post(func() { s.addTomb(uid, pr); s.tombsPosted.Add(-1) }) {
 		s.tombsPosted.Add(-1)
@@ -113,7 +113,7 @@ func (t *mover) tombstoned(inst *upstream.Instance, uid string) bool {
 	if uid == "" {
 		return false
 	}
-	s, found := t.socketFor(inst), false
+	s, found := t.owners.socketFor(inst), false
 	if !s.mayHaveTombs() {
 		return false // the common case, without a hand-over to the owner
 	}
@@ -123,7 +123,7 @@ func (t *mover) tombstoned(inst *upstream.Instance, uid string) bool {
 
 // tombstonesAt returns the prompts moved off inst. Not on an owner.
 func (t *mover) tombstonesAt(inst *upstream.Instance) []tomb {
-	s := t.socketFor(inst)
+	s := t.owners.socketFor(inst)
 	var out []tomb
 	s.box.do(func() { out = slices.Clone(s.pruneTombs(time.Now())) })
 	return out
@@ -221,7 +221,7 @@ func (t *mover) reclaimIfRan(ctx context.Context, from *upstream.Instance, tb to
 		return // asked again on the next pass
 	}
 	fl := t.newFollow(ctx, tb.pr, "a reclaim")
-	s := t.socketFor(from)
+	s := t.owners.socketFor(from)
 	if !s.box.post(guarded(t.log, func() { t.ranAt(fl, s, tb.uid, entry) }, fl.end)) {
 		return
 	}
@@ -274,7 +274,7 @@ func (t *mover) reclaim(fl *follow, from *upstream.Instance, uid string, entry j
 	_, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Reclaim, UpstreamID: uid}, from)
 	t.log.Info("prompts: a moved prompt ran where it was after all; its copy is removed",
 		"prompt_id", pr.ID, "ran_at", from.Name, "copy_at", cur.Name)
-	t.cleanUpLater(t.socketFor(cur))
+	t.cleanUpLater(t.owners.socketFor(cur))
 	if !ok {
 		fl.end()
 		return
@@ -318,7 +318,7 @@ func (s *passes) wantCleanUp() {
 
 // hasTombstones reports whether anything moved off inst. Not on an owner.
 func (t *mover) hasTombstones(inst *upstream.Instance) bool {
-	s, has := t.socketFor(inst), false
+	s, has := t.owners.socketFor(inst), false
 	if !s.mayHaveTombs() {
 		return false
 	}
