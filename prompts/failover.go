@@ -60,7 +60,7 @@ func (t *Table) InstanceDown(inst *upstream.Instance) {
 // execution_error, then the executing-null that ends every prompt. On
 // the owner of pr's instance.
 func (t *mover) loseOwned(pr *Prompt, from *upstream.Instance, what, why string) {
-	if st, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Close, Outcome: metrics.OutcomeLost}, nil); !ok || st.Outcome != metrics.OutcomeLost {
+	if st, ok := t.steps.step(pr, lifecycle.Event{Kind: lifecycle.Close, Outcome: metrics.OutcomeLost}, nil); !ok || st.Outcome != metrics.OutcomeLost {
 		return // it ended otherwise first
 	}
 	t.log.Warn("prompts: prompt lost", "prompt_id", pr.ID, "instance", from.Name, "reason", why)
@@ -154,10 +154,10 @@ func (t *mover) completeOwned(inst *upstream.Instance, pr *Prompt, uid string, f
 	if stale {
 		return
 	}
-	t.apply(pr, inst, f)
-	t.apply(pr, inst, frame{typ: "executing", uid: uid, nodeNull: true, data: comfyapi.ExecutingNull(uid), at: time.Now()})
+	t.steps.apply(pr, inst, f)
+	t.steps.apply(pr, inst, frame{typ: "executing", uid: uid, nodeNull: true, data: comfyapi.ExecutingNull(uid), at: time.Now()})
 	// The live stream's own ending, if it comes, would repeat it.
-	t.step(pr, lifecycle.Event{Kind: lifecycle.Close}, nil)
+	t.steps.step(pr, lifecycle.Event{Kind: lifecycle.Close}, nil)
 }
 
 // historyEnd pins the outputs of the history entry of uid at inst and
@@ -279,7 +279,7 @@ func (s *passes) confirmFound(u *unconfirmed, st PromptState, found, answered bo
 	inst, pr := s.inst, u.pr
 	if found {
 		if u.still(inst) {
-			t.step(pr, lifecycle.Event{Kind: lifecycle.Seen}, nil)
+			t.steps.step(pr, lifecycle.Event{Kind: lifecycle.Seen}, nil)
 		}
 		if st == PromptDone {
 			t.run.goBackground(func(ctx context.Context) { t.submits.settleFromHistory(ctx, pr, inst, u.uid) })
@@ -298,7 +298,7 @@ func (s *passes) confirmFound(u *unconfirmed, st PromptState, found, answered bo
 	if !u.still(inst) {
 		return // it moved on or ended meanwhile: no longer this wait's
 	}
-	if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Drop}, nil); ok {
+	if _, ok := t.steps.step(pr, lifecycle.Event{Kind: lifecycle.Drop}, nil); ok {
 		t.log.Warn("prompts: unanswered prompt not found at its instance, dropped", "prompt_id", pr.ID, "instance", inst.Name)
 		return
 	}
@@ -510,7 +510,7 @@ func (s *passes) verifyRan(c *queueCheck, m queueMiss, ran bool) {
 		}, s.verifyEnd)
 		return
 	}
-	if t.markDone(pr, metrics.OutcomeInterrupted) {
+	if t.steps.markDone(pr, metrics.OutcomeInterrupted) {
 		t.log.Info("prompts: prompt deleted from its instance's queue", "prompt_id", pr.ID, "instance", inst.Name)
 	}
 	s.verifyNext(c)

@@ -103,7 +103,7 @@ func (mv *move) work(call func(ctx context.Context) func()) {
 // tried elsewhere; no answer: confirmLater). On the owner.
 func (mv *move) begin() {
 	t, pr := mv.t, mv.pr
-	st, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.MoveBegin, Instance: mv.from.Name}, nil)
+	st, ok := t.steps.step(pr, lifecycle.Event{Kind: lifecycle.MoveBegin, Instance: mv.from.Name}, nil)
 	if !ok {
 		mv.end()
 		return
@@ -211,7 +211,7 @@ func (mv *move) picked(watch <-chan struct{}, retry time.Time, inst *upstream.In
 		// it is stale, and from may hold it still (hung, not dead), so
 		// it must not run it there: a tombstone. Not when from showed
 		// it lost it (allowSame: restarted).
-		if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Leave, Tombstone: !mv.allowSame}, nil); !ok {
+		if _, ok := t.steps.step(pr, lifecycle.Event{Kind: lifecycle.Leave, Tombstone: !mv.allowSame}, nil); !ok {
 			mv.finish() // it finished meanwhile
 			return
 		}
@@ -265,7 +265,7 @@ func (mv *move) lose(why string) {
 func (mv *move) stay() {
 	if mv.held && !mv.left && !mv.settled {
 		mv.settled = true
-		mv.t.step(mv.pr, lifecycle.Event{Kind: lifecycle.MoveAbort}, nil)
+		mv.t.steps.step(mv.pr, lifecycle.Event{Kind: lifecycle.MoveAbort}, nil)
 	}
 }
 

@@ -81,7 +81,7 @@ type Table struct {
 	insts   *instances // the pool's instances: their events, sockets, owners, warm-ups (events.go, socket.go, warmup.go)
 	events  *delivery  // prompts' events to their sinks, broadcasts and queue changes to the listener (outbox.go)
 
-	numbers numbering // the fleet queue numbers (Prompt.Number)
+	steps *steps // a prompt's steps and their effects (the step rule)
 
 	*fileStore // file pins and copies (pins.go, files.go)
 }
@@ -111,6 +111,7 @@ func New(pool *upstream.Pool, cfg *config.Config, m *metrics.Metrics, log *slog.
 	t.owners.mk = func(inst *upstream.Instance) *instSocket { return newInstSocket(t, inst) }
 	t.owners.start = t.insts.startOwner
 	t.submits, t.moves = &submitter{t}, &mover{t}
+	t.steps = &steps{idx: &t.idx, m: m, files: t.fileStore, moves: t.moves, insts: t.insts, events: t.events}
 	pool.SetComebackGate(t.CleanUp)
 	return t
 }
@@ -202,6 +203,20 @@ func (s *passes) closeIfDrained() {
 	s.stop()
 }
 
+// steps applies the prompts' steps: the transitions of lifecycle.Step,
+// what they change in the index and the in-flight counts, and their
+// other effects.
+type steps struct {
+	idx     *index
+	numbers numbering // the fleet queue numbers (Prompt.Number)
+	m       *metrics.Metrics
+	files   *fileStore // the outputs' pins (apply)
+	// Where a step's effects go.
+	moves  *mover     // tombstones; a finished prompt frees its instance
+	insts  *instances // a drained instance's socket closes
+	events *delivery  // events and queue changes
+}
+
 // step applies e to pr: the transition (lifecycle.Step), pr's published
 // view, its keys in the index and the in-flight counts it changes, then
 // the transition's other effects. to is the instance a Send or a Reclaim
@@ -225,7 +240,7 @@ func (s *passes) closeIfDrained() {
 // lock is held while a Sink or Listener is called: events go through the
 // per-instance outbox (outbox.go), which calls them in order from its own
 // goroutine.
-func (t *Table) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (lifecycle.State, bool) {
+func (t *steps) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (lifecycle.State, bool) {
 	if e.At.IsZero() {
 		e.At = time.Now()
 	}
@@ -279,7 +294,7 @@ func (t *Table) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (life
 // carryOut does what a transition of pr asked for. inst is the instance
 // the transition started at: every effect names it but a send's CountIn
 // (the instance it goes to; step publishes that one's count).
-func (t *Table) carryOut(pr *Prompt, inst *upstream.Instance, effects []lifecycle.Effect) {
+func (t *steps) carryOut(pr *Prompt, inst *upstream.Instance, effects []lifecycle.Effect) {
 	queue := false
 	for _, ef := range effects {
 		switch ef.Kind {
@@ -346,7 +361,7 @@ func (t *Table) stepVia(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (l
 			at = to
 		}
 		if at == nil {
-			return t.step(pr, e, to) // at no instance: nothing to step
+			return t.steps.step(pr, e, to) // at no instance: nothing to step
 		}
 		ran, done := false, false
 		t.owners.socketFor(at).box.do(func() {
@@ -354,7 +369,7 @@ func (t *Table) stepVia(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (l
 			if cur := pr.Instance(); cur != at && cur != nil {
 				return // it moved: step where it is now
 			}
-			st, ok = t.step(pr, e, to)
+			st, ok = t.steps.step(pr, e, to)
 			done = true
 		})
 		if !ran || done {
@@ -366,7 +381,7 @@ func (t *Table) stepVia(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (l
 
 // markDone ends pr with outcome. It reports false if pr was already done.
 // On the owner of pr's instance.
-func (t *Table) markDone(pr *Prompt, outcome string) bool {
+func (t *steps) markDone(pr *Prompt, outcome string) bool {
 	_, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Finish, Outcome: outcome}, nil)
 	return ok
 }
@@ -628,7 +643,7 @@ func (c *cancelCall) deleted(ran bool) {
 	if !ran {
 		// The queue check that follows the instance's status message may
 		// have marked it done already: still this delete.
-		c.t.markDone(c.pr, metrics.OutcomeInterrupted)
+		c.t.steps.markDone(c.pr, metrics.OutcomeInterrupted)
 		c.ok = true
 	}
 	c.end()

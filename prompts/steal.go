@@ -173,7 +173,7 @@ func (mv *move) stealLooked(to *upstream.Instance, pending map[string]bool, err 
 		mv.end()
 		return
 	}
-	st, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.MoveBegin, Instance: from.Name}, nil)
+	st, ok := t.steps.step(pr, lifecycle.Event{Kind: lifecycle.MoveBegin, Instance: from.Name}, nil)
 	if !ok {
 		mv.end()
 		return
@@ -221,7 +221,7 @@ func (mv *move) stealDeleted(to *upstream.Instance, found, answered bool) {
 		mv.stealStays(true)
 		return
 	}
-	if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Leave}, nil); !ok {
+	if _, ok := t.steps.step(pr, lifecycle.Event{Kind: lifecycle.Leave}, nil); !ok {
 		mv.stealStays(false) // it finished meanwhile
 		return
 	}
@@ -237,7 +237,7 @@ func (mv *move) stealDeleted(to *upstream.Instance, found, answered bool) {
 func (mv *move) stealStays(deleteSent bool) {
 	t, pr, from := mv.t, mv.pr, mv.from
 	mv.settled = true
-	if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.MoveAbort, DeleteSent: deleteSent}, nil); ok && from.ConfirmedDown() {
+	if _, ok := t.steps.step(pr, lifecycle.Event{Kind: lifecycle.MoveAbort, DeleteSent: deleteSent}, nil); ok && from.ConfirmedDown() {
 		mv.work(func(ctx context.Context) func() {
 			t.moves.failover(ctx, pr, from, fmt.Sprintf("instance %s died", from.Name), false)
 			return mv.end

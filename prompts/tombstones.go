@@ -261,17 +261,17 @@ func (t *mover) reclaim(fl *follow, from *upstream.Instance, uid string, entry j
 		fl.end()
 		return
 	}
-	if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.MoveBegin, Instance: cur.Name}, nil); !ok {
+	if _, ok := t.steps.step(pr, lifecycle.Event{Kind: lifecycle.MoveBegin, Instance: cur.Name}, nil); !ok {
 		fl.end()
 		return
 	}
-	if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Leave, Tombstone: true}, nil); !ok {
-		t.step(pr, lifecycle.Event{Kind: lifecycle.MoveAbort}, nil)
+	if _, ok := t.steps.step(pr, lifecycle.Event{Kind: lifecycle.Leave, Tombstone: true}, nil); !ok {
+		t.steps.step(pr, lifecycle.Event{Kind: lifecycle.MoveAbort}, nil)
 		fl.end()
 		return
 	}
 	end := t.historyEnd(from, uid, entry)
-	_, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Reclaim, UpstreamID: uid}, from)
+	_, ok := t.steps.step(pr, lifecycle.Event{Kind: lifecycle.Reclaim, UpstreamID: uid}, from)
 	t.log.Info("prompts: a moved prompt ran where it was after all; its copy is removed",
 		"prompt_id", pr.ID, "ran_at", from.Name, "copy_at", cur.Name)
 	t.cleanUpLater(t.owners.socketFor(cur))
@@ -282,8 +282,8 @@ func (t *mover) reclaim(fl *follow, from *upstream.Instance, uid string, entry j
 	// Its ending, delivered on from's owner, where it is now.
 	fl.post(func(at *upstream.Instance) {
 		if at == from {
-			t.apply(pr, from, end)
-			t.apply(pr, from, frame{typ: comfyapi.TypeExecuting, uid: uid, nodeNull: true, data: comfyapi.ExecutingNull(uid), at: time.Now()})
+			t.steps.apply(pr, from, end)
+			t.steps.apply(pr, from, frame{typ: comfyapi.TypeExecuting, uid: uid, nodeNull: true, data: comfyapi.ExecutingNull(uid), at: time.Now()})
 		}
 		fl.end()
 	})
