@@ -14,7 +14,7 @@
 // instance events, timer expiries (through the pool's clock) and the
 // results of the workers it starts for calls to the instance (probes,
 // history reads, deletes, sends). Only owners call lifecycle.Step
-// (Table.step), under the step rule: a prompt's steps run on the owner of
+// (steps.step), under the step rule: a prompt's steps run on the owner of
 // the instance it is at (stepVia from a submit), and a step that moves
 // it (a send to another instance, a reclaim) runs on the owner it leaves
 // and hands it to the next (a first send runs on the owner of its

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/internal/lifecycle"
 	"github.com/comfygate/comfygate/metrics"
@@ -19,7 +20,19 @@ import (
 // after its socket came back, moves of waiting prompts to idle instances
 // (steal.go), and the tombstones and clean-up that keep a moved prompt
 // from running twice (tombstones.go).
-type mover struct{ *Table }
+type mover struct {
+	p       fleet
+	cfg     *config.Config
+	m       *metrics.Metrics
+	log     *slog.Logger
+	run     *run
+	idx     *index
+	owners  *owners
+	steps   *steps
+	submits *submitter // the sends of the prompts it moves
+	events  *delivery  // a lost prompt's error
+	files   *fileStore // the outputs of a run found in a history
+}
 
 // failoverParallel bounds the resubmissions one dead instance causes at once.
 const failoverParallel = 8
@@ -165,7 +178,7 @@ func (t *mover) completeOwned(inst *upstream.Instance, pr *Prompt, uid string, f
 // execution_error saying why), as inst would have sent it.
 func (t *mover) historyEnd(inst *upstream.Instance, uid string, entry json.RawMessage) frame {
 	h, _ := comfyapi.ParseHistoryEntry(entry)
-	t.pinOutputs(inst, h.Files())
+	t.files.pinOutputs(inst, h.Files())
 	f := frame{at: time.Now(), uid: uid}
 	if m, ok := h.Status.Terminal(); ok {
 		f.typ = m.Type

@@ -5,11 +5,12 @@ package prompts
 // owner takes each decision in a message it runs, and each call to an
 // instance is a worker whose result comes back as the next message. The
 // messages go to the owner of the instance the prompt is at when each
-// runs (the step rule, Table.step), so they step the prompt themselves.
+// runs (the step rule, steps.step), so they step the prompt themselves.
 
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"sync"
 
 	"github.com/comfygate/comfygate/upstream"
@@ -18,16 +19,20 @@ import (
 // follow is one such sequence about one prompt. What it keeps is touched
 // only by its messages, which run one at a time on an owner.
 type follow struct {
-	t    *Table
-	ctx  context.Context // the calls' context (a client's, for a cancel)
-	pr   *Prompt
-	what string // what it is, for a panic's log
-	done chan struct{}
-	once sync.Once
+	owners *owners
+	run    *run
+	log    *slog.Logger
+	ctx    context.Context // the calls' context (a client's, for a cancel)
+	pr     *Prompt
+	what   string // what it is, for a panic's log
+	done   chan struct{}
+	once   sync.Once
 }
 
-func (t *Table) newFollow(ctx context.Context, pr *Prompt, what string) *follow {
-	return &follow{t: t, ctx: ctx, pr: pr, what: what, done: make(chan struct{})}
+// newFollow begins a sequence about pr, its calls on ctx; what names it
+// in a panic's log.
+func newFollow(ctx context.Context, o *owners, r *run, log *slog.Logger, pr *Prompt, what string) *follow {
+	return &follow{owners: o, run: r, log: log, ctx: ctx, pr: pr, what: what, done: make(chan struct{})}
 }
 
 // post runs f on the owner of the instance fl's prompt is at when f runs,
@@ -39,14 +44,14 @@ func (fl *follow) post(f func(at *upstream.Instance)) {
 		fl.end()
 		return
 	}
-	ok := fl.t.owners.socketFor(inst).box.post(func() {
+	ok := fl.owners.socketFor(inst).box.post(func() {
 		if fl.pr.Instance() != inst {
 			fl.post(f) // it moved meanwhile: on to its owner
 			return
 		}
 		defer func() {
 			if r := recover(); r != nil {
-				fl.t.log.Error("prompts: panic in "+fl.what, "prompt_id", fl.pr.ID, "panic", fmt.Sprint(r))
+				fl.log.Error("prompts: panic in "+fl.what, "prompt_id", fl.pr.ID, "panic", fmt.Sprint(r))
 				fl.end()
 			}
 		}()
@@ -60,10 +65,10 @@ func (fl *follow) post(f func(at *upstream.Instance)) {
 // work runs call in a worker and posts the message it returns to the
 // prompt's owner. The sequence ends if call panicked or the table closed.
 func (fl *follow) work(call func(ctx context.Context) func(at *upstream.Instance)) {
-	if !fl.t.run.goRun(func() {
+	if !fl.run.goRun(func() {
 		then := func(*upstream.Instance) { fl.end() } // call panicked
 		defer func() { fl.post(then) }()
-		safely(fl.t.log, fl.what, func() { then = call(fl.ctx) })
+		safely(fl.log, fl.what, func() { then = call(fl.ctx) })
 	}) {
 		fl.end()
 	}

@@ -8,7 +8,7 @@ package prompts
 // an instance to become available, the send to the next instance) is a
 // worker whose result comes back as a message to the owner. The messages
 // go to the owner of the instance the prompt is at when each is posted
-// (the step rule, Table.step): a send that the next instance refused
+// (the step rule, steps.step): a send that the next instance refused
 // without taking it leaves the prompt there, and the failover goes on
 // on that instance's owner.
 
@@ -27,7 +27,7 @@ import (
 // move is one failover of one prompt. Its fields are touched only by the
 // messages it posts, which run one at a time on an owner.
 type move struct {
-	t         *Table
+	t         *mover
 	ctx       context.Context
 	pr        *Prompt
 	from      *upstream.Instance
@@ -54,7 +54,7 @@ type move struct {
 // instance can take it (from is alive but lost the prompt in a restart).
 // Not on an owner: the owners run it (move).
 func (t *mover) failover(ctx context.Context, pr *Prompt, from *upstream.Instance, what string, allowSame bool) {
-	mv := &move{t: t.Table, ctx: ctx, pr: pr, from: from, what: what, allowSame: allowSame, done: make(chan struct{})}
+	mv := &move{t: t, ctx: ctx, pr: pr, from: from, what: what, allowSame: allowSame, done: make(chan struct{})}
 	mv.post(mv.begin)
 	<-mv.done
 }
@@ -158,7 +158,7 @@ func (mv *move) probed(watch <-chan struct{}, st PromptState, found, answered bo
 		mv.stay()
 		mv.work(func(ctx context.Context) func() {
 			if entry, ok := historyEntry(ctx, from, uid); ok && entry != nil {
-				t.moves.completeFromHistory(from, pr, uid, entry)
+				t.completeFromHistory(from, pr, uid, entry)
 			}
 			return mv.finish
 		})
@@ -257,7 +257,7 @@ func (mv *move) sent(inst *upstream.Instance, res SubmitResult, outcome sendOutc
 
 // lose ends the prompt as lost (lose) and the failover. On the owner.
 func (mv *move) lose(why string) {
-	mv.t.moves.loseOwned(mv.pr, mv.from, mv.what, why)
+	mv.t.loseOwned(mv.pr, mv.from, mv.what, why)
 	mv.finish()
 }
 

@@ -72,10 +72,8 @@ type Table struct {
 	owners owners // the instances' owners and sockets (run.go)
 	run    *run   // Start to Close: the context and the goroutines Close waits for (run.go)
 
-	// The table's jobs beside the prompts' steps, each a type of its own:
-	// submits and moves step prompts, so they work over the table's shared
-	// parts (the index, the owners, step); insts and events hold only the
-	// parts they use.
+	// The table's jobs beside the prompts' steps, each a type of its own
+	// holding the parts it uses (submits works over the whole table).
 	submits *submitter // submission: pick, pin, POST, settle (submit.go)
 	moves   *mover     // prompts that change instance: failover, moves to idle instances, tombstones, clean-up (failover.go, move.go, steal.go, tombstones.go)
 	insts   *instances // the pool's instances: their events, sockets, owners, warm-ups (events.go, socket.go, warmup.go)
@@ -110,8 +108,11 @@ func New(pool *upstream.Pool, cfg *config.Config, m *metrics.Metrics, log *slog.
 		sub: pool.Subscribe(), settled: make(chan struct{}, 1)}
 	t.owners.mk = func(inst *upstream.Instance) *instSocket { return newInstSocket(t, inst) }
 	t.owners.start = t.insts.startOwner
-	t.submits, t.moves = &submitter{t}, &mover{t}
-	t.steps = &steps{idx: &t.idx, m: m, files: t.fileStore, moves: t.moves, insts: t.insts, events: t.events}
+	t.submits = &submitter{t}
+	t.steps = &steps{idx: &t.idx, m: m, files: t.fileStore, insts: t.insts, events: t.events}
+	t.moves = &mover{p: pool, cfg: t.cfg, m: m, log: t.log, run: t.run, idx: &t.idx, owners: &t.owners,
+		steps: t.steps, submits: t.submits, events: t.events, files: t.fileStore}
+	t.steps.moves = t.moves
 	pool.SetComebackGate(t.CleanUp)
 	return t
 }
@@ -563,7 +564,7 @@ func (t *Table) Cancel(ctx context.Context, id string) (bool, error) {
 			return false, ErrUnknownPrompt
 		}
 	}
-	c := &cancelCall{follow: t.newFollow(ctx, pr, "a cancel")}
+	c := &cancelCall{follow: newFollow(ctx, &t.owners, t.run, t.log, pr, "a cancel"), steps: t.steps}
 	c.post(c.begin)
 	c.wait()
 	return c.ok, c.err
@@ -572,10 +573,11 @@ func (t *Table) Cancel(ctx context.Context, id string) (bool, error) {
 // cancelCall is one Cancel, as the owner of its prompt follows it (follow).
 type cancelCall struct {
 	*follow
-	inst *upstream.Instance // where it was cancelled
-	uid  string             // its id there
-	ok   bool               // something was cancelled
-	err  error
+	steps *steps
+	inst  *upstream.Instance // where it was cancelled
+	uid   string             // its id there
+	ok    bool               // something was cancelled
+	err   error
 }
 
 var cancelHeader = map[string]string{"Content-Type": "application/json"}
@@ -643,7 +645,7 @@ func (c *cancelCall) deleted(ran bool) {
 	if !ran {
 		// The queue check that follows the instance's status message may
 		// have marked it done already: still this delete.
-		c.t.steps.markDone(c.pr, metrics.OutcomeInterrupted)
+		c.steps.markDone(c.pr, metrics.OutcomeInterrupted)
 		c.ok = true
 	}
 	c.end()

@@ -220,7 +220,7 @@ func (t *mover) reclaimIfRan(ctx context.Context, from *upstream.Instance, tb to
 	if !ok {
 		return // asked again on the next pass
 	}
-	fl := t.newFollow(ctx, tb.pr, "a reclaim")
+	fl := newFollow(ctx, t.owners, t.run, t.log, tb.pr, "a reclaim")
 	s := t.owners.socketFor(from)
 	if !s.box.post(guarded(t.log, func() { t.ranAt(fl, s, tb.uid, entry) }, fl.end)) {
 		return
