@@ -73,7 +73,7 @@ type Table struct {
 	run    *run   // Start to Close: the context and the goroutines Close waits for (run.go)
 
 	// The table's jobs beside the prompts' steps, each a type of its own
-	// holding the parts it uses (submits works over the whole table).
+	// holding the parts it uses.
 	submits *submitter // submission: pick, pin, POST, settle (submit.go)
 	moves   *mover     // prompts that change instance: failover, moves to idle instances, tombstones, clean-up (failover.go, move.go, steal.go, tombstones.go)
 	insts   *instances // the pool's instances: their events, sockets, owners, warm-ups (events.go, socket.go, warmup.go)
@@ -108,11 +108,11 @@ func New(pool *upstream.Pool, cfg *config.Config, m *metrics.Metrics, log *slog.
 		sub: pool.Subscribe(), settled: make(chan struct{}, 1)}
 	t.owners.mk = func(inst *upstream.Instance) *instSocket { return newInstSocket(t, inst) }
 	t.owners.start = t.insts.startOwner
-	t.submits = &submitter{t}
 	t.steps = &steps{idx: &t.idx, m: m, files: t.fileStore, insts: t.insts, events: t.events}
+	t.submits = &submitter{p: pool, cfg: t.cfg, log: t.log, run: t.run, idx: &t.idx, owners: &t.owners, steps: t.steps, files: t.fileStore}
 	t.moves = &mover{p: pool, cfg: t.cfg, m: m, log: t.log, run: t.run, idx: &t.idx, owners: &t.owners,
 		steps: t.steps, submits: t.submits, events: t.events, files: t.fileStore}
-	t.steps.moves = t.moves
+	t.steps.moves, t.submits.moves = t.moves, t.moves
 	pool.SetComebackGate(t.CleanUp)
 	return t
 }
@@ -354,7 +354,7 @@ func (c *numbering) next(pr *Prompt) int64 {
 // instance its first send goes to, as its submitter alone holds it. When
 // pr moved meanwhile, it steps on the owner of where pr is now. It
 // reports false, changing nothing, once the table closed. Not on an owner.
-func (t *Table) stepVia(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (lifecycle.State, bool) {
+func (t *submitter) stepVia(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (lifecycle.State, bool) {
 	st, ok := pr.Life(), false
 	for range 8 {
 		at := pr.Instance()
