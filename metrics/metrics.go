@@ -81,6 +81,7 @@ type Metrics struct {
 	eventsRouted     *prometheus.CounterVec
 	slowDropped      prometheus.Counter
 	backlogReplayed  prometheus.Counter
+	xFailed          prometheus.Counter
 	jobsSubmitted    *prometheus.CounterVec
 	jobsFinished     *prometheus.CounterVec
 	jobRunDuration   *prometheus.HistogramVec
@@ -154,6 +155,7 @@ func New(version string) *Metrics {
 	m.eventsRouted = counter("ws_events_routed_total", "WebSocket messages routed to clients, by kind (text, binary, broadcast).", "kind")
 	m.slowDropped = prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "ws_slow_clients_dropped_total", Help: "Client WebSockets closed because they did not keep up."})
 	m.backlogReplayed = prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "ws_backlog_replayed_messages_total", Help: "Buffered WebSocket messages replayed to clients that (re)connected."})
+	m.xFailed = prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "ws_cross_replica_failures_total", Help: "WebSocket events for a client on another replica that could not be published (state.url): a full queue, or Redis not answering."})
 	m.jobsSubmitted = counter("jobs_submitted_total", "Async jobs accepted, by workflow.", "workflow")
 	m.jobsFinished = counter("jobs_finished_total", "Async jobs finished, by workflow and status (completed, failed, cancelled).", "workflow", "status")
 	m.jobRunDuration = histogram("job_run_duration_seconds", "Time an async job ran on an instance, by workflow and status.", DurationBuckets, "workflow", "status")
@@ -169,7 +171,7 @@ func New(version string) *Metrics {
 		m.queueDepth, m.socketConnected, m.draining, m.reconnects, m.outcomes, m.healthCheck,
 		m.requests, m.requestDuration,
 		m.promptsSubmitted, m.promptsFinished, m.promptDuration, m.resubmissions, m.ranTwice,
-		m.wsClients, m.eventsRouted, m.slowDropped, m.backlogReplayed,
+		m.wsClients, m.eventsRouted, m.slowDropped, m.backlogReplayed, m.xFailed,
 		m.jobsSubmitted, m.jobsFinished, m.jobRunDuration, m.jobWaitDuration,
 		m.waitLine, m.jobsInFlight,
 	)
@@ -446,6 +448,15 @@ func (m *Metrics) IncSlowClientDropped() {
 		return
 	}
 	m.slowDropped.Inc()
+}
+
+// CrossReplicaFailed counts n WebSocket events that could not cross to
+// the other replicas (state.url): a full queue, or Redis not answering.
+func (m *Metrics) CrossReplicaFailed(n int) {
+	if m == nil || n <= 0 {
+		return
+	}
+	m.xFailed.Add(float64(n))
 }
 
 // IncBacklogReplayed counts n buffered messages replayed to a client.

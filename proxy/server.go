@@ -128,6 +128,12 @@ func New(o Options) (*Server, error) {
 	if keys.sec.keys.On() && o.Config.Auth.Isolation {
 		s.hub.isolate(keys.sec.owners)
 	}
+	if shared.Shared() {
+		s.hub.crossReplicas(shared.Events(state.EventOptions{
+			Window: o.Config.WebSocket.BacklogGrace, MaxLen: o.Config.WebSocket.BacklogSize,
+			Failed: o.Metrics.CrossReplicaFailed, Log: log.With("component", "ws"),
+		}))
+	}
 	s.fwd = &forwarder{cfg: o.Config, pool: o.Pool, log: log}
 	bodies := &clientBodies{budget: budget, edge: s.edge}
 	s.files = &fileRoutes{cfg: o.Config, pool: o.Pool, prompts: o.Prompts, log: log, fwd: s.fwd, bodies: bodies, keys: keys}

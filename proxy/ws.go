@@ -50,6 +50,7 @@ import (
 
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/metrics"
+	"github.com/comfygate/comfygate/state"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/fasthttp/websocket"
 	"github.com/valyala/fasthttp"
@@ -101,6 +102,9 @@ type Hub struct {
 	// holds is the clientId owner table with isolation on, else nil
 	// (ws_keys.go); set before serving.
 	holds clientHolds
+	// xr carries events between replicas (ws_replicas.go) when the state
+	// is shared, else nil; set before serving.
+	xr state.Events
 
 	// writeWait and closeWait are the writeWait and closeWait constants;
 	// tests shorten them.
@@ -113,6 +117,7 @@ type Hub struct {
 	closed   bool
 	queueN   int    // last fleet queue_remaining from QueueChanged
 	queueGen uint64 // bumped by QueueChanged
+	xgen     uint64 // the last follow's generation (ws_replicas.go)
 
 	open atomic.Int64   // open sockets, for Clients
 	wg   sync.WaitGroup // socket handlers and the sweeper
@@ -238,8 +243,10 @@ func (h *Hub) Close() {
 	for c := range h.conns {
 		conns = append(conns, c)
 	}
-	h.sessions = make(map[string]*session)
-	h.live = make(map[*wsClient]struct{})
+	if h.xr == nil {
+		h.sessions = make(map[string]*session)
+		h.live = make(map[*wsClient]struct{})
+	} // else each socket hands over as it closes (unregister)
 	h.mu.Unlock()
 	close(h.stop)
 	for _, c := range conns {
@@ -298,7 +305,7 @@ func (h *Hub) serveConn(conn *websocket.Conn, clientID, key string, isolated boo
 	// write (queued, or failed mid-write) moves to the backlog.
 	c.stop(0, "")
 	<-c.writerDone
-	h.unregister(c)
+	h.awaitLeave(h.unregister(c))
 	_ = conn.Close()
 	h.open.Add(-1)
 	h.m.AddWSClients(-1)

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"time"
+
+	"github.com/comfygate/comfygate/state"
 )
 
 // session is what the hub knows about one clientId: its live socket, or,
@@ -41,6 +43,12 @@ type session struct {
 
 	replaced   int       // replacements in the window starting at replacedAt
 	replacedAt time.Time // see replaceLimit
+
+	// Events between replicas (ws_replicas.go).
+	xgen    uint64         // the follow of this session's clientId
+	syncing bool           // its catch-up runs: this replica's own events wait in hold
+	hold    []frame        // ditto
+	start   state.Position // where the catch-up started
 }
 
 // backlog is a bounded FIFO of frames (drop oldest).
@@ -124,14 +132,21 @@ func (h *Hub) keepLocked(s *session, frames ...frame) {
 	}
 }
 
-// disconnectLocked turns s into a backlog for the grace (or forgets it when
-// the backlog is off). h.mu is held.
-func (h *Hub) disconnectLocked(s *session, leftover []frame) {
+// disconnectLocked turns s, whose socket c left, into a backlog for the
+// grace (or forgets it when the backlog is off; between replicas, hands it
+// over: the channel reports when that is done). h.mu is held.
+func (h *Hub) disconnectLocked(s *session, c *wsClient, leftover []frame) <-chan error {
+	if h.xr != nil {
+		done := h.leaveLocked(s, c, leftover)
+		s.client = nil
+		return done
+	}
 	s.client = nil
 	if h.ws.BacklogGrace <= 0 {
 		delete(h.sessions, s.id)
-		return
+		return nil
 	}
 	s.expires = time.Now().Add(h.ws.BacklogGrace)
 	h.keepLocked(s, leftover...)
+	return nil
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/limits"
+	"github.com/comfygate/comfygate/state"
 	"github.com/fasthttp/websocket"
 )
 
@@ -20,6 +21,9 @@ type frame struct {
 	binary bool
 	head   []byte
 	data   []byte
+	// pos is the stream entry the frame came from (events between
+	// replicas, ws_replicas.go); nil otherwise.
+	pos *state.Position
 }
 
 // wsClient is one client socket: serveConn's goroutine reads it
@@ -52,6 +56,8 @@ type wsClient struct {
 
 	// metadata: the client negotiated supports_preview_metadata.
 	metadata atomic.Bool
+	// seen is the last stream entry written (events between replicas).
+	seen atomic.Pointer[state.Position]
 }
 
 func newClient(h *Hub, conn *websocket.Conn, id string) *wsClient {
@@ -256,6 +262,9 @@ func (c *wsClient) writeLoop() {
 				c.finish()
 				return
 			}
+			if f.pos != nil {
+				c.seen.Store(f.pos)
+			}
 		}
 	}
 }
@@ -278,6 +287,9 @@ func (c *wsClient) greet() bool {
 			c.pending = c.pending[i+1:] // the rest goes to the backlog too
 			c.cut()
 			return false
+		}
+		if p := c.pending[i].pos; p != nil {
+			c.seen.Store(p)
 		}
 		c.pending[i] = frame{}
 	}
@@ -378,6 +390,11 @@ func (c *wsClient) readLoop() {
 		initiated := c.closing.Load() // our close frame went out already
 		c.stop(0, "")
 		<-c.writerDone
+		if c.hub.xr != nil {
+			// A reconnect on another replica, once this close is answered,
+			// starts where this socket left (ws_replicas.go).
+			c.hub.awaitLeave(c.hub.unregister(c))
+		}
 		if initiated {
 			return nil
 		}

@@ -47,20 +47,27 @@ func (h *Hub) promptEvent(p *prompts.Prompt, ev prompts.Event, owner string) {
 	}
 	v := newVariants(ev)
 	h.mu.Lock()
-	if h.closed {
+	if h.closed && h.xr == nil {
 		h.mu.Unlock()
 		return
 	}
 	s := h.sessions[p.ClientID]
 	switch {
-	case s != nil && s.client != nil:
+	case s != nil && s.client != nil && !h.closed:
 		c := s.client
 		if !h.mayReceive(c, owner) {
 			break
 		}
-		if f, ok := v.forClient(c.metadata.Load()); ok && !c.offer(f) {
-			h.dropSlowLocked(s, f)
+		if f, ok := v.forClient(c.metadata.Load()); ok {
+			if s.syncing {
+				h.holdLocked(s, f) // after the catch-up (ws_replicas.go)
+			} else if !c.offer(f) {
+				h.dropSlowLocked(s, f)
+			}
 		}
+	case h.xr != nil:
+		// No socket here: to the replica that has it, or its stream.
+		h.publishLocked(p.ClientID, ev, owner)
 	case h.ws.BacklogGrace > 0:
 		if s == nil {
 			s = &session{id: p.ClientID, key: owner, expires: time.Now().Add(h.ws.BacklogGrace)}
@@ -157,7 +164,7 @@ func (h *Hub) dropSlowLocked(s *session, f frame) {
 	h.m.IncSlowClientDropped()
 	h.log.Warn("websocket client too slow, dropped", "client_id", c.id, "buffer", h.ws.ClientBuffer)
 	leftover := c.drain(nil)
-	h.disconnectLocked(s, append(leftover, f))
+	h.disconnectLocked(s, c, append(leftover, f))
 }
 
 // register makes c the clientId's socket and sets what it writes first:
@@ -183,6 +190,7 @@ func (h *Hub) register(c *wsClient, gen uint64, n int) (replayed int, ok bool) {
 	if c.isolated && s.key != c.key {
 		// What another key's socket or prompts left here is not c's to see.
 		s.backlog = backlog{}
+		s.hold = nil
 		if s.client != nil {
 			s.client.drain(nil)
 		}
@@ -191,6 +199,9 @@ func (h *Hub) register(c *wsClient, gen uint64, n int) (replayed int, ok bool) {
 	if old := s.client; old != nil {
 		delete(h.live, old)
 		c.pending = old.drain(nil)
+		if p := old.seen.Load(); p != nil {
+			c.seen.Store(p)
+		}
 		now := time.Now()
 		if now.Sub(s.replacedAt) > replaceWindow {
 			s.replaced, s.replacedAt = 0, now
@@ -209,8 +220,12 @@ func (h *Hub) register(c *wsClient, gen uint64, n int) (replayed int, ok bool) {
 		c.pending = s.backlog.take()
 		replayed = len(c.pending)
 	}
+	first := s.client == nil
 	s.client = c
 	s.expires = time.Time{}
+	if h.xr != nil && first {
+		h.followLocked(s)
+	}
 	h.live[c] = struct{}{}
 	h.conns[c] = struct{}{}
 	h.wg.Add(1)
@@ -219,14 +234,15 @@ func (h *Hub) register(c *wsClient, gen uint64, n int) (replayed int, ok bool) {
 
 // unregister forgets c after its writer ended. If c is still its clientId's
 // socket (a newer socket may have replaced it: ComfyUI's close race), the
-// clientId turns into a backlog holding what c did not write.
-func (h *Hub) unregister(c *wsClient) {
+// clientId turns into a backlog holding what c did not write (between
+// replicas, it is handed over: the channel reports when that is done).
+func (h *Hub) unregister(c *wsClient) <-chan error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	delete(h.conns, c)
 	s := h.sessions[c.id]
 	if s == nil || s.client != c {
-		return
+		return nil
 	}
 	delete(h.live, c)
 	var leftover []frame
@@ -235,7 +251,7 @@ func (h *Hub) unregister(c *wsClient) {
 	}
 	leftover = append(leftover, c.pending...)
 	leftover = c.drain(leftover)
-	h.disconnectLocked(s, leftover)
+	return h.disconnectLocked(s, c, leftover)
 }
 
 // featureFlags records c's negotiation and answers it, as ComfyUI does.

@@ -10,7 +10,10 @@
 //     for jobs.idempotency_ttl (SET NX PX);
 //   - ClientOwners: which API key holds each WebSocket clientId;
 //   - Leases: which replica owns an instance, with a fencing token, and
-//     writes that a replica whose lease was lost cannot make (Lua scripts).
+//     writes that a replica whose lease was lost cannot make (Lua scripts);
+//   - Events: WebSocket events for a clientId whose socket is on another
+//     replica (pub/sub for live delivery, a stream per clientId for the
+//     catch-up of a reconnect; a no-op in memory).
 //
 // Every Redis key starts with Prefix and has a TTL or a bound; docs/state.md
 // lists the layout. The package keeps no state of its own beyond the store:

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"sync"
 	"time"
 
 	"github.com/comfygate/comfygate/config"
@@ -30,6 +31,9 @@ type Store struct {
 
 	numbers Counter
 	leases  Leases
+
+	eventsOnce sync.Once    // starts events
+	events     *redisEvents // Events between replicas, once asked for
 }
 
 // Memory returns a store in this process's memory: the state of one
@@ -88,6 +92,10 @@ func (s *Store) Close() error {
 	if s.rdb == nil {
 		return nil
 	}
+	s.eventsOnce.Do(func() {}) // no Events after Close
+	if s.events != nil {
+		s.events.close()
+	}
 	return s.rdb.Close()
 }
 
@@ -103,6 +111,13 @@ func (s *Store) Leases() Leases { return s.leases }
 func hashed(prefix, value string) string {
 	sum := sha256.Sum256([]byte(value))
 	return Prefix + prefix + hex.EncodeToString(sum[:])
+}
+
+// hashedTag is hashed with the hash in a hash tag ({…}): the keys named
+// from it share a Redis Cluster slot.
+func hashedTag(prefix, value string) string {
+	sum := sha256.Sum256([]byte(value))
+	return Prefix + prefix + "{" + hex.EncodeToString(sum[:]) + "}"
 }
 
 // redacted is a URL as it may be shown: its password replaced.

@@ -40,6 +40,10 @@ type Options struct {
 	SimFor func(i int, o *comfysim.Options)
 	// Fakes starts testkit.MiniComfy fakes instead of simulators.
 	Fakes bool
+	// Addrs, if not empty, are instances already running (another stack's
+	// Sims, for replicas of one fleet): the gateway fronts them and Start
+	// starts none.
+	Addrs []string
 	// Faults puts a testkit.FaultProxy in front of every instance: the
 	// gateway is configured with the proxies' addresses.
 	Faults bool
@@ -98,6 +102,7 @@ func Start(tb testing.TB, opts Options) *Stack {
 	return &Stack{testkit.Start(tb, testkit.GatewayOptions{
 		Instances: opts.Instances,
 		Fakes:     opts.Fakes,
+		Addrs:     opts.Addrs,
 		Sim:       opts.Sim,
 		SimFor:    opts.SimFor,
 		Faults:    opts.Faults,
