@@ -225,7 +225,7 @@ type steps struct {
 // applied (see lifecycle.Step).
 //
 // The step rule: a prompt's steps run one at a time, on the owner of the
-// instance its view names (stepVia from elsewhere); its first send, while
+// instance its view names (stepVia from a submit); its first send, while
 // it is at no instance and only its submitter holds it, on the owner of
 // the instance it goes to. A step that moves it (Send, Reclaim) runs on
 // the owner it leaves and hands it to the next one: its later steps run
