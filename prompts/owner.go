@@ -24,11 +24,22 @@ import (
 // goroutine does.
 type mailbox struct {
 	mu     sync.Mutex // guards msgs, closed (the queue only)
-	msgs   []func()
+	msgs   []message
 	closed bool
 	wake   chan struct{} // capacity 1: messages are waiting
 	done   chan struct{} // closed when the owner has stopped
+	spare  []message     // the owner's: the queue it emptied last, reused for the next
 }
+
+// message is one queued function; ran, for do, hears when it has run.
+type message struct {
+	f   func()
+	ran chan struct{}
+}
+
+// ranChans recycles do's signals (capacity 1): every frame of an
+// instance's socket and every step of a submission waits on one.
+var ranChans = sync.Pool{New: func() any { return make(chan struct{}, 1) }}
 
 func newMailbox() *mailbox {
 	return &mailbox{wake: make(chan struct{}, 1), done: make(chan struct{})}
@@ -41,7 +52,10 @@ func (t *instances) startOwner(s *instSocket) {
 	}
 }
 
-// serve runs the queued messages in order until quit is closed.
+// serve runs the queued messages in order until quit is closed. It takes
+// the whole queue at once and gives the poster an empty one to fill,
+// the one it emptied before: a queue that fills and drains, message by
+// message, allocates nothing.
 func (b *mailbox) serve(log *slog.Logger, quit <-chan struct{}) {
 	defer b.close()
 	for {
@@ -52,15 +66,20 @@ func (b *mailbox) serve(log *slog.Logger, quit <-chan struct{}) {
 		}
 		for {
 			b.mu.Lock()
-			if len(b.msgs) == 0 {
-				b.mu.Unlock()
+			batch := b.msgs
+			b.msgs, b.spare = b.spare[:0], nil
+			b.mu.Unlock()
+			for i, m := range batch {
+				batch[i] = message{}
+				safely(log, "instance owner", m.f)
+				if m.ran != nil {
+					m.ran <- struct{}{}
+				}
+			}
+			b.spare = batch[:0]
+			if len(batch) == 0 {
 				break
 			}
-			f := b.msgs[0]
-			b.msgs[0] = nil
-			b.msgs = b.msgs[1:]
-			b.mu.Unlock()
-			safely(log, "instance owner", f)
 		}
 	}
 }
@@ -80,12 +99,17 @@ func (b *mailbox) close() {
 // post queues f for the owner; false when the owner has stopped (the
 // table closed), and f will not run.
 func (b *mailbox) post(f func()) bool {
+	return b.put(message{f: f})
+}
+
+// put queues m; false when the owner has stopped.
+func (b *mailbox) put(m message) bool {
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
 		return false
 	}
-	b.msgs = append(b.msgs, f)
+	b.msgs = append(b.msgs, m)
 	b.mu.Unlock()
 	select {
 	case b.wake <- struct{}{}:
@@ -97,19 +121,21 @@ func (b *mailbox) post(f func()) bool {
 // do runs f on the owner and waits until it ran; false when the owner has
 // stopped first. It must not be called from the owner itself.
 func (b *mailbox) do(f func()) bool {
-	ran := make(chan struct{})
-	if !b.post(func() { defer close(ran); f() }) {
+	ran := ranChans.Get().(chan struct{})
+	if !b.put(message{f: f, ran: ran}) {
+		ranChans.Put(ran)
 		return false
 	}
 	select {
 	case <-ran:
-		return true
 	case <-b.done:
+		// Stopped: a message it took ran before, one it dropped never will.
 		select {
 		case <-ran:
-			return true
 		default:
 			return false
 		}
 	}
+	ranChans.Put(ran)
+	return true
 }

@@ -348,8 +348,8 @@ func (c *numbering) next(pr *Prompt) int64 {
 	return n
 }
 
-// stepVia is step from elsewhere than the owner of pr's instance (a
-// submit's send and its settling): it runs there, by the step rule, and
+// stepVia is step from elsewhere than the owner of pr's instance (the
+// settling of a send's answer): it runs there, by the step rule, and
 // waits for it; a prompt never sent steps on the owner of to, the
 // instance its first send goes to, as its submitter alone holds it. When
 // pr moved meanwhile, it steps on the owner of where pr is now. It

@@ -491,15 +491,10 @@ func (s *instSocket) keepEarlyLocked(f frame) {
 	s.early = append(s.early, f)
 }
 
-// beginAwait announces a submit to this instance whose upstream id will be
-// known only from the answer.
-func (s *instSocket) beginAwait() {
-	s.box.do(func() { s.awaiting++ })
-}
-
-// endAwait ends a beginAwait: with uid != "" (the answer of pr's send
-// attempt), pins pr under it and replays the frames that came first, in
-// order, before any later frame of it.
+// endAwait ends the wait of a send that beginSend counted in awaiting:
+// with uid != "" (the answer of pr's send attempt), pins pr under it and
+// replays the frames that came first, in order, before any later frame of
+// it.
 func (s *instSocket) endAwait(pr *Prompt, uid string, attempt int) {
 	s.box.do(func() { s.endAwaitOwned(pr, uid, attempt) })
 }

@@ -195,11 +195,10 @@ func (t *submitter) send(ctx context.Context, pr *Prompt, inst *upstream.Instanc
 		return SubmitResult{}, sentAnswered, fmt.Errorf("submit prompt %s: %w", pr.ID, err)
 	}
 	s := t.owners.socketFor(inst)
-	pr.body.Store(&body)
 	// Pinned before the request leaves: its events can come first. Until
 	// the POST is settled (answered, refused, no answer) no failover takes
 	// it: this send's own outcome decides.
-	st, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.Send, UpstreamID: uid}, inst)
+	st, ok := t.beginSend(pr, s, uid, body, !known)
 	if !ok {
 		return SubmitResult{}, sentRefused, fmt.Errorf("submit prompt %s: it is %s", pr.ID, st.Phase)
 	}
@@ -208,9 +207,6 @@ func (t *submitter) send(ctx context.Context, pr *Prompt, inst *upstream.Instanc
 		e.Attempt = attempt
 		st, _ := t.stepVia(pr, e, nil)
 		return st
-	}
-	if !known {
-		s.beginAwait()
 	}
 
 	hdr := make(map[string]string, len(pr.header)+1)
@@ -281,6 +277,28 @@ func (t *submitter) send(ctx context.Context, pr *Prompt, inst *upstream.Instanc
 		resp = ans.WithID(resp, pr.ID)
 	}
 	return SubmitResult{Prompt: pr, Instance: inst, Status: status, Body: resp}, sentAnswered, nil
+}
+
+// beginSend pins pr at s's instance under uid before body is sent there,
+// in one hand-over to the instance's owner (it is on every prompt's way to
+// its answer): body becomes pr's last body, pr takes its Send step, and a
+// send whose upstream id only its answer will tell (awaited) is counted in
+// s.awaiting with that step, so that no frame of that id can come between
+// them unkept. ok is false, changing nothing, when pr cannot be sent (or
+// the table closed).
+func (t *submitter) beginSend(pr *Prompt, s *instSocket, uid string, body []byte, awaited bool) (st lifecycle.State, ok bool) {
+	ran := false
+	s.box.do(func() {
+		ran = true
+		pr.body.Store(&body)
+		if st, ok = t.steps.step(pr, lifecycle.Event{Kind: lifecycle.Send, UpstreamID: uid}, s.inst); ok && awaited {
+			s.awaiting++
+		}
+	})
+	if !ran {
+		return pr.Life(), false
+	}
+	return st, ok
 }
 
 // recheckDown settles pr, just accepted by inst that is confirmed down:
