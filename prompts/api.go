@@ -80,7 +80,7 @@ type Prompt struct {
 	Created time.Time
 
 	// view is its state as the last step left it: an immutable value
-	// that only Table.step replaces (on the owner of the instance the
+	// that only steps.step replaces (on the owner of the instance the
 	// step concerns, under Table.mu); readers load it without a lock.
 	// nil: a Prompt not in the table yet (the zero view).
 	view atomic.Pointer[promptView]

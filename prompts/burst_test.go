@@ -27,12 +27,12 @@ func burstPrompt(t *testing.T, p *testPool, id string, answers func(*upstream.In
 		t.Errorf("pick: %v", err)
 		return nil
 	}
-	if _, ok := tb.step(pr, lifecycle.Event{Kind: lifecycle.Send, UpstreamID: id}, inst); !ok {
+	if _, ok := tb.steps.step(pr, lifecycle.Event{Kind: lifecycle.Send, UpstreamID: id}, inst); !ok {
 		t.Errorf("send of %s refused", id)
 		return nil
 	}
 	if answers(inst) {
-		tb.step(pr, lifecycle.Event{Kind: lifecycle.Answered}, nil)
+		tb.steps.step(pr, lifecycle.Event{Kind: lifecycle.Answered}, nil)
 		report(inst)
 	}
 	return inst

@@ -14,8 +14,8 @@
 // instance events, timer expiries (through the pool's clock) and the
 // results of the workers it starts for calls to the instance (probes,
 // history reads, deletes, sends). Only owners call lifecycle.Step
-// (Table.step), under the step rule: a prompt's steps run on the owner of
-// the instance it is at (stepVia from elsewhere), and a step that moves
+// (steps.step), under the step rule: a prompt's steps run on the owner of
+// the instance it is at (stepVia from a submit), and a step that moves
 // it (a send to another instance, a reclaim) runs on the owner it leaves
 // and hands it to the next (a first send runs on the owner of its
 // target). So a prompt's steps never run at once, and no lock guards them. Each prompt's state is an immutable view behind an
@@ -34,8 +34,12 @@
 //     an instance is first used or its drained socket closes;
 //   - an instance's routing state (its running prompt, early frames,
 //     awaited ids), tombstones and background passes (passes): its owner;
-//   - a failover (move.go): the owner of the prompt it moves, each call
-//     to an instance a worker reporting back to it;
+//   - a failover (move.go), a reclaim of a moved prompt that ran where it
+//     was (tombstones.go) and a client's cancel (follow.go): the owner of
+//     the prompt they act on, each call to an instance a worker reporting
+//     back to it;
+//   - a check of an instance's queue for deleted prompts: that instance's
+//     owner, each call a worker reporting back to it;
 //   - the table's run (run.go): its context and the goroutines Close
 //     waits for, counted without a lock;
 //   - event delivery (outbox.go): one outbox per instance, in order.

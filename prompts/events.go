@@ -9,14 +9,53 @@ package prompts
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"time"
 
+	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/upstream"
 )
 
 // instances is the table's side of the pool's instances: it handles
 // their events, runs their sockets and owners, and their warm-ups.
-type instances struct{ *Table }
+type instances struct {
+	p      fleet
+	cfg    *config.Config
+	log    *slog.Logger
+	run    *run
+	owners *owners                // the instances' owners and sockets (run.go)
+	sub    *upstream.Subscription // the pool's instance events
+
+	settled chan struct{} // capacity 1: a socket came up or its first dial failed (awaitSockets)
+}
+
+// added opens the socket of inst (at start if the table is not running
+// yet). Calling it twice is harmless.
+func (t *instances) added(inst *upstream.Instance) {
+	s := t.owners.socketFor(inst)
+	if t.run.context() != nil && !t.run.closed() {
+		t.runSocket(s)
+	}
+}
+
+// socketSettled reports whether inst's socket is up or its first dial
+// failed (Table.SocketSettled).
+func (t *instances) socketSettled(inst *upstream.Instance) bool {
+	s := t.owners.get(inst)
+	return inst.State().SocketUp() || s == nil || s.dialed.Load()
+}
+
+// removed closes inst's socket once its prompts are done.
+func (t *instances) removed(inst *upstream.Instance) {
+	s := t.owners.get(inst)
+	if s == nil {
+		return
+	}
+	s.box.post(func() {
+		s.draining = true
+		s.passes.closeIfDrained()
+	})
+}
 
 // startEvents handles the events queued so far (the pool's Start
 // announced its instances: their sockets open before awaitSockets looks),
@@ -45,11 +84,11 @@ func (t *instances) startEvents(ctx context.Context) {
 func (t *instances) handle(ev upstream.InstanceEvent) {
 	switch ev.Kind {
 	case upstream.EventAdded:
-		t.InstanceAdded(ev.Inst)
+		t.added(ev.Inst)
 	case upstream.EventRemoved:
-		t.InstanceRemoved(ev.Inst)
+		t.removed(ev.Inst)
 	case upstream.EventDown:
-		s := t.socketFor(ev.Inst)
+		s := t.owners.socketFor(ev.Inst)
 		s.box.post(func() { s.passes.wantFailOver() })
 	case upstream.EventWarmup:
 		t.warmUp(ev.Inst)
@@ -153,7 +192,7 @@ func (t *instances) awaitSockets(ctx context.Context, limit time.Duration) {
 	for {
 		waiting := false
 		for _, inst := range t.p.Instances() {
-			if inst.State().Healthy() && !t.SocketSettled(inst) {
+			if inst.State().Healthy() && !t.socketSettled(inst) {
 				waiting = true
 				break
 			}

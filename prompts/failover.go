@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
+	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/internal/lifecycle"
 	"github.com/comfygate/comfygate/metrics"
@@ -18,7 +20,19 @@ import (
 // after its socket came back, moves of waiting prompts to idle instances
 // (steal.go), and the tombstones and clean-up that keep a moved prompt
 // from running twice (tombstones.go).
-type mover struct{ *Table }
+type mover struct {
+	p       fleet
+	cfg     *config.Config
+	m       *metrics.Metrics
+	log     *slog.Logger
+	run     *run
+	idx     *index
+	owners  *owners
+	steps   *steps
+	submits *submitter // the sends of the prompts it moves
+	events  *delivery  // a lost prompt's error
+	files   *fileStore // the outputs of a run found in a history
+}
 
 // failoverParallel bounds the resubmissions one dead instance causes at once.
 const failoverParallel = 8
@@ -59,7 +73,7 @@ func (t *Table) InstanceDown(inst *upstream.Instance) {
 // execution_error, then the executing-null that ends every prompt. On
 // the owner of pr's instance.
 func (t *mover) loseOwned(pr *Prompt, from *upstream.Instance, what, why string) {
-	if st, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Close, Outcome: metrics.OutcomeLost}, nil); !ok || st.Outcome != metrics.OutcomeLost {
+	if st, ok := t.steps.step(pr, lifecycle.Event{Kind: lifecycle.Close, Outcome: metrics.OutcomeLost}, nil); !ok || st.Outcome != metrics.OutcomeLost {
 		return // it ended otherwise first
 	}
 	t.log.Warn("prompts: prompt lost", "prompt_id", pr.ID, "instance", from.Name, "reason", why)
@@ -143,7 +157,7 @@ func (t *mover) reconcile(ctx context.Context, inst *upstream.Instance) {
 // then executing-null. Nothing is sent if the live stream ended it first.
 func (t *mover) completeFromHistory(inst *upstream.Instance, pr *Prompt, uid string, entry json.RawMessage) {
 	f := t.historyEnd(inst, uid, entry)
-	t.socketFor(inst).box.do(func() { t.completeOwned(inst, pr, uid, f) })
+	t.owners.socketFor(inst).box.do(func() { t.completeOwned(inst, pr, uid, f) })
 }
 
 // completeOwned is completeFromHistory's delivery, on inst's owner.
@@ -153,10 +167,10 @@ func (t *mover) completeOwned(inst *upstream.Instance, pr *Prompt, uid string, f
 	if stale {
 		return
 	}
-	t.apply(pr, inst, f)
-	t.apply(pr, inst, frame{typ: "executing", uid: uid, nodeNull: true, data: comfyapi.ExecutingNull(uid), at: time.Now()})
+	t.steps.apply(pr, inst, f)
+	t.steps.apply(pr, inst, frame{typ: "executing", uid: uid, nodeNull: true, data: comfyapi.ExecutingNull(uid), at: time.Now()})
 	// The live stream's own ending, if it comes, would repeat it.
-	t.step(pr, lifecycle.Event{Kind: lifecycle.Close}, nil)
+	t.steps.step(pr, lifecycle.Event{Kind: lifecycle.Close}, nil)
 }
 
 // historyEnd pins the outputs of the history entry of uid at inst and
@@ -164,7 +178,7 @@ func (t *mover) completeOwned(inst *upstream.Instance, pr *Prompt, uid string, f
 // execution_error saying why), as inst would have sent it.
 func (t *mover) historyEnd(inst *upstream.Instance, uid string, entry json.RawMessage) frame {
 	h, _ := comfyapi.ParseHistoryEntry(entry)
-	t.pinOutputs(inst, h.Files())
+	t.files.pinOutputs(inst, h.Files())
 	f := frame{at: time.Now(), uid: uid}
 	if m, ok := h.Status.Terminal(); ok {
 		f.typ = m.Type
@@ -203,7 +217,7 @@ func (t *mover) historyEnd(inst *upstream.Instance, uid string, entry json.RawMe
 // and its looks workers, whose expiries and results are messages to the
 // owner. Not on an owner.
 func (t *submitter) confirmLater(pr *Prompt, inst *upstream.Instance, uid string) {
-	s := t.socketFor(inst)
+	s := t.owners.socketFor(inst)
 	u := &unconfirmed{pr: pr, uid: uid, deadline: time.Now().Add(max(t.cfg.Timeout, 10*time.Second)), delay: 500 * time.Millisecond}
 	s.box.post(func() { s.passes.confirmRound(u) })
 }
@@ -278,7 +292,7 @@ func (s *passes) confirmFound(u *unconfirmed, st PromptState, found, answered bo
 	inst, pr := s.inst, u.pr
 	if found {
 		if u.still(inst) {
-			t.step(pr, lifecycle.Event{Kind: lifecycle.Seen}, nil)
+			t.steps.step(pr, lifecycle.Event{Kind: lifecycle.Seen}, nil)
 		}
 		if st == PromptDone {
 			t.run.goBackground(func(ctx context.Context) { t.submits.settleFromHistory(ctx, pr, inst, u.uid) })
@@ -297,7 +311,7 @@ func (s *passes) confirmFound(u *unconfirmed, st PromptState, found, answered bo
 	if !u.still(inst) {
 		return // it moved on or ended meanwhile: no longer this wait's
 	}
-	if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Drop}, nil); ok {
+	if _, ok := t.steps.step(pr, lifecycle.Event{Kind: lifecycle.Drop}, nil); ok {
 		t.log.Warn("prompts: unanswered prompt not found at its instance, dropped", "prompt_id", pr.ID, "instance", inst.Name)
 		return
 	}
@@ -357,24 +371,162 @@ func (s *passes) checkDeleted(n int64) {
 	}
 }
 
-// wantVerify starts verifyQueue of s's instance in a worker, or asks
-// for another after the one running (a prompt found missing after it
-// asked the queue). On the owner.
+// wantVerify starts a check of s's instance's queue for deleted
+// prompts (verify), or asks for another after the one running (a prompt
+// found missing after it asked the queue). On the owner.
 func (s *passes) wantVerify() {
 	if s.verifying {
 		s.verifyAgain = true
 		return
 	}
 	s.verifyAgain = false
-	s.verifying = s.t.run.goBackground(func(ctx context.Context) {
-		defer s.box.post(func() { // its end, even after a panic
-			s.verifying = false
-			if s.verifyAgain && ctx.Err() == nil {
-				s.wantVerify()
+	s.verifying = true
+	s.verify()
+}
+
+// verifyEnd ends the queue check, and starts the one asked for meanwhile.
+// On the owner.
+func (s *passes) verifyEnd() {
+	s.verifying = false
+	if s.verifyAgain && s.t.run.running() {
+		s.wantVerify()
+	}
+}
+
+// work runs call in a worker on the run's context and posts the message
+// it returns to s's owner. fail runs on the owner instead when call or
+// that message panicked, and at once when the table is not running.
+func (s *passes) work(call func(ctx context.Context) func(), fail func()) {
+	if !s.t.run.goBackground(func(ctx context.Context) {
+		then := fail // call panicked
+		defer func() { s.box.post(guarded(s.t.log, then, fail)) }()
+		then = call(ctx)
+	}) {
+		fail()
+	}
+}
+
+// guarded returns f, which runs fail instead of crashing when it panics.
+func guarded(log *slog.Logger, f, fail func()) func() {
+	return func() {
+		defer func() {
+			if r := recover(); r != nil {
+				log.Error("prompts: panic recovered", "in", "instance owner", "panic", fmt.Sprint(r))
+				fail()
 			}
-		})
-		s.t.moves.verifyQueue(ctx, s.inst)
-	})
+		}()
+		f()
+	}
+}
+
+// queueCheck is one check of an instance's queue for deleted prompts,
+// as its owner follows it: the prompts the queue did not show, each
+// asked of the instance's history in turn.
+type queueCheck struct {
+	missing []queueMiss
+	dying   func() bool // the instance is going down: failover's business
+}
+
+// queueMiss is a queued prompt the instance's queue did not show.
+type queueMiss struct {
+	pr  *Prompt
+	uid string
+}
+
+// verify asks, in a worker, for the queue of s's instance; the prompts
+// queued there it no longer has and never ran are marked done: deleted
+// behind comfygate's back. On the owner.
+func (s *passes) verify() {
+	t, inst := s.t, s.inst
+	// An instance that is dying also loses its queue: that is failover's
+	// business, not a deletion. Checked again after every call below.
+	c := &queueCheck{dying: func() bool { return inst.State().Suspect() || !inst.State().SocketUp() || !inst.State().Healthy() }}
+	if c.dying() {
+		s.verifyEnd()
+		return
+	}
+	// Only prompts the instance had accepted before it was asked can be
+	// missing from its answer because they were deleted: one accepted while
+	// /queue was on its way is in no snapshot of it.
+	asked := time.Now()
+	// One accepted before the socket's current connection may have been
+	// lost in a restart while the socket was away: reconcile, which runs on
+	// every connection, resubmits those.
+	since := time.Unix(0, s.upSince.Load())
+	s.work(func(ctx context.Context) func() {
+		running, pending, err := queueIDs(ctx, inst)
+		if err != nil {
+			return s.verifyEnd
+		}
+		return func() {
+			for _, pr := range t.idx.livePinnedTo(inst) {
+				v := pr.snap()
+				uid := v.life.UpstreamID
+				skip := v.life.Phase != lifecycle.Queued || uid == "" || v.instance != inst || !v.life.AcceptedAt.Before(asked) ||
+					v.life.AcceptedAt.Before(since)
+				if !skip && !running[uid] && !pending[uid] {
+					c.missing = append(c.missing, queueMiss{pr, uid})
+				}
+			}
+			s.verifyNext(c)
+		}
+	}, s.verifyEnd)
+}
+
+// verifyNext asks the instance's history, in a worker, for the next
+// prompt its queue did not show. On the owner.
+func (s *passes) verifyNext(c *queueCheck) {
+	if len(c.missing) == 0 {
+		s.verifyEnd()
+		return
+	}
+	m := c.missing[0]
+	c.missing = c.missing[1:]
+	if !s.queuedHere(m) {
+		s.verifyNext(c)
+		return
+	}
+	s.work(func(ctx context.Context) func() {
+		entry, ok := historyEntry(ctx, s.inst, m.uid)
+		return func() { s.verifyRan(c, m, entry != nil || !ok) }
+	}, s.verifyEnd)
+}
+
+// queuedHere reports whether m's prompt is still queued at s's instance
+// under m's id. On the owner.
+func (s *passes) queuedHere(m queueMiss) bool {
+	v := m.pr.snap()
+	return v.instance == s.inst && v.life.UpstreamID == m.uid && v.life.Phase == lifecycle.Queued
+}
+
+// verifyRan decides about a prompt the queue did not show, once the
+// history answered: ran (or no answer), its events tell the rest; never
+// run, it was deleted. On the owner.
+func (s *passes) verifyRan(c *queueCheck, m queueMiss, ran bool) {
+	t, inst, pr := s.t, s.inst, m.pr
+	switch {
+	case ran:
+		s.verifyNext(c)
+		return
+	case c.dying():
+		s.verifyEnd()
+		return
+	case !s.queuedHere(m):
+		s.verifyNext(c) // it moved, ran or ended meanwhile
+		return
+	case pr.Life().DeleteSent:
+		// The delete of a move that got no answer landed after all:
+		// comfygate removed it, not a client; it runs elsewhere.
+		s.work(func(ctx context.Context) func() {
+			t.moves.failover(ctx, pr, inst, fmt.Sprintf("it was moved off instance %s", inst.Name), true)
+			return func() { s.verifyNext(c) }
+		}, s.verifyEnd)
+		return
+	}
+	if t.steps.markDone(pr, metrics.OutcomeInterrupted) {
+		t.log.Info("prompts: prompt deleted from its instance's queue", "prompt_id", pr.ID, "instance", inst.Name)
+	}
+	s.verifyNext(c)
 }
 
 // wantReconcile starts reconcile of s's instance in a worker after a
@@ -395,50 +547,4 @@ func (s *passes) wantReconcile() {
 		})
 		s.t.moves.reconcile(ctx, s.inst)
 	})
-}
-
-// verifyQueue marks done the queued prompts inst no longer has and never ran.
-func (t *mover) verifyQueue(ctx context.Context, inst *upstream.Instance) {
-	// An instance that is dying also loses its queue: that is failover's
-	// business, not a deletion. Checked again after every upstream call below.
-	dying := func() bool { return inst.State().Suspect() || !inst.State().SocketUp() || !inst.State().Healthy() }
-	if dying() {
-		return
-	}
-	// Only prompts the instance had accepted before it was asked can be
-	// missing from its answer because they were deleted: one accepted while
-	// /queue was on its way is in no snapshot of it.
-	asked := time.Now()
-	// One accepted before the socket's current connection may have been
-	// lost in a restart while the socket was away: reconcile, which runs on
-	// every connection, resubmits those.
-	since := time.Unix(0, t.socketFor(inst).upSince.Load())
-	running, pending, err := queueIDs(ctx, inst)
-	if err != nil {
-		return
-	}
-	for _, pr := range t.idx.livePinnedTo(inst) {
-		v := pr.snap()
-		uid := v.life.UpstreamID
-		skip := v.life.Phase != lifecycle.Queued || uid == "" || v.instance != inst || !v.life.AcceptedAt.Before(asked) ||
-			v.life.AcceptedAt.Before(since)
-		if skip || running[uid] || pending[uid] {
-			continue
-		}
-		if entry, ok := historyEntry(ctx, inst, uid); !ok || entry != nil {
-			continue // it ran: its events tell the rest
-		}
-		if dying() {
-			return
-		}
-		if life := pr.Life(); life.DeleteSent && stateOf(life) == PromptQueued {
-			// The delete of a move that got no answer landed after all:
-			// comfygate removed it, not a client; it runs elsewhere.
-			t.failover(ctx, pr, inst, fmt.Sprintf("it was moved off instance %s", inst.Name), true)
-			continue
-		}
-		if pr.State() == PromptQueued && t.markDoneVia(pr, metrics.OutcomeInterrupted) {
-			t.log.Info("prompts: prompt deleted from its instance's queue", "prompt_id", pr.ID, "instance", inst.Name)
-		}
-	}
 }

@@ -12,7 +12,7 @@ import (
 // prompts comfygate submitted that are not done. Its maps are concurrent
 // maps (sync.Map: readers never block, and writers of different keys do
 // not wait for each other). Who writes which key is the step rule
-// (Table.step): a prompt's keys change only in its own steps, which run
+// (steps.step): a prompt's keys change only in its own steps, which run
 // one at a time on the owner of its instance, and, before its first send,
 // by its submitter (claim, and forget when no instance takes it), so two
 // writers never race on one prompt's keys; the done queue evicts with

@@ -8,7 +8,7 @@ package prompts
 // an instance to become available, the send to the next instance) is a
 // worker whose result comes back as a message to the owner. The messages
 // go to the owner of the instance the prompt is at when each is posted
-// (the step rule, Table.step): a send that the next instance refused
+// (the step rule, steps.step): a send that the next instance refused
 // without taking it leaves the prompt there, and the failover goes on
 // on that instance's owner.
 
@@ -27,7 +27,7 @@ import (
 // move is one failover of one prompt. Its fields are touched only by the
 // messages it posts, which run one at a time on an owner.
 type move struct {
-	t         *Table
+	t         *mover
 	ctx       context.Context
 	pr        *Prompt
 	from      *upstream.Instance
@@ -54,7 +54,7 @@ type move struct {
 // instance can take it (from is alive but lost the prompt in a restart).
 // Not on an owner: the owners run it (move).
 func (t *mover) failover(ctx context.Context, pr *Prompt, from *upstream.Instance, what string, allowSame bool) {
-	mv := &move{t: t.Table, ctx: ctx, pr: pr, from: from, what: what, allowSame: allowSame, done: make(chan struct{})}
+	mv := &move{t: t, ctx: ctx, pr: pr, from: from, what: what, allowSame: allowSame, done: make(chan struct{})}
 	mv.post(mv.begin)
 	<-mv.done
 }
@@ -67,7 +67,7 @@ func (mv *move) post(f func()) {
 		mv.end()
 		return
 	}
-	ok := mv.t.socketFor(inst).box.post(func() {
+	ok := mv.t.owners.socketFor(inst).box.post(func() {
 		if mv.pr.Instance() != inst {
 			mv.post(f) // it moved meanwhile: on to its owner
 			return
@@ -103,7 +103,7 @@ func (mv *move) work(call func(ctx context.Context) func()) {
 // tried elsewhere; no answer: confirmLater). On the owner.
 func (mv *move) begin() {
 	t, pr := mv.t, mv.pr
-	st, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.MoveBegin, Instance: mv.from.Name}, nil)
+	st, ok := t.steps.step(pr, lifecycle.Event{Kind: lifecycle.MoveBegin, Instance: mv.from.Name}, nil)
 	if !ok {
 		mv.end()
 		return
@@ -158,7 +158,7 @@ func (mv *move) probed(watch <-chan struct{}, st PromptState, found, answered bo
 		mv.stay()
 		mv.work(func(ctx context.Context) func() {
 			if entry, ok := historyEntry(ctx, from, uid); ok && entry != nil {
-				t.moves.completeFromHistory(from, pr, uid, entry)
+				t.completeFromHistory(from, pr, uid, entry)
 			}
 			return mv.finish
 		})
@@ -211,7 +211,7 @@ func (mv *move) picked(watch <-chan struct{}, retry time.Time, inst *upstream.In
 		// it is stale, and from may hold it still (hung, not dead), so
 		// it must not run it there: a tombstone. Not when from showed
 		// it lost it (allowSame: restarted).
-		if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Leave, Tombstone: !mv.allowSame}, nil); !ok {
+		if _, ok := t.steps.step(pr, lifecycle.Event{Kind: lifecycle.Leave, Tombstone: !mv.allowSame}, nil); !ok {
 			mv.finish() // it finished meanwhile
 			return
 		}
@@ -257,7 +257,7 @@ func (mv *move) sent(inst *upstream.Instance, res SubmitResult, outcome sendOutc
 
 // lose ends the prompt as lost (lose) and the failover. On the owner.
 func (mv *move) lose(why string) {
-	mv.t.moves.loseOwned(mv.pr, mv.from, mv.what, why)
+	mv.t.loseOwned(mv.pr, mv.from, mv.what, why)
 	mv.finish()
 }
 
@@ -265,7 +265,7 @@ func (mv *move) lose(why string) {
 func (mv *move) stay() {
 	if mv.held && !mv.left && !mv.settled {
 		mv.settled = true
-		mv.t.step(mv.pr, lifecycle.Event{Kind: lifecycle.MoveAbort}, nil)
+		mv.t.steps.step(mv.pr, lifecycle.Event{Kind: lifecycle.MoveAbort}, nil)
 	}
 }
 

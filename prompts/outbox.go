@@ -1,14 +1,33 @@
 package prompts
 
 import (
+	"log/slog"
 	"sync"
+	"sync/atomic"
+
+	"github.com/comfygate/comfygate/internal/lifecycle"
 
 	"github.com/comfygate/comfygate/upstream"
 )
 
 // delivery hands the prompts' events to their sinks, and broadcasts and
 // fleet queue changes to the listener, through the outboxes.
-type delivery struct{ *Table }
+type delivery struct {
+	p   fleet // the fleet's queue (QueueRemaining)
+	run *run  // the goroutines that deliver
+	log *slog.Logger
+
+	outboxes sync.Map // *upstream.Instance -> *outbox: event delivery per instance; nil key: queue changes
+
+	queueMu   sync.Mutex // guards lastQueue; orders the QueueChanged deliveries
+	lastQueue int
+
+	listener atomic.Pointer[Listener] // who receives broadcasts and queue changes (nil: none)
+}
+
+func newDelivery(p fleet, r *run, log *slog.Logger) *delivery {
+	return &delivery{p: p, run: r, log: log, lastQueue: -1}
+}
 
 // outbox delivers one instance's events (and the fleet queue changes) to
 // sinks and the listener in the order they were queued, from a goroutine
@@ -16,7 +35,7 @@ type delivery struct{ *Table }
 // that routes an event on an instance's owner only queues it. The goroutine runs
 // while there is something to deliver and ends when the queue is empty.
 type outbox struct {
-	t *Table
+	d *delivery
 
 	mu      sync.Mutex // guards queue, running
 	queue   []func()
@@ -29,7 +48,7 @@ func (t *delivery) outboxFor(inst *upstream.Instance) *outbox {
 	if o, ok := t.outboxes.Load(inst); ok {
 		return o.(*outbox)
 	}
-	o, _ := t.outboxes.LoadOrStore(inst, &outbox{t: t.Table})
+	o, _ := t.outboxes.LoadOrStore(inst, &outbox{d: t})
 	return o.(*outbox)
 }
 
@@ -44,7 +63,7 @@ func (o *outbox) push(f func()) {
 	}
 	o.running = true
 	o.mu.Unlock()
-	if !o.t.events.goDeliver(o.drain) {
+	if !o.d.goDeliver(o.drain) {
 		o.mu.Lock()
 		o.queue, o.running = nil, false
 		o.mu.Unlock()
@@ -65,7 +84,7 @@ func (o *outbox) drain() {
 		o.queue[0] = nil
 		o.queue = o.queue[1:]
 		o.mu.Unlock()
-		safely(o.t.log, "event delivery", f)
+		safely(o.d.log, "event delivery", f)
 	}
 }
 
@@ -76,4 +95,42 @@ func (t *delivery) goDeliver(f func()) bool {
 		return false
 	}
 	return t.run.goRun(f)
+}
+
+// notifyQueue tells the listener the fleet queue when it changed.
+func (t *delivery) notifyQueue() {
+	o := t.outboxFor(nil)
+	t.queueMu.Lock()
+	defer t.queueMu.Unlock()
+	q := t.p.QueueRemaining()
+	if q == t.lastQueue {
+		return
+	}
+	t.lastQueue = q
+	if l := t.currentListener(); l != nil {
+		o.push(func() { l.QueueChanged(q) })
+	}
+}
+
+// currentListener returns the listener (nil if none).
+func (t *delivery) currentListener() Listener {
+	if l := t.listener.Load(); l != nil {
+		return *l
+	}
+	return nil
+}
+
+// deliver queues one event of pr for its sink, on the outbox of the
+// instance it came from (in order with that instance's other events). An
+// event of a prompt whose sink already got its end is dropped. force
+// delivers anyway: comfygate's own synthesized ending.
+func (t *delivery) deliver(pr *Prompt, ev Event, force bool) {
+	if pr.Sink == nil {
+		return
+	}
+	if !force && pr.Life().Phase == lifecycle.Ended {
+		return
+	}
+	sink := pr.Sink
+	t.outboxFor(ev.Instance).push(func() { sink.PromptEvent(pr, ev) })
 }

@@ -14,7 +14,10 @@ package prompts
 // code that runs on the owner (a message posted with post or do); they
 // need no lock.
 
-import "sync"
+import (
+	"log/slog"
+	"sync"
+)
 
 // mailbox is an owner's queue of messages. Posting never blocks, so code
 // running on the owner can post to it (a pass it starts) as any other
@@ -44,7 +47,7 @@ func newMailbox() *mailbox {
 
 // startOwner runs s's owner until the table closes.
 func (t *instances) startOwner(s *instSocket) {
-	if !t.run.goRun(func() { s.box.serve(t.Table, t.run.quit) }) {
+	if !t.run.goRun(func() { s.box.serve(t.log, t.run.quit) }) {
 		s.box.close()
 	}
 }
@@ -53,7 +56,7 @@ func (t *instances) startOwner(s *instSocket) {
 // the whole queue at once and gives the poster an empty one to fill,
 // the one it emptied before: a queue that fills and drains, message by
 // message, allocates nothing.
-func (b *mailbox) serve(t *Table, quit <-chan struct{}) {
+func (b *mailbox) serve(log *slog.Logger, quit <-chan struct{}) {
 	defer b.close()
 	for {
 		select {
@@ -68,7 +71,7 @@ func (b *mailbox) serve(t *Table, quit <-chan struct{}) {
 			b.mu.Unlock()
 			for i, m := range batch {
 				batch[i] = message{}
-				safely(t.log, "instance owner", m.f)
+				safely(log, "instance owner", m.f)
 				if m.ran != nil {
 					m.ran <- struct{}{}
 				}

@@ -1,6 +1,7 @@
 package prompts
 
 import (
+	"log/slog"
 	"sync"
 	"testing"
 )
@@ -16,7 +17,7 @@ func TestMailboxRunsInOrder(t *testing.T) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		b.serve(tbl, tbl.run.quit)
+		b.serve(slog.New(slog.DiscardHandler), tbl.run.quit)
 	}()
 	var got []int // touched only by the owner's messages
 	for i := range 100 {

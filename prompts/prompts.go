@@ -68,28 +68,18 @@ type Table struct {
 	m   *metrics.Metrics
 	log *slog.Logger
 
-	idx    index                  // the prompts by id, by upstream id, the live ones, the done queue (index.go)
-	owners owners                 // the instances' owners and sockets (run.go)
-	run    *run                   // Start to Close: the context and the goroutines Close waits for (run.go)
-	sub    *upstream.Subscription // the pool's instance events (events.go)
+	idx    index  // the prompts by id, by upstream id, the live ones, the done queue (index.go)
+	owners owners // the instances' owners and sockets (run.go)
+	run    *run   // Start to Close: the context and the goroutines Close waits for (run.go)
 
 	// The table's jobs beside the prompts' steps, each a type of its own
-	// over the table's shared parts (the index, the owners, step).
+	// holding the parts it uses.
 	submits *submitter // submission: pick, pin, POST, settle (submit.go)
 	moves   *mover     // prompts that change instance: failover, moves to idle instances, tombstones, clean-up (failover.go, move.go, steal.go, tombstones.go)
 	insts   *instances // the pool's instances: their events, sockets, owners, warm-ups (events.go, socket.go, warmup.go)
 	events  *delivery  // prompts' events to their sinks, broadcasts and queue changes to the listener (outbox.go)
 
-	outboxes sync.Map // *upstream.Instance -> *outbox: event delivery per instance; nil key: queue changes
-
-	queueMu   sync.Mutex // guards lastQueue; orders the QueueChanged deliveries
-	lastQueue int
-
-	numbers atomic.Int64 // the next fleet queue number (Prompt.Number)
-
-	listener atomic.Pointer[Listener] // who receives broadcasts and queue changes (nil: none)
-
-	settled chan struct{} // capacity 1: a socket came up or its first dial failed (awaitSockets)
+	steps *steps // a prompt's steps and their effects (the step rule)
 
 	*fileStore // file pins and copies (pins.go, files.go)
 
@@ -102,13 +92,11 @@ type Table struct {
 // configuration.
 func New(pool *upstream.Pool, cfg *config.Config, m *metrics.Metrics, log *slog.Logger) *Table {
 	t := &Table{
-		p:         pool,
-		cfg:       cfg,
-		m:         m,
-		log:       log,
-		run:       newRun(log),
-		lastQueue: -1,
-		settled:   make(chan struct{}, 1),
+		p:   pool,
+		cfg: cfg,
+		m:   m,
+		log: log,
+		run: newRun(log),
 	}
 	if t.cfg == nil {
 		t.cfg = config.Default()
@@ -117,8 +105,16 @@ func New(pool *upstream.Pool, cfg *config.Config, m *metrics.Metrics, log *slog.
 		t.log = slog.New(slog.DiscardHandler)
 	}
 	t.fileStore = newFileStore(pool, t.cfg, t.log)
-	t.submits, t.moves, t.insts, t.events = &submitter{t}, &mover{t}, &instances{t}, &delivery{t}
-	t.sub = pool.Subscribe()
+	t.events = newDelivery(pool, t.run, t.log)
+	t.insts = &instances{p: pool, cfg: t.cfg, log: t.log, run: t.run, owners: &t.owners,
+		sub: pool.Subscribe(), settled: make(chan struct{}, 1)}
+	t.owners.mk = func(inst *upstream.Instance) *instSocket { return newInstSocket(t, inst) }
+	t.owners.start = t.insts.startOwner
+	t.steps = &steps{idx: &t.idx, m: m, files: t.fileStore, insts: t.insts, events: t.events}
+	t.submits = &submitter{p: pool, cfg: t.cfg, log: t.log, run: t.run, idx: &t.idx, owners: &t.owners, steps: t.steps, files: t.fileStore}
+	t.moves = &mover{p: pool, cfg: t.cfg, m: m, log: t.log, run: t.run, idx: &t.idx, owners: &t.owners,
+		steps: t.steps, submits: t.submits, events: t.events, files: t.fileStore}
+	t.steps.moves, t.submits.moves = t.moves, t.moves
 	pool.SetComebackGate(t.CleanUp)
 	return t
 }
@@ -126,10 +122,10 @@ func New(pool *upstream.Pool, cfg *config.Config, m *metrics.Metrics, log *slog.
 // SetListener sets who receives broadcasts and fleet queue changes.
 func (t *Table) SetListener(l Listener) {
 	if l == nil {
-		t.listener.Store(nil)
+		t.events.listener.Store(nil)
 		return
 	}
-	t.listener.Store(&l)
+	t.events.listener.Store(&l)
 }
 
 // safely runs f and logs a panic instead of crashing the process.
@@ -164,7 +160,7 @@ func (t *Table) Start(ctx context.Context) {
 // and waits for the table's goroutines.
 func (t *Table) Close() {
 	t.run.close()
-	t.sub.Close()
+	t.insts.sub.Close()
 	for _, s := range t.owners.all() {
 		s.stop()
 	}
@@ -173,32 +169,15 @@ func (t *Table) Close() {
 
 // InstanceAdded opens the socket of inst (at start if the table is not
 // running yet). Calling it twice is harmless.
-func (t *Table) InstanceAdded(inst *upstream.Instance) {
-	s := t.socketFor(inst)
-	if t.run.context() != nil && !t.run.closed() {
-		t.insts.runSocket(s)
-	}
-}
+func (t *Table) InstanceAdded(inst *upstream.Instance) { t.insts.added(inst) }
 
 // SocketSettled reports whether inst's socket is up or its first dial
 // failed: either way, waiting longer for it at start-up gains nothing.
-func (t *Table) SocketSettled(inst *upstream.Instance) bool {
-	s := t.owners.get(inst)
-	return inst.State().SocketUp() || s == nil || s.dialed.Load()
-}
+func (t *Table) SocketSettled(inst *upstream.Instance) bool { return t.insts.socketSettled(inst) }
 
 // InstanceRemoved stops giving inst new work (the pool's draining flag does
 // that) and closes its socket once its prompts are done.
-func (t *Table) InstanceRemoved(inst *upstream.Instance) {
-	s := t.owners.get(inst)
-	if s == nil {
-		return
-	}
-	s.box.post(func() {
-		s.draining = true
-		s.passes.closeIfDrained()
-	})
-}
+func (t *Table) InstanceRemoved(inst *upstream.Instance) { t.insts.removed(inst) }
 
 // maybeCloseDrained closes a draining instance's socket when it has no
 // prompts left.
@@ -227,17 +206,18 @@ func (s *passes) closeIfDrained() {
 	s.stop()
 }
 
-// socketFor returns the socket record of inst, creating it (not running)
-// and starting its owner if needed.
-func (t *Table) socketFor(inst *upstream.Instance) *instSocket {
-	if s := t.owners.get(inst); s != nil {
-		return s
-	}
-	s, added := t.owners.getOrAdd(inst, func() *instSocket { return newInstSocket(t, inst) })
-	if added {
-		t.insts.startOwner(s)
-	}
-	return s
+// steps applies the prompts' steps: the transitions of lifecycle.Step,
+// what they change in the index and the in-flight counts, and their
+// other effects.
+type steps struct {
+	idx     *index
+	numbers numbering // the fleet queue numbers (Prompt.Number)
+	m       *metrics.Metrics
+	files   *fileStore // the outputs' pins (apply)
+	// Where a step's effects go.
+	moves  *mover     // tombstones; a finished prompt frees its instance
+	insts  *instances // a drained instance's socket closes
+	events *delivery  // events and queue changes
 }
 
 // step applies e to pr: the transition (lifecycle.Step), pr's published
@@ -247,7 +227,7 @@ func (t *Table) socketFor(inst *upstream.Instance) *instSocket {
 // applied (see lifecycle.Step).
 //
 // The step rule: a prompt's steps run one at a time, on the owner of the
-// instance its view names (stepVia from elsewhere); its first send, while
+// instance its view names (stepVia from a submit); its first send, while
 // it is at no instance and only its submitter holds it, on the owner of
 // the instance it goes to. A step that moves it (Send, Reclaim) runs on
 // the owner it leaves and hands it to the next one: its later steps run
@@ -263,7 +243,7 @@ func (t *Table) socketFor(inst *upstream.Instance) *instSocket {
 // lock is held while a Sink or Listener is called: events go through the
 // per-instance outbox (outbox.go), which calls them in order from its own
 // goroutine.
-func (t *Table) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (lifecycle.State, bool) {
+func (t *steps) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (lifecycle.State, bool) {
 	if e.At.IsZero() {
 		e.At = time.Now()
 	}
@@ -296,7 +276,7 @@ func (t *Table) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (life
 		case lifecycle.Accept:
 			// Its fleet number, in the fleet's order of acceptance: a
 			// step of its own, so the state holds it.
-			if numbered, _, ok := lifecycle.Step(nv.life, lifecycle.Event{Kind: lifecycle.Numbered, At: e.At, Number: t.nextNumber(pr)}); ok {
+			if numbered, _, ok := lifecycle.Step(nv.life, lifecycle.Event{Kind: lifecycle.Numbered, At: e.At, Number: t.numbers.next(pr)}); ok {
 				nv.life, next = numbered, numbered
 			}
 		}
@@ -318,7 +298,7 @@ func (t *Table) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (life
 // carryOut does what a transition of pr asked for. inst is the instance
 // the transition started at: every effect names it but a send's CountIn
 // (the instance it goes to; step publishes that one's count).
-func (t *Table) carryOut(pr *Prompt, inst *upstream.Instance, effects []lifecycle.Effect) {
+func (t *steps) carryOut(pr *Prompt, inst *upstream.Instance, effects []lifecycle.Effect) {
 	queue := false
 	for _, ef := range effects {
 		switch ef.Kind {
@@ -355,109 +335,59 @@ func (t *Table) carryOut(pr *Prompt, inst *upstream.Instance, effects []lifecycl
 	}
 }
 
-// nextNumber takes pr's fleet number (Prompt.Number) from the counter:
-// 0 and none taken when the client chose its own.
-func (t *Table) nextNumber(pr *Prompt) int64 {
+// numbering is the counter of the fleet queue numbers: the next one.
+type numbering struct{ n atomic.Int64 }
+
+// next takes pr's fleet number (Prompt.Number) from the counter: 0 and
+// none taken when the client chose its own.
+func (c *numbering) next(pr *Prompt) int64 {
 	if pr.ownNumber {
 		return 0
 	}
-	n := t.numbers.Add(1) - 1
+	n := c.n.Add(1) - 1
 	if pr.front {
 		n = -n // ComfyUI's front: -counter
 	}
 	return n
 }
 
-// onOwnerOf runs f on the owner of pr's instance and waits for it, with
-// at the instance whose owner runs it; a prompt never sent goes to the
-// owner of to, the instance its first send goes to. f reports false when
-// pr was no longer at at when it ran (a step moved it meanwhile): then it
-// runs again on the owner of where pr is now. It runs nothing when the
-// table closed. Not on an owner.
-func (t *Table) onOwnerOf(pr *Prompt, to *upstream.Instance, f func(at *upstream.Instance) bool) {
+// stepVia is step from elsewhere than the owner of pr's instance (the
+// settling of a send's answer): it runs there, by the step rule, and
+// waits for it; a prompt never sent steps on the owner of to, the
+// instance its first send goes to, as its submitter alone holds it. When
+// pr moved meanwhile, it steps on the owner of where pr is now. It
+// reports false, changing nothing, once the table closed. Not on an owner.
+func (t *submitter) stepVia(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (lifecycle.State, bool) {
+	st, ok := pr.Life(), false
 	for range 8 {
 		at := pr.Instance()
 		if at == nil {
 			at = to
 		}
 		if at == nil {
-			f(nil) // nothing to step at no instance
-			return
+			return t.steps.step(pr, e, to) // at no instance: nothing to step
 		}
 		ran, done := false, false
-		t.socketFor(at).box.do(func() { ran = true; done = f(at) })
+		t.owners.socketFor(at).box.do(func() {
+			ran = true
+			if cur := pr.Instance(); cur != at && cur != nil {
+				return // it moved: step where it is now
+			}
+			st, ok = t.steps.step(pr, e, to)
+			done = true
+		})
 		if !ran || done {
-			return
+			break
 		}
 	}
-}
-
-// stepVia is step from elsewhere than the owner of pr's instance (a
-// worker, a client's call, a submit): it runs there, by the step rule. It
-// reports false, changing nothing, once the table closed.
-func (t *Table) stepVia(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (lifecycle.State, bool) {
-	st, ok := pr.Life(), false
-	t.onOwnerOf(pr, to, func(at *upstream.Instance) bool {
-		// A prompt never sent is at no instance: the owner of its first
-		// send's target steps it, as its submitter alone holds it.
-		if cur := pr.Instance(); cur != at && cur != nil {
-			return false // it moved: step where it is now
-		}
-		st, ok = t.step(pr, e, to)
-		return true
-	})
 	return st, ok
 }
 
 // markDone ends pr with outcome. It reports false if pr was already done.
 // On the owner of pr's instance.
-func (t *Table) markDone(pr *Prompt, outcome string) bool {
+func (t *steps) markDone(pr *Prompt, outcome string) bool {
 	_, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Finish, Outcome: outcome}, nil)
 	return ok
-}
-
-// markDoneVia is markDone from elsewhere (a worker, a client's call).
-func (t *Table) markDoneVia(pr *Prompt, outcome string) bool {
-	_, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.Finish, Outcome: outcome}, nil)
-	return ok
-}
-
-// notifyQueue tells the listener the fleet queue when it changed.
-func (t *delivery) notifyQueue() {
-	o := t.outboxFor(nil)
-	t.queueMu.Lock()
-	defer t.queueMu.Unlock()
-	q := t.p.QueueRemaining()
-	if q == t.lastQueue {
-		return
-	}
-	t.lastQueue = q
-	if l := t.currentListener(); l != nil {
-		o.push(func() { l.QueueChanged(q) })
-	}
-}
-
-// currentListener returns the listener (nil if none).
-func (t *delivery) currentListener() Listener {
-	if l := t.listener.Load(); l != nil {
-		return *l
-	}
-	return nil
-}
-
-// deliver queues one event of pr for its sink, on the outbox of the
-// instance it came from (in order with that instance's other events). An
-// event of a prompt whose sink already got its end is dropped. force
-// delivers anyway: comfygate's own synthesized ending.
-func (t *delivery) deliver(pr *Prompt, ev Event, force bool) {
-	if pr.Sink == nil {
-		return
-	}
-	if !force && pr.Life().Phase == lifecycle.Ended {
-		return
-	}
-	sink := pr.Sink
-	t.outboxFor(ev.Instance).push(func() { sink.PromptEvent(pr, ev) })
 }
 
 // Prompt looks a prompt up by its client-facing id.
@@ -531,7 +461,7 @@ func (t *Table) locate(ctx context.Context, id string) (*upstream.Instance, erro
 	if best == nil {
 		return nil, ErrUnknownPrompt
 	}
-	t.socketFor(best.inst).box.do(func() { t.adopt(id, best.inst, best.state) })
+	t.owners.socketFor(best.inst).box.do(func() { t.adopt(id, best.inst, best.state) })
 	return best.inst, nil
 }
 
@@ -637,41 +567,110 @@ func (t *Table) Cancel(ctx context.Context, id string) (bool, error) {
 			return false, ErrUnknownPrompt
 		}
 	}
-	v := pr.snap()
-	inst, uid, st := v.instance, v.life.UpstreamID, stateOf(v.life)
-	if st == PromptDone || inst == nil || uid == "" {
-		return false, nil
+	c := &cancelCall{follow: newFollow(ctx, &t.owners, t.run, t.log, pr, "a cancel"), steps: t.steps}
+	c.post(c.begin)
+	c.wait()
+	return c.ok, c.err
+}
+
+// cancelCall is one Cancel, as the owner of its prompt follows it (follow).
+type cancelCall struct {
+	*follow
+	steps *steps
+	inst  *upstream.Instance // where it was cancelled
+	uid   string             // its id there
+	ok    bool               // something was cancelled
+	err   error
+}
+
+var cancelHeader = map[string]string{"Content-Type": "application/json"}
+
+// begin deletes the prompt from its instance's queue when pending there
+// (in a worker), or interrupts it when running. On the owner.
+func (c *cancelCall) begin(at *upstream.Instance) {
+	v := c.pr.snap()
+	c.inst, c.uid = at, v.life.UpstreamID
+	st := stateOf(v.life)
+	if st == PromptDone || c.uid == "" {
+		c.end()
+		return
 	}
-	hdr := map[string]string{"Content-Type": "application/json"}
-	if st == PromptQueued {
+	if st != PromptQueued {
+		c.interrupt()
+		return
+	}
+	inst, uid := c.inst, c.uid
+	c.work(func(ctx context.Context) func(*upstream.Instance) {
 		body, _ := json.Marshal(map[string][]string{"delete": {uid}})
-		if _, _, err := inst.Transport().Call(ctx, "POST", "/queue", hdr, body); err != nil {
-			return false, fmt.Errorf("cancel %s: %w", id, err)
+		if _, _, err := inst.Transport().Call(ctx, "POST", "/queue", cancelHeader, body); err != nil {
+			return func(*upstream.Instance) { c.fail(err) }
 		}
+		return func(*upstream.Instance) { c.lookAfterDelete() }
+	})
+}
+
+// lookAfterDelete asks the instance's queue, in a worker, after the
+// delete: one that started before it is running now, and one that did
+// not is gone for good. On the owner.
+func (c *cancelCall) lookAfterDelete() {
+	inst := c.inst
+	c.work(func(ctx context.Context) func(*upstream.Instance) {
 		running, pending, err := queueIDs(ctx, inst)
+		return func(*upstream.Instance) { c.looked(running, pending, err) }
+	})
+}
+
+// looked acts on the queue's answer: still pending, nothing was
+// cancelled; running, it started between the look and the delete and is
+// interrupted; in neither, the history says whether it ran before the
+// delete (asked in a worker). On the owner.
+func (c *cancelCall) looked(running, pending map[string]bool, err error) {
+	inst, uid := c.inst, c.uid
+	switch {
+	case err != nil:
+		c.fail(err)
+	case pending[uid]:
+		c.end()
+	case running[uid]:
+		c.interrupt()
+	default:
+		c.work(func(ctx context.Context) func(*upstream.Instance) {
+			entry, ok := historyEntry(ctx, inst, uid)
+			return func(*upstream.Instance) { c.deleted(ok && entry != nil) }
+		})
+	}
+}
+
+// deleted marks the prompt done ("interrupted") unless it ran before the
+// delete. A pending prompt deleted from the queue ends without WS events,
+// as in ComfyUI. On the owner.
+func (c *cancelCall) deleted(ran bool) {
+	if !ran {
+		// The queue check that follows the instance's status message may
+		// have marked it done already: still this delete.
+		c.steps.markDone(c.pr, metrics.OutcomeInterrupted)
+		c.ok = true
+	}
+	c.end()
+}
+
+// interrupt interrupts the prompt at its instance, in a worker. On the owner.
+func (c *cancelCall) interrupt() {
+	inst, uid := c.inst, c.uid
+	c.work(func(ctx context.Context) func(*upstream.Instance) {
+		body, _ := json.Marshal(map[string]string{"prompt_id": uid})
+		status, _, err := inst.Transport().Call(ctx, "POST", "/interrupt", cancelHeader, body)
 		if err != nil {
-			return false, fmt.Errorf("cancel %s: %w", id, err)
+			return func(*upstream.Instance) { c.fail(err) }
 		}
-		switch {
-		case pending[uid]:
-			return false, nil
-		case !running[uid]:
-			if entry, ok := historyEntry(ctx, inst, uid); ok && entry != nil {
-				return false, nil // it finished before the delete
-			}
-			// Deleted. The queue check that follows the instance's status
-			// message may have marked it done already: still our delete.
-			t.markDoneVia(pr, metrics.OutcomeInterrupted)
-			return true, nil
-		}
-		// It started between our look and the delete: interrupt it.
-	}
-	body, _ := json.Marshal(map[string]string{"prompt_id": uid})
-	status, _, err := inst.Transport().Call(ctx, "POST", "/interrupt", hdr, body)
-	if err != nil {
-		return false, fmt.Errorf("cancel %s: %w", id, err)
-	}
-	return status == 200, nil
+		return func(*upstream.Instance) { c.ok = status == 200; c.end() }
+	})
+}
+
+// fail ends the cancel with err. On the owner.
+func (c *cancelCall) fail(err error) {
+	c.err = fmt.Errorf("cancel %s: %w", c.pr.ID, err)
+	c.end()
 }
 
 // newUUID returns a random lowercase UUIDv4.

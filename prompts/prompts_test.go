@@ -16,7 +16,7 @@ func TestPromptTableKeepsBoundedDonePrompts(t *testing.T) {
 	first := tb.adopt("first", inst, PromptDone)
 	live := &Prompt{ID: "live"}
 	tb.submits.reserve(live)
-	tb.step(live, lifecycle.Event{Kind: lifecycle.Send, UpstreamID: "live"}, inst)
+	tb.steps.step(live, lifecycle.Event{Kind: lifecycle.Send, UpstreamID: "live"}, inst)
 	running := tb.adopt("running", inst, PromptRunning)
 	for k := range maxDonePrompts + 50 {
 		tb.adopt(fmt.Sprintf("p%d", k), inst, PromptDone)

@@ -96,6 +96,12 @@ func (r *run) goBackground(f func(ctx context.Context)) bool {
 	return r.goRun(func() { safely(r.log, "prompt table", func() { f(ctx) }) })
 }
 
+// running reports whether the run started and has not ended.
+func (r *run) running() bool {
+	ctx := r.context()
+	return ctx != nil && ctx.Err() == nil
+}
+
 // runCtx is the run's context (Background before start).
 func (r *run) runCtx() context.Context {
 	if ctx := r.context(); ctx != nil {
@@ -129,7 +135,22 @@ func (r *run) wait() { <-r.drained }
 type ownerMap = map[*upstream.Instance]*instSocket
 
 type owners struct {
-	m atomic.Pointer[ownerMap]
+	m     atomic.Pointer[ownerMap]
+	mk    func(*upstream.Instance) *instSocket // a new record, its owner not started
+	start func(*instSocket)                    // starts a new record's owner
+}
+
+// socketFor returns the record of inst, creating it (its socket not
+// running) and starting its owner if needed.
+func (o *owners) socketFor(inst *upstream.Instance) *instSocket {
+	if s := o.get(inst); s != nil {
+		return s
+	}
+	s, added := o.getOrAdd(inst, func() *instSocket { return o.mk(inst) })
+	if added {
+		o.start(s)
+	}
+	return s
 }
 
 // get returns inst's record, nil if none.

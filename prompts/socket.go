@@ -157,7 +157,7 @@ func (s *instSocket) run(ctx context.Context) {
 		}
 		s.dialed.Store(true)
 		select {
-		case s.t.settled <- struct{}{}: // awaitSockets looks again
+		case s.t.insts.settled <- struct{}{}: // awaitSockets looks again
 		default:
 		}
 		if err != nil {
@@ -491,7 +491,7 @@ func (s *instSocket) routeLocked(f frame) {
 		}
 		return
 	}
-	s.t.apply(pr, s.inst, f)
+	s.t.steps.apply(pr, s.inst, f)
 }
 
 // keepEarlyLocked buffers f, dropping expired and excess frames. On the owner.
@@ -523,7 +523,7 @@ func (s *instSocket) endAwaitOwned(pr *Prompt, uid string, attempt int) {
 		return
 	}
 	// The answer named the id: the prompt is there under it.
-	s.t.step(pr, lifecycle.Event{Kind: lifecycle.Answered, UpstreamID: uid, Attempt: attempt}, nil)
+	s.t.steps.step(pr, lifecycle.Event{Kind: lifecycle.Answered, UpstreamID: uid, Attempt: attempt}, nil)
 	kept := s.early[:0]
 	var mine []frame
 	for _, f := range s.early {
@@ -540,7 +540,7 @@ func (s *instSocket) endAwaitOwned(pr *Prompt, uid string, attempt int) {
 		s.early = s.early[:0]
 	}
 	for _, f := range mine {
-		s.t.apply(pr, s.inst, f)
+		s.t.steps.apply(pr, s.inst, f)
 	}
 }
 
@@ -564,7 +564,7 @@ func (s *instSocket) onStatus(n int64) {
 // rewritten to the client-facing one. Called on inst's owner (for
 // synthesized events too), so a prompt's events are applied and queued
 // for delivery in the instance's order.
-func (t *Table) apply(pr *Prompt, inst *upstream.Instance, f frame) {
+func (t *steps) apply(pr *Prompt, inst *upstream.Instance, f frame) {
 	ph := pr.Life().Phase
 	ended := ph == lifecycle.Ended
 	if ph == lifecycle.Sending || ph == lifecycle.Unconfirmed {
@@ -575,7 +575,7 @@ func (t *Table) apply(pr *Prompt, inst *upstream.Instance, f frame) {
 	case comfyapi.TypeExecutionStart:
 		t.step(pr, lifecycle.Event{Kind: lifecycle.Started, At: f.at}, nil)
 	case comfyapi.TypeExecuted:
-		t.pinOutputs(inst, comfyapi.NodeOutputFiles(f.outputs, ""))
+		t.files.pinOutputs(inst, comfyapi.NodeOutputFiles(f.outputs, ""))
 	case comfyapi.TypeExecutionSuccess:
 		t.markDone(pr, metrics.OutcomeSuccess)
 	case comfyapi.TypeExecutionInterrupted:
@@ -606,9 +606,9 @@ func (t *Table) apply(pr *Prompt, inst *upstream.Instance, f frame) {
 // pinOutputs records the files named by refs (an `executed` output's or a
 // history entry's) as inst's. One odd entry (a subfolder that is no
 // string) costs only itself.
-func (t *Table) pinOutputs(inst *upstream.Instance, refs []FileRef) {
+func (fs *fileStore) pinOutputs(inst *upstream.Instance, refs []FileRef) {
 	for _, r := range refs {
-		t.PinFile(r, inst)
+		fs.PinFile(r, inst)
 	}
 }
 

@@ -130,7 +130,8 @@ func (t *mover) waitingFor(inst *upstream.Instance) (*Prompt, *upstream.Instance
 // gone and never run. If from started or ran it meanwhile, it stays. If
 // from does not answer the delete or the look after it, it stays too (it
 // may run there yet), marked DeleteSent (lifecycle.State): should the delete land later,
-// verifyQueue resubmits it instead of taking it for a client's delete.
+// the queue check for deleted prompts (passes.verify) resubmits it instead
+// of taking it for a client's delete.
 // The client sees nothing of the move: same prompt_id, same number, its
 // events from wherever it runs.
 //
@@ -138,7 +139,7 @@ func (t *mover) waitingFor(inst *upstream.Instance) (*Prompt, *upstream.Instance
 // an instance is a worker whose answer comes back to that owner, which
 // decides what follows. Not on an owner: it returns when the move is over.
 func (t *mover) moveWaiting(ctx context.Context, pr *Prompt, from, to *upstream.Instance) {
-	mv := &move{t: t.Table, ctx: ctx, pr: pr, from: from, done: make(chan struct{}),
+	mv := &move{t: t, ctx: ctx, pr: pr, from: from, done: make(chan struct{}),
 		what: "it was moved off instance " + from.Name, noneWhy: "no instance is available", quiet: true}
 	mv.uid = pr.UpstreamID()
 	if mv.uid == "" {
@@ -148,7 +149,7 @@ func (t *mover) moveWaiting(ctx context.Context, pr *Prompt, from, to *upstream.
 	// an instance that does not answer at once (hung, dying) is failover's
 	// business, which must find its prompts free to move, and no delete
 	// goes to it. A prompt deleted behind comfygate's back (a client's
-	// clear sent straight to the instance) looks queued until verifyQueue
+	// clear sent straight to the instance) looks queued until the queue check
 	// sees it gone: it must not come back to life elsewhere.
 	mv.work(func(ctx context.Context) func() {
 		qctx, cancel := context.WithTimeout(ctx, moveProbeTimeout)
@@ -168,12 +169,12 @@ func (mv *move) stealLooked(to *upstream.Instance, pending map[string]bool, err 
 		return
 	}
 	if !pending[uid] {
-		s := t.socketFor(from)
+		s := t.owners.socketFor(from)
 		s.box.post(s.passes.wantVerify)
 		mv.end()
 		return
 	}
-	st, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.MoveBegin, Instance: from.Name}, nil)
+	st, ok := t.steps.step(pr, lifecycle.Event{Kind: lifecycle.MoveBegin, Instance: from.Name}, nil)
 	if !ok {
 		mv.end()
 		return
@@ -196,7 +197,7 @@ func (mv *move) stealLooked(to *upstream.Instance, pending map[string]bool, err 
 		case delErr != nil || status != 200:
 			// No answer (from stopped as the delete left?): it may run
 			// there yet, or the delete may land later. It stays; should
-			// it vanish from from's queue, verifyQueue sends it elsewhere
+			// it vanish from from's queue, the queue check sends it elsewhere
 			// (DeleteSent) instead of taking it for a client's delete, and
 			// if from died, its failover moves it.
 			return func() { mv.stealStays(true) }
@@ -221,7 +222,7 @@ func (mv *move) stealDeleted(to *upstream.Instance, found, answered bool) {
 		mv.stealStays(true)
 		return
 	}
-	if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.Leave}, nil); !ok {
+	if _, ok := t.steps.step(pr, lifecycle.Event{Kind: lifecycle.Leave}, nil); !ok {
 		mv.stealStays(false) // it finished meanwhile
 		return
 	}
@@ -237,9 +238,9 @@ func (mv *move) stealDeleted(to *upstream.Instance, found, answered bool) {
 func (mv *move) stealStays(deleteSent bool) {
 	t, pr, from := mv.t, mv.pr, mv.from
 	mv.settled = true
-	if _, ok := t.step(pr, lifecycle.Event{Kind: lifecycle.MoveAbort, DeleteSent: deleteSent}, nil); ok && from.ConfirmedDown() {
+	if _, ok := t.steps.step(pr, lifecycle.Event{Kind: lifecycle.MoveAbort, DeleteSent: deleteSent}, nil); ok && from.ConfirmedDown() {
 		mv.work(func(ctx context.Context) func() {
-			t.moves.failover(ctx, pr, from, fmt.Sprintf("instance %s died", from.Name), false)
+			t.failover(ctx, pr, from, fmt.Sprintf("instance %s died", from.Name), false)
 			return mv.end
 		})
 		return

@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"syscall"
 	"time"
 
 	"github.com/comfygate/comfygate/breaker"
+	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/internal/lifecycle"
 	"github.com/comfygate/comfygate/upstream"
@@ -40,7 +42,17 @@ func (t *Table) Submit(ctx context.Context, req SubmitRequest) (SubmitResult, er
 // pins the prompt there before its POST leaves, sends it and settles the
 // answer (or follows an unanswered one, confirmLater). Failovers send
 // through it too.
-type submitter struct{ *Table }
+type submitter struct {
+	p      fleet
+	cfg    *config.Config
+	log    *slog.Logger
+	run    *run
+	idx    *index
+	owners *owners
+	steps  *steps
+	moves  *mover     // tombstones at the target; an unanswered send's failover
+	files  *fileStore // the files a prompt loads, copied to its instance
+}
 
 // sendOutcome is what one POST /prompt to one instance came to.
 type sendOutcome int
@@ -147,7 +159,7 @@ func (t *submitter) bodyFor(ctx context.Context, pr *Prompt, inst *upstream.Inst
 	if pr.graph != nil {
 		graph = pr.graph
 	}
-	out, err := t.prepareGraph(ctx, inst, graph, pr.files)
+	out, err := t.files.prepareGraph(ctx, inst, graph, pr.files)
 	if err != nil {
 		// The instance's own validation answers in ComfyUI's shape if a
 		// file is really missing; if it is down, the POST fails too.
@@ -182,7 +194,7 @@ func (t *submitter) send(ctx context.Context, pr *Prompt, inst *upstream.Instanc
 	if err != nil {
 		return SubmitResult{}, sentAnswered, fmt.Errorf("submit prompt %s: %w", pr.ID, err)
 	}
-	s := t.socketFor(inst)
+	s := t.owners.socketFor(inst)
 	// Pinned before the request leaves: its events can come first. Until
 	// the POST is settled (answered, refused, no answer) no failover takes
 	// it: this send's own outcome decides.
@@ -279,7 +291,7 @@ func (t *submitter) beginSend(pr *Prompt, s *instSocket, uid string, body []byte
 	s.box.do(func() {
 		ran = true
 		pr.body.Store(&body)
-		if st, ok = t.step(pr, lifecycle.Event{Kind: lifecycle.Send, UpstreamID: uid}, s.inst); ok && awaited {
+		if st, ok = t.steps.step(pr, lifecycle.Event{Kind: lifecycle.Send, UpstreamID: uid}, s.inst); ok && awaited {
 			s.awaiting++
 		}
 	})

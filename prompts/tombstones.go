@@ -42,7 +42,7 @@ func (t *mover) tombstone(inst *upstream.Instance, uid string, pr *Prompt) {
 	if inst == nil || uid == "" {
 		return
 	}
-	s := t.socketFor(inst)
+	s := t.owners.socketFor(inst)
 	s.tombsPosted.Add(1)
 	if !s.box.post(func() { s.addTomb(uid, pr); s.tombsPosted.Add(-1) }) {
 		s.tombsPosted.Add(-1)
@@ -113,7 +113,7 @@ func (t *mover) tombstoned(inst *upstream.Instance, uid string) bool {
 	if uid == "" {
 		return false
 	}
-	s, found := t.socketFor(inst), false
+	s, found := t.owners.socketFor(inst), false
 	if !s.mayHaveTombs() {
 		return false // the common case, without a hand-over to the owner
 	}
@@ -123,22 +123,10 @@ func (t *mover) tombstoned(inst *upstream.Instance, uid string) bool {
 
 // tombstonesAt returns the prompts moved off inst. Not on an owner.
 func (t *mover) tombstonesAt(inst *upstream.Instance) []tomb {
-	s := t.socketFor(inst)
+	s := t.owners.socketFor(inst)
 	var out []tomb
 	s.box.do(func() { out = slices.Clone(s.pruneTombs(time.Now())) })
 	return out
-}
-
-// settleTomb marks inst's tombstone of uid settled. Not on an owner.
-func (t *mover) settleTomb(inst *upstream.Instance, uid string) {
-	s := t.socketFor(inst)
-	s.box.do(func() {
-		for k := range s.tombs {
-			if s.tombs[k].uid == uid {
-				s.tombs[k].settled = true
-			}
-		}
-	})
 }
 
 // CleanUp removes from inst what moved off it: tombstoned prompts pending
@@ -217,56 +205,88 @@ func (t *Table) CleanUp(ctx context.Context, inst *upstream.Instance) bool {
 	// Asked after the queue: a prompt leaves the queue for the history in
 	// one step, so one in neither is not there (see probeAt).
 	for _, tb := range ranMaybe {
-		entry, ok := historyEntry(ctx, inst, tb.uid)
-		if !ok {
-			continue // asked again on the next pass
-		}
-		t.moves.settleTomb(inst, tb.uid)
-		if entry == nil {
-			continue
-		}
-		if h, err := comfyapi.ParseHistoryEntry(entry); err != nil || h.Status.StatusStr != comfyapi.StatusSuccess {
-			continue // it failed or was interrupted there: the copy is its retry
-		}
-		t.moves.reclaim(tb.pr, inst, tb.uid, entry)
+		t.moves.reclaimIfRan(ctx, inst, tb)
 	}
 	return true
 }
 
-// reclaim ends pr with the successful run of from, an instance pr had
-// moved off (upstream id uid there): the copy where pr is now leaves
-// there, tombstoned, so it is deleted from that queue or interrupted, and
-// pr's sink gets from's ending. It reports false when pr could not be
-// taken (it ended meanwhile, or a send of it is under way).
-func (t *mover) reclaim(pr *Prompt, from *upstream.Instance, uid string, entry json.RawMessage) bool {
-	cur := pr.Instance()
-	if cur == nil || cur == from {
-		return false
+// reclaimIfRan asks from's history (in this worker) whether tb's prompt,
+// moved off from and not yet ended where it is now, ran to success at
+// from after all; from's owner settles the tombstone and decides, and if
+// so the prompt is reclaimed (reclaim). It returns when that is over. Not
+// on an owner.
+func (t *mover) reclaimIfRan(ctx context.Context, from *upstream.Instance, tb tomb) {
+	entry, ok := historyEntry(ctx, from, tb.uid)
+	if !ok {
+		return // asked again on the next pass
 	}
-	if _, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.MoveBegin, Instance: cur.Name}, nil); !ok {
-		return false
+	fl := newFollow(ctx, t.owners, t.run, t.log, tb.pr, "a reclaim")
+	s := t.owners.socketFor(from)
+	if !s.box.post(guarded(t.log, func() { t.ranAt(fl, s, tb.uid, entry) }, fl.end)) {
+		return
 	}
-	if _, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.Leave, Tombstone: true}, nil); !ok {
-		t.stepVia(pr, lifecycle.Event{Kind: lifecycle.MoveAbort}, nil)
-		return false
+	fl.wait()
+}
+
+// ranAt acts on from's history entry of uid: the tombstone is settled
+// (from can no longer end the prompt there), and a successful run there
+// ends the prompt (reclaim). On from's owner.
+func (t *mover) ranAt(fl *follow, s *instSocket, uid string, entry json.RawMessage) {
+	for k := range s.tombs {
+		if s.tombs[k].uid == uid {
+			s.tombs[k].settled = true
+		}
+	}
+	if entry == nil {
+		fl.end()
+		return
+	}
+	if h, err := comfyapi.ParseHistoryEntry(entry); err != nil || h.Status.StatusStr != comfyapi.StatusSuccess {
+		fl.end() // it failed or was interrupted there: the copy is its retry
+		return
+	}
+	from := s.inst
+	fl.post(func(cur *upstream.Instance) { t.reclaim(fl, from, uid, entry, cur) })
+}
+
+// reclaim ends fl's prompt with the successful run of from, an instance
+// it had moved off (upstream id uid there, entry its history): the copy at
+// cur, where it is now, leaves there, tombstoned, so it is deleted from
+// that queue or interrupted; then it is at from again, where its sink
+// gets from's ending. Nothing changes when it ended meanwhile or a send
+// of it is under way. On cur's owner, the one it leaves (the step rule).
+func (t *mover) reclaim(fl *follow, from *upstream.Instance, uid string, entry json.RawMessage, cur *upstream.Instance) {
+	pr := fl.pr
+	if cur == from {
+		fl.end()
+		return
+	}
+	if _, ok := t.steps.step(pr, lifecycle.Event{Kind: lifecycle.MoveBegin, Instance: cur.Name}, nil); !ok {
+		fl.end()
+		return
+	}
+	if _, ok := t.steps.step(pr, lifecycle.Event{Kind: lifecycle.Leave, Tombstone: true}, nil); !ok {
+		t.steps.step(pr, lifecycle.Event{Kind: lifecycle.MoveAbort}, nil)
+		fl.end()
+		return
 	}
 	end := t.historyEnd(from, uid, entry)
-	// Ended at from on the owner it leaves (the step rule), then its
-	// ending delivered on from's, where it is now.
-	_, ok := t.stepVia(pr, lifecycle.Event{Kind: lifecycle.Reclaim, UpstreamID: uid}, from)
-	if ok {
-		t.socketFor(from).box.do(func() {
-			if pr.Instance() != from {
-				return
-			}
-			t.apply(pr, from, end)
-			t.apply(pr, from, frame{typ: comfyapi.TypeExecuting, uid: uid, nodeNull: true, data: comfyapi.ExecutingNull(uid), at: time.Now()})
-		})
-	}
+	_, ok := t.steps.step(pr, lifecycle.Event{Kind: lifecycle.Reclaim, UpstreamID: uid}, from)
 	t.log.Info("prompts: a moved prompt ran where it was after all; its copy is removed",
 		"prompt_id", pr.ID, "ran_at", from.Name, "copy_at", cur.Name)
-	t.cleanUpLater(t.socketFor(cur))
-	return ok
+	t.cleanUpLater(t.owners.socketFor(cur))
+	if !ok {
+		fl.end()
+		return
+	}
+	// Its ending, delivered on from's owner, where it is now.
+	fl.post(func(at *upstream.Instance) {
+		if at == from {
+			t.steps.apply(pr, from, end)
+			t.steps.apply(pr, from, frame{typ: comfyapi.TypeExecuting, uid: uid, nodeNull: true, data: comfyapi.ExecutingNull(uid), at: time.Now()})
+		}
+		fl.end()
+	})
 }
 
 // cleanUpLater runs CleanUp in the background, one pass at a time per
@@ -298,7 +318,7 @@ func (s *passes) wantCleanUp() {
 
 // hasTombstones reports whether anything moved off inst. Not on an owner.
 func (t *mover) hasTombstones(inst *upstream.Instance) bool {
-	s, has := t.socketFor(inst), false
+	s, has := t.owners.socketFor(inst), false
 	if !s.mayHaveTombs() {
 		return false
 	}
