@@ -36,7 +36,7 @@ type fileStore struct {
 
 	// sharer, once the table shares its index (state.url), records the
 	// pins for other replicas and looks up the files it misses (shared.go).
-	sharer atomic.Pointer[Table]
+	sharer atomic.Pointer[sharedIndex]
 }
 
 func newFileStore(p fleet, cfg *config.Config, log *slog.Logger) *fileStore {
@@ -232,8 +232,8 @@ func (fs *fileStore) PinFile(ref FileRef, inst *upstream.Instance) {
 		return
 	}
 	fs.pins.add(ref, inst.Endpoint())
-	if t := fs.sharer.Load(); t != nil {
-		t.sharePin(ref, inst.Endpoint())
+	if sh := fs.sharer.Load(); sh != nil {
+		sh.sharePin(ref, inst.Endpoint())
 	}
 }
 
@@ -256,9 +256,9 @@ func (fs *fileStore) FileChanged(ref FileRef, holder *upstream.Instance) {
 	if ref.Filename == "" {
 		return
 	}
-	t := fs.sharer.Load()
-	if t != nil {
-		t.sharePin(ref, holder.Endpoint())
+	sh := fs.sharer.Load()
+	if sh != nil {
+		sh.sharePin(ref, holder.Endpoint())
 	}
 	if ref.Type == "input" {
 		fs.pins.changed(ref, holder.Endpoint(), false)
@@ -267,8 +267,8 @@ func (fs *fileStore) FileChanged(ref FileRef, holder *upstream.Instance) {
 	fs.pins.changed(ref, holder.Endpoint(), true)
 	stale := normalizeRef(copyRef(holder, ref))
 	fs.pins.invalidate(stale)
-	if t != nil {
-		t.sharePin(stale, "")
+	if sh != nil {
+		sh.sharePin(stale, "")
 	}
 }
 
@@ -321,10 +321,10 @@ func (fs *fileStore) FileOwner(ctx context.Context, ref FileRef) (inst *upstream
 		// find another machine's file of that name.
 		return nil, false
 	}
-	if t := fs.sharer.Load(); t != nil {
+	if sh := fs.sharer.Load(); sh != nil {
 		// Another replica may have pinned it (its prompt's output): that
 		// pin tells two instances' files of one name apart.
-		if in := t.sharedFileOwner(ctx, ref); in != nil {
+		if in := sh.fileOwner(ctx, ref); in != nil {
 			fs.pins.add(ref, in.Endpoint())
 			return in, true
 		}

@@ -286,8 +286,8 @@ func (t *steps) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (life
 	t.idx.repin(pr, prevInst, prev.UpstreamID, nv.instance, next.UpstreamID)
 	pr.view.Store(&nv)
 	t.idx.setLive(pr, next.Live() && next.Phase != lifecycle.Submitted)
-	if tab := t.files.sharer.Load(); tab != nil { // the shared index (state.url)
-		tab.shareStep(pr, prev, prevInst, nv.life, nv.instance)
+	if sh := t.files.sharer.Load(); sh != nil { // the shared index (state.url)
+		sh.shareStep(pr, prev, prevInst, nv.life, nv.instance)
 	}
 	newInst := nv.instance
 	if newInst != prevInst && newInst != nil {

@@ -3,10 +3,12 @@ package prompts
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"sync/atomic"
 	"time"
 
 	"github.com/comfygate/comfygate/internal/lifecycle"
+	"github.com/comfygate/comfygate/metrics"
 	"github.com/comfygate/comfygate/state"
 	"github.com/comfygate/comfygate/upstream"
 )
@@ -41,6 +43,10 @@ const (
 // sharedIndex is the table's side of the replicas' shared index.
 type sharedIndex struct {
 	idx      state.PromptIndex
+	p        fleet            // the instances a record's endpoint names
+	m        *metrics.Metrics // its errors
+	log      *slog.Logger
+	run      *run // the writer runs in the table's run
 	queue    chan sharedWrite
 	running  atomic.Bool  // the writer goroutine runs
 	failedAt atomic.Int64 // unix nanoseconds of the last failed lookup
@@ -48,9 +54,9 @@ type sharedIndex struct {
 
 // readable reports whether a lookup may be tried (none failed within
 // sharedReadPause); a lookup not tried counts as a failed one.
-func (t *Table) readable(sh *sharedIndex) bool {
+func (sh *sharedIndex) readable() bool {
 	if f := sh.failedAt.Load(); f != 0 && time.Since(time.Unix(0, f)) < sharedReadPause {
-		t.m.StateIndexError("read")
+		sh.m.StateIndexError("read")
 		return false
 	}
 	return true
@@ -58,10 +64,10 @@ func (t *Table) readable(sh *sharedIndex) bool {
 
 // readFailed notes a failed lookup: logged, counted, and the next ones
 // paused.
-func (t *Table) readFailed(sh *sharedIndex, what string, err error) {
+func (sh *sharedIndex) readFailed(what string, err error) {
 	sh.failedAt.Store(time.Now().UnixNano())
-	t.m.StateIndexError("read")
-	t.log.Warn("shared prompt index: lookup failed", "of", what, "err", err)
+	sh.m.StateIndexError("read")
+	sh.log.Warn("shared prompt index: lookup failed", "of", what, "err", err)
 }
 
 // sharedWrite is one record or file pin for the writer.
@@ -78,8 +84,9 @@ func (t *Table) ShareIndex(idx state.PromptIndex) {
 	if idx == nil {
 		return
 	}
-	t.shared.Store(&sharedIndex{idx: idx, queue: make(chan sharedWrite, sharedQueue)})
-	t.fileStore.sharer.Store(t)
+	sh := &sharedIndex{idx: idx, p: t.p, m: t.m, log: t.log, run: t.run, queue: make(chan sharedWrite, sharedQueue)}
+	t.shared.Store(sh)
+	t.fileStore.sharer.Store(sh)
 }
 
 // SharesIndex reports whether the table has a shared index (state.url).
@@ -108,14 +115,14 @@ type SharedPrompt struct {
 // replica's.
 func (t *Table) SharedPrompt(ctx context.Context, id string) (sp SharedPrompt, found bool) {
 	sh := t.shared.Load()
-	if sh == nil || id == "" || !t.readable(sh) {
+	if sh == nil || id == "" || !sh.readable() {
 		return SharedPrompt{}, false
 	}
 	ctx, cancel := context.WithTimeout(ctx, sharedReadTimeout)
 	defer cancel()
 	rec, owner, ok, err := sh.idx.Prompt(ctx, id)
 	if err != nil {
-		t.readFailed(sh, "a prompt", err)
+		sh.readFailed("a prompt", err)
 		return SharedPrompt{}, false
 	}
 	sp = SharedPrompt{ID: id, Owner: owner}
@@ -132,7 +139,7 @@ func (t *Table) SharedPrompt(ctx context.Context, id string) (sp SharedPrompt, f
 		sp.ClientID = life.ClientID
 		sp.Numbered, sp.Number = life.Numbered && !life.OwnNumber, life.Number
 	}
-	sp.Instance = upstream.ByEndpoint(t.p.Instances(), rec.Endpoint)
+	sp.Instance = upstream.ByEndpoint(sh.p.Instances(), rec.Endpoint)
 	return sp, true
 }
 
@@ -152,9 +159,8 @@ type sharedLife struct {
 }
 
 // shareStep records pr's routing when a step changed it. In pr's step.
-func (t *Table) shareStep(pr *Prompt, prev lifecycle.State, prevInst *upstream.Instance, next lifecycle.State, inst *upstream.Instance) {
-	sh := t.shared.Load()
-	if sh == nil || next.Adopted || inst == nil {
+func (sh *sharedIndex) shareStep(pr *Prompt, prev lifecycle.State, prevInst *upstream.Instance, next lifecycle.State, inst *upstream.Instance) {
+	if next.Adopted || inst == nil {
 		return
 	}
 	if inst == prevInst && prev.UpstreamID == next.UpstreamID && prev.Numbered == next.Numbered &&
@@ -170,7 +176,7 @@ func (t *Table) shareStep(pr *Prompt, prev lifecycle.State, prevInst *upstream.I
 	if next.Numbered && !pr.ownNumber {
 		rec.Number = next.Number
 	}
-	t.shareWrite(sh, sharedWrite{rec: rec})
+	sh.write(sharedWrite{rec: rec})
 }
 
 // ShareOwner records, for the other replicas, the API key name that owns
@@ -181,16 +187,12 @@ func (t *Table) ShareOwner(id, owner string) {
 	if sh == nil || id == "" || owner == "" {
 		return
 	}
-	t.shareWrite(sh, sharedWrite{owner: &[2]string{id, owner}})
+	sh.write(sharedWrite{owner: &[2]string{id, owner}})
 }
 
 // sharePin records a file pin (an empty endpoint forgets the file).
-func (t *Table) sharePin(ref FileRef, endpoint string) {
-	sh := t.shared.Load()
-	if sh == nil {
-		return
-	}
-	t.shareWrite(sh, sharedWrite{pin: &state.FilePin{File: sharedFileName(ref), Endpoint: endpoint}})
+func (sh *sharedIndex) sharePin(ref FileRef, endpoint string) {
+	sh.write(sharedWrite{pin: &state.FilePin{File: sharedFileName(ref), Endpoint: endpoint}})
 }
 
 // sharedFileName is a normalized ref as one string for the shared pins.
@@ -198,26 +200,26 @@ func sharedFileName(ref FileRef) string {
 	return ref.Type + "\x00" + ref.Subfolder + "\x00" + ref.Filename
 }
 
-// shareWrite queues w for the writer, starting it if need be; a full
+// write queues w for the writer, starting it if need be; a full
 // queue or a table not running drops w (counted).
-func (t *Table) shareWrite(sh *sharedIndex, w sharedWrite) {
+func (sh *sharedIndex) write(w sharedWrite) {
 	select {
 	case sh.queue <- w:
 	default:
-		t.m.StateIndexError("dropped")
+		sh.m.StateIndexError("dropped")
 		return
 	}
 	if sh.running.Load() || !sh.running.CompareAndSwap(false, true) {
 		return
 	}
-	if !t.run.goBackground(func(ctx context.Context) { t.shareWriter(ctx, sh) }) {
+	if !sh.run.goBackground(sh.writer) {
 		sh.running.Store(false)
 	}
 }
 
-// shareWriter writes what the queue holds, a batch per pipeline, until
+// writer writes what the queue holds, a batch per pipeline, until
 // the table closes; then it writes what is left once, within the timeout.
-func (t *Table) shareWriter(ctx context.Context, sh *sharedIndex) {
+func (sh *sharedIndex) writer(ctx context.Context) {
 	var recs []state.PromptRecord
 	var pins []state.FilePin
 	owners := map[string]string{}
@@ -246,8 +248,8 @@ func (t *Table) shareWriter(ctx context.Context, sh *sharedIndex) {
 		}
 		cancel()
 		if err != nil {
-			t.m.StateIndexError("write")
-			t.log.Warn("shared prompt index: write failed", "prompts", len(recs), "owners", len(owners), "files", len(pins), "err", err)
+			sh.m.StateIndexError("write")
+			sh.log.Warn("shared prompt index: write failed", "prompts", len(recs), "owners", len(owners), "files", len(pins), "err", err)
 		}
 		recs, pins = recs[:0], pins[:0]
 		clear(owners)
@@ -282,22 +284,21 @@ func (t *Table) shareWriter(ctx context.Context, sh *sharedIndex) {
 	}
 }
 
-// sharedFileOwner is the instance the shared pins say holds ref (nil when
+// fileOwner is the instance the shared pins say holds ref (nil when
 // none, or the lookup failed: logged and counted).
-func (t *Table) sharedFileOwner(ctx context.Context, ref FileRef) *upstream.Instance {
-	sh := t.shared.Load()
-	if sh == nil || !t.readable(sh) {
+func (sh *sharedIndex) fileOwner(ctx context.Context, ref FileRef) *upstream.Instance {
+	if !sh.readable() {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, sharedReadTimeout)
 	defer cancel()
 	endpoint, err := sh.idx.FileHolder(ctx, sharedFileName(ref))
 	if err != nil {
-		t.readFailed(sh, "a file", err)
+		sh.readFailed("a file", err)
 		return nil
 	}
 	if endpoint == "" {
 		return nil
 	}
-	return upstream.ByEndpoint(t.p.Instances(), endpoint)
+	return upstream.ByEndpoint(sh.p.Instances(), endpoint)
 }
