@@ -196,13 +196,7 @@ func checkValue(spec, v json.RawMessage) string {
 	}
 	typ := sp.Type
 	if sp.Combo {
-		var x any
-		_ = json.Unmarshal(v, &x)
-		if !slices.ContainsFunc(sp.Choices, func(raw json.RawMessage) bool {
-			var c any
-			_ = json.Unmarshal(raw, &c)
-			return fmt.Sprint(c) == fmt.Sprint(x)
-		}) {
+		if !sp.HasChoice(v) {
 			return fmt.Sprintf("value %s is not one of the instance's choices", strings.TrimSpace(string(v)))
 		}
 		return ""

@@ -3,6 +3,7 @@ package comfyapi
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"strings"
 
 	"github.com/comfygate/comfygate/internal/jsonobj"
@@ -124,6 +125,53 @@ type InputSpec struct {
 	// Upload reports an option "<kind>_upload": true (image_upload, ...):
 	// the input takes the name of an uploaded file.
 	Upload bool
+}
+
+// HasChoice reports whether v (a graph's input value) is one of a
+// combo's choices, by Python's equality as ComfyUI's validation has it
+// (`val not in combo_options`): strings exactly, numbers and booleans by
+// value (1 == 1.0 == True), a string never equal to a number.
+func (s InputSpec) HasChoice(v json.RawMessage) bool {
+	var x any
+	if json.Unmarshal(v, &x) != nil {
+		return false
+	}
+	for _, raw := range s.Choices {
+		var c any
+		if json.Unmarshal(raw, &c) == nil && pyEqual(x, c) {
+			return true
+		}
+	}
+	return false
+}
+
+// pyEqual is Python's == over decoded JSON scalars; lists and objects
+// compare by their printed form.
+func pyEqual(a, b any) bool {
+	num := func(v any) (float64, bool) {
+		switch n := v.(type) {
+		case float64:
+			return n, true
+		case bool:
+			if n {
+				return 1, true
+			}
+			return 0, true
+		}
+		return 0, false
+	}
+	if x, ok := num(a); ok {
+		y, ok := num(b)
+		return ok && x == y
+	}
+	switch x := a.(type) {
+	case string:
+		y, ok := b.(string)
+		return ok && x == y
+	case nil:
+		return b == nil
+	}
+	return fmt.Sprint(a) == fmt.Sprint(b)
 }
 
 // ParseInputSpec reads one input spec; ok is false when spec is not a

@@ -141,3 +141,31 @@ func TestModelList(t *testing.T) {
 		}
 	}
 }
+
+func TestHasChoice(t *testing.T) {
+	sp, ok := ParseInputSpec(json.RawMessage(`[["a.safetensors", "b.safetensors", 1, 2.5], {}]`))
+	if !ok || !sp.Combo {
+		t.Fatalf("not a combo: %+v", sp)
+	}
+	for _, c := range []struct {
+		v    string
+		want bool
+	}{
+		{`"a.safetensors"`, true},
+		{`"b.safetensors"`, true},
+		{`"c.safetensors"`, false},
+		{`"A.safetensors"`, false}, // Python's equality is exact
+		{`1`, true},
+		{`1.0`, true}, // 1 == 1.0 in Python
+		{`2.5`, true},
+		{`"1"`, false}, // "1" != 1 in Python
+		{`true`, true}, // True == 1 in Python
+		{`3`, false},
+		{`null`, false},
+		{`[1]`, false},
+	} {
+		if got := sp.HasChoice(json.RawMessage(c.v)); got != c.want {
+			t.Errorf("HasChoice(%s) = %v, want %v", c.v, got, c.want)
+		}
+	}
+}
