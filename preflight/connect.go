@@ -2,7 +2,6 @@ package preflight
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -12,7 +11,7 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/config"
-	"github.com/comfygate/comfygate/internal/jsonobj"
+	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/metrics"
 	"github.com/comfygate/comfygate/upstream"
 )
@@ -152,20 +151,13 @@ func reach(ctx context.Context, cfg *config.Config, inst *upstream.Instance, r *
 		r.Health = err
 		return
 	}
-	var stats struct {
-		System struct {
-			Version string `json:"comfyui_version"`
-		} `json:"system"`
-	}
-	if json.Unmarshal(body, &stats) == nil {
-		r.Version = stats.System.Version
-	}
+	r.Version = comfyapi.SystemStatsVersion(body)
 	body, err = fetch(ctx, inst, "/object_info", cfg.Timeout)
 	if err != nil {
 		r.Catalogue = err
 		return
 	}
-	classes, err := jsonobj.Members(body)
+	classes, err := comfyapi.ObjectInfoClasses(body)
 	if err != nil {
 		r.Catalogue = fmt.Errorf("object_info: %w", err)
 		return
@@ -176,15 +168,20 @@ func reach(ctx context.Context, cfg *config.Config, inst *upstream.Instance, r *
 	// without /models is not an error (ComfyUI added it in 2024).
 	r.ModelFolders = -1
 	body, err = fetch(ctx, inst, "/models", cfg.Timeout)
-	var folders []string
-	if err != nil || json.Unmarshal(body, &folders) != nil {
+	if err != nil {
+		return
+	}
+	folders, err := comfyapi.ParseModelList(body)
+	if err != nil {
 		return
 	}
 	r.ModelFolders = len(folders)
 	for _, f := range folders {
 		body, err := fetch(ctx, inst, "/models/"+url.PathEscape(f), cfg.Timeout)
-		var files []string
-		if err == nil && json.Unmarshal(body, &files) == nil {
+		if err != nil {
+			continue
+		}
+		if files, err := comfyapi.ParseModelList(body); err == nil {
 			r.ModelFiles += len(files)
 		}
 	}

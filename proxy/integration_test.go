@@ -19,6 +19,7 @@ import (
 
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/jsonobj"
 	"github.com/comfygate/comfygate/internal/testkit"
 )
 
@@ -643,7 +644,7 @@ func TestMergedViews(t *testing.T) {
 	// picks the newest, offset counts from the oldest.
 	keysOf := func(path string) []string {
 		_, _, body := gateDo(t, "GET", g.base+path, nil, nil)
-		ms, err := objectMembers(body)
+		ms, err := jsonobj.Members(body)
 		if err != nil {
 			t.Fatalf("GET %s: %v: %s", path, err, body)
 		}

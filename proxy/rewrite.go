@@ -36,11 +36,6 @@ type rewriter struct {
 	prompts *prompts.Table
 }
 
-// member is one key/value of a JSON object, in document order.
-type member = jsonobj.Member
-
-func objectMembers(data []byte) ([]member, error) { return jsonobj.Members(data) }
-
 func quoteJSON(s string) []byte { return jsonobj.Quote(s) }
 
 // promptView is how the client knows one prompt an instance reports.

@@ -8,6 +8,7 @@ import (
 
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/comfyapi"
+	"github.com/comfygate/comfygate/internal/jsonobj"
 	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/upstream"
 )
@@ -43,7 +44,7 @@ func TestRewriteHistoryUnknownPrompt(t *testing.T) {
 	} {
 		body := fmt.Sprintf(`{"p1": %s, "p2": %s}`, traceEntry("p1", tc.clientID), traceEntry("p2", tc.clientID))
 		out := s.rewriteHistoryObject(inst, []byte(body))
-		ms, err := objectMembers(out)
+		ms, err := jsonobj.Members(out)
 		if err != nil {
 			t.Fatalf("%s: output is not a JSON object: %v\n%s", tc.desc, err, out)
 		}
@@ -172,11 +173,11 @@ func FuzzRewriteHistory(f *testing.F) {
 	f.Add([]byte(`{"a": 1, "a": 2}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		out := s.rewriteHistoryObject(inst, body)
-		in, err := objectMembers(body)
+		in, err := jsonobj.Members(body)
 		if err != nil {
 			return
 		}
-		got, err := objectMembers(out)
+		got, err := jsonobj.Members(out)
 		if err != nil {
 			t.Fatalf("valid object in, invalid out: %v\nin:  %s\nout: %s", err, body, out)
 		}
