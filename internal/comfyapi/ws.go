@@ -81,23 +81,66 @@ type WSData struct {
 
 // ParseWSText reads a text message. It fails only when b is not a JSON
 // object; a data that is not an object (custom nodes send anything) leaves
-// Data empty, and fields of unexpected types stay raw.
+// Data empty, and fields of unexpected types stay raw. Keys are matched
+// exactly, as the dict a Python client decodes, and a key given twice
+// counts once, the last one. Every frame of every prompt passes here, so
+// it validates the message once and then only walks its members: no
+// reflection, no second scan of data.
 func ParseWSText(b []byte) (WSMessage, error) {
 	m := WSMessage{Raw: b}
 	if !isObject(b) {
 		return m, errNotObject
 	}
-	var top struct {
-		Type json.RawMessage `json:"type"`
-		Data json.RawMessage `json:"data"`
+	if !json.Valid(b) {
+		var v any
+		return m, json.Unmarshal(b, &v) // the syntax error, said as encoding/json says it
 	}
-	if err := json.Unmarshal(b, &top); err != nil {
-		return m, err
-	}
-	m.Type, _ = String(top.Type)
-	if isObject(top.Data) {
+	var data []byte
+	eachMember(b, func(key, v []byte) {
+		switch string(key) {
+		case "type":
+			m.Type, _ = String(v)
+		case "data":
+			data = v
+		}
+	})
+	if isObject(data) {
 		m.dataObject = true
-		_ = json.Unmarshal(top.Data, &m.Data)
+		d := &m.Data
+		eachMember(data, func(key, v []byte) {
+			var field *json.RawMessage
+			switch string(key) {
+			case "prompt_id":
+				field = &d.PromptID
+			case "node":
+				field = &d.Node
+			case "display_node":
+				field = &d.DisplayNode
+			case "node_id":
+				field = &d.NodeID
+			case "node_type":
+				field = &d.NodeType
+			case "exception_type":
+				field = &d.ExceptionType
+			case "exception_message":
+				field = &d.ExceptionMessage
+			case "output":
+				field = &d.Output
+			case "value":
+				field = &d.Value
+			case "max":
+				field = &d.Max
+			case "nodes":
+				field = &d.Nodes
+			case "status":
+				field = &d.Status
+			case "sid":
+				field = &d.SID
+			default:
+				return
+			}
+			*field = v
+		})
 	}
 	return m, nil
 }
