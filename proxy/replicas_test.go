@@ -156,20 +156,28 @@ func (s *xSocket) until(stop func(xMsg) bool) []xMsg {
 	return nil
 }
 
-// close closes with the closing handshake and waits for its answer.
-func (s *xSocket) close() {
+// close closes with the closing handshake and waits for its answer. It
+// returns what the replica wrote before it saw the close: those frames
+// reached this socket, and a reconnect elsewhere rightly does not get
+// them again.
+func (s *xSocket) close() []xMsg {
 	s.t.Helper()
 	_ = s.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""),
 		time.Now().Add(time.Second))
 	_ = s.conn.SetReadDeadline(time.Now().Add(testkit.WaitBound))
+	var late []xMsg
 	for range 10000 {
-		if _, _, err := s.conn.ReadMessage(); err != nil {
+		mt, data, err := s.conn.ReadMessage()
+		if err != nil {
 			if !websocket.IsCloseError(err, websocket.CloseNormalClosure) {
 				s.t.Fatalf("%s: close: %v", s.id, err)
 			}
-			return
+			return late
 		}
+		late = append(late, xMsg{binary: mt == websocket.BinaryMessage, data: data})
 	}
+	s.t.Fatalf("%s: no close answer after 10000 messages", s.id)
+	return nil
 }
 
 // xSubmit posts a prompt to st with key and clientID and returns its id.
@@ -322,7 +330,7 @@ func TestEventsAcrossReplicas(t *testing.T) {
 		c := xDial(t, b, "xr-client-e", xKeyA)
 		id := xSubmit(t, a, xKeyA, c.id, xUpscale(0x112233))
 		first := c.until(func(m xMsg) bool { return m.typ() == "progress" })
-		c.close()
+		first = append(first, c.close()...)
 		// Every event so far crossed from A through the stream; those
 		// published since the socket left wait there.
 		testkit.Eventually(t, "an event the socket missed in the stream", func() bool {
