@@ -79,6 +79,9 @@ func (s *delivery) emitLocked(j *job, typ string, node string) {
 	ev := jobEvent{id: len(j.events) + 1, typ: typ, data: b, at: now}
 	j.events = append(j.events, ev)
 	j.notifyLocked()
+	if s.eng.sh != nil {
+		s.eng.sh.queueLocked(j)
+	}
 	if ev.terminal() && j.webhook != nil {
 		j.webhook.event = ev
 		j.webhook.id = webhookID(j.id, ev)
@@ -154,6 +157,7 @@ func (s *api) longPoll(ctx *fasthttp.RequestCtx, id, scope string, report bool) 
 		}
 		return true
 	}
+	s.eng.mirror(id)
 	s.eng.lock()
 	j := s.eng.lookupLocked(id, scope)
 	if j == nil {
@@ -175,6 +179,7 @@ func (s *api) longPoll(ctx *fasthttp.RequestCtx, id, scope string, report bool) 
 // of the stream after the terminal event. A client that reconnects with
 // the id of the last event it saw misses nothing.
 func (s *delivery) serveEvents(ctx *fasthttp.RequestCtx, id, scope string) {
+	s.eng.mirror(id)
 	s.eng.lock()
 	j := s.eng.lookupLocked(id, scope)
 	s.eng.unlock()

@@ -315,6 +315,7 @@ func (s *api) serveSubmit(ctx *fasthttp.RequestCtx, r Request, name string, buil
 			return
 		}
 		if id != "" {
+			s.eng.mirror(id)
 			s.eng.lock()
 			j = s.eng.lookupLocked(id, r.Scope)
 			s.eng.unlock()
@@ -556,6 +557,7 @@ func (s *api) serveStatus(ctx *fasthttp.RequestCtx, id, scope string) {
 	if ctx.QueryArgs().Has("wait") && !s.longPoll(ctx, id, scope, true) {
 		return
 	}
+	s.eng.mirror(id)
 	parallel := s.parallelism()
 	s.eng.lock()
 	j := s.eng.lookupLocked(id, scope)
@@ -587,6 +589,7 @@ type resultView struct {
 }
 
 func (s *api) serveResult(ctx *fasthttp.RequestCtx, id, scope string) {
+	s.eng.mirror(id)
 	parallel := s.parallelism()
 	s.eng.lock()
 	j := s.eng.lookupLocked(id, scope)
@@ -666,6 +669,7 @@ type deleteView struct {
 }
 
 func (s *api) serveDelete(ctx *fasthttp.RequestCtx, id, scope string) {
+	s.eng.mirror(id)
 	s.eng.lock()
 	visible := s.eng.lookupLocked(id, scope) != nil
 	s.eng.unlock()
@@ -761,6 +765,7 @@ func (s *Service) WaitingJob(id, scope string) ([]byte, bool) { return s.api.Wai
 
 // WaitingJob is Service.WaitingJob.
 func (s *api) WaitingJob(id, scope string) ([]byte, bool) {
+	s.eng.mirror(id)
 	s.eng.lock()
 	j := s.eng.lookupLocked(id, scope)
 	if j == nil || !(j.state == stWaiting || (j.state == stSubmitting && !j.submitted)) {

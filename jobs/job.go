@@ -104,6 +104,17 @@ type job struct {
 	lastPos      int           // queue_position of its last queued event
 	webhook      *webhookState // nil: no webhook
 	cacheKey     string        // its result's key in the result cache ("" when not cached)
+
+	// With the shared job line (sharedJobs): remote is a mirror of a job
+	// this replica does not run (waiting in the shared line, or held by
+	// another replica), brought to its record; it runs nothing here.
+	remote         bool
+	remotePos      int  // a mirrored waiting job's place in the shared line
+	adding         bool // accepted here, being added to the shared line
+	shared         int  // events handed to the shared record's writer
+	mirrored       int  // events of the shared log applied to the mirror
+	mirrorFetching bool // a mirrored completed job's outputs are being fetched here
+	sharedCancel   bool // a cancel asked on another replica is under way
 }
 
 // jobMeta is who submitted a job and with which Idempotency-Key: kept

@@ -50,10 +50,14 @@ type outputFile struct {
 	s3Key       string // uploaded to S3 under this key
 	s3URL       string // presigned GET URL of the upload
 	s3Err       string // why the upload failed
+	gone        bool   // listed from another replica's record; no instance served it here
 }
 
 // open returns a reader over the output's bytes.
 func (f *outputFile) open() (io.ReadSeekCloser, error) {
+	if f.gone {
+		return nil, errors.New("the output is not stored here")
+	}
 	if f.path != "" {
 		return os.Open(f.path)
 	}
@@ -287,6 +291,7 @@ func dataURL(ct string, b []byte) string {
 // with the lock still held. Otherwise it answers (404 unknown, 409 with the
 // job's status while it is not completed), releases the lock and returns nil.
 func (s *api) lockCompleted(ctx *fasthttp.RequestCtx, id, scope string) *job {
+	s.eng.mirror(id)
 	s.eng.lock()
 	j := s.eng.lookupLocked(id, scope)
 	if j == nil {

@@ -202,6 +202,9 @@ func (d *stateDir) load() []*record {
 // that comfygate's own shutdown caused is not recorded: the restarted
 // process carries on with the job instead. the engine's lock held.
 func (s *store) saveLocked(j *job) {
+	if s.eng.sh != nil {
+		s.eng.sh.queueLocked(j)
+	}
 	if s.state == nil || (s.ctx.Err() != nil && j.state == stFailed) {
 		return
 	}
@@ -367,7 +370,9 @@ func (s *store) open() error {
 	if s.cache, err = openResultCache(s.cfg, s.m, s.log); err != nil {
 		return err
 	}
-	if dir := s.cfg.StateDir; dir != "" {
+	// With the shared line the replicas' records take the place of the
+	// state directory's: a restarted replica finds its jobs there.
+	if dir := s.cfg.StateDir; dir != "" && s.eng.sh == nil {
 		if s.state, err = openStateDir(dir, s.log.Warn); err != nil {
 			return err
 		}
@@ -597,6 +602,9 @@ func historyError(entry *comfyapi.HistoryEntry) string {
 func (s *store) resubmitRestoredLocked(j *job) {
 	j.restored = false
 	for _, im := range j.images {
+		if im.mem != nil {
+			continue
+		}
 		if _, err := os.Stat(im.file); err != nil {
 			s.eng.finishLocked(j, stFailed, "comfygate restarted and the job's image is no longer stored")
 			s.eng.releaseLocked(j)

@@ -119,6 +119,7 @@ type engine struct {
 	inputs *inputStore // the images of unfinished jobs
 	del    *delivery   // events, webhooks, outputs
 	st     *store      // records, Idempotency-Keys, result cache
+	sh     *sharedJobs // the wait line and records the replicas share; nil in memory
 
 	run     *runner // the goroutines
 	runCtx  context.Context
@@ -221,6 +222,9 @@ func newService(cfg *config.Config, be backend, shared *sharedstate.Store, m *me
 		cfg: cfg.Jobs, log: log, m: m, idem: shared.Idempotency(maxIdempotencyKeys, func() time.Time { return eng.timeNow() })}
 	del.st = st
 	eng.del, eng.st, eng.wd = del, st, wd
+	if shared.Shared() {
+		eng.sh = newSharedJobs(eng, shared.Jobs(), log)
+	}
 	a := &api{eng: eng, del: del, st: st, cat: cat, line: line, ctx: runCtx, cfg: cfg.Jobs, log: log, be: be,
 		inputs: inputs, bodies: bodies, imageURLs: newImageClient(cfg.ImageURLs), hooks: p.hooks}
 	if err := st.open(); err != nil {
@@ -257,6 +261,7 @@ func (s *Service) CancelJob(ctx context.Context, id, scope string) (known, cance
 // off) of facade job id; known is false when id is no facade job (or it
 // expired). A job restored from the state directory keeps its owner.
 func (s *Service) JobOwner(id string) (owner string, known bool) {
+	s.eng.mirror(id)
 	s.eng.lock()
 	defer s.eng.unlock()
 	j := s.eng.lookupLocked(id, "")
@@ -273,6 +278,10 @@ func (s *engine) start(ctx context.Context) {
 		s.run.goLoop("dispatch", dispatchTick, s.dispatch)
 		s.run.goLoop("expiry", s.sweepEvery, s.wd.sweep)
 		s.run.goPlain(s.st.writer)
+		if s.sh != nil {
+			s.run.goPlain(s.sh.writer)
+			s.run.goPlain(s.sh.loop)
+		}
 		s.jobsMu.Lock()
 		s.st.startReconcilingLocked()
 		s.jobsMu.Unlock()
@@ -346,6 +355,9 @@ func (s *engine) releaseLocked(j *job) {
 	s.inFlight--
 	s.gaugesLocked()
 	s.run.kick()
+	if s.sh != nil {
+		s.sh.kick()
+	}
 }
 
 // submit submits the job's prompt; the prompt table picks the instance, and the
@@ -388,6 +400,14 @@ func (s *engine) submit(j *job) {
 		prepare = func(ctx context.Context, inst *upstream.Instance) error { return s.del.placeImages(ctx, j, inst) }
 	}
 	s.st.persist(j)
+	if s.sh != nil {
+		if err := s.sh.sendable(j); err != nil {
+			if !errors.Is(err, errClaimLost) { // lost: given up already
+				s.retryLater(j, err)
+			}
+			return
+		}
+	}
 	extra, _ := json.Marshal(map[string]any{"comfygate_job": map[string]string{"workflow": j.wf.name}})
 	res, err := s.be.Submit(ctx, prompts.SubmitRequest{
 		Body:     map[string]json.RawMessage{"prompt": prompt, "extra_data": extra},
@@ -548,6 +568,9 @@ func submitError(status int, body []byte) string {
 func (s *engine) onEvent(j *job, p *prompts.Prompt, ev prompts.Event, d *comfyapi.WSMessage) {
 	s.jobsMu.Lock()
 	defer s.jobsMu.Unlock()
+	if j.remote {
+		return // another replica runs it now
+	}
 	now := s.now()
 	j.lastEvent = now
 	j.sawEvent = true
@@ -718,6 +741,22 @@ func (s *engine) positionsLocked() {
 
 // cancel is Service.CancelJob.
 func (s *engine) cancel(ctx context.Context, id, scope string) (known, cancelled bool) {
+	if s.sh != nil {
+		s.mirror(id)
+		s.jobsMu.Lock()
+		j := s.lookupLocked(id, "")
+		remote := j != nil && j.remote
+		if remote && !inScope(j, scope) {
+			s.jobsMu.Unlock()
+			return true, false
+		}
+		s.jobsMu.Unlock()
+		if remote {
+			if known, cancelled, handled := s.cancelRemote(ctx, id); handled {
+				return known, cancelled
+			}
+		}
+	}
 	s.jobsMu.Lock()
 	j := s.lookupLocked(id, "")
 	if j == nil {
@@ -932,6 +971,9 @@ func (s *engine) accept(wf *workflow, sub *submission, values map[string]json.Ra
 	j.seq = s.seq
 	j.created = s.now()
 	j.state = stWaiting
+	if s.sh != nil {
+		return s.acceptShared(j)
+	}
 	s.jobs[j.id] = j
 	s.line.push(j)
 	s.m.JobSubmitted(wf.name)
@@ -944,6 +986,32 @@ func (s *engine) accept(wf *workflow, sub *submission, values map[string]json.Ra
 	s.jobsMu.Unlock()
 	s.st.persist(j)
 	s.log.Debug("job accepted", "job_id", j.id, "workflow", wf.name, "bytes", size)
+	return j, nil
+}
+
+// acceptShared puts j, accepted with its images kept, in the shared wait
+// line (the engine's lock held, and released). Here it is a mirror until a
+// replica, maybe this one, claims it.
+func (s *engine) acceptShared(j *job) (*job, *apiError) {
+	j.remote, j.adding = true, true
+	s.jobs[j.id] = j
+	s.jobsMu.Unlock()
+	aerr := s.sh.add(j)
+	s.jobsMu.Lock()
+	j.adding = false
+	if aerr != nil {
+		delete(s.jobs, j.id)
+		for _, im := range j.images {
+			s.inputs.release(im)
+		}
+		j.images = nil
+		s.jobsMu.Unlock()
+		return nil, aerr
+	}
+	s.m.JobSubmitted(j.wf.name)
+	s.jobsMu.Unlock()
+	s.sh.kick()
+	s.log.Debug("job accepted into the shared wait line", "job_id", j.id, "workflow", j.wf.name)
 	return j, nil
 }
 

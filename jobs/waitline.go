@@ -51,6 +51,9 @@ func (s *waitLine) estimate(j *job, parallel int) time.Duration {
 // position is the 1-based place of a waiting job in the line,
 // 0 when it is no longer waiting.
 func (s *waitLine) position(j *job) int {
+	if j.remote && j.state == stWaiting {
+		return j.remotePos
+	}
 	if j.state != stWaiting {
 		return 0
 	}

@@ -31,6 +31,7 @@ type Store struct {
 
 	numbers Counter
 	leases  Leases
+	jobs    Jobs
 
 	eventsOnce sync.Once    // starts events
 	events     *redisEvents // Events between replicas, once asked for
@@ -39,7 +40,7 @@ type Store struct {
 // Memory returns a store in this process's memory: the state of one
 // replica, as state.url "" gives.
 func Memory() *Store {
-	return &Store{numbers: &memCounter{}, leases: newMemLeases(time.Now)}
+	return &Store{numbers: &memCounter{}, leases: newMemLeases(time.Now), jobs: newMemJobs(time.Now)}
 }
 
 // Open returns the store cfg names: Memory for an empty URL, else a Redis
@@ -65,7 +66,7 @@ func Open(ctx context.Context, cfg config.State) (*Store, error) {
 
 func newRedis(rdb *redis.Client, addr string) *Store {
 	return &Store{rdb: rdb, addr: addr, numbers: &redisCounter{rdb: rdb, key: Prefix + "queue_number"},
-		leases: &redisLeases{rdb: rdb}}
+		leases: &redisLeases{rdb: rdb}, jobs: &redisJobs{rdb: rdb}}
 }
 
 // Shared reports whether the store is a Redis server the replicas share

@@ -1,0 +1,628 @@
+package state
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// JobTTL is how long an unfinished job's record, events and images stay
+// after their last write or claim renewal: a job waits and runs within it.
+// A finished job's record is written with the job API's retention
+// (jobs.timeout) instead.
+const JobTTL = 24 * time.Hour
+
+// The coarse states the shared job line acts on. A job's record carries
+// its full state in State; these are the ones the line's scripts read.
+const (
+	JobWaiting   = "waiting" // in the wait line, claimed by no replica
+	JobCompleted = "completed"
+	JobFailed    = "failed"
+	JobCancelled = "cancelled"
+)
+
+// JobDone reports whether a job in state st has ended.
+func JobDone(st string) bool { return st == JobCompleted || st == JobFailed || st == JobCancelled }
+
+// ErrLineFull refuses a job when the shared wait line holds its maximum
+// of jobs; ErrLineBytes when its jobs' images would pass their maximum.
+var (
+	ErrLineFull  = errors.New("state: the shared wait line is full")
+	ErrLineBytes = errors.New("state: the shared wait line's images are at their maximum")
+)
+
+// JobAdd is a job accepted by a replica, for the shared wait line.
+type JobAdd struct {
+	ID string
+	// Static is what the job runs (opaque to the store), Live what changes.
+	Static, Live []byte
+	// Queued is the job's first event in two halves, which the store
+	// joins around the job's 1-based place in the line as it adds it.
+	Queued [2][]byte
+	Images [][]byte // the bytes of its images, in order
+	// MaxWaiting and MaxBytes bound the line: at most MaxWaiting jobs,
+	// and the waiting jobs' images at most MaxBytes (0: no bound) unless
+	// the line is empty.
+	MaxWaiting int
+	MaxBytes   int64
+}
+
+// JobRecord is one job as the replicas share it.
+type JobRecord struct {
+	ID           string
+	Static, Live []byte
+	State        string
+	Holder       string   // the replica whose claim it is ("" while waiting)
+	Cancel       bool     // a cancel was asked on another replica
+	Position     int      // 1-based place in the wait line; 0 when not waiting
+	Events       [][]byte // the events from the index Read was asked for (all in a claim)
+	Images       [][]byte // only in a claim
+
+	images int // how many images the job holds in Redis
+}
+
+// JobWrite is a change of a job its holder writes: its state and live
+// part, and the events of its log from index From on (0-based).
+type JobWrite struct {
+	ID     string
+	State  string
+	Live   []byte
+	From   int
+	Events [][]byte
+	// TTL is the record's life from this write (JobTTL while it runs).
+	TTL time.Duration
+}
+
+// Jobs is the job API's shared wait line and job records. A job is added
+// waiting; a replica claims it (Claim, Take) with a lease it renews
+// (Renew) while it holds the job, and writes its changes (Write) only
+// while the claim is its own. A claim whose lease ran out (its replica
+// died) is claimed again by the next Claim of any replica. Every replica
+// reads any job (Read) and may ask its holder to cancel it (AskCancel).
+type Jobs interface {
+	// Add records a job and puts it at the end of the wait line, or
+	// returns ErrLineFull or ErrLineBytes.
+	Add(ctx context.Context, a JobAdd) error
+	// Claim takes up to n jobs for replica: first those whose claim
+	// expired, then the head of the line. Each comes with its whole event
+	// log and its images.
+	Claim(ctx context.Context, replica string, n int, lease time.Duration) ([]JobRecord, error)
+	// Take claims job id for replica when it is waiting in the line; ok
+	// is false when it is not.
+	Take(ctx context.Context, id, replica string, lease time.Duration) (rec JobRecord, ok bool, err error)
+	// Write writes each change whose job replica still holds; lost are
+	// the ids it no longer holds (nothing written for them). A change to
+	// an ended state ends the claim and drops the job's images.
+	Write(ctx context.Context, replica string, ws []JobWrite) (lost []string, err error)
+	// Renew renews replica's claims of ids: held maps each id it still
+	// holds to whether a cancel was asked for it.
+	Renew(ctx context.Context, replica string, ids []string, lease time.Duration) (held map[string]bool, err error)
+	// Read returns the records of ids (nil for one no replica recorded,
+	// or expired) with their events from from[i] on.
+	Read(ctx context.Context, ids []string, from []int) ([]*JobRecord, error)
+	// AskCancel flags job id for its holder to cancel; false when it has
+	// ended or is unknown.
+	AskCancel(ctx context.Context, id string) (bool, error)
+}
+
+// Jobs returns the store's shared job line: one for all its users.
+func (s *Store) Jobs() Jobs { return s.jobs }
+
+// memJobs is Jobs in this process's memory.
+type memJobs struct {
+	now func() time.Time
+
+	mu      sync.Mutex // guards the fields below
+	seq     int64
+	recs    map[string]*memJob
+	bytes   int64 // the images of the waiting jobs
+	waiting int
+}
+
+type memJob struct {
+	rec     JobRecord
+	events  [][]byte
+	images  [][]byte
+	size    int64
+	seq     int64 // place in the line while waiting
+	claim   time.Time
+	expires time.Time
+}
+
+func newMemJobs(now func() time.Time) *memJobs {
+	return &memJobs{now: now, recs: map[string]*memJob{}}
+}
+
+// liveLocked returns job id unless it expired.
+func (m *memJobs) liveLocked(id string) *memJob {
+	j := m.recs[id]
+	if j == nil {
+		return nil
+	}
+	if !m.now().Before(j.expires) {
+		if j.seq != 0 {
+			m.waiting--
+			m.bytes -= j.size
+		}
+		delete(m.recs, id)
+		return nil
+	}
+	return j
+}
+
+func (m *memJobs) Add(_ context.Context, a JobAdd) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var size int64
+	for _, im := range a.Images {
+		size += int64(len(im))
+	}
+	switch {
+	case m.waiting >= a.MaxWaiting:
+		return ErrLineFull
+	case a.MaxBytes > 0 && m.waiting > 0 && m.bytes+size > a.MaxBytes:
+		return ErrLineBytes
+	}
+	m.seq++
+	m.waiting++
+	m.bytes += size
+	j := &memJob{rec: JobRecord{ID: a.ID, Static: a.Static, Live: a.Live, State: JobWaiting},
+		images: a.Images, size: size, seq: m.seq, expires: m.now().Add(JobTTL)}
+	if len(a.Queued[0]) > 0 {
+		j.events = [][]byte{slices.Concat(a.Queued[0], []byte(strconv.Itoa(m.waiting)), a.Queued[1])}
+	}
+	m.recs[a.ID] = j
+	return nil
+}
+
+// ownLocked gives j to replica.
+func (m *memJobs) ownLocked(j *memJob, replica string, lease time.Duration) JobRecord {
+	if j.seq != 0 {
+		j.seq = 0
+		m.waiting--
+		m.bytes -= j.size
+	}
+	j.rec.Holder = replica
+	j.claim = m.now().Add(lease)
+	j.expires = m.now().Add(JobTTL)
+	rec := j.rec
+	rec.Events, rec.Images = slices.Clone(j.events), j.images
+	return rec
+}
+
+func (m *memJobs) Claim(_ context.Context, replica string, n int, lease time.Duration) ([]JobRecord, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.now()
+	var expired, line []*memJob
+	for id := range m.recs {
+		j := m.liveLocked(id)
+		switch {
+		case j == nil:
+		case j.seq != 0:
+			line = append(line, j)
+		case j.rec.Holder != "" && !JobDone(j.rec.State) && !now.Before(j.claim):
+			expired = append(expired, j)
+		}
+	}
+	slices.SortFunc(expired, func(a, b *memJob) int { return a.claim.Compare(b.claim) })
+	slices.SortFunc(line, func(a, b *memJob) int { return cmp.Compare(a.seq, b.seq) })
+	var out []JobRecord
+	for _, j := range append(expired, line...) {
+		if len(out) >= n {
+			break
+		}
+		out = append(out, m.ownLocked(j, replica, lease))
+	}
+	return out, nil
+}
+
+func (m *memJobs) Take(_ context.Context, id, replica string, lease time.Duration) (JobRecord, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	j := m.liveLocked(id)
+	if j == nil || j.seq == 0 {
+		return JobRecord{}, false, nil
+	}
+	return m.ownLocked(j, replica, lease), true, nil
+}
+
+func (m *memJobs) Write(_ context.Context, replica string, ws []JobWrite) ([]string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var lost []string
+	for _, w := range ws {
+		j := m.liveLocked(w.ID)
+		if j == nil || j.rec.Holder != replica {
+			lost = append(lost, w.ID)
+			continue
+		}
+		j.rec.State, j.rec.Live = w.State, w.Live
+		for i, ev := range w.Events {
+			if w.From+i == len(j.events) {
+				j.events = append(j.events, ev)
+			}
+		}
+		j.expires = m.now().Add(w.TTL)
+		if JobDone(w.State) {
+			j.images = nil
+		}
+	}
+	return lost, nil
+}
+
+func (m *memJobs) Renew(_ context.Context, replica string, ids []string, lease time.Duration) (map[string]bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	held := map[string]bool{}
+	for _, id := range ids {
+		j := m.liveLocked(id)
+		if j == nil || j.rec.Holder != replica || JobDone(j.rec.State) {
+			continue
+		}
+		j.claim = m.now().Add(lease)
+		j.expires = m.now().Add(JobTTL)
+		held[id] = j.rec.Cancel
+	}
+	return held, nil
+}
+
+func (m *memJobs) Read(_ context.Context, ids []string, from []int) ([]*JobRecord, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]*JobRecord, len(ids))
+	for i, id := range ids {
+		j := m.liveLocked(id)
+		if j == nil {
+			continue
+		}
+		rec := j.rec
+		if j.seq != 0 {
+			rec.Position = 1
+			for _, o := range m.recs {
+				if o.seq != 0 && o.seq < j.seq && m.now().Before(o.expires) {
+					rec.Position++
+				}
+			}
+		}
+		rec.Events = slices.Clone(j.events[min(max(from[i], 0), len(j.events)):])
+		out[i] = &rec
+	}
+	return out, nil
+}
+
+func (m *memJobs) AskCancel(_ context.Context, id string) (bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	j := m.liveLocked(id)
+	if j == nil || JobDone(j.rec.State) {
+		return false, nil
+	}
+	j.rec.Cancel = true
+	return true, nil
+}
+
+// redisJobs is Jobs in Redis. Every key carries the hash tag {jobs}, so
+// the line's scripts, which touch the line and the records of the jobs
+// they move, act on one Cluster slot:
+//
+//	comfygate:{jobs}:line        sorted set: waiting job ids by arrival
+//	comfygate:{jobs}:seq         the arrival counter (INCR)
+//	comfygate:{jobs}:line_bytes  the waiting jobs' image bytes
+//	comfygate:{jobs}:line_sizes  hash: waiting job id -> its image bytes
+//	comfygate:{jobs}:claims      sorted set: claimed job ids by the end of their lease (ms)
+//	comfygate:{jobs}:job:<id>    hash: s static, l live, st state, h holder, c cancel asked, n images
+//	comfygate:{jobs}:job:<id>:ev list: the job's events in order
+//	comfygate:{jobs}:job:<id>:img:<n> the bytes of its n-th image (1-based)
+//
+// A job id is a canonical UUID (the job API mints it): it names its keys
+// as it is.
+type redisJobs struct{ rdb *redis.Client }
+
+const jobsPrefix = Prefix + "{jobs}:"
+
+var (
+	jobsLine   = jobsPrefix + "line"
+	jobsSeq    = jobsPrefix + "seq"
+	jobsBytes  = jobsPrefix + "line_bytes"
+	jobsSizes  = jobsPrefix + "line_sizes"
+	jobsClaims = jobsPrefix + "claims"
+	jobsRecord = jobsPrefix + "job:"
+)
+
+// luaNow and luaDone are shared by the line's scripts: the server's clock
+// in ms (every replica's lease is counted on the same clock), and the
+// ended states.
+const luaNow = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function done(st) return st == 'completed' or st == 'failed' or st == 'cancelled' end
+`
+
+// addJob: KEYS line, seq, bytes, sizes, rec, ev; ARGV id, static, live,
+// max waiting, max bytes, size, ttl, the queued event's halves, #images,
+// images...
+var addJob = redis.NewScript(`
+local n = redis.call('ZCARD', KEYS[1])
+if n >= tonumber(ARGV[4]) then return 0 end
+local held = tonumber(redis.call('GET', KEYS[3]) or '0')
+if tonumber(ARGV[5]) > 0 and n > 0 and held + tonumber(ARGV[6]) > tonumber(ARGV[5]) then return -1 end
+local seq = redis.call('INCR', KEYS[2])
+redis.call('HSET', KEYS[5], 's', ARGV[2], 'l', ARGV[3], 'st', 'waiting', 'n', ARGV[10])
+redis.call('PEXPIRE', KEYS[5], ARGV[7])
+if ARGV[8] ~= '' then
+  redis.call('RPUSH', KEYS[6], ARGV[8] .. (n + 1) .. ARGV[9])
+  redis.call('PEXPIRE', KEYS[6], ARGV[7])
+end
+local ni = tonumber(ARGV[10])
+for i = 1, ni do redis.call('SET', KEYS[5] .. ':img:' .. i, ARGV[10 + i], 'PX', ARGV[7]) end
+redis.call('INCRBY', KEYS[3], ARGV[6])
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[6])
+redis.call('ZADD', KEYS[1], seq, ARGV[1])
+return seq`)
+
+// claimJobs: KEYS line, claims, bytes, sizes; ARGV replica, n, lease,
+// ttl, record prefix, and for takeJob the one id to take.
+const claimBody = luaNow + `
+local out = {}
+local function own(id)
+  local rk = ARGV[5] .. id
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), id)
+  redis.call('HSET', rk, 'h', ARGV[1])
+  redis.call('PEXPIRE', rk, ARGV[4])
+  redis.call('PEXPIRE', rk .. ':ev', ARGV[4])
+  table.insert(out, id)
+end
+local function unline(id)
+  local size = redis.call('HGET', KEYS[4], id)
+  if size then
+    redis.call('HDEL', KEYS[4], id)
+    redis.call('DECRBY', KEYS[3], size)
+  end
+end
+`
+
+var claimJobs = redis.NewScript(claimBody + `
+local n = tonumber(ARGV[2])
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, n)) do
+  local st = redis.call('HGET', ARGV[5] .. id, 'st')
+  if not st or done(st) then redis.call('ZREM', KEYS[2], id) else own(id) end
+end
+while #out < n do
+  local head = redis.call('ZPOPMIN', KEYS[1])
+  if #head == 0 then break end
+  unline(head[1])
+  if redis.call('HGET', ARGV[5] .. head[1], 'st') == 'waiting' then own(head[1]) end
+end
+return out`)
+
+var takeJob = redis.NewScript(claimBody + `
+if redis.call('ZREM', KEYS[1], ARGV[6]) == 0 then return out end
+unline(ARGV[6])
+if redis.call('HGET', ARGV[5] .. ARGV[6], 'st') == 'waiting' then own(ARGV[6]) end
+return out`)
+
+// writeJob: KEYS rec, ev, claims; ARGV replica, state, live, ttl, from,
+// id, events...
+var writeJob = redis.NewScript(luaNow + `
+if redis.call('HGET', KEYS[1], 'h') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'st', ARGV[2], 'l', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+local have = redis.call('LLEN', KEYS[2])
+local from = tonumber(ARGV[5])
+for i = 7, #ARGV do
+  if from + i - 7 == have then
+    redis.call('RPUSH', KEYS[2], ARGV[i])
+    have = have + 1
+  end
+end
+if have > 0 then redis.call('PEXPIRE', KEYS[2], ARGV[4]) end
+if done(ARGV[2]) then
+  redis.call('ZREM', KEYS[3], ARGV[6])
+  local ni = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
+  for i = 1, ni do redis.call('DEL', KEYS[1] .. ':img:' .. i) end
+  redis.call('HSET', KEYS[1], 'n', 0)
+end
+return 1`)
+
+// renewJobs: KEYS claims; ARGV replica, lease, ttl, record prefix, ids...
+var renewJobs = redis.NewScript(luaNow + `
+local out = {}
+for i = 5, #ARGV do
+  local id = ARGV[i]
+  local rk = ARGV[4] .. id
+  local r = 0
+  if redis.call('HGET', rk, 'h') == ARGV[1] and redis.call('ZSCORE', KEYS[1], id) then
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), id)
+    redis.call('PEXPIRE', rk, ARGV[3])
+    redis.call('PEXPIRE', rk .. ':ev', ARGV[3])
+    r = 1
+    if redis.call('HGET', rk, 'c') == '1' then r = 2 end
+  end
+  out[#out + 1] = r
+end
+return out`)
+
+// askCancel: KEYS rec.
+var askCancel = redis.NewScript(luaNow + `
+local st = redis.call('HGET', KEYS[1], 'st')
+if not st or done(st) then return 0 end
+redis.call('HSET', KEYS[1], 'c', '1')
+return 1`)
+
+func (r *redisJobs) Add(ctx context.Context, a JobAdd) error {
+	var size int64
+	for _, im := range a.Images {
+		size += int64(len(im))
+	}
+	rk := jobsRecord + a.ID
+	args := []any{a.ID, a.Static, a.Live, a.MaxWaiting, a.MaxBytes, size, ms(JobTTL), a.Queued[0], a.Queued[1], len(a.Images)}
+	for _, im := range a.Images {
+		args = append(args, im)
+	}
+	n, err := addJob.Run(ctx, r.rdb, []string{jobsLine, jobsSeq, jobsBytes, jobsSizes, rk, rk + ":ev"}, args...).Int64()
+	switch {
+	case err != nil:
+		return errRedis("add job", err)
+	case n == 0:
+		return ErrLineFull
+	case n < 0:
+		return ErrLineBytes
+	}
+	return nil
+}
+
+func (r *redisJobs) Claim(ctx context.Context, replica string, n int, lease time.Duration) ([]JobRecord, error) {
+	ids, err := claimJobs.Run(ctx, r.rdb, []string{jobsLine, jobsClaims, jobsBytes, jobsSizes},
+		replica, n, ms(lease), ms(JobTTL), jobsRecord).StringSlice()
+	if err != nil {
+		return nil, errRedis("claim jobs", err)
+	}
+	return r.claimed(ctx, ids)
+}
+
+func (r *redisJobs) Take(ctx context.Context, id, replica string, lease time.Duration) (JobRecord, bool, error) {
+	ids, err := takeJob.Run(ctx, r.rdb, []string{jobsLine, jobsClaims, jobsBytes, jobsSizes},
+		replica, 1, ms(lease), ms(JobTTL), jobsRecord, id).StringSlice()
+	if err != nil {
+		return JobRecord{}, false, errRedis("take job", err)
+	}
+	recs, err := r.claimed(ctx, ids)
+	if err != nil || len(recs) == 0 {
+		return JobRecord{}, false, err
+	}
+	return recs[0], true, nil
+}
+
+// claimed reads the records, whole event logs and images of jobs just
+// claimed (they are the claimer's: nothing else changes them meanwhile).
+func (r *redisJobs) claimed(ctx context.Context, ids []string) ([]JobRecord, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	recs, err := r.Read(ctx, ids, make([]int, len(ids)))
+	if err != nil {
+		return nil, err
+	}
+	out := make([]JobRecord, 0, len(recs))
+	pipe := r.rdb.Pipeline()
+	var imgs [][]*redis.StringCmd
+	for _, rec := range recs {
+		if rec == nil {
+			continue
+		}
+		out = append(out, *rec)
+		var cmds []*redis.StringCmd
+		for i := 1; i <= rec.images; i++ {
+			cmds = append(cmds, pipe.Get(ctx, jobsRecord+rec.ID+":img:"+strconv.Itoa(i)))
+		}
+		imgs = append(imgs, cmds)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, errRedis("read claimed jobs' images", err)
+	}
+	for i := range out {
+		for _, c := range imgs[i] {
+			b, _ := c.Bytes()
+			out[i].Images = append(out[i].Images, b)
+		}
+	}
+	return out, nil
+}
+
+func (r *redisJobs) Write(ctx context.Context, replica string, ws []JobWrite) ([]string, error) {
+	pipe := r.rdb.Pipeline()
+	cmds := make([]*redis.Cmd, len(ws))
+	for i, w := range ws {
+		rk := jobsRecord + w.ID
+		args := []any{replica, w.State, w.Live, ms(w.TTL), w.From, w.ID}
+		for _, ev := range w.Events {
+			args = append(args, ev)
+		}
+		// EVAL, not EVALSHA: in a pipeline a script the server does not
+		// hold yet could not fall back.
+		cmds[i] = writeJob.Eval(ctx, pipe, []string{rk, rk + ":ev", jobsClaims}, args...)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, errRedis("write jobs", err)
+	}
+	var lost []string
+	for i, c := range cmds {
+		if n, _ := c.Int64(); n == 0 {
+			lost = append(lost, ws[i].ID)
+		}
+	}
+	return lost, nil
+}
+
+func (r *redisJobs) Renew(ctx context.Context, replica string, ids []string, lease time.Duration) (map[string]bool, error) {
+	held := map[string]bool{}
+	if len(ids) == 0 {
+		return held, nil
+	}
+	args := []any{replica, ms(lease), ms(JobTTL), jobsRecord}
+	for _, id := range ids {
+		args = append(args, id)
+	}
+	res, err := renewJobs.Run(ctx, r.rdb, []string{jobsClaims}, args...).Int64Slice()
+	if err != nil {
+		return nil, errRedis("renew job claims", err)
+	}
+	for i, v := range res {
+		if v > 0 && i < len(ids) {
+			held[ids[i]] = v == 2
+		}
+	}
+	return held, nil
+}
+
+// imageCount sets how many images a record's job still holds.
+func (r *JobRecord) imageCount(v string) { r.images, _ = strconv.Atoi(v) }
+
+func (r *redisJobs) Read(ctx context.Context, ids []string, from []int) ([]*JobRecord, error) {
+	pipe := r.rdb.Pipeline()
+	type reads struct {
+		rec  *redis.MapStringStringCmd
+		ev   *redis.StringSliceCmd
+		rank *redis.IntCmd
+	}
+	cmds := make([]reads, len(ids))
+	for i, id := range ids {
+		rk := jobsRecord + id
+		cmds[i] = reads{pipe.HGetAll(ctx, rk), pipe.LRange(ctx, rk+":ev", int64(max(from[i], 0)), -1), pipe.ZRank(ctx, jobsLine, id)}
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, errRedis("read jobs", err)
+	}
+	out := make([]*JobRecord, len(ids))
+	for i, c := range cmds {
+		h := c.rec.Val()
+		if h["st"] == "" {
+			continue
+		}
+		rec := &JobRecord{ID: ids[i], Static: []byte(h["s"]), Live: []byte(h["l"]), State: h["st"], Holder: h["h"], Cancel: h["c"] == "1"}
+		rec.imageCount(h["n"])
+		if rank, err := c.rank.Result(); err == nil {
+			rec.Position = int(rank) + 1
+		}
+		for _, ev := range c.ev.Val() {
+			rec.Events = append(rec.Events, []byte(ev))
+		}
+		out[i] = rec
+	}
+	return out, nil
+}
+
+func (r *redisJobs) AskCancel(ctx context.Context, id string) (bool, error) {
+	n, err := askCancel.Run(ctx, r.rdb, []string{jobsRecord + id}).Int64()
+	if err != nil {
+		return false, errRedis("ask to cancel job", err)
+	}
+	return n == 1, nil
+}
