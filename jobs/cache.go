@@ -537,6 +537,14 @@ func (s *store) reuse(wf *workflow, key string, graph json.RawMessage, sub *subm
 		s.cache.drop(key)
 		return nil
 	}
+	if s.eng.sh != nil {
+		j.prompt = graph
+		if err := s.eng.sh.create(j); err != nil {
+			s.log.Warn("job completed from the cache not recorded: the job runs", "err", err)
+			s.del.dropOutputsLocked(&job{files: files})
+			return nil
+		}
+	}
 	s.eng.lock()
 	defer s.eng.unlock()
 	j.prompt = graph

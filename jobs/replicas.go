@@ -198,6 +198,14 @@ func (s *sharedJobs) add(j *job) *apiError {
 	return nil
 }
 
+// create records j, which needs no wait line (completed from the
+// result cache), as this replica's.
+func (s *sharedJobs) create(j *job) error {
+	ctx, cancel := context.WithTimeout(s.eng.runCtx, sharedTimeout)
+	defer cancel()
+	return s.line.Create(ctx, j.id, s.replica, staticLocked(j))
+}
+
 // queuedHalves is a new job's queued event, as it goes to the shared
 // log, cut where its place in the line goes.
 func queuedHalves(id string, now time.Time) [2][]byte {
@@ -624,7 +632,10 @@ func (s *sharedJobs) applyLocked(j *job, rec *sharedstate.JobRecord) {
 	}
 	j.prog.reported = max(j.prog.reported, live.Progress)
 	j.instance, j.dispatched, j.started, j.finished = live.Instance, live.Dispatched, live.Started, live.Finished
-	j.errMsg, j.errDetail, j.cached, j.submitted = live.Error, live.ErrorDetails, live.Cached, live.Submitted
+	j.errMsg, j.errDetail, j.submitted = live.Error, live.ErrorDetails, live.Submitted
+	if live.Cached && !j.cached {
+		j.cached = true // set once, before any route reads it
+	}
 	j.remotePos = rec.Position
 	if j.images != nil && st != stWaiting {
 		// Accepted here, claimed by another replica: the images are its.

@@ -89,6 +89,9 @@ type Jobs interface {
 	// Add records a job and puts it at the end of the wait line, or
 	// returns ErrLineFull or ErrLineBytes.
 	Add(ctx context.Context, a JobAdd) error
+	// Create records job id as replica's, outside the line: a job that
+	// waits for nothing (completed from a cache). Its changes are Writes.
+	Create(ctx context.Context, id, replica string, static []byte) error
 	// Claim takes up to n jobs for replica: first those whose claim
 	// expired, then the head of the line. Each comes with its whole event
 	// log and its images.
@@ -178,6 +181,13 @@ func (m *memJobs) Add(_ context.Context, a JobAdd) error {
 		j.events = [][]byte{slices.Concat(a.Queued[0], []byte(strconv.Itoa(m.waiting)), a.Queued[1])}
 	}
 	m.recs[a.ID] = j
+	return nil
+}
+
+func (m *memJobs) Create(_ context.Context, id, replica string, static []byte) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.recs[id] = &memJob{rec: JobRecord{ID: id, Static: static, State: "submitting", Holder: replica}, expires: m.now().Add(JobTTL)}
 	return nil
 }
 
@@ -476,6 +486,16 @@ func (r *redisJobs) Add(ctx context.Context, a JobAdd) error {
 		return ErrLineBytes
 	}
 	return nil
+}
+
+func (r *redisJobs) Create(ctx context.Context, id, replica string, static []byte) error {
+	rk := jobsRecord + id
+	_, err := r.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.HSet(ctx, rk, "s", static, "st", "submitting", "h", replica, "n", 0)
+		p.PExpire(ctx, rk, JobTTL)
+		return nil
+	})
+	return errRedis("create job", err)
 }
 
 func (r *redisJobs) Claim(ctx context.Context, replica string, n int, lease time.Duration) ([]JobRecord, error) {

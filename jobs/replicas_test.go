@@ -1,0 +1,432 @@
+package jobs
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/testkit"
+	"github.com/comfygate/comfygate/prompts"
+	sharedstate "github.com/comfygate/comfygate/state"
+	"github.com/valyala/fasthttp"
+)
+
+// replicaStore opens a store of the Redis at url, as one more replica of
+// the fleet would.
+func replicaStore(t *testing.T, url string) *sharedstate.Store {
+	t.Helper()
+	s, err := sharedstate.Open(context.Background(), config.State{URL: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// replica is one started service over f sharing url's Redis. slots is its
+// jobs.max_concurrent: 0 makes a replica that answers but claims nothing.
+func replica(t *testing.T, f *fakeBackend, url string, slots int, mod func(*config.Config)) *Service {
+	t.Helper()
+	s := newSharedFakeService(t, f, replicaStore(t, url), func(c *config.Config) {
+		c.Jobs.MaxConcurrent = slots
+		c.Jobs.CacheMaxBytes = 0 // the same image again runs again
+		if mod != nil {
+			mod(c)
+		}
+	})
+	s.eng.sh.every = 20 * time.Millisecond
+	s.Start(t.Context())
+	return s
+}
+
+// submitAs posts a small PNG to the upscale route as owner and returns the job id.
+func submitAs(t *testing.T, s *Service, owner string, extra map[string]any) string {
+	t.Helper()
+	body := map[string]any{"image_base64": testPNG(t, 4, 4)}
+	for k, v := range extra {
+		body[k] = v
+	}
+	b, _ := json.Marshal(body)
+	_, code, _, resp := serveAs(t, s, Request{Owner: owner, Scope: owner}, "POST", "/api/upscale-image", "application/json", b)
+	if code != 202 {
+		t.Fatalf("submit as %s: %d %s", owner, code, resp)
+	}
+	var a acceptedView
+	if err := json.Unmarshal(resp, &a); err != nil || a.JobID == "" {
+		t.Fatalf("submit as %s: %s", owner, resp)
+	}
+	return a.JobID
+}
+
+// statusAs is a job's status as owner sees it on s.
+func statusAs(t *testing.T, s *Service, owner, id string) (int, statusView) {
+	t.Helper()
+	_, code, _, resp := serveAs(t, s, Request{Owner: owner, Scope: owner}, "GET", "/api/jobs/"+id+"/status", "", nil)
+	var v statusView
+	if code == 200 {
+		if err := json.Unmarshal(resp, &v); err != nil {
+			t.Fatalf("status: %s", resp)
+		}
+	}
+	return code, v
+}
+
+// runToEnd plays a successful run of job id on the fake's first instance.
+func runToEnd(f *fakeBackend, id string) {
+	inst := f.insts[0]
+	f.event(id, inst, "execution_start", map[string]any{"timestamp": 1})
+	f.event(id, inst, "executing", map[string]any{"node": "3", "display_node": "3"})
+	f.event(id, inst, "progress", map[string]any{"node": "3", "value": 2, "max": 4})
+	f.event(id, inst, "executed", map[string]any{"node": "4", "display_node": "4", "output": map[string]any{
+		"images": []map[string]string{{"filename": "comfygate-upscale_00001_.png", "subfolder": "", "type": "output"}}}})
+	f.event(id, inst, "execution_success", map[string]any{"timestamp": 3})
+}
+
+// serveOn serves s's job API on a loopback port (for Server-Sent Events,
+// which need a real connection) and returns its base URL.
+func serveOn(t *testing.T, s *Service, owner string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+		if !s.ServeJobs(ctx, Request{Path: rawPath(ctx), Owner: owner, Scope: owner}) {
+			ctx.Error("not a job route", fasthttp.StatusNotFound)
+		}
+	}}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Shutdown() })
+	return "http://" + ln.Addr().String()
+}
+
+// TestJobsAcrossReplicas: a job submitted on replica A, which runs it, is
+// followed on replica B, which holds no job: its status and progress, a
+// long poll, its event stream to the end, its result, all on B; another
+// key sees nothing of it on B; its webhook is delivered once.
+func TestJobsAcrossReplicas(t *testing.T) {
+	t.Parallel()
+	url := testkit.Redis(t)
+	rcv := &webhookReceiver{got: make(chan struct{}, 4)}
+	hooks := httptest.NewServer(rcv)
+	defer hooks.Close()
+	allowHooks := func(c *config.Config) { c.Webhooks.AllowedHosts = []string{"127.0.0.1"} }
+	f := newFake(t, 1)
+	a := replica(t, f, url, 4, allowHooks)
+	b := replica(t, f, url, 0, allowHooks)
+
+	id := submitAs(t, a, "alice", map[string]any{"webhook_url": hooks.URL + "/hook"})
+	if got := f.waitSubmitted(); got != id {
+		t.Fatalf("submitted %s, want %s", got, id)
+	}
+	if held := a.eng.heldIDs(); !slices.Equal(held, []string{id}) {
+		t.Fatalf("A holds %v, want [%s]", held, id)
+	}
+	if held := b.eng.heldIDs(); len(held) != 0 {
+		t.Fatalf("B, with no slot, holds %v", held)
+	}
+	testkit.Eventually(t, "pending on B", func() bool {
+		code, v := statusAs(t, b, "alice", id)
+		return code == 200 && v.Status == statusPending
+	})
+
+	// The event stream on B, from its start, read while the job runs on A.
+	base := serveOn(t, b, "alice")
+	type sse struct {
+		id, typ string
+	}
+	events := make(chan []sse, 1)
+	go func() {
+		var got []sse
+		defer func() { events <- got }()
+		resp, err := http.Get(base + "/api/jobs/" + id + "/events")
+		if err != nil {
+			return
+		}
+		defer resp.Body.Close()
+		sc := bufio.NewScanner(resp.Body)
+		var cur sse
+		for sc.Scan() {
+			line := sc.Text()
+			switch {
+			case strings.HasPrefix(line, "id: "):
+				cur.id = line[4:]
+			case strings.HasPrefix(line, "event: "):
+				cur.typ = line[7:]
+			case line == "" && cur.typ != "":
+				got = append(got, cur)
+				if cur.typ == evCompleted {
+					return
+				}
+				cur = sse{}
+			}
+		}
+	}()
+	// A long poll on B that returns when the status moves on.
+	polled := make(chan statusView, 1)
+	go func() {
+		_, _, _, resp := serveAs(t, b, Request{Owner: "alice", Scope: "alice"}, "GET", "/api/jobs/"+id+"/status?wait=20s&status=pending", "", nil)
+		var v statusView
+		_ = json.Unmarshal(resp, &v)
+		polled <- v
+	}()
+	inst := f.insts[0]
+	f.event(id, inst, "execution_start", map[string]any{"timestamp": 1})
+	f.event(id, inst, "executing", map[string]any{"node": "3", "display_node": "3"})
+	f.event(id, inst, "progress", map[string]any{"node": "3", "value": 2, "max": 4})
+	select {
+	case v := <-polled:
+		if v.Status != statusProcessing {
+			t.Fatalf("long poll on B: %+v", v)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the long poll on B did not return")
+	}
+	testkit.Eventually(t, "progress on B", func() bool {
+		_, v := statusAs(t, b, "alice", id)
+		return v.Status == statusProcessing && v.Progress > 0 && v.Instance != nil && *v.Instance == inst.Name
+	})
+	f.event(id, inst, "executed", map[string]any{"node": "4", "display_node": "4", "output": map[string]any{
+		"images": []map[string]string{{"filename": "comfygate-upscale_00001_.png", "subfolder": "", "type": "output"}}}})
+	f.event(id, inst, "execution_success", map[string]any{"timestamp": 3})
+
+	testkit.Eventually(t, "completed on B", func() bool {
+		_, v := statusAs(t, b, "alice", id)
+		return v.Status == statusCompleted && v.Progress == 100 && len(v.Outputs) == 1
+	})
+	_, code, hdr, resp := serveAs(t, b, Request{Owner: "alice", Scope: "alice"}, "GET", "/api/jobs/"+id+"/result", "", nil, "Accept", "image/png")
+	if code != 200 || string(hdr.ContentType()) != "image/png" || string(resp) != string(f.viewBody) {
+		t.Fatalf("result on B: %d %s (%d bytes)", code, hdr.ContentType(), len(resp))
+	}
+	var got []sse
+	select {
+	case got = <-events:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the event stream on B did not end")
+	}
+	var types []string
+	for i, ev := range got {
+		types = append(types, ev.typ)
+		if ev.id != itoa(i+1) {
+			t.Fatalf("event %d has id %s: %v", i+1, ev.id, got)
+		}
+	}
+	if len(types) < 4 || types[0] != evQueued || !slices.Contains(types, evStarted) || !slices.Contains(types, evProgress) || types[len(types)-1] != evCompleted {
+		t.Fatalf("events on B: %v", types)
+	}
+
+	// Another key sees nothing of it on B, nor may cancel it.
+	if code, _ := statusAs(t, b, "bob", id); code != 404 {
+		t.Fatalf("bob's status of alice's job on B: %d", code)
+	}
+	if _, code, _, _ := serveAs(t, b, Request{Owner: "bob", Scope: "bob"}, "DELETE", "/api/jobs/"+id, "", nil); code != 404 {
+		t.Fatalf("bob's cancel of alice's job on B: %d", code)
+	}
+	if owner, known := b.JobOwner(id); !known || owner != "alice" {
+		t.Fatalf("JobOwner on B: %q %v", owner, known)
+	}
+
+	// The webhook went once, from A; B, which mirrors the job, sends none.
+	select {
+	case <-rcv.got:
+	case <-time.After(20 * time.Second):
+		t.Fatal("no webhook")
+	}
+	other := submitAs(t, a, "alice", nil)
+	if got := f.waitSubmitted(); got != other {
+		t.Fatalf("submitted %s, want %s", got, other)
+	}
+	runToEnd(f, other)
+	testkit.Eventually(t, "the next job completed on B", func() bool {
+		_, v := statusAs(t, b, "alice", other)
+		return v.Status == statusCompleted
+	})
+	rcv.mu.Lock()
+	n := len(rcv.calls)
+	rcv.mu.Unlock()
+	if n != 1 {
+		t.Fatalf("%d webhook deliveries, want 1", n)
+	}
+}
+
+// TestCancelOnAnotherReplica: DELETE on B of a job A runs is routed to A,
+// which cancels it at its instance; DELETE on B of a job still in the
+// shared wait line takes it from there, and no replica runs it.
+func TestCancelOnAnotherReplica(t *testing.T) {
+	t.Parallel()
+	url := testkit.Redis(t)
+	f := newFake(t, 1)
+	a := replica(t, f, url, 1, nil)
+	b := replica(t, f, url, 0, nil)
+
+	running := submitAs(t, a, "alice", nil)
+	if got := f.waitSubmitted(); got != running {
+		t.Fatalf("submitted %s, want %s", got, running)
+	}
+	testkit.Eventually(t, "queued on A", func() bool { return jobState(a, running) == stQueued })
+	waiting := submitAs(t, a, "alice", nil) // A's one slot is taken: it waits
+
+	_, code, _, resp := serveAs(t, b, Request{Owner: "alice", Scope: "alice"}, "DELETE", "/api/jobs/"+running, "", nil)
+	var d deleteView
+	if code != 200 || json.Unmarshal(resp, &d) != nil || !d.Cancelled || d.Status != statusCancelled {
+		t.Fatalf("DELETE on B of a job on A: %d %s", code, resp)
+	}
+	f.mu.Lock()
+	cancels := slices.Clone(f.cancels)
+	f.mu.Unlock()
+	if !slices.Equal(cancels, []string{running}) {
+		t.Fatalf("instance cancels %v, want [%s]", cancels, running)
+	}
+	if st := jobState(a, running); st != stCancelled {
+		t.Fatalf("on A the job is %v", st)
+	}
+
+	// A's slot is free again: it claims the waiting job unless B's cancel
+	// took it first. Either way it runs at most once and ends as the
+	// cancel says.
+	_, code, _, resp = serveAs(t, b, Request{Owner: "alice", Scope: "alice"}, "DELETE", "/api/jobs/"+waiting, "", nil)
+	if code != 200 || json.Unmarshal(resp, &d) != nil || !d.Cancelled {
+		t.Fatalf("DELETE on B of the waiting job: %d %s", code, resp)
+	}
+	for _, s := range []*Service{a, b} {
+		testkit.Eventually(t, "cancelled everywhere", func() bool {
+			_, v := statusAs(t, s, "alice", waiting)
+			return v.Status == statusCancelled
+		})
+	}
+	f.mu.Lock()
+	n := 0
+	for _, sub := range f.submits {
+		if sub.PromptID == waiting {
+			n++
+		}
+	}
+	f.mu.Unlock()
+	if n > 1 {
+		t.Fatalf("the cancelled waiting job was submitted %d times", n)
+	}
+}
+
+// TestReplicaDiesWhileJobsWait: replica A claims two jobs and dies (its
+// Redis client and service closed without a drain) while one's prompt
+// reached the instance and the other's did not, and two more wait in the
+// shared line. Replica B, started after, takes all four over once A's
+// claims run out: the one at the instance is followed there, never sent
+// again; the others are sent once each; none is lost.
+func TestReplicaDiesWhileJobsWait(t *testing.T) {
+	t.Parallel()
+	url := testkit.Redis(t)
+	fa := newFake(t, 1)
+	hang := make(chan struct{})
+	fa.submitFn = func(req prompts.SubmitRequest) (prompts.SubmitResult, error) {
+		<-hang // A dies while its POST /prompt is under way
+		return prompts.SubmitResult{}, context.Canceled
+	}
+	storeA := replicaStore(t, url)
+	a := newSharedFakeService(t, fa, storeA, func(c *config.Config) { c.Jobs.MaxConcurrent = 2 })
+	a.eng.sh.every, a.eng.sh.lease = 20*time.Millisecond, time.Second
+	a.Start(t.Context())
+
+	var ids []string
+	for range 4 {
+		ids = append(ids, submitAs(t, a, "alice", nil))
+	}
+	sent := map[string]bool{fa.waitSubmitted(): true, fa.waitSubmitted(): true}
+	var arrived, lostOnTheWay string
+	var waiting []string
+	for _, id := range ids {
+		switch {
+		case !sent[id]:
+			waiting = append(waiting, id)
+		case arrived == "":
+			arrived = id
+		default:
+			lostOnTheWay = id
+		}
+	}
+	if len(waiting) != 2 {
+		t.Fatalf("A sent %v of %v", sent, ids)
+	}
+
+	// A dies: its Redis client goes first, so nothing more of it arrives.
+	_ = storeA.Close()
+	close(hang)
+	a.Close()
+
+	fb := newFake(t, 1)
+	fb.callFn = func(method, path string) (int, []byte, bool) {
+		switch {
+		case path == "/queue":
+			// The instance has the prompt A sent before it died.
+			return 200, []byte(`{"queue_running": [[0, "` + arrived + `", {}, {}, []]], "queue_pending": []}`), true
+		case strings.HasPrefix(path, "/history/"):
+			return 200, []byte(`{}`), true
+		}
+		return 0, nil, false
+	}
+	b := replica(t, fb, url, 4, nil)
+	got := map[string]int{}
+	for range 3 {
+		got[fb.waitSubmitted()]++
+	}
+	want := map[string]int{lostOnTheWay: 1, waiting[0]: 1, waiting[1]: 1}
+	if len(got) != 3 || got[lostOnTheWay] != 1 || got[waiting[0]] != 1 || got[waiting[1]] != 1 {
+		t.Fatalf("B submitted %v, want %v", got, want)
+	}
+	testkit.Eventually(t, "the job at the instance followed on B", func() bool {
+		_, v := statusAs(t, b, "alice", arrived)
+		return v.Status == statusProcessing
+	})
+	testkit.Eventually(t, "B holds all four", func() bool { return len(b.eng.heldIDs()) == 4 })
+	select {
+	case extra := <-fb.submitted:
+		t.Fatalf("B submitted %s again", extra)
+	default:
+	}
+	for _, id := range ids {
+		if code, v := statusAs(t, b, "alice", id); code != 200 || v.Status == statusFailed || v.Status == statusCancelled {
+			t.Fatalf("job %s on B: %d %+v", id, code, v)
+		}
+	}
+	runToEnd(fb, lostOnTheWay)
+	testkit.Eventually(t, "a taken-over job completes", func() bool {
+		_, v := statusAs(t, b, "alice", lostOnTheWay)
+		return v.Status == statusCompleted
+	})
+}
+
+// TestSubmitWithoutRedis: with state.url set and Redis not answering, a
+// submission gets 503 state_unavailable with Retry-After, and no job.
+func TestSubmitWithoutRedis(t *testing.T) {
+	t.Parallel()
+	url := testkit.Redis(t)
+	st := replicaStore(t, url)
+	f := newFake(t, 1)
+	s := newSharedFakeService(t, f, st, nil)
+	s.Start(t.Context())
+	_ = st.Close()
+	b, _ := json.Marshal(map[string]any{"image_base64": testPNG(t, 4, 4)})
+	_, code, hdr, resp := serve(t, s, "POST", "/api/upscale-image", "application/json", b)
+	var e struct {
+		Error struct{ Type string } `json:"error"`
+	}
+	_ = json.Unmarshal(resp, &e)
+	if code != 503 || e.Error.Type != errStateUnavailable || string(hdr.Peek("Retry-After")) != "1" {
+		t.Fatalf("submission without Redis: %d %s Retry-After %q", code, resp, hdr.Peek("Retry-After"))
+	}
+	s.eng.lock()
+	n := len(s.eng.jobs)
+	s.eng.unlock()
+	if n != 0 {
+		t.Fatalf("%d jobs made", n)
+	}
+}
+
