@@ -482,3 +482,108 @@ func TestOneHolderUnderContention(t *testing.T) {
 		})
 	}
 }
+
+// TestJobLine: the job API's shared wait line keeps its order and bounds,
+// gives each job to one replica at a time, refuses writes of a replica
+// whose claim is gone, routes a cancel to the holder through the record,
+// and gives a job whose claim ran out to the next replica that claims.
+func TestJobLine(t *testing.T) {
+	t.Parallel()
+	for _, b := range backends(t) {
+		t.Run(b.desc, func(t *testing.T) {
+			ctx := context.Background()
+			r1, r2 := b.replica(t).Jobs(), b.replica(t).Jobs()
+			ids := []string{"00000000-0000-4000-8000-000000000001", "00000000-0000-4000-8000-000000000002", "00000000-0000-4000-8000-000000000003"}
+			queued := [2][]byte{[]byte(`{"t":"queued","d":{"queue_position":`), []byte(`}}`)}
+			for i, id := range ids {
+				err := r1.Add(ctx, state.JobAdd{ID: id, Static: []byte(`{"n":` + fmt.Sprint(i) + `}`), Live: []byte(`{}`),
+					Queued: queued, Images: [][]byte{[]byte("img-" + id)}, MaxWaiting: 3})
+				if err != nil {
+					t.Fatalf("add %s: %v", id, err)
+				}
+			}
+			if err := r2.Add(ctx, state.JobAdd{ID: "00000000-0000-4000-8000-000000000009", Static: []byte(`{}`), MaxWaiting: 3}); !errors.Is(err, state.ErrLineFull) {
+				t.Fatalf("a fourth job in a line of 3: %v", err)
+			}
+			recs, err := r2.Read(ctx, []string{ids[1], "00000000-0000-4000-8000-00000000000f"}, []int{0, 0})
+			if err != nil || recs[0] == nil || recs[1] != nil {
+				t.Fatalf("read: %v %v", recs, err)
+			}
+			if r := recs[0]; r.State != state.JobWaiting || r.Position != 2 || len(r.Events) != 1 || string(r.Events[0]) != `{"t":"queued","d":{"queue_position":2}}` {
+				t.Fatalf("second job: %+v events %q", r, r.Events)
+			}
+
+			const lease = 300 * time.Millisecond
+			got, err := r1.Claim(ctx, "r1", 1, lease)
+			if err != nil || len(got) != 1 || got[0].ID != ids[0] || got[0].Holder != "r1" || string(got[0].Images[0]) != "img-"+ids[0] || len(got[0].Events) != 1 {
+				t.Fatalf("claim of the head: %+v %v", got, err)
+			}
+			if lost, err := r2.Write(ctx, "r2", []state.JobWrite{{ID: ids[0], State: "running", Live: []byte(`{}`), TTL: time.Hour}}); err != nil || len(lost) != 1 {
+				t.Fatalf("a write by a replica that holds no claim: lost %v, %v", lost, err)
+			}
+			ev := []byte(`{"t":"started"}`)
+			if lost, err := r1.Write(ctx, "r1", []state.JobWrite{{ID: ids[0], State: "running", Live: []byte(`{"progress":5}`), From: 1, Events: [][]byte{ev}, TTL: time.Hour}}); err != nil || len(lost) != 0 {
+				t.Fatalf("the holder's write: lost %v, %v", lost, err)
+			}
+			// Written again (a retry): the log does not grow twice.
+			if _, err := r1.Write(ctx, "r1", []state.JobWrite{{ID: ids[0], State: "running", Live: []byte(`{"progress":5}`), From: 1, Events: [][]byte{ev}, TTL: time.Hour}}); err != nil {
+				t.Fatal(err)
+			}
+			recs, _ = r2.Read(ctx, []string{ids[0]}, []int{1})
+			if r := recs[0]; r.State != "running" || string(r.Live) != `{"progress":5}` || len(r.Events) != 1 || string(r.Events[0]) != string(ev) || r.Position != 0 {
+				t.Fatalf("the claimed job read back: %+v", r)
+			}
+
+			if _, ok, err := r2.Take(ctx, ids[2], "r2", time.Hour); !ok || err != nil {
+				t.Fatalf("take of a waiting job: %v %v", ok, err)
+			}
+			if _, ok, _ := r1.Take(ctx, ids[2], "r1", time.Hour); ok {
+				t.Fatal("a job taken twice")
+			}
+			if ok, err := r1.AskCancel(ctx, ids[2]); !ok || err != nil {
+				t.Fatalf("ask cancel: %v %v", ok, err)
+			}
+			if held, err := r2.Renew(ctx, "r2", []string{ids[2], ids[0]}, time.Hour); err != nil || len(held) != 1 || !held[ids[2]] {
+				t.Fatalf("renew by the holder: %v %v", held, err)
+			}
+			if _, ok, _ := r2.Take(ctx, ids[1], "r2", time.Hour); !ok {
+				t.Fatal("take of the last waiting job")
+			}
+
+			// r1 renews nothing: once its lease ran out, its job is r2's.
+			testkit.EventuallyWithin(t, 5*time.Second, "r1's claim to run out and r2 to take the job", func() bool {
+				got, err := r2.Claim(ctx, "r2", 5, time.Hour)
+				return err == nil && len(got) == 1 && got[0].ID == ids[0] && got[0].State == "running" && len(got[0].Events) == 2
+			})
+			if lost, _ := r1.Write(ctx, "r1", []state.JobWrite{{ID: ids[0], State: "failed", Live: []byte(`{}`), TTL: time.Hour}}); len(lost) != 1 {
+				t.Fatal("the old holder wrote after its claim passed on")
+			}
+			if held, _ := r1.Renew(ctx, "r1", []string{ids[0]}, time.Hour); len(held) != 0 {
+				t.Fatalf("the old holder renewed: %v", held)
+			}
+			if lost, _ := r2.Write(ctx, "r2", []state.JobWrite{{ID: ids[0], State: state.JobCompleted, Live: []byte(`{}`), TTL: time.Minute}}); len(lost) != 0 {
+				t.Fatal("the new holder's write refused")
+			}
+			if held, _ := r2.Renew(ctx, "r2", []string{ids[0]}, time.Hour); len(held) != 0 {
+				t.Fatalf("an ended job's claim renewed: %v", held)
+			}
+			if ok, _ := r1.AskCancel(ctx, ids[0]); ok {
+				t.Fatal("a cancel asked of an ended job")
+			}
+			if got, _ := r1.Claim(ctx, "r1", 5, lease); len(got) != 0 {
+				t.Fatalf("claimed from an empty line: %+v", got)
+			}
+			if b.rdb != nil {
+				if ttl, err := b.rdb.PTTL(ctx, state.Prefix+"{jobs}:job:"+ids[0]).Result(); err != nil || ttl <= 0 || ttl > time.Minute {
+					t.Fatalf("an ended job's record TTL %v (%v), want at most the retention written", ttl, err)
+				}
+				if n, _ := b.rdb.Exists(ctx, state.Prefix+"{jobs}:job:"+ids[0]+":img:1").Result(); n != 0 {
+					t.Fatal("an ended job's image kept")
+				}
+				if v, _ := b.rdb.Get(ctx, state.Prefix+"{jobs}:line_bytes").Int(); v != 0 {
+					t.Fatalf("line_bytes %d with the line empty", v)
+				}
+			}
+		})
+	}
+}
