@@ -52,7 +52,8 @@ func (s *api) lineSnapshot(max int) Line {
 		l.Waiting = append(l.Waiting, item(j))
 	}
 	// Active states are not terminal: none of these jobs has expired.
-	active, _, _ := s.eng.jobsLocked("", func(j *job) bool { return j.state != stWaiting && stateNames[j.state] != "" })
+	// Mirrors of jobs other replicas run are theirs to show.
+	active, _, _ := s.eng.jobsLocked("", func(j *job) bool { return !j.remote && j.state != stWaiting && stateNames[j.state] != "" })
 	slices.SortFunc(active, func(a, b *job) int { return cmp.Compare(a.seq, b.seq) })
 	l.ActiveTotal = len(active)
 	for _, j := range active[:min(len(active), max)] {

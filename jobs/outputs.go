@@ -236,6 +236,9 @@ func (s *delivery) outputDir() (string, error) {
 // dropOutputsLocked frees a job's outputs (it expired).
 func (s *delivery) dropOutputsLocked(j *job) {
 	for _, f := range j.files {
+		if f.gone {
+			continue // never stored here
+		}
 		if f.path != "" {
 			_ = os.Remove(f.path)
 			s.outDisk.Add(-f.size)

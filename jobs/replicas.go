@@ -317,8 +317,9 @@ func (s *sharedJobs) flush(ctx context.Context) error {
 
 // sendable records, before j's prompt goes to an instance, that it may be
 // there: a replica that claims j after this one died then looks for it
-// at the instances before it sends it again. false (j put back or given
-// up) when the record could not be written or the claim is lost.
+// at the instances before it sends it again. It fails when the record
+// could not be written (the caller puts j back in line) or the claim
+// passed to another replica (errClaimLost: j is given up here).
 func (s *sharedJobs) sendable(j *job) error {
 	s.eng.lock()
 	s.queueLocked(j)
@@ -424,7 +425,7 @@ func (s *sharedJobs) renew(ctx context.Context) {
 			}
 			s.eng.unlock()
 			if first {
-				s.eng.goLockedUnlocked("cancel", func() { s.eng.cancel(s.eng.runCtx, id, "") })
+				s.eng.spawn("cancel", func() { s.eng.cancel(s.eng.runCtx, id, "") })
 			}
 		}
 	}
@@ -599,7 +600,9 @@ func (s *engine) mirror(id string) {
 	recs, err := s.sh.line.Read(ctx, []string{id}, []int{0})
 	cancel()
 	if err != nil {
-		s.log.Warn("job record not read", "job_id", id, "err", err)
+		// Answered as a job this replica never saw; logged at debug, as
+		// every request naming a job would log it while Redis is away.
+		s.log.Debug("job record not read", "job_id", id, "err", err)
 		return
 	}
 	if recs[0] == nil {
@@ -765,15 +768,14 @@ func (s *engine) cancelRemote(ctx context.Context, id string) (known, cancelled,
 	return true, j.state == stCancelled, true
 }
 
-// goLockedUnlocked is goLocked for a caller that does not hold the lock.
-func (s *engine) goLockedUnlocked(what string, fn func()) {
+// spawn is goLocked for a caller that does not hold the lock.
+func (s *engine) spawn(what string, fn func()) {
 	s.jobsMu.Lock()
 	s.goLocked(what, fn)
 	s.jobsMu.Unlock()
 }
 
-// sharedIDs lists, for tests and the operator's view, the ids of the
-// jobs this replica runs from the shared line.
+// heldIDs lists the jobs this replica runs (mirrors left out), sorted.
 func (s *engine) heldIDs() []string {
 	s.jobsMu.Lock()
 	defer s.jobsMu.Unlock()

@@ -429,4 +429,3 @@ func TestSubmitWithoutRedis(t *testing.T) {
 		t.Fatalf("%d jobs made", n)
 	}
 }
-

@@ -844,7 +844,7 @@ func (s *engine) sweepLocked(now time.Time) (watch []*job) {
 			delete(s.jobs, id)
 			continue
 		}
-		if atInstance(j) {
+		if atInstance(j) && !j.remote { // a mirror's replica watches it
 			watch = append(watch, j)
 		}
 	}
