@@ -530,6 +530,7 @@ func (s *sharedJobs) adopt(rec *sharedstate.JobRecord) {
 	j.mirrored = len(j.events)
 	var live sharedLive
 	_ = json.Unmarshal(rec.Live, &live)
+	j.prog.reported = max(j.prog.reported, live.Progress) // never goes down
 	st, _ := parseState(rec.State)
 	if live.Submitted || st >= stQueued {
 		// A replica that held it before may have sent it: the instances

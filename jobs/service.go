@@ -39,6 +39,9 @@
 //     the views of jobs (status, result, list, Line).
 //   - catalog (placement.go): the workflows, reloaded whole, and the
 //     placement policy.
+//   - sharedJobs (replicas.go), with state.url set: the wait line and the
+//     jobs' records in the shared store; claims from the line for the
+//     engine, writes of the jobs it runs, mirrors of the others.
 package jobs
 
 import (

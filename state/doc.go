@@ -14,6 +14,9 @@
 //   - Events: WebSocket events for a clientId whose socket is on another
 //     replica (pub/sub for live delivery, a stream per clientId for the
 //     catch-up of a reconnect; a no-op in memory);
+//   - Jobs: the job API's wait line and job records: jobs claimed by one
+//     replica at a time with a lease, written only by their holder, read
+//     by any replica, claimed again when their holder died (Lua scripts);
 //   - PromptIndex: where each prompt a replica submitted is (instance, its
 //     id there, owner, number, done, its lifecycle.State) and which
 //     instance holds each file, for reads that land on another replica
