@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/comfygate/comfygate/internal/ids"
@@ -32,6 +33,8 @@ const (
 	sharedTimeout = 2 * time.Second
 	// lookupTimeout bounds the read of a job this replica does not hold.
 	lookupTimeout = 500 * time.Millisecond
+	// lookupPause is how long lookups are not tried after one failed.
+	lookupPause = time.Second
 	// cancelRouteWait bounds how long a cancel of a job another replica
 	// holds waits for that replica to end it.
 	cancelRouteWait = 5 * time.Second
@@ -51,6 +54,10 @@ type sharedJobs struct {
 	every   time.Duration // sharedEvery
 	log     *slog.Logger
 	wake    chan struct{} // a claim may be due
+	// readsOffUntil (unix ns): after a lookup Redis did not answer, none
+	// is tried for lookupPause, so requests naming many ids (or a proxy
+	// route asking each prompt's owner) wait for Redis once.
+	readsOffUntil atomic.Int64
 
 	pendingMu sync.Mutex // guards pending
 	pending   map[string]*sharedstate.JobWrite
@@ -588,7 +595,7 @@ func (s *sharedJobs) jobFromRecord(rec *sharedstate.JobRecord) (*job, error) {
 // mirror makes job id, unknown here, a mirror of its shared record if
 // it has one. Routes call it before they look a job up.
 func (s *engine) mirror(id string) {
-	if s.sh == nil || !ids.IsCanonicalUUID(id) {
+	if s.sh == nil || !ids.IsCanonicalUUID(id) || time.Now().UnixNano() < s.sh.readsOffUntil.Load() {
 		return
 	}
 	s.jobsMu.Lock()
@@ -604,6 +611,7 @@ func (s *engine) mirror(id string) {
 		// Answered as a job this replica never saw; logged at debug, as
 		// every request naming a job would log it while Redis is away.
 		s.log.Debug("job record not read", "job_id", id, "err", err)
+		s.sh.readsOffUntil.Store(time.Now().Add(lookupPause).UnixNano())
 		return
 	}
 	if recs[0] == nil {

@@ -429,3 +429,73 @@ func TestSubmitWithoutRedis(t *testing.T) {
 		t.Fatalf("%d jobs made", n)
 	}
 }
+
+// TestReplicasShareOneLine: jobs submitted on two replicas that both
+// claim from the shared line are each run once, by one of them, and each
+// one's webhook is delivered once; every job reads the same on both.
+func TestReplicasShareOneLine(t *testing.T) {
+	t.Parallel()
+	url := testkit.Redis(t)
+	rcv := &webhookReceiver{got: make(chan struct{}, 16)}
+	hooks := httptest.NewServer(rcv)
+	defer hooks.Close()
+	allowHooks := func(c *config.Config) { c.Webhooks.AllowedHosts = []string{"127.0.0.1"} }
+	f := newFake(t, 1)
+	a := replica(t, f, url, 2, allowHooks)
+	b := replica(t, f, url, 2, allowHooks)
+
+	const n = 6
+	var ids []string
+	for i := range n {
+		s := a
+		if i%2 == 1 {
+			s = b
+		}
+		ids = append(ids, submitAs(t, s, "alice", map[string]any{"webhook_url": hooks.URL + "/hook"}))
+	}
+	// Two slots on each replica: four run at once; each end frees one.
+	ran := map[string]int{}
+	for range n {
+		id := f.waitSubmitted()
+		ran[id]++
+		runToEnd(f, id)
+	}
+	for _, id := range ids {
+		if ran[id] != 1 {
+			t.Fatalf("job %s ran %d times (%v)", id, ran[id], ran)
+		}
+		for _, s := range []*Service{a, b} {
+			testkit.Eventually(t, "completed on both replicas", func() bool {
+				_, v := statusAs(t, s, "alice", id)
+				return v.Status == statusCompleted
+			})
+		}
+	}
+	held := append(a.eng.heldIDs(), b.eng.heldIDs()...)
+	slices.Sort(held)
+	want := slices.Sorted(slices.Values(ids))
+	if !slices.Equal(held, want) {
+		t.Fatalf("held %v, want each job held by one replica: %v", held, want)
+	}
+	testkit.Eventually(t, "a webhook per job", func() bool {
+		rcv.mu.Lock()
+		defer rcv.mu.Unlock()
+		return len(rcv.calls) >= n
+	})
+	rcv.mu.Lock()
+	seen := map[string]int{}
+	for _, c := range rcv.calls {
+		seen[c.Header.Get("webhook-id")]++
+	}
+	calls := len(rcv.calls)
+	rcv.mu.Unlock()
+	if calls != n || len(seen) != n {
+		t.Fatalf("%d webhook deliveries with %d ids, want %d once each", calls, len(seen), n)
+	}
+	f.mu.Lock()
+	submits := len(f.submits)
+	f.mu.Unlock()
+	if submits != n {
+		t.Fatalf("%d submissions for %d jobs", submits, n)
+	}
+}
