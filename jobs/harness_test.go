@@ -23,6 +23,7 @@ import (
 	"github.com/comfygate/comfygate/internal/testkit/ready"
 	"github.com/comfygate/comfygate/metrics"
 	"github.com/comfygate/comfygate/prompts"
+	sharedstate "github.com/comfygate/comfygate/state"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
 )
@@ -51,12 +52,21 @@ func newHarness(tb testing.TB, n int, opts comfysim.Options, mod func(*config.Co
 // before it starts.
 func newHarnessWith(tb testing.TB, n int, opts comfysim.Options, mod func(*config.Config), svcMod func(*Service)) *harness {
 	tb.Helper()
+	return startHarness(tb, n, opts, mod, svcMod, nil, nil)
+}
+
+// startHarness is newHarnessWith in front of addrs (instances another
+// harness started; nil: n of its own) with the shared state store shared
+// (nil: memory): one replica of a fleet.
+func startHarness(tb testing.TB, n int, opts comfysim.Options, mod func(*config.Config), svcMod func(*Service), addrs []string, shared *sharedstate.Store) *harness {
+	tb.Helper()
 	var log *slog.Logger
 	if os.Getenv("JOBS_TEST_LOG") != "" {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	gw := testkit.Start(tb, testkit.GatewayOptions{
 		Instances: max(n, 1),
+		Addrs:     addrs,
 		Sim:       opts,
 		Config: func(c *config.Config) {
 			for i := range c.Instances {
@@ -78,7 +88,7 @@ func newHarnessWith(tb testing.TB, n int, opts comfysim.Options, mod func(*confi
 		Pool:    upstream.New,
 		Prompts: prompts.New,
 		Jobs: func(cfg *config.Config, pool *upstream.Pool, table *prompts.Table, m *metrics.Metrics, log *slog.Logger) (*Service, error) {
-			svc, err := New(cfg, pool, table, nil, m, log)
+			svc, err := New(cfg, pool, table, shared, m, log)
 			if err == nil && svcMod != nil {
 				svcMod(svc)
 			}

@@ -2,6 +2,7 @@ package jobs
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/comfygate/comfygate/prompts"
@@ -497,5 +499,48 @@ func TestReplicasShareOneLine(t *testing.T) {
 	f.mu.Unlock()
 	if submits != n {
 		t.Fatalf("%d submissions for %d jobs", submits, n)
+	}
+}
+
+// TestJobsAcrossReplicasEndToEnd: two replicas, each with its own pool and
+// prompt table, in front of the same simulated ComfyUI and sharing one
+// Redis. A job submitted to A, which alone has slots, is answered on B
+// over HTTP: its status, its event stream to the end (the same as A's),
+// and its result image, which B fetches from the simulator itself.
+func TestJobsAcrossReplicasEndToEnd(t *testing.T) {
+	t.Parallel()
+	url := testkit.Redis(t)
+	faster := func(s *Service) { s.eng.sh.every = 20 * time.Millisecond }
+	a := startHarness(t, 1, comfysim.Options{Delay: 50 * time.Millisecond}, nil, faster, nil, replicaStore(t, url))
+	readOnly := func(s *Service) {
+		faster(s)
+		s.eng.cfg.MaxConcurrent = 0 // claims nothing: configuration refuses 0
+	}
+	b := startHarness(t, 1, comfysim.Options{}, nil, readOnly, []string{a.sims[0].Addr()}, replicaStore(t, url))
+
+	img := testPNG(t, 16, 16)
+	id := a.submit("/api/upscale-image", img, nil)
+	v := b.waitStatus(id, 20*time.Second, statusCompleted, statusFailed)
+	if v.Status != statusCompleted || v.Progress != 100 || v.Instance == nil || len(v.Outputs) == 0 {
+		t.Fatalf("on B: %+v", v)
+	}
+	if held := b.svc.eng.heldIDs(); len(held) != 0 {
+		t.Fatalf("B, with no slot, ran %v", held)
+	}
+	if got, want := b.result(id), a.result(id); !bytes.Equal(got, want) || len(got) == 0 {
+		t.Fatalf("result on B (%d bytes) differs from A's (%d bytes)", len(got), len(want))
+	}
+	code, hdr, body := b.do("GET", "/api/jobs/"+id+"/events", "", nil)
+	if code != 200 || !strings.HasPrefix(hdr.Get("Content-Type"), "text/event-stream") {
+		t.Fatalf("events on B: %d %s", code, hdr.Get("Content-Type"))
+	}
+	events := string(body)
+	for _, want := range []string{"id: 1\nevent: queued", "event: started", "event: completed"} {
+		if !strings.Contains(events, want) {
+			t.Fatalf("events on B lack %q:\n%s", want, events)
+		}
+	}
+	if _, _, aBody := a.do("GET", "/api/jobs/"+id+"/events", "", nil); string(aBody) != events {
+		t.Fatalf("the event stream differs between the replicas:\nA:\n%s\nB:\n%s", aBody, events)
 	}
 }
