@@ -784,6 +784,29 @@ func (s *engine) spawn(what string, fn func()) {
 	s.jobsMu.Unlock()
 }
 
+// release hands the jobs this replica still runs to the next replica
+// that claims (it shuts down): their claims end now rather than when
+// their lease runs out. Jobs at an instance are followed there by their
+// next holder, as after a replica's death; the others wait for its slots.
+func (s *sharedJobs) release() {
+	s.eng.lock()
+	var held []string
+	for id, j := range s.eng.jobs {
+		if !j.remote && !j.state.terminal() {
+			held = append(held, id)
+		}
+	}
+	s.eng.unlock()
+	if len(held) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), sharedTimeout)
+	defer cancel()
+	if err := s.line.Release(ctx, s.replica, held); err != nil {
+		s.log.Warn("job claims not released: other replicas take the jobs when the claims run out", "jobs", len(held), "err", err)
+	}
+}
+
 // heldIDs lists the jobs this replica runs (mirrors left out), sorted.
 func (s *engine) heldIDs() []string {
 	s.jobsMu.Lock()

@@ -544,3 +544,52 @@ func TestJobsAcrossReplicasEndToEnd(t *testing.T) {
 		t.Fatalf("the event stream differs between the replicas:\nA:\n%s\nB:\n%s", aBody, events)
 	}
 }
+
+// TestReplicaShutdownHandsJobsOver: a replica that shuts down ends its
+// claims: another replica follows its job at the instance and runs the
+// one still waiting at once, not when the claims' lease (an hour here)
+// runs out.
+func TestReplicaShutdownHandsJobsOver(t *testing.T) {
+	t.Parallel()
+	url := testkit.Redis(t)
+	fa := newFake(t, 1)
+	a := newSharedFakeService(t, fa, replicaStore(t, url), func(c *config.Config) {
+		c.Jobs.MaxConcurrent = 1
+		c.Jobs.CacheMaxBytes = 0
+	})
+	a.eng.sh.every, a.eng.sh.lease = 20*time.Millisecond, time.Hour
+	a.Start(t.Context())
+	atInstance := submitAs(t, a, "alice", nil)
+	if got := fa.waitSubmitted(); got != atInstance {
+		t.Fatalf("submitted %s, want %s", got, atInstance)
+	}
+	testkit.Eventually(t, "queued on A", func() bool { return jobState(a, atInstance) == stQueued })
+	waiting := submitAs(t, a, "alice", nil)
+	a.Close()
+
+	fb := newFake(t, 1)
+	fb.callFn = func(method, path string) (int, []byte, bool) {
+		switch {
+		case path == "/queue":
+			return 200, []byte(`{"queue_running": [], "queue_pending": [[1, "` + atInstance + `", {}, {}, []]]}`), true
+		case strings.HasPrefix(path, "/history/"):
+			return 200, []byte(`{}`), true
+		}
+		return 0, nil, false
+	}
+	b := replica(t, fb, url, 2, nil)
+	if got := fb.waitSubmitted(); got != waiting {
+		t.Fatalf("B submitted %s, want the waiting job %s", got, waiting)
+	}
+	testkit.Eventually(t, "B follows the job at the instance", func() bool {
+		return slices.Equal(b.eng.heldIDs(), slices.Sorted(slices.Values([]string{atInstance, waiting})))
+	})
+	select {
+	case extra := <-fb.submitted:
+		t.Fatalf("B submitted %s again", extra)
+	default:
+	}
+	if code, v := statusAs(t, b, "alice", atInstance); code != 200 || v.Status != statusPending {
+		t.Fatalf("the job at the instance on B: %d %+v", code, v)
+	}
+}

@@ -243,7 +243,8 @@ func (s *Service) Start(ctx context.Context) { s.eng.start(ctx) }
 // Close stops the loops and waits for the goroutines the service started.
 // Jobs still running on instances are left to them; with a state
 // directory their records are written, and a restarted comfygate carries
-// on with them.
+// on with them. With the shared line (state.url), the jobs' last changes
+// are written and their claims end: another replica carries on with them.
 func (s *Service) Close() { s.eng.close() }
 
 // CancelJob cancels a facade job wherever it is: removed from the wait
@@ -298,6 +299,9 @@ func (s *engine) close() {
 	s.closed = true
 	s.jobsMu.Unlock()
 	s.run.wait()
+	if s.sh != nil {
+		s.sh.release() // once its last changes are written
+	}
 	s.st.close()
 	s.inputs.close()
 	s.del.close()

@@ -106,6 +106,9 @@ type Jobs interface {
 	// Renew renews replica's claims of ids: held maps each id it still
 	// holds to whether a cancel was asked for it.
 	Renew(ctx context.Context, replica string, ids []string, lease time.Duration) (held map[string]bool, err error)
+	// Release ends replica's claims of ids at once (a replica that shuts
+	// down): the next Claim of any replica takes those jobs first.
+	Release(ctx context.Context, replica string, ids []string) error
 	// Read returns the records of ids (nil for one no replica recorded,
 	// or expired) with their events from from[i] on.
 	Read(ctx context.Context, ids []string, from []int) ([]*JobRecord, error)
@@ -281,6 +284,17 @@ func (m *memJobs) Renew(_ context.Context, replica string, ids []string, lease t
 		held[id] = j.rec.Cancel
 	}
 	return held, nil
+}
+
+func (m *memJobs) Release(_ context.Context, replica string, ids []string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, id := range ids {
+		if j := m.liveLocked(id); j != nil && j.rec.Holder == replica && !JobDone(j.rec.State) {
+			j.claim = time.Time{}
+		}
+	}
+	return nil
 }
 
 func (m *memJobs) Read(_ context.Context, ids []string, from []int) ([]*JobRecord, error) {
@@ -459,6 +473,15 @@ for i = 5, #ARGV do
 end
 return out`)
 
+// releaseJobs: KEYS claims; ARGV replica, record prefix, ids...
+var releaseJobs = redis.NewScript(`
+for i = 3, #ARGV do
+  if redis.call('HGET', ARGV[2] .. ARGV[i], 'h') == ARGV[1] then
+    redis.call('ZADD', KEYS[1], 'XX', 0, ARGV[i])
+  end
+end
+return 0`)
+
 // askCancel: KEYS rec.
 var askCancel = redis.NewScript(luaNow + `
 local st = redis.call('HGET', KEYS[1], 'st')
@@ -600,6 +623,17 @@ func (r *redisJobs) Renew(ctx context.Context, replica string, ids []string, lea
 		}
 	}
 	return held, nil
+}
+
+func (r *redisJobs) Release(ctx context.Context, replica string, ids []string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	args := []any{replica, jobsRecord}
+	for _, id := range ids {
+		args = append(args, id)
+	}
+	return errRedis("release job claims", releaseJobs.Run(ctx, r.rdb, []string{jobsClaims}, args...).Err())
 }
 
 // imageCount sets how many images a record's job still holds.

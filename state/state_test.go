@@ -573,6 +573,20 @@ func TestJobLine(t *testing.T) {
 			if got, _ := r1.Claim(ctx, "r1", 5, lease); len(got) != 0 {
 				t.Fatalf("claimed from an empty line: %+v", got)
 			}
+			// A replica that shuts down releases its claims: the next
+			// claim takes the job at once, whatever its lease said.
+			if err := r1.Release(ctx, "r1", []string{ids[2]}); err != nil {
+				t.Fatal(err)
+			}
+			if got, _ := r1.Claim(ctx, "r1", 5, time.Hour); len(got) != 0 {
+				t.Fatalf("another replica's claim released: %+v", got)
+			}
+			if err := r2.Release(ctx, "r2", []string{ids[2]}); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := r1.Claim(ctx, "r1", 5, time.Hour); err != nil || len(got) != 1 || got[0].ID != ids[2] || !got[0].Cancel {
+				t.Fatalf("claim after a release: %+v %v", got, err)
+			}
 			if b.rdb != nil {
 				if ttl, err := b.rdb.PTTL(ctx, state.Prefix+"{jobs}:job:"+ids[0]).Result(); err != nil || ttl <= 0 || ttl > time.Minute {
 					t.Fatalf("an ended job's record TTL %v (%v), want at most the retention written", ttl, err)
