@@ -1,11 +1,13 @@
 package deploy
 
 import (
+	"fmt"
 	"go/ast"
 	"go/parser"
 	"go/token"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -282,4 +284,103 @@ func TestHAProxyConfig(t *testing.T) {
 	}
 	c.duration(t, "defaults", "connect")
 	c.duration(t, "defaults", "client")
+}
+
+// TestKubernetesReplicas: the comfygate Deployment runs replicas that share
+// the Redis of redis.yaml, trust the pod network, roll one at a time
+// without losing capacity, drain before they stop within the grace period,
+// and keep one up through disruptions.
+func TestKubernetesReplicas(t *testing.T) {
+	t.Parallel()
+	docs := k8sDocs(t)
+	need := func(key string) obj {
+		t.Helper()
+		d, ok := docs[key]
+		if !ok {
+			t.Fatalf("no %s in k8s/", key)
+		}
+		return d
+	}
+	dep := need("Deployment/comfygate")
+	if n, ok := get(t, dep, "spec", "replicas").(int); !ok || n < 2 {
+		t.Errorf("comfygate replicas %v, want 2 or more", get(t, dep, "spec", "replicas"))
+	}
+	if s := str(t, dep, "spec", "strategy", "type"); s != "RollingUpdate" {
+		t.Errorf("strategy %q, want RollingUpdate", s)
+	}
+	if mu := get(t, dep, "spec", "strategy", "rollingUpdate", "maxUnavailable"); mu != 0 {
+		t.Errorf("maxUnavailable %v, want 0: a rolling update must not stop a replica before its successor is ready", mu)
+	}
+	if ms := get(t, dep, "spec", "strategy", "rollingUpdate", "maxSurge"); ms == 0 {
+		t.Error("maxSurge 0 with maxUnavailable 0: a rolling update could never proceed")
+	}
+
+	pod := get(t, dep, "spec", "template", "spec")
+	c := get(t, pod, "containers", 0)
+	pre := get(t, c, "lifecycle", "preStop", "exec", "command").([]any)
+	if len(pre) != 2 || !strings.HasSuffix(toString(pre[0]), "sleep") {
+		t.Fatalf("preStop %v, want a sleep while the endpoint's removal spreads", pre)
+	}
+	sleep, err := strconv.Atoi(toString(pre[1]))
+	if err != nil || sleep < 5 {
+		t.Errorf("preStop sleeps %v, want at least 5 s", pre[1])
+	}
+	grace, ok := get(t, pod, "terminationGracePeriodSeconds").(int)
+	if drain := time.Duration(sleep)*time.Second + shutdownDrain(t); !ok || time.Duration(grace)*time.Second < drain {
+		t.Errorf("terminationGracePeriodSeconds %v, shorter than preStop %d s + comfygate's drain: %v in all", grace, sleep, drain)
+	}
+	if p := str(t, c, "readinessProbe", "httpGet", "path"); p != "/health" {
+		t.Errorf("readiness probe %q, want /health", p)
+	}
+
+	pdb := need("PodDisruptionBudget/comfygate")
+	if m := get(t, pdb, "spec", "minAvailable"); m != 1 {
+		t.Errorf("PodDisruptionBudget minAvailable %v, want 1", m)
+	}
+	labels := get(t, dep, "spec", "template", "metadata", "labels").(obj)
+	if !selects(get(t, pdb, "spec", "selector", "matchLabels").(obj), labels) {
+		t.Error("the PodDisruptionBudget does not select the comfygate pods")
+	}
+
+	// The ConfigMap's configuration shares the Redis Service's server and
+	// trusts a network.
+	cm := need("ConfigMap/comfygate")
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(path, []byte(str(t, cm, "data", "config.yaml")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path, []string{})
+	if err != nil {
+		t.Fatalf("comfygate rejects the ConfigMap's config.yaml: %v", err)
+	}
+	rsvc := need("Service/redis")
+	ns := str(t, rsvc, "metadata", "namespace")
+	port := get(t, rsvc, "spec", "ports", 0, "port")
+	if want := fmt.Sprintf("redis://redis.%s.svc.cluster.local:%v/0", ns, port); cfg.State.URL != want {
+		t.Errorf("state.url %q, want the redis Service %s", cfg.State.URL, want)
+	}
+	if p := cfg.Server.TrustedPrefixes(); len(p) == 0 || p[0].Bits() > 24 {
+		t.Errorf("trusted_proxies %v, want the pod network", p)
+	}
+
+	redis := need("Deployment/redis")
+	if n := get(t, redis, "spec", "replicas"); n != 1 {
+		t.Errorf("redis replicas %v, want 1: two would each hold a state", n)
+	}
+	if s := str(t, redis, "spec", "strategy", "type"); s != "Recreate" {
+		t.Errorf("redis strategy %q, want Recreate (never two at once)", s)
+	}
+	rc := get(t, redis, "spec", "template", "spec", "containers", 0)
+	if img := str(t, rc, "image"); !strings.HasPrefix(img, "redis:") {
+		t.Errorf("redis image %q", img)
+	}
+	if cmd := get(t, rc, "readinessProbe", "exec", "command").([]any); len(cmd) != 2 || cmd[1] != "ping" {
+		t.Errorf("redis readiness %v, want redis-cli ping", cmd)
+	}
+	if !selects(get(t, rsvc, "spec", "selector").(obj), get(t, redis, "spec", "template", "metadata", "labels").(obj)) {
+		t.Error("Service/redis does not select the redis pod")
+	}
+	if tp := str(t, rsvc, "spec", "ports", 0, "targetPort"); tp != str(t, rc, "ports", 0, "name") {
+		t.Errorf("Service/redis targets port %q, the pod names %q", tp, str(t, rc, "ports", 0, "name"))
+	}
 }
