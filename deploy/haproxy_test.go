@@ -119,7 +119,8 @@ func servedBy(t *testing.T, logs []*syncBuffer, ua string) (int, map[string]any)
 }
 
 // haproxyFor writes haproxy.cfg as shipped with its frontend bound to
-// 127.0.0.1:port and its servers at backends, and returns its path.
+// 127.0.0.1:port and its servers comfygate-0, comfygate-1, ... (in every
+// backend) at backends[0], backends[1], ..., and returns its path.
 func haproxyFor(t *testing.T, port int, backends []string) string {
 	t.Helper()
 	b, err := os.ReadFile("haproxy/haproxy.cfg")
@@ -132,16 +133,20 @@ func haproxyFor(t *testing.T, port int, backends []string) string {
 		t.Fatalf("haproxy.cfg has %d bind lines, want 1", n)
 	}
 	cfg = bind.ReplaceAllString(cfg, "${1}127.0.0.1:"+strconv.Itoa(port))
-	server := regexp.MustCompile(`(?m)^(\s*server\s+\S+\s+)\S+`)
-	if n := len(server.FindAllString(cfg, -1)); n != len(backends) {
-		t.Fatalf("haproxy.cfg has %d servers, the test runs %d replicas", n, len(backends))
-	}
-	i := 0
+	server := regexp.MustCompile(`(?m)^(\s*server\s+(\S+)\s+)\S+`)
+	names := map[string]bool{}
 	cfg = server.ReplaceAllStringFunc(cfg, func(s string) string {
 		m := server.FindStringSubmatch(s)
-		i++
-		return m[1] + backends[i-1]
+		i, err := strconv.Atoi(strings.TrimPrefix(m[2], "comfygate-"))
+		if err != nil || i >= len(backends) {
+			t.Fatalf("haproxy.cfg has server %s; the test runs replicas comfygate-0..%d", m[2], len(backends)-1)
+		}
+		names[m[2]] = true
+		return m[1] + backends[i]
 	})
+	if len(names) != len(backends) {
+		t.Fatalf("haproxy.cfg names servers %v, the test runs %d replicas", names, len(backends))
+	}
 	path := filepath.Join(t.TempDir(), "haproxy.cfg")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -228,8 +233,8 @@ func TestHAProxyInFrontOfReplicas(t *testing.T) {
 		opts.Config = func(c *config.Config) { c.Server.TrustedProxies = []string{"127.0.0.1"} }
 		return stack.Start(t, opts)
 	}
-	a := replica(0, stack.Options{Instances: 1, Sim: comfysim.Options{Delay: 200 * time.Millisecond, Steps: 3}})
-	b := replica(1, stack.Options{Addrs: []string{a.Sims[0].Addr()}})
+	a := replica(0, stack.Options{Instances: 1, Sim: comfysim.Options{Delay: 200 * time.Millisecond, Steps: 3}, Jobs: true})
+	b := replica(1, stack.Options{Addrs: []string{a.Sims[0].Addr()}, Jobs: true})
 	lb := startHAProxy(t, bin, []string{a.Addr, b.Addr})
 
 	// The client connects from 127.0.0.5; haproxy reaches the replicas
@@ -348,6 +353,29 @@ func TestHAProxyInFrontOfReplicas(t *testing.T) {
 		if !seen[want] {
 			t.Errorf("the socket through haproxy got no %s of the prompt; got %v", want, seen)
 		}
+	}
+
+	// A job and every request about it go to the replica that accepted it.
+	jctx, jcancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer jcancel()
+	job := testkit.SubmitJob(jctx, client, "http://"+lb, "/api/remove-background", testkit.PNG(32, 32))
+	if job.Err != nil || job.Code != http.StatusAccepted {
+		t.Fatalf("job through haproxy: %d %s %v", job.Code, job.Body, job.Err)
+	}
+	if end := testkit.WaitJob(jctx, client, "http://"+lb, job.ID); end.Status != "completed" {
+		t.Fatalf("job %s through haproxy ended %+v, want completed", job.ID, end)
+	}
+	jobAt := -1
+	for i := range 4 {
+		ua := fmt.Sprintf("job-result-%d", i)
+		if code, body := do("GET", "/api/jobs/"+job.ID+"/result", ua, nil); code != http.StatusOK {
+			t.Fatalf("GET /api/jobs/%s/result through haproxy = %d %s", job.ID, code, body)
+		}
+		who, _ := servedBy(t, logs, ua)
+		if jobAt >= 0 && who != jobAt {
+			t.Fatalf("one client's job requests went to replicas %d and %d", jobAt, who)
+		}
+		jobAt = who
 	}
 
 	// A replica that stops closes its listener: haproxy sends the next

@@ -1,6 +1,7 @@
 package deploy
 
 import (
+	"encoding/json"
 	"fmt"
 	"go/ast"
 	"go/parser"
@@ -60,6 +61,30 @@ func (c haproxyConfig) lines(section, prefix string) []string {
 		}
 	}
 	return out
+}
+
+// matches reports whether the path-only acl name in section (its "path"
+// and "path_beg" lines) matches path.
+func (c haproxyConfig) matches(section, name, path string) bool {
+	for _, l := range c.lines(section, "acl "+name) {
+		f := strings.Fields(l)
+		if len(f) < 4 {
+			continue
+		}
+		for _, v := range f[3:] {
+			switch f[2] {
+			case "path":
+				if path == v {
+					return true
+				}
+			case "path_beg":
+				if strings.HasPrefix(path, v) {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }
 
 // duration reads HAProxy's "timeout <name> <value>" in section.
@@ -272,6 +297,54 @@ func TestHAProxyConfig(t *testing.T) {
 		t.Error("haproxy.cfg pins clients to a replica; replicas sharing state need no stickiness")
 	}
 
+	// The job API's jobs stay on the replica that accepted them: its
+	// requests go by client address, to the same servers, up and down
+	// with backend comfygate's checks.
+	const jobs = "backend comfygate-jobs"
+	for _, want := range []string{"balance source", "hash-type consistent", "use_backend comfygate-jobs if job_api"} {
+		section := jobs
+		if strings.HasPrefix(want, "use_backend") {
+			section = "frontend comfygate"
+		}
+		if !slices.Contains(c.sections[section], want) {
+			t.Errorf("haproxy.cfg: %s lacks %q", section, want)
+		}
+	}
+	var plain, tracked []string
+	for _, l := range c.lines(be, "server") {
+		plain = append(plain, strings.Fields(l)[1])
+	}
+	for _, l := range c.lines(jobs, "server") {
+		f := strings.Fields(l)
+		if i := slices.Index(f, "track"); i < 0 || i+1 >= len(f) || f[i+1] != "comfygate/"+f[1] {
+			t.Errorf("haproxy.cfg: %s: %q does not track its server in backend comfygate", jobs, l)
+		}
+		tracked = append(tracked, f[1])
+	}
+	if !slices.Equal(plain, tracked) {
+		t.Errorf("haproxy.cfg: the job API's servers %v are not the replicas %v", tracked, plain)
+	}
+	// Every route of the job API that names a job, or makes one, is in
+	// acl job_api (the routes from its OpenAPI description). The others
+	// hold nothing of a replica's own.
+	stateless := []string{"/api/workflows", "/api/openapi.json", "/api/prompt/validate"}
+	b, err := os.ReadFile("../jobs/openapi.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var spec struct {
+		Paths map[string]any `json:"paths"`
+	}
+	if err := json.Unmarshal(b, &spec); err != nil || len(spec.Paths) < 5 {
+		t.Fatalf("jobs/openapi.json: %v, %d paths", err, len(spec.Paths))
+	}
+	for p := range spec.Paths {
+		path := strings.NewReplacer("{id}", "0123abcd", "{name}", "wf", "{n}", "0").Replace(p)
+		if got, want := c.matches("frontend comfygate", "job_api", path), !slices.Contains(stateless, p); got != want {
+			t.Errorf("haproxy.cfg: acl job_api matches %s: %v, want %v", p, got, want)
+		}
+	}
+
 	d := config.Default()
 	if tun := c.duration(t, "defaults", "tunnel"); tun < 2*d.WebSocket.PingInterval || tun < time.Hour {
 		t.Errorf("timeout tunnel %v: an idle WebSocket is cut before comfygate's ping keeps it alive, or before a long prompt ends", tun)
@@ -331,6 +404,10 @@ func TestKubernetesReplicas(t *testing.T) {
 	}
 	if p := str(t, c, "readinessProbe", "httpGet", "path"); p != "/health" {
 		t.Errorf("readiness probe %q, want /health", p)
+	}
+
+	if a := str(t, need("Service/comfygate"), "spec", "sessionAffinity"); a != "ClientIP" {
+		t.Errorf("Service/comfygate sessionAffinity %q, want ClientIP: a job is answered by the replica that accepted it", a)
 	}
 
 	pdb := need("PodDisruptionBudget/comfygate")
