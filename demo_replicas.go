@@ -125,7 +125,8 @@ func printReplicas(w io.Writer, cfgs []*config.Config, redisURL, frontURL string
 	fmt.Fprintf(w, "  round robin: %s (each new connection goes to the next replica)\n", frontURL)
 	first, second := "http://"+cfgs[0].Listen, "http://"+cfgs[1].Listen
 	fmt.Fprintf(w, "\nRun a workflow through replica 1:\n  %s\n", demoCurl(first))
-	fmt.Fprintf(w, "and read it through replica 2: curl %s/history/<prompt_id>  ·  %s/health  ·  %s/stats\n\n", second, second, second)
+	fmt.Fprintf(w, "and read it through replica 2: curl %s/history/<prompt_id>  ·  %s/health  ·  %s/stats\n", second, second, second)
+	fmt.Fprintf(w, "The job API's jobs stay on the replica that accepted them: follow a job through the replica you submitted it to.\n\n")
 }
 
 // startDemoRedis runs redis-server on a free loopback port with no
