@@ -88,22 +88,22 @@ func demoReplicas(ctx context.Context, newConfig func() (*config.Config, error),
 		}
 		cancel()
 	}
-	for started := 0; started < n && first == nil; {
+	started := 0
+	for started < n && runCtx.Err() == nil {
 		select {
 		case <-ready:
 			started++
 		case <-runCtx.Done():
-			started = n
 		case err := <-done:
 			running--
 			first = err
-			if first == nil {
+			if first == nil && runCtx.Err() == nil {
 				first = errors.New("a replica stopped before it was ready")
 			}
 			cancel()
 		}
 	}
-	if first == nil && runCtx.Err() == nil {
+	if started == n && runCtx.Err() == nil {
 		printReplicas(stdout, cfgs, redisURL, "http://"+frontLn.Addr().String())
 	}
 	for running > 0 {
