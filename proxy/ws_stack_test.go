@@ -32,13 +32,19 @@ const stackTimeout = 30 * time.Second
 // health checks every 200 ms: many clients at once on a loaded machine.
 func startStack(t testing.TB, addrs []string, mod func(*config.Config)) *gate {
 	t.Helper()
+	return startStackWith(t, addrs, mod, nil)
+}
+
+// startStackWith is startStack with a hook on the server's Options.
+func startStackWith(t testing.TB, addrs []string, mod func(*config.Config), opts func(*Options)) *gate {
+	t.Helper()
 	return startGateMetrics(t, addrs, func(c *config.Config) {
 		c.Timeout = config.Default().Timeout
 		c.HealthCheck.Interval = 200 * time.Millisecond
 		if mod != nil {
 			mod(c)
 		}
-	}, metrics.New("test"), nil)
+	}, metrics.New("test"), opts)
 }
 
 // connCounter is a TCP forwarder in front of one instance that counts the
@@ -155,7 +161,7 @@ func comfyExampleFlow(ctx context.Context, s *gate, clientID string, color int, 
 	var queued struct {
 		PromptID string `json:"prompt_id"`
 	}
-	if err := httpJSON(ctx, http.MethodPost, s.base+"/prompt", body, &queued); err != nil {
+	if err := httpJSONWith(ctx, s.client(), http.MethodPost, s.base+"/prompt", body, &queued); err != nil {
 		return res, fmt.Errorf("POST /prompt: %w", err)
 	}
 	res.promptID = queued.PromptID
@@ -205,7 +211,7 @@ func comfyExampleFlow(ctx context.Context, s *gate, clientID string, color int, 
 			} `json:"images"`
 		} `json:"outputs"`
 	}
-	if err := httpJSON(ctx, http.MethodGet, s.base+"/history/"+res.promptID, nil, &hist); err != nil {
+	if err := httpJSONWith(ctx, s.client(), http.MethodGet, s.base+"/history/"+res.promptID, nil, &hist); err != nil {
 		return res, fmt.Errorf("GET /history: %w", err)
 	}
 	entry, ok := hist[res.promptID]
@@ -216,7 +222,7 @@ func comfyExampleFlow(ctx context.Context, s *gate, clientID string, color int, 
 		for _, img := range out.Images {
 			q := url.Values{"filename": {img.Filename}, "subfolder": {img.Subfolder}, "type": {img.Type}}
 			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.base+"/view?"+q.Encode(), nil)
-			resp, err := http.DefaultClient.Do(req)
+			resp, err := s.client().Do(req)
 			if err != nil {
 				return res, fmt.Errorf("GET /view: %w", err)
 			}
@@ -231,6 +237,11 @@ func comfyExampleFlow(ctx context.Context, s *gate, clientID string, color int, 
 }
 
 func httpJSON(ctx context.Context, method, u string, body []byte, into any) error {
+	return httpJSONWith(ctx, http.DefaultClient, method, u, body, into)
+}
+
+// httpJSONWith is httpJSON through hc.
+func httpJSONWith(ctx context.Context, hc *http.Client, method, u string, body []byte, into any) error {
 	req, err := http.NewRequestWithContext(ctx, method, u, bytes.NewReader(body))
 	if err != nil {
 		return err
@@ -238,7 +249,7 @@ func httpJSON(ctx context.Context, method, u string, body []byte, into any) erro
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return err
 	}
@@ -294,37 +305,50 @@ var traceASequence = []string{
 	"execution_success", "executing",
 }
 
+// TestWSStackExampleFlowTenClients: ten clients run ComfyUI's websocket
+// example at once, against one gateway and against two replicas behind a
+// balancer (round robin, and each client's POST on one replica with its
+// socket on the other): every client gets exactly its prompt's events in
+// ComfyUI's order, then its /history and its images through /view.
 func TestWSStackExampleFlowTenClients(t *testing.T) {
 	t.Parallel()
-	a := testkit.Sim(t, comfysim.Options{Delay: 10 * time.Millisecond})
-	b := testkit.Sim(t, comfysim.Options{Delay: 10 * time.Millisecond})
-	s := startStack(t, []string{a.Addr(), b.Addr()}, nil)
-	// An observer that submits nothing sees only status messages, as the
-	// trace's second socket did.
-	observer := dialWS(t, s.wsURL("observer"))
+	forEachTarget(t, func(t *testing.T, kind targetKind) {
+		a := testkit.Sim(t, comfysim.Options{Delay: 10 * time.Millisecond})
+		b := testkit.Sim(t, comfysim.Options{Delay: 10 * time.Millisecond})
+		tg := startTarget(t, kind, func(opts func(*Options)) *gate {
+			return startStackWith(t, []string{a.Addr(), b.Addr()}, nil, opts)
+		})
+		// An observer that submits nothing sees only status messages, as the
+		// trace's second socket did.
+		observer := dialWS(t, tg.front.wsURL("observer"))
 
-	results := runClients(t, s, 10, flowHooks{})
-	if t.Failed() {
-		return
-	}
-	// Each client saw exactly its prompt's messages in ComfyUI's order
-	// (status messages, the fleet's queue count, interleave with other
-	// clients' prompts and are left out).
-	want := strings.Join(traceASequence, ",")
-	for i, r := range results {
-		if got := strings.Join(withoutStatus(r.types), ","); got != want {
-			t.Errorf("client %d saw\n%s\nwant\n%s", i, got, want)
+		results := runClients(t, tg.front, 10, flowHooks{})
+		if t.Failed() {
+			return
 		}
-	}
-	if a.PromptsExecuted() == 0 || b.PromptsExecuted() == 0 {
-		t.Errorf("prompts executed: %d and %d; want both instances used", a.PromptsExecuted(), b.PromptsExecuted())
-	}
-	s.srv.hub.Broadcast(marker("end"))
-	for _, m := range observer.readUntil(`"m": "end"`) {
-		if m.typ() != "status" {
-			t.Fatalf("observer got %s", m.data)
+		// Each client saw exactly its prompt's messages in ComfyUI's order
+		// (status messages, the fleet's queue count, interleave with other
+		// clients' prompts and are left out).
+		want := strings.Join(traceASequence, ",")
+		for i, r := range results {
+			if got := strings.Join(withoutStatus(r.types), ","); got != want {
+				t.Errorf("client %d saw\n%s\nwant\n%s", i, got, want)
+			}
 		}
-	}
+		if a.PromptsExecuted() == 0 || b.PromptsExecuted() == 0 {
+			t.Errorf("prompts executed: %d and %d; want both instances used", a.PromptsExecuted(), b.PromptsExecuted())
+		}
+		tg.checkSpread(t)
+		// The observer's replica sends it a broadcast of its own.
+		for _, g := range tg.replicas {
+			g.srv.hub.Broadcast(marker("end"))
+		}
+		for _, m := range observer.readUntil(`"m": "end"`) {
+			if m.typ() != "status" {
+				t.Fatalf("observer got %s", m.data)
+			}
+		}
+	})
 }
 
 // withoutStatus drops status messages (their number and place depend on
