@@ -176,6 +176,27 @@ func TestWebUIFlow(t *testing.T) {
 			ids = append(ids, a.PromptID)
 		}
 
+		// The queue on either replica names them as the client knows them
+		// (those that have not ended yet).
+		for _, g := range tg.replicas {
+			var q struct {
+				Running [][]json.RawMessage `json:"queue_running"`
+				Pending [][]json.RawMessage `json:"queue_pending"`
+			}
+			if err := json.Unmarshal(get(g.base, "/api/queue", 200), &q); err != nil {
+				t.Fatalf("/api/queue on %s: %v", g.addr, err)
+			}
+			listed := 0
+			for _, item := range append(q.Running, q.Pending...) {
+				var id string
+				if len(item) < 2 || json.Unmarshal(item[1], &id) != nil || !slices.Contains(ids, id) {
+					t.Errorf("/api/queue on %s lists %s, not one of %v", g.addr, item, ids)
+				}
+				listed++
+			}
+			t.Logf("/api/queue on %s: %d of the %d prompts", g.addr, listed, n)
+		}
+
 		// The socket follows them to their end; status messages count the
 		// fleet's queue.
 		open := map[string]bool{}

@@ -500,20 +500,35 @@ func TestWSStack200ClientsOneUpstreamSocketPerInstance(t *testing.T) {
 	}
 }
 
+// TestWSStackBroadcastAndPreviews: a custom node's broadcast on either
+// instance reaches every client, and each prompt's previews only its own
+// client in the form it negotiated; on one gateway and on two replicas
+// behind a balancer (each replica has its own event socket to every
+// instance, so broadcasts reach its sockets; previews cross replicas).
 func TestWSStackBroadcastAndPreviews(t *testing.T) {
 	t.Parallel()
+	forEachTarget(t, testBroadcastAndPreviews)
+}
+
+func testBroadcastAndPreviews(t *testing.T, kind targetKind) {
 	a := testkit.Sim(t, comfysim.Options{Delay: 20 * time.Millisecond, Steps: 2})
 	b := testkit.Sim(t, comfysim.Options{Delay: 20 * time.Millisecond, Steps: 2})
-	s := startStack(t, []string{a.Addr(), b.Addr()}, nil)
+	tg := startTarget(t, kind, func(opts func(*Options)) *gate {
+		return startStackWith(t, []string{a.Addr(), b.Addr()}, nil, opts)
+	})
+	s := tg.front
 	c1 := dialWS(t, s.wsURL("bp-1"))
 	c2 := dialWS(t, s.wsURL("bp-2"))
 	c2.sendFlags(true)
 	// A broadcast sent before comfygate's event socket to its instance is
-	// up is lost (ComfyUI keeps no backlog), so wait for both sockets.
-	testkit.Eventually(t, "both event sockets up", func() bool {
-		for _, inst := range s.pool.Instances() {
-			if !inst.State().SocketUp() {
-				return false
+	// up is lost (ComfyUI keeps no backlog), so wait for every replica's
+	// sockets.
+	testkit.Eventually(t, "every event socket up", func() bool {
+		for _, g := range tg.replicas {
+			for _, inst := range g.pool.Instances() {
+				if !inst.State().SocketUp() {
+					return false
+				}
 			}
 		}
 		return true
@@ -550,7 +565,7 @@ func TestWSStackBroadcastAndPreviews(t *testing.T) {
 		var q struct {
 			PromptID string `json:"prompt_id"`
 		}
-		if err := httpJSON(ctx, http.MethodPost, s.base+"/prompt", body, &q); err != nil {
+		if err := httpJSONWith(ctx, s.client(), http.MethodPost, s.base+"/prompt", body, &q); err != nil {
 			t.Fatal(err)
 		}
 		ids[c] = q.PromptID
@@ -581,4 +596,5 @@ func TestWSStackBroadcastAndPreviews(t *testing.T) {
 			t.Errorf("%s got no previews", c.sid)
 		}
 	}
+	tg.checkSpread(t)
 }
