@@ -20,6 +20,7 @@ import (
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/comfygate/comfygate/metrics"
+	"github.com/comfygate/comfygate/prompts"
 	"github.com/fasthttp/websocket"
 )
 
@@ -363,13 +364,33 @@ func withoutStatus(types []string) []string {
 	return out
 }
 
+// TestWSStackExampleFlowSurvivesKill: ten clients run the websocket
+// example while the instance running some of their prompts is killed;
+// every client still gets its prompt's end, history and images. On one
+// gateway and on two replicas behind a balancer, each replica moving the
+// prompts it took.
 func TestWSStackExampleFlowSurvivesKill(t *testing.T) {
 	t.Parallel()
+	forEachTarget(t, testExampleFlowSurvivesKill)
+}
+
+func testExampleFlowSurvivesKill(t *testing.T, kind targetKind) {
 	// a is slow, so that no prompt finishes there before the kill (the
 	// history of a prompt that finished on a dead instance is gone with it).
 	a := testkit.Sim(t, comfysim.Options{Delay: 2 * time.Second})
 	b := testkit.Sim(t, comfysim.Options{Delay: 20 * time.Millisecond})
-	s := startStack(t, []string{a.Addr(), b.Addr()}, nil)
+	tg := startTarget(t, kind, func(opts func(*Options)) *gate {
+		return startStackWith(t, []string{a.Addr(), b.Addr()}, nil, opts)
+	})
+	// prompt finds a prompt on the replica that took it.
+	prompt := func(id string) (*prompts.Prompt, bool) {
+		for _, g := range tg.replicas {
+			if p, ok := g.prompts.Prompt(id); ok {
+				return p, true
+			}
+		}
+		return nil, false
+	}
 
 	// Kill instance a once every prompt was accepted and one is running:
 	// "killed while their prompts run".
@@ -389,7 +410,7 @@ func TestWSStackExampleFlowSurvivesKill(t *testing.T) {
 		for {
 			select {
 			case id := <-started:
-				if p, ok := s.prompts.Prompt(id); ok && p.Instance() != nil && p.Instance().Name == "i0" {
+				if p, ok := prompt(id); ok && p.Instance() != nil && p.Instance().Name == "i0" {
 					a.Kill()
 					return
 				}
@@ -398,11 +419,11 @@ func TestWSStackExampleFlowSurvivesKill(t *testing.T) {
 			}
 		}
 	}()
-	results := runClients(t, s, n, flowHooks{queued: queued, started: started})
+	results := runClients(t, tg.front, n, flowHooks{queued: queued, started: started})
 	<-killed
 	resubmitted := 0
 	for i, r := range results {
-		p, ok := s.prompts.Prompt(r.promptID)
+		p, ok := prompt(r.promptID)
 		if ok && p.Attempts() > 1 {
 			resubmitted++
 		}
@@ -414,10 +435,11 @@ func TestWSStackExampleFlowSurvivesKill(t *testing.T) {
 			t.Logf("client %d: prompt %s state %d attempts %d on %s", i, r.promptID, p.State(), p.Attempts(), inst)
 		}
 	}
-	t.Logf("prompts executed: a=%d (killed) b=%d; resubmitted %d; outcomes %v", a.PromptsExecuted(), b.PromptsExecuted(), resubmitted, s.m.Stats().Outcomes)
+	t.Logf("prompts executed: a=%d (killed) b=%d; resubmitted %d", a.PromptsExecuted(), b.PromptsExecuted(), resubmitted)
 	if resubmitted == 0 || a.PromptsExecuted() != 0 {
 		t.Errorf("instance a was not killed mid-run (%d resubmitted, %d done on a)", resubmitted, a.PromptsExecuted())
 	}
+	tg.checkSpread(t)
 }
 
 func TestWSStack200ClientsOneUpstreamSocketPerInstance(t *testing.T) {
