@@ -3,6 +3,7 @@ package jobs
 import (
 	"bufio"
 	"bytes"
+	"encoding/base64"
 	"context"
 	"encoding/json"
 	"net"
@@ -542,6 +543,16 @@ func TestJobsAcrossReplicasEndToEnd(t *testing.T) {
 	}
 	if _, _, aBody := a.do("GET", "/api/jobs/"+id+"/events", "", nil); string(aBody) != events {
 		t.Fatalf("the event stream differs between the replicas:\nA:\n%s\nB:\n%s", aBody, events)
+	}
+
+	// Submitted to B with Prefer: wait: A runs it, B answers once it ended.
+	code, _, body = postJSON(b, "/api/upscale-image", map[string]any{"image_base64": base64.StdEncoding.EncodeToString(testPNG(t, 24, 24))}, "Prefer", "wait=20")
+	var w waitedView
+	if code != 200 || json.Unmarshal(body, &w) != nil || w.Status != statusCompleted || !strings.HasPrefix(w.ImageBase64, "data:image/png;base64,") {
+		t.Fatalf("Prefer: wait on B: %d %.200s", code, body)
+	}
+	if held := a.svc.eng.heldIDs(); !slices.Contains(held, w.JobID) {
+		t.Fatalf("A holds %v, not the job B waited for (%s)", held, w.JobID)
 	}
 }
 
