@@ -3,8 +3,8 @@ package jobs
 import (
 	"bufio"
 	"bytes"
-	"encoding/base64"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"net"
 	"net/http"
