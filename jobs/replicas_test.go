@@ -230,8 +230,18 @@ func TestJobsAcrossReplicas(t *testing.T) {
 	if code, _ := statusAs(t, b, "bob", id); code != 404 {
 		t.Fatalf("bob's status of alice's job on B: %d", code)
 	}
-	if _, code, _, _ := serveAs(t, b, Request{Owner: "bob", Scope: "bob"}, "DELETE", "/api/jobs/"+id, "", nil); code != 404 {
-		t.Fatalf("bob's cancel of alice's job on B: %d", code)
+	for _, route := range []string{"", "/result", "/outputs", "/outputs/0", "/events"} {
+		method := "GET"
+		if route == "" {
+			method = "DELETE"
+		}
+		if _, code, _, _ := serveAs(t, b, Request{Owner: "bob", Scope: "bob"}, method, "/api/jobs/"+id+route, "", nil); code != 404 {
+			t.Fatalf("bob's %s /api/jobs/{id}%s of alice's job on B: %d", method, route, code)
+		}
+	}
+	var list listView
+	if _, code, _, resp := serveAs(t, b, Request{Owner: "bob", Scope: "bob"}, "GET", "/api/jobs?source=comfygate", "", nil); code != 200 || json.Unmarshal(resp, &list) != nil || list.Total != 0 {
+		t.Fatalf("bob's job list on B: %d %s", code, resp)
 	}
 	if owner, known := b.JobOwner(id); !known || owner != "alice" {
 		t.Fatalf("JobOwner on B: %q %v", owner, known)
