@@ -35,6 +35,8 @@ const (
 	lookupTimeout = 500 * time.Millisecond
 	// lookupPause is how long lookups are not tried after one failed.
 	lookupPause = time.Second
+	// warnEvery spaces warnings about the shared store not answering.
+	warnEvery = 10 * time.Second
 	// cancelRouteWait bounds how long a cancel of a job another replica
 	// holds waits for that replica to end it.
 	cancelRouteWait = 5 * time.Second
@@ -58,6 +60,10 @@ type sharedJobs struct {
 	// is tried for lookupPause, so requests naming many ids (or a proxy
 	// route asking each prompt's owner) wait for Redis once.
 	readsOffUntil atomic.Int64
+	// warnedAt (unix ns) is the last warning about the shared store: while
+	// Redis is away the loops would warn every round; they warn every
+	// warnEvery at most.
+	warnedAt atomic.Int64
 
 	pendingMu sync.Mutex // guards pending
 	pending   map[string]*sharedstate.JobWrite
@@ -68,6 +74,17 @@ type sharedJobs struct {
 func newSharedJobs(eng *engine, line sharedstate.Jobs, log *slog.Logger) *sharedJobs {
 	return &sharedJobs{eng: eng, line: line, replica: ids.UUID(), lease: claimLease, every: sharedEvery, log: log,
 		wake: make(chan struct{}, 1), written: make(chan struct{}, 1), pending: map[string]*sharedstate.JobWrite{}}
+}
+
+// warn logs a failure of the shared store, at most once per warnEvery.
+func (s *sharedJobs) warn(msg string, err error) {
+	now := time.Now().UnixNano()
+	last := s.warnedAt.Load()
+	if now-last < int64(warnEvery) || !s.warnedAt.CompareAndSwap(last, now) {
+		s.log.Debug(msg, "err", err)
+		return
+	}
+	s.log.Warn(msg, "err", err)
 }
 
 // kick wakes the shared loop: a slot is free, or a job joined the line.
@@ -269,7 +286,7 @@ func (s *sharedJobs) writer() {
 		case <-s.written:
 		}
 		if err := s.flush(s.eng.runCtx); err != nil {
-			s.log.Warn("job records not written to the shared state", "err", err)
+			s.warn("job records not written to the shared state; retrying", err)
 			t := time.NewTimer(s.every)
 			select {
 			case <-s.eng.runCtx.Done():
@@ -409,7 +426,7 @@ func (s *sharedJobs) renew(ctx context.Context) {
 	}
 	still, err := s.line.Renew(ctx, s.replica, held, s.lease)
 	if err != nil {
-		s.log.Warn("job claims not renewed", "err", err)
+		s.warn("job claims not renewed", err)
 		return
 	}
 	for _, id := range held {
@@ -488,7 +505,7 @@ func (s *sharedJobs) claim(ctx context.Context) {
 	}
 	recs, err := s.line.Claim(ctx, s.replica, free, s.lease)
 	if err != nil {
-		s.log.Warn("jobs not claimed from the shared wait line", "err", err)
+		s.warn("jobs not claimed from the shared wait line", err)
 		return
 	}
 	for i := range recs {
