@@ -209,6 +209,12 @@ func (s *delivery) serveEvents(ctx *fasthttp.RequestCtx, id, scope string) {
 		defer t.Stop()
 		for {
 			s.eng.lock()
+			if s.eng.jobLocked(j.id) != j {
+				// A mirror whose shared record went (expired, or lost by
+				// Redis): the job is gone for this replica.
+				s.eng.unlock()
+				return
+			}
 			pending := slices.Clone(j.events[min(max(after, 0), len(j.events)):])
 			if j.changed == nil {
 				j.changed = make(chan struct{})
