@@ -273,12 +273,15 @@ func (t *steps) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (life
 			}
 		case lifecycle.CountOut:
 			prevInst.Workload().CountInflight(-1)
-		case lifecycle.Accept:
-			// Its fleet number, in the fleet's order of acceptance: a
-			// step of its own, so the state holds it.
-			if numbered, _, ok := lifecycle.Step(nv.life, lifecycle.Event{Kind: lifecycle.Numbered, At: e.At, Number: t.numbers.next(pr)}); ok {
-				nv.life, next = numbered, numbered
-			}
+		}
+	}
+	if e.Kind == lifecycle.Send && !next.Numbered {
+		// Its fleet number at its first send, in the fleet's order of
+		// sends (ComfyUI counts a prompt before it validates it): a step
+		// of its own, so the state holds it, and the answer need not
+		// wait for the step that settles it (send).
+		if numbered, _, ok := lifecycle.Step(nv.life, lifecycle.Event{Kind: lifecycle.Numbered, At: e.At, Number: t.numbers.next(pr)}); ok {
+			nv.life, next = numbered, numbered
 		}
 	}
 	// The new key first: a frame looked up by it finds the prompt as
@@ -316,7 +319,6 @@ func (t *steps) carryOut(pr *Prompt, inst *upstream.Instance, effects []lifecycl
 		case lifecycle.Tombstone:
 			t.moves.tombstone(inst, ef.UpstreamID, pr)
 		case lifecycle.Accept:
-			// Numbered by step, in the fleet's order of acceptance.
 			if inst != nil {
 				t.m.PromptSubmitted(inst.Name)
 			}
@@ -383,6 +385,34 @@ func (t *submitter) stepVia(pr *Prompt, e lifecycle.Event, to *upstream.Instance
 		}
 	}
 	return st, ok
+}
+
+// stepLater is stepVia without the wait, for a step whose outcome its
+// caller does not need (the settling of an answer that changed no id): it
+// is queued on the owner of pr's instance, after what that owner has
+// queued already (the frames of a prompt that ran at once arrive with
+// its answer), and follows pr if it moved meanwhile. Not on an owner.
+func (t *submitter) stepLater(pr *Prompt, e lifecycle.Event) {
+	if e.At.IsZero() {
+		e.At = time.Now()
+	}
+	t.postStep(pr, e, 8)
+}
+
+// postStep queues e on the owner of pr's instance, following pr at most
+// hops times.
+func (t *submitter) postStep(pr *Prompt, e lifecycle.Event, hops int) {
+	at := pr.Instance()
+	if at == nil || hops == 0 {
+		return
+	}
+	t.owners.socketFor(at).box.post(func() {
+		if cur := pr.Instance(); cur != at && cur != nil {
+			t.postStep(pr, e, hops-1) // it moved: step where it is now
+			return
+		}
+		t.steps.step(pr, e, nil)
+	})
 }
 
 // markDone ends pr with outcome. It reports false if pr was already done.

@@ -261,7 +261,10 @@ func (t *submitter) send(ctx context.Context, pr *Prompt, inst *upstream.Instanc
 		// The instance ignored our id (its version claim was wrong).
 		settle(lifecycle.Event{Kind: lifecycle.Answered, UpstreamID: got})
 	default:
-		settle(lifecycle.Event{Kind: lifecycle.Answered})
+		// The answer is the client's as soon as it came: its number was
+		// taken at the send, and the owner may still be applying the
+		// frames of a prompt that ran at once.
+		t.stepLater(pr, lifecycle.Event{Kind: lifecycle.Answered, Attempt: attempt})
 	}
 	if inst.ConfirmedDown() {
 		// InstanceDown passed pr over while this POST was under way and is

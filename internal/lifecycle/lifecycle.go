@@ -26,7 +26,7 @@
 //	Unconfirmed --Drop-->        Dropped       first submission never found: its client was told it failed
 //	Moving      --Reclaim-->     Finished      (after Leave) an instance it left earlier ran it to success after all: it ends there
 //	Submitted   --Adopt-->       Queued, Running or Ended   learned from an instance (another replica or an earlier process submitted it)
-//	any accepted --Numbered-->   (the same)    its fleet queue number, once, after the step that first accepted it
+//	any sent --Numbered-->       (the same)    its fleet queue number, once, after its first Send
 //
 // Beside the phase, State holds what the phase alone cannot say and a
 // prompt's next owner needs to go on with it (another replica reading it
@@ -113,8 +113,10 @@ type State struct {
 	// Resume is the phase a MoveAbort returns to (while Moving).
 	Resume Phase
 	// Numbered: it has its fleet queue number, Number (a Numbered event
-	// after its first acceptance; never changed after). The number is
-	// the one a client sees, so a prompt that moves keeps it.
+	// after its first send, as ComfyUI takes its counter before it
+	// validates a prompt; never changed after). The number is the one a
+	// client sees, so a prompt that moves keeps it, and its POST's answer
+	// carries it without waiting for the step that settles the answer.
 	Numbered bool
 	Number   int64
 	// DeleteSent: a move sent Instance a delete of it that got no answer
@@ -161,7 +163,7 @@ const (
 	Drop                      // a first submission never found at its instance
 	Reclaim                   // an instance it left earlier (Event.Instance, Event.UpstreamID) ran it to success after all
 	Adopt                     // an instance (Event.Instance) has it under Event.UpstreamID, in phase Event.Found; comfygate never sent it
-	Numbered                  // its owner gave it fleet number Event.Number after the step that first accepted it (Accept)
+	Numbered                  // its owner gave it fleet number Event.Number after its first Send
 )
 
 var kindNames = [...]string{"", "send", "answered", "no-answer", "refused", "seen", "started", "finish", "end", "close", "move-begin", "move-abort", "leave", "drop", "reclaim", "adopt", "numbered"}
@@ -198,7 +200,7 @@ const (
 	CountOut                        // take one off Effect.Instance's in-flight work
 	Unpin                           // forget (Effect.Instance, Effect.UpstreamID): its late events are dropped
 	Tombstone                       // remember (Effect.Instance, Effect.UpstreamID): delete or interrupt it there when it shows
-	Accept                          // first acceptance: number it, count the submission
+	Accept                          // first acceptance: count the submission
 	Record                          // it finished: record Effect.Outcome
 	Forget                          // a first submission nobody took: out of the table
 )
@@ -407,9 +409,9 @@ func Step(s State, e Event) (next State, effects []Effect, ok bool) {
 		}
 		// Never counted, recorded or numbered: comfygate does not run it.
 	case Numbered:
-		// Once, after its first acceptance: a prompt that moves keeps
-		// its number, and one comfygate does not run has none.
-		if s.Numbered || !s.Accepted || s.Adopted {
+		// Once, after its first send: a prompt that moves keeps its
+		// number, and one comfygate does not run has none.
+		if s.Numbered || s.Adopted || (!s.Posting && !s.Accepted) {
 			return s, nil, false
 		}
 		next.Numbered, next.Number = true, e.Number

@@ -137,7 +137,9 @@ func TestStepTable(t *testing.T) {
 		{desc: "numbered once: a moved prompt keeps its number",
 			s: func() State { s := leftA; s.Numbered, s.Number = true, 7; return s }(), e: Event{Kind: Numbered, Number: 9},
 			want: func() State { s := leftA; s.Numbered, s.Number = true, 7; return s }()},
-		{desc: "not numbered before an instance accepted it", s: sendingToA, e: Event{Kind: Numbered, Number: 7}, want: sendingToA},
+		{desc: "numbered once sent, before its answer", s: sendingToA, e: Event{Kind: Numbered, Number: 7},
+			want: func() State { s := sendingToA; s.Numbered, s.Number = true, 7; return s }(), ok: true},
+		{desc: "not numbered before it is sent", s: State{}, e: Event{Kind: Numbered, Number: 7}, want: State{}},
 		{desc: "an adopted prompt takes no number", s: State{Phase: Queued, Instance: "a", Adopted: true, Accepted: true},
 			e: Event{Kind: Numbered, Number: 7}, want: State{Phase: Queued, Instance: "a", Adopted: true, Accepted: true}},
 		{desc: "held while running: its resume phase is running", s: runningAtA, e: Event{Kind: MoveBegin, Instance: "a"},
@@ -227,8 +229,9 @@ func TestCountsBalance(t *testing.T) {
 // balance (an instance counts a prompt exactly while State.Counted says
 // it is there), Posting is set only between a send and its answer,
 // Resume only while a failover holds it before it left, the fleet number
-// never changes once given, an ended prompt stays ended, and a step that
-// does not apply changes nothing.
+// is given only to a prompt sent or accepted and never changes once
+// given, an ended prompt stays ended, and a step that does not apply
+// changes nothing.
 func TestRandomWalks(t *testing.T) {
 	t.Parallel()
 	insts := []string{"a", "b", "c"}
@@ -307,6 +310,9 @@ func TestRandomWalks(t *testing.T) {
 			}
 			if s.Numbered && (!next.Numbered || next.Number != s.Number) {
 				t.Fatalf("seed %d step %d: %v renumbered %d to %d", seed, step, e.Kind, s.Number, next.Number)
+			}
+			if next.Numbered && !s.Numbered && (s.Adopted || (!s.Posting && !s.Accepted)) {
+				t.Fatalf("seed %d step %d: %v numbered a prompt neither sent nor accepted: %+v", seed, step, e.Kind, s)
 			}
 			if (s.Phase == Ended || s.Phase == Dropped) && next.Phase != s.Phase {
 				t.Fatalf("seed %d step %d: %v left %v for %v", seed, step, e.Kind, s.Phase, next.Phase)
