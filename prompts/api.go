@@ -107,6 +107,10 @@ type Prompt struct {
 	// How its fleet queue number is made (see Number).
 	front     bool // the client asked for the front of the queue
 	ownNumber bool // the client sent "number": the instance shows its value
+
+	// abandoned: this replica lost its liveness lease, so another may
+	// have adopted the prompt; it takes no more steps here (lease.go).
+	abandoned atomic.Bool
 }
 
 // promptView is one prompt's state at one moment. Never modified once

@@ -3,6 +3,7 @@ package prompts
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"sync/atomic"
 	"time"
@@ -50,6 +51,11 @@ type sharedIndex struct {
 	queue    chan sharedWrite
 	running  atomic.Bool  // the writer goroutine runs
 	failedAt atomic.Int64 // unix nanoseconds of the last failed lookup
+	// With leases (lease.go), every record is fenced by the replica's
+	// liveness lease as it was when its step queued it: guard is the
+	// current one, nil while the replica holds none.
+	fenced atomic.Bool
+	guard  atomic.Pointer[incarnation]
 }
 
 // readable reports whether a lookup may be tried (none failed within
@@ -74,7 +80,8 @@ func (sh *sharedIndex) readFailed(what string, err error) {
 type sharedWrite struct {
 	rec   *state.PromptRecord
 	pin   *state.FilePin
-	owner *[2]string // prompt id, API key name
+	owner *[2]string    // prompt id, API key name
+	ack   chan struct{} // closed once what was queued before it is written (or given up)
 }
 
 // ShareIndex makes the table record its prompts' routing and its file
@@ -164,8 +171,18 @@ func (sh *sharedIndex) shareStep(pr *Prompt, prev lifecycle.State, prevInst *ups
 		return
 	}
 	if inst == prevInst && prev.UpstreamID == next.UpstreamID && prev.Numbered == next.Numbered &&
+		prev.Attempts == next.Attempts && prev.Posting == next.Posting &&
 		prev.Phase.Done() == next.Phase.Done() && (prev.Phase == lifecycle.Running) == (next.Phase == lifecycle.Running) {
 		return
+	}
+	var g *incarnation
+	if sh.fenced.Load() {
+		if g = sh.guard.Load(); g == nil {
+			// No liveness lease: a record now could claim a prompt
+			// another replica adopts.
+			sh.m.StateIndexError("dropped")
+			return
+		}
 	}
 	life, err := json.Marshal(sharedLife{State: next, sharedExtra: sharedExtra{ClientID: pr.ClientID, OwnNumber: pr.ownNumber}})
 	if err != nil {
@@ -176,7 +193,33 @@ func (sh *sharedIndex) shareStep(pr *Prompt, prev lifecycle.State, prevInst *ups
 	if next.Numbered && !pr.ownNumber {
 		rec.Number = next.Number
 	}
+	if g != nil {
+		rec.Guard, rec.Token = g.lease, g.token
+		if next.Attempts != prev.Attempts {
+			// A send: its body, for another replica to send it again.
+			rec.Body = pr.lastBody()
+		}
+	}
 	sh.write(sharedWrite{rec: rec})
+}
+
+// recorded waits, with leases, until the records queued so far are
+// written (at most sharedWriteTimeout), pr's among them: a prompt is
+// recorded before its client's answer, so that another replica can adopt
+// it. Nothing for a nil pr, or without leases.
+func (t *Table) recorded(pr *Prompt) {
+	sh := t.shared.Load()
+	if pr == nil || sh == nil || !sh.fenced.Load() {
+		return
+	}
+	ack := make(chan struct{})
+	sh.write(sharedWrite{ack: ack})
+	timer := time.NewTimer(sharedWriteTimeout)
+	defer timer.Stop()
+	select {
+	case <-ack:
+	case <-timer.C:
+	}
 }
 
 // ShareOwner records, for the other replicas, the API key name that owns
@@ -222,8 +265,12 @@ func (sh *sharedIndex) write(w sharedWrite) {
 func (sh *sharedIndex) writer(ctx context.Context) {
 	var recs []state.PromptRecord
 	var pins []state.FilePin
+	var acks []chan struct{}
 	owners := map[string]string{}
 	add := func(w sharedWrite) {
+		if w.ack != nil {
+			acks = append(acks, w.ack)
+		}
 		if w.owner != nil {
 			owners[w.owner[0]] = w.owner[1]
 		}
@@ -235,6 +282,13 @@ func (sh *sharedIndex) writer(ctx context.Context) {
 		}
 	}
 	flush := func() {
+		defer func() {
+			for _, a := range acks {
+				close(a)
+			}
+			acks = acks[:0]
+		}()
+		recs = sh.current(recs)
 		if len(recs) == 0 && len(pins) == 0 && len(owners) == 0 {
 			return
 		}
@@ -247,7 +301,11 @@ func (sh *sharedIndex) writer(ctx context.Context) {
 			err = sh.idx.PinFiles(wctx, pins)
 		}
 		cancel()
-		if err != nil {
+		switch {
+		case errors.Is(err, state.ErrStaleToken):
+			sh.m.StateIndexError("stale")
+			sh.log.Warn("shared prompt index: records refused, the replica's liveness lease is gone", "err", err)
+		case err != nil:
 			sh.m.StateIndexError("write")
 			sh.log.Warn("shared prompt index: write failed", "prompts", len(recs), "owners", len(owners), "files", len(pins), "err", err)
 		}
@@ -301,4 +359,23 @@ func (sh *sharedIndex) fileOwner(ctx context.Context, ref FileRef) *upstream.Ins
 		return nil
 	}
 	return upstream.ByEndpoint(sh.p.Instances(), endpoint)
+}
+
+// current keeps the records fenced by the replica's current liveness
+// lease: one queued under a lease the replica lost since is not written
+// (its prompt was abandoned: another replica may hold it now).
+func (sh *sharedIndex) current(recs []state.PromptRecord) []state.PromptRecord {
+	if !sh.fenced.Load() {
+		return recs
+	}
+	g := sh.guard.Load()
+	kept := recs[:0]
+	for _, r := range recs {
+		if g != nil && r.Guard == g.lease && r.Token == g.token {
+			kept = append(kept, r)
+		} else {
+			sh.m.StateIndexError("dropped")
+		}
+	}
+	return kept
 }

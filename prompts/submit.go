@@ -35,7 +35,9 @@ import (
 // one id at once), Submit mints a fresh UUID for this prompt instead; the
 // returned Prompt and answer carry it.
 func (t *Table) Submit(ctx context.Context, req SubmitRequest) (SubmitResult, error) {
-	return t.submits.submit(ctx, req)
+	res, err := t.submits.submit(ctx, req)
+	t.recorded(res.Prompt) // shared.go: its record is written before its answer
+	return res, err
 }
 
 // submitter is the table's submission of prompts: it picks an instance,
