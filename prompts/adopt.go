@@ -88,7 +88,12 @@ func (k *leaseKeeper) adoptAt(ctx context.Context, inc *incarnation, name string
 // and goes on with it.
 func (k *leaseKeeper) takeOver(rec state.PromptRecord, body []byte) {
 	t := k.t
-	inst := upstream.ByEndpoint(t.p.Instances(), rec.Endpoint)
+	// By name, as its lease: replicas may reach one instance at different
+	// addresses.
+	inst := t.p.Instance(rec.Instance)
+	if inst == nil {
+		inst = upstream.ByEndpoint(t.p.Instances(), rec.Endpoint)
+	}
 	var life sharedLife
 	if inst == nil || json.Unmarshal(rec.Life, &life) != nil {
 		t.log.Warn("prompts: a stopped replica's prompt cannot be adopted", "prompt_id", rec.ID, "instance", rec.Instance)
@@ -125,20 +130,27 @@ func (k *leaseKeeper) takeOver(rec state.PromptRecord, body []byte) {
 		t.run.goBackground(func(ctx context.Context) {
 			t.moves.failover(ctx, pr, inst, "the replica that held the prompt stopped", true)
 		})
-	default:
-		t.run.goBackground(func(ctx context.Context) { k.follow(ctx, pr, inst) })
 	}
+	t.run.goBackground(func(ctx context.Context) { k.follow(ctx, pr, inst, st.Attempts) })
 }
 
-// follow watches an adopted prompt that stays at inst, whose events
-// nobody receives (they go to the stopped replica's client_id), until it
-// ends there (its end delivered from the history), or moves.
-func (k *leaseKeeper) follow(ctx context.Context, pr *Prompt, inst *upstream.Instance) {
+// follow watches an adopted prompt that stays at inst as sent there by
+// the stopped replica (attempt attempts), whose events nobody receives
+// (they go to that replica's client_id), until it ends there (its end
+// delivered from the history) or is sent again. While it is unconfirmed,
+// confirmLater decides about it.
+func (k *leaseKeeper) follow(ctx context.Context, pr *Prompt, inst *upstream.Instance, attempts int) {
 	t := k.t
 	for {
 		v := pr.snap()
-		if pr.abandoned.Load() || v.instance != inst || v.life.Phase.Done() || v.life.Phase == lifecycle.Moving {
+		if pr.abandoned.Load() || v.instance != inst || v.life.Attempts != attempts || v.life.Phase.Done() {
 			return
+		}
+		if v.life.Phase != lifecycle.Queued && v.life.Phase != lifecycle.Running {
+			if !sleepCtx(ctx, t.p.Clock(), adoptFollowEvery) {
+				return
+			}
+			continue
 		}
 		uid := v.life.UpstreamID
 		if inst.ConfirmedDown() {
