@@ -292,6 +292,10 @@ func (k *leaseKeeper) release() {
 	if inc == nil {
 		return
 	}
+	if sh := k.t.shared.Load(); sh != nil {
+		// Its last records first: they need the liveness lease.
+		sh.lastWritten(sharedWriteTimeout)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), k.ttl/3)
 	defer cancel()
 	for name, h := range k.held {

@@ -50,6 +50,7 @@ type sharedIndex struct {
 	run      *run // the writer runs in the table's run
 	queue    chan sharedWrite
 	running  atomic.Bool  // the writer goroutine runs
+	wrote    chan struct{} // closed when the writer has written its last batch and returned
 	failedAt atomic.Int64 // unix nanoseconds of the last failed lookup
 	// With leases (lease.go), every record is fenced by the replica's
 	// liveness lease as it was when its step queued it: guard is the
@@ -91,7 +92,8 @@ func (t *Table) ShareIndex(idx state.PromptIndex) {
 	if idx == nil {
 		return
 	}
-	sh := &sharedIndex{idx: idx, p: t.p, m: t.m, log: t.log, run: t.run, queue: make(chan sharedWrite, sharedQueue)}
+	sh := &sharedIndex{idx: idx, p: t.p, m: t.m, log: t.log, run: t.run, queue: make(chan sharedWrite, sharedQueue),
+		wrote: make(chan struct{})}
 	t.shared.Store(sh)
 	t.fileStore.sharer.Store(sh)
 }
@@ -263,6 +265,7 @@ func (sh *sharedIndex) write(w sharedWrite) {
 // writer writes what the queue holds, a batch per pipeline, until
 // the table closes; then it writes what is left once, within the timeout.
 func (sh *sharedIndex) writer(ctx context.Context) {
+	defer close(sh.wrote)
 	var recs []state.PromptRecord
 	var pins []state.FilePin
 	var acks []chan struct{}
@@ -378,4 +381,18 @@ func (sh *sharedIndex) current(recs []state.PromptRecord) []state.PromptRecord {
 		}
 	}
 	return kept
+}
+
+// lastWritten waits, at most d, until the writer wrote what was queued
+// when the table closed (nothing to wait for when it never ran).
+func (sh *sharedIndex) lastWritten(d time.Duration) {
+	if !sh.running.Load() {
+		return
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-sh.wrote:
+	case <-timer.C:
+	}
 }

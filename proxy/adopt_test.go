@@ -221,3 +221,72 @@ func TestPausedReplicaIsFenced(t *testing.T) {
 		t.Errorf("A's new record guarded by %q; A is %q", g, a.Prompts().Replica())
 	}
 }
+
+// TestAdoptedPromptFailsOver: replica A stops while its prompts wait at
+// their instances, and one of those instances dies before B adopts them:
+// its prompt fails over at B as B's own would, the other stays where it
+// waits, and each runs to success once, their ends reaching the client's
+// socket on B.
+func TestAdoptedPromptFailsOver(t *testing.T) {
+	t.Parallel()
+	url := testkit.Redis(t)
+	ttl := func(c *config.Config) { c.State.LeaseTTL = adoptTTL }
+	stA := adoptStore(t, url)
+	a := stack.Start(t, stack.Options{Instances: 2, Config: ttl, State: stA,
+		Sim: comfysim.Options{Delay: 100 * time.Millisecond, Steps: xSteps, RecordRuns: true}})
+	b := stack.Start(t, stack.Options{Addrs: []string{a.Sims[0].Addr(), a.Sims[1].Addr()}, Config: ttl, State: adoptStore(t, url)})
+	for _, s := range a.Sims {
+		s.SetPaused(true)
+	}
+
+	const client = "failover-client"
+	c := xDial(t, b, client, "")
+	var promptIDs, tags []string
+	for i := range 2 {
+		id, tag := ids.UUID(), fmt.Sprintf("failover-%d", i)
+		if code, err := adoptSubmit(a, client, id, tag, xUpscale(i), testkit.WaitBound); err != nil || code != 200 {
+			t.Fatalf("submit %d on A: %d %v", i, code, err)
+		}
+		promptIDs, tags = append(promptIDs, id), append(tags, tag)
+	}
+	sp, ok := b.Prompts().SharedPrompt(context.Background(), promptIDs[0])
+	if !ok || sp.Instance == nil {
+		t.Fatalf("the first prompt's record: %+v %v", sp, ok)
+	}
+	_ = stA.Close()
+	a.Stop()
+	var dead *comfysim.Server
+	for i, s := range a.Sims {
+		if b.Pool().Instances()[i] == sp.Instance {
+			dead = s
+			s.Kill()
+		} else {
+			s.SetPaused(false)
+		}
+	}
+	if dead == nil {
+		t.Fatalf("no simulator for instance %s", sp.Instance.Name)
+	}
+
+	ended := map[string]bool{}
+	c.until(func(m xMsg) bool {
+		for _, id := range promptIDs {
+			if m.end(id) {
+				ended[id] = true
+			}
+		}
+		return len(ended) == len(promptIDs)
+	})
+	for i, tag := range tags {
+		testkit.Eventually(t, "its run counted", func() bool { return runsOf(a.Sims, tag) > 0 })
+		if n := runsOf(a.Sims, tag); n != 1 {
+			t.Errorf("prompt %s ran %d times", promptIDs[i], n)
+		}
+	}
+	if n := dead.RunsByExtra("tag")[tags[0]]; n != 0 {
+		t.Errorf("the first prompt ran %d times at the instance that died", n)
+	}
+	if pr, ok := b.Prompts().Prompt(promptIDs[0]); !ok || pr.Attempts() < 2 || pr.Instance() == sp.Instance {
+		t.Errorf("the first prompt did not fail over at B (%v)", ok)
+	}
+}
