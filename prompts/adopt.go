@@ -99,7 +99,7 @@ func (k *leaseKeeper) takeOver(rec state.PromptRecord, body []byte) {
 		t.log.Warn("prompts: a stopped replica's prompt cannot be adopted", "prompt_id", rec.ID, "instance", rec.Instance)
 		return
 	}
-	pr := &Prompt{ID: rec.ID, ClientID: life.ClientID, Created: time.Now(), ownNumber: life.OwnNumber}
+	pr := &Prompt{ID: rec.ID, ClientID: life.ClientID, Created: time.Now(), ownNumber: life.OwnNumber, owner: rec.Owner}
 	if k.sinkFor != nil {
 		pr.Sink = k.sinkFor(rec.Owner)
 	}

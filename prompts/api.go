@@ -88,6 +88,7 @@ type Prompt struct {
 	// client_id), for resubmission: set by each send before its step.
 	body   atomic.Pointer[[]byte]
 	header map[string]string // request headers to forward again on resubmission
+	owner  string            // SubmitRequest.Owner: its records carry it
 
 	// Where it prefers to run, and the graph before per-instance values
 	// (SubmitRequest.Prefer, Files); graph is nil without files.
@@ -203,6 +204,9 @@ type SubmitRequest struct {
 	PromptID string
 	// ClientID is the client's own client_id, "" if none.
 	ClientID string
+	// Owner is the name of the API key that submits it ("": keys off);
+	// with a shared index, its records carry it.
+	Owner string
 	// Sink receives the prompt's events.
 	Sink Sink
 	// Header holds request headers to forward (e.g. comfy-user).

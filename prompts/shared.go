@@ -49,9 +49,9 @@ type sharedIndex struct {
 	log      *slog.Logger
 	run      *run // the writer runs in the table's run
 	queue    chan sharedWrite
-	running  atomic.Bool  // the writer goroutine runs
+	running  atomic.Bool   // the writer goroutine runs
 	wrote    chan struct{} // closed when the writer has written its last batch and returned
-	failedAt atomic.Int64 // unix nanoseconds of the last failed lookup
+	failedAt atomic.Int64  // unix nanoseconds of the last failed lookup
 	// With leases (lease.go), every record is fenced by the replica's
 	// liveness lease as it was when its step queued it: guard is the
 	// current one, nil while the replica holds none.
@@ -191,7 +191,7 @@ func (sh *sharedIndex) shareStep(pr *Prompt, prev lifecycle.State, prevInst *ups
 		return
 	}
 	rec := &state.PromptRecord{ID: pr.ID, Endpoint: inst.Endpoint(), Instance: inst.Name, UpstreamID: next.UpstreamID,
-		Done: next.Phase.Done(), Life: life}
+		Done: next.Phase.Done(), Life: life, Owner: pr.owner}
 	if next.Numbered && !pr.ownNumber {
 		rec.Number = next.Number
 	}

@@ -48,7 +48,8 @@ type PromptRecord struct {
 	// Body is the body of its last send, kept while it is not done so
 	// that another replica can send it again (nil: kept as it is).
 	Body []byte
-	// Owner is the API key name that submitted it (LivePrompts fills it).
+	// Owner is the API key name that submitted it, written with the
+	// record when not "" (SetPromptOwners writes it too).
 	Owner string
 }
 
@@ -205,12 +206,18 @@ func (r *redisPrompts) PutPrompts(ctx context.Context, recs []PromptRecord) erro
 				if rec.Body != nil && len(rec.Body) <= MaxPromptBody {
 					hasBody = "1"
 				}
-				fenced = append(fenced, putFenced.Eval(ctx, p,
-					[]string{k, leaseKey(rec.Guard), liveKey(rec.Instance), bodyKey(rec.ID)},
-					rec.Token, guardValue(rec.Guard, rec.Token), ms(r.ttl), done, rec.ID, rec.Body, hasBody,
+				args := []any{rec.Token, guardValue(rec.Guard, rec.Token), ms(r.ttl), done, rec.ID, rec.Body, hasBody,
 					fID, rec.ID, fEndpoint, rec.Endpoint, fInstance, rec.Instance, fUpstream, rec.UpstreamID,
-					fNumber, strconv.FormatInt(rec.Number, 10), fDone, done, fLife, rec.Life))
+					fNumber, strconv.FormatInt(rec.Number, 10), fDone, done, fLife, rec.Life}
+				if rec.Owner != "" {
+					args = append(args, fOwner, rec.Owner)
+				}
+				fenced = append(fenced, putFenced.Eval(ctx, p,
+					[]string{k, leaseKey(rec.Guard), liveKey(rec.Instance), bodyKey(rec.ID)}, args...))
 				continue
+			}
+			if rec.Owner != "" {
+				p.HSet(ctx, k, fOwner, rec.Owner)
 			}
 			p.HSet(ctx, k, fID, rec.ID, fEndpoint, rec.Endpoint, fInstance, rec.Instance, fUpstream, rec.UpstreamID,
 				fNumber, strconv.FormatInt(rec.Number, 10), fDone, done, fLife, rec.Life)
