@@ -10,9 +10,11 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -164,7 +166,8 @@ func TestPausedReplicaIsFenced(t *testing.T) {
 	url := testkit.Redis(t)
 	cut := testkit.NewFaultProxy(t, strings.TrimPrefix(url, "redis://"))
 	ttl := func(c *config.Config) { c.State.LeaseTTL = adoptTTL }
-	a := stack.Start(t, stack.Options{Instances: 1, Config: ttl, State: adoptStore(t, "redis://"+cut.Addr()),
+	stA := adoptStore(t, "redis://"+cut.Addr())
+	a := stack.Start(t, stack.Options{Instances: 1, Config: ttl, State: stA,
 		Sim: comfysim.Options{Delay: 3 * time.Second, Steps: xSteps, RecordRuns: true}})
 	b := stack.Start(t, stack.Options{Addrs: []string{a.Sims[0].Addr()}, Config: ttl, State: adoptStore(t, url)})
 	opt, _ := redis.ParseURL(url)
@@ -178,9 +181,11 @@ func TestPausedReplicaIsFenced(t *testing.T) {
 	if code, err := adoptSubmit(a, client, id, "fenced-0", xUpscale(1), testkit.WaitBound); err != nil || code != 200 {
 		t.Fatalf("submit on A: %d %v", code, err)
 	}
-	if g := guardOf(rdb, id); first == "" || !strings.HasPrefix(g, "replica:"+first+" ") {
-		t.Fatalf("A's record guarded by %q; A is %q", g, first)
+	firstGuard := guardOf(rdb, id)
+	if first == "" || !strings.HasPrefix(firstGuard, "replica:"+first+" ") {
+		t.Fatalf("A's record guarded by %q; A is %q", firstGuard, first)
 	}
+	firstToken, _ := strconv.ParseInt(strings.TrimPrefix(firstGuard, "replica:"+first+" "), 10, 64)
 
 	c.until(func(m xMsg) bool { return m.typ() == "execution_start" })
 	cut.Hang()
@@ -202,9 +207,19 @@ func TestPausedReplicaIsFenced(t *testing.T) {
 		r := a.Prompts().Replica()
 		return r != "" && r != first
 	})
+	// A write under A's first lease, as one held in its connection would
+	// arrive, is refused.
+	late := state.PromptRecord{ID: id, Endpoint: a.Sims[0].Addr(), Instance: "sim0", UpstreamID: "late",
+		Life: []byte(`{}`), Guard: "replica:" + first, Token: firstToken}
+	if err := stA.PromptIndex().PutPrompts(context.Background(), []state.PromptRecord{late}); !errors.Is(err, state.ErrStaleToken) {
+		t.Errorf("a write under A's lost lease: %v", err)
+	}
 	c.until(func(m xMsg) bool { return m.end(id) })
 	if g := guardOf(rdb, id); !strings.HasPrefix(g, "replica:"+adopter+" ") {
 		t.Errorf("after A came back the record is guarded by %q, not B (%q)", g, adopter)
+	}
+	if sp, ok := b.Prompts().SharedPrompt(context.Background(), id); !ok || sp.UpstreamID == "late" {
+		t.Errorf("the record after A's late write: %+v %v", sp, ok)
 	}
 	testkit.Eventually(t, "its run counted", func() bool { return runsOf(a.Sims, "fenced-0") > 0 })
 	if n := runsOf(a.Sims, "fenced-0"); n != 1 {
