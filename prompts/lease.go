@@ -60,7 +60,6 @@ type leaseKeeper struct {
 	lossMu    sync.Mutex  // guards loss
 	loss      *time.Timer // abandons the prompts when the liveness lease runs out unrenewed
 	held      map[string]*instLease
-	holds     atomic.Pointer[map[string]int64] // a copy of held's tokens, for Leases
 }
 
 // KeepLeases makes the table, which records its prompts in a shared index
@@ -84,17 +83,6 @@ func (t *Table) KeepLeases(l state.Leases, ttl time.Duration, sinkFor func(owner
 	if t.run.context() != nil {
 		k.start()
 	}
-}
-
-// Leases returns the instances whose lease this replica holds, with their
-// fencing tokens (none without KeepLeases).
-func (t *Table) Leases() map[string]int64 {
-	if k := t.leases.Load(); k != nil {
-		if m := k.holds.Load(); m != nil {
-			return *m
-		}
-	}
-	return nil
 }
 
 // Replica is the replica's current incarnation id ("" while it holds no
@@ -258,26 +246,11 @@ func (k *leaseKeeper) instances(ctx context.Context, inc *incarnation, alive int
 		k.held[name] = &instLease{token: token, until: sent.Add(k.ttl)}
 		k.t.log.Info("prompts: instance lease taken", "instance", name, "token", token)
 	}
-	k.publish()
 }
 
 // dropAll forgets the instance leases (the liveness lease is gone: they
 // were taken under it).
-func (k *leaseKeeper) dropAll() {
-	if len(k.held) > 0 {
-		clear(k.held)
-		k.publish()
-	}
-}
-
-// publish copies held's tokens for Leases.
-func (k *leaseKeeper) publish() {
-	m := make(map[string]int64, len(k.held))
-	for name, h := range k.held {
-		m[name] = h.token
-	}
-	k.holds.Store(&m)
-}
+func (k *leaseKeeper) dropAll() { clear(k.held) }
 
 // release gives the leases back as the table closes, so that the others
 // take the instances and adopt the prompts left without waiting for the
