@@ -70,23 +70,28 @@ func (k *leaseKeeper) adoptAt(ctx context.Context, inc *incarnation, name string
 		if pr, ok := k.t.idx.get(r.ID); ok && !pr.Life().Adopted {
 			continue // a prompt of the same id is this replica's
 		}
+		inst, life, ok := k.adoptable(r)
+		if !ok {
+			continue
+		}
 		body, _, err := k.idx.PromptBody(cctx, r.ID)
 		if err != nil {
 			return
 		}
-		ok, err := k.idx.Claim(cctx, r, name, inc.id, h.token, inc.lease, inc.token)
+		ok, err = k.idx.Claim(cctx, r, name, inc.id, h.token, inc.lease, inc.token)
 		if err != nil {
 			return
 		}
 		if ok {
-			k.takeOver(r, body)
+			k.takeOver(r, inst, life, body)
 		}
 	}
 }
 
-// takeOver takes rec's prompt, claimed for this replica, into the table
-// and goes on with it.
-func (k *leaseKeeper) takeOver(rec state.PromptRecord, body []byte) {
+// adoptable returns the instance and the recorded life of rec's prompt;
+// false (logged) when this replica cannot go on with it: its instance is
+// not in the pool, or its state is not one a TakeOver starts from.
+func (k *leaseKeeper) adoptable(rec state.PromptRecord) (*upstream.Instance, sharedLife, bool) {
 	t := k.t
 	// By name, as its lease: replicas may reach one instance at different
 	// addresses.
@@ -95,10 +100,20 @@ func (k *leaseKeeper) takeOver(rec state.PromptRecord, body []byte) {
 		inst = upstream.ByEndpoint(t.p.Instances(), rec.Endpoint)
 	}
 	var life sharedLife
-	if inst == nil || json.Unmarshal(rec.Life, &life) != nil {
-		t.log.Warn("prompts: a stopped replica's prompt cannot be adopted", "prompt_id", rec.ID, "instance", rec.Instance)
-		return
+	ok := inst != nil && json.Unmarshal(rec.Life, &life) == nil
+	if ok {
+		_, _, ok = lifecycle.Step(lifecycle.State{}, lifecycle.Event{Kind: lifecycle.TakeOver, Recorded: &life.State})
 	}
+	if !ok {
+		t.log.Debug("prompts: a stopped replica's prompt cannot be adopted", "prompt_id", rec.ID, "instance", rec.Instance)
+	}
+	return inst, life, ok
+}
+
+// takeOver takes rec's prompt, claimed for this replica, into the table
+// (at inst, from life) and goes on with it.
+func (k *leaseKeeper) takeOver(rec state.PromptRecord, inst *upstream.Instance, life sharedLife, body []byte) {
+	t := k.t
 	pr := &Prompt{ID: rec.ID, ClientID: life.ClientID, Created: time.Now(), ownNumber: life.OwnNumber, owner: rec.Owner}
 	if k.sinkFor != nil {
 		pr.Sink = k.sinkFor(rec.Owner)
@@ -118,6 +133,8 @@ func (k *leaseKeeper) takeOver(rec state.PromptRecord, body []byte) {
 		}
 	})
 	if !ok {
+		// A prompt of this replica's took the id meanwhile.
+		t.log.Warn("prompts: a claimed prompt was not adopted: its id is in use here", "prompt_id", pr.ID)
 		return
 	}
 	t.m.PromptAdopted()
