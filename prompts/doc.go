@@ -42,7 +42,14 @@
 //     owner, each call a worker reporting back to it;
 //   - the table's run (run.go): its context and the goroutines Close
 //     waits for, counted without a lock;
-//   - event delivery (outbox.go): one outbox per instance, in order.
+//   - event delivery (outbox.go): one outbox per instance, in order;
+//   - with a shared index (state.url): the records of its prompts
+//     (shared.go), written by one writer and fenced by the replica's
+//     liveness lease, and the replica's leases (lease.go): its liveness,
+//     whose loss abandons its prompts at once, and a share of the
+//     instances' leases, whose holder adopts the prompts of a replica
+//     whose liveness ran out (adopt.go: a claim in the store, then a
+//     TakeOver step on the owner of the prompt's instance).
 //
 // The background passes (the suspect grace, failover, reconcile, the
 // deleted-prompt check, moves to an idle instance, clean-up of moved

@@ -84,6 +84,7 @@ type Table struct {
 	*fileStore // file pins and copies (pins.go, files.go)
 
 	shared atomic.Pointer[sharedIndex] // the replicas' shared index (shared.go); nil in memory
+	leases atomic.Pointer[leaseKeeper] // the replica's leases and adoptions (lease.go); nil in memory
 }
 
 // New returns the prompt table of pool: it subscribes to the pool's
@@ -151,6 +152,9 @@ func (t *Table) Start(ctx context.Context) {
 	}
 	for _, s := range t.owners.all() {
 		t.insts.runSocket(s)
+	}
+	if k := t.leases.Load(); k != nil {
+		k.start()
 	}
 	t.insts.startEvents(ctx)
 	t.insts.awaitSockets(ctx, t.cfg.HealthCheck.Timeout)
@@ -252,6 +256,9 @@ func (t *steps) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (life
 	}
 	v := pr.snap()
 	prev, prevInst := v.life, v.instance
+	if pr.abandoned.Load() {
+		return prev, false // another replica may act on it now (lease.go)
+	}
 	next, effects, ok := lifecycle.Step(prev, e)
 	if !ok {
 		return prev, false

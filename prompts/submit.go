@@ -35,7 +35,9 @@ import (
 // one id at once), Submit mints a fresh UUID for this prompt instead; the
 // returned Prompt and answer carry it.
 func (t *Table) Submit(ctx context.Context, req SubmitRequest) (SubmitResult, error) {
-	return t.submits.submit(ctx, req)
+	res, err := t.submits.submit(ctx, req)
+	t.recorded(res.Prompt) // shared.go: its record is written before its answer
+	return res, err
 }
 
 // submitter is the table's submission of prompts: it picks an instance,
@@ -68,7 +70,7 @@ func (t *submitter) submit(ctx context.Context, req SubmitRequest) (SubmitResult
 	if id == "" {
 		id = newUUID()
 	}
-	pr := &Prompt{ID: id, ClientID: req.ClientID, Sink: req.Sink, Created: time.Now(), header: req.Header}
+	pr := &Prompt{ID: id, ClientID: req.ClientID, Sink: req.Sink, Created: time.Now(), header: req.Header, owner: req.Owner}
 	// ComfyUI: "number" in the body sets the priority and leaves the
 	// counter alone; otherwise a truthy "front" negates the counter.
 	if body := comfyapi.PromptRequestOf(req.Body); body.HasNumber() {

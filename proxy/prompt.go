@@ -155,6 +155,7 @@ func (s *submitter) postPrompt(ctx *fasthttp.RequestCtx) {
 		Body:     fields,
 		PromptID: promptID,
 		ClientID: clientID,
+		Owner:    keyName(ctx),
 		Sink:     held,
 		Header:   header,
 		Prefer:   prefer,

@@ -154,6 +154,19 @@ func TestStepTable(t *testing.T) {
 		{desc: "an answer with no send under way is stale", s: queuedAtA, e: Event{Kind: Answered, UpstreamID: "u5"}, want: queuedAtA},
 		{desc: "an accepted prompt is moved, not dropped", s: func() State { s := unconfirmedAtA; s.Accepted = true; return s }(),
 			e: Event{Kind: Drop}, want: func() State { s := unconfirmedAtA; s.Accepted = true; return s }()},
+		{desc: "taken over running: as recorded, counted", s: State{}, e: Event{Kind: TakeOver, Recorded: &runningAtA},
+			want: runningAtA, effs: effs(Effect{Kind: CountIn, Instance: "a"}), ok: true},
+		{desc: "taken over while its POST was under way: unconfirmed, accepted", s: State{}, e: Event{Kind: TakeOver, Recorded: &sendingToA},
+			want: func() State { s := unconfirmedAtA; s.Accepted = true; return s }(),
+			effs: effs(Effect{Kind: CountIn, Instance: "a"}), ok: true},
+		{desc: "taken over while a failover held it: back where it was", s: State{}, e: Event{Kind: TakeOver, Recorded: &movingFromA},
+			want: queuedAtA, effs: effs(Effect{Kind: CountIn, Instance: "a"}), ok: true},
+		{desc: "taken over after it left its instance: unconfirmed, nowhere", s: State{}, e: Event{Kind: TakeOver, Recorded: &leftA},
+			want: func() State { s := leftA; s.Phase = Unconfirmed; return s }(), effs: effs(Effect{Kind: CountIn, Instance: "a"}), ok: true},
+		{desc: "a done prompt is not taken over", s: State{}, e: Event{Kind: TakeOver, Recorded: &State{Phase: Finished, Instance: "a"}}, want: State{}},
+		{desc: "an adopted note is not taken over", s: State{}, e: Event{Kind: TakeOver,
+			Recorded: &State{Phase: Queued, Instance: "a", UpstreamID: "u7", Adopted: true}}, want: State{}},
+		{desc: "only a fresh prompt is taken over", s: queuedAtA, e: Event{Kind: TakeOver, Recorded: &runningAtA}, want: queuedAtA},
 	}
 	for _, tc := range tests {
 		t.Run(tc.desc, func(t *testing.T) {
