@@ -285,6 +285,12 @@ type State struct {
 	// The password and TLS come from the URL. Default "": the state is kept
 	// in this process's memory, for one replica.
 	URL string `yaml:"url"`
+	// LeaseTTL is how long a replica's liveness lease and its instance
+	// leases last unless renewed; each is renewed every third of it. A
+	// replica that has not renewed its liveness for LeaseTTL stops acting
+	// on its prompts, and another replica adopts them. Default 6s; at
+	// least 300ms. Unused in memory.
+	LeaseTTL time.Duration `yaml:"lease_ttl"`
 }
 
 // Log configures logging.
@@ -381,6 +387,7 @@ func (c *Config) setDefaults() {
 		ImageURLs: ImageURLs{Timeout: 30 * time.Second},
 		Log:       Log{Level: "info", Format: "json", MaxSizeMB: 100, MaxBackups: 5, MaxAgeDays: 30},
 		Dir:       ".",
+		State:     State{LeaseTTL: 6 * time.Second},
 	}
 	defaultSecurity(c)
 	c.complete()

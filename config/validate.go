@@ -121,6 +121,9 @@ func (c *Config) Validate() error {
 	if err := validStateURL(c.State.URL); err != nil {
 		errs = append(errs, err)
 	}
+	if c.State.LeaseTTL < 300*time.Millisecond {
+		bad("state.lease_ttl", c.State.LeaseTTL, "a duration of at least 300ms")
+	}
 	pos("jobs.idempotency_ttl", c.Jobs.IdempotencyTTL)
 	if c.Jobs.InputMemoryBytes < 0 {
 		bad("jobs.input_memory_bytes", c.Jobs.InputMemoryBytes, "0 (every kept image in a file) or a number of bytes")

@@ -88,6 +88,7 @@ type Prompt struct {
 	// client_id), for resubmission: set by each send before its step.
 	body   atomic.Pointer[[]byte]
 	header map[string]string // request headers to forward again on resubmission
+	owner  string            // SubmitRequest.Owner: its records carry it
 
 	// Where it prefers to run, and the graph before per-instance values
 	// (SubmitRequest.Prefer, Files); graph is nil without files.
@@ -107,6 +108,10 @@ type Prompt struct {
 	// How its fleet queue number is made (see Number).
 	front     bool // the client asked for the front of the queue
 	ownNumber bool // the client sent "number": the instance shows its value
+
+	// abandoned: this replica lost its liveness lease, so another may
+	// have adopted the prompt; it takes no more steps here (lease.go).
+	abandoned atomic.Bool
 }
 
 // promptView is one prompt's state at one moment. Never modified once
@@ -199,6 +204,9 @@ type SubmitRequest struct {
 	PromptID string
 	// ClientID is the client's own client_id, "" if none.
 	ClientID string
+	// Owner is the name of the API key that submits it ("": keys off);
+	// with a shared index, its records carry it.
+	Owner string
 	// Sink receives the prompt's events.
 	Sink Sink
 	// Header holds request headers to forward (e.g. comfy-user).

@@ -10,7 +10,7 @@
 //
 // Every instance has one owner, a goroutine (owner.go) that runs, one
 // message at a time, whatever changes the prompts at that instance: its
-// socket's frames (the reader waits until each is applied), POST answers,
+// socket's frames (queued by its reader in the instance's order), POST answers,
 // instance events, timer expiries (through the pool's clock) and the
 // results of the workers it starts for calls to the instance (probes,
 // history reads, deletes, sends). Only owners call lifecycle.Step
@@ -42,7 +42,14 @@
 //     owner, each call a worker reporting back to it;
 //   - the table's run (run.go): its context and the goroutines Close
 //     waits for, counted without a lock;
-//   - event delivery (outbox.go): one outbox per instance, in order.
+//   - event delivery (outbox.go): one outbox per instance, in order;
+//   - with a shared index (state.url): the records of its prompts
+//     (shared.go), written by one writer and fenced by the replica's
+//     liveness lease, and the replica's leases (lease.go): its liveness,
+//     whose loss abandons its prompts at once, and a share of the
+//     instances' leases, whose holder adopts the prompts of a replica
+//     whose liveness ran out (adopt.go: a claim in the store, then a
+//     TakeOver step on the owner of the prompt's instance).
 //
 // The background passes (the suspect grace, failover, reconcile, the
 // deleted-prompt check, moves to an idle instance, clean-up of moved

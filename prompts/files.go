@@ -59,6 +59,11 @@ func (fs *fileStore) EnsureInputs(ctx context.Context, inst *upstream.Instance, 
 	if inst == nil || len(prompt) == 0 {
 		return nil
 	}
+	if fs.pins.inputs.Load() == 0 && fs.sharer.Load() == nil {
+		// No upload known here or to other replicas: nothing to copy,
+		// and the graph need not be read.
+		return nil
+	}
 	graph, err := comfyapi.ParseGraph(prompt)
 	if err != nil {
 		return fmt.Errorf("ensure inputs: parse prompt: %w", err)

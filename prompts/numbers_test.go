@@ -34,10 +34,11 @@ func numberOf(t *testing.T, res SubmitResult) (float64, bool) {
 	return res.Prompt.Number()
 }
 
-// TestFleetNumbers: every accepted prompt gets the next number of one
-// counter for the whole fleet, although each instance counts from 0 on
-// its own; "front" negates it as ComfyUI does; a client's own "number" and
-// a refused prompt take none; a resubmitted prompt keeps its number.
+// TestFleetNumbers: every prompt sent gets the next number of one counter
+// for the whole fleet, although each instance counts from 0 on its own;
+// "front" negates it as ComfyUI does; a client's own "number" takes none,
+// and a refused prompt takes one (ComfyUI advances its counter before it
+// validates); a resubmitted prompt keeps its number.
 func TestFleetNumbers(t *testing.T) {
 	t.Parallel()
 	f1, f2 := testkit.Mini(t, "0.3.65"), testkit.Mini(t, "0.3.65")
@@ -72,8 +73,8 @@ func TestFleetNumbers(t *testing.T) {
 	for _, f := range []*testkit.MiniComfy{f1, f2} {
 		f.AnswerStatus(0)
 	}
-	if n, ok := numberOf(t, submitWith(t, p, nil)); !ok || n != 6 {
-		t.Fatalf("after an own number and a refusal: Number() = %v, %v; want 6", n, ok)
+	if n, ok := numberOf(t, submitWith(t, p, nil)); !ok || n != 7 {
+		t.Fatalf("after an own number and a refusal: Number() = %v, %v; want 7", n, ok)
 	}
 
 	// The instance of the first prompt dies: it moves, with its number.
@@ -90,8 +91,8 @@ func TestFleetNumbers(t *testing.T) {
 	if n, ok := moved.Prompt.Number(); !ok || n != 0 {
 		t.Fatalf("resubmitted prompt: Number() = %v, %v; want its 0 kept", n, ok)
 	}
-	if n, ok := numberOf(t, submitWith(t, p, nil)); !ok || n != 7 {
-		t.Fatalf("after a resubmission: Number() = %v, %v; want 7 (a move takes no number)", n, ok)
+	if n, ok := numberOf(t, submitWith(t, p, nil)); !ok || n != 8 {
+		t.Fatalf("after a resubmission: Number() = %v, %v; want 8 (a move takes no number)", n, ok)
 	}
 }
 

@@ -56,6 +56,8 @@ type pinTable struct {
 	byRef map[FileRef]*list.Element
 	order *list.List // of *pinEntry, least recently pinned first
 	seq   uint64     // counts changes (changed, invalidate)
+
+	inputs atomic.Int64 // entries of type "input": none, and a prompt loads no upload to copy
 }
 
 type pinEntry struct {
@@ -129,10 +131,17 @@ func (t *pinTable) entryLocked(ref FileRef) *pinEntry {
 	}
 	e := &pinEntry{ref: ref}
 	t.byRef[ref] = t.order.PushBack(e)
+	if ref.Type == "input" {
+		t.inputs.Add(1)
+	}
 	for t.max > 0 && t.order.Len() > t.max {
 		oldest := t.order.Front()
 		t.order.Remove(oldest)
-		delete(t.byRef, oldest.Value.(*pinEntry).ref)
+		gone := oldest.Value.(*pinEntry).ref
+		delete(t.byRef, gone)
+		if gone.Type == "input" {
+			t.inputs.Add(-1)
+		}
 	}
 	return e
 }

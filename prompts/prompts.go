@@ -84,6 +84,7 @@ type Table struct {
 	*fileStore // file pins and copies (pins.go, files.go)
 
 	shared atomic.Pointer[sharedIndex] // the replicas' shared index (shared.go); nil in memory
+	leases atomic.Pointer[leaseKeeper] // the replica's leases and adoptions (lease.go); nil in memory
 }
 
 // New returns the prompt table of pool: it subscribes to the pool's
@@ -151,6 +152,9 @@ func (t *Table) Start(ctx context.Context) {
 	}
 	for _, s := range t.owners.all() {
 		t.insts.runSocket(s)
+	}
+	if k := t.leases.Load(); k != nil {
+		k.start()
 	}
 	t.insts.startEvents(ctx)
 	t.insts.awaitSockets(ctx, t.cfg.HealthCheck.Timeout)
@@ -252,6 +256,9 @@ func (t *steps) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (life
 	}
 	v := pr.snap()
 	prev, prevInst := v.life, v.instance
+	if pr.abandoned.Load() {
+		return prev, false // another replica may act on it now (lease.go)
+	}
 	next, effects, ok := lifecycle.Step(prev, e)
 	if !ok {
 		return prev, false
@@ -273,12 +280,15 @@ func (t *steps) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (life
 			}
 		case lifecycle.CountOut:
 			prevInst.Workload().CountInflight(-1)
-		case lifecycle.Accept:
-			// Its fleet number, in the fleet's order of acceptance: a
-			// step of its own, so the state holds it.
-			if numbered, _, ok := lifecycle.Step(nv.life, lifecycle.Event{Kind: lifecycle.Numbered, At: e.At, Number: t.numbers.next(pr)}); ok {
-				nv.life, next = numbered, numbered
-			}
+		}
+	}
+	if e.Kind == lifecycle.Send && !next.Numbered {
+		// Its fleet number at its first send, in the fleet's order of
+		// sends (ComfyUI counts a prompt before it validates it): a step
+		// of its own, so the state holds it, and the answer need not
+		// wait for the step that settles it (send).
+		if numbered, _, ok := lifecycle.Step(nv.life, lifecycle.Event{Kind: lifecycle.Numbered, At: e.At, Number: t.numbers.next(pr)}); ok {
+			nv.life, next = numbered, numbered
 		}
 	}
 	// The new key first: a frame looked up by it finds the prompt as
@@ -316,7 +326,6 @@ func (t *steps) carryOut(pr *Prompt, inst *upstream.Instance, effects []lifecycl
 		case lifecycle.Tombstone:
 			t.moves.tombstone(inst, ef.UpstreamID, pr)
 		case lifecycle.Accept:
-			// Numbered by step, in the fleet's order of acceptance.
 			if inst != nil {
 				t.m.PromptSubmitted(inst.Name)
 			}
@@ -383,6 +392,34 @@ func (t *submitter) stepVia(pr *Prompt, e lifecycle.Event, to *upstream.Instance
 		}
 	}
 	return st, ok
+}
+
+// stepLater is stepVia without the wait, for a step whose outcome its
+// caller does not need (the settling of an answer that changed no id): it
+// is queued on the owner of pr's instance, after what that owner has
+// queued already (the frames of a prompt that ran at once arrive with
+// its answer), and follows pr if it moved meanwhile. Not on an owner.
+func (t *submitter) stepLater(pr *Prompt, e lifecycle.Event) {
+	if e.At.IsZero() {
+		e.At = time.Now()
+	}
+	t.postStep(pr, e, 8)
+}
+
+// postStep queues e on the owner of pr's instance, following pr at most
+// hops times.
+func (t *submitter) postStep(pr *Prompt, e lifecycle.Event, hops int) {
+	at := pr.Instance()
+	if at == nil || hops == 0 {
+		return
+	}
+	t.owners.socketFor(at).box.post(func() {
+		if cur := pr.Instance(); cur != at && cur != nil {
+			t.postStep(pr, e, hops-1) // it moved: step where it is now
+			return
+		}
+		t.steps.step(pr, e, nil)
+	})
 }
 
 // markDone ends pr with outcome. It reports false if pr was already done.

@@ -3,6 +3,7 @@ package prompts
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"sync/atomic"
 	"time"
@@ -48,8 +49,14 @@ type sharedIndex struct {
 	log      *slog.Logger
 	run      *run // the writer runs in the table's run
 	queue    chan sharedWrite
-	running  atomic.Bool  // the writer goroutine runs
-	failedAt atomic.Int64 // unix nanoseconds of the last failed lookup
+	running  atomic.Bool   // the writer goroutine runs
+	wrote    chan struct{} // closed when the writer has written its last batch and returned
+	failedAt atomic.Int64  // unix nanoseconds of the last failed lookup
+	// With leases (lease.go), every record is fenced by the replica's
+	// liveness lease as it was when its step queued it: guard is the
+	// current one, nil while the replica holds none.
+	fenced atomic.Bool
+	guard  atomic.Pointer[incarnation]
 }
 
 // readable reports whether a lookup may be tried (none failed within
@@ -74,7 +81,8 @@ func (sh *sharedIndex) readFailed(what string, err error) {
 type sharedWrite struct {
 	rec   *state.PromptRecord
 	pin   *state.FilePin
-	owner *[2]string // prompt id, API key name
+	owner *[2]string    // prompt id, API key name
+	ack   chan struct{} // closed once what was queued before it is written (or given up)
 }
 
 // ShareIndex makes the table record its prompts' routing and its file
@@ -84,7 +92,8 @@ func (t *Table) ShareIndex(idx state.PromptIndex) {
 	if idx == nil {
 		return
 	}
-	sh := &sharedIndex{idx: idx, p: t.p, m: t.m, log: t.log, run: t.run, queue: make(chan sharedWrite, sharedQueue)}
+	sh := &sharedIndex{idx: idx, p: t.p, m: t.m, log: t.log, run: t.run, queue: make(chan sharedWrite, sharedQueue),
+		wrote: make(chan struct{})}
 	t.shared.Store(sh)
 	t.fileStore.sharer.Store(sh)
 }
@@ -187,19 +196,55 @@ func (sh *sharedIndex) shareStep(pr *Prompt, prev lifecycle.State, prevInst *ups
 		return
 	}
 	if inst == prevInst && prev.UpstreamID == next.UpstreamID && prev.Numbered == next.Numbered &&
+		prev.Attempts == next.Attempts && prev.Posting == next.Posting &&
 		prev.Phase.Done() == next.Phase.Done() && (prev.Phase == lifecycle.Running) == (next.Phase == lifecycle.Running) {
 		return
+	}
+	var g *incarnation
+	if sh.fenced.Load() {
+		if g = sh.guard.Load(); g == nil {
+			// No liveness lease: a record now could claim a prompt
+			// another replica adopts.
+			sh.m.StateIndexError("dropped")
+			return
+		}
 	}
 	life, err := json.Marshal(sharedLife{State: next, sharedExtra: sharedExtra{ClientID: pr.ClientID, OwnNumber: pr.ownNumber}})
 	if err != nil {
 		return
 	}
 	rec := &state.PromptRecord{ID: pr.ID, Endpoint: inst.Endpoint(), Instance: inst.Name, UpstreamID: next.UpstreamID,
-		Done: next.Phase.Done(), Life: life}
+		Done: next.Phase.Done(), Life: life, Owner: pr.owner}
 	if next.Numbered && !pr.ownNumber {
 		rec.Number = next.Number
 	}
+	if g != nil {
+		rec.Guard, rec.Token = g.lease, g.token
+		if next.Attempts != prev.Attempts {
+			// A send: its body, for another replica to send it again.
+			rec.Body = pr.lastBody()
+		}
+	}
 	sh.write(sharedWrite{rec: rec})
+}
+
+// recorded waits, with leases, until the records queued so far are
+// written (at most sharedWriteTimeout), pr's among them: a prompt is
+// recorded before its client's answer, so that another replica can adopt
+// it. Nothing for a nil pr, or without leases.
+func (t *Table) recorded(pr *Prompt) {
+	sh := t.shared.Load()
+	if pr == nil || sh == nil || !sh.fenced.Load() {
+		return
+	}
+	ack := make(chan struct{})
+	sh.write(sharedWrite{ack: ack})
+	timer := time.NewTimer(sharedWriteTimeout)
+	defer timer.Stop()
+	select {
+	case <-ack:
+	case <-timer.C:
+	}
 }
 
 // ShareOwner records, for the other replicas, the API key name that owns
@@ -243,10 +288,15 @@ func (sh *sharedIndex) write(w sharedWrite) {
 // writer writes what the queue holds, a batch per pipeline, until
 // the table closes; then it writes what is left once, within the timeout.
 func (sh *sharedIndex) writer(ctx context.Context) {
+	defer close(sh.wrote)
 	var recs []state.PromptRecord
 	var pins []state.FilePin
+	var acks []chan struct{}
 	owners := map[string]string{}
 	add := func(w sharedWrite) {
+		if w.ack != nil {
+			acks = append(acks, w.ack)
+		}
 		if w.owner != nil {
 			owners[w.owner[0]] = w.owner[1]
 		}
@@ -258,6 +308,13 @@ func (sh *sharedIndex) writer(ctx context.Context) {
 		}
 	}
 	flush := func() {
+		defer func() {
+			for _, a := range acks {
+				close(a)
+			}
+			acks = acks[:0]
+		}()
+		recs = sh.current(recs)
 		if len(recs) == 0 && len(pins) == 0 && len(owners) == 0 {
 			return
 		}
@@ -270,7 +327,11 @@ func (sh *sharedIndex) writer(ctx context.Context) {
 			err = sh.idx.PinFiles(wctx, pins)
 		}
 		cancel()
-		if err != nil {
+		switch {
+		case errors.Is(err, state.ErrStaleToken):
+			sh.m.StateIndexError("stale")
+			sh.log.Warn("shared prompt index: records refused, the replica's liveness lease is gone", "err", err)
+		case err != nil:
 			sh.m.StateIndexError("write")
 			sh.log.Warn("shared prompt index: write failed", "prompts", len(recs), "owners", len(owners), "files", len(pins), "err", err)
 		}
@@ -324,4 +385,37 @@ func (sh *sharedIndex) fileOwner(ctx context.Context, ref FileRef) *upstream.Ins
 		return nil
 	}
 	return upstream.ByEndpoint(sh.p.Instances(), endpoint)
+}
+
+// current keeps the records fenced by the replica's current liveness
+// lease: one queued under a lease the replica lost since is not written
+// (its prompt was abandoned: another replica may hold it now).
+func (sh *sharedIndex) current(recs []state.PromptRecord) []state.PromptRecord {
+	if !sh.fenced.Load() {
+		return recs
+	}
+	g := sh.guard.Load()
+	kept := recs[:0]
+	for _, r := range recs {
+		if g != nil && r.Guard == g.lease && r.Token == g.token {
+			kept = append(kept, r)
+		} else {
+			sh.m.StateIndexError("dropped")
+		}
+	}
+	return kept
+}
+
+// lastWritten waits, at most d, until the writer wrote what was queued
+// when the table closed (nothing to wait for when it never ran).
+func (sh *sharedIndex) lastWritten(d time.Duration) {
+	if !sh.running.Load() {
+		return
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-sh.wrote:
+	case <-timer.C:
+	}
 }

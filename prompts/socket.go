@@ -50,6 +50,7 @@ type instSocket struct {
 	conns     atomic.Uint64 // connections made so far (a send compares it)
 	dialed    atomic.Bool   // a first dial has finished, either way (Start waits for it)
 	upSince   atomic.Int64  // unix nanos the current connection came up
+	ahead     atomic.Int64  // frames the reader queued for the owner and not applied yet
 
 	// box is the instance's owner (owner.go): the fields below are its
 	// own, read and written only by messages it runs, so a prompt's
@@ -321,16 +322,18 @@ func (s *instSocket) serve(ctx context.Context, conn *websocket.Conn) error {
 		if ctx.Err() == nil {
 			_ = conn.SetReadDeadline(time.Now().Add(readWait))
 		}
-		// Handed to the owner, and applied before the next read: the
-		// instance's order, and every frame applied before the socket's
-		// loss is acted on.
+		// Queued for the owner, in the instance's order; the reader reads
+		// on meanwhile (handFrame).
 		switch mt {
 		case websocket.TextMessage:
-			s.box.do(func() { s.onText(data) })
+			s.handFrame(func() { s.onText(data) })
 		case websocket.BinaryMessage:
-			s.box.do(func() { s.onBinary(data) })
+			s.handFrame(func() { s.onBinary(data) })
 		}
 	}
+	// Every frame read is applied before the loss is acted on (run reports
+	// it once serve returns).
+	s.box.do(func() {})
 	pingMu.Lock()
 	pinging = false
 	ping.Stop()
@@ -344,6 +347,31 @@ func (s *instSocket) serve(ctx context.Context, conn *websocket.Conn) error {
 	}
 	_ = conn.Close()
 	return err
+}
+
+// maxFramesAhead bounds the frames a socket's reader queues for the owner
+// before it waits for them: an owner slower than its instance holds at
+// most this many frames, and the socket's own buffers the rest.
+const maxFramesAhead = 64
+
+// handFrame queues apply, one frame's handling, for the owner. The reader
+// does not wait for it (the frames of a prompt that runs at once arrive
+// together with its POST's answer, which waits for the same owner) unless
+// maxFramesAhead are queued already.
+func (s *instSocket) handFrame(apply func()) {
+	f := func() {
+		apply()
+		s.ahead.Add(-1)
+	}
+	if s.ahead.Add(1) > maxFramesAhead {
+		if !s.box.do(f) {
+			s.ahead.Add(-1)
+		}
+		return
+	}
+	if !s.box.post(f) {
+		s.ahead.Add(-1)
+	}
 }
 
 // frame is one message from an instance, parsed for routing.

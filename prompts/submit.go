@@ -35,7 +35,9 @@ import (
 // one id at once), Submit mints a fresh UUID for this prompt instead; the
 // returned Prompt and answer carry it.
 func (t *Table) Submit(ctx context.Context, req SubmitRequest) (SubmitResult, error) {
-	return t.submits.submit(ctx, req)
+	res, err := t.submits.submit(ctx, req)
+	t.recorded(res.Prompt) // shared.go: its record is written before its answer
+	return res, err
 }
 
 // submitter is the table's submission of prompts: it picks an instance,
@@ -68,7 +70,7 @@ func (t *submitter) submit(ctx context.Context, req SubmitRequest) (SubmitResult
 	if id == "" {
 		id = newUUID()
 	}
-	pr := &Prompt{ID: id, ClientID: req.ClientID, Sink: req.Sink, Created: time.Now(), header: req.Header}
+	pr := &Prompt{ID: id, ClientID: req.ClientID, Sink: req.Sink, Created: time.Now(), header: req.Header, owner: req.Owner}
 	// ComfyUI: "number" in the body sets the priority and leaves the
 	// counter alone; otherwise a truthy "front" negates the counter.
 	if body := comfyapi.PromptRequestOf(req.Body); body.HasNumber() {
@@ -261,7 +263,10 @@ func (t *submitter) send(ctx context.Context, pr *Prompt, inst *upstream.Instanc
 		// The instance ignored our id (its version claim was wrong).
 		settle(lifecycle.Event{Kind: lifecycle.Answered, UpstreamID: got})
 	default:
-		settle(lifecycle.Event{Kind: lifecycle.Answered})
+		// The answer is the client's as soon as it came: its number was
+		// taken at the send, and the owner may still be applying the
+		// frames of a prompt that ran at once.
+		t.stepLater(pr, lifecycle.Event{Kind: lifecycle.Answered, Attempt: attempt})
 	}
 	if inst.ConfirmedDown() {
 		// InstanceDown passed pr over while this POST was under way and is

@@ -75,7 +75,8 @@ func writeComfyError(ctx *fasthttp.RequestCtx, code int, typ, message, details s
 //     where the prompt runs elsewhere (outputref.go);
 //   - "number" in the answer is the fleet's queue number
 //     (prompts.Prompt.Number), not the instance's: every instance counts
-//     from 0 on its own. A client's "front" and "number" still order the
+//     from 0 on its own. Like ComfyUI's counter, it advances when a prompt
+//     is sent, before the instance validates it. A client's "front" and "number" still order the
 //     prompt only within the queue of the instance that runs it; the
 //     number shown for them is ComfyUI's (-counter, and the client's own
 //     value).
@@ -154,6 +155,7 @@ func (s *submitter) postPrompt(ctx *fasthttp.RequestCtx) {
 		Body:     fields,
 		PromptID: promptID,
 		ClientID: clientID,
+		Owner:    keyName(ctx),
 		Sink:     held,
 		Header:   header,
 		Prefer:   prefer,

@@ -152,6 +152,11 @@ func New(o Options) (*Server, error) {
 	s.pinned = &pinnedRoutes{cfg: o.Config, pool: o.Pool, prompts: o.Prompts, jobs: o.Jobs, log: log,
 		fwd: s.fwd, bodies: bodies, keys: keys, rw: rw}
 	o.Prompts.SetListener(s.hub)
+	if shared.Shared() {
+		// The replica's liveness and instance leases: the prompts of a
+		// replica that stops are adopted by the others (docs/state.md).
+		o.Prompts.KeepLeases(shared.Leases(), o.Config.State.LeaseTTL, s.hub.sinkFor)
+	}
 	s.srv = &fasthttp.Server{
 		Handler:                      s.handle,
 		ConnState:                    s.answers.connState,

@@ -39,6 +39,13 @@ type Leases interface {
 	// ReadFenced returns key of instance as last written (ok false when
 	// absent or expired).
 	ReadFenced(ctx context.Context, instance, key string) (value []byte, ok bool, err error)
+	// Tokens returns the token each named lease is held with now (0 when
+	// nobody holds it): a writer whose token is not its lease's lost it.
+	Tokens(ctx context.Context, instances []string) (map[string]int64, error)
+	// Live notes replica alive for ttl from now and returns how many
+	// replicas are alive (replica counted), so that each can take its
+	// share of the instances' leases.
+	Live(ctx context.Context, replica string, ttl time.Duration) (int, error)
 }
 
 // memLeases is Leases in this process's memory. Tokens count per
@@ -53,6 +60,7 @@ type memLeases struct {
 	// swept is len(data) after the last sweep of expired values: the next
 	// runs when data has doubled, so writes sweep in amortised O(1).
 	swept int
+	alive map[string]time.Time // replica -> when it stops counting as alive
 }
 
 type memLease struct {
@@ -67,7 +75,8 @@ type memValue struct {
 }
 
 func newMemLeases(now func() time.Time) *memLeases {
-	return &memLeases{now: now, leases: map[string]memLease{}, fence: map[string]int64{}, data: map[string]memValue{}}
+	return &memLeases{now: now, leases: map[string]memLease{}, fence: map[string]int64{}, data: map[string]memValue{},
+		alive: map[string]time.Time{}}
 }
 
 // heldLocked is instance's lease while it lasts.
@@ -147,6 +156,30 @@ func (m *memLeases) ReadFenced(_ context.Context, instance, key string) ([]byte,
 	return append([]byte(nil), v.v...), true, nil
 }
 
+func (m *memLeases) Tokens(_ context.Context, instances []string) (map[string]int64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make(map[string]int64, len(instances))
+	for _, inst := range instances {
+		l, _ := m.heldLocked(inst)
+		out[inst] = l.token
+	}
+	return out, nil
+}
+
+func (m *memLeases) Live(_ context.Context, replica string, ttl time.Duration) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.now()
+	m.alive[replica] = now.Add(ttl)
+	for r, until := range m.alive {
+		if !now.Before(until) {
+			delete(m.alive, r)
+		}
+	}
+	return len(m.alive), nil
+}
+
 // The Redis keys of instance's lease, all with the instance in a hash tag
 // ({…}), so that a Redis Cluster keeps them in one slot, as the scripts
 // that touch several of them need:
@@ -156,6 +189,11 @@ func (m *memLeases) ReadFenced(_ context.Context, instance, key string) ([]byte,
 //	                                   a token must never be issued twice
 //	Prefix+"fenced:{instance}:" + key  a fenced write's value, PX its TTL
 func leaseKey(instance string) string { return Prefix + "lease:{" + instance + "}" }
+
+// replicasKey is the sorted set of the replicas alive: each scored with
+// the server's time (ms) at which it stops counting.
+const replicasKey = Prefix + "replicas"
+
 func fenceKey(instance string) string { return Prefix + "fence:{" + instance + "}" }
 func fencedKey(instance, key string) string {
 	return Prefix + "fenced:{" + instance + "}:" + key
@@ -203,6 +241,16 @@ if not v or string.sub(v, 1, string.find(v, ' ', 1, true) - 1) ~= ARGV[1] then
 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 return 1`)
+
+// liveReplica: KEYS replicas; ARGV replica, ttl ms. Scores replica with
+// the server's clock plus ttl, drops the replicas past their score and
+// returns how many are left.
+var liveReplica = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZCARD', KEYS[1])`)
 
 func leaseValue(token int64, replica string) string {
 	return strconv.FormatInt(token, 10) + " " + replica
@@ -252,4 +300,38 @@ func (r *redisLeases) ReadFenced(ctx context.Context, instance, key string) ([]b
 		return nil, false, errRedis("read fenced value of "+instance, err)
 	}
 	return v, true, nil
+}
+
+func (r *redisLeases) Tokens(ctx context.Context, instances []string) (map[string]int64, error) {
+	out := make(map[string]int64, len(instances))
+	if len(instances) == 0 {
+		return out, nil
+	}
+	cmds := make([]*redis.StringCmd, len(instances))
+	_, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, inst := range instances {
+			cmds[i] = p.Get(ctx, leaseKey(inst))
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, errRedis("read leases", err)
+	}
+	for i, inst := range instances {
+		out[inst] = 0
+		if v, err := cmds[i].Result(); err == nil {
+			if sp := strings.IndexByte(v, ' '); sp > 0 {
+				out[inst], _ = strconv.ParseInt(v[:sp], 10, 64)
+			}
+		}
+	}
+	return out, nil
+}
+
+func (r *redisLeases) Live(ctx context.Context, replica string, ttl time.Duration) (int, error) {
+	n, err := liveReplica.Run(ctx, r.rdb, []string{replicasKey}, replica, ms(ttl)).Int()
+	if err != nil {
+		return 0, errRedis("note replica alive", err)
+	}
+	return n, nil
 }

@@ -26,7 +26,8 @@
 //	Unconfirmed --Drop-->        Dropped       first submission never found: its client was told it failed
 //	Moving      --Reclaim-->     Finished      (after Leave) an instance it left earlier ran it to success after all: it ends there
 //	Submitted   --Adopt-->       Queued, Running or Ended   learned from an instance (another replica or an earlier process submitted it)
-//	any accepted --Numbered-->   (the same)    its fleet queue number, once, after the step that first accepted it
+//	any sent --Numbered-->       (the same)    its fleet queue number, once, after its first Send
+//	Submitted   --TakeOver-->    its recorded phase   another replica's prompt, taken from its record (Event.Recorded) when that replica stopped
 //
 // Beside the phase, State holds what the phase alone cannot say and a
 // prompt's next owner needs to go on with it (another replica reading it
@@ -113,8 +114,10 @@ type State struct {
 	// Resume is the phase a MoveAbort returns to (while Moving).
 	Resume Phase
 	// Numbered: it has its fleet queue number, Number (a Numbered event
-	// after its first acceptance; never changed after). The number is
-	// the one a client sees, so a prompt that moves keeps it.
+	// after its first send, as ComfyUI takes its counter before it
+	// validates a prompt; never changed after). The number is the one a
+	// client sees, so a prompt that moves keeps it, and its POST's answer
+	// carries it without waiting for the step that settles the answer.
 	Numbered bool
 	Number   int64
 	// DeleteSent: a move sent Instance a delete of it that got no answer
@@ -161,10 +164,11 @@ const (
 	Drop                      // a first submission never found at its instance
 	Reclaim                   // an instance it left earlier (Event.Instance, Event.UpstreamID) ran it to success after all
 	Adopt                     // an instance (Event.Instance) has it under Event.UpstreamID, in phase Event.Found; comfygate never sent it
-	Numbered                  // its owner gave it fleet number Event.Number after the step that first accepted it (Accept)
+	Numbered                  // its owner gave it fleet number Event.Number after its first Send
+	TakeOver                  // the replica that owned it stopped: it goes on from Event.Recorded, the state it recorded
 )
 
-var kindNames = [...]string{"", "send", "answered", "no-answer", "refused", "seen", "started", "finish", "end", "close", "move-begin", "move-abort", "leave", "drop", "reclaim", "adopt", "numbered"}
+var kindNames = [...]string{"", "send", "answered", "no-answer", "refused", "seen", "started", "finish", "end", "close", "move-begin", "move-abort", "leave", "drop", "reclaim", "adopt", "numbered", "take-over"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {
@@ -187,6 +191,7 @@ type Event struct {
 	Found      Phase  // Adopt: Queued, Running or Ended (its history has it)
 	DeleteSent bool   // MoveAbort: a delete of it went to its instance unanswered
 	Number     int64  // Numbered: its fleet number
+	Recorded   *State // TakeOver: the state its last owner recorded
 }
 
 // EffectKind names an effect.
@@ -198,7 +203,7 @@ const (
 	CountOut                        // take one off Effect.Instance's in-flight work
 	Unpin                           // forget (Effect.Instance, Effect.UpstreamID): its late events are dropped
 	Tombstone                       // remember (Effect.Instance, Effect.UpstreamID): delete or interrupt it there when it shows
-	Accept                          // first acceptance: number it, count the submission
+	Accept                          // first acceptance: count the submission
 	Record                          // it finished: record Effect.Outcome
 	Forget                          // a first submission nobody took: out of the table
 )
@@ -406,10 +411,45 @@ func Step(s State, e Event) (next State, effects []Effect, ok bool) {
 			return s, nil, false
 		}
 		// Never counted, recorded or numbered: comfygate does not run it.
+	case TakeOver:
+		// A fresh prompt only, from a live state of one comfygate sent.
+		if s != (State{}) || e.Recorded == nil {
+			return s, nil, false
+		}
+		r := *e.Recorded
+		if r.Adopted || r.Phase == Submitted || r.Phase.Done() || r.Instance == "" {
+			return s, nil, false
+		}
+		next = r
+		if r.Phase == Moving {
+			if r.Resume != 0 {
+				// The failover that held it stopped with its owner: back
+				// where it was.
+				next.Phase, next.Resume = r.Resume, 0
+			} else {
+				// It left its instance and was not sent again: a send
+				// whose outcome nobody knows, at no instance.
+				next.Phase = Unconfirmed
+			}
+		}
+		if next.Posting || next.Phase == Sending {
+			// Its POST's answer went to the owner that stopped: the
+			// instance may or may not have it.
+			next.Posting = false
+			if next.Phase == Sending {
+				next.Phase = Unconfirmed
+			}
+		}
+		// Its owner took it from its client: from now on it moves rather
+		// than being dropped when its instance does not have it.
+		next.Accepted = true
+		if next.Counted() {
+			effects = append(effects, Effect{Kind: CountIn, Instance: next.Instance})
+		}
 	case Numbered:
-		// Once, after its first acceptance: a prompt that moves keeps
-		// its number, and one comfygate does not run has none.
-		if s.Numbered || !s.Accepted || s.Adopted {
+		// Once, after its first send: a prompt that moves keeps its
+		// number, and one comfygate does not run has none.
+		if s.Numbered || s.Adopted || (!s.Posting && !s.Accepted) {
 			return s, nil, false
 		}
 		next.Numbered, next.Number = true, e.Number

@@ -137,7 +137,9 @@ func TestStepTable(t *testing.T) {
 		{desc: "numbered once: a moved prompt keeps its number",
 			s: func() State { s := leftA; s.Numbered, s.Number = true, 7; return s }(), e: Event{Kind: Numbered, Number: 9},
 			want: func() State { s := leftA; s.Numbered, s.Number = true, 7; return s }()},
-		{desc: "not numbered before an instance accepted it", s: sendingToA, e: Event{Kind: Numbered, Number: 7}, want: sendingToA},
+		{desc: "numbered once sent, before its answer", s: sendingToA, e: Event{Kind: Numbered, Number: 7},
+			want: func() State { s := sendingToA; s.Numbered, s.Number = true, 7; return s }(), ok: true},
+		{desc: "not numbered before it is sent", s: State{}, e: Event{Kind: Numbered, Number: 7}, want: State{}},
 		{desc: "an adopted prompt takes no number", s: State{Phase: Queued, Instance: "a", Adopted: true, Accepted: true},
 			e: Event{Kind: Numbered, Number: 7}, want: State{Phase: Queued, Instance: "a", Adopted: true, Accepted: true}},
 		{desc: "held while running: its resume phase is running", s: runningAtA, e: Event{Kind: MoveBegin, Instance: "a"},
@@ -152,6 +154,19 @@ func TestStepTable(t *testing.T) {
 		{desc: "an answer with no send under way is stale", s: queuedAtA, e: Event{Kind: Answered, UpstreamID: "u5"}, want: queuedAtA},
 		{desc: "an accepted prompt is moved, not dropped", s: func() State { s := unconfirmedAtA; s.Accepted = true; return s }(),
 			e: Event{Kind: Drop}, want: func() State { s := unconfirmedAtA; s.Accepted = true; return s }()},
+		{desc: "taken over running: as recorded, counted", s: State{}, e: Event{Kind: TakeOver, Recorded: &runningAtA},
+			want: runningAtA, effs: effs(Effect{Kind: CountIn, Instance: "a"}), ok: true},
+		{desc: "taken over while its POST was under way: unconfirmed, accepted", s: State{}, e: Event{Kind: TakeOver, Recorded: &sendingToA},
+			want: func() State { s := unconfirmedAtA; s.Accepted = true; return s }(),
+			effs: effs(Effect{Kind: CountIn, Instance: "a"}), ok: true},
+		{desc: "taken over while a failover held it: back where it was", s: State{}, e: Event{Kind: TakeOver, Recorded: &movingFromA},
+			want: queuedAtA, effs: effs(Effect{Kind: CountIn, Instance: "a"}), ok: true},
+		{desc: "taken over after it left its instance: unconfirmed, nowhere", s: State{}, e: Event{Kind: TakeOver, Recorded: &leftA},
+			want: func() State { s := leftA; s.Phase = Unconfirmed; return s }(), effs: effs(Effect{Kind: CountIn, Instance: "a"}), ok: true},
+		{desc: "a done prompt is not taken over", s: State{}, e: Event{Kind: TakeOver, Recorded: &State{Phase: Finished, Instance: "a"}}, want: State{}},
+		{desc: "an adopted note is not taken over", s: State{}, e: Event{Kind: TakeOver,
+			Recorded: &State{Phase: Queued, Instance: "a", UpstreamID: "u7", Adopted: true}}, want: State{}},
+		{desc: "only a fresh prompt is taken over", s: queuedAtA, e: Event{Kind: TakeOver, Recorded: &runningAtA}, want: queuedAtA},
 	}
 	for _, tc := range tests {
 		t.Run(tc.desc, func(t *testing.T) {
@@ -227,8 +242,9 @@ func TestCountsBalance(t *testing.T) {
 // balance (an instance counts a prompt exactly while State.Counted says
 // it is there), Posting is set only between a send and its answer,
 // Resume only while a failover holds it before it left, the fleet number
-// never changes once given, an ended prompt stays ended, and a step that
-// does not apply changes nothing.
+// is given only to a prompt sent or accepted and never changes once
+// given, an ended prompt stays ended, and a step that does not apply
+// changes nothing.
 func TestRandomWalks(t *testing.T) {
 	t.Parallel()
 	insts := []string{"a", "b", "c"}
@@ -307,6 +323,9 @@ func TestRandomWalks(t *testing.T) {
 			}
 			if s.Numbered && (!next.Numbered || next.Number != s.Number) {
 				t.Fatalf("seed %d step %d: %v renumbered %d to %d", seed, step, e.Kind, s.Number, next.Number)
+			}
+			if next.Numbered && !s.Numbered && (s.Adopted || (!s.Posting && !s.Accepted)) {
+				t.Fatalf("seed %d step %d: %v numbered a prompt neither sent nor accepted: %+v", seed, step, e.Kind, s)
 			}
 			if (s.Phase == Ended || s.Phase == Dropped) && next.Phase != s.Phase {
 				t.Fatalf("seed %d step %d: %v left %v for %v", seed, step, e.Kind, s.Phase, next.Phase)
