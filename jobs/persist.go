@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/internal/comfyapi"
+	"github.com/comfygate/comfygate/prompts"
 	sharedstate "github.com/comfygate/comfygate/state"
 	"github.com/comfygate/comfygate/upstream"
 )
@@ -472,6 +473,13 @@ func (s *store) reconcile(j *job) {
 			s.settleRestored(j, inst, entry)
 			return
 		case promptNowhere:
+			if p, ok := s.be.Prompt(j.id); ok && p.State() != prompts.PromptDone {
+				// This replica's prompt table has the prompt (it adopted it
+				// from the replica that died) and is sending it again:
+				// followed, not sent a second time.
+				start = time.Now()
+				break
+			}
 			s.eng.lock()
 			if j.restored && !j.state.terminal() {
 				s.resubmitRestoredLocked(j)

@@ -614,3 +614,61 @@ func TestReplicaShutdownHandsJobsOver(t *testing.T) {
 		t.Fatalf("the job at the instance on B: %d %+v", code, v)
 	}
 }
+
+// TestTakenOverJobWhosePromptWasAdopted: when the prompt table of the
+// replica that takes a dead replica's job over holds the job's prompt
+// already (it adopted it), the job follows it and does not send it again,
+// though no instance reports it yet.
+func TestTakenOverJobWhosePromptWasAdopted(t *testing.T) {
+	t.Parallel()
+	url := testkit.Redis(t)
+	fa := newFake(t, 1)
+	hang := make(chan struct{})
+	fa.submitFn = func(req prompts.SubmitRequest) (prompts.SubmitResult, error) {
+		<-hang
+		return prompts.SubmitResult{}, context.Canceled
+	}
+	storeA := replicaStore(t, url)
+	a := newSharedFakeService(t, fa, storeA, func(c *config.Config) { c.Jobs.MaxConcurrent = 1 })
+	a.eng.sh.every, a.eng.sh.lease = 20*time.Millisecond, 200*time.Millisecond
+	a.Start(t.Context())
+	id := submitAs(t, a, "alice", nil)
+	if got := fa.waitSubmitted(); got != id {
+		t.Fatalf("submitted %s, want %s", got, id)
+	}
+	_ = storeA.Close()
+	close(hang)
+	a.Close()
+
+	fb := newFake(t, 1)
+	fb.prompts[id] = &prompts.Prompt{ID: id} // adopted, being sent again
+	asked := 0
+	fb.callFn = func(method, path string) (int, []byte, bool) {
+		switch {
+		case path == "/queue":
+			fb.mu.Lock()
+			asked++
+			fb.mu.Unlock()
+			return 200, []byte(`{"queue_running": [], "queue_pending": []}`), true
+		case strings.HasPrefix(path, "/history/"):
+			return 200, []byte(`{}`), true
+		}
+		return 0, nil, false
+	}
+	b := replica(t, fb, url, 2, nil)
+	testkit.Eventually(t, "B holds the job", func() bool { return slices.Equal(b.eng.heldIDs(), []string{id}) })
+	// Its instances answer without it, again and again.
+	testkit.Eventually(t, "B looks for the prompt more than once", func() bool {
+		fb.mu.Lock()
+		defer fb.mu.Unlock()
+		return asked >= 3
+	})
+	select {
+	case got := <-fb.submitted:
+		t.Fatalf("B sent %s again while its prompt table had it", got)
+	default:
+	}
+	if _, v := statusAs(t, b, "alice", id); v.Status != statusPending {
+		t.Fatalf("the job on B: %+v", v)
+	}
+}
