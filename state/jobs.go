@@ -89,8 +89,9 @@ type Jobs interface {
 	// Add records a job and puts it at the end of the wait line, or
 	// returns ErrLineFull or ErrLineBytes.
 	Add(ctx context.Context, a JobAdd) error
-	// Create records job id as replica's, outside the line: a job that
-	// waits for nothing (completed from a cache). Its changes are Writes.
+	// Create records job id as replica's, outside the line and without a
+	// lease (no Claim takes it, no Renew keeps it): a job that waits for
+	// nothing (completed from a cache). Its changes are Writes.
 	Create(ctx context.Context, id, replica string, static []byte) error
 	// Claim takes up to n jobs for replica: first those whose claim
 	// expired, then the head of the line. Each comes with its whole event
@@ -138,6 +139,7 @@ type memJob struct {
 	size    int64
 	seq     int64 // place in the line while waiting
 	claim   time.Time
+	noLease bool // Created: held without a lease, never claimed again
 	expires time.Time
 }
 
@@ -190,7 +192,7 @@ func (m *memJobs) Add(_ context.Context, a JobAdd) error {
 func (m *memJobs) Create(_ context.Context, id, replica string, static []byte) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.recs[id] = &memJob{rec: JobRecord{ID: id, Static: static, State: "submitting", Holder: replica}, expires: m.now().Add(JobTTL)}
+	m.recs[id] = &memJob{rec: JobRecord{ID: id, Static: static, State: "submitting", Holder: replica}, noLease: true, expires: m.now().Add(JobTTL)}
 	return nil
 }
 
@@ -220,7 +222,7 @@ func (m *memJobs) Claim(_ context.Context, replica string, n int, lease time.Dur
 		case j == nil:
 		case j.seq != 0:
 			line = append(line, j)
-		case j.rec.Holder != "" && !JobDone(j.rec.State) && !now.Before(j.claim):
+		case j.rec.Holder != "" && !j.noLease && !JobDone(j.rec.State) && !now.Before(j.claim):
 			expired = append(expired, j)
 		}
 	}
@@ -276,7 +278,7 @@ func (m *memJobs) Renew(_ context.Context, replica string, ids []string, lease t
 	held := map[string]bool{}
 	for _, id := range ids {
 		j := m.liveLocked(id)
-		if j == nil || j.rec.Holder != replica || JobDone(j.rec.State) {
+		if j == nil || j.rec.Holder != replica || j.noLease || JobDone(j.rec.State) {
 			continue
 		}
 		j.claim = m.now().Add(lease)

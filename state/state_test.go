@@ -587,6 +587,20 @@ func TestJobLine(t *testing.T) {
 			if got, err := r1.Claim(ctx, "r1", 5, time.Hour); err != nil || len(got) != 1 || got[0].ID != ids[2] || !got[0].Cancel {
 				t.Fatalf("claim after a release: %+v %v", got, err)
 			}
+			// A job made without the line is its maker's, with no lease.
+			made := "00000000-0000-4000-8000-00000000000a"
+			if err := r1.Create(ctx, made, "r1", []byte(`{}`)); err != nil {
+				t.Fatal(err)
+			}
+			if got, _ := r2.Claim(ctx, "r2", 5, lease); len(got) != 0 {
+				t.Fatalf("a made job claimed: %+v", got)
+			}
+			if lost, err := r2.Write(ctx, "r2", []state.JobWrite{{ID: made, State: state.JobCompleted, Live: []byte(`{}`), TTL: time.Minute}}); err != nil || len(lost) != 1 {
+				t.Fatalf("another replica wrote a made job: %v %v", lost, err)
+			}
+			if lost, err := r1.Write(ctx, "r1", []state.JobWrite{{ID: made, State: state.JobCompleted, Live: []byte(`{}`), TTL: time.Minute}}); err != nil || len(lost) != 0 {
+				t.Fatalf("its maker's write: %v %v", lost, err)
+			}
 			if b.rdb != nil {
 				if ttl, err := b.rdb.PTTL(ctx, state.Prefix+"{jobs}:job:"+ids[0]).Result(); err != nil || ttl <= 0 || ttl > time.Minute {
 					t.Fatalf("an ended job's record TTL %v (%v), want at most the retention written", ttl, err)
