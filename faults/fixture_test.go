@@ -591,6 +591,7 @@ func (f *fixture) finish(fault string) row {
 	}
 	var check []*testkit.Run // completed prompts whose outputs must answer
 	goneHistory := 0
+	viaHistory := 0 // completed prompts whose end the client learnt from /history
 	ranRejected := 0 // rejected to the client, yet an instance ran it
 	codes := map[int]int{}
 	ctx, cancel := context.WithTimeout(context.Background(), f.bound)
@@ -626,6 +627,9 @@ func (f *fixture) finish(fault string) row {
 		switch {
 		case p.res.Succeeded():
 			r.completed++
+			if p.res.ViaHistory {
+				viaHistory++
+			}
 			if runs[id] == 0 {
 				f.t.Errorf("prompt %s: its client saw it succeed (%s) but no instance ran it", id, p.res.End)
 			}
@@ -706,6 +710,10 @@ func (f *fixture) finish(fault string) row {
 	}
 	if ranRejected > 0 {
 		notes = append(notes, fmt.Sprintf("%d rejected to the client but run by an instance", ranRejected))
+	}
+	if viaHistory > 0 && f.rows == &replicaTable {
+		// Replicas: the ends whose events did not cross to the client's socket.
+		notes = append(notes, fmt.Sprintf("%d ends learnt from /history", viaHistory))
 	}
 	if goneHistory > 0 {
 		notes = append(notes, fmt.Sprintf("%d finished on an instance that died since (history gone with it)", goneHistory))
