@@ -591,7 +591,7 @@ func (f *fixture) finish(fault string) row {
 	}
 	var check []*testkit.Run // completed prompts whose outputs must answer
 	goneHistory := 0
-	viaHistory := 0 // completed prompts whose end the client learnt from /history
+	viaHistory := 0  // completed prompts whose end the client learnt from /history
 	ranRejected := 0 // rejected to the client, yet an instance ran it
 	codes := map[int]int{}
 	ctx, cancel := context.WithTimeout(context.Background(), f.bound)

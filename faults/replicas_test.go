@@ -46,9 +46,8 @@ const needsSameSubmission = "a POST /prompt sent again to another replica with t
 // leaseOutlived is how long the stopped-replica fault keeps the replica
 // stopped under -faults.long: longer than an instance lease lasts, so
 // that the other replica may take the replica's instances over. The
-// state package takes a lease's TTL from its caller and comfygate
-// configures none yet; 15 s is longer than any lease a replica would
-// renew every few seconds.
+// state package takes a lease's TTL from its caller and nothing
+// configures one yet: 15 s stands for a stop that outlives a lease.
 const leaseOutlived = 15 * time.Second
 
 // binary is the comfygate binary the replica faults run, built once per
@@ -310,7 +309,7 @@ type replicaWorld struct {
 	paths    [2]*testkit.FaultProxy // replica i's connection to Redis
 	reps     [2]*replica            // A and B
 	bal      *testkit.Balancer
-	opens    int    // split sessions opened, to alternate their replicas
+	opens    int    // split sessions opened, to alternate their replicas; guarded by fixture.mu
 	stopLoad func() // ends the running load and waits for its submissions
 }
 
