@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os/exec"
 	"time"
 
 	"github.com/comfygate/comfygate/comfysim"
@@ -14,6 +15,9 @@ import (
 
 // demoCommand starts simulated ComfyUI instances on free loopback ports and
 // comfygate in front of them: the whole product on a machine with no GPU.
+// With -replicas N above 1 it runs N comfygate replicas over the same
+// instances, sharing their state in a redis-server of its own
+// (demo_replicas.go).
 func demoCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("comfygate demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -21,15 +25,27 @@ func demoCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	n := fs.Int("instances", 2, "simulated ComfyUI instances to start")
 	delay := fs.Duration("delay", 300*time.Millisecond, "run time of each image node in the simulator")
 	logFormat := fs.String("log-format", "text", "json or text")
+	replicas := fs.Int("replicas", 1, "comfygate replicas over the same instances, sharing state in a local redis-server")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *n < 1 {
 		return fmt.Errorf("-instances %d: want at least 1", *n)
 	}
+	if *replicas < 1 {
+		return fmt.Errorf("-replicas %d: want at least 1", *replicas)
+	}
+	redisBin := ""
+	if *replicas > 1 {
+		bin, err := exec.LookPath("redis-server")
+		if err != nil {
+			return fmt.Errorf("-replicas %d: the replicas share their state in Redis, and redis-server is not on the PATH; "+
+				"install it (Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis) or run one replica", *replicas)
+		}
+		redisBin = bin
+	}
 
-	cfg := config.Default()
-	cfg.Instances = nil
+	var instances []config.Instance
 	for i := 0; i < *n; i++ {
 		sim, err := comfysim.New(comfysim.Options{Delay: *delay, Steps: 4})
 		if err != nil {
@@ -39,14 +55,24 @@ func demoCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			return err
 		}
 		defer sim.Close()
-		cfg.Instances = append(cfg.Instances, config.Instance{Name: fmt.Sprintf("sim-%d", i+1), Address: sim.Addr()})
+		instances = append(instances, config.Instance{Name: fmt.Sprintf("sim-%d", i+1), Address: sim.Addr()})
 	}
-	cfg.Listen = *listen
-	cfg.HealthCheck.Interval = 2 * time.Second
-	cfg.Log.Format = *logFormat
-	// The demo's simulated instances live and die with it: so do its jobs.
-	cfg.Jobs.StateDir = ""
-	if err := cfg.Validate(); err != nil {
+	// demoConfig is one gateway's configuration (each replica gets its own).
+	demoConfig := func() (*config.Config, error) {
+		cfg := config.Default()
+		cfg.Instances = append([]config.Instance(nil), instances...)
+		cfg.Listen = *listen
+		cfg.HealthCheck.Interval = 2 * time.Second
+		cfg.Log.Format = *logFormat
+		// The demo's simulated instances live and die with it: so do its jobs.
+		cfg.Jobs.StateDir = ""
+		return cfg, cfg.Validate()
+	}
+	if *replicas > 1 {
+		return demoReplicas(ctx, demoConfig, *replicas, redisBin, *listen, stdout)
+	}
+	cfg, err := demoConfig()
+	if err != nil {
 		return err
 	}
 	ln, err := net.Listen("tcp", cfg.Listen)

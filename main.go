@@ -3,7 +3,7 @@
 // it, fails over when an instance dies, and adds an async job API.
 //
 //	comfygate [-config FILE] [-listen ADDR]   run the proxy
-//	comfygate demo                            the proxy in front of two simulated instances
+//	comfygate demo [-replicas N]              the proxy in front of two simulated instances
 //	comfygate sim [-listen ADDR] ...          one simulated ComfyUI
 //	comfygate healthcheck [-url URL]          exit 0 when /health says healthy (for containers)
 //	comfygate check [-config FILE] [-connect] check the configuration as start-up does

@@ -546,7 +546,7 @@ func TestDockerComposeConfig(t *testing.T) {
 	if exec.CommandContext(ctx, "docker", "compose", "version").Run() != nil {
 		t.Skip("no docker compose plugin")
 	}
-	for _, f := range []string{"docker-compose.yml", "docker-compose.demo.yml"} {
+	for _, f := range []string{"docker-compose.yml", "docker-compose.demo.yml", "docker-compose.replicas.yml"} {
 		out, err := exec.CommandContext(ctx, "docker", "compose", "-f", f, "config", "--quiet").CombinedOutput()
 		if err != nil {
 			t.Errorf("docker compose -f %s config: %v\n%s", f, err, out)

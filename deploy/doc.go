@@ -1,4 +1,5 @@
 // Package deploy holds comfygate's deployment files (Dockerfile, compose
-// stacks, Prometheus rules, Grafana dashboard, Kubernetes manifests) and the
-// tests that keep them valid; it has no Go code of its own. See README.md.
+// stacks, HAProxy configuration, Prometheus rules, Grafana dashboard,
+// Kubernetes manifests) and the tests that keep them valid; it has no Go
+// code of its own. See README.md.
 package deploy

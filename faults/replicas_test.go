@@ -308,7 +308,7 @@ type replicaWorld struct {
 	redis    *testkit.RedisServer
 	paths    [2]*testkit.FaultProxy // replica i's connection to Redis
 	reps     [2]*replica            // A and B
-	bal      *testkit.Balancer
+	bal      *testkit.ClientBalancer
 	opens    int    // split sessions opened, to alternate their replicas; guarded by fixture.mu
 	stopLoad func() // ends the running load and waits for its submissions
 }
@@ -337,7 +337,7 @@ func newReplicaWorld(t *testing.T, needs string, bound time.Duration) *replicaWo
 	}
 	// A client's attempt waits at most 2 s for a replica (more than any
 	// answer takes here, less than a stopped replica would hold it).
-	w.bal = testkit.NewBalancer([]string{w.reps[0].addr, w.reps[1].addr}, 2*time.Second)
+	w.bal = testkit.NewClientBalancer([]string{w.reps[0].addr, w.reps[1].addr}, 2*time.Second)
 	w.fixture = &fixture{t: t, sims: sims, base: w.reps[0].URL(), rows: &replicaTable, ctx: ctx,
 		start: time.Now(), bound: bound, hc: w.bal.Client(bound)}
 	w.open = w.splitSession

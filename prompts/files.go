@@ -82,7 +82,7 @@ func (fs *fileStore) EnsureInputs(ctx context.Context, inst *upstream.Instance, 
 	}
 	var errs []error
 	for _, ref := range refs {
-		if len(fs.pins.owners(ref)) == 0 {
+		if len(fs.pins.owners(ref)) == 0 && !fs.sharedInput(ctx, ref) {
 			continue // not uploaded through comfygate: the instance may have it itself
 		}
 		err := fs.ensureFile(ctx, inst, ref, func() error {
@@ -97,6 +97,28 @@ func (fs *fileStore) EnsureInputs(ctx context.Context, inst *upstream.Instance, 
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// sharedInput looks ref up in the replicas' shared pins when this replica
+// has none (an upload another replica took) and pins the holder here;
+// true when one was found. Only names with a file extension are looked
+// up: most string inputs are text, sampler or model names, and each
+// lookup is a round trip to the state store.
+func (fs *fileStore) sharedInput(ctx context.Context, ref FileRef) bool {
+	sh := fs.sharer.Load()
+	if sh == nil {
+		return false
+	}
+	ext := path.Ext(ref.Filename)
+	if len(ext) < 2 || len(ext) > 6 || strings.ContainsAny(ext, " ()[]") {
+		return false
+	}
+	in := sh.fileOwner(ctx, ref)
+	if in == nil {
+		return false
+	}
+	fs.pins.add(ref, in.Endpoint())
+	return true
 }
 
 // prepareGraph makes the files a prompt graph loads present on inst and

@@ -89,6 +89,29 @@ func (t *Table) ShareIndex(idx state.PromptIndex) {
 	t.fileStore.sharer.Store(sh)
 }
 
+// ShareUploadNow writes the shared pin of an upload (ref, on holder)
+// before it returns, bounded by sharedWriteTimeout, so that a prompt
+// loading it that reaches another replica as soon as the upload is
+// answered finds where it is. FileChanged queues the same pin for the
+// writer; this one does not wait for the queue. A failed write is logged
+// and counted as the writer's are. Nothing without a shared index.
+func (t *Table) ShareUploadNow(ref FileRef, holder *upstream.Instance) {
+	sh := t.shared.Load()
+	if sh == nil || holder == nil {
+		return
+	}
+	ref = normalizeRef(ref)
+	if ref.Filename == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), sharedWriteTimeout)
+	defer cancel()
+	if err := sh.idx.PinFiles(ctx, []state.FilePin{{File: sharedFileName(ref), Endpoint: holder.Endpoint()}}); err != nil {
+		sh.m.StateIndexError("write")
+		sh.log.Warn("shared prompt index: write failed", "files", 1, "err", err)
+	}
+}
+
 // SharesIndex reports whether the table has a shared index (state.url).
 func (t *Table) SharesIndex() bool { return t.shared.Load() != nil }
 

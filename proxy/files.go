@@ -125,7 +125,9 @@ func viewType(filename, typ string) string {
 // older one of that name (overwrite=true, or a mask written over its
 // original), which other instances hold copies of for earlier prompts:
 // prompts.Table.FileChanged drops those, so the next prompt there copies the new
-// file.
+// file. Between replicas the pin is shared before the answer goes out: a
+// client may send the prompt that loads the upload to another replica at
+// once.
 func (s *fileRoutes) pinUpload(inst *upstream.Instance, status int, body []byte) []byte {
 	if status != fasthttp.StatusOK {
 		return body
@@ -135,6 +137,7 @@ func (s *fileRoutes) pinUpload(inst *upstream.Instance, status int, body []byte)
 		return body
 	}
 	s.prompts.FileChanged(ref, inst)
+	s.prompts.ShareUploadNow(ref, inst)
 	return body
 }
 

@@ -26,6 +26,7 @@ type gate struct {
 	prompts *prompts.Table
 	srv     *Server
 	m       *metrics.Metrics // the server's (nil unless given)
+	hc      *http.Client     // the clients' HTTP client (nil: http.DefaultClient)
 }
 
 // wsURL is the gate's /ws URL for clientID.

@@ -20,6 +20,7 @@ import (
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/comfygate/comfygate/metrics"
+	"github.com/comfygate/comfygate/prompts"
 	"github.com/fasthttp/websocket"
 )
 
@@ -32,13 +33,19 @@ const stackTimeout = 30 * time.Second
 // health checks every 200 ms: many clients at once on a loaded machine.
 func startStack(t testing.TB, addrs []string, mod func(*config.Config)) *gate {
 	t.Helper()
+	return startStackWith(t, addrs, mod, nil)
+}
+
+// startStackWith is startStack with a hook on the server's Options.
+func startStackWith(t testing.TB, addrs []string, mod func(*config.Config), opts func(*Options)) *gate {
+	t.Helper()
 	return startGateMetrics(t, addrs, func(c *config.Config) {
 		c.Timeout = config.Default().Timeout
 		c.HealthCheck.Interval = 200 * time.Millisecond
 		if mod != nil {
 			mod(c)
 		}
-	}, metrics.New("test"), nil)
+	}, metrics.New("test"), opts)
 }
 
 // connCounter is a TCP forwarder in front of one instance that counts the
@@ -155,7 +162,7 @@ func comfyExampleFlow(ctx context.Context, s *gate, clientID string, color int, 
 	var queued struct {
 		PromptID string `json:"prompt_id"`
 	}
-	if err := httpJSON(ctx, http.MethodPost, s.base+"/prompt", body, &queued); err != nil {
+	if err := httpJSONWith(ctx, s.client(), http.MethodPost, s.base+"/prompt", body, &queued); err != nil {
 		return res, fmt.Errorf("POST /prompt: %w", err)
 	}
 	res.promptID = queued.PromptID
@@ -205,7 +212,7 @@ func comfyExampleFlow(ctx context.Context, s *gate, clientID string, color int, 
 			} `json:"images"`
 		} `json:"outputs"`
 	}
-	if err := httpJSON(ctx, http.MethodGet, s.base+"/history/"+res.promptID, nil, &hist); err != nil {
+	if err := httpJSONWith(ctx, s.client(), http.MethodGet, s.base+"/history/"+res.promptID, nil, &hist); err != nil {
 		return res, fmt.Errorf("GET /history: %w", err)
 	}
 	entry, ok := hist[res.promptID]
@@ -216,7 +223,7 @@ func comfyExampleFlow(ctx context.Context, s *gate, clientID string, color int, 
 		for _, img := range out.Images {
 			q := url.Values{"filename": {img.Filename}, "subfolder": {img.Subfolder}, "type": {img.Type}}
 			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.base+"/view?"+q.Encode(), nil)
-			resp, err := http.DefaultClient.Do(req)
+			resp, err := s.client().Do(req)
 			if err != nil {
 				return res, fmt.Errorf("GET /view: %w", err)
 			}
@@ -231,6 +238,11 @@ func comfyExampleFlow(ctx context.Context, s *gate, clientID string, color int, 
 }
 
 func httpJSON(ctx context.Context, method, u string, body []byte, into any) error {
+	return httpJSONWith(ctx, http.DefaultClient, method, u, body, into)
+}
+
+// httpJSONWith is httpJSON through hc.
+func httpJSONWith(ctx context.Context, hc *http.Client, method, u string, body []byte, into any) error {
 	req, err := http.NewRequestWithContext(ctx, method, u, bytes.NewReader(body))
 	if err != nil {
 		return err
@@ -238,7 +250,7 @@ func httpJSON(ctx context.Context, method, u string, body []byte, into any) erro
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return err
 	}
@@ -294,37 +306,50 @@ var traceASequence = []string{
 	"execution_success", "executing",
 }
 
+// TestWSStackExampleFlowTenClients: ten clients run ComfyUI's websocket
+// example at once, against one gateway and against two replicas behind a
+// balancer (round robin, and each client's POST on one replica with its
+// socket on the other): every client gets exactly its prompt's events in
+// ComfyUI's order, then its /history and its images through /view.
 func TestWSStackExampleFlowTenClients(t *testing.T) {
 	t.Parallel()
-	a := testkit.Sim(t, comfysim.Options{Delay: 10 * time.Millisecond})
-	b := testkit.Sim(t, comfysim.Options{Delay: 10 * time.Millisecond})
-	s := startStack(t, []string{a.Addr(), b.Addr()}, nil)
-	// An observer that submits nothing sees only status messages, as the
-	// trace's second socket did.
-	observer := dialWS(t, s.wsURL("observer"))
+	forEachTarget(t, func(t *testing.T, kind targetKind) {
+		a := testkit.Sim(t, comfysim.Options{Delay: 10 * time.Millisecond})
+		b := testkit.Sim(t, comfysim.Options{Delay: 10 * time.Millisecond})
+		tg := startTarget(t, kind, func(opts func(*Options)) *gate {
+			return startStackWith(t, []string{a.Addr(), b.Addr()}, nil, opts)
+		})
+		// An observer that submits nothing sees only status messages, as the
+		// trace's second socket did.
+		observer := dialWS(t, tg.front.wsURL("observer"))
 
-	results := runClients(t, s, 10, flowHooks{})
-	if t.Failed() {
-		return
-	}
-	// Each client saw exactly its prompt's messages in ComfyUI's order
-	// (status messages, the fleet's queue count, interleave with other
-	// clients' prompts and are left out).
-	want := strings.Join(traceASequence, ",")
-	for i, r := range results {
-		if got := strings.Join(withoutStatus(r.types), ","); got != want {
-			t.Errorf("client %d saw\n%s\nwant\n%s", i, got, want)
+		results := runClients(t, tg.front, 10, flowHooks{})
+		if t.Failed() {
+			return
 		}
-	}
-	if a.PromptsExecuted() == 0 || b.PromptsExecuted() == 0 {
-		t.Errorf("prompts executed: %d and %d; want both instances used", a.PromptsExecuted(), b.PromptsExecuted())
-	}
-	s.srv.hub.Broadcast(marker("end"))
-	for _, m := range observer.readUntil(`"m": "end"`) {
-		if m.typ() != "status" {
-			t.Fatalf("observer got %s", m.data)
+		// Each client saw exactly its prompt's messages in ComfyUI's order
+		// (status messages, the fleet's queue count, interleave with other
+		// clients' prompts and are left out).
+		want := strings.Join(traceASequence, ",")
+		for i, r := range results {
+			if got := strings.Join(withoutStatus(r.types), ","); got != want {
+				t.Errorf("client %d saw\n%s\nwant\n%s", i, got, want)
+			}
 		}
-	}
+		if a.PromptsExecuted() == 0 || b.PromptsExecuted() == 0 {
+			t.Errorf("prompts executed: %d and %d; want both instances used", a.PromptsExecuted(), b.PromptsExecuted())
+		}
+		tg.checkSpread(t)
+		// The observer's replica sends it a broadcast of its own.
+		for _, g := range tg.replicas {
+			g.srv.hub.Broadcast(marker("end"))
+		}
+		for _, m := range observer.readUntil(`"m": "end"`) {
+			if m.typ() != "status" {
+				t.Fatalf("observer got %s", m.data)
+			}
+		}
+	})
 }
 
 // withoutStatus drops status messages (their number and place depend on
@@ -339,13 +364,33 @@ func withoutStatus(types []string) []string {
 	return out
 }
 
+// TestWSStackExampleFlowSurvivesKill: ten clients run the websocket
+// example while the instance running some of their prompts is killed;
+// every client still gets its prompt's end, history and images. On one
+// gateway and on two replicas behind a balancer, each replica moving the
+// prompts it took.
 func TestWSStackExampleFlowSurvivesKill(t *testing.T) {
 	t.Parallel()
+	forEachTarget(t, testExampleFlowSurvivesKill)
+}
+
+func testExampleFlowSurvivesKill(t *testing.T, kind targetKind) {
 	// a is slow, so that no prompt finishes there before the kill (the
 	// history of a prompt that finished on a dead instance is gone with it).
 	a := testkit.Sim(t, comfysim.Options{Delay: 2 * time.Second})
 	b := testkit.Sim(t, comfysim.Options{Delay: 20 * time.Millisecond})
-	s := startStack(t, []string{a.Addr(), b.Addr()}, nil)
+	tg := startTarget(t, kind, func(opts func(*Options)) *gate {
+		return startStackWith(t, []string{a.Addr(), b.Addr()}, nil, opts)
+	})
+	// prompt finds a prompt on the replica that took it.
+	prompt := func(id string) (*prompts.Prompt, bool) {
+		for _, g := range tg.replicas {
+			if p, ok := g.prompts.Prompt(id); ok {
+				return p, true
+			}
+		}
+		return nil, false
+	}
 
 	// Kill instance a once every prompt was accepted and one is running:
 	// "killed while their prompts run".
@@ -365,7 +410,7 @@ func TestWSStackExampleFlowSurvivesKill(t *testing.T) {
 		for {
 			select {
 			case id := <-started:
-				if p, ok := s.prompts.Prompt(id); ok && p.Instance() != nil && p.Instance().Name == "i0" {
+				if p, ok := prompt(id); ok && p.Instance() != nil && p.Instance().Name == "i0" {
 					a.Kill()
 					return
 				}
@@ -374,11 +419,11 @@ func TestWSStackExampleFlowSurvivesKill(t *testing.T) {
 			}
 		}
 	}()
-	results := runClients(t, s, n, flowHooks{queued: queued, started: started})
+	results := runClients(t, tg.front, n, flowHooks{queued: queued, started: started})
 	<-killed
 	resubmitted := 0
 	for i, r := range results {
-		p, ok := s.prompts.Prompt(r.promptID)
+		p, ok := prompt(r.promptID)
 		if ok && p.Attempts() > 1 {
 			resubmitted++
 		}
@@ -390,10 +435,11 @@ func TestWSStackExampleFlowSurvivesKill(t *testing.T) {
 			t.Logf("client %d: prompt %s state %d attempts %d on %s", i, r.promptID, p.State(), p.Attempts(), inst)
 		}
 	}
-	t.Logf("prompts executed: a=%d (killed) b=%d; resubmitted %d; outcomes %v", a.PromptsExecuted(), b.PromptsExecuted(), resubmitted, s.m.Stats().Outcomes)
+	t.Logf("prompts executed: a=%d (killed) b=%d; resubmitted %d", a.PromptsExecuted(), b.PromptsExecuted(), resubmitted)
 	if resubmitted == 0 || a.PromptsExecuted() != 0 {
 		t.Errorf("instance a was not killed mid-run (%d resubmitted, %d done on a)", resubmitted, a.PromptsExecuted())
 	}
+	tg.checkSpread(t)
 }
 
 func TestWSStack200ClientsOneUpstreamSocketPerInstance(t *testing.T) {
@@ -476,20 +522,35 @@ func TestWSStack200ClientsOneUpstreamSocketPerInstance(t *testing.T) {
 	}
 }
 
+// TestWSStackBroadcastAndPreviews: a custom node's broadcast on either
+// instance reaches every client, and each prompt's previews only its own
+// client in the form it negotiated; on one gateway and on two replicas
+// behind a balancer (each replica has its own event socket to every
+// instance, so broadcasts reach its sockets; previews cross replicas).
 func TestWSStackBroadcastAndPreviews(t *testing.T) {
 	t.Parallel()
+	forEachTarget(t, testBroadcastAndPreviews)
+}
+
+func testBroadcastAndPreviews(t *testing.T, kind targetKind) {
 	a := testkit.Sim(t, comfysim.Options{Delay: 20 * time.Millisecond, Steps: 2})
 	b := testkit.Sim(t, comfysim.Options{Delay: 20 * time.Millisecond, Steps: 2})
-	s := startStack(t, []string{a.Addr(), b.Addr()}, nil)
+	tg := startTarget(t, kind, func(opts func(*Options)) *gate {
+		return startStackWith(t, []string{a.Addr(), b.Addr()}, nil, opts)
+	})
+	s := tg.front
 	c1 := dialWS(t, s.wsURL("bp-1"))
 	c2 := dialWS(t, s.wsURL("bp-2"))
 	c2.sendFlags(true)
 	// A broadcast sent before comfygate's event socket to its instance is
-	// up is lost (ComfyUI keeps no backlog), so wait for both sockets.
-	testkit.Eventually(t, "both event sockets up", func() bool {
-		for _, inst := range s.pool.Instances() {
-			if !inst.State().SocketUp() {
-				return false
+	// up is lost (ComfyUI keeps no backlog), so wait for every replica's
+	// sockets.
+	testkit.Eventually(t, "every event socket up", func() bool {
+		for _, g := range tg.replicas {
+			for _, inst := range g.pool.Instances() {
+				if !inst.State().SocketUp() {
+					return false
+				}
 			}
 		}
 		return true
@@ -526,7 +587,7 @@ func TestWSStackBroadcastAndPreviews(t *testing.T) {
 		var q struct {
 			PromptID string `json:"prompt_id"`
 		}
-		if err := httpJSON(ctx, http.MethodPost, s.base+"/prompt", body, &q); err != nil {
+		if err := httpJSONWith(ctx, s.client(), http.MethodPost, s.base+"/prompt", body, &q); err != nil {
 			t.Fatal(err)
 		}
 		ids[c] = q.PromptID
@@ -557,4 +618,5 @@ func TestWSStackBroadcastAndPreviews(t *testing.T) {
 			t.Errorf("%s got no previews", c.sid)
 		}
 	}
+	tg.checkSpread(t)
 }

@@ -1,131 +1,206 @@
 package testkit
 
 import (
-	"context"
-	"fmt"
+	"bufio"
+	"bytes"
 	"io"
+	"net"
 	"net/http"
-	"slices"
+	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"testing"
 	"time"
 )
 
-// Balancer is a client-side balancer over the addresses (host:port) of
-// several gateway replicas, as a client configured with all of them: a
-// request goes to the address its URL names, and when that attempt fails
-// (no connection, a reset, no whole answer within the attempt timeout) it is
-// sent again to the next address. An address that failed is tried last
-// for a while (cool), so the client does not wait on a dead or stopped
-// replica for every request. A request is sent again only when its body
-// can be read again (http.NewRequest with a bytes.Reader sets GetBody).
+// Balancer is a TCP load balancer in front of several gateways (replicas
+// of one fleet), as a deployment puts one in front of comfygate: it picks
+// a backend per client connection and splices the bytes both ways, so a
+// WebSocket passes through as any connection does. RoundRobin takes the
+// backends in turns; Split sends every WebSocket handshake to one backend
+// and every other connection to another, so that a client's POST /prompt
+// and its /ws are on different replicas by construction.
 //
-// It is an http.RoundTripper; Client wraps it.
+// Per connection means an HTTP client's keep-alive connection stays on
+// one backend for all its requests: a test that wants its requests spread
+// uses a client without keep-alive (HTTPClient).
+//
+// It is stopped when the test ends. Methods are safe for concurrent use.
 type Balancer struct {
-	addrs   []string
-	attempt time.Duration
-	cool    time.Duration
-	tr      *http.Transport
+	// Addr is the balancer's host:port and URL "http://" + Addr: what the
+	// clients are given.
+	Addr, URL string
 
-	failovers atomic.Int64
+	backends []string
+	pick     func(ws bool) int
+	conns    []atomic.Int64 // connections sent to each backend
+	wsConns  []atomic.Int64 // of those, WebSocket handshakes
+	wg       sync.WaitGroup // the accept loop and the pumps
 
-	mu     sync.Mutex           // guards failed
-	failed map[string]time.Time // address -> its last failed attempt
+	openMu sync.Mutex // guards open
+	open   map[net.Conn]struct{}
 }
 
-// NewBalancer balances over addrs; attempt bounds one attempt, its
-// answer's body included (0: no bound).
-func NewBalancer(addrs []string, attempt time.Duration) *Balancer {
-	return &Balancer{addrs: addrs, attempt: attempt, cool: 2 * time.Second,
-		tr: &http.Transport{MaxIdleConnsPerHost: 64}, failed: map[string]time.Time{}}
+// RoundRobin starts a balancer that sends each connection to the next of
+// addrs in turn, whatever it carries.
+func RoundRobin(tb testing.TB, addrs ...string) *Balancer {
+	tb.Helper()
+	var next atomic.Uint64
+	n := uint64(len(addrs))
+	return startBalancer(tb, addrs, func(bool) int { return int((next.Add(1) - 1) % n) })
 }
 
-// Client is an http.Client over the balancer with an overall timeout.
-func (b *Balancer) Client(timeout time.Duration) *http.Client {
-	return &http.Client{Transport: b, Timeout: timeout}
-}
-
-// Failovers counts the attempts sent again to another address.
-func (b *Balancer) Failovers() int { return int(b.failovers.Load()) }
-
-// CloseIdleConnections closes the idle connections of every address.
-func (b *Balancer) CloseIdleConnections() { b.tr.CloseIdleConnections() }
-
-// order is host first, then the other addresses, with those that failed
-// within cool moved to the end.
-func (b *Balancer) order(host string) []string {
-	out := []string{host}
-	for _, a := range b.addrs {
-		if a != host {
-			out = append(out, a)
-		}
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	now := time.Now()
-	bad := func(a string) bool { t, ok := b.failed[a]; return ok && now.Sub(t) < b.cool }
-	slices.SortStableFunc(out, func(x, y string) int {
-		bx, by := bad(x), bad(y)
-		switch {
-		case bx == by:
-			return 0
-		case bx:
+// Split starts a balancer that sends every WebSocket handshake (a
+// request line GET .../ws) to wsAddr and every other connection to
+// httpAddr: backend 0 is httpAddr, backend 1 wsAddr.
+func Split(tb testing.TB, httpAddr, wsAddr string) *Balancer {
+	tb.Helper()
+	return startBalancer(tb, []string{httpAddr, wsAddr}, func(ws bool) int {
+		if ws {
 			return 1
-		default:
-			return -1
 		}
+		return 0
 	})
-	return out
 }
 
-// RoundTrip sends req to its address, and on failure to the others.
-func (b *Balancer) RoundTrip(req *http.Request) (*http.Response, error) {
-	var last error
-	for i, addr := range b.order(req.URL.Host) {
-		if i > 0 {
-			if req.Body != nil && req.GetBody == nil {
-				break
-			}
-			b.failovers.Add(1)
-		}
-		r := req.Clone(req.Context())
-		r.URL.Host, r.Host = addr, ""
-		if req.GetBody != nil {
-			body, err := req.GetBody()
-			if err != nil {
-				return nil, err
-			}
-			r.Body = body
-		}
-		ctx, cancel := req.Context(), context.CancelFunc(func() {})
-		if b.attempt > 0 {
-			ctx, cancel = context.WithTimeout(ctx, b.attempt)
-		}
-		resp, err := b.tr.RoundTrip(r.WithContext(ctx))
-		if err == nil {
-			resp.Body = &cancelBody{ReadCloser: resp.Body, cancel: cancel}
-			return resp, nil
-		}
-		cancel()
-		if req.Context().Err() != nil {
-			return nil, err
-		}
-		last = fmt.Errorf("%s: %w", addr, err)
-		b.mu.Lock()
-		b.failed[addr] = time.Now()
-		b.mu.Unlock()
+func startBalancer(tb testing.TB, addrs []string, pick func(ws bool) int) *Balancer {
+	tb.Helper()
+	if len(addrs) == 0 {
+		tb.Fatal("balancer: no backend")
 	}
-	return nil, last
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatalf("balancer: %v", err)
+	}
+	b := &Balancer{
+		Addr: ln.Addr().String(), backends: addrs, pick: pick,
+		conns: make([]atomic.Int64, len(addrs)), wsConns: make([]atomic.Int64, len(addrs)),
+		open: map[net.Conn]struct{}{},
+	}
+	b.URL = "http://" + b.Addr
+	b.wg.Add(1)
+	go b.accept(ln)
+	tb.Cleanup(func() {
+		_ = ln.Close()
+		b.openMu.Lock()
+		for c := range b.open {
+			_ = c.Close()
+		}
+		b.openMu.Unlock()
+		b.wg.Wait()
+	})
+	return b
 }
 
-// cancelBody ends its attempt's context once the body is closed.
-type cancelBody struct {
-	io.ReadCloser
-	cancel context.CancelFunc
+// WSURL is the balancer's /ws URL for clientID ("": none, as the web UI's
+// first connection).
+func (b *Balancer) WSURL(clientID string) string {
+	if clientID == "" {
+		return "ws://" + b.Addr + "/ws"
+	}
+	return "ws://" + b.Addr + "/ws?clientId=" + url.QueryEscape(clientID)
 }
 
-func (c *cancelBody) Close() error {
-	err := c.ReadCloser.Close()
-	c.cancel()
-	return err
+// Conns returns how many connections went to each backend so far (in the
+// order given), and how many of those were WebSocket handshakes.
+func (b *Balancer) Conns() (all, ws []int64) {
+	all, ws = make([]int64, len(b.backends)), make([]int64, len(b.backends))
+	for i := range b.backends {
+		all[i], ws[i] = b.conns[i].Load(), b.wsConns[i].Load()
+	}
+	return all, ws
+}
+
+// HTTPClient is a client without keep-alive: each request is a
+// connection of its own, so RoundRobin spreads consecutive requests over
+// the backends.
+func (b *Balancer) HTTPClient() *http.Client {
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+}
+
+func (b *Balancer) accept(ln net.Listener) {
+	defer b.wg.Done()
+	for {
+		in, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		if !b.track(in) {
+			_ = in.Close()
+			return
+		}
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			b.serve(in)
+		}()
+	}
+}
+
+// track records c as open; false once the balancer stopped.
+func (b *Balancer) track(c net.Conn) bool {
+	b.openMu.Lock()
+	defer b.openMu.Unlock()
+	if b.open == nil {
+		return false
+	}
+	b.open[c] = struct{}{}
+	return true
+}
+
+func (b *Balancer) untrack(c net.Conn) {
+	b.openMu.Lock()
+	defer b.openMu.Unlock()
+	delete(b.open, c)
+}
+
+// serve reads the connection's first request line, picks the backend and
+// splices the connection there; both sides close when either ends.
+func (b *Balancer) serve(in net.Conn) {
+	defer b.untrack(in)
+	defer in.Close()
+	br := bufio.NewReader(in)
+	line, err := br.ReadSlice('\n')
+	if err != nil {
+		return
+	}
+	ws := isWebSocketLine(line)
+	i := b.pick(ws)
+	out, err := net.Dial("tcp", b.backends[i])
+	if err != nil {
+		return
+	}
+	if !b.track(out) {
+		_ = out.Close()
+		return
+	}
+	defer b.untrack(out)
+	defer out.Close()
+	b.conns[i].Add(1)
+	if ws {
+		b.wsConns[i].Add(1)
+	}
+	if _, err := out.Write(line); err != nil {
+		return
+	}
+	done := make(chan struct{}, 2)
+	go func() { _, _ = io.Copy(out, br); done <- struct{}{} }()
+	go func() { _, _ = io.Copy(in, out); done <- struct{}{} }()
+	<-done
+	_ = in.Close()
+	_ = out.Close()
+	<-done
+}
+
+// isWebSocketLine reports whether an HTTP request line is a GET of a
+// path ending in /ws (ComfyUI's /ws, /api/ws, or under a prefix).
+func isWebSocketLine(line []byte) bool {
+	rest, ok := bytes.CutPrefix(line, []byte("GET "))
+	if !ok {
+		return false
+	}
+	target, _, _ := bytes.Cut(rest, []byte(" "))
+	p, _, _ := strings.Cut(string(target), "?")
+	return p == "/ws" || strings.HasSuffix(p, "/ws")
 }

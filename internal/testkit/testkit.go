@@ -4,7 +4,8 @@
 // every answer and event, when it comes, and whether the instance fails,
 // hangs or refuses), the gateway builder (Start), the test configuration
 // (Config), one bounded wait (Eventually), a fake clock, a fault-injecting
-// TCP proxy to put in front of an instance (FaultProxy), a real
+// TCP proxy to put in front of an instance (FaultProxy), a load balancer
+// to put in front of several gateways (RoundRobin, Split), a real
 // redis-server on a loopback port (Redis), and a client that speaks
 // ComfyUI's protocol like ComfyUI's own websocket example (Client).
 //

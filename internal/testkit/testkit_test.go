@@ -196,17 +196,17 @@ func TestFaultProxyDropsWebSockets(t *testing.T) {
 	}
 }
 
-// The balancer sends a request whose replica refuses, or does not answer
+// The client balancer sends a request whose replica refuses, or does not answer
 // within the attempt timeout, to the other, and tries a replica that
 // failed last for a while; a split session dials its socket at the next
 // address when the first refuses.
-func TestBalancerFailsOver(t *testing.T) {
+func TestClientBalancerFailsOver(t *testing.T) {
 	t.Parallel()
 	sim := Sim(t, comfysim.Options{})
 	hung := NewFaultProxy(t, sim.Addr())
 	hung.Hang()
 	dead := ClosedAddr(t)
-	b := NewBalancer([]string{dead, hung.Addr(), sim.Addr()}, 300*time.Millisecond)
+	b := NewClientBalancer([]string{dead, hung.Addr(), sim.Addr()}, 300*time.Millisecond)
 	hc := b.Client(10 * time.Second)
 	t.Cleanup(b.CloseIdleConnections)
 	for _, first := range []string{dead, hung.Addr()} {

@@ -1,0 +1,306 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/comfygate/comfygate/config"
+)
+
+// demoRedisStart bounds how long the demo's redis-server may take to
+// answer PING.
+const demoRedisStart = 10 * time.Second
+
+// demoReplicas runs n comfygate replicas on free loopback ports, each
+// configured by newConfig and sharing state in a redis-server started for
+// the demo, and a round-robin front on listen that hands each new
+// connection to the next replica. It stops everything when ctx ends.
+func demoReplicas(ctx context.Context, newConfig func() (*config.Config, error), n int, redisBin, listen string, stdout io.Writer) error {
+	redisURL, stopRedis, err := startDemoRedis(ctx, redisBin)
+	if err != nil {
+		return err
+	}
+	defer stopRedis()
+
+	var cfgs []*config.Config
+	var lns []net.Listener
+	closeAll := func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}
+	for range n {
+		cfg, err := newConfig()
+		if err != nil {
+			closeAll()
+			return err
+		}
+		cfg.State.URL = redisURL
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("listen for a replica: %w", err)
+		}
+		cfg.Listen = ln.Addr().String()
+		cfgs, lns = append(cfgs, cfg), append(lns, ln)
+	}
+	frontLn, err := net.Listen("tcp", listen)
+	if err != nil {
+		closeAll()
+		return fmt.Errorf("listen %s: %w", listen, err)
+	}
+	var backends []string
+	for _, ln := range lns {
+		backends = append(backends, ln.Addr().String())
+	}
+	front := newRoundRobin(frontLn, backends)
+	defer front.Close()
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ready := make(chan struct{}, n)
+	done := make(chan error, n)
+	for i := range n {
+		go func() {
+			done <- serve(runCtx, cfgs[i], nil, lns[i], stdout, func(string) { ready <- struct{}{} })
+		}()
+	}
+	// The first error of any replica stops the others; every replica is
+	// waited for before the front and Redis stop.
+	var first error
+	running := n
+	wait := func() {
+		err := <-done
+		running--
+		if err != nil && first == nil {
+			first = err
+		}
+		cancel()
+	}
+	started := 0
+	for started < n && runCtx.Err() == nil {
+		select {
+		case <-ready:
+			started++
+		case <-runCtx.Done():
+		case err := <-done:
+			running--
+			first = err
+			if first == nil && runCtx.Err() == nil {
+				first = errors.New("a replica stopped before it was ready")
+			}
+			cancel()
+		}
+	}
+	if started == n && runCtx.Err() == nil {
+		printReplicas(stdout, cfgs, redisURL, "http://"+frontLn.Addr().String())
+	}
+	for running > 0 {
+		wait()
+	}
+	return first
+}
+
+// printReplicas says where the replicas and the front are.
+func printReplicas(w io.Writer, cfgs []*config.Config, redisURL, frontURL string) {
+	fmt.Fprintf(w, "\ncomfygate demo: %d replicas sharing state in redis-server at %s, in front of", len(cfgs), redisURL)
+	for _, in := range cfgs[0].Instances {
+		fmt.Fprintf(w, " %s (%s)", in.Name, in.Address)
+	}
+	fmt.Fprintln(w)
+	for i, cfg := range cfgs {
+		fmt.Fprintf(w, "  replica %d: http://%s\n", i+1, cfg.Listen)
+	}
+	fmt.Fprintf(w, "  round robin: %s (each new connection goes to the next replica)\n", frontURL)
+	first, second := "http://"+cfgs[0].Listen, "http://"+cfgs[1].Listen
+	fmt.Fprintf(w, "\nRun a workflow through replica 1:\n  %s\n", demoCurl(first))
+	fmt.Fprintf(w, "and read it through replica 2: curl %s/history/<prompt_id>  ·  %s/health  ·  %s/stats\n", second, second, second)
+	fmt.Fprintf(w, "The job API's jobs stay on the replica that accepted them: follow a job through the replica you submitted it to.\n\n")
+}
+
+// startDemoRedis runs redis-server on a free loopback port with no
+// persistence in a temporary directory, and returns its URL once it
+// answers PING, and the function that stops it and removes the directory.
+func startDemoRedis(ctx context.Context, bin string) (string, func(), error) {
+	var last error
+	for range 3 { // the free port may be taken before redis-server binds it
+		url, stop, err := tryDemoRedis(ctx, bin)
+		if err == nil {
+			return url, stop, nil
+		}
+		last = err
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return "", nil, fmt.Errorf("redis-server did not start: %w", last)
+}
+
+func tryDemoRedis(ctx context.Context, bin string) (string, func(), error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	dir, err := os.MkdirTemp("", "comfygate-demo-redis-")
+	if err != nil {
+		return "", nil, err
+	}
+	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", dir,
+		"--logfile", filepath.Join(dir, "redis.log"), "--daemonize", "no")
+	if err := cmd.Start(); err != nil {
+		os.RemoveAll(dir)
+		return "", nil, err
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	stop := func() {
+		_ = cmd.Process.Kill()
+		<-exited
+		os.RemoveAll(dir)
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	client := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: time.Second})
+	defer client.Close()
+	deadline := time.NewTimer(demoRedisStart)
+	defer deadline.Stop()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if client.Ping(ctx).Err() == nil {
+			return "redis://" + addr, stop, nil
+		}
+		select {
+		case <-exited:
+			log, _ := os.ReadFile(filepath.Join(dir, "redis.log"))
+			stop()
+			return "", nil, fmt.Errorf("redis-server on %s exited: %s", addr, log)
+		case <-deadline.C:
+			stop()
+			return "", nil, fmt.Errorf("redis-server on %s: no PONG within %v", addr, demoRedisStart)
+		case <-ctx.Done():
+			stop()
+			return "", nil, ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+// roundRobin is the demo's front: a loopback TCP listener handing each new
+// connection to the next backend in turn, so one client address reaches
+// every replica. A backend that refuses is skipped for the next.
+type roundRobin struct {
+	ln       net.Listener
+	backends []string
+	mu       sync.Mutex
+	next     int
+	conns    map[net.Conn]struct{}
+	wg       sync.WaitGroup
+}
+
+func newRoundRobin(ln net.Listener, backends []string) *roundRobin {
+	rr := &roundRobin{ln: ln, backends: backends, conns: map[net.Conn]struct{}{}}
+	rr.wg.Add(1)
+	go rr.accept()
+	return rr
+}
+
+func (rr *roundRobin) accept() {
+	defer rr.wg.Done()
+	for {
+		c, err := rr.ln.Accept()
+		if err != nil {
+			return
+		}
+		rr.mu.Lock()
+		start := rr.next
+		rr.next = (rr.next + 1) % len(rr.backends)
+		rr.mu.Unlock()
+		if !rr.track(c) {
+			c.Close()
+			return
+		}
+		rr.wg.Add(1)
+		go func() {
+			defer rr.wg.Done()
+			defer rr.untrack(c)
+			rr.splice(c, start)
+		}()
+	}
+}
+
+// track records c for Close; false once closed.
+func (rr *roundRobin) track(c net.Conn) bool {
+	rr.mu.Lock()
+	defer rr.mu.Unlock()
+	if rr.conns == nil {
+		return false
+	}
+	rr.conns[c] = struct{}{}
+	return true
+}
+
+func (rr *roundRobin) untrack(c net.Conn) {
+	rr.mu.Lock()
+	defer rr.mu.Unlock()
+	if rr.conns != nil {
+		delete(rr.conns, c)
+	}
+}
+
+// splice connects c to the first backend from start on that accepts and
+// copies both ways until either side closes.
+func (rr *roundRobin) splice(c net.Conn, start int) {
+	defer c.Close()
+	var up net.Conn
+	for i := range rr.backends {
+		var err error
+		up, err = net.DialTimeout("tcp", rr.backends[(start+i)%len(rr.backends)], 5*time.Second)
+		if err == nil {
+			break
+		}
+	}
+	if up == nil {
+		return
+	}
+	if !rr.track(up) {
+		up.Close()
+		return
+	}
+	defer rr.untrack(up)
+	defer up.Close()
+	copied := make(chan struct{}, 2)
+	go func() { _, _ = io.Copy(up, c); copied <- struct{}{} }()
+	go func() { _, _ = io.Copy(c, up); copied <- struct{}{} }()
+	<-copied // one side ended: end both
+	c.Close()
+	up.Close()
+	<-copied
+}
+
+// Close stops accepting, closes every spliced connection and waits for
+// their goroutines.
+func (rr *roundRobin) Close() {
+	rr.ln.Close()
+	rr.mu.Lock()
+	conns := rr.conns
+	rr.conns = nil
+	rr.mu.Unlock()
+	for c := range conns {
+		c.Close()
+	}
+	rr.wg.Wait()
+}
