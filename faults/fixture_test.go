@@ -22,11 +22,12 @@ import (
 )
 
 var (
-	tableFile = flag.String("faults.table", "", "write the fault table as markdown to this file")
-	unskip    = flag.Bool("faults.unskip", false, "run the faults marked as needing a behaviour comfygate lacks instead of skipping them")
-	full      = flag.Bool("faults.full", false, "full size under the race detector too (1,000 concurrent submissions)")
-	long      = flag.Bool("faults.long", false, "also the faults that run with production timing (tens of seconds)")
-	logs      = flag.Bool("faults.log", false, "print the gateway's debug logs (to follow what one fault did)")
+	tableFile        = flag.String("faults.table", "", "write the fault table as markdown to this file")
+	replicaTableFile = flag.String("faults.replicas.table", "", "write the replica fault table (replicas_test.go) as markdown to this file")
+	unskip           = flag.Bool("faults.unskip", false, "run the faults marked as needing a behaviour comfygate lacks instead of skipping them")
+	full             = flag.Bool("faults.full", false, "full size under the race detector too (1,000 concurrent submissions)")
+	long             = flag.Bool("faults.long", false, "also the faults that run with production timing (tens of seconds)")
+	logs             = flag.Bool("faults.log", false, "print the gateway's debug logs (to follow what one fault did)")
 )
 
 // faultBound bounds one fault's whole run: every client wait, every job
@@ -42,25 +43,38 @@ type row struct {
 	note                                    string
 }
 
-var table struct {
+// rowTable is the rows of one table, in the order the faults finished.
+type rowTable struct {
 	mu   sync.Mutex
 	rows []row
 }
 
+// table is the fault table of one gateway; replicaTable the table of the
+// replica faults (replicas_test.go).
+var table, replicaTable rowTable
+
 func TestMain(m *testing.M) {
 	flag.Parse()
 	code := m.Run()
-	table.mu.Lock()
-	rows := table.rows
-	table.mu.Unlock()
-	if len(rows) > 0 {
-		md := markdown(rows)
+	removeBinary()
+	for _, out := range []struct {
+		rows *rowTable
+		file string
+		md   func([]row) string
+	}{{&table, *tableFile, markdown}, {&replicaTable, *replicaTableFile, replicaMarkdown}} {
+		out.rows.mu.Lock()
+		rows := out.rows.rows
+		out.rows.mu.Unlock()
+		if len(rows) == 0 {
+			continue
+		}
+		md := out.md(rows)
 		if testing.Verbose() {
 			fmt.Print("\n" + md)
 		}
-		if *tableFile != "" {
-			if err := os.WriteFile(*tableFile, []byte(md), 0o644); err != nil {
-				fmt.Fprintln(os.Stderr, "faults.table:", err)
+		if out.file != "" {
+			if err := os.WriteFile(out.file, []byte(md), 0o644); err != nil {
+				fmt.Fprintln(os.Stderr, "faults table:", err)
 				code = 1
 			}
 		}
@@ -73,22 +87,29 @@ func markdown(rows []row) string {
 	b.WriteString("| fault | prompts+jobs accepted | completed | failed with a clear error | rejected with a clear error | run twice | lost | time to recover | all settled | notes |\n")
 	b.WriteString("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
 	for _, r := range rows {
-		rec := "-"
-		if r.recover > 0 {
-			rec = r.recover.Round(10 * time.Millisecond).String()
-		}
 		fmt.Fprintf(&b, "| %s | %d | %d | %d | %d | %d | %d | %s | %s | %s |\n",
-			r.fault, r.accepted, r.completed, r.failed, r.rejected, r.runTwice, r.lost, rec,
+			r.fault, r.accepted, r.completed, r.failed, r.rejected, r.runTwice, r.lost, recoverText(r.recover),
 			r.settled.Round(10*time.Millisecond), r.note)
 	}
 	return b.String()
+}
+
+func recoverText(d time.Duration) string {
+	if d <= 0 {
+		return "-"
+	}
+	return d.Round(10 * time.Millisecond).String()
 }
 
 // fixture is one fault's world: the stack, its clients and everything they
 // submitted.
 type fixture struct {
 	t     *testing.T
-	st    *stack.Stack
+	st    *stack.Stack                     // nil for the replica faults, whose gateways are processes
+	sims  []*comfysim.Server               // the instances
+	base  string                           // the URL of the gateway the job clients use
+	open  func() (*testkit.Session, error) // a new client socket
+	rows  *rowTable                        // where finish adds the fault's row
 	hc    *http.Client
 	ctx   context.Context
 	start time.Time
@@ -160,8 +181,9 @@ func newFixtureWithin(t *testing.T, bound time.Duration, needs string, delay tim
 			}
 		},
 	})
-	f := &fixture{t: t, st: st, ctx: ctx, start: time.Now(), bound: bound,
+	f := &fixture{t: t, st: st, sims: st.Sims, base: st.URL, rows: &table, ctx: ctx, start: time.Now(), bound: bound,
 		hc: &http.Client{Timeout: bound, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}}
+	f.open = func() (*testkit.Session, error) { return testkit.NewSession(f.ctx, f.st.URL, "", f.hc) }
 	t.Cleanup(func() {
 		f.closeSessions()
 		f.hc.CloseIdleConnections()
@@ -250,7 +272,7 @@ next:
 // session opens a client socket.
 func (f *fixture) session() *testkit.Session {
 	f.t.Helper()
-	s, err := testkit.NewSession(f.ctx, f.st.URL, "", f.hc)
+	s, err := f.open()
 	if err != nil {
 		f.t.Fatalf("client socket: %v", err)
 	}
@@ -327,7 +349,7 @@ func (f *fixture) jobs(n int) {
 		go func() {
 			defer wg.Done()
 			tj := &trackedJob{done: make(chan struct{})}
-			tj.job = testkit.SubmitJob(f.ctx, f.hc, f.st.URL, "/api/remove-background", img)
+			tj.job = testkit.SubmitJob(f.ctx, f.hc, f.base, "/api/remove-background", img)
 			f.mu.Lock()
 			f.alljobs = append(f.alljobs, tj)
 			f.mu.Unlock()
@@ -336,7 +358,7 @@ func (f *fixture) jobs(n int) {
 				defer f.wg.Done()
 				defer close(tj.done)
 				if tj.job.Code == http.StatusAccepted {
-					tj.end = testkit.WaitJob(f.ctx, f.hc, f.st.URL, tj.job.ID)
+					tj.end = testkit.WaitJob(f.ctx, f.hc, f.base, tj.job.ID)
 				}
 			}()
 		}()
@@ -402,7 +424,7 @@ func (f *fixture) measureRecovery() {
 // waitRunning finds the queue it needs however fast the machine is; the
 // gateway, seeing every queue grow alike, spreads the work evenly.
 func (f *fixture) hold() {
-	for _, s := range f.st.Sims {
+	for _, s := range f.sims {
 		s.SetPaused(true)
 	}
 }
@@ -415,7 +437,7 @@ func (f *fixture) busiest(pending int) int {
 	best := -1
 	if !testkit.Poll(testkit.WaitBound, func() bool {
 		most := pending
-		for i, s := range f.st.Sims {
+		for i, s := range f.sims {
 			if _, p := s.Queue(); p > most {
 				best, most = i, p
 			}
@@ -429,7 +451,7 @@ func (f *fixture) busiest(pending int) int {
 
 func (f *fixture) queues() string {
 	var qs []string
-	for i, s := range f.st.Sims {
+	for i, s := range f.sims {
 		r, p := s.Queue()
 		qs = append(qs, fmt.Sprintf("sim%d: %d running, %d pending", i, r, p))
 	}
@@ -447,7 +469,7 @@ func (f *fixture) waitRunning(sim *comfysim.Server, pending int) {
 	}) {
 		f.t.Fatalf("not %d prompts queued on the instance (%s)", pending+1, f.queues())
 	}
-	for _, s := range f.st.Sims {
+	for _, s := range f.sims {
 		s.SetPaused(false)
 	}
 	// Tight polling: the prompt runs for one node time only.
@@ -511,7 +533,7 @@ func (f *fixture) settle() {
 		f.t.Fatalf("clients still waiting after %v:\n%s", f.bound, dump)
 	}
 	testkit.Eventually(f.t, "the instances' queues to drain", func() bool {
-		for _, s := range f.st.Sims {
+		for _, s := range f.sims {
 			if r, p := s.Queue(); r+p > 0 {
 				return false
 			}
@@ -556,7 +578,7 @@ func (f *fixture) finish(fault string) row {
 	runs := map[string]int{}     // prompt tag -> runs
 	liveRuns := map[string]int{} // the same, on instances that are up now
 	jobRuns := map[string]int{}  // prompt id -> runs
-	for _, s := range f.st.Sims {
+	for _, s := range f.sims {
 		for id, n := range s.RunsByExtra(testkit.RunTag) {
 			runs[id] += n
 			if s.Up() {
@@ -569,6 +591,7 @@ func (f *fixture) finish(fault string) row {
 	}
 	var check []*testkit.Run // completed prompts whose outputs must answer
 	goneHistory := 0
+	viaHistory := 0  // completed prompts whose end the client learnt from /history
 	ranRejected := 0 // rejected to the client, yet an instance ran it
 	codes := map[int]int{}
 	ctx, cancel := context.WithTimeout(context.Background(), f.bound)
@@ -604,6 +627,9 @@ func (f *fixture) finish(fault string) row {
 		switch {
 		case p.res.Succeeded():
 			r.completed++
+			if p.res.ViaHistory {
+				viaHistory++
+			}
 			if runs[id] == 0 {
 				f.t.Errorf("prompt %s: its client saw it succeed (%s) but no instance ran it", id, p.res.End)
 			}
@@ -685,6 +711,10 @@ func (f *fixture) finish(fault string) row {
 	if ranRejected > 0 {
 		notes = append(notes, fmt.Sprintf("%d rejected to the client but run by an instance", ranRejected))
 	}
+	if viaHistory > 0 && f.rows == &replicaTable {
+		// Replicas: the ends whose events did not cross to the client's socket.
+		notes = append(notes, fmt.Sprintf("%d ends learnt from /history", viaHistory))
+	}
 	if goneHistory > 0 {
 		notes = append(notes, fmt.Sprintf("%d finished on an instance that died since (history gone with it)", goneHistory))
 	}
@@ -699,9 +729,9 @@ func (f *fixture) finish(fault string) row {
 	r.note = strings.Join(notes, "; ")
 	f.t.Logf("%s: accepted %d, completed %d, failed clearly %d, rejected %d, run twice %d, lost %d, recover %v, settled %v (%s)",
 		fault, r.accepted, r.completed, r.failed, r.rejected, r.runTwice, r.lost, r.recover, r.settled, r.note)
-	table.mu.Lock()
-	table.rows = append(table.rows, r)
-	table.mu.Unlock()
+	f.rows.mu.Lock()
+	f.rows.rows = append(f.rows.rows, r)
+	f.rows.mu.Unlock()
 	return r
 }
 
@@ -709,7 +739,7 @@ func (f *fixture) finish(fault string) row {
 // messages.
 func (f *fixture) whereRan(id string) string {
 	var out []string
-	for i, s := range f.st.Sims {
+	for i, s := range f.sims {
 		if n := s.RunsByExtra(testkit.RunTag)[id]; n > 0 {
 			out = append(out, fmt.Sprintf("ran %d× on sim%d (up %v)", n, i, s.Up()))
 		}

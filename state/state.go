@@ -54,6 +54,10 @@ func Open(ctx context.Context, cfg config.State) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("state.url: %s: %w", redacted(cfg.URL), err)
 	}
+	// Every call is bounded by its context (a record read, /health, a
+	// lease renewal): the deadline must reach the socket, not wait out
+	// the client's read timeout on a Redis that stopped answering.
+	opt.ContextTimeoutEnabled = true
 	s := newRedis(redis.NewClient(opt), opt.Addr)
 	pctx, cancel := context.WithTimeout(ctx, openTimeout)
 	defer cancel()

@@ -126,6 +126,35 @@ func deadAddr(t *testing.T) string {
 	return addr
 }
 
+// TestCallsEndAtTheirDeadline: a call to a Redis that stopped answering
+// ends when its context does, not after the client's socket timeout
+// (set to a minute here, so the two cannot be mistaken).
+func TestCallsEndAtTheirDeadline(t *testing.T) {
+	t.Parallel()
+	fp := testkit.NewFaultProxy(t, strings.TrimPrefix(testkit.Redis(t), "redis://"))
+	s, err := state.Open(context.Background(), config.State{URL: "redis://" + fp.Addr() + "?read_timeout=1m&max_retries=-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	fp.Hang()
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.QueueNumbers().Next(ctx)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("a call to a silent Redis succeeded")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a call to a silent Redis outlived its 100 ms context by 30 s")
+	}
+}
+
 func TestQueueNumbersAreDistinctAcrossReplicas(t *testing.T) {
 	t.Parallel()
 	for _, b := range backends(t) {

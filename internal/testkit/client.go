@@ -35,10 +35,12 @@ func Workflow(color int, prefix string) map[string]any {
 // silent socket or a long-quiet prompt, the prompts still open are looked
 // up in /history/{id}, as robust clients do.
 type Session struct {
-	base, wsURL, clientID string
-	hc                    *http.Client
+	base, clientID string
+	wsURLs         []string // the socket's addresses, in the order tried
+	hc             *http.Client
 
 	mu         sync.Mutex // guards the fields below
+	wsNext     int        // index in wsURLs of the next dial
 	conn       *websocket.Conn
 	runs       map[string]*Run // prompt id -> run
 	seen       map[string]bool // every prompt id named by an event
@@ -77,6 +79,16 @@ type Run struct {
 // the HTTP client for the session's requests; nil means a fresh one with a
 // 30 s timeout.
 func NewSession(ctx context.Context, base, clientID string, hc *http.Client) (*Session, error) {
+	return NewSplitSession(ctx, base, []string{base}, clientID, hc)
+}
+
+// NewSplitSession is NewSession with its socket on another gateway than
+// its requests: a client of several replicas whose POST /prompt goes to
+// one (base) while its /ws is on another (wsBases[0]). A dial of the
+// socket that fails moves to the next of wsBases for the following dial,
+// as a client-side balancer does; hc carries the requests (a Balancer's
+// client moves them likewise).
+func NewSplitSession(ctx context.Context, base string, wsBases []string, clientID string, hc *http.Client) (*Session, error) {
 	if clientID == "" {
 		clientID = ids.Hex()
 	}
@@ -85,14 +97,22 @@ func NewSession(ctx context.Context, base, clientID string, hc *http.Client) (*S
 	}
 	s := &Session{
 		base:       strings.TrimSuffix(base, "/"),
-		wsURL:      "ws" + strings.TrimPrefix(strings.TrimSuffix(base, "/"), "http") + "/ws?clientId=" + url.QueryEscape(clientID),
 		clientID:   clientID,
 		hc:         hc,
 		runs:       map[string]*Run{},
 		seen:       map[string]bool{},
 		readerDone: make(chan struct{}),
 	}
-	conn, err := s.dial(ctx)
+	for _, b := range wsBases {
+		s.wsURLs = append(s.wsURLs, "ws"+strings.TrimPrefix(strings.TrimSuffix(b, "/"), "http")+"/ws?clientId="+url.QueryEscape(clientID))
+	}
+	var conn *websocket.Conn
+	var err error
+	for range s.wsURLs {
+		if conn, err = s.dial(ctx); err == nil {
+			break
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -104,14 +124,22 @@ func NewSession(ctx context.Context, base, clientID string, hc *http.Client) (*S
 // ClientID is the session's clientId.
 func (s *Session) ClientID() string { return s.clientID }
 
+// dial dials the socket's current address; when that fails, the next
+// dial tries the next address.
 func (s *Session) dial(ctx context.Context) (*websocket.Conn, error) {
+	s.mu.Lock()
+	u := s.wsURLs[s.wsNext]
+	s.mu.Unlock()
 	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second}
-	conn, resp, err := d.DialContext(ctx, s.wsURL, nil)
+	conn, resp, err := d.DialContext(ctx, u, nil)
 	if resp != nil && resp.Body != nil {
 		_ = resp.Body.Close()
 	}
 	if err != nil {
-		return nil, fmt.Errorf("dial %s: %w", s.wsURL, err)
+		s.mu.Lock()
+		s.wsNext = (s.wsNext + 1) % len(s.wsURLs)
+		s.mu.Unlock()
+		return nil, fmt.Errorf("dial %s: %w", u, err)
 	}
 	return conn, nil
 }

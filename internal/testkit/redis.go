@@ -7,8 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -26,6 +26,25 @@ const redisStartBound = 10 * time.Second
 // installs it, .ci/run) and is skipped otherwise, saying to install it.
 func Redis(t testing.TB) string {
 	t.Helper()
+	return StartRedis(t).URL()
+}
+
+// RedisServer is a redis-server of one test that the test can kill and
+// start again on the same port, as a restarted Redis (with no persistence
+// it comes back empty).
+type RedisServer struct {
+	t         testing.TB
+	bin, addr string
+	dir       string
+
+	mu   sync.Mutex // guards cmd and exit
+	cmd  *exec.Cmd
+	exit chan error // receives the running process's end
+}
+
+// StartRedis is Redis returning the server itself.
+func StartRedis(t testing.TB) *RedisServer {
+	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		const msg = "redis-server is not installed (apt-get install redis-server): the shared-state tests need a real one"
@@ -38,60 +57,80 @@ func Redis(t testing.TB) string {
 	// may take it before redis-server binds it: try a few ports.
 	var last error
 	for range 3 {
-		addr, err := startRedis(t, bin)
-		if err == nil {
-			return "redis://" + addr
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
 		}
-		last = err
+		addr := l.Addr().String()
+		_ = l.Close()
+		r := &RedisServer{t: t, bin: bin, addr: addr, dir: t.TempDir()}
+		if last = r.Start(); last == nil {
+			t.Cleanup(r.Kill)
+			return r
+		}
 	}
 	t.Fatalf("redis-server did not start: %v", last)
-	return ""
+	return nil
 }
 
-// startRedis runs one redis-server on a free loopback port and returns
-// its address once it answers PING; it is stopped at the test's end.
-func startRedis(t testing.TB, bin string) (string, error) {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
+// URL is the server's redis:// URL.
+func (r *RedisServer) URL() string { return "redis://" + r.addr }
+
+// Addr is the server's host:port.
+func (r *RedisServer) Addr() string { return r.addr }
+
+// Kill ends the server with SIGKILL and waits for it; nothing when it is
+// not running.
+func (r *RedisServer) Kill() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cmd == nil {
+		return
 	}
-	port := l.Addr().(*net.TCPAddr).Port
-	_ = l.Close()
-	dir := t.TempDir()
-	cmd := exec.Command(bin,
-		"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", dir,
-		"--logfile", filepath.Join(dir, "redis.log"), "--daemonize", "no")
+	_ = r.cmd.Process.Kill()
+	<-r.exit
+	r.cmd = nil
+}
+
+// Start runs redis-server on the server's port (again, after Kill) and
+// returns once it answers PING.
+func (r *RedisServer) Start() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cmd != nil {
+		return nil
+	}
+	_, port, _ := net.SplitHostPort(r.addr)
+	cmd := exec.Command(r.bin,
+		"--port", port, "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", r.dir,
+		"--logfile", filepath.Join(r.dir, "redis.log"), "--daemonize", "no")
 	if err := cmd.Start(); err != nil {
-		return "", err
+		return err
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	stop := func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	gone := false
 	answered := Poll(redisStartBound, func() bool {
 		select {
-		case <-exited:
+		case err := <-exited:
+			exited <- err
 			gone = true
 			return true
 		default:
 		}
-		return redisPing(addr) == nil
+		return redisPing(r.addr) == nil
 	})
 	if gone || !answered {
 		if !gone {
-			stop()
+			_ = cmd.Process.Kill()
 		}
-		log, _ := os.ReadFile(filepath.Join(dir, "redis.log"))
-		return "", fmt.Errorf("redis-server on %s: no PONG within %v; its log:\n%s", addr, redisStartBound, log)
+		<-exited
+		log, _ := os.ReadFile(filepath.Join(r.dir, "redis.log"))
+		return fmt.Errorf("redis-server on %s: no PONG within %v; its log:\n%s", r.addr, redisStartBound, log)
 	}
-	t.Cleanup(stop)
-	return addr, nil
+	r.cmd, r.exit = cmd, exited
+	return nil
 }
 
 // redisPing sends one PING in the inline protocol and wants +PONG.

@@ -2,6 +2,7 @@ package testkit
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -192,5 +193,60 @@ func TestFaultProxyDropsWebSockets(t *testing.T) {
 			}
 			return
 		}
+	}
+}
+
+// The client balancer sends a request whose replica refuses, or does not answer
+// within the attempt timeout, to the other, and tries a replica that
+// failed last for a while; a split session dials its socket at the next
+// address when the first refuses.
+func TestClientBalancerFailsOver(t *testing.T) {
+	t.Parallel()
+	sim := Sim(t, comfysim.Options{})
+	hung := NewFaultProxy(t, sim.Addr())
+	hung.Hang()
+	dead := ClosedAddr(t)
+	b := NewClientBalancer([]string{dead, hung.Addr(), sim.Addr()}, 300*time.Millisecond)
+	hc := b.Client(10 * time.Second)
+	t.Cleanup(b.CloseIdleConnections)
+	for _, first := range []string{dead, hung.Addr()} {
+		resp, err := hc.Get("http://" + first + "/system_stats")
+		if err != nil {
+			t.Fatalf("GET via %s: %v", first, err)
+		}
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET via %s: %d", first, resp.StatusCode)
+		}
+	}
+	// dead -> hung (timed out) -> sim; then the request for hung goes to
+	// sim first (hung and dead failed just now): no more.
+	if n := b.Failovers(); n != 2 {
+		t.Errorf("failovers: %d, want 2", n)
+	}
+	s, err := NewSplitSession(context.Background(), "http://"+sim.Addr(), []string{"http://" + dead, "http://" + sim.Addr()}, "", hc)
+	if err != nil {
+		t.Fatalf("split session: %v", err)
+	}
+	s.Close()
+}
+
+// A RedisServer killed refuses connections; started again, it answers on
+// the same address.
+func TestRedisServerRestarts(t *testing.T) {
+	t.Parallel()
+	r := StartRedis(t)
+	if err := redisPing(r.Addr()); err != nil {
+		t.Fatalf("PING: %v", err)
+	}
+	r.Kill()
+	if err := redisPing(r.Addr()); err == nil {
+		t.Fatalf("PING answered after Kill")
+	}
+	if err := r.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := redisPing(r.Addr()); err != nil {
+		t.Fatalf("PING after Start: %v", err)
 	}
 }

@@ -15,7 +15,9 @@
 // at 1, 100, 1,000 clients; RSS per idle client), jobs (the job API against
 // the direct round trip), sched (2-instance scaling, makespan with one slow
 // instance, burst split), fleet (idle CPU, RSS and submit latency at 2, 20
-// and 200 instances).
+// and 200 instances), replicas (POST /prompt with state.url on a local
+// redis-server against in memory; a rolling restart of two replicas under
+// load, counting client-visible errors).
 package main
 
 import (
@@ -36,7 +38,7 @@ import (
 )
 
 // allSections in the order they run.
-var allSections = []string{"get", "view", "upload", "submit", "ws", "jobs", "sched", "fleet"}
+var allSections = []string{"get", "view", "upload", "submit", "ws", "jobs", "sched", "fleet", "replicas"}
 
 // options are the command's flags.
 type options struct {
@@ -244,6 +246,8 @@ func (o options) budget(s string) time.Duration {
 		want = (2*r + 2*r + max(r, 5)) * 5 * time.Second
 	case "fleet": // start-up, settling, the idle window, 200 prompts
 		want = time.Duration(len(o.fleet)) * (o.fleetIdle + 20*time.Second)
+	case "replicas": // submit rounds both ways, two restarts with 2 s of load around each
+		want = 2*r*3*time.Second + 2*(20*time.Second+2*time.Second)
 	}
 	return want*3/2 + time.Minute
 }
@@ -267,6 +271,8 @@ func runSection(ctx context.Context, s string, o options, e *env, rep *report) e
 		return sectionSched(ctx, o, e, rep)
 	case "fleet":
 		return sectionFleet(ctx, o, e, rep)
+	case "replicas":
+		return sectionReplicas(ctx, o, e, rep)
 	}
 	return fmt.Errorf("unknown section %q", s)
 }

@@ -93,6 +93,11 @@ func (p *proc) stop(grace time.Duration) {
 // stopOne stops p and forgets it.
 func (ps *procs) stopOne(p *proc) {
 	p.stop(3 * time.Second)
+	ps.forget(p)
+}
+
+// forget drops p, stopped, from the processes to stop.
+func (ps *procs) forget(p *proc) {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	for i, q := range ps.list {

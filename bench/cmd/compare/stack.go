@@ -203,11 +203,18 @@ func (e *env) startGateYAML(ctx context.Context, name string, instances []string
 	if err != nil {
 		return nil, "", err
 	}
+	p, err := e.startGateAt(ctx, name, addr, instances, yaml, extraEnv...)
+	return p, addr, err
+}
+
+// startGateAt is startGateYAML listening on addr (a restart keeps its
+// address).
+func (e *env) startGateAt(ctx context.Context, name, addr string, instances []string, yaml string, extraEnv ...string) (*proc, error) {
 	args := []string{"-listen", addr}
 	if yaml != "" {
 		path := filepath.Join(e.work, name+".yaml")
 		if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
-			return nil, "", err
+			return nil, err
 		}
 		args = append(args, "-config", path)
 	}
@@ -218,23 +225,23 @@ func (e *env) startGateYAML(ctx context.Context, name string, instances []string
 	envv = append(envv, extraEnv...)
 	p, err := e.ps.start(name, envv, e.comfy, args...)
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	deadline := time.Now().Add(90 * time.Second)
 	for {
 		ok, detail := e.gateReady(addr, len(instances))
 		if ok {
-			return p, addr, nil
+			return p, nil
 		}
 		if p.exited() {
-			return nil, "", fmt.Errorf("%s exited: %s", name, p.tail())
+			return nil, fmt.Errorf("%s exited: %s", name, p.tail())
 		}
 		if time.Now().After(deadline) {
-			return nil, "", fmt.Errorf("%s not ready after 90 s: %s", name, detail)
+			return nil, fmt.Errorf("%s not ready after 90 s: %s", name, detail)
 		}
 		select {
 		case <-ctx.Done():
-			return nil, "", ctx.Err()
+			return nil, ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
