@@ -474,7 +474,7 @@ func TestReplicaKilledMidRequest(t *testing.T) {
 // replica is left to move the dead replica's prompts to the other
 // instance.
 func TestReplicaKilledThenInstance(t *testing.T) {
-	w := newReplicaWorld(t, needsAdoption, 30*time.Second)
+	w := newReplicaWorld(t, "", 30*time.Second)
 	ss := make([]*testkit.Session, 4)
 	for i := range ss {
 		ss[i] = w.session()

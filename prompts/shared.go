@@ -32,6 +32,10 @@ const (
 	sharedBatch = 256
 	// sharedWriteTimeout bounds one pipeline.
 	sharedWriteTimeout = 2 * time.Second
+	// recordedWait bounds how long a submission's answer waits for its
+	// record: clients resend a POST they got no answer to, and a resend
+	// runs twice.
+	recordedWait = 500 * time.Millisecond
 	// sharedReadTimeout bounds a lookup on a miss: a read that misses
 	// the local table waits at most this long for the others' record.
 	sharedReadTimeout = 500 * time.Millisecond
@@ -52,6 +56,7 @@ type sharedIndex struct {
 	running  atomic.Bool   // the writer goroutine runs
 	wrote    chan struct{} // closed when the writer has written its last batch and returned
 	failedAt atomic.Int64  // unix nanoseconds of the last failed lookup
+	failing  atomic.Bool   // the last write failed: answers do not wait for records (recorded)
 	// With leases (lease.go), every record is fenced by the replica's
 	// liveness lease as it was when its step queued it: guard is the
 	// current one, nil while the replica holds none.
@@ -229,17 +234,18 @@ func (sh *sharedIndex) shareStep(pr *Prompt, prev lifecycle.State, prevInst *ups
 }
 
 // recorded waits, with leases, until the records queued so far are
-// written (at most sharedWriteTimeout), pr's among them: a prompt is
-// recorded before its client's answer, so that another replica can adopt
-// it. Nothing for a nil pr, or without leases.
+// written (at most recordedWait), pr's among them: a prompt is recorded
+// before its client's answer, so that another replica can adopt it.
+// Nothing for a nil pr, without leases, or while writes fail (the prompt
+// was sent: its answer is not held for a Redis that does not answer).
 func (t *Table) recorded(pr *Prompt) {
 	sh := t.shared.Load()
-	if pr == nil || sh == nil || !sh.fenced.Load() {
+	if pr == nil || sh == nil || !sh.fenced.Load() || sh.failing.Load() {
 		return
 	}
 	ack := make(chan struct{})
 	sh.write(sharedWrite{ack: ack})
-	timer := time.NewTimer(sharedWriteTimeout)
+	timer := time.NewTimer(recordedWait)
 	defer timer.Stop()
 	select {
 	case <-ack:
@@ -327,6 +333,7 @@ func (sh *sharedIndex) writer(ctx context.Context) {
 			err = sh.idx.PinFiles(wctx, pins)
 		}
 		cancel()
+		sh.failing.Store(err != nil)
 		switch {
 		case errors.Is(err, state.ErrStaleToken):
 			sh.m.StateIndexError("stale")
