@@ -126,7 +126,7 @@ func printReplicas(w io.Writer, cfgs []*config.Config, redisURL, frontURL string
 	first, second := "http://"+cfgs[0].Listen, "http://"+cfgs[1].Listen
 	fmt.Fprintf(w, "\nRun a workflow through replica 1:\n  %s\n", demoCurl(first))
 	fmt.Fprintf(w, "and read it through replica 2: curl %s/history/<prompt_id>  ·  %s/health  ·  %s/stats\n", second, second, second)
-	fmt.Fprintf(w, "The job API's jobs stay on the replica that accepted them: follow a job through the replica you submitted it to.\n\n")
+	fmt.Fprintf(w, "Jobs of the job API are shared too: submit through one replica, follow the job through any.\n\n")
 }
 
 // startDemoRedis runs redis-server on a free loopback port with no

@@ -297,9 +297,10 @@ func TestHAProxyConfig(t *testing.T) {
 		t.Error("haproxy.cfg pins clients to a replica; replicas sharing state need no stickiness")
 	}
 
-	// The job API's jobs stay on the replica that accepted them: its
-	// requests go by client address, to the same servers, up and down
-	// with backend comfygate's checks.
+	// The job API's requests go by client address, so one replica mostly
+	// answers from the jobs it follows already (any replica can answer
+	// for any job): to the same servers, up and down with backend
+	// comfygate's checks.
 	const jobs = "backend comfygate-jobs"
 	for _, want := range []string{"balance source", "hash-type consistent", "use_backend comfygate-jobs if job_api"} {
 		section := jobs
@@ -407,7 +408,7 @@ func TestKubernetesReplicas(t *testing.T) {
 	}
 
 	if a := str(t, need("Service/comfygate"), "spec", "sessionAffinity"); a != "ClientIP" {
-		t.Errorf("Service/comfygate sessionAffinity %q, want ClientIP: a job is answered by the replica that accepted it", a)
+		t.Errorf("Service/comfygate sessionAffinity %q, want ClientIP: one client's job requests mostly reach the replica that follows its jobs", a)
 	}
 
 	pdb := need("PodDisruptionBudget/comfygate")

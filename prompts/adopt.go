@@ -122,6 +122,7 @@ func (k *leaseKeeper) takeOver(rec state.PromptRecord, inst *upstream.Instance, 
 		pr.body.Store(&body)
 	}
 	pr.view.Store(&promptView{instance: inst})
+	pr.recorded.Store(true) // the claim made its record this replica's
 	var st lifecycle.State
 	ok := false
 	t.owners.socketFor(inst).box.do(func() {

@@ -112,6 +112,9 @@ type Prompt struct {
 	// abandoned: this replica lost its liveness lease, so another may
 	// have adopted the prompt; it takes no more steps here (lease.go).
 	abandoned atomic.Bool
+	// recorded: a record of it was written to the shared index, so
+	// another replica can adopt it (shared.go).
+	recorded atomic.Bool
 }
 
 // promptView is one prompt's state at one moment. Never modified once

@@ -10,9 +10,11 @@ package prompts
 // token, and the store refuses a record whose token is not the lease's
 // current one, or that another replica's lease guards now. When a renewal
 // does not succeed within the TTL (the replica paused, or lost Redis),
-// the replica abandons every live prompt at once: they take no more
-// steps here and leave its table, since another replica may adopt them
-// from then on. It goes on under a new incarnation once Redis answers.
+// the replica abandons at once every live prompt that has a record: they
+// take no more steps here and leave its table, since another replica may
+// adopt them from then on. One that has none (its every record failed)
+// nobody else can adopt: it stays, and is recorded once the replica goes
+// on under a new incarnation, when Redis answers again.
 //
 // Each replica also takes, while alive, the leases of a share of the
 // fleet's instances (the instances over the replicas alive, rounded up),
@@ -29,6 +31,7 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/lifecycle"
 	"github.com/comfygate/comfygate/state"
 )
 
@@ -166,6 +169,7 @@ func (k *leaseKeeper) live(ctx context.Context) *incarnation {
 		}
 		k.armLoss(fresh, sent)
 		k.t.log.Info("prompts: liveness lease taken", "replica", id)
+		k.t.recordKept()
 		return fresh
 	}
 	ok, err := k.l.Renew(ctx, inc.lease, inc.id, inc.token, k.ttl)
@@ -278,13 +282,19 @@ func (k *leaseKeeper) release() {
 	_ = k.l.Release(ctx, inc.lease, inc.id, inc.token)
 }
 
-// abandonAll lets go of every live prompt: it takes no more steps here
-// and leaves the index (its instance no longer counts it). Each is let go
-// on the owner of its instance, between its steps.
+// abandonAll lets go of every live prompt that has a record in the
+// shared index: it takes no more steps here and leaves the index (its
+// instance no longer counts it). Each is let go on the owner of its
+// instance, between its steps. A prompt none of whose records was
+// written (sent while Redis did not answer) no other replica can adopt:
+// it stays this replica's, recorded once it holds a lease again
+// (recordKept).
 func (t *Table) abandonAll() {
 	var live []*Prompt
 	t.idx.eachLive(func(pr *Prompt) bool {
-		live = append(live, pr)
+		if pr.recorded.Load() {
+			live = append(live, pr)
+		}
 		return true
 	})
 	for _, pr := range live {
@@ -314,5 +324,25 @@ func (t *Table) abandon(pr *Prompt) {
 		}
 		t.idx.forget(pr)
 		t.events.notifyQueue()
+	})
+}
+
+// recordKept records, under the replica's new liveness lease, every live
+// prompt it kept (abandonAll): whole, with its body, each on the owner of
+// its instance, so that the record follows the prompt's steps in order.
+func (t *Table) recordKept() {
+	sh := t.shared.Load()
+	if sh == nil {
+		return
+	}
+	t.idx.eachLive(func(pr *Prompt) bool {
+		if inst := pr.Instance(); inst != nil && !pr.abandoned.Load() {
+			t.owners.socketFor(inst).box.post(func() {
+				if v := pr.snap(); v.instance != nil && !pr.abandoned.Load() {
+					sh.shareStep(pr, lifecycle.State{}, nil, v.life, v.instance)
+				}
+			})
+		}
+		return true
 	})
 }

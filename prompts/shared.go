@@ -85,6 +85,7 @@ func (sh *sharedIndex) readFailed(what string, err error) {
 // sharedWrite is one record or file pin for the writer.
 type sharedWrite struct {
 	rec   *state.PromptRecord
+	pr    *Prompt // rec's prompt: marked recorded once rec is written
 	pin   *state.FilePin
 	owner *[2]string    // prompt id, API key name
 	ack   chan struct{} // closed once what was queued before it is written (or given up)
@@ -230,7 +231,7 @@ func (sh *sharedIndex) shareStep(pr *Prompt, prev lifecycle.State, prevInst *ups
 			rec.Body = pr.lastBody()
 		}
 	}
-	sh.write(sharedWrite{rec: rec})
+	sh.write(sharedWrite{rec: rec, pr: pr})
 }
 
 // recorded waits, with leases, until the records queued so far are
@@ -296,6 +297,7 @@ func (sh *sharedIndex) write(w sharedWrite) {
 func (sh *sharedIndex) writer(ctx context.Context) {
 	defer close(sh.wrote)
 	var recs []state.PromptRecord
+	var recPrs []*Prompt // recs' prompts, in step
 	var pins []state.FilePin
 	var acks []chan struct{}
 	owners := map[string]string{}
@@ -307,7 +309,7 @@ func (sh *sharedIndex) writer(ctx context.Context) {
 			owners[w.owner[0]] = w.owner[1]
 		}
 		if w.rec != nil {
-			recs = append(recs, *w.rec)
+			recs, recPrs = append(recs, *w.rec), append(recPrs, w.pr)
 		}
 		if w.pin != nil {
 			pins = append(pins, *w.pin)
@@ -320,7 +322,7 @@ func (sh *sharedIndex) writer(ctx context.Context) {
 			}
 			acks = acks[:0]
 		}()
-		recs = sh.current(recs)
+		recs, recPrs = sh.current(recs, recPrs)
 		if len(recs) == 0 && len(pins) == 0 && len(owners) == 0 {
 			return
 		}
@@ -334,6 +336,13 @@ func (sh *sharedIndex) writer(ctx context.Context) {
 		}
 		cancel()
 		sh.failing.Store(err != nil)
+		if err == nil {
+			for _, pr := range recPrs {
+				if pr != nil {
+					pr.recorded.Store(true)
+				}
+			}
+		}
 		switch {
 		case errors.Is(err, state.ErrStaleToken):
 			sh.m.StateIndexError("stale")
@@ -342,7 +351,8 @@ func (sh *sharedIndex) writer(ctx context.Context) {
 			sh.m.StateIndexError("write")
 			sh.log.Warn("shared prompt index: write failed", "prompts", len(recs), "owners", len(owners), "files", len(pins), "err", err)
 		}
-		recs, pins = recs[:0], pins[:0]
+		clear(recPrs)
+		recs, recPrs, pins = recs[:0], recPrs[:0], pins[:0]
 		clear(owners)
 	}
 	for {
@@ -397,20 +407,21 @@ func (sh *sharedIndex) fileOwner(ctx context.Context, ref FileRef) *upstream.Ins
 // current keeps the records fenced by the replica's current liveness
 // lease: one queued under a lease the replica lost since is not written
 // (its prompt was abandoned: another replica may hold it now).
-func (sh *sharedIndex) current(recs []state.PromptRecord) []state.PromptRecord {
+func (sh *sharedIndex) current(recs []state.PromptRecord, prs []*Prompt) ([]state.PromptRecord, []*Prompt) {
 	if !sh.fenced.Load() {
-		return recs
+		return recs, prs
 	}
 	g := sh.guard.Load()
-	kept := recs[:0]
-	for _, r := range recs {
+	kept, keptPrs := recs[:0], prs[:0]
+	for i, r := range recs {
 		if g != nil && r.Guard == g.lease && r.Token == g.token {
-			kept = append(kept, r)
+			kept, keptPrs = append(kept, r), append(keptPrs, prs[i])
 		} else {
 			sh.m.StateIndexError("dropped")
 		}
 	}
-	return kept
+	clear(prs[len(keptPrs):])
+	return kept, keptPrs
 }
 
 // lastWritten waits, at most d, until the writer wrote what was queued

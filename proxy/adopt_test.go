@@ -237,6 +237,53 @@ func TestPausedReplicaIsFenced(t *testing.T) {
 	}
 }
 
+// TestUnrecordedPromptStaysWithItsReplica: replica A sends a prompt while
+// Redis does not answer, so none of its records is written, and then
+// loses its liveness lease. No replica can adopt a prompt it has no
+// record of: A keeps it, records it under its next lease once Redis
+// answers, and its history answers on A; it runs once.
+func TestUnrecordedPromptStaysWithItsReplica(t *testing.T) {
+	t.Parallel()
+	url := testkit.Redis(t)
+	cut := testkit.NewFaultProxy(t, strings.TrimPrefix(url, "redis://"))
+	ttl := func(c *config.Config) { c.State.LeaseTTL = adoptTTL }
+	a := stack.Start(t, stack.Options{Instances: 1, Config: ttl, State: adoptStore(t, "redis://"+cut.Addr()),
+		Sim: comfysim.Options{Delay: 2 * time.Second, RecordRuns: true}})
+	opt, _ := redis.ParseURL(url)
+	rdb := redis.NewClient(opt)
+	t.Cleanup(func() { _ = rdb.Close() })
+
+	first := a.Prompts().Replica()
+	cut.Hang()
+	id := ids.UUID()
+	if code, err := adoptSubmit(a, "", id, "unrecorded-0", xUpscale(1), testkit.WaitBound); err != nil || code != 200 {
+		t.Fatalf("submit on A with Redis silent: %d %v", code, err)
+	}
+	testkit.Eventually(t, "A loses its liveness lease", func() bool { return a.Prompts().Replica() == "" })
+	if pr, ok := a.Prompts().Prompt(id); !ok || a.Prompts().Outstanding() != 1 {
+		t.Fatalf("A let go of a prompt nobody has a record of: found %v, outstanding %d", ok, a.Prompts().Outstanding())
+	} else if pr.Instance() == nil {
+		t.Fatal("the kept prompt is at no instance")
+	}
+	cut.Pass()
+	testkit.Eventually(t, "A recorded it under its next lease", func() bool {
+		r := a.Prompts().Replica()
+		return r != "" && r != first && strings.HasPrefix(guardOf(rdb, id), "replica:"+r+" ")
+	})
+	testkit.Eventually(t, "its history on A", func() bool {
+		resp, err := http.Get(a.URL + "/history/" + id)
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		var h map[string]json.RawMessage
+		return json.NewDecoder(resp.Body).Decode(&h) == nil && h[id] != nil
+	})
+	if n := runsOf(a.Sims, "unrecorded-0"); n != 1 {
+		t.Errorf("the kept prompt ran %d times", n)
+	}
+}
+
 // TestAdoptedPromptFailsOver: replica A stops while its prompts wait at
 // their instances, and one of those instances dies before B adopts them:
 // its prompt fails over at B as B's own would, the other stays where it
