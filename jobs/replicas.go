@@ -185,9 +185,10 @@ func eventJSON(ev jobEvent) []byte {
 	return b
 }
 
-// add puts j, accepted here with its images kept, at the end of the
-// shared line. Its first event, queued, carries its place there, which
-// the store knows only as it adds it: the event goes in two halves.
+// add puts j, accepted here with its images kept, at the end of its API
+// key's jobs in the shared line. Its first event, queued, carries its
+// place there, which the store knows only as it adds it: the event goes
+// in two halves.
 func (s *sharedJobs) add(j *job) *apiError {
 	s.eng.lock()
 	static, live := staticLocked(j), s.liveLocked(j)
@@ -204,7 +205,7 @@ func (s *sharedJobs) add(j *job) *apiError {
 	}
 	ctx, cancel := context.WithTimeout(s.eng.runCtx, sharedTimeout)
 	defer cancel()
-	err := s.line.Add(ctx, sharedstate.JobAdd{ID: j.id, Static: static, Live: live, Queued: queued, Images: imgs,
+	err := s.line.Add(ctx, sharedstate.JobAdd{ID: j.id, Key: j.meta.owner, Static: static, Live: live, Queued: queued, Images: imgs,
 		MaxWaiting: s.eng.cfg.MaxWaiting, MaxBytes: s.eng.cfg.MaxWaitingBytes})
 	switch {
 	case errors.Is(err, sharedstate.ErrLineFull), errors.Is(err, sharedstate.ErrLineBytes):

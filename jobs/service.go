@@ -197,8 +197,7 @@ func newService(cfg *config.Config, be backend, shared *sharedstate.Store, m *me
 	runCtx, stop := context.WithCancel(context.Background())
 	run := &runner{ctx: runCtx, wake: make(chan struct{}, 1), log: log}
 	cat := &catalog{be: be, wfs: p.wfs}
-	line := &waitLine{maxWaiting: cfg.Jobs.MaxWaiting, maxWaitingBytes: cfg.Jobs.MaxWaitingBytes,
-		active: map[*job]struct{}{}, est: map[string]*ewma{}}
+	line := newWaitLine(cfg.Jobs.MaxWaiting, cfg.Jobs.MaxWaitingBytes)
 	inputs := newInputStore(cfg.Jobs.InputMemoryBytes, cfg.Jobs.StateDir)
 	bodies := limits.NewBodyBudget(cfg.Limits.MaxBufferedBodyBytes)
 	eng := &engine{
@@ -987,6 +986,9 @@ func (s *engine) accept(wf *workflow, sub *submission, values map[string]json.Ra
 	s.gaugesLocked()
 	s.run.kick()
 	s.del.emitLocked(j, evQueued, "")
+	// A key's first waiting job goes ahead of other keys' later ones:
+	// their places change.
+	s.positionsLocked()
 	if j.webhook != nil && j.webhook.progress {
 		s.goLocked("webhook", func() { s.del.streamHook(j) })
 	}

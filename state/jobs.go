@@ -1,7 +1,6 @@
 package state
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"slices"
@@ -40,10 +39,14 @@ var (
 // JobAdd is a job accepted by a replica, for the shared wait line.
 type JobAdd struct {
 	ID string
+	// Key is the name of the API key that submitted the job ("" with
+	// keys off): the line takes turns between keys.
+	Key string
 	// Static is what the job runs (opaque to the store), Live what changes.
 	Static, Live []byte
 	// Queued is the job's first event in two halves, which the store
-	// joins around the job's 1-based place in the line as it adds it.
+	// joins around the job's 1-based place in the line (in the order
+	// Claim takes jobs) as it adds it.
 	Queued [2][]byte
 	Images [][]byte // the bytes of its images, in order
 	// MaxWaiting and MaxBytes bound the line: at most MaxWaiting jobs,
@@ -60,7 +63,7 @@ type JobRecord struct {
 	State        string
 	Holder       string   // the replica whose claim it is ("" while waiting)
 	Cancel       bool     // a cancel was asked on another replica
-	Position     int      // 1-based place in the wait line; 0 when not waiting
+	Position     int      // 1-based place in the wait line, in the order Claim takes jobs; 0 when not waiting
 	Events       [][]byte // the events from the index Read was asked for (all in a claim)
 	Images       [][]byte // only in a claim
 
@@ -80,7 +83,11 @@ type JobWrite struct {
 }
 
 // Jobs is the job API's shared wait line and job records. A job is added
-// waiting; a replica claims it (Claim, Take) with a lease it renews
+// waiting. The line is fair across API keys: each key's jobs are taken in
+// their order of arrival, and the keys with waiting jobs take turns
+// (round robin; a key whose first job joins takes its turn after the keys
+// already waiting). With one key it is first come first served. A
+// replica claims a job (Claim, Take) with a lease it renews
 // (Renew) while it holds the job, and writes its changes (Write) only
 // while the claim is its own. A claim whose lease ran out (its replica
 // died) is claimed again by the next Claim of any replica. Every replica
@@ -94,7 +101,7 @@ type Jobs interface {
 	// nothing (completed from a cache). Its changes are Writes.
 	Create(ctx context.Context, id, replica string, static []byte) error
 	// Claim takes up to n jobs for replica: first those whose claim
-	// expired, then the head of the line. Each comes with its whole event
+	// expired, then the next ones of the line, key by key in turn. Each comes with its whole event
 	// log and its images.
 	Claim(ctx context.Context, replica string, n int, lease time.Duration) ([]JobRecord, error)
 	// Take claims job id for replica when it is waiting in the line; ok
@@ -130,10 +137,13 @@ type memJobs struct {
 	recs    map[string]*memJob
 	bytes   int64 // the images of the waiting jobs
 	waiting int
+	byKey   map[string][]*memJob // each key's waiting jobs by arrival
+	ring    []string             // the keys with waiting jobs, in turn: ring[0] gives the next
 }
 
 type memJob struct {
 	rec     JobRecord
+	key     string // the API key that submitted it
 	events  [][]byte
 	images  [][]byte
 	size    int64
@@ -144,7 +154,7 @@ type memJob struct {
 }
 
 func newMemJobs(now func() time.Time) *memJobs {
-	return &memJobs{now: now, recs: map[string]*memJob{}}
+	return &memJobs{now: now, recs: map[string]*memJob{}, byKey: map[string][]*memJob{}}
 }
 
 // liveLocked returns job id unless it expired.
@@ -154,19 +164,63 @@ func (m *memJobs) liveLocked(id string) *memJob {
 		return nil
 	}
 	if !m.now().Before(j.expires) {
-		if j.seq != 0 {
-			m.waiting--
-			m.bytes -= j.size
-		}
+		m.unlineLocked(j)
 		delete(m.recs, id)
 		return nil
 	}
 	return j
 }
 
+// unlineLocked takes j out of the wait line, if it waits there; its key
+// leaves the ring when it has no job left.
+func (m *memJobs) unlineLocked(j *memJob) {
+	if j.seq == 0 {
+		return
+	}
+	j.seq = 0
+	m.waiting--
+	m.bytes -= j.size
+	q := slices.DeleteFunc(m.byKey[j.key], func(x *memJob) bool { return x == j })
+	if len(q) > 0 {
+		m.byKey[j.key] = q
+		return
+	}
+	delete(m.byKey, j.key)
+	m.ring = slices.DeleteFunc(m.ring, func(k string) bool { return k == j.key })
+}
+
+// placeLocked is the 1-based place of waiting job j: round r of the
+// rotation takes the r-th job of every key that has one, in ring order,
+// so before j go the first rank jobs of every key, then the rank-th job
+// of the keys ahead of j's in the ring.
+func (m *memJobs) placeLocked(j *memJob) int {
+	rank := slices.Index(m.byKey[j.key], j)
+	pos, behind := 1, false
+	for _, k := range m.ring {
+		n := len(m.byKey[k])
+		pos += min(n, rank)
+		if k == j.key {
+			behind = true
+		} else if !behind && n > rank {
+			pos++
+		}
+	}
+	return pos
+}
+
+// expireWaitingLocked drops the waiting jobs whose record expired.
+func (m *memJobs) expireWaitingLocked() {
+	for _, q := range m.byKey {
+		for _, j := range slices.Clone(q) {
+			m.liveLocked(j.rec.ID)
+		}
+	}
+}
+
 func (m *memJobs) Add(_ context.Context, a JobAdd) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.expireWaitingLocked()
 	var size int64
 	for _, im := range a.Images {
 		size += int64(len(im))
@@ -181,9 +235,13 @@ func (m *memJobs) Add(_ context.Context, a JobAdd) error {
 	m.waiting++
 	m.bytes += size
 	j := &memJob{rec: JobRecord{ID: a.ID, Static: a.Static, Live: a.Live, State: JobWaiting},
-		images: a.Images, size: size, seq: m.seq, expires: m.now().Add(JobTTL)}
+		key: a.Key, images: a.Images, size: size, seq: m.seq, expires: m.now().Add(JobTTL)}
+	if len(m.byKey[a.Key]) == 0 {
+		m.ring = append(m.ring, a.Key)
+	}
+	m.byKey[a.Key] = append(m.byKey[a.Key], j)
 	if len(a.Queued[0]) > 0 {
-		j.events = [][]byte{slices.Concat(a.Queued[0], []byte(strconv.Itoa(m.waiting)), a.Queued[1])}
+		j.events = [][]byte{slices.Concat(a.Queued[0], []byte(strconv.Itoa(m.placeLocked(j))), a.Queued[1])}
 	}
 	m.recs[a.ID] = j
 	return nil
@@ -198,11 +256,7 @@ func (m *memJobs) Create(_ context.Context, id, replica string, static []byte) e
 
 // ownLocked gives j to replica.
 func (m *memJobs) ownLocked(j *memJob, replica string, lease time.Duration) JobRecord {
-	if j.seq != 0 {
-		j.seq = 0
-		m.waiting--
-		m.bytes -= j.size
-	}
+	m.unlineLocked(j)
 	j.rec.Holder = replica
 	j.claim = m.now().Add(lease)
 	j.expires = m.now().Add(JobTTL)
@@ -215,25 +269,24 @@ func (m *memJobs) Claim(_ context.Context, replica string, n int, lease time.Dur
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := m.now()
-	var expired, line []*memJob
+	var expired []*memJob
 	for id := range m.recs {
 		j := m.liveLocked(id)
-		switch {
-		case j == nil:
-		case j.seq != 0:
-			line = append(line, j)
-		case j.rec.Holder != "" && !j.noLease && !JobDone(j.rec.State) && !now.Before(j.claim):
+		if j != nil && j.seq == 0 && j.rec.Holder != "" && !j.noLease && !JobDone(j.rec.State) && !now.Before(j.claim) {
 			expired = append(expired, j)
 		}
 	}
 	slices.SortFunc(expired, func(a, b *memJob) int { return a.claim.Compare(b.claim) })
-	slices.SortFunc(line, func(a, b *memJob) int { return cmp.Compare(a.seq, b.seq) })
 	var out []JobRecord
-	for _, j := range append(expired, line...) {
-		if len(out) >= n {
-			break
-		}
+	for _, j := range expired[:min(len(expired), n)] {
 		out = append(out, m.ownLocked(j, replica, lease))
+	}
+	for len(out) < n && len(m.ring) > 0 {
+		// The key at the head of the ring gives its first job and takes
+		// its next turn after the others.
+		key := m.ring[0]
+		m.ring = append(m.ring[1:], key)
+		out = append(out, m.ownLocked(m.byKey[key][0], replica, lease))
 	}
 	return out, nil
 }
@@ -302,6 +355,7 @@ func (m *memJobs) Release(_ context.Context, replica string, ids []string) error
 func (m *memJobs) Read(_ context.Context, ids []string, from []int) ([]*JobRecord, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.expireWaitingLocked()
 	out := make([]*JobRecord, len(ids))
 	for i, id := range ids {
 		j := m.liveLocked(id)
@@ -310,12 +364,7 @@ func (m *memJobs) Read(_ context.Context, ids []string, from []int) ([]*JobRecor
 		}
 		rec := j.rec
 		if j.seq != 0 {
-			rec.Position = 1
-			for _, o := range m.recs {
-				if o.seq != 0 && o.seq < j.seq && m.now().Before(o.expires) {
-					rec.Position++
-				}
-			}
+			rec.Position = m.placeLocked(j)
 		}
 		rec.Events = slices.Clone(j.events[min(max(from[i], 0), len(j.events)):])
 		out[i] = &rec
