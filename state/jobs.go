@@ -387,17 +387,25 @@ func (m *memJobs) AskCancel(_ context.Context, id string) (bool, error) {
 // the line's scripts, which touch the line and the records of the jobs
 // they move, act on one Cluster slot:
 //
-//	comfygate:{jobs}:line        sorted set: waiting job ids by arrival
+//	comfygate:{jobs}:line        sorted set: waiting job ids by arrival (all keys)
 //	comfygate:{jobs}:seq         the arrival counter (INCR)
 //	comfygate:{jobs}:line_bytes  the waiting jobs' image bytes
 //	comfygate:{jobs}:line_sizes  hash: waiting job id -> its image bytes
+//	comfygate:{jobs}:line_keys   hash: waiting job id -> the API key it waits under
+//	comfygate:{jobs}:ring        list: the API keys with waiting jobs, in turn (the head gives the next job)
+//	comfygate:{jobs}:kline:<key> sorted set: the waiting job ids of API key <key> by arrival
 //	comfygate:{jobs}:claims      sorted set: claimed job ids by the end of their lease (ms)
 //	comfygate:{jobs}:job:<id>    hash: s static, l live, st state, h holder, c cancel asked, n images
 //	comfygate:{jobs}:job:<id>:ev list: the job's events in order
 //	comfygate:{jobs}:job:<id>:img:<n> the bytes of its n-th image (1-based)
 //
 // A job id is a canonical UUID (the job API mints it): it names its keys
-// as it is.
+// as it is. An API key's name goes after kline: as it is ("" with keys
+// off); the first {jobs} in a key is its hash tag whatever follows.
+//
+// A job in line without a line_keys entry (added by a version without
+// turns) is claimed when no key has a job waiting, and its place is its
+// rank in line.
 type redisJobs struct{ rdb *redis.Client }
 
 const jobsPrefix = Prefix + "{jobs}:"
@@ -407,6 +415,9 @@ var (
 	jobsSeq    = jobsPrefix + "seq"
 	jobsBytes  = jobsPrefix + "line_bytes"
 	jobsSizes  = jobsPrefix + "line_sizes"
+	jobsKeys   = jobsPrefix + "line_keys"
+	jobsRing   = jobsPrefix + "ring"
+	jobsByKey  = jobsPrefix + "kline:"
 	jobsClaims = jobsPrefix + "claims"
 	jobsRecord = jobsPrefix + "job:"
 )
@@ -420,30 +431,59 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function done(st) return st == 'completed' or st == 'failed' or st == 'cancelled' end
 `
 
-// addJob: KEYS line, seq, bytes, sizes, rec, ev; ARGV id, static, live,
-// max waiting, max bytes, size, ttl, the queued event's halves, #images,
-// images...
-var addJob = redis.NewScript(`
+// luaPlace is shared by the scripts that tell a waiting job's place:
+// round r of the rotation takes the r-th job of every key that has one,
+// in ring order, so before the job of rank r (0-based) in its key's line
+// go the first r jobs of every key, then the r-th job of the keys ahead
+// of its key in the ring. O(keys).
+const luaPlace = `
+local function ringCounts(ring, prefix)
+  local keys = redis.call('LRANGE', ring, 0, -1)
+  local counts = {}
+  for i, k in ipairs(keys) do counts[i] = redis.call('ZCARD', prefix .. k) end
+  return keys, counts
+end
+local function place(keys, counts, key, rank)
+  local pos, behind = 1, false
+  for i, k in ipairs(keys) do
+    pos = pos + math.min(counts[i], rank)
+    if k == key then behind = true elseif not behind and counts[i] > rank then pos = pos + 1 end
+  end
+  return pos
+end
+`
+
+// addJob: KEYS line, seq, bytes, sizes, rec, ev, ring, line_keys; ARGV
+// id, static, live, max waiting, max bytes, size, ttl, the queued event's
+// halves, API key, kline prefix, #images, images...
+var addJob = redis.NewScript(luaPlace + `
 local n = redis.call('ZCARD', KEYS[1])
 if n >= tonumber(ARGV[4]) then return 0 end
 local held = tonumber(redis.call('GET', KEYS[3]) or '0')
 if tonumber(ARGV[5]) > 0 and n > 0 and held + tonumber(ARGV[6]) > tonumber(ARGV[5]) then return -1 end
 local seq = redis.call('INCR', KEYS[2])
-redis.call('HSET', KEYS[5], 's', ARGV[2], 'l', ARGV[3], 'st', 'waiting', 'n', ARGV[10])
+local ni = tonumber(ARGV[12])
+redis.call('HSET', KEYS[5], 's', ARGV[2], 'l', ARGV[3], 'st', 'waiting', 'n', ni)
 redis.call('PEXPIRE', KEYS[5], ARGV[7])
-if ARGV[8] ~= '' then
-  redis.call('RPUSH', KEYS[6], ARGV[8] .. (n + 1) .. ARGV[9])
-  redis.call('PEXPIRE', KEYS[6], ARGV[7])
-end
-local ni = tonumber(ARGV[10])
-for i = 1, ni do redis.call('SET', KEYS[5] .. ':img:' .. i, ARGV[10 + i], 'PX', ARGV[7]) end
+for i = 1, ni do redis.call('SET', KEYS[5] .. ':img:' .. i, ARGV[12 + i], 'PX', ARGV[7]) end
 redis.call('INCRBY', KEYS[3], ARGV[6])
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[6])
 redis.call('ZADD', KEYS[1], seq, ARGV[1])
+local kl = ARGV[11] .. ARGV[10]
+local rank = redis.call('ZCARD', kl)
+if rank == 0 then redis.call('RPUSH', KEYS[7], ARGV[10]) end
+redis.call('ZADD', kl, seq, ARGV[1])
+redis.call('HSET', KEYS[8], ARGV[1], ARGV[10])
+if ARGV[8] ~= '' then
+  local keys, counts = ringCounts(KEYS[7], ARGV[11])
+  redis.call('RPUSH', KEYS[6], ARGV[8] .. place(keys, counts, ARGV[10], rank) .. ARGV[9])
+  redis.call('PEXPIRE', KEYS[6], ARGV[7])
+end
 return seq`)
 
-// claimJobs: KEYS line, claims, bytes, sizes; ARGV replica, n, lease,
-// ttl, record prefix, and for takeJob the one id to take.
+// claimJobs: KEYS line, claims, bytes, sizes, ring, line_keys; ARGV
+// replica, n, lease, ttl, record prefix, kline prefix, and for takeJob the
+// one id to take.
 const claimBody = luaNow + `
 local out = {}
 local function own(id)
@@ -460,6 +500,9 @@ local function unline(id)
     redis.call('HDEL', KEYS[4], id)
     redis.call('DECRBY', KEYS[3], size)
   end
+  local key = redis.call('HGET', KEYS[6], id)
+  if key then redis.call('HDEL', KEYS[6], id) end
+  return key
 end
 `
 
@@ -469,18 +512,56 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0
   local st = redis.call('HGET', ARGV[5] .. id, 'st')
   if not st or done(st) then redis.call('ZREM', KEYS[2], id) else own(id) end
 end
+-- The key at the head of the ring gives its first job and goes to the
+-- back while it has more. A job no longer in line (taken) is skipped.
 while #out < n do
-  local head = redis.call('ZPOPMIN', KEYS[1])
-  if #head == 0 then break end
-  unline(head[1])
-  if redis.call('HGET', ARGV[5] .. head[1], 'st') == 'waiting' then own(head[1]) end
+  local id
+  local key = redis.call('LPOP', KEYS[5])
+  if key then
+    local kl = ARGV[6] .. key
+    local head = redis.call('ZPOPMIN', kl)
+    if redis.call('ZCARD', kl) > 0 then redis.call('RPUSH', KEYS[5], key) end
+    if #head > 0 and redis.call('ZREM', KEYS[1], head[1]) == 1 then id = head[1] end
+  else
+    local head = redis.call('ZPOPMIN', KEYS[1])
+    if #head == 0 then break end
+    id = head[1]
+  end
+  if id then
+    unline(id)
+    if redis.call('HGET', ARGV[5] .. id, 'st') == 'waiting' then own(id) end
+  end
 end
 return out`)
 
 var takeJob = redis.NewScript(claimBody + `
-if redis.call('ZREM', KEYS[1], ARGV[6]) == 0 then return out end
-unline(ARGV[6])
-if redis.call('HGET', ARGV[5] .. ARGV[6], 'st') == 'waiting' then own(ARGV[6]) end
+local id = ARGV[7]
+if redis.call('ZREM', KEYS[1], id) == 0 then return out end
+local key = unline(id)
+if key then
+  local kl = ARGV[6] .. key
+  redis.call('ZREM', kl, id)
+  if redis.call('ZCARD', kl) == 0 then redis.call('LREM', KEYS[5], 0, key) end
+end
+if redis.call('HGET', ARGV[5] .. id, 'st') == 'waiting' then own(id) end
+return out`)
+
+// placeJobs: KEYS line, ring, line_keys; ARGV kline prefix, ids...: each
+// job's place in the line, 0 when it does not wait.
+var placeJobs = redis.NewScript(luaPlace + `
+local keys, counts = ringCounts(KEYS[2], ARGV[1])
+local out = {}
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  local p = 0
+  local lrank = redis.call('ZRANK', KEYS[1], id)
+  if lrank then
+    local key = redis.call('HGET', KEYS[3], id)
+    local rank = key and redis.call('ZRANK', ARGV[1] .. key, id)
+    if rank then p = place(keys, counts, key, rank) else p = lrank + 1 end
+  end
+  out[#out + 1] = p
+end
 return out`)
 
 // writeJob: KEYS rec, ev, claims; ARGV replica, state, live, ttl, from,
@@ -546,11 +627,12 @@ func (r *redisJobs) Add(ctx context.Context, a JobAdd) error {
 		size += int64(len(im))
 	}
 	rk := jobsRecord + a.ID
-	args := []any{a.ID, a.Static, a.Live, a.MaxWaiting, a.MaxBytes, size, ms(JobTTL), a.Queued[0], a.Queued[1], len(a.Images)}
+	args := []any{a.ID, a.Static, a.Live, a.MaxWaiting, a.MaxBytes, size, ms(JobTTL), a.Queued[0], a.Queued[1],
+		a.Key, jobsByKey, len(a.Images)}
 	for _, im := range a.Images {
 		args = append(args, im)
 	}
-	n, err := addJob.Run(ctx, r.rdb, []string{jobsLine, jobsSeq, jobsBytes, jobsSizes, rk, rk + ":ev"}, args...).Int64()
+	n, err := addJob.Run(ctx, r.rdb, []string{jobsLine, jobsSeq, jobsBytes, jobsSizes, rk, rk + ":ev", jobsRing, jobsKeys}, args...).Int64()
 	switch {
 	case err != nil:
 		return errRedis("add job", err)
@@ -573,8 +655,8 @@ func (r *redisJobs) Create(ctx context.Context, id, replica string, static []byt
 }
 
 func (r *redisJobs) Claim(ctx context.Context, replica string, n int, lease time.Duration) ([]JobRecord, error) {
-	ids, err := claimJobs.Run(ctx, r.rdb, []string{jobsLine, jobsClaims, jobsBytes, jobsSizes},
-		replica, n, ms(lease), ms(JobTTL), jobsRecord).StringSlice()
+	ids, err := claimJobs.Run(ctx, r.rdb, []string{jobsLine, jobsClaims, jobsBytes, jobsSizes, jobsRing, jobsKeys},
+		replica, n, ms(lease), ms(JobTTL), jobsRecord, jobsByKey).StringSlice()
 	if err != nil {
 		return nil, errRedis("claim jobs", err)
 	}
@@ -582,8 +664,8 @@ func (r *redisJobs) Claim(ctx context.Context, replica string, n int, lease time
 }
 
 func (r *redisJobs) Take(ctx context.Context, id, replica string, lease time.Duration) (JobRecord, bool, error) {
-	ids, err := takeJob.Run(ctx, r.rdb, []string{jobsLine, jobsClaims, jobsBytes, jobsSizes},
-		replica, 1, ms(lease), ms(JobTTL), jobsRecord, id).StringSlice()
+	ids, err := takeJob.Run(ctx, r.rdb, []string{jobsLine, jobsClaims, jobsBytes, jobsSizes, jobsRing, jobsKeys},
+		replica, 1, ms(lease), ms(JobTTL), jobsRecord, jobsByKey, id).StringSlice()
 	if err != nil {
 		return JobRecord{}, false, errRedis("take job", err)
 	}
@@ -693,18 +775,22 @@ func (r *JobRecord) imageCount(v string) { r.images, _ = strconv.Atoi(v) }
 func (r *redisJobs) Read(ctx context.Context, ids []string, from []int) ([]*JobRecord, error) {
 	pipe := r.rdb.Pipeline()
 	type reads struct {
-		rec  *redis.MapStringStringCmd
-		ev   *redis.StringSliceCmd
-		rank *redis.IntCmd
+		rec *redis.MapStringStringCmd
+		ev  *redis.StringSliceCmd
 	}
 	cmds := make([]reads, len(ids))
+	placeArgs := []any{jobsByKey}
 	for i, id := range ids {
 		rk := jobsRecord + id
-		cmds[i] = reads{pipe.HGetAll(ctx, rk), pipe.LRange(ctx, rk+":ev", int64(max(from[i], 0)), -1), pipe.ZRank(ctx, jobsLine, id)}
+		cmds[i] = reads{pipe.HGetAll(ctx, rk), pipe.LRange(ctx, rk+":ev", int64(max(from[i], 0)), -1)}
+		placeArgs = append(placeArgs, id)
 	}
+	// EVAL, not EVALSHA: see Write.
+	places := placeJobs.Eval(ctx, pipe, []string{jobsLine, jobsRing, jobsKeys}, placeArgs...)
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, errRedis("read jobs", err)
 	}
+	place, _ := places.Int64Slice()
 	out := make([]*JobRecord, len(ids))
 	for i, c := range cmds {
 		h := c.rec.Val()
@@ -713,8 +799,8 @@ func (r *redisJobs) Read(ctx context.Context, ids []string, from []int) ([]*JobR
 		}
 		rec := &JobRecord{ID: ids[i], Static: []byte(h["s"]), Live: []byte(h["l"]), State: h["st"], Holder: h["h"], Cancel: h["c"] == "1"}
 		rec.imageCount(h["n"])
-		if rank, err := c.rank.Result(); err == nil {
-			rec.Position = int(rank) + 1
+		if i < len(place) {
+			rec.Position = int(place[i])
 		}
 		for _, ev := range c.ev.Val() {
 			rec.Events = append(rec.Events, []byte(ev))

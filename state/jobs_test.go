@@ -1,0 +1,124 @@
+package state_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/comfygate/comfygate/state"
+	"github.com/redis/go-redis/v9"
+)
+
+// TestJobLineTakesTurns: the shared wait line serves the API keys round
+// robin, each key's jobs in their order; a key whose first job joins
+// waits for the keys already in turn; the place Add writes in the queued
+// event and the place Read reports are the order Claim takes; a job taken
+// out of turn (Take) moves its key's next one up; the bound counts every
+// key's jobs.
+func TestJobLineTakesTurns(t *testing.T) {
+	t.Parallel()
+	for _, b := range backends(t) {
+		t.Run(b.desc, func(t *testing.T) {
+			ctx := context.Background()
+			r1, r2 := b.replica(t).Jobs(), b.replica(t).Jobs()
+			queued := [2][]byte{[]byte(`{"queue_position":`), []byte(`}`)}
+			n := 0
+			add := func(key string) string {
+				t.Helper()
+				n++
+				id := fmt.Sprintf("00000000-0000-4000-8000-%012d", n)
+				if err := r1.Add(ctx, state.JobAdd{ID: id, Key: key, Static: []byte(`{}`), Queued: queued, MaxWaiting: 8}); err != nil {
+					t.Fatalf("add %s for %q: %v", id, key, err)
+				}
+				return id
+			}
+			// places reads the places of ids and checks they are 1, 2, ...
+			// in the order given.
+			places := func(when string, ids ...string) {
+				t.Helper()
+				recs, err := r2.Read(ctx, ids, make([]int, len(ids)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				for i, r := range recs {
+					if r == nil || r.Position != i+1 {
+						t.Fatalf("%s: job %d of the expected order %+v, want place %d", when, i+1, r, i+1)
+					}
+				}
+			}
+			firstPlace := func(id string) string {
+				t.Helper()
+				recs, err := r2.Read(ctx, []string{id}, []int{0})
+				if err != nil || recs[0] == nil || len(recs[0].Events) != 1 {
+					t.Fatalf("read %s: %+v %v", id, recs, err)
+				}
+				return string(recs[0].Events[0])
+			}
+			claim := func(n int, want ...string) {
+				t.Helper()
+				got, err := r1.Claim(ctx, "r1", n, time.Hour)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var ids []string
+				for _, g := range got {
+					ids = append(ids, g.ID)
+				}
+				if fmt.Sprint(ids) != fmt.Sprint(want) {
+					t.Fatalf("claimed %v, want %v", ids, want)
+				}
+			}
+
+			a1, a2, a3, a4 := add("a"), add("a"), add("a"), add("a")
+			b1, b2 := add("b"), add("b")
+			c1 := add("c")
+			for id, want := range map[string]string{a4: `{"queue_position":4}`, b1: `{"queue_position":2}`, b2: `{"queue_position":4}`, c1: `{"queue_position":3}`} {
+				if got := firstPlace(id); got != want {
+					t.Errorf("queued event of %s: %s, want %s", id, got, want)
+				}
+			}
+			places("three keys", a1, b1, c1, a2, b2, a3, a4)
+			if err := r2.Add(ctx, state.JobAdd{ID: "00000000-0000-4000-8000-0000000000ff", Key: "e", Static: []byte(`{}`), MaxWaiting: 7}); !errors.Is(err, state.ErrLineFull) {
+				t.Fatalf("an eighth job, of another key, in a line of 7: %v", err)
+			}
+
+			if _, ok, err := r2.Take(ctx, b1, "r2", time.Hour); !ok || err != nil {
+				t.Fatalf("take %s: %v %v", b1, ok, err)
+			}
+			places("b's first taken", a1, b2, c1, a2, a3, a4)
+			claim(1, a1)
+			// a had its turn: d, new, comes after it.
+			d1 := add("d")
+			places("d joined", b2, c1, a2, d1, a3, a4)
+			claim(3, b2, c1, a2)
+			places("a and d left", d1, a3, a4)
+			claim(5, d1, a3, a4)
+			claim(5)
+
+			// One key: first come first served.
+			x1, x2, x3 := add(""), add(""), add("")
+			places("one key", x1, x2, x3)
+			claim(2, x1, x2)
+			claim(2, x3)
+			if b.rdb != nil {
+				// A job in line without an API key's turn (as a version
+				// without turns added it) goes when no key has one waiting.
+				old := "00000000-0000-4000-8000-0000000000aa"
+				if err := b.rdb.HSet(ctx, state.Prefix+"{jobs}:job:"+old, "s", "{}", "st", state.JobWaiting, "n", 0).Err(); err != nil {
+					t.Fatal(err)
+				}
+				b.rdb.ZAdd(ctx, state.Prefix+"{jobs}:line", redis.Z{Score: 0, Member: old})
+				y1 := add("y")
+				places("a job without a turn", y1)
+				claim(5, y1, old)
+				for _, k := range []string{"ring", "line_keys", "line", "kline:a", "kline:"} {
+					if n, err := b.rdb.Exists(ctx, state.Prefix+"{jobs}:"+k).Result(); err != nil || n != 0 {
+						t.Errorf("%s left with the line empty: %d %v", k, n, err)
+					}
+				}
+			}
+		})
+	}
+}
