@@ -115,3 +115,44 @@ func names(ids, a, b []string) []string {
 	}
 	return out
 }
+
+// TestSharedWaitLineTakesTurns: the replicas' shared line (Redis) takes
+// the same turns: a replica with one slot claims key A's first job, then
+// key B's first, A's second, B's second and A's rest; every replica
+// reports the places in that order.
+func TestSharedWaitLineTakesTurns(t *testing.T) {
+	t.Parallel()
+	url := testkit.Redis(t)
+	f := newFake(t, 1)
+	front := replica(t, f, url, 0, nil) // accepts jobs, claims none
+	var a, b []string
+	for range 20 {
+		a = append(a, submitAs(t, front, "key-a", nil))
+	}
+	for range 2 {
+		b = append(b, submitAs(t, front, "key-b", nil))
+	}
+	want := slices.Concat(a[:1], b[:1], a[1:2], b[1:], a[2:])
+	for i, id := range want {
+		owner := "key-a"
+		if slices.Contains(b, id) {
+			owner = "key-b"
+		}
+		var v statusView
+		testkit.Eventually(t, "the shared line's places", func() bool {
+			_, v = statusAs(t, front, owner, id)
+			return v.QueuePosition != nil && *v.QueuePosition == i+1
+		})
+	}
+
+	replica(t, f, url, 1, nil)
+	var got []string
+	for range want {
+		id := f.waitSubmitted()
+		got = append(got, id)
+		runToEnd(f, id)
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("claim order\n got %v\nwant %v", names(got, a, b), names(want, a, b))
+	}
+}
