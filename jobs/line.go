@@ -6,9 +6,11 @@ import (
 )
 
 // Line is the job facade at a glance, for the operator's view: the wait
-// line in comfygate (in order) and the jobs at the instances.
+// line in comfygate (in the order jobs leave it) and the jobs at the
+// instances.
 type Line struct {
-	// Waiting is the head of the wait line, first to go first.
+	// Waiting is the head of the wait line, first to go first (the
+	// keys in turn).
 	Waiting []LineJob `json:"waiting"`
 	// WaitingTotal is the whole line's length (Waiting may be cut).
 	WaitingTotal int `json:"waitingTotal"`

@@ -3,7 +3,7 @@
 // the result". It runs ComfyUI API-format workflows on the same instance
 // pool, load balancing and pinning as the proxied API, keeps jobs in
 // memory, and limits how many of them are at the instances at once; the
-// rest wait in comfygate, first come first served.
+// rest wait in comfygate, each API key's in order, the keys taking turns.
 //
 // For back ends it also answers in one request (wait), streams each job's
 // events (Server-Sent Events, webhooks signed the Standard Webhooks way),
