@@ -156,3 +156,35 @@ func TestSharedWaitLineTakesTurns(t *testing.T) {
 		t.Fatalf("claim order\n got %v\nwant %v", names(got, a, b), names(want, a, b))
 	}
 }
+
+// BenchmarkWaitLineTurns measures one dispatch and one arrival on a full
+// line of 1000 jobs: 500 of one key and 10 each of 50 others. A dispatch
+// costs O(keys), not O(jobs). Run: go test -run '^$' -bench WaitLineTurns ./jobs/
+func BenchmarkWaitLineTurns(b *testing.B) {
+	l := newWaitLine(1000, 0)
+	var js []*job
+	add := func(owner string) {
+		j := &job{meta: jobMeta{owner: owner}}
+		js = append(js, j)
+		l.push(j)
+	}
+	for range 500 {
+		add("burst")
+	}
+	for k := range 50 {
+		for range 10 {
+			add(fmt.Sprintf("key-%d", k))
+		}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		j := l.pop()
+		l.done(j)
+		l.push(j)
+	}
+	b.StopTimer()
+	if l.len() != len(js) {
+		b.Fatalf("%d jobs in line, want %d", l.len(), len(js))
+	}
+}
