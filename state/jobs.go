@@ -101,8 +101,8 @@ type Jobs interface {
 	// nothing (completed from a cache). Its changes are Writes.
 	Create(ctx context.Context, id, replica string, static []byte) error
 	// Claim takes up to n jobs for replica: first those whose claim
-	// expired, then the next ones of the line, key by key in turn. Each comes with its whole event
-	// log and its images.
+	// expired, then the next ones of the line, key by key in turn. Each
+	// comes with its whole event log and its images.
 	Claim(ctx context.Context, replica string, n int, lease time.Duration) ([]JobRecord, error)
 	// Take claims job id for replica when it is waiting in the line; ok
 	// is false when it is not.
