@@ -137,7 +137,7 @@ func (sn *sharedNumbers) next(ctx context.Context) (int64, bool) {
 // ShareNumbers makes the table number its prompts from c, the replicas'
 // shared counter, instead of its own (which stays the fallback when c does
 // not answer). A nil c (memory) leaves the table to its own counter. Call
-// it before Start.
+// it before the table takes prompts.
 func (t *Table) ShareNumbers(c state.Counter) {
 	if c == nil {
 		return
