@@ -108,6 +108,11 @@ type Prompt struct {
 	// How its fleet queue number is made (see Number).
 	front     bool // the client asked for the front of the queue
 	ownNumber bool // the client sent "number": the instance shows its value
+	// drawn is the number its submitter drew from the replicas' counter
+	// (sharedNumbers.draw) when hasDrawn: set before its first send's
+	// step, which gives it, on the submitter's goroutine.
+	drawn    int64
+	hasDrawn bool
 
 	// abandoned: this replica lost its liveness lease, so another may
 	// have adopted the prompt; it takes no more steps here (lease.go).
@@ -174,14 +179,15 @@ func stateOf(s lifecycle.State) PromptState {
 //
 // Every instance numbers its prompts from 0 on its own, so through
 // comfygate two prompts would share a number; instead the table numbers
-// every prompt it accepts from one counter, starting at 0 like ComfyUI and
-// advanced once per accepted prompt (a prompt an instance refused takes
-// none), so the numbers follow the order the fleet accepted them in. A
-// resubmitted prompt keeps its number. A client's "front" gives, as in
-// ComfyUI, the counter's value negated. false: not accepted yet, adopted
-// from an instance (LocatePrompt), or the client sent its own "number",
-// which the instance shows as ComfyUI would (and which takes no fleet
-// number, as it advances no ComfyUI counter).
+// every prompt it sends from one counter, starting at 0 like ComfyUI and
+// advanced once per prompt at its first send, so the numbers follow the
+// order the fleet sent them in. With replicas (state.url) that counter is
+// the replicas' shared one (Table.ShareNumbers), so the numbers follow the
+// order of every replica's sends. A resubmitted prompt keeps its number.
+// A client's "front" gives, as in ComfyUI, the counter's value negated.
+// false: not accepted yet, adopted from an instance (LocatePrompt), or the
+// client sent its own "number", which the instance shows as ComfyUI would
+// (and which takes no fleet number, as it advances no ComfyUI counter).
 func (p *Prompt) Number() (float64, bool) {
 	life := p.snap().life
 	if !life.Numbered || p.ownNumber {

@@ -286,7 +286,8 @@ func (t *steps) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (life
 		// Its fleet number at its first send, in the fleet's order of
 		// sends (ComfyUI counts a prompt before it validates it): a step
 		// of its own, so the state holds it, and the answer need not
-		// wait for the step that settles it (send).
+		// wait for the step that settles it (send). With replicas its
+		// submitter drew it before this step (numbers.go).
 		if numbered, _, ok := lifecycle.Step(nv.life, lifecycle.Event{Kind: lifecycle.Numbered, At: e.At, Number: t.numbers.next(pr)}); ok {
 			nv.life, next = numbered, numbered
 		}
@@ -344,22 +345,6 @@ func (t *steps) carryOut(pr *Prompt, inst *upstream.Instance, effects []lifecycl
 	if queue {
 		t.events.notifyQueue()
 	}
-}
-
-// numbering is the counter of the fleet queue numbers: the next one.
-type numbering struct{ n atomic.Int64 }
-
-// next takes pr's fleet number (Prompt.Number) from the counter: 0 and
-// none taken when the client chose its own.
-func (c *numbering) next(pr *Prompt) int64 {
-	if pr.ownNumber {
-		return 0
-	}
-	n := c.n.Add(1) - 1
-	if pr.front {
-		n = -n // ComfyUI's front: -counter
-	}
-	return n
 }
 
 // stepVia is step from elsewhere than the owner of pr's instance (the

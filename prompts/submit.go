@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -54,6 +55,9 @@ type submitter struct {
 	steps  *steps
 	moves  *mover     // tombstones at the target; an unanswered send's failover
 	files  *fileStore // the files a prompt loads, copied to its instance
+	// numbers draws the fleet numbers from the replicas' counter
+	// (numbers.go); nil in memory, where the step numbers a prompt itself.
+	numbers atomic.Pointer[sharedNumbers]
 }
 
 // sendOutcome is what one POST /prompt to one instance came to.
@@ -195,6 +199,9 @@ func (t *submitter) send(ctx context.Context, pr *Prompt, inst *upstream.Instanc
 	body, err := buildBody(base, inst.SocketClientID(), uid)
 	if err != nil {
 		return SubmitResult{}, sentAnswered, fmt.Errorf("submit prompt %s: %w", pr.ID, err)
+	}
+	if sn := t.numbers.Load(); sn != nil {
+		sn.draw(ctx, pr) // its first send's step gives it
 	}
 	s := t.owners.socketFor(inst)
 	// Pinned before the request leaves: its events can come first. Until

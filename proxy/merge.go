@@ -63,7 +63,8 @@ type queueItem struct {
 // heap unsorted, and clients sort by it), ties in configuration order.
 // The number of a prompt comfygate submitted is its fleet number
 // (prompts.Prompt.Number), so the merged pending list is in the order
-// the fleet accepted the prompts, across instances; a resubmitted prompt
+// the fleet sent the prompts, across instances (and replicas, whose
+// prompts show the numbers of their shared records); a resubmitted prompt
 // keeps its place. Limitations: it is the order of submission, not of
 // execution (each instance runs its own queue); a client's "front" or
 // "number" shows ComfyUI's number for it but reorders only the queue of

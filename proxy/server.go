@@ -111,6 +111,11 @@ func New(o Options) (*Server, error) {
 	// The prompt table records its prompts' routing and file pins for the
 	// other replicas, and consults theirs on a miss (nothing in memory).
 	o.Prompts.ShareIndex(shared.PromptIndex())
+	if shared.Shared() {
+		// One counter of queue numbers for the replicas (in memory the
+		// table's own).
+		o.Prompts.ShareNumbers(shared.QueueNumbers())
+	}
 	budget := o.BodyBudget
 	if budget == nil {
 		budget = limits.NewBodyBudget(o.Config.Limits.MaxBufferedBodyBytes)
