@@ -8,9 +8,10 @@
 // and the pins of the files instances hold (outputs, uploads, copies
 // between instances).
 //
-// Every instance has one owner, a goroutine (owner.go) that runs, one
-// message at a time, whatever changes the prompts at that instance: its
-// socket's frames (queued by its reader in the instance's order), POST answers,
+// Every instance has one owner, one goroutine at a time (owner.go), that
+// runs, one message at a time, whatever changes the prompts at that
+// instance: its socket's frames (queued by its reader in the instance's
+// order), POST answers,
 // instance events, timer expiries (through the pool's clock) and the
 // results of the workers it starts for calls to the instance (probes,
 // history reads, deletes, sends). Only owners call lifecycle.Step

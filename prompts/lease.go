@@ -169,7 +169,7 @@ func (k *leaseKeeper) live(ctx context.Context) *incarnation {
 		}
 		k.armLoss(fresh, sent)
 		k.t.log.Info("prompts: liveness lease taken", "replica", id)
-		k.t.recordKept()
+		k.recordKept()
 		return fresh
 	}
 	ok, err := k.l.Renew(ctx, inc.lease, inc.id, inc.token, k.ttl)
@@ -209,7 +209,7 @@ func (k *leaseKeeper) lose(inc *incarnation, why string) {
 		sh.guard.CompareAndSwap(inc, nil)
 	}
 	k.t.log.Warn("prompts: liveness lease lost: this replica's prompts are left to the others", "replica", inc.id, "why", why)
-	k.t.abandonAll()
+	k.abandonAll()
 }
 
 // instances renews the instance leases held and takes free ones up to
@@ -289,7 +289,8 @@ func (k *leaseKeeper) release() {
 // written (sent while Redis did not answer) no other replica can adopt:
 // it stays this replica's, recorded once it holds a lease again
 // (recordKept).
-func (t *Table) abandonAll() {
+func (k *leaseKeeper) abandonAll() {
+	t := k.t
 	var live []*Prompt
 	t.idx.eachLive(func(pr *Prompt) bool {
 		if pr.recorded.Load() {
@@ -298,12 +299,13 @@ func (t *Table) abandonAll() {
 		return true
 	})
 	for _, pr := range live {
-		t.abandon(pr)
+		k.abandon(pr)
 	}
 }
 
 // abandon lets go of pr on the owner of the instance it is at.
-func (t *Table) abandon(pr *Prompt) {
+func (k *leaseKeeper) abandon(pr *Prompt) {
+	t := k.t
 	inst := pr.Instance()
 	if inst == nil {
 		pr.abandoned.Store(true)
@@ -312,7 +314,7 @@ func (t *Table) abandon(pr *Prompt) {
 	}
 	t.owners.socketFor(inst).box.post(func() {
 		if pr.Instance() != inst {
-			t.abandon(pr) // it moved meanwhile: on to its owner
+			k.abandon(pr) // it moved meanwhile: on to its owner
 			return
 		}
 		if pr.abandoned.Swap(true) {
@@ -330,7 +332,8 @@ func (t *Table) abandon(pr *Prompt) {
 // recordKept records, under the replica's new liveness lease, every live
 // prompt it kept (abandonAll): whole, with its body, each on the owner of
 // its instance, so that the record follows the prompt's steps in order.
-func (t *Table) recordKept() {
+func (k *leaseKeeper) recordKept() {
+	t := k.t
 	sh := t.shared.Load()
 	if sh == nil {
 		return

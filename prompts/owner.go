@@ -1,10 +1,11 @@
 package prompts
 
-// Every instance has one owner: a goroutine that runs, one after another,
-// everything that changes what is routed at that instance (the socket's
-// frames, the ids learned from POST answers, endings rebuilt from
-// history, the running prompt) and decides the background passes (which
-// run in workers and report back to it). It is modelled on the serve loop
+// Every instance has one owner: one goroutine at a time (started when a
+// message comes to an idle owner, ended when none is left) that runs,
+// one after another, everything that changes what is routed at that
+// instance (the socket's frames, the ids learned from POST answers,
+// endings rebuilt from history, the running prompt) and decides the
+// background passes (which run in workers and report back to it). It is modelled on the serve loop
 // of golang.org/x/net/http2's server: the socket's reader queues each
 // frame for it, so a prompt's events are applied in the instance's order,
 // and before the socket's loss is acted on (the reader waits for the
@@ -21,14 +22,20 @@ import (
 
 // mailbox is an owner's queue of messages. Posting never blocks, so code
 // running on the owner can post to it (a pass it starts) as any other
-// goroutine does.
+// goroutine does. The owner's goroutine runs while messages wait and ends
+// when the queue is empty: an idle instance holds no goroutine (nor its
+// stack) for its owner, and the next message starts one. There is never
+// more than one, so the messages still run one after another, in order.
 type mailbox struct {
-	mu     sync.Mutex // guards msgs, closed (the queue only)
-	msgs   []message
-	closed bool
-	wake   chan struct{} // capacity 1: messages are waiting
-	done   chan struct{} // closed when the owner has stopped
-	spare  []message     // the owner's: the queue it emptied last, reused for the next
+	run *run         // the owner's goroutines are the table's
+	log *slog.Logger // a message's panic
+
+	mu      sync.Mutex // guards msgs, running, closed (the queue only)
+	msgs    []message
+	running bool          // a goroutine is draining the queue
+	closed  bool          // the table closed: nothing more runs
+	done    chan struct{} // closed when the owner has stopped for good
+	spare   []message     // the owner's: the queue it emptied last, reused for the next
 }
 
 // message is one queued function; ran, for do, hears when it has run.
@@ -37,50 +44,43 @@ type message struct {
 	ran chan struct{}
 }
 
-// ranChans recycles do's signals (capacity 1): every frame of an
-// instance's socket and every step of a submission waits on one.
+// ranChans recycles do's signals (capacity 1): every step of a submission
+// waits on one.
 var ranChans = sync.Pool{New: func() any { return make(chan struct{}, 1) }}
 
-func newMailbox() *mailbox {
-	return &mailbox{wake: make(chan struct{}, 1), done: make(chan struct{})}
+func newMailbox(r *run, log *slog.Logger) *mailbox {
+	return &mailbox{run: r, log: log, done: make(chan struct{})}
 }
 
-// startOwner runs s's owner until the table closes.
-func (t *instances) startOwner(s *instSocket) {
-	if !t.run.goRun(func() { s.box.serve(t.log, t.run.quit) }) {
-		s.box.close()
-	}
-}
-
-// serve runs the queued messages in order until quit is closed. It takes
-// the whole queue at once and gives the poster an empty one to fill,
-// the one it emptied before: a queue that fills and drains, message by
-// message, allocates nothing.
-func (b *mailbox) serve(log *slog.Logger, quit <-chan struct{}) {
-	defer b.close()
+// drain runs the queued messages in order until the queue is empty or
+// the table closed. It takes the whole queue at once and gives the
+// poster an empty one to fill, the one it emptied before: a queue that
+// fills and drains, message by message, allocates nothing.
+func (b *mailbox) drain() {
 	for {
 		select {
-		case <-quit:
+		case <-b.run.quit:
+			b.close()
 			return
-		case <-b.wake:
+		default:
 		}
-		for {
-			b.mu.Lock()
-			batch := b.msgs
-			b.msgs, b.spare = b.spare[:0], nil
+		b.mu.Lock()
+		batch := b.msgs
+		if len(batch) == 0 {
+			b.running = false
 			b.mu.Unlock()
-			for i, m := range batch {
-				batch[i] = message{}
-				safely(log, "instance owner", m.f)
-				if m.ran != nil {
-					m.ran <- struct{}{}
-				}
-			}
-			b.spare = batch[:0]
-			if len(batch) == 0 {
-				break
+			return
+		}
+		b.msgs, b.spare = b.spare[:0], nil
+		b.mu.Unlock()
+		for i, m := range batch {
+			batch[i] = message{}
+			safely(b.log, "instance owner", m.f)
+			if m.ran != nil {
+				m.ran <- struct{}{}
 			}
 		}
+		b.spare = batch[:0]
 	}
 }
 
@@ -102,7 +102,8 @@ func (b *mailbox) post(f func()) bool {
 	return b.put(message{f: f})
 }
 
-// put queues m; false when the owner has stopped.
+// put queues m, starting the owner's goroutine if none runs; false when
+// the owner has stopped (the table closed).
 func (b *mailbox) put(m message) bool {
 	b.mu.Lock()
 	if b.closed {
@@ -110,10 +111,15 @@ func (b *mailbox) put(m message) bool {
 		return false
 	}
 	b.msgs = append(b.msgs, m)
+	if b.running {
+		b.mu.Unlock()
+		return true
+	}
+	b.running = true
 	b.mu.Unlock()
-	select {
-	case b.wake <- struct{}{}:
-	default:
+	if !b.run.goRun(b.drain) {
+		b.close() // the table closed: m is dropped with the rest
+		return false
 	}
 	return true
 }

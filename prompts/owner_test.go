@@ -2,8 +2,9 @@ package prompts
 
 import (
 	"log/slog"
-	"sync"
 	"testing"
+
+	"github.com/comfygate/comfygate/internal/testkit"
 )
 
 // The owner runs messages one at a time in the order they were posted,
@@ -11,14 +12,8 @@ import (
 // only after its message ran.
 func TestMailboxRunsInOrder(t *testing.T) {
 	t.Parallel()
-	tbl := &Table{run: newRun(nil)}
-	b := newMailbox()
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		b.serve(slog.New(slog.DiscardHandler), tbl.run.quit)
-	}()
+	r := newRun(nil)
+	b := newMailbox(r, slog.New(slog.DiscardHandler))
 	var got []int // touched only by the owner's messages
 	for i := range 100 {
 		b.post(func() {
@@ -40,9 +35,28 @@ func TestMailboxRunsInOrder(t *testing.T) {
 			t.Fatalf("message %d ran as %d: out of order (%v)", i, v, got)
 		}
 	}
-	tbl.run.close()
-	wg.Wait()
+	r.close()
+	r.wait()
 	if b.post(func() {}) || b.do(func() { t.Error("a message ran after the owner stopped") }) {
 		t.Fatal("post or do accepted a message after the owner stopped")
 	}
+}
+
+// An idle owner holds no goroutine: the one that drained its queue ends,
+// and the next message starts another, which the run counts (Close
+// waits for it).
+func TestIdleOwnerHoldsNoGoroutine(t *testing.T) {
+	t.Parallel()
+	r := newRun(nil)
+	b := newMailbox(r, slog.New(slog.DiscardHandler))
+	for range 3 {
+		if !b.do(func() {}) {
+			t.Fatal("do reported the owner stopped while the table runs")
+		}
+		if !testkit.Poll(testkit.WaitBound, func() bool { return r.n.Load() == 0 }) {
+			t.Fatalf("%d goroutines still counted with the queue empty", r.n.Load())
+		}
+	}
+	r.close()
+	r.wait()
 }

@@ -110,7 +110,6 @@ func New(pool *upstream.Pool, cfg *config.Config, m *metrics.Metrics, log *slog.
 	t.insts = &instances{p: pool, cfg: t.cfg, log: t.log, run: t.run, owners: &t.owners,
 		sub: pool.Subscribe(), settled: make(chan struct{}, 1)}
 	t.owners.mk = func(inst *upstream.Instance) *instSocket { return newInstSocket(t, inst) }
-	t.owners.start = t.insts.startOwner
 	t.steps = &steps{idx: &t.idx, m: m, files: t.fileStore, insts: t.insts, events: t.events}
 	t.submits = &submitter{p: pool, cfg: t.cfg, log: t.log, run: t.run, idx: &t.idx, owners: &t.owners, steps: t.steps, files: t.fileStore}
 	t.moves = &mover{p: pool, cfg: t.cfg, m: m, log: t.log, run: t.run, idx: &t.idx, owners: &t.owners,

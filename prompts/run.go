@@ -135,21 +135,17 @@ func (r *run) wait() { <-r.drained }
 type ownerMap = map[*upstream.Instance]*instSocket
 
 type owners struct {
-	m     atomic.Pointer[ownerMap]
-	mk    func(*upstream.Instance) *instSocket // a new record, its owner not started
-	start func(*instSocket)                    // starts a new record's owner
+	m  atomic.Pointer[ownerMap]
+	mk func(*upstream.Instance) *instSocket // a new record
 }
 
 // socketFor returns the record of inst, creating it (its socket not
-// running) and starting its owner if needed.
+// running) if needed. Its owner runs when it has messages (mailbox).
 func (o *owners) socketFor(inst *upstream.Instance) *instSocket {
 	if s := o.get(inst); s != nil {
 		return s
 	}
-	s, added := o.getOrAdd(inst, func() *instSocket { return o.mk(inst) })
-	if added {
-		o.start(s)
-	}
+	s, _ := o.getOrAdd(inst, func() *instSocket { return o.mk(inst) })
 	return s
 }
 

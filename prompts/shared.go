@@ -239,8 +239,7 @@ func (sh *sharedIndex) shareStep(pr *Prompt, prev lifecycle.State, prevInst *ups
 // before its client's answer, so that another replica can adopt it.
 // Nothing for a nil pr, without leases, or while writes fail (the prompt
 // was sent: its answer is not held for a Redis that does not answer).
-func (t *Table) recorded(pr *Prompt) {
-	sh := t.shared.Load()
+func (sh *sharedIndex) recorded(pr *Prompt) {
 	if pr == nil || sh == nil || !sh.fenced.Load() || sh.failing.Load() {
 		return
 	}

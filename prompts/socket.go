@@ -77,7 +77,7 @@ type instSocket struct {
 }
 
 func newInstSocket(t *Table, inst *upstream.Instance) *instSocket {
-	s := &instSocket{t: t, inst: inst, stopCh: make(chan struct{}), box: newMailbox()}
+	s := &instSocket{t: t, inst: inst, stopCh: make(chan struct{}), box: newMailbox(t.run, t.log)}
 	s.passes = &passes{instSocket: s}
 	return s
 }

@@ -37,7 +37,7 @@ import (
 // returned Prompt and answer carry it.
 func (t *Table) Submit(ctx context.Context, req SubmitRequest) (SubmitResult, error) {
 	res, err := t.submits.submit(ctx, req)
-	t.recorded(res.Prompt) // shared.go: its record is written before its answer
+	t.shared.Load().recorded(res.Prompt) // shared.go: its record is written before its answer
 	return res, err
 }
 
