@@ -11,17 +11,18 @@
 // Every instance has one owner, one goroutine at a time (owner.go), that
 // runs, one message at a time, whatever changes the prompts at that
 // instance: its socket's frames (queued by its reader in the instance's
-// order), POST answers,
-// instance events, timer expiries (through the pool's clock) and the
-// results of the workers it starts for calls to the instance (probes,
-// history reads, deletes, sends). Only owners call lifecycle.Step
-// (steps.step), under the step rule: a prompt's steps run on the owner of
-// the instance it is at (stepVia from a submit), and a step that moves
-// it (a send to another instance, a reclaim) runs on the owner it leaves
-// and hands it to the next (a first send runs on the owner of its
-// target). So a prompt's steps never run at once, and no lock guards them. Each prompt's state is an immutable view behind an
-// atomic pointer (Prompt.State, Instance, UpstreamID read it without a
-// lock); lifecycle.State holds all a next owner needs to go on with it.
+// order), POST answers, instance events, timer expiries (through the
+// pool's clock) and the results of the workers it starts for calls to
+// the instance (probes, history reads, deletes, sends). Only owners call
+// lifecycle.Step (steps.step), under the step rule: a prompt's steps run
+// on the owner of the instance it is at (stepVia and stepLater from a
+// submit), and a step that moves it (a send to another instance, a
+// reclaim) runs on the owner it leaves and hands it to the next (a first
+// send runs on the owner of its target). So a prompt's steps never run at
+// once, and no lock guards them. Each prompt's state is an immutable view
+// behind an atomic pointer (Prompt.State, Instance, UpstreamID read it
+// without a lock); lifecycle.State holds all a next owner needs to go on
+// with it.
 //
 // Who owns what:
 //   - a prompt's view and its keys in the index: its steps (the step rule);
