@@ -403,8 +403,8 @@ func (m *memJobs) AskCancel(_ context.Context, id string) (bool, error) {
 // as it is. An API key's name goes after kline: as it is ("" with keys
 // off); the first {jobs} in a key is its hash tag whatever follows.
 //
-// A job in line without a line_keys entry (added by a version without
-// turns) is claimed when no key has a job waiting, and its place is its
+// A job in line without a line_keys entry (written without a key's
+// turn) is claimed when no key has a job waiting, and its place is its
 // rank in line.
 type redisJobs struct{ rdb *redis.Client }
 

@@ -1,13 +1,11 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -17,6 +15,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // replicaPoint is what the replicas section measured.
@@ -184,8 +184,10 @@ func (e *env) startRedis(ctx context.Context, bin string) (string, error) {
 		return "", err
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(port)
+	client := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: time.Second})
+	defer client.Close()
 	deadline := time.Now().Add(10 * time.Second)
-	for redisPing(addr) != nil {
+	for client.Ping(ctx).Err() != nil {
 		if p.exited() || time.Now().After(deadline) {
 			return "", fmt.Errorf("redis-server on %s does not answer PING: %s", addr, p.tail())
 		}
@@ -196,27 +198,6 @@ func (e *env) startRedis(ctx context.Context, bin string) (string, error) {
 		}
 	}
 	return addr, nil
-}
-
-// redisPing sends one PING in the inline protocol and wants +PONG.
-func redisPing(addr string) error {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(time.Second))
-	if _, err := c.Write([]byte("PING\r\n")); err != nil {
-		return err
-	}
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		return err
-	}
-	if strings.TrimSpace(line) != "+PONG" {
-		return fmt.Errorf("PING answered %q", line)
-	}
-	return nil
 }
 
 // rollingRestart runs the submit load over both replicas while each is
