@@ -74,7 +74,7 @@ func (t *submitter) submit(ctx context.Context, req SubmitRequest) (SubmitResult
 	if id == "" {
 		id = newUUID()
 	}
-	pr := &Prompt{ID: id, ClientID: req.ClientID, Sink: req.Sink, Created: time.Now(), header: req.Header, owner: req.Owner}
+	pr := &Prompt{ID: id, ClientID: req.ClientID, Sink: req.Sink, Created: time.Now(), header: req.Header, owner: req.Owner, submission: req.Submission}
 	// ComfyUI: "number" in the body sets the priority and leaves the
 	// counter alone; otherwise a truthy "front" negates the counter.
 	if body := comfyapi.PromptRequestOf(req.Body); body.HasNumber() {
