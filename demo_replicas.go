@@ -7,20 +7,12 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
 	"sync"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/redisproc"
 )
-
-// demoRedisStart bounds how long the demo's redis-server may take to
-// answer PING.
-const demoRedisStart = 10 * time.Second
 
 // demoReplicas runs n comfygate replicas on free loopback ports, each
 // configured by newConfig and sharing state in a redis-server started for
@@ -133,70 +125,20 @@ func printReplicas(w io.Writer, cfgs []*config.Config, redisURL, frontURL string
 // persistence in a temporary directory, and returns its URL once it
 // answers PING, and the function that stops it and removes the directory.
 func startDemoRedis(ctx context.Context, bin string) (string, func(), error) {
-	var last error
-	for range 3 { // the free port may be taken before redis-server binds it
-		url, stop, err := tryDemoRedis(ctx, bin)
-		if err == nil {
-			return url, stop, nil
-		}
-		last = err
-		if ctx.Err() != nil {
-			break
-		}
-	}
-	return "", nil, fmt.Errorf("redis-server did not start: %w", last)
-}
-
-func tryDemoRedis(ctx context.Context, bin string) (string, func(), error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", nil, err
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
 	dir, err := os.MkdirTemp("", "comfygate-demo-redis-")
 	if err != nil {
 		return "", nil, err
 	}
-	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", dir,
-		"--logfile", filepath.Join(dir, "redis.log"), "--daemonize", "no")
-	if err := cmd.Start(); err != nil {
+	srv, err := redisproc.Start(ctx, redisproc.Options{Bin: bin, Dir: dir})
+	if err != nil {
 		os.RemoveAll(dir)
 		return "", nil, err
 	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
 	stop := func() {
-		_ = cmd.Process.Kill()
-		<-exited
+		srv.Kill()
 		os.RemoveAll(dir)
 	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	client := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: time.Second})
-	defer client.Close()
-	deadline := time.NewTimer(demoRedisStart)
-	defer deadline.Stop()
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if client.Ping(ctx).Err() == nil {
-			return "redis://" + addr, stop, nil
-		}
-		select {
-		case <-exited:
-			log, _ := os.ReadFile(filepath.Join(dir, "redis.log"))
-			stop()
-			return "", nil, fmt.Errorf("redis-server on %s exited: %s", addr, log)
-		case <-deadline.C:
-			stop()
-			return "", nil, fmt.Errorf("redis-server on %s: no PONG within %v", addr, demoRedisStart)
-		case <-ctx.Done():
-			stop()
-			return "", nil, ctx.Err()
-		case <-tick.C:
-		}
-	}
+	return srv.URL(), stop, nil
 }
 
 // roundRobin is the demo's front: a loopback TCP listener handing each new

@@ -9,8 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
@@ -21,19 +19,6 @@ import (
 
 	"github.com/comfygate/comfygate/internal/testkit"
 )
-
-// needRedisServer skips the test without redis-server on the PATH, or
-// fails it when CI is set (.ci/run installs it), as testkit.Redis does.
-func needRedisServer(t *testing.T) {
-	t.Helper()
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		const msg = "redis-server is not installed (apt-get install redis-server): demo -replicas needs it"
-		if ci := os.Getenv("CI"); ci != "" && ci != "false" && ci != "0" {
-			t.Fatal("CI is set and " + msg)
-		}
-		t.Skip(msg)
-	}
-}
 
 // queueRequests is how many GET /queue a replica's /metrics counts.
 func queueRequests(t *testing.T, base string) int {
@@ -53,7 +38,7 @@ func queueRequests(t *testing.T, base string) int {
 // WebSocket through replica 2; the round-robin front reaches both; and on
 // exit the demo's redis-server is gone.
 func TestDemoReplicasShareOnePrompt(t *testing.T) {
-	needRedisServer(t)
+	testkit.RedisServerBin(t) // skips, or fails in CI, without the redis-server demo -replicas runs
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	out := &lockedBuffer{}

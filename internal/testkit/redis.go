@@ -1,20 +1,13 @@
 package testkit
 
 import (
-	"bufio"
-	"fmt"
-	"net"
+	"context"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"strings"
-	"sync"
 	"testing"
-	"time"
-)
 
-// redisStartBound bounds how long a redis-server may take to answer PING.
-const redisStartBound = 10 * time.Second
+	"github.com/comfygate/comfygate/internal/redisproc"
+)
 
 // Redis starts a real redis-server (Debian's package redis-server) for the
 // test on a free loopback port, with no persistence (--save "",
@@ -33,17 +26,24 @@ func Redis(t testing.TB) string {
 // start again on the same port, as a restarted Redis (with no persistence
 // it comes back empty).
 type RedisServer struct {
-	t         testing.TB
-	bin, addr string
-	dir       string
-
-	mu   sync.Mutex // guards cmd and exit
-	cmd  *exec.Cmd
-	exit chan error // receives the running process's end
+	srv *redisproc.Server
 }
 
 // StartRedis is Redis returning the server itself.
 func StartRedis(t testing.TB) *RedisServer {
+	t.Helper()
+	srv, err := redisproc.Start(context.Background(), redisproc.Options{Bin: RedisServerBin(t), Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Kill)
+	return &RedisServer{srv: srv}
+}
+
+// RedisServerBin is the path of redis-server on the PATH. Without one the
+// test fails when CI is set (.ci/run installs it) and is skipped
+// otherwise, saying to install it.
+func RedisServerBin(t testing.TB) string {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -53,103 +53,19 @@ func StartRedis(t testing.TB) *RedisServer {
 		}
 		t.Skip(msg)
 	}
-	// The free port is found by listening and closing, so another process
-	// may take it before redis-server binds it: try a few ports.
-	var last error
-	for range 3 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := l.Addr().String()
-		_ = l.Close()
-		r := &RedisServer{t: t, bin: bin, addr: addr, dir: t.TempDir()}
-		if last = r.Start(); last == nil {
-			t.Cleanup(r.Kill)
-			return r
-		}
-	}
-	t.Fatalf("redis-server did not start: %v", last)
-	return nil
+	return bin
 }
 
 // URL is the server's redis:// URL.
-func (r *RedisServer) URL() string { return "redis://" + r.addr }
+func (r *RedisServer) URL() string { return r.srv.URL() }
 
 // Addr is the server's host:port.
-func (r *RedisServer) Addr() string { return r.addr }
+func (r *RedisServer) Addr() string { return r.srv.Addr() }
 
 // Kill ends the server with SIGKILL and waits for it; nothing when it is
 // not running.
-func (r *RedisServer) Kill() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.cmd == nil {
-		return
-	}
-	_ = r.cmd.Process.Kill()
-	<-r.exit
-	r.cmd = nil
-}
+func (r *RedisServer) Kill() { r.srv.Kill() }
 
-// Start runs redis-server on the server's port (again, after Kill) and
+// Start runs redis-server on the server's port again, after Kill, and
 // returns once it answers PING.
-func (r *RedisServer) Start() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.cmd != nil {
-		return nil
-	}
-	_, port, _ := net.SplitHostPort(r.addr)
-	cmd := exec.Command(r.bin,
-		"--port", port, "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", r.dir,
-		"--logfile", filepath.Join(r.dir, "redis.log"), "--daemonize", "no")
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	gone := false
-	answered := Poll(redisStartBound, func() bool {
-		select {
-		case err := <-exited:
-			exited <- err
-			gone = true
-			return true
-		default:
-		}
-		return redisPing(r.addr) == nil
-	})
-	if gone || !answered {
-		if !gone {
-			_ = cmd.Process.Kill()
-		}
-		<-exited
-		log, _ := os.ReadFile(filepath.Join(r.dir, "redis.log"))
-		return fmt.Errorf("redis-server on %s: no PONG within %v; its log:\n%s", r.addr, redisStartBound, log)
-	}
-	r.cmd, r.exit = cmd, exited
-	return nil
-}
-
-// redisPing sends one PING in the inline protocol and wants +PONG.
-func redisPing(addr string) error {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(time.Second))
-	if _, err := c.Write([]byte("PING\r\n")); err != nil {
-		return err
-	}
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		return err
-	}
-	if strings.TrimSpace(line) != "+PONG" {
-		return fmt.Errorf("PING answered %q", line)
-	}
-	return nil
-}
+func (r *RedisServer) Start() error { return r.srv.Start(context.Background()) }

@@ -230,23 +230,3 @@ func TestClientBalancerFailsOver(t *testing.T) {
 	}
 	s.Close()
 }
-
-// A RedisServer killed refuses connections; started again, it answers on
-// the same address.
-func TestRedisServerRestarts(t *testing.T) {
-	t.Parallel()
-	r := StartRedis(t)
-	if err := redisPing(r.Addr()); err != nil {
-		t.Fatalf("PING: %v", err)
-	}
-	r.Kill()
-	if err := redisPing(r.Addr()); err == nil {
-		t.Fatalf("PING answered after Kill")
-	}
-	if err := r.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if err := redisPing(r.Addr()); err != nil {
-		t.Fatalf("PING after Start: %v", err)
-	}
-}

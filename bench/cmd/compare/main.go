@@ -153,6 +153,9 @@ func run() error {
 	e := &env{root: root, work: work, ps: &procs{dir: work}, hc: &http.Client{Timeout: 30 * time.Second}}
 	defer func() {
 		e.ps.stopAll()
+		if e.redis != nil {
+			e.redis.Kill()
+		}
 		if o.keep {
 			logf("work directory kept: %s", work)
 		} else {

@@ -7,16 +7,15 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	"github.com/comfygate/comfygate/internal/redisproc"
 )
 
 // replicaPoint is what the replicas section measured.
@@ -57,11 +56,11 @@ func sectionReplicas(ctx context.Context, o options, e *env, rep *report) error 
 	if redisBin == "" {
 		return errors.New("redis-server not found (apt-get install redis-server)")
 	}
-	redisAddr, err := e.startRedis(ctx, redisBin)
+	redisSrv, err := e.startRedis(ctx, redisBin)
 	if err != nil {
 		return err
 	}
-	stateEnv := "COMFYGATE_STATE_URL=redis://" + redisAddr
+	stateEnv := "COMFYGATE_STATE_URL=" + redisSrv.URL()
 	var reps [2]string
 	var procs [2]*proc
 	for i, name := range []string{"comfygate-replica-a", "comfygate-replica-b"} {
@@ -168,36 +167,19 @@ func sectionReplicas(ctx context.Context, o options, e *env, rep *report) error 
 }
 
 // startRedis runs a redis-server without persistence on a free loopback
-// port and returns its address once it answers PING.
-func (e *env) startRedis(ctx context.Context, bin string) (string, error) {
-	port, err := freePort()
+// port, logging to redis.log in the work directory, in a process group the
+// kernel kills if the bench dies first; it is stopped after every process
+// of the run, the replicas that use it included.
+func (e *env) startRedis(ctx context.Context, bin string) (*redisproc.Server, error) {
+	srv, err := redisproc.Start(ctx, redisproc.Options{
+		Bin: bin, Dir: e.work,
+		SysProcAttr: &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL},
+	})
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	dir := filepath.Join(e.work, "redis")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", err
-	}
-	p, err := e.ps.start("redis", nil, bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", dir, "--daemonize", "no")
-	if err != nil {
-		return "", err
-	}
-	addr := "127.0.0.1:" + strconv.Itoa(port)
-	client := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: time.Second})
-	defer client.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for client.Ping(ctx).Err() != nil {
-		if p.exited() || time.Now().After(deadline) {
-			return "", fmt.Errorf("redis-server on %s does not answer PING: %s", addr, p.tail())
-		}
-		select {
-		case <-ctx.Done():
-			return "", ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	return addr, nil
+	e.redis = srv
+	return srv, nil
 }
 
 // rollingRestart runs the submit load over both replicas while each is

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/comfygate/comfygate/internal/redisproc"
 )
 
 // env is one run's processes and what they listen on.
@@ -40,6 +42,7 @@ type env struct {
 	gateProc map[string]*proc
 	nginx    map[string]string
 	haproxy  map[string]string
+	redis    *redisproc.Server // the replicas' shared state; nil until started
 }
 
 // upstream kinds: the simulator and the minimal fasthttp upstream.
