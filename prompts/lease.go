@@ -63,6 +63,9 @@ type leaseKeeper struct {
 	lossMu    sync.Mutex  // guards loss
 	loss      *time.Timer // abandons the prompts when the liveness lease runs out unrenewed
 	held      map[string]*instLease
+	// leased is the names in held, as the loop last left them, for
+	// anyone to read (holdsLease).
+	leased atomic.Pointer[map[string]bool]
 }
 
 // KeepLeases makes the table, which records its prompts in a shared index
@@ -141,6 +144,7 @@ func (k *leaseKeeper) round(ctx context.Context) {
 		alive = 1
 	}
 	k.instances(cctx, inc, alive)
+	k.publishHeld()
 	for name, h := range k.held {
 		if ctx.Err() != nil {
 			return
@@ -210,6 +214,49 @@ func (k *leaseKeeper) lose(inc *incarnation, why string) {
 	}
 	k.t.log.Warn("prompts: liveness lease lost: this replica's prompts are left to the others", "replica", inc.id, "why", why)
 	k.abandonAll()
+	k.renewSocketIDs()
+}
+
+// renewSocketIDs gives each instance's socket a new client_id once the
+// liveness lease is lost, and reconnects it under it: the prompts sent
+// under the old ids are left to the replicas that adopt them, which
+// borrow those ids to get their events (borrow.go), and the prompts this
+// replica sends from now on must not carry them. The prompts it kept
+// (abandonAll: none of their records was written) that are at an
+// instance under an old id are followed there as adopted ones are.
+func (k *leaseKeeper) renewSocketIDs() {
+	t := k.t
+	for _, inst := range t.p.Instances() {
+		inst.RenewSocketClientID()
+		if s := t.owners.get(inst); s != nil {
+			s.redial()
+		}
+	}
+	t.idx.eachLive(func(pr *Prompt) bool {
+		v := pr.snap()
+		if inst := v.instance; inst != nil && !pr.recorded.Load() && !pr.abandoned.Load() && !v.life.Phase.Done() {
+			attempts, sock := v.life.Attempts, pr.sentSocket()
+			t.run.goBackground(func(ctx context.Context) { k.follow(ctx, pr, inst, attempts, sock, false) })
+		}
+		return true
+	})
+}
+
+// holdsLease reports whether this replica held the lease of the instance
+// named name after its last round.
+func (k *leaseKeeper) holdsLease(name string) bool {
+	m := k.leased.Load()
+	return m != nil && (*m)[name]
+}
+
+// publishHeld makes the names in held what holdsLease reports. On the
+// loop.
+func (k *leaseKeeper) publishHeld() {
+	m := make(map[string]bool, len(k.held))
+	for name := range k.held {
+		m[name] = true
+	}
+	k.leased.Store(&m)
 }
 
 // instances renews the instance leases held and takes free ones up to
@@ -254,7 +301,10 @@ func (k *leaseKeeper) instances(ctx context.Context, inc *incarnation, alive int
 
 // dropAll forgets the instance leases (the liveness lease is gone: they
 // were taken under it).
-func (k *leaseKeeper) dropAll() { clear(k.held) }
+func (k *leaseKeeper) dropAll() {
+	clear(k.held)
+	k.publishHeld()
+}
 
 // release gives the leases back as the table closes, so that the others
 // take the instances and adopt the prompts left without waiting for the

@@ -187,10 +187,13 @@ type sharedExtra struct {
 	ClientID string `json:",omitempty"`
 	// OwnNumber: the client sees the instance's number, not the fleet's.
 	OwnNumber bool `json:",omitempty"`
+	// Socket is the client_id its last send carried (the socket id of the
+	// replica that sent it): an adopter listens under it (borrow.go).
+	Socket string `json:",omitempty"`
 }
 
-// sharedLife is the Life of a record: the prompt's lifecycle.State and
-// the client_id it was submitted with.
+// sharedLife is the Life of a record: the prompt's lifecycle.State, the
+// client_id it was submitted with and the one its last send carried.
 type sharedLife struct {
 	lifecycle.State
 	sharedExtra
@@ -215,7 +218,7 @@ func (sh *sharedIndex) shareStep(pr *Prompt, prev lifecycle.State, prevInst *ups
 			return
 		}
 	}
-	life, err := json.Marshal(sharedLife{State: next, sharedExtra: sharedExtra{ClientID: pr.ClientID, OwnNumber: pr.ownNumber}})
+	life, err := json.Marshal(sharedLife{State: next, sharedExtra: sharedExtra{ClientID: pr.ClientID, OwnNumber: pr.ownNumber, Socket: pr.sentSocket()}})
 	if err != nil {
 		return
 	}
