@@ -33,6 +33,7 @@ import (
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/lifecycle"
 	"github.com/comfygate/comfygate/state"
+	"github.com/comfygate/comfygate/upstream"
 )
 
 // incarnation is one liveness lease of this replica: the replica id it
@@ -226,17 +227,29 @@ func (k *leaseKeeper) lose(inc *incarnation, why string) {
 // instance under an old id are followed there as adopted ones are.
 func (k *leaseKeeper) renewSocketIDs() {
 	t := k.t
+	closed := map[*upstream.Instance]<-chan struct{}{}
 	for _, inst := range t.p.Instances() {
 		inst.RenewSocketClientID()
 		if s := t.owners.get(inst); s != nil {
-			s.redial()
+			closed[inst] = s.redial()
 		}
 	}
 	t.idx.eachLive(func(pr *Prompt) bool {
 		v := pr.snap()
 		if inst := v.instance; inst != nil && !pr.recorded.Load() && !pr.abandoned.Load() && !v.life.Phase.Done() {
-			attempts, sock := v.life.Attempts, pr.sentSocket()
-			t.run.goBackground(func(ctx context.Context) { k.follow(ctx, pr, inst, attempts, sock, false) })
+			attempts, sock, old := v.life.Attempts, pr.sentSocket(), closed[inst]
+			t.run.goBackground(func(ctx context.Context) {
+				if old != nil {
+					// The socket under the old id closes first: its close
+					// would unregister the borrowed one.
+					select {
+					case <-old:
+					case <-ctx.Done():
+						return
+					}
+				}
+				k.follow(ctx, pr, inst, attempts, sock, false)
+			})
 		}
 		return true
 	})

@@ -68,8 +68,11 @@ type instSocket struct {
 	ntombs      atomic.Int64 // len(tombs), written by the owner: read by anyone (mayHaveTombs)
 	tombsPosted atomic.Int64 // tombstones posted to the owner and not added yet
 	stopCancel  func()       // cancels run's context (set by run, called by stop)
-	connCancel  func()       // ends the current connection (set by run, called by redial)
-	redialing   bool         // redial ended the current connection: dial again at once
+	// connCancel ends the current connection (set by run, called by
+	// redial); redialing is set when redial ended it (run dials again at
+	// once) and closed once it is closed.
+	connCancel func()
+	redialing  chan struct{}
 	// borrows are the sockets borrowed under other client_ids (borrow.go).
 	borrows map[string]*borrowed
 	// What the running prompt is doing, for the operator's view (Running):
@@ -149,7 +152,13 @@ func (s *instSocket) run(ctx context.Context) {
 	clk := s.t.p.Clock() // the waits between dials: a test's fake clock drives them
 	for ctx.Err() == nil {
 		dialStart := clk.Now()
-		conn, first, err := s.dial(ctx)
+		id := s.inst.SocketClientID()
+		conn, first, err := s.dialAs(ctx, id)
+		if err == nil && id != s.inst.SocketClientID() {
+			// Renewed while it dialed (redial found no connection to end).
+			_ = conn.Close()
+			continue
+		}
 		if err == nil {
 			s.up()
 			s.box.do(func() { s.onText(first) })
@@ -185,7 +194,7 @@ func (s *instSocket) run(ctx context.Context) {
 		backoff = minB
 		s.conns.Add(1)
 		connCtx, connCancel := context.WithCancel(ctx)
-		s.box.do(func() { s.connCancel, s.redialing = connCancel, false })
+		s.box.do(func() { s.connCancel, s.redialing = connCancel, nil })
 		if lost {
 			if everUp {
 				s.t.m.IncUpstreamReconnect(s.inst.Name)
@@ -199,13 +208,16 @@ func (s *instSocket) run(ctx context.Context) {
 		everUp, lost = true, false
 		err = s.serve(connCtx, conn, s.onText, s.onBinary)
 		s.inst.State().SetSocketUp(false)
-		redialed := false
+		var redialed chan struct{}
 		s.box.do(func() { s.connCancel, redialed = nil, s.redialing })
 		connCancel()
+		if redialed != nil {
+			close(redialed)
+		}
 		if ctx.Err() != nil {
 			return
 		}
-		if redialed {
+		if redialed != nil {
 			s.t.log.Info("prompts: socket reconnecting under a new client_id", "instance", s.inst.Name)
 			continue
 		}
@@ -219,14 +231,27 @@ func (s *instSocket) run(ctx context.Context) {
 }
 
 // redial ends the current connection, if any, for run to dial again at
-// once: under the instance's SocketClientID as it is then.
-func (s *instSocket) redial() {
-	s.box.post(func() {
-		if s.connCancel != nil {
-			s.redialing = true
+// once: under the instance's SocketClientID as it is then. The channel is
+// closed once the connection it ended is closed (at once when there was
+// none, or the table closed): the instance no longer holds a socket under
+// the old id that could unregister a newer one when it closes.
+func (s *instSocket) redial() <-chan struct{} {
+	ch := make(chan struct{})
+	ok := s.box.do(func() {
+		switch {
+		case s.connCancel == nil:
+			close(ch)
+		case s.redialing != nil:
+			ch = s.redialing
+		default:
+			s.redialing = ch
 			s.connCancel()
 		}
 	})
+	if !ok {
+		close(ch)
+	}
+	return ch
 }
 
 // up records a fresh connection. The instance executes at most one prompt;
@@ -257,17 +282,12 @@ var socketWriteBufs sync.Pool
 // dialTimeout bounds one dial of the socket (health_check.timeout).
 func (s *instSocket) dialTimeout() time.Duration { return s.t.cfg.HealthCheck.Timeout }
 
-// dial opens the socket, sends the feature flags and returns the
-// instance's first message. ComfyUI registers a socket under its clientId
-// only after the handshake, then sends it its status: until that first
-// message arrives, what the instance sends to our clientId goes nowhere
-// (a prompt sent meanwhile would lose its first events), so the socket
-// counts as up only once it came.
-func (s *instSocket) dial(ctx context.Context) (*websocket.Conn, []byte, error) {
-	return s.dialAs(ctx, s.inst.SocketClientID())
-}
-
-// dialAs is dial under clientID.
+// dialAs opens a socket under clientID, sends the feature flags and
+// returns the instance's first message. ComfyUI registers a socket under
+// its clientId only after the handshake, then sends it its status: until
+// that first message arrives, what the instance sends to that clientId
+// goes nowhere (a prompt sent meanwhile would lose its first events), so
+// the socket counts as up only once it came.
 func (s *instSocket) dialAs(ctx context.Context, clientID string) (*websocket.Conn, []byte, error) {
 	scheme := "ws://"
 	if s.inst.TLS {

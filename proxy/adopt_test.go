@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -159,8 +160,9 @@ func TestAdoptionAfterReplicaStops(t *testing.T) {
 // TestPausedReplicaIsFenced: replica A, cut from Redis past its liveness
 // lease while its prompt runs, stops acting on it; B adopts it. When A
 // reaches Redis again, what it had queued meanwhile is refused (the
-// record stays B's), it goes on under a new liveness lease, and its new
-// prompts run as before. The adopted prompt runs once.
+// record stays B's), it goes on under a new liveness lease and a new
+// socket client_id, and its new prompts run as before, their events on
+// its own socket. The adopted prompt runs once.
 func TestPausedReplicaIsFenced(t *testing.T) {
 	t.Parallel()
 	url := testkit.Redis(t)
@@ -188,6 +190,7 @@ func TestPausedReplicaIsFenced(t *testing.T) {
 	firstToken, _ := strconv.ParseInt(strings.TrimPrefix(firstGuard, "replica:"+first+" "), 10, 64)
 
 	c.until(func(m xMsg) bool { return m.typ() == "execution_start" })
+	sockA := a.Pool().Instances()[0].SocketClientID()
 	cut.Hang()
 	testkit.Eventually(t, "A lets go of its prompt", func() bool { return a.Prompts().Outstanding() == 0 })
 	testkit.Eventually(t, "B adopts it", func() bool {
@@ -206,6 +209,14 @@ func TestPausedReplicaIsFenced(t *testing.T) {
 	testkit.Eventually(t, "A under a new liveness lease", func() bool {
 		r := a.Prompts().Replica()
 		return r != "" && r != first
+	})
+	// A's new prompts carry a client_id of its own again: the one it sent
+	// the adopted prompt with is B's to listen under.
+	if sockA == a.Pool().Instances()[0].SocketClientID() {
+		t.Errorf("A's socket client_id is still %q", sockA)
+	}
+	testkit.Eventually(t, "A's socket under its new client_id", func() bool {
+		return slices.Contains(a.Sims[0].SocketIDs(), a.Pool().Instances()[0].SocketClientID())
 	})
 	// A write under A's first lease, as one held in its connection would
 	// arrive, is refused.
