@@ -14,7 +14,10 @@ package prompts
 // take no more steps here and leave its table, since another replica may
 // adopt them from then on. One that has none (its every record failed)
 // nobody else can adopt: it stays, and is recorded once the replica goes
-// on under a new incarnation, when Redis answers again.
+// on under a new incarnation, when Redis answers again. At the loss its
+// instances' sockets reconnect under new client_ids (renewSocketIDs): the
+// prompts sent under the old ones are the adopters', who listen under
+// those ids (borrow.go).
 //
 // Each replica also takes, while alive, the leases of a share of the
 // fleet's instances (the instances over the replicas alive, rounded up),
