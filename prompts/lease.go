@@ -225,15 +225,20 @@ func (k *leaseKeeper) lose(inc *incarnation, why string) {
 // liveness lease is lost, and reconnects it under it: the prompts sent
 // under the old ids are left to the replicas that adopt them, which
 // borrow those ids to get their events (borrow.go), and the prompts this
-// replica sends from now on must not carry them. The prompts it kept
-// (abandonAll: none of their records was written) that are at an
+// replica sends from now on must not carry them. Each id is renewed on
+// its instance's owner, where every send is pinned (beginSend): a send
+// under the old id was pinned before, and is seen below. The prompts it
+// kept (abandonAll: none of their records was written) that are at an
 // instance under an old id are followed there as adopted ones are.
 func (k *leaseKeeper) renewSocketIDs() {
 	t := k.t
 	closed := map[*upstream.Instance]<-chan struct{}{}
 	for _, inst := range t.p.Instances() {
-		inst.RenewSocketClientID()
-		if s := t.owners.get(inst); s != nil {
+		s := t.owners.get(inst)
+		if s == nil || !s.box.do(func() { inst.RenewSocketClientID() }) {
+			inst.RenewSocketClientID()
+		}
+		if s != nil {
 			closed[inst] = s.redial()
 		}
 	}
