@@ -256,7 +256,10 @@ func TestPausedReplicaIsFenced(t *testing.T) {
 // TestUnrecordedPromptStaysWithItsReplica: replica A sends a prompt while
 // Redis does not answer, so none of its records is written, and then
 // loses its liveness lease. No replica can adopt a prompt it has no
-// record of: A keeps it, records it under its next lease once Redis
+// record of: A keeps it, its end reaches its client's socket on A once
+// (A's socket to the instance reconnected under a new client_id, so the
+// prompt's events come on the one A borrows under the old id, or its end
+// from the history), A records it under its next lease once Redis
 // answers, and its history answers on A; it runs once.
 func TestUnrecordedPromptStaysWithItsReplica(t *testing.T) {
 	t.Parallel()
@@ -270,9 +273,11 @@ func TestUnrecordedPromptStaysWithItsReplica(t *testing.T) {
 	t.Cleanup(func() { _ = rdb.Close() })
 
 	first := a.Prompts().Replica()
+	const client = "unrecorded-client"
+	c := xDial(t, a, client, "")
 	cut.Hang()
 	id := ids.UUID()
-	if code, err := adoptSubmit(a, "", id, "unrecorded-0", xUpscale(1), testkit.WaitBound); err != nil || code != 200 {
+	if code, err := adoptSubmit(a, client, id, "unrecorded-0", xUpscale(1), testkit.WaitBound); err != nil || code != 200 {
 		t.Fatalf("submit on A with Redis silent: %d %v", code, err)
 	}
 	testkit.Eventually(t, "A loses its liveness lease", func() bool { return a.Prompts().Replica() == "" })
@@ -286,6 +291,15 @@ func TestUnrecordedPromptStaysWithItsReplica(t *testing.T) {
 		r := a.Prompts().Replica()
 		return r != "" && r != first && strings.HasPrefix(guardOf(rdb, id), "replica:"+r+" ")
 	})
+	ends := 0
+	for _, m := range c.until(func(m xMsg) bool { return m.end(id) }) {
+		if namesPrompt(m, "execution_success", id) {
+			ends++
+		}
+	}
+	if ends != 1 {
+		t.Errorf("the kept prompt's execution_success came %d times before its end", ends)
+	}
 	testkit.Eventually(t, "its history on A", func() bool {
 		resp, err := http.Get(a.URL + "/history/" + id)
 		if err != nil {
