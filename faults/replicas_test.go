@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -31,29 +32,16 @@ import (
 // replica fault table.
 var routesTable atomic.Value // string
 
-// needsAdoption names what the faults that lose a replica's prompts need:
-// its prompts adopted by the replicas left (instance leases with fencing),
-// and its jobs served by them.
-const needsAdoption = "adoption of a dead or stopped replica's prompts and jobs by the replicas left (instance leases, fencing tokens, the job API across replicas)"
-
 // needsAdoptedFailover names what the fault of a replica and then an
 // instance killed needs to pass every run: an adopted prompt's failover
 // finding the instance left (one run in several fails it with "no other
 // instance is available").
 const needsAdoptedFailover = "an adopted prompt failed over to the instance left in every run (one run in several finds no other instance available)"
 
-// needsSameSubmission names what the faults need in which a client sends
-// a POST /prompt again to the other replica after the first one took it
-// and did not answer (killed mid-request, stopped): the prompt_id claimed
-// in shared state when a replica accepts it, so that the second copy is
-// answered as the same submission instead of running again.
-const needsSameSubmission = "a POST /prompt sent again to another replica with the same prompt_id recognised as the same submission (the id claimed in shared state before it is sent to an instance)"
-
 // leaseOutlived is how long the stopped-replica fault keeps the replica
 // stopped under -faults.long: longer than an instance lease lasts, so
-// that the other replica may take the replica's instances over. The
-// state package takes a lease's TTL from its caller and nothing
-// configures one yet: 15 s stands for a stop that outlives a lease.
+// that the other replica adopts the stopped one's prompts: past
+// state.lease_ttl (6 s by default), with time left for the adoption.
 const leaseOutlived = 15 * time.Second
 
 // binary is the comfygate binary the replica faults run, built once per
@@ -166,7 +154,11 @@ func newReplica(t *testing.T, name string, sims []string, stateURL string, env .
 		r.terminate()
 		if t.Failed() || *logs {
 			b, _ := os.ReadFile(r.log)
-			t.Logf("replica %s's log:\n%s", r.name, tail(string(b), 60))
+			lines := 60
+			if *logs {
+				lines = math.MaxInt // the whole run, to follow what the fault did
+			}
+			t.Logf("replica %s's log:\n%s", r.name, tail(string(b), lines))
 		}
 	})
 	r.launch()
@@ -466,7 +458,7 @@ func TestReplicaKilled(t *testing.T) {
 // replica had read (and possibly sent on to an instance) when it died is
 // sent again by its client to the other replica, with the same prompt_id.
 func TestReplicaKilledMidRequest(t *testing.T) {
-	w := newReplicaWorld(t, needsSameSubmission, faultBound)
+	w := newReplicaWorld(t, "", faultBound)
 	w.traffic()
 	w.inject("kill -9 replica A mid-traffic", w.reps[0].kill)
 	w.measureRecovery()
@@ -506,11 +498,11 @@ func TestReplicaKilledThenInstance(t *testing.T) {
 // replica had read meanwhile it serves when it resumes. Under
 // -faults.long the stop outlives an instance lease.
 func TestReplicaStopped(t *testing.T) {
-	d, needs := 3*time.Second, needsSameSubmission
+	d := 3 * time.Second
 	if *long {
-		d, needs = leaseOutlived, needsSameSubmission+"; "+needsAdoption
+		d = leaseOutlived
 	}
-	w := newReplicaWorld(t, needs, faultBound)
+	w := newReplicaWorld(t, "", faultBound)
 	w.traffic()
 	w.during(fmt.Sprintf("SIGSTOP replica A for %v", d), d,
 		func() { w.reps[0].signal(syscall.SIGSTOP) },

@@ -117,7 +117,8 @@ func (k *leaseKeeper) adoptable(rec state.PromptRecord) (*upstream.Instance, sha
 // (at inst, from life) and goes on with it.
 func (k *leaseKeeper) takeOver(rec state.PromptRecord, inst *upstream.Instance, life sharedLife, body []byte) {
 	t := k.t
-	pr := &Prompt{ID: rec.ID, ClientID: life.ClientID, Created: time.Now(), ownNumber: life.OwnNumber, owner: rec.Owner}
+	pr := &Prompt{ID: rec.ID, ClientID: life.ClientID, Created: time.Now(), ownNumber: life.OwnNumber, owner: rec.Owner,
+		submission: life.Submission}
 	if k.sinkFor != nil {
 		pr.Sink = k.sinkFor(rec.Owner)
 	}

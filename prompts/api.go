@@ -93,6 +93,9 @@ type Prompt struct {
 	socket atomic.Pointer[string]
 	header map[string]string // request headers to forward again on resubmission
 	owner  string            // SubmitRequest.Owner: its records carry it
+	// submission is SubmitRequest.Submission: a repeat of the same POST
+	// is answered as this prompt (resubmit.go).
+	submission string
 
 	// Where it prefers to run, and the graph before per-instance values
 	// (SubmitRequest.Prefer, Files); graph is nil without files.
@@ -229,6 +232,10 @@ type SubmitRequest struct {
 	// Owner is the name of the API key that submits it ("": keys off);
 	// with a shared index, its records carry it.
 	Owner string
+	// Submission is the Fingerprint of the client's body when the client
+	// chose the prompt_id: a POST that repeats it is the same submission
+	// (Table.Resubmission). "": no repeat is recognised.
+	Submission string
 	// Sink receives the prompt's events.
 	Sink Sink
 	// Header holds request headers to forward (e.g. comfy-user).

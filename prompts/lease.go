@@ -64,9 +64,14 @@ type leaseKeeper struct {
 
 	startOnce sync.Once
 	self      atomic.Pointer[incarnation]
-	lossMu    sync.Mutex  // guards loss
-	loss      *time.Timer // abandons the prompts when the liveness lease runs out unrenewed
-	held      map[string]*instLease
+	// until is when self's lease runs out unless renewed: the sending of
+	// its last successful renewal plus the TTL, as a monotonic duration
+	// since base.
+	until  atomic.Int64
+	base   time.Time
+	lossMu sync.Mutex  // guards loss
+	loss   *time.Timer // abandons the prompts when the liveness lease runs out unrenewed
+	held   map[string]*instLease
 	// leased is the names in held, as the loop last left them, for
 	// anyone to read (holdsLease).
 	leased atomic.Pointer[map[string]bool]
@@ -87,7 +92,7 @@ func (t *Table) KeepLeases(l state.Leases, ttl time.Duration, sinkFor func(owner
 	if ttl <= 0 {
 		ttl = config.Default().State.LeaseTTL
 	}
-	k := &leaseKeeper{t: t, l: l, idx: sh.idx, ttl: ttl, sinkFor: sinkFor, held: map[string]*instLease{}}
+	k := &leaseKeeper{t: t, l: l, idx: sh.idx, ttl: ttl, sinkFor: sinkFor, held: map[string]*instLease{}, base: time.Now()}
 	sh.fenced.Store(true)
 	t.leases.Store(k)
 	if t.run.context() != nil {
@@ -171,6 +176,7 @@ func (k *leaseKeeper) live(ctx context.Context) *incarnation {
 			return nil
 		}
 		fresh.token = token
+		k.until.Store(int64(sent.Add(k.ttl).Sub(k.base)))
 		k.self.Store(fresh)
 		if sh := k.t.shared.Load(); sh != nil {
 			sh.guard.Store(fresh)
@@ -194,9 +200,17 @@ func (k *leaseKeeper) live(ctx context.Context) *incarnation {
 	return k.self.Load()
 }
 
+// holding reports whether the replica holds its liveness lease now, by
+// the clock rather than by the loss timer: a process that was paused
+// past its lease's end sees it at once on waking, before the timer runs.
+func (k *leaseKeeper) holding() bool {
+	return k.self.Load() != nil && int64(time.Since(k.base)) < k.until.Load()
+}
+
 // armLoss makes the prompts abandoned when inc's lease, renewed by a
 // request sent at sent, runs out without another renewal.
 func (k *leaseKeeper) armLoss(inc *incarnation, sent time.Time) {
+	k.until.Store(int64(sent.Add(k.ttl).Sub(k.base)))
 	d := time.Until(sent.Add(k.ttl))
 	k.lossMu.Lock()
 	defer k.lossMu.Unlock()

@@ -127,6 +127,10 @@ func (mv *move) begin() {
 	mv.pick()
 }
 
+// refusedRetry is how soon a failover with no instance left tries again
+// the instances that refused its connection.
+const refusedRetry = 200 * time.Millisecond
+
 // pick looks for the next instance. On the owner.
 func (mv *move) pick() {
 	t, from := mv.t, mv.from
@@ -188,6 +192,15 @@ func (mv *move) picked(watch <-chan struct{}, retry time.Time, inst *upstream.In
 	t, pr := mv.t, mv.pr
 	if err != nil {
 		if time.Now().Before(mv.deadline) && mv.ctx.Err() == nil {
+			if len(mv.tried) > 1 {
+				// Those tried refused the connection (a breaker, no free
+				// connection, a dial that failed): none is ruled out for
+				// the rest of the wait, each is tried again shortly.
+				mv.tried = mv.tried[:1]
+				if soon := time.Now().Add(refusedRetry); soon.Before(retry) {
+					retry = soon
+				}
+			}
 			wait := mv.deadline
 			if retry.Before(wait) {
 				wait = retry

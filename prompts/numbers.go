@@ -112,7 +112,7 @@ func (sn *sharedNumbers) next(ctx context.Context) (int64, bool) {
 	// Redis client ends a call to a server that accepted the connection
 	// and answers nothing by its own read timeout, not by dctx.
 	if !sn.run.goRun(func() {
-		n, err := sn.c.Next(dctx)
+		n, err := sn.c.Next(dctx, sn.local.n.Load())
 		got <- result{n, err}
 	}) {
 		return 0, false

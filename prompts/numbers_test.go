@@ -119,7 +119,7 @@ func TestSharedFleetNumbers(t *testing.T) {
 	ctx := context.Background()
 	// Another replica's draws: 0, 1 and 2.
 	for range 3 {
-		if _, err := counter.Next(ctx); err != nil {
+		if _, err := counter.Next(ctx, 0); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -127,7 +127,7 @@ func TestSharedFleetNumbers(t *testing.T) {
 	// takenNext draws the counter's next number, as another replica would.
 	takenNext := func() int64 {
 		t.Helper()
-		n, err := counter.Next(ctx)
+		n, err := counter.Next(ctx, 0)
 		if err != nil {
 			t.Fatal(err)
 		}

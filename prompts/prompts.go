@@ -111,7 +111,8 @@ func New(pool *upstream.Pool, cfg *config.Config, m *metrics.Metrics, log *slog.
 		sub: pool.Subscribe(), settled: make(chan struct{}, 1)}
 	t.owners.mk = func(inst *upstream.Instance) *instSocket { return newInstSocket(t, inst) }
 	t.steps = &steps{idx: &t.idx, m: m, files: t.fileStore, insts: t.insts, events: t.events}
-	t.submits = &submitter{p: pool, cfg: t.cfg, log: t.log, run: t.run, idx: &t.idx, owners: &t.owners, steps: t.steps, files: t.fileStore}
+	t.submits = &submitter{p: pool, cfg: t.cfg, log: t.log, run: t.run, idx: &t.idx, owners: &t.owners, steps: t.steps, files: t.fileStore,
+		leases: &t.leases}
 	t.moves = &mover{p: pool, cfg: t.cfg, m: m, log: t.log, run: t.run, idx: &t.idx, owners: &t.owners,
 		steps: t.steps, submits: t.submits, events: t.events, files: t.fileStore}
 	t.steps.moves, t.submits.moves = t.moves, t.moves

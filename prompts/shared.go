@@ -143,6 +143,9 @@ type SharedPrompt struct {
 	Number     int64
 	Done       bool
 	Running    bool
+	Accepted   bool   // an instance accepted it once
+	Refused    bool   // never accepted and given up (lifecycle.Dropped)
+	Submission string // the Fingerprint of its client's body ("": none)
 }
 
 // SharedPrompt looks id up in the replicas' shared index, for a prompt
@@ -174,6 +177,8 @@ func (t *Table) SharedPrompt(ctx context.Context, id string) (sp SharedPrompt, f
 	var life sharedLife
 	if json.Unmarshal(rec.Life, &life) == nil {
 		sp.Running = life.Phase == lifecycle.Running
+		sp.Accepted, sp.Refused = life.Accepted, life.Phase == lifecycle.Dropped
+		sp.Submission = life.Submission
 		sp.ClientID = life.ClientID
 		sp.Numbered, sp.Number = life.Numbered && !life.OwnNumber, life.Number
 	}
@@ -187,6 +192,9 @@ type sharedExtra struct {
 	ClientID string `json:",omitempty"`
 	// OwnNumber: the client sees the instance's number, not the fleet's.
 	OwnNumber bool `json:",omitempty"`
+	// Submission is the prompt's Fingerprint: a repeat of its POST on
+	// any replica is answered as this prompt.
+	Submission string `json:",omitempty"`
 	// Socket is the client_id its last send carried (the socket id of the
 	// replica that sent it): an adopter listens under it (borrow.go).
 	Socket string `json:",omitempty"`
@@ -218,7 +226,8 @@ func (sh *sharedIndex) shareStep(pr *Prompt, prev lifecycle.State, prevInst *ups
 			return
 		}
 	}
-	life, err := json.Marshal(sharedLife{State: next, sharedExtra: sharedExtra{ClientID: pr.ClientID, OwnNumber: pr.ownNumber, Socket: pr.sentSocket()}})
+	life, err := json.Marshal(sharedLife{State: next, sharedExtra: sharedExtra{ClientID: pr.ClientID, OwnNumber: pr.ownNumber,
+		Submission: pr.submission, Socket: pr.sentSocket()}})
 	if err != nil {
 		return
 	}

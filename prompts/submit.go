@@ -58,7 +58,16 @@ type submitter struct {
 	// numbers draws the fleet numbers from the replicas' counter
 	// (numbers.go); nil in memory, where the step numbers a prompt itself.
 	numbers atomic.Pointer[sharedNumbers]
+	// leases are the table's (lease.go): a recorded prompt is sent only
+	// while the liveness lease lasts.
+	leases *atomic.Pointer[leaseKeeper]
 }
+
+// ErrLeaseLost is a send given up because this replica's liveness lease
+// ran out (it was paused or cut from Redis): the prompt's record lets
+// another replica adopt it, which sends it once. A client that sends its
+// request again is answered as that prompt (Table.Resubmission).
+var ErrLeaseLost = errors.New("this replica's liveness lease ran out: the prompt is left to the other replicas")
 
 // sendOutcome is what one POST /prompt to one instance came to.
 type sendOutcome int
@@ -74,7 +83,7 @@ func (t *submitter) submit(ctx context.Context, req SubmitRequest) (SubmitResult
 	if id == "" {
 		id = newUUID()
 	}
-	pr := &Prompt{ID: id, ClientID: req.ClientID, Sink: req.Sink, Created: time.Now(), header: req.Header, owner: req.Owner}
+	pr := &Prompt{ID: id, ClientID: req.ClientID, Sink: req.Sink, Created: time.Now(), header: req.Header, owner: req.Owner, submission: req.Submission}
 	// ComfyUI: "number" in the body sets the priority and leaves the
 	// counter alone; otherwise a truthy "front" negates the counter.
 	if body := comfyapi.PromptRequestOf(req.Body); body.HasNumber() {
@@ -234,7 +243,17 @@ func (t *submitter) send(ctx context.Context, pr *Prompt, inst *upstream.Instanc
 	}
 	hdr["Content-Type"] = "application/json"
 	conns, wasUp := s.conns.Load(), inst.State().SocketUp()
+	if k := t.leases.Load(); k != nil && pr.recorded.Load() && !k.holding() {
+		// Another replica may have adopted it (and sent it) while this
+		// one was stopped between its record and this send.
+		if !known {
+			s.endAwait(pr, "", 0)
+		}
+		k.abandon(pr)
+		return SubmitResult{}, sentAnswered, fmt.Errorf("submit prompt %s: %w", pr.ID, ErrLeaseLost)
+	}
 	status, resp, err := inst.Transport().Call(ctx, "POST", "/prompt", hdr, body)
+	t.log.Debug("prompts: prompt sent", "prompt_id", pr.ID, "instance", inst.Name, "upstream_id", uid, "status", status, "resubmit", resubmit)
 	if err != nil {
 		err = fmt.Errorf("submit prompt to %s: %w", inst.Name, err)
 		outcome, number := t.afterSendError(ctx, inst, uid, err)

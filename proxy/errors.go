@@ -9,6 +9,7 @@ import (
 	"syscall"
 
 	"github.com/comfygate/comfygate/breaker"
+	"github.com/comfygate/comfygate/prompts"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
 )
@@ -62,7 +63,7 @@ func statusFor(err error) int {
 			return fasthttp.StatusBadRequest
 		}
 	case errors.Is(err, upstream.ErrNoUpstream), errors.Is(err, breaker.ErrOpen),
-		errors.Is(err, fasthttp.ErrNoFreeConns):
+		errors.Is(err, fasthttp.ErrNoFreeConns), errors.Is(err, prompts.ErrLeaseLost):
 		return fasthttp.StatusServiceUnavailable
 	case errors.Is(err, errBodyTooLarge):
 		return fasthttp.StatusRequestEntityTooLarge
@@ -91,6 +92,9 @@ func (s *forwarder) writeError(ctx *fasthttp.RequestCtx, err error) {
 		if errors.Is(err, fasthttp.ErrNoFreeConns) {
 			typ, msg = "upstream_busy", "comfygate's connection limit to the ComfyUI instance is reached"
 		}
+		if errors.Is(err, prompts.ErrLeaseLost) {
+			typ, msg = "lease_lost", "this comfygate replica lost its hold on the shared state while the request waited; another replica takes the prompt over: send the same request again"
+		}
 	case fasthttp.StatusGatewayTimeout:
 		typ, msg = "upstream_timeout", "the ComfyUI instance did not answer in time"
 	case fasthttp.StatusRequestEntityTooLarge:
@@ -116,7 +120,10 @@ func (s *forwarder) writeError(ctx *fasthttp.RequestCtx, err error) {
 		// The rest of the body is not worth reading: close after answering.
 		ctx.SetConnectionClose()
 	}
-	if code == fasthttp.StatusServiceUnavailable {
+	switch {
+	case errors.Is(err, prompts.ErrLeaseLost):
+		ctx.Response.Header.Set("Retry-After", "1")
+	case code == fasthttp.StatusServiceUnavailable:
 		ctx.Response.Header.Set("Retry-After", strconv.Itoa(retryAfterSeconds))
 	}
 	if code == fasthttp.StatusTooManyRequests {

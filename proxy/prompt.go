@@ -69,6 +69,12 @@ func writeComfyError(ctx *fasthttp.RequestCtx, code int, typ, message, details s
 //     Otherwise (absent, null, other types, or in use: ComfyUI itself would
 //     run a duplicate id twice and overwrite its history) comfygate mints a
 //     lowercase UUIDv4, which the answer carries;
+//   - a POST that repeats a known prompt's prompt_id with the same body,
+//     from the same API key (a client sending again a request whose answer
+//     it did not get, to this replica or another) is that prompt: it is
+//     answered with its id and number and not sent again, or 503
+//     prompt_pending with Retry-After while the first copy's send has not
+//     settled (writeResubmitted);
 //   - string inputs "@<instance>~<id>/name [output]" (an output reference
 //     comfygate handed out, loaded as an input) steer the prompt to that
 //     instance and lose their "@<instance>~<id>/", or name a copy of the file
@@ -120,12 +126,20 @@ func (s *submitter) postPrompt(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	promptID := comfyapi.ClientPromptID(req.PromptID)
+	fingerprint := ""
 	if promptID != "" {
-		if _, used := s.prompts.Prompt(promptID); used {
-			promptID = ""
+		fingerprint = prompts.Fingerprint(body)
+		re := s.prompts.Resubmission(context.Background(), promptID, keyName(ctx), fingerprint)
+		switch {
+		case re.Same:
+			writeResubmitted(ctx, promptID, req, re)
+			return
+		case re.Known:
+			promptID = "" // another submission's id
 		}
 	}
 	if promptID == "" {
+		fingerprint = ""
 		promptID = newUUID()
 	}
 	// Outputs loaded as inputs by a reference comfygate handed out
@@ -157,10 +171,12 @@ func (s *submitter) postPrompt(ctx *fasthttp.RequestCtx) {
 		ClientID: clientID,
 		Owner:    keyName(ctx),
 		Sink:     held,
-		Header:   header,
-		Prefer:   prefer,
-		Files:    files,
-		Eligible: pl.Eligible,
+		// A repeat of this request is answered as this prompt.
+		Submission: fingerprint,
+		Header:     header,
+		Prefer:     prefer,
+		Files:      files,
+		Eligible:   pl.Eligible,
 	})
 	if res.Instance != nil {
 		setInstance(ctx, res.Instance)
@@ -177,6 +193,36 @@ func (s *submitter) postPrompt(ctx *fasthttp.RequestCtx) {
 	ctx.SetStatusCode(res.Status)
 	ctx.SetContentType(jsonContentType)
 	ctx.SetBody(body)
+}
+
+// writeResubmitted answers a POST /prompt that repeats one comfygate
+// already took (the same prompt_id, API key and body), without sending it
+// again: as ComfyUI answered the first, when an instance accepted it
+// (node_errors is empty: only the first answer carried the instance's
+// words), else 503 prompt_pending with Retry-After, for a client to ask
+// again once the first copy's send settled.
+func writeResubmitted(ctx *fasthttp.RequestCtx, id string, req comfyapi.PromptRequest, re prompts.Resubmission) {
+	if re.Instance != nil {
+		setInstance(ctx, re.Instance)
+	}
+	if !re.Accepted {
+		writeComfyError(ctx, fasthttp.StatusServiceUnavailable, "prompt_pending",
+			"This prompt_id was submitted with this body and is still being sent to an instance",
+			"send the same request again to get its answer")
+		ctx.Response.Header.Set("Retry-After", "1")
+		return
+	}
+	b := append([]byte(`{"prompt_id": `), quoteJSON(id)...)
+	switch {
+	case re.HasNumber:
+		b = append(append(b, `, "number": `...), strconv.FormatInt(re.Number, 10)...)
+	case req.HasNumber():
+		b = append(append(b, `, "number": `...), req.Number...)
+	}
+	b = append(b, `, "node_errors": {}}`...)
+	ctx.SetStatusCode(fasthttp.StatusOK)
+	ctx.SetContentType(jsonContentType)
+	ctx.SetBody(b)
 }
 
 // getPrompt serves GET /prompt: the fleet's queue_remaining, which is what

@@ -142,7 +142,7 @@ func TestCallsEndAtTheirDeadline(t *testing.T) {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() {
-		_, err := s.QueueNumbers().Next(ctx)
+		_, err := s.QueueNumbers().Next(ctx, 0)
 		done <- err
 	}()
 	select {
@@ -166,7 +166,7 @@ func TestQueueNumbersAreDistinctAcrossReplicas(t *testing.T) {
 				c := b.replica(t).QueueNumbers()
 				wg.Go(func() {
 					for range each {
-						n, err := c.Next(context.Background())
+						n, err := c.Next(context.Background(), 0)
 						if err != nil {
 							t.Error(err)
 							return
@@ -186,6 +186,49 @@ func TestQueueNumbersAreDistinctAcrossReplicas(t *testing.T) {
 			}
 			if len(seen) != replicas*each {
 				t.Fatalf("%d numbers, want %d", len(seen), replicas*each)
+			}
+		})
+	}
+}
+
+// TestQueueNumbersFloor: a replica's floor (the number after the last it
+// saw) moves the counter on; a counter that was lost (a Redis restarted
+// empty) goes on after the floor rather than from 0, and a floor below
+// the counter changes nothing.
+func TestQueueNumbersFloor(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	for _, b := range backends(t) {
+		t.Run(b.desc, func(t *testing.T) {
+			c := b.replica(t).QueueNumbers()
+			next := func(floor int64) int64 {
+				t.Helper()
+				n, err := c.Next(ctx, floor)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return n
+			}
+			if n := next(0); n != 0 {
+				t.Fatalf("first number %d, want 0", n)
+			}
+			if n := next(10); n != 10 {
+				t.Fatalf("with floor 10: %d, want 10", n)
+			}
+			if n := next(3); n != 11 {
+				t.Fatalf("with floor 3 after 10: %d, want 11", n)
+			}
+			if b.rdb == nil {
+				return
+			}
+			if err := b.rdb.Del(ctx, state.Prefix+"queue_number").Err(); err != nil {
+				t.Fatal(err)
+			}
+			if n := next(12); n != 12 {
+				t.Errorf("after the counter was lost, with floor 12: %d, want 12", n)
+			}
+			if n := next(0); n != 13 {
+				t.Errorf("then with floor 0: %d, want 13", n)
 			}
 		})
 	}

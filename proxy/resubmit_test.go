@@ -1,0 +1,185 @@
+package proxy_test
+
+// A POST /prompt sent again (same prompt_id, same body) is the same
+// submission: answered as the first, never run twice.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/comfygate/comfygate/comfysim"
+	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/ids"
+	"github.com/comfygate/comfygate/internal/testkit"
+	"github.com/comfygate/comfygate/internal/testkit/stack"
+)
+
+// resubmitAnswer is one POST /prompt's answer.
+type resubmitAnswer struct {
+	code       int
+	retryAfter string
+	promptID   string
+	number     string
+	errType    string
+}
+
+// postRaw posts body as POST /prompt to st.
+func postRaw(t *testing.T, st *stack.Stack, body []byte) resubmitAnswer {
+	t.Helper()
+	c := &http.Client{Timeout: testkit.WaitBound}
+	resp, err := c.Post(st.URL+"/prompt", "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var out struct {
+		PromptID string          `json:"prompt_id"`
+		Number   json.RawMessage `json:"number"`
+		Error    struct {
+			Type string `json:"type"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(raw, &out); err != nil {
+		t.Fatalf("POST /prompt on %s: %d %s", st.Addr, resp.StatusCode, raw)
+	}
+	return resubmitAnswer{code: resp.StatusCode, retryAfter: resp.Header.Get("Retry-After"),
+		promptID: out.PromptID, number: string(out.Number), errType: out.Error.Type}
+}
+
+// promptBody is a POST /prompt body with id and tag (counted by the
+// simulators' RunsByExtra("tag")).
+func promptBody(id, tag string, color int) []byte {
+	b, _ := json.Marshal(map[string]any{"prompt": xUpscale(color), "client_id": "resubmit-client", "prompt_id": id,
+		"extra_data": map[string]any{"tag": tag}})
+	return b
+}
+
+// TestResubmittedPrompt: on one gateway, a POST /prompt sent again with
+// the same prompt_id and body is answered with the first one's id and
+// number and runs once; the same id with another body gets an id of its
+// own and runs too; a repeat while the first copy's POST is held on the
+// way to its instance is answered 503 prompt_pending with Retry-After, and
+// once the first copy is accepted the repeat gets its answer.
+func TestResubmittedPrompt(t *testing.T) {
+	t.Parallel()
+	st := stack.Start(t, stack.Options{Instances: 1, Faults: true,
+		Sim: comfysim.Options{Delay: 50 * time.Millisecond, RecordRuns: true}})
+
+	id := ids.UUID()
+	body := promptBody(id, "resubmit-0", 1)
+	first := postRaw(t, st, body)
+	if first.code != http.StatusOK || first.promptID != id {
+		t.Fatalf("first POST: %+v", first)
+	}
+	again := postRaw(t, st, body)
+	if again.code != http.StatusOK || again.promptID != id || again.number != first.number {
+		t.Fatalf("the same POST again: %+v, want 200 with prompt_id %s and number %s", again, id, first.number)
+	}
+	other := postRaw(t, st, promptBody(id, "resubmit-other", 2))
+	if other.code != http.StatusOK || other.promptID == id || other.promptID == "" {
+		t.Fatalf("the same id with another body: %+v, want 200 with an id of its own", other)
+	}
+	testkit.Eventually(t, "both prompts ran", func() bool {
+		return runsOf(st.Sims, "resubmit-0") > 0 && runsOf(st.Sims, "resubmit-other") > 0
+	})
+	if n := runsOf(st.Sims, "resubmit-0"); n != 1 {
+		t.Errorf("the prompt sent twice ran %d times, want 1", n)
+	}
+
+	// The first copy's POST is held on the way to the instance.
+	held := ids.UUID()
+	heldBody := promptBody(held, "resubmit-held", 3)
+	st.Faults[0].Hang()
+	firstHeld := make(chan resubmitAnswer, 1)
+	go func() { firstHeld <- postRaw(t, st, heldBody) }()
+	testkit.Eventually(t, "the held prompt is in the table", func() bool {
+		_, ok := st.Prompts().Prompt(held)
+		return ok
+	})
+	pending := postRaw(t, st, heldBody)
+	if pending.code != http.StatusServiceUnavailable || pending.errType != "prompt_pending" || pending.retryAfter != "1" {
+		t.Errorf("a repeat while the first copy is on its way: %+v, want 503 prompt_pending with Retry-After: 1", pending)
+	}
+	st.Faults[0].Resume()
+	if a := <-firstHeld; a.code != http.StatusOK || a.promptID != held {
+		t.Fatalf("the held POST: %+v", a)
+	}
+	if a := postRaw(t, st, heldBody); a.code != http.StatusOK || a.promptID != held {
+		t.Errorf("the repeat once the first copy was accepted: %+v", a)
+	}
+	testkit.Eventually(t, "the held prompt ran", func() bool { return runsOf(st.Sims, "resubmit-held") > 0 })
+	if n := runsOf(st.Sims, "resubmit-held"); n != 1 {
+		t.Errorf("the held prompt ran %d times, want 1", n)
+	}
+}
+
+// TestResubmittedAcrossReplicas: a POST /prompt that replica A took, sent
+// again to replica B, is answered by B as A's prompt (its id and fleet
+// number) and runs once. When A's POST to the instance is held and A
+// stops, B answers a repeat 503 prompt_pending until it adopted the
+// prompt, then 200; the prompt runs once.
+func TestResubmittedAcrossReplicas(t *testing.T) {
+	t.Parallel()
+	url := testkit.Redis(t)
+	ttl := func(c *config.Config) { c.State.LeaseTTL = adoptTTL }
+	stA := adoptStore(t, url)
+	a := stack.Start(t, stack.Options{Instances: 1, Faults: true, Config: ttl, State: stA,
+		Sim: comfysim.Options{Delay: 50 * time.Millisecond, RecordRuns: true}})
+	b := stack.Start(t, stack.Options{Addrs: []string{a.Sims[0].Addr()}, Config: ttl, State: adoptStore(t, url)})
+
+	id := ids.UUID()
+	body := promptBody(id, "across-0", 1)
+	first := postRaw(t, a, body)
+	if first.code != http.StatusOK || first.promptID != id {
+		t.Fatalf("POST on A: %+v", first)
+	}
+	again := postRaw(t, b, body)
+	if again.code != http.StatusOK || again.promptID != id || again.number != first.number {
+		t.Fatalf("the same POST on B: %+v, want 200 with prompt_id %s and number %s", again, id, first.number)
+	}
+	testkit.Eventually(t, "the prompt ran", func() bool { return runsOf(a.Sims, "across-0") > 0 })
+	if n := runsOf(a.Sims, "across-0"); n != 1 {
+		t.Errorf("the prompt sent to both replicas ran %d times, want 1", n)
+	}
+
+	// A's POST of the next prompt is held on the way; A stops.
+	held := ids.UUID()
+	heldBody := promptBody(held, "across-held", 2)
+	a.Faults[0].Hang()
+	heldDone := make(chan struct{})
+	go func() {
+		defer close(heldDone)
+		c := &http.Client{Timeout: 10 * time.Second}
+		if resp, err := c.Post(a.URL+"/prompt", "application/json", bytes.NewReader(heldBody)); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	testkit.Eventually(t, "the held prompt recorded", func() bool {
+		_, ok := b.Prompts().SharedPrompt(context.Background(), held)
+		return ok
+	})
+	if p := postRaw(t, b, heldBody); p.code != http.StatusServiceUnavailable || p.errType != "prompt_pending" {
+		t.Errorf("a repeat on B while A's POST is held: %+v, want 503 prompt_pending", p)
+	}
+	_ = stA.Close()
+	a.Stop()
+	<-heldDone
+	var last resubmitAnswer
+	testkit.Eventually(t, "B answers the repeat once it adopted the prompt", func() bool {
+		last = postRaw(t, b, heldBody)
+		return last.code == http.StatusOK
+	})
+	if last.promptID != held {
+		t.Errorf("B's answer: %+v, want prompt_id %s", last, held)
+	}
+	testkit.Eventually(t, "the held prompt ran", func() bool { return runsOf(a.Sims, "across-held") > 0 })
+	if n := runsOf(a.Sims, "across-held"); n != 1 {
+		t.Errorf("the held prompt ran %d times, want 1", n)
+	}
+}
