@@ -96,6 +96,8 @@ type Prompt struct {
 	// submission is SubmitRequest.Submission: a repeat of the same POST
 	// is answered as this prompt (resubmit.go).
 	submission string
+	// lease is SubmitRequest.Lease: its first send is made only under it.
+	lease *incarnation
 
 	// Where it prefers to run, and the graph before per-instance values
 	// (SubmitRequest.Prefer, Files); graph is nil without files.
@@ -232,6 +234,12 @@ type SubmitRequest struct {
 	// Owner is the name of the API key that submits it ("": keys off);
 	// with a shared index, its records carry it.
 	Owner string
+	// Lease is Table.Lease when the request arrived: its first send is
+	// made only while the replica still holds that liveness lease, since
+	// a replica that lost it was paused or cut off for longer than its
+	// TTL, and the client may have sent the request to another replica
+	// meanwhile (then its POST gets ErrLeaseLost). Zero: no such check.
+	Lease LeaseMark
 	// Submission is the Fingerprint of the client's body when the client
 	// chose the prompt_id: a POST that repeats it is the same submission
 	// (Table.Resubmission). "": no repeat is recognised.

@@ -200,6 +200,31 @@ func (k *leaseKeeper) live(ctx context.Context) *incarnation {
 	return k.self.Load()
 }
 
+// LeaseMark names the liveness lease a replica held at one moment
+// (Table.Lease); the zero LeaseMark names none.
+type LeaseMark struct{ inc *incarnation }
+
+// Lease is the liveness lease the replica holds now: a request marked with
+// it when it arrives is sent on only while the replica still holds it
+// (SubmitRequest.Lease). Zero without leases or while it holds none.
+func (t *Table) Lease() LeaseMark {
+	if k := t.leases.Load(); k != nil && k.holding() {
+		return LeaseMark{k.self.Load()}
+	}
+	return LeaseMark{}
+}
+
+// mayStillSend reports whether pr may be sent now: its first send only
+// under the liveness lease its request arrived under, and any send of a
+// prompt with a record only while a lease lasts (another replica may
+// adopt it after).
+func (k *leaseKeeper) mayStillSend(pr *Prompt, resubmit bool) bool {
+	if !resubmit && pr.lease != nil && k.self.Load() != pr.lease {
+		return false
+	}
+	return !(pr.recorded.Load() || pr.lease != nil && !resubmit) || k.holding()
+}
+
 // holding reports whether the replica holds its liveness lease now, by
 // the clock rather than by the loss timer: a process that was paused
 // past its lease's end sees it at once on waking, before the timer runs.

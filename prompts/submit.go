@@ -83,7 +83,8 @@ func (t *submitter) submit(ctx context.Context, req SubmitRequest) (SubmitResult
 	if id == "" {
 		id = newUUID()
 	}
-	pr := &Prompt{ID: id, ClientID: req.ClientID, Sink: req.Sink, Created: time.Now(), header: req.Header, owner: req.Owner, submission: req.Submission}
+	pr := &Prompt{ID: id, ClientID: req.ClientID, Sink: req.Sink, Created: time.Now(), header: req.Header, owner: req.Owner, submission: req.Submission,
+		lease: req.Lease.inc}
 	// ComfyUI: "number" in the body sets the priority and leaves the
 	// counter alone; otherwise a truthy "front" negates the counter.
 	if body := comfyapi.PromptRequestOf(req.Body); body.HasNumber() {
@@ -243,14 +244,20 @@ func (t *submitter) send(ctx context.Context, pr *Prompt, inst *upstream.Instanc
 	}
 	hdr["Content-Type"] = "application/json"
 	conns, wasUp := s.conns.Load(), inst.State().SocketUp()
-	if k := t.leases.Load(); k != nil && pr.recorded.Load() && !k.holding() {
-		// Another replica may have adopted it (and sent it) while this
-		// one was stopped between its record and this send.
+	if k := t.leases.Load(); k != nil && !k.mayStillSend(pr, resubmit) {
 		if !known {
 			s.endAwait(pr, "", 0)
 		}
-		k.abandon(pr)
-		return SubmitResult{}, sentAnswered, fmt.Errorf("submit prompt %s: %w", pr.ID, ErrLeaseLost)
+		err := fmt.Errorf("submit prompt %s: %w", pr.ID, ErrLeaseLost)
+		if resubmit {
+			// Its record lets another replica adopt it: that one sends it.
+			k.abandon(pr)
+			return SubmitResult{}, sentAmbiguous, err
+		}
+		// Its client may have sent it again elsewhere meanwhile: it is
+		// not sent, and its record says so.
+		settle(lifecycle.Event{Kind: lifecycle.Refused, NotSent: true})
+		return SubmitResult{}, sentAnswered, err
 	}
 	status, resp, err := inst.Transport().Call(ctx, "POST", "/prompt", hdr, body)
 	t.log.Debug("prompts: prompt sent", "prompt_id", pr.ID, "instance", inst.Name, "upstream_id", uid, "status", status, "resubmit", resubmit)

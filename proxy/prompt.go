@@ -87,6 +87,9 @@ func writeComfyError(ctx *fasthttp.RequestCtx, code int, typ, message, details s
 //     number shown for them is ComfyUI's (-counter, and the client's own
 //     value).
 func (s *submitter) postPrompt(ctx *fasthttp.RequestCtx) {
+	// The liveness lease it arrived under (replicas): a replica paused
+	// past it while holding this request does not send it on waking.
+	lease := s.prompts.Lease()
 	body, err := s.bodies.readClientBody(ctx, maxPromptBody)
 	if err != nil {
 		if errors.Is(err, errBodyTooLarge) || errors.Is(err, errBodiesBusy) {
@@ -173,6 +176,7 @@ func (s *submitter) postPrompt(ctx *fasthttp.RequestCtx) {
 		Sink:     held,
 		// A repeat of this request is answered as this prompt.
 		Submission: fingerprint,
+		Lease:      lease,
 		Header:     header,
 		Prefer:     prefer,
 		Files:      files,

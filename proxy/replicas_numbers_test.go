@@ -1,7 +1,6 @@
 package proxy_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -26,20 +25,11 @@ func numberedSubmit(t *testing.T, st *stack.Stack, prompt map[string]any, extra 
 		m[k] = v
 	}
 	body, _ := json.Marshal(m)
-	resp, err := http.Post(st.URL+"/prompt", "application/json", bytes.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
+	a := postRaw(t, st, body)
+	if a.code != http.StatusOK || a.promptID == "" {
+		t.Fatalf("POST /prompt on %s: %+v", st.Addr, a)
 	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
-	var out struct {
-		PromptID string          `json:"prompt_id"`
-		Number   json.RawMessage `json:"number"`
-	}
-	if resp.StatusCode != http.StatusOK || json.Unmarshal(raw, &out) != nil || out.PromptID == "" {
-		t.Fatalf("POST /prompt on %s: %d %s", st.Addr, resp.StatusCode, raw)
-	}
-	return out.PromptID, string(out.Number)
+	return a.promptID, a.number
 }
 
 // pendingOf is st's GET /queue pending list: each item's prompt id and
