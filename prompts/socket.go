@@ -658,6 +658,9 @@ func (s *instSocket) onStatus(n int64) {
 // synthesized events too), so a prompt's events are applied and queued
 // for delivery in the instance's order.
 func (t *steps) apply(pr *Prompt, inst *upstream.Instance, f frame) {
+	if t.letGo(pr) {
+		return // its events are another replica's to deliver now
+	}
 	ph := pr.Life().Phase
 	ended := ph == lifecycle.Ended
 	if ph == lifecycle.Sending || ph == lifecycle.Unconfirmed {
