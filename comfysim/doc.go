@@ -13,7 +13,8 @@
 // WebSocket message order and routing rules; failure injection (Kill,
 // Restart, SetHang, SetFail500, SetFrozen, FailAfter) for fault tests, and
 // what a fault test counts (Runs: how often each prompt id ran to success;
-// Queue; Up); and SetPaused, which holds the queue so tests can look at it
+// Queue; Up; SocketIDs: the clientIds with a socket registered); and
+// SetPaused, which holds the queue so tests can look at it
 // without racing the worker. Tests start it with internal/testkit.Sim.
 //
 // # Parts

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -286,6 +287,25 @@ func (s *Server) Queue() (running, pending int) {
 		running = 1
 	}
 	return running, len(in.queue)
+}
+
+// SocketIDs returns the clientIds that have a WebSocket registered now,
+// sorted: the ones the instance's send_sync would reach.
+func (s *Server) SocketIDs() []string {
+	s.mu.Lock()
+	in := s.inst
+	s.mu.Unlock()
+	if in == nil {
+		return nil
+	}
+	in.mu.Lock()
+	ids := make([]string, 0, len(in.sockets))
+	for sid := range in.sockets {
+		ids = append(ids, sid)
+	}
+	in.mu.Unlock()
+	slices.Sort(ids)
+	return ids
 }
 
 // Runs returns, with Options.RecordRuns, for every prompt id this Server

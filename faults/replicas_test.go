@@ -32,12 +32,6 @@ import (
 // replica fault table.
 var routesTable atomic.Value // string
 
-// needsAdoptedFailover names what the fault of a replica and then an
-// instance killed needs to pass every run: an adopted prompt's failover
-// finding the instance left (one run in several fails it with "no other
-// instance is available").
-const needsAdoptedFailover = "an adopted prompt failed over to the instance left in every run (one run in several finds no other instance available)"
-
 // leaseOutlived is how long the stopped-replica fault keeps the replica
 // stopped under -faults.long: longer than an instance lease lasts, so
 // that the other replica adopts the stopped one's prompts: past
@@ -472,7 +466,7 @@ func TestReplicaKilledMidRequest(t *testing.T) {
 // replica is left to move the dead replica's prompts to the other
 // instance.
 func TestReplicaKilledThenInstance(t *testing.T) {
-	w := newReplicaWorld(t, needsAdoptedFailover, 30*time.Second)
+	w := newReplicaWorld(t, "", 30*time.Second)
 	ss := make([]*testkit.Session, 4)
 	for i := range ss {
 		ss[i] = w.session()

@@ -10,9 +10,11 @@ package prompts
 //     moved) is unconfirmed: the instance is asked whether it has it
 //     (confirmLater) and it moves elsewhere if not;
 //   - one queued or running at its instance stays there. Its events go to
-//     the client_id of the replica that sent it, whose socket is gone, so
-//     the adopter asks the instance every adoptFollowEvery: when it ended,
-//     its end is delivered from the instance's history, as for a prompt
+//     the client_id of the replica that sent it, whose socket is gone: the
+//     adopter borrows that id (borrow.go) and gets them on a socket of its
+//     own under it. It also asks the instance every adoptFollowEvery: when
+//     the prompt ended and the borrowed socket did not deliver its end,
+//     the end is delivered from the instance's history, as for a prompt
 //     that ended while comfygate's socket was down; when the instance lost
 //     it or is down, it fails over, and from then on its events come on
 //     the adopter's own socket.
@@ -26,6 +28,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/comfygate/comfygate/internal/comfyapi"
 	"github.com/comfygate/comfygate/internal/lifecycle"
 	"github.com/comfygate/comfygate/state"
 	"github.com/comfygate/comfygate/upstream"
@@ -122,6 +125,14 @@ func (k *leaseKeeper) takeOver(rec state.PromptRecord, inst *upstream.Instance, 
 	if len(body) > 0 {
 		pr.body.Store(&body)
 	}
+	sock := life.Socket
+	if sock == "" {
+		// A record without it: the body sent carries it.
+		if r, err := comfyapi.ParsePromptRequest(body); err == nil {
+			_ = json.Unmarshal(r.ClientID, &sock)
+		}
+	}
+	pr.socket.Store(&sock)
 	pr.view.Store(&promptView{instance: inst})
 	pr.recorded.Store(true) // the claim made its record this replica's
 	var st lifecycle.State
@@ -150,20 +161,42 @@ func (k *leaseKeeper) takeOver(rec state.PromptRecord, inst *upstream.Instance, 
 			t.moves.failover(ctx, pr, inst, "the replica that held the prompt stopped", true)
 		})
 	}
-	t.run.goBackground(func(ctx context.Context) { k.follow(ctx, pr, inst, st.Attempts) })
+	t.run.goBackground(func(ctx context.Context) { k.follow(ctx, pr, inst, st.Attempts, sock, true) })
 }
 
-// follow watches an adopted prompt that stays at inst as sent there by
-// the stopped replica (attempt attempts), whose events nobody receives
-// (they go to that replica's client_id), until it ends there (its end
-// delivered from the history) or is sent again. While it is unconfirmed,
-// confirmLater decides about it.
-func (k *leaseKeeper) follow(ctx context.Context, pr *Prompt, inst *upstream.Instance, attempts int) {
+// follow watches pr, which stays at inst as sent there (attempt attempts)
+// under client_id sock, not this replica's socket id there (adopted from
+// a stopped replica, or sent under this replica's id before it lost its
+// liveness lease), until it ends there or is sent again. Its events go to
+// sock: while the instance has it, follow borrows a socket under sock
+// (borrow.go; with leased, only while this replica holds inst's lease).
+// It also asks the instance every adoptFollowEvery: when the prompt ended
+// there and its end did not come on the borrowed socket, the end is
+// delivered from the history (with the borrowed socket up, on the second
+// look that finds it ended: the frames the instance sent before it wrote
+// the history had the time to come); when the instance lost it or is
+// down, it fails over. While it is unconfirmed, confirmLater decides
+// about it.
+func (k *leaseKeeper) follow(ctx context.Context, pr *Prompt, inst *upstream.Instance, attempts int, sock string, leased bool) {
 	t := k.t
+	s := t.owners.socketFor(inst)
+	var b *borrowed
+	defer func() { s.giveBack(b) }()
+	endSeen := false
 	for {
 		v := pr.snap()
 		if pr.abandoned.Load() || v.instance != inst || v.life.Attempts != attempts || v.life.Phase.Done() {
 			return
+		}
+		there := v.life.Phase == lifecycle.Queued || v.life.Phase == lifecycle.Running ||
+			(v.life.Phase == lifecycle.Unconfirmed && v.life.UpstreamID != "")
+		may := sock != "" && sock != inst.SocketClientID() && (!leased || k.holdsLease(inst.Name))
+		switch {
+		case b != nil && !may:
+			s.giveBack(b)
+			b = nil
+		case b == nil && may && there:
+			b = s.borrow(sock)
 		}
 		if v.life.Phase != lifecycle.Queued && v.life.Phase != lifecycle.Running {
 			if !sleepCtx(ctx, t.p.Clock(), adoptFollowEvery) {
@@ -178,7 +211,11 @@ func (k *leaseKeeper) follow(ctx context.Context, pr *Prompt, inst *upstream.Ins
 		}
 		pctx, cancel := context.WithTimeout(ctx, probeTimeout(t.cfg.HealthCheck.Timeout))
 		st, found, answered := probeAt(pctx, inst, uid)
-		if found && st == PromptDone {
+		if found && st == PromptDone && b != nil && b.live.Load() && !endSeen {
+			// Its end may be on its way on the borrowed socket.
+			endSeen = true
+			cancel()
+		} else if found && st == PromptDone {
 			entry, ok := historyEntry(pctx, inst, uid)
 			cancel()
 			if ok && entry != nil {

@@ -86,7 +86,11 @@ type Prompt struct {
 	view atomic.Pointer[promptView]
 	// body is the JSON forwarded upstream last (with comfygate's
 	// client_id), for resubmission: set by each send before its step.
-	body   atomic.Pointer[[]byte]
+	body atomic.Pointer[[]byte]
+	// socket is the client_id its last send carried: its instance's
+	// SocketClientID then (set with body), or, adopted, the one its
+	// record names. ComfyUI sends its events to that id.
+	socket atomic.Pointer[string]
 	header map[string]string // request headers to forward again on resubmission
 	owner  string            // SubmitRequest.Owner: its records carry it
 	// submission is SubmitRequest.Submission: a repeat of the same POST
@@ -160,6 +164,15 @@ func (p *Prompt) lastBody() []byte {
 		return *b
 	}
 	return nil
+}
+
+// sentSocket returns the client_id its last send carried ("" before the
+// first send).
+func (p *Prompt) sentSocket() string {
+	if s := p.socket.Load(); s != nil {
+		return *s
+	}
+	return ""
 }
 
 // stateOf is the coarse state of a lifecycle state.

@@ -51,7 +51,10 @@
 //     whose loss abandons its prompts at once, and a share of the
 //     instances' leases, whose holder adopts the prompts of a replica
 //     whose liveness ran out (adopt.go: a claim in the store, then a
-//     TakeOver step on the owner of the prompt's instance).
+//     TakeOver step on the owner of the prompt's instance), and the
+//     sockets an adopter borrows under the socket id an adopted prompt
+//     was sent with (borrow.go): its instance's owner, a frame at a time
+//     as from the instance's own socket.
 //
 // The background passes (the suspect grace, failover, reconcile, the
 // deleted-prompt check, moves to an idle instance, clean-up of moved

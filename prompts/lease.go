@@ -14,7 +14,10 @@ package prompts
 // take no more steps here and leave its table, since another replica may
 // adopt them from then on. One that has none (its every record failed)
 // nobody else can adopt: it stays, and is recorded once the replica goes
-// on under a new incarnation, when Redis answers again.
+// on under a new incarnation, when Redis answers again. At the loss its
+// instances' sockets reconnect under new client_ids (renewSocketIDs): the
+// prompts sent under the old ones are the adopters', who listen under
+// those ids (borrow.go).
 //
 // Each replica also takes, while alive, the leases of a share of the
 // fleet's instances (the instances over the replicas alive, rounded up),
@@ -33,6 +36,7 @@ import (
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/lifecycle"
 	"github.com/comfygate/comfygate/state"
+	"github.com/comfygate/comfygate/upstream"
 )
 
 // incarnation is one liveness lease of this replica: the replica id it
@@ -68,6 +72,9 @@ type leaseKeeper struct {
 	lossMu sync.Mutex  // guards loss
 	loss   *time.Timer // abandons the prompts when the liveness lease runs out unrenewed
 	held   map[string]*instLease
+	// leased is the names in held, as the loop last left them, for
+	// anyone to read (holdsLease).
+	leased atomic.Pointer[map[string]bool]
 }
 
 // KeepLeases makes the table, which records its prompts in a shared index
@@ -146,6 +153,7 @@ func (k *leaseKeeper) round(ctx context.Context) {
 		alive = 1
 	}
 	k.instances(cctx, inc, alive)
+	k.publishHeld()
 	for name, h := range k.held {
 		if ctx.Err() != nil {
 			return
@@ -249,6 +257,66 @@ func (k *leaseKeeper) lose(inc *incarnation, why string) {
 	}
 	k.t.log.Warn("prompts: liveness lease lost: this replica's prompts are left to the others", "replica", inc.id, "why", why)
 	k.abandonAll()
+	k.renewSocketIDs()
+}
+
+// renewSocketIDs gives each instance's socket a new client_id once the
+// liveness lease is lost, and reconnects it under it: the prompts sent
+// under the old ids are left to the replicas that adopt them, which
+// borrow those ids to get their events (borrow.go), and the prompts this
+// replica sends from now on must not carry them. Each id is renewed on
+// its instance's owner, where every send is pinned (beginSend): a send
+// under the old id was pinned before, and is seen below. The prompts it
+// kept (abandonAll: none of their records was written) that are at an
+// instance under an old id are followed there as adopted ones are.
+func (k *leaseKeeper) renewSocketIDs() {
+	t := k.t
+	closed := map[*upstream.Instance]<-chan struct{}{}
+	for _, inst := range t.p.Instances() {
+		s := t.owners.get(inst)
+		if s == nil || !s.box.do(func() { inst.RenewSocketClientID() }) {
+			inst.RenewSocketClientID()
+		}
+		if s != nil {
+			closed[inst] = s.redial()
+		}
+	}
+	t.idx.eachLive(func(pr *Prompt) bool {
+		v := pr.snap()
+		if inst := v.instance; inst != nil && !pr.recorded.Load() && !pr.abandoned.Load() && !v.life.Phase.Done() {
+			attempts, sock, old := v.life.Attempts, pr.sentSocket(), closed[inst]
+			t.run.goBackground(func(ctx context.Context) {
+				if old != nil {
+					// The socket under the old id closes first: its close
+					// would unregister the borrowed one.
+					select {
+					case <-old:
+					case <-ctx.Done():
+						return
+					}
+				}
+				k.follow(ctx, pr, inst, attempts, sock, false)
+			})
+		}
+		return true
+	})
+}
+
+// holdsLease reports whether this replica held the lease of the instance
+// named name after its last round.
+func (k *leaseKeeper) holdsLease(name string) bool {
+	m := k.leased.Load()
+	return m != nil && (*m)[name]
+}
+
+// publishHeld makes the names in held what holdsLease reports. On the
+// loop.
+func (k *leaseKeeper) publishHeld() {
+	m := make(map[string]bool, len(k.held))
+	for name := range k.held {
+		m[name] = true
+	}
+	k.leased.Store(&m)
 }
 
 // instances renews the instance leases held and takes free ones up to
@@ -293,7 +361,10 @@ func (k *leaseKeeper) instances(ctx context.Context, inc *incarnation, alive int
 
 // dropAll forgets the instance leases (the liveness lease is gone: they
 // were taken under it).
-func (k *leaseKeeper) dropAll() { clear(k.held) }
+func (k *leaseKeeper) dropAll() {
+	clear(k.held)
+	k.publishHeld()
+}
 
 // release gives the leases back as the table closes, so that the others
 // take the instances and adopt the prompts left without waiting for the

@@ -110,7 +110,7 @@ func New(pool *upstream.Pool, cfg *config.Config, m *metrics.Metrics, log *slog.
 	t.insts = &instances{p: pool, cfg: t.cfg, log: t.log, run: t.run, owners: &t.owners,
 		sub: pool.Subscribe(), settled: make(chan struct{}, 1)}
 	t.owners.mk = func(inst *upstream.Instance) *instSocket { return newInstSocket(t, inst) }
-	t.steps = &steps{idx: &t.idx, m: m, files: t.fileStore, insts: t.insts, events: t.events}
+	t.steps = &steps{idx: &t.idx, m: m, files: t.fileStore, insts: t.insts, events: t.events, leases: &t.leases}
 	t.submits = &submitter{p: pool, cfg: t.cfg, log: t.log, run: t.run, idx: &t.idx, owners: &t.owners, steps: t.steps, files: t.fileStore,
 		leases: &t.leases}
 	t.moves = &mover{p: pool, cfg: t.cfg, m: m, log: t.log, run: t.run, idx: &t.idx, owners: &t.owners,
@@ -222,6 +222,22 @@ type steps struct {
 	moves  *mover     // tombstones; a finished prompt frees its instance
 	insts  *instances // a drained instance's socket closes
 	events *delivery  // events and queue changes
+	// leases are the table's (lease.go): a prompt with a record takes no
+	// step once the liveness lease ran out by the clock.
+	leases *atomic.Pointer[leaseKeeper]
+}
+
+// letGo reports whether pr is no longer this replica's to act on: let go
+// already, or recorded under a liveness lease that ran out by the clock
+// (a replica waking from a pause acts on none of its recorded prompts,
+// whatever its goroutines run first, before the lease's loss lets them
+// go). In pr's step.
+func (t *steps) letGo(pr *Prompt) bool {
+	if pr.abandoned.Load() {
+		return true
+	}
+	k := t.leases.Load()
+	return k != nil && pr.recorded.Load() && !k.holding()
 }
 
 // step applies e to pr: the transition (lifecycle.Step), pr's published
@@ -256,7 +272,7 @@ func (t *steps) step(pr *Prompt, e lifecycle.Event, to *upstream.Instance) (life
 	}
 	v := pr.snap()
 	prev, prevInst := v.life, v.instance
-	if pr.abandoned.Load() {
+	if t.letGo(pr) {
 		return prev, false // another replica may act on it now (lease.go)
 	}
 	next, effects, ok := lifecycle.Step(prev, e)

@@ -195,10 +195,13 @@ type sharedExtra struct {
 	// Submission is the prompt's Fingerprint: a repeat of its POST on
 	// any replica is answered as this prompt.
 	Submission string `json:",omitempty"`
+	// Socket is the client_id its last send carried (the socket id of the
+	// replica that sent it): an adopter listens under it (borrow.go).
+	Socket string `json:",omitempty"`
 }
 
-// sharedLife is the Life of a record: the prompt's lifecycle.State and
-// the client_id it was submitted with.
+// sharedLife is the Life of a record: the prompt's lifecycle.State, the
+// client_id it was submitted with and the one its last send carried.
 type sharedLife struct {
 	lifecycle.State
 	sharedExtra
@@ -223,7 +226,8 @@ func (sh *sharedIndex) shareStep(pr *Prompt, prev lifecycle.State, prevInst *ups
 			return
 		}
 	}
-	life, err := json.Marshal(sharedLife{State: next, sharedExtra: sharedExtra{ClientID: pr.ClientID, OwnNumber: pr.ownNumber, Submission: pr.submission}})
+	life, err := json.Marshal(sharedLife{State: next, sharedExtra: sharedExtra{ClientID: pr.ClientID, OwnNumber: pr.ownNumber,
+		Submission: pr.submission, Socket: pr.sentSocket()}})
 	if err != nil {
 		return
 	}

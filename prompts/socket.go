@@ -68,6 +68,13 @@ type instSocket struct {
 	ntombs      atomic.Int64 // len(tombs), written by the owner: read by anyone (mayHaveTombs)
 	tombsPosted atomic.Int64 // tombstones posted to the owner and not added yet
 	stopCancel  func()       // cancels run's context (set by run, called by stop)
+	// connCancel ends the current connection (set by run, called by
+	// redial); redialing is set when redial ended it (run dials again at
+	// once) and closed once it is closed.
+	connCancel func()
+	redialing  chan struct{}
+	// borrows are the sockets borrowed under other client_ids (borrow.go).
+	borrows map[string]*borrowed
 	// What the running prompt is doing, for the operator's view (Running):
 	// when it started, the node executing, and that node's last progress.
 	runSince time.Time
@@ -145,7 +152,13 @@ func (s *instSocket) run(ctx context.Context) {
 	clk := s.t.p.Clock() // the waits between dials: a test's fake clock drives them
 	for ctx.Err() == nil {
 		dialStart := clk.Now()
-		conn, first, err := s.dial(ctx)
+		id := s.inst.SocketClientID()
+		conn, first, err := s.dialAs(ctx, id)
+		if err == nil && id != s.inst.SocketClientID() {
+			// Renewed while it dialed (redial found no connection to end).
+			_ = conn.Close()
+			continue
+		}
 		if err == nil {
 			s.up()
 			s.box.do(func() { s.onText(first) })
@@ -180,6 +193,8 @@ func (s *instSocket) run(ctx context.Context) {
 		}
 		backoff = minB
 		s.conns.Add(1)
+		connCtx, connCancel := context.WithCancel(ctx)
+		s.box.do(func() { s.connCancel, s.redialing = connCancel, nil })
 		if lost {
 			if everUp {
 				s.t.m.IncUpstreamReconnect(s.inst.Name)
@@ -191,10 +206,20 @@ func (s *instSocket) run(ctx context.Context) {
 		// sent meanwhile ran with nobody listening for its events.
 		s.box.post(s.passes.wantReconcile)
 		everUp, lost = true, false
-		err = s.serve(ctx, conn)
+		err = s.serve(connCtx, conn, s.onText, s.onBinary)
 		s.inst.State().SetSocketUp(false)
+		var redialed chan struct{}
+		s.box.do(func() { s.connCancel, redialed = nil, s.redialing })
+		connCancel()
+		if redialed != nil {
+			close(redialed)
+		}
 		if ctx.Err() != nil {
 			return
+		}
+		if redialed != nil {
+			s.t.log.Info("prompts: socket reconnecting under a new client_id", "instance", s.inst.Name)
+			continue
 		}
 		lost = true
 		s.t.log.Warn("prompts: socket lost", "instance", s.inst.Name, "error", err)
@@ -203,6 +228,30 @@ func (s *instSocket) run(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// redial ends the current connection, if any, for run to dial again at
+// once: under the instance's SocketClientID as it is then. The channel is
+// closed once the connection it ended is closed (at once when there was
+// none, or the table closed): the instance no longer holds a socket under
+// the old id that could unregister a newer one when it closes.
+func (s *instSocket) redial() <-chan struct{} {
+	ch := make(chan struct{})
+	ok := s.box.do(func() {
+		switch {
+		case s.connCancel == nil:
+			close(ch)
+		case s.redialing != nil:
+			ch = s.redialing
+		default:
+			s.redialing = ch
+			s.connCancel()
+		}
+	})
+	if !ok {
+		close(ch)
+	}
+	return ch
 }
 
 // up records a fresh connection. The instance executes at most one prompt;
@@ -233,18 +282,18 @@ var socketWriteBufs sync.Pool
 // dialTimeout bounds one dial of the socket (health_check.timeout).
 func (s *instSocket) dialTimeout() time.Duration { return s.t.cfg.HealthCheck.Timeout }
 
-// dial opens the socket, sends the feature flags and returns the
-// instance's first message. ComfyUI registers a socket under its clientId
-// only after the handshake, then sends it its status: until that first
-// message arrives, what the instance sends to our clientId goes nowhere
-// (a prompt sent meanwhile would lose its first events), so the socket
-// counts as up only once it came.
-func (s *instSocket) dial(ctx context.Context) (*websocket.Conn, []byte, error) {
+// dialAs opens a socket under clientID, sends the feature flags and
+// returns the instance's first message. ComfyUI registers a socket under
+// its clientId only after the handshake, then sends it its status: until
+// that first message arrives, what the instance sends to that clientId
+// goes nowhere (a prompt sent meanwhile would lose its first events), so
+// the socket counts as up only once it came.
+func (s *instSocket) dialAs(ctx context.Context, clientID string) (*websocket.Conn, []byte, error) {
 	scheme := "ws://"
 	if s.inst.TLS {
 		scheme = "wss://"
 	}
-	u := scheme + s.inst.Addr + "/ws?clientId=" + url.QueryEscape(s.inst.SocketClientID())
+	u := scheme + s.inst.Addr + "/ws?clientId=" + url.QueryEscape(clientID)
 	d := websocket.Dialer{HandshakeTimeout: s.dialTimeout(), WriteBufferPool: &socketWriteBufs, ReadBufferSize: socketReadBuffer}
 	conn, resp, err := d.DialContext(ctx, u, nil)
 	if resp != nil && resp.Body != nil {
@@ -272,7 +321,8 @@ func (s *instSocket) dial(ctx context.Context) (*websocket.Conn, []byte, error) 
 	}
 }
 
-// serve reads conn until it fails or ctx ends, pinging it every
+// serve reads conn until it fails or ctx ends, handing each text and
+// binary frame to text and bin on the owner, pinging it every
 // failover.liveness_interval; the instance must answer (aiohttp does, from
 // its event loop, even while a node runs) or send something within
 // failover.liveness_timeout, else serve returns and the instance is
@@ -280,7 +330,7 @@ func (s *instSocket) dial(ctx context.Context) (*websocket.Conn, []byte, error) 
 // fully before it returns: ComfyUI unregisters whatever socket holds our
 // clientId when an old one finally closes (comfyui-api.md §2, "Close
 // race"), so the next dial must come after.
-func (s *instSocket) serve(ctx context.Context, conn *websocket.Conn) error {
+func (s *instSocket) serve(ctx context.Context, conn *websocket.Conn, text, bin func([]byte)) error {
 	interval, readWait := s.t.cfg.Failover.LivenessInterval, s.t.cfg.Failover.LivenessTimeout
 	_ = conn.SetReadDeadline(time.Now().Add(readWait))
 	conn.SetPongHandler(func(string) error {
@@ -326,9 +376,9 @@ func (s *instSocket) serve(ctx context.Context, conn *websocket.Conn) error {
 		// on meanwhile (handFrame).
 		switch mt {
 		case websocket.TextMessage:
-			s.handFrame(func() { s.onText(data) })
+			s.handFrame(func() { text(data) })
 		case websocket.BinaryMessage:
-			s.handFrame(func() { s.onBinary(data) })
+			s.handFrame(func() { bin(data) })
 		}
 	}
 	// Every frame read is applied before the loss is acted on (run reports
@@ -401,6 +451,20 @@ func (s *instSocket) onText(data []byte) {
 	case comfyapi.TypeFeatureFlags:
 		return // the instance's answer to ours
 	}
+	f := textFrame(msg, data)
+	was := s.running
+	defer func() { s.trackLocked(was, msg, f) }()
+	s.running = runningAfter(s.running, &f)
+	if f.uid == "" {
+		s.broadcast(f)
+		return
+	}
+	s.routeLocked(f)
+}
+
+// textFrame is the frame of msg, a text message (data) that is not a
+// status.
+func textFrame(msg comfyapi.WSMessage, data []byte) frame {
 	f := frame{typ: msg.Type, data: data, at: time.Now(), excType: msg.ExceptionType(), uid: msg.PromptID(), nodeNull: msg.NodeNull()}
 	if f.typ == comfyapi.TypeExecuted {
 		f.outputs = msg.Data.Output
@@ -408,36 +472,37 @@ func (s *instSocket) onText(data []byte) {
 	if !msg.HasPromptID() {
 		f.uid = ""
 	}
-	was := s.running
-	defer func() { s.trackLocked(was, msg, f) }()
+	return f
+}
+
+// runningAfter returns the upstream id of the prompt the instance executes
+// for a socket after f, running before it; an `executing` that names no
+// prompt (the re-sync after a connection) is given running's id.
+func runningAfter(running string, f *frame) string {
 	switch f.typ {
 	case comfyapi.TypeExecutionStart:
-		s.running = f.uid
+		return f.uid
 	case comfyapi.TypeExecuting:
 		if f.uid == "" {
-			f.uid = s.running // the re-sync after a reconnect names no prompt
+			f.uid = running // the re-sync after a reconnect names no prompt
 		}
 		if f.nodeNull {
-			if s.running == f.uid {
-				s.running = ""
+			if running == f.uid {
+				return ""
 			}
 		} else if f.uid != "" {
-			s.running = f.uid
+			return f.uid
 		}
 	case comfyapi.TypeExecutionSuccess, comfyapi.TypeExecutionInterrupted:
-		if s.running == f.uid {
-			s.running = ""
+		if running == f.uid {
+			return ""
 		}
 	case comfyapi.TypeExecutionError:
-		if f.excType != comfyapi.ExceptionExecutionBlocked && s.running == f.uid {
-			s.running = ""
+		if f.excType != comfyapi.ExceptionExecutionBlocked && running == f.uid {
+			return ""
 		}
 	}
-	if f.uid == "" {
-		s.broadcast(f)
-		return
-	}
-	s.routeLocked(f)
+	return running
 }
 
 // trackLocked keeps what the running prompt is doing after f (was: the
@@ -593,6 +658,9 @@ func (s *instSocket) onStatus(n int64) {
 // synthesized events too), so a prompt's events are applied and queued
 // for delivery in the instance's order.
 func (t *steps) apply(pr *Prompt, inst *upstream.Instance, f frame) {
+	if t.letGo(pr) {
+		return // its events are another replica's to deliver now
+	}
 	ph := pr.Life().Phase
 	ended := ph == lifecycle.Ended
 	if ph == lifecycle.Sending || ph == lifecycle.Unconfirmed {

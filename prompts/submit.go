@@ -206,7 +206,8 @@ func (t *submitter) send(ctx context.Context, pr *Prompt, inst *upstream.Instanc
 			uid = newUUID()
 		}
 	}
-	body, err := buildBody(base, inst.SocketClientID(), uid)
+	sock := inst.SocketClientID()
+	body, err := buildBody(base, sock, uid)
 	if err != nil {
 		return SubmitResult{}, sentAnswered, fmt.Errorf("submit prompt %s: %w", pr.ID, err)
 	}
@@ -217,7 +218,16 @@ func (t *submitter) send(ctx context.Context, pr *Prompt, inst *upstream.Instanc
 	// Pinned before the request leaves: its events can come first. Until
 	// the POST is settled (answered, refused, no answer) no failover takes
 	// it: this send's own outcome decides.
-	st, ok := t.beginSend(pr, s, uid, body, !known)
+	st, ok, renewed := t.beginSend(pr, s, uid, body, sock, !known, false)
+	if renewed {
+		// The replica lost its liveness lease meanwhile, and with it the
+		// socket id the body carries (renewSocketIDs).
+		sock = inst.SocketClientID()
+		if body, err = buildBody(base, sock, uid); err != nil {
+			return SubmitResult{}, sentAnswered, fmt.Errorf("submit prompt %s: %w", pr.ID, err)
+		}
+		st, ok, _ = t.beginSend(pr, s, uid, body, sock, !known, true)
+	}
 	if !ok {
 		return SubmitResult{}, sentRefused, fmt.Errorf("submit prompt %s: it is %s", pr.ID, st.Phase)
 	}
@@ -319,24 +329,33 @@ func (t *submitter) send(ctx context.Context, pr *Prompt, inst *upstream.Instanc
 
 // beginSend pins pr at s's instance under uid before body is sent there,
 // in one hand-over to the instance's owner (it is on every prompt's way to
-// its answer): body becomes pr's last body, pr takes its Send step, and a
-// send whose upstream id only its answer will tell (awaited) is counted in
-// s.awaiting with that step, so that no frame of that id can come between
-// them unkept. ok is false, changing nothing, when pr cannot be sent (or
-// the table closed).
-func (t *submitter) beginSend(pr *Prompt, s *instSocket, uid string, body []byte, awaited bool) (st lifecycle.State, ok bool) {
+// its answer): body becomes pr's last body (and sock, the client_id it
+// carries, pr's socket), pr takes its Send step, and a send whose
+// upstream id only its answer will tell (awaited) is counted in s.awaiting
+// with that step, so that no frame of that id can come between them
+// unkept. ok is false, changing nothing, when pr cannot be sent (or
+// the table closed). Unless anyID, renewed is true, changing nothing,
+// when sock is no longer the instance's socket id: the ids are renewed on
+// the owner (renewSocketIDs), so a prompt sent under an old one is pinned
+// before the renewal, and found by it.
+func (t *submitter) beginSend(pr *Prompt, s *instSocket, uid string, body []byte, sock string, awaited, anyID bool) (st lifecycle.State, ok, renewed bool) {
 	ran := false
 	s.box.do(func() {
 		ran = true
+		if !anyID && sock != s.inst.SocketClientID() {
+			renewed = true
+			return
+		}
 		pr.body.Store(&body)
+		pr.socket.Store(&sock)
 		if st, ok = t.steps.step(pr, lifecycle.Event{Kind: lifecycle.Send, UpstreamID: uid}, s.inst); ok && awaited {
 			s.awaiting++
 		}
 	})
-	if !ran {
-		return pr.Life(), false
+	if !ran || renewed {
+		return pr.Life(), false, renewed
 	}
-	return st, ok
+	return st, ok, false
 }
 
 // recheckDown settles pr, just accepted by inst that is confirmed down:

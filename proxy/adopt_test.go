@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -159,8 +160,9 @@ func TestAdoptionAfterReplicaStops(t *testing.T) {
 // TestPausedReplicaIsFenced: replica A, cut from Redis past its liveness
 // lease while its prompt runs, stops acting on it; B adopts it. When A
 // reaches Redis again, what it had queued meanwhile is refused (the
-// record stays B's), it goes on under a new liveness lease, and its new
-// prompts run as before. The adopted prompt runs once.
+// record stays B's), it goes on under a new liveness lease and a new
+// socket client_id, and its new prompts run as before, their events on
+// its own socket. The adopted prompt runs once.
 func TestPausedReplicaIsFenced(t *testing.T) {
 	t.Parallel()
 	url := testkit.Redis(t)
@@ -188,6 +190,7 @@ func TestPausedReplicaIsFenced(t *testing.T) {
 	firstToken, _ := strconv.ParseInt(strings.TrimPrefix(firstGuard, "replica:"+first+" "), 10, 64)
 
 	c.until(func(m xMsg) bool { return m.typ() == "execution_start" })
+	sockA := a.Pool().Instances()[0].SocketClientID()
 	cut.Hang()
 	testkit.Eventually(t, "A lets go of its prompt", func() bool { return a.Prompts().Outstanding() == 0 })
 	testkit.Eventually(t, "B adopts it", func() bool {
@@ -206,6 +209,14 @@ func TestPausedReplicaIsFenced(t *testing.T) {
 	testkit.Eventually(t, "A under a new liveness lease", func() bool {
 		r := a.Prompts().Replica()
 		return r != "" && r != first
+	})
+	// A's new prompts carry a client_id of its own again: the one it sent
+	// the adopted prompt with is B's to listen under.
+	if sockA == a.Pool().Instances()[0].SocketClientID() {
+		t.Errorf("A's socket client_id is still %q", sockA)
+	}
+	testkit.Eventually(t, "A's socket under its new client_id", func() bool {
+		return slices.Contains(a.Sims[0].SocketIDs(), a.Pool().Instances()[0].SocketClientID())
 	})
 	// A write under A's first lease, as one held in its connection would
 	// arrive, is refused.
@@ -245,7 +256,10 @@ func TestPausedReplicaIsFenced(t *testing.T) {
 // TestUnrecordedPromptStaysWithItsReplica: replica A sends a prompt while
 // Redis does not answer, so none of its records is written, and then
 // loses its liveness lease. No replica can adopt a prompt it has no
-// record of: A keeps it, records it under its next lease once Redis
+// record of: A keeps it, its end reaches its client's socket on A once
+// (A's socket to the instance reconnected under a new client_id, so the
+// prompt's events come on the one A borrows under the old id, or its end
+// from the history), A records it under its next lease once Redis
 // answers, and its history answers on A; it runs once.
 func TestUnrecordedPromptStaysWithItsReplica(t *testing.T) {
 	t.Parallel()
@@ -259,9 +273,11 @@ func TestUnrecordedPromptStaysWithItsReplica(t *testing.T) {
 	t.Cleanup(func() { _ = rdb.Close() })
 
 	first := a.Prompts().Replica()
+	const client = "unrecorded-client"
+	c := xDial(t, a, client, "")
 	cut.Hang()
 	id := ids.UUID()
-	if code, err := adoptSubmit(a, "", id, "unrecorded-0", xUpscale(1), testkit.WaitBound); err != nil || code != 200 {
+	if code, err := adoptSubmit(a, client, id, "unrecorded-0", xUpscale(1), testkit.WaitBound); err != nil || code != 200 {
 		t.Fatalf("submit on A with Redis silent: %d %v", code, err)
 	}
 	testkit.Eventually(t, "A loses its liveness lease", func() bool { return a.Prompts().Replica() == "" })
@@ -275,6 +291,15 @@ func TestUnrecordedPromptStaysWithItsReplica(t *testing.T) {
 		r := a.Prompts().Replica()
 		return r != "" && r != first && strings.HasPrefix(guardOf(rdb, id), "replica:"+r+" ")
 	})
+	ends := 0
+	for _, m := range c.until(func(m xMsg) bool { return m.end(id) }) {
+		if namesPrompt(m, "execution_success", id) {
+			ends++
+		}
+	}
+	if ends != 1 {
+		t.Errorf("the kept prompt's execution_success came %d times before its end", ends)
+	}
 	testkit.Eventually(t, "its history on A", func() bool {
 		resp, err := http.Get(a.URL + "/history/" + id)
 		if err != nil {

@@ -23,7 +23,7 @@ type Instance struct {
 	// id is ID(), computed once (identity.go).
 	id       string
 	version  atomic.Pointer[string]
-	socketID string // the client_id comfygate uses for this instance's prompts and socket
+	socketID atomic.Pointer[string] // the client_id comfygate uses for this instance's prompts and socket
 
 	reg   *registry  // the registry it belongs to: metrics, clock, drain removal
 	fleet fleetState // labels and weight (fleet.go)
@@ -85,8 +85,24 @@ func (i *Instance) clock() clock.Clock {
 	return i.reg.clk
 }
 
-// SocketClientID is the client_id comfygate's socket on this instance uses.
-func (i *Instance) SocketClientID() string { return i.socketID }
+// SocketClientID is the client_id comfygate's socket on this instance
+// uses, and that the prompts it sends there carry.
+func (i *Instance) SocketClientID() string {
+	if id := i.socketID.Load(); id != nil {
+		return *id
+	}
+	return ""
+}
+
+// RenewSocketClientID draws a new SocketClientID and returns it. A replica
+// that lost its liveness lease renews it, so that the prompts it sends
+// from then on do not carry the id another replica may listen under for
+// the prompts it adopted (the socket reconnects under the new id).
+func (i *Instance) RenewSocketClientID() string {
+	id := newSocketID()
+	i.socketID.Store(&id)
+	return id
+}
 
 // Version is the comfyui_version from /system_stats ("" until known).
 func (i *Instance) Version() string {

@@ -12,12 +12,12 @@ import (
 // r.breakerChanged.
 func newInstance(r *registry, name, addr string, tls bool) *Instance {
 	inst := &Instance{
-		Name:     name,
-		Addr:     addr,
-		TLS:      tls,
-		reg:      r,
-		socketID: newSocketID(),
+		Name: name,
+		Addr: addr,
+		TLS:  tls,
+		reg:  r,
 	}
+	inst.RenewSocketClientID()
 	inst.state.inst = inst
 	inst.workload.inst = inst
 	inst.transport.inst = inst
