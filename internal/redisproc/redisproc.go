@@ -48,8 +48,8 @@ type Options struct {
 	// LogName. It must exist; with persistence off nothing else is written.
 	Dir string
 	// Port is the loopback port to listen on. Zero picks a free one, and
-	// another (up to three in all) when redis-server exits because it
-	// could not bind it.
+	// another (up to three in all) when redis-server exits before it
+	// answers, as it does when another process took the port meanwhile.
 	Port int
 	// StartTimeout bounds how long redis-server may take to answer PING;
 	// zero means DefaultStartTimeout.
