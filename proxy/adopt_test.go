@@ -44,6 +44,25 @@ func adoptStore(t *testing.T, url string) *state.Store {
 	return st
 }
 
+// adoptPair starts replica A (instances simulators with sim, behind
+// fault proxies when faults) and replica B in front of the same
+// simulators, sharing one redis-server with the lease TTL adoptTTL. A's
+// store is returned too: closing it first stops A without a word to
+// Redis.
+func adoptPair(t *testing.T, instances int, faults bool, sim comfysim.Options) (a, b *stack.Stack, stA *state.Store) {
+	t.Helper()
+	url := testkit.Redis(t)
+	ttl := func(c *config.Config) { c.State.LeaseTTL = adoptTTL }
+	stA = adoptStore(t, url)
+	a = stack.Start(t, stack.Options{Instances: instances, Faults: faults, Config: ttl, State: stA, Sim: sim})
+	addrs := make([]string, len(a.Sims))
+	for i, s := range a.Sims {
+		addrs[i] = s.Addr()
+	}
+	b = stack.Start(t, stack.Options{Addrs: addrs, Config: ttl, State: adoptStore(t, url)})
+	return a, b, stA
+}
+
 // adoptSubmit posts a prompt with id and tag (extra_data.tag, which the
 // simulators count runs by) for clientID, and returns the status code.
 func adoptSubmit(st *stack.Stack, clientID, id, tag string, prompt map[string]any, timeout time.Duration) (int, error) {
@@ -83,12 +102,7 @@ func guardOf(rdb *redis.Client, id string) string {
 // whole run of the one B sent), and B answers /history for each.
 func TestAdoptionAfterReplicaStops(t *testing.T) {
 	t.Parallel()
-	url := testkit.Redis(t)
-	ttl := func(c *config.Config) { c.State.LeaseTTL = adoptTTL }
-	stA := adoptStore(t, url)
-	a := stack.Start(t, stack.Options{Instances: 2, Faults: true, Config: ttl, State: stA,
-		Sim: comfysim.Options{Delay: 300 * time.Millisecond, Steps: xSteps, RecordRuns: true}})
-	b := stack.Start(t, stack.Options{Addrs: []string{a.Sims[0].Addr(), a.Sims[1].Addr()}, Config: ttl, State: adoptStore(t, url)})
+	a, b, stA := adoptPair(t, 2, true, comfysim.Options{Delay: 300 * time.Millisecond, Steps: xSteps, RecordRuns: true})
 
 	const client = "adopt-client"
 	c := xDial(t, a, client, "")
@@ -321,12 +335,7 @@ func TestUnrecordedPromptStaysWithItsReplica(t *testing.T) {
 // socket on B.
 func TestAdoptedPromptFailsOver(t *testing.T) {
 	t.Parallel()
-	url := testkit.Redis(t)
-	ttl := func(c *config.Config) { c.State.LeaseTTL = adoptTTL }
-	stA := adoptStore(t, url)
-	a := stack.Start(t, stack.Options{Instances: 2, Config: ttl, State: stA,
-		Sim: comfysim.Options{Delay: 100 * time.Millisecond, Steps: xSteps, RecordRuns: true}})
-	b := stack.Start(t, stack.Options{Addrs: []string{a.Sims[0].Addr(), a.Sims[1].Addr()}, Config: ttl, State: adoptStore(t, url)})
+	a, b, stA := adoptPair(t, 2, false, comfysim.Options{Delay: 100 * time.Millisecond, Steps: xSteps, RecordRuns: true})
 	for _, s := range a.Sims {
 		s.SetPaused(true)
 	}

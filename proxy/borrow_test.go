@@ -8,10 +8,8 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/comfysim"
-	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/ids"
 	"github.com/comfygate/comfygate/internal/testkit"
-	"github.com/comfygate/comfygate/internal/testkit/stack"
 	"github.com/fasthttp/websocket"
 )
 
@@ -71,13 +69,8 @@ func TestAdoptedPromptEventsAfterReplicaStops(t *testing.T) {
 
 // adoptedPromptEvents runs one case of TestAdoptedPromptEventsAfterReplicaStops.
 func adoptedPromptEvents(t *testing.T, deaf bool) {
-	url := testkit.Redis(t)
-	ttl := func(c *config.Config) { c.State.LeaseTTL = adoptTTL }
 	const steps = adoptSteps
-	stA := adoptStore(t, url)
-	a := stack.Start(t, stack.Options{Instances: 1, Config: ttl, State: stA,
-		Sim: comfysim.Options{Delay: 800 * time.Millisecond, Steps: steps, RecordRuns: true}})
-	b := stack.Start(t, stack.Options{Addrs: []string{a.Sims[0].Addr()}, Config: ttl, State: adoptStore(t, url)})
+	a, b, stA := adoptPair(t, 1, false, comfysim.Options{Delay: 800 * time.Millisecond, Steps: steps, RecordRuns: true})
 	sim := a.Sims[0]
 
 	const client = "borrow-client"

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/comfysim"
-	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/ids"
 	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/comfygate/comfygate/internal/testkit/stack"
@@ -126,12 +125,7 @@ func TestResubmittedPrompt(t *testing.T) {
 // prompt, then 200; the prompt runs once.
 func TestResubmittedAcrossReplicas(t *testing.T) {
 	t.Parallel()
-	url := testkit.Redis(t)
-	ttl := func(c *config.Config) { c.State.LeaseTTL = adoptTTL }
-	stA := adoptStore(t, url)
-	a := stack.Start(t, stack.Options{Instances: 1, Faults: true, Config: ttl, State: stA,
-		Sim: comfysim.Options{Delay: 50 * time.Millisecond, RecordRuns: true}})
-	b := stack.Start(t, stack.Options{Addrs: []string{a.Sims[0].Addr()}, Config: ttl, State: adoptStore(t, url)})
+	a, b, stA := adoptPair(t, 1, true, comfysim.Options{Delay: 50 * time.Millisecond, RecordRuns: true})
 
 	id := ids.UUID()
 	body := promptBody(id, "across-0", 1)
