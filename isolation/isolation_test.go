@@ -294,11 +294,13 @@ func start(tb testing.TB) *world {
 	}
 	w.job = j.JobID
 	w.own = submit(tb, w, keyA, map[string]any{"prompt": prompt(0x300, "a_own", false), "client_id": "a-client"})
-	// The job settles into the wait line or an instance's queue.
+	// The job's prompt (under the job's id) waits in an instance's queue:
+	// both instances run B's slow prompts. Until it is there, its
+	// dispatch may change B's queue under an attack.
 	var last snapshot
 	testkit.Eventually(tb, "B's world settled", func() bool {
 		s := w.snapshot(tb)
-		same := s == last
+		same := s == last && strings.Contains(s.Pending, w.job)
 		last = s
 		return same
 	})
