@@ -260,7 +260,6 @@ func (t *submitter) send(ctx context.Context, pr *Prompt, inst *upstream.Instanc
 		return SubmitResult{}, sentAnswered, err
 	}
 	status, resp, err := inst.Transport().Call(ctx, "POST", "/prompt", hdr, body)
-	t.log.Debug("prompts: prompt sent", "prompt_id", pr.ID, "instance", inst.Name, "upstream_id", uid, "status", status, "resubmit", resubmit)
 	if err != nil {
 		err = fmt.Errorf("submit prompt to %s: %w", inst.Name, err)
 		outcome, number := t.afterSendError(ctx, inst, uid, err)
