@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/comfysim"
+	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/ids"
 	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/comfygate/comfygate/internal/testkit/stack"
@@ -30,8 +31,22 @@ type resubmitAnswer struct {
 // postRaw posts body as POST /prompt to st.
 func postRaw(t *testing.T, st *stack.Stack, body []byte) resubmitAnswer {
 	t.Helper()
+	return postRawAs(t, st, "", body)
+}
+
+// postRawAs is postRaw with API key key ("": none).
+func postRawAs(t *testing.T, st *stack.Stack, key string, body []byte) resubmitAnswer {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, st.URL+"/prompt", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
 	c := &http.Client{Timeout: testkit.WaitBound}
-	resp, err := c.Post(st.URL+"/prompt", "application/json", bytes.NewReader(body))
+	resp, err := c.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,5 +190,32 @@ func TestResubmittedAcrossReplicas(t *testing.T) {
 	testkit.Eventually(t, "the held prompt ran", func() bool { return runsOf(a.Sims, "across-held") > 0 })
 	if n := runsOf(a.Sims, "across-held"); n != 1 {
 		t.Errorf("the held prompt ran %d times, want 1", n)
+	}
+}
+
+// TestResubmittedPromptIsTheKeys: with API keys, a POST that repeats
+// another key's prompt_id and body is not that key's prompt: it gets an
+// id of its own and runs, and the first key's repeat is still its own.
+func TestResubmittedPromptIsTheKeys(t *testing.T) {
+	t.Parallel()
+	const keyOne, keyTwo = "resubmit-key-one-0123456789", "resubmit-key-two-0123456789"
+	st := stack.Start(t, stack.Options{Instances: 1, Sim: comfysim.Options{Delay: 50 * time.Millisecond, RecordRuns: true},
+		Config: func(c *config.Config) { c.Auth.Keys = []string{keyOne, keyTwo} }})
+	id := ids.UUID()
+	body, _ := json.Marshal(map[string]any{"prompt": xUpscale(7), "prompt_id": id, "extra_data": map[string]any{"tag": "resubmit-keys"}})
+	first := postRawAs(t, st, keyOne, body)
+	if first.code != http.StatusOK || first.promptID != id {
+		t.Fatalf("key one's POST: %+v", first)
+	}
+	other := postRawAs(t, st, keyTwo, body)
+	if other.code != http.StatusOK || other.promptID == id || other.promptID == "" {
+		t.Fatalf("key two's POST of the same id and body: %+v, want 200 with an id of its own", other)
+	}
+	if again := postRawAs(t, st, keyOne, body); again.code != http.StatusOK || again.promptID != id || again.number != first.number {
+		t.Errorf("key one's repeat: %+v, want its own prompt %s numbered %s", again, id, first.number)
+	}
+	testkit.Eventually(t, "both keys' prompts ran", func() bool { return runsOf(st.Sims, "resubmit-keys") >= 2 })
+	if n := runsOf(st.Sims, "resubmit-keys"); n != 2 {
+		t.Errorf("%d runs, want 2: key one's once and key two's once", n)
 	}
 }
