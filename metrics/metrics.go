@@ -77,6 +77,7 @@ type Metrics struct {
 	promptDuration   *prometheus.HistogramVec
 	resubmissions    *prometheus.CounterVec
 	ranTwice         *prometheus.CounterVec
+	repeats          *prometheus.CounterVec
 	wsClients        prometheus.Gauge
 	eventsRouted     *prometheus.CounterVec
 	slowDropped      prometheus.Counter
@@ -152,6 +153,7 @@ func New(version string) *Metrics {
 	m.promptDuration = histogram("prompt_duration_seconds", "Time from submission to the end of a prompt on the instance, by outcome.", DurationBuckets, "upstream", "outcome")
 	m.resubmissions = counter("prompt_resubmissions_total", "Accepted prompts resubmitted from a failed instance to another, by result (ok, failed).", "from", "to", "result")
 	m.ranTwice = counter("prompts_ran_twice_total", "Prompts that ran to success on an instance after they had moved off it and already ended elsewhere: the prompt running when its instance hung, which runs on when the instance wakes. By the instance where it ran again.", "upstream")
+	m.repeats = counter("prompt_repeats_total", "POST /prompt requests that repeated a prompt comfygate already took (the same prompt_id, body and API key), answered as that prompt and not sent again, by answer: accepted (200 with its id and number), pending (503 prompt_pending: its first send had not settled).", "answer")
 	m.wsClients = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "ws_clients", Help: "Client WebSocket connections currently open."})
 	m.eventsRouted = counter("ws_events_routed_total", "WebSocket messages routed to clients, by kind (text, binary, broadcast).", "kind")
 	m.slowDropped = prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "ws_slow_clients_dropped_total", Help: "Client WebSockets closed because they did not keep up."})
@@ -171,7 +173,7 @@ func New(version string) *Metrics {
 		m.upstreamUp, m.upstreamInfo, m.breakerState, m.breakerTrans, m.inflight,
 		m.queueDepth, m.socketConnected, m.draining, m.reconnects, m.outcomes, m.healthCheck,
 		m.requests, m.requestDuration,
-		m.promptsSubmitted, m.promptsFinished, m.promptDuration, m.resubmissions, m.ranTwice,
+		m.promptsSubmitted, m.promptsFinished, m.promptDuration, m.resubmissions, m.ranTwice, m.repeats,
 		m.wsClients, m.eventsRouted, m.slowDropped, m.backlogReplayed, m.xFailed,
 		m.jobsSubmitted, m.jobsFinished, m.jobRunDuration, m.jobWaitDuration,
 		m.waitLine, m.jobsInFlight,
@@ -410,6 +412,19 @@ func (m *Metrics) IncResubmission(from, to string, ok bool) {
 		result = "ok"
 	}
 	m.resubmissions.WithLabelValues(from, to, result).Inc()
+}
+
+// PromptRepeated counts one POST /prompt answered as the prompt it
+// repeats: accepted, or pending while its first send settles.
+func (m *Metrics) PromptRepeated(accepted bool) {
+	if m == nil {
+		return
+	}
+	answer := "pending"
+	if accepted {
+		answer = "accepted"
+	}
+	m.repeats.WithLabelValues(answer).Inc()
 }
 
 // PromptRanTwice counts one prompt that ran to success on instance after

@@ -70,6 +70,9 @@ func (t *Table) Resubmission(ctx context.Context, id, owner, fp string) Resubmis
 	for {
 		r, settled := t.resubmission(ctx, id, owner, fp)
 		if settled || !sleepCtx(ctx, t.p.Clock(), resubmitPoll) {
+			if r.Same {
+				t.m.PromptRepeated(r.Accepted)
+			}
 			if r.Known {
 				t.log.Debug("prompts: a POST names a known prompt_id", "prompt_id", id, "same", r.Same, "accepted", r.Accepted)
 			}

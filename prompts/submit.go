@@ -249,6 +249,7 @@ func (t *submitter) send(ctx context.Context, pr *Prompt, inst *upstream.Instanc
 			s.endAwait(pr, "", 0)
 		}
 		err := fmt.Errorf("submit prompt %s: %w", pr.ID, ErrLeaseLost)
+		t.log.Warn("prompts: a send given up: the liveness lease it needs ran out", "prompt_id", pr.ID, "instance", inst.Name, "resubmit", resubmit)
 		if resubmit {
 			// Its record lets another replica adopt it: that one sends it.
 			k.abandon(pr)

@@ -131,6 +131,9 @@ func TestResubmittedPrompt(t *testing.T) {
 	if n := runsOf(st.Sims, "resubmit-held"); n != 1 {
 		t.Errorf("the held prompt ran %d times, want 1", n)
 	}
+	if a, p := metricOf(t, st, `comfygate_prompt_repeats_total{answer="accepted"}`), metricOf(t, st, `comfygate_prompt_repeats_total{answer="pending"}`); a != 2 || p != 1 {
+		t.Errorf("repeats counted: %v accepted, %v pending; want 2 and 1", a, p)
+	}
 }
 
 // TestResubmittedAcrossReplicas: a POST /prompt that replica A took, sent
