@@ -32,15 +32,7 @@ import (
 // (.ci/run installs it) and is skipped otherwise, as testkit.Redis does.
 func haproxyBin(t *testing.T) string {
 	t.Helper()
-	bin, err := exec.LookPath("haproxy")
-	if err != nil {
-		const msg = "haproxy is not installed (apt-get install haproxy): the shipped haproxy.cfg is checked with the real one"
-		if ci := os.Getenv("CI"); ci != "" && ci != "false" && ci != "0" {
-			t.Fatal("CI is set and " + msg + "; .ci/run installs it")
-		}
-		t.Skip(msg)
-	}
-	return bin
+	return testkit.Tool(t, "haproxy", "the shipped haproxy.cfg is checked with the real one", "haproxy")
 }
 
 // TestHAProxyChecksTheShippedConfig runs haproxy -c on haproxy.cfg as

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -28,16 +27,7 @@ import (
 // browser is a failure, not a silent pass.
 func chromium(t *testing.T) string {
 	t.Helper()
-	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	if ci := os.Getenv("CI"); ci != "" && ci != "false" && ci != "0" {
-		t.Fatal("CI is set and chromium is missing: install Debian's chromium (apt-get install chromium), as .ci/run does")
-	}
-	t.Skip("chromium is not installed (apt-get install chromium): the dashboard's browser test needs it")
-	return ""
+	return testkit.Tool(t, "chromium", "the dashboard's browser test needs it", "chromium", "chromium-browser", "google-chrome")
 }
 
 // browser starts a headless chromium for the test and returns a tab's

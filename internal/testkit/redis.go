@@ -2,8 +2,6 @@ package testkit
 
 import (
 	"context"
-	"os"
-	"os/exec"
 	"testing"
 
 	"github.com/comfygate/comfygate/internal/redisproc"
@@ -45,15 +43,7 @@ func StartRedis(t testing.TB) *RedisServer {
 // otherwise, saying to install it.
 func RedisServerBin(t testing.TB) string {
 	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		const msg = "redis-server is not installed (apt-get install redis-server): the shared-state tests need a real one"
-		if ci := os.Getenv("CI"); ci != "" && ci != "false" && ci != "0" {
-			t.Fatal("CI is set and " + msg + "; .ci/run installs it")
-		}
-		t.Skip(msg)
-	}
-	return bin
+	return Tool(t, "redis-server", "the shared-state tests need a real one", "redis-server")
 }
 
 // URL is the server's redis:// URL.

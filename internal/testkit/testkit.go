@@ -6,7 +6,8 @@
 // (Config), one bounded wait (Eventually), a fake clock, a fault-injecting
 // TCP proxy to put in front of an instance (FaultProxy), a load balancer
 // to put in front of several gateways (RoundRobin, Split), a real
-// redis-server on a loopback port (Redis), and a client that speaks
+// redis-server on a loopback port (Redis), the real programs tests run
+// (Tool: skipped without them, failed in CI), and a client that speaks
 // ComfyUI's protocol like ComfyUI's own websocket example (Client).
 //
 // It imports comfysim, config, metrics, internal packages and fasthttp
