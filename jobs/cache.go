@@ -80,7 +80,8 @@ type cacheEntry struct {
 }
 
 // cacheOutput is one output of a cached result; its bytes are the file
-// named by its index in the entry's directory.
+// named by its index in the entry's directory. The shared job records
+// describe outputs in the same shape (sharedOutput).
 type cacheOutput struct {
 	Node        string `json:"node"`
 	Kind        string `json:"kind"`
@@ -91,6 +92,17 @@ type cacheOutput struct {
 	ContentType string `json:"content_type"`
 	Size        int64  `json:"size"`
 	S3Key       string `json:"s3_key,omitempty"`
+}
+
+// outputOf describes f.
+func outputOf(f *outputFile) cacheOutput {
+	return cacheOutput{Node: f.node, Kind: f.kind, Filename: f.ref.Filename, Subfolder: f.ref.Subfolder, Type: f.ref.Type,
+		Instance: f.instance, ContentType: f.contentType, Size: f.size, S3Key: f.s3Key}
+}
+
+// outRef names the output o describes.
+func (o cacheOutput) outRef() outRef {
+	return outRef{node: o.Node, kind: o.Kind, ref: prompts.FileRef{Filename: o.Filename, Subfolder: o.Subfolder, Type: o.Type}}
 }
 
 // openResultCache opens the cache of cfg (nil when cache_max_bytes is 0):
@@ -280,10 +292,9 @@ func (c *resultCache) put(key, wf string, ttl time.Duration, files []*outputFile
 			_ = os.RemoveAll(tmp)
 			return err
 		}
-		o := cacheOutput{Node: f.node, Kind: f.kind, Filename: f.ref.Filename, Subfolder: f.ref.Subfolder, Type: f.ref.Type,
-			Instance: f.instance, ContentType: f.contentType, Size: f.size}
-		if f.s3Err == "" {
-			o.S3Key = f.s3Key
+		o := outputOf(f)
+		if f.s3Err != "" {
+			o.S3Key = ""
 		}
 		e.Outputs = append(e.Outputs, o)
 	}
@@ -585,7 +596,7 @@ func (s *delivery) cachedOutputs(e *cacheEntry, entryDir, id string) ([]*outputF
 			return fail(err)
 		}
 		f := &outputFile{
-			outRef:      outRef{node: o.Node, kind: o.Kind, ref: prompts.FileRef{Filename: o.Filename, Subfolder: o.Subfolder, Type: o.Type}},
+			outRef:      o.outRef(),
 			instance:    o.Instance,
 			contentType: o.ContentType,
 			size:        o.Size,

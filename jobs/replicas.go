@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/comfygate/comfygate/internal/ids"
-	"github.com/comfygate/comfygate/prompts"
 	sharedstate "github.com/comfygate/comfygate/state"
 	"github.com/comfygate/comfygate/upstream"
 	"github.com/valyala/fasthttp"
@@ -110,19 +109,11 @@ type sharedLive struct {
 }
 
 // sharedOutput is one output of a completed job: where a replica that
-// did not fetch it finds it.
+// did not fetch it finds it, and its S3 object as the holder saw it.
 type sharedOutput struct {
-	Node        string `json:"node"`
-	Kind        string `json:"kind"`
-	Filename    string `json:"filename"`
-	Subfolder   string `json:"subfolder,omitempty"`
-	Type        string `json:"type,omitempty"`
-	Instance    string `json:"instance"`
-	ContentType string `json:"content_type"`
-	Size        int64  `json:"size"`
-	S3Key       string `json:"s3_key,omitempty"`
-	S3URL       string `json:"s3_url,omitempty"`
-	S3Error     string `json:"s3_error,omitempty"`
+	cacheOutput
+	S3URL   string `json:"s3_url,omitempty"`
+	S3Error string `json:"s3_error,omitempty"`
 }
 
 // sharedEvent is one entry of a job's shared event log; its id is its
@@ -157,8 +148,7 @@ func (s *sharedJobs) liveLocked(j *job) []byte {
 		Started: j.started, Finished: j.finished, Error: j.errMsg, ErrorDetails: j.errDetail, Cached: j.cached}
 	if j.state == stCompleted {
 		for _, f := range j.files {
-			l.Outputs = append(l.Outputs, sharedOutput{Node: f.node, Kind: f.kind, Filename: f.ref.Filename, Subfolder: f.ref.Subfolder,
-				Type: f.ref.Type, Instance: f.instance, ContentType: f.contentType, Size: f.size, S3Key: f.s3Key, S3URL: f.s3URL, S3Error: f.s3Err})
+			l.Outputs = append(l.Outputs, sharedOutput{cacheOutput: outputOf(f), S3URL: f.s3URL, S3Error: f.s3Err})
 		}
 	}
 	b, _ := json.Marshal(l)
@@ -411,17 +401,23 @@ func (s *sharedJobs) once() {
 	s.claim(ctx)
 }
 
+// held is the ids of the jobs this replica runs and that have not ended.
+func (s *sharedJobs) held() []string {
+	s.eng.lock()
+	defer s.eng.unlock()
+	var ids []string
+	for id, j := range s.eng.jobs {
+		if !j.remote && !j.state.terminal() {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
 // renew renews the claims of the jobs this replica runs, and cancels
 // those another replica asked to cancel.
 func (s *sharedJobs) renew(ctx context.Context) {
-	s.eng.lock()
-	var held []string
-	for id, j := range s.eng.jobs {
-		if !j.remote && !j.state.terminal() {
-			held = append(held, id)
-		}
-	}
-	s.eng.unlock()
+	held := s.held()
 	if len(held) == 0 {
 		return
 	}
@@ -719,7 +715,7 @@ func (s *sharedJobs) fetchOutputs(j *job, outs []sharedOutput) {
 	}
 	files := make([]*outputFile, 0, len(outs))
 	for _, o := range outs {
-		r := outRef{node: o.Node, kind: o.Kind, ref: prompts.FileRef{Filename: o.Filename, Subfolder: o.Subfolder, Type: o.Type}}
+		r := o.outRef()
 		f, err := s.eng.del.download(s.eng.runCtx, j, insts[o.Instance], r)
 		if err != nil {
 			s.log.Warn("output of a job another replica ran not fetched", "job_id", j.id, "err", err)
@@ -807,14 +803,7 @@ func (s *engine) spawn(what string, fn func()) {
 // their lease runs out. Jobs at an instance are followed there by their
 // next holder, as after a replica's death; the others wait for its slots.
 func (s *sharedJobs) release() {
-	s.eng.lock()
-	var held []string
-	for id, j := range s.eng.jobs {
-		if !j.remote && !j.state.terminal() {
-			held = append(held, id)
-		}
-	}
-	s.eng.unlock()
+	held := s.held()
 	if len(held) == 0 {
 		return
 	}

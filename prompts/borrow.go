@@ -166,16 +166,7 @@ func (b *borrowed) onText(data []byte) {
 // onBinary routes one binary frame of the borrowed socket: type 4 by its
 // metadata's prompt_id, anything else to the prompt executing for b's id.
 // On the owner.
-func (b *borrowed) onBinary(data []byte) {
-	f := frame{binary: true, data: data, at: time.Now()}
-	if md, ok := comfyapi.ParsePreviewMetadata(data); ok {
-		f.uid, f.meta = md.PromptID, true
-	}
-	if f.uid == "" {
-		f.uid = b.running
-	}
-	b.route(f)
-}
+func (b *borrowed) onBinary(data []byte) { b.route(binaryFrame(data, b.running)) }
 
 // route applies f to its prompt when this replica holds it as sent under
 // b's id; broadcasts and the frames of other prompts under the same id

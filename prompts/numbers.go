@@ -72,7 +72,6 @@ type sharedNumbers struct {
 	local    *numbering // the table's counter: the fallback
 	m        *metrics.Metrics
 	log      *slog.Logger
-	run      *run         // the draws' goroutines
 	failedAt atomic.Int64 // unix nanoseconds of the last failed draw
 }
 
@@ -93,8 +92,9 @@ func (sn *sharedNumbers) draw(ctx context.Context, pr *Prompt) {
 }
 
 // next is the replicas' counter's next number, and false when it did not
-// answer within numberTimeout (or a draw failed within numberPause, or the
-// table closed).
+// answer within numberTimeout (or a draw failed within numberPause). The
+// store's calls end at their context's deadline, even on a server that
+// accepted the connection and answers nothing (state.Open).
 func (sn *sharedNumbers) next(ctx context.Context) (int64, bool) {
 	if f := sn.failedAt.Load(); f != 0 && time.Since(time.Unix(0, f)) < numberPause {
 		sn.m.StateIndexError("number")
@@ -102,31 +102,11 @@ func (sn *sharedNumbers) next(ctx context.Context) (int64, bool) {
 	}
 	// Not cut short by a client that left: the send goes on, numbered.
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), numberTimeout)
-	defer cancel()
-	type result struct {
-		n   int64
-		err error
-	}
-	got := make(chan result, 1)
-	// On a goroutine of its own, waited for at most numberTimeout: the
-	// Redis client ends a call to a server that accepted the connection
-	// and answers nothing by its own read timeout, not by dctx.
-	if !sn.run.goRun(func() {
-		n, err := sn.c.Next(dctx, sn.local.n.Load())
-		got <- result{n, err}
-	}) {
-		return 0, false
-	}
-	var err error
-	select {
-	case r := <-got:
-		if r.err == nil {
-			sn.local.follow(r.n)
-			return r.n, true
-		}
-		err = r.err
-	case <-dctx.Done():
-		err = dctx.Err()
+	n, err := sn.c.Next(dctx, sn.local.n.Load())
+	cancel()
+	if err == nil {
+		sn.local.follow(n)
+		return n, true
 	}
 	sn.failedAt.Store(time.Now().UnixNano())
 	sn.m.StateIndexError("number")
@@ -142,5 +122,5 @@ func (t *Table) ShareNumbers(c state.Counter) {
 	if c == nil {
 		return
 	}
-	t.submits.numbers.Store(&sharedNumbers{c: c, local: &t.steps.numbers, m: t.m, log: t.log, run: t.run})
+	t.submits.numbers.Store(&sharedNumbers{c: c, local: &t.steps.numbers, m: t.m, log: t.log})
 }

@@ -5,11 +5,12 @@ package prompts
 // one after another, everything that changes what is routed at that
 // instance (the socket's frames, the ids learned from POST answers,
 // endings rebuilt from history, the running prompt) and decides the
-// background passes (which run in workers and report back to it). It is modelled on the serve loop
-// of golang.org/x/net/http2's server: the socket's reader queues each
-// frame for it, so a prompt's events are applied in the instance's order,
-// and before the socket's loss is acted on (the reader waits for the
-// frames it queued before it reports the loss).
+// background passes (which run in workers and report back to it). It is
+// modelled on the serve loop of golang.org/x/net/http2's server: the
+// socket's reader queues each frame for it, so a prompt's events are
+// applied in the instance's order, and before the socket's loss is acted
+// on (the reader waits for the frames it queued before it reports the
+// loss).
 //
 // The fields of instSocket marked "owner" are read and written only by
 // code that runs on the owner (a message posted with post or do); they

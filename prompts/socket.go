@@ -462,6 +462,20 @@ func (s *instSocket) onText(data []byte) {
 	s.routeLocked(f)
 }
 
+// binaryFrame is the frame of binary message data: a type 4 preview's
+// by the prompt_id in its metadata, any other's by running, the upstream
+// id of the prompt executing for the socket.
+func binaryFrame(data []byte, running string) frame {
+	f := frame{binary: true, data: data, at: time.Now()}
+	if md, ok := comfyapi.ParsePreviewMetadata(data); ok {
+		f.uid, f.meta = md.PromptID, true
+	}
+	if f.uid == "" {
+		f.uid = running
+	}
+	return f
+}
+
 // textFrame is the frame of msg, a text message (data) that is not a
 // status.
 func textFrame(msg comfyapi.WSMessage, data []byte) frame {
@@ -534,13 +548,7 @@ func (s *instSocket) trackLocked(was string, msg comfyapi.WSMessage, f frame) {
 // metadata, anything else to the prompt the instance is executing. On
 // the owner.
 func (s *instSocket) onBinary(data []byte) {
-	f := frame{binary: true, data: data, at: time.Now()}
-	if md, ok := comfyapi.ParsePreviewMetadata(data); ok {
-		f.uid, f.meta = md.PromptID, true
-	}
-	if f.uid == "" {
-		f.uid = s.running
-	}
+	f := binaryFrame(data, s.running)
 	if f.uid == "" {
 		s.broadcast(f)
 		return
