@@ -39,35 +39,12 @@ func queueRequests(t *testing.T, base string) int {
 // exit the demo's redis-server is gone.
 func TestDemoReplicasShareOnePrompt(t *testing.T) {
 	testkit.RedisServerBin(t) // skips, or fails in CI, without the redis-server demo -replicas runs
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	out := &lockedBuffer{}
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"demo", "-replicas", "2", "-listen", "127.0.0.1:0", "-delay", "0s", "-log-format", "json"}, out, out)
-	}()
-
+	d := startDemo(t, "demo", "-replicas", "2", "-listen", "127.0.0.1:0", "-delay", "0s", "-log-format", "json")
 	replicaRE := regexp.MustCompile(`replica (\d): (http://127\.0\.0\.1:\d+)`)
 	frontRE := regexp.MustCompile(`round robin: (http://127\.0\.0\.1:\d+)`)
 	redisRE := regexp.MustCompile(`redis-server at redis://(127\.0\.0\.1:\d+)`)
-	var exited bool
-	var exitErr error
-	testkit.Poll(30*time.Second, func() bool {
-		if frontRE.MatchString(out.String()) {
-			return true
-		}
-		select {
-		case exitErr = <-done:
-			exited = true
-			return true
-		default:
-			return false
-		}
-	})
-	if exited {
-		t.Fatalf("demo exited early: %v\n%s", exitErr, out.String())
-	}
-	text := out.String()
+	d.await(t, frontRE, 30*time.Second)
+	text := d.out.String()
 	m := replicaRE.FindAllStringSubmatch(text, -1)
 	f, r := frontRE.FindStringSubmatch(text), redisRE.FindStringSubmatch(text)
 	if len(m) != 2 || m[0][1] != "1" || m[1][1] != "2" || f == nil || r == nil {
@@ -171,15 +148,7 @@ func TestDemoReplicasShareOnePrompt(t *testing.T) {
 		t.Fatalf("4 connections to the front reached the replicas %v, want [2 2]", got)
 	}
 
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("demo did not shut down cleanly: %v", err)
-		}
-	case <-time.After(2*shutdownGrace + 5*time.Second):
-		t.Fatal("demo did not stop after its context ended")
-	}
+	d.stopWithin(t, 2*shutdownGrace+5*time.Second)
 	if c, err := net.DialTimeout("tcp", redisAddr, time.Second); err == nil {
 		c.Close()
 		t.Fatalf("the demo's redis-server at %s still answers after the demo ended", redisAddr)

@@ -68,29 +68,37 @@ func httpDo(t *testing.T, method, url string, body []byte) (int, []byte) {
 	return resp.StatusCode(), append([]byte(nil), resp.Body()...)
 }
 
-// TestDemoRunsTheAdvertisedWorkflowAndShutsDown runs `comfygate demo` as the
-// README's first command does, sends the curl it prints, downloads the
-// result, checks the pixels, and stops it the way SIGINT does.
-func TestDemoRunsTheAdvertisedWorkflowAndShutsDown(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	out := &lockedBuffer{}
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"demo", "-listen", "127.0.0.1:0", "-delay", "0s", "-log-format", "json"}, out, out)
-	}()
+// demoRun is a `comfygate` command the test runs in-process (run): its
+// output, its end, and how to stop it.
+type demoRun struct {
+	out  *lockedBuffer
+	done chan error
+	stop context.CancelFunc
+}
 
-	urlRE := regexp.MustCompile(`comfygate demo: (http://127\.0\.0\.1:\d+)`)
-	var base string
+// startDemo runs the command args until stopWithin or the test's end.
+func startDemo(t *testing.T, args ...string) *demoRun {
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	d := &demoRun{out: &lockedBuffer{}, done: make(chan error, 1), stop: cancel}
+	go func() { d.done <- run(ctx, args, d.out, d.out) }()
+	return d
+}
+
+// await returns re's submatches in the output once it prints a match;
+// the test fails when the command exits first or prints none within
+// bound.
+func (d *demoRun) await(t *testing.T, re *regexp.Regexp, bound time.Duration) []string {
+	t.Helper()
+	var m []string
 	var exited bool
 	var exitErr error
-	testkit.Poll(20*time.Second, func() bool {
-		if m := urlRE.FindStringSubmatch(out.String()); m != nil {
-			base = m[1]
+	testkit.Poll(bound, func() bool {
+		if m = re.FindStringSubmatch(d.out.String()); m != nil {
 			return true
 		}
 		select {
-		case exitErr = <-done:
+		case exitErr = <-d.done:
 			exited = true
 			return true
 		default:
@@ -98,11 +106,35 @@ func TestDemoRunsTheAdvertisedWorkflowAndShutsDown(t *testing.T) {
 		}
 	})
 	if exited {
-		t.Fatalf("demo exited early: %v\n%s", exitErr, out.String())
+		t.Fatalf("demo exited early: %v\n%s", exitErr, d.out.String())
 	}
-	if base == "" {
-		t.Fatalf("demo never printed its URL:\n%s", out.String())
+	if m == nil {
+		t.Fatalf("demo never printed %s:\n%s", re, d.out.String())
 	}
+	return m
+}
+
+// stopWithin ends the command as SIGINT does and fails the test unless
+// it returns cleanly within bound.
+func (d *demoRun) stopWithin(t *testing.T, bound time.Duration) {
+	t.Helper()
+	d.stop()
+	select {
+	case err := <-d.done:
+		if err != nil {
+			t.Fatalf("demo did not shut down cleanly: %v", err)
+		}
+	case <-time.After(bound):
+		t.Fatal("demo did not stop after its context ended")
+	}
+}
+
+// TestDemoRunsTheAdvertisedWorkflowAndShutsDown runs `comfygate demo` as the
+// README's first command does, sends the curl it prints, downloads the
+// result, checks the pixels, and stops it the way SIGINT does.
+func TestDemoRunsTheAdvertisedWorkflowAndShutsDown(t *testing.T) {
+	d := startDemo(t, "demo", "-listen", "127.0.0.1:0", "-delay", "0s", "-log-format", "json")
+	base := d.await(t, regexp.MustCompile(`comfygate demo: (http://127\.0\.0\.1:\d+)`), 20*time.Second)[1]
 
 	if code, body := httpDo(t, "GET", base+"/health", nil); code != 200 {
 		t.Fatalf("/health = %d %s", code, body)
@@ -163,19 +195,11 @@ func TestDemoRunsTheAdvertisedWorkflowAndShutsDown(t *testing.T) {
 		t.Fatalf("pixel = %02x%02x%02x, want edcba9 (inverted 123456)", r>>8, g>>8, bl>>8)
 	}
 
-	if err := run(ctx, []string{"healthcheck", "-url", base + "/health"}, &bytes.Buffer{}, &bytes.Buffer{}); err != nil {
+	if err := run(context.Background(), []string{"healthcheck", "-url", base + "/health"}, &bytes.Buffer{}, &bytes.Buffer{}); err != nil {
 		t.Fatalf("healthcheck against a healthy gateway: %v", err)
 	}
 
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("demo did not shut down cleanly: %v", err)
-		}
-	case <-time.After(shutdownGrace + 5*time.Second):
-		t.Fatal("demo did not stop after its context ended")
-	}
+	d.stopWithin(t, shutdownGrace+5*time.Second)
 	if err := run(context.Background(), []string{"healthcheck", "-url", base + "/health", "-timeout", "500ms"}, &bytes.Buffer{}, &bytes.Buffer{}); err == nil {
 		t.Fatal("healthcheck passed against a stopped gateway")
 	}
