@@ -282,8 +282,21 @@ func TestDockerfile(t *testing.T) {
 	}
 }
 
+// k8sSet is the manifests under k8s/ by kind/name.
+type k8sSet map[string]obj
+
+// need is the manifest named key ("Kind/name"); the test fails without it.
+func (s k8sSet) need(t *testing.T, key string) obj {
+	t.Helper()
+	d, ok := s[key]
+	if !ok {
+		t.Fatalf("no %s in k8s/", key)
+	}
+	return d
+}
+
 // k8sDocs indexes the manifests under k8s/ by kind/name.
-func k8sDocs(t *testing.T) map[string]obj {
+func k8sDocs(t *testing.T) k8sSet {
 	t.Helper()
 	files, err := filepath.Glob("k8s/*.yaml")
 	if err != nil {
@@ -315,20 +328,12 @@ func k8sDocs(t *testing.T) map[string]obj {
 func TestKubernetes(t *testing.T) {
 	t.Parallel()
 	docs := k8sDocs(t)
-	need := func(key string) obj {
-		t.Helper()
-		d, ok := docs[key]
-		if !ok {
-			t.Fatalf("no %s in k8s/", key)
-		}
-		return d
-	}
 
-	headless := need("Service/comfyui")
+	headless := docs.need(t, "Service/comfyui")
 	if ip := str(t, headless, "spec", "clusterIP"); ip != "None" {
 		t.Errorf("Service/comfyui clusterIP %q, want None (headless)", ip)
 	}
-	sts := need("StatefulSet/comfyui")
+	sts := docs.need(t, "StatefulSet/comfyui")
 	if gpu := get(t, sts, "spec", "template", "spec", "containers", 0, "resources", "limits", "nvidia.com/gpu"); gpu != 1 {
 		t.Errorf("ComfyUI pods ask for %v GPUs, want 1", gpu)
 	}
@@ -336,7 +341,7 @@ func TestKubernetes(t *testing.T) {
 		t.Error("Service/comfyui does not select the ComfyUI pods")
 	}
 
-	dep := need("Deployment/comfygate")
+	dep := docs.need(t, "Deployment/comfygate")
 	pod := get(t, dep, "spec", "template", "spec")
 	c := get(t, pod, "containers", 0)
 	if p := str(t, c, "readinessProbe", "httpGet", "path"); p != "/health" {
@@ -348,7 +353,7 @@ func TestKubernetes(t *testing.T) {
 	if get(t, pod, "securityContext", "runAsNonRoot") != true {
 		t.Error("comfygate pod may run as root")
 	}
-	svc := need("Service/comfygate")
+	svc := docs.need(t, "Service/comfygate")
 	if !selects(get(t, svc, "spec", "selector").(obj), get(t, dep, "spec", "template", "metadata", "labels").(obj)) {
 		t.Error("Service/comfygate does not select the comfygate pods")
 	}
@@ -357,7 +362,7 @@ func TestKubernetes(t *testing.T) {
 	}
 
 	// The ConfigMap's config.yaml must load, and discover the headless Service.
-	cm := need("ConfigMap/comfygate")
+	cm := docs.need(t, "ConfigMap/comfygate")
 	path := filepath.Join(t.TempDir(), "config.yaml")
 	if err := os.WriteFile(path, []byte(str(t, cm, "data", "config.yaml")), 0o644); err != nil {
 		t.Fatal(err)

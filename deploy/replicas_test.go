@@ -367,15 +367,7 @@ func TestHAProxyConfig(t *testing.T) {
 func TestKubernetesReplicas(t *testing.T) {
 	t.Parallel()
 	docs := k8sDocs(t)
-	need := func(key string) obj {
-		t.Helper()
-		d, ok := docs[key]
-		if !ok {
-			t.Fatalf("no %s in k8s/", key)
-		}
-		return d
-	}
-	dep := need("Deployment/comfygate")
+	dep := docs.need(t, "Deployment/comfygate")
 	if n, ok := get(t, dep, "spec", "replicas").(int); !ok || n < 2 {
 		t.Errorf("comfygate replicas %v, want 2 or more", get(t, dep, "spec", "replicas"))
 	}
@@ -407,11 +399,11 @@ func TestKubernetesReplicas(t *testing.T) {
 		t.Errorf("readiness probe %q, want /health", p)
 	}
 
-	if a := str(t, need("Service/comfygate"), "spec", "sessionAffinity"); a != "ClientIP" {
+	if a := str(t, docs.need(t, "Service/comfygate"), "spec", "sessionAffinity"); a != "ClientIP" {
 		t.Errorf("Service/comfygate sessionAffinity %q, want ClientIP: one client's job requests mostly reach the replica that follows its jobs", a)
 	}
 
-	pdb := need("PodDisruptionBudget/comfygate")
+	pdb := docs.need(t, "PodDisruptionBudget/comfygate")
 	if m := get(t, pdb, "spec", "minAvailable"); m != 1 {
 		t.Errorf("PodDisruptionBudget minAvailable %v, want 1", m)
 	}
@@ -422,7 +414,7 @@ func TestKubernetesReplicas(t *testing.T) {
 
 	// The ConfigMap's configuration shares the Redis Service's server and
 	// trusts a network.
-	cm := need("ConfigMap/comfygate")
+	cm := docs.need(t, "ConfigMap/comfygate")
 	path := filepath.Join(t.TempDir(), "config.yaml")
 	if err := os.WriteFile(path, []byte(str(t, cm, "data", "config.yaml")), 0o644); err != nil {
 		t.Fatal(err)
@@ -431,7 +423,7 @@ func TestKubernetesReplicas(t *testing.T) {
 	if err != nil {
 		t.Fatalf("comfygate rejects the ConfigMap's config.yaml: %v", err)
 	}
-	rsvc := need("Service/redis")
+	rsvc := docs.need(t, "Service/redis")
 	ns := str(t, rsvc, "metadata", "namespace")
 	port := get(t, rsvc, "spec", "ports", 0, "port")
 	if want := fmt.Sprintf("redis://redis.%s.svc.cluster.local:%v/0", ns, port); cfg.State.URL != want {
@@ -441,7 +433,7 @@ func TestKubernetesReplicas(t *testing.T) {
 		t.Errorf("trusted_proxies %v, want the pod network", p)
 	}
 
-	redis := need("Deployment/redis")
+	redis := docs.need(t, "Deployment/redis")
 	if n := get(t, redis, "spec", "replicas"); n != 1 {
 		t.Errorf("redis replicas %v, want 1: two would each hold a state", n)
 	}
