@@ -696,6 +696,7 @@ func TestRedisUnavailableRoutes(t *testing.T) {
 			{route: `POST /interrupt {"prompt_id"} of B's prompt`, method: http.MethodPost, path: "/interrupt", body: `{"prompt_id": "` + id + `"}`},
 			{route: "POST /api/remove-background with an Idempotency-Key", method: http.MethodPost, path: "/api/remove-background", body: string(jobBody), hdr: []string{"Idempotency-Key", "routes-job-" + phase}},
 			{route: "POST /api/remove-background without one", method: http.MethodPost, path: "/api/remove-background", body: string(jobBody)},
+			{route: "GET /api/jobs?source=comfygate", method: http.MethodGet, path: "/api/jobs?source=comfygate"},
 			{route: "GET /api/jobs/{id}/status of B's job", method: http.MethodGet, path: "/api/jobs/" + job.JobID + "/status"},
 			// Last: it deletes what the reads above read.
 			{route: `POST /history {"delete"} of B's prompt`, method: http.MethodPost, path: "/history", body: `{"delete": ["` + id + `"]}`},
@@ -721,6 +722,9 @@ func TestRedisUnavailableRoutes(t *testing.T) {
 			got[i] = describe(code, body, hdr)
 			if p.method == http.MethodGet && strings.Contains(body, id) {
 				got[i] += " (with B's prompt)"
+			}
+			if p.path == "/api/jobs?source=comfygate" && strings.Contains(body, job.JobID) {
+				got[i] += " (with B's job)"
 			}
 			if took >= 100*time.Millisecond {
 				// Slow answers say how long they took.

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	sharedstate "github.com/comfygate/comfygate/state"
 	"github.com/comfygate/comfygate/workflows"
 	"github.com/valyala/fasthttp"
 )
@@ -702,6 +703,9 @@ type listItem struct {
 	Progress   int     `json:"progress"`
 	AgeSeconds float64 `json:"age_seconds"`
 	Instance   *string `json:"comfyui_instance"`
+
+	created time.Time
+	state   state
 }
 
 // listView is GET /api/jobs?source=comfygate: every facade job, oldest first.
@@ -712,32 +716,71 @@ type listView struct {
 	InFlight int        `json:"in_flight"`
 }
 
+// serveList lists the jobs of scope: with the shared job line, the
+// fleet's (each job as its record says, those this replica runs as it
+// knows them, which is never older); in memory, or while the shared
+// store does not answer, this replica's.
 func (s *api) serveList(ctx *fasthttp.RequestCtx, scope string) {
 	var filter []string
 	if f := string(ctx.QueryArgs().Peek("status")); f != "" {
 		filter = strings.Split(f, ",")
 	}
+	var fleet []sharedstate.JobListed
+	listed := false
+	if s.eng.sh != nil {
+		fleet, listed = s.eng.sh.list(scope)
+	}
 	s.eng.lock()
 	now := s.eng.timeNow()
-	js, waiting, inFlight := s.eng.jobsLocked(scope, func(j *job) bool { return filter == nil || slices.Contains(filter, j.state.public()) })
+	js, waiting, inFlight := s.eng.jobsLocked(scope, func(j *job) bool { return !listed || !j.remote })
 	slices.SortFunc(js, func(a, b *job) int { return cmp.Compare(a.seq, b.seq) })
-	v := listView{Jobs: make([]listItem, 0, len(js)), Total: len(js), Waiting: waiting, InFlight: inFlight}
+	items := make([]listItem, 0, len(js)+len(fleet))
+	own := make(map[string]bool, len(js))
 	for _, j := range js {
-		it := listItem{
-			JobID:      j.id,
-			Workflow:   j.wf.name,
-			Status:     j.state.public(),
-			Progress:   j.prog.percent(),
-			AgeSeconds: float64(now.Sub(j.created).Milliseconds()) / 1000,
-		}
-		if j.instance != "" {
-			inst := j.instance
-			it.Instance = &inst
-		}
-		v.Jobs = append(v.Jobs, it)
+		own[j.id] = true
+		items = append(items, listItem{JobID: j.id, Workflow: j.wf.name, Status: j.state.public(), Progress: j.prog.percent(),
+			Instance: optional(j.instance), created: j.created, state: j.state})
 	}
 	s.eng.unlock()
+	if listed {
+		for _, r := range fleet {
+			st, ok := parseState(r.State)
+			if own[r.ID] || !ok {
+				continue
+			}
+			var live sharedLive
+			_ = json.Unmarshal(r.Live, &live)
+			items = append(items, listItem{JobID: r.ID, Workflow: r.Workflow, Status: st.public(), Progress: live.Progress,
+				Instance: optional(live.Instance), created: r.Created, state: st})
+		}
+		slices.SortStableFunc(items, func(a, b listItem) int { return a.created.Compare(b.created) })
+		waiting, inFlight = 0, 0
+		for _, it := range items {
+			switch {
+			case it.state == stWaiting:
+				waiting++
+			case !it.state.terminal():
+				inFlight++
+			}
+		}
+	}
+	v := listView{Jobs: make([]listItem, 0, len(items)), Waiting: waiting, InFlight: inFlight}
+	for _, it := range items {
+		if filter == nil || slices.Contains(filter, it.Status) {
+			it.AgeSeconds = float64(now.Sub(it.created).Milliseconds()) / 1000
+			v.Jobs = append(v.Jobs, it)
+		}
+	}
+	v.Total = len(v.Jobs)
 	writeJSON(ctx, fasthttp.StatusOK, v)
+}
+
+// optional is s as an optional JSON string: null when empty.
+func optional(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
 }
 
 // waitingJobView is ComfyUI's GET /api/jobs/{id} shape for a pending job

@@ -181,7 +181,7 @@ func eventJSON(ev jobEvent) []byte {
 // in two halves.
 func (s *sharedJobs) add(j *job) *apiError {
 	s.eng.lock()
-	static, live := staticLocked(j), s.liveLocked(j)
+	static, live, sum := staticLocked(j), s.liveLocked(j), summaryLocked(j)
 	queued := queuedHalves(j.id, s.eng.timeNow())
 	s.eng.unlock()
 	var imgs [][]byte
@@ -195,7 +195,7 @@ func (s *sharedJobs) add(j *job) *apiError {
 	}
 	ctx, cancel := context.WithTimeout(s.eng.runCtx, sharedTimeout)
 	defer cancel()
-	err := s.line.Add(ctx, sharedstate.JobAdd{ID: j.id, Key: j.meta.owner, Static: static, Live: live, Queued: queued, Images: imgs,
+	err := s.line.Add(ctx, sharedstate.JobAdd{ID: j.id, JobSummary: sum, Static: static, Live: live, Queued: queued, Images: imgs,
 		MaxWaiting: s.eng.cfg.MaxWaiting, MaxBytes: s.eng.cfg.MaxWaitingBytes})
 	switch {
 	case errors.Is(err, sharedstate.ErrLineFull), errors.Is(err, sharedstate.ErrLineBytes):
@@ -218,7 +218,12 @@ func (s *sharedJobs) add(j *job) *apiError {
 func (s *sharedJobs) create(j *job) error {
 	ctx, cancel := context.WithTimeout(s.eng.runCtx, sharedTimeout)
 	defer cancel()
-	return s.line.Create(ctx, j.id, s.replica, staticLocked(j))
+	return s.line.Create(ctx, j.id, s.replica, staticLocked(j), summaryLocked(j))
+}
+
+// summaryLocked is what the fleet's job list shows of j besides its state.
+func summaryLocked(j *job) sharedstate.JobSummary {
+	return sharedstate.JobSummary{Key: j.meta.owner, Workflow: j.wf.name, Created: j.created}
 }
 
 // queuedHalves is a new job's queued event, as it goes to the shared
@@ -826,4 +831,25 @@ func (s *engine) heldIDs() []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// maxListed bounds how many jobs one list reads from the shared store:
+// the newest.
+const maxListed = 10_000
+
+// list reads the fleet's jobs of scope ("": every key's) from the shared
+// store; ok is false when it did not answer within lookupTimeout.
+func (s *sharedJobs) list(scope string) (jobs []sharedstate.JobListed, ok bool) {
+	if time.Now().UnixNano() < s.readsOffUntil.Load() {
+		return nil, false
+	}
+	ctx, cancel := context.WithTimeout(s.eng.runCtx, lookupTimeout)
+	defer cancel()
+	jobs, err := s.line.List(ctx, scope, maxListed)
+	if err != nil {
+		s.warn("the fleet's job list not read; listing this replica's jobs", err)
+		s.readsOffUntil.Store(time.Now().Add(lookupPause).UnixNano())
+		return nil, false
+	}
+	return jobs, true
 }

@@ -672,3 +672,60 @@ func TestTakenOverJobWhosePromptWasAdopted(t *testing.T) {
 		t.Fatalf("the job on B: %+v", v)
 	}
 }
+
+// TestJobListAcrossReplicas: the job list on any replica is the fleet's:
+// a job another replica runs, one waiting in the shared line, each with
+// its state and counted; a key lists only its own; a status filter
+// applies to the fleet's jobs.
+func TestJobListAcrossReplicas(t *testing.T) {
+	t.Parallel()
+	url := testkit.Redis(t)
+	f := newFake(t, 1)
+	a := replica(t, f, url, 1, nil)
+	b := replica(t, f, url, 0, nil)
+
+	running := submitAs(t, a, "alice", nil)
+	if got := f.waitSubmitted(); got != running {
+		t.Fatalf("submitted %s, want %s", got, running)
+	}
+	f.event(running, f.insts[0], "execution_start", map[string]any{"timestamp": 1})
+	waiting := submitAs(t, b, "alice", nil)
+	other := submitAs(t, a, "bob", nil)
+
+	list := func(s *Service, scope, query string) listView {
+		t.Helper()
+		var v listView
+		_, code, _, resp := serveAs(t, s, Request{Owner: scope, Scope: scope}, "GET", "/api/jobs?source=comfygate"+query, "", nil)
+		if code != 200 || json.Unmarshal(resp, &v) != nil {
+			t.Fatalf("list as %q: %d %s", scope, code, resp)
+		}
+		return v
+	}
+	ids := func(v listView) []string {
+		var out []string
+		for _, it := range v.Jobs {
+			out = append(out, it.JobID+" "+it.Status)
+		}
+		return out
+	}
+	want := []string{running + " " + statusProcessing, waiting + " " + statusPending}
+	for name, s := range map[string]*Service{"A": a, "B": b} {
+		testkit.Eventually(t, "alice's jobs listed on "+name, func() bool {
+			return slices.Equal(ids(list(s, "alice", "")), want)
+		})
+		v := list(s, "alice", "")
+		if v.Total != 2 || v.Waiting != 1 || v.InFlight != 1 || v.Jobs[0].Workflow != "upscale-image" ||
+			v.Jobs[0].Instance == nil || *v.Jobs[0].Instance != f.insts[0].Name || v.Jobs[1].Instance != nil {
+			t.Fatalf("alice's list on %s: %+v", name, v)
+		}
+		if got := ids(list(s, "bob", "")); !slices.Equal(got, []string{other + " " + statusPending}) {
+			t.Fatalf("bob's list on %s: %v", name, got)
+		}
+		if got := ids(list(s, "", "")); len(got) != 3 {
+			t.Fatalf("the whole list on %s: %v", name, got)
+		}
+		if got := ids(list(s, "alice", "&status=pending")); !slices.Equal(got, want[1:]) {
+			t.Fatalf("alice's pending jobs on %s: %v", name, got)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -36,12 +37,20 @@ var (
 	ErrLineBytes = errors.New("state: the shared wait line's images are at their maximum")
 )
 
+// JobSummary is what the job list shows of a job besides its state.
+type JobSummary struct {
+	// Key is the name of the API key that submitted the job ("" with
+	// keys off): the line takes turns between keys, and List shows a
+	// key its own jobs.
+	Key      string
+	Workflow string
+	Created  time.Time
+}
+
 // JobAdd is a job accepted by a replica, for the shared wait line.
 type JobAdd struct {
 	ID string
-	// Key is the name of the API key that submitted the job ("" with
-	// keys off): the line takes turns between keys.
-	Key string
+	JobSummary
 	// Static is what the job runs (opaque to the store), Live what changes.
 	Static, Live []byte
 	// Queued is the job's first event in two halves, which the store
@@ -68,6 +77,14 @@ type JobRecord struct {
 	Images       [][]byte // only in a claim
 
 	images int // how many images the job holds in Redis
+}
+
+// JobListed is one job in List: its summary, state and live part.
+type JobListed struct {
+	ID string
+	JobSummary
+	State string
+	Live  []byte
 }
 
 // JobWrite is a change of a job its holder writes: its state and live
@@ -99,7 +116,7 @@ type Jobs interface {
 	// Create records job id as replica's, outside the line and without a
 	// lease (no Claim takes it, no Renew keeps it): a job that waits for
 	// nothing (completed from a cache). Its changes are Writes.
-	Create(ctx context.Context, id, replica string, static []byte) error
+	Create(ctx context.Context, id, replica string, static []byte, sum JobSummary) error
 	// Claim takes up to n jobs for replica: first those whose claim
 	// expired, then the next ones of the line, key by key in turn. Each
 	// comes with its whole event log and its images.
@@ -123,6 +140,9 @@ type Jobs interface {
 	// AskCancel flags job id for its holder to cancel; false when it has
 	// ended or is unknown.
 	AskCancel(ctx context.Context, id string) (bool, error)
+	// List returns the unexpired jobs of API key key, every key's when
+	// key is "", oldest first: at most limit, the newest.
+	List(ctx context.Context, key string, limit int) ([]JobListed, error)
 }
 
 // Jobs returns the store's shared job line: one for all its users.
@@ -143,7 +163,7 @@ type memJobs struct {
 
 type memJob struct {
 	rec     JobRecord
-	key     string // the API key that submitted it
+	sum     JobSummary
 	events  [][]byte
 	images  [][]byte
 	size    int64
@@ -180,13 +200,14 @@ func (m *memJobs) unlineLocked(j *memJob) {
 	j.seq = 0
 	m.waiting--
 	m.bytes -= j.size
-	q := slices.DeleteFunc(m.byKey[j.key], func(x *memJob) bool { return x == j })
+	key := j.sum.Key
+	q := slices.DeleteFunc(m.byKey[key], func(x *memJob) bool { return x == j })
 	if len(q) > 0 {
-		m.byKey[j.key] = q
+		m.byKey[key] = q
 		return
 	}
-	delete(m.byKey, j.key)
-	m.ring = slices.DeleteFunc(m.ring, func(k string) bool { return k == j.key })
+	delete(m.byKey, key)
+	m.ring = slices.DeleteFunc(m.ring, func(k string) bool { return k == key })
 }
 
 // placeLocked is the 1-based place of waiting job j: round r of the
@@ -194,12 +215,12 @@ func (m *memJobs) unlineLocked(j *memJob) {
 // so before j go the first rank jobs of every key, then the rank-th job
 // of the keys ahead of j's in the ring.
 func (m *memJobs) placeLocked(j *memJob) int {
-	rank := slices.Index(m.byKey[j.key], j)
+	rank := slices.Index(m.byKey[j.sum.Key], j)
 	pos, behind := 1, false
 	for _, k := range m.ring {
 		n := len(m.byKey[k])
 		pos += min(n, rank)
-		if k == j.key {
+		if k == j.sum.Key {
 			behind = true
 		} else if !behind && n > rank {
 			pos++
@@ -235,7 +256,7 @@ func (m *memJobs) Add(_ context.Context, a JobAdd) error {
 	m.waiting++
 	m.bytes += size
 	j := &memJob{rec: JobRecord{ID: a.ID, Static: a.Static, Live: a.Live, State: JobWaiting},
-		key: a.Key, images: a.Images, size: size, seq: m.seq, expires: m.now().Add(JobTTL)}
+		sum: a.JobSummary, images: a.Images, size: size, seq: m.seq, expires: m.now().Add(JobTTL)}
 	if len(m.byKey[a.Key]) == 0 {
 		m.ring = append(m.ring, a.Key)
 	}
@@ -247,10 +268,11 @@ func (m *memJobs) Add(_ context.Context, a JobAdd) error {
 	return nil
 }
 
-func (m *memJobs) Create(_ context.Context, id, replica string, static []byte) error {
+func (m *memJobs) Create(_ context.Context, id, replica string, static []byte, sum JobSummary) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.recs[id] = &memJob{rec: JobRecord{ID: id, Static: static, State: "submitting", Holder: replica}, noLease: true, expires: m.now().Add(JobTTL)}
+	m.recs[id] = &memJob{rec: JobRecord{ID: id, Static: static, State: "submitting", Holder: replica}, sum: sum,
+		noLease: true, expires: m.now().Add(JobTTL)}
 	return nil
 }
 
@@ -383,6 +405,24 @@ func (m *memJobs) AskCancel(_ context.Context, id string) (bool, error) {
 	return true, nil
 }
 
+func (m *memJobs) List(_ context.Context, key string, limit int) ([]JobListed, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []JobListed
+	for id := range m.recs {
+		if j := m.liveLocked(id); j != nil && (key == "" || j.sum.Key == key) {
+			out = append(out, JobListed{ID: id, JobSummary: j.sum, State: j.rec.State, Live: j.rec.Live})
+		}
+	}
+	slices.SortFunc(out, func(a, b JobListed) int {
+		if c := a.Created.Compare(b.Created); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	return out[max(0, len(out)-limit):], nil
+}
+
 // redisJobs is Jobs in Redis. Every key carries the hash tag {jobs}, so
 // the line's scripts, which touch the line and the records of the jobs
 // they move, act on one Cluster slot:
@@ -395,7 +435,10 @@ func (m *memJobs) AskCancel(_ context.Context, id string) (bool, error) {
 //	comfygate:{jobs}:ring        list: the API keys with waiting jobs, in turn (the head gives the next job)
 //	comfygate:{jobs}:kline:<key> sorted set: the waiting job ids of API key <key> by arrival
 //	comfygate:{jobs}:claims      sorted set: claimed job ids by the end of their lease (ms)
-//	comfygate:{jobs}:job:<id>    hash: s static, l live, st state, h holder, c cancel asked, n images
+//	comfygate:{jobs}:list        sorted set: every job id by its creation (ms), for List
+//	comfygate:{jobs}:list:<key>  sorted set: the job ids of API key <key> by creation (ms)
+//	comfygate:{jobs}:job:<id>    hash: s static, l live, st state, h holder, c cancel asked, n images,
+//	                             w workflow, t creation (ms), k API key
 //	comfygate:{jobs}:job:<id>:ev list: the job's events in order
 //	comfygate:{jobs}:job:<id>:img:<n> the bytes of its n-th image (1-based)
 //
@@ -420,6 +463,7 @@ var (
 	jobsByKey  = jobsPrefix + "kline:"
 	jobsClaims = jobsPrefix + "claims"
 	jobsRecord = jobsPrefix + "job:"
+	jobsList   = jobsPrefix + "list"
 )
 
 // luaNow and luaDone are shared by the line's scripts: the server's clock
@@ -453,19 +497,37 @@ local function place(keys, counts, key, rank)
 end
 `
 
+// luaList is shared by the scripts that record a job: listed(rec, id,
+// created ms, workflow, key, list key, ttl) gives its record what List
+// shows and puts it in the fleet's list and its key's; entries older than
+// a record lives leave them.
+const luaList = `
+local function listed(rk, id, created, wf, key, lk, ttl)
+  redis.call('HSET', rk, 'w', wf, 't', created, 'k', key)
+  local lists = {lk}
+  if key ~= '' then lists[2] = lk .. ':' .. key end
+  for _, l in ipairs(lists) do
+    redis.call('ZADD', l, created, id)
+    redis.call('ZREMRANGEBYSCORE', l, '-inf', tonumber(created) - tonumber(ttl))
+  end
+end
+`
+
 // addJob: KEYS line, seq, bytes, sizes, rec, ev, ring, line_keys; ARGV
 // id, static, live, max waiting, max bytes, size, ttl, the queued event's
-// halves, API key, kline prefix, #images, images...
-var addJob = redis.NewScript(luaPlace + `
+// halves, API key, kline prefix, created ms, workflow, list key, #images,
+// images...
+var addJob = redis.NewScript(luaPlace + luaList + `
 local n = redis.call('ZCARD', KEYS[1])
 if n >= tonumber(ARGV[4]) then return 0 end
 local held = tonumber(redis.call('GET', KEYS[3]) or '0')
 if tonumber(ARGV[5]) > 0 and n > 0 and held + tonumber(ARGV[6]) > tonumber(ARGV[5]) then return -1 end
 local seq = redis.call('INCR', KEYS[2])
-local ni = tonumber(ARGV[12])
+local ni = tonumber(ARGV[15])
 redis.call('HSET', KEYS[5], 's', ARGV[2], 'l', ARGV[3], 'st', 'waiting', 'n', ni)
+listed(KEYS[5], ARGV[1], ARGV[12], ARGV[13], ARGV[10], ARGV[14], ARGV[7])
 redis.call('PEXPIRE', KEYS[5], ARGV[7])
-for i = 1, ni do redis.call('SET', KEYS[5] .. ':img:' .. i, ARGV[12 + i], 'PX', ARGV[7]) end
+for i = 1, ni do redis.call('SET', KEYS[5] .. ':img:' .. i, ARGV[15 + i], 'PX', ARGV[7]) end
 redis.call('INCRBY', KEYS[3], ARGV[6])
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[6])
 redis.call('ZADD', KEYS[1], seq, ARGV[1])
@@ -480,6 +542,14 @@ if ARGV[8] ~= '' then
   redis.call('PEXPIRE', KEYS[6], ARGV[7])
 end
 return seq`)
+
+// createJob: KEYS rec; ARGV id, static, replica, ttl, created ms,
+// workflow, API key, list key.
+var createJob = redis.NewScript(luaList + `
+redis.call('HSET', KEYS[1], 's', ARGV[2], 'st', 'submitting', 'h', ARGV[3], 'n', 0)
+listed(KEYS[1], ARGV[1], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1`)
 
 // claimJobs: KEYS line, claims, bytes, sizes, ring, line_keys; ARGV
 // replica, n, lease, ttl, record prefix, kline prefix, and for takeJob the
@@ -628,7 +698,7 @@ func (r *redisJobs) Add(ctx context.Context, a JobAdd) error {
 	}
 	rk := jobsRecord + a.ID
 	args := []any{a.ID, a.Static, a.Live, a.MaxWaiting, a.MaxBytes, size, ms(JobTTL), a.Queued[0], a.Queued[1],
-		a.Key, jobsByKey, len(a.Images)}
+		a.Key, jobsByKey, a.Created.UnixMilli(), a.Workflow, jobsList, len(a.Images)}
 	for _, im := range a.Images {
 		args = append(args, im)
 	}
@@ -644,13 +714,9 @@ func (r *redisJobs) Add(ctx context.Context, a JobAdd) error {
 	return nil
 }
 
-func (r *redisJobs) Create(ctx context.Context, id, replica string, static []byte) error {
-	rk := jobsRecord + id
-	_, err := r.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.HSet(ctx, rk, "s", static, "st", "submitting", "h", replica, "n", 0)
-		p.PExpire(ctx, rk, JobTTL)
-		return nil
-	})
+func (r *redisJobs) Create(ctx context.Context, id, replica string, static []byte, sum JobSummary) error {
+	err := createJob.Run(ctx, r.rdb, []string{jobsRecord + id},
+		id, static, replica, ms(JobTTL), sum.Created.UnixMilli(), sum.Workflow, sum.Key, jobsList).Err()
 	return errRedis("create job", err)
 }
 
@@ -816,4 +882,44 @@ func (r *redisJobs) AskCancel(ctx context.Context, id string) (bool, error) {
 		return false, errRedis("ask to cancel job", err)
 	}
 	return n == 1, nil
+}
+
+func (r *redisJobs) List(ctx context.Context, key string, limit int) ([]JobListed, error) {
+	lk := jobsList
+	if key != "" {
+		lk += ":" + key
+	}
+	ids, err := r.rdb.ZRange(ctx, lk, int64(-limit), -1).Result()
+	if err != nil || len(ids) == 0 {
+		return nil, errRedis("list jobs", err)
+	}
+	pipe := r.rdb.Pipeline()
+	cmds := make([]*redis.SliceCmd, len(ids))
+	for i, id := range ids {
+		cmds[i] = pipe.HMGet(ctx, jobsRecord+id, "st", "l", "w", "t", "k")
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, errRedis("list jobs", err)
+	}
+	out := make([]JobListed, 0, len(ids))
+	var gone []any
+	for i, c := range cmds {
+		v := c.Val()
+		str := func(k int) string { s, _ := v[k].(string); return s }
+		if str(0) == "" {
+			gone = append(gone, ids[i]) // expired
+			continue
+		}
+		if key != "" && str(4) != key {
+			continue
+		}
+		created, _ := strconv.ParseInt(str(3), 10, 64)
+		out = append(out, JobListed{ID: ids[i], State: str(0), Live: []byte(str(1)),
+			JobSummary: JobSummary{Key: str(4), Workflow: str(2), Created: time.UnixMilli(created)}})
+	}
+	if len(gone) > 0 {
+		// Best effort: the next list, or the next job's pruning, tries again.
+		_ = r.rdb.ZRem(ctx, lk, gone...).Err()
+	}
+	return out, nil
 }

@@ -29,7 +29,7 @@ func TestJobLineTakesTurns(t *testing.T) {
 				t.Helper()
 				n++
 				id := fmt.Sprintf("00000000-0000-4000-8000-%012d", n)
-				if err := r1.Add(ctx, state.JobAdd{ID: id, Key: key, Static: []byte(`{}`), Queued: queued, MaxWaiting: 8}); err != nil {
+				if err := r1.Add(ctx, state.JobAdd{ID: id, JobSummary: state.JobSummary{Key: key}, Static: []byte(`{}`), Queued: queued, MaxWaiting: 8}); err != nil {
 					t.Fatalf("add %s for %q: %v", id, key, err)
 				}
 				return id
@@ -80,7 +80,7 @@ func TestJobLineTakesTurns(t *testing.T) {
 				}
 			}
 			places("three keys", a1, b1, c1, a2, b2, a3, a4)
-			if err := r2.Add(ctx, state.JobAdd{ID: "00000000-0000-4000-8000-0000000000ff", Key: "e", Static: []byte(`{}`), MaxWaiting: 7}); !errors.Is(err, state.ErrLineFull) {
+			if err := r2.Add(ctx, state.JobAdd{ID: "00000000-0000-4000-8000-0000000000ff", JobSummary: state.JobSummary{Key: "e"}, Static: []byte(`{}`), MaxWaiting: 7}); !errors.Is(err, state.ErrLineFull) {
 				t.Fatalf("an eighth job, of another key, in a line of 7: %v", err)
 			}
 
@@ -117,6 +117,76 @@ func TestJobLineTakesTurns(t *testing.T) {
 					if n, err := b.rdb.Exists(ctx, state.Prefix+"{jobs}:"+k).Result(); err != nil || n != 0 {
 						t.Errorf("%s left with the line empty: %d %v", k, n, err)
 					}
+				}
+			}
+		})
+	}
+}
+
+// TestJobList: every replica lists the fleet's jobs, waiting, held or
+// made without the line, oldest first, with what the list shows of each;
+// a key lists only its own; the limit keeps the newest; a job whose
+// record expired leaves the list.
+func TestJobList(t *testing.T) {
+	t.Parallel()
+	for _, b := range backends(t) {
+		t.Run(b.desc, func(t *testing.T) {
+			ctx := context.Background()
+			r1, r2 := b.replica(t).Jobs(), b.replica(t).Jobs()
+			t0 := time.Now().Truncate(time.Millisecond)
+			ids := []string{"00000000-0000-4000-8000-000000000001", "00000000-0000-4000-8000-000000000002", "00000000-0000-4000-8000-000000000003"}
+			for i, key := range []string{"a", "b"} {
+				sum := state.JobSummary{Key: key, Workflow: "wf-" + key, Created: t0.Add(time.Duration(i) * time.Millisecond)}
+				if err := r1.Add(ctx, state.JobAdd{ID: ids[i], JobSummary: sum, Static: []byte(`{}`), Live: []byte(`{}`), MaxWaiting: 8}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := r2.Create(ctx, ids[2], "r2", []byte(`{}`), state.JobSummary{Key: "a", Workflow: "cached", Created: t0.Add(2 * time.Millisecond)}); err != nil {
+				t.Fatal(err)
+			}
+			got, err := r1.Claim(ctx, "r1", 1, time.Hour)
+			if err != nil || len(got) != 1 || got[0].ID != ids[0] {
+				t.Fatalf("claim: %+v %v", got, err)
+			}
+			if lost, err := r1.Write(ctx, "r1", []state.JobWrite{{ID: ids[0], State: "running", Live: []byte(`{"progress":40}`), TTL: time.Hour}}); err != nil || len(lost) != 0 {
+				t.Fatalf("write: %v %v", lost, err)
+			}
+			list := func(key string, limit int) string {
+				t.Helper()
+				jobs, err := r2.List(ctx, key, limit)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var s []string
+				for _, j := range jobs {
+					s = append(s, fmt.Sprintf("%s %s %s %s %s +%v", j.ID[len(j.ID)-1:], j.Key, j.Workflow, j.State, j.Live, j.Created.Sub(t0)))
+				}
+				return fmt.Sprint(s)
+			}
+			if got, want := list("", 10), "[1 a wf-a running {\"progress\":40} +0s 2 b wf-b waiting {} +1ms 3 a cached submitting  +2ms]"; got != want {
+				t.Fatalf("the fleet's list:\n got %s\nwant %s", got, want)
+			}
+			if got, want := list("a", 10), "[1 a wf-a running {\"progress\":40} +0s 3 a cached submitting  +2ms]"; got != want {
+				t.Fatalf("key a's list:\n got %s\nwant %s", got, want)
+			}
+			if got, want := list("", 2), "[2 b wf-b waiting {} +1ms 3 a cached submitting  +2ms]"; got != want {
+				t.Fatalf("the newest two:\n got %s\nwant %s", got, want)
+			}
+			if got := list("c", 10); got != "[]" {
+				t.Fatalf("a key without jobs lists %s", got)
+			}
+			// Ended with a retention of 1 ms: gone from the list, and in
+			// Redis from the sorted sets too.
+			if _, err := r1.Write(ctx, "r1", []state.JobWrite{{ID: ids[0], State: state.JobCompleted, Live: []byte(`{}`), TTL: time.Millisecond}}); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(20 * time.Millisecond)
+			if got, want := list("a", 10), "[3 a cached submitting  +2ms]"; got != want {
+				t.Fatalf("key a's list after its first job expired:\n got %s\nwant %s", got, want)
+			}
+			if b.rdb != nil {
+				if n, _ := b.rdb.ZScore(ctx, state.Prefix+"{jobs}:list:a", ids[0]).Result(); n != 0 {
+					t.Fatal("an expired job kept in its key's list")
 				}
 			}
 		})

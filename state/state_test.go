@@ -661,7 +661,7 @@ func TestJobLine(t *testing.T) {
 			}
 			// A job made without the line is its maker's, with no lease.
 			made := "00000000-0000-4000-8000-00000000000a"
-			if err := r1.Create(ctx, made, "r1", []byte(`{}`)); err != nil {
+			if err := r1.Create(ctx, made, "r1", []byte(`{}`), state.JobSummary{}); err != nil {
 				t.Fatal(err)
 			}
 			if got, _ := r2.Claim(ctx, "r2", 5, lease); len(got) != 0 {
