@@ -45,17 +45,24 @@ func (x *index) getUpstream(inst *upstream.Instance, id string) *Prompt {
 
 // claim gives pr.ID to pr unless a prompt that is not done holds it; then
 // pr gets fresh UUIDs until one is free. One compare-and-swap decides, so
-// two submissions of one id at once cannot both take it.
-func (x *index) claim(pr *Prompt, fresh func() string) (renamed bool) {
+// two submissions of one id at once cannot both take it. When the holder
+// is the same submission as pr (a client's request sent again while the
+// first was on its way: the same Prompt.submission and owner), pr takes
+// nothing and same is that holder.
+func (x *index) claim(pr *Prompt, fresh func() string) (renamed bool, same *Prompt) {
 	for {
 		v, loaded := x.byID.LoadOrStore(pr.ID, pr)
 		if !loaded || v == pr {
-			return renamed
+			return renamed, nil
 		}
-		if old := v.(*Prompt); old.State() == PromptDone && x.byID.CompareAndSwap(pr.ID, old, pr) {
-			return renamed
-		} else if old.State() == PromptDone {
+		old := v.(*Prompt)
+		switch {
+		case old.State() == PromptDone && x.byID.CompareAndSwap(pr.ID, old, pr):
+			return renamed, nil
+		case old.State() == PromptDone:
 			continue // replaced meanwhile: look again
+		case !renamed && pr.submission != "" && old.submission == pr.submission && old.owner == pr.owner:
+			return false, old
 		}
 		renamed = true
 		pr.ID = fresh()

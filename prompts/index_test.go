@@ -42,8 +42,24 @@ func TestIndexClaimIsExclusive(t *testing.T) {
 	holder, _ := x.get("same")
 	holder.view.Store(&promptView{life: lifecycle.State{Phase: lifecycle.Ended}})
 	next := &Prompt{ID: "same"}
-	if x.claim(next, fresh) || next.ID != "same" {
+	if renamed, same := x.claim(next, fresh); renamed || same != nil || next.ID != "same" {
 		t.Fatalf("the id of a done prompt is not given to the next (got %s)", next.ID)
+	}
+
+	// The same submission (fingerprint and key) while the first holds the
+	// id: it takes nothing and learns the first; another key's is renamed.
+	first := &Prompt{ID: "sub", submission: "fp", owner: "k"}
+	x.claim(first, fresh)
+	again := &Prompt{ID: "sub", submission: "fp", owner: "k"}
+	if renamed, same := x.claim(again, fresh); renamed || same != first || again.ID != "sub" {
+		t.Fatalf("a repeat of the same submission: renamed %v, same %p (first %p)", renamed, same, first)
+	}
+	if got, _ := x.get("sub"); got != first {
+		t.Fatal("a repeat took the first's id")
+	}
+	other := &Prompt{ID: "sub", submission: "fp", owner: "other key"}
+	if renamed, same := x.claim(other, fresh); !renamed || same != nil || other.ID == "sub" {
+		t.Fatalf("another key's same body: renamed %v, same %v, id %s", renamed, same, other.ID)
 	}
 }
 

@@ -69,6 +69,12 @@ type submitter struct {
 // request again is answered as that prompt (Table.Resubmission).
 var ErrLeaseLost = errors.New("this replica's liveness lease ran out: the prompt is left to the other replicas")
 
+// ErrRepeated is a submission not sent because the same submission (the
+// same prompt_id, API key and body fingerprint) is in the table already:
+// its client sent the request again before the first was answered. The
+// proxy answers it as that prompt (Table.Resubmission).
+var ErrRepeated = errors.New("the same submission is on its way to an instance")
+
 // sendOutcome is what one POST /prompt to one instance came to.
 type sendOutcome int
 
@@ -101,7 +107,9 @@ func (t *submitter) submit(ctx context.Context, req SubmitRequest) (SubmitResult
 	defer t.unreserve(pr)
 	for {
 		// Before each try: a refused try forgot pr, freeing its id.
-		t.reserve(pr)
+		if err := t.reserve(pr); err != nil {
+			return SubmitResult{}, err
+		}
 		inst, err := t.pick(pr, tried)
 		if err != nil {
 			t.idx.forget(pr)
@@ -130,10 +138,20 @@ func (t *submitter) submit(ctx context.Context, req SubmitRequest) (SubmitResult
 // forever). When the id is taken, pr gets a fresh UUID instead, which its
 // answer and events carry: what the proxy does for an id it sees in use.
 // pr must not be in the table yet (new, or forgotten after a refused try).
-func (t *submitter) reserve(pr *Prompt) {
-	if t.idx.claim(pr, newUUID) {
+//
+// A prompt of the same submission holding the id (the client's request
+// sent again while the first was on its way, past the proxy's
+// Table.Resubmission) gives ErrRepeated: pr is not sent.
+func (t *submitter) reserve(pr *Prompt) error {
+	renamed, same := t.idx.claim(pr, newUUID)
+	if same != nil {
+		t.log.Debug("prompts: the same submission is on its way; not sent again", "prompt_id", pr.ID)
+		return ErrRepeated
+	}
+	if renamed {
 		t.log.Debug("prompts: prompt id in use, minted another", "prompt_id", pr.ID)
 	}
+	return nil
 }
 
 // pick returns the instance for pr's next try (upstream.Pool.Reserve:

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -319,5 +320,46 @@ func TestConcurrentSubmitsOfOneIDGetDistinctIDs(t *testing.T) {
 	}
 	if n := p.Outstanding(); n != 40 {
 		t.Fatalf("%d prompts in flight, want 40", n)
+	}
+}
+
+// Two submissions of one id at once that are the same submission (the
+// same Submission fingerprint and Owner: a client's request and its
+// retry): one is sent, the other is not and gets ErrRepeated.
+func TestConcurrentRepeatsAreSentOnce(t *testing.T) {
+	t.Parallel()
+	f := testkit.Mini(t, "0.3.65")
+	p, _ := fakePool(t, nil, f)
+	const rounds = 20
+	for round := range rounds {
+		id := newUUID()
+		var res [2]SubmitResult
+		var errs [2]error
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for k := range res {
+			wg.Go(func() {
+				<-start
+				res[k], errs[k] = p.Submit(context.Background(), SubmitRequest{Body: map[string]json.RawMessage{"prompt": json.RawMessage(`{}`)},
+					PromptID: id, Owner: "k", Submission: "fp-" + id})
+			})
+		}
+		close(start)
+		wg.Wait()
+		sent, repeated := 0, 0
+		for k := range res {
+			switch {
+			case errs[k] == nil && res[k].Prompt != nil && res[k].Prompt.ID == id:
+				sent++
+			case errors.Is(errs[k], ErrRepeated) && res[k].Prompt == nil:
+				repeated++
+			}
+		}
+		if sent != 1 || repeated != 1 {
+			t.Fatalf("round %d: %d sent and %d repeats (results %+v, errors %v), want one of each", round, sent, repeated, res, errs)
+		}
+	}
+	if n := p.Outstanding(); n != rounds {
+		t.Fatalf("%d prompts in flight, want %d", n, rounds)
 	}
 }

@@ -182,6 +182,12 @@ func (s *submitter) postPrompt(ctx *fasthttp.RequestCtx) {
 		Files:      files,
 		Eligible:   pl.Eligible,
 	})
+	if errors.Is(err, prompts.ErrRepeated) {
+		// The same request arrived twice at once: both passed the look
+		// above before either was in the table.
+		writeResubmitted(ctx, promptID, req, s.prompts.Resubmission(context.Background(), promptID, keyName(ctx), fingerprint))
+		return
+	}
 	if res.Instance != nil {
 		setInstance(ctx, res.Instance)
 	}

@@ -222,3 +222,42 @@ func TestResubmittedPromptIsTheKeys(t *testing.T) {
 		t.Errorf("%d runs, want 2: key one's once and key two's once", n)
 	}
 }
+
+// TestSimultaneousRepeats: the same POST /prompt sent several times at
+// once (a client's retries racing its first request) runs once: every
+// copy is answered with the prompt's id, 200, or 503 prompt_pending while
+// the first copy's send has not settled.
+func TestSimultaneousRepeats(t *testing.T) {
+	t.Parallel()
+	st := stack.Start(t, stack.Options{Instances: 2, Sim: comfysim.Options{Delay: 5 * time.Millisecond, RecordRuns: true}})
+	const rounds, copies = 12, 6
+	tags := make([]string, rounds)
+	for r := range rounds {
+		id := ids.UUID()
+		tags[r] = "simultaneous-" + id
+		body := promptBody(id, tags[r], r)
+		answers := make(chan resubmitAnswer, copies)
+		start := make(chan struct{})
+		for range copies {
+			go func() {
+				<-start
+				answers <- postRaw(t, st, body)
+			}()
+		}
+		close(start)
+		for range copies {
+			a := <-answers
+			ok := (a.code == http.StatusOK && a.promptID == id) ||
+				(a.code == http.StatusServiceUnavailable && a.errType == "prompt_pending" && a.retryAfter == "1")
+			if !ok {
+				t.Fatalf("round %d: a copy answered %+v, want 200 with %s or 503 prompt_pending", r, a, id)
+			}
+		}
+	}
+	for r, tag := range tags {
+		testkit.Eventually(t, "round "+tag+" ran", func() bool { return runsOf(st.Sims, tag) > 0 })
+		if n := runsOf(st.Sims, tag); n != 1 {
+			t.Errorf("round %d: the prompt sent %d times at once ran %d times, want 1", r, copies, n)
+		}
+	}
+}
