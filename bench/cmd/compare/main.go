@@ -89,7 +89,7 @@ func parseFlags() (options, error) {
 	flag.IntVar(&o.waitJobs, "wait-jobs", 20, "jobs of 45 MB left waiting for the memory figure (0: skip)")
 	fleet := flag.String("fleet", "2,20,200", "fleet sizes")
 	flag.DurationVar(&o.fleetIdle, "fleet-idle", 10*time.Second, "how long idle CPU is measured at each fleet size")
-	flag.StringVar(&o.out, "out", "bench/results", "directory for the results (relative to the repository)")
+	flag.StringVar(&o.out, "out", "bench/results", "directory for the results (a relative one is taken from the repository's root)")
 	flag.BoolVar(&o.install, "install", true, "apt-get install nginx-light, haproxy and wrk when missing")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (configs, logs)")
 	flag.Parse()
@@ -212,7 +212,11 @@ func run() error {
 	if ctx.Err() != nil {
 		logf("interrupted: writing what was measured")
 	}
-	md, js, err := rep.write(filepath.Join(root, o.out))
+	dir := o.out
+	if !filepath.IsAbs(dir) {
+		dir = filepath.Join(root, dir)
+	}
+	md, js, err := rep.write(dir)
 	if err != nil {
 		return err
 	}
