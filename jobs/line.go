@@ -40,8 +40,14 @@ var stateNames = map[state]string{
 // Line returns the wait line and the active jobs, at most max of each.
 func (s *Service) Line(max int) Line { return s.api.lineSnapshot(max) }
 
-// lineSnapshot is Service.Line.
+// lineSnapshot is Service.Line: with the shared job line, the fleet's
+// (sharedJobs.lineView), unless the shared store does not answer.
 func (s *api) lineSnapshot(max int) Line {
+	if s.eng.sh != nil {
+		if l, ok := s.eng.sh.lineView(max); ok {
+			return l
+		}
+	}
 	s.eng.lock()
 	defer s.eng.unlock()
 	now := s.eng.timeNow()

@@ -34,6 +34,9 @@ const (
 	lookupTimeout = 500 * time.Millisecond
 	// lookupPause is how long lookups are not tried after one failed.
 	lookupPause = time.Second
+	// gaugeEvery paces the reads of the shared line's length for the
+	// wait line gauge.
+	gaugeEvery = time.Second
 	// warnEvery spaces warnings about the shared store not answering.
 	warnEvery = 10 * time.Second
 	// cancelRouteWait bounds how long a cancel of a job another replica
@@ -64,6 +67,7 @@ type sharedJobs struct {
 	// warnEvery at most.
 	warnedAt atomic.Int64
 
+	gaugedAt  time.Time // the last gauge read (the shared loop's own)
 	pendingMu sync.Mutex // guards pending
 	pending   map[string]*sharedstate.JobWrite
 	writeMu   sync.Mutex // one flush at a time, so a job's writes stay in order
@@ -404,6 +408,10 @@ func (s *sharedJobs) once() {
 	s.renew(ctx)
 	s.refresh(ctx)
 	s.claim(ctx)
+	if now := time.Now(); now.Sub(s.gaugedAt) >= gaugeEvery {
+		s.gaugedAt = now
+		s.gauge(ctx)
+	}
 }
 
 // held is the ids of the jobs this replica runs and that have not ended.
@@ -852,4 +860,55 @@ func (s *sharedJobs) list(scope string) (jobs []sharedstate.JobListed, ok bool) 
 		return nil, false
 	}
 	return jobs, true
+}
+
+// lineView is the fleet's job line for the operator's view: the shared
+// wait line's head and the jobs every replica holds, those this replica
+// holds as it knows them; ok is false when the store did not answer.
+func (s *sharedJobs) lineView(max int) (Line, bool) {
+	if time.Now().UnixNano() < s.readsOffUntil.Load() {
+		return Line{}, false
+	}
+	ctx, cancel := context.WithTimeout(s.eng.runCtx, lookupTimeout)
+	fleet, err := s.line.Line(ctx, max)
+	cancel()
+	if err != nil {
+		s.warn("the fleet's job line not read; showing this replica's", err)
+		s.readsOffUntil.Store(time.Now().Add(lookupPause).UnixNano())
+		return Line{}, false
+	}
+	s.eng.lock()
+	defer s.eng.unlock()
+	now := s.eng.timeNow()
+	item := func(r sharedstate.JobListed) LineJob {
+		if j := s.eng.jobs[r.ID]; j != nil && !j.remote && stateNames[j.state] != "" {
+			return LineJob{ID: j.id, Workflow: j.wf.name, State: stateNames[j.state], Progress: j.prog.percent(),
+				Instance: j.instance, AgeSeconds: float64(now.Sub(j.created).Milliseconds()) / 1000}
+		}
+		var live sharedLive
+		_ = json.Unmarshal(r.Live, &live)
+		return LineJob{ID: r.ID, Workflow: r.Workflow, State: r.State, Progress: live.Progress, Instance: live.Instance,
+			AgeSeconds: float64(now.Sub(r.Created).Milliseconds()) / 1000}
+	}
+	l := Line{Waiting: make([]LineJob, 0, len(fleet.Waiting)), Active: make([]LineJob, 0, len(fleet.Held)),
+		WaitingTotal: fleet.WaitingTotal, ActiveTotal: fleet.HeldTotal}
+	for _, r := range fleet.Waiting {
+		l.Waiting = append(l.Waiting, item(r))
+	}
+	for _, r := range fleet.Held {
+		l.Active = append(l.Active, item(r))
+	}
+	return l, true
+}
+
+// gauge sets comfygate_wait_line_length to the shared line's length,
+// every replica the same: the jobs wait in the fleet's line, not in a
+// replica's.
+func (s *sharedJobs) gauge(ctx context.Context) {
+	l, err := s.line.Line(ctx, 0)
+	if err != nil {
+		s.log.Debug("the shared wait line's length not read", "err", err)
+		return
+	}
+	s.eng.m.SetWaitLine(l.WaitingTotal)
 }

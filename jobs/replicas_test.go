@@ -17,6 +17,7 @@ import (
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/internal/testkit"
+	"github.com/comfygate/comfygate/metrics"
 	"github.com/comfygate/comfygate/prompts"
 	sharedstate "github.com/comfygate/comfygate/state"
 	"github.com/valyala/fasthttp"
@@ -728,4 +729,49 @@ func TestJobListAcrossReplicas(t *testing.T) {
 			t.Fatalf("alice's pending jobs on %s: %v", name, got)
 		}
 	}
+}
+
+// TestJobLineAcrossReplicas: the operator's view of the job line on any
+// replica is the fleet's: the shared wait line's head in the order jobs
+// leave it and the jobs other replicas hold; the wait line gauge counts
+// the shared line on every replica.
+func TestJobLineAcrossReplicas(t *testing.T) {
+	t.Parallel()
+	url := testkit.Redis(t)
+	f := newFake(t, 1)
+	a := replica(t, f, url, 1, nil)
+	m := metrics.New("test")
+	b := newSharedFakeService(t, f, replicaStore(t, url), func(c *config.Config) { c.Jobs.MaxConcurrent = 0 })
+	b.eng.m, b.del.m, b.st.m = m, m, m
+	b.eng.sh.every = 20 * time.Millisecond
+	b.Start(t.Context())
+
+	running := submitAs(t, a, "alice", nil)
+	if got := f.waitSubmitted(); got != running {
+		t.Fatalf("submitted %s, want %s", got, running)
+	}
+	f.event(running, f.insts[0], "execution_start", map[string]any{"timestamp": 1})
+	w1 := submitAs(t, b, "alice", nil)
+	w2 := submitAs(t, b, "bob", nil)
+	w3 := submitAs(t, a, "alice", nil)
+	ids := func(js []LineJob) []string {
+		var out []string
+		for _, j := range js {
+			out = append(out, j.ID+" "+j.State)
+		}
+		return out
+	}
+	// Keys in turn: alice, bob, then alice's second.
+	wantWaiting := []string{w1 + " waiting", w2 + " waiting", w3 + " waiting"}
+	for name, s := range map[string]*Service{"A": a, "B": b} {
+		testkit.Eventually(t, "the fleet's line on "+name, func() bool {
+			l := s.Line(10)
+			return slices.Equal(ids(l.Waiting), wantWaiting) && slices.Equal(ids(l.Active), []string{running + " running"})
+		})
+		l := s.Line(2)
+		if l.WaitingTotal != 3 || len(l.Waiting) != 2 || l.ActiveTotal != 1 || l.Active[0].Instance != f.insts[0].Name || l.Waiting[0].Workflow != "upscale-image" {
+			t.Fatalf("the line's first two on %s: %+v", name, l)
+		}
+	}
+	testkit.Eventually(t, "B's wait line gauge to count the shared line", func() bool { return m.Stats().WaitLine == 3 })
 }

@@ -344,7 +344,10 @@ func (s *engine) dispatch() {
 }
 
 func (s *engine) gaugesLocked() {
-	s.m.SetWaitLine(s.line.len())
+	if s.sh == nil {
+		// With the shared line the gauge is the fleet's (sharedJobs.gauge).
+		s.m.SetWaitLine(s.line.len())
+	}
 	s.m.SetJobsInFlight(s.inFlight)
 }
 

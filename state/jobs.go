@@ -143,6 +143,18 @@ type Jobs interface {
 	// List returns the unexpired jobs of API key key, every key's when
 	// key is "", oldest first: at most limit, the newest.
 	List(ctx context.Context, key string, limit int) ([]JobListed, error)
+	// Line returns the wait line's first n jobs, in the order Claim takes
+	// them, and up to n of the jobs the replicas hold (claimed, not
+	// ended), oldest first, with the totals of both.
+	Line(ctx context.Context, n int) (JobLine, error)
+}
+
+// JobLine is the fleet's job line at a glance (Jobs.Line).
+type JobLine struct {
+	Waiting      []JobListed
+	WaitingTotal int
+	Held         []JobListed
+	HeldTotal    int
 }
 
 // Jobs returns the store's shared job line: one for all its users.
@@ -423,6 +435,43 @@ func (m *memJobs) List(_ context.Context, key string, limit int) ([]JobListed, e
 	return out[max(0, len(out)-limit):], nil
 }
 
+func (m *memJobs) Line(_ context.Context, n int) (JobLine, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.expireWaitingLocked()
+	listed := func(j *memJob) JobListed {
+		return JobListed{ID: j.rec.ID, JobSummary: j.sum, State: j.rec.State, Live: j.rec.Live}
+	}
+	l := JobLine{WaitingTotal: m.waiting}
+	// Round r of the rotation takes the r-th job of every key, in ring order.
+	for r := 0; len(l.Waiting) < n; r++ {
+		more := false
+		for _, k := range m.ring {
+			if q := m.byKey[k]; r < len(q) {
+				more = true
+				if len(l.Waiting) < n {
+					l.Waiting = append(l.Waiting, listed(q[r]))
+				}
+			}
+		}
+		if !more {
+			break
+		}
+	}
+	var held []*memJob
+	for id := range m.recs {
+		if j := m.liveLocked(id); j != nil && j.seq == 0 && j.rec.Holder != "" && !j.noLease && !JobDone(j.rec.State) {
+			held = append(held, j)
+		}
+	}
+	slices.SortFunc(held, func(a, b *memJob) int { return a.sum.Created.Compare(b.sum.Created) })
+	l.HeldTotal = len(held)
+	for _, j := range held[:min(len(held), n)] {
+		l.Held = append(l.Held, listed(j))
+	}
+	return l, nil
+}
+
 // redisJobs is Jobs in Redis. Every key carries the hash tag {jobs}, so
 // the line's scripts, which touch the line and the records of the jobs
 // they move, act on one Cluster slot:
@@ -550,6 +599,38 @@ redis.call('HSET', KEYS[1], 's', ARGV[2], 'st', 'submitting', 'h', ARGV[3], 'n',
 listed(KEYS[1], ARGV[1], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1`)
+
+// lineHead: KEYS line, ring, line_keys, claims; ARGV kline prefix, n:
+// the line's length, the claims' count, then the first n waiting ids in
+// the order Claim takes them (round r of the rotation takes the r-th job
+// of every key, in ring order; then the jobs without a key's turn), an
+// empty string, and the first n claimed ids.
+var lineHead = redis.NewScript(`
+local n = tonumber(ARGV[2])
+local out = {redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[4])}
+local taken = 0
+local keys = redis.call('LRANGE', KEYS[2], 0, -1)
+local r = 0
+while taken < n do
+  local more = false
+  for _, k in ipairs(keys) do
+    local id = redis.call('ZRANGE', ARGV[1] .. k, r, r)[1]
+    if id then
+      more = true
+      if taken < n then out[#out + 1] = id; taken = taken + 1 end
+    end
+  end
+  if not more then break end
+  r = r + 1
+end
+if taken < n then
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, taken + n - 1)) do
+    if taken < n and not redis.call('HGET', KEYS[3], id) then out[#out + 1] = id; taken = taken + 1 end
+  end
+end
+out[#out + 1] = ''
+for _, id in ipairs(redis.call('ZRANGE', KEYS[4], 0, n - 1)) do out[#out + 1] = id end
+return out`)
 
 // claimJobs: KEYS line, claims, bytes, sizes, ring, line_keys; ARGV
 // replica, n, lease, ttl, record prefix, kline prefix, and for takeJob the
@@ -893,33 +974,85 @@ func (r *redisJobs) List(ctx context.Context, key string, limit int) ([]JobListe
 	if err != nil || len(ids) == 0 {
 		return nil, errRedis("list jobs", err)
 	}
-	pipe := r.rdb.Pipeline()
-	cmds := make([]*redis.SliceCmd, len(ids))
-	for i, id := range ids {
-		cmds[i] = pipe.HMGet(ctx, jobsRecord+id, "st", "l", "w", "t", "k")
-	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+	recs, err := r.summaries(ctx, ids)
+	if err != nil {
 		return nil, errRedis("list jobs", err)
 	}
 	out := make([]JobListed, 0, len(ids))
 	var gone []any
-	for i, c := range cmds {
-		v := c.Val()
-		str := func(k int) string { s, _ := v[k].(string); return s }
-		if str(0) == "" {
+	for i, rec := range recs {
+		switch {
+		case rec == nil:
 			gone = append(gone, ids[i]) // expired
-			continue
+		case key == "" || rec.Key == key:
+			out = append(out, *rec)
 		}
-		if key != "" && str(4) != key {
-			continue
-		}
-		created, _ := strconv.ParseInt(str(3), 10, 64)
-		out = append(out, JobListed{ID: ids[i], State: str(0), Live: []byte(str(1)),
-			JobSummary: JobSummary{Key: str(4), Workflow: str(2), Created: time.UnixMilli(created)}})
 	}
 	if len(gone) > 0 {
 		// Best effort: the next list, or the next job's pruning, tries again.
 		_ = r.rdb.ZRem(ctx, lk, gone...).Err()
 	}
 	return out, nil
+}
+
+// summaries reads what List shows of jobs ids (nil for a job whose
+// record is gone).
+func (r *redisJobs) summaries(ctx context.Context, ids []string) ([]*JobListed, error) {
+	pipe := r.rdb.Pipeline()
+	cmds := make([]*redis.SliceCmd, len(ids))
+	for i, id := range ids {
+		cmds[i] = pipe.HMGet(ctx, jobsRecord+id, "st", "l", "w", "t", "k")
+	}
+	if len(ids) > 0 {
+		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+			return nil, err
+		}
+	}
+	out := make([]*JobListed, len(ids))
+	for i, c := range cmds {
+		v := c.Val()
+		str := func(k int) string { s, _ := v[k].(string); return s }
+		if str(0) == "" {
+			continue
+		}
+		created, _ := strconv.ParseInt(str(3), 10, 64)
+		out[i] = &JobListed{ID: ids[i], State: str(0), Live: []byte(str(1)),
+			JobSummary: JobSummary{Key: str(4), Workflow: str(2), Created: time.UnixMilli(created)}}
+	}
+	return out, nil
+}
+
+func (r *redisJobs) Line(ctx context.Context, n int) (JobLine, error) {
+	res, err := lineHead.Run(ctx, r.rdb, []string{jobsLine, jobsRing, jobsKeys, jobsClaims}, jobsByKey, n).Slice()
+	if err != nil || len(res) < 2 {
+		return JobLine{}, errRedis("read the job line", err)
+	}
+	waitingTotal, _ := res[0].(int64)
+	heldTotal, _ := res[1].(int64)
+	ids := make([]string, 0, len(res)-2)
+	cut := -1
+	for _, v := range res[2:] {
+		s, _ := v.(string)
+		if s == "" {
+			cut = len(ids)
+			continue
+		}
+		ids = append(ids, s)
+	}
+	recs, err := r.summaries(ctx, ids)
+	if err != nil {
+		return JobLine{}, errRedis("read the job line", err)
+	}
+	l := JobLine{WaitingTotal: int(waitingTotal), HeldTotal: int(heldTotal)}
+	for i, rec := range recs {
+		switch {
+		case rec == nil:
+		case i < cut:
+			l.Waiting = append(l.Waiting, *rec)
+		case !JobDone(rec.State):
+			l.Held = append(l.Held, *rec)
+		}
+	}
+	slices.SortFunc(l.Held, func(a, b JobListed) int { return a.Created.Compare(b.Created) })
+	return l, nil
 }

@@ -47,6 +47,22 @@ func TestJobLineTakesTurns(t *testing.T) {
 						t.Fatalf("%s: job %d of the expected order %+v, want place %d", when, i+1, r, i+1)
 					}
 				}
+				// The line's head, whole and cut, starts in that order too
+				// (ids may leave out jobs without a key's turn, which
+				// come last).
+				for _, n := range []int{len(ids) + 1, 2} {
+					l, err := r2.Line(ctx, n)
+					if err != nil {
+						t.Fatal(err)
+					}
+					var head []string
+					for _, j := range l.Waiting {
+						head = append(head, j.ID)
+					}
+					if want := ids[:min(n, len(ids))]; l.WaitingTotal < len(ids) || len(head) < len(want) || fmt.Sprint(head[:len(want)]) != fmt.Sprint(want) {
+						t.Fatalf("%s: the line's first %d: %v of %d, want %v of %d", when, n, head, l.WaitingTotal, want, len(ids))
+					}
+				}
 			}
 			firstPlace := func(id string) string {
 				t.Helper()
@@ -112,6 +128,9 @@ func TestJobLineTakesTurns(t *testing.T) {
 				b.rdb.ZAdd(ctx, state.Prefix+"{jobs}:line", redis.Z{Score: 0, Member: old})
 				y1 := add("y")
 				places("a job without a turn", y1)
+				if l, err := r2.Line(ctx, 5); err != nil || l.WaitingTotal != 2 || len(l.Waiting) != 2 || l.Waiting[1].ID != old {
+					t.Fatalf("the line with a job without a turn: %+v %v, want it second", l, err)
+				}
 				claim(5, y1, old)
 				for _, k := range []string{"ring", "line_keys", "line", "kline:a", "kline:"} {
 					if n, err := b.rdb.Exists(ctx, state.Prefix+"{jobs}:"+k).Result(); err != nil || n != 0 {
@@ -174,6 +193,11 @@ func TestJobList(t *testing.T) {
 			}
 			if got := list("c", 10); got != "[]" {
 				t.Fatalf("a key without jobs lists %s", got)
+			}
+			l, err := r2.Line(ctx, 10)
+			if err != nil || l.WaitingTotal != 1 || len(l.Waiting) != 1 || l.Waiting[0].ID != ids[1] || l.Waiting[0].Workflow != "wf-b" ||
+				l.HeldTotal != 1 || len(l.Held) != 1 || l.Held[0].ID != ids[0] || l.Held[0].State != "running" {
+				t.Fatalf("the line: %+v %v, want %s waiting and %s held", l, err, ids[1], ids[0])
 			}
 			// Ended with a retention of 1 ms: gone from the list, and in
 			// Redis from the sorted sets too.
