@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"log/slog"
 	"net/url"
 	"sync"
@@ -65,7 +66,19 @@ func Open(ctx context.Context, cfg config.State) (*Store, error) {
 		_ = s.Close()
 		return nil, fmt.Errorf("state.url: %s does not answer: %w", redacted(cfg.URL), err)
 	}
+	if s.clusterEnabled(pctx) {
+		_ = s.Close()
+		return nil, fmt.Errorf("state.url: %s is a node of a Redis Cluster; comfygate needs one Redis server "+
+			"(with replicas or Sentinel behind one address if you like): the scripts that fence and adopt a prompt touch keys of several slots", redacted(cfg.URL))
+	}
 	return s, nil
+}
+
+// clusterEnabled reports whether the server says it runs in cluster mode
+// (INFO cluster). A server that does not answer INFO is taken as not.
+func (s *Store) clusterEnabled(ctx context.Context) bool {
+	info, err := s.rdb.Info(ctx, "cluster").Result()
+	return err == nil && strings.Contains(info, "cluster_enabled:1")
 }
 
 func newRedis(rdb *redis.Client, addr string) *Store {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/comfygate/comfygate/auth"
 	"github.com/comfygate/comfygate/config"
+	"github.com/comfygate/comfygate/internal/redisproc"
 	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/comfygate/comfygate/state"
 	"github.com/redis/go-redis/v9"
@@ -685,5 +687,23 @@ func TestJobLine(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestOpenRefusesACluster: a state.url naming a node of a Redis Cluster
+// stops start-up with what comfygate needs instead (its scripts touch keys
+// of several slots, which a Cluster refuses at the first adoption).
+func TestOpenRefusesACluster(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	srv, err := redisproc.Start(context.Background(), redisproc.Options{Bin: testkit.RedisServerBin(t), Dir: dir,
+		Args: []string{"--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(dir, "nodes.conf")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Kill)
+	_, err = state.Open(context.Background(), config.State{URL: srv.URL()})
+	if err == nil || !strings.Contains(err.Error(), "Redis Cluster") || !strings.HasPrefix(err.Error(), "state.url: ") {
+		t.Fatalf("a cluster node: %v, want an error naming state.url and the Cluster", err)
 	}
 }

@@ -57,6 +57,8 @@ type Options struct {
 	// SysProcAttr, when not nil, is the process's attributes (for example a
 	// process group and a signal on the parent's death).
 	SysProcAttr *syscall.SysProcAttr
+	// Args are more redis-server arguments, after comfygate's own.
+	Args []string
 }
 
 // Server is a redis-server on a fixed loopback address that can be killed
@@ -67,6 +69,7 @@ type Server struct {
 	addr     string
 	timeout  time.Duration
 	attr     *syscall.SysProcAttr
+	args     []string
 
 	mu     sync.Mutex    // guards cmd and exited
 	cmd    *exec.Cmd     // the running process; nil when not running
@@ -97,7 +100,7 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 			}
 		}
 		s := &Server{
-			bin: opts.Bin, dir: opts.Dir, timeout: timeout, attr: opts.SysProcAttr,
+			bin: opts.Bin, dir: opts.Dir, timeout: timeout, attr: opts.SysProcAttr, args: opts.Args,
 			addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
 		}
 		last = s.Start(ctx)
@@ -131,10 +134,10 @@ func (s *Server) Start(ctx context.Context) error {
 		return nil
 	}
 	_, port, _ := net.SplitHostPort(s.addr)
-	cmd := exec.Command(s.bin,
-		"--port", port, "--bind", "127.0.0.1",
+	args := append([]string{"--port", port, "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", s.dir,
-		"--logfile", filepath.Join(s.dir, LogName), "--daemonize", "no")
+		"--logfile", filepath.Join(s.dir, LogName), "--daemonize", "no"}, s.args...)
+	cmd := exec.Command(s.bin, args...)
 	cmd.SysProcAttr = s.attr
 	// redis-server writes to stderr what goes wrong before its log is
 	// open (a --dir that does not exist).
