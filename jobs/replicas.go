@@ -67,7 +67,7 @@ type sharedJobs struct {
 	// warnEvery at most.
 	warnedAt atomic.Int64
 
-	gaugedAt  time.Time // the last gauge read (the shared loop's own)
+	gaugedAt  time.Time  // the last gauge read (the shared loop's own)
 	pendingMu sync.Mutex // guards pending
 	pending   map[string]*sharedstate.JobWrite
 	writeMu   sync.Mutex // one flush at a time, so a job's writes stay in order

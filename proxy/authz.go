@@ -54,8 +54,8 @@ type security struct {
 	// clients decides which key holds each clientId: owners itself in
 	// memory, or the state replicas share (state.url).
 	clients     state.ClientOwners
-	promptRate  *limits.Buckets
-	jobRate     *limits.Buckets
+	promptRate  *rateLimit
+	jobRate     *rateLimit
 	outstanding *limits.Outstanding
 }
 
@@ -72,8 +72,8 @@ func newKeyGuard(cfg *config.Config, m *metrics.Metrics, jobs JobRoutes, pt *pro
 		keys:        keys,
 		sessions:    auth.NewSessions(s.cfg.Auth.SessionSecret),
 		owners:      auth.NewOwners(s.cfg.Auth.MaxOwners),
-		promptRate:  limits.NewBuckets(rl.PromptsPerSecond, rl.PromptBurst),
-		jobRate:     limits.NewBuckets(rl.JobsPerSecond, rl.JobBurst),
+		promptRate:  newRateLimit("prompt", rl.PromptsPerSecond, rl.PromptBurst, shared.RateLimits(), log),
+		jobRate:     newRateLimit("job", rl.JobsPerSecond, rl.JobBurst, shared.RateLimits(), log),
 		outstanding: limits.NewOutstanding(rl.MaxConcurrentPrompts),
 	}
 	s.sec.clients = shared.ClientOwners(s.sec.owners)
@@ -162,17 +162,17 @@ func rateName(ctx *fasthttp.RequestCtx) string {
 	return "ip:" + requestClient(ctx).String()
 }
 
-// rateLimited answers 429 when b has no token for the request's key.
-func (s *keyGuard) rateLimited(ctx *fasthttp.RequestCtx, b *limits.Buckets, kind string) bool {
-	ok, wait := b.Take(rateName(ctx))
+// rateLimited answers 429 when r has no token for the request's key.
+func (s *keyGuard) rateLimited(ctx *fasthttp.RequestCtx, r *rateLimit) bool {
+	ok, wait := r.take(rateName(ctx))
 	if ok {
 		return false
 	}
 	if s.m != nil {
-		s.m.RateLimited(kind)
+		s.m.RateLimited(r.kind)
 	}
 	writeJSONError(ctx, fasthttp.StatusTooManyRequests, "rate_limited",
-		"too many "+kind+" submissions for this key; retry after the time in Retry-After (rate_limit)")
+		"too many "+r.kind+" submissions for this key; retry after the time in Retry-After (rate_limit)")
 	ctx.Response.Header.Set("Retry-After", strconv.Itoa(int(math.Ceil(max(wait.Seconds(), 1)))))
 	return true
 }
@@ -212,7 +212,7 @@ func (s *keyGuard) guard(ctx *fasthttp.RequestCtx, p []byte, api bool) (after fu
 		}
 		return nil, true
 	case path == "/prompt" && post:
-		if s.rateLimited(ctx, s.sec.promptRate, "prompt") {
+		if s.rateLimited(ctx, s.sec.promptRate) {
 			return nil, false
 		}
 		if k == nil {
@@ -237,7 +237,7 @@ func (s *keyGuard) guard(ctx *fasthttp.RequestCtx, p []byte, api bool) (after fu
 			s.recordOwnerID(k, id)
 		}, true
 	case api && post && (path == "/remove-background" || path == "/upscale-image" || strings.HasPrefix(path, "/workflows/")):
-		if s.rateLimited(ctx, s.sec.jobRate, "job") {
+		if s.rateLimited(ctx, s.sec.jobRate) {
 			return nil, false
 		}
 		if k == nil {

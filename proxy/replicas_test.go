@@ -443,3 +443,32 @@ func TestEventsAcrossReplicasRedisGone(t *testing.T) {
 		return xFailures(t, a) > 0
 	})
 }
+
+// TestRateLimitsAcrossReplicas: a key's prompt rate is the fleet's: its
+// burst spent on A and B, its next POST /prompt on A is 429 with
+// Retry-After; another key's bucket is its own.
+func TestRateLimitsAcrossReplicas(t *testing.T) {
+	t.Parallel()
+	a, b, _ := replicasWith(t, func(c *config.Config) {
+		c.Auth.Keys = []string{xKeyA, xKeyB}
+		c.RateLimit.PromptsPerSecond = 0.01
+		c.RateLimit.PromptBurst = 2
+	})
+	xSubmit(t, a, xKeyA, "rate-a", xUpscale(1))
+	xSubmit(t, b, xKeyA, "rate-a", xUpscale(2))
+	body, _ := json.Marshal(map[string]any{"prompt": xUpscale(3), "client_id": "rate-a"})
+	req, _ := http.NewRequest(http.MethodPost, a.URL+"/prompt", bytes.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+xKeyA)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" || !strings.Contains(string(raw), `"rate_limited"`) {
+		t.Fatalf("the key's third prompt, on A after one on each replica: %d %q %s, want 429 with Retry-After",
+			resp.StatusCode, resp.Header.Get("Retry-After"), raw)
+	}
+	xSubmit(t, a, xKeyB, "rate-b", xUpscale(4))
+}

@@ -17,6 +17,9 @@
 //   - Jobs: the job API's wait line and job records: jobs claimed by one
 //     replica at a time with a lease, written only by their holder, read
 //     by any replica, claimed again when their holder died (Lua scripts);
+//   - RateLimits: the token buckets of the rate limits, per key (a Lua
+//     script on the server's clock; nil in memory, where a replica's own
+//     buckets are the fleet's);
 //   - PromptIndex: where each prompt a replica submitted is (instance, its
 //     id there, owner, number, done, its lifecycle.State) and which
 //     instance holds each file, for reads that land on another replica

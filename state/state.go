@@ -6,9 +6,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"strings"
 	"log/slog"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
