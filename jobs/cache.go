@@ -25,6 +25,8 @@ import (
 	"github.com/comfygate/comfygate/config"
 	"github.com/comfygate/comfygate/metrics"
 	"github.com/comfygate/comfygate/prompts"
+	"github.com/comfygate/comfygate/upstream"
+	"github.com/valyala/fasthttp"
 )
 
 // The result cache keeps the outputs of completed jobs of workflows that
@@ -539,6 +541,9 @@ func (s *store) acceptOrReuse(wf *workflow, sub *submission, values map[string]j
 func (s *store) reuse(wf *workflow, key string, graph json.RawMessage, sub *submission, values map[string]json.RawMessage, hook string, meta jobMeta) *job {
 	e := s.cache.lookup(key)
 	if e == nil {
+		e = s.fillFromFleet(wf, key)
+	}
+	if e == nil {
 		return nil
 	}
 	j := &job{s: s.eng, id: newJobID(), wf: wf, inputs: sub.inputs, params: values, cached: true, meta: meta}
@@ -627,7 +632,100 @@ func (s *store) keepResult(j *job, files []*outputFile) {
 	}
 	if err := s.cache.put(key, j.wf.name, j.wf.cacheTTL(), files); err != nil {
 		s.log.Warn("job result not cached", "job_id", j.id, "err", err)
+		return
 	}
+	s.shareResult(key)
+}
+
+// fleetFillTimeout bounds how long a submission waits for the outputs of
+// a result another replica cached, downloaded from their instances.
+const fleetFillTimeout = 10 * time.Second
+
+// shareResult records key's cached result in the fleet's index (with
+// state.url), so that the same job on another replica completes from it.
+func (s *store) shareResult(key string) {
+	sh := s.eng.sh
+	if sh == nil || sh.results == nil {
+		return
+	}
+	e := s.cache.lookup(key)
+	if e == nil {
+		return
+	}
+	b, err := json.Marshal(e)
+	ttl := e.Expires.Sub(s.cache.now())
+	if err != nil || ttl <= 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, lookupTimeout)
+	defer cancel()
+	if err := sh.results.Put(ctx, key, b, ttl); err != nil {
+		sh.warn("cached result not recorded for the other replicas", err)
+	}
+}
+
+// fillFromFleet fills this replica's cache with key's result from the
+// fleet's index: the outputs of the job that made it, downloaded from the
+// instances that hold them. nil when the index has none, or when a file
+// is no longer there (the entry is then dropped, and the job runs).
+func (s *store) fillFromFleet(wf *workflow, key string) *cacheEntry {
+	sh := s.eng.sh
+	if sh == nil || sh.results == nil || time.Now().UnixNano() < sh.readsOffUntil.Load() {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, lookupTimeout)
+	b, ok, err := sh.results.Get(ctx, key)
+	cancel()
+	if err != nil {
+		s.log.Debug("the fleet's result cache not read", "err", err)
+		sh.readsOffUntil.Store(time.Now().Add(lookupPause).UnixNano())
+		return nil
+	}
+	var e cacheEntry
+	if !ok || json.Unmarshal(b, &e) != nil || e.Key != key || len(e.Outputs) == 0 {
+		return nil
+	}
+	ttl := e.Expires.Sub(s.cache.now())
+	if ttl <= 0 {
+		return nil
+	}
+	insts := map[string]*upstream.Instance{}
+	for _, inst := range s.be.Instances() {
+		insts[inst.Name] = inst
+	}
+	dctx, cancel := context.WithTimeout(s.ctx, fleetFillTimeout)
+	defer cancel()
+	fetched := &job{s: s.eng, id: newJobID(), wf: wf}
+	defer s.del.dropOutputsLocked(fetched) // the cache keeps its own links or copies
+	gone := false
+	for _, o := range e.Outputs {
+		inst := insts[o.Instance]
+		if inst == nil {
+			err, gone = fmt.Errorf("instance %q is not in the pool", o.Instance), true
+			break
+		}
+		// One try: a job that runs instead is better than a wait.
+		f, status, ferr := s.del.downloadOnce(dctx, fetched, inst, o.outRef())
+		if ferr != nil {
+			err, gone = ferr, status == fasthttp.StatusNotFound
+			break
+		}
+		f.s3Key = o.S3Key
+		fetched.files = append(fetched.files, f)
+	}
+	if err == nil {
+		err = s.cache.put(key, wf.name, ttl, fetched.files)
+	}
+	if err != nil {
+		s.log.Warn("a result another replica cached is not usable: the job runs", "workflow", wf.name, "err", err)
+		if gone {
+			ctx, cancel := context.WithTimeout(s.ctx, lookupTimeout)
+			_ = sh.results.Drop(ctx, key)
+			cancel()
+		}
+		return nil
+	}
+	return s.cache.lookup(key)
 }
 
 // restoreCachedLocked takes back a job that had completed from the cache

@@ -505,15 +505,31 @@ func (s *delivery) readHistory(ctx context.Context, inst *upstream.Instance, ups
 	return &e, true
 }
 
+// downloadOnce is one GET /view of output r at inst into comfygate's
+// store: the file, or the instance's status (0 when it gave none) and an
+// error.
+func (s *delivery) downloadOnce(ctx context.Context, j *job, inst *upstream.Instance, r outRef) (*outputFile, int, error) {
+	q := url.Values{"filename": {r.ref.Filename}, "subfolder": {r.ref.Subfolder}, "type": {r.ref.Type}}
+	if r.ref.Type == "" {
+		q.Set("type", "output")
+	}
+	w := s.newSpill(j.id)
+	status, err := s.be.Fetch(ctx, inst, "/view?"+q.Encode(), w)
+	if err == nil && status == 200 {
+		f, err := w.file(r, inst.Name)
+		return f, status, err
+	}
+	w.discard()
+	if err != nil {
+		return nil, status, fmt.Errorf("get result from %s: %w", inst.Name, err)
+	}
+	return nil, status, fmt.Errorf("get result from %s: status %d", inst.Name, status)
+}
+
 // download fetches one output from inst's /view, falling back to
 // whichever instance the prompt table finds holding it, into comfygate's store.
 func (s *delivery) download(ctx context.Context, j *job, inst *upstream.Instance, r outRef) (*outputFile, error) {
 	ref := r.ref
-	q := url.Values{"filename": {ref.Filename}, "subfolder": {ref.Subfolder}, "type": {ref.Type}}
-	if ref.Type == "" {
-		q.Set("type", "output")
-	}
-	path := "/view?" + q.Encode()
 	var lastErr error
 	// Failures of an instance in the fleet count (up to fetchAttempts);
 	// while the instance is out (down, answering 5xx, its breaker open)
@@ -532,17 +548,11 @@ func (s *delivery) download(ctx context.Context, j *job, inst *upstream.Instance
 			failures++
 		} else {
 			counts := inst.Available()
-			w := s.newSpill(j.id)
-			status, err := s.be.Fetch(ctx, inst, path, w)
-			switch {
-			case err != nil:
-				lastErr = fmt.Errorf("get result from %s: %w", inst.Name, err)
-			case status != 200:
-				lastErr = fmt.Errorf("get result from %s: status %d", inst.Name, status)
-			default:
-				return w.file(r, inst.Name)
+			f, _, err := s.downloadOnce(ctx, j, inst, r)
+			if err == nil {
+				return f, nil
 			}
-			w.discard()
+			lastErr = err
 			if counts && inst.Available() {
 				failures++
 			}

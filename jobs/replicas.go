@@ -53,9 +53,10 @@ const (
 type sharedJobs struct {
 	eng     *engine
 	line    sharedstate.Jobs
-	replica string        // this replica's id in claims
-	lease   time.Duration // claimLease; tests shorten it
-	every   time.Duration // sharedEvery
+	results sharedstate.ResultIndex // the result cache's index (cache.go: fillFromFleet)
+	replica string                  // this replica's id in claims
+	lease   time.Duration           // claimLease; tests shorten it
+	every   time.Duration           // sharedEvery
 	log     *slog.Logger
 	wake    chan struct{} // a claim may be due
 	// readsOffUntil (unix ns): after a lookup Redis did not answer, none
@@ -74,8 +75,8 @@ type sharedJobs struct {
 	written   chan struct{}
 }
 
-func newSharedJobs(eng *engine, line sharedstate.Jobs, log *slog.Logger) *sharedJobs {
-	return &sharedJobs{eng: eng, line: line, replica: ids.UUID(), lease: claimLease, every: sharedEvery, log: log,
+func newSharedJobs(eng *engine, line sharedstate.Jobs, results sharedstate.ResultIndex, log *slog.Logger) *sharedJobs {
+	return &sharedJobs{eng: eng, line: line, results: results, replica: ids.UUID(), lease: claimLease, every: sharedEvery, log: log,
 		wake: make(chan struct{}, 1), written: make(chan struct{}, 1), pending: map[string]*sharedstate.JobWrite{}}
 }
 

@@ -775,3 +775,79 @@ func TestJobLineAcrossReplicas(t *testing.T) {
 	}
 	testkit.Eventually(t, "B's wait line gauge to count the shared line", func() bool { return m.Stats().WaitLine == 3 })
 }
+
+// TestResultCacheAcrossReplicas: a job's result cached on replica A
+// completes the same job on replica B at once, its outputs fetched from
+// the instance that holds them and no prompt sent; another key's same job
+// runs; an entry whose file the instance no longer serves is dropped, and
+// the job runs.
+func TestResultCacheAcrossReplicas(t *testing.T) {
+	t.Parallel()
+	url := testkit.Redis(t)
+	f := newFake(t, 1)
+	cacheOn := func(c *config.Config) { c.Jobs.CacheMaxBytes = 1 << 20 }
+	a := replica(t, f, url, 1, cacheOn)
+	b := replica(t, f, url, 0, cacheOn)
+	submits := func() int {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return len(f.submits)
+	}
+	submit := func(s *Service, owner string) acceptedView {
+		t.Helper()
+		body, _ := json.Marshal(map[string]any{"image_base64": testPNG(t, 4, 4)})
+		_, code, _, resp := serveAs(t, s, Request{Owner: owner, Scope: owner}, "POST", "/api/upscale-image", "application/json", body)
+		var v acceptedView
+		if code != 202 || json.Unmarshal(resp, &v) != nil {
+			t.Fatalf("submit as %s: %d %s", owner, code, resp)
+		}
+		return v
+	}
+
+	first := submitAs(t, a, "alice", nil)
+	if got := f.waitSubmitted(); got != first {
+		t.Fatalf("submitted %s, want %s", got, first)
+	}
+	runToEnd(f, first)
+	testkit.Eventually(t, "the first job completed on A", func() bool {
+		_, v := statusAs(t, a, "alice", first)
+		return v.Status == statusCompleted
+	})
+	key := mustKey(t, a, cacheScope("alice"), "upscale-image", testPNG(t, 4, 4), nil)
+	if _, ok, err := replicaStore(t, url).Results().Get(context.Background(), key); !ok || err != nil {
+		t.Fatalf("A's cached result is not in the fleet's index (%v)", err)
+	}
+
+	again := submit(b, "alice")
+	if again.Status != statusCompleted || !again.Cached {
+		t.Fatalf("the same job on B: %+v, want completed from the cache", again)
+	}
+	_, code, _, res := serveAs(t, b, Request{Owner: "alice", Scope: "alice"}, "GET", "/api/jobs/"+again.JobID+"/result", "", nil, "Accept", "image/png")
+	if code != 200 || !bytes.Equal(res, f.viewBody) {
+		t.Fatalf("its result on B: %d (%d bytes), want the instance's output", code, len(res))
+	}
+	if n := submits(); n != 1 {
+		t.Fatalf("%d prompts sent, want 1: the cached job sent none", n)
+	}
+
+	// Another key's same job is its own: it waits and runs.
+	if other := submit(b, "bob"); other.Status == statusCompleted || other.Cached {
+		t.Fatalf("bob's same job on B: %+v, want it to run", other)
+	}
+	f.waitSubmitted()
+
+	// The instance no longer serves the file: a replica without the
+	// result (a third one) drops the entry, and the job runs.
+	f.mu.Lock()
+	f.callFn = func(method, path string) (int, []byte, bool) {
+		return 404, nil, strings.HasPrefix(path, "/view?")
+	}
+	f.mu.Unlock()
+	c := replica(t, f, url, 0, cacheOn)
+	if gone := submit(c, "alice"); gone.Status == statusCompleted || gone.Cached {
+		t.Fatalf("the same job on C once the file is gone: %+v, want it to run", gone)
+	}
+	if _, ok, err := replicaStore(t, url).Results().Get(context.Background(), key); ok || err != nil {
+		t.Fatalf("the entry whose file is gone is still in the index (%v)", err)
+	}
+}

@@ -225,7 +225,7 @@ func newService(cfg *config.Config, be backend, shared *sharedstate.Store, m *me
 	del.st = st
 	eng.del, eng.st, eng.wd = del, st, wd
 	if shared.Shared() {
-		eng.sh = newSharedJobs(eng, shared.Jobs(), log)
+		eng.sh = newSharedJobs(eng, shared.Jobs(), shared.Results(), log)
 	}
 	a := &api{eng: eng, del: del, st: st, cat: cat, line: line, ctx: runCtx, cfg: cfg.Jobs, log: log, be: be,
 		inputs: inputs, bodies: bodies, imageURLs: newImageClient(cfg.ImageURLs), hooks: p.hooks}

@@ -20,6 +20,8 @@
 //   - RateLimits: the token buckets of the rate limits, per key (a Lua
 //     script on the server's clock; nil in memory, where a replica's own
 //     buckets are the fleet's);
+//   - ResultIndex: the job API's result cache index: for each cached
+//     result, the outputs and the instances that hold them (nil in memory);
 //   - PromptIndex: where each prompt a replica submitted is (instance, its
 //     id there, owner, number, done, its lifecycle.State) and which
 //     instance holds each file, for reads that land on another replica
