@@ -70,6 +70,26 @@ func submitAs(t *testing.T, s *Service, owner string, extra map[string]any) stri
 	return a.JobID
 }
 
+// runnerAndReader starts two replicas over one fake instance and one
+// Redis: A, with one slot, runs the jobs; B, with none, only answers.
+func runnerAndReader(t *testing.T) (f *fakeBackend, a, b *Service) {
+	t.Helper()
+	url := testkit.Redis(t)
+	f = newFake(t, 1)
+	return f, replica(t, f, url, 1, nil), replica(t, f, url, 0, nil)
+}
+
+// submitSent is submitAs on s, once the job's prompt reached f: the
+// replica that claimed it sent it.
+func submitSent(t *testing.T, f *fakeBackend, s *Service, owner string, extra map[string]any) string {
+	t.Helper()
+	id := submitAs(t, s, owner, extra)
+	if got := f.waitSubmitted(); got != id {
+		t.Fatalf("submitted %s, want %s", got, id)
+	}
+	return id
+}
+
 // statusAs is a job's status as owner sees it on s.
 func statusAs(t *testing.T, s *Service, owner, id string) (int, statusView) {
 	t.Helper()
@@ -127,10 +147,7 @@ func TestJobsAcrossReplicas(t *testing.T) {
 	a := replica(t, f, url, 4, allowHooks)
 	b := replica(t, f, url, 0, allowHooks)
 
-	id := submitAs(t, a, "alice", map[string]any{"webhook_url": hooks.URL + "/hook"})
-	if got := f.waitSubmitted(); got != id {
-		t.Fatalf("submitted %s, want %s", got, id)
-	}
+	id := submitSent(t, f, a, "alice", map[string]any{"webhook_url": hooks.URL + "/hook"})
 	if held := a.eng.heldIDs(); !slices.Equal(held, []string{id}) {
 		t.Fatalf("A holds %v, want [%s]", held, id)
 	}
@@ -254,10 +271,7 @@ func TestJobsAcrossReplicas(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("no webhook")
 	}
-	other := submitAs(t, a, "alice", nil)
-	if got := f.waitSubmitted(); got != other {
-		t.Fatalf("submitted %s, want %s", got, other)
-	}
+	other := submitSent(t, f, a, "alice", nil)
 	runToEnd(f, other)
 	testkit.Eventually(t, "the next job completed on B", func() bool {
 		_, v := statusAs(t, b, "alice", other)
@@ -276,15 +290,9 @@ func TestJobsAcrossReplicas(t *testing.T) {
 // shared wait line takes it from there, and no replica runs it.
 func TestCancelOnAnotherReplica(t *testing.T) {
 	t.Parallel()
-	url := testkit.Redis(t)
-	f := newFake(t, 1)
-	a := replica(t, f, url, 1, nil)
-	b := replica(t, f, url, 0, nil)
+	f, a, b := runnerAndReader(t)
 
-	running := submitAs(t, a, "alice", nil)
-	if got := f.waitSubmitted(); got != running {
-		t.Fatalf("submitted %s, want %s", got, running)
-	}
+	running := submitSent(t, f, a, "alice", nil)
 	testkit.Eventually(t, "queued on A", func() bool { return jobState(a, running) == stQueued })
 	waiting := submitAs(t, a, "alice", nil) // A's one slot is taken: it waits
 
@@ -581,10 +589,7 @@ func TestReplicaShutdownHandsJobsOver(t *testing.T) {
 	})
 	a.eng.sh.every, a.eng.sh.lease = 20*time.Millisecond, time.Hour
 	a.Start(t.Context())
-	atInstance := submitAs(t, a, "alice", nil)
-	if got := fa.waitSubmitted(); got != atInstance {
-		t.Fatalf("submitted %s, want %s", got, atInstance)
-	}
+	atInstance := submitSent(t, fa, a, "alice", nil)
 	testkit.Eventually(t, "queued on A", func() bool { return jobState(a, atInstance) == stQueued })
 	waiting := submitAs(t, a, "alice", nil)
 	a.Close()
@@ -633,10 +638,7 @@ func TestTakenOverJobWhosePromptWasAdopted(t *testing.T) {
 	a := newSharedFakeService(t, fa, storeA, func(c *config.Config) { c.Jobs.MaxConcurrent = 1 })
 	a.eng.sh.every, a.eng.sh.lease = 20*time.Millisecond, 200*time.Millisecond
 	a.Start(t.Context())
-	id := submitAs(t, a, "alice", nil)
-	if got := fa.waitSubmitted(); got != id {
-		t.Fatalf("submitted %s, want %s", got, id)
-	}
+	id := submitSent(t, fa, a, "alice", nil)
 	_ = storeA.Close()
 	close(hang)
 	a.Close()
@@ -680,15 +682,9 @@ func TestTakenOverJobWhosePromptWasAdopted(t *testing.T) {
 // applies to the fleet's jobs.
 func TestJobListAcrossReplicas(t *testing.T) {
 	t.Parallel()
-	url := testkit.Redis(t)
-	f := newFake(t, 1)
-	a := replica(t, f, url, 1, nil)
-	b := replica(t, f, url, 0, nil)
+	f, a, b := runnerAndReader(t)
 
-	running := submitAs(t, a, "alice", nil)
-	if got := f.waitSubmitted(); got != running {
-		t.Fatalf("submitted %s, want %s", got, running)
-	}
+	running := submitSent(t, f, a, "alice", nil)
 	f.event(running, f.insts[0], "execution_start", map[string]any{"timestamp": 1})
 	waiting := submitAs(t, b, "alice", nil)
 	other := submitAs(t, a, "bob", nil)
@@ -746,10 +742,7 @@ func TestJobLineAcrossReplicas(t *testing.T) {
 	b.eng.sh.every = 20 * time.Millisecond
 	b.Start(t.Context())
 
-	running := submitAs(t, a, "alice", nil)
-	if got := f.waitSubmitted(); got != running {
-		t.Fatalf("submitted %s, want %s", got, running)
-	}
+	running := submitSent(t, f, a, "alice", nil)
 	f.event(running, f.insts[0], "execution_start", map[string]any{"timestamp": 1})
 	w1 := submitAs(t, b, "alice", nil)
 	w2 := submitAs(t, b, "bob", nil)
@@ -804,10 +797,7 @@ func TestResultCacheAcrossReplicas(t *testing.T) {
 		return v
 	}
 
-	first := submitAs(t, a, "alice", nil)
-	if got := f.waitSubmitted(); got != first {
-		t.Fatalf("submitted %s, want %s", got, first)
-	}
+	first := submitSent(t, f, a, "alice", nil)
 	runToEnd(f, first)
 	testkit.Eventually(t, "the first job completed on A", func() bool {
 		_, v := statusAs(t, a, "alice", first)
