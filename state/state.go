@@ -69,7 +69,7 @@ func Open(ctx context.Context, cfg config.State) (*Store, error) {
 	if s.clusterEnabled(pctx) {
 		_ = s.Close()
 		return nil, fmt.Errorf("state.url: %s is a node of a Redis Cluster; comfygate needs one Redis server "+
-			"(with replicas or Sentinel behind one address if you like): the scripts that fence and adopt a prompt touch keys of several slots", redacted(cfg.URL))
+			"(a primary, with its replicas if you like, or a managed primary endpoint): the scripts that fence and adopt a prompt touch keys of several slots", redacted(cfg.URL))
 	}
 	return s, nil
 }
