@@ -92,7 +92,7 @@ func TestDoRunsHereWhenIdle(t *testing.T) {
 	go func() {
 		done <- b.do(func() { order = append(order, "do"); here = caller() })
 	}()
-	b.post(func() { order = append(order, "posted before do ran") })
+	b.post(func() { order = append(order, "posted meanwhile") })
 	select {
 	case <-done:
 		t.Fatal("do returned while the owner was busy with an earlier message")
