@@ -629,7 +629,9 @@ if taken < n then
   end
 end
 out[#out + 1] = ''
-for _, id in ipairs(redis.call('ZRANGE', KEYS[4], 0, n - 1)) do out[#out + 1] = id end
+if n > 0 then
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[4], 0, n - 1)) do out[#out + 1] = id end
+end
 return out`)
 
 // claimJobs: KEYS line, claims, bytes, sizes, ring, line_keys; ARGV

@@ -199,6 +199,9 @@ func TestJobList(t *testing.T) {
 				l.HeldTotal != 1 || len(l.Held) != 1 || l.Held[0].ID != ids[0] || l.Held[0].State != "running" {
 				t.Fatalf("the line: %+v %v, want %s waiting and %s held", l, err, ids[1], ids[0])
 			}
+			if l, err := r2.Line(ctx, 0); err != nil || l.WaitingTotal != 1 || l.HeldTotal != 1 || len(l.Waiting)+len(l.Held) != 0 {
+				t.Fatalf("the line's totals alone: %+v %v", l, err)
+			}
 			// Ended with a retention of 1 ms: gone from the list, and in
 			// Redis from the sorted sets too.
 			if _, err := r1.Write(ctx, "r1", []state.JobWrite{{ID: ids[0], State: state.JobCompleted, Live: []byte(`{}`), TTL: time.Millisecond}}); err != nil {
