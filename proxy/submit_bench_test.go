@@ -11,6 +11,7 @@ import (
 	"github.com/comfygate/comfygate/comfysim"
 	"github.com/comfygate/comfygate/internal/testkit"
 	"github.com/comfygate/comfygate/metrics"
+	"github.com/fasthttp/websocket"
 	"github.com/valyala/fasthttp"
 )
 
@@ -51,6 +52,11 @@ func BenchmarkSubmit(b *testing.B) {
 		{"direct", sims[0].Addr()},
 		{"comfygate", g.addr},
 	} {
+		// The prompts' client listens on its socket, as a ComfyUI client
+		// does: so the instance sends every event to a socket in both
+		// cases (directly, to the client's; through comfygate, to
+		// comfygate's, which routes it to the client's).
+		listen(b, target.addr)
 		c := &fasthttp.HostClient{Addr: target.addr, MaxConns: 512, ReadTimeout: 10 * time.Second}
 		newReq := func() *fasthttp.Request {
 			req := fasthttp.AcquireRequest()
@@ -120,6 +126,29 @@ func BenchmarkSubmit(b *testing.B) {
 			b.ReportMetric(float64(lats[len(lats)/2].Nanoseconds())/1e3, "p50-µs")
 		})
 	}
+}
+
+// listen connects the prompts' client ("bench-submit") to addr's /ws and
+// reads what comes until the benchmark ends.
+func listen(b *testing.B, addr string) {
+	b.Helper()
+	conn, _, err := (&websocket.Dialer{HandshakeTimeout: 5 * time.Second}).Dial("ws://"+addr+"/ws?clientId=bench-submit", nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			if _, _, err := conn.NextReader(); err != nil {
+				return
+			}
+		}
+	}()
+	b.Cleanup(func() {
+		_ = conn.Close()
+		<-done
+	})
 }
 
 // appendPromptBody appends a POST /prompt body whose EmptyImage color is
