@@ -670,15 +670,19 @@ func (s *store) shareResult(key string) {
 // is no longer there (the entry is then dropped, and the job runs).
 func (s *store) fillFromFleet(wf *workflow, key string) *cacheEntry {
 	sh := s.eng.sh
-	if sh == nil || sh.results == nil || time.Now().UnixNano() < sh.readsOffUntil.Load() {
+	if sh == nil || sh.results == nil {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(s.ctx, lookupTimeout)
-	b, ok, err := sh.results.Get(ctx, key)
-	cancel()
+	var b []byte
+	var ok bool
+	err := sh.lookup(func(ctx context.Context) (err error) {
+		b, ok, err = sh.results.Get(ctx, key)
+		return err
+	})
 	if err != nil {
-		s.log.Debug("the fleet's result cache not read", "err", err)
-		sh.readsOffUntil.Store(time.Now().Add(lookupPause).UnixNano())
+		if !errors.Is(err, errReadsOff) {
+			s.log.Debug("the fleet's result cache not read", "err", err)
+		}
 		return nil
 	}
 	var e cacheEntry

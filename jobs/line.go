@@ -3,6 +3,7 @@ package jobs
 import (
 	"cmp"
 	"slices"
+	"time"
 )
 
 // Line is the job facade at a glance, for the operator's view: the wait
@@ -40,6 +41,12 @@ var stateNames = map[state]string{
 // Line returns the wait line and the active jobs, at most max of each.
 func (s *Service) Line(max int) Line { return s.api.lineSnapshot(max) }
 
+// lineJobOf is j as Line shows it at now. The engine's lock is held.
+func lineJobOf(j *job, now time.Time) LineJob {
+	return LineJob{ID: j.id, Workflow: j.wf.name, State: stateNames[j.state], Progress: j.prog.percent(),
+		Instance: j.instance, AgeSeconds: float64(now.Sub(j.created).Milliseconds()) / 1000}
+}
+
 // lineSnapshot is Service.Line: with the shared job line, the fleet's
 // (sharedJobs.lineView), unless the shared store does not answer.
 func (s *api) lineSnapshot(max int) Line {
@@ -51,13 +58,9 @@ func (s *api) lineSnapshot(max int) Line {
 	s.eng.lock()
 	defer s.eng.unlock()
 	now := s.eng.timeNow()
-	item := func(j *job) LineJob {
-		return LineJob{ID: j.id, Workflow: j.wf.name, State: stateNames[j.state], Progress: j.prog.percent(),
-			Instance: j.instance, AgeSeconds: float64(now.Sub(j.created).Milliseconds()) / 1000}
-	}
 	l := Line{Waiting: []LineJob{}, Active: []LineJob{}, WaitingTotal: s.line.len()}
 	for _, j := range s.line.head(max) {
-		l.Waiting = append(l.Waiting, item(j))
+		l.Waiting = append(l.Waiting, lineJobOf(j, now))
 	}
 	// Active states are not terminal: none of these jobs has expired.
 	// Mirrors of jobs other replicas run are theirs to show.
@@ -65,7 +68,7 @@ func (s *api) lineSnapshot(max int) Line {
 	slices.SortFunc(active, func(a, b *job) int { return cmp.Compare(a.seq, b.seq) })
 	l.ActiveTotal = len(active)
 	for _, j := range active[:min(len(active), max)] {
-		l.Active = append(l.Active, item(j))
+		l.Active = append(l.Active, lineJobOf(j, now))
 	}
 	return l
 }

@@ -60,8 +60,7 @@ type sharedJobs struct {
 	log     *slog.Logger
 	wake    chan struct{} // a claim may be due
 	// readsOffUntil (unix ns): after a lookup Redis did not answer, none
-	// is tried for lookupPause, so requests naming many ids (or a proxy
-	// route asking each prompt's owner) wait for Redis once.
+	// is tried until then (lookup).
 	readsOffUntil atomic.Int64
 	// warnedAt (unix ns) is the last warning about the shared store: while
 	// Redis is away the loops would warn every round; they warn every
@@ -623,7 +622,7 @@ func (s *sharedJobs) jobFromRecord(rec *sharedstate.JobRecord) (*job, error) {
 // mirror makes job id, unknown here, a mirror of its shared record if
 // it has one. Routes call it before they look a job up.
 func (s *engine) mirror(id string) {
-	if s.sh == nil || !ids.IsCanonicalUUID(id) || time.Now().UnixNano() < s.sh.readsOffUntil.Load() {
+	if s.sh == nil || !ids.IsCanonicalUUID(id) {
 		return
 	}
 	s.jobsMu.Lock()
@@ -632,14 +631,17 @@ func (s *engine) mirror(id string) {
 	if known {
 		return
 	}
-	ctx, cancel := context.WithTimeout(s.runCtx, lookupTimeout)
-	recs, err := s.sh.line.Read(ctx, []string{id}, []int{0})
-	cancel()
+	var recs []*sharedstate.JobRecord
+	err := s.sh.lookup(func(ctx context.Context) (err error) {
+		recs, err = s.sh.line.Read(ctx, []string{id}, []int{0})
+		return err
+	})
 	if err != nil {
 		// Answered as a job this replica never saw; logged at debug, as
 		// every request naming a job would log it while Redis is away.
-		s.log.Debug("job record not read", "job_id", id, "err", err)
-		s.sh.readsOffUntil.Store(time.Now().Add(lookupPause).UnixNano())
+		if !errors.Is(err, errReadsOff) {
+			s.log.Debug("job record not read", "job_id", id, "err", err)
+		}
 		return
 	}
 	if recs[0] == nil {
@@ -842,6 +844,27 @@ func (s *engine) heldIDs() []string {
 	return out
 }
 
+// errReadsOff is a lookup not tried: the shared store did not answer one
+// less than lookupPause ago.
+var errReadsOff = errors.New("the shared store did not answer a moment ago")
+
+// lookup runs read, one call to the shared store on a request's path,
+// bounded by lookupTimeout. After one the store did not answer, none is
+// tried for lookupPause (errReadsOff), so that requests naming many jobs,
+// or a proxy route asking about each prompt, wait for Redis once.
+func (s *sharedJobs) lookup(read func(ctx context.Context) error) error {
+	if time.Now().UnixNano() < s.readsOffUntil.Load() {
+		return errReadsOff
+	}
+	ctx, cancel := context.WithTimeout(s.eng.runCtx, lookupTimeout)
+	defer cancel()
+	if err := read(ctx); err != nil {
+		s.readsOffUntil.Store(time.Now().Add(lookupPause).UnixNano())
+		return err
+	}
+	return nil
+}
+
 // maxListed bounds how many jobs one list reads from the shared store:
 // the newest.
 const maxListed = 10_000
@@ -849,33 +872,29 @@ const maxListed = 10_000
 // list reads the fleet's jobs of scope ("": every key's) from the shared
 // store; ok is false when it did not answer within lookupTimeout.
 func (s *sharedJobs) list(scope string) (jobs []sharedstate.JobListed, ok bool) {
-	if time.Now().UnixNano() < s.readsOffUntil.Load() {
-		return nil, false
-	}
-	ctx, cancel := context.WithTimeout(s.eng.runCtx, lookupTimeout)
-	defer cancel()
-	jobs, err := s.line.List(ctx, scope, maxListed)
-	if err != nil {
+	err := s.lookup(func(ctx context.Context) (err error) {
+		jobs, err = s.line.List(ctx, scope, maxListed)
+		return err
+	})
+	if err != nil && !errors.Is(err, errReadsOff) {
 		s.warn("the fleet's job list not read; listing this replica's jobs", err)
-		s.readsOffUntil.Store(time.Now().Add(lookupPause).UnixNano())
-		return nil, false
 	}
-	return jobs, true
+	return jobs, err == nil
 }
 
 // lineView is the fleet's job line for the operator's view: the shared
 // wait line's head and the jobs every replica holds, those this replica
 // holds as it knows them; ok is false when the store did not answer.
 func (s *sharedJobs) lineView(max int) (Line, bool) {
-	if time.Now().UnixNano() < s.readsOffUntil.Load() {
-		return Line{}, false
-	}
-	ctx, cancel := context.WithTimeout(s.eng.runCtx, lookupTimeout)
-	fleet, err := s.line.Line(ctx, max)
-	cancel()
+	var fleet sharedstate.JobLine
+	err := s.lookup(func(ctx context.Context) (err error) {
+		fleet, err = s.line.Line(ctx, max)
+		return err
+	})
 	if err != nil {
-		s.warn("the fleet's job line not read; showing this replica's", err)
-		s.readsOffUntil.Store(time.Now().Add(lookupPause).UnixNano())
+		if !errors.Is(err, errReadsOff) {
+			s.warn("the fleet's job line not read; showing this replica's", err)
+		}
 		return Line{}, false
 	}
 	s.eng.lock()
@@ -883,8 +902,7 @@ func (s *sharedJobs) lineView(max int) (Line, bool) {
 	now := s.eng.timeNow()
 	item := func(r sharedstate.JobListed) LineJob {
 		if j := s.eng.jobs[r.ID]; j != nil && !j.remote && stateNames[j.state] != "" {
-			return LineJob{ID: j.id, Workflow: j.wf.name, State: stateNames[j.state], Progress: j.prog.percent(),
-				Instance: j.instance, AgeSeconds: float64(now.Sub(j.created).Milliseconds()) / 1000}
+			return lineJobOf(j, now)
 		}
 		var live sharedLive
 		_ = json.Unmarshal(r.Live, &live)

@@ -184,24 +184,11 @@ func (s *xSocket) close() []xMsg {
 func xSubmit(t *testing.T, st *stack.Stack, key, clientID string, prompt map[string]any) string {
 	t.Helper()
 	body, _ := json.Marshal(map[string]any{"prompt": prompt, "client_id": clientID})
-	req, _ := http.NewRequest(http.MethodPost, st.URL+"/prompt", bytes.NewReader(body))
-	if key != "" {
-		req.Header.Set("Authorization", "Bearer "+key)
+	got := postRawAs(t, st, key, body)
+	if got.code != http.StatusOK || got.promptID == "" {
+		t.Fatalf("POST /prompt: %+v", got)
 	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
-	var out struct {
-		PromptID string `json:"prompt_id"`
-	}
-	if resp.StatusCode != http.StatusOK || json.Unmarshal(raw, &out) != nil || out.PromptID == "" {
-		t.Fatalf("POST /prompt: %d %s", resp.StatusCode, raw)
-	}
-	return out.PromptID
+	return got.promptID
 }
 
 // xUpscale is a prompt whose upscale node reports xSteps progress steps,
@@ -457,18 +444,8 @@ func TestRateLimitsAcrossReplicas(t *testing.T) {
 	xSubmit(t, a, xKeyA, "rate-a", xUpscale(1))
 	xSubmit(t, b, xKeyA, "rate-a", xUpscale(2))
 	body, _ := json.Marshal(map[string]any{"prompt": xUpscale(3), "client_id": "rate-a"})
-	req, _ := http.NewRequest(http.MethodPost, a.URL+"/prompt", bytes.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+xKeyA)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" || !strings.Contains(string(raw), `"rate_limited"`) {
-		t.Fatalf("the key's third prompt, on A after one on each replica: %d %q %s, want 429 with Retry-After",
-			resp.StatusCode, resp.Header.Get("Retry-After"), raw)
+	if got := postRawAs(t, a, xKeyA, body); got.code != http.StatusTooManyRequests || got.retryAfter == "" || got.errType != "rate_limited" {
+		t.Fatalf("the key's third prompt, on A after one on each replica: %+v, want 429 rate_limited with Retry-After", got)
 	}
 	xSubmit(t, a, xKeyB, "rate-b", xUpscale(4))
 }

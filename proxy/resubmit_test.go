@@ -66,6 +66,20 @@ func postRawAs(t *testing.T, st *stack.Stack, key string, body []byte) resubmitA
 		promptID: out.PromptID, number: string(out.Number), errType: out.Error.Type}
 }
 
+// postTwice posts body (naming prompt id) to first, then the same body to
+// then: the second answer is the first's, 200 with id and its number.
+func postTwice(t *testing.T, first, then *stack.Stack, body []byte, id string) {
+	t.Helper()
+	a := postRaw(t, first, body)
+	if a.code != http.StatusOK || a.promptID != id {
+		t.Fatalf("first POST, on %s: %+v", first.Addr, a)
+	}
+	again := postRaw(t, then, body)
+	if again.code != http.StatusOK || again.promptID != id || again.number != a.number {
+		t.Fatalf("the same POST on %s: %+v, want 200 with prompt_id %s and number %s", then.Addr, again, id, a.number)
+	}
+}
+
 // promptBody is a POST /prompt body with id and tag (counted by the
 // simulators' RunsByExtra("tag")).
 func promptBody(id, tag string, color int) []byte {
@@ -87,14 +101,7 @@ func TestResubmittedPrompt(t *testing.T) {
 
 	id := ids.UUID()
 	body := promptBody(id, "resubmit-0", 1)
-	first := postRaw(t, st, body)
-	if first.code != http.StatusOK || first.promptID != id {
-		t.Fatalf("first POST: %+v", first)
-	}
-	again := postRaw(t, st, body)
-	if again.code != http.StatusOK || again.promptID != id || again.number != first.number {
-		t.Fatalf("the same POST again: %+v, want 200 with prompt_id %s and number %s", again, id, first.number)
-	}
+	postTwice(t, st, st, body, id)
 	other := postRaw(t, st, promptBody(id, "resubmit-other", 2))
 	if other.code != http.StatusOK || other.promptID == id || other.promptID == "" {
 		t.Fatalf("the same id with another body: %+v, want 200 with an id of its own", other)
@@ -147,14 +154,7 @@ func TestResubmittedAcrossReplicas(t *testing.T) {
 
 	id := ids.UUID()
 	body := promptBody(id, "across-0", 1)
-	first := postRaw(t, a, body)
-	if first.code != http.StatusOK || first.promptID != id {
-		t.Fatalf("POST on A: %+v", first)
-	}
-	again := postRaw(t, b, body)
-	if again.code != http.StatusOK || again.promptID != id || again.number != first.number {
-		t.Fatalf("the same POST on B: %+v, want 200 with prompt_id %s and number %s", again, id, first.number)
-	}
+	postTwice(t, a, b, body, id)
 	testkit.Eventually(t, "the prompt ran", func() bool { return runsOf(a.Sims, "across-0") > 0 })
 	if n := runsOf(a.Sims, "across-0"); n != 1 {
 		t.Errorf("the prompt sent to both replicas ran %d times, want 1", n)

@@ -185,6 +185,11 @@ type memJob struct {
 	expires time.Time
 }
 
+// listed is what List and Line show of j.
+func (j *memJob) listed() JobListed {
+	return JobListed{ID: j.rec.ID, JobSummary: j.sum, State: j.rec.State, Live: j.rec.Live}
+}
+
 func newMemJobs(now func() time.Time) *memJobs {
 	return &memJobs{now: now, recs: map[string]*memJob{}, byKey: map[string][]*memJob{}}
 }
@@ -423,7 +428,7 @@ func (m *memJobs) List(_ context.Context, key string, limit int) ([]JobListed, e
 	var out []JobListed
 	for id := range m.recs {
 		if j := m.liveLocked(id); j != nil && (key == "" || j.sum.Key == key) {
-			out = append(out, JobListed{ID: id, JobSummary: j.sum, State: j.rec.State, Live: j.rec.Live})
+			out = append(out, j.listed())
 		}
 	}
 	slices.SortFunc(out, func(a, b JobListed) int {
@@ -439,9 +444,6 @@ func (m *memJobs) Line(_ context.Context, n int) (JobLine, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.expireWaitingLocked()
-	listed := func(j *memJob) JobListed {
-		return JobListed{ID: j.rec.ID, JobSummary: j.sum, State: j.rec.State, Live: j.rec.Live}
-	}
 	l := JobLine{WaitingTotal: m.waiting}
 	// Round r of the rotation takes the r-th job of every key, in ring order.
 	for r := 0; len(l.Waiting) < n; r++ {
@@ -450,7 +452,7 @@ func (m *memJobs) Line(_ context.Context, n int) (JobLine, error) {
 			if q := m.byKey[k]; r < len(q) {
 				more = true
 				if len(l.Waiting) < n {
-					l.Waiting = append(l.Waiting, listed(q[r]))
+					l.Waiting = append(l.Waiting, q[r].listed())
 				}
 			}
 		}
@@ -467,7 +469,7 @@ func (m *memJobs) Line(_ context.Context, n int) (JobLine, error) {
 	slices.SortFunc(held, func(a, b *memJob) int { return a.sum.Created.Compare(b.sum.Created) })
 	l.HeldTotal = len(held)
 	for _, j := range held[:min(len(held), n)] {
-		l.Held = append(l.Held, listed(j))
+		l.Held = append(l.Held, j.listed())
 	}
 	return l, nil
 }
